@@ -1,0 +1,140 @@
+"""Plain eager-PyTorch versions of the four prototype ops.
+
+These are written the obvious way (move channels last, normalise, matrix product, max,
+cross-entropy, Python loops) and define what :mod:`mper.ops` computes. Tests check the
+fused kernels against them and the benchmarks time them as the baseline.
+
+Shapes: features ``(B, D, *spatial)``; prototype bank ``(C*K, D)`` with row ``c*K + k``
+holding prototype ``p_c^k``; labels and masks ``(B, *spatial)``; class-wise outputs
+``(B, C, *spatial)``.
+
+Conventions shared with the kernels:
+
+* Cosine similarity normalises with ``max(|x|, 1e-12)``; a vector whose norm is below
+  ``1e-12`` has cosine 0 to everything and gets no gradient (``F.normalize`` would send
+  it a gradient of ``1e12``).
+* float16 / bfloat16 inputs are computed in float32 and rounded once at the end.
+* Ties in an argmax go to the lowest index.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NORM_EPS = 1e-12
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``x / |x|`` along ``dim``; zero (with zero gradient) where ``|x| < 1e-12``."""
+    norm = x.norm(dim=dim, keepdim=True)
+    scale = torch.where(norm > NORM_EPS, 1.0 / norm.clamp_min(NORM_EPS), torch.zeros_like(norm))
+    return x * scale
+
+
+def _voxels(feat: torch.Tensor) -> torch.Tensor:
+    """``(B, D, *S) -> (B*prod(S), D)`` in the compute dtype."""
+    return feat.movedim(1, -1).reshape(-1, feat.shape[1]).to(_compute_dtype(feat))
+
+
+def cosine_similarity(feat: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """``s[v, j] = cos(z_v, p_j)`` for every voxel ``v`` and bank row ``j``: ``(N, C*K)``."""
+    z = normalize(_voxels(feat))
+    p = normalize(prototypes.detach().to(z.dtype))
+    return z @ p.t()
+
+
+def _class_major(per_voxel: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+    """``(N, C) -> (B, C, *S)``."""
+    batch, spatial = feat.shape[0], feat.shape[2:]
+    return per_voxel.reshape(batch, *spatial, -1).movedim(-1, 1)
+
+
+def proto_classify(
+    feat: torch.Tensor, prototypes: torch.Tensor, num_classes: int, tau: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-prototype classifier (SPEC 2): ``logit_c = max_k cos(z, p_c^k) / tau``.
+
+    Returns ``(logits, assign)``, both ``(B, C, *S)``; ``assign`` (int64) is the argmax
+    over k. Differentiable in ``feat`` only.
+    """
+    sim = cosine_similarity(feat, prototypes)
+    per_class = sim.reshape(sim.shape[0], num_classes, -1)
+    best, assign = per_class.max(dim=2)
+    logits = _class_major(best / tau, feat).to(feat.dtype)
+    return logits, _class_major(assign, feat)
+
+
+def proto_infonce(
+    feat: torch.Tensor,
+    prototypes: torch.Tensor,
+    tau: float = 0.1,
+    ignore_index: int | None = None,
+) -> torch.Tensor:
+    """InfoNCE over all prototypes (Eq. 5), the nearest prototype as the positive.
+
+    Mean over voxels of ``-log softmax_j(s_j / tau)[n]`` with ``n = argmax_j s_j``;
+    voxels whose ``n`` equals ``ignore_index`` are left out; 0 when none is left.
+    """
+    sim = cosine_similarity(feat, prototypes)
+    nearest = sim.argmax(dim=1)
+    per_voxel = F.cross_entropy(sim / tau, nearest, reduction="none")
+    keep = torch.ones_like(nearest, dtype=torch.bool)
+    if ignore_index is not None:
+        keep = nearest != ignore_index
+    loss = (per_voxel * keep).sum() / keep.sum().clamp_min(1)
+    return loss.to(feat.dtype)
+
+
+def proto_classify_infonce(
+    feat: torch.Tensor,
+    prototypes: torch.Tensor,
+    num_classes: int,
+    tau: float = 0.1,
+    nce_tau: float = 0.1,
+    ignore_index: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`proto_classify` and :func:`proto_infonce` of the same features together."""
+    logits, assign = proto_classify(feat, prototypes, num_classes, tau)
+    return logits, assign, proto_infonce(feat, prototypes, nce_tau, ignore_index)
+
+
+def proto_accumulate(
+    emb: torch.Tensor,
+    labels: torch.Tensor,
+    assign: torch.Tensor,
+    mask: torch.Tensor,
+    num_classes: int,
+    num_protos: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-prototype sums and counts of ``emb`` over the voxels in ``mask`` (SPEC 4).
+
+    A voxel with label ``c`` adds to row ``c*K + assign[b, c, voxel]``. Returns
+    ``sums (C*K, D)`` and ``counts (C*K,)``, float32 (float64 for float64 ``emb``).
+    """
+    acc_dtype = _compute_dtype(emb)
+    z = emb.movedim(1, -1).to(acc_dtype)
+    depth = emb.shape[1]
+    sums = torch.zeros(num_classes * num_protos, depth, dtype=acc_dtype, device=emb.device)
+    counts = torch.zeros(num_classes * num_protos, dtype=acc_dtype, device=emb.device)
+    for c in range(num_classes):
+        for k in range(num_protos):
+            chosen = mask.bool() & (labels == c) & (assign[:, c] == k)
+            sums[c * num_protos + k] = z[chosen].sum(dim=0)
+            counts[c * num_protos + k] = chosen.sum()
+    return sums, counts
+
+
+@torch.no_grad()
+def proto_ema_update_(
+    prototypes: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, momentum: float
+) -> torch.Tensor:
+    """In place ``p_j <- m p_j + (1 - m) sums_j / counts_j`` for rows with a count."""
+    for j in range(prototypes.shape[0]):
+        if counts[j] > 0:
+            mean = sums[j] / counts[j]
+            prototypes[j] = momentum * prototypes[j] + (1 - momentum) * mean.to(prototypes.dtype)
+    return prototypes
