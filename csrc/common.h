@@ -1,0 +1,105 @@
+// Shared by every op: argument records, checks and dtype dispatch.
+//
+// The core never links against libtorch: Python allocates every tensor and hands the
+// kernels raw addresses, sizes and (on CUDA) the stream. Addresses travel as integers.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace mper {
+
+// Codes shared with python/mper/ops/_common.py.
+enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2, Float64 = 3 };
+
+// Features (B, D, N) with N the flattened spatial size: element (b, d, n) lives at
+// b * batch_stride + d * channel_stride + n. The bank is (C*K, D), row c*K + k, in the
+// accumulation type (float64 for float64 features, float32 otherwise).
+struct FeatureView {
+  std::uintptr_t data = 0;
+  std::int64_t batch_stride = 0, channel_stride = 0;
+  std::int64_t batch = 0, depth = 0, voxels = 0;
+};
+
+// The fused prototype head: classify (logits, assign) and InfoNCE (loss) in one read of
+// the features; each output is skipped when its address is 0.
+struct HeadArgs {
+  FeatureView feat;
+  std::uintptr_t prototypes = 0;
+  std::int64_t classes = 0, protos_per_class = 0;
+  double inv_tau = 10.0, inv_nce_tau = 10.0;
+  std::int64_t ignore_index = -1;  // bank row left out of InfoNCE; -1: none
+  // forward outputs: logits (B, C, N) in the feature dtype, assign (B, C, N) int64,
+  // loss (scalar, feature dtype) and count (scalar, accumulation type)
+  std::uintptr_t logits = 0, assign = 0, loss = 0, count = 0;
+  // backward inputs: grad_logits (B, C, N) contiguous, grad_loss (scalar, feature
+  // dtype) with the forward's count; output grad_feat (B, D, N) contiguous
+  std::uintptr_t grad_logits = 0, grad_loss = 0, grad_feat = 0;
+  std::uintptr_t workspace = 0;  // CUDA: kHeadWorkspaceFloats floats
+  DType dtype = DType::Float32;
+  std::uintptr_t stream = 0;
+};
+
+// Per-prototype sums (C*K, D) and counts (C*K) of emb over the voxels in mask.
+struct AccumulateArgs {
+  FeatureView emb;
+  std::uintptr_t labels = 0;  // (B, N) int64
+  std::uintptr_t assign = 0;  // (B, C, N) int64
+  std::uintptr_t mask = 0;    // (B, N) bool; 0 selects every voxel
+  std::int64_t classes = 0, protos_per_class = 0;
+  std::uintptr_t sums = 0, counts = 0;  // zero-filled, accumulation type
+  DType dtype = DType::Float32;
+  std::uintptr_t stream = 0;
+};
+
+// p <- m p + (1 - m) sums / count on rows whose count is positive.
+struct EmaArgs {
+  std::uintptr_t prototypes = 0, sums = 0, counts = 0;
+  std::int64_t rows = 0, depth = 0;
+  double momentum = 0.0;
+  DType dtype = DType::Float32;  // of all three: Float32 or Float64
+  std::uintptr_t stream = 0;
+};
+
+constexpr int kHeadWorkspaceFloats = 2 * 1024;  // per-block (loss, count) partials
+
+inline void check(bool ok, const std::string& message) {
+  if (!ok) throw std::invalid_argument("mper: " + message);
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls f(TypeTag<T>{}) with T the C++ type of `dtype` among Float32, Float16, BFloat16,
+// Float64 (given per backend, e.g. dispatch<float, Half, BFloat16, double>).
+template <typename F32, typename F16, typename BF16, typename F64, typename Fn>
+void dispatch(DType dtype, Fn&& f) {
+  switch (dtype) {
+    case DType::Float32: f(TypeTag<F32>{}); return;
+    case DType::Float16: f(TypeTag<F16>{}); return;
+    case DType::BFloat16: f(TypeTag<BF16>{}); return;
+    case DType::Float64: f(TypeTag<F64>{}); return;
+  }
+  throw std::invalid_argument("mper: unknown dtype code");
+}
+
+namespace cpu {
+void head_forward(const HeadArgs& args);
+void head_backward(const HeadArgs& args);
+void accumulate(const AccumulateArgs& args);
+void ema_update(const EmaArgs& args);
+}  // namespace cpu
+
+#ifdef MPER_WITH_CUDA
+namespace cuda {
+void head_forward(const HeadArgs& args);
+void head_backward(const HeadArgs& args);
+void accumulate(const AccumulateArgs& args);
+void ema_update(const EmaArgs& args);
+}  // namespace cuda
+#endif
+
+}  // namespace mper

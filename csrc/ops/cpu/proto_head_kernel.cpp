@@ -1,0 +1,320 @@
+// Fused prototype head on the CPU: cosine similarity of every voxel feature to every
+// prototype, the per-class max/argmax (classifier) and the InfoNCE loss, forward and
+// backward, in one pass over the features.
+//
+// Voxels are processed in chunks of kChunk along the flattened spatial axis: a chunk of
+// the channels-first features is already "structure of arrays" (D rows of kChunk
+// contiguous values), so every inner loop runs over the voxels of the chunk and the
+// compiler vectorises it (exp included, see exp_nonpositive).
+//
+// This file is compiled once per instruction set, MPER_CPU_ISA naming the namespace
+// (`generic`, and `avx2` for x86-64-v3 on x86-64); the entry points at the end, built
+// with `generic`, run the best one the processor supports. So that the builds share no
+// symbol, everything here lives in that namespace and uses no standard containers.
+#include <omp.h>
+
+#include <cmath>
+
+#include "ops/cpu/scalar.h"
+
+namespace mper::cpu::MPER_CPU_ISA {
+namespace {
+
+constexpr std::int64_t kChunk = 256;
+
+// A zero-filled scratch array (plain new[]: nothing is instantiated per build).
+template <typename A>
+struct Scratch {
+  A* data;
+  explicit Scratch(std::int64_t size) : data(new A[size]()) {}
+  ~Scratch() { delete[] data; }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  A* row(std::int64_t r) { return data + r * kChunk; }
+  const A* row(std::int64_t r) const { return data + r * kChunk; }
+};
+
+// e^x for x <= 0, branch-free so that loops over it vectorise: 2^t = 2^i * 2^f with i the
+// nearest integer and f in [-0.5, 0.5], 2^f by its degree-6 series (relative error
+// about 2e-7). float64 keeps std::exp, for gradcheck.
+inline float exp_nonpositive(float x) {
+  float t = x * 1.4426950408889634f;
+  t = t < -126.f ? -126.f : t;
+  const float shifted = t - 0.5f;
+  float whole = float(int(shifted));  // truncates towards zero
+  whole = whole < shifted ? whole + 1.f : whole;
+  const float f = t - whole;
+  float p = 1.5403530393381609e-4f;
+  p = p * f + 1.3333558146428443e-3f;
+  p = p * f + 9.6181291076284772e-3f;
+  p = p * f + 5.5504108664821580e-2f;
+  p = p * f + 2.4022650695910071e-1f;
+  p = p * f + 6.9314718055994531e-1f;
+  p = p * f + 1.f;
+  return p * bits_to_float(std::uint32_t(int(whole) + 127) << 23);
+}
+inline double exp_nonpositive(double x) { return std::exp(x); }
+
+// One chunk of voxels of one image and what the head derives from it. Per-voxel arrays
+// hold kChunk values; multi-row ones are [row][voxel].
+template <typename A>
+struct Chunk {
+  const HeadArgs& args;
+  const std::int64_t classes, protos, rows, depth;
+  std::int64_t batch = 0, start = 0, size = 0;
+  Scratch<A> bank;                // (C*K, D) unit prototypes (not per voxel)
+  Scratch<A> unit, inv_norm, sim;  // z^ (D rows), 1/|z|, cos(z, p_j) (C*K rows)
+  Scratch<A> best;                // max_k s of the class in hand
+  Scratch<std::int32_t> arg;      // its argmax k
+  Scratch<A> top, log_total;      // max_j s_j and log sum_j e^((s_j - top) / tau2)
+  Scratch<std::int32_t> nearest;  // argmax_j s_j
+
+  explicit Chunk(const HeadArgs& a)
+      : args(a), classes(a.classes), protos(a.protos_per_class), rows(a.classes * a.protos_per_class),
+        depth(a.feat.depth), bank((rows * depth + kChunk - 1) / kChunk * kChunk), unit(depth * kChunk),
+        inv_norm(kChunk), sim(rows * kChunk), best(kChunk), arg(kChunk), top(kChunk), log_total(kChunk),
+        nearest(kChunk) {
+    const A* raw = reinterpret_cast<const A*>(a.prototypes);
+    for (std::int64_t j = 0; j < rows; ++j) {
+      A squared = 0;
+      for (std::int64_t d = 0; d < depth; ++d) squared += raw[j * depth + d] * raw[j * depth + d];
+      const A norm = std::sqrt(squared);
+      const A scale = norm > A(1e-12) ? A(1) / norm : A(0);
+      for (std::int64_t d = 0; d < depth; ++d) bank.data[j * depth + d] = raw[j * depth + d] * scale;
+    }
+  }
+
+  // Loads chunk `index`, normalises it and fills sim.
+  template <typename T>
+  void fill(std::int64_t index) {
+    const FeatureView& f = args.feat;
+    const std::int64_t chunks_per_image = (f.voxels + kChunk - 1) / kChunk;
+    batch = index / chunks_per_image;
+    start = (index % chunks_per_image) * kChunk;
+    size = f.voxels - start < kChunk ? f.voxels - start : kChunk;
+    const T* src = reinterpret_cast<const T*>(f.data) + batch * f.batch_stride + start;
+    A* __restrict norm = inv_norm.data;
+    for (std::int64_t v = 0; v < kChunk; ++v) norm[v] = A(0);
+    for (std::int64_t d = 0; d < depth; ++d) {
+      A* __restrict z = unit.row(d);
+      const T* __restrict in = src + d * f.channel_stride;
+      for (std::int64_t v = 0; v < size; ++v) z[v] = load<A>(in[v]);
+      for (std::int64_t v = 0; v < size; ++v) norm[v] += z[v] * z[v];
+    }
+    for (std::int64_t v = 0; v < size; ++v) {
+      const A length = std::sqrt(norm[v]);
+      norm[v] = length > A(1e-12) ? A(1) / length : A(0);
+    }
+    for (std::int64_t d = 0; d < depth; ++d) {
+      A* __restrict z = unit.row(d);
+      for (std::int64_t v = 0; v < size; ++v) z[v] *= norm[v];
+    }
+    for (std::int64_t j = 0; j < rows; ++j) {
+      A* __restrict s = sim.row(j);
+      for (std::int64_t v = 0; v < kChunk; ++v) s[v] = A(0);
+      for (std::int64_t d = 0; d < depth; ++d) {
+        const A p = bank.data[j * depth + d];
+        const A* __restrict z = unit.row(d);
+        for (std::int64_t v = 0; v < size; ++v) s[v] += p * z[v];
+      }
+    }
+  }
+
+  // best/arg = max/argmax over k of class c (first k on ties).
+  void best_of_class(std::int64_t c) {
+    A* __restrict top_k = best.data;
+    std::int32_t* __restrict which = arg.data;
+    const A* first = sim.row(c * protos);
+    for (std::int64_t v = 0; v < size; ++v) top_k[v] = first[v], which[v] = 0;
+    for (std::int32_t k = 1; k < protos; ++k) {
+      const A* __restrict s = sim.row(c * protos + k);
+      for (std::int64_t v = 0; v < size; ++v) {
+        const bool up = s[v] > top_k[v];
+        top_k[v] = up ? s[v] : top_k[v];
+        which[v] = up ? k : which[v];
+      }
+    }
+  }
+
+  // top/nearest = max/argmax over all rows, log_total = log sum_j e^((s_j - top)/tau2).
+  void softmax_stats(A inv_nce_tau) {
+    A* __restrict high = top.data;
+    A* __restrict total = log_total.data;
+    std::int32_t* __restrict which = nearest.data;
+    for (std::int64_t v = 0; v < size; ++v) high[v] = sim.row(0)[v], which[v] = 0, total[v] = A(0);
+    for (std::int32_t j = 1; j < rows; ++j) {
+      const A* __restrict s = sim.row(j);
+      for (std::int64_t v = 0; v < size; ++v) {
+        const bool up = s[v] > high[v];
+        high[v] = up ? s[v] : high[v];
+        which[v] = up ? j : which[v];
+      }
+    }
+    for (std::int64_t j = 0; j < rows; ++j) {
+      const A* __restrict s = sim.row(j);
+      for (std::int64_t v = 0; v < size; ++v) total[v] += exp_nonpositive((s[v] - high[v]) * inv_nce_tau);
+    }
+    for (std::int64_t v = 0; v < size; ++v) total[v] = std::log(total[v]);
+  }
+};
+
+template <typename T>
+void forward_impl(const HeadArgs& args) {
+  using A = acc_t<T>;
+  const FeatureView& f = args.feat;
+  const std::int64_t C = args.classes, N = f.voxels;
+  const std::int64_t chunks = f.batch * ((N + kChunk - 1) / kChunk);
+  T* logits = reinterpret_cast<T*>(args.logits);
+  std::int64_t* assign = reinterpret_cast<std::int64_t*>(args.assign);
+  const A inv_tau = A(args.inv_tau);
+  double loss_sum = 0, count = 0;
+
+#pragma omp parallel reduction(+ : loss_sum, count)
+  {
+    Chunk<A> chunk(args);
+#pragma omp for schedule(static)
+    for (std::int64_t index = 0; index < chunks; ++index) {
+      chunk.template fill<T>(index);
+      for (std::int64_t c = 0; c < C && logits; ++c) {
+        chunk.best_of_class(c);
+        const std::int64_t out = (chunk.batch * C + c) * N + chunk.start;
+        for (std::int64_t v = 0; v < chunk.size; ++v) logits[out + v] = store<T>(chunk.best.data[v] * inv_tau);
+        for (std::int64_t v = 0; v < chunk.size; ++v) assign[out + v] = chunk.arg.data[v];
+      }
+      if (!args.loss) continue;
+      chunk.softmax_stats(A(args.inv_nce_tau));
+      for (std::int64_t v = 0; v < chunk.size; ++v) {
+        const bool kept = chunk.nearest.data[v] != args.ignore_index;
+        loss_sum += kept ? double(chunk.log_total.data[v]) : 0.0;
+        count += kept ? 1.0 : 0.0;
+      }
+    }
+  }
+  if (args.loss) {
+    *reinterpret_cast<T*>(args.loss) = store<T>(count > 0 ? loss_sum / count : 0.0);
+    *reinterpret_cast<A*>(args.count) = A(count);
+  }
+}
+
+template <typename T>
+void backward_impl(const HeadArgs& args) {
+  using A = acc_t<T>;
+  const FeatureView& f = args.feat;
+  const std::int64_t C = args.classes, K = args.protos_per_class, rows = C * K, N = f.voxels;
+  const std::int64_t D = f.depth;
+  const std::int64_t chunks = f.batch * ((N + kChunk - 1) / kChunk);
+  const T* grad_logits = reinterpret_cast<const T*>(args.grad_logits);
+  T* grad_feat = reinterpret_cast<T*>(args.grad_feat);
+  const A inv_tau = A(args.inv_tau), inv_nce_tau = A(args.inv_nce_tau);
+  // d loss / d s_j for a kept voxel = nce_weight * (softmax_j - [j == nearest])
+  A nce_weight = 0;
+  if (args.grad_loss) {
+    const A count = *reinterpret_cast<const A*>(args.count);
+    nce_weight = load<A>(*reinterpret_cast<const T*>(args.grad_loss)) * inv_nce_tau / (count > A(1) ? count : A(1));
+  }
+
+#pragma omp parallel
+  {
+    Chunk<A> chunk(args);
+    Scratch<A> coeff(rows * kChunk), weight(kChunk), direction(D * kChunk), radial(kChunk);
+#pragma omp for schedule(static)
+    for (std::int64_t index = 0; index < chunks; ++index) {
+      chunk.template fill<T>(index);
+      const std::int64_t size = chunk.size;
+      // coeff[j][v] = d loss / d s_j
+      if (nce_weight != A(0)) {
+        chunk.softmax_stats(inv_nce_tau);
+        A* __restrict w = weight.data;
+        for (std::int64_t v = 0; v < size; ++v) w[v] = chunk.nearest.data[v] == args.ignore_index ? A(0) : nce_weight;
+        for (std::int32_t j = 0; j < rows; ++j) {
+          const A* __restrict s = chunk.sim.row(j);
+          const A* __restrict high = chunk.top.data;
+          const A* __restrict log_total = chunk.log_total.data;
+          const std::int32_t* __restrict which = chunk.nearest.data;
+          A* __restrict cj = coeff.row(j);
+          for (std::int64_t v = 0; v < size; ++v) {
+            const A softmax = exp_nonpositive((s[v] - high[v]) * inv_nce_tau - log_total[v]);
+            cj[v] = w[v] * (softmax - (which[v] == j ? A(1) : A(0)));
+          }
+        }
+      } else {
+        for (std::int64_t i = 0; i < rows * kChunk; ++i) coeff.data[i] = A(0);
+      }
+      for (std::int64_t c = 0; c < C && grad_logits; ++c) {
+        chunk.best_of_class(c);
+        const T* __restrict g = grad_logits + (chunk.batch * C + c) * N + chunk.start;
+        A* __restrict scaled = weight.data;
+        for (std::int64_t v = 0; v < size; ++v) scaled[v] = load<A>(g[v]) * inv_tau;
+        for (std::int32_t k = 0; k < K; ++k) {
+          A* __restrict cj = coeff.row(c * K + k);
+          const std::int32_t* __restrict which = chunk.arg.data;
+          for (std::int64_t v = 0; v < size; ++v) cj[v] += which[v] == k ? scaled[v] : A(0);
+        }
+      }
+      // ds_j/dz = (p^_j - s_j z^) / |z|, so grad = (u - (u . z^) z^) / |z| with u = sum_j coeff_j p^_j
+      A* __restrict along = radial.data;
+      for (std::int64_t v = 0; v < size; ++v) along[v] = A(0);
+      for (std::int64_t d = 0; d < D; ++d) {
+        A* __restrict u = direction.row(d);
+        for (std::int64_t v = 0; v < size; ++v) u[v] = A(0);
+        for (std::int64_t j = 0; j < rows; ++j) {
+          const A p = chunk.bank.data[j * D + d];
+          const A* __restrict cj = coeff.row(j);
+          for (std::int64_t v = 0; v < size; ++v) u[v] += cj[v] * p;
+        }
+        const A* __restrict zhat = chunk.unit.row(d);
+        for (std::int64_t v = 0; v < size; ++v) along[v] += u[v] * zhat[v];
+      }
+      T* out = grad_feat + chunk.batch * D * N + chunk.start;
+      for (std::int64_t d = 0; d < D; ++d) {
+        const A* __restrict u = direction.row(d);
+        const A* __restrict zhat = chunk.unit.row(d);
+        const A* __restrict inv = chunk.inv_norm.data;
+        T* __restrict o = out + d * N;
+        for (std::int64_t v = 0; v < size; ++v) o[v] = store<T>(inv[v] * (u[v] - along[v] * zhat[v]));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void head_forward(const HeadArgs& args) {
+  dispatch_cpu(args.dtype, [&](auto tag) { forward_impl<typename decltype(tag)::type>(args); });
+}
+
+void head_backward(const HeadArgs& args) {
+  dispatch_cpu(args.dtype, [&](auto tag) { backward_impl<typename decltype(tag)::type>(args); });
+}
+
+}  // namespace mper::cpu::MPER_CPU_ISA
+
+#ifdef MPER_CPU_ENTRY_POINTS
+namespace mper::cpu {
+#ifdef MPER_CPU_AVX2
+namespace avx2 {
+void head_forward(const HeadArgs& args);
+void head_backward(const HeadArgs& args);
+}  // namespace avx2
+
+static bool has_avx2() {
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return supported;
+}
+#endif
+
+void head_forward(const HeadArgs& args) {
+#ifdef MPER_CPU_AVX2
+  if (has_avx2()) return avx2::head_forward(args);
+#endif
+  MPER_CPU_ISA::head_forward(args);
+}
+
+void head_backward(const HeadArgs& args) {
+#ifdef MPER_CPU_AVX2
+  if (has_avx2()) return avx2::head_backward(args);
+#endif
+  MPER_CPU_ISA::head_backward(args);
+}
+}  // namespace mper::cpu
+#endif

@@ -1,0 +1,230 @@
+"""Command-line entry points: ``mper-train``, ``mper-eval``, ``mper-predict``, ``mper-data``.
+
+Each parses its arguments and calls one function of :mod:`mper.pipeline`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from mper import pipeline
+from mper.train.config import AMP_MODES, DATASETS, OPS_MODULES, load_config
+from mper.train.prototypes import UPDATE_SOURCES
+from mper.train.runtime import TrainingInterrupted
+
+#: Errors that mean "the request was wrong", reported in one line without a traceback.
+USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, TypeError, ImportError)
+INTERRUPTED_EXIT_CODE = 130
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.HelpFormatter(prog, max_help_position=32)
+
+
+def _add_device(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    parser.add_argument("--device", default=default,
+                        help="auto (CUDA when present, else CPU; the default), cpu, cuda or cuda:N")
+
+
+def _run(parser: argparse.ArgumentParser, action: Callable[[], None]) -> None:
+    """Run ``action`` with console logging; user errors exit with a one-line message."""
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(message)s"))
+    package_log = logging.getLogger("mper")
+    package_log.addHandler(console)
+    package_log.setLevel(logging.INFO)
+    try:
+        with logging_redirect_tqdm(loggers=[package_log]):
+            action()
+    except TrainingInterrupted as interrupted:
+        run_dir = interrupted.checkpoint.parent
+        print(f"\ninterrupted; state saved to {interrupted.checkpoint}\n"
+              f"continue with: mper-train --resume --out {run_dir}", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT_CODE)
+    except USER_ERRORS as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    finally:
+        package_log.removeHandler(console)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """Arguments of ``mper-train``."""
+    parser = argparse.ArgumentParser(
+        prog="mper-train",
+        formatter_class=_formatter,
+        description=(
+            "Train MPER (copy-paste pre-training, k-means prototype init, Mean Teacher "
+            "self-training with bidirectional copy-paste), evaluate the best checkpoint on "
+            "the test split and write everything into a run folder."
+        ),
+        epilog=(
+            "Every hyper-parameter lives in the preset file mper/presets/<dataset>.toml and "
+            "can be changed with --set section.key=value, e.g. --set selftrain.iterations=5000 "
+            "--set data.num_workers=8. LA selects checkpoints on the last train.list cases by "
+            "default; --set data.val_split=test follows the published protocol instead."
+        ),
+    )
+    parser.add_argument("--dataset", choices=DATASETS, help="benchmark (required unless --resume)")
+    parser.add_argument("--data-root", metavar="DIR", help="dataset folder in the public layout (see mper-data)")
+    parser.add_argument("--labeled", type=int, metavar="N",
+                        help="labeled patients (ACDC) or cases (LA); default: the preset's (7 / 8)")
+    parser.add_argument("--preset", default="paper", metavar="NAME",
+                        help="paper (default), reference (as the authors' code) or demo (ACDC, a small CPU run)")
+    parser.add_argument("--ops", choices=tuple(OPS_MODULES),
+                        help="prototype ops: fused kernels (mper, the default) or eager PyTorch (reference)")
+    _add_device(parser, default=None)
+    parser.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<dataset>-<preset>-<N>labeled)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last.pt, with the settings saved there")
+    parser.add_argument("--seed", type=int, help="random seed (default: the preset's)")
+    parser.add_argument("--baseline", choices=("labeled-only",),
+                        help="train the plain supervised U-Net / V-Net on the labeled data instead")
+    parser.add_argument("--update-source", choices=UPDATE_SOURCES,
+                        help="voxels that update the prototypes (default: both)")
+    parser.add_argument("--amp", choices=AMP_MODES, help="bf16 autocast, CUDA only (default: off)")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a preset value, e.g. selftrain.iterations=5000; repeatable")
+    return parser
+
+
+def _train_overrides(args: argparse.Namespace) -> dict:
+    """The command-line options that were given, as config overrides."""
+    flat = {"data_root": args.data_root, "labeled": args.labeled, "ops": args.ops, "out": args.out,
+            "seed": args.seed, "baseline": args.baseline, "amp": args.amp, "device": args.device}
+    overrides = {key: value for key, value in flat.items() if value is not None}
+    if args.update_source is not None:
+        overrides["prototypes"] = {"update_source": args.update_source}
+    return overrides
+
+
+def _print_metrics(run_dir: Path) -> None:
+    print(f"\n{(run_dir / 'metrics.md').read_text()}\nrun folder: {run_dir}")
+
+
+def train_main(argv: Sequence[str] | None = None) -> None:
+    """``mper-train``: train, evaluate, print the metrics table."""
+    parser = train_parser()
+    args = parser.parse_args(argv)
+
+    def action() -> None:
+        if args.resume:
+            if not args.out:
+                raise ValueError("--resume needs --out RUN_DIR, the folder of the run to continue")
+            run_dir = pipeline.resume(args.out, device=args.device, ops=args.ops)
+        else:
+            if args.dataset is None or args.data_root is None:
+                raise ValueError("--dataset and --data-root are required (unless --resume)")
+            config = load_config(args.dataset, args.preset, _train_overrides(args), args.assignments)
+            run_dir = pipeline.train(config)
+        _print_metrics(run_dir)
+
+    _run(parser, action)
+
+
+def eval_main(argv: Sequence[str] | None = None) -> None:
+    """``mper-eval``: score a checkpoint, write metrics and figures, print the table."""
+    parser = argparse.ArgumentParser(
+        prog="mper-eval", formatter_class=_formatter,
+        description="Evaluate a checkpoint (Dice, Jaccard, 95HD, ASD per case and mean) and draw overlays.",
+    )
+    parser.add_argument("--checkpoint", required=True, metavar="FILE",
+                        help="a .pt file written by mper-train, e.g. RUN_DIR/best.pt")
+    parser.add_argument("--data-root", metavar="DIR",
+                        help="dataset folder (default: the one the checkpoint was trained on)")
+    parser.add_argument("--split", default="test", help="case list to evaluate: test (default), or val for ACDC")
+    parser.add_argument("--out", metavar="DIR",
+                        help="folder for metrics.json, metrics.md and figures/ (default: eval-<split> beside the checkpoint)")
+    _add_device(parser)
+    parser.add_argument("--weights", choices=pipeline.WEIGHTS, default="student",
+                        help="which network of the checkpoint (default: student)")
+    parser.add_argument("--figures", type=int, default=3, metavar="N", help="cases drawn as PNG overlays (default: 3)")
+    args = parser.parse_args(argv)
+
+    def action() -> None:
+        out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
+        result = pipeline.evaluate(args.checkpoint, args.data_root, args.split, out, args.device,
+                                   args.weights, args.figures)
+        print(f"\n{result['markdown']}\nwritten to {out}")
+
+    _run(parser, action)
+
+
+def predict_main(argv: Sequence[str] | None = None) -> None:
+    """``mper-predict``: segment NIfTI/HDF5 files into NIfTI label maps."""
+    parser = argparse.ArgumentParser(
+        prog="mper-predict", formatter_class=_formatter,
+        description=(
+            "Segment a NIfTI (.nii, .nii.gz) or preprocessed HDF5 (.h5) volume, or every such "
+            "file under a folder; writes <name>_pred.nii.gz label maps with the input's affine."
+        ),
+    )
+    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt file written by mper-train")
+    parser.add_argument("--input", required=True, metavar="FILE_OR_DIR", help="an image file or a folder of them")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the label maps")
+    _add_device(parser)
+    parser.add_argument("--weights", choices=pipeline.WEIGHTS, default="student",
+                        help="which network of the checkpoint (default: student)")
+    args = parser.parse_args(argv)
+
+    def action() -> None:
+        written = pipeline.predict(args.checkpoint, args.input, args.output, args.device, args.weights)
+        print("\n".join(str(path) for path in written))
+
+    _run(parser, action)
+
+
+def _data_command(commands: argparse._SubParsersAction, name: str, summary: str, description: str
+                  ) -> argparse.ArgumentParser:
+    """A ``mper-data`` command with the ``--dataset`` and ``--out`` every command takes."""
+    command = commands.add_parser(name, formatter_class=_formatter, help=summary, description=description)
+    command.add_argument("--dataset", choices=DATASETS, required=True)
+    command.add_argument("--out", required=True, metavar="DIR", help="dataset folder to create")
+    return command
+
+
+def data_parser() -> argparse.ArgumentParser:
+    """Arguments of ``mper-data`` and its ``synth`` / ``convert`` commands."""
+    parser = argparse.ArgumentParser(
+        prog="mper-data", formatter_class=_formatter,
+        description="Prepare data in the public layouts that mper-train reads.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    synth = _data_command(
+        commands, "synth", "write synthetic LA / ACDC data, lists included",
+        "Write synthetic data in exactly the LA (UA-MT) or ACDC (SSL4MIS) layout.",
+    )
+    synth.add_argument("--cases", type=int, metavar="N", help="LA volumes or ACDC patients (default: 100)")
+    synth.add_argument("--seed", type=int, default=0, help="the data is a function of the seed (default: 0)")
+    synth.add_argument("--size", type=int, nargs="+", metavar="N",
+                       help="image size: H W for ACDC (default 224 224), H W D for LA (default 128 128 96)")
+    convert = _data_command(
+        commands, "convert", "turn a raw public download into the h5 layout",
+        "Convert the raw LA 2018 challenge or ACDC download into the h5 layout, normalised.",
+    )
+    convert.add_argument("--source", required=True, metavar="RAW", help="folder of the raw download")
+    convert.add_argument("--split-from", metavar="DIR",
+                         help="a dataset folder whose .list files give the train/val/test split to reuse")
+    convert.add_argument("--seed", type=int, default=0,
+                         help="seed of a new split when --split-from is not given (default: 0)")
+    return parser
+
+
+def data_main(argv: Sequence[str] | None = None) -> None:
+    """``mper-data synth|convert``."""
+    parser = data_parser()
+    args = parser.parse_args(argv)
+
+    def action() -> None:
+        if args.command == "synth":
+            size = tuple(args.size) if args.size else None
+            out = pipeline.synthesize(args.dataset, args.out, cases=args.cases, seed=args.seed, size=size)
+        else:
+            out = pipeline.convert(args.dataset, args.source, args.out, split_from=args.split_from, seed=args.seed)
+        print(f"wrote {args.dataset} data to {out}")
+
+    _run(parser, action)

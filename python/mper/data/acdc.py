@@ -1,0 +1,148 @@
+"""Cardiac (ACDC) data in the SSL4MIS layout (SPEC 6).
+
+Layout under a dataset root::
+
+    ROOT/data/<case>.h5                 image float32 (S, H, W) in [0, 1], label uint8 (S, H, W)
+    ROOT/data/slices/<case>_slice_<i>.h5  image float32 (H, W), label uint8 (H, W)
+    ROOT/train_slices.list              training slices, patient by patient
+    ROOT/train.list                     training frames (volumes)
+    ROOT/val.list, ROOT/test.list       validation / test frames (volumes)
+
+A case is one cardiac phase of one patient, named ``patientXXX_frameYY``. Labels follow
+ACDC: 0 background, 1 right ventricle (RV), 2 myocardium, 3 left ventricle (LV).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mper.data.augment import random_rot_flip, random_rotate, resize
+from mper.data.dataset import CaseDataset
+from mper.data.files import read_image_label, read_list, write_image_label, write_list
+
+ACDC_PATCH_SIZE = (256, 256)
+ACDC_NUM_CLASSES = 4
+ACDC_CLASS_NAMES = ("background", "RV", "myocardium", "LV")
+ACDC_LISTS = {"train": "train_slices.list", "val": "val.list", "test": "test.list"}
+_SLICE_LAYOUT = "SSL4MIS ACDC layout: ROOT/data/slices/<case>_slice_<i>.h5, 2-D image and label"
+_VOLUME_LAYOUT = "SSL4MIS ACDC layout: ROOT/data/<case>.h5, image and label of shape (S, H, W)"
+
+
+def acdc_slice_path(root: str | Path, name: str) -> Path:
+    """Path of training slice ``name`` (``patientXXX_frameYY_slice_<i>``)."""
+    return Path(root) / "data" / "slices" / f"{name}.h5"
+
+
+def acdc_volume_path(root: str | Path, case: str) -> Path:
+    """Path of the volume of frame ``case`` (``patientXXX_frameYY``)."""
+    return Path(root) / "data" / f"{case}.h5"
+
+
+def slice_name(case: str, index: int) -> str:
+    """Name of slice ``index`` of frame ``case``."""
+    return f"{case}_slice_{index}"
+
+
+def patient_id(name: str) -> str:
+    """The ``patientXXX`` prefix of a frame or slice name."""
+    return name.split("_", 1)[0]
+
+
+def load_acdc_slice(root: str | Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read one training slice: (image float32 (H, W), label uint8 (H, W) in 0..3)."""
+    return read_image_label(
+        acdc_slice_path(root, name), ndim=2, num_classes=ACDC_NUM_CLASSES, layout=_SLICE_LAYOUT
+    )
+
+
+def load_acdc_volume(root: str | Path, case: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read one frame: (image float32 (S, H, W), label uint8 (S, H, W) in 0..3)."""
+    return read_image_label(
+        acdc_volume_path(root, case), ndim=3, num_classes=ACDC_NUM_CLASSES, layout=_VOLUME_LAYOUT
+    )
+
+
+def acdc_cases(root: str | Path, split: str) -> list[str]:
+    """Names listed for ``split``: slice names for ``"train"``, frame names for
+    ``"val"`` and ``"test"``."""
+    if split not in ACDC_LISTS:
+        raise ValueError(f"ACDC split must be one of {tuple(ACDC_LISTS)}, got {split!r}")
+    return read_list(Path(root) / ACDC_LISTS[split])
+
+
+def acdc_split(root: str | Path, labeled_patients: int) -> tuple[list[str], list[str]]:
+    """(labeled slices, unlabeled slices) of ``train_slices.list``.
+
+    Labeled are all slices of the first ``labeled_patients`` distinct patients in list
+    order (3 patients give the standard 68 slices of the SSL4MIS list, 7 give 136); the
+    others are unlabeled. List order is kept within both parts.
+    """
+    slices = acdc_cases(root, "train")
+    patients = list(dict.fromkeys(patient_id(name) for name in slices))
+    if not 0 < labeled_patients <= len(patients):
+        raise ValueError(
+            f"labeled_patients must be between 1 and the {len(patients)} patients of "
+            f"{Path(root) / ACDC_LISTS['train']}, got {labeled_patients}"
+        )
+    chosen = set(patients[:labeled_patients])
+    labeled = [name for name in slices if patient_id(name) in chosen]
+    unlabeled = [name for name in slices if patient_id(name) not in chosen]
+    return labeled, unlabeled
+
+
+def write_acdc_volume(
+    root: str | Path, case: str, image: np.ndarray, label: np.ndarray, with_slices: bool
+) -> list[str]:
+    """Write frame ``case`` (S, H, W) as a volume file and, if ``with_slices``, as one
+    file per slice; return the slice names written."""
+    write_image_label(acdc_volume_path(root, case), image, label)
+    if not with_slices:
+        return []
+    names = [slice_name(case, index) for index in range(image.shape[0])]
+    for name, image_slice, label_slice in zip(names, image, label):
+        write_image_label(acdc_slice_path(root, name), image_slice, label_slice)
+    return names
+
+
+def write_acdc_lists(
+    root: str | Path,
+    train_slices: Sequence[str],
+    train: Sequence[str],
+    val: Sequence[str],
+    test: Sequence[str],
+) -> None:
+    """Write ``train_slices.list``, ``train.list``, ``val.list`` and ``test.list``."""
+    root = Path(root)
+    write_list(root / ACDC_LISTS["train"], train_slices)
+    write_list(root / "train.list", train)
+    write_list(root / ACDC_LISTS["val"], val)
+    write_list(root / ACDC_LISTS["test"], test)
+
+
+class ACDCSlices(CaseDataset):
+    """Training slices of ACDC with the SSL4MIS ``RandomGenerator`` augmentation (SPEC 5).
+
+    With ``augment``: with probability 1/2 a random rot90 + flip; otherwise, with
+    probability 1/2, a random rotation in [-20, 20] degrees (nearest neighbour). Then, and
+    always, a resize to ``patch_size`` (cubic image, nearest-neighbour label). Items are
+    ``{"image": (1, h, w) float32, "label": (h, w) int64, "case": str}``. Arguments are
+    those of :class:`mper.data.dataset.CaseDataset` (``cases``: slice names;
+    ``patch_size`` defaults to (256, 256)); draws are reproducible per (seed, epoch, index).
+    """
+
+    default_patch_size = ACDC_PATCH_SIZE
+
+    def load(self, case: str) -> tuple[np.ndarray, np.ndarray]:
+        return load_acdc_slice(self.root, case)
+
+    def transform(
+        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.augment:
+            if rng.random() < 0.5:
+                image, label = random_rot_flip(image, label, rng)
+            elif rng.random() < 0.5:
+                image, label = random_rotate(image, label, rng)
+        return resize(image, label, self.patch_size)

@@ -1,0 +1,290 @@
+"""Conversion of the raw public downloads into the preprocessed layouts of SPEC 6.
+
+* ACDC: the challenge release, ``patientXXX/patientXXX_frameYY.nii.gz`` with its
+  ``patientXXX_frameYY_gt.nii.gz`` (optionally under ``training/`` and ``testing/``),
+  becomes the SSL4MIS layout. A NIfTI volume ``(H, W, S)`` is stored as ``(S, H, W)``
+  (slice ``s`` is ``volume[:, :, s]``), min-max normalised per volume.
+* LA: the 2018 atrial segmentation challenge, ``<case>/lgemri.nrrd`` with
+  ``<case>/laendo.nrrd`` (optionally under ``Training Set/``), becomes the UA-MT layout:
+  label ``laendo == 255``, the whole scan z-scored, then cropped in (H, W) around the
+  atrium with a random 10-19 voxel margin, the box first enlarged to at least 112 x 112;
+  the through-plane axis is kept whole.
+
+The split is copied from the list files of ``split_from`` when given (every name must
+exist in the source), otherwise drawn per patient from ``seed``: ACDC 70/10/20
+train/val/test, LA 80/20 train/test.
+"""
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import nrrd
+import numpy as np
+from tqdm import tqdm
+
+from mper.data.acdc import ACDC_NUM_CLASSES, patient_id, write_acdc_lists, write_acdc_volume
+from mper.data.files import DataFormatError, read_list
+from mper.data.la import LA_PATCH_SIZE, write_la_case, write_la_lists
+from mper.data.preprocess import check_dataset, normalize_intensity
+from mper.data.splits import ACDC_SPLIT_FRACTIONS, LA_SPLIT_FRACTIONS, partition
+
+ACDC_FRAME_FILE = re.compile(r"^(patient\d+_frame\d+)\.nii(\.gz)?$")
+LA_IMAGE_FILE = "lgemri.nrrd"
+LA_LABEL_FILE = "laendo.nrrd"
+LA_CROP_MARGIN = (10, 20)  # random margin in voxels, upper bound excluded
+
+Reader = Callable[[Path], np.ndarray]
+ReadErrors = tuple[type[Exception], ...]
+
+
+def convert(
+    dataset: str,
+    source: str | Path,
+    out: str | Path,
+    split_from: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Convert the raw release of ``dataset`` (``"la"`` or ``"acdc"``) found under
+    ``source`` into the preprocessed layout under ``out``; return ``out``.
+
+    Args:
+        dataset: ``"la"`` or ``"acdc"``.
+        source: folder holding the raw download.
+        out: dataset root to write.
+        split_from: folder with the list files of a published split to reuse (ACDC:
+            ``val.list``, ``test.list`` and ``train_slices.list`` or ``train.list``;
+            LA: ``train.list`` and ``test.list``); ``None`` draws a split from ``seed``.
+        seed: seed of the split and of the LA crop margins.
+        progress: show a tqdm progress bar.
+
+    Raises:
+        FileNotFoundError: ``source`` holds no case, or a case lacks its label file.
+        DataFormatError: a volume is unreadable or malformed, or a list names a case
+            that ``source`` does not hold.
+    """
+    source, out = Path(source), Path(out)
+    if not source.is_dir():
+        raise FileNotFoundError(f"source folder {source} not found: expected the raw {dataset} download")
+    split_from = None if split_from is None else Path(split_from)
+    if check_dataset(dataset) == "la":
+        return convert_la(source, out, split_from, seed, progress)
+    return convert_acdc(source, out, split_from, seed, progress)
+
+
+def _check_listed(list_path: Path, names: Sequence[str], known: Collection[str]) -> list[str]:
+    """``names`` as a list, after checking that each is in ``known``."""
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise DataFormatError(
+            f"{list_path} names {len(unknown)} case(s) absent from the converted data, "
+            f"e.g. {unknown[:3]}; expected only names of the source download"
+        )
+    return list(names)
+
+
+def _read_listed(list_path: Path, known: Collection[str]) -> list[str]:
+    """The names of a list file, each of which must be in ``known``."""
+    return _check_listed(list_path, read_list(list_path), known)
+
+
+def _read_volume(path: Path, reader: Reader, errors: ReadErrors, expected: str) -> np.ndarray:
+    """Read a 3-D volume, turning the reader's ``errors`` into :class:`DataFormatError`."""
+    try:
+        volume = np.asarray(reader(path))
+    except errors as error:
+        raise DataFormatError(f"{path} could not be read ({error}): expected {expected}") from error
+    if volume.ndim != 3:
+        raise DataFormatError(f"{path} has shape {volume.shape}: expected {expected}")
+    return volume
+
+
+def _read_pair(
+    image_path: Path, label_path: Path, reader: Reader, errors: ReadErrors, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image and its label volume (both 3-D, same shape)."""
+    image = _read_volume(image_path, reader, errors, f"a 3-D {what} image")
+    label = _read_volume(label_path, reader, errors, f"a 3-D {what} label volume")
+    if image.shape != label.shape:
+        raise DataFormatError(
+            f"{label_path} has shape {label.shape} but its image {image_path} has {image.shape}; "
+            "expected one label per voxel"
+        )
+    return image, label
+
+
+def _pair_file(image_path: Path, label_name: str) -> Path:
+    """The label file ``label_name`` beside ``image_path``, which must exist."""
+    label_path = image_path.with_name(label_name)
+    if not label_path.is_file():
+        raise FileNotFoundError(f"{label_path} not found: expected the label volume of {image_path}")
+    return label_path
+
+
+# ACDC
+
+_NIFTI_ERRORS = (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error)
+
+
+def _read_nifti(path: Path) -> np.ndarray:
+    return nib.load(str(path)).get_fdata(dtype=np.float32)
+
+
+def find_acdc_frames(source: Path) -> dict[str, tuple[Path, Path]]:
+    """``{frame name: (image path, label path)}`` of every ACDC frame under ``source``."""
+    frames: dict[str, tuple[Path, Path]] = {}
+    for path in sorted(source.rglob("patient*_frame*.nii*")):
+        match = ACDC_FRAME_FILE.match(path.name)
+        if not match:
+            continue
+        name = match.group(1)
+        if name in frames:
+            raise DataFormatError(f"frame {name} appears twice: {frames[name][0]} and {path}")
+        frames[name] = (path, _pair_file(path, path.name.replace(name, f"{name}_gt")))
+    if not frames:
+        raise FileNotFoundError(
+            f"no ACDC frame under {source}: expected patientXXX/patientXXX_frameYY.nii.gz "
+            "files with their patientXXX_frameYY_gt.nii.gz labels"
+        )
+    return frames
+
+
+def load_acdc_nifti(image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one raw ACDC frame as (image float32 (S, H, W) in [0, 1], label uint8 (S, H, W))."""
+    image, label = _read_pair(image_path, label_path, _read_nifti, _NIFTI_ERRORS, "ACDC NIfTI (H, W, S)")
+    label = np.rint(label)
+    if label.min() < 0 or label.max() >= ACDC_NUM_CLASSES:
+        raise DataFormatError(
+            f"{label_path} holds values {np.unique(label)[:8]}: "
+            f"expected ACDC classes 0..{ACDC_NUM_CLASSES - 1}"
+        )
+    image = normalize_intensity(np.transpose(image, (2, 0, 1)), "acdc")
+    return image, np.transpose(label, (2, 0, 1)).astype(np.uint8)
+
+
+def _acdc_split(
+    frames: dict[str, tuple[Path, Path]], split_from: Path | None, seed: int
+) -> tuple[list[str], list[str], list[str], list[str] | None]:
+    """(train, val, test frames, published train slices or None)."""
+    if split_from is not None:
+        return _published_acdc_split(frames, split_from)
+    patients = sorted({patient_id(name) for name in frames})
+    parts = partition(patients, ACDC_SPLIT_FRACTIONS, np.random.default_rng([seed, 2]))
+    train, val, test = ([name for name in sorted(frames) if patient_id(name) in part] for part in parts)
+    return train, val, test, None
+
+
+def _published_acdc_split(
+    frames: dict[str, tuple[Path, Path]], split_from: Path
+) -> tuple[list[str], list[str], list[str], list[str] | None]:
+    """The split of the SSL4MIS list files in ``split_from``; training frames come from
+    ``train.list`` or, without one, from the frames of ``train_slices.list``."""
+    val, test = (_read_listed(split_from / name, frames) for name in ("val.list", "test.list"))
+    slices_list, frames_list = split_from / "train_slices.list", split_from / "train.list"
+    train_slices = read_list(slices_list) if slices_list.is_file() else None
+    if frames_list.is_file():
+        train = _read_listed(frames_list, frames)
+    elif train_slices is not None:
+        slice_frames = dict.fromkeys(name.rsplit("_slice_", 1)[0] for name in train_slices)
+        train = _check_listed(slices_list, list(slice_frames), frames)
+    else:
+        raise FileNotFoundError(f"neither {slices_list} nor {frames_list} found: expected the training split")
+    return train, val, test, train_slices
+
+
+def convert_acdc(source: Path, out: Path, split_from: Path | None, seed: int, progress: bool = True) -> Path:
+    """Convert a raw ACDC download (see :func:`convert`)."""
+    frames = find_acdc_frames(source)
+    train, val, test, published_slices = _acdc_split(frames, split_from, seed)
+    training = set(train)
+    written: dict[str, list[str]] = {}
+    for name in tqdm(sorted(frames), desc="converting ACDC", disable=not progress):
+        image, label = load_acdc_nifti(*frames[name])
+        written[name] = write_acdc_volume(out, name, image, label, with_slices=name in training)
+    all_slices = [name for frame in train for name in written[frame]]
+    if published_slices is None:
+        train_slices = all_slices
+    else:
+        train_slices = _check_listed(split_from / "train_slices.list", published_slices, set(all_slices))
+    write_acdc_lists(out, train_slices, train, val, test)
+    return out
+
+
+# LA
+
+_NRRD_ERRORS = (nrrd.NRRDError, OSError, ValueError)
+
+
+def _read_nrrd(path: Path) -> np.ndarray:
+    return nrrd.read(str(path))[0]
+
+
+def find_la_cases(source: Path) -> dict[str, tuple[Path, Path]]:
+    """``{case: (lgemri.nrrd path, laendo.nrrd path)}`` of every LA case under ``source``."""
+    cases: dict[str, tuple[Path, Path]] = {}
+    for path in sorted(source.rglob(LA_IMAGE_FILE)):
+        case = path.parent.name
+        if case in cases:
+            raise DataFormatError(f"case {case} appears twice: {cases[case][0]} and {path}")
+        cases[case] = (path, _pair_file(path, LA_LABEL_FILE))
+    if not cases:
+        raise FileNotFoundError(
+            f"no LA case under {source}: expected <case>/{LA_IMAGE_FILE} with <case>/{LA_LABEL_FILE}"
+        )
+    return cases
+
+
+def _atrium_label(label: np.ndarray, path: Path) -> np.ndarray:
+    values = set(np.unique(label).tolist())
+    if values <= {0, 255}:
+        return (label == 255).astype(np.uint8)
+    if values <= {0, 1}:
+        return label.astype(np.uint8)
+    raise DataFormatError(
+        f"{path} holds values {sorted(values)[:8]}: expected a mask of {{0, 255}} or {{0, 1}}"
+    )
+
+
+def crop_box(label: np.ndarray, rng: np.random.Generator, min_size: Sequence[int]) -> tuple[slice, ...]:
+    """UA-MT's crop window: in each of the first ``len(min_size)`` axes the label's bounding
+    box, enlarged evenly to ``min_size`` and by a random margin on each side (clipped to
+    the volume); later axes are kept whole."""
+    foreground = np.nonzero(label)
+    window = []
+    for axis, target in enumerate(min_size):
+        low, high = int(foreground[axis].min()), int(foreground[axis].max()) + 1
+        pad = max(target - (high - low), 0) // 2
+        low = max(low - pad - int(rng.integers(*LA_CROP_MARGIN)), 0)
+        high = min(high + pad + int(rng.integers(*LA_CROP_MARGIN)), label.shape[axis])
+        window.append(slice(low, high))
+    return tuple(window)
+
+
+def load_la_nrrd(
+    image_path: Path, label_path: Path, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read one raw LA case as a UA-MT crop: (image float32 z-scored, label uint8 {0, 1})."""
+    image, label = _read_pair(image_path, label_path, _read_nrrd, _NRRD_ERRORS, "LA NRRD")
+    label = _atrium_label(label, label_path)
+    if not label.any():
+        raise DataFormatError(f"{label_path} has no atrium voxel: expected a non-empty mask to crop around")
+    window = crop_box(label, rng, LA_PATCH_SIZE[:2])
+    return normalize_intensity(image, "la")[window], label[window]
+
+
+def convert_la(source: Path, out: Path, split_from: Path | None, seed: int, progress: bool = True) -> Path:
+    """Convert a raw LA 2018 challenge download (see :func:`convert`)."""
+    cases = find_la_cases(source)
+    if split_from is None:
+        train, test = partition(sorted(cases), LA_SPLIT_FRACTIONS, np.random.default_rng([seed, 2]))
+    else:
+        train, test = (_read_listed(split_from / name, cases) for name in ("train.list", "test.list"))
+    margins = np.random.default_rng([seed, 3])
+    for case in tqdm(sorted(cases), desc="converting LA", disable=not progress):
+        write_la_case(out, case, *load_la_nrrd(*cases[case], margins))
+    write_la_lists(out, train, test)
+    return out

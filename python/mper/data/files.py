@@ -1,0 +1,140 @@
+"""Reading and writing the files of the public data layouts: case-list files and HDF5 cases.
+
+Every loader in :mod:`mper.data` goes through these functions, so a missing or damaged
+file always produces the same kind of error: :class:`FileNotFoundError` for a file that
+is not there, :class:`DataFormatError` for one that is there but does not hold what the
+layout promises. Both messages name the file and say what was expected.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
+
+import h5py
+import numpy as np
+
+LA_CASE_FILE = "mri_norm2.h5"
+"""File name of every LA case inside its case folder (UA-MT layout)."""
+
+
+class DataFormatError(ValueError):
+    """A data file exists but its content is not what the layout requires."""
+
+
+def case_name_from_line(line: str) -> str:
+    """Reduce one list-file line to a case name.
+
+    Lists in the wild hold bare names (``patient001_frame01``), file names
+    (``patient001_frame01_slice_0.h5``) or full paths
+    (``/x/2018LA_Seg_Training Set/0RZDK210BSMWAA6467LU/mri_norm2.h5``). A path that ends
+    in the per-case LA file names its case by its folder.
+    """
+    path = PurePosixPath(line.strip().replace("\\", "/"))
+    if path.name == LA_CASE_FILE and len(path.parts) > 1:
+        return path.parent.name
+    return path.name.removesuffix(".h5")
+
+
+def read_list(path: str | Path) -> list[str]:
+    """Case names of a list file, one per non-empty line, in file order.
+
+    Raises:
+        FileNotFoundError: the list file does not exist.
+        DataFormatError: the file holds no case name.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"list file {path} not found: expected a text file with one case name per line"
+        )
+    names = [case_name_from_line(line) for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DataFormatError(f"list file {path} is empty: expected one case name per line")
+    return names
+
+
+def write_list(path: str | Path, names: Iterable[str]) -> Path:
+    """Write ``names`` one per line (the format :func:`read_list` reads) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{name}\n" for name in names))
+    return path
+
+
+def _expected(keys: Sequence[str], ndim: int | None) -> str:
+    rank = f"{ndim}-D " if ndim is not None else ""
+    return f"an HDF5 file with {rank}datasets {', '.join(repr(k) for k in keys)}"
+
+
+def read_h5_case(
+    path: str | Path,
+    keys: Sequence[str] = ("image", "label"),
+    ndim: int | None = None,
+    layout: str = "",
+) -> tuple[np.ndarray, ...]:
+    """Read the datasets ``keys`` of one HDF5 case file, in the order of ``keys``.
+
+    Args:
+        path: the ``.h5`` file.
+        keys: dataset names to read.
+        ndim: if given, every dataset must have this many dimensions.
+        layout: a short description of the expected layout, added to error messages.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataFormatError: the file is not readable HDF5, lacks a dataset, or a dataset has
+            the wrong number of dimensions.
+    """
+    path = Path(path)
+    expected = _expected(keys, ndim) + (f" ({layout})" if layout else "")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: expected {expected}")
+    try:
+        with h5py.File(path, "r") as handle:
+            missing = [key for key in keys if key not in handle]
+            if missing:
+                raise DataFormatError(
+                    f"{path} has no dataset {', '.join(map(repr, missing))}: "
+                    f"expected {expected}; found {sorted(handle.keys())}"
+                )
+            arrays = tuple(np.asarray(handle[key][()]) for key in keys)
+    except OSError as error:
+        raise DataFormatError(f"{path} is not a readable HDF5 file ({error}): expected {expected}") from error
+    for key, array in zip(keys, arrays):
+        if ndim is not None and array.ndim != ndim:
+            raise DataFormatError(
+                f"{path}: dataset {key!r} has shape {array.shape}, expected {expected}"
+            )
+    return arrays
+
+
+def read_image_label(
+    path: str | Path, ndim: int, num_classes: int, layout: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read an ``image``/``label`` case: ``image`` float32, ``label`` uint8 in ``[0, num_classes)``.
+
+    Raises what :func:`read_h5_case` raises, and :class:`DataFormatError` if the two
+    shapes differ or a label value lies outside ``[0, num_classes)``.
+    """
+    image, label = read_h5_case(path, ("image", "label"), ndim=ndim, layout=layout)
+    if image.shape != label.shape:
+        raise DataFormatError(
+            f"{path}: image shape {image.shape} differs from label shape {label.shape}; "
+            "expected one label per voxel"
+        )
+    if label.size and (label.min() < 0 or label.max() >= num_classes):
+        raise DataFormatError(
+            f"{path}: label values span [{label.min()}, {label.max()}], "
+            f"expected class indices 0..{num_classes - 1}"
+        )
+    return image.astype(np.float32, copy=False), label.astype(np.uint8, copy=False)
+
+
+def write_image_label(path: str | Path, image: np.ndarray, label: np.ndarray) -> Path:
+    """Write an ``image`` (float32) / ``label`` (uint8, gzip-compressed) case file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("image", data=np.asarray(image, dtype=np.float32))
+        handle.create_dataset("label", data=np.asarray(label, dtype=np.uint8), compression="gzip")
+    return path

@@ -1,0 +1,33 @@
+"""Deterministic splitting of case names into train/val/test-like parts."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+ACDC_SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
+"""Patient fractions of train / val / test when no published ACDC split is given."""
+LA_SPLIT_FRACTIONS = (0.8, 0.2)
+"""Case fractions of train / test when no published LA split is given (80 / 20 cases)."""
+
+
+def partition(names: Sequence[str], fractions: Sequence[float], rng: np.random.Generator) -> list[list[str]]:
+    """Shuffle ``names`` with ``rng`` and cut them into parts of about ``fractions`` of the total.
+
+    Every part gets at least one name; the first part takes what the rounding of the
+    others leaves. Each part is returned sorted.
+
+    Raises:
+        ValueError: fewer names than parts.
+    """
+    if len(names) < len(fractions):
+        raise ValueError(
+            f"need at least {len(fractions)} cases to fill {len(fractions)} non-empty parts, got {len(names)}"
+        )
+    later = [max(1, round(fraction * len(names))) for fraction in fractions[1:]]
+    sizes = [len(names) - sum(later), *later]
+    if sizes[0] < 1:
+        raise ValueError(f"fractions {tuple(fractions)} leave no name for the first part of {len(names)}")
+    shuffled = [names[index] for index in rng.permutation(len(names))]
+    bounds = np.cumsum([0, *sizes])
+    return [sorted(shuffled[start:stop]) for start, stop in zip(bounds[:-1], bounds[1:])]

@@ -1,0 +1,42 @@
+"""Synthetic datasets in the exact public layouts, for running everything without the
+real downloads (see :mod:`mper.data.synth_la` and :mod:`mper.data.synth_acdc`)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from mper.data.preprocess import check_dataset
+from mper.data.synth_acdc import ACDC_SYNTH_CASES, ACDC_SYNTH_SIZE, synthesize_acdc
+from mper.data.synth_la import LA_SYNTH_CASES, LA_SYNTH_SIZE, synthesize_la
+
+_DEFAULTS = {"la": (LA_SYNTH_CASES, LA_SYNTH_SIZE), "acdc": (ACDC_SYNTH_CASES, ACDC_SYNTH_SIZE)}
+
+
+def synthesize(
+    dataset: str,
+    out: str | Path,
+    cases: int | None = None,
+    seed: int = 0,
+    size: Sequence[int] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write a complete synthetic dataset root, list files included, and return it.
+
+    Args:
+        dataset: ``"la"`` (UA-MT layout: volumes of about ``size`` (H, W, D), default
+            (128, 128, 96), split 80/20 into train/test) or ``"acdc"`` (SSL4MIS layout:
+            patients with an ED and an ES frame of 6-10 slices of ``size`` (H, W), default
+            (224, 224), split 70/10/20 into train/val/test).
+        out: dataset root to create (existing files of the same names are overwritten).
+        cases: LA volumes or ACDC patients; default 100.
+        seed: the output is a pure function of (dataset, cases, seed, size).
+        size: see ``dataset``.
+        progress: show a tqdm progress bar.
+    """
+    default_cases, default_size = _DEFAULTS[check_dataset(dataset)]
+    cases = default_cases if cases is None else int(cases)
+    size = default_size if size is None else tuple(int(length) for length in size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write = synthesize_la if dataset == "la" else synthesize_acdc
+    return write(out, cases, seed, size, progress)

@@ -1,0 +1,67 @@
+"""Segmentation metrics: Dice, Jaccard, 95% Hausdorff distance and average surface distance.
+
+All four are medpy's ``medpy.metric.binary`` functions (``dc``, ``jc``, ``hd95``,
+``asd``), called with the prediction first, as UA-MT and SSL4MIS do; ``asd`` is thus
+the mean distance from the predicted surface to the ground-truth surface. Distances are
+in voxels unless a voxel ``spacing`` is given (the paper's tables use voxels).
+
+Empty masks, where medpy's distances are undefined:
+
+* prediction and ground truth both empty: dice = jaccard = 1, hd95 = asd = 0
+  (a perfect answer);
+* exactly one empty: dice = jaccard = 0, hd95 = asd = NaN. The NaN is kept so that
+  :func:`mper.eval.report.summarize` can leave it out of the mean *and count it*,
+  rather than hiding a missed structure behind a made-up distance.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from medpy.metric import binary
+
+METRIC_NAMES = ("dice", "jaccard", "hd95", "asd")
+DISTANCE_METRICS = ("hd95", "asd")
+
+Spacing = float | Sequence[float] | None
+
+
+def dice_score(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of two binary masks (nonzero = foreground); 1 when both are empty."""
+    # medpy divides numpy integers here, which gives NaN rather than its own fallback.
+    if not np.any(pred) and not np.any(gt):
+        return 1.0
+    return float(binary.dc(pred, gt))
+
+
+def binary_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Spacing = None) -> dict[str, float]:
+    """``{"dice", "jaccard", "hd95", "asd"}`` of a binary prediction against ``gt``.
+
+    Nonzero voxels are foreground. ``spacing`` (one number or one per axis) turns the
+    distances into physical units. See the module docstring for empty masks.
+    """
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred and gt must have the same shape, got {pred.shape} and {gt.shape}")
+    if not np.any(pred) and not np.any(gt):
+        return {"dice": 1.0, "jaccard": 1.0, "hd95": 0.0, "asd": 0.0}
+    if not np.any(pred) or not np.any(gt):
+        return {"dice": 0.0, "jaccard": 0.0, "hd95": math.nan, "asd": math.nan}
+    return {
+        "dice": float(binary.dc(pred, gt)),
+        "jaccard": float(binary.jc(pred, gt)),
+        "hd95": float(binary.hd95(pred, gt, voxelspacing=spacing)),
+        "asd": float(binary.asd(pred, gt, voxelspacing=spacing)),
+    }
+
+
+def case_metrics(
+    pred_labels: np.ndarray, gt_labels: np.ndarray, num_classes: int, spacing: Spacing = None
+) -> dict[int, dict[str, float]]:
+    """:func:`binary_metrics` of each foreground class ``1 .. num_classes - 1`` of a label map."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must count the background too (at least 2), got {num_classes}")
+    return {
+        label: binary_metrics(pred_labels == label, gt_labels == label, spacing)
+        for label in range(1, num_classes)
+    }

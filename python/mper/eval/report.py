@@ -1,0 +1,152 @@
+"""Aggregate per-case metrics and write them as JSON and as the paper's Markdown table.
+
+``per_case`` maps a case name to :func:`mper.eval.metrics.case_metrics` of that case,
+``{class label: {"dice", "jaccard", "hd95", "asd"}}``.
+
+:func:`summarize` gives, for each metric, ``{"mean", "std", "undefined"}``:
+
+* per class (``summary["classes"][label]``): over cases;
+* over classes (``summary["mean"]``): each case's metrics are first averaged over its
+  classes, then ``mean`` and ``std`` are taken over cases (with no undefined distance
+  this ``mean`` equals the mean of the class means, the number the paper reports).
+
+``std`` is the population standard deviation (``ddof=0``). ``undefined`` counts the
+results whose distance is undefined (NaN: exactly one of prediction and ground truth
+empty); ``mean`` and ``std`` leave them out, and the Markdown table says how many there
+were. In JSON an undefined value is written as ``null``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .metrics import METRIC_NAMES
+
+PerCase = Mapping[str, Mapping[int, Mapping[str, float]]]
+
+TABLE_HEADER = ("Method", "Labeled", "Unlabeled", "Dice", "Jaccard", "95HD", "ASD")
+PERCENT_METRICS = ("dice", "jaccard")
+
+
+def _statistics(values: Sequence[float], undefined: int) -> dict[str, float | int]:
+    defined = np.asarray([value for value in values if not math.isnan(value)], dtype=np.float64)
+    if defined.size == 0:
+        return {"mean": math.nan, "std": math.nan, "undefined": undefined}
+    return {"mean": float(defined.mean()), "std": float(defined.std()), "undefined": undefined}
+
+
+def _count_nan(values: Sequence[float]) -> int:
+    return sum(math.isnan(value) for value in values)
+
+
+def _class_average(class_metrics: Mapping[int, Mapping[str, float]], metric: str) -> float:
+    defined = [m[metric] for m in class_metrics.values() if not math.isnan(m[metric])]
+    return sum(defined) / len(defined) if defined else math.nan
+
+
+def summarize(per_case: PerCase) -> dict[str, Any]:
+    """Mean, std and undefined count of each metric, per class and over classes.
+
+    Returns ``{"num_cases", "classes": {label: {metric: stats}}, "mean": {metric: stats}}``.
+    """
+    if not per_case:
+        raise ValueError("per_case is empty: evaluate at least one case before summarizing")
+    labels = sorted(next(iter(per_case.values())))
+    for case, class_metrics in per_case.items():
+        if sorted(class_metrics) != labels:
+            raise ValueError(
+                f"case {case!r} has classes {sorted(class_metrics)}, the others {labels}; "
+                "evaluate every case with the same num_classes"
+            )
+    classes = {}
+    for label in labels:
+        classes[label] = {}
+        for metric in METRIC_NAMES:
+            values = [class_metrics[label][metric] for class_metrics in per_case.values()]
+            classes[label][metric] = _statistics(values, _count_nan(values))
+    over_classes = {}
+    for metric in METRIC_NAMES:
+        averages = [_class_average(class_metrics, metric) for class_metrics in per_case.values()]
+        undefined = sum(classes[label][metric]["undefined"] for label in labels)
+        over_classes[metric] = _statistics(averages, undefined)
+    return {"num_cases": len(per_case), "classes": classes, "mean": over_classes}
+
+
+def _format(metric: str, value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{100 * value:.2f}" if metric in PERCENT_METRICS else f"{value:.2f}"
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [_row(header), _row(["---"] * len(header)), *(_row(row) for row in rows)]
+
+
+def _metric_cells(stats: Mapping[str, Mapping[str, float]]) -> list[str]:
+    return [_format(metric, stats[metric]["mean"]) for metric in METRIC_NAMES]
+
+
+def markdown_table(
+    summary: Mapping[str, Any],
+    method: str,
+    labeled: str,
+    unlabeled: str,
+    class_names: Sequence[str] | None = None,
+) -> str:
+    """The paper's results table: one row of means (Dice, Jaccard in %, distances as is).
+
+    With more than one foreground class, a per-class table follows (rows named from
+    ``class_names``, indexed by label, else ``class <label>``). A closing note says how
+    many distance results were undefined and left out of the means.
+    """
+    lines = _table(TABLE_HEADER, [[method, labeled, unlabeled, *_metric_cells(summary["mean"])]])
+    classes = summary["classes"]
+    if len(classes) > 1:
+        rows = []
+        for label, stats in classes.items():
+            name = class_names[int(label)] if class_names else f"class {label}"
+            rows.append([name, *_metric_cells(stats)])
+        lines += ["", *_table(("Class", *TABLE_HEADER[3:]), rows)]
+    undefined = summary["mean"]["hd95"]["undefined"]
+    if undefined:
+        results = summary["num_cases"] * len(classes)
+        lines += [
+            "",
+            f"95HD and ASD were undefined (prediction or ground truth empty) for {undefined} "
+            f"of {results} case-class results; the means above leave them out.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _json_ready(value: Any) -> Any:
+    """Replace NaN with ``None`` (JSON has no NaN) and make keys strings."""
+    if isinstance(value, Mapping):
+        return {str(key): _json_ready(item) for key, item in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def write_report(
+    out_dir: str | Path, per_case: PerCase, summary: Mapping[str, Any], markdown: str
+) -> tuple[Path, Path]:
+    """Write ``metrics.json`` (``{"summary", "per_case"}``) and ``metrics.md`` into ``out_dir``.
+
+    Creates ``out_dir`` if needed and returns the two paths.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, markdown_path = out_dir / "metrics.json", out_dir / "metrics.md"
+    document = _json_ready({"summary": summary, "per_case": per_case})
+    json_path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+    markdown_path.write_text(markdown)
+    return json_path, markdown_path

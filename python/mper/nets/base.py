@@ -1,0 +1,91 @@
+"""What the 2D U-Net and the 3D V-Net share: the three outputs and the two 1x1 heads.
+
+Every segmentation network here ends in a decoder feature map ``feat`` with ``D``
+channels at full input resolution. Two 1x1 convolutions read it:
+
+* ``classifier`` (``D -> C``) gives the linear classifier's logits ``pred``;
+* ``embedding`` (``D -> D``) gives ``emb``, the voxel embeddings the prototype bank is
+  averaged from. It is reset to the identity when self-training starts, so that the
+  prototypes first live in the same space as ``feat``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+#: Both networks halve the resolution four times, so inputs must be multiples of this.
+SIZE_MULTIPLE = 16
+
+
+class SegmentationOutput(NamedTuple):
+    """The three outputs of a segmentation network.
+
+    ``pred``: linear classifier logits ``(B, C, *spatial)``.
+    ``feat``: last decoder feature map ``(B, D, *spatial)``, read by the prototype
+    classifier.
+    ``emb``: ``embedding(feat)``, ``(B, D, *spatial)``, averaged into the prototypes.
+    """
+
+    pred: torch.Tensor
+    feat: torch.Tensor
+    emb: torch.Tensor
+
+
+class SegmentationNet(nn.Module, ABC):
+    """Base class: subclasses build the body and implement :meth:`decoder_features`.
+
+    Attributes: ``in_channels``, ``num_classes``, ``feature_dim`` (``D``) and
+    ``spatial_dims`` (2 or 3).
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, feature_dim: int):
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        sizes = {"in_channels": in_channels, "num_classes": num_classes, "feature_dim": feature_dim}
+        for name, value in sizes.items():
+            if value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.feature_dim = feature_dim
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.classifier = conv(feature_dim, num_classes, kernel_size=1)
+        self.embedding = conv(feature_dim, feature_dim, kernel_size=1)
+
+    @abstractmethod
+    def decoder_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last decoder feature map ``(B, D, *spatial)`` of a checked input."""
+
+    def forward(self, x: torch.Tensor) -> SegmentationOutput:
+        """Segment ``x`` of shape ``(B, in_channels, *spatial)``, spatial sizes multiples of 16."""
+        self._check_input(x)
+        feat = self.decoder_features(x)
+        return SegmentationOutput(self.classifier(feat), feat, self.embedding(feat))
+
+    @torch.no_grad()
+    def reset_embedding_to_identity(self) -> None:
+        """Set the embedding head to ``emb = feat`` (weight = identity, bias = 0)."""
+        weight = self.embedding.weight
+        identity = torch.eye(self.feature_dim, dtype=weight.dtype, device=weight.device)
+        weight.copy_(identity.reshape(weight.shape))
+        self.embedding.bias.zero_()
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        expected_ndim = self.spatial_dims + 2
+        if x.ndim != expected_ndim or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects input of shape (B, {self.in_channels}, "
+                f"{', '.join(['size'] * self.spatial_dims)}), got {tuple(x.shape)}"
+            )
+        spatial = tuple(x.shape[2:])
+        if any(size % SIZE_MULTIPLE for size in spatial):
+            raise ValueError(
+                f"{type(self).__name__} needs every spatial size to be a multiple of "
+                f"{SIZE_MULTIPLE} (e.g. 256x256 for ACDC, 112x112x80 for LA), got "
+                f"{'x'.join(map(str, spatial))}; pad or crop the input first"
+            )

@@ -1,0 +1,68 @@
+"""`proto_ema_update_`: the EMA step of the prototype bank (SPEC 4).
+
+p_c^k <- alpha p_c^k + (1 - alpha) mean_c^k on rows that some voxel reached; rows with a
+zero count keep their value. In place, no host synchronisation on CUDA.
+Kernels: `csrc/ops/*/proto_ema_kernel.*`.
+"""
+from __future__ import annotations
+
+import torch
+
+from mper.ops import _common
+
+
+@torch.library.custom_op("mper::proto_ema_update_", mutates_args=("prototypes",))
+def _proto_ema_update_(
+    prototypes: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, momentum: float
+) -> None:
+    args = _common._C.EmaArgs()
+    args.prototypes, args.sums, args.counts = prototypes.data_ptr(), sums.data_ptr(), counts.data_ptr()
+    args.rows, args.depth = prototypes.shape
+    args.momentum = momentum
+    args.dtype = _common.DTYPE_CODES[prototypes.dtype]
+    with _common.on_device(prototypes.device) as stream:
+        args.stream = stream
+        _common.kernel("ema_update", prototypes.device)(args)
+
+
+@_proto_ema_update_.register_fake
+def _(prototypes, sums, counts, momentum):
+    return None
+
+
+def proto_ema_update_(
+    prototypes: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, momentum: float
+) -> torch.Tensor:
+    """Move each reached prototype towards the mean of its voxels, in place.
+
+    Args:
+        prototypes: the bank ``(C*K, D)``, contiguous float32 (float64 on the CPU).
+        sums, counts: ``(C*K, D)`` and ``(C*K,)`` from :func:`mper.ops.proto_accumulate`
+            (after an all-reduce when training on several GPUs).
+        momentum: alpha in [0, 1].
+
+    Returns:
+        ``prototypes``.
+    """
+    prototypes = _common.check_tensor("prototypes", prototypes)
+    if prototypes.dim() != 2:
+        raise ValueError(f"prototypes must be (C*K, D); got shape {tuple(prototypes.shape)}")
+    allowed = (torch.float32,) if prototypes.device.type == "cuda" else (torch.float32, torch.float64)
+    if prototypes.dtype not in allowed:
+        raise TypeError(f"prototypes must be {' or '.join(map(str, allowed))} to update in place; got {prototypes.dtype}")
+    if not prototypes.is_contiguous():
+        raise ValueError("prototypes must be contiguous to update in place")
+    sums = _common.check_tensor("sums", sums)
+    counts = _common.check_tensor("counts", counts)
+    if tuple(sums.shape) != tuple(prototypes.shape) or tuple(counts.shape) != (prototypes.shape[0],):
+        raise ValueError(
+            f"sums must be {tuple(prototypes.shape)} and counts ({prototypes.shape[0]},) to match "
+            f"prototypes; got {tuple(sums.shape)} and {tuple(counts.shape)}"
+        )
+    if not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be a number in [0, 1]; got {momentum!r}")
+    _common.check_same_device(prototypes=prototypes, sums=sums, counts=counts)
+    as_bank = dict(dtype=prototypes.dtype, memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        _proto_ema_update_(prototypes, sums.to(**as_bank), counts.to(**as_bank), float(momentum))
+    return prototypes

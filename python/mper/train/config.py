@@ -1,0 +1,338 @@
+"""Run configuration: dataclasses filled from the shipped preset files and overrides.
+
+Every dataset has a preset file ``mper/presets/<dataset>.toml``. Its ``[paper]`` table
+holds every value; any other table (``[reference]``, ``[demo]``) lists only what it
+changes on top of ``[paper]``. Values are grouped in sections (``data``, ``optim``,
+``pretrain``, ``selftrain``, ``prototypes``, ``eval``, ``network``) and addressed as
+``section.key`` by overrides, e.g. ``selftrain.iterations=500``.
+
+``network`` is passed as keyword arguments to :func:`mper.nets.build_network`, so it
+accepts whatever the dataset's network accepts (``channels``, ``dropout`` for the U-Net;
+``base_filters``, ``normalization`` for the V-Net).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from .prototypes import UPDATE_SOURCES
+
+DATASETS = ("la", "acdc")
+OPS_MODULES = {"mper": "mper.ops", "reference": "mper.reference"}
+BASELINES = ("none", "labeled-only")
+AMP_MODES = ("off", "bf16")
+VAL_SPLITS = ("val", "holdout", "test")
+#: Written in TOML for "no value" (TOML has no null).
+NONE_TOKEN = "none"
+
+
+@dataclass
+class DataConfig:
+    """Patches, batches and the validation cases used to pick the best checkpoint.
+
+    ``val_split``: ``"val"`` (ACDC's val.list), ``"holdout"`` (the last
+    ``holdout_cases`` cases of LA's train.list, kept out of training; their labels only
+    select checkpoints) or ``"test"`` (the published LA protocol, which selects on the
+    test set).
+    """
+
+    patch_size: tuple[int, ...] = (256, 256)
+    batch_size: int = 24
+    labeled_batch_size: int = 12
+    num_workers: int = 0
+    val_split: str = "val"
+    holdout_cases: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """SGD; the learning rate is multiplied by ``lr_gamma`` every ``lr_step`` iterations
+    of a stage (``lr_step = 0``: constant)."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_step: int = 0
+    lr_gamma: float = 0.1
+
+
+@dataclass
+class PretrainConfig:
+    """Supervised copy-paste pre-training on labeled images; loss ``scale * (CE + Dice)``."""
+
+    iterations: int = 10000
+    loss_scale: float = 0.5
+    box_fraction: float = 2 / 3
+
+
+@dataclass
+class SelfTrainConfig:
+    """Mean Teacher self-training with bidirectional copy-paste (SPEC 3 and 5).
+
+    ``ema_decay`` is eta; ``unlabeled_weight`` is u; ``consistency_scale`` multiplies
+    each ``CE + Dice`` of Eq. 4 (1 in the paper, 0.5 in BCP's code);
+    ``ramp_weight``/``rampup_epochs``/``ramp_epoch_length`` define lambda(t);
+    ``contrastive_weight`` is gamma; ``pseudo_label_threshold``: ``None`` for the argmax,
+    a probability for two-class tasks (``p_1 >= threshold``).
+    """
+
+    iterations: int = 30000
+    ema_decay: float = 0.999
+    unlabeled_weight: float = 0.5
+    consistency_scale: float = 1.0
+    ramp_weight: float = 1.0
+    rampup_epochs: float = 200.0
+    ramp_epoch_length: int = 150
+    contrastive_weight: float = 0.1
+    pseudo_label_threshold: float | None = None
+
+
+@dataclass
+class PrototypeConfig:
+    """The prototype classifier (SPEC 2) and bank (SPEC 4).
+
+    ``per_class`` is K; ``tau``/``nce_tau`` are tau1/tau2; ``momentum`` is alpha;
+    ``contrastive_ignore_row``: bank row whose nearest voxels InfoNCE leaves out
+    (``None``: none; 0 in the reference code).
+    """
+
+    per_class: int = 3
+    tau: float = 0.1
+    nce_tau: float = 0.1
+    momentum: float = 0.9
+    confidence_threshold: float = 0.9
+    update_source: str = "both"
+    update_background: bool = True
+    contrastive_ignore_row: int | None = None
+    kmeans_iterations: int = 20
+    kmeans_max_voxels: int = 50000
+
+
+@dataclass
+class EvalConfig:
+    """Validation during training and the final evaluation.
+
+    ``stride``: sliding-window stride for 3D volumes (ignored in 2D);
+    ``val_interval``/``checkpoint_interval``: iterations between validations / resume
+    checkpoints; ``num_figures``: cases drawn as PNG overlays.
+    """
+
+    val_interval: int = 200
+    checkpoint_interval: int = 500
+    stride: tuple[int, ...] = (18, 18, 4)
+    num_figures: int = 3
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; ``to_dict``/``from_dict`` round-trip it."""
+
+    dataset: str = "acdc"
+    data_root: str = ""
+    labeled: int = 7
+    preset: str = "paper"
+    num_classes: int = 4
+    seed: int = 1337
+    device: str = "auto"
+    ops: str = "mper"
+    out: str = ""
+    baseline: str = "none"
+    amp: str = "off"
+    network: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
+    prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), for checkpoints, JSON and TOML."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build and check a config; unknown keys and wrong types raise ``ValueError``."""
+        config = _build(cls, values, "")
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent value."""
+        _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("ops", self.ops, tuple(OPS_MODULES))
+        _check_choice("baseline", self.baseline, BASELINES)
+        _check_choice("amp", self.amp, AMP_MODES)
+        _check_choice("data.val_split", self.data.val_split, VAL_SPLITS)
+        _check_choice("prototypes.update_source", self.prototypes.update_source, UPDATE_SOURCES)
+        _check_positive("labeled", self.labeled)
+        _check_positive("num_classes", self.num_classes)
+        _check_positive("prototypes.per_class", self.prototypes.per_class)
+        for name in ("pretrain.iterations", "selftrain.iterations", "eval.val_interval", "eval.checkpoint_interval"):
+            section, key = name.split(".")
+            _check_positive(name, getattr(getattr(self, section), key))
+        labeled_batch = self.data.labeled_batch_size
+        if labeled_batch < 2 or labeled_batch % 2:
+            raise ValueError(
+                f"data.labeled_batch_size must be even and at least 2 (copy-paste pairs its "
+                f"two halves), got {labeled_batch}"
+            )
+        if self.data.batch_size != 2 * labeled_batch:
+            raise ValueError(
+                f"data.batch_size must be twice data.labeled_batch_size (labeled and unlabeled "
+                f"images are paired), got {self.data.batch_size} and {labeled_batch}"
+            )
+        if self.data.val_split == "holdout" and self.data.holdout_cases < 1:
+            raise ValueError("data.val_split = 'holdout' needs data.holdout_cases >= 1")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``values``, checking names and types."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a table, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {item.name for item in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(
+            f"unknown setting {prefix}{unknown[0]}; valid names here: "
+            f"{', '.join(prefix + name for name in sorted(names))}"
+        )
+    arguments = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            arguments[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            arguments[name] = _coerce(value, hint, prefix + name)
+    return cls(**arguments)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """``value`` as type ``hint`` (int for float and list for tuple allowed), or ``ValueError``."""
+    origin = typing.get_origin(hint)
+    options = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and type(None) in options:
+        if value is None or value == NONE_TOKEN:
+            return None
+        inner = next(option for option in options if option is not type(None))
+        return _coerce(value, inner, name)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        return tuple(_coerce(item, options[0], name) for item in value)
+    if origin is dict and isinstance(value, dict):
+        return dict(value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise ValueError(f"setting {name} expects {_type_name(hint)}, got {value!r}")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def read_preset(dataset: str, preset: str) -> dict[str, Any]:
+    """The values of ``preset`` for ``dataset``: ``[paper]`` with the preset's changes."""
+    _check_choice("dataset", dataset, DATASETS)
+    text = resources.files("mper.presets").joinpath(f"{dataset}.toml").read_text()
+    tables = tomllib.loads(text)
+    if preset not in tables:
+        raise ValueError(
+            f"preset {preset!r} is not defined for {dataset}; available: {', '.join(tables)}"
+        )
+    values = merge(tables["paper"], tables[preset]) if preset != "paper" else tables["paper"]
+    return merge(values, {"dataset": dataset, "preset": preset})
+
+
+def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied, recursing into sub-tables."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(assignment: str) -> dict[str, Any]:
+    """``"section.key=value"`` as a nested dict; the value is read as a TOML value.
+
+    Strings may be given without quotes (``prototypes.update_source=labeled``);
+    ``none`` means no value.
+    """
+    key, separator, text = assignment.partition("=")
+    if not separator or not key.strip():
+        raise ValueError(f"override {assignment!r} must look like section.key=value")
+    try:
+        value = tomllib.loads(f"value = {text.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    nested: dict[str, Any] = {}
+    target = nested
+    *sections, leaf = key.strip().split(".")
+    for section in sections:
+        target = target.setdefault(section, {})
+    target[leaf] = value
+    return nested
+
+
+def load_config(
+    dataset: str,
+    preset: str = "paper",
+    overrides: dict[str, Any] | None = None,
+    assignments: list[str] | tuple[str, ...] = (),
+) -> TrainConfig:
+    """The preset's config with ``overrides`` (a nested dict) and ``assignments``
+    (``"section.key=value"`` strings) applied, in that order."""
+    values = read_preset(dataset, preset)
+    for change in [overrides or {}, *map(parse_override, assignments)]:
+        values = merge(values, change)
+    return TrainConfig.from_dict(values)
+
+
+def to_toml(values: dict[str, Any]) -> str:
+    """A TOML document for a config dict: top-level values and one level of tables.
+
+    ``None`` is written as ``"none"``, which :class:`TrainConfig` reads back as ``None``.
+    """
+    scalars = {key: value for key, value in values.items() if not isinstance(value, dict)}
+    tables = {key: value for key, value in values.items() if isinstance(value, dict)}
+    lines = [f"{key} = {_toml_value(value)}" for key, value in scalars.items()]
+    for name, table in tables.items():
+        lines += ["", f"[{name}]"]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return json.dumps(NONE_TOKEN)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))

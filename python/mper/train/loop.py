@@ -1,0 +1,220 @@
+"""The state of a training run and the loop every stage shares.
+
+A :class:`Trainer` holds the student, the teacher and prototype bank (self-training
+only), the optimizer, the copy-paste mask generator and the :class:`StageProgress`.
+:meth:`Trainer.run_stage` drives one stage: learning-rate schedule, one step function
+per iteration, TensorBoard scalars, validation with best-checkpoint keeping, periodic
+resume checkpoints and the Ctrl-C stop.
+
+Exact resume: the batch sequence is a function of (seed, iteration) (see
+:mod:`mper.train.loaders`), and the checkpoint holds every other source of randomness
+(the global RNG that drives dropout, the mask generator), so a resumed run repeats the
+uninterrupted one bit for bit on the CPU. On CUDA it repeats it up to the run-to-run
+rounding differences of GPU kernels that sum in parallel.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from mper.data.sampler import endless_batches
+from mper.nets import build_network
+
+from .checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
+from .config import OptimConfig, TrainConfig
+from .prototypes import PrototypeBank
+from .runtime import StopRequest, TrainingInterrupted, autocast, load_ops, resolve_device
+from .teacher import create_teacher
+
+log = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+PRETRAIN_CHECKPOINT = "pretrain_best.pt"
+
+#: A validation function: network -> mean Dice on the validation cases.
+Validator = Callable[[nn.Module], float]
+#: One training iteration: (batch, iteration within the stage) -> scalars to log.
+StepFunction = Callable[[dict[str, Any], int], dict[str, float]]
+
+
+class ScalarWriter(Protocol):
+    """What the loop needs of a TensorBoard ``SummaryWriter``."""
+
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int) -> None: ...
+
+
+@dataclass
+class StageProgress:
+    """Where a run stands: ``stage`` is ``pretrain``, ``selftrain`` or ``baseline``;
+    ``iteration`` counts the stage's finished iterations."""
+
+    stage: str
+    iteration: int = 0
+    best_score: float = -math.inf
+    best_iteration: int = -1
+
+
+def learning_rate(optim: OptimConfig, iteration: int) -> float:
+    """``lr * lr_gamma ** (iteration // lr_step)``, or ``lr`` when ``lr_step`` is 0."""
+    if optim.lr_step <= 0:
+        return optim.lr
+    return optim.lr * optim.lr_gamma ** (iteration // optim.lr_step)
+
+
+class Trainer:
+    """Networks, optimizer and progress of one run, with checkpointing."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: str | Path,
+        validate: Validator,
+        writer: ScalarWriter | None = None,
+        stop: StopRequest | None = None,
+    ):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.validate = validate
+        self.writer = writer
+        self.stop = stop or StopRequest()
+        self.device = resolve_device(config.device)
+        self.ops = load_ops(config.ops)
+        autocast(self.device, config.amp)  # refuses bf16 off CUDA before any work is done
+        torch.manual_seed(config.seed)
+        self.student = build_network(config.dataset, config.num_classes, **config.network).to(self.device)
+        self.teacher: nn.Module | None = None
+        self.bank: PrototypeBank | None = None
+        self.optimizer = self.new_optimizer()
+        self.mix_generator = torch.Generator().manual_seed(config.seed)
+        first_stage = "baseline" if config.baseline == "labeled-only" else "pretrain"
+        self.progress = StageProgress(first_stage)
+
+    def new_optimizer(self) -> torch.optim.SGD:
+        """A fresh SGD optimizer over the student's parameters (one per stage, as in BCP)."""
+        optim = self.config.optim
+        return torch.optim.SGD(
+            self.student.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+        )
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The mixed-precision context of the configured ``amp`` mode."""
+        return autocast(self.device, self.config.amp)
+
+    def optimize(self, loss: torch.Tensor) -> None:
+        """One SGD step on ``loss``."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def begin_stage(self, stage: str) -> None:
+        """Start ``stage`` at iteration 0 with a fresh optimizer."""
+        self.optimizer = self.new_optimizer()
+        self.progress = StageProgress(stage)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything :meth:`load_state_dict` needs to continue exactly."""
+        return {
+            "config": self.config.to_dict(),
+            "progress": dataclasses.asdict(self.progress),
+            "student": self.student.state_dict(),
+            "teacher": None if self.teacher is None else self.teacher.state_dict(),
+            "bank": None if self.bank is None else self.bank.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "mix_generator": self.mix_generator.get_state(),
+            "rng": capture_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state written by :meth:`state_dict` (from any device)."""
+        self.progress = StageProgress(**state["progress"])
+        self.student.load_state_dict(state["student"])
+        if state["teacher"] is not None:
+            self.teacher = create_teacher(self.student)
+            self.teacher.load_state_dict(state["teacher"])
+            self.bank = self.new_bank()
+            self.bank.load_state_dict(state["bank"])
+        self.optimizer = self.new_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.mix_generator.set_state(state["mix_generator"])
+        restore_rng_state(state["rng"])
+
+    def new_bank(self) -> PrototypeBank:
+        """An all-zero bank of the configured shape on the training device."""
+        return PrototypeBank(
+            self.config.num_classes, self.config.prototypes.per_class,
+            self.student.feature_dim, self.device,
+        )
+
+    def save_last(self) -> Path:
+        """Write the resume checkpoint ``last.pt``."""
+        return save_checkpoint(self.run_dir / LAST_CHECKPOINT, self.state_dict())
+
+    def best_checkpoint(self) -> Path:
+        """Where the current stage keeps its best weights."""
+        name = PRETRAIN_CHECKPOINT if self.progress.stage == "pretrain" else BEST_CHECKPOINT
+        return self.run_dir / name
+
+    def _save_best(self) -> None:
+        state = self.state_dict()
+        keep = ("config", "progress", "student", "teacher", "bank")
+        save_checkpoint(self.best_checkpoint(), {key: state[key] for key in keep})
+
+    def _validate(self, mean_loss: float) -> None:
+        progress = self.progress
+        score = float(self.validate(self.student))
+        if score > progress.best_score:
+            progress.best_score, progress.best_iteration = score, progress.iteration
+            self._save_best()
+        self._write_scalars({"val_dice": score})
+        log.info(
+            "%s iteration %d: mean loss %.4f, validation Dice %.4f (best %.4f at iteration %d)",
+            progress.stage, progress.iteration, mean_loss, score, progress.best_score, progress.best_iteration,
+        )
+
+    def _write_scalars(self, scalars: dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        for name, value in scalars.items():
+            self.writer.add_scalar(f"{self.progress.stage}/{name}", value, self.progress.iteration)
+
+    def run_stage(self, iterations: int, step: StepFunction, loader: DataLoader) -> None:
+        """Run the current stage from its saved iteration up to ``iterations``.
+
+        Raises :class:`~mper.train.runtime.TrainingInterrupted` after saving ``last.pt``
+        when a stop was requested.
+        """
+        progress, schedule = self.progress, self.config.eval
+        batches = endless_batches(loader, progress.iteration)
+        losses: list[float] = []
+        bar = tqdm(total=iterations, initial=progress.iteration, desc=progress.stage, unit="it")
+        with bar:
+            while progress.iteration < iterations:
+                lr = learning_rate(self.config.optim, progress.iteration)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                scalars = step(next(batches), progress.iteration)
+                progress.iteration += 1
+                losses.append(scalars["loss"])
+                self._write_scalars({**scalars, "lr": lr})
+                bar.update()
+                bar.set_postfix(loss=f"{scalars['loss']:.4f}", best=f"{progress.best_score:.4f}")
+                if progress.iteration % schedule.val_interval == 0 or progress.iteration == iterations:
+                    self._validate(sum(losses) / len(losses))
+                    losses.clear()
+                if self.stop.requested:
+                    raise TrainingInterrupted(self.save_last())
+                if progress.iteration % schedule.checkpoint_interval == 0:
+                    self.save_last()
+        self.save_last()

@@ -1,0 +1,116 @@
+"""The command-line tools on tiny synthetic data: help, data, train, eval, predict, errors."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+
+import pytest
+
+from mper.cli import data_main, eval_main, predict_main, train_main
+from mper.train.loop import Trainer
+
+TINY = [
+    "network.channels=[4, 8, 16, 32, 64]", "data.patch_size=[32, 32]", "data.batch_size=4",
+    "data.labeled_batch_size=2", "data.num_workers=0", "pretrain.iterations=3", "selftrain.iterations=3",
+    "eval.val_interval=3", "eval.num_figures=1", "prototypes.kmeans_max_voxels=500",
+]
+
+
+def tiny_arguments():
+    return [argument for assignment in TINY for argument in ("--set", assignment)]
+
+
+@pytest.fixture(scope="module")
+def acdc_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli") / "acdc"
+    data_main(["synth", "--dataset", "acdc", "--out", str(root), "--cases", "5", "--size", "32", "32"])
+    return root
+
+
+@pytest.mark.parametrize(
+    "main, options",
+    [
+        (train_main, ["--dataset", "--data-root", "--labeled", "--preset", "--ops", "--device", "--resume",
+                      "--baseline", "--update-source", "--set", "--amp"]),
+        (eval_main, ["--checkpoint", "--data-root", "--split", "--weights"]),
+        (predict_main, ["--checkpoint", "--input", "--output"]),
+        (data_main, ["synth", "convert"]),
+    ],
+)
+def test_every_tool_explains_its_options(main, options, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert all(option in help_text for option in options)
+
+
+def test_data_synth_writes_the_acdc_layout(acdc_root):
+    for name in ("train_slices.list", "val.list", "test.list"):
+        assert (acdc_root / name).is_file()
+    assert list((acdc_root / "data" / "slices").glob("*_slice_*.h5"))
+
+
+def test_train_eval_and_predict_from_the_command_line(acdc_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train_main(["--dataset", "acdc", "--data-root", str(acdc_root), "--labeled", "1", "--ops", "reference",
+                "--device", "cpu", "--out", str(run_dir), "--update-source", "labeled", *tiny_arguments()])
+    printed = capsys.readouterr().out
+    assert "| MPER | 1 |" in printed and f"run folder: {run_dir}" in printed
+    assert 'update_source = "labeled"' in (run_dir / "config.toml").read_text()
+
+    eval_main(["--checkpoint", str(run_dir / "best.pt"), "--split", "val", "--device", "cpu", "--figures", "1"])
+    assert "| MPER |" in capsys.readouterr().out
+    assert (run_dir / "eval-val" / "metrics.md").is_file()
+    assert list((run_dir / "eval-val" / "figures").glob("*.png"))
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    case = (acdc_root / "test.list").read_text().split()[0]
+    shutil.copy(acdc_root / "data" / f"{case}.h5", inputs)
+    predict_main(["--checkpoint", str(run_dir / "best.pt"), "--input", str(inputs), "--output",
+                  str(tmp_path / "labels"), "--device", "cpu"])
+    assert (tmp_path / "labels" / f"{case}_pred.nii.gz").is_file()
+
+
+def test_ctrl_c_saves_and_resume_finishes_the_run(acdc_root, tmp_path, monkeypatch, capsys):
+    original = Trainer.optimize
+
+    def optimize_then_press_ctrl_c(self, loss):
+        original(self, loss)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Trainer, "optimize", optimize_then_press_ctrl_c)
+    run_dir = tmp_path / "run"
+    arguments = ["--dataset", "acdc", "--data-root", str(acdc_root), "--labeled", "1", "--ops", "reference",
+                 "--device", "cpu", "--out", str(run_dir), *tiny_arguments()]
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(arguments)
+    assert exit_info.value.code == 130
+    assert f"mper-train --resume --out {run_dir}" in capsys.readouterr().err
+    monkeypatch.undo()
+    train_main(["--resume", "--out", str(run_dir)])
+    assert "| MPER | 1 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--dataset", "acdc", "--data-root", "{root}", "--set", "selftrain.iteratons=3"],
+         "unknown setting selftrain.iteratons"),
+        (["--dataset", "la", "--data-root", "{root}", "--preset", "demo"], "preset 'demo' is not defined for la"),
+        (["--dataset", "acdc", "--data-root", "{missing}"], "missing/val.list not found"),
+        (["--dataset", "acdc"], "--dataset and --data-root are required"),
+        (["--resume"], "--resume needs --out"),
+        (["--resume", "--out", "{missing}"], "missing/last.pt does not exist"),
+    ],
+)
+def test_user_errors_end_in_one_line_and_exit_code_2(arguments, message, acdc_root, tmp_path, capsys):
+    paths = {"root": acdc_root, "missing": tmp_path / "missing"}
+    arguments = [argument.format(**paths) for argument in arguments]
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([*arguments, "--ops", "reference", "--device", "cpu"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error

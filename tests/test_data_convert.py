@@ -1,0 +1,205 @@
+"""Converters: tiny raw ACDC (NIfTI) and LA (NRRD) downloads round-trip into the public
+layouts; missing and malformed raw files raise errors naming them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import nrrd
+import numpy as np
+import pytest
+
+from mper.data import (
+    DataFormatError,
+    acdc_cases,
+    acdc_split,
+    convert,
+    la_cases,
+    load_acdc_slice,
+    load_acdc_volume,
+    load_la_case,
+    normalize_intensity,
+    read_list,
+)
+from mper.data.convert import crop_box
+
+ACDC_SHAPE = (12, 10, 3)  # (H, W, S) as stored in NIfTI
+LA_SHAPE = (170, 160, 6)
+LA_BOX = (slice(75, 95), slice(70, 90), slice(1, 4))  # far enough from the borders to crop unclipped
+
+
+def save_nifti(path: Path, volume: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(path))
+    return path
+
+
+def acdc_volume(patient: int, frame: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([patient, frame])
+    image = rng.uniform(10, 500, ACDC_SHAPE).astype(np.float32)
+    label = rng.integers(0, 4, ACDC_SHAPE).astype(np.uint8)
+    return image, label
+
+
+def raw_acdc(root: Path, patients: range = range(1, 5)) -> Path:
+    """ACDC release layout: training/ and testing/ folders, two frames a patient, _4d files."""
+    for patient in patients:
+        folder = root / ("training" if patient < 4 else "testing") / f"patient{patient:03d}"
+        for frame in (1, 12):
+            image, label = acdc_volume(patient, frame)
+            save_nifti(folder / f"patient{patient:03d}_frame{frame:02d}.nii.gz", image)
+            save_nifti(folder / f"patient{patient:03d}_frame{frame:02d}_gt.nii.gz", label)
+        save_nifti(folder / f"patient{patient:03d}_4d.nii.gz", np.zeros((2, 2, 2, 2), np.float32))
+    return root
+
+
+def test_acdc_round_trip_with_drawn_split(tmp_path):
+    out = convert("acdc", raw_acdc(tmp_path / "raw"), tmp_path / "out", seed=1, progress=False)
+    train, val, test = read_list(out / "train.list"), acdc_cases(out, "val"), acdc_cases(out, "test")
+    assert (len(train), len(val), len(test)) == (4, 2, 2)  # 4 patients: 2 / 1 / 1
+    frames = [f"patient{patient:03d}_frame{frame:02d}" for patient in range(1, 5) for frame in (1, 12)]
+    assert sorted(train + val + test) == frames
+    for frames in (train, val, test):
+        assert all(name[:10] == frames[0][:10] for name in frames[:2])  # frames stay with their patient
+
+    for name in train + val + test:
+        image, label = load_acdc_volume(out, name)
+        raw_image, raw_label = acdc_volume(int(name[7:10]), int(name[-2:]))
+        assert image.shape == (3, 12, 10)
+        expected = normalize_intensity(raw_image, "acdc").transpose(2, 0, 1)  # (H, W, S) -> (S, H, W)
+        np.testing.assert_allclose(image, expected, atol=1e-6)
+        np.testing.assert_array_equal(label, raw_label.transpose(2, 0, 1))
+    assert acdc_cases(out, "train") == [f"{name}_slice_{i}" for name in train for i in range(3)]
+    image, label = load_acdc_slice(out, f"{train[1]}_slice_2")
+    np.testing.assert_array_equal(label, load_acdc_volume(out, train[1])[1][2])
+    assert not (out / "data" / "slices" / f"{val[0]}_slice_0.h5").exists()
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_acdc_split_copied_from_published_lists(tmp_path):
+    lists = tmp_path / "lists"
+    slices = [
+        "patient002_frame01_slice_2",
+        "patient002_frame01_slice_0",
+        "/x/data/slices/patient001_frame12_slice_1.h5",
+    ]
+    write_lines(lists / "train_slices.list", slices)
+    write_lines(lists / "val.list", ["patient003_frame01", "patient003_frame12"])
+    write_lines(lists / "test.list", ["patient004_frame12"])
+    out = convert("acdc", raw_acdc(tmp_path / "raw"), tmp_path / "out", split_from=lists, progress=False)
+    labeled, unlabeled = acdc_split(out, 1)
+    assert labeled == ["patient002_frame01_slice_2", "patient002_frame01_slice_0"]
+    assert unlabeled == ["patient001_frame12_slice_1"]
+    assert read_list(out / "train.list") == ["patient002_frame01", "patient001_frame12"]
+    assert acdc_cases(out, "test") == ["patient004_frame12"]
+
+    write_lines(lists / "test.list", ["patient099_frame01"])
+    with pytest.raises(DataFormatError, match=r"test\.list.*patient099_frame01"):
+        convert("acdc", tmp_path / "raw", tmp_path / "out2", split_from=lists, progress=False)
+    write_lines(lists / "test.list", ["patient004_frame12"])
+    write_lines(lists / "train_slices.list", ["patient002_frame01_slice_7"])
+    with pytest.raises(DataFormatError, match=r"train_slices\.list.*slice_7"):
+        convert("acdc", tmp_path / "raw", tmp_path / "out3", split_from=lists, progress=False)
+
+
+def test_acdc_bad_raw_files(tmp_path):
+    raw = raw_acdc(tmp_path / "raw", range(1, 4))
+    folder = raw / "training" / "patient001"
+    gt = folder / "patient001_frame12_gt.nii.gz"
+    gt.unlink()
+    with pytest.raises(FileNotFoundError, match="patient001_frame12_gt.nii.gz"):
+        convert("acdc", raw, tmp_path / "out", progress=False)
+    gt.write_bytes(b"not a nifti file")
+    with pytest.raises(DataFormatError, match="patient001_frame12_gt.nii.gz could not be read"):
+        convert("acdc", raw, tmp_path / "out", progress=False)
+    save_nifti(gt, np.full(ACDC_SHAPE, 5, np.uint8))
+    with pytest.raises(DataFormatError, match="classes 0..3"):
+        convert("acdc", raw, tmp_path / "out", progress=False)
+    save_nifti(gt, np.zeros((12, 10, 2), np.uint8))
+    with pytest.raises(DataFormatError, match="one label per voxel"):
+        convert("acdc", raw, tmp_path / "out", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no ACDC frame"):
+        convert("acdc", tmp_path / "empty", tmp_path / "out", progress=False)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        convert("acdc", tmp_path / "nowhere", tmp_path / "out", progress=False)
+
+
+def la_volume(case: int, label_values: tuple[int, int] = (0, 255)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(case)
+    image = rng.integers(0, 300, LA_SHAPE).astype(np.int16)
+    label = np.full(LA_SHAPE, label_values[0], np.uint8)
+    label[LA_BOX] = label_values[1]
+    return image, label
+
+
+def raw_la(root: Path, cases: int = 3) -> Path:
+    for case in range(cases):
+        folder = root / "Training Set" / f"CASE{case}"
+        folder.mkdir(parents=True)
+        image, label = la_volume(case, (0, 1) if case == 2 else (0, 255))
+        nrrd.write(str(folder / "lgemri.nrrd"), image)
+        nrrd.write(str(folder / "laendo.nrrd"), label)
+    return root
+
+
+def test_la_round_trip(tmp_path):
+    out = convert("la", raw_la(tmp_path / "raw"), tmp_path / "out", seed=0, progress=False)
+    train, test = la_cases(out, "train"), la_cases(out, "test")
+    assert (len(train), len(test)) == (2, 1) and sorted(train + test) == ["CASE0", "CASE1", "CASE2"]
+    for case in range(3):
+        image, label = load_la_case(out, f"CASE{case}")
+        raw_image, _ = la_volume(case)
+        assert label.sum() == 20 * 20 * 3  # the whole atrium is inside the crop
+        assert image.shape[2] == LA_SHAPE[2] and min(image.shape[:2]) >= 112 + 2 * 10
+        # The crop window follows from where the atrium box landed.
+        first = np.argwhere(label)[0]
+        start = (LA_BOX[0].start - first[0], LA_BOX[1].start - first[1])
+        window = (slice(start[0], start[0] + image.shape[0]), slice(start[1], start[1] + image.shape[1]))
+        np.testing.assert_allclose(image, normalize_intensity(raw_image, "la")[window], atol=1e-5)
+
+
+def test_crop_box_margins_follow_uamt():
+    label = np.zeros((300, 300, 4), np.uint8)
+    label[140:160, 100:250, :2] = 1
+    for seed in range(20):
+        rows, cols = crop_box(label, np.random.default_rng(seed), (112, 112))
+        assert 140 - 46 - 19 <= rows.start <= 140 - 46 - 10 and 160 + 46 + 10 <= rows.stop <= 160 + 46 + 19
+        assert 100 - 19 <= cols.start <= 100 - 10 and 250 + 10 <= cols.stop <= 250 + 19
+    rows, _ = crop_box(label[130:170], np.random.default_rng(0), (112, 112))
+    assert (rows.start, rows.stop) == (0, 40)  # clipped to the volume
+
+
+def test_la_split_from_published_lists(tmp_path):
+    lists = tmp_path / "lists"
+    write_lines(lists / "train.list", ["/data/2018LA_Seg_Training Set/CASE2/mri_norm2.h5", "CASE0"])
+    write_lines(lists / "test.list", ["CASE1"])
+    out = convert("la", raw_la(tmp_path / "raw"), tmp_path / "out", split_from=lists, progress=False)
+    assert la_cases(out, "train") == ["CASE2", "CASE0"] and la_cases(out, "test") == ["CASE1"]
+    write_lines(lists / "test.list", ["CASE9"])
+    with pytest.raises(DataFormatError, match=r"test\.list.*CASE9"):
+        convert("la", tmp_path / "raw", tmp_path / "out", split_from=lists, progress=False)
+
+
+def test_la_bad_raw_files(tmp_path):
+    raw = raw_la(tmp_path / "raw", cases=2)
+    label_path = raw / "Training Set" / "CASE0" / "laendo.nrrd"
+    label_path.unlink()
+    with pytest.raises(FileNotFoundError, match=r"CASE0/laendo\.nrrd"):
+        convert("la", raw, tmp_path / "out", progress=False)
+    label_path.write_bytes(b"NRRD0004\ngarbage")
+    with pytest.raises(DataFormatError, match=r"laendo\.nrrd could not be read"):
+        convert("la", raw, tmp_path / "out", progress=False)
+    nrrd.write(str(label_path), np.zeros(LA_SHAPE, np.uint8))
+    with pytest.raises(DataFormatError, match="no atrium voxel"):
+        convert("la", raw, tmp_path / "out", progress=False)
+    nrrd.write(str(label_path), np.full(LA_SHAPE, 3, np.uint8))
+    with pytest.raises(DataFormatError, match=r"\{0, 255\} or \{0, 1\}"):
+        convert("la", raw, tmp_path / "out", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no LA case.*lgemri.nrrd"):
+        convert("la", tmp_path / "empty", tmp_path / "out", progress=False)

@@ -1,0 +1,235 @@
+"""List files, HDF5 cases, the LA/ACDC loaders and splits, on hand-made files of the
+public layouts; every promised error on bad input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mper.data import (
+    DataFormatError,
+    acdc_cases,
+    acdc_split,
+    la_cases,
+    la_split,
+    load_acdc_slice,
+    load_acdc_volume,
+    load_la_case,
+    normalize_intensity,
+    read_h5_case,
+    read_list,
+)
+from mper.data.splits import partition
+
+
+def write_h5(path: Path, **datasets: np.ndarray) -> Path:
+    """A hand-made HDF5 file, written with h5py alone."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as handle:
+        for key, value in datasets.items():
+            handle[key] = value
+    return path
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# read_list
+
+
+def test_read_list_reduces_lines_to_case_names(tmp_path):
+    lines = [
+        "  0RZDK210BSMWAA6467LU  ",
+        "",
+        "/a/b/2018LA_Seg_Training Set/1D7CUD1955YZPGK8XHJX/mri_norm2.h5",
+        "../data/2018LA_Seg_Training Set/1GU15S0GJJ8QGYF2JH7B/mri_norm2.h5",
+        "patient001_frame01_slice_0.h5",
+        "data\\slices\\patient002_frame12_slice_3.h5",
+        "patient003_frame01",
+    ]
+    assert read_list(write_lines(tmp_path / "x.list", lines)) == [
+        "0RZDK210BSMWAA6467LU",
+        "1D7CUD1955YZPGK8XHJX",
+        "1GU15S0GJJ8QGYF2JH7B",
+        "patient001_frame01_slice_0",
+        "patient002_frame12_slice_3",
+        "patient003_frame01",
+    ]
+
+
+def test_read_list_missing_and_empty(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.list"):
+        read_list(tmp_path / "nothere.list")
+    with pytest.raises(DataFormatError, match="empty.list"):
+        read_list(write_lines(tmp_path / "empty.list", ["", "   "]))
+
+
+# read_h5_case
+
+
+def test_read_h5_case_returns_datasets_in_key_order(tmp_path):
+    image = np.arange(12, dtype=np.float32).reshape(3, 4)
+    label = (image > 5).astype(np.uint8)
+    path = write_h5(tmp_path / "case.h5", image=image, label=label)
+    got_label, got_image = read_h5_case(path, keys=("label", "image"), ndim=2)
+    np.testing.assert_array_equal(got_image, image)
+    np.testing.assert_array_equal(got_label, label)
+
+
+def test_read_h5_case_errors_name_the_file(tmp_path):
+    assert issubclass(DataFormatError, ValueError)
+    with pytest.raises(FileNotFoundError, match=r"missing\.h5.*'image'"):
+        read_h5_case(tmp_path / "missing.h5")
+    no_label = write_h5(tmp_path / "no_label.h5", image=np.zeros((2, 2)))
+    with pytest.raises(DataFormatError, match=r"no_label\.h5 has no dataset 'label'"):
+        read_h5_case(no_label)
+    flat = write_h5(tmp_path / "flat.h5", image=np.zeros((2, 2)), label=np.zeros((2, 2)))
+    with pytest.raises(DataFormatError, match=r"flat\.h5.*3-D"):
+        read_h5_case(flat, ndim=3)
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(b"\x89HDF\r\n not really an HDF5 file" * 4)
+    with pytest.raises(DataFormatError, match=r"corrupt\.h5 is not a readable HDF5 file"):
+        read_h5_case(corrupt)
+
+
+# LA layout
+
+
+def la_root(tmp_path: Path, cases: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    for case, (image, label) in cases.items():
+        write_h5(tmp_path / "2018LA_Seg_Training Set" / case / "mri_norm2.h5", image=image, label=label)
+    return tmp_path
+
+
+def test_load_la_case_reads_the_uamt_layout(tmp_path):
+    image = np.linspace(-1, 1, 4 * 5 * 3).reshape(4, 5, 3)  # float64 on disk
+    label = (image > 0).astype(np.uint8)
+    root = la_root(tmp_path, {"CASEA": (image, label)})
+    got_image, got_label = load_la_case(root, "CASEA")
+    assert got_image.dtype == np.float32 and got_label.dtype == np.uint8
+    np.testing.assert_allclose(got_image, image, rtol=1e-6)
+    np.testing.assert_array_equal(got_label, label)
+
+
+@pytest.mark.parametrize(
+    ("image", "label", "message"),
+    [
+        (np.zeros((4, 5)), np.zeros((4, 5), np.uint8), "shape"),
+        (np.zeros((4, 5, 3)), np.zeros((4, 5, 2), np.uint8), "differs from label shape"),
+        (np.zeros((4, 5, 3)), np.full((4, 5, 3), 2, np.uint8), "label values"),
+    ],
+)
+def test_load_la_case_rejects_malformed_cases(tmp_path, image, label, message):
+    root = la_root(tmp_path, {"BAD": (image, label)})
+    with pytest.raises(DataFormatError, match=message):
+        load_la_case(root, "BAD")
+
+
+def test_load_la_case_missing_file_names_the_layout(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"GONE.*mri_norm2\.h5"):
+        load_la_case(tmp_path, "GONE")
+
+
+def test_la_split_takes_the_first_cases_of_train_list(tmp_path):
+    write_lines(tmp_path / "train.list", ["E", "B", "A", "D", "C"])
+    write_lines(tmp_path / "test.list", ["F"])
+    assert la_split(tmp_path, 2) == (["E", "B"], ["A", "D", "C"])
+    assert la_cases(tmp_path, "test") == ["F"]
+    for labeled in (0, 6):
+        with pytest.raises(ValueError, match="labeled"):
+            la_split(tmp_path, labeled)
+    with pytest.raises(ValueError, match="split"):
+        la_cases(tmp_path, "val")
+    with pytest.raises(FileNotFoundError, match="train.list"):
+        la_split(tmp_path / "elsewhere", 1)
+
+
+# ACDC layout
+
+
+def test_load_acdc_slice_and_volume(tmp_path):
+    volume = np.random.default_rng(0).random((3, 6, 5)).astype(np.float32)
+    label = np.digitize(volume, [0.25, 0.5, 0.75]).astype(np.uint8)
+    write_h5(tmp_path / "data" / "patient001_frame01.h5", image=volume, label=label)
+    write_h5(tmp_path / "data" / "slices" / "patient001_frame01_slice_2.h5", image=volume[2], label=label[2])
+    image, got_label = load_acdc_volume(tmp_path, "patient001_frame01")
+    np.testing.assert_array_equal(image, volume)
+    np.testing.assert_array_equal(got_label, label)
+    image, got_label = load_acdc_slice(tmp_path, "patient001_frame01_slice_2")
+    np.testing.assert_array_equal(image, volume[2])
+    np.testing.assert_array_equal(got_label, label[2])
+
+
+def test_acdc_loaders_check_rank_and_classes(tmp_path):
+    write_h5(tmp_path / "data" / "flat.h5", image=np.zeros((6, 5)), label=np.zeros((6, 5), np.uint8))
+    with pytest.raises(DataFormatError, match=r"flat\.h5.*3-D"):
+        load_acdc_volume(tmp_path, "flat")
+    bad_class = np.full((6, 5), 4, np.uint8)
+    write_h5(tmp_path / "data" / "slices" / "s.h5", image=np.zeros((6, 5)), label=bad_class)
+    with pytest.raises(DataFormatError, match="class indices 0..3"):
+        load_acdc_slice(tmp_path, "s")
+    with pytest.raises(FileNotFoundError, match=r"patient009_frame01_slice_0\.h5"):
+        load_acdc_slice(tmp_path, "patient009_frame01_slice_0")
+
+
+def test_acdc_split_takes_whole_patients_in_list_order(tmp_path):
+    slices = [
+        "patient007_frame01_slice_0",
+        "patient007_frame01_slice_1",
+        "patient002_frame01_slice_0",
+        "patient007_frame09_slice_0",  # patient007 again, after patient002
+        "patient004_frame01_slice_0",
+        "patient002_frame12_slice_0",
+    ]
+    write_lines(tmp_path / "train_slices.list", slices)
+    labeled, unlabeled = acdc_split(tmp_path, 1)
+    assert labeled == [slices[0], slices[1], slices[3]]
+    assert unlabeled == [slices[2], slices[4], slices[5]]
+    labeled, unlabeled = acdc_split(tmp_path, 2)
+    assert labeled == [slices[0], slices[1], slices[2], slices[3], slices[5]]
+    assert unlabeled == [slices[4]]
+    with pytest.raises(ValueError, match="labeled_patients"):
+        acdc_split(tmp_path, 4)
+
+
+def test_acdc_cases_reads_each_split_list(tmp_path):
+    write_lines(tmp_path / "train_slices.list", ["patient001_frame01_slice_0"])
+    write_lines(tmp_path / "val.list", ["patient002_frame01"])
+    assert acdc_cases(tmp_path, "train") == ["patient001_frame01_slice_0"]
+    assert acdc_cases(tmp_path, "val") == ["patient002_frame01"]
+    with pytest.raises(FileNotFoundError, match="test.list"):
+        acdc_cases(tmp_path, "test")
+    with pytest.raises(ValueError, match="split"):
+        acdc_cases(tmp_path, "training")
+
+
+# normalisation and splitting
+
+
+def test_normalize_intensity_per_dataset():
+    values = np.array([[1.0, 2.0], [3.0, 4.0]])
+    expected_z = (values - 2.5) / np.sqrt(1.25)
+    np.testing.assert_allclose(normalize_intensity(values, "la"), expected_z, rtol=1e-6)
+    np.testing.assert_allclose(normalize_intensity(np.array([2, 4, 6]), "acdc"), [0.0, 0.5, 1.0])
+    assert normalize_intensity(values, "la").dtype == np.float32
+    np.testing.assert_array_equal(normalize_intensity(np.full(3, 7.0), "acdc"), np.zeros(3))
+    with pytest.raises(ValueError, match="'la', 'acdc'"):
+        normalize_intensity(values, "brats")
+
+
+def test_partition_sizes_and_determinism():
+    names = [f"n{i:03d}" for i in range(100)]
+    parts = partition(names, (0.7, 0.1, 0.2), np.random.default_rng(1))
+    assert [len(part) for part in parts] == [70, 10, 20]
+    assert sorted(sum(parts, [])) == names
+    assert all(part == sorted(part) for part in parts)
+    assert parts == partition(names, (0.7, 0.1, 0.2), np.random.default_rng(1))
+    assert parts != partition(names, (0.7, 0.1, 0.2), np.random.default_rng(2))
+    smallest = partition(names[:3], (0.7, 0.1, 0.2), np.random.default_rng(0))
+    assert [len(part) for part in smallest] == [1, 1, 1]
+    with pytest.raises(ValueError, match="need at least 3 cases"):
+        partition(names[:2], (0.7, 0.1, 0.2), np.random.default_rng(0))

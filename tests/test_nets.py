@@ -1,0 +1,113 @@
+"""Shapes, heads and gradients of the 2D U-Net and the 3D V-Net."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mper.nets import SegmentationOutput, UNet2D, VNet3D, build_network
+
+SMALL_UNET = {"channels": (8, 16, 32, 64, 128)}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def small_nets():
+    return [
+        (UNet2D(num_classes=4, **SMALL_UNET), (2, 1, 32, 48)),
+        (VNet3D(num_classes=2, base_filters=8), (2, 1, 16, 32, 16)),
+    ]
+
+
+@pytest.mark.parametrize("net, shape", small_nets(), ids=["unet2d", "vnet3d"])
+def test_outputs_have_the_documented_shapes(net, shape):
+    out = net(torch.randn(shape))
+    batch, _, *spatial = shape
+    assert isinstance(out, SegmentationOutput)
+    assert out.pred.shape == (batch, net.num_classes, *spatial)
+    assert out.feat.shape == (batch, net.feature_dim, *spatial)
+    assert out.emb.shape == (batch, net.feature_dim, *spatial)
+    assert all(t.dtype == torch.float32 for t in out)
+
+
+def test_feature_dim_is_the_first_width():
+    assert UNet2D().feature_dim == 16
+    assert UNet2D(**SMALL_UNET).feature_dim == 8
+    assert VNet3D().feature_dim == 16
+    assert VNet3D(base_filters=8).feature_dim == 8
+
+
+def test_published_sizes():
+    """Parameter counts of the published networks (plus the 16x16 embedding head)."""
+    embedding_head = 16 * 16 + 16
+    assert sum(p.numel() for p in UNet2D().parameters()) == 1_813_252 + embedding_head
+    assert sum(p.numel() for p in VNet3D().parameters()) == 9_448_866 + embedding_head
+
+
+@pytest.mark.parametrize("net, shape", small_nets(), ids=["unet2d", "vnet3d"])
+def test_identity_reset_makes_emb_equal_feat(net, shape):
+    out = net(torch.randn(shape))
+    assert not torch.allclose(out.emb, out.feat)
+    net.reset_embedding_to_identity()
+    net.eval()
+    out = net(torch.randn(shape))
+    assert torch.equal(net.embedding.bias, torch.zeros(net.feature_dim))
+    torch.testing.assert_close(out.emb, out.feat)
+
+
+@pytest.mark.parametrize("net, shape", small_nets(), ids=["unet2d", "vnet3d"])
+def test_gradients_reach_every_parameter(net, shape):
+    out = net(torch.randn(shape))
+    (out.pred.sum() + out.emb.square().mean()).backward()
+    missing = [name for name, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_pred_is_a_1x1_conv_of_feat():
+    net = VNet3D(base_filters=8).eval()
+    out = net(torch.randn(1, 1, 16, 16, 16))
+    torch.testing.assert_close(out.pred, net.classifier(out.feat))
+
+
+def test_vnet_dropout_acts_only_in_training():
+    net = VNet3D(base_filters=8)
+    x = torch.randn(2, 1, 16, 16, 16)
+    net.eval()
+    torch.testing.assert_close(net(x).pred, net(x).pred)
+    net.train()
+    assert not torch.allclose(net(x).feat, net(x).feat)
+    without_dropout = VNet3D(base_filters=8, has_dropout=False).train()
+    torch.testing.assert_close(without_dropout(x).feat, without_dropout(x).feat)
+
+
+@pytest.mark.parametrize(
+    "net, shape",
+    [(UNet2D(**SMALL_UNET), (1, 1, 32, 40)), (VNet3D(base_filters=8), (1, 1, 16, 16, 12))],
+    ids=["unet2d", "vnet3d"],
+)
+def test_sizes_not_divisible_by_16_are_refused_with_the_rule(net, shape):
+    with pytest.raises(ValueError, match="multiple of 16"):
+        net(torch.randn(shape))
+
+
+def test_wrong_channel_count_is_refused():
+    with pytest.raises(ValueError, match=r"\(B, 1, size, size\)"):
+        UNet2D(**SMALL_UNET)(torch.randn(1, 3, 32, 32))
+
+
+def test_build_network_picks_the_dataset_network_and_passes_options():
+    la = build_network("la", 2, base_filters=8)
+    acdc = build_network("acdc", 4, **SMALL_UNET)
+    assert isinstance(la, VNet3D) and la.feature_dim == 8 and la.num_classes == 2
+    assert isinstance(acdc, UNet2D) and acdc.channels == SMALL_UNET["channels"]
+    with pytest.raises(ValueError, match="unknown dataset 'brats'"):
+        build_network("brats", 2)
+
+
+def test_bad_constructor_arguments_are_refused():
+    with pytest.raises(ValueError, match="5 channel counts"):
+        UNet2D(channels=(8, 16, 32))
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        VNet3D(normalization="layernorm")

@@ -1,0 +1,187 @@
+"""Hand-checked cases for copy-paste mixing, the EMA teacher, pseudo labels, the
+learning-rate schedule and the two-way mixed loss."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mper.train.config import OptimConfig
+from mper.train.loop import learning_rate
+from mper.train.mixing import box_mask, box_size, copy_paste
+from mper.train.selftrain import bidirectional_loss
+from mper.train.teacher import (
+    confidence,
+    create_teacher,
+    ema_update_,
+    largest_components,
+    pseudo_labels,
+    teacher_decay,
+)
+
+
+def test_box_size_is_two_thirds_of_each_side_rounded_down():
+    assert box_size((112, 112, 80), 2 / 3) == (74, 74, 53)
+    assert box_size((256, 256), 2 / 3) == (170, 170)
+    assert box_size((3, 6), 2 / 3) == (2, 4)
+    with pytest.raises(ValueError, match="box_fraction"):
+        box_size((4, 4), 0.0)
+
+
+def test_box_mask_has_one_zero_box_of_the_right_size():
+    mask = box_mask((6, 8), 0.5, torch.Generator().manual_seed(0))
+    zeros = (mask == 0).nonzero()
+    rows, cols = zeros[:, 0], zeros[:, 1]
+    assert mask.dtype == torch.float32 and mask.shape == (6, 8)
+    assert len(zeros) == 3 * 4
+    assert rows.max() - rows.min() + 1 == 3 and cols.max() - cols.min() + 1 == 4
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+
+
+def test_box_mask_reaches_every_position_and_replays_from_the_generator():
+    corners = set()
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(200):
+        mask = box_mask((5,), 0.4, generator)
+        corners.add(int((mask == 0).nonzero()[0]))
+    assert corners == {0, 1, 2, 3}
+    first = box_mask((9, 9, 9), 2 / 3, torch.Generator().manual_seed(7))
+    again = box_mask((9, 9, 9), 2 / 3, torch.Generator().manual_seed(7))
+    assert torch.equal(first, again)
+
+
+def test_copy_paste_keeps_the_first_outside_the_box_and_pastes_the_second_inside():
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    first_image = torch.full((2, 1, 2, 2), 1.0)
+    second_image = torch.full((2, 1, 2, 2), 7.0)
+    mixed = copy_paste(first_image, second_image, mask)
+    assert mixed[:, 0].tolist() == [[[1.0, 1.0], [1.0, 7.0]]] * 2
+    first_label = torch.tensor([[[1, 2], [3, 1]]])
+    second_label = torch.tensor([[[0, 0], [0, 2]]])
+    mixed_label = copy_paste(first_label, second_label, mask)
+    assert mixed_label.dtype == torch.int64
+    assert mixed_label.tolist() == [[[1, 2], [3, 2]]]
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+
+
+def test_teacher_starts_as_a_frozen_copy_in_eval_mode():
+    student = small_net()
+    teacher = create_teacher(student)
+    assert not teacher.training
+    assert all(not parameter.requires_grad for parameter in teacher.parameters())
+    for name, value in student.state_dict().items():
+        assert torch.equal(teacher.state_dict()[name], value)
+
+
+def test_teacher_decay_warms_up_to_eta():
+    assert teacher_decay(0, 0.99) == 0.0
+    assert teacher_decay(1, 0.99) == 0.5
+    assert teacher_decay(3, 0.99) == 0.75
+    assert teacher_decay(10_000, 0.99) == 0.99
+
+
+def test_ema_update_averages_parameters_and_buffers_and_copies_counters():
+    student = small_net()
+    teacher = create_teacher(student)
+    with torch.no_grad():
+        for parameter in teacher.parameters():
+            parameter.fill_(2.0)
+        for parameter in student.parameters():
+            parameter.fill_(4.0)
+    student[1].running_mean.fill_(1.0)
+    student[1].num_batches_tracked.fill_(5)
+    decay = ema_update_(teacher, student, step=3, eta=0.99)
+    assert decay == 0.75
+    for parameter in teacher.parameters():
+        assert torch.allclose(parameter, torch.full_like(parameter, 0.75 * 2.0 + 0.25 * 4.0))
+    assert torch.allclose(teacher[1].running_mean, torch.full((3,), 0.25))
+    assert int(teacher[1].num_batches_tracked) == 5
+    ema_update_(teacher, student, step=0, eta=0.99)
+    for parameter in teacher.parameters():
+        assert torch.equal(parameter, torch.full_like(parameter, 4.0))
+
+
+def test_largest_components_keeps_one_blob_per_class_with_diagonal_connectivity():
+    labels = np.array(
+        [
+            [1, 0, 0, 2, 2],
+            [0, 1, 0, 0, 0],
+            [0, 0, 0, 1, 0],
+            [2, 0, 0, 0, 0],
+        ]
+    )
+    expected = np.array(
+        [
+            [1, 0, 0, 2, 2],
+            [0, 1, 0, 0, 0],
+            [0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0],
+        ]
+    )
+    assert np.array_equal(largest_components(labels, num_classes=3), expected)
+
+
+def test_largest_components_works_in_3d():
+    labels = np.zeros((4, 4, 4), dtype=np.int64)
+    labels[0, 0, 0] = labels[1, 1, 1] = 1  # corner neighbours: one component
+    labels[3, 3, 3] = 1
+    cleaned = largest_components(labels, num_classes=2)
+    assert cleaned.sum() == 2 and cleaned[0, 0, 0] == 1 and cleaned[3, 3, 3] == 0
+
+
+def one_hot_probs(labels: torch.Tensor, num_classes: int, high: float) -> torch.Tensor:
+    low = (1 - high) / (num_classes - 1)
+    one_hot = nn.functional.one_hot(labels, num_classes).movedim(-1, 1).float()
+    return one_hot * (high - low) + low
+
+
+def test_pseudo_labels_take_the_argmax_then_the_largest_component():
+    argmax = torch.tensor([[[1, 1, 0, 1], [0, 0, 0, 0], [3, 0, 2, 2]]])
+    probs = one_hot_probs(argmax, 4, high=0.7)
+    labels = pseudo_labels(probs)
+    assert labels.dtype == torch.int64
+    assert labels.tolist() == [[[1, 1, 0, 0], [0, 0, 0, 0], [3, 0, 2, 2]]]
+
+
+def test_pseudo_labels_with_a_threshold_mark_p1_at_least_the_threshold():
+    p1 = torch.tensor([[[0.5, 0.49], [0.2, 0.9]]])
+    probs = torch.stack([1 - p1, p1], dim=1)
+    assert pseudo_labels(probs, foreground_threshold=0.5).tolist() == [[[1, 0], [0, 1]]]
+    assert pseudo_labels(probs, foreground_threshold=0.95).tolist() == [[[0, 0], [0, 0]]]
+    with pytest.raises(ValueError, match="two-class"):
+        pseudo_labels(torch.rand(1, 3, 2, 2).softmax(1), foreground_threshold=0.5)
+
+
+def test_confidence_is_the_highest_class_probability():
+    probs = torch.tensor([[0.2, 0.5], [0.7, 0.1], [0.1, 0.4]]).reshape(1, 3, 1, 2)
+    assert torch.allclose(confidence(probs), torch.tensor([[[0.7, 0.5]]]))
+
+
+def test_learning_rate_steps_down_every_lr_step_iterations():
+    step_schedule = OptimConfig(lr=0.01, lr_step=2500, lr_gamma=0.1)
+    assert learning_rate(step_schedule, 0) == 0.01
+    assert learning_rate(step_schedule, 2499) == 0.01
+    assert learning_rate(step_schedule, 2500) == pytest.approx(0.001)
+    assert learning_rate(step_schedule, 5000) == pytest.approx(0.0001)
+    assert learning_rate(OptimConfig(lr=0.01, lr_step=0), 10_000) == 0.01
+
+
+def test_bidirectional_loss_weights_the_labeled_region_of_each_mix_by_one():
+    # One pixel outside the box (M = 1), one inside. Confident, correct logits cost ~0,
+    # so each half's loss shows how its two regions were weighted.
+    logits = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]]).reshape(1, 2, 1, 2)
+    label = torch.tensor([[[1, 0]]])
+    mix_mask = torch.tensor([[1.0, 0.0]])
+    perfect = 30.0 * nn.functional.one_hot(label, 2).movedim(-1, 1).float()
+    outside, inside = math.log(2) + 0.6, -math.log(0.75) + 0.52  # see tests/test_losses.py
+    first_half_only = bidirectional_loss(torch.cat([logits, perfect]), label.repeat(2, 1, 1), mix_mask, 0.5, 1.0)
+    second_half_only = bidirectional_loss(torch.cat([perfect, logits]), label.repeat(2, 1, 1), mix_mask, 0.5, 1.0)
+    assert first_half_only.item() == pytest.approx(outside + 0.5 * inside, abs=1e-6)
+    assert second_half_only.item() == pytest.approx(0.5 * outside + inside, abs=1e-6)
