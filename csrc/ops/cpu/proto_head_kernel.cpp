@@ -55,6 +55,62 @@ inline float exp_nonpositive(float x) {
 }
 inline double exp_nonpositive(double x) { return std::exp(x); }
 
+// 32-byte vectors (GCC/Clang vector extension: AVX registers in the avx2 build, pairs of
+// SSE registers in the generic one) for the two matrix-like loops, which keep blocks of
+// four accumulators in registers instead of streaming partial sums through memory.
+template <typename A>
+struct Vector;
+template <>
+struct Vector<float> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct Vector<double> {
+  typedef double type __attribute__((vector_size(32)));
+};
+template <typename A>
+using vec_t = typename Vector<A>::type;
+template <typename A>
+constexpr std::int64_t kLanes = 32 / sizeof(A);
+
+template <typename A>
+inline vec_t<A> load_vec(const A* p) {
+  vec_t<A> v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename A>
+inline void store_vec(A* p, vec_t<A> v) {
+  __builtin_memcpy(p, &v, sizeof v);
+}
+
+// out[r][v] = sum_i left[i][v] * right(r, i) for r < rows_out, i < inner, all voxels of a
+// chunk: left rows are kChunk long, right(r, i) = right[r * r_stride + i * i_stride].
+// The voxel axis is vectorised and four output rows are accumulated at a time.
+template <typename A>
+void chunk_product(A* out, std::int64_t rows_out, const A* left, std::int64_t inner, const A* right,
+                   std::int64_t r_stride, std::int64_t i_stride) {
+  using V = vec_t<A>;
+  for (std::int64_t v = 0; v < kChunk; v += kLanes<A>) {
+    for (std::int64_t r0 = 0; r0 < rows_out; r0 += 4) {
+      V acc0 = V{} , acc1 = V{}, acc2 = V{}, acc3 = V{};
+      const std::int64_t r1 = r0 + 1 < rows_out ? r0 + 1 : r0, r2 = r0 + 2 < rows_out ? r0 + 2 : r0,
+                         r3 = r0 + 3 < rows_out ? r0 + 3 : r0;
+      for (std::int64_t i = 0; i < inner; ++i) {
+        const V x = load_vec(left + i * kChunk + v);
+        acc0 += x * right[r0 * r_stride + i * i_stride];
+        acc1 += x * right[r1 * r_stride + i * i_stride];
+        acc2 += x * right[r2 * r_stride + i * i_stride];
+        acc3 += x * right[r3 * r_stride + i * i_stride];
+      }
+      store_vec(out + r0 * kChunk + v, acc0);
+      if (r0 + 1 < rows_out) store_vec(out + r1 * kChunk + v, acc1);
+      if (r0 + 2 < rows_out) store_vec(out + r2 * kChunk + v, acc2);
+      if (r0 + 3 < rows_out) store_vec(out + r3 * kChunk + v, acc3);
+    }
+  }
+}
+
 // One chunk of voxels of one image and what the head derives from it. Per-voxel arrays
 // hold kChunk values; multi-row ones are [row][voxel].
 template <typename A>
@@ -99,6 +155,7 @@ struct Chunk {
       A* __restrict z = unit.row(d);
       const T* __restrict in = src + d * f.channel_stride;
       for (std::int64_t v = 0; v < size; ++v) z[v] = load<A>(in[v]);
+      for (std::int64_t v = size; v < kChunk; ++v) z[v] = A(0);  // the vector loops run to kChunk
       for (std::int64_t v = 0; v < size; ++v) norm[v] += z[v] * z[v];
     }
     for (std::int64_t v = 0; v < size; ++v) {
@@ -109,15 +166,7 @@ struct Chunk {
       A* __restrict z = unit.row(d);
       for (std::int64_t v = 0; v < size; ++v) z[v] *= norm[v];
     }
-    for (std::int64_t j = 0; j < rows; ++j) {
-      A* __restrict s = sim.row(j);
-      for (std::int64_t v = 0; v < kChunk; ++v) s[v] = A(0);
-      for (std::int64_t d = 0; d < depth; ++d) {
-        const A p = bank.data[j * depth + d];
-        const A* __restrict z = unit.row(d);
-        for (std::int64_t v = 0; v < size; ++v) s[v] += p * z[v];
-      }
-    }
+    chunk_product(sim.data, rows, unit.data, depth, bank.data, depth, 1);  // s_j = sum_d p^_jd z^_d
   }
 
   // best/arg = max/argmax over k of class c (first k on ties).
@@ -252,16 +301,11 @@ void backward_impl(const HeadArgs& args) {
         }
       }
       // ds_j/dz = (p^_j - s_j z^) / |z|, so grad = (u - (u . z^) z^) / |z| with u = sum_j coeff_j p^_j
+      chunk_product(direction.data, D, coeff.data, rows, chunk.bank.data, 1, D);  // u_d = sum_j coeff_j p^_jd
       A* __restrict along = radial.data;
       for (std::int64_t v = 0; v < size; ++v) along[v] = A(0);
       for (std::int64_t d = 0; d < D; ++d) {
-        A* __restrict u = direction.row(d);
-        for (std::int64_t v = 0; v < size; ++v) u[v] = A(0);
-        for (std::int64_t j = 0; j < rows; ++j) {
-          const A p = chunk.bank.data[j * D + d];
-          const A* __restrict cj = coeff.row(j);
-          for (std::int64_t v = 0; v < size; ++v) u[v] += cj[v] * p;
-        }
+        const A* __restrict u = direction.row(d);
         const A* __restrict zhat = chunk.unit.row(d);
         for (std::int64_t v = 0; v < size; ++v) along[v] += u[v] * zhat[v];
       }
