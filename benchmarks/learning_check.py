@@ -4,7 +4,7 @@ Generates a small synthetic ACDC set (fixed seed), trains the ``demo`` preset tw
 it, once with MPER (copy-paste pre-training + Mean Teacher self-training with the
 prototype head) and once as the plain supervised U-Net (``--baseline labeled-only``, same
 labeled patients and as many iterations), evaluates both on the test split and prints
-the two mean Dice values. Runs on two CPU cores in about six minutes.
+the two mean Dice values. Takes four to five minutes on two otherwise idle CPU cores.
 
     python benchmarks/learning_check.py [--work DIR] [--ops reference] [--set key=value ...]
 """

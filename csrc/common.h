@@ -64,6 +64,26 @@ struct EmaArgs {
 
 constexpr int kHeadWorkspaceFloats = 2 * 1024;  // per-block (loss, count) partials
 
+#if defined(__CUDACC__)
+#define MPER_HOST_DEVICE __host__ __device__
+#else
+#define MPER_HOST_DEVICE
+#endif
+
+// Bank row (c*K + k) that voxel n of image b adds to in proto_accumulate, or -1 when it
+// takes no part: outside the mask, or a label or assignment out of range (skipped, so
+// that bad input can never write out of bounds).
+MPER_HOST_DEVICE inline std::int64_t accumulate_row(const AccumulateArgs& args, std::int64_t b, std::int64_t n) {
+  const std::int64_t N = args.emb.voxels;
+  const bool* mask = reinterpret_cast<const bool*>(args.mask);
+  if (mask && !mask[b * N + n]) return -1;
+  const std::int64_t label = reinterpret_cast<const std::int64_t*>(args.labels)[b * N + n];
+  if (label < 0 || label >= args.classes) return -1;
+  const std::int64_t k = reinterpret_cast<const std::int64_t*>(args.assign)[(b * args.classes + label) * N + n];
+  if (k < 0 || k >= args.protos_per_class) return -1;
+  return label * args.protos_per_class + k;
+}
+
 inline void check(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument("mper: " + message);
 }

@@ -297,3 +297,12 @@ def test_compiled_training_step_matches_eager():
     ema_step(eager_bank, want[1], want[2])
     torch.compile(ema_step, fullgraph=True)(compiled_bank, want[1], want[2])
     torch.testing.assert_close(compiled_bank, eager_bank)
+
+
+def test_cuda_tensors_on_a_build_without_cuda_get_a_clear_error(monkeypatch):
+    from mper.ops import _common
+
+    monkeypatch.setattr(_common._C, "with_cuda", False)
+    with pytest.raises(RuntimeError, match="built without CUDA kernels"):
+        _common.kernel("head_forward", torch.device("cuda", 0))
+    assert _common.kernel("head_forward", torch.device("cpu")) is _common._C.head_forward

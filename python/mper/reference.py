@@ -109,12 +109,19 @@ def proto_accumulate(
     mask: torch.Tensor,
     num_classes: int,
     num_protos: int,
+    check_labels: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-prototype sums and counts of ``emb`` over the voxels in ``mask`` (SPEC 4).
 
     A voxel with label ``c`` adds to row ``c*K + assign[b, c, voxel]``. Returns
     ``sums (C*K, D)`` and ``counts (C*K,)``, float32 (float64 for float64 ``emb``).
+    With ``check_labels`` a label outside ``[0, C)`` under the mask raises ``ValueError``;
+    without, such voxels match no class and are skipped.
     """
+    if check_labels:
+        selected = labels[mask.bool()] if mask is not None else labels
+        if ((selected < 0) | (selected >= num_classes)).any():
+            raise ValueError(f"labels must lie in [0, num_classes) = [0, {num_classes}) under the mask")
     acc_dtype = _compute_dtype(emb)
     z = emb.movedim(1, -1).to(acc_dtype)
     depth = emb.shape[1]
@@ -122,7 +129,9 @@ def proto_accumulate(
     counts = torch.zeros(num_classes * num_protos, dtype=acc_dtype, device=emb.device)
     for c in range(num_classes):
         for k in range(num_protos):
-            chosen = mask.bool() & (labels == c) & (assign[:, c] == k)
+            chosen = (labels == c) & (assign[:, c] == k)
+            if mask is not None:
+                chosen &= mask.bool()
             sums[c * num_protos + k] = z[chosen].sum(dim=0)
             counts[c * num_protos + k] = chosen.sum()
     return sums, counts

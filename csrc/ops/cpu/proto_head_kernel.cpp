@@ -35,15 +35,15 @@ struct Scratch {
 };
 
 // e^x for x <= 0, branch-free so that loops over it vectorise: 2^t = 2^i * 2^f with i the
-// nearest integer and f in [-0.5, 0.5], 2^f by its degree-6 series (relative error
-// about 2e-7). float64 keeps std::exp, for gradcheck.
+// nearest integer (adding 1.5 * 2^23 rounds t and leaves i in the low bits) and f in
+// [-0.5, 0.5], 2^f by its degree-6 series (relative error about 2e-7 down to e^-87; below,
+// 2^-126 stands in for values that vanish next to the softmax's largest term, 1).
+// float64 keeps std::exp, for gradcheck.
 inline float exp_nonpositive(float x) {
   float t = x * 1.4426950408889634f;
-  t = t < -126.f ? -126.f : t;
-  const float shifted = t - 0.5f;
-  float whole = float(int(shifted));  // truncates towards zero
-  whole = whole < shifted ? whole + 1.f : whole;
-  const float f = t - whole;
+  t = t > -126.f ? t : -126.f;
+  const float biased = t + 12582912.f;
+  const float f = t - (biased - 12582912.f);
   float p = 1.5403530393381609e-4f;
   p = p * f + 1.3333558146428443e-3f;
   p = p * f + 9.6181291076284772e-3f;
@@ -51,7 +51,7 @@ inline float exp_nonpositive(float x) {
   p = p * f + 2.4022650695910071e-1f;
   p = p * f + 6.9314718055994531e-1f;
   p = p * f + 1.f;
-  return p * bits_to_float(std::uint32_t(int(whole) + 127) << 23);
+  return p * bits_to_float((float_to_bits(biased) - 0x4B400000u + 127u) << 23);
 }
 inline double exp_nonpositive(double x) { return std::exp(x); }
 
@@ -122,14 +122,15 @@ struct Chunk {
   Scratch<A> unit, inv_norm, sim;  // z^ (D rows), 1/|z|, cos(z, p_j) (C*K rows)
   Scratch<A> best;                // max_k s of the class in hand
   Scratch<std::int32_t> arg;      // its argmax k
-  Scratch<A> top, log_total;      // max_j s_j and log sum_j e^((s_j - top) / tau2)
+  Scratch<A> top, total;          // max_j s_j and sum_j e^((s_j - top) / tau2)
+  Scratch<A> exps;                // e^((s_j - top) / tau2) (C*K rows)
   Scratch<std::int32_t> nearest;  // argmax_j s_j
 
   explicit Chunk(const HeadArgs& a)
       : args(a), classes(a.classes), protos(a.protos_per_class), rows(a.classes * a.protos_per_class),
         depth(a.feat.depth), bank((rows * depth + kChunk - 1) / kChunk * kChunk), unit(depth * kChunk),
-        inv_norm(kChunk), sim(rows * kChunk), best(kChunk), arg(kChunk), top(kChunk), log_total(kChunk),
-        nearest(kChunk) {
+        inv_norm(kChunk), sim(rows * kChunk), best(kChunk), arg(kChunk), top(kChunk), total(kChunk),
+        exps(rows * kChunk), nearest(kChunk) {
     const A* raw = reinterpret_cast<const A*>(a.prototypes);
     for (std::int64_t j = 0; j < rows; ++j) {
       A squared = 0;
@@ -185,12 +186,12 @@ struct Chunk {
     }
   }
 
-  // top/nearest = max/argmax over all rows, log_total = log sum_j e^((s_j - top)/tau2).
+  // top/nearest = max/argmax over all rows; exps and their sum total.
   void softmax_stats(A inv_nce_tau) {
     A* __restrict high = top.data;
-    A* __restrict total = log_total.data;
+    A* __restrict sum = total.data;
     std::int32_t* __restrict which = nearest.data;
-    for (std::int64_t v = 0; v < size; ++v) high[v] = sim.row(0)[v], which[v] = 0, total[v] = A(0);
+    for (std::int64_t v = 0; v < size; ++v) high[v] = sim.row(0)[v], which[v] = 0, sum[v] = A(0);
     for (std::int32_t j = 1; j < rows; ++j) {
       const A* __restrict s = sim.row(j);
       for (std::int64_t v = 0; v < size; ++v) {
@@ -201,9 +202,12 @@ struct Chunk {
     }
     for (std::int64_t j = 0; j < rows; ++j) {
       const A* __restrict s = sim.row(j);
-      for (std::int64_t v = 0; v < size; ++v) total[v] += exp_nonpositive((s[v] - high[v]) * inv_nce_tau);
+      A* __restrict e = exps.row(j);
+      for (std::int64_t v = 0; v < size; ++v) {
+        e[v] = exp_nonpositive((s[v] - high[v]) * inv_nce_tau);
+        sum[v] += e[v];
+      }
     }
-    for (std::int64_t v = 0; v < size; ++v) total[v] = std::log(total[v]);
   }
 };
 
@@ -234,7 +238,7 @@ void forward_impl(const HeadArgs& args) {
       chunk.softmax_stats(A(args.inv_nce_tau));
       for (std::int64_t v = 0; v < chunk.size; ++v) {
         const bool kept = chunk.nearest.data[v] != args.ignore_index;
-        loss_sum += kept ? double(chunk.log_total.data[v]) : 0.0;
+        loss_sum += kept ? std::log(double(chunk.total.data[v])) : 0.0;
         count += kept ? 1.0 : 0.0;
       }
     }
@@ -273,18 +277,15 @@ void backward_impl(const HeadArgs& args) {
       // coeff[j][v] = d loss / d s_j
       if (nce_weight != A(0)) {
         chunk.softmax_stats(inv_nce_tau);
-        A* __restrict w = weight.data;
-        for (std::int64_t v = 0; v < size; ++v) w[v] = chunk.nearest.data[v] == args.ignore_index ? A(0) : nce_weight;
+        A* __restrict w = weight.data;  // nce_weight / sum of exps, 0 for ignored voxels
+        for (std::int64_t v = 0; v < size; ++v)
+          w[v] = chunk.nearest.data[v] == args.ignore_index ? A(0) : nce_weight / chunk.total.data[v];
         for (std::int32_t j = 0; j < rows; ++j) {
-          const A* __restrict s = chunk.sim.row(j);
-          const A* __restrict high = chunk.top.data;
-          const A* __restrict log_total = chunk.log_total.data;
+          const A* __restrict e = chunk.exps.row(j);
+          const A* __restrict sum = chunk.total.data;
           const std::int32_t* __restrict which = chunk.nearest.data;
           A* __restrict cj = coeff.row(j);
-          for (std::int64_t v = 0; v < size; ++v) {
-            const A softmax = exp_nonpositive((s[v] - high[v]) * inv_nce_tau - log_total[v]);
-            cj[v] = w[v] * (softmax - (which[v] == j ? A(1) : A(0)));
-          }
+          for (std::int64_t v = 0; v < size; ++v) cj[v] = w[v] * (e[v] - (which[v] == j ? sum[v] : A(0)));
         }
       } else {
         for (std::int64_t i = 0; i < rows * kChunk; ++i) coeff.data[i] = A(0);

@@ -16,18 +16,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr std::size_t kSharedLimit = 48 * 1024;
 
-__device__ int row_of(const AccumulateArgs& args, std::int64_t b, std::int64_t n) {
-  const std::int64_t N = args.emb.voxels;
-  const bool* mask = reinterpret_cast<const bool*>(args.mask);
-  if (mask && !mask[b * N + n]) return -1;
-  const std::int64_t label = reinterpret_cast<const std::int64_t*>(args.labels)[b * N + n];
-  if (label < 0 || label >= args.classes) return -1;
-  const std::int64_t k =
-      reinterpret_cast<const std::int64_t*>(args.assign)[(b * args.classes + label) * N + n];
-  if (k < 0 || k >= args.protos_per_class) return -1;
-  return int(label * args.protos_per_class + k);
-}
-
 template <typename T, int DT, int V>
 __global__ void __launch_bounds__(kThreads) accumulate_kernel(AccumulateArgs args) {
   extern __shared__ float table[];  // [row][D + 1]; column D holds the count
@@ -46,7 +34,7 @@ __global__ void __launch_bounds__(kThreads) accumulate_kernel(AccumulateArgs arg
     bool any = false;
 #pragma unroll
     for (int v = 0; v < V; ++v) {
-      row[v] = g < groups ? row_of(args, b, start + v) : -1;
+      row[v] = g < groups ? int(accumulate_row(args, b, start + v)) : -1;
       any |= row[v] >= 0;
     }
     float z[DT][V];
@@ -105,7 +93,7 @@ __global__ void accumulate_global_kernel(AccumulateArgs args) {
   for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < e.batch * e.voxels;
        i += std::int64_t(gridDim.x) * blockDim.x) {
     const std::int64_t b = i / e.voxels, n = i % e.voxels;
-    const int row = row_of(args, b, n);
+    const int row = int(accumulate_row(args, b, n));
     if (row < 0) continue;
     const T* src = reinterpret_cast<const T*>(e.data) + b * e.batch_stride + n;
     for (int d = 0; d < e.depth; ++d) atomicAdd(&sums[row * e.depth + d], to_float(src[d * e.channel_stride]));

@@ -172,8 +172,9 @@ class PrototypeBank:
         ``(B, C, *S)`` from the prototype classifier; ``momentum`` is alpha. ``ops`` is
         :mod:`mper.ops` or :mod:`mper.reference`.
         """
+        # labels are class indices by construction; the range check would cost a sync
         sums, counts = ops.proto_accumulate(
-            emb.detach(), labels, assign, gate, self.num_classes, self.per_class
+            emb.detach(), labels, assign, gate, self.num_classes, self.per_class, check_labels=False
         )
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(sums)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from mper.losses import copy_paste_loss, mper_objective, ramp_weight
 
@@ -55,7 +56,7 @@ def begin_selftrain(trainer: Trainer) -> None:
     trainer.bank = trainer.new_bank()
     trainer.bank.initialize(
         trainer.student,
-        labeled_images(config, config.data.labeled_batch_size),
+        tqdm(labeled_images(config, config.data.labeled_batch_size), desc="prototype init", unit="batch"),
         torch.Generator().manual_seed(config.seed),
         max_voxels=config.prototypes.kmeans_max_voxels,
         kmeans_iterations=config.prototypes.kmeans_iterations,
@@ -118,9 +119,9 @@ def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> d
             output.feat, bank.prototypes, config.num_classes, prototypes.tau, prototypes.nce_tau,
             prototypes.contrastive_ignore_row,
         )
-    weights = (mixed.label, mixed.mix_mask, selftrain.unlabeled_weight, selftrain.consistency_scale)
-    linear = bidirectional_loss(output.pred, *weights)
-    prototype = bidirectional_loss(proto_logits, *weights)
+    targets = (mixed.label, mixed.mix_mask, selftrain.unlabeled_weight, selftrain.consistency_scale)
+    linear = bidirectional_loss(output.pred, *targets)
+    prototype = bidirectional_loss(proto_logits, *targets)
     ramp = ramp_weight(iteration, selftrain.ramp_weight, selftrain.rampup_epochs, selftrain.ramp_epoch_length)
     loss = mper_objective(linear, prototype, contrastive.float(), ramp, selftrain.contrastive_weight)
     trainer.optimize(loss)
@@ -131,14 +132,18 @@ def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> d
     )
     updated = bank.update(trainer.ops, output.emb, mixed.label, assign, gate, prototypes.momentum)
     decay = ema_update_(trainer.teacher, trainer.student, iteration, selftrain.ema_decay)
+    # one device-to-host copy for all the logged values
+    loss, linear, prototype, contrastive, voxels = torch.stack(
+        [loss.detach(), linear.detach(), prototype.detach(), contrastive.detach().float(), updated.sum()]
+    ).tolist()
     return {
-        "loss": loss.item(),
-        "loss_linear": linear.item(),
-        "loss_prototype": prototype.item(),
-        "loss_contrastive": contrastive.item(),
+        "loss": loss,
+        "loss_linear": linear,
+        "loss_prototype": prototype,
+        "loss_contrastive": contrastive,
         "lambda": ramp,
         "teacher_decay": decay,
-        "bank_update_voxels": updated.sum().item(),
+        "bank_update_voxels": voxels,
     }
 
 
