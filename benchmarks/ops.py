@@ -49,8 +49,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def contenders(op: str, problem: Problem, backward: bool) -> dict:
     if op == "update":
         return {"mper": update_call(ops, problem), "eager": update_call(ref, problem)}
-    found = {"mper": head_call(ops, op, problem, backward), "eager": head_call(ref, op, problem, backward)}
-    found["compiled"] = torch.compile(head_call(ref, op, problem, backward), dynamic=False)
+    found = {"mper": head_call(ops, op, problem), "eager": head_call(ref, op, problem)}
+    found["compiled"] = torch.compile(head_call(ref, op, problem), dynamic=False)
     return {name: (lambda fn=fn: run_head(fn, problem, backward)) for name, fn in found.items()}
 
 

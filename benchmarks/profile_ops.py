@@ -37,7 +37,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     for key in ("la_b2", "acdc"):
         problem = Problem(WORKLOADS[key], dtype, torch.device("cuda"), copies=1)
-        head = head_call(ops, "classify+infonce", problem, backward=True)
+        head = head_call(ops, "classify+infonce", problem)
         cases = {"classify+infonce fwd+bwd": lambda: run_head(head, problem, True), "update": update_call(ops, problem)}
         for name, fn in cases.items():
             if args.once:

@@ -187,8 +187,8 @@ def minimum_bytes(op: str, backward: bool, w: Workload, element: int) -> int:
     return forward + features + grad_in + features
 
 
-def head_call(module, op: str, problem: Problem, backward: bool):
-    """A callable running one head op (forward, or forward+backward) with `module`'s API."""
+def head_call(module, op: str, problem: Problem):
+    """The head op `op` as a function of the features, with `module`'s API."""
     w = problem.workload
     fns = {
         "classify": lambda f: module.proto_classify(f, problem.bank, w.num_classes, 0.1),

@@ -39,10 +39,10 @@ def _class_shape(feat: torch.Tensor, num_classes: int) -> tuple[int, ...]:
 
 
 def empty_outputs(
-    feat: torch.Tensor, num_classes: int
+    feat: torch.Tensor, num_classes: int, want_classes: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Uninitialised (logits, assign, loss, count) of the right shapes and dtypes."""
-    shape = _class_shape(feat, num_classes)
+    """Uninitialised (logits, assign, loss, count); the class maps are empty unless wanted."""
+    shape = _class_shape(feat, num_classes) if want_classes else (0,)
     return (
         feat.new_empty(shape),
         feat.new_empty(shape, dtype=torch.int64),
@@ -62,9 +62,7 @@ def forward(
     want_loss: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Runs the forward kernel; outputs that are not wanted come back empty."""
-    logits, assign, loss, count = empty_outputs(feat, num_classes)
-    if not want_classes:
-        logits, assign = feat.new_empty(0), feat.new_empty(0, dtype=torch.int64)
+    logits, assign, loss, count = empty_outputs(feat, num_classes, want_classes)
     args = _head_args(feat, prototypes, num_classes, tau, nce_tau, ignore_index)
     if want_classes:
         args.logits, args.assign = logits.data_ptr(), assign.data_ptr()
