@@ -173,14 +173,15 @@ def la_config(la_root, out, *assignments):
     ])
 
 
-def test_la_holds_out_the_last_training_cases_for_validation_unless_told_otherwise(la_root, tmp_path):
+def test_la_selects_on_the_test_cases_as_published_or_on_held_out_training_cases(la_root, tmp_path):
     train = (la_root / "train.list").read_text().split()
-    labeled, unlabeled = training_cases(la_config(la_root, tmp_path))
-    assert labeled == train[:2] and unlabeled == train[2:-1]
-    assert validation_cases(la_config(la_root, tmp_path)) == train[-1:]
-    published = la_config(la_root, tmp_path, "data.val_split=test")
-    assert training_cases(published)[1] == train[2:]
+    published = la_config(la_root, tmp_path)
+    assert training_cases(published) == (train[:2], train[2:])
     assert validation_cases(published) == (la_root / "test.list").read_text().split()
+    held_out = la_config(la_root, tmp_path, "data.val_split=holdout")
+    labeled, unlabeled = training_cases(held_out)
+    assert labeled == train[:2] and unlabeled == train[2:-1]
+    assert validation_cases(held_out) == train[-1:]
     with pytest.raises(ValueError, match="LA has no val.list"):
         validation_cases(la_config(la_root, tmp_path, "data.val_split=val"))
 

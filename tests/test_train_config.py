@@ -24,7 +24,7 @@ def test_paper_presets_hold_the_published_hyper_parameters():
     for config in (la, acdc):
         assert config.selftrain.ema_decay == 0.999 and config.prototypes.momentum == 0.9
         assert (config.prototypes.tau, config.prototypes.nce_tau, config.prototypes.per_class) == (0.1, 0.1, 3)
-        assert config.prototypes.update_background and config.prototypes.contrastive_ignore_row is None
+        assert not config.prototypes.update_background and config.prototypes.contrastive_ignore_row is None
         assert config.selftrain.consistency_scale == 1.0 and config.ops == "mper"
     assert la.selftrain.pseudo_label_threshold == 0.5 and acdc.selftrain.pseudo_label_threshold is None
 
@@ -41,8 +41,18 @@ def test_reference_presets_change_what_the_authors_code_does_differently():
 
 
 def test_an_unknown_preset_lists_the_available_ones():
-    with pytest.raises(ValueError, match="available: paper, reference"):
-        read_preset("la", "demo")
+    with pytest.raises(ValueError, match="'tiny' is not defined for la; available: paper, reference"):
+        read_preset("la", "tiny")
+    with pytest.raises(ValueError, match="'tiny' is not defined"):
+        read_preset("acdc", "reference+tiny")
+
+
+def test_presets_stack_left_to_right_on_top_of_paper():
+    stacked = read_preset("acdc", "reference+demo")
+    assert stacked["preset"] == "reference+demo"
+    assert stacked["selftrain"]["contrastive_weight"] == 0.001  # from reference
+    assert stacked["selftrain"]["rampup_epochs"] == 16  # demo, applied last
+    assert stacked["network"]["classifier_kernel"] == 3 and stacked["network"]["channels"] == [8, 16, 32, 64, 128]
 
 
 def test_overrides_are_typed_by_toml_and_merged_into_sections():
@@ -55,7 +65,8 @@ def test_overrides_are_typed_by_toml_and_merged_into_sections():
          "optim.lr=1"],
     )
     assert config.labeled == 3 and config.selftrain.iterations == 50
-    assert config.network == {"channels": [8, 16, 32, 64, 128], "dropout": [0.05, 0.1, 0.2, 0.3, 0.5]}
+    assert config.network == {"channels": [8, 16, 32, 64, 128], "dropout": [0.05, 0.1, 0.2, 0.3, 0.5],
+                              "classifier_kernel": 1}
     assert config.selftrain.pseudo_label_threshold == 0.5 and config.optim.lr == 1.0
     assert isinstance(config.optim.lr, float)
 

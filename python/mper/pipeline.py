@@ -5,7 +5,8 @@
   checkpoints (``last.pt`` to resume, ``pretrain_best.pt``, ``best.pt``), then the
   evaluation of ``best.pt`` on the test split: ``metrics.json``, ``metrics.md`` and
   ``figures/``. :func:`resume` continues an interrupted run.
-* :func:`evaluate` scores a checkpoint (SPEC 7), :func:`predict` segments image files.
+* :func:`evaluate` scores a checkpoint (docs/method.md, "Evaluation"), :func:`predict`
+  segments image files.
 * :func:`synthesize` and :func:`convert` prepare data (see :mod:`mper.data`).
 """
 from __future__ import annotations
@@ -45,7 +46,8 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 
 def inference_options(config: TrainConfig) -> dict[str, Any]:
-    """How :func:`mper.eval.inference.predict_volume` should run for this config (SPEC 7)."""
+    """How :func:`mper.eval.inference.predict_volume` should run for this config
+    (docs/method.md, "Evaluation")."""
     if config.dataset == "la":
         return {"patch_size": config.data.patch_size, "stride": config.eval.stride}
     return {"size": config.data.patch_size}
@@ -168,6 +170,7 @@ def evaluate(
         net, config.dataset, config.data_root, split=split, out_dir=out_dir,
         device=str(resolve_device(device)), num_figures=num_figures,
         method=method, labeled=labeled, unlabeled=unlabeled, num_classes=config.num_classes,
+        postprocess=config.eval.postprocess, empty_prediction=config.eval.empty_prediction,
         **inference_options(config),
     )
 
