@@ -82,6 +82,12 @@ def test_overrides_are_typed_by_toml_and_merged_into_sections():
         ("data.labeled_batch_size=3", "must be even"),
         ("selftrain.iterations=0", "selftrain.iterations must be a positive integer"),
         ("iterations", "must look like section.key=value"),
+        ("selftrain.teacher_mode=student", "selftrain.teacher_mode must be one of train, eval"),
+        ("losses.dice=cube", "losses.dice must be one of pooled-squared, per-sample-linear"),
+        ("eval.postprocess=holes", "eval.postprocess must be one of none, largest-component"),
+        ("selftrain.forward_passes=3", "selftrain.forward_passes must be 1 or 2"),
+        ("prototypes.kmeans_max_voxels=-1", "kmeans_max_voxels must be 0"),
+        ("losses.dice_smooth=-1", "losses.dice_smooth must be >= 0"),
     ],
 )
 def test_bad_overrides_say_what_is_wrong(assignment, message):

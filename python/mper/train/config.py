@@ -43,6 +43,22 @@ CONTRASTIVE_REDUCTIONS = ("sum", "mean")
 POSTPROCESSING = ("none", "largest-component")
 #: How a class predicted nowhere is scored (see :mod:`mper.eval.protocol`).
 EMPTY_PREDICTION_RULES = ("zero", "undefined")
+#: The recipe switches with a fixed set of values (see :func:`check_recipe`).
+RECIPE_CHOICES = {
+    "data.image_interpolation": IMAGE_INTERPOLATIONS,
+    "pretrain.loss": PRETRAIN_LOSSES,
+    "selftrain.teacher_mode": TEACHER_MODES,
+    "selftrain.ema_schedule": EMA_SCHEDULES,
+    "selftrain.ema_scope": EMA_SCOPES,
+    "selftrain.forward_order": FORWARD_ORDERS,
+    "selftrain.contrastive_reduction": CONTRASTIVE_REDUCTIONS,
+    "prototypes.update_steps": UPDATE_STEPS,
+    "prototypes.kmeans": KMEANS_METHODS,
+    "eval.postprocess": POSTPROCESSING,
+    "eval.empty_prediction": EMPTY_PREDICTION_RULES,
+    "losses.dice": DICE_FORMS,
+    "losses.dice_background": DICE_BACKGROUNDS,
+}
 #: Written in TOML for "no value" (TOML has no null).
 NONE_TOKEN = "none"
 
@@ -278,23 +294,9 @@ class TrainConfig:
 def check_recipe(config: TrainConfig) -> None:
     """Raise ``ValueError`` naming the first recipe setting (the switches between the
     paper's and the authors' behaviour) that is out of range."""
-    choices = {
-        "data.image_interpolation": (config.data.image_interpolation, IMAGE_INTERPOLATIONS),
-        "pretrain.loss": (config.pretrain.loss, PRETRAIN_LOSSES),
-        "selftrain.teacher_mode": (config.selftrain.teacher_mode, TEACHER_MODES),
-        "selftrain.ema_schedule": (config.selftrain.ema_schedule, EMA_SCHEDULES),
-        "selftrain.ema_scope": (config.selftrain.ema_scope, EMA_SCOPES),
-        "selftrain.forward_order": (config.selftrain.forward_order, FORWARD_ORDERS),
-        "selftrain.contrastive_reduction": (config.selftrain.contrastive_reduction, CONTRASTIVE_REDUCTIONS),
-        "prototypes.update_steps": (config.prototypes.update_steps, UPDATE_STEPS),
-        "prototypes.kmeans": (config.prototypes.kmeans, KMEANS_METHODS),
-        "eval.postprocess": (config.eval.postprocess, POSTPROCESSING),
-        "eval.empty_prediction": (config.eval.empty_prediction, EMPTY_PREDICTION_RULES),
-        "losses.dice": (config.losses.dice, DICE_FORMS),
-        "losses.dice_background": (config.losses.dice_background, DICE_BACKGROUNDS),
-    }
-    for name, (value, allowed) in choices.items():
-        _check_choice(name, value, allowed)
+    for name, allowed in RECIPE_CHOICES.items():
+        section, key = name.split(".")
+        _check_choice(name, getattr(getattr(config, section), key), allowed)
     if config.selftrain.forward_passes not in (1, 2):
         raise ValueError(f"selftrain.forward_passes must be 1 or 2, got {config.selftrain.forward_passes}")
     if config.prototypes.kmeans_max_voxels < 0:

@@ -168,7 +168,7 @@ def update_bank(
         return bank.accumulate(ops, output.emb, label, assign, gate)
     labeled = direction.labeled_region.bool()
     steps = [bank.accumulate(ops, output.emb, label, assign, gate & region) for region in (~labeled, labeled)]
-    for sums, counts in steps:
+    for sums, counts in steps:  # copies: under torch.distributed apply() reduces them in place
         bank.apply(ops, sums.clone(), counts.clone(), prototypes.momentum)
     return steps[0][0] + steps[1][0], steps[0][1] + steps[1][1]
 
