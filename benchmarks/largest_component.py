@@ -21,7 +21,9 @@ cc3d is the pip package ``connected-components-3d`` (``pip install .[bench]``); 
 missing its rows are skipped with a note. Times are medians per call over ``--trials``
 calls; on the CPU wall-clock time with ``--threads`` OpenMP threads for mper (scipy and
 cc3d are single-threaded); on CUDA device time from CUDA-graph replays (see workloads.py)
-plus the host synchronisations counted. The machine's load average is recorded.
+plus the host synchronisations counted. The machine's load average is recorded: on a
+machine shared with other busy processes, run with ``OMP_WAIT_POLICY=passive`` (OpenMP
+threads that spin between calls otherwise take the cores from the ones still working).
 
     python benchmarks/largest_component.py                 # CPU, 2 threads
     python benchmarks/largest_component.py --device cuda   # GPU
@@ -155,7 +157,8 @@ def measure(args) -> dict:
     rows = []
     report = dict(
         device=_device_name(device, args.threads), torch=torch.__version__, python=platform.python_version(),
-        threads=args.threads, load_before=_load(), results=rows,
+        threads=args.threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"),
+        load_before=_load(), results=rows,
         notes=[] if cc3d is not None else ["cc3d (connected-components-3d) is not installed: its rows are skipped"],
     )
     for key in args.workloads:
@@ -219,7 +222,8 @@ def markdown(report: dict) -> str:
         f"Device: {report['device']} (torch {report['torch']}); load average (1, 5, 15 min) "
         f"{report['load_before']} before, {report['load_after']} after. Times are medians per call "
         "over the whole batch; on the CPU wall-clock, mper with "
-        f"{report['threads']} OpenMP threads, scipy and cc3d single-threaded; on CUDA device time "
+        f"{report['threads']} OpenMP threads (OMP_WAIT_POLICY {report['omp_wait_policy']}), scipy and "
+        "cc3d single-threaded; on CUDA device time "
         "(CUDA-graph replays where the calls allow capture, else events). Components: per image "
         "and class, the fewest and most.",
         *(f"Note: {note}" for note in report["notes"]),
