@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+from pathlib import Path
 
 import h5py
 import nibabel as nib
@@ -124,6 +125,29 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_state(
         assert_same(expected[key], resumed[key], key)
     assert_same(load_checkpoint(finished_run / "best.pt")["student"], load_checkpoint(run_dir / "best.pt")["student"])
     assert json.loads((finished_run / "metrics.json").read_text()) == json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_sigterm_to_the_whole_job_saves_a_checkpoint_with_data_workers(acdc_root, tmp_path, monkeypatch):
+    """A scheduler pre-empting the job signals every process, the data workers too."""
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+    if not children.exists():
+        pytest.skip("needs /proc to find the data workers")
+    original = Trainer.optimize
+
+    def optimize_then_sigterm_everyone(self, loss):
+        original(self, loss)
+        for pid in children.read_text().split():
+            os.kill(int(pid), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Trainer, "optimize", optimize_then_sigterm_everyone)
+    run_dir = tmp_path / "run"
+    config = load_config("acdc", "paper", {"data_root": str(acdc_root), "out": str(run_dir), "labeled": 1,
+                                           "device": "cpu"}, [*TINY_ACDC, "data.num_workers=1"])
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        pipeline.train(config)
+    assert interrupted.value.signal_name == "SIGTERM"
+    assert load_checkpoint(run_dir / "last.pt")["progress"]["iteration"] == 1
 
 
 def test_a_run_folder_is_not_overwritten_without_resume(acdc_root, finished_run):

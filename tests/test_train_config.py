@@ -1,6 +1,7 @@
 """Presets, overrides and checks of the run configuration; checkpoint files."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 
@@ -15,7 +16,7 @@ except ModuleNotFoundError:  # Python 3.10
 from mper.errors import ConfigError, RunFolderError
 from mper.train import checkpoint
 from mper.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from mper.train.config import TrainConfig, load_config, parse_override, read_preset, to_toml
+from mper.train.config import RANGE_RULES, TrainConfig, load_config, parse_override, read_preset, to_toml
 
 
 def test_paper_presets_hold_the_published_hyper_parameters():
@@ -125,6 +126,19 @@ def test_bad_overrides_say_what_is_wrong(assignment, message):
 def test_every_setting_is_checked_before_anything_runs(dataset, assignment, message):
     with pytest.raises(ConfigError, match=message):
         load_config(dataset, "paper", assignments=[assignment])
+
+
+def test_every_numeric_setting_has_a_range_rule():
+    ruled = {name for name, _, _ in RANGE_RULES}
+    numeric = set()
+    for section in dataclasses.fields(TrainConfig):
+        values = getattr(TrainConfig(), section.name)
+        if dataclasses.is_dataclass(values):
+            numeric |= {f"{section.name}.{item.name}" for item in dataclasses.fields(values)
+                        if not isinstance(getattr(values, item.name), (str, bool))}
+        elif isinstance(values, (int, float)) and not isinstance(values, bool):
+            numeric.add(section.name)
+    assert numeric - ruled == set()
 
 
 def test_the_shipped_presets_pass_every_check():

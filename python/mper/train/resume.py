@@ -13,9 +13,9 @@ from mper.errors import ConfigError
 
 from .config import TrainConfig, merge
 
-#: Settings a resumed run may change.
+#: Settings a resumed run may change (``out`` follows the run folder, which may have moved).
 RESUMABLE_SETTINGS = (
-    "device", "ops", "amp", "data_root", "out", "data.num_workers", "pretrain.iterations",
+    "device", "ops", "amp", "data_root", "data.num_workers", "pretrain.iterations",
     "selftrain.iterations", "eval.val_interval", "eval.checkpoint_interval", "eval.num_figures",
 )
 
@@ -49,7 +49,7 @@ def resumed_config(state: dict[str, Any], changes: dict[str, Any]) -> TrainConfi
     change a resumed run cannot make."""
     saved = TrainConfig.from_dict(state["config"]).to_dict()
     changed = _differences(saved, changes)
-    refused = [name for name in changed if name not in RESUMABLE_SETTINGS]
+    refused = [name for name in changed if name not in (*RESUMABLE_SETTINGS, "out")]
     if refused:
         name = refused[0]
         before, given = changed[name]

@@ -66,15 +66,15 @@ class TrainingInterrupted(KeyboardInterrupt):
     ``checkpoint``; resume from it."""
 
     def __init__(self, checkpoint: Path, signal_name: str = "SIGINT"):
-        super().__init__(f"training interrupted by {signal_name}; state saved to {checkpoint}")
         self.checkpoint = checkpoint
-        self.signal_name = signal_name
+        self.signal_name = signal_name or "SIGINT"
+        super().__init__(f"training interrupted by {self.signal_name}; state saved to {checkpoint}")
 
 
 class TrainingAborted(KeyboardInterrupt):
-    """A second Ctrl-C (or SIGTERM) stopped a run at once, or the first one came while no
-    stop could be saved (during a checkpoint write or the final evaluation).
-    ``run_dir`` keeps the last checkpoint that was completely written, if any."""
+    """A second Ctrl-C (or SIGTERM) stopped a run at once, possibly in the middle of a
+    checkpoint write, or a Ctrl-C came during the final evaluation. ``run_dir`` keeps the
+    last checkpoint that was completely written, if any."""
 
     def __init__(self, run_dir: Path):
         super().__init__(f"stopped at once; {run_dir} keeps its last complete checkpoint")
