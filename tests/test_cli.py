@@ -24,6 +24,11 @@ def tiny_arguments():
     return [argument for assignment in TINY for argument in ("--set", assignment)]
 
 
+def train_arguments(acdc_root, run_dir):
+    return ["--dataset", "acdc", "--data-root", str(acdc_root), "--labeled", "1", "--ops", "reference",
+            "--device", "cpu", "--out", str(run_dir), *tiny_arguments()]
+
+
 @pytest.fixture(scope="module")
 def acdc_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli") / "acdc"
@@ -77,19 +82,22 @@ def test_train_eval_and_predict_from_the_command_line(acdc_root, tmp_path, capsy
     assert (tmp_path / "labels" / f"{case}_pred.nii.gz").is_file()
 
 
-def test_ctrl_c_saves_and_resume_finishes_the_run(acdc_root, tmp_path, monkeypatch, capsys):
+def signal_after_every_step(monkeypatch, signum):
+    """Send ``signum`` to this process after every SGD step, as a user or a scheduler would."""
     original = Trainer.optimize
 
-    def optimize_then_press_ctrl_c(self, loss):
+    def optimize_then_signal(self, loss):
         original(self, loss)
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signum)
 
-    monkeypatch.setattr(Trainer, "optimize", optimize_then_press_ctrl_c)
+    monkeypatch.setattr(Trainer, "optimize", optimize_then_signal)
+
+
+def test_ctrl_c_saves_and_resume_finishes_the_run(acdc_root, tmp_path, monkeypatch, capsys):
+    signal_after_every_step(monkeypatch, signal.SIGINT)
     run_dir = tmp_path / "run"
-    arguments = ["--dataset", "acdc", "--data-root", str(acdc_root), "--labeled", "1", "--ops", "reference",
-                 "--device", "cpu", "--out", str(run_dir), *tiny_arguments()]
     with pytest.raises(SystemExit) as exit_info:
-        train_main(arguments)
+        train_main(train_arguments(acdc_root, run_dir))
     assert exit_info.value.code == 130
     assert f"mper-train --resume --out {run_dir}" in capsys.readouterr().err
     monkeypatch.undo()
@@ -128,11 +136,6 @@ def test_user_errors_end_in_one_line_and_exit_code_2(arguments, message, acdc_ro
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]
 
 
-def train_arguments(acdc_root, run_dir):
-    return ["--dataset", "acdc", "--data-root", str(acdc_root), "--labeled", "1", "--ops", "reference",
-            "--device", "cpu", "--out", str(run_dir), *tiny_arguments()]
-
-
 def test_a_fault_keeps_its_traceback_and_is_not_reported_as_a_user_error(acdc_root, tmp_path, monkeypatch):
     def fault(self, loss):
         raise ValueError("simulated fault")
@@ -161,13 +164,7 @@ def test_a_full_disk_and_an_unwritable_folder_get_one_line(acdc_root, tmp_path, 
 
 
 def test_sigterm_saves_a_checkpoint_like_ctrl_c(acdc_root, tmp_path, monkeypatch, capsys):
-    original = Trainer.optimize
-
-    def optimize_then_sigterm(self, loss):
-        original(self, loss)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(Trainer, "optimize", optimize_then_sigterm)
+    signal_after_every_step(monkeypatch, signal.SIGTERM)
     run_dir = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
         train_main(train_arguments(acdc_root, run_dir))
@@ -178,17 +175,11 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(acdc_root, tmp_path, monkeypatch
 
 
 def test_a_second_ctrl_c_during_a_checkpoint_write_exits_with_a_message(acdc_root, tmp_path, monkeypatch, capsys):
-    original = Trainer.optimize
-
-    def optimize_then_press_ctrl_c(self, loss):
-        original(self, loss)
-        os.kill(os.getpid(), signal.SIGINT)
-
     def press_ctrl_c_while_writing(state, stream):
         stream.write(b"part of a checkpoint")
         os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(Trainer, "optimize", optimize_then_press_ctrl_c)
+    signal_after_every_step(monkeypatch, signal.SIGINT)
     monkeypatch.setattr(checkpoint.torch, "save", press_ctrl_c_while_writing)
     run_dir = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:

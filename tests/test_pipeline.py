@@ -91,8 +91,8 @@ def test_a_run_folder_holds_config_log_checkpoints_metrics_and_figures(finished_
     assert best["progress"]["iteration"] == last["progress"]["best_iteration"]
 
 
-def interrupt_after(monkeypatch, optimizer_steps):
-    """Press Ctrl-C (a real SIGINT) right after the given number of SGD steps."""
+def after_optimizer_steps(monkeypatch, optimizer_steps, action):
+    """Call ``action(trainer)`` right after the given number of SGD steps."""
     original = Trainer.optimize
     calls = {"count": 0}
 
@@ -100,9 +100,14 @@ def interrupt_after(monkeypatch, optimizer_steps):
         original(self, loss)
         calls["count"] += 1
         if calls["count"] == optimizer_steps:
-            os.kill(os.getpid(), signal.SIGINT)
+            action(self)
 
     monkeypatch.setattr(Trainer, "optimize", optimize)
+
+
+def interrupt_after(monkeypatch, optimizer_steps):
+    """Press Ctrl-C (a real SIGINT) right after the given number of SGD steps."""
+    after_optimizer_steps(monkeypatch, optimizer_steps, lambda trainer: os.kill(os.getpid(), signal.SIGINT))
 
 
 @pytest.mark.parametrize("optimizer_steps, stage", [(3, "pretrain"), (4 + 2, "selftrain")])
@@ -132,15 +137,13 @@ def test_sigterm_to_the_whole_job_saves_a_checkpoint_with_data_workers(acdc_root
     children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
     if not children.exists():
         pytest.skip("needs /proc to find the data workers")
-    original = Trainer.optimize
 
-    def optimize_then_sigterm_everyone(self, loss):
-        original(self, loss)
+    def sigterm_everyone(trainer):
         for pid in children.read_text().split():
             os.kill(int(pid), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(Trainer, "optimize", optimize_then_sigterm_everyone)
+    after_optimizer_steps(monkeypatch, 1, sigterm_everyone)
     run_dir = tmp_path / "run"
     config = load_config("acdc", "paper", {"data_root": str(acdc_root), "out": str(run_dir), "labeled": 1,
                                            "device": "cpu"}, [*TINY_ACDC, "data.num_workers=1"])
@@ -250,20 +253,10 @@ def test_a_checkpoint_evaluated_on_the_other_dataset_names_the_mismatch(finished
         pipeline.evaluate(finished_run / "best.pt", data_root=la_root, device="cpu", num_figures=0)
 
 
-def corrupt_weights_after(monkeypatch, optimizer_steps):
-    """Turn every student weight into NaN right after the given number of SGD steps."""
-    original = Trainer.optimize
-    calls = {"count": 0}
-
-    def optimize(self, loss):
-        original(self, loss)
-        calls["count"] += 1
-        if calls["count"] == optimizer_steps:
-            with torch.no_grad():
-                for parameter in self.student.parameters():
-                    parameter.fill_(float("nan"))
-
-    monkeypatch.setattr(Trainer, "optimize", optimize)
+def fill_weights_with_nan(trainer):
+    with torch.no_grad():
+        for parameter in trainer.student.parameters():
+            parameter.fill_(float("nan"))
 
 
 @pytest.mark.parametrize(
@@ -274,7 +267,7 @@ def corrupt_weights_after(monkeypatch, optimizer_steps):
 def test_a_non_finite_run_stops_and_keeps_its_last_good_checkpoint(
     acdc_root, tmp_path, monkeypatch, optimizer_steps, message
 ):
-    corrupt_weights_after(monkeypatch, optimizer_steps)
+    after_optimizer_steps(monkeypatch, optimizer_steps, fill_weights_with_nan)
     run_dir = tmp_path / "run"
     config = load_config("acdc", "paper", {"data_root": str(acdc_root), "out": str(run_dir), "labeled": 1,
                                            "device": "cpu"},
