@@ -140,15 +140,14 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     :class:`~mper.train.runtime.TrainingAborted`.
     """
     run_dir = Path(config.out) if config.out else default_run_dir(config)
+    if (run_dir / LAST_CHECKPOINT).exists() and not resume:
+        raise RunFolderError(
+            f"{run_dir} already holds a training run; continue it with --resume or choose another --out"
+        )
     check_run(config)
     created = _make_run_dir(run_dir)
     try:
         with run_folder_lock(run_dir):
-            if (run_dir / LAST_CHECKPOINT).exists() and not resume:
-                raise RunFolderError(
-                    f"{run_dir} already holds a training run; continue it with --resume "
-                    "or choose another --out"
-                )
             _write_config(config, run_dir)
             with _run_logging(run_dir), SummaryWriter(str(run_dir / "tensorboard")) as writer:
                 best = run_training(config, run_dir, validator(config), writer, resume=resume)

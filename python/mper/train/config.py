@@ -43,6 +43,10 @@ AMP_MODES = ("off", "bf16")
 VAL_SPLITS = ("val", "holdout", "test")
 #: Written in TOML for "no value" (TOML has no null).
 NONE_TOKEN = "none"
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
+DATASET_CLASSES = {"la": LA_NUM_CLASSES, "acdc": ACDC_NUM_CLASSES}
+DATASET_PATCH_SIZES = {"la": LA_PATCH_SIZE, "acdc": ACDC_PATCH_SIZE}
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass
@@ -254,7 +258,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prototypes.update_source": UPDATE_SOURCES,
 }
 
-FLOAT32_MAX = 3.4028234663852886e38
 POSITIVE = "a positive integer"
 NON_NEGATIVE = "a non-negative integer"
 POSITIVE_NUMBER = "a positive finite number"
@@ -391,10 +394,6 @@ def _check_network_options(config: TrainConfig) -> None:
         names = ", ".join(f"network.{name}" for name in accepted)
         raise ConfigError(f"unknown setting network.{unknown[0]}; valid names here: {names}")
 
-
-DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
-DATASET_CLASSES = {"la": LA_NUM_CLASSES, "acdc": ACDC_NUM_CLASSES}
-DATASET_PATCH_SIZES = {"la": LA_PATCH_SIZE, "acdc": ACDC_PATCH_SIZE}
 
 #: Rules over several settings, run in this order after the range rules.
 CONSISTENCY_CHECKS: tuple[Callable[[TrainConfig], None], ...] = (
