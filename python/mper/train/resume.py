@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mper.errors import ConfigError
+from mper.errors import CheckpointError, ConfigError
 
 from .config import TrainConfig, merge
 
@@ -47,7 +47,10 @@ def resumed_config(state: dict[str, Any], changes: dict[str, Any]) -> TrainConfi
     """The config of the run saved in ``state`` (a ``last.pt``) with ``changes`` (a
     nested dict of settings) applied; raises :class:`~mper.errors.ConfigError` for a
     change a resumed run cannot make."""
-    saved = TrainConfig.from_dict(state["config"]).to_dict()
+    try:
+        saved = TrainConfig.from_dict(state["config"]).to_dict()
+    except ConfigError as error:
+        raise CheckpointError(f"the settings saved with this run are not valid here: {error}") from error
     changed = _differences(saved, changes)
     refused = [name for name in changed if name not in (*RESUMABLE_SETTINGS, "out")]
     if refused:
