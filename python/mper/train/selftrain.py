@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from mper.errors import CheckpointError
 from mper.losses import DiceOptions, copy_paste_loss, mper_objective, ramp_weight
 from mper.nets import SegmentationOutput
 
@@ -58,6 +59,11 @@ def begin_selftrain(trainer: Trainer) -> None:
     )
     trainer.begin_stage("selftrain")
     if config.optim.carry_over:
+        if "optimizer" not in pretrained:
+            raise CheckpointError(
+                f"{trainer.run_dir / PRETRAIN_CHECKPOINT} holds no optimizer state to carry into "
+                "self-training (it was written by an older mper); set optim.carry_over=false"
+            )
         trainer.optimizer.load_state_dict(pretrained["optimizer"])
     trainer.save_last()
 
