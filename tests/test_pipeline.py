@@ -224,7 +224,7 @@ def test_la_selects_on_the_test_cases_as_published_or_on_held_out_training_cases
 def test_a_tiny_la_run_trains_and_evaluates(la_root, acdc_root, tmp_path):
     with pytest.raises(ConfigError, match=r"holds ACDC data .* LA is expected: the run trains on la"):
         pipeline.train(la_config(acdc_root, tmp_path / "la"))
-    run_dir = pipeline.train(la_config(la_root, tmp_path / "la"))
+    run_dir = pipeline.train(la_config(la_root, tmp_path / "la", "data.val_split=holdout"))
     summary = json.loads((run_dir / "metrics.json").read_text())["summary"]
     assert summary["num_cases"] == len((la_root / "test.list").read_text().split())
     assert load_checkpoint(run_dir / "best.pt")["bank"]["prototypes"].shape == (2 * 3, 4)

@@ -179,21 +179,21 @@ def test_contrastive_reduction_sums_or_averages_the_directions_means(tmp_path, r
 def test_update_bank_takes_the_unlabeled_region_step_then_the_labeled_one():
     generator = torch.Generator().manual_seed(0)
     emb = torch.randn(1, 2, 4, 4, generator=generator)
-    label = torch.randint(1, 3, (1, 4, 4), generator=generator)
-    assign = torch.randint(0, 2, (1, 3, 4, 4), generator=generator)
+    label = torch.randint(1, 4, (1, 4, 4), generator=generator)
+    assign = torch.randint(0, 2, (1, 4, 4, 4), generator=generator)
     mask = torch.zeros(4, 4)
     mask[:, :2] = 1.0  # surround: the left half
     direction = selftrain.MixedImages(
         images=torch.zeros(1, 1, 4, 4), surround_label=label, box_label=label, mix_mask=mask,
         labeled_region=mask, teacher_confidence=torch.ones(1, 4, 4), surround_weight=1.0, box_weight=0.5,
     )
-    logits = nn.functional.one_hot(label, 3).movedim(-1, 1).float()  # the classifier is right everywhere
-    start = torch.randn(6, 2, generator=generator)
+    logits = nn.functional.one_hot(label, 4).movedim(-1, 1).float()  # the classifier is right everywhere
+    start = torch.randn(8, 2, generator=generator)
 
     def run(update_steps):
-        config = load_config("acdc", "reference", {"num_classes": 3},
+        config = load_config("acdc", "reference", {},
                              ["prototypes.per_class=2", f"prototypes.update_steps={update_steps}"])
-        bank = PrototypeBank(3, 2, 2)
+        bank = PrototypeBank(4, 2, 2)
         bank.prototypes.copy_(start)
         trainer = type("T", (), {"config": config, "bank": bank, "ops": reference})()
         output = type("O", (), {"emb": emb})()
@@ -202,11 +202,11 @@ def test_update_bank_takes_the_unlabeled_region_step_then_the_labeled_one():
 
     by_hand = start.clone()
     for region in (mask == 0, mask == 1):
-        sums, counts = reference.proto_accumulate(emb, label, assign, region.expand(1, 4, 4), 3, 2)
+        sums, counts = reference.proto_accumulate(emb, label, assign, region.expand(1, 4, 4), 4, 2)
         reference.proto_ema_update_(by_hand, sums, counts, 0.99)
     region_wise, sums, counts = run("region-wise")
     assert torch.allclose(region_wise, by_hand, atol=1e-6)
-    all_sums, all_counts = reference.proto_accumulate(emb, label, assign, torch.ones(1, 4, 4, dtype=torch.bool), 3, 2)
+    all_sums, all_counts = reference.proto_accumulate(emb, label, assign, torch.ones(1, 4, 4, dtype=torch.bool), 4, 2)
     assert torch.allclose(sums, all_sums) and torch.equal(counts, all_counts)
     combined, _, _ = run("combined")
     assert torch.equal(combined, start)  # combined steps wait for the end of the iteration
