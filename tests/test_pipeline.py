@@ -208,14 +208,15 @@ def la_config(la_root, out, *assignments):
     ])
 
 
-def test_la_holds_out_the_last_training_cases_for_validation_unless_told_otherwise(la_root, tmp_path):
+def test_la_selects_on_the_test_cases_as_published_or_on_held_out_training_cases(la_root, tmp_path):
     train = (la_root / "train.list").read_text().split()
-    labeled, unlabeled = training_cases(la_config(la_root, tmp_path))
-    assert labeled == train[:2] and unlabeled == train[2:-1]
-    assert validation_cases(la_config(la_root, tmp_path)) == train[-1:]
-    published = la_config(la_root, tmp_path, "data.val_split=test")
-    assert training_cases(published)[1] == train[2:]
+    published = la_config(la_root, tmp_path)
+    assert training_cases(published) == (train[:2], train[2:])
     assert validation_cases(published) == (la_root / "test.list").read_text().split()
+    held_out = la_config(la_root, tmp_path, "data.val_split=holdout")
+    labeled, unlabeled = training_cases(held_out)
+    assert labeled == train[:2] and unlabeled == train[2:-1]
+    assert validation_cases(held_out) == train[-1:]
     with pytest.raises(ValueError, match="LA has no val.list"):
         validation_cases(la_config(la_root, tmp_path, "data.val_split=val"))
 
@@ -223,7 +224,7 @@ def test_la_holds_out_the_last_training_cases_for_validation_unless_told_otherwi
 def test_a_tiny_la_run_trains_and_evaluates(la_root, acdc_root, tmp_path):
     with pytest.raises(ConfigError, match=r"holds ACDC data .* LA is expected: the run trains on la"):
         pipeline.train(la_config(acdc_root, tmp_path / "la"))
-    run_dir = pipeline.train(la_config(la_root, tmp_path / "la"))
+    run_dir = pipeline.train(la_config(la_root, tmp_path / "la", "data.val_split=holdout"))
     summary = json.loads((run_dir / "metrics.json").read_text())["summary"]
     assert summary["num_cases"] == len((la_root / "test.list").read_text().split())
     assert load_checkpoint(run_dir / "best.pt")["bank"]["prototypes"].shape == (2 * 3, 4)

@@ -30,7 +30,7 @@ def test_paper_presets_hold_the_published_hyper_parameters():
     for config in (la, acdc):
         assert config.selftrain.ema_decay == 0.999 and config.prototypes.momentum == 0.9
         assert (config.prototypes.tau, config.prototypes.nce_tau, config.prototypes.per_class) == (0.1, 0.1, 3)
-        assert config.prototypes.update_background and config.prototypes.contrastive_ignore_row is None
+        assert not config.prototypes.update_background and config.prototypes.contrastive_ignore_row is None
         assert config.selftrain.consistency_scale == 1.0 and config.ops == "mper"
     assert la.selftrain.pseudo_label_threshold == 0.5 and acdc.selftrain.pseudo_label_threshold is None
 
@@ -47,8 +47,18 @@ def test_reference_presets_change_what_the_authors_code_does_differently():
 
 
 def test_an_unknown_preset_lists_the_available_ones():
-    with pytest.raises(ValueError, match="available: paper, reference"):
-        read_preset("la", "demo")
+    with pytest.raises(ValueError, match="'tiny' is not defined for la; available: paper, reference"):
+        read_preset("la", "tiny")
+    with pytest.raises(ValueError, match="'tiny' is not defined"):
+        read_preset("acdc", "reference+tiny")
+
+
+def test_presets_stack_left_to_right_on_top_of_paper():
+    stacked = read_preset("acdc", "reference+demo")
+    assert stacked["preset"] == "reference+demo"
+    assert stacked["selftrain"]["contrastive_weight"] == 0.001  # from reference
+    assert stacked["selftrain"]["rampup_epochs"] == 16  # demo, applied last
+    assert stacked["network"]["classifier_kernel"] == 3 and stacked["network"]["channels"] == [8, 16, 32, 64, 128]
 
 
 def test_overrides_are_typed_by_toml_and_merged_into_sections():
@@ -61,7 +71,8 @@ def test_overrides_are_typed_by_toml_and_merged_into_sections():
          "optim.lr=1"],
     )
     assert config.labeled == 3 and config.selftrain.iterations == 50
-    assert config.network == {"channels": [8, 16, 32, 64, 128], "dropout": [0.05, 0.1, 0.2, 0.3, 0.5]}
+    assert config.network == {"channels": [8, 16, 32, 64, 128], "dropout": [0.05, 0.1, 0.2, 0.3, 0.5],
+                              "classifier_kernel": 1}
     assert config.prototypes.contrastive_ignore_row == 0 and config.optim.lr == 1.0
     assert isinstance(config.optim.lr, float)
 
@@ -79,6 +90,13 @@ def test_overrides_are_typed_by_toml_and_merged_into_sections():
         ("iterations", "must look like section.key=value"),
         ("data.patch_size=64,64", r"expects tuple \(a list of int in brackets\), got '64,64'; "
                                   r"e.g. data.patch_size=\[64, 64\]"),
+        ("selftrain.teacher_mode=student", "selftrain.teacher_mode must be one of train, eval"),
+        ("losses.dice=cube", "losses.dice must be one of pooled-squared, per-sample-linear"),
+        ("eval.postprocess=holes", "eval.postprocess must be one of none, largest-component"),
+        ("selftrain.forward_passes=3", "selftrain.forward_passes must be 1 or 2"),
+        ("prototypes.kmeans_max_voxels=-1", "kmeans_max_voxels must be 0"),
+        ("losses.dice_smooth=-1", "losses.dice_smooth must be a finite number >= 0"),
+        ("network.classifier_kernel=2", "network.classifier_kernel must be a positive odd integer"),
     ],
 )
 def test_bad_overrides_say_what_is_wrong(assignment, message):
@@ -102,8 +120,8 @@ def test_bad_overrides_say_what_is_wrong(assignment, message):
         ("acdc", "prototypes.confidence_threshold=2", r"prototypes.confidence_threshold must be in \[0, 1\]"),
         ("acdc", "selftrain.contrastive_weight=nan", "selftrain.contrastive_weight must be a finite number >= 0"),
         ("acdc", "pretrain.box_fraction=0", r"pretrain.box_fraction must be in \(0, 1\]"),
-        ("acdc", "prototypes.kmeans_max_voxels=0", "prototypes.kmeans_max_voxels must be a positive integer"),
-        ("acdc", "prototypes.kmeans_max_voxels=2", "kmeans_max_voxels must be at least prototypes.per_class"),
+        ("acdc", "prototypes.kmeans_max_voxels=-1", "prototypes.kmeans_max_voxels must be 0 \\(every voxel\\) or a positive cap"),
+        ("acdc", "prototypes.kmeans_max_voxels=2", "kmeans_max_voxels must be 0 \\(every voxel\\) or at least prototypes.per_class"),
         ("acdc", "prototypes.contrastive_ignore_row=12", "contrastive_ignore_row must name a row of the 12-row bank"),
         ("acdc", "num_classes=3", "num_classes must be 4 for acdc"),
         ("la", "num_classes=4", "num_classes must be 2 for la"),

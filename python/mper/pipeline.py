@@ -11,7 +11,8 @@
   (:class:`~mper.errors.UserError`), or a stop before the first checkpoint, removes the
   folder if this run made it; any other error keeps it, with its traceback in
   ``train.log``.
-* :func:`evaluate` scores a checkpoint (SPEC 7), :func:`predict` segments image files.
+* :func:`evaluate` scores a checkpoint (docs/method.md, "Evaluation"), :func:`predict`
+  segments image files.
 * :func:`synthesize` and :func:`convert` prepare data (see :mod:`mper.data`).
 """
 from __future__ import annotations
@@ -59,7 +60,8 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 
 def inference_options(config: TrainConfig) -> dict[str, Any]:
-    """How :func:`mper.eval.inference.predict_volume` should run for this config (SPEC 7)."""
+    """How :func:`mper.eval.inference.predict_volume` should run for this config
+    (docs/method.md, "Evaluation")."""
     if config.dataset == "la":
         return {"patch_size": config.data.patch_size, "stride": config.eval.stride}
     return {"size": config.data.patch_size}
@@ -255,6 +257,7 @@ def evaluate(
         net, config.dataset, config.data_root, cases=cases, split=split, out_dir=out_dir,
         device=str(resolve_device(device)), num_figures=num_figures,
         method=method, labeled=labeled, unlabeled=unlabeled, num_classes=config.num_classes,
+        postprocess=config.eval.postprocess, empty_prediction=config.eval.empty_prediction,
         **inference_options(config),
     )
 

@@ -58,7 +58,7 @@ def _class_major(per_voxel: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
 def proto_classify(
     feat: torch.Tensor, prototypes: torch.Tensor, num_classes: int, tau: float = 0.1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-prototype classifier (SPEC 2): ``logit_c = max_k cos(z, p_c^k) / tau``.
+    """Multi-prototype classifier (docs/method.md, "Prototype classifier"): ``logit_c = max_k cos(z, p_c^k) / tau``.
 
     Returns ``(logits, assign)``, both ``(B, C, *S)``; ``assign`` (int64) is the argmax
     over k. Differentiable in ``feat`` only.
@@ -113,7 +113,7 @@ def proto_accumulate(
     num_protos: int,
     check_labels: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-prototype sums and counts of ``emb`` over the voxels in ``mask`` (SPEC 4).
+    """Per-prototype sums and counts of ``emb`` over the voxels in ``mask`` (docs/method.md, "Prototype update").
 
     A voxel with label ``c`` adds to row ``c*K + assign[b, c, voxel]``. Returns
     ``sums (C*K, D)`` and ``counts (C*K,)``, float32 (float64 for float64 ``emb``).

@@ -1,4 +1,5 @@
-"""Conversion of the raw public downloads into the preprocessed layouts of SPEC 6.
+"""Conversion of the raw public downloads into the preprocessed layouts
+(docs/method.md, "Data layouts").
 
 * ACDC: the challenge release, ``patientXXX/patientXXX_frameYY.nii.gz`` with its
   ``patientXXX_frameYY_gt.nii.gz`` (optionally under ``training/`` and ``testing/``),

@@ -1,4 +1,4 @@
-"""Left atrium (LA) data in the UA-MT layout (SPEC 6).
+"""Left atrium (LA) data in the UA-MT layout (docs/method.md, "Data layouts").
 
 Layout under a dataset root::
 
@@ -76,7 +76,7 @@ def write_la_lists(root: str | Path, train: Sequence[str], test: Sequence[str]) 
 
 
 class LAPatches(CaseDataset):
-    """Training patches of LA volumes (SPEC 5).
+    """Training patches of LA volumes (docs/method.md, "Training").
 
     Each item is a random rot90 + flip in the (H, W) plane (when ``augment``), then a
     uniformly placed crop of ``patch_size`` (zero-padded first where the volume is

@@ -1,10 +1,12 @@
 """Run configuration: dataclasses filled from the shipped preset files and overrides.
 
 Every dataset has a preset file ``mper/presets/<dataset>.toml``. Its ``[paper]`` table
-holds every value; any other table (``[reference]``, ``[demo]``) lists only what it
-changes on top of ``[paper]``. Values are grouped in sections (``data``, ``optim``,
-``pretrain``, ``selftrain``, ``prototypes``, ``eval``, ``network``) and addressed as
-``section.key`` by overrides, e.g. ``selftrain.iterations=500``.
+holds every value; any other table (``[reference]``, ``[strict]``, ``[demo]``) lists
+only what it changes on top of ``[paper]``, and presets stack with ``+``
+(``reference+demo``). Values are grouped in sections (``data``, ``optim``,
+``pretrain``, ``selftrain``, ``prototypes``, ``eval``, ``losses``, ``network``) and
+addressed as ``section.key`` by overrides, e.g. ``selftrain.iterations=500``.
+docs/method.md explains every setting.
 
 ``network`` is passed as keyword arguments to :func:`mper.nets.build_network`, so it
 accepts whatever the dataset's network accepts (``channels``, ``dropout`` for the U-Net;
@@ -32,15 +34,25 @@ except ModuleNotFoundError:  # Python 3.10
 from mper.data.acdc import ACDC_NUM_CLASSES, ACDC_PATCH_SIZE
 from mper.data.la import LA_NUM_CLASSES, LA_PATCH_SIZE
 from mper.errors import ConfigError
+from mper.losses import DICE_BACKGROUNDS, DICE_FORMS, DiceOptions
 from mper.nets import NETWORKS, SIZE_MULTIPLE
 
-from .prototypes import UPDATE_SOURCES
+from .prototypes import KMEANS_METHODS, UPDATE_SOURCES, UPDATE_STEPS
+from .teacher import EMA_SCHEDULES, EMA_SCOPES, TEACHER_MODES
 
 DATASETS = ("la", "acdc")
 OPS_MODULES = {"mper": "mper.ops", "reference": "mper.reference"}
 BASELINES = ("none", "labeled-only")
 AMP_MODES = ("off", "bf16")
 VAL_SPLITS = ("val", "holdout", "test")
+IMAGE_INTERPOLATIONS = ("nearest", "cubic")
+PRETRAIN_LOSSES = ("per-region", "whole-image")
+FORWARD_ORDERS = ("labeled-surround-first", "unlabeled-surround-first")
+CONTRASTIVE_REDUCTIONS = ("sum", "mean")
+#: Test-time post-processing of predicted label maps (see :mod:`mper.eval.protocol`).
+POSTPROCESSING = ("none", "largest-component")
+#: How a class predicted nowhere is scored (see :mod:`mper.eval.protocol`).
+EMPTY_PREDICTION_RULES = ("zero", "undefined")
 #: Written in TOML for "no value" (TOML has no null).
 NONE_TOKEN = "none"
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -56,7 +68,9 @@ class DataConfig:
     ``val_split``: ``"val"`` (ACDC's val.list), ``"holdout"`` (the last
     ``holdout_cases`` cases of LA's train.list, kept out of training; their labels only
     select checkpoints) or ``"test"`` (the published LA protocol, which selects on the
-    test set).
+    test set). ``image_interpolation``: how 2D training slices are resized to
+    ``patch_size`` (``"nearest"`` or ``"cubic"``; labels are always resized by nearest
+    neighbour).
     """
 
     patch_size: tuple[int, ...] = (256, 256)
@@ -65,38 +79,59 @@ class DataConfig:
     num_workers: int = 0
     val_split: str = "val"
     holdout_cases: int = 0
+    image_interpolation: str = "nearest"
 
 
 @dataclass
 class OptimConfig:
     """SGD; the learning rate is multiplied by ``lr_gamma`` every ``lr_step`` iterations
-    of a stage (``lr_step = 0``: constant)."""
+    of a stage (``lr_step = 0``: constant). With ``carry_over``, self-training starts
+    from the optimizer state (momentum buffers) saved with the best pre-training
+    checkpoint instead of a fresh optimizer."""
 
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_step: int = 0
     lr_gamma: float = 0.1
+    carry_over: bool = True
 
 
 @dataclass
 class PretrainConfig:
-    """Supervised copy-paste pre-training on labeled images; loss ``scale * (CE + Dice)``."""
+    """Supervised copy-paste pre-training on labeled images; loss ``scale * (CE + Dice)``.
+
+    ``loss``: ``"per-region"`` (CE + Dice of the region kept from the first image plus
+    CE + Dice of the pasted box, each against its own image's label) or
+    ``"whole-image"`` (one CE + Dice over the whole mixed image).
+    """
 
     iterations: int = 10000
     loss_scale: float = 0.5
     box_fraction: float = 2 / 3
+    loss: str = "per-region"
 
 
 @dataclass
 class SelfTrainConfig:
-    """Mean Teacher self-training with bidirectional copy-paste (SPEC 3 and 5).
+    """Mean Teacher self-training with bidirectional copy-paste (docs/method.md, "Training").
 
     ``ema_decay`` is eta; ``unlabeled_weight`` is u; ``consistency_scale`` multiplies
     each ``CE + Dice`` of Eq. 4 (1 in the paper, 0.5 in BCP's code);
     ``ramp_weight``/``rampup_epochs``/``ramp_epoch_length`` define lambda(t);
     ``contrastive_weight`` is gamma; ``pseudo_label_threshold``: ``None`` for the argmax,
     a probability for two-class tasks (``p_1 >= threshold``).
+
+    ``teacher_mode``: the teacher predicts pseudo labels in ``"train"`` mode (dropout on,
+    batch statistics) or ``"eval"`` mode. ``ema_schedule``: ``"constant"`` decay eta, or
+    ``"warmup"`` ``min(1 - 1/(t+1), eta)``. ``ema_scope``: the EMA averages the
+    ``"parameters"`` only or the whole ``"state"`` (parameters and batch-norm buffers).
+    ``forward_passes``: 1 (both copy-paste directions in one forward) or 2 (one forward
+    per direction, and per unlabeled half for the teacher, each with its own batch-norm
+    statistics). ``forward_order``: which direction goes first, the mix whose surround
+    comes from the labeled image or the one whose surround comes from the unlabeled
+    image. ``contrastive_reduction``: InfoNCE is a mean over each direction's voxels;
+    ``"sum"`` adds the two directions' means, ``"mean"`` averages them.
     """
 
     iterations: int = 30000
@@ -108,15 +143,29 @@ class SelfTrainConfig:
     ramp_epoch_length: int = 150
     contrastive_weight: float = 0.1
     pseudo_label_threshold: float | None = None
+    teacher_mode: str = "train"
+    ema_schedule: str = "constant"
+    ema_scope: str = "state"
+    forward_passes: int = 2
+    forward_order: str = "unlabeled-surround-first"
+    contrastive_reduction: str = "sum"
 
 
 @dataclass
 class PrototypeConfig:
-    """The prototype classifier (SPEC 2) and bank (SPEC 4).
+    """The prototype classifier and bank (docs/method.md, "Prototype classifier" and
+    "Prototype update").
 
     ``per_class`` is K; ``tau``/``nce_tau`` are tau1/tau2; ``momentum`` is alpha;
     ``contrastive_ignore_row``: bank row whose nearest voxels InfoNCE leaves out
-    (``None``: none; 0 in the reference code).
+    (``None``: none; 0 in the reference code). ``update_steps``: ``"combined"`` (one EMA
+    step per iteration from every gated voxel) or ``"region-wise"`` (for each direction
+    in forward order, one step from its unlabeled region, then one from its labeled
+    region: four steps, the second direction classified with the bank the first one
+    moved). ``kmeans``: ``"minibatch"`` (mini-batch k-means) or ``"lloyd"`` (k-means++
+    then ``kmeans_iterations`` Lloyd steps); ``kmeans_max_voxels`` caps the voxels kept
+    per class (0: all); ``kmeans_augment``: the features come from one augmented epoch
+    of the pre-training batches, or from every labeled item once, unaugmented.
     """
 
     per_class: int = 3
@@ -129,6 +178,9 @@ class PrototypeConfig:
     contrastive_ignore_row: int | None = None
     kmeans_iterations: int = 20
     kmeans_max_voxels: int = 50000
+    update_steps: str = "region-wise"
+    kmeans: str = "minibatch"
+    kmeans_augment: bool = True
 
 
 @dataclass
@@ -137,13 +189,39 @@ class EvalConfig:
 
     ``stride``: sliding-window stride for 3D volumes (ignored in 2D);
     ``val_interval``/``checkpoint_interval``: iterations between validations / resume
-    checkpoints; ``num_figures``: cases drawn as PNG overlays.
+    checkpoints; ``num_figures``: cases drawn as PNG overlays. ``postprocess``: applied
+    to test predictions before scoring (``"none"`` or ``"largest-component"``: keep each
+    class's largest connected component). ``empty_prediction``: how a class predicted
+    nowhere is scored, ``"zero"`` (Dice, Jaccard, 95HD and ASD all 0, as the published
+    evaluation scripts do) or ``"undefined"`` (Dice 0, distances undefined and counted).
     """
 
     val_interval: int = 200
     checkpoint_interval: int = 500
     stride: tuple[int, ...] = (18, 18, 4)
     num_figures: int = 3
+    postprocess: str = "none"
+    empty_prediction: str = "zero"
+
+
+@dataclass
+class LossConfig:
+    """The soft Dice loss of both stages (docs/method.md, "Losses").
+
+    ``dice``: ``"pooled-squared"`` (one ratio per class over the whole batch, denominator
+    ``sum p^2 + sum y``) or ``"per-sample-linear"`` (one ratio per image and class,
+    denominator ``sum p + sum y``). ``dice_background``: the background class's term is
+    restricted to the loss region (``"region"``) or taken over the ``"whole-image"``.
+    ``dice_smooth`` is added to numerator and denominator.
+    """
+
+    dice: str = "pooled-squared"
+    dice_background: str = "region"
+    dice_smooth: float = 1e-10
+
+    def options(self) -> DiceOptions:
+        """These settings as the loss functions take them."""
+        return DiceOptions(self.dice, self.dice_background, self.dice_smooth)
 
 
 @dataclass
@@ -168,6 +246,7 @@ class TrainConfig:
     selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
     prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    losses: LossConfig = field(default_factory=LossConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), for checkpoints, JSON and TOML."""
@@ -255,7 +334,20 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "baseline": BASELINES,
     "amp": AMP_MODES,
     "data.val_split": VAL_SPLITS,
+    "data.image_interpolation": IMAGE_INTERPOLATIONS,
+    "pretrain.loss": PRETRAIN_LOSSES,
+    "selftrain.teacher_mode": TEACHER_MODES,
+    "selftrain.ema_schedule": EMA_SCHEDULES,
+    "selftrain.ema_scope": EMA_SCOPES,
+    "selftrain.forward_order": FORWARD_ORDERS,
+    "selftrain.contrastive_reduction": CONTRASTIVE_REDUCTIONS,
     "prototypes.update_source": UPDATE_SOURCES,
+    "prototypes.update_steps": UPDATE_STEPS,
+    "prototypes.kmeans": KMEANS_METHODS,
+    "eval.postprocess": POSTPROCESSING,
+    "eval.empty_prediction": EMPTY_PREDICTION_RULES,
+    "losses.dice": DICE_FORMS,
+    "losses.dice_background": DICE_BACKGROUNDS,
 }
 
 POSITIVE = "a positive integer"
@@ -291,6 +383,7 @@ RANGE_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("selftrain.ramp_epoch_length", _at_least(1), POSITIVE),
     ("selftrain.contrastive_weight", _finite_at_least(0.0), NON_NEGATIVE_NUMBER),
     ("selftrain.pseudo_label_threshold", _optional_unit, f"none or {UNIT}"),
+    ("selftrain.forward_passes", lambda value: value in (1, 2), "1 or 2"),
     ("prototypes.per_class", _at_least(1), POSITIVE),
     ("prototypes.tau", _temperature, "a positive finite number whose inverse is finite"),
     ("prototypes.nce_tau", _temperature, "a positive finite number whose inverse is finite"),
@@ -298,11 +391,12 @@ RANGE_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("prototypes.confidence_threshold", _in_unit_interval, UNIT),
     ("prototypes.contrastive_ignore_row", _optional_row, "none or a bank row >= 0"),
     ("prototypes.kmeans_iterations", _at_least(0), NON_NEGATIVE),
-    ("prototypes.kmeans_max_voxels", _at_least(1), POSITIVE),
+    ("prototypes.kmeans_max_voxels", _at_least(0), "0 (every voxel) or a positive cap"),
     ("eval.val_interval", _at_least(1), POSITIVE),
     ("eval.checkpoint_interval", _at_least(1), POSITIVE),
     ("eval.stride", _all_at_least_one, "positive sizes"),
     ("eval.num_figures", _at_least(0), NON_NEGATIVE),
+    ("losses.dice_smooth", _finite_at_least(0.0), NON_NEGATIVE_NUMBER),
 )
 
 
@@ -366,9 +460,9 @@ def _check_prototype_settings(config: TrainConfig) -> None:
             f"prototypes.contrastive_ignore_row must name a row of the {rows}-row bank "
             f"(num_classes x prototypes.per_class), or be none; got {row}"
         )
-    if prototypes.kmeans_max_voxels < prototypes.per_class:
+    if 0 < prototypes.kmeans_max_voxels < prototypes.per_class:
         raise ConfigError(
-            f"prototypes.kmeans_max_voxels must be at least prototypes.per_class "
+            f"prototypes.kmeans_max_voxels must be 0 (every voxel) or at least prototypes.per_class "
             f"({prototypes.per_class}) so that k-means has a voxel per prototype; got {prototypes.kmeans_max_voxels}"
         )
     if config.selftrain.pseudo_label_threshold is not None and config.num_classes != 2:
@@ -393,6 +487,12 @@ def _check_network_options(config: TrainConfig) -> None:
     if unknown:
         names = ", ".join(f"network.{name}" for name in accepted)
         raise ConfigError(f"unknown setting network.{unknown[0]}; valid names here: {names}")
+    kernel = config.network.get("classifier_kernel", 1)
+    if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
+        raise ConfigError(
+            "network.classifier_kernel must be a positive odd integer (1: the per-voxel linear "
+            f"classifier of Eq. 3; 3: the authors' 2D code), got {kernel!r}"
+        )
 
 
 #: Rules over several settings, run in this order after the range rules.
@@ -470,16 +570,29 @@ def _example(value: Any, hint: Any) -> str:
     return _EXAMPLES.get(hint, "...")
 
 
-def read_preset(dataset: str, preset: str) -> dict[str, Any]:
-    """The values of ``preset`` for ``dataset``: ``[paper]`` with the preset's changes."""
+def preset_tables(dataset: str) -> dict[str, dict[str, Any]]:
+    """The tables of ``dataset``'s preset file as written (``paper``, ``reference``, ...)."""
     _check_choice("dataset", dataset, DATASETS)
     text = resources.files("mper.presets").joinpath(f"{dataset}.toml").read_text()
-    tables = tomllib.loads(text)
-    if preset not in tables:
-        raise ConfigError(
-            f"preset {preset!r} is not defined for {dataset}; available: {', '.join(tables)}"
-        )
-    values = merge(tables["paper"], tables[preset]) if preset != "paper" else tables["paper"]
+    return tomllib.loads(text)
+
+
+def read_preset(dataset: str, preset: str) -> dict[str, Any]:
+    """The values of ``preset`` for ``dataset``: ``[paper]`` with the preset's changes.
+
+    Presets stack with ``+``, applied left to right on top of ``[paper]``: e.g.
+    ``"reference+demo"`` is the authors' recipe at the demo's sizes.
+    """
+    tables = preset_tables(dataset)
+    values = tables["paper"]
+    for name in preset.split("+"):
+        if name not in tables:
+            raise ConfigError(
+                f"preset {name!r} is not defined for {dataset}; available: {', '.join(tables)} "
+                "(stack them with +, e.g. reference+demo)"
+            )
+        if name != "paper":
+            values = merge(values, tables[name])
     return merge(values, {"dataset": dataset, "preset": preset})
 
 

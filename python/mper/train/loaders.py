@@ -109,8 +109,10 @@ def check_data(config: TrainConfig) -> None:
 
 def training_dataset(config: TrainConfig, cases: list[str], augment: bool = True) -> Dataset:
     """The dataset's training items (:class:`ACDCSlices` or :class:`LAPatches`) of ``cases``."""
-    dataset_type = ACDCSlices if config.dataset == "acdc" else LAPatches
-    return dataset_type(config.data_root, cases, config.data.patch_size, augment=augment, seed=config.seed)
+    if config.dataset == "acdc":
+        return ACDCSlices(config.data_root, cases, config.data.patch_size, augment=augment, seed=config.seed,
+                          image_interpolation=config.data.image_interpolation)
+    return LAPatches(config.data_root, cases, config.data.patch_size, augment=augment, seed=config.seed)
 
 
 def stage_loader(config: TrainConfig, with_unlabeled: bool, device: torch.device) -> DataLoader:
@@ -138,6 +140,27 @@ def labeled_images(config: TrainConfig, batch_size: int) -> Iterator[tuple[torch
     labeled, _ = training_cases(config)
     dataset = training_dataset(config, labeled, augment=False)
     for batch in DataLoader(dataset, batch_size=batch_size, generator=_private_generator(config.seed)):
+        yield batch["image"], batch["label"]
+
+
+def prototype_init_batches(
+    config: TrainConfig, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The labeled ``(image, label)`` batches the prototype bank is initialised from.
+
+    With ``prototypes.kmeans_augment`` (the authors' choice): one more epoch of the
+    pre-training loader, the one after the last pre-training iteration, i.e. augmented
+    crops of the labeled items in batches of ``labeled_batch_size`` (a remainder that
+    does not fill a batch is left out). Otherwise every labeled item once, unaugmented.
+    """
+    if not config.prototypes.kmeans_augment:
+        yield from labeled_images(config, config.data.labeled_batch_size)
+        return
+    loader = stage_loader(config, with_unlabeled=False, device=device)
+    epoch = -(-config.pretrain.iterations // len(loader.batch_sampler))
+    loader.batch_sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)
+    for batch in loader:
         yield batch["image"], batch["label"]
 
 

@@ -144,7 +144,7 @@ class Trainer:
         self.progress = StageProgress(**state["progress"])
         self.student.load_state_dict(state["student"])
         if state["teacher"] is not None:
-            self.teacher = create_teacher(self.student)
+            self.teacher = create_teacher(self.student, self.config.selftrain.teacher_mode)
             self.teacher.load_state_dict(state["teacher"])
             self.bank = self.new_bank()
             self.bank.load_state_dict(state["bank"])
@@ -189,6 +189,8 @@ class Trainer:
     def _save_best(self) -> None:
         state = self._finite_state()
         keep = ("config", "progress", "student", "teacher", "bank")
+        if self.progress.stage == "pretrain":
+            keep += ("optimizer",)  # self-training may start from it (optim.carry_over)
         save_checkpoint(self.best_checkpoint(), {key: state[key] for key in keep})
 
     def _validate(self, mean_loss: float) -> None:
