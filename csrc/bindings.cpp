@@ -70,7 +70,8 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("grad_feat", &HeadArgs::grad_feat)
       .def_readwrite("workspace", &HeadArgs::workspace)
       .def_readwrite("dtype", &HeadArgs::dtype)
-      .def_readwrite("stream", &HeadArgs::stream);
+      .def_readwrite("stream", &HeadArgs::stream)
+      .def_readwrite("threads", &HeadArgs::threads);
 
   py::class_<AccumulateArgs>(m, "AccumulateArgs")
       .def(py::init<>())
@@ -83,7 +84,8 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("sums", &AccumulateArgs::sums)
       .def_readwrite("counts", &AccumulateArgs::counts)
       .def_readwrite("dtype", &AccumulateArgs::dtype)
-      .def_readwrite("stream", &AccumulateArgs::stream);
+      .def_readwrite("stream", &AccumulateArgs::stream)
+      .def_readwrite("threads", &AccumulateArgs::threads);
 
   py::class_<EmaArgs>(m, "EmaArgs")
       .def(py::init<>())
