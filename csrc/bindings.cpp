@@ -16,8 +16,7 @@ constexpr bool kWithCuda = false;
 
 // Binds `name` to the CPU kernel and `name` + "_cuda" to the CUDA kernel (when built).
 template <typename Args>
-void bind_kernel(py::module_& m, const char* name, void (*cpu_kernel)(const Args&),
-                 void (*cuda_kernel)(const Args&)) {
+void bind_kernel(py::module_& m, const char* name, void (*cpu_kernel)(const Args&), void (*cuda_kernel)(const Args&)) {
   m.def(name, cpu_kernel, py::arg("args"), py::call_guard<py::gil_scoped_release>());
   if (cuda_kernel)
     m.def((std::string(name) + "_cuda").c_str(), cuda_kernel, py::arg("args"),

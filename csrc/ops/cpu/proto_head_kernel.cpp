@@ -101,7 +101,7 @@ void chunk_product(A* out, std::int64_t rows_out, const A* left, std::int64_t in
   using V = vec_t<A>;
   for (std::int64_t v = 0; v < kChunk; v += kLanes<A>) {
     for (std::int64_t r0 = 0; r0 < rows_out; r0 += 4) {
-      V acc0 = V{} , acc1 = V{}, acc2 = V{}, acc3 = V{};
+      V acc0 = V{}, acc1 = V{}, acc2 = V{}, acc3 = V{};
       const std::int64_t r1 = r0 + 1 < rows_out ? r0 + 1 : r0, r2 = r0 + 2 < rows_out ? r0 + 2 : r0,
                          r3 = r0 + 3 < rows_out ? r0 + 3 : r0;
       for (std::int64_t i = 0; i < inner; ++i) {
@@ -140,13 +140,13 @@ struct Chunk {
   const HeadArgs& args;
   const std::int64_t classes, protos, rows, depth;
   std::int64_t batch = 0, start = 0, size = 0;
-  const A* bank;                 // (C*K, D) unit prototypes (not per voxel)
-  Rows<A> unit, inv_norm, sim;   // z^ (D rows), 1/|z|, cos(z, p_j) (C*K rows)
-  Rows<A> best;                  // max_k s of the class in hand
-  Rows<A> top, total;            // max_j s_j and sum_j e^((s_j - top) / tau2)
-  Rows<A> exps;                  // e^((s_j - top) / tau2) (C*K rows)
-  Rows<std::int32_t> arg;        // argmax_k of the class in hand
-  Rows<std::int32_t> nearest;    // argmax_j s_j
+  const A* bank;                // (C*K, D) unit prototypes (not per voxel)
+  Rows<A> unit, inv_norm, sim;  // z^ (D rows), 1/|z|, cos(z, p_j) (C*K rows)
+  Rows<A> best;                 // max_k s of the class in hand
+  Rows<A> top, total;           // max_j s_j and sum_j e^((s_j - top) / tau2)
+  Rows<A> exps;                 // e^((s_j - top) / tau2) (C*K rows)
+  Rows<std::int32_t> arg;       // argmax_k of the class in hand
+  Rows<std::int32_t> nearest;   // argmax_j s_j
 
   // Scratch values per thread: floats(rows, depth) of A and kInts of int32.
   static std::int64_t floats(std::int64_t rows, std::int64_t depth) { return (depth + 2 * rows + 4) * kChunk; }

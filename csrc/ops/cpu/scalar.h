@@ -80,21 +80,14 @@ inline Half to_half(float f) {
 }
 
 // Conversions between a storage type T and the accumulation type A.
-template <typename A>
-inline A load(float x) { return A(x); }
-template <typename A>
-inline A load(double x) { return A(x); }
-template <typename A>
-inline A load(Half x) { return A(to_float(x)); }
-template <typename A>
-inline A load(BFloat16 x) { return A(to_float(x)); }
+template <typename A> inline A load(float x) { return A(x); }
+template <typename A> inline A load(double x) { return A(x); }
+template <typename A> inline A load(Half x) { return A(to_float(x)); }
+template <typename A> inline A load(BFloat16 x) { return A(to_float(x)); }
 
-template <typename T>
-inline T store(double x) { return T(x); }
-template <>
-inline Half store<Half>(double x) { return to_half(float(x)); }
-template <>
-inline BFloat16 store<BFloat16>(double x) { return to_bfloat16(float(x)); }
+template <typename T> inline T store(double x) { return T(x); }
+template <> inline Half store<Half>(double x) { return to_half(float(x)); }
+template <> inline BFloat16 store<BFloat16>(double x) { return to_bfloat16(float(x)); }
 
 // Accumulation type: float64 for float64 storage, float32 otherwise.
 template <typename T>
