@@ -35,31 +35,46 @@ def _run_python(code: str, memory_limit: int | None = None) -> subprocess.Comple
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
 def test_cpu_kernels_use_torchs_thread_count():
+    # The ops run in a thread other than the one that called torch.set_num_threads (as in
+    # a data-loading or serving thread): torch keeps its count for the process, OpenMP
+    # keeps its own per thread, so only a count passed to the kernels reaches them there.
     result = _run_python(
         """
-        import os, torch
+        import os, threading, torch
         from mper import ops
 
-        def threads():
-            return len(os.listdir("/proc/self/task"))
+        def threads():  # thread ids: the count alone would also see threads that are exiting
+            return set(os.listdir("/proc/self/task"))
+
+        def in_new_thread(body):
+            thread = threading.Thread(target=body)
+            thread.start()
+            thread.join()
 
         feat = torch.randn(2, 4, 32, 32, requires_grad=True)
         bank = torch.randn(6, 4)
         labels = torch.randint(0, 2, (2, 32, 32))
+
+        def every_kernel():
+            before = threads()
+            logits, assign, loss = ops.proto_classify_infonce(feat, bank, 2)
+            (logits.sum() + loss).backward()
+            ops.proto_accumulate(feat, labels, assign, None, 2, 3)
+            print("one thread:", len(threads() - before))
+
+        def head():
+            before = threads()
+            ops.proto_classify_infonce(feat, bank, 2)
+            print("three threads:", len(threads() - before))
+
         torch.set_num_threads(1)
-        before = threads()
-        logits, assign, loss = ops.proto_classify_infonce(feat, bank, 2)
-        (logits.sum() + loss).backward()
-        ops.proto_accumulate(feat, labels, assign, None, 2, 3)
-        print("one thread:", threads() - before)
+        in_new_thread(every_kernel)
         torch.set_num_threads(3)
-        before = threads()
-        ops.proto_classify_infonce(feat, bank, 2)
-        print("three threads:", threads() - before)
+        in_new_thread(head)
         """
     )
     assert result.returncode == 0, result.stderr
-    # an OpenMP team of n threads is the caller and n - 1 workers
+    # an OpenMP team of n threads is the caller and n - 1 new workers
     assert "one thread: 0\n" in result.stdout and "three threads: 2\n" in result.stdout, result.stdout
 
 
