@@ -231,28 +231,50 @@ struct Chunk {
 
 constexpr const char* kKernel = "the CPU prototype head";
 
+// What the head's threads need, allocated before the parallel region: the unit bank, and
+// per thread a Chunk's arrays followed by `extra_rows` more rows of kChunk values.
+template <typename A>
+struct HeadScratch {
+  const HeadArgs& args;
+  const int threads;
+  const std::int64_t per_thread;
+  Scratch<A> bank, floats;
+  Scratch<std::int32_t> ints;
+
+  HeadScratch(const HeadArgs& a, std::int64_t chunks, std::int64_t extra_rows)
+      : args(a), threads(team_size(a.threads, chunks)),
+        per_thread(Chunk<A>::floats(a.classes * a.protos_per_class, a.feat.depth) + extra_rows * kChunk),
+        bank(a.classes * a.protos_per_class * a.feat.depth, kKernel), floats(threads * per_thread, kKernel),
+        ints(threads * Chunk<A>::kInts, kKernel) {
+    unit_bank(args, bank.data);
+  }
+
+  // The chunk of thread `thread`; `extra` is left at its extra rows.
+  Chunk<A> chunk_of(int thread, A*& extra) const {
+    extra = floats.data + thread * per_thread;
+    std::int32_t* my_ints = ints.data + thread * Chunk<A>::kInts;
+    return Chunk<A>(args, bank.data, extra, my_ints);
+  }
+};
+
 template <typename T>
 void forward_impl(const HeadArgs& args) {
   using A = acc_t<T>;
   const FeatureView& f = args.feat;
-  const std::int64_t C = args.classes, rows = C * args.protos_per_class, N = f.voxels;
+  const std::int64_t C = args.classes, N = f.voxels;
   const std::int64_t chunks = f.batch * ((N + kChunk - 1) / kChunk);
   T* logits = reinterpret_cast<T*>(args.logits);
   std::int64_t* assign = reinterpret_cast<std::int64_t*>(args.assign);
   const A inv_tau = A(args.inv_tau);
-  const int threads = team_size(args.threads, chunks);
-  const std::int64_t per_thread = Chunk<A>::floats(rows, f.depth);
-  Scratch<A> bank(rows * f.depth, kKernel), floats(threads * per_thread, kKernel);
-  Scratch<std::int32_t> ints(threads * Chunk<A>::kInts, kKernel);
+  const HeadScratch<A> scratch(args, chunks, 0);
+  const int threads = scratch.threads;
   Scratch<double> partials(2 * threads, kKernel);  // per thread: sum of -log p and kept voxels
-  unit_bank(args, bank.data);
 
 #pragma omp parallel num_threads(threads)
   {
     const int thread = omp_get_thread_num();
-    A* my_floats = floats.data + thread * per_thread;
-    std::int32_t* my_ints = ints.data + thread * Chunk<A>::kInts;
-    Chunk<A> chunk(args, bank.data, my_floats, my_ints);
+    A* unused;
+    Chunk<A> chunk = scratch.chunk_of(thread, unused);
     double loss_sum = 0, count = 0;
 #pragma omp for schedule(static)
     for (std::int64_t index = 0; index < chunks; ++index) {
@@ -303,19 +325,13 @@ void backward_impl(const HeadArgs& args) {
     const A count = *reinterpret_cast<const A*>(args.count);
     nce_weight = load<A>(*reinterpret_cast<const T*>(args.grad_loss)) * inv_nce_tau / (count > A(1) ? count : A(1));
   }
-  const int threads = team_size(args.threads, chunks);
-  // per thread: the chunk, then coeff (C*K rows), weight, direction (D rows) and radial
-  const std::int64_t per_thread = Chunk<A>::floats(rows, D) + (rows + D + 2) * kChunk;
-  Scratch<A> bank(rows * D, kKernel), floats(threads * per_thread, kKernel);
-  Scratch<std::int32_t> ints(threads * Chunk<A>::kInts, kKernel);
-  unit_bank(args, bank.data);
+  // per thread after the chunk: coeff (C*K rows), weight, direction (D rows) and radial
+  const HeadScratch<A> scratch(args, chunks, rows + D + 2);
 
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(scratch.threads)
   {
-    const int thread = omp_get_thread_num();
-    A* cursor = floats.data + thread * per_thread;
-    std::int32_t* int_cursor = ints.data + thread * Chunk<A>::kInts;
-    Chunk<A> chunk(args, bank.data, cursor, int_cursor);
+    A* cursor;
+    Chunk<A> chunk = scratch.chunk_of(omp_get_thread_num(), cursor);
     const Rows<A> coeff = take(cursor, rows), weight = take(cursor, 1), direction = take(cursor, D),
                   radial = take(cursor, 1);
 #pragma omp for schedule(static)

@@ -139,7 +139,7 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
-def check_temperature(name: str, value: object, dtype: torch.dtype) -> float:
+def check_temperature(name: str, value: object, dtype: torch.dtype = torch.float32) -> float:
     """A temperature > 0 whose reciprocal is finite in the kernels' arithmetic for `dtype`."""
     if not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
         raise ValueError(f"{name} must be a positive finite number; got {value!r}")
