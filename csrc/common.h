@@ -68,6 +68,22 @@ struct EmaArgs {
 
 constexpr int kHeadWorkspaceFloats = 2 * 1024;  // per-block (loss, count) partials
 
+// Integer label dtypes (codes shared with python/mper/ops/largest_component.py).
+enum class LabelDType : int { UInt8 = 0, Int8 = 1, Int16 = 2, Int32 = 3, Int64 = 4 };
+
+// Largest connected component per image and foreground class of a contiguous label map
+// (B, D, H, W), D = 1 for 2D images; out has the same layout and dtype. Labels outside
+// [1, classes) are background and come out as 0.
+struct ComponentArgs {
+  std::uintptr_t labels = 0, out = 0;
+  std::int64_t batch = 0, depth = 1, height = 0, width = 0;
+  std::int64_t classes = 0;
+  LabelDType dtype = LabelDType::Int64;
+  // CUDA: B*D*H*W int32 parents, B*D*H*W int32 sizes, then B*classes uint64 choices
+  std::uintptr_t workspace = 0;
+  std::uintptr_t stream = 0;
+};
+
 #if defined(__CUDACC__)
 #define MPER_HOST_DEVICE __host__ __device__
 #else
@@ -126,11 +142,25 @@ void dispatch(DType dtype, Fn&& f) {
   throw std::invalid_argument("mper: unknown dtype code");
 }
 
+// Calls f(TypeTag<T>{}) with T the C++ integer type of `dtype`.
+template <typename Fn>
+void dispatch_labels(LabelDType dtype, Fn&& f) {
+  switch (dtype) {
+    case LabelDType::UInt8: f(TypeTag<std::uint8_t>{}); return;
+    case LabelDType::Int8: f(TypeTag<std::int8_t>{}); return;
+    case LabelDType::Int16: f(TypeTag<std::int16_t>{}); return;
+    case LabelDType::Int32: f(TypeTag<std::int32_t>{}); return;
+    case LabelDType::Int64: f(TypeTag<std::int64_t>{}); return;
+  }
+  throw std::invalid_argument("mper: unknown label dtype code");
+}
+
 namespace cpu {
 void head_forward(const HeadArgs& args);
 void head_backward(const HeadArgs& args);
 void accumulate(const AccumulateArgs& args);
 void ema_update(const EmaArgs& args);
+void largest_component(const ComponentArgs& args);
 }  // namespace cpu
 
 #ifdef MPER_WITH_CUDA
@@ -139,6 +169,7 @@ void head_forward(const HeadArgs& args);
 void head_backward(const HeadArgs& args);
 void accumulate(const AccumulateArgs& args);
 void ema_update(const EmaArgs& args);
+void largest_component(const ComponentArgs& args);
 }  // namespace cuda
 #endif
 

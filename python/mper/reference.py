@@ -18,8 +18,10 @@ Conventions shared with the kernels:
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 NORM_EPS = 1e-12
 
@@ -147,3 +149,25 @@ def proto_ema_update_(
             mean = sums[j] / counts[j]
             prototypes[j] = momentum * prototypes[j] + (1 - momentum) * mean.to(prototypes.dtype)
     return prototypes
+
+
+def largest_component(labels: torch.Tensor, num_classes: int, check_labels: bool = True) -> torch.Tensor:
+    """Keep, per image and foreground class ``c >= 1``, only the largest connected component.
+
+    ``labels`` ``(B, H, W)`` or ``(B, D, H, W)``, integer. Full connectivity (8 neighbours
+    in 2D, 26 in 3D), labelled by ``scipy.ndimage.label``; among equally large components
+    the first in scan order is kept. Every other voxel becomes 0. With ``check_labels`` a
+    label outside ``[0, C)`` raises ``ValueError``; without, such voxels become 0.
+    """
+    if check_labels and ((labels < 0) | (labels >= num_classes)).any():
+        raise ValueError(f"labels must lie in [0, num_classes) = [0, {num_classes})")
+    images = labels.detach().cpu().numpy()
+    structure = ndimage.generate_binary_structure(images.ndim - 1, images.ndim - 1)
+    cleaned = np.zeros_like(images)
+    for image, out in zip(images, cleaned):
+        for class_index in range(1, num_classes):
+            components, count = ndimage.label(image == class_index, structure=structure)
+            if count:
+                sizes = np.bincount(components.ravel())[1:]
+                out[components == 1 + int(np.argmax(sizes))] = class_index
+    return torch.from_numpy(cleaned).to(labels.device)

@@ -21,7 +21,9 @@ import numpy as np
 from mper.data.augment import random_rot_flip, random_rotate, resize
 from mper.data.dataset import CaseDataset
 from mper.data.files import read_image_label, read_list, write_image_label, write_list
+from mper.errors import ConfigError
 
+ACDC_DATA_DIR = "data"
 ACDC_PATCH_SIZE = (256, 256)
 ACDC_NUM_CLASSES = 4
 ACDC_CLASS_NAMES = ("background", "RV", "myocardium", "LV")
@@ -32,12 +34,12 @@ _VOLUME_LAYOUT = "SSL4MIS ACDC layout: ROOT/data/<case>.h5, image and label of s
 
 def acdc_slice_path(root: str | Path, name: str) -> Path:
     """Path of training slice ``name`` (``patientXXX_frameYY_slice_<i>``)."""
-    return Path(root) / "data" / "slices" / f"{name}.h5"
+    return Path(root) / ACDC_DATA_DIR / "slices" / f"{name}.h5"
 
 
 def acdc_volume_path(root: str | Path, case: str) -> Path:
     """Path of the volume of frame ``case`` (``patientXXX_frameYY``)."""
-    return Path(root) / "data" / f"{case}.h5"
+    return Path(root) / ACDC_DATA_DIR / f"{case}.h5"
 
 
 def slice_name(case: str, index: int) -> str:
@@ -68,7 +70,7 @@ def acdc_cases(root: str | Path, split: str) -> list[str]:
     """Names listed for ``split``: slice names for ``"train"``, frame names for
     ``"val"`` and ``"test"``."""
     if split not in ACDC_LISTS:
-        raise ValueError(f"ACDC split must be one of {tuple(ACDC_LISTS)}, got {split!r}")
+        raise ConfigError(f"ACDC split must be one of {tuple(ACDC_LISTS)}, got {split!r}")
     return read_list(Path(root) / ACDC_LISTS[split])
 
 
@@ -82,8 +84,8 @@ def acdc_split(root: str | Path, labeled_patients: int) -> tuple[list[str], list
     slices = acdc_cases(root, "train")
     patients = list(dict.fromkeys(patient_id(name) for name in slices))
     if not 0 < labeled_patients <= len(patients):
-        raise ValueError(
-            f"labeled_patients must be between 1 and the {len(patients)} patients of "
+        raise ConfigError(
+            f"labeled must be between 1 and the {len(patients)} patients of "
             f"{Path(root) / ACDC_LISTS['train']}, got {labeled_patients}"
         )
     chosen = set(patients[:labeled_patients])

@@ -13,9 +13,13 @@ accepts whatever the dataset's network accepts (``channels``, ``dropout`` for th
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -24,6 +28,11 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
+
+from mper.data.acdc import ACDC_NUM_CLASSES, ACDC_PATCH_SIZE
+from mper.data.la import LA_NUM_CLASSES, LA_PATCH_SIZE
+from mper.errors import ConfigError
+from mper.nets import NETWORKS, SIZE_MULTIPLE
 
 from .prototypes import UPDATE_SOURCES
 
@@ -34,6 +43,10 @@ AMP_MODES = ("off", "bf16")
 VAL_SPLITS = ("val", "holdout", "test")
 #: Written in TOML for "no value" (TOML has no null).
 NONE_TOKEN = "none"
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
+DATASET_CLASSES = {"la": LA_NUM_CLASSES, "acdc": ACDC_NUM_CLASSES}
+DATASET_PATCH_SIZES = {"la": LA_PATCH_SIZE, "acdc": ACDC_PATCH_SIZE}
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass
@@ -162,59 +175,246 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build and check a config; unknown keys and wrong types raise ``ValueError``."""
+        """Build and check a config; unknown keys, wrong types and invalid values raise
+        :class:`~mper.errors.ConfigError`."""
         config = _build(cls, values, "")
         config.check()
         return config
 
     def check(self) -> None:
-        """Raise ``ValueError`` naming the first inconsistent value."""
-        _check_choice("dataset", self.dataset, DATASETS)
-        _check_choice("ops", self.ops, tuple(OPS_MODULES))
-        _check_choice("baseline", self.baseline, BASELINES)
-        _check_choice("amp", self.amp, AMP_MODES)
-        _check_choice("data.val_split", self.data.val_split, VAL_SPLITS)
-        _check_choice("prototypes.update_source", self.prototypes.update_source, UPDATE_SOURCES)
-        _check_positive("labeled", self.labeled)
-        _check_positive("num_classes", self.num_classes)
-        _check_positive("prototypes.per_class", self.prototypes.per_class)
-        for name in ("pretrain.iterations", "selftrain.iterations", "eval.val_interval", "eval.checkpoint_interval"):
-            section, key = name.split(".")
-            _check_positive(name, getattr(getattr(self, section), key))
-        labeled_batch = self.data.labeled_batch_size
-        if labeled_batch < 2 or labeled_batch % 2:
-            raise ValueError(
-                f"data.labeled_batch_size must be even and at least 2 (copy-paste pairs its "
-                f"two halves), got {labeled_batch}"
-            )
-        if self.data.batch_size != 2 * labeled_batch:
-            raise ValueError(
-                f"data.batch_size must be twice data.labeled_batch_size (labeled and unlabeled "
-                f"images are paired), got {self.data.batch_size} and {labeled_batch}"
-            )
-        if self.data.val_split == "holdout" and self.data.holdout_cases < 1:
-            raise ValueError("data.val_split = 'holdout' needs data.holdout_cases >= 1")
+        """Raise :class:`~mper.errors.ConfigError` naming the first invalid value.
+
+        Every choice, every numeric range of :data:`RANGE_RULES` and every rule that
+        ties settings together (:data:`CONSISTENCY_CHECKS`) is checked, so that a bad
+        value is refused before any work is done.
+        """
+        for name, choices in CHOICES.items():
+            _check_choice(name, _setting(self, name), choices)
+        for name, accepts, expected in RANGE_RULES:
+            value = _setting(self, name)
+            if not accepts(value):
+                raise ConfigError(f"{name} must be {expected}, got {value!r}")
+        for check in CONSISTENCY_CHECKS:
+            check(self)
+
+
+def _setting(config: TrainConfig, name: str) -> Any:
+    """The value of ``section.key`` (or a top-level ``key``) in ``config``."""
+    value: Any = config
+    for part in name.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
-def _check_positive(name: str, value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
+def _at_least(low: int) -> Callable[[Any], bool]:
+    return lambda value: value >= low
+
+
+def _finite_at_least(low: float) -> Callable[[Any], bool]:
+    return lambda value: math.isfinite(value) and value >= low
+
+
+def _finite_above(low: float) -> Callable[[Any], bool]:
+    return lambda value: math.isfinite(value) and value > low
+
+
+def _in_unit_interval(value: float) -> bool:
+    return 0.0 <= value <= 1.0
+
+
+def _below_one(value: float) -> bool:
+    return 0.0 <= value < 1.0
+
+
+def _temperature(value: float) -> bool:
+    """Positive, finite, and ``1 / value`` finite in float32 (the kernels divide by it)."""
+    return math.isfinite(value) and value > 0 and 1.0 / value < FLOAT32_MAX
+
+
+def _optional_unit(value: float | None) -> bool:
+    return value is None or _in_unit_interval(value)
+
+
+def _optional_row(value: int | None) -> bool:
+    return value is None or value >= 0
+
+
+def _all_at_least_one(values: tuple[int, ...]) -> bool:
+    return all(value >= 1 for value in values)
+
+
+#: Settings with a fixed set of values.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASETS,
+    "ops": tuple(OPS_MODULES),
+    "baseline": BASELINES,
+    "amp": AMP_MODES,
+    "data.val_split": VAL_SPLITS,
+    "prototypes.update_source": UPDATE_SOURCES,
+}
+
+POSITIVE = "a positive integer"
+NON_NEGATIVE = "a non-negative integer"
+POSITIVE_NUMBER = "a positive finite number"
+NON_NEGATIVE_NUMBER = "a finite number >= 0"
+UNIT = "in [0, 1]"
+
+#: (setting, accepts(value), what is expected) for every numeric setting.
+RANGE_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("labeled", _at_least(1), POSITIVE),
+    ("num_classes", _at_least(2), "at least 2 (background and one class)"),
+    ("seed", _at_least(0), NON_NEGATIVE),
+    ("data.patch_size", _all_at_least_one, "positive sizes"),
+    ("data.batch_size", _at_least(1), POSITIVE),
+    ("data.labeled_batch_size", _at_least(1), POSITIVE),
+    ("data.num_workers", _at_least(0), NON_NEGATIVE),
+    ("data.holdout_cases", _at_least(0), NON_NEGATIVE),
+    ("optim.lr", _finite_above(0.0), POSITIVE_NUMBER),
+    ("optim.momentum", _below_one, "in [0, 1)"),
+    ("optim.weight_decay", _finite_at_least(0.0), NON_NEGATIVE_NUMBER),
+    ("optim.lr_step", _at_least(0), "a non-negative integer (0: constant learning rate)"),
+    ("optim.lr_gamma", _finite_above(0.0), POSITIVE_NUMBER),
+    ("pretrain.iterations", _at_least(1), POSITIVE),
+    ("pretrain.loss_scale", _finite_above(0.0), POSITIVE_NUMBER),
+    ("pretrain.box_fraction", lambda value: 0.0 < value <= 1.0, "in (0, 1]"),
+    ("selftrain.iterations", _at_least(1), POSITIVE),
+    ("selftrain.ema_decay", _in_unit_interval, UNIT),
+    ("selftrain.unlabeled_weight", _finite_at_least(0.0), NON_NEGATIVE_NUMBER),
+    ("selftrain.consistency_scale", _finite_at_least(0.0), NON_NEGATIVE_NUMBER),
+    ("selftrain.ramp_weight", _finite_at_least(0.0), NON_NEGATIVE_NUMBER),
+    ("selftrain.rampup_epochs", _finite_at_least(0.0), NON_NEGATIVE_NUMBER),
+    ("selftrain.ramp_epoch_length", _at_least(1), POSITIVE),
+    ("selftrain.contrastive_weight", _finite_at_least(0.0), NON_NEGATIVE_NUMBER),
+    ("selftrain.pseudo_label_threshold", _optional_unit, f"none or {UNIT}"),
+    ("prototypes.per_class", _at_least(1), POSITIVE),
+    ("prototypes.tau", _temperature, "a positive finite number whose inverse is finite"),
+    ("prototypes.nce_tau", _temperature, "a positive finite number whose inverse is finite"),
+    ("prototypes.momentum", _in_unit_interval, UNIT),
+    ("prototypes.confidence_threshold", _in_unit_interval, UNIT),
+    ("prototypes.contrastive_ignore_row", _optional_row, "none or a bank row >= 0"),
+    ("prototypes.kmeans_iterations", _at_least(0), NON_NEGATIVE),
+    ("prototypes.kmeans_max_voxels", _at_least(1), POSITIVE),
+    ("eval.val_interval", _at_least(1), POSITIVE),
+    ("eval.checkpoint_interval", _at_least(1), POSITIVE),
+    ("eval.stride", _all_at_least_one, "positive sizes"),
+    ("eval.num_figures", _at_least(0), NON_NEGATIVE),
+)
+
+
+def _check_dataset_shapes(config: TrainConfig) -> None:
+    """Class count, patch and stride fit the dataset and its network."""
+    expected_classes = DATASET_CLASSES[config.dataset]
+    if config.num_classes != expected_classes:
+        raise ConfigError(
+            f"num_classes must be {expected_classes} for {config.dataset} (background included), "
+            f"got {config.num_classes}"
+        )
+    patch = config.data.patch_size
+    rank = len(DATASET_PATCH_SIZES[config.dataset])
+    if len(patch) != rank or any(size % SIZE_MULTIPLE for size in patch):
+        raise ConfigError(
+            f"data.patch_size must be {rank} sizes, each a multiple of {SIZE_MULTIPLE} (the network "
+            f"halves it four times), e.g. {list(DATASET_PATCH_SIZES[config.dataset])}; got {list(patch)}"
+        )
+    if config.dataset == "la":
+        stride = config.eval.stride
+        if len(stride) != rank or any(step > size for step, size in zip(stride, patch)):
+            raise ConfigError(
+                f"eval.stride must be {rank} steps, none larger than data.patch_size {list(patch)} "
+                f"(a larger step leaves voxels that no window covers); got {list(stride)}"
+            )
+
+
+def _check_batches(config: TrainConfig) -> None:
+    """Copy-paste pairs halves of the labeled batch, and labeled with unlabeled images."""
+    labeled_batch = config.data.labeled_batch_size
+    if labeled_batch < 2 or labeled_batch % 2:
+        raise ConfigError(
+            f"data.labeled_batch_size must be even and at least 2 (copy-paste pairs its "
+            f"two halves), got {labeled_batch}"
+        )
+    if config.data.batch_size != 2 * labeled_batch:
+        raise ConfigError(
+            f"data.batch_size must be twice data.labeled_batch_size (labeled and unlabeled "
+            f"images are paired), got {config.data.batch_size} and {labeled_batch}"
+        )
+
+
+def _check_validation_split(config: TrainConfig) -> None:
+    """LA has no val.list and ACDC no held-out training cases."""
+    split = config.data.val_split
+    if config.dataset == "la" and split == "val":
+        raise ConfigError("LA has no val.list; use data.val_split = 'holdout' or 'test'")
+    if config.dataset == "acdc" and split == "holdout":
+        raise ConfigError("data.val_split = 'holdout' is for LA; ACDC has val.list (use 'val')")
+    if split == "holdout" and config.data.holdout_cases < 1:
+        raise ConfigError("data.val_split = 'holdout' needs data.holdout_cases >= 1")
+
+
+def _check_prototype_settings(config: TrainConfig) -> None:
+    """Settings that depend on the class count and the bank's size."""
+    prototypes = config.prototypes
+    rows = config.num_classes * prototypes.per_class
+    row = prototypes.contrastive_ignore_row
+    if row is not None and row >= rows:
+        raise ConfigError(
+            f"prototypes.contrastive_ignore_row must name a row of the {rows}-row bank "
+            f"(num_classes x prototypes.per_class), or be none; got {row}"
+        )
+    if prototypes.kmeans_max_voxels < prototypes.per_class:
+        raise ConfigError(
+            f"prototypes.kmeans_max_voxels must be at least prototypes.per_class "
+            f"({prototypes.per_class}) so that k-means has a voxel per prototype; got {prototypes.kmeans_max_voxels}"
+        )
+    if config.selftrain.pseudo_label_threshold is not None and config.num_classes != 2:
+        raise ConfigError(
+            "selftrain.pseudo_label_threshold applies to two-class tasks only; "
+            f"set it to none for {config.num_classes} classes"
+        )
+
+
+def _check_device_name(config: TrainConfig) -> None:
+    """The device's spelling; whether it exists is checked where training starts."""
+    if not DEVICE_NAME.fullmatch(config.device):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {config.device!r}")
+
+
+def _check_network_options(config: TrainConfig) -> None:
+    """``network`` holds only keyword arguments of the dataset's network that a preset
+    may set (the class count and the single input channel follow from the dataset)."""
+    parameters = inspect.signature(NETWORKS[config.dataset]).parameters
+    accepted = [name for name in parameters if name not in ("in_channels", "num_classes")]
+    unknown = sorted(set(config.network) - set(accepted))
+    if unknown:
+        names = ", ".join(f"network.{name}" for name in accepted)
+        raise ConfigError(f"unknown setting network.{unknown[0]}; valid names here: {names}")
+
+
+#: Rules over several settings, run in this order after the range rules.
+CONSISTENCY_CHECKS: tuple[Callable[[TrainConfig], None], ...] = (
+    _check_dataset_shapes,
+    _check_batches,
+    _check_validation_split,
+    _check_prototype_settings,
+    _check_device_name,
+    _check_network_options,
+)
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     """Instantiate dataclass ``cls`` from ``values``, checking names and types."""
     if not isinstance(values, dict):
-        raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a table, got {values!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a table, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = {item.name for item in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown setting {prefix}{unknown[0]}; valid names here: "
             f"{', '.join(prefix + name for name in sorted(names))}"
         )
@@ -245,11 +445,29 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         return float(value)
     if hint in (int, str, bool) and type(value) is hint:
         return value
-    raise ValueError(f"setting {name} expects {_type_name(hint)}, got {value!r}")
+    raise ConfigError(
+        f"setting {name} expects {_type_name(hint)}, got {value!r}; e.g. {name}={_example(value, hint)}"
+    )
 
 
 def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is tuple:
+        return f"tuple (a list of {_type_name(typing.get_args(hint)[0])} in brackets)"
     return getattr(hint, "__name__", str(hint))
+
+
+#: How a value of each type is written in an override.
+_EXAMPLES = {int: "3", float: "0.5", str: "text", bool: "true"}
+
+
+def _example(value: Any, hint: Any) -> str:
+    """The given value rewritten in the syntax ``hint`` needs, or a made-up value of it."""
+    if typing.get_origin(hint) is tuple:
+        items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
+        return "[" + ", ".join(str(item) for item in items) + "]"
+    if typing.get_origin(hint) is dict:
+        return "{ key = 1 }"
+    return _EXAMPLES.get(hint, "...")
 
 
 def read_preset(dataset: str, preset: str) -> dict[str, Any]:
@@ -258,7 +476,7 @@ def read_preset(dataset: str, preset: str) -> dict[str, Any]:
     text = resources.files("mper.presets").joinpath(f"{dataset}.toml").read_text()
     tables = tomllib.loads(text)
     if preset not in tables:
-        raise ValueError(
+        raise ConfigError(
             f"preset {preset!r} is not defined for {dataset}; available: {', '.join(tables)}"
         )
     values = merge(tables["paper"], tables[preset]) if preset != "paper" else tables["paper"]
@@ -284,7 +502,7 @@ def parse_override(assignment: str) -> dict[str, Any]:
     """
     key, separator, text = assignment.partition("=")
     if not separator or not key.strip():
-        raise ValueError(f"override {assignment!r} must look like section.key=value")
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
     try:
         value = tomllib.loads(f"value = {text.strip()}")["value"]
     except tomllib.TOMLDecodeError:
