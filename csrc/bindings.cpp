@@ -115,12 +115,12 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("classes", &ComponentArgs::classes)
       .def_readwrite("dtype", &ComponentArgs::dtype)
       .def_readwrite("workspace", &ComponentArgs::workspace)
-      .def_readwrite("stream", &ComponentArgs::stream);
+      .def_readwrite("stream", &ComponentArgs::stream)
+      .def_readwrite("threads", &ComponentArgs::threads);
 
   bind_kernel<HeadArgs>(m, "head_forward", &cpu::head_forward, MPER_CUDA_KERNEL(head_forward));
   bind_kernel<HeadArgs>(m, "head_backward", &cpu::head_backward, MPER_CUDA_KERNEL(head_backward));
   bind_kernel<AccumulateArgs>(m, "accumulate", &cpu::accumulate, MPER_CUDA_KERNEL(accumulate));
   bind_kernel<EmaArgs>(m, "ema_update", &cpu::ema_update, MPER_CUDA_KERNEL(ema_update));
-  bind_kernel<ComponentArgs>(m, "largest_component", &cpu::largest_component,
-                             MPER_CUDA_KERNEL(largest_component));
+  bind_kernel<ComponentArgs>(m, "largest_component", &cpu::largest_component, MPER_CUDA_KERNEL(largest_component));
 }

@@ -82,6 +82,7 @@ struct ComponentArgs {
   // CUDA: B*D*H*W int32 parents, B*D*H*W int32 sizes, then B*classes uint64 choices
   std::uintptr_t workspace = 0;
   std::uintptr_t stream = 0;
+  std::int64_t threads = 0;  // CPU: OpenMP threads (torch's count); 0: OpenMP's default
 };
 
 #if defined(__CUDACC__)

@@ -1,5 +1,5 @@
 """torch.library.opcheck over every mper custom op (schema, fake kernel, autograd
-registration, AOT dispatch), on the CPU and on CUDA; and the label check under
+registration, AOT dispatch), on the CPU and on CUDA; and the label checks under
 torch.compile."""
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ def _cases(device):
         (m.proto_accumulate, (feat.detach(), labels, assign, mask, 2, 3, True)),
         (m.proto_accumulate, (feat.detach(), labels, assign, None, 2, 3, False)),
         (m.proto_ema_update_, (bank.clone(), torch.randn((6, 4), generator=generator).to(device), mask.flatten()[:6].float(), 0.9)),
+        (m.largest_component, (labels.to(torch.uint8), 2)),
+        (m.largest_component, (assign[:, 0].contiguous(), 3, True)),
     ]
 
 
@@ -67,3 +69,14 @@ def test_label_check_runs_under_torch_compile(device):
         compiled(emb, labels, assign, mask)
     mask[0, 2, 1] = False  # out of range but not selected: fine
     compiled(emb, labels, assign, mask)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_largest_component_label_check_runs_under_torch_compile(device):
+    compiled = torch.compile(lambda labels: ops.largest_component(labels, 3, check_labels=True), fullgraph=True)
+    labels = torch.zeros((1, 5, 6), dtype=torch.int64, device=device)
+    labels[0, 1:3, 1:3] = 2
+    assert torch.equal(compiled(labels), labels)
+    labels[0, 4, 4] = 7
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, num_classes\) = \[0, 3\)"):
+        compiled(labels)

@@ -60,6 +60,7 @@ def test_cpu_kernels_use_torchs_thread_count():
             logits, assign, loss = ops.proto_classify_infonce(feat, bank, 2)
             (logits.sum() + loss).backward()
             ops.proto_accumulate(feat, labels, assign, None, 2, 3)
+            ops.largest_component(labels, 2)
             print("one thread:", len(threads() - before))
 
         def head():
@@ -113,6 +114,11 @@ def test_same_bits_on_every_run_at_a_fixed_thread_count():
             "ops.proto_accumulate(torch.randn(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.int64),"
             " torch.zeros(1, 1, 4, 4, dtype=torch.int64), None, 1, 2**25)",
             "the CPU prototype accumulation",
+        ),
+        # run tables for the worst case, 24 bytes a voxel
+        (
+            "ops.largest_component(torch.zeros(1, 4096, 16384, dtype=torch.uint8), 2, check_labels=False)",
+            "the CPU largest-component kernel",
         ),
     ],
 )
