@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <new>
 #include <stdexcept>
 #include <string>
 
@@ -39,6 +41,7 @@ struct HeadArgs {
   std::uintptr_t workspace = 0;  // CUDA: kHeadWorkspaceFloats floats
   DType dtype = DType::Float32;
   std::uintptr_t stream = 0;
+  std::int64_t threads = 0;  // CPU: OpenMP threads (torch's count); 0: OpenMP's default
 };
 
 // Per-prototype sums (C*K, D) and counts (C*K) of emb over the voxels in mask.
@@ -51,6 +54,7 @@ struct AccumulateArgs {
   std::uintptr_t sums = 0, counts = 0;  // zero-filled, accumulation type
   DType dtype = DType::Float32;
   std::uintptr_t stream = 0;
+  std::int64_t threads = 0;  // CPU: OpenMP threads (torch's count); 0: OpenMP's default
 };
 
 // p <- m p + (1 - m) sums / count on rows whose count is positive.
@@ -78,6 +82,7 @@ struct ComponentArgs {
   // CUDA: B*D*H*W int32 parents, B*D*H*W int32 sizes, then B*classes uint64 choices
   std::uintptr_t workspace = 0;
   std::uintptr_t stream = 0;
+  std::int64_t threads = 0;  // CPU: OpenMP threads (torch's count); 0: OpenMP's default
 };
 
 #if defined(__CUDACC__)
@@ -103,6 +108,22 @@ MPER_HOST_DEVICE inline std::int64_t accumulate_row(const AccumulateArgs& args, 
 inline void check(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument("mper: " + message);
 }
+
+// Scratch memory a kernel could not get. Derives from std::bad_alloc, so Python sees a
+// MemoryError carrying this message (pybind11 keeps what()).
+class OutOfMemory : public std::bad_alloc {
+ public:
+  OutOfMemory(const char* kernel, double bytes) {
+    std::snprintf(message_, sizeof message_,
+                  "mper: %s could not allocate %.1f MiB of scratch memory; use a smaller prototype "
+                  "bank or fewer threads (torch.set_num_threads)",
+                  kernel, bytes / (1024.0 * 1024.0));
+  }
+  const char* what() const noexcept override { return message_; }
+
+ private:
+  char message_[256];
+};
 
 template <typename T>
 struct TypeTag {

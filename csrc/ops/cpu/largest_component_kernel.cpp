@@ -8,7 +8,9 @@
 // so a component's root is its first run: among equally large components a class keeps
 // the lowest root, the component scipy.ndimage.label would number first. The work is one
 // read of the labels, one write of the output, and a few operations per run; images run
-// in parallel (OpenMP), each on one thread with its own run tables.
+// in parallel (OpenMP), each on one thread with its own run tables, reserved before the
+// parallel region for the worst case (every voxel a run of its own), so that nothing is
+// allocated inside it.
 #include <omp.h>
 
 #include <algorithm>
@@ -17,16 +19,25 @@
 #include <limits>
 #include <vector>
 
-#include "common.h"
+#include "ops/cpu/scalar.h"
 
 namespace mper::cpu {
 namespace {
+
+using MPER_CPU_ISA::team_size;
 
 // The runs of one image, in scan order: run i covers [begin[i], end[i]) of its row.
 struct Runs {
   std::vector<std::int32_t> begin, end, label, parent;
   std::vector<std::int64_t> size;
   std::vector<std::int64_t> row_first;  // row r holds runs [row_first[r], row_first[r + 1])
+
+  // Room for an image of `voxels` voxels in `rows` rows, however many runs it has.
+  void reserve(std::int64_t voxels, std::int64_t rows) {
+    for (auto* table : {&begin, &end, &label, &parent}) table->reserve(voxels);
+    size.reserve(voxels);
+    row_first.reserve(rows + 1);
+  }
 
   void clear(std::int64_t rows) {
     begin.clear();
@@ -103,8 +114,8 @@ void join_rows(Runs& runs, std::int64_t row, std::int64_t other) {
 }
 
 template <typename T>
-void keep_largest(const ComponentArgs& args, const T* labels, T* out, Runs& runs,
-                  std::vector<std::int32_t>& best_root, std::vector<std::int64_t>& best_size) {
+void keep_largest(const ComponentArgs& args, const T* labels, T* out, Runs& runs, std::vector<std::int32_t>& best_root,
+                  std::vector<std::int64_t>& best_size) {
   const std::int64_t D = args.depth, H = args.height, W = args.width;
   runs.clear(D * H);
   for (std::int64_t r = 0; r < D * H; ++r) {
@@ -160,17 +171,29 @@ void keep_largest(const ComponentArgs& args, const T* labels, T* out, Runs& runs
 
 template <typename T>
 void largest_component_impl(const ComponentArgs& args) {
-  const std::int64_t voxels = args.depth * args.height * args.width;
+  const std::int64_t rows = args.depth * args.height, voxels = rows * args.width;
   const T* labels = reinterpret_cast<const T*>(args.labels);
   T* out = reinterpret_cast<T*>(args.out);
-#pragma omp parallel
+  const int threads = team_size(args.threads, args.batch);
+  std::vector<Runs> runs(threads);
+  std::vector<std::vector<std::int32_t>> best_root(threads);
+  std::vector<std::vector<std::int64_t>> best_size(threads);
+  try {
+    for (int thread = 0; thread < threads; ++thread) {
+      runs[thread].reserve(voxels, rows);
+      best_root[thread].reserve(args.classes);
+      best_size[thread].reserve(args.classes);
+    }
+  } catch (const std::bad_alloc&) {
+    const double bytes = double(threads) * (24.0 * voxels + 8.0 * (rows + 1) + 12.0 * args.classes);
+    throw OutOfMemory("the CPU largest-component kernel", bytes);
+  }
+#pragma omp parallel num_threads(threads)
   {
-    Runs runs;
-    std::vector<std::int32_t> best_root;
-    std::vector<std::int64_t> best_size;
+    const int thread = omp_get_thread_num();
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t b = 0; b < args.batch; ++b)
-      keep_largest<T>(args, labels + b * voxels, out + b * voxels, runs, best_root, best_size);
+      keep_largest<T>(args, labels + b * voxels, out + b * voxels, runs[thread], best_root[thread], best_size[thread]);
   }
 }
 
@@ -178,8 +201,7 @@ void largest_component_impl(const ComponentArgs& args) {
 
 void largest_component(const ComponentArgs& args) {
   const std::int64_t voxels = args.depth * args.height * args.width;
-  check(args.batch >= 0 && args.depth >= 1 && args.height >= 0 && args.width >= 0,
-        "largest_component: invalid shape");
+  check(args.batch >= 0 && args.depth >= 1 && args.height >= 0 && args.width >= 0, "largest_component: invalid shape");
   check(voxels < std::numeric_limits<std::int32_t>::max(),
         "largest_component: an image must hold fewer than 2^31 voxels");
   check(args.classes >= 1 && args.classes < std::numeric_limits<std::int32_t>::max(),

@@ -189,8 +189,7 @@ __global__ void choose_kernel(ComponentArgs args) {
   for_each_stretch(s, [&](const Place& p, int, bool in_row) {
     if (!in_row || parents[p.global] != p.local) return;
     const std::int64_t label = label_at(labels, p.global);
-    if (foreground(label, s.classes))
-      atomicMax(best + p.image * s.classes + label, offer(sizes[p.global], p.local));
+    if (foreground(label, s.classes)) atomicMax(best + p.image * s.classes + label, offer(sizes[p.global], p.local));
   });
 }
 
@@ -199,14 +198,13 @@ __global__ void write_kernel(ComponentArgs args) {
   const Shape s = shape_of(args);
   const T* labels = reinterpret_cast<const T*>(args.labels);
   const std::int32_t* parents = reinterpret_cast<const std::int32_t*>(args.workspace);
-  const unsigned long long* best =
-      reinterpret_cast<const unsigned long long*>(parents + 2 * s.batch * s.voxels());
+  const unsigned long long* best = reinterpret_cast<const unsigned long long*>(parents + 2 * s.batch * s.voxels());
   T* out = reinterpret_cast<T*>(args.out);
   for_each_stretch(s, [&](const Place& p, int, bool in_row) {
     if (!in_row) return;
     const std::int64_t label = label_at(labels, p.global);
-    const bool keep = foreground(label, s.classes) &&
-                      parents[p.global] == chosen_root(best[p.image * s.classes + label]);
+    const bool keep =
+        foreground(label, s.classes) && parents[p.global] == chosen_root(best[p.image * s.classes + label]);
     out[p.global] = keep ? T(label) : T(0);
   });
 }
@@ -221,8 +219,8 @@ void launch(const ComponentArgs& args) {
   const std::int64_t voxels = s.batch * s.voxels();
   char* sizes = reinterpret_cast<char*>(args.workspace) + voxels * sizeof(std::int32_t);
   check_cuda(cudaMemsetAsync(sizes, 0, voxels * sizeof(std::int32_t), stream), "cudaMemsetAsync");
-  check_cuda(cudaMemsetAsync(sizes + voxels * sizeof(std::int32_t), 0,
-                             s.batch * s.classes * sizeof(unsigned long long), stream),
+  check_cuda(cudaMemsetAsync(sizes + voxels * sizeof(std::int32_t), 0, s.batch * s.classes * sizeof(unsigned long long),
+                             stream),
              "cudaMemsetAsync");
   init_kernel<T><<<blocks, kThreads, 0, stream>>>(args);
   check_cuda(cudaGetLastError(), "largest_component init_kernel");

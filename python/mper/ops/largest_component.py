@@ -24,7 +24,10 @@ _MAX_IMAGE_VOXELS = 2**31 - 1
 
 
 @torch.library.custom_op("mper::largest_component", mutates_args=())
-def _largest_component(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def _largest_component(labels: torch.Tensor, num_classes: int, check_labels: bool = False) -> torch.Tensor:
+    # checked here, inside the op, so that the check runs under torch.compile as well
+    if check_labels:
+        _check_range(labels, num_classes)
     out = torch.empty_like(labels)
     batch, *spatial = labels.shape
     depth, height, width = ([1] + spatial) if len(spatial) == 2 else spatial
@@ -33,6 +36,7 @@ def _largest_component(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     args.batch, args.depth, args.height, args.width = batch, depth, height, width
     args.classes = num_classes
     args.dtype = LABEL_DTYPE_CODES[labels.dtype]
+    args.threads = torch.get_num_threads()
     workspace = None
     if labels.device.type == "cuda":
         # parents and sizes (int32 per voxel), then one uint64 choice per image and class
@@ -45,7 +49,7 @@ def _largest_component(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 @_largest_component.register_fake
-def _(labels, num_classes):
+def _(labels, num_classes, check_labels=False):
     return torch.empty_like(labels, memory_format=torch.contiguous_format)
 
 
@@ -86,8 +90,8 @@ def largest_component(labels: torch.Tensor, num_classes: int, check_labels: bool
         labels: ``(B, H, W)`` or ``(B, D, H, W)`` class indices; uint8, int8, int16,
             int32 or int64, on the CPU or a GPU.
         num_classes: C; class 0 is background.
-        check_labels: raise ``ValueError`` when a label is outside ``[0, C)``. Costs a
-            device synchronisation on CUDA (and is skipped under ``torch.compile``); with
+        check_labels: raise ``ValueError`` when a label is outside ``[0, C)``, eagerly
+            and under ``torch.compile`` alike. Costs a device synchronisation on CUDA; with
             it off such voxels count as background and come out as 0.
 
     Returns:
@@ -95,6 +99,4 @@ def largest_component(labels: torch.Tensor, num_classes: int, check_labels: bool
     """
     labels = check_label_map(labels).detach()
     _common.check_positive_int("num_classes", num_classes)
-    if check_labels and not torch.compiler.is_compiling():
-        _check_range(labels, num_classes)
-    return _largest_component(labels.contiguous(), num_classes)
+    return _largest_component(labels.contiguous(), num_classes, bool(check_labels))
