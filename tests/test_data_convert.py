@@ -13,7 +13,6 @@ from mper.data import (
     DataFormatError,
     acdc_cases,
     acdc_split,
-    convert,
     la_cases,
     load_acdc_slice,
     load_acdc_volume,
@@ -22,6 +21,7 @@ from mper.data import (
     read_list,
 )
 from mper.data.convert import crop_box
+from mper.datasets import convert
 
 ACDC_SHAPE = (12, 10, 3)  # (H, W, S) as stored in NIfTI
 LA_SHAPE = (170, 160, 6)
@@ -66,7 +66,7 @@ def test_acdc_round_trip_with_drawn_split(tmp_path):
         image, label = load_acdc_volume(out, name)
         raw_image, raw_label = acdc_volume(int(name[7:10]), int(name[-2:]))
         assert image.shape == (3, 12, 10)
-        expected = normalize_intensity(raw_image, "acdc").transpose(2, 0, 1)  # (H, W, S) -> (S, H, W)
+        expected = normalize_intensity(raw_image, "min-max").transpose(2, 0, 1)  # (H, W, S) -> (S, H, W)
         np.testing.assert_allclose(image, expected, atol=1e-6)
         np.testing.assert_array_equal(label, raw_label.transpose(2, 0, 1))
     assert acdc_cases(out, "train") == [f"{name}_slice_{i}" for name in train for i in range(3)]
@@ -160,7 +160,7 @@ def test_la_round_trip(tmp_path):
         first = np.argwhere(label)[0]
         start = (LA_BOX[0].start - first[0], LA_BOX[1].start - first[1])
         window = (slice(start[0], start[0] + image.shape[0]), slice(start[1], start[1] + image.shape[1]))
-        np.testing.assert_allclose(image, normalize_intensity(raw_image, "la")[window], atol=1e-5)
+        np.testing.assert_allclose(image, normalize_intensity(raw_image, "z-score")[window], atol=1e-5)
 
 
 def test_crop_box_margins_follow_uamt():

@@ -51,7 +51,7 @@ def test_read_list_reduces_lines_to_case_names(tmp_path):
         "data\\slices\\patient002_frame12_slice_3.h5",
         "patient003_frame01",
     ]
-    assert read_list(write_lines(tmp_path / "x.list", lines)) == [
+    assert read_list(write_lines(tmp_path / "x.list", lines), case_file="mri_norm2.h5") == [
         "0RZDK210BSMWAA6467LU",
         "1D7CUD1955YZPGK8XHJX",
         "1GU15S0GJJ8QGYF2JH7B",
@@ -233,15 +233,15 @@ def test_acdc_cases_reads_each_split_list(tmp_path):
 # normalisation and splitting
 
 
-def test_normalize_intensity_per_dataset():
+def test_normalize_intensity_by_method():
     values = np.array([[1.0, 2.0], [3.0, 4.0]])
     expected_z = (values - 2.5) / np.sqrt(1.25)
-    np.testing.assert_allclose(normalize_intensity(values, "la"), expected_z, rtol=1e-6)
-    np.testing.assert_allclose(normalize_intensity(np.array([2, 4, 6]), "acdc"), [0.0, 0.5, 1.0])
-    assert normalize_intensity(values, "la").dtype == np.float32
-    np.testing.assert_array_equal(normalize_intensity(np.full(3, 7.0), "acdc"), np.zeros(3))
-    with pytest.raises(ValueError, match="'la', 'acdc'"):
-        normalize_intensity(values, "brats")
+    np.testing.assert_allclose(normalize_intensity(values, "z-score"), expected_z, rtol=1e-6)
+    np.testing.assert_allclose(normalize_intensity(np.array([2, 4, 6]), "min-max"), [0.0, 0.5, 1.0])
+    assert normalize_intensity(values, "z-score").dtype == np.float32
+    np.testing.assert_array_equal(normalize_intensity(np.full(3, 7.0), "min-max"), np.zeros(3))
+    with pytest.raises(ValueError, match="z-score, min-max; got 'percentile'"):
+        normalize_intensity(values, "percentile")
 
 
 def test_partition_sizes_and_determinism():

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mper.data import read_list, synthesize
+from mper.data import read_list
+from mper.datasets import synthesize
 from mper.data.acdc import (
     ACDCSlices,
     acdc_cases,

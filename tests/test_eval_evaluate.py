@@ -47,7 +47,7 @@ def test_acdc_evaluation_scores_every_test_case_and_writes_the_report(acdc_root,
     out_dir = tmp_path / "report"
     result = evaluate_cases(
         ThresholdNet(num_classes=4), "acdc", acdc_root, out_dir=out_dir, num_figures=1,
-        labeled="3 (5%)", unlabeled="67 (95%)", size=(16, 16),
+        labeled="3 (5%)", unlabeled="67 (95%)", patch_size=(16, 16),
     )
     assert list(result["per_case"]) == list(ACDC_CASES)
     for case in ACDC_CASES:
@@ -70,7 +70,7 @@ def test_mean_dice_is_the_mean_of_the_class_means(acdc_root):
     expected = np.mean(
         [np.mean([m["dice"] for m in expected_metrics(acdc_root, case).values()]) for case in ACDC_CASES]
     )
-    score = mean_dice(ThresholdNet(num_classes=4), "acdc", acdc_root, ACDC_CASES, size=(16, 16))
+    score = mean_dice(ThresholdNet(num_classes=4), "acdc", acdc_root, ACDC_CASES, patch_size=(16, 16))
     assert score == pytest.approx(expected)
     assert 0.5 < score < 1.0
 

@@ -57,7 +57,7 @@ def test_acdc_nifti_is_segmented_along_its_last_axis(tmp_path):
     raw[0, 0, 0], raw[0, 0, 1] = 0, 300  # min-max scaling maps {0, ..., 300} to {0, ..., 1}
     nib.save(nib.Nifti1Image(raw, AFFINE), tmp_path / "frame.nii")
     net = ThresholdNet(num_classes=4)
-    out = predict_file(net, tmp_path / "frame.nii", "acdc", tmp_path, size=(32, 32))
+    out = predict_file(net, tmp_path / "frame.nii", "acdc", tmp_path, patch_size=(32, 32))
     assert out.name == "frame_pred.nii.gz"
     assert net.inputs[0].shape == (3, 1, 32, 32)
     labels = nib.load(out)
@@ -125,10 +125,10 @@ def test_nan_voxels_are_refused_with_the_file_name(tmp_path):
 def test_a_volume_of_the_other_dataset_is_named_as_such(tmp_path):
     z_scored = np.where(half_bright((4, 16, 16)) > 0, 1.5, -0.5).astype(np.float32)
     write_h5(tmp_path / "la_case.h5", image=z_scored)
-    with pytest.raises(DataFormatError, match=r"span \[-0.5, 1.5\], but the ACDC model .* preprocessed LA volume"):
-        predict_file(ThresholdNet(num_classes=4), tmp_path / "la_case.h5", "acdc", tmp_path, size=(32, 32))
+    with pytest.raises(DataFormatError, match=r"span \[-0.5, 1.5\], but the ACDC model .* preprocessed for another dataset"):
+        predict_file(ThresholdNet(num_classes=4), tmp_path / "la_case.h5", "acdc", tmp_path, patch_size=(32, 32))
     write_h5(tmp_path / "acdc_case.h5", image=np.linspace(0, 1, 16 * 16 * 8, dtype=np.float32).reshape(16, 16, 8))
-    with pytest.raises(DataFormatError, match=r"the LA model expects z-scored .* preprocessed ACDC volume"):
+    with pytest.raises(DataFormatError, match=r"the LA model expects z-scored .* preprocessed for another dataset"):
         predict_file(ThresholdNet(), tmp_path / "acdc_case.h5", "la", tmp_path, **LA_OPTIONS)
 
 

@@ -100,9 +100,9 @@ def test_batch_size_does_not_change_the_result():
 
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match=r"\(H, W, D\)"):
-        sliding_window_predict(ThresholdNet(), np.zeros((4, 4)), 2, patch_size=(16, 16, 8))
+        sliding_window_predict(ThresholdNet(), np.zeros((4, 4)), 2, patch_size=(16, 16, 8), stride=(8, 8, 8))
     with pytest.raises(ValueError, match="stride must be three positive integers"):
-        sliding_window_predict(ThresholdNet(), np.zeros((4, 4, 4)), 2, stride=(0, 1, 1))
+        sliding_window_predict(ThresholdNet(), np.zeros((4, 4, 4)), 2, patch_size=(16, 16, 8), stride=(0, 1, 1))
     with pytest.raises(ValueError, match="predicts 2 classes but num_classes=4"):
         sliding_window_predict(ThresholdNet(), np.zeros((4, 4, 4)), 4, patch_size=(16, 16, 8), stride=(8, 8, 4))
 
@@ -135,7 +135,7 @@ def test_predict_volume_picks_the_dataset_procedure():
     la = predict_volume(ThresholdNet(), volume, "la", patch_size=(16, 16, 8), stride=(4, 4, 4))
     np.testing.assert_array_equal(la, (3 * volume).round().clip(0, 1))
     acdc_net = ThresholdNet(num_classes=4)
-    acdc = predict_volume(acdc_net, volume, "acdc", size=(32, 32))
+    acdc = predict_volume(acdc_net, volume, "acdc", patch_size=(32, 32))
     np.testing.assert_array_equal(acdc, (3 * volume).round())
     assert acdc_net.inputs[0].shape == (16, 1, 32, 32)
     with pytest.raises(ValueError, match="dataset must be one of"):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mper.nets import SegmentationOutput, UNet2D, VNet3D, build_network
+from mper.datasets import get_dataset
+from mper.nets import SegmentationOutput, UNet2D, VNet3D
 
 SMALL_UNET = {"channels": (8, 16, 32, 64, 128)}
 
@@ -97,13 +98,13 @@ def test_wrong_channel_count_is_refused():
         UNet2D(**SMALL_UNET)(torch.randn(1, 3, 32, 32))
 
 
-def test_build_network_picks_the_dataset_network_and_passes_options():
-    la = build_network("la", 2, base_filters=8)
-    acdc = build_network("acdc", 4, **SMALL_UNET)
+def test_a_dataset_builds_its_network_with_the_options():
+    la = get_dataset("la").build_network(base_filters=8)
+    acdc = get_dataset("acdc").build_network(4, **SMALL_UNET)
     assert isinstance(la, VNet3D) and la.feature_dim == 8 and la.num_classes == 2
     assert isinstance(acdc, UNet2D) and acdc.channels == SMALL_UNET["channels"]
-    with pytest.raises(ValueError, match="unknown dataset 'brats'"):
-        build_network("brats", 2)
+    with pytest.raises(ValueError, match="dataset must be one of la, acdc; got 'brats'"):
+        get_dataset("brats")
 
 
 def test_bad_constructor_arguments_are_refused():

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from mper import pipeline
-from mper.data import acdc_slice_path, acdc_volume_path, synthesize
+from mper.data import acdc_slice_path, acdc_volume_path
+from mper.datasets import synthesize
 from mper.errors import ConfigError, DataFormatError, MissingFileError, RunFolderError, TrainingDiverged
 from mper.train.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
 from mper.train.config import load_config

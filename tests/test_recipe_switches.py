@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mper import reference
-from mper.data import synthesize
+from mper.datasets import synthesize
 from mper.data.acdc import ACDCSlices, acdc_split
 from mper.data.augment import resize
 from mper.eval.metrics import case_metrics

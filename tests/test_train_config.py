@@ -134,7 +134,7 @@ def test_bad_overrides_say_what_is_wrong(assignment, message):
         ("la", "selftrain.pseudo_label_threshold=1.5", r"pseudo_label_threshold must be none or in \[0, 1\]"),
         ("acdc", "seed=-1", "seed must be a non-negative integer"),
         ("acdc", "data.num_workers=-2", "data.num_workers must be a non-negative integer"),
-        ("acdc", "data.val_split=holdout", "'holdout' is for LA"),
+        ("acdc", "data.val_split=holdout", "ACDC has no held-out training volumes; use data.val_split = 'val' or 'test'"),
         ("la", "data.val_split=val", "LA has no val.list"),
         ("acdc", "device=gpu", "device must be auto, cpu, cuda or cuda:N"),
         ("acdc", "network.base_filters=8", "unknown setting network.base_filters; valid names here: network.channels"),

@@ -15,8 +15,9 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mper import pipeline
+from mper.datasets import dataset_names, get_dataset
 from mper.errors import ConfigError, UserError
-from mper.train.config import AMP_MODES, DATASETS, OPS_MODULES, load_config
+from mper.train.config import AMP_MODES, OPS_MODULES, load_config
 from mper.train.loop import LAST_CHECKPOINT
 from mper.train.prototypes import UPDATE_SOURCES
 from mper.train.resume import RESUMABLE_SETTINGS
@@ -38,6 +39,16 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 def _add_device(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
     parser.add_argument("--device", default=default,
                         help="auto (CUDA when present, else CPU; the default), cpu, cuda or cuda:N")
+
+
+def _per_dataset(describe: Callable[[str], str]) -> str:
+    """``describe(name)`` of every registered dataset, for a help text: ``LA: ...; ACDC: ...``."""
+    return "; ".join(f"{get_dataset(name).title}: {describe(name)}" for name in dataset_names())
+
+
+def _label_budgets(name: str) -> str:
+    spec = get_dataset(name)
+    return f"{' or '.join(map(str, spec.label_budgets))} {spec.label_unit}"
 
 
 def _interrupted_exit_code(signal_name: str) -> int:
@@ -107,10 +118,11 @@ def train_parser() -> argparse.ArgumentParser:
             "default; --set data.val_split=test follows the published protocol instead."
         ),
     )
-    parser.add_argument("--dataset", choices=DATASETS, help="benchmark (required unless --resume)")
+    parser.add_argument("--dataset", choices=dataset_names(), help="benchmark (required unless --resume)")
     parser.add_argument("--data-root", metavar="DIR", help="dataset folder in the public layout (see mper-data)")
     parser.add_argument("--labeled", type=int, metavar="N",
-                        help="labeled patients (ACDC) or cases (LA); default: the preset's (7 / 8)")
+                        help=f"labeled cases or patients, e.g. {_per_dataset(_label_budgets)}; "
+                             "default: the preset's")
     parser.add_argument("--preset", metavar="NAME",
                         help="paper (default), reference (as the authors' code) or demo (ACDC, a small CPU run)")
     parser.add_argument("--ops", choices=tuple(OPS_MODULES),
@@ -227,7 +239,7 @@ def _data_command(commands: argparse._SubParsersAction, name: str, summary: str,
                   ) -> argparse.ArgumentParser:
     """A ``mper-data`` command with the ``--dataset`` and ``--out`` every command takes."""
     command = commands.add_parser(name, formatter_class=_formatter, help=summary, description=description)
-    command.add_argument("--dataset", choices=DATASETS, required=True)
+    command.add_argument("--dataset", choices=dataset_names(), required=True)
     command.add_argument("--out", required=True, metavar="DIR", help="dataset folder to create")
     return command
 
@@ -243,10 +255,12 @@ def data_parser() -> argparse.ArgumentParser:
         commands, "synth", "write synthetic LA / ACDC data, lists included",
         "Write synthetic data in exactly the LA (UA-MT) or ACDC (SSL4MIS) layout.",
     )
-    synth.add_argument("--cases", type=int, metavar="N", help="LA volumes or ACDC patients (default: 100)")
+    synth.add_argument("--cases", type=int, metavar="N", help="cases or patients; default: " + _per_dataset(
+        lambda name: f"{get_dataset(name).synth_cases} {get_dataset(name).label_unit}"))
     synth.add_argument("--seed", type=int, default=0, help="the data is a function of the seed (default: 0)")
     synth.add_argument("--size", type=int, nargs="+", metavar="N",
-                       help="image size: H W for ACDC (default 224 224), H W D for LA (default 128 128 96)")
+                       help="image size; default: " + _per_dataset(
+                           lambda name: " ".join(map(str, get_dataset(name).synth_size))))
     convert = _data_command(
         commands, "convert", "turn a raw public download into the h5 layout",
         "Convert the raw LA 2018 challenge or ACDC download into the h5 layout, normalised.",

@@ -13,7 +13,7 @@
   ``train.log``.
 * :func:`evaluate` scores a checkpoint (docs/method.md, "Evaluation"), :func:`predict`
   segments image files.
-* :func:`synthesize` and :func:`convert` prepare data (see :mod:`mper.data`).
+* :func:`synthesize` and :func:`convert` prepare data (see :mod:`mper.datasets`).
 """
 from __future__ import annotations
 
@@ -29,13 +29,11 @@ from typing import Any
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-import mper.data
-from mper.data.acdc import patient_id
-from mper.data.layout import check_dataset_root
+import mper.datasets
+from mper.datasets import check_dataset_root, get_dataset
 from mper.errors import CheckpointError, ConfigError, RunFolderError, UserError
 from mper.eval.evaluate import evaluate_cases, mean_dice
 from mper.eval.predict import predict_path
-from mper.nets import build_network
 from mper.train.checkpoint import load_checkpoint
 from mper.train.config import TrainConfig, merge, parse_override, to_toml
 from mper.train.loaders import training_cases, validation_cases
@@ -50,7 +48,6 @@ log = logging.getLogger(__name__)
 WEIGHTS = ("student", "teacher")
 #: Case lists ``evaluate`` scores: the test list, or the cases that selected checkpoints.
 EVAL_SPLITS = ("test", "val")
-NETWORK_NAMES = {"acdc": "U-Net", "la": "V-Net"}
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -61,10 +58,8 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 def inference_options(config: TrainConfig) -> dict[str, Any]:
     """How :func:`mper.eval.inference.predict_volume` should run for this config
-    (docs/method.md, "Evaluation")."""
-    if config.dataset == "la":
-        return {"patch_size": config.data.patch_size, "stride": config.eval.stride}
-    return {"size": config.data.patch_size}
+    (docs/method.md, "Evaluation"): windows (or slices) of the training patch size."""
+    return {"patch_size": config.data.patch_size, "stride": config.eval.stride}
 
 
 def validator(config: TrainConfig) -> Validator:
@@ -205,7 +200,7 @@ def load_network(
         config = TrainConfig.from_dict(state["config"])
     except ConfigError as error:
         raise CheckpointError(f"{checkpoint} holds settings this mper cannot use: {error}") from error
-    net = build_network(config.dataset, config.num_classes, **config.network)
+    net = get_dataset(config.dataset).build_network(config.num_classes, **config.network)
     try:
         net.load_state_dict(state[weights])
     except RuntimeError as error:
@@ -214,17 +209,18 @@ def load_network(
 
 
 def _table_columns(config: TrainConfig) -> tuple[str, str, str]:
-    """Method, labeled and unlabeled counts for the results table (patients for ACDC);
-    the unlabeled count is ``-`` when the training lists are not at hand."""
+    """Method, labeled and unlabeled counts for the results table, in the dataset's label
+    unit (patients for ACDC); the unlabeled count is ``-`` when the training lists are not
+    at hand."""
+    spec = get_dataset(config.dataset)
     if config.baseline == "labeled-only":
-        return NETWORK_NAMES[config.dataset], str(config.labeled), "0"
+        return spec.network.display_name, str(config.labeled), "0"
     try:
         labeled, unlabeled = training_cases(config)
     except UserError:
         return "MPER", str(config.labeled), "-"
-    if config.dataset == "acdc":
-        unlabeled = set(map(patient_id, unlabeled)) - set(map(patient_id, labeled))
-    return "MPER", str(config.labeled), str(len(unlabeled))
+    unlabeled_units = set(map(spec.label_group, unlabeled)) - set(map(spec.label_group, labeled))
+    return "MPER", str(config.labeled), str(len(unlabeled_units))
 
 
 def evaluate(
@@ -275,11 +271,11 @@ def predict(
 
 def synthesize(dataset: str, out: str | Path, cases: int | None = None, seed: int = 0,
                size: tuple[int, ...] | None = None) -> Path:
-    """Write synthetic data in the public layout of ``dataset`` (see :func:`mper.data.synthesize`)."""
-    return mper.data.synthesize(dataset, out, cases=cases, seed=seed, size=size)
+    """Write synthetic data in the layout of ``dataset`` (see :func:`mper.datasets.synthesize`)."""
+    return mper.datasets.synthesize(dataset, out, cases=cases, seed=seed, size=size)
 
 
 def convert(dataset: str, source: str | Path, out: str | Path, split_from: str | Path | None = None,
             seed: int = 0) -> Path:
-    """Turn the raw public download into the h5 layout (see :func:`mper.data.convert`)."""
-    return mper.data.convert(dataset, source, out, split_from=split_from, seed=seed)
+    """Turn the raw public download into the h5 layout (see :func:`mper.datasets.convert`)."""
+    return mper.datasets.convert(dataset, source, out, split_from=split_from, seed=seed)

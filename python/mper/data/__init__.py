@@ -1,5 +1,6 @@
 """Data layer: the public LA (UA-MT) and ACDC (SSL4MIS) layouts, their training datasets
 and augmentations, the two-stream batch sampler, synthetic data and raw-data converters.
+:mod:`mper.datasets` gathers each dataset's pieces into one spec.
 
 Nothing here uses a global random state: every draw is a function of a seed and its
 position (see :mod:`mper.data.seeding`), so interrupted training can resume exactly.
@@ -16,7 +17,6 @@ from mper.data.acdc import (
     load_acdc_slice,
     load_acdc_volume,
 )
-from mper.data.convert import convert
 from mper.data.files import DataFormatError, read_h5_case, read_list, write_list
 from mper.data.la import (
     LA_IMAGES_DIR,
@@ -30,7 +30,6 @@ from mper.data.la import (
 )
 from mper.data.preprocess import normalize_intensity
 from mper.data.sampler import TwoStreamBatchSampler, endless_batches
-from mper.data.synth import synthesize
 
 __all__ = [
     "ACDC_CLASS_NAMES",
@@ -47,7 +46,6 @@ __all__ = [
     "acdc_slice_path",
     "acdc_split",
     "acdc_volume_path",
-    "convert",
     "endless_batches",
     "la_case_path",
     "la_cases",
@@ -58,6 +56,5 @@ __all__ = [
     "normalize_intensity",
     "read_h5_case",
     "read_list",
-    "synthesize",
     "write_list",
 ]

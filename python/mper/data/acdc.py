@@ -27,6 +27,7 @@ ACDC_DATA_DIR = "data"
 ACDC_PATCH_SIZE = (256, 256)
 ACDC_NUM_CLASSES = 4
 ACDC_CLASS_NAMES = ("background", "RV", "myocardium", "LV")
+ACDC_NORMALIZATION = "min-max"
 ACDC_LISTS = {"train": "train_slices.list", "val": "val.list", "test": "test.list"}
 _SLICE_LAYOUT = "SSL4MIS ACDC layout: ROOT/data/slices/<case>_slice_<i>.h5, 2-D image and label"
 _VOLUME_LAYOUT = "SSL4MIS ACDC layout: ROOT/data/<case>.h5, image and label of shape (S, H, W)"

@@ -13,26 +13,29 @@
 
 The split is copied from the list files of ``split_from`` when given (every name must
 exist in the source), otherwise drawn per patient from ``seed``: ACDC 70/10/20
-train/val/test, LA 80/20 train/test.
+train/val/test, LA 80/20 train/test. Each dataset's spec (:mod:`mper.datasets`) names its
+converter; :func:`mper.datasets.convert` runs it by name. Reading the LA download needs
+``pynrrd`` (``pip install 'mper[convert]'``).
 """
 from __future__ import annotations
 
+import importlib
 import re
 import zlib
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import nibabel as nib
-import nrrd
 import numpy as np
 from tqdm import tqdm
 
-from mper.data.acdc import ACDC_NUM_CLASSES, patient_id, write_acdc_lists, write_acdc_volume
+from mper.data.acdc import ACDC_NORMALIZATION, ACDC_NUM_CLASSES, patient_id, write_acdc_lists, write_acdc_volume
 from mper.data.files import read_list
-from mper.data.la import LA_PATCH_SIZE, write_la_case, write_la_lists
-from mper.data.preprocess import check_dataset, normalize_intensity
+from mper.data.la import LA_CASE_FILE, LA_NORMALIZATION, LA_PATCH_SIZE, write_la_case, write_la_lists
+from mper.data.preprocess import normalize_intensity
 from mper.data.splits import ACDC_SPLIT_FRACTIONS, LA_SPLIT_FRACTIONS, partition
-from mper.errors import DataFormatError, MissingFileError
+from mper.errors import ConfigError, DataFormatError, MissingFileError
 
 ACDC_FRAME_FILE = re.compile(r"^(patient\d+_frame\d+)\.nii(\.gz)?$")
 LA_IMAGE_FILE = "lgemri.nrrd"
@@ -41,41 +44,6 @@ LA_CROP_MARGIN = (10, 20)  # random margin in voxels, upper bound excluded
 
 Reader = Callable[[Path], np.ndarray]
 ReadErrors = tuple[type[Exception], ...]
-
-
-def convert(
-    dataset: str,
-    source: str | Path,
-    out: str | Path,
-    split_from: str | Path | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> Path:
-    """Convert the raw release of ``dataset`` (``"la"`` or ``"acdc"``) found under
-    ``source`` into the preprocessed layout under ``out``; return ``out``.
-
-    Args:
-        dataset: ``"la"`` or ``"acdc"``.
-        source: folder holding the raw download.
-        out: dataset root to write.
-        split_from: folder with the list files of a published split to reuse (ACDC:
-            ``val.list``, ``test.list`` and ``train_slices.list`` or ``train.list``;
-            LA: ``train.list`` and ``test.list``); ``None`` draws a split from ``seed``.
-        seed: seed of the split and of the LA crop margins.
-        progress: show a tqdm progress bar.
-
-    Raises:
-        MissingFileError: ``source`` holds no case, or a case lacks its label file.
-        DataFormatError: a volume is unreadable or malformed, or a list names a case
-            that ``source`` does not hold.
-    """
-    source, out = Path(source), Path(out)
-    if not source.is_dir():
-        raise MissingFileError(f"source folder {source} not found: expected the raw {dataset} download")
-    split_from = None if split_from is None else Path(split_from)
-    if check_dataset(dataset) == "la":
-        return convert_la(source, out, split_from, seed, progress)
-    return convert_acdc(source, out, split_from, seed, progress)
 
 
 def _check_listed(list_path: Path, names: Sequence[str], known: Collection[str]) -> list[str]:
@@ -89,9 +57,9 @@ def _check_listed(list_path: Path, names: Sequence[str], known: Collection[str])
     return list(names)
 
 
-def _read_listed(list_path: Path, known: Collection[str]) -> list[str]:
+def _read_listed(list_path: Path, known: Collection[str], case_file: str | None = None) -> list[str]:
     """The names of a list file, each of which must be in ``known``."""
-    return _check_listed(list_path, read_list(list_path), known)
+    return _check_listed(list_path, read_list(list_path, case_file), known)
 
 
 def _read_volume(path: Path, reader: Reader, errors: ReadErrors, expected: str) -> np.ndarray:
@@ -164,7 +132,7 @@ def load_acdc_nifti(image_path: Path, label_path: Path) -> tuple[np.ndarray, np.
             f"{label_path} holds values {np.unique(label)[:8]}: "
             f"expected ACDC classes 0..{ACDC_NUM_CLASSES - 1}"
         )
-    image = normalize_intensity(np.transpose(image, (2, 0, 1)), "acdc")
+    image = normalize_intensity(np.transpose(image, (2, 0, 1)), ACDC_NORMALIZATION)
     return image, np.transpose(label, (2, 0, 1)).astype(np.uint8)
 
 
@@ -199,7 +167,7 @@ def _published_acdc_split(
 
 
 def convert_acdc(source: Path, out: Path, split_from: Path | None, seed: int, progress: bool = True) -> Path:
-    """Convert a raw ACDC download (see :func:`convert`)."""
+    """Convert a raw ACDC download (see the module docstring)."""
     frames = find_acdc_frames(source)
     train, val, test, published_slices = _acdc_split(frames, split_from, seed)
     training = set(train)
@@ -218,11 +186,18 @@ def convert_acdc(source: Path, out: Path, split_from: Path | None, seed: int, pr
 
 # LA
 
-_NRRD_ERRORS = (nrrd.NRRDError, OSError, ValueError)
+def _nrrd() -> ModuleType:
+    """The ``nrrd`` module (package ``pynrrd``), which only the LA converter needs."""
+    try:
+        return importlib.import_module("nrrd")
+    except ImportError as error:
+        raise ConfigError(
+            "converting the LA download needs the NRRD reader pynrrd: pip install 'mper[convert]'"
+        ) from error
 
 
 def _read_nrrd(path: Path) -> np.ndarray:
-    return nrrd.read(str(path))[0]
+    return np.asarray(_nrrd().read(str(path))[0])
 
 
 def find_la_cases(source: Path) -> dict[str, tuple[Path, Path]]:
@@ -270,21 +245,22 @@ def load_la_nrrd(
     image_path: Path, label_path: Path, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read one raw LA case as a UA-MT crop: (image float32 z-scored, label uint8 {0, 1})."""
-    image, label = _read_pair(image_path, label_path, _read_nrrd, _NRRD_ERRORS, "LA NRRD")
+    image, label = _read_pair(image_path, label_path, _read_nrrd, (_nrrd().NRRDError, OSError, ValueError), "LA NRRD")
     label = _atrium_label(label, label_path)
     if not label.any():
         raise DataFormatError(f"{label_path} has no atrium voxel: expected a non-empty mask to crop around")
     window = crop_box(label, rng, LA_PATCH_SIZE[:2])
-    return normalize_intensity(image, "la")[window], label[window]
+    return normalize_intensity(image, LA_NORMALIZATION)[window], label[window]
 
 
 def convert_la(source: Path, out: Path, split_from: Path | None, seed: int, progress: bool = True) -> Path:
-    """Convert a raw LA 2018 challenge download (see :func:`convert`)."""
+    """Convert a raw LA 2018 challenge download (see the module docstring)."""
     cases = find_la_cases(source)
     if split_from is None:
         train, test = partition(sorted(cases), LA_SPLIT_FRACTIONS, np.random.default_rng([seed, 2]))
     else:
-        train, test = (_read_listed(split_from / name, cases) for name in ("train.list", "test.list"))
+        lists = ("train.list", "test.list")
+        train, test = (_read_listed(split_from / name, cases, LA_CASE_FILE) for name in lists)
     margins = np.random.default_rng([seed, 3])
     for case in tqdm(sorted(cases), desc="converting LA", disable=not progress):
         write_la_case(out, case, *load_la_nrrd(*cases[case], margins))

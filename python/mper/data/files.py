@@ -17,26 +17,24 @@ import numpy as np
 
 from mper.errors import DataFormatError, MissingFileError
 
-LA_CASE_FILE = "mri_norm2.h5"
-"""File name of every LA case inside its case folder (UA-MT layout)."""
-
-
-def case_name_from_line(line: str) -> str:
+def case_name_from_line(line: str, case_file: str | None = None) -> str:
     """Reduce one list-file line to a case name.
 
     Lists in the wild hold bare names (``patient001_frame01``), file names
     (``patient001_frame01_slice_0.h5``) or full paths
     (``/x/2018LA_Seg_Training Set/0RZDK210BSMWAA6467LU/mri_norm2.h5``). A path that ends
-    in the per-case LA file names its case by its folder.
+    in ``case_file``, the file every case folder of a layout holds, names its case by
+    its folder.
     """
     path = PurePosixPath(line.strip().replace("\\", "/"))
-    if path.name == LA_CASE_FILE and len(path.parts) > 1:
+    if case_file is not None and path.name == case_file and len(path.parts) > 1:
         return path.parent.name
     return path.name.removesuffix(".h5")
 
 
-def read_list(path: str | Path) -> list[str]:
-    """Case names of a list file, one per non-empty line, in file order.
+def read_list(path: str | Path, case_file: str | None = None) -> list[str]:
+    """Case names of a list file, one per non-empty line, in file order (see
+    :func:`case_name_from_line` for ``case_file``).
 
     Raises:
         MissingFileError: the list file does not exist.
@@ -47,7 +45,7 @@ def read_list(path: str | Path) -> list[str]:
         raise MissingFileError(
             f"list file {path} not found: expected a text file with one case name per line"
         )
-    names = [case_name_from_line(line) for line in path.read_text().splitlines() if line.strip()]
+    names = [case_name_from_line(line, case_file) for line in path.read_text().splitlines() if line.strip()]
     if not names:
         raise DataFormatError(f"list file {path} is empty: expected one case name per line")
     return names

@@ -19,12 +19,16 @@ import numpy as np
 
 from mper.data.augment import random_crop, random_rot_flip
 from mper.data.dataset import CaseDataset
-from mper.data.files import LA_CASE_FILE, read_image_label, read_list, write_image_label, write_list
+from mper.data.files import read_image_label, read_list, write_image_label, write_list
 from mper.errors import ConfigError
 
 LA_IMAGES_DIR = "2018LA_Seg_Training Set"
+#: File name of every LA case inside its case folder.
+LA_CASE_FILE = "mri_norm2.h5"
 LA_PATCH_SIZE = (112, 112, 80)
 LA_NUM_CLASSES = 2
+LA_CLASS_NAMES = ("background", "LA")
+LA_NORMALIZATION = "z-score"
 LA_SPLITS = ("train", "test")
 _LAYOUT = f"UA-MT LA layout: ROOT/{LA_IMAGES_DIR}/<case>/{LA_CASE_FILE}"
 
@@ -49,7 +53,7 @@ def la_cases(root: str | Path, split: str) -> list[str]:
     """Case names of ``split`` (``"train"`` or ``"test"``), read from ``ROOT/<split>.list``."""
     if split not in LA_SPLITS:
         raise ConfigError(f"LA split must be one of {LA_SPLITS}, got {split!r}")
-    return read_list(Path(root) / f"{split}.list")
+    return read_list(Path(root) / f"{split}.list", case_file=LA_CASE_FILE)
 
 
 def la_split(root: str | Path, labeled: int) -> tuple[list[str], list[str]]:

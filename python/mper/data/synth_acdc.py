@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mper.data.acdc import write_acdc_lists, write_acdc_volume
+from mper.data.acdc import ACDC_NORMALIZATION, write_acdc_lists, write_acdc_volume
 from mper.data.splits import ACDC_SPLIT_FRACTIONS, partition
 from mper.data.synth_fields import (
     Canvas,
@@ -244,7 +244,7 @@ def render_frame(
     _paint_rv(canvas, geometry, grain, tone)
     _paint_myocardium(canvas, geometry, heart, grain, tone)
     _paint_lv(canvas, geometry, heart, tone)
-    return canvas.finish(rng, "acdc", NOISE, BIAS)
+    return canvas.finish(rng, ACDC_NORMALIZATION, NOISE, BIAS)
 
 
 def patient_name(index: int) -> str:

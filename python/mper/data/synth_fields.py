@@ -54,14 +54,15 @@ class Canvas:
         self.region[mask] = region
 
     def finish(
-        self, rng: np.random.Generator, dataset: str, noise: float, bias: float
+        self, rng: np.random.Generator, normalization: str, noise: float, bias: float
     ) -> SyntheticScan:
         """Apply a smooth multiplicative bias field of log-amplitude ``bias`` and Rician
-        noise of level ``noise``, then the dataset's intensity normalisation."""
+        noise of level ``noise``, then the intensity ``normalization`` (see
+        :func:`mper.data.preprocess.normalize_intensity`)."""
         corrupted = self.image * np.exp(bias * smooth_field(rng, self.image.shape, cycles=0.8))
         noisy = rician_noise(rng, corrupted, noise)
         label = (self.region // REGION_STRIDE).astype(np.uint8)
-        return SyntheticScan(normalize_intensity(noisy, dataset), label, self.region.copy())
+        return SyntheticScan(normalize_intensity(noisy, normalization), label, self.region.copy())
 
 
 def axis_grid(shape: Sequence[int]) -> list[np.ndarray]:

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from mper.data.la import write_la_case, write_la_lists
+from mper.data.la import LA_NORMALIZATION, write_la_case, write_la_lists
 from mper.data.splits import LA_SPLIT_FRACTIONS, partition
 from mper.data.synth_fields import (
     Canvas,
@@ -159,7 +159,7 @@ def render_case(rng: np.random.Generator, atrium: Atrium, shape: tuple[int, int,
     grain = fine_texture(rng, shape, 0.8)
     canvas.paint(atrium_mask & (dominant == 1), tone(11) + 0.13 * grain, 11)
     canvas.paint(atrium_mask & (dominant == 2), tone(12), 12)
-    return canvas.finish(rng, "la", NOISE, BIAS)
+    return canvas.finish(rng, LA_NORMALIZATION, NOISE, BIAS)
 
 
 def case_name(rng: np.random.Generator) -> str:

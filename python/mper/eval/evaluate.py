@@ -1,12 +1,12 @@
-"""Evaluate a network on the test (or validation) cases of LA or ACDC.
+"""Evaluate a network on the test (or validation) cases of a dataset.
 
-Cases are read through :mod:`mper.data` from the public layouts (docs/method.md, "Data layouts"), predicted
+Cases are read by the dataset's spec (:mod:`mper.datasets`) from its layout (docs/method.md, "Data layouts"), predicted
 with :func:`mper.eval.inference.predict_volume`, scored per foreground class with
 :func:`mper.eval.metrics.case_metrics` (distances in voxels) and summarised.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,28 +14,17 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from ..data.acdc import acdc_cases, load_acdc_volume
-from ..data.la import la_cases, load_la_case
-from .datasets import CLASS_NAMES, check_dataset, dataset_num_classes
+from mper.datasets import get_dataset
+
 from .figures import save_case_figures
 from .inference import predict_volume
 from .metrics import dice_score
 from .protocol import postprocess_labels, score_case
 from .report import markdown_table, summarize, write_report
 
-CaseLister = Callable[[str | Path, str], list[str]]
-CaseLoader = Callable[[str | Path, str], tuple[np.ndarray, np.ndarray]]
-
-#: Per dataset: (list the cases of a split, load one case as (image, label)).
-DATA_ACCESS: dict[str, tuple[CaseLister, CaseLoader]] = {
-    "la": (la_cases, load_la_case),
-    "acdc": (acdc_cases, load_acdc_volume),
-}
-
-
 def _resolve_cases(dataset: str, data_root: str | Path, cases: Sequence[str] | None, split: str) -> list[str]:
     """``cases`` if given, else the case list of ``split``; never empty."""
-    list_cases = DATA_ACCESS[check_dataset(dataset)][0]
+    list_cases = get_dataset(dataset).list_cases
     resolved = list(cases) if cases is not None else list(list_cases(data_root, split))
     if not resolved:
         source = "the given case list" if cases is not None else f"the {split!r} list of {data_root}"
@@ -52,7 +41,7 @@ def _predicted_cases(
     inference_opts: dict[str, Any],
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     """Load and predict each case in turn: ``(case, image, label, predicted labels)``."""
-    load_case = DATA_ACCESS[dataset][1]
+    load_case = get_dataset(dataset).load_volume
     for case in case_names:
         image, label = load_case(data_root, case)
         yield case, image, label, predict_volume(net, image, dataset, num_classes, **inference_opts)
@@ -88,7 +77,7 @@ def evaluate_cases(
     Returns ``{"per_case", "summary", "markdown"}``.
     """
     case_names = _resolve_cases(dataset, data_root, cases, split)
-    num_classes = num_classes or dataset_num_classes(dataset)
+    num_classes = num_classes or get_dataset(dataset).num_classes
     predictions = _predicted_cases(
         net, dataset, data_root, case_names, num_classes, {"device": device, **inference_opts}
     )
@@ -100,7 +89,7 @@ def evaluate_cases(
         if out_dir is not None and position < num_figures:
             save_case_figures(image, label, pred, Path(out_dir) / "figures", case, dataset)
     summary = summarize(per_case)
-    markdown = markdown_table(summary, method, labeled, unlabeled, CLASS_NAMES[dataset])
+    markdown = markdown_table(summary, method, labeled, unlabeled, get_dataset(dataset).class_names)
     if out_dir is not None:
         write_report(out_dir, per_case, summary, markdown)
     return {"per_case": per_case, "summary": summary, "markdown": markdown}
@@ -120,7 +109,7 @@ def mean_dice(
     Same inference as :func:`evaluate_cases`; no distances, no files, no progress bar.
     """
     case_names = _resolve_cases(dataset, data_root, cases, split="")
-    num_classes = num_classes or dataset_num_classes(dataset)
+    num_classes = num_classes or get_dataset(dataset).num_classes
     predictions = _predicted_cases(
         net, dataset, data_root, case_names, num_classes, {"device": device, **inference_opts}
     )

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import binary_erosion
 
-from .datasets import check_dataset
+from mper.datasets import get_dataset
 
 CLASS_COLOURS = (
     (230, 25, 75),
@@ -31,8 +31,6 @@ GAP = 4
 TITLE_HEIGHT = 20
 BACKGROUND = (32, 32, 32)
 TITLES = ("image", "ground truth", "prediction")
-#: The axis slices are taken along: LA volumes are (H, W, D) with D axial, ACDC (S, H, W).
-SLICE_AXIS = {"la": 2, "acdc": 0}
 
 
 def _grey(image2d: np.ndarray) -> np.ndarray:
@@ -102,13 +100,14 @@ def save_case_figures(
 ) -> Path:
     """Write ``out_dir/<case>.png``: :func:`save_overlay` of the most foreground-rich slice.
 
-    LA: the axial slice ``[:, :, z]`` of an ``(H, W, D)`` volume; ACDC: ``[s]`` of ``(S, H, W)``.
+    The slice is taken along the dataset's ``slice_axis`` (LA: the axial slice ``[:, :, z]``
+    of an ``(H, W, D)`` volume; ACDC: ``[s]`` of ``(S, H, W)``).
     """
     if not image.shape == gt.shape == pred.shape or image.ndim != 3:
         raise ValueError(
             f"image, gt and pred must be 3D volumes of one shape, got {image.shape}, {gt.shape}, {pred.shape}"
         )
-    axis = SLICE_AXIS[check_dataset(dataset)]
+    axis = get_dataset(dataset).slice_axis
     index = most_foreground_slice(gt, pred, axis)
     slices = [np.take(volume, index, axis=axis) for volume in (image, gt, pred)]
     return save_overlay(*slices, Path(out_dir) / f"{case}.png")

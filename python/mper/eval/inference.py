@@ -1,4 +1,5 @@
-"""Whole-volume inference: 3D sliding window (LA) and 2D slice by slice (ACDC).
+"""Whole-volume inference: 3D sliding window (LA) and 2D slice by slice (ACDC); a dataset's
+spec (:mod:`mper.datasets`) says which it uses.
 
 Both read the linear classifier's logits ``net(x).pred``, run under ``torch.no_grad``
 with the network in eval mode, and put the network back in the mode it was in.
@@ -17,7 +18,7 @@ import torch
 from scipy.ndimage import zoom
 from torch import nn
 
-from .datasets import check_dataset, dataset_num_classes
+from mper.datasets import SLIDING_WINDOW, get_dataset
 
 
 @contextmanager
@@ -98,8 +99,8 @@ def sliding_window_predict(
     net: nn.Module,
     image: np.ndarray,
     num_classes: int,
-    patch_size: Sequence[int] = (112, 112, 80),
-    stride: Sequence[int] = (18, 18, 4),
+    patch_size: Sequence[int],
+    stride: Sequence[int],
     device: str | torch.device = "cpu",
     batch_size: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +143,7 @@ def slicewise_predict(
     net: nn.Module,
     volume: np.ndarray,
     num_classes: int,
-    size: Sequence[int] = (256, 256),
+    size: Sequence[int],
     device: str | torch.device = "cpu",
     batch_size: int = 16,
 ) -> np.ndarray:
@@ -174,17 +175,24 @@ def predict_volume(
     image: np.ndarray,
     dataset: str,
     num_classes: int | None = None,
+    patch_size: Sequence[int] | None = None,
+    stride: Sequence[int] | None = None,
     **options: Any,
 ) -> np.ndarray:
-    """The uint8 label map of ``image`` by the dataset's procedure.
+    """The uint8 label map of a volume ``image`` (laid out as the dataset's volumes) by the
+    dataset's procedure.
 
-    ``"la"``: :func:`sliding_window_predict` of an ``(H, W, D)`` image; ``"acdc"``:
-    :func:`slicewise_predict` of an ``(S, H, W)`` volume. ``num_classes`` defaults to the
-    dataset's (2 and 4); ``options`` (``device``, ``patch_size``, ``stride``, ``size``,
-    ``batch_size``) go to the procedure.
+    Sliding window (LA): :func:`sliding_window_predict` with windows of ``patch_size``
+    every ``stride`` voxels. Slice-wise (ACDC): :func:`slicewise_predict` of the slices
+    along the spec's ``slice_axis``, each resized to ``patch_size``; ``stride`` is not
+    used. ``num_classes``, ``patch_size`` and ``stride`` default to the dataset's; ``options``
+    (``device``, ``batch_size``) go to the procedure.
     """
-    if num_classes is None:
-        num_classes = dataset_num_classes(dataset)
-    if check_dataset(dataset) == "la":
-        return sliding_window_predict(net, image, num_classes, **options)[0]
-    return slicewise_predict(net, image, num_classes, **options)
+    spec = get_dataset(dataset)
+    num_classes = num_classes or spec.num_classes
+    patch_size = spec.patch_size if patch_size is None else patch_size
+    if spec.inference == SLIDING_WINDOW:
+        stride = spec.stride if stride is None else stride
+        return sliding_window_predict(net, image, num_classes, patch_size, stride, **options)[0]
+    slices = np.moveaxis(image, spec.slice_axis, 0)
+    return np.moveaxis(slicewise_predict(net, slices, num_classes, patch_size, **options), 0, spec.slice_axis)

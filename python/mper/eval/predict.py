@@ -3,11 +3,13 @@
 Inputs:
 
 * NIfTI (``.nii``, ``.nii.gz``): a raw 3D scan. Its intensities are normalised as in
-  training (:func:`mper.data.preprocess.normalize_intensity`); it is neither resampled
-  nor reoriented. LA scans are segmented as stored, ``(H, W, D)``; ACDC scans are stored
-  ``(H, W, S)`` and segmented slice by slice along the last axis. The label map keeps
-  the input's header: affine, qform/sform codes, voxel sizes and units.
-* HDF5 (``.h5``): a preprocessed volume from the public releases (SPEC 6), dataset
+  training (the dataset's ``normalization``, see
+  :func:`mper.data.preprocess.normalize_intensity`); it is neither resampled nor
+  reoriented, only its axes are put in the dataset's volume order (``scan_axes``): LA
+  scans are segmented as stored, ``(H, W, D)``; ACDC scans are stored ``(H, W, S)`` and
+  segmented slice by slice along the last axis. The label map keeps the input's header:
+  affine, qform/sform codes, voxel sizes and units.
+* HDF5 (``.h5``): a preprocessed volume of the dataset's layout (SPEC 6), dataset
   ``image``, already normalised and laid out ``(H, W, D)`` (LA, z-scored) or
   ``(S, H, W)`` (ACDC, scaled to ``[0, 1]``). It has no geometry, so the output's affine
   is the identity.
@@ -15,8 +17,8 @@ Inputs:
 Each input is checked against the model before it is segmented: a 3D volume, every
 intensity finite, and for HDF5 the intensity scaling of the model's dataset. The output
 is named after the case, ``<case>_pred.nii.gz`` (the file name without its suffix, or
-for an LA case file ``<case>/mri_norm2.h5`` the case folder's name): a uint8 label map
-with the same array shape and axis order as the input.
+for a layout with one folder per case, such as LA's ``<case>/mri_norm2.h5``, the case
+folder's name): a uint8 label map with the same array shape and axis order as the input.
 """
 from __future__ import annotations
 
@@ -29,11 +31,11 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from torch import nn
 
-from ..data.files import LA_CASE_FILE, check_finite, read_h5_case
-from ..data.layout import DATASET_NAMES
-from ..data.preprocess import normalize_intensity
-from ..errors import ConfigError, DataFormatError, MissingFileError, UserError
-from .datasets import check_dataset
+from mper.data.files import check_finite, read_h5_case
+from mper.data.preprocess import normalize_intensity
+from mper.datasets import DatasetSpec, get_dataset
+from mper.errors import ConfigError, DataFormatError, MissingFileError, UserError
+
 from .inference import predict_volume
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 H5_SUFFIXES = (".h5",)
 SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + H5_SUFFIXES
 OUTPUT_SUFFIX = "_pred.nii.gz"
-#: Slack on the [0, 1] range of ACDC volumes (float rounding of min-max scaling).
+#: Slack on the [0, 1] range of min-max scaled volumes (float rounding).
 _RANGE_SLACK = 1e-3
 
 
@@ -51,11 +53,11 @@ def _matching_suffix(path: Path) -> str | None:
     return next((suffix for suffix in SUPPORTED_SUFFIXES if name.endswith(suffix)), None)
 
 
-def case_location(path: Path) -> tuple[Path, str]:
+def case_location(path: Path, case_file: str | None = None) -> tuple[Path, str]:
     """(folder that holds the case, case name) of an image file: ``dir/scan.nii.gz``
-    is case ``scan`` in ``dir``; an LA case file ``dir/case/mri_norm2.h5`` is case
-    ``case`` in ``dir``."""
-    if path.name == LA_CASE_FILE:
+    is case ``scan`` in ``dir``; a case file ``dir/case/<case_file>`` (a layout with
+    one folder per case, e.g. LA's ``mri_norm2.h5``) is case ``case`` in ``dir``."""
+    if case_file is not None and path.name == case_file:
         return path.parent.parent, path.parent.name
     return path.parent, path.name[: -len(_matching_suffix(path) or "")]
 
@@ -69,43 +71,42 @@ def _check_volume(path: Path, image: np.ndarray) -> None:
     check_finite(path, image)
 
 
-def _load_nifti(path: Path, dataset: str) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """Normalised image in the network layout, and the scan (for its header)."""
+def _load_nifti(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Normalised image in the dataset's volume layout, and the scan (for its header)."""
     try:
         scan = nib.load(path)
         image = np.asarray(scan.dataobj, dtype=np.float32)
     except (ImageFileError, OSError, EOFError) as error:
         raise DataFormatError(f"{path}: not a readable NIfTI file ({error})") from error
     _check_volume(path, image)
-    image = normalize_intensity(image, dataset)
-    if dataset == "acdc":
-        image = np.transpose(image, (2, 0, 1))
-    return image, scan
+    return np.transpose(normalize_intensity(image, spec.normalization), spec.scan_axes), scan
 
 
-def _check_h5_scaling(path: Path, image: np.ndarray, dataset: str) -> None:
-    """A preprocessed LA volume is z-scored (it has negative values unless constant);
-    an ACDC volume is scaled to [0, 1]. The other scaling means the other dataset."""
-    low, high = float(image.min()), float(image.max())
-    if dataset == "acdc" and (low < -_RANGE_SLACK or high > 1 + _RANGE_SLACK):
-        expected, other = "intensities scaled to [0, 1]", "la"
-    elif dataset == "la" and 0 <= low < high:
-        expected, other = "z-scored intensities (mean 0, so some negative)", "acdc"
-    else:
-        return
-    raise DataFormatError(
-        f"{path}: intensities span [{low:.3g}, {high:.3g}], but the {DATASET_NAMES[dataset]} model "
-        f"expects {expected}; is this a preprocessed {DATASET_NAMES[other]} volume? "
-        "Give the raw scan as NIfTI to have it normalised"
-    )
+def _scaled_otherwise(low: float, high: float, normalization: str) -> str | None:
+    """What intensities spanning ``[low, high]`` lack to be ``normalization``'s output,
+    or ``None`` when they could be: a z-scored volume has negative values (unless it is
+    constant), a min-max scaled one lies in [0, 1]."""
+    if normalization == "min-max" and (low < -_RANGE_SLACK or high > 1 + _RANGE_SLACK):
+        return "intensities scaled to [0, 1]"
+    if normalization == "z-score" and 0 <= low < high:
+        return "z-scored intensities (mean 0, so some negative)"
+    return None
 
 
-def _load_h5(path: Path, dataset: str) -> np.ndarray:
-    """The ``image`` dataset as stored."""
-    (image,) = read_h5_case(path, ("image",), layout="a preprocessed LA or ACDC volume")
+def _load_h5(path: Path, spec: DatasetSpec) -> np.ndarray:
+    """The ``image`` dataset as stored, refused when it is not scaled as the dataset's
+    volumes are (a volume preprocessed for another dataset)."""
+    (image,) = read_h5_case(path, ("image",), layout=f"a preprocessed {spec.title} volume")
     image = image.astype(np.float32, copy=False)
     _check_volume(path, image)
-    _check_h5_scaling(path, image, dataset)
+    low, high = float(image.min()), float(image.max())
+    expected = _scaled_otherwise(low, high, spec.normalization)
+    if expected is not None:
+        raise DataFormatError(
+            f"{path}: intensities span [{low:.3g}, {high:.3g}], but the {spec.title} model expects "
+            f"{expected}; is this a volume preprocessed for another dataset? "
+            "Give the raw scan as NIfTI to have it normalised"
+        )
     return image
 
 
@@ -130,14 +131,15 @@ def _segment(net: nn.Module, path: Path, dataset: str, out_path: Path, device: s
     suffix = _matching_suffix(path)
     if suffix is None:
         raise ConfigError(f"{path}: unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
+    spec = get_dataset(dataset)
     scan = None
     if suffix in NIFTI_SUFFIXES:
-        image, scan = _load_nifti(path, dataset)
+        image, scan = _load_nifti(path, spec)
     else:
-        image = _load_h5(path, dataset)
+        image = _load_h5(path, spec)
     labels = predict_volume(net, image, dataset, device=device, **options)
-    if dataset == "acdc" and scan is not None:
-        labels = np.transpose(labels, (1, 2, 0))
+    if scan is not None:
+        labels = np.transpose(labels, np.argsort(spec.scan_axes))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(_label_image(labels, scan), out_path)
     return out_path
@@ -156,14 +158,14 @@ def predict_file(
     ``options`` go to :func:`~mper.eval.inference.predict_volume` (e.g. ``stride``).
     """
     path = Path(path)
-    check_dataset(dataset)
+    case_file = get_dataset(dataset).case_file
     if not path.is_file():
         raise MissingFileError(f"no such image file: {path}")
-    out_path = Path(out_dir) / f"{case_location(path)[1]}{OUTPUT_SUFFIX}"
+    out_path = Path(out_dir) / f"{case_location(path, case_file)[1]}{OUTPUT_SUFFIX}"
     return _segment(net, path, dataset, out_path, device, **options)
 
 
-def _folder_outputs(input_dir: Path, out_dir: Path) -> dict[Path, Path]:
+def _folder_outputs(input_dir: Path, out_dir: Path, case_file: str | None) -> dict[Path, Path]:
     """Every supported file under ``input_dir`` and its output path, which keeps the
     case's sub-folder so that same-named cases do not overwrite each other."""
     files = sorted(p for p in input_dir.rglob("*") if p.is_file() and _matching_suffix(p))
@@ -173,7 +175,7 @@ def _folder_outputs(input_dir: Path, out_dir: Path) -> dict[Path, Path]:
         )
     outputs: dict[Path, Path] = {}
     for file in files:
-        folder, case = case_location(file)
+        folder, case = case_location(file, case_file)
         relative = folder.relative_to(input_dir) if folder.is_relative_to(input_dir) else Path()
         outputs[file] = out_dir / relative / f"{case}{OUTPUT_SUFFIX}"
     by_output: dict[Path, Path] = {}
@@ -205,8 +207,7 @@ def predict_path(
         return [written]
     if not input_path.is_dir():
         raise MissingFileError(f"no such file or directory: {input_path}")
-    check_dataset(dataset)
-    outputs = _folder_outputs(input_path, Path(out_dir))
+    outputs = _folder_outputs(input_path, Path(out_dir), get_dataset(dataset).case_file)
     written, failed = [], []
     for index, (file, out_path) in enumerate(outputs.items(), start=1):
         try:

@@ -13,7 +13,7 @@ channels at full input resolution. Two 1x1 convolutions read it:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -41,8 +41,10 @@ class SegmentationNet(nn.Module, ABC):
 
     Attributes: ``in_channels``, ``num_classes``, ``feature_dim`` (``D``) and
     ``spatial_dims`` (2 or 3). ``classifier_kernel``: side of the classifier conv (odd,
-    same padding).
+    same padding). ``display_name`` names the plain network in results tables.
     """
+
+    display_name: ClassVar[str]
 
     def __init__(
         self, spatial_dims: int, in_channels: int, num_classes: int, feature_dim: int, classifier_kernel: int = 1

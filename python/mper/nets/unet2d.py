@@ -55,6 +55,8 @@ class UNet2D(SegmentationNet):
     classifier conv (1, or 3 as in the authors' code).
     """
 
+    display_name = "U-Net"
+
     def __init__(
         self,
         in_channels: int = 1,

@@ -59,6 +59,8 @@ class VNet3D(SegmentationNet):
     ``classifier_kernel`` is the side of the classifier conv (1 by default).
     """
 
+    display_name = "V-Net"
+
     def __init__(
         self,
         in_channels: int = 1,

@@ -1,6 +1,7 @@
 """Run configuration: dataclasses filled from the shipped preset files and overrides.
 
-Every dataset has a preset file ``mper/presets/<dataset>.toml``. Its ``[paper]`` table
+Every dataset has a preset file (its spec's ``preset_file``, for the built-in ones
+``mper/presets/<dataset>.toml``). Its ``[paper]`` table
 holds every value; any other table (``[reference]``, ``[strict]``, ``[demo]``) lists
 only what it changes on top of ``[paper]``, and presets stack with ``+``
 (``reference+demo``). Values are grouped in sections (``data``, ``optim``,
@@ -8,8 +9,8 @@ only what it changes on top of ``[paper]``, and presets stack with ``+``
 addressed as ``section.key`` by overrides, e.g. ``selftrain.iterations=500``.
 docs/method.md explains every setting.
 
-``network`` is passed as keyword arguments to :func:`mper.nets.build_network`, so it
-accepts whatever the dataset's network accepts (``channels``, ``dropout`` for the U-Net;
+``network`` is passed as keyword arguments to the dataset's network (its spec's
+``build_network``), so it accepts whatever that network accepts (``channels``, ``dropout`` for the U-Net;
 ``base_filters``, ``normalization`` for the V-Net).
 """
 from __future__ import annotations
@@ -23,7 +24,6 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 try:
@@ -31,20 +31,18 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from mper.data.acdc import ACDC_NUM_CLASSES, ACDC_PATCH_SIZE
-from mper.data.la import LA_NUM_CLASSES, LA_PATCH_SIZE
+from mper.datasets import SLIDING_WINDOW, VALIDATION_SPLITS, get_dataset
 from mper.errors import ConfigError
 from mper.losses import DICE_BACKGROUNDS, DICE_FORMS, DiceOptions
-from mper.nets import NETWORKS, SIZE_MULTIPLE
+from mper.nets import SIZE_MULTIPLE
 
 from .prototypes import KMEANS_METHODS, UPDATE_SOURCES, UPDATE_STEPS
 from .teacher import EMA_SCHEDULES, EMA_SCOPES, TEACHER_MODES
 
-DATASETS = ("la", "acdc")
 OPS_MODULES = {"mper": "mper.ops", "reference": "mper.reference"}
 BASELINES = ("none", "labeled-only")
 AMP_MODES = ("off", "bf16")
-VAL_SPLITS = ("val", "holdout", "test")
+VAL_SPLITS = VALIDATION_SPLITS
 IMAGE_INTERPOLATIONS = ("nearest", "cubic")
 PRETRAIN_LOSSES = ("per-region", "whole-image")
 FORWARD_ORDERS = ("labeled-surround-first", "unlabeled-surround-first")
@@ -56,8 +54,6 @@ EMPTY_PREDICTION_RULES = ("zero", "undefined")
 #: Written in TOML for "no value" (TOML has no null).
 NONE_TOKEN = "none"
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
-DATASET_CLASSES = {"la": LA_NUM_CLASSES, "acdc": ACDC_NUM_CLASSES}
-DATASET_PATCH_SIZES = {"la": LA_PATCH_SIZE, "acdc": ACDC_PATCH_SIZE}
 FLOAT32_MAX = 3.4028234663852886e38
 
 
@@ -65,10 +61,10 @@ FLOAT32_MAX = 3.4028234663852886e38
 class DataConfig:
     """Patches, batches and the validation cases used to pick the best checkpoint.
 
-    ``val_split``: ``"val"`` (ACDC's val.list), ``"holdout"`` (the last
-    ``holdout_cases`` cases of LA's train.list, kept out of training; their labels only
-    select checkpoints) or ``"test"`` (the published LA protocol, which selects on the
-    test set). ``image_interpolation``: how 2D training slices are resized to
+    ``val_split``: ``"val"`` (the val.list, e.g. ACDC's), ``"holdout"`` (the last
+    ``holdout_cases`` cases of train.list, kept out of training; their labels only
+    select checkpoints; e.g. LA) or ``"test"`` (the published LA protocol, which selects
+    on the test set); each dataset's spec says which it offers. ``image_interpolation``: how 2D training slices are resized to
     ``patch_size`` (``"nearest"`` or ``"cubic"``; labels are always resized by nearest
     neighbour).
     """
@@ -228,7 +224,7 @@ class LossConfig:
 class TrainConfig:
     """Everything a training run needs; ``to_dict``/``from_dict`` round-trip it."""
 
-    dataset: str = "acdc"
+    dataset: str = ""
     data_root: str = ""
     labeled: int = 7
     preset: str = "paper"
@@ -263,10 +259,11 @@ class TrainConfig:
     def check(self) -> None:
         """Raise :class:`~mper.errors.ConfigError` naming the first invalid value.
 
-        Every choice, every numeric range of :data:`RANGE_RULES` and every rule that
+        The dataset, every choice, every numeric range of :data:`RANGE_RULES` and every rule that
         ties settings together (:data:`CONSISTENCY_CHECKS`) is checked, so that a bad
         value is refused before any work is done.
         """
+        get_dataset(self.dataset)
         for name, choices in CHOICES.items():
             _check_choice(name, _setting(self, name), choices)
         for name, accepts, expected in RANGE_RULES:
@@ -329,7 +326,6 @@ def _all_at_least_one(values: tuple[int, ...]) -> bool:
 
 #: Settings with a fixed set of values.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": DATASETS,
     "ops": tuple(OPS_MODULES),
     "baseline": BASELINES,
     "amp": AMP_MODES,
@@ -402,20 +398,20 @@ RANGE_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 
 def _check_dataset_shapes(config: TrainConfig) -> None:
     """Class count, patch and stride fit the dataset and its network."""
-    expected_classes = DATASET_CLASSES[config.dataset]
-    if config.num_classes != expected_classes:
+    spec = get_dataset(config.dataset)
+    if config.num_classes != spec.num_classes:
         raise ConfigError(
-            f"num_classes must be {expected_classes} for {config.dataset} (background included), "
+            f"num_classes must be {spec.num_classes} for {config.dataset} (background included), "
             f"got {config.num_classes}"
         )
     patch = config.data.patch_size
-    rank = len(DATASET_PATCH_SIZES[config.dataset])
+    rank = len(spec.patch_size)
     if len(patch) != rank or any(size % SIZE_MULTIPLE for size in patch):
         raise ConfigError(
             f"data.patch_size must be {rank} sizes, each a multiple of {SIZE_MULTIPLE} (the network "
-            f"halves it four times), e.g. {list(DATASET_PATCH_SIZES[config.dataset])}; got {list(patch)}"
+            f"halves it four times), e.g. {list(spec.patch_size)}; got {list(patch)}"
         )
-    if config.dataset == "la":
+    if spec.inference == SLIDING_WINDOW:
         stride = config.eval.stride
         if len(stride) != rank or any(step > size for step, size in zip(stride, patch)):
             raise ConfigError(
@@ -440,12 +436,13 @@ def _check_batches(config: TrainConfig) -> None:
 
 
 def _check_validation_split(config: TrainConfig) -> None:
-    """LA has no val.list and ACDC no held-out training cases."""
-    split = config.data.val_split
-    if config.dataset == "la" and split == "val":
-        raise ConfigError("LA has no val.list; use data.val_split = 'holdout' or 'test'")
-    if config.dataset == "acdc" and split == "holdout":
-        raise ConfigError("data.val_split = 'holdout' is for LA; ACDC has val.list (use 'val')")
+    """The split is one the dataset offers (LA has no val.list; ACDC trains on slices, so
+    it cannot hold out training volumes)."""
+    split, spec = config.data.val_split, get_dataset(config.dataset)
+    if split not in spec.validation_splits:
+        what = "no val.list" if split == "val" else "no held-out training volumes"
+        offered = " or ".join(repr(name) for name in spec.validation_splits)
+        raise ConfigError(f"{spec.title} has {what}; use data.val_split = {offered}")
     if split == "holdout" and config.data.holdout_cases < 1:
         raise ConfigError("data.val_split = 'holdout' needs data.holdout_cases >= 1")
 
@@ -481,7 +478,7 @@ def _check_device_name(config: TrainConfig) -> None:
 def _check_network_options(config: TrainConfig) -> None:
     """``network`` holds only keyword arguments of the dataset's network that a preset
     may set (the class count and the single input channel follow from the dataset)."""
-    parameters = inspect.signature(NETWORKS[config.dataset]).parameters
+    parameters = inspect.signature(get_dataset(config.dataset).network).parameters
     accepted = [name for name in parameters if name not in ("in_channels", "num_classes")]
     unknown = sorted(set(config.network) - set(accepted))
     if unknown:
@@ -572,9 +569,7 @@ def _example(value: Any, hint: Any) -> str:
 
 def preset_tables(dataset: str) -> dict[str, dict[str, Any]]:
     """The tables of ``dataset``'s preset file as written (``paper``, ``reference``, ...)."""
-    _check_choice("dataset", dataset, DATASETS)
-    text = resources.files("mper.presets").joinpath(f"{dataset}.toml").read_text()
-    return tomllib.loads(text)
+    return tomllib.loads(get_dataset(dataset).preset_file.read_text())
 
 
 def read_preset(dataset: str, preset: str) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Which cases train and which validate, and the data loaders of each stage.
 
-ACDC: labeled slices are those of the first ``labeled`` patients of
-``train_slices.list``, the other slices are unlabeled; checkpoints are selected on
-``val.list``. LA: labeled cases are the first ``labeled`` of ``train.list``; with
-``val_split = "holdout"`` its last ``holdout_cases`` cases are kept out of training and
-select checkpoints; with ``"test"`` the test list does (the published protocol).
+The dataset's spec (:mod:`mper.datasets`) splits the training list into labeled and
+unlabeled items (ACDC: the slices of the first ``labeled`` patients of
+``train_slices.list`` are labeled; LA: the first ``labeled`` cases of ``train.list``).
+Checkpoints are selected on ``data.val_split``: the ``val`` list (ACDC), the ``test``
+list (the published LA protocol), or, with ``"holdout"``, the last ``holdout_cases``
+items of the training list, which are then kept out of training.
 
 :func:`check_data` reads every file a run will use before it starts, so that a missing
 or damaged file is reported at once rather than hours into training.
@@ -17,34 +18,25 @@ and the iteration, which is what makes resumed runs exact.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from mper.data.acdc import ACDCSlices, acdc_cases, acdc_split, load_acdc_slice, load_acdc_volume
-from mper.data.la import LAPatches, la_cases, la_split, load_la_case
-from mper.data.layout import check_dataset_root
 from mper.data.sampler import TwoStreamBatchSampler
+from mper.datasets import check_dataset_root, get_dataset
 from mper.errors import ConfigError, DataFormatError
 
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-CaseLoader = Callable[[str, str], tuple[np.ndarray, np.ndarray]]
-#: Per dataset: how a training item and how a whole evaluation volume are read.
-ITEM_LOADERS: dict[str, CaseLoader] = {"acdc": load_acdc_slice, "la": load_la_case}
-VOLUME_LOADERS: dict[str, CaseLoader] = {"acdc": load_acdc_volume, "la": load_la_case}
-
 
 def training_cases(config: TrainConfig) -> tuple[list[str], list[str]]:
-    """(labeled, unlabeled) training cases: ACDC slice names or LA case names."""
-    if config.dataset == "acdc":
-        return acdc_split(config.data_root, config.labeled)
-    labeled, unlabeled = la_split(config.data_root, config.labeled)
+    """(labeled, unlabeled) training items (ACDC slice names, LA case names)."""
+    labeled, unlabeled = get_dataset(config.dataset).training_split(config.data_root, config.labeled)
     if config.data.val_split != "holdout":
         return labeled, unlabeled
     holdout = config.data.holdout_cases
@@ -58,18 +50,15 @@ def training_cases(config: TrainConfig) -> tuple[list[str], list[str]]:
 
 def validation_cases(config: TrainConfig) -> list[str]:
     """The cases whose Dice selects the best checkpoint (see the module docstring)."""
-    split = config.data.val_split
-    if config.dataset == "acdc":
-        return acdc_cases(config.data_root, split)
-    if split == "test":
-        return la_cases(config.data_root, "test")
-    return la_cases(config.data_root, "train")[-config.data.holdout_cases :]
+    split, list_cases = config.data.val_split, get_dataset(config.dataset).list_cases
+    if split == "holdout":
+        return list_cases(config.data_root, "train")[-config.data.holdout_cases :]
+    return list_cases(config.data_root, split)
 
 
 def test_cases(config: TrainConfig) -> list[str]:
     """The cases the finished run is evaluated on (``test.list``)."""
-    list_cases = acdc_cases if config.dataset == "acdc" else la_cases
-    return list_cases(config.data_root, "test")
+    return get_dataset(config.dataset).list_cases(config.data_root, "test")
 
 
 def check_data(config: TrainConfig) -> None:
@@ -90,9 +79,10 @@ def check_data(config: TrainConfig) -> None:
         )
     items = labeled + unlabeled if self_training else labeled
     volumes = list(dict.fromkeys(validation_cases(config) + test_cases(config)))
-    # LA reads training and evaluation cases alike: each file is read once
-    reads = list(dict.fromkeys([(ITEM_LOADERS[config.dataset], case) for case in items]
-                               + [(VOLUME_LOADERS[config.dataset], case) for case in volumes]))
+    spec = get_dataset(config.dataset)
+    # where items and volumes are read alike (LA), each file is read once
+    reads = list(dict.fromkeys([(spec.load_item, case) for case in items]
+                               + [(spec.load_volume, case) for case in volumes]))
     seen_classes: set[int] = set()
     for position, (load, case) in enumerate(tqdm(reads, desc="checking data", unit="file", leave=False)):
         _, label = load(config.data_root, case)
@@ -108,11 +98,12 @@ def check_data(config: TrainConfig) -> None:
 
 
 def training_dataset(config: TrainConfig, cases: list[str], augment: bool = True) -> Dataset:
-    """The dataset's training items (:class:`ACDCSlices` or :class:`LAPatches`) of ``cases``."""
-    if config.dataset == "acdc":
-        return ACDCSlices(config.data_root, cases, config.data.patch_size, augment=augment, seed=config.seed,
-                          image_interpolation=config.data.image_interpolation)
-    return LAPatches(config.data_root, cases, config.data.patch_size, augment=augment, seed=config.seed)
+    """The dataset's training items of ``cases`` (its spec's ``training_items``, e.g.
+    :class:`~mper.data.ACDCSlices`), with the ``data`` settings they take."""
+    spec = get_dataset(config.dataset)
+    settings = {name: getattr(config.data, name) for name in spec.item_settings}
+    return spec.training_items(config.data_root, cases, config.data.patch_size, augment=augment,
+                               seed=config.seed, **settings)
 
 
 def stage_loader(config: TrainConfig, with_unlabeled: bool, device: torch.device) -> DataLoader:

@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mper.data.sampler import endless_batches
+from mper.datasets import get_dataset
 from mper.errors import TrainingDiverged
-from mper.nets import build_network
 
 from .checkpoint import capture_rng_state, non_finite_tensors, restore_rng_state, save_checkpoint
 from .config import OptimConfig, TrainConfig
@@ -96,7 +96,7 @@ class Trainer:
         self.ops = load_ops(config.ops)
         autocast(self.device, config.amp)  # refuses bf16 off CUDA before any work is done
         torch.manual_seed(config.seed)
-        self.student = build_network(config.dataset, config.num_classes, **config.network).to(self.device)
+        self.student = get_dataset(config.dataset).build_network(config.num_classes, **config.network).to(self.device)
         self.teacher: nn.Module | None = None
         self.bank: PrototypeBank | None = None
         self.optimizer = self.new_optimizer()

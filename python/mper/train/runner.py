@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from mper.datasets import get_dataset
 from mper.errors import ConfigError
-from mper.nets import build_network
 
 from .checkpoint import load_checkpoint, remove_stale_temporaries
 from .config import TrainConfig
@@ -26,7 +26,7 @@ def check_run(config: TrainConfig) -> None:
     autocast(resolve_device(config.device), config.amp)
     load_ops(config.ops)
     try:
-        build_network(config.dataset, config.num_classes, **config.network)
+        get_dataset(config.dataset).build_network(config.num_classes, **config.network)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"the network settings {config.network} are not valid: {error}") from error
     check_data(config)

@@ -1,0 +1,121 @@
+"""The registry of datasets: :func:`register_dataset` adds a :class:`DatasetSpec`,
+:func:`get_dataset` finds it by name. What can be done knowing only a dataset's name
+(tell a layout apart, write synthetic data, convert a raw download) is done here."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from mper.errors import ConfigError, MissingFileError
+
+from .spec import DatasetSpec
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Make ``spec`` available under ``spec.name`` to every command and function; returns it.
+
+    Raises ``ValueError`` when another dataset already has that name.
+    """
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
+        raise ValueError(f"a dataset named {spec.name!r} is registered already; choose another name")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def dataset_names() -> tuple[str, ...]:
+    """The registered datasets' names, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    """The spec registered as ``name``; :class:`~mper.errors.ConfigError` for an unknown name."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"dataset must be one of {', '.join(_REGISTRY)}; got {name!r}")
+    return _REGISTRY[name]
+
+
+def detect_dataset(root: str | Path) -> str | None:
+    """The name of the dataset whose layout ``root`` holds (its case folder is there), or
+    ``None`` when no layout, or more than one, matches."""
+    found = [spec.name for spec in _REGISTRY.values() if (Path(root) / spec.layout_mark).is_dir()]
+    return found[0] if len(found) == 1 else None
+
+
+def check_dataset_root(root: str | Path, dataset: str, wanted_by: str) -> None:
+    """Raise :class:`~mper.errors.ConfigError` when ``root`` holds another dataset's layout.
+
+    ``wanted_by`` says who expects ``dataset`` (e.g. "the checkpoint was trained on it").
+    """
+    found = detect_dataset(root)
+    if found is not None and found != dataset:
+        other, wanted = _REGISTRY[found], get_dataset(dataset)
+        raise ConfigError(
+            f"{root} holds {other.title} data (it has {other.layout_mark}/), but {wanted.title} is "
+            f"expected: {wanted_by}; pass the folder of the {wanted.title} data"
+        )
+
+
+def synthesize(
+    dataset: str,
+    out: str | Path,
+    cases: int | None = None,
+    seed: int = 0,
+    size: Sequence[int] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write a complete synthetic dataset root of ``dataset``, list files included, and return it.
+
+    Args:
+        dataset: a registered name (``"la"``: UA-MT layout, volumes of about ``size``
+            (H, W, D), default (128, 128, 96), split 80/20 into train/test; ``"acdc"``:
+            SSL4MIS layout, patients with an ED and an ES frame of 6-10 slices of ``size``
+            (H, W), default (224, 224), split 70/10/20 into train/val/test).
+        out: dataset root to create (existing files of the same names are overwritten).
+        cases: cases (LA volumes, ACDC patients); default the dataset's (100).
+        seed: the output is a pure function of (dataset, cases, seed, size).
+        size: see ``dataset``.
+        progress: show a tqdm progress bar.
+    """
+    spec = get_dataset(dataset)
+    count = spec.synth_cases if cases is None else int(cases)
+    shape = spec.synth_size if size is None else tuple(int(length) for length in size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return spec.synthesize(out, count, seed, shape, progress)
+
+
+def convert(
+    dataset: str,
+    source: str | Path,
+    out: str | Path,
+    split_from: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Convert the raw release of ``dataset`` found under ``source`` into its layout under
+    ``out``; return ``out`` (see :mod:`mper.data.convert` for LA and ACDC).
+
+    Args:
+        dataset: a registered name with a converter.
+        source: folder holding the raw download.
+        out: dataset root to write.
+        split_from: folder with the list files of a published split to reuse; ``None``
+            draws a split from ``seed``.
+        seed: seed of the split (and of any random crop).
+        progress: show a tqdm progress bar.
+
+    Raises:
+        ConfigError: the dataset has no converter.
+        MissingFileError: ``source`` holds no case, or a case lacks its label file.
+        DataFormatError: a volume is unreadable or malformed, or a list names a case
+            that ``source`` does not hold.
+    """
+    spec = get_dataset(dataset)
+    if spec.convert is None:
+        raise ConfigError(f"{spec.title} has no converter: write its data in the layout directly")
+    source, out = Path(source), Path(out)
+    if not source.is_dir():
+        raise MissingFileError(f"source folder {source} not found: expected {spec.raw_description}")
+    return spec.convert(source, out, None if split_from is None else Path(split_from), seed, progress)

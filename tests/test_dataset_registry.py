@@ -1,0 +1,187 @@
+"""A dataset is one module: a toy one, defined whole in this file, trains, evaluates and
+predicts through the public API like LA and ACDC do."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mper import cli, pipeline
+from mper.data.dataset import CaseDataset
+from mper.data.files import read_image_label, read_list, write_image_label, write_list
+from mper.datasets import SLICE_WISE, DatasetSpec, dataset_names, get_dataset, register_dataset
+from mper.datasets.registry import _REGISTRY
+from mper.errors import ConfigError
+from mper.eval.inference import predict_volume
+from mper.nets import UNet2D
+from mper.train.checkpoint import load_checkpoint
+from mper.train.config import load_config
+
+# --- the toy dataset: bright discs on a dark background, volumes of a few 2D slices -----
+
+CASES_DIR = "discs"
+SLICE_SEPARATOR = "/"
+
+PRESETS = """
+[paper]
+labeled = 2
+num_classes = 2
+seed = 3
+
+[paper.network]
+channels = [4, 8, 16, 32, 64]
+
+[paper.data]
+patch_size = [32, 32]
+batch_size = 4
+labeled_batch_size = 2
+num_workers = 0
+val_split = "test"
+
+[paper.pretrain]
+iterations = 4
+
+[paper.selftrain]
+iterations = 4
+pseudo_label_threshold = 0.5
+
+[paper.prototypes]
+per_class = 2
+kmeans_max_voxels = 500
+
+[paper.eval]
+val_interval = 4
+num_figures = 1
+"""
+
+
+def volume_path(root: str | Path, case: str) -> Path:
+    return Path(root) / CASES_DIR / f"{case}.h5"
+
+
+def load_volume(root: str | Path, case: str) -> tuple[np.ndarray, np.ndarray]:
+    return read_image_label(volume_path(root, case), ndim=3, num_classes=2)
+
+
+def load_slice(root: str | Path, item: str) -> tuple[np.ndarray, np.ndarray]:
+    case, index = item.split(SLICE_SEPARATOR)
+    image, label = load_volume(root, case)
+    return image[int(index)], label[int(index)]
+
+
+def list_cases(root: str | Path, split: str) -> list[str]:
+    cases = read_list(Path(root) / f"{'train' if split == 'train' else 'test'}.list")
+    if split != "train":
+        return cases
+    return [f"{case}{SLICE_SEPARATOR}{index}" for case in cases for index in range(len(load_volume(root, case)[0]))]
+
+
+def case_of(item: str) -> str:
+    return item.split(SLICE_SEPARATOR)[0]
+
+
+def training_split(root: str | Path, labeled: int) -> tuple[list[str], list[str]]:
+    items = list_cases(root, "train")
+    labeled_cases = list(dict.fromkeys(map(case_of, items)))[:labeled]
+    return ([item for item in items if case_of(item) in labeled_cases],
+            [item for item in items if case_of(item) not in labeled_cases])
+
+
+class DiscSlices(CaseDataset):
+    default_patch_size = (32, 32)
+
+    def load(self, case: str) -> tuple[np.ndarray, np.ndarray]:
+        return load_slice(self.root, case)
+
+    def transform(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator):
+        if self.augment and rng.random() < 0.5:
+            return image[:, ::-1], label[:, ::-1]
+        return image, label
+
+
+def synthesize(out: Path, cases: int, seed: int, size: tuple[int, ...], progress: bool) -> Path:
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[: size[0], : size[1]]
+    names = [f"disc{number:02d}" for number in range(cases)]
+    for name in names:
+        label = np.zeros((3, *size), np.uint8)
+        for index in range(3):
+            centre, radius = rng.uniform(10, 22, 2), rng.uniform(4, 8)
+            label[index] = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 < radius**2
+        image = 0.2 + 0.6 * label + rng.normal(0, 0.05, label.shape)
+        write_image_label(volume_path(out, name), (image - image.min()) / (image.max() - image.min()), label)
+    write_list(out / "train.list", names[:-2])
+    write_list(out / "test.list", names[-2:])
+    return out
+
+
+def disc_spec(preset_file: Path) -> DatasetSpec:
+    return DatasetSpec(
+        name="discs", title="Discs", class_names=("background", "disc"), network=UNet2D,
+        layout_mark=CASES_DIR, list_cases=list_cases, training_split=training_split,
+        load_item=load_slice, load_volume=load_volume, training_items=DiscSlices, preset_file=preset_file,
+        patch_size=(32, 32), inference=SLICE_WISE, stride=(), slice_axis=0, normalization="min-max",
+        validation_splits=("test",), label_unit="cases", label_budgets=(2,), label_group=case_of,
+        synthesize=synthesize, synth_cases=6, synth_size=(32, 32),
+    )
+
+
+# --- the tests ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def discs(tmp_path_factory):
+    preset_file = tmp_path_factory.mktemp("presets") / "discs.toml"
+    preset_file.write_text(PRESETS)
+    spec = register_dataset(disc_spec(preset_file))
+    yield spec
+    del _REGISTRY[spec.name]
+
+
+@pytest.fixture(scope="module")
+def discs_run(discs, tmp_path_factory):
+    root = pipeline.synthesize("discs", tmp_path_factory.mktemp("data") / "discs")
+    config = load_config("discs", "paper", {"data_root": str(root), "out": str(tmp_path_factory.mktemp("run") / "r"),
+                                            "device": "cpu"})
+    return root, pipeline.train(config)
+
+
+def test_a_registered_dataset_is_offered_by_name(discs):
+    assert dataset_names()[-1] == "discs" and get_dataset("discs") is discs
+    assert "discs" in cli.train_parser().format_help()
+    with pytest.raises(ValueError, match="'discs' is registered already"):
+        register_dataset(disc_spec(Path("elsewhere.toml")))
+    with pytest.raises(ConfigError, match="Discs has no converter"):
+        pipeline.convert("discs", ".", "out")
+
+
+def test_a_toy_dataset_trains_and_evaluates_end_to_end(discs_run):
+    root, run_dir = discs_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["summary"]["num_cases"] == 2
+    assert "| MPER | 2 | 2 |" in (run_dir / "metrics.md").read_text()  # 2 labeled, 2 unlabeled cases
+    last = load_checkpoint(run_dir / "last.pt")
+    assert last["progress"] == {**last["progress"], "stage": "selftrain", "iteration": 4}
+    assert last["bank"]["prototypes"].shape == (2 * 2, 4)
+
+    result = pipeline.evaluate(run_dir / "best.pt", device="cpu", num_figures=0)
+    assert result["per_case"] == {case: {int(label): scores for label, scores in classes.items()}
+                                  for case, classes in metrics["per_case"].items()}
+    net, config = pipeline.load_network(run_dir / "best.pt", device="cpu")
+    for case, scores in result["per_case"].items():
+        predicted = predict_volume(net, load_volume(root, case)[0], "discs", patch_size=config.data.patch_size)
+        truth = load_volume(root, case)[1]
+        overlap = 2 * np.sum((predicted == 1) & (truth == 1)) / (np.sum(predicted == 1) + np.sum(truth == 1))
+        assert scores[1]["dice"] == pytest.approx(overlap)
+
+
+def test_a_toy_model_predicts_a_file_of_its_layout(discs_run, tmp_path):
+    root, run_dir = discs_run
+    case = read_list(root / "test.list")[0]
+    written = pipeline.predict(run_dir / "best.pt", volume_path(root, case), tmp_path, device="cpu")
+    net, _ = pipeline.load_network(run_dir / "best.pt", device="cpu")
+    expected = predict_volume(net, load_volume(root, case)[0], "discs")
+    np.testing.assert_array_equal(nib.load(written[0]).get_fdata(), expected)
