@@ -111,9 +111,8 @@ def test_la_patches_shapes_dtypes_and_alignment(la_root):
     dataset = LAPatches(la_root, LA_CASES, patch_size=(16, 14, 8), seed=0)
     assert len(dataset) == 2
     for epoch in range(3):
-        dataset.set_epoch(epoch)
         for index in range(2):
-            item = dataset[index]
+            item = dataset[(epoch, index)]
             assert item["case"] == LA_CASES[index]
             assert item["image"].shape == (1, 16, 14, 8) and item["image"].dtype == torch.float32
             assert item["label"].shape == (16, 14, 8) and item["label"].dtype == torch.int64
@@ -127,8 +126,7 @@ def test_acdc_slices_shapes_dtypes_and_alignment(acdc_root):
     square_symmetries = mirrors | {image.tobytes()}  # reached by rot/flip, or by no augmentation
     outcomes = []
     for epoch in range(12):
-        dataset.set_epoch(epoch)
-        item = dataset[1]
+        item = dataset[(epoch, 1)]
         assert item["image"].shape == (1, 24, 24) and item["image"].dtype == torch.float32
         assert item["label"].shape == (24, 24) and item["label"].dtype == torch.int64
         assert_aligned(item["image"][0].numpy(), item["label"].numpy())
@@ -143,15 +141,13 @@ def test_acdc_slices_without_augment_only_resize(acdc_root):
     expected_image, expected_label = resize(image, label, (32, 32))
     for epoch in range(3):
         dataset = ACDCSlices(acdc_root, ACDC_SLICES, patch_size=(32, 32), augment=False)
-        dataset.set_epoch(epoch)
-        item = dataset[2]
+        item = dataset[(epoch, 2)]
         np.testing.assert_allclose(item["image"][0].numpy(), expected_image, rtol=1e-6)
         np.testing.assert_array_equal(item["label"].numpy(), expected_label)
 
 
 def items(dataset, epoch: int, order: list[int]) -> dict[int, torch.Tensor]:
-    dataset.set_epoch(epoch)
-    return {index: dataset[index]["image"] for index in order}
+    return {index: dataset[(epoch, index)]["image"] for index in order}
 
 
 @pytest.mark.parametrize("kind", ["la", "acdc"])
@@ -180,16 +176,13 @@ def test_dataset_argument_errors(la_root):
         LAPatches(la_root, [])
     with pytest.raises(ValueError, match="patch_size"):
         LAPatches(la_root, LA_CASES, patch_size=(8, 8))
-    with pytest.raises(ValueError, match="epoch"):
-        LAPatches(la_root, LA_CASES).set_epoch(-1)
 
 
 def test_keyed_items_carry_their_epoch(la_root):
     dataset = LAPatches(la_root, LA_CASES, patch_size=(8, 8, 4), seed=3)
-    keyed = dataset[(2, 1)]
-    dataset.set_epoch(2)
-    assert torch.equal(keyed["image"], dataset[1]["image"])
-    assert dataset.epoch == 2 and dataset[(0, 1)]["case"] == "CASE1"
+    assert torch.equal(dataset[1]["image"], dataset[(0, 1)]["image"])
+    assert not torch.equal(dataset[(2, 1)]["image"], dataset[(0, 1)]["image"])
+    assert dataset[(2, 1)]["case"] == "CASE1"
 
 
 def test_endless_batches_of_a_dataset(la_root):

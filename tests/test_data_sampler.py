@@ -20,7 +20,7 @@ def sampler(seed: int | None = 0) -> TwoStreamBatchSampler:
 
 
 def test_batches_hold_primary_then_secondary_indices():
-    batches = list(sampler())
+    batches = sampler().epoch_batches(0)
     assert len(batches) == len(sampler()) == 10 // 3
     for batch in batches:
         assert len(batch) == 5
@@ -30,12 +30,9 @@ def test_batches_hold_primary_then_secondary_indices():
 def test_each_epoch_uses_each_primary_index_at_most_once():
     even = TwoStreamBatchSampler(PRIMARY, SECONDARY, 4, 2, seed=1)  # 10 = 5 batches of 2
     for epoch in range(4):
-        even.set_epoch(epoch)
-        primary = [index for batch in even for index in batch[:2]]
+        primary = [index for batch in even.epoch_batches(epoch) for index in batch[:2]]
         assert sorted(primary) == PRIMARY
-        uneven = sampler(seed=1)
-        uneven.set_epoch(epoch)
-        primary = [index for batch in uneven for index in batch[:3]]
+        primary = [index for batch in sampler(seed=1).epoch_batches(epoch) for index in batch[:3]]
         assert len(primary) == len(set(primary)) == 9  # the 10th does not fill a batch
 
 
@@ -44,8 +41,7 @@ def test_secondary_stream_runs_through_shuffled_passes_across_epochs():
     drawn = []
     order = sampler(seed=3)
     for epoch in range(7):
-        order.set_epoch(epoch)
-        drawn += [index for batch in order for index in batch[3:]]
+        drawn += [index for batch in order.epoch_batches(epoch) for index in batch[3:]]
     passes = [drawn[start : start + 7] for start in range(0, 42, 7)]
     assert all(sorted(one_pass) == SECONDARY for one_pass in passes)
     assert len({tuple(one_pass) for one_pass in passes}) > 1  # each pass reshuffled
@@ -54,30 +50,30 @@ def test_secondary_stream_runs_through_shuffled_passes_across_epochs():
 
 def test_order_is_a_function_of_seed_and_epoch():
     first, second = sampler(seed=5), sampler(seed=5)
-    second.set_epoch(2)
-    second.set_epoch(0)
-    assert list(first) == list(second)
-    first.set_epoch(1)
-    assert list(first) != list(second)
+    second.epoch_batches(2)
+    assert first.epoch_batches(0) == second.epoch_batches(0)
+    assert first.epoch_batches(1) != second.epoch_batches(0)
     assert first.epoch_batches(0) != sampler(seed=6).epoch_batches(0)
     assert sampler(seed=None).seed != sampler(seed=None).seed
 
 
-def test_start_batch_skips_exactly_the_first_batches():
+def test_iteration_starts_at_the_given_global_iteration():
     order = sampler(seed=2)
     full = order.epoch_batches(4)
     for start in range(len(order)):
-        order.set_epoch(4, start_batch=start)
-        assert list(order) == full[start:]
+        order.start_from(4 * len(order) + start)
+        batches = iter(order)
+        assert [next(batches) for _ in full[start:]] == [[(4, index) for index in batch] for batch in full[start:]]
+        assert next(batches) == [(5, index) for index in order.epoch_batches(5)[0]]
     assert order.position(0) == (0, 0)
     assert order.position(7) == (2, 1)
-    with pytest.raises(ValueError, match="start_batch"):
-        order.set_epoch(0, start_batch=len(order))
+    with pytest.raises(ValueError, match="iteration"):
+        order.start_from(-1)
 
 
 def test_labeled_only_batches():
     order = TwoStreamBatchSampler(PRIMARY, [], 5, 0, seed=0)
-    assert sorted(index for batch in order for index in batch) == PRIMARY
+    assert sorted(index for batch in order.epoch_batches(0) for index in batch) == PRIMARY
 
 
 @pytest.mark.parametrize(
@@ -125,16 +121,6 @@ def test_endless_batches_are_the_same_with_worker_processes():
     in_process = take(DataLoader(EpochEcho(), batch_sampler=sampler(seed=4)), 2, 8)
     with_workers = DataLoader(EpochEcho(), batch_sampler=sampler(seed=4), num_workers=2)
     assert take(with_workers, 2, 8) == in_process
-
-
-def test_endless_mode_ends_with_set_epoch():
-    order = sampler(seed=1)
-    order.run_endless_from(4)
-    assert next(iter(order)) == [(1, index) for index in order.epoch_batches(1)[1]]
-    order.set_epoch(1)
-    assert list(order) == order.epoch_batches(1)
-    with pytest.raises(ValueError, match="iteration"):
-        order.run_endless_from(-1)
 
 
 def test_endless_batches_needs_the_two_stream_sampler():

@@ -3,14 +3,10 @@
 Item ``index`` of epoch ``epoch`` is augmented with
 ``keyed_rng(seed, ITEM_AUGMENTATION, epoch, index)``, so an item's augmentation depends
 only on (seed, epoch, index), never on the order in which items are asked for or on
-which worker process asks. An item is asked for in one of two ways:
-
-* ``dataset[(epoch, index)]``, the way :func:`mper.data.sampler.endless_batches` asks:
-  the key carries the epoch, so one DataLoader iterator (and its worker processes and
-  their caches) can serve a whole training stage;
-* ``dataset[index]`` after :meth:`CaseDataset.set_epoch`, for a DataLoader run epoch by
-  epoch (call it before creating each epoch's iterator: worker processes copy the
-  dataset when the iterator starts).
+which worker process asks. An item is asked for as ``dataset[(epoch, index)]``, the way
+:class:`mper.data.sampler.TwoStreamBatchSampler` asks: the key carries the epoch, so one
+DataLoader iterator (and its worker processes and their caches) can serve a whole
+training stage. A bare ``dataset[index]`` is the item of epoch 0.
 """
 from __future__ import annotations
 
@@ -65,14 +61,7 @@ class CaseDataset(Dataset, ABC):
         self.patch_size = patch_size
         self.augment = augment
         self.seed = resolve_seed(seed)
-        self.epoch = 0
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose augmentations the next items are drawn from."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self.epoch = epoch
 
     @abstractmethod
     def load(self, case: str) -> tuple[np.ndarray, np.ndarray]:
@@ -96,8 +85,8 @@ class CaseDataset(Dataset, ABC):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor | str]:
         """Item ``index`` of epoch ``epoch`` for the key ``(epoch, index)``; a bare
-        ``index`` takes the epoch of :meth:`set_epoch`."""
-        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        ``index`` is the item of epoch 0."""
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         index = range(len(self))[index]
         case = self.cases[index]
         rng = keyed_rng(self.seed, ITEM_AUGMENTATION, epoch, index)

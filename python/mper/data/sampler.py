@@ -7,8 +7,9 @@ form one endless stream made of successive shuffled passes over them, of which e
 takes the next ``len(sampler) * secondary_batch_size`` entries.
 
 Both orders are functions of (seed, epoch) only, so a trainer resumed at iteration ``t``
-rebuilds the same batches. The simplest way is :func:`endless_batches`, which serves a
-whole training stage from one DataLoader iterator, starting at any iteration.
+rebuilds the same batches. The sampler is endless: it yields every batch from a global
+iteration on (:meth:`TwoStreamBatchSampler.start_from`, or :func:`endless_batches`), so
+one DataLoader iterator serves a whole training stage.
 """
 from __future__ import annotations
 
@@ -32,10 +33,10 @@ class TwoStreamBatchSampler(Sampler[list[int]]):
         secondary_batch_size: unlabeled items per batch (0 gives labeled-only batches).
         seed: seed of both orders; ``None`` for fresh entropy.
 
-    ``len()`` is the number of full primary batches; a remainder that does not fill a
-    batch is left out of that epoch. Iteration yields the index batches of one epoch
-    (chosen by :meth:`set_epoch`) or, after :meth:`run_endless_from`, every batch from a
-    global iteration on, as ``(epoch, index)`` keys.
+    ``len()`` is the number of full primary batches of an epoch; a remainder that does
+    not fill a batch is left out of that epoch. Iteration yields every batch from the
+    global iteration of :meth:`start_from` (0 by default) on, without end, each item as
+    an ``(epoch, index)`` key (see :mod:`mper.data.dataset`).
     """
 
     def __init__(
@@ -63,28 +64,15 @@ class TwoStreamBatchSampler(Sampler[list[int]]):
         if secondary_batch_size and not len(self.secondary):
             raise ValueError("secondary_indices is empty but secondary_batch_size > 0")
         self.seed = resolve_seed(seed)
-        self.epoch = 0
-        self.start_batch = 0
-        self.endless_from: int | None = None
+        self.start = 0
 
     def __len__(self) -> int:
         return len(self.primary) // self.primary_batch_size
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Make iteration yield the index batches of ``epoch``, from batch ``start_batch`` on."""
-        if epoch < 0 or not 0 <= start_batch < len(self):
-            raise ValueError(
-                f"need epoch >= 0 and 0 <= start_batch < {len(self)}, got {epoch} and {start_batch}"
-            )
-        self.epoch = epoch
-        self.start_batch = start_batch
-        self.endless_from = None
-
-    def run_endless_from(self, iteration: int) -> None:
-        """Make iteration endless: every batch from global iteration ``iteration`` on, each
-        item given as an ``(epoch, index)`` key (see :mod:`mper.data.dataset`)."""
+    def start_from(self, iteration: int) -> None:
+        """Make iteration start at global iteration ``iteration`` (counted from 0)."""
         self.position(iteration)
-        self.endless_from = iteration
+        self.start = iteration
 
     def position(self, iteration: int) -> tuple[int, int]:
         """(epoch, batch within the epoch) of global iteration ``iteration`` (counted from 0)."""
@@ -115,11 +103,8 @@ class TwoStreamBatchSampler(Sampler[list[int]]):
         offset = first_pass * count
         return self.secondary[np.concatenate(passes)[start - offset : stop - offset]]
 
-    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
-        if self.endless_from is None:
-            yield from self.epoch_batches(self.epoch)[self.start_batch :]
-            return
-        first_epoch, start_batch = self.position(self.endless_from)
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        first_epoch, start_batch = self.position(self.start)
         for epoch in itertools.count(first_epoch):
             for batch in self.epoch_batches(epoch)[start_batch:]:
                 yield [(epoch, index) for index in batch]
@@ -130,8 +115,8 @@ def endless_batches(loader: DataLoader, start_iteration: int = 0) -> Iterator[An
     """Yield the loader's batches forever, from global iteration ``start_iteration`` on.
 
     Epoch ``e`` covers iterations ``[e * n, (e + 1) * n)`` with ``n = len(sampler)``. The
-    loader must use a :class:`TwoStreamBatchSampler` (which this puts in endless mode) and
-    a dataset that takes ``(epoch, index)`` keys, as :class:`mper.data.LAPatches` and
+    loader must use a :class:`TwoStreamBatchSampler` and a dataset that takes
+    ``(epoch, index)`` keys, as :class:`mper.data.LAPatches` and
     :class:`mper.data.ACDCSlices` do. Batches then depend only on the seeds and the
     iteration number, and one loader iterator serves the whole stage, so worker processes
     and their case caches live as long as the generator.
@@ -139,5 +124,5 @@ def endless_batches(loader: DataLoader, start_iteration: int = 0) -> Iterator[An
     sampler = loader.batch_sampler
     if not isinstance(sampler, TwoStreamBatchSampler):
         raise TypeError("loader must be built with batch_sampler=TwoStreamBatchSampler(...)")
-    sampler.run_endless_from(start_iteration)
+    sampler.start_from(start_iteration)
     yield from loader

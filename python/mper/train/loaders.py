@@ -17,6 +17,7 @@ and the iteration, which is what makes resumed runs exact.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator
 
@@ -25,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from mper.data.sampler import TwoStreamBatchSampler
+from mper.data.sampler import TwoStreamBatchSampler, endless_batches
 from mper.datasets import check_dataset_root, get_dataset
 from mper.errors import ConfigError, DataFormatError
 
@@ -148,10 +149,9 @@ def prototype_init_batches(
         yield from labeled_images(config, config.data.labeled_batch_size)
         return
     loader = stage_loader(config, with_unlabeled=False, device=device)
-    epoch = -(-config.pretrain.iterations // len(loader.batch_sampler))
-    loader.batch_sampler.set_epoch(epoch)
-    loader.dataset.set_epoch(epoch)
-    for batch in loader:
+    epoch_length = len(loader.batch_sampler)
+    epoch = -(-config.pretrain.iterations // epoch_length)
+    for batch in itertools.islice(endless_batches(loader, epoch * epoch_length), epoch_length):
         yield batch["image"], batch["label"]
 
 
