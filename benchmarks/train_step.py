@@ -32,10 +32,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def make_trainer(dataset: str, ops: str, device: str, amp: str, run_dir: Path) -> Trainer:
     config = load_config(dataset, "paper", {"ops": ops, "device": device, "amp": amp, "data": {"num_workers": 0}})
     trainer = Trainer(config, run_dir, validate=lambda net: 0.0)
-    trainer.student.reset_embedding_to_identity()
     trainer.teacher = create_teacher(trainer.student, config.selftrain.teacher_mode)
-    trainer.bank = trainer.new_bank()
-    trainer.bank.prototypes.copy_(torch.randn_like(trainer.bank.prototypes))
+    trainer.head = trainer.new_head()
+    trainer.head.prototypes.copy_(torch.randn_like(trainer.head.prototypes))
     trainer.begin_stage("selftrain")
     trainer.student.train()
     return trainer
@@ -53,21 +52,20 @@ def random_batch(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 def head_alone(trainer: Trainer, batch: dict[str, torch.Tensor]):
     """The head's work of one iteration at the iteration's shapes, for timing."""
-    config, ops, bank = trainer.config, trainer.ops, trainer.bank
+    config, head = trainer.config, trainer.head
     with torch.no_grad(), trainer.autocast():
         output = trainer.student(batch["image"])
     feat = output.feat.detach().requires_grad_(True)
-    emb, label = output.emb.detach(), batch["label"]
+    label = batch["label"]
     region = torch.ones_like(label, dtype=torch.float32)
     p = config.prototypes
 
     def run():
-        logits, assign, loss = ops.proto_classify_infonce(feat, bank.prototypes, config.num_classes, p.tau, p.nce_tau,
-                                                          p.contrastive_ignore_row)
+        logits, assign, loss = head.forward_with_contrastive(feat)
         torch.autograd.grad([logits, loss], feat, [torch.ones_like(logits), torch.ones_like(loss)])
         gate = confidence_gate(logits.argmax(dim=1), label, region, region, p.confidence_threshold, p.update_source,
                                p.update_background)
-        bank.update(ops, emb, label, assign, gate, p.momentum)
+        head.update(feat, label, assign, gate, p.momentum)
 
     return run
 

@@ -29,7 +29,6 @@ def test_outputs_have_the_documented_shapes(net, shape):
     assert isinstance(out, SegmentationOutput)
     assert out.pred.shape == (batch, net.num_classes, *spatial)
     assert out.feat.shape == (batch, net.feature_dim, *spatial)
-    assert out.emb.shape == (batch, net.feature_dim, *spatial)
     assert all(t.dtype == torch.float32 for t in out)
 
 
@@ -41,27 +40,15 @@ def test_feature_dim_is_the_first_width():
 
 
 def test_published_sizes():
-    """Parameter counts of the published networks (plus the 16x16 embedding head)."""
-    embedding_head = 16 * 16 + 16
-    assert sum(p.numel() for p in UNet2D().parameters()) == 1_813_252 + embedding_head
-    assert sum(p.numel() for p in VNet3D().parameters()) == 9_448_866 + embedding_head
-
-
-@pytest.mark.parametrize("net, shape", small_nets(), ids=["unet2d", "vnet3d"])
-def test_identity_reset_makes_emb_equal_feat(net, shape):
-    out = net(torch.randn(shape))
-    assert not torch.allclose(out.emb, out.feat)
-    net.reset_embedding_to_identity()
-    net.eval()
-    out = net(torch.randn(shape))
-    assert torch.equal(net.embedding.bias, torch.zeros(net.feature_dim))
-    torch.testing.assert_close(out.emb, out.feat)
+    """Parameter counts of the published networks."""
+    assert sum(p.numel() for p in UNet2D().parameters()) == 1_813_252
+    assert sum(p.numel() for p in VNet3D().parameters()) == 9_448_866
 
 
 @pytest.mark.parametrize("net, shape", small_nets(), ids=["unet2d", "vnet3d"])
 def test_gradients_reach_every_parameter(net, shape):
     out = net(torch.randn(shape))
-    (out.pred.sum() + out.emb.square().mean()).backward()
+    (out.pred.sum() + out.feat.square().mean()).backward()
     missing = [name for name, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
 

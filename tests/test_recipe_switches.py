@@ -19,6 +19,8 @@ from mper.eval.metrics import case_metrics
 from mper.eval.protocol import postprocess_labels, score_case
 from mper.losses import DiceOptions, copy_paste_loss, masked_dice_loss, segmentation_loss
 from mper.nets import UNet2D, VNet3D
+from mper.nn import PrototypeHead
+from mper.nn.kmeans import minibatch_kmeans
 from mper.train import selftrain
 from mper.train.checkpoint import load_checkpoint
 from mper.train.config import load_config
@@ -26,7 +28,6 @@ from mper.train.loaders import prototype_init_batches
 from mper.train.loop import PRETRAIN_CHECKPOINT, Trainer
 from mper.train.mixing import box_mask, copy_paste
 from mper.train.pretrain import run_pretrain, supervised_step
-from mper.train.prototypes import PrototypeBank, minibatch_kmeans
 from mper.train.teacher import create_teacher, ema_update_, teacher_decay
 
 TINY = [
@@ -41,8 +42,8 @@ def tiny_trainer(tmp_path, *assignments, data_root="", preset="reference") -> Tr
                          [*TINY, *assignments])
     trainer = Trainer(config, tmp_path, validate=lambda net: 0.5)
     trainer.teacher = create_teacher(trainer.student, config.selftrain.teacher_mode)
-    trainer.bank = trainer.new_bank()
-    trainer.bank.prototypes.copy_(torch.randn(trainer.bank.prototypes.shape, generator=torch.Generator().manual_seed(3)))
+    trainer.head = trainer.new_head()
+    trainer.head.prototypes.copy_(torch.randn(trainer.head.prototypes.shape, generator=torch.Generator().manual_seed(3)))
     return trainer
 
 
@@ -66,6 +67,13 @@ class RecordingOps:
         logits, assign, nce = reference.proto_classify_infonce(feat, prototypes, *args)
         self.nce.append(float(nce.detach()))
         return logits, assign, nce
+
+
+def record_ops(monkeypatch) -> RecordingOps:
+    """Make every prototype head use a :class:`RecordingOps`; returns it."""
+    recording = RecordingOps()
+    monkeypatch.setattr(PrototypeHead, "ops", property(lambda head: recording))
+    return recording
 
 
 # --- teacher ---------------------------------------------------------------------------
@@ -137,14 +145,14 @@ def test_student_passes_split_the_forward_by_direction(tmp_path):
     assert one[0].pred.shape == two[0].pred.shape and not torch.allclose(one[0].pred, two[0].pred, atol=1e-4)
 
 
-def test_the_second_direction_is_classified_with_the_bank_the_first_one_moved(tmp_path):
+def test_the_second_direction_is_classified_with_the_bank_the_first_one_moved(tmp_path, monkeypatch):
     trainer = tiny_trainer(tmp_path)
-    start, batch, prototypes = trainer.bank.prototypes.clone(), tiny_batch(), trainer.config.prototypes
+    start, batch, prototypes = trainer.head.prototypes.clone(), tiny_batch(), trainer.config.prototypes
 
     def from_the_top():
         torch.manual_seed(0)
         trainer.mix_generator.manual_seed(trainer.config.seed)
-        trainer.bank.prototypes.copy_(start)
+        trainer.head.prototypes.copy_(start)
 
     # By hand: the same draws, then each direction classified and its bank steps taken in turn.
     from_the_top()
@@ -152,28 +160,28 @@ def test_the_second_direction_is_classified_with_the_bank_the_first_one_moved(tm
     outputs = selftrain.student_outputs(trainer, directions)
     expected_banks = []
     for direction, output in zip(directions, outputs):
-        expected_banks.append(trainer.bank.prototypes.clone())
+        expected_banks.append(trainer.head.prototypes.clone())
         logits, assign = reference.proto_classify(output.feat, expected_banks[-1], 4, prototypes.tau)
         selftrain.update_bank(trainer, direction, output, logits.detach(), assign)
-    expected_final = trainer.bank.prototypes.clone()
+    expected_final = trainer.head.prototypes.clone()
 
     from_the_top()
-    trainer.ops = RecordingOps()
+    recording = record_ops(monkeypatch)
     selftrain.selftrain_step(trainer, batch, iteration=0)
-    assert len(trainer.ops.banks) == 2
-    for seen, expected in zip(trainer.ops.banks, expected_banks):
+    assert len(recording.banks) == 2
+    for seen, expected in zip(recording.banks, expected_banks):
         assert torch.allclose(seen, expected, atol=1e-6)
     assert not torch.allclose(expected_banks[0], expected_banks[1])
-    assert torch.allclose(trainer.bank.prototypes, expected_final, atol=1e-6)
+    assert torch.allclose(trainer.head.prototypes, expected_final, atol=1e-6)
 
 
 @pytest.mark.parametrize("reduction, factor", [("sum", 1.0), ("mean", 0.5)])
-def test_contrastive_reduction_sums_or_averages_the_directions_means(tmp_path, reduction, factor):
+def test_contrastive_reduction_sums_or_averages_the_directions_means(tmp_path, monkeypatch, reduction, factor):
     trainer = tiny_trainer(tmp_path, f"selftrain.contrastive_reduction={reduction}")
-    trainer.ops = RecordingOps()
+    recording = record_ops(monkeypatch)
     scalars = selftrain.selftrain_step(trainer, tiny_batch(), iteration=0)
-    assert len(trainer.ops.nce) == 2
-    assert scalars["loss_contrastive"] == pytest.approx(factor * sum(trainer.ops.nce), rel=1e-5)
+    assert len(recording.nce) == 2
+    assert scalars["loss_contrastive"] == pytest.approx(factor * sum(recording.nce), rel=1e-5)
 
 
 def test_update_bank_takes_the_unlabeled_region_step_then_the_labeled_one():
@@ -193,10 +201,10 @@ def test_update_bank_takes_the_unlabeled_region_step_then_the_labeled_one():
     def run(update_steps):
         config = load_config("acdc", "reference", {},
                              ["prototypes.per_class=2", f"prototypes.update_steps={update_steps}"])
-        bank = PrototypeBank(4, 2, 2)
+        bank = PrototypeHead(4, 2, 2, ops="reference")
         bank.prototypes.copy_(start)
-        trainer = type("T", (), {"config": config, "bank": bank, "ops": reference})()
-        output = type("O", (), {"emb": emb})()
+        trainer = type("T", (), {"config": config, "head": bank})()
+        output = type("O", (), {"feat": emb})()
         sums, counts = selftrain.update_bank(trainer, direction, output, logits, assign)
         return bank.prototypes, sums, counts
 
@@ -292,7 +300,7 @@ def acdc_root(tmp_path_factory):
 @pytest.mark.parametrize("carry_over", [True, False])
 def test_self_training_reloads_the_pre_training_momentum_buffers(tmp_path, acdc_root, carry_over):
     trainer = tiny_trainer(tmp_path, f"optim.carry_over={str(carry_over).lower()}", data_root=acdc_root)
-    trainer.teacher = trainer.bank = None
+    trainer.teacher = trainer.head = None
     run_pretrain(trainer)
     saved = load_checkpoint(tmp_path / PRETRAIN_CHECKPOINT)["optimizer"]
     assert saved["state"]  # momentum buffers of the best pre-training iteration

@@ -1,16 +1,13 @@
-"""The prototype bank: update gate, EMA update, k-means initialisation, all-reduce."""
+"""The prototype head's bank: update gate, EMA update, k-means initialisation, all-reduce."""
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
-
-from mper import reference
-from mper.train.prototypes import ClassVoxelSampler, PrototypeBank, confidence_gate, kmeans
+from mper.nn import PrototypeHead
+from mper.nn.kmeans import ClassVoxelSampler, kmeans
+from mper.train.prototypes import confidence_gate
 
 
 def gate_case(**options):
@@ -65,7 +62,7 @@ def test_gate_rejects_an_unknown_source():
 
 
 def bank_update_case():
-    bank = PrototypeBank(num_classes=2, per_class=2, dim=2)
+    bank = PrototypeHead(num_classes=2, num_prototypes=2, dim=2, ops="reference")
     bank.prototypes.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]]))
     emb = torch.tensor([[2.0, 0.0], [4.0, 2.0], [0.0, 6.0], [8.0, 8.0]]).t().reshape(1, 2, 1, 4)
     labels = torch.tensor([[[0, 0, 1, 1]]])
@@ -76,7 +73,7 @@ def bank_update_case():
 
 def test_bank_update_matches_a_hand_computation():
     bank, emb, labels, assign, gate = bank_update_case()
-    counts = bank.update(reference, emb, labels, assign, gate, momentum=0.5)
+    counts = bank.update(emb, labels, assign, gate, momentum=0.5)
     # Row 1 (class 0, k=1) averages voxels 0 and 1 -> (3, 1); row 2 (class 1, k=0) takes
     # voxel 2 -> (0, 6); rows 0 and 3 see no voxel and keep their values.
     expected = torch.tensor([[1.0, 0.0], [1.5, 1.0], [0.5, 3.5], [-1.0, 0.0]])
@@ -86,11 +83,11 @@ def test_bank_update_matches_a_hand_computation():
 
 def test_bank_state_round_trips_and_checks_shapes():
     bank, *_ = bank_update_case()
-    copy = PrototypeBank(2, 2, 2)
+    copy = PrototypeHead(2, 2, 2)
     copy.load_state_dict(bank.state_dict())
     assert torch.equal(copy.prototypes, bank.prototypes)
-    with pytest.raises(ValueError, match="shape mismatch"):
-        PrototypeBank(2, 3, 2).load_state_dict(bank.state_dict())
+    with pytest.raises(RuntimeError, match="size mismatch for prototypes"):
+        PrototypeHead(2, 3, 2).load_state_dict(bank.state_dict())
 
 
 def test_kmeans_recovers_well_separated_clusters():
@@ -122,19 +119,12 @@ def test_voxel_sampler_caps_each_class_with_a_uniform_subsample():
     assert sampler.class_features(1).numel() == 0
 
 
-class FeaturesAreTheImage(nn.Module):
-    """A stand-in network whose ``feat`` is its input."""
-
-    def forward(self, image: torch.Tensor) -> SimpleNamespace:
-        return SimpleNamespace(feat=image)
-
-
 def test_initialize_runs_kmeans_per_class_on_the_features():
     # Class 0 voxels sit at (0, 0) and (0, 4); class 1 voxels at (5, 5) and (9, 5).
     image = torch.tensor([[0.0, 0.0, 5.0, 9.0], [0.0, 4.0, 5.0, 5.0]]).reshape(1, 2, 1, 4)
     label = torch.tensor([[[0, 0, 1, 1]]])
-    bank = PrototypeBank(num_classes=2, per_class=2, dim=2)
-    bank.initialize(FeaturesAreTheImage(), [(image, label)], torch.Generator().manual_seed(0))
+    bank = PrototypeHead(num_classes=2, num_prototypes=2, dim=2)
+    bank.initialize([(image, label)], torch.Generator().manual_seed(0))
     class_0 = sorted(map(tuple, bank.prototypes[:2].tolist()))
     class_1 = sorted(map(tuple, bank.prototypes[2:].tolist()))
     assert class_0 == [(0.0, 0.0), (0.0, 4.0)]
@@ -143,9 +133,9 @@ def test_initialize_runs_kmeans_per_class_on_the_features():
 
 def test_initialize_names_a_class_without_voxels():
     image = torch.zeros(1, 2, 1, 2)
-    bank = PrototypeBank(num_classes=3, per_class=1, dim=2)
+    bank = PrototypeHead(num_classes=3, num_prototypes=1, dim=2)
     with pytest.raises(ValueError, match="class 2 has no voxel"):
-        bank.initialize(FeaturesAreTheImage(), [(image, torch.tensor([[[0, 1]]]))], torch.Generator())
+        bank.initialize([(image, torch.tensor([[[0, 1]]]))], torch.Generator())
 
 
 def _update_on_rank(rank: int, init_file: str, results) -> None:
@@ -153,7 +143,7 @@ def _update_on_rank(rank: int, init_file: str, results) -> None:
     bank, emb, labels, assign, gate = bank_update_case()
     # Rank 0 sees voxels 0 and 2, rank 1 voxel 1: together the voxels of the hand case.
     gate = gate & torch.tensor([[[True, False, True, False]]] if rank == 0 else [[[False, True, False, False]]])
-    bank.update(reference, emb, labels, assign, gate, momentum=0.5)
+    bank.update(emb, labels, assign, gate, momentum=0.5)
     results[rank] = bank.prototypes.clone()
     dist.destroy_process_group()
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from mper import reference
-from mper.errors import RunFolderError
+from mper.errors import CheckpointError, RunFolderError
+from mper.train.checkpoint import CHECKPOINT_VERSION, load_checkpoint
 from mper.train.lock import LOCK_FILE, run_folder_lock
 from mper.train.runtime import StopRequest, autocast, load_ops, resolve_device
 
@@ -93,3 +94,13 @@ def test_an_unwritable_run_folder_is_named(tmp_path):
     with pytest.raises(RunFolderError, match=r"cannot write in .*file"):
         with run_folder_lock(tmp_path / "file"):
             pass
+
+
+def test_checkpoints_of_an_older_format_are_refused_with_what_to_do(tmp_path):
+    older, foreign = tmp_path / "older.pt", tmp_path / "foreign.pt"
+    torch.save({"version": CHECKPOINT_VERSION - 1, "student": {}}, older)
+    torch.save({"weights": {}}, foreign)
+    with pytest.raises(CheckpointError, match=f"older mper \\(checkpoint format {CHECKPOINT_VERSION - 1}.*train it again"):
+        load_checkpoint(older)
+    with pytest.raises(CheckpointError, match="not an mper checkpoint"):
+        load_checkpoint(foreign)

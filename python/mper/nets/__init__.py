@@ -1,6 +1,6 @@
 """Segmentation networks: the 2D U-Net (ACDC) and the 3D V-Net (LA).
 
-Both return :class:`SegmentationOutput` ``(pred, feat, emb)``; see :mod:`mper.nets.base`.
+Both return :class:`SegmentationOutput` ``(pred, feat)``; see :mod:`mper.nets.base`.
 Which dataset uses which is said by its spec (:mod:`mper.datasets`).
 """
 from __future__ import annotations

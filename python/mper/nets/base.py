@@ -1,14 +1,13 @@
-"""What the 2D U-Net and the 3D V-Net share: the three outputs and the two 1x1 heads.
+"""What the 2D U-Net and the 3D V-Net share: the two outputs and the classifier head.
 
 Every segmentation network here ends in a decoder feature map ``feat`` with ``D``
-channels at full input resolution. Two 1x1 convolutions read it:
-
-* ``classifier`` (``D -> C``) gives the linear classifier's logits ``pred`` (a 1x1 conv,
-  the per-voxel linear layer of Eq. 3; ``classifier_kernel = 3`` gives the 3x3 conv of
-  the authors' 2D code);
-* ``embedding`` (``D -> D``) gives ``emb``, the voxel embeddings the prototype bank is
-  averaged from. It is reset to the identity when self-training starts, so that the
-  prototypes first live in the same space as ``feat``.
+channels at full input resolution. The ``classifier`` conv (``D -> C``) reads it and
+gives the linear classifier's logits ``pred`` (a 1x1 conv, the per-voxel linear layer of
+Eq. 3; ``classifier_kernel = 3`` gives the 3x3 conv of the authors' 2D code). The
+prototype head (:class:`mper.nn.PrototypeHead`) reads ``feat`` too, and its bank is
+averaged from ``feat``: the authors' code averages a 1x1 conv of it that is set to the
+identity when self-training starts and never receives a gradient, so it stays equal
+to ``feat`` (docs/method.md, "Networks").
 """
 from __future__ import annotations
 
@@ -23,17 +22,15 @@ SIZE_MULTIPLE = 16
 
 
 class SegmentationOutput(NamedTuple):
-    """The three outputs of a segmentation network.
+    """The two outputs of a segmentation network.
 
     ``pred``: linear classifier logits ``(B, C, *spatial)``.
     ``feat``: last decoder feature map ``(B, D, *spatial)``, read by the prototype
-    classifier.
-    ``emb``: ``embedding(feat)``, ``(B, D, *spatial)``, averaged into the prototypes.
+    classifier and averaged into the prototypes.
     """
 
     pred: torch.Tensor
     feat: torch.Tensor
-    emb: torch.Tensor
 
 
 class SegmentationNet(nn.Module, ABC):
@@ -66,7 +63,6 @@ class SegmentationNet(nn.Module, ABC):
         self.feature_dim = feature_dim
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.classifier = conv(feature_dim, num_classes, kernel_size=classifier_kernel, padding=classifier_kernel // 2)
-        self.embedding = conv(feature_dim, feature_dim, kernel_size=1)
 
     @abstractmethod
     def decoder_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,15 +72,7 @@ class SegmentationNet(nn.Module, ABC):
         """Segment ``x`` of shape ``(B, in_channels, *spatial)``, spatial sizes multiples of 16."""
         self._check_input(x)
         feat = self.decoder_features(x)
-        return SegmentationOutput(self.classifier(feat), feat, self.embedding(feat))
-
-    @torch.no_grad()
-    def reset_embedding_to_identity(self) -> None:
-        """Set the embedding head to ``emb = feat`` (weight = identity, bias = 0)."""
-        weight = self.embedding.weight
-        identity = torch.eye(self.feature_dim, dtype=weight.dtype, device=weight.device)
-        weight.copy_(identity.reshape(weight.shape))
-        self.embedding.bias.zero_()
+        return SegmentationOutput(self.classifier(feat), feat)
 
     def _check_input(self, x: torch.Tensor) -> None:
         expected_ndim = self.spatial_dims + 2

@@ -32,8 +32,10 @@ from mper.errors import CheckpointError, MissingFileError, RunFolderError
 
 log = logging.getLogger(__name__)
 
-#: Raised when the layout of checkpoints changes; older files are refused clearly.
-CHECKPOINT_VERSION = 1
+#: Raised when the layout of checkpoints changes; older files are refused clearly. Format 2:
+#: the networks have no embedding head and the bank is the state of a
+#: :class:`~mper.nn.PrototypeHead` (format 1 files were written by mper 0.1.0).
+CHECKPOINT_VERSION = 2
 
 
 TEMPORARY_SUFFIX = ".tmp"
@@ -95,7 +97,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError) as error:
         raise CheckpointError(f"{path} is not a readable mper checkpoint ({error})") from error
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+    version = state.get("version") if isinstance(state, dict) else None
+    if isinstance(version, int) and version < CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by an older mper (checkpoint format {version}; this mper reads format "
+            f"{CHECKPOINT_VERSION}, whose networks have no embedding head): train it again with this "
+            "version, or use the mper that wrote it"
+        )
+    if version != CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{path} is not an mper checkpoint of format version {CHECKPOINT_VERSION}; "
             "it was written by another program or another mper version"

@@ -35,11 +35,12 @@ from mper.datasets import SLIDING_WINDOW, VALIDATION_SPLITS, get_dataset
 from mper.errors import ConfigError
 from mper.losses import DICE_BACKGROUNDS, DICE_FORMS, DiceOptions
 from mper.nets import SIZE_MULTIPLE
+from mper.nn import OPS_MODULES
+from mper.nn.kmeans import KMEANS_METHODS
 
-from .prototypes import KMEANS_METHODS, UPDATE_SOURCES, UPDATE_STEPS
+from .prototypes import UPDATE_SOURCES, UPDATE_STEPS
 from .teacher import EMA_SCHEDULES, EMA_SCOPES, TEACHER_MODES
 
-OPS_MODULES = {"mper": "mper.ops", "reference": "mper.reference"}
 BASELINES = ("none", "labeled-only")
 AMP_MODES = ("off", "bf16")
 VAL_SPLITS = VALIDATION_SPLITS

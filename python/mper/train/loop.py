@@ -1,7 +1,8 @@
 """The state of a training run and the loop every stage shares.
 
-A :class:`Trainer` holds the student, the teacher and prototype bank (self-training
-only), the optimizer, the copy-paste mask generator and the :class:`StageProgress`.
+A :class:`Trainer` holds the student, the teacher and the prototype head
+(:class:`~mper.nn.PrototypeHead`; self-training only), the optimizer, the copy-paste
+mask generator and the :class:`StageProgress`.
 :meth:`Trainer.run_stage` drives one stage: learning-rate schedule, one step function
 per iteration, TensorBoard scalars, validation with best-checkpoint keeping, periodic
 resume checkpoints and the Ctrl-C / SIGTERM stop. A NaN or infinite loss, or weights
@@ -33,10 +34,10 @@ from tqdm import tqdm
 from mper.data.sampler import endless_batches
 from mper.datasets import get_dataset
 from mper.errors import TrainingDiverged
+from mper.nn import PrototypeHead
 
 from .checkpoint import capture_rng_state, non_finite_tensors, restore_rng_state, save_checkpoint
 from .config import OptimConfig, TrainConfig
-from .prototypes import PrototypeBank
 from .runtime import StopRequest, TrainingInterrupted, autocast, load_ops, resolve_device
 from .teacher import create_teacher
 
@@ -98,7 +99,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.student = get_dataset(config.dataset).build_network(config.num_classes, **config.network).to(self.device)
         self.teacher: nn.Module | None = None
-        self.bank: PrototypeBank | None = None
+        self.head: PrototypeHead | None = None
         self.optimizer = self.new_optimizer()
         self.mix_generator = torch.Generator().manual_seed(config.seed)
         first_stage = "baseline" if config.baseline == "labeled-only" else "pretrain"
@@ -133,7 +134,7 @@ class Trainer:
             "progress": dataclasses.asdict(self.progress),
             "student": self.student.state_dict(),
             "teacher": None if self.teacher is None else self.teacher.state_dict(),
-            "bank": None if self.bank is None else self.bank.state_dict(),
+            "bank": None if self.head is None else self.head.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "mix_generator": self.mix_generator.get_state(),
             "rng": capture_rng_state(),
@@ -146,19 +147,20 @@ class Trainer:
         if state["teacher"] is not None:
             self.teacher = create_teacher(self.student, self.config.selftrain.teacher_mode)
             self.teacher.load_state_dict(state["teacher"])
-            self.bank = self.new_bank()
-            self.bank.load_state_dict(state["bank"])
+            self.head = self.new_head()
+            self.head.load_state_dict(state["bank"])
         self.optimizer = self.new_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.mix_generator.set_state(state["mix_generator"])
         restore_rng_state(state["rng"])
 
-    def new_bank(self) -> PrototypeBank:
-        """An all-zero bank of the configured shape on the training device."""
-        return PrototypeBank(
-            self.config.num_classes, self.config.prototypes.per_class,
-            self.student.feature_dim, self.device,
-        )
+    def new_head(self) -> PrototypeHead:
+        """A prototype head of the configured shape and settings, with an all-zero bank, on
+        the training device."""
+        config, prototypes = self.config, self.config.prototypes
+        head = PrototypeHead(config.num_classes, prototypes.per_class, self.student.feature_dim,
+                             prototypes.tau, prototypes.nce_tau, prototypes.contrastive_ignore_row, config.ops)
+        return head.to(self.device)
 
     def save_last(self) -> Path:
         """Write the resume checkpoint ``last.pt``."""

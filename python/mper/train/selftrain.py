@@ -10,17 +10,19 @@ copy-paste directions
 The student sees both directions, in one forward or in one forward each
 (``selftrain.forward_passes``), in the order ``selftrain.forward_order``. For each
 direction the fused op reads ``feat`` once for the prototype logits, their argmax
-assignment and InfoNCE, and the bank takes its gated EMA step(s)
-(``prototypes.update_steps``): region-wise steps move the bank before the next
+assignment and InfoNCE (:class:`~mper.nn.PrototypeHead`), and the bank takes its gated
+EMA step(s) (``prototypes.update_steps``): region-wise steps move the bank before the next
 direction is classified. The loss is Eq. 6 over both directions; then the teacher takes
 its EMA step. docs/method.md ("Training") describes every setting.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from mper.errors import CheckpointError
@@ -38,24 +40,23 @@ from .teacher import confidence, create_teacher, ema_update_, pseudo_labels
 def begin_selftrain(trainer: Trainer) -> None:
     """Start self-training from the best pre-trained weights.
 
-    Resets the embedding head to the identity, copies the student into the teacher,
-    initialises the bank by k-means on labeled images' features, takes over the
+    Copies the student into the teacher, initialises the prototype head's bank by
+    k-means on labeled images' features, takes over the
     pre-training optimizer state when ``optim.carry_over`` says so, and saves ``last.pt``
     so that an interruption from here on resumes in self-training.
     """
     config = trainer.config
     pretrained = load_checkpoint(trainer.run_dir / PRETRAIN_CHECKPOINT, map_location=trainer.device)
     trainer.student.load_state_dict(pretrained["student"])
-    trainer.student.reset_embedding_to_identity()
     trainer.teacher = create_teacher(trainer.student, config.selftrain.teacher_mode)
-    trainer.bank = trainer.new_bank()
-    trainer.bank.initialize(
-        trainer.student,
-        tqdm(prototype_init_batches(config, trainer.device), desc="prototype init", unit="batch"),
+    trainer.head = trainer.new_head()
+    batches = tqdm(prototype_init_batches(config, trainer.device), desc="prototype init", unit="batch")
+    trainer.head.initialize(
+        eval_features(trainer.student, batches, trainer.device),
         torch.Generator().manual_seed(config.seed),
-        max_voxels=config.prototypes.kmeans_max_voxels,
-        kmeans_iterations=config.prototypes.kmeans_iterations,
         method=config.prototypes.kmeans,
+        max_voxels=config.prototypes.kmeans_max_voxels,
+        iterations=config.prototypes.kmeans_iterations,
     )
     trainer.begin_stage("selftrain")
     if config.optim.carry_over:
@@ -66,6 +67,21 @@ def begin_selftrain(trainer: Trainer) -> None:
             )
         trainer.optimizer.load_state_dict(pretrained["optimizer"])
     trainer.save_last()
+
+
+def eval_features(
+    net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(feat, label)`` of each ``(image, label)`` batch: ``net``'s features in eval mode,
+    without gradient (``net`` goes back to the mode it was in)."""
+    was_training = net.training
+    net.eval()
+    try:
+        for image, label in batches:
+            with torch.no_grad():
+                yield net(image.to(device)).feat, label
+    finally:
+        net.train(was_training)
 
 
 @dataclass
@@ -158,30 +174,30 @@ def update_bank(
     trainer: Trainer, direction: MixedImages, output: SegmentationOutput,
     proto_logits: torch.Tensor, assign: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gated voxels of one direction: per-prototype sums and counts of their ``emb``.
+    """The gated voxels of one direction: per-prototype sums and counts of their ``feat``.
 
     With ``region-wise`` steps they have been applied already, as one EMA step from the
     direction's unlabeled region followed by one from its labeled region; with
     ``combined`` steps the caller applies the sums of all directions at once.
     """
-    prototypes, bank, ops = trainer.config.prototypes, trainer.bank, trainer.ops
+    prototypes, head = trainer.config.prototypes, trainer.head
     label = direction.label
     gate = confidence_gate(
         proto_logits.argmax(dim=1), label, direction.labeled_region, direction.teacher_confidence,
         prototypes.confidence_threshold, prototypes.update_source, prototypes.update_background,
     )
     if prototypes.update_steps == "combined":
-        return bank.accumulate(ops, output.emb, label, assign, gate)
+        return head.accumulate(output.feat, label, assign, gate)
     labeled = direction.labeled_region.bool()
-    steps = [bank.accumulate(ops, output.emb, label, assign, gate & region) for region in (~labeled, labeled)]
-    for sums, counts in steps:  # copies: under torch.distributed apply() reduces them in place
-        bank.apply(ops, sums.clone(), counts.clone(), prototypes.momentum)
+    steps = [head.accumulate(output.feat, label, assign, gate & region) for region in (~labeled, labeled)]
+    for sums, counts in steps:  # copies: under torch.distributed apply_update() reduces them in place
+        head.apply_update(sums.clone(), counts.clone(), prototypes.momentum)
     return steps[0][0] + steps[1][0], steps[0][1] + steps[1][1]
 
 
 def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> dict[str, float]:
     """One self-training iteration; returns the losses, lambda and update statistics."""
-    config, bank = trainer.config, trainer.bank
+    config, head = trainer.config, trainer.head
     selftrain, prototypes = config.selftrain, config.prototypes
     dice = config.losses.options()
     directions = mix_bidirectional(trainer, batch)
@@ -189,12 +205,8 @@ def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> d
     linear = prototype = contrastive = 0.0
     gathered = []
     for direction, output in zip(directions, outputs):
-        # a snapshot: region-wise steps move the bank before the backward pass
         with trainer.autocast():
-            proto_logits, assign, direction_nce = trainer.ops.proto_classify_infonce(
-                output.feat, bank.prototypes.clone(), config.num_classes, prototypes.tau, prototypes.nce_tau,
-                prototypes.contrastive_ignore_row,
-            )
+            proto_logits, assign, direction_nce = head.forward_with_contrastive(output.feat)
         linear = linear + direction.loss(output.pred, selftrain.consistency_scale, dice)
         prototype = prototype + direction.loss(proto_logits, selftrain.consistency_scale, dice)
         contrastive = contrastive + direction_nce.float()
@@ -203,7 +215,7 @@ def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> d
         contrastive = contrastive / len(directions)
     sums, counts = (torch.stack(parts).sum(dim=0) for parts in zip(*gathered))
     if prototypes.update_steps == "combined":
-        bank.apply(trainer.ops, sums, counts, prototypes.momentum)
+        head.apply_update(sums, counts, prototypes.momentum)
 
     ramp = ramp_weight(iteration, selftrain.ramp_weight, selftrain.rampup_epochs, selftrain.ramp_epoch_length)
     loss = mper_objective(linear, prototype, contrastive, ramp, selftrain.contrastive_weight)
