@@ -109,5 +109,5 @@ def save_case_figures(
         )
     axis = get_dataset(dataset).slice_axis
     index = most_foreground_slice(gt, pred, axis)
-    slices = [np.take(volume, index, axis=axis) for volume in (image, gt, pred)]
-    return save_overlay(*slices, Path(out_dir) / f"{case}.png")
+    image2d, gt2d, pred2d = (np.take(volume, index, axis=axis) for volume in (image, gt, pred))
+    return save_overlay(image2d, gt2d, pred2d, Path(out_dir) / f"{case}.png")

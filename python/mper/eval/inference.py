@@ -90,7 +90,8 @@ def _average_window_scores(
         batch = torch.stack([volume[window] for window in batch_windows]).unsqueeze(1)
         probabilities = _class_probabilities(net, batch, num_classes)
         for window, window_probabilities in zip(batch_windows, probabilities):
-            scores[(slice(None), *window)] += window_probabilities
+            every_class = (slice(None), *window)
+            scores[every_class] += window_probabilities
             counts[window] += 1
     return scores / counts
 
@@ -127,7 +128,8 @@ def sliding_window_predict(
         volume = torch.from_numpy(padded).to(device)
         scores = _average_window_scores(net, volume, num_classes, patch_size, stride, batch_size)
     crop = tuple(slice(before, before + size) for (before, _), size in zip(pads, image.shape))
-    scores = scores[(slice(None), *crop)]
+    every_class = (slice(None), *crop)
+    scores = scores[every_class]
     labels = scores.argmax(dim=0).to(torch.uint8)
     return labels.cpu().numpy(), scores.cpu().numpy()
 

@@ -75,6 +75,8 @@ def _load_nifti(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, nib.Nifti1Im
     """Normalised image in the dataset's volume layout, and the scan (for its header)."""
     try:
         scan = nib.load(path)
+        if not isinstance(scan, nib.Nifti1Image):
+            raise ImageFileError(f"a {type(scan).__name__}, not a NIfTI image")
         image = np.asarray(scan.dataobj, dtype=np.float32)
     except (ImageFileError, OSError, EOFError) as error:
         raise DataFormatError(f"{path}: not a readable NIfTI file ({error})") from error
@@ -208,7 +210,8 @@ def predict_path(
     if not input_path.is_dir():
         raise MissingFileError(f"no such file or directory: {input_path}")
     outputs = _folder_outputs(input_path, Path(out_dir), get_dataset(dataset).case_file)
-    written, failed = [], []
+    written: list[Path] = []
+    failed: list[Path] = []
     for index, (file, out_path) in enumerate(outputs.items(), start=1):
         try:
             written.append(_segment(net, file, dataset, out_path, device, **options))

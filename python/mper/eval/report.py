@@ -63,7 +63,7 @@ def summarize(per_case: PerCase) -> dict[str, Any]:
                 f"case {case!r} has classes {sorted(class_metrics)}, the others {labels}; "
                 "evaluate every case with the same num_classes"
             )
-    classes = {}
+    classes: dict[int, dict[str, list[float]]] = {}
     for label in labels:
         classes[label] = {}
         for metric in METRIC_NAMES:

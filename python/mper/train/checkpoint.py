@@ -23,6 +23,7 @@ import logging
 import os
 import pickle
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,7 @@ def non_finite_tensors(state: Any, where: str = "") -> list[str]:
     ``None``) that hold a NaN or an infinity."""
     if isinstance(state, torch.Tensor):
         return [where] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    items: Iterable[tuple[Any, Any]]
     if isinstance(state, dict):
         items = state.items()
     elif isinstance(state, (list, tuple)):

@@ -519,7 +519,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     arguments = {}
     for name, value in values.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             arguments[name] = _build(hint, value, f"{prefix}{name}.")
         else:
             arguments[name] = _coerce(value, hint, prefix + name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator
+from typing import cast
 
 import numpy as np
 import torch
@@ -149,7 +150,7 @@ def prototype_init_batches(
         yield from labeled_images(config, config.data.labeled_batch_size)
         return
     loader = stage_loader(config, with_unlabeled=False, device=device)
-    epoch_length = len(loader.batch_sampler)
+    epoch_length = len(cast(TwoStreamBatchSampler, loader.batch_sampler))
     epoch = -(-config.pretrain.iterations // epoch_length)
     for batch in itertools.islice(endless_batches(loader, epoch * epoch_length), epoch_length):
         yield batch["image"], batch["label"]

@@ -190,7 +190,7 @@ class Trainer:
 
     def _save_best(self) -> None:
         state = self._finite_state()
-        keep = ("config", "progress", "student", "teacher", "bank")
+        keep: tuple[str, ...] = ("config", "progress", "student", "teacher", "bank")
         if self.progress.stage == "pretrain":
             keep += ("optimizer",)  # self-training may start from it (optim.carry_over)
         save_checkpoint(self.best_checkpoint(), {key: state[key] for key in keep})
