@@ -26,7 +26,7 @@ class ThresholdNet(nn.Module):
         assert not torch.is_grad_enabled() and not self.training
         label = (3 * x[:, 0]).round().clamp(0, self.num_classes - 1).long()
         one_hot = nn.functional.one_hot(label, self.num_classes).movedim(-1, 1).float()
-        return SegmentationOutput(self.scale * CONFIDENT * (2 * one_hot - 1), x, x)
+        return SegmentationOutput(self.scale * CONFIDENT * (2 * one_hot - 1), x)
 
 
 class FirstHalfNet(nn.Module):
@@ -37,7 +37,7 @@ class FirstHalfNet(nn.Module):
         logits = torch.full((x.shape[0], 2, *x.shape[2:]), -CONFIDENT)
         logits[:, 1, :half] = CONFIDENT
         logits[:, 0, half:] = CONFIDENT
-        return SegmentationOutput(logits, x, x)
+        return SegmentationOutput(logits, x)
 
 
 def block_volume(shape, seed=0):
