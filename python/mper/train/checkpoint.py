@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 #: Raised when the layout of checkpoints changes; older files are refused clearly. Format 2:
 #: the networks have no embedding head and the bank is the state of a
-#: :class:`~mper.nn.PrototypeHead` (format 1 files were written by mper 0.1.0).
+#: :class:`~mper.nn.PrototypeHead` (format 1: networks with an embedding head).
 CHECKPOINT_VERSION = 2
 
 
