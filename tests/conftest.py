@@ -1,6 +1,12 @@
-"""Shared test setup: CUDA tests skip cleanly where no GPU (or no CUDA build) exists."""
+"""Shared test setup: CUDA tests skip cleanly where no GPU (or no CUDA build) exists; one
+HDF5 writer for hand-made data files."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
 import pytest
 import torch
 
@@ -23,3 +29,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def _write_h5(path: Path, **datasets: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as handle:
+        for name, data in datasets.items():
+            handle.create_dataset(name, data=data)
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_h5() -> Callable[..., Path]:
+    """``write_h5(path, **datasets)``: an HDF5 file written with h5py alone, one dataset per
+    keyword (e.g. ``image=..., label=...``), its folders created; returns ``path``."""
+    return _write_h5

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -79,27 +78,23 @@ def test_resize_uses_nearest_neighbour_for_labels():
     assert same_image is image and same_label is label
 
 
-def write_case(path: Path, image: np.ndarray, label: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as handle:
-        handle["image"], handle["label"] = image, label
-
-
 @pytest.fixture(scope="module")
-def la_root(tmp_path_factory) -> Path:
+def la_root(write_h5, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("la")
     for index, shape in enumerate([(20, 18, 12), (10, 12, 6)]):  # the second is smaller than a patch
         path = root / "2018LA_Seg_Training Set" / f"CASE{index}" / "mri_norm2.h5"
-        write_case(path, *thresholded(shape, index))
+        image, label = thresholded(shape, index)
+        write_h5(path, image=image, label=label)
     return root
 
 
 @pytest.fixture(scope="module")
-def acdc_root(tmp_path_factory) -> Path:
+def acdc_root(write_h5, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("acdc")
     for index in range(3):
         path = root / "data" / "slices" / f"patient00{index}_frame01_slice_0.h5"
-        write_case(path, *thresholded((24, 24), index))
+        image, label = thresholded((24, 24), index)
+        write_h5(path, image=image, label=label)
     return root
 
 

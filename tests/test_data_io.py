@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
@@ -22,15 +21,6 @@ from mper.data import (
     read_list,
 )
 from mper.data.splits import partition
-
-
-def write_h5(path: Path, **datasets: np.ndarray) -> Path:
-    """A hand-made HDF5 file, written with h5py alone."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as handle:
-        for key, value in datasets.items():
-            handle[key] = value
-    return path
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -71,7 +61,7 @@ def test_read_list_missing_and_empty(tmp_path):
 # read_h5_case
 
 
-def test_read_h5_case_returns_datasets_in_key_order(tmp_path):
+def test_read_h5_case_returns_datasets_in_key_order(write_h5, tmp_path):
     image = np.arange(12, dtype=np.float32).reshape(3, 4)
     label = (image > 5).astype(np.uint8)
     path = write_h5(tmp_path / "case.h5", image=image, label=label)
@@ -80,7 +70,7 @@ def test_read_h5_case_returns_datasets_in_key_order(tmp_path):
     np.testing.assert_array_equal(got_label, label)
 
 
-def test_read_h5_case_errors_name_the_file(tmp_path):
+def test_read_h5_case_errors_name_the_file(write_h5, tmp_path):
     assert issubclass(DataFormatError, ValueError)
     with pytest.raises(FileNotFoundError, match=r"missing\.h5.*'image'"):
         read_h5_case(tmp_path / "missing.h5")
@@ -99,16 +89,16 @@ def test_read_h5_case_errors_name_the_file(tmp_path):
 # LA layout
 
 
-def la_root(tmp_path: Path, cases: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+def la_root(write_h5, tmp_path: Path, cases: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
     for case, (image, label) in cases.items():
         write_h5(tmp_path / "2018LA_Seg_Training Set" / case / "mri_norm2.h5", image=image, label=label)
     return tmp_path
 
 
-def test_load_la_case_reads_the_uamt_layout(tmp_path):
+def test_load_la_case_reads_the_uamt_layout(write_h5, tmp_path):
     image = np.linspace(-1, 1, 4 * 5 * 3).reshape(4, 5, 3)  # float64 on disk
     label = (image > 0).astype(np.uint8)
-    root = la_root(tmp_path, {"CASEA": (image, label)})
+    root = la_root(write_h5, tmp_path, {"CASEA": (image, label)})
     got_image, got_label = load_la_case(root, "CASEA")
     assert got_image.dtype == np.float32 and got_label.dtype == np.uint8
     np.testing.assert_allclose(got_image, image, rtol=1e-6)
@@ -123,8 +113,8 @@ def test_load_la_case_reads_the_uamt_layout(tmp_path):
         (np.zeros((4, 5, 3)), np.full((4, 5, 3), 2, np.uint8), "label values"),
     ],
 )
-def test_load_la_case_rejects_malformed_cases(tmp_path, image, label, message):
-    root = la_root(tmp_path, {"BAD": (image, label)})
+def test_load_la_case_rejects_malformed_cases(write_h5, tmp_path, image, label, message):
+    root = la_root(write_h5, tmp_path, {"BAD": (image, label)})
     with pytest.raises(DataFormatError, match=message):
         load_la_case(root, "BAD")
 
@@ -140,13 +130,13 @@ def test_load_la_case_rejects_malformed_cases(tmp_path, image, label, message):
         (np.zeros((4, 5, 3), "S1"), np.zeros((4, 5, 3), np.uint8), r"dataset 'image' holds \|S1 values"),
     ],
 )
-def test_non_finite_images_float_labels_and_empty_cases_are_refused_naming_the_file(tmp_path, image, label, message):
-    root = la_root(tmp_path, {"BAD": (image, label)})
+def test_non_finite_images_float_labels_and_empty_cases_are_refused_naming_the_file(write_h5, tmp_path, image, label, message):
+    root = la_root(write_h5, tmp_path, {"BAD": (image, label)})
     with pytest.raises(DataFormatError, match=message):
         load_la_case(root, "BAD")
 
 
-def test_an_empty_acdc_slice_names_its_file(tmp_path):
+def test_an_empty_acdc_slice_names_its_file(write_h5, tmp_path):
     write_h5(tmp_path / "data" / "slices" / "p_slice_0.h5", image=np.zeros((0, 5)), label=np.zeros((0, 5), np.uint8))
     with pytest.raises(DataFormatError, match=r"p_slice_0\.h5: dataset 'image' is empty"):
         load_acdc_slice(tmp_path, "p_slice_0")
@@ -174,7 +164,7 @@ def test_la_split_takes_the_first_cases_of_train_list(tmp_path):
 # ACDC layout
 
 
-def test_load_acdc_slice_and_volume(tmp_path):
+def test_load_acdc_slice_and_volume(write_h5, tmp_path):
     volume = np.random.default_rng(0).random((3, 6, 5)).astype(np.float32)
     label = np.digitize(volume, [0.25, 0.5, 0.75]).astype(np.uint8)
     write_h5(tmp_path / "data" / "patient001_frame01.h5", image=volume, label=label)
@@ -187,7 +177,7 @@ def test_load_acdc_slice_and_volume(tmp_path):
     np.testing.assert_array_equal(got_label, label[2])
 
 
-def test_acdc_loaders_check_rank_and_classes(tmp_path):
+def test_acdc_loaders_check_rank_and_classes(write_h5, tmp_path):
     write_h5(tmp_path / "data" / "flat.h5", image=np.zeros((6, 5)), label=np.zeros((6, 5), np.uint8))
     with pytest.raises(DataFormatError, match=r"flat\.h5.*3-D"):
         load_acdc_volume(tmp_path, "flat")

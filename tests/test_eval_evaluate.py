@@ -6,24 +6,17 @@ import json
 import h5py
 import numpy as np
 import pytest
-from test_inference import ThresholdNet
 
 from mper.eval.evaluate import evaluate_cases, mean_dice
 from mper.eval.metrics import case_metrics, dice_score
 from mper.nets import VNet3D
+from test_inference import ThresholdNet
 
 ACDC_CASES = ("patient001_frame01", "patient002_frame12")
 
 
-def write_case(path, image, label):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as file:
-        file.create_dataset("image", data=image.astype(np.float32))
-        file.create_dataset("label", data=label.astype(np.uint8))
-
-
 @pytest.fixture
-def acdc_root(tmp_path):
+def acdc_root(write_h5, tmp_path):
     """Two frames (S, H, W) = (3, 16, 16). ThresholdNet predicts round(3 x); the labels
     agree with that on the first frame and disagree on part of the second."""
     rng = np.random.default_rng(0)
@@ -32,7 +25,7 @@ def acdc_root(tmp_path):
         label = (3 * image).round()
         if index == 1:
             label[0, :4] = 2
-        write_case(tmp_path / "data" / f"{case}.h5", image, label)
+        write_h5(tmp_path / "data" / f"{case}.h5", image=image.astype(np.float32), label=label.astype(np.uint8))
     (tmp_path / "test.list").write_text("".join(f"{case}\n" for case in ACDC_CASES))
     return tmp_path
 
@@ -75,13 +68,14 @@ def test_mean_dice_is_the_mean_of_the_class_means(acdc_root):
     assert 0.5 < score < 1.0
 
 
-def test_la_evaluation_with_a_real_vnet(tmp_path):
+def test_la_evaluation_with_a_real_vnet(write_h5, tmp_path):
     rng = np.random.default_rng(1)
     for case in ("LA001", "LA002"):
         label = np.zeros((20, 18, 16), np.uint8)
         label[4:14, 5:12, 3:12] = 1
         image = label + rng.normal(0, 0.3, label.shape)
-        write_case(tmp_path / "2018LA_Seg_Training Set" / case / "mri_norm2.h5", image, label)
+        write_h5(tmp_path / "2018LA_Seg_Training Set" / case / "mri_norm2.h5", image=image.astype(np.float32),
+                 label=label.astype(np.uint8))
     (tmp_path / "test.list").write_text("LA001\nLA002\n")
     net = VNet3D(base_filters=4)
     options = {"patch_size": (16, 16, 16), "stride": (8, 8, 8)}

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import logging
 
-import h5py
 import nibabel as nib
 import numpy as np
 import pytest
-from test_inference import ThresholdNet
 
 from mper.errors import DataFormatError, UserError
 from mper.eval.predict import predict_file, predict_path
+from test_inference import ThresholdNet
 
 AFFINE = np.array(
     [[0.625, 0.0, 0.0, -40.0], [0.0, 0.625, 0.0, 12.5], [0.0, 0.0, 2.5, 7.0], [0.0, 0.0, 0.0, 1.0]]
@@ -23,14 +22,6 @@ def half_bright(shape):
     raw = np.zeros(shape, np.float32)
     raw.reshape(-1)[::2] = 10.0
     return raw
-
-
-def write_h5(path, **datasets):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as file:
-        for name, data in datasets.items():
-            file.create_dataset(name, data=data)
-    return path
 
 
 def test_la_nifti_is_normalised_and_keeps_its_header(tmp_path):
@@ -65,7 +56,7 @@ def test_acdc_nifti_is_segmented_along_its_last_axis(tmp_path):
     np.testing.assert_array_equal(np.asarray(labels.dataobj), (raw / 100).astype(np.uint8))
 
 
-def test_h5_is_used_as_stored_with_an_identity_affine(tmp_path):
+def test_h5_is_used_as_stored_with_an_identity_affine(write_h5, tmp_path):
     image = np.where(half_bright((16, 16, 8)) > 0, 1.0, -1.0).astype(np.float32)
     path = write_h5(tmp_path / "case" / "mri_norm2.h5", image=image, label=np.zeros(image.shape, np.uint8))
     out = predict_file(ThresholdNet(), path, "la", tmp_path / "out", **LA_OPTIONS)
@@ -75,7 +66,7 @@ def test_h5_is_used_as_stored_with_an_identity_affine(tmp_path):
     np.testing.assert_array_equal(np.asarray(labels.dataobj), (image > 0).astype(np.uint8))
 
 
-def test_outputs_are_named_after_the_case_and_keep_its_folder(tmp_path, caplog):
+def test_outputs_are_named_after_the_case_and_keep_its_folder(write_h5, tmp_path, caplog):
     for case in ("caseA", "caseB"):
         write_h5(tmp_path / "in" / case / "mri_norm2.h5", image=np.zeros((16, 16, 8), np.float32))
     (tmp_path / "in" / "more").mkdir()
@@ -95,7 +86,7 @@ def test_outputs_are_named_after_the_case_and_keep_its_folder(tmp_path, caplog):
     assert single == [tmp_path / "one" / "caseA_pred.nii.gz"]
 
 
-def test_a_bad_file_in_a_folder_is_reported_and_the_rest_is_segmented(tmp_path, caplog):
+def test_a_bad_file_in_a_folder_is_reported_and_the_rest_is_segmented(write_h5, tmp_path, caplog):
     write_h5(tmp_path / "in" / "good.h5", image=np.zeros((16, 16, 8), np.float32))
     write_h5(tmp_path / "in" / "slice.h5", image=np.zeros((16, 16), np.float32))
     (tmp_path / "in" / "broken.nii.gz").write_bytes(b"not gzip at all")
@@ -108,7 +99,7 @@ def test_a_bad_file_in_a_folder_is_reported_and_the_rest_is_segmented(tmp_path, 
     assert "slice.h5: expected a 3D volume" in errors[1]
 
 
-def test_nan_voxels_are_refused_with_the_file_name(tmp_path):
+def test_nan_voxels_are_refused_with_the_file_name(write_h5, tmp_path):
     raw = half_bright((16, 16, 8))
     raw[3, 4, 5] = np.nan
     nib.save(nib.Nifti1Image(raw, AFFINE), tmp_path / "scan.nii.gz")
@@ -122,7 +113,7 @@ def test_nan_voxels_are_refused_with_the_file_name(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_volume_of_the_other_dataset_is_named_as_such(tmp_path):
+def test_a_volume_of_the_other_dataset_is_named_as_such(write_h5, tmp_path):
     z_scored = np.where(half_bright((4, 16, 16)) > 0, 1.5, -0.5).astype(np.float32)
     write_h5(tmp_path / "la_case.h5", image=z_scored)
     with pytest.raises(DataFormatError, match=r"span \[-0.5, 1.5\], but the ACDC model .* preprocessed for another dataset"):
@@ -132,7 +123,7 @@ def test_a_volume_of_the_other_dataset_is_named_as_such(tmp_path):
         predict_file(ThresholdNet(), tmp_path / "acdc_case.h5", "la", tmp_path, **LA_OPTIONS)
 
 
-def test_bad_inputs_name_the_file_and_what_was_expected(tmp_path):
+def test_bad_inputs_name_the_file_and_what_was_expected(write_h5, tmp_path):
     net = ThresholdNet()
     with pytest.raises(FileNotFoundError, match="missing.nii.gz"):
         predict_file(net, tmp_path / "missing.nii.gz", "la", tmp_path)
