@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mper.eval.inference import predict_volume, sliding_window_predict, slicewise_predict
+from mper.eval.inference import predict_volume, slicewise_predict, sliding_window_predict
 from mper.nets import SegmentationOutput
 
 CONFIDENT = 1000.0  # softmax of (-1000, 1000) is exactly (0, 1) in float32

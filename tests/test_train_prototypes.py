@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
 from mper.nn import PrototypeHead
 from mper.nn.kmeans import ClassVoxelSampler, kmeans
 from mper.train.prototypes import confidence_gate

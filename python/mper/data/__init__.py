@@ -17,7 +17,7 @@ from mper.data.acdc import (
     load_acdc_slice,
     load_acdc_volume,
 )
-from mper.data.files import DataFormatError, read_h5_case, read_list, write_list
+from mper.data.files import read_h5_case, read_list, write_list
 from mper.data.la import (
     LA_IMAGES_DIR,
     LA_NUM_CLASSES,
@@ -30,6 +30,7 @@ from mper.data.la import (
 )
 from mper.data.preprocess import normalize_intensity
 from mper.data.sampler import TwoStreamBatchSampler, endless_batches
+from mper.errors import DataFormatError
 
 __all__ = [
     "ACDC_CLASS_NAMES",

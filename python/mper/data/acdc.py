@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -138,7 +139,7 @@ class ACDCSlices(CaseDataset):
 
     default_patch_size = ACDC_PATCH_SIZE
 
-    def __init__(self, *args, image_interpolation: str = "cubic", **kwargs) -> None:
+    def __init__(self, *args: Any, image_interpolation: str = "cubic", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if image_interpolation not in INTERPOLATION_ORDERS:
             raise ValueError(

@@ -77,4 +77,5 @@ def resize(image: np.ndarray, label: np.ndarray, size: Sequence[int], interpolat
     if tuple(size) == image.shape:
         return image, label
     factors = [target / length for target, length in zip(size, image.shape)]
-    return ndimage.zoom(image, factors, order=INTERPOLATION_ORDERS[interpolation]), ndimage.zoom(label, factors, order=0)
+    resized_image = ndimage.zoom(image, factors, order=INTERPOLATION_ORDERS[interpolation])
+    return resized_image, ndimage.zoom(label, factors, order=0)

@@ -101,7 +101,11 @@ _NIFTI_ERRORS = (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueErr
 
 
 def _read_nifti(path: Path) -> np.ndarray:
-    return nib.load(str(path)).get_fdata(dtype=np.float32)
+    scan = nib.load(str(path))
+    if not isinstance(scan, nib.Nifti1Image):
+        raise nib.filebasedimages.ImageFileError(f"a {type(scan).__name__}, not a NIfTI image")
+    image: np.ndarray = scan.get_fdata(dtype=np.float32)
+    return image
 
 
 def find_acdc_frames(source: Path) -> dict[str, tuple[Path, Path]]:
@@ -176,7 +180,7 @@ def convert_acdc(source: Path, out: Path, split_from: Path | None, seed: int, pr
         image, label = load_acdc_nifti(*frames[name])
         written[name] = write_acdc_volume(out, name, image, label, with_slices=name in training)
     all_slices = [name for frame in train for name in written[frame]]
-    if published_slices is None:
+    if published_slices is None or split_from is None:
         train_slices = all_slices
     else:
         train_slices = _check_listed(split_from / "train_slices.list", published_slices, set(all_slices))
@@ -218,9 +222,9 @@ def find_la_cases(source: Path) -> dict[str, tuple[Path, Path]]:
 def _atrium_label(label: np.ndarray, path: Path) -> np.ndarray:
     values = set(np.unique(label).tolist())
     if values <= {0, 255}:
-        return (label == 255).astype(np.uint8)
+        return np.asarray(label == 255, dtype=np.uint8)
     if values <= {0, 1}:
-        return label.astype(np.uint8)
+        return np.asarray(label, dtype=np.uint8)
     raise DataFormatError(
         f"{path} holds values {sorted(values)[:8]}: expected a mask of {{0, 255}} or {{0, 1}}"
     )

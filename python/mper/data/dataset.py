@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from mper.data.seeding import ITEM_AUGMENTATION, keyed_rng, resolve_seed
 
 
-class CaseDataset(Dataset, ABC):
+class CaseDataset(Dataset[dict[str, torch.Tensor | str]], ABC):
     """Base class: yields ``{"image": (1, *S) float32, "label": (*S) int64, "case": str}``.
 
     Subclasses set :attr:`default_patch_size` and implement :meth:`load` (read one case

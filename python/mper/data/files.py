@@ -17,6 +17,7 @@ import numpy as np
 
 from mper.errors import DataFormatError, MissingFileError
 
+
 def case_name_from_line(line: str, case_file: str | None = None) -> str:
     """Reduce one list-file line to a case name.
 

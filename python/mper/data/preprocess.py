@@ -18,12 +18,14 @@ _MIN_SPREAD = 1e-8
 
 
 def _z_score(values: np.ndarray) -> np.ndarray:
-    return (values - values.mean()) / max(float(values.std()), _MIN_SPREAD)
+    scaled: np.ndarray = (values - values.mean()) / max(float(values.std()), _MIN_SPREAD)
+    return scaled
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:
     low = values.min()
-    return (values - low) / max(float(values.max() - low), _MIN_SPREAD)
+    scaled: np.ndarray = (values - low) / max(float(values.max() - low), _MIN_SPREAD)
+    return scaled
 
 
 #: The normalisations by name.

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Sampler
 from mper.data.seeding import PRIMARY_ORDER, SECONDARY_ORDER, keyed_rng, resolve_seed
 
 
-class TwoStreamBatchSampler(Sampler[list[int]]):
+class TwoStreamBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batch sampler of primary (labeled) then secondary (unlabeled) dataset indices.
 
     Args:
@@ -88,7 +88,8 @@ class TwoStreamBatchSampler(Sampler[list[int]]):
         per_epoch = batches * self.secondary_batch_size
         secondary = self._secondary_stream(epoch * per_epoch, (epoch + 1) * per_epoch)
         secondary = secondary.reshape(batches, self.secondary_batch_size)
-        return np.concatenate([primary, secondary], axis=1).tolist()
+        batches_of_indices: list[list[int]] = np.concatenate([primary, secondary], axis=1).tolist()
+        return batches_of_indices
 
     def _secondary_stream(self, start: int, stop: int) -> np.ndarray:
         """Entries ``start:stop`` of the endless stream of shuffled passes over ``secondary``."""
@@ -111,7 +112,7 @@ class TwoStreamBatchSampler(Sampler[list[int]]):
             start_batch = 0
 
 
-def endless_batches(loader: DataLoader, start_iteration: int = 0) -> Iterator[Any]:
+def endless_batches(loader: DataLoader[Any], start_iteration: int = 0) -> Iterator[Any]:
     """Yield the loader's batches forever, from global iteration ``start_iteration`` on.
 
     Epoch ``e`` covers iterations ``[e * n, (e + 1) * n)`` with ``n = len(sampler)``. The

@@ -20,7 +20,9 @@ SECONDARY_ORDER = 3
 def resolve_seed(seed: int | None) -> int:
     """``seed`` itself, or fresh OS entropy (a large non-negative int) when it is ``None``."""
     if seed is None:
-        return int(np.random.SeedSequence().entropy)
+        entropy = np.random.SeedSequence().entropy
+        assert isinstance(entropy, int)  # a fresh SeedSequence draws one int
+        return entropy
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer or None, got {seed}")
     return int(seed)

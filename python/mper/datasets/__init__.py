@@ -18,8 +18,9 @@ from mper.datasets.registry import (
 )
 from mper.datasets.spec import INFERENCE_MODES, SLICE_WISE, SLIDING_WINDOW, VALIDATION_SPLITS, DatasetSpec
 
-# The built-in datasets register themselves on import, LA first.
-from mper.datasets import la, acdc  # noqa: E402, I001  (order: LA is listed first)
+# isort: split
+# The built-in datasets register themselves on import, LA first (so it is listed first).
+from mper.datasets import la, acdc  # noqa: I001
 
 __all__ = [
     "INFERENCE_MODES",

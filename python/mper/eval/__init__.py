@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .evaluate import evaluate_cases, mean_dice
 from .figures import save_case_figures, save_overlay
-from .inference import predict_volume, sliding_window_predict, slicewise_predict
+from .inference import predict_volume, slicewise_predict, sliding_window_predict
 from .metrics import binary_metrics, case_metrics, dice_score
 from .predict import predict_file, predict_path
 from .report import markdown_table, summarize, write_report

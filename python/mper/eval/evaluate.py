@@ -22,6 +22,7 @@ from .metrics import dice_score
 from .protocol import postprocess_labels, score_case
 from .report import markdown_table, summarize, write_report
 
+
 def _resolve_cases(dataset: str, data_root: str | Path, cases: Sequence[str] | None, split: str) -> list[str]:
     """``cases`` if given, else the case list of ``split``; never empty."""
     list_cases = get_dataset(dataset).list_cases

@@ -183,7 +183,9 @@ def _folder_outputs(input_dir: Path, out_dir: Path, case_file: str | None) -> di
     by_output: dict[Path, Path] = {}
     for file, out_path in outputs.items():
         if out_path in by_output:
-            raise ConfigError(f"{by_output[out_path]} and {file} are the same case; both would be written to {out_path}")
+            raise ConfigError(
+                f"{by_output[out_path]} and {file} are the same case; both would be written to {out_path}"
+            )
         by_output[out_path] = file
     return outputs
 
@@ -204,9 +206,9 @@ def predict_path(
     """
     input_path = Path(input_path)
     if input_path.is_file():
-        written = predict_file(net, input_path, dataset, out_dir, device, **options)
-        log.info("[1/1] %s -> %s", input_path, written)
-        return [written]
+        label_map = predict_file(net, input_path, dataset, out_dir, device, **options)
+        log.info("[1/1] %s -> %s", input_path, label_map)
+        return [label_map]
     if not input_path.is_dir():
         raise MissingFileError(f"no such file or directory: {input_path}")
     outputs = _folder_outputs(input_path, Path(out_dir), get_dataset(dataset).case_file)

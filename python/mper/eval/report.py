@@ -63,7 +63,7 @@ def summarize(per_case: PerCase) -> dict[str, Any]:
                 f"case {case!r} has classes {sorted(class_metrics)}, the others {labels}; "
                 "evaluate every case with the same num_classes"
             )
-    classes: dict[int, dict[str, list[float]]] = {}
+    classes: dict[int, dict[str, dict[str, float | int]]] = {}
     for label in labels:
         classes[label] = {}
         for metric in METRIC_NAMES:
@@ -72,7 +72,7 @@ def summarize(per_case: PerCase) -> dict[str, Any]:
     over_classes = {}
     for metric in METRIC_NAMES:
         averages = [_class_average(class_metrics, metric) for class_metrics in per_case.values()]
-        undefined = sum(classes[label][metric]["undefined"] for label in labels)
+        undefined = int(sum(classes[label][metric]["undefined"] for label in labels))
         over_classes[metric] = _statistics(averages, undefined)
     return {"num_cases": len(per_case), "classes": classes, "mean": over_classes}
 

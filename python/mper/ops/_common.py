@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
 try:
-    from mper import _C
+    from mper import _C as _C  # re-exported: every op module reaches the core through here
 except ImportError as error:  # pragma: no cover - depends on the installation
     raise ImportError(
         "mper's compiled core (mper._C) is missing or failed to load. Install the package "
@@ -38,19 +39,22 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def kernel(name: str, device: torch.device):
+def kernel(name: str, device: torch.device) -> Callable[[Any], None]:
     """The compiled entry point `name` for tensors on `device`."""
     if device.type == "cpu":
-        return getattr(_C, name)
-    if device.type == "cuda":
+        suffix = ""
+    elif device.type == "cuda":
         if not _C.with_cuda:
             raise RuntimeError(
                 "mper was built without CUDA kernels, so it cannot run on CUDA tensors. "
                 "Reinstall it on a machine with the CUDA toolkit (nvcc) on PATH: "
                 "`pip install --no-build-isolation .` (or move the tensors to the CPU)."
             )
-        return getattr(_C, name + "_cuda")
-    raise RuntimeError(f"mper ops run on CPU or CUDA tensors, not on {device.type!r}")
+        suffix = "_cuda"
+    else:
+        raise RuntimeError(f"mper ops run on CPU or CUDA tensors, not on {device.type!r}")
+    entry: Callable[[Any], None] = getattr(_C, name + suffix)
+    return entry
 
 
 @contextlib.contextmanager

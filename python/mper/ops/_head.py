@@ -7,6 +7,8 @@ mix of the two. The backward is itself a custom op so that `torch.compile` trace
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from mper.ops import _common
@@ -21,7 +23,7 @@ def _head_args(
     tau: float,
     nce_tau: float,
     ignore_index: int,
-):
+) -> Any:
     args = _common._C.HeadArgs()
     args.feat = _common.feature_view(feat)
     args.prototypes = prototypes.data_ptr()
@@ -98,6 +100,7 @@ def head_backward(
         args.grad_logits = grad_logits.data_ptr()
     if grad_loss is not None:
         grad_loss = grad_loss.to(feat.dtype).contiguous()
+        assert count is not None, "the loss's gradient needs the count of its voxels"
         args.grad_loss, args.count = grad_loss.data_ptr(), count.data_ptr()
     args.grad_feat = grad_feat.data_ptr()
     with _common.on_device(feat.device) as stream:
@@ -107,20 +110,27 @@ def head_backward(
 
 
 @head_backward.register_fake
-def _(feat, prototypes, grad_logits, grad_loss, count, num_classes, tau, nce_tau, ignore_index):
+def _(
+    feat: torch.Tensor, prototypes: torch.Tensor, grad_logits: torch.Tensor | None, grad_loss: torch.Tensor | None,
+    count: torch.Tensor | None, num_classes: int, tau: float, nce_tau: float, ignore_index: int,
+) -> torch.Tensor:
     return torch.empty(feat.shape, dtype=feat.dtype, device=feat.device)
 
 
-def backward(ctx, grad_logits: torch.Tensor | None, grad_loss: torch.Tensor | None) -> torch.Tensor:
+def backward(ctx: Any, grad_logits: torch.Tensor | None, grad_loss: torch.Tensor | None) -> torch.Tensor:
     """Shared autograd backward: `ctx` holds feat, prototypes, count and the settings."""
     feat, prototypes, count = ctx.saved_tensors
-    return head_backward(
+    grad_feat: torch.Tensor = head_backward(
         feat, prototypes, grad_logits, grad_loss, count,
         ctx.num_classes, ctx.tau, ctx.nce_tau, ctx.ignore_index,
     )
+    return grad_feat
 
 
-def save_for_backward(ctx, feat, prototypes, count, num_classes, tau, nce_tau, ignore_index) -> None:
+def save_for_backward(
+    ctx: Any, feat: torch.Tensor, prototypes: torch.Tensor, count: torch.Tensor | None, num_classes: int,
+    tau: float, nce_tau: float, ignore_index: int,
+) -> None:
     # unused outputs (assign, count, often logits or loss) then reach backward as None
     # instead of as zero-filled tensors the size of the class maps
     ctx.set_materialize_grads(False)
@@ -133,9 +143,9 @@ def prepare(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Checks the public arguments; returns (feat, bank) as the kernels read them."""
     feat = _common.check_features("feat", feat)
-    _common.check_positive_int("num_classes", num_classes)
+    classes = _common.check_positive_int("num_classes", num_classes)
     prototypes = _common.check_bank(prototypes, feat.shape[1])
-    _common.check_rows(prototypes, num_classes)
+    _common.check_rows(prototypes, classes)
     _common.check_same_device(feat=feat, prototypes=prototypes)
     for name, value in temperatures.items():
         _common.check_temperature(name, value, feat.dtype)

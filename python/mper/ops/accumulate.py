@@ -46,7 +46,10 @@ def _empty_totals(emb: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Ten
 
 
 @_proto_accumulate.register_fake
-def _(emb, labels, assign, mask, num_classes, num_protos, check_labels):
+def _(
+    emb: torch.Tensor, labels: torch.Tensor, assign: torch.Tensor, mask: torch.Tensor | None, num_classes: int,
+    num_protos: int, check_labels: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     return _empty_totals(emb, num_classes * num_protos)
 
 
@@ -70,7 +73,9 @@ def _check_mask(mask: object, shape: tuple[int, ...]) -> torch.Tensor | None:
     return mask.to(torch.bool).contiguous()
 
 
-def _check_ranges(labels, assign, mask, num_classes: int, num_protos: int) -> None:
+def _check_ranges(
+    labels: torch.Tensor, assign: torch.Tensor, mask: torch.Tensor | None, num_classes: int, num_protos: int
+) -> None:
     """Labels in [0, C) and the assigned k in [0, K) wherever the mask is set (syncs on CUDA)."""
     selected = torch.ones_like(labels, dtype=torch.bool) if mask is None else mask
     bad_label = selected & ((labels < 0) | (labels >= num_classes))
@@ -120,4 +125,5 @@ def proto_accumulate(
     mask = _check_mask(mask, (batch, *spatial))
     _common.check_same_device(emb=emb, labels=labels, assign=assign, mask=mask)
     emb = _common.with_dense_spatial(emb)
-    return _proto_accumulate(emb, labels, assign, mask, num_classes, num_protos, bool(check_labels))
+    sums, counts = _proto_accumulate(emb, labels, assign, mask, num_classes, num_protos, bool(check_labels))
+    return sums, counts

@@ -5,6 +5,8 @@ assign_c = argmax_k cos(z, p_c^k). CPU and CUDA kernels: `csrc/ops/*/proto_head_
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from mper.ops import _head
@@ -21,16 +23,16 @@ def _proto_classify(
 
 
 @_proto_classify.register_fake
-def _(feat, prototypes, num_classes, tau):
+def _(feat: torch.Tensor, prototypes: torch.Tensor, num_classes: int, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     return _head.empty_outputs(feat, num_classes)[:2]
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
     feat, prototypes, num_classes, tau = inputs
     _head.save_for_backward(ctx, feat, prototypes, None, num_classes, tau, 1.0, _head.NO_IGNORE)
 
 
-def _backward(ctx, grad_logits, grad_assign):
+def _backward(ctx: Any, grad_logits: torch.Tensor | None, grad_assign: None) -> tuple[torch.Tensor | None, ...]:
     return _head.backward(ctx, grad_logits, None), None, None, None
 
 
@@ -54,4 +56,5 @@ def proto_classify(
         and ``assign`` ``(B, C, *spatial)`` int64, the winning k of each class.
     """
     feat, bank = _head.prepare(feat, prototypes, num_classes, tau=tau)
-    return _proto_classify(feat, bank, num_classes, float(tau))
+    logits, assign = _proto_classify(feat, bank, num_classes, float(tau))
+    return logits, assign

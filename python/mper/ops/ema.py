@@ -26,7 +26,7 @@ def _proto_ema_update_(
 
 
 @_proto_ema_update_.register_fake
-def _(prototypes, sums, counts, momentum):
+def _(prototypes: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, momentum: float) -> None:
     return None
 
 
@@ -49,7 +49,8 @@ def proto_ema_update_(
         raise ValueError(f"prototypes must be (C*K, D); got shape {tuple(prototypes.shape)}")
     allowed = (torch.float32,) if prototypes.device.type == "cuda" else (torch.float32, torch.float64)
     if prototypes.dtype not in allowed:
-        raise TypeError(f"prototypes must be {' or '.join(map(str, allowed))} to update in place; got {prototypes.dtype}")
+        dtypes = " or ".join(map(str, allowed))
+        raise TypeError(f"prototypes must be {dtypes} to update in place; got {prototypes.dtype}")
     if not prototypes.is_contiguous():
         raise ValueError("prototypes must be contiguous to update in place")
     sums = _common.check_tensor("sums", sums)
@@ -62,7 +63,9 @@ def proto_ema_update_(
     if not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be a number in [0, 1]; got {momentum!r}")
     _common.check_same_device(prototypes=prototypes, sums=sums, counts=counts)
-    as_bank = dict(dtype=prototypes.dtype, memory_format=torch.contiguous_format)
+    def as_bank(x: torch.Tensor) -> torch.Tensor:
+        return x.to(dtype=prototypes.dtype, memory_format=torch.contiguous_format)
+
     with torch.no_grad():
-        _proto_ema_update_(prototypes, sums.to(**as_bank), counts.to(**as_bank), float(momentum))
+        _proto_ema_update_(prototypes, as_bank(sums), as_bank(counts), float(momentum))
     return prototypes

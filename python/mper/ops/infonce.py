@@ -6,6 +6,8 @@ n = argmax_j cos(z, p_j), over all C*K bank rows. Same kernels as the classifier
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from mper.ops import _head
@@ -22,16 +24,16 @@ def _proto_infonce(
 
 
 @_proto_infonce.register_fake
-def _(feat, prototypes, tau, ignore_index):
+def _(feat: torch.Tensor, prototypes: torch.Tensor, tau: float, ignore_index: int) -> tuple[torch.Tensor, ...]:
     return _head.empty_outputs(feat, 1)[2:]
 
 
-def _setup_infonce(ctx, inputs, output) -> None:
+def _setup_infonce(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
     feat, prototypes, tau, ignore_index = inputs
     _head.save_for_backward(ctx, feat, prototypes, output[1], 1, 1.0, tau, ignore_index)
 
 
-def _backward_infonce(ctx, grad_loss, grad_count):
+def _backward_infonce(ctx: Any, grad_loss: torch.Tensor | None, grad_count: None) -> tuple[torch.Tensor | None, ...]:
     return _head.backward(ctx, None, grad_loss), None, None, None
 
 
@@ -53,16 +55,20 @@ def _proto_classify_infonce(
 
 
 @_proto_classify_infonce.register_fake
-def _(feat, prototypes, num_classes, tau, nce_tau, ignore_index):
+def _(
+    feat: torch.Tensor, prototypes: torch.Tensor, num_classes: int, tau: float, nce_tau: float, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _head.empty_outputs(feat, num_classes)
 
 
-def _setup_fused(ctx, inputs, output) -> None:
+def _setup_fused(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
     feat, prototypes, num_classes, tau, nce_tau, ignore_index = inputs
     _head.save_for_backward(ctx, feat, prototypes, output[3], num_classes, tau, nce_tau, ignore_index)
 
 
-def _backward_fused(ctx, grad_logits, grad_assign, grad_loss, grad_count):
+def _backward_fused(
+    ctx: Any, grad_logits: torch.Tensor | None, grad_assign: None, grad_loss: torch.Tensor | None, grad_count: None
+) -> tuple[torch.Tensor | None, ...]:
     return _head.backward(ctx, grad_logits, grad_loss), None, None, None, None, None
 
 
@@ -91,7 +97,8 @@ def proto_infonce(
     """
     ignore = _head.check_ignore_index(ignore_index)
     feat, bank = _head.prepare(feat, prototypes, 1, tau=tau)
-    return _proto_infonce(feat, bank, float(tau), ignore)[0]
+    loss: torch.Tensor = _proto_infonce(feat, bank, float(tau), ignore)[0]
+    return loss
 
 
 def proto_classify_infonce(

@@ -49,7 +49,7 @@ def _largest_component(labels: torch.Tensor, num_classes: int, check_labels: boo
 
 
 @_largest_component.register_fake
-def _(labels, num_classes, check_labels=False):
+def _(labels: torch.Tensor, num_classes: int, check_labels: bool = False) -> torch.Tensor:
     return torch.empty_like(labels, memory_format=torch.contiguous_format)
 
 
@@ -99,4 +99,5 @@ def largest_component(labels: torch.Tensor, num_classes: int, check_labels: bool
     """
     labels = check_label_map(labels).detach()
     _common.check_positive_int("num_classes", num_classes)
-    return _largest_component(labels.contiguous(), num_classes, bool(check_labels))
+    cleaned: torch.Tensor = _largest_component(labels.contiguous(), num_classes, bool(check_labels))
+    return cleaned

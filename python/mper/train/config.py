@@ -20,15 +20,16 @@ import inspect
 import json
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
+else:
     import tomli as tomllib
 
 from mper.datasets import SLIDING_WINDOW, VALIDATION_SPLITS, get_dataset
@@ -65,9 +66,9 @@ class DataConfig:
     ``val_split``: ``"val"`` (the val.list, e.g. ACDC's), ``"holdout"`` (the last
     ``holdout_cases`` cases of train.list, kept out of training; their labels only
     select checkpoints; e.g. LA) or ``"test"`` (the published LA protocol, which selects
-    on the test set); each dataset's spec says which it offers. ``image_interpolation``: how 2D training slices are resized to
-    ``patch_size`` (``"nearest"`` or ``"cubic"``; labels are always resized by nearest
-    neighbour).
+    on the test set); each dataset's spec says which it offers. ``image_interpolation``:
+    how 2D training slices are resized to ``patch_size`` (``"nearest"`` or ``"cubic"``;
+    labels are always resized by nearest neighbour).
     """
 
     patch_size: tuple[int, ...] = (256, 256)
