@@ -141,7 +141,7 @@ def mix_bidirectional(trainer: Trainer, batch: dict[str, Any]) -> list[MixedImag
     label_a, label_b = labels[:half], labels[half:labeled_count]
 
     teacher_probs = teacher_probabilities(trainer, unlabeled)
-    pseudo = pseudo_labels(teacher_probs, config.selftrain.pseudo_label_threshold)
+    pseudo = pseudo_labels(teacher_probs, trainer.ops, config.selftrain.pseudo_label_threshold)
     if config.eval.pseudo_label_dice:
         trainer.monitor.observe_pseudo_labels(pseudo, labels[labeled_count:])
     certainty = confidence(teacher_probs)
