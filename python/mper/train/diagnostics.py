@@ -99,12 +99,12 @@ class SelfTrainingMonitor:
         return scalars
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The open interval's counts, for exact resume."""
-        return {"confusion": self.confusion.cpu(), "counts": self.counts.cpu()}
+        """The open interval's counts, for exact resume (copies: the monitor adds in place)."""
+        return {"confusion": self.confusion.to("cpu", copy=True), "counts": self.counts.to("cpu", copy=True)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.confusion = state["confusion"].to(self.device)
-        self.counts = state["counts"].to(self.device)
+        self.confusion = state["confusion"].to(self.device, copy=True)
+        self.counts = state["counts"].to(self.device, copy=True)
 
 
 def with_class_names(summary: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
