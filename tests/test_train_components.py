@@ -19,6 +19,7 @@ from mper.train.teacher import (
     create_teacher,
     ema_update_,
     pseudo_labels,
+    slow_teacher_warning,
     teacher_decay,
 )
 
@@ -86,6 +87,20 @@ def test_teacher_decay_warms_up_to_eta():
     assert teacher_decay(3, 0.99) == 0.75
     assert teacher_decay(10_000, 0.99) == 0.99
 
+
+
+@pytest.mark.parametrize(("eta", "schedule", "iterations", "warns"), [
+    (0.999, "constant", 600, True),  # ~1000-iteration average over a 600-iteration run
+    (0.999, "constant", 30000, False),  # the paper's length
+    (0.99, "constant", 600, False),
+    (0.99, "constant", 400, True),
+    (0.999, "warmup", 600, False),  # the warm-up follows the student from the start
+])
+def test_a_teacher_slower_than_a_fifth_of_self_training_is_warned_about(eta, schedule, iterations, warns):
+    warning = slow_teacher_warning(eta, schedule, iterations)
+    assert (warning is not None) == warns
+    if warns:
+        assert f"selftrain.ema_decay={eta}" in warning and f"selftrain.iterations={iterations}" in warning
 
 def test_ema_update_averages_parameters_and_buffers_and_copies_counters():
     student = small_net()

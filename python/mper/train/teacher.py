@@ -46,6 +46,18 @@ def teacher_decay(step: int, eta: float, schedule: str = "warmup") -> float:
     return eta if schedule == "constant" else min(1.0 - 1.0 / (step + 1), eta)
 
 
+def slow_teacher_warning(eta: float, schedule: str, iterations: int) -> str | None:
+    """A warning when a constant decay ``eta`` averages the student over more than a fifth
+    of self-training (about ``1 / (1 - eta)`` iterations): the teacher, and so the pseudo
+    labels, would stay close to the pre-trained network for much of the run."""
+    horizon = 1.0 / (1.0 - eta)
+    if schedule != "constant" or horizon <= iterations / 5:
+        return None
+    return (f"selftrain.ema_decay={eta} averages the teacher over about {horizon:.0f} iterations, more than a "
+            f"fifth of selftrain.iterations={iterations}: the pseudo labels will mostly come from the pre-trained "
+            f"network; for a short run lower it (e.g. selftrain.ema_decay=0.99)")
+
+
 @torch.no_grad()
 def ema_update_(
     teacher: nn.Module, student: nn.Module, step: int, eta: float,
