@@ -11,9 +11,8 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from workloads import WORKLOADS, Problem, head_call, run_head, update_call
-
 from mper import ops
+from workloads import WORKLOADS, Problem, head_call, run_head, update_call
 
 
 def host_ms_per_call(fn, calls: int = 50) -> tuple[float, float]:

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from mper.data import read_list
-from mper.datasets import synthesize
 from mper.data.acdc import (
     ACDCSlices,
     acdc_cases,
@@ -22,6 +21,7 @@ from mper.data.la import LAPatches, la_cases, la_split, load_la_case
 from mper.data.synth_acdc import draw_heart, render_frame
 from mper.data.synth_fields import REGION_STRIDE, SyntheticScan
 from mper.data.synth_la import draw_atrium, render_case
+from mper.datasets import synthesize
 
 ACDC_SIZE = (64, 64)
 LA_SIZE = (40, 40, 32)

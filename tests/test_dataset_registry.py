@@ -102,7 +102,8 @@ class DiscSlices(CaseDataset):
         return image, label
 
 
-def synthesize(out: Path, cases: int, seed: int, size: tuple[int, ...], progress: bool) -> Path:
+def synthesize(out: Path, cases: int, seed: int, size: tuple[int, ...], progress: bool, family: str) -> Path:
+    """Discs of one family (the registry offers only ``standard``, the spec's default)."""
     rng = np.random.default_rng(seed)
     rows, cols = np.mgrid[: size[0], : size[1]]
     names = [f"disc{number:02d}" for number in range(cases)]

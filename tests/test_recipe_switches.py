@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from mper import reference
-from mper.datasets import synthesize
 from mper.data.acdc import ACDCSlices, acdc_split
 from mper.data.augment import resize
+from mper.datasets import synthesize
 from mper.eval.metrics import case_metrics
 from mper.eval.protocol import postprocess_labels, score_case
 from mper.losses import DiceOptions, copy_paste_loss, masked_dice_loss, segmentation_loss
@@ -24,6 +24,7 @@ from mper.nn.kmeans import minibatch_kmeans
 from mper.train import selftrain
 from mper.train.checkpoint import load_checkpoint
 from mper.train.config import load_config
+from mper.train.diagnostics import SelfTrainingMonitor
 from mper.train.loaders import prototype_init_batches
 from mper.train.loop import PRETRAIN_CHECKPOINT, Trainer
 from mper.train.mixing import box_mask, copy_paste
@@ -203,7 +204,8 @@ def test_update_bank_takes_the_unlabeled_region_step_then_the_labeled_one():
                              ["prototypes.per_class=2", f"prototypes.update_steps={update_steps}"])
         bank = PrototypeHead(4, 2, 2, ops="reference")
         bank.prototypes.copy_(start)
-        trainer = type("T", (), {"config": config, "head": bank})()
+        trainer = type("T", (), {"config": config, "prototype_head": lambda self: bank,
+                                 "monitor": SelfTrainingMonitor(4)})()
         output = type("O", (), {"feat": emb})()
         sums, counts = selftrain.update_bank(trainer, direction, output, logits, assign)
         return bank.prototypes, sums, counts

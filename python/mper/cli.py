@@ -133,8 +133,10 @@ def train_parser() -> argparse.ArgumentParser:
                         help="continue the run in --out from its last.pt, with the settings saved there; "
                              "only " + ", ".join(RESUMABLE_SETTINGS) + " may change")
     parser.add_argument("--seed", type=int, help="random seed (default: the preset's)")
-    parser.add_argument("--baseline", choices=("labeled-only",),
-                        help="train the plain supervised U-Net / V-Net on the labeled data instead")
+    parser.add_argument("--baseline", choices=("labeled-only", "bcp"),
+                        help="train instead the plain supervised U-Net / V-Net on the labeled data "
+                             "(labeled-only), or self-train without the prototype head (bcp: "
+                             "bidirectional copy-paste alone)")
     parser.add_argument("--update-source", choices=UPDATE_SOURCES,
                         help="voxels that update the prototypes (default: both)")
     parser.add_argument("--amp", choices=AMP_MODES, help="bf16 autocast, CUDA only (default: off)")
@@ -193,7 +195,8 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
                         help="test (default): the test list; val: the cases that selected the best "
                              "checkpoint in training (ACDC val.list, LA the held-out end of train.list)")
     parser.add_argument("--out", metavar="DIR",
-                        help="folder for metrics.json, metrics.md and figures/ (default: eval-<split> beside the checkpoint)")
+                        help="folder for metrics.json, metrics.md and figures/ "
+                             "(default: eval-<split> beside the checkpoint)")
     _add_device(parser)
     parser.add_argument("--weights", choices=pipeline.WEIGHTS, default="student",
                         help="which network of the checkpoint (default: student)")
@@ -261,6 +264,8 @@ def data_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=int, nargs="+", metavar="N",
                        help="image size; default: " + _per_dataset(
                            lambda name: " ".join(map(str, get_dataset(name).synth_size))))
+    synth.add_argument("--family", help="how the cases vary (default: the first); " + _per_dataset(
+        lambda name: "; ".join(f"{family}: {text}" for family, text in get_dataset(name).synth_families.items())))
     convert = _data_command(
         commands, "convert", "turn a raw public download into the h5 layout",
         "Convert the raw LA 2018 challenge or ACDC download into the h5 layout, normalised.",
@@ -281,7 +286,8 @@ def data_main(argv: Sequence[str] | None = None) -> None:
     def action() -> None:
         if args.command == "synth":
             size = tuple(args.size) if args.size else None
-            out = pipeline.synthesize(args.dataset, args.out, cases=args.cases, seed=args.seed, size=size)
+            out = pipeline.synthesize(args.dataset, args.out, cases=args.cases, seed=args.seed, size=size,
+                                      family=args.family)
         else:
             out = pipeline.convert(args.dataset, args.source, args.out, split_from=args.split_from, seed=args.seed)
         print(f"wrote {args.dataset} data to {out}")

@@ -36,6 +36,7 @@ from mper.eval.evaluate import evaluate_cases, mean_dice
 from mper.eval.predict import predict_path
 from mper.train.checkpoint import load_checkpoint
 from mper.train.config import TrainConfig, merge, parse_override, to_toml
+from mper.train.diagnostics import TRAINING_RECORD, with_class_names
 from mper.train.loaders import training_cases, validation_cases
 from mper.train.lock import run_folder_lock
 from mper.train.loop import LAST_CHECKPOINT, Validator
@@ -51,8 +52,9 @@ EVAL_SPLITS = ("test", "val")
 
 
 def default_run_dir(config: TrainConfig) -> Path:
-    """``runs/<dataset>-<preset>-<labeled>labeled`` (with ``-baseline`` for the baseline)."""
-    suffix = "-baseline" if config.baseline == "labeled-only" else ""
+    """``runs/<dataset>-<preset>-<labeled>labeled`` (with ``-baseline`` for the labeled-only
+    baseline, ``-bcp`` for BCP alone)."""
+    suffix = {"labeled-only": "-baseline", "bcp": "-bcp"}.get(config.baseline, "")
     return Path("runs") / f"{config.dataset}-{config.preset}-{config.labeled}labeled{suffix}"
 
 
@@ -151,6 +153,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                 log.info("evaluating %s on the test split", best)
                 evaluate(best, split="test", out_dir=run_dir, device=config.device,
                          num_figures=config.eval.num_figures)
+                add_training_record(run_dir, config)
     except TrainingInterrupted:
         raise
     except KeyboardInterrupt as interrupt:
@@ -160,6 +163,16 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         _remove_unstarted(run_dir, created)
         raise
     return run_dir
+
+
+def add_training_record(run_dir: Path, config: TrainConfig) -> None:
+    """Add the record of the run's validations (``training.json``, see
+    :mod:`mper.train.diagnostics`) to its ``metrics.json`` as ``"training"``."""
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    record = json.loads((run_dir / TRAINING_RECORD).read_text())
+    metrics["training"] = with_class_names(record, get_dataset(config.dataset).class_names)
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def resume(
@@ -204,7 +217,9 @@ def load_network(
     try:
         net.load_state_dict(state[weights])
     except RuntimeError as error:
-        raise CheckpointError(f"{checkpoint}: its {weights} weights do not fit its own network settings ({error})") from error
+        raise CheckpointError(
+            f"{checkpoint}: its {weights} weights do not fit its own network settings ({error})"
+        ) from error
     return net.to(resolve_device(device)).eval(), config
 
 
@@ -215,12 +230,13 @@ def _table_columns(config: TrainConfig) -> tuple[str, str, str]:
     spec = get_dataset(config.dataset)
     if config.baseline == "labeled-only":
         return spec.network.display_name, str(config.labeled), "0"
+    method = "BCP" if config.baseline == "bcp" else "MPER"
     try:
         labeled, unlabeled = training_cases(config)
     except UserError:
-        return "MPER", str(config.labeled), "-"
+        return method, str(config.labeled), "-"
     unlabeled_units = set(map(spec.label_group, unlabeled)) - set(map(spec.label_group, labeled))
-    return "MPER", str(config.labeled), str(len(unlabeled_units))
+    return method, str(config.labeled), str(len(unlabeled_units))
 
 
 def evaluate(
@@ -270,9 +286,9 @@ def predict(
 
 
 def synthesize(dataset: str, out: str | Path, cases: int | None = None, seed: int = 0,
-               size: tuple[int, ...] | None = None) -> Path:
+               size: tuple[int, ...] | None = None, family: str | None = None) -> Path:
     """Write synthetic data in the layout of ``dataset`` (see :func:`mper.datasets.synthesize`)."""
-    return mper.datasets.synthesize(dataset, out, cases=cases, seed=seed, size=size)
+    return mper.datasets.synthesize(dataset, out, cases=cases, seed=seed, size=size, family=family)
 
 
 def convert(dataset: str, source: str | Path, out: str | Path, split_from: str | Path | None = None,

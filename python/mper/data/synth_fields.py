@@ -19,6 +19,9 @@ from scipy import ndimage
 
 from mper.data.preprocess import normalize_intensity
 
+#: A point or direction: a sequence of floats or a 1-D array.
+Vector = Sequence[float] | np.ndarray
+
 REGION_STRIDE = 10
 
 Tone = Callable[[int], float]
@@ -78,16 +81,17 @@ def smooth_field(
 ) -> np.ndarray:
     """A smooth random field of zero mean and unit std: a sum of ``terms`` separable
     products of cosines with up to ``cycles`` periods across each axis."""
-    cycles = np.broadcast_to(np.asarray(cycles, dtype=np.float64), (len(shape),))
+    cycles_per_axis = np.broadcast_to(np.asarray(cycles, dtype=np.float64), (len(shape),))
     grid = [coords / length for coords, length in zip(axis_grid(shape), shape)]
     field = np.zeros(shape, dtype=np.float32)
     for _ in range(terms):
         factors = [
             np.cos(2 * np.pi * rng.uniform(0, most) * coords + rng.uniform(0, 2 * np.pi))
-            for coords, most in zip(grid, cycles)
+            for coords, most in zip(grid, cycles_per_axis)
         ]
         field += np.float32(rng.normal()) * reduce(np.multiply, factors)
-    return (field - field.mean()) / max(float(field.std()), 1e-6)
+    standardized: np.ndarray = (field - field.mean()) / max(float(field.std()), 1e-6)
+    return standardized
 
 
 def fine_texture(
@@ -96,23 +100,26 @@ def fine_texture(
     """Gaussian-smoothed white noise of unit std: a grainy texture of grain ``sigma`` voxels
     (a sigma of 0 along an axis keeps that axis' samples independent)."""
     texture = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma)
-    return texture / max(float(texture.std()), 1e-6)
+    standardized: np.ndarray = texture / max(float(texture.std()), 1e-6)
+    return standardized
 
 
 def rician_noise(rng: np.random.Generator, image: np.ndarray, sigma: float) -> np.ndarray:
     """Magnitude of the image plus complex Gaussian noise, as in MRI: ``|x + n1 + i n2|``."""
     real = image + sigma * rng.standard_normal(image.shape, dtype=np.float32)
     imaginary = sigma * rng.standard_normal(image.shape, dtype=np.float32)
-    return np.sqrt(real * real + imaginary * imaginary)
+    magnitude: np.ndarray = np.sqrt(real * real + imaginary * imaginary)
+    return magnitude
 
 
-def unit(vector: Sequence[float]) -> np.ndarray:
+def unit(vector: Vector) -> np.ndarray:
     """``vector`` scaled to length 1."""
-    vector = np.asarray(vector, dtype=np.float64)
-    return vector / np.linalg.norm(vector)
+    array = np.asarray(vector, dtype=np.float64)
+    scaled: np.ndarray = array / np.linalg.norm(array)
+    return scaled
 
 
-def frame_along(direction: Sequence[float]) -> np.ndarray:
+def frame_along(direction: Vector) -> np.ndarray:
     """An orthonormal basis (rows) of 3-D space whose first row is ``direction``."""
     first = unit(direction)
     least_aligned_axis = np.eye(3)[int(np.argmin(np.abs(first)))]
@@ -121,7 +128,7 @@ def frame_along(direction: Sequence[float]) -> np.ndarray:
 
 
 def add_blob(
-    field: np.ndarray, center: Sequence[float], radii: Sequence[float], axes: np.ndarray | None = None
+    field: np.ndarray, center: Vector, radii: Vector, axes: np.ndarray | None = None
 ) -> None:
     """Add an anisotropic Gaussian bump ``0.5 ** q`` to ``field`` in place.
 
@@ -131,14 +138,14 @@ def add_blob(
     about 1% is touched, which keeps many small blobs cheap.
     """
     axes = np.eye(field.ndim) if axes is None else np.asarray(axes)
-    center = np.asarray(center, dtype=np.float64)
-    reach = 2.6 * max(radii)
-    low = np.maximum(np.floor(center - reach), 0).astype(int)
-    high = np.minimum(np.ceil(center + reach) + 1, field.shape).astype(int)
+    middle = np.asarray(center, dtype=np.float64)
+    reach = 2.6 * float(np.max(radii))
+    low = np.maximum(np.floor(middle - reach), 0).astype(int)
+    high = np.minimum(np.ceil(middle + reach) + 1, field.shape).astype(int)
     if np.any(high <= low):
         return
     box = tuple(slice(start, stop) for start, stop in zip(low, high))
-    offsets = [coords + start - middle for coords, start, middle in zip(axis_grid(high - low), low, center)]
+    offsets = [coords + start - mid for coords, start, mid in zip(axis_grid(high - low), low, middle)]
     quadratic = sum(
         (sum(float(weight) * offset for weight, offset in zip(axis, offsets)) / radius) ** 2
         for axis, radius in zip(axes, radii)
@@ -146,6 +153,8 @@ def add_blob(
     field[box] += np.exp2(-quadratic).astype(np.float32)
 
 
-def ellipse(coords: Sequence[np.ndarray], center: Sequence[float], radii: Sequence[float]) -> np.ndarray:
+def ellipse(
+    coords: Sequence[np.ndarray], center: Vector, radii: Sequence[float | np.ndarray] | np.ndarray
+) -> np.ndarray:
     """Mask of the axis-aligned ellipse/ellipsoid of ``radii`` around ``center``."""
-    return sum(((c - m) / r) ** 2 for c, m, r in zip(coords, center, radii)) < 1.0
+    return np.asarray(sum(((c - m) / r) ** 2 for c, m, r in zip(coords, center, radii)) < 1.0, dtype=bool)

@@ -145,7 +145,7 @@ def render_case(rng: np.random.Generator, atrium: Atrium, shape: tuple[int, int,
     """Render one case of ``shape`` (H, W, D)."""
     tone = tone_map(INTENSITY, atrium.gains)
     parts = [_field(shape, blobs) for blobs in (atrium.body, atrium.appendage, atrium.veins)]
-    atrium_mask = sum(parts) > 0.5
+    atrium_mask = np.asarray(sum(parts) > 0.5, dtype=bool)
     dominant = np.argmax(np.stack(parts), axis=0)
     wall = ndimage.binary_dilation(atrium_mask, iterations=2) & ~atrium_mask
 
@@ -169,11 +169,14 @@ def case_name(rng: np.random.Generator) -> str:
 
 
 def synthesize_la(
-    out: Path, cases: int, seed: int, size: tuple[int, int, int], progress: bool = True
+    out: Path, cases: int, seed: int, size: tuple[int, ...], progress: bool = True, family: str = "standard"
 ) -> Path:
     """Write ``cases`` synthetic LA volumes in the UA-MT layout under ``out``, split 80/20
     into ``train.list`` / ``test.list``. Each volume's size varies by a few voxels around
-    ``size``, like the real crops."""
+    ``size`` (H, W, D), like the real crops. LA's cases come in one ``family``,
+    ``standard``."""
+    if family != "standard":
+        raise ConfigError(f"synthetic LA data has the one family 'standard'; got {family!r}")
     if cases < 2:
         raise ConfigError(f"LA needs at least 2 cases (train and test), got cases={cases}")
     if len(size) != 3 or min(size) < MIN_SIZE:
@@ -187,7 +190,8 @@ def synthesize_la(
     jitter = [max(1, round(0.03 * length)) for length in size]
     for number, name in enumerate(tqdm(names, desc="synthetic LA", disable=not progress)):
         rng = np.random.default_rng([seed, 1, number])
-        shape = tuple(int(length + rng.integers(-spread, spread + 1)) for length, spread in zip(size, jitter))
+        height, width, depth = (int(length + rng.integers(-spread, spread + 1)) for length, spread in zip(size, jitter))
+        shape = (height, width, depth)
         scan = render_case(rng, draw_atrium(rng, shape), shape)
         write_la_case(out, name, scan.image, scan.label)
     train, test = partition(names, LA_SPLIT_FRACTIONS, np.random.default_rng([seed, 2]))

@@ -19,7 +19,7 @@ from mper.data.acdc import (
     patient_id,
 )
 from mper.data.convert import convert_acdc
-from mper.data.synth_acdc import ACDC_SYNTH_CASES, ACDC_SYNTH_SIZE, synthesize_acdc
+from mper.data.synth_acdc import ACDC_FAMILIES, ACDC_SYNTH_CASES, ACDC_SYNTH_SIZE, synthesize_acdc
 from mper.nets.unet2d import UNet2D
 
 from .registry import register_dataset
@@ -49,6 +49,7 @@ ACDC = register_dataset(DatasetSpec(
     label_group=patient_id,
     label_budgets=(3, 7),  # 5% and 10% of the 70 training patients
     synthesize=synthesize_acdc,
+    synth_families={name: family.description for name, family in ACDC_FAMILIES.items()},
     synth_cases=ACDC_SYNTH_CASES,
     synth_size=ACDC_SYNTH_SIZE,
     convert=convert_acdc,

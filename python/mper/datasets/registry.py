@@ -64,6 +64,7 @@ def synthesize(
     seed: int = 0,
     size: Sequence[int] | None = None,
     progress: bool = True,
+    family: str | None = None,
 ) -> Path:
     """Write a complete synthetic dataset root of ``dataset``, list files included, and return it.
 
@@ -74,16 +75,24 @@ def synthesize(
             (H, W), default (224, 224), split 70/10/20 into train/val/test).
         out: dataset root to create (existing files of the same names are overwritten).
         cases: cases (LA volumes, ACDC patients); default the dataset's (100).
-        seed: the output is a pure function of (dataset, cases, seed, size).
+        seed: the output is a pure function of (dataset, family, cases, seed, size).
         size: see ``dataset``.
         progress: show a tqdm progress bar.
+        family: how the cases vary, one of the dataset's ``synth_families`` (ACDC:
+            ``standard``, ``scanners``, ``thin``; see :data:`mper.data.synth_acdc.ACDC_FAMILIES`);
+            default the first.
     """
     spec = get_dataset(dataset)
+    family = next(iter(spec.synth_families)) if family is None else family
+    if family not in spec.synth_families:
+        raise ConfigError(
+            f"synthetic {spec.title} data has no family {family!r}; choose one of {', '.join(spec.synth_families)}"
+        )
     count = spec.synth_cases if cases is None else int(cases)
     shape = spec.synth_size if size is None else tuple(int(length) for length in size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return spec.synthesize(out, count, seed, shape, progress)
+    return spec.synthesize(out, count, seed, shape, progress, family)
 
 
 def convert(

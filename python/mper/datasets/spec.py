@@ -8,8 +8,8 @@ raw download). Training and evaluation look everything up in it.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 SLIDING_WINDOW = "sliding-window"
 SLICE_WISE = "slice-wise"
 INFERENCE_MODES = (SLIDING_WINDOW, SLICE_WISE)
+#: The one family of synthetic cases of a dataset that offers no others.
+STANDARD_FAMILY = {"standard": "the dataset's synthetic cases"}
 #: The splits a training run may select its checkpoints on: a ``val`` list, the ``test``
 #: list (the published LA protocol), or the last cases of the ``train`` list held out.
 VALIDATION_SPLITS = ("val", "holdout", "test")
@@ -36,8 +38,8 @@ CaseLister = Callable[[str | Path, str], list[str]]
 CaseReader = Callable[[str | Path, str], tuple[np.ndarray, np.ndarray]]
 #: ``(dataset root, labeled budget) -> (labeled items, unlabeled items)``.
 TrainingSplit = Callable[[str | Path, int], tuple[list[str], list[str]]]
-#: ``(out, cases, seed, size, progress) -> out``: a complete synthetic dataset root.
-Synthesizer = Callable[[Path, int, int, tuple[int, ...], bool], Path]
+#: ``(out, cases, seed, size, progress, family) -> out``: a complete synthetic dataset root.
+Synthesizer = Callable[[Path, int, int, tuple[int, ...], bool, str], Path]
 #: ``(source, out, split_from, seed, progress) -> out``: the raw download in the layout.
 Converter = Callable[[Path, Path, Path | None, int, bool], Path]
 
@@ -90,7 +92,8 @@ class DatasetSpec:
 
     Data preparation:
         synthesize: writes a synthetic dataset root; ``synth_cases`` and ``synth_size``
-            are its defaults.
+            are its defaults, ``synth_families`` the families of cases it can write (name:
+            description), the first the default.
         convert: turns the raw public download into the layout (``None``: none);
             ``raw_description`` says what that download looks like.
     """
@@ -117,6 +120,7 @@ class DatasetSpec:
     synthesize: Synthesizer
     synth_cases: int
     synth_size: tuple[int, ...]
+    synth_families: Mapping[str, str] = field(default_factory=lambda: dict(STANDARD_FAMILY))
     label_group: Callable[[str], str] = same_name
     item_settings: tuple[str, ...] = ()
     case_file: str | None = None
@@ -133,6 +137,7 @@ class DatasetSpec:
              f"validation_splits must be a non-empty subset of {VALIDATION_SPLITS}"),
             (sorted(self.scan_axes) == [0, 1, 2], "scan_axes must be a permutation of (0, 1, 2)"),
             (-3 <= self.slice_axis < 3, "slice_axis must be an axis of a 3D volume"),
+            (len(self.synth_families) >= 1, "synth_families must name at least one family"),
         )
         for holds, problem in checks:
             if not holds:
