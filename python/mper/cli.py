@@ -13,9 +13,10 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mper import pipeline
-from mper.train.config import AMP_MODES, DATASETS, OPS_MODULES, load_config
+from mper.train.config import AMP_MODES, DATASETS, OPS_MODULES, load_config, to_toml
 from mper.train.prototypes import UPDATE_SOURCES
 from mper.train.runtime import TrainingInterrupted
+from mper.versions import version_line
 
 #: Errors that mean "the request was wrong", reported in one line without a traceback.
 USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, TypeError, ImportError)
@@ -24,6 +25,22 @@ INTERRUPTED_EXIT_CODE = 130
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.HelpFormatter(prog, max_help_position=32)
+
+
+class _PrintVersion(argparse.Action):
+    """``--version``: one unwrapped line, worked out only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_) -> None:
+        print(version_line(parser.prog))
+        parser.exit()
+
+
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action=_PrintVersion,
+                        help="print the versions of mper, torch, Python and CUDA, and exit")
 
 
 def _add_device(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
@@ -35,6 +52,7 @@ def _run(parser: argparse.ArgumentParser, action: Callable[[], None]) -> None:
     """Run ``action`` with console logging; user errors exit with a one-line message."""
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter("%(message)s"))
+    console.addFilter(pipeline.shown_on_console)
     package_log = logging.getLogger("mper")
     package_log.addHandler(console)
     package_log.setLevel(logging.INFO)
@@ -89,6 +107,10 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", choices=AMP_MODES, help="bf16 autocast, CUDA only (default: off)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="override a preset value, e.g. selftrain.iterations=5000; repeatable")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the settings these options give (preset, options and --set applied) as "
+                             "TOML and exit; a run folder keeps its own in config.toml")
+    _add_version(parser)
     return parser
 
 
@@ -112,6 +134,12 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def action() -> None:
+        if args.print_config:
+            if args.dataset is None:
+                raise ValueError("--print-config needs --dataset (a run folder keeps its settings in config.toml)")
+            print(to_toml(load_config(args.dataset, args.preset, _train_overrides(args), args.assignments).to_dict()),
+                  end="")
+            return
         if args.resume:
             if not args.out:
                 raise ValueError("--resume needs --out RUN_DIR, the folder of the run to continue")
@@ -142,7 +170,8 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
     _add_device(parser)
     parser.add_argument("--weights", choices=pipeline.WEIGHTS, default="student",
                         help="which network of the checkpoint (default: student)")
-    parser.add_argument("--figures", type=int, default=3, metavar="N", help="cases drawn as PNG overlays (default: 3)")
+    parser.add_argument("--figures", type=int, default=3, metavar="N", help="cases drawn as PNG overlays, from the worst to the median by Dice (default: 3)")
+    _add_version(parser)
     args = parser.parse_args(argv)
 
     def action() -> None:
@@ -169,6 +198,7 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
     _add_device(parser)
     parser.add_argument("--weights", choices=pipeline.WEIGHTS, default="student",
                         help="which network of the checkpoint (default: student)")
+    _add_version(parser)
     args = parser.parse_args(argv)
 
     def action() -> None:
@@ -211,6 +241,7 @@ def data_parser() -> argparse.ArgumentParser:
                          help="a dataset folder whose .list files give the train/val/test split to reuse")
     convert.add_argument("--seed", type=int, default=0,
                          help="seed of a new split when --split-from is not given (default: 0)")
+    _add_version(parser)
     return parser
 
 

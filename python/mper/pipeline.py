@@ -23,6 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 import mper.data
 from mper.data.acdc import patient_id
 from mper.eval.evaluate import evaluate_cases, mean_dice
+from mper.eval.figures import add_figures
 from mper.eval.predict import predict_path
 from mper.nets import build_network
 from mper.train.checkpoint import load_checkpoint
@@ -31,11 +32,20 @@ from mper.train.loaders import training_cases, validation_cases
 from mper.train.loop import LAST_CHECKPOINT, Validator
 from mper.train.runner import run_training
 from mper.train.runtime import resolve_device
+from mper.versions import device_line, version_line
 
 log = logging.getLogger(__name__)
 
 WEIGHTS = ("student", "teacher")
+#: ``extra`` of log records meant for train.log only: the console prints them otherwise
+#: (the metrics table) or they are too long for it (the settings).
+RUN_LOG_ONLY = {"run_log_only": True}
 NETWORK_NAMES = {"acdc": "U-Net", "la": "V-Net"}
+
+
+def shown_on_console(record: logging.LogRecord) -> bool:
+    """Log filter for console handlers: leaves out the :data:`RUN_LOG_ONLY` records."""
+    return not getattr(record, "run_log_only", False)
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -81,6 +91,13 @@ def _run_logging(run_dir: Path) -> Iterator[None]:
         handler.close()
 
 
+def _log_run_header(config: TrainConfig, resume: bool) -> None:
+    """Versions, device and (in train.log only) the resolved settings of a run."""
+    log.info("%s: %s", "resuming" if resume else "starting", version_line("mper"))
+    log.info("device: %s", device_line(resolve_device(config.device)))
+    log.info("settings:\n%s", to_toml(config.to_dict()).rstrip(), extra=RUN_LOG_ONLY)
+
+
 def _write_config(config: TrainConfig, run_dir: Path) -> None:
     values = config.to_dict()
     (run_dir / "config.toml").write_text(to_toml(values))
@@ -102,9 +119,13 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_config(config, run_dir)
     with _run_logging(run_dir), SummaryWriter(str(run_dir / "tensorboard")) as writer:
+        _log_run_header(config, resume)
         best = run_training(config, run_dir, validator(config), writer, resume=resume)
         log.info("evaluating %s on the test split", best)
-        evaluate(best, split="test", out_dir=run_dir, device=config.device, num_figures=config.eval.num_figures)
+        result = evaluate(best, split="test", out_dir=run_dir, device=config.device,
+                          num_figures=config.eval.num_figures)
+        add_figures(writer, result["figures"], "test")
+        log.info("test metrics (%s):\n%s", run_dir / "metrics.md", result["markdown"].rstrip(), extra=RUN_LOG_ONLY)
     return run_dir
 
 
