@@ -20,7 +20,7 @@ if [ ! -x "$mper_venv/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 . "$mper_venv/bin/activate"
-if ! python -c "import torch" 2>/dev/null; then
+if ! python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)"; then
   echo "setup: installing PyTorch (${MPER_TORCH:-torch==2.13.0})"
   # shellcheck disable=SC2086
   python -m pip install --quiet ${MPER_TORCH:-torch==2.13.0}

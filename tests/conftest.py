@@ -3,6 +3,8 @@ no test leaves anything in the checkout (each runs in its own temporary folder, 
 hypothesis keeps no example database)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from hypothesis import settings
@@ -12,9 +14,13 @@ settings.load_profile("no-database")
 
 
 @pytest.fixture(autouse=True)
-def _run_in_a_temporary_folder(tmp_path, monkeypatch):
-    """Relative paths a test writes (default run folders, ``data/``) land in its tmp_path."""
-    monkeypatch.chdir(tmp_path)
+def _run_in_a_temporary_folder(tmp_path):
+    """Relative paths a test writes (default run folders, ``data/``) land in its tmp_path
+    (not through ``monkeypatch``, whose ``undo()`` some tests call)."""
+    previous = os.getcwd()
+    os.chdir(tmp_path)
+    yield
+    os.chdir(previous)
 
 
 def _cuda_ready() -> tuple[bool, str]:

@@ -36,6 +36,7 @@ def run_training(
     """
     run_dir = Path(run_dir)
     with StopRequest() as stop:
+        log.info("setting up the network, the optimizer and the prototype ops")
         trainer = Trainer(config, run_dir, validate, writer, stop)
         if resume:
             trainer.load_state_dict(load_checkpoint(run_dir / LAST_CHECKPOINT, map_location=trainer.device))
