@@ -21,7 +21,7 @@ from mper.train.config import load_config
 
 DATA_SEED = 0
 #: The demo's synthetic data (cases, size) per dataset, as scripts/demo.sh writes it.
-DEMO_DATA = {"acdc": (30, (64, 64)), "la": (20, (56, 56, 40))}
+DEMO_DATA = {"acdc": (30, (64, 64)), "la": (30, (40, 40, 36))}
 
 
 def mean_dice(run_dir: Path) -> float:

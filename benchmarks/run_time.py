@@ -88,11 +88,15 @@ def main() -> None:
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per stage (median taken)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice, one per core)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="preset override, repeatable")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default results/run_time-<preset>-<device>.json)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = []
     for dataset in args.dataset:
         row = measure(dataset, args.preset, args.device, args.iterations, args.assignments)

@@ -17,7 +17,7 @@ if [ $# -gt 0 ] && [[ "$1" != -* ]]; then
 fi
 case "$dataset" in
   acdc) synth=(--cases 30 --size 64 64) ;;
-  la) synth=(--cases 20 --size 56 56 40) ;;
+  la) synth=(--cases 30 --size 40 40 36) ;;
   *) echo "demo.sh: unknown dataset '$dataset'; use acdc or la" >&2; exit 2 ;;
 esac
 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"

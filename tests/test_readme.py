@@ -47,7 +47,7 @@ class Rule:
     """How the commands matching ``pattern`` are checked.
 
     ``when``: ``"default"``, ``"slow"``, ``"cuda"`` (the suite that runs them) or
-    ``"never"`` (with the reason in ``append``); ``append``: arguments added at the end;
+    ``"never"`` (``reason`` says why); ``append``: arguments added at the end;
     ``expect_failure``: a message the command must fail with instead (a README claim
     that something is refused).
     """
@@ -56,6 +56,7 @@ class Rule:
     when: str
     append: str = ""
     expect_failure: str = ""
+    reason: str = ""
 
 
 RULES = (
@@ -65,10 +66,10 @@ RULES = (
     Rule(r"scripts/demo\.sh la", "slow"),
     Rule(r"\. \.venv/bin/activate", "default"),
     Rule(r"\.venv/bin/mper-train --version", "default"),
-    Rule(r"scripts/test\.sh", "never", "CI runs it (.ci/run), and it runs this test"),
+    Rule(r"scripts/test\.sh", "never", reason="CI runs it (.ci/run), and it runs this test"),
     Rule(r"scripts/test\.sh -m (cuda|slow)", "default", "--collect-only -q"),
-    Rule(r"pip install torch --index-url \S+", "never", "downloads from the package index"),
-    Rule(r"pip install \.", "never", "builds and installs into the environment running the tests"),
+    Rule(r"pip install torch --index-url \S+", "never", reason="downloads from the package index"),
+    Rule(r"pip install \.", "never", reason="replaces the mper of the environment running the tests"),
     Rule(r"mper-data synth --dataset acdc .*", "default", "--cases 5 --size 32 32"),
     Rule(r"mper-data synth --dataset la .*", "default", "--cases 6 --size 32 32 32"),
     Rule(r"mper-train --dataset acdc (?!.*--amp).*", "default", ACDC_TINY),
@@ -111,6 +112,7 @@ def test_every_readme_command_is_checked_by_a_rule_and_every_rule_is_used():
         assert rules_for(command), f"README command without a check in tests/test_readme.py: {command}"
     for rule in RULES:
         assert any(re.fullmatch(rule.pattern, command) for command in commands), f"unused rule {rule.pattern}"
+        assert (rule.when == "never") == bool(rule.reason), f"a command is either run or has a reason: {rule}"
 
 
 def test_ci_runs_the_readme_test_command():
