@@ -33,7 +33,7 @@ def make_trainer(dataset: str, ops: str, device: str, amp: str, run_dir: Path) -
     config = load_config(dataset, "paper", {"ops": ops, "device": device, "amp": amp, "data": {"num_workers": 0}})
     trainer = Trainer(config, run_dir, validate=lambda net: 0.0)
     trainer.student.reset_embedding_to_identity()
-    trainer.teacher = create_teacher(trainer.student)
+    trainer.teacher = create_teacher(trainer.student, config.selftrain.teacher_mode)
     trainer.bank = trainer.new_bank()
     trainer.bank.prototypes.copy_(torch.randn_like(trainer.bank.prototypes))
     trainer.begin_stage("selftrain")

@@ -16,8 +16,7 @@ constexpr bool kWithCuda = false;
 
 // Binds `name` to the CPU kernel and `name` + "_cuda" to the CUDA kernel (when built).
 template <typename Args>
-void bind_kernel(py::module_& m, const char* name, void (*cpu_kernel)(const Args&),
-                 void (*cuda_kernel)(const Args&)) {
+void bind_kernel(py::module_& m, const char* name, void (*cpu_kernel)(const Args&), void (*cuda_kernel)(const Args&)) {
   m.def(name, cpu_kernel, py::arg("args"), py::call_guard<py::gil_scoped_release>());
   if (cuda_kernel)
     m.def((std::string(name) + "_cuda").c_str(), cuda_kernel, py::arg("args"),
@@ -70,7 +69,8 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("grad_feat", &HeadArgs::grad_feat)
       .def_readwrite("workspace", &HeadArgs::workspace)
       .def_readwrite("dtype", &HeadArgs::dtype)
-      .def_readwrite("stream", &HeadArgs::stream);
+      .def_readwrite("stream", &HeadArgs::stream)
+      .def_readwrite("threads", &HeadArgs::threads);
 
   py::class_<AccumulateArgs>(m, "AccumulateArgs")
       .def(py::init<>())
@@ -83,7 +83,8 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("sums", &AccumulateArgs::sums)
       .def_readwrite("counts", &AccumulateArgs::counts)
       .def_readwrite("dtype", &AccumulateArgs::dtype)
-      .def_readwrite("stream", &AccumulateArgs::stream);
+      .def_readwrite("stream", &AccumulateArgs::stream)
+      .def_readwrite("threads", &AccumulateArgs::threads);
 
   py::class_<EmaArgs>(m, "EmaArgs")
       .def(py::init<>())
@@ -96,8 +97,30 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("dtype", &EmaArgs::dtype)
       .def_readwrite("stream", &EmaArgs::stream);
 
+  py::enum_<LabelDType>(m, "LabelDType")
+      .value("uint8", LabelDType::UInt8)
+      .value("int8", LabelDType::Int8)
+      .value("int16", LabelDType::Int16)
+      .value("int32", LabelDType::Int32)
+      .value("int64", LabelDType::Int64);
+
+  py::class_<ComponentArgs>(m, "ComponentArgs")
+      .def(py::init<>())
+      .def_readwrite("labels", &ComponentArgs::labels)
+      .def_readwrite("out", &ComponentArgs::out)
+      .def_readwrite("batch", &ComponentArgs::batch)
+      .def_readwrite("depth", &ComponentArgs::depth)
+      .def_readwrite("height", &ComponentArgs::height)
+      .def_readwrite("width", &ComponentArgs::width)
+      .def_readwrite("classes", &ComponentArgs::classes)
+      .def_readwrite("dtype", &ComponentArgs::dtype)
+      .def_readwrite("workspace", &ComponentArgs::workspace)
+      .def_readwrite("stream", &ComponentArgs::stream)
+      .def_readwrite("threads", &ComponentArgs::threads);
+
   bind_kernel<HeadArgs>(m, "head_forward", &cpu::head_forward, MPER_CUDA_KERNEL(head_forward));
   bind_kernel<HeadArgs>(m, "head_backward", &cpu::head_backward, MPER_CUDA_KERNEL(head_backward));
   bind_kernel<AccumulateArgs>(m, "accumulate", &cpu::accumulate, MPER_CUDA_KERNEL(accumulate));
   bind_kernel<EmaArgs>(m, "ema_update", &cpu::ema_update, MPER_CUDA_KERNEL(ema_update));
+  bind_kernel<ComponentArgs>(m, "largest_component", &cpu::largest_component, MPER_CUDA_KERNEL(largest_component));
 }

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <new>
 #include <stdexcept>
 #include <string>
 
@@ -39,6 +41,7 @@ struct HeadArgs {
   std::uintptr_t workspace = 0;  // CUDA: kHeadWorkspaceFloats floats
   DType dtype = DType::Float32;
   std::uintptr_t stream = 0;
+  std::int64_t threads = 0;  // CPU: OpenMP threads (torch's count); 0: OpenMP's default
 };
 
 // Per-prototype sums (C*K, D) and counts (C*K) of emb over the voxels in mask.
@@ -51,6 +54,7 @@ struct AccumulateArgs {
   std::uintptr_t sums = 0, counts = 0;  // zero-filled, accumulation type
   DType dtype = DType::Float32;
   std::uintptr_t stream = 0;
+  std::int64_t threads = 0;  // CPU: OpenMP threads (torch's count); 0: OpenMP's default
 };
 
 // p <- m p + (1 - m) sums / count on rows whose count is positive.
@@ -63,6 +67,23 @@ struct EmaArgs {
 };
 
 constexpr int kHeadWorkspaceFloats = 2 * 1024;  // per-block (loss, count) partials
+
+// Integer label dtypes (codes shared with python/mper/ops/largest_component.py).
+enum class LabelDType : int { UInt8 = 0, Int8 = 1, Int16 = 2, Int32 = 3, Int64 = 4 };
+
+// Largest connected component per image and foreground class of a contiguous label map
+// (B, D, H, W), D = 1 for 2D images; out has the same layout and dtype. Labels outside
+// [1, classes) are background and come out as 0.
+struct ComponentArgs {
+  std::uintptr_t labels = 0, out = 0;
+  std::int64_t batch = 0, depth = 1, height = 0, width = 0;
+  std::int64_t classes = 0;
+  LabelDType dtype = LabelDType::Int64;
+  // CUDA: B*D*H*W int32 parents, B*D*H*W int32 sizes, then B*classes uint64 choices
+  std::uintptr_t workspace = 0;
+  std::uintptr_t stream = 0;
+  std::int64_t threads = 0;  // CPU: OpenMP threads (torch's count); 0: OpenMP's default
+};
 
 #if defined(__CUDACC__)
 #define MPER_HOST_DEVICE __host__ __device__
@@ -88,6 +109,22 @@ inline void check(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument("mper: " + message);
 }
 
+// Scratch memory a kernel could not get. Derives from std::bad_alloc, so Python sees a
+// MemoryError carrying this message (pybind11 keeps what()).
+class OutOfMemory : public std::bad_alloc {
+ public:
+  OutOfMemory(const char* kernel, double bytes) {
+    std::snprintf(message_, sizeof message_,
+                  "mper: %s could not allocate %.1f MiB of scratch memory; use a smaller prototype "
+                  "bank or fewer threads (torch.set_num_threads)",
+                  kernel, bytes / (1024.0 * 1024.0));
+  }
+  const char* what() const noexcept override { return message_; }
+
+ private:
+  char message_[256];
+};
+
 template <typename T>
 struct TypeTag {
   using type = T;
@@ -106,11 +143,25 @@ void dispatch(DType dtype, Fn&& f) {
   throw std::invalid_argument("mper: unknown dtype code");
 }
 
+// Calls f(TypeTag<T>{}) with T the C++ integer type of `dtype`.
+template <typename Fn>
+void dispatch_labels(LabelDType dtype, Fn&& f) {
+  switch (dtype) {
+    case LabelDType::UInt8: f(TypeTag<std::uint8_t>{}); return;
+    case LabelDType::Int8: f(TypeTag<std::int8_t>{}); return;
+    case LabelDType::Int16: f(TypeTag<std::int16_t>{}); return;
+    case LabelDType::Int32: f(TypeTag<std::int32_t>{}); return;
+    case LabelDType::Int64: f(TypeTag<std::int64_t>{}); return;
+  }
+  throw std::invalid_argument("mper: unknown label dtype code");
+}
+
 namespace cpu {
 void head_forward(const HeadArgs& args);
 void head_backward(const HeadArgs& args);
 void accumulate(const AccumulateArgs& args);
 void ema_update(const EmaArgs& args);
+void largest_component(const ComponentArgs& args);
 }  // namespace cpu
 
 #ifdef MPER_WITH_CUDA
@@ -119,6 +170,7 @@ void head_forward(const HeadArgs& args);
 void head_backward(const HeadArgs& args);
 void accumulate(const AccumulateArgs& args);
 void ema_update(const EmaArgs& args);
+void largest_component(const ComponentArgs& args);
 }  // namespace cuda
 #endif
 

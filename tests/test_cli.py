@@ -1,13 +1,16 @@
 """The command-line tools on tiny synthetic data: help, data, train, eval, predict, errors."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
 
 import pytest
 
+from mper import pipeline
 from mper.cli import data_main, eval_main, predict_main, train_main
+from mper.train import checkpoint
 from mper.train.loop import Trainer
 
 TINY = [
@@ -19,6 +22,11 @@ TINY = [
 
 def tiny_arguments():
     return [argument for assignment in TINY for argument in ("--set", assignment)]
+
+
+def train_arguments(acdc_root, run_dir):
+    return ["--dataset", "acdc", "--data-root", str(acdc_root), "--labeled", "1", "--ops", "reference",
+            "--device", "cpu", "--out", str(run_dir), *tiny_arguments()]
 
 
 @pytest.fixture(scope="module")
@@ -74,19 +82,22 @@ def test_train_eval_and_predict_from_the_command_line(acdc_root, tmp_path, capsy
     assert (tmp_path / "labels" / f"{case}_pred.nii.gz").is_file()
 
 
-def test_ctrl_c_saves_and_resume_finishes_the_run(acdc_root, tmp_path, monkeypatch, capsys):
+def signal_after_every_step(monkeypatch, signum):
+    """Send ``signum`` to this process after every SGD step, as a user or a scheduler would."""
     original = Trainer.optimize
 
-    def optimize_then_press_ctrl_c(self, loss):
+    def optimize_then_signal(self, loss):
         original(self, loss)
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signum)
 
-    monkeypatch.setattr(Trainer, "optimize", optimize_then_press_ctrl_c)
+    monkeypatch.setattr(Trainer, "optimize", optimize_then_signal)
+
+
+def test_ctrl_c_saves_and_resume_finishes_the_run(acdc_root, tmp_path, monkeypatch, capsys):
+    signal_after_every_step(monkeypatch, signal.SIGINT)
     run_dir = tmp_path / "run"
-    arguments = ["--dataset", "acdc", "--data-root", str(acdc_root), "--labeled", "1", "--ops", "reference",
-                 "--device", "cpu", "--out", str(run_dir), *tiny_arguments()]
     with pytest.raises(SystemExit) as exit_info:
-        train_main(arguments)
+        train_main(train_arguments(acdc_root, run_dir))
     assert exit_info.value.code == 130
     assert f"mper-train --resume --out {run_dir}" in capsys.readouterr().err
     monkeypatch.undo()
@@ -99,18 +110,108 @@ def test_ctrl_c_saves_and_resume_finishes_the_run(acdc_root, tmp_path, monkeypat
     [
         (["--dataset", "acdc", "--data-root", "{root}", "--set", "selftrain.iteratons=3"],
          "unknown setting selftrain.iteratons"),
-        (["--dataset", "la", "--data-root", "{root}", "--preset", "demo"], "preset 'demo' is not defined for la"),
-        (["--dataset", "acdc", "--data-root", "{missing}"], "missing/val.list not found"),
+        (["--dataset", "la", "--data-root", "{root}", "--preset", "reference+dmeo"], "preset 'dmeo' is not defined for la"),
+        (["--dataset", "acdc", "--data-root", "{missing}"], "missing/train_slices.list not found"),
         (["--dataset", "acdc"], "--dataset and --data-root are required"),
         (["--resume"], "--resume needs --out"),
         (["--resume", "--out", "{missing}"], "missing/last.pt does not exist"),
+        (["--dataset", "acdc", "--data-root", "{root}", "--set", "data.patch_size=64,64"],
+         "e.g. data.patch_size=[64, 64]"),
+        (["--dataset", "acdc", "--data-root", "{root}", "--set", "prototypes.tau=-1"], "prototypes.tau must be"),
+        (["--dataset", "acdc", "--data-root", "{root}", "--set", "optim.lr=nan"], "optim.lr must be a positive"),
+        (["--dataset", "acdc", "--data-root", "{root}", "--labeled", "3"], "leaves no unlabeled training case"),
+        (["--dataset", "acdc", "--data-root", "{root}", "--out", "{file}/run"], "cannot create the run folder"),
     ],
 )
-def test_user_errors_end_in_one_line_and_exit_code_2(arguments, message, acdc_root, tmp_path, capsys):
-    paths = {"root": acdc_root, "missing": tmp_path / "missing"}
+def test_user_errors_end_in_one_line_and_exit_code_2(arguments, message, acdc_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("a file, not a folder")
+    paths = {"root": acdc_root, "missing": tmp_path / "missing", "file": tmp_path / "file"}
     arguments = [argument.format(**paths) for argument in arguments]
     with pytest.raises(SystemExit) as exit_info:
-        train_main([*arguments, "--ops", "reference", "--device", "cpu"])
+        train_main(["--labeled", "1", *tiny_arguments(), *arguments, "--ops", "reference", "--device", "cpu"])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
-    assert message in error and "Traceback" not in error
+    assert message in error.splitlines()[-1] and error.count("error:") == 1 and "Traceback" not in error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_fault_keeps_its_traceback_and_is_not_reported_as_a_user_error(acdc_root, tmp_path, monkeypatch):
+    def fault(self, loss):
+        raise ValueError("simulated fault")
+
+    monkeypatch.setattr(Trainer, "optimize", fault)
+    with pytest.raises(ValueError, match="simulated fault"):
+        train_main(train_arguments(acdc_root, tmp_path / "run"))
+    assert "Traceback" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_full_disk_and_an_unwritable_folder_get_one_line(acdc_root, tmp_path, monkeypatch, capsys):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(train_arguments(acdc_root, tmp_path / "run"))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in error
+    assert "cannot write checkpoint" in error and "No space left on device" in error
+    (tmp_path / "file").write_text("a file, not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        data_main(["synth", "--dataset", "acdc", "--out", str(tmp_path / "file" / "data"), "--cases", "3"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Not a directory" in error and "Traceback" not in error
+
+
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(acdc_root, tmp_path, monkeypatch, capsys):
+    signal_after_every_step(monkeypatch, signal.SIGTERM)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(train_arguments(acdc_root, run_dir))
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    error = capsys.readouterr().err
+    assert "interrupted (SIGTERM)" in error and f"mper-train --resume --out {run_dir}" in error
+    assert checkpoint.load_checkpoint(run_dir / "last.pt")["progress"]["iteration"] == 1
+
+
+def test_a_second_ctrl_c_during_a_checkpoint_write_exits_with_a_message(acdc_root, tmp_path, monkeypatch, capsys):
+    def press_ctrl_c_while_writing(state, stream):
+        stream.write(b"part of a checkpoint")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    signal_after_every_step(monkeypatch, signal.SIGINT)
+    monkeypatch.setattr(checkpoint.torch, "save", press_ctrl_c_while_writing)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(train_arguments(acdc_root, run_dir))
+    assert exit_info.value.code == 130
+    error = capsys.readouterr().err
+    assert "stopped at once, before the first checkpoint" in error and "Traceback" not in error
+    assert not run_dir.exists()
+
+
+def test_ctrl_c_during_the_final_evaluation_exits_with_a_message(acdc_root, tmp_path, monkeypatch, capsys):
+    def press_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(pipeline, "evaluate", press_ctrl_c)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(train_arguments(acdc_root, run_dir))
+    assert exit_info.value.code == 130
+    error = capsys.readouterr().err
+    assert f"{run_dir / 'last.pt'} holds the last complete checkpoint" in error and "Traceback" not in error
+    assert f"mper-train --resume --out {run_dir}" in error
+
+
+def test_resume_refuses_changed_settings_in_one_line(acdc_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train_main(train_arguments(acdc_root, run_dir))
+    capsys.readouterr()
+    for arguments in (["--seed", "3"], ["--labeled", "2"], ["--preset", "reference"], ["--set", "optim.lr=0.1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            train_main(["--resume", "--out", str(run_dir), *arguments])
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "cannot change" in error and "Traceback" not in error
+    train_main(["--resume", "--out", str(run_dir), "--set", "selftrain.iterations=4"])
+    assert "resuming with selftrain.iterations = 4 (was 3)" in capsys.readouterr().err

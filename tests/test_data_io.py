@@ -129,6 +129,29 @@ def test_load_la_case_rejects_malformed_cases(tmp_path, image, label, message):
         load_la_case(root, "BAD")
 
 
+@pytest.mark.parametrize(
+    ("image", "label", "message"),
+    [
+        (np.where(np.eye(4)[:, :, None] > 0, np.nan, 0.0) * np.ones((4, 4, 3)), np.zeros((4, 4, 3), np.uint8),
+         r"BAD/mri_norm2\.h5: image has 12 NaN or infinite value\(s\) among 48"),
+        (np.full((4, 5, 3), np.inf), np.zeros((4, 5, 3), np.uint8), r"BAD/mri_norm2\.h5: image has 60 NaN"),
+        (np.zeros((4, 5, 3)), np.full((4, 5, 3), 0.7), r"BAD/mri_norm2\.h5: label holds float64 values"),
+        (np.zeros((4, 0, 3)), np.zeros((4, 0, 3), np.uint8), r"BAD/mri_norm2\.h5: dataset 'image' is empty"),
+        (np.zeros((4, 5, 3), "S1"), np.zeros((4, 5, 3), np.uint8), r"dataset 'image' holds \|S1 values"),
+    ],
+)
+def test_non_finite_images_float_labels_and_empty_cases_are_refused_naming_the_file(tmp_path, image, label, message):
+    root = la_root(tmp_path, {"BAD": (image, label)})
+    with pytest.raises(DataFormatError, match=message):
+        load_la_case(root, "BAD")
+
+
+def test_an_empty_acdc_slice_names_its_file(tmp_path):
+    write_h5(tmp_path / "data" / "slices" / "p_slice_0.h5", image=np.zeros((0, 5)), label=np.zeros((0, 5), np.uint8))
+    with pytest.raises(DataFormatError, match=r"p_slice_0\.h5: dataset 'image' is empty"):
+        load_acdc_slice(tmp_path, "p_slice_0")
+
+
 def test_load_la_case_missing_file_names_the_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"GONE.*mri_norm2\.h5"):
         load_la_case(tmp_path, "GONE")
@@ -192,7 +215,7 @@ def test_acdc_split_takes_whole_patients_in_list_order(tmp_path):
     labeled, unlabeled = acdc_split(tmp_path, 2)
     assert labeled == [slices[0], slices[1], slices[2], slices[3], slices[5]]
     assert unlabeled == [slices[4]]
-    with pytest.raises(ValueError, match="labeled_patients"):
+    with pytest.raises(ValueError, match="labeled must be between 1 and the 3 patients"):
         acdc_split(tmp_path, 4)
 
 

@@ -1,4 +1,4 @@
-"""End-to-end evaluation on tiny data sets written in the public layouts (SPEC 6)."""
+"""End-to-end evaluation on tiny data sets written in the public layouts (docs/method.md, "Data layouts")."""
 from __future__ import annotations
 
 import json

@@ -1,12 +1,15 @@
 """Prediction from NIfTI and HDF5 files to NIfTI label maps."""
 from __future__ import annotations
 
+import logging
+
 import h5py
 import nibabel as nib
 import numpy as np
 import pytest
 from test_inference import ThresholdNet
 
+from mper.errors import DataFormatError, UserError
 from mper.eval.predict import predict_file, predict_path
 
 AFFINE = np.array(
@@ -30,13 +33,21 @@ def write_h5(path, **datasets):
     return path
 
 
-def test_la_nifti_is_normalised_and_keeps_its_affine(tmp_path):
+def test_la_nifti_is_normalised_and_keeps_its_header(tmp_path):
     raw = half_bright((18, 16, 6))
-    nib.save(nib.Nifti1Image(raw, AFFINE), tmp_path / "scan.nii.gz")
+    scan = nib.Nifti1Image(raw, AFFINE)
+    scan.header.set_xyzt_units("mm", "sec")
+    scan.set_qform(AFFINE, code=1)
+    scan.set_sform(AFFINE, code=4)
+    nib.save(scan, tmp_path / "scan.nii.gz")
     out = predict_file(ThresholdNet(), tmp_path / "scan.nii.gz", "la", tmp_path / "out", **LA_OPTIONS)
     assert out == tmp_path / "out" / "scan_pred.nii.gz"
     labels = nib.load(out)
     np.testing.assert_allclose(labels.affine, AFFINE)
+    assert (int(labels.header["qform_code"]), int(labels.header["sform_code"])) == (1, 4)
+    assert labels.header.get_xyzt_units() == ("mm", "sec")
+    assert labels.header.get_zooms() == scan.header.get_zooms()
+    assert labels.header.get_intent()[0] == "label"
     assert labels.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asarray(labels.dataobj), (raw > 0).astype(np.uint8))
 
@@ -55,27 +66,70 @@ def test_acdc_nifti_is_segmented_along_its_last_axis(tmp_path):
 
 
 def test_h5_is_used_as_stored_with_an_identity_affine(tmp_path):
-    image = np.where(half_bright((16, 16, 8)) > 0, 1.0, 0.0).astype(np.float32)
+    image = np.where(half_bright((16, 16, 8)) > 0, 1.0, -1.0).astype(np.float32)
     path = write_h5(tmp_path / "case" / "mri_norm2.h5", image=image, label=np.zeros(image.shape, np.uint8))
     out = predict_file(ThresholdNet(), path, "la", tmp_path / "out", **LA_OPTIONS)
+    assert out == tmp_path / "out" / "case_pred.nii.gz"
     labels = nib.load(out)
     np.testing.assert_array_equal(labels.affine, np.eye(4))
-    np.testing.assert_array_equal(np.asarray(labels.dataobj), image.astype(np.uint8))
+    np.testing.assert_array_equal(np.asarray(labels.dataobj), (image > 0).astype(np.uint8))
 
 
-def test_directory_outputs_keep_the_case_folders(tmp_path):
+def test_outputs_are_named_after_the_case_and_keep_its_folder(tmp_path, caplog):
     for case in ("caseA", "caseB"):
         write_h5(tmp_path / "in" / case / "mri_norm2.h5", image=np.zeros((16, 16, 8), np.float32))
+    (tmp_path / "in" / "more").mkdir()
+    nib.save(nib.Nifti1Image(half_bright((16, 16, 8)), AFFINE), tmp_path / "in" / "more" / "scan.nii.gz")
     (tmp_path / "in" / "notes.txt").write_text("not an image")
-    outputs = predict_path(ThresholdNet(), tmp_path / "in", "la", tmp_path / "out", **LA_OPTIONS)
+    with caplog.at_level(logging.INFO, logger="mper"):
+        outputs = predict_path(ThresholdNet(), tmp_path / "in", "la", tmp_path / "out", **LA_OPTIONS)
     assert outputs == [
-        tmp_path / "out" / "caseA" / "mri_norm2_pred.nii.gz",
-        tmp_path / "out" / "caseB" / "mri_norm2_pred.nii.gz",
+        tmp_path / "out" / "caseA_pred.nii.gz",
+        tmp_path / "out" / "caseB_pred.nii.gz",
+        tmp_path / "out" / "more" / "scan_pred.nii.gz",
     ]
     assert all(path.is_file() for path in outputs)
+    assert [line.split(" ")[0] for line in caplog.messages] == ["[1/3]", "[2/3]", "[3/3]"]
     one_file = tmp_path / "in" / "caseA" / "mri_norm2.h5"
     single = predict_path(ThresholdNet(), one_file, "la", tmp_path / "one", **LA_OPTIONS)
-    assert single == [tmp_path / "one" / "mri_norm2_pred.nii.gz"]
+    assert single == [tmp_path / "one" / "caseA_pred.nii.gz"]
+
+
+def test_a_bad_file_in_a_folder_is_reported_and_the_rest_is_segmented(tmp_path, caplog):
+    write_h5(tmp_path / "in" / "good.h5", image=np.zeros((16, 16, 8), np.float32))
+    write_h5(tmp_path / "in" / "slice.h5", image=np.zeros((16, 16), np.float32))
+    (tmp_path / "in" / "broken.nii.gz").write_bytes(b"not gzip at all")
+    with caplog.at_level(logging.INFO, logger="mper"), pytest.raises(UserError, match="2 of 3 files could not"):
+        predict_path(ThresholdNet(), tmp_path / "in", "la", tmp_path / "out", **LA_OPTIONS)
+    assert (tmp_path / "out" / "good_pred.nii.gz").is_file()
+    errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(errors) == 2
+    assert "broken.nii.gz: not a readable NIfTI file" in errors[0]
+    assert "slice.h5: expected a 3D volume" in errors[1]
+
+
+def test_nan_voxels_are_refused_with_the_file_name(tmp_path):
+    raw = half_bright((16, 16, 8))
+    raw[3, 4, 5] = np.nan
+    nib.save(nib.Nifti1Image(raw, AFFINE), tmp_path / "scan.nii.gz")
+    with pytest.raises(DataFormatError, match=r"scan.nii.gz: image has 1 NaN or infinite value"):
+        predict_file(ThresholdNet(), tmp_path / "scan.nii.gz", "la", tmp_path / "out", **LA_OPTIONS)
+    image = np.zeros((16, 16, 8), np.float32)
+    image[0, 0, 0] = np.inf
+    write_h5(tmp_path / "inf.h5", image=image)
+    with pytest.raises(DataFormatError, match=r"inf.h5: image has 1 NaN or infinite value"):
+        predict_file(ThresholdNet(), tmp_path / "inf.h5", "la", tmp_path / "out", **LA_OPTIONS)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_volume_of_the_other_dataset_is_named_as_such(tmp_path):
+    z_scored = np.where(half_bright((4, 16, 16)) > 0, 1.5, -0.5).astype(np.float32)
+    write_h5(tmp_path / "la_case.h5", image=z_scored)
+    with pytest.raises(DataFormatError, match=r"span \[-0.5, 1.5\], but the ACDC model .* preprocessed LA volume"):
+        predict_file(ThresholdNet(num_classes=4), tmp_path / "la_case.h5", "acdc", tmp_path, size=(32, 32))
+    write_h5(tmp_path / "acdc_case.h5", image=np.linspace(0, 1, 16 * 16 * 8, dtype=np.float32).reshape(16, 16, 8))
+    with pytest.raises(DataFormatError, match=r"the LA model expects z-scored .* preprocessed ACDC volume"):
+        predict_file(ThresholdNet(), tmp_path / "acdc_case.h5", "la", tmp_path, **LA_OPTIONS)
 
 
 def test_bad_inputs_name_the_file_and_what_was_expected(tmp_path):

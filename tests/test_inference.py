@@ -104,7 +104,12 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="stride must be three positive integers"):
         sliding_window_predict(ThresholdNet(), np.zeros((4, 4, 4)), 2, stride=(0, 1, 1))
     with pytest.raises(ValueError, match="predicts 2 classes but num_classes=4"):
-        sliding_window_predict(ThresholdNet(), np.zeros((4, 4, 4)), 4, patch_size=(16, 16, 8))
+        sliding_window_predict(ThresholdNet(), np.zeros((4, 4, 4)), 4, patch_size=(16, 16, 8), stride=(8, 8, 4))
+
+
+def test_a_stride_larger_than_the_patch_is_refused():
+    with pytest.raises(ValueError, match=r"stride \(16, 8, 9\) must not exceed patch_size \(16, 16, 8\)"):
+        sliding_window_predict(ThresholdNet(), np.zeros((40, 40, 20)), 2, patch_size=(16, 16, 8), stride=(16, 8, 9))
 
 
 def test_slicewise_resizes_each_slice_and_back():

@@ -50,18 +50,18 @@ def test_copy_paste_loss_weights_each_region():
     logits, label, mix_mask = two_voxel_case()
     mask_region = math.log(2) + 0.6
     box_region = -math.log(0.75) + 0.52
-    loss = copy_paste_loss(logits, label, mix_mask, mask_weight=1.0, box_weight=0.5)
+    loss = copy_paste_loss(logits, label, label, mix_mask, surround_weight=1.0, box_weight=0.5)
     assert loss.item() == pytest.approx(mask_region + 0.5 * box_region)
-    swapped = copy_paste_loss(logits, label, mix_mask, mask_weight=0.5, box_weight=1.0)
+    swapped = copy_paste_loss(logits, label, label, mix_mask, surround_weight=0.5, box_weight=1.0)
     assert swapped.item() == pytest.approx(0.5 * mask_region + box_region)
-    halved = copy_paste_loss(logits, label, mix_mask, 1.0, 1.0, scale=0.5)
+    halved = copy_paste_loss(logits, label, label, mix_mask, 1.0, 1.0, scale=0.5)
     assert halved.item() == pytest.approx((mask_region + box_region) / 2)
 
 
 def test_copy_paste_loss_is_small_for_a_confident_correct_prediction():
     label = torch.tensor([[[0, 1], [2, 1]]])
     logits = 30.0 * torch.nn.functional.one_hot(label, 3).movedim(-1, 1).float()
-    loss = copy_paste_loss(logits, label, torch.tensor([[1.0, 0.0], [0.0, 1.0]]), 1.0, 0.5)
+    loss = copy_paste_loss(logits, label, label, torch.tensor([[1.0, 0.0], [0.0, 1.0]]), 1.0, 0.5)
     # A class absent from a region and predicted nowhere there counts as matched.
     assert 0 <= loss.item() < 1e-6
 
@@ -69,7 +69,7 @@ def test_copy_paste_loss_is_small_for_a_confident_correct_prediction():
 def test_copy_paste_loss_sends_gradients_to_the_logits():
     logits, label, mix_mask = two_voxel_case()
     logits.requires_grad_(True)
-    copy_paste_loss(logits, label, mix_mask, 1.0, 0.5).backward()
+    copy_paste_loss(logits, label, label, mix_mask, 1.0, 0.5).backward()
     # Raising the labeled class's logit lowers the loss.
     assert logits.grad[0, 1, 0, 0] < 0 and logits.grad[0, 0, 0, 1] < 0
 

@@ -117,3 +117,56 @@ def test_cuda_rejects_float64_and_mixed_devices():
         ops.proto_classify(feat.double(), bank, 2)
     with pytest.raises(ValueError, match="one device"):
         ops.proto_classify(feat, bank.cpu(), 2)
+
+
+def _head_on_cuda(module, feat, bank, num_classes, upstream=None):
+    f = feat.detach().clone().requires_grad_(True)
+    logits, assign, loss = module.proto_classify_infonce(f, bank, num_classes, 0.1, 0.1, 0)
+    if upstream is None:
+        upstream = torch.randn(logits.shape, generator=torch.Generator("cuda").manual_seed(1), device="cuda")
+    (grad,) = torch.autograd.grad([logits, loss], f, [upstream.to(logits.dtype), torch.ones_like(loss)])
+    return logits, assign, loss, grad
+
+
+# (depth, C, K, spatial): the unit bank is C*K rows of the depth padded to 16/32/64/128
+# floats in shared memory. 768 x 16 floats is exactly 48 KiB, which with the forward's
+# static scratch needs the opt-in beyond the default; 1000 x 16 needs it in both
+# directions; 1024 x 64 and 600 x 128 floats exceed every device's opt-in limit, so
+# the bank is read from global memory.
+LARGE_BANKS = [(16, 2, 384, (16, 16)), (16, 4, 250, (12, 12)), (64, 2, 512, (8, 8)), (100, 3, 200, (6, 6))]
+
+
+@pytest.mark.parametrize("depth,num_classes,num_protos,spatial", LARGE_BANKS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_banks_match_reference_on_cuda(depth, num_classes, num_protos, spatial, dtype):
+    feat = make_features(2, depth, spatial, dtype, seed=depth, device="cuda")
+    bank = make_bank(num_classes * num_protos, depth, seed=num_protos, device="cuda")
+    got = _head_on_cuda(ops, feat, bank, num_classes)
+    want = _head_on_cuda(ref, feat, bank, num_classes)
+    keep = reliable_voxels(feat, bank, num_classes).unsqueeze(1)
+    assert keep.float().mean() > 0.5
+    tol = TOLERANCE[dtype]
+    assert_close_where(got[0], want[0], keep, tol)
+    assert torch.equal(got[1][keep.expand_as(got[1])], want[1][keep.expand_as(want[1])])
+    torch.testing.assert_close(got[2].double(), want[2].double(), **tol)
+    assert_close_where(got[3], want[3], keep, tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_gradients_at_an_odd_storage_offset_on_cuda(dtype):
+    # the kernels read V voxels of grad_logits as one vector; a gradient that starts one
+    # element past an aligned address (e.g. a slice of a torch.cat of flattened logits)
+    # must take the one-voxel path
+    feat = make_features(2, 16, (8, 8), dtype, seed=51, device="cuda")
+    bank = make_bank(6, 16, seed=52, device="cuda")
+    logits, _ = ops.proto_classify(feat, bank, 2)
+    storage = torch.randn(logits.numel() + 1, generator=torch.Generator("cuda").manual_seed(2), device="cuda")
+    upstream = storage.to(dtype)[1:].view(logits.shape)
+    assert upstream.is_contiguous() and upstream.data_ptr() % (2 * upstream.element_size()) != 0
+    direct = torch.ops.mper.proto_head_backward(feat, bank, upstream, None, None, 2, 0.1, 0.1, -1)
+    got = _head_on_cuda(ops, feat, bank, 2, upstream)[3]
+    want = _head_on_cuda(ref, feat, bank, 2, upstream)[3]
+    keep = reliable_voxels(feat, bank, 2).unsqueeze(1)
+    assert_close_where(got, want, keep, TOLERANCE[dtype])
+    aligned = upstream.clone()
+    torch.testing.assert_close(direct, torch.ops.mper.proto_head_backward(feat, bank, aligned, None, None, 2, 0.1, 0.1, -1))

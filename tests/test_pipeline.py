@@ -6,19 +6,25 @@ seconds; what they check is the plumbing and that resuming is exact.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
+import shutil
 import signal
+from pathlib import Path
 
+import h5py
 import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
 from mper import pipeline
-from mper.data import acdc_volume_path, synthesize
-from mper.train.checkpoint import load_checkpoint
+from mper.data import acdc_slice_path, acdc_volume_path, synthesize
+from mper.errors import ConfigError, DataFormatError, MissingFileError, RunFolderError, TrainingDiverged
+from mper.train.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
 from mper.train.config import load_config
 from mper.train.loaders import training_cases, validation_cases
+from mper.train.lock import run_folder_lock
 from mper.train.loop import Trainer
 from mper.train.runtime import TrainingInterrupted
 
@@ -85,8 +91,8 @@ def test_a_run_folder_holds_config_log_checkpoints_metrics_and_figures(finished_
     assert best["progress"]["iteration"] == last["progress"]["best_iteration"]
 
 
-def interrupt_after(monkeypatch, optimizer_steps):
-    """Press Ctrl-C (a real SIGINT) right after the given number of SGD steps."""
+def after_optimizer_steps(monkeypatch, optimizer_steps, action):
+    """Call ``action(trainer)`` right after the given number of SGD steps."""
     original = Trainer.optimize
     calls = {"count": 0}
 
@@ -94,9 +100,14 @@ def interrupt_after(monkeypatch, optimizer_steps):
         original(self, loss)
         calls["count"] += 1
         if calls["count"] == optimizer_steps:
-            os.kill(os.getpid(), signal.SIGINT)
+            action(self)
 
     monkeypatch.setattr(Trainer, "optimize", optimize)
+
+
+def interrupt_after(monkeypatch, optimizer_steps):
+    """Press Ctrl-C (a real SIGINT) right after the given number of SGD steps."""
+    after_optimizer_steps(monkeypatch, optimizer_steps, lambda trainer: os.kill(os.getpid(), signal.SIGINT))
 
 
 @pytest.mark.parametrize("optimizer_steps, stage", [(3, "pretrain"), (4 + 2, "selftrain")])
@@ -109,8 +120,11 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_state(
         pipeline.train(tiny_config(acdc_root, run_dir))
     saved = load_checkpoint(run_dir / "last.pt")
     assert saved["progress"]["stage"] == stage
+    stale = run_dir / ".last.pt.99999-0badc0de.tmp"
+    stale.write_bytes(b"what a killed write left")
     monkeypatch.undo()
     pipeline.resume(run_dir)
+    assert not stale.exists()
     expected, resumed = load_checkpoint(finished_run / "last.pt"), load_checkpoint(run_dir / "last.pt")
     for key in RESUMABLE_STATE:
         assert_same(expected[key], resumed[key], key)
@@ -118,8 +132,29 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_state(
     assert json.loads((finished_run / "metrics.json").read_text()) == json.loads((run_dir / "metrics.json").read_text())
 
 
+def test_sigterm_to_the_whole_job_saves_a_checkpoint_with_data_workers(acdc_root, tmp_path, monkeypatch):
+    """A scheduler pre-empting the job signals every process, the data workers too."""
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+    if not children.exists():
+        pytest.skip("needs /proc to find the data workers")
+
+    def sigterm_everyone(trainer):
+        for pid in children.read_text().split():
+            os.kill(int(pid), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    after_optimizer_steps(monkeypatch, 1, sigterm_everyone)
+    run_dir = tmp_path / "run"
+    config = load_config("acdc", "paper", {"data_root": str(acdc_root), "out": str(run_dir), "labeled": 1,
+                                           "device": "cpu"}, [*TINY_ACDC, "data.num_workers=1"])
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        pipeline.train(config)
+    assert interrupted.value.signal_name == "SIGTERM"
+    assert load_checkpoint(run_dir / "last.pt")["progress"]["iteration"] == 1
+
+
 def test_a_run_folder_is_not_overwritten_without_resume(acdc_root, finished_run):
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(RunFolderError, match="--resume"):
         pipeline.train(tiny_config(acdc_root, finished_run))
 
 
@@ -173,20 +208,182 @@ def la_config(la_root, out, *assignments):
     ])
 
 
-def test_la_holds_out_the_last_training_cases_for_validation_unless_told_otherwise(la_root, tmp_path):
+def test_la_selects_on_the_test_cases_as_published_or_on_held_out_training_cases(la_root, tmp_path):
     train = (la_root / "train.list").read_text().split()
-    labeled, unlabeled = training_cases(la_config(la_root, tmp_path))
-    assert labeled == train[:2] and unlabeled == train[2:-1]
-    assert validation_cases(la_config(la_root, tmp_path)) == train[-1:]
-    published = la_config(la_root, tmp_path, "data.val_split=test")
-    assert training_cases(published)[1] == train[2:]
+    published = la_config(la_root, tmp_path)
+    assert training_cases(published) == (train[:2], train[2:])
     assert validation_cases(published) == (la_root / "test.list").read_text().split()
+    held_out = la_config(la_root, tmp_path, "data.val_split=holdout")
+    labeled, unlabeled = training_cases(held_out)
+    assert labeled == train[:2] and unlabeled == train[2:-1]
+    assert validation_cases(held_out) == train[-1:]
     with pytest.raises(ValueError, match="LA has no val.list"):
         validation_cases(la_config(la_root, tmp_path, "data.val_split=val"))
 
 
-def test_a_tiny_la_run_trains_and_evaluates(la_root, tmp_path):
-    run_dir = pipeline.train(la_config(la_root, tmp_path / "la"))
+def test_a_tiny_la_run_trains_and_evaluates(la_root, acdc_root, tmp_path):
+    with pytest.raises(ConfigError, match=r"holds ACDC data .* LA is expected: the run trains on la"):
+        pipeline.train(la_config(acdc_root, tmp_path / "la"))
+    run_dir = pipeline.train(la_config(la_root, tmp_path / "la", "data.val_split=holdout"))
     summary = json.loads((run_dir / "metrics.json").read_text())["summary"]
     assert summary["num_cases"] == len((la_root / "test.list").read_text().split())
     assert load_checkpoint(run_dir / "best.pt")["bank"]["prototypes"].shape == (2 * 3, 4)
+    held_out = pipeline.evaluate(run_dir / "best.pt", split="val", device="cpu", num_figures=0)
+    assert list(held_out["per_case"]) == (la_root / "train.list").read_text().split()[-1:]
+    with pytest.raises(ConfigError, match=r"holds ACDC data \(it has data/\), but LA is expected: .*best.pt was trained"):
+        pipeline.evaluate(run_dir / "best.pt", data_root=acdc_root, device="cpu", num_figures=0)
+
+
+def test_evaluate_needs_only_the_test_list_and_its_volumes(finished_run, acdc_root, tmp_path):
+    test_root = tmp_path / "test-only"
+    cases = (acdc_root / "test.list").read_text().split()
+    (test_root / "data").mkdir(parents=True)
+    shutil.copy(acdc_root / "test.list", test_root)
+    for case in cases:
+        shutil.copy(acdc_volume_path(acdc_root, case), acdc_volume_path(test_root, case))
+    elsewhere = load_checkpoint(finished_run / "best.pt")
+    elsewhere["config"]["data_root"] = str(tmp_path / "the training data, on another machine")
+    checkpoint = save_checkpoint(tmp_path / "best.pt", elsewhere)
+    result = pipeline.evaluate(checkpoint, data_root=test_root, device="cpu", num_figures=0)
+    assert list(result["per_case"]) == cases
+    assert "| MPER | 1 | - |" in result["markdown"]
+
+
+def test_a_checkpoint_evaluated_on_the_other_dataset_names_the_mismatch(finished_run, la_root):
+    with pytest.raises(ConfigError, match=r"holds LA data .* but ACDC is expected"):
+        pipeline.evaluate(finished_run / "best.pt", data_root=la_root, device="cpu", num_figures=0)
+
+
+def fill_weights_with_nan(trainer):
+    with torch.no_grad():
+        for parameter in trainer.student.parameters():
+            parameter.fill_(float("nan"))
+
+
+@pytest.mark.parametrize(
+    "optimizer_steps, message",
+    [(3, "pretrain iteration 4: the loss is nan"),
+     (4, r"pretrain iteration 4: \d+ tensor\(s\) hold NaN or infinite values, e.g. student\.")],
+)
+def test_a_non_finite_run_stops_and_keeps_its_last_good_checkpoint(
+    acdc_root, tmp_path, monkeypatch, optimizer_steps, message
+):
+    after_optimizer_steps(monkeypatch, optimizer_steps, fill_weights_with_nan)
+    run_dir = tmp_path / "run"
+    config = load_config("acdc", "paper", {"data_root": str(acdc_root), "out": str(run_dir), "labeled": 1,
+                                           "device": "cpu"},
+                         [*TINY_ACDC, "eval.checkpoint_interval=2", "eval.val_interval=4"])
+    with pytest.raises(TrainingDiverged, match=message):
+        pipeline.train(config)
+    last = load_checkpoint(run_dir / "last.pt")
+    assert last["progress"]["iteration"] == 2 and not non_finite_tensors(last)
+    assert not (run_dir / "pretrain_best.pt").exists() and not (run_dir / "metrics.json").exists()
+    assert message.split(":")[0] in (run_dir / "train.log").read_text()
+
+
+def damaged_copy(acdc_root, tmp_path, damage):
+    root = shutil.copytree(acdc_root, tmp_path / "data")
+    labeled, unlabeled = training_cases(tiny_config(root, tmp_path))
+    test_case = (root / "test.list").read_text().split()[0]
+    val_case = (root / "val.list").read_text().split()[-1]
+    paths = {"labeled": acdc_slice_path(root, labeled[0]), "unlabeled": acdc_slice_path(root, unlabeled[-1]),
+             "test": acdc_volume_path(root, test_case), "val": acdc_volume_path(root, val_case)}
+    target = paths[damage[0]]
+    if damage[1] == "missing":
+        target.unlink()
+    else:
+        with h5py.File(target, "r+") as handle:
+            image, label = handle["image"][()], handle["label"][()]
+            del handle["image"], handle["label"]
+            if damage[1] == "nan":
+                image.reshape(-1)[5] = np.nan
+            elif damage[1] == "float label":
+                label = label.astype(np.float64) + 0.4
+            else:
+                image, label = image[:0], label[:0]
+            handle["image"], handle["label"] = image, label
+    return root, target.name
+
+
+@pytest.mark.parametrize(
+    "damage, error, message",
+    [
+        (("unlabeled", "missing"), MissingFileError, "not found"),
+        (("test", "missing"), MissingFileError, "not found"),
+        (("val", "missing"), MissingFileError, "not found"),
+        (("unlabeled", "nan"), DataFormatError, "image has 1 NaN or infinite value"),
+        (("labeled", "float label"), DataFormatError, "label holds float64 values"),
+        (("labeled", "empty"), DataFormatError, "dataset 'image' is empty"),
+    ],
+)
+def test_the_data_is_checked_before_the_run_folder_is_made(acdc_root, tmp_path, damage, error, message):
+    root, damaged_file = damaged_copy(acdc_root, tmp_path, damage)
+    run_dir = tmp_path / "run"
+    with pytest.raises(error, match=rf"{re.escape(damaged_file)}.*{message}"):
+        pipeline.train(tiny_config(root, run_dir))
+    assert not run_dir.exists()
+
+
+def test_every_training_case_labeled_leaves_nothing_to_self_train_on(acdc_root, tmp_path):
+    run_dir = tmp_path / "run"
+    patients = {name.split("_")[0] for name in (acdc_root / "train_slices.list").read_text().split()}
+    with pytest.raises(ConfigError, match=f"labeled = {len(patients)} leaves no unlabeled training case"):
+        pipeline.train(tiny_config(acdc_root, run_dir, labeled=len(patients)))
+    assert not run_dir.exists()
+
+
+def test_a_crash_keeps_its_traceback_in_train_log(acdc_root, tmp_path, monkeypatch):
+    def fault(self, loss):
+        raise ValueError("simulated fault")
+
+    monkeypatch.setattr(Trainer, "optimize", fault)
+    run_dir = tmp_path / "run"
+    with pytest.raises(ValueError, match="simulated fault"):
+        pipeline.train(tiny_config(acdc_root, run_dir))
+    log = (run_dir / "train.log").read_text()
+    assert "training failed" in log and "Traceback" in log and "ValueError: simulated fault" in log
+
+
+def test_two_runs_cannot_share_a_run_folder(acdc_root, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with run_folder_lock(run_dir), pytest.raises(RunFolderError, match=f"in use by another training run .*{os.getpid()}"):
+        pipeline.train(tiny_config(acdc_root, run_dir))
+    assert sorted(path.name for path in run_dir.iterdir()) == []
+
+
+def test_resume_applies_more_iterations_and_refuses_what_would_change_the_run(finished_run, tmp_path):
+    run_dir = shutil.copytree(finished_run, tmp_path / "run")
+    refusals = [
+        ({"seed": 5}, [], "seed cannot change \\(saved 1337, given 5\\)"),
+        ({"labeled": 2}, [], "labeled cannot change"),
+        ({"dataset": "la"}, [], "dataset cannot change"),
+        ({"preset": "reference"}, [], "preset cannot change"),
+        ({}, ["optim.lr=0.5"], "optim.lr cannot change"),
+        ({}, ["prototypes.update_source=labeled"], "prototypes.update_source cannot change"),
+        ({}, ["selftrain.iterations=5"], "this run has done 6 selftrain iterations; the iteration counts can only grow"),
+        ({}, ["pretrain.iterations=8"], "this run has finished pre-training"),
+    ]
+    for overrides, assignments, message in refusals:
+        with pytest.raises(ConfigError, match=message):
+            pipeline.resume(run_dir, overrides=overrides, assignments=assignments)
+    pipeline.resume(run_dir, overrides={"seed": 1337, "labeled": 1}, assignments=["selftrain.iterations=8"])
+    assert load_checkpoint(run_dir / "last.pt")["progress"]["iteration"] == 8
+    assert "resuming with selftrain.iterations = 8 (was 6)" in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.cuda
+def test_an_interrupted_cuda_run_resumes_to_the_uninterrupted_state(acdc_root, tmp_path, monkeypatch):
+    uninterrupted = pipeline.train(tiny_config(acdc_root, tmp_path / "uninterrupted", device="cuda"))
+    run_dir = tmp_path / "interrupted"
+    interrupt_after(monkeypatch, 4 + 2)
+    with pytest.raises(TrainingInterrupted):
+        pipeline.train(tiny_config(acdc_root, run_dir, device="cuda"))
+    monkeypatch.undo()
+    pipeline.resume(run_dir)
+    expected, resumed = load_checkpoint(uninterrupted / "last.pt"), load_checkpoint(run_dir / "last.pt")
+    assert_same(expected["progress"], resumed["progress"])
+    for key in ("mix_generator", "rng"):
+        assert_same(expected[key], resumed[key], key)
+    for name, value in expected["student"].items():
+        torch.testing.assert_close(resumed["student"][name], value, rtol=1e-3, atol=1e-4, msg=name)

@@ -12,7 +12,8 @@ from torch import nn
 from mper.train.config import OptimConfig
 from mper.train.loop import learning_rate
 from mper.train.mixing import box_mask, box_size, copy_paste
-from mper.train.selftrain import bidirectional_loss
+from mper.losses import DiceOptions
+from mper.train.selftrain import MixedImages
 from mper.train.teacher import (
     confidence,
     create_teacher,
@@ -173,15 +174,16 @@ def test_learning_rate_steps_down_every_lr_step_iterations():
     assert learning_rate(OptimConfig(lr=0.01, lr_step=0), 10_000) == 0.01
 
 
-def test_bidirectional_loss_weights_the_labeled_region_of_each_mix_by_one():
+def test_each_direction_weights_its_labeled_region_by_one():
     # One pixel outside the box (M = 1), one inside. Confident, correct logits cost ~0,
-    # so each half's loss shows how its two regions were weighted.
+    # so each direction's loss shows how its two regions were weighted.
     logits = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]]).reshape(1, 2, 1, 2)
     label = torch.tensor([[[1, 0]]])
     mix_mask = torch.tensor([[1.0, 0.0]])
-    perfect = 30.0 * nn.functional.one_hot(label, 2).movedim(-1, 1).float()
     outside, inside = math.log(2) + 0.6, -math.log(0.75) + 0.52  # see tests/test_losses.py
-    first_half_only = bidirectional_loss(torch.cat([logits, perfect]), label.repeat(2, 1, 1), mix_mask, 0.5, 1.0)
-    second_half_only = bidirectional_loss(torch.cat([perfect, logits]), label.repeat(2, 1, 1), mix_mask, 0.5, 1.0)
-    assert first_half_only.item() == pytest.approx(outside + 0.5 * inside, abs=1e-6)
-    assert second_half_only.item() == pytest.approx(0.5 * outside + inside, abs=1e-6)
+    common = dict(images=torch.zeros(1, 1, 1, 2), surround_label=label, box_label=label, mix_mask=mix_mask,
+                  teacher_confidence=torch.ones(1, 1, 2))
+    labeled_surround = MixedImages(labeled_region=mix_mask, surround_weight=1.0, box_weight=0.5, **common)
+    unlabeled_surround = MixedImages(labeled_region=1 - mix_mask, surround_weight=0.5, box_weight=1.0, **common)
+    assert labeled_surround.loss(logits, 1.0, DiceOptions()).item() == pytest.approx(outside + 0.5 * inside, abs=1e-6)
+    assert unlabeled_surround.loss(logits, 1.0, DiceOptions()).item() == pytest.approx(0.5 * outside + inside, abs=1e-6)

@@ -1,6 +1,10 @@
 """Presets, overrides and checks of the run configuration; checkpoint files."""
 from __future__ import annotations
 
+import dataclasses
+import os
+import stat
+
 import pytest
 import torch
 
@@ -9,8 +13,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from mper.errors import ConfigError, RunFolderError
+from mper.train import checkpoint
 from mper.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from mper.train.config import TrainConfig, load_config, parse_override, read_preset, to_toml
+from mper.train.config import RANGE_RULES, TrainConfig, load_config, parse_override, read_preset, to_toml
 
 
 def test_paper_presets_hold_the_published_hyper_parameters():
@@ -24,7 +30,7 @@ def test_paper_presets_hold_the_published_hyper_parameters():
     for config in (la, acdc):
         assert config.selftrain.ema_decay == 0.999 and config.prototypes.momentum == 0.9
         assert (config.prototypes.tau, config.prototypes.nce_tau, config.prototypes.per_class) == (0.1, 0.1, 3)
-        assert config.prototypes.update_background and config.prototypes.contrastive_ignore_row is None
+        assert not config.prototypes.update_background and config.prototypes.contrastive_ignore_row is None
         assert config.selftrain.consistency_scale == 1.0 and config.ops == "mper"
     assert la.selftrain.pseudo_label_threshold == 0.5 and acdc.selftrain.pseudo_label_threshold is None
 
@@ -41,8 +47,18 @@ def test_reference_presets_change_what_the_authors_code_does_differently():
 
 
 def test_an_unknown_preset_lists_the_available_ones():
-    with pytest.raises(ValueError, match="available: paper, reference"):
-        read_preset("la", "demo")
+    with pytest.raises(ValueError, match="'tiny' is not defined for la; available: paper, reference"):
+        read_preset("la", "tiny")
+    with pytest.raises(ValueError, match="'tiny' is not defined"):
+        read_preset("acdc", "reference+tiny")
+
+
+def test_presets_stack_left_to_right_on_top_of_paper():
+    stacked = read_preset("acdc", "reference+demo")
+    assert stacked["preset"] == "reference+demo"
+    assert stacked["selftrain"]["contrastive_weight"] == 0.001  # from reference
+    assert stacked["selftrain"]["rampup_epochs"] == 16  # demo, applied last
+    assert stacked["network"]["classifier_kernel"] == 3 and stacked["network"]["channels"] == [8, 16, 32, 64, 128]
 
 
 def test_overrides_are_typed_by_toml_and_merged_into_sections():
@@ -51,12 +67,13 @@ def test_overrides_are_typed_by_toml_and_merged_into_sections():
     assert parse_override("network.channels=[8, 16]") == {"network": {"channels": [8, 16]}}
     config = load_config(
         "acdc", "paper", {"labeled": 3},
-        ["selftrain.iterations=50", "network.channels=[8,16,32,64,128]", "selftrain.pseudo_label_threshold=0.5",
+        ["selftrain.iterations=50", "network.channels=[8,16,32,64,128]", "prototypes.contrastive_ignore_row=0",
          "optim.lr=1"],
     )
     assert config.labeled == 3 and config.selftrain.iterations == 50
-    assert config.network == {"channels": [8, 16, 32, 64, 128], "dropout": [0.05, 0.1, 0.2, 0.3, 0.5]}
-    assert config.selftrain.pseudo_label_threshold == 0.5 and config.optim.lr == 1.0
+    assert config.network == {"channels": [8, 16, 32, 64, 128], "dropout": [0.05, 0.1, 0.2, 0.3, 0.5],
+                              "classifier_kernel": 1}
+    assert config.prototypes.contrastive_ignore_row == 0 and config.optim.lr == 1.0
     assert isinstance(config.optim.lr, float)
 
 
@@ -71,11 +88,81 @@ def test_overrides_are_typed_by_toml_and_merged_into_sections():
         ("data.labeled_batch_size=3", "must be even"),
         ("selftrain.iterations=0", "selftrain.iterations must be a positive integer"),
         ("iterations", "must look like section.key=value"),
+        ("data.patch_size=64,64", r"expects tuple \(a list of int in brackets\), got '64,64'; "
+                                  r"e.g. data.patch_size=\[64, 64\]"),
+        ("selftrain.teacher_mode=student", "selftrain.teacher_mode must be one of train, eval"),
+        ("losses.dice=cube", "losses.dice must be one of pooled-squared, per-sample-linear"),
+        ("eval.postprocess=holes", "eval.postprocess must be one of none, largest-component"),
+        ("selftrain.forward_passes=3", "selftrain.forward_passes must be 1 or 2"),
+        ("prototypes.kmeans_max_voxels=-1", "kmeans_max_voxels must be 0"),
+        ("losses.dice_smooth=-1", "losses.dice_smooth must be a finite number >= 0"),
+        ("network.classifier_kernel=2", "network.classifier_kernel must be a positive odd integer"),
     ],
 )
 def test_bad_overrides_say_what_is_wrong(assignment, message):
     with pytest.raises(ValueError, match=message):
         load_config("acdc", "paper", assignments=[assignment])
+
+
+@pytest.mark.parametrize(
+    "dataset, assignment, message",
+    [
+        ("acdc", "prototypes.tau=-1", "prototypes.tau must be a positive finite number"),
+        ("acdc", "prototypes.tau=1e-40", "prototypes.tau must be a positive finite number whose inverse is finite"),
+        ("acdc", "prototypes.nce_tau=inf", "prototypes.nce_tau must be a positive"),
+        ("acdc", "optim.lr=nan", "optim.lr must be a positive finite number"),
+        ("acdc", "optim.lr=0", "optim.lr must be a positive finite number"),
+        ("acdc", "optim.momentum=1.5", r"optim.momentum must be in \[0, 1\)"),
+        ("acdc", "optim.weight_decay=-1e-4", "optim.weight_decay must be a finite number >= 0"),
+        ("acdc", "optim.lr_gamma=nan", "optim.lr_gamma must be a positive finite number"),
+        ("acdc", "selftrain.ema_decay=1.01", r"selftrain.ema_decay must be in \[0, 1\]"),
+        ("acdc", "prototypes.momentum=-0.1", r"prototypes.momentum must be in \[0, 1\]"),
+        ("acdc", "prototypes.confidence_threshold=2", r"prototypes.confidence_threshold must be in \[0, 1\]"),
+        ("acdc", "selftrain.contrastive_weight=nan", "selftrain.contrastive_weight must be a finite number >= 0"),
+        ("acdc", "pretrain.box_fraction=0", r"pretrain.box_fraction must be in \(0, 1\]"),
+        ("acdc", "prototypes.kmeans_max_voxels=-1", "prototypes.kmeans_max_voxels must be 0 \\(every voxel\\) or a positive cap"),
+        ("acdc", "prototypes.kmeans_max_voxels=2", "kmeans_max_voxels must be 0 \\(every voxel\\) or at least prototypes.per_class"),
+        ("acdc", "prototypes.contrastive_ignore_row=12", "contrastive_ignore_row must name a row of the 12-row bank"),
+        ("acdc", "num_classes=3", "num_classes must be 4 for acdc"),
+        ("la", "num_classes=4", "num_classes must be 2 for la"),
+        ("acdc", "eval.num_figures=-1", "eval.num_figures must be a non-negative integer"),
+        ("acdc", "data.patch_size=[250, 250]", r"data.patch_size must be 2 sizes, each a multiple of 16"),
+        ("la", "data.patch_size=[112, 112]", r"data.patch_size must be 3 sizes"),
+        ("la", "eval.stride=[18, 18, 96]", r"eval.stride must be 3 steps, none larger than data.patch_size"),
+        ("la", "eval.stride=[0, 18, 4]", "eval.stride must be positive sizes"),
+        ("acdc", "selftrain.pseudo_label_threshold=0.5", "pseudo_label_threshold applies to two-class tasks"),
+        ("la", "selftrain.pseudo_label_threshold=1.5", r"pseudo_label_threshold must be none or in \[0, 1\]"),
+        ("acdc", "seed=-1", "seed must be a non-negative integer"),
+        ("acdc", "data.num_workers=-2", "data.num_workers must be a non-negative integer"),
+        ("acdc", "data.val_split=holdout", "'holdout' is for LA"),
+        ("la", "data.val_split=val", "LA has no val.list"),
+        ("acdc", "device=gpu", "device must be auto, cpu, cuda or cuda:N"),
+        ("acdc", "network.base_filters=8", "unknown setting network.base_filters; valid names here: network.channels"),
+        ("la", "network.in_channels=2", "unknown setting network.in_channels"),
+    ],
+)
+def test_every_setting_is_checked_before_anything_runs(dataset, assignment, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(dataset, "paper", assignments=[assignment])
+
+
+def test_every_numeric_setting_has_a_range_rule():
+    ruled = {name for name, _, _ in RANGE_RULES}
+    numeric = set()
+    for section in dataclasses.fields(TrainConfig):
+        values = getattr(TrainConfig(), section.name)
+        if dataclasses.is_dataclass(values):
+            numeric |= {f"{section.name}.{item.name}" for item in dataclasses.fields(values)
+                        if not isinstance(getattr(values, item.name), (str, bool))}
+        elif isinstance(values, (int, float)) and not isinstance(values, bool):
+            numeric.add(section.name)
+    assert numeric - ruled == set()
+
+
+def test_the_shipped_presets_pass_every_check():
+    for dataset, presets in (("acdc", ("paper", "reference", "demo")), ("la", ("paper", "reference"))):
+        for preset in presets:
+            load_config(dataset, preset).check()
 
 
 def test_config_round_trips_through_toml_and_dict():
@@ -111,3 +198,56 @@ def test_rng_state_restores_the_dropout_stream():
     first = torch.rand(4)
     restore_rng_state(state)
     assert torch.equal(torch.rand(4), first)
+
+
+def test_checkpoints_follow_the_umask_like_other_files(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "state.pt", {"step": 1})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "last.pt", {"step": 1})
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(RunFolderError, match=r"cannot write checkpoint .*last.pt \(No space left on device\)"):
+        save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_temporary_files_of_interrupted_writes_are_removed(tmp_path):
+    save_checkpoint(tmp_path / "last.pt", {"step": 1})
+    stale = [tmp_path / ".last.pt.abc123.tmp", tmp_path / ".best.pt.4242-00ff00ff.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    (tmp_path / "notes.tmp").write_text("not ours")
+    assert checkpoint.remove_stale_temporaries(tmp_path) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "notes.tmp"]
+
+
+def test_rng_states_are_restored_on_the_cpu_for_the_gpus_this_machine_has(monkeypatch):
+    """A checkpoint from a 2-GPU machine resumed on a 1-GPU machine (CUDA simulated)."""
+    state = capture_rng_state()
+    saved_cuda = [torch.full((16,), index, dtype=torch.uint8) for index in (1, 2)]
+    restored = {}
+
+    def set_rng_state(new_state, device="cuda"):
+        restored[device] = new_state
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.update(enumerate(states)))
+    first = torch.rand(3)
+    restore_rng_state({"torch": state["torch"], "cuda": saved_cuda})
+    assert torch.equal(torch.rand(3), first)
+    assert list(restored) == [0]
+    assert restored[0].device.type == "cpu" and torch.equal(restored[0], saved_cuda[0])

@@ -1,13 +1,20 @@
-"""Device choice, ops selection, mixed precision and the Ctrl-C stop request."""
+"""Device choice, ops selection, mixed precision, the Ctrl-C / SIGTERM stop request and
+the run-folder lock."""
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from mper import reference
+from mper.errors import RunFolderError
+from mper.train.lock import LOCK_FILE, run_folder_lock
 from mper.train.runtime import StopRequest, autocast, load_ops, resolve_device
 
 
@@ -44,3 +51,45 @@ def test_first_ctrl_c_requests_a_stop_and_the_second_aborts():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_sigterm_requests_a_stop_like_ctrl_c():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signal_name == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_run_folder_is_locked_while_a_run_uses_it(tmp_path):
+    with run_folder_lock(tmp_path):
+        holder = json.loads((tmp_path / LOCK_FILE).read_text())
+        assert holder["pid"] == os.getpid()
+        with pytest.raises(RunFolderError, match=rf"in use by another training run \(process {os.getpid()} on "):
+            with run_folder_lock(tmp_path):
+                pass
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_lock_left_by_a_process_that_is_gone_is_taken_over(tmp_path):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        holder = {"pid": other.pid, "host": socket.gethostname(), "started": "earlier"}
+        (tmp_path / LOCK_FILE).write_text(json.dumps(holder))
+        with pytest.raises(RunFolderError, match=rf"process {other.pid} .* started earlier.*delete .*{LOCK_FILE}"):
+            with run_folder_lock(tmp_path):
+                pass
+    finally:
+        other.kill()
+        other.wait()
+    with run_folder_lock(tmp_path):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_an_unwritable_run_folder_is_named(tmp_path):
+    (tmp_path / "file").write_text("a file, not a folder")
+    with pytest.raises(RunFolderError, match=r"cannot write in .*file"):
+        with run_folder_lock(tmp_path / "file"):
+            pass

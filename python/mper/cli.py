@@ -5,7 +5,9 @@ Each parses its arguments and calls one function of :mod:`mper.pipeline`.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,14 +15,21 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mper import pipeline
+from mper.errors import ConfigError, UserError
 from mper.train.config import AMP_MODES, DATASETS, OPS_MODULES, load_config, to_toml
+from mper.train.loop import LAST_CHECKPOINT
 from mper.train.prototypes import UPDATE_SOURCES
-from mper.train.runtime import TrainingInterrupted
+from mper.train.resume import RESUMABLE_SETTINGS
+from mper.train.runtime import TrainingAborted, TrainingInterrupted
 from mper.versions import version_line
 
-#: Errors that mean "the request was wrong", reported in one line without a traceback.
-USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, TypeError, ImportError)
-INTERRUPTED_EXIT_CODE = 130
+USER_ERROR_EXIT_CODE = 2
+#: System errors that the machine or the paths given cause rather than a fault of mper
+#: (no permission, no space, a file where a folder should be, ...): reported in one line.
+ENVIRONMENT_ERRNOS = frozenset({
+    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
+    errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
+})
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -48,8 +57,34 @@ def _add_device(parser: argparse.ArgumentParser, default: str | None = "auto") -
                         help="auto (CUDA when present, else CPU; the default), cpu, cuda or cuda:N")
 
 
+def _interrupted_exit_code(signal_name: str) -> int:
+    """The shell's convention: 128 + the signal number."""
+    return 128 + signal.Signals[signal_name or "SIGINT"].value
+
+
+def _report_stop(stop: KeyboardInterrupt) -> int:
+    """Say what a stopped run left behind and how to go on; returns the exit code."""
+    if isinstance(stop, TrainingInterrupted):
+        print(f"\ninterrupted ({stop.signal_name}); state saved to {stop.checkpoint}\n"
+              f"continue with: mper-train --resume --out {stop.checkpoint.parent}", file=sys.stderr)
+        return _interrupted_exit_code(stop.signal_name)
+    if isinstance(stop, TrainingAborted) and (stop.run_dir / LAST_CHECKPOINT).exists():
+        print(f"\nstopped at once; {stop.run_dir / LAST_CHECKPOINT} holds the last complete checkpoint\n"
+              f"continue with: mper-train --resume --out {stop.run_dir}", file=sys.stderr)
+    elif isinstance(stop, TrainingAborted):
+        print("\nstopped at once, before the first checkpoint: nothing to resume", file=sys.stderr)
+    else:
+        print("\ninterrupted", file=sys.stderr)
+    return _interrupted_exit_code("SIGINT")
+
+
 def _run(parser: argparse.ArgumentParser, action: Callable[[], None]) -> None:
-    """Run ``action`` with console logging; user errors exit with a one-line message."""
+    """Run ``action`` with console logging.
+
+    A :class:`~mper.errors.UserError`, or a system error caused by the paths or the
+    machine (no permission, no space left), ends in one line and exit status 2; Ctrl-C
+    and SIGTERM in a message saying what was kept. Anything else keeps its traceback.
+    """
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter("%(message)s"))
     console.addFilter(pipeline.shown_on_console)
@@ -59,13 +94,16 @@ def _run(parser: argparse.ArgumentParser, action: Callable[[], None]) -> None:
     try:
         with logging_redirect_tqdm(loggers=[package_log]):
             action()
-    except TrainingInterrupted as interrupted:
-        run_dir = interrupted.checkpoint.parent
-        print(f"\ninterrupted; state saved to {interrupted.checkpoint}\n"
-              f"continue with: mper-train --resume --out {run_dir}", file=sys.stderr)
-        sys.exit(INTERRUPTED_EXIT_CODE)
-    except USER_ERRORS as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except KeyboardInterrupt as stop:
+        sys.exit(_report_stop(stop))
+    except UserError as error:
+        parser.exit(USER_ERROR_EXIT_CODE, f"{parser.prog}: error: {error}\n")
+    except OSError as error:
+        if error.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        parser.exit(USER_ERROR_EXIT_CODE, f"{parser.prog}: error: {where}{error.strerror}; "
+                                          "check the path, its permissions and the free space\n")
     finally:
         package_log.removeHandler(console)
 
@@ -83,22 +121,28 @@ def train_parser() -> argparse.ArgumentParser:
         epilog=(
             "Every hyper-parameter lives in the preset file mper/presets/<dataset>.toml and "
             "can be changed with --set section.key=value, e.g. --set selftrain.iterations=5000 "
-            "--set data.num_workers=8. LA selects checkpoints on the last train.list cases by "
-            "default; --set data.val_split=test follows the published protocol instead."
+            "--set data.num_workers=8. LA has no validation list: the paper and reference "
+            "presets select checkpoints on the test cases, as the authors do; --preset strict "
+            "selects on held-out training cases instead."
         ),
     )
     parser.add_argument("--dataset", choices=DATASETS, help="benchmark (required unless --resume)")
     parser.add_argument("--data-root", metavar="DIR", help="dataset folder in the public layout (see mper-data)")
     parser.add_argument("--labeled", type=int, metavar="N",
                         help="labeled patients (ACDC) or cases (LA); default: the preset's (7 / 8)")
-    parser.add_argument("--preset", default="paper", metavar="NAME",
-                        help="paper (default), reference (as the authors' code) or demo (ACDC, a small CPU run)")
+    parser.add_argument("--preset", metavar="NAME",
+                        help="paper (default: the paper's values, the authors' code where it is silent), "
+                             "reference (what the authors' code trains), strict (checkpoints not selected on "
+                             "the test cases, a missed structure scored as a miss) or demo (a small CPU run "
+                             "on synthetic data); presets stack with '+', applied left to right on top of "
+                             "paper, e.g. reference+demo or reference+strict")
     parser.add_argument("--ops", choices=tuple(OPS_MODULES),
                         help="prototype ops: fused kernels (mper, the default) or eager PyTorch (reference)")
     _add_device(parser, default=None)
     parser.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<dataset>-<preset>-<N>labeled)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last.pt, with the settings saved there")
+                        help="continue the run in --out from its last.pt, with the settings saved there; "
+                             "only " + ", ".join(RESUMABLE_SETTINGS) + " may change")
     parser.add_argument("--seed", type=int, help="random seed (default: the preset's)")
     parser.add_argument("--baseline", choices=("labeled-only",),
                         help="train the plain supervised U-Net / V-Net on the labeled data instead")
@@ -136,18 +180,20 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     def action() -> None:
         if args.print_config:
             if args.dataset is None:
-                raise ValueError("--print-config needs --dataset (a run folder keeps its settings in config.toml)")
-            print(to_toml(load_config(args.dataset, args.preset, _train_overrides(args), args.assignments).to_dict()),
-                  end="")
+                raise ConfigError("--print-config needs --dataset (a run folder keeps its settings in config.toml)")
+            config = load_config(args.dataset, args.preset or "paper", _train_overrides(args), args.assignments)
+            print(to_toml(config.to_dict()), end="")
             return
         if args.resume:
             if not args.out:
-                raise ValueError("--resume needs --out RUN_DIR, the folder of the run to continue")
-            run_dir = pipeline.resume(args.out, device=args.device, ops=args.ops)
+                raise ConfigError("--resume needs --out RUN_DIR, the folder of the run to continue")
+            given = {"dataset": args.dataset, "preset": args.preset}
+            overrides = {**_train_overrides(args), **{k: v for k, v in given.items() if v is not None}}
+            run_dir = pipeline.resume(args.out, overrides=overrides, assignments=args.assignments)
         else:
             if args.dataset is None or args.data_root is None:
-                raise ValueError("--dataset and --data-root are required (unless --resume)")
-            config = load_config(args.dataset, args.preset, _train_overrides(args), args.assignments)
+                raise ConfigError("--dataset and --data-root are required (unless --resume)")
+            config = load_config(args.dataset, args.preset or "paper", _train_overrides(args), args.assignments)
             run_dir = pipeline.train(config)
         _print_metrics(run_dir)
 
@@ -164,7 +210,9 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
                         help="a .pt file written by mper-train, e.g. RUN_DIR/best.pt")
     parser.add_argument("--data-root", metavar="DIR",
                         help="dataset folder (default: the one the checkpoint was trained on)")
-    parser.add_argument("--split", default="test", help="case list to evaluate: test (default), or val for ACDC")
+    parser.add_argument("--split", default="test", choices=pipeline.EVAL_SPLITS,
+                        help="test (default): the test list; val: the cases that selected the best "
+                             "checkpoint in training (ACDC val.list, LA the held-out end of train.list)")
     parser.add_argument("--out", metavar="DIR",
                         help="folder for metrics.json, metrics.md and figures/ (default: eval-<split> beside the checkpoint)")
     _add_device(parser)
@@ -189,7 +237,9 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
         prog="mper-predict", formatter_class=_formatter,
         description=(
             "Segment a NIfTI (.nii, .nii.gz) or preprocessed HDF5 (.h5) volume, or every such "
-            "file under a folder; writes <name>_pred.nii.gz label maps with the input's affine."
+            "file under a folder; writes <case>_pred.nii.gz label maps with the input's header. "
+            "Inputs are not resampled or reoriented. A file that cannot be segmented is "
+            "reported and skipped; the exit status is then 2."
         ),
     )
     parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt file written by mper-train")
@@ -203,7 +253,7 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
 
     def action() -> None:
         written = pipeline.predict(args.checkpoint, args.input, args.output, args.device, args.weights)
-        print("\n".join(str(path) for path in written))
+        print(f"wrote {len(written)} label map(s) to {args.output}")
 
     _run(parser, action)
 

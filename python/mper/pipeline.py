@@ -5,14 +5,23 @@
   checkpoints (``last.pt`` to resume, ``pretrain_best.pt``, ``best.pt``), then the
   evaluation of ``best.pt`` on the test split: ``metrics.json``, ``metrics.md`` and
   ``figures/``. :func:`resume` continues an interrupted run.
-* :func:`evaluate` scores a checkpoint (SPEC 7), :func:`predict` segments image files.
+
+  Settings, device and every data file are checked before the run folder is made. While
+  the run lasts the folder holds a lock (``train.lock``). A mistake found later
+  (:class:`~mper.errors.UserError`), or a stop before the first checkpoint, removes the
+  folder if this run made it; any other error keeps it, with its traceback in
+  ``train.log``.
+* :func:`evaluate` scores a checkpoint (docs/method.md, "Evaluation"), :func:`predict`
+  segments image files.
 * :func:`synthesize` and :func:`convert` prepare data (see :mod:`mper.data`).
 """
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,16 +31,20 @@ from torch.utils.tensorboard import SummaryWriter
 
 import mper.data
 from mper.data.acdc import patient_id
+from mper.data.layout import check_dataset_root
+from mper.errors import CheckpointError, ConfigError, RunFolderError, UserError
 from mper.eval.evaluate import evaluate_cases, mean_dice
 from mper.eval.figures import add_figures
 from mper.eval.predict import predict_path
 from mper.nets import build_network
 from mper.train.checkpoint import load_checkpoint
-from mper.train.config import TrainConfig, to_toml
+from mper.train.config import TrainConfig, merge, parse_override, to_toml
 from mper.train.loaders import training_cases, validation_cases
+from mper.train.lock import run_folder_lock
 from mper.train.loop import LAST_CHECKPOINT, Validator
-from mper.train.runner import run_training
-from mper.train.runtime import resolve_device
+from mper.train.resume import resumed_config
+from mper.train.runner import check_run, run_training
+from mper.train.runtime import TrainingAborted, TrainingInterrupted, resolve_device
 from mper.versions import device_line, version_line
 
 log = logging.getLogger(__name__)
@@ -40,6 +53,8 @@ WEIGHTS = ("student", "teacher")
 #: ``extra`` of log records meant for train.log only: the console prints them otherwise
 #: (the metrics table) or they are too long for it (the settings).
 RUN_LOG_ONLY = {"run_log_only": True}
+#: Case lists ``evaluate`` scores: the test list, or the cases that selected checkpoints.
+EVAL_SPLITS = ("test", "val")
 NETWORK_NAMES = {"acdc": "U-Net", "la": "V-Net"}
 
 
@@ -55,7 +70,8 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 
 def inference_options(config: TrainConfig) -> dict[str, Any]:
-    """How :func:`mper.eval.inference.predict_volume` should run for this config (SPEC 7)."""
+    """How :func:`mper.eval.inference.predict_volume` should run for this config
+    (docs/method.md, "Evaluation")."""
     if config.dataset == "la":
         return {"patch_size": config.data.patch_size, "stride": config.eval.stride}
     return {"size": config.data.patch_size}
@@ -76,7 +92,8 @@ def validator(config: TrainConfig) -> Validator:
 
 @contextmanager
 def _run_logging(run_dir: Path) -> Iterator[None]:
-    """Send the package's log records to ``run_dir/train.log`` while training."""
+    """Send the package's log records to ``run_dir/train.log`` while training; a run
+    that fails leaves its reason there (a traceback unless it is a user's mistake)."""
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package_log = logging.getLogger("mper")
@@ -85,10 +102,21 @@ def _run_logging(run_dir: Path) -> Iterator[None]:
     package_log.setLevel(logging.INFO)
     try:
         yield
+    except UserError as error:
+        _log_to_file(handler, str(error))
+        raise
+    except Exception:
+        _log_to_file(handler, "training failed", sys.exc_info())
+        raise
     finally:
         package_log.removeHandler(handler)
         package_log.setLevel(previous_level)
         handler.close()
+
+
+def _log_to_file(handler: logging.Handler, message: str, exc_info: Any = None) -> None:
+    """An error record for the log file only: the console reports the error itself."""
+    handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), exc_info))
 
 
 def _log_run_header(config: TrainConfig, resume: bool) -> None:
@@ -104,39 +132,82 @@ def _write_config(config: TrainConfig, run_dir: Path) -> None:
     (run_dir / "config.json").write_text(json.dumps(values, indent=2) + "\n")
 
 
+def _make_run_dir(run_dir: Path) -> bool:
+    """Create ``run_dir`` if needed; ``True`` if this call created it."""
+    existed = run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunFolderError(
+            f"cannot create the run folder {run_dir} ({error.strerror}); choose another --out"
+        ) from error
+    return not existed
+
+
+def _remove_unstarted(run_dir: Path, created: bool) -> None:
+    """Remove a run folder this run created, if it holds no checkpoint to resume from."""
+    if created and not (run_dir / LAST_CHECKPOINT).exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Train, evaluate the best checkpoint on the test split, and return the run folder.
 
     The run folder is ``config.out`` or :func:`default_run_dir`. A folder that already
-    holds a run is only reused with ``resume`` (see :func:`resume`).
+    holds a run is only reused with ``resume`` (see :func:`resume`). A second Ctrl-C
+    (or a first one while the final evaluation runs) raises
+    :class:`~mper.train.runtime.TrainingAborted`.
     """
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     if (run_dir / LAST_CHECKPOINT).exists() and not resume:
-        raise FileExistsError(
-            f"{run_dir} already holds a training run; continue it with --resume "
-            "or choose another --out"
+        raise RunFolderError(
+            f"{run_dir} already holds a training run; continue it with --resume or choose another --out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_config(config, run_dir)
-    with _run_logging(run_dir), SummaryWriter(str(run_dir / "tensorboard")) as writer:
-        _log_run_header(config, resume)
-        best = run_training(config, run_dir, validator(config), writer, resume=resume)
-        log.info("evaluating %s on the test split", best)
-        result = evaluate(best, split="test", out_dir=run_dir, device=config.device,
-                          num_figures=config.eval.num_figures)
-        add_figures(writer, result["figures"], "test")
-        log.info("test metrics (%s):\n%s", run_dir / "metrics.md", result["markdown"].rstrip(), extra=RUN_LOG_ONLY)
+    check_run(config)
+    created = _make_run_dir(run_dir)
+    try:
+        with run_folder_lock(run_dir):
+            _write_config(config, run_dir)
+            with _run_logging(run_dir), SummaryWriter(str(run_dir / "tensorboard")) as writer:
+                _log_run_header(config, resume)
+                best = run_training(config, run_dir, validator(config), writer, resume=resume)
+                log.info("evaluating %s on the test split", best)
+                result = evaluate(best, split="test", out_dir=run_dir, device=config.device,
+                                  num_figures=config.eval.num_figures)
+                add_figures(writer, result["figures"], "test")
+                log.info("test metrics (%s):\n%s", run_dir / "metrics.md", result["markdown"].rstrip(),
+                         extra=RUN_LOG_ONLY)
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt as interrupt:
+        _remove_unstarted(run_dir, created)
+        raise TrainingAborted(run_dir) from interrupt
+    except UserError:
+        _remove_unstarted(run_dir, created)
+        raise
     return run_dir
 
 
-def resume(run_dir: str | Path, device: str | None = None, ops: str | None = None) -> Path:
-    """Continue the run in ``run_dir`` from its ``last.pt`` with the config saved there
-    (optionally on another ``device`` or with other ``ops``); returns the run folder."""
+def resume(
+    run_dir: str | Path,
+    device: str | None = None,
+    ops: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    assignments: Sequence[str] = (),
+) -> Path:
+    """Continue the run in ``run_dir`` from its ``last.pt`` with the config saved there.
+
+    ``device``, ``ops``, ``overrides`` (a nested dict) and ``assignments``
+    (``"section.key=value"``) may change what a resumed run can change (see
+    :mod:`mper.train.resume`: e.g. more iterations); anything else is refused with
+    :class:`~mper.errors.ConfigError`. Returns the run folder.
+    """
     run_dir = Path(run_dir)
-    saved = load_checkpoint(run_dir / LAST_CHECKPOINT)["config"]
+    state = load_checkpoint(run_dir / LAST_CHECKPOINT)
     changes = {key: value for key, value in (("device", device), ("ops", ops)) if value is not None}
-    config = TrainConfig.from_dict({**saved, **changes, "out": str(run_dir)})
-    return train(config, resume=True)
+    for change in [overrides or {}, *map(parse_override, assignments), {"out": str(run_dir)}]:
+        changes = merge(changes, change)
+    return train(resumed_config(state, changes), resume=True)
 
 
 def load_network(
@@ -144,24 +215,34 @@ def load_network(
 ) -> tuple[nn.Module, TrainConfig]:
     """The network of a checkpoint (its student or teacher weights) and its config."""
     if weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
     state = load_checkpoint(checkpoint)
     if state.get(weights) is None:
-        raise ValueError(
+        raise CheckpointError(
             f"{checkpoint} holds no {weights} weights (pre-training and baseline runs have no "
             "teacher); use weights='student'"
         )
-    config = TrainConfig.from_dict(state["config"])
+    try:
+        config = TrainConfig.from_dict(state["config"])
+    except ConfigError as error:
+        raise CheckpointError(f"{checkpoint} holds settings this mper cannot use: {error}") from error
     net = build_network(config.dataset, config.num_classes, **config.network)
-    net.load_state_dict(state[weights])
+    try:
+        net.load_state_dict(state[weights])
+    except RuntimeError as error:
+        raise CheckpointError(f"{checkpoint}: its {weights} weights do not fit its own network settings ({error})") from error
     return net.to(resolve_device(device)).eval(), config
 
 
 def _table_columns(config: TrainConfig) -> tuple[str, str, str]:
-    """Method, labeled and unlabeled counts for the results table (patients for ACDC)."""
+    """Method, labeled and unlabeled counts for the results table (patients for ACDC);
+    the unlabeled count is ``-`` when the training lists are not at hand."""
     if config.baseline == "labeled-only":
         return NETWORK_NAMES[config.dataset], str(config.labeled), "0"
-    labeled, unlabeled = training_cases(config)
+    try:
+        labeled, unlabeled = training_cases(config)
+    except UserError:
+        return "MPER", str(config.labeled), "-"
     if config.dataset == "acdc":
         unlabeled = set(map(patient_id, unlabeled)) - set(map(patient_id, labeled))
     return "MPER", str(config.labeled), str(len(unlabeled))
@@ -178,17 +259,26 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score a checkpoint on ``split`` of ``data_root`` (default: the training data).
 
-    With ``out_dir``, writes ``metrics.json``, ``metrics.md`` and ``figures/``. Returns
+    ``split`` is ``"test"`` (``test.list``; a root holding only that list and its
+    volumes is enough) or ``"val"``: the cases that selected the best checkpoint
+    during training (ACDC ``val.list``; LA the held-out end of ``train.list``, or
+    ``test.list`` under ``data.val_split = "test"``). With ``out_dir``, writes
+    ``metrics.json``, ``metrics.md`` and ``figures/``. Returns
     ``{"per_case", "summary", "markdown"}`` (see :func:`mper.eval.evaluate.evaluate_cases`).
     """
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
     net, config = load_network(checkpoint, device, weights)
+    method, labeled, unlabeled = _table_columns(config)
     if data_root is not None:
         config.data_root = str(data_root)
-    method, labeled, unlabeled = _table_columns(config)
+    check_dataset_root(config.data_root, config.dataset, f"{checkpoint} was trained on {config.dataset}")
+    cases = validation_cases(config) if split == "val" else None
     return evaluate_cases(
-        net, config.dataset, config.data_root, split=split, out_dir=out_dir,
+        net, config.dataset, config.data_root, cases=cases, split=split, out_dir=out_dir,
         device=str(resolve_device(device)), num_figures=num_figures,
         method=method, labeled=labeled, unlabeled=unlabeled, num_classes=config.num_classes,
+        postprocess=config.eval.postprocess, empty_prediction=config.eval.empty_prediction,
         **inference_options(config),
     )
 
@@ -198,7 +288,7 @@ def predict(
     device: str = "auto", weights: str = "student",
 ) -> list[Path]:
     """Segment a NIfTI/HDF5 file or every such file under a folder; returns the written
-    label maps (NIfTI, with the input's affine)."""
+    label maps (NIfTI, with the input's header). See :func:`mper.eval.predict.predict_path`."""
     net, config = load_network(checkpoint, device, weights)
     return predict_path(net, input_path, config.dataset, output, device=str(resolve_device(device)),
                         **inference_options(config))

@@ -18,8 +18,10 @@ Conventions shared with the kernels:
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 NORM_EPS = 1e-12
 
@@ -56,7 +58,7 @@ def _class_major(per_voxel: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
 def proto_classify(
     feat: torch.Tensor, prototypes: torch.Tensor, num_classes: int, tau: float = 0.1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-prototype classifier (SPEC 2): ``logit_c = max_k cos(z, p_c^k) / tau``.
+    """Multi-prototype classifier (docs/method.md, "Prototype classifier"): ``logit_c = max_k cos(z, p_c^k) / tau``.
 
     Returns ``(logits, assign)``, both ``(B, C, *S)``; ``assign`` (int64) is the argmax
     over k. Differentiable in ``feat`` only.
@@ -111,7 +113,7 @@ def proto_accumulate(
     num_protos: int,
     check_labels: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-prototype sums and counts of ``emb`` over the voxels in ``mask`` (SPEC 4).
+    """Per-prototype sums and counts of ``emb`` over the voxels in ``mask`` (docs/method.md, "Prototype update").
 
     A voxel with label ``c`` adds to row ``c*K + assign[b, c, voxel]``. Returns
     ``sums (C*K, D)`` and ``counts (C*K,)``, float32 (float64 for float64 ``emb``).
@@ -147,3 +149,25 @@ def proto_ema_update_(
             mean = sums[j] / counts[j]
             prototypes[j] = momentum * prototypes[j] + (1 - momentum) * mean.to(prototypes.dtype)
     return prototypes
+
+
+def largest_component(labels: torch.Tensor, num_classes: int, check_labels: bool = True) -> torch.Tensor:
+    """Keep, per image and foreground class ``c >= 1``, only the largest connected component.
+
+    ``labels`` ``(B, H, W)`` or ``(B, D, H, W)``, integer. Full connectivity (8 neighbours
+    in 2D, 26 in 3D), labelled by ``scipy.ndimage.label``; among equally large components
+    the first in scan order is kept. Every other voxel becomes 0. With ``check_labels`` a
+    label outside ``[0, C)`` raises ``ValueError``; without, such voxels become 0.
+    """
+    if check_labels and ((labels < 0) | (labels >= num_classes)).any():
+        raise ValueError(f"labels must lie in [0, num_classes) = [0, {num_classes})")
+    images = labels.detach().cpu().numpy()
+    structure = ndimage.generate_binary_structure(images.ndim - 1, images.ndim - 1)
+    cleaned = np.zeros_like(images)
+    for image, out in zip(images, cleaned):
+        for class_index in range(1, num_classes):
+            components, count = ndimage.label(image == class_index, structure=structure)
+            if count:
+                sizes = np.bincount(components.ravel())[1:]
+                out[components == 1 + int(np.argmax(sizes))] = class_index
+    return torch.from_numpy(cleaned).to(labels.device)

@@ -22,26 +22,34 @@ namespace {
 
 constexpr std::int64_t kChunk = 256;
 
-// A zero-filled scratch array (plain new[]: nothing is instantiated per build).
-template <typename A>
-struct Scratch {
-  A* data;
-  explicit Scratch(std::int64_t size) : data(new A[size]()) {}
-  ~Scratch() { delete[] data; }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  A* row(std::int64_t r) { return data + r * kChunk; }
-  const A* row(std::int64_t r) const { return data + r * kChunk; }
+// kChunk-long rows carved out of one thread's slice of a Scratch.
+template <typename T>
+struct Rows {
+  T* data;
+  T* row(std::int64_t r) const { return data + r * kChunk; }
 };
+template <typename T>
+Rows<T> take(T*& cursor, std::int64_t rows) {
+  Rows<T> taken{cursor};
+  cursor += rows * kChunk;
+  return taken;
+}
+
+// Whether `candidate` replaces `current` in a running max/argmax: a larger value or the
+// first NaN, which then stays (as torch.max and torch.argmax treat NaN).
+template <typename A>
+inline bool replaces(A candidate, A current) {
+  return !(candidate <= current) && current == current;
+}
 
 // e^x for x <= 0, branch-free so that loops over it vectorise: 2^t = 2^i * 2^f with i the
 // nearest integer (adding 1.5 * 2^23 rounds t and leaves i in the low bits) and f in
 // [-0.5, 0.5], 2^f by its degree-6 series (relative error about 2e-7 down to e^-87; below,
-// 2^-126 stands in for values that vanish next to the softmax's largest term, 1).
-// float64 keeps std::exp, for gradcheck.
+// 2^-126 stands in for values that vanish next to the softmax's largest term, 1). NaN
+// stays NaN. float64 keeps std::exp, for gradcheck.
 inline float exp_nonpositive(float x) {
   float t = x * 1.4426950408889634f;
-  t = t > -126.f ? t : -126.f;
+  t = t < -126.f ? -126.f : t;
   const float biased = t + 12582912.f;
   const float f = t - (biased - 12582912.f);
   float p = 1.5403530393381609e-4f;
@@ -93,7 +101,7 @@ void chunk_product(A* out, std::int64_t rows_out, const A* left, std::int64_t in
   using V = vec_t<A>;
   for (std::int64_t v = 0; v < kChunk; v += kLanes<A>) {
     for (std::int64_t r0 = 0; r0 < rows_out; r0 += 4) {
-      V acc0 = V{} , acc1 = V{}, acc2 = V{}, acc3 = V{};
+      V acc0 = V{}, acc1 = V{}, acc2 = V{}, acc3 = V{};
       const std::int64_t r1 = r0 + 1 < rows_out ? r0 + 1 : r0, r2 = r0 + 2 < rows_out ? r0 + 2 : r0,
                          r3 = r0 + 3 < rows_out ? r0 + 3 : r0;
       for (std::int64_t i = 0; i < inner; ++i) {
@@ -111,35 +119,45 @@ void chunk_product(A* out, std::int64_t rows_out, const A* left, std::int64_t in
   }
 }
 
-// One chunk of voxels of one image and what the head derives from it. Per-voxel arrays
-// hold kChunk values; multi-row ones are [row][voxel].
+// The bank's rows scaled to unit norm (rows x depth), once per call: shared by all threads.
+template <typename A>
+void unit_bank(const HeadArgs& args, A* unit) {
+  const A* raw = reinterpret_cast<const A*>(args.prototypes);
+  const std::int64_t rows = args.classes * args.protos_per_class, depth = args.feat.depth;
+  for (std::int64_t j = 0; j < rows; ++j) {
+    A squared = 0;
+    for (std::int64_t d = 0; d < depth; ++d) squared += raw[j * depth + d] * raw[j * depth + d];
+    const A norm = std::sqrt(squared);
+    const A scale = norm > A(1e-12) ? A(1) / norm : A(0);
+    for (std::int64_t d = 0; d < depth; ++d) unit[j * depth + d] = raw[j * depth + d] * scale;
+  }
+}
+
+// One chunk of voxels of one image and what the head derives from it, in one thread's
+// scratch. Per-voxel arrays hold kChunk values; multi-row ones are [row][voxel].
 template <typename A>
 struct Chunk {
   const HeadArgs& args;
   const std::int64_t classes, protos, rows, depth;
   std::int64_t batch = 0, start = 0, size = 0;
-  Scratch<A> bank;                // (C*K, D) unit prototypes (not per voxel)
-  Scratch<A> unit, inv_norm, sim;  // z^ (D rows), 1/|z|, cos(z, p_j) (C*K rows)
-  Scratch<A> best;                // max_k s of the class in hand
-  Scratch<std::int32_t> arg;      // its argmax k
-  Scratch<A> top, total;          // max_j s_j and sum_j e^((s_j - top) / tau2)
-  Scratch<A> exps;                // e^((s_j - top) / tau2) (C*K rows)
-  Scratch<std::int32_t> nearest;  // argmax_j s_j
+  const A* bank;                // (C*K, D) unit prototypes (not per voxel)
+  Rows<A> unit, inv_norm, sim;  // z^ (D rows), 1/|z|, cos(z, p_j) (C*K rows)
+  Rows<A> best;                 // max_k s of the class in hand
+  Rows<A> top, total;           // max_j s_j and sum_j e^((s_j - top) / tau2)
+  Rows<A> exps;                 // e^((s_j - top) / tau2) (C*K rows)
+  Rows<std::int32_t> arg;       // argmax_k of the class in hand
+  Rows<std::int32_t> nearest;   // argmax_j s_j
 
-  explicit Chunk(const HeadArgs& a)
+  // Scratch values per thread: floats(rows, depth) of A and kInts of int32.
+  static std::int64_t floats(std::int64_t rows, std::int64_t depth) { return (depth + 2 * rows + 4) * kChunk; }
+  static constexpr std::int64_t kInts = 2 * kChunk;
+
+  // Takes its arrays from `floats` and `ints`, advancing both.
+  Chunk(const HeadArgs& a, const A* unit_bank, A*& floats, std::int32_t*& ints)
       : args(a), classes(a.classes), protos(a.protos_per_class), rows(a.classes * a.protos_per_class),
-        depth(a.feat.depth), bank((rows * depth + kChunk - 1) / kChunk * kChunk), unit(depth * kChunk),
-        inv_norm(kChunk), sim(rows * kChunk), best(kChunk), arg(kChunk), top(kChunk), total(kChunk),
-        exps(rows * kChunk), nearest(kChunk) {
-    const A* raw = reinterpret_cast<const A*>(a.prototypes);
-    for (std::int64_t j = 0; j < rows; ++j) {
-      A squared = 0;
-      for (std::int64_t d = 0; d < depth; ++d) squared += raw[j * depth + d] * raw[j * depth + d];
-      const A norm = std::sqrt(squared);
-      const A scale = norm > A(1e-12) ? A(1) / norm : A(0);
-      for (std::int64_t d = 0; d < depth; ++d) bank.data[j * depth + d] = raw[j * depth + d] * scale;
-    }
-  }
+        depth(a.feat.depth), bank(unit_bank), unit(take(floats, depth)), inv_norm(take(floats, 1)),
+        sim(take(floats, rows)), best(take(floats, 1)), top(take(floats, 1)), total(take(floats, 1)),
+        exps(take(floats, rows)), arg(take(ints, 1)), nearest(take(ints, 1)) {}
 
   // Loads chunk `index`, normalises it and fills sim.
   template <typename T>
@@ -167,7 +185,7 @@ struct Chunk {
       A* __restrict z = unit.row(d);
       for (std::int64_t v = 0; v < size; ++v) z[v] *= norm[v];
     }
-    chunk_product(sim.data, rows, unit.data, depth, bank.data, depth, 1);  // s_j = sum_d p^_jd z^_d
+    chunk_product(sim.data, rows, unit.data, depth, bank, depth, 1);  // s_j = sum_d p^_jd z^_d
   }
 
   // best/arg = max/argmax over k of class c (first k on ties).
@@ -179,7 +197,7 @@ struct Chunk {
     for (std::int32_t k = 1; k < protos; ++k) {
       const A* __restrict s = sim.row(c * protos + k);
       for (std::int64_t v = 0; v < size; ++v) {
-        const bool up = s[v] > top_k[v];
+        const bool up = replaces(s[v], top_k[v]);
         top_k[v] = up ? s[v] : top_k[v];
         which[v] = up ? k : which[v];
       }
@@ -195,7 +213,7 @@ struct Chunk {
     for (std::int32_t j = 1; j < rows; ++j) {
       const A* __restrict s = sim.row(j);
       for (std::int64_t v = 0; v < size; ++v) {
-        const bool up = s[v] > high[v];
+        const bool up = replaces(s[v], high[v]);
         high[v] = up ? s[v] : high[v];
         which[v] = up ? j : which[v];
       }
@@ -211,6 +229,34 @@ struct Chunk {
   }
 };
 
+constexpr const char* kKernel = "the CPU prototype head";
+
+// What the head's threads need, allocated before the parallel region: the unit bank, and
+// per thread a Chunk's arrays followed by `extra_rows` more rows of kChunk values.
+template <typename A>
+struct HeadScratch {
+  const HeadArgs& args;
+  const int threads;
+  const std::int64_t per_thread;
+  Scratch<A> bank, floats;
+  Scratch<std::int32_t> ints;
+
+  HeadScratch(const HeadArgs& a, std::int64_t chunks, std::int64_t extra_rows)
+      : args(a), threads(team_size(a.threads, chunks)),
+        per_thread(Chunk<A>::floats(a.classes * a.protos_per_class, a.feat.depth) + extra_rows * kChunk),
+        bank(a.classes * a.protos_per_class * a.feat.depth, kKernel), floats(threads * per_thread, kKernel),
+        ints(threads * Chunk<A>::kInts, kKernel) {
+    unit_bank(args, bank.data);
+  }
+
+  // The chunk of thread `thread`; `extra` is left at its extra rows.
+  Chunk<A> chunk_of(int thread, A*& extra) const {
+    extra = floats.data + thread * per_thread;
+    std::int32_t* my_ints = ints.data + thread * Chunk<A>::kInts;
+    return Chunk<A>(args, bank.data, extra, my_ints);
+  }
+};
+
 template <typename T>
 void forward_impl(const HeadArgs& args) {
   using A = acc_t<T>;
@@ -220,11 +266,16 @@ void forward_impl(const HeadArgs& args) {
   T* logits = reinterpret_cast<T*>(args.logits);
   std::int64_t* assign = reinterpret_cast<std::int64_t*>(args.assign);
   const A inv_tau = A(args.inv_tau);
-  double loss_sum = 0, count = 0;
+  const HeadScratch<A> scratch(args, chunks, 0);
+  const int threads = scratch.threads;
+  Scratch<double> partials(2 * threads, kKernel);  // per thread: sum of -log p and kept voxels
 
-#pragma omp parallel reduction(+ : loss_sum, count)
+#pragma omp parallel num_threads(threads)
   {
-    Chunk<A> chunk(args);
+    const int thread = omp_get_thread_num();
+    A* unused;
+    Chunk<A> chunk = scratch.chunk_of(thread, unused);
+    double loss_sum = 0, count = 0;
 #pragma omp for schedule(static)
     for (std::int64_t index = 0; index < chunks; ++index) {
       chunk.template fill<T>(index);
@@ -237,14 +288,23 @@ void forward_impl(const HeadArgs& args) {
       if (!args.loss) continue;
       chunk.softmax_stats(A(args.inv_nce_tau));
       for (std::int64_t v = 0; v < chunk.size; ++v) {
-        const bool kept = chunk.nearest.data[v] != args.ignore_index;
-        loss_sum += kept ? std::log(double(chunk.total.data[v])) : 0.0;
-        count += kept ? 1.0 : 0.0;
+        // an ignored voxel adds 0 times its term, so that NaN still reaches the loss
+        const double kept = chunk.nearest.data[v] != args.ignore_index ? 1.0 : 0.0;
+        loss_sum += std::log(double(chunk.total.data[v])) * kept;
+        count += kept;
       }
     }
+    partials.data[2 * thread] = loss_sum;
+    partials.data[2 * thread + 1] = count;
   }
   if (args.loss) {
-    *reinterpret_cast<T*>(args.loss) = store<T>(count > 0 ? loss_sum / count : 0.0);
+    // summed in thread order: the same bits on every run with the same thread count
+    double loss_sum = 0, count = 0;
+    for (int thread = 0; thread < threads; ++thread) {
+      loss_sum += partials.data[2 * thread];
+      count += partials.data[2 * thread + 1];
+    }
+    *reinterpret_cast<T*>(args.loss) = store<T>(loss_sum / (count > 1.0 ? count : 1.0));
     *reinterpret_cast<A*>(args.count) = A(count);
   }
 }
@@ -265,11 +325,15 @@ void backward_impl(const HeadArgs& args) {
     const A count = *reinterpret_cast<const A*>(args.count);
     nce_weight = load<A>(*reinterpret_cast<const T*>(args.grad_loss)) * inv_nce_tau / (count > A(1) ? count : A(1));
   }
+  // per thread after the chunk: coeff (C*K rows), weight, direction (D rows) and radial
+  const HeadScratch<A> scratch(args, chunks, rows + D + 2);
 
-#pragma omp parallel
+#pragma omp parallel num_threads(scratch.threads)
   {
-    Chunk<A> chunk(args);
-    Scratch<A> coeff(rows * kChunk), weight(kChunk), direction(D * kChunk), radial(kChunk);
+    A* cursor;
+    Chunk<A> chunk = scratch.chunk_of(omp_get_thread_num(), cursor);
+    const Rows<A> coeff = take(cursor, rows), weight = take(cursor, 1), direction = take(cursor, D),
+                  radial = take(cursor, 1);
 #pragma omp for schedule(static)
     for (std::int64_t index = 0; index < chunks; ++index) {
       chunk.template fill<T>(index);
@@ -277,9 +341,10 @@ void backward_impl(const HeadArgs& args) {
       // coeff[j][v] = d loss / d s_j
       if (nce_weight != A(0)) {
         chunk.softmax_stats(inv_nce_tau);
-        A* __restrict w = weight.data;  // nce_weight / sum of exps, 0 for ignored voxels
+        // nce_weight / sum of exps, times 0 for ignored voxels (0 * NaN stays NaN)
+        A* __restrict w = weight.data;
         for (std::int64_t v = 0; v < size; ++v)
-          w[v] = chunk.nearest.data[v] == args.ignore_index ? A(0) : nce_weight / chunk.total.data[v];
+          w[v] = nce_weight / chunk.total.data[v] * A(chunk.nearest.data[v] != args.ignore_index);
         for (std::int32_t j = 0; j < rows; ++j) {
           const A* __restrict e = chunk.exps.row(j);
           const A* __restrict sum = chunk.total.data;
@@ -302,7 +367,7 @@ void backward_impl(const HeadArgs& args) {
         }
       }
       // ds_j/dz = (p^_j - s_j z^) / |z|, so grad = (u - (u . z^) z^) / |z| with u = sum_j coeff_j p^_j
-      chunk_product(direction.data, D, coeff.data, rows, chunk.bank.data, 1, D);  // u_d = sum_j coeff_j p^_jd
+      chunk_product(direction.data, D, coeff.data, rows, chunk.bank, 1, D);  // u_d = sum_j coeff_j p^_jd
       A* __restrict along = radial.data;
       for (std::int64_t v = 0; v < size; ++v) along[v] = A(0);
       for (std::int64_t d = 0; d < D; ++d) {

@@ -1,11 +1,14 @@
-// Host-side float16 / bfloat16 storage types and conversions for the CPU kernels.
-// Portable bit manipulation (round to nearest even), so the build needs no compiler
-// extension such as _Float16 or __bf16.
+// What the CPU kernels share: float16 / bfloat16 storage types and conversions (portable
+// bit manipulation, round to nearest even, so the build needs no compiler extension such
+// as _Float16 or __bf16), dtype dispatch, and scratch memory and thread count for the
+// OpenMP regions.
 //
 // Kernels compiled for several instruction sets (see proto_head_kernel.cpp) include this
 // with MPER_CPU_ISA naming the namespace, so that no inline function is shared between
 // builds (the linker would keep one copy, possibly one the processor cannot run).
 #pragma once
+
+#include <omp.h>
 
 #include <cmath>
 #include <cstdint>
@@ -77,21 +80,14 @@ inline Half to_half(float f) {
 }
 
 // Conversions between a storage type T and the accumulation type A.
-template <typename A>
-inline A load(float x) { return A(x); }
-template <typename A>
-inline A load(double x) { return A(x); }
-template <typename A>
-inline A load(Half x) { return A(to_float(x)); }
-template <typename A>
-inline A load(BFloat16 x) { return A(to_float(x)); }
+template <typename A> inline A load(float x) { return A(x); }
+template <typename A> inline A load(double x) { return A(x); }
+template <typename A> inline A load(Half x) { return A(to_float(x)); }
+template <typename A> inline A load(BFloat16 x) { return A(to_float(x)); }
 
-template <typename T>
-inline T store(double x) { return T(x); }
-template <>
-inline Half store<Half>(double x) { return to_half(float(x)); }
-template <>
-inline BFloat16 store<BFloat16>(double x) { return to_bfloat16(float(x)); }
+template <typename T> inline T store(double x) { return T(x); }
+template <> inline Half store<Half>(double x) { return to_half(float(x)); }
+template <> inline BFloat16 store<BFloat16>(double x) { return to_bfloat16(float(x)); }
 
 // Accumulation type: float64 for float64 storage, float32 otherwise.
 template <typename T>
@@ -101,6 +97,33 @@ using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 template <typename Fn>
 void dispatch_cpu(DType dtype, Fn&& f) {
   dispatch<float, Half, BFloat16, double>(dtype, static_cast<Fn&&>(f));
+}
+
+// A zero-filled array (plain new[]: nothing is instantiated per build). Kernels allocate
+// it before their parallel region, where an exception would end the process; failure
+// raises OutOfMemory naming `kernel`.
+template <typename T>
+struct Scratch {
+  T* data;
+  Scratch(std::int64_t size, const char* kernel) : data(nullptr) {
+    try {
+      data = new T[std::size_t(size)]();
+    } catch (const std::bad_alloc&) {
+      throw OutOfMemory(kernel, double(size) * sizeof(T));
+    }
+  }
+  ~Scratch() { delete[] data; }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+// Threads for a parallel region over `work` items: the caller's count (torch's, so that
+// torch.set_num_threads reaches these kernels, which may use another OpenMP runtime than
+// torch), OpenMP's default when it is 0, never more than the items.
+inline int team_size(std::int64_t requested, std::int64_t work) {
+  std::int64_t threads = requested > 0 ? requested : omp_get_max_threads();
+  if (threads > work) threads = work;
+  return threads > 1 ? int(threads) : 1;
 }
 
 }  // namespace mper::cpu::MPER_CPU_ISA

@@ -16,8 +16,7 @@ namespace mper::cuda {
 
 inline void check_cuda(cudaError_t status, const char* what) {
   if (status != cudaSuccess)
-    throw std::runtime_error(std::string("mper: CUDA error in ") + what + ": " +
-                             cudaGetErrorString(status));
+    throw std::runtime_error(std::string("mper: CUDA error in ") + what + ": " + cudaGetErrorString(status));
 }
 
 inline cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
@@ -25,8 +24,7 @@ inline cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<c
 inline int multiprocessor_count() {
   int device = 0, count = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device),
-             "cudaDeviceGetAttribute");
+  check_cuda(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
   return count;
 }
 
@@ -43,10 +41,8 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162f
 
 template <typename T>
 __device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);

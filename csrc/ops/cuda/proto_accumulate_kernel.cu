@@ -58,10 +58,11 @@ __global__ void __launch_bounds__(kThreads) accumulate_kernel(AccumulateArgs arg
       for (int d = 0; d <= DT; ++d) total[d] = 0.f;
 #pragma unroll
       for (int v = 0; v < V; ++v) {
-        const float take = row[v] == r ? 1.f : 0.f;
+        // a select, not a product with 0: a NaN or Inf of another row must not reach this one
+        const bool take = row[v] == r;
 #pragma unroll
-        for (int d = 0; d < DT; ++d) total[d] = fmaf(take, z[d][v], total[d]);
-        total[DT] += take;
+        for (int d = 0; d < DT; ++d) total[d] += take ? z[d][v] : 0.f;
+        total[DT] += take ? 1.f : 0.f;
       }
 #pragma unroll
       for (int d = 0; d <= DT; ++d)
@@ -103,8 +104,8 @@ __global__ void accumulate_global_kernel(AccumulateArgs args) {
 
 template <typename T>
 bool packs(const FeatureView& f, int per_thread) {
-  return f.voxels % per_thread == 0 && f.batch_stride % per_thread == 0 &&
-         f.channel_stride % per_thread == 0 && aligned(f.data, per_thread * sizeof(T));
+  return f.voxels % per_thread == 0 && f.batch_stride % per_thread == 0 && f.channel_stride % per_thread == 0 &&
+         aligned(f.data, per_thread * sizeof(T));
 }
 
 template <typename T, int DT, int V>

@@ -5,9 +5,15 @@
 // for a fixed channel the warp's 32*V voxels are contiguous: every load is coalesced and
 // V elements wide, and no permuted copy of the feature map is ever made. The unit-norm
 // bank sits in shared memory, padded to DT (the depth rounded up to 16, 32, 64 or 128)
-// so the unrolled channel loops need no bounds checks. Nothing of size N x C*K is ever
-// stored: similarities are recomputed where needed (D multiply-adds each).
+// so the unrolled channel loops need no bounds checks; beyond the default 48 KiB the
+// kernel opts in to the device's limit, and a bank larger still is read from global
+// memory, each row normalised as it is used. Nothing of size N x C*K is ever stored:
+// similarities are recomputed where needed (D multiply-adds each).
+//
+// NaN follows the eager reference: it propagates through every sum and product and wins
+// every max/argmax (the first NaN, as in torch.argmax).
 #include <cfloat>
+#include <cstdio>
 
 #include "ops/cuda/cuda_utils.cuh"
 
@@ -16,21 +22,60 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = kHeadWorkspaceFloats / 2;
+constexpr int kMaxDepth = 128;
 constexpr float kLog2e = 1.4426950408889634f;
 
-template <int DT>
-__device__ void load_unit_bank(const HeadArgs& args, float* unit) {
-  const float* bank = reinterpret_cast<const float*>(args.prototypes);
-  const int rows = int(args.classes * args.protos_per_class), depth = int(args.feat.depth);
-  for (int j = threadIdx.x; j < rows; j += blockDim.x) {
-    float squared = 0.f;
-    for (int d = 0; d < depth; ++d) squared += bank[j * depth + d] * bank[j * depth + d];
-    const float norm = sqrtf(squared);
-    const float scale = norm > 1e-12f ? 1.f / norm : 0.f;
-    for (int d = 0; d < DT; ++d) unit[j * DT + d] = d < depth ? bank[j * depth + d] * scale : 0.f;
-  }
-  __syncthreads();
+// Whether `candidate` replaces `current` in a running max/argmax: a larger value or the
+// first NaN, which then stays.
+__device__ __forceinline__ bool replaces(float candidate, float current) {
+  return !(candidate <= current) && current == current;
 }
+
+// The unit-norm bank rows p^_j: at(j, d) * scale(j) is element d of row j, 0 for d >= D.
+template <int DT, bool kShared>
+struct UnitBank;
+
+// In shared memory, rows padded to DT and already of unit norm.
+template <int DT>
+struct UnitBank<DT, true> {
+  const float* unit;
+
+  // Every thread of the block takes part.
+  __device__ UnitBank(const HeadArgs& args, float* shared) : unit(shared) {
+    const float* bank = reinterpret_cast<const float*>(args.prototypes);
+    const int rows = int(args.classes * args.protos_per_class), depth = int(args.feat.depth);
+    for (int j = threadIdx.x; j < rows; j += blockDim.x) {
+      float squared = 0.f;
+      for (int d = 0; d < depth; ++d) squared += bank[j * depth + d] * bank[j * depth + d];
+      const float norm = sqrtf(squared);
+      const float scale = norm > 1e-12f ? 1.f / norm : 0.f;
+      for (int d = 0; d < DT; ++d) shared[j * DT + d] = d < depth ? bank[j * depth + d] * scale : 0.f;
+    }
+    __syncthreads();
+  }
+  __device__ float at(int j, int d) const { return unit[j * DT + d]; }
+  __device__ float scale(int) const { return 1.f; }
+};
+
+// The bank as given, in global memory, each row normalised where it is used.
+template <int DT>
+struct UnitBank<DT, false> {
+  const float* raw;
+  int depth;
+
+  __device__ UnitBank(const HeadArgs& args, float*)
+      : raw(reinterpret_cast<const float*>(args.prototypes)), depth(int(args.feat.depth)) {}
+  __device__ float at(int j, int d) const { return d < depth ? __ldg(raw + std::int64_t(j) * depth + d) : 0.f; }
+  __device__ float scale(int j) const {
+    float squared = 0.f;
+    for (int d = 0; d < depth; ++d) {
+      const float p = at(j, d);
+      squared = fmaf(p, p, squared);
+    }
+    const float norm = sqrtf(squared);
+    return norm > 1e-12f ? 1.f / norm : 0.f;
+  }
+};
 
 // The V voxels of one thread: unit features z^ (D x V) and 1/|z|.
 template <typename T, int DT, int V>
@@ -66,16 +111,21 @@ struct VoxelGroup {
     }
   }
 
-  // s[v] = cos(z_v, p_j)
-  __device__ void similarity(const float* bank_row, float (&s)[V]) const {
+  // s[v] = cos(z_v, p_j); returns bank.scale(j)
+  template <typename Bank>
+  __device__ float similarity(const Bank& bank, int j, float (&s)[V]) const {
 #pragma unroll
     for (int v = 0; v < V; ++v) s[v] = 0.f;
 #pragma unroll
     for (int d = 0; d < DT; ++d) {
-      const float p = bank_row[d];
+      const float p = bank.at(j, d);
 #pragma unroll
       for (int v = 0; v < V; ++v) s[v] = fmaf(p, unit[d][v], s[v]);
     }
+    const float scale = bank.scale(j);
+#pragma unroll
+    for (int v = 0; v < V; ++v) s[v] *= scale;
+    return scale;
   }
 };
 
@@ -95,7 +145,7 @@ struct NearestSoftmax {
 #pragma unroll
     for (int v = 0; v < V; ++v) {
       const float e = exp2f(-fabsf(s[v] - top[v]) * scale);
-      const bool up = s[v] > top[v];
+      const bool up = replaces(s[v], top[v]);
       total[v] = up ? fmaf(total[v], e, 1.f) : total[v] + e;
       nearest[v] = up ? j : nearest[v];
       top[v] = up ? s[v] : top[v];
@@ -107,7 +157,7 @@ template <int V>
 __device__ void track_best(int k, const float (&s)[V], float (&best)[V], int (&arg)[V]) {
 #pragma unroll
   for (int v = 0; v < V; ++v) {
-    const bool up = s[v] > best[v];
+    const bool up = replaces(s[v], best[v]);
     best[v] = up ? s[v] : best[v];
     arg[v] = up ? k : arg[v];
   }
@@ -127,14 +177,18 @@ __device__ float block_sum(float value, float* scratch) {
   return value;
 }
 
-template <typename T, int DT, int V>
+// exp(x / tau) = 2^(x * scale): 1/tau is finite (checked in Python), the product with
+// log2(e) is kept finite too, so that 0 * scale stays 0
+__device__ __forceinline__ float exp2_scale(double inv_tau) { return fminf(float(inv_tau) * kLog2e, FLT_MAX); }
+
+template <typename T, int DT, int V, bool kSharedBank>
 __global__ void __launch_bounds__(kThreads) head_forward_kernel(HeadArgs args) {
-  extern __shared__ float unit_bank[];
+  extern __shared__ float shared_bank[];
   __shared__ float scratch[kThreads / 32];
-  load_unit_bank<DT>(args, unit_bank);
+  const UnitBank<DT, kSharedBank> bank(args, shared_bank);
   const int C = int(args.classes), K = int(args.protos_per_class);
   const std::int64_t N = args.feat.voxels, groups = args.feat.batch * (N / V);
-  const float inv_tau = float(args.inv_tau), nce_scale = float(args.inv_nce_tau) * kLog2e;
+  const float inv_tau = float(args.inv_tau), nce_scale = exp2_scale(args.inv_nce_tau);
   T* logits = reinterpret_cast<T*>(args.logits);
   std::int64_t* assign = reinterpret_cast<std::int64_t*>(args.assign);
   const bool want_loss = args.loss != 0;
@@ -152,7 +206,7 @@ __global__ void __launch_bounds__(kThreads) head_forward_kernel(HeadArgs args) {
 #pragma unroll
       for (int v = 0; v < V; ++v) best[v] = -FLT_MAX, arg[v] = 0;
       for (int k = 0; k < K; ++k) {
-        voxels.similarity(unit_bank + (c * K + k) * DT, s);
+        voxels.similarity(bank, c * K + k, s);
         track_best<V>(k, s, best, arg);
         if (want_loss) softmax.add(c * K + k, s, nce_scale);
       }
@@ -165,9 +219,10 @@ __global__ void __launch_bounds__(kThreads) head_forward_kernel(HeadArgs args) {
     if (!want_loss) continue;
 #pragma unroll
     for (int v = 0; v < V; ++v) {
-      if (softmax.nearest[v] == args.ignore_index) continue;
-      loss_sum += __logf(softmax.total[v]);
-      count += 1.f;
+      // an ignored voxel adds 0 times its term, so that NaN still reaches the loss
+      const float kept = softmax.nearest[v] == args.ignore_index ? 0.f : 1.f;
+      loss_sum += __logf(softmax.total[v]) * kept;
+      count += kept;
     }
   }
   if (!want_loss) return;
@@ -193,26 +248,25 @@ __global__ void head_loss_finalize_kernel(HeadArgs args, int blocks) {
   loss_sum = block_sum(loss_sum, scratch);
   count = block_sum(count, scratch);
   if (threadIdx.x == 0) {
-    *reinterpret_cast<T*>(args.loss) = from_float<T>(count > 0.f ? loss_sum / count : 0.f);
+    *reinterpret_cast<T*>(args.loss) = from_float<T>(loss_sum / fmaxf(count, 1.f));
     *reinterpret_cast<float*>(args.count) = count;
   }
 }
 
-template <typename T, int DT, int V>
+template <typename T, int DT, int V, bool kSharedBank>
 __global__ void __launch_bounds__(kThreads) head_backward_kernel(HeadArgs args) {
-  extern __shared__ float unit_bank[];
-  load_unit_bank<DT>(args, unit_bank);
+  extern __shared__ float shared_bank[];
+  const UnitBank<DT, kSharedBank> bank(args, shared_bank);
   const int C = int(args.classes), K = int(args.protos_per_class);
   const std::int64_t N = args.feat.voxels, D = args.feat.depth, groups = args.feat.batch * (N / V);
-  const float inv_tau = float(args.inv_tau), softmax_scale = float(args.inv_nce_tau) * kLog2e;
+  const float inv_tau = float(args.inv_tau), softmax_scale = exp2_scale(args.inv_nce_tau);
   const T* grad_logits = reinterpret_cast<const T*>(args.grad_logits);
   T* grad_feat = reinterpret_cast<T*>(args.grad_feat);
   // d loss / d s_j = nce_weight * (softmax_j - [j == nearest]) for a kept voxel
   float nce_weight = 0.f;
   if (args.grad_loss) {
     const float count = *reinterpret_cast<const float*>(args.count);
-    nce_weight = to_float(*reinterpret_cast<const T*>(args.grad_loss)) * float(args.inv_nce_tau) /
-                 fmaxf(count, 1.f);
+    nce_weight = to_float(*reinterpret_cast<const T*>(args.grad_loss)) * float(args.inv_nce_tau) / fmaxf(count, 1.f);
   }
 
   for (std::int64_t g = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; g < groups;
@@ -225,13 +279,14 @@ __global__ void __launch_bounds__(kThreads) head_backward_kernel(HeadArgs args) 
     float weight[V], log2_total[V];
     if (nce_weight != 0.f) {
       for (int j = 0; j < C * K; ++j) {
-        voxels.similarity(unit_bank + j * DT, s);
+        voxels.similarity(bank, j, s);
         softmax.add(j, s, softmax_scale);
       }
     }
 #pragma unroll
     for (int v = 0; v < V; ++v) {
-      weight[v] = softmax.nearest[v] == args.ignore_index ? 0.f : nce_weight;
+      // 0 for an ignored voxel, NaN when nce_weight is (as in the reference)
+      weight[v] = nce_weight * (softmax.nearest[v] == args.ignore_index ? 0.f : 1.f);
       log2_total[v] = __log2f(softmax.total[v]);
     }
     // u = sum_j (d loss / d s_j) p^_j; then grad = (u - (u . z^) z^) / |z|
@@ -247,29 +302,31 @@ __global__ void __launch_bounds__(kThreads) head_backward_kernel(HeadArgs args) 
       for (int v = 0; v < V; ++v) best[v] = -FLT_MAX, arg[v] = 0;
       for (int k = 0; k < K; ++k) {
         const int j = c * K + k;
-        const float* row = unit_bank + j * DT;
-        voxels.similarity(row, s);
+        const float scale = voxels.similarity(bank, j, s);
         track_best<V>(k, s, best, arg);
         if (nce_weight == 0.f) continue;
-        float coeff[V];
+        float coeff[V];  // d loss / d s_j, times the row's scale
 #pragma unroll
         for (int v = 0; v < V; ++v) {
           const float p = exp2f((s[v] - softmax.top[v]) * softmax_scale - log2_total[v]);
-          coeff[v] = weight[v] * (p - float(j == softmax.nearest[v]));
+          coeff[v] = weight[v] * (p - float(j == softmax.nearest[v])) * scale;
         }
 #pragma unroll
-        for (int d = 0; d < DT; ++d)
+        for (int d = 0; d < DT; ++d) {
+          const float p = bank.at(j, d);
 #pragma unroll
-          for (int v = 0; v < V; ++v) u[d][v] = fmaf(coeff[v], row[d], u[d][v]);
+          for (int v = 0; v < V; ++v) u[d][v] = fmaf(coeff[v], p, u[d][v]);
+        }
       }
       if (!grad_logits) continue;
       float g[V];
       load_pack<T, V>(grad_logits + (voxels.batch * C + c) * N + voxels.start, g);
 #pragma unroll
       for (int v = 0; v < V; ++v) {
-        const float* row = unit_bank + (c * K + arg[v]) * DT;
+        const int j = c * K + arg[v];
+        const float weight_j = g[v] * inv_tau * bank.scale(j);
 #pragma unroll
-        for (int d = 0; d < DT; ++d) u[d][v] = fmaf(g[v] * inv_tau, row[d], u[d][v]);
+        for (int d = 0; d < DT; ++d) u[d][v] = fmaf(weight_j, bank.at(j, d), u[d][v]);
       }
     }
     float radial[V];
@@ -285,48 +342,96 @@ __global__ void __launch_bounds__(kThreads) head_backward_kernel(HeadArgs args) 
       if (d >= D) break;
       float grad[V];
 #pragma unroll
-      for (int v = 0; v < V; ++v)
-        grad[v] = voxels.inv_norm[v] * (u[d][v] - radial[v] * voxels.unit[d][v]);
+      for (int v = 0; v < V; ++v) grad[v] = voxels.inv_norm[v] * (u[d][v] - radial[v] * voxels.unit[d][v]);
       store_pack<T, V>(out + d * N, grad);
     }
   }
 }
 
-// V consecutive voxels are read as one aligned pack when N, both strides and the address
-// are multiples of V; otherwise one voxel per thread.
+// V consecutive voxels move as one aligned pack when N and both feature strides are
+// multiples of V and every address read or written in packs is aligned to V elements;
+// otherwise one voxel per thread.
 template <typename T>
-bool packs(const FeatureView& f, int per_thread) {
-  return f.voxels % per_thread == 0 && f.batch_stride % per_thread == 0 &&
-         f.channel_stride % per_thread == 0 && aligned(f.data, per_thread * sizeof(T));
+bool packs(const HeadArgs& args, int per_thread) {
+  const FeatureView& f = args.feat;
+  const std::size_t bytes = per_thread * sizeof(T);
+  return f.voxels % per_thread == 0 && f.batch_stride % per_thread == 0 && f.channel_stride % per_thread == 0 &&
+         aligned(f.data, bytes) && aligned(args.logits, bytes) && aligned(args.grad_logits, bytes) &&
+         aligned(args.grad_feat, bytes) && aligned(args.assign, per_thread * sizeof(std::int64_t));
 }
 
 std::size_t bank_bytes(const HeadArgs& args, int padded_depth) {
-  const std::size_t bytes = std::size_t(args.classes * args.protos_per_class) * padded_depth * sizeof(float);
-  check(bytes <= 48 * 1024, "the prototype bank is too large for the CUDA kernels (C*K*D up to 12288 floats)");
-  return bytes;
+  return std::size_t(args.classes * args.protos_per_class) * padded_depth * sizeof(float);
+}
+
+// Whether `kernel` can hold a bank of `bytes` in dynamic shared memory; opts it in beyond
+// the default 48 KiB up to the device's limit per block, less the kernel's static shared
+// memory. False when the bank does not fit even then.
+bool reserve_bank_memory(void (*kernel)(HeadArgs), std::size_t bytes) {
+  cudaFuncAttributes attributes;
+  check_cuda(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes");
+  if (bytes <= std::size_t(attributes.maxDynamicSharedSizeBytes)) return true;
+  int device = 0, limit = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
+  if (bytes + attributes.sharedSizeBytes > std::size_t(limit)) return false;
+  const cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  if (status != cudaSuccess) {
+    char message[256];
+    std::snprintf(message, sizeof message,
+                  "mper: CUDA error reserving %zu bytes of shared memory for the prototype bank (the device "
+                  "allows %d per block, %zu of them static): %s",
+                  bytes, limit, std::size_t(attributes.sharedSizeBytes), cudaGetErrorString(status));
+    throw std::runtime_error(message);
+  }
+  return true;
 }
 
 std::int64_t groups_of(const HeadArgs& args, int per_thread) {
   return args.feat.batch * (args.feat.voxels / per_thread);
 }
 
-template <typename T, int DT, int V>
-void launch_forward(const HeadArgs& args) {
+template <typename T, int DT, int V, bool kSharedBank>
+void run_forward(const HeadArgs& args, std::size_t shared_bytes) {
   const std::int64_t blocks = (groups_of(args, V) + kThreads - 1) / kThreads;
   const int grid = int(std::max<std::int64_t>(1, std::min<std::int64_t>(blocks, kMaxBlocks)));
-  head_forward_kernel<T, DT, V><<<grid, kThreads, bank_bytes(args, DT), as_stream(args.stream)>>>(args);
+  head_forward_kernel<T, DT, V, kSharedBank><<<grid, kThreads, shared_bytes, as_stream(args.stream)>>>(args);
   check_cuda(cudaGetLastError(), "head_forward_kernel");
   if (!args.loss) return;
   head_loss_finalize_kernel<T><<<1, kThreads, 0, as_stream(args.stream)>>>(args, grid);
   check_cuda(cudaGetLastError(), "head_loss_finalize_kernel");
 }
 
-template <typename T, int DT, int V>
-void launch_backward(const HeadArgs& args) {
+template <typename T, int DT, int V, bool kSharedBank>
+void run_backward(const HeadArgs& args, std::size_t shared_bytes) {
   const std::int64_t blocks = (groups_of(args, V) + kThreads - 1) / kThreads;
   const int grid = int(std::max<std::int64_t>(1, std::min<std::int64_t>(blocks, 1 << 30)));
-  head_backward_kernel<T, DT, V><<<grid, kThreads, bank_bytes(args, DT), as_stream(args.stream)>>>(args);
+  head_backward_kernel<T, DT, V, kSharedBank><<<grid, kThreads, shared_bytes, as_stream(args.stream)>>>(args);
   check_cuda(cudaGetLastError(), "head_backward_kernel");
+}
+
+// The variant with the bank in shared memory, or, when it does not fit, the one that reads
+// it from global memory (one voxel per thread, the widest depth: one instance per dtype).
+template <typename T, int DT, int V>
+void launch_forward(const HeadArgs& args) {
+  const std::size_t bytes = bank_bytes(args, DT);
+  if (reserve_bank_memory(head_forward_kernel<T, DT, V, true>, bytes)) return run_forward<T, DT, V, true>(args, bytes);
+  run_forward<T, kMaxDepth, 1, false>(args, 0);
+}
+
+template <typename T, int DT, int V>
+void launch_backward(const HeadArgs& args) {
+  const std::size_t bytes = bank_bytes(args, DT);
+  if (reserve_bank_memory(head_backward_kernel<T, DT, V, true>, bytes))
+    return run_backward<T, DT, V, true>(args, bytes);
+  run_backward<T, kMaxDepth, 1, false>(args, 0);
+}
+
+// Checks shared by both directions.
+void check_head(const HeadArgs& args) {
+  check(args.feat.depth <= kMaxDepth, "the CUDA kernels support a feature depth of at most 128");
+  check(args.classes * args.protos_per_class <= std::int64_t(1) << 30,
+        "the CUDA kernels support a prototype bank of at most 2^30 rows");
 }
 
 // Variants: the depth padded to DT and V voxels per thread, as many as keep the kernel
@@ -335,9 +440,9 @@ void launch_backward(const HeadArgs& args) {
 template <typename T>
 void forward_variant(const HeadArgs& args) {
   const FeatureView& f = args.feat;
-  check(f.depth <= 128, "the CUDA kernels support a feature depth of at most 128");
-  if (f.depth <= 16 && packs<T>(f, 4)) return launch_forward<T, 16, 4>(args);
-  if (f.depth <= 32 && packs<T>(f, 2)) return launch_forward<T, 32, 2>(args);
+  check_head(args);
+  if (f.depth <= 16 && packs<T>(args, 4)) return launch_forward<T, 16, 4>(args);
+  if (f.depth <= 32 && packs<T>(args, 2)) return launch_forward<T, 32, 2>(args);
   if (f.depth <= 64) return launch_forward<T, 64, 1>(args);
   launch_forward<T, 128, 1>(args);
 }
@@ -345,8 +450,8 @@ void forward_variant(const HeadArgs& args) {
 template <typename T>
 void backward_variant(const HeadArgs& args) {
   const FeatureView& f = args.feat;
-  check(f.depth <= 128, "the CUDA kernels support a feature depth of at most 128");
-  if (f.depth <= 16 && packs<T>(f, 2)) return launch_backward<T, 16, 2>(args);
+  check_head(args);
+  if (f.depth <= 16 && packs<T>(args, 2)) return launch_backward<T, 16, 2>(args);
   if (f.depth <= 32) return launch_backward<T, 32, 1>(args);
   if (f.depth <= 64) return launch_backward<T, 64, 1>(args);
   launch_backward<T, 128, 1>(args);

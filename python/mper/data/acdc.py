@@ -1,4 +1,4 @@
-"""Cardiac (ACDC) data in the SSL4MIS layout (SPEC 6).
+"""Cardiac (ACDC) data in the SSL4MIS layout (docs/method.md, "Data layouts").
 
 Layout under a dataset root::
 
@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mper.data.augment import random_rot_flip, random_rotate, resize
+from mper.data.augment import INTERPOLATION_ORDERS, random_rot_flip, random_rotate, resize
 from mper.data.dataset import CaseDataset
 from mper.data.files import read_image_label, read_list, write_image_label, write_list
+from mper.errors import ConfigError
 
+ACDC_DATA_DIR = "data"
 ACDC_PATCH_SIZE = (256, 256)
 ACDC_NUM_CLASSES = 4
 ACDC_CLASS_NAMES = ("background", "RV", "myocardium", "LV")
@@ -32,12 +34,12 @@ _VOLUME_LAYOUT = "SSL4MIS ACDC layout: ROOT/data/<case>.h5, image and label of s
 
 def acdc_slice_path(root: str | Path, name: str) -> Path:
     """Path of training slice ``name`` (``patientXXX_frameYY_slice_<i>``)."""
-    return Path(root) / "data" / "slices" / f"{name}.h5"
+    return Path(root) / ACDC_DATA_DIR / "slices" / f"{name}.h5"
 
 
 def acdc_volume_path(root: str | Path, case: str) -> Path:
     """Path of the volume of frame ``case`` (``patientXXX_frameYY``)."""
-    return Path(root) / "data" / f"{case}.h5"
+    return Path(root) / ACDC_DATA_DIR / f"{case}.h5"
 
 
 def slice_name(case: str, index: int) -> str:
@@ -68,7 +70,7 @@ def acdc_cases(root: str | Path, split: str) -> list[str]:
     """Names listed for ``split``: slice names for ``"train"``, frame names for
     ``"val"`` and ``"test"``."""
     if split not in ACDC_LISTS:
-        raise ValueError(f"ACDC split must be one of {tuple(ACDC_LISTS)}, got {split!r}")
+        raise ConfigError(f"ACDC split must be one of {tuple(ACDC_LISTS)}, got {split!r}")
     return read_list(Path(root) / ACDC_LISTS[split])
 
 
@@ -82,8 +84,8 @@ def acdc_split(root: str | Path, labeled_patients: int) -> tuple[list[str], list
     slices = acdc_cases(root, "train")
     patients = list(dict.fromkeys(patient_id(name) for name in slices))
     if not 0 < labeled_patients <= len(patients):
-        raise ValueError(
-            f"labeled_patients must be between 1 and the {len(patients)} patients of "
+        raise ConfigError(
+            f"labeled must be between 1 and the {len(patients)} patients of "
             f"{Path(root) / ACDC_LISTS['train']}, got {labeled_patients}"
         )
     chosen = set(patients[:labeled_patients])
@@ -122,17 +124,26 @@ def write_acdc_lists(
 
 
 class ACDCSlices(CaseDataset):
-    """Training slices of ACDC with the SSL4MIS ``RandomGenerator`` augmentation (SPEC 5).
+    """Training slices of ACDC with the SSL4MIS ``RandomGenerator`` augmentation (docs/method.md, "Training").
 
     With ``augment``: with probability 1/2 a random rot90 + flip; otherwise, with
     probability 1/2, a random rotation in [-20, 20] degrees (nearest neighbour). Then, and
-    always, a resize to ``patch_size`` (cubic image, nearest-neighbour label). Items are
-    ``{"image": (1, h, w) float32, "label": (h, w) int64, "case": str}``. Arguments are
-    those of :class:`mper.data.dataset.CaseDataset` (``cases``: slice names;
+    always, a resize to ``patch_size`` (image by ``image_interpolation``, ``"cubic"`` or
+    ``"nearest"``; label by nearest neighbour). Items are
+    ``{"image": (1, h, w) float32, "label": (h, w) int64, "case": str}``. The other
+    arguments are those of :class:`mper.data.dataset.CaseDataset` (``cases``: slice names;
     ``patch_size`` defaults to (256, 256)); draws are reproducible per (seed, epoch, index).
     """
 
     default_patch_size = ACDC_PATCH_SIZE
+
+    def __init__(self, *args, image_interpolation: str = "cubic", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if image_interpolation not in INTERPOLATION_ORDERS:
+            raise ValueError(
+                f"image_interpolation must be one of {tuple(INTERPOLATION_ORDERS)}, got {image_interpolation!r}"
+            )
+        self.image_interpolation = image_interpolation
 
     def load(self, case: str) -> tuple[np.ndarray, np.ndarray]:
         return load_acdc_slice(self.root, case)
@@ -145,4 +156,4 @@ class ACDCSlices(CaseDataset):
                 image, label = random_rot_flip(image, label, rng)
             elif rng.random() < 0.5:
                 image, label = random_rotate(image, label, rng)
-        return resize(image, label, self.patch_size)
+        return resize(image, label, self.patch_size, self.image_interpolation)

@@ -1,4 +1,4 @@
-"""Paired image/label augmentations of SPEC 5.
+"""Paired image/label augmentations (docs/method.md, "Training").
 
 Every function takes the image, its label map and a :class:`numpy.random.Generator`, and
 applies the same geometric change to both, so labels stay aligned with the anatomy.
@@ -65,9 +65,16 @@ def random_crop(
     return image[window], label[window]
 
 
-def resize(image: np.ndarray, label: np.ndarray, size: Sequence[int]) -> ImageLabel:
-    """Resample to ``size``: cubic spline for the image, nearest neighbour for the label."""
+#: Spline orders of the image resampling methods :func:`resize` offers.
+INTERPOLATION_ORDERS = {"nearest": 0, "cubic": 3}
+
+
+def resize(image: np.ndarray, label: np.ndarray, size: Sequence[int], interpolation: str = "cubic") -> ImageLabel:
+    """Resample to ``size``: the image by ``interpolation`` (``"cubic"`` spline, as
+    SSL4MIS, or ``"nearest"``, as BCP and the MPER code), the label by nearest neighbour."""
+    if interpolation not in INTERPOLATION_ORDERS:
+        raise ValueError(f"interpolation must be one of {tuple(INTERPOLATION_ORDERS)}, got {interpolation!r}")
     if tuple(size) == image.shape:
         return image, label
     factors = [target / length for target, length in zip(size, image.shape)]
-    return ndimage.zoom(image, factors, order=3), ndimage.zoom(label, factors, order=0)
+    return ndimage.zoom(image, factors, order=INTERPOLATION_ORDERS[interpolation]), ndimage.zoom(label, factors, order=0)

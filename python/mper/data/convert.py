@@ -1,4 +1,5 @@
-"""Conversion of the raw public downloads into the preprocessed layouts of SPEC 6.
+"""Conversion of the raw public downloads into the preprocessed layouts
+(docs/method.md, "Data layouts").
 
 * ACDC: the challenge release, ``patientXXX/patientXXX_frameYY.nii.gz`` with its
   ``patientXXX_frameYY_gt.nii.gz`` (optionally under ``training/`` and ``testing/``),
@@ -27,10 +28,11 @@ import numpy as np
 from tqdm import tqdm
 
 from mper.data.acdc import ACDC_NUM_CLASSES, patient_id, write_acdc_lists, write_acdc_volume
-from mper.data.files import DataFormatError, read_list
+from mper.data.files import read_list
 from mper.data.la import LA_PATCH_SIZE, write_la_case, write_la_lists
 from mper.data.preprocess import check_dataset, normalize_intensity
 from mper.data.splits import ACDC_SPLIT_FRACTIONS, LA_SPLIT_FRACTIONS, partition
+from mper.errors import DataFormatError, MissingFileError
 
 ACDC_FRAME_FILE = re.compile(r"^(patient\d+_frame\d+)\.nii(\.gz)?$")
 LA_IMAGE_FILE = "lgemri.nrrd"
@@ -63,13 +65,13 @@ def convert(
         progress: show a tqdm progress bar.
 
     Raises:
-        FileNotFoundError: ``source`` holds no case, or a case lacks its label file.
+        MissingFileError: ``source`` holds no case, or a case lacks its label file.
         DataFormatError: a volume is unreadable or malformed, or a list names a case
             that ``source`` does not hold.
     """
     source, out = Path(source), Path(out)
     if not source.is_dir():
-        raise FileNotFoundError(f"source folder {source} not found: expected the raw {dataset} download")
+        raise MissingFileError(f"source folder {source} not found: expected the raw {dataset} download")
     split_from = None if split_from is None else Path(split_from)
     if check_dataset(dataset) == "la":
         return convert_la(source, out, split_from, seed, progress)
@@ -121,7 +123,7 @@ def _pair_file(image_path: Path, label_name: str) -> Path:
     """The label file ``label_name`` beside ``image_path``, which must exist."""
     label_path = image_path.with_name(label_name)
     if not label_path.is_file():
-        raise FileNotFoundError(f"{label_path} not found: expected the label volume of {image_path}")
+        raise MissingFileError(f"{label_path} not found: expected the label volume of {image_path}")
     return label_path
 
 
@@ -146,7 +148,7 @@ def find_acdc_frames(source: Path) -> dict[str, tuple[Path, Path]]:
             raise DataFormatError(f"frame {name} appears twice: {frames[name][0]} and {path}")
         frames[name] = (path, _pair_file(path, path.name.replace(name, f"{name}_gt")))
     if not frames:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no ACDC frame under {source}: expected patientXXX/patientXXX_frameYY.nii.gz "
             "files with their patientXXX_frameYY_gt.nii.gz labels"
         )
@@ -192,7 +194,7 @@ def _published_acdc_split(
         slice_frames = dict.fromkeys(name.rsplit("_slice_", 1)[0] for name in train_slices)
         train = _check_listed(slices_list, list(slice_frames), frames)
     else:
-        raise FileNotFoundError(f"neither {slices_list} nor {frames_list} found: expected the training split")
+        raise MissingFileError(f"neither {slices_list} nor {frames_list} found: expected the training split")
     return train, val, test, train_slices
 
 
@@ -232,7 +234,7 @@ def find_la_cases(source: Path) -> dict[str, tuple[Path, Path]]:
             raise DataFormatError(f"case {case} appears twice: {cases[case][0]} and {path}")
         cases[case] = (path, _pair_file(path, LA_LABEL_FILE))
     if not cases:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no LA case under {source}: expected <case>/{LA_IMAGE_FILE} with <case>/{LA_LABEL_FILE}"
         )
     return cases

@@ -1,9 +1,11 @@
 """Reading and writing the files of the public data layouts: case-list files and HDF5 cases.
 
 Every loader in :mod:`mper.data` goes through these functions, so a missing or damaged
-file always produces the same kind of error: :class:`FileNotFoundError` for a file that
-is not there, :class:`DataFormatError` for one that is there but does not hold what the
-layout promises. Both messages name the file and say what was expected.
+file always produces the same kind of error: :class:`~mper.errors.MissingFileError` for a
+file that is not there, :class:`~mper.errors.DataFormatError` for one that is there but
+does not hold what the layout promises (no dataset, wrong rank, empty, a label that is
+not integer, an image with NaN or infinite values). Both messages name the file and say
+what was expected.
 """
 from __future__ import annotations
 
@@ -13,12 +15,10 @@ from pathlib import Path, PurePosixPath
 import h5py
 import numpy as np
 
+from mper.errors import DataFormatError, MissingFileError
+
 LA_CASE_FILE = "mri_norm2.h5"
 """File name of every LA case inside its case folder (UA-MT layout)."""
-
-
-class DataFormatError(ValueError):
-    """A data file exists but its content is not what the layout requires."""
 
 
 def case_name_from_line(line: str) -> str:
@@ -39,12 +39,12 @@ def read_list(path: str | Path) -> list[str]:
     """Case names of a list file, one per non-empty line, in file order.
 
     Raises:
-        FileNotFoundError: the list file does not exist.
+        MissingFileError: the list file does not exist.
         DataFormatError: the file holds no case name.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"list file {path} not found: expected a text file with one case name per line"
         )
     names = [case_name_from_line(line) for line in path.read_text().splitlines() if line.strip()]
@@ -81,14 +81,14 @@ def read_h5_case(
         layout: a short description of the expected layout, added to error messages.
 
     Raises:
-        FileNotFoundError: the file does not exist.
+        MissingFileError: the file does not exist.
         DataFormatError: the file is not readable HDF5, lacks a dataset, or a dataset has
-            the wrong number of dimensions.
+            the wrong number of dimensions, no element or a non-numeric type.
     """
     path = Path(path)
     expected = _expected(keys, ndim) + (f" ({layout})" if layout else "")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: expected {expected}")
+        raise MissingFileError(f"{path} not found: expected {expected}")
     try:
         with h5py.File(path, "r") as handle:
             missing = [key for key in keys if key not in handle]
@@ -105,7 +105,24 @@ def read_h5_case(
             raise DataFormatError(
                 f"{path}: dataset {key!r} has shape {array.shape}, expected {expected}"
             )
+        if array.size == 0:
+            raise DataFormatError(f"{path}: dataset {key!r} is empty (shape {array.shape}), expected {expected}")
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_) or np.iscomplexobj(array):
+            raise DataFormatError(f"{path}: dataset {key!r} holds {array.dtype} values, expected real numbers")
     return arrays
+
+
+def check_finite(path: str | Path, image: np.ndarray, key: str = "image") -> np.ndarray:
+    """Return ``image`` if every value is finite, else raise :class:`DataFormatError`
+    naming ``path`` and how many values are NaN or infinite."""
+    finite = np.isfinite(image)
+    if not finite.all():
+        bad = image.size - int(finite.sum())
+        raise DataFormatError(
+            f"{path}: {key} has {bad} NaN or infinite value(s) among {image.size}; "
+            "the network needs finite intensities: fix or replace this file"
+        )
+    return image
 
 
 def read_image_label(
@@ -114,15 +131,23 @@ def read_image_label(
     """Read an ``image``/``label`` case: ``image`` float32, ``label`` uint8 in ``[0, num_classes)``.
 
     Raises what :func:`read_h5_case` raises, and :class:`DataFormatError` if the two
-    shapes differ or a label value lies outside ``[0, num_classes)``.
+    shapes differ, the image holds NaN or infinite values, the label is not of an
+    integer type (a float label is refused rather than truncated) or a label value lies
+    outside ``[0, num_classes)``.
     """
     image, label = read_h5_case(path, ("image", "label"), ndim=ndim, layout=layout)
+    if not (np.issubdtype(label.dtype, np.integer) or label.dtype == np.bool_):
+        raise DataFormatError(
+            f"{path}: label holds {label.dtype} values, expected integer class indices "
+            "(uint8); write the label with an integer type"
+        )
     if image.shape != label.shape:
         raise DataFormatError(
             f"{path}: image shape {image.shape} differs from label shape {label.shape}; "
             "expected one label per voxel"
         )
-    if label.size and (label.min() < 0 or label.max() >= num_classes):
+    check_finite(path, image)
+    if label.min() < 0 or label.max() >= num_classes:
         raise DataFormatError(
             f"{path}: label values span [{label.min()}, {label.max()}], "
             f"expected class indices 0..{num_classes - 1}"

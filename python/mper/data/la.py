@@ -1,4 +1,4 @@
-"""Left atrium (LA) data in the UA-MT layout (SPEC 6).
+"""Left atrium (LA) data in the UA-MT layout (docs/method.md, "Data layouts").
 
 Layout under a dataset root::
 
@@ -20,6 +20,7 @@ import numpy as np
 from mper.data.augment import random_crop, random_rot_flip
 from mper.data.dataset import CaseDataset
 from mper.data.files import LA_CASE_FILE, read_image_label, read_list, write_image_label, write_list
+from mper.errors import ConfigError
 
 LA_IMAGES_DIR = "2018LA_Seg_Training Set"
 LA_PATCH_SIZE = (112, 112, 80)
@@ -37,7 +38,7 @@ def load_la_case(root: str | Path, case: str) -> tuple[np.ndarray, np.ndarray]:
     """Read one LA volume: (image float32 (H, W, D), label uint8 (H, W, D) in {0, 1}).
 
     Raises:
-        FileNotFoundError: the case file is missing.
+        MissingFileError: the case file is missing.
         DataFormatError: the file is corrupt, lacks ``image``/``label``, is not 3-D, or
             its label is not binary.
     """
@@ -47,7 +48,7 @@ def load_la_case(root: str | Path, case: str) -> tuple[np.ndarray, np.ndarray]:
 def la_cases(root: str | Path, split: str) -> list[str]:
     """Case names of ``split`` (``"train"`` or ``"test"``), read from ``ROOT/<split>.list``."""
     if split not in LA_SPLITS:
-        raise ValueError(f"LA split must be one of {LA_SPLITS}, got {split!r}")
+        raise ConfigError(f"LA split must be one of {LA_SPLITS}, got {split!r}")
     return read_list(Path(root) / f"{split}.list")
 
 
@@ -56,7 +57,7 @@ def la_split(root: str | Path, labeled: int) -> tuple[list[str], list[str]]:
     the rest (the standard settings are 4 and 8 labeled of 80)."""
     train = la_cases(root, "train")
     if not 0 < labeled <= len(train):
-        raise ValueError(
+        raise ConfigError(
             f"labeled must be between 1 and the {len(train)} cases of "
             f"{Path(root) / 'train.list'}, got {labeled}"
         )
@@ -75,7 +76,7 @@ def write_la_lists(root: str | Path, train: Sequence[str], test: Sequence[str]) 
 
 
 class LAPatches(CaseDataset):
-    """Training patches of LA volumes (SPEC 5).
+    """Training patches of LA volumes (docs/method.md, "Training").
 
     Each item is a random rot90 + flip in the (H, W) plane (when ``augment``), then a
     uniformly placed crop of ``patch_size`` (zero-padded first where the volume is

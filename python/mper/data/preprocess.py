@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mper.errors import ConfigError
+
 DATASETS = ("la", "acdc")
 
 # Guards against dividing by ~0 on a constant volume (which then maps to all zeros).
@@ -15,9 +17,9 @@ _MIN_SPREAD = 1e-8
 
 
 def check_dataset(dataset: str) -> str:
-    """Return ``dataset`` if it is ``"la"`` or ``"acdc"``, else raise :class:`ValueError`."""
+    """Return ``dataset`` if it is ``"la"`` or ``"acdc"``, else raise :class:`~mper.errors.ConfigError`."""
     if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+        raise ConfigError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     return dataset
 
 

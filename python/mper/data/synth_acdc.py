@@ -34,6 +34,7 @@ from mper.data.synth_fields import (
     smooth_field,
     tone_map,
 )
+from mper.errors import ConfigError
 
 ACDC_SYNTH_SIZE = (224, 224)
 ACDC_SYNTH_CASES = 100
@@ -258,9 +259,9 @@ def synthesize_acdc(out: Path, cases: int, seed: int, size: tuple[int, int], pro
     slice by slice and listed in ``train_slices.list``.
     """
     if cases < 3:
-        raise ValueError(f"ACDC needs at least 3 patients (train, val and test), got cases={cases}")
+        raise ConfigError(f"ACDC needs at least 3 patients (train, val and test), got cases={cases}")
     if len(size) != 2 or min(size) < MIN_SIZE:
-        raise ValueError(f"ACDC size must be (H, W) with both >= {MIN_SIZE}, got {size}")
+        raise ConfigError(f"ACDC size must be (H, W) with both >= {MIN_SIZE}, got {size}")
     patients = [patient_name(index) for index in range(1, cases + 1)]
     train, val, test = partition(patients, ACDC_SPLIT_FRACTIONS, np.random.default_rng([seed, 0]))
     training = set(train)

@@ -41,6 +41,7 @@ from mper.data.synth_fields import (
     tone_map,
     unit,
 )
+from mper.errors import ConfigError
 
 LA_SYNTH_SIZE = (128, 128, 96)
 LA_SYNTH_CASES = 100
@@ -174,9 +175,9 @@ def synthesize_la(
     into ``train.list`` / ``test.list``. Each volume's size varies by a few voxels around
     ``size``, like the real crops."""
     if cases < 2:
-        raise ValueError(f"LA needs at least 2 cases (train and test), got cases={cases}")
+        raise ConfigError(f"LA needs at least 2 cases (train and test), got cases={cases}")
     if len(size) != 3 or min(size) < MIN_SIZE:
-        raise ValueError(f"LA size must be (H, W, D) with each >= {MIN_SIZE}, got {size}")
+        raise ConfigError(f"LA size must be (H, W, D) with each >= {MIN_SIZE}, got {size}")
     name_rng = np.random.default_rng([seed, 0])
     names: list[str] = []
     while len(names) < cases:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..data.acdc import ACDC_CLASS_NAMES
 from ..data.preprocess import check_dataset
 
-#: Class names by label value, background first (SPEC 1).
+#: Class names by label value, background first (docs/method.md, "Networks").
 CLASS_NAMES: dict[str, tuple[str, ...]] = {"la": ("background", "LA"), "acdc": ACDC_CLASS_NAMES}
 
 

@@ -1,6 +1,6 @@
 """Evaluate a network on the test (or validation) cases of LA or ACDC.
 
-Cases are read through :mod:`mper.data` from the public layouts (SPEC 6), predicted
+Cases are read through :mod:`mper.data` from the public layouts (docs/method.md, "Data layouts"), predicted
 with :func:`mper.eval.inference.predict_volume`, scored per foreground class with
 :func:`mper.eval.metrics.case_metrics` (distances in voxels) and summarised.
 """
@@ -19,7 +19,8 @@ from ..data.la import la_cases, load_la_case
 from .datasets import CLASS_NAMES, check_dataset, dataset_num_classes
 from .figures import figure_slice, save_figures
 from .inference import predict_volume
-from .metrics import case_metrics, dice_score
+from .metrics import dice_score
+from .protocol import postprocess_labels, score_case
 from .report import markdown_table, summarize, write_report
 
 CaseLister = Callable[[str | Path, str], list[str]]
@@ -71,9 +72,14 @@ def evaluate_cases(
     labeled: str = "-",
     unlabeled: str = "-",
     num_classes: int | None = None,
+    postprocess: str = "none",
+    empty_prediction: str = "undefined",
     **inference_opts: Any,
 ) -> dict[str, Any]:
     """Predict, score and report every case of ``split`` (or the given ``cases``).
+
+    ``postprocess`` and ``empty_prediction`` choose the protocol of
+    :mod:`mper.eval.protocol`.
 
     With ``out_dir``, writes ``metrics.json``, ``metrics.md`` and ``figures/<case>.png``
     for ``num_figures`` cases from the worst to the median by mean Dice
@@ -90,7 +96,8 @@ def evaluate_cases(
     progress = tqdm(predictions, total=len(case_names), desc=f"evaluating {dataset}", unit="case")
     per_case, views = {}, {}
     for case, image, label, pred in progress:
-        per_case[case] = case_metrics(pred, label, num_classes)
+        pred = postprocess_labels(pred, postprocess, num_classes)
+        per_case[case] = score_case(pred, label, num_classes, empty_prediction)
         if out_dir is not None and num_figures > 0:
             views[case] = figure_slice(image, label, pred, dataset)
     summary = summarize(per_case)

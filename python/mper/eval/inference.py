@@ -109,10 +109,16 @@ def sliding_window_predict(
     ``patch_size`` are taken every ``stride`` voxels along each axis, the last flush with
     the end; the softmax of each window is averaged where windows overlap; the padding is
     cropped off again. Returns ``(labels uint8 (H, W, D), probabilities float32 (C, H, W, D))``.
+    A stride larger than the patch is refused: it would leave voxels uncovered.
     """
     if image.ndim != 3:
         raise ValueError(f"sliding_window_predict needs an (H, W, D) image, got shape {image.shape}")
     patch_size, stride = _triple("patch_size", patch_size), _triple("stride", stride)
+    if any(step > size for step, size in zip(stride, patch_size)):
+        raise ValueError(
+            f"stride {stride} must not exceed patch_size {patch_size} along any axis: "
+            "a larger step leaves voxels that no window covers"
+        )
     _check_batch_size(batch_size)
     pads = _symmetric_padding(image.shape, patch_size)
     padded = np.pad(image.astype(np.float32, copy=False), pads, mode="constant", constant_values=0)

@@ -3,7 +3,9 @@
 Every segmentation network here ends in a decoder feature map ``feat`` with ``D``
 channels at full input resolution. Two 1x1 convolutions read it:
 
-* ``classifier`` (``D -> C``) gives the linear classifier's logits ``pred``;
+* ``classifier`` (``D -> C``) gives the linear classifier's logits ``pred`` (a 1x1 conv,
+  the per-voxel linear layer of Eq. 3; ``classifier_kernel = 3`` gives the 3x3 conv of
+  the authors' 2D code);
 * ``embedding`` (``D -> D``) gives ``emb``, the voxel embeddings the prototype bank is
   averaged from. It is reset to the identity when self-training starts, so that the
   prototypes first live in the same space as ``feat``.
@@ -38,13 +40,20 @@ class SegmentationNet(nn.Module, ABC):
     """Base class: subclasses build the body and implement :meth:`decoder_features`.
 
     Attributes: ``in_channels``, ``num_classes``, ``feature_dim`` (``D``) and
-    ``spatial_dims`` (2 or 3).
+    ``spatial_dims`` (2 or 3). ``classifier_kernel``: side of the classifier conv (odd,
+    same padding).
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, feature_dim: int):
+    def __init__(
+        self, spatial_dims: int, in_channels: int, num_classes: int, feature_dim: int, classifier_kernel: int = 1
+    ):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if classifier_kernel < 1 or classifier_kernel % 2 == 0:
+            raise ValueError(
+                f"classifier_kernel must be a positive odd size (1 or 3), got {classifier_kernel}"
+            )
         sizes = {"in_channels": in_channels, "num_classes": num_classes, "feature_dim": feature_dim}
         for name, value in sizes.items():
             if value < 1:
@@ -54,7 +63,7 @@ class SegmentationNet(nn.Module, ABC):
         self.num_classes = num_classes
         self.feature_dim = feature_dim
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-        self.classifier = conv(feature_dim, num_classes, kernel_size=1)
+        self.classifier = conv(feature_dim, num_classes, kernel_size=classifier_kernel, padding=classifier_kernel // 2)
         self.embedding = conv(feature_dim, feature_dim, kernel_size=1)
 
     @abstractmethod

@@ -1,4 +1,4 @@
-"""The 2D U-Net used for ACDC (the SSL4MIS U-Net, with a 1x1 classifier head).
+"""The 2D U-Net used for ACDC (the SSL4MIS U-Net; 1x1 classifier head by default).
 
 Encoder: five conv blocks (conv3x3-BN-LeakyReLU-Dropout-conv3x3-BN-LeakyReLU), the
 last four each after a 2x2 max-pool. Decoder: four up blocks, each a 1x1 conv to the
@@ -51,7 +51,8 @@ class UNet2D(SegmentationNet):
     """2D U-Net returning :class:`~mper.nets.base.SegmentationOutput`.
 
     ``channels`` and ``dropout`` give the width and dropout rate of the five encoder
-    levels; ``feature_dim`` is ``channels[0]``.
+    levels; ``feature_dim`` is ``channels[0]``; ``classifier_kernel`` is the side of the
+    classifier conv (1, or 3 as in the authors' code).
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class UNet2D(SegmentationNet):
         num_classes: int = 4,
         channels: Sequence[int] = (16, 32, 64, 128, 256),
         dropout: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
+        classifier_kernel: int = 1,
     ):
         channels, dropout = tuple(channels), tuple(dropout)
         if len(channels) != NUM_LEVELS or len(dropout) != NUM_LEVELS:
@@ -67,7 +69,7 @@ class UNet2D(SegmentationNet):
                 f"UNet2D needs {NUM_LEVELS} channel counts and {NUM_LEVELS} dropout rates "
                 f"(one per level), got channels={channels}, dropout={dropout}"
             )
-        super().__init__(2, in_channels, num_classes, feature_dim=channels[0])
+        super().__init__(2, in_channels, num_classes, feature_dim=channels[0], classifier_kernel=classifier_kernel)
         self.channels = channels
         widths_in = (in_channels,) + channels[:-1]
         self.encoder = nn.ModuleList(

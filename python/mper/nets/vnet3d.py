@@ -55,7 +55,8 @@ class VNet3D(SegmentationNet):
 
     ``normalization``: ``"batchnorm"`` (default), ``"groupnorm"`` (16 groups),
     ``"instancenorm"`` or ``"none"``. ``has_dropout`` switches the two Dropout3d(0.5)
-    layers, which act only in training mode. ``feature_dim`` is ``base_filters``.
+    layers, which act only in training mode. ``feature_dim`` is ``base_filters``;
+    ``classifier_kernel`` is the side of the classifier conv (1 by default).
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class VNet3D(SegmentationNet):
         base_filters: int = 16,
         normalization: str = "batchnorm",
         has_dropout: bool = True,
+        classifier_kernel: int = 1,
     ):
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
@@ -72,7 +74,7 @@ class VNet3D(SegmentationNet):
             raise ValueError(
                 f"groupnorm uses 16 groups, so base_filters must be a multiple of 16, got {base_filters}"
             )
-        super().__init__(3, in_channels, num_classes, feature_dim=base_filters)
+        super().__init__(3, in_channels, num_classes, feature_dim=base_filters, classifier_kernel=classifier_kernel)
         self.has_dropout = has_dropout
         widths = [base_filters * 2**level for level in range(len(ENCODER_DEPTHS))]
         widths_in = [in_channels] + widths[1:]

@@ -139,9 +139,17 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
-def check_temperature(name: str, value: object) -> float:
+def check_temperature(name: str, value: object, dtype: torch.dtype = torch.float32) -> float:
+    """A temperature > 0 whose reciprocal is finite in the kernels' arithmetic for `dtype`."""
     if not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
         raise ValueError(f"{name} must be a positive finite number; got {value!r}")
+    compute = accumulation_dtype(dtype)
+    largest = torch.finfo(compute).max
+    if 1.0 / value > largest:
+        raise ValueError(
+            f"{name} = {value!r} is too small: 1/{name} overflows {compute} (the ops divide by "
+            f"it); use a {name} of at least {1.0 / largest:.3g}"
+        )
     return float(value)
 
 

@@ -31,6 +31,7 @@ def _head_args(
     args.inv_nce_tau = 1.0 / nce_tau
     args.ignore_index = ignore_index
     args.dtype = _common.DTYPE_CODES[feat.dtype]
+    args.threads = torch.get_num_threads()
     return args
 
 
@@ -137,7 +138,7 @@ def prepare(
     _common.check_rows(prototypes, num_classes)
     _common.check_same_device(feat=feat, prototypes=prototypes)
     for name, value in temperatures.items():
-        _common.check_temperature(name, value)
+        _common.check_temperature(name, value, feat.dtype)
     return _common.with_dense_spatial(feat), _common.bank_for(prototypes, feat)
 
 

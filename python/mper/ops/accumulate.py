@@ -19,7 +19,11 @@ def _proto_accumulate(
     mask: torch.Tensor | None,
     num_classes: int,
     num_protos: int,
+    check_labels: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    # checked here, inside the op, so that the check runs under torch.compile as well
+    if check_labels:
+        _check_ranges(labels, assign, mask, num_classes, num_protos)
     sums, counts = _empty_totals(emb, num_classes * num_protos)
     sums.zero_()
     counts.zero_()
@@ -29,6 +33,7 @@ def _proto_accumulate(
     args.classes, args.protos_per_class = num_classes, num_protos
     args.sums, args.counts = sums.data_ptr(), counts.data_ptr()
     args.dtype = _common.DTYPE_CODES[emb.dtype]
+    args.threads = torch.get_num_threads()
     with _common.on_device(emb.device) as stream:
         args.stream = stream
         _common.kernel("accumulate", emb.device)(args)
@@ -41,7 +46,7 @@ def _empty_totals(emb: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Ten
 
 
 @_proto_accumulate.register_fake
-def _(emb, labels, assign, mask, num_classes, num_protos):
+def _(emb, labels, assign, mask, num_classes, num_protos, check_labels):
     return _empty_totals(emb, num_classes * num_protos)
 
 
@@ -99,8 +104,9 @@ def proto_accumulate(
         mask: ``(B, *spatial)`` bool, the voxels that take part; ``None`` for all.
         num_classes, num_protos: C and K.
         check_labels: raise ``ValueError`` when a selected label is outside ``[0, C)``
-            (or its assign outside ``[0, K)``). Costs a device synchronisation on CUDA;
-            with it off such voxels are skipped, never written out of bounds.
+            (or its assign outside ``[0, K)``), eagerly and under ``torch.compile``
+            alike. Costs a device synchronisation on CUDA; with it off such voxels are
+            skipped, never written out of bounds.
 
     Returns:
         ``sums`` ``(C*K, D)`` and ``counts`` ``(C*K,)``, float32 (float64 for float64 emb).
@@ -113,7 +119,5 @@ def proto_accumulate(
     assign = _check_index_map("assign", assign, (batch, num_classes, *spatial))
     mask = _check_mask(mask, (batch, *spatial))
     _common.check_same_device(emb=emb, labels=labels, assign=assign, mask=mask)
-    if check_labels and not torch.compiler.is_compiling():
-        _check_ranges(labels, assign, mask, num_classes, num_protos)
     emb = _common.with_dense_spatial(emb)
-    return _proto_accumulate(emb, labels, assign, mask, num_classes, num_protos)
+    return _proto_accumulate(emb, labels, assign, mask, num_classes, num_protos, bool(check_labels))

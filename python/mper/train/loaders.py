@@ -6,6 +6,9 @@ ACDC: labeled slices are those of the first ``labeled`` patients of
 ``val_split = "holdout"`` its last ``holdout_cases`` cases are kept out of training and
 select checkpoints; with ``"test"`` the test list does (the published protocol).
 
+:func:`check_data` reads every file a run will use before it starts, so that a missing
+or damaged file is reported at once rather than hours into training.
+
 One training dataset holds the labeled items first, then the unlabeled ones; a
 :class:`~mper.data.sampler.TwoStreamBatchSampler` draws from both (self-training) or
 from the labeled ones only (pre-training, baseline). Batches depend only on the seed
@@ -13,17 +16,29 @@ and the iteration, which is what makes resumed runs exact.
 """
 from __future__ import annotations
 
+import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
-from mper.data.acdc import ACDCSlices, acdc_cases, acdc_split
-from mper.data.la import LAPatches, la_cases, la_split
+from mper.data.acdc import ACDCSlices, acdc_cases, acdc_split, load_acdc_slice, load_acdc_volume
+from mper.data.la import LAPatches, la_cases, la_split, load_la_case
+from mper.data.layout import check_dataset_root
 from mper.data.sampler import TwoStreamBatchSampler
+from mper.errors import ConfigError, DataFormatError
 
 from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+CaseLoader = Callable[[str, str], tuple[np.ndarray, np.ndarray]]
+#: Per dataset: how a training item and how a whole evaluation volume are read.
+ITEM_LOADERS: dict[str, CaseLoader] = {"acdc": load_acdc_slice, "la": load_la_case}
+VOLUME_LOADERS: dict[str, CaseLoader] = {"acdc": load_acdc_volume, "la": load_la_case}
 
 
 def training_cases(config: TrainConfig) -> tuple[list[str], list[str]]:
@@ -35,7 +50,7 @@ def training_cases(config: TrainConfig) -> tuple[list[str], list[str]]:
         return labeled, unlabeled
     holdout = config.data.holdout_cases
     if holdout > len(unlabeled):
-        raise ValueError(
+        raise ConfigError(
             f"data.holdout_cases = {holdout} leaves no room for {config.labeled} labeled cases "
             f"in the {config.labeled + len(unlabeled)} cases of train.list; lower one of them"
         )
@@ -46,20 +61,59 @@ def validation_cases(config: TrainConfig) -> list[str]:
     """The cases whose Dice selects the best checkpoint (see the module docstring)."""
     split = config.data.val_split
     if config.dataset == "acdc":
-        if split == "holdout":
-            raise ValueError("data.val_split = 'holdout' is for LA; ACDC has val.list (use 'val')")
         return acdc_cases(config.data_root, split)
-    if split == "val":
-        raise ValueError("LA has no val.list; use data.val_split = 'holdout' or 'test'")
     if split == "test":
         return la_cases(config.data_root, "test")
     return la_cases(config.data_root, "train")[-config.data.holdout_cases :]
 
 
+def test_cases(config: TrainConfig) -> list[str]:
+    """The cases the finished run is evaluated on (``test.list``)."""
+    list_cases = acdc_cases if config.dataset == "acdc" else la_cases
+    return list_cases(config.data_root, "test")
+
+
+def check_data(config: TrainConfig) -> None:
+    """Read every case the run will use: training items, validation and test volumes.
+
+    Raises what the readers raise for a missing or malformed file (naming it), and
+    :class:`~mper.errors.ConfigError` when the data root holds the other dataset, when
+    ``labeled`` leaves no unlabeled case for self-training, or when a class has no voxel
+    in the labeled images (its prototypes could not be initialised).
+    """
+    check_dataset_root(config.data_root, config.dataset, f"the run trains on {config.dataset}")
+    labeled, unlabeled = training_cases(config)
+    self_training = config.baseline == "none"
+    if self_training and not unlabeled:
+        raise ConfigError(
+            f"labeled = {config.labeled} leaves no unlabeled training case for self-training; "
+            "lower --labeled (or train --baseline labeled-only)"
+        )
+    items = labeled + unlabeled if self_training else labeled
+    volumes = list(dict.fromkeys(validation_cases(config) + test_cases(config)))
+    # LA reads training and evaluation cases alike: each file is read once
+    reads = list(dict.fromkeys([(ITEM_LOADERS[config.dataset], case) for case in items]
+                               + [(VOLUME_LOADERS[config.dataset], case) for case in volumes]))
+    seen_classes: set[int] = set()
+    for position, (load, case) in enumerate(tqdm(reads, desc="checking data", unit="file", leave=False)):
+        _, label = load(config.data_root, case)
+        if position < len(labeled):
+            seen_classes.update(np.unique(label).tolist())
+    missing = sorted(set(range(config.num_classes)) - seen_classes)
+    if self_training and missing:
+        raise DataFormatError(
+            f"class {missing[0]} has no voxel in the {len(labeled)} labeled training item(s) of "
+            f"{config.data_root}, so its prototypes cannot be initialised; raise --labeled or check the labels"
+        )
+    log.info("checked %d data files under %s", len(reads), config.data_root)
+
+
 def training_dataset(config: TrainConfig, cases: list[str], augment: bool = True) -> Dataset:
     """The dataset's training items (:class:`ACDCSlices` or :class:`LAPatches`) of ``cases``."""
-    dataset_type = ACDCSlices if config.dataset == "acdc" else LAPatches
-    return dataset_type(config.data_root, cases, config.data.patch_size, augment=augment, seed=config.seed)
+    if config.dataset == "acdc":
+        return ACDCSlices(config.data_root, cases, config.data.patch_size, augment=augment, seed=config.seed,
+                          image_interpolation=config.data.image_interpolation)
+    return LAPatches(config.data_root, cases, config.data.patch_size, augment=augment, seed=config.seed)
 
 
 def stage_loader(config: TrainConfig, with_unlabeled: bool, device: torch.device) -> DataLoader:
@@ -88,6 +142,27 @@ def labeled_images(config: TrainConfig, batch_size: int) -> Iterator[tuple[torch
     labeled, _ = training_cases(config)
     dataset = training_dataset(config, labeled, augment=False)
     for batch in DataLoader(dataset, batch_size=batch_size, generator=_private_generator(config.seed)):
+        yield batch["image"], batch["label"]
+
+
+def prototype_init_batches(
+    config: TrainConfig, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The labeled ``(image, label)`` batches the prototype bank is initialised from.
+
+    With ``prototypes.kmeans_augment`` (the authors' choice): one more epoch of the
+    pre-training loader, the one after the last pre-training iteration, i.e. augmented
+    crops of the labeled items in batches of ``labeled_batch_size`` (a remainder that
+    does not fill a batch is left out). Otherwise every labeled item once, unaugmented.
+    """
+    if not config.prototypes.kmeans_augment:
+        yield from labeled_images(config, config.data.labeled_batch_size)
+        return
+    loader = stage_loader(config, with_unlabeled=False, device=device)
+    epoch = -(-config.pretrain.iterations // len(loader.batch_sampler))
+    loader.batch_sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)
+    for batch in loader:
         yield batch["image"], batch["label"]
 
 

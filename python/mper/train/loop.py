@@ -4,7 +4,9 @@ A :class:`Trainer` holds the student, the teacher and prototype bank (self-train
 only), the optimizer, the copy-paste mask generator and the :class:`StageProgress`.
 :meth:`Trainer.run_stage` drives one stage: learning-rate schedule, one step function
 per iteration, TensorBoard scalars, validation with best-checkpoint keeping, periodic
-resume checkpoints and the Ctrl-C stop.
+resume checkpoints and the Ctrl-C / SIGTERM stop. A NaN or infinite loss, or weights
+that became non-finite, stop the run with :class:`~mper.errors.TrainingDiverged`
+before anything non-finite is saved, so the checkpoints on disk stay the last good ones.
 
 Exact resume: the batch sequence is a function of (seed, iteration) (see
 :mod:`mper.train.loaders`), and the checkpoint holds every other source of randomness
@@ -29,9 +31,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mper.data.sampler import endless_batches
+from mper.errors import TrainingDiverged
 from mper.nets import build_network
 
-from .checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
+from .checkpoint import capture_rng_state, non_finite_tensors, restore_rng_state, save_checkpoint
 from .config import OptimConfig, TrainConfig
 from .prototypes import PrototypeBank
 from .runtime import StopRequest, TrainingInterrupted, autocast, load_ops, resolve_device
@@ -141,7 +144,7 @@ class Trainer:
         self.progress = StageProgress(**state["progress"])
         self.student.load_state_dict(state["student"])
         if state["teacher"] is not None:
-            self.teacher = create_teacher(self.student)
+            self.teacher = create_teacher(self.student, self.config.selftrain.teacher_mode)
             self.teacher.load_state_dict(state["teacher"])
             self.bank = self.new_bank()
             self.bank.load_state_dict(state["bank"])
@@ -159,7 +162,24 @@ class Trainer:
 
     def save_last(self) -> Path:
         """Write the resume checkpoint ``last.pt``."""
-        return save_checkpoint(self.run_dir / LAST_CHECKPOINT, self.state_dict())
+        return save_checkpoint(self.run_dir / LAST_CHECKPOINT, self._finite_state())
+
+    def _finite_state(self) -> dict[str, Any]:
+        """:meth:`state_dict`, refused with :class:`TrainingDiverged` if any weight is
+        NaN or infinite (such a state must never replace a good checkpoint)."""
+        state = self.state_dict()
+        bad = non_finite_tensors({key: state[key] for key in ("student", "teacher", "bank")})
+        if bad:
+            self._diverged(f"{len(bad)} tensor(s) hold NaN or infinite values, e.g. {bad[0]}")
+        return state
+
+    def _diverged(self, what: str) -> None:
+        progress = self.progress
+        raise TrainingDiverged(
+            f"{progress.stage} iteration {progress.iteration}: {what}; training stopped without "
+            f"saving this state, so the checkpoints in {self.run_dir} are the last good ones. "
+            "Start a new run with a lower optim.lr, or check the data"
+        )
 
     def best_checkpoint(self) -> Path:
         """Where the current stage keeps its best weights."""
@@ -167,8 +187,10 @@ class Trainer:
         return self.run_dir / name
 
     def _save_best(self) -> None:
-        state = self.state_dict()
+        state = self._finite_state()
         keep = ("config", "progress", "student", "teacher", "bank")
+        if self.progress.stage == "pretrain":
+            keep += ("optimizer",)  # self-training may start from it (optim.carry_over)
         save_checkpoint(self.best_checkpoint(), {key: state[key] for key in keep})
 
     def _validate(self, mean_loss: float) -> None:
@@ -206,6 +228,8 @@ class Trainer:
                     group["lr"] = lr
                 scalars = step(next(batches), progress.iteration)
                 progress.iteration += 1
+                if not math.isfinite(scalars["loss"]):
+                    self._diverged(f"the loss is {scalars['loss']}")
                 losses.append(scalars["loss"])
                 self._write_scalars({**scalars, "lr": lr})
                 bar.update()
@@ -214,7 +238,7 @@ class Trainer:
                     self._validate(sum(losses) / len(losses))
                     losses.clear()
                 if self.stop.requested:
-                    raise TrainingInterrupted(self.save_last())
+                    raise TrainingInterrupted(self.save_last(), self.stop.signal_name)
                 if progress.iteration % schedule.checkpoint_interval == 0:
                     self.save_last()
         self.save_last()

@@ -1,4 +1,4 @@
-"""Copy-paste mixing (SPEC 5): a mask with a zero-valued box, and the mix it defines.
+"""Copy-paste mixing (docs/method.md, "Training"): a mask with a zero-valued box, and the mix it defines.
 
 The mix mask ``M`` is 1 everywhere except in a box whose sides are a fraction (2/3) of
 the image's sides, placed uniformly at random. ``copy_paste(a, b, M) = a M + b (1 - M)``

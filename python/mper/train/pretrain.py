@@ -1,18 +1,18 @@
 """Supervised training on labeled images: copy-paste pre-training and the baseline.
 
-Pre-training (SPEC 5) splits the labeled half-batch into two halves ``a`` and ``b`` and
-trains on ``a M + b (1 - M)`` against ``y_a M + y_b (1 - M)``, both regions weighted 1,
-loss ``loss_scale * (CE + Dice)``. The labeled-only baseline (the plain U-Net / V-Net
-rows of the paper's tables) trains on the labeled images as they are, with the same
-loss, for as many iterations as pre-training and self-training together.
+Pre-training (docs/method.md, "Training") splits the labeled batch into two halves
+``a`` and ``b`` and trains on ``a M + b (1 - M)`` against ``y_a M + y_b (1 - M)`` with
+``loss_scale * (CE + Dice)``: per region (each against its image's label, both
+weighted 1) or over the whole image (``pretrain.loss``). The labeled-only baseline (the
+plain U-Net / V-Net rows of the paper's tables) trains on the labeled images as they
+are, with the whole-image loss, for as many iterations as pre-training and self-training
+together.
 """
 from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from mper.losses import copy_paste_loss
+from mper.losses import copy_paste_loss, segmentation_loss
 
 from .loaders import stage_loader
 from .loop import Trainer
@@ -21,19 +21,22 @@ from .mixing import box_mask, copy_paste
 
 def supervised_step(trainer: Trainer, batch: dict[str, Any], mix: bool) -> dict[str, float]:
     """One SGD step on a labeled batch, copy-pasting its two halves when ``mix``."""
+    pretrain, dice = trainer.config.pretrain, trainer.config.losses.options()
     images = batch["image"].to(trainer.device, non_blocking=True)
     labels = batch["label"].to(trainer.device, non_blocking=True)
-    spatial = images.shape[2:]
+    half = images.shape[0] // 2
     if mix:
-        half = images.shape[0] // 2
-        mix_mask = box_mask(spatial, trainer.config.pretrain.box_fraction, trainer.mix_generator, trainer.device)
+        mix_mask = box_mask(images.shape[2:], pretrain.box_fraction, trainer.mix_generator, trainer.device)
         images = copy_paste(images[:half], images[half:], mix_mask)
-        labels = copy_paste(labels[:half], labels[half:], mix_mask)
-    else:
-        mix_mask = torch.ones(spatial, device=trainer.device)
     with trainer.autocast():
         logits = trainer.student(images).pred
-    loss = copy_paste_loss(logits, labels, mix_mask, 1.0, 1.0, scale=trainer.config.pretrain.loss_scale)
+    if not mix:
+        loss = segmentation_loss(logits, labels, pretrain.loss_scale, dice)
+    elif pretrain.loss == "whole-image":
+        mixed_label = copy_paste(labels[:half], labels[half:], mix_mask)
+        loss = segmentation_loss(logits, mixed_label, pretrain.loss_scale, dice)
+    else:
+        loss = copy_paste_loss(logits, labels[:half], labels[half:], mix_mask, scale=pretrain.loss_scale, dice=dice)
     trainer.optimize(loss)
     return {"loss": loss.item()}
 

@@ -1,17 +1,20 @@
 """The prototype bank: k-means initialisation and the confidence-gated EMA update.
 
 The bank ``P`` is a ``(C*K, D)`` float32 tensor whose row ``c*K + k`` is prototype
-``p_c^k`` (SPEC 2). It is not trained by gradient:
+``p_c^k`` (docs/method.md, "Prototype classifier"). It is not trained by gradient:
 
-* Initialisation (SPEC 5): the pre-trained network's ``feat`` on the labeled training
-  images is gathered per class (a seeded uniform subsample of at most
-  ``max_voxels`` per class), and k-means with ``K`` clusters (k-means++ seeding, then a
-  fixed number of Lloyd iterations, Euclidean) gives the class's ``K`` prototypes.
-* Update (SPEC 4): after each student forward, voxels that pass
+* Initialisation: the pre-trained network's ``feat`` on labeled training images is
+  gathered per class (all voxels, or a seeded uniform subsample of at most
+  ``max_voxels`` per class), and k-means with ``K`` clusters gives the class's ``K``
+  prototypes: mini-batch k-means (:func:`minibatch_kmeans`, the authors' choice) or
+  k-means++ seeding and Lloyd iterations (:func:`kmeans`). Euclidean in both.
+* Update (docs/method.md, "Prototype update"): voxels that pass
   :func:`confidence_gate` add their ``emb`` to the prototype they were assigned to;
-  every prototype with at least one voxel moves to
-  ``alpha p + (1 - alpha) mean``. Under ``torch.distributed`` the per-prototype sums and
-  counts are all-reduced first, so every process keeps the same bank.
+  every prototype with at least one voxel moves to ``alpha p + (1 - alpha) mean``.
+  :meth:`PrototypeBank.accumulate` and :meth:`PrototypeBank.apply` split this so that
+  one step can gather several forwards (``combined``) or each region take a step of its
+  own (``region-wise``). Under ``torch.distributed`` the per-prototype sums and counts
+  are all-reduced first, so every process keeps the same bank.
 """
 from __future__ import annotations
 
@@ -25,6 +28,17 @@ from torch import nn
 #: Which voxels may update the prototypes (paper Table IV): none, those taken from the
 #: labeled image, those taken from the unlabeled image, or both.
 UPDATE_SOURCES = ("none", "labeled", "unlabeled", "both")
+#: One EMA step per iteration from all gated voxels, or one per region of each direction.
+UPDATE_STEPS = ("combined", "region-wise")
+KMEANS_METHODS = ("minibatch", "lloyd")
+
+#: Mini-batch k-means settings, those of scikit-learn's ``MiniBatchKMeans`` defaults
+#: (which the authors' code uses): voxels per batch, passes over the data at most,
+#: batches without a new low of the smoothed inertia before stopping, and seedings tried.
+MINIBATCH_SIZE = 1024
+MINIBATCH_MAX_PASSES = 100
+MINIBATCH_PATIENCE = 10
+MINIBATCH_SEEDINGS = 3
 
 
 def confidence_gate(
@@ -56,15 +70,9 @@ def confidence_gate(
     return gate
 
 
-def kmeans(points: torch.Tensor, num_clusters: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
-    """Cluster centres ``(num_clusters, D)`` of ``points`` ``(N, D)``, ``N >= 1``.
-
-    k-means++ seeding (each new centre drawn with probability proportional to the
-    squared distance to the nearest chosen one), then ``iterations`` Lloyd steps; a
-    cluster that loses all its points keeps its centre. With fewer distinct points than
-    clusters some centres coincide.
-    """
-    points = points.float()
+def kmeans_plus_plus(points: torch.Tensor, num_clusters: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding: each new centre drawn with probability proportional to the
+    squared distance to the nearest centre chosen so far; ``(num_clusters, D)``."""
     first = int(torch.randint(len(points), (1,), generator=generator))
     centres = [points[first]]
     for _ in range(1, num_clusters):
@@ -74,7 +82,75 @@ def kmeans(points: torch.Tensor, num_clusters: int, iterations: int, generator: 
         else:
             chosen = int(torch.randint(len(points), (1,), generator=generator))
         centres.append(points[chosen])
-    centres = torch.stack(centres)
+    return torch.stack(centres).clone()
+
+
+def _inertia(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Sum of squared distances of ``points`` to their nearest centre."""
+    return (torch.cdist(points, centres).min(dim=1).values ** 2).sum()
+
+
+def minibatch_kmeans(
+    points: torch.Tensor,
+    num_clusters: int,
+    generator: torch.Generator,
+    batch_size: int = MINIBATCH_SIZE,
+    max_passes: int = MINIBATCH_MAX_PASSES,
+    patience: int = MINIBATCH_PATIENCE,
+    seedings: int = MINIBATCH_SEEDINGS,
+) -> torch.Tensor:
+    """Mini-batch k-means (Sculley, 2010): cluster centres ``(num_clusters, D)`` of
+    ``points`` ``(N, D)``, ``N >= 1``.
+
+    ``seedings`` k-means++ seedings, each on ``3 * batch_size`` random points, are
+    scored on one further random sample and the best is kept. Then each step draws
+    ``batch_size`` points (with replacement) and moves every centre to the running mean
+    of all points ever assigned to it, ``c <- (n c + sum x) / (n + m)``. It stops after
+    ``max_passes * N / batch_size`` steps, or earlier when the exponentially smoothed
+    batch inertia has not reached a new low for ``patience`` steps.
+    """
+    points = points.float()
+    count = len(points)
+    sample_size = min(3 * batch_size, count)
+
+    def draw(size: int) -> torch.Tensor:
+        return points[torch.randint(count, (size,), generator=generator)]
+
+    validation = draw(sample_size)
+    seeded = [kmeans_plus_plus(draw(sample_size), num_clusters, generator) for _ in range(seedings)]
+    centres = min(seeded, key=lambda candidate: float(_inertia(validation, candidate)))
+    assigned = torch.zeros(num_clusters, dtype=points.dtype)
+    smoothing = min(2.0 * batch_size / (count + 1), 1.0)
+    smoothed, lowest, stale = None, float("inf"), 0
+    for _ in range(max(1, max_passes * count // batch_size)):
+        batch = draw(batch_size)
+        distances = torch.cdist(batch, centres)
+        nearest = distances.argmin(dim=1)
+        batch_inertia = float((distances.min(dim=1).values ** 2).mean())
+        sums = torch.zeros_like(centres).index_add_(0, nearest, batch)
+        new = torch.bincount(nearest, minlength=num_clusters).to(points.dtype)
+        hit = new > 0
+        centres[hit] = (centres[hit] * assigned[hit, None] + sums[hit]) / (assigned[hit] + new[hit])[:, None]
+        assigned += new
+        smoothed = batch_inertia if smoothed is None else (1 - smoothing) * smoothed + smoothing * batch_inertia
+        if smoothed < lowest:
+            lowest, stale = smoothed, 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    return centres
+
+
+def kmeans(points: torch.Tensor, num_clusters: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
+    """Cluster centres ``(num_clusters, D)`` of ``points`` ``(N, D)``, ``N >= 1``.
+
+    :func:`kmeans_plus_plus` seeding, then ``iterations`` Lloyd steps; a cluster that
+    loses all its points keeps its centre. With fewer distinct points than clusters some
+    centres coincide.
+    """
+    points = points.float()
+    centres = kmeans_plus_plus(points, num_clusters, generator)
     for _ in range(iterations):
         nearest = torch.cdist(points, centres).argmin(dim=1)
         counts = torch.bincount(nearest, minlength=num_clusters).to(points.dtype)
@@ -85,36 +161,39 @@ def kmeans(points: torch.Tensor, num_clusters: int, iterations: int, generator: 
 
 
 class ClassVoxelSampler:
-    """A uniform random subsample of at most ``max_voxels`` feature vectors per class.
+    """A uniform random subsample of at most ``max_voxels`` feature vectors per class
+    (``max_voxels = 0``: every voxel).
 
     Every voxel seen gets a random key; each class keeps the voxels with the smallest
     keys, so the kept set is a uniform sample of everything added, in bounded memory.
     """
 
     def __init__(self, num_classes: int, max_voxels: int, generator: torch.Generator):
-        if max_voxels < 1:
-            raise ValueError(f"max_voxels must be at least 1, got {max_voxels}")
+        if max_voxels < 0:
+            raise ValueError(f"max_voxels must be 0 (every voxel) or positive, got {max_voxels}")
         self.max_voxels = max_voxels
         self.generator = generator
         self.keys: list[torch.Tensor] = [torch.empty(0) for _ in range(num_classes)]
-        self.features: list[torch.Tensor] = [torch.empty(0, 0) for _ in range(num_classes)]
+        self.chunks: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
 
     def add(self, feat: torch.Tensor, labels: torch.Tensor) -> None:
         """Add the voxels of ``feat`` ``(B, D, *S)`` under their classes ``labels`` ``(B, *S)``."""
         vectors = feat.detach().movedim(1, -1).reshape(-1, feat.shape[1]).float().cpu()
         flat_labels = labels.reshape(-1).cpu()
-        for class_index in range(len(self.keys)):
+        for class_index, chunks in enumerate(self.chunks):
             chosen = vectors[flat_labels == class_index]
             if len(chosen) == 0:
                 continue
-            keys = torch.cat([self.keys[class_index], torch.rand(len(chosen), generator=self.generator)])
-            features = torch.cat([self.features[class_index].reshape(-1, vectors.shape[1]), chosen])
-            keep = keys.argsort()[: self.max_voxels]
-            self.keys[class_index], self.features[class_index] = keys[keep], features[keep]
+            chunks.append(chosen)
+            if self.max_voxels:
+                keys = torch.cat([self.keys[class_index], torch.rand(len(chosen), generator=self.generator)])
+                keep = keys.argsort()[: self.max_voxels]
+                self.keys[class_index], chunks[:] = keys[keep], [torch.cat(chunks)[keep]]
 
     def class_features(self, class_index: int) -> torch.Tensor:
-        """The kept feature vectors of one class, ``(n, D)``."""
-        return self.features[class_index]
+        """The kept feature vectors of one class, ``(n, D)`` (``(0, 0)`` when none)."""
+        chunks = self.chunks[class_index]
+        return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
 
 class PrototypeBank:
@@ -133,12 +212,17 @@ class PrototypeBank:
         generator: torch.Generator,
         max_voxels: int = 50_000,
         kmeans_iterations: int = 20,
+        method: str = "lloyd",
     ) -> None:
         """Set every class's prototypes to the k-means centres of its ``feat`` voxels.
 
         ``batches`` yields ``(image, label)`` pairs of labeled training images; ``net``
-        runs on them in eval mode on the bank's device.
+        runs on them in eval mode on the bank's device. ``method``: ``"minibatch"``
+        (:func:`minibatch_kmeans`) or ``"lloyd"`` (:func:`kmeans` with
+        ``kmeans_iterations`` steps); ``max_voxels`` (0: all) caps the voxels per class.
         """
+        if method not in KMEANS_METHODS:
+            raise ValueError(f"k-means method must be one of {KMEANS_METHODS}, got {method!r}")
         was_training = net.training
         net.eval()
         sampler = ClassVoxelSampler(self.num_classes, max_voxels, generator)
@@ -152,11 +236,36 @@ class PrototypeBank:
                     f"class {class_index} has no voxel in the labeled training images, so its "
                     "prototypes cannot be initialised; label more cases or check the labels"
                 )
-            centres = kmeans(features, self.per_class, kmeans_iterations, generator)
+            if method == "minibatch":
+                centres = minibatch_kmeans(features, self.per_class, generator)
+            else:
+                centres = kmeans(features, self.per_class, kmeans_iterations, generator)
             rows = slice(class_index * self.per_class, (class_index + 1) * self.per_class)
             self.prototypes[rows] = centres.to(self.prototypes.device)
 
     @torch.no_grad()
+    def accumulate(
+        self, ops: ModuleType, emb: torch.Tensor, labels: torch.Tensor, assign: torch.Tensor, gate: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-prototype sums ``(C*K, D)`` and counts ``(C*K,)`` of the gated voxels' ``emb``.
+
+        ``emb`` ``(B, D, *S)``; ``labels`` (``Y^m``) and ``gate`` ``(B, *S)``; ``assign``
+        ``(B, C, *S)`` from the prototype classifier. ``ops`` is :mod:`mper.ops` or
+        :mod:`mper.reference`.
+        """
+        # labels are class indices by construction; the range check would cost a sync
+        return ops.proto_accumulate(
+            emb.detach(), labels, assign, gate, self.num_classes, self.per_class, check_labels=False
+        )
+
+    @torch.no_grad()
+    def apply(self, ops: ModuleType, sums: torch.Tensor, counts: torch.Tensor, momentum: float) -> None:
+        """One EMA step (``momentum`` is alpha) towards ``sums / counts`` where ``counts > 0``."""
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)
+            dist.all_reduce(counts)
+        ops.proto_ema_update_(self.prototypes, sums, counts, momentum)
+
     def update(
         self,
         ops: ModuleType,
@@ -166,20 +275,9 @@ class PrototypeBank:
         gate: torch.Tensor,
         momentum: float,
     ) -> torch.Tensor:
-        """EMA update from the gated voxels; returns the per-prototype counts ``(C*K,)``.
-
-        ``emb`` ``(B, D, *S)``; ``labels`` (``Y^m``) and ``gate`` ``(B, *S)``; ``assign``
-        ``(B, C, *S)`` from the prototype classifier; ``momentum`` is alpha. ``ops`` is
-        :mod:`mper.ops` or :mod:`mper.reference`.
-        """
-        # labels are class indices by construction; the range check would cost a sync
-        sums, counts = ops.proto_accumulate(
-            emb.detach(), labels, assign, gate, self.num_classes, self.per_class, check_labels=False
-        )
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(sums)
-            dist.all_reduce(counts)
-        ops.proto_ema_update_(self.prototypes, sums, counts, momentum)
+        """:meth:`accumulate` then :meth:`apply`; returns the per-prototype counts."""
+        sums, counts = self.accumulate(ops, emb, labels, assign, gate)
+        self.apply(ops, sums, counts, momentum)
         return counts
 
     def to(self, device: torch.device | str) -> PrototypeBank:

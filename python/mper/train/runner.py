@@ -5,11 +5,16 @@ import logging
 import time
 from pathlib import Path
 
-from .checkpoint import load_checkpoint
+from mper.errors import ConfigError
+from mper.nets import build_network
+
+from .checkpoint import load_checkpoint, remove_stale_temporaries
 from .config import TrainConfig
+from .loaders import check_data
 from .loop import BEST_CHECKPOINT, LAST_CHECKPOINT, ScalarWriter, Trainer, Validator
 from .pretrain import run_baseline, run_pretrain
-from .runtime import StopRequest
+from .resume import setting_changes
+from .runtime import StopRequest, autocast, load_ops, resolve_device
 from .selftrain import begin_selftrain, run_selftrain
 
 STAGE_DESCRIPTIONS = {
@@ -21,6 +26,19 @@ STAGE_DESCRIPTIONS = {
 log = logging.getLogger(__name__)
 
 
+def check_run(config: TrainConfig) -> None:
+    """Refuse, before anything is written or trained, what would fail later: the
+    device, the ops module, mixed precision, the network settings and the data
+    (see :func:`~mper.train.loaders.check_data`)."""
+    autocast(resolve_device(config.device), config.amp)
+    load_ops(config.ops)
+    try:
+        build_network(config.dataset, config.num_classes, **config.network)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"the network settings {config.network} are not valid: {error}") from error
+    check_data(config)
+
+
 def run_training(
     config: TrainConfig,
     run_dir: str | Path,
@@ -30,16 +48,21 @@ def run_training(
 ) -> Path:
     """Train as ``config`` says and return the path of the best checkpoint.
 
-    With ``resume``, continue from ``run_dir/last.pt`` (a finished run returns at once).
-    The first Ctrl-C saves ``last.pt`` after the current iteration and raises
+    With ``resume``, continue from ``run_dir/last.pt`` (a finished run returns at once),
+    logging the settings that differ from the saved ones. The first Ctrl-C or SIGTERM
+    saves ``last.pt`` after the current iteration and raises
     :class:`~mper.train.runtime.TrainingInterrupted`.
     """
     run_dir = Path(run_dir)
     with StopRequest() as stop:
         log.info("setting up the network, the optimizer and the prototype ops")
         trainer = Trainer(config, run_dir, validate, writer, stop)
+        remove_stale_temporaries(run_dir)
         if resume:
-            trainer.load_state_dict(load_checkpoint(run_dir / LAST_CHECKPOINT, map_location=trainer.device))
+            state = load_checkpoint(run_dir / LAST_CHECKPOINT)
+            for name, (saved, given) in setting_changes(state["config"], config).items():
+                log.info("resuming with %s = %r (was %r)", name, given, saved)
+            trainer.load_state_dict(state)
             log.info("resuming %s at iteration %d", trainer.progress.stage, trainer.progress.iteration)
         log.info("training on %s with ops module %s", trainer.device, trainer.ops.__name__)
         if trainer.progress.stage == "baseline":

@@ -1,15 +1,19 @@
 """Self-training: Mean Teacher with bidirectional copy-paste and the prototype head.
 
 Each batch holds labeled ``a``, ``b`` and unlabeled ``ua``, ``ub`` (equal halves). The
-teacher's pseudo labels of ``ua``, ``ub`` complete the mixed labels ``Y^m`` of
+teacher's pseudo labels of ``ua``, ``ub`` complete the mixed labels ``Y^m`` of the two
+copy-paste directions
 
-    input1 = a M + ua (1 - M),    label1 = y_a M + pl_ua (1 - M)
-    input2 = ub M + b (1 - M),    label2 = pl_ub M + y_b (1 - M)
+    labeled surround:    a M + ua (1 - M),    label  y_a M + pl_ua (1 - M)
+    unlabeled surround:  ub M + b (1 - M),    label  pl_ub M + y_b (1 - M)
 
-and one student forward of both gives the linear logits, ``feat`` and ``emb``. The fused
-op reads ``feat`` once for the prototype logits, their argmax assignment and InfoNCE.
-The loss is Eq. 6; then the bank takes its gated EMA update (SPEC 4) and the teacher
-its EMA step.
+The student sees both directions, in one forward or in one forward each
+(``selftrain.forward_passes``), in the order ``selftrain.forward_order``. For each
+direction the fused op reads ``feat`` once for the prototype logits, their argmax
+assignment and InfoNCE, and the bank takes its gated EMA step(s)
+(``prototypes.update_steps``): region-wise steps move the bank before the next
+direction is classified. The loss is Eq. 6 over both directions; then the teacher takes
+its EMA step. docs/method.md ("Training") describes every setting.
 """
 from __future__ import annotations
 
@@ -19,70 +23,94 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from mper.losses import copy_paste_loss, mper_objective, ramp_weight
+from mper.errors import CheckpointError
+from mper.losses import DiceOptions, copy_paste_loss, mper_objective, ramp_weight
+from mper.nets import SegmentationOutput
 
 from .checkpoint import load_checkpoint
-from .loaders import labeled_images, stage_loader
+from .loaders import prototype_init_batches, stage_loader
 from .loop import PRETRAIN_CHECKPOINT, Trainer
 from .mixing import box_mask, copy_paste
 from .prototypes import confidence_gate
 from .teacher import confidence, create_teacher, ema_update_, pseudo_labels
 
 
-def bidirectional_loss(
-    logits: torch.Tensor, mixed_label: torch.Tensor, mix_mask: torch.Tensor, unlabeled_weight: float, scale: float
-) -> torch.Tensor:
-    """:func:`~mper.losses.copy_paste_loss` of both mixed halves: in the first half the
-    labeled image surrounds the box (weight 1 outside, u inside), in the second the
-    unlabeled one does (u outside, 1 inside)."""
-    half = logits.shape[0] // 2
-    first = copy_paste_loss(logits[:half], mixed_label[:half], mix_mask, 1.0, unlabeled_weight, scale)
-    second = copy_paste_loss(logits[half:], mixed_label[half:], mix_mask, unlabeled_weight, 1.0, scale)
-    return first + second
-
-
 def begin_selftrain(trainer: Trainer) -> None:
-    """Start self-training from the best pre-trained weights (SPEC 5).
+    """Start self-training from the best pre-trained weights.
 
     Resets the embedding head to the identity, copies the student into the teacher,
-    initialises the bank by k-means on the labeled images' features, and saves
-    ``last.pt`` so that an interruption from here on resumes in self-training.
+    initialises the bank by k-means on labeled images' features, takes over the
+    pre-training optimizer state when ``optim.carry_over`` says so, and saves ``last.pt``
+    so that an interruption from here on resumes in self-training.
     """
     config = trainer.config
     pretrained = load_checkpoint(trainer.run_dir / PRETRAIN_CHECKPOINT, map_location=trainer.device)
     trainer.student.load_state_dict(pretrained["student"])
     trainer.student.reset_embedding_to_identity()
-    trainer.teacher = create_teacher(trainer.student)
+    trainer.teacher = create_teacher(trainer.student, config.selftrain.teacher_mode)
     trainer.bank = trainer.new_bank()
     trainer.bank.initialize(
         trainer.student,
-        tqdm(labeled_images(config, config.data.labeled_batch_size), desc="prototype init", unit="batch"),
+        tqdm(prototype_init_batches(config, trainer.device), desc="prototype init", unit="batch"),
         torch.Generator().manual_seed(config.seed),
         max_voxels=config.prototypes.kmeans_max_voxels,
         kmeans_iterations=config.prototypes.kmeans_iterations,
+        method=config.prototypes.kmeans,
     )
     trainer.begin_stage("selftrain")
+    if config.optim.carry_over:
+        if "optimizer" not in pretrained:
+            raise CheckpointError(
+                f"{trainer.run_dir / PRETRAIN_CHECKPOINT} holds no optimizer state to carry into "
+                "self-training (it was written by an older mper); set optim.carry_over=false"
+            )
+        trainer.optimizer.load_state_dict(pretrained["optimizer"])
     trainer.save_last()
 
 
 @dataclass
-class MixedBatch:
-    """The two copy-paste images of a batch, stacked (input1 first, then input2).
+class MixedImages:
+    """One copy-paste direction: mixed images and what their loss and the bank update need.
 
-    ``label`` is ``Y^m``; ``labeled_region`` is 1 where a voxel came from a labeled
-    image; ``teacher_confidence`` is the teacher's confidence on the voxels that came
-    from an unlabeled image (1 elsewhere); ``mix_mask`` is the ``M`` both share.
+    ``surround_label`` / ``box_label`` are the full label maps (label or pseudo label)
+    of the images the surround (``M == 1``) and the box come from; ``labeled_region`` is
+    1 where a voxel came from a labeled image; ``teacher_confidence`` is the teacher's
+    confidence on the voxels that came from an unlabeled image (1 elsewhere);
+    ``surround_weight`` / ``box_weight`` weight the two regions' loss terms.
     """
 
     images: torch.Tensor
-    label: torch.Tensor
+    surround_label: torch.Tensor
+    box_label: torch.Tensor
+    mix_mask: torch.Tensor
     labeled_region: torch.Tensor
     teacher_confidence: torch.Tensor
-    mix_mask: torch.Tensor
+    surround_weight: float
+    box_weight: float
+
+    @property
+    def label(self) -> torch.Tensor:
+        """The mixed label ``Y^m``."""
+        return copy_paste(self.surround_label, self.box_label, self.mix_mask)
+
+    def loss(self, logits: torch.Tensor, scale: float, dice: DiceOptions) -> torch.Tensor:
+        """:func:`~mper.losses.copy_paste_loss` of ``logits`` for these images."""
+        return copy_paste_loss(logits, self.surround_label, self.box_label, self.mix_mask,
+                               self.surround_weight, self.box_weight, scale, dice)
 
 
-def mix_bidirectional(trainer: Trainer, batch: dict[str, Any]) -> MixedBatch:
-    """Pseudo-label the unlabeled half of ``batch`` with the teacher and build both mixes."""
+def teacher_probabilities(trainer: Trainer, unlabeled: torch.Tensor) -> torch.Tensor:
+    """The teacher's softmax on the unlabeled images: one forward, or one per half when
+    ``selftrain.forward_passes`` is 2 (each half with its own batch statistics)."""
+    halves = unlabeled.chunk(trainer.config.selftrain.forward_passes)
+    with torch.no_grad(), trainer.autocast():
+        logits = torch.cat([trainer.teacher(half).pred.float() for half in halves])
+    return torch.softmax(logits, dim=1)
+
+
+def mix_bidirectional(trainer: Trainer, batch: dict[str, Any]) -> list[MixedImages]:
+    """Pseudo-label the unlabeled half of ``batch`` with the teacher and build both
+    directions, in ``selftrain.forward_order``."""
     config = trainer.config
     images = batch["image"].to(trainer.device, non_blocking=True)
     labels = batch["label"].to(trainer.device, non_blocking=True)
@@ -91,50 +119,100 @@ def mix_bidirectional(trainer: Trainer, batch: dict[str, Any]) -> MixedBatch:
     image_a, image_b, unlabeled = images[:half], images[half:labeled_count], images[labeled_count:]
     label_a, label_b = labels[:half], labels[half:labeled_count]
 
-    with torch.no_grad(), trainer.autocast():
-        teacher_probs = torch.softmax(trainer.teacher(unlabeled).pred.float(), dim=1)
+    teacher_probs = teacher_probabilities(trainer, unlabeled)
     pseudo = pseudo_labels(teacher_probs, config.selftrain.pseudo_label_threshold)
     certainty = confidence(teacher_probs)
     certain = torch.ones_like(certainty[:half])
 
     mask = box_mask(images.shape[2:], config.pretrain.box_fraction, trainer.mix_generator, trainer.device)
-    return MixedBatch(
-        images=torch.cat([copy_paste(image_a, unlabeled[:half], mask), copy_paste(unlabeled[half:], image_b, mask)]),
-        label=torch.cat([copy_paste(label_a, pseudo[:half], mask), copy_paste(pseudo[half:], label_b, mask)]),
-        labeled_region=torch.cat([mask.expand_as(label_a), (1 - mask).expand_as(label_b)]),
-        teacher_confidence=torch.cat([copy_paste(certain, certainty[:half], mask),
-                                      copy_paste(certainty[half:], certain, mask)]),
-        mix_mask=mask,
+    unlabeled_weight = config.selftrain.unlabeled_weight
+    labeled_surround = MixedImages(
+        images=copy_paste(image_a, unlabeled[:half], mask),
+        surround_label=label_a, box_label=pseudo[:half], mix_mask=mask, labeled_region=mask,
+        teacher_confidence=copy_paste(certain, certainty[:half], mask),
+        surround_weight=1.0, box_weight=unlabeled_weight,
     )
+    unlabeled_surround = MixedImages(
+        images=copy_paste(unlabeled[half:], image_b, mask),
+        surround_label=pseudo[half:], box_label=label_b, mix_mask=mask, labeled_region=1 - mask,
+        teacher_confidence=copy_paste(certainty[half:], certain, mask),
+        surround_weight=unlabeled_weight, box_weight=1.0,
+    )
+    if config.selftrain.forward_order == "labeled-surround-first":
+        return [labeled_surround, unlabeled_surround]
+    return [unlabeled_surround, labeled_surround]
+
+
+def student_outputs(trainer: Trainer, directions: list[MixedImages]) -> list[SegmentationOutput]:
+    """The student's outputs per direction: one forward of all images, split, or one
+    forward per direction (``selftrain.forward_passes``)."""
+    with trainer.autocast():
+        if trainer.config.selftrain.forward_passes == 2:
+            return [trainer.student(direction.images) for direction in directions]
+        output = trainer.student(torch.cat([direction.images for direction in directions]))
+    sizes = [len(direction.images) for direction in directions]
+    return [SegmentationOutput(*parts) for parts in zip(*(tensor.split(sizes) for tensor in output))]
+
+
+def update_bank(
+    trainer: Trainer, direction: MixedImages, output: SegmentationOutput,
+    proto_logits: torch.Tensor, assign: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gated voxels of one direction: per-prototype sums and counts of their ``emb``.
+
+    With ``region-wise`` steps they have been applied already, as one EMA step from the
+    direction's unlabeled region followed by one from its labeled region; with
+    ``combined`` steps the caller applies the sums of all directions at once.
+    """
+    prototypes, bank, ops = trainer.config.prototypes, trainer.bank, trainer.ops
+    label = direction.label
+    gate = confidence_gate(
+        proto_logits.argmax(dim=1), label, direction.labeled_region, direction.teacher_confidence,
+        prototypes.confidence_threshold, prototypes.update_source, prototypes.update_background,
+    )
+    if prototypes.update_steps == "combined":
+        return bank.accumulate(ops, output.emb, label, assign, gate)
+    labeled = direction.labeled_region.bool()
+    steps = [bank.accumulate(ops, output.emb, label, assign, gate & region) for region in (~labeled, labeled)]
+    for sums, counts in steps:  # copies: under torch.distributed apply() reduces them in place
+        bank.apply(ops, sums.clone(), counts.clone(), prototypes.momentum)
+    return steps[0][0] + steps[1][0], steps[0][1] + steps[1][1]
 
 
 def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> dict[str, float]:
     """One self-training iteration; returns the losses, lambda and update statistics."""
     config, bank = trainer.config, trainer.bank
     selftrain, prototypes = config.selftrain, config.prototypes
-    mixed = mix_bidirectional(trainer, batch)
-    with trainer.autocast():
-        output = trainer.student(mixed.images)
-        proto_logits, assign, contrastive = trainer.ops.proto_classify_infonce(
-            output.feat, bank.prototypes, config.num_classes, prototypes.tau, prototypes.nce_tau,
-            prototypes.contrastive_ignore_row,
-        )
-    targets = (mixed.label, mixed.mix_mask, selftrain.unlabeled_weight, selftrain.consistency_scale)
-    linear = bidirectional_loss(output.pred, *targets)
-    prototype = bidirectional_loss(proto_logits, *targets)
-    ramp = ramp_weight(iteration, selftrain.ramp_weight, selftrain.rampup_epochs, selftrain.ramp_epoch_length)
-    loss = mper_objective(linear, prototype, contrastive.float(), ramp, selftrain.contrastive_weight)
-    trainer.optimize(loss)
+    dice = config.losses.options()
+    directions = mix_bidirectional(trainer, batch)
+    outputs = student_outputs(trainer, directions)
+    linear = prototype = contrastive = 0.0
+    gathered = []
+    for direction, output in zip(directions, outputs):
+        # a snapshot: region-wise steps move the bank before the backward pass
+        with trainer.autocast():
+            proto_logits, assign, direction_nce = trainer.ops.proto_classify_infonce(
+                output.feat, bank.prototypes.clone(), config.num_classes, prototypes.tau, prototypes.nce_tau,
+                prototypes.contrastive_ignore_row,
+            )
+        linear = linear + direction.loss(output.pred, selftrain.consistency_scale, dice)
+        prototype = prototype + direction.loss(proto_logits, selftrain.consistency_scale, dice)
+        contrastive = contrastive + direction_nce.float()
+        gathered.append(update_bank(trainer, direction, output, proto_logits, assign))
+    if selftrain.contrastive_reduction == "mean":
+        contrastive = contrastive / len(directions)
+    sums, counts = (torch.stack(parts).sum(dim=0) for parts in zip(*gathered))
+    if prototypes.update_steps == "combined":
+        bank.apply(trainer.ops, sums, counts, prototypes.momentum)
 
-    gate = confidence_gate(
-        proto_logits.argmax(dim=1), mixed.label, mixed.labeled_region, mixed.teacher_confidence,
-        prototypes.confidence_threshold, prototypes.update_source, prototypes.update_background,
-    )
-    updated = bank.update(trainer.ops, output.emb, mixed.label, assign, gate, prototypes.momentum)
-    decay = ema_update_(trainer.teacher, trainer.student, iteration, selftrain.ema_decay)
+    ramp = ramp_weight(iteration, selftrain.ramp_weight, selftrain.rampup_epochs, selftrain.ramp_epoch_length)
+    loss = mper_objective(linear, prototype, contrastive, ramp, selftrain.contrastive_weight)
+    trainer.optimize(loss)
+    decay = ema_update_(trainer.teacher, trainer.student, iteration, selftrain.ema_decay,
+                        selftrain.ema_schedule, selftrain.ema_scope)
     # one device-to-host copy for all the logged values
     loss, linear, prototype, contrastive, voxels = torch.stack(
-        [loss.detach(), linear.detach(), prototype.detach(), contrastive.detach().float(), updated.sum()]
+        [loss.detach(), linear.detach(), prototype.detach(), contrastive.detach(), counts.sum()]
     ).tolist()
     return {
         "loss": loss,

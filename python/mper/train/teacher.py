@@ -1,13 +1,17 @@
 """The Mean Teacher: an EMA copy of the student, its pseudo labels and its confidence.
 
-The teacher's weights follow ``theta_t <- d theta_t + (1 - d) theta_s`` with
-``d = min(1 - 1/(step + 1), eta)`` (BCP's warm-up: early on the teacher tracks the
-student closely). Batch-norm running statistics are averaged the same way, so the
-teacher can predict in eval mode.
+The teacher's weights follow ``theta_t <- d theta_t + (1 - d) theta_s`` after every
+student step, with a ``constant`` decay ``d = eta`` (the authors' code) or the Mean
+Teacher ``warmup`` ``d = min(1 - 1/(step + 1), eta)`` (early on the teacher tracks the
+student closely). The EMA covers the ``parameters`` only, or the whole ``state``
+(batch-norm running statistics averaged too, counters copied), which matters when the
+teacher predicts in eval mode. The teacher predicts in ``train`` mode (dropout on,
+batch statistics, as the authors' code does) or ``eval`` mode.
 
-Pseudo labels (SPEC 5) are the teacher's argmax (for a two-class task with a
-foreground threshold: ``p_1 >= threshold``), keeping for each foreground class only its
-largest connected component (full connectivity: 8 neighbours in 2D, 26 in 3D).
+Pseudo labels (docs/method.md, "Training") are the teacher's argmax (for a two-class
+task with a foreground threshold: ``p_1 >= threshold``), keeping for each foreground
+class only its largest connected component (full connectivity: 8 neighbours in 2D, 26
+in 3D).
 """
 from __future__ import annotations
 
@@ -19,30 +23,48 @@ from scipy import ndimage
 from torch import nn
 
 
-def create_teacher(student: nn.Module) -> nn.Module:
-    """A frozen copy of ``student`` in eval mode (no dropout, running BN statistics)."""
+#: The teacher predicts with dropout and batch statistics (``train``) or without (``eval``).
+TEACHER_MODES = ("train", "eval")
+EMA_SCHEDULES = ("constant", "warmup")
+EMA_SCOPES = ("parameters", "state")
+
+
+def create_teacher(student: nn.Module, mode: str = "eval") -> nn.Module:
+    """A frozen copy of ``student`` in ``mode`` (one of :data:`TEACHER_MODES`)."""
+    if mode not in TEACHER_MODES:
+        raise ValueError(f"teacher mode must be one of {TEACHER_MODES}, got {mode!r}")
     teacher = copy.deepcopy(student)
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
-    return teacher.eval()
+    return teacher.train(mode == "train")
 
 
-def teacher_decay(step: int, eta: float) -> float:
-    """``min(1 - 1/(step + 1), eta)``: 0 at step 0, then rising to ``eta``."""
-    return min(1.0 - 1.0 / (step + 1), eta)
+def teacher_decay(step: int, eta: float, schedule: str = "warmup") -> float:
+    """The EMA decay at ``step``: ``eta`` (``constant``) or ``min(1 - 1/(step + 1), eta)``
+    (``warmup``: 0 at step 0, then rising to ``eta``)."""
+    if schedule not in EMA_SCHEDULES:
+        raise ValueError(f"EMA schedule must be one of {EMA_SCHEDULES}, got {schedule!r}")
+    return eta if schedule == "constant" else min(1.0 - 1.0 / (step + 1), eta)
 
 
 @torch.no_grad()
-def ema_update_(teacher: nn.Module, student: nn.Module, step: int, eta: float) -> float:
+def ema_update_(
+    teacher: nn.Module, student: nn.Module, step: int, eta: float,
+    schedule: str = "warmup", scope: str = "state",
+) -> float:
     """Move ``teacher`` towards ``student`` in place; returns the decay used.
 
-    Floating-point parameters and buffers are averaged; integer buffers (batch-norm's
-    ``num_batches_tracked``) are copied.
+    ``scope == "parameters"``: only the parameters are averaged; the teacher's buffers
+    stay as its own forwards left them. ``"state"``: floating-point buffers are averaged
+    too and integer buffers (batch-norm's ``num_batches_tracked``) copied.
     """
-    decay = teacher_decay(step, eta)
-    student_state = student.state_dict()
-    for name, value in teacher.state_dict().items():
-        source = student_state[name]
+    if scope not in EMA_SCOPES:
+        raise ValueError(f"EMA scope must be one of {EMA_SCOPES}, got {scope!r}")
+    decay = teacher_decay(step, eta, schedule)
+    student_state = student.state_dict(keep_vars=True)
+    names = dict(teacher.named_parameters()) if scope == "parameters" else teacher.state_dict(keep_vars=True)
+    for name, value in names.items():
+        value, source = value.detach(), student_state[name].detach()
         if value.is_floating_point():
             value.mul_(decay).add_(source.to(value.dtype), alpha=1.0 - decay)
         else:

@@ -1,0 +1,52 @@
+"""The evaluation protocol's two choices: test-time post-processing and empty predictions.
+
+* Post-processing (``eval.postprocess``): ``"largest-component"`` keeps, for every
+  foreground class, only its largest connected component of the predicted label map
+  (full connectivity), as the published LA evaluation does; ``"none"`` scores the
+  prediction as it is. Checkpoint selection during training never post-processes.
+* A class predicted nowhere (``eval.empty_prediction``): ``"zero"`` scores it Dice =
+  Jaccard = 95HD = ASD = 0, as the published evaluation scripts of LA and ACDC do (a
+  missed structure then lowers the mean Dice but also the mean distances);
+  ``"undefined"`` keeps :func:`mper.eval.metrics.binary_metrics`' answer: Dice 0 and
+  undefined distances that the report counts and leaves out of the means.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mper.train.config import EMPTY_PREDICTION_RULES, POSTPROCESSING
+from mper.train.teacher import largest_components
+
+from .metrics import case_metrics
+
+#: The metrics of a class predicted nowhere under the ``"zero"`` rule.
+ZERO_METRICS = {"dice": 0.0, "jaccard": 0.0, "hd95": 0.0, "asd": 0.0}
+
+
+def _check(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def postprocess_labels(labels: np.ndarray, method: str, num_classes: int) -> np.ndarray:
+    """``labels`` after the test-time post-processing ``method`` (one of
+    :data:`~mper.train.config.POSTPROCESSING`)."""
+    _check("eval.postprocess", method, POSTPROCESSING)
+    if method == "none":
+        return labels
+    return largest_components(labels, num_classes).astype(labels.dtype, copy=False)
+
+
+def score_case(
+    pred_labels: np.ndarray, gt_labels: np.ndarray, num_classes: int, empty_prediction: str = "undefined"
+) -> dict[int, dict[str, float]]:
+    """:func:`~mper.eval.metrics.case_metrics` of one case, with classes predicted
+    nowhere scored by the rule ``empty_prediction`` (one of
+    :data:`~mper.train.config.EMPTY_PREDICTION_RULES`)."""
+    _check("eval.empty_prediction", empty_prediction, EMPTY_PREDICTION_RULES)
+    scores = case_metrics(pred_labels, gt_labels, num_classes)
+    if empty_prediction == "zero":
+        for label in scores:
+            if not np.any(pred_labels == label):
+                scores[label] = dict(ZERO_METRICS)
+    return scores
