@@ -288,9 +288,11 @@ def predict(
     device: str = "auto", weights: str = "student",
 ) -> list[Path]:
     """Segment a NIfTI/HDF5 file or every such file under a folder; returns the written
-    label maps (NIfTI, with the input's header). See :func:`mper.eval.predict.predict_path`."""
+    label maps (NIfTI, with the input's header), post-processed by the checkpoint's
+    ``eval.postprocess`` as :func:`evaluate` does. See :func:`mper.eval.predict.predict_path`."""
     net, config = load_network(checkpoint, device, weights)
     return predict_path(net, input_path, config.dataset, output, device=str(resolve_device(device)),
+                        num_classes=config.num_classes, postprocess=config.eval.postprocess,
                         **inference_options(config))
 
 

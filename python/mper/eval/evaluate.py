@@ -1,7 +1,8 @@
 """Evaluate a network on the test (or validation) cases of LA or ACDC.
 
-Cases are read through :mod:`mper.data` from the public layouts (docs/method.md, "Data layouts"), predicted
-with :func:`mper.eval.inference.predict_volume`, scored per foreground class with
+Cases are read through :mod:`mper.data` from the public layouts (docs/method.md, "Data
+layouts"), segmented with :func:`mper.eval.protocol.segment_volume` (inference, then
+``eval.postprocess``), scored per foreground class with
 :func:`mper.eval.metrics.case_metrics` (distances in voxels) and summarised.
 """
 from __future__ import annotations
@@ -18,9 +19,8 @@ from ..data.acdc import acdc_cases, load_acdc_volume
 from ..data.la import la_cases, load_la_case
 from .datasets import CLASS_NAMES, check_dataset, dataset_num_classes
 from .figures import figure_slice, save_figures
-from .inference import predict_volume
 from .metrics import dice_score
-from .protocol import postprocess_labels, score_case
+from .protocol import score_case, segment_volume
 from .report import markdown_table, summarize, write_report
 
 CaseLister = Callable[[str | Path, str], list[str]]
@@ -51,11 +51,12 @@ def _predicted_cases(
     num_classes: int,
     inference_opts: dict[str, Any],
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-    """Load and predict each case in turn: ``(case, image, label, predicted labels)``."""
+    """Load and segment each case in turn: ``(case, image, label, predicted labels)``;
+    ``inference_opts`` go to :func:`~mper.eval.protocol.segment_volume`."""
     load_case = DATA_ACCESS[dataset][1]
     for case in case_names:
         image, label = load_case(data_root, case)
-        yield case, image, label, predict_volume(net, image, dataset, num_classes, **inference_opts)
+        yield case, image, label, segment_volume(net, image, dataset, num_classes, **inference_opts)
 
 
 def evaluate_cases(
@@ -91,12 +92,12 @@ def evaluate_cases(
     case_names = _resolve_cases(dataset, data_root, cases, split)
     num_classes = num_classes or dataset_num_classes(dataset)
     predictions = _predicted_cases(
-        net, dataset, data_root, case_names, num_classes, {"device": device, **inference_opts}
+        net, dataset, data_root, case_names, num_classes,
+        {"device": device, "postprocess": postprocess, **inference_opts},
     )
     progress = tqdm(predictions, total=len(case_names), desc=f"evaluating {dataset}", unit="case")
     per_case, views = {}, {}
     for case, image, label, pred in progress:
-        pred = postprocess_labels(pred, postprocess, num_classes)
         per_case[case] = score_case(pred, label, num_classes, empty_prediction)
         if out_dir is not None and num_figures > 0:
             views[case] = figure_slice(image, label, pred, dataset)

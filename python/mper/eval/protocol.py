@@ -12,11 +12,16 @@
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from torch import nn
 
 from mper.train.config import EMPTY_PREDICTION_RULES, POSTPROCESSING
 from mper.train.teacher import largest_components
 
+from .datasets import dataset_num_classes
+from .inference import predict_volume
 from .metrics import case_metrics
 
 #: The metrics of a class predicted nowhere under the ``"zero"`` rule.
@@ -35,6 +40,22 @@ def postprocess_labels(labels: np.ndarray, method: str, num_classes: int) -> np.
     if method == "none":
         return labels
     return largest_components(labels, num_classes).astype(labels.dtype, copy=False)
+
+
+def segment_volume(
+    net: nn.Module,
+    image: np.ndarray,
+    dataset: str,
+    num_classes: int | None = None,
+    postprocess: str = "none",
+    **options: Any,
+) -> np.ndarray:
+    """The label map a user gets for ``image``: :func:`~mper.eval.inference.predict_volume`
+    (``options`` go there), then :func:`postprocess_labels`. ``mper-eval`` scores it and
+    ``mper-predict`` writes it, so both apply ``eval.postprocess`` alike."""
+    num_classes = num_classes or dataset_num_classes(dataset)
+    labels = predict_volume(net, image, dataset, num_classes, **options)
+    return postprocess_labels(labels, postprocess, num_classes)
 
 
 def score_case(
