@@ -115,6 +115,10 @@ def test_every_readme_command_is_checked_by_a_rule_and_every_rule_is_used():
         assert (rule.when == "never") == bool(rule.reason), f"a command is either run or has a reason: {rule}"
 
 
+def test_the_readme_states_measured_figures_not_placeholders():
+    assert not re.findall(r"\b(?:DEMO|RUN_TIME)_[A-Z_]+\b", README.read_text())
+
+
 def test_ci_runs_the_readme_test_command():
     assert "scripts/test.sh" in (REPO / ".ci" / "run").read_text()
 
