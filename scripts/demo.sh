@@ -3,7 +3,7 @@
 # trains MPER on it with the `demo` preset (copy-paste pre-training, prototype
 # initialisation, self-training, evaluation of the best checkpoint on the test cases),
 # trains the labeled-only network on the same labeled cases for comparison, and prints
-# both results. Sized for a CPU: a few minutes on two cores.
+# both results. Sized for a CPU.
 #
 #   scripts/demo.sh [acdc|la] [mper-train options...]     (default: acdc)
 #
