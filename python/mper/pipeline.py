@@ -33,12 +33,14 @@ import mper.data
 from mper.data.acdc import patient_id
 from mper.data.layout import check_dataset_root
 from mper.errors import CheckpointError, ConfigError, RunFolderError, UserError
+from mper.eval.datasets import CLASS_NAMES
 from mper.eval.evaluate import evaluate_cases, mean_dice
 from mper.eval.figures import add_figures
 from mper.eval.predict import predict_path
 from mper.nets import build_network
 from mper.train.checkpoint import load_checkpoint
 from mper.train.config import TrainConfig, merge, parse_override, to_toml
+from mper.train.diagnostics import TRAINING_RECORD, with_class_names
 from mper.train.loaders import training_cases, validation_cases
 from mper.train.lock import run_folder_lock
 from mper.train.loop import LAST_CHECKPOINT, Validator
@@ -64,8 +66,9 @@ def shown_on_console(record: logging.LogRecord) -> bool:
 
 
 def default_run_dir(config: TrainConfig) -> Path:
-    """``runs/<dataset>-<preset>-<labeled>labeled`` (with ``-baseline`` for the baseline)."""
-    suffix = "-baseline" if config.baseline == "labeled-only" else ""
+    """``runs/<dataset>-<preset>-<labeled>labeled`` (with ``-baseline`` for the labeled-only
+    baseline, ``-bcp`` for BCP alone)."""
+    suffix = {"labeled-only": "-baseline", "bcp": "-bcp"}.get(config.baseline, "")
     return Path("runs") / f"{config.dataset}-{config.preset}-{config.labeled}labeled{suffix}"
 
 
@@ -175,6 +178,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                 result = evaluate(best, split="test", out_dir=run_dir, device=config.device,
                                   num_figures=config.eval.num_figures)
                 add_figures(writer, result["figures"], "test")
+                add_training_record(run_dir, config)
                 log.info("test metrics (%s):\n%s", run_dir / "metrics.md", result["markdown"].rstrip(),
                          extra=RUN_LOG_ONLY)
     except TrainingInterrupted:
@@ -186,6 +190,16 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         _remove_unstarted(run_dir, created)
         raise
     return run_dir
+
+
+def add_training_record(run_dir: Path, config: TrainConfig) -> None:
+    """Add the record of the run's validations (``training.json``, see
+    :mod:`mper.train.diagnostics`) to its ``metrics.json`` as ``"training"``."""
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    record = json.loads((run_dir / TRAINING_RECORD).read_text())
+    metrics["training"] = with_class_names(record, CLASS_NAMES[config.dataset])
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def resume(
@@ -239,13 +253,14 @@ def _table_columns(config: TrainConfig) -> tuple[str, str, str]:
     the unlabeled count is ``-`` when the training lists are not at hand."""
     if config.baseline == "labeled-only":
         return NETWORK_NAMES[config.dataset], str(config.labeled), "0"
+    method = "BCP" if config.baseline == "bcp" else "MPER"
     try:
         labeled, unlabeled = training_cases(config)
     except UserError:
-        return "MPER", str(config.labeled), "-"
+        return method, str(config.labeled), "-"
     if config.dataset == "acdc":
         unlabeled = set(map(patient_id, unlabeled)) - set(map(patient_id, labeled))
-    return "MPER", str(config.labeled), str(len(unlabeled))
+    return method, str(config.labeled), str(len(unlabeled))
 
 
 def evaluate(
@@ -297,9 +312,9 @@ def predict(
 
 
 def synthesize(dataset: str, out: str | Path, cases: int | None = None, seed: int = 0,
-               size: tuple[int, ...] | None = None) -> Path:
+               size: tuple[int, ...] | None = None, family: str = "standard") -> Path:
     """Write synthetic data in the public layout of ``dataset`` (see :func:`mper.data.synthesize`)."""
-    return mper.data.synthesize(dataset, out, cases=cases, seed=seed, size=size)
+    return mper.data.synthesize(dataset, out, cases=cases, seed=seed, size=size, family=family)
 
 
 def convert(dataset: str, source: str | Path, out: str | Path, split_from: str | Path | None = None,

@@ -15,10 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
+from mper import reference
 from mper.train.config import EMPTY_PREDICTION_RULES, POSTPROCESSING
-from mper.train.teacher import largest_components
 
 from .datasets import dataset_num_classes
 from .inference import predict_volume
@@ -39,7 +40,8 @@ def postprocess_labels(labels: np.ndarray, method: str, num_classes: int) -> np.
     _check("eval.postprocess", method, POSTPROCESSING)
     if method == "none":
         return labels
-    return largest_components(labels, num_classes).astype(labels.dtype, copy=False)
+    image = torch.from_numpy(np.ascontiguousarray(labels))[None]
+    return reference.largest_component(image, num_classes, check_labels=False)[0].numpy()
 
 
 def segment_volume(

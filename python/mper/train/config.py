@@ -42,7 +42,9 @@ from .teacher import EMA_SCHEDULES, EMA_SCOPES, TEACHER_MODES
 
 DATASETS = ("la", "acdc")
 OPS_MODULES = {"mper": "mper.ops", "reference": "mper.reference"}
-BASELINES = ("none", "labeled-only")
+#: ``none``: MPER; ``labeled-only``: the plain supervised network; ``bcp``: self-training
+#: without the prototype head (bidirectional copy-paste alone).
+BASELINES = ("none", "labeled-only", "bcp")
 AMP_MODES = ("off", "bf16")
 VAL_SPLITS = ("val", "holdout", "test")
 IMAGE_INTERPOLATIONS = ("nearest", "cubic")
@@ -132,6 +134,8 @@ class SelfTrainConfig:
     comes from the labeled image or the one whose surround comes from the unlabeled
     image. ``contrastive_reduction``: InfoNCE is a mean over each direction's voxels;
     ``"sum"`` adds the two directions' means, ``"mean"`` averages them.
+    ``keep_better_stage``: self-training's best checkpoint must beat the best
+    pre-training validation Dice, else ``best.pt`` keeps the pre-trained network.
     """
 
     iterations: int = 30000
@@ -149,6 +153,7 @@ class SelfTrainConfig:
     forward_passes: int = 2
     forward_order: str = "unlabeled-surround-first"
     contrastive_reduction: str = "sum"
+    keep_better_stage: bool = True
 
 
 @dataclass
@@ -194,6 +199,9 @@ class EvalConfig:
     class's largest connected component). ``empty_prediction``: how a class predicted
     nowhere is scored, ``"zero"`` (Dice, Jaccard, 95HD and ASD all 0, as the published
     evaluation scripts do) or ``"undefined"`` (Dice 0, distances undefined and counted).
+    ``pseudo_label_dice``: score self-training's pseudo labels against the unlabeled
+    images' own labels (turn off when those files carry no real labels);
+    ``teacher_dice``: validate the teacher too (see :mod:`mper.train.diagnostics`).
     """
 
     val_interval: int = 200
@@ -202,6 +210,8 @@ class EvalConfig:
     num_figures: int = 3
     postprocess: str = "none"
     empty_prediction: str = "zero"
+    pseudo_label_dice: bool = True
+    teacher_dice: bool = True
 
 
 @dataclass

@@ -83,7 +83,7 @@ def check_data(config: TrainConfig) -> None:
     """
     check_dataset_root(config.data_root, config.dataset, f"the run trains on {config.dataset}")
     labeled, unlabeled = training_cases(config)
-    self_training = config.baseline == "none"
+    self_training = config.baseline != "labeled-only"
     if self_training and not unlabeled:
         raise ConfigError(
             f"labeled = {config.labeled} leaves no unlabeled training case for self-training; "
