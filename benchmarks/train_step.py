@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from mper.datasets import dataset_names
 from mper.train.config import load_config
 from mper.train.loop import Trainer
 from mper.train.prototypes import confidence_gate
@@ -87,7 +88,7 @@ def measure(dataset: str, ops: str, device: str, amp: str, iterations: int) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", nargs="+", default=["la", "acdc"], choices=["la", "acdc"])
+    parser.add_argument("--dataset", nargs="+", default=list(dataset_names()), choices=dataset_names())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", default="off", choices=["off", "bf16"])
     parser.add_argument("--iterations", type=int, default=10)

@@ -40,6 +40,7 @@ LA = register_dataset(DatasetSpec(
     inference=SLIDING_WINDOW,
     stride=(18, 18, 4),
     slice_axis=2,  # volumes are (H, W, D): figures show axial slices
+    slice_name="axial slice",
     normalization=LA_NORMALIZATION,
     validation_splits=("test", "holdout"),  # no val.list
     label_unit="cases",

@@ -78,7 +78,8 @@ class DatasetSpec:
         inference: :data:`SLIDING_WINDOW` or :data:`SLICE_WISE`.
         stride: the step of the sliding window (presets set it as ``eval.stride``).
         slice_axis: the axis of a volume (as ``load_volume`` gives it) that slices are
-            taken along: by slice-wise inference and by the evaluation figures.
+            taken along: by slice-wise inference and by the evaluation figures;
+            ``slice_name`` is what the figures call such a slice.
         normalization: the intensity normalisation of the layout (one of
             :data:`mper.data.preprocess.NORMALIZATIONS`); raw scans get the same.
         scan_axes: the permutation that turns a raw NIfTI scan's axes into the volume
@@ -123,6 +124,7 @@ class DatasetSpec:
     synth_families: Mapping[str, str] = field(default_factory=lambda: dict(STANDARD_FAMILY))
     label_group: Callable[[str], str] = same_name
     item_settings: tuple[str, ...] = ()
+    slice_name: str = "slice"
     case_file: str | None = None
     scan_axes: tuple[int, int, int] = (0, 1, 2)
     convert: Converter | None = None

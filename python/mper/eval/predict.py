@@ -9,16 +9,18 @@ Inputs:
   scans are segmented as stored, ``(H, W, D)``; ACDC scans are stored ``(H, W, S)`` and
   segmented slice by slice along the last axis. The label map keeps the input's header:
   affine, qform/sform codes, voxel sizes and units.
-* HDF5 (``.h5``): a preprocessed volume of the dataset's layout (SPEC 6), dataset
-  ``image``, already normalised and laid out ``(H, W, D)`` (LA, z-scored) or
-  ``(S, H, W)`` (ACDC, scaled to ``[0, 1]``). It has no geometry, so the output's affine
-  is the identity.
+* HDF5 (``.h5``): a preprocessed volume of the dataset's layout (docs/method.md, "Data
+  layouts"), dataset ``image``, already normalised and laid out ``(H, W, D)`` (LA,
+  z-scored) or ``(S, H, W)`` (ACDC, scaled to ``[0, 1]``). It has no geometry, so the
+  output's affine is the identity.
 
 Each input is checked against the model before it is segmented: a 3D volume, every
 intensity finite, and for HDF5 the intensity scaling of the model's dataset. The output
 is named after the case, ``<case>_pred.nii.gz`` (the file name without its suffix, or
 for a layout with one folder per case, such as LA's ``<case>/mri_norm2.h5``, the case
-folder's name): a uint8 label map with the same array shape and axis order as the input.
+folder's name): a uint8 label map with the same array shape and axis order as the input,
+post-processed as ``mper-eval`` scores it (``eval.postprocess``, e.g. LA's largest
+connected component).
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from mper.data.preprocess import normalize_intensity
 from mper.datasets import DatasetSpec, get_dataset
 from mper.errors import ConfigError, DataFormatError, MissingFileError, UserError
 
-from .inference import predict_volume
+from .protocol import segment_volume
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,8 @@ def _label_image(labels: np.ndarray, scan: nib.Nifti1Image | None) -> nib.Nifti1
 
 
 def _segment(net: nn.Module, path: Path, dataset: str, out_path: Path, device: str, **options: Any) -> Path:
-    """Check, segment and write one file."""
+    """Check, segment and write one file; ``options`` go to
+    :func:`~mper.eval.protocol.segment_volume`."""
     suffix = _matching_suffix(path)
     if suffix is None:
         raise ConfigError(f"{path}: unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
@@ -139,7 +142,7 @@ def _segment(net: nn.Module, path: Path, dataset: str, out_path: Path, device: s
         image, scan = _load_nifti(path, spec)
     else:
         image = _load_h5(path, spec)
-    labels = predict_volume(net, image, dataset, device=device, **options)
+    labels = segment_volume(net, image, dataset, device=device, **options)
     if scan is not None:
         labels = np.transpose(labels, np.argsort(spec.scan_axes))
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +160,8 @@ def predict_file(
 ) -> Path:
     """Segment one NIfTI or HDF5 file and write ``out_dir/<case>_pred.nii.gz``; returns its path.
 
-    ``options`` go to :func:`~mper.eval.inference.predict_volume` (e.g. ``stride``).
+    ``options`` go to :func:`~mper.eval.protocol.segment_volume`: ``postprocess`` (as
+    ``mper-eval`` applies it), ``num_classes`` and the inference options (e.g. ``stride``).
     """
     path = Path(path)
     case_file = get_dataset(dataset).case_file

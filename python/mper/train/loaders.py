@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import signal
 from collections.abc import Iterator
 from typing import cast
 
@@ -125,6 +126,7 @@ def stage_loader(config: TrainConfig, with_unlabeled: bool, device: torch.device
         num_workers=config.data.num_workers,
         pin_memory=device.type == "cuda",
         generator=_private_generator(config.seed),
+        worker_init_fn=_leave_ctrl_c_to_the_main_process,
     )
 
 
@@ -154,6 +156,12 @@ def prototype_init_batches(
     epoch = -(-config.pretrain.iterations // epoch_length)
     for batch in itertools.islice(endless_batches(loader, epoch * epoch_length), epoch_length):
         yield batch["image"], batch["label"]
+
+
+def _leave_ctrl_c_to_the_main_process(worker_id: int) -> None:
+    """Data workers ignore SIGINT: a Ctrl-C in the terminal reaches every process of the
+    group, and only the main one should react (save a checkpoint, say so once)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _private_generator(seed: int) -> torch.Generator:
