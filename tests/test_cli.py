@@ -10,8 +10,9 @@ import pytest
 
 from mper import pipeline
 from mper.cli import data_main, eval_main, predict_main, train_main
+from mper.datasets import dataset_names
 from mper.train import checkpoint
-from mper.train.config import DATASETS, preset_tables
+from mper.train.config import preset_tables
 from mper.train.loop import Trainer
 
 TINY = [
@@ -59,7 +60,7 @@ def test_train_help_names_every_preset_and_how_they_stack(capsys):
     with pytest.raises(SystemExit):
         train_main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    presets = {name for dataset in DATASETS for name in preset_tables(dataset)}
+    presets = {name for dataset in dataset_names() for name in preset_tables(dataset)}
     assert {"paper", "reference", "strict", "demo"} <= presets
     assert all(name in help_text for name in presets)
     assert "stack with '+'" in help_text and "reference+demo" in help_text

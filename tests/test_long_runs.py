@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from mper import pipeline
-from mper.data import synthesize
+from mper.datasets import synthesize
 from mper.train.checkpoint import load_checkpoint
 from mper.train.config import load_config
 from mper.train.runtime import TrainingInterrupted

@@ -14,7 +14,7 @@ import torch
 
 from mper import __version__
 from mper.cli import data_main, eval_main, predict_main, train_main
-from mper.data import synthesize
+from mper.datasets import synthesize
 from mper.train.config import load_config, read_preset
 
 TINY = [
