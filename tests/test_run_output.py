@@ -130,5 +130,5 @@ def test_ctrl_c_with_data_workers_reports_once(acdc_root, tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
     text = stderr_path.read_text()
     assert text.count("Ctrl-C: saving a checkpoint") == 1, text
-    assert text.count("interrupted; state saved to") == 1 and "Traceback" not in text, text
+    assert text.count("interrupted (SIGINT); state saved to") == 1 and "Traceback" not in text, text
     assert (run_dir / "last.pt").is_file()
