@@ -16,6 +16,7 @@ from .pretrain import run_baseline, run_pretrain
 from .resume import setting_changes
 from .runtime import StopRequest, autocast, load_ops, resolve_device
 from .selftrain import begin_selftrain, run_selftrain
+from .teacher import slow_teacher_warning
 
 STAGE_DESCRIPTIONS = {
     "baseline": "labeled-only supervised training",
@@ -65,6 +66,8 @@ def run_training(
             trainer.load_state_dict(state)
             log.info("resuming %s at iteration %d", trainer.progress.stage, trainer.progress.iteration)
         log.info("training on %s with ops module %s", trainer.device, trainer.ops.__name__)
+        if trainer.progress.stage != "baseline":
+            _warn_if_teacher_is_slow(config)
         if trainer.progress.stage == "baseline":
             _log_stage(trainer, config.pretrain.iterations + config.selftrain.iterations)
             run_baseline(trainer)
@@ -78,6 +81,14 @@ def run_training(
         log.info("training finished; best validation Dice %.4f at %s iteration %d",
                  trainer.progress.best_score, trainer.progress.stage, trainer.progress.best_iteration)
     return run_dir / BEST_CHECKPOINT
+
+
+def _warn_if_teacher_is_slow(config: TrainConfig) -> None:
+    """Said before training starts rather than once pre-training is over."""
+    selftrain = config.selftrain
+    warning = slow_teacher_warning(selftrain.ema_decay, selftrain.ema_schedule, selftrain.iterations)
+    if warning:
+        log.warning(warning)
 
 
 def _log_stage(trainer: Trainer, iterations: int) -> None:

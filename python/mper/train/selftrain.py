@@ -41,7 +41,7 @@ from .loaders import prototype_init_batches, stage_loader
 from .loop import PRETRAIN_CHECKPOINT, Trainer
 from .mixing import box_mask, copy_paste
 from .prototypes import confidence_gate
-from .teacher import confidence, create_teacher, ema_update_, pseudo_labels, slow_teacher_warning
+from .teacher import confidence, create_teacher, ema_update_, pseudo_labels
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,6 @@ def begin_selftrain(trainer: Trainer) -> None:
     written to ``best.pt`` with its validation Dice as the score to beat.
     """
     config = trainer.config
-    warning = slow_teacher_warning(config.selftrain.ema_decay, config.selftrain.ema_schedule,
-                                   config.selftrain.iterations)
-    if warning:
-        log.warning(warning)
     pretrained = load_checkpoint(trainer.run_dir / PRETRAIN_CHECKPOINT, map_location=trainer.device)
     trainer.student.load_state_dict(pretrained["student"])
     trainer.teacher = create_teacher(trainer.student, config.selftrain.teacher_mode)
