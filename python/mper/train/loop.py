@@ -39,6 +39,7 @@ from .config import OptimConfig, TrainConfig
 from .prototypes import PrototypeBank
 from .runtime import StopRequest, TrainingInterrupted, autocast, load_ops, resolve_device
 from .teacher import create_teacher
+from .usage import USAGE_WINDOW, PrototypeUsage
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,10 @@ class Trainer:
         self.student = build_network(config.dataset, config.num_classes, **config.network).to(self.device)
         self.teacher: nn.Module | None = None
         self.bank: PrototypeBank | None = None
+        self.usage: PrototypeUsage | None = None
         self.optimizer = self.new_optimizer()
         self.mix_generator = torch.Generator().manual_seed(config.seed)
-        first_stage = "baseline" if config.baseline == "labeled-only" else "pretrain"
+        first_stage = "pretrain" if config.baseline == "none" else "baseline"
         self.progress = StageProgress(first_stage)
 
     def new_optimizer(self) -> torch.optim.SGD:
@@ -134,6 +136,7 @@ class Trainer:
             "student": self.student.state_dict(),
             "teacher": None if self.teacher is None else self.teacher.state_dict(),
             "bank": None if self.bank is None else self.bank.state_dict(),
+            "prototype_usage": None if self.usage is None else self.usage.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "mix_generator": self.mix_generator.get_state(),
             "rng": capture_rng_state(),
@@ -148,6 +151,9 @@ class Trainer:
             self.teacher.load_state_dict(state["teacher"])
             self.bank = self.new_bank()
             self.bank.load_state_dict(state["bank"])
+            self.usage = self.new_usage()
+            if state.get("prototype_usage") is not None:
+                self.usage.load_state_dict(state["prototype_usage"])
         self.optimizer = self.new_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.mix_generator.set_state(state["mix_generator"])
@@ -159,6 +165,12 @@ class Trainer:
             self.config.num_classes, self.config.prototypes.per_class,
             self.student.feature_dim, self.device,
         )
+
+    def new_usage(self) -> PrototypeUsage:
+        """An empty usage count for the bank, in windows of :data:`~mper.train.usage.USAGE_WINDOW`
+        iterations (the whole self-training when shorter)."""
+        window = min(USAGE_WINDOW, self.config.selftrain.iterations)
+        return PrototypeUsage(self.config.num_classes, self.config.prototypes.per_class, window, self.device)
 
     def save_last(self) -> Path:
         """Write the resume checkpoint ``last.pt``."""

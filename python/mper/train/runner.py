@@ -15,6 +15,7 @@ from .pretrain import run_baseline, run_pretrain
 from .resume import setting_changes
 from .runtime import StopRequest, autocast, load_ops, resolve_device
 from .selftrain import begin_selftrain, run_selftrain
+from .usage import USAGE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -64,4 +65,5 @@ def run_training(
             begin_selftrain(trainer)
         if trainer.progress.stage == "selftrain":
             run_selftrain(trainer)
+            trainer.usage.write(run_dir / USAGE_FILE)
     return run_dir / BEST_CHECKPOINT

@@ -49,6 +49,7 @@ def begin_selftrain(trainer: Trainer) -> None:
     trainer.student.reset_embedding_to_identity()
     trainer.teacher = create_teacher(trainer.student, config.selftrain.teacher_mode)
     trainer.bank = trainer.new_bank()
+    trainer.usage = trainer.new_usage()
     trainer.bank.initialize(
         trainer.student,
         tqdm(prototype_init_batches(config, trainer.device), desc="prototype init", unit="batch"),
@@ -210,6 +211,7 @@ def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> d
     trainer.optimize(loss)
     decay = ema_update_(trainer.teacher, trainer.student, iteration, selftrain.ema_decay,
                         selftrain.ema_schedule, selftrain.ema_scope)
+    usage = trainer.usage.add(counts, iteration + 1, selftrain.iterations)
     # one device-to-host copy for all the logged values
     loss, linear, prototype, contrastive, voxels = torch.stack(
         [loss.detach(), linear.detach(), prototype.detach(), contrastive.detach(), counts.sum()]
@@ -222,6 +224,7 @@ def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> d
         "lambda": ramp,
         "teacher_decay": decay,
         "bank_update_voxels": voxels,
+        **usage,
     }
 
 
