@@ -33,17 +33,21 @@ import mper.data
 from mper.data.acdc import patient_id
 from mper.data.layout import check_dataset_root
 from mper.errors import CheckpointError, ConfigError, RunFolderError, UserError
+from mper.eval.datasets import CLASS_NAMES
 from mper.eval.evaluate import evaluate_cases, mean_dice
 from mper.eval.predict import predict_path
+from mper.eval.report import add_to_report
+from mper.eval.tsne import require_figure_packages, sample_embeddings, save_tsne_figure
 from mper.nets import build_network
 from mper.train.checkpoint import load_checkpoint
 from mper.train.config import TrainConfig, merge, parse_override, to_toml
-from mper.train.loaders import training_cases, validation_cases
+from mper.train.loaders import VOLUME_LOADERS, test_cases, training_cases, validation_cases
 from mper.train.lock import run_folder_lock
 from mper.train.loop import LAST_CHECKPOINT, Validator
 from mper.train.resume import resumed_config
 from mper.train.runner import check_run, run_training
 from mper.train.runtime import TrainingAborted, TrainingInterrupted, resolve_device
+from mper.train.usage import USAGE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +55,15 @@ WEIGHTS = ("student", "teacher")
 #: Case lists ``evaluate`` scores: the test list, or the cases that selected checkpoints.
 EVAL_SPLITS = ("test", "val")
 NETWORK_NAMES = {"acdc": "U-Net", "la": "V-Net"}
+#: Cases whose voxels the t-SNE map samples.
+TSNE_CASES = 4
 
 
 def default_run_dir(config: TrainConfig) -> Path:
-    """``runs/<dataset>-<preset>-<labeled>labeled`` (with ``-baseline`` for the baseline)."""
+    """``runs/<dataset>-<preset>-<labeled>labeled`` (with ``-baseline`` for the labeled-only
+    baseline; ``runs/<dataset>-<preset>-all-labeled`` for the fully supervised one)."""
+    if config.baseline == "full":
+        return Path("runs") / f"{config.dataset}-{config.preset}-all-labeled"
     suffix = "-baseline" if config.baseline == "labeled-only" else ""
     return Path("runs") / f"{config.dataset}-{config.preset}-{config.labeled}labeled{suffix}"
 
@@ -156,6 +165,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                 log.info("evaluating %s on the test split", best)
                 evaluate(best, split="test", out_dir=run_dir, device=config.device,
                          num_figures=config.eval.num_figures)
+                _report_prototype_usage(run_dir)
     except TrainingInterrupted:
         raise
     except KeyboardInterrupt as interrupt:
@@ -165,6 +175,13 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         _remove_unstarted(run_dir, created)
         raise
     return run_dir
+
+
+def _report_prototype_usage(run_dir: Path) -> None:
+    """Copy the self-training's prototype usage summary into ``metrics.json``."""
+    usage_file = run_dir / USAGE_FILE
+    if usage_file.exists():
+        add_to_report(run_dir, "prototype_usage", json.loads(usage_file.read_text()))
 
 
 def resume(
@@ -215,16 +232,16 @@ def load_network(
 
 def _table_columns(config: TrainConfig) -> tuple[str, str, str]:
     """Method, labeled and unlabeled counts for the results table (patients for ACDC);
-    the unlabeled count is ``-`` when the training lists are not at hand."""
-    if config.baseline == "labeled-only":
-        return NETWORK_NAMES[config.dataset], str(config.labeled), "0"
+    a count is ``-`` when the training lists are not at hand."""
+    method = "MPER" if config.baseline == "none" else NETWORK_NAMES[config.dataset]
     try:
         labeled, unlabeled = training_cases(config)
     except UserError:
-        return "MPER", str(config.labeled), "-"
+        return method, "-" if config.baseline == "full" else str(config.labeled), "-"
     if config.dataset == "acdc":
-        unlabeled = set(map(patient_id, unlabeled)) - set(map(patient_id, labeled))
-    return "MPER", str(config.labeled), str(len(unlabeled))
+        labeled = set(map(patient_id, labeled))
+        unlabeled = set(map(patient_id, unlabeled)) - labeled
+    return method, str(len(labeled)), str(len(unlabeled) if config.baseline == "none" else 0)
 
 
 def evaluate(
@@ -260,6 +277,31 @@ def evaluate(
         postprocess=config.eval.postprocess, empty_prediction=config.eval.empty_prediction,
         **inference_options(config),
     )
+
+
+def tsne(
+    checkpoint: str | Path, out_path: str | Path, data_root: str | Path | None = None, split: str = "test",
+    max_cases: int = TSNE_CASES, device: str = "auto", weights: str = "student", seed: int = 0,
+    title: str | None = None,
+) -> Path:
+    """Draw the t-SNE map of a checkpoint's voxel embeddings and prototypes (see
+    :mod:`mper.eval.tsne`) on the first ``max_cases`` cases of ``split``; returns the PNG.
+    ``title`` names the model (default: the checkpoint's path)."""
+    require_figure_packages()
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
+    net, config = load_network(checkpoint, device, weights)
+    if data_root is not None:
+        config.data_root = str(data_root)
+    cases = (validation_cases(config) if split == "val" else test_cases(config))[:max_cases]
+    volumes = [VOLUME_LOADERS[config.dataset](config.data_root, case) for case in cases]
+    bank = load_checkpoint(checkpoint).get("bank")
+    prototypes = None if bank is None else bank["prototypes"].numpy()
+    features, classes = sample_embeddings(net, volumes, config.num_classes, config.data.patch_size,
+                                          resolve_device(device), seed=seed)
+    title = f"{title or checkpoint}\n{len(features)} voxels of {len(cases)} {split} case(s)"
+    return save_tsne_figure(features, classes, prototypes, config.prototypes.per_class,
+                            CLASS_NAMES[config.dataset], out_path, title, seed)
 
 
 def predict(

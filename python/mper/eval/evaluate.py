@@ -102,7 +102,8 @@ def evaluate_cases(
     summary = summarize(per_case)
     markdown = markdown_table(summary, method, labeled, unlabeled, CLASS_NAMES[dataset])
     if out_dir is not None:
-        write_report(out_dir, per_case, summary, markdown)
+        write_report(out_dir, per_case, summary, markdown,
+                     table={"method": method, "labeled": labeled, "unlabeled": unlabeled})
     return {"per_case": per_case, "summary": summary, "markdown": markdown}
 
 

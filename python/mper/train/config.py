@@ -42,7 +42,9 @@ from .teacher import EMA_SCHEDULES, EMA_SCOPES, TEACHER_MODES
 
 DATASETS = ("la", "acdc")
 OPS_MODULES = {"mper": "mper.ops", "reference": "mper.reference"}
-BASELINES = ("none", "labeled-only")
+#: ``none``: MPER; ``labeled-only``: the network trained on the labeled cases alone;
+#: ``full``: the network trained with every training case labeled (the upper bound).
+BASELINES = ("none", "labeled-only", "full")
 AMP_MODES = ("off", "bf16")
 VAL_SPLITS = ("val", "holdout", "test")
 IMAGE_INTERPOLATIONS = ("nearest", "cubic")

@@ -41,17 +41,25 @@ VOLUME_LOADERS: dict[str, CaseLoader] = {"acdc": load_acdc_volume, "la": load_la
 
 
 def training_cases(config: TrainConfig) -> tuple[list[str], list[str]]:
-    """(labeled, unlabeled) training cases: ACDC slice names or LA case names."""
+    """(labeled, unlabeled) training cases: ACDC slice names or LA case names. The fully
+    supervised baseline (``baseline = "full"``) labels them all."""
+    if config.baseline == "full":  # ``labeled`` plays no part: every case is labeled
+        labeled, unlabeled = _labeled_split(config, 1)
+        return labeled + unlabeled, []
+    return _labeled_split(config, config.labeled)
+
+
+def _labeled_split(config: TrainConfig, labeled_count: int) -> tuple[list[str], list[str]]:
     if config.dataset == "acdc":
-        return acdc_split(config.data_root, config.labeled)
-    labeled, unlabeled = la_split(config.data_root, config.labeled)
+        return acdc_split(config.data_root, labeled_count)
+    labeled, unlabeled = la_split(config.data_root, labeled_count)
     if config.data.val_split != "holdout":
         return labeled, unlabeled
     holdout = config.data.holdout_cases
     if holdout > len(unlabeled):
         raise ConfigError(
-            f"data.holdout_cases = {holdout} leaves no room for {config.labeled} labeled cases "
-            f"in the {config.labeled + len(unlabeled)} cases of train.list; lower one of them"
+            f"data.holdout_cases = {holdout} leaves no room for {labeled_count} labeled cases "
+            f"in the {labeled_count + len(unlabeled)} cases of train.list; lower one of them"
         )
     return labeled, unlabeled[: len(unlabeled) - holdout]
 
