@@ -7,7 +7,8 @@ variant and sweep value) and label budget, :func:`collect` gathers them over the
 row and budget), ``results.json`` (every seed's value and run folder) and, when
 matplotlib is installed, ``results.png`` (:mod:`mper.experiment.plots`).
 
-``std`` is the sample standard deviation over seeds (``ddof = 1``; 0 with one seed).
+``std`` is the sample standard deviation over seeds (``ddof = 1``); with fewer than two
+seeds it is left out (``null`` in the JSON, no ``±`` in the table).
 A run whose distances were undefined on some test case (an empty prediction) is
 counted in the table's note.
 """
@@ -58,11 +59,10 @@ class Row:
         return float(np.mean(defined)) if defined else math.nan
 
     def std(self, metric: str) -> float:
-        """Sample standard deviation over the seeds (0 with one seed, NaN with none)."""
+        """Sample standard deviation over the seeds whose value is defined (NaN with
+        fewer than two: one run says nothing of the spread)."""
         defined = [value for value in self.values[metric] if not math.isnan(value)]
-        if not defined:
-            return math.nan
-        return float(np.std(defined, ddof=1)) if len(defined) > 1 else 0.0
+        return float(np.std(defined, ddof=1)) if len(defined) > 1 else math.nan
 
     def add(self, cell: Cell, metrics: dict[str, Any]) -> None:
         """Add one finished run's ``metrics.json``."""
@@ -117,7 +117,7 @@ def _cell(row: Row, metric: str) -> str:
     if math.isnan(mean):
         return "-" if not row.seeds else "n/a"
     scale = 100 if metric in PERCENT_METRICS else 1
-    return f"{scale * mean:.2f}" if len(row.seeds) < 2 else f"{scale * mean:.2f} ± {scale * std:.2f}"
+    return f"{scale * mean:.2f}" if math.isnan(std) else f"{scale * mean:.2f} ± {scale * std:.2f}"
 
 
 def markdown(plan: Plan, rows: Sequence[Row]) -> str:
