@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mper.cli import experiment_main
 from mper.experiment import SHIPPED_PLANS, find_plan, load_plan
 from mper.experiment.plan import PlanError, parse_plan
 from mper.train.config import load_config
@@ -154,3 +155,16 @@ def test_a_missing_plan_lists_the_shipped_ones(tmp_path):
     (tmp_path / "bad.toml").write_text("title = \n")
     with pytest.raises(PlanError, match="bad.toml is not valid TOML"):
         load_plan(tmp_path / "bad.toml")
+
+
+def test_the_command_refuses_a_wrong_plan_file_in_one_line(tmp_path, capsys):
+    path = tmp_path / "typo.toml"
+    path.write_text('dataset = "acdc"\ndata_root = "d"\nlabeled = [3]\nseeds = [1]\n'
+                    '[[variant]]\nname = "MPER"\nseed = 3\n')
+    with pytest.raises(SystemExit) as exit_info:
+        experiment_main([str(path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (f"mper-experiment: error: {path}: unknown key variant[0].seed; "
+                    "valid keys: baseline, labeled, name, preset, set")
+    assert not (tmp_path / "out").exists()
