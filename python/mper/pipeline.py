@@ -40,7 +40,7 @@ from mper.eval.report import add_to_report
 from mper.eval.tsne import require_figure_packages, sample_embeddings, save_tsne_figure
 from mper.nets import build_network
 from mper.train.checkpoint import load_checkpoint
-from mper.train.config import TrainConfig, merge, parse_override, to_toml
+from mper.train.config import SUPERVISED_BASELINES, TrainConfig, merge, parse_override, to_toml
 from mper.train.loaders import VOLUME_LOADERS, test_cases, training_cases, validation_cases
 from mper.train.lock import run_folder_lock
 from mper.train.loop import LAST_CHECKPOINT, Validator
@@ -233,7 +233,8 @@ def load_network(
 def _table_columns(config: TrainConfig) -> tuple[str, str, str]:
     """Method, labeled and unlabeled counts for the results table (patients for ACDC);
     a count is ``-`` when the training lists are not at hand."""
-    method = "MPER" if config.baseline == "none" else NETWORK_NAMES[config.dataset]
+    supervised = config.baseline in SUPERVISED_BASELINES
+    method = NETWORK_NAMES[config.dataset] if supervised else "MPER"
     try:
         labeled, unlabeled = training_cases(config)
     except UserError:
@@ -241,7 +242,7 @@ def _table_columns(config: TrainConfig) -> tuple[str, str, str]:
     if config.dataset == "acdc":
         labeled = set(map(patient_id, labeled))
         unlabeled = set(map(patient_id, unlabeled)) - labeled
-    return method, str(len(labeled)), str(len(unlabeled) if config.baseline == "none" else 0)
+    return method, str(len(labeled)), str(0 if supervised else len(unlabeled))
 
 
 def evaluate(

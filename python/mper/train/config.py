@@ -45,6 +45,8 @@ OPS_MODULES = {"mper": "mper.ops", "reference": "mper.reference"}
 #: ``none``: MPER; ``labeled-only``: the network trained on the labeled cases alone;
 #: ``full``: the network trained with every training case labeled (the upper bound).
 BASELINES = ("none", "labeled-only", "full")
+#: Baselines that train the network alone, supervised, in one stage (no self-training).
+SUPERVISED_BASELINES = ("labeled-only", "full")
 AMP_MODES = ("off", "bf16")
 VAL_SPLITS = ("val", "holdout", "test")
 IMAGE_INTERPOLATIONS = ("nearest", "cubic")

@@ -30,7 +30,7 @@ from mper.data.layout import check_dataset_root
 from mper.data.sampler import TwoStreamBatchSampler
 from mper.errors import ConfigError, DataFormatError
 
-from .config import TrainConfig
+from .config import SUPERVISED_BASELINES, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def check_data(config: TrainConfig) -> None:
     """
     check_dataset_root(config.data_root, config.dataset, f"the run trains on {config.dataset}")
     labeled, unlabeled = training_cases(config)
-    self_training = config.baseline == "none"
+    self_training = config.baseline not in SUPERVISED_BASELINES
     if self_training and not unlabeled:
         raise ConfigError(
             f"labeled = {config.labeled} leaves no unlabeled training case for self-training; "

@@ -35,7 +35,7 @@ from mper.errors import TrainingDiverged
 from mper.nets import build_network
 
 from .checkpoint import capture_rng_state, non_finite_tensors, restore_rng_state, save_checkpoint
-from .config import OptimConfig, TrainConfig
+from .config import SUPERVISED_BASELINES, OptimConfig, TrainConfig
 from .prototypes import PrototypeBank
 from .runtime import StopRequest, TrainingInterrupted, autocast, load_ops, resolve_device
 from .teacher import create_teacher
@@ -103,7 +103,7 @@ class Trainer:
         self.usage: PrototypeUsage | None = None
         self.optimizer = self.new_optimizer()
         self.mix_generator = torch.Generator().manual_seed(config.seed)
-        first_stage = "pretrain" if config.baseline == "none" else "baseline"
+        first_stage = "baseline" if config.baseline in SUPERVISED_BASELINES else "pretrain"
         self.progress = StageProgress(first_stage)
 
     def new_optimizer(self) -> torch.optim.SGD:
