@@ -6,6 +6,7 @@ seconds; what they check is the plumbing and that resuming is exact.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ import torch
 from mper import pipeline
 from mper.data import acdc_slice_path, acdc_volume_path, synthesize
 from mper.errors import ConfigError, DataFormatError, MissingFileError, RunFolderError, TrainingDiverged
+from mper.nets import build_network
 from mper.train.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
 from mper.train.config import load_config
 from mper.train.loaders import training_cases, validation_cases
@@ -49,9 +51,9 @@ def acdc_root(tmp_path_factory):
     return synthesize("acdc", tmp_path_factory.mktemp("acdc"), cases=5, seed=0, size=(32, 32), progress=False)
 
 
-def tiny_config(data_root, out, **overrides):
+def tiny_config(data_root, out, *assignments, **overrides):
     values = {"data_root": str(data_root), "out": str(out), "labeled": 1, "device": "cpu"}
-    return load_config("acdc", "paper", {**values, **overrides}, TINY_ACDC)
+    return load_config("acdc", "paper", {**values, **overrides}, [*TINY_ACDC, *assignments])
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,8 @@ def test_a_run_folder_holds_config_log_checkpoints_metrics_and_figures(finished_
     assert last["progress"]["stage"] == "selftrain" and last["progress"]["iteration"] == 6
     assert last["bank"]["prototypes"].shape == (4 * 3, 4)
     best = load_checkpoint(finished_run / "best.pt")
-    assert best["progress"]["iteration"] == last["progress"]["best_iteration"]
+    # best_iteration -1: self-training never beat pre-training, best.pt holds the network it started from
+    assert best["progress"]["iteration"] == max(last["progress"]["best_iteration"], 0)
 
 
 def after_optimizer_steps(monkeypatch, optimizer_steps, action):
@@ -171,6 +174,109 @@ def test_the_baseline_trains_the_plain_network_on_labeled_data(acdc_root, tmp_pa
     assert load_checkpoint(run_dir / "last.pt")["progress"]["iteration"] == 4 + 6
     assert "| U-Net | 1 | 0 |" in (run_dir / "metrics.md").read_text()
     assert not (run_dir / "pretrain_best.pt").exists()
+
+
+def tensorboard_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+    """Every scalar of a run's TensorBoard events: ``{tag: {step: value}}``."""
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = accumulator.EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: {event.step: event.value for event in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+def test_metrics_json_and_tensorboard_carry_the_self_training_diagnostics_per_class(finished_run):
+    training = json.loads((finished_run / "metrics.json").read_text())["training"]
+    assert training == json.loads((finished_run / "training.json").read_text()) | {"stages": training["stages"]}
+    pretrain, selftrain = (training["stages"][stage]["trajectory"] for stage in ("pretrain", "selftrain"))
+    assert [entry["iteration"] for entry in pretrain] == [3, 4]
+    assert [entry["iteration"] for entry in selftrain] == [3, 6]
+    assert all(set(entry) == {"iteration", "mean_loss", "val_dice"} for entry in pretrain)
+    per_class = [f"pseudo_label_dice/{name}" for name in ("RV", "myocardium", "LV")]
+    scalars = tensorboard_scalars(finished_run)
+    for entry in selftrain:
+        assert set(entry) == {"iteration", "mean_loss", "val_dice", "teacher_val_dice", "pseudo_label_dice/mean",
+                              "confident_fraction", "bank_update_fraction", *per_class}
+        defined = [entry[key] for key in per_class if entry[key] is not None]
+        assert all(0 <= dice <= 1 for dice in defined)
+        assert entry["pseudo_label_dice/mean"] == pytest.approx(sum(defined) / len(defined))
+        assert 0 < entry["bank_update_fraction"] <= 1 and 0 <= entry["confident_fraction"] <= 1
+        step = entry["iteration"]
+        for key, tag in [("val_dice", "val_dice"), ("teacher_val_dice", "teacher_val_dice"),
+                         ("confident_fraction", "confident_fraction"),
+                         ("bank_update_fraction", "bank_update_fraction"),
+                         ("pseudo_label_dice/mean", "pseudo_label_dice/mean"),
+                         *((name, f"pseudo_label_dice/{index}") for index, name in enumerate(per_class, 1))]:
+            value = entry[key]
+            assert scalars[f"selftrain/{tag}"][step] == pytest.approx(math.nan if value is None else value,
+                                                                      rel=1e-6, nan_ok=True), key
+    losses = scalars["selftrain/loss_prototype"]
+    assert sorted(losses) == list(range(1, 7)) and all(loss > 0 for loss in losses.values())
+    assert all(voxels > 0 for voxels in scalars["selftrain/bank_update_voxels"].values())
+
+
+def scripted_validation(monkeypatch, scores):
+    """Validation Dice taken in turn from ``scores`` instead of measured: it decides
+    which stage wins regardless of what a few iterations learn."""
+    turns = iter(scores)
+    monkeypatch.setattr(pipeline, "validator", lambda config: lambda network: next(turns))
+
+
+SHORT_STAGES = ["pretrain.iterations=2", "selftrain.iterations=2", "eval.val_interval=1", "eval.teacher_dice=false",
+                "eval.num_figures=0"]
+
+
+def short_run(acdc_root, out, *assignments, **overrides):
+    return pipeline.train(tiny_config(acdc_root, out, *SHORT_STAGES, *assignments, **overrides))
+
+
+@pytest.mark.parametrize("keep_better_stage", [True, False])
+def test_a_run_whose_self_training_never_beats_pre_training_keeps_the_better_network(
+    acdc_root, tmp_path, monkeypatch, keep_better_stage
+):
+    # pre-training validates 0.5, 0.6; self-training only 0.55, 0.58
+    scripted_validation(monkeypatch, [0.5, 0.6, 0.55, 0.58])
+    run_dir = short_run(acdc_root, tmp_path / "run", f"selftrain.keep_better_stage={str(keep_better_stage).lower()}")
+    training = json.loads((run_dir / "metrics.json").read_text())["training"]
+    assert training["selftrain_beat_pretrain"] is False
+    assert training["stages"]["pretrain"]["best"]["val_dice"] == 0.6
+    assert training["stages"]["selftrain"]["best"] == training["stages"]["selftrain"]["trajectory"][1]
+    log = (run_dir / "train.log").read_text()
+    comparison = ("self-training never beat pre-training: best self-training validation Dice 0.5800 (iteration 2) "
+                  "against pre-training's 0.6000 (iteration 2); best.pt holds ")
+    best = load_checkpoint(run_dir / "best.pt")
+    pretrained = load_checkpoint(run_dir / "pretrain_best.pt")
+    config = load_config("acdc", "paper", {}, TINY_ACDC)
+    network = build_network(config.dataset, config.num_classes, **config.network)
+    network.load_state_dict(pretrained["student"])
+    network.reset_embedding_to_identity()  # as self-training starts from it
+    same = {key: torch.equal(value, best["student"][key]) for key, value in network.state_dict().items()}
+    if keep_better_stage:
+        assert training["selected_stage"] == "pretrain"
+        assert comparison + "the pre-trained network (selftrain.keep_better_stage)" in log
+        assert all(same.values())
+        assert best["progress"]["iteration"] == 0
+    else:
+        assert training["selected_stage"] == "selftrain"
+        assert comparison + "self-training's best network nonetheless (selftrain.keep_better_stage = false)" in log
+        assert not all(same.values())
+        assert best["progress"]["iteration"] == 2
+
+
+def test_bcp_alone_trains_without_the_prototype_terms(acdc_root, tmp_path, monkeypatch):
+    scripted_validation(monkeypatch, [0.5, 0.6, 0.7, 0.8])
+    run_dir = short_run(acdc_root, tmp_path / "bcp", baseline="bcp")
+    assert "| BCP | 1 |" in (run_dir / "metrics.md").read_text()
+    last = load_checkpoint(run_dir / "last.pt")
+    assert last["progress"] == {"stage": "selftrain", "iteration": 2, "best_score": 0.8, "best_iteration": 2}
+    assert not last["bank"]["prototypes"].any()  # never initialised, never updated
+    scalars = tensorboard_scalars(run_dir)
+    for name in ("loss_prototype", "loss_contrastive", "lambda", "bank_update_voxels"):
+        assert scalars[f"selftrain/{name}"] == {1: 0.0, 2: 0.0}, name
+    assert scalars["selftrain/loss"] == pytest.approx(scalars["selftrain/loss_linear"])
+    selftrain = json.loads((run_dir / "metrics.json").read_text())["training"]["stages"]["selftrain"]
+    for entry in selftrain["trajectory"]:
+        assert "bank_update_fraction" not in entry
+        assert 0 <= entry["confident_fraction"] <= 1 and "pseudo_label_dice/LV" in entry
 
 
 def test_evaluate_scores_either_network_of_a_checkpoint(finished_run, acdc_root, tmp_path):

@@ -22,6 +22,7 @@ from mper.nets import UNet2D, VNet3D
 from mper.train import selftrain
 from mper.train.checkpoint import load_checkpoint
 from mper.train.config import load_config
+from mper.train.diagnostics import SelfTrainingMonitor
 from mper.train.loaders import prototype_init_batches
 from mper.train.loop import PRETRAIN_CHECKPOINT, Trainer
 from mper.train.mixing import box_mask, copy_paste
@@ -195,7 +196,8 @@ def test_update_bank_takes_the_unlabeled_region_step_then_the_labeled_one():
                              ["prototypes.per_class=2", f"prototypes.update_steps={update_steps}"])
         bank = PrototypeBank(4, 2, 2)
         bank.prototypes.copy_(start)
-        trainer = type("T", (), {"config": config, "bank": bank, "ops": reference})()
+        trainer = type("T", (), {"config": config, "bank": bank, "ops": reference,
+                                 "monitor": SelfTrainingMonitor(4)})()
         output = type("O", (), {"emb": emb})()
         sums, counts = selftrain.update_bank(trainer, direction, output, logits, assign)
         return bank.prototypes, sums, counts

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,14 +11,15 @@ from torch import nn
 from mper.train.config import OptimConfig
 from mper.train.loop import learning_rate
 from mper.train.mixing import box_mask, box_size, copy_paste
+from mper import ops, reference
 from mper.losses import DiceOptions
 from mper.train.selftrain import MixedImages
 from mper.train.teacher import (
     confidence,
     create_teacher,
     ema_update_,
-    largest_components,
     pseudo_labels,
+    slow_teacher_warning,
     teacher_decay,
 )
 
@@ -88,6 +88,20 @@ def test_teacher_decay_warms_up_to_eta():
     assert teacher_decay(10_000, 0.99) == 0.99
 
 
+
+@pytest.mark.parametrize(("eta", "schedule", "iterations", "warns"), [
+    (0.999, "constant", 600, True),  # ~1000-iteration average over a 600-iteration run
+    (0.999, "constant", 30000, False),  # the paper's length
+    (0.99, "constant", 600, False),
+    (0.99, "constant", 400, True),
+    (0.999, "warmup", 600, False),  # the warm-up follows the student from the start
+])
+def test_a_teacher_slower_than_a_fifth_of_self_training_is_warned_about(eta, schedule, iterations, warns):
+    warning = slow_teacher_warning(eta, schedule, iterations)
+    assert (warning is not None) == warns
+    if warns:
+        assert f"selftrain.ema_decay={eta}" in warning and f"selftrain.iterations={iterations}" in warning
+
 def test_ema_update_averages_parameters_and_buffers_and_copies_counters():
     student = small_net()
     teacher = create_teacher(student)
@@ -109,8 +123,18 @@ def test_ema_update_averages_parameters_and_buffers_and_copies_counters():
         assert torch.equal(parameter, torch.full_like(parameter, 4.0))
 
 
-def test_largest_components_keeps_one_blob_per_class_with_diagonal_connectivity():
-    labels = np.array(
+def one_hot_probs(labels: torch.Tensor, num_classes: int, high: float) -> torch.Tensor:
+    low = (1 - high) / (num_classes - 1)
+    one_hot = nn.functional.one_hot(labels, num_classes).movedim(-1, 1).float()
+    return one_hot * (high - low) + low
+
+
+OPS_MODULES = pytest.mark.parametrize("ops_module", [ops, reference], ids=["fused", "reference"])
+
+
+@OPS_MODULES
+def test_pseudo_labels_keep_one_blob_per_class_with_diagonal_connectivity(ops_module):
+    argmax = torch.tensor(
         [
             [1, 0, 0, 2, 2],
             [0, 1, 0, 0, 0],
@@ -118,46 +142,63 @@ def test_largest_components_keeps_one_blob_per_class_with_diagonal_connectivity(
             [2, 0, 0, 0, 0],
         ]
     )
-    expected = np.array(
-        [
-            [1, 0, 0, 2, 2],
-            [0, 1, 0, 0, 0],
-            [0, 0, 0, 0, 0],
-            [0, 0, 0, 0, 0],
-        ]
-    )
-    assert np.array_equal(largest_components(labels, num_classes=3), expected)
+    expected = [
+        [1, 0, 0, 2, 2],
+        [0, 1, 0, 0, 0],
+        [0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0],
+    ]
+    assert pseudo_labels(one_hot_probs(argmax[None], 3, high=0.8), ops_module).tolist() == [expected]
 
 
-def test_largest_components_works_in_3d():
-    labels = np.zeros((4, 4, 4), dtype=np.int64)
-    labels[0, 0, 0] = labels[1, 1, 1] = 1  # corner neighbours: one component
-    labels[3, 3, 3] = 1
-    cleaned = largest_components(labels, num_classes=2)
-    assert cleaned.sum() == 2 and cleaned[0, 0, 0] == 1 and cleaned[3, 3, 3] == 0
+@OPS_MODULES
+def test_pseudo_labels_use_26_neighbours_in_3d(ops_module):
+    argmax = torch.zeros((4, 4, 4), dtype=torch.int64)
+    argmax[0, 0, 0] = argmax[1, 1, 1] = 1  # corner neighbours: one component
+    argmax[3, 3, 3] = 1
+    cleaned = pseudo_labels(one_hot_probs(argmax[None], 2, high=0.9), ops_module)[0]
+    assert int(cleaned.sum()) == 2 and cleaned[0, 0, 0] == 1 and cleaned[3, 3, 3] == 0
 
 
-def one_hot_probs(labels: torch.Tensor, num_classes: int, high: float) -> torch.Tensor:
-    low = (1 - high) / (num_classes - 1)
-    one_hot = nn.functional.one_hot(labels, num_classes).movedim(-1, 1).float()
-    return one_hot * (high - low) + low
-
-
-def test_pseudo_labels_take_the_argmax_then_the_largest_component():
+@OPS_MODULES
+def test_pseudo_labels_take_the_argmax_then_the_largest_component(ops_module):
     argmax = torch.tensor([[[1, 1, 0, 1], [0, 0, 0, 0], [3, 0, 2, 2]]])
     probs = one_hot_probs(argmax, 4, high=0.7)
-    labels = pseudo_labels(probs)
+    labels = pseudo_labels(probs, ops_module)
     assert labels.dtype == torch.int64
     assert labels.tolist() == [[[1, 1, 0, 0], [0, 0, 0, 0], [3, 0, 2, 2]]]
 
 
-def test_pseudo_labels_with_a_threshold_mark_p1_at_least_the_threshold():
+@OPS_MODULES
+def test_pseudo_labels_with_a_threshold_mark_p1_at_least_the_threshold(ops_module):
     p1 = torch.tensor([[[0.5, 0.49], [0.2, 0.9]]])
     probs = torch.stack([1 - p1, p1], dim=1)
-    assert pseudo_labels(probs, foreground_threshold=0.5).tolist() == [[[1, 0], [0, 1]]]
-    assert pseudo_labels(probs, foreground_threshold=0.95).tolist() == [[[0, 0], [0, 0]]]
+    assert pseudo_labels(probs, ops_module, foreground_threshold=0.5).tolist() == [[[1, 0], [0, 1]]]
+    assert pseudo_labels(probs, ops_module, foreground_threshold=0.95).tolist() == [[[0, 0], [0, 0]]]
     with pytest.raises(ValueError, match="two-class"):
-        pseudo_labels(torch.rand(1, 3, 2, 2).softmax(1), foreground_threshold=0.5)
+        pseudo_labels(torch.rand(1, 3, 2, 2).softmax(1), ops_module, foreground_threshold=0.5)
+
+
+@pytest.mark.parametrize("shape, num_classes, threshold", [
+    ((3, 4, 17, 23), 4, None),
+    ((2, 3, 6, 9, 11), 3, None),
+    ((2, 2, 5, 8, 7), 2, 0.6),
+    ((4, 2, 19, 13), 2, 0.55),
+])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_fused_pseudo_labels_equal_scipy_on_random_probabilities(shape, num_classes, threshold, device):
+    """The fused op against the scipy labelling of :mod:`mper.reference`, ties included
+    (random probabilities give many equally large small components)."""
+    generator = torch.Generator().manual_seed(sum(shape))
+    for _ in range(3):
+        probs = torch.rand(shape, generator=generator).softmax(dim=1)
+        hard = probs.argmax(dim=1) if threshold is None else (probs[:, 1] >= threshold).long()
+        want = reference.largest_component(hard, num_classes)
+        got = pseudo_labels(probs.to(device), ops, threshold)
+        assert got.dtype == torch.int64 and got.device.type == device
+        assert torch.equal(got.cpu(), want)
+        assert torch.equal(pseudo_labels(probs, reference, threshold), want)
+        assert 0 < int((want != hard).sum()) < int((hard > 0).sum())  # cleaned some voxels, not all
 
 
 def test_confidence_is_the_highest_class_probability():

@@ -18,6 +18,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mper import experiment, pipeline
 from mper.errors import ConfigError, UserError
+from mper.data.synth_acdc import ACDC_FAMILIES
 from mper.experiment import SweepInterrupted
 from mper.train.config import AMP_MODES, BASELINES, DATASETS, OPS_MODULES, load_config
 from mper.train.loop import LAST_CHECKPOINT
@@ -129,8 +130,9 @@ def train_parser() -> argparse.ArgumentParser:
                              "only " + ", ".join(RESUMABLE_SETTINGS) + " may change")
     parser.add_argument("--seed", type=int, help="random seed (default: the preset's)")
     parser.add_argument("--baseline", choices=BASELINES[1:],
-                        help="train the plain supervised U-Net / V-Net instead: on the labeled cases "
-                             "(labeled-only) or on every training case, all labeled (full: the upper bound)")
+                        help="train instead the plain supervised U-Net / V-Net on the labeled cases "
+                             "(labeled-only) or on every training case, all labeled (full: the upper bound), "
+                             "or self-train without the prototype head (bcp: bidirectional copy-paste alone)")
     parser.add_argument("--update-source", choices=UPDATE_SOURCES,
                         help="voxels that update the prototypes (default: both)")
     parser.add_argument("--amp", choices=AMP_MODES, help="bf16 autocast, CUDA only (default: off)")
@@ -262,6 +264,10 @@ def data_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="the data is a function of the seed (default: 0)")
     synth.add_argument("--size", type=int, nargs="+", metavar="N",
                        help="image size: H W for ACDC (default 224 224), H W D for LA (default 128 128 96)")
+    synth.add_argument("--family", default="standard",
+                       help="how the cases vary; ACDC: " + "; ".join(
+                           f"{name}: {family.description}" for name, family in ACDC_FAMILIES.items())
+                       + " (default: standard; LA: standard only)")
     convert = _data_command(
         commands, "convert", "turn a raw public download into the h5 layout",
         "Convert the raw LA 2018 challenge or ACDC download into the h5 layout, normalised.",
@@ -282,7 +288,8 @@ def data_main(argv: Sequence[str] | None = None) -> None:
     def action() -> None:
         if args.command == "synth":
             size = tuple(args.size) if args.size else None
-            out = pipeline.synthesize(args.dataset, args.out, cases=args.cases, seed=args.seed, size=size)
+            out = pipeline.synthesize(args.dataset, args.out, cases=args.cases, seed=args.seed, size=size,
+                                      family=args.family)
         else:
             out = pipeline.convert(args.dataset, args.source, args.out, split_from=args.split_from, seed=args.seed)
         print(f"wrote {args.dataset} data to {out}")

@@ -40,7 +40,8 @@ from mper.eval.report import add_to_report
 from mper.eval.tsne import require_figure_packages, sample_embeddings, save_tsne_figure
 from mper.nets import build_network
 from mper.train.checkpoint import load_checkpoint
-from mper.train.config import SUPERVISED_BASELINES, TrainConfig, merge, parse_override, to_toml
+from mper.train.config import SUPERVISED_BASELINES, TrainConfig, merge, parse_override, to_toml, with_prototypes
+from mper.train.diagnostics import TRAINING_RECORD, with_class_names
 from mper.train.loaders import VOLUME_LOADERS, test_cases, training_cases, validation_cases
 from mper.train.lock import run_folder_lock
 from mper.train.loop import LAST_CHECKPOINT, Validator
@@ -61,10 +62,11 @@ TSNE_CASES = 4
 
 def default_run_dir(config: TrainConfig) -> Path:
     """``runs/<dataset>-<preset>-<labeled>labeled`` (with ``-baseline`` for the labeled-only
-    baseline; ``runs/<dataset>-<preset>-all-labeled`` for the fully supervised one)."""
+    baseline, ``-bcp`` for BCP alone; ``runs/<dataset>-<preset>-all-labeled`` for the fully
+    supervised one)."""
     if config.baseline == "full":
         return Path("runs") / f"{config.dataset}-{config.preset}-all-labeled"
-    suffix = "-baseline" if config.baseline == "labeled-only" else ""
+    suffix = {"labeled-only": "-baseline", "bcp": "-bcp"}.get(config.baseline, "")
     return Path("runs") / f"{config.dataset}-{config.preset}-{config.labeled}labeled{suffix}"
 
 
@@ -165,6 +167,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                 log.info("evaluating %s on the test split", best)
                 evaluate(best, split="test", out_dir=run_dir, device=config.device,
                          num_figures=config.eval.num_figures)
+                add_training_record(run_dir, config)
                 _report_prototype_usage(run_dir)
     except TrainingInterrupted:
         raise
@@ -175,6 +178,13 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         _remove_unstarted(run_dir, created)
         raise
     return run_dir
+
+
+def add_training_record(run_dir: Path, config: TrainConfig) -> None:
+    """Add the record of the run's validations (``training.json``, see
+    :mod:`mper.train.diagnostics`) to its ``metrics.json`` as ``"training"``."""
+    record = json.loads((run_dir / TRAINING_RECORD).read_text())
+    add_to_report(run_dir, "training", with_class_names(record, CLASS_NAMES[config.dataset]))
 
 
 def _report_prototype_usage(run_dir: Path) -> None:
@@ -234,7 +244,7 @@ def _table_columns(config: TrainConfig) -> tuple[str, str, str]:
     """Method, labeled and unlabeled counts for the results table (patients for ACDC);
     a count is ``-`` when the training lists are not at hand."""
     supervised = config.baseline in SUPERVISED_BASELINES
-    method = NETWORK_NAMES[config.dataset] if supervised else "MPER"
+    method = NETWORK_NAMES[config.dataset] if supervised else "BCP" if config.baseline == "bcp" else "MPER"
     try:
         labeled, unlabeled = training_cases(config)
     except UserError:
@@ -297,7 +307,8 @@ def tsne(
     cases = (validation_cases(config) if split == "val" else test_cases(config))[:max_cases]
     volumes = [VOLUME_LOADERS[config.dataset](config.data_root, case) for case in cases]
     bank = load_checkpoint(checkpoint).get("bank")
-    prototypes = None if bank is None else bank["prototypes"].numpy()
+    # BCP alone keeps an untouched (all-zero) bank: no prototypes to mark
+    prototypes = bank["prototypes"].numpy() if bank is not None and with_prototypes(config) else None
     features, classes = sample_embeddings(net, volumes, config.num_classes, config.data.patch_size,
                                           resolve_device(device), seed=seed)
     title = f"{title or checkpoint}\n{len(features)} voxels of {len(cases)} {split} case(s)"
@@ -317,9 +328,9 @@ def predict(
 
 
 def synthesize(dataset: str, out: str | Path, cases: int | None = None, seed: int = 0,
-               size: tuple[int, ...] | None = None) -> Path:
+               size: tuple[int, ...] | None = None, family: str = "standard") -> Path:
     """Write synthetic data in the public layout of ``dataset`` (see :func:`mper.data.synthesize`)."""
-    return mper.data.synthesize(dataset, out, cases=cases, seed=seed, size=size)
+    return mper.data.synthesize(dataset, out, cases=cases, seed=seed, size=size, family=family)
 
 
 def convert(dataset: str, source: str | Path, out: str | Path, split_from: str | Path | None = None,

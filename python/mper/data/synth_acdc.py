@@ -13,10 +13,16 @@ Sub-populations inside every class (ids ``10 * class + k``, see
 * myocardium (2): normal dark muscle, a brighter scar-like sector, a grainy sector;
 * LV (3): blood, a bright flow jet, dark papillary-muscle blobs inside the cavity;
 * background (0): air, soft tissue, fat, lung, liver, spine, aorta, dark RV wall.
+
+Families (:data:`ACDC_FAMILIES`) vary the patients the way real scans vary between
+sites: ``standard`` (square slices of one size, one field of view, mild bias and noise),
+``scanners`` (every patient its own non-square, odd-sized slice shape, field of view,
+slice count, contrast, bias field and noise level) and ``thin`` (small hearts with a thin
+myocardium and a dilated RV: thin, touching structures and strong class imbalance).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +70,7 @@ INTENSITY = {
 }
 NOISE = 0.03
 BIAS = 0.12
+SLICES = (6, 10)
 
 
 @dataclass
@@ -90,9 +97,10 @@ class Heart:
     gains: dict[int, float]  # per-patient intensity factor of each sub-population
 
 
-def draw_heart(rng: np.random.Generator, size: tuple[int, int]) -> Heart:
-    """Random anatomy of one patient for images of ``size`` (H, W)."""
-    scale = min(size)
+def draw_heart(rng: np.random.Generator, size: tuple[int, int], heart_scale: float = 1.0) -> Heart:
+    """Random anatomy of one patient for images of ``size`` (H, W); ``heart_scale``
+    multiplies every length of the heart (a finer or coarser pixel spacing)."""
+    scale = min(size) * heart_scale
     lv_radius = rng.uniform(0.075, 0.1) * scale
     return Heart(
         center=np.array(size) / 2 + rng.normal(0, 0.035 * scale, 2),
@@ -229,8 +237,20 @@ def _paint_lv(canvas: Canvas, shape: HeartGeometry, heart: Heart, tone: Tone) ->
         canvas.paint(papillary & lv & (shape.cavity > 3.0), tone(32), 32)
 
 
+@dataclass(frozen=True)
+class ScanLook:
+    """How a scanner renders a patient: Rician ``noise`` level, log-amplitude ``bias`` of
+    the smooth bias field and ``gamma`` of the contrast curve applied to the noise-free
+    intensities (1: linear)."""
+
+    noise: float = NOISE
+    bias: float = BIAS
+    gamma: float = 1.0
+
+
 def render_frame(
-    rng: np.random.Generator, heart: Heart, size: tuple[int, int], slices: int, systole: bool
+    rng: np.random.Generator, heart: Heart, size: tuple[int, int], slices: int, systole: bool,
+    look: ScanLook = ScanLook(),
 ) -> SyntheticScan:
     """Render one frame (S, H, W) of a patient: ED if not ``systole``, else ES."""
     shape = (slices, *size)
@@ -244,7 +264,64 @@ def render_frame(
     _paint_rv(canvas, geometry, grain, tone)
     _paint_myocardium(canvas, geometry, heart, grain, tone)
     _paint_lv(canvas, geometry, heart, tone)
-    return canvas.finish(rng, "acdc", NOISE, BIAS)
+    if look.gamma != 1.0:
+        canvas.image = np.maximum(canvas.image, 0) ** np.float32(look.gamma)
+    return canvas.finish(rng, "acdc", look.noise, look.bias)
+
+
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class AcdcFamily:
+    """How the patients of one family of synthetic ACDC data differ from each other.
+
+    Every range ``(low, high)`` is drawn uniformly once per patient. ``aspect``: factor of
+    each slice side relative to the requested size, drawn per axis (non-square slices);
+    ``odd_sizes``: sides rounded up to odd numbers; ``slices``: slice counts per frame
+    (inclusive); ``heart_scale``: heart size relative to the image (pixel spacing and
+    field of view); ``wall_scale`` / ``rv_scale``: myocardium thickness and RV depth
+    relative to the standard anatomy; ``noise``, ``bias``, ``gamma``: see
+    :class:`ScanLook`.
+    """
+
+    description: str
+    aspect: Range = (1.0, 1.0)
+    odd_sizes: bool = False
+    slices: tuple[int, int] = SLICES
+    heart_scale: Range = (1.0, 1.0)
+    wall_scale: Range = (1.0, 1.0)
+    rv_scale: Range = (1.0, 1.0)
+    noise: Range = (NOISE, NOISE)
+    bias: Range = (BIAS, BIAS)
+    gamma: Range = (1.0, 1.0)
+
+    def slice_size(self, rng: np.random.Generator, size: tuple[int, int]) -> tuple[int, int]:
+        """One patient's slice size (H, W) for the requested ``size``."""
+        sides = [max(MIN_SIZE, round(side * rng.uniform(*self.aspect))) for side in size]
+        return tuple(side | 1 if self.odd_sizes else side for side in sides)
+
+    def look(self, rng: np.random.Generator) -> ScanLook:
+        """One patient's scanner rendering."""
+        return ScanLook(rng.uniform(*self.noise), rng.uniform(*self.bias), rng.uniform(*self.gamma))
+
+
+#: The synthetic ACDC families, by name (``mper-data synth --family``).
+ACDC_FAMILIES = {
+    "standard": AcdcFamily("square slices of the requested size, one field of view, mild bias and noise"),
+    "scanners": AcdcFamily(
+        "every patient its own scanner: non-square odd-sized slices (0.7-1.35 x each requested "
+        "side), field of view (heart 0.7-1.3 x), 4-16 slices, contrast curve, strong bias and noise",
+        aspect=(0.7, 1.35), odd_sizes=True, slices=(4, 16), heart_scale=(0.7, 1.3),
+        noise=(0.02, 0.08), bias=(0.1, 0.45), gamma=(0.7, 1.4),
+    ),
+    "thin": AcdcFamily(
+        "small hearts (0.75-0.95 x) with a thin myocardium (0.5-0.75 x) and a dilated RV "
+        "(1.2-1.6 x): thin, touching structures and few foreground pixels",
+        heart_scale=(0.75, 0.95), wall_scale=(0.5, 0.75), rv_scale=(1.2, 1.6), slices=(5, 12),
+        noise=(0.03, 0.05),
+    ),
+}
 
 
 def patient_name(index: int) -> str:
@@ -252,12 +329,20 @@ def patient_name(index: int) -> str:
     return f"patient{index:03d}"
 
 
-def synthesize_acdc(out: Path, cases: int, seed: int, size: tuple[int, int], progress: bool = True) -> Path:
-    """Write ``cases`` synthetic patients (two frames each) in the SSL4MIS layout under ``out``.
+def synthesize_acdc(
+    out: Path, cases: int, seed: int, size: tuple[int, int], progress: bool = True, family: str = "standard"
+) -> Path:
+    """Write ``cases`` synthetic patients (two frames each) of ``family`` (one of
+    :data:`ACDC_FAMILIES`) in the SSL4MIS layout under ``out``.
 
     Patients are split 70/10/20 into train/val/test; training frames are also written
-    slice by slice and listed in ``train_slices.list``.
+    slice by slice and listed in ``train_slices.list``. The family's draws come from a
+    random stream of their own, so the ``standard`` family is what it was before
+    families existed, and patient ``n`` starts from the same anatomy in every family.
     """
+    if family not in ACDC_FAMILIES:
+        raise ConfigError(f"unknown ACDC family {family!r}; choose one of {', '.join(ACDC_FAMILIES)}")
+    variation = ACDC_FAMILIES[family]
     if cases < 3:
         raise ConfigError(f"ACDC needs at least 3 patients (train, val and test), got cases={cases}")
     if len(size) != 2 or min(size) < MIN_SIZE:
@@ -269,12 +354,19 @@ def synthesize_acdc(out: Path, cases: int, seed: int, size: tuple[int, int], pro
     train_slices: list[str] = []
     for number, patient in enumerate(tqdm(patients, desc="synthetic ACDC", disable=not progress), start=1):
         rng = np.random.default_rng([seed, 1, number])
-        heart = draw_heart(rng, size)
-        slices = int(rng.integers(6, 11))
+        family_rng = np.random.default_rng([seed, 2, number])
+        slice_size = variation.slice_size(family_rng, size)
+        heart = draw_heart(rng, slice_size, family_rng.uniform(*variation.heart_scale))
+        heart = replace(heart, wall=heart.wall * family_rng.uniform(*variation.wall_scale),
+                        rv_depth=heart.rv_depth * family_rng.uniform(*variation.rv_scale))
+        look = variation.look(family_rng)
+        slices = int(rng.integers(SLICES[0], SLICES[1] + 1))
+        if variation.slices != SLICES:
+            slices = int(family_rng.integers(variation.slices[0], variation.slices[1] + 1))
         systole_frame = int(rng.integers(8, 17))
         frames_of[patient] = [f"{patient}_frame01", f"{patient}_frame{systole_frame:02d}"]
         for frame, systole in zip(frames_of[patient], (False, True)):
-            scan = render_frame(rng, heart, size, slices, systole)
+            scan = render_frame(rng, heart, slice_size, slices, systole, look)
             names = write_acdc_volume(out, frame, scan.image, scan.label, with_slices=patient in training)
             train_slices.extend(names)
 

@@ -13,9 +13,10 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from mper import reference
 from mper.train.config import EMPTY_PREDICTION_RULES, POSTPROCESSING
-from mper.train.teacher import largest_components
 
 from .metrics import case_metrics
 
@@ -34,7 +35,8 @@ def postprocess_labels(labels: np.ndarray, method: str, num_classes: int) -> np.
     _check("eval.postprocess", method, POSTPROCESSING)
     if method == "none":
         return labels
-    return largest_components(labels, num_classes).astype(labels.dtype, copy=False)
+    image = torch.from_numpy(np.ascontiguousarray(labels))[None]
+    return reference.largest_component(image, num_classes, check_labels=False)[0].numpy()
 
 
 def score_case(

@@ -132,6 +132,8 @@ def _json_ready(value: Any) -> Any:
     """Replace NaN with ``None`` (JSON has no NaN) and make keys strings."""
     if isinstance(value, Mapping):
         return {str(key): _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
     if isinstance(value, float) and math.isnan(value):
         return None
     return value

@@ -12,7 +12,7 @@ A plan is a TOML file::
 
     [[variant]]                     # one row of the table per variant and budget
     name = "U-Net"
-    baseline = "labeled-only"       # none (default), labeled-only or full
+    baseline = "labeled-only"       # none (default), labeled-only, full or bcp
 
     [[variant]]
     name = "MPER"

@@ -43,8 +43,9 @@ from .teacher import EMA_SCHEDULES, EMA_SCOPES, TEACHER_MODES
 DATASETS = ("la", "acdc")
 OPS_MODULES = {"mper": "mper.ops", "reference": "mper.reference"}
 #: ``none``: MPER; ``labeled-only``: the network trained on the labeled cases alone;
-#: ``full``: the network trained with every training case labeled (the upper bound).
-BASELINES = ("none", "labeled-only", "full")
+#: ``full``: the network trained with every training case labeled (the upper bound);
+#: ``bcp``: self-training without the prototype head (bidirectional copy-paste alone).
+BASELINES = ("none", "labeled-only", "full", "bcp")
 #: Baselines that train the network alone, supervised, in one stage (no self-training).
 SUPERVISED_BASELINES = ("labeled-only", "full")
 AMP_MODES = ("off", "bf16")
@@ -136,6 +137,8 @@ class SelfTrainConfig:
     comes from the labeled image or the one whose surround comes from the unlabeled
     image. ``contrastive_reduction``: InfoNCE is a mean over each direction's voxels;
     ``"sum"`` adds the two directions' means, ``"mean"`` averages them.
+    ``keep_better_stage``: self-training's best checkpoint must beat the best
+    pre-training validation Dice, else ``best.pt`` keeps the pre-trained network.
     """
 
     iterations: int = 30000
@@ -153,6 +156,7 @@ class SelfTrainConfig:
     forward_passes: int = 2
     forward_order: str = "unlabeled-surround-first"
     contrastive_reduction: str = "sum"
+    keep_better_stage: bool = True
 
 
 @dataclass
@@ -198,6 +202,9 @@ class EvalConfig:
     class's largest connected component). ``empty_prediction``: how a class predicted
     nowhere is scored, ``"zero"`` (Dice, Jaccard, 95HD and ASD all 0, as the published
     evaluation scripts do) or ``"undefined"`` (Dice 0, distances undefined and counted).
+    ``pseudo_label_dice``: score self-training's pseudo labels against the unlabeled
+    images' own labels (turn off when those files carry no real labels);
+    ``teacher_dice``: validate the teacher too (see :mod:`mper.train.diagnostics`).
     """
 
     val_interval: int = 200
@@ -206,6 +213,8 @@ class EvalConfig:
     num_figures: int = 3
     postprocess: str = "none"
     empty_prediction: str = "zero"
+    pseudo_label_dice: bool = True
+    teacher_dice: bool = True
 
 
 @dataclass
@@ -279,6 +288,13 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be {expected}, got {value!r}")
         for check in CONSISTENCY_CHECKS:
             check(self)
+
+
+def with_prototypes(config: TrainConfig) -> bool:
+    """Whether self-training has the prototype head (MPER) or not (``baseline = "bcp"``:
+    bidirectional copy-paste alone, trained by ``L_cons^l`` only, with no prototype
+    initialisation, classifier, contrastive term or bank update)."""
+    return config.baseline != "bcp"
 
 
 def _setting(config: TrainConfig, name: str) -> Any:

@@ -35,7 +35,8 @@ from mper.errors import TrainingDiverged
 from mper.nets import build_network
 
 from .checkpoint import capture_rng_state, non_finite_tensors, restore_rng_state, save_checkpoint
-from .config import SUPERVISED_BASELINES, OptimConfig, TrainConfig
+from .config import SUPERVISED_BASELINES, OptimConfig, TrainConfig, with_prototypes
+from .diagnostics import TRAINING_RECORD, SelfTrainingMonitor, TrainingRecord
 from .prototypes import PrototypeBank
 from .runtime import StopRequest, TrainingInterrupted, autocast, load_ops, resolve_device
 from .teacher import create_teacher
@@ -105,6 +106,9 @@ class Trainer:
         self.mix_generator = torch.Generator().manual_seed(config.seed)
         first_stage = "baseline" if config.baseline in SUPERVISED_BASELINES else "pretrain"
         self.progress = StageProgress(first_stage)
+        self.monitor = SelfTrainingMonitor(config.num_classes, self.device)
+        self.record = TrainingRecord()
+        self.interval_losses: list[float] = []  # since the last validation
 
     def new_optimizer(self) -> torch.optim.SGD:
         """A fresh SGD optimizer over the student's parameters (one per stage, as in BCP)."""
@@ -140,6 +144,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "mix_generator": self.mix_generator.get_state(),
             "rng": capture_rng_state(),
+            "monitor": self.monitor.state_dict(),
+            "record": self.record.state_dict(),
+            "interval_losses": list(self.interval_losses),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -151,13 +158,18 @@ class Trainer:
             self.teacher.load_state_dict(state["teacher"])
             self.bank = self.new_bank()
             self.bank.load_state_dict(state["bank"])
-            self.usage = self.new_usage()
-            if state.get("prototype_usage") is not None:
-                self.usage.load_state_dict(state["prototype_usage"])
+            if with_prototypes(self.config):
+                self.usage = self.new_usage()
+                if state.get("prototype_usage") is not None:  # absent from checkpoints of older versions
+                    self.usage.load_state_dict(state["prototype_usage"])
         self.optimizer = self.new_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.mix_generator.set_state(state["mix_generator"])
         restore_rng_state(state["rng"])
+        if "record" in state:  # absent from checkpoints of older versions
+            self.monitor.load_state_dict(state["monitor"])
+            self.record.load_state_dict(state["record"])
+            self.interval_losses = list(state["interval_losses"])
 
     def new_bank(self) -> PrototypeBank:
         """An all-zero bank of the configured shape on the training device."""
@@ -198,7 +210,11 @@ class Trainer:
         name = PRETRAIN_CHECKPOINT if self.progress.stage == "pretrain" else BEST_CHECKPOINT
         return self.run_dir / name
 
-    def _save_best(self) -> None:
+    def save_best(self, selected_stage: str | None = None) -> None:
+        """Write the current weights as the stage's best checkpoint; ``selected_stage``
+        names the stage they come from when it is not the current one."""
+        if self.progress.stage != "pretrain":
+            self.record.selected_stage = selected_stage or self.progress.stage
         state = self._finite_state()
         keep = ("config", "progress", "student", "teacher", "bank")
         if self.progress.stage == "pretrain":
@@ -210,12 +226,27 @@ class Trainer:
         score = float(self.validate(self.student))
         if score > progress.best_score:
             progress.best_score, progress.best_iteration = score, progress.iteration
-            self._save_best()
-        self._write_scalars({"val_dice": score})
+            self.save_best()
+        scalars = {"val_dice": score, **self._diagnostics()}
+        self._write_scalars(scalars)
+        self.record.add(progress.stage, progress.iteration, {"mean_loss": mean_loss, **scalars})
+        self.record.write(self.run_dir / TRAINING_RECORD)
+        best_at = "pre-training" if progress.best_iteration < 0 else f"iteration {progress.best_iteration}"
         log.info(
-            "%s iteration %d: mean loss %.4f, validation Dice %.4f (best %.4f at iteration %d)",
-            progress.stage, progress.iteration, mean_loss, score, progress.best_score, progress.best_iteration,
+            "%s iteration %d: mean loss %.4f, validation Dice %.4f (best %.4f at %s)%s",
+            progress.stage, progress.iteration, mean_loss, score, progress.best_score, best_at,
+            "".join(f", {name} {value:.4f}" for name, value in scalars.items() if name != "val_dice"),
         )
+
+    def _diagnostics(self) -> dict[str, float]:
+        """Self-training's interval summary and the teacher's validation Dice
+        (see :mod:`mper.train.diagnostics`); nothing in the supervised stages."""
+        if self.teacher is None:
+            return {}
+        scalars = self.monitor.summary()
+        if self.config.eval.teacher_dice:
+            scalars["teacher_val_dice"] = float(self.validate(self.teacher))
+        return scalars
 
     def _write_scalars(self, scalars: dict[str, float]) -> None:
         if self.writer is None:
@@ -231,7 +262,7 @@ class Trainer:
         """
         progress, schedule = self.progress, self.config.eval
         batches = endless_batches(loader, progress.iteration)
-        losses: list[float] = []
+        losses = self.interval_losses
         bar = tqdm(total=iterations, initial=progress.iteration, desc=progress.stage, unit="it")
         with bar:
             while progress.iteration < iterations:

@@ -65,5 +65,6 @@ def run_training(
             begin_selftrain(trainer)
         if trainer.progress.stage == "selftrain":
             run_selftrain(trainer)
-            trainer.usage.write(run_dir / USAGE_FILE)
+            if trainer.usage is not None:  # BCP alone has no prototypes
+                trainer.usage.write(run_dir / USAGE_FILE)
     return run_dir / BEST_CHECKPOINT

@@ -14,10 +14,16 @@ assignment and InfoNCE, and the bank takes its gated EMA step(s)
 (``prototypes.update_steps``): region-wise steps move the bank before the next
 direction is classified. The loss is Eq. 6 over both directions; then the teacher takes
 its EMA step. docs/method.md ("Training") describes every setting.
+
+Each iteration also feeds :class:`~mper.train.diagnostics.SelfTrainingMonitor` (pseudo
+labels against the unlabeled images' own labels, the confidence gate, the bank update),
+and with ``selftrain.keep_better_stage`` self-training has to beat the pre-trained
+network's validation Dice before ``best.pt`` holds one of its own networks.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+import logging
 from typing import Any
 
 import torch
@@ -28,11 +34,14 @@ from mper.losses import DiceOptions, copy_paste_loss, mper_objective, ramp_weigh
 from mper.nets import SegmentationOutput
 
 from .checkpoint import load_checkpoint
+from .config import with_prototypes
 from .loaders import prototype_init_batches, stage_loader
 from .loop import PRETRAIN_CHECKPOINT, Trainer
 from .mixing import box_mask, copy_paste
 from .prototypes import confidence_gate
-from .teacher import confidence, create_teacher, ema_update_, pseudo_labels
+from .teacher import confidence, create_teacher, ema_update_, pseudo_labels, slow_teacher_warning
+
+log = logging.getLogger(__name__)
 
 
 def begin_selftrain(trainer: Trainer) -> None:
@@ -41,23 +50,30 @@ def begin_selftrain(trainer: Trainer) -> None:
     Resets the embedding head to the identity, copies the student into the teacher,
     initialises the bank by k-means on labeled images' features, takes over the
     pre-training optimizer state when ``optim.carry_over`` says so, and saves ``last.pt``
-    so that an interruption from here on resumes in self-training.
+    so that an interruption from here on resumes in self-training. With
+    ``selftrain.keep_better_stage`` the pre-trained network is the best so far: it is
+    written to ``best.pt`` with its validation Dice as the score to beat.
     """
     config = trainer.config
+    warning = slow_teacher_warning(config.selftrain.ema_decay, config.selftrain.ema_schedule,
+                                   config.selftrain.iterations)
+    if warning:
+        log.warning(warning)
     pretrained = load_checkpoint(trainer.run_dir / PRETRAIN_CHECKPOINT, map_location=trainer.device)
     trainer.student.load_state_dict(pretrained["student"])
     trainer.student.reset_embedding_to_identity()
     trainer.teacher = create_teacher(trainer.student, config.selftrain.teacher_mode)
     trainer.bank = trainer.new_bank()
-    trainer.usage = trainer.new_usage()
-    trainer.bank.initialize(
-        trainer.student,
-        tqdm(prototype_init_batches(config, trainer.device), desc="prototype init", unit="batch"),
-        torch.Generator().manual_seed(config.seed),
-        max_voxels=config.prototypes.kmeans_max_voxels,
-        kmeans_iterations=config.prototypes.kmeans_iterations,
-        method=config.prototypes.kmeans,
-    )
+    if with_prototypes(config):
+        trainer.usage = trainer.new_usage()
+        trainer.bank.initialize(
+            trainer.student,
+            tqdm(prototype_init_batches(config, trainer.device), desc="prototype init", unit="batch"),
+            torch.Generator().manual_seed(config.seed),
+            max_voxels=config.prototypes.kmeans_max_voxels,
+            kmeans_iterations=config.prototypes.kmeans_iterations,
+            method=config.prototypes.kmeans,
+        )
     trainer.begin_stage("selftrain")
     if config.optim.carry_over:
         if "optimizer" not in pretrained:
@@ -66,6 +82,9 @@ def begin_selftrain(trainer: Trainer) -> None:
                 "self-training (it was written by an older mper); set optim.carry_over=false"
             )
         trainer.optimizer.load_state_dict(pretrained["optimizer"])
+    if config.selftrain.keep_better_stage:
+        trainer.progress.best_score = pretrained["progress"]["best_score"]
+        trainer.save_best(selected_stage="pretrain")
     trainer.save_last()
 
 
@@ -121,7 +140,9 @@ def mix_bidirectional(trainer: Trainer, batch: dict[str, Any]) -> list[MixedImag
     label_a, label_b = labels[:half], labels[half:labeled_count]
 
     teacher_probs = teacher_probabilities(trainer, unlabeled)
-    pseudo = pseudo_labels(teacher_probs, config.selftrain.pseudo_label_threshold)
+    pseudo = pseudo_labels(teacher_probs, trainer.ops, config.selftrain.pseudo_label_threshold)
+    if config.eval.pseudo_label_dice:
+        trainer.monitor.observe_pseudo_labels(pseudo, labels[labeled_count:])
     certainty = confidence(teacher_probs)
     certain = torch.ones_like(certainty[:half])
 
@@ -171,6 +192,9 @@ def update_bank(
         proto_logits.argmax(dim=1), label, direction.labeled_region, direction.teacher_confidence,
         prototypes.confidence_threshold, prototypes.update_source, prototypes.update_background,
     )
+    trainer.monitor.observe_mix(
+        direction.labeled_region, direction.teacher_confidence > prototypes.confidence_threshold, gate
+    )
     if prototypes.update_steps == "combined":
         return bank.accumulate(ops, output.emb, label, assign, gate)
     labeled = direction.labeled_region.bool()
@@ -180,14 +204,14 @@ def update_bank(
     return steps[0][0] + steps[1][0], steps[0][1] + steps[1][1]
 
 
-def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> dict[str, float]:
-    """One self-training iteration; returns the losses, lambda and update statistics."""
+def prototype_terms(
+    trainer: Trainer, directions: list[MixedImages], outputs: list[SegmentationOutput]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``L_cons^p``, ``L_cont`` and the voxels each prototype received in the bank update
+    ``(C*K,)`` over both directions, the bank updated as ``prototypes.update_steps`` says."""
     config, bank = trainer.config, trainer.bank
-    selftrain, prototypes = config.selftrain, config.prototypes
-    dice = config.losses.options()
-    directions = mix_bidirectional(trainer, batch)
-    outputs = student_outputs(trainer, directions)
-    linear = prototype = contrastive = 0.0
+    prototypes = config.prototypes
+    prototype = contrastive = torch.zeros((), device=trainer.device)
     gathered = []
     for direction, output in zip(directions, outputs):
         # a snapshot: region-wise steps move the bank before the backward pass
@@ -196,25 +220,45 @@ def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> d
                 output.feat, bank.prototypes.clone(), config.num_classes, prototypes.tau, prototypes.nce_tau,
                 prototypes.contrastive_ignore_row,
             )
-        linear = linear + direction.loss(output.pred, selftrain.consistency_scale, dice)
-        prototype = prototype + direction.loss(proto_logits, selftrain.consistency_scale, dice)
+        prototype = prototype + direction.loss(proto_logits, config.selftrain.consistency_scale,
+                                               config.losses.options())
         contrastive = contrastive + direction_nce.float()
         gathered.append(update_bank(trainer, direction, output, proto_logits, assign))
-    if selftrain.contrastive_reduction == "mean":
+    if config.selftrain.contrastive_reduction == "mean":
         contrastive = contrastive / len(directions)
     sums, counts = (torch.stack(parts).sum(dim=0) for parts in zip(*gathered))
     if prototypes.update_steps == "combined":
         bank.apply(trainer.ops, sums, counts, prototypes.momentum)
+    return prototype, contrastive, counts
 
-    ramp = ramp_weight(iteration, selftrain.ramp_weight, selftrain.rampup_epochs, selftrain.ramp_epoch_length)
+
+def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> dict[str, float]:
+    """One self-training iteration; returns the losses, lambda and update statistics."""
+    config = trainer.config
+    selftrain = config.selftrain
+    directions = mix_bidirectional(trainer, batch)
+    outputs = student_outputs(trainer, directions)
+    linear = sum(direction.loss(output.pred, selftrain.consistency_scale, config.losses.options())
+                 for direction, output in zip(directions, outputs))
+    if with_prototypes(config):
+        prototype, contrastive, counts = prototype_terms(trainer, directions, outputs)
+        ramp = ramp_weight(iteration, selftrain.ramp_weight, selftrain.rampup_epochs, selftrain.ramp_epoch_length)
+        voxels = counts.sum()
+        usage = trainer.usage.add(counts, iteration + 1, selftrain.iterations)
+    else:
+        for direction in directions:
+            trainer.monitor.observe_mix(
+                direction.labeled_region, direction.teacher_confidence > config.prototypes.confidence_threshold
+            )
+        prototype = contrastive = voxels = torch.zeros((), device=trainer.device)
+        ramp, usage = 0.0, {}
     loss = mper_objective(linear, prototype, contrastive, ramp, selftrain.contrastive_weight)
     trainer.optimize(loss)
     decay = ema_update_(trainer.teacher, trainer.student, iteration, selftrain.ema_decay,
                         selftrain.ema_schedule, selftrain.ema_scope)
-    usage = trainer.usage.add(counts, iteration + 1, selftrain.iterations)
     # one device-to-host copy for all the logged values
     loss, linear, prototype, contrastive, voxels = torch.stack(
-        [loss.detach(), linear.detach(), prototype.detach(), contrastive.detach(), counts.sum()]
+        [loss.detach(), linear.detach(), prototype.detach(), contrastive.detach(), voxels.float()]
     ).tolist()
     return {
         "loss": loss,
@@ -237,3 +281,24 @@ def run_selftrain(trainer: Trainer) -> None:
         lambda batch, iteration: selftrain_step(trainer, batch, iteration),
         loader,
     )
+    report_stage_selection(trainer)
+
+
+def report_stage_selection(trainer: Trainer) -> None:
+    """Say in the log whether self-training beat pre-training on the validation cases,
+    and which network ``best.pt`` holds."""
+    record = trainer.record
+    pretrain, selftrain = record.best("pretrain"), record.best("selftrain")
+    if pretrain is None or selftrain is None:
+        return
+    comparison = (f"best self-training validation Dice {selftrain['val_dice']:.4f} (iteration "
+                  f"{selftrain['iteration']}) against pre-training's {pretrain['val_dice']:.4f} "
+                  f"(iteration {pretrain['iteration']})")
+    if record.selftrain_beat_pretrain():
+        log.info("self-training beat pre-training: %s; best.pt holds the self-trained network", comparison)
+    elif trainer.config.selftrain.keep_better_stage:
+        log.warning("self-training never beat pre-training: %s; best.pt holds the pre-trained network "
+                    "(selftrain.keep_better_stage)", comparison)
+    else:
+        log.warning("self-training never beat pre-training: %s; best.pt holds self-training's best network "
+                    "nonetheless (selftrain.keep_better_stage = false)", comparison)

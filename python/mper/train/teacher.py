@@ -16,10 +16,9 @@ in 3D).
 from __future__ import annotations
 
 import copy
+from types import ModuleType
 
-import numpy as np
 import torch
-from scipy import ndimage
 from torch import nn
 
 
@@ -47,6 +46,18 @@ def teacher_decay(step: int, eta: float, schedule: str = "warmup") -> float:
     return eta if schedule == "constant" else min(1.0 - 1.0 / (step + 1), eta)
 
 
+def slow_teacher_warning(eta: float, schedule: str, iterations: int) -> str | None:
+    """A warning when a constant decay ``eta`` averages the student over more than a fifth
+    of self-training (about ``1 / (1 - eta)`` iterations): the teacher, and so the pseudo
+    labels, would stay close to the pre-trained network for much of the run."""
+    horizon = 1.0 / (1.0 - eta)
+    if schedule != "constant" or horizon <= iterations / 5:
+        return None
+    return (f"selftrain.ema_decay={eta} averages the teacher over about {horizon:.0f} iterations, more than a "
+            f"fifth of selftrain.iterations={iterations}: the pseudo labels will mostly come from the pre-trained "
+            f"network; for a short run lower it (e.g. selftrain.ema_decay=0.99)")
+
+
 @torch.no_grad()
 def ema_update_(
     teacher: nn.Module, student: nn.Module, step: int, eta: float,
@@ -72,30 +83,16 @@ def ema_update_(
     return decay
 
 
-def largest_components(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Keep only the largest connected component of every foreground class.
-
-    ``labels``: one image's label map (2D or 3D). Voxels of class ``c >= 1`` outside the
-    class's largest component become background (0); among equally large components the
-    first in scan order is kept.
-    """
-    structure = ndimage.generate_binary_structure(labels.ndim, labels.ndim)
-    cleaned = np.zeros_like(labels)
-    for class_index in range(1, num_classes):
-        components, count = ndimage.label(labels == class_index, structure=structure)
-        if count == 0:
-            continue
-        sizes = np.bincount(components.ravel())[1:]
-        cleaned[components == 1 + int(np.argmax(sizes))] = class_index
-    return cleaned
-
-
-def pseudo_labels(probs: torch.Tensor, foreground_threshold: float | None = None) -> torch.Tensor:
+def pseudo_labels(
+    probs: torch.Tensor, ops: ModuleType, foreground_threshold: float | None = None
+) -> torch.Tensor:
     """Hard pseudo labels ``(B, *S)`` int64 from teacher probabilities ``(B, C, *S)``.
 
     Without ``foreground_threshold`` (ACDC): argmax over classes. With it (LA, two
     classes): foreground where ``p_1 >= foreground_threshold``. Then each image keeps
-    the largest connected component of every foreground class.
+    the largest connected component of every foreground class, by ``ops``'
+    ``largest_component`` (the trainer's ops module: :mod:`mper.ops` cleans the labels
+    on their own device, :mod:`mper.reference` with scipy on the host).
     """
     num_classes = probs.shape[1]
     if foreground_threshold is None:
@@ -107,8 +104,7 @@ def pseudo_labels(probs: torch.Tensor, foreground_threshold: float | None = None
             f"a foreground threshold needs two-class probabilities, got {num_classes} classes; "
             "leave pseudo_label_threshold unset to use the argmax"
         )
-    cleaned = [largest_components(image, num_classes) for image in hard.cpu().numpy()]
-    return torch.from_numpy(np.stack(cleaned)).to(probs.device)
+    return ops.largest_component(hard, num_classes, check_labels=False)
 
 
 def confidence(probs: torch.Tensor) -> torch.Tensor:
