@@ -1,21 +1,36 @@
 #!/usr/bin/env bash
 # Creates (or reuses) a virtual environment and installs mper into it with its test
-# extras. Sourced by scripts/demo.sh and scripts/test.sh.
+# extras, then leaves it activated. Sourced by scripts/demo.sh and scripts/test.sh.
+#
+# mper is built only when the environment has none, or when the sources it was built
+# from (csrc/, python/, CMakeLists.txt, pyproject.toml, MPER_WITH_CUDA) have changed
+# since: their hash is kept in the environment (.mper-source-hash).
 #
 #   MPER_VENV    where the environment lives (default: .venv in the repository)
 #   MPER_TORCH   the PyTorch requirement installed when the environment has no torch
-#                (default: torch==2.13.0; e.g. "torch==2.13.0 --index-url ..." for a
-#                specific CUDA build). mper itself works with torch >= 2.4.
+#                (default: torch==2.13.0; on a machine without a GPU, e.g.
+#                "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu").
+#                mper itself works with torch >= 2.4.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-venv="${MPER_VENV:-.venv}"
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
+mper_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+mper_venv="${MPER_VENV:-$mper_repo/.venv}"
+if [ ! -x "$mper_venv/bin/python" ]; then
+  echo "setup: creating the environment $mper_venv"
+  python3 -m venv "$mper_venv"
 fi
 # shellcheck disable=SC1091
-. "$venv/bin/activate"
-if ! python -c "import torch" 2>/dev/null; then
+. "$mper_venv/bin/activate"
+if ! python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)"; then
+  echo "setup: installing PyTorch (${MPER_TORCH:-torch==2.13.0})"
   # shellcheck disable=SC2086
   python -m pip install --quiet ${MPER_TORCH:-torch==2.13.0}
 fi
-python -m pip install --quiet ".[test]"
+mper_stamp="$mper_venv/.mper-source-hash"
+mper_hash="$(python "$mper_repo/scripts/source_hash.py" "$mper_repo")"
+if [ "$(cat "$mper_stamp" 2>/dev/null)" != "$mper_hash" ] \
+    || ! python -c "import importlib.metadata as m; m.version('mper')" 2>/dev/null; then
+  echo "setup: building and installing mper (sources new or changed; a few minutes)"
+  rm -f "$mper_stamp"
+  python -m pip install --quiet "$mper_repo[test]"
+  echo "$mper_hash" >"$mper_stamp"
+fi

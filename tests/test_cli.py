@@ -11,6 +11,7 @@ import pytest
 from mper import pipeline
 from mper.cli import data_main, eval_main, predict_main, train_main
 from mper.train import checkpoint
+from mper.train.config import DATASETS, preset_tables
 from mper.train.loop import Trainer
 
 TINY = [
@@ -52,6 +53,16 @@ def test_every_tool_explains_its_options(main, options, capsys):
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     assert all(option in help_text for option in options)
+
+
+def test_train_help_names_every_preset_and_how_they_stack(capsys):
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    presets = {name for dataset in DATASETS for name in preset_tables(dataset)}
+    assert {"paper", "reference", "strict", "demo"} <= presets
+    assert all(name in help_text for name in presets)
+    assert "stack with '+'" in help_text and "reference+demo" in help_text
 
 
 def test_data_synth_writes_the_acdc_layout(acdc_root):
@@ -110,7 +121,7 @@ def test_ctrl_c_saves_and_resume_finishes_the_run(acdc_root, tmp_path, monkeypat
     [
         (["--dataset", "acdc", "--data-root", "{root}", "--set", "selftrain.iteratons=3"],
          "unknown setting selftrain.iteratons"),
-        (["--dataset", "la", "--data-root", "{root}", "--preset", "demo"], "preset 'demo' is not defined for la"),
+        (["--dataset", "la", "--data-root", "{root}", "--preset", "reference+dmeo"], "preset 'dmeo' is not defined for la"),
         (["--dataset", "acdc", "--data-root", "{missing}"], "missing/train_slices.list not found"),
         (["--dataset", "acdc"], "--dataset and --data-root are required"),
         (["--resume"], "--resume needs --out"),

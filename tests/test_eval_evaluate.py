@@ -63,7 +63,9 @@ def test_acdc_evaluation_scores_every_test_case_and_writes_the_report(acdc_root,
         result["summary"]["classes"][2]["dice"]["mean"]
     )
     assert (out_dir / "metrics.md").read_text() == result["markdown"]
-    assert sorted(p.name for p in (out_dir / "figures").iterdir()) == [f"{ACDC_CASES[0]}.png"]
+    # one figure: the case with the lowest mean Dice
+    assert result["figures"] == [out_dir / "figures" / f"{ACDC_CASES[1]}.png"]
+    assert sorted(p.name for p in (out_dir / "figures").iterdir()) == [f"{ACDC_CASES[1]}.png"]
 
 
 def test_mean_dice_is_the_mean_of_the_class_means(acdc_root):

@@ -52,6 +52,20 @@ def test_la_nifti_is_normalised_and_keeps_its_header(tmp_path):
     np.testing.assert_array_equal(np.asarray(labels.dataobj), (raw > 0).astype(np.uint8))
 
 
+def test_postprocess_keeps_only_the_largest_component_as_evaluation_does(tmp_path):
+    raw = np.zeros((24, 24, 8), np.float32)
+    raw[2:12, 2:12, 1:7] = 10.0   # the atrium
+    raw[18:21, 18:21, 3:5] = 10.0  # a stray blob
+    nib.save(nib.Nifti1Image(raw, AFFINE), tmp_path / "scan.nii.gz")
+    as_is = predict_file(ThresholdNet(), tmp_path / "scan.nii.gz", "la", tmp_path / "raw", **LA_OPTIONS)
+    cleaned = predict_file(ThresholdNet(), tmp_path / "scan.nii.gz", "la", tmp_path / "clean",
+                           postprocess="largest-component", **LA_OPTIONS)
+    np.testing.assert_array_equal(np.asarray(nib.load(as_is).dataobj), (raw > 0).astype(np.uint8))
+    atrium = np.zeros_like(raw, dtype=np.uint8)
+    atrium[2:12, 2:12, 1:7] = 1
+    np.testing.assert_array_equal(np.asarray(nib.load(cleaned).dataobj), atrium)
+
+
 def test_acdc_nifti_is_segmented_along_its_last_axis(tmp_path):
     raw = np.random.default_rng(0).integers(0, 4, size=(20, 12, 3)).astype(np.float32) * 100
     raw[0, 0, 0], raw[0, 0, 1] = 0, 300  # min-max scaling maps {0, ..., 300} to {0, ..., 1}

@@ -299,6 +299,18 @@ def test_predict_writes_a_label_map_per_input(finished_run, acdc_root, tmp_path)
     assert labels.shape[0] >= 1 and set(labels.ravel().tolist()) <= {0.0, 1.0, 2.0, 3.0}
 
 
+def test_predict_post_processes_as_the_checkpoint_is_evaluated(finished_run, acdc_root, tmp_path, monkeypatch):
+    state = load_checkpoint(finished_run / "best.pt")
+    assert state["config"]["eval"]["postprocess"] == "none"
+    state["config"]["eval"]["postprocess"] = "largest-component"
+    cleaning = save_checkpoint(tmp_path / "cleaning.pt", state)
+    calls = []
+    monkeypatch.setattr(pipeline, "predict_path", lambda *args, **options: calls.append(options) or [])
+    for checkpoint in (finished_run / "best.pt", cleaning):
+        pipeline.predict(checkpoint, acdc_root, tmp_path, device="cpu")
+    assert [(call["postprocess"], call["num_classes"]) for call in calls] == [("none", 4), ("largest-component", 4)]
+
+
 @pytest.fixture(scope="module")
 def la_root(tmp_path_factory):
     return synthesize("la", tmp_path_factory.mktemp("la"), cases=6, seed=0, size=(32, 32, 32), progress=False)

@@ -66,18 +66,22 @@ def test_markdown_table_in_the_paper_format():
         "| RV | 90.00 | 80.00 | 1.00 | 0.50 |\n"
         "| Myo | 30.00 | 20.00 | 4.00 | 2.00 |\n"
         "\n"
+        "Dice and Jaccard in %, 95HD and ASD in voxels; means over 2 cases.\n"
+        "\n"
         "95HD and ASD were undefined (prediction or ground truth empty) for 1 of 4 "
         "case-class results; the means above leave them out.\n"
     )
 
 
-def test_single_class_table_has_one_row_and_no_note():
+def test_single_class_table_has_one_row_and_only_the_units_note():
     summary = summarize({"a": {1: PER_CASE["a"][1]}, "b": {1: PER_CASE["b"][1]}})
     table = markdown_table(summary, "MPER", "8", "72")
     assert table.splitlines() == [
         "| Method | Labeled | Unlabeled | Dice | Jaccard | 95HD | ASD |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         "| MPER | 8 | 72 | 90.00 | 80.00 | 1.00 | 0.50 |",
+        "",
+        "Dice and Jaccard in %, 95HD and ASD in voxels; means over 2 cases.",
     ]
 
 

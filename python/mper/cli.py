@@ -20,11 +20,12 @@ from mper import experiment, pipeline
 from mper.errors import ConfigError, UserError
 from mper.data.synth_acdc import ACDC_FAMILIES
 from mper.experiment import SweepInterrupted
-from mper.train.config import AMP_MODES, BASELINES, DATASETS, OPS_MODULES, load_config
+from mper.train.config import AMP_MODES, BASELINES, DATASETS, OPS_MODULES, load_config, to_toml
 from mper.train.loop import LAST_CHECKPOINT
 from mper.train.prototypes import UPDATE_SOURCES
 from mper.train.resume import RESUMABLE_SETTINGS
 from mper.train.runtime import TrainingAborted, TrainingInterrupted
+from mper.versions import version_line
 
 USER_ERROR_EXIT_CODE = 2
 #: System errors that the machine or the paths given cause rather than a fault of mper
@@ -37,6 +38,22 @@ ENVIRONMENT_ERRNOS = frozenset({
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.HelpFormatter(prog, max_help_position=32)
+
+
+class _PrintVersion(argparse.Action):
+    """``--version``: one unwrapped line, worked out only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_) -> None:
+        print(version_line(parser.prog))
+        parser.exit()
+
+
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action=_PrintVersion,
+                        help="print the versions of mper, torch, Python and CUDA, and exit")
 
 
 def _add_device(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
@@ -78,6 +95,7 @@ def _run(parser: argparse.ArgumentParser, action: Callable[[], None]) -> None:
     """
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter("%(message)s"))
+    console.addFilter(pipeline.shown_on_console)
     package_log = logging.getLogger("mper")
     package_log.addHandler(console)
     package_log.setLevel(logging.INFO)
@@ -111,8 +129,9 @@ def train_parser() -> argparse.ArgumentParser:
         epilog=(
             "Every hyper-parameter lives in the preset file mper/presets/<dataset>.toml and "
             "can be changed with --set section.key=value, e.g. --set selftrain.iterations=5000 "
-            "--set data.num_workers=8. LA selects checkpoints on the last train.list cases by "
-            "default; --set data.val_split=test follows the published protocol instead."
+            "--set data.num_workers=8. LA has no validation list: the paper and reference "
+            "presets select checkpoints on the test cases, as the authors do; --preset strict "
+            "selects on held-out training cases instead."
         ),
     )
     parser.add_argument("--dataset", choices=DATASETS, help="benchmark (required unless --resume)")
@@ -120,7 +139,11 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labeled", type=int, metavar="N",
                         help="labeled patients (ACDC) or cases (LA); default: the preset's (7 / 8)")
     parser.add_argument("--preset", metavar="NAME",
-                        help="paper (default), reference (as the authors' code) or demo (ACDC, a small CPU run)")
+                        help="paper (default: the paper's values, the authors' code where it is silent), "
+                             "reference (what the authors' code trains), strict (checkpoints not selected on "
+                             "the test cases, a missed structure scored as a miss) or demo (a small CPU run "
+                             "on synthetic data); presets stack with '+', applied left to right on top of "
+                             "paper, e.g. reference+demo or reference+strict")
     parser.add_argument("--ops", choices=tuple(OPS_MODULES),
                         help="prototype ops: fused kernels (mper, the default) or eager PyTorch (reference)")
     _add_device(parser, default=None)
@@ -138,6 +161,10 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", choices=AMP_MODES, help="bf16 autocast, CUDA only (default: off)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="override a preset value, e.g. selftrain.iterations=5000; repeatable")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the settings these options give (preset, options and --set applied) as "
+                             "TOML and exit; a run folder keeps its own in config.toml")
+    _add_version(parser)
     return parser
 
 
@@ -161,6 +188,12 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def action() -> None:
+        if args.print_config:
+            if args.dataset is None:
+                raise ConfigError("--print-config needs --dataset (a run folder keeps its settings in config.toml)")
+            config = load_config(args.dataset, args.preset or "paper", _train_overrides(args), args.assignments)
+            print(to_toml(config.to_dict()), end="")
+            return
         if args.resume:
             if not args.out:
                 raise ConfigError("--resume needs --out RUN_DIR, the folder of the run to continue")
@@ -195,7 +228,8 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
     _add_device(parser)
     parser.add_argument("--weights", choices=pipeline.WEIGHTS, default="student",
                         help="which network of the checkpoint (default: student)")
-    parser.add_argument("--figures", type=int, default=3, metavar="N", help="cases drawn as PNG overlays (default: 3)")
+    parser.add_argument("--figures", type=int, default=3, metavar="N", help="cases drawn as PNG overlays, from the worst to the median by Dice (default: 3)")
+    _add_version(parser)
     parser.add_argument("--tsne", action="store_true",
                         help="also draw tsne.png: a t-SNE map of voxel embeddings by class with the prototypes "
                              "marked (needs pip install 'mper[figures]')")
@@ -231,6 +265,7 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
     _add_device(parser)
     parser.add_argument("--weights", choices=pipeline.WEIGHTS, default="student",
                         help="which network of the checkpoint (default: student)")
+    _add_version(parser)
     args = parser.parse_args(argv)
 
     def action() -> None:
@@ -277,6 +312,7 @@ def data_parser() -> argparse.ArgumentParser:
                          help="a dataset folder whose .list files give the train/val/test split to reuse")
     convert.add_argument("--seed", type=int, default=0,
                          help="seed of a new split when --split-from is not given (default: 0)")
+    _add_version(parser)
     return parser
 
 

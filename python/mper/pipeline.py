@@ -35,6 +35,7 @@ from mper.data.layout import check_dataset_root
 from mper.errors import CheckpointError, ConfigError, RunFolderError, UserError
 from mper.eval.datasets import CLASS_NAMES
 from mper.eval.evaluate import evaluate_cases, mean_dice
+from mper.eval.figures import add_figures
 from mper.eval.predict import predict_path
 from mper.eval.report import add_to_report
 from mper.eval.tsne import require_figure_packages, sample_embeddings, save_tsne_figure
@@ -49,15 +50,24 @@ from mper.train.resume import resumed_config
 from mper.train.runner import check_run, run_training
 from mper.train.runtime import TrainingAborted, TrainingInterrupted, resolve_device
 from mper.train.usage import USAGE_FILE
+from mper.versions import device_line, version_line
 
 log = logging.getLogger(__name__)
 
 WEIGHTS = ("student", "teacher")
+#: ``extra`` of log records meant for train.log only: the console prints them otherwise
+#: (the metrics table) or they are too long for it (the settings).
+RUN_LOG_ONLY = {"run_log_only": True}
 #: Case lists ``evaluate`` scores: the test list, or the cases that selected checkpoints.
 EVAL_SPLITS = ("test", "val")
 NETWORK_NAMES = {"acdc": "U-Net", "la": "V-Net"}
 #: Cases whose voxels the t-SNE map samples.
 TSNE_CASES = 4
+
+
+def shown_on_console(record: logging.LogRecord) -> bool:
+    """Log filter for console handlers: leaves out the :data:`RUN_LOG_ONLY` records."""
+    return not getattr(record, "run_log_only", False)
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -120,6 +130,13 @@ def _log_to_file(handler: logging.Handler, message: str, exc_info: Any = None) -
     handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), exc_info))
 
 
+def _log_run_header(config: TrainConfig, resume: bool) -> None:
+    """Versions, device and (in train.log only) the resolved settings of a run."""
+    log.info("%s: %s", "resuming" if resume else "starting", version_line("mper"))
+    log.info("device: %s", device_line(resolve_device(config.device)))
+    log.info("settings:\n%s", to_toml(config.to_dict()).rstrip(), extra=RUN_LOG_ONLY)
+
+
 def _write_config(config: TrainConfig, run_dir: Path) -> None:
     values = config.to_dict()
     (run_dir / "config.toml").write_text(to_toml(values))
@@ -163,12 +180,16 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         with run_folder_lock(run_dir):
             _write_config(config, run_dir)
             with _run_logging(run_dir), SummaryWriter(str(run_dir / "tensorboard")) as writer:
+                _log_run_header(config, resume)
                 best = run_training(config, run_dir, validator(config), writer, resume=resume)
                 log.info("evaluating %s on the test split", best)
-                evaluate(best, split="test", out_dir=run_dir, device=config.device,
-                         num_figures=config.eval.num_figures)
+                result = evaluate(best, split="test", out_dir=run_dir, device=config.device,
+                                  num_figures=config.eval.num_figures)
+                add_figures(writer, result["figures"], "test")
                 add_training_record(run_dir, config)
                 _report_prototype_usage(run_dir)
+                log.info("test metrics (%s):\n%s", run_dir / "metrics.md", result["markdown"].rstrip(),
+                         extra=RUN_LOG_ONLY)
     except TrainingInterrupted:
         raise
     except KeyboardInterrupt as interrupt:
@@ -321,9 +342,11 @@ def predict(
     device: str = "auto", weights: str = "student",
 ) -> list[Path]:
     """Segment a NIfTI/HDF5 file or every such file under a folder; returns the written
-    label maps (NIfTI, with the input's header). See :func:`mper.eval.predict.predict_path`."""
+    label maps (NIfTI, with the input's header), post-processed by the checkpoint's
+    ``eval.postprocess`` as :func:`evaluate` does. See :func:`mper.eval.predict.predict_path`."""
     net, config = load_network(checkpoint, device, weights)
     return predict_path(net, input_path, config.dataset, output, device=str(resolve_device(device)),
+                        num_classes=config.num_classes, postprocess=config.eval.postprocess,
                         **inference_options(config))
 
 

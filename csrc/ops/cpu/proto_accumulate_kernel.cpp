@@ -1,5 +1,6 @@
-// Per-prototype sums and counts of embeddings on the CPU (SPEC 4): a voxel in the mask
-// with label c adds its embedding to row c*K + assign[b, c, voxel].
+// Per-prototype sums and counts of embeddings on the CPU (docs/method.md, "Prototype
+// update"): a voxel in the mask with label c adds its embedding to row
+// c*K + assign[b, c, voxel].
 //
 // Each thread sums into a private float64 table (C*K rows are few); the tables are merged
 // in thread order at the end. Within a tile, channel by channel, consecutive voxels add to

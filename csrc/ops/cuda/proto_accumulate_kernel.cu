@@ -1,5 +1,5 @@
-// Per-prototype sums and counts of embeddings on CUDA (SPEC 4), in one pass and without
-// a host synchronisation.
+// Per-prototype sums and counts of embeddings on CUDA (docs/method.md, "Prototype
+// update"), in one pass and without a host synchronisation.
 //
 // One thread owns V consecutive voxels (one aligned load per channel, as in the head
 // kernels) and works out each voxel's bank row. Neighbouring voxels mostly share their

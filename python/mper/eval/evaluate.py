@@ -1,7 +1,8 @@
 """Evaluate a network on the test (or validation) cases of LA or ACDC.
 
-Cases are read through :mod:`mper.data` from the public layouts (docs/method.md, "Data layouts"), predicted
-with :func:`mper.eval.inference.predict_volume`, scored per foreground class with
+Cases are read through :mod:`mper.data` from the public layouts (docs/method.md, "Data
+layouts"), segmented with :func:`mper.eval.protocol.segment_volume` (inference, then
+``eval.postprocess``), scored per foreground class with
 :func:`mper.eval.metrics.case_metrics` (distances in voxels) and summarised.
 """
 from __future__ import annotations
@@ -17,10 +18,9 @@ from tqdm import tqdm
 from ..data.acdc import acdc_cases, load_acdc_volume
 from ..data.la import la_cases, load_la_case
 from .datasets import CLASS_NAMES, check_dataset, dataset_num_classes
-from .figures import save_case_figures
-from .inference import predict_volume
+from .figures import figure_slice, save_figures
 from .metrics import dice_score
-from .protocol import postprocess_labels, score_case
+from .protocol import score_case, segment_volume
 from .report import markdown_table, summarize, write_report
 
 CaseLister = Callable[[str | Path, str], list[str]]
@@ -51,11 +51,12 @@ def _predicted_cases(
     num_classes: int,
     inference_opts: dict[str, Any],
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-    """Load and predict each case in turn: ``(case, image, label, predicted labels)``."""
+    """Load and segment each case in turn: ``(case, image, label, predicted labels)``;
+    ``inference_opts`` go to :func:`~mper.eval.protocol.segment_volume`."""
     load_case = DATA_ACCESS[dataset][1]
     for case in case_names:
         image, label = load_case(data_root, case)
-        yield case, image, label, predict_volume(net, image, dataset, num_classes, **inference_opts)
+        yield case, image, label, segment_volume(net, image, dataset, num_classes, **inference_opts)
 
 
 def evaluate_cases(
@@ -82,29 +83,33 @@ def evaluate_cases(
     :mod:`mper.eval.protocol`.
 
     With ``out_dir``, writes ``metrics.json``, ``metrics.md`` and ``figures/<case>.png``
-    for the first ``num_figures`` cases. ``method``, ``labeled`` and ``unlabeled`` fill
-    the table's first columns; ``inference_opts`` go to
+    for ``num_figures`` cases from the worst to the median by mean Dice
+    (:func:`~mper.eval.figures.figure_cases`). ``method``, ``labeled`` and ``unlabeled``
+    fill the table's first columns; ``inference_opts`` go to
     :func:`~mper.eval.inference.predict_volume` (e.g. ``patch_size``, ``stride``).
-    Returns ``{"per_case", "summary", "markdown"}``.
+    Returns ``{"per_case", "summary", "markdown", "figures"}`` (the PNG paths).
     """
     case_names = _resolve_cases(dataset, data_root, cases, split)
     num_classes = num_classes or dataset_num_classes(dataset)
     predictions = _predicted_cases(
-        net, dataset, data_root, case_names, num_classes, {"device": device, **inference_opts}
+        net, dataset, data_root, case_names, num_classes,
+        {"device": device, "postprocess": postprocess, **inference_opts},
     )
     progress = tqdm(predictions, total=len(case_names), desc=f"evaluating {dataset}", unit="case")
-    per_case = {}
-    for position, (case, image, label, pred) in enumerate(progress):
-        pred = postprocess_labels(pred, postprocess, num_classes)
+    per_case, views = {}, {}
+    for case, image, label, pred in progress:
         per_case[case] = score_case(pred, label, num_classes, empty_prediction)
-        if out_dir is not None and position < num_figures:
-            save_case_figures(image, label, pred, Path(out_dir) / "figures", case, dataset)
+        if out_dir is not None and num_figures > 0:
+            views[case] = figure_slice(image, label, pred, dataset)
     summary = summarize(per_case)
     markdown = markdown_table(summary, method, labeled, unlabeled, CLASS_NAMES[dataset])
+    figures = []
     if out_dir is not None:
         write_report(out_dir, per_case, summary, markdown,
                      table={"method": method, "labeled": labeled, "unlabeled": unlabeled})
-    return {"per_case": per_case, "summary": summary, "markdown": markdown}
+        figures = save_figures(views, per_case, Path(out_dir) / "figures", dataset,
+                               CLASS_NAMES[dataset][:num_classes], num_figures)
+    return {"per_case": per_case, "summary": summary, "markdown": markdown, "figures": figures}
 
 
 def mean_dice(
@@ -118,7 +123,8 @@ def mean_dice(
 ) -> float:
     """Mean over ``cases`` of the mean foreground-class Dice: a cheap validation score.
 
-    Same inference as :func:`evaluate_cases`; no distances, no files, no progress bar.
+    Same inference as :func:`evaluate_cases`; no distances, no files; a progress bar
+    that disappears when done.
     """
     case_names = _resolve_cases(dataset, data_root, cases, split="")
     num_classes = num_classes or dataset_num_classes(dataset)
@@ -126,7 +132,8 @@ def mean_dice(
         net, dataset, data_root, case_names, num_classes, {"device": device, **inference_opts}
     )
     case_scores = []
-    for _, _, label, pred in predictions:
+    progress = tqdm(predictions, total=len(case_names), desc="validation", unit="case", leave=False)
+    for _, _, label, pred in progress:
         class_dice = [dice_score(pred == c, label == c) for c in range(1, num_classes)]
         case_scores.append(sum(class_dice) / len(class_dice))
     return sum(case_scores) / len(case_scores)

@@ -7,16 +7,17 @@ Inputs:
   nor reoriented. LA scans are segmented as stored, ``(H, W, D)``; ACDC scans are stored
   ``(H, W, S)`` and segmented slice by slice along the last axis. The label map keeps
   the input's header: affine, qform/sform codes, voxel sizes and units.
-* HDF5 (``.h5``): a preprocessed volume from the public releases (SPEC 6), dataset
-  ``image``, already normalised and laid out ``(H, W, D)`` (LA, z-scored) or
-  ``(S, H, W)`` (ACDC, scaled to ``[0, 1]``). It has no geometry, so the output's affine
-  is the identity.
+* HDF5 (``.h5``): a preprocessed volume from the public releases (docs/method.md,
+  "Data layouts"), dataset ``image``, already normalised and laid out ``(H, W, D)``
+  (LA, z-scored) or ``(S, H, W)`` (ACDC, scaled to ``[0, 1]``). It has no geometry, so
+  the output's affine is the identity.
 
 Each input is checked against the model before it is segmented: a 3D volume, every
 intensity finite, and for HDF5 the intensity scaling of the model's dataset. The output
 is named after the case, ``<case>_pred.nii.gz`` (the file name without its suffix, or
 for an LA case file ``<case>/mri_norm2.h5`` the case folder's name): a uint8 label map
-with the same array shape and axis order as the input.
+with the same array shape and axis order as the input, post-processed as ``mper-eval``
+scores it (``eval.postprocess``, e.g. LA's largest connected component).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from ..data.layout import DATASET_NAMES
 from ..data.preprocess import normalize_intensity
 from ..errors import ConfigError, DataFormatError, MissingFileError, UserError
 from .datasets import check_dataset
-from .inference import predict_volume
+from .protocol import segment_volume
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,8 @@ def _label_image(labels: np.ndarray, scan: nib.Nifti1Image | None) -> nib.Nifti1
 
 
 def _segment(net: nn.Module, path: Path, dataset: str, out_path: Path, device: str, **options: Any) -> Path:
-    """Check, segment and write one file."""
+    """Check, segment and write one file; ``options`` go to
+    :func:`~mper.eval.protocol.segment_volume`."""
     suffix = _matching_suffix(path)
     if suffix is None:
         raise ConfigError(f"{path}: unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
@@ -135,7 +137,7 @@ def _segment(net: nn.Module, path: Path, dataset: str, out_path: Path, device: s
         image, scan = _load_nifti(path, dataset)
     else:
         image = _load_h5(path, dataset)
-    labels = predict_volume(net, image, dataset, device=device, **options)
+    labels = segment_volume(net, image, dataset, device=device, **options)
     if dataset == "acdc" and scan is not None:
         labels = np.transpose(labels, (1, 2, 0))
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +155,8 @@ def predict_file(
 ) -> Path:
     """Segment one NIfTI or HDF5 file and write ``out_dir/<case>_pred.nii.gz``; returns its path.
 
-    ``options`` go to :func:`~mper.eval.inference.predict_volume` (e.g. ``stride``).
+    ``options`` go to :func:`~mper.eval.protocol.segment_volume`: ``postprocess`` (as
+    ``mper-eval`` applies it), ``num_classes`` and the inference options (e.g. ``stride``).
     """
     path = Path(path)
     check_dataset(dataset)

@@ -12,12 +12,17 @@
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+from torch import nn
 
 from mper import reference
 from mper.train.config import EMPTY_PREDICTION_RULES, POSTPROCESSING
 
+from .datasets import dataset_num_classes
+from .inference import predict_volume
 from .metrics import case_metrics
 
 #: The metrics of a class predicted nowhere under the ``"zero"`` rule.
@@ -37,6 +42,22 @@ def postprocess_labels(labels: np.ndarray, method: str, num_classes: int) -> np.
         return labels
     image = torch.from_numpy(np.ascontiguousarray(labels))[None]
     return reference.largest_component(image, num_classes, check_labels=False)[0].numpy()
+
+
+def segment_volume(
+    net: nn.Module,
+    image: np.ndarray,
+    dataset: str,
+    num_classes: int | None = None,
+    postprocess: str = "none",
+    **options: Any,
+) -> np.ndarray:
+    """The label map a user gets for ``image``: :func:`~mper.eval.inference.predict_volume`
+    (``options`` go there), then :func:`postprocess_labels`. ``mper-eval`` scores it and
+    ``mper-predict`` writes it, so both apply ``eval.postprocess`` alike."""
+    num_classes = num_classes or dataset_num_classes(dataset)
+    labels = predict_volume(net, image, dataset, num_classes, **options)
+    return postprocess_labels(labels, postprocess, num_classes)
 
 
 def score_case(

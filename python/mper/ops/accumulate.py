@@ -1,4 +1,5 @@
-"""`proto_accumulate`: per-prototype sums and counts for the bank update (SPEC 4).
+"""`proto_accumulate`: per-prototype sums and counts for the bank update
+(docs/method.md, "Prototype update").
 
 A voxel in the mask with label c adds its embedding to row c*K + assign[b, c, voxel] and 1
 to that row's count. One pass, no host synchronisation on CUDA (unless the optional label

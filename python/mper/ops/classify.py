@@ -1,4 +1,4 @@
-"""`proto_classify`: the multi-prototype classifier (SPEC 2).
+"""`proto_classify`: the multi-prototype classifier (docs/method.md, "Prototype classifier").
 
 For each voxel feature z and class c: logit_c = max_k cos(z, p_c^k) / tau1 and
 assign_c = argmax_k cos(z, p_c^k). CPU and CUDA kernels: `csrc/ops/*/proto_head_kernel.*`.

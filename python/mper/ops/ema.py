@@ -1,4 +1,4 @@
-"""`proto_ema_update_`: the EMA step of the prototype bank (SPEC 4).
+"""`proto_ema_update_`: the EMA step of the prototype bank (docs/method.md, "Prototype update").
 
 p_c^k <- alpha p_c^k + (1 - alpha) mean_c^k on rows that some voxel reached; rows with a
 zero count keep their value. In place, no host synchronisation on CUDA.

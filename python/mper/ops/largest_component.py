@@ -1,4 +1,5 @@
-"""`largest_component`: keep each foreground class's largest connected component (SPEC 5).
+"""`largest_component`: keep each foreground class's largest connected component
+(docs/method.md, "Training" and "Evaluation").
 
 Cleans the teacher's pseudo labels: per image and per class c >= 1, the voxels of c
 outside the largest component of c (full connectivity: 8 neighbours in 2D, 26 in 3D)

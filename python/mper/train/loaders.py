@@ -17,6 +17,7 @@ and the iteration, which is what makes resumed runs exact.
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -140,6 +141,7 @@ def stage_loader(config: TrainConfig, with_unlabeled: bool, device: torch.device
         num_workers=config.data.num_workers,
         pin_memory=device.type == "cuda",
         generator=_private_generator(config.seed),
+        worker_init_fn=_leave_ctrl_c_to_the_main_process,
     )
 
 
@@ -170,6 +172,12 @@ def prototype_init_batches(
     loader.dataset.set_epoch(epoch)
     for batch in loader:
         yield batch["image"], batch["label"]
+
+
+def _leave_ctrl_c_to_the_main_process(worker_id: int) -> None:
+    """Data workers ignore SIGINT: a Ctrl-C in the terminal reaches every process of the
+    group, and only the main one should react (save a checkpoint, say so once)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _private_generator(seed: int) -> torch.Generator:

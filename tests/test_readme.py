@@ -1,0 +1,220 @@
+"""Every command in README.md, run, so that the README cannot drift from what works.
+
+Each command of the README's ``bash`` blocks (and its Python example) falls under one
+rule below: fast commands run as written; training and data commands run with tiny
+overrides added at the end (later options win); long ones run under ``-m slow``, GPU
+ones under ``-m cuda``; ``scripts/test.sh -m ...`` runs with ``--collect-only`` (it must
+select tests); the two ``pip install`` lines that download from the package index are
+the only ones not run here (``scripts/setup.sh`` installs the same way on every fresh
+environment, in CI). A README command that no rule covers fails the suite.
+
+Commands run in one temporary folder, in README order, so that later ones find what
+earlier ones wrote (data, runs); ``.venv`` stands for the environment running the tests.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+VENV = Path(sys.prefix)
+
+ACDC_TINY = ("--labeled 1 --set network.channels=[4,8,16,32,64] --set data.patch_size=[32,32] "
+             "--set data.batch_size=4 --set data.labeled_batch_size=2 --set data.num_workers=0 "
+             "--set pretrain.iterations=2 --set selftrain.iterations=2 --set eval.val_interval=2 "
+             "--set prototypes.kmeans_max_voxels=500")
+LA_TINY = ("--labeled 2 --set network.base_filters=4 --set data.patch_size=[32,32,32] --set data.batch_size=4 "
+           "--set data.labeled_batch_size=2 --set data.num_workers=0 --set data.holdout_cases=1 "
+           "--set pretrain.iterations=2 --set selftrain.iterations=2 --set eval.val_interval=2 "
+           "--set eval.stride=[16,16,16] --set prototypes.kmeans_max_voxels=500")
+DEMO_TINY = ("--set pretrain.iterations=2 --set selftrain.iterations=2 --set eval.val_interval=2 "
+             "--set prototypes.kmeans_max_voxels=500")
+CUDA_READY = torch.cuda.is_available()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How the commands matching ``pattern`` are checked.
+
+    ``when``: ``"default"``, ``"slow"``, ``"cuda"`` (the suite that runs them) or
+    ``"never"`` (``reason`` says why); ``append``: arguments added at the end;
+    ``expect_failure``: a message the command must fail with instead (a README claim
+    that something is refused).
+    """
+
+    pattern: str
+    when: str
+    append: str = ""
+    expect_failure: str = ""
+    reason: str = ""
+
+
+RULES = (
+    Rule(r"scripts/demo\.sh", "default", DEMO_TINY),
+    Rule(r"scripts/demo\.sh la", "default", DEMO_TINY),
+    Rule(r"scripts/demo\.sh", "slow"),
+    Rule(r"scripts/demo\.sh la", "slow"),
+    Rule(r"\. \.venv/bin/activate", "default"),
+    Rule(r"\.venv/bin/mper-train --version", "default"),
+    Rule(r"scripts/test\.sh", "never", reason="CI runs it (.ci/run), and it runs this test"),
+    Rule(r"scripts/test\.sh -m (cuda|slow)", "default", "--collect-only -q"),
+    Rule(r"pip install torch --index-url \S+", "never", reason="downloads from the package index"),
+    Rule(r"pip install \.", "never", reason="replaces the mper of the environment running the tests"),
+    Rule(r"mper-data synth --dataset acdc .*", "default", "--cases 5 --size 32 32"),
+    Rule(r"mper-data synth --dataset la .*", "default", "--cases 6 --size 32 32 32"),
+    Rule(r"mper-train --dataset acdc (?!.*--amp).*", "default", ACDC_TINY),
+    Rule(r"mper-train --dataset la (?!.*--amp).*", "default", LA_TINY),
+    Rule(r"mper-train --dataset la .*--amp bf16", "default", LA_TINY,
+         expect_failure="" if CUDA_READY else "CUDA"),
+    Rule(r"mper-eval .*", "default"),
+    Rule(r"mper-predict .*--input scans/ .*", "default"),
+    Rule(r"python benchmarks/ops\.py --device cuda", "cuda", "--workloads acdc --trials 1 --calls 1 --out {work}/ops.json"),
+    Rule(r"python benchmarks/ops\.py --device cpu", "slow", "--workloads acdc --trials 1 --calls 1 --out {work}/ops.json"),
+    Rule(r"python benchmarks/train_step\.py .*", "cuda", "--iterations 1 --out {work}/train_step.json"),
+    Rule(r"python benchmarks/run_time\.py .*", "slow", "--iterations 1 --out {work}/run_time.json"),
+    Rule(r"python benchmarks/learning_check\.py --work \S+", "slow",
+         "--families standard --recipes paper --seeds 1 --jobs 2 --name readme-check"),
+)
+
+
+def readme_commands() -> list[str]:
+    """The commands of the README's bash blocks, comments dropped, quoting normalised."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words:
+                commands.append(shlex.join(words))
+    return commands
+
+
+def rules_for(command: str) -> list[Rule]:
+    return [rule for rule in RULES if re.fullmatch(rule.pattern, command)]
+
+
+def commands_run_in(suite: str) -> list[tuple[str, Rule]]:
+    return [(command, rule) for command in readme_commands() for rule in rules_for(command) if rule.when == suite]
+
+
+def test_every_readme_command_is_checked_by_a_rule_and_every_rule_is_used():
+    commands = readme_commands()
+    assert len(commands) > 20
+    for command in commands:
+        assert rules_for(command), f"README command without a check in tests/test_readme.py: {command}"
+    for rule in RULES:
+        assert any(re.fullmatch(rule.pattern, command) for command in commands), f"unused rule {rule.pattern}"
+        assert (rule.when == "never") == bool(rule.reason), f"a command is either run or has a reason: {rule}"
+
+
+def test_the_readme_states_measured_figures_not_placeholders():
+    assert not re.findall(r"\b(?:DEMO|RUN_TIME)_[A-Z_]+\b", README.read_text())
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "scripts/test.sh" in (REPO / ".ci" / "run").read_text()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("readme")
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ, MPER_VENV=str(VENV), PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def prepare(command: str, work: Path) -> None:
+    """Inputs a README command expects from the user: a folder of NIfTI scans."""
+    if "--input scans/" in command and not (work / "scans").exists():
+        import h5py
+        import nibabel as nib
+
+        case = (work / "data" / "acdc" / "test.list").read_text().split()[0]
+        with h5py.File(work / "data" / "acdc" / "data" / f"{case}.h5") as file:
+            volume = np.transpose(file["image"][()], (1, 2, 0))  # stored (S, H, W), scanned (H, W, S)
+        (work / "scans").mkdir()
+        nib.save(nib.Nifti1Image((1000 * volume).astype(np.int16), np.eye(4)), work / "scans" / f"{case}.nii.gz")
+
+
+def run(command: str, rule: Rule, work: Path, timeout: int) -> subprocess.CompletedProcess:
+    prepare(command, work)
+    line = f"{command} {rule.append.format(work=work)}".strip()
+    line = re.sub(r"(^|\s)\.venv/", rf"\g<1>{VENV}/", line)
+    line = re.sub(r"^scripts/", f"{REPO}/scripts/", line)
+    line = re.sub(r"^python benchmarks/", f"python {REPO}/benchmarks/", line)
+    if line.startswith(f". {VENV}/bin/activate"):
+        line += " && command -v mper-train"
+    if not (VENV / "bin" / "activate").is_file():
+        pytest.skip(f"the tests do not run in a virtual environment ({VENV}); the scripts need one")
+    return subprocess.run(["bash", "-c", line], cwd=work, env=environment(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def check(result: subprocess.CompletedProcess, command: str, rule: Rule) -> None:
+    output = result.stdout + result.stderr
+    if rule.expect_failure:
+        assert result.returncode != 0 and rule.expect_failure in result.stderr, output[-3000:]
+        assert "Traceback" not in result.stderr, output[-3000:]
+    else:
+        assert result.returncode == 0, f"{command}\n{output[-3000:]}"
+
+
+@pytest.mark.parametrize("command, rule", commands_run_in("default"), ids=lambda value: getattr(value, "pattern", value))
+def test_readme_command(command, rule, work):
+    result = run(command, rule, work, timeout=900)
+    check(result, command, rule)
+    if command.startswith("scripts/demo.sh"):
+        assert re.search(r"mean Dice on the synthetic test cases: MPER [0-9.]+, labeled-only [0-9.]+", result.stdout)
+    if command.startswith(". .venv/bin/activate"):
+        assert result.stdout.strip() == str(VENV / "bin" / "mper-train")
+    if "--version" in command:
+        assert result.stdout.startswith("mper-train ")
+    if "--print-config" in command:
+        assert 'dataset = "la"' in result.stdout and 'preset = "demo"' in result.stdout
+    if "-m slow --collect-only" in command or "-m cuda --collect-only" in command:
+        assert re.search(r"\d+ tests? collected|\d+/\d+ tests collected", result.stdout), result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command, rule", commands_run_in("slow"), ids=lambda value: getattr(value, "pattern", value))
+def test_long_readme_command(command, rule, work):
+    result = run(command, rule, work, timeout=3600)
+    check(result, command, rule)
+    if command.startswith("scripts/demo.sh"):
+        mper, baseline = map(float, re.search(
+            r"mean Dice on the synthetic test cases: MPER ([0-9.]+), labeled-only ([0-9.]+)", result.stdout).groups())
+        assert mper > baseline, result.stdout[-2000:]
+    if "learning_check" in command:
+        for written in (REPO / "benchmarks" / "results").glob("learning_check-readme-check.*"):
+            written.unlink()
+        assert "| standard | paper |" in result.stdout, result.stdout
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("command, rule", commands_run_in("cuda"), ids=lambda value: getattr(value, "pattern", value))
+def test_gpu_readme_command(command, rule, work):
+    check(run(command, rule, work, timeout=1800), command, rule)
+
+
+def test_the_python_example_of_the_ops_runs(tmp_path):
+    (example,) = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    from mper.ops import cuda_available
+
+    if not (CUDA_READY and cuda_available()):
+        example = example.replace('device="cuda"', 'device="cpu"')
+    result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
