@@ -371,6 +371,7 @@ def experiment_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--mem-gb", type=int, metavar="N", help="memory of each job in GB (default: the cluster's)")
     cluster.add_argument("--no-wait", action="store_true",
                          help="submit and return; run the command again with --report-only for the table")
+    _add_version(parser)
     return parser
 
 
