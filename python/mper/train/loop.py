@@ -37,7 +37,7 @@ from mper.errors import TrainingDiverged
 from mper.nn import PrototypeHead
 
 from .checkpoint import capture_rng_state, non_finite_tensors, restore_rng_state, save_checkpoint
-from .config import SUPERVISED_BASELINES, OptimConfig, TrainConfig, with_prototypes
+from .config import SUPERVISED_BASELINES, OptimConfig, TrainConfig
 from .diagnostics import TRAINING_RECORD, SelfTrainingMonitor, TrainingRecord
 from .runtime import StopRequest, TrainingInterrupted, autocast, load_ops, resolve_device
 from .teacher import create_teacher
@@ -159,10 +159,8 @@ class Trainer:
             self.teacher.load_state_dict(state["teacher"])
             self.head = self.new_head()
             self.head.load_state_dict(state["bank"])
-            if with_prototypes(self.config):
-                self.usage = self.new_usage()
-                if state.get("prototype_usage") is not None:  # absent from checkpoints written before usage was counted
-                    self.usage.load_state_dict(state["prototype_usage"])
+            if state.get("prototype_usage") is not None:  # absent from checkpoints written before usage was counted
+                self.prototype_usage().load_state_dict(state["prototype_usage"])
         self.optimizer = self.new_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.mix_generator.set_state(state["mix_generator"])
@@ -184,10 +182,9 @@ class Trainer:
         return self.teacher
 
     def prototype_usage(self) -> PrototypeUsage:
-        """The usage count of the prototypes; it exists once self-training with the prototype
-        head has begun."""
+        """The usage count of the prototypes, begun empty on first use."""
         if self.usage is None:
-            raise RuntimeError("prototype usage is counted only once self-training with the prototype head has begun")
+            self.usage = self.new_usage()
         return self.usage
 
     def new_head(self) -> PrototypeHead:

@@ -62,7 +62,6 @@ def begin_selftrain(trainer: Trainer) -> None:
     trainer.teacher = create_teacher(trainer.student, config.selftrain.teacher_mode)
     trainer.head = trainer.new_head()
     if with_prototypes(config):
-        trainer.usage = trainer.new_usage()
         batches = tqdm(prototype_init_batches(config, trainer.device), desc="prototype init", unit="batch")
         trainer.head.initialize(
             eval_features(trainer.student, batches, trainer.device),
