@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mper import __version__
-from mper.cli import data_main, eval_main, predict_main, train_main
+from mper.cli import data_main, eval_main, experiment_main, predict_main, train_main
 from mper.datasets import synthesize
 from mper.train.config import load_config, read_preset
 
@@ -34,7 +34,8 @@ def acdc_root(tmp_path_factory):
 
 
 @pytest.mark.parametrize("main, program", [(train_main, "mper-train"), (eval_main, "mper-eval"),
-                                           (predict_main, "mper-predict"), (data_main, "mper-data")])
+                                           (predict_main, "mper-predict"), (data_main, "mper-data"),
+                                           (experiment_main, "mper-experiment")])
 def test_every_command_prints_its_versions(main, program, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])

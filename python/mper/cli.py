@@ -1,6 +1,8 @@
-"""Command-line entry points: ``mper-train``, ``mper-eval``, ``mper-predict``, ``mper-data``.
+"""Command-line entry points: ``mper-train``, ``mper-eval``, ``mper-predict``, ``mper-data``,
+``mper-experiment``.
 
-Each parses its arguments and calls one function of :mod:`mper.pipeline`.
+Each parses its arguments and calls one function of :mod:`mper.pipeline` (or
+:mod:`mper.experiment`).
 """
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mper import pipeline
+from mper import experiment, pipeline
 from mper.datasets import dataset_names, get_dataset
 from mper.errors import ConfigError, UserError
-from mper.train.config import AMP_MODES, OPS_MODULES, load_config, to_toml
+from mper.experiment import SweepInterrupted
+from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, load_config, to_toml
 from mper.train.loop import LAST_CHECKPOINT
 from mper.train.prototypes import UPDATE_SOURCES
 from mper.train.resume import RESUMABLE_SETTINGS
@@ -75,6 +78,10 @@ def _interrupted_exit_code(signal_name: str) -> int:
 
 def _report_stop(stop: KeyboardInterrupt) -> int:
     """Say what a stopped run left behind and how to go on; returns the exit code."""
+    if isinstance(stop, SweepInterrupted):
+        print(f"\nsweep stopped: {stop.finished} of {stop.total} runs finished in {stop.out}; run the same "
+              "command again to continue (finished runs are kept, interrupted ones resume)", file=sys.stderr)
+        return _interrupted_exit_code("SIGINT")
     if isinstance(stop, TrainingInterrupted):
         print(f"\ninterrupted ({stop.signal_name}); state saved to {stop.checkpoint}\n"
               f"continue with: mper-train --resume --out {stop.checkpoint.parent}", file=sys.stderr)
@@ -156,10 +163,10 @@ def train_parser() -> argparse.ArgumentParser:
                         help="continue the run in --out from its last.pt, with the settings saved there; "
                              "only " + ", ".join(RESUMABLE_SETTINGS) + " may change")
     parser.add_argument("--seed", type=int, help="random seed (default: the preset's)")
-    parser.add_argument("--baseline", choices=("labeled-only", "bcp"),
-                        help="train instead the plain supervised U-Net / V-Net on the labeled data "
-                             "(labeled-only), or self-train without the prototype head (bcp: "
-                             "bidirectional copy-paste alone)")
+    parser.add_argument("--baseline", choices=BASELINES[1:],
+                        help="train instead the plain supervised U-Net / V-Net on the labeled cases "
+                             "(labeled-only) or on every training case, all labeled (full: the upper bound), "
+                             "or self-train without the prototype head (bcp: bidirectional copy-paste alone)")
     parser.add_argument("--update-source", choices=UPDATE_SOURCES,
                         help="voxels that update the prototypes (default: both)")
     parser.add_argument("--amp", choices=AMP_MODES, help="bf16 autocast, CUDA only (default: off)")
@@ -236,6 +243,9 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--figures", type=int, default=3, metavar="N",
                         help="cases drawn as PNG overlays, from the worst to the median by Dice (default: 3)")
     _add_version(parser)
+    parser.add_argument("--tsne", action="store_true",
+                        help="also draw tsne.png: a t-SNE map of voxel embeddings by class with the prototypes "
+                             "marked (needs pip install 'mper[figures]')")
     args = parser.parse_args(argv)
 
     def action() -> None:
@@ -243,6 +253,10 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
         result = pipeline.evaluate(args.checkpoint, args.data_root, args.split, out, args.device,
                                    args.weights, args.figures)
         print(f"\n{result['markdown']}\nwritten to {out}")
+        if args.tsne:
+            path = pipeline.tsne(args.checkpoint, out / "tsne.png", args.data_root, args.split,
+                                 device=args.device, weights=args.weights)
+            print(f"t-SNE map: {path}")
 
     _run(parser, action)
 
@@ -328,5 +342,99 @@ def data_main(argv: Sequence[str] | None = None) -> None:
         else:
             out = pipeline.convert(args.dataset, args.source, args.out, split_from=args.split_from, seed=args.seed)
         print(f"wrote {args.dataset} data to {out}")
+
+    _run(parser, action)
+
+
+def experiment_parser() -> argparse.ArgumentParser:
+    """Arguments of ``mper-experiment``."""
+    parser = argparse.ArgumentParser(
+        prog="mper-experiment", formatter_class=_formatter,
+        description=(
+            "Train every run of an experiment plan (variants x label budgets x seeds, each an ordinary "
+            "mper-train run in its own folder) and write the results table, mean +- std over seeds, as "
+            "results.md, results.csv and results.json with a plot. Finished runs are kept and "
+            "interrupted ones resumed, so a stopped sweep continues when the command is run again."
+        ),
+        epilog="Shipped plans: " + ", ".join(sorted(path.stem for path in experiment.SHIPPED_PLANS.glob("*.toml")))
+               + " (the experiments/ folder of the repository).",
+    )
+    parser.add_argument("plan", metavar="PLAN", help="a plan file (.toml) or the name of a shipped plan, e.g. tiny")
+    parser.add_argument("--out", metavar="DIR",
+                        help="folder of the runs and results (default: runs/experiments/<plan>)")
+    parser.add_argument("--data-root", metavar="DIR", help="dataset folder (default: the plan's data_root)")
+    parser.add_argument("--seeds", type=_integers, metavar="S,S,...", help="seeds instead of the plan's, e.g. 1,2,3")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting in every run, e.g. data.num_workers=8; repeatable")
+    parser.add_argument("--list", action="store_true", help="list the runs and where each stands; train nothing")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the results of the finished runs; train nothing")
+    runs = parser.add_argument_group("where the runs train")
+    runs.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
+                      help="local: on this machine (default); slurm: one SLURM job per run through submitit; "
+                           "submitit-local: submitit's jobs as local processes (to try a cluster setup)")
+    runs.add_argument("--device", help="device of each run: auto (default), cpu, cuda or cuda:N")
+    runs.add_argument("--devices", type=_device_ids, metavar="ID,ID,...",
+                      help="local: one run per GPU at a time, each process seeing only its GPU, e.g. 0,1,2,3")
+    cluster = parser.add_argument_group("cluster jobs (--executor slurm; pip install 'mper[cluster]')")
+    cluster.add_argument("--partition", help="SLURM partition")
+    cluster.add_argument("--account", help="SLURM account")
+    cluster.add_argument("--time", type=int, default=24 * 60, metavar="MINUTES",
+                         help="time limit of each job; a job that reaches it is requeued and resumes (default: 1440)")
+    cluster.add_argument("--gpus-per-job", type=int, default=1, metavar="N", help="GPUs of each job (default: 1)")
+    cluster.add_argument("--cpus-per-job", type=int, default=8, metavar="N", help="CPU cores of each job (default: 8)")
+    cluster.add_argument("--mem-gb", type=int, metavar="N", help="memory of each job in GB (default: the cluster's)")
+    cluster.add_argument("--no-wait", action="store_true",
+                         help="submit and return; run the command again with --report-only for the table")
+    _add_version(parser)
+    return parser
+
+
+def _integers(text: str) -> list[int]:
+    try:
+        return [int(item) for item in text.split(",")]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, e.g. 1,2,3; got {text!r}") from error
+
+
+def _device_ids(text: str) -> list[str]:
+    ids = [item.strip() for item in text.split(",")]
+    if not all(item.isdigit() for item in ids):
+        raise argparse.ArgumentTypeError(f"expected GPU ids separated by commas, e.g. 0,1,2,3; got {text!r}")
+    return ids
+
+
+def _executor(args: argparse.Namespace, out: Path) -> experiment.Executor:
+    """The executor the options ask for."""
+    if args.executor == "local":
+        if args.devices:
+            return experiment.DevicePoolExecutor(args.devices, out / "logs", device=args.device or "cuda")
+        return experiment.LocalExecutor(args.device)
+    if args.devices:
+        raise ConfigError("--devices is for the local executor; a cluster job gets its GPUs from --gpus-per-job")
+    options = experiment.ClusterOptions(
+        partition=args.partition, time_minutes=args.time, gpus_per_job=args.gpus_per_job,
+        cpus_per_job=args.cpus_per_job, memory_gb=args.mem_gb, account=args.account, wait=not args.no_wait,
+    )
+    cluster = "slurm" if args.executor == "slurm" else "local"
+    return experiment.SubmititExecutor(out / "jobs", cluster, options, args.device)
+
+
+def experiment_main(argv: Sequence[str] | None = None) -> None:
+    """``mper-experiment``: train a plan's runs, print the results table."""
+    parser = experiment_parser()
+    args = parser.parse_args(argv)
+
+    def action() -> None:
+        plan, cells, out = experiment.prepare_plan(args.plan, args.out, args.data_root, args.seeds, args.assignments)
+        if args.list:
+            for cell in cells:
+                print(f"{experiment.run_state(cell.run_dir):<12} {cell.name:<50} {cell.run_dir}")
+            return
+        if args.report_only:
+            written = experiment.write_report(plan, cells, out)
+        else:
+            written = experiment.run_plan(plan, out, _executor(args, out))
+        print(f"\n{written['results.md'].read_text()}\nwritten to {out}")
 
     _run(parser, action)

@@ -35,15 +35,18 @@ from mper.errors import CheckpointError, ConfigError, RunFolderError, UserError
 from mper.eval.evaluate import evaluate_cases, mean_dice
 from mper.eval.figures import add_figures
 from mper.eval.predict import predict_path
+from mper.eval.report import add_to_report
+from mper.eval.tsne import require_figure_packages, sample_embeddings, save_tsne_figure
 from mper.train.checkpoint import load_checkpoint
-from mper.train.config import TrainConfig, merge, parse_override, to_toml
+from mper.train.config import SUPERVISED_BASELINES, TrainConfig, merge, parse_override, to_toml, with_prototypes
 from mper.train.diagnostics import TRAINING_RECORD, with_class_names
-from mper.train.loaders import training_cases, validation_cases
+from mper.train.loaders import test_cases, training_cases, validation_cases
 from mper.train.lock import run_folder_lock
 from mper.train.loop import LAST_CHECKPOINT, Validator
 from mper.train.resume import resumed_config
 from mper.train.runner import check_run, run_training
 from mper.train.runtime import TrainingAborted, TrainingInterrupted, resolve_device
+from mper.train.usage import USAGE_FILE
 from mper.versions import device_line, version_line
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,8 @@ WEIGHTS = ("student", "teacher")
 RUN_LOG_ONLY = {"run_log_only": True}
 #: Case lists ``evaluate`` scores: the test list, or the cases that selected checkpoints.
 EVAL_SPLITS = ("test", "val")
+#: Cases whose voxels the t-SNE map samples.
+TSNE_CASES = 4
 
 
 def shown_on_console(record: logging.LogRecord) -> bool:
@@ -63,7 +68,10 @@ def shown_on_console(record: logging.LogRecord) -> bool:
 
 def default_run_dir(config: TrainConfig) -> Path:
     """``runs/<dataset>-<preset>-<labeled>labeled`` (with ``-baseline`` for the labeled-only
-    baseline, ``-bcp`` for BCP alone)."""
+    baseline, ``-bcp`` for BCP alone; ``runs/<dataset>-<preset>-all-labeled`` for the fully
+    supervised one)."""
+    if config.baseline == "full":
+        return Path("runs") / f"{config.dataset}-{config.preset}-all-labeled"
     suffix = {"labeled-only": "-baseline", "bcp": "-bcp"}.get(config.baseline, "")
     return Path("runs") / f"{config.dataset}-{config.preset}-{config.labeled}labeled{suffix}"
 
@@ -173,6 +181,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                                   num_figures=config.eval.num_figures)
                 add_figures(writer, result["figures"], "test")
                 add_training_record(run_dir, config)
+                _report_prototype_usage(run_dir)
                 log.info("test metrics (%s):\n%s", run_dir / "metrics.md", result["markdown"].rstrip(),
                          extra=RUN_LOG_ONLY)
     except TrainingInterrupted:
@@ -189,11 +198,15 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
 def add_training_record(run_dir: Path, config: TrainConfig) -> None:
     """Add the record of the run's validations (``training.json``, see
     :mod:`mper.train.diagnostics`) to its ``metrics.json`` as ``"training"``."""
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text())
     record = json.loads((run_dir / TRAINING_RECORD).read_text())
-    metrics["training"] = with_class_names(record, get_dataset(config.dataset).class_names)
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    add_to_report(run_dir, "training", with_class_names(record, get_dataset(config.dataset).class_names))
+
+
+def _report_prototype_usage(run_dir: Path) -> None:
+    """Copy the self-training's prototype usage summary into ``metrics.json``."""
+    usage_file = run_dir / USAGE_FILE
+    if usage_file.exists():
+        add_to_report(run_dir, "prototype_usage", json.loads(usage_file.read_text()))
 
 
 def resume(
@@ -246,18 +259,17 @@ def load_network(
 
 def _table_columns(config: TrainConfig) -> tuple[str, str, str]:
     """Method, labeled and unlabeled counts for the results table, in the dataset's label
-    unit (patients for ACDC); the unlabeled count is ``-`` when the training lists are not
-    at hand."""
+    unit (patients for ACDC); a count is ``-`` when the training lists are not at hand."""
     spec = get_dataset(config.dataset)
-    if config.baseline == "labeled-only":
-        return spec.network.display_name, str(config.labeled), "0"
-    method = "BCP" if config.baseline == "bcp" else "MPER"
+    supervised = config.baseline in SUPERVISED_BASELINES
+    method = spec.network.display_name if supervised else "BCP" if config.baseline == "bcp" else "MPER"
     try:
         labeled, unlabeled = training_cases(config)
     except UserError:
-        return method, str(config.labeled), "-"
-    unlabeled_units = set(map(spec.label_group, unlabeled)) - set(map(spec.label_group, labeled))
-    return method, str(config.labeled), str(len(unlabeled_units))
+        return method, "-" if config.baseline == "full" else str(config.labeled), "0" if supervised else "-"
+    labeled_units = set(map(spec.label_group, labeled))
+    unlabeled_units = set(map(spec.label_group, unlabeled)) - labeled_units
+    return method, str(len(labeled_units)), str(0 if supervised else len(unlabeled_units))
 
 
 def evaluate(
@@ -293,6 +305,34 @@ def evaluate(
         postprocess=config.eval.postprocess, empty_prediction=config.eval.empty_prediction,
         **inference_options(config),
     )
+
+
+def tsne(
+    checkpoint: str | Path, out_path: str | Path, data_root: str | Path | None = None, split: str = "test",
+    max_cases: int = TSNE_CASES, device: str = "auto", weights: str = "student", seed: int = 0,
+    title: str | None = None,
+) -> Path:
+    """Draw the t-SNE map of a checkpoint's voxel embeddings and prototypes (see
+    :mod:`mper.eval.tsne`) on the first ``max_cases`` cases of ``split``; returns the PNG.
+    ``title`` names the model (default: the checkpoint's path)."""
+    require_figure_packages()
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
+    net, config = load_network(checkpoint, device, weights)
+    if data_root is not None:
+        config.data_root = str(data_root)
+    check_dataset_root(config.data_root, config.dataset, f"{checkpoint} was trained on {config.dataset}")
+    cases = (validation_cases(config) if split == "val" else test_cases(config))[:max_cases]
+    spec = get_dataset(config.dataset)
+    volumes = [spec.load_volume(config.data_root, case) for case in cases]
+    bank = load_checkpoint(checkpoint).get("bank")
+    # BCP alone keeps an untouched (all-zero) bank: no prototypes to mark
+    prototypes = bank["prototypes"].numpy() if bank is not None and with_prototypes(config) else None
+    features, classes = sample_embeddings(net, volumes, spec, config.num_classes, config.data.patch_size,
+                                          resolve_device(device), seed=seed)
+    title = f"{title or checkpoint}\n{len(features)} voxels of {len(cases)} {split} case(s)"
+    return save_tsne_figure(features, classes, prototypes, config.prototypes.per_class,
+                            spec.class_names, out_path, title, seed)
 
 
 def predict(

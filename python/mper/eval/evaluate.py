@@ -96,7 +96,8 @@ def evaluate_cases(
     markdown = markdown_table(summary, method, labeled, unlabeled, class_names)
     figures = []
     if out_dir is not None:
-        write_report(out_dir, per_case, summary, markdown)
+        write_report(out_dir, per_case, summary, markdown,
+                     table={"method": method, "labeled": labeled, "unlabeled": unlabeled})
         figures = save_figures(views, per_case, Path(out_dir) / "figures", dataset,
                                class_names[:num_classes], num_figures)
     return {"per_case": per_case, "summary": summary, "markdown": markdown, "figures": figures}

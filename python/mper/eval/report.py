@@ -29,6 +29,7 @@ from .metrics import METRIC_NAMES
 
 PerCase = Mapping[str, Mapping[int, Mapping[str, float]]]
 
+METRICS_FILE = "metrics.json"
 TABLE_HEADER = ("Method", "Labeled", "Unlabeled", "Dice", "Jaccard", "95HD", "ASD")
 PERCENT_METRICS = ("dice", "jaccard")
 
@@ -133,22 +134,40 @@ def _json_ready(value: Any) -> Any:
     """Replace NaN with ``None`` (JSON has no NaN) and make keys strings."""
     if isinstance(value, Mapping):
         return {str(key): _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
 
 
 def write_report(
-    out_dir: str | Path, per_case: PerCase, summary: Mapping[str, Any], markdown: str
+    out_dir: str | Path, per_case: PerCase, summary: Mapping[str, Any], markdown: str,
+    table: Mapping[str, str] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``metrics.json`` (``{"summary", "per_case"}``) and ``metrics.md`` into ``out_dir``.
+    """Write ``metrics.json`` (``{"summary", "per_case"}``, and ``"table"``, the table's
+    first columns ``{"method", "labeled", "unlabeled"}``, when given) and ``metrics.md``
+    into ``out_dir``.
 
     Creates ``out_dir`` if needed and returns the two paths.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, markdown_path = out_dir / "metrics.json", out_dir / "metrics.md"
-    document = _json_ready({"summary": summary, "per_case": per_case})
-    json_path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+    json_path, markdown_path = out_dir / METRICS_FILE, out_dir / "metrics.md"
+    document = {"summary": summary, "per_case": per_case, **({"table": table} if table else {})}
+    _write_json(json_path, document)
     markdown_path.write_text(markdown)
     return json_path, markdown_path
+
+
+def add_to_report(out_dir: str | Path, key: str, value: Any) -> Path:
+    """Add ``key: value`` to the ``metrics.json`` that :func:`write_report` wrote in ``out_dir``."""
+    json_path = Path(out_dir) / METRICS_FILE
+    document = json.loads(json_path.read_text())
+    document[key] = value
+    _write_json(json_path, document)
+    return json_path
+
+
+def _write_json(path: Path, document: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(_json_ready(document), indent=2, allow_nan=False) + "\n")

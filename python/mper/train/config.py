@@ -42,9 +42,12 @@ from mper.nn.kmeans import KMEANS_METHODS
 from .prototypes import UPDATE_SOURCES, UPDATE_STEPS
 from .teacher import EMA_SCHEDULES, EMA_SCOPES, TEACHER_MODES
 
-#: ``none``: MPER; ``labeled-only``: the plain supervised network; ``bcp``: self-training
-#: without the prototype head (bidirectional copy-paste alone).
-BASELINES = ("none", "labeled-only", "bcp")
+#: ``none``: MPER; ``labeled-only``: the network trained on the labeled cases alone;
+#: ``full``: the network trained with every training case labeled (the upper bound);
+#: ``bcp``: self-training without the prototype head (bidirectional copy-paste alone).
+BASELINES = ("none", "labeled-only", "full", "bcp")
+#: Baselines that train the network alone, supervised, in one stage (no self-training).
+SUPERVISED_BASELINES = ("labeled-only", "full")
 AMP_MODES = ("off", "bf16")
 VAL_SPLITS = VALIDATION_SPLITS
 IMAGE_INTERPOLATIONS = ("nearest", "cubic")
@@ -284,6 +287,13 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be {expected}, got {value!r}")
         for check in CONSISTENCY_CHECKS:
             check(self)
+
+
+def with_prototypes(config: TrainConfig) -> bool:
+    """Whether self-training has the prototype head (MPER) or not (``baseline = "bcp"``:
+    bidirectional copy-paste alone, trained by ``L_cons^l`` only, with no prototype
+    initialisation, classifier, contrastive term or bank update)."""
+    return config.baseline != "bcp"
 
 
 def _setting(config: TrainConfig, name: str) -> Any:

@@ -32,21 +32,29 @@ from mper.data.sampler import TwoStreamBatchSampler, endless_batches
 from mper.datasets import check_dataset_root, get_dataset
 from mper.errors import ConfigError, DataFormatError
 
-from .config import TrainConfig
+from .config import SUPERVISED_BASELINES, TrainConfig
 
 log = logging.getLogger(__name__)
 
 
 def training_cases(config: TrainConfig) -> tuple[list[str], list[str]]:
-    """(labeled, unlabeled) training items (ACDC slice names, LA case names)."""
-    labeled, unlabeled = get_dataset(config.dataset).training_split(config.data_root, config.labeled)
+    """(labeled, unlabeled) training items (ACDC slice names, LA case names). The fully
+    supervised baseline (``baseline = "full"``) labels them all."""
+    if config.baseline == "full":  # ``labeled`` plays no part: every item is labeled
+        labeled, unlabeled = _labeled_split(config, 1)
+        return labeled + unlabeled, []
+    return _labeled_split(config, config.labeled)
+
+
+def _labeled_split(config: TrainConfig, labeled_count: int) -> tuple[list[str], list[str]]:
+    labeled, unlabeled = get_dataset(config.dataset).training_split(config.data_root, labeled_count)
     if config.data.val_split != "holdout":
         return labeled, unlabeled
     holdout = config.data.holdout_cases
     if holdout > len(unlabeled):
         raise ConfigError(
-            f"data.holdout_cases = {holdout} leaves no room for {config.labeled} labeled cases "
-            f"in the {config.labeled + len(unlabeled)} cases of train.list; lower one of them"
+            f"data.holdout_cases = {holdout} leaves no room for {labeled_count} labeled cases "
+            f"in the {labeled_count + len(unlabeled)} cases of train.list; lower one of them"
         )
     return labeled, unlabeled[: len(unlabeled) - holdout]
 
@@ -74,7 +82,7 @@ def check_data(config: TrainConfig) -> None:
     """
     check_dataset_root(config.data_root, config.dataset, f"the run trains on {config.dataset}")
     labeled, unlabeled = training_cases(config)
-    self_training = config.baseline != "labeled-only"
+    self_training = config.baseline not in SUPERVISED_BASELINES
     if self_training and not unlabeled:
         raise ConfigError(
             f"labeled = {config.labeled} leaves no unlabeled training case for self-training; "

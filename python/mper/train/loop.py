@@ -37,10 +37,11 @@ from mper.errors import TrainingDiverged
 from mper.nn import PrototypeHead
 
 from .checkpoint import capture_rng_state, non_finite_tensors, restore_rng_state, save_checkpoint
-from .config import OptimConfig, TrainConfig
+from .config import SUPERVISED_BASELINES, OptimConfig, TrainConfig
 from .diagnostics import TRAINING_RECORD, SelfTrainingMonitor, TrainingRecord
 from .runtime import StopRequest, TrainingInterrupted, autocast, load_ops, resolve_device
 from .teacher import create_teacher
+from .usage import USAGE_WINDOW, PrototypeUsage
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,10 @@ class Trainer:
         self.student = get_dataset(config.dataset).build_network(config.num_classes, **config.network).to(self.device)
         self.teacher: nn.Module | None = None
         self.head: PrototypeHead | None = None
+        self.usage: PrototypeUsage | None = None
         self.optimizer = self.new_optimizer()
         self.mix_generator = torch.Generator().manual_seed(config.seed)
-        first_stage = "baseline" if config.baseline == "labeled-only" else "pretrain"
+        first_stage = "baseline" if config.baseline in SUPERVISED_BASELINES else "pretrain"
         self.progress = StageProgress(first_stage)
         self.monitor = SelfTrainingMonitor(config.num_classes, self.device)
         self.record = TrainingRecord()
@@ -139,6 +141,7 @@ class Trainer:
             "student": self.student.state_dict(),
             "teacher": None if self.teacher is None else self.teacher.state_dict(),
             "bank": None if self.head is None else self.head.state_dict(),
+            "prototype_usage": None if self.usage is None else self.usage.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "mix_generator": self.mix_generator.get_state(),
             "rng": capture_rng_state(),
@@ -156,6 +159,8 @@ class Trainer:
             self.teacher.load_state_dict(state["teacher"])
             self.head = self.new_head()
             self.head.load_state_dict(state["bank"])
+            if state.get("prototype_usage") is not None:  # absent from checkpoints written before usage was counted
+                self.prototype_usage().load_state_dict(state["prototype_usage"])
         self.optimizer = self.new_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.mix_generator.set_state(state["mix_generator"])
@@ -176,6 +181,12 @@ class Trainer:
             raise RuntimeError("the teacher exists only once self-training has begun")
         return self.teacher
 
+    def prototype_usage(self) -> PrototypeUsage:
+        """The usage count of the prototypes, begun empty on first use."""
+        if self.usage is None:
+            self.usage = self.new_usage()
+        return self.usage
+
     def new_head(self) -> PrototypeHead:
         """A prototype head of the configured shape and settings, with an all-zero bank, on
         the training device."""
@@ -183,6 +194,12 @@ class Trainer:
         head = PrototypeHead(config.num_classes, prototypes.per_class, self.student.feature_dim,
                              prototypes.tau, prototypes.nce_tau, prototypes.contrastive_ignore_row, config.ops)
         return head.to(self.device)
+
+    def new_usage(self) -> PrototypeUsage:
+        """An empty usage count for the bank, in windows of :data:`~mper.train.usage.USAGE_WINDOW`
+        iterations (the whole self-training when shorter)."""
+        window = min(USAGE_WINDOW, self.config.selftrain.iterations)
+        return PrototypeUsage(self.config.num_classes, self.config.prototypes.per_class, window, self.device)
 
     def save_last(self) -> Path:
         """Write the resume checkpoint ``last.pt``."""

@@ -17,9 +17,10 @@ from .resume import setting_changes
 from .runtime import StopRequest, autocast, load_ops, resolve_device
 from .selftrain import begin_selftrain, run_selftrain
 from .teacher import slow_teacher_warning
+from .usage import USAGE_FILE
 
 STAGE_DESCRIPTIONS = {
-    "baseline": "labeled-only supervised training",
+    "baseline": "supervised training of the network alone (labeled-only or full baseline)",
     "pretrain": "copy-paste pre-training on the labeled images",
     "selftrain": "Mean Teacher self-training with bidirectional copy-paste and the prototype head",
 }
@@ -78,6 +79,8 @@ def run_training(
         if trainer.progress.stage == "selftrain":
             _log_stage(trainer, config.selftrain.iterations)
             run_selftrain(trainer)
+            if trainer.usage is not None:  # BCP alone has no prototypes
+                trainer.usage.write(run_dir / USAGE_FILE)
         log.info("training finished; best validation Dice %.4f at %s iteration %d",
                  trainer.progress.best_score, trainer.progress.stage, trainer.progress.best_iteration)
     return run_dir / BEST_CHECKPOINT

@@ -36,7 +36,7 @@ from mper.losses import DiceOptions, copy_paste_loss, mper_objective, ramp_weigh
 from mper.nets import SegmentationOutput
 
 from .checkpoint import load_checkpoint
-from .config import TrainConfig
+from .config import with_prototypes
 from .loaders import prototype_init_batches, stage_loader
 from .loop import PRETRAIN_CHECKPOINT, Trainer
 from .mixing import box_mask, copy_paste
@@ -44,12 +44,6 @@ from .prototypes import confidence_gate
 from .teacher import confidence, create_teacher, ema_update_, pseudo_labels
 
 log = logging.getLogger(__name__)
-
-def with_prototypes(config: TrainConfig) -> bool:
-    """Whether self-training has the prototype head (MPER) or not (``baseline = "bcp"``:
-    bidirectional copy-paste alone, trained by ``L_cons^l`` only, with no prototype
-    initialisation, classifier, contrastive term or bank update)."""
-    return config.baseline != "bcp"
 
 
 def begin_selftrain(trainer: Trainer) -> None:
@@ -224,8 +218,8 @@ def update_bank(
 def prototype_terms(
     trainer: Trainer, directions: list[MixedImages], outputs: list[SegmentationOutput]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``L_cons^p``, ``L_cont`` and the number of voxels in the bank update over both
-    directions, the bank updated as ``prototypes.update_steps`` says."""
+    """``L_cons^p``, ``L_cont`` and the voxels each prototype received in the bank update
+    ``(C*K,)`` over both directions, the bank updated as ``prototypes.update_steps`` says."""
     config, head = trainer.config, trainer.prototype_head()
     prototypes = config.prototypes
     prototype = contrastive = torch.zeros((), device=trainer.device)
@@ -242,7 +236,7 @@ def prototype_terms(
     sums, counts = (torch.stack(parts).sum(dim=0) for parts in zip(*gathered))
     if prototypes.update_steps == "combined":
         head.apply_update(sums, counts, prototypes.momentum)
-    return prototype, contrastive, counts.sum()
+    return prototype, contrastive, counts
 
 
 def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> dict[str, float]:
@@ -254,15 +248,17 @@ def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> d
     linear = torch.stack([direction.loss(output.pred, selftrain.consistency_scale, config.losses.options())
                           for direction, output in zip(directions, outputs)]).sum()
     if with_prototypes(config):
-        prototype, contrastive, voxels = prototype_terms(trainer, directions, outputs)
+        prototype, contrastive, counts = prototype_terms(trainer, directions, outputs)
         ramp = ramp_weight(iteration, selftrain.ramp_weight, selftrain.rampup_epochs, selftrain.ramp_epoch_length)
+        voxels = counts.sum()
+        usage = trainer.prototype_usage().add(counts, iteration + 1, selftrain.iterations)
     else:
         for direction in directions:
             trainer.monitor.observe_mix(
                 direction.labeled_region, direction.teacher_confidence > config.prototypes.confidence_threshold
             )
         prototype = contrastive = voxels = torch.zeros((), device=trainer.device)
-        ramp = 0.0
+        ramp, usage = 0.0, {}
     loss = mper_objective(linear, prototype, contrastive, ramp, selftrain.contrastive_weight)
     trainer.optimize(loss)
     decay = ema_update_(trainer.teacher_network(), trainer.student, iteration, selftrain.ema_decay,
@@ -279,6 +275,7 @@ def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> d
         "lambda": ramp,
         "teacher_decay": decay,
         "bank_update_voxels": voxels,
+        **usage,
     }
 
 

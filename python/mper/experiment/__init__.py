@@ -1,0 +1,178 @@
+"""Experiments as the paper reports them: a plan of training runs, and its tables.
+
+:func:`run_plan` reads a plan (:mod:`mper.experiment.plan`), trains every run that is
+not finished yet (an interrupted one is resumed) with an executor
+(:mod:`mper.experiment.executors`: one at a time here, one per GPU, or one cluster job
+each), and writes the results table, mean ± std over seeds, as Markdown, CSV and JSON
+with a plot (:mod:`mper.experiment.report`), plus the t-SNE maps the plan asks for.
+Stopping a sweep and running the same call again continues it.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from mper import pipeline
+from mper.datasets import check_dataset_root, synthesize
+from mper.errors import ConfigError, UserError
+
+from .executors import (
+    ClusterOptions,
+    DevicePoolExecutor,
+    Executor,
+    Failure,
+    LocalExecutor,
+    SubmititExecutor,
+)
+from .plan import Cell, Plan, PlanError, load_plan
+from .report import collect, write_results
+from .runs import FINISHED, INTERRUPTED, check_folder, run_state
+
+log = logging.getLogger(__name__)
+
+#: Where a plan's runs and results go when no output folder is given.
+DEFAULT_OUT = Path("runs") / "experiments"
+#: The folder of the plans shipped with mper (installed with the package).
+SHIPPED_PLANS = Path(__file__).parent / "plans"
+
+
+class RunsFailed(UserError):
+    """Some runs of a plan failed; the others finished and the report covers them."""
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """A sweep stopped by Ctrl-C or SIGTERM; running the same command again continues it."""
+
+    def __init__(self, out: Path, finished: int, total: int):
+        super().__init__(f"{finished} of {total} runs finished")
+        self.out, self.finished, self.total = out, finished, total
+
+
+def find_plan(name_or_path: str | Path) -> Path:
+    """A plan file: the path given, or the shipped plan of that name (e.g. ``tiny``)."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix:
+        return path
+    shipped = SHIPPED_PLANS / f"{path}.toml"
+    if not shipped.exists():
+        names = ", ".join(sorted(plan.stem for plan in SHIPPED_PLANS.glob("*.toml")))
+        raise PlanError(f"no plan file {path} and no shipped plan of that name; shipped plans: {names}")
+    return shipped
+
+
+def prepare_plan(
+    plan: str | Path | Plan,
+    out: str | Path | None = None,
+    data_root: str | Path | None = None,
+    seeds: Sequence[int] | None = None,
+    assignments: Sequence[str] = (),
+) -> tuple[Plan, list[Cell], Path]:
+    """The plan with the given changes, its runs and the output folder, all checked:
+    every run's settings, and every run folder that already holds a run."""
+    if not isinstance(plan, Plan):
+        plan = load_plan(find_plan(plan))
+    out = Path(out or DEFAULT_OUT / plan.name).resolve()
+    root = str(Path(data_root or plan.data_root).resolve())
+    plan = plan.with_changes(data_root=root, seeds=seeds, assignments=assignments)
+    plan.check(out)
+    cells = plan.cells(out)
+    for cell in cells:
+        check_folder(cell)
+    return plan, cells, out
+
+
+def run_plan(
+    plan: str | Path | Plan,
+    out: str | Path | None = None,
+    executor: Executor | None = None,
+    data_root: str | Path | None = None,
+    seeds: Sequence[int] | None = None,
+    assignments: Sequence[str] = (),
+) -> dict[str, Path]:
+    """Train every unfinished run of ``plan`` (a path, a shipped plan's name, or a
+    :class:`Plan`) and write its results into ``out`` (default
+    ``runs/experiments/<plan>``); returns the written files by name.
+
+    ``data_root``, ``seeds`` and ``assignments`` (``"section.key=value"``, added to
+    every run) change the plan; ``executor`` defaults to :class:`LocalExecutor`. Raises
+    :class:`RunsFailed` after writing the results when a run failed, and
+    :class:`SweepInterrupted` when stopped.
+    """
+    plan, cells, out = prepare_plan(plan, out, data_root, seeds, assignments)
+    _prepare_data(plan)
+    todo = [cell for cell in cells if run_state(cell.run_dir) != FINISHED]
+    resumed = sum(run_state(cell.run_dir) == INTERRUPTED for cell in todo)
+    log.info("%s: %d runs, %d finished, %d to resume, %d to start; results in %s",
+             plan.title, len(cells), len(cells) - len(todo), resumed, len(todo) - resumed, out)
+    try:
+        failures = (executor or LocalExecutor()).run(todo)
+    except KeyboardInterrupt as stop:
+        finished = sum(run_state(cell.run_dir) == FINISHED for cell in cells)
+        raise SweepInterrupted(out, finished, len(cells)) from stop
+    written = write_report(plan, cells, out)
+    if failures:
+        raise RunsFailed(_failure_message(failures, len(cells), written["results.md"]))
+    return written
+
+
+def write_report(plan: Plan, cells: Sequence[Cell], out: Path) -> dict[str, Path]:
+    """The results files of the finished runs, and the plan's t-SNE maps."""
+    written = write_results(plan, cells, out)
+    for name, path in tsne_figures(plan, cells, out).items():
+        written[name] = path
+    log.info("results: %s", ", ".join(str(path) for path in written.values()))
+    return written
+
+
+def tsne_figures(plan: Plan, cells: Sequence[Cell], out: Path) -> dict[str, Path]:
+    """``tsne-<row>-<budget>.png`` for each row the plan names in ``figures.tsne``, from
+    its first finished seed."""
+    figures = {}
+    for row in collect(plan, cells):
+        if row.series not in plan.tsne or not row.runs:
+            continue
+        name = f"tsne-{Path(row.runs[0]).parts[-3]}-{row.budget}.png"
+        title = f"{row.name}, {row.budget} labeled, seed {row.seeds[0]}"
+        try:
+            figures[name] = pipeline.tsne(Path(row.runs[0]) / "best.pt", out / name, title=title)
+        except ConfigError as error:  # e.g. scikit-learn missing: the tables still stand
+            log.warning("no t-SNE map for %s: %s", row.name, error)
+    return figures
+
+
+def _prepare_data(plan: Plan) -> None:
+    """Write the plan's synthetic data if it asks for some and the folder is missing;
+    otherwise check that the folder holds the plan's dataset."""
+    root = Path(plan.data_root)
+    if plan.synthetic is not None and not root.exists():
+        log.info("writing synthetic %s data to %s", plan.dataset, root)
+        synthesize(plan.dataset, root, **plan.synthetic)
+    elif not root.is_dir():
+        raise ConfigError(f"the data folder {root} does not exist; give the plan's data with --data-root DIR")
+    check_dataset_root(root, plan.dataset, f"the plan trains on {plan.dataset}")
+
+
+def _failure_message(failures: Sequence[Failure], total: int, table: Path) -> str:
+    reasons = "; ".join(f"{failure.cell.name}: {failure.reason}" for failure in failures)
+    return (f"{len(failures)} of {total} runs failed ({reasons}); {table} covers the others. "
+            "Fix the cause and run the same command again: finished runs are kept")
+
+
+__all__ = [
+    "ClusterOptions",
+    "DevicePoolExecutor",
+    "Executor",
+    "LocalExecutor",
+    "Plan",
+    "PlanError",
+    "RunsFailed",
+    "SubmititExecutor",
+    "SweepInterrupted",
+    "find_plan",
+    "load_plan",
+    "prepare_plan",
+    "run_plan",
+    "run_state",
+    "write_report",
+]

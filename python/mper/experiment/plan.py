@@ -1,0 +1,374 @@
+"""Experiment plans: which training runs make up a results table.
+
+A plan is a TOML file::
+
+    title = "ACDC: segmentation quality (paper Table II)"
+    dataset = "acdc"
+    preset = "paper"                # default preset of every variant
+    data_root = "data/acdc"         # relative paths are taken from the working folder
+    labeled = [3, 7]                # label budgets: ACDC patients / LA cases (default: the
+                                    # dataset's usual ones, 5% and 10%)
+    seeds = [1337, 1338, 1339]
+    set = ["data.num_workers=8"]    # overrides for every run (optional)
+
+    [[variant]]                     # one row of the table per variant and budget
+    name = "U-Net"
+    baseline = "labeled-only"       # none (default), labeled-only, full or bcp
+
+    [[variant]]
+    name = "MPER"
+    set = ["selftrain.iterations=30000"]   # the variant's own overrides (optional)
+
+Optional tables: ``[sweep]`` (``setting``, ``values``, ``label``) turns every variant
+into one row per value of one setting, e.g. ``prototypes.per_class`` over ``[1, 2, 3,
+4, 5]`` (plotted as a line); ``[synthetic]`` (``cases``, ``size``, ``seed``, ``family``) writes
+synthetic data into ``data_root`` when it does not exist yet; ``[figures]`` ``tsne``
+names variants whose embeddings the report draws (:mod:`mper.eval.tsne`). A variant may
+also give its own ``preset`` and ``labeled`` budgets; a ``full`` baseline is trained
+once per seed, with every training case labeled.
+
+Each cell (variant, budget, seed) is one ordinary training run in its own folder,
+``<out>/<variant>/<budget>/seed<seed>``. :func:`load_plan` checks the whole plan, every
+run's settings included, before anything runs.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+from mper.datasets import dataset_names, get_dataset
+from mper.errors import ConfigError
+from mper.train.config import BASELINES, TrainConfig, load_config
+
+#: Budget name of a fully supervised run (every training case labeled).
+ALL_LABELED = "all"
+PLAN_KEYS = {"title", "dataset", "preset", "data_root", "labeled", "seeds", "set", "variant", "sweep",
+             "synthetic", "figures"}
+VARIANT_KEYS = {"name", "preset", "baseline", "set", "labeled"}
+SWEEP_KEYS = {"setting", "values", "label"}
+SYNTHETIC_KEYS = {"cases", "size", "seed", "family"}
+FIGURE_KEYS = {"tsne"}
+
+
+class PlanError(ConfigError):
+    """An experiment plan cannot be used as written."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of a plan: a variant at a label budget and a seed."""
+
+    variant: str
+    dataset: str
+    preset: str
+    baseline: str
+    labeled: int | None  # None: every training case labeled (``baseline = "full"``)
+    seed: int
+    assignments: tuple[str, ...]
+    data_root: str
+    run_dir: Path
+    sweep_value: Any = None
+    series: str = ""  # the plan's variant the row comes from (a sweep makes several rows of one)
+
+    @property
+    def budget(self) -> str:
+        """The label budget as the table and the folder name show it."""
+        return ALL_LABELED if self.labeled is None else str(self.labeled)
+
+    @property
+    def name(self) -> str:
+        """``variant / budget / seed``, for messages."""
+        return f"{self.variant} / {self.budget} labeled / seed {self.seed}"
+
+    @property
+    def key(self) -> str:
+        """The run as one file name: ``<variant>_<budget>-labeled_seed<seed>``."""
+        return "_".join(self.run_dir.parts[-3:])
+
+    def overrides(self, device: str | None = None) -> dict[str, Any]:
+        """The settings given to :func:`~mper.train.config.load_config` besides the preset
+        and the assignments."""
+        values: dict[str, Any] = {"data_root": self.data_root, "seed": self.seed, "baseline": self.baseline,
+                                  "out": str(self.run_dir)}
+        if self.labeled is not None:
+            values["labeled"] = self.labeled
+        if device is not None:
+            values["device"] = device
+        return values
+
+    def config(self, device: str | None = None) -> TrainConfig:
+        """The run's checked config."""
+        return load_config(self.dataset, self.preset, self.overrides(device), self.assignments)
+
+    def train_arguments(self, device: str | None = None) -> list[str]:
+        """The ``mper-train`` arguments that train this run (they give :meth:`config`)."""
+        arguments = ["--dataset", self.dataset, "--preset", self.preset, "--data-root", self.data_root,
+                     "--seed", str(self.seed), "--out", str(self.run_dir)]
+        if self.labeled is not None:
+            arguments += ["--labeled", str(self.labeled)]
+        if self.baseline != "none":
+            arguments += ["--baseline", self.baseline]
+        if device is not None:
+            arguments += ["--device", device]
+        for assignment in self.assignments:
+            arguments += ["--set", assignment]
+        return arguments
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One setting taken over several values, one table row each."""
+
+    setting: str
+    values: tuple[Any, ...]
+    label: str
+
+    @property
+    def numeric(self) -> bool:
+        """Numbers are plotted as a line, anything else as bars."""
+        return all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in self.values)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A table row (before a sweep splits it): preset, baseline and overrides."""
+
+    name: str
+    preset: str
+    baseline: str = "none"
+    assignments: tuple[str, ...] = ()
+    labeled: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked experiment plan (see the module docstring)."""
+
+    name: str
+    title: str
+    dataset: str
+    data_root: str
+    labeled: tuple[int, ...]
+    seeds: tuple[int, ...]
+    variants: tuple[Variant, ...]
+    sweep: Sweep | None = None
+    synthetic: dict[str, Any] | None = None
+    tsne: tuple[str, ...] = ()
+    path: Path | None = field(default=None, compare=False)
+
+    def rows(self) -> list[tuple[str, Variant, Any]]:
+        """``(row name, variant, sweep value)`` in table order: variants, then sweep values."""
+        if self.sweep is None:
+            return [(variant.name, variant, None) for variant in self.variants]
+        return [(_sweep_row(variant.name, self.sweep, value, len(self.variants)), variant, value)
+                for variant in self.variants for value in self.sweep.values]
+
+    def budgets(self, variant: Variant) -> list[int | None]:
+        """The label budgets a variant is trained at (``None``: all labeled)."""
+        if variant.baseline == "full":
+            return [None]
+        return list(variant.labeled or self.labeled)
+
+    def cells(self, out: str | Path) -> list[Cell]:
+        """Every run of the plan under the output folder ``out``: seed by seed, budget by
+        budget, in row order."""
+        cells = []
+        for row, variant, value in self.rows():
+            assignments = variant.assignments
+            if self.sweep is not None:
+                assignments += (f"{self.sweep.setting}={_toml_literal(value)}",)
+            for labeled in self.budgets(variant):
+                for seed in self.seeds:
+                    folder = Path(out) / slug(row) / _budget_folder(labeled) / f"seed{seed}"
+                    cells.append(Cell(row, self.dataset, variant.preset, variant.baseline, labeled, seed,
+                                      assignments, self.data_root, folder, value, variant.name))
+        # seed by seed: a sweep stopped early already has whole tables of its first seeds
+        return sorted(cells, key=lambda cell: (self.seeds.index(cell.seed), self._budget_order(cell.labeled)))
+
+    def _budget_order(self, labeled: int | None) -> int:
+        return self.labeled.index(labeled) if labeled in self.labeled else len(self.labeled)
+
+    def with_changes(self, data_root: str | None = None, seeds: Sequence[int] | None = None,
+                     assignments: Sequence[str] = ()) -> Plan:
+        """This plan with another data folder, other seeds, or overrides added to every run."""
+        variants = tuple(replace(variant, assignments=variant.assignments + tuple(assignments))
+                         for variant in self.variants)
+        return replace(self, data_root=data_root or self.data_root,
+                       seeds=tuple(seeds) if seeds else self.seeds, variants=variants)
+
+    def check(self, out: str | Path = "runs") -> None:
+        """Build every run's config: a bad setting raises :class:`PlanError` naming the run."""
+        for cell in self.cells(out):
+            try:
+                cell.config()
+            except ConfigError as error:
+                raise PlanError(f"{self._source()}: run {cell.name}: {error}") from error
+
+    def _source(self) -> str:
+        return str(self.path) if self.path else f"plan {self.name!r}"
+
+
+def slug(name: str) -> str:
+    """A folder name for a row name: lower case, runs of other characters as ``-``."""
+    return re.sub(r"[^a-z0-9.=+]+", "-", name.lower()).strip("-") or "run"
+
+
+def _budget_folder(labeled: int | None) -> str:
+    return "all-labeled" if labeled is None else f"{labeled}-labeled"
+
+
+def _sweep_row(variant: str, sweep: Sweep, value: Any, variant_count: int) -> str:
+    label = f"{sweep.label}={value}"
+    return label if variant_count == 1 else f"{variant} {label}"
+
+
+def _toml_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return repr(value)
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and check the plan at ``path``; raises :class:`PlanError` naming the file
+    and what is wrong."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise PlanError(f"no experiment plan at {path}; give the path of a .toml plan "
+                        "(see the experiments/ folder)") from error
+    except tomllib.TOMLDecodeError as error:
+        raise PlanError(f"{path} is not valid TOML: {error}") from error
+    plan = parse_plan(document, name=path.stem, path=path)
+    plan.check()
+    return plan
+
+
+def parse_plan(document: dict[str, Any], name: str, path: Path | None = None) -> Plan:
+    """A :class:`Plan` from a parsed TOML document (checked except for the runs' settings)."""
+    where = str(path) if path else f"plan {name!r}"
+    reader = _Reader(where)
+    reader.known(document, PLAN_KEYS, "")
+    dataset = reader.choice(document, "dataset", dataset_names())
+    preset = reader.text(document, "preset", default="paper")
+    common = reader.strings(document, "set")
+    variants = [_variant(reader, table, preset, common, index)
+                for index, table in enumerate(reader.tables(document, "variant"))]
+    if not variants:
+        raise PlanError(f"{where}: a plan needs at least one [[variant]]")
+    names = [variant.name for variant in variants]
+    duplicate = next((name for name in names if names.count(name) > 1), None)
+    if duplicate:
+        raise PlanError(f"{where}: two variants are named {duplicate!r}; give each its own name")
+    sweep = _sweep(reader, document.get("sweep"))
+    figures = document.get("figures", {})
+    reader.known(figures, FIGURE_KEYS, "figures.")
+    tsne = tuple(reader.strings(figures, "tsne"))
+    unknown = [entry for entry in tsne if entry not in names]
+    if unknown:
+        raise PlanError(f"{where}: figures.tsne names {unknown[0]!r}, which is not a variant ({', '.join(names)})")
+    synthetic = document.get("synthetic")
+    if synthetic is not None:
+        reader.known(synthetic, SYNTHETIC_KEYS, "synthetic.")
+    return Plan(
+        name=name,
+        title=reader.text(document, "title", default=name),
+        dataset=dataset,
+        data_root=reader.text(document, "data_root"),
+        labeled=(tuple(reader.integers(document, "labeled", minimum=1)) if "labeled" in document
+                 else get_dataset(dataset).label_budgets),
+        seeds=tuple(reader.integers(document, "seeds", minimum=0)),
+        variants=tuple(variants),
+        sweep=sweep,
+        synthetic=synthetic,
+        tsne=tsne,
+        path=path,
+    )
+
+
+def _variant(reader: _Reader, table: dict[str, Any], preset: str, common: list[str], index: int) -> Variant:
+    prefix = f"variant[{index}]."
+    reader.known(table, VARIANT_KEYS, prefix)
+    name = reader.text(table, "name", prefix=prefix)
+    labeled = tuple(reader.integers(table, "labeled", minimum=1, prefix=prefix)) if "labeled" in table else None
+    return Variant(
+        name=name,
+        preset=reader.text(table, "preset", default=preset, prefix=prefix),
+        baseline=reader.choice(table, "baseline", BASELINES, default="none", prefix=prefix),
+        assignments=tuple(common + reader.strings(table, "set", prefix=prefix)),
+        labeled=labeled,
+    )
+
+
+def _sweep(reader: _Reader, table: dict[str, Any] | None) -> Sweep | None:
+    if table is None:
+        return None
+    reader.known(table, SWEEP_KEYS, "sweep.")
+    setting = reader.text(table, "setting", prefix="sweep.")
+    values = table.get("values")
+    if not isinstance(values, list) or not values:
+        reader.fail("sweep.values must be a non-empty list of values for " + setting)
+    return Sweep(setting, tuple(values), reader.text(table, "label", default=setting, prefix="sweep."))
+
+
+class _Reader:
+    """Typed access to a plan's values, failing with the file and the key."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def fail(self, message: str) -> NoReturn:
+        raise PlanError(f"{self.where}: {message}")
+
+    def known(self, table: Any, keys: set[str], prefix: str) -> None:
+        if not isinstance(table, dict):
+            self.fail(f"{prefix.rstrip('.')} must be a table")
+        unknown = sorted(set(table) - keys)
+        if unknown:
+            self.fail(f"unknown key {prefix}{unknown[0]}; valid keys: {', '.join(sorted(keys))}")
+
+    def text(self, table: dict[str, Any], key: str, default: str | None = None, prefix: str = "") -> str:
+        value = table.get(key, default)
+        if not isinstance(value, str) or not value:
+            self.fail(f"{prefix}{key} must be a non-empty string" + ("" if key in table else " (it is missing)"))
+        return value
+
+    def choice(self, table: dict[str, Any], key: str, choices: Sequence[str], default: str | None = None,
+               prefix: str = "") -> str:
+        value = self.text(table, key, default, prefix)
+        if value not in choices:
+            self.fail(f"{prefix}{key} must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def strings(self, table: dict[str, Any], key: str, prefix: str = "") -> list[str]:
+        values = table.get(key, [])
+        if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+            self.fail(f"{prefix}{key} must be a list of strings, e.g. [\"selftrain.iterations=500\"]")
+        return list(values)
+
+    def integers(self, table: dict[str, Any], key: str, minimum: int, prefix: str = "") -> list[int]:
+        values = table.get(key)
+        if (not isinstance(values, list) or not values
+                or not all(isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+                           for value in values)):
+            self.fail(f"{prefix}{key} must be a non-empty list of integers >= {minimum}")
+        if len(set(values)) != len(values):
+            self.fail(f"{prefix}{key} lists a value twice: {values}")
+        return list(values)
+
+    def tables(self, table: dict[str, Any], key: str) -> list[dict[str, Any]]:
+        values = table.get(key, [])
+        if not isinstance(values, list) or not all(isinstance(value, dict) for value in values):
+            self.fail(f"{key} must be written as [[{key}]] tables")
+        return values

@@ -1,0 +1,216 @@
+"""Experiment plans that train: a micro plan end to end, stop and restart, the executors,
+the results table from runs' metrics, and the tiny shipped plan (slow)."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mper.cli import experiment_main
+from mper.datasets import synthesize
+from mper.experiment import (
+    DevicePoolExecutor,
+    RunsFailed,
+    SubmititExecutor,
+    SweepInterrupted,
+    run_plan,
+)
+from mper.experiment.executors import ClusterOptions
+from mper.experiment.plan import PlanError, parse_plan
+from mper.experiment.report import collect, markdown
+from mper.experiment.runs import FINISHED, INTERRUPTED, run_state
+from test_pipeline import TINY_ACDC, interrupt_after
+
+#: The pipeline tests' tiny runs, with a checkpoint every 2 iterations and no figures.
+MICRO = [*TINY_ACDC, "eval.checkpoint_interval=2", "eval.num_figures=0"]
+
+
+@pytest.fixture(scope="module")
+def acdc_root(tmp_path_factory):
+    return synthesize("acdc", tmp_path_factory.mktemp("acdc"), cases=5, seed=0, size=(32, 32), progress=False)
+
+
+def micro_plan(data_root, seeds=(0,), variants=({"name": "MPER"},), **extra):
+    document = {"title": "micro", "dataset": "acdc", "data_root": str(data_root), "labeled": [1],
+                "seeds": list(seeds), "set": MICRO, "variant": [dict(variant) for variant in variants], **extra}
+    return parse_plan(document, name="micro")
+
+
+@pytest.fixture(scope="module")
+def micro_results(acdc_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("micro")
+    plan = micro_plan(acdc_root, figures={"tsne": ["MPER"]})
+    return out, run_plan(plan, out)
+
+
+def test_a_one_run_plan_trains_and_writes_the_table_files_and_plot(micro_results):
+    out, written = micro_results
+    run_dir = out / "mper" / "1-labeled" / "seed0"
+    assert run_state(run_dir) == FINISHED
+    run_metrics = json.loads((run_dir / "metrics.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["rows"]
+    assert (row["method"], row["labeled"], row["seeds"], row["missing_seeds"]) == ("MPER", "1", [0], [])
+    assert row["unlabeled"] == run_metrics["table"]["unlabeled"] == "2"
+    for metric in ("dice", "jaccard", "hd95", "asd"):
+        assert row["metrics"][metric]["values"] == [run_metrics["summary"]["mean"][metric]["mean"]]
+        assert row["metrics"][metric]["std"] is None  # one seed: no spread to report
+    dice = 100 * run_metrics["summary"]["mean"]["dice"]["mean"]
+    assert f"| MPER | 1 | 2 | 1/1 | {dice:.2f} |" in written["results.md"].read_text()
+    assert written["results.csv"].read_text().splitlines()[0].startswith("method,budget,sweep_value,labeled")
+    assert written["results.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert written["tsne-mper-1.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_run_reports_its_prototype_usage_in_metrics_and_tensorboard(micro_results):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = micro_results[0] / "mper" / "1-labeled" / "seed0"
+    usage = json.loads((run_dir / "metrics.json").read_text())["prototype_usage"]
+    assert usage["window"] == 6 and usage["windows"] == 1  # the whole (short) self-training
+    assert set(usage["classes"]) == {"0", "1", "2", "3"}
+    assert usage["classes"]["0"]["share"] is None  # the background is not updated (paper preset)
+    updated = [c for c in ("1", "2", "3") if usage["classes"][c]["share"] is not None]
+    assert updated
+    for c in updated:
+        assert sum(usage["classes"][c]["share"]) == pytest.approx(1.0, abs=1e-5)
+        assert len(usage["classes"][c]["updates"]) == 3
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    for c in updated:
+        for k in range(3):
+            (point,) = events.Scalars(f"selftrain/prototype_usage/class{c}/k{k}")
+            assert point.step == 6 and point.value == pytest.approx(usage["classes"][c]["share"][k], abs=1e-5)
+    assert "selftrain/prototype_usage/class0/k0" not in tags
+
+
+def test_a_finished_plan_is_not_trained_again(micro_results, acdc_root):
+    out, _ = micro_results
+    checkpoint = out / "mper" / "1-labeled" / "seed0" / "last.pt"
+    before = checkpoint.stat().st_mtime_ns
+    run_plan(micro_plan(acdc_root), out)
+    assert checkpoint.stat().st_mtime_ns == before
+
+
+def test_a_folder_holding_a_run_of_other_settings_is_refused(micro_results, acdc_root):
+    out, _ = micro_results
+    plan = micro_plan(acdc_root, set=[*MICRO, "prototypes.momentum=0.5"])
+    with pytest.raises(PlanError, match=r"mper/1-labeled/seed0 holds a run with prototypes\.momentum = 0\.9 but "
+                                        r"the plan asks for 0\.5 .*another --out"):
+        run_plan(plan, out)
+
+
+def test_a_stopped_sweep_resumes_where_it_stopped(acdc_root, tmp_path, monkeypatch):
+    plan = micro_plan(acdc_root, seeds=(0, 1), variants=({"name": "U-Net", "baseline": "labeled-only"},))
+    first, second = (tmp_path / "u-net" / "1-labeled" / f"seed{seed}" for seed in (0, 1))
+    interrupt_after(monkeypatch, 10 + 3)  # the first run (10 iterations) and 3 of the second
+    with pytest.raises(SweepInterrupted) as stop:
+        run_plan(plan, tmp_path)
+    assert (stop.value.finished, stop.value.total) == (1, 2)
+    assert run_state(first) == FINISHED and run_state(second) == INTERRUPTED
+    monkeypatch.undo()
+    written = run_plan(plan, tmp_path)
+    assert run_state(second) == FINISHED
+    assert "resuming baseline at iteration 3" in (second / "train.log").read_text()
+    (row,) = json.loads(written["results.json"].read_text())["rows"]
+    assert row["seeds"] == [0, 1] and row["method"] == "U-Net"
+    assert len(set(row["metrics"]["dice"]["values"])) == 2  # the seeds train different networks
+
+
+def test_a_failed_run_is_reported_and_the_others_still_run(acdc_root, tmp_path):
+    plan = micro_plan(acdc_root, variants=({"name": "diverges", "set": ["optim.lr=1e30"]},
+                                           {"name": "U-Net", "baseline": "labeled-only"}))
+    with pytest.raises(RunsFailed, match=r"1 of 2 runs failed \(diverges / 1 labeled / seed 0: .*training stopped without saving"):
+        run_plan(plan, tmp_path)
+    assert run_state(tmp_path / "u-net" / "1-labeled" / "seed0") == FINISHED
+    table = (tmp_path / "results.md").read_text()
+    assert "| diverges | 1 | - | 0/1 | - |" in table and "1 run(s) not finished yet" in table
+
+
+def test_the_fully_supervised_baseline_labels_every_training_case(acdc_root, tmp_path):
+    plan = micro_plan(acdc_root, variants=({"name": "U-Net, all labeled", "baseline": "full"},))
+    written = run_plan(plan, tmp_path)
+    (row,) = json.loads(written["results.json"].read_text())["rows"]
+    assert (row["budget"], row["labeled"], row["unlabeled"]) == ("all", "3", "0")  # 3 training patients
+    assert (tmp_path / "u-net-all-labeled" / "all-labeled" / "seed0" / "metrics.json").exists()
+
+
+def test_one_training_process_per_device(acdc_root, tmp_path):
+    plan = micro_plan(acdc_root, seeds=(0, 1), variants=({"name": "U-Net", "baseline": "labeled-only"},))
+    written = run_plan(plan, tmp_path, DevicePoolExecutor(["0", "1"], tmp_path / "logs", device="cpu"))
+    logs = sorted((tmp_path / "logs").glob("*.log"))
+    assert [path.name for path in logs] == ["u-net_1-labeled_seed0.log", "u-net_1-labeled_seed1.log"]
+    devices = {re.match(r"CUDA_VISIBLE_DEVICES=(\d) ", path.read_text()).group(1) for path in logs}
+    assert devices == {"0", "1"}
+    (row,) = json.loads(written["results.json"].read_text())["rows"]
+    assert row["seeds"] == [0, 1]
+
+
+def test_one_submitit_job_per_run(acdc_root, tmp_path):
+    pytest.importorskip("submitit")
+    plan = micro_plan(acdc_root, variants=({"name": "U-Net", "baseline": "labeled-only"},))
+    executor = SubmititExecutor(tmp_path / "jobs", cluster="local",
+                                options=ClusterOptions(gpus_per_job=0, cpus_per_job=1, time_minutes=30), device="cpu")
+    written = run_plan(plan, tmp_path, executor)
+    assert run_state(tmp_path / "u-net" / "1-labeled" / "seed0") == FINISHED
+    assert len(list((tmp_path / "jobs").glob("*_submitted.pkl"))) == 1  # one job for the one run
+    assert "| U-Net | 1 | 0 | 1/1 |" in written["results.md"].read_text()
+
+
+def test_the_command_lists_runs_and_refuses_what_it_cannot_use(micro_results, acdc_root, tmp_path, capsys):
+    out, _ = micro_results
+    plan_file = tmp_path / "micro.toml"
+    plan_file.write_text(f'dataset = "acdc"\ndata_root = "{acdc_root}"\nlabeled = [1]\nseeds = [0, 7]\n'
+                         f'set = {json.dumps(MICRO)}\n[[variant]]\nname = "MPER"\n')
+    experiment_main([str(plan_file), "--out", str(out), "--list"])
+    listed = capsys.readouterr().out.splitlines()
+    assert re.match(r"finished +MPER / 1 labeled / seed 0 ", listed[0])
+    assert re.match(r"new +MPER / 1 labeled / seed 7 ", listed[1])
+    with pytest.raises(SystemExit) as exit_info:
+        experiment_main([str(plan_file), "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert "the data folder" in capsys.readouterr().err
+
+
+def test_a_table_is_the_mean_and_sample_std_over_seeds(tmp_path):
+    plan = parse_plan({"dataset": "acdc", "data_root": "d", "labeled": [3], "seeds": [0, 1, 2],
+                       "variant": [{"name": "MPER"}]}, name="made-up")
+    cells = plan.cells(tmp_path)
+    for cell, dice, hd95 in zip(cells[:2], (0.80, 0.90), (2.0, None)):
+        cell.run_dir.mkdir(parents=True)
+        means = {"dice": dice, "jaccard": dice - 0.1, "hd95": hd95, "asd": 1.0}
+        summary = {"mean": {m: {"mean": v, "std": 0.0, "undefined": 1 if v is None else 0} for m, v in means.items()}}
+        (cell.run_dir / "metrics.json").write_text(json.dumps(
+            {"summary": summary, "table": {"method": "MPER", "labeled": "3", "unlabeled": "67"}}))
+    (row,) = collect(plan, cells)
+    assert row.seeds == [0, 1] and row.missing_seeds == [2]
+    assert row.mean("dice") == pytest.approx(0.85) and row.std("dice") == pytest.approx(0.0707107, rel=1e-5)
+    assert row.mean("hd95") == 2.0 and math.isnan(row.std("hd95"))  # one defined value
+    table = markdown(plan, [row])
+    assert "| MPER | 3 | 67 | 2/3 | 85.00 ± 7.07 | 75.00 ± 7.07 | 2.00 | 1.00 ± 0.00 |" in table
+    assert "1 run(s) not finished yet" in table and "undefined (empty prediction) for 1 " in table
+
+
+@pytest.mark.slow
+def test_the_tiny_plan_runs_end_to_end_from_the_command_line(tmp_path):
+    result = subprocess.run([sys.executable, "-c", "from mper.cli import experiment_main; experiment_main()",
+                             "tiny", "--out", str(tmp_path / "runs")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=3600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "runs" / "results.json").read_text())
+    assert [row["method"] for row in results["rows"]] == ["U-Net", "MPER"]
+    for row in results["rows"]:
+        assert row["seeds"] == [0, 1]
+        dice = row["metrics"]["dice"]["values"]
+        # every seed learned something (a background-only network scores 0) and the seeds differ
+        assert dice[0] != dice[1] and min(dice) > 0.1
+        for run, value in zip(row["runs"], dice):  # the table holds each run's own test mean
+            assert value == json.loads((Path(run) / "metrics.json").read_text())["summary"]["mean"]["dice"]["mean"]
+    for name in ("results.md", "results.csv", "results.png", "tsne-mper-2.png"):
+        assert (tmp_path / "runs" / name).stat().st_size > 0
+    assert "| MPER | 2 |" in result.stdout
