@@ -38,7 +38,7 @@ from mper.nets import SegmentationOutput
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .loaders import prototype_init_batches, stage_loader
-from .loop import PRETRAIN_CHECKPOINT, Trainer
+from .loop import PRETRAIN_CHECKPOINT, Scalar, Trainer
 from .mixing import box_mask, copy_paste
 from .prototypes import confidence_gate
 from .teacher import confidence, create_teacher, ema_update_, pseudo_labels
@@ -245,8 +245,9 @@ def prototype_terms(
     return prototype, contrastive, counts.sum()
 
 
-def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> dict[str, float]:
-    """One self-training iteration; returns the losses, lambda and update statistics."""
+def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> dict[str, Scalar]:
+    """One self-training iteration; returns the losses (left on the device), lambda and
+    update statistics."""
     config = trainer.config
     selftrain = config.selftrain
     directions = mix_bidirectional(trainer, batch)
@@ -267,18 +268,14 @@ def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> d
     trainer.optimize(loss)
     decay = ema_update_(trainer.teacher_network(), trainer.student, iteration, selftrain.ema_decay,
                         selftrain.ema_schedule, selftrain.ema_scope)
-    # one device-to-host copy for all the logged values
-    loss, linear, prototype, contrastive, voxels = torch.stack(
-        [loss.detach(), linear.detach(), prototype.detach(), contrastive.detach(), voxels.float()]
-    ).tolist()
     return {
-        "loss": loss,
-        "loss_linear": linear,
-        "loss_prototype": prototype,
-        "loss_contrastive": contrastive,
+        "loss": loss.detach(),
+        "loss_linear": linear.detach(),
+        "loss_prototype": prototype.detach(),
+        "loss_contrastive": contrastive.detach(),
         "lambda": ramp,
         "teacher_decay": decay,
-        "bank_update_voxels": voxels,
+        "bank_update_voxels": voxels.detach(),
     }
 
 
