@@ -9,11 +9,18 @@ import pytest
 import torch
 
 from mper import pipeline
+from mper.datasets import synthesize
 from mper.errors import TrainingDiverged
 from mper.train import selftrain
 from mper.train.pretrain import supervised_step
-from test_pipeline import acdc_root, after_optimizer_steps, fill_weights_with_nan, tiny_config  # noqa: F401
+from test_pipeline import after_optimizer_steps, fill_weights_with_nan, tiny_config
 from test_recipe_switches import tiny_batch, tiny_trainer
+
+
+@pytest.fixture(scope="module")
+def acdc_data(tmp_path_factory):
+    return synthesize("acdc", tmp_path_factory.mktemp("acdc"), cases=5, seed=0, size=(32, 32), progress=False)
+
 
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
 
@@ -68,18 +75,18 @@ def test_steady_state_self_training_makes_no_cuda_synchronisation(tmp_path):
 
 
 def test_a_loss_that_turns_non_finite_between_reads_is_named_by_its_iteration(
-    acdc_root, tmp_path, monkeypatch
+    acdc_data, tmp_path, monkeypatch
 ):
     after_optimizer_steps(monkeypatch, 2, fill_weights_with_nan)  # iteration 3's loss is NaN
     run_dir = tmp_path / "run"
-    config = tiny_config(acdc_root, run_dir, "eval.log_interval=10", "eval.checkpoint_interval=10",
+    config = tiny_config(acdc_data, run_dir, "eval.log_interval=10", "eval.checkpoint_interval=10",
                          "eval.val_interval=4")  # read back first at iteration 4
     with pytest.raises(TrainingDiverged, match="pretrain iteration 3: the loss is nan"):
         pipeline.train(config)
     assert not (run_dir / "last.pt").exists() and not (run_dir / "pretrain_best.pt").exists()
 
 
-def test_train_log_says_how_long_each_iteration_waited_for_data(acdc_root, tmp_path):
-    run_dir = pipeline.train(tiny_config(acdc_root, tmp_path / "run", "eval.log_interval=2"))
+def test_train_log_says_how_long_each_iteration_waited_for_data(acdc_data, tmp_path):
+    run_dir = pipeline.train(tiny_config(acdc_data, tmp_path / "run", "eval.log_interval=2"))
     log = (run_dir / "train.log").read_text()
     assert log.count("ms for data per") >= 2

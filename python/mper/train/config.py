@@ -194,7 +194,8 @@ class EvalConfig:
     ``val_interval``/``checkpoint_interval``: iterations between validations / resume
     checkpoints; ``log_interval``: iterations between reads of the logged losses (the
     steps keep them on the device, so an iteration never waits for the GPU to finish;
-    a non-finite loss stops the run at the next read); ``num_figures``: cases drawn as PNG overlays. ``postprocess``: applied
+    a non-finite loss stops the run at the next read);
+    ``num_figures``: cases drawn as PNG overlays. ``postprocess``: applied
     to test predictions before scoring (``"none"`` or ``"largest-component"``: keep each
     class's largest connected component). ``empty_prediction``: how a class predicted
     nowhere is scored, ``"zero"`` (Dice, Jaccard, 95HD and ASD all 0, as the published
