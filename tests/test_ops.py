@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import mper.reference as ref
 from mper import ops
@@ -306,3 +307,51 @@ def test_cuda_tensors_on_a_build_without_cuda_get_a_clear_error(monkeypatch):
     with pytest.raises(RuntimeError, match="built without CUDA kernels"):
         _common.kernel("head_forward", torch.device("cuda", 0))
     assert _common.kernel("head_forward", torch.device("cpu")) is _common._C.head_forward
+
+
+# ---------------------------------------------------------------- eager calls and the custom ops
+
+
+class _SeenOps(TorchDispatchMode):
+    """Records the ops that reach the dispatcher."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.add(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("op", ["proto_classify", "proto_infonce", "proto_classify_infonce"])
+def test_eager_calls_give_what_the_custom_ops_give(op):
+    """Plain eager calls skip the custom-op dispatcher; under a dispatch mode (as under
+    torch.compile or fake tensors) the registered op runs. Both must agree, gradients too."""
+    feat = make_features(2, 8, (5, 7), torch.float32, seed=31)
+    bank = make_bank(6, 8, seed=32)
+    args = (bank, 2) if op != "proto_infonce" else (bank,)
+
+    def outputs_and_grad():
+        x = feat.detach().requires_grad_(True)
+        out = getattr(ops, op)(x, *args)
+        out = out if isinstance(out, tuple) else (out,)
+        objective = sum((o.float() * torch.linspace(-1, 1, o.numel()).reshape(o.shape)).sum()
+                        for o in out if o.is_floating_point())
+        return out, torch.autograd.grad(objective, x)[0]
+
+    eager_out, eager_grad = outputs_and_grad()
+    with _SeenOps() as mode:
+        op_out, op_grad = outputs_and_grad()
+    assert f"mper::{op}" in mode.seen and "mper::proto_head_backward" in mode.seen
+    for got, want in zip(eager_out, op_out):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(eager_grad, op_grad, rtol=0, atol=0)
+
+
+def test_eager_head_refuses_double_backward():
+    feat = make_features(1, 4, (3, 3), torch.float32, seed=33).requires_grad_(True)
+    logits, _ = ops.proto_classify(feat, make_bank(4, 4, seed=34), 2)
+    (grad,) = torch.autograd.grad(logits.sum(), feat, create_graph=True)
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        grad.sum().backward()

@@ -24,7 +24,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 #: Settings outside the recipe: the experiment's own choices and bookkeeping.
 NOT_RECIPE = {
     "dataset", "data_root", "labeled", "preset", "num_classes", "device", "ops", "out", "baseline", "amp",
-    "data.num_workers", "eval.checkpoint_interval", "eval.num_figures", "eval.pseudo_label_dice", "eval.teacher_dice",
+    "data.num_workers", "eval.checkpoint_interval", "eval.log_interval", "eval.num_figures", "eval.pseudo_label_dice", "eval.teacher_dice",
     "prototypes.kmeans_iterations",  # Lloyd iterations, unused by the mini-batch k-means both presets run
 }
 

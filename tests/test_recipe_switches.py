@@ -182,7 +182,7 @@ def test_contrastive_reduction_sums_or_averages_the_directions_means(tmp_path, m
     recording = record_ops(monkeypatch)
     scalars = selftrain.selftrain_step(trainer, tiny_batch(), iteration=0)
     assert len(recording.nce) == 2
-    assert scalars["loss_contrastive"] == pytest.approx(factor * sum(recording.nce), rel=1e-5)
+    assert float(scalars["loss_contrastive"]) == pytest.approx(factor * sum(recording.nce), rel=1e-5)
 
 
 def test_update_bank_takes_the_unlabeled_region_step_then_the_labeled_one():
@@ -289,7 +289,7 @@ def test_pretraining_loss_is_per_region_or_over_the_whole_image(tmp_path):
         labels = batch["label"]
         expected = (segmentation_loss(logits, copy_paste(labels[:1], labels[1:], mask), 0.5, dice)
                     if loss == "whole-image" else copy_paste_loss(logits, labels[:1], labels[1:], mask, scale=0.5, dice=dice))
-        assert supervised_step(trainer, batch, mix=True)["loss"] == pytest.approx(expected.item(), rel=1e-5)
+        assert float(supervised_step(trainer, batch, mix=True)["loss"]) == pytest.approx(expected.item(), rel=1e-5)
 
 
 # --- optimizer carry-over ------------------------------------------------------------------

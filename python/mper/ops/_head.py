@@ -4,6 +4,11 @@
 One forward kernel computes any of logits/assign (classifier) and the InfoNCE loss from a
 single read of the features; one backward kernel returns the features' gradient for any
 mix of the two. The backward is itself a custom op so that `torch.compile` traces it.
+
+Calls go through the registered custom ops whenever a compiler, fake tensors, a dispatch
+mode or a functorch transform is at work; plain eager calls take :class:`EagerHead`, the
+same kernels under a bare autograd function, which keeps the host's share of a call small
+(`benchmarks/host_overhead.py`).
 """
 from __future__ import annotations
 
@@ -80,8 +85,7 @@ def forward(
     return logits, assign, loss, count
 
 
-@torch.library.custom_op("mper::proto_head_backward", mutates_args=())
-def head_backward(
+def backward_kernel(
     feat: torch.Tensor,
     prototypes: torch.Tensor,
     grad_logits: torch.Tensor | None,
@@ -109,6 +113,22 @@ def head_backward(
     return grad_feat
 
 
+@torch.library.custom_op("mper::proto_head_backward", mutates_args=())
+def head_backward(
+    feat: torch.Tensor,
+    prototypes: torch.Tensor,
+    grad_logits: torch.Tensor | None,
+    grad_loss: torch.Tensor | None,
+    count: torch.Tensor | None,
+    num_classes: int,
+    tau: float,
+    nce_tau: float,
+    ignore_index: int,
+) -> torch.Tensor:
+    """:func:`backward_kernel` as a custom op, so that `torch.compile` traces the backward."""
+    return backward_kernel(feat, prototypes, grad_logits, grad_loss, count, num_classes, tau, nce_tau, ignore_index)
+
+
 @head_backward.register_fake
 def _(
     feat: torch.Tensor, prototypes: torch.Tensor, grad_logits: torch.Tensor | None, grad_loss: torch.Tensor | None,
@@ -117,10 +137,16 @@ def _(
     return torch.empty(feat.shape, dtype=feat.dtype, device=feat.device)
 
 
-def backward(ctx: Any, grad_logits: torch.Tensor | None, grad_loss: torch.Tensor | None) -> torch.Tensor:
-    """Shared autograd backward: `ctx` holds feat, prototypes, count and the settings."""
+def backward(
+    ctx: Any, grad_logits: torch.Tensor | None, grad_loss: torch.Tensor | None, direct: bool = False
+) -> torch.Tensor:
+    """Shared autograd backward: `ctx` holds feat, prototypes, count and the settings.
+
+    `direct` calls the kernel itself rather than the `proto_head_backward` custom op.
+    """
     feat, prototypes, count = ctx.saved_tensors
-    grad_feat: torch.Tensor = head_backward(
+    compute = backward_kernel if direct else head_backward
+    grad_feat: torch.Tensor = compute(
         feat, prototypes, grad_logits, grad_loss, count,
         ctx.num_classes, ctx.tau, ctx.nce_tau, ctx.ignore_index,
     )
@@ -137,6 +163,48 @@ def save_for_backward(
     ctx.save_for_backward(feat, prototypes, count)
     ctx.num_classes, ctx.tau, ctx.nce_tau, ctx.ignore_index = num_classes, tau, nce_tau, ignore_index
 
+
+def eager(*tensors: torch.Tensor) -> bool:
+    """Whether a call may skip the custom-op dispatcher.
+
+    The registered custom ops are what `torch.compile`, fake tensors, dispatch modes and
+    functorch transforms understand; a plain eager call on plain tensors goes straight to
+    the kernels through :class:`EagerHead` instead, which costs a fraction of the host time.
+    """
+    return (
+        not torch.compiler.is_compiling()
+        and all(type(t) is torch.Tensor for t in tensors)
+        and not torch._C._is_torch_function_mode_enabled()
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._are_functorch_transforms_active()
+    )
+
+
+class EagerHead(torch.autograd.Function):
+    """The head's forward and backward kernels under autograd, for :func:`eager` calls.
+
+    Returns (logits, assign, loss, count) as the custom ops do; unwanted outputs are empty.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, feat: torch.Tensor, prototypes: torch.Tensor, num_classes: int, tau: float, nce_tau: float,
+        ignore_index: int, want_classes: bool, want_loss: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        outputs = forward(feat, prototypes, num_classes, tau, nce_tau, ignore_index, want_classes, want_loss)
+        ctx.mark_non_differentiable(outputs[1], outputs[3])
+        save_for_backward(ctx, feat, prototypes, outputs[3] if want_loss else None, num_classes, tau, nce_tau,
+                          ignore_index)
+        return outputs
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_logits: torch.Tensor | None, grad_assign: None, grad_loss: torch.Tensor | None,
+        grad_count: None,
+    ) -> tuple[torch.Tensor | None, ...]:
+        # under create_graph the custom op runs, so that a double backward fails loudly
+        grad_feat = backward(ctx, grad_logits, grad_loss, direct=not torch.is_grad_enabled())
+        return grad_feat, None, None, None, None, None, None, None
 
 def prepare(
     feat: object, prototypes: object, num_classes: object, **temperatures: object
@@ -158,3 +226,14 @@ def check_ignore_index(ignore_index: object) -> int:
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int or None; got {ignore_index!r}")
     return ignore_index
+
+
+def run_eager(
+    feat: torch.Tensor, prototypes: torch.Tensor, num_classes: int, tau: float, nce_tau: float, ignore_index: int,
+    want_classes: bool, want_loss: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:class:`EagerHead` applied: (logits, assign, loss, count), the unwanted ones empty."""
+    outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] = EagerHead.apply(  # type: ignore[no-untyped-call]
+        feat, prototypes, num_classes, tau, nce_tau, ignore_index, want_classes, want_loss
+    )
+    return outputs

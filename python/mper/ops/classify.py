@@ -56,5 +56,10 @@ def proto_classify(
         and ``assign`` ``(B, C, *spatial)`` int64, the winning k of each class.
     """
     feat, bank = _head.prepare(feat, prototypes, num_classes, tau=tau)
-    logits, assign = _proto_classify(feat, bank, num_classes, float(tau))
+    if _head.eager(feat, bank):
+        logits, assign, _, _ = _head.run_eager(
+            feat, bank, num_classes, float(tau), 1.0, _head.NO_IGNORE, True, False
+        )
+    else:
+        logits, assign = _proto_classify(feat, bank, num_classes, float(tau))
     return logits, assign

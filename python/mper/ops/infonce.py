@@ -97,7 +97,10 @@ def proto_infonce(
     """
     ignore = _head.check_ignore_index(ignore_index)
     feat, bank = _head.prepare(feat, prototypes, 1, tau=tau)
-    loss: torch.Tensor = _proto_infonce(feat, bank, float(tau), ignore)[0]
+    if _head.eager(feat, bank):
+        loss: torch.Tensor = _head.run_eager(feat, bank, 1, 1.0, float(tau), ignore, False, True)[2]
+    else:
+        loss = _proto_infonce(feat, bank, float(tau), ignore)[0]
     return loss
 
 
@@ -115,7 +118,12 @@ def proto_classify_infonce(
     """
     ignore = _head.check_ignore_index(ignore_index)
     feat, bank = _head.prepare(feat, prototypes, num_classes, tau=tau, nce_tau=nce_tau)
-    logits, assign, loss, _ = _proto_classify_infonce(
-        feat, bank, num_classes, float(tau), float(nce_tau), ignore
-    )
+    if _head.eager(feat, bank):
+        logits, assign, loss, _ = _head.run_eager(
+            feat, bank, num_classes, float(tau), float(nce_tau), ignore, True, True
+        )
+    else:
+        logits, assign, loss, _ = _proto_classify_infonce(
+            feat, bank, num_classes, float(tau), float(nce_tau), ignore
+        )
     return logits, assign, loss

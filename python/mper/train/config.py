@@ -195,7 +195,10 @@ class EvalConfig:
 
     ``stride``: sliding-window stride for 3D volumes (ignored in 2D);
     ``val_interval``/``checkpoint_interval``: iterations between validations / resume
-    checkpoints; ``num_figures``: cases drawn as PNG overlays. ``postprocess``: applied
+    checkpoints; ``log_interval``: iterations between reads of the logged losses (the
+    steps keep them on the device, so an iteration never waits for the GPU to finish;
+    a non-finite loss stops the run at the next read);
+    ``num_figures``: cases drawn as PNG overlays. ``postprocess``: applied
     to test predictions before scoring (``"none"`` or ``"largest-component"``: keep each
     class's largest connected component). ``empty_prediction``: how a class predicted
     nowhere is scored, ``"zero"`` (Dice, Jaccard, 95HD and ASD all 0, as the published
@@ -207,6 +210,7 @@ class EvalConfig:
 
     val_interval: int = 200
     checkpoint_interval: int = 500
+    log_interval: int = 10
     stride: tuple[int, ...] = (18, 18, 4)
     num_figures: int = 3
     postprocess: str = "none"
@@ -412,6 +416,7 @@ RANGE_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("prototypes.kmeans_max_voxels", _at_least(0), "0 (every voxel) or a positive cap"),
     ("eval.val_interval", _at_least(1), POSITIVE),
     ("eval.checkpoint_interval", _at_least(1), POSITIVE),
+    ("eval.log_interval", _at_least(1), POSITIVE),
     ("eval.stride", _all_at_least_one, "positive sizes"),
     ("eval.num_figures", _at_least(0), NON_NEGATIVE),
     ("losses.dice_smooth", _finite_at_least(0.0), NON_NEGATIVE_NUMBER),

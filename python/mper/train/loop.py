@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,10 @@ PRETRAIN_CHECKPOINT = "pretrain_best.pt"
 
 #: A validation function: network -> mean Dice on the validation cases.
 Validator = Callable[[nn.Module], float]
+#: A logged value: a 0-dim tensor the step leaves on the device, or a number.
+Scalar = torch.Tensor | float
 #: One training iteration: (batch, iteration within the stage) -> scalars to log.
-StepFunction = Callable[[dict[str, Any], int], dict[str, float]]
+StepFunction = Callable[[dict[str, Any], int], dict[str, Scalar]]
 
 
 class ScalarWriter(Protocol):
@@ -70,6 +73,40 @@ class StageProgress:
     iteration: int = 0
     best_score: float = -math.inf
     best_iteration: int = -1
+
+
+class ScalarWindow:
+    """The logged scalars of the iterations since the last read, and the time the loop
+    waited for batches in them.
+
+    The steps leave their losses on the device; :meth:`read` copies all of them to the
+    host at once, so the loop synchronises with the device once per window, not once per
+    iteration.
+    """
+
+    def __init__(self) -> None:
+        self._restart()
+
+    def _restart(self) -> None:
+        self.rows: list[tuple[int, dict[str, Scalar]]] = []
+        self.data_wait = 0.0
+        self.began = time.perf_counter()
+
+    def add(self, iteration: int, scalars: dict[str, Scalar]) -> None:
+        self.rows.append((iteration, scalars))
+
+    def read(self) -> tuple[list[tuple[int, dict[str, float]]], dict[str, float]]:
+        """(iteration, scalars as numbers) per iteration, and the window's timing
+        (``data_wait_ms`` and ``iteration_ms`` per iteration); then starts a new window."""
+        on_device = [value for _, scalars in self.rows for value in scalars.values() if isinstance(value, torch.Tensor)]
+        numbers = iter(torch.stack([value.float() for value in on_device]).tolist() if on_device else [])
+        rows = [(iteration, {name: next(numbers) if isinstance(value, torch.Tensor) else float(value)
+                             for name, value in scalars.items()}) for iteration, scalars in self.rows]
+        count = max(len(rows), 1)
+        timing = {"data_wait_ms": 1e3 * self.data_wait / count,
+                  "iteration_ms": 1e3 * (time.perf_counter() - self.began) / count}
+        self._restart()
+        return rows, timing
 
 
 def learning_rate(optim: OptimConfig, iteration: int) -> float:
@@ -110,6 +147,7 @@ class Trainer:
         self.monitor = SelfTrainingMonitor(config.num_classes, self.device)
         self.record = TrainingRecord()
         self.interval_losses: list[float] = []  # since the last validation
+        self.timing: dict[str, float] = {}  # the last window's data wait and iteration time
 
     def new_optimizer(self) -> torch.optim.SGD:
         """A fresh SGD optimizer over the student's parameters (one per stage, as in BCP)."""
@@ -250,9 +288,11 @@ class Trainer:
         self.record.write(self.run_dir / TRAINING_RECORD)
         best_at = "pre-training" if progress.best_iteration < 0 else f"iteration {progress.best_iteration}"
         log.info(
-            "%s iteration %d: mean loss %.4f, validation Dice %.4f (best %.4f at %s)%s",
+            "%s iteration %d: mean loss %.4f, validation Dice %.4f (best %.4f at %s)%s%s",
             progress.stage, progress.iteration, mean_loss, score, progress.best_score, best_at,
             "".join(f", {name} {value:.4f}" for name, value in scalars.items() if name != "val_dice"),
+            "; waited {data_wait_ms:.1f} ms for data per {iteration_ms:.1f} ms iteration".format(**self.timing)
+            if self.timing else "",
         )
 
     def _diagnostics(self) -> dict[str, float]:
@@ -265,11 +305,26 @@ class Trainer:
             scalars["teacher_val_dice"] = float(self.validate(self.teacher))
         return scalars
 
-    def _write_scalars(self, scalars: dict[str, float]) -> None:
+    def _write_scalars(self, scalars: dict[str, float], iteration: int | None = None) -> None:
         if self.writer is None:
             return
         for name, value in scalars.items():
-            self.writer.add_scalar(f"{self.progress.stage}/{name}", value, self.progress.iteration)
+            self.writer.add_scalar(f"{self.progress.stage}/{name}", value,
+                                   self.progress.iteration if iteration is None else iteration)
+
+    def _read_window(self, window: ScalarWindow, bar: tqdm) -> None:
+        """Bring the window's scalars to the host: stop on a non-finite loss, log them."""
+        rows, timing = window.read()
+        for iteration, scalars in rows:
+            if not math.isfinite(scalars["loss"]):
+                self.progress.iteration = iteration
+                self._diverged(f"the loss is {scalars['loss']}")
+            self.interval_losses.append(scalars["loss"])
+            self._write_scalars(scalars, iteration)
+        if rows:
+            self._write_scalars(timing)
+            self.timing = timing
+            bar.set_postfix(loss=f"{rows[-1][1]['loss']:.4f}", best=f"{self.progress.best_score:.4f}")
 
     def run_stage(self, iterations: int, step: StepFunction, loader: DataLoader) -> None:
         """Run the current stage from its saved iteration up to ``iterations``.
@@ -279,26 +334,30 @@ class Trainer:
         """
         progress, schedule = self.progress, self.config.eval
         batches = endless_batches(loader, progress.iteration)
-        losses = self.interval_losses
+        window = ScalarWindow()
         bar = tqdm(total=iterations, initial=progress.iteration, desc=progress.stage, unit="it")
         with bar:
             while progress.iteration < iterations:
                 lr = learning_rate(self.config.optim, progress.iteration)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                scalars = step(next(batches), progress.iteration)
+                waiting = time.perf_counter()
+                batch = next(batches)
+                window.data_wait += time.perf_counter() - waiting
+                scalars = step(batch, progress.iteration)
                 progress.iteration += 1
-                if not math.isfinite(scalars["loss"]):
-                    self._diverged(f"the loss is {scalars['loss']}")
-                losses.append(scalars["loss"])
-                self._write_scalars({**scalars, "lr": lr})
+                window.add(progress.iteration, {**scalars, "lr": lr})
                 bar.update()
-                bar.set_postfix(loss=f"{scalars['loss']:.4f}", best=f"{progress.best_score:.4f}")
-                if progress.iteration % schedule.val_interval == 0 or progress.iteration == iterations:
-                    self._validate(sum(losses) / len(losses))
-                    losses.clear()
+                validate = progress.iteration % schedule.val_interval == 0 or progress.iteration == iterations
+                save = progress.iteration % schedule.checkpoint_interval == 0
+                if validate or save or self.stop.requested or progress.iteration % schedule.log_interval == 0:
+                    self._read_window(window, bar)
+                if validate:
+                    self._validate(sum(self.interval_losses) / len(self.interval_losses))
+                    self.interval_losses.clear()
                 if self.stop.requested:
                     raise TrainingInterrupted(self.save_last(), self.stop.signal_name)
-                if progress.iteration % schedule.checkpoint_interval == 0:
+                if save:
                     self.save_last()
+        self._read_window(window, bar)
         self.save_last()

@@ -15,11 +15,11 @@ from typing import Any
 from mper.losses import copy_paste_loss, segmentation_loss
 
 from .loaders import stage_loader
-from .loop import Trainer
+from .loop import Scalar, Trainer
 from .mixing import box_mask, copy_paste
 
 
-def supervised_step(trainer: Trainer, batch: dict[str, Any], mix: bool) -> dict[str, float]:
+def supervised_step(trainer: Trainer, batch: dict[str, Any], mix: bool) -> dict[str, Scalar]:
     """One SGD step on a labeled batch, copy-pasting its two halves when ``mix``."""
     pretrain, dice = trainer.config.pretrain, trainer.config.losses.options()
     images = batch["image"].to(trainer.device, non_blocking=True)
@@ -38,7 +38,7 @@ def supervised_step(trainer: Trainer, batch: dict[str, Any], mix: bool) -> dict[
     else:
         loss = copy_paste_loss(logits, labels[:half], labels[half:], mix_mask, scale=pretrain.loss_scale, dice=dice)
     trainer.optimize(loss)
-    return {"loss": loss.item()}
+    return {"loss": loss.detach()}
 
 
 def _run_supervised(trainer: Trainer, iterations: int, mix: bool) -> None:

@@ -16,7 +16,7 @@ from .config import TrainConfig, merge
 #: Settings a resumed run may change (``out`` follows the run folder, which may have moved).
 RESUMABLE_SETTINGS = (
     "device", "ops", "amp", "data_root", "data.num_workers", "pretrain.iterations",
-    "selftrain.iterations", "eval.val_interval", "eval.checkpoint_interval", "eval.num_figures",
+    "selftrain.iterations", "eval.val_interval", "eval.checkpoint_interval", "eval.log_interval", "eval.num_figures",
     "eval.pseudo_label_dice", "eval.teacher_dice",
 )
 

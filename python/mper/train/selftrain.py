@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from mper.errors import CheckpointError
@@ -38,12 +39,20 @@ from mper.nets import SegmentationOutput
 from .checkpoint import load_checkpoint
 from .config import with_prototypes
 from .loaders import prototype_init_batches, stage_loader
-from .loop import PRETRAIN_CHECKPOINT, Trainer
+from .loop import PRETRAIN_CHECKPOINT, Scalar, Trainer
 from .mixing import box_mask, copy_paste
 from .prototypes import confidence_gate
 from .teacher import confidence, create_teacher, ema_update_, pseudo_labels
 
 log = logging.getLogger(__name__)
+
+#: The profiler ranges of a self-training iteration (`benchmarks/train_step.py` sums them);
+#: "mixing" holds "teacher" and "pseudo_labels", "backward" the head's backward too.
+PHASES = {
+    "mixing": "mper/mixing", "teacher": "mper/teacher_forward", "pseudo_labels": "mper/pseudo_labels",
+    "student": "mper/student_forward", "head": "mper/prototype_head", "bank_update": "mper/bank_update",
+    "backward": "mper/backward_and_optimizer", "teacher_ema": "mper/teacher_ema",
+}
 
 
 def begin_selftrain(trainer: Trainer) -> None:
@@ -150,10 +159,12 @@ def mix_bidirectional(trainer: Trainer, batch: dict[str, Any]) -> list[MixedImag
     image_a, image_b, unlabeled = images[:half], images[half:labeled_count], images[labeled_count:]
     label_a, label_b = labels[:half], labels[half:labeled_count]
 
-    teacher_probs = teacher_probabilities(trainer, unlabeled)
-    pseudo = pseudo_labels(teacher_probs, trainer.ops, config.selftrain.pseudo_label_threshold)
-    if config.eval.pseudo_label_dice:
-        trainer.monitor.observe_pseudo_labels(pseudo, labels[labeled_count:])
+    with record_function(PHASES["teacher"]):
+        teacher_probs = teacher_probabilities(trainer, unlabeled)
+    with record_function(PHASES["pseudo_labels"]):
+        pseudo = pseudo_labels(teacher_probs, trainer.ops, config.selftrain.pseudo_label_threshold)
+        if config.eval.pseudo_label_dice:
+            trainer.monitor.observe_pseudo_labels(pseudo, labels[labeled_count:])
     certainty = confidence(teacher_probs)
     certain = torch.ones_like(certainty[:half])
 
@@ -225,26 +236,31 @@ def prototype_terms(
     prototype = contrastive = torch.zeros((), device=trainer.device)
     gathered = []
     for direction, output in zip(directions, outputs):
-        with trainer.autocast():
+        with record_function(PHASES["head"]), trainer.autocast():
             proto_logits, assign, direction_nce = head.forward_with_contrastive(output.feat)
         prototype = prototype + direction.loss(proto_logits, config.selftrain.consistency_scale,
                                                config.losses.options())
         contrastive = contrastive + direction_nce.float()
-        gathered.append(update_bank(trainer, direction, output, proto_logits, assign))
+        with record_function(PHASES["bank_update"]):
+            gathered.append(update_bank(trainer, direction, output, proto_logits, assign))
     if config.selftrain.contrastive_reduction == "mean":
         contrastive = contrastive / len(directions)
     sums, counts = (torch.stack(parts).sum(dim=0) for parts in zip(*gathered))
     if prototypes.update_steps == "combined":
-        head.apply_update(sums, counts, prototypes.momentum)
+        with record_function(PHASES["bank_update"]):
+            head.apply_update(sums, counts, prototypes.momentum)
     return prototype, contrastive, counts
 
 
-def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> dict[str, float]:
-    """One self-training iteration; returns the losses, lambda and update statistics."""
+def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> dict[str, Scalar]:
+    """One self-training iteration; returns the losses (left on the device), lambda and
+    update statistics."""
     config = trainer.config
     selftrain = config.selftrain
-    directions = mix_bidirectional(trainer, batch)
-    outputs = student_outputs(trainer, directions)
+    with record_function(PHASES["mixing"]):
+        directions = mix_bidirectional(trainer, batch)
+    with record_function(PHASES["student"]):
+        outputs = student_outputs(trainer, directions)
     linear = torch.stack([direction.loss(output.pred, selftrain.consistency_scale, config.losses.options())
                           for direction, output in zip(directions, outputs)]).sum()
     if with_prototypes(config):
@@ -260,21 +276,19 @@ def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> d
         prototype = contrastive = voxels = torch.zeros((), device=trainer.device)
         ramp, usage = 0.0, {}
     loss = mper_objective(linear, prototype, contrastive, ramp, selftrain.contrastive_weight)
-    trainer.optimize(loss)
-    decay = ema_update_(trainer.teacher_network(), trainer.student, iteration, selftrain.ema_decay,
-                        selftrain.ema_schedule, selftrain.ema_scope)
-    # one device-to-host copy for all the logged values
-    loss, linear, prototype, contrastive, voxels = torch.stack(
-        [loss.detach(), linear.detach(), prototype.detach(), contrastive.detach(), voxels.float()]
-    ).tolist()
+    with record_function(PHASES["backward"]):
+        trainer.optimize(loss)
+    with record_function(PHASES["teacher_ema"]):
+        decay = ema_update_(trainer.teacher_network(), trainer.student, iteration, selftrain.ema_decay,
+                            selftrain.ema_schedule, selftrain.ema_scope)
     return {
-        "loss": loss,
-        "loss_linear": linear,
-        "loss_prototype": prototype,
-        "loss_contrastive": contrastive,
+        "loss": loss.detach(),
+        "loss_linear": linear.detach(),
+        "loss_prototype": prototype.detach(),
+        "loss_contrastive": contrastive.detach(),
         "lambda": ramp,
         "teacher_decay": decay,
-        "bank_update_voxels": voxels,
+        "bank_update_voxels": voxels.detach(),
         **usage,
     }
 
