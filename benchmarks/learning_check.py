@@ -294,7 +294,8 @@ def main() -> None:
               "check_settings": CHECK_SETTINGS, "pretrain_iterations": args.pretrain, "selftrain_iterations": args.selftrain,
               "labeled_patients": LABELED, "data_cases": DATA_CASES, "settings": args.assignments, "runs": results}
     (RESULTS / f"learning_check-{args.name}.json").write_text(json.dumps(_json_ready(report), indent=1) + "\n")
-    table = markdown(results, args, f"{device}, commit {commit}")
+    load = ", ".join(f"{value:.1f}" for value in report["load_average"])
+    table = markdown(results, args, f"{device}, commit {commit}, load average at the end {load} (1, 5, 15 min)")
     (RESULTS / f"learning_check-{args.name}.md").write_text(table)
     print(table)
 
