@@ -22,7 +22,7 @@ seeds of the test Dice per family, recipe and method; the diagnostics averaged).
 
     python benchmarks/learning_check.py --work DIR [--families standard scanners thin]
         [--recipes paper reference] [--methods mper bcp labeled-only] [--seeds 1 2 3]
-        [--jobs 2] [--pretrain 400] [--selftrain 600] [--name NAME] [--set key=value ...]
+        [--jobs 2] [--pretrain 2000] [--selftrain 600] [--name NAME] [--set key=value ...]
 """
 from __future__ import annotations
 
@@ -206,7 +206,8 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace, device: st
         "",
         f"Synthetic ACDC, {DATA_CASES} patients per family (60 train / 9 val / 17 test, data seed {DATA_SEED}), "
         f"{LABELED} labeled patients (5%), slices resized to {DATA_SIZE[0]}x{DATA_SIZE[1]}, on top of each recipe: "
-        + ", ".join(f"{key}={value}" for key, value in CHECK_SETTINGS.items()) + ". MPER and BCP: {args.pretrain} pre-training + "
+        + ", ".join(f"{key}={value}" for key, value in CHECK_SETTINGS.items())
+        + f". MPER and BCP: {args.pretrain} pre-training + "
         f"{args.selftrain} self-training iterations; labeled-only: {args.pretrain + args.selftrain} iterations. "
         f"Seeds {', '.join(map(str, seeds))}; test Dice (%) mean ± std (population) over seeds, "
         "the checkpoint selected on the validation patients."
@@ -277,7 +278,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=tuple(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (default 2)")
-    parser.add_argument("--pretrain", type=int, default=400, help="pre-training iterations (default 400)")
+    parser.add_argument("--pretrain", type=int, default=2000,
+                        help="pre-training iterations (default 2000: where its validation Dice levels off)")
     parser.add_argument("--selftrain", type=int, default=600, help="self-training iterations (default 600)")
     parser.add_argument("--name", default="acdc-families", help="results file name: learning_check-NAME")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
@@ -291,8 +293,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     commit = measured_commit()
     report = {"device": device, "commit": commit, "load_average": os.getloadavg(),
-              "check_settings": CHECK_SETTINGS, "pretrain_iterations": args.pretrain, "selftrain_iterations": args.selftrain,
-              "labeled_patients": LABELED, "data_cases": DATA_CASES, "settings": args.assignments, "runs": results}
+              "check_settings": CHECK_SETTINGS, "pretrain_iterations": args.pretrain,
+              "selftrain_iterations": args.selftrain, "labeled_patients": LABELED, "data_cases": DATA_CASES, "settings": args.assignments, "runs": results}
     (RESULTS / f"learning_check-{args.name}.json").write_text(json.dumps(_json_ready(report), indent=1) + "\n")
     load = ", ".join(f"{value:.1f}" for value in report["load_average"])
     table = markdown(results, args, f"{device}, commit {commit}, load average at the end {load} (1, 5, 15 min)")

@@ -50,3 +50,17 @@ def test_runs_take_the_recipe_and_the_checks_own_sizes(check, monkeypatch, tmp_p
     assert config.network["classifier_kernel"] == paper_or_reference.network["classifier_kernel"]
     assert ("--baseline" in command) == (method != "mper")
     assert command[command.index("--labeled") + 1] == str(check.LABELED)
+
+
+def test_table_states_the_budget_and_compares_the_means(check):
+    args = argparse.Namespace(pretrain=2000, selftrain=600, assignments=[], families=["scanners"])
+    results = [{"family": "scanners", "recipe": "paper", "method": method, "seed": seed, "test_dice": dice,
+                "selftrain_beat_pretrain": True, **{key: 0.5 for key in check.DIAGNOSTICS}}
+               for method, scores in {"mper": (0.7, 0.8), "bcp": (0.8, 0.8), "labeled-only": (0.6, 0.7)}.items()
+               for seed, dice in zip((1, 2), scores)]
+    table = check.markdown(results, args, "a CPU")
+
+    assert "{" not in table
+    assert "2000 pre-training + 600 self-training iterations; labeled-only: 2600 iterations" in table
+    assert "network.channels=[8, 16, 32, 64, 128]" in table
+    assert "| scanners | paper | 75.00 ± 5.00 | 80.00 ± 0.00 | 65.00 ± 5.00 | yes | **no** |" in table
