@@ -87,7 +87,7 @@ RULES = (
     Rule(r"python benchmarks/train_step\.py .*", "cuda", "--iterations 1 --out {work}/train_step.json"),
     Rule(r"python benchmarks/run_time\.py .*", "slow", "--iterations 1 --out {work}/run_time.json"),
     Rule(r"python benchmarks/learning_check\.py --work \S+", "slow",
-         "--families standard --recipes paper --seeds 1 --jobs 2 --name readme-check"),
+         "--families standard --recipes paper --seeds 1 --jobs 2 --pretrain 400 --selftrain 600 --name readme-check"),
 )
 
 
