@@ -101,6 +101,8 @@ def test_a_teacher_slower_than_a_fifth_of_self_training_is_warned_about(eta, sch
     assert (warning is not None) == warns
     if warns:
         assert f"selftrain.ema_decay={eta}" in warning and f"selftrain.iterations={iterations}" in warning
+        suggested = float(warning.rsplit("selftrain.ema_decay=", 1)[1].rstrip(")"))
+        assert suggested < eta and slow_teacher_warning(suggested, schedule, iterations) is None
 
 def test_ema_update_averages_parameters_and_buffers_and_copies_counters():
     student = small_net()

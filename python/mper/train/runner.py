@@ -9,7 +9,7 @@ from mper.datasets import get_dataset
 from mper.errors import ConfigError
 
 from .checkpoint import load_checkpoint, remove_stale_temporaries
-from .config import TrainConfig
+from .config import TrainConfig, with_prototypes
 from .loaders import check_data
 from .loop import BEST_CHECKPOINT, LAST_CHECKPOINT, ScalarWriter, Trainer, Validator
 from .pretrain import run_baseline, run_pretrain
@@ -97,13 +97,20 @@ def _warn_if_teacher_is_slow(config: TrainConfig) -> None:
 def _log_stage(trainer: Trainer, iterations: int) -> None:
     progress = trainer.progress
     start = f"from iteration {progress.iteration}" if progress.iteration else "from the start"
-    log.info("stage %s (%s): %d iterations, %s", progress.stage, STAGE_DESCRIPTIONS[progress.stage],
-             iterations, start)
+    description = STAGE_DESCRIPTIONS[progress.stage]
+    if progress.stage == "selftrain" and not with_prototypes(trainer.config):
+        description = description.replace("and the prototype head", "alone (BCP, no prototype head)")
+    log.info("stage %s (%s): %d iterations, %s", progress.stage, description, iterations, start)
 
 
 def _initialize_prototypes(trainer: Trainer) -> None:
     """:func:`begin_selftrain` (k-means prototype init from the best pre-trained weights), logged."""
     prototypes = trainer.config.prototypes
+    if not with_prototypes(trainer.config):
+        log.info("pre-training done (best validation Dice %.4f at iteration %d); self-training starts from it",
+                 trainer.progress.best_score, trainer.progress.best_iteration)
+        begin_selftrain(trainer)
+        return
     log.info("pre-training done (best validation Dice %.4f at iteration %d); initialising the prototype "
              "bank by k-means (%d per class, %d iterations, at most %d voxels per class) on the labeled images",
              trainer.progress.best_score, trainer.progress.best_iteration, prototypes.per_class,

@@ -16,6 +16,7 @@ in 3D).
 from __future__ import annotations
 
 import copy
+import math
 from types import ModuleType
 
 import torch
@@ -52,9 +53,10 @@ def slow_teacher_warning(eta: float, schedule: str, iterations: int) -> str | No
     horizon = 1.0 / (1.0 - eta)
     if schedule != "constant" or horizon <= iterations / 5:
         return None
+    suggestion = max(0.0, math.floor(100 * (1.0 - 5.0 / iterations)) / 100)  # a horizon within the fifth
     return (f"selftrain.ema_decay={eta} averages the teacher over about {horizon:.0f} iterations, more than a "
             f"fifth of selftrain.iterations={iterations}: the pseudo labels will mostly come from the pre-trained "
-            f"network; for a short run lower it (e.g. selftrain.ema_decay=0.99)")
+            f"network; for a run this short lower it (e.g. selftrain.ema_decay={suggestion:g})")
 
 
 @torch.no_grad()
