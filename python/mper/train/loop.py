@@ -36,6 +36,7 @@ from mper.datasets import get_dataset
 from mper.errors import TrainingDiverged
 from mper.nn import PrototypeHead
 
+from . import distributed
 from .checkpoint import capture_rng_state, non_finite_tensors, restore_rng_state, save_checkpoint
 from .config import OptimConfig, TrainConfig
 from .diagnostics import TRAINING_RECORD, SelfTrainingMonitor, TrainingRecord
@@ -99,6 +100,9 @@ class Trainer:
         autocast(self.device, config.amp)  # refuses bf16 off CUDA before any work is done
         torch.manual_seed(config.seed)
         self.student = get_dataset(config.dataset).build_network(config.num_classes, **config.network).to(self.device)
+        # the training forward: under torch.distributed the student wrapped for data parallelism
+        self.network = distributed.data_parallel(self.student, config.distributed.sync_batchnorm, self.device)
+        distributed.seed_process(config.seed)
         self.teacher: nn.Module | None = None
         self.head: PrototypeHead | None = None
         self.optimizer = self.new_optimizer()
@@ -142,6 +146,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "mix_generator": self.mix_generator.get_state(),
             "rng": capture_rng_state(),
+            "process_rng": distributed.gather_from_processes(capture_rng_state()),
             "monitor": self.monitor.state_dict(),
             "record": self.record.state_dict(),
             "interval_losses": list(self.interval_losses),
@@ -159,10 +164,22 @@ class Trainer:
         self.optimizer = self.new_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.mix_generator.set_state(state["mix_generator"])
-        restore_rng_state(state["rng"])
+        self._restore_rng(state)
         self.monitor.load_state_dict(state["monitor"])
         self.record.load_state_dict(state["record"])
         self.interval_losses = list(state["interval_losses"])
+
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        """Each process's own RNG state when the run saved as many processes; else
+        process 0 takes the first and the others start streams of their own."""
+        world, saved = distributed.current_world(), state.get("process_rng") or [state["rng"]]
+        if len(saved) == world.size:
+            restore_rng_state(saved[world.rank])
+            return
+        log.info("resuming on %d process(es) a run saved by %d: dropout draws new random streams",
+                 world.size, len(saved))
+        restore_rng_state(saved[0])
+        distributed.seed_process(self.config.seed + self.progress.iteration)
 
     def prototype_head(self) -> PrototypeHead:
         """The prototype head; it exists once self-training has begun."""
@@ -185,8 +202,9 @@ class Trainer:
         return head.to(self.device)
 
     def save_last(self) -> Path:
-        """Write the resume checkpoint ``last.pt``."""
-        return save_checkpoint(self.run_dir / LAST_CHECKPOINT, self._finite_state())
+        """Write the resume checkpoint ``last.pt`` (process 0; every process takes part)."""
+        state, path = self._finite_state(), self.run_dir / LAST_CHECKPOINT
+        return save_checkpoint(path, state) if distributed.is_main_process() else path
 
     def _finite_state(self) -> dict[str, Any]:
         """:meth:`state_dict`, refused with :class:`TrainingDiverged` if any weight is
@@ -219,7 +237,8 @@ class Trainer:
         keep: tuple[str, ...] = ("config", "progress", "student", "teacher", "bank")
         if self.progress.stage == "pretrain":
             keep += ("optimizer",)  # self-training may start from it (optim.carry_over)
-        save_checkpoint(self.best_checkpoint(), {key: state[key] for key in keep})
+        if distributed.is_main_process():
+            save_checkpoint(self.best_checkpoint(), {key: state[key] for key in keep})
 
     def _validate(self, mean_loss: float) -> None:
         progress = self.progress
@@ -230,7 +249,8 @@ class Trainer:
         scalars = {"val_dice": score, **self._diagnostics()}
         self._write_scalars(scalars)
         self.record.add(progress.stage, progress.iteration, {"mean_loss": mean_loss, **scalars})
-        self.record.write(self.run_dir / TRAINING_RECORD)
+        if distributed.is_main_process():
+            self.record.write(self.run_dir / TRAINING_RECORD)
         best_at = "pre-training" if progress.best_iteration < 0 else f"iteration {progress.best_iteration}"
         log.info(
             "%s iteration %d: mean loss %.4f, validation Dice %.4f (best %.4f at %s)%s",
@@ -243,6 +263,7 @@ class Trainer:
         (see :mod:`mper.train.diagnostics`); nothing in the supervised stages."""
         if self.teacher is None:
             return {}
+        distributed.sum_over_processes_(self.monitor.confusion, self.monitor.counts)
         scalars = self.monitor.summary()
         if self.config.eval.teacher_dice:
             scalars["teacher_val_dice"] = float(self.validate(self.teacher))
@@ -263,13 +284,17 @@ class Trainer:
         progress, schedule = self.progress, self.config.eval
         batches = endless_batches(loader, progress.iteration)
         losses = self.interval_losses
-        bar = tqdm(total=iterations, initial=progress.iteration, desc=progress.stage, unit="it")
+        bar = tqdm(total=iterations, initial=progress.iteration, desc=progress.stage, unit="it",
+                   disable=not distributed.is_main_process())
         with bar:
             while progress.iteration < iterations:
                 lr = learning_rate(self.config.optim, progress.iteration)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                scalars = step(next(batches), progress.iteration)
+                scalars, stop = distributed.average_scalars(step(next(batches), progress.iteration),
+                                                            self.stop.requested)
+                if self.head is not None and self.config.distributed.check_bank:
+                    distributed.assert_identical(self.head.prototypes, "prototype bank")
                 progress.iteration += 1
                 if not math.isfinite(scalars["loss"]):
                     self._diverged(f"the loss is {scalars['loss']}")
@@ -280,7 +305,7 @@ class Trainer:
                 if progress.iteration % schedule.val_interval == 0 or progress.iteration == iterations:
                     self._validate(sum(losses) / len(losses))
                     losses.clear()
-                if self.stop.requested:
+                if stop:
                     raise TrainingInterrupted(self.save_last(), self.stop.signal_name)
                 if progress.iteration % schedule.checkpoint_interval == 0:
                     self.save_last()

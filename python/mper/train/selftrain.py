@@ -37,6 +37,7 @@ from mper.nets import SegmentationOutput
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
+from .distributed import from_main_process, is_main_process
 from .loaders import prototype_init_batches, stage_loader
 from .loop import PRETRAIN_CHECKPOINT, Trainer
 from .mixing import box_mask, copy_paste
@@ -63,12 +64,13 @@ def begin_selftrain(trainer: Trainer) -> None:
     written to ``best.pt`` with its validation Dice as the score to beat.
     """
     config = trainer.config
-    pretrained = load_checkpoint(trainer.run_dir / PRETRAIN_CHECKPOINT, map_location=trainer.device)
+    pretrained = from_main_process(lambda: load_checkpoint(trainer.run_dir / PRETRAIN_CHECKPOINT))
     trainer.student.load_state_dict(pretrained["student"])
     trainer.teacher = create_teacher(trainer.student, config.selftrain.teacher_mode)
     trainer.head = trainer.new_head()
     if with_prototypes(config):
-        batches = tqdm(prototype_init_batches(config, trainer.device), desc="prototype init", unit="batch")
+        batches = tqdm(prototype_init_batches(config, trainer.device), desc="prototype init", unit="batch",
+                       disable=not is_main_process())
         trainer.head.initialize(
             eval_features(trainer.student, batches, trainer.device),
             torch.Generator().manual_seed(config.seed),
@@ -151,7 +153,7 @@ def mix_bidirectional(trainer: Trainer, batch: dict[str, Any]) -> list[MixedImag
     config = trainer.config
     images = batch["image"].to(trainer.device, non_blocking=True)
     labels = batch["label"].to(trainer.device, non_blocking=True)
-    labeled_count = config.data.labeled_batch_size
+    labeled_count = len(images) // 2  # this process's share: as many labeled as unlabeled images
     half = labeled_count // 2
     image_a, image_b, unlabeled = images[:half], images[half:labeled_count], images[labeled_count:]
     label_a, label_b = labels[:half], labels[half:labeled_count]
@@ -187,8 +189,8 @@ def student_outputs(trainer: Trainer, directions: list[MixedImages]) -> list[Seg
     forward per direction (``selftrain.forward_passes``)."""
     with trainer.autocast():
         if trainer.config.selftrain.forward_passes == 2:
-            return [trainer.student(direction.images) for direction in directions]
-        output = trainer.student(torch.cat([direction.images for direction in directions]))
+            return [trainer.network(direction.images) for direction in directions]
+        output = trainer.network(torch.cat([direction.images for direction in directions]))
     sizes = [len(direction.images) for direction in directions]
     return [SegmentationOutput(*parts) for parts in zip(*(tensor.split(sizes) for tensor in output))]
 
@@ -240,9 +242,10 @@ def prototype_terms(
     if config.selftrain.contrastive_reduction == "mean":
         contrastive = contrastive / len(directions)
     sums, counts = (torch.stack(parts).sum(dim=0) for parts in zip(*gathered))
+    voxels = counts.sum()  # this process's; apply_update() reduces counts in place
     if prototypes.update_steps == "combined":
         head.apply_update(sums, counts, prototypes.momentum)
-    return prototype, contrastive, counts.sum()
+    return prototype, contrastive, voxels
 
 
 def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> dict[str, float]:
