@@ -53,8 +53,6 @@ from mper.nn.parallel import CrossProcessBatchNorm
 
 from .config import TrainConfig
 
-log = logging.getLogger(__name__)
-
 T = TypeVar("T")
 
 #: Scalars of a training step that are counts over the batch: summed over the
@@ -151,7 +149,7 @@ def process_group(config: TrainConfig) -> Iterator[TrainConfig]:
     ``config`` with this process's device; a single process gets ``config`` as it is.
 
     Refuses batch sizes the processes cannot share before anything starts. Processes
-    other than 0 log warnings and errors only. The group is destroyed at the end.
+    other than 0 log errors only. The group is destroyed at the end.
     """
     world = launched_world()
     if world.size == 1 or dist.is_initialized():
