@@ -137,6 +137,8 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything :meth:`load_state_dict` needs to continue exactly."""
+        monitor = self.monitor.state_dict()
+        distributed.sum_over_processes_(*monitor.values())  # the open interval of every process
         return {
             "config": self.config.to_dict(),
             "progress": dataclasses.asdict(self.progress),
@@ -147,7 +149,7 @@ class Trainer:
             "mix_generator": self.mix_generator.get_state(),
             "rng": capture_rng_state(),
             "process_rng": distributed.gather_from_processes(capture_rng_state()),
-            "monitor": self.monitor.state_dict(),
+            "monitor": monitor,
             "record": self.record.state_dict(),
             "interval_losses": list(self.interval_losses),
         }
@@ -166,6 +168,8 @@ class Trainer:
         self.mix_generator.set_state(state["mix_generator"])
         self._restore_rng(state)
         self.monitor.load_state_dict(state["monitor"])
+        if not distributed.current_world().is_main:
+            self.monitor.reset()  # process 0 holds the counts of all
         self.record.load_state_dict(state["record"])
         self.interval_losses = list(state["interval_losses"])
 
