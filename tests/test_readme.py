@@ -37,6 +37,8 @@ LA_TINY = ("--labeled 2 --set network.base_filters=4 --set data.patch_size=[32,3
            "--set data.labeled_batch_size=2 --set data.num_workers=0 --set data.holdout_cases=1 "
            "--set pretrain.iterations=2 --set selftrain.iterations=2 --set eval.val_interval=2 "
            "--set eval.stride=[16,16,16] --set prototypes.kmeans_max_voxels=500")
+#: on 2 processes: each takes half of both halves of the labeled and unlabeled images
+ACDC_TINY_TWO_PROCESSES = f"{ACDC_TINY} --set data.batch_size=8 --set data.labeled_batch_size=4 --device cpu"
 DEMO_TINY = ("--set pretrain.iterations=2 --set selftrain.iterations=2 --set eval.val_interval=2 "
              "--set prototypes.kmeans_max_voxels=500")
 CUDA_READY = torch.cuda.is_available()
@@ -76,6 +78,11 @@ RULES = (
     Rule(r"mper-train --dataset la (?!.*--amp).*", "default", LA_TINY),
     Rule(r"mper-train --dataset la .*--amp bf16", "default", LA_TINY,
          expect_failure="" if CUDA_READY else "CUDA"),
+    Rule(r"torchrun --standalone --nproc-per-node 2 '\$\(command -v mper-train\)' --dataset acdc .*", "default",
+         ACDC_TINY_TWO_PROCESSES),
+    Rule(r"torchrun --standalone --nproc-per-node 1 '\$\(command -v mper-train\)' --resume .*", "default",
+         "--device cpu --set selftrain.iterations=3"),
+    Rule(r"torchrun --nnodes 2 .*", "never", reason="needs two machines"),
     Rule(r"mper-eval (?!.*--tsne).*", "default"),
     Rule(r"mper-experiment tiny", "slow"),
     Rule(r"mper-eval .*--tsne", "slow"),
@@ -158,6 +165,7 @@ def run(command: str, rule: Rule, work: Path, timeout: int) -> subprocess.Comple
     line = re.sub(r"(^|\s)\.venv/", rf"\g<1>{VENV}/", line)
     line = re.sub(r"^scripts/", f"{REPO}/scripts/", line)
     line = re.sub(r"^python benchmarks/", f"python {REPO}/benchmarks/", line)
+    line = re.sub(r"'(\$\([^']*\))'", r'"\1"', line)  # shlex.join quoted a command substitution
     if line.startswith(f". {VENV}/bin/activate"):
         line += " && command -v mper-train"
     if not (VENV / "bin" / "activate").is_file():

@@ -21,6 +21,7 @@ from mper.datasets import dataset_names, get_dataset
 from mper.errors import ConfigError, UserError
 from mper.experiment import SweepInterrupted
 from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, load_config, to_toml
+from mper.train.distributed import is_main_process
 from mper.train.loop import LAST_CHECKPOINT
 from mper.train.prototypes import UPDATE_SOURCES
 from mper.train.resume import RESUMABLE_SETTINGS
@@ -83,8 +84,9 @@ def _report_stop(stop: KeyboardInterrupt) -> int:
               "command again to continue (finished runs are kept, interrupted ones resume)", file=sys.stderr)
         return _interrupted_exit_code("SIGINT")
     if isinstance(stop, TrainingInterrupted):
-        print(f"\ninterrupted ({stop.signal_name}); state saved to {stop.checkpoint}\n"
-              f"continue with: mper-train --resume --out {stop.checkpoint.parent}", file=sys.stderr)
+        if is_main_process():  # one report for all the processes of a torchrun group
+            print(f"\ninterrupted ({stop.signal_name}); state saved to {stop.checkpoint}\n"
+                  f"continue with: mper-train --resume --out {stop.checkpoint.parent}", file=sys.stderr)
         return _interrupted_exit_code(stop.signal_name)
     if isinstance(stop, TrainingAborted) and (stop.run_dir / LAST_CHECKPOINT).exists():
         print(f"\nstopped at once; {stop.run_dir / LAST_CHECKPOINT} holds the last complete checkpoint\n"
@@ -216,7 +218,8 @@ def train_main(argv: Sequence[str] | None = None) -> None:
                 raise ConfigError("--dataset and --data-root are required (unless --resume)")
             config = load_config(args.dataset, args.preset or "paper", _train_overrides(args), args.assignments)
             run_dir = pipeline.train(config)
-        _print_metrics(run_dir)
+        if is_main_process():  # the other processes of a torchrun group print nothing
+            _print_metrics(run_dir)
 
     _run(parser, action)
 

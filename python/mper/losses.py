@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mper.nn.parallel import sum_over_processes
+
 #: Keeps a region's mean finite when the region is empty (BCP uses the same constant).
 REGION_EPS = 1e-16
 #: Smoothing of the soft Dice ratio; small enough that a present class is unaffected.
@@ -69,7 +71,9 @@ def masked_dice_loss(
     (``pooled-squared``, sums over the batch) or ``D_c = sum (p_c + y_c) m``
     (``per-sample-linear``, sums over each image); the loss is 1 minus the mean ratio.
     With ``options.background == "whole-image"`` the background term ignores ``m``.
-    An empty region costs 0.
+    An empty region costs 0. Under ``torch.distributed`` the ``pooled-squared`` sums
+    run over the batches of all processes (:func:`~mper.nn.parallel.sum_over_processes`),
+    so that the loss is that of the global batch.
     """
     probs = torch.softmax(logits.float(), dim=1)
     one_hot = F.one_hot(target, probs.shape[1]).movedim(-1, 1).to(probs.dtype)
@@ -84,6 +88,8 @@ def masked_dice_loss(
         reduce_dims = spatial
         denominator = ((probs + one_hot) * region).sum(reduce_dims)
     intersection = (probs * one_hot * region).sum(reduce_dims)
+    if options.form == "pooled-squared":
+        intersection, denominator = sum_over_processes(torch.stack([intersection, denominator])).unbind()
     dice = (2 * intersection + options.smooth) / (denominator + options.smooth)
     return (1 - dice).mean()
 

@@ -40,6 +40,7 @@ from mper.eval.tsne import require_figure_packages, sample_embeddings, save_tsne
 from mper.train.checkpoint import load_checkpoint
 from mper.train.config import SUPERVISED_BASELINES, TrainConfig, merge, parse_override, to_toml, with_prototypes
 from mper.train.diagnostics import TRAINING_RECORD, with_class_names
+from mper.train.distributed import is_main_process, process_group, shared_mean
 from mper.train.loaders import test_cases, training_cases, validation_cases
 from mper.train.lock import run_folder_lock
 from mper.train.loop import LAST_CHECKPOINT, Validator
@@ -83,14 +84,16 @@ def inference_options(config: TrainConfig) -> dict[str, Any]:
 
 
 def validator(config: TrainConfig) -> Validator:
-    """Mean foreground Dice of a network on the validation cases (see :mod:`mper.train.loaders`)."""
+    """Mean foreground Dice of a network on the validation cases (see :mod:`mper.train.loaders`),
+    shared among the training processes under torch.distributed."""
     cases = validation_cases(config)
     device = resolve_device(config.device)
     options = inference_options(config)
 
     def validate(net: nn.Module) -> float:
-        return mean_dice(net, config.dataset, config.data_root, cases, device=str(device),
-                         num_classes=config.num_classes, **options)
+        return shared_mean(cases, lambda share: mean_dice(net, config.dataset, config.data_root, share,
+                                                          device=str(device), num_classes=config.num_classes,
+                                                          **options))
 
     return validate
 
@@ -162,8 +165,20 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     holds a run is only reused with ``resume`` (see :func:`resume`). A second Ctrl-C
     (or a first one while the final evaluation runs) raises
     :class:`~mper.train.runtime.TrainingAborted`.
+
+    Started by ``torchrun`` on several processes, they train together
+    (:mod:`mper.train.distributed`); process 0 alone writes the run folder and
+    evaluates, the others return the folder once training is over.
     """
-    run_dir = Path(config.out) if config.out else default_run_dir(config)
+    with process_group(config) as config:
+        run_dir = Path(config.out) if config.out else default_run_dir(config)
+        if not is_main_process():
+            run_training(config, run_dir, validator(config), resume=resume)
+            return run_dir
+        return _train(config, run_dir, resume)
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
     if (run_dir / LAST_CHECKPOINT).exists() and not resume:
         raise RunFolderError(
             f"{run_dir} already holds a training run; continue it with --resume or choose another --out"

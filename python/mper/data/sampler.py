@@ -7,7 +7,11 @@ form one endless stream made of successive shuffled passes over them, of which e
 takes the next ``len(sampler) * secondary_batch_size`` entries.
 
 Both orders are functions of (seed, epoch) only, so a trainer resumed at iteration ``t``
-rebuilds the same batches. The sampler is endless: it yields every batch from a global
+rebuilds the same batches, and several processes that train on one batch together
+(data parallelism) can each draw their own share of it: process ``r`` of ``n`` takes
+the ``r``-th of ``n`` equal parts of each half of the primary and of the secondary
+indices (the halves that copy-paste pairs), so the shares of all processes together
+are the batch a single process draws, and pairs stay pairs. The sampler is endless: it yields every batch from a global
 iteration on (:meth:`TwoStreamBatchSampler.start_from`, or :func:`endless_batches`), so
 one DataLoader iterator serves a whole training stage.
 """
@@ -32,6 +36,8 @@ class TwoStreamBatchSampler(Sampler[list[tuple[int, int]]]):
         batch_size: total items per batch.
         secondary_batch_size: unlabeled items per batch (0 gives labeled-only batches).
         seed: seed of both orders; ``None`` for fresh entropy.
+        share: ``(rank, processes)``: this process's share of every batch (see the
+            module docstring); ``(0, 1)``, the whole batch, by default.
 
     ``len()`` is the number of full primary batches of an epoch; a remainder that does
     not fill a batch is left out of that epoch. Iteration yields every batch from the
@@ -46,8 +52,18 @@ class TwoStreamBatchSampler(Sampler[list[tuple[int, int]]]):
         batch_size: int,
         secondary_batch_size: int,
         seed: int | None = None,
+        share: tuple[int, int] = (0, 1),
     ) -> None:
         super().__init__()
+        rank, processes = share
+        if not 0 <= rank < processes:
+            raise ValueError(f"share must be (rank, processes) with 0 <= rank < processes, got {share}")
+        for name, size in (("batch_size - secondary_batch_size", batch_size - secondary_batch_size),
+                           ("secondary_batch_size", secondary_batch_size)):
+            if processes > 1 and size % (2 * processes):
+                raise ValueError(f"{name} = {size} must be a multiple of {2 * processes} to share both "
+                                 f"halves of every batch equally among {processes} processes")
+        self.share = share
         if not 0 <= secondary_batch_size < batch_size:
             raise ValueError(
                 f"need 0 <= secondary_batch_size < batch_size, got {secondary_batch_size} and {batch_size}"
@@ -88,8 +104,17 @@ class TwoStreamBatchSampler(Sampler[list[tuple[int, int]]]):
         per_epoch = batches * self.secondary_batch_size
         secondary = self._secondary_stream(epoch * per_epoch, (epoch + 1) * per_epoch)
         secondary = secondary.reshape(batches, self.secondary_batch_size)
-        batches_of_indices: list[list[int]] = np.concatenate([primary, secondary], axis=1).tolist()
+        batches_of_indices: list[list[int]] = np.concatenate(
+            [self._own_share(primary), self._own_share(secondary)], axis=1).tolist()
         return batches_of_indices
+
+    def _own_share(self, columns: np.ndarray) -> np.ndarray:
+        """This process's part of each half of ``columns`` ``(batches, width)``."""
+        rank, processes = self.share
+        if processes == 1:
+            return columns
+        halves = np.split(columns, 2, axis=1)
+        return np.concatenate([np.split(half, processes, axis=1)[rank] for half in halves], axis=1)
 
     def _secondary_stream(self, start: int, stop: int) -> np.ndarray:
         """Entries ``start:stop`` of the endless stream of shuffled passes over ``secondary``."""

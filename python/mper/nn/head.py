@@ -166,10 +166,20 @@ class PrototypeHead(nn.Module):
         ``method``: ``"minibatch"`` (:func:`~mper.nn.kmeans.minibatch_kmeans`) or
         ``"lloyd"`` (:func:`~mper.nn.kmeans.kmeans` with ``iterations`` steps);
         ``max_voxels`` (0: all) caps the voxels kept per class. Under
-        ``torch.distributed`` rank 0's bank is broadcast to every process.
+        ``torch.distributed`` rank 0 alone reads ``samples`` and runs k-means, and
+        broadcasts its bank to every process.
         """
         if method not in KMEANS_METHODS:
             raise ValueError(f"k-means method must be one of {KMEANS_METHODS}, got {method!r}")
+        if not _distributed() or dist.get_rank() == 0:
+            self._initialize(samples, generator, method, max_voxels, iterations)
+        if _distributed():
+            dist.broadcast(self.prototypes, src=0)
+
+    def _initialize(
+        self, samples: Iterable[tuple[torch.Tensor, torch.Tensor]], generator: torch.Generator,
+        method: str, max_voxels: int, iterations: int,
+    ) -> None:
         sampler = ClassVoxelSampler(self.num_classes, max_voxels, generator)
         for feat, labels in samples:
             sampler.add(feat, labels)
@@ -186,5 +196,3 @@ class PrototypeHead(nn.Module):
                 centres = kmeans(features, self.num_prototypes, iterations, generator)
             rows = slice(class_index * self.num_prototypes, (class_index + 1) * self.num_prototypes)
             self.prototypes[rows] = centres.to(self.prototypes)
-        if _distributed():
-            dist.broadcast(self.prototypes, src=0)

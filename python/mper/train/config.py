@@ -5,7 +5,7 @@ Every dataset has a preset file (its spec's ``preset_file``, for the built-in on
 holds every value; any other table (``[reference]``, ``[strict]``, ``[demo]``) lists
 only what it changes on top of ``[paper]``, and presets stack with ``+``
 (``reference+demo``). Values are grouped in sections (``data``, ``optim``,
-``pretrain``, ``selftrain``, ``prototypes``, ``eval``, ``losses``, ``network``) and
+``pretrain``, ``selftrain``, ``prototypes``, ``eval``, ``losses``, ``network``, ``distributed``) and
 addressed as ``section.key`` by overrides, e.g. ``selftrain.iterations=500``.
 docs/method.md explains every setting.
 
@@ -240,6 +240,24 @@ class LossConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Training on several processes started by ``torchrun`` (see
+    :mod:`mper.train.distributed`); nothing changes in a single process.
+
+    ``sync_batchnorm``: batch norm normalises with the statistics of the global batch
+    (every process's share), as one process on the whole batch would. ``timeout``:
+    seconds a process waits in a collective for the others before it stops with an
+    error (the bound on noticing a dead or hung process where the backend cannot tell
+    at once). ``check_bank``: after every iteration, assert that the prototype bank is
+    bit-identical on every process (one broadcast of the bank; a debugging aid).
+    """
+
+    sync_batchnorm: bool = True
+    timeout: int = 1800
+    check_bank: bool = False
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs; ``to_dict``/``from_dict`` round-trip it."""
 
@@ -262,6 +280,7 @@ class TrainConfig:
     prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     losses: LossConfig = field(default_factory=LossConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), for checkpoints, JSON and TOML."""
@@ -420,6 +439,7 @@ RANGE_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("eval.stride", _all_at_least_one, "positive sizes"),
     ("eval.num_figures", _at_least(0), NON_NEGATIVE),
     ("losses.dice_smooth", _finite_at_least(0.0), NON_NEGATIVE_NUMBER),
+    ("distributed.timeout", _at_least(1), "a positive number of seconds"),
 )
 
 

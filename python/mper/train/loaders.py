@@ -33,6 +33,7 @@ from mper.datasets import check_dataset_root, get_dataset
 from mper.errors import ConfigError, DataFormatError
 
 from .config import SUPERVISED_BASELINES, TrainConfig
+from .distributed import current_world
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +118,21 @@ def training_dataset(config: TrainConfig, cases: list[str], augment: bool = True
                                seed=config.seed, **settings)
 
 
-def stage_loader(config: TrainConfig, with_unlabeled: bool, device: torch.device) -> DataLoader:
+def stage_loader(
+    config: TrainConfig, with_unlabeled: bool, device: torch.device, whole_batch: bool = False
+) -> DataLoader:
     """Training batches: ``labeled_batch_size`` labeled items, then (``with_unlabeled``)
-    as many unlabeled ones."""
+    as many unlabeled ones; under torch.distributed this process's share of them,
+    unless ``whole_batch``."""
     labeled, unlabeled = training_cases(config)
     cases = labeled + unlabeled if with_unlabeled else labeled
+    world = current_world()
     labeled_batch = config.data.labeled_batch_size
     unlabeled_batch = labeled_batch if with_unlabeled else 0
     sampler = TwoStreamBatchSampler(
         range(len(labeled)), range(len(labeled), len(cases)),
         labeled_batch + unlabeled_batch, unlabeled_batch, seed=config.seed,
+        share=(0, 1) if whole_batch else (world.rank, world.size),
     )
     return DataLoader(
         training_dataset(config, cases),
@@ -159,7 +165,7 @@ def prototype_init_batches(
     if not config.prototypes.kmeans_augment:
         yield from labeled_images(config, config.data.labeled_batch_size)
         return
-    loader = stage_loader(config, with_unlabeled=False, device=device)
+    loader = stage_loader(config, with_unlabeled=False, device=device, whole_batch=True)
     epoch_length = len(cast(TwoStreamBatchSampler, loader.batch_sampler))
     epoch = -(-config.pretrain.iterations // epoch_length)
     for batch in itertools.islice(endless_batches(loader, epoch * epoch_length), epoch_length):

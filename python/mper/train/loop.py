@@ -37,6 +37,7 @@ from mper.datasets import get_dataset
 from mper.errors import TrainingDiverged
 from mper.nn import PrototypeHead
 
+from . import distributed
 from .checkpoint import capture_rng_state, non_finite_tensors, restore_rng_state, save_checkpoint
 from .config import SUPERVISED_BASELINES, OptimConfig, TrainConfig
 from .diagnostics import TRAINING_RECORD, SelfTrainingMonitor, TrainingRecord
@@ -137,6 +138,9 @@ class Trainer:
         autocast(self.device, config.amp)  # refuses bf16 off CUDA before any work is done
         torch.manual_seed(config.seed)
         self.student = get_dataset(config.dataset).build_network(config.num_classes, **config.network).to(self.device)
+        # the training forward: under torch.distributed the student wrapped for data parallelism
+        self.network = distributed.data_parallel(self.student, config.distributed.sync_batchnorm, self.device)
+        distributed.seed_process(config.seed)
         self.teacher: nn.Module | None = None
         self.head: PrototypeHead | None = None
         self.usage: PrototypeUsage | None = None
@@ -173,17 +177,22 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything :meth:`load_state_dict` needs to continue exactly."""
+        monitor = self.monitor.state_dict()
+        usage = None if self.usage is None else self.usage.state_dict()
+        # the open intervals of every process (state dicts hold copies)
+        distributed.sum_over_processes_(*monitor.values(), *([usage["current"]] if usage else []))
         return {
             "config": self.config.to_dict(),
             "progress": dataclasses.asdict(self.progress),
             "student": self.student.state_dict(),
             "teacher": None if self.teacher is None else self.teacher.state_dict(),
             "bank": None if self.head is None else self.head.state_dict(),
-            "prototype_usage": None if self.usage is None else self.usage.state_dict(),
+            "prototype_usage": usage,
             "optimizer": self.optimizer.state_dict(),
             "mix_generator": self.mix_generator.get_state(),
             "rng": capture_rng_state(),
-            "monitor": self.monitor.state_dict(),
+            "process_rng": distributed.gather_from_processes(capture_rng_state()),
+            "monitor": monitor,
             "record": self.record.state_dict(),
             "interval_losses": list(self.interval_losses),
         }
@@ -202,10 +211,26 @@ class Trainer:
         self.optimizer = self.new_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.mix_generator.set_state(state["mix_generator"])
-        restore_rng_state(state["rng"])
+        self._restore_rng(state)
         self.monitor.load_state_dict(state["monitor"])
+        if not distributed.current_world().is_main:  # process 0 holds the counts of all
+            self.monitor.reset()
+            if self.usage is not None:
+                self.usage.current.zero_()
         self.record.load_state_dict(state["record"])
         self.interval_losses = list(state["interval_losses"])
+
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        """Each process's own RNG state when the run saved as many processes; else
+        process 0 takes the first and the others start streams of their own."""
+        world, saved = distributed.current_world(), state.get("process_rng") or [state["rng"]]
+        if len(saved) == world.size:
+            restore_rng_state(saved[world.rank])
+            return
+        log.info("resuming on %d process(es) a run saved by %d: dropout draws new random streams",
+                 world.size, len(saved))
+        restore_rng_state(saved[0])
+        distributed.seed_process(self.config.seed + self.progress.iteration)
 
     def prototype_head(self) -> PrototypeHead:
         """The prototype head; it exists once self-training has begun."""
@@ -240,8 +265,9 @@ class Trainer:
         return PrototypeUsage(self.config.num_classes, self.config.prototypes.per_class, window, self.device)
 
     def save_last(self) -> Path:
-        """Write the resume checkpoint ``last.pt``."""
-        return save_checkpoint(self.run_dir / LAST_CHECKPOINT, self._finite_state())
+        """Write the resume checkpoint ``last.pt`` (process 0; every process takes part)."""
+        state, path = self._finite_state(), self.run_dir / LAST_CHECKPOINT
+        return save_checkpoint(path, state) if distributed.is_main_process() else path
 
     def _finite_state(self) -> dict[str, Any]:
         """:meth:`state_dict`, refused with :class:`TrainingDiverged` if any weight is
@@ -274,7 +300,8 @@ class Trainer:
         keep: tuple[str, ...] = ("config", "progress", "student", "teacher", "bank")
         if self.progress.stage == "pretrain":
             keep += ("optimizer",)  # self-training may start from it (optim.carry_over)
-        save_checkpoint(self.best_checkpoint(), {key: state[key] for key in keep})
+        if distributed.is_main_process():
+            save_checkpoint(self.best_checkpoint(), {key: state[key] for key in keep})
 
     def _validate(self, mean_loss: float) -> None:
         progress = self.progress
@@ -285,7 +312,8 @@ class Trainer:
         scalars = {"val_dice": score, **self._diagnostics()}
         self._write_scalars(scalars)
         self.record.add(progress.stage, progress.iteration, {"mean_loss": mean_loss, **scalars})
-        self.record.write(self.run_dir / TRAINING_RECORD)
+        if distributed.is_main_process():
+            self.record.write(self.run_dir / TRAINING_RECORD)
         best_at = "pre-training" if progress.best_iteration < 0 else f"iteration {progress.best_iteration}"
         log.info(
             "%s iteration %d: mean loss %.4f, validation Dice %.4f (best %.4f at %s)%s%s",
@@ -300,6 +328,7 @@ class Trainer:
         (see :mod:`mper.train.diagnostics`); nothing in the supervised stages."""
         if self.teacher is None:
             return {}
+        distributed.sum_over_processes_(self.monitor.confusion, self.monitor.counts)
         scalars = self.monitor.summary()
         if self.config.eval.teacher_dice:
             scalars["teacher_val_dice"] = float(self.validate(self.teacher))
@@ -312,9 +341,11 @@ class Trainer:
             self.writer.add_scalar(f"{self.progress.stage}/{name}", value,
                                    self.progress.iteration if iteration is None else iteration)
 
-    def _read_window(self, window: ScalarWindow, bar: tqdm) -> None:
-        """Bring the window's scalars to the host: stop on a non-finite loss, log them."""
+    def _read_window(self, window: ScalarWindow, bar: tqdm) -> bool:
+        """Bring the window's scalars to the host, over the global batch: stop on a
+        non-finite loss, log them. Returns whether any process was asked to stop."""
         rows, timing = window.read()
+        rows, stop = distributed.average_rows(rows, self.stop.requested)
         for iteration, scalars in rows:
             if not math.isfinite(scalars["loss"]):
                 self.progress.iteration = iteration
@@ -325,6 +356,7 @@ class Trainer:
             self._write_scalars(timing)
             self.timing = timing
             bar.set_postfix(loss=f"{rows[-1][1]['loss']:.4f}", best=f"{self.progress.best_score:.4f}")
+        return stop
 
     def run_stage(self, iterations: int, step: StepFunction, loader: DataLoader) -> None:
         """Run the current stage from its saved iteration up to ``iterations``.
@@ -335,7 +367,9 @@ class Trainer:
         progress, schedule = self.progress, self.config.eval
         batches = endless_batches(loader, progress.iteration)
         window = ScalarWindow()
-        bar = tqdm(total=iterations, initial=progress.iteration, desc=progress.stage, unit="it")
+        bar = tqdm(total=iterations, initial=progress.iteration, desc=progress.stage, unit="it",
+                   disable=not distributed.is_main_process())
+        alone = distributed.current_world().size == 1
         with bar:
             while progress.iteration < iterations:
                 lr = learning_rate(self.config.optim, progress.iteration)
@@ -345,17 +379,21 @@ class Trainer:
                 batch = next(batches)
                 window.data_wait += time.perf_counter() - waiting
                 scalars = step(batch, progress.iteration)
+                if self.head is not None and self.config.distributed.check_bank:
+                    distributed.assert_identical(self.head.prototypes, "prototype bank")
                 progress.iteration += 1
                 window.add(progress.iteration, {**scalars, "lr": lr})
                 bar.update()
                 validate = progress.iteration % schedule.val_interval == 0 or progress.iteration == iterations
                 save = progress.iteration % schedule.checkpoint_interval == 0
-                if validate or save or self.stop.requested or progress.iteration % schedule.log_interval == 0:
-                    self._read_window(window, bar)
+                # several processes agree on a stop where they all read back together
+                stop = alone and self.stop.requested
+                if validate or save or stop or progress.iteration % schedule.log_interval == 0:
+                    stop = self._read_window(window, bar)
                 if validate:
                     self._validate(sum(self.interval_losses) / len(self.interval_losses))
                     self.interval_losses.clear()
-                if self.stop.requested:
+                if stop:
                     raise TrainingInterrupted(self.save_last(), self.stop.signal_name)
                 if save:
                     self.save_last()

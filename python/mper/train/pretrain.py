@@ -29,7 +29,7 @@ def supervised_step(trainer: Trainer, batch: dict[str, Any], mix: bool) -> dict[
         mix_mask = box_mask(images.shape[2:], pretrain.box_fraction, trainer.mix_generator, trainer.device)
         images = copy_paste(images[:half], images[half:], mix_mask)
     with trainer.autocast():
-        logits = trainer.student(images).pred
+        logits = trainer.network(images).pred
     if not mix:
         loss = segmentation_loss(logits, labels, pretrain.loss_scale, dice)
     elif pretrain.loss == "whole-image":

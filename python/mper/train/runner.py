@@ -10,6 +10,7 @@ from mper.errors import ConfigError
 
 from .checkpoint import load_checkpoint, remove_stale_temporaries
 from .config import TrainConfig, with_prototypes
+from .distributed import from_main_process, is_main_process
 from .loaders import check_data
 from .loop import BEST_CHECKPOINT, LAST_CHECKPOINT, ScalarWriter, Trainer, Validator
 from .pretrain import run_baseline, run_pretrain
@@ -59,9 +60,10 @@ def run_training(
     with StopRequest() as stop:
         log.info("setting up the network, the optimizer and the prototype ops")
         trainer = Trainer(config, run_dir, validate, writer, stop)
-        remove_stale_temporaries(run_dir)
+        if is_main_process():
+            remove_stale_temporaries(run_dir)
         if resume:
-            state = load_checkpoint(run_dir / LAST_CHECKPOINT)
+            state = from_main_process(lambda: load_checkpoint(run_dir / LAST_CHECKPOINT))
             for name, (saved, given) in setting_changes(state["config"], config).items():
                 log.info("resuming with %s = %r (was %r)", name, given, saved)
             trainer.load_state_dict(state)

@@ -38,6 +38,7 @@ from mper.nets import SegmentationOutput
 
 from .checkpoint import load_checkpoint
 from .config import with_prototypes
+from .distributed import from_main_process, is_main_process
 from .loaders import prototype_init_batches, stage_loader
 from .loop import PRETRAIN_CHECKPOINT, Scalar, Trainer
 from .mixing import box_mask, copy_paste
@@ -66,12 +67,13 @@ def begin_selftrain(trainer: Trainer) -> None:
     written to ``best.pt`` with its validation Dice as the score to beat.
     """
     config = trainer.config
-    pretrained = load_checkpoint(trainer.run_dir / PRETRAIN_CHECKPOINT, map_location=trainer.device)
+    pretrained = from_main_process(lambda: load_checkpoint(trainer.run_dir / PRETRAIN_CHECKPOINT))
     trainer.student.load_state_dict(pretrained["student"])
     trainer.teacher = create_teacher(trainer.student, config.selftrain.teacher_mode)
     trainer.head = trainer.new_head()
     if with_prototypes(config):
-        batches = tqdm(prototype_init_batches(config, trainer.device), desc="prototype init", unit="batch")
+        batches = tqdm(prototype_init_batches(config, trainer.device), desc="prototype init", unit="batch",
+                       disable=not is_main_process())
         trainer.head.initialize(
             eval_features(trainer.student, batches, trainer.device),
             torch.Generator().manual_seed(config.seed),
@@ -154,7 +156,7 @@ def mix_bidirectional(trainer: Trainer, batch: dict[str, Any]) -> list[MixedImag
     config = trainer.config
     images = batch["image"].to(trainer.device, non_blocking=True)
     labels = batch["label"].to(trainer.device, non_blocking=True)
-    labeled_count = config.data.labeled_batch_size
+    labeled_count = len(images) // 2  # this process's share: as many labeled as unlabeled images
     half = labeled_count // 2
     image_a, image_b, unlabeled = images[:half], images[half:labeled_count], images[labeled_count:]
     label_a, label_b = labels[:half], labels[half:labeled_count]
@@ -192,8 +194,8 @@ def student_outputs(trainer: Trainer, directions: list[MixedImages]) -> list[Seg
     forward per direction (``selftrain.forward_passes``)."""
     with trainer.autocast():
         if trainer.config.selftrain.forward_passes == 2:
-            return [trainer.student(direction.images) for direction in directions]
-        output = trainer.student(torch.cat([direction.images for direction in directions]))
+            return [trainer.network(direction.images) for direction in directions]
+        output = trainer.network(torch.cat([direction.images for direction in directions]))
     sizes = [len(direction.images) for direction in directions]
     return [SegmentationOutput(*parts) for parts in zip(*(tensor.split(sizes) for tensor in output))]
 
@@ -230,7 +232,8 @@ def prototype_terms(
     trainer: Trainer, directions: list[MixedImages], outputs: list[SegmentationOutput]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``L_cons^p``, ``L_cont`` and the voxels each prototype received in the bank update
-    ``(C*K,)`` over both directions, the bank updated as ``prototypes.update_steps`` says."""
+    ``(C*K,)`` over both directions (this process's share under torch.distributed), the
+    bank updated as ``prototypes.update_steps`` says."""
     config, head = trainer.config, trainer.prototype_head()
     prototypes = config.prototypes
     prototype = contrastive = torch.zeros((), device=trainer.device)
@@ -247,8 +250,8 @@ def prototype_terms(
         contrastive = contrastive / len(directions)
     sums, counts = (torch.stack(parts).sum(dim=0) for parts in zip(*gathered))
     if prototypes.update_steps == "combined":
-        with record_function(PHASES["bank_update"]):
-            head.apply_update(sums, counts, prototypes.momentum)
+        with record_function(PHASES["bank_update"]):  # a copy: under torch.distributed it sums in place
+            head.apply_update(sums, counts.clone(), prototypes.momentum)
     return prototype, contrastive, counts
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from .distributed import sum_over_processes_
+
 log = logging.getLogger(__name__)
 
 #: A prototype winning less than this share of its class's updates over a window has collapsed.
@@ -57,6 +59,7 @@ class PrototypeUsage:
         return self._close_window(iteration, full=iteration % self.window == 0)
 
     def _close_window(self, iteration: int, full: bool) -> dict[str, float]:
+        sum_over_processes_(self.current)  # every process closes its window at the same iteration
         counts = self.current.to("cpu", copy=True).view(self.num_classes, self.per_class)
         self.current.zero_()
         self.total += counts.reshape(-1)

@@ -1,0 +1,302 @@
+"""Data-parallel training on several processes, as started by ``torchrun``.
+
+``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` in each process it starts
+(and ``MASTER_ADDR`` / ``MASTER_PORT`` for the rendezvous). With ``WORLD_SIZE`` above 1,
+:func:`process_group` joins the processes into one ``torch.distributed`` group: NCCL
+with one GPU per process (``cuda:LOCAL_RANK``) on CUDA, gloo on the CPU. Then
+
+* every process trains the same student, wrapped in ``DistributedDataParallel`` (its
+  gradients averaged over the processes); the teacher follows the unwrapped student;
+* each process takes an equal share of every batch (see
+  :class:`~mper.data.sampler.TwoStreamBatchSampler`), so the global batch is the
+  preset's whatever the number of processes, and the union of the shares is the batch
+  one process would draw;
+* with ``distributed.sync_batchnorm`` batch norm normalises with the statistics of the
+  global batch (:class:`torch.nn.SyncBatchNorm` on CUDA,
+  :class:`~mper.nn.parallel.CrossProcessBatchNorm` on the CPU, where PyTorch's runs
+  only on GPUs). Together with the pooled Dice loss and the prototype bank, whose sums
+  are reduced over the processes, an iteration on N processes computes what one
+  process computes on the whole batch, up to the order of floating-point sums;
+* the prototype bank is initialised by k-means on process 0 alone and broadcast;
+  every update reduces its sums and counts first, so the banks stay bit-identical
+  (``distributed.check_bank`` asserts it after every iteration);
+* validation is sharded: each process scores its share of the validation cases and
+  the scores are summed (:func:`shared_mean`);
+* process 0 alone writes the log, TensorBoard, checkpoints and reports.
+
+Every collective is entered by every process in the same order. When one process
+dies, the others fail in their next collective (at once with gloo, after
+``distributed.timeout`` seconds at most with NCCL) and stop with
+:class:`ProcessGroupFailure`; checkpoints are written atomically, so the last one stays
+whole. Everything here is a no-op in a single process.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from mper.errors import ConfigError, UserError
+from mper.nn.parallel import CrossProcessBatchNorm
+
+from .config import TrainConfig
+
+T = TypeVar("T")
+
+#: Scalars of a training step that are counts over the batch: summed over the
+#: processes, not averaged.
+SUMMED_SCALARS = frozenset({"bank_update_voxels"})
+#: Words by which the gloo and NCCL backends say that a peer is gone or silent.
+_LOST_PEER_WORDS = ("gloo", "nccl", "connection", "timed out", "timeout", "socket", "peer")
+
+
+class ProcessGroupFailure(UserError):
+    """Another training process died or stopped answering; this one stopped too."""
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Process 0, the one that writes files."""
+        return self.rank == 0
+
+
+def launched_world(environ: dict[str, str] | None = None) -> World:
+    """The processes ``torchrun`` started, from its environment variables (one process
+    without them)."""
+    environ = dict(os.environ if environ is None else environ)
+    if "WORLD_SIZE" not in environ:
+        return World()
+    try:
+        world = World(int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", "0")))
+    except (KeyError, ValueError) as error:
+        raise ConfigError(
+            f"RANK, WORLD_SIZE and LOCAL_RANK must be integers set by torchrun ({error}); start "
+            "several processes with `torchrun --nproc-per-node N $(command -v mper-train) ...`"
+        ) from error
+    if not 0 <= world.rank < world.size:
+        raise ConfigError(f"RANK={world.rank} is outside WORLD_SIZE={world.size}; start the processes with torchrun")
+    return world
+
+
+def current_world() -> World:
+    """This process's place in the initialised process group (one process without it)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run's files (always true in a single process)."""
+    return current_world().is_main and launched_world().is_main
+
+
+def check_batch_shares(config: TrainConfig, processes: int) -> None:
+    """Each process takes an equal part of both halves of the labeled and of the
+    unlabeled batch (copy-paste pairs the halves), so the half must split evenly."""
+    half = config.data.labeled_batch_size // 2
+    if half % processes:
+        raise ConfigError(
+            f"data.labeled_batch_size = {config.data.labeled_batch_size} cannot be shared by {processes} "
+            f"processes: each takes an equal part of both halves, so data.labeled_batch_size must be a "
+            f"multiple of {2 * processes} (and data.batch_size twice it); change the number of processes "
+            "or the batch sizes"
+        )
+
+
+def process_device(device: str, world: World) -> str:
+    """The device of this process: ``cuda:LOCAL_RANK`` on CUDA (``auto`` or ``cuda``),
+    else the CPU."""
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return "cpu"
+    if device not in ("auto", "cuda"):
+        raise ConfigError(
+            f"device {device!r}: under torchrun each process takes the GPU of its local rank; "
+            "pass --device cuda (or auto), and choose the GPUs with CUDA_VISIBLE_DEVICES"
+        )
+    if not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available here; use --device cpu")
+    if world.local_rank >= torch.cuda.device_count():
+        raise ConfigError(
+            f"local rank {world.local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+            "start at most that many processes per machine (--nproc-per-node)"
+        )
+    return f"cuda:{world.local_rank}"
+
+
+@contextlib.contextmanager
+def process_group(config: TrainConfig) -> Iterator[TrainConfig]:
+    """Join the processes ``torchrun`` started for the duration of the block and yield
+    ``config`` with this process's device; a single process gets ``config`` as it is.
+
+    Refuses batch sizes the processes cannot share before anything starts. Processes
+    other than 0 log errors only. The group is destroyed at the end.
+    """
+    world = launched_world()
+    if world.size == 1 or dist.is_initialized():
+        yield config
+        return
+    check_batch_shares(config, world.size)
+    config = dataclasses.replace(config, device=process_device(config.device, world))
+    backend = "nccl" if config.device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(torch.device(config.device))
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=config.distributed.timeout))
+    package_log = logging.getLogger("mper")
+    previous_level = package_log.level
+    if not world.is_main:
+        package_log.setLevel(logging.ERROR)
+    try:
+        yield config
+    except RuntimeError as error:
+        if not _is_lost_peer(error):
+            raise
+        raise ProcessGroupFailure(
+            f"process {world.rank} of {world.size} stopped: another training process died or stopped "
+            f"answering ({_first_sentence(error)}). The run folder keeps its last complete checkpoint; "
+            "continue with the same torchrun command and --resume --out RUN_DIR"
+        ) from error
+    finally:
+        package_log.setLevel(previous_level)
+        dist.destroy_process_group()
+
+
+def _first_sentence(error: RuntimeError) -> str:
+    """The backend's message without its source location: ``[file:line] Text. More.`` -> ``Text``."""
+    lines = str(error).strip().splitlines()
+    text = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]) if lines else ""
+    return text.split(". ")[0].rstrip(".")[:300] or type(error).__name__
+
+
+def _is_lost_peer(error: RuntimeError) -> bool:
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or any(word in text for word in _LOST_PEER_WORDS)
+
+
+def seed_process(seed: int) -> None:
+    """Give each process its own stream of the global RNG (dropout), process 0 the
+    single-process one."""
+    rank = current_world().rank
+    if rank:
+        torch.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
+
+
+def data_parallel(student: nn.Module, sync_batchnorm: bool, device: torch.device) -> nn.Module:
+    """The module a training forward runs: ``student`` itself in a single process, else
+    ``student`` (its batch norms synchronised first when ``sync_batchnorm``) wrapped in
+    ``DistributedDataParallel``. ``student`` stays the module to save, validate and
+    follow with the teacher."""
+    if current_world().size == 1:
+        return student
+    if sync_batchnorm and device.type == "cuda":
+        nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    elif sync_batchnorm:
+        CrossProcessBatchNorm.convert(student)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(student, device_ids=device_ids)
+
+
+def average_rows(
+    rows: list[tuple[int, dict[str, float]]], stop: bool
+) -> tuple[list[tuple[int, dict[str, float]]], bool]:
+    """Steps' scalars, ``(iteration, scalars)`` per iteration, over the global batch
+    (averaged, or summed for :data:`SUMMED_SCALARS`), and whether any process was asked
+    to stop; one collective."""
+    world = current_world()
+    if world.size == 1:
+        return rows, stop
+    names = [sorted(scalars) for _, scalars in rows]
+    values = torch.tensor([scalars[name] for (_, scalars), row in zip(rows, names) for name in row] + [float(stop)],
+                          dtype=torch.float64)
+    _all_reduce(values)
+    reduced = iter(values.tolist())
+    averaged = [(iteration, {name: next(reduced) / (1 if name in SUMMED_SCALARS else world.size) for name in row})
+                for (iteration, _), row in zip(rows, names)]
+    return averaged, bool(values[-1] > 0)
+
+
+def _all_reduce(tensor: torch.Tensor) -> None:
+    """Sum ``tensor`` over the processes in place, through the backend's device."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
+    on_device = tensor.to(device)
+    dist.all_reduce(on_device)
+    tensor.copy_(on_device)
+
+
+def sum_over_processes_(*tensors: torch.Tensor) -> None:
+    """Sum each tensor over the processes, in place (nothing in a single process)."""
+    if current_world().size > 1:
+        for tensor in tensors:
+            _all_reduce(tensor)
+
+
+def shared_mean(items: Sequence[T], mean_of: Callable[[Sequence[T]], float]) -> float:
+    """The mean over ``items`` of a per-item score, each process scoring every
+    ``size``-th item (``mean_of(share)`` is the mean over the share)."""
+    world = current_world()
+    if world.size == 1:
+        return mean_of(items)
+    share = items[world.rank::world.size]
+    total = torch.tensor([mean_of(share) * len(share) if share else 0.0], dtype=torch.float64)
+    _all_reduce(total)
+    return float(total) / len(items)
+
+
+def assert_identical(tensor: torch.Tensor, what: str) -> None:
+    """Raise on every process unless ``tensor`` is bit-identical on all of them."""
+    if current_world().size == 1:
+        return
+    reference = tensor.detach().clone()
+    dist.broadcast(reference, src=0)
+    differs = torch.tensor([0.0 if torch.equal(reference, tensor) else 1.0], device=tensor.device)
+    _all_reduce(differs)
+    if float(differs) > 0:
+        raise RuntimeError(f"the {what} differs between the training processes ({int(differs)} differ from process 0)")
+
+
+def from_main_process(load: Callable[[], T]) -> T:
+    """``load()`` run by process 0 alone and its result sent to every process (an error
+    there is raised on every process), e.g. a checkpoint only process 0 may read yet."""
+    world = current_world()
+    if world.size == 1:
+        return load()
+    outcome: list[Any] = [None]
+    if world.is_main:
+        try:
+            outcome[0] = ("value", load())
+        except Exception as error:  # sent to every process, raised there and here
+            outcome[0] = ("error", error)
+    dist.broadcast_object_list(outcome, src=0)
+    kind, value = outcome[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def gather_from_processes(value: T) -> list[T]:
+    """``value`` of every process, by rank (``[value]`` in a single process)."""
+    world = current_world()
+    if world.size == 1:
+        return [value]
+    gathered: list[Any] = [None] * world.size
+    dist.all_gather_object(gathered, value)
+    return gathered
