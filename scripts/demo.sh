@@ -9,6 +9,11 @@
 #
 # Writes data/<dataset>-demo/ and runs/demo-<dataset>/{mper,labeled-only}/ under the
 # current folder; extra options go to both mper-train calls, e.g. --set pretrain.iterations=100.
+#
+# With no NVIDIA GPU visible (nvidia-smi lists none), a new environment gets the compiled
+# core without the CUDA kernels, which the demo would not use and which take minutes to
+# compile when a CUDA compiler is installed; an environment built with them is used as
+# it is. MPER_WITH_CUDA=AUTO (or ON) scripts/demo.sh builds them anyway.
 set -euo pipefail
 dataset=acdc
 if [ $# -gt 0 ] && [[ "$1" != -* ]]; then
@@ -20,6 +25,9 @@ case "$dataset" in
   la) synth=(--cases 30 --size 40 40 36) ;;
   *) echo "demo.sh: unknown dataset '$dataset'; use acdc or la" >&2; exit 2 ;;
 esac
+if [ -z "${MPER_WITH_CUDA:-}" ] && ! nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+  export MPER_WITH_CUDA=OFF MPER_KEEP_CUDA_BUILD=1
+fi
 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 data="data/$dataset-demo"
 runs="runs/demo-$dataset"

@@ -13,6 +13,10 @@
 #                mper itself works with torch >= 2.4.
 #   MPER_EXTRAS  the extras installed with mper (default: test; CI adds lint)
 #   MPER_WERROR  ON builds the compiled core with warnings as errors (CI does)
+#   MPER_WITH_CUDA  AUTO (default: the CUDA kernels too when a CUDA compiler is found),
+#                ON or OFF; scripts/demo.sh sets OFF when no NVIDIA GPU is visible
+#   MPER_KEEP_CUDA_BUILD  1: with MPER_WITH_CUDA=OFF, an environment already built with
+#                the default (CUDA kernels included) is used as it is, not rebuilt
 set -euo pipefail
 mper_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mper_venv="${MPER_VENV:-$mper_repo/.venv}"
@@ -29,9 +33,15 @@ if ! python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') i
 fi
 mper_extras="${MPER_EXTRAS:-test}"
 mper_stamp="$mper_venv/.mper-source-hash"
-# the build depends on the sources, the extras and the warning setting
-mper_hash="$(python "$mper_repo/scripts/source_hash.py" "$mper_repo") $mper_extras ${MPER_WERROR:-OFF}"
-if [ "$(cat "$mper_stamp" 2>/dev/null)" != "$mper_hash" ] \
+# the build depends on the sources (MPER_WITH_CUDA included), the extras and the warning setting
+mper_build_hash() { echo "$(python "$mper_repo/scripts/source_hash.py" "$mper_repo") $mper_extras ${MPER_WERROR:-OFF}"; }
+mper_hash="$(mper_build_hash)"
+mper_built="$(cat "$mper_stamp" 2>/dev/null || true)"
+# a CPU-only request is met by a build of the same sources with the CUDA kernels too
+if [ "${MPER_KEEP_CUDA_BUILD:-}" = 1 ] && [ "$mper_built" = "$(MPER_WITH_CUDA='' mper_build_hash)" ]; then
+  mper_hash="$mper_built"
+fi
+if [ "$mper_built" != "$mper_hash" ] \
     || ! python -c "import importlib.metadata as m; m.version('mper')" 2>/dev/null; then
   echo "setup: building and installing mper (sources new or changed; a few minutes)"
   rm -f "$mper_stamp"
