@@ -113,20 +113,8 @@ def backward_kernel(
     return grad_feat
 
 
-@torch.library.custom_op("mper::proto_head_backward", mutates_args=())
-def head_backward(
-    feat: torch.Tensor,
-    prototypes: torch.Tensor,
-    grad_logits: torch.Tensor | None,
-    grad_loss: torch.Tensor | None,
-    count: torch.Tensor | None,
-    num_classes: int,
-    tau: float,
-    nce_tau: float,
-    ignore_index: int,
-) -> torch.Tensor:
-    """:func:`backward_kernel` as a custom op, so that `torch.compile` traces the backward."""
-    return backward_kernel(feat, prototypes, grad_logits, grad_loss, count, num_classes, tau, nce_tau, ignore_index)
+#: :func:`backward_kernel` as a custom op, so that `torch.compile` traces the backward.
+head_backward = torch.library.custom_op("mper::proto_head_backward", backward_kernel, mutates_args=())
 
 
 @head_backward.register_fake
