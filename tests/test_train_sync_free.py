@@ -12,6 +12,7 @@ from mper import pipeline
 from mper.datasets import synthesize
 from mper.errors import TrainingDiverged
 from mper.train import selftrain
+from mper.train.loop import ScalarWindow
 from mper.train.pretrain import supervised_step
 from test_pipeline import after_optimizer_steps, fill_weights_with_nan, tiny_config
 from test_recipe_switches import tiny_batch, tiny_trainer
@@ -91,3 +92,15 @@ def test_train_log_says_how_long_each_iteration_waited_for_data(acdc_data, tmp_p
     run_dir = pipeline.train(tiny_config(acdc_data, tmp_path / "run", "eval.log_interval=2"))
     log = (run_dir / "train.log").read_text()
     assert log.count("ms for data per") >= 2
+
+
+def test_a_window_reads_its_iterations_back_in_order_with_their_timing():
+    window = ScalarWindow()
+    window.add(1, {"loss": torch.tensor(0.5), "lr": 0.1})
+    window.add(2, {"loss": torch.tensor(0.25), "lr": 0.05, "bank_update_voxels": torch.tensor(3)})
+    window.data_wait, window.busy = 0.002, 0.010
+    rows, timing = window.read()
+    assert rows == [(1, {"loss": 0.5, "lr": 0.1}), (2, {"loss": 0.25, "lr": 0.05, "bank_update_voxels": 3.0})]
+    assert timing["data_wait_ms"] == pytest.approx(1.0)
+    assert 5.0 <= timing["iteration_ms"] < 1000.0
+    assert window.read()[0] == [] and window.data_wait == 0.0

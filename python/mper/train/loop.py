@@ -77,8 +77,8 @@ class StageProgress:
 
 
 class ScalarWindow:
-    """The logged scalars of the iterations since the last read, and the time the loop
-    waited for batches in them.
+    """The logged scalars of the iterations since the last read, the time the loop
+    waited for their batches and the time they took (validation and checkpoints aside).
 
     The steps leave their losses on the device; :meth:`read` copies all of them to the
     host at once, so the loop synchronises with the device once per window, not once per
@@ -90,8 +90,7 @@ class ScalarWindow:
 
     def _restart(self) -> None:
         self.rows: list[tuple[int, dict[str, Scalar]]] = []
-        self.data_wait = 0.0
-        self.began = time.perf_counter()
+        self.data_wait = self.busy = 0.0
 
     def add(self, iteration: int, scalars: dict[str, Scalar]) -> None:
         self.rows.append((iteration, scalars))
@@ -99,13 +98,14 @@ class ScalarWindow:
     def read(self) -> tuple[list[tuple[int, dict[str, float]]], dict[str, float]]:
         """(iteration, scalars as numbers) per iteration, and the window's timing
         (``data_wait_ms`` and ``iteration_ms`` per iteration); then starts a new window."""
+        began = time.perf_counter()
         on_device = [value for _, scalars in self.rows for value in scalars.values() if isinstance(value, torch.Tensor)]
         numbers = iter(torch.stack([value.float() for value in on_device]).tolist() if on_device else [])
+        self.busy += time.perf_counter() - began  # the wait for the device's queue to drain
         rows = [(iteration, {name: next(numbers) if isinstance(value, torch.Tensor) else float(value)
                              for name, value in scalars.items()}) for iteration, scalars in self.rows]
         count = max(len(rows), 1)
-        timing = {"data_wait_ms": 1e3 * self.data_wait / count,
-                  "iteration_ms": 1e3 * (time.perf_counter() - self.began) / count}
+        timing = {"data_wait_ms": 1e3 * self.data_wait / count, "iteration_ms": 1e3 * self.busy / count}
         self._restart()
         return rows, timing
 
@@ -375,10 +375,11 @@ class Trainer:
                 lr = learning_rate(self.config.optim, progress.iteration)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                waiting = time.perf_counter()
+                began = time.perf_counter()
                 batch = next(batches)
-                window.data_wait += time.perf_counter() - waiting
+                window.data_wait += time.perf_counter() - began
                 scalars = step(batch, progress.iteration)
+                window.busy += time.perf_counter() - began
                 if self.head is not None and self.config.distributed.check_bank:
                     distributed.assert_identical(self.head.prototypes, "prototype bank")
                 progress.iteration += 1
