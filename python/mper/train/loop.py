@@ -278,10 +278,12 @@ class Trainer:
             self._diverged(f"{len(bad)} tensor(s) hold NaN or infinite values, e.g. {bad[0]}")
         return state
 
-    def _diverged(self, what: str) -> None:
+    def _diverged(self, what: str, iteration: int | None = None) -> None:
+        """Stop the run; ``iteration``: where it went wrong, when before the current one."""
         progress = self.progress
+        at = progress.iteration if iteration is None else iteration
         raise TrainingDiverged(
-            f"{progress.stage} iteration {progress.iteration}: {what}; training stopped without "
+            f"{progress.stage} iteration {at}: {what}; training stopped without "
             f"saving this state, so the checkpoints in {self.run_dir} are the last good ones. "
             "Start a new run with a lower optim.lr, or check the data"
         )
@@ -348,8 +350,7 @@ class Trainer:
         rows, stop = distributed.average_rows(rows, self.stop.requested)
         for iteration, scalars in rows:
             if not math.isfinite(scalars["loss"]):
-                self.progress.iteration = iteration
-                self._diverged(f"the loss is {scalars['loss']}")
+                self._diverged(f"the loss is {scalars['loss']}", iteration)
             self.interval_losses.append(scalars["loss"])
             self._write_scalars(scalars, iteration)
         if rows:

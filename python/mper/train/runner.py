@@ -24,6 +24,7 @@ STAGE_DESCRIPTIONS = {
     "baseline": "supervised training of the network alone (labeled-only or full baseline)",
     "pretrain": "copy-paste pre-training on the labeled images",
     "selftrain": "Mean Teacher self-training with bidirectional copy-paste and the prototype head",
+    "selftrain-bcp": "Mean Teacher self-training with bidirectional copy-paste alone (BCP, no prototype head)",
 }
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,10 @@ def _warn_if_teacher_is_slow(config: TrainConfig) -> None:
 def _log_stage(trainer: Trainer, iterations: int) -> None:
     progress = trainer.progress
     start = f"from iteration {progress.iteration}" if progress.iteration else "from the start"
-    description = STAGE_DESCRIPTIONS[progress.stage]
-    if progress.stage == "selftrain" and not with_prototypes(trainer.config):
-        description = description.replace("and the prototype head", "alone (BCP, no prototype head)")
+    stage = progress.stage
+    if stage == "selftrain" and not with_prototypes(trainer.config):
+        stage = "selftrain-bcp"
+    description = STAGE_DESCRIPTIONS[stage]
     log.info("stage %s (%s): %d iterations, %s", progress.stage, description, iterations, start)
 
 
