@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 import signal
 
@@ -100,7 +99,7 @@ def signal_after_every_step(monkeypatch, signum):
 
     def optimize_then_signal(self, loss):
         original(self, loss)
-        os.kill(os.getpid(), signum)
+        signal.raise_signal(signum)
 
     monkeypatch.setattr(Trainer, "optimize", optimize_then_signal)
 
@@ -189,7 +188,7 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(acdc_root, tmp_path, monkeypatch
 def test_a_second_ctrl_c_during_a_checkpoint_write_exits_with_a_message(acdc_root, tmp_path, monkeypatch, capsys):
     def press_ctrl_c_while_writing(state, stream):
         stream.write(b"part of a checkpoint")
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
 
     signal_after_every_step(monkeypatch, signal.SIGINT)
     monkeypatch.setattr(checkpoint.torch, "save", press_ctrl_c_while_writing)
@@ -204,7 +203,7 @@ def test_a_second_ctrl_c_during_a_checkpoint_write_exits_with_a_message(acdc_roo
 
 def test_ctrl_c_during_the_final_evaluation_exits_with_a_message(acdc_root, tmp_path, monkeypatch, capsys):
     def press_ctrl_c(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(pipeline, "evaluate", press_ctrl_c)
     run_dir = tmp_path / "run"

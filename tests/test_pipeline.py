@@ -113,7 +113,7 @@ def after_optimizer_steps(monkeypatch, optimizer_steps, action):
 
 def interrupt_after(monkeypatch, optimizer_steps):
     """Press Ctrl-C (a real SIGINT) right after the given number of SGD steps."""
-    after_optimizer_steps(monkeypatch, optimizer_steps, lambda trainer: os.kill(os.getpid(), signal.SIGINT))
+    after_optimizer_steps(monkeypatch, optimizer_steps, lambda trainer: signal.raise_signal(signal.SIGINT))
 
 
 @pytest.mark.parametrize("optimizer_steps, stage", [(3, "pretrain"), (4 + 2, "selftrain")])
@@ -147,7 +147,7 @@ def test_sigterm_to_the_whole_job_saves_a_checkpoint_with_data_workers(acdc_root
     def sigterm_everyone(trainer):
         for pid in children.read_text().split():
             os.kill(int(pid), signal.SIGTERM)
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
 
     after_optimizer_steps(monkeypatch, 1, sigterm_everyone)
     run_dir = tmp_path / "run"

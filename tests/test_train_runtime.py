@@ -47,20 +47,20 @@ def test_first_ctrl_c_requests_a_stop_and_the_second_aborts():
     before = signal.getsignal(signal.SIGINT)
     with StopRequest() as stop:
         assert not stop.requested
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
         assert stop.requested
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_sigterm_requests_a_stop_like_ctrl_c():
     before = signal.getsignal(signal.SIGTERM)
     with StopRequest() as stop:
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
         assert stop.requested and stop.signal_name == "SIGTERM"
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is before
 
 
