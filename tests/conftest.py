@@ -1,9 +1,11 @@
 """Shared test setup: CUDA tests skip cleanly where no GPU (or no CUDA build) exists, no
 test leaves anything in the checkout (each runs in its own temporary folder, and
-hypothesis keeps no example database), and one HDF5 writer for hand-made data files."""
+hypothesis keeps no example database), Ctrl-C raises KeyboardInterrupt in every test,
+and one HDF5 writer for hand-made data files."""
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +27,15 @@ def _run_in_a_temporary_folder(tmp_path):
     os.chdir(tmp_path)
     yield
     os.chdir(previous)
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_raises():
+    """Python's own Ctrl-C handler, as in a terminal, even when the suite runs as a
+    background job of a script, which starts with SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def _cuda_ready() -> tuple[bool, str]:
