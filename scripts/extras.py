@@ -31,10 +31,9 @@ def requirements_by_extra() -> dict[str, list[str]]:
     return extras
 
 
-def asked(extras: str) -> list[str]:
-    """The extras named in ``extras``; exits with a message on an unknown one."""
+def asked(extras: str, known: dict[str, list[str]]) -> list[str]:
+    """The extras named in ``extras``; exits with a message on one not in ``known``."""
     names = [name.strip() for name in extras.split(",") if name.strip()]
-    known = requirements_by_extra()
     unknown = [name for name in names if name not in known]
     if unknown:
         sys.exit(f"setup: MPER_EXTRAS names {', '.join(unknown)}, which mper does not have; "
@@ -43,13 +42,13 @@ def asked(extras: str) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+    known = requirements_by_extra()
     if len(argv) == 3 and argv[0] == "missing":
         stamp = Path(argv[2])
         installed = set(stamp.read_text().split()) if stamp.exists() else set()
-        print(",".join(name for name in asked(argv[1]) if name not in installed))
+        print(",".join(name for name in asked(argv[1], known) if name not in installed))
     elif len(argv) == 2 and argv[0] == "requirements":
-        known = requirements_by_extra()
-        print("\n".join(sorted({spec for name in asked(argv[1]) for spec in known[name]})))
+        print("\n".join(sorted({spec for name in asked(argv[1], known) for spec in known[name]})))
     else:
         sys.exit(__doc__)
 
