@@ -32,6 +32,7 @@ import torch
 import mper.reference as ref
 from mper import ops
 from mper.ops import _head
+from provenance import provenance, provenance_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -82,9 +83,11 @@ def main() -> None:
     feat = torch.randn(1, depth, 4, 4, requires_grad=True)
     bank = torch.nn.functional.normalize(torch.randn(classes * per_class, depth), dim=1)
     rows = {name: median_ms(fn, args.calls, args.repeats) for name, fn in contenders(feat, bank, classes).items()}
-    load = os.getloadavg()[0]
+    load, measured = os.getloadavg()[0], provenance()
     lines = [
         f"# Host time per forward + backward call, {platform.machine()} CPU, 1 thread, torch {torch.__version__}",
+        "",
+        provenance_line(measured),
         "",
         f"Features {tuple(feat.shape)}, bank {tuple(bank.shape)}; median of {args.repeats} x {args.calls} calls; "
         f"load average {load:.2f} on {os.cpu_count()} cores when measured.",
@@ -95,7 +98,7 @@ def main() -> None:
     ]
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"torch": torch.__version__, "machine": platform.machine(), "load_average": load,
+    record = {"provenance": measured, "torch": torch.__version__, "machine": platform.machine(), "load_average": load,
               "feat_shape": list(feat.shape), "bank_shape": list(bank.shape), "ms_per_call": rows}
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -46,6 +46,7 @@ from scipy import ndimage
 
 import mper.reference as ref
 from mper import ops
+from provenance import provenance, provenance_line
 from workloads import Timer, host_syncs
 
 try:
@@ -156,7 +157,7 @@ def measure(args) -> dict:
     timer = Timer(device, trials=args.trials, calls=1)
     rows = []
     report = dict(
-        device=_device_name(device, args.threads), torch=torch.__version__, python=platform.python_version(),
+        provenance=provenance(), device=_device_name(device, args.threads), torch=torch.__version__, python=platform.python_version(),
         threads=args.threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"),
         load_before=_load(), results=rows,
         notes=[] if cc3d is not None else ["cc3d (connected-components-3d) is not installed: its rows are skipped"],
@@ -219,6 +220,8 @@ def _format_row(row: dict) -> str:
 def markdown(report: dict) -> str:
     names = ["mper", "scipy", "cc3d", "cc3d-largest_k"]
     lines = [
+        provenance_line(report["provenance"]),
+        "",
         f"Device: {report['device']} (torch {report['torch']}); load average (1, 5, 15 min) "
         f"{report['load_before']} before, {report['load_after']} after. Times are medians per call "
         "over the whole batch; on the CPU wall-clock, mper with "

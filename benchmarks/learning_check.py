@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from mper.datasets import get_dataset, synthesize
+from provenance import provenance, provenance_line
 
 DATA_SEED = 0
 DATA_CASES = 86  # 60 training, 9 validation and 17 test patients
@@ -198,11 +199,14 @@ def _percent(values: list[float]) -> str:
     return "-" if math.isnan(mean) else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
-def markdown(results: list[dict[str, Any]], args: argparse.Namespace, device: str) -> str:
-    """Mean ± std over seeds per family, recipe and method, and the diagnostics."""
+def markdown(results: list[dict[str, Any]], args: argparse.Namespace, device: str, measured: str) -> str:
+    """Mean ± std over seeds per family, recipe and method, and the diagnostics; ``measured``
+    (:func:`provenance_line`) under the title."""
     seeds = sorted({result["seed"] for result in results})
     lines = [
         f"# Learning check: {device}",
+        "",
+        measured,
         "",
         f"Synthetic ACDC, {DATA_CASES} patients per family (60 train / 9 val / 17 test, data seed {DATA_SEED}), "
         f"{LABELED} labeled patients (5%), slices resized to {DATA_SIZE[0]}x{DATA_SIZE[1]}, on top of each recipe: "
@@ -252,19 +256,6 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace, device: st
     return "\n".join(lines) + "\n"
 
 
-def measured_commit() -> str:
-    """The commit the runs measured, ``+dirty`` when the worktree had changes."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
-
-
 def device_name() -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores shared, 1 thread per run (torch {torch.__version__})"
 
@@ -291,13 +282,13 @@ def main() -> None:
     results = [run_result(run, args.work) for run in runs if (run.folder(args.work) / "metrics.json").exists()]
     device = device_name()
     RESULTS.mkdir(exist_ok=True)
-    commit = measured_commit()
-    report = {"device": device, "commit": commit, "load_average": os.getloadavg(),
+    report = {"provenance": provenance(), "device": device, "load_average": os.getloadavg(),
               "check_settings": CHECK_SETTINGS, "pretrain_iterations": args.pretrain,
               "selftrain_iterations": args.selftrain, "labeled_patients": LABELED, "data_cases": DATA_CASES, "settings": args.assignments, "runs": results}
     (RESULTS / f"learning_check-{args.name}.json").write_text(json.dumps(_json_ready(report), indent=1) + "\n")
     load = ", ".join(f"{value:.1f}" for value in report["load_average"])
-    table = markdown(results, args, f"{device}, commit {commit}, load average at the end {load} (1, 5, 15 min)")
+    table = markdown(results, args, f"{device}, load average at the end {load} (1, 5, 15 min)",
+                     provenance_line(report["provenance"]))
     (RESULTS / f"learning_check-{args.name}.md").write_text(table)
     print(table)
 

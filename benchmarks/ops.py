@@ -26,6 +26,7 @@ import torch
 
 import mper.reference as ref
 from mper import ops
+from provenance import provenance, provenance_line
 from workloads import (
     DTYPES,
     WORKLOADS,
@@ -61,7 +62,7 @@ def measure(args, save) -> dict:
     bandwidth = copy_bandwidth_gbps(device, timer)
     rows = []
     report = dict(
-        device=_device_name(device), torch=torch.__version__, python=platform.python_version(),
+        provenance=provenance(), device=_device_name(device), torch=torch.__version__, python=platform.python_version(),
         threads=torch.get_num_threads(), copy_GBps=bandwidth, results=rows, speedups=[],
     )
     for key in args.workloads:
@@ -125,6 +126,8 @@ def _format_row(row: dict) -> str:
 
 def markdown(report: dict) -> str:
     lines = [
+        provenance_line(report["provenance"]),
+        "",
         f"Device: {report['device']} (torch {report['torch']}); copy bandwidth {report['copy_GBps']:.0f} GB/s. "
         "Times are medians per call; on CUDA, device time from CUDA-graph replays where the calls "
         "allow capture (else events around back-to-back calls); 'mper wall' is back-to-back calls "

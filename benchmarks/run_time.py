@@ -29,6 +29,7 @@ from mper.train.pretrain import supervised_step
 from mper.train.selftrain import selftrain_step
 from mper.train.teacher import create_teacher
 from mper.versions import device_line
+from provenance import provenance
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -108,7 +109,7 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     out = args.out or RESULTS / f"run_time-{args.preset}-{device_name.lower().replace(' ', '-')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(torch=torch.__version__, results=rows), indent=1) + "\n")
+    out.write_text(json.dumps(dict(provenance=provenance(), torch=torch.__version__, results=rows), indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from mper.train.loop import Trainer
 from mper.train.prototypes import confidence_gate
 from mper.train.selftrain import PHASES, selftrain_step
 from mper.train.teacher import create_teacher
+from provenance import provenance
 from workloads import Timer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -148,7 +149,7 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     out = args.out or RESULTS / f"train_step-{device_name.lower().replace(' ', '-')}-{args.amp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(device=device_name, torch=torch.__version__, overrides=args.overrides,
+    out.write_text(json.dumps(dict(provenance=provenance(), device=device_name, torch=torch.__version__, overrides=args.overrides,
                                    results=rows), indent=1))
 
 

@@ -18,9 +18,13 @@ def check():
     spec = importlib.util.spec_from_file_location("learning_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    sys.path.insert(0, str(SCRIPT.parent))  # its sibling modules, as when it runs as a script
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+        del sys.modules[spec.name]
 
 
 def _config_of(command: list[str]):
@@ -58,9 +62,11 @@ def test_table_states_the_budget_and_compares_the_means(check):
                 "selftrain_beat_pretrain": True, **{key: 0.5 for key in check.DIAGNOSTICS}}
                for method, scores in {"mper": (0.7, 0.8), "bcp": (0.8, 0.8), "labeled-only": (0.6, 0.7)}.items()
                for seed, dice in zip((1, 2), scores)]
-    table = check.markdown(results, args, "a CPU")
+    measured = check.provenance_line({"commit": "0123abc", "mper": "0.1.0", "kernel_version": 1})
+    table = check.markdown(results, args, "a CPU", measured)
 
     assert "{" not in table
+    assert table.splitlines()[2] == "Measured at commit 0123abc (mper 0.1.0, kernel version 1)."
     assert "2000 pre-training + 600 self-training iterations; labeled-only: 2600 iterations" in table
     assert "network.channels=[8, 16, 32, 64, 128]" in table
     assert "| scanners | paper | 75.00 ± 5.00 | 80.00 ± 0.00 | 65.00 ± 5.00 | yes | **no** |" in table

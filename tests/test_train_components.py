@@ -54,6 +54,19 @@ def test_box_mask_reaches_every_position_and_replays_from_the_generator():
     assert torch.equal(first, again)
 
 
+def test_box_mask_places_the_box_at_one_draw_per_axis_as_earlier_runs_did():
+    # runs and their resumes replay the same boxes: one randint per axis, in axis order
+    shape, fraction = (9, 7, 5), 2 / 3
+    generator = torch.Generator().manual_seed(3)
+    mask = box_mask(shape, fraction, generator, device="cpu")
+    replay, expected = torch.Generator().manual_seed(3), torch.ones(shape)
+    box = tuple(slice(start, start + length) for side, length in zip(shape, box_size(shape, fraction))
+                for start in [int(torch.randint(0, side - length + 1, (1,), generator=replay))])
+    expected[box] = 0
+    assert torch.equal(mask, expected) and mask.device.type == "cpu"
+    assert torch.equal(generator.get_state(), replay.get_state())
+
+
 def test_copy_paste_keeps_the_first_outside_the_box_and_pastes_the_second_inside():
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
     first_image = torch.full((2, 1, 2, 2), 1.0)

@@ -1,4 +1,4 @@
-"""What a run executes on: mper, torch, Python and CUDA versions, and the device.
+"""What a run executes on: mper, its kernel version, torch, Python and CUDA versions, and the device.
 
 Printed by every command's ``--version`` and written at the top of ``train.log``, so a
 result can always be traced back to the software and hardware that produced it.
@@ -12,13 +12,20 @@ import torch
 
 from mper import __version__
 
+#: The version of the compiled kernels (``csrc/``), raised with every change to them, so that
+#: a measured figure names the kernels it measured: every benchmark result records it next
+#: to its commit. tests/test_benchmark_labels.py keeps a hash of ``csrc/`` per version and
+#: fails when the kernels change without a new version.
+KERNEL_VERSION = 1
+
 
 def _compiled_core() -> str:
     try:
         from mper.ops import cuda_available
     except ImportError as error:
         return f"compiled core not importable ({error})"
-    return "compiled core with CPU and CUDA kernels" if cuda_available() else "compiled core with CPU kernels only"
+    kernels = "CPU and CUDA kernels" if cuda_available() else "CPU kernels only"
+    return f"compiled core with {kernels}, kernel version {KERNEL_VERSION}"
 
 
 def version_line(program: str = "mper") -> str:

@@ -62,7 +62,8 @@ class SelfTrainingMonitor:
         """Add pseudo labels ``(B, *S)`` and the images' own labels ``(B, *S)``."""
         classes = self.num_classes
         pairs = pseudo.reshape(-1) * classes + truth.reshape(-1).to(pseudo.device)
-        self.confusion += torch.bincount(pairs, minlength=classes * classes).view(classes, classes)
+        # index_add_, not bincount: bincount reads the pairs' min and max back to the host on CUDA
+        self.confusion.view(-1).index_add_(0, pairs, torch.ones_like(pairs))
 
     def observe_mix(
         self, labeled_region: torch.Tensor, confident: torch.Tensor, gate: torch.Tensor | None = None
@@ -72,11 +73,12 @@ class SelfTrainingMonitor:
         confidence passes the gate) and, with the prototype head, ``gate`` (the voxel
         takes part in the bank update), all ``(B, *S)``."""
         unlabeled = ~labeled_region.bool().expand_as(confident)
-        gated = gate.sum() if gate is not None else torch.zeros((), dtype=torch.int64, device=confident.device)
-        self.counts += torch.stack([
-            unlabeled.sum(), (unlabeled & confident).sum(), gated.new_tensor(0 if gate is None else gate.numel()),
-            gated,
-        ]).to(self.counts.device)
+        device = confident.device
+        gated = gate.sum() if gate is not None else torch.zeros((), dtype=torch.int64, device=device)
+        # torch.full fills on the device; a tensor of a host number would be copied from the host
+        voxels = torch.full((), 0 if gate is None else gate.numel(), dtype=torch.int64, device=device)
+        counts = torch.stack([unlabeled.sum(), (unlabeled & confident).sum(), voxels, gated])
+        self.counts += counts.to(self.counts.device)
 
     def summary(self) -> dict[str, float]:
         """The interval's scalars, then a new interval: ``pseudo_label_dice/<c>`` per

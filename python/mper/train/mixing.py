@@ -31,18 +31,20 @@ def box_mask(
     generator: torch.Generator,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Mix mask ``M`` of shape ``spatial_shape`` (float32): 1 outside a box, 0 inside.
+    """Mix mask ``M`` of shape ``spatial_shape`` (float32) on ``device``: 1 outside a box, 0 inside.
 
     The box corner is drawn uniformly from every position that keeps the box inside the
-    image, using ``generator`` (a CPU generator) so that the draw can be replayed.
+    image, using ``generator`` (a CPU generator) so that the draw can be replayed. The
+    corner stays on the host and the mask is made on ``device``, so that building it
+    never copies from the host to a GPU (a copy the host would wait for).
     """
-    mask = torch.ones(tuple(spatial_shape), dtype=torch.float32)
+    mask = torch.ones(tuple(spatial_shape), dtype=torch.float32, device=device)
     box = []
     for side, length in zip(spatial_shape, box_size(spatial_shape, box_fraction)):
         start = int(torch.randint(0, side - length + 1, (1,), generator=generator))
         box.append(slice(start, start + length))
     mask[tuple(box)] = 0
-    return mask.to(device)
+    return mask
 
 
 def copy_paste(first: torch.Tensor, second: torch.Tensor, mix_mask: torch.Tensor) -> torch.Tensor:
