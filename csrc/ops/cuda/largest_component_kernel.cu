@@ -237,12 +237,10 @@ void launch(const ComponentArgs& args) {
 }  // namespace
 
 void largest_component(const ComponentArgs& args) {
+  check_driver();
+  check_component_args(args, true);
   const Shape s = shape_of(args);
-  check(s.batch >= 0 && s.depth >= 1 && s.height >= 0 && s.width >= 0, "largest_component: invalid shape");
-  check(s.voxels() < (std::int64_t(1) << 31) - 1, "largest_component: an image must hold fewer than 2^31 voxels");
-  check(s.classes >= 1 && s.classes < (std::int64_t(1) << 31), "largest_component: classes must be in [1, 2^31)");
-  check(args.workspace != 0, "largest_component: the CUDA kernel needs a workspace");
-  if (s.batch == 0 || s.voxels() == 0) return;
+  if (s.batch * s.voxels() == 0) return;
   dispatch_labels(args.dtype, [&](auto tag) { launch<typename decltype(tag)::type>(args); });
 }
 

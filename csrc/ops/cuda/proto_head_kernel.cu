@@ -14,6 +14,7 @@
 // every max/argmax (the first NaN, as in torch.argmax).
 #include <cfloat>
 #include <cstdio>
+#include <mutex>
 
 #include "ops/cuda/cuda_utils.cuh"
 
@@ -364,9 +365,11 @@ std::size_t bank_bytes(const HeadArgs& args, int padded_depth) {
   return std::size_t(args.classes * args.protos_per_class) * padded_depth * sizeof(float);
 }
 
-// Whether `kernel` can hold a bank of `bytes` in dynamic shared memory; opts it in beyond
-// the default 48 KiB up to the device's limit per block, less the kernel's static shared
-// memory. False when the bank does not fit even then.
+// Whether `kernel` can hold a bank of `bytes` in dynamic shared memory. Beyond the
+// default 48 KiB, the kernel is opted in to the device's limit per block (less its static
+// shared memory), under a lock and only ever upwards: the bindings release the GIL, and a
+// concurrent call must never lower the limit another one has just launched against.
+// False when the bank does not fit even then.
 bool reserve_bank_memory(void (*kernel)(HeadArgs), std::size_t bytes) {
   cudaFuncAttributes attributes;
   check_cuda(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes");
@@ -374,14 +377,19 @@ bool reserve_bank_memory(void (*kernel)(HeadArgs), std::size_t bytes) {
   int device = 0, limit = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
   check_cuda(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
-  if (bytes + attributes.sharedSizeBytes > std::size_t(limit)) return false;
-  const cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  const std::size_t most = std::size_t(limit) - attributes.sharedSizeBytes;
+  if (bytes > most) return false;
+  static std::mutex raising;
+  const std::lock_guard<std::mutex> lock(raising);
+  check_cuda(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes");
+  if (bytes <= std::size_t(attributes.maxDynamicSharedSizeBytes)) return true;
+  const cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most));
   if (status != cudaSuccess) {
     char message[256];
     std::snprintf(message, sizeof message,
                   "mper: CUDA error reserving %zu bytes of shared memory for the prototype bank (the device "
                   "allows %d per block, %zu of them static): %s",
-                  bytes, limit, std::size_t(attributes.sharedSizeBytes), cudaGetErrorString(status));
+                  most, limit, std::size_t(attributes.sharedSizeBytes), cudaGetErrorString(status));
     throw std::runtime_error(message);
   }
   return true;
@@ -460,10 +468,14 @@ void backward_variant(const HeadArgs& args) {
 }  // namespace
 
 void head_forward(const HeadArgs& args) {
+  check_driver();
+  check_head_addresses(args, false, true);
   dispatch_cuda(args.dtype, [&](auto tag) { forward_variant<typename decltype(tag)::type>(args); });
 }
 
 void head_backward(const HeadArgs& args) {
+  check_driver();
+  check_head_addresses(args, true, true);
   dispatch_cuda(args.dtype, [&](auto tag) { backward_variant<typename decltype(tag)::type>(args); });
 }
 
