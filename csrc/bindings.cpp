@@ -35,6 +35,14 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "mper compiled core: fused prototype kernels (CPU with OpenMP, CUDA when built)";
   m.attr("with_cuda") = kWithCuda;
   m.attr("head_workspace_floats") = kHeadWorkspaceFloats;
+  m.attr("max_image_voxels") = kMaxImageVoxels;
+#ifdef MPER_WITH_CUDA
+  m.attr("cuda_runtime_version") = cuda::runtime_version();
+  m.def("cuda_driver_version", &cuda::driver_version);
+#else
+  m.attr("cuda_runtime_version") = py::none();
+#endif
+  m.def("cuda_version_problem", &cuda_version_problem, py::arg("driver"), py::arg("runtime"));
 
   py::enum_<DType>(m, "DType")
       .value("float32", DType::Float32)

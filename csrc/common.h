@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -73,7 +74,11 @@ enum class LabelDType : int { UInt8 = 0, Int8 = 1, Int16 = 2, Int32 = 3, Int64 =
 
 // Largest connected component per image and foreground class of a contiguous label map
 // (B, D, H, W), D = 1 for 2D images; out has the same layout and dtype. Labels outside
-// [1, classes) are background and come out as 0.
+// [1, classes) are background and come out as 0. Voxels are numbered within their image
+// and components counted in 32-bit integers, so an image holds at most
+// kMaxImageVoxels voxels.
+constexpr std::int64_t kMaxImageVoxels = std::numeric_limits<std::int32_t>::max();
+
 struct ComponentArgs {
   std::uintptr_t labels = 0, out = 0;
   std::int64_t batch = 0, depth = 1, height = 0, width = 0;
@@ -107,6 +112,84 @@ MPER_HOST_DEVICE inline std::int64_t accumulate_row(const AccumulateArgs& args, 
 
 inline void check(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument("mper: " + message);
+}
+
+// Every entry point checks the addresses its kernel is about to read or write, so that a
+// direct call of the compiled module that leaves one out raises instead of touching
+// address 0. An address is needed only where the sizes give the kernel something to do.
+inline void check_address(std::uintptr_t address, bool needed, const char* kernel, const char* what) {
+  check(address != 0 || !needed, std::string(kernel) + ": " + what + " is needed, but its address is 0");
+}
+
+inline void check_head_addresses(const HeadArgs& a, bool backward, bool workspace_needed) {
+  const char* kernel = backward ? "head_backward" : "head_forward";
+  const FeatureView& f = a.feat;
+  const bool features = f.batch * f.depth * f.voxels > 0;
+  check_address(f.data, features, kernel, "the features");
+  check_address(a.prototypes, a.classes * a.protos_per_class * f.depth > 0, kernel, "the prototype bank");
+  if (backward) {
+    check_address(a.grad_feat, features, kernel, "grad_feat");
+    check_address(a.count, a.grad_loss != 0, kernel, "the loss's count (grad_loss is given)");
+    return;
+  }
+  check((a.logits == 0) == (a.assign == 0), "head_forward: logits and assign go together (both addresses or neither)");
+  check_address(a.count, a.loss != 0, kernel, "the loss's count (loss is given)");
+  check_address(a.workspace, a.loss != 0 && workspace_needed, kernel, "the loss's workspace (loss is given)");
+}
+
+inline void check_accumulate_addresses(const AccumulateArgs& a) {
+  const FeatureView& e = a.emb;
+  const bool voxels = e.batch * e.voxels > 0, rows = a.classes * a.protos_per_class > 0;
+  check_address(e.data, voxels && e.depth > 0, "accumulate", "the embeddings");
+  check_address(a.labels, voxels, "accumulate", "labels");
+  check_address(a.assign, voxels, "accumulate", "assign");
+  check_address(a.sums, rows && e.depth > 0, "accumulate", "sums");
+  check_address(a.counts, rows, "accumulate", "counts");
+}
+
+inline void check_ema_addresses(const EmaArgs& a) {
+  const bool elements = a.rows * a.depth > 0;
+  check_address(a.prototypes, elements, "ema_update", "the prototype bank");
+  check_address(a.sums, elements, "ema_update", "sums");
+  check_address(a.counts, a.rows > 0, "ema_update", "counts");  // the CPU reads them per row
+}
+
+// The checks both largest_component kernels make before they run.
+inline void check_component_args(const ComponentArgs& a, bool workspace_needed) {
+  check(a.batch >= 0 && a.depth >= 1 && a.height >= 0 && a.width >= 0, "largest_component: invalid shape");
+  const std::int64_t voxels = a.depth * a.height * a.width;
+  check(voxels <= kMaxImageVoxels, "largest_component: an image holds " + std::to_string(voxels) +
+                                       " voxels; at most 2^31 - 1 (" + std::to_string(kMaxImageVoxels) +
+                                       ") are supported");
+  check(a.classes >= 1 && a.classes <= std::numeric_limits<std::int32_t>::max(),
+        "largest_component: classes must be in [1, 2^31)");
+  const bool work = a.batch * voxels > 0;
+  check_address(a.labels, work, "largest_component", "labels");
+  check_address(a.out, work, "largest_component", "out");
+  check_address(a.workspace, work && workspace_needed, "largest_component", "the workspace");
+}
+
+// CUDA versions as the CUDA runtime reports them, 1000 * major + 10 * minor (13000: 13.0).
+inline std::string cuda_version_name(int version) {
+  return std::to_string(version / 1000) + "." + std::to_string(version % 1000 / 10);
+}
+
+// The two versions and what to do when the driver is too old for the CUDA kernels.
+inline std::string cuda_driver_advice(int driver, int runtime) {
+  const std::string supports = driver > 0 ? "supports CUDA up to " + cuda_version_name(driver) : "was not found";
+  return "the NVIDIA driver " + supports + ", but mper's CUDA kernels were built with CUDA " +
+         cuda_version_name(runtime) +
+         ": rebuild mper with the CUDA toolkit that matches torch.version.cuda (its nvcc first on PATH, then "
+         "`pip install --no-build-isolation .`), or update the NVIDIA driver";
+}
+
+// Why the CUDA kernels, built with CUDA `runtime` and linking its runtime statically,
+// cannot run next to a driver that supports CUDA `driver` (0: no driver), or "" when
+// they can. A driver of the same major version runs them even when its minor version is
+// older (CUDA's minor version compatibility); a driver of an older major version cannot.
+inline std::string cuda_version_problem(int driver, int runtime) {
+  if (driver > 0 && driver / 1000 >= runtime / 1000) return "";
+  return "mper: " + cuda_driver_advice(driver, runtime);
 }
 
 // Scratch memory a kernel could not get. Derives from std::bad_alloc, so Python sees a
@@ -166,6 +249,14 @@ void largest_component(const ComponentArgs& args);
 
 #ifdef MPER_WITH_CUDA
 namespace cuda {
+// The CUDA version of this build's runtime (linked statically) and the one the installed
+// driver supports (0 without a driver).
+int runtime_version();
+int driver_version();
+// Raises std::runtime_error with cuda_version_problem's message when the driver cannot run
+// this build's runtime; every CUDA entry point calls it first (it asks the driver once).
+void check_driver();
+
 void head_forward(const HeadArgs& args);
 void head_backward(const HeadArgs& args);
 void accumulate(const AccumulateArgs& args);

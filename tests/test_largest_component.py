@@ -1,6 +1,7 @@
-"""`largest_component` against the scipy reference: random, structured, edge-case and
-tied label maps, 2D and 3D, every accepted dtype; connectivity, bad input, opcheck,
-torch.compile; the same parity on a GPU (marked cuda)."""
+"""`largest_component` against the scipy reference: random, structured, edge-case,
+tied and adversarial label maps (serpentines, spirals, checkerboards, full and thin
+maps, which grow deep union-find trees), 2D and 3D, every accepted dtype; connectivity,
+bad input, the size limit, opcheck, torch.compile; the same parity on a GPU (marked cuda)."""
 from __future__ import annotations
 
 import numpy as np
@@ -251,6 +252,103 @@ def test_any_label_map_matches_reference(problem):
     assert_matches_reference(labels, num_classes)
 
 
+# ---------------------------------------------------------------- adversarial maps
+
+
+def serpentine(spatial: tuple[int, ...]) -> np.ndarray:
+    """A 1-voxel-wide path along every other row, turning at alternate ends; in 3D one
+    such path in every other slice, the slices joined by one voxel in between."""
+    *slices, height, width = spatial
+    plane = np.zeros((height, width), bool)
+    plane[::2] = True
+    for turn, y in enumerate(range(1, height, 2)):
+        plane[y, width - 1 if turn % 2 == 0 else 0] = True
+    if not slices:
+        return plane
+    volume = np.zeros(spatial, bool)
+    volume[::2] = plane
+    volume[1::2, 0, 0] = True
+    return volume
+
+
+def spiral(spatial: tuple[int, ...]) -> np.ndarray:
+    """A 1-voxel-wide square spiral walked inwards with one voxel between its turns, in
+    every slice of a volume (neighbouring slices touch along the whole path)."""
+    *_, height, width = spatial
+    plane = np.zeros((height, width), bool)
+    y = x = dy = 0
+    dx = 1
+    plane[0, 0] = True
+    turns = 0
+    while turns < 2:
+        ny, nx, ay, ax = y + dy, x + dx, y + 2 * dy, x + 2 * dx
+        inside = 0 <= ny < height and 0 <= nx < width
+        blocked = 0 <= ay < height and 0 <= ax < width and plane[ay, ax]
+        if inside and not plane[ny, nx] and not blocked:
+            y, x, turns = ny, nx, 0
+            plane[y, x] = True
+        else:
+            dy, dx, turns = dx, -dy, turns + 1
+    return np.broadcast_to(plane, spatial)
+
+
+def checkerboard(spatial: tuple[int, ...]) -> np.ndarray:
+    """Voxels whose coordinates sum to an even number: runs of one voxel, every one of
+    them joined to the next through corners only."""
+    return np.indices(spatial).sum(axis=0) % 2 == 0
+
+
+def full(spatial: tuple[int, ...]) -> np.ndarray:
+    return np.ones(spatial, bool)
+
+
+PATTERNS = {"serpentine": serpentine, "spiral": spiral, "checkerboard": checkerboard, "full": full}
+
+
+@st.composite
+def adversarial_maps(draw, max_side_2d: int, max_side_3d: int):
+    """A batch of pattern maps: the pattern in class 1, its complement background or class
+    2, turned and flipped at random, some voxels knocked out, any accepted dtype. Sides of
+    1 give long thin maps."""
+    if draw(st.booleans()):
+        spatial = (draw(st.integers(1, max_side_2d)), draw(st.integers(1, max_side_2d)))
+    else:
+        spatial = tuple(draw(st.integers(1, max_side_3d)) for _ in range(3))
+    num_classes = draw(st.integers(2, 3))
+    images = []
+    for _ in range(draw(st.integers(1, 2))):
+        axes = draw(st.permutations(range(len(spatial))))
+        shape = tuple(spatial[a] for a in np.argsort(axes))  # transposed by `axes`, back to `spatial`
+        mask = np.transpose(PATTERNS[draw(st.sampled_from(sorted(PATTERNS)))](shape), axes)
+        mask = np.flip(mask, [a for a in range(len(spatial)) if draw(st.booleans())])
+        image = np.where(mask, 1, num_classes - 1 if num_classes == 3 else 0)
+        holes = draw(st.integers(0, 3))
+        rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+        image.flat[rng.integers(0, image.size, holes)] = 0
+        images.append(image)
+    labels = torch.from_numpy(np.stack(images).astype(np.int64))
+    return labels.to(draw(st.sampled_from(DTYPES))), num_classes
+
+
+@pytest.mark.parametrize("pattern", sorted(PATTERNS))
+@pytest.mark.parametrize("spatial", [(17, 23), (5, 9, 11)])
+def test_adversarial_patterns_are_one_large_component(pattern, spatial):
+    """Each pattern is a single component (full connectivity, by scipy) covering at least a
+    third of the map, so that the union-find has to join all of it."""
+    mask = PATTERNS[pattern](spatial)
+    _, count = ndimage.label(mask, ndimage.generate_binary_structure(len(spatial), len(spatial)))
+    assert count == 1 and mask.sum() >= mask.size // 3
+    if pattern == "checkerboard":
+        assert not (mask[..., 1:] & mask[..., :-1]).any()  # runs of one voxel
+
+
+@settings(max_examples=60, deadline=None)
+@given(adversarial_maps(max_side_2d=24, max_side_3d=8))
+def test_adversarial_maps_match_reference(problem):
+    labels, num_classes = problem
+    assert_matches_reference(labels, num_classes)
+
+
 # ---------------------------------------------------------------- on a GPU
 
 
@@ -295,6 +393,15 @@ def test_cuda_out_of_range_and_no_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.equal(got.cpu(), ref.largest_component(labels, 3, check_labels=False).cpu())
+
+
+@pytest.mark.cuda
+@settings(max_examples=40, deadline=None)
+@given(adversarial_maps(max_side_2d=300, max_side_3d=48))
+def test_cuda_adversarial_maps_match_reference(problem):
+    """Deep union-find trees spread over many warps: the path halving in merge and flatten."""
+    labels, num_classes = problem
+    assert_matches_reference(labels.cuda(), num_classes)
 
 
 @pytest.mark.cuda

@@ -60,7 +60,7 @@ std::int32_t stretch_end(const T* row, std::int32_t x, std::int32_t width) {
     std::fill(copies, copies + per_word, value);
     std::uint64_t pattern;
     std::memcpy(&pattern, copies, sizeof pattern);
-    for (; x + per_word <= width; x += per_word) {
+    for (; x <= width - per_word; x += per_word) {  // x + per_word could pass 2^31 - 1
       std::uint64_t word;
       std::memcpy(&word, row + x, sizeof word);
       if (const std::uint64_t diff = word ^ pattern) return x + __builtin_ctzll(diff) / (8 * sizeof(T));
@@ -200,13 +200,8 @@ void largest_component_impl(const ComponentArgs& args) {
 }  // namespace
 
 void largest_component(const ComponentArgs& args) {
-  const std::int64_t voxels = args.depth * args.height * args.width;
-  check(args.batch >= 0 && args.depth >= 1 && args.height >= 0 && args.width >= 0, "largest_component: invalid shape");
-  check(voxels < std::numeric_limits<std::int32_t>::max(),
-        "largest_component: an image must hold fewer than 2^31 voxels");
-  check(args.classes >= 1 && args.classes < std::numeric_limits<std::int32_t>::max(),
-        "largest_component: classes must be in [1, 2^31)");
-  if (args.batch == 0 || voxels == 0) return;
+  check_component_args(args, false);
+  if (args.batch * args.depth * args.height * args.width == 0) return;
   dispatch_labels(args.dtype, [&](auto tag) { largest_component_impl<typename decltype(tag)::type>(args); });
 }
 

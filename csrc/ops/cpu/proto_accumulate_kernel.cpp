@@ -83,6 +83,7 @@ void accumulate_impl(const AccumulateArgs& args) {
 }  // namespace
 
 void accumulate(const AccumulateArgs& args) {
+  check_accumulate_addresses(args);
   dispatch_cpu(args.dtype, [&](auto tag) { accumulate_impl<typename decltype(tag)::type>(args); });
 }
 

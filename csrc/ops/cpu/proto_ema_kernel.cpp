@@ -25,6 +25,7 @@ void ema_impl(const EmaArgs& args) {
 }  // namespace
 
 void ema_update(const EmaArgs& args) {
+  check_ema_addresses(args);
   check(args.dtype == DType::Float32 || args.dtype == DType::Float64,
         "ema_update: the bank must be float32 or float64");
   if (args.dtype == DType::Float64) ema_impl<double>(args);

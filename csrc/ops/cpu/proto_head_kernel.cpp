@@ -414,6 +414,7 @@ static bool has_avx2() {
 #endif
 
 void head_forward(const HeadArgs& args) {
+  check_head_addresses(args, false, false);
 #ifdef MPER_CPU_AVX2
   if (has_avx2()) return avx2::head_forward(args);
 #endif
@@ -421,6 +422,7 @@ void head_forward(const HeadArgs& args) {
 }
 
 void head_backward(const HeadArgs& args) {
+  check_head_addresses(args, true, false);
 #ifdef MPER_CPU_AVX2
   if (has_avx2()) return avx2::head_backward(args);
 #endif

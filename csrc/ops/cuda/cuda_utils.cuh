@@ -14,9 +14,15 @@
 
 namespace mper::cuda {
 
+// Raises on a failed CUDA call; an error that asks for a newer driver also names the
+// driver's and the build's CUDA versions and what to do.
 inline void check_cuda(cudaError_t status, const char* what) {
-  if (status != cudaSuccess)
-    throw std::runtime_error(std::string("mper: CUDA error in ") + what + ": " + cudaGetErrorString(status));
+  if (status == cudaSuccess) return;
+  std::string message = std::string("mper: CUDA error in ") + what + ": " + cudaGetErrorString(status);
+  if (status == cudaErrorInsufficientDriver || status == cudaErrorCallRequiresNewerDriver ||
+      status == cudaErrorUnsupportedPtxVersion)
+    message += "; " + cuda_driver_advice(driver_version(), runtime_version());
+  throw std::runtime_error(message);
 }
 
 inline cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }

@@ -15,8 +15,9 @@
 //               the first voxel looks at the three voxels next to it in such a row; the
 //               others look one voxel ahead, and only where a new stretch of their class
 //               begins there, so each touching stretch is joined once per run.
-//  3. flatten:  every voxel points at its root; roots count their voxels (one atomic per
-//               root and warp, peers found with __match_any_sync).
+//  3. flatten:  every voxel points at its root (halving the paths on the way, as merge
+//               does); roots count their voxels (one atomic per root and warp, peers
+//               found with __match_any_sync).
 //  4. choose:   each root offers (size, -index) to its class; the largest wins, ties go
 //               to the lowest index (a 64-bit atomicMax).
 //  5. write:    a voxel keeps its class where its root is the chosen one, 0 elsewhere.
@@ -81,11 +82,20 @@ __device__ __forceinline__ bool foreground(std::int64_t label, std::int64_t clas
   return label >= 1 && label < classes;
 }
 
-// Parents change while merging (atomics from other warps): read them past L1.
-__device__ __forceinline__ std::int32_t find_root(const std::int32_t* parent, std::int32_t i) {
-  std::int32_t next;
-  while ((next = __ldcg(parent + i)) != i) i = next;
-  return i;
+// The root of i. Parents change while merging (atomics from other warps): read them past
+// L1. Each voxel passed on the way is re-pointed at its grandparent (path halving), with
+// atomicMin: a parent only ever moves to a lower voxel of the same component, so whatever
+// another thread stored there meanwhile (a hook, or a halving of its own) is never undone,
+// and the paths that serpentine or all-foreground maps would otherwise grow stay short.
+__device__ __forceinline__ std::int32_t find_root(std::int32_t* parent, std::int32_t i) {
+  while (true) {
+    const std::int32_t next = __ldcg(parent + i);
+    if (next == i) return i;
+    const std::int32_t after = __ldcg(parent + next);
+    if (after == next) return next;
+    atomicMin(parent + i, after);
+    i = after;
+  }
 }
 
 // Lock-free union: the higher root is hooked under the lower with atomicMin; when another
@@ -237,12 +247,10 @@ void launch(const ComponentArgs& args) {
 }  // namespace
 
 void largest_component(const ComponentArgs& args) {
+  check_driver();
+  check_component_args(args, true);
   const Shape s = shape_of(args);
-  check(s.batch >= 0 && s.depth >= 1 && s.height >= 0 && s.width >= 0, "largest_component: invalid shape");
-  check(s.voxels() < (std::int64_t(1) << 31) - 1, "largest_component: an image must hold fewer than 2^31 voxels");
-  check(s.classes >= 1 && s.classes < (std::int64_t(1) << 31), "largest_component: classes must be in [1, 2^31)");
-  check(args.workspace != 0, "largest_component: the CUDA kernel needs a workspace");
-  if (s.batch == 0 || s.voxels() == 0) return;
+  if (s.batch * s.voxels() == 0) return;
   dispatch_labels(args.dtype, [&](auto tag) { launch<typename decltype(tag)::type>(args); });
 }
 

@@ -118,6 +118,8 @@ void launch(const AccumulateArgs& args, std::size_t shared) {
 }  // namespace
 
 void accumulate(const AccumulateArgs& args) {
+  check_driver();
+  check_accumulate_addresses(args);
   const FeatureView& e = args.emb;
   const std::size_t shared = std::size_t(args.classes * args.protos_per_class) * (e.depth + 1) * sizeof(float);
   dispatch_cuda(args.dtype, [&](auto tag) {

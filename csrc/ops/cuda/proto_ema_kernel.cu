@@ -5,6 +5,8 @@
 namespace mper::cuda {
 namespace {
 
+constexpr int kThreads = 256;
+
 __global__ void ema_kernel(EmaArgs args) {
   float* bank = reinterpret_cast<float*>(args.prototypes);
   const float* sums = reinterpret_cast<const float*>(args.sums);
@@ -19,11 +21,13 @@ __global__ void ema_kernel(EmaArgs args) {
 }  // namespace
 
 void ema_update(const EmaArgs& args) {
+  check_driver();
+  check_ema_addresses(args);
   check(args.dtype == DType::Float32, "ema_update: the bank must be float32 on CUDA");
   const std::int64_t elements = args.rows * args.depth;
   if (elements == 0) return;
-  const int threads = 256, blocks = int((elements + threads - 1) / threads);
-  ema_kernel<<<blocks, threads, 0, as_stream(args.stream)>>>(args);
+  const int blocks = int((elements + kThreads - 1) / kThreads);
+  ema_kernel<<<blocks, kThreads, 0, as_stream(args.stream)>>>(args);
   check_cuda(cudaGetLastError(), "ema_kernel");
 }
 

@@ -1,19 +1,28 @@
 // Fused prototype head on CUDA: classifier logits/assign and the InfoNCE loss from one
 // read of the features (forward), and the gradient of both from one more (backward).
 //
-// One thread owns V consecutive voxels of one image. The features are channels-first, so
-// for a fixed channel the warp's 32*V voxels are contiguous: every load is coalesced and
+// A voxel group (V consecutive voxels of one image) belongs to L consecutive lanes of a
+// warp; lane `slice` of the L holds channels slice, slice + L, slice + 2L, ... of the
+// group's unit features, and every sum over channels is completed across the L lanes with
+// shuffles. L = 1 for shallow features; deep ones take L = 2 or 4 so that no lane holds
+// more than 32 channels of a voxel (the backward as many of the gradient's as well), and
+// every variant stays in registers at two blocks of 256 threads per multiprocessor (see
+// benchmarks/results/cuda_kernel_resources.md). The features are channels-first, so for a
+// fixed channel the voxels of neighbouring groups are contiguous: loads are coalesced and
 // V elements wide, and no permuted copy of the feature map is ever made. The unit-norm
-// bank sits in shared memory, padded to DT (the depth rounded up to 16, 32, 64 or 128)
-// so the unrolled channel loops need no bounds checks; beyond the default 48 KiB the
-// kernel opts in to the device's limit, and a bank larger still is read from global
-// memory, each row normalised as it is used. Nothing of size N x C*K is ever stored:
-// similarities are recomputed where needed (D multiply-adds each).
+// bank sits in shared memory, padded to DT (the depth rounded up to 16, 32, 64 or 128) so
+// the unrolled channel loops need no bounds checks, and the L lanes of a group read
+// neighbouring words of a row (no bank conflicts); beyond the default 48 KiB the kernels
+// opt in to the device's limit, and a bank larger still is read from global memory, each
+// row normalised as it is used (that variant spreads a group over 8 lanes). Nothing of
+// size N x C*K is ever stored: similarities are recomputed where needed (D multiply-adds
+// each).
 //
 // NaN follows the eager reference: it propagates through every sum and product and wins
 // every max/argmax (the first NaN, as in torch.argmax).
 #include <cfloat>
 #include <cstdio>
+#include <mutex>
 
 #include "ops/cuda/cuda_utils.cuh"
 
@@ -21,14 +30,39 @@ namespace mper::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+// Every variant's registers leave room for kMinBlocks blocks of kThreads per
+// multiprocessor (a large bank in shared memory can allow fewer): ptxas is held to
+// 65536 / (2 * 256) = 128 registers per thread, and with -warn-spills a variant that
+// would spill to fit fails the build.
+constexpr int kMinBlocks = 2;
+// Channels of a voxel one lane holds at most (the features', and in the backward as many
+// of the gradient's): deeper features spread each voxel group over DT / kLaneChannels
+// lanes. Reading the bank from global memory takes registers for its addresses and
+// bounds, so that variant holds half as many, over kGlobalLanes lanes.
+constexpr int kLaneChannels = 32;
+constexpr int lanes_per_group(int padded_depth) {
+  return padded_depth <= kLaneChannels ? 1 : padded_depth / kLaneChannels;
+}
 constexpr int kMaxBlocks = kHeadWorkspaceFloats / 2;
 constexpr int kMaxDepth = 128;
+constexpr int kGlobalLanes = kMaxDepth / (kLaneChannels / 2);
 constexpr float kLog2e = 1.4426950408889634f;
 
 // Whether `candidate` replaces `current` in a running max/argmax: a larger value or the
 // first NaN, which then stays.
 __device__ __forceinline__ bool replaces(float candidate, float current) {
   return !(candidate <= current) && current == current;
+}
+
+// The sum of x over the L lanes of a voxel group (`lanes` names them in the warp), in
+// each of them: a butterfly of shuffles whose additions (never fused with a product) see
+// the same operands in every lane, so all L lanes hold the same bits and take the same
+// decisions.
+template <int L>
+__device__ __forceinline__ float group_sum(float x, unsigned lanes) {
+#pragma unroll
+  for (int offset = 1; offset < L; offset *= 2) x = __fadd_rn(x, __shfl_xor_sync(lanes, x, offset));
+  return x;
 }
 
 // The unit-norm bank rows p^_j: at(j, d) * scale(j) is element d of row j, 0 for d >= D.
@@ -77,12 +111,22 @@ struct UnitBank<DT, false> {
   }
 };
 
-// The V voxels of one thread: unit features z^ (D x V) and 1/|z|.
-template <typename T, int DT, int V>
+// A voxel group: V consecutive voxels of one image, held by L consecutive lanes of a warp.
+// This lane keeps its channels of their unit features z^ (kChannels x V) and 1/|z|.
+template <typename T, int DT, int V, int L>
 struct VoxelGroup {
-  float unit[DT][V];
+  static constexpr int kChannels = DT / L;
+  float unit[kChannels][V];
   float inv_norm[V];
   std::int64_t batch, start;
+  const int slice;       // this lane's place in the group
+  const unsigned lanes;  // the group's lanes in the warp
+
+  __device__ VoxelGroup() : slice(int(threadIdx.x % L)), lanes(((1u << L) - 1u) << (threadIdx.x % 32 / L * L)) {}
+
+  // The channel of this lane's i-th unit feature: interleaved, so that the group's lanes
+  // read neighbouring words of a bank row.
+  __device__ int channel(int i) const { return i * L + slice; }
 
   __device__ void load(const HeadArgs& args, std::int64_t group) {
     const FeatureView& f = args.feat;
@@ -91,40 +135,41 @@ struct VoxelGroup {
     start = (group - batch * groups_per_image) * V;
     const T* src = reinterpret_cast<const T*>(f.data) + batch * f.batch_stride + start;
 #pragma unroll
-    for (int d = 0; d < DT; ++d) {
+    for (int i = 0; i < kChannels; ++i) {
+      const int d = channel(i);
       if (d < f.depth) {
-        load_pack<T, V>(src + d * f.channel_stride, unit[d]);
+        load_pack<T, V>(src + d * f.channel_stride, unit[i]);
       } else {
 #pragma unroll
-        for (int v = 0; v < V; ++v) unit[d][v] = 0.f;
+        for (int v = 0; v < V; ++v) unit[i][v] = 0.f;
       }
     }
 #pragma unroll
     for (int v = 0; v < V; ++v) {
       float squared = 0.f;
 #pragma unroll
-      for (int d = 0; d < DT; ++d) squared = fmaf(unit[d][v], unit[d][v], squared);
-      const float norm = sqrtf(squared);
+      for (int i = 0; i < kChannels; ++i) squared = fmaf(unit[i][v], unit[i][v], squared);
+      const float norm = sqrtf(group_sum<L>(squared, lanes));
       inv_norm[v] = norm > 1e-12f ? 1.f / norm : 0.f;
 #pragma unroll
-      for (int d = 0; d < DT; ++d) unit[d][v] *= inv_norm[v];
+      for (int i = 0; i < kChannels; ++i) unit[i][v] *= inv_norm[v];
     }
   }
 
-  // s[v] = cos(z_v, p_j); returns bank.scale(j)
+  // s[v] = cos(z_v, p_j) in every lane of the group; returns bank.scale(j)
   template <typename Bank>
   __device__ float similarity(const Bank& bank, int j, float (&s)[V]) const {
 #pragma unroll
     for (int v = 0; v < V; ++v) s[v] = 0.f;
 #pragma unroll
-    for (int d = 0; d < DT; ++d) {
-      const float p = bank.at(j, d);
+    for (int i = 0; i < kChannels; ++i) {
+      const float p = bank.at(j, channel(i));
 #pragma unroll
-      for (int v = 0; v < V; ++v) s[v] = fmaf(p, unit[d][v], s[v]);
+      for (int v = 0; v < V; ++v) s[v] = fmaf(p, unit[i][v], s[v]);
     }
     const float scale = bank.scale(j);
 #pragma unroll
-    for (int v = 0; v < V; ++v) s[v] *= scale;
+    for (int v = 0; v < V; ++v) s[v] = group_sum<L>(s[v], lanes) * scale;
     return scale;
   }
 };
@@ -181,8 +226,18 @@ __device__ float block_sum(float value, float* scratch) {
 // log2(e) is kept finite too, so that 0 * scale stays 0
 __device__ __forceinline__ float exp2_scale(double inv_tau) { return fminf(float(inv_tau) * kLog2e, FLT_MAX); }
 
-template <typename T, int DT, int V, bool kSharedBank>
-__global__ void __launch_bounds__(kThreads) head_forward_kernel(HeadArgs args) {
+// The voxel groups of the grid, L lanes each: the first this thread takes, and the step.
+template <int L>
+__device__ __forceinline__ std::int64_t first_group() {
+  return (blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x) / L;
+}
+template <int L>
+__device__ __forceinline__ std::int64_t group_step() {
+  return std::int64_t(gridDim.x) * (blockDim.x / L);
+}
+
+template <typename T, int DT, int V, int L, bool kSharedBank>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) head_forward_kernel(HeadArgs args) {
   extern __shared__ float shared_bank[];
   __shared__ float scratch[kThreads / 32];
   const UnitBank<DT, kSharedBank> bank(args, shared_bank);
@@ -194,10 +249,11 @@ __global__ void __launch_bounds__(kThreads) head_forward_kernel(HeadArgs args) {
   const bool want_loss = args.loss != 0;
   float loss_sum = 0.f, count = 0.f;
 
-  for (std::int64_t g = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; g < groups;
-       g += std::int64_t(gridDim.x) * blockDim.x) {
-    VoxelGroup<T, DT, V> voxels;
+  for (std::int64_t g = first_group<L>(); g < groups; g += group_step<L>()) {
+    VoxelGroup<T, DT, V, L> voxels;
     voxels.load(args, g);
+    // the group's first lane writes its outputs and counts its loss
+    const bool writes = voxels.slice == 0;
     NearestSoftmax<V> softmax;
     softmax.reset();
     for (int c = 0; c < C; ++c) {
@@ -213,10 +269,10 @@ __global__ void __launch_bounds__(kThreads) head_forward_kernel(HeadArgs args) {
       const std::int64_t out = (voxels.batch * C + c) * N + voxels.start;
 #pragma unroll
       for (int v = 0; v < V; ++v) best[v] *= inv_tau;
-      if (logits) store_pack<T, V>(logits + out, best);
-      if (assign) store_indices<V>(assign + out, arg);
+      if (logits && writes) store_pack<T, V>(logits + out, best);
+      if (assign && writes) store_indices<V>(assign + out, arg);
     }
-    if (!want_loss) continue;
+    if (!want_loss || !writes) continue;
 #pragma unroll
     for (int v = 0; v < V; ++v) {
       // an ignored voxel adds 0 times its term, so that NaN still reaches the loss
@@ -253,8 +309,8 @@ __global__ void head_loss_finalize_kernel(HeadArgs args, int blocks) {
   }
 }
 
-template <typename T, int DT, int V, bool kSharedBank>
-__global__ void __launch_bounds__(kThreads) head_backward_kernel(HeadArgs args) {
+template <typename T, int DT, int V, int L, bool kSharedBank>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) head_backward_kernel(HeadArgs args) {
   extern __shared__ float shared_bank[];
   const UnitBank<DT, kSharedBank> bank(args, shared_bank);
   const int C = int(args.classes), K = int(args.protos_per_class);
@@ -269,9 +325,9 @@ __global__ void __launch_bounds__(kThreads) head_backward_kernel(HeadArgs args) 
     nce_weight = to_float(*reinterpret_cast<const T*>(args.grad_loss)) * float(args.inv_nce_tau) / fmaxf(count, 1.f);
   }
 
-  for (std::int64_t g = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; g < groups;
-       g += std::int64_t(gridDim.x) * blockDim.x) {
-    VoxelGroup<T, DT, V> voxels;
+  for (std::int64_t g = first_group<L>(); g < groups; g += group_step<L>()) {
+    using Group = VoxelGroup<T, DT, V, L>;
+    Group voxels;
     voxels.load(args, g);
     float s[V];
     NearestSoftmax<V> softmax;
@@ -289,12 +345,13 @@ __global__ void __launch_bounds__(kThreads) head_backward_kernel(HeadArgs args) 
       weight[v] = nce_weight * (softmax.nearest[v] == args.ignore_index ? 0.f : 1.f);
       log2_total[v] = __log2f(softmax.total[v]);
     }
-    // u = sum_j (d loss / d s_j) p^_j; then grad = (u - (u . z^) z^) / |z|
-    float u[DT][V];
+    // u = sum_j (d loss / d s_j) p^_j, this lane's channels of it; then
+    // grad = (u - (u . z^) z^) / |z|
+    float u[Group::kChannels][V];
 #pragma unroll
-    for (int d = 0; d < DT; ++d)
+    for (int i = 0; i < Group::kChannels; ++i)
 #pragma unroll
-      for (int v = 0; v < V; ++v) u[d][v] = 0.f;
+      for (int v = 0; v < V; ++v) u[i][v] = 0.f;
     for (int c = 0; c < C; ++c) {
       float best[V];
       int arg[V];
@@ -312,10 +369,10 @@ __global__ void __launch_bounds__(kThreads) head_backward_kernel(HeadArgs args) 
           coeff[v] = weight[v] * (p - float(j == softmax.nearest[v])) * scale;
         }
 #pragma unroll
-        for (int d = 0; d < DT; ++d) {
-          const float p = bank.at(j, d);
+        for (int i = 0; i < Group::kChannels; ++i) {
+          const float p = bank.at(j, voxels.channel(i));
 #pragma unroll
-          for (int v = 0; v < V; ++v) u[d][v] = fmaf(coeff[v], p, u[d][v]);
+          for (int v = 0; v < V; ++v) u[i][v] = fmaf(coeff[v], p, u[i][v]);
         }
       }
       if (!grad_logits) continue;
@@ -326,7 +383,7 @@ __global__ void __launch_bounds__(kThreads) head_backward_kernel(HeadArgs args) 
         const int j = c * K + arg[v];
         const float weight_j = g[v] * inv_tau * bank.scale(j);
 #pragma unroll
-        for (int d = 0; d < DT; ++d) u[d][v] = fmaf(weight_j, bank.at(j, d), u[d][v]);
+        for (int i = 0; i < Group::kChannels; ++i) u[i][v] = fmaf(weight_j, bank.at(j, voxels.channel(i)), u[i][v]);
       }
     }
     float radial[V];
@@ -334,15 +391,17 @@ __global__ void __launch_bounds__(kThreads) head_backward_kernel(HeadArgs args) 
     for (int v = 0; v < V; ++v) {
       radial[v] = 0.f;
 #pragma unroll
-      for (int d = 0; d < DT; ++d) radial[v] = fmaf(u[d][v], voxels.unit[d][v], radial[v]);
+      for (int i = 0; i < Group::kChannels; ++i) radial[v] = fmaf(u[i][v], voxels.unit[i][v], radial[v]);
+      radial[v] = group_sum<L>(radial[v], voxels.lanes);
     }
     T* out = grad_feat + voxels.batch * D * N + voxels.start;
 #pragma unroll
-    for (int d = 0; d < DT; ++d) {
+    for (int i = 0; i < Group::kChannels; ++i) {
+      const int d = voxels.channel(i);
       if (d >= D) break;
       float grad[V];
 #pragma unroll
-      for (int v = 0; v < V; ++v) grad[v] = voxels.inv_norm[v] * (u[d][v] - radial[v] * voxels.unit[d][v]);
+      for (int v = 0; v < V; ++v) grad[v] = voxels.inv_norm[v] * (u[i][v] - radial[v] * voxels.unit[i][v]);
       store_pack<T, V>(out + d * N, grad);
     }
   }
@@ -364,9 +423,11 @@ std::size_t bank_bytes(const HeadArgs& args, int padded_depth) {
   return std::size_t(args.classes * args.protos_per_class) * padded_depth * sizeof(float);
 }
 
-// Whether `kernel` can hold a bank of `bytes` in dynamic shared memory; opts it in beyond
-// the default 48 KiB up to the device's limit per block, less the kernel's static shared
-// memory. False when the bank does not fit even then.
+// Whether `kernel` can hold a bank of `bytes` in dynamic shared memory. Beyond the
+// default 48 KiB, the kernel is opted in to the device's limit per block (less its static
+// shared memory), under a lock and only ever upwards: the bindings release the GIL, and a
+// concurrent call must never lower the limit another one has just launched against.
+// False when the bank does not fit even then.
 bool reserve_bank_memory(void (*kernel)(HeadArgs), std::size_t bytes) {
   cudaFuncAttributes attributes;
   check_cuda(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes");
@@ -374,14 +435,19 @@ bool reserve_bank_memory(void (*kernel)(HeadArgs), std::size_t bytes) {
   int device = 0, limit = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
   check_cuda(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
-  if (bytes + attributes.sharedSizeBytes > std::size_t(limit)) return false;
-  const cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  const std::size_t most = std::size_t(limit) - attributes.sharedSizeBytes;
+  if (bytes > most) return false;
+  static std::mutex raising;
+  const std::lock_guard<std::mutex> lock(raising);
+  check_cuda(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes");
+  if (bytes <= std::size_t(attributes.maxDynamicSharedSizeBytes)) return true;
+  const cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most));
   if (status != cudaSuccess) {
     char message[256];
     std::snprintf(message, sizeof message,
                   "mper: CUDA error reserving %zu bytes of shared memory for the prototype bank (the device "
                   "allows %d per block, %zu of them static): %s",
-                  bytes, limit, std::size_t(attributes.sharedSizeBytes), cudaGetErrorString(status));
+                  most, limit, std::size_t(attributes.sharedSizeBytes), cudaGetErrorString(status));
     throw std::runtime_error(message);
   }
   return true;
@@ -391,40 +457,48 @@ std::int64_t groups_of(const HeadArgs& args, int per_thread) {
   return args.feat.batch * (args.feat.voxels / per_thread);
 }
 
-template <typename T, int DT, int V, bool kSharedBank>
+// Blocks of kThreads for one thread per lane of every voxel group.
+std::int64_t blocks_for(const HeadArgs& args, int per_thread, int lanes) {
+  return (groups_of(args, per_thread) * lanes + kThreads - 1) / kThreads;
+}
+
+template <typename T, int DT, int V, int L, bool kSharedBank>
 void run_forward(const HeadArgs& args, std::size_t shared_bytes) {
-  const std::int64_t blocks = (groups_of(args, V) + kThreads - 1) / kThreads;
+  const std::int64_t blocks = blocks_for(args, V, L);
   const int grid = int(std::max<std::int64_t>(1, std::min<std::int64_t>(blocks, kMaxBlocks)));
-  head_forward_kernel<T, DT, V, kSharedBank><<<grid, kThreads, shared_bytes, as_stream(args.stream)>>>(args);
+  head_forward_kernel<T, DT, V, L, kSharedBank><<<grid, kThreads, shared_bytes, as_stream(args.stream)>>>(args);
   check_cuda(cudaGetLastError(), "head_forward_kernel");
   if (!args.loss) return;
   head_loss_finalize_kernel<T><<<1, kThreads, 0, as_stream(args.stream)>>>(args, grid);
   check_cuda(cudaGetLastError(), "head_loss_finalize_kernel");
 }
 
-template <typename T, int DT, int V, bool kSharedBank>
+template <typename T, int DT, int V, int L, bool kSharedBank>
 void run_backward(const HeadArgs& args, std::size_t shared_bytes) {
-  const std::int64_t blocks = (groups_of(args, V) + kThreads - 1) / kThreads;
+  const std::int64_t blocks = blocks_for(args, V, L);
   const int grid = int(std::max<std::int64_t>(1, std::min<std::int64_t>(blocks, 1 << 30)));
-  head_backward_kernel<T, DT, V, kSharedBank><<<grid, kThreads, shared_bytes, as_stream(args.stream)>>>(args);
+  head_backward_kernel<T, DT, V, L, kSharedBank><<<grid, kThreads, shared_bytes, as_stream(args.stream)>>>(args);
   check_cuda(cudaGetLastError(), "head_backward_kernel");
 }
 
 // The variant with the bank in shared memory, or, when it does not fit, the one that reads
-// it from global memory (one voxel per thread, the widest depth: one instance per dtype).
+// it from global memory (one voxel per group, the widest depth: one instance per dtype).
 template <typename T, int DT, int V>
 void launch_forward(const HeadArgs& args) {
+  constexpr int L = lanes_per_group(DT);
   const std::size_t bytes = bank_bytes(args, DT);
-  if (reserve_bank_memory(head_forward_kernel<T, DT, V, true>, bytes)) return run_forward<T, DT, V, true>(args, bytes);
-  run_forward<T, kMaxDepth, 1, false>(args, 0);
+  if (reserve_bank_memory(head_forward_kernel<T, DT, V, L, true>, bytes))
+    return run_forward<T, DT, V, L, true>(args, bytes);
+  run_forward<T, kMaxDepth, 1, kGlobalLanes, false>(args, 0);
 }
 
 template <typename T, int DT, int V>
 void launch_backward(const HeadArgs& args) {
+  constexpr int L = lanes_per_group(DT);
   const std::size_t bytes = bank_bytes(args, DT);
-  if (reserve_bank_memory(head_backward_kernel<T, DT, V, true>, bytes))
-    return run_backward<T, DT, V, true>(args, bytes);
-  run_backward<T, kMaxDepth, 1, false>(args, 0);
+  if (reserve_bank_memory(head_backward_kernel<T, DT, V, L, true>, bytes))
+    return run_backward<T, DT, V, L, true>(args, bytes);
+  run_backward<T, kMaxDepth, 1, kGlobalLanes, false>(args, 0);
 }
 
 // Checks shared by both directions.
@@ -434,9 +508,9 @@ void check_head(const HeadArgs& args) {
         "the CUDA kernels support a prototype bank of at most 2^30 rows");
 }
 
-// Variants: the depth padded to DT and V voxels per thread, as many as keep the kernel
-// free of register spills at two or more blocks of 256 threads per multiprocessor (the
-// backward holds the gradient as well as the features, so it takes fewer voxels).
+// Variants: the depth padded to DT and V voxels per group; shallow features take several
+// voxels per group, as many as keep the kernel within its registers (the backward holds
+// the gradient as well, so it takes fewer); deeper ones spread a group over 2 or 4 lanes.
 template <typename T>
 void forward_variant(const HeadArgs& args) {
   const FeatureView& f = args.feat;
@@ -460,10 +534,14 @@ void backward_variant(const HeadArgs& args) {
 }  // namespace
 
 void head_forward(const HeadArgs& args) {
+  check_driver();
+  check_head_addresses(args, false, true);
   dispatch_cuda(args.dtype, [&](auto tag) { forward_variant<typename decltype(tag)::type>(args); });
 }
 
 void head_backward(const HeadArgs& args) {
+  check_driver();
+  check_head_addresses(args, true, true);
   dispatch_cuda(args.dtype, [&](auto tag) { backward_variant<typename decltype(tag)::type>(args); });
 }
 

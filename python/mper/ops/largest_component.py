@@ -21,7 +21,7 @@ LABEL_DTYPE_CODES = {
     torch.int32: _common._C.LabelDType.int32,
     torch.int64: _common._C.LabelDType.int64,
 }
-_MAX_IMAGE_VOXELS = 2**31 - 1
+MAX_IMAGE_VOXELS: int = _common._C.max_image_voxels  # 2^31 - 1: the kernels count in int32
 
 
 @torch.library.custom_op("mper::largest_component", mutates_args=())
@@ -65,8 +65,10 @@ def check_label_map(labels: object) -> torch.Tensor:
             f"labels must be a batch of 2D or 3D label maps, (B, H, W) or (B, D, H, W); "
             f"got shape {tuple(labels.shape)}"
         )
-    if math.prod(labels.shape[1:]) > _MAX_IMAGE_VOXELS:
-        raise ValueError(f"each label map must hold fewer than 2^31 voxels; got shape {tuple(labels.shape)}")
+    if math.prod(labels.shape[1:]) > MAX_IMAGE_VOXELS:
+        raise ValueError(
+            f"each label map must hold at most 2^31 - 1 = {MAX_IMAGE_VOXELS} voxels; got shape {tuple(labels.shape)}"
+        )
     return labels
 
 
