@@ -256,7 +256,7 @@ def test_accumulate_rejects_bad_input():
 def test_ema_rejects_bad_input():
     bank = make_bank(4, 3, seed=17)
     sums, counts = torch.zeros(4, 3), torch.ones(4)
-    with pytest.raises(ValueError, match="sums must be"):
+    with pytest.raises(ValueError, match=r"sums must have shape \(4, 3\)"):
         ops.proto_ema_update_(bank, sums[:2], counts, 0.9)
     with pytest.raises(ValueError, match="momentum"):
         ops.proto_ema_update_(bank, sums, counts, 1.5)
