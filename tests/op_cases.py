@@ -26,10 +26,14 @@ def make_bank(rows, depth, seed, device="cpu") -> torch.Tensor:
     return torch.randn((rows, depth), generator=generator).to(device)
 
 
-def reliable_voxels(feat, bank, num_classes, margin=1e-3) -> torch.Tensor:
+def reliable_voxels(feat, bank, num_classes, margin=1e-3, require_most=True) -> torch.Tensor:
     """(B, *S) bool: voxels whose per-class and global argmaxes win by `margin`, where
     rounding cannot flip a choice (and so the gradient), and whose feature norm is not
-    tiny (the gradient of z/|z| scales rounding errors by 1/|z|)."""
+    tiny (the gradient of z/|z| scales rounding errors by 1/|z|).
+
+    Asserts that most voxels are kept (unless `require_most` is False, for a caller that
+    handles a sparse mask itself), so that a comparison on them cannot pass by checking
+    next to nothing."""
     sim = ref.cosine_similarity(feat.detach().double(), bank.double())
     per_class = sim.reshape(sim.shape[0], num_classes, -1)
     norms = feat.detach().double().movedim(1, -1).reshape(sim.shape[0], -1).norm(dim=1)
@@ -38,6 +42,10 @@ def reliable_voxels(feat, bank, num_classes, margin=1e-3) -> torch.Tensor:
         if scores.shape[-1] > 1:
             top2 = scores.topk(2, dim=-1).values
             ok &= ((top2[..., 0] - top2[..., 1]) > margin).all(dim=1)
+    if require_most:
+        assert 2 * int(ok.sum()) > ok.numel(), (
+            f"only {int(ok.sum())} of {ok.numel()} voxels are reliable: a comparison on them would check too little"
+        )
     batch, spatial = feat.shape[0], feat.shape[2:]
     return ok.reshape(batch, *spatial)
 

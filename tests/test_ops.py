@@ -87,6 +87,13 @@ def test_gradcheck_float64():
     )
 
 
+def test_reliable_voxels_must_be_most_voxels():
+    # depth 1: every cosine is +-1, so equal rows tie everywhere and no voxel is reliable
+    feat = make_features(1, 1, (4, 4), torch.float32, seed=12).abs() + 0.5
+    with pytest.raises(AssertionError, match="only 0 of 16 voxels are reliable"):
+        reliable_voxels(feat, torch.ones(4, 1), 2)
+
+
 def test_reads_strided_and_channel_sliced_features_in_place():
     base = make_features(2, 12, (6, 8), torch.float32, seed=5)
     bank = make_bank(6, 6, seed=6)
@@ -256,7 +263,7 @@ def test_accumulate_rejects_bad_input():
 def test_ema_rejects_bad_input():
     bank = make_bank(4, 3, seed=17)
     sums, counts = torch.zeros(4, 3), torch.ones(4)
-    with pytest.raises(ValueError, match="sums must be"):
+    with pytest.raises(ValueError, match=r"sums must have shape \(4, 3\)"):
         ops.proto_ema_update_(bank, sums[:2], counts, 0.9)
     with pytest.raises(ValueError, match="momentum"):
         ops.proto_ema_update_(bank, sums, counts, 1.5)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import mper.reference as ref
@@ -32,11 +32,15 @@ def test_head_matches_reference_on_any_shape(problem, ignore_index):
     bank = make_bank(num_classes * num_protos, depth, seed)
     logits, assign, loss = ops.proto_classify_infonce(feat, bank, num_classes, 0.1, 0.1, ignore_index)
     want_logits, want_assign, want_loss = ref.proto_classify_infonce(feat, bank, num_classes, 0.1, 0.1, ignore_index)
-    keep = reliable_voxels(feat, bank, num_classes).unsqueeze(1)
     torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-4)
-    assert torch.equal(assign[keep.expand_as(assign)], want_assign[keep.expand_as(want_assign)])
     assert ((assign >= 0) & (assign < num_protos)).all()
     torch.testing.assert_close(loss, want_loss, rtol=1e-4, atol=1e-5)
+    # assign and the gradient only where rounding cannot flip a choice; a problem where
+    # that is not most voxels (depth 1: every cosine is +-1, ties everywhere; or a few
+    # voxels with a near tie) does not count as checked
+    keep = reliable_voxels(feat, bank, num_classes, require_most=False).unsqueeze(1)
+    assume(2 * int(keep.sum()) > keep.numel())
+    assert torch.equal(assign[keep.expand_as(assign)], want_assign[keep.expand_as(want_assign)])
     (grad,) = torch.autograd.grad(logits.sum() + loss, feat)
     (want_grad,) = torch.autograd.grad(want_logits.sum() + want_loss, feat)
     keep = keep.expand_as(grad)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -99,6 +99,22 @@ def address(x: torch.Tensor | None) -> int:
 
 
 # ---------------------------------------------------------------- argument checks
+#
+# Two levels, written once: the public functions (mper.ops.*) check what a user passes
+# and convert it to what the kernels read; the registered ops (torch.ops.mper.*, which
+# torch.compile, opcheck and anyone may call directly) run the same checks and then
+# refuse anything the kernels would misread (a dtype, a layout), in the op body and in
+# the fake kernel alike, so that compiled graphs check too.
+
+
+def require(ok: bool | torch.SymBool, error: type[Exception], message: Callable[[], str]) -> None:
+    """Raises ``error(message())`` unless `ok`; under torch.compile a symbolic `ok`
+    becomes a check of the graph (``torch._check_with``) instead of a guard."""
+    if ok is True:
+        return
+    if ok is False:
+        raise error(message())
+    torch._check_with(error, ok, message)
 
 
 def check_tensor(name: str, x: object) -> torch.Tensor:
@@ -122,18 +138,18 @@ def check_features(name: str, x: object) -> torch.Tensor:
     return x
 
 
-def check_bank(x: object, depth: int) -> torch.Tensor:
+def check_bank(x: object, depth: int | torch.SymInt) -> torch.Tensor:
     """The prototype bank (C*K, D), floating point, D matching the features."""
     x = check_tensor("prototypes", x)
-    if x.dim() != 2 or x.shape[1] != depth:
-        raise ValueError(
-            f"prototypes must be (C*K, D) with D = {depth} (the features' channel count); "
-            f"got shape {tuple(x.shape)}"
-        )
+    require(
+        x.dim() == 2 and x.shape[1] == depth,
+        ValueError,
+        lambda: f"prototypes must be (C*K, D) with D = {depth} (the features' channel count); "
+        f"got shape {tuple(x.shape)}",
+    )
     if not x.is_floating_point():
         raise TypeError(f"prototypes must be floating point; got {x.dtype}")
-    if x.shape[0] == 0:
-        raise ValueError("prototypes must hold at least one row")
+    require(x.shape[0] > 0, ValueError, lambda: "prototypes must hold at least one row")
     return x
 
 
@@ -161,17 +177,19 @@ def check_rows(prototypes: torch.Tensor, num_classes: int, num_protos: int | Non
     """Checks the bank has C*K rows and returns K."""
     rows = prototypes.shape[0]
     if num_protos is None:
-        if rows % num_classes:
-            raise ValueError(
-                f"prototypes has {rows} rows, not a multiple of num_classes = {num_classes}: "
-                "the bank must hold K prototypes per class (C*K rows, row c*K + k)"
-            )
-        return rows // num_classes
-    if rows != num_classes * num_protos:
-        raise ValueError(
-            f"prototypes has {rows} rows but num_classes x num_protos = "
-            f"{num_classes} x {num_protos} = {num_classes * num_protos}"
+        require(
+            rows % num_classes == 0,
+            ValueError,
+            lambda: f"prototypes has {rows} rows, not a multiple of num_classes = {num_classes}: "
+            "the bank must hold K prototypes per class (C*K rows, row c*K + k)",
         )
+        return rows // num_classes
+    require(
+        rows == num_classes * num_protos,
+        ValueError,
+        lambda: f"prototypes has {rows} rows but num_classes x num_protos = "
+        f"{num_classes} x {num_protos} = {num_classes * num_protos}",
+    )
     return num_protos
 
 
@@ -181,6 +199,64 @@ def check_same_device(**tensors: torch.Tensor | None) -> None:
     if len(devices) > 1:
         listing = ", ".join(f"{name} on {t.device}" for name, t in present.items())
         raise ValueError(f"all tensors must be on one device; got {listing}")
+
+
+def _all(conditions: Iterable[bool | torch.SymBool]) -> bool | torch.SymBool:
+    """`all`, but joining symbolic conditions instead of guarding on each."""
+    joined: torch.SymBool | None = None
+    for condition in conditions:
+        if condition is False:
+            return False
+        if isinstance(condition, torch.SymBool):
+            joined = condition if joined is None else joined & condition
+    return True if joined is None else joined
+
+
+def check_shape(name: str, x: torch.Tensor, shape: tuple[int | torch.SymInt, ...], meaning: str = "") -> None:
+    """`x` has exactly `shape`; `meaning` names the dims in the message, e.g. "(B, *spatial)"."""
+    require(
+        x.dim() == len(shape) and _all(a == b for a, b in zip(x.shape, shape)),
+        ValueError,
+        lambda: f"{name} must have shape {tuple(shape)}{' ' + meaning if meaning else ''}; got {tuple(x.shape)}",
+    )
+
+
+# What the registered ops' kernels read, beyond the public checks above: a direct call of
+# torch.ops.mper.* that breaks one of these would make a kernel misread memory.
+
+_CONVERTED_BY = "(the public functions in mper.ops convert their arguments to it)"
+
+
+def check_kernel_dtype(name: str, x: torch.Tensor, dtype: torch.dtype, why: str = "") -> None:
+    if x.dtype != dtype:
+        raise TypeError(f"{name} must be {dtype}{' ' + why if why else ''} for the kernel; got {x.dtype} "
+                        + _CONVERTED_BY)
+
+
+def check_contiguous(name: str, x: torch.Tensor) -> None:
+    require(
+        x.is_contiguous(),
+        ValueError,
+        lambda: f"{name} must be contiguous for the kernel; got strides {x.stride()} for shape "
+        f"{tuple(x.shape)} " + _CONVERTED_BY,
+    )
+
+
+def check_spatially_dense(name: str, x: torch.Tensor) -> None:
+    require(
+        spatially_dense(x),
+        ValueError,
+        lambda: f"{name} must have dense spatial dims (one contiguous run per image and channel) for "
+        f"the kernel; got strides {x.stride()} for shape {tuple(x.shape)} " + _CONVERTED_BY,
+    )
+
+
+def check_kernel_bank(prototypes: torch.Tensor, features: torch.Tensor) -> None:
+    """The bank as :func:`bank_for` makes it: contiguous, in the features' accumulation dtype."""
+    check_kernel_dtype(
+        "prototypes", prototypes, accumulation_dtype(features.dtype), f"(the accumulation dtype of {features.dtype})"
+    )
+    check_contiguous("prototypes", prototypes)
 
 
 def bank_for(prototypes: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

@@ -113,8 +113,14 @@ def backward_kernel(
     return grad_feat
 
 
-#: :func:`backward_kernel` as a custom op, so that `torch.compile` traces the backward.
-head_backward = torch.library.custom_op("mper::proto_head_backward", backward_kernel, mutates_args=())
+@torch.library.custom_op("mper::proto_head_backward", mutates_args=())
+def head_backward(
+    feat: torch.Tensor, prototypes: torch.Tensor, grad_logits: torch.Tensor | None, grad_loss: torch.Tensor | None,
+    count: torch.Tensor | None, num_classes: int, tau: float, nce_tau: float, ignore_index: int,
+) -> torch.Tensor:
+    """:func:`backward_kernel` as a custom op, so that `torch.compile` traces the backward."""
+    check_backward_arguments(feat, prototypes, grad_logits, grad_loss, count, num_classes, tau, nce_tau)
+    return backward_kernel(feat, prototypes, grad_logits, grad_loss, count, num_classes, tau, nce_tau, ignore_index)
 
 
 @head_backward.register_fake
@@ -122,6 +128,7 @@ def _(
     feat: torch.Tensor, prototypes: torch.Tensor, grad_logits: torch.Tensor | None, grad_loss: torch.Tensor | None,
     count: torch.Tensor | None, num_classes: int, tau: float, nce_tau: float, ignore_index: int,
 ) -> torch.Tensor:
+    check_backward_arguments(feat, prototypes, grad_logits, grad_loss, count, num_classes, tau, nce_tau)
     return torch.empty(feat.shape, dtype=feat.dtype, device=feat.device)
 
 
@@ -194,10 +201,10 @@ class EagerHead(torch.autograd.Function):
         grad_feat = backward(ctx, grad_logits, grad_loss, direct=not torch.is_grad_enabled())
         return grad_feat, None, None, None, None, None, None, None
 
-def prepare(
+def check_arguments(
     feat: object, prototypes: object, num_classes: object, **temperatures: object
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Checks the public arguments; returns (feat, bank) as the kernels read them."""
+    """The head's argument checks, shared by the public functions and the registered ops."""
     feat = _common.check_features("feat", feat)
     classes = _common.check_positive_int("num_classes", num_classes)
     prototypes = _common.check_bank(prototypes, feat.shape[1])
@@ -205,7 +212,50 @@ def prepare(
     _common.check_same_device(feat=feat, prototypes=prototypes)
     for name, value in temperatures.items():
         _common.check_temperature(name, value, feat.dtype)
+    return feat, prototypes
+
+
+def prepare(
+    feat: object, prototypes: object, num_classes: object, **temperatures: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checks the public arguments; returns (feat, bank) as the kernels read them."""
+    feat, prototypes = check_arguments(feat, prototypes, num_classes, **temperatures)
     return _common.with_dense_spatial(feat), _common.bank_for(prototypes, feat)
+
+
+def check_kernel_arguments(
+    feat: torch.Tensor, prototypes: torch.Tensor, num_classes: int, **temperatures: float
+) -> None:
+    """What a registered head op checks (body and fake kernel): :func:`check_arguments`,
+    then that feat and the bank are laid out as :func:`prepare` leaves them."""
+    check_arguments(feat, prototypes, num_classes, **temperatures)
+    _common.check_spatially_dense("feat", feat)
+    _common.check_kernel_bank(prototypes, feat)
+
+
+def check_backward_arguments(
+    feat: torch.Tensor, prototypes: torch.Tensor, grad_logits: torch.Tensor | None, grad_loss: torch.Tensor | None,
+    count: torch.Tensor | None, num_classes: int, tau: float, nce_tau: float,
+) -> None:
+    """What `proto_head_backward` checks: the forward's arguments, the incoming gradients
+    (logits' (B, C, *spatial), the loss's a scalar) and the forward's count of kept voxels."""
+    check_kernel_arguments(feat, prototypes, num_classes, tau=tau, nce_tau=nce_tau)
+    _common.check_same_device(feat=feat, grad_logits=grad_logits, grad_loss=grad_loss, count=count)
+    for name, grad, shape, meaning in (
+        ("grad_logits", grad_logits, _class_shape(feat, num_classes), "(B, C, *spatial)"),
+        ("grad_loss", grad_loss, (), "(a scalar)"),
+    ):
+        if grad is not None:
+            _common.check_shape(name, grad, shape, meaning)
+            if not grad.is_floating_point():
+                raise TypeError(f"{name} must be floating point; got {grad.dtype}")
+    if grad_loss is not None and count is None:
+        raise ValueError("the loss's gradient needs count, the forward's count of kept voxels")
+    if count is not None:
+        _common.check_shape("count", count, (), "(a scalar)")
+        _common.check_kernel_dtype(
+            "count", count, _common.accumulation_dtype(feat.dtype), f"(the accumulation dtype of {feat.dtype})"
+        )
 
 
 def check_ignore_index(ignore_index: object) -> int:

@@ -22,6 +22,7 @@ def _proto_accumulate(
     num_protos: int,
     check_labels: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_kernel_arguments(emb, labels, assign, mask, num_classes, num_protos)
     # checked here, inside the op, so that the check runs under torch.compile as well
     if check_labels:
         _check_ranges(labels, assign, mask, num_classes, num_protos)
@@ -51,6 +52,7 @@ def _(
     emb: torch.Tensor, labels: torch.Tensor, assign: torch.Tensor, mask: torch.Tensor | None, num_classes: int,
     num_protos: int, check_labels: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_kernel_arguments(emb, labels, assign, mask, num_classes, num_protos)
     return _empty_totals(emb, num_classes * num_protos)
 
 
@@ -58,20 +60,48 @@ def _check_index_map(name: str, x: object, shape: tuple[int, ...]) -> torch.Tens
     x = _common.check_tensor(name, x)
     if x.is_floating_point() or x.is_complex():
         raise TypeError(f"{name} must be an integer tensor; got {x.dtype}")
-    if tuple(x.shape) != shape:
-        raise ValueError(f"{name} must have shape {shape}; got {tuple(x.shape)}")
-    return x.to(torch.int64).contiguous()
+    _common.check_shape(name, x, shape)
+    return x
 
 
 def _check_mask(mask: object, shape: tuple[int, ...]) -> torch.Tensor | None:
     if mask is None:
         return None
     mask = _common.check_tensor("mask", mask)
-    if tuple(mask.shape) != shape:
-        raise ValueError(f"mask must have shape {shape} (B, *spatial); got {tuple(mask.shape)}")
+    _common.check_shape("mask", mask, shape, "(B, *spatial)")
     if mask.dtype != torch.bool and (mask.is_floating_point() or mask.is_complex()):
         raise TypeError(f"mask must be bool (or integer 0/1); got {mask.dtype}")
-    return mask.to(torch.bool).contiguous()
+    return mask
+
+
+def _check_arguments(
+    emb: object, labels: object, assign: object, mask: object, num_classes: object, num_protos: object
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The argument checks shared by :func:`proto_accumulate` and the registered op."""
+    emb = _common.check_features("emb", emb)
+    classes = _common.check_positive_int("num_classes", num_classes)
+    _common.check_positive_int("num_protos", num_protos)
+    batch, spatial = emb.shape[0], tuple(emb.shape[2:])
+    labels = _check_index_map("labels", labels, (batch, *spatial))
+    assign = _check_index_map("assign", assign, (batch, classes, *spatial))
+    mask = _check_mask(mask, (batch, *spatial))
+    _common.check_same_device(emb=emb, labels=labels, assign=assign, mask=mask)
+    return emb, labels, assign, mask
+
+
+def _check_kernel_arguments(
+    emb: torch.Tensor, labels: torch.Tensor, assign: torch.Tensor, mask: torch.Tensor | None, num_classes: int,
+    num_protos: int,
+) -> None:
+    """What the registered op checks (body and fake kernel): :func:`_check_arguments`, then
+    the dtypes and layouts :func:`proto_accumulate` converts its arguments to."""
+    _check_arguments(emb, labels, assign, mask, num_classes, num_protos)
+    _common.check_spatially_dense("emb", emb)
+    index_maps = (("labels", labels, torch.int64), ("assign", assign, torch.int64), ("mask", mask, torch.bool))
+    for name, x, dtype in index_maps:
+        if x is not None:
+            _common.check_kernel_dtype(name, x, dtype)
+            _common.check_contiguous(name, x)
 
 
 def _check_ranges(
@@ -117,14 +147,10 @@ def proto_accumulate(
     Returns:
         ``sums`` ``(C*K, D)`` and ``counts`` ``(C*K,)``, float32 (float64 for float64 emb).
     """
-    emb = _common.check_features("emb", emb).detach()
-    _common.check_positive_int("num_classes", num_classes)
-    _common.check_positive_int("num_protos", num_protos)
-    batch, spatial = emb.shape[0], tuple(emb.shape[2:])
-    labels = _check_index_map("labels", labels, (batch, *spatial))
-    assign = _check_index_map("assign", assign, (batch, num_classes, *spatial))
-    mask = _check_mask(mask, (batch, *spatial))
-    _common.check_same_device(emb=emb, labels=labels, assign=assign, mask=mask)
-    emb = _common.with_dense_spatial(emb)
+    emb, labels, assign, mask = _check_arguments(emb, labels, assign, mask, num_classes, num_protos)
+    emb = _common.with_dense_spatial(emb.detach())
+    labels = labels.to(torch.int64).contiguous()
+    assign = assign.to(torch.int64).contiguous()
+    mask = None if mask is None else mask.to(torch.bool).contiguous()
     sums, counts = _proto_accumulate(emb, labels, assign, mask, num_classes, num_protos, bool(check_labels))
     return sums, counts

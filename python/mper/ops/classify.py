@@ -16,6 +16,7 @@ from mper.ops import _head
 def _proto_classify(
     feat: torch.Tensor, prototypes: torch.Tensor, num_classes: int, tau: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _head.check_kernel_arguments(feat, prototypes, num_classes, tau=tau)
     logits, assign, _, _ = _head.forward(
         feat, prototypes, num_classes, tau, 1.0, _head.NO_IGNORE, want_classes=True, want_loss=False
     )
@@ -24,6 +25,7 @@ def _proto_classify(
 
 @_proto_classify.register_fake
 def _(feat: torch.Tensor, prototypes: torch.Tensor, num_classes: int, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    _head.check_kernel_arguments(feat, prototypes, num_classes, tau=tau)
     return _head.empty_outputs(feat, num_classes)[:2]
 
 

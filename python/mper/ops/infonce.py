@@ -17,6 +17,7 @@ from mper.ops import _head
 def _proto_infonce(
     feat: torch.Tensor, prototypes: torch.Tensor, tau: float, ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _head.check_kernel_arguments(feat, prototypes, 1, tau=tau)
     _, _, loss, count = _head.forward(
         feat, prototypes, 1, 1.0, tau, ignore_index, want_classes=False, want_loss=True
     )
@@ -25,6 +26,7 @@ def _proto_infonce(
 
 @_proto_infonce.register_fake
 def _(feat: torch.Tensor, prototypes: torch.Tensor, tau: float, ignore_index: int) -> tuple[torch.Tensor, ...]:
+    _head.check_kernel_arguments(feat, prototypes, 1, tau=tau)
     return _head.empty_outputs(feat, 1)[2:]
 
 
@@ -49,6 +51,7 @@ def _proto_classify_infonce(
     nce_tau: float,
     ignore_index: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _head.check_kernel_arguments(feat, prototypes, num_classes, tau=tau, nce_tau=nce_tau)
     return _head.forward(
         feat, prototypes, num_classes, tau, nce_tau, ignore_index, want_classes=True, want_loss=True
     )
@@ -58,6 +61,7 @@ def _proto_classify_infonce(
 def _(
     feat: torch.Tensor, prototypes: torch.Tensor, num_classes: int, tau: float, nce_tau: float, ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _head.check_kernel_arguments(feat, prototypes, num_classes, tau=tau, nce_tau=nce_tau)
     return _head.empty_outputs(feat, num_classes)
 
 

@@ -26,6 +26,7 @@ MAX_IMAGE_VOXELS: int = _common._C.max_image_voxels  # 2^31 - 1: the kernels cou
 
 @torch.library.custom_op("mper::largest_component", mutates_args=())
 def _largest_component(labels: torch.Tensor, num_classes: int, check_labels: bool = False) -> torch.Tensor:
+    _check_kernel_arguments(labels, num_classes)
     # checked here, inside the op, so that the check runs under torch.compile as well
     if check_labels:
         _check_range(labels, num_classes)
@@ -51,6 +52,7 @@ def _largest_component(labels: torch.Tensor, num_classes: int, check_labels: boo
 
 @_largest_component.register_fake
 def _(labels: torch.Tensor, num_classes: int, check_labels: bool = False) -> torch.Tensor:
+    _check_kernel_arguments(labels, num_classes)
     return torch.empty_like(labels, memory_format=torch.contiguous_format)
 
 
@@ -70,6 +72,14 @@ def check_label_map(labels: object) -> torch.Tensor:
             f"each label map must hold at most 2^31 - 1 = {MAX_IMAGE_VOXELS} voxels; got shape {tuple(labels.shape)}"
         )
     return labels
+
+
+def _check_kernel_arguments(labels: torch.Tensor, num_classes: int) -> None:
+    """What the registered op checks (body and fake kernel): the public checks, then that
+    the labels are contiguous, as the kernel reads them (:func:`largest_component` makes them so)."""
+    check_label_map(labels)
+    _common.check_positive_int("num_classes", num_classes)
+    _common.check_contiguous("labels", labels)
 
 
 def _check_range(labels: torch.Tensor, num_classes: int) -> None:
