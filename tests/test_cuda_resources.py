@@ -21,7 +21,11 @@ def resources():
     spec = importlib.util.spec_from_file_location("cuda_resources", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(SCRIPT.parent))  # for its sibling benchmarks/provenance.py
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
     yield module
     del sys.modules[spec.name]
 
