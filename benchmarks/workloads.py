@@ -209,6 +209,8 @@ def run_head(fn, problem: Problem, backward: bool):
 
 
 def update_call(module, problem: Problem):
+    """One bank update (accumulate + EMA) with `module`'s ops: :mod:`mper.ops` or
+    :mod:`mper.reference`, whose loops over the bank rows wait for the host at each row."""
     w = problem.workload
     bank = problem.bank.clone()
     extra = {"check_labels": False} if module is ops else {}
@@ -217,5 +219,34 @@ def update_call(module, problem: Problem):
         emb = problem.next_feat().detach()
         sums, counts = module.proto_accumulate(emb, problem.labels, problem.assign, problem.mask, w.num_classes, w.num_protos, **extra)
         module.proto_ema_update_(bank, sums, counts, 0.99)
+
+    return update
+
+
+def vectorised_update_(bank: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor, assign: torch.Tensor,
+                       mask: torch.Tensor, num_protos: int, momentum: float) -> torch.Tensor:
+    """The bank update as eager PyTorch would write it without loops or host waits: the row
+    of each voxel (label * K + its assigned k), ``index_add_`` of the masked embeddings and
+    counts into the rows, then the EMA where a row has a count (``torch.where``)."""
+    depth = emb.shape[1]
+    z = emb.movedim(1, -1).reshape(-1, depth).float()
+    picked = assign.gather(1, labels.unsqueeze(1)).squeeze(1)
+    rows = (labels * num_protos + picked).reshape(-1)
+    weight = mask.reshape(-1).float()
+    sums = torch.zeros_like(bank).index_add_(0, rows, z * weight[:, None])
+    counts = torch.zeros(bank.shape[0], dtype=bank.dtype, device=bank.device).index_add_(0, rows, weight)
+    mean = sums / counts.clamp_min(1)[:, None]
+    bank.copy_(torch.where(counts[:, None] > 0, momentum * bank + (1 - momentum) * mean, bank))
+    return bank
+
+
+def vectorised_update_call(problem: Problem, compiled: bool = False):
+    """One bank update with :func:`vectorised_update_`, eager or under ``torch.compile``."""
+    bank = problem.bank.clone()
+    step = torch.compile(vectorised_update_, dynamic=False) if compiled else vectorised_update_
+
+    def update():
+        emb = problem.next_feat().detach()
+        step(bank, emb, problem.labels, problem.assign, problem.mask, problem.workload.num_protos, 0.99)
 
     return update
