@@ -96,8 +96,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError) as error:
-        raise CheckpointError(f"{path} is not a readable mper checkpoint ({error})") from error
+    except PermissionError:
+        raise
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as error:
+        # a truncated file fails in any of these, depending on where it was cut; torch's own
+        # message spans lines and suggests weights_only=False, which is no cure here
+        raise CheckpointError(
+            f"{path} is not a readable mper checkpoint (torch.load: {type(error).__name__}); it is "
+            "truncated or damaged (an interrupted copy?) or not written by mper-train: copy it again "
+            "or use another checkpoint"
+        ) from error
     version = state.get("version") if isinstance(state, dict) else None
     if isinstance(version, int) and version < CHECKPOINT_VERSION:
         raise CheckpointError(
