@@ -259,7 +259,12 @@ class DistributedConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; ``to_dict``/``from_dict`` round-trip it."""
+    """Everything a training run needs; ``to_dict``/``from_dict`` round-trip it.
+
+    ``run_id`` names one training run: :func:`mper.pipeline.train` draws it when a run
+    starts (whatever was given) and writes it into ``config.toml`` and every checkpoint,
+    so that ``--resume`` can refuse a ``last.pt`` that belongs to another run.
+    """
 
     dataset: str = ""
     data_root: str = ""
@@ -272,6 +277,7 @@ class TrainConfig:
     out: str = ""
     baseline: str = "none"
     amp: str = "off"
+    run_id: str = ""
     network: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
