@@ -9,7 +9,7 @@ from mper.datasets import get_dataset
 from mper.errors import ConfigError
 
 from .checkpoint import load_checkpoint, remove_stale_temporaries
-from .config import TrainConfig, with_prototypes
+from .config import PrototypeConfig, TrainConfig, with_prototypes
 from .distributed import from_main_process, is_main_process
 from .loaders import check_data
 from .loop import BEST_CHECKPOINT, LAST_CHECKPOINT, ScalarWriter, Trainer, Validator
@@ -107,6 +107,16 @@ def _log_stage(trainer: Trainer, iterations: int) -> None:
     log.info("stage %s (%s): %d iterations, %s", progress.stage, description, iterations, start)
 
 
+def kmeans_description(prototypes: PrototypeConfig) -> str:
+    """How the bank is initialised, e.g. ``minibatch, 3 per class, every voxel of each class``."""
+    parts = [prototypes.kmeans, f"{prototypes.per_class} per class"]
+    if prototypes.kmeans == "lloyd":  # mini-batch k-means stops by itself
+        parts.append(f"{prototypes.kmeans_iterations} iterations")
+    cap = prototypes.kmeans_max_voxels
+    parts.append(f"at most {cap} voxels per class" if cap else "every voxel of each class")
+    return ", ".join(parts)
+
+
 def _initialize_prototypes(trainer: Trainer) -> None:
     """:func:`begin_selftrain` (k-means prototype init from the best pre-trained weights), logged."""
     prototypes = trainer.config.prototypes
@@ -116,9 +126,8 @@ def _initialize_prototypes(trainer: Trainer) -> None:
         begin_selftrain(trainer)
         return
     log.info("pre-training done (best validation Dice %.4f at iteration %d); initialising the prototype "
-             "bank by k-means (%d per class, %d iterations, at most %d voxels per class) on the labeled images",
-             trainer.progress.best_score, trainer.progress.best_iteration, prototypes.per_class,
-             prototypes.kmeans_iterations, prototypes.kmeans_max_voxels)
+             "bank by k-means (%s) on the labeled images",
+             trainer.progress.best_score, trainer.progress.best_iteration, kmeans_description(prototypes))
     start = time.perf_counter()
     begin_selftrain(trainer)
     bank = trainer.prototype_head().prototypes
