@@ -1,6 +1,7 @@
 """Checkpoints and run folders a user hands to the commands: truncated or non-finite
 checkpoints, a ``last.pt`` of another run, an output path that is a file. Each ends in
-one line and exit status 2, before anything is evaluated, predicted or trained."""
+one line and exit status 2, before anything is evaluated, predicted or trained; so does a
+negative figure count for mper-eval."""
 from __future__ import annotations
 
 import shutil
@@ -125,3 +126,10 @@ def test_predict_refuses_an_output_that_is_a_file(run, acdc_root, tmp_path, caps
                                           str(acdc_root / "data" / f"{case}.h5"), "--output", str(output),
                                           "--device", "cpu"], capsys)
     assert f"the output {output} is a file" in error
+
+
+def test_eval_refuses_a_negative_figure_count_before_scoring(run, tmp_path, capsys):
+    error = one_line_error(eval_main, ["--checkpoint", str(run / "best.pt"), "--device", "cpu", "--figures", "-1",
+                                       "--out", str(tmp_path / "eval")], capsys)
+    assert "--figures) must be 0 or more, got -1" in error
+    assert not (tmp_path / "eval").exists()

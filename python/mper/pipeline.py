@@ -345,6 +345,8 @@ def evaluate(
     """
     if split not in EVAL_SPLITS:
         raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
+    if num_figures < 0:
+        raise ConfigError(f"the number of figures (mper-eval --figures) must be 0 or more, got {num_figures}")
     net, config = load_network(checkpoint, device, weights)
     method, labeled, unlabeled = _table_columns(config)
     if data_root is not None:

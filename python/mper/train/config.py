@@ -537,6 +537,10 @@ def _check_network_options(config: TrainConfig) -> None:
     if unknown:
         names = ", ".join(f"network.{name}" for name in accepted)
         raise ConfigError(f"unknown setting network.{unknown[0]}; valid names here: {names}")
+    for name, value in config.network.items():
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(number, float) and not math.isfinite(number) for number in numbers):
+            raise ConfigError(f"network.{name} must hold finite numbers, got {value!r}")
     kernel = config.network.get("classifier_kernel", 1)
     if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
         raise ConfigError(
