@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from typing import cast
@@ -78,7 +79,8 @@ def check_data(config: TrainConfig) -> None:
 
     Raises what the readers raise for a missing or malformed file (naming it), and
     :class:`~mper.errors.ConfigError` when the data root holds the other dataset, when
-    ``labeled`` leaves no unlabeled case for self-training, or when a class has no voxel
+    ``labeled`` leaves no unlabeled case for self-training or too few labeled items to fill
+    a labeled batch, or when a class has no voxel
     in the labeled images (its prototypes could not be initialised).
     """
     check_dataset_root(config.data_root, config.dataset, f"the run trains on {config.dataset}")
@@ -88,6 +90,11 @@ def check_data(config: TrainConfig) -> None:
         raise ConfigError(
             f"labeled = {config.labeled} leaves no unlabeled training case for self-training; "
             "lower --labeled (or train --baseline labeled-only)"
+        )
+    if len(labeled) < config.data.labeled_batch_size:
+        raise ConfigError(
+            f"{len(labeled)} labeled training item(s) (labeled = {config.labeled}) cannot fill a labeled batch of "
+            f"data.labeled_batch_size = {config.data.labeled_batch_size}; raise --labeled or lower the batch sizes"
         )
     items = labeled + unlabeled if self_training else labeled
     volumes = list(dict.fromkeys(validation_cases(config) + test_cases(config)))
@@ -118,6 +125,21 @@ def training_dataset(config: TrainConfig, cases: list[str], augment: bool = True
                                seed=config.seed, **settings)
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def loader_workers(config: TrainConfig) -> int:
+    """``data.num_workers``, at most one worker per available CPU core: more only
+    oversubscribe the machine (and enough of them exhaust its processes or memory),
+    while the batches are the same for any worker count."""
+    return min(config.data.num_workers, available_cores())
+
+
 def stage_loader(
     config: TrainConfig, with_unlabeled: bool, device: torch.device, whole_batch: bool = False
 ) -> DataLoader:
@@ -137,7 +159,7 @@ def stage_loader(
     return DataLoader(
         training_dataset(config, cases),
         batch_sampler=sampler,
-        num_workers=config.data.num_workers,
+        num_workers=loader_workers(config),
         pin_memory=device.type == "cuda",
         generator=_private_generator(config.seed),
         worker_init_fn=_leave_ctrl_c_to_the_main_process,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -10,8 +11,9 @@ from mper.errors import ConfigError
 
 from .checkpoint import load_checkpoint, remove_stale_temporaries
 from .config import PrototypeConfig, TrainConfig, with_prototypes
-from .distributed import from_main_process, is_main_process
-from .loaders import check_data
+from .distributed import current_world, from_main_process, is_main_process
+from .footprint import check_fits, iteration_memory
+from .loaders import available_cores, check_data, loader_workers
 from .loop import BEST_CHECKPOINT, LAST_CHECKPOINT, ScalarWriter, Trainer, Validator
 from .pretrain import run_baseline, run_pretrain
 from .resume import setting_changes
@@ -32,14 +34,17 @@ log = logging.getLogger(__name__)
 
 def check_run(config: TrainConfig) -> None:
     """Refuse, before anything is written or trained, what would fail later: the
-    device, the ops module, mixed precision, the network settings and the data
-    (see :func:`~mper.train.loaders.check_data`)."""
-    autocast(resolve_device(config.device), config.amp)
+    device, the ops module, mixed precision, the network settings, a patch too small for
+    the network or an iteration too large for the device's memory (see
+    :mod:`~mper.train.footprint`) and the data (see :func:`~mper.train.loaders.check_data`)."""
+    device = resolve_device(config.device)
+    autocast(device, config.amp)
     load_ops(config.ops)
     try:
         get_dataset(config.dataset).build_network(config.num_classes, **config.network)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"the network settings {config.network} are not valid: {error}") from error
+    check_fits(config, device, current_world().size, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     check_data(config)
 
 
@@ -70,6 +75,7 @@ def run_training(
             trainer.load_state_dict(state)
             log.info("resuming %s at iteration %d", trainer.progress.stage, trainer.progress.iteration)
         log.info("training on %s with ops module %s", trainer.device, trainer.ops.__name__)
+        _log_machine_needs(config)
         if trainer.progress.stage != "baseline":
             _warn_if_teacher_is_slow(config)
         if trainer.progress.stage == "baseline":
@@ -87,6 +93,16 @@ def run_training(
         log.info("training finished; best validation Dice %.4f at %s iteration %d",
                  trainer.progress.best_score, trainer.progress.stage, trainer.progress.best_iteration)
     return run_dir / BEST_CHECKPOINT
+
+
+def _log_machine_needs(config: TrainConfig) -> None:
+    """The memory of an iteration (see :mod:`~mper.train.footprint`), and the data loader
+    workers when there are fewer cores than ``data.num_workers``."""
+    log.info("one training iteration needs about %s", iteration_memory(config, current_world().size).describe())
+    workers = loader_workers(config)
+    if workers < config.data.num_workers:
+        log.warning("data.num_workers = %d is more than the %d CPU core(s) this process may use; the data "
+                    "loaders start %d worker(s)", config.data.num_workers, available_cores(), workers)
 
 
 def _warn_if_teacher_is_slow(config: TrainConfig) -> None:
