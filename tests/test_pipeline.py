@@ -416,6 +416,30 @@ def test_a_non_finite_run_stops_and_keeps_its_last_good_checkpoint(
     assert message.split(":")[0] in (run_dir / "train.log").read_text()
 
 
+def test_a_run_that_diverges_before_its_first_checkpoint_keeps_its_folder_and_log(acdc_root, tmp_path):
+    run_dir = tmp_path / "run"
+    config = tiny_config(acdc_root, run_dir, "optim.lr=1e12", "eval.log_interval=1", "eval.val_interval=100",
+                         "eval.checkpoint_interval=100", "pretrain.iterations=50")
+    with pytest.raises(TrainingDiverged, match=r"pretrain iteration \d+: the loss is .*training stopped without saving "
+                                               r"this state, before its first checkpoint; .*run keeps its settings and "
+                                               r"train.log"):
+        pipeline.train(config)
+    assert {"config.toml", "train.log"} <= {path.name for path in run_dir.iterdir()}
+    assert not (run_dir / "last.pt").exists()
+    assert re.search(r"ERROR .*pretrain iteration \d+: the loss is", (run_dir / "train.log").read_text())
+
+
+def test_a_run_refused_by_the_lock_leaves_the_folder_to_the_run_holding_it(acdc_root, tmp_path, monkeypatch):
+    # two runs started into one new --out at once: both see no folder, one takes the lock
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "train.log").write_text("the other run's log")
+    monkeypatch.setattr(pipeline, "_make_run_dir", lambda path: True)  # as if this run had made the folder
+    with run_folder_lock(run_dir), pytest.raises(RunFolderError, match="in use by another training run"):
+        pipeline.train(tiny_config(acdc_root, run_dir))
+    assert (run_dir / "train.log").read_text() == "the other run's log"
+
+
 def damaged_copy(acdc_root, tmp_path, damage):
     root = shutil.copytree(acdc_root, tmp_path / "data")
     labeled, unlabeled = training_cases(tiny_config(root, tmp_path))

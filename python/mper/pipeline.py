@@ -7,10 +7,11 @@
   ``figures/``. :func:`resume` continues an interrupted run.
 
   Settings, device and every data file are checked before the run folder is made. While
-  the run lasts the folder holds a lock (``train.lock``). A mistake found later
-  (:class:`~mper.errors.UserError`), or a stop before the first checkpoint, removes the
-  folder if this run made it; any other error keeps it, with its traceback in
-  ``train.log``.
+  the run lasts the folder holds a lock (``train.lock``); a run refused by the lock leaves
+  the folder to the run that holds it. A stop before the first checkpoint removes the
+  folder if this run made it. A mistake found once training has started
+  (:class:`~mper.errors.UserError`) keeps the folder, ``train.log`` saying why it
+  stopped; any other error keeps it too, with its traceback in ``train.log``.
 * :func:`evaluate` scores a checkpoint (docs/method.md, "Evaluation"), :func:`predict`
   segments image files.
 * :func:`synthesize` and :func:`convert` prepare data (see :mod:`mper.datasets`).
@@ -60,6 +61,8 @@ WEIGHTS = ("student", "teacher")
 RUN_LOG_ONLY = {"run_log_only": True}
 #: Case lists ``evaluate`` scores: the test list, or the cases that selected checkpoints.
 EVAL_SPLITS = ("test", "val")
+#: The run's log in its folder.
+RUN_LOG = "train.log"
 #: Cases whose voxels the t-SNE map samples.
 TSNE_CASES = 4
 
@@ -104,7 +107,7 @@ def validator(config: TrainConfig) -> Validator:
 def _run_logging(run_dir: Path) -> Iterator[None]:
     """Send the package's log records to ``run_dir/train.log`` while training; a run
     that fails leaves its reason there (a traceback unless it is a user's mistake)."""
-    handler = logging.FileHandler(run_dir / "train.log")
+    handler = logging.FileHandler(run_dir / RUN_LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package_log = logging.getLogger("mper")
     previous_level = package_log.level
@@ -189,8 +192,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
     if not resume:
         config = dataclasses.replace(config, run_id=secrets.token_hex(8))
     created = _make_run_dir(run_dir)
-    try:
-        with run_folder_lock(run_dir):
+    # a run refused by the lock leaves the folder alone: another run is using it
+    with run_folder_lock(run_dir):
+        try:
             _write_config(config, run_dir)
             with _run_logging(run_dir), SummaryWriter(str(run_dir / "tensorboard")) as writer:
                 _log_run_header(config, resume)
@@ -203,14 +207,11 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
                 _report_prototype_usage(run_dir)
                 log.info("test metrics (%s):\n%s", run_dir / "metrics.md", result["markdown"].rstrip(),
                          extra=RUN_LOG_ONLY)
-    except TrainingInterrupted:
-        raise
-    except KeyboardInterrupt as interrupt:
-        _remove_unstarted(run_dir, created)
-        raise TrainingAborted(run_dir) from interrupt
-    except UserError:
-        _remove_unstarted(run_dir, created)
-        raise
+        except TrainingInterrupted:
+            raise
+        except KeyboardInterrupt as interrupt:
+            _remove_unstarted(run_dir, created)
+            raise TrainingAborted(run_dir) from interrupt
     return run_dir
 
 

@@ -282,9 +282,12 @@ class Trainer:
         """Stop the run; ``iteration``: where it went wrong, when before the current one."""
         progress = self.progress
         at = progress.iteration if iteration is None else iteration
+        saved = [name for name in (LAST_CHECKPOINT, PRETRAIN_CHECKPOINT, BEST_CHECKPOINT)
+                 if (self.run_dir / name).exists()]
+        kept = (f"so the checkpoints in {self.run_dir} ({', '.join(saved)}) are the last good ones" if saved
+                else f"before its first checkpoint; {self.run_dir} keeps its settings and train.log")
         raise TrainingDiverged(
-            f"{progress.stage} iteration {at}: {what}; training stopped without "
-            f"saving this state, so the checkpoints in {self.run_dir} are the last good ones. "
+            f"{progress.stage} iteration {at}: {what}; training stopped without saving this state, {kept}. "
             "Start a new run with a lower optim.lr, or check the data"
         )
 
