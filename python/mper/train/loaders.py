@@ -12,8 +12,9 @@ or damaged file is reported at once rather than hours into training.
 
 One training dataset holds the labeled items first, then the unlabeled ones; a
 :class:`~mper.data.sampler.TwoStreamBatchSampler` draws from both (self-training) or
-from the labeled ones only (pre-training, baseline). Batches depend only on the seed
-and the iteration, which is what makes resumed runs exact.
+from the labeled ones only (pre-training, baseline). Batches depend only on the seed,
+the stage and the iteration, which is what makes resumed runs exact; each stage draws
+its own, so self-training does not replay pre-training's crops and pairs.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mper.data.sampler import TwoStreamBatchSampler, endless_batches
+from mper.data.seeding import stage_seed
 from mper.datasets import check_dataset_root, get_dataset
 from mper.errors import ConfigError, DataFormatError
 
@@ -116,13 +118,20 @@ def check_data(config: TrainConfig) -> None:
     log.info("checked %d data files under %s", len(reads), config.data_root)
 
 
-def training_dataset(config: TrainConfig, cases: list[str], augment: bool = True) -> Dataset:
+#: Draws of each stage (see :func:`~mper.data.seeding.stage_seed`): pre-training and the
+#: supervised baselines draw from the run's seed, self-training from one of its own.
+FIRST_STAGE, SELF_TRAINING = 0, 1
+
+
+def training_dataset(config: TrainConfig, cases: list[str], augment: bool = True, stage: int = FIRST_STAGE
+                     ) -> Dataset:
     """The dataset's training items of ``cases`` (its spec's ``training_items``, e.g.
-    :class:`~mper.data.ACDCSlices`), with the ``data`` settings they take."""
+    :class:`~mper.data.ACDCSlices`), with the ``data`` settings they take and the
+    augmentation of training stage ``stage``."""
     spec = get_dataset(config.dataset)
     settings = {name: getattr(config.data, name) for name in spec.item_settings}
     return spec.training_items(config.data_root, cases, config.data.patch_size, augment=augment,
-                               seed=config.seed, **settings)
+                               seed=stage_seed(config.seed, stage), **settings)
 
 
 def available_cores() -> int:
@@ -143,21 +152,23 @@ def loader_workers(config: TrainConfig) -> int:
 def stage_loader(
     config: TrainConfig, with_unlabeled: bool, device: torch.device, whole_batch: bool = False
 ) -> DataLoader:
-    """Training batches: ``labeled_batch_size`` labeled items, then (``with_unlabeled``)
-    as many unlabeled ones; under torch.distributed this process's share of them,
-    unless ``whole_batch``."""
+    """Training batches: ``labeled_batch_size`` labeled items, then (``with_unlabeled``,
+    self-training) as many unlabeled ones; under torch.distributed this process's share
+    of them, unless ``whole_batch``. Self-training draws its batch order and
+    augmentation from a seed of its own, the supervised stages from the run's seed."""
     labeled, unlabeled = training_cases(config)
     cases = labeled + unlabeled if with_unlabeled else labeled
+    stage = SELF_TRAINING if with_unlabeled else FIRST_STAGE
     world = current_world()
     labeled_batch = config.data.labeled_batch_size
     unlabeled_batch = labeled_batch if with_unlabeled else 0
     sampler = TwoStreamBatchSampler(
         range(len(labeled)), range(len(labeled), len(cases)),
-        labeled_batch + unlabeled_batch, unlabeled_batch, seed=config.seed,
+        labeled_batch + unlabeled_batch, unlabeled_batch, seed=stage_seed(config.seed, stage),
         share=(0, 1) if whole_batch else (world.rank, world.size),
     )
     return DataLoader(
-        training_dataset(config, cases),
+        training_dataset(config, cases, stage=stage),
         batch_sampler=sampler,
         num_workers=loader_workers(config),
         pin_memory=device.type == "cuda",
