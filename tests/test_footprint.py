@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import mper
 from mper import pipeline
 from mper.datasets import synthesize
 from mper.errors import ConfigError
@@ -146,9 +145,7 @@ print(json.dumps({"measured": status("VmHWM:") - before,
                         "data.batch_size=4"]),
 ])
 def test_the_memory_estimate_follows_the_memory_an_iteration_takes(dataset, stage, assignments, tmp_path):
-    package_root = str(Path(mper.__file__).resolve().parents[1])  # the mper under test, wherever it is
-    environment = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0",
-                       PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
+    environment = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     result = subprocess.run([sys.executable, "-c", MEASURE, dataset, stage, *assignments], env=environment,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

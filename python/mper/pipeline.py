@@ -204,6 +204,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
                                   num_figures=config.eval.num_figures)
                 add_figures(writer, result["figures"], "test")
                 add_training_record(run_dir, config)
+                add_to_report(run_dir, "sessions", load_checkpoint(run_dir / LAST_CHECKPOINT).get("sessions", []))
                 _report_prototype_usage(run_dir)
                 log.info("test metrics (%s):\n%s", run_dir / "metrics.md", result["markdown"].rstrip(),
                          extra=RUN_LOG_ONLY)

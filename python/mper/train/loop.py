@@ -151,6 +151,8 @@ class Trainer:
         self.monitor = SelfTrainingMonitor(config.num_classes, self.device)
         self.record = TrainingRecord()
         self.interval_losses: list[float] = []  # since the last validation
+        # how each start or resume ran (see distributed.session_record), with where it began
+        self.sessions: list[dict[str, Any]] = []
         self.timing: dict[str, float] = {}  # the last window's data wait and iteration time
 
     def new_optimizer(self) -> torch.optim.SGD:
@@ -195,6 +197,7 @@ class Trainer:
             "monitor": monitor,
             "record": self.record.state_dict(),
             "interval_losses": list(self.interval_losses),
+            "sessions": list(self.sessions),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -219,6 +222,7 @@ class Trainer:
                 self.usage.current.zero_()
         self.record.load_state_dict(state["record"])
         self.interval_losses = list(state["interval_losses"])
+        self.sessions = list(state.get("sessions", []))  # absent from checkpoints of older versions
 
     def _restore_rng(self, state: dict[str, Any]) -> None:
         """Each process's own RNG state when the run saved as many processes; else
@@ -231,6 +235,14 @@ class Trainer:
                  world.size, len(saved))
         restore_rng_state(saved[0])
         distributed.seed_process(self.config.seed + self.progress.iteration)
+
+    def begin_session(self) -> dict[str, Any]:
+        """Record how this start or resume runs (processes, backend, device) and where in
+        the run it begins; returns the record."""
+        session = {**distributed.session_record(self.device), "stage": self.progress.stage,
+                   "iteration": self.progress.iteration}
+        self.sessions.append(session)
+        return session
 
     def prototype_head(self) -> PrototypeHead:
         """The prototype head; it exists once self-training has begun."""

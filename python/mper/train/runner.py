@@ -11,7 +11,7 @@ from mper.errors import ConfigError
 
 from .checkpoint import load_checkpoint, remove_stale_temporaries
 from .config import PrototypeConfig, TrainConfig, with_prototypes
-from .distributed import current_world, from_main_process, is_main_process
+from .distributed import current_world, describe_session, from_main_process, is_main_process
 from .footprint import check_fits, iteration_memory
 from .loaders import available_cores, check_data, loader_workers
 from .loop import BEST_CHECKPOINT, LAST_CHECKPOINT, ScalarWriter, Trainer, Validator
@@ -75,6 +75,7 @@ def run_training(
             trainer.load_state_dict(state)
             log.info("resuming %s at iteration %d", trainer.progress.stage, trainer.progress.iteration)
         log.info("training on %s with ops module %s", trainer.device, trainer.ops.__name__)
+        log.info("%s", describe_session(trainer.begin_session()))
         _log_machine_needs(config)
         if trainer.progress.stage != "baseline":
             _warn_if_teacher_is_slow(config)
