@@ -5,7 +5,8 @@ run folder:
 
 * ``last.pt``: everything needed to continue exactly where training stopped (student,
   teacher, prototype bank, optimizer, stage, iteration, RNG states, best score, config;
-  the sampler's epoch and position follow from the iteration);
+  the sampler's epoch and position follow from the iteration), and how each start or
+  resume ran (processes, backend, device);
 * ``best.pt`` / ``pretrain_best.pt``: the weights (student, teacher, bank) with the best
   validation Dice, plus the config, for evaluation and prediction.
 
