@@ -135,7 +135,14 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_state(
     for key in RESUMABLE_STATE:
         assert_same(expected[key], resumed[key], key)
     assert_same(load_checkpoint(finished_run / "best.pt")["student"], load_checkpoint(run_dir / "best.pt")["student"])
-    assert json.loads((finished_run / "metrics.json").read_text()) == json.loads((run_dir / "metrics.json").read_text())
+    expected_metrics, resumed_metrics = (json.loads((folder / "metrics.json").read_text())
+                                         for folder in (finished_run, run_dir))
+    # the same results; the resumed run records both of its sessions, the second where it resumed
+    sessions = resumed_metrics.pop("sessions")
+    assert expected_metrics.pop("sessions") == sessions[:1]
+    assert expected_metrics == resumed_metrics
+    assert [(session["stage"], session["iteration"]) for session in sessions] == [
+        ("pretrain", 0), (stage, saved["progress"]["iteration"])]
 
 
 def test_sigterm_to_the_whole_job_saves_a_checkpoint_with_data_workers(acdc_root, tmp_path, monkeypatch):
