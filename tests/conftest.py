@@ -1,7 +1,7 @@
 """Shared test setup: CUDA tests skip cleanly where no GPU (or no CUDA build) exists, no
 test leaves anything in the checkout (each runs in its own temporary folder, and
 hypothesis keeps no example database), Ctrl-C raises KeyboardInterrupt in every test,
-and one HDF5 writer for hand-made data files."""
+one HDF5 writer for hand-made data files, and subprocesses import the mper under test."""
 from __future__ import annotations
 
 import os
@@ -17,6 +17,13 @@ from hypothesis import settings
 
 settings.register_profile("no-database", database=None)
 settings.load_profile("no-database")
+
+# Tests run in temporary folders and start Python subprocesses there: a relative entry
+# of PYTHONPATH (``PYTHONPATH=python``) must keep naming the same folder for them, or
+# they would import another mper than the one under test.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    os.path.abspath(entry) for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry
+)
 
 
 @pytest.fixture(autouse=True)

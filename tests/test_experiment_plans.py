@@ -139,6 +139,10 @@ def test_a_plan_without_budgets_takes_the_datasets_usual_ones(dataset, budgets):
     ({"variant": [{"name": "A", "iterations": 5}]}, "unknown key variant[0].iterations"),
     ({"sweep": {"setting": "prototypes.per_class", "values": []}}, "sweep.values must be a non-empty list"),
     ({"figures": {"tsne": ["BCP"]}}, "figures.tsne names 'BCP', which is not a variant"),
+    ({"variant": [{"name": "mper"}, {"name": "MPER"}]}, "rows 'mper' and 'MPER' would share the run folder 'mper'"),
+    ({"variant": [{"name": "a/b"}, {"name": "a-b"}]}, "rows 'a/b' and 'a-b' would share the run folder 'a-b'"),
+    ({"variant": [{"name": "K"}], "sweep": {"setting": "prototypes.per_class", "values": [1, "1"], "label": "K"}},
+     "rows 'K=1' and 'K=1' would share the run folder 'k=1'"),
 ])
 def test_a_wrong_plan_is_refused_naming_the_key(change, message):
     with pytest.raises(PlanError, match="plan 'broken': .*" + message.replace("[", r"\[").replace("]", r"\]")

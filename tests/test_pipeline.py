@@ -135,7 +135,14 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_state(
     for key in RESUMABLE_STATE:
         assert_same(expected[key], resumed[key], key)
     assert_same(load_checkpoint(finished_run / "best.pt")["student"], load_checkpoint(run_dir / "best.pt")["student"])
-    assert json.loads((finished_run / "metrics.json").read_text()) == json.loads((run_dir / "metrics.json").read_text())
+    expected_metrics, resumed_metrics = (json.loads((folder / "metrics.json").read_text())
+                                         for folder in (finished_run, run_dir))
+    # the same results; the resumed run records both of its sessions, the second where it resumed
+    sessions = resumed_metrics.pop("sessions")
+    assert expected_metrics.pop("sessions") == sessions[:1]
+    assert expected_metrics == resumed_metrics
+    assert [(session["stage"], session["iteration"]) for session in sessions] == [
+        ("pretrain", 0), (stage, saved["progress"]["iteration"])]
 
 
 def test_sigterm_to_the_whole_job_saves_a_checkpoint_with_data_workers(acdc_root, tmp_path, monkeypatch):
@@ -414,6 +421,30 @@ def test_a_non_finite_run_stops_and_keeps_its_last_good_checkpoint(
     assert last["progress"]["iteration"] == 2 and not non_finite_tensors(last)
     assert not (run_dir / "pretrain_best.pt").exists() and not (run_dir / "metrics.json").exists()
     assert message.split(":")[0] in (run_dir / "train.log").read_text()
+
+
+def test_a_run_that_diverges_before_its_first_checkpoint_keeps_its_folder_and_log(acdc_root, tmp_path):
+    run_dir = tmp_path / "run"
+    config = tiny_config(acdc_root, run_dir, "optim.lr=1e12", "eval.log_interval=1", "eval.val_interval=100",
+                         "eval.checkpoint_interval=100", "pretrain.iterations=50")
+    with pytest.raises(TrainingDiverged, match=r"pretrain iteration \d+: the loss is .*training stopped without saving "
+                                               r"this state, before its first checkpoint; .*run keeps its settings and "
+                                               r"train.log"):
+        pipeline.train(config)
+    assert {"config.toml", "train.log"} <= {path.name for path in run_dir.iterdir()}
+    assert not (run_dir / "last.pt").exists()
+    assert re.search(r"ERROR .*pretrain iteration \d+: the loss is", (run_dir / "train.log").read_text())
+
+
+def test_a_run_refused_by_the_lock_leaves_the_folder_to_the_run_holding_it(acdc_root, tmp_path, monkeypatch):
+    # two runs started into one new --out at once: both see no folder, one takes the lock
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "train.log").write_text("the other run's log")
+    monkeypatch.setattr(pipeline, "_make_run_dir", lambda path: True)  # as if this run had made the folder
+    with run_folder_lock(run_dir), pytest.raises(RunFolderError, match="in use by another training run"):
+        pipeline.train(tiny_config(acdc_root, run_dir))
+    assert (run_dir / "train.log").read_text() == "the other run's log"
 
 
 def damaged_copy(acdc_root, tmp_path, damage):

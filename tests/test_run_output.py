@@ -75,7 +75,7 @@ def test_train_log_opens_with_versions_device_and_settings_and_ends_with_the_tes
     text = "\n".join(lines)
     assert 'out = "' + str(run_dir) + '"' in text and "[selftrain]\niterations = 3" in text
     for pattern in (r"stage pretrain \(copy-paste pre-training.*\): 3 iterations, from the start",
-                    r"initialising the prototype bank by k-means \(3 per class, 20 iterations",
+                    r"initialising the prototype bank by k-means \(minibatch, 3 per class, at most 500 voxels per class\)",
                     r"prototype bank ready: 4 x 3 \(classes x prototypes\) of dimension 4, in [0-9.]+ s",
                     r"stage selftrain \(Mean Teacher.*\): 3 iterations",
                     r"evaluating .*best.pt on the test split"):

@@ -9,8 +9,11 @@ import torch
 from torch import nn
 
 from mper import ops, reference
+from mper.data.sampler import endless_batches
+from mper.datasets import synthesize
 from mper.losses import DiceOptions
-from mper.train.config import OptimConfig
+from mper.train.config import OptimConfig, load_config
+from mper.train.loaders import stage_loader
 from mper.train.loop import learning_rate
 from mper.train.mixing import box_mask, box_size, copy_paste
 from mper.train.selftrain import MixedImages
@@ -243,3 +246,21 @@ def test_each_direction_weights_its_labeled_region_by_one():
     unlabeled_surround = MixedImages(labeled_region=1 - mix_mask, surround_weight=0.5, box_weight=1.0, **common)
     assert labeled_surround.loss(logits, 1.0, DiceOptions()).item() == pytest.approx(outside + 0.5 * inside, abs=1e-6)
     assert unlabeled_surround.loss(logits, 1.0, DiceOptions()).item() == pytest.approx(0.5 * outside + inside, abs=1e-6)
+
+
+def test_self_training_draws_other_labeled_crops_and_pairs_than_pre_training(tmp_path):
+    root = synthesize("acdc", tmp_path / "acdc", cases=5, seed=0, size=(32, 32), progress=False)
+    config = load_config("acdc", "paper", {"data_root": str(root), "labeled": 1, "device": "cpu"},
+                         ["data.patch_size=[32, 32]", "data.batch_size=4", "data.labeled_batch_size=2",
+                          "data.num_workers=0"])
+    device = torch.device("cpu")
+    pretrain = endless_batches(stage_loader(config, with_unlabeled=False, device=device))
+    selftrain = endless_batches(stage_loader(config, with_unlabeled=True, device=device))
+    firsts = [(next(pretrain), next(selftrain)) for _ in range(12)]
+    labeled = config.data.labeled_batch_size
+    # iteration t of self-training neither repeats iteration t's labeled crops nor its pairs
+    assert not any(torch.equal(pre["image"], self["image"][:labeled]) for pre, self in firsts)
+    assert sum(pre["case"] == self["case"][:labeled] for pre, self in firsts) < len(firsts) // 2
+    # each stage's draws are still a function of the seed: the same again
+    again = endless_batches(stage_loader(config, with_unlabeled=True, device=device))
+    assert all(torch.equal(next(again)["image"], self["image"]) for _, self in firsts)

@@ -13,6 +13,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from mper.datasets import dataset_names
 from mper.errors import ConfigError, RunFolderError
 from mper.train import checkpoint
 from mper.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
@@ -141,6 +142,7 @@ def test_bad_overrides_say_what_is_wrong(assignment, message):
         ("acdc", "device=gpu", "device must be auto, cpu, cuda or cuda:N"),
         ("acdc", "network.base_filters=8", "unknown setting network.base_filters; valid names here: network.channels"),
         ("la", "network.in_channels=2", "unknown setting network.in_channels"),
+        ("acdc", "network.dropout=[0.05, nan, 0.2, 0.3, 0.5]", r"network.dropout must hold finite numbers, got \[0.05, nan"),
     ],
 )
 def test_every_setting_is_checked_before_anything_runs(dataset, assignment, message):
@@ -162,9 +164,11 @@ def test_every_numeric_setting_has_a_range_rule():
 
 
 def test_the_shipped_presets_pass_every_check():
-    for dataset, presets in (("acdc", ("paper", "reference", "demo")), ("la", ("paper", "reference"))):
-        for preset in presets:
-            load_config(dataset, preset).check()
+    checked = {(dataset, preset) for dataset in dataset_names() for preset in preset_tables(dataset)}
+    assert {("la", "demo"), ("la", "strict"), ("acdc", "strict"), ("acdc", "demo")} <= checked
+    for dataset, preset in sorted(checked):
+        load_config(dataset, preset).check()
+        load_config(dataset, f"reference+{preset}").check()
 
 
 def test_config_round_trips_through_toml_and_dict():

@@ -39,8 +39,24 @@ TINY = [
     "--set", "prototypes.kmeans=lloyd", "--set", "prototypes.kmeans_max_voxels=500",
     "--set", "distributed.check_bank=true",
 ]
-#: float32 sums taken in another order (over processes, then within each)
-TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
+#: How far apart legitimate executions of the single-process run of TINY end: the largest
+#: differences measured between single-process runs at ATEN_CPU_CAPABILITY default, avx2
+#: and avx512 and at 1 and 2 threads (AMD EPYC with AVX-512, torch 2.13; with two sets of
+#: self-training draws, before and after the stages drew their own), in the weights
+#: (student, teacher, bank, batch-norm statistics, best validation Dice; absolute), the
+#: optimizer's momentum buffers (absolute) and the losses of every iteration (relative).
+#: The default kernels normalise batch norm in another order; self-training's pseudo
+#: labels, confidence gates and bank updates then turn last-bit differences into these.
+#: Two processes sum over the processes and then within each, yet another order, so they
+#: may end as far from one process: on that EPYC 3.3e-7 in the weights, on an Intel Xeon
+#: 2.1e-5. Without synchronised batch norm they end 0.09 (weights), 0.14 (momentum) and
+#: 1.2e-3 (losses) apart.
+SPREAD = {"weights": 4.7e-4, "optimizer": 3.0e-2, "losses": 1.7e-5}
+#: Other CPUs and another order may reach further than the runs measured.
+MARGIN = 4
+WEIGHTS_TOLERANCE = {"rtol": 0.0, "atol": MARGIN * SPREAD["weights"]}
+OPTIMIZER_TOLERANCE = {"rtol": 0.0, "atol": MARGIN * SPREAD["optimizer"]}
+LOSS_TOLERANCE = {"rtol": MARGIN * SPREAD["losses"], "atol": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -90,19 +106,19 @@ def resume(out: Path, processes: int, *extra: str) -> Path:
     return out
 
 
-def assert_close(first, second, where="state"):
-    """Recursive equality of checkpoint contents, tensors within float32 tolerance."""
+def assert_close(first, second, tolerance, where="state"):
+    """Recursive equality of checkpoint contents, floating-point values within ``tolerance``."""
     if isinstance(first, torch.Tensor):
         if first.is_floating_point():
-            torch.testing.assert_close(first, second, **TOLERANCE, msg=lambda text: f"{where}: {text}")
+            torch.testing.assert_close(first, second, **tolerance, msg=lambda text: f"{where}: {text}")
         else:
             assert torch.equal(first, second), where
     elif isinstance(first, dict):
         assert first.keys() == second.keys(), where
         for key in first:
-            assert_close(first[key], second[key], f"{where}.{key}")
+            assert_close(first[key], second[key], tolerance, f"{where}.{key}")
     elif isinstance(first, float):
-        assert first == pytest.approx(second, rel=TOLERANCE["rtol"], abs=TOLERANCE["atol"]), where
+        assert first == pytest.approx(second, rel=tolerance["rtol"], abs=tolerance["atol"]), where
     else:
         assert first == second, where
 
@@ -117,12 +133,13 @@ def losses(run_dir: Path) -> dict[str, list[float]]:
 
 def assert_same_training(first: Path, second: Path) -> None:
     a, b = load_checkpoint(first / "last.pt"), load_checkpoint(second / "last.pt")
-    for part in ("progress", "student", "teacher", "bank", "optimizer"):
-        assert_close(a[part], b[part], part)
+    for part in ("progress", "student", "teacher", "bank"):  # progress: the best validation Dice
+        assert_close(a[part], b[part], WEIGHTS_TOLERANCE, part)
+    assert_close(a["optimizer"], b["optimizer"], OPTIMIZER_TOLERANCE, "optimizer")
     first_losses, second_losses = losses(first), losses(second)
     assert first_losses.keys() == second_losses.keys() == {"pretrain", "selftrain"}
     for stage, values in first_losses.items():
-        np.testing.assert_allclose(values, second_losses[stage], **TOLERANCE)
+        np.testing.assert_allclose(values, second_losses[stage], **LOSS_TOLERANCE)
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +147,17 @@ def single(acdc_root, tmp_path_factory):
     return train(acdc_root, tmp_path_factory.mktemp("single") / "run", 1)
 
 
+def sessions(run_dir: Path) -> list[tuple]:
+    """(processes, processes per machine, backend, stage, iteration) of each session in metrics.json."""
+    import json
+
+    recorded = json.loads((run_dir / "metrics.json").read_text())["sessions"]
+    assert all(session["device"] == "cpu" for session in recorded)
+    return [(session["processes"], session["processes_per_machine"], session["backend"], session["stage"],
+             session["iteration"]) for session in recorded]
+
+
+@pytest.mark.numerics
 def test_two_processes_on_half_batches_train_as_one_on_the_whole_batch(acdc_root, single, tmp_path):
     double = train(acdc_root, tmp_path / "double", 2)
     assert_same_training(single, double)
@@ -138,25 +166,35 @@ def test_two_processes_on_half_batches_train_as_one_on_the_whole_batch(acdc_root
     assert (double / "metrics.json").is_file() and (double / "best.pt").is_file()
     assert "test metrics" in (double / "train.log").read_text()
     assert len(load_checkpoint(double / "last.pt")["process_rng"]) == 2
+    # how the run ran: in the log, on the console, in metrics.json
+    said = "data parallel: 2 training processes (2 on this machine), gloo backend, process 0 on cpu"
+    assert said in (double / "train.log").read_text() and said in (double.parent / "double-logs" / "rank0.log").read_text()
+    assert sessions(double) == [(2, 2, "gloo", "pretrain", 0)]
+    assert sessions(single) == [(1, 1, "none", "pretrain", 0)]
+    assert "1 training process on cpu (no data parallelism)" in (single / "train.log").read_text()
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_without_synchronised_batch_norm_two_processes_train_otherwise(acdc_root, single, tmp_path):
     # the control: batch statistics of half batches change the losses beyond the tolerance
     double = train(acdc_root, tmp_path / "unsynced", 2, "--set", "distributed.sync_batchnorm=false")
     with pytest.raises(AssertionError):
-        np.testing.assert_allclose(losses(single)["pretrain"], losses(double)["pretrain"], **TOLERANCE)
+        np.testing.assert_allclose(losses(single)["pretrain"], losses(double)["pretrain"], **LOSS_TOLERANCE)
 
 
+@pytest.mark.numerics
 def test_a_run_resumes_on_another_number_of_processes(acdc_root, single, tmp_path):
     # pre-training and the first self-training iteration on 2 processes, the rest on 1
     out = train(acdc_root, tmp_path / "two-then-one", 2, "--set", "selftrain.iterations=1")
     resume(out, 1, "--set", "selftrain.iterations=3")
     assert_same_training(single, out)
     assert "a run saved by 2" in (out / "train.log").read_text()
+    assert sessions(out) == [(2, 2, "gloo", "pretrain", 0), (1, 1, "none", "selftrain", 1)]
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_a_single_process_run_resumes_on_two(acdc_root, single, tmp_path):
     out = train(acdc_root, tmp_path / "one-then-two", 1, "--set", "selftrain.iterations=1")
     resume(out, 2, "--set", "selftrain.iterations=3")

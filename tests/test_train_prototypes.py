@@ -8,7 +8,9 @@ import torch.multiprocessing as mp
 
 from mper.nn import PrototypeHead
 from mper.nn.kmeans import ClassVoxelSampler, kmeans
+from mper.train.config import PrototypeConfig
 from mper.train.prototypes import confidence_gate
+from mper.train.runner import kmeans_description
 
 
 def gate_case(**options):
@@ -154,3 +156,14 @@ def test_update_all_reduces_across_processes(tmp_path):
     mp.spawn(_update_on_rank, args=(str(tmp_path / "store"), results), nprocs=2)
     expected = torch.tensor([[1.0, 0.0], [1.5, 1.0], [0.5, 3.5], [-1.0, 0.0]])
     assert torch.allclose(results[0], expected) and torch.allclose(results[1], expected)
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"kmeans": "minibatch", "kmeans_max_voxels": 0}, "minibatch, 3 per class, every voxel of each class"),
+    ({"kmeans": "minibatch", "kmeans_max_voxels": 500}, "minibatch, 3 per class, at most 500 voxels per class"),
+    ({"kmeans": "lloyd", "kmeans_max_voxels": 0, "kmeans_iterations": 7},
+     "lloyd, 3 per class, 7 iterations, every voxel of each class"),
+])
+def test_the_log_says_how_the_bank_is_initialised(settings, expected):
+    # kmeans_max_voxels = 0 means every voxel, not "at most 0"; mini-batch k-means runs no fixed iterations
+    assert kmeans_description(PrototypeConfig(**settings)) == expected

@@ -7,18 +7,21 @@
   ``figures/``. :func:`resume` continues an interrupted run.
 
   Settings, device and every data file are checked before the run folder is made. While
-  the run lasts the folder holds a lock (``train.lock``). A mistake found later
-  (:class:`~mper.errors.UserError`), or a stop before the first checkpoint, removes the
-  folder if this run made it; any other error keeps it, with its traceback in
-  ``train.log``.
+  the run lasts the folder holds a lock (``train.lock``); a run refused by the lock leaves
+  the folder to the run that holds it. A stop before the first checkpoint removes the
+  folder if this run made it. A mistake found once training has started
+  (:class:`~mper.errors.UserError`) keeps the folder, ``train.log`` saying why it
+  stopped; any other error keeps it too, with its traceback in ``train.log``.
 * :func:`evaluate` scores a checkpoint (docs/method.md, "Evaluation"), :func:`predict`
   segments image files.
 * :func:`synthesize` and :func:`convert` prepare data (see :mod:`mper.datasets`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import secrets
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
@@ -37,13 +40,13 @@ from mper.eval.figures import add_figures
 from mper.eval.predict import predict_path
 from mper.eval.report import add_to_report
 from mper.eval.tsne import require_figure_packages, sample_embeddings, save_tsne_figure
-from mper.train.checkpoint import load_checkpoint
+from mper.train.checkpoint import load_checkpoint, non_finite_tensors
 from mper.train.config import SUPERVISED_BASELINES, TrainConfig, merge, parse_override, to_toml, with_prototypes
 from mper.train.diagnostics import TRAINING_RECORD, with_class_names
 from mper.train.distributed import is_main_process, process_group, shared_mean
 from mper.train.loaders import test_cases, training_cases, validation_cases
 from mper.train.lock import run_folder_lock
-from mper.train.loop import LAST_CHECKPOINT, Validator
+from mper.train.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, PRETRAIN_CHECKPOINT, Validator
 from mper.train.resume import resumed_config
 from mper.train.runner import check_run, run_training
 from mper.train.runtime import TrainingAborted, TrainingInterrupted, resolve_device
@@ -58,6 +61,8 @@ WEIGHTS = ("student", "teacher")
 RUN_LOG_ONLY = {"run_log_only": True}
 #: Case lists ``evaluate`` scores: the test list, or the cases that selected checkpoints.
 EVAL_SPLITS = ("test", "val")
+#: The run's log in its folder.
+RUN_LOG = "train.log"
 #: Cases whose voxels the t-SNE map samples.
 TSNE_CASES = 4
 
@@ -102,7 +107,7 @@ def validator(config: TrainConfig) -> Validator:
 def _run_logging(run_dir: Path) -> Iterator[None]:
     """Send the package's log records to ``run_dir/train.log`` while training; a run
     that fails leaves its reason there (a traceback unless it is a user's mistake)."""
-    handler = logging.FileHandler(run_dir / "train.log")
+    handler = logging.FileHandler(run_dir / RUN_LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package_log = logging.getLogger("mper")
     previous_level = package_log.level
@@ -184,9 +189,12 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
             f"{run_dir} already holds a training run; continue it with --resume or choose another --out"
         )
     check_run(config)
+    if not resume:
+        config = dataclasses.replace(config, run_id=secrets.token_hex(8))
     created = _make_run_dir(run_dir)
-    try:
-        with run_folder_lock(run_dir):
+    # a run refused by the lock leaves the folder alone: another run is using it
+    with run_folder_lock(run_dir):
+        try:
             _write_config(config, run_dir)
             with _run_logging(run_dir), SummaryWriter(str(run_dir / "tensorboard")) as writer:
                 _log_run_header(config, resume)
@@ -196,17 +204,15 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
                                   num_figures=config.eval.num_figures)
                 add_figures(writer, result["figures"], "test")
                 add_training_record(run_dir, config)
+                add_to_report(run_dir, "sessions", load_checkpoint(run_dir / LAST_CHECKPOINT).get("sessions", []))
                 _report_prototype_usage(run_dir)
                 log.info("test metrics (%s):\n%s", run_dir / "metrics.md", result["markdown"].rstrip(),
                          extra=RUN_LOG_ONLY)
-    except TrainingInterrupted:
-        raise
-    except KeyboardInterrupt as interrupt:
-        _remove_unstarted(run_dir, created)
-        raise TrainingAborted(run_dir) from interrupt
-    except UserError:
-        _remove_unstarted(run_dir, created)
-        raise
+        except TrainingInterrupted:
+            raise
+        except KeyboardInterrupt as interrupt:
+            _remove_unstarted(run_dir, created)
+            raise TrainingAborted(run_dir) from interrupt
     return run_dir
 
 
@@ -240,10 +246,37 @@ def resume(
     """
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir / LAST_CHECKPOINT)
+    _check_one_run(run_dir, state["config"])
     changes = {key: value for key, value in (("device", device), ("ops", ops)) if value is not None}
     for change in [overrides or {}, *map(parse_override, assignments), {"out": str(run_dir)}]:
         changes = merge(changes, change)
     return train(resumed_config(state, changes), resume=True)
+
+
+def _check_one_run(run_dir: Path, saved: dict[str, Any]) -> None:
+    """Refuse to resume when ``run_dir/last.pt`` (whose settings are ``saved``) and the
+    folder's ``config.toml`` or best checkpoints belong to different runs (their
+    ``run_id`` differs): resuming would mix two runs in one folder."""
+    readers = {run_dir / "config.json": lambda path: json.loads(path.read_text())}  # written with config.toml
+    readers.update({run_dir / name: lambda path: load_checkpoint(path)["config"]
+                    for name in (PRETRAIN_CHECKPOINT, BEST_CHECKPOINT)})
+    for path, read in readers.items():
+        if not path.exists():
+            continue
+        try:
+            other = read(path)
+        except (UserError, ValueError, KeyError) as error:
+            raise RunFolderError(f"cannot resume in {run_dir}: {path.name} cannot be read ({error})") from error
+        if other.get("run_id", "") != saved.get("run_id", ""):
+            raise RunFolderError(
+                f"{run_dir / LAST_CHECKPOINT} belongs to another run than {path.name} there ({_run_name(saved)} "
+                f"against {_run_name(other)}); resuming would mix two runs in one folder. Put back this run's "
+                "last.pt, or resume the other run in a folder of its own"
+            )
+
+
+def _run_name(config: dict[str, Any]) -> str:
+    return f"run {config.get('run_id') or 'without an id'} on {config.get('dataset', '?')}"
 
 
 def load_network(
@@ -257,6 +290,13 @@ def load_network(
         raise CheckpointError(
             f"{checkpoint} holds no {weights} weights (pre-training and baseline runs have no "
             "teacher); use weights='student'"
+        )
+    bad = non_finite_tensors(state[weights])
+    if bad:
+        raise CheckpointError(
+            f"{checkpoint}: {len(bad)} tensor(s) of its {weights} weights hold NaN or infinite values "
+            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); it cannot segment anything: use "
+            "another checkpoint (mper-train never writes such weights; this file was changed or damaged)"
         )
     try:
         config = TrainConfig.from_dict(state["config"])
@@ -307,6 +347,8 @@ def evaluate(
     """
     if split not in EVAL_SPLITS:
         raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
+    if num_figures < 0:
+        raise ConfigError(f"the number of figures (mper-eval --figures) must be 0 or more, got {num_figures}")
     net, config = load_network(checkpoint, device, weights)
     method, labeled, unlabeled = _table_columns(config)
     if data_root is not None:
@@ -357,6 +399,8 @@ def predict(
     """Segment a NIfTI/HDF5 file or every such file under a folder; returns the written
     label maps (NIfTI, with the input's header), post-processed by the checkpoint's
     ``eval.postprocess`` as :func:`evaluate` does. See :func:`mper.eval.predict.predict_path`."""
+    if Path(output).exists() and not Path(output).is_dir():
+        raise RunFolderError(f"the output {output} is a file; give a folder for the label maps (it is made if missing)")
     net, config = load_network(checkpoint, device, weights)
     return predict_path(net, input_path, config.dataset, output, device=str(resolve_device(device)),
                         num_classes=config.num_classes, postprocess=config.eval.postprocess,

@@ -15,6 +15,7 @@ import numpy as np
 ITEM_AUGMENTATION = 1
 PRIMARY_ORDER = 2
 SECONDARY_ORDER = 3
+STAGE_SEED = 4
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -31,3 +32,13 @@ def resolve_seed(seed: int | None) -> int:
 def keyed_rng(seed: int, stream: int, *key: int) -> np.random.Generator:
     """The generator of stream ``stream`` at position ``key`` for ``seed``."""
     return np.random.default_rng([seed, stream, *key])
+
+
+def stage_seed(seed: int, stage: int) -> int:
+    """The seed of the draws of training stage ``stage`` (0, 1, ...): ``seed`` itself for
+    stage 0, for a later stage a seed drawn from ``(seed, stage)``, so that a stage never
+    replays the batch orders and augmentations of another (self-training iteration ``t``
+    would otherwise see pre-training iteration ``t``'s crops and pairs)."""
+    if stage == 0:
+        return resolve_seed(seed)
+    return int(keyed_rng(resolve_seed(seed), STAGE_SEED, stage).integers(2**63))

@@ -167,10 +167,7 @@ class Plan:
 
     def rows(self) -> list[tuple[str, Variant, Any]]:
         """``(row name, variant, sweep value)`` in table order: variants, then sweep values."""
-        if self.sweep is None:
-            return [(variant.name, variant, None) for variant in self.variants]
-        return [(_sweep_row(variant.name, self.sweep, value, len(self.variants)), variant, value)
-                for variant in self.variants for value in self.sweep.values]
+        return _rows(self.variants, self.sweep)
 
     def budgets(self, variant: Variant) -> list[int | None]:
         """The label budgets a variant is trained at (``None``: all labeled)."""
@@ -226,6 +223,13 @@ def _budget_folder(labeled: int | None) -> str:
     return "all-labeled" if labeled is None else f"{labeled}-labeled"
 
 
+def _rows(variants: Sequence[Variant], sweep: Sweep | None) -> list[tuple[str, Variant, Any]]:
+    if sweep is None:
+        return [(variant.name, variant, None) for variant in variants]
+    return [(_sweep_row(variant.name, sweep, value, len(variants)), variant, value)
+            for variant in variants for value in sweep.values]
+
+
 def _sweep_row(variant: str, sweep: Sweep, value: Any, variant_count: int) -> str:
     label = f"{sweep.label}={value}"
     return label if variant_count == 1 else f"{variant} {label}"
@@ -272,6 +276,7 @@ def parse_plan(document: dict[str, Any], name: str, path: Path | None = None) ->
     if duplicate:
         raise PlanError(f"{where}: two variants are named {duplicate!r}; give each its own name")
     sweep = _sweep(reader, document.get("sweep"))
+    _check_folders(reader, variants, sweep)
     figures = document.get("figures", {})
     reader.known(figures, FIGURE_KEYS, "figures.")
     tsne = tuple(reader.strings(figures, "tsne"))
@@ -309,6 +314,19 @@ def _variant(reader: _Reader, table: dict[str, Any], preset: str, common: list[s
         assignments=tuple(common + reader.strings(table, "set", prefix=prefix)),
         labeled=labeled,
     )
+
+
+def _check_folders(reader: _Reader, variants: list[Variant], sweep: Sweep | None) -> None:
+    """Every row gets a folder of its own: two rows whose names differ only in case or in
+    characters a folder name leaves out (``"MPER"`` and ``"mper"``, ``"a/b"`` and ``"a-b"``)
+    would train into one folder and report one run for both."""
+    seen: dict[str, str] = {}
+    for row, _, _ in _rows(variants, sweep):
+        folder = slug(row)
+        if folder in seen:
+            reader.fail(f"rows {seen[folder]!r} and {row!r} would share the run folder {folder!r}; "
+                        "give them names that differ in more than case and punctuation")
+        seen[folder] = row
 
 
 def _sweep(reader: _Reader, table: dict[str, Any] | None) -> Sweep | None:

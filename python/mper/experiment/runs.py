@@ -18,8 +18,9 @@ from mper.train.resume import setting_changes
 from .plan import Cell, PlanError
 
 FINISHED, INTERRUPTED, NEW = "finished", "interrupted", "new"
-#: Settings a plan's run may differ in from the run in its folder: where it runs and reads.
-FREE_SETTINGS = ("out", "device", "data_root", "data.num_workers")
+#: Settings a plan's run may differ in from the run in its folder: where it runs and reads,
+#: and the identity the run drew when it started.
+FREE_SETTINGS = ("out", "device", "data_root", "data.num_workers", "run_id")
 #: The config each run folder holds (written by :func:`mper.pipeline.train`).
 CONFIG_FILE = "config.json"
 

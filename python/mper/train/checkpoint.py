@@ -5,7 +5,8 @@ run folder:
 
 * ``last.pt``: everything needed to continue exactly where training stopped (student,
   teacher, prototype bank, optimizer, stage, iteration, RNG states, best score, config;
-  the sampler's epoch and position follow from the iteration);
+  the sampler's epoch and position follow from the iteration), and how each start or
+  resume ran (processes, backend, device);
 * ``best.pt`` / ``pretrain_best.pt``: the weights (student, teacher, bank) with the best
   validation Dice, plus the config, for evaluation and prediction.
 
@@ -96,8 +97,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError) as error:
-        raise CheckpointError(f"{path} is not a readable mper checkpoint ({error})") from error
+    except PermissionError:
+        raise
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as error:
+        # a truncated file fails in any of these, depending on where it was cut; torch's own
+        # message spans lines and suggests weights_only=False, which is no cure here
+        raise CheckpointError(
+            f"{path} is not a readable mper checkpoint (torch.load: {type(error).__name__}); it is "
+            "truncated or damaged (an interrupted copy?) or not written by mper-train: copy it again "
+            "or use another checkpoint"
+        ) from error
     version = state.get("version") if isinstance(state, dict) else None
     if isinstance(version, int) and version < CHECKPOINT_VERSION:
         raise CheckpointError(

@@ -259,7 +259,12 @@ class DistributedConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; ``to_dict``/``from_dict`` round-trip it."""
+    """Everything a training run needs; ``to_dict``/``from_dict`` round-trip it.
+
+    ``run_id`` names one training run: :func:`mper.pipeline.train` draws it when a run
+    starts (whatever was given) and writes it into ``config.toml`` and every checkpoint,
+    so that ``--resume`` can refuse a ``last.pt`` that belongs to another run.
+    """
 
     dataset: str = ""
     data_root: str = ""
@@ -272,6 +277,7 @@ class TrainConfig:
     out: str = ""
     baseline: str = "none"
     amp: str = "off"
+    run_id: str = ""
     network: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -531,6 +537,10 @@ def _check_network_options(config: TrainConfig) -> None:
     if unknown:
         names = ", ".join(f"network.{name}" for name in accepted)
         raise ConfigError(f"unknown setting network.{unknown[0]}; valid names here: {names}")
+    for name, value in config.network.items():
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(number, float) and not math.isfinite(number) for number in numbers):
+            raise ConfigError(f"network.{name} must hold finite numbers, got {value!r}")
     kernel = config.network.get("classifier_kernel", 1)
     if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
         raise ConfigError(

@@ -105,6 +105,27 @@ def current_world() -> World:
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def session_record(device: torch.device) -> dict[str, Any]:
+    """How this session of training runs: ``processes`` (the world size), how many of them
+    run on this machine (``processes_per_machine``, torchrun's ``LOCAL_WORLD_SIZE``), the
+    collective ``backend`` (``"none"`` in a single process) and process 0's ``device``."""
+    world = current_world()
+    return {
+        "processes": world.size,
+        "processes_per_machine": int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if world.size > 1 else 1,
+        "backend": dist.get_backend() if world.size > 1 else "none",
+        "device": str(device),
+    }
+
+
+def describe_session(session: dict[str, Any]) -> str:
+    """A :func:`session_record` in words, for the log."""
+    if session["processes"] == 1:
+        return f"1 training process on {session['device']} (no data parallelism)"
+    return (f"data parallel: {session['processes']} training processes ({session['processes_per_machine']} on this "
+            f"machine), {session['backend']} backend, process 0 on {session['device']}")
+
+
 def is_main_process() -> bool:
     """Whether this process writes the run's files (always true in a single process)."""
     return current_world().is_main and launched_world().is_main

@@ -12,13 +12,15 @@ or damaged file is reported at once rather than hours into training.
 
 One training dataset holds the labeled items first, then the unlabeled ones; a
 :class:`~mper.data.sampler.TwoStreamBatchSampler` draws from both (self-training) or
-from the labeled ones only (pre-training, baseline). Batches depend only on the seed
-and the iteration, which is what makes resumed runs exact.
+from the labeled ones only (pre-training, baseline). Batches depend only on the seed,
+the stage and the iteration, which is what makes resumed runs exact; each stage draws
+its own, so self-training does not replay pre-training's crops and pairs.
 """
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from typing import cast
@@ -29,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mper.data.sampler import TwoStreamBatchSampler, endless_batches
+from mper.data.seeding import stage_seed
 from mper.datasets import check_dataset_root, get_dataset
 from mper.errors import ConfigError, DataFormatError
 
@@ -78,7 +81,8 @@ def check_data(config: TrainConfig) -> None:
 
     Raises what the readers raise for a missing or malformed file (naming it), and
     :class:`~mper.errors.ConfigError` when the data root holds the other dataset, when
-    ``labeled`` leaves no unlabeled case for self-training, or when a class has no voxel
+    ``labeled`` leaves no unlabeled case for self-training or too few labeled items to fill
+    a labeled batch, or when a class has no voxel
     in the labeled images (its prototypes could not be initialised).
     """
     check_dataset_root(config.data_root, config.dataset, f"the run trains on {config.dataset}")
@@ -88,6 +92,11 @@ def check_data(config: TrainConfig) -> None:
         raise ConfigError(
             f"labeled = {config.labeled} leaves no unlabeled training case for self-training; "
             "lower --labeled (or train --baseline labeled-only)"
+        )
+    if len(labeled) < config.data.labeled_batch_size:
+        raise ConfigError(
+            f"{len(labeled)} labeled training item(s) (labeled = {config.labeled}) cannot fill a labeled batch of "
+            f"data.labeled_batch_size = {config.data.labeled_batch_size}; raise --labeled or lower the batch sizes"
         )
     items = labeled + unlabeled if self_training else labeled
     volumes = list(dict.fromkeys(validation_cases(config) + test_cases(config)))
@@ -109,35 +118,59 @@ def check_data(config: TrainConfig) -> None:
     log.info("checked %d data files under %s", len(reads), config.data_root)
 
 
-def training_dataset(config: TrainConfig, cases: list[str], augment: bool = True) -> Dataset:
+#: Draws of each stage (see :func:`~mper.data.seeding.stage_seed`): pre-training and the
+#: supervised baselines draw from the run's seed, self-training from one of its own.
+FIRST_STAGE, SELF_TRAINING = 0, 1
+
+
+def training_dataset(config: TrainConfig, cases: list[str], augment: bool = True, stage: int = FIRST_STAGE
+                     ) -> Dataset:
     """The dataset's training items of ``cases`` (its spec's ``training_items``, e.g.
-    :class:`~mper.data.ACDCSlices`), with the ``data`` settings they take."""
+    :class:`~mper.data.ACDCSlices`), with the ``data`` settings they take and the
+    augmentation of training stage ``stage``."""
     spec = get_dataset(config.dataset)
     settings = {name: getattr(config.data, name) for name in spec.item_settings}
     return spec.training_items(config.data_root, cases, config.data.patch_size, augment=augment,
-                               seed=config.seed, **settings)
+                               seed=stage_seed(config.seed, stage), **settings)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def loader_workers(config: TrainConfig) -> int:
+    """``data.num_workers``, at most one worker per available CPU core: more only
+    oversubscribe the machine (and enough of them exhaust its processes or memory),
+    while the batches are the same for any worker count."""
+    return min(config.data.num_workers, available_cores())
 
 
 def stage_loader(
     config: TrainConfig, with_unlabeled: bool, device: torch.device, whole_batch: bool = False
 ) -> DataLoader:
-    """Training batches: ``labeled_batch_size`` labeled items, then (``with_unlabeled``)
-    as many unlabeled ones; under torch.distributed this process's share of them,
-    unless ``whole_batch``."""
+    """Training batches: ``labeled_batch_size`` labeled items, then (``with_unlabeled``,
+    self-training) as many unlabeled ones; under torch.distributed this process's share
+    of them, unless ``whole_batch``. Self-training draws its batch order and
+    augmentation from a seed of its own, the supervised stages from the run's seed."""
     labeled, unlabeled = training_cases(config)
     cases = labeled + unlabeled if with_unlabeled else labeled
+    stage = SELF_TRAINING if with_unlabeled else FIRST_STAGE
     world = current_world()
     labeled_batch = config.data.labeled_batch_size
     unlabeled_batch = labeled_batch if with_unlabeled else 0
     sampler = TwoStreamBatchSampler(
         range(len(labeled)), range(len(labeled), len(cases)),
-        labeled_batch + unlabeled_batch, unlabeled_batch, seed=config.seed,
+        labeled_batch + unlabeled_batch, unlabeled_batch, seed=stage_seed(config.seed, stage),
         share=(0, 1) if whole_batch else (world.rank, world.size),
     )
     return DataLoader(
-        training_dataset(config, cases),
+        training_dataset(config, cases, stage=stage),
         batch_sampler=sampler,
-        num_workers=config.data.num_workers,
+        num_workers=loader_workers(config),
         pin_memory=device.type == "cuda",
         generator=_private_generator(config.seed),
         worker_init_fn=_leave_ctrl_c_to_the_main_process,

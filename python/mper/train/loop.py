@@ -151,6 +151,8 @@ class Trainer:
         self.monitor = SelfTrainingMonitor(config.num_classes, self.device)
         self.record = TrainingRecord()
         self.interval_losses: list[float] = []  # since the last validation
+        # how each start or resume ran (see distributed.session_record), with where it began
+        self.sessions: list[dict[str, Any]] = []
         self.timing: dict[str, float] = {}  # the last window's data wait and iteration time
 
     def new_optimizer(self) -> torch.optim.SGD:
@@ -195,6 +197,7 @@ class Trainer:
             "monitor": monitor,
             "record": self.record.state_dict(),
             "interval_losses": list(self.interval_losses),
+            "sessions": list(self.sessions),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -219,6 +222,7 @@ class Trainer:
                 self.usage.current.zero_()
         self.record.load_state_dict(state["record"])
         self.interval_losses = list(state["interval_losses"])
+        self.sessions = list(state.get("sessions", []))  # absent from checkpoints of older versions
 
     def _restore_rng(self, state: dict[str, Any]) -> None:
         """Each process's own RNG state when the run saved as many processes; else
@@ -231,6 +235,14 @@ class Trainer:
                  world.size, len(saved))
         restore_rng_state(saved[0])
         distributed.seed_process(self.config.seed + self.progress.iteration)
+
+    def begin_session(self) -> dict[str, Any]:
+        """Record how this start or resume runs (processes, backend, device) and where in
+        the run it begins; returns the record."""
+        session = {**distributed.session_record(self.device), "stage": self.progress.stage,
+                   "iteration": self.progress.iteration}
+        self.sessions.append(session)
+        return session
 
     def prototype_head(self) -> PrototypeHead:
         """The prototype head; it exists once self-training has begun."""
@@ -282,9 +294,12 @@ class Trainer:
         """Stop the run; ``iteration``: where it went wrong, when before the current one."""
         progress = self.progress
         at = progress.iteration if iteration is None else iteration
+        saved = [name for name in (LAST_CHECKPOINT, PRETRAIN_CHECKPOINT, BEST_CHECKPOINT)
+                 if (self.run_dir / name).exists()]
+        kept = (f"so the checkpoints in {self.run_dir} ({', '.join(saved)}) are the last good ones" if saved
+                else f"before its first checkpoint; {self.run_dir} keeps its settings and train.log")
         raise TrainingDiverged(
-            f"{progress.stage} iteration {at}: {what}; training stopped without "
-            f"saving this state, so the checkpoints in {self.run_dir} are the last good ones. "
+            f"{progress.stage} iteration {at}: {what}; training stopped without saving this state, {kept}. "
             "Start a new run with a lower optim.lr, or check the data"
         )
 

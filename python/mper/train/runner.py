@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -9,9 +10,10 @@ from mper.datasets import get_dataset
 from mper.errors import ConfigError
 
 from .checkpoint import load_checkpoint, remove_stale_temporaries
-from .config import TrainConfig, with_prototypes
-from .distributed import from_main_process, is_main_process
-from .loaders import check_data
+from .config import PrototypeConfig, TrainConfig, with_prototypes
+from .distributed import current_world, describe_session, from_main_process, is_main_process
+from .footprint import check_fits, iteration_memory
+from .loaders import available_cores, check_data, loader_workers
 from .loop import BEST_CHECKPOINT, LAST_CHECKPOINT, ScalarWriter, Trainer, Validator
 from .pretrain import run_baseline, run_pretrain
 from .resume import setting_changes
@@ -32,14 +34,17 @@ log = logging.getLogger(__name__)
 
 def check_run(config: TrainConfig) -> None:
     """Refuse, before anything is written or trained, what would fail later: the
-    device, the ops module, mixed precision, the network settings and the data
-    (see :func:`~mper.train.loaders.check_data`)."""
-    autocast(resolve_device(config.device), config.amp)
+    device, the ops module, mixed precision, the network settings, a patch too small for
+    the network or an iteration too large for the device's memory (see
+    :mod:`~mper.train.footprint`) and the data (see :func:`~mper.train.loaders.check_data`)."""
+    device = resolve_device(config.device)
+    autocast(device, config.amp)
     load_ops(config.ops)
     try:
         get_dataset(config.dataset).build_network(config.num_classes, **config.network)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"the network settings {config.network} are not valid: {error}") from error
+    check_fits(config, device, current_world().size, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     check_data(config)
 
 
@@ -70,6 +75,8 @@ def run_training(
             trainer.load_state_dict(state)
             log.info("resuming %s at iteration %d", trainer.progress.stage, trainer.progress.iteration)
         log.info("training on %s with ops module %s", trainer.device, trainer.ops.__name__)
+        log.info("%s", describe_session(trainer.begin_session()))
+        _log_machine_needs(config)
         if trainer.progress.stage != "baseline":
             _warn_if_teacher_is_slow(config)
         if trainer.progress.stage == "baseline":
@@ -87,6 +94,16 @@ def run_training(
         log.info("training finished; best validation Dice %.4f at %s iteration %d",
                  trainer.progress.best_score, trainer.progress.stage, trainer.progress.best_iteration)
     return run_dir / BEST_CHECKPOINT
+
+
+def _log_machine_needs(config: TrainConfig) -> None:
+    """The memory of an iteration (see :mod:`~mper.train.footprint`), and the data loader
+    workers when there are fewer cores than ``data.num_workers``."""
+    log.info("one training iteration needs about %s", iteration_memory(config, current_world().size).describe())
+    workers = loader_workers(config)
+    if workers < config.data.num_workers:
+        log.warning("data.num_workers = %d is more than the %d CPU core(s) this process may use; the data "
+                    "loaders start %d worker(s)", config.data.num_workers, available_cores(), workers)
 
 
 def _warn_if_teacher_is_slow(config: TrainConfig) -> None:
@@ -107,6 +124,16 @@ def _log_stage(trainer: Trainer, iterations: int) -> None:
     log.info("stage %s (%s): %d iterations, %s", progress.stage, description, iterations, start)
 
 
+def kmeans_description(prototypes: PrototypeConfig) -> str:
+    """How the bank is initialised, e.g. ``minibatch, 3 per class, every voxel of each class``."""
+    parts = [prototypes.kmeans, f"{prototypes.per_class} per class"]
+    if prototypes.kmeans == "lloyd":  # mini-batch k-means stops by itself
+        parts.append(f"{prototypes.kmeans_iterations} iterations")
+    cap = prototypes.kmeans_max_voxels
+    parts.append(f"at most {cap} voxels per class" if cap else "every voxel of each class")
+    return ", ".join(parts)
+
+
 def _initialize_prototypes(trainer: Trainer) -> None:
     """:func:`begin_selftrain` (k-means prototype init from the best pre-trained weights), logged."""
     prototypes = trainer.config.prototypes
@@ -116,9 +143,8 @@ def _initialize_prototypes(trainer: Trainer) -> None:
         begin_selftrain(trainer)
         return
     log.info("pre-training done (best validation Dice %.4f at iteration %d); initialising the prototype "
-             "bank by k-means (%d per class, %d iterations, at most %d voxels per class) on the labeled images",
-             trainer.progress.best_score, trainer.progress.best_iteration, prototypes.per_class,
-             prototypes.kmeans_iterations, prototypes.kmeans_max_voxels)
+             "bank by k-means (%s) on the labeled images",
+             trainer.progress.best_score, trainer.progress.best_iteration, kmeans_description(prototypes))
     start = time.perf_counter()
     begin_selftrain(trainer)
     bank = trainer.prototype_head().prototypes

@@ -1,0 +1,135 @@
+"""Checkpoints and run folders a user hands to the commands: truncated or non-finite
+checkpoints, a ``last.pt`` of another run, an output path that is a file. Each ends in
+one line and exit status 2, before anything is evaluated, predicted or trained; so does a
+negative figure count for mper-eval."""
+from __future__ import annotations
+
+import shutil
+import sys
+
+import pytest
+import torch
+
+from mper import pipeline
+from mper.cli import eval_main, predict_main, train_main
+from mper.datasets import synthesize
+from mper.errors import CheckpointError, RunFolderError
+from mper.train.checkpoint import load_checkpoint, save_checkpoint
+from mper.train.config import load_config
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+TINY = [
+    "network.channels=[4, 8, 16, 32, 64]", "data.patch_size=[32, 32]", "data.batch_size=4",
+    "data.labeled_batch_size=2", "pretrain.iterations=2", "selftrain.iterations=2", "eval.val_interval=2",
+    "eval.num_figures=0", "prototypes.kmeans_max_voxels=500",
+]
+
+
+@pytest.fixture(scope="module")
+def acdc_root(tmp_path_factory):
+    return synthesize("acdc", tmp_path_factory.mktemp("acdc"), cases=5, seed=0, size=(32, 32), progress=False)
+
+
+def tiny_run(acdc_root, out, seed=1337):
+    config = load_config("acdc", "paper", {"data_root": str(acdc_root), "out": str(out), "labeled": 1,
+                                           "device": "cpu", "ops": "reference", "seed": seed}, TINY)
+    return pipeline.train(config)
+
+
+@pytest.fixture(scope="module")
+def run(acdc_root, tmp_path_factory):
+    return tiny_run(acdc_root, tmp_path_factory.mktemp("runs") / "run")
+
+
+def one_line_error(main, arguments, capsys) -> str:
+    """The error ``main(arguments)`` prints; it must be one line with exit status 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2, error
+    assert "Traceback" not in error and error.count("error:") == 1, error
+    return error.strip().splitlines()[-1]
+
+
+def test_a_truncated_checkpoint_is_refused_at_any_length(run, tmp_path):
+    whole = (run / "best.pt").read_bytes()
+    damaged = tmp_path / "best.pt"
+    # torch.load fails differently depending on where the file ends (an OSError among them)
+    for length in [0, 100, 20_000, 50_000, *range(1, len(whole), len(whole) // 40)]:
+        damaged.write_bytes(whole[:length])
+        with pytest.raises(CheckpointError, match="not a readable mper checkpoint .* truncated or damaged"):
+            load_checkpoint(damaged)
+
+
+def test_every_command_refuses_a_truncated_checkpoint_in_one_line(run, acdc_root, tmp_path, capsys):
+    folder = shutil.copytree(run, tmp_path / "run")
+    for name in ("best.pt", "last.pt"):
+        (folder / name).write_bytes((run / name).read_bytes()[:20_000])
+    case = (acdc_root / "test.list").read_text().split()[0]
+    commands = [
+        (eval_main, ["--checkpoint", str(folder / "best.pt"), "--device", "cpu"]),
+        (predict_main, ["--checkpoint", str(folder / "best.pt"), "--input", str(acdc_root / "data" / f"{case}.h5"),
+                        "--output", str(tmp_path / "labels"), "--device", "cpu"]),
+        (train_main, ["--resume", "--out", str(folder)]),
+    ]
+    for main, arguments in commands:
+        assert "not a readable mper checkpoint" in one_line_error(main, arguments, capsys)
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_naming_the_tensors(run, acdc_root, tmp_path, capsys):
+    state = load_checkpoint(run / "best.pt")
+    name = next(iter(state["student"]))
+    state["student"][name] = torch.full_like(state["student"][name], float("nan"))
+    damaged = save_checkpoint(tmp_path / "nan.pt", state)
+    with pytest.raises(CheckpointError, match=rf"1 tensor\(s\) of its student weights hold NaN or infinite values "
+                                              rf"\({name}\)"):
+        pipeline.evaluate(damaged, device="cpu")
+    case = (acdc_root / "test.list").read_text().split()[0]
+    error = one_line_error(predict_main, ["--checkpoint", str(damaged), "--input", str(acdc_root / "data" / f"{case}.h5"),
+                                          "--output", str(tmp_path / "labels"), "--device", "cpu"], capsys)
+    assert name in error
+    assert not (tmp_path / "labels").exists()
+
+
+def test_a_run_has_one_identity_in_its_config_and_every_checkpoint(run):
+    run_id = tomllib.loads((run / "config.toml").read_text())["run_id"]
+    assert len(run_id) >= 16
+    for name in ("last.pt", "best.pt", "pretrain_best.pt"):
+        assert load_checkpoint(run / name)["config"]["run_id"] == run_id, name
+
+
+def test_resume_refuses_a_last_checkpoint_of_another_run(run, acdc_root, tmp_path, capsys):
+    other = tiny_run(acdc_root, tmp_path / "other", seed=5)
+    folder = shutil.copytree(run, tmp_path / "run")
+    config_before = (folder / "config.toml").read_text()
+    shutil.copy(other / "last.pt", folder / "last.pt")
+    with pytest.raises(RunFolderError, match=r"last\.pt belongs to another run than config\.json there"):
+        pipeline.resume(folder, assignments=["selftrain.iterations=3"])
+    error = one_line_error(train_main, ["--resume", "--out", str(folder), "--set", "selftrain.iterations=3"], capsys)
+    assert "would mix two runs in one folder" in error
+    assert (folder / "config.toml").read_text() == config_before
+    # the run's own last.pt resumes
+    shutil.copy(run / "last.pt", folder / "last.pt")
+    pipeline.resume(folder, assignments=["selftrain.iterations=3"])
+    assert load_checkpoint(folder / "last.pt")["progress"]["iteration"] == 3
+
+
+def test_predict_refuses_an_output_that_is_a_file(run, acdc_root, tmp_path, capsys):
+    output = tmp_path / "labels"
+    output.write_text("a file")
+    case = (acdc_root / "test.list").read_text().split()[0]
+    error = one_line_error(predict_main, ["--checkpoint", str(run / "best.pt"), "--input",
+                                          str(acdc_root / "data" / f"{case}.h5"), "--output", str(output),
+                                          "--device", "cpu"], capsys)
+    assert f"the output {output} is a file" in error
+
+
+def test_eval_refuses_a_negative_figure_count_before_scoring(run, tmp_path, capsys):
+    error = one_line_error(eval_main, ["--checkpoint", str(run / "best.pt"), "--device", "cpu", "--figures", "-1",
+                                       "--out", str(tmp_path / "eval")], capsys)
+    assert "--figures) must be 0 or more, got -1" in error
+    assert not (tmp_path / "eval").exists()
