@@ -125,7 +125,9 @@ def test_ctrl_c_saves_and_resume_finishes_the_run(acdc_root, tmp_path, monkeypat
         (["--dataset", "acdc", "--data-root", "{missing}"], "missing/train_slices.list not found"),
         (["--dataset", "acdc"], "--dataset and --data-root are required"),
         (["--resume"], "--resume needs --out"),
-        (["--resume", "--out", "{missing}"], "missing/last.pt does not exist"),
+        (["--resume", "--out", "{missing}"], "missing/last.pt does not exist, nor does its folder; --out must name"),
+        (["--resume", "--out", "{tmp}"], "holds no checkpoint to continue from (the run stopped before its first "
+                                         "checkpoint, or the folder is not a run's); start the run again without"),
         (["--dataset", "acdc", "--data-root", "{root}", "--set", "data.patch_size=64,64"],
          "e.g. data.patch_size=[64, 64]"),
         (["--dataset", "acdc", "--data-root", "{root}", "--set", "prototypes.tau=-1"], "prototypes.tau must be"),
@@ -137,7 +139,7 @@ def test_ctrl_c_saves_and_resume_finishes_the_run(acdc_root, tmp_path, monkeypat
 def test_user_errors_end_in_one_line_and_exit_code_2(arguments, message, acdc_root, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "file").write_text("a file, not a folder")
-    paths = {"root": acdc_root, "missing": tmp_path / "missing", "file": tmp_path / "file"}
+    paths = {"root": acdc_root, "missing": tmp_path / "missing", "file": tmp_path / "file", "tmp": tmp_path}
     arguments = [argument.format(**paths) for argument in arguments]
     with pytest.raises(SystemExit) as exit_info:
         train_main(["--labeled", "1", *tiny_arguments(), *arguments, "--ops", "reference", "--device", "cpu"])

@@ -44,7 +44,7 @@ from mper.train.distributed import is_main_process, process_group, shared_mean
 from mper.train.loaders import test_cases, training_cases, validation_cases
 from mper.train.lock import run_folder_lock
 from mper.train.loop import LAST_CHECKPOINT, Validator
-from mper.train.resume import resumed_config
+from mper.train.resume import checkpoint_to_resume, resumed_config
 from mper.train.runner import check_run, run_training
 from mper.train.runtime import TrainingAborted, TrainingInterrupted, resolve_device
 from mper.train.usage import USAGE_FILE
@@ -239,7 +239,7 @@ def resume(
     :class:`~mper.errors.ConfigError`. Returns the run folder.
     """
     run_dir = Path(run_dir)
-    state = load_checkpoint(run_dir / LAST_CHECKPOINT)
+    state = load_checkpoint(checkpoint_to_resume(run_dir))
     changes = {key: value for key, value in (("device", device), ("ops", ops)) if value is not None}
     for change in [overrides or {}, *map(parse_override, assignments), {"out": str(run_dir)}]:
         changes = merge(changes, change)
