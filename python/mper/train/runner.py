@@ -10,6 +10,7 @@ from mper.errors import ConfigError
 
 from .checkpoint import load_checkpoint, remove_stale_temporaries
 from .config import TrainConfig, with_prototypes
+from .diagnostics import TrainingRecord
 from .distributed import from_main_process, is_main_process
 from .loaders import check_data
 from .loop import BEST_CHECKPOINT, LAST_CHECKPOINT, ScalarWriter, Trainer, Validator
@@ -84,9 +85,29 @@ def run_training(
             run_selftrain(trainer)
             if trainer.usage is not None:  # BCP alone has no prototypes
                 trainer.usage.write(run_dir / USAGE_FILE)
-        log.info("training finished; best validation Dice %.4f at %s iteration %d",
-                 trainer.progress.best_score, trainer.progress.stage, trainer.progress.best_iteration)
+        log.info("training finished; %s", kept_network(trainer.record, trainer.progress.stage))
     return run_dir / BEST_CHECKPOINT
+
+
+def kept_network(record: TrainingRecord, last_stage: str) -> str:
+    """Which network ``best.pt`` holds (stage, iteration, validation Dice) and, when no
+    validation ever beat the run's first, that it never rose."""
+    validations = [(stage, entry) for stage, entries in record.stages.items() for entry in entries]
+    if not validations:
+        return "no validation ran, so best.pt holds no selected network"
+    stage = record.selected_stage or last_stage
+    kept = record.best(stage) or record.best(last_stage)
+    assert kept is not None
+    held = (f"best.pt holds the network of {stage} iteration {kept['iteration']} "
+            f"(validation Dice {kept['val_dice']:.4f})")
+    first_stage, first = validations[0]
+    if all(entry["val_dice"] <= first["val_dice"] for _, entry in validations):
+        return (f"the validation Dice never rose above its first value ({first['val_dice']:.4f}, {first_stage} "
+                f"iteration {first['iteration']}) in {len(validations)} validations: training did not improve the "
+                f"network on the validation cases; {held}")
+    if stage != last_stage:
+        return f"{last_stage} never beat {stage}, so {held}"
+    return held
 
 
 def _warn_if_teacher_is_slow(config: TrainConfig) -> None:
