@@ -5,6 +5,9 @@ import errno
 import shutil
 import signal
 
+import h5py
+import nibabel as nib
+import numpy as np
 import pytest
 
 from mper import pipeline
@@ -91,6 +94,16 @@ def test_train_eval_and_predict_from_the_command_line(acdc_root, tmp_path, capsy
     predict_main(["--checkpoint", str(run_dir / "best.pt"), "--input", str(inputs), "--output",
                   str(tmp_path / "labels"), "--device", "cpu"])
     assert (tmp_path / "labels" / f"{case}_pred.nii.gz").is_file()
+
+    with h5py.File(acdc_root / "data" / f"{case}.h5") as volume:  # (S, H, W); NIfTI scans are (H, W, S)
+        nib.save(nib.Nifti1Image(volume["image"][:], np.eye(4)), inputs / "slices_first.nii.gz")
+    arguments = ["--checkpoint", str(run_dir / "best.pt"), "--input", str(inputs / "slices_first.nii.gz"),
+                 "--output", str(tmp_path / "labels"), "--device", "cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main(arguments)
+    assert exit_info.value.code == 2 and "looks like the wrong axis order" in capsys.readouterr().err
+    predict_main([*arguments, "--force"])
+    assert (tmp_path / "labels" / "slices_first_pred.nii.gz").is_file()
 
 
 def signal_after_every_step(monkeypatch, signum):

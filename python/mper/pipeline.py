@@ -352,13 +352,14 @@ def tsne(
 
 def predict(
     checkpoint: str | Path, input_path: str | Path, output: str | Path,
-    device: str = "auto", weights: str = "student",
+    device: str = "auto", weights: str = "student", force: bool = False,
 ) -> list[Path]:
     """Segment a NIfTI/HDF5 file or every such file under a folder; returns the written
     label maps (NIfTI, with the input's header), post-processed by the checkpoint's
-    ``eval.postprocess`` as :func:`evaluate` does. See :func:`mper.eval.predict.predict_path`."""
+    ``eval.postprocess`` as :func:`evaluate` does; ``force`` segments volumes whose axis
+    order looks wrong. See :func:`mper.eval.predict.predict_path`."""
     net, config = load_network(checkpoint, device, weights)
-    return predict_path(net, input_path, config.dataset, output, device=str(resolve_device(device)),
+    return predict_path(net, input_path, config.dataset, output, device=str(resolve_device(device)), force=force,
                         num_classes=config.num_classes, postprocess=config.eval.postprocess,
                         **inference_options(config))
 
