@@ -36,6 +36,7 @@ from mper.eval.evaluate import evaluate_cases, mean_dice
 from mper.eval.figures import add_figures
 from mper.eval.predict import predict_path
 from mper.eval.report import add_to_report
+from mper.eval.run_size import size_warnings
 from mper.eval.tsne import require_figure_packages, sample_embeddings, save_tsne_figure
 from mper.train.checkpoint import load_checkpoint
 from mper.train.config import SUPERVISED_BASELINES, TrainConfig, merge, parse_override, to_toml, with_prototypes
@@ -190,6 +191,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
             _write_config(config, run_dir)
             with _run_logging(run_dir), SummaryWriter(str(run_dir / "tensorboard")) as writer:
                 _log_run_header(config, resume)
+                for warning in size_warnings(config):
+                    log.warning(warning)
                 best = run_training(config, run_dir, validator(config), writer, resume=resume)
                 log.info("evaluating %s on the test split", best)
                 result = evaluate(best, split="test", out_dir=run_dir, device=config.device,
