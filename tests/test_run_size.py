@@ -33,7 +33,7 @@ def test_data_four_times_the_patch_or_more_is_named_with_the_size_the_preset_exp
     (warning,) = size_warnings(config("acdc", acdc_root, "demo", "data.patch_size=[16, 16]"))
     assert warning.startswith(f"--preset demo is made for training images of about its 16x16 patch, but those "
                               f"of {acdc_root} are 32x32 (")
-    assert "4.0x the voxels: in its 400 + 500 iterations it learns less" in warning
+    assert "4.0x the voxels: its 400 + 500 iterations and narrow networks can learn much less" in warning
     assert "write data of about 16x16 (mper-data synth --size 16 16)" in warning
     assert size_warnings(config("acdc", acdc_root, "demo", "data.patch_size=[16, 32]")) == []  # 2x
     assert size_warnings(config("acdc", acdc_root, "reference+demo", "data.patch_size=[16, 16]"))

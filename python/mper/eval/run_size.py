@@ -67,9 +67,9 @@ def _data_size_warning(config: TrainConfig, preset: str) -> str | None:
     if ratio < DATA_SIZE_FACTOR:
         return None
     return (f"--preset {preset} is made for training images of about its {_size(patch)} patch, but those of "
-            f"{config.data_root} are {_size(image.shape)} ({labeled[0]}), {ratio:.1f}x the voxels: in its "
-            f"{config.pretrain.iterations} + {config.selftrain.iterations} iterations it learns less from them, "
-            f"and validation takes longer. For a quick run, write data of about {_size(patch)} (mper-data synth "
+            f"{config.data_root} are {_size(image.shape)} ({labeled[0]}), {ratio:.1f}x the voxels: its "
+            f"{config.pretrain.iterations} + {config.selftrain.iterations} iterations and narrow networks can "
+            f"learn much less from them. For a quick run, write data of about {_size(patch)} (mper-data synth "
             f"--size {' '.join(map(str, patch))}); for this data, a preset sized for it")
 
 
