@@ -50,7 +50,7 @@ def test_a_long_validation_pass_is_estimated_from_its_windows_and_passes(la_root
     run = config("la", la_root, "demo", "data.patch_size=[16, 16, 16]", "eval.stride=[8, 8, 8]",
                  "data.holdout_cases=2", "eval.val_interval=40")
     assert size_warnings(run)[0].startswith("--preset demo is made for training images of about its 16x16x16")
-    assert len(size_warnings(run)) == 1  # a pass of seconds
+    assert len(size_warnings(run)) == 1  # validation of seconds
     monkeypatch.setattr(run_size, "LONG_VALIDATION_S", 0.0)
     shapes = [get_dataset("la").load_volume(la_root, case)[0].shape for case in validation_cases(run)]
     expected = sum(math.prod(windows(size, 16, 8) for size in shape) for shape in shapes)
@@ -59,7 +59,7 @@ def test_a_long_validation_pass_is_estimated_from_its_windows_and_passes(la_root
     assert (f" on cpu: 2 cases of {la_root}, {expected} windows of 16x16x16 at a step of 8x8x8, " in warning)
     # 200 pre-training iterations: 5 passes; 300 self-training: 8, each of student and teacher
     assert "; this run validates 21 times (eval.val_interval = 40), about " in warning
-    assert warning.endswith("--preset demo is made for passes of seconds: use smaller data, or validate less often "
+    assert warning.endswith("--preset demo is made for validation of seconds: use smaller data, or validate less often "
                             "(--set eval.val_interval=N, --set eval.stride=[...] for fewer windows)")
 
 

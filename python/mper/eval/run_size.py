@@ -8,8 +8,9 @@ starts, each in one line:
 
 * the data: the first labeled training image has :data:`DATA_SIZE_FACTOR` times the
   voxels of the training patch or more;
-* validation: a pass over the validation cases is estimated to take
-  :data:`LONG_VALIDATION_S` seconds or more. The estimate runs the validation's own
+* validation: its passes over the validation cases are estimated to take
+  :data:`LONG_VALIDATION_S` seconds or more in all (:func:`validation_passes` of them).
+  The estimate of a pass runs the validation's own
   inference (windows or slices) over every validation case with the run's network (as
   built, untrained: its speed does not depend on its weights), timing its first
   :data:`TIMED_CALLS` calls and answering the others with zeros: the time of the rest
@@ -38,8 +39,8 @@ from .inference import predict_volume
 SIZED_PRESETS = ("demo",)
 #: Training images with this many times the voxels of the patch are far larger than the preset is made for.
 DATA_SIZE_FACTOR = 4
-#: A validation pass estimated to take this long (seconds) or longer is worth a warning.
-LONG_VALIDATION_S = 30.0
+#: Validation estimated to take this long (seconds, all passes of the run) or longer is worth a warning.
+LONG_VALIDATION_S = 120.0
 #: Network calls timed for the estimate; the first is a warm-up and is not counted.
 TIMED_CALLS = 4
 
@@ -121,9 +122,9 @@ def _validation_time_warning(config: TrainConfig, preset: str) -> str | None:
                        patch_size=config.data.patch_size, stride=config.eval.stride, device=device)
     untimed_calls = max(timed.calls - len(timed.seconds), 0)
     estimate = time.perf_counter() - began + untimed_calls * timed.call_seconds()
-    if estimate < LONG_VALIDATION_S:
-        return None
     passes = validation_passes(config)
+    if passes * estimate < LONG_VALIDATION_S:
+        return None
     sliding = spec.inference == SLIDING_WINDOW
     calls = (f"{timed.calls} windows of {_size(tuple(config.data.patch_size))} at a step of "
              f"{_size(tuple(config.eval.stride))}" if sliding else f"{timed.calls} batches of slices")
@@ -131,7 +132,7 @@ def _validation_time_warning(config: TrainConfig, preset: str) -> str | None:
             f"case{'s' if len(cases) > 1 else ''} of {Path(config.data_root)}, {calls}, "
             f"{1e3 * timed.call_seconds():.0f} ms each; this run validates {passes} times (eval.val_interval = "
             f"{config.eval.val_interval}), about {_duration(passes * estimate)} in all. --preset {preset} is made "
-            "for passes of seconds: use smaller data, or validate less often "
+            "for validation of seconds: use smaller data, or validate less often "
             f"(--set eval.val_interval=N{', --set eval.stride=[...] for fewer windows' if sliding else ''})")
 
 
