@@ -12,10 +12,9 @@
 # The two runs take one thread each (OMP_NUM_THREADS, if set, says how many): networks this
 # small gain less from a second thread than from a second run on the other core.
 #
-# With no NVIDIA GPU visible (nvidia-smi lists none), a new environment gets the compiled
-# core without the CUDA kernels, which the demo would not use and which take minutes to
-# compile when a CUDA compiler is installed; an environment built with them is used as
-# it is. MPER_WITH_CUDA=AUTO (or ON) scripts/demo.sh builds them anyway.
+# The environment is reused as scripts/test.sh reuses it (scripts/setup.sh says when it
+# builds): with no NVIDIA GPU visible, a first build leaves out the CUDA kernels, which
+# the demo would not use; MPER_WITH_CUDA=AUTO (or ON) scripts/demo.sh builds them anyway.
 set -euo pipefail
 dataset=acdc
 if [ $# -gt 0 ] && [[ "$1" != -* ]]; then
@@ -27,9 +26,6 @@ case "$dataset" in
   la) synth=(--cases 30 --size 40 40 36) ;;
   *) echo "demo.sh: unknown dataset '$dataset'; use acdc or la" >&2; exit 2 ;;
 esac
-if [ -z "${MPER_WITH_CUDA:-}" ] && ! nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
-  export MPER_WITH_CUDA=OFF MPER_KEEP_CUDA_BUILD=1
-fi
 : "${MPER_EXTRAS=}"  # the demo needs none of the extras
 export MPER_EXTRAS
 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"

@@ -1,22 +1,20 @@
 """Print a hash of everything an installed mper is built from (used by scripts/setup.sh).
 
 Covers the file names and contents under csrc/ and python/ (compiled caches left out),
-CMakeLists.txt and pyproject.toml, and the build switch MPER_WITH_CUDA, so that any
-change to them, and nothing else, makes setup.sh build again.
+CMakeLists.txt and pyproject.toml, so that any change to them makes setup.sh build
+again (setup.sh compares the build switches itself).
 
     python scripts/source_hash.py [REPOSITORY_ROOT]
 """
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from pathlib import Path
 
 SOURCE_FOLDERS = ("csrc", "python")
 SOURCE_FILES = ("CMakeLists.txt", "pyproject.toml")
 SKIPPED_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd")
-BUILD_SWITCHES = ("MPER_WITH_CUDA",)
 
 
 def source_files(root: Path) -> list[Path]:
@@ -31,13 +29,11 @@ def source_files(root: Path) -> list[Path]:
 
 
 def source_hash(root: Path) -> str:
-    """SHA-256 over the relative paths and contents of :func:`source_files` and the build switches."""
+    """SHA-256 over the relative paths and contents of :func:`source_files`."""
     digest = hashlib.sha256()
     for path in source_files(root):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
-    for switch in BUILD_SWITCHES:
-        digest.update(f"{switch}={os.environ.get(switch, '')}\0".encode())
     return digest.hexdigest()
 
 

@@ -5,6 +5,9 @@ import errno
 import shutil
 import signal
 
+import h5py
+import nibabel as nib
+import numpy as np
 import pytest
 
 from mper import pipeline
@@ -92,6 +95,16 @@ def test_train_eval_and_predict_from_the_command_line(acdc_root, tmp_path, capsy
                   str(tmp_path / "labels"), "--device", "cpu"])
     assert (tmp_path / "labels" / f"{case}_pred.nii.gz").is_file()
 
+    with h5py.File(acdc_root / "data" / f"{case}.h5") as volume:  # (S, H, W); NIfTI scans are (H, W, S)
+        nib.save(nib.Nifti1Image(volume["image"][:], np.eye(4)), inputs / "slices_first.nii.gz")
+    arguments = ["--checkpoint", str(run_dir / "best.pt"), "--input", str(inputs / "slices_first.nii.gz"),
+                 "--output", str(tmp_path / "labels"), "--device", "cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main(arguments)
+    assert exit_info.value.code == 2 and "looks like the wrong axis order" in capsys.readouterr().err
+    predict_main([*arguments, "--force"])
+    assert (tmp_path / "labels" / "slices_first_pred.nii.gz").is_file()
+
 
 def signal_after_every_step(monkeypatch, signum):
     """Send ``signum`` to this process after every SGD step, as a user or a scheduler would."""
@@ -125,7 +138,9 @@ def test_ctrl_c_saves_and_resume_finishes_the_run(acdc_root, tmp_path, monkeypat
         (["--dataset", "acdc", "--data-root", "{missing}"], "missing/train_slices.list not found"),
         (["--dataset", "acdc"], "--dataset and --data-root are required"),
         (["--resume"], "--resume needs --out"),
-        (["--resume", "--out", "{missing}"], "missing/last.pt does not exist"),
+        (["--resume", "--out", "{missing}"], "missing/last.pt does not exist, nor does its folder; --out must name"),
+        (["--resume", "--out", "{tmp}"], "holds no checkpoint to continue from (the run stopped before its first "
+                                         "checkpoint, or the folder is not a run's); start the run again without"),
         (["--dataset", "acdc", "--data-root", "{root}", "--set", "data.patch_size=64,64"],
          "e.g. data.patch_size=[64, 64]"),
         (["--dataset", "acdc", "--data-root", "{root}", "--set", "prototypes.tau=-1"], "prototypes.tau must be"),
@@ -137,7 +152,7 @@ def test_ctrl_c_saves_and_resume_finishes_the_run(acdc_root, tmp_path, monkeypat
 def test_user_errors_end_in_one_line_and_exit_code_2(arguments, message, acdc_root, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "file").write_text("a file, not a folder")
-    paths = {"root": acdc_root, "missing": tmp_path / "missing", "file": tmp_path / "file"}
+    paths = {"root": acdc_root, "missing": tmp_path / "missing", "file": tmp_path / "file", "tmp": tmp_path}
     arguments = [argument.format(**paths) for argument in arguments]
     with pytest.raises(SystemExit) as exit_info:
         train_main(["--labeled", "1", *tiny_arguments(), *arguments, "--ops", "reference", "--device", "cpu"])

@@ -70,6 +70,38 @@ def test_acdc_nifti_is_segmented_along_its_last_axis(tmp_path):
     np.testing.assert_array_equal(np.asarray(labels.dataobj), (raw / 100).astype(np.uint8))
 
 
+def test_an_acdc_scan_stored_slices_first_is_refused_unless_forced(write_h5, tmp_path, caplog):
+    # the same scan as (128, 128, 7), NIfTI's slices-last order, but stored as the h5 volumes are
+    raw = np.random.default_rng(0).integers(0, 4, size=(7, 128, 128)).astype(np.float32) * 100
+    raw[0, 0, 0], raw[0, 0, 1] = 0, 300
+    nib.save(nib.Nifti1Image(raw, AFFINE), tmp_path / "slices_first.nii.gz")
+    net = ThresholdNet(num_classes=4)
+    with pytest.raises(DataFormatError, match=(
+            r"slices_first.nii.gz: shape \(7, 128, 128\) looks like the wrong axis order for the ACDC model, which "
+            r"takes \(H, W, S\) here \(NIfTI \(H, W, S\), h5 \(S, H, W\)\), slices along axis 2: axis 0 \(7\) is "
+            r"far shorter than axis 2 \(128\)\. Move the slices to axis 2 \(e\.g\. numpy\.moveaxis\(image, 0, 2\)\), "
+            r"or pass --force to segment it as it is")):
+        predict_file(net, tmp_path / "slices_first.nii.gz", "acdc", tmp_path / "out", patch_size=(128, 128))
+    assert not (tmp_path / "out").exists() and not net.inputs
+    with caplog.at_level(logging.WARNING, logger="mper"):
+        forced = predict_file(net, tmp_path / "slices_first.nii.gz", "acdc", tmp_path / "out", force=True,
+                              patch_size=(128, 128))
+    assert [record.getMessage().endswith("segmenting it as it is (--force)") for record in caplog.records] == [True]
+    assert nib.load(forced).shape == (7, 128, 128)
+    assert sum(len(batch) for batch in net.inputs) == 128  # the 128 'slices' of 7 x 128 voxels
+    nib.save(nib.Nifti1Image(np.moveaxis(raw, 0, 2), AFFINE), tmp_path / "slices_last.nii.gz")
+    right = predict_file(net, tmp_path / "slices_last.nii.gz", "acdc", tmp_path / "out", patch_size=(128, 128))
+    np.testing.assert_array_equal(np.asarray(nib.load(right).dataobj), np.moveaxis(raw / 100, 0, 2).astype(np.uint8))
+    # h5 volumes are the other way round: slices first
+    write_h5(tmp_path / "slices_last.h5", image=np.moveaxis(raw / 300, 0, 2))
+    with pytest.raises(DataFormatError, match=r"takes \(S, H, W\) here .* numpy.moveaxis\(image, 2, 0\)"):
+        predict_file(net, tmp_path / "slices_last.h5", "acdc", tmp_path / "out", patch_size=(128, 128))
+    nib.save(nib.Nifti1Image(half_bright((8, 16, 16)), AFFINE), tmp_path / "depth_first.nii.gz")
+    with pytest.raises(DataFormatError, match=r"for the LA model, which takes \(H, W, D\) here \(NIfTI and h5 "
+                                              r"\(H, W, D\)\), axial slices along axis 2: axis 0 \(8\)"):
+        predict_file(ThresholdNet(), tmp_path / "depth_first.nii.gz", "la", tmp_path / "out", **LA_OPTIONS)
+
+
 def test_h5_is_used_as_stored_with_an_identity_affine(write_h5, tmp_path):
     image = np.where(half_bright((16, 16, 8)) > 0, 1.0, -1.0).astype(np.float32)
     path = write_h5(tmp_path / "case" / "mri_norm2.h5", image=image, label=np.zeros(image.shape, np.uint8))

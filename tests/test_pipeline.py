@@ -259,13 +259,31 @@ def test_a_run_whose_self_training_never_beats_pre_training_keeps_the_better_net
     if keep_better_stage:
         assert training["selected_stage"] == "pretrain"
         assert comparison + "the pre-trained network (selftrain.keep_better_stage)" in log
+        assert ("training finished; selftrain never beat pretrain, so best.pt holds the network of pretrain "
+                "iteration 2 (validation Dice 0.6000)") in log
         assert all(same.values())
         assert best["progress"]["iteration"] == 0
     else:
         assert training["selected_stage"] == "selftrain"
         assert comparison + "self-training's best network nonetheless (selftrain.keep_better_stage = false)" in log
+        assert "training finished; best.pt holds the network of selftrain iteration 2 (validation Dice 0.5800)" in log
         assert not all(same.values())
         assert best["progress"]["iteration"] == 2
+
+
+@pytest.mark.parametrize("keep_better_stage", [True, False])
+def test_a_run_whose_validation_never_rose_says_so_and_which_network_it_kept(
+    acdc_root, tmp_path, monkeypatch, keep_better_stage
+):
+    scripted_validation(monkeypatch, [0.0, 0.0, 0.0, 0.0])
+    run_dir = short_run(acdc_root, tmp_path / "run", f"selftrain.keep_better_stage={str(keep_better_stage).lower()}")
+    finished = [line for line in (run_dir / "train.log").read_text().splitlines() if "training finished" in line]
+    kept = "pretrain iteration 1" if keep_better_stage else "selftrain iteration 1"  # the first of equal scores
+    assert finished[0].endswith(
+        "training finished; the validation Dice never rose above its first value (0.0000, pretrain iteration 1) "
+        "in 4 validations: training did not improve the network on the validation cases; best.pt holds the "
+        f"network of {kept} (validation Dice 0.0000)")
+    assert load_checkpoint(run_dir / "best.pt")["progress"]["iteration"] == (0 if keep_better_stage else 1)
 
 
 def test_bcp_alone_trains_without_the_prototype_terms(acdc_root, tmp_path, monkeypatch):

@@ -8,11 +8,15 @@ select tests); the two ``pip install`` lines that download from the package inde
 the only ones not run here (``scripts/setup.sh`` installs the same way on every fresh
 environment, in CI). A README command that no rule covers fails the suite.
 
-Commands run in one temporary folder, in README order, so that later ones find what
-earlier ones wrote (data, runs); ``.venv`` stands for the environment running the tests.
+Commands run in one temporary folder per suite, in README order, so that later ones find
+what earlier ones wrote (data, runs); ``.venv`` stands for the environment running the
+tests. The CPU-sized commands of "Train, evaluate, predict" run as written under
+``-m slow``, and every training run there must learn: its test Dice at least
+:data:`LEARNED_DICE`, far above what an untrained network scores.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -42,6 +46,10 @@ ACDC_TINY_TWO_PROCESSES = f"{ACDC_TINY} --set data.batch_size=8 --set data.label
 DEMO_TINY = ("--set pretrain.iterations=2 --set selftrain.iterations=2 --set eval.val_interval=2 "
              "--set prototypes.kmeans_max_voxels=500")
 CUDA_READY = torch.cuda.is_available()
+#: The test Dice a CPU-sized README run must reach to count as learning.
+LEARNED_DICE = 0.5
+#: The data of the README's CPU-sized commands (the predict command's scans come from it).
+SMALL = r"data/\S+-small"
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,10 @@ RULES = (
     Rule(r"pip install (\.|'\.\[convert\]')", "never", reason="replaces the mper of the environment running the tests"),
     Rule(r"mper-data synth --dataset acdc .*", "default", "--cases 5 --size 32 32"),
     Rule(r"mper-data synth --dataset la .*", "default", "--cases 6 --size 32 32 32"),
+    Rule(rf"mper-data synth --dataset (acdc|la) --out {SMALL} .*", "slow"),
+    Rule(rf"mper-train --dataset (acdc|la) --data-root {SMALL} .*", "slow"),
+    Rule(rf"mper-eval --checkpoint \S+ --data-root {SMALL} .*", "slow"),
+    Rule(r"mper-predict .*--input scans/ .*", "slow"),
     Rule(r"mper-train --dataset acdc (?!.*--amp).*", "default", ACDC_TINY),
     Rule(r"mper-train --dataset la (?!.*--amp).*", "default", LA_TINY),
     Rule(r"mper-train --dataset la .*--amp bf16", "default", LA_TINY,
@@ -140,6 +152,11 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("readme")
 
 
+@pytest.fixture(scope="module")
+def long_work(tmp_path_factory):
+    return tmp_path_factory.mktemp("readme-long")
+
+
 def environment() -> dict[str, str]:
     env = dict(os.environ, MPER_VENV=str(VENV), PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}")
     env.pop("PYTHONPATH", None)
@@ -152,8 +169,9 @@ def prepare(command: str, work: Path) -> None:
         import h5py
         import nibabel as nib
 
-        case = (work / "data" / "acdc" / "test.list").read_text().split()[0]
-        with h5py.File(work / "data" / "acdc" / "data" / f"{case}.h5") as file:
+        root = work / "data" / "acdc-small"
+        case = (root / "test.list").read_text().split()[0]
+        with h5py.File(root / "data" / f"{case}.h5") as file:
             volume = np.transpose(file["image"][()], (1, 2, 0))  # stored (S, H, W), scanned (H, W, S)
         (work / "scans").mkdir()
         nib.save(nib.Nifti1Image((1000 * volume).astype(np.int16), np.eye(4)), work / "scans" / f"{case}.nii.gz")
@@ -201,9 +219,13 @@ def test_readme_command(command, rule, work):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command, rule", commands_run_in("slow"), ids=lambda value: getattr(value, "pattern", value))
-def test_long_readme_command(command, rule, work):
-    result = run(command, rule, work, timeout=3600)
+def test_long_readme_command(command, rule, long_work):
+    result = run(command, rule, long_work, timeout=3600)
     check(result, command, rule)
+    if command.startswith("mper-train"):
+        run_dir = long_work / re.search(r"--out (\S+)", command).group(1)
+        dice = json.loads((run_dir / "metrics.json").read_text())["summary"]["mean"]["dice"]["mean"]
+        assert dice >= LEARNED_DICE, f"{command}: test Dice {dice:.4f}"
     if command.startswith("scripts/demo.sh"):
         mper, baseline = map(float, re.search(
             r"mean Dice on the synthetic test cases: MPER ([0-9.]+), labeled-only ([0-9.]+)", result.stdout).groups())

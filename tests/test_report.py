@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
+from mper.eval.protocol import score_case
 from mper.eval.report import markdown_table, summarize, write_report
 
 NAN = math.nan
@@ -94,3 +96,34 @@ def test_write_report_writes_valid_json_and_the_table(tmp_path):
     assert document["summary"]["classes"]["1"]["dice"]["mean"] == pytest.approx(0.9)
     assert document["summary"]["mean"]["hd95"]["undefined"] == 1
     assert markdown_path.read_text() == markdown
+
+
+def test_distances_that_count_a_class_predicted_nowhere_as_zero_are_marked_and_counted():
+    truth = np.zeros((8, 8), dtype=np.uint8)
+    truth[1:3, 1:3], truth[5:7, 5:7] = 1, 2
+    right = truth.copy()
+    no_class_2 = np.where(truth == 1, 1, 0).astype(np.uint8)
+    disjoint = no_class_2.copy()
+    disjoint[0, 7] = 2  # class 2 predicted, but away from the truth: Dice 0, measured distances
+    per_case = {case: score_case(pred, truth, 3, "zero")
+                for case, pred in (("a", right), ("b", no_class_2), ("c", disjoint))}
+    assert per_case["b"][2] == {"dice": 0.0, "jaccard": 0.0, "hd95": 0.0, "asd": 0.0}
+    assert per_case["c"][2]["dice"] == 0.0 and per_case["c"][2]["hd95"] >= 1.0
+    summary = summarize(per_case)
+    assert summary["predicted_nowhere"] == {"results": 1, "cases": 1, "classes": {1: 0, 2: 1}}
+    table = markdown_table(summary, "MPER", "3", "67", ("background", "RV", "Myo"))
+    mean_hd95, mean_asd = (summary["mean"][metric]["mean"] for metric in ("hd95", "asd"))
+    assert table.splitlines()[2].endswith(f" | {mean_hd95:.2f}* | {mean_asd:.2f}* |")
+    rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith(("| RV", "| Myo"))}
+    assert rows["| RV"].endswith(" | 0.00 | 0.00 |")  # predicted everywhere it should be: no mark
+    assert rows["| Myo"].endswith("* |") and rows["| Myo"].count("*") == 2
+    assert table.endswith(
+        "95HD and ASD marked * count 1 of 6 case-class results, in 1 of 3 cases, as 0: a class predicted nowhere, "
+        "which the authors' rule (eval.empty_prediction = \"zero\") scores 0 in every metric. These zeros lower "
+        "the distance means; a run with eval.empty_prediction = \"undefined\" (preset strict) leaves them out "
+        "instead.\n")
+    undefined = summarize({case: score_case(pred, truth, 3, "undefined")
+                           for case, pred in (("a", right), ("b", no_class_2), ("c", disjoint))})
+    assert undefined["predicted_nowhere"]["results"] == 0
+    assert "*" not in markdown_table(undefined, "MPER", "3", "67")
+

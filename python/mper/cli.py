@@ -19,6 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from mper import experiment, pipeline
 from mper.datasets import dataset_names, get_dataset
 from mper.errors import ConfigError, UserError
+from mper.eval.predict import expected_layouts
 from mper.experiment import SweepInterrupted
 from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, load_config, to_toml
 from mper.train.distributed import is_main_process
@@ -271,8 +272,11 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
         description=(
             "Segment a NIfTI (.nii, .nii.gz) or preprocessed HDF5 (.h5) volume, or every such "
             "file under a folder; writes <case>_pred.nii.gz label maps with the input's header. "
-            "Inputs are not resampled or reoriented. A file that cannot be segmented is "
-            "reported and skipped; the exit status is then 2."
+            "Inputs are not resampled or reoriented: give them in the axis order the model takes "
+            "(H, W in-plane, S slices, D depth): " + _per_dataset(lambda name: expected_layouts(get_dataset(name)))
+            + ". A volume whose slice or depth axis is far longer than another axis is refused as out of "
+            "order (see --force). A file that cannot be segmented is reported and skipped; the exit "
+            "status is then 2."
         ),
     )
     parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt file written by mper-train")
@@ -281,11 +285,13 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
     _add_device(parser)
     parser.add_argument("--weights", choices=pipeline.WEIGHTS, default="student",
                         help="which network of the checkpoint (default: student)")
+    parser.add_argument("--force", action="store_true",
+                        help="segment a volume whose axis order looks wrong as it is, with a warning")
     _add_version(parser)
     args = parser.parse_args(argv)
 
     def action() -> None:
-        written = pipeline.predict(args.checkpoint, args.input, args.output, args.device, args.weights)
+        written = pipeline.predict(args.checkpoint, args.input, args.output, args.device, args.weights, args.force)
         print(f"wrote {len(written)} label map(s) to {args.output}")
 
     _run(parser, action)

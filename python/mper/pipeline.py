@@ -39,6 +39,7 @@ from mper.eval.evaluate import evaluate_cases, mean_dice
 from mper.eval.figures import add_figures
 from mper.eval.predict import predict_path
 from mper.eval.report import add_to_report
+from mper.eval.run_size import size_warnings
 from mper.eval.tsne import require_figure_packages, sample_embeddings, save_tsne_figure
 from mper.train.checkpoint import load_checkpoint, non_finite_tensors
 from mper.train.config import SUPERVISED_BASELINES, TrainConfig, merge, parse_override, to_toml, with_prototypes
@@ -47,7 +48,7 @@ from mper.train.distributed import is_main_process, process_group, shared_mean
 from mper.train.loaders import test_cases, training_cases, validation_cases
 from mper.train.lock import run_folder_lock
 from mper.train.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, PRETRAIN_CHECKPOINT, Validator
-from mper.train.resume import resumed_config
+from mper.train.resume import checkpoint_to_resume, resumed_config
 from mper.train.runner import check_run, run_training
 from mper.train.runtime import TrainingAborted, TrainingInterrupted, resolve_device
 from mper.train.usage import USAGE_FILE
@@ -198,6 +199,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
             _write_config(config, run_dir)
             with _run_logging(run_dir), SummaryWriter(str(run_dir / "tensorboard")) as writer:
                 _log_run_header(config, resume)
+                for warning in size_warnings(config):
+                    log.warning(warning)
                 best = run_training(config, run_dir, validator(config), writer, resume=resume)
                 log.info("evaluating %s on the test split", best)
                 result = evaluate(best, split="test", out_dir=run_dir, device=config.device,
@@ -245,7 +248,7 @@ def resume(
     :class:`~mper.errors.ConfigError`. Returns the run folder.
     """
     run_dir = Path(run_dir)
-    state = load_checkpoint(run_dir / LAST_CHECKPOINT)
+    state = load_checkpoint(checkpoint_to_resume(run_dir))
     _check_one_run(run_dir, state["config"])
     changes = {key: value for key, value in (("device", device), ("ops", ops)) if value is not None}
     for change in [overrides or {}, *map(parse_override, assignments), {"out": str(run_dir)}]:
@@ -394,15 +397,16 @@ def tsne(
 
 def predict(
     checkpoint: str | Path, input_path: str | Path, output: str | Path,
-    device: str = "auto", weights: str = "student",
+    device: str = "auto", weights: str = "student", force: bool = False,
 ) -> list[Path]:
     """Segment a NIfTI/HDF5 file or every such file under a folder; returns the written
     label maps (NIfTI, with the input's header), post-processed by the checkpoint's
-    ``eval.postprocess`` as :func:`evaluate` does. See :func:`mper.eval.predict.predict_path`."""
+    ``eval.postprocess`` as :func:`evaluate` does; ``force`` segments volumes whose axis
+    order looks wrong. See :func:`mper.eval.predict.predict_path`."""
     if Path(output).exists() and not Path(output).is_dir():
         raise RunFolderError(f"the output {output} is a file; give a folder for the label maps (it is made if missing)")
     net, config = load_network(checkpoint, device, weights)
-    return predict_path(net, input_path, config.dataset, output, device=str(resolve_device(device)),
+    return predict_path(net, input_path, config.dataset, output, device=str(resolve_device(device)), force=force,
                         num_classes=config.num_classes, postprocess=config.eval.postprocess,
                         **inference_options(config))
 

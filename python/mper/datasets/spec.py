@@ -150,6 +150,21 @@ class DatasetSpec:
         """Classes, background included."""
         return len(self.class_names)
 
+    @property
+    def volume_axes(self) -> tuple[str, str, str]:
+        """The names of a volume's axes as ``load_volume`` gives them: the slice axis is
+        ``S`` (slice-wise inference) or ``D`` (depth, sliding-window inference), the
+        others ``H`` and ``W`` in order."""
+        names = ["H", "W"]
+        names.insert(self.slice_axis % 3, "S" if self.inference == SLICE_WISE else "D")
+        return (names[0], names[1], names[2])
+
+    @property
+    def scan_axes_names(self) -> tuple[str, str, str]:
+        """The names of a raw NIfTI scan's axes as stored (see ``scan_axes``)."""
+        names = dict(zip(self.scan_axes, self.volume_axes))
+        return (names[0], names[1], names[2])
+
     def build_network(self, num_classes: int | None = None, **options: Any) -> SegmentationNet:
         """The dataset's network; ``options`` go to its constructor (e.g. ``base_filters=8``)."""
         return self.network(num_classes=num_classes or self.num_classes, **options)

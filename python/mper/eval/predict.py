@@ -15,7 +15,12 @@ Inputs:
   output's affine is the identity.
 
 Each input is checked against the model before it is segmented: a 3D volume, every
-intensity finite, and for HDF5 the intensity scaling of the model's dataset. The output
+intensity finite, for HDF5 the intensity scaling of the model's dataset, and the axis
+order: the axis where the layout puts the slices (ACDC) or the depth (LA) must not be
+more than :data:`AXIS_ORDER_RATIO` times as long as another axis (a short-axis stack
+has far fewer slices than pixels across a slice). A volume that fails this, e.g. an
+ACDC scan ``(7, 128, 128)`` stored slices first, is refused, or segmented as it is
+with ``force`` after a warning. The output
 is named after the case, ``<case>_pred.nii.gz`` (the file name without its suffix, or
 for a layout with one folder per case, such as LA's ``<case>/mri_norm2.h5``, the case
 folder's name): a uint8 label map with the same array shape and axis order as the input,
@@ -48,6 +53,8 @@ SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + H5_SUFFIXES
 OUTPUT_SUFFIX = "_pred.nii.gz"
 #: Slack on the [0, 1] range of min-max scaled volumes (float rounding).
 _RANGE_SLACK = 1e-3
+#: An axis shorter than the slice (or depth) axis by this factor says the axes are out of order.
+AXIS_ORDER_RATIO = 2
 
 
 def _matching_suffix(path: Path) -> str | None:
@@ -73,7 +80,33 @@ def _check_volume(path: Path, image: np.ndarray) -> None:
     check_finite(path, image)
 
 
-def _load_nifti(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, nib.Nifti1Image]:
+def expected_layouts(spec: DatasetSpec) -> str:
+    """The axis orders a model of ``spec`` takes, NIfTI and HDF5, for messages and help."""
+    scan, volume = (f"({', '.join(names)})" for names in (spec.scan_axes_names, spec.volume_axes))
+    return f"NIfTI and h5 {scan}" if scan == volume else f"NIfTI {scan}, h5 {volume}"
+
+
+def _check_axis_order(path: Path, image: np.ndarray, axes: tuple[str, str, str], spec: DatasetSpec,
+                      force: bool) -> None:
+    """Refuse ``image`` (as stored, axes named ``axes``) when another axis is
+    :data:`AXIS_ORDER_RATIO` times shorter than the slice or depth axis; with ``force``,
+    warn instead."""
+    slice_axis = axes.index(spec.volume_axes[spec.slice_axis])
+    shortest = int(np.argmin(image.shape))
+    if image.shape[shortest] * AXIS_ORDER_RATIO > image.shape[slice_axis]:
+        return
+    problem = (f"{path}: shape {image.shape} looks like the wrong axis order for the {spec.title} model, which "
+               f"takes ({', '.join(axes)}) here ({expected_layouts(spec)}), {spec.slice_name}s along axis "
+               f"{slice_axis}: axis {shortest} ({image.shape[shortest]}) is far shorter than axis {slice_axis} "
+               f"({image.shape[slice_axis]})")
+    if force:
+        log.warning("%s; segmenting it as it is (--force)", problem)
+        return
+    raise DataFormatError(f"{problem}. Move the {spec.slice_name}s to axis {slice_axis} (e.g. numpy.moveaxis("
+                          f"image, {shortest}, {slice_axis})), or pass --force to segment it as it is")
+
+
+def _load_nifti(path: Path, spec: DatasetSpec, force: bool) -> tuple[np.ndarray, nib.Nifti1Image]:
     """Normalised image in the dataset's volume layout, and the scan (for its header)."""
     try:
         scan = nib.load(path)
@@ -83,6 +116,7 @@ def _load_nifti(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, nib.Nifti1Im
     except (ImageFileError, OSError, EOFError) as error:
         raise DataFormatError(f"{path}: not a readable NIfTI file ({error})") from error
     _check_volume(path, image)
+    _check_axis_order(path, image, spec.scan_axes_names, spec, force)
     return np.transpose(normalize_intensity(image, spec.normalization), spec.scan_axes), scan
 
 
@@ -97,7 +131,7 @@ def _scaled_otherwise(low: float, high: float, normalization: str) -> str | None
     return None
 
 
-def _load_h5(path: Path, spec: DatasetSpec) -> np.ndarray:
+def _load_h5(path: Path, spec: DatasetSpec, force: bool) -> np.ndarray:
     """The ``image`` dataset as stored, refused when it is not scaled as the dataset's
     volumes are (a volume preprocessed for another dataset)."""
     (image,) = read_h5_case(path, ("image",), layout=f"a preprocessed {spec.title} volume")
@@ -111,6 +145,7 @@ def _load_h5(path: Path, spec: DatasetSpec) -> np.ndarray:
             f"{expected}; is this a volume preprocessed for another dataset? "
             "Give the raw scan as NIfTI to have it normalised"
         )
+    _check_axis_order(path, image, spec.volume_axes, spec, force)
     return image
 
 
@@ -130,18 +165,19 @@ def _label_image(labels: np.ndarray, scan: nib.Nifti1Image | None) -> nib.Nifti1
     return image
 
 
-def _segment(net: nn.Module, path: Path, dataset: str, out_path: Path, device: str, **options: Any) -> Path:
-    """Check, segment and write one file; ``options`` go to
-    :func:`~mper.eval.protocol.segment_volume`."""
+def _segment(net: nn.Module, path: Path, dataset: str, out_path: Path, device: str, force: bool,
+             **options: Any) -> Path:
+    """Check, segment and write one file (``force``: despite an axis order that looks
+    wrong); ``options`` go to :func:`~mper.eval.protocol.segment_volume`."""
     suffix = _matching_suffix(path)
     if suffix is None:
         raise ConfigError(f"{path}: unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
     spec = get_dataset(dataset)
     scan = None
     if suffix in NIFTI_SUFFIXES:
-        image, scan = _load_nifti(path, spec)
+        image, scan = _load_nifti(path, spec, force)
     else:
-        image = _load_h5(path, spec)
+        image = _load_h5(path, spec, force)
     labels = segment_volume(net, image, dataset, device=device, **options)
     if scan is not None:
         labels = np.transpose(labels, np.argsort(spec.scan_axes))
@@ -156,19 +192,22 @@ def predict_file(
     dataset: str,
     out_dir: str | Path,
     device: str = "cpu",
+    force: bool = False,
     **options: Any,
 ) -> Path:
     """Segment one NIfTI or HDF5 file and write ``out_dir/<case>_pred.nii.gz``; returns its path.
 
-    ``options`` go to :func:`~mper.eval.protocol.segment_volume`: ``postprocess`` (as
-    ``mper-eval`` applies it), ``num_classes`` and the inference options (e.g. ``stride``).
+    ``force`` segments a volume whose axis order looks wrong (see the module docstring)
+    after a warning instead of refusing it. ``options`` go to
+    :func:`~mper.eval.protocol.segment_volume`: ``postprocess`` (as ``mper-eval`` applies
+    it), ``num_classes`` and the inference options (e.g. ``stride``).
     """
     path = Path(path)
     case_file = get_dataset(dataset).case_file
     if not path.is_file():
         raise MissingFileError(f"no such image file: {path}")
     out_path = Path(out_dir) / f"{case_location(path, case_file)[1]}{OUTPUT_SUFFIX}"
-    return _segment(net, path, dataset, out_path, device, **options)
+    return _segment(net, path, dataset, out_path, device, force, **options)
 
 
 def _folder_outputs(input_dir: Path, out_dir: Path, case_file: str | None) -> dict[Path, Path]:
@@ -200,9 +239,11 @@ def predict_path(
     dataset: str,
     out_dir: str | Path,
     device: str = "cpu",
+    force: bool = False,
     **options: Any,
 ) -> list[Path]:
-    """Segment a file, or every supported file under a directory; returns the output paths.
+    """Segment a file, or every supported file under a directory; returns the output paths
+    (``force`` and ``options``: see :func:`predict_file`).
 
     Each file is logged as it is done. In a directory, a file that cannot be segmented
     (unreadable, not a 3D volume, non-finite, the other dataset's scaling) is logged and
@@ -210,7 +251,7 @@ def predict_path(
     """
     input_path = Path(input_path)
     if input_path.is_file():
-        label_map = predict_file(net, input_path, dataset, out_dir, device, **options)
+        label_map = predict_file(net, input_path, dataset, out_dir, device, force, **options)
         log.info("[1/1] %s -> %s", input_path, label_map)
         return [label_map]
     if not input_path.is_dir():
@@ -220,7 +261,7 @@ def predict_path(
     failed: list[Path] = []
     for index, (file, out_path) in enumerate(outputs.items(), start=1):
         try:
-            written.append(_segment(net, file, dataset, out_path, device, **options))
+            written.append(_segment(net, file, dataset, out_path, device, force, **options))
         except UserError as error:
             failed.append(file)
             log.error("[%d/%d] skipped: %s", index, len(outputs), error)

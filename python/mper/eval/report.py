@@ -14,6 +14,12 @@
 results whose distance is undefined (NaN: exactly one of prediction and ground truth
 empty); ``mean`` and ``std`` leave them out, and the Markdown table says how many there
 were. In JSON an undefined value is written as ``null``.
+
+``summary["predicted_nowhere"]`` counts the results of a class predicted nowhere that
+``eval.empty_prediction = "zero"`` (the authors' rule) scored 0 in every metric: the
+table marks the distance means they enter, since a distance 0 reads as a perfect answer.
+Such a result is recognised by its values, Dice 0 with 95HD 0: two non-empty masks that
+do not overlap have surfaces at least a voxel apart, so no measured result is both.
 """
 from __future__ import annotations
 
@@ -25,13 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import METRIC_NAMES
+from .metrics import DISTANCE_METRICS, METRIC_NAMES
 
 PerCase = Mapping[str, Mapping[int, Mapping[str, float]]]
 
 METRICS_FILE = "metrics.json"
 TABLE_HEADER = ("Method", "Labeled", "Unlabeled", "Dice", "Jaccard", "95HD", "ASD")
 PERCENT_METRICS = ("dice", "jaccard")
+#: Marks the distance means that count classes predicted nowhere as distance 0.
+PREDICTED_NOWHERE_MARK = "*"
 
 
 def _statistics(values: Sequence[float], undefined: int) -> dict[str, float | int]:
@@ -50,10 +58,17 @@ def _class_average(class_metrics: Mapping[int, Mapping[str, float]], metric: str
     return sum(defined) / len(defined) if defined else math.nan
 
 
-def summarize(per_case: PerCase) -> dict[str, Any]:
-    """Mean, std and undefined count of each metric, per class and over classes.
+def _predicted_nowhere(metrics: Mapping[str, float]) -> bool:
+    """Whether ``metrics`` are the zeros of a class predicted nowhere (see the module docstring)."""
+    return metrics["dice"] == 0.0 and metrics["hd95"] == 0.0
 
-    Returns ``{"num_cases", "classes": {label: {metric: stats}}, "mean": {metric: stats}}``.
+
+def summarize(per_case: PerCase) -> dict[str, Any]:
+    """Mean, std and undefined count of each metric, per class and over classes, and
+    the results of classes predicted nowhere scored 0.
+
+    Returns ``{"num_cases", "classes": {label: {metric: stats}}, "mean": {metric: stats},
+    "predicted_nowhere": {"results", "cases", "classes": {label: results}}}``.
     """
     if not per_case:
         raise ValueError("per_case is empty: evaluate at least one case before summarizing")
@@ -75,7 +90,11 @@ def summarize(per_case: PerCase) -> dict[str, Any]:
         averages = [_class_average(class_metrics, metric) for class_metrics in per_case.values()]
         undefined = int(sum(classes[label][metric]["undefined"] for label in labels))
         over_classes[metric] = _statistics(averages, undefined)
-    return {"num_cases": len(per_case), "classes": classes, "mean": over_classes}
+    nowhere = {label: sum(_predicted_nowhere(class_metrics[label]) for class_metrics in per_case.values())
+               for label in labels}
+    cases = sum(any(map(_predicted_nowhere, class_metrics.values())) for class_metrics in per_case.values())
+    return {"num_cases": len(per_case), "classes": classes, "mean": over_classes,
+            "predicted_nowhere": {"results": sum(nowhere.values()), "cases": cases, "classes": nowhere}}
 
 
 def _format(metric: str, value: float) -> str:
@@ -92,8 +111,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [_row(header), _row(["---"] * len(header)), *(_row(row) for row in rows)]
 
 
-def _metric_cells(stats: Mapping[str, Mapping[str, float]]) -> list[str]:
-    return [_format(metric, stats[metric]["mean"]) for metric in METRIC_NAMES]
+def _metric_cells(stats: Mapping[str, Mapping[str, float]], predicted_nowhere: int) -> list[str]:
+    """The row's means; distances marked when ``predicted_nowhere`` results count in them."""
+    return [_format(metric, stats[metric]["mean"])
+            + (PREDICTED_NOWHERE_MARK if predicted_nowhere and metric in DISTANCE_METRICS else "")
+            for metric in METRIC_NAMES]
 
 
 def markdown_table(
@@ -108,24 +130,36 @@ def markdown_table(
     With more than one foreground class, a per-class table follows (rows named from
     ``class_names``, indexed by label, else ``class <label>``). A note gives the units
     (distances in voxels) and the number of cases; another says how many distance
-    results were undefined and left out of the means.
+    results were undefined and left out of the means; a third, under distance means marked
+    with :data:`PREDICTED_NOWHERE_MARK`, how many results of classes predicted nowhere
+    count in them as distance 0.
     """
-    lines = _table(TABLE_HEADER, [[method, labeled, unlabeled, *_metric_cells(summary["mean"])]])
+    nowhere = summary["predicted_nowhere"]
+    lines = _table(TABLE_HEADER, [[method, labeled, unlabeled, *_metric_cells(summary["mean"], nowhere["results"])]])
     classes = summary["classes"]
     if len(classes) > 1:
         rows = []
         for label, stats in classes.items():
             name = class_names[int(label)] if class_names else f"class {label}"
-            rows.append([name, *_metric_cells(stats)])
+            rows.append([name, *_metric_cells(stats, nowhere["classes"][label])])
         lines += ["", *_table(("Class", *TABLE_HEADER[3:]), rows)]
     lines += ["", f"Dice and Jaccard in %, 95HD and ASD in voxels; means over {summary['num_cases']} cases."]
+    results = summary["num_cases"] * len(classes)
     undefined = summary["mean"]["hd95"]["undefined"]
     if undefined:
-        results = summary["num_cases"] * len(classes)
         lines += [
             "",
             f"95HD and ASD were undefined (prediction or ground truth empty) for {undefined} "
             f"of {results} case-class results; the means above leave them out.",
+        ]
+    if nowhere["results"]:
+        lines += [
+            "",
+            f"95HD and ASD marked {PREDICTED_NOWHERE_MARK} count {nowhere['results']} of {results} case-class "
+            f"results, in {nowhere['cases']} of {summary['num_cases']} cases, as 0: a class predicted nowhere, "
+            "which the authors' rule (eval.empty_prediction = \"zero\") scores 0 in every metric. These zeros "
+            "lower the distance means; a run with eval.empty_prediction = \"undefined\" (preset strict) leaves "
+            "them out instead.",
         ]
     return "\n".join(lines) + "\n"
 

@@ -42,6 +42,7 @@ from .checkpoint import capture_rng_state, non_finite_tensors, restore_rng_state
 from .config import SUPERVISED_BASELINES, OptimConfig, TrainConfig
 from .diagnostics import TRAINING_RECORD, SelfTrainingMonitor, TrainingRecord
 from .runtime import StopRequest, TrainingInterrupted, autocast, load_ops, resolve_device
+from .slowdown import SlowdownWatch
 from .teacher import create_teacher
 from .usage import USAGE_WINDOW, PrototypeUsage
 
@@ -154,6 +155,7 @@ class Trainer:
         # how each start or resume ran (see distributed.session_record), with where it began
         self.sessions: list[dict[str, Any]] = []
         self.timing: dict[str, float] = {}  # the last window's data wait and iteration time
+        self.slowdown = SlowdownWatch(self.device)
 
     def new_optimizer(self) -> torch.optim.SGD:
         """A fresh SGD optimizer over the student's parameters (one per stage, as in BCP)."""
@@ -176,6 +178,7 @@ class Trainer:
         """Start ``stage`` at iteration 0 with a fresh optimizer."""
         self.optimizer = self.new_optimizer()
         self.progress = StageProgress(stage)
+        self.slowdown = SlowdownWatch(self.device)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything :meth:`load_state_dict` needs to continue exactly."""
@@ -371,6 +374,9 @@ class Trainer:
         if rows:
             self._write_scalars(timing)
             self.timing = timing
+            hint = self.slowdown.add(timing["iteration_ms"])
+            if hint:
+                log.warning(hint)
             bar.set_postfix(loss=f"{rows[-1][1]['loss']:.4f}", best=f"{self.progress.best_score:.4f}")
         return stop
 

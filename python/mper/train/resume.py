@@ -7,11 +7,13 @@ loader workers), how often it validates and saves, and more iterations.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from mper.errors import CheckpointError, ConfigError
+from mper.errors import CheckpointError, ConfigError, MissingFileError
 
 from .config import TrainConfig, merge
+from .loop import LAST_CHECKPOINT
 
 #: Settings a resumed run may change (``out`` follows the run folder, which may have moved).
 RESUMABLE_SETTINGS = (
@@ -19,6 +21,24 @@ RESUMABLE_SETTINGS = (
     "selftrain.iterations", "eval.val_interval", "eval.checkpoint_interval", "eval.log_interval", "eval.num_figures",
     "eval.pseudo_label_dice", "eval.teacher_dice", "distributed.timeout", "distributed.check_bank",
 )
+
+
+def checkpoint_to_resume(run_dir: Path) -> Path:
+    """``run_dir/last.pt``, the checkpoint ``--resume`` continues from; raises
+    :class:`~mper.errors.MissingFileError`, with advice for ``--resume``, when it is absent."""
+    path = run_dir / LAST_CHECKPOINT
+    if path.is_file():
+        return path
+    if not run_dir.is_dir():
+        raise MissingFileError(
+            f"--resume: {path} does not exist, nor does its folder; --out must name the folder of the run to "
+            "continue, the --out it was started with"
+        )
+    raise MissingFileError(
+        f"--resume: {path} does not exist: {run_dir} holds no checkpoint to continue from (the run stopped "
+        "before its first checkpoint, or the folder is not a run's); start the run again without --resume, "
+        "or give --out the folder of the run to continue"
+    )
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -11,6 +11,7 @@ from mper.errors import ConfigError
 
 from .checkpoint import load_checkpoint, remove_stale_temporaries
 from .config import PrototypeConfig, TrainConfig, with_prototypes
+from .diagnostics import TrainingRecord
 from .distributed import current_world, describe_session, from_main_process, is_main_process
 from .footprint import check_fits, iteration_memory
 from .loaders import available_cores, check_data, loader_workers
@@ -91,8 +92,7 @@ def run_training(
             run_selftrain(trainer)
             if trainer.usage is not None:  # BCP alone has no prototypes
                 trainer.usage.write(run_dir / USAGE_FILE)
-        log.info("training finished; best validation Dice %.4f at %s iteration %d",
-                 trainer.progress.best_score, trainer.progress.stage, trainer.progress.best_iteration)
+        log.info("training finished; %s", kept_network(trainer.record, trainer.progress.stage))
     return run_dir / BEST_CHECKPOINT
 
 
@@ -104,6 +104,27 @@ def _log_machine_needs(config: TrainConfig) -> None:
     if workers < config.data.num_workers:
         log.warning("data.num_workers = %d is more than the %d CPU core(s) this process may use; the data "
                     "loaders start %d worker(s)", config.data.num_workers, available_cores(), workers)
+
+
+def kept_network(record: TrainingRecord, last_stage: str) -> str:
+    """Which network ``best.pt`` holds (stage, iteration, validation Dice) and, when no
+    validation ever beat the run's first, that it never rose."""
+    validations = [(stage, entry) for stage, entries in record.stages.items() for entry in entries]
+    if not validations:
+        return "no validation ran, so best.pt holds no selected network"
+    stage = record.selected_stage or last_stage
+    kept = record.best(stage) or record.best(last_stage)
+    assert kept is not None
+    held = (f"best.pt holds the network of {stage} iteration {kept['iteration']} "
+            f"(validation Dice {kept['val_dice']:.4f})")
+    first_stage, first = validations[0]
+    if all(entry["val_dice"] <= first["val_dice"] for _, entry in validations):
+        return (f"the validation Dice never rose above its first value ({first['val_dice']:.4f}, {first_stage} "
+                f"iteration {first['iteration']}) in {len(validations)} validations: training did not improve the "
+                f"network on the validation cases; {held}")
+    if stage != last_stage:
+        return f"{last_stage} never beat {stage}, so {held}"
+    return held
 
 
 def _warn_if_teacher_is_slow(config: TrainConfig) -> None:

@@ -1,0 +1,51 @@
+"""A hint, once per stage, when the measured iteration time swings far above its best.
+
+A training process on a CPU that other jobs share can slow down many times over when its
+threads wait for one another on busy cores (the default is one thread per core for each
+process). The loop measures the iteration time of every log window
+(:class:`~mper.train.loop.ScalarWindow`); :class:`SlowdownWatch` compares the median of
+the last :data:`RECENT_WINDOWS` windows with the fastest window of the stage and, the
+first time it is :data:`SLOWDOWN_FACTOR` times slower or more, returns a hint to log.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+
+import torch
+
+#: How many times slower than the stage's fastest window the recent median must be.
+SLOWDOWN_FACTOR = 5.0
+#: The windows whose median is the recent iteration time.
+RECENT_WINDOWS = 5
+
+
+class SlowdownWatch:
+    """The iteration times of one stage's log windows; :meth:`add` returns a hint once."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.fastest = math.inf
+        self.recent: deque[float] = deque(maxlen=RECENT_WINDOWS)
+        self.hinted = False
+
+    def add(self, iteration_ms: float) -> str | None:
+        """Take a window's mean iteration time; the hint, the first time the median of the
+        last :data:`RECENT_WINDOWS` windows is :data:`SLOWDOWN_FACTOR` times the fastest."""
+        self.fastest = min(self.fastest, iteration_ms)
+        self.recent.append(iteration_ms)
+        if self.hinted or len(self.recent) < RECENT_WINDOWS or self.fastest <= 0:
+            return None
+        median = statistics.median(self.recent)
+        if median < SLOWDOWN_FACTOR * self.fastest:
+            return None
+        self.hinted = True
+        swing = (f"iterations now take {median:.0f} ms (median of the last {RECENT_WINDOWS} log windows), "
+                 f"{median / self.fastest:.0f}x this stage's fastest window ({self.fastest:.0f} ms)")
+        if self.device.type != "cpu":
+            return f"{swing}: the device or the data loading is probably shared with other jobs"
+        return (f"{swing}: other jobs are probably competing for the CPU. This process runs "
+                f"{torch.get_num_threads()} threads; with other jobs or runs on the same cores, "
+                "OMP_NUM_THREADS=1 per process (or threads x processes no more than the idle cores) "
+                "usually avoids such slowdowns")

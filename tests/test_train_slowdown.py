@@ -1,0 +1,65 @@
+"""The hint when the measured iteration time swings: the median of the recent log windows
+against the stage's fastest, said once per stage."""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from mper import pipeline
+from mper.datasets import synthesize
+from mper.train import loop
+from mper.train.loop import Trainer
+from mper.train.slowdown import SlowdownWatch
+from test_pipeline import tiny_config
+
+
+def hints(times_ms, device="cpu"):
+    watch = SlowdownWatch(torch.device(device))
+    return [(index, hint) for index, hint in enumerate(map(watch.add, times_ms)) if hint]
+
+
+def test_a_fivefold_slowdown_of_the_recent_median_is_hinted_once():
+    # windows 0-3 near 20 ms, then 110 ms and more: the median of the last five first reaches
+    # 5 x 20 ms at window 6 (21, 25, 110, 120, 130 -> 110)
+    said = hints([20, 22, 21, 25, 110, 120, 130, 140, 400, 20, 500, 600])
+    assert [index for index, _ in said] == [6]
+    assert said[0][1].startswith("iterations now take 110 ms (median of the last 5 log windows), "
+                                 "6x this stage's fastest window (20 ms): other jobs are probably competing "
+                                 f"for the CPU. This process runs {torch.get_num_threads()} threads")
+    assert "OMP_NUM_THREADS=1" in said[0][1]
+
+
+@pytest.mark.parametrize("times_ms", [
+    [20, 90, 95, 99, 98, 97, 96],  # under 5x
+    [20, 20, 20, 500, 20, 20, 500, 20, 20, 500],  # single slow windows: the median stays fast
+    [500, 400, 300, 100, 110, 100, 120],  # a slow start (warm-up) is no swing
+])
+def test_swings_under_five_times_or_in_single_windows_are_not_hinted(times_ms):
+    assert hints(times_ms) == []
+
+
+def test_off_the_cpu_the_hint_does_not_speak_of_threads():
+    (index, hint), = hints([10, 10, 10, 60, 60, 60], device="cuda")
+    assert index == 5 and "OMP_NUM_THREADS" not in hint and "shared with other jobs" in hint
+
+
+def test_train_log_gives_the_hint_once_when_iterations_slow_down(tmp_path, monkeypatch):
+    data = synthesize("acdc", tmp_path / "acdc", cases=5, seed=0, size=(32, 32), progress=False)
+    clock = [0.0]
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    optimize, steps = Trainer.optimize, [0]
+
+    def timed_optimize(self, loss):  # 20 ms per iteration for 12 iterations, then 500 ms
+        optimize(self, loss)
+        steps[0] += 1
+        clock[0] += 0.02 if steps[0] <= 12 else 0.5
+
+    monkeypatch.setattr(Trainer, "optimize", timed_optimize)
+    config = tiny_config(data, tmp_path / "run", "pretrain.iterations=24", "selftrain.iterations=4",
+                         "eval.log_interval=2", "eval.val_interval=24", "eval.teacher_dice=false")
+    run_dir = pipeline.train(config)
+    log = (run_dir / "train.log").read_text()
+    assert log.count("iterations now take") == 1
+    assert "iterations now take 500 ms (median of the last 5 log windows), 25x this stage's fastest window (20 ms)" in log
