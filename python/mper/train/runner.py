@@ -15,7 +15,7 @@ from .loaders import check_data
 from .loop import BEST_CHECKPOINT, LAST_CHECKPOINT, ScalarWriter, Trainer, Validator
 from .pretrain import run_baseline, run_pretrain
 from .resume import setting_changes
-from .runtime import StopRequest, autocast, load_ops, resolve_device
+from .runtime import StopRequest, autocast, check_compile, load_ops, resolve_device, sync_debug_mode
 from .selftrain import begin_selftrain, run_selftrain
 from .teacher import slow_teacher_warning
 from .usage import USAGE_FILE
@@ -32,9 +32,13 @@ log = logging.getLogger(__name__)
 
 def check_run(config: TrainConfig) -> None:
     """Refuse, before anything is written or trained, what would fail later: the
-    device, the ops module, mixed precision, the network settings and the data
+    device, the ops module, mixed precision, torch.compile, the synchronisation check
+    (:data:`~mper.train.runtime.SYNC_DEBUG_VARIABLE`), the network settings and the data
     (see :func:`~mper.train.loaders.check_data`)."""
-    autocast(resolve_device(config.device), config.amp)
+    device = resolve_device(config.device)
+    autocast(device, config.amp)
+    check_compile(device, config.compile)
+    sync_debug_mode()
     load_ops(config.ops)
     try:
         get_dataset(config.dataset).build_network(config.num_classes, **config.network)
