@@ -17,6 +17,12 @@ Contenders, on the same tensors in one run, all checked to give the same output 
   once, then numpy size counts and a per-class argmax (CPU only),
 * ``cc3d-largest_k`` -- ``cc3d.largest_k(image == c, k=1)`` per image and class (CPU only).
 
+``--maps adversarial`` replaces the blobs by the maps that are hardest for union-find at
+the LA and ACDC sizes (``--scale`` shrinks every side): one serpentine component that
+winds through the whole image (the longest chains of merges), every voxel foreground, a
+checkerboard (one component by its diagonal neighbours) and independent noise at half
+density; on CUDA the CPU kernel (``mper-cpu``) runs on the same maps too.
+
 cc3d is the pip package ``connected-components-3d`` (``pip install .[bench]``); when it is
 missing its rows are skipped with a note. Times are medians per call over ``--trials``
 calls; on the CPU wall-clock time with ``--threads`` OpenMP threads for mper (scipy and
@@ -27,6 +33,7 @@ threads that spin between calls otherwise take the cores from the ones still wor
 
     python benchmarks/largest_component.py                 # CPU, 2 threads
     python benchmarks/largest_component.py --device cuda   # GPU
+    python benchmarks/largest_component.py --device cuda --maps adversarial --dtypes int64
 """
 from __future__ import annotations
 
@@ -84,6 +91,22 @@ def blob_labels(w: LabelWorkload, seed: int = 0) -> np.ndarray:
     return np.where(top > threshold, fields.argmax(axis=0) + 1, 0).astype(np.int64)
 
 
+def adversarial_labels(batch: int, spatial: tuple[int, ...], seed: int = 0) -> dict[str, np.ndarray]:
+    """Two-class (B, *spatial) int64 maps that are hard for union-find, by name."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(spatial)
+    rows = grid[-2] + spatial[-2] * (grid[0] if len(spatial) == 3 else 0)  # rows of all slices, in order
+    # foreground on every other row, and the rows joined at alternating ends: one path
+    snake = (rows % 2 == 0) | ((rows % 4 == 1) & (grid[-1] == spatial[-1] - 1)) | ((rows % 4 == 3) & (grid[-1] == 0))
+    maps = {
+        "serpentine": snake,
+        "all-foreground": np.ones(spatial, dtype=bool),
+        "checkerboard": grid.sum(axis=0) % 2 == 0,
+        "noise": rng.random((batch, *spatial)) < 0.5,
+    }
+    return {name: np.broadcast_to(mask, (batch, *spatial)).astype(np.int64) for name, mask in maps.items()}
+
+
 def components_per_class(labels: np.ndarray, num_classes: int) -> list[int]:
     """Components of each foreground class in each image (full connectivity)."""
     ndim = labels.ndim - 1
@@ -128,10 +151,11 @@ def cc3d_largest_k(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def contenders(labels: torch.Tensor, num_classes: int) -> dict:
-    found = {
-        "mper": lambda: ops.largest_component(labels, num_classes, check_labels=False),
-        "scipy": lambda: ref.largest_component(labels, num_classes, check_labels=False),
-    }
+    found = {"mper": lambda: ops.largest_component(labels, num_classes, check_labels=False)}
+    if labels.device.type == "cuda":
+        on_host = labels.cpu()
+        found["mper-cpu"] = lambda: ops.largest_component(on_host, num_classes, check_labels=False)
+    found["scipy"] = lambda: ref.largest_component(labels, num_classes, check_labels=False)
     if cc3d is not None and labels.device.type == "cpu":
         array = labels.numpy()
         found["cc3d"] = lambda: torch.from_numpy(cc3d_multilabel(array, num_classes))
@@ -162,11 +186,9 @@ def measure(args) -> dict:
         load_before=_load(), results=rows,
         notes=[] if cc3d is not None else ["cc3d (connected-components-3d) is not installed: its rows are skipped"],
     )
-    for key in args.workloads:
-        w = WORKLOADS[key]
-        base = blob_labels(w)
+    for key, w, base in label_maps(args):
         counts = components_per_class(base, w.num_classes)
-        want = ref.largest_component(torch.from_numpy(base), w.num_classes)
+        want = ref.largest_component(torch.from_numpy(np.ascontiguousarray(base)), w.num_classes)
         for dtype_name in args.dtypes:
             labels = torch.from_numpy(base).to(device=device, dtype=DTYPES[dtype_name])
             for name, fn in contenders(labels, w.num_classes).items():
@@ -189,6 +211,21 @@ def measure(args) -> dict:
     report["load_after"] = _load()
     report["speedups"] = speedups(rows)
     return report
+
+
+def label_maps(args) -> list[tuple[str, LabelWorkload, np.ndarray]]:
+    """(row name, workload, maps) of every case the arguments ask for."""
+    cases = []
+    for key in args.workloads:
+        w = WORKLOADS[key]
+        w = LabelWorkload(w.name, w.batch, tuple(max(4, round(side * args.scale)) for side in w.spatial),
+                          w.num_classes, w.sigma, w.foreground)
+        if args.maps == "blobs":
+            cases.append((key, w, blob_labels(w)))
+            continue
+        two_classes = LabelWorkload(f"{w.name}, adversarial", w.batch, w.spatial, 2, w.sigma, w.foreground)
+        cases += [(f"{key}-{name}", two_classes, maps) for name, maps in adversarial_labels(w.batch, w.spatial).items()]
+    return cases
 
 
 def speedups(rows: list[dict]) -> list[dict]:
@@ -218,7 +255,7 @@ def _format_row(row: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    names = ["mper", "scipy", "cc3d", "cc3d-largest_k"]
+    names = ["mper", "mper-cpu", "scipy", "cc3d", "cc3d-largest_k"]
     lines = [
         provenance_line(report["provenance"]),
         "",
@@ -232,8 +269,8 @@ def markdown(report: dict) -> str:
         *(f"Note: {note}" for note in report["notes"]),
         "",
         "| workload | dtype | components | " + " | ".join(f"{n} ms" for n in names)
-        + " | x scipy | x cc3d | x cc3d-largest_k | mper host syncs |",
-        "|---|---|---|" + "---|" * (len(names) + 4),
+        + " | x mper-cpu | x scipy | x cc3d | x cc3d-largest_k | mper host syncs |",
+        "|---|---|---|" + "---|" * (2 * len(names)),
     ]
     by_key = {}
     for row in report["results"]:
@@ -256,6 +293,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--dtypes", nargs="+", default=["int64", "uint8"], choices=list(DTYPES))
+    parser.add_argument("--maps", default="blobs", choices=["blobs", "adversarial"])
+    parser.add_argument("--scale", type=float, default=1.0, help="every side times this (smoke runs)")
     parser.add_argument("--threads", type=int, default=2, help="OpenMP threads for mper (CPU)")
     parser.add_argument("--trials", type=int, default=None, help="timed calls of mper (median taken); a third for the others")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/largest_component-<device>.json)")

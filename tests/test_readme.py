@@ -77,6 +77,8 @@ RULES = (
     Rule(r"\. \.venv/bin/activate", "default"),
     Rule(r"\.venv/bin/mper-train --version", "default"),
     Rule(r"scripts/test\.sh", "never", reason="CI runs it (.ci/run), and it runs this test"),
+    Rule(r"scripts/gpu_check\.sh", "never", reason="needs a GPU and installs mper into the environment; "
+         "tests/test_gpu_check.py runs its --dry-run"),
     Rule(r"scripts/test\.sh -m (cuda|slow)", "default", "--collect-only -q"),
     Rule(r"pip install torch --index-url \S+", "never", reason="downloads from the package index"),
     Rule(r"pip install (\.|'\.\[convert\]')", "never", reason="replaces the mper of the environment running the tests"),

@@ -24,11 +24,12 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 #: Settings outside the recipe: the experiment's own choices and bookkeeping.
 NOT_RECIPE = {
     "dataset", "data_root", "labeled", "preset", "num_classes", "device", "ops", "out", "baseline", "amp",
+    "compile", "channels_last",
     "data.num_workers", "eval.checkpoint_interval", "eval.log_interval", "eval.num_figures", "eval.pseudo_label_dice", "eval.teacher_dice",
     "prototypes.kmeans_iterations",  # Lloyd iterations, unused by the mini-batch k-means both presets run
     "run_id",  # the run's identity, drawn when it starts
     # how several processes share the work, not what they compute
-    "distributed.sync_batchnorm", "distributed.timeout", "distributed.check_bank",
+    "distributed.sync_batchnorm", "distributed.timeout", "distributed.check_bank", "distributed.force_group",
 }
 
 #: (setting, LA reference, ACDC reference, LA paper, ACDC paper): the recipe switches.

@@ -100,6 +100,9 @@ def test_overrides_are_typed_by_toml_and_merged_into_sections():
         ("prototypes.kmeans_max_voxels=-1", "kmeans_max_voxels must be 0"),
         ("losses.dice_smooth=-1", "losses.dice_smooth must be a finite number >= 0"),
         ("network.classifier_kernel=2", "network.classifier_kernel must be a positive odd integer"),
+        ("compile=yes", "setting compile expects bool, got 'yes'; e.g. compile=true"),
+        ("channels_last=1", "setting channels_last expects bool"),
+        ("distributed.force_group=on", "setting distributed.force_group expects bool"),
     ],
 )
 def test_bad_overrides_say_what_is_wrong(assignment, message):
@@ -169,6 +172,18 @@ def test_the_shipped_presets_pass_every_check():
     for dataset, preset in sorted(checked):
         load_config(dataset, preset).check()
         load_config(dataset, f"reference+{preset}").check()
+
+
+@pytest.mark.parametrize("dataset", ["acdc", "la"])
+def test_how_the_steps_run_is_off_by_default_and_settable_in_every_preset(dataset):
+    switches = ["compile=true", "channels_last=true", "distributed.force_group=true"]
+    for preset in preset_tables(dataset):
+        default = load_config(dataset, preset)
+        assert (default.compile, default.channels_last, default.distributed.force_group) == (False, False, False)
+        config = load_config(dataset, preset, assignments=switches)
+        assert (config.compile, config.channels_last, config.distributed.force_group) == (True, True, True)
+        assert 'compile = true\nchannels_last = true\n' in to_toml(config.to_dict())
+        assert TrainConfig.from_dict(tomllib.loads(to_toml(config.to_dict()))) == config
 
 
 def test_config_round_trips_through_toml_and_dict():

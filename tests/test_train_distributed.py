@@ -306,3 +306,29 @@ def test_torchrun_environment_and_devices():
     assert process_device("cpu", World(1, 2, 1)) == "cpu"
     with pytest.raises(ConfigError, match="GPU of its local rank"):
         process_device("cuda:1", World(1, 2, 1))
+
+
+def test_one_process_in_a_group_of_its_own_trains_as_without_one(acdc_root, single, tmp_path):
+    # distributed.force_group: DistributedDataParallel and every reduction run, each over
+    # one process, so they change nothing; batch norm stays PyTorch's own here, whose
+    # cross-process replacement on the CPU rounds differently
+    grouped = train(acdc_root, tmp_path / "grouped", 1, "--set", "distributed.force_group=true",
+                    "--set", "distributed.sync_batchnorm=false")
+    a, b = load_checkpoint(single / "last.pt"), load_checkpoint(grouped / "last.pt")
+    for part in ("progress", "student", "teacher", "bank", "optimizer", "monitor", "prototype_usage"):
+        assert_identical(a[part], b[part], part)
+    assert losses(single) == losses(grouped)
+    log = (grouped / "train.log").read_text()
+    assert "training in DistributedDataParallel, 1 process(es) in a gloo group" in log
+    assert "DistributedDataParallel" not in (single / "train.log").read_text()
+
+
+def assert_identical(first, second, where):
+    if isinstance(first, torch.Tensor):
+        torch.testing.assert_close(first, second, rtol=0, atol=0, equal_nan=True, msg=where)
+    elif isinstance(first, dict):
+        assert first.keys() == second.keys(), where
+        for key in first:
+            assert_identical(first[key], second[key], f"{where}.{key}")
+    else:
+        assert first == second, where

@@ -24,6 +24,7 @@ place before their backward pass.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Iterable
 from types import ModuleType
 
@@ -90,32 +91,42 @@ class PrototypeHead(nn.Module):
     @property
     def ops(self) -> ModuleType:
         """:mod:`mper.ops` or :mod:`mper.reference`."""
-        return importlib.import_module(OPS_MODULES[self.ops_name])
+        name = OPS_MODULES[self.ops_name]
+        # the loaded module first: torch.compile traces a dictionary look-up, not an import
+        return sys.modules.get(name) or importlib.import_module(name)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, num_prototypes={self.num_prototypes}, dim={self.dim}, "
                 f"tau={self.tau}, nce_tau={self.nce_tau}, ops={self.ops_name!r}")
 
-    def _bank(self) -> torch.Tensor:
-        # a copy: an in-place update before the backward pass must not change what it reads
+    def bank(self) -> torch.Tensor:
+        """A copy of the bank as it is now: what the forward passes read by default. A
+        copy, so that an in-place update before the backward pass does not change what it
+        reads; under ``torch.compile`` take it outside the compiled code and pass it in
+        (the compiler may otherwise keep the bank itself for the backward pass)."""
         return self.prototypes.clone()
 
-    def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, feat: torch.Tensor, bank: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prototype logits ``(B, C, *S)`` (``max_k cos(z, p_c^k) / tau``, differentiable in
         ``feat``) and the assignment ``(B, C, *S)`` int64 (the winning k of each class)
-        of features ``feat`` ``(B, D, *S)``."""
-        return self.ops.proto_classify(feat, self._bank(), self.num_classes, self.tau)
+        of features ``feat`` ``(B, D, *S)``, against ``bank`` (default :meth:`bank`)."""
+        return self.ops.proto_classify(feat, self._read(bank), self.num_classes, self.tau)
 
-    def forward_with_contrastive(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_with_contrastive(
+        self, feat: torch.Tensor, bank: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`forward` and :meth:`contrastive_loss` from one read of ``feat``:
         ``(logits, assign, loss)``."""
         return self.ops.proto_classify_infonce(
-            feat, self._bank(), self.num_classes, self.tau, self.nce_tau, self.ignore_index
+            feat, self._read(bank), self.num_classes, self.tau, self.nce_tau, self.ignore_index
         )
 
-    def contrastive_loss(self, feat: torch.Tensor) -> torch.Tensor:
+    def contrastive_loss(self, feat: torch.Tensor, bank: torch.Tensor | None = None) -> torch.Tensor:
         """InfoNCE of every voxel against all prototypes, its nearest one the positive (Eq. 5)."""
-        return self.ops.proto_infonce(feat, self._bank(), self.nce_tau, self.ignore_index)
+        return self.ops.proto_infonce(feat, self._read(bank), self.nce_tau, self.ignore_index)
+
+    def _read(self, bank: torch.Tensor | None) -> torch.Tensor:
+        return self.bank() if bank is None else bank
 
     @torch.no_grad()
     def accumulate(

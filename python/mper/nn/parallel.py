@@ -17,9 +17,10 @@ import torch.distributed as dist
 from torch import nn
 
 
-def processes() -> int:
-    """The processes of the initialised ``torch.distributed`` group (1 without one)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+def grouped() -> bool:
+    """Whether this process is in an initialised ``torch.distributed`` group (one of a
+    single process included, which runs the same code as several)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 class _SumOverProcesses(torch.autograd.Function):
@@ -39,14 +40,14 @@ class _SumOverProcesses(torch.autograd.Function):
 def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` summed over the processes (``tensor`` itself without a group); its
     gradient is the sum of every process's gradient."""
-    return _SumOverProcesses.apply(tensor) if processes() > 1 else tensor
+    return _SumOverProcesses.apply(tensor) if grouped() else tensor
 
 
 class CrossProcessBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm whose training statistics cover the batch of every process, for the
     CPU (gloo), where :class:`torch.nn.SyncBatchNorm` does not run.
 
-    Outside training, or in a single process, it is plain batch norm. It has the
+    Outside training, or outside a process group, it is plain batch norm. It has the
     parameters and buffers of ``BatchNorm{1,2,3}d``, so its weights load into them.
     """
 
@@ -55,7 +56,7 @@ class CrossProcessBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not (self.training and processes() > 1):
+        if not (self.training and grouped()):
             return super().forward(input)
         dims = [0, *range(2, input.dim())]
         shape = [1, -1] + [1] * (input.dim() - 2)

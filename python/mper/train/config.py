@@ -242,7 +242,8 @@ class LossConfig:
 @dataclass
 class DistributedConfig:
     """Training on several processes started by ``torchrun`` (see
-    :mod:`mper.train.distributed`); nothing changes in a single process.
+    :mod:`mper.train.distributed`); nothing changes in a single process unless
+    ``force_group`` is set.
 
     ``sync_batchnorm``: batch norm normalises with the statistics of the global batch
     (every process's share), as one process on the whole batch would. ``timeout``:
@@ -250,11 +251,17 @@ class DistributedConfig:
     error (the bound on noticing a dead or hung process where the backend cannot tell
     at once). ``check_bank``: after every iteration, assert that the prototype bank is
     bit-identical on every process (one broadcast of the bank; a debugging aid).
+    ``force_group``: a single process joins a process group of its own (NCCL on CUDA,
+    gloo on the CPU), so that the multi-process code runs there too: the student in
+    ``DistributedDataParallel`` with its batch norms converted, the losses' pooled sums,
+    the bank's update sums and the logged scalars all-reduced (a check of that code on
+    one GPU; PyTorch's ``SyncBatchNorm`` itself normalises locally in a group of one).
     """
 
     sync_batchnorm: bool = True
     timeout: int = 1800
     check_bank: bool = False
+    force_group: bool = False
 
 
 @dataclass
@@ -264,6 +271,12 @@ class TrainConfig:
     ``run_id`` names one training run: :func:`mper.pipeline.train` draws it when a run
     starts (whatever was given) and writes it into ``config.toml`` and every checkpoint,
     so that ``--resume`` can refuse a ``last.pt`` that belongs to another run.
+
+    How the training steps run, without changing what they compute: ``amp`` (``"bf16"``:
+    bfloat16 autocast, CUDA only); ``compile``: the student's and the teacher's steps
+    through ``torch.compile`` (see :mod:`mper.train.compiled`); ``channels_last``: the
+    networks and their inputs in the channels-last memory format (``channels_last`` in 2D,
+    ``channels_last_3d`` in 3D).
     """
 
     dataset: str = ""
@@ -278,6 +291,8 @@ class TrainConfig:
     baseline: str = "none"
     amp: str = "off"
     run_id: str = ""
+    compile: bool = False
+    channels_last: bool = False
     network: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

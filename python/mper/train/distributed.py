@@ -28,7 +28,9 @@ Every collective is entered by every process in the same order. When one process
 dies, the others fail in their next collective (at once with gloo, after
 ``distributed.timeout`` seconds at most with NCCL) and stop with
 :class:`ProcessGroupFailure`; checkpoints are written atomically, so the last one stays
-whole. Everything here is a no-op in a single process.
+whole. Everything here is a no-op in a single process, unless ``distributed.force_group``
+makes it join a group of its own: then the same code runs as on several processes
+(each collective over one process), which checks that code, NCCL's included, on one GPU.
 """
 from __future__ import annotations
 
@@ -49,11 +51,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mper.errors import ConfigError, UserError
-from mper.nn.parallel import CrossProcessBatchNorm
+from mper.nn.parallel import CrossProcessBatchNorm, grouped
 
 from .config import TrainConfig
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: Scalars of a training step that are counts over the batch: summed over the
 #: processes, not averaged.
@@ -167,13 +170,14 @@ def process_device(device: str, world: World) -> str:
 @contextlib.contextmanager
 def process_group(config: TrainConfig) -> Iterator[TrainConfig]:
     """Join the processes ``torchrun`` started for the duration of the block and yield
-    ``config`` with this process's device; a single process gets ``config`` as it is.
+    ``config`` with this process's device; a single process gets ``config`` as it is
+    (unless ``distributed.force_group``: then it joins a group of its own).
 
     Refuses batch sizes the processes cannot share before anything starts. Processes
     other than 0 log errors only. The group is destroyed at the end.
     """
     world = launched_world()
-    if world.size == 1 or dist.is_initialized():
+    if dist.is_initialized() or (world.size == 1 and not config.distributed.force_group):
         yield config
         return
     check_batch_shares(config, world.size)
@@ -181,7 +185,10 @@ def process_group(config: TrainConfig) -> Iterator[TrainConfig]:
     backend = "nccl" if config.device.startswith("cuda") else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(torch.device(config.device))
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=config.distributed.timeout))
+    rendezvous: dict[str, Any] = {}
+    if "MASTER_ADDR" not in os.environ:  # a process started on its own, in a group of its own
+        rendezvous = {"store": dist.HashStore(), "rank": 0, "world_size": 1}
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=config.distributed.timeout), **rendezvous)
     package_log = logging.getLogger("mper")
     previous_level = package_log.level
     if not world.is_main:
@@ -222,12 +229,14 @@ def seed_process(seed: int) -> None:
 
 
 def data_parallel(student: nn.Module, sync_batchnorm: bool, device: torch.device) -> nn.Module:
-    """The module a training forward runs: ``student`` itself in a single process, else
+    """The module a training forward runs: ``student`` itself outside a process group, else
     ``student`` (its batch norms synchronised first when ``sync_batchnorm``) wrapped in
     ``DistributedDataParallel``. ``student`` stays the module to save, validate and
     follow with the teacher."""
-    if current_world().size == 1:
+    if not grouped():
         return student
+    log.info("training in DistributedDataParallel, %d process(es) in a %s group", current_world().size,
+             dist.get_backend())
     if sync_batchnorm and device.type == "cuda":
         nn.SyncBatchNorm.convert_sync_batchnorm(student)
     elif sync_batchnorm:
@@ -243,7 +252,7 @@ def average_rows(
     (averaged, or summed for :data:`SUMMED_SCALARS`), and whether any process was asked
     to stop; one collective."""
     world = current_world()
-    if world.size == 1:
+    if not grouped():
         return rows, stop
     names = [sorted(scalars) for _, scalars in rows]
     values = torch.tensor([scalars[name] for (_, scalars), row in zip(rows, names) for name in row] + [float(stop)],
@@ -264,8 +273,8 @@ def _all_reduce(tensor: torch.Tensor) -> None:
 
 
 def sum_over_processes_(*tensors: torch.Tensor) -> None:
-    """Sum each tensor over the processes, in place (nothing in a single process)."""
-    if current_world().size > 1:
+    """Sum each tensor over the processes, in place (nothing outside a process group)."""
+    if grouped():
         for tensor in tensors:
             _all_reduce(tensor)
 
@@ -274,7 +283,7 @@ def shared_mean(items: Sequence[T], mean_of: Callable[[Sequence[T]], float]) -> 
     """The mean over ``items`` of a per-item score, each process scoring every
     ``size``-th item (``mean_of(share)`` is the mean over the share)."""
     world = current_world()
-    if world.size == 1:
+    if not grouped():
         return mean_of(items)
     share = items[world.rank::world.size]
     total = torch.tensor([mean_of(share) * len(share) if share else 0.0], dtype=torch.float64)
@@ -284,7 +293,7 @@ def shared_mean(items: Sequence[T], mean_of: Callable[[Sequence[T]], float]) -> 
 
 def assert_identical(tensor: torch.Tensor, what: str) -> None:
     """Raise on every process unless ``tensor`` is bit-identical on all of them."""
-    if current_world().size == 1:
+    if not grouped():
         return
     reference = tensor.detach().clone()
     dist.broadcast(reference, src=0)
@@ -298,7 +307,7 @@ def from_main_process(load: Callable[[], T]) -> T:
     """``load()`` run by process 0 alone and its result sent to every process (an error
     there is raised on every process), e.g. a checkpoint only process 0 may read yet."""
     world = current_world()
-    if world.size == 1:
+    if not grouped():
         return load()
     outcome: list[Any] = [None]
     if world.is_main:
@@ -314,9 +323,9 @@ def from_main_process(load: Callable[[], T]) -> T:
 
 
 def gather_from_processes(value: T) -> list[T]:
-    """``value`` of every process, by rank (``[value]`` in a single process)."""
+    """``value`` of every process, by rank (``[value]`` outside a process group)."""
     world = current_world()
-    if world.size == 1:
+    if not grouped():
         return [value]
     gathered: list[Any] = [None] * world.size
     dist.all_gather_object(gathered, value)

@@ -39,9 +39,10 @@ from mper.nn import PrototypeHead
 
 from . import distributed
 from .checkpoint import capture_rng_state, non_finite_tensors, restore_rng_state, save_checkpoint
+from .compiled import StepCompiler, memory_format
 from .config import SUPERVISED_BASELINES, OptimConfig, TrainConfig
 from .diagnostics import TRAINING_RECORD, SelfTrainingMonitor, TrainingRecord
-from .runtime import StopRequest, TrainingInterrupted, autocast, load_ops, resolve_device
+from .runtime import StopRequest, TrainingInterrupted, autocast, load_ops, resolve_device, sync_debug, sync_debug_mode
 from .slowdown import SlowdownWatch
 from .teacher import create_teacher
 from .usage import USAGE_WINDOW, PrototypeUsage
@@ -139,6 +140,10 @@ class Trainer:
         autocast(self.device, config.amp)  # refuses bf16 off CUDA before any work is done
         torch.manual_seed(config.seed)
         self.student = get_dataset(config.dataset).build_network(config.num_classes, **config.network).to(self.device)
+        self.memory_format = memory_format(self.student, config.channels_last)
+        if config.channels_last:
+            self.student.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # accepted, not in the stubs
+        self.compiled = StepCompiler(config.compile)
         # the training forward: under torch.distributed the student wrapped for data parallelism
         self.network = distributed.data_parallel(self.student, config.distributed.sync_batchnorm, self.device)
         distributed.seed_process(config.seed)
@@ -163,6 +168,11 @@ class Trainer:
         return torch.optim.SGD(
             self.student.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
         )
+
+    def images_on_device(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch of images ``(B, channels, *S)`` on the training device, in the networks'
+        memory format."""
+        return images.to(self.device, non_blocking=True, memory_format=self.memory_format)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The mixed-precision context of the configured ``amp`` mode."""
@@ -392,6 +402,7 @@ class Trainer:
         bar = tqdm(total=iterations, initial=progress.iteration, desc=progress.stage, unit="it",
                    disable=not distributed.is_main_process())
         alone = distributed.current_world().size == 1
+        first, sync_mode = progress.iteration, sync_debug_mode()
         with bar:
             while progress.iteration < iterations:
                 lr = learning_rate(self.config.optim, progress.iteration)
@@ -400,8 +411,12 @@ class Trainer:
                 began = time.perf_counter()
                 batch = next(batches)
                 window.data_wait += time.perf_counter() - began
-                scalars = step(batch, progress.iteration)
+                with sync_debug(self.device, sync_mode if progress.iteration > first else "default"):
+                    scalars = step(batch, progress.iteration)
                 window.busy += time.perf_counter() - began
+                if self.config.compile and progress.iteration == first:
+                    log.info("torch.compile: the first %s iteration took %.1f s, compiling its steps",
+                             progress.stage, time.perf_counter() - began)
                 if self.head is not None and self.config.distributed.check_bank:
                     distributed.assert_identical(self.head.prototypes, "prototype bank")
                 progress.iteration += 1

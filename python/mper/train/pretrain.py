@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from mper.losses import copy_paste_loss, segmentation_loss
 
 from .loaders import stage_loader
@@ -21,24 +23,34 @@ from .mixing import box_mask, copy_paste
 
 def supervised_step(trainer: Trainer, batch: dict[str, Any], mix: bool) -> dict[str, Scalar]:
     """One SGD step on a labeled batch, copy-pasting its two halves when ``mix``."""
-    pretrain, dice = trainer.config.pretrain, trainer.config.losses.options()
-    images = batch["image"].to(trainer.device, non_blocking=True)
+    images = trainer.images_on_device(batch["image"])
     labels = batch["label"].to(trainer.device, non_blocking=True)
-    half = images.shape[0] // 2
+    mix_mask = None
     if mix:
-        mix_mask = box_mask(images.shape[2:], pretrain.box_fraction, trainer.mix_generator, trainer.device)
+        mix_mask = box_mask(images.shape[2:], trainer.config.pretrain.box_fraction, trainer.mix_generator,
+                            trainer.device)
+    loss = trainer.compiled(supervised_loss)(trainer, images, labels, mix_mask)
+    trainer.optimize(loss)
+    return {"loss": loss.detach()}
+
+
+def supervised_loss(
+    trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, mix_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """The student's loss on labeled images, their two halves copy-pasted with
+    ``mix_mask`` (``None``: as they are)."""
+    pretrain, dice = trainer.config.pretrain, trainer.config.losses.options()
+    half = images.shape[0] // 2
+    if mix_mask is not None:
         images = copy_paste(images[:half], images[half:], mix_mask)
     with trainer.autocast():
         logits = trainer.network(images).pred
-    if not mix:
-        loss = segmentation_loss(logits, labels, pretrain.loss_scale, dice)
-    elif pretrain.loss == "whole-image":
+    if mix_mask is None:
+        return segmentation_loss(logits, labels, pretrain.loss_scale, dice)
+    if pretrain.loss == "whole-image":
         mixed_label = copy_paste(labels[:half], labels[half:], mix_mask)
-        loss = segmentation_loss(logits, mixed_label, pretrain.loss_scale, dice)
-    else:
-        loss = copy_paste_loss(logits, labels[:half], labels[half:], mix_mask, scale=pretrain.loss_scale, dice=dice)
-    trainer.optimize(loss)
-    return {"loss": loss.detach()}
+        return segmentation_loss(logits, mixed_label, pretrain.loss_scale, dice)
+    return copy_paste_loss(logits, labels[:half], labels[half:], mix_mask, scale=pretrain.loss_scale, dice=dice)
 
 
 def _run_supervised(trainer: Trainer, iterations: int, mix: bool) -> None:

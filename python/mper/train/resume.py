@@ -20,6 +20,7 @@ RESUMABLE_SETTINGS = (
     "device", "ops", "amp", "data_root", "data.num_workers", "pretrain.iterations",
     "selftrain.iterations", "eval.val_interval", "eval.checkpoint_interval", "eval.log_interval", "eval.num_figures",
     "eval.pseudo_label_dice", "eval.teacher_dice", "distributed.timeout", "distributed.check_bank",
+    "distributed.force_group", "compile", "channels_last",
 )
 
 

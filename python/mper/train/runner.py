@@ -18,7 +18,7 @@ from .loaders import available_cores, check_data, loader_workers
 from .loop import BEST_CHECKPOINT, LAST_CHECKPOINT, ScalarWriter, Trainer, Validator
 from .pretrain import run_baseline, run_pretrain
 from .resume import setting_changes
-from .runtime import StopRequest, autocast, load_ops, resolve_device
+from .runtime import StopRequest, autocast, check_compile, load_ops, resolve_device, sync_debug_mode
 from .selftrain import begin_selftrain, run_selftrain
 from .teacher import slow_teacher_warning
 from .usage import USAGE_FILE
@@ -35,11 +35,14 @@ log = logging.getLogger(__name__)
 
 def check_run(config: TrainConfig) -> None:
     """Refuse, before anything is written or trained, what would fail later: the
-    device, the ops module, mixed precision, the network settings, a patch too small for
-    the network or an iteration too large for the device's memory (see
+    device, the ops module, mixed precision, torch.compile, the synchronisation check
+    (:data:`~mper.train.runtime.SYNC_DEBUG_VARIABLE`), the network settings, a patch too
+    small for the network or an iteration too large for the device's memory (see
     :mod:`~mper.train.footprint`) and the data (see :func:`~mper.train.loaders.check_data`)."""
     device = resolve_device(config.device)
     autocast(device, config.amp)
+    check_compile(device, config.compile)
+    sync_debug_mode()
     load_ops(config.ops)
     try:
         get_dataset(config.dataset).build_network(config.num_classes, **config.network)

@@ -1,11 +1,14 @@
-"""Where training runs: the device, the prototype-ops module, mixed precision, Ctrl-C and SIGTERM."""
+"""Where training runs: the device, the prototype-ops module, mixed precision,
+torch.compile's availability, the CUDA synchronisation check, Ctrl-C and SIGTERM."""
 from __future__ import annotations
 
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
@@ -59,6 +62,74 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     if device.type != "cuda":
         raise ConfigError(f"amp = {amp!r} needs a CUDA device; use --amp off on {device.type}")
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+
+
+def check_compile(device: torch.device, enabled: bool) -> None:
+    """Refuse ``compile = true`` where ``torch.compile`` cannot train: off CUDA (on the
+    CPU its code generator, inductor, has computed wrong gradients for the U-Net's
+    copy-paste loss: ``tests/test_train_compiled.py``), on a Python or platform that
+    ``torch.compile`` does not support, or without Triton, which compiles the GPU kernels."""
+    if not enabled:
+        return
+    import torch._dynamo
+    from torch.utils._triton import has_triton
+
+    if device.type != "cuda":
+        raise ConfigError(f"compile = true needs a CUDA device (on the CPU, torch.compile has computed wrong "
+                          f"gradients for these networks' losses); on {device.type} set compile=false")
+    if not torch._dynamo.is_dynamo_supported():
+        raise ConfigError(f"compile = true: torch.compile does not support this Python or platform "
+                          f"(torch {torch.__version__}); set compile=false")
+    if not has_triton():
+        raise ConfigError("compile = true on CUDA needs Triton, which is not installed or does not support "
+                          "this GPU; install the triton package that matches torch, or set compile=false")
+
+
+#: The environment variable that turns on PyTorch's check of host synchronisations on CUDA
+#: (``torch.cuda.set_sync_debug_mode``) inside the training steps: ``warn`` warns at every
+#: synchronisation, ``error`` raises; unset or ``default``: no check. The first iteration
+#: of each stage in a process is left out (lazy initialisation, compilation).
+SYNC_DEBUG_VARIABLE = "MPER_SYNC_DEBUG"
+SYNC_DEBUG_MODES = ("default", "warn", "error")
+
+
+def sync_debug_mode() -> str:
+    """The mode :data:`SYNC_DEBUG_VARIABLE` asks for; a value it cannot take is refused."""
+    mode = os.environ.get(SYNC_DEBUG_VARIABLE) or "default"
+    if mode not in SYNC_DEBUG_MODES:
+        raise ConfigError(f"{SYNC_DEBUG_VARIABLE}={mode!r} must be one of {', '.join(SYNC_DEBUG_MODES)}; "
+                          "unset it to train without the synchronisation check")
+    return mode
+
+
+@contextlib.contextmanager
+def sync_debug(device: torch.device, mode: str) -> Iterator[None]:
+    """Within the block, CUDA host synchronisations warn or raise as ``mode`` says
+    (nothing on the CPU, or with ``"default"``)."""
+    if device.type != "cuda" or mode == "default":
+        yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+@contextlib.contextmanager
+def planned_host_read() -> Iterator[None]:
+    """A read of device values that a step makes on purpose (once per window of
+    iterations, say): exempt from :func:`sync_debug`'s check."""
+    if not torch.cuda.is_available() or torch.cuda.get_sync_debug_mode() == 0:
+        yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("default")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
 
 
 class TrainingInterrupted(KeyboardInterrupt):

@@ -48,7 +48,8 @@ from .teacher import confidence, create_teacher, ema_update_, pseudo_labels
 log = logging.getLogger(__name__)
 
 #: The profiler ranges of a self-training iteration (`benchmarks/train_step.py` sums them);
-#: "mixing" holds "teacher" and "pseudo_labels", "backward" the head's backward too.
+#: "mixing" holds "teacher" and "pseudo_labels", "student" the linear classifier's loss,
+#: "head" the prototype classifier's loss, "backward" the head's backward too.
 PHASES = {
     "mixing": "mper/mixing", "teacher": "mper/teacher_forward", "pseudo_labels": "mper/pseudo_labels",
     "student": "mper/student_forward", "head": "mper/prototype_head", "bank_update": "mper/bank_update",
@@ -154,7 +155,7 @@ def mix_bidirectional(trainer: Trainer, batch: dict[str, Any]) -> list[MixedImag
     """Pseudo-label the unlabeled half of ``batch`` with the teacher and build both
     directions, in ``selftrain.forward_order``."""
     config = trainer.config
-    images = batch["image"].to(trainer.device, non_blocking=True)
+    images = trainer.images_on_device(batch["image"])
     labels = batch["label"].to(trainer.device, non_blocking=True)
     labeled_count = len(images) // 2  # this process's share: as many labeled as unlabeled images
     half = labeled_count // 2
@@ -162,7 +163,7 @@ def mix_bidirectional(trainer: Trainer, batch: dict[str, Any]) -> list[MixedImag
     label_a, label_b = labels[:half], labels[half:labeled_count]
 
     with record_function(PHASES["teacher"]):
-        teacher_probs = teacher_probabilities(trainer, unlabeled)
+        teacher_probs = trainer.compiled(teacher_probabilities)(trainer, unlabeled)
     with record_function(PHASES["pseudo_labels"]):
         pseudo = pseudo_labels(teacher_probs, trainer.ops, config.selftrain.pseudo_label_threshold)
         if config.eval.pseudo_label_dice:
@@ -200,6 +201,18 @@ def student_outputs(trainer: Trainer, directions: list[MixedImages]) -> list[Seg
     return [SegmentationOutput(*parts) for parts in zip(*(tensor.split(sizes) for tensor in output))]
 
 
+def student_step(
+    trainer: Trainer, directions: list[MixedImages]
+) -> tuple[list[SegmentationOutput], torch.Tensor]:
+    """The student's outputs per direction and the linear classifier's loss ``L_cons^l``
+    over both directions."""
+    selftrain, dice = trainer.config.selftrain, trainer.config.losses.options()
+    outputs = student_outputs(trainer, directions)
+    linear = torch.stack([direction.loss(output.pred, selftrain.consistency_scale, dice)
+                          for direction, output in zip(directions, outputs)]).sum()
+    return outputs, linear
+
+
 def update_bank(
     trainer: Trainer, direction: MixedImages, output: SegmentationOutput,
     proto_logits: torch.Tensor, assign: torch.Tensor,
@@ -228,6 +241,19 @@ def update_bank(
     return steps[0][0] + steps[1][0], steps[0][1] + steps[1][1]
 
 
+def head_step(
+    trainer: Trainer, direction: MixedImages, feat: torch.Tensor, bank: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The prototype head on one direction's features against ``bank`` (a copy of the
+    bank as it is now): prototype logits, assignment, InfoNCE (float32) and the prototype
+    classifier's loss term of ``L_cons^p``."""
+    config = trainer.config
+    with trainer.autocast():
+        proto_logits, assign, contrastive = trainer.prototype_head().forward_with_contrastive(feat, bank)
+    loss = direction.loss(proto_logits, config.selftrain.consistency_scale, config.losses.options())
+    return proto_logits, assign, contrastive.float(), loss
+
+
 def prototype_terms(
     trainer: Trainer, directions: list[MixedImages], outputs: list[SegmentationOutput]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -239,11 +265,11 @@ def prototype_terms(
     prototype = contrastive = torch.zeros((), device=trainer.device)
     gathered = []
     for direction, output in zip(directions, outputs):
-        with record_function(PHASES["head"]), trainer.autocast():
-            proto_logits, assign, direction_nce = head.forward_with_contrastive(output.feat)
-        prototype = prototype + direction.loss(proto_logits, config.selftrain.consistency_scale,
-                                               config.losses.options())
-        contrastive = contrastive + direction_nce.float()
+        with record_function(PHASES["head"]):
+            proto_logits, assign, direction_nce, direction_loss = trainer.compiled(head_step)(
+                trainer, direction, output.feat, head.bank())
+        prototype = prototype + direction_loss
+        contrastive = contrastive + direction_nce
         with record_function(PHASES["bank_update"]):
             gathered.append(update_bank(trainer, direction, output, proto_logits, assign))
     if config.selftrain.contrastive_reduction == "mean":
@@ -263,9 +289,7 @@ def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> d
     with record_function(PHASES["mixing"]):
         directions = mix_bidirectional(trainer, batch)
     with record_function(PHASES["student"]):
-        outputs = student_outputs(trainer, directions)
-    linear = torch.stack([direction.loss(output.pred, selftrain.consistency_scale, config.losses.options())
-                          for direction, output in zip(directions, outputs)]).sum()
+        outputs, linear = trainer.compiled(student_step)(trainer, directions)
     if with_prototypes(config):
         prototype, contrastive, counts = prototype_terms(trainer, directions, outputs)
         ramp = ramp_weight(iteration, selftrain.ramp_weight, selftrain.rampup_epochs, selftrain.ramp_epoch_length)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .distributed import sum_over_processes_
+from .runtime import planned_host_read
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ class PrototypeUsage:
         self.current += counts.detach().to(self.current.dtype)
         if iteration % self.window and iteration != last_iteration:
             return {}
-        return self._close_window(iteration, full=iteration % self.window == 0)
+        with planned_host_read():  # once per window
+            return self._close_window(iteration, full=iteration % self.window == 0)
 
     def _close_window(self, iteration: int, full: bool) -> dict[str, float]:
         sum_over_processes_(self.current)  # every process closes its window at the same iteration
