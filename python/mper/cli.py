@@ -17,6 +17,8 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mper import experiment, pipeline
+from mper.data.raw_scans import RAW_LAYOUTS
+from mper.data.synth_scans import SYNTH_SCAN_CASES, SYNTH_SCAN_SIZE
 from mper.datasets import dataset_names, get_dataset
 from mper.errors import ConfigError, UserError
 from mper.experiment import SweepInterrupted
@@ -291,11 +293,11 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
     _run(parser, action)
 
 
-def _data_command(commands: argparse._SubParsersAction, name: str, summary: str, description: str
-                  ) -> argparse.ArgumentParser:
+def _data_command(commands: argparse._SubParsersAction, name: str, summary: str, description: str,
+                  dataset_required: bool = True) -> argparse.ArgumentParser:
     """A ``mper-data`` command with the ``--dataset`` and ``--out`` every command takes."""
     command = commands.add_parser(name, formatter_class=_formatter, help=summary, description=description)
-    command.add_argument("--dataset", choices=dataset_names(), required=True)
+    command.add_argument("--dataset", choices=dataset_names(), required=dataset_required)
     command.add_argument("--out", required=True, metavar="DIR", help="dataset folder to create")
     return command
 
@@ -308,15 +310,22 @@ def data_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     synth = _data_command(
-        commands, "synth", "write synthetic LA / ACDC data, lists included",
-        "Write synthetic data in exactly the LA (UA-MT) or ACDC (SSL4MIS) layout.",
+        commands, "synth", "write synthetic LA / ACDC data, lists included, or raw scans",
+        "Write synthetic data in exactly the LA (UA-MT) or ACDC (SSL4MIS) layout (--dataset), or raw scans "
+        "in the nnU-Net v2 or Medical Segmentation Decathlon layout (--format) to try mper-data import on: "
+        "two channels (CT-like, MR-like), four foreground classes, varying shapes, anisotropic spacings and "
+        "orientations, unlabeled training cases and labeled test cases.",
+        dataset_required=False,
     )
+    synth.add_argument("--format", choices=RAW_LAYOUTS, help="raw scans in this layout instead of --dataset")
     synth.add_argument("--cases", type=int, metavar="N", help="cases or patients; default: " + _per_dataset(
-        lambda name: f"{get_dataset(name).synth_cases} {get_dataset(name).label_unit}"))
+        lambda name: f"{get_dataset(name).synth_cases} {get_dataset(name).label_unit}")
+        + f"; raw scans: {SYNTH_SCAN_CASES} cases (a fifth test, a third of the rest unlabeled)")
     synth.add_argument("--seed", type=int, default=0, help="the data is a function of the seed (default: 0)")
     synth.add_argument("--size", type=int, nargs="+", metavar="N",
                        help="image size; default: " + _per_dataset(
-                           lambda name: " ".join(map(str, get_dataset(name).synth_size))))
+                           lambda name: " ".join(map(str, get_dataset(name).synth_size)))
+                       + f"; raw scans: the median case's, {' '.join(map(str, SYNTH_SCAN_SIZE))}")
     synth.add_argument("--family", help="how the cases vary (default: the first); " + _per_dataset(
         lambda name: "; ".join(f"{family}: {text}" for family, text in get_dataset(name).synth_families.items())))
     convert = _data_command(
@@ -338,8 +347,14 @@ def data_main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def action() -> None:
+        size = tuple(args.size) if args.command == "synth" and args.size else None
+        if args.command == "synth" and (args.format is None) == (args.dataset is None):
+            raise ConfigError("mper-data synth needs one of --dataset (LA / ACDC layout) or --format (raw scans)")
+        if args.command == "synth" and args.format is not None:
+            out = pipeline.synthesize_scans(args.out, args.format, cases=args.cases, seed=args.seed, size=size)
+            print(f"wrote synthetic {args.format} scans to {out}")
+            return
         if args.command == "synth":
-            size = tuple(args.size) if args.size else None
             out = pipeline.synthesize(args.dataset, args.out, cases=args.cases, seed=args.seed, size=size,
                                       family=args.family)
         else:

@@ -13,7 +13,8 @@
   ``train.log``.
 * :func:`evaluate` scores a checkpoint (docs/method.md, "Evaluation"), :func:`predict`
   segments image files.
-* :func:`synthesize` and :func:`convert` prepare data (see :mod:`mper.datasets`).
+* :func:`synthesize` and :func:`convert` prepare data (see :mod:`mper.datasets`);
+  :func:`synthesize_scans` writes raw scans in the nnU-Net v2 or Decathlon layout.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import mper.datasets
+from mper.data.synth_scans import synthesize_scans as write_synthetic_scans
 from mper.datasets import check_dataset_root, get_dataset
 from mper.errors import CheckpointError, ConfigError, RunFolderError, UserError
 from mper.eval.evaluate import evaluate_cases, mean_dice
@@ -373,3 +375,11 @@ def convert(dataset: str, source: str | Path, out: str | Path, split_from: str |
             seed: int = 0) -> Path:
     """Turn the raw public download into the h5 layout (see :func:`mper.datasets.convert`)."""
     return mper.datasets.convert(dataset, source, out, split_from=split_from, seed=seed)
+
+
+def synthesize_scans(out: str | Path, layout: str, cases: int | None = None, seed: int = 0,
+                     size: tuple[int, ...] | None = None) -> Path:
+    """Write synthetic raw scans in the nnU-Net v2 or Decathlon layout (see
+    :func:`mper.data.synth_scans.synthesize_scans`; ``None`` takes its defaults)."""
+    options: dict[str, Any] = {key: value for key, value in (("cases", cases), ("size", size)) if value is not None}
+    return write_synthetic_scans(out, layout, seed=seed, **options)
