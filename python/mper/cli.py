@@ -18,8 +18,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mper import experiment, pipeline
 from mper.data.raw_scans import RAW_LAYOUTS
+from mper.data.scan_plan import PLAN_FILE
 from mper.data.synth_scans import SYNTH_SCAN_CASES, SYNTH_SCAN_SIZE
 from mper.datasets import dataset_names, get_dataset
+from mper.datasets.scans import DEFAULT_MEMORY_GB
 from mper.errors import ConfigError, UserError
 from mper.experiment import SweepInterrupted
 from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, load_config, to_toml
@@ -66,7 +68,7 @@ def _add_device(parser: argparse.ArgumentParser, default: str | None = "auto") -
 
 def _per_dataset(describe: Callable[[str], str]) -> str:
     """``describe(name)`` of every registered dataset, for a help text: ``LA: ...; ACDC: ...``."""
-    return "; ".join(f"{get_dataset(name).title}: {describe(name)}" for name in dataset_names())
+    return "; ".join(f"{get_dataset(name).title}: {describe(name)}" for name in dataset_names(imported=False))
 
 
 def _label_budgets(name: str) -> str:
@@ -148,7 +150,7 @@ def train_parser() -> argparse.ArgumentParser:
             "selects on held-out training cases instead."
         ),
     )
-    parser.add_argument("--dataset", choices=dataset_names(), help="benchmark (required unless --resume)")
+    parser.add_argument("--dataset", choices=dataset_names(imported=False), help="benchmark (required unless --resume)")
     parser.add_argument("--data-root", metavar="DIR", help="dataset folder in the public layout (see mper-data)")
     parser.add_argument("--labeled", type=int, metavar="N",
                         help=f"labeled cases or patients, e.g. {_per_dataset(_label_budgets)}; "
@@ -297,7 +299,7 @@ def _data_command(commands: argparse._SubParsersAction, name: str, summary: str,
                   dataset_required: bool = True) -> argparse.ArgumentParser:
     """A ``mper-data`` command with the ``--dataset`` and ``--out`` every command takes."""
     command = commands.add_parser(name, formatter_class=_formatter, help=summary, description=description)
-    command.add_argument("--dataset", choices=dataset_names(), required=dataset_required)
+    command.add_argument("--dataset", choices=dataset_names(imported=False), required=dataset_required)
     command.add_argument("--out", required=True, metavar="DIR", help="dataset folder to create")
     return command
 
@@ -337,16 +339,50 @@ def data_parser() -> argparse.ArgumentParser:
                          help="a dataset folder whose .list files give the train/val/test split to reuse")
     convert.add_argument("--seed", type=int, default=0,
                          help="seed of a new split when --split-from is not given (default: 0)")
+    _add_import_command(commands)
     _add_version(parser)
     return parser
 
 
+def _add_import_command(commands: argparse._SubParsersAction) -> None:
+    """``mper-data import``: one's own scans, in the nnU-Net v2 or Decathlon layout."""
+    command = commands.add_parser(
+        "import", formatter_class=_formatter, help="import your own scans (nnU-Net v2 or Decathlon layout)",
+        description=(
+            "Import a raw dataset in the nnU-Net v2 layout (dataset.json, imagesTr/<case>_<XXXX>.nii.gz, "
+            "labelsTr/, optional imagesTs/ and labelsTs/) or the Medical Segmentation Decathlon layout "
+            "(dataset.json with modality and training, 4D images). Training images without a label, and "
+            "those of imagesUnlabeled/ or --unlabeled, are the unlabeled scans. Every case is cropped to its "
+            "nonzero region, normalised by its modality (CT: clipped to the training set's foreground 0.5 "
+            "and 99.5 percentiles and z-scored with their statistics; others per image) and resampled to "
+            "one spacing; OUT/plan.toml records the plan derived from the data (2D or 3D network, patch, "
+            "batch, classes), which you may edit. Then: mper-train --data-root OUT."
+        ),
+    )
+    command.add_argument("--source", required=True, metavar="RAW", help="the raw dataset folder (with dataset.json)")
+    command.add_argument("--out", required=True, metavar="ROOT", help="dataset folder to create")
+    command.add_argument("--spacing", type=float, nargs=3, metavar="MM",
+                         help="the spacing to resample to, per array axis (default: the training cases' median, "
+                              "with the coarse axis of strongly anisotropic data kept fine)")
+    command.add_argument("--dims", choices=("2d", "3d"),
+                         help="the network of the plan (default: 2d for strongly anisotropic data, else 3d)")
+    command.add_argument("--memory", type=float, metavar="GB",
+                         help=f"training memory the planned batch fits (default: {DEFAULT_MEMORY_GB:g}); the plan's "
+                              "demo preset is CPU-sized")
+    command.add_argument("--unlabeled", metavar="DIR", help="a folder of further unlabeled scans, named as imagesTr")
+
+
 def data_main(argv: Sequence[str] | None = None) -> None:
-    """``mper-data synth|convert``."""
+    """``mper-data synth|convert|import``."""
     parser = data_parser()
     args = parser.parse_args(argv)
 
     def action() -> None:
+        if args.command == "import":
+            out = pipeline.import_scans(args.source, args.out, args.spacing, args.dims, args.memory, args.unlabeled)
+            print(f"imported {args.source} into {out}; its plan: {out / PLAN_FILE}\n"
+                  f"train with: mper-train --data-root {out}")
+            return
         size = tuple(args.size) if args.command == "synth" and args.size else None
         if args.command == "synth" and (args.format is None) == (args.dataset is None):
             raise ConfigError("mper-data synth needs one of --dataset (LA / ACDC layout) or --format (raw scans)")

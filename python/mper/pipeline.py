@@ -14,7 +14,8 @@
 * :func:`evaluate` scores a checkpoint (docs/method.md, "Evaluation"), :func:`predict`
   segments image files.
 * :func:`synthesize` and :func:`convert` prepare data (see :mod:`mper.datasets`);
-  :func:`synthesize_scans` writes raw scans in the nnU-Net v2 or Decathlon layout.
+  :func:`synthesize_scans` writes raw scans in the nnU-Net v2 or Decathlon layout and
+  :func:`import_scans` imports them (:mod:`mper.datasets.scans`).
 """
 from __future__ import annotations
 
@@ -383,3 +384,12 @@ def synthesize_scans(out: str | Path, layout: str, cases: int | None = None, see
     :func:`mper.data.synth_scans.synthesize_scans`; ``None`` takes its defaults)."""
     options: dict[str, Any] = {key: value for key, value in (("cases", cases), ("size", size)) if value is not None}
     return write_synthetic_scans(out, layout, seed=seed, **options)
+
+
+def import_scans(source: str | Path, out: str | Path, spacing: Sequence[float] | None = None,
+                 dims: str | None = None, memory_gb: float | None = None,
+                 unlabeled: str | Path | None = None) -> Path:
+    """Import a raw dataset of one's own scans (see :func:`mper.datasets.import_scans`;
+    ``None`` takes its defaults) and return the dataset root."""
+    options: dict[str, Any] = {} if memory_gb is None else {"memory_gb": memory_gb}
+    return mper.datasets.import_scans(source, out, spacing=spacing, dims=dims, unlabeled=unlabeled, **options)
