@@ -20,11 +20,11 @@ from mper import experiment, pipeline
 from mper.data.raw_scans import RAW_LAYOUTS
 from mper.data.scan_plan import PLAN_FILE
 from mper.data.synth_scans import SYNTH_SCAN_CASES, SYNTH_SCAN_SIZE
-from mper.datasets import dataset_names, get_dataset
+from mper.datasets import dataset_names, get_dataset, has_plan
 from mper.datasets.scans import DEFAULT_MEMORY_GB
 from mper.errors import ConfigError, UserError
 from mper.experiment import SweepInterrupted
-from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, load_config, to_toml
+from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, TrainConfig, load_config, to_toml
 from mper.train.distributed import is_main_process
 from mper.train.loop import LAST_CHECKPOINT
 from mper.train.prototypes import UPDATE_SOURCES
@@ -33,6 +33,8 @@ from mper.train.runtime import TrainingAborted, TrainingInterrupted
 from mper.versions import version_line
 
 USER_ERROR_EXIT_CODE = 2
+#: ``--labeled all``: every labeled case that may be labeled.
+ALL_LABELED = "all"
 #: System errors that the machine or the paths given cause rather than a fault of mper
 #: (no permission, no space, a file where a folder should be, ...): reported in one line.
 ENVIRONMENT_ERRNOS = frozenset({
@@ -150,11 +152,17 @@ def train_parser() -> argparse.ArgumentParser:
             "selects on held-out training cases instead."
         ),
     )
-    parser.add_argument("--dataset", choices=dataset_names(imported=False), help="benchmark (required unless --resume)")
-    parser.add_argument("--data-root", metavar="DIR", help="dataset folder in the public layout (see mper-data)")
-    parser.add_argument("--labeled", type=int, metavar="N",
-                        help=f"labeled cases or patients, e.g. {_per_dataset(_label_budgets)}; "
-                             "default: the preset's")
+    parser.add_argument("--dataset", choices=dataset_names(imported=False),
+                        help="benchmark (required unless --resume, or --data-root holds scans imported by "
+                             "mper-data import)")
+    parser.add_argument("--data-root", metavar="DIR",
+                        help="dataset folder in the public layout, or imported by mper-data import (see mper-data)")
+    parser.add_argument("--labeled", type=_labeled_count, metavar="N|all",
+                        help=f"labeled cases or patients, e.g. {_per_dataset(_label_budgets)}, or all; "
+                             "default: the preset's (an imported dataset's: its plan's)")
+    parser.add_argument("--fold", type=int, metavar="K",
+                        help="the cross-validation fold of the labeled cases that selects checkpoints, for "
+                             "imported datasets (default: 0)")
     parser.add_argument("--preset", metavar="NAME",
                         help="paper (default: the paper's values, the authors' code where it is silent), "
                              "reference (what the authors' code trains), strict (checkpoints not selected on "
@@ -185,14 +193,45 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _labeled_count(text: str) -> int | str:
+    """``--labeled``: a positive count, or ``all``."""
+    if text == ALL_LABELED:
+        return text
+    try:
+        return int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a number of cases or 'all', got {text!r}") from error
+
+
 def _train_overrides(args: argparse.Namespace) -> dict:
-    """The command-line options that were given, as config overrides."""
-    flat = {"data_root": args.data_root, "labeled": args.labeled, "ops": args.ops, "out": args.out,
+    """The command-line options that were given, as config overrides (``--labeled all`` is
+    worked out once the dataset is known, see :func:`_train_config`)."""
+    labeled = None if args.labeled == ALL_LABELED else args.labeled
+    flat = {"data_root": args.data_root, "labeled": labeled, "ops": args.ops, "out": args.out,
             "seed": args.seed, "baseline": args.baseline, "amp": args.amp, "device": args.device}
     overrides = {key: value for key, value in flat.items() if value is not None}
     if args.update_source is not None:
         overrides["prototypes"] = {"update_source": args.update_source}
+    if args.fold is not None:
+        overrides["data"] = {"fold": args.fold}
     return overrides
+
+
+def _train_dataset(args: argparse.Namespace) -> str | None:
+    """``--dataset``, or the dataset imported into ``--data-root`` (registered from its plan)."""
+    if args.dataset is None and args.data_root is not None and has_plan(args.data_root):
+        return pipeline.imported_dataset(args.data_root)
+    return args.dataset
+
+
+def _train_config(args: argparse.Namespace, dataset: str) -> TrainConfig:
+    """The settings of a new run: the preset, the options and ``--set``."""
+    overrides = _train_overrides(args)
+    config = load_config(dataset, args.preset or "paper", overrides, args.assignments)
+    if args.labeled == ALL_LABELED:
+        config = load_config(dataset, args.preset or "paper", {**overrides, "labeled": pipeline.labeled_all(config)},
+                             args.assignments)
+    return config
 
 
 def _print_metrics(run_dir: Path) -> None:
@@ -206,22 +245,29 @@ def train_main(argv: Sequence[str] | None = None) -> None:
 
     def action() -> None:
         if args.print_config:
-            if args.dataset is None:
-                raise ConfigError("--print-config needs --dataset (a run folder keeps its settings in config.toml)")
-            config = load_config(args.dataset, args.preset or "paper", _train_overrides(args), args.assignments)
-            print(to_toml(config.to_dict()), end="")
+            dataset = _train_dataset(args)
+            if dataset is None:
+                raise ConfigError("--print-config needs --dataset, or --data-root of imported scans "
+                                  "(a run folder keeps its settings in config.toml)")
+            print(to_toml(_train_config(args, dataset).to_dict()), end="")
             return
         if args.resume:
             if not args.out:
                 raise ConfigError("--resume needs --out RUN_DIR, the folder of the run to continue")
+            if args.labeled == ALL_LABELED:
+                raise ConfigError("--labeled all chooses the labeled cases of a new run; a resumed run keeps its own")
             given = {"dataset": args.dataset, "preset": args.preset}
             overrides = {**_train_overrides(args), **{k: v for k, v in given.items() if v is not None}}
             run_dir = pipeline.resume(args.out, overrides=overrides, assignments=args.assignments)
         else:
-            if args.dataset is None or args.data_root is None:
-                raise ConfigError("--dataset and --data-root are required (unless --resume)")
-            config = load_config(args.dataset, args.preset or "paper", _train_overrides(args), args.assignments)
-            run_dir = pipeline.train(config)
+            if args.data_root is None:
+                raise ConfigError("--dataset and --data-root are required (unless --resume); --data-root alone "
+                                  "for scans imported by mper-data import")
+            dataset = _train_dataset(args)
+            if dataset is None:
+                raise ConfigError(f"--dataset is required: {args.data_root} holds no plan.toml of scans imported "
+                                  "by mper-data import")
+            run_dir = pipeline.train(_train_config(args, dataset))
         if is_main_process():  # the other processes of a torchrun group print nothing
             _print_metrics(run_dir)
 
@@ -276,7 +322,10 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
             "Segment a NIfTI (.nii, .nii.gz) or preprocessed HDF5 (.h5) volume, or every such "
             "file under a folder; writes <case>_pred.nii.gz label maps with the input's header. "
             "Inputs are not resampled or reoriented. A file that cannot be segmented is "
-            "reported and skipped; the exit status is then 2."
+            "reported and skipped; the exit status is then 2. A model trained on scans imported by "
+            "mper-data import takes raw scans named as in the raw dataset (e.g. RAW/imagesTs): each case "
+            "is cropped, normalised and resampled as the import did, segmented, brought back to its own "
+            "voxel grid and written as <case>.nii.gz with its header."
         ),
     )
     parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt file written by mper-train")

@@ -102,12 +102,13 @@ def markdown_table(
     labeled: str,
     unlabeled: str,
     class_names: Sequence[str] | None = None,
+    distance_unit: str = "voxels",
 ) -> str:
     """The paper's results table: one row of means (Dice, Jaccard in %, distances as is).
 
     With more than one foreground class, a per-class table follows (rows named from
     ``class_names``, indexed by label, else ``class <label>``). A note gives the units
-    (distances in voxels) and the number of cases; another says how many distance
+    (distances in ``distance_unit``) and the number of cases; another says how many distance
     results were undefined and left out of the means.
     """
     lines = _table(TABLE_HEADER, [[method, labeled, unlabeled, *_metric_cells(summary["mean"])]])
@@ -118,7 +119,7 @@ def markdown_table(
             name = class_names[int(label)] if class_names else f"class {label}"
             rows.append([name, *_metric_cells(stats)])
         lines += ["", *_table(("Class", *TABLE_HEADER[3:]), rows)]
-    lines += ["", f"Dice and Jaccard in %, 95HD and ASD in voxels; means over {summary['num_cases']} cases."]
+    lines += ["", f"Dice and Jaccard in %, 95HD and ASD in {distance_unit}; means over {summary['num_cases']} cases."]
     undefined = summary["mean"]["hd95"]["undefined"]
     if undefined:
         results = summary["num_cases"] * len(classes)
