@@ -152,6 +152,25 @@ def test_without_labeled_test_cases_a_run_is_scored_on_its_validation_fold(decat
     cli.eval_main(["--checkpoint", str(run_dir / "best.pt"), "--device", "cpu", "--split", "val"])
 
 
+def test_two_dimensional_images_train_in_2d_and_predict_in_their_own_shape(nnunet_3d, tmp_path):
+    raw, _, _ = nnunet_3d
+    flat = shutil.copytree(raw, tmp_path / "raw-2d")
+    for path in sorted(flat.glob("*/*.nii.gz")):  # every image and label becomes its middle slice
+        scan = nib.load(path)
+        data = np.asarray(scan.dataobj)
+        nib.save(nib.Nifti1Image(data[:, :, data.shape[2] // 2], scan.affine), path)
+    root = pipeline.import_scans(flat, tmp_path / "imported")
+    plan = (root / "plan.toml").read_text()
+    assert 'dims = "2d"' in plan and "\n[3d." not in plan and "\n[2d.paper]" in plan
+    run_dir = tmp_path / "run"
+    cli.train_main(["--data-root", str(root), "--out", str(run_dir), *TINY, *NETWORKS["2d"]])
+    written = pipeline.predict(run_dir / "best.pt", flat / "imagesTs", tmp_path / "predictions", device="cpu")
+    for path in written:
+        image = nib.load(flat / "imagesTs" / path.name.replace(".nii.gz", "_0000.nii.gz"))
+        assert nib.load(path).shape == image.shape and len(image.shape) == 2
+        np.testing.assert_array_equal(nib.load(path).affine, image.affine)
+
+
 def test_every_preset_and_setting_applies_to_imported_data(nnunet_3d, capsys):
     _, root, _ = nnunet_3d
     for preset in ("paper", "reference", "strict", "demo", "reference+demo"):

@@ -140,7 +140,7 @@ def plan_text(plan: ScanPlan, root: str | Path) -> str:
             lines += [f"mean = {_value(statistics.mean)}", f"std = {_value(statistics.std)}",
                       f"clip = {_value([statistics.low, statistics.high])}   # foreground 0.5 and 99.5 percentiles"]
     for dims in DIMS:
-        for preset, table in plan.settings[dims].items():
+        for preset, table in plan.settings.get(dims, {}).items():
             _table(lines, f"{dims}.{preset}", table)
     return "\n".join(lines) + "\n"
 

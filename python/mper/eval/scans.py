@@ -96,7 +96,8 @@ def predict_scan(net: nn.Module, files: tuple[Path, ...], name: str, dataset: st
     preprocessed, _, geometry = preprocess_scan(image, None, spacing, first.affine, plan.rules)
     labels, _ = scan_labels(net, preprocessed, geometry, dataset, num_classes, postprocess, **inference)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(label_image(labels, first), out_path)
+    # a 2D image was read as one slice: the label map takes the input's own array shape
+    nib.save(label_image(labels.reshape(first.shape[:3]), first), out_path)
     return out_path
 
 
