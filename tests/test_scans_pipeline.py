@@ -74,7 +74,7 @@ def _check_predictions_and_scores(raw, run_dir, layout, tmp_path, capsys):
                       "--output", str(out), "--device", "cpu"])
     cli.eval_main(["--checkpoint", str(run_dir / "best.pt"), "--out", str(tmp_path / "eval"), "--device", "cpu"])
     printed = capsys.readouterr().out
-    assert "95HD and ASD in mm" in printed and "| tumour |" in printed and "| left kidney |" in printed
+    assert "95HD and ASD in mm" in printed and "| tumour |" in printed and "| spleen |" in printed
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     images = _test_images(raw, layout)
     assert sorted(path.name for path in out.iterdir()) == [f"{case}.nii.gz" for case in images]
@@ -179,6 +179,7 @@ def test_every_preset_and_setting_applies_to_imported_data(nnunet_3d, capsys):
         printed = capsys.readouterr().out
         assert f'dataset = "{NAME}"' in printed and 'val_split = "fold"' in printed and "fold = 2" in printed
         assert "iterations = 7" in printed and "num_classes = 5" in printed
+        assert 'dice = "pooled-squared"' in printed  # not LA's per-image Dice: small classes miss most patches
     assert "patch_size = [32, 32, 32]" in printed
 
 

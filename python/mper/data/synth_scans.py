@@ -5,8 +5,9 @@ Every case is an abdomen-like volume with two channels, a CT-like one (Hounsfiel
 units: air -1000, soft tissue 30, organs brighter; stored int16) and an MR-like one
 (positive intensities with a smooth bias field and an arbitrary gain per case, zero
 outside the body; stored float32), and four foreground classes: liver (with brighter
-vessel-like blobs inside, a second intensity sub-population), right and left kidney,
-and a tumour inside the liver. Cases differ in shape, in voxel spacing (strongly anisotropic:
+vessel-like blobs inside, a second intensity sub-population), kidneys (two), spleen,
+and a tumour inside the liver. No class is told apart by its side alone, so mirroring
+(the training's flips) keeps every class what it is. Cases differ in shape, in voxel spacing (strongly anisotropic:
 slices about three times thicker than the in-plane spacing) and in orientation (a
 non-identity affine: flipped in-plane axes, a rotation about the slice axis, an
 offset). A zero border (outside the scanner's field of view) surrounds every volume.
@@ -44,13 +45,15 @@ SYNTH_SCAN_CASES = 30
 #: Median array shape (x, y, z) and spacing (mm) of the synthetic cases.
 SYNTH_SCAN_SIZE = (64, 64, 20)
 SYNTH_SCAN_SPACING = (1.5, 1.5, 5.0)
-SYNTH_SCAN_CLASSES = ("background", "liver", "right kidney", "left kidney", "tumour")
+SYNTH_SCAN_CLASSES = ("background", "liver", "kidney", "spleen", "tumour")
 SYNTH_SCAN_CHANNELS = ("CT", "MRI")
 SYNTH_SCAN_NAME = "Synth"
 MIN_SCAN_SIZE = (12, 12, 4)
-#: CT-like and MR-like intensity of each region: background body, liver, kidney, tumour, vessel.
-_CT = {"air": -1000.0, "body": 30.0, "liver": 60.0, "kidney": 160.0, "tumour": 10.0, "vessel": 120.0}
-_MR = {"air": 0.0, "body": 200.0, "liver": 350.0, "kidney": 500.0, "tumour": 650.0, "vessel": 250.0}
+#: CT-like and MR-like intensity of each region: background body, organs, the liver's vessels.
+_CT = {"air": -1000.0, "body": 30.0, "liver": 60.0, "kidney": 160.0, "spleen": 100.0, "tumour": 10.0,
+       "vessel": 120.0}
+_MR = {"air": 0.0, "body": 200.0, "liver": 350.0, "kidney": 500.0, "spleen": 420.0, "tumour": 650.0,
+       "vessel": 250.0}
 
 
 @dataclass
@@ -92,10 +95,12 @@ def synthetic_raw_case(rng: np.random.Generator, size: Sequence[int]) -> Synthet
     liver_centre = (0.12 * fx + rng.normal(0, 0.02 * fx), -0.04 * fy + rng.normal(0, 0.02 * fy), 0.0)
     liver_axes = (0.2 * fx * rng.uniform(0.85, 1.15), 0.2 * fy * rng.uniform(0.85, 1.15), 0.4 * fz)
     liver = _ellipsoid(grid, liver_centre, liver_axes) & body
-    kidneys = []
+    kidneys = np.zeros(shape, bool)
     for side in (-1, 1):
         centre = (-0.2 * fx + rng.normal(0, 0.015 * fx), side * 0.18 * fy, rng.normal(0, 0.05 * fz))
-        kidneys.append(_ellipsoid(grid, centre, (0.08 * fx, 0.06 * fy, 0.3 * fz)) & body)
+        kidneys |= _ellipsoid(grid, centre, (0.08 * fx, 0.06 * fy, 0.3 * fz)) & body
+    spleen_centre = (0.05 * fx + rng.normal(0, 0.015 * fx), 0.3 * fy, rng.normal(0, 0.05 * fz))
+    spleen = _ellipsoid(grid, spleen_centre, (0.1 * fx * rng.uniform(0.8, 1.2), 0.06 * fy, 0.3 * fz)) & body
     offset = rng.uniform(-0.35, 0.35, 3) * np.asarray(liver_axes)
     tumour_axes = [0.45 * axis * rng.uniform(0.8, 1.2) for axis in liver_axes]
     tumour = _ellipsoid(grid, np.add(liver_centre, offset), tumour_axes)
@@ -104,10 +109,10 @@ def synthetic_raw_case(rng: np.random.Generator, size: Sequence[int]) -> Synthet
 
     label = np.zeros(shape, np.uint8)
     label[liver] = 1
-    label[kidneys[0]] = 2
-    label[kidneys[1]] = 3
+    label[kidneys] = 2
+    label[spleen] = 3
     label[tumour] = 4
-    regions = {"body": body, "liver": liver & ~vessels, "vessel": vessels, "kidney": kidneys[0] | kidneys[1],
+    regions = {"body": body, "liver": liver & ~vessels, "vessel": vessels, "kidney": kidneys, "spleen": spleen,
                "tumour": tumour}
     ct = np.full(shape, _CT["air"], np.float32)
     mr = np.full(shape, _MR["air"], np.float32)

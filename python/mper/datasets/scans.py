@@ -20,7 +20,11 @@ The plan holds, for a 3D V-Net and for a 2D U-Net, the settings the data suggest
 * a CPU-sized ``demo`` preset: sides of at most 32 (3D) or 64 (2D) and a batch of four;
 * validation on a cross-validation fold of the labeled cases (``data.val_split = "fold"``,
   at most five folds); the default labeled count: every labeled case outside the fold
-  when there are unlabeled scans, else a fifth of them.
+  when there are unlabeled scans, else a fifth of them;
+* the soft Dice pooled over the batch (``losses.dice = "pooled-squared"``, ACDC's form)
+  for 3D too: LA's per-image Dice suits one class present in nearly every patch, but
+  drives the probability of a class that a patch lacks towards zero, and small classes
+  are absent from most patches of one's own scans.
 
 ``dims`` defaults to 2D for strongly anisotropic data (see
 :func:`~mper.data.scan_preprocess.is_strongly_anisotropic`), else 3D.
@@ -196,6 +200,8 @@ def plan_settings(summary: DataSummary, dims: str, memory_gb: float) -> dict[str
     }
     if summary.num_classes > 2:
         paper["selftrain"] = {"pseudo_label_threshold": "none"}
+    # a class absent from an image's patch would be driven to zero by a per-image Dice
+    paper["losses"] = {"dice": "pooled-squared"}
     # k-means meets every class when it reads each labeled item once, centred on its labels
     paper["prototypes"] = {"kmeans_augment": False}
     demo = {
