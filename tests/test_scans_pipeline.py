@@ -26,6 +26,14 @@ NETWORKS = {"3d": ["--set", "network.base_filters=4"], "2d": ["--set", "network.
 NAME = "Synth"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _unregister_imported_datasets():
+    """Leave the registry as the other test modules expect it: the built-in datasets only."""
+    yield
+    for name in [name for name, spec in _REGISTRY.items() if spec.scans is not None]:
+        del _REGISTRY[name]
+
+
 def _run(tmp, layout, dims, *options):
     raw = tmp / f"raw-{layout}"
     cli.data_main(["synth", "--format", layout, "--out", str(raw), "--cases", "7", "--size", "20", "20", "6",
