@@ -41,6 +41,9 @@ LA_TINY = ("--labeled 2 --set network.base_filters=4 --set data.patch_size=[32,3
            "--set data.labeled_batch_size=2 --set data.num_workers=0 --set data.holdout_cases=1 "
            "--set pretrain.iterations=2 --set selftrain.iterations=2 --set eval.val_interval=2 "
            "--set eval.stride=[16,16,16] --set prototypes.kmeans_max_voxels=500")
+SCANS_TINY = ("--labeled 2 --set network.base_filters=4 --set data.num_workers=0 --set pretrain.iterations=2 "
+              "--set selftrain.iterations=2 --set eval.val_interval=2 --set prototypes.kmeans_max_voxels=500 "
+              "--device cpu")
 #: on 2 processes: each takes half of both halves of the labeled and unlabeled images
 ACDC_TINY_TWO_PROCESSES = f"{ACDC_TINY} --set data.batch_size=8 --set data.labeled_batch_size=4 --device cpu"
 DEMO_TINY = ("--set pretrain.iterations=2 --set selftrain.iterations=2 --set eval.val_interval=2 "
@@ -88,6 +91,10 @@ RULES = (
     Rule(rf"mper-train --dataset (acdc|la) --data-root {SMALL} .*", "slow"),
     Rule(rf"mper-eval --checkpoint \S+ --data-root {SMALL} .*", "slow"),
     Rule(r"mper-predict .*--input scans/ .*", "slow"),
+    Rule(r"mper-data synth --format nnunet .*", "default", "--cases 7 --size 20 20 6"),
+    Rule(r"mper-data import .*", "default", "--dims 3d"),
+    Rule(r"mper-train --data-root data/synth .*", "default", SCANS_TINY),
+    Rule(r"mper-predict .*--input raw/\S+/imagesTs .*", "default"),
     Rule(r"mper-train --dataset acdc (?!.*--amp).*", "default", ACDC_TINY),
     Rule(r"mper-train --dataset la (?!.*--amp).*", "default", LA_TINY),
     Rule(r"mper-train --dataset la .*--amp bf16", "default", LA_TINY,

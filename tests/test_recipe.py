@@ -28,6 +28,7 @@ NOT_RECIPE = {
     "data.num_workers", "eval.checkpoint_interval", "eval.log_interval", "eval.num_figures", "eval.pseudo_label_dice", "eval.teacher_dice",
     "prototypes.kmeans_iterations",  # Lloyd iterations, unused by the mini-batch k-means both presets run
     "run_id",  # the run's identity, drawn when it starts
+    "data.fold", "data.folds",  # cross-validation of imported datasets; the paper's benchmarks have none
     # how several processes share the work, not what they compute
     "distributed.sync_batchnorm", "distributed.timeout", "distributed.check_bank", "distributed.force_group",
 }

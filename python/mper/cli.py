@@ -17,11 +17,15 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mper import experiment, pipeline
-from mper.datasets import dataset_names, get_dataset
+from mper.data.raw_scans import RAW_LAYOUTS
+from mper.data.scan_plan import PLAN_FILE
+from mper.data.synth_scans import SYNTH_SCAN_CASES, SYNTH_SCAN_SIZE
+from mper.datasets import dataset_names, get_dataset, has_plan
+from mper.datasets.scans import DEFAULT_MEMORY_GB
 from mper.errors import ConfigError, UserError
 from mper.eval.predict import expected_layouts
 from mper.experiment import SweepInterrupted
-from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, load_config, to_toml
+from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, TrainConfig, load_config, to_toml
 from mper.train.distributed import is_main_process
 from mper.train.loop import LAST_CHECKPOINT
 from mper.train.prototypes import UPDATE_SOURCES
@@ -30,6 +34,8 @@ from mper.train.runtime import TrainingAborted, TrainingInterrupted
 from mper.versions import version_line
 
 USER_ERROR_EXIT_CODE = 2
+#: ``--labeled all``: every labeled case that may be labeled.
+ALL_LABELED = "all"
 #: System errors that the machine or the paths given cause rather than a fault of mper
 #: (no permission, no space, a file where a folder should be, ...): reported in one line.
 ENVIRONMENT_ERRNOS = frozenset({
@@ -65,7 +71,7 @@ def _add_device(parser: argparse.ArgumentParser, default: str | None = "auto") -
 
 def _per_dataset(describe: Callable[[str], str]) -> str:
     """``describe(name)`` of every registered dataset, for a help text: ``LA: ...; ACDC: ...``."""
-    return "; ".join(f"{get_dataset(name).title}: {describe(name)}" for name in dataset_names())
+    return "; ".join(f"{get_dataset(name).title}: {describe(name)}" for name in dataset_names(imported=False))
 
 
 def _label_budgets(name: str) -> str:
@@ -147,11 +153,17 @@ def train_parser() -> argparse.ArgumentParser:
             "selects on held-out training cases instead."
         ),
     )
-    parser.add_argument("--dataset", choices=dataset_names(), help="benchmark (required unless --resume)")
-    parser.add_argument("--data-root", metavar="DIR", help="dataset folder in the public layout (see mper-data)")
-    parser.add_argument("--labeled", type=int, metavar="N",
-                        help=f"labeled cases or patients, e.g. {_per_dataset(_label_budgets)}; "
-                             "default: the preset's")
+    parser.add_argument("--dataset", choices=dataset_names(imported=False),
+                        help="benchmark (required unless --resume, or --data-root holds scans imported by "
+                             "mper-data import)")
+    parser.add_argument("--data-root", metavar="DIR",
+                        help="dataset folder in the public layout, or imported by mper-data import (see mper-data)")
+    parser.add_argument("--labeled", type=_labeled_count, metavar="N|all",
+                        help=f"labeled cases or patients, e.g. {_per_dataset(_label_budgets)}, or all; "
+                             "default: the preset's (an imported dataset's: its plan's)")
+    parser.add_argument("--fold", type=int, metavar="K",
+                        help="the cross-validation fold of the labeled cases that selects checkpoints, for "
+                             "imported datasets (default: 0)")
     parser.add_argument("--preset", metavar="NAME",
                         help="paper (default: the paper's values, the authors' code where it is silent), "
                              "reference (what the authors' code trains), strict (checkpoints not selected on "
@@ -182,14 +194,45 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _labeled_count(text: str) -> int | str:
+    """``--labeled``: a positive count, or ``all``."""
+    if text == ALL_LABELED:
+        return text
+    try:
+        return int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a number of cases or 'all', got {text!r}") from error
+
+
 def _train_overrides(args: argparse.Namespace) -> dict:
-    """The command-line options that were given, as config overrides."""
-    flat = {"data_root": args.data_root, "labeled": args.labeled, "ops": args.ops, "out": args.out,
+    """The command-line options that were given, as config overrides (``--labeled all`` is
+    worked out once the dataset is known, see :func:`_train_config`)."""
+    labeled = None if args.labeled == ALL_LABELED else args.labeled
+    flat = {"data_root": args.data_root, "labeled": labeled, "ops": args.ops, "out": args.out,
             "seed": args.seed, "baseline": args.baseline, "amp": args.amp, "device": args.device}
     overrides = {key: value for key, value in flat.items() if value is not None}
     if args.update_source is not None:
         overrides["prototypes"] = {"update_source": args.update_source}
+    if args.fold is not None:
+        overrides["data"] = {"fold": args.fold}
     return overrides
+
+
+def _train_dataset(args: argparse.Namespace) -> str | None:
+    """``--dataset``, or the dataset imported into ``--data-root`` (registered from its plan)."""
+    if args.dataset is None and args.data_root is not None and has_plan(args.data_root):
+        return pipeline.imported_dataset(args.data_root)
+    return args.dataset
+
+
+def _train_config(args: argparse.Namespace, dataset: str) -> TrainConfig:
+    """The settings of a new run: the preset, the options and ``--set``."""
+    overrides = _train_overrides(args)
+    config = load_config(dataset, args.preset or "paper", overrides, args.assignments)
+    if args.labeled == ALL_LABELED:
+        config = load_config(dataset, args.preset or "paper", {**overrides, "labeled": pipeline.labeled_all(config)},
+                             args.assignments)
+    return config
 
 
 def _print_metrics(run_dir: Path) -> None:
@@ -203,22 +246,29 @@ def train_main(argv: Sequence[str] | None = None) -> None:
 
     def action() -> None:
         if args.print_config:
-            if args.dataset is None:
-                raise ConfigError("--print-config needs --dataset (a run folder keeps its settings in config.toml)")
-            config = load_config(args.dataset, args.preset or "paper", _train_overrides(args), args.assignments)
-            print(to_toml(config.to_dict()), end="")
+            dataset = _train_dataset(args)
+            if dataset is None:
+                raise ConfigError("--print-config needs --dataset, or --data-root of imported scans "
+                                  "(a run folder keeps its settings in config.toml)")
+            print(to_toml(_train_config(args, dataset).to_dict()), end="")
             return
         if args.resume:
             if not args.out:
                 raise ConfigError("--resume needs --out RUN_DIR, the folder of the run to continue")
+            if args.labeled == ALL_LABELED:
+                raise ConfigError("--labeled all chooses the labeled cases of a new run; a resumed run keeps its own")
             given = {"dataset": args.dataset, "preset": args.preset}
             overrides = {**_train_overrides(args), **{k: v for k, v in given.items() if v is not None}}
             run_dir = pipeline.resume(args.out, overrides=overrides, assignments=args.assignments)
         else:
-            if args.dataset is None or args.data_root is None:
-                raise ConfigError("--dataset and --data-root are required (unless --resume)")
-            config = load_config(args.dataset, args.preset or "paper", _train_overrides(args), args.assignments)
-            run_dir = pipeline.train(config)
+            if args.data_root is None:
+                raise ConfigError("--dataset and --data-root are required (unless --resume); --data-root alone "
+                                  "for scans imported by mper-data import")
+            dataset = _train_dataset(args)
+            if dataset is None:
+                raise ConfigError(f"--dataset is required: {args.data_root} holds no plan.toml of scans imported "
+                                  "by mper-data import")
+            run_dir = pipeline.train(_train_config(args, dataset))
         if is_main_process():  # the other processes of a torchrun group print nothing
             _print_metrics(run_dir)
 
@@ -276,7 +326,10 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
             "(H, W in-plane, S slices, D depth): " + _per_dataset(lambda name: expected_layouts(get_dataset(name)))
             + ". A volume whose slice or depth axis is far longer than another axis is refused as out of "
             "order (see --force). A file that cannot be segmented is reported and skipped; the exit "
-            "status is then 2."
+            "status is then 2. A model trained on scans imported by "
+            "mper-data import takes raw scans named as in the raw dataset (e.g. RAW/imagesTs): each case "
+            "is cropped, normalised and resampled as the import did, segmented, brought back to its own "
+            "voxel grid and written as <case>.nii.gz with its header."
         ),
     )
     parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt file written by mper-train")
@@ -297,11 +350,11 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
     _run(parser, action)
 
 
-def _data_command(commands: argparse._SubParsersAction, name: str, summary: str, description: str
-                  ) -> argparse.ArgumentParser:
+def _data_command(commands: argparse._SubParsersAction, name: str, summary: str, description: str,
+                  dataset_required: bool = True) -> argparse.ArgumentParser:
     """A ``mper-data`` command with the ``--dataset`` and ``--out`` every command takes."""
     command = commands.add_parser(name, formatter_class=_formatter, help=summary, description=description)
-    command.add_argument("--dataset", choices=dataset_names(), required=True)
+    command.add_argument("--dataset", choices=dataset_names(imported=False), required=dataset_required)
     command.add_argument("--out", required=True, metavar="DIR", help="dataset folder to create")
     return command
 
@@ -314,15 +367,22 @@ def data_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     synth = _data_command(
-        commands, "synth", "write synthetic LA / ACDC data, lists included",
-        "Write synthetic data in exactly the LA (UA-MT) or ACDC (SSL4MIS) layout.",
+        commands, "synth", "write synthetic LA / ACDC data, lists included, or raw scans",
+        "Write synthetic data in exactly the LA (UA-MT) or ACDC (SSL4MIS) layout (--dataset), or raw scans "
+        "in the nnU-Net v2 or Medical Segmentation Decathlon layout (--format) to try mper-data import on: "
+        "two channels (CT-like, MR-like), four foreground classes, varying shapes, anisotropic spacings and "
+        "orientations, unlabeled training cases and labeled test cases.",
+        dataset_required=False,
     )
+    synth.add_argument("--format", choices=RAW_LAYOUTS, help="raw scans in this layout instead of --dataset")
     synth.add_argument("--cases", type=int, metavar="N", help="cases or patients; default: " + _per_dataset(
-        lambda name: f"{get_dataset(name).synth_cases} {get_dataset(name).label_unit}"))
+        lambda name: f"{get_dataset(name).synth_cases} {get_dataset(name).label_unit}")
+        + f"; raw scans: {SYNTH_SCAN_CASES} cases (a fifth test, a third of the rest unlabeled)")
     synth.add_argument("--seed", type=int, default=0, help="the data is a function of the seed (default: 0)")
     synth.add_argument("--size", type=int, nargs="+", metavar="N",
                        help="image size; default: " + _per_dataset(
-                           lambda name: " ".join(map(str, get_dataset(name).synth_size))))
+                           lambda name: " ".join(map(str, get_dataset(name).synth_size)))
+                       + f"; raw scans: the median case's, {' '.join(map(str, SYNTH_SCAN_SIZE))}")
     synth.add_argument("--family", help="how the cases vary (default: the first); " + _per_dataset(
         lambda name: "; ".join(f"{family}: {text}" for family, text in get_dataset(name).synth_families.items())))
     convert = _data_command(
@@ -334,18 +394,58 @@ def data_parser() -> argparse.ArgumentParser:
                          help="a dataset folder whose .list files give the train/val/test split to reuse")
     convert.add_argument("--seed", type=int, default=0,
                          help="seed of a new split when --split-from is not given (default: 0)")
+    _add_import_command(commands)
     _add_version(parser)
     return parser
 
 
+def _add_import_command(commands: argparse._SubParsersAction) -> None:
+    """``mper-data import``: one's own scans, in the nnU-Net v2 or Decathlon layout."""
+    command = commands.add_parser(
+        "import", formatter_class=_formatter, help="import your own scans (nnU-Net v2 or Decathlon layout)",
+        description=(
+            "Import a raw dataset in the nnU-Net v2 layout (dataset.json, imagesTr/<case>_<XXXX>.nii.gz, "
+            "labelsTr/, optional imagesTs/ and labelsTs/) or the Medical Segmentation Decathlon layout "
+            "(dataset.json with modality and training, 4D images). Training images without a label, and "
+            "those of imagesUnlabeled/ or --unlabeled, are the unlabeled scans. Every case is cropped to its "
+            "nonzero region, normalised by its modality (CT: clipped to the training set's foreground 0.5 "
+            "and 99.5 percentiles and z-scored with their statistics; others per image) and resampled to "
+            "one spacing; OUT/plan.toml records the plan derived from the data (2D or 3D network, patch, "
+            "batch, classes), which you may edit. Then: mper-train --data-root OUT."
+        ),
+    )
+    command.add_argument("--source", required=True, metavar="RAW", help="the raw dataset folder (with dataset.json)")
+    command.add_argument("--out", required=True, metavar="ROOT", help="dataset folder to create")
+    command.add_argument("--spacing", type=float, nargs=3, metavar="MM",
+                         help="the spacing to resample to, per array axis (default: the training cases' median, "
+                              "with the coarse axis of strongly anisotropic data kept fine)")
+    command.add_argument("--dims", choices=("2d", "3d"),
+                         help="the network of the plan (default: 2d for strongly anisotropic data, else 3d)")
+    command.add_argument("--memory", type=float, metavar="GB",
+                         help=f"training memory the planned batch fits (default: {DEFAULT_MEMORY_GB:g}); the plan's "
+                              "demo preset is CPU-sized")
+    command.add_argument("--unlabeled", metavar="DIR", help="a folder of further unlabeled scans, named as imagesTr")
+
+
 def data_main(argv: Sequence[str] | None = None) -> None:
-    """``mper-data synth|convert``."""
+    """``mper-data synth|convert|import``."""
     parser = data_parser()
     args = parser.parse_args(argv)
 
     def action() -> None:
+        if args.command == "import":
+            out = pipeline.import_scans(args.source, args.out, args.spacing, args.dims, args.memory, args.unlabeled)
+            print(f"imported {args.source} into {out}; its plan: {out / PLAN_FILE}\n"
+                  f"train with: mper-train --data-root {out}")
+            return
+        size = tuple(args.size) if args.command == "synth" and args.size else None
+        if args.command == "synth" and (args.format is None) == (args.dataset is None):
+            raise ConfigError("mper-data synth needs one of --dataset (LA / ACDC layout) or --format (raw scans)")
+        if args.command == "synth" and args.format is not None:
+            out = pipeline.synthesize_scans(args.out, args.format, cases=args.cases, seed=args.seed, size=size)
+            print(f"wrote synthetic {args.format} scans to {out}")
+            return
         if args.command == "synth":
-            size = tuple(args.size) if args.size else None
             out = pipeline.synthesize(args.dataset, args.out, cases=args.cases, seed=args.seed, size=size,
                                       family=args.family)
         else:

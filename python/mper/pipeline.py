@@ -14,7 +14,11 @@
   stopped; any other error keeps it too, with its traceback in ``train.log``.
 * :func:`evaluate` scores a checkpoint (docs/method.md, "Evaluation"), :func:`predict`
   segments image files.
-* :func:`synthesize` and :func:`convert` prepare data (see :mod:`mper.datasets`).
+* :func:`synthesize` and :func:`convert` prepare data (see :mod:`mper.datasets`);
+  :func:`synthesize_scans` writes raw scans and :func:`import_scans` imports them
+  (:mod:`mper.datasets.scans`): :func:`imported_dataset` names the dataset of such a
+  root, and a run on it keeps a copy of its plan, from which :func:`evaluate`,
+  :func:`predict` and :func:`resume` find the dataset again.
 """
 from __future__ import annotations
 
@@ -33,19 +37,22 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import mper.datasets
-from mper.datasets import check_dataset_root, get_dataset
+from mper.data.scan_plan import read_plan, write_plan
+from mper.data.synth_scans import synthesize_scans as write_synthetic_scans
+from mper.datasets import check_dataset_root, get_dataset, has_plan, register_plan
 from mper.errors import CheckpointError, ConfigError, RunFolderError, UserError
 from mper.eval.evaluate import evaluate_cases, mean_dice
 from mper.eval.figures import add_figures
 from mper.eval.predict import predict_path
 from mper.eval.report import add_to_report
 from mper.eval.run_size import size_warnings
+from mper.eval.scans import predict_scans
 from mper.eval.tsne import require_figure_packages, sample_embeddings, save_tsne_figure
 from mper.train.checkpoint import load_checkpoint, non_finite_tensors
 from mper.train.config import SUPERVISED_BASELINES, TrainConfig, merge, parse_override, to_toml, with_prototypes
 from mper.train.diagnostics import TRAINING_RECORD, with_class_names
 from mper.train.distributed import is_main_process, process_group, shared_mean
-from mper.train.loaders import test_cases, training_cases, validation_cases
+from mper.train.loaders import labeled_pool, test_cases, training_cases, validation_cases
 from mper.train.lock import run_folder_lock
 from mper.train.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, PRETRAIN_CHECKPOINT, Validator
 from mper.train.resume import checkpoint_to_resume, resumed_config
@@ -197,13 +204,15 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
     with run_folder_lock(run_dir):
         try:
             _write_config(config, run_dir)
+            _keep_plan(config, run_dir)
             with _run_logging(run_dir), SummaryWriter(str(run_dir / "tensorboard")) as writer:
                 _log_run_header(config, resume)
                 for warning in size_warnings(config):
                     log.warning(warning)
                 best = run_training(config, run_dir, validator(config), writer, resume=resume)
-                log.info("evaluating %s on the test split", best)
-                result = evaluate(best, split="test", out_dir=run_dir, device=config.device,
+                split = final_split(config)
+                log.info("evaluating %s on the %s split", best, split)
+                result = evaluate(best, split=split, out_dir=run_dir, device=config.device,
                                   num_figures=config.eval.num_figures)
                 add_figures(writer, result["figures"], "test")
                 add_training_record(run_dir, config)
@@ -217,6 +226,44 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
             _remove_unstarted(run_dir, created)
             raise TrainingAborted(run_dir) from interrupt
     return run_dir
+
+
+def final_split(config: TrainConfig) -> str:
+    """The split a finished run is scored on: the test cases, or the validation cases of a
+    dataset without labeled test cases (an import whose ``imagesTs`` has no labels)."""
+    if test_cases(config):
+        return "test"
+    log.warning("%s has no labeled test cases: the run is scored on its validation cases", config.data_root)
+    return "val"
+
+
+def _keep_plan(config: TrainConfig, run_dir: Path) -> None:
+    """A run on an imported dataset keeps the plan it trained with (classes, channels,
+    normalisation, spacing): evaluation and prediction read it from there."""
+    plan = get_dataset(config.dataset).scans
+    if plan is not None:
+        write_plan(plan, run_dir, config.data_root)
+
+
+def imported_dataset(data_root: str | Path) -> str:
+    """The name of the dataset imported into ``data_root``, registered from its plan."""
+    return register_plan(data_root).name
+
+
+def _register_trained_dataset(values: dict[str, Any], run_dir: Path) -> None:
+    """Register the imported dataset that the settings ``values`` of a checkpoint or run name:
+    from the plan the run folder kept, else from its data root's; built-in datasets need
+    nothing."""
+    for folder in (run_dir, values.get("data_root")):
+        if folder and has_plan(folder) and read_plan(folder).name == values.get("dataset"):
+            register_plan(folder)
+            return
+
+
+def labeled_all(config: TrainConfig) -> int:
+    """What ``--labeled all`` labels: every labeling unit (case, patient) of the training
+    items that may be labeled (all but the validation fold or the held-out cases)."""
+    return len(set(map(get_dataset(config.dataset).label_group, labeled_pool(config))))
 
 
 def add_training_record(run_dir: Path, config: TrainConfig) -> None:
@@ -250,6 +297,7 @@ def resume(
     run_dir = Path(run_dir)
     state = load_checkpoint(checkpoint_to_resume(run_dir))
     _check_one_run(run_dir, state["config"])
+    _register_trained_dataset(state["config"], run_dir)
     changes = {key: value for key, value in (("device", device), ("ops", ops)) if value is not None}
     for change in [overrides or {}, *map(parse_override, assignments), {"out": str(run_dir)}]:
         changes = merge(changes, change)
@@ -289,6 +337,7 @@ def load_network(
     if weights not in WEIGHTS:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
     state = load_checkpoint(checkpoint)
+    _register_trained_dataset(state["config"], Path(checkpoint).parent)
     if state.get(weights) is None:
         raise CheckpointError(
             f"{checkpoint} holds no {weights} weights (pre-training and baseline runs have no "
@@ -357,6 +406,11 @@ def evaluate(
     if data_root is not None:
         config.data_root = str(data_root)
     check_dataset_root(config.data_root, config.dataset, f"{checkpoint} was trained on {config.dataset}")
+    if split == "test" and not test_cases(config):
+        raise ConfigError(
+            f"{config.data_root} has no labeled test cases (imagesTs with labelsTs when imported); "
+            "score the validation cases with split 'val' (mper-eval --split val)"
+        )
     cases = validation_cases(config) if split == "val" else None
     return evaluate_cases(
         net, config.dataset, config.data_root, cases=cases, split=split, out_dir=out_dir,
@@ -406,6 +460,9 @@ def predict(
     if Path(output).exists() and not Path(output).is_dir():
         raise RunFolderError(f"the output {output} is a file; give a folder for the label maps (it is made if missing)")
     net, config = load_network(checkpoint, device, weights)
+    if get_dataset(config.dataset).scans is not None:
+        return predict_scans(net, input_path, config.dataset, output, config.num_classes, config.eval.postprocess,
+                             device=str(resolve_device(device)), **inference_options(config))
     return predict_path(net, input_path, config.dataset, output, device=str(resolve_device(device)), force=force,
                         num_classes=config.num_classes, postprocess=config.eval.postprocess,
                         **inference_options(config))
@@ -421,3 +478,20 @@ def convert(dataset: str, source: str | Path, out: str | Path, split_from: str |
             seed: int = 0) -> Path:
     """Turn the raw public download into the h5 layout (see :func:`mper.datasets.convert`)."""
     return mper.datasets.convert(dataset, source, out, split_from=split_from, seed=seed)
+
+
+def synthesize_scans(out: str | Path, layout: str, cases: int | None = None, seed: int = 0,
+                     size: tuple[int, ...] | None = None) -> Path:
+    """Write synthetic raw scans in the nnU-Net v2 or Decathlon layout (see
+    :func:`mper.data.synth_scans.synthesize_scans`; ``None`` takes its defaults)."""
+    options: dict[str, Any] = {key: value for key, value in (("cases", cases), ("size", size)) if value is not None}
+    return write_synthetic_scans(out, layout, seed=seed, **options)
+
+
+def import_scans(source: str | Path, out: str | Path, spacing: Sequence[float] | None = None,
+                 dims: str | None = None, memory_gb: float | None = None,
+                 unlabeled: str | Path | None = None) -> Path:
+    """Import a raw dataset of one's own scans (see :func:`mper.datasets.import_scans`;
+    ``None`` takes its defaults) and return the dataset root."""
+    options: dict[str, Any] = {} if memory_gb is None else {"memory_gb": memory_gb}
+    return mper.datasets.import_scans(source, out, spacing=spacing, dims=dims, unlabeled=unlabeled, **options)

@@ -22,7 +22,7 @@ from mper.data.seeding import ITEM_AUGMENTATION, keyed_rng, resolve_seed
 
 
 class CaseDataset(Dataset[dict[str, torch.Tensor | str]], ABC):
-    """Base class: yields ``{"image": (1, *S) float32, "label": (*S) int64, "case": str}``.
+    """Base class: yields ``{"image": (C, *S) float32, "label": (*S) int64, "case": str}``.
 
     Subclasses set :attr:`default_patch_size` and implement :meth:`load` (read one case
     from disk) and :meth:`transform` (augment/crop/resize one case with a generator).
@@ -71,7 +71,9 @@ class CaseDataset(Dataset[dict[str, torch.Tensor | str]], ABC):
     def transform(
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Turn a loaded case into a training item of the dataset's patch size."""
+        """Turn a loaded case into a training item of the dataset's patch size: an image of
+        the patch's shape (one channel) or with its channels first, and a label of the
+        patch's shape."""
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -91,8 +93,10 @@ class CaseDataset(Dataset[dict[str, torch.Tensor | str]], ABC):
         case = self.cases[index]
         rng = keyed_rng(self.seed, ITEM_AUGMENTATION, epoch, index)
         image, label = self.transform(*self._loaded(case), rng)
+        if image.ndim == label.ndim:  # one channel, without its axis
+            image = image[None]
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).unsqueeze(0),
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64)),
             "case": case,
         }

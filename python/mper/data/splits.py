@@ -31,3 +31,25 @@ def partition(names: Sequence[str], fractions: Sequence[float], rng: np.random.G
     shuffled = [names[index] for index in rng.permutation(len(names))]
     bounds = np.cumsum([0, *sizes])
     return [sorted(shuffled[start:stop]) for start, stop in zip(bounds[:-1], bounds[1:])]
+
+
+#: Seed of the shuffle that deals cases into cross-validation folds (nnU-Net's).
+FOLD_SEED = 12345
+
+
+def fold_cases(names: Sequence[str], folds: int, fold: int) -> list[str]:
+    """The names of fold ``fold`` of ``folds``: ``names`` sorted, shuffled with
+    :data:`FOLD_SEED` and dealt into ``folds`` parts of sizes differing by at most one;
+    returned in the order of ``names``.
+
+    Raises:
+        ValueError: fewer names than folds, or ``fold`` not in ``[0, folds)``.
+    """
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be in [0, {folds}), got {fold}")
+    if len(names) < folds:
+        raise ValueError(f"need at least {folds} cases for {folds} folds, got {len(names)}")
+    ordered = sorted(names)
+    shuffled = [ordered[index] for index in np.random.default_rng(FOLD_SEED).permutation(len(ordered))]
+    chosen = set(np.array_split(np.asarray(shuffled, dtype=object), folds)[fold].tolist())
+    return [name for name in names if name in chosen]

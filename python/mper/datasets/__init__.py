@@ -5,7 +5,9 @@ normalisation, file layout and case lists, label budgets, validation splits, syn
 generator and converter. Every other module reads the spec instead of asking which
 dataset it has. Built in: ``la`` (:mod:`mper.datasets.la`) and ``acdc``
 (:mod:`mper.datasets.acdc`). A new dataset is one module that builds a spec and calls
-:func:`register_dataset` (CONTRIBUTING.md, "Adding a dataset").
+:func:`register_dataset` (CONTRIBUTING.md, "Adding a dataset"). Datasets imported from
+one's own scans (:mod:`mper.datasets.scans`) are registered from their plan file by
+:func:`register_plan`.
 """
 from mper.datasets.registry import (
     check_dataset_root,
@@ -22,6 +24,10 @@ from mper.datasets.spec import INFERENCE_MODES, SLICE_WISE, SLIDING_WINDOW, VALI
 # The built-in datasets register themselves on import, LA first (so it is listed first).
 from mper.datasets import la, acdc  # noqa: I001
 
+# isort: split
+# Datasets imported from one's own scans register from their plan files.
+from mper.datasets.scans import has_plan, import_scans, register_plan
+
 __all__ = [
     "INFERENCE_MODES",
     "SLICE_WISE",
@@ -34,7 +40,10 @@ __all__ = [
     "dataset_names",
     "detect_dataset",
     "get_dataset",
+    "has_plan",
+    "import_scans",
     "la",
     "register_dataset",
+    "register_plan",
     "synthesize",
 ]

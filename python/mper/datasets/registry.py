@@ -24,9 +24,24 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     return spec
 
 
-def dataset_names() -> tuple[str, ...]:
-    """The registered datasets' names, in registration order."""
-    return tuple(_REGISTRY)
+def register_imported(spec: DatasetSpec) -> DatasetSpec:
+    """Register the spec of an imported dataset (``spec.scans`` set), replacing one imported
+    earlier under the same name (its plan may have been edited or copied into a run
+    folder); a built-in dataset's name is refused."""
+    earlier = _REGISTRY.get(spec.name)
+    if earlier is not None and earlier.scans is None:
+        raise ConfigError(
+            f"an imported dataset cannot be named {spec.name!r}, the name of a built-in dataset; "
+            "change name in its plan.toml"
+        )
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def dataset_names(imported: bool = True) -> tuple[str, ...]:
+    """The registered datasets' names, in registration order; without those imported from
+    raw scans unless ``imported``."""
+    return tuple(name for name, spec in _REGISTRY.items() if imported or spec.scans is None)
 
 
 def get_dataset(name: str) -> DatasetSpec:
@@ -83,6 +98,8 @@ def synthesize(
             default the first.
     """
     spec = get_dataset(dataset)
+    if spec.synthesize is None:
+        raise ConfigError(f"{spec.title} has no synthetic generator; mper-data synth --format nnunet writes raw scans")
     family = next(iter(spec.synth_families)) if family is None else family
     if family not in spec.synth_families:
         raise ConfigError(

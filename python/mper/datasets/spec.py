@@ -17,6 +17,7 @@ import numpy as np
 
 from mper.data.dataset import CaseDataset
 from mper.data.preprocess import NORMALIZATIONS
+from mper.data.scan_plan import ScanPlan
 from mper.nets.base import SegmentationNet
 
 if TYPE_CHECKING:
@@ -29,8 +30,9 @@ INFERENCE_MODES = (SLIDING_WINDOW, SLICE_WISE)
 #: The one family of synthetic cases of a dataset that offers no others.
 STANDARD_FAMILY = {"standard": "the dataset's synthetic cases"}
 #: The splits a training run may select its checkpoints on: a ``val`` list, the ``test``
-#: list (the published LA protocol), or the last cases of the ``train`` list held out.
-VALIDATION_SPLITS = ("val", "holdout", "test")
+#: list (the published LA protocol), the last cases of the ``train`` list held out, or a
+#: cross-validation ``fold`` of the labeled training cases held out.
+VALIDATION_SPLITS = ("val", "holdout", "test", "fold")
 
 #: ``(dataset root, split) -> case names``; split ``"train"`` gives the training items.
 CaseLister = Callable[[str | Path, str], list[str]]
@@ -62,7 +64,10 @@ class DatasetSpec:
 
     Layout:
         layout_mark: the folder under a dataset root that marks this layout.
-        list_cases: the names of a split's list; ``"train"`` gives the training items.
+        list_cases: the names of a split's list; ``"train"`` gives the training items, and
+            for a dataset that validates on a ``"fold"``, ``"labeled"`` the labeled cases
+            (volumes that ``label_group`` maps training items to; folds are dealt from
+            them, see :func:`mper.data.splits.fold_cases`).
         training_split: labeled and unlabeled training items for a label budget.
         load_item: one training item (what ``training_items`` reads).
         load_volume: one evaluation volume with its label.
@@ -72,6 +77,11 @@ class DatasetSpec:
         case_file: the file name every case folder holds, for layouts with one folder per
             case (the case is then named by its folder); ``None`` otherwise.
         preset_file: the TOML file of the dataset's presets (``[paper]`` and the rest).
+        preset_changes: tables merged into the preset file's, table by table (an imported
+            dataset's plan: its patch size, batch size, classes).
+        in_channels: the input channels of every image (volumes then carry them first).
+        scans: for a dataset imported from raw scans, its plan: evaluation scores and
+            prediction writes on the scans' own voxel grids (see :mod:`mper.eval.scans`).
 
     Training and evaluation:
         patch_size: the training patch, and the window (or slice size) of inference.
@@ -92,9 +102,9 @@ class DatasetSpec:
         label_budgets: the usual labeled counts (for help texts and experiment plans).
 
     Data preparation:
-        synthesize: writes a synthetic dataset root; ``synth_cases`` and ``synth_size``
-            are its defaults, ``synth_families`` the families of cases it can write (name:
-            description), the first the default.
+        synthesize: writes a synthetic dataset root (``None``: none); ``synth_cases`` and
+            ``synth_size`` are its defaults, ``synth_families`` the families of cases it can
+            write (name: description), the first the default.
         convert: turns the raw public download into the layout (``None``: none);
             ``raw_description`` says what that download looks like.
     """
@@ -118,9 +128,9 @@ class DatasetSpec:
     validation_splits: tuple[str, ...]
     label_unit: str
     label_budgets: tuple[int, ...]
-    synthesize: Synthesizer
-    synth_cases: int
-    synth_size: tuple[int, ...]
+    synthesize: Synthesizer | None = None
+    synth_cases: int = 0
+    synth_size: tuple[int, ...] = ()
     synth_families: Mapping[str, str] = field(default_factory=lambda: dict(STANDARD_FAMILY))
     label_group: Callable[[str], str] = same_name
     item_settings: tuple[str, ...] = ()
@@ -129,6 +139,9 @@ class DatasetSpec:
     scan_axes: tuple[int, int, int] = (0, 1, 2)
     convert: Converter | None = None
     raw_description: str = ""
+    preset_changes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    in_channels: int = 1
+    scans: ScanPlan | None = None
 
     def __post_init__(self) -> None:
         checks = (
@@ -140,6 +153,7 @@ class DatasetSpec:
             (sorted(self.scan_axes) == [0, 1, 2], "scan_axes must be a permutation of (0, 1, 2)"),
             (-3 <= self.slice_axis < 3, "slice_axis must be an axis of a 3D volume"),
             (len(self.synth_families) >= 1, "synth_families must name at least one family"),
+            (self.in_channels >= 1, "in_channels must be at least 1"),
         )
         for holds, problem in checks:
             if not holds:
@@ -167,4 +181,4 @@ class DatasetSpec:
 
     def build_network(self, num_classes: int | None = None, **options: Any) -> SegmentationNet:
         """The dataset's network; ``options`` go to its constructor (e.g. ``base_filters=8``)."""
-        return self.network(num_classes=num_classes or self.num_classes, **options)
+        return self.network(in_channels=self.in_channels, num_classes=num_classes or self.num_classes, **options)

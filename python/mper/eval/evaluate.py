@@ -3,7 +3,9 @@
 Cases are read by the dataset's spec (:mod:`mper.datasets`) from its layout
 (docs/method.md, "Data layouts"), segmented with :func:`mper.eval.protocol.segment_volume`
 (inference, then ``eval.postprocess``), scored per foreground class with
-:func:`mper.eval.metrics.case_metrics` (distances in voxels) and summarised.
+:func:`mper.eval.metrics.case_metrics` (distances in voxels) and summarised. A dataset
+imported from raw scans is scored on each scan's own grid instead, against its raw
+label, distances in millimetres (:func:`mper.eval.scans.score_scan_case`).
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ from tqdm import tqdm
 
 from mper.datasets import get_dataset
 
-from .figures import figure_slice, save_figures
+from .figures import FigureSlice, figure_slice, save_figures
 from .metrics import dice_score
 from .protocol import score_case, segment_volume
 from .report import markdown_table, summarize, write_report
+from .scans import DISTANCE_UNIT, score_scan_case
 
 
 def _resolve_cases(dataset: str, data_root: str | Path, cases: Sequence[str] | None, split: str) -> list[str]:
@@ -47,6 +50,26 @@ def _predicted_cases(
     for case in case_names:
         image, label = load_case(data_root, case)
         yield case, image, label, segment_volume(net, image, dataset, num_classes, **inference_opts)
+
+
+def _scored_cases(
+    net: nn.Module,
+    dataset: str,
+    data_root: str | Path,
+    case_names: Sequence[str],
+    num_classes: int,
+    empty_prediction: str,
+    inference_opts: dict[str, Any],
+) -> Iterator[tuple[str, dict[int, dict[str, float]], FigureSlice]]:
+    """Each case's scores (:func:`~mper.eval.protocol.score_case`) and figure slice."""
+    if get_dataset(dataset).scans is not None:
+        for case in case_names:
+            yield case, *score_scan_case(net, dataset, data_root, case, num_classes,
+                                         empty_prediction=empty_prediction, **inference_opts)
+        return
+    for case, image, label, pred in _predicted_cases(net, dataset, data_root, case_names, num_classes,
+                                                       inference_opts):
+        yield case, score_case(pred, label, num_classes, empty_prediction), figure_slice(image, label, pred, dataset)
 
 
 def evaluate_cases(
@@ -80,20 +103,22 @@ def evaluate_cases(
     Returns ``{"per_case", "summary", "markdown", "figures"}`` (the PNG paths).
     """
     case_names = _resolve_cases(dataset, data_root, cases, split)
-    num_classes = num_classes or get_dataset(dataset).num_classes
-    predictions = _predicted_cases(
-        net, dataset, data_root, case_names, num_classes,
+    spec = get_dataset(dataset)
+    num_classes = num_classes or spec.num_classes
+    scored = _scored_cases(
+        net, dataset, data_root, case_names, num_classes, empty_prediction,
         {"device": device, "postprocess": postprocess, **inference_opts},
     )
-    progress = tqdm(predictions, total=len(case_names), desc=f"evaluating {dataset}", unit="case")
+    progress = tqdm(scored, total=len(case_names), desc=f"evaluating {dataset}", unit="case")
     per_case, views = {}, {}
-    for case, image, label, pred in progress:
-        per_case[case] = score_case(pred, label, num_classes, empty_prediction)
+    for case, scores, view in progress:
+        per_case[case] = scores
         if out_dir is not None and num_figures > 0:
-            views[case] = figure_slice(image, label, pred, dataset)
+            views[case] = view
     summary = summarize(per_case)
-    class_names = get_dataset(dataset).class_names
-    markdown = markdown_table(summary, method, labeled, unlabeled, class_names)
+    class_names = spec.class_names
+    markdown = markdown_table(summary, method, labeled, unlabeled, class_names,
+                              DISTANCE_UNIT if spec.scans is not None else "voxels")
     figures = []
     if out_dir is not None:
         write_report(out_dir, per_case, summary, markdown,

@@ -1,5 +1,7 @@
 """Whole-volume inference: 3D sliding window (LA) and 2D slice by slice (ACDC); a dataset's
-spec (:mod:`mper.datasets`) says which it uses.
+spec (:mod:`mper.datasets`) says which it uses. A sliding-window dataset with a 2D patch
+(an imported dataset planned for a 2D network) takes its windows slice by slice across
+the spec's ``slice_axis``. Volumes with several channels carry them first.
 
 Both read the linear classifier's logits ``net(x).pred``, run under ``torch.no_grad``
 with the network in eval mode, and put the network back in the mode it was in.
@@ -43,11 +45,14 @@ def _class_probabilities(net: nn.Module, batch: torch.Tensor, num_classes: int) 
     return torch.softmax(logits.float(), dim=1)
 
 
-def _triple(name: str, values: Sequence[int]) -> tuple[int, int, int]:
+def _sizes(name: str, values: Sequence[int], rank: int = 3) -> tuple[int, ...]:
     values = tuple(int(v) for v in values)
-    if len(values) != 3 or min(values) < 1:
-        raise ValueError(f"{name} must be three positive integers, got {values}")
+    if len(values) != rank or min(values) < 1:
+        raise ValueError(f"{name} must be {_COUNTS[rank]} positive integers, got {values}")
     return values
+
+
+_COUNTS = {2: "two", 3: "three"}
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -74,20 +79,22 @@ def _average_window_scores(
     net: nn.Module,
     volume: torch.Tensor,
     num_classes: int,
-    patch_size: tuple[int, int, int],
-    stride: tuple[int, int, int],
+    patch_size: tuple[int, ...],
+    stride: tuple[int, ...],
     batch_size: int,
 ) -> torch.Tensor:
-    """Mean softmax ``(C, *volume.shape)`` over all windows covering each voxel."""
-    scores = torch.zeros((num_classes, *volume.shape), dtype=torch.float32, device=volume.device)
-    counts = torch.zeros(volume.shape, dtype=torch.float32, device=volume.device)
+    """Mean softmax ``(C, *spatial)`` over all windows covering each voxel of ``volume``
+    ``(channels, *spatial)``."""
+    spatial = volume.shape[1:]
+    scores = torch.zeros((num_classes, *spatial), dtype=torch.float32, device=volume.device)
+    counts = torch.zeros(spatial, dtype=torch.float32, device=volume.device)
     corners = itertools.product(
-        *(_window_starts(size, p, s) for size, p, s in zip(volume.shape, patch_size, stride))
+        *(_window_starts(size, p, s) for size, p, s in zip(spatial, patch_size, stride))
     )
     windows = [tuple(slice(start, start + p) for start, p in zip(corner, patch_size)) for corner in corners]
     for first in range(0, len(windows), batch_size):
         batch_windows = windows[first : first + batch_size]
-        batch = torch.stack([volume[window] for window in batch_windows]).unsqueeze(1)
+        batch = torch.stack([volume[(slice(None),) + window] for window in batch_windows])
         probabilities = _class_probabilities(net, batch, num_classes)
         for window, window_probabilities in zip(batch_windows, probabilities):
             every_class = (slice(None), *window)
@@ -105,7 +112,9 @@ def sliding_window_predict(
     device: str | torch.device = "cpu",
     batch_size: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Segment a 3D ``image (H, W, D)`` patch by patch (UA-MT's test procedure).
+    """Segment a 3D ``image (H, W, D)`` (or ``(channels, H, W, D)``) patch by patch (UA-MT's
+    test procedure); a 2D ``patch_size`` and ``stride`` segment a 2D ``image (H, W)`` (or
+    ``(channels, H, W)``) window by window alike.
 
     The image is zero-padded (symmetrically) up to at least ``patch_size``; windows of
     ``patch_size`` are taken every ``stride`` voxels along each axis, the last flush with
@@ -113,21 +122,26 @@ def sliding_window_predict(
     cropped off again. Returns ``(labels uint8 (H, W, D), probabilities float32 (C, H, W, D))``.
     A stride larger than the patch is refused: it would leave voxels uncovered.
     """
-    if image.ndim != 3:
-        raise ValueError(f"sliding_window_predict needs an (H, W, D) image, got shape {image.shape}")
-    patch_size, stride = _triple("patch_size", patch_size), _triple("stride", stride)
+    rank = len(patch_size) if len(patch_size) in _COUNTS else 3
+    if image.ndim not in (rank, rank + 1):
+        expected = "an (H, W, D) image" if rank == 3 else "an (H, W) image with a 2D patch"
+        raise ValueError(
+            f"sliding_window_predict needs {expected} (or its channels first), got shape {image.shape}"
+        )
+    patch_size, stride = _sizes("patch_size", patch_size, rank), _sizes("stride", stride, rank)
     if any(step > size for step, size in zip(stride, patch_size)):
         raise ValueError(
             f"stride {stride} must not exceed patch_size {patch_size} along any axis: "
             "a larger step leaves voxels that no window covers"
         )
     _check_batch_size(batch_size)
-    pads = _symmetric_padding(image.shape, patch_size)
-    padded = np.pad(image.astype(np.float32, copy=False), pads, mode="constant", constant_values=0)
+    channels = image if image.ndim > rank else image[None]
+    pads = _symmetric_padding(channels.shape[1:], patch_size)
+    padded = np.pad(channels.astype(np.float32, copy=False), [(0, 0), *pads], mode="constant", constant_values=0)
     with _inference_mode(net):
         volume = torch.from_numpy(padded).to(device)
         scores = _average_window_scores(net, volume, num_classes, patch_size, stride, batch_size)
-    crop = tuple(slice(before, before + size) for (before, _), size in zip(pads, image.shape))
+    crop = tuple(slice(before, before + size) for (before, _), size in zip(pads, channels.shape[1:]))
     every_class = (slice(None), *crop)
     scores = scores[every_class]
     labels = scores.argmax(dim=0).to(torch.uint8)
@@ -172,6 +186,38 @@ def slicewise_predict(
     return labels
 
 
+def predict_probabilities(
+    net: nn.Module,
+    image: np.ndarray,
+    dataset: str,
+    num_classes: int | None = None,
+    patch_size: Sequence[int] | None = None,
+    stride: Sequence[int] | None = None,
+    **options: Any,
+) -> np.ndarray:
+    """The class probabilities ``float32 (C, *spatial)`` of a volume ``image`` (``(*spatial)``
+    or ``(channels, *spatial)``) of a sliding-window dataset: :func:`sliding_window_predict`
+    over the volume (3D patch) or over each slice across the spec's ``slice_axis`` (2D
+    patch). Arguments as :func:`predict_volume`'s.
+    """
+    spec = get_dataset(dataset)
+    if spec.inference != SLIDING_WINDOW:
+        raise ValueError(f"{spec.title} is segmented slice by slice at a fixed size; it has no probability maps")
+    num_classes = num_classes or spec.num_classes
+    patch_size = spec.patch_size if patch_size is None else patch_size
+    stride = spec.stride if stride is None else stride
+    channels = image if image.ndim == 4 else image[None]
+    if len(patch_size) == 3:
+        return sliding_window_predict(net, channels, num_classes, patch_size, stride, **options)[1]
+    axis = spec.slice_axis % 3
+    probabilities = np.zeros((num_classes, *channels.shape[1:]), dtype=np.float32)
+    for index in range(channels.shape[axis + 1]):
+        section = np.take(channels, index, axis=axis + 1)
+        np.moveaxis(probabilities, axis + 1, 1)[:, index] = sliding_window_predict(
+            net, section, num_classes, patch_size, stride, **options)[1]
+    return probabilities
+
+
 def predict_volume(
     net: nn.Module,
     image: np.ndarray,
@@ -185,7 +231,8 @@ def predict_volume(
     dataset's procedure.
 
     Sliding window (LA): :func:`sliding_window_predict` with windows of ``patch_size``
-    every ``stride`` voxels. Slice-wise (ACDC): :func:`slicewise_predict` of the slices
+    every ``stride`` voxels (slice by slice for a 2D ``patch_size``, see
+    :func:`predict_probabilities`). Slice-wise (ACDC): :func:`slicewise_predict` of the slices
     along the spec's ``slice_axis``, each resized to ``patch_size``; ``stride`` is not
     used. ``num_classes``, ``patch_size`` and ``stride`` default to the dataset's; ``options``
     (``device``, ``batch_size``) go to the procedure.
@@ -195,6 +242,9 @@ def predict_volume(
     patch_size = spec.patch_size if patch_size is None else patch_size
     if spec.inference == SLIDING_WINDOW:
         stride = spec.stride if stride is None else stride
-        return sliding_window_predict(net, image, num_classes, patch_size, stride, **options)[0]
+        if len(patch_size) == 3:
+            return sliding_window_predict(net, image, num_classes, patch_size, stride, **options)[0]
+        probabilities = predict_probabilities(net, image, dataset, num_classes, patch_size, stride, **options)
+        return probabilities.argmax(axis=0).astype(np.uint8)
     slices = np.moveaxis(image, spec.slice_axis, 0)
     return np.moveaxis(slicewise_predict(net, slices, num_classes, patch_size, **options), 0, spec.slice_axis)

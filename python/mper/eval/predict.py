@@ -149,7 +149,7 @@ def _load_h5(path: Path, spec: DatasetSpec, force: bool) -> np.ndarray:
     return image
 
 
-def _label_image(labels: np.ndarray, scan: nib.Nifti1Image | None) -> nib.Nifti1Image:
+def label_image(labels: np.ndarray, scan: nib.Nifti1Image | None) -> nib.Nifti1Image:
     """The label map as NIfTI with ``scan``'s header (geometry, codes, units), or with
     an identity affine when there is no scan."""
     labels = np.ascontiguousarray(labels, dtype=np.uint8)
@@ -182,7 +182,7 @@ def _segment(net: nn.Module, path: Path, dataset: str, out_path: Path, device: s
     if scan is not None:
         labels = np.transpose(labels, np.argsort(spec.scan_axes))
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(_label_image(labels, scan), out_path)
+    nib.save(label_image(labels, scan), out_path)
     return out_path
 
 

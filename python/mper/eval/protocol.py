@@ -23,7 +23,7 @@ from mper.datasets import get_dataset
 from mper.train.config import EMPTY_PREDICTION_RULES, POSTPROCESSING
 
 from .inference import predict_volume
-from .metrics import case_metrics
+from .metrics import Spacing, case_metrics
 
 #: The metrics of a class predicted nowhere under the ``"zero"`` rule.
 ZERO_METRICS = {"dice": 0.0, "jaccard": 0.0, "hd95": 0.0, "asd": 0.0}
@@ -61,13 +61,14 @@ def segment_volume(
 
 
 def score_case(
-    pred_labels: np.ndarray, gt_labels: np.ndarray, num_classes: int, empty_prediction: str = "undefined"
+    pred_labels: np.ndarray, gt_labels: np.ndarray, num_classes: int, empty_prediction: str = "undefined",
+    spacing: Spacing = None,
 ) -> dict[int, dict[str, float]]:
-    """:func:`~mper.eval.metrics.case_metrics` of one case, with classes predicted
-    nowhere scored by the rule ``empty_prediction`` (one of
-    :data:`~mper.train.config.EMPTY_PREDICTION_RULES`)."""
+    """:func:`~mper.eval.metrics.case_metrics` of one case (distances in the units of
+    ``spacing``, voxels without it), with classes predicted nowhere scored by the rule
+    ``empty_prediction`` (one of :data:`~mper.train.config.EMPTY_PREDICTION_RULES`)."""
     _check("eval.empty_prediction", empty_prediction, EMPTY_PREDICTION_RULES)
-    scores = case_metrics(pred_labels, gt_labels, num_classes)
+    scores = case_metrics(pred_labels, gt_labels, num_classes, spacing)
     if empty_prediction == "zero":
         for label in scores:
             if not np.any(pred_labels == label):

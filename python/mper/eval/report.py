@@ -124,12 +124,13 @@ def markdown_table(
     labeled: str,
     unlabeled: str,
     class_names: Sequence[str] | None = None,
+    distance_unit: str = "voxels",
 ) -> str:
     """The paper's results table: one row of means (Dice, Jaccard in %, distances as is).
 
     With more than one foreground class, a per-class table follows (rows named from
     ``class_names``, indexed by label, else ``class <label>``). A note gives the units
-    (distances in voxels) and the number of cases; another says how many distance
+    (distances in ``distance_unit``) and the number of cases; another says how many distance
     results were undefined and left out of the means; a third, under distance means marked
     with :data:`PREDICTED_NOWHERE_MARK`, how many results of classes predicted nowhere
     count in them as distance 0.
@@ -143,7 +144,7 @@ def markdown_table(
             name = class_names[int(label)] if class_names else f"class {label}"
             rows.append([name, *_metric_cells(stats, nowhere["classes"][label])])
         lines += ["", *_table(("Class", *TABLE_HEADER[3:]), rows)]
-    lines += ["", f"Dice and Jaccard in %, 95HD and ASD in voxels; means over {summary['num_cases']} cases."]
+    lines += ["", f"Dice and Jaccard in %, 95HD and ASD in {distance_unit}; means over {summary['num_cases']} cases."]
     results = summary["num_cases"] * len(classes)
     undefined = summary["mean"]["hd95"]["undefined"]
     if undefined:

@@ -23,7 +23,7 @@ from mper.datasets import SLIDING_WINDOW, DatasetSpec
 from mper.errors import ConfigError
 from mper.nn.kmeans import ClassVoxelSampler
 
-from .figures import CLASS_COLOURS
+from .figures import CLASS_COLOURS, most_foreground_slice
 
 VOXELS_PER_CLASS = 400
 MAX_PERPLEXITY = 30.0
@@ -41,20 +41,27 @@ def require_figure_packages() -> None:
 
 def _network_input(image: np.ndarray, label: np.ndarray, spec: DatasetSpec, patch_size: Sequence[int]
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(image (B, 1, *patch), label (B, *patch))`` as the network was trained on them:
+    """``(image (B, C, *patch), label (B, *patch))`` as the network was trained on them:
     every slice along the spec's ``slice_axis`` resized (slice-wise inference), or one
-    patch around the foreground's centre (sliding window)."""
+    patch around the foreground's centre (sliding window; with a 2D patch, in the slice
+    across ``slice_axis`` with the most foreground). Volumes with several channels carry
+    them first."""
     if spec.inference != SLIDING_WINDOW:
         slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, spec.slice_axis, 0), np.float32))[:, None]
         labels = torch.from_numpy(np.ascontiguousarray(np.moveaxis(label, spec.slice_axis, 0), np.float32))[:, None]
         size = tuple(patch_size)
         return F.interpolate(slices, size=size, mode="nearest"), F.interpolate(labels, size=size)[:, 0].long()
-    pads = [(0, max(patch - size, 0)) for size, patch in zip(image.shape, patch_size)]
-    image, label = np.pad(image, pads), np.pad(label, pads)
+    channels = image if image.ndim == label.ndim + 1 else image[None]
+    if len(patch_size) == 2:
+        index = most_foreground_slice(label, label, spec.slice_axis)
+        channels = np.take(channels, index, axis=spec.slice_axis % 3 + 1)
+        label = np.take(label, index, axis=spec.slice_axis)
+    pads = [(0, max(patch - size, 0)) for size, patch in zip(label.shape, patch_size)]
+    channels, label = np.pad(channels, [(0, 0), *pads]), np.pad(label, pads)
     centre = [int(axis.mean()) if axis.size else size // 2 for axis, size in zip(np.nonzero(label), label.shape)]
     starts = [min(max(c - patch // 2, 0), size - patch) for c, patch, size in zip(centre, patch_size, label.shape)]
     window = tuple(slice(start, start + patch) for start, patch in zip(starts, patch_size))
-    return (torch.from_numpy(np.ascontiguousarray(image[window], np.float32))[None, None],
+    return (torch.from_numpy(np.ascontiguousarray(channels[(slice(None),) + window], np.float32))[None],
             torch.from_numpy(np.ascontiguousarray(label[window], np.int64))[None])
 
 

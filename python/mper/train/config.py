@@ -71,7 +71,9 @@ class DataConfig:
     ``val_split``: ``"val"`` (the val.list, e.g. ACDC's), ``"holdout"`` (the last
     ``holdout_cases`` cases of train.list, kept out of training; their labels only
     select checkpoints; e.g. LA) or ``"test"`` (the published LA protocol, which selects
-    on the test set); each dataset's spec says which it offers. ``image_interpolation``:
+    on the test set) or ``"fold"`` (fold ``fold`` of ``folds`` of the labeled training
+    cases, kept out of training, see :func:`mper.data.splits.fold_cases`); each dataset's
+    spec says which it offers. ``image_interpolation``:
     how 2D training slices are resized to ``patch_size`` (``"nearest"`` or ``"cubic"``;
     labels are always resized by nearest neighbour).
     """
@@ -83,6 +85,8 @@ class DataConfig:
     val_split: str = "val"
     holdout_cases: int = 0
     image_interpolation: str = "nearest"
+    fold: int = 0
+    folds: int = 5
 
 
 @dataclass
@@ -428,6 +432,8 @@ RANGE_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.labeled_batch_size", _at_least(1), POSITIVE),
     ("data.num_workers", _at_least(0), NON_NEGATIVE),
     ("data.holdout_cases", _at_least(0), NON_NEGATIVE),
+    ("data.fold", _at_least(0), NON_NEGATIVE),
+    ("data.folds", _at_least(2), "at least 2"),
     ("optim.lr", _finite_above(0.0), POSITIVE_NUMBER),
     ("optim.momentum", _below_one, "in [0, 1)"),
     ("optim.weight_decay", _finite_at_least(0.0), NON_NEGATIVE_NUMBER),
@@ -503,16 +509,26 @@ def _check_batches(config: TrainConfig) -> None:
         )
 
 
+#: Why a dataset may lack a validation split, by split.
+_NO_VALIDATION_SPLIT = {
+    "val": "has no val.list",
+    "holdout": "has no held-out training volumes",
+    "test": "does not select checkpoints on its test cases",
+    "fold": "has no cross-validation folds",
+}
+
+
 def _check_validation_split(config: TrainConfig) -> None:
     """The split is one the dataset offers (LA has no val.list; ACDC trains on slices, so
     it cannot hold out training volumes)."""
     split, spec = config.data.val_split, get_dataset(config.dataset)
     if split not in spec.validation_splits:
-        what = "no val.list" if split == "val" else "no held-out training volumes"
         offered = " or ".join(repr(name) for name in spec.validation_splits)
-        raise ConfigError(f"{spec.title} has {what}; use data.val_split = {offered}")
+        raise ConfigError(f"{spec.title} {_NO_VALIDATION_SPLIT[split]}; use data.val_split = {offered}")
     if split == "holdout" and config.data.holdout_cases < 1:
         raise ConfigError("data.val_split = 'holdout' needs data.holdout_cases >= 1")
+    if split == "fold" and config.data.fold >= config.data.folds:
+        raise ConfigError(f"data.fold must be below data.folds ({config.data.folds}), got {config.data.fold}")
 
 
 def _check_prototype_settings(config: TrainConfig) -> None:
@@ -640,8 +656,10 @@ def _example(value: Any, hint: Any) -> str:
 
 
 def preset_tables(dataset: str) -> dict[str, dict[str, Any]]:
-    """The tables of ``dataset``'s preset file as written (``paper``, ``reference``, ...)."""
-    return tomllib.loads(get_dataset(dataset).preset_file.read_text())
+    """The tables of ``dataset``'s preset file (``paper``, ``reference``, ...), with the
+    spec's ``preset_changes`` merged in (an imported dataset's plan)."""
+    spec = get_dataset(dataset)
+    return merge(tomllib.loads(spec.preset_file.read_text()), dict(spec.preset_changes))
 
 
 def read_preset(dataset: str, preset: str) -> dict[str, Any]:

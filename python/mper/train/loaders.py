@@ -5,7 +5,9 @@ unlabeled items (ACDC: the slices of the first ``labeled`` patients of
 ``train_slices.list`` are labeled; LA: the first ``labeled`` cases of ``train.list``).
 Checkpoints are selected on ``data.val_split``: the ``val`` list (ACDC), the ``test``
 list (the published LA protocol), or, with ``"holdout"``, the last ``holdout_cases``
-items of the training list, which are then kept out of training.
+items of the training list, which are then kept out of training; with ``"fold"``, fold
+``data.fold`` of ``data.folds`` of the labeled training items (an imported dataset's),
+kept out of training: the labeled ones are then the first ``labeled`` of the others.
 
 :func:`check_data` reads every file a run will use before it starts, so that a missing
 or damaged file is reported at once rather than hours into training.
@@ -32,6 +34,7 @@ from tqdm import tqdm
 
 from mper.data.sampler import TwoStreamBatchSampler, endless_batches
 from mper.data.seeding import stage_seed
+from mper.data.splits import fold_cases
 from mper.datasets import check_dataset_root, get_dataset
 from mper.errors import ConfigError, DataFormatError
 
@@ -51,6 +54,8 @@ def training_cases(config: TrainConfig) -> tuple[list[str], list[str]]:
 
 
 def _labeled_split(config: TrainConfig, labeled_count: int) -> tuple[list[str], list[str]]:
+    if config.data.val_split == "fold":
+        return _fold_split(config, labeled_count)
     labeled, unlabeled = get_dataset(config.dataset).training_split(config.data_root, labeled_count)
     if config.data.val_split != "holdout":
         return labeled, unlabeled
@@ -63,11 +68,49 @@ def _labeled_split(config: TrainConfig, labeled_count: int) -> tuple[list[str], 
     return labeled, unlabeled[: len(unlabeled) - holdout]
 
 
+def labeled_pool(config: TrainConfig) -> list[str]:
+    """The labeled training items that may be labeled in a run: all of them but the
+    validation fold's (``data.val_split = "fold"``); what ``--labeled all`` labels."""
+    if config.data.val_split != "fold":
+        labeled, unlabeled = _labeled_split(config, 1)
+        return labeled + unlabeled
+    spec = get_dataset(config.dataset)
+    allowed = set(spec.list_cases(config.data_root, "labeled")) - set(validation_cases(config))
+    return [item for item in spec.list_cases(config.data_root, "train") if spec.label_group(item) in allowed]
+
+
+def _fold_split(config: TrainConfig, labeled_count: int) -> tuple[list[str], list[str]]:
+    """The items of the first ``labeled_count`` cases of :func:`labeled_pool` labeled; the
+    others outside the validation fold unlabeled."""
+    spec = get_dataset(config.dataset)
+    pool = labeled_pool(config)
+    cases = list(dict.fromkeys(map(spec.label_group, pool)))
+    if not 0 < labeled_count <= len(cases):
+        raise ConfigError(
+            f"labeled must be between 1 and the {len(cases)} labeled training cases outside validation fold "
+            f"{config.data.fold}, got {labeled_count}"
+        )
+    chosen = set(cases[:labeled_count])
+    held_out = set(validation_cases(config))
+    labeled = [item for item in pool if spec.label_group(item) in chosen]
+    unlabeled = [item for item in spec.list_cases(config.data_root, "train")
+                 if spec.label_group(item) not in chosen | held_out]
+    return labeled, unlabeled
+
+
 def validation_cases(config: TrainConfig) -> list[str]:
     """The cases whose Dice selects the best checkpoint (see the module docstring)."""
     split, list_cases = config.data.val_split, get_dataset(config.dataset).list_cases
     if split == "holdout":
         return list_cases(config.data_root, "train")[-config.data.holdout_cases :]
+    if split == "fold":
+        labeled = list_cases(config.data_root, "labeled")
+        if len(labeled) < config.data.folds:
+            raise ConfigError(
+                f"data.folds = {config.data.folds} needs as many labeled training cases; "
+                f"{config.data_root} has {len(labeled)}: lower data.folds"
+            )
+        return fold_cases(labeled, config.data.folds, config.data.fold)
     return list_cases(config.data_root, split)
 
 

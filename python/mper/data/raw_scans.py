@@ -1,0 +1,520 @@
+"""Raw scans in the nnU-Net v2 and the Medical Segmentation Decathlon (MSD) layouts.
+
+nnU-Net v2 raw layout (one folder per dataset)::
+
+    dataset.json      channel_names {"0": "CT", ...}, labels {"background": 0, "liver": 1, ...},
+                      numTraining, file_ending (".nii.gz")
+    imagesTr/<case>_<XXXX><ending>   one file per input channel XXXX = 0000, 0001, ...
+    labelsTr/<case><ending>          the label map of a training case
+    imagesTs/<case>_<XXXX><ending>   test images (optional), labelsTs/<case><ending> their labels
+
+MSD layout::
+
+    dataset.json      modality {"0": "CT", ...}, labels {"0": "background", "1": "liver", ...},
+                      training [{"image": "./imagesTr/<case>.nii.gz", "label": "./labelsTr/..."}],
+                      test ["./imagesTs/<case>.nii.gz", ...]
+    imagesTr/<case>.nii.gz           one file per case, 4D (x, y, z, channel) when it has several channels
+
+Unlabeled scans (what self-training learns from) are the training images without a
+label file (nnU-Net: an image of ``imagesTr`` with no ``labelsTr`` file; MSD: an image
+of ``imagesTr`` that ``training`` does not list), the images of an optional
+``imagesUnlabeled/`` folder and of a folder given by the user, named as ``imagesTr``.
+
+:func:`read_raw_dataset` reads ``dataset.json`` and lists the cases, refusing a layout
+it cannot use with one line that names the file and what to do. :func:`read_case`
+reads one case's channels and label (NIfTI, through nibabel) and checks that they fit
+together: one spatial shape and one affine, finite intensities, a 3D label holding only
+declared classes.
+"""
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+
+from mper.errors import DataFormatError, MissingFileError
+
+NNUNET = "nnunet"
+MSD = "msd"
+RAW_LAYOUTS = (NNUNET, MSD)
+DATASET_JSON = "dataset.json"
+IMAGES_TRAIN = "imagesTr"
+LABELS_TRAIN = "labelsTr"
+IMAGES_TEST = "imagesTs"
+LABELS_TEST = "labelsTs"
+IMAGES_UNLABELED = "imagesUnlabeled"
+#: The file endings mper reads (NIfTI, through nibabel).
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+#: What a case is for: labeled training case, unlabeled training case, test case.
+LABELED, UNLABELED, TEST = "labeled", "unlabeled", "test"
+
+#: How the channels of each modality are normalised (nnU-Net's rules by channel name):
+#: ``ct``: clipped to the 0.5 / 99.5 percentiles of the training set's foreground
+#: intensities, then z-scored with their mean and standard deviation; ``z-score``: per
+#: image (inside the nonzero region when cropping removes much); ``none``; ``rescale``:
+#: to [0, 1] per image; ``rgb``: divided by 255.
+CT, ZSCORE, NO_NORMALIZATION, RESCALE, RGB = "ct", "z-score", "none", "rescale", "rgb"
+SCAN_NORMALIZATIONS = (CT, ZSCORE, NO_NORMALIZATION, RESCALE, RGB)
+_NAMED_SCHEMES = {"ct": CT, "zscore": ZSCORE, "nonorm": NO_NORMALIZATION, "rescale_to_0_1": RESCALE,
+                  "rescale_0_1": RESCALE, "rgb_to_0_1": RGB}
+#: Modality names read as MR-like (per-image z-score), lower case.
+_ZSCORE_MODALITIES = frozenset({
+    "mri", "mr", "nonct", "t1", "t1w", "t1gd", "t1c", "t1ce", "t2", "t2w", "flair", "adc", "dwi", "pd", "pdw",
+    "dce", "swi", "cine", "lge", "pet", "us", "ultrasound", "cbct",
+})
+
+#: Per-file affines of one case may differ by this much (header rounding).
+AFFINE_TOLERANCE = 1e-4
+_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass(frozen=True)
+class RawCase:
+    """One case of a raw dataset: ``images`` holds one file per channel (nnU-Net) or one
+    file with every channel (MSD); ``label`` is ``None`` for an unlabeled case or a test
+    case without labels; ``role`` is :data:`LABELED`, :data:`UNLABELED` or :data:`TEST`."""
+
+    name: str
+    images: tuple[Path, ...]
+    label: Path | None
+    role: str
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """A raw dataset folder as :func:`read_raw_dataset` found it."""
+
+    source: Path
+    layout: str
+    name: str
+    channels: tuple[str, ...]
+    normalization: tuple[str, ...]
+    class_names: tuple[str, ...]
+    file_ending: str
+    cases: tuple[RawCase, ...]
+
+    def with_role(self, role: str) -> list[RawCase]:
+        """The cases of one role, in name order."""
+        return [case for case in self.cases if case.role == role]
+
+
+@dataclass
+class Scan:
+    """One case read by :func:`read_case`: ``image`` (C, X, Y, Z) float32 as stored (array
+    axes as in the file), ``label`` uint8 (X, Y, Z) or ``None``, the ``affine`` and the
+    voxel ``spacing`` (mm) of the first channel's file, and that file's ``header``."""
+
+    image: np.ndarray
+    label: np.ndarray | None
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    header: nib.Nifti1Header
+
+
+def normalization_of(modality: str, where: Path) -> str:
+    """The normalisation scheme of a channel named ``modality`` in ``dataset.json`` (see
+    :data:`SCAN_NORMALIZATIONS`); an unknown name is refused rather than guessed."""
+    name = str(modality).strip().lower()
+    if name in _NAMED_SCHEMES:
+        return _NAMED_SCHEMES[name]
+    if name in _ZSCORE_MODALITIES:
+        return ZSCORE
+    raise DataFormatError(
+        f"{where}: unknown modality {modality!r}; name the channel CT (clipped and z-scored with the "
+        "training set's statistics), an MR modality such as MRI or T2, or one of zscore, noNorm, rescale_to_0_1"
+    )
+
+
+def case_name(file_name: str, ending: str) -> str | None:
+    """``file_name`` without ``ending``, or ``None`` when it does not end so."""
+    return file_name[: -len(ending)] if file_name.endswith(ending) and len(file_name) > len(ending) else None
+
+
+def _json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise MissingFileError(
+            f"{path} not found: a raw dataset folder holds dataset.json (nnU-Net v2 or Medical Segmentation "
+            "Decathlon layout) beside imagesTr/ and labelsTr/"
+        )
+    try:
+        document = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataFormatError(f"{path} is not valid JSON ({error}); fix the file") from error
+    if not isinstance(document, dict):
+        raise DataFormatError(f"{path} must hold a JSON object with channel_names (or modality) and labels")
+    return document
+
+
+def _layout_of(document: Mapping[str, Any], where: Path) -> str:
+    if "channel_names" in document:
+        return NNUNET
+    if "modality" in document:
+        return MSD
+    raise DataFormatError(
+        f"{where} has neither channel_names (nnU-Net v2) nor modality (Medical Segmentation Decathlon); "
+        'add e.g. "channel_names": {"0": "CT"}'
+    )
+
+
+def _channels(table: Any, key: str, where: Path) -> tuple[str, ...]:
+    """Channel names by index from ``{"0": name, "1": name}``: indices 0..C-1, each once."""
+    if not isinstance(table, dict) or not table:
+        raise DataFormatError(f'{where}: {key} must map channel indices to names, e.g. {{"0": "CT"}}')
+    try:
+        indexed = {int(index): str(name) for index, name in table.items()}
+    except ValueError as error:
+        raise DataFormatError(f"{where}: {key} keys must be channel indices 0, 1, ...; got {sorted(table)}") from error
+    if sorted(indexed) != list(range(len(indexed))):
+        raise DataFormatError(f"{where}: {key} must number the channels 0..{len(indexed) - 1}; got {sorted(indexed)}")
+    return tuple(indexed[index] for index in range(len(indexed)))
+
+
+def _class_names(labels: Any, layout: str, where: Path) -> tuple[str, ...]:
+    """Class names by label value, from nnU-Net's ``{name: value}`` or MSD's ``{"value": name}``."""
+    if not isinstance(labels, dict) or not labels:
+        raise DataFormatError(f'{where}: labels must name the classes, e.g. {{"background": 0, "liver": 1}}')
+    by_value: dict[int, str] = {}
+    for key, value in labels.items():
+        name, number = (key, value) if layout == NNUNET else (value, key)
+        if isinstance(number, (list, tuple)):
+            raise DataFormatError(
+                f"{where}: label {name!r} is a region (a list of values); mper trains one class per label "
+                "value: give each class its own value"
+            )
+        if str(name).lower() == "ignore":
+            raise DataFormatError(f"{where}: an 'ignore' label is not supported; relabel those voxels as a class")
+        try:
+            index = int(number)
+        except (TypeError, ValueError) as error:
+            raise DataFormatError(f"{where}: label {name!r} has the value {number!r}, expected an integer") from error
+        if index in by_value:
+            raise DataFormatError(f"{where}: labels {by_value[index]!r} and {name!r} share the value {index}")
+        by_value[index] = str(name)
+    if sorted(by_value) != list(range(len(by_value))) or len(by_value) < 2:
+        raise DataFormatError(
+            f"{where}: label values must be 0 (background) and 1, 2, ... without gaps; got {sorted(by_value)}"
+        )
+    return tuple(by_value[index] for index in range(len(by_value)))
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    """Files of ``folder``, sorted, without hidden ones (``._x``, ``.DS_Store``)."""
+    return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+
+
+def _channel_files(folder: Path, ending: str, channels: int) -> dict[str, tuple[Path, ...]]:
+    """``{case: (channel 0 file, channel 1 file, ...)}`` of a folder of ``<case>_<XXXX><ending>`` files."""
+    found: dict[str, dict[int, Path]] = {}
+    for path in _visible_files(folder):
+        stem = case_name(path.name, ending)
+        match = _CHANNEL_FILE.match(stem) if stem is not None else None
+        if match is None:
+            raise DataFormatError(
+                f"{path}: not named <case>_<XXXX>{ending} (XXXX the channel, 0000 for the first); rename or remove it"
+            )
+        found.setdefault(match["case"], {})[int(match["channel"])] = path
+    cases = {}
+    for case, files in found.items():
+        for channel in range(channels):
+            if channel not in files:
+                raise MissingFileError(
+                    f"{folder / f'{case}_{channel:04d}{ending}'} not found: every case needs one file per channel "
+                    f"({channels} in dataset.json); add it or remove the case's other files"
+                )
+        extra = sorted(set(files) - set(range(channels)))
+        if extra:
+            raise DataFormatError(
+                f"{files[extra[0]]}: channel {extra[0]} is not in dataset.json, which names {channels} channel(s)"
+            )
+        cases[case] = tuple(files[channel] for channel in range(channels))
+    return cases
+
+
+def _volume_files(folder: Path, ending: str) -> dict[str, tuple[Path, ...]]:
+    """``{case: (file,)}`` of a folder of ``<case><ending>`` files (MSD: all channels in one file)."""
+    cases: dict[str, tuple[Path, ...]] = {}
+    for path in _visible_files(folder):
+        stem = case_name(path.name, ending)
+        if stem is None:
+            raise DataFormatError(f"{path}: not a {ending} file; remove it from {folder}")
+        cases[stem] = (path,)
+    return cases
+
+
+def _label_files(folder: Path, ending: str, images: Mapping[str, object]) -> dict[str, Path]:
+    """``{case: label file}`` of a labels folder; a label whose case has no image is refused."""
+    if not folder.is_dir():
+        return {}
+    labels = {}
+    for path in _visible_files(folder):
+        stem = case_name(path.name, ending)
+        if stem is None or stem not in images:
+            raise DataFormatError(
+                f"{path}: a label without an image of the same case in "
+                f"{folder.parent / folder.name.replace('labels', 'images')}; add the image or remove the label"
+            )
+        labels[stem] = path
+    return labels
+
+
+def _msd_path(source: Path, entry: Any, where: Path, key: str) -> Path:
+    if not isinstance(entry, str) or not entry:
+        raise DataFormatError(f"{where}: every {key} entry must be a file path such as ./imagesTr/case.nii.gz")
+    return source / entry
+
+
+CaseFiles = dict[str, tuple[Path, ...]]
+
+
+def _msd_cases(source: Path, document: Mapping[str, Any], where: Path) -> tuple[CaseFiles, dict[str, Path], CaseFiles]:
+    """(training images, their labels, test images) of an MSD ``dataset.json``."""
+    ending = NIFTI_ENDINGS[0]
+    training = document.get("training", [])
+    if not isinstance(training, list):
+        raise DataFormatError(f"{where}: training must be a list of {{\"image\": ..., \"label\": ...}} entries")
+    images: dict[str, tuple[Path, ...]] = {}
+    labels: dict[str, Path] = {}
+    for entry in training:
+        if not isinstance(entry, dict):
+            raise DataFormatError(
+                f"{where}: training entries must be {{\"image\": ..., \"label\": ...}}, got {entry!r}"
+            )
+        image = _msd_path(source, entry.get("image"), where, "training image")
+        label = _msd_path(source, entry.get("label"), where, "training label")
+        name = case_name(image.name, ending)
+        if name is None:
+            raise DataFormatError(f"{where}: training image {entry['image']} is not a {ending} file")
+        if name in images:
+            raise DataFormatError(f"{where}: case {name} is listed twice in training; list each case once")
+        for path in (image, label):
+            if not path.is_file():
+                raise MissingFileError(
+                    f"{path} not found, though {where} lists it in training; add it or unlist the case"
+                )
+        images[name], labels[name] = (image,), label
+    folder = source / IMAGES_TRAIN
+    if folder.is_dir():  # images that training does not list are unlabeled training cases
+        for name, files in _volume_files(folder, ending).items():
+            if name not in images:
+                images[name] = files
+    test: dict[str, tuple[Path, ...]] = {}
+    for entry in document.get("test", []) or []:
+        path = _msd_path(source, entry, where, "test")
+        name = case_name(path.name, ending)
+        if name is None or not path.is_file():
+            raise MissingFileError(f"{path} not found, though {where} lists it in test; add it or unlist it")
+        if name in test:
+            raise DataFormatError(f"{where}: case {name} is listed twice in test; list each case once")
+        test[name] = (path,)
+    return images, labels, test
+
+
+def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) -> RawDataset:
+    """The cases of the raw dataset under ``source`` (nnU-Net v2 or MSD layout, told
+    apart by ``dataset.json``), plus the unlabeled scans of ``unlabeled`` (a folder named
+    as ``imagesTr``). Only file names and ``dataset.json`` are read here.
+
+    Raises:
+        MissingFileError: no ``dataset.json``, a channel file or a listed file missing.
+        DataFormatError: ``dataset.json`` malformed (channels, labels, an unknown modality,
+            a file ending mper cannot read), a file misnamed, a label without an image, a
+            case twice, or no training image at all.
+    """
+    source = Path(source)
+    where = source / DATASET_JSON
+    document = _json(where)
+    layout = _layout_of(document, where)
+    channels = _channels(document["channel_names" if layout == NNUNET else "modality"],
+                         "channel_names" if layout == NNUNET else "modality", where)
+    normalization = tuple(normalization_of(channel, where) for channel in channels)
+    class_names = _class_names(document.get("labels"), layout, where)
+    ending = str(document.get("file_ending", NIFTI_ENDINGS[0])) if layout == NNUNET else NIFTI_ENDINGS[0]
+    if ending not in NIFTI_ENDINGS:
+        raise DataFormatError(
+            f"{where}: file_ending {ending!r} is not NIfTI; mper reads {' and '.join(NIFTI_ENDINGS)}: "
+            "convert the images (e.g. with SimpleITK) and set file_ending"
+        )
+
+    def listed(folder: Path) -> dict[str, tuple[Path, ...]]:
+        if not folder.is_dir():
+            return {}
+        return _channel_files(folder, ending, len(channels)) if layout == NNUNET else _volume_files(folder, ending)
+
+    if layout == NNUNET:
+        train_images = listed(source / IMAGES_TRAIN)
+        train_labels = _label_files(source / LABELS_TRAIN, ending, train_images)
+        test_images = listed(source / IMAGES_TEST)
+    else:
+        train_images, train_labels, test_images = _msd_cases(source, document, where)
+    test_labels = _label_files(source / LABELS_TEST, ending, test_images)
+    if not train_labels:
+        raise DataFormatError(
+            f"{source / IMAGES_TRAIN} holds no labeled training case (an image with its label in "
+            f"{LABELS_TRAIN}/); mper needs labeled cases to learn from"
+        )
+    extra = [listed(Path(folder)) for folder in (source / IMAGES_UNLABELED, unlabeled) if folder is not None]
+    if unlabeled is not None and not Path(unlabeled).is_dir():
+        raise MissingFileError(f"unlabeled folder {unlabeled} not found; pass a folder of images named as imagesTr")
+    cases: dict[str, RawCase] = {}
+
+    def add(images: Mapping[str, tuple[Path, ...]], labels: Mapping[str, Path], labeled_role: str,
+            unlabeled_role: str) -> None:
+        for name, files in sorted(images.items()):
+            if name in cases:
+                raise DataFormatError(
+                    f"{files[0]}: case {name} is there twice (also {cases[name].images[0]}); "
+                    "give every case its own name"
+                )
+            label = labels.get(name)
+            cases[name] = RawCase(name, files, label, labeled_role if label is not None else unlabeled_role)
+
+    add(train_images, train_labels, LABELED, UNLABELED)
+    for folder in extra:
+        add(folder, {}, UNLABELED, UNLABELED)
+    add(test_images, test_labels, TEST, TEST)
+    name = str(document.get("name") or source.resolve().name)
+    return RawDataset(source, layout, name, channels, normalization, class_names, ending, tuple(cases.values()))
+
+
+def _load(path: Path) -> nib.Nifti1Image:
+    try:
+        scan = nib.load(path)
+    except (ImageFileError, OSError, EOFError, ValueError, zlib.error) as error:
+        raise DataFormatError(f"{path}: not a readable NIfTI file ({error}); replace it") from error
+    if not isinstance(scan, nib.Nifti1Image):  # Nifti2Image derives from Nifti1Image
+        raise DataFormatError(f"{path}: a {type(scan).__name__}, not a NIfTI image")
+    return scan
+
+
+def _spatial(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """A 3D array: a 2D image gains a last axis of one slice; more axes are refused."""
+    if array.ndim == 2:
+        return array[:, :, None]
+    if array.ndim == 3:
+        return array
+    raise DataFormatError(f"{path}: {what} has shape {array.shape}, expected a 3D volume")
+
+
+def _check_finite(path: Path, array: np.ndarray) -> None:
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise DataFormatError(
+            f"{path}: {array.size - int(finite.sum())} NaN or infinite voxel(s); replace them (e.g. with 0) "
+            "and import again"
+        )
+
+
+def _check_geometry(path: Path, shape: tuple[int, ...], affine: np.ndarray, reference: Path,
+                    reference_shape: tuple[int, ...], reference_affine: np.ndarray) -> None:
+    if shape != reference_shape:
+        raise DataFormatError(
+            f"{path}: shape {shape} differs from {reference.name}'s {reference_shape}; the channels and the label "
+            "of a case must share one voxel grid: resample them to one grid"
+        )
+    if not np.allclose(affine, reference_affine, atol=AFFINE_TOLERANCE):
+        raise DataFormatError(
+            f"{path}: its affine differs from {reference.name}'s; the channels and the label of a case must share "
+            "one voxel grid: resample them to one grid (or fix the header)"
+        )
+
+
+def read_image(case: RawCase, channels: int) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """The channels of ``case`` as (C, X, Y, Z) float32, and the first file's image (for
+    its header and affine); shapes, affines and finiteness checked."""
+    first = _load(case.images[0])
+    if len(case.images) == 1:  # MSD: one file, 4D when it holds several channels
+        data = np.asarray(first.dataobj, dtype=np.float32)
+        if channels > 1:
+            if data.ndim != 4 or data.shape[3] != channels:
+                raise DataFormatError(
+                    f"{case.images[0]}: shape {data.shape}, expected a 4D image (x, y, z, {channels} channels) as "
+                    "dataset.json's modality lists"
+                )
+            image = np.ascontiguousarray(np.moveaxis(data, 3, 0))
+        else:
+            if data.ndim == 4 and data.shape[3] == 1:
+                data = data[..., 0]
+            image = _spatial(data, case.images[0], "the image")[None]
+    else:
+        volumes = [_spatial(np.asarray(first.dataobj, dtype=np.float32), case.images[0], "the image")]
+        for path in case.images[1:]:
+            scan = _load(path)
+            volume = _spatial(np.asarray(scan.dataobj, dtype=np.float32), path, "the image")
+            _check_geometry(path, volume.shape, scan.affine, case.images[0], volumes[0].shape, first.affine)
+            volumes.append(volume)
+        image = np.stack(volumes)
+    paths = case.images if len(case.images) == len(image) else case.images * len(image)
+    for path, channel in zip(paths, image):
+        _check_finite(path, channel)
+    return image, first
+
+
+def read_label(path: Path, shape: tuple[int, ...], affine: np.ndarray, reference: Path,
+               class_names: Sequence[str]) -> np.ndarray:
+    """The label map at ``path`` as uint8, checked against the image's grid and the declared classes."""
+    scan = _load(path)
+    data = np.asarray(scan.dataobj)
+    if data.ndim == 4 and data.shape[3] > 1:
+        raise DataFormatError(
+            f"{path}: a 4D label of shape {data.shape}; a label is one 3D map of class values (0, 1, ...): "
+            "merge the channels into one map"
+        )
+    label = _spatial(data[..., 0] if data.ndim == 4 else data, path, "the label")
+    _check_geometry(path, label.shape, scan.affine, reference, shape, affine)
+    if not np.issubdtype(label.dtype, np.integer):
+        _check_finite(path, label)
+        if not np.array_equal(label, np.round(label)):
+            raise DataFormatError(f"{path}: the label holds non-integer values; write class values 0, 1, ...")
+    values = np.unique(label)
+    undeclared = [int(value) for value in values if not 0 <= value < len(class_names)]
+    if undeclared:
+        raise DataFormatError(
+            f"{path}: label value(s) {undeclared} are not declared in dataset.json (labels: "
+            f"{', '.join(f'{index} {name}' for index, name in enumerate(class_names))}); declare them or relabel"
+        )
+    return label.astype(np.uint8)
+
+
+def read_case(case: RawCase, dataset: RawDataset) -> Scan:
+    """Read and check one case: its channels, and its label when it has one."""
+    image, first = read_image(case, len(dataset.channels))
+    label = None
+    if case.label is not None:
+        label = read_label(case.label, image.shape[1:], first.affine, case.images[0], dataset.class_names)
+    return Scan(image, label, first.affine, scan_spacing(first, case.images[0]), first.header)
+
+
+def scan_spacing(scan: nib.Nifti1Image, path: Path) -> tuple[float, float, float]:
+    """The voxel spacing (mm) of the three spatial axes in ``scan``'s header (1 for a
+    2D image's missing third axis)."""
+    zooms = tuple(float(zoom) for zoom in scan.header.get_zooms()[:3])  # type: ignore[no-untyped-call]
+    spacing = (zooms + (1.0,) * 3)[:3]
+    if min(spacing) <= 0 or not all(np.isfinite(spacing)):
+        raise DataFormatError(f"{path}: voxel spacing {spacing} in the header; it must be positive")
+    return spacing[0], spacing[1], spacing[2]
+
+
+def group_input_files(files: Iterable[Path], layout: str, channels: int, ending: str) -> dict[str, tuple[Path, ...]]:
+    """Cases of a list of image files named as the layout names them (``<case>_<XXXX>`` per
+    channel, or one ``<case>`` file per case for MSD), each checked complete."""
+    by_folder: dict[Path, list[Path]] = {}
+    for path in files:
+        by_folder.setdefault(path.parent, []).append(path)
+    cases: dict[str, tuple[Path, ...]] = {}
+    for folder in sorted(by_folder):
+        grouped = _channel_files(folder, ending, channels) if layout == NNUNET else _volume_files(folder, ending)
+        wanted = set(by_folder[folder])
+        for name, group in grouped.items():
+            if wanted & set(group):
+                if name in cases:
+                    raise DataFormatError(f"{group[0]}: case {name} is there twice (also {cases[name][0]})")
+                cases[name] = group
+    return cases

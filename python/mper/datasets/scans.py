@@ -1,0 +1,391 @@
+"""Datasets imported from one's own scans (nnU-Net v2 or Medical Segmentation Decathlon
+layout): the import, the plan derived from the data, and the dataset spec built from a plan.
+
+:func:`import_scans` reads a raw dataset twice, one case at a time. The first pass reads
+and checks every case (so that a bad file is refused before anything is written) and
+gathers what the preprocessing needs: spacings, nonzero boxes and, for CT channels, a
+sample of the labeled voxels' intensities. The second pass preprocesses each case
+(:func:`mper.data.scan_preprocess.preprocess_scan`) and writes it
+(:mod:`mper.data.imported`); the plan (:mod:`mper.data.scan_plan`) is written last.
+
+The plan holds, for a 3D V-Net and for a 2D U-Net, the settings the data suggests:
+
+* the patch: the median case's shape (after cropping and resampling), each side
+  rounded to a multiple of 16 (the networks halve it four times) and at least 32, shrunk side by side
+  (the side largest relative to the median case first) until a batch of four fits the
+  memory budget;
+* the batch: as many as fit in ``memory_gb`` (an estimate: every layer's output of one
+  forward, from the network itself, twice for the backward pass), in multiples of four
+  (two labeled and two unlabeled images), and no more than 5% of the training voxels;
+* a CPU-sized ``demo`` preset: sides of at most 32 (3D) or 64 (2D) and a batch of four;
+* validation on a cross-validation fold of the labeled cases (``data.val_split = "fold"``,
+  at most five folds); the default labeled count: every labeled case outside the fold
+  when there are unlabeled scans, else a fifth of them;
+* the soft Dice pooled over the batch (``losses.dice = "pooled-squared"``, ACDC's form)
+  for 3D too: LA's per-image Dice suits one class present in nearly every patch, but
+  drives the probability of a class that a patch lacks towards zero, and small classes
+  are absent from most patches of one's own scans.
+
+``dims`` defaults to 2D for strongly anisotropic data (see
+:func:`~mper.data.scan_preprocess.is_strongly_anisotropic`), else 3D.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+from mper.data.imported import (
+    SCAN_CASES_DIR,
+    ImportedLayout,
+    load_scan_volume,
+    scan_items,
+    write_scan_case,
+    write_scan_lists,
+)
+from mper.data.raw_scans import CT, LABELED, TEST, UNLABELED, RawCase, RawDataset, read_case, read_raw_dataset
+from mper.data.scan_plan import DIMS, PLAN_FILE, ScanPlan, read_plan, write_plan
+from mper.data.scan_preprocess import (
+    FOREGROUND_SAMPLES,
+    MASK_FOR_NORM_FRACTION,
+    ChannelStatistics,
+    ScanRules,
+    crop,
+    foreground_sample,
+    foreground_statistics,
+    is_strongly_anisotropic,
+    nonzero_box,
+    preprocess_scan,
+    resampled_shape,
+    target_spacing,
+)
+from mper.errors import ConfigError, DataFormatError, RunFolderError
+from mper.nets import SIZE_MULTIPLE
+
+from .registry import dataset_names, get_dataset, register_imported
+from .spec import SLIDING_WINDOW, DatasetSpec
+
+#: The benchmark whose presets and network a plan of each dimensionality builds on.
+BASE_DATASETS = {"3d": "la", "2d": "acdc"}
+DEFAULT_MEMORY_GB = 8.0
+#: Images per batch come in fours: two labeled and two unlabeled, each pair copy-pasted.
+BATCH_STEP = 4
+#: The batch may hold at most this share of the training set's voxels (nnU-Net's cap).
+BATCH_DATASET_SHARE = 0.05
+#: Longest patch side of the CPU-sized ``demo`` preset, by dimensionality.
+DEMO_SIDE = {"3d": 32, "2d": 64}
+MAX_FOLDS = 5
+#: The labeled share used by default when the data has no unlabeled scans.
+DEFAULT_LABELED_SHARE = 0.2
+#: Shortest patch side: the networks' deepest map is then 2 voxels wide, enough for batch
+#: norm's statistics over the single image of a copy-paste half-batch.
+MIN_PATCH_SIDE = 2 * SIZE_MULTIPLE
+#: Backward keeps every layer's output and adds as much again in gradients.
+BACKWARD_FACTOR = 2
+_BYTES = 4
+
+
+# --- planning -------------------------------------------------------------------------------
+
+
+def _network_options(dims: str, preset: str) -> dict[str, Any]:
+    """The ``network`` settings of the base benchmark's preset (``paper`` or ``demo``)."""
+    tables = tomllib.loads(get_dataset(BASE_DATASETS[dims]).preset_file.read_text())
+    return {**tables["paper"].get("network", {}), **tables.get(preset, {}).get("network", {})}
+
+
+def bytes_per_voxel(dims: str, in_channels: int, num_classes: int) -> float:
+    """Training memory per voxel of a patch: the outputs of every layer of the ``paper``
+    network of ``dims`` in one forward, counted on a small input, times
+    :data:`BACKWARD_FACTOR`."""
+    net = get_dataset(BASE_DATASETS[dims]).network(in_channels=in_channels, num_classes=num_classes,
+                                                   **_network_options(dims, "paper"))
+    side = 2 * SIZE_MULTIPLE
+    sample = torch.zeros((1, in_channels, *(side,) * (3 if dims == "3d" else 2)))
+    elements = 0
+
+    def count(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        nonlocal elements
+        elements += sum(item.numel() for item in (output if isinstance(output, tuple) else (output,)))
+
+    hooks = [module.register_forward_hook(count) for module in net.modules() if not list(module.children())]
+    with torch.no_grad():
+        net(sample)
+    for hook in hooks:
+        hook.remove()
+    return BACKWARD_FACTOR * _BYTES * elements / sample[0, 0].numel()
+
+
+def _sides(median: Sequence[float], limit: int | None = None) -> list[int]:
+    """Each side rounded to a multiple of :data:`~mper.nets.SIZE_MULTIPLE`, at least
+    :data:`MIN_PATCH_SIDE`, at most ``limit``."""
+    sides = [max(MIN_PATCH_SIDE, SIZE_MULTIPLE * int(round(length / SIZE_MULTIPLE))) for length in median]
+    return sides if limit is None else [max(MIN_PATCH_SIDE, min(side, limit)) for side in sides]
+
+
+def patch_and_batch(median: Sequence[float], voxel_bytes: float, memory_gb: float,
+                    training_voxels: float) -> tuple[list[int], int]:
+    """The patch and batch that fit ``memory_gb`` (see the module docstring)."""
+    patch = _sides(median)
+    budget = memory_gb * 2**30
+    while BATCH_STEP * voxel_bytes * math.prod(patch) > budget and max(patch) > MIN_PATCH_SIDE:
+        ratios = [side / length if side > MIN_PATCH_SIDE else 0 for side, length in zip(patch, median)]
+        patch[int(np.argmax(ratios))] -= SIZE_MULTIPLE
+    fits = int(budget // (voxel_bytes * math.prod(patch)))
+    share = int(BATCH_DATASET_SHARE * training_voxels // math.prod(patch))
+    batch = max(BATCH_STEP, min(fits, share) // BATCH_STEP * BATCH_STEP)
+    return patch, batch
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What planning needs to know of the imported training cases."""
+
+    median_shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    training_cases: int
+    labeled_cases: int
+    unlabeled_cases: int
+    in_channels: int
+    num_classes: int
+
+
+def slice_axis_of(spacing: Sequence[float], median_shape: Sequence[int]) -> int:
+    """The axis 2D networks slice across: a single-slice axis, else the coarsest spacing (the
+    last of equals)."""
+    flat = [axis for axis, length in enumerate(median_shape) if length == 1]
+    if flat:
+        return flat[-1]
+    return int(max(range(len(spacing)), key=lambda axis: (spacing[axis], axis)))
+
+
+def default_labeled(summary: DataSummary, folds: int) -> int:
+    """Labeled cases by default: every one outside the largest fold when unlabeled scans
+    exist, else a fifth of them (at least one)."""
+    pool = summary.labeled_cases - math.ceil(summary.labeled_cases / folds)
+    if summary.unlabeled_cases:
+        return pool
+    return max(1, round(DEFAULT_LABELED_SHARE * pool))
+
+
+def plan_settings(summary: DataSummary, dims: str, memory_gb: float) -> dict[str, Any]:
+    """The preset tables of ``dims`` for the data of ``summary`` (see the module docstring)."""
+    slice_axis = slice_axis_of(summary.spacing, summary.median_shape)
+    median = [float(length) for axis, length in enumerate(summary.median_shape)
+              if dims == "3d" or axis != slice_axis]
+    voxels = summary.training_cases * math.prod(summary.median_shape)
+    patch, batch = patch_and_batch(median, bytes_per_voxel(dims, summary.in_channels, summary.num_classes),
+                                   memory_gb, voxels)
+    demo_patch = _sides(median, DEMO_SIDE[dims])
+    folds = min(MAX_FOLDS, summary.labeled_cases)
+    labeled = default_labeled(summary, folds)
+    validation = {"val_split": "fold", "folds": folds, "holdout_cases": 0}
+    paper: dict[str, Any] = {
+        "labeled": labeled,
+        "data": {"patch_size": patch, "batch_size": batch, "labeled_batch_size": batch // 2, **validation},
+        "eval": {"stride": [max(1, side // 2) for side in patch], "postprocess": "none",
+                 "pseudo_label_dice": summary.unlabeled_cases == 0},
+    }
+    if summary.num_classes > 2:
+        paper["selftrain"] = {"pseudo_label_threshold": "none"}
+    # a class absent from an image's patch would be driven to zero by a per-image Dice
+    paper["losses"] = {"dice": "pooled-squared"}
+    # k-means meets every class when it reads each labeled item once, centred on its labels
+    paper["prototypes"] = {"kmeans_augment": False}
+    demo = {
+        "labeled": labeled,
+        "data": {"patch_size": demo_patch, "batch_size": BATCH_STEP, "labeled_batch_size": BATCH_STEP // 2,
+                 **validation},
+        "eval": {"stride": [max(1, side // 2) for side in demo_patch]},
+    }
+    return {"paper": paper, "strict": {"data": validation}, "demo": demo}
+
+
+# --- the import -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Fingerprint:
+    """Pass one's findings: each case's spacing and cropped shape, and CT samples."""
+
+    spacings: dict[str, tuple[float, float, float]]
+    cropped: dict[str, tuple[int, ...]]
+    kept_fraction: dict[str, float]
+    samples: dict[int, list[np.ndarray]]
+
+
+def _fingerprint(raw: RawDataset, cases: Sequence[RawCase], progress: bool) -> _Fingerprint:
+    ct_channels = [index for index, scheme in enumerate(raw.normalization) if scheme == CT]
+    labeled = [case for case in cases if case.role == LABELED]
+    per_case = max(1, FOREGROUND_SAMPLES // max(1, len(labeled)))
+    rng = np.random.default_rng(0)
+    found = _Fingerprint({}, {}, {}, {index: [] for index in ct_channels})
+    for case in tqdm(cases, desc="checking scans", unit="case", disable=not progress):
+        _add_case(found, case, raw, ct_channels, per_case, rng)
+    return found
+
+
+def _add_case(found: _Fingerprint, case: RawCase, raw: RawDataset, ct_channels: Sequence[int], per_case: int,
+              rng: np.random.Generator) -> None:
+    """Read and check one case and add what pass one gathers; its arrays go when it returns."""
+    scan = read_case(case, raw)
+    box = nonzero_box(scan.image)
+    found.spacings[case.name] = scan.spacing
+    found.cropped[case.name] = tuple(stop - start for start, stop in box)
+    found.kept_fraction[case.name] = math.prod(found.cropped[case.name]) / math.prod(scan.image.shape[1:])
+    if case.role == LABELED and ct_channels and scan.label is not None:
+        label = crop(scan.label, box)
+        for index in ct_channels:
+            found.samples[index].append(foreground_sample(crop(scan.image[index], box), label, per_case, rng))
+
+
+def _import_case(case: RawCase, raw: RawDataset, rules: ScanRules, out: Path) -> None:
+    """Preprocess and write one case; its arrays go when it returns, before the next is read."""
+    scan = read_case(case, raw)
+    image, label, geometry = preprocess_scan(scan.image, scan.label, scan.spacing, scan.affine, rules)
+    write_scan_case(out, case.name, image, label, scan.label, geometry)
+
+
+def _scan_rules(raw: RawDataset, found: _Fingerprint, training: Sequence[str],
+                spacing: Sequence[float] | None) -> ScanRules:
+    statistics: list[ChannelStatistics | None] = []
+    for index, scheme in enumerate(raw.normalization):
+        if scheme != CT:
+            statistics.append(None)
+            continue
+        samples = np.concatenate(found.samples[index]) if found.samples[index] else np.empty(0)
+        if samples.size == 0:
+            raise DataFormatError(
+                f"{raw.source}: the labeled cases have no foreground voxel, so channel {index} ({raw.channels[index]}) "
+                "has no CT statistics; check the labels"
+            )
+        statistics.append(foreground_statistics(samples))
+    if spacing is None:
+        target = target_spacing([found.spacings[name] for name in training], [found.cropped[name] for name in training])
+    else:
+        target = tuple(float(value) for value in spacing)
+        if len(target) != 3 or min(target) <= 0:
+            raise ConfigError(f"--spacing must be three positive numbers (mm), got {list(spacing)}")
+    mask = float(np.median([found.kept_fraction[name] for name in training])) < MASK_FOR_NORM_FRACTION
+    return ScanRules(raw.normalization, tuple(statistics), mask, (target[0], target[1], target[2]))
+
+
+def _check_out(out: Path, source: Path) -> None:
+    if (out / PLAN_FILE).exists() or (out / SCAN_CASES_DIR).exists():
+        raise RunFolderError(f"{out} already holds an imported dataset; choose another --out or delete it first")
+    if out.resolve() == source.resolve():
+        raise RunFolderError(f"--out {out} is the raw dataset itself; choose another folder")
+
+
+def import_scans(
+    source: str | Path,
+    out: str | Path,
+    spacing: Sequence[float] | None = None,
+    dims: str | None = None,
+    memory_gb: float = DEFAULT_MEMORY_GB,
+    unlabeled: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Import the raw dataset under ``source`` into ``out`` (see the module docstring) and
+    return ``out``.
+
+    Args:
+        source: a raw dataset folder (nnU-Net v2 or MSD layout).
+        out: the dataset root to write; it must not hold an import already.
+        spacing: the target spacing in mm (x, y, z as stored); default from the data.
+        dims: ``"2d"`` or ``"3d"``, the plan's network; default from the anisotropy.
+        memory_gb: the training memory the plan's batch fits.
+        unlabeled: a folder of further unlabeled scans, named as ``imagesTr``.
+        progress: show progress bars.
+
+    Raises:
+        UserError: a raw file or ``dataset.json`` is unusable, or ``out`` holds an import;
+            nothing is written then.
+    """
+    source, out = Path(source), Path(out)
+    if dims is not None and dims not in DIMS:
+        raise ConfigError(f"--dims must be 2d or 3d; got {dims!r}")
+    if not memory_gb > 0:
+        raise ConfigError(f"--memory must be a positive number of GB; got {memory_gb}")
+    raw = read_raw_dataset(source, unlabeled)
+    if raw.name in dataset_names() and get_dataset(raw.name).scans is None:
+        raise ConfigError(
+            f"{source}: the dataset's name {raw.name!r} is a built-in dataset's; rename it in dataset.json"
+        )
+    _check_out(out, source)
+    cases = [case for case in raw.cases if case.role != TEST or case.label is not None]
+    training = [case.name for case in raw.with_role(LABELED)]
+    if len(training) < 2:
+        raise DataFormatError(
+            f"{source}: {len(training)} labeled training case; mper needs at least 2 (one to learn from, one to "
+            "validate on)"
+        )
+    found = _fingerprint(raw, cases, progress)
+    rules = _scan_rules(raw, found, training, spacing)
+    shapes = [resampled_shape(found.cropped[name], found.spacings[name], rules.spacing) for name in training]
+    median = tuple(int(round(value)) for value in np.median(np.asarray(shapes, dtype=np.float64), axis=0))
+    unlabeled_cases = len(raw.with_role(UNLABELED))
+    summary = DataSummary((median[0], median[1], median[2]), rules.spacing, len(training) + unlabeled_cases,
+                          len(training), unlabeled_cases, len(raw.channels), len(raw.class_names))
+    chosen = dims or ("2d" if is_strongly_anisotropic(rules.spacing, median) or 1 in median else "3d")
+    settings = {key: plan_settings(summary, key, memory_gb) for key in DIMS
+                if key == "2d" or min(median) > 1}
+    if chosen not in settings:
+        raise ConfigError(f"{source}: the cases are single slices; import them with --dims 2d")
+    plan = ScanPlan(
+        name=raw.name, source=str(source), layout=raw.layout, file_ending=raw.file_ending, dims=chosen,
+        slice_axis=slice_axis_of(rules.spacing, median), class_names=raw.class_names, channels=raw.channels,
+        rules=rules, median_shape=summary.median_shape, settings=settings,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    for case in tqdm(cases, desc=f"importing {raw.name}", unit="case", disable=not progress):
+        _import_case(case, raw, rules, out)
+    write_scan_lists(out, {"labeled": training, "unlabeled": [case.name for case in raw.with_role(UNLABELED)],
+                           "test": [case.name for case in cases if case.role == TEST]})
+    write_plan(plan, out)
+    return out
+
+
+# --- the dataset a plan describes ----------------------------------------------------------
+
+
+def scan_spec(plan: ScanPlan) -> DatasetSpec:
+    """The :class:`DatasetSpec` of an imported dataset: the base benchmark's network and
+    presets (LA for 3D, ACDC for 2D) with the plan's settings on top."""
+    base = get_dataset(BASE_DATASETS[plan.dims])
+    changes: dict[str, Mapping[str, Any]] = {name: table for name, table in plan.presets.items()}
+    changes["paper"] = {**changes["paper"], "num_classes": len(plan.class_names)}
+    layout = ImportedLayout(plan.slice_axis if plan.dims == "2d" else None)
+    return DatasetSpec(
+        name=plan.name, title=plan.name, class_names=plan.class_names, network=base.network,
+        layout_mark=SCAN_CASES_DIR, list_cases=layout.list_cases, training_split=layout.training_split,
+        load_item=layout.load_item, load_volume=load_scan_volume, label_group=layout.label_group,
+        training_items=scan_items(plan.patch_size, layout), preset_file=base.preset_file,
+        patch_size=plan.patch_size, inference=SLIDING_WINDOW, stride=plan.stride, slice_axis=plan.slice_axis,
+        normalization="z-score",  # the plan's rules normalise raw scans; imported volumes are mostly z-scored
+        validation_splits=("fold",), label_unit="cases", label_budgets=(int(plan.presets["paper"]["labeled"]),),
+        preset_changes=changes, in_channels=len(plan.channels), scans=plan,
+    )
+
+
+def register_plan(folder: str | Path) -> DatasetSpec:
+    """Register the imported dataset whose plan is in ``folder`` (its root, or a run folder's
+    copy) and return its spec."""
+    return register_imported(scan_spec(read_plan(folder)))
+
+
+def has_plan(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a plan (an imported dataset's root, or a run on one)."""
+    return (Path(folder) / PLAN_FILE).is_file()

@@ -1,0 +1,397 @@
+"""Raw scans in the nnU-Net v2 and Decathlon layouts: the synthetic writer, the readers, the
+checks that refuse bad input before anything is written, the preprocessing by nnU-Net's
+conventions and the way back, the plan file and the training items."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from mper import cli
+from mper.data.imported import ImportedLayout, scan_items, write_scan_case, write_scan_lists
+from mper.data.raw_scans import LABELED, MSD, NNUNET, TEST, UNLABELED, read_case, read_raw_dataset
+from mper.data.scan_plan import ScanPlan, parse_plan, plan_text
+from mper.data.scan_preprocess import (
+    CaseGeometry,
+    ChannelStatistics,
+    Normalization,
+    ScanRules,
+    anisotropic_axis,
+    foreground_statistics,
+    nonzero_box,
+    normalize_channel,
+    preprocess_scan,
+    resample_labels,
+    resampled_shape,
+    restore_labels,
+    target_spacing,
+)
+from mper.data.splits import fold_cases
+from mper.data.synth_scans import SYNTH_SCAN_CHANNELS, SYNTH_SCAN_CLASSES, synthesize_scans
+from mper.datasets.scans import MIN_PATCH_SIDE, patch_and_batch
+from mper.errors import ConfigError
+
+TINY = (16, 16, 5)
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    """A tiny synthetic raw dataset in each layout."""
+    root = tmp_path_factory.mktemp("raw")
+    return {layout: synthesize_scans(root / layout, layout, cases=6, seed=3, size=TINY, progress=False)
+            for layout in (NNUNET, MSD)}
+
+
+# --- the synthetic writer and the readers --------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", [NNUNET, MSD])
+def test_synthetic_scans_have_the_layout_and_variety_the_issue_asks_for(raw, layout):
+    dataset = read_raw_dataset(raw[layout])
+    assert dataset.layout == layout
+    assert dataset.channels == SYNTH_SCAN_CHANNELS and dataset.normalization == ("ct", "z-score")
+    assert dataset.class_names == SYNTH_SCAN_CLASSES and len(SYNTH_SCAN_CLASSES) == 5
+    roles = [case.role for case in dataset.cases]
+    assert roles.count(LABELED) == 3 and roles.count(UNLABELED) == 1 and roles.count(TEST) == 2
+    shapes, spacings = set(), set()
+    for case in dataset.cases:
+        scan = read_case(case, dataset)
+        assert scan.image.shape[0] == 2 and scan.image.dtype == np.float32
+        assert (scan.label is None) == (case.role == UNLABELED)
+        assert not np.allclose(scan.affine, np.diag([*scan.spacing, 1.0]))  # rotated, flipped, shifted
+        assert max(scan.spacing) / min(scan.spacing) > 2.5  # thick slices
+        ct, mr = scan.image
+        assert ct.min() <= -900 and mr.min() == 0 and mr.max() > 100  # air in CT, a zero MR background
+        if scan.label is not None:
+            assert set(np.unique(scan.label)) == set(range(len(SYNTH_SCAN_CLASSES)))
+        shapes.add(scan.image.shape)
+        spacings.add(scan.spacing)
+    assert len(shapes) > 1 and len(spacings) > 1
+
+
+def test_both_layouts_hold_the_same_cases(raw):
+    nnunet, msd = (read_raw_dataset(raw[layout]) for layout in (NNUNET, MSD))
+    assert [case.name for case in nnunet.cases] == [case.name for case in msd.cases]
+    assert all(len(case.images) == 2 for case in nnunet.cases) and all(len(case.images) == 1 for case in msd.cases)
+    first = nnunet.cases[0]
+    a, b = read_case(first, nnunet), read_case(msd.cases[0], msd)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.label, b.label)
+    np.testing.assert_allclose(a.affine, b.affine)
+    assert json.loads((raw[MSD] / "dataset.json").read_text())["tensorImageSize"] == "4D"
+
+
+def test_mper_data_synth_writes_raw_scans_and_asks_for_one_kind_of_data(tmp_path, capsys):
+    cli.data_main(["synth", "--format", "msd", "--out", str(tmp_path / "msd"), "--cases", "5", "--size", "12", "12", "4"])
+    assert "wrote synthetic msd scans" in capsys.readouterr().out
+    assert read_raw_dataset(tmp_path / "msd").layout == MSD
+    for options in ([], ["--format", "nnunet", "--dataset", "la"]):
+        with pytest.raises(SystemExit):
+            cli.data_main(["synth", "--out", str(tmp_path / "x"), *options])
+        assert "needs one of --dataset (LA / ACDC layout) or --format (raw scans)" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+# --- bad input: one line naming the file, nothing written -------------------------------------
+
+
+def _rewrite(path, data=None, affine=None):
+    scan = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(scan.dataobj) if data is None else data,
+                             scan.affine if affine is None else affine), path)
+
+
+def _missing_channel(root):
+    (root / "imagesTr" / "synth_001_0001.nii.gz").unlink()
+    return "synth_001_0001.nii.gz", "add it"
+
+
+def _label_shape(root):
+    path = root / "labelsTr" / "synth_000.nii.gz"
+    _rewrite(path, np.asarray(nib.load(path).dataobj)[:-1])
+    return "labelsTr/synth_000.nii.gz", "shape"
+
+
+def _channel_affine(root):
+    path = root / "imagesTr" / "synth_002_0001.nii.gz"
+    affine = nib.load(path).affine.copy()
+    affine[0, 3] += 5
+    _rewrite(path, affine=affine)
+    return "imagesTr/synth_002_0001.nii.gz", "affine"
+
+
+def _undeclared_label(root):
+    path = root / "labelsTr" / "synth_001.nii.gz"
+    label = np.asarray(nib.load(path).dataobj).copy()
+    label[0, 0, 0] = 7
+    _rewrite(path, label)
+    return "labelsTr/synth_001.nii.gz", "not declared in dataset.json"
+
+
+def _four_d_label(root):
+    path = root / "labelsTr" / "synth_000.nii.gz"
+    label = np.asarray(nib.load(path).dataobj)
+    _rewrite(path, np.stack([label, label], axis=-1))
+    return "labelsTr/synth_000.nii.gz", "4D label"
+
+
+def _nan_voxels(root):
+    path = root / "imagesTr" / "synth_002_0001.nii.gz"
+    image = np.asarray(nib.load(path).dataobj, dtype=np.float32).copy()
+    image[1, 2, 0] = np.nan
+    _rewrite(path, image)
+    return "imagesTr/synth_002_0001.nii.gz", "NaN"
+
+
+def _duplicate_case(root):
+    for channel in (0, 1):
+        shutil.copy(root / "imagesTs" / f"synth_004_{channel:04d}.nii.gz", root / "imagesTs" / f"synth_000_{channel:04d}.nii.gz")
+    return "synth_000", "twice"
+
+
+def _empty_training(root):
+    for folder in ("imagesTr", "labelsTr"):
+        shutil.rmtree(root / folder)
+        (root / folder).mkdir()
+    return "imagesTr", "no labeled training case"
+
+
+def _unknown_modality(root):
+    document = json.loads((root / "dataset.json").read_text())
+    document["channel_names"]["1"] = "XYZ"
+    (root / "dataset.json").write_text(json.dumps(document))
+    return "dataset.json", "unknown modality 'XYZ'"
+
+
+@pytest.mark.parametrize("damage", [_missing_channel, _label_shape, _channel_affine, _undeclared_label, _four_d_label,
+                                    _nan_voxels, _duplicate_case, _empty_training, _unknown_modality])
+def test_bad_input_is_refused_in_one_line_before_anything_is_written(raw, tmp_path, capsys, damage):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    named, advice = damage(source)
+    out = tmp_path / "imported"
+    with pytest.raises(SystemExit) as stop:
+        cli.data_main(["import", "--source", str(source), "--out", str(out)])
+    error = capsys.readouterr().err
+    assert stop.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error, error
+    line = error.splitlines()[-1]  # after the progress bar's
+    assert line.startswith("mper-data: error: ") and named in line and advice in line, error
+    assert not out.exists()
+
+
+def test_a_decathlon_case_listed_twice_is_refused(raw, tmp_path, capsys):
+    source = shutil.copytree(raw[MSD], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    document["training"].append(document["training"][0])
+    (source / "dataset.json").write_text(json.dumps(document))
+    with pytest.raises(SystemExit):
+        cli.data_main(["import", "--source", str(source), "--out", str(tmp_path / "out")])
+    assert "case synth_000 is listed twice in training" in capsys.readouterr().err
+
+
+def test_a_decathlon_image_with_the_wrong_channel_count_is_refused(raw, tmp_path):
+    source = shutil.copytree(raw[MSD], tmp_path / "raw")
+    path = source / "imagesTr" / "synth_001.nii.gz"
+    _rewrite(path, np.asarray(nib.load(path).dataobj)[..., :1])
+    dataset = read_raw_dataset(source)
+    with pytest.raises(ValueError, match=r"synth_001.nii.gz: shape .* expected a 4D image \(x, y, z, 2 channels\)"):
+        read_case(next(case for case in dataset.cases if case.name == "synth_001"), dataset)
+
+
+# --- preprocessing --------------------------------------------------------------------------
+
+
+def _labels(shape, spacing, seed):
+    """A label map of four classes: nested and touching ellipsoids in millimetres."""
+    rng = np.random.default_rng(seed)
+    grid = np.meshgrid(*((np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)), indexing="ij")
+    extent = [n * s for n, s in zip(shape, spacing)]
+    label = np.zeros(shape, np.uint8)
+    for value in range(1, 5):
+        centre = rng.uniform(-0.15, 0.15, 3) * extent
+        axes = rng.uniform(0.15, 0.35, 3) * extent
+        label[sum(((g - c) / a) ** 2 for g, c, a in zip(grid, centre, axes)) <= 1] = value
+    return label
+
+
+def _boundary(label):
+    """Voxels within one voxel (26-neighbourhood) of a change of class."""
+    high = ndimage.maximum_filter(label, size=3, mode="nearest")
+    low = ndimage.minimum_filter(label, size=3, mode="nearest")
+    return high != low
+
+
+@pytest.mark.parametrize("spacing, target", [((0.8, 0.8, 3.0), (1.1, 1.1, 2.2)), ((1.0, 1.2, 1.1), (1.3, 0.9, 1.4))])
+def test_resampling_a_label_map_and_back_recovers_it_within_one_voxel_at_boundaries(spacing, target):
+    label = _labels((40, 36, 14), spacing, seed=1)
+    shape = resampled_shape(label.shape, spacing, target)
+    axis = anisotropic_axis(spacing, target)
+    assert axis == (2 if spacing[2] / spacing[0] > 3 else None)
+    there = resample_labels(label, shape, axis)
+    back = resample_labels(there, label.shape, axis)
+    wrong = back != label
+    assert wrong.any() and not (wrong & ~_boundary(label)).any()
+    # the way predictions go back: class probabilities, resampled one class at a time, argmax, un-cropped
+    geometry = CaseGeometry(shape=(44, 40, 14), spacing=spacing, affine=tuple(map(tuple, np.eye(4))),
+                            crop=((2, 42), (1, 37), (0, 14)), resampled_shape=tuple(shape))
+    probabilities = np.eye(5, dtype=np.float32)[there].transpose(3, 0, 1, 2)
+    restored = restore_labels(probabilities, geometry, target)
+    assert restored.shape == (44, 40, 14)
+    assert not restored[:2].any() and not restored[42:].any() and not restored[:, :1].any() and not restored[:, 37:].any()
+    wrong = restored[2:42, 1:37] != label
+    assert not (wrong & ~_boundary(label)).any()
+
+
+def test_an_anisotropic_axis_is_resampled_by_nearest_slices():
+    label = _labels((20, 20, 6), (1.0, 1.0, 4.0), seed=2)
+    thinner = resample_labels(label, (20, 20, 12), anisotropic_axis((1.0, 1.0, 4.0), (1.0, 1.0, 2.0)))
+    np.testing.assert_array_equal(thinner, np.repeat(label, 2, axis=2))
+
+
+def test_the_anisotropy_rule():
+    assert anisotropic_axis((1.0, 1.0, 3.5)) == 2 and anisotropic_axis((3.5, 1.0, 1.0)) == 0
+    assert anisotropic_axis((1.0, 1.0, 2.9)) is None and anisotropic_axis((1.0, 1.0, 2.9), (0.5, 0.5, 2.9)) == 2
+    assert anisotropic_axis((4.0, 4.0, 1.0)) is None  # two coarse axes: no single slice axis
+
+
+def test_target_spacing_is_the_median_or_a_fine_coarse_axis_for_thick_slices():
+    spacings = [(0.7, 0.7, 5.0), (0.8, 0.8, 2.5), (0.75, 0.75, 5.0), (0.9, 0.9, 6.0), (0.8, 0.8, 5.0)]
+    thick = [(512, 512, 40)] * 5
+    median_x = float(np.median([s[0] for s in spacings]))
+    expected = (median_x, median_x, float(np.percentile([s[2] for s in spacings], 10)))
+    assert target_spacing(spacings, thick) == pytest.approx(expected)
+    many_slices = [(512, 512, 400)] * 5  # the coarse axis has as many voxels: the median stays
+    assert target_spacing(spacings, many_slices) == pytest.approx((median_x, median_x, 5.0))
+    assert target_spacing([(1, 1, 1), (2, 2, 2), (3, 3, 3)], [(9, 9, 9)] * 3) == pytest.approx((2, 2, 2))
+
+
+def test_crop_to_nonzero_uses_every_channel():
+    image = np.zeros((2, 10, 9, 8), np.float32)
+    image[0, 2:5, 3:4, 1:7] = 1
+    image[1, 6, 7, 2] = -3
+    assert nonzero_box(image) == ((2, 7), (3, 8), (1, 7))
+    assert nonzero_box(np.zeros((1, 3, 4, 5))) == ((0, 3), (0, 4), (0, 5))
+
+
+def test_ct_channels_are_clipped_to_foreground_percentiles_and_z_scored():
+    rng = np.random.default_rng(0)
+    image = rng.normal(40, 30, (30, 30, 10)).astype(np.float32)
+    label = np.zeros(image.shape, np.uint8)
+    label[5:20, 5:25, 2:8] = 1
+    foreground = image[label > 0].astype(np.float64)
+    statistics = foreground_statistics(foreground)
+    low, high = np.percentile(foreground, [0.5, 99.5])
+    assert (statistics.mean, statistics.std, statistics.low, statistics.high) == pytest.approx(
+        (foreground.mean(), foreground.std(), low, high))
+    normalized, used = normalize_channel(image.copy(), "ct", statistics, None)
+    np.testing.assert_allclose(normalized, (np.clip(image, low, high) - foreground.mean()) / foreground.std(),
+                               rtol=1e-5, atol=1e-5)
+    assert used == Normalization("ct", statistics.mean, statistics.std, (statistics.low, statistics.high))
+
+
+def test_z_scores_inside_the_mask_leave_zero_outside():
+    rng = np.random.default_rng(1)
+    image = rng.uniform(100, 900, (12, 12, 4)).astype(np.float32)
+    mask = np.zeros(image.shape, bool)
+    mask[2:10, 3:11] = True
+    normalized, used = normalize_channel(image.copy(), "z-score", None, mask)
+    inside = normalized[mask].astype(np.float64)
+    assert inside.mean() == pytest.approx(0, abs=1e-5) and inside.std() == pytest.approx(1, abs=1e-5)
+    assert not normalized[~mask].any() and used.masked
+    whole, _ = normalize_channel(image.copy(), "z-score", None, None)
+    assert whole.astype(np.float64).std() == pytest.approx(1, abs=1e-5)
+
+
+def test_a_case_keeps_what_it_needs_to_go_back(raw):
+    dataset = read_raw_dataset(raw[NNUNET])
+    case = dataset.with_role(LABELED)[0]
+    scan = read_case(case, dataset)
+    rules = ScanRules(("ct", "z-score"), (ChannelStatistics(50.0, 40.0, -20.0, 170.0), None), True, (2.0, 2.0, 4.0))
+    image, label, geometry = preprocess_scan(scan.image.copy(), scan.label, scan.spacing, scan.affine, rules)
+    assert geometry.shape == scan.image.shape[1:] and geometry.spacing == scan.spacing
+    np.testing.assert_allclose(np.asarray(geometry.affine), scan.affine)
+    assert geometry.crop == nonzero_box(scan.image) and geometry.crop != tuple((0, n) for n in scan.image.shape[1:])
+    assert image.shape == (2, *geometry.resampled_shape) and label.shape == geometry.resampled_shape
+    assert geometry.resampled_shape == resampled_shape(geometry.cropped_shape, scan.spacing, rules.spacing)
+    assert [n.scheme for n in geometry.normalization] == ["ct", "z-score"] and geometry.normalization[1].masked
+    assert CaseGeometry.from_json(geometry.to_json()) == geometry
+
+
+# --- plan, folds, planning, items ------------------------------------------------------------
+
+
+def _plan():
+    rules = ScanRules(("ct", "z-score"), (ChannelStatistics(1.5, 2.5, -3.0, 4.25), None), False, (0.8, 0.8, 3.0))
+    settings = {dims: {"paper": {"labeled": 3, "data": {"patch_size": [32] * size, "batch_size": 4}}}
+                for dims, size in (("2d", 2), ("3d", 3))}
+    return ScanPlan(name="Liver-01", source="raw", layout=NNUNET, file_ending=".nii.gz", dims="3d", slice_axis=2,
+                    class_names=("background", "liver", "tumour"), channels=("CT", "T2"), rules=rules,
+                    median_shape=(120, 110, 40), settings=settings)
+
+
+def test_the_plan_file_reads_back_what_was_written():
+    plan = _plan()
+    assert parse_plan(plan_text(plan, "data/liver"), "plan.toml") == plan
+
+
+def test_an_edited_plan_changes_names_and_dims_and_a_broken_one_is_refused():
+    text = plan_text(_plan(), "data/liver")
+    edited = parse_plan(text.replace('dims = "3d"', 'dims = "2d"').replace('"tumour"', '"lesion"'), "plan.toml")
+    assert edited.dims == "2d" and edited.patch_size == (32, 32) and edited.class_names[-1] == "lesion"
+    with pytest.raises(ConfigError, match="plan.toml: dims must be 2d or 3d; got '4d'"):
+        parse_plan(text.replace('dims = "3d"', 'dims = "4d"'), "plan.toml")
+    with pytest.raises(ConfigError, match="plan.toml is not valid TOML"):
+        parse_plan(text.replace('dims = "3d"', "dims = "), "plan.toml")
+    with pytest.raises(ConfigError, match="name 'my data' must be letters"):
+        parse_plan(text.replace('name = "Liver-01"', 'name = "my data"'), "plan.toml")
+
+
+def test_folds_partition_the_cases():
+    names = [f"case{index:02d}" for index in range(13)]
+    folds = [fold_cases(names, 5, fold) for fold in range(5)]
+    assert sorted(sum(folds, [])) == names
+    assert {len(fold) for fold in folds} == {2, 3}
+    assert folds[1] == fold_cases(list(reversed(names)), 5, 1)[::-1]  # the same cases whatever the order
+    with pytest.raises(ValueError, match="need at least 5 cases"):
+        fold_cases(names[:4], 5, 0)
+
+
+def test_the_planned_patch_and_batch_fit_the_memory():
+    median = (300.0, 280.0, 90.0)
+    voxel_bytes = 1000.0
+    patch, batch = patch_and_batch(median, voxel_bytes, 16.0, training_voxels=1e12)
+    assert all(side % 16 == 0 and side >= MIN_PATCH_SIDE for side in patch)
+    assert batch % 4 == 0 and batch * voxel_bytes * np.prod(patch) <= 16 * 2**30
+    small, small_batch = patch_and_batch(median, voxel_bytes, 2.0, training_voxels=1e12)
+    assert np.prod(small) < np.prod(patch) and small_batch == 4
+    assert 4 * voxel_bytes * np.prod(small) <= 2 * 2**30
+    _, capped = patch_and_batch((40.0, 40.0, 40.0), voxel_bytes, 64.0, training_voxels=10 * 48**3)
+    assert capped == 4  # the batch holds at most 5% of the training voxels (at least four images)
+
+
+def test_training_items_carry_every_channel_in_3d_and_in_2d(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(2, 20, 18, 6)).astype(np.float32)
+    label = np.zeros((20, 18, 6), np.uint8)
+    label[3:7, 12:16, 1:5] = 3
+    geometry = CaseGeometry((20, 18, 6), (1.0, 1.0, 3.0), tuple(map(tuple, np.eye(4))), ((0, 20), (0, 18), (0, 6)),
+                            (20, 18, 6))
+    write_scan_case(tmp_path, "a", image, label, label, geometry)
+    write_scan_case(tmp_path, "b", image, None, None, geometry)
+    write_scan_lists(tmp_path, {"labeled": ["a"], "unlabeled": ["b"]})
+    flat = ImportedLayout(slice_axis=2)
+    assert flat.list_cases(tmp_path, "train") == [f"{case}/{index}" for case in "ab" for index in range(6)]
+    slice_image, slice_label = flat.load_item(tmp_path, "a/3")
+    np.testing.assert_array_equal(slice_image, image[:, :, :, 3])
+    np.testing.assert_array_equal(slice_label, label[:, :, 3])
+    assert not flat.load_item(tmp_path, "b/0")[1].any()
+    for layout, patch, item in ((ImportedLayout(), (16, 16, 16), "a"), (flat, (16, 16), "a/2")):
+        items = scan_items(patch, layout)(tmp_path, [item], augment=False, seed=0)
+        sample = items[0]
+        assert sample["image"].shape == (2, *patch) and sample["label"].shape == patch
+        assert int((sample["label"] == 3).sum()) == int((np.asarray(layout.load_item(tmp_path, item)[1]) == 3).sum())
+        augmented = scan_items(patch, layout)(tmp_path, [item], augment=True, seed=0)
+        assert augmented[(1, 0)]["image"].shape == (2, *patch)

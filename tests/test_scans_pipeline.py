@@ -1,0 +1,207 @@
+"""One's own scans end to end: a raw dataset in the nnU-Net v2 layout and one in the Decathlon
+layout are written, imported, trained on (tiny MPER runs: a 3D V-Net, a 2D U-Net; two
+channels, five classes), evaluated and predicted back onto the scanners' grids, through
+the commands a user types."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from mper import cli, pipeline
+from mper.data.raw_scans import MSD, NNUNET
+from mper.data.synth_scans import SYNTH_SCAN_CLASSES
+from mper.datasets import get_dataset
+from mper.datasets.registry import _REGISTRY
+from mper.train.checkpoint import load_checkpoint
+from mper.train.config import TrainConfig
+
+TINY = ["--device", "cpu", "--set", "data.num_workers=0", "--set", "pretrain.iterations=2",
+        "--set", "selftrain.iterations=2", "--set", "eval.val_interval=2", "--set", "prototypes.kmeans_max_voxels=500"]
+NETWORKS = {"3d": ["--set", "network.base_filters=4"], "2d": ["--set", "network.channels=[4,8,16,32,64]"]}
+NAME = "Synth"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _unregister_imported_datasets():
+    """Leave the registry as the other test modules expect it: the built-in datasets only."""
+    yield
+    for name in [name for name, spec in _REGISTRY.items() if spec.scans is not None]:
+        del _REGISTRY[name]
+
+
+def _run(tmp, layout, dims, *options):
+    raw = tmp / f"raw-{layout}"
+    cli.data_main(["synth", "--format", layout, "--out", str(raw), "--cases", "7", "--size", "20", "20", "6",
+                   "--seed", "4"])
+    root = tmp / f"imported-{layout}"
+    cli.data_main(["import", "--source", str(raw), "--out", str(root), "--dims", dims])
+    run_dir = tmp / f"run-{layout}"
+    cli.train_main(["--data-root", str(root), "--out", str(run_dir), *TINY, *NETWORKS[dims], *options])
+    return raw, root, run_dir
+
+
+@pytest.fixture(scope="module")
+def nnunet_3d(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("nnunet"), NNUNET, "3d")
+
+
+@pytest.fixture(scope="module")
+def decathlon_2d(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("msd"), MSD, "2d", "--labeled", "all", "--fold", "1")
+
+
+def _dice(pred, truth):
+    if not pred.any() and not truth.any():
+        return 1.0
+    return 2 * np.count_nonzero(pred & truth) / (np.count_nonzero(pred) + np.count_nonzero(truth))
+
+
+def _average_surface_distance(pred, truth, spacing):
+    """medpy's asd, written out: mean distance from the prediction's surface voxels to the
+    truth's surface, in the units of ``spacing``."""
+    cross = ndimage.generate_binary_structure(3, 1)
+    pred_surface = pred & ~ndimage.binary_erosion(pred, cross)
+    truth_surface = truth & ~ndimage.binary_erosion(truth, cross)
+    return float(ndimage.distance_transform_edt(~truth_surface, sampling=spacing)[pred_surface].mean())
+
+
+def _test_images(raw, layout):
+    folder = raw / "imagesTs"
+    suffix = "_0000.nii.gz" if layout == NNUNET else ".nii.gz"
+    return {path.name[: -len(suffix)]: path for path in sorted(folder.glob(f"*{suffix}"))}
+
+
+def _check_predictions_and_scores(raw, run_dir, layout, tmp_path, capsys):
+    out = tmp_path / "predictions"
+    cli.predict_main(["--checkpoint", str(run_dir / "best.pt"), "--input", str(raw / "imagesTs"),
+                      "--output", str(out), "--device", "cpu"])
+    cli.eval_main(["--checkpoint", str(run_dir / "best.pt"), "--out", str(tmp_path / "eval"), "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert "95HD and ASD in mm" in printed and "| tumour |" in printed and "| spleen |" in printed
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    images = _test_images(raw, layout)
+    assert sorted(path.name for path in out.iterdir()) == [f"{case}.nii.gz" for case in images]
+    assert sorted(metrics["per_case"]) == sorted(images)
+    distances_checked = overlaps = 0
+    for case, image_path in images.items():
+        image, predicted = nib.load(image_path), nib.load(out / f"{case}.nii.gz")
+        assert predicted.shape == image.shape[:3]
+        np.testing.assert_array_equal(predicted.affine, image.affine)
+        assert predicted.header.get_zooms()[:3] == image.header.get_zooms()[:3]
+        pred = np.asarray(predicted.dataobj)
+        truth = np.asarray(nib.load(raw / "labelsTs" / f"{case}.nii.gz").dataobj)
+        assert set(np.unique(truth)) == set(range(len(SYNTH_SCAN_CLASSES)))
+        for label in range(1, len(SYNTH_SCAN_CLASSES)):
+            scores = metrics["per_case"][case][str(label)]
+            assert scores["dice"] == pytest.approx(_dice(pred == label, truth == label), rel=1e-9, abs=1e-12)
+            overlaps += scores["dice"] > 0
+            if (pred == label).any():
+                spacing = image.header.get_zooms()[:3]
+                expected = _average_surface_distance(pred == label, truth == label, spacing)
+                assert scores["asd"] == pytest.approx(expected, rel=1e-6)
+                distances_checked += 1
+    assert distances_checked and overlaps
+
+
+def test_an_nnunet_dataset_trains_in_3d_and_predicts_onto_each_scans_grid(nnunet_3d, tmp_path, capsys):
+    raw, root, run_dir = nnunet_3d
+    config = TrainConfig.from_dict(load_checkpoint(run_dir / "last.pt")["config"])
+    assert (config.dataset, config.num_classes, config.data.val_split, config.data.fold) == (NAME, 5, "fold", 0)
+    net = pipeline.load_network(run_dir / "best.pt", device="cpu")[0]
+    assert type(net).__name__ == "VNet3D" and net.in_channels == 2
+    bank = load_checkpoint(run_dir / "last.pt")["bank"]["prototypes"]
+    assert bank.shape == (5 * config.prototypes.per_class, 4)
+    assert (run_dir / "plan.toml").is_file() and (run_dir / "figures").is_dir()
+    table = (run_dir / "metrics.md").read_text()
+    assert "| MPER | 3 | 1 |" in table  # 4 labeled cases, one in the validation fold; 1 unlabeled scan
+    _check_predictions_and_scores(raw, run_dir, NNUNET, tmp_path, capsys)
+
+
+def test_a_decathlon_dataset_trains_in_2d_on_every_labeled_case_of_a_fold(decathlon_2d, tmp_path, capsys):
+    raw, root, run_dir = decathlon_2d
+    config = TrainConfig.from_dict(load_checkpoint(run_dir / "last.pt")["config"])
+    assert (config.data.fold, config.labeled, config.data.patch_size) == (1, 3, (32, 32))
+    net = pipeline.load_network(run_dir / "best.pt", device="cpu")[0]
+    assert type(net).__name__ == "UNet2D" and net.in_channels == 2
+    _check_predictions_and_scores(raw, run_dir, MSD, tmp_path, capsys)
+
+
+def test_a_run_predicts_and_resumes_from_its_own_copy_of_the_plan(nnunet_3d, tmp_path, capsys):
+    raw, root, run_dir = nnunet_3d
+    moved = shutil.move(str(root), tmp_path / "elsewhere")
+    del _REGISTRY[NAME]
+    try:
+        written = pipeline.predict(run_dir / "best.pt", raw / "imagesTs" / "synth_005_0001.nii.gz", tmp_path / "one",
+                                   device="cpu")
+        assert [path.name for path in written] == ["synth_005.nii.gz"]
+        assert get_dataset(NAME).scans is not None
+    finally:
+        shutil.move(moved, root)
+    del _REGISTRY[NAME]
+    cli.train_main(["--resume", "--out", str(run_dir)])  # finished: evaluates again
+    assert "| MPER | 3 | 1 |" in capsys.readouterr().out
+
+
+def test_without_labeled_test_cases_a_run_is_scored_on_its_validation_fold(decathlon_2d, tmp_path, capsys):
+    _, root, _ = decathlon_2d
+    unlabeled_tests = shutil.copytree(root, tmp_path / "no-test-labels")
+    (unlabeled_tests / "test.list").write_text("")
+    run_dir = tmp_path / "run"
+    cli.train_main(["--data-root", str(unlabeled_tests), "--out", str(run_dir), *TINY, *NETWORKS["2d"]])
+    assert "means over 1 cases" in (run_dir / "metrics.md").read_text()  # fold 0 of four labeled cases
+    with pytest.raises(SystemExit):
+        cli.eval_main(["--checkpoint", str(run_dir / "best.pt"), "--device", "cpu"])
+    assert "has no labeled test cases" in capsys.readouterr().err.splitlines()[-1]
+    cli.eval_main(["--checkpoint", str(run_dir / "best.pt"), "--device", "cpu", "--split", "val"])
+
+
+def test_two_dimensional_images_train_in_2d_and_predict_in_their_own_shape(nnunet_3d, tmp_path):
+    raw, _, _ = nnunet_3d
+    flat = shutil.copytree(raw, tmp_path / "raw-2d")
+    for path in sorted(flat.glob("*/*.nii.gz")):  # every image and label becomes its middle slice
+        scan = nib.load(path)
+        data = np.asarray(scan.dataobj)
+        nib.save(nib.Nifti1Image(data[:, :, data.shape[2] // 2], scan.affine), path)
+    root = pipeline.import_scans(flat, tmp_path / "imported")
+    plan = (root / "plan.toml").read_text()
+    assert 'dims = "2d"' in plan and "\n[3d." not in plan and "\n[2d.paper]" in plan
+    run_dir = tmp_path / "run"
+    cli.train_main(["--data-root", str(root), "--out", str(run_dir), *TINY, *NETWORKS["2d"]])
+    written = pipeline.predict(run_dir / "best.pt", flat / "imagesTs", tmp_path / "predictions", device="cpu")
+    for path in written:
+        image = nib.load(flat / "imagesTs" / path.name.replace(".nii.gz", "_0000.nii.gz"))
+        assert nib.load(path).shape == image.shape and len(image.shape) == 2
+        np.testing.assert_array_equal(nib.load(path).affine, image.affine)
+
+
+def test_every_preset_and_setting_applies_to_imported_data(nnunet_3d, capsys):
+    _, root, _ = nnunet_3d
+    for preset in ("paper", "reference", "strict", "demo", "reference+demo"):
+        cli.train_main(["--data-root", str(root), "--preset", preset, "--print-config",
+                        "--set", "selftrain.iterations=7", "--fold", "2"])
+        printed = capsys.readouterr().out
+        assert f'dataset = "{NAME}"' in printed and 'val_split = "fold"' in printed and "fold = 2" in printed
+        assert "iterations = 7" in printed and "num_classes = 5" in printed
+        assert 'dice = "pooled-squared"' in printed  # not LA's per-image Dice: small classes miss most patches
+    assert "patch_size = [32, 32, 32]" in printed
+
+
+def test_an_edited_plan_is_what_trains(nnunet_3d, tmp_path, capsys):
+    _, root, _ = nnunet_3d
+    edited = shutil.copytree(root, tmp_path / "edited")
+    plan = edited / "plan.toml"
+    plan.write_text(plan.read_text().replace('"tumour"', '"lesion"').replace('dims = "3d"', 'dims = "2d"'))
+    cli.train_main(["--data-root", str(edited), "--print-config"])
+    assert "patch_size = [32, 32]" in capsys.readouterr().out
+    assert get_dataset(NAME).class_names[-1] == "lesion" and get_dataset(NAME).network.__name__ == "UNet2D"
+    with pytest.raises(SystemExit) as stop:
+        cli.train_main(["--data-root", str(edited), "--labeled", "9", "--out", str(tmp_path / "r"), *TINY])
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert stop.value.code == cli.USER_ERROR_EXIT_CODE
+    assert "labeled must be between 1 and the 3 labeled training cases outside validation fold 0, got 9" in error
+    assert not (tmp_path / "r").exists()
