@@ -39,6 +39,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from provenance import provenance, provenance_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLASSES = ("background", "liver", "spleen", "kidney")
@@ -148,6 +149,7 @@ def main() -> None:
     load_after = os.getloadavg()
     case_mb = float(np.prod(args.shape)) * 4 / 2**20
     record = {
+        "provenance": provenance(),
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} logical cores",
         "load_average_before": [round(value, 2) for value in load_before],
         "load_average_after": [round(value, 2) for value in load_after],
@@ -161,6 +163,8 @@ def main() -> None:
             f"{values['peak_above_start_mb']:.0f} | {values['peak_rss_mb']:.0f} |"
             for name, values in (("nibabel read + scipy zoom", baseline), ("mper-data import", imported))]
     text = "\n".join([
+        provenance_line(record["provenance"]),
+        "",
         f"{args.cases} CT-like cases of {' x '.join(map(str, args.shape))} voxels (int16 .nii.gz, one channel, "
         f"a label of three organs), one float32 case = {case_mb:.0f} MB. {record['machine']}; load average "
         f"(1, 5, 15 min) {record['load_average_before']} before, {record['load_average_after']} after.",
