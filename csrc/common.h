@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <initializer_list>
 #include <limits>
 #include <new>
 #include <stdexcept>
@@ -114,6 +115,19 @@ inline void check(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument("mper: " + message);
 }
 
+// Whether every size is positive, i.e. whether their product (never computed: it could
+// overflow and turn negative) is: a kernel has work exactly then.
+inline bool all_positive(std::initializer_list<std::int64_t> sizes) {
+  for (const std::int64_t size : sizes)
+    if (size <= 0) return false;
+  return true;
+}
+
+// a * b for a, b >= 0, or -1 when it is above `limit`: computed without overflow.
+inline std::int64_t bounded_product(std::int64_t a, std::int64_t b, std::int64_t limit) {
+  return b != 0 && a > limit / b ? -1 : a * b;
+}
+
 // Every entry point checks the addresses its kernel is about to read or write, so that a
 // direct call of the compiled module that leaves one out raises instead of touching
 // address 0. An address is needed only where the sizes give the kernel something to do.
@@ -124,9 +138,9 @@ inline void check_address(std::uintptr_t address, bool needed, const char* kerne
 inline void check_head_addresses(const HeadArgs& a, bool backward, bool workspace_needed) {
   const char* kernel = backward ? "head_backward" : "head_forward";
   const FeatureView& f = a.feat;
-  const bool features = f.batch * f.depth * f.voxels > 0;
+  const bool features = all_positive({f.batch, f.depth, f.voxels});
   check_address(f.data, features, kernel, "the features");
-  check_address(a.prototypes, a.classes * a.protos_per_class * f.depth > 0, kernel, "the prototype bank");
+  check_address(a.prototypes, all_positive({a.classes, a.protos_per_class, f.depth}), kernel, "the prototype bank");
   if (backward) {
     check_address(a.grad_feat, features, kernel, "grad_feat");
     check_address(a.count, a.grad_loss != 0, kernel, "the loss's count (grad_loss is given)");
@@ -139,7 +153,7 @@ inline void check_head_addresses(const HeadArgs& a, bool backward, bool workspac
 
 inline void check_accumulate_addresses(const AccumulateArgs& a) {
   const FeatureView& e = a.emb;
-  const bool voxels = e.batch * e.voxels > 0, rows = a.classes * a.protos_per_class > 0;
+  const bool voxels = all_positive({e.batch, e.voxels}), rows = all_positive({a.classes, a.protos_per_class});
   check_address(e.data, voxels && e.depth > 0, "accumulate", "the embeddings");
   check_address(a.labels, voxels, "accumulate", "labels");
   check_address(a.assign, voxels, "accumulate", "assign");
@@ -148,7 +162,7 @@ inline void check_accumulate_addresses(const AccumulateArgs& a) {
 }
 
 inline void check_ema_addresses(const EmaArgs& a) {
-  const bool elements = a.rows * a.depth > 0;
+  const bool elements = all_positive({a.rows, a.depth});
   check_address(a.prototypes, elements, "ema_update", "the prototype bank");
   check_address(a.sums, elements, "ema_update", "sums");
   check_address(a.counts, a.rows > 0, "ema_update", "counts");  // the CPU reads them per row
@@ -157,13 +171,14 @@ inline void check_ema_addresses(const EmaArgs& a) {
 // The checks both largest_component kernels make before they run.
 inline void check_component_args(const ComponentArgs& a, bool workspace_needed) {
   check(a.batch >= 0 && a.depth >= 1 && a.height >= 0 && a.width >= 0, "largest_component: invalid shape");
-  const std::int64_t voxels = a.depth * a.height * a.width;
-  check(voxels <= kMaxImageVoxels, "largest_component: an image holds " + std::to_string(voxels) +
-                                       " voxels; at most 2^31 - 1 (" + std::to_string(kMaxImageVoxels) +
-                                       ") are supported");
+  const std::int64_t plane = bounded_product(a.height, a.width, kMaxImageVoxels);
+  const std::int64_t voxels = plane < 0 ? -1 : bounded_product(a.depth, plane, kMaxImageVoxels);
+  check(voxels >= 0, "largest_component: an image of " + std::to_string(a.depth) + " x " + std::to_string(a.height) +
+                         " x " + std::to_string(a.width) + " voxels is larger than the 2^31 - 1 (" +
+                         std::to_string(kMaxImageVoxels) + ") supported");
   check(a.classes >= 1 && a.classes <= std::numeric_limits<std::int32_t>::max(),
         "largest_component: classes must be in [1, 2^31)");
-  const bool work = a.batch * voxels > 0;
+  const bool work = all_positive({a.batch, voxels});
   check_address(a.labels, work, "largest_component", "labels");
   check_address(a.out, work, "largest_component", "out");
   check_address(a.workspace, work && workspace_needed, "largest_component", "the workspace");

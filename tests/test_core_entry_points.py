@@ -82,6 +82,19 @@ def test_head_refuses_missing_features(device):
     del keep
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sizes", [(2**62, 4, 4), (2**32, 2**32, 1), (4, 2**31, 2**33)])
+def test_head_refuses_missing_features_whose_size_overflows(device, sizes):
+    """batch * depth * voxels wraps to 0 in 64 bits: the features are still needed."""
+    args, keep = _head_args(device, False)
+    view = args.feat
+    view.data, (view.batch, view.depth, view.voxels) = 0, sizes
+    args.feat = view
+    with pytest.raises(ValueError, match="the features is needed"):
+        _entry("head_forward", device)(args)
+    del keep
+
+
 @pytest.mark.cuda
 def test_cuda_head_refuses_a_missing_workspace():
     args, keep = _head_args("cuda", False)
@@ -191,15 +204,19 @@ def test_largest_component_accepts_images_up_to_the_limit(device, spatial):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("spatial", [(1, 1, 2**31), (2**15, 2**16, 1), (3, 2**30, 1)])
+@pytest.mark.parametrize("spatial", [(1, 1, 2**31), (2**15, 2**16, 1), (3, 2**30, 1),
+                                     (2**62 + 1, 4, 4), (1, 2**40, 2**40), (2**32, 2**32, 2**32)])
 def test_largest_component_refuses_images_over_the_limit(device, spatial):
+    """Including sizes whose product overflows 64 bits (to a small or negative number,
+    which a plain product check would let through)."""
     args = _C.ComponentArgs()
     args.batch, (args.depth, args.height, args.width), args.classes = 1, spatial, 2
-    voxels = spatial[0] * spatial[1] * spatial[2]
-    with pytest.raises(ValueError, match=rf"holds {voxels} voxels; at most 2\^31 - 1 \(2147483647\)"):
+    shape = " x ".join(map(str, spatial))
+    with pytest.raises(ValueError, match=rf"an image of {shape} voxels is larger than the 2\^31 - 1 \(2147483647\)"):
         _entry("largest_component", device)(args)
-    with pytest.raises(ValueError, match=r"at most 2\^31 - 1 = 2147483647 voxels"):
-        check_label_map(torch.zeros((), dtype=torch.uint8).expand(1, *spatial))
+    if spatial[0] * spatial[1] * spatial[2] < 2**63:  # a tensor of that shape can be made
+        with pytest.raises(ValueError, match=r"at most 2\^31 - 1 = 2147483647 voxels"):
+            check_label_map(torch.zeros((), dtype=torch.uint8).expand(1, *spatial))
 
 
 # ---------------------------------------------------------------- the CUDA driver

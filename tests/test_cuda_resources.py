@@ -57,8 +57,9 @@ def test_every_kernel_of_every_source_is_listed_for_both_architectures(table):
     sources = {k["source"] for k in table["kernels"]}
     cuda = SCRIPT.parent.parent / "csrc" / "ops" / "cuda"
     assert sources == {p.name for p in cuda.glob("*_kernel.cu")}
-    # the head: 3 dtypes x (4 depths + the global-bank variant) x 2 directions, 3 finalizers
-    assert sum(k["source"] == "proto_head_kernel.cu" for k in table["kernels"]) == 2 * (3 * 5 * 2 + 3)
+    # the head, for 3 dtypes: 6 forward variants (16x4, 32x2, 32x1, 64, 128 and the global
+    # bank) and 5 backward ones (16x2, 32, 64, 128, global), then 3 finalizers
+    assert sum(k["source"] == "proto_head_kernel.cu" for k in table["kernels"]) == 2 * (3 * (6 + 5) + 3)
 
 
 def test_no_kernel_uses_local_memory(table):

@@ -12,15 +12,26 @@ from op_cases import TOLERANCE, assert_close_where, make_bank, make_features, re
 pytestmark = pytest.mark.cuda
 
 # (B, D, C, K, spatial): the kernel variants are picked by depth (16 / 32 / 64 / 128) and
-# by whether the spatial size allows 4-wide loads; several blocks exercise the reduction.
+# by whether the spatial size allows 4- or 2-wide loads; several blocks exercise the
+# reduction. Depths that are not a multiple of the lanes per voxel (33, 47, 65, 127) leave
+# some lanes with fewer channels; the last two shapes need a second pass of the grid-stride
+# loop (more voxel groups than the forward's 1024 blocks of 256 threads hold).
 SHAPES = [
     (2, 16, 2, 3, (20, 18, 16)),
     (3, 16, 4, 3, (64, 64)),
+    (1, 12, 2, 3, (6, 5)),
     (2, 32, 3, 2, (17, 9)),
+    (1, 20, 2, 2, (7, 7)),
     (1, 8, 2, 1, (5, 7, 3)),
     (2, 48, 1, 4, (12, 12)),
+    (1, 33, 2, 2, (9, 7)),
+    (2, 47, 2, 3, (6, 6)),
+    (1, 65, 2, 2, (5, 5)),
     (1, 100, 3, 3, (10, 10)),
+    (1, 127, 3, 2, (4, 4)),
     (2, 16, 2, 3, (40, 40, 24)),
+    (2, 16, 2, 3, (96, 96, 64)),
+    (1, 128, 2, 2, (72, 72, 16)),
 ]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -133,11 +144,14 @@ def _head_on_cuda(module, feat, bank, num_classes, upstream=None):
 # static scratch needs the opt-in beyond the default; 1000 x 16 needs it in both
 # directions; 1024 x 64 and 600 x 128 floats exceed every device's opt-in limit, so
 # the bank is read from global memory.
-LARGE_BANKS = [(16, 2, 384, (16, 16)), (16, 4, 250, (12, 12)), (64, 2, 512, (8, 8)), (100, 3, 200, (6, 6))]
+# The last shape takes the global-memory variant (8 lanes a voxel) through a second pass
+# of its grid-stride loop.
+LARGE_BANKS = [(16, 2, 384, (16, 16)), (16, 4, 250, (12, 12)), (64, 2, 512, (8, 8)), (100, 3, 200, (6, 6)),
+               (100, 3, 200, (48, 48, 16))]
 
 
 @pytest.mark.parametrize("depth,num_classes,num_protos,spatial", LARGE_BANKS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_large_banks_match_reference_on_cuda(depth, num_classes, num_protos, spatial, dtype):
     feat = make_features(2, depth, spatial, dtype, seed=depth, device="cuda")
     bank = make_bank(num_classes * num_protos, depth, seed=num_protos, device="cuda")
@@ -169,3 +183,38 @@ def test_gradients_at_an_odd_storage_offset_on_cuda(dtype):
     assert_close_where(got, want, keep, TOLERANCE[dtype])
     aligned = upstream.clone()
     torch.testing.assert_close(direct, torch.ops.mper.proto_head_backward(feat, bank, aligned, None, None, 2, 0.1, 0.1, -1))
+
+
+# (depth, C, K, spatial): a variant of each kind (1, 2 and 4 lanes a voxel, several voxels
+# a thread, one voxel a thread, the bank in global memory).
+TIE_CASES = [(16, 2, 3, (8, 8)), (20, 2, 3, (7, 7)), (48, 2, 3, (6, 6)), (100, 2, 3, (5, 5)), (100, 3, 200, (6, 6))]
+
+
+@pytest.mark.parametrize("depth,num_classes,num_protos,spatial", TIE_CASES)
+def test_backward_differentiates_the_prototype_the_forward_chose_at_ties(depth, num_classes, num_protos, spatial):
+    """Every voxel on the bisector of two prototypes of its class, where the argmax is a
+    matter of rounding: the gradient of the logits must be that of the prototype the
+    forward's `assign` names (computed here in float64), never the other's, whichever
+    variant each direction runs."""
+    bank = make_bank(num_classes * num_protos, depth, seed=depth, device="cuda")
+    unit = torch.nn.functional.normalize(bank.double(), dim=1)
+    batch, voxels = 2, int(torch.tensor(spatial).prod())
+    generator = torch.Generator().manual_seed(depth)
+    first = torch.randint(0, num_protos - 1, (batch, voxels), generator=generator)
+    tied = unit[first.cuda()] + unit[first.cuda() + 1]  # class 0's prototypes first and first + 1
+    scale = torch.rand((batch, voxels, 1), generator=generator, dtype=torch.float64).cuda() + 0.5
+    feat = (tied * scale).movedim(-1, 1).reshape(batch, depth, *spatial).float().contiguous()
+    upstream = torch.zeros((batch, num_classes, *spatial), device="cuda")
+    upstream[:, 0] = 1.0  # the logits of class 0 only, and no loss
+    f = feat.clone().requires_grad_(True)
+    logits, assign, _ = ops.proto_classify_infonce(f, bank, num_classes, 0.1, 0.1, None)
+    (grad,) = torch.autograd.grad(logits, f, upstream)
+    chosen = assign[:, 0].reshape(batch, voxels)
+    assert ((chosen == first.cuda()) | (chosen == first.cuda() + 1)).all()
+    z = feat.double().reshape(batch, depth, voxels).movedim(1, -1)
+    norm = z.norm(dim=-1, keepdim=True)
+    p = unit[chosen]
+    cosine = (z / norm * p).sum(-1, keepdim=True)
+    want = (p - cosine * z / norm) / norm / 0.1  # d(cos(z, p) / tau) / dz
+    got = grad.double().reshape(batch, depth, voxels).movedim(1, -1)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

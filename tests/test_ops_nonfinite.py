@@ -24,9 +24,9 @@ POISON = {
 }
 
 
-def _poisoned(case, dtype, device):
-    feat = make_features(2, 4, (5, 8), torch.float32, seed=21)
-    bank = make_bank(6, 4, seed=22)
+def _poisoned(case, dtype, device, depth=4, rows=6):
+    feat = make_features(2, depth, (5, 8), torch.float32, seed=21)
+    bank = make_bank(rows, depth, seed=22)
     clean = reliable_voxels(feat, bank, 2)
     where, index, value = POISON[case]
     (feat if where == "feat" else bank)[index] = value
@@ -66,6 +66,30 @@ def test_head_propagates_nonfinite_like_the_reference(device, case, ignore_index
         _assert_same_nonfinite(got[0], want[0], keep, tol)
         poisoned = want[0].isnan()  # argmax picks the first NaN, as torch.argmax does
         chosen = keep.expand_as(poisoned) | poisoned
+        assert torch.equal(got[1][chosen], want[1][chosen])
+        assert got[2].isnan() and want[2].isnan()
+        _assert_same_nonfinite(got[3], want[3], keep, tol)
+
+
+# (depth, bank rows): the CUDA variants that spread a voxel over 2 and 4 lanes (bank in
+# shared memory), and the one that reads a bank of 480 x 128 floats from global memory
+# over 8 lanes; row 4 is a prototype k > 0 in each.
+MULTI_LANE = [(48, 6), (100, 6), (100, 480)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("depth,rows", MULTI_LANE)
+@pytest.mark.parametrize("case", POISON)
+def test_multi_lane_cuda_variants_propagate_nonfinite(depth, rows, case):
+    """NaN/Inf reach all lanes of a voxel group (the shuffled sums carry them) and win the
+    argmax in each, as in the one-lane variants."""
+    for dtype in (torch.float32, torch.bfloat16):
+        feat, bank, clean = _poisoned(case, dtype, "cuda", depth, rows)
+        got = _head_outputs(ops, feat, bank, 0)
+        want = _head_outputs(ref, feat, bank, 0)
+        tol, keep = TOLERANCE[dtype], clean.unsqueeze(1)
+        _assert_same_nonfinite(got[0], want[0], keep, tol)
+        chosen = keep.expand_as(want[0]) | want[0].isnan()
         assert torch.equal(got[1][chosen], want[1][chosen])
         assert got[2].isnan() and want[2].isnan()
         _assert_same_nonfinite(got[3], want[3], keep, tol)

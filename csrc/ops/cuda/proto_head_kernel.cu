@@ -423,24 +423,49 @@ std::size_t bank_bytes(const HeadArgs& args, int padded_depth) {
   return std::size_t(args.classes * args.protos_per_class) * padded_depth * sizeof(float);
 }
 
-// Whether `kernel` can hold a bank of `bytes` in dynamic shared memory. Beyond the
-// default 48 KiB, the kernel is opted in to the device's limit per block (less its static
-// shared memory), under a lock and only ever upwards: the bindings release the GIL, and a
-// concurrent call must never lower the limit another one has just launched against.
-// False when the bank does not fit even then.
-bool reserve_bank_memory(void (*kernel)(HeadArgs), std::size_t bytes) {
+// Static shared memory of any head kernel at most (the forward's block_sum scratch);
+// allow_bank_memory checks that the compiler kept to it.
+constexpr std::size_t kStaticSharedBytes = kThreads / 32 * sizeof(float);
+
+// The widest padding either direction gives a bank of this depth (the forward pads a depth
+// of at most 16 to 32 when its voxels do not pack by 4).
+int widest_padding(std::int64_t depth) { return depth <= 32 ? 32 : depth <= 64 ? 64 : kMaxDepth; }
+
+// Whether the bank sits in shared memory, decided once for both directions: the
+// global-memory variant normalises each row as it reads it and spreads a voxel over other
+// lanes, so its similarities round differently, and the backward must differentiate the
+// assignment the forward made (at a near tie, the other variant could pick another
+// prototype). The test takes the widest padding and the most static shared memory of
+// either direction, so that neither's bank exceeds what the device allows.
+bool bank_in_shared(const HeadArgs& args) {
+  int device = 0, limit = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
+  return bank_bytes(args, widest_padding(args.feat.depth)) + kStaticSharedBytes <= std::size_t(limit);
+}
+
+// Lets `kernel` hold a bank of `bytes` (which bank_in_shared found to fit) in dynamic
+// shared memory. Beyond the default 48 KiB, the kernel is opted in to the device's limit
+// per block (less its static shared memory), under a lock and only ever upwards: the
+// bindings release the GIL, and a concurrent call must never lower the limit another one
+// has just launched against.
+void allow_bank_memory(void (*kernel)(HeadArgs), std::size_t bytes) {
   cudaFuncAttributes attributes;
   check_cuda(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes");
-  if (bytes <= std::size_t(attributes.maxDynamicSharedSizeBytes)) return true;
+  if (attributes.sharedSizeBytes > kStaticSharedBytes) {
+    throw std::logic_error("mper: a prototype head kernel uses " + std::to_string(attributes.sharedSizeBytes) +
+                           " bytes of static shared memory, more than the " + std::to_string(kStaticSharedBytes) +
+                           " its bank size test allows for; raise kStaticSharedBytes");
+  }
+  if (bytes <= std::size_t(attributes.maxDynamicSharedSizeBytes)) return;
   int device = 0, limit = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
   check_cuda(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
   const std::size_t most = std::size_t(limit) - attributes.sharedSizeBytes;
-  if (bytes > most) return false;
   static std::mutex raising;
   const std::lock_guard<std::mutex> lock(raising);
   check_cuda(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes");
-  if (bytes <= std::size_t(attributes.maxDynamicSharedSizeBytes)) return true;
+  if (bytes <= std::size_t(attributes.maxDynamicSharedSizeBytes)) return;
   const cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most));
   if (status != cudaSuccess) {
     char message[256];
@@ -450,7 +475,6 @@ bool reserve_bank_memory(void (*kernel)(HeadArgs), std::size_t bytes) {
                   most, limit, std::size_t(attributes.sharedSizeBytes), cudaGetErrorString(status));
     throw std::runtime_error(message);
   }
-  return true;
 }
 
 std::int64_t groups_of(const HeadArgs& args, int per_thread) {
@@ -481,24 +505,25 @@ void run_backward(const HeadArgs& args, std::size_t shared_bytes) {
   check_cuda(cudaGetLastError(), "head_backward_kernel");
 }
 
-// The variant with the bank in shared memory, or, when it does not fit, the one that reads
-// it from global memory (one voxel per group, the widest depth: one instance per dtype).
+// The variant with the bank in shared memory or, when bank_in_shared says it does not
+// fit, the one that reads it from global memory (one voxel per group, the widest depth:
+// one instance per dtype).
 template <typename T, int DT, int V>
 void launch_forward(const HeadArgs& args) {
   constexpr int L = lanes_per_group(DT);
+  if (!bank_in_shared(args)) return run_forward<T, kMaxDepth, 1, kGlobalLanes, false>(args, 0);
   const std::size_t bytes = bank_bytes(args, DT);
-  if (reserve_bank_memory(head_forward_kernel<T, DT, V, L, true>, bytes))
-    return run_forward<T, DT, V, L, true>(args, bytes);
-  run_forward<T, kMaxDepth, 1, kGlobalLanes, false>(args, 0);
+  allow_bank_memory(head_forward_kernel<T, DT, V, L, true>, bytes);
+  run_forward<T, DT, V, L, true>(args, bytes);
 }
 
 template <typename T, int DT, int V>
 void launch_backward(const HeadArgs& args) {
   constexpr int L = lanes_per_group(DT);
+  if (!bank_in_shared(args)) return run_backward<T, kMaxDepth, 1, kGlobalLanes, false>(args, 0);
   const std::size_t bytes = bank_bytes(args, DT);
-  if (reserve_bank_memory(head_backward_kernel<T, DT, V, L, true>, bytes))
-    return run_backward<T, DT, V, L, true>(args, bytes);
-  run_backward<T, kMaxDepth, 1, kGlobalLanes, false>(args, 0);
+  allow_bank_memory(head_backward_kernel<T, DT, V, L, true>, bytes);
+  run_backward<T, DT, V, L, true>(args, bytes);
 }
 
 // Checks shared by both directions.
@@ -511,12 +536,16 @@ void check_head(const HeadArgs& args) {
 // Variants: the depth padded to DT and V voxels per group; shallow features take several
 // voxels per group, as many as keep the kernel within its registers (the backward holds
 // the gradient as well, so it takes fewer); deeper ones spread a group over 2 or 4 lanes.
+// For every depth both directions take the same number of lanes per group L (and so sum
+// channels in the same order: padding adds exact zeros), so the backward sees the
+// similarities, and differentiates the assignment, of the forward.
 template <typename T>
 void forward_variant(const HeadArgs& args) {
   const FeatureView& f = args.feat;
   check_head(args);
   if (f.depth <= 16 && packs<T>(args, 4)) return launch_forward<T, 16, 4>(args);
   if (f.depth <= 32 && packs<T>(args, 2)) return launch_forward<T, 32, 2>(args);
+  if (f.depth <= 32) return launch_forward<T, 32, 1>(args);
   if (f.depth <= 64) return launch_forward<T, 64, 1>(args);
   launch_forward<T, 128, 1>(args);
 }
