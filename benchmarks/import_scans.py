@@ -39,6 +39,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
 from provenance import provenance, provenance_line
 
 RESULTS = Path(__file__).resolve().parent / "results"

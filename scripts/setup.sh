@@ -14,7 +14,7 @@
 #   MPER_TORCH   the PyTorch requirement installed when the environment has no torch
 #                (default: torch==2.13.0; on a machine without a GPU, e.g.
 #                "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu").
-#                mper itself works with torch >= 2.4.
+#                mper requires torch >= 2.13, the version CI tests.
 #   MPER_EXTRAS  the extras installed with mper, comma-separated (default: test; CI adds
 #                lint; scripts/demo.sh needs none and sets it empty)
 #   MPER_WERROR  ON builds the compiled core with warnings as errors (CI does); first

@@ -5,10 +5,18 @@ whose sources a test may change."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -127,3 +135,16 @@ def test_an_unknown_extra_is_named(tmp_path):
     result = run_script(fake_environment(tmp_path), repo, f". {repo}/scripts/setup.sh", MPER_EXTRAS="tests")
     assert result.returncode != 0
     assert "MPER_EXTRAS names tests" in result.stderr and "test" in result.stderr
+
+
+def test_the_declared_torch_floor_is_the_version_ci_installs():
+    """pyproject's torch floor is the release setup.sh installs (CI tests no other), and the
+    torch running these tests satisfies it."""
+    floor = next(re.fullmatch(r"torch>=(\d+\.\d+)", requirement)
+                 for requirement in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+                 if requirement.startswith("torch"))
+    assert floor is not None
+    installed = re.search(r"MPER_TORCH:-torch==(\d+\.\d+)\.\d+", (REPO / "scripts" / "setup.sh").read_text())
+    assert installed is not None and installed.group(1) == floor.group(1)
+    running = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    assert running >= tuple(int(part) for part in floor.group(1).split("."))

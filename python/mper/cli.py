@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -51,10 +52,10 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 class _PrintVersion(argparse.Action):
     """``--version``: one unwrapped line, worked out only when asked for."""
 
-    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
-    def __call__(self, parser: argparse.ArgumentParser, *_) -> None:
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
         print(version_line(parser.prog))
         parser.exit()
 

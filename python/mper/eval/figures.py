@@ -79,7 +79,8 @@ def _overlay(grey: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return blended.round().astype(np.uint8)
 
 
-def _draw_legend(draw: ImageDraw.ImageDraw, top: int, class_names: Sequence[str], font) -> None:
+def _draw_legend(draw: ImageDraw.ImageDraw, top: int, class_names: Sequence[str],
+                 font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> None:
     left = 4
     for label, name in enumerate(class_names[1:], start=1):
         middle = top + LEGEND_HEIGHT // 2

@@ -172,7 +172,7 @@ class StopRequest(contextlib.AbstractContextManager):
                 self._previous_handlers[signum] = signal.signal(signum, self._handle)
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
         self._previous_handlers.clear()
