@@ -38,7 +38,6 @@ from torch import nn
 from torch.profiler import record_function
 from tqdm import tqdm
 
-from mper.errors import CheckpointError
 from mper.losses import DiceOptions, copy_paste_loss, mper_objective, ramp_weight
 from mper.nets import SegmentationOutput
 from mper.nn import PrototypeHead
@@ -100,11 +99,6 @@ def begin_selftrain(trainer: Trainer) -> None:
         )
     trainer.begin_stage("selftrain")
     if config.optim.carry_over:
-        if "optimizer" not in pretrained:
-            raise CheckpointError(
-                f"{trainer.run_dir / PRETRAIN_CHECKPOINT} holds no optimizer state to carry into "
-                "self-training (it was written by an older mper); set optim.carry_over=false"
-            )
         trainer.optimizer.load_state_dict(pretrained["optimizer"])
     if config.selftrain.keep_better_stage:
         trainer.progress.best_score = pretrained["progress"]["best_score"]
