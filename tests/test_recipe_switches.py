@@ -402,6 +402,21 @@ def test_largest_component_post_processing_removes_a_stray_blob_and_changes_95hd
     assert before["hd95"] > 1.0 and after["hd95"] == 0.0 and after["dice"] == 1.0 > before["dice"]
 
 
+def test_postprocessing_runs_the_runs_ops_and_keeps_the_references_labels(monkeypatch):
+    generator = np.random.default_rng(0)
+    pred = generator.choice(3, (6, 12, 12), p=[0.85, 0.1, 0.05]).astype(np.uint8)  # sparse classes: many components
+    expected = reference.largest_component(torch.from_numpy(pred)[None], 3)[0].numpy()
+    assert not np.array_equal(expected, pred)
+    assert np.array_equal(postprocess_labels(pred, "largest-component", 3, ops="reference"), expected)
+
+    def oracle(*args, **kwargs):
+        raise AssertionError("evaluation with ops = 'mper' called mper.reference")
+
+    monkeypatch.setattr(reference, "largest_component", oracle)
+    assert np.array_equal(postprocess_labels(pred, "largest-component", 3), expected)
+    assert np.array_equal(postprocess_labels(pred, "largest-component", 3, ops="mper"), expected)
+
+
 def test_an_empty_prediction_scores_zero_or_undefined():
     truth = np.zeros((6, 6), dtype=np.uint8)
     truth[1:3, 1:3], truth[4:6, 4:6] = 1, 2

@@ -416,7 +416,7 @@ def evaluate(
         net, config.dataset, config.data_root, cases=cases, split=split, out_dir=out_dir,
         device=str(resolve_device(device)), num_figures=num_figures,
         method=method, labeled=labeled, unlabeled=unlabeled, num_classes=config.num_classes,
-        postprocess=config.eval.postprocess, empty_prediction=config.eval.empty_prediction,
+        postprocess=config.eval.postprocess, empty_prediction=config.eval.empty_prediction, ops=config.ops,
         **inference_options(config),
     )
 
@@ -462,9 +462,9 @@ def predict(
     net, config = load_network(checkpoint, device, weights)
     if get_dataset(config.dataset).scans is not None:
         return predict_scans(net, input_path, config.dataset, output, config.num_classes, config.eval.postprocess,
-                             device=str(resolve_device(device)), **inference_options(config))
+                             config.ops, device=str(resolve_device(device)), **inference_options(config))
     return predict_path(net, input_path, config.dataset, output, device=str(resolve_device(device)), force=force,
-                        num_classes=config.num_classes, postprocess=config.eval.postprocess,
+                        num_classes=config.num_classes, postprocess=config.eval.postprocess, ops=config.ops,
                         **inference_options(config))
 
 
