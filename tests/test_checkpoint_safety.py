@@ -1,7 +1,8 @@
 """Checkpoints and run folders a user hands to the commands: truncated or non-finite
-checkpoints, a ``last.pt`` of another run, an output path that is a file. Each ends in
-one line and exit status 2, before anything is evaluated, predicted or trained; so does a
-negative figure count for mper-eval."""
+checkpoints, a ``last.pt`` of another run, a checkpoint of a newer format, an output path
+that is a file. Each ends in one line and exit status 2, before anything is evaluated,
+predicted or trained; so does a negative figure count for mper-eval. Checkpoints of an
+older format that is still readable resume as the current format does."""
 from __future__ import annotations
 
 import shutil
@@ -14,7 +15,14 @@ from mper import pipeline
 from mper.cli import eval_main, predict_main, train_main
 from mper.datasets import synthesize
 from mper.errors import CheckpointError, RunFolderError
-from mper.train.checkpoint import load_checkpoint, save_checkpoint
+from mper.train.checkpoint import (
+    CHECKPOINT_VERSION,
+    OLDEST_READABLE_VERSION,
+    UPGRADES,
+    load_checkpoint,
+    save_checkpoint,
+    upgrade_checkpoint,
+)
 from mper.train.config import load_config
 
 if sys.version_info >= (3, 11):
@@ -133,3 +141,59 @@ def test_eval_refuses_a_negative_figure_count_before_scoring(run, tmp_path, caps
                                        "--out", str(tmp_path / "eval")], capsys)
     assert "--figures) must be 0 or more, got -1" in error
     assert not (tmp_path / "eval").exists()
+
+
+def as_format_2(state: dict, oldest: bool) -> dict:
+    """``state`` (a ``last.pt`` of a CPU run) as format 2 wrote it: RNG states without CUDA
+    had no list of CUDA states; ``oldest``: as the first writers of format 2 that kept the
+    monitor wrote it, before the prototype usage, the RNG states of every process and the
+    sessions were saved."""
+    old = {**state, "version": 2}
+    old["rng"] = {"torch": state["rng"]["torch"]}
+    old["process_rng"] = [{"torch": rng["torch"]} for rng in state["process_rng"]]
+    if oldest:
+        for field in ("prototype_usage", "process_rng", "sessions"):
+            del old[field]
+    return old
+
+
+@pytest.mark.parametrize("oldest", [False, True])
+def test_a_resume_checkpoint_of_format_2_resumes_as_the_current_format_does(run, tmp_path, oldest):
+    current = load_checkpoint(run / "last.pt")
+    assert current["version"] == CHECKPOINT_VERSION == 3
+    resumed = {}
+    for name, state in (("current", current), ("format 2", as_format_2(current, oldest))):
+        folder = shutil.copytree(run, tmp_path / name)
+        torch.save(state, folder / "last.pt")  # as the older writer left it, version and all
+        upgraded = load_checkpoint(folder / "last.pt")
+        assert upgraded["version"] == CHECKPOINT_VERSION
+        assert upgraded["rng"]["cuda"] == [] and all(rng["cuda"] == [] for rng in upgraded["process_rng"])
+        pipeline.resume(folder, assignments=["selftrain.iterations=3"])
+        resumed[name] = load_checkpoint(folder / "last.pt")
+    expected, got = resumed["current"], resumed["format 2"]
+    assert got["progress"] == expected["progress"] and got["progress"]["iteration"] == 3
+    for part in ("student", "teacher", "bank"):
+        assert expected[part].keys() == got[part].keys()
+        for key, value in expected[part].items():
+            assert torch.equal(value, got[part][key]), f"{part}.{key}"
+    assert got["record"] == expected["record"]
+    # what the oldest files lacked begins anew: the usage count and the sessions
+    assert len(got["sessions"]) == (1 if oldest else len(expected["sessions"]))
+    assert (got["prototype_usage"]["windows"] == expected["prototype_usage"]["windows"]) != oldest
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_in_one_line_saying_to_upgrade(run, tmp_path, capsys):
+    state = load_checkpoint(run / "best.pt")
+    newer = tmp_path / "best.pt"
+    torch.save({**state, "version": CHECKPOINT_VERSION + 1}, newer)
+    with pytest.raises(CheckpointError, match=rf"written by a newer mper \(checkpoint format {CHECKPOINT_VERSION + 1}; "
+                                              rf"this mper reads formats 2 to {CHECKPOINT_VERSION}\): upgrade mper"):
+        load_checkpoint(newer)
+    error = one_line_error(eval_main, ["--checkpoint", str(newer), "--device", "cpu"], capsys)
+    assert "upgrade mper" in error
+
+
+def test_the_upgrades_lead_from_every_readable_format_to_the_current_one():
+    assert sorted(UPGRADES) == list(range(OLDEST_READABLE_VERSION, CHECKPOINT_VERSION))
+    weights = {"version": 2, "config": {}, "progress": {}, "student": {}, "teacher": None, "bank": None}
+    assert upgrade_checkpoint(dict(weights), "best.pt") == {**weights, "version": CHECKPOINT_VERSION}

@@ -4,6 +4,7 @@ reduction, the Dice forms, the pre-training loss, optimizer carry-over, the clas
 kernel, the training resize, k-means and the evaluation protocol."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -23,7 +24,7 @@ from mper.nn import PrototypeHead
 from mper.nn.kmeans import minibatch_kmeans
 from mper.train import selftrain
 from mper.train.checkpoint import load_checkpoint
-from mper.train.config import load_config
+from mper.train.config import SelfTrainConfig, load_config
 from mper.train.diagnostics import SelfTrainingMonitor
 from mper.train.loaders import prototype_init_batches
 from mper.train.loop import PRETRAIN_CHECKPOINT, Trainer
@@ -79,28 +80,35 @@ def record_ops(monkeypatch) -> RecordingOps:
 
 # --- teacher ---------------------------------------------------------------------------
 
-def test_a_teacher_in_train_mode_gives_dropout_dependent_pseudo_labels(tmp_path):
-    trainer = tiny_trainer(tmp_path, "network.dropout=[0.5, 0.5, 0.5, 0.5, 0.5]")
+def tiny_teacher(dropout: float) -> nn.Module:
+    """A tiny U-Net teacher (the self-training copy of a student), in train mode."""
+    torch.manual_seed(0)
+    return create_teacher(UNet2D(1, 4, channels=(4, 8, 16, 32, 64), dropout=(dropout,) * 5), mode="train")
+
+
+def test_a_teacher_in_train_mode_gives_dropout_dependent_pseudo_labels():
+    teacher = tiny_teacher(dropout=0.5)
     unlabeled = tiny_batch()["image"][2:]
 
     def pseudo(seed):
         torch.manual_seed(seed)
-        return selftrain.teacher_probabilities(trainer, unlabeled).argmax(1)
+        return selftrain.teacher_probabilities(teacher, unlabeled, 1, contextlib.nullcontext).argmax(1)
 
-    assert trainer.teacher.training
+    assert teacher.training
     assert torch.equal(pseudo(1), pseudo(1))
     assert not torch.equal(pseudo(1), pseudo(2))
-    trainer.teacher.eval()
+    teacher.eval()
     assert torch.equal(pseudo(1), pseudo(2))
 
 
-def test_teacher_passes_give_each_unlabeled_half_its_own_batch_statistics(tmp_path):
-    trainer = tiny_trainer(tmp_path, "network.dropout=[0, 0, 0, 0, 0]")
+def test_teacher_passes_give_each_unlabeled_half_its_own_batch_statistics():
+    teacher = tiny_teacher(dropout=0.0)
     unlabeled = tiny_batch()["image"][:2]
     with torch.no_grad():
-        separate = torch.cat([trainer.teacher(half).pred for half in unlabeled.chunk(2)]).softmax(1)
-        joint = trainer.teacher(unlabeled).pred.softmax(1)
-    assert torch.allclose(selftrain.teacher_probabilities(trainer, unlabeled), separate, atol=1e-6)
+        separate = torch.cat([teacher(half).pred for half in unlabeled.chunk(2)]).softmax(1)
+        joint = teacher(unlabeled).pred.softmax(1)
+    assert torch.allclose(selftrain.teacher_probabilities(teacher, unlabeled, 2, contextlib.nullcontext), separate,
+                          atol=1e-6)
     assert not torch.allclose(separate, joint, atol=1e-4)
 
 
@@ -125,23 +133,38 @@ def test_ema_scope_decides_whether_batch_norm_buffers_follow(scope, buffer_moves
 
 # --- the self-training step --------------------------------------------------------------
 
-def test_forward_order_puts_the_chosen_direction_first(tmp_path):
+def tiny_directions(selftrain_settings: SelfTrainConfig, seed: int = 0) -> list[selftrain.MixedImages]:
+    """Both copy-paste directions of :func:`tiny_batch`, with random pseudo labels and
+    teacher confidences and a box drawn as the trainer draws it."""
+    batch, generator = tiny_batch(seed), torch.Generator().manual_seed(seed + 1)
+    pseudo = torch.randint(0, 4, (2, 32, 32), generator=generator)
+    certainty = torch.rand(2, 32, 32, generator=generator)
+    mask = box_mask((32, 32), 2 / 3, generator, torch.device("cpu"))
+    return selftrain.mix_bidirectional(batch["image"], batch["label"], pseudo, certainty, mask, selftrain_settings)
+
+
+def test_forward_order_puts_the_chosen_direction_first():
+    batch = tiny_batch()
     for order, first_weights in (("labeled-surround-first", (1.0, 0.5)), ("unlabeled-surround-first", (0.5, 1.0))):
-        trainer = tiny_trainer(tmp_path, f"selftrain.forward_order={order}")
-        first, second = selftrain.mix_bidirectional(trainer, tiny_batch())
+        first, second = tiny_directions(SelfTrainConfig(forward_order=order, unlabeled_weight=0.5))
         assert (first.surround_weight, first.box_weight) == first_weights
         assert (second.surround_weight, second.box_weight) == first_weights[::-1]
         assert torch.equal(first.labeled_region + second.labeled_region, torch.ones(32, 32))
+        labeled_surround = first if order == "labeled-surround-first" else second
+        # a M + ua (1 - M): the surround from image a, the box from the first unlabeled image
+        surround = labeled_surround.mix_mask.bool()
+        assert torch.equal(labeled_surround.images[0, 0][surround], batch["image"][0, 0][surround])
+        assert torch.equal(labeled_surround.images[0, 0][~surround], batch["image"][2, 0][~surround])
 
 
-def test_student_passes_split_the_forward_by_direction(tmp_path):
-    trainer = tiny_trainer(tmp_path, "selftrain.forward_passes=2", "network.dropout=[0, 0, 0, 0, 0]")
-    directions = selftrain.mix_bidirectional(trainer, tiny_batch())
-    two = selftrain.student_outputs(trainer, directions)
-    trainer.config.selftrain.forward_passes = 1
-    one = selftrain.student_outputs(trainer, directions)
+def test_student_passes_split_the_forward_by_direction():
+    torch.manual_seed(0)
+    student = UNet2D(1, 4, channels=(4, 8, 16, 32, 64), dropout=(0.0,) * 5)
+    directions = tiny_directions(SelfTrainConfig())
+    two = selftrain.student_outputs(student, directions, 2, contextlib.nullcontext)
+    one = selftrain.student_outputs(student, directions, 1, contextlib.nullcontext)
     with torch.no_grad():
-        own = trainer.student(directions[0].images).pred
+        own = student(directions[0].images).pred
     assert torch.allclose(two[0].pred, own, atol=1e-5)
     assert one[0].pred.shape == two[0].pred.shape and not torch.allclose(one[0].pred, two[0].pred, atol=1e-4)
 
@@ -157,13 +180,15 @@ def test_the_second_direction_is_classified_with_the_bank_the_first_one_moved(tm
 
     # By hand: the same draws, then each direction classified and its bank steps taken in turn.
     from_the_top()
-    directions = selftrain.mix_bidirectional(trainer, batch)
-    outputs = selftrain.student_outputs(trainer, directions)
+    directions = selftrain.mixed_batch(trainer, batch)
+    outputs = selftrain.student_outputs(trainer.student, directions, trainer.config.selftrain.forward_passes,
+                                        contextlib.nullcontext)
     expected_banks = []
     for direction, output in zip(directions, outputs):
         expected_banks.append(trainer.head.prototypes.clone())
         logits, assign = reference.proto_classify(output.feat, expected_banks[-1], 4, prototypes.tau)
-        selftrain.update_bank(trainer, direction, output, logits.detach(), assign)
+        selftrain.update_bank(trainer.head, trainer.monitor, prototypes, direction, output.feat, logits.detach(),
+                              assign)
     expected_final = trainer.head.prototypes.clone()
 
     from_the_top()
@@ -200,14 +225,14 @@ def test_update_bank_takes_the_unlabeled_region_step_then_the_labeled_one():
     start = torch.randn(8, 2, generator=generator)
 
     def run(update_steps):
-        config = load_config("acdc", "reference", {},
-                             ["prototypes.per_class=2", f"prototypes.update_steps={update_steps}"])
+        prototypes = load_config("acdc", "reference", {},
+                                 ["prototypes.per_class=2", f"prototypes.update_steps={update_steps}"]).prototypes
         bank = PrototypeHead(4, 2, 2, ops="reference")
         bank.prototypes.copy_(start)
-        trainer = type("T", (), {"config": config, "prototype_head": lambda self: bank,
-                                 "monitor": SelfTrainingMonitor(4)})()
-        output = type("O", (), {"feat": emb})()
-        sums, counts = selftrain.update_bank(trainer, direction, output, logits, assign)
+        monitor = SelfTrainingMonitor(4)
+        sums, counts = selftrain.update_bank(bank, monitor, prototypes, direction, emb, logits, assign)
+        # every voxel of the direction passed the gate (the classifier is right everywhere)
+        assert monitor.counts.tolist()[-2:] == [16, 16]
         return bank.prototypes, sums, counts
 
     by_hand = start.clone()
@@ -375,6 +400,21 @@ def test_largest_component_post_processing_removes_a_stray_blob_and_changes_95hd
     assert np.array_equal(postprocess_labels(pred, "none", 2), pred)
     before, after = case_metrics(pred, truth, 2)[1], case_metrics(cleaned, truth, 2)[1]
     assert before["hd95"] > 1.0 and after["hd95"] == 0.0 and after["dice"] == 1.0 > before["dice"]
+
+
+def test_postprocessing_runs_the_runs_ops_and_keeps_the_references_labels(monkeypatch):
+    generator = np.random.default_rng(0)
+    pred = generator.choice(3, (6, 12, 12), p=[0.85, 0.1, 0.05]).astype(np.uint8)  # sparse classes: many components
+    expected = reference.largest_component(torch.from_numpy(pred)[None], 3)[0].numpy()
+    assert not np.array_equal(expected, pred)
+    assert np.array_equal(postprocess_labels(pred, "largest-component", 3, ops="reference"), expected)
+
+    def oracle(*args, **kwargs):
+        raise AssertionError("evaluation with ops = 'mper' called mper.reference")
+
+    monkeypatch.setattr(reference, "largest_component", oracle)
+    assert np.array_equal(postprocess_labels(pred, "largest-component", 3), expected)
+    assert np.array_equal(postprocess_labels(pred, "largest-component", 3, ops="mper"), expected)
 
 
 def test_an_empty_prediction_scores_zero_or_undefined():

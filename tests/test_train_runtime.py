@@ -14,7 +14,7 @@ import torch
 
 from mper import reference
 from mper.errors import CheckpointError, RunFolderError
-from mper.train.checkpoint import CHECKPOINT_VERSION, load_checkpoint
+from mper.train.checkpoint import CHECKPOINT_VERSION, OLDEST_READABLE_VERSION, load_checkpoint
 from mper.train.lock import LOCK_FILE, run_folder_lock
 from mper.train.runtime import StopRequest, autocast, load_ops, resolve_device
 
@@ -96,11 +96,12 @@ def test_an_unwritable_run_folder_is_named(tmp_path):
             pass
 
 
-def test_checkpoints_of_an_older_format_are_refused_with_what_to_do(tmp_path):
+def test_checkpoints_of_an_unreadable_older_format_are_refused_with_what_to_do(tmp_path):
     older, foreign = tmp_path / "older.pt", tmp_path / "foreign.pt"
-    torch.save({"version": CHECKPOINT_VERSION - 1, "student": {}}, older)
+    torch.save({"version": OLDEST_READABLE_VERSION - 1, "student": {}}, older)
     torch.save({"weights": {}}, foreign)
-    with pytest.raises(CheckpointError, match=f"older mper \\(checkpoint format {CHECKPOINT_VERSION - 1}.*train it again"):
+    with pytest.raises(CheckpointError, match=f"older mper \\(checkpoint format {OLDEST_READABLE_VERSION - 1}; "
+                                              f"this mper reads formats 2 to {CHECKPOINT_VERSION}.*train it again"):
         load_checkpoint(older)
     with pytest.raises(CheckpointError, match="not an mper checkpoint"):
         load_checkpoint(foreign)

@@ -216,7 +216,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
                                   num_figures=config.eval.num_figures)
                 add_figures(writer, result["figures"], "test")
                 add_training_record(run_dir, config)
-                add_to_report(run_dir, "sessions", load_checkpoint(run_dir / LAST_CHECKPOINT).get("sessions", []))
+                add_to_report(run_dir, "sessions", load_checkpoint(run_dir / LAST_CHECKPOINT)["sessions"])
                 _report_prototype_usage(run_dir)
                 log.info("test metrics (%s):\n%s", run_dir / "metrics.md", result["markdown"].rstrip(),
                          extra=RUN_LOG_ONLY)
@@ -338,7 +338,7 @@ def load_network(
         raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
     state = load_checkpoint(checkpoint)
     _register_trained_dataset(state["config"], Path(checkpoint).parent)
-    if state.get(weights) is None:
+    if state[weights] is None:
         raise CheckpointError(
             f"{checkpoint} holds no {weights} weights (pre-training and baseline runs have no "
             "teacher); use weights='student'"
@@ -416,7 +416,7 @@ def evaluate(
         net, config.dataset, config.data_root, cases=cases, split=split, out_dir=out_dir,
         device=str(resolve_device(device)), num_figures=num_figures,
         method=method, labeled=labeled, unlabeled=unlabeled, num_classes=config.num_classes,
-        postprocess=config.eval.postprocess, empty_prediction=config.eval.empty_prediction,
+        postprocess=config.eval.postprocess, empty_prediction=config.eval.empty_prediction, ops=config.ops,
         **inference_options(config),
     )
 
@@ -439,7 +439,7 @@ def tsne(
     cases = (validation_cases(config) if split == "val" else test_cases(config))[:max_cases]
     spec = get_dataset(config.dataset)
     volumes = [spec.load_volume(config.data_root, case) for case in cases]
-    bank = load_checkpoint(checkpoint).get("bank")
+    bank = load_checkpoint(checkpoint)["bank"]
     # BCP alone keeps an untouched (all-zero) bank: no prototypes to mark
     prototypes = bank["prototypes"].numpy() if bank is not None and with_prototypes(config) else None
     features, classes = sample_embeddings(net, volumes, spec, config.num_classes, config.data.patch_size,
@@ -462,9 +462,9 @@ def predict(
     net, config = load_network(checkpoint, device, weights)
     if get_dataset(config.dataset).scans is not None:
         return predict_scans(net, input_path, config.dataset, output, config.num_classes, config.eval.postprocess,
-                             device=str(resolve_device(device)), **inference_options(config))
+                             config.ops, device=str(resolve_device(device)), **inference_options(config))
     return predict_path(net, input_path, config.dataset, output, device=str(resolve_device(device)), force=force,
-                        num_classes=config.num_classes, postprocess=config.eval.postprocess,
+                        num_classes=config.num_classes, postprocess=config.eval.postprocess, ops=config.ops,
                         **inference_options(config))
 
 

@@ -1,6 +1,12 @@
-"""Data layer: the public LA (UA-MT) and ACDC (SSL4MIS) layouts, their training datasets
-and augmentations, the two-stream batch sampler, synthetic data and raw-data converters.
-:mod:`mper.datasets` gathers each dataset's pieces into one spec.
+"""Data building blocks, as in ``torch.utils.data`` and ``monai.data``: file formats and
+layouts (the public LA (UA-MT) and ACDC (SSL4MIS) ones, raw NIfTI scans and their
+preprocessing), training datasets, augmentation, the two-stream batch sampler, seeding,
+synthetic data and converters.
+
+The sibling :mod:`mper.datasets` is the registry, one module per dataset (as
+``torchvision.datasets``): each gathers the pieces it uses from here into one
+:class:`~mper.datasets.DatasetSpec`, which every other module reads. Pieces live here,
+datasets there, so that a new dataset reuses the pieces without copying them.
 
 Nothing here uses a global random state: every draw is a function of a seed and its
 position (see :mod:`mper.data.seeding`), so interrupted training can resume exactly.

@@ -1,4 +1,6 @@
-"""The datasets mper trains and evaluates on, one module each, found by name.
+"""The datasets mper trains and evaluates on, one module each, found by name (a registry,
+as ``torchvision.datasets``; the sibling :mod:`mper.data` holds the building blocks the
+datasets are made of: file formats, layouts, transforms, sampling, synthetic data).
 
 A dataset is a :class:`DatasetSpec`: its classes, network, patch size, inference and
 normalisation, file layout and case lists, label budgets, validation splits, synthetic

@@ -88,12 +88,13 @@ def evaluate_cases(
     num_classes: int | None = None,
     postprocess: str = "none",
     empty_prediction: str = "undefined",
+    ops: str = "mper",
     **inference_opts: Any,
 ) -> dict[str, Any]:
     """Predict, score and report every case of ``split`` (or the given ``cases``).
 
     ``postprocess`` and ``empty_prediction`` choose the protocol of
-    :mod:`mper.eval.protocol`.
+    :mod:`mper.eval.protocol`; ``ops`` (the run's setting) the ops that post-process.
 
     With ``out_dir``, writes ``metrics.json``, ``metrics.md`` and ``figures/<case>.png``
     for ``num_figures`` cases from the worst to the median by mean Dice
@@ -107,7 +108,7 @@ def evaluate_cases(
     num_classes = num_classes or spec.num_classes
     scored = _scored_cases(
         net, dataset, data_root, case_names, num_classes, empty_prediction,
-        {"device": device, "postprocess": postprocess, **inference_opts},
+        {"device": device, "postprocess": postprocess, "ops": ops, **inference_opts},
     )
     progress = tqdm(scored, total=len(case_names), desc=f"evaluating {dataset}", unit="case")
     per_case, views = {}, {}

@@ -3,7 +3,10 @@
 * Post-processing (``eval.postprocess``): ``"largest-component"`` keeps, for every
   foreground class, only its largest connected component of the predicted label map
   (full connectivity), as the published LA evaluation does; ``"none"`` scores the
-  prediction as it is. Checkpoint selection during training never post-processes.
+  prediction as it is. Checkpoint selection during training never post-processes. The
+  components come from the ``largest_component`` op of the run's ``ops`` setting, as the
+  pseudo labels do in training: the fused kernel of :mod:`mper.ops`, or
+  :mod:`mper.reference` where the run chose the eager ops; both give the same labels.
 * A class predicted nowhere (``eval.empty_prediction``): ``"zero"`` scores it Dice =
   Jaccard = 95HD = ASD = 0, as the published evaluation scripts of LA and ACDC do (a
   missed structure then lowers the mean Dice but also the mean distances);
@@ -18,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mper import reference
 from mper.datasets import get_dataset
 from mper.train.config import EMPTY_PREDICTION_RULES, POSTPROCESSING
+from mper.train.runtime import load_ops
 
 from .inference import predict_volume
 from .metrics import Spacing, case_metrics
@@ -34,14 +37,15 @@ def _check(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
-def postprocess_labels(labels: np.ndarray, method: str, num_classes: int) -> np.ndarray:
+def postprocess_labels(labels: np.ndarray, method: str, num_classes: int, ops: str = "mper") -> np.ndarray:
     """``labels`` after the test-time post-processing ``method`` (one of
-    :data:`~mper.train.config.POSTPROCESSING`)."""
+    :data:`~mper.train.config.POSTPROCESSING`), with the ops module the setting ``ops``
+    names (:func:`~mper.train.runtime.load_ops`)."""
     _check("eval.postprocess", method, POSTPROCESSING)
     if method == "none":
         return labels
     image = torch.from_numpy(np.ascontiguousarray(labels))[None]
-    return reference.largest_component(image, num_classes, check_labels=False)[0].numpy()
+    return load_ops(ops).largest_component(image, num_classes, check_labels=False)[0].numpy()
 
 
 def segment_volume(
@@ -50,6 +54,7 @@ def segment_volume(
     dataset: str,
     num_classes: int | None = None,
     postprocess: str = "none",
+    ops: str = "mper",
     **options: Any,
 ) -> np.ndarray:
     """The label map a user gets for ``image``: :func:`~mper.eval.inference.predict_volume`
@@ -57,7 +62,7 @@ def segment_volume(
     ``mper-predict`` writes it, so both apply ``eval.postprocess`` alike."""
     num_classes = num_classes or get_dataset(dataset).num_classes
     labels = predict_volume(net, image, dataset, num_classes, **options)
-    return postprocess_labels(labels, postprocess, num_classes)
+    return postprocess_labels(labels, postprocess, num_classes, ops)
 
 
 def score_case(

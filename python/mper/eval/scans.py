@@ -48,25 +48,25 @@ def _plan(dataset: str) -> ScanPlan:
 
 
 def scan_labels(net: nn.Module, image: np.ndarray, geometry: CaseGeometry, dataset: str, num_classes: int,
-                postprocess: str = "none", **inference: Any) -> tuple[np.ndarray, np.ndarray]:
+                postprocess: str = "none", ops: str = "mper", **inference: Any) -> tuple[np.ndarray, np.ndarray]:
     """(labels on the scan's grid, labels on the preprocessed grid) of a preprocessed
-    ``image`` (channels first), both post-processed; ``inference`` goes to
+    ``image`` (channels first), both post-processed (with the ops of the setting ``ops``); ``inference`` goes to
     :func:`~mper.eval.inference.predict_probabilities` (``patch_size``, ``stride``, ``device``)."""
     probabilities = predict_probabilities(net, image, dataset, num_classes, **inference)
     restored = restore_labels(probabilities, geometry, _plan(dataset).rules.spacing)
     resampled = probabilities.argmax(axis=0).astype(np.uint8)
-    return (postprocess_labels(restored, postprocess, num_classes),
-            postprocess_labels(resampled, postprocess, num_classes))
+    return (postprocess_labels(restored, postprocess, num_classes, ops),
+            postprocess_labels(resampled, postprocess, num_classes, ops))
 
 
 def score_scan_case(net: nn.Module, dataset: str, data_root: str | Path, case: str, num_classes: int,
-                    postprocess: str = "none", empty_prediction: str = "undefined",
+                    postprocess: str = "none", empty_prediction: str = "undefined", ops: str = "mper",
                     **inference: Any) -> tuple[dict[int, dict[str, float]], FigureSlice]:
     """The scores of ``case`` on its scan's grid against its raw label (distances in mm), and
     the figure slice of the network's view (first channel, preprocessed grid)."""
     image, label = load_scan_volume(data_root, case)
     original, geometry = load_original_label(data_root, case)
-    restored, resampled = scan_labels(net, image, geometry, dataset, num_classes, postprocess, **inference)
+    restored, resampled = scan_labels(net, image, geometry, dataset, num_classes, postprocess, ops, **inference)
     scores = score_case(restored, original, num_classes, empty_prediction, spacing=geometry.spacing)
     return scores, figure_slice(image[0], label, resampled, dataset)
 
@@ -88,13 +88,13 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> dict[str, tuple[Path, ...]
 
 
 def predict_scan(net: nn.Module, files: tuple[Path, ...], name: str, dataset: str, out_path: Path,
-                 num_classes: int, postprocess: str = "none", **inference: Any) -> Path:
+                 num_classes: int, postprocess: str = "none", ops: str = "mper", **inference: Any) -> Path:
     """Segment the raw case of ``files`` and write its label map to ``out_path``."""
     plan = _plan(dataset)
     image, first = read_image(RawCase(name, files, None, TEST), len(plan.channels))
     spacing = scan_spacing(first, files[0])
     preprocessed, _, geometry = preprocess_scan(image, None, spacing, first.affine, plan.rules)
-    labels, _ = scan_labels(net, preprocessed, geometry, dataset, num_classes, postprocess, **inference)
+    labels, _ = scan_labels(net, preprocessed, geometry, dataset, num_classes, postprocess, ops, **inference)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # a 2D image was read as one slice: the label map takes the input's own array shape
     nib.save(label_image(labels.reshape(first.shape[:3]), first), out_path)
@@ -102,7 +102,7 @@ def predict_scan(net: nn.Module, files: tuple[Path, ...], name: str, dataset: st
 
 
 def predict_scans(net: nn.Module, input_path: str | Path, dataset: str, out_dir: str | Path,
-                  num_classes: int, postprocess: str = "none", **inference: Any) -> list[Path]:
+                  num_classes: int, postprocess: str = "none", ops: str = "mper", **inference: Any) -> list[Path]:
     """Segment every raw case under ``input_path`` (see the module docstring); returns the
     written label maps. A case that cannot be read is logged and skipped; a
     :class:`~mper.errors.UserError` then says how many failed once the rest is done."""
@@ -113,7 +113,8 @@ def predict_scans(net: nn.Module, input_path: str | Path, dataset: str, out_dir:
     for index, (name, files) in enumerate(cases.items(), start=1):
         out_path = Path(out_dir) / f"{name}{plan.file_ending}"
         try:
-            written.append(predict_scan(net, files, name, dataset, out_path, num_classes, postprocess, **inference))
+            written.append(predict_scan(net, files, name, dataset, out_path, num_classes, postprocess, ops,
+                                        **inference))
         except UserError as error:
             failed.append(name)
             log.error("[%d/%d] skipped: %s", index, len(cases), error)

@@ -1,7 +1,9 @@
-"""Segmentation networks: the 2D U-Net (ACDC) and the 3D V-Net (LA).
+"""Whole networks, as in ``monai.networks.nets``: the 2D U-Net (ACDC) and the 3D V-Net (LA).
 
 Both return :class:`SegmentationOutput` ``(pred, feat)``; see :mod:`mper.nets.base`.
-Which dataset uses which is said by its spec (:mod:`mper.datasets`).
+Which dataset uses which is said by its spec (:mod:`mper.datasets`). The sibling
+:mod:`mper.nn` holds layers that go into or onto a network, as ``torch.nn`` does: the
+prototype head, which reads any network's ``feat`` and so lives apart from the networks.
 """
 from __future__ import annotations
 

@@ -34,7 +34,10 @@ from torch import nn
 
 from .kmeans import KMEANS_METHODS, ClassVoxelSampler, kmeans, minibatch_kmeans
 
-#: The implementations of the prototype ops: the fused kernels, or eager PyTorch.
+#: The implementations of the prototype ops the setting ``ops`` chooses from: the fused
+#: kernels, or eager PyTorch. :mod:`mper.reference` is the tests' definition of the ops and
+#: also a choice a user may make (no compiled core, or to check a kernel); production code
+#: reaches it only through this choice.
 OPS_MODULES = {"mper": "mper.ops", "reference": "mper.reference"}
 
 

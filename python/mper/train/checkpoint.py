@@ -17,6 +17,11 @@ when the run resumes). Checkpoints get the permissions the umask gives any new f
 
 Tensors load onto the CPU: modules and optimizers copy them to their own device, and the
 random-number-generator states must stay CPU byte tensors.
+
+Every checkpoint records its format (:data:`CHECKPOINT_VERSION`); a change of what the
+writers write raises it, and :func:`upgrade_checkpoint` brings a checkpoint of an older
+format that is still readable to the current one, one format at a time, so that the code
+reading a checkpoint finds every field of the current format.
 """
 from __future__ import annotations
 
@@ -34,10 +39,17 @@ from mper.errors import CheckpointError, MissingFileError, RunFolderError
 
 log = logging.getLogger(__name__)
 
-#: Raised when the layout of checkpoints changes; older files are refused clearly. Format 2:
-#: the networks have no embedding head and the bank is the state of a
-#: :class:`~mper.nn.PrototypeHead` (format 1: networks with an embedding head).
-CHECKPOINT_VERSION = 2
+#: The format of the checkpoints this mper writes, raised whenever what they hold changes:
+#:
+#: 1. networks with an embedding head (unreadable now: the bank lives in that head's space);
+#: 2. networks without it, the bank the state of a :class:`~mper.nn.PrototypeHead`; resume
+#:    checkpoints gained fields under this number, so older files of format 2 may lack the
+#:    prototype usage, the RNG states of every process and the sessions, and RNG states
+#:    written without CUDA lack the list of CUDA states;
+#: 3. every field always written (``None`` or an empty list where there is nothing).
+CHECKPOINT_VERSION = 3
+#: The oldest format :func:`upgrade_checkpoint` reads.
+OLDEST_READABLE_VERSION = 2
 
 
 TEMPORARY_SUFFIX = ".tmp"
@@ -108,17 +120,56 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "or use another checkpoint"
         ) from error
     version = state.get("version") if isinstance(state, dict) else None
-    if isinstance(version, int) and version < CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path} was written by an older mper (checkpoint format {version}; this mper reads format "
-            f"{CHECKPOINT_VERSION}, whose networks have no embedding head): train it again with this "
-            "version, or use the mper that wrote it"
-        )
-    if version != CHECKPOINT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
         raise CheckpointError(
             f"{path} is not an mper checkpoint of format version {CHECKPOINT_VERSION}; "
             "it was written by another program or another mper version"
         )
+    return upgrade_checkpoint(state, path)
+
+
+def _format_2_to_3(state: dict[str, Any]) -> dict[str, Any]:
+    """Fill in what resume checkpoints of format 2 could lack (``last.pt``: the one kind
+    with RNG states; weight checkpoints held the same fields throughout format 2) with
+    what the reader of format 2 assumed for it: no prototype usage counted yet, one process,
+    no sessions recorded, no CUDA RNG states."""
+    if "rng" not in state:
+        return state
+    state.setdefault("prototype_usage", None)
+    state.setdefault("process_rng", [state["rng"]])
+    state.setdefault("sessions", [])
+    for rng in (state["rng"], *state["process_rng"]):
+        rng.setdefault("cuda", [])
+    return state
+
+
+#: ``{format: the function that upgrades a checkpoint of that format to the next}``.
+UPGRADES = {2: _format_2_to_3}
+
+
+def upgrade_checkpoint(state: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """``state`` (a checkpoint of format ``state["version"]``, read from ``path``) in the
+    current format, upgraded one format at a time by :data:`UPGRADES`.
+
+    Raises :class:`~mper.errors.CheckpointError` for a format older than
+    :data:`OLDEST_READABLE_VERSION` or newer than this mper knows.
+    """
+    version = state["version"]
+    if version > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer mper (checkpoint format {version}; this mper reads formats "
+            f"{OLDEST_READABLE_VERSION} to {CHECKPOINT_VERSION}): upgrade mper to read it"
+        )
+    if version < OLDEST_READABLE_VERSION:
+        raise CheckpointError(
+            f"{path} was written by an older mper (checkpoint format {version}; this mper reads formats "
+            f"{OLDEST_READABLE_VERSION} to {CHECKPOINT_VERSION}, whose networks have no embedding head): "
+            "train it again with this version, or use the mper that wrote it"
+        )
+    while version < CHECKPOINT_VERSION:
+        state = UPGRADES[version](state)
+        version += 1
+        state["version"] = version
     return state
 
 
@@ -138,11 +189,10 @@ def non_finite_tensors(state: Any, where: str = "") -> list[str]:
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """The global torch RNG states (CPU and every CUDA device), which drive dropout."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    """The global torch RNG states (CPU and every CUDA device, none without CUDA), which
+    drive dropout."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
@@ -153,7 +203,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     than the run that saved them, the extra states are dropped (and this is logged).
     """
     torch.set_rng_state(state["torch"].cpu())
-    saved_cuda = state.get("cuda") or []
+    saved_cuda = state["cuda"]
     if not saved_cuda or not torch.cuda.is_available():
         return
     present = torch.cuda.device_count()

@@ -222,7 +222,7 @@ class Trainer:
             self.teacher.load_state_dict(state["teacher"])
             self.head = self.new_head()
             self.head.load_state_dict(state["bank"])
-            if state.get("prototype_usage") is not None:  # absent from checkpoints written before usage was counted
+            if state["prototype_usage"] is not None:  # begun on first use: None before the first iteration
                 self.prototype_usage().load_state_dict(state["prototype_usage"])
         self.optimizer = self.new_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
@@ -235,12 +235,12 @@ class Trainer:
                 self.usage.current.zero_()
         self.record.load_state_dict(state["record"])
         self.interval_losses = list(state["interval_losses"])
-        self.sessions = list(state.get("sessions", []))  # absent from checkpoints of older versions
+        self.sessions = list(state["sessions"])
 
     def _restore_rng(self, state: dict[str, Any]) -> None:
         """Each process's own RNG state when the run saved as many processes; else
         process 0 takes the first and the others start streams of their own."""
-        world, saved = distributed.current_world(), state.get("process_rng") or [state["rng"]]
+        world, saved = distributed.current_world(), state["process_rng"]
         if len(saved) == world.size:
             restore_rng_state(saved[world.rank])
             return

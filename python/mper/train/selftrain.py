@@ -19,25 +19,33 @@ Each iteration also feeds :class:`~mper.train.diagnostics.SelfTrainingMonitor` (
 labels against the unlabeled images' own labels, the confidence gate, the bank update),
 and with ``selftrain.keep_better_stage`` self-training has to beat the pre-trained
 network's validation Dice before ``best.pt`` holds one of its own networks.
+
+The parts of an iteration take what they use (the networks, the head, the monitor, the
+settings' sections); only the stage's entry points (:func:`begin_selftrain`,
+:func:`selftrain_step`, :func:`mixed_batch`, :func:`run_selftrain`) take the
+:class:`~mper.train.loop.Trainer` and hand its parts down.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.profiler import record_function
 from tqdm import tqdm
 
-from mper.errors import CheckpointError
 from mper.losses import DiceOptions, copy_paste_loss, mper_objective, ramp_weight
 from mper.nets import SegmentationOutput
+from mper.nn import PrototypeHead
 
 from .checkpoint import load_checkpoint
+from .compiled import StepCompiler
 from .config import with_prototypes
+from .diagnostics import SelfTrainingMonitor, TrainingRecord
 from .distributed import from_main_process, is_main_process
 from .loaders import prototype_init_batches, stage_loader
 from .loop import PRETRAIN_CHECKPOINT, Scalar, Trainer
@@ -45,7 +53,14 @@ from .mixing import box_mask, copy_paste
 from .prototypes import confidence_gate
 from .teacher import confidence, create_teacher, ema_update_, pseudo_labels
 
+if TYPE_CHECKING:
+    from .config import PrototypeConfig, SelfTrainConfig, TrainConfig
+
 log = logging.getLogger(__name__)
+
+#: The mixed-precision context of the forwards, entered anew for each
+#: (:meth:`Trainer.autocast <mper.train.loop.Trainer.autocast>`; ``contextlib.nullcontext`` for none).
+Precision = Callable[[], contextlib.AbstractContextManager]
 
 #: The profiler ranges of a self-training iteration (`benchmarks/train_step.py` sums them);
 #: "mixing" holds "teacher" and "pseudo_labels", "student" the linear classifier's loss,
@@ -84,11 +99,6 @@ def begin_selftrain(trainer: Trainer) -> None:
         )
     trainer.begin_stage("selftrain")
     if config.optim.carry_over:
-        if "optimizer" not in pretrained:
-            raise CheckpointError(
-                f"{trainer.run_dir / PRETRAIN_CHECKPOINT} holds no optimizer state to carry into "
-                "self-training (it was written by an older mper); set optim.carry_over=false"
-            )
         trainer.optimizer.load_state_dict(pretrained["optimizer"])
     if config.selftrain.keep_better_stage:
         trainer.progress.best_score = pretrained["progress"]["best_score"]
@@ -142,37 +152,34 @@ class MixedImages:
                                self.surround_weight, self.box_weight, scale, dice)
 
 
-def teacher_probabilities(trainer: Trainer, unlabeled: torch.Tensor) -> torch.Tensor:
+def teacher_probabilities(
+    teacher: nn.Module, unlabeled: torch.Tensor, forward_passes: int, precision: Precision
+) -> torch.Tensor:
     """The teacher's softmax on the unlabeled images: one forward, or one per half when
-    ``selftrain.forward_passes`` is 2 (each half with its own batch statistics)."""
-    halves = unlabeled.chunk(trainer.config.selftrain.forward_passes)
-    with torch.no_grad(), trainer.autocast():
-        logits = torch.cat([trainer.teacher_network()(half).pred.float() for half in halves])
+    ``forward_passes`` (``selftrain.forward_passes``) is 2, each half with its own batch
+    statistics."""
+    halves = unlabeled.chunk(forward_passes)
+    with torch.no_grad(), precision():
+        logits = torch.cat([teacher(half).pred.float() for half in halves])
     return torch.softmax(logits, dim=1)
 
 
-def mix_bidirectional(trainer: Trainer, batch: dict[str, Any]) -> list[MixedImages]:
-    """Pseudo-label the unlabeled half of ``batch`` with the teacher and build both
-    directions, in ``selftrain.forward_order``."""
-    config = trainer.config
-    images = trainer.images_on_device(batch["image"])
-    labels = batch["label"].to(trainer.device, non_blocking=True)
+def mix_bidirectional(
+    images: torch.Tensor, labels: torch.Tensor, pseudo: torch.Tensor, certainty: torch.Tensor,
+    mask: torch.Tensor, selftrain: SelfTrainConfig,
+) -> list[MixedImages]:
+    """Both copy-paste directions of a batch, in ``selftrain.forward_order``.
+
+    ``images`` ``(B, channels, *S)``: ``a``, ``b`` (the labeled half, labels ``labels[:B/2]``)
+    then ``ua``, ``ub`` (the unlabeled half, with the teacher's ``pseudo`` labels and
+    ``certainty``, ``(B/2, *S)`` each); ``mask``: the box ``M``.
+    """
     labeled_count = len(images) // 2  # this process's share: as many labeled as unlabeled images
     half = labeled_count // 2
     image_a, image_b, unlabeled = images[:half], images[half:labeled_count], images[labeled_count:]
     label_a, label_b = labels[:half], labels[half:labeled_count]
-
-    with record_function(PHASES["teacher"]):
-        teacher_probs = trainer.compiled(teacher_probabilities)(trainer, unlabeled)
-    with record_function(PHASES["pseudo_labels"]):
-        pseudo = pseudo_labels(teacher_probs, trainer.ops, config.selftrain.pseudo_label_threshold)
-        if config.eval.pseudo_label_dice:
-            trainer.monitor.observe_pseudo_labels(pseudo, labels[labeled_count:])
-    certainty = confidence(teacher_probs)
     certain = torch.ones_like(certainty[:half])
-
-    mask = box_mask(images.shape[2:], config.pretrain.box_fraction, trainer.mix_generator, trainer.device)
-    unlabeled_weight = config.selftrain.unlabeled_weight
+    unlabeled_weight = selftrain.unlabeled_weight
     labeled_surround = MixedImages(
         images=copy_paste(image_a, unlabeled[:half], mask),
         surround_label=label_a, box_label=pseudo[:half], mix_mask=mask, labeled_region=mask,
@@ -185,93 +192,116 @@ def mix_bidirectional(trainer: Trainer, batch: dict[str, Any]) -> list[MixedImag
         teacher_confidence=copy_paste(certainty[half:], certain, mask),
         surround_weight=unlabeled_weight, box_weight=1.0,
     )
-    if config.selftrain.forward_order == "labeled-surround-first":
+    if selftrain.forward_order == "labeled-surround-first":
         return [labeled_surround, unlabeled_surround]
     return [unlabeled_surround, labeled_surround]
 
 
-def student_outputs(trainer: Trainer, directions: list[MixedImages]) -> list[SegmentationOutput]:
+def mixed_batch(trainer: Trainer, batch: dict[str, Any]) -> list[MixedImages]:
+    """Pseudo-label the unlabeled half of ``batch`` with the trainer's teacher (feeding its
+    monitor), draw the box from its mask generator and build both directions
+    (:func:`mix_bidirectional`)."""
+    config = trainer.config
+    images = trainer.images_on_device(batch["image"])
+    labels = batch["label"].to(trainer.device, non_blocking=True)
+    labeled_count = len(images) // 2
+
+    with record_function(PHASES["teacher"]):
+        teacher_probs = trainer.compiled(teacher_probabilities)(
+            trainer.teacher_network(), images[labeled_count:], config.selftrain.forward_passes, trainer.autocast)
+    with record_function(PHASES["pseudo_labels"]):
+        pseudo = pseudo_labels(teacher_probs, trainer.ops, config.selftrain.pseudo_label_threshold)
+        if config.eval.pseudo_label_dice:
+            trainer.monitor.observe_pseudo_labels(pseudo, labels[labeled_count:])
+    certainty = confidence(teacher_probs)
+    mask = box_mask(images.shape[2:], config.pretrain.box_fraction, trainer.mix_generator, trainer.device)
+    return mix_bidirectional(images, labels, pseudo, certainty, mask, config.selftrain)
+
+
+def student_outputs(
+    network: nn.Module, directions: list[MixedImages], forward_passes: int, precision: Precision
+) -> list[SegmentationOutput]:
     """The student's outputs per direction: one forward of all images, split, or one
-    forward per direction (``selftrain.forward_passes``)."""
-    with trainer.autocast():
-        if trainer.config.selftrain.forward_passes == 2:
-            return [trainer.network(direction.images) for direction in directions]
-        output = trainer.network(torch.cat([direction.images for direction in directions]))
+    forward per direction (``forward_passes``, ``selftrain.forward_passes``)."""
+    with precision():
+        if forward_passes == 2:
+            return [network(direction.images) for direction in directions]
+        output = network(torch.cat([direction.images for direction in directions]))
     sizes = [len(direction.images) for direction in directions]
     return [SegmentationOutput(*parts) for parts in zip(*(tensor.split(sizes) for tensor in output))]
 
 
 def student_step(
-    trainer: Trainer, directions: list[MixedImages]
+    network: nn.Module, directions: list[MixedImages], selftrain: SelfTrainConfig, dice: DiceOptions,
+    precision: Precision,
 ) -> tuple[list[SegmentationOutput], torch.Tensor]:
     """The student's outputs per direction and the linear classifier's loss ``L_cons^l``
     over both directions."""
-    selftrain, dice = trainer.config.selftrain, trainer.config.losses.options()
-    outputs = student_outputs(trainer, directions)
+    outputs = student_outputs(network, directions, selftrain.forward_passes, precision)
     linear = torch.stack([direction.loss(output.pred, selftrain.consistency_scale, dice)
                           for direction, output in zip(directions, outputs)]).sum()
     return outputs, linear
 
 
 def update_bank(
-    trainer: Trainer, direction: MixedImages, output: SegmentationOutput,
-    proto_logits: torch.Tensor, assign: torch.Tensor,
+    head: PrototypeHead, monitor: SelfTrainingMonitor, prototypes: PrototypeConfig, direction: MixedImages,
+    feat: torch.Tensor, proto_logits: torch.Tensor, assign: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The gated voxels of one direction: per-prototype sums and counts of their ``feat``.
 
-    With ``region-wise`` steps they have been applied already, as one EMA step from the
-    direction's unlabeled region followed by one from its labeled region; with
-    ``combined`` steps the caller applies the sums of all directions at once.
+    With ``region-wise`` steps (``prototypes.update_steps``) they have been applied to
+    ``head``'s bank already, as one EMA step from the direction's unlabeled region followed
+    by one from its labeled region; with ``combined`` steps the caller applies the sums of
+    all directions at once. ``monitor`` observes the gate.
     """
-    prototypes, head = trainer.config.prototypes, trainer.prototype_head()
     label = direction.label
     gate = confidence_gate(
         proto_logits.argmax(dim=1), label, direction.labeled_region, direction.teacher_confidence,
         prototypes.confidence_threshold, prototypes.update_source, prototypes.update_background,
     )
-    trainer.monitor.observe_mix(
+    monitor.observe_mix(
         direction.labeled_region, direction.teacher_confidence > prototypes.confidence_threshold, gate
     )
     if prototypes.update_steps == "combined":
-        return head.accumulate(output.feat, label, assign, gate)
+        return head.accumulate(feat, label, assign, gate)
     labeled = direction.labeled_region.bool()
-    steps = [head.accumulate(output.feat, label, assign, gate & region) for region in (~labeled, labeled)]
+    steps = [head.accumulate(feat, label, assign, gate & region) for region in (~labeled, labeled)]
     for sums, counts in steps:  # copies: under torch.distributed apply_update() reduces them in place
         head.apply_update(sums.clone(), counts.clone(), prototypes.momentum)
     return steps[0][0] + steps[1][0], steps[0][1] + steps[1][1]
 
 
 def head_step(
-    trainer: Trainer, direction: MixedImages, feat: torch.Tensor, bank: torch.Tensor
+    head: PrototypeHead, direction: MixedImages, feat: torch.Tensor, bank: torch.Tensor, scale: float,
+    dice: DiceOptions, precision: Precision,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The prototype head on one direction's features against ``bank`` (a copy of the
-    bank as it is now): prototype logits, assignment, InfoNCE (float32) and the prototype
-    classifier's loss term of ``L_cons^p``."""
-    config = trainer.config
-    with trainer.autocast():
-        proto_logits, assign, contrastive = trainer.prototype_head().forward_with_contrastive(feat, bank)
-    loss = direction.loss(proto_logits, config.selftrain.consistency_scale, config.losses.options())
+    """``head`` on one direction's features against ``bank`` (a copy of the bank as it is
+    now): prototype logits, assignment, InfoNCE (float32) and the prototype classifier's
+    loss term of ``L_cons^p`` (``scale``: ``selftrain.consistency_scale``)."""
+    with precision():
+        proto_logits, assign, contrastive = head.forward_with_contrastive(feat, bank)
+    loss = direction.loss(proto_logits, scale, dice)
     return proto_logits, assign, contrastive.float(), loss
 
 
 def prototype_terms(
-    trainer: Trainer, directions: list[MixedImages], outputs: list[SegmentationOutput]
+    head: PrototypeHead, monitor: SelfTrainingMonitor, config: TrainConfig, directions: list[MixedImages],
+    outputs: list[SegmentationOutput], compiled: StepCompiler, precision: Precision,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``L_cons^p``, ``L_cont`` and the voxels each prototype received in the bank update
     ``(C*K,)`` over both directions (this process's share under torch.distributed), the
-    bank updated as ``prototypes.update_steps`` says."""
-    config, head = trainer.config, trainer.prototype_head()
-    prototypes = config.prototypes
-    prototype = contrastive = torch.zeros((), device=trainer.device)
+    bank updated as ``prototypes.update_steps`` says; the head steps go through ``compiled``."""
+    prototypes, scale, dice = config.prototypes, config.selftrain.consistency_scale, config.losses.options()
+    prototype = contrastive = torch.zeros((), device=outputs[0].feat.device)
     gathered = []
     for direction, output in zip(directions, outputs):
         with record_function(PHASES["head"]):
-            proto_logits, assign, direction_nce, direction_loss = trainer.compiled(head_step)(
-                trainer, direction, output.feat, head.bank())
+            proto_logits, assign, direction_nce, direction_loss = compiled(head_step)(
+                head, direction, output.feat, head.bank(), scale, dice, precision)
         prototype = prototype + direction_loss
         contrastive = contrastive + direction_nce
         with record_function(PHASES["bank_update"]):
-            gathered.append(update_bank(trainer, direction, output, proto_logits, assign))
+            gathered.append(update_bank(head, monitor, prototypes, direction, output.feat, proto_logits, assign))
     if config.selftrain.contrastive_reduction == "mean":
         contrastive = contrastive / len(directions)
     sums, counts = (torch.stack(parts).sum(dim=0) for parts in zip(*gathered))
@@ -287,11 +317,13 @@ def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> d
     config = trainer.config
     selftrain = config.selftrain
     with record_function(PHASES["mixing"]):
-        directions = mix_bidirectional(trainer, batch)
+        directions = mixed_batch(trainer, batch)
     with record_function(PHASES["student"]):
-        outputs, linear = trainer.compiled(student_step)(trainer, directions)
+        outputs, linear = trainer.compiled(student_step)(
+            trainer.network, directions, selftrain, config.losses.options(), trainer.autocast)
     if with_prototypes(config):
-        prototype, contrastive, counts = prototype_terms(trainer, directions, outputs)
+        prototype, contrastive, counts = prototype_terms(
+            trainer.prototype_head(), trainer.monitor, config, directions, outputs, trainer.compiled, trainer.autocast)
         ramp = ramp_weight(iteration, selftrain.ramp_weight, selftrain.rampup_epochs, selftrain.ramp_epoch_length)
         voxels = counts.sum()
         usage = trainer.prototype_usage().add(counts, iteration + 1, selftrain.iterations)
@@ -329,13 +361,12 @@ def run_selftrain(trainer: Trainer) -> None:
         lambda batch, iteration: selftrain_step(trainer, batch, iteration),
         loader,
     )
-    report_stage_selection(trainer)
+    report_stage_selection(trainer.record, trainer.config.selftrain.keep_better_stage)
 
 
-def report_stage_selection(trainer: Trainer) -> None:
-    """Say in the log whether self-training beat pre-training on the validation cases,
-    and which network ``best.pt`` holds."""
-    record = trainer.record
+def report_stage_selection(record: TrainingRecord, keep_better_stage: bool) -> None:
+    """Say in the log whether self-training beat pre-training on the validation cases
+    (``record``), and which network ``best.pt`` holds (``selftrain.keep_better_stage``)."""
     pretrain, selftrain = record.best("pretrain"), record.best("selftrain")
     if pretrain is None or selftrain is None:
         return
@@ -344,7 +375,7 @@ def report_stage_selection(trainer: Trainer) -> None:
                   f"(iteration {pretrain['iteration']})")
     if record.selftrain_beat_pretrain():
         log.info("self-training beat pre-training: %s; best.pt holds the self-trained network", comparison)
-    elif trainer.config.selftrain.keep_better_stage:
+    elif keep_better_stage:
         log.warning("self-training never beat pre-training: %s; best.pt holds the pre-trained network "
                     "(selftrain.keep_better_stage)", comparison)
     else:
