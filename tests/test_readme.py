@@ -287,3 +287,36 @@ def test_the_python_examples_of_the_ops_and_the_head_run(tmp_path):
                                 timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
 
+
+
+def _licence_rows() -> dict[str, str]:
+    """The README's licence table: dependency name -> licence cell."""
+    section = (REPO / "README.md").read_text().split("## Licences and platforms", 1)[1].split("\n## ", 1)[0]
+    rows = {match.group(1): match.group(2) for match in re.finditer(r"^\| (\S+)[^|]* \| (.+) \|$", section, re.M)}
+    return {name: cell for name, cell in rows.items() if name != "dependency"}  # the header
+
+
+def test_the_readme_states_the_licence_of_every_runtime_dependency_as_its_package_declares_it():
+    import importlib.metadata
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = [re.match(r"[A-Za-z0-9_.-]+", requirement).group(0) for requirement in dependencies]
+    rows = _licence_rows()
+    assert sorted(rows) == sorted(names)
+    for name in names:
+        try:
+            metadata = importlib.metadata.metadata(name)
+        except importlib.metadata.PackageNotFoundError:  # tomli on Python >= 3.11
+            continue
+        # SPDX, or the older one-line License field ("MPL-2.0 AND MIT", "Apache 2.0"); not a licence's text
+        expression = metadata.get("License-Expression") or metadata.get("License") or ""
+        if expression and "\n" not in expression and not re.fullmatch(r"\S+\.(txt|md|rst)", expression):
+            for identifier in set(re.findall(r"[A-Za-z0-9.+-]+", expression)) - {"AND", "OR", "WITH"}:
+                assert identifier in rows[name], f"{name}: {identifier} ({expression}) missing from the README"
+        classifiers = metadata.get_all("Classifier") or []
+        if any("GNU General Public License" in classifier for classifier in classifiers):
+            assert "GPL" in rows[name], name
