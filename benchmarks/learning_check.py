@@ -16,9 +16,10 @@ setting. Each run is evaluated on the test split. Runs go to subprocesses, at mo
 ``--jobs`` at once, each on one CPU thread; a run whose folder holds ``metrics.json``
 is not trained again, so an interrupted check continues where it stopped.
 
-Writes ``benchmarks/results/learning_check-<name>.json`` (every run: test metrics and
-the self-training diagnostics of its ``metrics.json``) and ``.md`` (mean ± std over
-seeds of the test Dice per family, recipe and method; the diagnostics averaged).
+Writes ``benchmarks/results/learning_check-<name>.json`` (every run: test metrics, over
+classes and per class, and the self-training diagnostics of its ``metrics.json``) and
+``.md`` (mean ± std over seeds of the test Dice per family, recipe and method; Dice,
+Jaccard, 95HD and ASD per class; the diagnostics averaged).
 
     python benchmarks/learning_check.py --work DIR [--families standard scanners thin]
         [--recipes paper reference] [--methods mper bcp labeled-only] [--seeds 1 2 3]
@@ -41,6 +42,8 @@ from typing import Any
 import torch
 
 from mper.datasets import get_dataset, synthesize
+from mper.eval.metrics import METRIC_NAMES
+from mper.eval.report import PERCENT_METRICS
 from provenance import provenance, provenance_line
 
 DATA_SEED = 0
@@ -68,6 +71,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: Diagnostics averaged over seeds in the Markdown table: (column, how to read it off a run).
 DIAGNOSTICS = ("pretrain_val", "selftrain_val", "teacher_val", "pseudo_first", "pseudo_last",
                "confident", "bank_update")
+#: The metrics' column titles, in :data:`mper.eval.metrics.METRIC_NAMES` order.
+METRIC_TITLES = {"dice": "Dice (%)", "jaccard": "Jaccard (%)", "hd95": "95HD (voxels)", "asd": "ASD (voxels)"}
 
 
 @dataclass(frozen=True)
@@ -157,8 +162,9 @@ def run_result(run: Run, work: Path) -> dict[str, Any]:
     return {
         **run.__dict__,
         "test_dice": summary["mean"]["dice"]["mean"],
-        "test_hd95": summary["mean"]["hd95"]["mean"],
-        "test_class_dice": {label: stats["dice"]["mean"] for label, stats in summary["classes"].items()},
+        "test_metrics": {metric: summary["mean"][metric]["mean"] for metric in METRIC_NAMES},
+        "test_class_metrics": {label: {metric: stats[metric]["mean"] for metric in METRIC_NAMES}
+                               for label, stats in summary["classes"].items()},
         "selected_stage": training.get("selected_stage"),
         "selftrain_beat_pretrain": training.get("selftrain_beat_pretrain"),
         "pretrain_val": _value(best("pretrain") or best("baseline"), "val_dice"),
@@ -199,6 +205,38 @@ def _percent(values: list[float]) -> str:
     return "-" if math.isnan(mean) else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
+def _metric_cell(metric: str, values: list[float]) -> str:
+    """Mean ± std over seeds: Dice and Jaccard in percent, distances as they are."""
+    if metric in PERCENT_METRICS:
+        return _percent(values)
+    mean, std = _mean_std(values)
+    return "-" if math.isnan(mean) else f"{mean:.2f} ± {std:.2f}"
+
+
+def class_metric_lines(results: list[dict[str, Any]], groups: list[tuple[str, str]]) -> list[str]:
+    """The per-class table: every metric of every class, mean ± std over seeds, per family,
+    recipe and method (runs that recorded no per-class metrics are left out)."""
+    names = get_dataset("acdc").class_names
+    lines = [
+        "Test metrics per class, mean ± std (population) over seeds: Dice and Jaccard in %, 95HD and ASD in "
+        "voxels. A distance undefined for every case of a run (its class predicted nowhere) leaves that run out "
+        "of the distance's mean.",
+        "",
+        "| family | recipe | method | class | " + " | ".join(METRIC_TITLES[m] for m in METRIC_NAMES) + " |",
+        "|---|---|---|---|" + "---|" * len(METRIC_NAMES),
+    ]
+    for family, recipe in groups:
+        for method in METHODS:
+            chosen = [r for r in results if (r["family"], r["recipe"], r["method"]) == (family, recipe, method)
+                      and r.get("test_class_metrics")]
+            labels = sorted({label for r in chosen for label in r["test_class_metrics"]}, key=int)
+            for label in labels:
+                cells = [_metric_cell(metric, [_value(r["test_class_metrics"].get(label), metric) for r in chosen])
+                         for metric in METRIC_NAMES]
+                lines.append(f"| {family} | {recipe} | {method} | {names[int(label)]} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace, device: str, measured: str) -> str:
     """Mean ± std over seeds per family, recipe and method, and the diagnostics; ``measured``
     (:func:`provenance_line`) under the title."""
@@ -233,6 +271,7 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace, device: st
 
         lines.append(f"| {family} | {recipe} | {_percent(dice['mper'])} | {_percent(dice['bcp'])} | "
                      f"{_percent(dice['labeled-only'])} | {verdict('labeled-only')} | {verdict('bcp')} |")
+    lines += ["", *class_metric_lines(results, groups)]
     lines += [
         "",
         "Self-training diagnostics, mean over seeds: best validation Dice of pre-training and of self-training "

@@ -1,5 +1,5 @@
 """Every measured figure says what it measured: the results under ``benchmarks/results/``,
-their writers and the README name the commit, mper's version and the kernel version, and
+their writers, the README and the docs pages name the commit, mper's version and the kernel version, and
 the kernel version moves with the kernels."""
 from __future__ import annotations
 
@@ -94,12 +94,17 @@ def test_every_results_writer_records_its_provenance(script):
         assert "provenance()" in text, f"{script.name} writes results without their provenance"
 
 
-def test_every_readme_section_with_measured_figures_names_commit_and_kernel_version():
-    sections = re.split(r"\n(?=#+ )", (REPO / "README.md").read_text())
+#: The README and the documentation pages that carry its measured figures.
+MEASURED_PAGES = ("README.md", "docs/training.md", "docs/benchmarks.md")
+
+
+def test_every_readme_or_docs_section_with_measured_figures_names_commit_and_kernel_version():
     header = r"^\|.*(\bms\b|Dice|wall time|NVIDIA H100).*\|\n\|(---\|)+$"  # a table's first row
-    measured = [section for section in sections if re.search(header, section, re.M)]
+    measured = [(page, section) for page in MEASURED_PAGES
+                for section in re.split(r"\n(?=#+ )", (REPO / page).read_text())
+                if re.search(header, section, re.M)]
     assert len(measured) >= 4
-    for section in measured:
+    for page, section in measured:
         title = section.splitlines()[0]
-        assert re.search(r"commits? [0-9a-f]{7}", section), f"README section {title!r} names no commit"
-        assert "kernel version" in section, f"README section {title!r} names no kernel version"
+        assert re.search(r"commits? [0-9a-f]{7}", section), f"{page} section {title!r} names no commit"
+        assert "kernel version" in section, f"{page} section {title!r} names no kernel version"

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import math
 import sys
 from pathlib import Path
 
 import pytest
 
+from mper.eval.report import summarize
 from mper.train.config import load_config
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "learning_check.py"
@@ -70,3 +73,39 @@ def test_table_states_the_budget_and_compares_the_means(check):
     assert "2000 pre-training + 600 self-training iterations; labeled-only: 2600 iterations" in table
     assert "network.channels=[8, 16, 32, 64, 128]" in table
     assert "| scanners | paper | 75.00 ± 5.00 | 80.00 ± 0.00 | 65.00 ± 5.00 | yes | **no** |" in table
+
+
+def test_a_run_records_all_four_metrics_per_class_from_its_metrics_file(check, tmp_path):
+    per_case = {  # two cases, classes 1-3, as mper.eval.metrics.case_metrics scores them
+        "a": {1: {"dice": 0.8, "jaccard": 0.6, "hd95": 2.0, "asd": 0.5}, 2: {"dice": 0.6, "jaccard": 0.4, "hd95": 5.0, "asd": 1.5},
+              3: {"dice": 0.9, "jaccard": 0.8, "hd95": 1.0, "asd": 0.25}},
+        "b": {1: {"dice": 0.6, "jaccard": 0.4, "hd95": 4.0, "asd": 1.5}, 2: {"dice": 0.0, "jaccard": 0.0, "hd95": math.nan, "asd": math.nan},
+              3: {"dice": 0.7, "jaccard": 0.6, "hd95": 3.0, "asd": 0.75}},
+    }
+    run = check.Run("standard", "paper", "mper", 1)
+    run.folder(tmp_path).mkdir(parents=True)
+    summary = json.loads(json.dumps(summarize(per_case)))  # as metrics.json holds it: string labels, NaN as null
+    (run.folder(tmp_path) / "metrics.json").write_text(json.dumps({"summary": summary}))
+
+    result = check.run_result(run, tmp_path)
+
+    assert result["test_class_metrics"]["1"] == pytest.approx({"dice": 0.7, "jaccard": 0.5, "hd95": 3.0, "asd": 1.0})
+    assert result["test_class_metrics"]["2"] == pytest.approx({"dice": 0.3, "jaccard": 0.2, "hd95": 5.0, "asd": 1.5})
+    assert result["test_class_metrics"]["3"] == pytest.approx({"dice": 0.8, "jaccard": 0.7, "hd95": 2.0, "asd": 0.5})
+    assert result["test_metrics"]["dice"] == pytest.approx((0.8 + 0.6 + 0.9) / 6 + (0.6 + 0.0 + 0.7) / 6)
+
+
+def test_the_per_class_table_holds_every_metric_of_every_class_over_seeds(check):
+    args = argparse.Namespace(pretrain=2000, selftrain=600, assignments=[], families=["thin"])
+    per_seed = {  # class 2 of seed 2: predicted nowhere, distances undefined
+        1: {"1": {"dice": 0.7, "jaccard": 0.5, "hd95": 2.0, "asd": 1.0}, "2": {"dice": 0.6, "jaccard": 0.4, "hd95": 6.0, "asd": 2.0}},
+        2: {"1": {"dice": 0.9, "jaccard": 0.7, "hd95": 4.0, "asd": 3.0}, "2": {"dice": 0.0, "jaccard": 0.0, "hd95": None, "asd": None}},
+    }
+    results = [{"family": "thin", "recipe": "paper", "method": "mper", "seed": seed, "test_dice": 0.5,
+                "test_class_metrics": classes, "selftrain_beat_pretrain": True, **{key: 0.5 for key in check.DIAGNOSTICS}}
+               for seed, classes in per_seed.items()]
+    table = check.markdown(results, args, "a CPU", "Measured at commit 0123abc (mper 0.1.0, kernel version 1).")
+
+    assert "| family | recipe | method | class | Dice (%) | Jaccard (%) | 95HD (voxels) | ASD (voxels) |" in table
+    assert "| thin | paper | mper | RV | 80.00 ± 10.00 | 60.00 ± 10.00 | 3.00 ± 1.00 | 2.00 ± 1.00 |" in table
+    assert "| thin | paper | mper | myocardium | 30.00 ± 30.00 | 20.00 ± 20.00 | 6.00 ± 0.00 | 2.00 ± 0.00 |" in table

@@ -1,6 +1,6 @@
 """Long runs (``-m slow``): a 3D run interrupted twice, with data workers, resumes bit for bit.
 
-The README's long commands (the demos, the learning check, the CPU benchmarks) run under
+The long commands of the README and the docs (the demos, the learning check, the CPU benchmarks) run under
 ``-m slow`` in ``tests/test_readme.py``.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The presets against the paper and the authors' code: every recipe setting pinned by
-value, and the README's recipe table generated from the preset files."""
+value, and the recipe table of docs/recipe.md generated from the preset files."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +19,7 @@ from mper.presets.table import (
 )
 from mper.train.config import load_config
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+RECIPE_PAGE = Path(__file__).resolve().parents[1] / "docs" / "recipe.md"
 
 #: Settings outside the recipe: the experiment's own choices and bookkeeping.
 NOT_RECIPE = {
@@ -127,10 +127,10 @@ def test_paper_and_reference_differ_only_where_the_paper_says_so():
                 assert reference[dataset][row.setting] == paper[dataset][row.setting], (dataset, row.setting)
 
 
-def test_readme_holds_the_generated_recipe_table():
-    readme = README.read_text()
-    assert replace_table(readme, recipe_table()) == readme, (
-        "README.md's recipe table is stale: run python -m mper.presets.table --write README.md"
+def test_the_recipe_page_holds_the_generated_recipe_table():
+    page = RECIPE_PAGE.read_text()
+    assert replace_table(page, recipe_table()) == page, (
+        "docs/recipe.md's recipe table is stale: run python -m mper.presets.table --write docs/recipe.md"
     )
 
 

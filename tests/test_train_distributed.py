@@ -259,18 +259,18 @@ def test_sigterm_to_every_process_saves_one_checkpoint_together(acdc_root, tmp_p
     assert load_checkpoint(out / "last.pt")["progress"]["iteration"] >= 2
 
 
-def test_the_readme_scale_note_matches_the_networks():
-    readme = (REPO / "README.md").read_text()
+def test_the_distributed_page_scale_note_matches_the_networks():
+    page = (REPO / "docs" / "distributed.md").read_text()
     for dataset in ("la", "acdc"):
         config = load_config(dataset, "paper", {"data_root": "somewhere"})
         net = get_dataset(dataset).build_network(config.num_classes, **config.network)
         parameters = sum(parameter.numel() for parameter in net.parameters())
-        assert f"{parameters:,} float32 parameters" in readme or f"({parameters:,})" in readme, dataset
-        assert f"{4 * parameters / 1e6:.1f} MB" in readme, dataset
+        assert f"{parameters:,} float32 parameters" in page or f"({parameters:,})" in page, dataset
+        assert f"{4 * parameters / 1e6:.1f} MB" in page, dataset
         rows = config.num_classes * config.prototypes.per_class
-        assert f"{rows} x {net.feature_dim}" in readme, dataset
+        assert f"{rows} x {net.feature_dim}" in page, dataset
         # region-wise: 4 updates per iteration, each of float32 sums (rows x D) and counts (rows)
-        assert f"{4 * 4 * rows * (net.feature_dim + 1) / 1e3:.1f} kB" in readme, dataset
+        assert f"{4 * 4 * rows * (net.feature_dim + 1) / 1e3:.1f} kB" in page, dataset
 
 
 def test_each_process_draws_its_share_and_the_shares_make_the_whole_batch():

@@ -138,7 +138,8 @@ def proto_accumulate(
         assign: ``(B, C, *spatial)`` integer, the k chosen for each class (from
             :func:`mper.ops.proto_classify`).
         mask: ``(B, *spatial)`` bool, the voxels that take part; ``None`` for all.
-        num_classes, num_protos: C and K.
+        num_classes: C.
+        num_protos: K, the prototypes per class.
         check_labels: raise ``ValueError`` when a selected label is outside ``[0, C)``
             (or its assign outside ``[0, K)``), eagerly and under ``torch.compile``
             alike. Costs a device synchronisation on CUDA; with it off such voxels are

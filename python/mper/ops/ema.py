@@ -69,8 +69,9 @@ def proto_ema_update_(
 
     Args:
         prototypes: the bank ``(C*K, D)``, contiguous float32 (float64 on the CPU).
-        sums, counts: ``(C*K, D)`` and ``(C*K,)`` from :func:`mper.ops.proto_accumulate`
-            (after an all-reduce when training on several GPUs).
+        sums: ``(C*K, D)`` from :func:`mper.ops.proto_accumulate` (after an all-reduce
+            when training on several GPUs).
+        counts: ``(C*K,)``, from the same call.
         momentum: alpha in [0, 1].
 
     Returns:
