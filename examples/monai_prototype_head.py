@@ -52,7 +52,9 @@ def initialize_prototypes(model: UNetWithPrototypes, image: torch.Tensor, label:
     model.eval()
     with torch.no_grad():
         feat = model(image)[1]
-    model.prototypes.initialize([(feat, label)], torch.Generator().manual_seed(0))
+    # mini-batch k-means on every labeled voxel, as the paper's presets do
+    model.prototypes.initialize([(feat, label)], torch.Generator().manual_seed(0), method="minibatch", max_voxels=0,
+                                iterations=20)
     model.train()
 
 

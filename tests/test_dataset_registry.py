@@ -26,6 +26,7 @@ CASES_DIR = "discs"
 SLICE_SEPARATOR = "/"
 
 PRESETS = """
+# A dataset's preset file: [paper] sets every recipe setting.
 [paper]
 labeled = 2
 num_classes = 2
@@ -40,21 +41,79 @@ batch_size = 4
 labeled_batch_size = 2
 num_workers = 0
 val_split = "test"
+holdout_cases = 0
+image_interpolation = "nearest"
+fold = 0
+folds = 5
+
+[paper.optim]
+lr = 0.01
+momentum = 0.9
+weight_decay = 0.0001
+lr_step = 0
+lr_gamma = 0.1
+carry_over = true
 
 [paper.pretrain]
 iterations = 4
+loss_scale = 0.5
+box_fraction = 0.6666666666666666
+loss = "per-region"
 
 [paper.selftrain]
 iterations = 4
+ema_decay = 0.999
+unlabeled_weight = 0.5
+consistency_scale = 1.0
+ramp_weight = 1.0
+rampup_epochs = 200.0
+ramp_epoch_length = 150
+contrastive_weight = 0.1
 pseudo_label_threshold = 0.5
+teacher_mode = "train"
+ema_schedule = "constant"
+ema_scope = "state"
+forward_passes = 2
+forward_order = "unlabeled-surround-first"
+contrastive_reduction = "sum"
+keep_better_stage = true
 
 [paper.prototypes]
 per_class = 2
+tau = 0.1
+nce_tau = 0.1
+momentum = 0.9
+confidence_threshold = 0.9
+update_source = "both"
+update_background = true
+contrastive_ignore_row = "none"
+kmeans_iterations = 20
 kmeans_max_voxels = 500
+update_steps = "region-wise"
+kmeans = "minibatch"
+kmeans_augment = true
 
 [paper.eval]
 val_interval = 4
+checkpoint_interval = 500
+log_interval = 10
+stride = "none"   # slice by slice
 num_figures = 1
+postprocess = "none"
+empty_prediction = "zero"
+pseudo_label_dice = true
+teacher_dice = true
+
+[paper.losses]
+dice = "pooled-squared"
+dice_background = "region"
+dice_smooth = 1e-10
+
+[paper.distributed]
+sync_batchnorm = true
+timeout = 1800
+check_bank = false
+force_group = false
 """
 
 

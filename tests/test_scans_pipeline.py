@@ -12,6 +12,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 from mper import cli, pipeline
 from mper.data.raw_scans import MSD, NNUNET
 from mper.data.synth_scans import SYNTH_SCAN_CLASSES
@@ -188,7 +193,7 @@ def test_every_preset_and_setting_applies_to_imported_data(nnunet_3d, capsys):
         assert f'dataset = "{NAME}"' in printed and 'val_split = "fold"' in printed and "fold = 2" in printed
         assert "iterations = 7" in printed and "num_classes = 5" in printed
         assert 'dice = "pooled-squared"' in printed  # not LA's per-image Dice: small classes miss most patches
-    assert "patch_size = [32, 32, 32]" in printed
+    assert tomllib.loads(printed)["data"]["patch_size"] == [32, 32, 32]
 
 
 def test_an_edited_plan_is_what_trains(nnunet_3d, tmp_path, capsys):
@@ -197,7 +202,7 @@ def test_an_edited_plan_is_what_trains(nnunet_3d, tmp_path, capsys):
     plan = edited / "plan.toml"
     plan.write_text(plan.read_text().replace('"tumour"', '"lesion"').replace('dims = "3d"', 'dims = "2d"'))
     cli.train_main(["--data-root", str(edited), "--print-config"])
-    assert "patch_size = [32, 32]" in capsys.readouterr().out
+    assert tomllib.loads(capsys.readouterr().out)["data"]["patch_size"] == [32, 32]
     assert get_dataset(NAME).class_names[-1] == "lesion" and get_dataset(NAME).network.__name__ == "UNet2D"
     with pytest.raises(SystemExit) as stop:
         cli.train_main(["--data-root", str(edited), "--labeled", "9", "--out", str(tmp_path / "r"), *TINY])

@@ -2,6 +2,7 @@
 learning-rate schedule and the two-way mixed loss."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -12,7 +13,7 @@ from mper import ops, reference
 from mper.data.sampler import endless_batches
 from mper.datasets import synthesize
 from mper.losses import DiceOptions
-from mper.train.config import OptimConfig, load_config
+from mper.train.config import load_config
 from mper.train.loaders import stage_loader
 from mper.train.loop import learning_rate
 from mper.train.mixing import box_mask, box_size, copy_paste
@@ -225,12 +226,13 @@ def test_confidence_is_the_highest_class_probability():
 
 
 def test_learning_rate_steps_down_every_lr_step_iterations():
-    step_schedule = OptimConfig(lr=0.01, lr_step=2500, lr_gamma=0.1)
+    optim = load_config("la").optim
+    step_schedule = dataclasses.replace(optim, lr=0.01, lr_step=2500, lr_gamma=0.1)
     assert learning_rate(step_schedule, 0) == 0.01
     assert learning_rate(step_schedule, 2499) == 0.01
     assert learning_rate(step_schedule, 2500) == pytest.approx(0.001)
     assert learning_rate(step_schedule, 5000) == pytest.approx(0.0001)
-    assert learning_rate(OptimConfig(lr=0.01, lr_step=0), 10_000) == 0.01
+    assert learning_rate(dataclasses.replace(optim, lr=0.01, lr_step=0), 10_000) == 0.01
 
 
 def test_each_direction_weights_its_labeled_region_by_one():

@@ -4,7 +4,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+import typing
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,8 +15,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from mper import pipeline
 from mper.datasets import dataset_names
 from mper.errors import ConfigError, RunFolderError
+from mper.eval.protocol import score_case
 from mper.train import checkpoint
 from mper.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from mper.train.config import RANGE_RULES, TrainConfig, load_config, parse_override, preset_tables, read_preset, to_toml
@@ -95,7 +99,6 @@ def test_overrides_are_typed_by_toml_and_merged_into_sections():
                                   r"e.g. data.patch_size=\[64, 64\]"),
         ("selftrain.teacher_mode=student", "selftrain.teacher_mode must be one of train, eval"),
         ("losses.dice=cube", "losses.dice must be one of pooled-squared, per-sample-linear"),
-        ("eval.postprocess=holes", "eval.postprocess must be one of none, largest-component"),
         ("selftrain.forward_passes=3", "selftrain.forward_passes must be 1 or 2"),
         ("prototypes.kmeans_max_voxels=-1", "kmeans_max_voxels must be 0"),
         ("losses.dice_smooth=-1", "losses.dice_smooth must be a finite number >= 0"),
@@ -132,10 +135,11 @@ def test_bad_overrides_say_what_is_wrong(assignment, message):
         ("acdc", "num_classes=3", "num_classes must be 4 for acdc"),
         ("la", "num_classes=4", "num_classes must be 2 for la"),
         ("acdc", "eval.num_figures=-1", "eval.num_figures must be a non-negative integer"),
+        ("la", "eval.stride=none", r"eval.stride must be 3 steps, none larger than data.patch_size .*; got none"),
         ("acdc", "data.patch_size=[250, 250]", r"data.patch_size must be 2 sizes, each a multiple of 16"),
         ("la", "data.patch_size=[112, 112]", r"data.patch_size must be 3 sizes"),
         ("la", "eval.stride=[18, 18, 96]", r"eval.stride must be 3 steps, none larger than data.patch_size"),
-        ("la", "eval.stride=[0, 18, 4]", "eval.stride must be positive sizes"),
+        ("la", "eval.stride=[0, 18, 4]", r"eval.stride must be none \(slice by slice\) or positive sizes"),
         ("acdc", "selftrain.pseudo_label_threshold=0.5", "pseudo_label_threshold applies to two-class tasks"),
         ("la", "selftrain.pseudo_label_threshold=1.5", r"pseudo_label_threshold must be none or in \[0, 1\]"),
         ("acdc", "seed=-1", "seed must be a non-negative integer"),
@@ -156,14 +160,23 @@ def test_every_setting_is_checked_before_anything_runs(dataset, assignment, mess
 def test_every_numeric_setting_has_a_range_rule():
     ruled = {name for name, _, _ in RANGE_RULES}
     numeric = set()
-    for section in dataclasses.fields(TrainConfig):
-        values = getattr(TrainConfig(), section.name)
-        if dataclasses.is_dataclass(values):
-            numeric |= {f"{section.name}.{item.name}" for item in dataclasses.fields(values)
-                        if not isinstance(getattr(values, item.name), (str, bool))}
-        elif isinstance(values, (int, float)) and not isinstance(values, bool):
-            numeric.add(section.name)
+    for section, hint in typing.get_type_hints(TrainConfig).items():
+        if dataclasses.is_dataclass(hint):
+            numeric |= {f"{section}.{name}" for name, inner in typing.get_type_hints(hint).items()
+                        if inner not in (str, bool)}
+        elif hint in (int, float):
+            numeric.add(section)
+    assert {"seed", "data.patch_size", "eval.stride", "selftrain.pseudo_label_threshold"} <= numeric
     assert numeric - ruled == set()
+
+
+def test_the_evaluation_protocol_is_checked_once_before_training_starts(tmp_path):
+    config = load_config("acdc", "paper", {"out": str(tmp_path / "run")}, ["eval.postprocess=holes"])
+    with pytest.raises(ConfigError, match="eval.postprocess must be one of none, largest-component; got 'holes'"):
+        pipeline.train(config)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="eval.empty_prediction must be one of zero, undefined"):
+        score_case(np.zeros((2, 2)), np.zeros((2, 2)), 2, empty_prediction="never")
 
 
 def test_the_shipped_presets_pass_every_check():
@@ -184,6 +197,119 @@ def test_how_the_steps_run_is_off_by_default_and_settable_in_every_preset(datase
         assert (config.compile, config.channels_last, config.distributed.force_group) == (True, True, True)
         assert 'compile = true\nchannels_last = true\n' in to_toml(config.to_dict())
         assert TrainConfig.from_dict(tomllib.loads(to_toml(config.to_dict()))) == config
+
+
+#: config.toml as runs before the TOML writer became tomli-w wrote it (arrays on one line,
+#: ``"none"`` for no value; ACDC's unused stride written too), for preset reference.
+OLD_WRITER_CONFIG = """\
+dataset = "acdc"
+data_root = "data/acdc"
+labeled = 7
+preset = "reference"
+num_classes = 4
+seed = 1337
+device = "auto"
+ops = "mper"
+out = "runs/acdc"
+baseline = "none"
+amp = "off"
+run_id = "0123456789abcdef"
+compile = false
+channels_last = false
+
+[network]
+channels = [16, 32, 64, 128, 256]
+dropout = [0.05, 0.1, 0.2, 0.3, 0.5]
+classifier_kernel = 3
+
+[data]
+patch_size = [256, 256]
+batch_size = 24
+labeled_batch_size = 12
+num_workers = 4
+val_split = "val"
+holdout_cases = 0
+image_interpolation = "nearest"
+fold = 0
+folds = 5
+
+[optim]
+lr = 0.01
+momentum = 0.9
+weight_decay = 0.0001
+lr_step = 0
+lr_gamma = 0.1
+carry_over = true
+
+[pretrain]
+iterations = 10000
+loss_scale = 0.5
+box_fraction = 0.6666666666666666
+loss = "per-region"
+
+[selftrain]
+iterations = 30000
+ema_decay = 0.99
+unlabeled_weight = 0.5
+consistency_scale = 0.5
+ramp_weight = 0.5
+rampup_epochs = 200.0
+ramp_epoch_length = 150
+contrastive_weight = 0.001
+pseudo_label_threshold = "none"
+teacher_mode = "train"
+ema_schedule = "constant"
+ema_scope = "state"
+forward_passes = 2
+forward_order = "unlabeled-surround-first"
+contrastive_reduction = "sum"
+keep_better_stage = false
+
+[prototypes]
+per_class = 3
+tau = 0.1
+nce_tau = 0.1
+momentum = 0.99
+confidence_threshold = 0.9
+update_source = "both"
+update_background = false
+contrastive_ignore_row = 0
+kmeans_iterations = 20
+kmeans_max_voxels = 0
+update_steps = "region-wise"
+kmeans = "minibatch"
+kmeans_augment = true
+
+[eval]
+val_interval = 200
+checkpoint_interval = 500
+log_interval = 10
+stride = [18, 18, 4]
+num_figures = 3
+postprocess = "none"
+empty_prediction = "zero"
+pseudo_label_dice = true
+teacher_dice = true
+
+[losses]
+dice = "pooled-squared"
+dice_background = "whole-image"
+dice_smooth = 1e-10
+
+[distributed]
+sync_batchnorm = true
+timeout = 1800
+check_bank = false
+force_group = false
+"""
+
+
+def test_a_config_toml_of_an_older_run_still_loads():
+    config = TrainConfig.from_dict(tomllib.loads(OLD_WRITER_CONFIG))
+    expected = load_config("acdc", "reference", {"data_root": "data/acdc", "out": "runs/acdc",
+                                                 "run_id": "0123456789abcdef"}, ["eval.stride=[18, 18, 4]"])
+    assert config == expected
+    assert TrainConfig.from_dict(tomllib.loads(to_toml(config.to_dict()))) == config
 
 
 def test_config_round_trips_through_toml_and_dict():

@@ -1,6 +1,8 @@
 """The prototype head's bank: update gate, EMA update, k-means initialisation, all-reduce."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -8,7 +10,7 @@ import torch.multiprocessing as mp
 
 from mper.nn import PrototypeHead
 from mper.nn.kmeans import ClassVoxelSampler, kmeans
-from mper.train.config import PrototypeConfig
+from mper.train.config import load_config
 from mper.train.prototypes import confidence_gate
 from mper.train.runner import kmeans_description
 
@@ -127,7 +129,7 @@ def test_initialize_runs_kmeans_per_class_on_the_features():
     image = torch.tensor([[0.0, 0.0, 5.0, 9.0], [0.0, 4.0, 5.0, 5.0]]).reshape(1, 2, 1, 4)
     label = torch.tensor([[[0, 0, 1, 1]]])
     bank = PrototypeHead(num_classes=2, num_prototypes=2, dim=2)
-    bank.initialize([(image, label)], torch.Generator().manual_seed(0))
+    bank.initialize([(image, label)], torch.Generator().manual_seed(0), method="lloyd", max_voxels=0, iterations=20)
     class_0 = sorted(map(tuple, bank.prototypes[:2].tolist()))
     class_1 = sorted(map(tuple, bank.prototypes[2:].tolist()))
     assert class_0 == [(0.0, 0.0), (0.0, 4.0)]
@@ -138,7 +140,8 @@ def test_initialize_names_a_class_without_voxels():
     image = torch.zeros(1, 2, 1, 2)
     bank = PrototypeHead(num_classes=3, num_prototypes=1, dim=2)
     with pytest.raises(ValueError, match="class 2 has no voxel"):
-        bank.initialize([(image, torch.tensor([[[0, 1]]]))], torch.Generator())
+        bank.initialize([(image, torch.tensor([[[0, 1]]]))], torch.Generator(), method="minibatch", max_voxels=0,
+                        iterations=20)
 
 
 def _update_on_rank(rank: int, init_file: str, results) -> None:
@@ -166,4 +169,5 @@ def test_update_all_reduces_across_processes(tmp_path):
 ])
 def test_the_log_says_how_the_bank_is_initialised(settings, expected):
     # kmeans_max_voxels = 0 means every voxel, not "at most 0"; mini-batch k-means runs no fixed iterations
-    assert kmeans_description(PrototypeConfig(**settings)) == expected
+    prototypes = dataclasses.replace(load_config("acdc").prototypes, per_class=3, **settings)
+    assert kmeans_description(prototypes) == expected

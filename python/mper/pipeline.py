@@ -44,6 +44,7 @@ from mper.errors import CheckpointError, ConfigError, RunFolderError, UserError
 from mper.eval.evaluate import evaluate_cases, mean_dice
 from mper.eval.figures import add_figures
 from mper.eval.predict import predict_path
+from mper.eval.protocol import check_protocol
 from mper.eval.report import add_to_report
 from mper.eval.run_size import size_warnings
 from mper.eval.scans import predict_scans
@@ -183,6 +184,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     (:mod:`mper.train.distributed`); process 0 alone writes the run folder and
     evaluates, the others return the folder once training is over.
     """
+    check_protocol(config.eval.postprocess, config.eval.empty_prediction)
     with process_group(config) as config:
         run_dir = Path(config.out) if config.out else default_run_dir(config)
         if not is_main_process():

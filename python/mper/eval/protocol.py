@@ -22,26 +22,36 @@ import torch
 from torch import nn
 
 from mper.datasets import get_dataset
-from mper.train.config import EMPTY_PREDICTION_RULES, POSTPROCESSING
+from mper.errors import ConfigError
 from mper.train.runtime import load_ops
 
 from .inference import predict_volume
 from .metrics import Spacing, case_metrics
 
+#: Test-time post-processing of predicted label maps (``eval.postprocess``).
+POSTPROCESSING = ("none", "largest-component")
+#: How a class predicted nowhere is scored (``eval.empty_prediction``).
+EMPTY_PREDICTION_RULES = ("zero", "undefined")
 #: The metrics of a class predicted nowhere under the ``"zero"`` rule.
 ZERO_METRICS = {"dice": 0.0, "jaccard": 0.0, "hd95": 0.0, "asd": 0.0}
 
 
-def _check(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+def check_protocol(postprocess: str = "none", empty_prediction: str = "zero") -> None:
+    """Raise :class:`~mper.errors.ConfigError` (a ``ValueError``) unless ``postprocess`` is one
+    of :data:`POSTPROCESSING` and ``empty_prediction`` one of :data:`EMPTY_PREDICTION_RULES`:
+    the one check of these settings, run by :func:`mper.pipeline.train` before training
+    and by every function here that applies them."""
+    for name, value, choices in (("eval.postprocess", postprocess, POSTPROCESSING),
+                                 ("eval.empty_prediction", empty_prediction, EMPTY_PREDICTION_RULES)):
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def postprocess_labels(labels: np.ndarray, method: str, num_classes: int, ops: str = "mper") -> np.ndarray:
     """``labels`` after the test-time post-processing ``method`` (one of
-    :data:`~mper.train.config.POSTPROCESSING`), with the ops module the setting ``ops``
-    names (:func:`~mper.train.runtime.load_ops`)."""
-    _check("eval.postprocess", method, POSTPROCESSING)
+    :data:`POSTPROCESSING`), with the ops module the setting ``ops`` names
+    (:func:`~mper.train.runtime.load_ops`)."""
+    check_protocol(postprocess=method)
     if method == "none":
         return labels
     image = torch.from_numpy(np.ascontiguousarray(labels))[None]
@@ -71,8 +81,8 @@ def score_case(
 ) -> dict[int, dict[str, float]]:
     """:func:`~mper.eval.metrics.case_metrics` of one case (distances in the units of
     ``spacing``, voxels without it), with classes predicted nowhere scored by the rule
-    ``empty_prediction`` (one of :data:`~mper.train.config.EMPTY_PREDICTION_RULES`)."""
-    _check("eval.empty_prediction", empty_prediction, EMPTY_PREDICTION_RULES)
+    ``empty_prediction`` (one of :data:`EMPTY_PREDICTION_RULES`)."""
+    check_protocol(empty_prediction=empty_prediction)
     scores = case_metrics(pred_labels, gt_labels, num_classes, spacing)
     if empty_prediction == "zero":
         for label in scores:

@@ -127,7 +127,7 @@ def _validation_time_warning(config: TrainConfig, preset: str) -> str | None:
         return None
     sliding = spec.inference == SLIDING_WINDOW
     calls = (f"{timed.calls} windows of {_size(tuple(config.data.patch_size))} at a step of "
-             f"{_size(tuple(config.eval.stride))}" if sliding else f"{timed.calls} batches of slices")
+             f"{_size(tuple(config.eval.stride or spec.stride))}" if sliding else f"{timed.calls} batches of slices")
     return (f"a validation pass will take about {_duration(estimate)} on {device.type}: {len(cases)} "
             f"case{'s' if len(cases) > 1 else ''} of {Path(config.data_root)}, {calls}, "
             f"{1e3 * timed.call_seconds():.0f} ms each; this run validates {passes} times (eval.val_interval = "

@@ -47,6 +47,7 @@ else:
 
 from mper.datasets import dataset_names, get_dataset
 from mper.errors import ConfigError
+from mper.eval.protocol import check_protocol
 from mper.train.config import BASELINES, TrainConfig, load_config
 
 #: Budget name of a fully supervised run (every training case labeled).
@@ -107,7 +108,9 @@ class Cell:
 
     def config(self, device: str | None = None) -> TrainConfig:
         """The run's checked config."""
-        return load_config(self.dataset, self.preset, self.overrides(device), self.assignments)
+        config = load_config(self.dataset, self.preset, self.overrides(device), self.assignments)
+        check_protocol(config.eval.postprocess, config.eval.empty_prediction)
+        return config
 
     def train_arguments(self, device: str | None = None) -> list[str]:
         """The ``mper-train`` arguments that train this run (they give :meth:`config`)."""

@@ -62,7 +62,8 @@ class PrototypeHead(nn.Module):
     Example, on the last decoder map ``feat`` of any network::
 
         head = PrototypeHead(num_classes=4, num_prototypes=3, dim=feat.shape[1])
-        head.initialize([(feat_of_labeled_batch, label)], torch.Generator().manual_seed(0))
+        head.initialize([(feat_of_labeled_batch, label)], torch.Generator().manual_seed(0),
+                        method="minibatch", max_voxels=0, iterations=20)
         logits, assign, contrastive = head.forward_with_contrastive(feat)
         head.update(feat, label, assign, gate=logits.argmax(1) == label, momentum=0.9)
     """
@@ -170,16 +171,19 @@ class PrototypeHead(nn.Module):
         self,
         samples: Iterable[tuple[torch.Tensor, torch.Tensor]],
         generator: torch.Generator,
-        method: str = "lloyd",
-        max_voxels: int = 50_000,
-        iterations: int = 20,
+        *,
+        method: str,
+        max_voxels: int,
+        iterations: int,
     ) -> None:
         """Set every class's prototypes to the k-means centres of its voxels' features.
 
         ``samples`` yields ``(feat (B, D, *S), labels (B, *S))`` pairs of labeled images.
         ``method``: ``"minibatch"`` (:func:`~mper.nn.kmeans.minibatch_kmeans`) or
         ``"lloyd"`` (:func:`~mper.nn.kmeans.kmeans` with ``iterations`` steps);
-        ``max_voxels`` (0: all) caps the voxels kept per class. Under
+        ``max_voxels`` (0: all) caps the voxels kept per class. No defaults: a training
+        run passes ``prototypes.kmeans``, ``kmeans_max_voxels`` and ``kmeans_iterations``
+        of its preset, whose ``[paper]`` values are the paper's recipe. Under
         ``torch.distributed`` rank 0 alone reads ``samples`` and runs k-means, and
         broadcasts its bank to every process.
         """

@@ -12,7 +12,7 @@ from typing import Any
 
 from mper.errors import CheckpointError, ConfigError, MissingFileError
 
-from .config import TrainConfig, merge
+from .config import TrainConfig, flatten, merge
 from .loop import LAST_CHECKPOINT
 
 #: Settings a resumed run may change (``out`` follows the run folder, which may have moved).
@@ -42,21 +42,10 @@ def checkpoint_to_resume(run_dir: Path) -> Path:
     )
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"section.key": value}`` of a nested settings dict."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def _differences(saved: dict[str, Any], given: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``{setting: (saved value, given value)}`` where ``given`` differs from ``saved``."""
-    before = _flatten(saved)
-    return {name: (before.get(name), value) for name, value in _flatten(given).items()
+    before = flatten(saved)
+    return {name: (before.get(name), value) for name, value in flatten(given).items()
             if before.get(name) != value}
 
 
