@@ -5,6 +5,7 @@ kernel, the training resize, k-means and the evaluation protocol."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import numpy as np
@@ -133,6 +134,11 @@ def test_ema_scope_decides_whether_batch_norm_buffers_follow(scope, buffer_moves
 
 # --- the self-training step --------------------------------------------------------------
 
+def paper_selftrain(**changes: object) -> SelfTrainConfig:
+    """ACDC's ``paper`` self-training settings with ``changes``."""
+    return dataclasses.replace(load_config("acdc", "paper").selftrain, **changes)
+
+
 def tiny_directions(selftrain_settings: SelfTrainConfig, seed: int = 0) -> list[selftrain.MixedImages]:
     """Both copy-paste directions of :func:`tiny_batch`, with random pseudo labels and
     teacher confidences and a box drawn as the trainer draws it."""
@@ -146,7 +152,7 @@ def tiny_directions(selftrain_settings: SelfTrainConfig, seed: int = 0) -> list[
 def test_forward_order_puts_the_chosen_direction_first():
     batch = tiny_batch()
     for order, first_weights in (("labeled-surround-first", (1.0, 0.5)), ("unlabeled-surround-first", (0.5, 1.0))):
-        first, second = tiny_directions(SelfTrainConfig(forward_order=order, unlabeled_weight=0.5))
+        first, second = tiny_directions(paper_selftrain(forward_order=order, unlabeled_weight=0.5))
         assert (first.surround_weight, first.box_weight) == first_weights
         assert (second.surround_weight, second.box_weight) == first_weights[::-1]
         assert torch.equal(first.labeled_region + second.labeled_region, torch.ones(32, 32))
@@ -160,7 +166,7 @@ def test_forward_order_puts_the_chosen_direction_first():
 def test_student_passes_split_the_forward_by_direction():
     torch.manual_seed(0)
     student = UNet2D(1, 4, channels=(4, 8, 16, 32, 64), dropout=(0.0,) * 5)
-    directions = tiny_directions(SelfTrainConfig())
+    directions = tiny_directions(paper_selftrain())
     two = selftrain.student_outputs(student, directions, 2, contextlib.nullcontext)
     one = selftrain.student_outputs(student, directions, 1, contextlib.nullcontext)
     with torch.no_grad():

@@ -54,6 +54,7 @@ from mper.errors import ConfigError, UserError
 from mper.nn.parallel import CrossProcessBatchNorm, grouped
 
 from .config import TrainConfig
+from .runtime import TrainingInterrupted
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -195,6 +196,10 @@ def process_group(config: TrainConfig) -> Iterator[TrainConfig]:
         package_log.setLevel(logging.ERROR)
     try:
         yield config
+        _leave_together()
+    except TrainingInterrupted:  # a stop every process agreed on
+        _leave_together()
+        raise
     except RuntimeError as error:
         if not _is_lost_peer(error):
             raise
@@ -206,6 +211,15 @@ def process_group(config: TrainConfig) -> Iterator[TrainConfig]:
     finally:
         package_log.setLevel(previous_level)
         dist.destroy_process_group()
+
+
+def _leave_together() -> None:
+    """Wait for every process before the group is torn down, so that none closes its
+    connections while another still uses them (gloo can abort a process whose peer
+    disconnects under it). Only where every process leaves at the same point (the run's end,
+    an agreed stop); a peer that is gone already is no reason to fail the exit."""
+    with contextlib.suppress(RuntimeError):
+        dist.barrier()
 
 
 def _first_sentence(error: RuntimeError) -> str:
