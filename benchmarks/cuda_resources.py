@@ -19,6 +19,7 @@ No GPU is needed, only nvcc and CMake (a few minutes):
     python benchmarks/cuda_resources.py            # writes the table
     python benchmarks/cuda_resources.py --check    # compiles and compares with the committed table
 """
+
 from __future__ import annotations
 
 import argparse
@@ -119,12 +120,23 @@ def compile_commands(build: Path) -> list[dict[str, str]]:
 
     subprocess.run(
         [
-            "cmake", "-S", str(ROOT), "-B", str(build), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
-            "-DMPER_WITH_CUDA=ON", "-DMPER_WERROR=OFF", f"-DMPER_CUDA_ARCHITECTURES={ARCHITECTURES}",
-            "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            "cmake",
+            "-S",
+            str(ROOT),
+            "-B",
+            str(build),
+            "-G",
+            "Ninja",
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DMPER_WITH_CUDA=ON",
+            "-DMPER_WERROR=OFF",
+            f"-DMPER_CUDA_ARCHITECTURES={ARCHITECTURES}",
+            "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DPython_EXECUTABLE={sys.executable}",
         ],
-        check=True, stdout=subprocess.DEVNULL,
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     entries = json.loads((build / "compile_commands.json").read_text())
     return [entry for entry in entries if entry["file"].endswith(".cu")]
@@ -156,15 +168,17 @@ def parse_ptxas(text: str) -> list[dict[str, Any]]:
         frame, usage, shared = FRAME.search(block), USAGE.search(block), SHARED.search(block)
         if not (frame and usage):
             raise ValueError(f"ptxas gave no resource usage for {entry['name']}:\n{block}")
-        records.append({
-            "mangled": entry["name"],
-            "arch": entry["arch"],
-            "registers": int(usage[1]),
-            "stack_bytes": int(frame[1]),
-            "spill_store_bytes": int(frame[2]),
-            "spill_load_bytes": int(frame[3]),
-            "static_shared_bytes": int(shared[1]) if shared else 0,
-        })
+        records.append(
+            {
+                "mangled": entry["name"],
+                "arch": entry["arch"],
+                "registers": int(usage[1]),
+                "stack_bytes": int(frame[1]),
+                "spill_store_bytes": int(frame[2]),
+                "spill_load_bytes": int(frame[3]),
+                "static_shared_bytes": int(shared[1]) if shared else 0,
+            }
+        )
     return records
 
 
@@ -192,7 +206,12 @@ def with_occupancy(record: dict[str, Any]) -> dict[str, Any]:
     sm = MULTIPROCESSORS[record["arch"]]
     blocks, limit = blocks_per_multiprocessor(sm, record["registers"], record["static_shared_bytes"], record["threads"])
     warps = -(-record["threads"] // 32)
-    return {**record, "blocks_per_sm": blocks, "limited_by": limit, "occupancy": round(blocks * warps / sm.max_warps, 4)}
+    return {
+        **record,
+        "blocks_per_sm": blocks,
+        "limited_by": limit,
+        "occupancy": round(blocks * warps / sm.max_warps, 4),
+    }
 
 
 def generate(build: Path, jobs: int) -> dict[str, Any]:
@@ -287,8 +306,10 @@ def main() -> None:
     (RESULTS / f"{TABLE}.json").write_text(render_json(table))
     (RESULTS / f"{TABLE}.md").write_text(render_markdown(table))
     spilling = [k for k in table["kernels"] if k["stack_bytes"] or k["spill_store_bytes"]]
-    print(f"{len(table['kernels'])} kernel records written to benchmarks/results/{TABLE}.{{md,json}}; "
-          f"{len(spilling)} use local memory")
+    print(
+        f"{len(table['kernels'])} kernel records written to benchmarks/results/{TABLE}.{{md,json}}; "
+        f"{len(spilling)} use local memory"
+    )
 
 
 if __name__ == "__main__":

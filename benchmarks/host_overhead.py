@@ -16,6 +16,7 @@ Medians over ``--repeats`` timings of ``--calls`` back-to-back calls each, one t
 
     python benchmarks/host_overhead.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,8 +99,15 @@ def main() -> None:
     ]
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"provenance": measured, "torch": torch.__version__, "machine": platform.machine(), "load_average": load,
-              "feat_shape": list(feat.shape), "bank_shape": list(bank.shape), "ms_per_call": rows}
+    record = {
+        "provenance": measured,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "load_average": load,
+        "feat_shape": list(feat.shape),
+        "bank_shape": list(bank.shape),
+        "ms_per_call": rows,
+    }
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 

@@ -24,6 +24,7 @@ load average is recorded before and after: on a shared machine both contenders s
     python benchmarks/import_scans.py                       # 20 cases of 512 x 512 x 100
     python benchmarks/import_scans.py --cases 4 --name small
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,12 @@ def write_raw(out: Path, cases: int, shape: tuple[int, int, int], seed: int) -> 
         affine = np.diag([*spacing, 1.0])
         nib.save(nib.Nifti1Image(image.astype(np.int16), affine), out / "imagesTr" / f"ct_{index:03d}_0000.nii.gz")
         nib.save(nib.Nifti1Image(label, affine), out / "labelsTr" / f"ct_{index:03d}.nii.gz")
-    document = {"channel_names": {"0": "CT"}, "labels": {name: value for value, name in enumerate(CLASSES)},
-                "numTraining": cases, "file_ending": ".nii.gz"}
+    document = {
+        "channel_names": {"0": "CT"},
+        "labels": {name: value for value, name in enumerate(CLASSES)},
+        "numTraining": cases,
+        "file_ending": ".nii.gz",
+    }
     (out / "dataset.json").write_text(json.dumps(document, indent=2))
     return out
 
@@ -116,8 +121,16 @@ def child(contender: str, raw: Path, out: Path) -> None:
     _baseline(raw) if contender == "baseline" else _import(raw, out)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "start_rss_mb": start_rss,
-                      "peak_above_start_mb": peak - start_rss}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss_mb": peak,
+                "start_rss_mb": start_rss,
+                "peak_above_start_mb": peak - start_rss,
+            }
+        )
+    )
 
 
 def run(contender: str, raw: Path, out: Path) -> dict:
@@ -154,28 +167,36 @@ def main() -> None:
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} logical cores",
         "load_average_before": [round(value, 2) for value in load_before],
         "load_average_after": [round(value, 2) for value in load_after],
-        "cases": args.cases, "shape": list(args.shape), "one_case_float32_mb": round(case_mb, 1),
-        "baseline": baseline, "import": imported, "time_ratio": imported["seconds"] / baseline["seconds"],
+        "cases": args.cases,
+        "shape": list(args.shape),
+        "one_case_float32_mb": round(case_mb, 1),
+        "baseline": baseline,
+        "import": imported,
+        "time_ratio": imported["seconds"] / baseline["seconds"],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"import_scans-{platform.machine()}-cpu" + (f"-{args.name}" if args.name else "")
     (args.out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
-    rows = [f"| {name} | {values['seconds']:.1f} | {values['seconds'] / args.cases:.2f} | "
-            f"{values['peak_above_start_mb']:.0f} | {values['peak_rss_mb']:.0f} |"
-            for name, values in (("nibabel read + scipy zoom", baseline), ("mper-data import", imported))]
-    text = "\n".join([
-        provenance_line(record["provenance"]),
-        "",
-        f"{args.cases} CT-like cases of {' x '.join(map(str, args.shape))} voxels (int16 .nii.gz, one channel, "
-        f"a label of three organs), one float32 case = {case_mb:.0f} MB. {record['machine']}; load average "
-        f"(1, 5, 15 min) {record['load_average_before']} before, {record['load_average_after']} after.",
-        "",
-        "| contender | total s | s per case | peak memory above start, MB | peak resident, MB |",
-        "|---|---|---|---|---|",
-        *rows,
-        "",
-        f"mper-data import / baseline time: {record['time_ratio']:.2f}",
-    ])
+    rows = [
+        f"| {name} | {values['seconds']:.1f} | {values['seconds'] / args.cases:.2f} | "
+        f"{values['peak_above_start_mb']:.0f} | {values['peak_rss_mb']:.0f} |"
+        for name, values in (("nibabel read + scipy zoom", baseline), ("mper-data import", imported))
+    ]
+    text = "\n".join(
+        [
+            provenance_line(record["provenance"]),
+            "",
+            f"{args.cases} CT-like cases of {' x '.join(map(str, args.shape))} voxels (int16 .nii.gz, one channel, "
+            f"a label of three organs), one float32 case = {case_mb:.0f} MB. {record['machine']}; load average "
+            f"(1, 5, 15 min) {record['load_average_before']} before, {record['load_average_after']} after.",
+            "",
+            "| contender | total s | s per case | peak memory above start, MB | peak resident, MB |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            f"mper-data import / baseline time: {record['time_ratio']:.2f}",
+        ]
+    )
     (args.out / f"{stem}.md").write_text(text + "\n")
     print(text)
 

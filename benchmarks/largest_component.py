@@ -35,6 +35,7 @@ threads that spin between calls otherwise take the cores from the ones still wor
     python benchmarks/largest_component.py --device cuda   # GPU
     python benchmarks/largest_component.py --device cuda --maps adversarial --dtypes int64
 """
+
 from __future__ import annotations
 
 import argparse
@@ -181,9 +182,14 @@ def measure(args) -> dict:
     timer = Timer(device, trials=args.trials, calls=1)
     rows = []
     report = dict(
-        provenance=provenance(), device=_device_name(device, args.threads), torch=torch.__version__, python=platform.python_version(),
-        threads=args.threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"),
-        load_before=_load(), results=rows,
+        provenance=provenance(),
+        device=_device_name(device, args.threads),
+        torch=torch.__version__,
+        python=platform.python_version(),
+        threads=args.threads,
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"),
+        load_before=_load(),
+        results=rows,
         notes=[] if cc3d is not None else ["cc3d (connected-components-3d) is not installed: its rows are skipped"],
     )
     for key, w, base in label_maps(args):
@@ -202,9 +208,19 @@ def measure(args) -> dict:
                 else:
                     ms, timing, syncs = wall_median_ms(fn, trials), "wall", None
                 row = dict(
-                    workload=key, workload_name=w.name, batch=w.batch, spatial=list(w.spatial),
-                    num_classes=w.num_classes, components_min=min(counts), components_max=max(counts),
-                    dtype=dtype_name, contender=name, median_ms=ms, timing=timing, trials=trials, host_syncs=syncs,
+                    workload=key,
+                    workload_name=w.name,
+                    batch=w.batch,
+                    spatial=list(w.spatial),
+                    num_classes=w.num_classes,
+                    components_min=min(counts),
+                    components_max=max(counts),
+                    dtype=dtype_name,
+                    contender=name,
+                    median_ms=ms,
+                    timing=timing,
+                    trials=trials,
+                    host_syncs=syncs,
                 )
                 rows.append(row)
                 print(_format_row(row), flush=True)
@@ -218,8 +234,14 @@ def label_maps(args) -> list[tuple[str, LabelWorkload, np.ndarray]]:
     cases = []
     for key in args.workloads:
         w = WORKLOADS[key]
-        w = LabelWorkload(w.name, w.batch, tuple(max(4, round(side * args.scale)) for side in w.spatial),
-                          w.num_classes, w.sigma, w.foreground)
+        w = LabelWorkload(
+            w.name,
+            w.batch,
+            tuple(max(4, round(side * args.scale)) for side in w.spatial),
+            w.num_classes,
+            w.sigma,
+            w.foreground,
+        )
         if args.maps == "blobs":
             cases.append((key, w, blob_labels(w)))
             continue
@@ -234,7 +256,8 @@ def speedups(rows: list[dict]) -> list[dict]:
         table.setdefault((row["workload"], row["dtype"]), {})[row["contender"]] = row["median_ms"]
     return [
         dict(workload=k[0], dtype=k[1], **{f"vs_{name}": ms / t["mper"] for name, ms in t.items() if name != "mper"})
-        for k, t in table.items() if "mper" in t
+        for k, t in table.items()
+        if "mper" in t
     ]
 
 
@@ -250,8 +273,10 @@ def _device_name(device: torch.device, threads: int) -> str:
 
 def _format_row(row: dict) -> str:
     syncs = "" if row["host_syncs"] is None else f" syncs {row['host_syncs']}"
-    return (f"{row['workload']:5} {row['dtype']:6} {row['contender']:15} {row['median_ms']:9.3f} ms "
-            f"({row['timing']}, {row['trials']} trials){syncs}")
+    return (
+        f"{row['workload']:5} {row['dtype']:6} {row['contender']:15} {row['median_ms']:9.3f} ms "
+        f"({row['timing']}, {row['trials']} trials){syncs}"
+    )
 
 
 def markdown(report: dict) -> str:
@@ -268,7 +293,8 @@ def markdown(report: dict) -> str:
         "and class, the fewest and most.",
         *(f"Note: {note}" for note in report["notes"]),
         "",
-        "| workload | dtype | components | " + " | ".join(f"{n} ms" for n in names)
+        "| workload | dtype | components | "
+        + " | ".join(f"{n} ms" for n in names)
         + " | x mper-cpu | x scipy | x cc3d | x cc3d-largest_k | mper host syncs |",
         "|---|---|---|" + "---|" * (2 * len(names)),
     ]
@@ -283,7 +309,10 @@ def markdown(report: dict) -> str:
         syncs = found["mper"]["host_syncs"]
         lines.append(
             f"| {workload} | {dtype} | {first['components_min']}-{first['components_max']} | "
-            + " | ".join(times) + " | " + " | ".join(ratios) + f" | {'-' if syncs is None else syncs} |"
+            + " | ".join(times)
+            + " | "
+            + " | ".join(ratios)
+            + f" | {'-' if syncs is None else syncs} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -296,8 +325,12 @@ def main() -> None:
     parser.add_argument("--maps", default="blobs", choices=["blobs", "adversarial"])
     parser.add_argument("--scale", type=float, default=1.0, help="every side times this (smoke runs)")
     parser.add_argument("--threads", type=int, default=2, help="OpenMP threads for mper (CPU)")
-    parser.add_argument("--trials", type=int, default=None, help="timed calls of mper (median taken); a third for the others")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/largest_component-<device>.json)")
+    parser.add_argument(
+        "--trials", type=int, default=None, help="timed calls of mper (median taken); a third for the others"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default results/largest_component-<device>.json)"
+    )
     args = parser.parse_args()
     if os.environ.get("OMP_NUM_THREADS") != str(args.threads):
         # OpenMP reads its thread count once, when it loads: start again with it set

@@ -25,6 +25,7 @@ Jaccard, 95HD and ASD per class; the diagnostics averaged).
         [--recipes paper reference] [--methods mper bcp labeled-only] [--seeds 1 2 3]
         [--jobs 2] [--pretrain 2000] [--selftrain 600] [--name NAME] [--set key=value ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,15 @@ CHECK_SETTINGS = {
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Diagnostics averaged over seeds in the Markdown table: (column, how to read it off a run).
-DIAGNOSTICS = ("pretrain_val", "selftrain_val", "teacher_val", "pseudo_first", "pseudo_last",
-               "confident", "bank_update")
+DIAGNOSTICS = (
+    "pretrain_val",
+    "selftrain_val",
+    "teacher_val",
+    "pseudo_first",
+    "pseudo_last",
+    "confident",
+    "bank_update",
+)
 #: The metrics' column titles, in :data:`mper.eval.metrics.METRIC_NAMES` order.
 METRIC_TITLES = {"dice": "Dice (%)", "jaccard": "Jaccard (%)", "hd95": "95HD (voxels)", "asd": "ASD (voxels)"}
 
@@ -98,11 +106,31 @@ def train_command(run: Run, work: Path, args: argparse.Namespace) -> list[str]:
     """``mper-train`` for one run; the ramp spans the whole self-training, as in both recipes."""
     preset = run.recipe
     settings = [f"{key}={value}" for key, value in CHECK_SETTINGS.items()]
-    settings += [f"pretrain.iterations={args.pretrain}", f"selftrain.iterations={args.selftrain}",
-                 f"selftrain.rampup_epochs={args.selftrain / 150}", *args.assignments]
-    command = [sys.executable, "-c", "import sys; from mper.cli import train_main; train_main(sys.argv[1:])",
-               "--dataset", "acdc", "--data-root", str(data_root(work, run.family)), "--labeled", str(LABELED),
-               "--preset", preset, "--device", "cpu", "--seed", str(run.seed), "--out", str(run.folder(work))]
+    settings += [
+        f"pretrain.iterations={args.pretrain}",
+        f"selftrain.iterations={args.selftrain}",
+        f"selftrain.rampup_epochs={args.selftrain / 150}",
+        *args.assignments,
+    ]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from mper.cli import train_main; train_main(sys.argv[1:])",
+        "--dataset",
+        "acdc",
+        "--data-root",
+        str(data_root(work, run.family)),
+        "--labeled",
+        str(LABELED),
+        "--preset",
+        preset,
+        "--device",
+        "cpu",
+        "--seed",
+        str(run.seed),
+        "--out",
+        str(run.folder(work)),
+    ]
     if run.method != "mper":
         command += ["--baseline", METHODS[run.method]]
     for setting in settings:
@@ -129,8 +157,9 @@ def run_all(runs: list[Run], work: Path, args: argparse.Namespace) -> None:
             log = run.folder(work).parent / f"seed{run.seed}.out"
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("w") as stream:
-                process = subprocess.Popen(train_command(run, work, args), stdout=stream, stderr=subprocess.STDOUT,
-                                           env=environment)
+                process = subprocess.Popen(
+                    train_command(run, work, args), stdout=stream, stderr=subprocess.STDOUT, env=environment
+                )
             running.append((run, process, time.time()))
         time.sleep(5)
         for entry in list(running):
@@ -139,8 +168,10 @@ def run_all(runs: list[Run], work: Path, args: argparse.Namespace) -> None:
                 continue
             running.remove(entry)
             status = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
-            print(f"{run.family} {run.recipe} {run.method} seed {run.seed}: {status} in "
-                  f"{time.time() - started:.0f} s", flush=True)
+            print(
+                f"{run.family} {run.recipe} {run.method} seed {run.seed}: {status} in {time.time() - started:.0f} s",
+                flush=True,
+            )
             (run.folder(work) / "wall_seconds.txt").write_text(f"{time.time() - started:.1f}\n")
 
 
@@ -163,8 +194,10 @@ def run_result(run: Run, work: Path) -> dict[str, Any]:
         **run.__dict__,
         "test_dice": summary["mean"]["dice"]["mean"],
         "test_metrics": {metric: summary["mean"][metric]["mean"] for metric in METRIC_NAMES},
-        "test_class_metrics": {label: {metric: stats[metric]["mean"] for metric in METRIC_NAMES}
-                               for label, stats in summary["classes"].items()},
+        "test_class_metrics": {
+            label: {metric: stats[metric]["mean"] for metric in METRIC_NAMES}
+            for label, stats in summary["classes"].items()
+        },
         "selected_stage": training.get("selected_stage"),
         "selftrain_beat_pretrain": training.get("selftrain_beat_pretrain"),
         "pretrain_val": _value(best("pretrain") or best("baseline"), "val_dice"),
@@ -172,8 +205,11 @@ def run_result(run: Run, work: Path) -> dict[str, Any]:
         "teacher_val": _value(last, "teacher_val_dice"),
         "pseudo_first": _value(first, "pseudo_label_dice/mean"),
         "pseudo_last": _value(last, "pseudo_label_dice/mean"),
-        "pseudo_last_classes": {key.split("/")[1]: value for key, value in (last or {}).items()
-                                if key.startswith("pseudo_label_dice/") and not key.endswith("/mean")},
+        "pseudo_last_classes": {
+            key.split("/")[1]: value
+            for key, value in (last or {}).items()
+            if key.startswith("pseudo_label_dice/") and not key.endswith("/mean")
+        },
         "confident": _value(last, "confident_fraction"),
         "bank_update": _value(last, "bank_update_fraction"),
         "selftrain_trajectory": trajectory,
@@ -227,12 +263,17 @@ def class_metric_lines(results: list[dict[str, Any]], groups: list[tuple[str, st
     ]
     for family, recipe in groups:
         for method in METHODS:
-            chosen = [r for r in results if (r["family"], r["recipe"], r["method"]) == (family, recipe, method)
-                      and r.get("test_class_metrics")]
+            chosen = [
+                r
+                for r in results
+                if (r["family"], r["recipe"], r["method"]) == (family, recipe, method) and r.get("test_class_metrics")
+            ]
             labels = sorted({label for r in chosen for label in r["test_class_metrics"]}, key=int)
             for label in labels:
-                cells = [_metric_cell(metric, [_value(r["test_class_metrics"].get(label), metric) for r in chosen])
-                         for metric in METRIC_NAMES]
+                cells = [
+                    _metric_cell(metric, [_value(r["test_class_metrics"].get(label), metric) for r in chosen])
+                    for metric in METRIC_NAMES
+                ]
                 lines.append(f"| {family} | {recipe} | {method} | {names[int(label)]} | " + " | ".join(cells) + " |")
     return lines
 
@@ -260,8 +301,12 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace, device: st
     ]
     groups = sorted({(r["family"], r["recipe"]) for r in results}, key=lambda g: (args.families.index(g[0]), g[1]))
     for family, recipe in groups:
-        dice = {method: [r["test_dice"] for r in results if (r["family"], r["recipe"], r["method"])
-                         == (family, recipe, method)] for method in METHODS}
+        dice = {
+            method: [
+                r["test_dice"] for r in results if (r["family"], r["recipe"], r["method"]) == (family, recipe, method)
+            ]
+            for method in METHODS
+        }
         means = {method: _mean_std(values)[0] for method, values in dice.items()}
 
         def verdict(other: str) -> str:
@@ -269,8 +314,10 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace, device: st
                 return "-"
             return "yes" if means["mper"] >= means[other] else "**no**"
 
-        lines.append(f"| {family} | {recipe} | {_percent(dice['mper'])} | {_percent(dice['bcp'])} | "
-                     f"{_percent(dice['labeled-only'])} | {verdict('labeled-only')} | {verdict('bcp')} |")
+        lines.append(
+            f"| {family} | {recipe} | {_percent(dice['mper'])} | {_percent(dice['bcp'])} | "
+            f"{_percent(dice['labeled-only'])} | {verdict('labeled-only')} | {verdict('bcp')} |"
+        )
     lines += ["", *class_metric_lines(results, groups)]
     lines += [
         "",
@@ -308,26 +355,51 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=tuple(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (default 2)")
-    parser.add_argument("--pretrain", type=int, default=2000,
-                        help="pre-training iterations (default 2000: where its validation Dice levels off)")
+    parser.add_argument(
+        "--pretrain",
+        type=int,
+        default=2000,
+        help="pre-training iterations (default 2000: where its validation Dice levels off)",
+    )
     parser.add_argument("--selftrain", type=int, default=600, help="self-training iterations (default 600)")
     parser.add_argument("--name", default="acdc-families", help="results file name: learning_check-NAME")
-    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="preset override applied to every run, repeatable")
+    parser.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="preset override applied to every run, repeatable",
+    )
     args = parser.parse_args()
-    runs = [Run(family, recipe, method, seed) for family in args.families for recipe in args.recipes
-            for seed in args.seeds for method in args.methods]
+    runs = [
+        Run(family, recipe, method, seed)
+        for family in args.families
+        for recipe in args.recipes
+        for seed in args.seeds
+        for method in args.methods
+    ]
     run_all(runs, args.work, args)
     results = [run_result(run, args.work) for run in runs if (run.folder(args.work) / "metrics.json").exists()]
     device = device_name()
     RESULTS.mkdir(exist_ok=True)
-    report = {"provenance": provenance(), "device": device, "load_average": os.getloadavg(),
-              "check_settings": CHECK_SETTINGS, "pretrain_iterations": args.pretrain,
-              "selftrain_iterations": args.selftrain, "labeled_patients": LABELED, "data_cases": DATA_CASES, "settings": args.assignments, "runs": results}
+    report = {
+        "provenance": provenance(),
+        "device": device,
+        "load_average": os.getloadavg(),
+        "check_settings": CHECK_SETTINGS,
+        "pretrain_iterations": args.pretrain,
+        "selftrain_iterations": args.selftrain,
+        "labeled_patients": LABELED,
+        "data_cases": DATA_CASES,
+        "settings": args.assignments,
+        "runs": results,
+    }
     (RESULTS / f"learning_check-{args.name}.json").write_text(json.dumps(_json_ready(report), indent=1) + "\n")
     load = ", ".join(f"{value:.1f}" for value in report["load_average"])
-    table = markdown(results, args, f"{device}, load average at the end {load} (1, 5, 15 min)",
-                     provenance_line(report["provenance"]))
+    table = markdown(
+        results, args, f"{device}, load average at the end {load} (1, 5, 15 min)", provenance_line(report["provenance"])
+    )
     (RESULTS / f"learning_check-{args.name}.md").write_text(table)
     print(table)
 

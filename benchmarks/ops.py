@@ -24,6 +24,7 @@ peak memory beyond inputs (CUDA), the host synchronisations, and speed-ups.
     python benchmarks/ops.py --device cuda            # writes benchmarks/results/<device>.json + .md
     python benchmarks/ops.py --device cpu --quick     # smaller repeat counts
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def contenders(op: str, problem: Problem, backward: bool) -> dict:
     if op == "update":
-        return {"mper": update_call(ops, problem), "eager": update_call(ref, problem),
-                "vectorised": vectorised_update_call(problem), "compiled": vectorised_update_call(problem, compiled=True)}
+        return {
+            "mper": update_call(ops, problem),
+            "eager": update_call(ref, problem),
+            "vectorised": vectorised_update_call(problem),
+            "compiled": vectorised_update_call(problem, compiled=True),
+        }
     found = {"mper": head_call(ops, op, problem), "eager": head_call(ref, op, problem)}
     found["compiled"] = torch.compile(head_call(ref, op, problem), dynamic=False)
     return {name: (lambda fn=fn: run_head(fn, problem, backward)) for name, fn in found.items()}
@@ -74,8 +79,14 @@ def measure(args, save) -> dict:
     bandwidth = copy_bandwidth_gbps(device, timer)
     rows = []
     report = dict(
-        provenance=provenance(), device=_device_name(device), torch=torch.__version__, python=platform.python_version(),
-        threads=torch.get_num_threads(), copy_GBps=bandwidth, results=rows, speedups=[],
+        provenance=provenance(),
+        device=_device_name(device),
+        torch=torch.__version__,
+        python=platform.python_version(),
+        threads=torch.get_num_threads(),
+        copy_GBps=bandwidth,
+        results=rows,
+        speedups=[],
     )
     for key in args.workloads:
         w = WORKLOADS[key]
@@ -86,7 +97,7 @@ def measure(args, save) -> dict:
             copies = max(1, math.ceil(200e6 / (w.voxels * w.depth * element))) if device.type == "cuda" else 1
             problem = Problem(w, dtype, device, min(copies, 4))
             for op in args.ops:
-                for backward in ([False, True] if op != "update" else [False]):
+                for backward in [False, True] if op != "update" else [False]:
                     moved = minimum_bytes(op, backward, w, element)
                     floor_ms = moved / (bandwidth * 1e9) * 1e3
                     for name, fn in contenders(op, problem, backward).items():
@@ -94,12 +105,21 @@ def measure(args, save) -> dict:
                         timing = timer.last_method
                         wall_ms = timer.median_ms(fn, graph=False) if device.type == "cuda" else ms
                         row = dict(
-                            workload=key, workload_name=w.name, voxels=w.voxels, dtype=dtype_name, op=op,
+                            workload=key,
+                            workload_name=w.name,
+                            voxels=w.voxels,
+                            dtype=dtype_name,
+                            op=op,
                             passes="fwd+bwd" if backward else ("update" if op == "update" else "fwd"),
-                            contender=name, median_ms=ms, timing=timing,
-                            wall_ms=wall_ms, GBps=moved / (ms * 1e-3) / 1e9,
-                            floor_ms=floor_ms, floor_ratio=ms / floor_ms,
-                            peak_extra_MiB=peak_extra_mib(device, fn), host_syncs=host_syncs(device, fn),
+                            contender=name,
+                            median_ms=ms,
+                            timing=timing,
+                            wall_ms=wall_ms,
+                            GBps=moved / (ms * 1e-3) / 1e9,
+                            floor_ms=floor_ms,
+                            floor_ratio=ms / floor_ms,
+                            peak_extra_MiB=peak_extra_mib(device, fn),
+                            host_syncs=host_syncs(device, fn),
                         )
                         rows.append(row)
                         print(_format_row(row), flush=True)
@@ -138,9 +158,11 @@ def _device_name(device: torch.device) -> str:
 
 def _format_row(row: dict) -> str:
     extra = "" if row["peak_extra_MiB"] is None else f" peak {row['peak_extra_MiB']:8.1f} MiB syncs {row['host_syncs']}"
-    return (f"{row['workload']:6} {row['dtype']:8} {row['op']:17} {row['passes']:7} {row['contender']:8} "
-            f"{row['median_ms']:9.3f} ms ({row['timing']}, wall {row['wall_ms']:.3f}) {row['GBps']:8.1f} GB/s "
-            f"floor x{row['floor_ratio']:6.2f}{extra}")
+    return (
+        f"{row['workload']:6} {row['dtype']:8} {row['op']:17} {row['passes']:7} {row['contender']:8} "
+        f"{row['median_ms']:9.3f} ms ({row['timing']}, wall {row['wall_ms']:.3f}) {row['GBps']:8.1f} GB/s "
+        f"floor x{row['floor_ratio']:6.2f}{extra}"
+    )
 
 
 def markdown(report: dict) -> str:
@@ -158,11 +180,16 @@ def markdown(report: dict) -> str:
         "| workload | dtype | op | pass | contender | ms (timing) | wall ms | x (device / wall) | floor ratio | peak extra MiB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    mper_rows = {(r["workload"], r["dtype"], r["op"], r["passes"]): r for r in report["results"] if r["contender"] == "mper"}
+    mper_rows = {
+        (r["workload"], r["dtype"], r["op"], r["passes"]): r for r in report["results"] if r["contender"] == "mper"
+    }
     for row in report["results"]:
         mine = mper_rows.get((row["workload"], row["dtype"], row["op"], row["passes"]))
-        ratio = "-" if mine is None or row is mine else (
-            f"{row['median_ms'] / mine['median_ms']:.1f} / {row['wall_ms'] / mine['wall_ms']:.1f}")
+        ratio = (
+            "-"
+            if mine is None or row is mine
+            else (f"{row['median_ms'] / mine['median_ms']:.1f} / {row['wall_ms'] / mine['wall_ms']:.1f}")
+        )
         peak = "-" if row["peak_extra_MiB"] is None else f"{row['peak_extra_MiB']:.0f}"
         lines.append(
             f"| {row['workload']} | {row['dtype']} | {row['op']} | {row['passes']} | {row['contender']} "
@@ -176,8 +203,12 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES))
-    parser.add_argument("--ops", nargs="+", default=["classify+infonce", "classify", "infonce", "update"],
-                        choices=["classify+infonce", "classify", "infonce", "update"])
+    parser.add_argument(
+        "--ops",
+        nargs="+",
+        default=["classify+infonce", "classify", "infonce", "update"],
+        choices=["classify+infonce", "classify", "infonce", "update"],
+    )
     parser.add_argument("--trials", type=int, default=None, help="timed trials (median taken)")
     parser.add_argument("--calls", type=int, default=None, help="calls per trial")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/<device>.json)")

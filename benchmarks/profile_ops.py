@@ -1,8 +1,9 @@
 """Where the time of the fused ops goes: host time per call versus device time per kernel.
 
-    python benchmarks/profile_ops.py                 # torch.profiler tables, LA B=2 and ACDC
-    ncu --kernel-name regex:head_ python benchmarks/profile_ops.py --once   # one call, for Nsight Compute
+python benchmarks/profile_ops.py                 # torch.profiler tables, LA B=2 and ACDC
+ncu --kernel-name regex:head_ python benchmarks/profile_ops.py --once   # one call, for Nsight Compute
 """
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@ Every results writer in ``benchmarks/`` stores :func:`provenance` in its JSON (k
 can be traced to the code it measured and recognised as stale once the kernels change
 (:data:`mper.versions.KERNEL_VERSION`).
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -20,10 +21,16 @@ ROOT = Path(__file__).resolve().parent.parent
 def measured_commit() -> str:
     """This checkout's commit, ``+dirty`` when the worktree had changes."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")

@@ -11,6 +11,7 @@ below.
 
     python benchmarks/run_time.py --dataset la acdc --preset paper --iterations 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,9 +76,14 @@ def measure(dataset: str, preset: str, device: str, iterations: int, assignments
         selftrain_s = median_seconds(lambda: selftrain_step(trainer, batch, next(step)), iterations, trainer.device)
     pretrain_n, selftrain_n = config.pretrain.iterations, config.selftrain.iterations
     return dict(
-        dataset=dataset, preset=preset, device=device_line(trainer.device), threads=torch.get_num_threads(),
-        pretrain_iteration_s=pretrain_s, selftrain_iteration_s=selftrain_s,
-        pretrain_iterations=pretrain_n, selftrain_iterations=selftrain_n,
+        dataset=dataset,
+        preset=preset,
+        device=device_line(trainer.device),
+        threads=torch.get_num_threads(),
+        pretrain_iteration_s=pretrain_s,
+        selftrain_iteration_s=selftrain_s,
+        pretrain_iterations=pretrain_n,
+        selftrain_iterations=selftrain_n,
         mper_hours=(pretrain_n * pretrain_s + selftrain_n * selftrain_s) / 3600,
         baseline_hours=(pretrain_n + selftrain_n) * pretrain_s / 3600,
     )
@@ -89,12 +95,20 @@ def main() -> None:
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per stage (median taken)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's choice, one per core)")
-    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="preset override, repeatable")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON path (default results/run_time-<preset>-<device>.json)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice, one per core)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="preset override, repeatable",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default results/run_time-<preset>-<device>.json)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,10 +116,13 @@ def main() -> None:
     for dataset in args.dataset:
         row = measure(dataset, args.preset, args.device, args.iterations, args.assignments)
         rows.append(row)
-        print(f"{dataset:5} {args.preset}: pre-training {row['pretrain_iteration_s']:.3f} s/it, self-training "
-              f"{row['selftrain_iteration_s']:.3f} s/it -> MPER {row['mper_hours']:.2f} h "
-              f"({row['pretrain_iterations']} + {row['selftrain_iterations']} it), labeled-only "
-              f"{row['baseline_hours']:.2f} h, on {row['device']}", flush=True)
+        print(
+            f"{dataset:5} {args.preset}: pre-training {row['pretrain_iteration_s']:.3f} s/it, self-training "
+            f"{row['selftrain_iteration_s']:.3f} s/it -> MPER {row['mper_hours']:.2f} h "
+            f"({row['pretrain_iterations']} + {row['selftrain_iterations']} it), labeled-only "
+            f"{row['baseline_hours']:.2f} h, on {row['device']}",
+            flush=True,
+        )
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     out = args.out or RESULTS / f"run_time-{args.preset}-{device_name.lower().replace(' ', '-')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

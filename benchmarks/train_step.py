@@ -21,6 +21,7 @@ settings run it (the first, compiling iterations are left out of the timing).
     python benchmarks/train_step.py --dataset acdc --amp bf16
     python benchmarks/train_step.py --dataset acdc --amp bf16 --compile --ops mper   # CUDA only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def make_trainer(dataset: str, ops: str, device: str, amp: str, run_dir: Path, overrides: list[str]) -> Trainer:
     """``overrides``: assignments such as ``compile=true`` applied last."""
-    config = load_config(dataset, "paper", {"ops": ops, "device": device, "amp": amp, "data": {"num_workers": 0}},
-                         overrides)
+    config = load_config(
+        dataset, "paper", {"ops": ops, "device": device, "amp": amp, "data": {"num_workers": 0}}, overrides
+    )
     trainer = Trainer(config, run_dir, validate=lambda net: 0.0)
     trainer.teacher = create_teacher(trainer.student, config.selftrain.teacher_mode)
     trainer.head = trainer.new_head()
@@ -78,8 +80,9 @@ def head_alone(trainer: Trainer, batch: dict[str, torch.Tensor]):
     def run():
         logits, assign, loss = head.forward_with_contrastive(feat)
         torch.autograd.grad([logits, loss], feat, [torch.ones_like(logits), torch.ones_like(loss)])
-        gate = confidence_gate(logits.argmax(dim=1), label, region, region, p.confidence_threshold, p.update_source,
-                               p.update_background)
+        gate = confidence_gate(
+            logits.argmax(dim=1), label, region, region, p.confidence_threshold, p.update_source, p.update_background
+        )
         head.update(feat, label, assign, gate, p.momentum)
 
     return run
@@ -127,10 +130,19 @@ def measure(dataset: str, ops: str, device: str, amp: str, iterations: int, over
         peak = torch.cuda.max_memory_allocated(trainer.device) / 2**20 if trainer.device.type == "cuda" else None
         head_ms = timer.median_ms(head_alone(trainer, batch), graph=False)
         phases = breakdown(trainer, batch, iterations=3, first=next(step))
-    return dict(dataset=dataset, ops=ops, amp=amp, compile=trainer.config.compile,
-                channels_last=trainer.config.channels_last, iteration_ms=iteration_ms, head_ms=head_ms,
-                head_share=head_ms / iteration_ms, peak_MiB=peak, phases_ms=phases,
-                iteration_over_network=phases["iteration"] / phases["network"])
+    return dict(
+        dataset=dataset,
+        ops=ops,
+        amp=amp,
+        compile=trainer.config.compile,
+        channels_last=trainer.config.channels_last,
+        iteration_ms=iteration_ms,
+        head_ms=head_ms,
+        head_share=head_ms / iteration_ms,
+        peak_MiB=peak,
+        phases_ms=phases,
+        iteration_over_network=phases["iteration"] / phases["network"],
+    )
 
 
 def main() -> None:
@@ -143,27 +155,56 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="channels-last networks (setting channels_last)")
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="change a setting of the paper preset, e.g. data.batch_size=4 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="change a setting of the paper preset, e.g. data.batch_size=4 (repeatable)",
+    )
     args = parser.parse_args()
-    overrides = [*args.overrides, f"compile={str(args.compile).lower()}",
-                 f"channels_last={str(args.channels_last).lower()}"]
-    variant = "+".join([args.amp if args.amp != "off" else "fp32"] + ["compile"] * args.compile
-                       + ["channels-last"] * args.channels_last)
+    overrides = [
+        *args.overrides,
+        f"compile={str(args.compile).lower()}",
+        f"channels_last={str(args.channels_last).lower()}",
+    ]
+    variant = "+".join(
+        [args.amp if args.amp != "off" else "fp32"]
+        + ["compile"] * args.compile
+        + ["channels-last"] * args.channels_last
+    )
     rows = []
     for dataset in args.dataset:
         for ops in args.ops:
             row = measure(dataset, ops, args.device, args.amp, args.iterations, overrides)
             rows.append(row)
-            print(f"{dataset:5} ops={ops:9} {variant} iteration {row['iteration_ms']:8.1f} ms  "
-                  f"head {row['head_ms']:7.2f} ms ({100 * row['head_share']:.1f}%)  peak {row['peak_MiB']} MiB", flush=True)
-            print("    profiled ms per iteration: " + ", ".join(f"{k} {v:.2f}" for k, v in row["phases_ms"].items())
-                  + f"; iteration / network {row['iteration_over_network']:.2f}", flush=True)
+            print(
+                f"{dataset:5} ops={ops:9} {variant} iteration {row['iteration_ms']:8.1f} ms  "
+                f"head {row['head_ms']:7.2f} ms ({100 * row['head_share']:.1f}%)  peak {row['peak_MiB']} MiB",
+                flush=True,
+            )
+            print(
+                "    profiled ms per iteration: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in row["phases_ms"].items())
+                + f"; iteration / network {row['iteration_over_network']:.2f}",
+                flush=True,
+            )
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     out = args.out or RESULTS / f"train_step-{device_name.lower().replace(' ', '-')}-{variant}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(provenance=provenance(), device=device_name, torch=torch.__version__, overrides=args.overrides,
-                                   results=rows), indent=1))
+    out.write_text(
+        json.dumps(
+            dict(
+                provenance=provenance(),
+                device=device_name,
+                torch=torch.__version__,
+                overrides=args.overrides,
+                results=rows,
+            ),
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

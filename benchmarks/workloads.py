@@ -1,4 +1,5 @@
 """What the op benchmarks share: workloads, their inputs, timing and memory probes."""
+
 from __future__ import annotations
 
 import math
@@ -165,7 +166,9 @@ class Problem:
         labels_shape = (w.batch, *w.spatial)
         self.labels = torch.randint(0, w.num_classes, labels_shape, generator=generator).to(device)
         self.mask = (torch.rand(labels_shape, generator=generator) > 0.3).to(device)
-        self.assign = torch.randint(0, w.num_protos, (w.batch, w.num_classes, *w.spatial), generator=generator).to(device)
+        self.assign = torch.randint(0, w.num_protos, (w.batch, w.num_classes, *w.spatial), generator=generator).to(
+            device
+        )
         self.grad_logits = torch.randn((w.batch, w.num_classes, *w.spatial), generator=generator).to(device, dtype)
         self.turn = 0
 
@@ -193,7 +196,9 @@ def head_call(module, op: str, problem: Problem):
     fns = {
         "classify": lambda f: module.proto_classify(f, problem.bank, w.num_classes, 0.1),
         "infonce": lambda f: (module.proto_infonce(f, problem.bank, 0.1, IGNORE_INDEX),),
-        "classify+infonce": lambda f: module.proto_classify_infonce(f, problem.bank, w.num_classes, 0.1, 0.1, IGNORE_INDEX),
+        "classify+infonce": lambda f: module.proto_classify_infonce(
+            f, problem.bank, w.num_classes, 0.1, 0.1, IGNORE_INDEX
+        ),
     }
     return fns[op]
 
@@ -217,14 +222,23 @@ def update_call(module, problem: Problem):
 
     def update():
         emb = problem.next_feat().detach()
-        sums, counts = module.proto_accumulate(emb, problem.labels, problem.assign, problem.mask, w.num_classes, w.num_protos, **extra)
+        sums, counts = module.proto_accumulate(
+            emb, problem.labels, problem.assign, problem.mask, w.num_classes, w.num_protos, **extra
+        )
         module.proto_ema_update_(bank, sums, counts, 0.99)
 
     return update
 
 
-def vectorised_update_(bank: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor, assign: torch.Tensor,
-                       mask: torch.Tensor, num_protos: int, momentum: float) -> torch.Tensor:
+def vectorised_update_(
+    bank: torch.Tensor,
+    emb: torch.Tensor,
+    labels: torch.Tensor,
+    assign: torch.Tensor,
+    mask: torch.Tensor,
+    num_protos: int,
+    momentum: float,
+) -> torch.Tensor:
     """The bank update as eager PyTorch would write it without loops or host waits: the row
     of each voxel (label * K + its assigned k), ``index_add_`` of the masked embeddings and
     counts into the rows, then the EMA where a row has a count (``torch.where``)."""

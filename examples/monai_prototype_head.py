@@ -10,6 +10,7 @@ trainer gates unlabeled voxels by the teacher's confidence too).
     pip install 'mper[test]'        # monai comes with the test extra
     python examples/monai_prototype_head.py
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,9 @@ class UNetWithPrototypes(nn.Module):
 
     def __init__(self, num_classes: int, feature_dim: int = 16, num_prototypes: int = 3, ops: str = "mper"):
         super().__init__()
-        self.backbone = UNet(spatial_dims=2, in_channels=1, out_channels=feature_dim,
-                             channels=(8, 16, 32), strides=(2, 2))
+        self.backbone = UNet(
+            spatial_dims=2, in_channels=1, out_channels=feature_dim, channels=(8, 16, 32), strides=(2, 2)
+        )
         self.classifier = nn.Conv2d(feature_dim, num_classes, kernel_size=1)
         self.prototypes = PrototypeHead(num_classes, num_prototypes, feature_dim, ops=ops)
 
@@ -53,14 +55,19 @@ def initialize_prototypes(model: UNetWithPrototypes, image: torch.Tensor, label:
     with torch.no_grad():
         feat = model(image)[1]
     # mini-batch k-means on every labeled voxel, as the paper's presets do
-    model.prototypes.initialize([(feat, label)], torch.Generator().manual_seed(0), method="minibatch", max_voxels=0,
-                                iterations=20)
+    model.prototypes.initialize(
+        [(feat, label)], torch.Generator().manual_seed(0), method="minibatch", max_voxels=0, iterations=20
+    )
     model.train()
 
 
 def train_step(
-    model: UNetWithPrototypes, optimizer: torch.optim.Optimizer, image: torch.Tensor, label: torch.Tensor,
-    momentum: float = 0.9, contrastive_weight: float = 0.1,
+    model: UNetWithPrototypes,
+    optimizer: torch.optim.Optimizer,
+    image: torch.Tensor,
+    label: torch.Tensor,
+    momentum: float = 0.9,
+    contrastive_weight: float = 0.1,
 ) -> float:
     """One step: CE of both classifiers plus the contrastive loss, and the bank's EMA step."""
     linear, feat = model(image)

@@ -9,6 +9,7 @@ so that asking for another extra does not build mper again.
 EXTRAS is comma-separated, e.g. "test,lint"; STAMP a file of extras already installed,
 one per line (absent: none).
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -36,8 +37,10 @@ def asked(extras: str, known: dict[str, list[str]]) -> list[str]:
     names = [name.strip() for name in extras.split(",") if name.strip()]
     unknown = [name for name in names if name not in known]
     if unknown:
-        sys.exit(f"setup: MPER_EXTRAS names {', '.join(unknown)}, which mper does not have; "
-                 f"its extras are {', '.join(sorted(known))}")
+        sys.exit(
+            f"setup: MPER_EXTRAS names {', '.join(unknown)}, which mper does not have; "
+            f"its extras are {', '.join(sorted(known))}"
+        )
     return names
 
 

@@ -26,6 +26,7 @@ checks that its command lines parse and its inputs exist. It is part of the test
 This file runs with the standard library alone; ``probe`` subcommands (run as
 subprocesses) import torch and mper.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,18 @@ RESERVE_S = 5.0
 #: A variant's distance from the reference run, in units of the run-to-run spread.
 SPREAD_FACTOR = 4.0
 #: Python packages a check imports: mper's runtime requirements and the test runner's.
-PACKAGES = {"numpy": "numpy", "h5py": "h5py", "scipy": "scipy", "medpy": "medpy", "nibabel": "nibabel",
-            "tqdm": "tqdm", "tensorboard": "tensorboard", "PIL": "pillow", "pytest": "pytest",
-            "hypothesis": "hypothesis"}
+PACKAGES = {
+    "numpy": "numpy",
+    "h5py": "h5py",
+    "scipy": "scipy",
+    "medpy": "medpy",
+    "nibabel": "nibabel",
+    "tqdm": "tqdm",
+    "tensorboard": "tensorboard",
+    "PIL": "pillow",
+    "pytest": "pytest",
+    "hypothesis": "hypothesis",
+}
 STATUSES = ("pass", "fail", "timeout", "skipped")
 
 
@@ -82,16 +92,51 @@ GPU = Sizes(
     device="cuda",
     acdc_data=("--cases", "12", "--size", "256", "256"),
     la_data=("--cases", "12", "--size", "128", "128", "96"),
-    acdc=("--labeled", "3", "--amp", "bf16", *_sets(
-        "pretrain.iterations=8", "selftrain.iterations=8", "eval.val_interval=8", "eval.checkpoint_interval=8",
-        "eval.log_interval=4", "eval.num_figures=0", "prototypes.kmeans_max_voxels=20000")),
-    la=("--labeled", "2", *_sets(
-        "pretrain.iterations=6", "selftrain.iterations=6", "eval.val_interval=6", "eval.checkpoint_interval=6",
-        "eval.log_interval=3", "eval.num_figures=0", "eval.stride=[56, 56, 40]", "prototypes.kmeans_max_voxels=20000")),
-    state=("--labeled", "3", "--amp", "bf16", *_sets(
-        "data.patch_size=[128, 128]", "data.batch_size=8", "data.labeled_batch_size=4", "pretrain.iterations=4",
-        "eval.val_interval=100", "eval.checkpoint_interval=100", "eval.num_figures=0",
-        "prototypes.kmeans_max_voxels=20000")),
+    acdc=(
+        "--labeled",
+        "3",
+        "--amp",
+        "bf16",
+        *_sets(
+            "pretrain.iterations=8",
+            "selftrain.iterations=8",
+            "eval.val_interval=8",
+            "eval.checkpoint_interval=8",
+            "eval.log_interval=4",
+            "eval.num_figures=0",
+            "prototypes.kmeans_max_voxels=20000",
+        ),
+    ),
+    la=(
+        "--labeled",
+        "2",
+        *_sets(
+            "pretrain.iterations=6",
+            "selftrain.iterations=6",
+            "eval.val_interval=6",
+            "eval.checkpoint_interval=6",
+            "eval.log_interval=3",
+            "eval.num_figures=0",
+            "eval.stride=[56, 56, 40]",
+            "prototypes.kmeans_max_voxels=20000",
+        ),
+    ),
+    state=(
+        "--labeled",
+        "3",
+        "--amp",
+        "bf16",
+        *_sets(
+            "data.patch_size=[128, 128]",
+            "data.batch_size=8",
+            "data.labeled_batch_size=4",
+            "pretrain.iterations=4",
+            "eval.val_interval=100",
+            "eval.checkpoint_interval=100",
+            "eval.num_figures=0",
+            "prototypes.kmeans_max_voxels=20000",
+        ),
+    ),
     state_split=3,
     state_end=6,
     group=_sets("distributed.force_group=true"),
@@ -99,30 +144,74 @@ GPU = Sizes(
     largest_component=("--maps", "adversarial", "--dtypes", "int64", "--trials", "10"),
     ops=("--workloads", "acdc", "la_b2", "--ops", "classify+infonce", "update", "--trials", "10"),
 )
-_TINY_ACDC = _sets("network.channels=[4, 8, 16, 32, 64]", "data.patch_size=[32, 32]", "data.batch_size=4",
-                   "data.labeled_batch_size=2", "data.num_workers=0", "eval.num_figures=0",
-                   "prototypes.kmeans_max_voxels=500")
+_TINY_ACDC = _sets(
+    "network.channels=[4, 8, 16, 32, 64]",
+    "data.patch_size=[32, 32]",
+    "data.batch_size=4",
+    "data.labeled_batch_size=2",
+    "data.num_workers=0",
+    "eval.num_figures=0",
+    "prototypes.kmeans_max_voxels=500",
+)
 DRY = Sizes(
     device="cpu",
     acdc_data=("--cases", "5", "--size", "32", "32"),
     la_data=("--cases", "5", "--size", "32", "32", "32"),
-    acdc=("--labeled", "1", *_TINY_ACDC, *_sets("pretrain.iterations=1", "selftrain.iterations=2",
-                                               "eval.val_interval=3")),
-    la=("--labeled", "2", *_sets(
-        "network.base_filters=4", "data.patch_size=[32, 32, 32]", "data.batch_size=4", "data.labeled_batch_size=2",
-        "data.num_workers=0", "pretrain.iterations=1", "selftrain.iterations=2", "eval.val_interval=3",
-        "eval.stride=[16, 16, 16]", "eval.num_figures=0", "prototypes.kmeans_max_voxels=500")),
+    acdc=(
+        "--labeled",
+        "1",
+        *_TINY_ACDC,
+        *_sets("pretrain.iterations=1", "selftrain.iterations=2", "eval.val_interval=3"),
+    ),
+    la=(
+        "--labeled",
+        "2",
+        *_sets(
+            "network.base_filters=4",
+            "data.patch_size=[32, 32, 32]",
+            "data.batch_size=4",
+            "data.labeled_batch_size=2",
+            "data.num_workers=0",
+            "pretrain.iterations=1",
+            "selftrain.iterations=2",
+            "eval.val_interval=3",
+            "eval.stride=[16, 16, 16]",
+            "eval.num_figures=0",
+            "prototypes.kmeans_max_voxels=500",
+        ),
+    ),
     state=("--labeled", "1", *_TINY_ACDC, *_sets("pretrain.iterations=1", "eval.val_interval=100")),
     state_split=1,
     state_end=2,
     # the CPU's batch norm across processes rounds otherwise than PyTorch's; CUDA's
     # SyncBatchNorm normalises as plain batch norm in a group of one
     group=_sets("distributed.force_group=true", "distributed.sync_batchnorm=false"),
-    train_step=("--dataset", "acdc", "--ops", "mper", "--iterations", "1", *_sets(
-        "network.channels=[4, 8, 16, 32, 64]", "data.patch_size=[32, 32]", "data.batch_size=4",
-        "data.labeled_batch_size=2")),
-    largest_component=("--maps", "adversarial", "--dtypes", "int64", "--trials", "1", "--scale", "0.1",
-                       "--threads", "1"),
+    train_step=(
+        "--dataset",
+        "acdc",
+        "--ops",
+        "mper",
+        "--iterations",
+        "1",
+        *_sets(
+            "network.channels=[4, 8, 16, 32, 64]",
+            "data.patch_size=[32, 32]",
+            "data.batch_size=4",
+            "data.labeled_batch_size=2",
+        ),
+    ),
+    largest_component=(
+        "--maps",
+        "adversarial",
+        "--dtypes",
+        "int64",
+        "--trials",
+        "1",
+        "--scale",
+        "0.1",
+        "--threads",
+        "1",
+    ),
     ops=("--workloads", "acdc", "la_b2", "--ops", "classify+infonce", "update", "--trials", "10"),
 )
 
@@ -167,8 +256,9 @@ class Check:
     def left(self) -> float:
         return self.budget - (time.monotonic() - self.began) - RESERVE_S
 
-    def run(self, name: str, command: list[str], env: dict[str, str] | None = None, check: bool = True,
-            cwd: Path = REPO) -> str:
+    def run(
+        self, name: str, command: list[str], env: dict[str, str] | None = None, check: bool = True, cwd: Path = REPO
+    ) -> str:
         """Run ``command`` within the budget; its output goes to logs/<name>.log and is returned."""
         assert self.section is not None
         shown = " ".join(_quoted(part) for part in command)
@@ -178,8 +268,15 @@ class Check:
         if timeout <= 1:
             raise OutOfTime(f"no time left for {name}")
         try:
-            done = subprocess.run(command, cwd=cwd, env={**self.env, **(env or {})}, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, timeout=timeout)
+            done = subprocess.run(
+                command,
+                cwd=cwd,
+                env={**self.env, **(env or {})},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=timeout,
+            )
             output = done.stdout
         except subprocess.TimeoutExpired as stopped:
             log.write_text(_text(stopped.stdout))
@@ -209,8 +306,15 @@ class Check:
         section.details.update(facts)
         smi = shutil.which("nvidia-smi")
         if smi:
-            query = self.run("nvidia-smi", [smi, "--query-gpu=name,driver_version,memory.total",
-                                            "--format=csv,noheader"], check=False).strip().splitlines()
+            query = (
+                self.run(
+                    "nvidia-smi",
+                    [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                    check=False,
+                )
+                .strip()
+                .splitlines()
+            )
             section.details["nvidia_smi"] = query
             banner = self.run("nvidia-smi-banner", [smi], check=False)
             found = re.search(r"CUDA Version:\s*([\d.]+)", banner)
@@ -224,8 +328,10 @@ class Check:
         if missing:
             section.notes.append(f"missing Python packages (the build section installs them): {', '.join(missing)}")
         gpu = facts.get("gpu") or "no GPU"
-        section.figure = (f"{gpu}; driver {section.details.get('driver_cuda') or '-'} (CUDA), nvcc "
-                          f"{section.details.get('nvcc') or '-'}, torch {facts['torch']} (CUDA {facts['torch_cuda']})")
+        section.figure = (
+            f"{gpu}; driver {section.details.get('driver_cuda') or '-'} (CUDA), nvcc "
+            f"{section.details.get('nvcc') or '-'}, torch {facts['torch']} (CUDA {facts['torch_cuda']})"
+        )
         if problems and self.dry:
             section.notes += [f"on a GPU this would fail: {problem}" for problem in problems]
         elif problems:
@@ -239,8 +345,11 @@ class Check:
             source = ["--no-index", "--find-links", wheels] if wheels else []
             self.run("install-packages", [*pip, *source, *(PACKAGES[name] for name in missing)])
         stamp = Path(sys.prefix) / ".mper-gpu-check-build"
-        sources = self.run("source-hash", [self.python, str(REPO / "scripts" / "source_hash.py"), str(REPO)],
-                           env={"MPER_WITH_CUDA": "ON"}).strip()
+        sources = self.run(
+            "source-hash",
+            [self.python, str(REPO / "scripts" / "source_hash.py"), str(REPO)],
+            env={"MPER_WITH_CUDA": "ON"},
+        ).strip()
         if self.dry:
             self.run("pip-version", [self.python, "-m", "pip", "--version"])
             for path in (REPO / "pyproject.toml", REPO / "CMakeLists.txt"):
@@ -271,8 +380,19 @@ class Check:
 
     def cuda_tests(self, section: Section) -> None:
         report = self.logs / "cuda-tests.xml"
-        command = [self.python, "-m", "pytest", "-q", "-m", "cuda", "-rfE", "-p", "no:cacheprovider",
-                   f"--junitxml={report}", "tests"]
+        command = [
+            self.python,
+            "-m",
+            "pytest",
+            "-q",
+            "-m",
+            "cuda",
+            "-rfE",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={report}",
+            "tests",
+        ]
         if self.dry:
             found = re.search(r"(\d+)(?:/\d+)? tests? collected", self.run("cuda-tests", [*command, "--collect-only"]))
             collected = int(found.group(1)) if found else 0
@@ -283,8 +403,10 @@ class Check:
         self.run("cuda-tests", command, check=False)
         counts = junit_counts(report)
         section.details.update(counts)
-        section.figure = (f"{counts['passed']} passed, {counts['failures']} failed, {counts['errors']} errors, "
-                          f"{counts['skipped']} skipped")
+        section.figure = (
+            f"{counts['passed']} passed, {counts['failures']} failed, {counts['errors']} errors, "
+            f"{counts['skipped']} skipped"
+        )
         if counts["failures"] or counts["errors"] or not counts["passed"]:
             raise Failed(section.figure)
 
@@ -293,29 +415,63 @@ class Check:
         figures = []
         for dataset, options in (("acdc", self.sizes.acdc), ("la", self.sizes.la)):
             run_dir = self.work / f"sync-{dataset}"
-            self.run(f"sync-free-{dataset}", [*self.tool("mper-train"), "--dataset", dataset, "--data-root",
-                                              str(data[dataset]), "--out", str(run_dir), "--device",
-                                              self.sizes.device, *options], env={"MPER_SYNC_DEBUG": "error"})
+            self.run(
+                f"sync-free-{dataset}",
+                [
+                    *self.tool("mper-train"),
+                    "--dataset",
+                    dataset,
+                    "--data-root",
+                    str(data[dataset]),
+                    "--out",
+                    str(run_dir),
+                    "--device",
+                    self.sizes.device,
+                    *options,
+                ],
+                env={"MPER_SYNC_DEBUG": "error"},
+            )
             amp = "bf16" if "bf16" in options else "fp32"
             figures.append(f"{dataset.upper()} {amp} {iteration_ms(run_dir)}")
-        section.figure = "; ".join(figures) + (" (CPU: the check is CUDA's, nothing checked)" if self.dry else
-                                               ", no host synchronisation in any step but each stage's first")
+        section.figure = "; ".join(figures) + (
+            " (CPU: the check is CUDA's, nothing checked)"
+            if self.dry
+            else ", no host synchronisation in any step but each stage's first"
+        )
 
     def resume(self, section: Section) -> None:
         reference = self.state_run("reference")
         # on the CPU a run repeats bit for bit (mper.train.loop), so the comparison is exact
         again = reference if self.dry else self.state_run("reference-again")
         split = self.state_run("interrupted", end=self.sizes.state_split)
-        self.run("resume", [*self.tool("mper-train"), "--resume", "--out", str(split), "--set",
-                            f"selftrain.iterations={self.sizes.state_end}"])
+        self.run(
+            "resume",
+            [
+                *self.tool("mper-train"),
+                "--resume",
+                "--out",
+                str(split),
+                "--set",
+                f"selftrain.iterations={self.sizes.state_end}",
+            ],
+        )
         self.compare(section, split, reference, again)
 
     def torchrun(self, section: Section) -> None:
-        launcher = [self.python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
-                    *self.tool("mper-train")]
+        launcher = [
+            self.python,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "1",
+            *self.tool("mper-train"),
+        ]
         run_dir = self.state_run("torchrun", end=self.sizes.state_split, launcher=launcher)
-        self.run("torchrun-resume", [*launcher, "--resume", "--out", str(run_dir), "--set",
-                                     f"selftrain.iterations={self.sizes.state_end}"])
+        self.run(
+            "torchrun-resume",
+            [*launcher, "--resume", "--out", str(run_dir), "--set", f"selftrain.iterations={self.sizes.state_end}"],
+        )
         self.compare(section, run_dir, self.runs.get("reference"), self.runs.get("reference-again"))
 
     def process_group(self, section: Section) -> None:
@@ -329,8 +485,18 @@ class Check:
 
     def largest_component(self, section: Section) -> None:
         out = self.out / "largest_component.json"
-        self.run("largest-component", [self.python, "benchmarks/largest_component.py", "--device",
-                                       self.sizes.device, *self.sizes.largest_component, "--out", str(out)])
+        self.run(
+            "largest-component",
+            [
+                self.python,
+                "benchmarks/largest_component.py",
+                "--device",
+                self.sizes.device,
+                *self.sizes.largest_component,
+                "--out",
+                str(out),
+            ],
+        )
         rows = json.loads(out.read_text())["results"]
         times: dict[str, dict[str, float]] = {}
         for row in rows:
@@ -338,7 +504,9 @@ class Check:
         section.details["median_ms"] = times
         section.figure = "; ".join(
             f"{name}: " + ", ".join(f"{contender} {ms:.2f} ms" for contender, ms in found.items())
-            for name, found in times.items() if name.startswith("la-"))
+            for name, found in times.items()
+            if name.startswith("la-")
+        )
         section.notes.append("every contender gave scipy's labels on every map; all times in largest_component.md")
 
     def train_step(self, section: Section) -> None:
@@ -368,9 +536,11 @@ class Check:
         self.run("ops", command)
         speedups = json.loads(out.read_text())["speedups"]
         section.details["speedups"] = speedups
-        section.figure = "; ".join(f"{row['workload']} {row['dtype']} {row['op']} {row['passes']}: "
-                                   f"x{row['vs_eager']:.1f} eager" for row in speedups
-                                   if row["op"] == "classify+infonce" and row["passes"] == "fwd+bwd")
+        section.figure = "; ".join(
+            f"{row['workload']} {row['dtype']} {row['op']} {row['passes']}: x{row['vs_eager']:.1f} eager"
+            for row in speedups
+            if row["op"] == "classify+infonce" and row["passes"] == "fwd+bwd"
+        )
 
     # ------------------------------------------------------------------ shared work
 
@@ -379,20 +549,37 @@ class Check:
         folders = {"acdc": self.work / "data" / "acdc", "la": self.work / "data" / "la"}
         for dataset, options in (("acdc", self.sizes.acdc_data), ("la", self.sizes.la_data)):
             if not (folders[dataset] / "train.list").exists():
-                self.run(f"data-{dataset}", [*self.tool("mper-data"), "synth", "--dataset", dataset, "--out",
-                                             str(folders[dataset]), *options])
+                self.run(
+                    f"data-{dataset}",
+                    [*self.tool("mper-data"), "synth", "--dataset", dataset, "--out", str(folders[dataset]), *options],
+                )
         return folders
 
-    def state_run(self, name: str, end: int | None = None, launcher: list[str] | None = None,
-                  extra: tuple[str, ...] = ()) -> Path:
+    def state_run(
+        self, name: str, end: int | None = None, launcher: list[str] | None = None, extra: tuple[str, ...] = ()
+    ) -> Path:
         """An ACDC run of :attr:`Sizes.state`, to ``end`` self-training iterations."""
         run_dir = self.work / "state" / name
         shutil.rmtree(run_dir, ignore_errors=True)
         data = self.data()
-        self.run(f"train-{name}", [*(launcher or self.tool("mper-train")), "--dataset", "acdc", "--data-root",
-                                   str(data["acdc"]), "--out", str(run_dir), "--device", self.sizes.device,
-                                   *self.sizes.state, "--set", f"selftrain.iterations={end or self.sizes.state_end}",
-                                   *extra])
+        self.run(
+            f"train-{name}",
+            [
+                *(launcher or self.tool("mper-train")),
+                "--dataset",
+                "acdc",
+                "--data-root",
+                str(data["acdc"]),
+                "--out",
+                str(run_dir),
+                "--device",
+                self.sizes.device,
+                *self.sizes.state,
+                "--set",
+                f"selftrain.iterations={end or self.sizes.state_end}",
+                *extra,
+            ],
+        )
         self.runs[name] = run_dir
         return run_dir
 
@@ -403,12 +590,14 @@ class Check:
             section.notes.append("no reference run (the resume section did not run): nothing compared")
             section.figure = "ran; not compared"
             return
-        found = self.probe("compare", str(run / "last.pt"), str(reference / "last.pt"),
-                           str((again or reference) / "last.pt"))
+        found = self.probe(
+            "compare", str(run / "last.pt"), str(reference / "last.pt"), str((again or reference) / "last.pt")
+        )
         section.details["distances"] = found
         worst = max(found.values(), key=lambda pair: pair[0] - SPREAD_FACTOR * pair[1])
-        section.figure = ("state against the uninterrupted run: " + ", ".join(
-            f"{group} {distance:.2g} (spread {spread:.2g})" for group, (distance, spread) in found.items()))
+        section.figure = "state against the uninterrupted run: " + ", ".join(
+            f"{group} {distance:.2g} (spread {spread:.2g})" for group, (distance, spread) in found.items()
+        )
         if any(distance > SPREAD_FACTOR * spread for distance, spread in found.values()):
             raise Failed(section.figure + f"; more than {SPREAD_FACTOR:g} x the spread (worst {worst[0]:.2g})")
 
@@ -436,8 +625,10 @@ def preflight_problems(facts: dict[str, Any]) -> list[str]:
         problems.append("nvcc (the CUDA toolkit) is not on PATH: the CUDA kernels cannot be built")
     driver, nvcc, torch_cuda = (_version(facts.get(key)) for key in ("driver_cuda", "nvcc", "torch_cuda"))
     if driver and nvcc and driver < nvcc:
-        problems.append(f"the driver supports CUDA {facts['driver_cuda']}, older than nvcc {facts['nvcc']}, whose "
-                        "runtime mper links: build with the toolkit that matches the driver")
+        problems.append(
+            f"the driver supports CUDA {facts['driver_cuda']}, older than nvcc {facts['nvcc']}, whose "
+            "runtime mper links: build with the toolkit that matches the driver"
+        )
     if driver and torch_cuda and driver < torch_cuda:
         problems.append(f"the driver supports CUDA {facts['driver_cuda']}, older than torch's {facts['torch_cuda']}")
     return problems
@@ -453,8 +644,10 @@ def train_step_figure(results: dict[str, list[dict[str, Any]]]) -> str:
         for variant, rows in results.items():
             for row in (row for row in rows if row["dataset"] == dataset):
                 speedup = f" (x{baseline[dataset] / row['iteration_ms']:.2f})" if dataset in baseline else ""
-                cells.append(f"{variant} {row['iteration_ms']:.1f} ms{speedup}, "
-                             f"iteration/network {row['iteration_over_network']:.2f}")
+                cells.append(
+                    f"{variant} {row['iteration_ms']:.1f} ms{speedup}, "
+                    f"iteration/network {row['iteration_over_network']:.2f}"
+                )
         parts.append(f"{dataset.upper()}: " + "; ".join(cells))
     return " | ".join(parts)
 
@@ -505,8 +698,9 @@ def check(args: argparse.Namespace) -> int:
         left = checker.left()
         if left < min(needs_s, 30):
             section.status = "skipped"
-            section.notes.append(f"skipped: {max(left, 0):.0f} s of the {args.budget:.0f} s budget left, "
-                                 f"it needs about {needs_s} s")
+            section.notes.append(
+                f"skipped: {max(left, 0):.0f} s of the {args.budget:.0f} s budget left, it needs about {needs_s} s"
+            )
         else:
             try:
                 method(checker, section)
@@ -520,14 +714,24 @@ def check(args: argparse.Namespace) -> int:
         section.seconds = time.monotonic() - began
         sections.append(section)
         print(f"{section.name:18} {section.status:8} {section.seconds:6.1f} s  {section.figure}", flush=True)
-    verdict = ("fail" if any(s.status == "fail" for s in sections) else
-               "pass" if all(s.status == "pass" for s in sections) else "incomplete")
+    verdict = (
+        "fail"
+        if any(s.status == "fail" for s in sections)
+        else "pass"
+        if all(s.status == "pass" for s in sections)
+        else "incomplete"
+    )
     summary = {
-        "verdict": verdict, "dry_run": args.dry_run, "budget_s": args.budget,
+        "verdict": verdict,
+        "dry_run": args.dry_run,
+        "budget_s": args.budget,
         "seconds": round(time.monotonic() - checker.began, 1),
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit, "worktree_clean": _clean(), "host": platform.node(),
-        "python": sys.executable, "sections": [asdict(section) for section in sections],
+        "commit": commit,
+        "worktree_clean": _clean(),
+        "host": platform.node(),
+        "python": sys.executable,
+        "sections": [asdict(section) for section in sections],
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (args.out / "summary.md").write_text(markdown(summary))
@@ -540,11 +744,16 @@ def check(args: argparse.Namespace) -> int:
 def markdown(summary: dict[str, Any]) -> str:
     kind = "dry run on the CPU" if summary["dry_run"] else "GPU check"
     changes = " (with local changes)" if summary["worktree_clean"] is False else ""
-    lines = [f"# {kind}: {summary['verdict']}", "",
-             f"Commit {summary['commit'] or 'unknown'}{changes}, "
-             f"started {summary['started']} on {summary['host']}, {summary['seconds']} s of a "
-             f"{summary['budget_s']:.0f} s budget.", "",
-             "| section | result | seconds | figure |", "|---|---|---|---|"]
+    lines = [
+        f"# {kind}: {summary['verdict']}",
+        "",
+        f"Commit {summary['commit'] or 'unknown'}{changes}, "
+        f"started {summary['started']} on {summary['host']}, {summary['seconds']} s of a "
+        f"{summary['budget_s']:.0f} s budget.",
+        "",
+        "| section | result | seconds | figure |",
+        "|---|---|---|---|",
+    ]
     for section in summary["sections"]:
         figure = section["figure"].replace("|", "/") or "-"
         lines.append(f"| {section['name']} | {section['status']} | {section['seconds']:.1f} | {figure} |")
@@ -581,7 +790,9 @@ def probe(name: str, arguments: list[str]) -> None:
 
         gpu = torch.cuda.is_available()
         facts: dict[str, Any] = {
-            "python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torch_cuda": torch.version.cuda,
             "gpu": torch.cuda.get_device_name(0) if gpu else None,
             "capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if gpu else None,
             "missing_packages": [module for module in PACKAGES if importlib.util.find_spec(module) is None],
@@ -607,9 +818,17 @@ def probe(name: str, arguments: list[str]) -> None:
             tensors = state[part].values() if isinstance(state[part], dict) else [state[part]]
             return torch.cat([t.detach().double().flatten() for t in tensors if t.is_floating_point()])
 
-        print(json.dumps({part: [float((values(run, part) - values(reference, part)).norm()),
-                                 float((values(again, part) - values(reference, part)).norm())]
-                          for part in ("student", "teacher", "bank")}))
+        print(
+            json.dumps(
+                {
+                    part: [
+                        float((values(run, part) - values(reference, part)).norm()),
+                        float((values(again, part) - values(reference, part)).norm()),
+                    ]
+                    for part in ("student", "teacher", "bank")
+                }
+            )
+        )
     else:
         raise SystemExit(f"unknown probe {name!r}")
 
@@ -618,11 +837,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="every section on the CPU at tiny sizes")
     parser.add_argument("--budget", type=float, default=600.0, help="seconds for all sections (default 600)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for the summary, logs and results (default: benchmarks/results/gpu-check/"
-                             "<date>-<commit>; a temporary folder with --dry-run)")
-    parser.add_argument("--work", type=Path, default=None,
-                        help="folder for data and run folders, kept (default: a temporary folder, removed)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the summary, logs and results (default: benchmarks/results/gpu-check/"
+        "<date>-<commit>; a temporary folder with --dry-run)",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="folder for data and run folders, kept (default: a temporary folder, removed)",
+    )
     parser.add_argument("--keep-work", action="store_true", help="keep the temporary work folder")
     if len(sys.argv) > 1 and sys.argv[1] == "probe":
         probe(sys.argv[2], sys.argv[3:])

@@ -6,6 +6,7 @@ again (setup.sh compares the build switches itself).
 
     python scripts/source_hash.py [REPOSITORY_ROOT]
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +23,8 @@ def source_files(root: Path) -> list[Path]:
     files = [root / name for name in SOURCE_FILES]
     for folder in SOURCE_FOLDERS:
         files += [
-            path for path in (root / folder).rglob("*")
+            path
+            for path in (root / folder).rglob("*")
             if path.is_file() and "__pycache__" not in path.parts and not path.name.endswith(SKIPPED_SUFFIXES)
         ]
     return sorted(files)

@@ -2,6 +2,7 @@
 test leaves anything in the checkout (each runs in its own temporary folder, and
 hypothesis keeps no example database), Ctrl-C raises KeyboardInterrupt in every test,
 one HDF5 writer for hand-made data files, and subprocesses import the mper under test."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Inputs and comparisons shared by the op tests (CPU and CUDA)."""
+
 from __future__ import annotations
 
 import torch

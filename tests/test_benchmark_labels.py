@@ -1,6 +1,7 @@
 """Every measured figure says what it measured: the results under ``benchmarks/results/``,
 their writers, the README and the docs pages name the commit, mper's version and the kernel version, and
 the kernel version moves with the kernels."""
+
 from __future__ import annotations
 
 import hashlib
@@ -50,7 +51,7 @@ def test_the_kernel_version_is_raised_with_every_change_to_the_kernels():
     digest, following = kernel_sources_hash(), max(KERNEL_SOURCES) + 1
     assert KERNEL_SOURCES.get(KERNEL_VERSION) == digest, (
         f"csrc/ is not the source of kernel version {KERNEL_VERSION}: after changing the kernels, raise "
-        f"mper.versions.KERNEL_VERSION to {following} and add {following}: \"{digest}\" to KERNEL_SOURCES in "
+        f'mper.versions.KERNEL_VERSION to {following} and add {following}: "{digest}" to KERNEL_SOURCES in '
         "tests/test_benchmark_labels.py (results measured before then keep their own version)"
     )
     assert len(set(KERNEL_SOURCES.values())) == len(KERNEL_SOURCES) and KERNEL_VERSION == max(KERNEL_SOURCES)
@@ -81,8 +82,9 @@ def test_a_writer_records_the_checkout_commit_and_the_versions(provenance, monke
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
         assert record["commit"].removesuffix("+dirty") == head.stdout.strip()
     line = provenance.provenance_line(record)
-    assert line.startswith(f"Measured at commit {record['commit']} (mper {mper.__version__}, "
-                           f"kernel version {KERNEL_VERSION}).")
+    assert line.startswith(
+        f"Measured at commit {record['commit']} (mper {mper.__version__}, kernel version {KERNEL_VERSION})."
+    )
     monkeypatch.setattr(mper, "__file__", str(Path("/") / "elsewhere" / "mper" / "__init__.py"))
     assert "installed package" in provenance.provenance()["note"]
 
@@ -100,9 +102,12 @@ MEASURED_PAGES = ("README.md", "docs/training.md", "docs/benchmarks.md")
 
 def test_every_readme_or_docs_section_with_measured_figures_names_commit_and_kernel_version():
     header = r"^\|.*(\bms\b|Dice|wall time|NVIDIA H100).*\|\n\|(---\|)+$"  # a table's first row
-    measured = [(page, section) for page in MEASURED_PAGES
-                for section in re.split(r"\n(?=#+ )", (REPO / page).read_text())
-                if re.search(header, section, re.M)]
+    measured = [
+        (page, section)
+        for page in MEASURED_PAGES
+        for section in re.split(r"\n(?=#+ )", (REPO / page).read_text())
+        if re.search(header, section, re.M)
+    ]
     assert len(measured) >= 4
     for page, section in measured:
         title = section.splitlines()[0]

@@ -1,6 +1,7 @@
 """The benchmarks' contenders compute what they stand for: the vectorised eager bank update
 (the fair eager baseline of ``benchmarks/ops.py``, also its compiled contender) equals
 :mod:`mper.reference`'s."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -36,7 +37,9 @@ def test_the_vectorised_update_is_the_reference_update(workloads, spatial):
     mask[labels == 2] = False  # class 2's rows get no voxel and must keep their values
     bank = torch.randn(classes * protos, depth, generator=generator)
 
-    expected = ref.proto_ema_update_(bank.clone(), *ref.proto_accumulate(emb, labels, assign, mask, classes, protos), 0.9)
+    expected = ref.proto_ema_update_(
+        bank.clone(), *ref.proto_accumulate(emb, labels, assign, mask, classes, protos), 0.9
+    )
     found = workloads.vectorised_update_(bank.clone(), emb, labels, assign, mask, protos, 0.9)
     torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(found[4:], bank[4:])

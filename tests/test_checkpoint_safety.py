@@ -3,6 +3,7 @@ checkpoints, a ``last.pt`` of another run, a checkpoint of a newer format, an ou
 that is a file. Each ends in one line and exit status 2, before anything is evaluated,
 predicted or trained; so does a negative figure count for mper-eval. Checkpoints of an
 older format that is still readable resume as the current format does."""
+
 from __future__ import annotations
 
 import shutil
@@ -31,9 +32,15 @@ else:
     import tomli as tomllib
 
 TINY = [
-    "network.channels=[4, 8, 16, 32, 64]", "data.patch_size=[32, 32]", "data.batch_size=4",
-    "data.labeled_batch_size=2", "pretrain.iterations=2", "selftrain.iterations=2", "eval.val_interval=2",
-    "eval.num_figures=0", "prototypes.kmeans_max_voxels=500",
+    "network.channels=[4, 8, 16, 32, 64]",
+    "data.patch_size=[32, 32]",
+    "data.batch_size=4",
+    "data.labeled_batch_size=2",
+    "pretrain.iterations=2",
+    "selftrain.iterations=2",
+    "eval.val_interval=2",
+    "eval.num_figures=0",
+    "prototypes.kmeans_max_voxels=500",
 ]
 
 
@@ -43,8 +50,12 @@ def acdc_root(tmp_path_factory):
 
 
 def tiny_run(acdc_root, out, seed=1337):
-    config = load_config("acdc", "paper", {"data_root": str(acdc_root), "out": str(out), "labeled": 1,
-                                           "device": "cpu", "ops": "reference", "seed": seed}, TINY)
+    config = load_config(
+        "acdc",
+        "paper",
+        {"data_root": str(acdc_root), "out": str(out), "labeled": 1, "device": "cpu", "ops": "reference", "seed": seed},
+        TINY,
+    )
     return pipeline.train(config)
 
 
@@ -80,8 +91,19 @@ def test_every_command_refuses_a_truncated_checkpoint_in_one_line(run, acdc_root
     case = (acdc_root / "test.list").read_text().split()[0]
     commands = [
         (eval_main, ["--checkpoint", str(folder / "best.pt"), "--device", "cpu"]),
-        (predict_main, ["--checkpoint", str(folder / "best.pt"), "--input", str(acdc_root / "data" / f"{case}.h5"),
-                        "--output", str(tmp_path / "labels"), "--device", "cpu"]),
+        (
+            predict_main,
+            [
+                "--checkpoint",
+                str(folder / "best.pt"),
+                "--input",
+                str(acdc_root / "data" / f"{case}.h5"),
+                "--output",
+                str(tmp_path / "labels"),
+                "--device",
+                "cpu",
+            ],
+        ),
         (train_main, ["--resume", "--out", str(folder)]),
     ]
     for main, arguments in commands:
@@ -93,12 +115,27 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_naming_the_tensors(run,
     name = next(iter(state["student"]))
     state["student"][name] = torch.full_like(state["student"][name], float("nan"))
     damaged = save_checkpoint(tmp_path / "nan.pt", state)
-    with pytest.raises(CheckpointError, match=rf"1 tensor\(s\) of its student weights hold NaN or infinite values "
-                                              rf"\({name}\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"1 tensor\(s\) of its student weights hold NaN or infinite values "
+        rf"\({name}\)",
+    ):
         pipeline.evaluate(damaged, device="cpu")
     case = (acdc_root / "test.list").read_text().split()[0]
-    error = one_line_error(predict_main, ["--checkpoint", str(damaged), "--input", str(acdc_root / "data" / f"{case}.h5"),
-                                          "--output", str(tmp_path / "labels"), "--device", "cpu"], capsys)
+    error = one_line_error(
+        predict_main,
+        [
+            "--checkpoint",
+            str(damaged),
+            "--input",
+            str(acdc_root / "data" / f"{case}.h5"),
+            "--output",
+            str(tmp_path / "labels"),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert name in error
     assert not (tmp_path / "labels").exists()
 
@@ -130,15 +167,29 @@ def test_predict_refuses_an_output_that_is_a_file(run, acdc_root, tmp_path, caps
     output = tmp_path / "labels"
     output.write_text("a file")
     case = (acdc_root / "test.list").read_text().split()[0]
-    error = one_line_error(predict_main, ["--checkpoint", str(run / "best.pt"), "--input",
-                                          str(acdc_root / "data" / f"{case}.h5"), "--output", str(output),
-                                          "--device", "cpu"], capsys)
+    error = one_line_error(
+        predict_main,
+        [
+            "--checkpoint",
+            str(run / "best.pt"),
+            "--input",
+            str(acdc_root / "data" / f"{case}.h5"),
+            "--output",
+            str(output),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert f"the output {output} is a file" in error
 
 
 def test_eval_refuses_a_negative_figure_count_before_scoring(run, tmp_path, capsys):
-    error = one_line_error(eval_main, ["--checkpoint", str(run / "best.pt"), "--device", "cpu", "--figures", "-1",
-                                       "--out", str(tmp_path / "eval")], capsys)
+    error = one_line_error(
+        eval_main,
+        ["--checkpoint", str(run / "best.pt"), "--device", "cpu", "--figures", "-1", "--out", str(tmp_path / "eval")],
+        capsys,
+    )
     assert "--figures) must be 0 or more, got -1" in error
     assert not (tmp_path / "eval").exists()
 
@@ -186,8 +237,11 @@ def test_a_checkpoint_of_a_newer_format_is_refused_in_one_line_saying_to_upgrade
     state = load_checkpoint(run / "best.pt")
     newer = tmp_path / "best.pt"
     torch.save({**state, "version": CHECKPOINT_VERSION + 1}, newer)
-    with pytest.raises(CheckpointError, match=rf"written by a newer mper \(checkpoint format {CHECKPOINT_VERSION + 1}; "
-                                              rf"this mper reads formats 2 to {CHECKPOINT_VERSION}\): upgrade mper"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"written by a newer mper \(checkpoint format {CHECKPOINT_VERSION + 1}; "
+        rf"this mper reads formats 2 to {CHECKPOINT_VERSION}\): upgrade mper",
+    ):
         load_checkpoint(newer)
     error = one_line_error(eval_main, ["--checkpoint", str(newer), "--device", "cpu"], capsys)
     assert "upgrade mper" in error

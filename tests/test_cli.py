@@ -1,4 +1,5 @@
 """The command-line tools on tiny synthetic data: help, data, train, eval, predict, errors."""
+
 from __future__ import annotations
 
 import errno
@@ -18,9 +19,16 @@ from mper.train.config import preset_tables
 from mper.train.loop import Trainer
 
 TINY = [
-    "network.channels=[4, 8, 16, 32, 64]", "data.patch_size=[32, 32]", "data.batch_size=4",
-    "data.labeled_batch_size=2", "data.num_workers=0", "pretrain.iterations=3", "selftrain.iterations=3",
-    "eval.val_interval=3", "eval.num_figures=1", "prototypes.kmeans_max_voxels=500",
+    "network.channels=[4, 8, 16, 32, 64]",
+    "data.patch_size=[32, 32]",
+    "data.batch_size=4",
+    "data.labeled_batch_size=2",
+    "data.num_workers=0",
+    "pretrain.iterations=3",
+    "selftrain.iterations=3",
+    "eval.val_interval=3",
+    "eval.num_figures=1",
+    "prototypes.kmeans_max_voxels=500",
 ]
 
 
@@ -29,8 +37,21 @@ def tiny_arguments():
 
 
 def train_arguments(acdc_root, run_dir):
-    return ["--dataset", "acdc", "--data-root", str(acdc_root), "--labeled", "1", "--ops", "reference",
-            "--device", "cpu", "--out", str(run_dir), *tiny_arguments()]
+    return [
+        "--dataset",
+        "acdc",
+        "--data-root",
+        str(acdc_root),
+        "--labeled",
+        "1",
+        "--ops",
+        "reference",
+        "--device",
+        "cpu",
+        "--out",
+        str(run_dir),
+        *tiny_arguments(),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +64,22 @@ def acdc_root(tmp_path_factory):
 @pytest.mark.parametrize(
     "main, options",
     [
-        (train_main, ["--dataset", "--data-root", "--labeled", "--preset", "--ops", "--device", "--resume",
-                      "--baseline", "--update-source", "--set", "--amp"]),
+        (
+            train_main,
+            [
+                "--dataset",
+                "--data-root",
+                "--labeled",
+                "--preset",
+                "--ops",
+                "--device",
+                "--resume",
+                "--baseline",
+                "--update-source",
+                "--set",
+                "--amp",
+            ],
+        ),
         (eval_main, ["--checkpoint", "--data-root", "--split", "--weights"]),
         (predict_main, ["--checkpoint", "--input", "--output"]),
         (data_main, ["synth", "convert"]),
@@ -76,8 +111,25 @@ def test_data_synth_writes_the_acdc_layout(acdc_root):
 
 def test_train_eval_and_predict_from_the_command_line(acdc_root, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    train_main(["--dataset", "acdc", "--data-root", str(acdc_root), "--labeled", "1", "--ops", "reference",
-                "--device", "cpu", "--out", str(run_dir), "--update-source", "labeled", *tiny_arguments()])
+    train_main(
+        [
+            "--dataset",
+            "acdc",
+            "--data-root",
+            str(acdc_root),
+            "--labeled",
+            "1",
+            "--ops",
+            "reference",
+            "--device",
+            "cpu",
+            "--out",
+            str(run_dir),
+            "--update-source",
+            "labeled",
+            *tiny_arguments(),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "| MPER | 1 |" in printed and f"run folder: {run_dir}" in printed
     assert 'update_source = "labeled"' in (run_dir / "config.toml").read_text()
@@ -91,14 +143,32 @@ def test_train_eval_and_predict_from_the_command_line(acdc_root, tmp_path, capsy
     inputs.mkdir()
     case = (acdc_root / "test.list").read_text().split()[0]
     shutil.copy(acdc_root / "data" / f"{case}.h5", inputs)
-    predict_main(["--checkpoint", str(run_dir / "best.pt"), "--input", str(inputs), "--output",
-                  str(tmp_path / "labels"), "--device", "cpu"])
+    predict_main(
+        [
+            "--checkpoint",
+            str(run_dir / "best.pt"),
+            "--input",
+            str(inputs),
+            "--output",
+            str(tmp_path / "labels"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert (tmp_path / "labels" / f"{case}_pred.nii.gz").is_file()
 
     with h5py.File(acdc_root / "data" / f"{case}.h5") as volume:  # (S, H, W); NIfTI scans are (H, W, S)
         nib.save(nib.Nifti1Image(volume["image"][:], np.eye(4)), inputs / "slices_first.nii.gz")
-    arguments = ["--checkpoint", str(run_dir / "best.pt"), "--input", str(inputs / "slices_first.nii.gz"),
-                 "--output", str(tmp_path / "labels"), "--device", "cpu"]
+    arguments = [
+        "--checkpoint",
+        str(run_dir / "best.pt"),
+        "--input",
+        str(inputs / "slices_first.nii.gz"),
+        "--output",
+        str(tmp_path / "labels"),
+        "--device",
+        "cpu",
+    ]
     with pytest.raises(SystemExit) as exit_info:
         predict_main(arguments)
     assert exit_info.value.code == 2 and "looks like the wrong axis order" in capsys.readouterr().err
@@ -132,17 +202,27 @@ def test_ctrl_c_saves_and_resume_finishes_the_run(acdc_root, tmp_path, monkeypat
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--dataset", "acdc", "--data-root", "{root}", "--set", "selftrain.iteratons=3"],
-         "unknown setting selftrain.iteratons"),
-        (["--dataset", "la", "--data-root", "{root}", "--preset", "reference+dmeo"], "preset 'dmeo' is not defined for la"),
+        (
+            ["--dataset", "acdc", "--data-root", "{root}", "--set", "selftrain.iteratons=3"],
+            "unknown setting selftrain.iteratons",
+        ),
+        (
+            ["--dataset", "la", "--data-root", "{root}", "--preset", "reference+dmeo"],
+            "preset 'dmeo' is not defined for la",
+        ),
         (["--dataset", "acdc", "--data-root", "{missing}"], "missing/train_slices.list not found"),
         (["--dataset", "acdc"], "--dataset and --data-root are required"),
         (["--resume"], "--resume needs --out"),
         (["--resume", "--out", "{missing}"], "missing/last.pt does not exist, nor does its folder; --out must name"),
-        (["--resume", "--out", "{tmp}"], "holds no checkpoint to continue from (the run stopped before its first "
-                                         "checkpoint, or the folder is not a run's); start the run again without"),
-        (["--dataset", "acdc", "--data-root", "{root}", "--set", "data.patch_size=64,64"],
-         "e.g. data.patch_size=[64, 64]"),
+        (
+            ["--resume", "--out", "{tmp}"],
+            "holds no checkpoint to continue from (the run stopped before its first "
+            "checkpoint, or the folder is not a run's); start the run again without",
+        ),
+        (
+            ["--dataset", "acdc", "--data-root", "{root}", "--set", "data.patch_size=64,64"],
+            "e.g. data.patch_size=[64, 64]",
+        ),
         (["--dataset", "acdc", "--data-root", "{root}", "--set", "prototypes.tau=-1"], "prototypes.tau must be"),
         (["--dataset", "acdc", "--data-root", "{root}", "--set", "optim.lr=nan"], "optim.lr must be a positive"),
         (["--dataset", "acdc", "--data-root", "{root}", "--labeled", "3"], "leaves no unlabeled training case"),

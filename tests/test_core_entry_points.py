@@ -4,6 +4,7 @@ touching address 0, which kills the process on the CPU and poisons the context o
 GPU); the image size limit of `largest_component` at its boundary, the same in C++ and in
 Python; the message for a CUDA driver too old for the kernels' runtime. CPU entry points
 by default, the CUDA ones under -m cuda."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -41,7 +42,11 @@ def _head_args(device: str, backward: bool):
     workspace = feat.new_zeros(_C.head_workspace_floats)
     grad_feat = torch.empty_like(feat)
     if backward:
-        args.grad_logits, args.grad_loss, args.count = class_maps[0].data_ptr(), scalars[2].data_ptr(), scalars[1].data_ptr()
+        args.grad_logits, args.grad_loss, args.count = (
+            class_maps[0].data_ptr(),
+            scalars[2].data_ptr(),
+            scalars[1].data_ptr(),
+        )
         args.grad_feat = grad_feat.data_ptr()
     else:
         args.logits, args.assign = class_maps[0].data_ptr(), class_maps[1].data_ptr()
@@ -149,8 +154,11 @@ def test_accumulate_refuses_a_missing_address(device, field):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("field,match", [("prototypes", "prototype bank"), ("sums", "sums"), ("counts", "counts")])
 def test_ema_refuses_a_missing_address(device, field, match):
-    bank, sums, counts = (torch.ones((4, 8), device=device), torch.ones((4, 8), device=device),
-                          torch.ones(4, device=device))
+    bank, sums, counts = (
+        torch.ones((4, 8), device=device),
+        torch.ones((4, 8), device=device),
+        torch.ones(4, device=device),
+    )
     args = _C.EmaArgs()
     args.prototypes, args.sums, args.counts = bank.data_ptr(), sums.data_ptr(), counts.data_ptr()
     args.rows, args.depth, args.momentum, args.dtype = 4, 8, 0.5, _C.DType.float32
@@ -204,8 +212,10 @@ def test_largest_component_accepts_images_up_to_the_limit(device, spatial):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("spatial", [(1, 1, 2**31), (2**15, 2**16, 1), (3, 2**30, 1),
-                                     (2**62 + 1, 4, 4), (1, 2**40, 2**40), (2**32, 2**32, 2**32)])
+@pytest.mark.parametrize(
+    "spatial",
+    [(1, 1, 2**31), (2**15, 2**16, 1), (3, 2**30, 1), (2**62 + 1, 4, 4), (1, 2**40, 2**40), (2**32, 2**32, 2**32)],
+)
 def test_largest_component_refuses_images_over_the_limit(device, spatial):
     """Including sizes whose product overflows 64 bits (to a small or negative number,
     which a plain product check would let through)."""
@@ -233,8 +243,12 @@ def test_a_driver_of_the_same_or_a_newer_major_version_runs_the_kernels(driver, 
 
 @pytest.mark.parametrize(
     "driver,runtime,driver_says",
-    [(12040, 13000, "supports CUDA up to 12.4"), (12090, 13010, "supports CUDA up to 12.9"),
-     (11080, 12060, "supports CUDA up to 11.8"), (0, 13000, "was not found")],
+    [
+        (12040, 13000, "supports CUDA up to 12.4"),
+        (12090, 13010, "supports CUDA up to 12.9"),
+        (11080, 12060, "supports CUDA up to 11.8"),
+        (0, 13000, "was not found"),
+    ],
 )
 def test_a_driver_too_old_for_the_kernels_is_named_with_both_versions(driver, runtime, driver_says):
     message = _C.cuda_version_problem(driver, runtime)

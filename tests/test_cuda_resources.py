@@ -3,6 +3,7 @@ generated from the sources as they are, its Markdown is the rendering of its JSO
 occupancy follows from the resources by the occupancy calculator's arithmetic (checked
 on hand-worked cases), and no shipped kernel uses local memory. Where nvcc is installed,
 a slow test compiles the kernels again and compares every number."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -53,7 +54,9 @@ def test_every_kernel_of_every_source_is_listed_for_both_architectures(table):
     kernels = {(k["source"], k["kernel"]) for k in table["kernels"]}
     for source, kernel in kernels:
         assert {k["arch"] for k in table["kernels"] if (k["source"], k["kernel"]) == (source, kernel)} == {
-            "sm_80", "sm_90"}
+            "sm_80",
+            "sm_90",
+        }
     sources = {k["source"] for k in table["kernels"]}
     cuda = SCRIPT.parent.parent / "csrc" / "ops" / "cuda"
     assert sources == {p.name for p in cuda.glob("*_kernel.cu")}
@@ -64,8 +67,11 @@ def test_every_kernel_of_every_source_is_listed_for_both_architectures(table):
 
 def test_no_kernel_uses_local_memory(table):
     """What -warn-spills / -warn-lmem-usage make the build refuse (MPER_WERROR=ON)."""
-    local = [(k["kernel"], k["arch"]) for k in table["kernels"]
-             if k["stack_bytes"] or k["spill_store_bytes"] or k["spill_load_bytes"]]
+    local = [
+        (k["kernel"], k["arch"])
+        for k in table["kernels"]
+        if k["stack_bytes"] or k["spill_store_bytes"] or k["spill_load_bytes"]
+    ]
     assert local == []
 
 
@@ -78,8 +84,12 @@ def test_the_head_runs_two_blocks_per_multiprocessor(table):
 
 def test_stored_occupancy_follows_from_the_resources(resources, table):
     for k in table["kernels"]:
-        assert resources.with_occupancy({key: k[key] for key in k if key not in (
-            "blocks_per_sm", "limited_by", "occupancy")}) == k
+        assert (
+            resources.with_occupancy(
+                {key: k[key] for key in k if key not in ("blocks_per_sm", "limited_by", "occupancy")}
+            )
+            == k
+        )
 
 
 @pytest.mark.parametrize(
@@ -102,7 +112,9 @@ def test_stored_occupancy_follows_from_the_resources(resources, table):
 )
 def test_blocks_per_multiprocessor(resources, arch, registers, shared, threads, blocks, limit):
     assert resources.blocks_per_multiprocessor(resources.MULTIPROCESSORS[arch], registers, shared, threads) == (
-        blocks, limit)
+        blocks,
+        limit,
+    )
 
 
 PTXAS_SAMPLE = """\
@@ -123,10 +135,24 @@ ptxas info    : Used 216 registers, used 0 barriers
 
 def test_ptxas_report_is_parsed_per_kernel(resources):
     assert resources.parse_ptxas(PTXAS_SAMPLE) == [
-        {"mangled": "_Z6kernelPf", "arch": "sm_80", "registers": 32, "stack_bytes": 2088,
-         "spill_store_bytes": 4808, "spill_load_bytes": 6716, "static_shared_bytes": 32},
-        {"mangled": "_Z5otherv", "arch": "sm_90", "registers": 216, "stack_bytes": 0,
-         "spill_store_bytes": 0, "spill_load_bytes": 0, "static_shared_bytes": 0},
+        {
+            "mangled": "_Z6kernelPf",
+            "arch": "sm_80",
+            "registers": 32,
+            "stack_bytes": 2088,
+            "spill_store_bytes": 4808,
+            "spill_load_bytes": 6716,
+            "static_shared_bytes": 32,
+        },
+        {
+            "mangled": "_Z5otherv",
+            "arch": "sm_90",
+            "registers": 216,
+            "stack_bytes": 0,
+            "spill_store_bytes": 0,
+            "spill_load_bytes": 0,
+            "static_shared_bytes": 0,
+        },
     ]
 
 

@@ -1,5 +1,6 @@
 """Augmentations keep image and label aligned; the training datasets give the promised
 shapes and dtypes and replay the same draws for the same (seed, epoch, index)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """Converters: tiny raw ACDC (NIfTI) and LA (NRRD) downloads round-trip into the public
 layouts; missing and malformed raw files raise errors naming them."""
+
 from __future__ import annotations
 
 from pathlib import Path

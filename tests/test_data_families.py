@@ -1,5 +1,6 @@
 """Synthetic ACDC families: each keeps the properties it promises, by value, and is a
 function of the seed; the standard family is the generator every other test uses."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,9 @@ def family_volumes(tmp_path_factory) -> dict[str, list[tuple[np.ndarray, np.ndar
     """Every frame of every family (same seed, same patients), as (image, label)."""
     volumes = {}
     for family in ACDC_FAMILIES:
-        root = synthesize("acdc", tmp_path_factory.mktemp(family), cases=CASES, seed=SEED, size=SIZE,
-                          progress=False, family=family)
+        root = synthesize(
+            "acdc", tmp_path_factory.mktemp(family), cases=CASES, seed=SEED, size=SIZE, progress=False, family=family
+        )
         frames = [frame for split in ("val", "test") for frame in acdc_cases(root, split)]
         frames += [line.strip() for line in (root / "train.list").read_text().split()]
         volumes[family] = [load_acdc_volume(root, frame) for frame in sorted(frames)]
@@ -65,8 +67,9 @@ def heart_share(label: np.ndarray) -> float:
 def test_scanner_hearts_vary_more_in_size_than_standard_ones(family_volumes):
     """Relative spread (coefficient of variation), as the scanner family also changes the
     mean heart size through its larger fields of view."""
-    shares = {family: [heart_share(label) for _, label in family_volumes[family]]
-              for family in ("standard", "scanners")}
+    shares = {
+        family: [heart_share(label) for _, label in family_volumes[family]] for family in ("standard", "scanners")
+    }
     spread = {family: np.std(values) / np.mean(values) for family, values in shares.items()}
     assert spread["scanners"] > 1.4 * spread["standard"]
 
@@ -80,11 +83,15 @@ def noise_level(image: np.ndarray, label: np.ndarray) -> float:
 
 
 def test_scanner_noise_and_contrast_vary_between_patients(family_volumes):
-    levels = {family: [noise_level(image, label) for image, label in family_volumes[family][::2]]
-              for family in ("standard", "scanners")}
+    levels = {
+        family: [noise_level(image, label) for image, label in family_volumes[family][::2]]
+        for family in ("standard", "scanners")
+    }
     assert np.ptp(levels["scanners"]) > 2 * np.ptp(levels["standard"])
-    contrast = {family: [image[label == 3].mean() / image[label == 2].mean()
-                         for image, label in family_volumes[family][::2]] for family in ("standard", "scanners")}
+    contrast = {
+        family: [image[label == 3].mean() / image[label == 2].mean() for image, label in family_volumes[family][::2]]
+        for family in ("standard", "scanners")
+    }
     assert np.std(contrast["scanners"]) > 1.5 * np.std(contrast["standard"])
 
 
@@ -95,14 +102,20 @@ def wall_to_cavity(label: np.ndarray) -> float:
 
 
 def test_thin_family_has_thinner_walls_and_fewer_foreground_pixels(family_volumes):
-    ratio = {family: np.mean([wall_to_cavity(label) for _, label in family_volumes[family]])
-             for family in ("standard", "thin")}
+    ratio = {
+        family: np.mean([wall_to_cavity(label) for _, label in family_volumes[family]])
+        for family in ("standard", "thin")
+    }
     assert ratio["thin"] < 0.75 * ratio["standard"]
-    foreground = {family: np.mean([foreground_fraction(label) for _, label in family_volumes[family]])
-                  for family in ("standard", "thin")}
+    foreground = {
+        family: np.mean([foreground_fraction(label) for _, label in family_volumes[family]])
+        for family in ("standard", "thin")
+    }
     assert foreground["thin"] < 0.8 * foreground["standard"]
-    share = {family: np.mean([(label == 2).sum() / max((label > 0).sum(), 1) for _, label in family_volumes[family]])
-             for family in ("standard", "thin")}
+    share = {
+        family: np.mean([(label == 2).sum() / max((label > 0).sum(), 1) for _, label in family_volumes[family]])
+        for family in ("standard", "thin")
+    }
     assert share["thin"] < 0.75 * share["standard"]  # the wall loses its place as the dominant class
 
 
@@ -142,8 +155,22 @@ def test_an_unknown_family_is_refused_with_the_choices(tmp_path):
 def test_the_command_line_writes_a_family(tmp_path):
     from mper.cli import data_main
 
-    data_main(["synth", "--dataset", "acdc", "--out", str(tmp_path / "d"), "--cases", "3", "--size", "40", "40",
-               "--family", "scanners"])
+    data_main(
+        [
+            "synth",
+            "--dataset",
+            "acdc",
+            "--out",
+            str(tmp_path / "d"),
+            "--cases",
+            "3",
+            "--size",
+            "40",
+            "40",
+            "--family",
+            "scanners",
+        ]
+    )
     image, _ = load_acdc_volume(tmp_path / "d", acdc_cases(tmp_path / "d", "test")[0])
     assert image.shape[1:] != (40, 40)
     assert Path(tmp_path / "d" / "train_slices.list").exists()

@@ -1,5 +1,6 @@
 """List files, HDF5 cases, the LA/ACDC loaders and splits, on hand-made files of the
 public layouts; every promised error on bad input."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -122,15 +123,20 @@ def test_load_la_case_rejects_malformed_cases(write_h5, tmp_path, image, label, 
 @pytest.mark.parametrize(
     ("image", "label", "message"),
     [
-        (np.where(np.eye(4)[:, :, None] > 0, np.nan, 0.0) * np.ones((4, 4, 3)), np.zeros((4, 4, 3), np.uint8),
-         r"BAD/mri_norm2\.h5: image has 12 NaN or infinite value\(s\) among 48"),
+        (
+            np.where(np.eye(4)[:, :, None] > 0, np.nan, 0.0) * np.ones((4, 4, 3)),
+            np.zeros((4, 4, 3), np.uint8),
+            r"BAD/mri_norm2\.h5: image has 12 NaN or infinite value\(s\) among 48",
+        ),
         (np.full((4, 5, 3), np.inf), np.zeros((4, 5, 3), np.uint8), r"BAD/mri_norm2\.h5: image has 60 NaN"),
         (np.zeros((4, 5, 3)), np.full((4, 5, 3), 0.7), r"BAD/mri_norm2\.h5: label holds float64 values"),
         (np.zeros((4, 0, 3)), np.zeros((4, 0, 3), np.uint8), r"BAD/mri_norm2\.h5: dataset 'image' is empty"),
         (np.zeros((4, 5, 3), "S1"), np.zeros((4, 5, 3), np.uint8), r"dataset 'image' holds \|S1 values"),
     ],
 )
-def test_non_finite_images_float_labels_and_empty_cases_are_refused_naming_the_file(write_h5, tmp_path, image, label, message):
+def test_non_finite_images_float_labels_and_empty_cases_are_refused_naming_the_file(
+    write_h5, tmp_path, image, label, message
+):
     root = la_root(write_h5, tmp_path, {"BAD": (image, label)})
     with pytest.raises(DataFormatError, match=message):
         load_la_case(root, "BAD")

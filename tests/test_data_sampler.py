@@ -1,5 +1,6 @@
 """TwoStreamBatchSampler: batch composition, epoch coverage, the endless unlabeled stream,
 seeded replay and resuming mid-epoch."""
+
 from __future__ import annotations
 
 from collections import Counter

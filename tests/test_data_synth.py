@@ -1,5 +1,6 @@
 """Synthetic datasets: exact public layouts readable by the loaders, plausible anatomy,
 real intra-class sub-populations, determinism in the seed."""
+
 from __future__ import annotations
 
 import re
@@ -130,8 +131,11 @@ def sub_population_means(scan: SyntheticScan, structure: int) -> list[float]:
     """Mean intensity of each sub-population of ``structure`` covering >= 2% of it."""
     inside = scan.label == structure
     regions, counts = np.unique(scan.region[inside], return_counts=True)
-    return [float(scan.image[scan.region == region].mean()) for region, count in zip(regions, counts)
-            if count >= 0.02 * inside.sum()]
+    return [
+        float(scan.image[scan.region == region].mean())
+        for region, count in zip(regions, counts)
+        if count >= 0.02 * inside.sum()
+    ]
 
 
 @pytest.mark.parametrize(("scans", "structures"), [(acdc_scans, (1, 2, 3)), (la_scans, (1,))])

@@ -1,5 +1,6 @@
 """A dataset is one module: a toy one, defined whole in this file, trains, evaluates and
 predicts through the public API like LA and ACDC do."""
+
 from __future__ import annotations
 
 import json
@@ -145,8 +146,10 @@ def case_of(item: str) -> str:
 def training_split(root: str | Path, labeled: int) -> tuple[list[str], list[str]]:
     items = list_cases(root, "train")
     labeled_cases = list(dict.fromkeys(map(case_of, items)))[:labeled]
-    return ([item for item in items if case_of(item) in labeled_cases],
-            [item for item in items if case_of(item) not in labeled_cases])
+    return (
+        [item for item in items if case_of(item) in labeled_cases],
+        [item for item in items if case_of(item) not in labeled_cases],
+    )
 
 
 class DiscSlices(CaseDataset):
@@ -180,12 +183,29 @@ def synthesize(out: Path, cases: int, seed: int, size: tuple[int, ...], progress
 
 def disc_spec(preset_file: Path) -> DatasetSpec:
     return DatasetSpec(
-        name="discs", title="Discs", class_names=("background", "disc"), network=UNet2D,
-        layout_mark=CASES_DIR, list_cases=list_cases, training_split=training_split,
-        load_item=load_slice, load_volume=load_volume, training_items=DiscSlices, preset_file=preset_file,
-        patch_size=(32, 32), inference=SLICE_WISE, stride=(), slice_axis=0, normalization="min-max",
-        validation_splits=("test",), label_unit="cases", label_budgets=(2,), label_group=case_of,
-        synthesize=synthesize, synth_cases=6, synth_size=(32, 32),
+        name="discs",
+        title="Discs",
+        class_names=("background", "disc"),
+        network=UNet2D,
+        layout_mark=CASES_DIR,
+        list_cases=list_cases,
+        training_split=training_split,
+        load_item=load_slice,
+        load_volume=load_volume,
+        training_items=DiscSlices,
+        preset_file=preset_file,
+        patch_size=(32, 32),
+        inference=SLICE_WISE,
+        stride=(),
+        slice_axis=0,
+        normalization="min-max",
+        validation_splits=("test",),
+        label_unit="cases",
+        label_budgets=(2,),
+        label_group=case_of,
+        synthesize=synthesize,
+        synth_cases=6,
+        synth_size=(32, 32),
     )
 
 
@@ -204,8 +224,9 @@ def discs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def discs_run(discs, tmp_path_factory):
     root = pipeline.synthesize("discs", tmp_path_factory.mktemp("data") / "discs")
-    config = load_config("discs", "paper", {"data_root": str(root), "out": str(tmp_path_factory.mktemp("run") / "r"),
-                                            "device": "cpu"})
+    config = load_config(
+        "discs", "paper", {"data_root": str(root), "out": str(tmp_path_factory.mktemp("run") / "r"), "device": "cpu"}
+    )
     return root, pipeline.train(config)
 
 
@@ -228,8 +249,9 @@ def test_a_toy_dataset_trains_and_evaluates_end_to_end(discs_run):
     assert last["bank"]["prototypes"].shape == (2 * 2, 4)
 
     result = pipeline.evaluate(run_dir / "best.pt", device="cpu", num_figures=0)
-    assert result["per_case"] == {case: {int(label): scores for label, scores in classes.items()}
-                                  for case, classes in metrics["per_case"].items()}
+    assert result["per_case"] == {
+        case: {int(label): scores for label, scores in classes.items()} for case, classes in metrics["per_case"].items()
+    }
     net, config = pipeline.load_network(run_dir / "best.pt", device="cpu")
     for case, scores in result["per_case"].items():
         predicted = predict_volume(net, load_volume(root, case)[0], "discs", patch_size=config.data.patch_size)

@@ -1,6 +1,7 @@
 """The documentation site (mkdocs.yml, docs/): it builds strictly, and a broken link, a
 broken anchor, a page left out of the navigation or a docstring the API reference cannot
 read fails the build, as CI (scripts/check.sh) runs it."""
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,14 @@ def site(tmp_path):
 
 
 def build(root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(root / "site")],
-                          cwd=root, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(root / "site")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, NO_MKDOCS_2_WARNING="1"),
+    )
 
 
 def append(path: Path, text: str) -> None:
@@ -57,8 +63,14 @@ def test_the_site_builds_strictly_with_the_api_reference(site):
     result = build(site)
     assert result.returncode == 0, result.stderr[-3000:]
     api = (site / "site" / "api" / "ops" / "index.html").read_text()
-    for name in ("proto_classify", "proto_infonce", "proto_classify_infonce", "proto_accumulate",
-                 "proto_ema_update_", "largest_component"):
+    for name in (
+        "proto_classify",
+        "proto_infonce",
+        "proto_classify_infonce",
+        "proto_accumulate",
+        "proto_ema_update_",
+        "largest_component",
+    ):
         assert f'id="mper.ops.{name}"' in api or f'id="mper.ops.largest_component.{name}"' in api, name
     assert 'id="mper.nn.PrototypeHead"' in (site / "site" / "api" / "nn" / "index.html").read_text()
 
@@ -76,4 +88,6 @@ def test_ci_installs_the_docs_extra_and_builds_the_site_strictly():
     assert re.search(r'MPER_EXTRAS="[^"]*\bdocs\b', ci)
     assert "scripts/check.sh" in ci
     check = (REPO / "scripts" / "check.sh").read_text()
-    assert re.search(r"^[^#\n]*mkdocs build --strict(?![^\n]*--quiet)", check, re.M)  # --quiet hides the warnings and passes
+    assert re.search(
+        r"^[^#\n]*mkdocs build --strict(?![^\n]*--quiet)", check, re.M
+    )  # --quiet hides the warnings and passes

@@ -1,4 +1,5 @@
 """End-to-end evaluation on tiny data sets written in the public layouts (docs/method.md, "Data layouts")."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,14 @@ def expected_metrics(root, case):
 def test_acdc_evaluation_scores_every_test_case_and_writes_the_report(acdc_root, tmp_path):
     out_dir = tmp_path / "report"
     result = evaluate_cases(
-        ThresholdNet(num_classes=4), "acdc", acdc_root, out_dir=out_dir, num_figures=1,
-        labeled="3 (5%)", unlabeled="67 (95%)", patch_size=(16, 16),
+        ThresholdNet(num_classes=4),
+        "acdc",
+        acdc_root,
+        out_dir=out_dir,
+        num_figures=1,
+        labeled="3 (5%)",
+        unlabeled="67 (95%)",
+        patch_size=(16, 16),
     )
     assert list(result["per_case"]) == list(ACDC_CASES)
     for case in ACDC_CASES:
@@ -76,8 +83,11 @@ def test_la_evaluation_with_a_real_vnet(write_h5, tmp_path):
         label = np.zeros((20, 18, 16), np.uint8)
         label[4:14, 5:12, 3:12] = 1
         image = label + rng.normal(0, 0.3, label.shape)
-        write_h5(tmp_path / "2018LA_Seg_Training Set" / case / "mri_norm2.h5", image=image.astype(np.float32),
-                 label=label.astype(np.uint8))
+        write_h5(
+            tmp_path / "2018LA_Seg_Training Set" / case / "mri_norm2.h5",
+            image=image.astype(np.float32),
+            label=label.astype(np.uint8),
+        )
     (tmp_path / "test.list").write_text("LA001\nLA002\n")
     net = VNet3D(base_filters=4)
     options = {"patch_size": (16, 16, 16), "stride": (8, 8, 8)}

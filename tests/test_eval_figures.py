@@ -1,4 +1,5 @@
 """Overlay PNGs: layout, colours, legend and heading, the choice of slice and of cases."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Prediction from NIfTI and HDF5 files to NIfTI label maps."""
+
 from __future__ import annotations
 
 import logging
@@ -11,9 +12,7 @@ from mper.errors import DataFormatError, UserError
 from mper.eval.predict import predict_file, predict_path
 from test_inference import ThresholdNet
 
-AFFINE = np.array(
-    [[0.625, 0.0, 0.0, -40.0], [0.0, 0.625, 0.0, 12.5], [0.0, 0.0, 2.5, 7.0], [0.0, 0.0, 0.0, 1.0]]
-)
+AFFINE = np.array([[0.625, 0.0, 0.0, -40.0], [0.0, 0.625, 0.0, 12.5], [0.0, 0.0, 2.5, 7.0], [0.0, 0.0, 0.0, 1.0]])
 LA_OPTIONS = {"patch_size": (16, 16, 8), "stride": (8, 8, 4)}
 
 
@@ -45,12 +44,18 @@ def test_la_nifti_is_normalised_and_keeps_its_header(tmp_path):
 
 def test_postprocess_keeps_only_the_largest_component_as_evaluation_does(tmp_path):
     raw = np.zeros((24, 24, 8), np.float32)
-    raw[2:12, 2:12, 1:7] = 10.0   # the atrium
+    raw[2:12, 2:12, 1:7] = 10.0  # the atrium
     raw[18:21, 18:21, 3:5] = 10.0  # a stray blob
     nib.save(nib.Nifti1Image(raw, AFFINE), tmp_path / "scan.nii.gz")
     as_is = predict_file(ThresholdNet(), tmp_path / "scan.nii.gz", "la", tmp_path / "raw", **LA_OPTIONS)
-    cleaned = predict_file(ThresholdNet(), tmp_path / "scan.nii.gz", "la", tmp_path / "clean",
-                           postprocess="largest-component", **LA_OPTIONS)
+    cleaned = predict_file(
+        ThresholdNet(),
+        tmp_path / "scan.nii.gz",
+        "la",
+        tmp_path / "clean",
+        postprocess="largest-component",
+        **LA_OPTIONS,
+    )
     np.testing.assert_array_equal(np.asarray(nib.load(as_is).dataobj), (raw > 0).astype(np.uint8))
     atrium = np.zeros_like(raw, dtype=np.uint8)
     atrium[2:12, 2:12, 1:7] = 1
@@ -76,16 +81,21 @@ def test_an_acdc_scan_stored_slices_first_is_refused_unless_forced(write_h5, tmp
     raw[0, 0, 0], raw[0, 0, 1] = 0, 300
     nib.save(nib.Nifti1Image(raw, AFFINE), tmp_path / "slices_first.nii.gz")
     net = ThresholdNet(num_classes=4)
-    with pytest.raises(DataFormatError, match=(
+    with pytest.raises(
+        DataFormatError,
+        match=(
             r"slices_first.nii.gz: shape \(7, 128, 128\) looks like the wrong axis order for the ACDC model, which "
             r"takes \(H, W, S\) here \(NIfTI \(H, W, S\), h5 \(S, H, W\)\), slices along axis 2: axis 0 \(7\) is "
             r"far shorter than axis 2 \(128\)\. Move the slices to axis 2 \(e\.g\. numpy\.moveaxis\(image, 0, 2\)\), "
-            r"or pass --force to segment it as it is")):
+            r"or pass --force to segment it as it is"
+        ),
+    ):
         predict_file(net, tmp_path / "slices_first.nii.gz", "acdc", tmp_path / "out", patch_size=(128, 128))
     assert not (tmp_path / "out").exists() and not net.inputs
     with caplog.at_level(logging.WARNING, logger="mper"):
-        forced = predict_file(net, tmp_path / "slices_first.nii.gz", "acdc", tmp_path / "out", force=True,
-                              patch_size=(128, 128))
+        forced = predict_file(
+            net, tmp_path / "slices_first.nii.gz", "acdc", tmp_path / "out", force=True, patch_size=(128, 128)
+        )
     assert [record.getMessage().endswith("segmenting it as it is (--force)") for record in caplog.records] == [True]
     assert nib.load(forced).shape == (7, 128, 128)
     assert sum(len(batch) for batch in net.inputs) == 128  # the 128 'slices' of 7 x 128 voxels
@@ -97,8 +107,11 @@ def test_an_acdc_scan_stored_slices_first_is_refused_unless_forced(write_h5, tmp
     with pytest.raises(DataFormatError, match=r"takes \(S, H, W\) here .* numpy.moveaxis\(image, 2, 0\)"):
         predict_file(net, tmp_path / "slices_last.h5", "acdc", tmp_path / "out", patch_size=(128, 128))
     nib.save(nib.Nifti1Image(half_bright((8, 16, 16)), AFFINE), tmp_path / "depth_first.nii.gz")
-    with pytest.raises(DataFormatError, match=r"for the LA model, which takes \(H, W, D\) here \(NIfTI and h5 "
-                                              r"\(H, W, D\)\), axial slices along axis 2: axis 0 \(8\)"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"for the LA model, which takes \(H, W, D\) here \(NIfTI and h5 "
+        r"\(H, W, D\)\), axial slices along axis 2: axis 0 \(8\)",
+    ):
         predict_file(ThresholdNet(), tmp_path / "depth_first.nii.gz", "la", tmp_path / "out", **LA_OPTIONS)
 
 
@@ -162,7 +175,9 @@ def test_nan_voxels_are_refused_with_the_file_name(write_h5, tmp_path):
 def test_a_volume_of_the_other_dataset_is_named_as_such(write_h5, tmp_path):
     z_scored = np.where(half_bright((4, 16, 16)) > 0, 1.5, -0.5).astype(np.float32)
     write_h5(tmp_path / "la_case.h5", image=z_scored)
-    with pytest.raises(DataFormatError, match=r"span \[-0.5, 1.5\], but the ACDC model .* preprocessed for another dataset"):
+    with pytest.raises(
+        DataFormatError, match=r"span \[-0.5, 1.5\], but the ACDC model .* preprocessed for another dataset"
+    ):
         predict_file(ThresholdNet(num_classes=4), tmp_path / "la_case.h5", "acdc", tmp_path, patch_size=(32, 32))
     write_h5(tmp_path / "acdc_case.h5", image=np.linspace(0, 1, 16 * 16 * 8, dtype=np.float32).reshape(16, 16, 8))
     with pytest.raises(DataFormatError, match=r"the LA model expects z-scored .* preprocessed for another dataset"):

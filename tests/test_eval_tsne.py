@@ -1,5 +1,6 @@
 """The t-SNE map: voxels read as each dataset's inference reads them, sampled per class,
 drawn with the prototypes marked."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -48,8 +49,7 @@ def test_embeddings_are_sampled_per_class_from_the_network_features():
     label[:, 4:12, 4:12] = 1
     label[:, 6:8, 6:8] = 3
     image = label.astype(np.float32) / 10
-    features, classes = sample_embeddings(IntensityFeatures(), [(image, label)], spec, 4, (16, 16),
-                                          voxels_per_class=50)
+    features, classes = sample_embeddings(IntensityFeatures(), [(image, label)], spec, 4, (16, 16), voxels_per_class=50)
     assert features.shape == (len(classes), 2)
     assert [int((classes == c).sum()) for c in range(4)] == [50, 50, 0, 8]
     np.testing.assert_allclose(features[:, 0], classes / 10, atol=1e-6)
@@ -63,6 +63,7 @@ def test_the_map_is_a_png_with_the_prototypes_marked(tmp_path):
     classes = np.repeat(np.arange(3), 20)
     features = generator.normal(size=(60, 8)) + 4 * np.eye(8)[classes]
     prototypes = np.eye(8)[np.repeat(np.arange(3), 2)] + 0.1 * generator.normal(size=(6, 8))
-    path = save_tsne_figure(features, classes, prototypes, 2, ("background", "a", "b"),
-                            tmp_path / "map" / "tsne.png", "test")
+    path = save_tsne_figure(
+        features, classes, prototypes, 2, ("background", "a", "b"), tmp_path / "map" / "tsne.png", "test"
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,6 +4,7 @@ Each shipped plan is expanded into its runs; every run's full config is compared
 the `paper` preset: it may differ only in what the paper's table varies (the row's
 switch, the label budget, the seed).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,35 +25,58 @@ PROTOTYPE_HEAD_OFF = {"baseline": "bcp"}
 #: plan -> (dataset, label budgets, seeds, {row: settings that differ from `paper`}).
 PAPER_TABLES = {
     # Table I: V-Net at 4 / 8 / all 80 labeled, BCP and MPER at 4 / 8
-    "la-main": ("la", [4, 8], SEEDS, {
-        "V-Net": {"baseline": "labeled-only"},
-        "V-Net, all labeled": {"baseline": "full"},
-        "BCP": PROTOTYPE_HEAD_OFF,
-        "MPER": {},
-    }),
+    "la-main": (
+        "la",
+        [4, 8],
+        SEEDS,
+        {
+            "V-Net": {"baseline": "labeled-only"},
+            "V-Net, all labeled": {"baseline": "full"},
+            "BCP": PROTOTYPE_HEAD_OFF,
+            "MPER": {},
+        },
+    ),
     # Table II: the same rows on ACDC at 3 / 7 / all 70 labeled patients
-    "acdc-main": ("acdc", [3, 7], SEEDS, {
-        "U-Net": {"baseline": "labeled-only"},
-        "U-Net, all labeled": {"baseline": "full"},
-        "BCP": PROTOTYPE_HEAD_OFF,
-        "MPER": {},
-    }),
+    "acdc-main": (
+        "acdc",
+        [3, 7],
+        SEEDS,
+        {
+            "U-Net": {"baseline": "labeled-only"},
+            "U-Net, all labeled": {"baseline": "full"},
+            "BCP": PROTOTYPE_HEAD_OFF,
+            "MPER": {},
+        },
+    ),
     # Table III: ACDC, 5% labeled; the losses added one by one, and the update off
-    "acdc-components": ("acdc", [3], SEEDS, {
-        "L_cons^l": PROTOTYPE_HEAD_OFF,
-        "L_cons^l + L_cons^p": {"selftrain.contrastive_weight": 0.0},
-        "L_cons^l + L_cons^p + L_cont": {},
-        "L_cons^l + L_cons^p + L_cont, no prototype update": {"prototypes.update_source": "none"},
-    }),
+    "acdc-components": (
+        "acdc",
+        [3],
+        SEEDS,
+        {
+            "L_cons^l": PROTOTYPE_HEAD_OFF,
+            "L_cons^l + L_cons^p": {"selftrain.contrastive_weight": 0.0},
+            "L_cons^l + L_cons^p + L_cont": {},
+            "L_cons^l + L_cons^p + L_cont, no prototype update": {"prototypes.update_source": "none"},
+        },
+    ),
     # Table IV: LA, 10% labeled; the voxels that update the prototypes
-    "la-update-source": ("la", [8], SEEDS, {
-        f"update from={source}": {} if source == "both" else {"prototypes.update_source": source}
-        for source in ("none", "labeled", "unlabeled", "both")
-    }),
+    "la-update-source": (
+        "la",
+        [8],
+        SEEDS,
+        {
+            f"update from={source}": {} if source == "both" else {"prototypes.update_source": source}
+            for source in ("none", "labeled", "unlabeled", "both")
+        },
+    ),
     # Table V: ACDC, 5% labeled; K = 1..5
-    "acdc-prototypes": ("acdc", [3], SEEDS, {
-        f"K={k}": {} if k == 3 else {"prototypes.per_class": k} for k in range(1, 6)
-    }),
+    "acdc-prototypes": (
+        "acdc",
+        [3],
+        SEEDS,
+        {f"K={k}": {} if k == 3 else {"prototypes.per_class": k} for k in range(1, 6)},
+    ),
     # Fig. 5: ACDC, 20% labeled; without and with the prototype classifier
     "acdc-tsne": ("acdc", [14], [1337], {"BCP": PROTOTYPE_HEAD_OFF, "MPER": {}}),
 }
@@ -82,8 +106,11 @@ def test_a_shipped_plan_trains_what_the_papers_table_describes(name, tmp_path):
     assert {(cell.variant, cell.labeled, cell.seed) for cell in cells} == expected_cells
     for cell in cells:
         config = cell.config()
-        paper = load_config(dataset, "paper", {"data_root": cell.data_root, "seed": cell.seed, "out": config.out,
-                                               "labeled": config.labeled})
+        paper = load_config(
+            dataset,
+            "paper",
+            {"data_root": cell.data_root, "seed": cell.seed, "out": config.out, "labeled": config.labeled},
+        )
         changed = {setting: new for setting, (_, new) in setting_changes(paper.to_dict(), config).items()}
         assert changed == rows[cell.variant], (name, cell.name)
         if cell.labeled is not None:
@@ -102,14 +129,27 @@ def test_runs_go_seed_by_seed_into_one_folder_each(tmp_path):
     mper = next(cell for cell in cells if cell.variant == "MPER" and cell.labeled == 7)
     assert mper.run_dir.relative_to(tmp_path).as_posix() == "mper/7-labeled/seed1337"
     assert mper.train_arguments("cuda") == [
-        "--dataset", "acdc", "--preset", "paper", "--data-root", "data/acdc", "--seed", "1337",
-        "--out", str(mper.run_dir), "--labeled", "7", "--device", "cuda",
+        "--dataset",
+        "acdc",
+        "--preset",
+        "paper",
+        "--data-root",
+        "data/acdc",
+        "--seed",
+        "1337",
+        "--out",
+        str(mper.run_dir),
+        "--labeled",
+        "7",
+        "--device",
+        "cuda",
     ]
 
 
 def test_a_plan_can_change_its_data_seeds_and_settings(tmp_path):
     plan = load_plan(find_plan("acdc-prototypes")).with_changes(
-        data_root="elsewhere", seeds=[5], assignments=["selftrain.iterations=10"])
+        data_root="elsewhere", seeds=[5], assignments=["selftrain.iterations=10"]
+    )
     cells = plan.cells(tmp_path)
     assert len(cells) == 5 and {cell.seed for cell in cells} == {5}
     configs = [cell.config() for cell in cells]
@@ -127,36 +167,55 @@ def test_a_plan_without_budgets_takes_the_datasets_usual_ones(dataset, budgets):
     assert parse_plan({**document, "dataset": dataset}, name="default").labeled == budgets
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"labeled": [3, 3]}, "labeled lists a value twice"),
-    ({"seeds": []}, "seeds must be a non-empty list of integers >= 0"),
-    ({"dataset": "brats"}, "dataset must be one of la, acdc"),
-    ({"epochs": 3}, "unknown key epochs"),
-    ({"variant": []}, "at least one [[variant]]"),
-    ({"variant": [{"name": "A"}, {"name": "A"}]}, "two variants are named 'A'"),
-    ({"variant": [{"name": "A", "baseline": "fully"}]}, "variant[0].baseline must be one of none, labeled-only, full, bcp"),
-    ({"variant": [{"name": "A", "set": "x=1"}]}, "variant[0].set must be a list of strings"),
-    ({"variant": [{"name": "A", "iterations": 5}]}, "unknown key variant[0].iterations"),
-    ({"sweep": {"setting": "prototypes.per_class", "values": []}}, "sweep.values must be a non-empty list"),
-    ({"figures": {"tsne": ["BCP"]}}, "figures.tsne names 'BCP', which is not a variant"),
-    ({"variant": [{"name": "mper"}, {"name": "MPER"}]}, "rows 'mper' and 'MPER' would share the run folder 'mper'"),
-    ({"variant": [{"name": "a/b"}, {"name": "a-b"}]}, "rows 'a/b' and 'a-b' would share the run folder 'a-b'"),
-    ({"variant": [{"name": "K"}], "sweep": {"setting": "prototypes.per_class", "values": [1, "1"], "label": "K"}},
-     "rows 'K=1' and 'K=1' would share the run folder 'k=1'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"labeled": [3, 3]}, "labeled lists a value twice"),
+        ({"seeds": []}, "seeds must be a non-empty list of integers >= 0"),
+        ({"dataset": "brats"}, "dataset must be one of la, acdc"),
+        ({"epochs": 3}, "unknown key epochs"),
+        ({"variant": []}, "at least one [[variant]]"),
+        ({"variant": [{"name": "A"}, {"name": "A"}]}, "two variants are named 'A'"),
+        (
+            {"variant": [{"name": "A", "baseline": "fully"}]},
+            "variant[0].baseline must be one of none, labeled-only, full, bcp",
+        ),
+        ({"variant": [{"name": "A", "set": "x=1"}]}, "variant[0].set must be a list of strings"),
+        ({"variant": [{"name": "A", "iterations": 5}]}, "unknown key variant[0].iterations"),
+        ({"sweep": {"setting": "prototypes.per_class", "values": []}}, "sweep.values must be a non-empty list"),
+        ({"figures": {"tsne": ["BCP"]}}, "figures.tsne names 'BCP', which is not a variant"),
+        ({"variant": [{"name": "mper"}, {"name": "MPER"}]}, "rows 'mper' and 'MPER' would share the run folder 'mper'"),
+        ({"variant": [{"name": "a/b"}, {"name": "a-b"}]}, "rows 'a/b' and 'a-b' would share the run folder 'a-b'"),
+        (
+            {
+                "variant": [{"name": "K"}],
+                "sweep": {"setting": "prototypes.per_class", "values": [1, "1"], "label": "K"},
+            },
+            "rows 'K=1' and 'K=1' would share the run folder 'k=1'",
+        ),
+    ],
+)
 def test_a_wrong_plan_is_refused_naming_the_key(change, message):
-    with pytest.raises(PlanError, match="plan 'broken': .*" + message.replace("[", r"\[").replace("]", r"\]")
-                       .replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        PlanError,
+        match="plan 'broken': .*"
+        + message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)"),
+    ):
         parse_plan({**MINIMAL, **change}, name="broken")
 
 
 def test_a_run_setting_that_does_not_check_is_refused_before_anything_runs(tmp_path):
     path = tmp_path / "bad.toml"
-    path.write_text('dataset = "acdc"\ndata_root = "d"\nlabeled = [3]\nseeds = [1]\n'
-                    '[[variant]]\nname = "MPER"\nset = ["prototypes.per_class=0"]\n'
-                    '[sweep]\nsetting = "selftrain.iterations"\nvalues = [10, 20]\n')
-    with pytest.raises(PlanError, match=r"bad\.toml: run selftrain\.iterations=10 / 3 labeled / seed 1: "
-                                        r"prototypes\.per_class must be a positive integer"):
+    path.write_text(
+        'dataset = "acdc"\ndata_root = "d"\nlabeled = [3]\nseeds = [1]\n'
+        '[[variant]]\nname = "MPER"\nset = ["prototypes.per_class=0"]\n'
+        '[sweep]\nsetting = "selftrain.iterations"\nvalues = [10, 20]\n'
+    )
+    with pytest.raises(
+        PlanError,
+        match=r"bad\.toml: run selftrain\.iterations=10 / 3 labeled / seed 1: "
+        r"prototypes\.per_class must be a positive integer",
+    ):
         load_plan(path)
 
 
@@ -172,12 +231,14 @@ def test_a_missing_plan_lists_the_shipped_ones(tmp_path):
 
 def test_the_command_refuses_a_wrong_plan_file_in_one_line(tmp_path, capsys):
     path = tmp_path / "typo.toml"
-    path.write_text('dataset = "acdc"\ndata_root = "d"\nlabeled = [3]\nseeds = [1]\n'
-                    '[[variant]]\nname = "MPER"\nseed = 3\n')
+    path.write_text(
+        'dataset = "acdc"\ndata_root = "d"\nlabeled = [3]\nseeds = [1]\n[[variant]]\nname = "MPER"\nseed = 3\n'
+    )
     with pytest.raises(SystemExit) as exit_info:
         experiment_main([str(path), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert line == (f"mper-experiment: error: {path}: unknown key variant[0].seed; "
-                    "valid keys: baseline, labeled, name, preset, set")
+    assert line == (
+        f"mper-experiment: error: {path}: unknown key variant[0].seed; valid keys: baseline, labeled, name, preset, set"
+    )
     assert not (tmp_path / "out").exists()

@@ -1,5 +1,6 @@
 """Experiment plans that train: a micro plan end to end, stop and restart, the executors,
 the results table from runs' metrics, and the tiny shipped plan (slow)."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,16 @@ def acdc_root(tmp_path_factory):
 
 
 def micro_plan(data_root, seeds=(0,), variants=({"name": "MPER"},), **extra):
-    document = {"title": "micro", "dataset": "acdc", "data_root": str(data_root), "labeled": [1],
-                "seeds": list(seeds), "set": MICRO, "variant": [dict(variant) for variant in variants], **extra}
+    document = {
+        "title": "micro",
+        "dataset": "acdc",
+        "data_root": str(data_root),
+        "labeled": [1],
+        "seeds": list(seeds),
+        "set": MICRO,
+        "variant": [dict(variant) for variant in variants],
+        **extra,
+    }
     return parse_plan(document, name="micro")
 
 
@@ -100,8 +109,11 @@ def test_a_finished_plan_is_not_trained_again(micro_results, acdc_root):
 def test_a_folder_holding_a_run_of_other_settings_is_refused(micro_results, acdc_root):
     out, _ = micro_results
     plan = micro_plan(acdc_root, set=[*MICRO, "prototypes.momentum=0.5"])
-    with pytest.raises(PlanError, match=r"mper/1-labeled/seed0 holds a run with prototypes\.momentum = 0\.9 but "
-                                        r"the plan asks for 0\.5 .*another --out"):
+    with pytest.raises(
+        PlanError,
+        match=r"mper/1-labeled/seed0 holds a run with prototypes\.momentum = 0\.9 but "
+        r"the plan asks for 0\.5 .*another --out",
+    ):
         run_plan(plan, out)
 
 
@@ -123,9 +135,13 @@ def test_a_stopped_sweep_resumes_where_it_stopped(acdc_root, tmp_path, monkeypat
 
 
 def test_a_failed_run_is_reported_and_the_others_still_run(acdc_root, tmp_path):
-    plan = micro_plan(acdc_root, variants=({"name": "diverges", "set": ["optim.lr=1e30"]},
-                                           {"name": "U-Net", "baseline": "labeled-only"}))
-    with pytest.raises(RunsFailed, match=r"1 of 2 runs failed \(diverges / 1 labeled / seed 0: .*training stopped without saving"):
+    plan = micro_plan(
+        acdc_root,
+        variants=({"name": "diverges", "set": ["optim.lr=1e30"]}, {"name": "U-Net", "baseline": "labeled-only"}),
+    )
+    with pytest.raises(
+        RunsFailed, match=r"1 of 2 runs failed \(diverges / 1 labeled / seed 0: .*training stopped without saving"
+    ):
         run_plan(plan, tmp_path)
     assert run_state(tmp_path / "u-net" / "1-labeled" / "seed0") == FINISHED
     table = (tmp_path / "results.md").read_text()
@@ -154,8 +170,12 @@ def test_one_training_process_per_device(acdc_root, tmp_path):
 def test_one_submitit_job_per_run(acdc_root, tmp_path):
     pytest.importorskip("submitit")
     plan = micro_plan(acdc_root, variants=({"name": "U-Net", "baseline": "labeled-only"},))
-    executor = SubmititExecutor(tmp_path / "jobs", cluster="local",
-                                options=ClusterOptions(gpus_per_job=0, cpus_per_job=1, time_minutes=30), device="cpu")
+    executor = SubmititExecutor(
+        tmp_path / "jobs",
+        cluster="local",
+        options=ClusterOptions(gpus_per_job=0, cpus_per_job=1, time_minutes=30),
+        device="cpu",
+    )
     written = run_plan(plan, tmp_path, executor)
     assert run_state(tmp_path / "u-net" / "1-labeled" / "seed0") == FINISHED
     assert len(list((tmp_path / "jobs").glob("*_submitted.pkl"))) == 1  # one job for the one run
@@ -165,8 +185,10 @@ def test_one_submitit_job_per_run(acdc_root, tmp_path):
 def test_the_command_lists_runs_and_refuses_what_it_cannot_use(micro_results, acdc_root, tmp_path, capsys):
     out, _ = micro_results
     plan_file = tmp_path / "micro.toml"
-    plan_file.write_text(f'dataset = "acdc"\ndata_root = "{acdc_root}"\nlabeled = [1]\nseeds = [0, 7]\n'
-                         f'set = {json.dumps(MICRO)}\n[[variant]]\nname = "MPER"\n')
+    plan_file.write_text(
+        f'dataset = "acdc"\ndata_root = "{acdc_root}"\nlabeled = [1]\nseeds = [0, 7]\n'
+        f'set = {json.dumps(MICRO)}\n[[variant]]\nname = "MPER"\n'
+    )
     experiment_main([str(plan_file), "--out", str(out), "--list"])
     listed = capsys.readouterr().out.splitlines()
     assert re.match(r"finished +MPER / 1 labeled / seed 0 ", listed[0])
@@ -178,15 +200,18 @@ def test_the_command_lists_runs_and_refuses_what_it_cannot_use(micro_results, ac
 
 
 def test_a_table_is_the_mean_and_sample_std_over_seeds(tmp_path):
-    plan = parse_plan({"dataset": "acdc", "data_root": "d", "labeled": [3], "seeds": [0, 1, 2],
-                       "variant": [{"name": "MPER"}]}, name="made-up")
+    plan = parse_plan(
+        {"dataset": "acdc", "data_root": "d", "labeled": [3], "seeds": [0, 1, 2], "variant": [{"name": "MPER"}]},
+        name="made-up",
+    )
     cells = plan.cells(tmp_path)
     for cell, dice, hd95 in zip(cells[:2], (0.80, 0.90), (2.0, None)):
         cell.run_dir.mkdir(parents=True)
         means = {"dice": dice, "jaccard": dice - 0.1, "hd95": hd95, "asd": 1.0}
         summary = {"mean": {m: {"mean": v, "std": 0.0, "undefined": 1 if v is None else 0} for m, v in means.items()}}
-        (cell.run_dir / "metrics.json").write_text(json.dumps(
-            {"summary": summary, "table": {"method": "MPER", "labeled": "3", "unlabeled": "67"}}))
+        (cell.run_dir / "metrics.json").write_text(
+            json.dumps({"summary": summary, "table": {"method": "MPER", "labeled": "3", "unlabeled": "67"}})
+        )
     (row,) = collect(plan, cells)
     assert row.seeds == [0, 1] and row.missing_seeds == [2]
     assert row.mean("dice") == pytest.approx(0.85) and row.std("dice") == pytest.approx(0.0707107, rel=1e-5)
@@ -198,9 +223,20 @@ def test_a_table_is_the_mean_and_sample_std_over_seeds(tmp_path):
 
 @pytest.mark.slow
 def test_the_tiny_plan_runs_end_to_end_from_the_command_line(tmp_path):
-    result = subprocess.run([sys.executable, "-c", "from mper.cli import experiment_main; experiment_main()",
-                             "tiny", "--out", str(tmp_path / "runs")],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=3600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from mper.cli import experiment_main; experiment_main()",
+            "tiny",
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "runs" / "results.json").read_text())
     assert [row["method"] for row in results["rows"]] == ["U-Net", "MPER"]

@@ -2,6 +2,7 @@
 too small for batch norm, an iteration too large for the free memory, more loader
 workers than cores, too few labeled items for a labeled batch; and the memory estimate
 against the memory a real iteration takes."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,14 @@ from mper.train.config import load_config
 from mper.train.loaders import available_cores
 
 NARROW = {"acdc": "network.channels=[4, 8, 16, 32, 64]", "la": "network.base_filters=4"}
-SMALL = ["data.num_workers=0", "pretrain.iterations=2",
-         "selftrain.iterations=2", "eval.val_interval=2", "eval.num_figures=0", "prototypes.kmeans_max_voxels=500"]
+SMALL = [
+    "data.num_workers=0",
+    "pretrain.iterations=2",
+    "selftrain.iterations=2",
+    "eval.val_interval=2",
+    "eval.num_figures=0",
+    "prototypes.kmeans_max_voxels=500",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +42,12 @@ def la_root(tmp_path_factory):
 
 
 def config(dataset, root, out, *assignments):
-    return load_config(dataset, "paper", {"data_root": str(root), "out": str(out), "labeled": 1, "device": "cpu"},
-                       [NARROW[dataset], *SMALL, *assignments])
+    return load_config(
+        dataset,
+        "paper",
+        {"data_root": str(root), "out": str(out), "labeled": 1, "device": "cpu"},
+        [NARROW[dataset], *SMALL, *assignments],
+    )
 
 
 @pytest.mark.parametrize("dataset, patch", [("acdc", "[16, 16]"), ("la", "[16, 16, 16]")])
@@ -46,15 +57,34 @@ def test_a_patch_too_small_for_batch_norm_is_refused_before_the_run_folder_is_ma
     # a labeled batch of 2 pre-trains on 1 mixed image: 1 value per channel at the 1-voxel bottleneck
     root = {"acdc": acdc_root, "la": la_root}[dataset]
     run_dir = tmp_path / "run"
-    too_small = config(dataset, root, run_dir, f"data.patch_size={patch}", "data.labeled_batch_size=2",
-                       "data.batch_size=4", "eval.stride=[4, 4, 4]")
-    with pytest.raises(ConfigError, match=r"data.patch_size \[16, 16.*\] is too small for the network at "
-                                          r"data.labeled_batch_size 2: a forward of 1 image\(s\) reaches batch norm"):
+    too_small = config(
+        dataset,
+        root,
+        run_dir,
+        f"data.patch_size={patch}",
+        "data.labeled_batch_size=2",
+        "data.batch_size=4",
+        "eval.stride=[4, 4, 4]",
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"data.patch_size \[16, 16.*\] is too small for the network at "
+        r"data.labeled_batch_size 2: a forward of 1 image\(s\) reaches batch norm",
+    ):
         pipeline.train(too_small)
     assert not run_dir.exists()
     # two images per forward give two values per channel
-    footprint.iteration_memory(config(dataset, root, run_dir, f"data.patch_size={patch}",
-                                      "data.labeled_batch_size=4", "data.batch_size=8", "eval.stride=[4, 4, 4]"))
+    footprint.iteration_memory(
+        config(
+            dataset,
+            root,
+            run_dir,
+            f"data.patch_size={patch}",
+            "data.labeled_batch_size=4",
+            "data.batch_size=8",
+            "eval.stride=[4, 4, 4]",
+        )
+    )
 
 
 def test_an_iteration_larger_than_the_free_memory_is_refused_naming_the_estimate(acdc_root, tmp_path, monkeypatch):
@@ -62,13 +92,17 @@ def test_an_iteration_larger_than_the_free_memory_is_refused_naming_the_estimate
     huge = config("acdc", acdc_root, run_dir, "data.patch_size=[16384, 16384]")
     estimate = footprint.iteration_memory(huge)
     assert estimate.total > 1000 * footprint.GIB  # the paper's batch of 24 slices of 16384 x 16384
-    with pytest.raises(ConfigError, match=rf"one training iteration needs about {estimate.total / 2**30:.2f} GiB "
-                                          r"in selftrain \(activations .*\), but only .* GiB is free on cpu"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"one training iteration needs about {estimate.total / 2**30:.2f} GiB "
+        r"in selftrain \(activations .*\), but only .* GiB is free on cpu",
+    ):
         pipeline.train(huge)
     assert not run_dir.exists()
     # what is refused is what does not fit into the memory there is
-    small = config("acdc", acdc_root, run_dir, "data.patch_size=[32, 32]", "data.labeled_batch_size=2",
-                   "data.batch_size=4")
+    small = config(
+        "acdc", acdc_root, run_dir, "data.patch_size=[32, 32]", "data.labeled_batch_size=2", "data.batch_size=4"
+    )
     need = footprint.iteration_memory(small).total
     monkeypatch.setattr(footprint, "available_memory", lambda device: need - 1)
     with pytest.raises(ConfigError, match="one training iteration needs about"):
@@ -85,9 +119,17 @@ def test_an_iteration_larger_than_the_free_memory_is_refused_naming_the_estimate
 
 def test_more_workers_than_cores_start_one_per_core_and_say_so(acdc_root, tmp_path, caplog):
     cores = available_cores()
-    run_dir = pipeline.train(config("acdc", acdc_root, tmp_path / "run", "data.patch_size=[32, 32]",
-                                    "data.labeled_batch_size=2", "data.batch_size=4",
-                                    f"data.num_workers={cores + 3}"))
+    run_dir = pipeline.train(
+        config(
+            "acdc",
+            acdc_root,
+            tmp_path / "run",
+            "data.patch_size=[32, 32]",
+            "data.labeled_batch_size=2",
+            "data.batch_size=4",
+            f"data.num_workers={cores + 3}",
+        )
+    )
     log = (run_dir / "train.log").read_text()
     assert f"data.num_workers = {cores + 3} is more than the {cores} CPU core(s)" in log
     assert f"the data loaders start {cores} worker(s)" in log
@@ -139,15 +181,31 @@ print(json.dumps({"measured": status("VmHWM:") - before,
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's per-process peak memory")
-@pytest.mark.parametrize("dataset, stage, assignments", [
-    ("acdc", "selftrain", ["data.patch_size=[128, 128]", "data.labeled_batch_size=4", "data.batch_size=8"]),
-    ("la", "pretrain", ["network.base_filters=8", "data.patch_size=[64, 64, 48]", "data.labeled_batch_size=2",
-                        "data.batch_size=4"]),
-])
+@pytest.mark.parametrize(
+    "dataset, stage, assignments",
+    [
+        ("acdc", "selftrain", ["data.patch_size=[128, 128]", "data.labeled_batch_size=4", "data.batch_size=8"]),
+        (
+            "la",
+            "pretrain",
+            [
+                "network.base_filters=8",
+                "data.patch_size=[64, 64, 48]",
+                "data.labeled_batch_size=2",
+                "data.batch_size=4",
+            ],
+        ),
+    ],
+)
 def test_the_memory_estimate_follows_the_memory_an_iteration_takes(dataset, stage, assignments, tmp_path):
     environment = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    result = subprocess.run([sys.executable, "-c", MEASURE, dataset, stage, *assignments], env=environment,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, dataset, stage, *assignments],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     sizes = json.loads(result.stdout.strip().splitlines()[-1])
     # the estimate may err either way by half the measured memory (see mper.train.footprint)
@@ -156,9 +214,19 @@ def test_the_memory_estimate_follows_the_memory_an_iteration_takes(dataset, stag
 
 def test_too_few_labeled_items_for_a_labeled_batch_are_refused_before_the_run_folder_is_made(la_root, tmp_path):
     run_dir = tmp_path / "run"
-    one_case = config("la", la_root, run_dir, "data.patch_size=[32, 32, 32]", "eval.stride=[8, 8, 8]",
-                      "data.labeled_batch_size=2", "data.batch_size=4")
-    with pytest.raises(ConfigError, match=r"1 labeled training item\(s\) \(labeled = 1\) cannot fill a labeled batch "
-                                          "of data.labeled_batch_size = 2"):
+    one_case = config(
+        "la",
+        la_root,
+        run_dir,
+        "data.patch_size=[32, 32, 32]",
+        "eval.stride=[8, 8, 8]",
+        "data.labeled_batch_size=2",
+        "data.batch_size=4",
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"1 labeled training item\(s\) \(labeled = 1\) cannot fill a labeled batch "
+        "of data.labeled_batch_size = 2",
+    ):
         pipeline.train(one_case)
     assert not run_dir.exists()

@@ -1,6 +1,7 @@
 """scripts/gpu_check.sh: the dry run passes on the CPU (so the GPU check cannot rot), the
 summary says what each section did, the budget skips what it cannot fit, and the
 preflight names what would stop mper on a GPU machine."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -23,8 +24,9 @@ _spec.loader.exec_module(gpu_check)
 
 def run_check(out: Path, *arguments: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, MPER_PYTHON=sys.executable, OMP_NUM_THREADS="1")
-    return subprocess.run([str(SCRIPT), "--dry-run", "--out", str(out), *arguments], env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [str(SCRIPT), "--dry-run", "--out", str(out), *arguments], env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 def test_the_dry_run_passes_every_section_on_the_cpu(tmp_path):
@@ -39,8 +41,10 @@ def test_the_dry_run_passes_every_section_on_the_cpu(tmp_path):
     for name in ("resume", "torchrun", "process-group"):
         assert all(distance == 0.0 for distance, _ in sections[name]["details"]["distances"].values())
     assert any("MPER_SYNC_DEBUG=error" in command for command in sections["sync-free"]["commands"])
-    assert any("torch.distributed.run --standalone --nproc-per-node 1" in command
-               for command in sections["torchrun"]["commands"])
+    assert any(
+        "torch.distributed.run --standalone --nproc-per-node 1" in command
+        for command in sections["torchrun"]["commands"]
+    )
     table = (tmp_path / "check" / "summary.md").read_text()
     assert "# dry run on the CPU: pass" in table
     assert table.count("| pass |") == len(gpu_check.SECTIONS)
@@ -62,10 +66,11 @@ def test_sections_that_do_not_fit_the_budget_are_skipped_with_a_note(tmp_path):
     [
         ({"gpu": None, "nvcc": "13.0"}, "torch sees no CUDA GPU"),
         ({"gpu": "H100", "nvcc": None}, "nvcc (the CUDA toolkit) is not on PATH"),
-        ({"gpu": "H100", "nvcc": "13.0", "driver_cuda": "12.8", "torch_cuda": "12.8"},
-         "the driver supports CUDA 12.8, older than nvcc 13.0"),
-        ({"gpu": "H100", "nvcc": "12.8", "driver_cuda": "12.8", "torch_cuda": "13.0"},
-         "older than torch's 13.0"),
+        (
+            {"gpu": "H100", "nvcc": "13.0", "driver_cuda": "12.8", "torch_cuda": "12.8"},
+            "the driver supports CUDA 12.8, older than nvcc 13.0",
+        ),
+        ({"gpu": "H100", "nvcc": "12.8", "driver_cuda": "12.8", "torch_cuda": "13.0"}, "older than torch's 13.0"),
     ],
 )
 def test_the_preflight_names_what_stops_mper_on_a_gpu(facts, problem):
@@ -83,14 +88,18 @@ def test_the_training_step_figure_gives_speed_ups_on_eager_fp32():
     def row(dataset, ms, ratio):
         return {"dataset": dataset, "iteration_ms": ms, "iteration_over_network": ratio}
 
-    figure = gpu_check.train_step_figure({"fp32": [row("acdc", 100.0, 1.5)], "bf16": [row("acdc", 60.0, 1.4)],
-                                          "bf16+compile": [row("acdc", 40.0, 1.2)]})
-    assert figure == ("ACDC: fp32 100.0 ms (x1.00), iteration/network 1.50; bf16 60.0 ms (x1.67), "
-                      "iteration/network 1.40; bf16+compile 40.0 ms (x2.50), iteration/network 1.20")
+    figure = gpu_check.train_step_figure(
+        {"fp32": [row("acdc", 100.0, 1.5)], "bf16": [row("acdc", 60.0, 1.4)], "bf16+compile": [row("acdc", 40.0, 1.2)]}
+    )
+    assert figure == (
+        "ACDC: fp32 100.0 ms (x1.00), iteration/network 1.50; bf16 60.0 ms (x1.67), "
+        "iteration/network 1.40; bf16+compile 40.0 ms (x2.50), iteration/network 1.20"
+    )
 
 
 def test_cuda_test_counts_come_from_the_junit_report(tmp_path):
     report = tmp_path / "report.xml"
-    report.write_text('<testsuites><testsuite name="pytest" errors="1" failures="2" skipped="3" tests="10">'
-                      "</testsuite></testsuites>")
+    report.write_text(
+        '<testsuites><testsuite name="pytest" errors="1" failures="2" skipped="3" tests="10"></testsuite></testsuites>'
+    )
     assert gpu_check.junit_counts(report) == {"tests": 10, "failures": 2, "errors": 1, "skipped": 3, "passed": 4}

@@ -1,4 +1,5 @@
 """Sliding-window and slice-wise inference with tiny fake networks of known output."""
+
 from __future__ import annotations
 
 import numpy as np

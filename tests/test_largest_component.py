@@ -2,6 +2,7 @@
 tied and adversarial label maps (serpentines, spirals, checkerboards, full and thin
 maps, which grow deep union-find trees), 2D and 3D, every accepted dtype; connectivity,
 bad input, the size limit, opcheck, torch.compile; the same parity on a GPU (marked cuda)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -92,7 +93,9 @@ def test_empty_and_full_maps(spatial, dtype):
 def test_single_voxels(dtype):
     one = torch.ones((1, 1, 1), dtype=dtype)
     assert torch.equal(ops.largest_component(one, 2), one)
-    assert torch.equal(ops.largest_component(torch.ones((3, 1, 1, 1), dtype=dtype), 2), torch.ones((3, 1, 1, 1), dtype=dtype))
+    assert torch.equal(
+        ops.largest_component(torch.ones((3, 1, 1, 1), dtype=dtype), 2), torch.ones((3, 1, 1, 1), dtype=dtype)
+    )
     lone = torch.zeros((1, 4, 5, 6), dtype=dtype)
     lone[0, 3, 4, 5] = 1
     assert torch.equal(ops.largest_component(lone, 2), lone)
@@ -214,7 +217,10 @@ def test_bad_input_is_refused(labels, num_classes, error, match):
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
 def test_opcheck(dtype):
-    for labels, num_classes in ((smooth_labels((2, 10, 12), 3, seed=2), 3), (random_labels((2, 4, 5, 6), 2, seed=3), 2)):
+    for labels, num_classes in (
+        (smooth_labels((2, 10, 12), 3, seed=2), 3),
+        (random_labels((2, 4, 5, 6), 2, seed=3), 2),
+    ):
         torch.library.opcheck(torch.ops.mper.largest_component.default, (labels.to(dtype), num_classes))
 
 

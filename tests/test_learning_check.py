@@ -1,4 +1,5 @@
 """The learning check's runs: the recipe under test with the check's own sizes, never the demo's."""
+
 from __future__ import annotations
 
 import argparse
@@ -61,10 +62,19 @@ def test_runs_take_the_recipe_and_the_checks_own_sizes(check, monkeypatch, tmp_p
 
 def test_table_states_the_budget_and_compares_the_means(check):
     args = argparse.Namespace(pretrain=2000, selftrain=600, assignments=[], families=["scanners"])
-    results = [{"family": "scanners", "recipe": "paper", "method": method, "seed": seed, "test_dice": dice,
-                "selftrain_beat_pretrain": True, **{key: 0.5 for key in check.DIAGNOSTICS}}
-               for method, scores in {"mper": (0.7, 0.8), "bcp": (0.8, 0.8), "labeled-only": (0.6, 0.7)}.items()
-               for seed, dice in zip((1, 2), scores)]
+    results = [
+        {
+            "family": "scanners",
+            "recipe": "paper",
+            "method": method,
+            "seed": seed,
+            "test_dice": dice,
+            "selftrain_beat_pretrain": True,
+            **{key: 0.5 for key in check.DIAGNOSTICS},
+        }
+        for method, scores in {"mper": (0.7, 0.8), "bcp": (0.8, 0.8), "labeled-only": (0.6, 0.7)}.items()
+        for seed, dice in zip((1, 2), scores)
+    ]
     measured = check.provenance_line({"commit": "0123abc", "mper": "0.1.0", "kernel_version": 1})
     table = check.markdown(results, args, "a CPU", measured)
 
@@ -77,10 +87,16 @@ def test_table_states_the_budget_and_compares_the_means(check):
 
 def test_a_run_records_all_four_metrics_per_class_from_its_metrics_file(check, tmp_path):
     per_case = {  # two cases, classes 1-3, as mper.eval.metrics.case_metrics scores them
-        "a": {1: {"dice": 0.8, "jaccard": 0.6, "hd95": 2.0, "asd": 0.5}, 2: {"dice": 0.6, "jaccard": 0.4, "hd95": 5.0, "asd": 1.5},
-              3: {"dice": 0.9, "jaccard": 0.8, "hd95": 1.0, "asd": 0.25}},
-        "b": {1: {"dice": 0.6, "jaccard": 0.4, "hd95": 4.0, "asd": 1.5}, 2: {"dice": 0.0, "jaccard": 0.0, "hd95": math.nan, "asd": math.nan},
-              3: {"dice": 0.7, "jaccard": 0.6, "hd95": 3.0, "asd": 0.75}},
+        "a": {
+            1: {"dice": 0.8, "jaccard": 0.6, "hd95": 2.0, "asd": 0.5},
+            2: {"dice": 0.6, "jaccard": 0.4, "hd95": 5.0, "asd": 1.5},
+            3: {"dice": 0.9, "jaccard": 0.8, "hd95": 1.0, "asd": 0.25},
+        },
+        "b": {
+            1: {"dice": 0.6, "jaccard": 0.4, "hd95": 4.0, "asd": 1.5},
+            2: {"dice": 0.0, "jaccard": 0.0, "hd95": math.nan, "asd": math.nan},
+            3: {"dice": 0.7, "jaccard": 0.6, "hd95": 3.0, "asd": 0.75},
+        },
     }
     run = check.Run("standard", "paper", "mper", 1)
     run.folder(tmp_path).mkdir(parents=True)
@@ -98,12 +114,28 @@ def test_a_run_records_all_four_metrics_per_class_from_its_metrics_file(check, t
 def test_the_per_class_table_holds_every_metric_of_every_class_over_seeds(check):
     args = argparse.Namespace(pretrain=2000, selftrain=600, assignments=[], families=["thin"])
     per_seed = {  # class 2 of seed 2: predicted nowhere, distances undefined
-        1: {"1": {"dice": 0.7, "jaccard": 0.5, "hd95": 2.0, "asd": 1.0}, "2": {"dice": 0.6, "jaccard": 0.4, "hd95": 6.0, "asd": 2.0}},
-        2: {"1": {"dice": 0.9, "jaccard": 0.7, "hd95": 4.0, "asd": 3.0}, "2": {"dice": 0.0, "jaccard": 0.0, "hd95": None, "asd": None}},
+        1: {
+            "1": {"dice": 0.7, "jaccard": 0.5, "hd95": 2.0, "asd": 1.0},
+            "2": {"dice": 0.6, "jaccard": 0.4, "hd95": 6.0, "asd": 2.0},
+        },
+        2: {
+            "1": {"dice": 0.9, "jaccard": 0.7, "hd95": 4.0, "asd": 3.0},
+            "2": {"dice": 0.0, "jaccard": 0.0, "hd95": None, "asd": None},
+        },
     }
-    results = [{"family": "thin", "recipe": "paper", "method": "mper", "seed": seed, "test_dice": 0.5,
-                "test_class_metrics": classes, "selftrain_beat_pretrain": True, **{key: 0.5 for key in check.DIAGNOSTICS}}
-               for seed, classes in per_seed.items()]
+    results = [
+        {
+            "family": "thin",
+            "recipe": "paper",
+            "method": "mper",
+            "seed": seed,
+            "test_dice": 0.5,
+            "test_class_metrics": classes,
+            "selftrain_beat_pretrain": True,
+            **{key: 0.5 for key in check.DIAGNOSTICS},
+        }
+        for seed, classes in per_seed.items()
+    ]
     table = check.markdown(results, args, "a CPU", "Measured at commit 0123abc (mper 0.1.0, kernel version 1).")
 
     assert "| family | recipe | method | class | Dice (%) | Jaccard (%) | 95HD (voxels) | ASD (voxels) |" in table

@@ -3,6 +3,7 @@
 The long commands of the README and the docs (the demos, the learning check, the CPU benchmarks) run under
 ``-m slow`` in ``tests/test_readme.py``.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,18 @@ from mper.train.runtime import TrainingInterrupted
 from test_pipeline import RESUMABLE_STATE, assert_same, interrupt_after
 
 LA_LONGER = [
-    "network.base_filters=4", "data.patch_size=[32, 32, 32]", "data.batch_size=4", "data.labeled_batch_size=2",
-    "data.num_workers=2", "data.holdout_cases=1", "pretrain.iterations=24", "selftrain.iterations=40",
-    "eval.val_interval=8", "eval.checkpoint_interval=7", "eval.stride=[16, 16, 16]", "eval.num_figures=2",
+    "network.base_filters=4",
+    "data.patch_size=[32, 32, 32]",
+    "data.batch_size=4",
+    "data.labeled_batch_size=2",
+    "data.num_workers=2",
+    "data.holdout_cases=1",
+    "pretrain.iterations=24",
+    "selftrain.iterations=40",
+    "eval.val_interval=8",
+    "eval.checkpoint_interval=7",
+    "eval.stride=[16, 16, 16]",
+    "eval.num_figures=2",
     "prototypes.kmeans_max_voxels=2000",
 ]
 
@@ -48,8 +58,9 @@ def test_a_3d_run_interrupted_in_both_stages_resumes_to_the_uninterrupted_state(
     expected, resumed = load_checkpoint(finished / "last.pt"), load_checkpoint(run_dir / "last.pt")
     for key in RESUMABLE_STATE:
         assert_same(expected[key], resumed[key], key)
-    expected_metrics, resumed_metrics = (json.loads((folder / "metrics.json").read_text())
-                                         for folder in (finished, run_dir))
+    expected_metrics, resumed_metrics = (
+        json.loads((folder / "metrics.json").read_text()) for folder in (finished, run_dir)
+    )
     # the same results; the resumed run records each of its three sessions
     assert len(resumed_metrics.pop("sessions")) == 3 and len(expected_metrics.pop("sessions")) == 1
     assert expected_metrics == resumed_metrics

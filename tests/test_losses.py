@@ -1,4 +1,5 @@
 """Hand-checked values of the copy-paste loss, its parts, the ramp and Eq. 6."""
+
 from __future__ import annotations
 
 import math

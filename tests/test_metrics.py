@@ -1,5 +1,6 @@
 """Dice, Jaccard, 95HD and ASD against hand-computed cases, overlap counts and brute-force
 surface distances; empty masks."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Shapes, heads and gradients of the 2D U-Net and the 3D V-Net."""
+
 from __future__ import annotations
 
 import pytest

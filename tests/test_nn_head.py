@@ -1,5 +1,6 @@
 """mper.nn.PrototypeHead as a module: values against hand computations, state, errors,
 and a few training steps on MONAI's UNet (examples/monai_prototype_head.py)."""
+
 from __future__ import annotations
 
 import copy

@@ -1,6 +1,7 @@
 """The fused prototype ops against the eager reference: values, gradients, dtypes,
 layouts, bad input and torch.compile. CPU here; tests/test_ops_cuda.py repeats the
 parity checks on a GPU."""
+
 from __future__ import annotations
 
 import re
@@ -97,7 +98,12 @@ def test_reliable_voxels_must_be_most_voxels():
 def test_reads_strided_and_channel_sliced_features_in_place():
     base = make_features(2, 12, (6, 8), torch.float32, seed=5)
     bank = make_bank(6, 6, seed=6)
-    for view in (base[:, ::2], base[:, 3:9], base[:, :6].transpose(2, 3), base.to(memory_format=torch.channels_last)[:, :6]):
+    for view in (
+        base[:, ::2],
+        base[:, 3:9],
+        base[:, :6].transpose(2, 3),
+        base.to(memory_format=torch.channels_last)[:, :6],
+    ):
         got = ops.proto_classify_infonce(view, bank, 3)
         want = ref.proto_classify_infonce(view.contiguous(), bank, 3)
         torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
@@ -343,8 +349,9 @@ def test_eager_calls_give_what_the_custom_ops_give(op):
         x = feat.detach().requires_grad_(True)
         out = getattr(ops, op)(x, *args)
         out = out if isinstance(out, tuple) else (out,)
-        objective = sum((o.float() * torch.linspace(-1, 1, o.numel()).reshape(o.shape)).sum()
-                        for o in out if o.is_floating_point())
+        objective = sum(
+            (o.float() * torch.linspace(-1, 1, o.numel()).reshape(o.shape)).sum() for o in out if o.is_floating_point()
+        )
         return out, torch.autograd.grad(objective, x)[0]
 
     eager_out, eager_grad = outputs_and_grad()

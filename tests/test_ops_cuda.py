@@ -1,5 +1,6 @@
 """The fused ops on a GPU: parity with the eager reference (run on the same GPU), every
 kernel variant, torch.compile, and no host synchronisation in the training path."""
+
 from __future__ import annotations
 
 import pytest
@@ -146,8 +147,13 @@ def _head_on_cuda(module, feat, bank, num_classes, upstream=None):
 # the bank is read from global memory.
 # The last shape takes the global-memory variant (8 lanes a voxel) through a second pass
 # of its grid-stride loop.
-LARGE_BANKS = [(16, 2, 384, (16, 16)), (16, 4, 250, (12, 12)), (64, 2, 512, (8, 8)), (100, 3, 200, (6, 6)),
-               (100, 3, 200, (48, 48, 16))]
+LARGE_BANKS = [
+    (16, 2, 384, (16, 16)),
+    (16, 4, 250, (12, 12)),
+    (64, 2, 512, (8, 8)),
+    (100, 3, 200, (6, 6)),
+    (100, 3, 200, (48, 48, 16)),
+]
 
 
 @pytest.mark.parametrize("depth,num_classes,num_protos,spatial", LARGE_BANKS)
@@ -182,7 +188,9 @@ def test_gradients_at_an_odd_storage_offset_on_cuda(dtype):
     keep = reliable_voxels(feat, bank, 2).unsqueeze(1)
     assert_close_where(got, want, keep, TOLERANCE[dtype])
     aligned = upstream.clone()
-    torch.testing.assert_close(direct, torch.ops.mper.proto_head_backward(feat, bank, aligned, None, None, 2, 0.1, 0.1, -1))
+    torch.testing.assert_close(
+        direct, torch.ops.mper.proto_head_backward(feat, bank, aligned, None, None, 2, 0.1, 0.1, -1)
+    )
 
 
 # (depth, C, K, spatial): a variant of each kind (1, 2 and 4 lanes a voxel, several voxels

@@ -1,6 +1,7 @@
 """Non-finite values in the fused ops: NaN and Inf propagate exactly where the eager
 reference (mper.reference) puts them, forward and backward, on the CPU and on CUDA; a
 temperature whose reciprocal overflows is refused."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """torch.library.opcheck over every mper custom op (schema, fake kernel, autograd
 registration, AOT dispatch), on the CPU and on CUDA; and the label checks under
 torch.compile."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,12 +32,18 @@ def _cases(device):
         (m.proto_infonce, (half, bank, 0.1, 0)),
         (m.proto_classify_infonce, (feat, bank, 2, 0.1, 0.2, 0)),
         (m.proto_classify_infonce, (half, bank, 2, 0.1, 0.1, -1)),
-        (m.proto_head_backward, (feat.detach(), bank, grad_logits, torch.tensor(2.0, device=device), count, 2, 0.1, 0.2, 0)),
+        (
+            m.proto_head_backward,
+            (feat.detach(), bank, grad_logits, torch.tensor(2.0, device=device), count, 2, 0.1, 0.2, 0),
+        ),
         (m.proto_head_backward, (feat.detach(), bank, grad_logits, None, None, 2, 0.1, 0.1, -1)),
         (m.proto_head_backward, (feat.detach(), bank, None, torch.tensor(1.0, device=device), count, 1, 1.0, 0.1, -1)),
         (m.proto_accumulate, (feat.detach(), labels, assign, mask, 2, 3, True)),
         (m.proto_accumulate, (feat.detach(), labels, assign, None, 2, 3, False)),
-        (m.proto_ema_update_, (bank.clone(), torch.randn((6, 4), generator=generator).to(device), mask.flatten()[:6].float(), 0.9)),
+        (
+            m.proto_ema_update_,
+            (bank.clone(), torch.randn((6, 4), generator=generator).to(device), mask.flatten()[:6].float(), 0.9),
+        ),
         (m.largest_component, (labels.to(torch.uint8), 2)),
         (m.largest_component, (assign[:, 0].contiguous(), 3, True)),
     ]

@@ -1,4 +1,5 @@
 """Property tests of the fused ops over random shapes, masks and banks (hypothesis)."""
+
 from __future__ import annotations
 
 import torch

@@ -2,6 +2,7 @@
 users call it, refuses malformed input with an error, eagerly and under fake tensors,
 instead of letting a kernel read past a buffer or misread a layout; the public functions
 still accept and convert what they always did."""
+
 from __future__ import annotations
 
 import re
@@ -58,8 +59,9 @@ def _fused(x, num_classes=C, tau=0.1, nce_tau=0.1):
 
 
 def _backward(x, num_classes=C, tau=0.1, nce_tau=0.1):
-    return m.proto_head_backward(x["feat"], x["bank"], x["grad_logits"], x["grad_loss"], x["count"], num_classes,
-                                 tau, nce_tau, 0)
+    return m.proto_head_backward(
+        x["feat"], x["bank"], x["grad_logits"], x["grad_loss"], x["count"], num_classes, tau, nce_tau, 0
+    )
 
 
 def _accumulate(x, num_classes=C, num_protos=K):
@@ -74,17 +76,23 @@ def _components(x, num_classes=C):
     return m.largest_component(x["labels"], num_classes, False)
 
 
-HEAD_OPS = {"proto_classify": _classify, "proto_infonce": _infonce, "proto_classify_infonce": _fused,
-            "proto_head_backward": _backward}
+HEAD_OPS = {
+    "proto_classify": _classify,
+    "proto_infonce": _infonce,
+    "proto_classify_infonce": _fused,
+    "proto_head_backward": _backward,
+}
 UPDATE_OPS = {"proto_accumulate": _accumulate, "proto_ema_update_": _ema, "largest_component": _components}
 
 
 def _set(**changes):
     """A change to the inputs: each keyword maps an input's name to a function of the inputs."""
+
     def change(x):
         x = dict(x)
         x.update({name: make(x) for name, make in changes.items()})
         return x
+
     return change
 
 
@@ -118,15 +126,35 @@ CLASS_CASES = [  # the ops that take num_classes
 ]
 NCE_CASES = [("nce_tau 0", None, dict(nce_tau=0.0), ValueError, "nce_tau")]
 BACKWARD_CASES = [
-    ("grad_logits of C + 1 classes", _set(grad_logits=lambda x: torch.cat([x["grad_logits"], x["grad_logits"][:, :1]], 1)),
-     {}, ValueError, "grad_logits must have shape (2, 2, 3, 5)"),
-    ("grad_logits of other spatial dims", _set(grad_logits=lambda x: x["grad_logits"].transpose(2, 3)),
-     {}, ValueError, "grad_logits must have shape"),
+    (
+        "grad_logits of C + 1 classes",
+        _set(grad_logits=lambda x: torch.cat([x["grad_logits"], x["grad_logits"][:, :1]], 1)),
+        {},
+        ValueError,
+        "grad_logits must have shape (2, 2, 3, 5)",
+    ),
+    (
+        "grad_logits of other spatial dims",
+        _set(grad_logits=lambda x: x["grad_logits"].transpose(2, 3)),
+        {},
+        ValueError,
+        "grad_logits must have shape",
+    ),
     ("integer grad_logits", _set(grad_logits=lambda x: x["grad_logits"].long()), {}, TypeError, "grad_logits"),
-    ("grad_logits on another device", _set(grad_logits=lambda x: x["grad_logits"].to("meta")), {}, ValueError,
-     "one device"),
-    ("grad_loss not a scalar", _set(grad_loss=lambda x: x["grad_loss"].expand(3)), {}, ValueError,
-     "grad_loss must have shape ()"),
+    (
+        "grad_logits on another device",
+        _set(grad_logits=lambda x: x["grad_logits"].to("meta")),
+        {},
+        ValueError,
+        "one device",
+    ),
+    (
+        "grad_loss not a scalar",
+        _set(grad_loss=lambda x: x["grad_loss"].expand(3)),
+        {},
+        ValueError,
+        "grad_loss must have shape ()",
+    ),
     ("grad_loss without count", _set(count=lambda x: None), {}, ValueError, "count"),
     ("count float64 for float32 feat", _set(count=lambda x: x["count"].double()), {}, TypeError, "count must be"),
     ("count not a scalar", _set(count=lambda x: x["count"][None]), {}, ValueError, "count must have shape ()"),
@@ -144,10 +172,20 @@ UPDATE_CASES = {
         ("mask not contiguous", _set(mask=lambda x: _restrided(x["mask"], 1, 2)), {}, ValueError, "contiguous"),
         ("non-dense emb", _set(emb=lambda x: _restrided(x["emb"], 2, 3)), {}, ValueError, "dense spatial"),
         ("labels of another batch", _set(labels=lambda x: x["labels"][:1]), {}, ValueError, "labels must have shape"),
-        ("labels of other spatial dims", _set(labels=lambda x: x["labels"].transpose(1, 2)), {}, ValueError,
-         "labels must have shape"),
-        ("assign of C - 1 classes", _set(assign=lambda x: x["assign"][:, :1]), {}, ValueError,
-         "assign must have shape (2, 2, 3, 5)"),
+        (
+            "labels of other spatial dims",
+            _set(labels=lambda x: x["labels"].transpose(1, 2)),
+            {},
+            ValueError,
+            "labels must have shape",
+        ),
+        (
+            "assign of C - 1 classes",
+            _set(assign=lambda x: x["assign"][:, :1]),
+            {},
+            ValueError,
+            "assign must have shape (2, 2, 3, 5)",
+        ),
         ("mask of one image", _set(mask=lambda x: x["mask"][:1]), {}, ValueError, "mask must have shape"),
         ("emb (B, D, N)", _set(emb=lambda x: x["emb"].flatten(2)), {}, ValueError, "(B, D, H, W)"),
         ("integer emb", _set(emb=lambda x: x["emb"].int()), {}, TypeError, "float32"),
@@ -156,14 +194,24 @@ UPDATE_CASES = {
         ("num_protos 0", None, dict(num_protos=0), ValueError, "num_protos"),
     ],
     "proto_ema_update_": [
-        ("sums float64 for a float32 bank", _set(sums=lambda x: x["sums"].double()), {}, TypeError,
-         "sums must be torch.float32"),
+        (
+            "sums float64 for a float32 bank",
+            _set(sums=lambda x: x["sums"].double()),
+            {},
+            TypeError,
+            "sums must be torch.float32",
+        ),
         ("counts int64", _set(counts=lambda x: x["counts"].long()), {}, TypeError, "counts must be torch.float32"),
         ("sums not contiguous", _set(sums=lambda x: _restrided(x["sums"], 0, 1)), {}, ValueError, "contiguous"),
         ("counts not contiguous", _set(counts=lambda x: x["counts"].repeat(2)[::2]), {}, ValueError, "contiguous"),
         ("sums of fewer rows", _set(sums=lambda x: x["sums"][:3]), {}, ValueError, "sums must have shape (6, 4)"),
-        ("sums of fewer columns", _set(sums=lambda x: x["sums"][:, :2].contiguous()), {}, ValueError,
-         "sums must have shape (6, 4)"),
+        (
+            "sums of fewer columns",
+            _set(sums=lambda x: x["sums"][:, :2].contiguous()),
+            {},
+            ValueError,
+            "sums must have shape (6, 4)",
+        ),
         ("counts of fewer rows", _set(counts=lambda x: x["counts"][:3]), {}, ValueError, "counts must have shape (6,)"),
         ("bank not contiguous", _set(bank=lambda x: _restrided(x["bank"], 0, 1)), {}, ValueError, "contiguous"),
         ("bank float16", _set(bank=lambda x: x["bank"].half()), {}, TypeError, "float32"),
@@ -206,8 +254,9 @@ def _fake(inputs, mode):
 
 
 def test_every_registered_op_has_malformed_cases():
-    registered = {name.removeprefix("mper::") for name in torch._C._dispatch_get_all_op_names()
-                  if name.startswith("mper::")}
+    registered = {
+        name.removeprefix("mper::") for name in torch._C._dispatch_get_all_op_names() if name.startswith("mper::")
+    }
     assert registered == set(HEAD_OPS) | set(UPDATE_OPS)
 
 
@@ -255,8 +304,9 @@ def test_public_functions_convert_what_the_ops_refuse():
     torch.testing.assert_close(loss, want[2], rtol=1e-5, atol=1e-6)
 
     emb, labels, assign, mask = (update[name] for name in ("emb", "labels", "assign", "mask"))
-    got = ops.proto_accumulate(_restrided(emb, 2, 3), labels.int(), _restrided(assign.int(), 0, 1), mask.to(torch.uint8),
-                               C, K)
+    got = ops.proto_accumulate(
+        _restrided(emb, 2, 3), labels.int(), _restrided(assign.int(), 0, 1), mask.to(torch.uint8), C, K
+    )
     want = ref.proto_accumulate(emb, labels, assign, mask, C, K)
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[1], want[1])

@@ -1,6 +1,7 @@
 """The CPU kernels' threads and memory: they run with torch's thread count, give the same
 bits on every run at a fixed count, and turn a failed allocation into a MemoryError
 instead of ending the process. The thread and memory checks run in a fresh interpreter."""
+
 from __future__ import annotations
 
 import os

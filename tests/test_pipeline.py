@@ -3,6 +3,7 @@
 Synthetic data, a narrow network and a handful of iterations keep these on CPU in
 seconds; what they check is the plumbing and that resuming is exact.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,8 +83,18 @@ def assert_same(first, second, where="state"):
 
 def test_a_run_folder_holds_config_log_checkpoints_metrics_and_figures(finished_run):
     names = {path.name for path in finished_run.iterdir()}
-    assert {"config.toml", "config.json", "train.log", "tensorboard", "last.pt", "pretrain_best.pt",
-            "best.pt", "metrics.json", "metrics.md", "figures"} <= names
+    assert {
+        "config.toml",
+        "config.json",
+        "train.log",
+        "tensorboard",
+        "last.pt",
+        "pretrain_best.pt",
+        "best.pt",
+        "metrics.json",
+        "metrics.md",
+        "figures",
+    } <= names
     assert any((finished_run / "tensorboard").iterdir())
     assert list((finished_run / "figures").glob("*.png"))
     assert "| MPER | 1 |" in (finished_run / "metrics.md").read_text()
@@ -135,14 +146,17 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_state(
     for key in RESUMABLE_STATE:
         assert_same(expected[key], resumed[key], key)
     assert_same(load_checkpoint(finished_run / "best.pt")["student"], load_checkpoint(run_dir / "best.pt")["student"])
-    expected_metrics, resumed_metrics = (json.loads((folder / "metrics.json").read_text())
-                                         for folder in (finished_run, run_dir))
+    expected_metrics, resumed_metrics = (
+        json.loads((folder / "metrics.json").read_text()) for folder in (finished_run, run_dir)
+    )
     # the same results; the resumed run records both of its sessions, the second where it resumed
     sessions = resumed_metrics.pop("sessions")
     assert expected_metrics.pop("sessions") == sessions[:1]
     assert expected_metrics == resumed_metrics
     assert [(session["stage"], session["iteration"]) for session in sessions] == [
-        ("pretrain", 0), (stage, saved["progress"]["iteration"])]
+        ("pretrain", 0),
+        (stage, saved["progress"]["iteration"]),
+    ]
 
 
 def test_sigterm_to_the_whole_job_saves_a_checkpoint_with_data_workers(acdc_root, tmp_path, monkeypatch):
@@ -158,8 +172,12 @@ def test_sigterm_to_the_whole_job_saves_a_checkpoint_with_data_workers(acdc_root
 
     after_optimizer_steps(monkeypatch, 1, sigterm_everyone)
     run_dir = tmp_path / "run"
-    config = load_config("acdc", "paper", {"data_root": str(acdc_root), "out": str(run_dir), "labeled": 1,
-                                           "device": "cpu"}, [*TINY_ACDC, "data.num_workers=1"])
+    config = load_config(
+        "acdc",
+        "paper",
+        {"data_root": str(acdc_root), "out": str(run_dir), "labeled": 1, "device": "cpu"},
+        [*TINY_ACDC, "data.num_workers=1"],
+    )
     with pytest.raises(TrainingInterrupted) as interrupted:
         pipeline.train(config)
     assert interrupted.value.signal_name == "SIGTERM"
@@ -204,21 +222,33 @@ def test_metrics_json_and_tensorboard_carry_the_self_training_diagnostics_per_cl
     per_class = [f"pseudo_label_dice/{name}" for name in ("RV", "myocardium", "LV")]
     scalars = tensorboard_scalars(finished_run)
     for entry in selftrain:
-        assert set(entry) == {"iteration", "mean_loss", "val_dice", "teacher_val_dice", "pseudo_label_dice/mean",
-                              "confident_fraction", "bank_update_fraction", *per_class}
+        assert set(entry) == {
+            "iteration",
+            "mean_loss",
+            "val_dice",
+            "teacher_val_dice",
+            "pseudo_label_dice/mean",
+            "confident_fraction",
+            "bank_update_fraction",
+            *per_class,
+        }
         defined = [entry[key] for key in per_class if entry[key] is not None]
         assert all(0 <= dice <= 1 for dice in defined)
         assert entry["pseudo_label_dice/mean"] == pytest.approx(sum(defined) / len(defined))
         assert 0 < entry["bank_update_fraction"] <= 1 and 0 <= entry["confident_fraction"] <= 1
         step = entry["iteration"]
-        for key, tag in [("val_dice", "val_dice"), ("teacher_val_dice", "teacher_val_dice"),
-                         ("confident_fraction", "confident_fraction"),
-                         ("bank_update_fraction", "bank_update_fraction"),
-                         ("pseudo_label_dice/mean", "pseudo_label_dice/mean"),
-                         *((name, f"pseudo_label_dice/{index}") for index, name in enumerate(per_class, 1))]:
+        for key, tag in [
+            ("val_dice", "val_dice"),
+            ("teacher_val_dice", "teacher_val_dice"),
+            ("confident_fraction", "confident_fraction"),
+            ("bank_update_fraction", "bank_update_fraction"),
+            ("pseudo_label_dice/mean", "pseudo_label_dice/mean"),
+            *((name, f"pseudo_label_dice/{index}") for index, name in enumerate(per_class, 1)),
+        ]:
             value = entry[key]
-            assert scalars[f"selftrain/{tag}"][step] == pytest.approx(math.nan if value is None else value,
-                                                                      rel=1e-6, nan_ok=True), key
+            assert scalars[f"selftrain/{tag}"][step] == pytest.approx(
+                math.nan if value is None else value, rel=1e-6, nan_ok=True
+            ), key
     losses = scalars["selftrain/loss_prototype"]
     assert sorted(losses) == list(range(1, 7)) and all(loss > 0 for loss in losses.values())
     assert all(voxels > 0 for voxels in scalars["selftrain/bank_update_voxels"].values())
@@ -231,8 +261,13 @@ def scripted_validation(monkeypatch, scores):
     monkeypatch.setattr(pipeline, "validator", lambda config: lambda network: next(turns))
 
 
-SHORT_STAGES = ["pretrain.iterations=2", "selftrain.iterations=2", "eval.val_interval=1", "eval.teacher_dice=false",
-                "eval.num_figures=0"]
+SHORT_STAGES = [
+    "pretrain.iterations=2",
+    "selftrain.iterations=2",
+    "eval.val_interval=1",
+    "eval.teacher_dice=false",
+    "eval.num_figures=0",
+]
 
 
 def short_run(acdc_root, out, *assignments, **overrides):
@@ -251,16 +286,20 @@ def test_a_run_whose_self_training_never_beats_pre_training_keeps_the_better_net
     assert training["stages"]["pretrain"]["best"]["val_dice"] == 0.6
     assert training["stages"]["selftrain"]["best"] == training["stages"]["selftrain"]["trajectory"][1]
     log = (run_dir / "train.log").read_text()
-    comparison = ("self-training never beat pre-training: best self-training validation Dice 0.5800 (iteration 2) "
-                  "against pre-training's 0.6000 (iteration 2); best.pt holds ")
+    comparison = (
+        "self-training never beat pre-training: best self-training validation Dice 0.5800 (iteration 2) "
+        "against pre-training's 0.6000 (iteration 2); best.pt holds "
+    )
     best = load_checkpoint(run_dir / "best.pt")
     pretrained = load_checkpoint(run_dir / "pretrain_best.pt")
     same = {key: torch.equal(value, best["student"][key]) for key, value in pretrained["student"].items()}
     if keep_better_stage:
         assert training["selected_stage"] == "pretrain"
         assert comparison + "the pre-trained network (selftrain.keep_better_stage)" in log
-        assert ("training finished; selftrain never beat pretrain, so best.pt holds the network of pretrain "
-                "iteration 2 (validation Dice 0.6000)") in log
+        assert (
+            "training finished; selftrain never beat pretrain, so best.pt holds the network of pretrain "
+            "iteration 2 (validation Dice 0.6000)"
+        ) in log
         assert all(same.values())
         assert best["progress"]["iteration"] == 0
     else:
@@ -282,7 +321,8 @@ def test_a_run_whose_validation_never_rose_says_so_and_which_network_it_kept(
     assert finished[0].endswith(
         "training finished; the validation Dice never rose above its first value (0.0000, pretrain iteration 1) "
         "in 4 validations: training did not improve the network on the validation cases; best.pt holds the "
-        f"network of {kept} (validation Dice 0.0000)")
+        f"network of {kept} (validation Dice 0.0000)"
+    )
     assert load_checkpoint(run_dir / "best.pt")["progress"]["iteration"] == (0 if keep_better_stage else 1)
 
 
@@ -304,8 +344,9 @@ def test_bcp_alone_trains_without_the_prototype_terms(acdc_root, tmp_path, monke
 
 
 def test_evaluate_scores_either_network_of_a_checkpoint(finished_run, acdc_root, tmp_path):
-    result = pipeline.evaluate(finished_run / "best.pt", split="val", out_dir=tmp_path, device="cpu",
-                               weights="teacher", num_figures=0)
+    result = pipeline.evaluate(
+        finished_run / "best.pt", split="val", out_dir=tmp_path, device="cpu", weights="teacher", num_figures=0
+    )
     assert set(result["per_case"]) == set((acdc_root / "val.list").read_text().split())
     assert (tmp_path / "metrics.json").exists() and (tmp_path / "metrics.md").exists()
     # the teacher's scores are those of its own label maps, class by class
@@ -313,8 +354,9 @@ def test_evaluate_scores_either_network_of_a_checkpoint(finished_run, acdc_root,
     compared = 0
     for case, scores in result["per_case"].items():
         image, label = get_dataset("acdc").load_volume(acdc_root, case)
-        pred = predict_volume(teacher, image, "acdc", config.num_classes, device="cpu",
-                              **pipeline.inference_options(config))
+        pred = predict_volume(
+            teacher, image, "acdc", config.num_classes, device="cpu", **pipeline.inference_options(config)
+        )
         pred = postprocess_labels(pred, config.eval.postprocess, config.num_classes)
         for class_index in range(1, config.num_classes):
             if (pred == class_index).any():
@@ -336,7 +378,9 @@ def test_predict_writes_a_label_map_per_input(finished_run, acdc_root, tmp_path)
     # the label map lies as the input volume does, voxel for voxel: what evaluation predicts
     net, config = pipeline.load_network(finished_run / "best.pt", device="cpu")
     image, _ = get_dataset("acdc").load_volume(acdc_root, case)
-    expected = predict_volume(net, image, "acdc", config.num_classes, device="cpu", **pipeline.inference_options(config))
+    expected = predict_volume(
+        net, image, "acdc", config.num_classes, device="cpu", **pipeline.inference_options(config)
+    )
     assert labels.shape == image.shape
     np.testing.assert_array_equal(labels, expected)
 
@@ -360,12 +404,26 @@ def la_root(tmp_path_factory):
 
 def la_config(la_root, out, *assignments):
     overrides = {"data_root": str(la_root), "out": str(out), "labeled": 2, "device": "cpu"}
-    return load_config("la", "paper", overrides, [
-        "network.base_filters=4", "data.patch_size=[32, 32, 32]", "data.batch_size=4",
-        "data.labeled_batch_size=2", "data.num_workers=0", "data.holdout_cases=1",
-        "pretrain.iterations=2", "selftrain.iterations=2", "eval.val_interval=2", "eval.stride=[16, 16, 16]",
-        "eval.num_figures=1", "prototypes.kmeans_max_voxels=500", *assignments,
-    ])
+    return load_config(
+        "la",
+        "paper",
+        overrides,
+        [
+            "network.base_filters=4",
+            "data.patch_size=[32, 32, 32]",
+            "data.batch_size=4",
+            "data.labeled_batch_size=2",
+            "data.num_workers=0",
+            "data.holdout_cases=1",
+            "pretrain.iterations=2",
+            "selftrain.iterations=2",
+            "eval.val_interval=2",
+            "eval.stride=[16, 16, 16]",
+            "eval.num_figures=1",
+            "prototypes.kmeans_max_voxels=500",
+            *assignments,
+        ],
+    )
 
 
 def test_la_selects_on_the_test_cases_as_published_or_on_held_out_training_cases(la_root, tmp_path):
@@ -390,7 +448,9 @@ def test_a_tiny_la_run_trains_and_evaluates(la_root, acdc_root, tmp_path):
     assert load_checkpoint(run_dir / "best.pt")["bank"]["prototypes"].shape == (2 * 3, 4)
     held_out = pipeline.evaluate(run_dir / "best.pt", split="val", device="cpu", num_figures=0)
     assert list(held_out["per_case"]) == (la_root / "train.list").read_text().split()[-1:]
-    with pytest.raises(ConfigError, match=r"holds ACDC data \(it has data/\), but LA is expected: .*best.pt was trained"):
+    with pytest.raises(
+        ConfigError, match=r"holds ACDC data \(it has data/\), but LA is expected: .*best.pt was trained"
+    ):
         pipeline.evaluate(run_dir / "best.pt", data_root=acdc_root, device="cpu", num_figures=0)
 
 
@@ -422,17 +482,22 @@ def fill_weights_with_nan(trainer):
 
 @pytest.mark.parametrize(
     "optimizer_steps, message",
-    [(3, "pretrain iteration 4: the loss is nan"),
-     (4, r"pretrain iteration 4: \d+ tensor\(s\) hold NaN or infinite values, e.g. student\.")],
+    [
+        (3, "pretrain iteration 4: the loss is nan"),
+        (4, r"pretrain iteration 4: \d+ tensor\(s\) hold NaN or infinite values, e.g. student\."),
+    ],
 )
 def test_a_non_finite_run_stops_and_keeps_its_last_good_checkpoint(
     acdc_root, tmp_path, monkeypatch, optimizer_steps, message
 ):
     after_optimizer_steps(monkeypatch, optimizer_steps, fill_weights_with_nan)
     run_dir = tmp_path / "run"
-    config = load_config("acdc", "paper", {"data_root": str(acdc_root), "out": str(run_dir), "labeled": 1,
-                                           "device": "cpu"},
-                         [*TINY_ACDC, "eval.checkpoint_interval=2", "eval.val_interval=4"])
+    config = load_config(
+        "acdc",
+        "paper",
+        {"data_root": str(acdc_root), "out": str(run_dir), "labeled": 1, "device": "cpu"},
+        [*TINY_ACDC, "eval.checkpoint_interval=2", "eval.val_interval=4"],
+    )
     with pytest.raises(TrainingDiverged, match=message):
         pipeline.train(config)
     last = load_checkpoint(run_dir / "last.pt")
@@ -443,11 +508,21 @@ def test_a_non_finite_run_stops_and_keeps_its_last_good_checkpoint(
 
 def test_a_run_that_diverges_before_its_first_checkpoint_keeps_its_folder_and_log(acdc_root, tmp_path):
     run_dir = tmp_path / "run"
-    config = tiny_config(acdc_root, run_dir, "optim.lr=1e12", "eval.log_interval=1", "eval.val_interval=100",
-                         "eval.checkpoint_interval=100", "pretrain.iterations=50")
-    with pytest.raises(TrainingDiverged, match=r"pretrain iteration \d+: the loss is .*training stopped without saving "
-                                               r"this state, before its first checkpoint; .*run keeps its settings and "
-                                               r"train.log"):
+    config = tiny_config(
+        acdc_root,
+        run_dir,
+        "optim.lr=1e12",
+        "eval.log_interval=1",
+        "eval.val_interval=100",
+        "eval.checkpoint_interval=100",
+        "pretrain.iterations=50",
+    )
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"pretrain iteration \d+: the loss is .*training stopped without saving "
+        r"this state, before its first checkpoint; .*run keeps its settings and "
+        r"train.log",
+    ):
         pipeline.train(config)
     assert {"config.toml", "train.log"} <= {path.name for path in run_dir.iterdir()}
     assert not (run_dir / "last.pt").exists()
@@ -470,8 +545,12 @@ def damaged_copy(acdc_root, tmp_path, damage):
     labeled, unlabeled = training_cases(tiny_config(root, tmp_path))
     test_case = (root / "test.list").read_text().split()[0]
     val_case = (root / "val.list").read_text().split()[-1]
-    paths = {"labeled": acdc_slice_path(root, labeled[0]), "unlabeled": acdc_slice_path(root, unlabeled[-1]),
-             "test": acdc_volume_path(root, test_case), "val": acdc_volume_path(root, val_case)}
+    paths = {
+        "labeled": acdc_slice_path(root, labeled[0]),
+        "unlabeled": acdc_slice_path(root, unlabeled[-1]),
+        "test": acdc_volume_path(root, test_case),
+        "val": acdc_volume_path(root, val_case),
+    }
     target = paths[damage[0]]
     if damage[1] == "missing":
         target.unlink()
@@ -531,7 +610,10 @@ def test_a_crash_keeps_its_traceback_in_train_log(acdc_root, tmp_path, monkeypat
 def test_two_runs_cannot_share_a_run_folder(acdc_root, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    with run_folder_lock(run_dir), pytest.raises(RunFolderError, match=f"in use by another training run .*{os.getpid()}"):
+    with (
+        run_folder_lock(run_dir),
+        pytest.raises(RunFolderError, match=f"in use by another training run .*{os.getpid()}"),
+    ):
         pipeline.train(tiny_config(acdc_root, run_dir))
     assert sorted(path.name for path in run_dir.iterdir()) == []
 
@@ -545,7 +627,11 @@ def test_resume_applies_more_iterations_and_refuses_what_would_change_the_run(fi
         ({"preset": "reference"}, [], "preset cannot change"),
         ({}, ["optim.lr=0.5"], "optim.lr cannot change"),
         ({}, ["prototypes.update_source=labeled"], "prototypes.update_source cannot change"),
-        ({}, ["selftrain.iterations=5"], "this run has done 6 selftrain iterations; the iteration counts can only grow"),
+        (
+            {},
+            ["selftrain.iterations=5"],
+            "this run has done 6 selftrain iterations; the iteration counts can only grow",
+        ),
         ({}, ["pretrain.iterations=8"], "this run has finished pre-training"),
     ]
     for overrides, assignments, message in refusals:

@@ -2,6 +2,7 @@
 (its ``[paper]`` table all of them), the schema's defaults only the run settings, for every
 registered dataset (the built-in ones and imported scans of both dimensionalities) and
 every preset."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,10 +38,19 @@ def _imported_spec(dims: str):
     with the plan's tables on top), without the files."""
     summary = DataSummary((48, 64, 40), (1.0, 1.0, 1.5), 12, 10, 2, 1, 3)
     settings = {key: plan_settings(summary, key, memory_gb=1.0) for key in ("3d", "2d")}
-    plan = ScanPlan(name=IMPORTED[dims], source="raw", layout="nnunet", file_ending=".nii.gz", dims=dims,
-                    slice_axis=2, class_names=("background", "a", "b"), channels=("MRI",),
-                    rules=ScanRules(("z-score",), (None,), False, (1.0, 1.0, 1.5)), median_shape=(48, 64, 40),
-                    settings=settings)
+    plan = ScanPlan(
+        name=IMPORTED[dims],
+        source="raw",
+        layout="nnunet",
+        file_ending=".nii.gz",
+        dims=dims,
+        slice_axis=2,
+        class_names=("background", "a", "b"),
+        channels=("MRI",),
+        rules=ScanRules(("z-score",), (None,), False, (1.0, 1.0, 1.5)),
+        median_shape=(48, 64, 40),
+        settings=settings,
+    )
     return scan_spec(plan)
 
 
@@ -131,8 +141,11 @@ def test_a_preset_file_without_a_recipe_setting_is_refused_by_name(preset_file_d
     tables = preset_tables("acdc")
     del tables["paper"]["eval"]["log_interval"]
     preset_file_dataset.write_text(to_toml(tables))
-    with pytest.raises(ConfigError, match=r"presets.toml: \[paper\] must hold every recipe setting, 1 missing: "
-                                          r"eval.log_interval$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"presets.toml: \[paper\] must hold every recipe setting, 1 missing: "
+        r"eval.log_interval$",
+    ):
         load_config("acdc-edited", "demo")
 
 

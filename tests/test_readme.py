@@ -16,6 +16,7 @@ tests. The CPU-sized commands of ``docs/training.md`` run as written under
 ``-m slow``, and every training run there must learn: its test Dice at least
 :data:`LEARNED_DICE`, far above what an untrained network scores.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,29 +35,45 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 #: The pages whose commands are run, in the order they run: a later page's commands use
 #: the data and runs of an earlier one's (docs/distributed.md trains on training.md's data).
-COMMAND_PAGES = tuple(REPO / page for page in (
-    "README.md", "docs/install.md", "docs/training.md", "docs/distributed.md", "docs/experiments.md",
-    "docs/gpu-check.md", "docs/benchmarks.md",
-))
+COMMAND_PAGES = tuple(
+    REPO / page
+    for page in (
+        "README.md",
+        "docs/install.md",
+        "docs/training.md",
+        "docs/distributed.md",
+        "docs/experiments.md",
+        "docs/gpu-check.md",
+        "docs/benchmarks.md",
+    )
+)
 #: The page whose Python examples (the ops, the head) are run.
 PYTHON_EXAMPLES_PAGE = REPO / "docs" / "ops.md"
 VENV = Path(sys.prefix)
 
-ACDC_TINY = ("--labeled 1 --set network.channels=[4,8,16,32,64] --set data.patch_size=[32,32] "
-             "--set data.batch_size=4 --set data.labeled_batch_size=2 --set data.num_workers=0 "
-             "--set pretrain.iterations=2 --set selftrain.iterations=2 --set eval.val_interval=2 "
-             "--set prototypes.kmeans_max_voxels=500")
-LA_TINY = ("--labeled 2 --set network.base_filters=4 --set data.patch_size=[32,32,32] --set data.batch_size=4 "
-           "--set data.labeled_batch_size=2 --set data.num_workers=0 --set data.holdout_cases=1 "
-           "--set pretrain.iterations=2 --set selftrain.iterations=2 --set eval.val_interval=2 "
-           "--set eval.stride=[16,16,16] --set prototypes.kmeans_max_voxels=500")
-SCANS_TINY = ("--labeled 2 --set network.base_filters=4 --set data.num_workers=0 --set pretrain.iterations=2 "
-              "--set selftrain.iterations=2 --set eval.val_interval=2 --set prototypes.kmeans_max_voxels=500 "
-              "--device cpu")
+ACDC_TINY = (
+    "--labeled 1 --set network.channels=[4,8,16,32,64] --set data.patch_size=[32,32] "
+    "--set data.batch_size=4 --set data.labeled_batch_size=2 --set data.num_workers=0 "
+    "--set pretrain.iterations=2 --set selftrain.iterations=2 --set eval.val_interval=2 "
+    "--set prototypes.kmeans_max_voxels=500"
+)
+LA_TINY = (
+    "--labeled 2 --set network.base_filters=4 --set data.patch_size=[32,32,32] --set data.batch_size=4 "
+    "--set data.labeled_batch_size=2 --set data.num_workers=0 --set data.holdout_cases=1 "
+    "--set pretrain.iterations=2 --set selftrain.iterations=2 --set eval.val_interval=2 "
+    "--set eval.stride=[16,16,16] --set prototypes.kmeans_max_voxels=500"
+)
+SCANS_TINY = (
+    "--labeled 2 --set network.base_filters=4 --set data.num_workers=0 --set pretrain.iterations=2 "
+    "--set selftrain.iterations=2 --set eval.val_interval=2 --set prototypes.kmeans_max_voxels=500 "
+    "--device cpu"
+)
 #: on 2 processes: each takes half of both halves of the labeled and unlabeled images
 ACDC_TINY_TWO_PROCESSES = f"{ACDC_TINY} --set data.batch_size=8 --set data.labeled_batch_size=4 --device cpu"
-DEMO_TINY = ("--set pretrain.iterations=2 --set selftrain.iterations=2 --set eval.val_interval=2 "
-             "--set prototypes.kmeans_max_voxels=500")
+DEMO_TINY = (
+    "--set pretrain.iterations=2 --set selftrain.iterations=2 --set eval.val_interval=2 "
+    "--set prototypes.kmeans_max_voxels=500"
+)
 CUDA_READY = torch.cuda.is_available()
 #: The test Dice a CPU-sized run of docs/training.md must reach to count as learning.
 LEARNED_DICE = 0.5
@@ -89,8 +106,11 @@ RULES = (
     Rule(r"\. \.venv/bin/activate", "default"),
     Rule(r"\.venv/bin/mper-train --version", "default"),
     Rule(r"scripts/test\.sh", "never", reason="CI runs it (.ci/run), and it runs this test"),
-    Rule(r"scripts/gpu_check\.sh", "never", reason="needs a GPU and installs mper into the environment; "
-         "tests/test_gpu_check.py runs its --dry-run"),
+    Rule(
+        r"scripts/gpu_check\.sh",
+        "never",
+        reason="needs a GPU and installs mper into the environment; tests/test_gpu_check.py runs its --dry-run",
+    ),
     Rule(r"scripts/test\.sh -m (cuda|slow)", "default", "--collect-only -q"),
     Rule(r"pip install torch --index-url \S+", "never", reason="downloads from the package index"),
     Rule(r"pip install (\.|'\.\[convert\]')", "never", reason="replaces the mper of the environment running the tests"),
@@ -106,25 +126,42 @@ RULES = (
     Rule(r"mper-predict .*--input raw/\S+/imagesTs .*", "default"),
     Rule(r"mper-train --dataset acdc (?!.*--amp).*", "default", ACDC_TINY),
     Rule(r"mper-train --dataset la (?!.*--amp).*", "default", LA_TINY),
-    Rule(r"mper-train --dataset la .*--amp bf16", "default", LA_TINY,
-         expect_failure="" if CUDA_READY else "CUDA"),
-    Rule(r"torchrun --standalone --nproc-per-node 2 '\$\(command -v mper-train\)' --dataset acdc .*", "default",
-         ACDC_TINY_TWO_PROCESSES),
-    Rule(r"torchrun --standalone --nproc-per-node 1 '\$\(command -v mper-train\)' --resume .*", "default",
-         "--device cpu --set selftrain.iterations=3"),
+    Rule(r"mper-train --dataset la .*--amp bf16", "default", LA_TINY, expect_failure="" if CUDA_READY else "CUDA"),
+    Rule(
+        r"torchrun --standalone --nproc-per-node 2 '\$\(command -v mper-train\)' --dataset acdc .*",
+        "default",
+        ACDC_TINY_TWO_PROCESSES,
+    ),
+    Rule(
+        r"torchrun --standalone --nproc-per-node 1 '\$\(command -v mper-train\)' --resume .*",
+        "default",
+        "--device cpu --set selftrain.iterations=3",
+    ),
     Rule(r"torchrun --nnodes 2 .*", "never", reason="needs two machines"),
     Rule(r"mper-eval (?!.*--tsne).*", "default"),
     Rule(r"mper-experiment tiny", "slow"),
     Rule(r"mper-eval .*--tsne", "slow"),
-    Rule(r"mper-experiment (acdc|la)-main .*", "never",
-         reason="paper-scale plans for GPUs or a SLURM cluster; tests/test_experiment_plans.py parses and expands them"),
+    Rule(
+        r"mper-experiment (acdc|la)-main .*",
+        "never",
+        reason="paper-scale plans for GPUs or a SLURM cluster; tests/test_experiment_plans.py parses and expands them",
+    ),
     Rule(r"mper-predict .*--input scans/ .*", "default"),
-    Rule(r"python benchmarks/ops\.py --device cuda", "cuda", "--workloads acdc --trials 1 --calls 1 --out {work}/ops.json"),
-    Rule(r"python benchmarks/ops\.py --device cpu", "slow", "--workloads acdc --trials 1 --calls 1 --out {work}/ops.json"),
+    Rule(
+        r"python benchmarks/ops\.py --device cuda",
+        "cuda",
+        "--workloads acdc --trials 1 --calls 1 --out {work}/ops.json",
+    ),
+    Rule(
+        r"python benchmarks/ops\.py --device cpu", "slow", "--workloads acdc --trials 1 --calls 1 --out {work}/ops.json"
+    ),
     Rule(r"python benchmarks/train_step\.py .*", "cuda", "--iterations 1 --out {work}/train_step.json"),
     Rule(r"python benchmarks/run_time\.py .*", "slow", "--iterations 1 --out {work}/run_time.json"),
-    Rule(r"python benchmarks/learning_check\.py --work \S+", "slow",
-         "--families standard --recipes paper --seeds 1 --jobs 2 --pretrain 400 --selftrain 600 --name readme-check"),
+    Rule(
+        r"python benchmarks/learning_check\.py --work \S+",
+        "slow",
+        "--families standard --recipes paper --seeds 1 --jobs 2 --pretrain 400 --selftrain 600 --name readme-check",
+    ),
 )
 
 
@@ -221,8 +258,9 @@ def run(command: str, rule: Rule, work: Path, timeout: int) -> subprocess.Comple
         line += " && command -v mper-train"
     if not (VENV / "bin" / "activate").is_file():
         pytest.skip(f"the tests do not run in a virtual environment ({VENV}); the scripts need one")
-    return subprocess.run(["bash", "-c", line], cwd=work, env=environment(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["bash", "-c", line], cwd=work, env=environment(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def check(result: subprocess.CompletedProcess, command: str, rule: Rule) -> None:
@@ -234,7 +272,9 @@ def check(result: subprocess.CompletedProcess, command: str, rule: Rule) -> None
         assert result.returncode == 0, f"{command}\n{output[-3000:]}"
 
 
-@pytest.mark.parametrize("command, rule", commands_run_in("default"), ids=lambda value: getattr(value, "pattern", value))
+@pytest.mark.parametrize(
+    "command, rule", commands_run_in("default"), ids=lambda value: getattr(value, "pattern", value)
+)
 def test_readme_command(command, rule, work):
     result = run(command, rule, work, timeout=900)
     check(result, command, rule)
@@ -260,8 +300,12 @@ def test_long_readme_command(command, rule, long_work):
         dice = json.loads((run_dir / "metrics.json").read_text())["summary"]["mean"]["dice"]["mean"]
         assert dice >= LEARNED_DICE, f"{command}: test Dice {dice:.4f}"
     if command.startswith("scripts/demo.sh"):
-        mper, baseline = map(float, re.search(
-            r"mean Dice on the synthetic test cases: MPER ([0-9.]+), labeled-only ([0-9.]+)", result.stdout).groups())
+        mper, baseline = map(
+            float,
+            re.search(
+                r"mean Dice on the synthetic test cases: MPER ([0-9.]+), labeled-only ([0-9.]+)", result.stdout
+            ).groups(),
+        )
         assert mper > baseline, result.stdout[-2000:]
     if "learning_check" in command:
         for written in (REPO / "benchmarks" / "results").glob("learning_check-readme-check.*"):
@@ -283,10 +327,10 @@ def test_the_python_examples_of_the_ops_and_the_head_run(tmp_path):
     for example in examples:
         if not (CUDA_READY and cuda_available()):
             example = example.replace('device="cuda"', 'device="cpu"')
-        result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True,
-                                timeout=600)
+        result = subprocess.run(
+            [sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True, timeout=600
+        )
         assert result.returncode == 0, result.stderr[-3000:]
-
 
 
 def _licence_rows() -> dict[str, str]:

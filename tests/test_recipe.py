@@ -1,5 +1,6 @@
 """The presets against the paper and the authors' code: every recipe setting pinned by
 value, and the recipe table of docs/recipe.md generated from the preset files."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,14 +24,33 @@ RECIPE_PAGE = Path(__file__).resolve().parents[1] / "docs" / "recipe.md"
 
 #: Settings outside the recipe: the experiment's own choices and bookkeeping.
 NOT_RECIPE = {
-    "dataset", "data_root", "labeled", "preset", "num_classes", "device", "ops", "out", "baseline", "amp",
-    "compile", "channels_last",
-    "data.num_workers", "eval.checkpoint_interval", "eval.log_interval", "eval.num_figures", "eval.pseudo_label_dice", "eval.teacher_dice",
+    "dataset",
+    "data_root",
+    "labeled",
+    "preset",
+    "num_classes",
+    "device",
+    "ops",
+    "out",
+    "baseline",
+    "amp",
+    "compile",
+    "channels_last",
+    "data.num_workers",
+    "eval.checkpoint_interval",
+    "eval.log_interval",
+    "eval.num_figures",
+    "eval.pseudo_label_dice",
+    "eval.teacher_dice",
     "prototypes.kmeans_iterations",  # Lloyd iterations, unused by the mini-batch k-means both presets run
     "run_id",  # the run's identity, drawn when it starts
-    "data.fold", "data.folds",  # cross-validation of imported datasets; the paper's benchmarks have none
+    "data.fold",
+    "data.folds",  # cross-validation of imported datasets; the paper's benchmarks have none
     # how several processes share the work, not what they compute
-    "distributed.sync_batchnorm", "distributed.timeout", "distributed.check_bank", "distributed.force_group",
+    "distributed.sync_batchnorm",
+    "distributed.timeout",
+    "distributed.check_bank",
+    "distributed.force_group",
 }
 
 #: (setting, LA reference, ACDC reference, LA paper, ACDC paper): the recipe switches.
@@ -40,8 +60,13 @@ PINNED = [
     ("selftrain.ema_scope", "parameters", "state", "parameters", "state"),
     ("selftrain.ema_decay", 0.99, 0.99, 0.999, 0.999),
     ("selftrain.forward_passes", 2, 2, 2, 2),
-    ("selftrain.forward_order", "labeled-surround-first", "unlabeled-surround-first",
-     "labeled-surround-first", "unlabeled-surround-first"),
+    (
+        "selftrain.forward_order",
+        "labeled-surround-first",
+        "unlabeled-surround-first",
+        "labeled-surround-first",
+        "unlabeled-surround-first",
+    ),
     ("selftrain.contrastive_reduction", "sum", "sum", "sum", "sum"),
     ("selftrain.keep_better_stage", False, False, True, True),
     ("selftrain.consistency_scale", 0.5, 0.5, 1.0, 1.0),
@@ -74,8 +99,12 @@ PINNED = [
 @pytest.mark.parametrize("setting, la_reference, acdc_reference, la_paper, acdc_paper", PINNED)
 def test_presets_pin_every_recipe_setting(setting, la_reference, acdc_reference, la_paper, acdc_paper):
     section, _, key = setting.rpartition(".")
-    for dataset, preset, expected in (("la", "reference", la_reference), ("acdc", "reference", acdc_reference),
-                                      ("la", "paper", la_paper), ("acdc", "paper", acdc_paper)):
+    for dataset, preset, expected in (
+        ("la", "reference", la_reference),
+        ("acdc", "reference", acdc_reference),
+        ("la", "paper", la_paper),
+        ("acdc", "paper", acdc_paper),
+    ):
         config = load_config(dataset, preset)
         value = config.network[key] if section == "network" else getattr(getattr(config, section), key)
         assert value == expected, (dataset, preset, setting)
@@ -114,7 +143,9 @@ def test_paper_follows_the_paper_where_it_speaks_and_the_authors_where_it_is_sil
             assert row.paper_note and row.paper_note in cell and row.paper is SILENT, row.setting
             continue
         assert not row.paper_note, row.setting
-        assert set(cell.replace("LA: ", "").replace("ACDC: ", "").split("; ")) <= {"as paper", "as authors"}, row.setting
+        assert set(cell.replace("LA: ", "").replace("ACDC: ", "").split("; ")) <= {"as paper", "as authors"}, (
+            row.setting
+        )
     stated = [row.setting for row in recipe_rows() if row.paper is not SILENT]
     assert {"selftrain.ema_decay", "prototypes.momentum", "network.classifier_kernel"} <= set(stated)
 

@@ -2,6 +2,7 @@
 teacher mode and EMA, forward passes and order, region-wise bank steps, the contrastive
 reduction, the Dice forms, the pre-training loss, optimizer carry-over, the classifier
 kernel, the training resize, k-means and the evaluation protocol."""
+
 from __future__ import annotations
 
 import contextlib
@@ -34,26 +35,38 @@ from mper.train.pretrain import run_pretrain, supervised_step
 from mper.train.teacher import create_teacher, ema_update_, teacher_decay
 
 TINY = [
-    "network.channels=[4, 8, 16, 32, 64]", "data.patch_size=[32, 32]", "data.batch_size=4",
-    "data.labeled_batch_size=2", "data.num_workers=0", "pretrain.iterations=2", "selftrain.iterations=2",
-    "eval.val_interval=2", "prototypes.kmeans_max_voxels=500", "prototypes.confidence_threshold=0.0",
+    "network.channels=[4, 8, 16, 32, 64]",
+    "data.patch_size=[32, 32]",
+    "data.batch_size=4",
+    "data.labeled_batch_size=2",
+    "data.num_workers=0",
+    "pretrain.iterations=2",
+    "selftrain.iterations=2",
+    "eval.val_interval=2",
+    "prototypes.kmeans_max_voxels=500",
+    "prototypes.confidence_threshold=0.0",
 ]
 
 
 def tiny_trainer(tmp_path, *assignments, data_root="", preset="reference") -> Trainer:
-    config = load_config("acdc", preset, {"data_root": str(data_root), "device": "cpu", "labeled": 1},
-                         [*TINY, *assignments])
+    config = load_config(
+        "acdc", preset, {"data_root": str(data_root), "device": "cpu", "labeled": 1}, [*TINY, *assignments]
+    )
     trainer = Trainer(config, tmp_path, validate=lambda net: 0.5)
     trainer.teacher = create_teacher(trainer.student, config.selftrain.teacher_mode)
     trainer.head = trainer.new_head()
-    trainer.head.prototypes.copy_(torch.randn(trainer.head.prototypes.shape, generator=torch.Generator().manual_seed(3)))
+    trainer.head.prototypes.copy_(
+        torch.randn(trainer.head.prototypes.shape, generator=torch.Generator().manual_seed(3))
+    )
     return trainer
 
 
 def tiny_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return {"image": torch.randn(4, 1, 32, 32, generator=generator),
-            "label": torch.randint(0, 4, (4, 32, 32), generator=generator)}
+    return {
+        "image": torch.randn(4, 1, 32, 32, generator=generator),
+        "label": torch.randint(0, 4, (4, 32, 32), generator=generator),
+    }
 
 
 class RecordingOps:
@@ -80,6 +93,7 @@ def record_ops(monkeypatch) -> RecordingOps:
 
 
 # --- teacher ---------------------------------------------------------------------------
+
 
 def tiny_teacher(dropout: float) -> nn.Module:
     """A tiny U-Net teacher (the self-training copy of a student), in train mode."""
@@ -108,8 +122,9 @@ def test_teacher_passes_give_each_unlabeled_half_its_own_batch_statistics():
     with torch.no_grad():
         separate = torch.cat([teacher(half).pred for half in unlabeled.chunk(2)]).softmax(1)
         joint = teacher(unlabeled).pred.softmax(1)
-    assert torch.allclose(selftrain.teacher_probabilities(teacher, unlabeled, 2, contextlib.nullcontext), separate,
-                          atol=1e-6)
+    assert torch.allclose(
+        selftrain.teacher_probabilities(teacher, unlabeled, 2, contextlib.nullcontext), separate, atol=1e-6
+    )
     assert not torch.allclose(separate, joint, atol=1e-4)
 
 
@@ -133,6 +148,7 @@ def test_ema_scope_decides_whether_batch_norm_buffers_follow(scope, buffer_moves
 
 
 # --- the self-training step --------------------------------------------------------------
+
 
 def paper_selftrain(**changes: object) -> SelfTrainConfig:
     """ACDC's ``paper`` self-training settings with ``changes``."""
@@ -187,14 +203,16 @@ def test_the_second_direction_is_classified_with_the_bank_the_first_one_moved(tm
     # By hand: the same draws, then each direction classified and its bank steps taken in turn.
     from_the_top()
     directions = selftrain.mixed_batch(trainer, batch)
-    outputs = selftrain.student_outputs(trainer.student, directions, trainer.config.selftrain.forward_passes,
-                                        contextlib.nullcontext)
+    outputs = selftrain.student_outputs(
+        trainer.student, directions, trainer.config.selftrain.forward_passes, contextlib.nullcontext
+    )
     expected_banks = []
     for direction, output in zip(directions, outputs):
         expected_banks.append(trainer.head.prototypes.clone())
         logits, assign = reference.proto_classify(output.feat, expected_banks[-1], 4, prototypes.tau)
-        selftrain.update_bank(trainer.head, trainer.monitor, prototypes, direction, output.feat, logits.detach(),
-                              assign)
+        selftrain.update_bank(
+            trainer.head, trainer.monitor, prototypes, direction, output.feat, logits.detach(), assign
+        )
     expected_final = trainer.head.prototypes.clone()
 
     from_the_top()
@@ -224,15 +242,22 @@ def test_update_bank_takes_the_unlabeled_region_step_then_the_labeled_one():
     mask = torch.zeros(4, 4)
     mask[:, :2] = 1.0  # surround: the left half
     direction = selftrain.MixedImages(
-        images=torch.zeros(1, 1, 4, 4), surround_label=label, box_label=label, mix_mask=mask,
-        labeled_region=mask, teacher_confidence=torch.ones(1, 4, 4), surround_weight=1.0, box_weight=0.5,
+        images=torch.zeros(1, 1, 4, 4),
+        surround_label=label,
+        box_label=label,
+        mix_mask=mask,
+        labeled_region=mask,
+        teacher_confidence=torch.ones(1, 4, 4),
+        surround_weight=1.0,
+        box_weight=0.5,
     )
     logits = nn.functional.one_hot(label, 4).movedim(-1, 1).float()  # the classifier is right everywhere
     start = torch.randn(8, 2, generator=generator)
 
     def run(update_steps):
-        prototypes = load_config("acdc", "reference", {},
-                                 ["prototypes.per_class=2", f"prototypes.update_steps={update_steps}"]).prototypes
+        prototypes = load_config(
+            "acdc", "reference", {}, ["prototypes.per_class=2", f"prototypes.update_steps={update_steps}"]
+        ).prototypes
         bank = PrototypeHead(4, 2, 2, ops="reference")
         bank.prototypes.copy_(start)
         monitor = SelfTrainingMonitor(4)
@@ -258,6 +283,7 @@ def test_update_bank_takes_the_unlabeled_region_step_then_the_labeled_one():
 
 # --- losses ----------------------------------------------------------------------------
 
+
 def dice_case():
     """Two images of two voxels; p = (0.5, 0.5) and (0.75, 0.25) in each; labels (1, 0)
     and (0, 0); the region is the first voxel of each image."""
@@ -281,8 +307,9 @@ def test_pooled_squared_dice_pools_the_batch():
     logits, label, region = dice_case()
     # class 0: 2 * 0.5 / (0.25 + 0.25 + 1) ; class 1: 2 * 0.5 / (0.25 + 0.25 + 1)
     expected = 1 - (1.0 / 1.5)
-    assert masked_dice_loss(logits, label, region, DiceOptions("pooled-squared", "region", 0.0)).item() \
-        == pytest.approx(expected)
+    assert masked_dice_loss(
+        logits, label, region, DiceOptions("pooled-squared", "region", 0.0)
+    ).item() == pytest.approx(expected)
 
 
 def test_a_whole_image_background_term_reads_outside_the_region():
@@ -304,7 +331,8 @@ def test_copy_paste_loss_scores_each_region_against_its_own_images_label():
     assert per_region.item() == pytest.approx(copy_paste_loss(logits, mixed, mixed, region, 1.0, 1.0).item())
     background = DiceOptions(background="whole-image")
     assert copy_paste_loss(logits, label, other, region, dice=background).item() != pytest.approx(
-        copy_paste_loss(logits, mixed, mixed, region, dice=background).item())
+        copy_paste_loss(logits, mixed, mixed, region, dice=background).item()
+    )
 
 
 def test_pretraining_loss_is_per_region_or_over_the_whole_image(tmp_path):
@@ -318,12 +346,16 @@ def test_pretraining_loss_is_per_region_or_over_the_whole_image(tmp_path):
             logits = trainer.student(copy_paste(batch["image"][:1], batch["image"][1:], mask)).pred
         dice = trainer.config.losses.options()
         labels = batch["label"]
-        expected = (segmentation_loss(logits, copy_paste(labels[:1], labels[1:], mask), 0.5, dice)
-                    if loss == "whole-image" else copy_paste_loss(logits, labels[:1], labels[1:], mask, scale=0.5, dice=dice))
+        expected = (
+            segmentation_loss(logits, copy_paste(labels[:1], labels[1:], mask), 0.5, dice)
+            if loss == "whole-image"
+            else copy_paste_loss(logits, labels[:1], labels[1:], mask, scale=0.5, dice=dice)
+        )
         assert float(supervised_step(trainer, batch, mix=True)["loss"]) == pytest.approx(expected.item(), rel=1e-5)
 
 
 # --- optimizer carry-over ------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def acdc_root(tmp_path_factory):
@@ -349,6 +381,7 @@ def test_self_training_reloads_the_pre_training_momentum_buffers(tmp_path, acdc_
 
 # --- networks and data -----------------------------------------------------------------------
 
+
 def test_classifier_kernel_sets_the_linear_classifier_conv():
     assert UNet2D(channels=(4, 8, 16, 32, 64), classifier_kernel=3).classifier.weight.shape == (4, 4, 3, 3)
     assert VNet3D(base_filters=4).classifier.weight.shape == (2, 4, 1, 1, 1)
@@ -371,6 +404,7 @@ def test_nearest_training_resize_keeps_the_image_values(acdc_root):
 
 # --- prototype initialisation ------------------------------------------------------------------
 
+
 def test_minibatch_kmeans_finds_well_separated_clusters():
     generator = torch.Generator().manual_seed(0)
     truth = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
@@ -389,12 +423,14 @@ def test_prototype_init_reads_one_augmented_epoch_of_labeled_batches(tmp_path, a
     config.prototypes.kmeans_augment = False
     plain = list(prototype_init_batches(config, torch.device("cpu")))
     assert sum(len(image) for image, _ in plain) == len(labeled)
-    unaugmented = ACDCSlices(acdc_root, labeled[:1], patch_size=(32, 32), augment=False,
-                             image_interpolation="nearest")[0]["image"]
+    unaugmented = ACDCSlices(acdc_root, labeled[:1], patch_size=(32, 32), augment=False, image_interpolation="nearest")[
+        0
+    ]["image"]
     assert torch.equal(plain[0][0][0], unaugmented)
 
 
 # --- evaluation protocol ---------------------------------------------------------------------
+
 
 def test_largest_component_post_processing_removes_a_stray_blob_and_changes_95hd():
     truth = np.zeros((16, 16, 16), dtype=np.uint8)

@@ -1,4 +1,5 @@
 """Summaries, the paper's Markdown table and the JSON report."""
+
 from __future__ import annotations
 
 import json
@@ -105,8 +106,9 @@ def test_distances_that_count_a_class_predicted_nowhere_as_zero_are_marked_and_c
     no_class_2 = np.where(truth == 1, 1, 0).astype(np.uint8)
     disjoint = no_class_2.copy()
     disjoint[0, 7] = 2  # class 2 predicted, but away from the truth: Dice 0, measured distances
-    per_case = {case: score_case(pred, truth, 3, "zero")
-                for case, pred in (("a", right), ("b", no_class_2), ("c", disjoint))}
+    per_case = {
+        case: score_case(pred, truth, 3, "zero") for case, pred in (("a", right), ("b", no_class_2), ("c", disjoint))
+    }
     assert per_case["b"][2] == {"dice": 0.0, "jaccard": 0.0, "hd95": 0.0, "asd": 0.0}
     assert per_case["c"][2]["dice"] == 0.0 and per_case["c"][2]["hd95"] >= 1.0
     summary = summarize(per_case)
@@ -119,11 +121,15 @@ def test_distances_that_count_a_class_predicted_nowhere_as_zero_are_marked_and_c
     assert rows["| Myo"].endswith("* |") and rows["| Myo"].count("*") == 2
     assert table.endswith(
         "95HD and ASD marked * count 1 of 6 case-class results, in 1 of 3 cases, as 0: a class predicted nowhere, "
-        "which the authors' rule (eval.empty_prediction = \"zero\") scores 0 in every metric. These zeros lower "
-        "the distance means; a run with eval.empty_prediction = \"undefined\" (preset strict) leaves them out "
-        "instead.\n")
-    undefined = summarize({case: score_case(pred, truth, 3, "undefined")
-                           for case, pred in (("a", right), ("b", no_class_2), ("c", disjoint))})
+        'which the authors\' rule (eval.empty_prediction = "zero") scores 0 in every metric. These zeros lower '
+        'the distance means; a run with eval.empty_prediction = "undefined" (preset strict) leaves them out '
+        "instead.\n"
+    )
+    undefined = summarize(
+        {
+            case: score_case(pred, truth, 3, "undefined")
+            for case, pred in (("a", right), ("b", no_class_2), ("c", disjoint))
+        }
+    )
     assert undefined["predicted_nowhere"]["results"] == 0
     assert "*" not in markdown_table(undefined, "MPER", "3", "67")
-

@@ -1,5 +1,6 @@
 """What a person sees of a run: versions, the printed settings, train.log from its header
 to the test metrics, progress of long steps, and one message per Ctrl-C."""
+
 from __future__ import annotations
 
 import os
@@ -18,9 +19,16 @@ from mper.datasets import synthesize
 from mper.train.config import load_config, read_preset
 
 TINY = [
-    "network.channels=[4, 8, 16, 32, 64]", "data.patch_size=[32, 32]", "data.batch_size=4",
-    "data.labeled_batch_size=2", "data.num_workers=0", "pretrain.iterations=3", "selftrain.iterations=3",
-    "eval.val_interval=3", "eval.num_figures=2", "prototypes.kmeans_max_voxels=500",
+    "network.channels=[4, 8, 16, 32, 64]",
+    "data.patch_size=[32, 32]",
+    "data.batch_size=4",
+    "data.labeled_batch_size=2",
+    "data.num_workers=0",
+    "pretrain.iterations=3",
+    "selftrain.iterations=3",
+    "eval.val_interval=3",
+    "eval.num_figures=2",
+    "prototypes.kmeans_max_voxels=500",
 ]
 
 
@@ -33,9 +41,16 @@ def acdc_root(tmp_path_factory):
     return synthesize("acdc", tmp_path_factory.mktemp("acdc"), cases=5, seed=0, size=(32, 32), progress=False)
 
 
-@pytest.mark.parametrize("main, program", [(train_main, "mper-train"), (eval_main, "mper-eval"),
-                                           (predict_main, "mper-predict"), (data_main, "mper-data"),
-                                           (experiment_main, "mper-experiment")])
+@pytest.mark.parametrize(
+    "main, program",
+    [
+        (train_main, "mper-train"),
+        (eval_main, "mper-eval"),
+        (predict_main, "mper-predict"),
+        (data_main, "mper-data"),
+        (experiment_main, "mper-experiment"),
+    ],
+)
 def test_every_command_prints_its_versions(main, program, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
@@ -47,26 +62,51 @@ def test_every_command_prints_its_versions(main, program, capsys):
 
 
 def test_print_config_prints_the_resolved_settings_and_trains_nothing(tmp_path, capsys):
-    train_main(["--dataset", "la", "--preset", "paper", "--labeled", "4", "--set", "selftrain.iterations=7",
-                "--out", str(tmp_path / "run"), "--print-config"])
+    train_main(
+        [
+            "--dataset",
+            "la",
+            "--preset",
+            "paper",
+            "--labeled",
+            "4",
+            "--set",
+            "selftrain.iterations=7",
+            "--out",
+            str(tmp_path / "run"),
+            "--print-config",
+        ]
+    )
     printed = capsys.readouterr().out
     import tomllib
 
     values = tomllib.loads(printed)
-    expected = load_config("la", "paper", {"labeled": 4, "out": str(tmp_path / "run")},
-                           ["selftrain.iterations=7"]).to_dict()
+    expected = load_config(
+        "la", "paper", {"labeled": 4, "out": str(tmp_path / "run")}, ["selftrain.iterations=7"]
+    ).to_dict()
     values["prototypes"]["contrastive_ignore_row"] = expected["prototypes"]["contrastive_ignore_row"]  # "none"
     assert values == expected
     assert values["network"] == read_preset("la", "paper")["network"]
     assert not (tmp_path / "run").exists()
 
 
-def test_train_log_opens_with_versions_device_and_settings_and_ends_with_the_test_metrics(
-    acdc_root, tmp_path, capsys
-):
+def test_train_log_opens_with_versions_device_and_settings_and_ends_with_the_test_metrics(acdc_root, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    train_main(["--dataset", "acdc", "--data-root", str(acdc_root), "--labeled", "1", "--device", "cpu",
-                "--out", str(run_dir), *settings(TINY)])
+    train_main(
+        [
+            "--dataset",
+            "acdc",
+            "--data-root",
+            str(acdc_root),
+            "--labeled",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(run_dir),
+            *settings(TINY),
+        ]
+    )
     console = capsys.readouterr()
     lines = (run_dir / "train.log").read_text().splitlines()
     assert f": starting: mper {__version__} (torch {torch.__version__}, " in lines[0]
@@ -74,11 +114,13 @@ def test_train_log_opens_with_versions_device_and_settings_and_ends_with_the_tes
     assert lines[2].endswith("settings:") and lines[3] == 'dataset = "acdc"'
     text = "\n".join(lines)
     assert 'out = "' + str(run_dir) + '"' in text and "[selftrain]\niterations = 3" in text
-    for pattern in (r"stage pretrain \(copy-paste pre-training.*\): 3 iterations, from the start",
-                    r"initialising the prototype bank by k-means \(minibatch, 3 per class, at most 500 voxels per class\)",
-                    r"prototype bank ready: 4 x 3 \(classes x prototypes\) of dimension 4, in [0-9.]+ s",
-                    r"stage selftrain \(Mean Teacher.*\): 3 iterations",
-                    r"evaluating .*best.pt on the test split"):
+    for pattern in (
+        r"stage pretrain \(copy-paste pre-training.*\): 3 iterations, from the start",
+        r"initialising the prototype bank by k-means \(minibatch, 3 per class, at most 500 voxels per class\)",
+        r"prototype bank ready: 4 x 3 \(classes x prototypes\) of dimension 4, in [0-9.]+ s",
+        r"stage selftrain \(Mean Teacher.*\): 3 iterations",
+        r"evaluating .*best.pt on the test split",
+    ):
         assert re.search(pattern, text), pattern
     metrics = (run_dir / "metrics.md").read_text().rstrip()
     assert text.endswith(metrics) and "test metrics" in lines[-len(metrics.splitlines()) - 1]
@@ -91,8 +133,21 @@ def test_the_test_figures_are_in_tensorboard(acdc_root, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir = tmp_path / "run"
-    train_main(["--dataset", "acdc", "--data-root", str(acdc_root), "--labeled", "1", "--device", "cpu",
-                "--out", str(run_dir), *settings(TINY)])
+    train_main(
+        [
+            "--dataset",
+            "acdc",
+            "--data-root",
+            str(acdc_root),
+            "--labeled",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(run_dir),
+            *settings(TINY),
+        ]
+    )
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     figures = sorted(path.stem for path in (run_dir / "figures").glob("*.png"))
@@ -101,23 +156,51 @@ def test_the_test_figures_are_in_tensorboard(acdc_root, tmp_path):
 
 
 def test_validation_shows_progress(acdc_root, tmp_path, capsys):
-    train_main(["--dataset", "acdc", "--data-root", str(acdc_root), "--labeled", "1", "--device", "cpu",
-                "--out", str(tmp_path / "run"), *settings(TINY)])
+    train_main(
+        [
+            "--dataset",
+            "acdc",
+            "--data-root",
+            str(acdc_root),
+            "--labeled",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "run"),
+            *settings(TINY),
+        ]
+    )
     assert "validation:" in capsys.readouterr().err
 
 
 def test_ctrl_c_with_data_workers_reports_once(acdc_root, tmp_path):
     """A terminal's Ctrl-C reaches the whole process group, data workers included."""
     run_dir = tmp_path / "run"
-    arguments = ["--dataset", "acdc", "--data-root", str(acdc_root), "--labeled", "1", "--device", "cpu",
-                 "--out", str(run_dir), *settings(TINY),
-                 "--set", "data.num_workers=2", "--set", "pretrain.iterations=100000"]
+    arguments = [
+        "--dataset",
+        "acdc",
+        "--data-root",
+        str(acdc_root),
+        "--labeled",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(run_dir),
+        *settings(TINY),
+        "--set",
+        "data.num_workers=2",
+        "--set",
+        "pretrain.iterations=100000",
+    ]
     stderr_path = tmp_path / "stderr.txt"
     with open(stderr_path, "w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from mper.cli import train_main; train_main(sys.argv[1:])",
-             *arguments],
-            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+            [sys.executable, "-c", "import sys; from mper.cli import train_main; train_main(sys.argv[1:])", *arguments],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + 120

@@ -1,5 +1,6 @@
 """--preset demo says, before training, when the data is far larger than the preset is made
 for and when a validation pass will take long."""
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,9 @@ def config(dataset, root, preset, *assignments):
 
 def test_data_four_times_the_patch_or_more_is_named_with_the_size_the_preset_expects(acdc_root):
     (warning,) = size_warnings(config("acdc", acdc_root, "demo", "data.patch_size=[16, 16]"))
-    assert warning.startswith(f"--preset demo is made for training images of about its 16x16 patch, but those "
-                              f"of {acdc_root} are 32x32 (")
+    assert warning.startswith(
+        f"--preset demo is made for training images of about its 16x16 patch, but those of {acdc_root} are 32x32 ("
+    )
     assert "4.0x the voxels: its 400 + 500 iterations and narrow networks can learn much less" in warning
     assert "write data of about 16x16 (mper-data synth --size 16 16)" in warning
     assert size_warnings(config("acdc", acdc_root, "demo", "data.patch_size=[16, 32]")) == []  # 2x
@@ -47,8 +49,15 @@ def windows(size, patch, step):
 
 
 def test_a_long_validation_pass_is_estimated_from_its_windows_and_passes(la_root, monkeypatch):
-    run = config("la", la_root, "demo", "data.patch_size=[16, 16, 16]", "eval.stride=[8, 8, 8]",
-                 "data.holdout_cases=2", "eval.val_interval=40")
+    run = config(
+        "la",
+        la_root,
+        "demo",
+        "data.patch_size=[16, 16, 16]",
+        "eval.stride=[8, 8, 8]",
+        "data.holdout_cases=2",
+        "eval.val_interval=40",
+    )
     assert size_warnings(run)[0].startswith("--preset demo is made for training images of about its 16x16x16")
     assert len(size_warnings(run)) == 1  # validation of seconds
     monkeypatch.setattr(run_size, "LONG_VALIDATION_S", 0.0)
@@ -56,11 +65,13 @@ def test_a_long_validation_pass_is_estimated_from_its_windows_and_passes(la_root
     expected = sum(math.prod(windows(size, 16, 8) for size in shape) for shape in shapes)
     warning = size_warnings(run)[1]
     assert warning.startswith("a validation pass will take about ")
-    assert (f" on cpu: 2 cases of {la_root}, {expected} windows of 16x16x16 at a step of 8x8x8, " in warning)
+    assert f" on cpu: 2 cases of {la_root}, {expected} windows of 16x16x16 at a step of 8x8x8, " in warning
     # 200 pre-training iterations: 5 passes; 300 self-training: 8, each of student and teacher
     assert "; this run validates 21 times (eval.val_interval = 40), about " in warning
-    assert warning.endswith("--preset demo is made for validation of seconds: use smaller data, or validate less often "
-                            "(--set eval.val_interval=N, --set eval.stride=[...] for fewer windows)")
+    assert warning.endswith(
+        "--preset demo is made for validation of seconds: use smaller data, or validate less often "
+        "(--set eval.val_interval=N, --set eval.stride=[...] for fewer windows)"
+    )
 
 
 def test_slices_are_counted_in_batches_of_the_validation(acdc_root, monkeypatch):
@@ -72,23 +83,51 @@ def test_slices_are_counted_in_batches_of_the_validation(acdc_root, monkeypatch)
     assert "eval.stride" not in warning
 
 
-@pytest.mark.parametrize("assignments, passes", [
-    ([], 8 + 2 * 10),  # ACDC demo: 400 + 500 iterations every 50, the teacher validated too
-    (["eval.teacher_dice=false"], 8 + 10),
-    (["eval.val_interval=300"], 2 + 2 * 2),  # the end of a stage validates too
-    (["baseline=labeled-only"], 18),  # one stage of 900 iterations
-])
+@pytest.mark.parametrize(
+    "assignments, passes",
+    [
+        ([], 8 + 2 * 10),  # ACDC demo: 400 + 500 iterations every 50, the teacher validated too
+        (["eval.teacher_dice=false"], 8 + 10),
+        (["eval.val_interval=300"], 2 + 2 * 2),  # the end of a stage validates too
+        (["baseline=labeled-only"], 18),  # one stage of 900 iterations
+    ],
+)
 def test_validation_passes_are_counted_as_the_loop_validates(acdc_root, assignments, passes):
     assert validation_passes(config("acdc", acdc_root, "demo", *assignments)) == passes
 
 
 def test_the_warning_is_one_line_on_screen_and_in_train_log(acdc_root, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    train_main(["--dataset", "acdc", "--data-root", str(acdc_root), "--labeled", "1", "--preset", "demo",
-                "--device", "cpu", "--out", str(run_dir), "--set", "data.patch_size=[16, 16]",
-                "--set", "network.channels=[4, 8, 16, 32, 64]", "--set", "pretrain.iterations=2",
-                "--set", "selftrain.iterations=2", "--set", "eval.val_interval=2", "--set", "eval.num_figures=0",
-                "--set", "prototypes.kmeans_max_voxels=500"])
+    train_main(
+        [
+            "--dataset",
+            "acdc",
+            "--data-root",
+            str(acdc_root),
+            "--labeled",
+            "1",
+            "--preset",
+            "demo",
+            "--device",
+            "cpu",
+            "--out",
+            str(run_dir),
+            "--set",
+            "data.patch_size=[16, 16]",
+            "--set",
+            "network.channels=[4, 8, 16, 32, 64]",
+            "--set",
+            "pretrain.iterations=2",
+            "--set",
+            "selftrain.iterations=2",
+            "--set",
+            "eval.val_interval=2",
+            "--set",
+            "eval.num_figures=0",
+            "--set",
+            "prototypes.kmeans_max_voxels=500",
+        ]
+    )
     screen = [line for line in capsys.readouterr().err.splitlines() if "--preset demo is made for" in line]
     log = [line for line in (run_dir / "train.log").read_text().splitlines() if "--preset demo is made for" in line]
     assert len(screen) == len(log) == 1 and log[0].endswith(screen[0])

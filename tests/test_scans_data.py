@@ -1,6 +1,7 @@
 """Raw scans in the nnU-Net v2 and Decathlon layouts: the synthetic writer, the readers, the
 checks that refuse bad input before anything is written, the preprocessing by nnU-Net's
 conventions and the way back, the plan file and the training items."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,10 @@ TINY = (16, 16, 5)
 def raw(tmp_path_factory):
     """A tiny synthetic raw dataset in each layout."""
     root = tmp_path_factory.mktemp("raw")
-    return {layout: synthesize_scans(root / layout, layout, cases=6, seed=3, size=TINY, progress=False)
-            for layout in (NNUNET, MSD)}
+    return {
+        layout: synthesize_scans(root / layout, layout, cases=6, seed=3, size=TINY, progress=False)
+        for layout in (NNUNET, MSD)
+    }
 
 
 # --- the synthetic writer and the readers --------------------------------------------------
@@ -86,7 +89,9 @@ def test_both_layouts_hold_the_same_cases(raw):
 
 
 def test_mper_data_synth_writes_raw_scans_and_asks_for_one_kind_of_data(tmp_path, capsys):
-    cli.data_main(["synth", "--format", "msd", "--out", str(tmp_path / "msd"), "--cases", "5", "--size", "12", "12", "4"])
+    cli.data_main(
+        ["synth", "--format", "msd", "--out", str(tmp_path / "msd"), "--cases", "5", "--size", "12", "12", "4"]
+    )
     assert "wrote synthetic msd scans" in capsys.readouterr().out
     assert read_raw_dataset(tmp_path / "msd").layout == MSD
     for options in ([], ["--format", "nnunet", "--dataset", "la"]):
@@ -101,8 +106,10 @@ def test_mper_data_synth_writes_raw_scans_and_asks_for_one_kind_of_data(tmp_path
 
 def _rewrite(path, data=None, affine=None):
     scan = nib.load(path)
-    nib.save(nib.Nifti1Image(np.asarray(scan.dataobj) if data is None else data,
-                             scan.affine if affine is None else affine), path)
+    nib.save(
+        nib.Nifti1Image(np.asarray(scan.dataobj) if data is None else data, scan.affine if affine is None else affine),
+        path,
+    )
 
 
 def _missing_channel(root):
@@ -149,7 +156,9 @@ def _nan_voxels(root):
 
 def _duplicate_case(root):
     for channel in (0, 1):
-        shutil.copy(root / "imagesTs" / f"synth_004_{channel:04d}.nii.gz", root / "imagesTs" / f"synth_000_{channel:04d}.nii.gz")
+        shutil.copy(
+            root / "imagesTs" / f"synth_004_{channel:04d}.nii.gz", root / "imagesTs" / f"synth_000_{channel:04d}.nii.gz"
+        )
     return "synth_000", "twice"
 
 
@@ -167,8 +176,20 @@ def _unknown_modality(root):
     return "dataset.json", "unknown modality 'XYZ'"
 
 
-@pytest.mark.parametrize("damage", [_missing_channel, _label_shape, _channel_affine, _undeclared_label, _four_d_label,
-                                    _nan_voxels, _duplicate_case, _empty_training, _unknown_modality])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _missing_channel,
+        _label_shape,
+        _channel_affine,
+        _undeclared_label,
+        _four_d_label,
+        _nan_voxels,
+        _duplicate_case,
+        _empty_training,
+        _unknown_modality,
+    ],
+)
 def test_bad_input_is_refused_in_one_line_before_anything_is_written(raw, tmp_path, capsys, damage):
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
     named, advice = damage(source)
@@ -235,12 +256,19 @@ def test_resampling_a_label_map_and_back_recovers_it_within_one_voxel_at_boundar
     wrong = back != label
     assert wrong.any() and not (wrong & ~_boundary(label)).any()
     # the way predictions go back: class probabilities, resampled one class at a time, argmax, un-cropped
-    geometry = CaseGeometry(shape=(44, 40, 14), spacing=spacing, affine=tuple(map(tuple, np.eye(4))),
-                            crop=((2, 42), (1, 37), (0, 14)), resampled_shape=tuple(shape))
+    geometry = CaseGeometry(
+        shape=(44, 40, 14),
+        spacing=spacing,
+        affine=tuple(map(tuple, np.eye(4))),
+        crop=((2, 42), (1, 37), (0, 14)),
+        resampled_shape=tuple(shape),
+    )
     probabilities = np.eye(5, dtype=np.float32)[there].transpose(3, 0, 1, 2)
     restored = restore_labels(probabilities, geometry, target)
     assert restored.shape == (44, 40, 14)
-    assert not restored[:2].any() and not restored[42:].any() and not restored[:, :1].any() and not restored[:, 37:].any()
+    assert (
+        not restored[:2].any() and not restored[42:].any() and not restored[:, :1].any() and not restored[:, 37:].any()
+    )
     wrong = restored[2:42, 1:37] != label
     assert not (wrong & ~_boundary(label)).any()
 
@@ -285,10 +313,12 @@ def test_ct_channels_are_clipped_to_foreground_percentiles_and_z_scored():
     statistics = foreground_statistics(foreground)
     low, high = np.percentile(foreground, [0.5, 99.5])
     assert (statistics.mean, statistics.std, statistics.low, statistics.high) == pytest.approx(
-        (foreground.mean(), foreground.std(), low, high))
+        (foreground.mean(), foreground.std(), low, high)
+    )
     normalized, used = normalize_channel(image.copy(), "ct", statistics, None)
-    np.testing.assert_allclose(normalized, (np.clip(image, low, high) - foreground.mean()) / foreground.std(),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        normalized, (np.clip(image, low, high) - foreground.mean()) / foreground.std(), rtol=1e-5, atol=1e-5
+    )
     assert used == Normalization("ct", statistics.mean, statistics.std, (statistics.low, statistics.high))
 
 
@@ -325,11 +355,23 @@ def test_a_case_keeps_what_it_needs_to_go_back(raw):
 
 def _plan():
     rules = ScanRules(("ct", "z-score"), (ChannelStatistics(1.5, 2.5, -3.0, 4.25), None), False, (0.8, 0.8, 3.0))
-    settings = {dims: {"paper": {"labeled": 3, "data": {"patch_size": [32] * size, "batch_size": 4}}}
-                for dims, size in (("2d", 2), ("3d", 3))}
-    return ScanPlan(name="Liver-01", source="raw", layout=NNUNET, file_ending=".nii.gz", dims="3d", slice_axis=2,
-                    class_names=("background", "liver", "tumour"), channels=("CT", "T2"), rules=rules,
-                    median_shape=(120, 110, 40), settings=settings)
+    settings = {
+        dims: {"paper": {"labeled": 3, "data": {"patch_size": [32] * size, "batch_size": 4}}}
+        for dims, size in (("2d", 2), ("3d", 3))
+    }
+    return ScanPlan(
+        name="Liver-01",
+        source="raw",
+        layout=NNUNET,
+        file_ending=".nii.gz",
+        dims="3d",
+        slice_axis=2,
+        class_names=("background", "liver", "tumour"),
+        channels=("CT", "T2"),
+        rules=rules,
+        median_shape=(120, 110, 40),
+        settings=settings,
+    )
 
 
 def test_the_plan_file_reads_back_what_was_written():
@@ -377,8 +419,9 @@ def test_training_items_carry_every_channel_in_3d_and_in_2d(tmp_path):
     image = rng.normal(size=(2, 20, 18, 6)).astype(np.float32)
     label = np.zeros((20, 18, 6), np.uint8)
     label[3:7, 12:16, 1:5] = 3
-    geometry = CaseGeometry((20, 18, 6), (1.0, 1.0, 3.0), tuple(map(tuple, np.eye(4))), ((0, 20), (0, 18), (0, 6)),
-                            (20, 18, 6))
+    geometry = CaseGeometry(
+        (20, 18, 6), (1.0, 1.0, 3.0), tuple(map(tuple, np.eye(4))), ((0, 20), (0, 18), (0, 6)), (20, 18, 6)
+    )
     write_scan_case(tmp_path, "a", image, label, label, geometry)
     write_scan_case(tmp_path, "b", image, None, None, geometry)
     write_scan_lists(tmp_path, {"labeled": ["a"], "unlabeled": ["b"]})

@@ -2,6 +2,7 @@
 layout are written, imported, trained on (tiny MPER runs: a 3D V-Net, a 2D U-Net; two
 channels, five classes), evaluated and predicted back onto the scanners' grids, through
 the commands a user types."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,20 @@ from mper.datasets.registry import _REGISTRY
 from mper.train.checkpoint import load_checkpoint
 from mper.train.config import TrainConfig
 
-TINY = ["--device", "cpu", "--set", "data.num_workers=0", "--set", "pretrain.iterations=2",
-        "--set", "selftrain.iterations=2", "--set", "eval.val_interval=2", "--set", "prototypes.kmeans_max_voxels=500"]
+TINY = [
+    "--device",
+    "cpu",
+    "--set",
+    "data.num_workers=0",
+    "--set",
+    "pretrain.iterations=2",
+    "--set",
+    "selftrain.iterations=2",
+    "--set",
+    "eval.val_interval=2",
+    "--set",
+    "prototypes.kmeans_max_voxels=500",
+]
 NETWORKS = {"3d": ["--set", "network.base_filters=4"], "2d": ["--set", "network.channels=[4,8,16,32,64]"]}
 NAME = "Synth"
 
@@ -41,8 +54,9 @@ def _unregister_imported_datasets():
 
 def _run(tmp, layout, dims, *options):
     raw = tmp / f"raw-{layout}"
-    cli.data_main(["synth", "--format", layout, "--out", str(raw), "--cases", "7", "--size", "20", "20", "6",
-                   "--seed", "4"])
+    cli.data_main(
+        ["synth", "--format", layout, "--out", str(raw), "--cases", "7", "--size", "20", "20", "6", "--seed", "4"]
+    )
     root = tmp / f"imported-{layout}"
     cli.data_main(["import", "--source", str(raw), "--out", str(root), "--dims", dims])
     run_dir = tmp / f"run-{layout}"
@@ -83,8 +97,18 @@ def _test_images(raw, layout):
 
 def _check_predictions_and_scores(raw, run_dir, layout, tmp_path, capsys):
     out = tmp_path / "predictions"
-    cli.predict_main(["--checkpoint", str(run_dir / "best.pt"), "--input", str(raw / "imagesTs"),
-                      "--output", str(out), "--device", "cpu"])
+    cli.predict_main(
+        [
+            "--checkpoint",
+            str(run_dir / "best.pt"),
+            "--input",
+            str(raw / "imagesTs"),
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     cli.eval_main(["--checkpoint", str(run_dir / "best.pt"), "--out", str(tmp_path / "eval"), "--device", "cpu"])
     printed = capsys.readouterr().out
     assert "95HD and ASD in mm" in printed and "| tumour |" in printed and "| spleen |" in printed
@@ -141,8 +165,9 @@ def test_a_run_predicts_and_resumes_from_its_own_copy_of_the_plan(nnunet_3d, tmp
     moved = shutil.move(str(root), tmp_path / "elsewhere")
     del _REGISTRY[NAME]
     try:
-        written = pipeline.predict(run_dir / "best.pt", raw / "imagesTs" / "synth_005_0001.nii.gz", tmp_path / "one",
-                                   device="cpu")
+        written = pipeline.predict(
+            run_dir / "best.pt", raw / "imagesTs" / "synth_005_0001.nii.gz", tmp_path / "one", device="cpu"
+        )
         assert [path.name for path in written] == ["synth_005.nii.gz"]
         assert get_dataset(NAME).scans is not None
     finally:
@@ -187,8 +212,19 @@ def test_two_dimensional_images_train_in_2d_and_predict_in_their_own_shape(nnune
 def test_every_preset_and_setting_applies_to_imported_data(nnunet_3d, capsys):
     _, root, _ = nnunet_3d
     for preset in ("paper", "reference", "strict", "demo", "reference+demo"):
-        cli.train_main(["--data-root", str(root), "--preset", preset, "--print-config",
-                        "--set", "selftrain.iterations=7", "--fold", "2"])
+        cli.train_main(
+            [
+                "--data-root",
+                str(root),
+                "--preset",
+                preset,
+                "--print-config",
+                "--set",
+                "selftrain.iterations=7",
+                "--fold",
+                "2",
+            ]
+        )
         printed = capsys.readouterr().out
         assert f'dataset = "{NAME}"' in printed and 'val_split = "fold"' in printed and "fold = 2" in printed
         assert "iterations = 7" in printed and "num_classes = 5" in printed

@@ -2,6 +2,7 @@
 a stand-in ``python`` records ``pip install`` calls instead of running them, a stand-in
 ``nvidia-smi`` lists a GPU or none, and the scripts run from a copy of the repository
 whose sources a test may change."""
+
 from __future__ import annotations
 
 import os
@@ -41,11 +42,11 @@ def fake_environment(tmp_path: Path) -> Path:
     (venv / "bin").mkdir(parents=True)
     scripts = {
         "python": f'if [ "$1 $2" = "-m pip" ]; then echo "${{MPER_WERROR:-unset}} ${{MPER_WITH_CUDA:-unset}} pip $*" '
-                  f'>>"{tmp_path}/pip.log"; exit 0; fi\n'
-                  f'if [ "$1 $2" = "-m pytest" ]; then echo "pytest" >>"{tmp_path}/pytest.log"; exit 0; fi\n'
-                  f'exec {sys.executable} "$@"\n',
+        f'>>"{tmp_path}/pip.log"; exit 0; fi\n'
+        f'if [ "$1 $2" = "-m pytest" ]; then echo "pytest" >>"{tmp_path}/pytest.log"; exit 0; fi\n'
+        f'exec {sys.executable} "$@"\n',
         "nvidia-smi": 'if [ "${FAKE_GPU:-0}" = 1 ]; then echo "GPU 0: NVIDIA H100 (UUID: GPU-0)"; exit 0; fi\n'
-                      'echo "NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver."; exit 9\n',
+        'echo "NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver."; exit 9\n',
         "mper-data": "exit 3\n",
     }
     for name, body in scripts.items():
@@ -60,8 +61,9 @@ def run_script(venv: Path, repo: Path, command: str, **switches: str) -> subproc
     env = {key: value for key, value in os.environ.items() if not key.startswith("MPER_")}
     env.update(MPER_VENV=str(venv), **switches)
     (venv.parent / "pip.log").unlink(missing_ok=True)
-    return subprocess.run(["bash", "-c", command], cwd=venv.parent, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        ["bash", "-c", command], cwd=venv.parent, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def builds(venv: Path, repo: Path) -> list[str]:
@@ -140,9 +142,11 @@ def test_an_unknown_extra_is_named(tmp_path):
 def test_the_declared_torch_floor_is_the_version_ci_installs():
     """pyproject's torch floor is the release setup.sh installs (CI tests no other), and the
     torch running these tests satisfies it."""
-    floor = next(re.fullmatch(r"torch>=(\d+\.\d+)", requirement)
-                 for requirement in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-                 if requirement.startswith("torch"))
+    floor = next(
+        re.fullmatch(r"torch>=(\d+\.\d+)", requirement)
+        for requirement in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+        if requirement.startswith("torch")
+    )
     assert floor is not None
     installed = re.search(r"MPER_TORCH:-torch==(\d+\.\d+)\.\d+", (REPO / "scripts" / "setup.sh").read_text())
     assert installed is not None and installed.group(1) == floor.group(1)

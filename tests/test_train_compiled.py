@@ -23,6 +23,7 @@ over the group so that one flipped decision does not decide alone. It cannot pas
 vacuously: the float32 run must stay within 1% of the float64 one, so that the
 allowance stays far below the size of the values a wrong variant would change.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,22 +51,33 @@ ROUNDING_FACTOR = 4.0
 ITERATIONS = 10  # per stage
 #: dropout off: compiled code draws its random numbers in another order than eager code
 TINY = {
-    "acdc": ["network.channels=[4, 8, 16, 32, 64]", "network.dropout=[0, 0, 0, 0, 0]", "data.patch_size=[32, 32]",
-             "data.batch_size=4", "data.labeled_batch_size=2"],
+    "acdc": [
+        "network.channels=[4, 8, 16, 32, 64]",
+        "network.dropout=[0, 0, 0, 0, 0]",
+        "data.patch_size=[32, 32]",
+        "data.batch_size=4",
+        "data.labeled_batch_size=2",
+    ],
     # the V-Net's deepest batch norm sees 2 x 2 x 1 voxels of each image; two images per
     # direction (with one, the CPU's 3D convolutions return channels-first maps)
-    "la": ["network.base_filters=4", "network.has_dropout=false", "data.patch_size=[32, 32, 16]", "data.batch_size=8",
-           "data.labeled_batch_size=4", "eval.stride=[16, 16, 16]"],
+    "la": [
+        "network.base_filters=4",
+        "network.has_dropout=false",
+        "data.patch_size=[32, 32, 16]",
+        "data.batch_size=8",
+        "data.labeled_batch_size=4",
+        "eval.stride=[16, 16, 16]",
+    ],
 }
 #: a small learning rate: self-training multiplies a difference in the weights by about 3
 #: per iteration at the preset's 0.01 (LA), which would leave a loose allowance
 COMMON = ["data.num_workers=0", "optim.lr=0.001", "selftrain.iterations=5000", "prototypes.confidence_threshold=0.0"]
 
 
-def tiny_trainer(tmp_path, dataset: str, *assignments: str, dtype: torch.dtype = torch.float32,
-                 device: str = "cpu") -> Trainer:
-    config = load_config(dataset, "paper", {"device": device, "labeled": 2},
-                         [*TINY[dataset], *COMMON, *assignments])
+def tiny_trainer(
+    tmp_path, dataset: str, *assignments: str, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> Trainer:
+    config = load_config(dataset, "paper", {"device": device, "labeled": 2}, [*TINY[dataset], *COMMON, *assignments])
     trainer = Trainer(config, tmp_path, validate=lambda net: 0.5)
     trainer.teacher = create_teacher(trainer.student, config.selftrain.teacher_mode)
     trainer.head = trainer.new_head()
@@ -81,29 +93,44 @@ def batch(trainer: Trainer, seed: int) -> dict[str, torch.Tensor]:
     config, generator = trainer.config, torch.Generator().manual_seed(seed)
     shape = (config.data.batch_size, *config.data.patch_size)
     image = torch.randn((shape[0], 1, *shape[1:]), generator=generator, dtype=torch.float64)
-    return {"image": image.to(trainer.student.classifier.weight.dtype),
-            "label": torch.randint(0, config.num_classes, shape, generator=generator)}
+    return {
+        "image": image.to(trainer.student.classifier.weight.dtype),
+        "label": torch.randint(0, config.num_classes, shape, generator=generator),
+    }
 
 
-def train(tmp_path, dataset: str, *assignments: str, dtype: torch.dtype = torch.float32,
-          device: str = "cpu") -> dict[str, torch.Tensor]:
+def train(
+    tmp_path, dataset: str, *assignments: str, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> dict[str, torch.Tensor]:
     """The losses of ITERATIONS pre-training then ITERATIONS self-training iterations, and
     the values of the student, the teacher and the bank after them (float64, on the CPU)."""
     trainer = tiny_trainer(tmp_path, dataset, *assignments, dtype=dtype, device=device)
     losses = [supervised_step(trainer, batch(trainer, seed), mix=True)["loss"] for seed in range(ITERATIONS)]
-    losses += [selftrain.selftrain_step(trainer, batch(trainer, 100 + step), iteration=step)["loss"]
-               for step in range(ITERATIONS)]
+    losses += [
+        selftrain.selftrain_step(trainer, batch(trainer, 100 + step), iteration=step)["loss"]
+        for step in range(ITERATIONS)
+    ]
 
     def values(module: torch.nn.Module) -> torch.Tensor:
-        return torch.cat([value.detach().cpu().double().flatten() for value in module.state_dict().values()
-                          if value.is_floating_point()])
+        return torch.cat(
+            [
+                value.detach().cpu().double().flatten()
+                for value in module.state_dict().values()
+                if value.is_floating_point()
+            ]
+        )
 
-    return {"losses": torch.stack(losses).cpu().double(), "student": values(trainer.student),
-            "teacher": values(trainer.teacher), "bank": values(trainer.head)}
+    return {
+        "losses": torch.stack(losses).cpu().double(),
+        "student": values(trainer.student),
+        "teacher": values(trainer.teacher),
+        "bank": values(trainer.head),
+    }
 
 
-def assert_same_training(variant: dict[str, torch.Tensor], single: dict[str, torch.Tensor],
-                         double: dict[str, torch.Tensor]) -> None:
+def assert_same_training(
+    variant: dict[str, torch.Tensor], single: dict[str, torch.Tensor], double: dict[str, torch.Tensor]
+) -> None:
     """``variant`` is as close to the float32 run ``single`` as rounding allows, measured
     by ``single``'s distance from the float64 run ``double`` (see the module docstring)."""
     for group, values in single.items():
@@ -112,7 +139,8 @@ def assert_same_training(variant: dict[str, torch.Tensor], single: dict[str, tor
         distance = (variant[group] - values).norm()
         assert distance <= ROUNDING_FACTOR * rounding, (
             f"{group}: {float(distance):.3g} from the eager float32 run, whose own rounding error is "
-            f"{float(rounding):.3g}")
+            f"{float(rounding):.3g}"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +171,9 @@ def exact_cuda_convolutions(monkeypatch):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dataset", ["acdc", "la"])
-def test_channels_last_trains_as_channels_first(tmp_path, reference_runs, dataset, device, exact_cuda_convolutions,
-                                                monkeypatch):
+def test_channels_last_trains_as_channels_first(
+    tmp_path, reference_runs, dataset, device, exact_cuda_convolutions, monkeypatch
+):
     references = reference_runs(dataset, device)
     copies = []
     original = _common.with_dense_spatial
@@ -167,8 +196,11 @@ def test_channels_last_holds_the_networks_and_images_in_the_format_of_their_rank
         images = torch.randn(2, 3, *trainer.config.data.patch_size)
         assert trainer.images_on_device(images).is_contiguous(memory_format=memory_format)
         channels_first = dict(tiny_trainer(tmp_path, dataset).student.named_parameters())
-        assert not any(channels_first[name].is_contiguous(memory_format=memory_format)
-                       for name, p in trainer.student.named_parameters() if any(p is w for w in weights))
+        assert not any(
+            channels_first[name].is_contiguous(memory_format=memory_format)
+            for name, p in trainer.student.named_parameters()
+            if any(p is w for w in weights)
+        )
 
 
 class GraphCounter:
@@ -187,8 +219,7 @@ class GraphCounter:
 
     def calls(self) -> list[set[str]]:
         """The functions each graph calls, by name."""
-        return [{str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
-                for graph in self.graphs]
+        return [{str(node.target) for node in graph.graph.nodes if node.op == "call_function"} for graph in self.graphs]
 
 
 def test_each_compiled_step_is_one_graph_through_the_fused_ops(tmp_path, reference_runs, monkeypatch):
@@ -213,16 +244,20 @@ def test_compiled_channels_last_steps_train_as_eager_ones_on_cuda(tmp_path, refe
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="inductor's CPU code (torch 2.13) computes wrong gradients for the "
-                   "U-Net's copy-paste loss; once this passes, training may allow compile = true on the CPU")
+@pytest.mark.xfail(
+    strict=True,
+    reason="inductor's CPU code (torch 2.13) computes wrong gradients for the "
+    "U-Net's copy-paste loss; once this passes, training may allow compile = true on the CPU",
+)
 def test_compiled_steps_train_as_eager_ones_on_the_cpu(tmp_path, reference_runs):
     torch._dynamo.reset()
     variant = train(tmp_path, "acdc", "compile=true")
     assert_same_training(variant, *reference_runs("acdc"))
 
 
-@pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.slow),
-                                    pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize(
+    "device", [pytest.param("cpu", marks=pytest.mark.slow), pytest.param("cuda", marks=pytest.mark.cuda)]
+)
 @pytest.mark.parametrize("shape", [(2, 8, 16, 12), (2, 8, 6, 8, 4)])
 def test_the_fused_head_compiles_over_channels_last_features(shape, device):
     # the ops read features whose spatial dims are dense: compiled as in eager code they
@@ -235,19 +270,26 @@ def test_the_fused_head_compiles_over_channels_last_features(shape, device):
 
     def step(feat: torch.Tensor, bank: torch.Tensor):
         logits, assign, contrastive = head.forward_with_contrastive(feat, bank)
-        return (logits, assign, contrastive,
-                *head.accumulate(feat, labels, assign, logits.argmax(dim=1) == labels))
+        return (logits, assign, contrastive, *head.accumulate(feat, labels, assign, logits.argmax(dim=1) == labels))
 
     torch._dynamo.reset()
     outputs = {}
-    for name, layout, run in (("eager", torch.contiguous_format, step),
-                              ("compiled", memory_format, torch.compile(step, fullgraph=True))):
+    for name, layout, run in (
+        ("eager", torch.contiguous_format, step),
+        ("compiled", memory_format, torch.compile(step, fullgraph=True)),
+    ):
         leaf = feat.to(memory_format=layout).requires_grad_(True)
         assert leaf.is_contiguous(memory_format=layout)
         logits, assign, contrastive, sums, counts = run(leaf, head.bank())
         (grad,) = torch.autograd.grad((logits * logits).sum() + contrastive, leaf)
-        outputs[name] = {"logits": logits.detach(), "assign": assign, "contrastive": contrastive.detach(),
-                         "sums": sums, "counts": counts, "grad": grad.contiguous()}
+        outputs[name] = {
+            "logits": logits.detach(),
+            "assign": assign,
+            "contrastive": contrastive.detach(),
+            "sums": sums,
+            "counts": counts,
+            "grad": grad.contiguous(),
+        }
     got, want = outputs["compiled"], outputs["eager"]
     for name in ("logits", "assign", "counts", "grad"):  # computed per voxel
         assert torch.equal(got[name], want[name]), name
@@ -292,8 +334,11 @@ def test_train_log_says_how_long_the_compiling_iteration_took(tmp_path, monkeypa
     with caplog.at_level(logging.INFO, logger="mper"):
         run_pretraining(tiny_trainer(tmp_path, "acdc", "compile=true"), 2, monkeypatch)
     said = [record.getMessage() for record in caplog.records if "torch.compile" in record.getMessage()]
-    assert len(said) == 1 and re.fullmatch(r"torch.compile: the first pretrain iteration took \d+\.\d s, "
-                                           r"compiling its steps", said[0]), said
+    assert len(said) == 1 and re.fullmatch(
+        r"torch.compile: the first pretrain iteration took \d+\.\d s, "
+        r"compiling its steps",
+        said[0],
+    ), said
 
 
 def test_training_refuses_compile_off_cuda_before_it_starts(tmp_path):

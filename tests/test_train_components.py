@@ -1,5 +1,6 @@
 """Hand-checked cases for copy-paste mixing, the EMA teacher, pseudo labels, the
 learning-rate schedule and the two-way mixed loss."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,8 +65,11 @@ def test_box_mask_places_the_box_at_one_draw_per_axis_as_earlier_runs_did():
     generator = torch.Generator().manual_seed(3)
     mask = box_mask(shape, fraction, generator, device="cpu")
     replay, expected = torch.Generator().manual_seed(3), torch.ones(shape)
-    box = tuple(slice(start, start + length) for side, length in zip(shape, box_size(shape, fraction))
-                for start in [int(torch.randint(0, side - length + 1, (1,), generator=replay))])
+    box = tuple(
+        slice(start, start + length)
+        for side, length in zip(shape, box_size(shape, fraction))
+        for start in [int(torch.randint(0, side - length + 1, (1,), generator=replay))]
+    )
     expected[box] = 0
     assert torch.equal(mask, expected) and mask.device.type == "cpu"
     assert torch.equal(generator.get_state(), replay.get_state())
@@ -105,14 +109,16 @@ def test_teacher_decay_warms_up_to_eta():
     assert teacher_decay(10_000, 0.99) == 0.99
 
 
-
-@pytest.mark.parametrize(("eta", "schedule", "iterations", "warns"), [
-    (0.999, "constant", 600, True),  # ~1000-iteration average over a 600-iteration run
-    (0.999, "constant", 30000, False),  # the paper's length
-    (0.99, "constant", 600, False),
-    (0.99, "constant", 400, True),
-    (0.999, "warmup", 600, False),  # the warm-up follows the student from the start
-])
+@pytest.mark.parametrize(
+    ("eta", "schedule", "iterations", "warns"),
+    [
+        (0.999, "constant", 600, True),  # ~1000-iteration average over a 600-iteration run
+        (0.999, "constant", 30000, False),  # the paper's length
+        (0.99, "constant", 600, False),
+        (0.99, "constant", 400, True),
+        (0.999, "warmup", 600, False),  # the warm-up follows the student from the start
+    ],
+)
 def test_a_teacher_slower_than_a_fifth_of_self_training_is_warned_about(eta, schedule, iterations, warns):
     warning = slow_teacher_warning(eta, schedule, iterations)
     assert (warning is not None) == warns
@@ -120,6 +126,7 @@ def test_a_teacher_slower_than_a_fifth_of_self_training_is_warned_about(eta, sch
         assert f"selftrain.ema_decay={eta}" in warning and f"selftrain.iterations={iterations}" in warning
         suggested = float(warning.rsplit("selftrain.ema_decay=", 1)[1].rstrip(")"))
         assert suggested < eta and slow_teacher_warning(suggested, schedule, iterations) is None
+
 
 def test_ema_update_averages_parameters_and_buffers_and_copies_counters():
     student = small_net()
@@ -198,12 +205,15 @@ def test_pseudo_labels_with_a_threshold_mark_p1_at_least_the_threshold(ops_modul
         pseudo_labels(torch.rand(1, 3, 2, 2).softmax(1), ops_module, foreground_threshold=0.5)
 
 
-@pytest.mark.parametrize("shape, num_classes, threshold", [
-    ((3, 4, 17, 23), 4, None),
-    ((2, 3, 6, 9, 11), 3, None),
-    ((2, 2, 5, 8, 7), 2, 0.6),
-    ((4, 2, 19, 13), 2, 0.55),
-])
+@pytest.mark.parametrize(
+    "shape, num_classes, threshold",
+    [
+        ((3, 4, 17, 23), 4, None),
+        ((2, 3, 6, 9, 11), 3, None),
+        ((2, 2, 5, 8, 7), 2, 0.6),
+        ((4, 2, 19, 13), 2, 0.55),
+    ],
+)
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_fused_pseudo_labels_equal_scipy_on_random_probabilities(shape, num_classes, threshold, device):
     """The fused op against the scipy labelling of :mod:`mper.reference`, ties included
@@ -242,8 +252,13 @@ def test_each_direction_weights_its_labeled_region_by_one():
     label = torch.tensor([[[1, 0]]])
     mix_mask = torch.tensor([[1.0, 0.0]])
     outside, inside = math.log(2) + 0.6, -math.log(0.75) + 0.52  # see tests/test_losses.py
-    common = dict(images=torch.zeros(1, 1, 1, 2), surround_label=label, box_label=label, mix_mask=mix_mask,
-                  teacher_confidence=torch.ones(1, 1, 2))
+    common = dict(
+        images=torch.zeros(1, 1, 1, 2),
+        surround_label=label,
+        box_label=label,
+        mix_mask=mix_mask,
+        teacher_confidence=torch.ones(1, 1, 2),
+    )
     labeled_surround = MixedImages(labeled_region=mix_mask, surround_weight=1.0, box_weight=0.5, **common)
     unlabeled_surround = MixedImages(labeled_region=1 - mix_mask, surround_weight=0.5, box_weight=1.0, **common)
     assert labeled_surround.loss(logits, 1.0, DiceOptions()).item() == pytest.approx(outside + 0.5 * inside, abs=1e-6)
@@ -252,9 +267,12 @@ def test_each_direction_weights_its_labeled_region_by_one():
 
 def test_self_training_draws_other_labeled_crops_and_pairs_than_pre_training(tmp_path):
     root = synthesize("acdc", tmp_path / "acdc", cases=5, seed=0, size=(32, 32), progress=False)
-    config = load_config("acdc", "paper", {"data_root": str(root), "labeled": 1, "device": "cpu"},
-                         ["data.patch_size=[32, 32]", "data.batch_size=4", "data.labeled_batch_size=2",
-                          "data.num_workers=0"])
+    config = load_config(
+        "acdc",
+        "paper",
+        {"data_root": str(root), "labeled": 1, "device": "cpu"},
+        ["data.patch_size=[32, 32]", "data.batch_size=4", "data.labeled_batch_size=2", "data.num_workers=0"],
+    )
     device = torch.device("cpu")
     pretrain = endless_batches(stage_loader(config, with_unlabeled=False, device=device))
     selftrain = endless_batches(stage_loader(config, with_unlabeled=True, device=device))

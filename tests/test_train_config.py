@@ -1,4 +1,5 @@
 """Presets, overrides and checks of the run configuration; checkpoint files."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,7 +48,11 @@ def test_reference_presets_change_what_the_authors_code_does_differently():
         assert config.selftrain.consistency_scale == 0.5
         assert not config.prototypes.update_background and config.prototypes.contrastive_ignore_row == 0
     assert (la.selftrain.ramp_weight, la.selftrain.rampup_epochs, la.selftrain.contrastive_weight) == (1.0, 40, 0.02)
-    assert (acdc.selftrain.ramp_weight, acdc.selftrain.rampup_epochs, acdc.selftrain.contrastive_weight) == (0.5, 200, 0.001)
+    assert (acdc.selftrain.ramp_weight, acdc.selftrain.rampup_epochs, acdc.selftrain.contrastive_weight) == (
+        0.5,
+        200,
+        0.001,
+    )
     assert la.data.batch_size == 8 and acdc.network["channels"] == [16, 32, 64, 128, 256]
 
 
@@ -73,13 +78,22 @@ def test_overrides_are_typed_by_toml_and_merged_into_sections():
     assert parse_override("prototypes.update_source=labeled") == {"prototypes": {"update_source": "labeled"}}
     assert parse_override("network.channels=[8, 16]") == {"network": {"channels": [8, 16]}}
     config = load_config(
-        "acdc", "paper", {"labeled": 3},
-        ["selftrain.iterations=50", "network.channels=[8,16,32,64,128]", "prototypes.contrastive_ignore_row=0",
-         "optim.lr=1"],
+        "acdc",
+        "paper",
+        {"labeled": 3},
+        [
+            "selftrain.iterations=50",
+            "network.channels=[8,16,32,64,128]",
+            "prototypes.contrastive_ignore_row=0",
+            "optim.lr=1",
+        ],
     )
     assert config.labeled == 3 and config.selftrain.iterations == 50
-    assert config.network == {"channels": [8, 16, 32, 64, 128], "dropout": [0.05, 0.1, 0.2, 0.3, 0.5],
-                              "classifier_kernel": 1}
+    assert config.network == {
+        "channels": [8, 16, 32, 64, 128],
+        "dropout": [0.05, 0.1, 0.2, 0.3, 0.5],
+        "classifier_kernel": 1,
+    }
     assert config.prototypes.contrastive_ignore_row == 0 and config.optim.lr == 1.0
     assert isinstance(config.optim.lr, float)
 
@@ -95,8 +109,11 @@ def test_overrides_are_typed_by_toml_and_merged_into_sections():
         ("data.labeled_batch_size=3", "must be even"),
         ("selftrain.iterations=0", "selftrain.iterations must be a positive integer"),
         ("iterations", "must look like section.key=value"),
-        ("data.patch_size=64,64", r"expects tuple \(a list of int in brackets\), got '64,64'; "
-                                  r"e.g. data.patch_size=\[64, 64\]"),
+        (
+            "data.patch_size=64,64",
+            r"expects tuple \(a list of int in brackets\), got '64,64'; "
+            r"e.g. data.patch_size=\[64, 64\]",
+        ),
         ("selftrain.teacher_mode=student", "selftrain.teacher_mode must be one of train, eval"),
         ("losses.dice=cube", "losses.dice must be one of pooled-squared, per-sample-linear"),
         ("selftrain.forward_passes=3", "selftrain.forward_passes must be 1 or 2"),
@@ -129,8 +146,16 @@ def test_bad_overrides_say_what_is_wrong(assignment, message):
         ("acdc", "prototypes.confidence_threshold=2", r"prototypes.confidence_threshold must be in \[0, 1\]"),
         ("acdc", "selftrain.contrastive_weight=nan", "selftrain.contrastive_weight must be a finite number >= 0"),
         ("acdc", "pretrain.box_fraction=0", r"pretrain.box_fraction must be in \(0, 1\]"),
-        ("acdc", "prototypes.kmeans_max_voxels=-1", "prototypes.kmeans_max_voxels must be 0 \\(every voxel\\) or a positive cap"),
-        ("acdc", "prototypes.kmeans_max_voxels=2", "kmeans_max_voxels must be 0 \\(every voxel\\) or at least prototypes.per_class"),
+        (
+            "acdc",
+            "prototypes.kmeans_max_voxels=-1",
+            "prototypes.kmeans_max_voxels must be 0 \\(every voxel\\) or a positive cap",
+        ),
+        (
+            "acdc",
+            "prototypes.kmeans_max_voxels=2",
+            "kmeans_max_voxels must be 0 \\(every voxel\\) or at least prototypes.per_class",
+        ),
         ("acdc", "prototypes.contrastive_ignore_row=12", "contrastive_ignore_row must name a row of the 12-row bank"),
         ("acdc", "num_classes=3", "num_classes must be 4 for acdc"),
         ("la", "num_classes=4", "num_classes must be 2 for la"),
@@ -144,12 +169,20 @@ def test_bad_overrides_say_what_is_wrong(assignment, message):
         ("la", "selftrain.pseudo_label_threshold=1.5", r"pseudo_label_threshold must be none or in \[0, 1\]"),
         ("acdc", "seed=-1", "seed must be a non-negative integer"),
         ("acdc", "data.num_workers=-2", "data.num_workers must be a non-negative integer"),
-        ("acdc", "data.val_split=holdout", "ACDC has no held-out training volumes; use data.val_split = 'val' or 'test'"),
+        (
+            "acdc",
+            "data.val_split=holdout",
+            "ACDC has no held-out training volumes; use data.val_split = 'val' or 'test'",
+        ),
         ("la", "data.val_split=val", "LA has no val.list"),
         ("acdc", "device=gpu", "device must be auto, cpu, cuda or cuda:N"),
         ("acdc", "network.base_filters=8", "unknown setting network.base_filters; valid names here: network.channels"),
         ("la", "network.in_channels=2", "unknown setting network.in_channels"),
-        ("acdc", "network.dropout=[0.05, nan, 0.2, 0.3, 0.5]", r"network.dropout must hold finite numbers, got \[0.05, nan"),
+        (
+            "acdc",
+            "network.dropout=[0.05, nan, 0.2, 0.3, 0.5]",
+            r"network.dropout must hold finite numbers, got \[0.05, nan",
+        ),
     ],
 )
 def test_every_setting_is_checked_before_anything_runs(dataset, assignment, message):
@@ -162,8 +195,9 @@ def test_every_numeric_setting_has_a_range_rule():
     numeric = set()
     for section, hint in typing.get_type_hints(TrainConfig).items():
         if dataclasses.is_dataclass(hint):
-            numeric |= {f"{section}.{name}" for name, inner in typing.get_type_hints(hint).items()
-                        if inner not in (str, bool)}
+            numeric |= {
+                f"{section}.{name}" for name, inner in typing.get_type_hints(hint).items() if inner not in (str, bool)
+            }
         elif hint in (int, float):
             numeric.add(section)
     assert {"seed", "data.patch_size", "eval.stride", "selftrain.pseudo_label_threshold"} <= numeric
@@ -195,7 +229,7 @@ def test_how_the_steps_run_is_off_by_default_and_settable_in_every_preset(datase
         assert (default.compile, default.channels_last, default.distributed.force_group) == (False, False, False)
         config = load_config(dataset, preset, assignments=switches)
         assert (config.compile, config.channels_last, config.distributed.force_group) == (True, True, True)
-        assert 'compile = true\nchannels_last = true\n' in to_toml(config.to_dict())
+        assert "compile = true\nchannels_last = true\n" in to_toml(config.to_dict())
         assert TrainConfig.from_dict(tomllib.loads(to_toml(config.to_dict()))) == config
 
 
@@ -306,8 +340,12 @@ force_group = false
 
 def test_a_config_toml_of_an_older_run_still_loads():
     config = TrainConfig.from_dict(tomllib.loads(OLD_WRITER_CONFIG))
-    expected = load_config("acdc", "reference", {"data_root": "data/acdc", "out": "runs/acdc",
-                                                 "run_id": "0123456789abcdef"}, ["eval.stride=[18, 18, 4]"])
+    expected = load_config(
+        "acdc",
+        "reference",
+        {"data_root": "data/acdc", "out": "runs/acdc", "run_id": "0123456789abcdef"},
+        ["eval.stride=[18, 18, 4]"],
+    )
     assert config == expected
     assert TrainConfig.from_dict(tomllib.loads(to_toml(config.to_dict()))) == config
 

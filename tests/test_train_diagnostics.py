@@ -1,5 +1,6 @@
 """Self-training diagnostics by value: pooled Dice, the monitor's interval summary and
 resume state, the record of validations and its JSON form."""
+
 from __future__ import annotations
 
 import json
@@ -35,10 +36,12 @@ def hand_made_monitor() -> SelfTrainingMonitor:
     monitor.observe_pseudo_labels(pseudo, truth)
     monitor.observe_pseudo_labels(torch.tensor([[[1, 1]]]), torch.tensor([[[1, 1]]]))
     labeled_region = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])  # 4 unlabeled voxels per image
-    confident = torch.tensor([
-        [[True, False, True], [True, False, False]],  # 2 confident unlabeled voxels
-        [[True, False, True], [False, True, True]],  # 3
-    ])
+    confident = torch.tensor(
+        [
+            [[True, False, True], [True, False, False]],  # 2 confident unlabeled voxels
+            [[True, False, True], [False, True, True]],  # 3
+        ]
+    )
     gate = torch.zeros(2, 2, 3, dtype=torch.bool)
     gate[0, 0, 0] = gate[1, 1, 2] = gate[1, 0, 1] = True
     monitor.observe_mix(labeled_region, confident, gate)
@@ -56,8 +59,14 @@ def test_monitor_summary_pools_the_interval_by_value():
     assert summary["confident_fraction"] == pytest.approx((2 + 3 + 1 + 1) / (8 + 4))
     assert summary["bank_update_fraction"] == pytest.approx(3 / 12)
     assert "pseudo_label_dice/0" not in summary
-    assert set(summary) == {"pseudo_label_dice/1", "pseudo_label_dice/2", "pseudo_label_dice/3",
-                            "pseudo_label_dice/mean", "confident_fraction", "bank_update_fraction"}
+    assert set(summary) == {
+        "pseudo_label_dice/1",
+        "pseudo_label_dice/2",
+        "pseudo_label_dice/3",
+        "pseudo_label_dice/mean",
+        "confident_fraction",
+        "bank_update_fraction",
+    }
 
 
 def test_monitor_summary_starts_a_new_interval_and_reports_only_what_was_observed():
@@ -93,8 +102,17 @@ def filled_record() -> TrainingRecord:
     record = TrainingRecord()
     for iteration, dice in ((3, 0.5), (6, 0.7), (9, 0.7)):
         record.add("pretrain", iteration, {"val_dice": dice, "mean_loss": 1.0})
-    record.add("selftrain", 3, {"val_dice": 0.6, "mean_loss": math.inf, "pseudo_label_dice/1": math.nan,
-                                "pseudo_label_dice/2": 0.25, "confident_fraction": 0.5})
+    record.add(
+        "selftrain",
+        3,
+        {
+            "val_dice": 0.6,
+            "mean_loss": math.inf,
+            "pseudo_label_dice/1": math.nan,
+            "pseudo_label_dice/2": 0.25,
+            "confident_fraction": 0.5,
+        },
+    )
     record.add("selftrain", 6, {"val_dice": 0.7, "mean_loss": 2.0, "pseudo_label_dice/mean": 0.75})
     return record
 
@@ -102,8 +120,12 @@ def filled_record() -> TrainingRecord:
 def test_record_best_is_the_first_highest_validation_and_self_training_must_beat_it_strictly():
     record = filled_record()
     assert record.best("pretrain")["iteration"] == 6  # 0.7 twice: the first
-    assert record.best("selftrain") == {"iteration": 6, "val_dice": 0.7, "mean_loss": 2.0,
-                                        "pseudo_label_dice/mean": 0.75}
+    assert record.best("selftrain") == {
+        "iteration": 6,
+        "val_dice": 0.7,
+        "mean_loss": 2.0,
+        "pseudo_label_dice/mean": 0.75,
+    }
     assert record.best("baseline") is None
     assert record.selftrain_beat_pretrain() is False  # a tie does not beat
     record.add("selftrain", 9, {"val_dice": 0.71})
@@ -122,9 +144,14 @@ def test_record_summary_writes_non_finite_values_as_null(tmp_path):
     assert set(summary["stages"]) == {"pretrain", "selftrain"}
     selftrain = summary["stages"]["selftrain"]
     assert selftrain["best"] == {"iteration": 6, "val_dice": 0.7, "mean_loss": 2.0, "pseudo_label_dice/mean": 0.75}
-    assert selftrain["trajectory"][0] == {"iteration": 3, "val_dice": 0.6, "mean_loss": None,
-                                          "pseudo_label_dice/1": None, "pseudo_label_dice/2": 0.25,
-                                          "confident_fraction": 0.5}
+    assert selftrain["trajectory"][0] == {
+        "iteration": 3,
+        "val_dice": 0.6,
+        "mean_loss": None,
+        "pseudo_label_dice/1": None,
+        "pseudo_label_dice/2": 0.25,
+        "confident_fraction": 0.5,
+    }
     assert [entry["iteration"] for entry in summary["stages"]["pretrain"]["trajectory"]] == [3, 6, 9]
     assert record.stages["selftrain"][0]["mean_loss"] == math.inf  # the record itself keeps the value
 
@@ -152,8 +179,14 @@ def test_with_class_names_names_only_the_per_class_pseudo_label_dice():
     named = with_class_names(summary, ("background", "RV", "myocardium", "LV"))
     assert named["selftrain_beat_pretrain"] is False and named["selected_stage"] is None
     first = named["stages"]["selftrain"]["trajectory"][0]
-    assert first == {"iteration": 3, "val_dice": 0.6, "mean_loss": None, "pseudo_label_dice/RV": None,
-                     "pseudo_label_dice/myocardium": 0.25, "confident_fraction": 0.5}
+    assert first == {
+        "iteration": 3,
+        "val_dice": 0.6,
+        "mean_loss": None,
+        "pseudo_label_dice/RV": None,
+        "pseudo_label_dice/myocardium": 0.25,
+        "confident_fraction": 0.5,
+    }
     assert named["stages"]["selftrain"]["best"]["pseudo_label_dice/mean"] == 0.75
     assert named["stages"]["pretrain"] == summary["stages"]["pretrain"]
     assert "pseudo_label_dice/1" in summary["stages"]["selftrain"]["trajectory"][0]  # input left as it was

@@ -9,6 +9,7 @@ because each process draws its own dropout masks, and the bank is initialised by
 k-means, whose result does not hinge on a stopping test that weights differing in
 their last bits could pass one batch earlier (mini-batch k-means).
 """
+
 from __future__ import annotations
 
 import os
@@ -32,12 +33,36 @@ from mper.train.distributed import World, check_batch_shares, launched_world, pr
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = [
-    "--labeled", "1", "--device", "cpu", "--set", "network.channels=[4,8,16,32,64]",
-    "--set", "network.dropout=[0,0,0,0,0]", "--set", "data.patch_size=[32,32]", "--set", "data.batch_size=8",
-    "--set", "data.labeled_batch_size=4", "--set", "data.num_workers=0", "--set", "pretrain.iterations=3",
-    "--set", "selftrain.iterations=3", "--set", "eval.val_interval=1", "--set", "eval.num_figures=0",
-    "--set", "prototypes.kmeans=lloyd", "--set", "prototypes.kmeans_max_voxels=500",
-    "--set", "distributed.check_bank=true",
+    "--labeled",
+    "1",
+    "--device",
+    "cpu",
+    "--set",
+    "network.channels=[4,8,16,32,64]",
+    "--set",
+    "network.dropout=[0,0,0,0,0]",
+    "--set",
+    "data.patch_size=[32,32]",
+    "--set",
+    "data.batch_size=8",
+    "--set",
+    "data.labeled_batch_size=4",
+    "--set",
+    "data.num_workers=0",
+    "--set",
+    "pretrain.iterations=3",
+    "--set",
+    "selftrain.iterations=3",
+    "--set",
+    "eval.val_interval=1",
+    "--set",
+    "eval.num_figures=0",
+    "--set",
+    "prototypes.kmeans=lloyd",
+    "--set",
+    "prototypes.kmeans_max_voxels=500",
+    "--set",
+    "distributed.check_bank=true",
 ]
 #: How far apart legitimate executions of the single-process run of TINY end: the largest
 #: differences measured between single-process runs at ATEN_CPU_CAPABILITY default, avx2
@@ -78,13 +103,24 @@ def start(arguments: list[str], processes: int, log_dir: Path) -> list[subproces
     for rank in range(processes):
         env = dict(os.environ, OMP_NUM_THREADS="1")
         if processes > 1:
-            env.update(RANK=str(rank), WORLD_SIZE=str(processes), LOCAL_RANK=str(rank),
-                       LOCAL_WORLD_SIZE=str(processes), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+            env.update(
+                RANK=str(rank),
+                WORLD_SIZE=str(processes),
+                LOCAL_RANK=str(rank),
+                LOCAL_WORLD_SIZE=str(processes),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port,
+            )
         with open(log_dir / f"rank{rank}.log", "w") as output:
-            started.append(subprocess.Popen(
-                [sys.executable, "-c", "from mper.cli import train_main; train_main()", *arguments],
-                env=env, stdout=output, stderr=subprocess.STDOUT, text=True,
-            ))
+            started.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", "from mper.cli import train_main; train_main()", *arguments],
+                    env=env,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
     return started
 
 
@@ -95,8 +131,14 @@ def finish(started: list[subprocess.Popen], log_dir: Path, timeout: float = 600)
 
 
 def train(acdc_root: Path, out: Path, processes: int, *extra: str) -> Path:
-    finish(start(["--dataset", "acdc", "--data-root", str(acdc_root), "--out", str(out), *TINY, *extra],
-                 processes, out.parent / f"{out.name}-logs"), out.parent / f"{out.name}-logs")
+    finish(
+        start(
+            ["--dataset", "acdc", "--data-root", str(acdc_root), "--out", str(out), *TINY, *extra],
+            processes,
+            out.parent / f"{out.name}-logs",
+        ),
+        out.parent / f"{out.name}-logs",
+    )
     return out
 
 
@@ -153,8 +195,16 @@ def sessions(run_dir: Path) -> list[tuple]:
 
     recorded = json.loads((run_dir / "metrics.json").read_text())["sessions"]
     assert all(session["device"] == "cpu" for session in recorded)
-    return [(session["processes"], session["processes_per_machine"], session["backend"], session["stage"],
-             session["iteration"]) for session in recorded]
+    return [
+        (
+            session["processes"],
+            session["processes_per_machine"],
+            session["backend"],
+            session["stage"],
+            session["iteration"],
+        )
+        for session in recorded
+    ]
 
 
 @pytest.mark.numerics
@@ -168,7 +218,9 @@ def test_two_processes_on_half_batches_train_as_one_on_the_whole_batch(acdc_root
     assert len(load_checkpoint(double / "last.pt")["process_rng"]) == 2
     # how the run ran: in the log, on the console, in metrics.json
     said = "data parallel: 2 training processes (2 on this machine), gloo backend, process 0 on cpu"
-    assert said in (double / "train.log").read_text() and said in (double.parent / "double-logs" / "rank0.log").read_text()
+    assert (
+        said in (double / "train.log").read_text() and said in (double.parent / "double-logs" / "rank0.log").read_text()
+    )
     assert sessions(double) == [(2, 2, "gloo", "pretrain", 0)]
     assert sessions(single) == [(1, 1, "none", "pretrain", 0)]
     assert "1 training process on cpu (no data parallelism)" in (single / "train.log").read_text()
@@ -204,9 +256,23 @@ def test_a_single_process_run_resumes_on_two(acdc_root, single, tmp_path):
 def endless_run(acdc_root: Path, out: Path, log_dir: Path) -> list[subprocess.Popen]:
     """2 processes pre-training without end, saving every 2 iterations; returned once the
     first checkpoint is written."""
-    arguments = ["--dataset", "acdc", "--data-root", str(acdc_root), "--out", str(out), *TINY,
-                 "--set", "pretrain.iterations=100000", "--set", "eval.val_interval=100000",
-                 "--set", "eval.checkpoint_interval=2", "--set", "distributed.timeout=60"]
+    arguments = [
+        "--dataset",
+        "acdc",
+        "--data-root",
+        str(acdc_root),
+        "--out",
+        str(out),
+        *TINY,
+        "--set",
+        "pretrain.iterations=100000",
+        "--set",
+        "eval.val_interval=100000",
+        "--set",
+        "eval.checkpoint_interval=2",
+        "--set",
+        "distributed.timeout=60",
+    ]
     started = start(arguments, 2, log_dir)
     deadline = time.monotonic() + 300
     while not (out / "last.pt").exists():
@@ -254,7 +320,9 @@ def test_sigterm_to_every_process_saves_one_checkpoint_together(acdc_root, tmp_p
     finally:
         stop_all(started)
     outputs = [(log_dir / f"rank{rank}.log").read_text() for rank in range(2)]
-    assert [process.returncode for process in started] == [128 + signal.SIGTERM] * 2, outputs[0][-2000:] + outputs[1][-3000:]
+    assert [process.returncode for process in started] == [128 + signal.SIGTERM] * 2, (
+        outputs[0][-2000:] + outputs[1][-3000:]
+    )
     assert f"state saved to {out / 'last.pt'}" in outputs[0] and "state saved" not in outputs[1]
     assert load_checkpoint(out / "last.pt")["progress"]["iteration"] >= 2
 
@@ -276,15 +344,19 @@ def test_the_distributed_page_scale_note_matches_the_networks():
 def test_each_process_draws_its_share_and_the_shares_make_the_whole_batch():
     whole = TwoStreamBatchSampler(range(12), range(12, 30), 16, 8, seed=3)
     for processes in (2, 4):
-        shares = [TwoStreamBatchSampler(range(12), range(12, 30), 16, 8, seed=3, share=(rank, processes))
-                  for rank in range(processes)]
+        shares = [
+            TwoStreamBatchSampler(range(12), range(12, 30), 16, 8, seed=3, share=(rank, processes))
+            for rank in range(processes)
+        ]
         width = 4 // processes
         for epoch in range(3):
             for batch, *parts in zip(whole.epoch_batches(epoch), *(share.epoch_batches(epoch) for share in shares)):
-                halves = [batch[start:start + 4] for start in range(0, 16, 4)]  # a, b, unlabeled a, unlabeled b
+                halves = [batch[start : start + 4] for start in range(0, 16, 4)]  # a, b, unlabeled a, unlabeled b
                 # process r holds the r-th part of every half, in the halves' order
-                expected = [[index for half in halves for index in half[rank * width:(rank + 1) * width]]
-                            for rank in range(processes)]
+                expected = [
+                    [index for half in halves for index in half[rank * width : (rank + 1) * width]]
+                    for rank in range(processes)
+                ]
                 assert parts == expected
                 assert sorted(index for part in parts for index in part) == sorted(batch)
 
@@ -312,8 +384,15 @@ def test_one_process_in_a_group_of_its_own_trains_as_without_one(acdc_root, sing
     # distributed.force_group: DistributedDataParallel and every reduction run, each over
     # one process, so they change nothing; batch norm stays PyTorch's own here, whose
     # cross-process replacement on the CPU rounds differently
-    grouped = train(acdc_root, tmp_path / "grouped", 1, "--set", "distributed.force_group=true",
-                    "--set", "distributed.sync_batchnorm=false")
+    grouped = train(
+        acdc_root,
+        tmp_path / "grouped",
+        1,
+        "--set",
+        "distributed.force_group=true",
+        "--set",
+        "distributed.sync_batchnorm=false",
+    )
     a, b = load_checkpoint(single / "last.pt"), load_checkpoint(grouped / "last.pt")
     for part in ("progress", "student", "teacher", "bank", "optimizer", "monitor", "prototype_usage"):
         assert_identical(a[part], b[part], part)

@@ -1,4 +1,5 @@
 """The prototype head's bank: update gate, EMA update, k-means initialisation, all-reduce."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,16 +48,22 @@ def test_gate_can_leave_out_the_background():
 
 def test_gate_needs_confidence_strictly_above_the_threshold_on_unlabeled_voxels():
     gate = confidence_gate(
-        torch.tensor([[1, 1]]), torch.tensor([[1, 1]]), torch.tensor([[0.0, 0.0]]),
-        torch.tensor([[0.9, 0.91]]), threshold=0.9,
+        torch.tensor([[1, 1]]),
+        torch.tensor([[1, 1]]),
+        torch.tensor([[0.0, 0.0]]),
+        torch.tensor([[0.9, 0.91]]),
+        threshold=0.9,
     )
     assert gate.tolist() == [[False, True]]
 
 
 def test_gate_broadcasts_a_spatial_region_over_the_batch():
     gate = confidence_gate(
-        torch.ones(2, 2, dtype=torch.long), torch.ones(2, 2, dtype=torch.long),
-        torch.tensor([1.0, 0.0]), torch.zeros(2, 2), threshold=0.9,
+        torch.ones(2, 2, dtype=torch.long),
+        torch.ones(2, 2, dtype=torch.long),
+        torch.tensor([1.0, 0.0]),
+        torch.zeros(2, 2),
+        threshold=0.9,
     )
     assert gate.tolist() == [[True, False], [True, False]]
 
@@ -140,8 +147,9 @@ def test_initialize_names_a_class_without_voxels():
     image = torch.zeros(1, 2, 1, 2)
     bank = PrototypeHead(num_classes=3, num_prototypes=1, dim=2)
     with pytest.raises(ValueError, match="class 2 has no voxel"):
-        bank.initialize([(image, torch.tensor([[[0, 1]]]))], torch.Generator(), method="minibatch", max_voxels=0,
-                        iterations=20)
+        bank.initialize(
+            [(image, torch.tensor([[[0, 1]]]))], torch.Generator(), method="minibatch", max_voxels=0, iterations=20
+        )
 
 
 def _update_on_rank(rank: int, init_file: str, results) -> None:
@@ -161,12 +169,17 @@ def test_update_all_reduces_across_processes(tmp_path):
     assert torch.allclose(results[0], expected) and torch.allclose(results[1], expected)
 
 
-@pytest.mark.parametrize("settings, expected", [
-    ({"kmeans": "minibatch", "kmeans_max_voxels": 0}, "minibatch, 3 per class, every voxel of each class"),
-    ({"kmeans": "minibatch", "kmeans_max_voxels": 500}, "minibatch, 3 per class, at most 500 voxels per class"),
-    ({"kmeans": "lloyd", "kmeans_max_voxels": 0, "kmeans_iterations": 7},
-     "lloyd, 3 per class, 7 iterations, every voxel of each class"),
-])
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        ({"kmeans": "minibatch", "kmeans_max_voxels": 0}, "minibatch, 3 per class, every voxel of each class"),
+        ({"kmeans": "minibatch", "kmeans_max_voxels": 500}, "minibatch, 3 per class, at most 500 voxels per class"),
+        (
+            {"kmeans": "lloyd", "kmeans_max_voxels": 0, "kmeans_iterations": 7},
+            "lloyd, 3 per class, 7 iterations, every voxel of each class",
+        ),
+    ],
+)
 def test_the_log_says_how_the_bank_is_initialised(settings, expected):
     # kmeans_max_voxels = 0 means every voxel, not "at most 0"; mini-batch k-means runs no fixed iterations
     prototypes = dataclasses.replace(load_config("acdc").prototypes, per_class=3, **settings)

@@ -1,5 +1,6 @@
 """Device choice, ops selection, mixed precision, the Ctrl-C / SIGTERM stop request and
 the run-folder lock."""
+
 from __future__ import annotations
 
 import json
@@ -100,8 +101,11 @@ def test_checkpoints_of_an_unreadable_older_format_are_refused_with_what_to_do(t
     older, foreign = tmp_path / "older.pt", tmp_path / "foreign.pt"
     torch.save({"version": OLDEST_READABLE_VERSION - 1, "student": {}}, older)
     torch.save({"weights": {}}, foreign)
-    with pytest.raises(CheckpointError, match=f"older mper \\(checkpoint format {OLDEST_READABLE_VERSION - 1}; "
-                                              f"this mper reads formats 2 to {CHECKPOINT_VERSION}.*train it again"):
+    with pytest.raises(
+        CheckpointError,
+        match=f"older mper \\(checkpoint format {OLDEST_READABLE_VERSION - 1}; "
+        f"this mper reads formats 2 to {CHECKPOINT_VERSION}.*train it again",
+    ):
         load_checkpoint(older)
     with pytest.raises(CheckpointError, match="not an mper checkpoint"):
         load_checkpoint(foreign)

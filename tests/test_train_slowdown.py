@@ -1,5 +1,6 @@
 """The hint when the measured iteration time swings: the median of the recent log windows
 against the stage's fastest, said once per stage."""
+
 from __future__ import annotations
 
 import types
@@ -25,23 +26,28 @@ def test_a_fivefold_slowdown_of_the_recent_median_is_hinted_once():
     # 5 x 20 ms at window 6 (21, 25, 110, 120, 130 -> 110)
     said = hints([20, 22, 21, 25, 110, 120, 130, 140, 400, 20, 500, 600])
     assert [index for index, _ in said] == [6]
-    assert said[0][1].startswith("iterations now take 110 ms (median of the last 5 log windows), "
-                                 "6x this stage's fastest window (20 ms): other jobs are probably competing "
-                                 f"for the CPU. This process runs {torch.get_num_threads()} threads")
+    assert said[0][1].startswith(
+        "iterations now take 110 ms (median of the last 5 log windows), "
+        "6x this stage's fastest window (20 ms): other jobs are probably competing "
+        f"for the CPU. This process runs {torch.get_num_threads()} threads"
+    )
     assert "OMP_NUM_THREADS=1" in said[0][1]
 
 
-@pytest.mark.parametrize("times_ms", [
-    [20, 90, 95, 99, 98, 97, 96],  # under 5x
-    [20, 20, 20, 500, 20, 20, 500, 20, 20, 500],  # single slow windows: the median stays fast
-    [500, 400, 300, 100, 110, 100, 120],  # a slow start (warm-up) is no swing
-])
+@pytest.mark.parametrize(
+    "times_ms",
+    [
+        [20, 90, 95, 99, 98, 97, 96],  # under 5x
+        [20, 20, 20, 500, 20, 20, 500, 20, 20, 500],  # single slow windows: the median stays fast
+        [500, 400, 300, 100, 110, 100, 120],  # a slow start (warm-up) is no swing
+    ],
+)
 def test_swings_under_five_times_or_in_single_windows_are_not_hinted(times_ms):
     assert hints(times_ms) == []
 
 
 def test_off_the_cpu_the_hint_does_not_speak_of_threads():
-    (index, hint), = hints([10, 10, 10, 60, 60, 60], device="cuda")
+    ((index, hint),) = hints([10, 10, 10, 60, 60, 60], device="cuda")
     assert index == 5 and "OMP_NUM_THREADS" not in hint and "shared with other jobs" in hint
 
 
@@ -57,9 +63,18 @@ def test_train_log_gives_the_hint_once_when_iterations_slow_down(tmp_path, monke
         clock[0] += 0.02 if steps[0] <= 12 else 0.5
 
     monkeypatch.setattr(Trainer, "optimize", timed_optimize)
-    config = tiny_config(data, tmp_path / "run", "pretrain.iterations=24", "selftrain.iterations=4",
-                         "eval.log_interval=2", "eval.val_interval=24", "eval.teacher_dice=false")
+    config = tiny_config(
+        data,
+        tmp_path / "run",
+        "pretrain.iterations=24",
+        "selftrain.iterations=4",
+        "eval.log_interval=2",
+        "eval.val_interval=24",
+        "eval.teacher_dice=false",
+    )
     run_dir = pipeline.train(config)
     log = (run_dir / "train.log").read_text()
     assert log.count("iterations now take") == 1
-    assert "iterations now take 500 ms (median of the last 5 log windows), 25x this stage's fastest window (20 ms)" in log
+    assert (
+        "iterations now take 500 ms (median of the last 5 log windows), 25x this stage's fastest window (20 ms)" in log
+    )

@@ -6,6 +6,7 @@ A steady-state step of every recipe is run on the CPU under :class:`NoHostSynchr
 which fails on whatever would make the host wait for a CUDA device (its docstring gives
 the rule), so that a new synchronisation fails here without a GPU.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,13 +40,15 @@ def acdc_data(tmp_path_factory):
 
 # --- the guard: what would make the host wait for a CUDA device ---------------------------
 
+
 class HostSynchronisation(AssertionError):
     """A training step did something that, on CUDA, makes the host wait for the device."""
 
     def __init__(self, what: str):
         # name the innermost line of mper that did it
-        frame = next((frame for frame in reversed(traceback.extract_stack())
-                      if f"{os.sep}mper{os.sep}" in frame.filename), None)
+        frame = next(
+            (frame for frame in reversed(traceback.extract_stack()) if f"{os.sep}mper{os.sep}" in frame.filename), None
+        )
         where = "" if frame is None else f" (in {frame.name}, {Path(frame.filename).name}:{frame.lineno})"
         super().__init__(what + where)
 
@@ -72,12 +75,35 @@ SYNCHRONISING_OPS = {
     "aten::_linalg_check_errors": "reads the solver's error codes on the host",
 }
 #: Indexing ops that turn a boolean mask index into positions with ``nonzero``.
-INDEXING_OPS = ("aten::index", "aten::_unsafe_index", "aten::index_put", "aten::index_put_",
-                "aten::_index_put_impl", "aten::_index_put_impl_", "aten::_unsafe_index_put")
+INDEXING_OPS = (
+    "aten::index",
+    "aten::_unsafe_index",
+    "aten::index_put",
+    "aten::index_put_",
+    "aten::_index_put_impl",
+    "aten::_index_put_impl_",
+    "aten::_unsafe_index_put",
+)
 #: Python factories: a tensor they make without a ``device`` lives on the host.
-FACTORIES = (torch.tensor, torch.as_tensor, torch.asarray, torch.scalar_tensor, torch.ones, torch.zeros,
-             torch.full, torch.empty, torch.empty_strided, torch.eye, torch.arange, torch.linspace,
-             torch.logspace, torch.rand, torch.randn, torch.randint, torch.randperm)
+FACTORIES = (
+    torch.tensor,
+    torch.as_tensor,
+    torch.asarray,
+    torch.scalar_tensor,
+    torch.ones,
+    torch.zeros,
+    torch.full,
+    torch.empty,
+    torch.empty_strided,
+    torch.eye,
+    torch.arange,
+    torch.linspace,
+    torch.logspace,
+    torch.rand,
+    torch.randn,
+    torch.randint,
+    torch.randperm,
+)
 #: Factories that copy Python or host data: given a device, they copy it from the host.
 FROM_HOST_DATA = (torch.tensor, torch.as_tensor, torch.asarray)
 #: Tensor methods that copy a device tensor's values to the host.
@@ -163,8 +189,11 @@ class NoHostSynchronisation(TorchFunctionMode):
         source = args[0] if args and isinstance(args[0], torch.Tensor) else None
         if source is not None and self.kind(source) == "device" and func in DEVICE_READS:
             raise HostSynchronisation(f"Tensor.{func.__name__} copies a device tensor to the host")
-        if source is not None and self.kind(source) == "host" and (
-                func is torch.Tensor.cuda or (func is torch.Tensor.to and _names_a_device(args[1:], kwargs))):
+        if (
+            source is not None
+            and self.kind(source) == "host"
+            and (func is torch.Tensor.cuda or (func is torch.Tensor.to and _names_a_device(args[1:], kwargs)))
+        ):
             raise HostSynchronisation(f"Tensor.{func.__name__} copies a tensor made on the host to the device")
         if source is not None and self.kind(source) == "device" and func is torch.Tensor.new_tensor:
             raise HostSynchronisation("Tensor.new_tensor copies host data to the device")
@@ -189,8 +218,10 @@ class _SynchronisingOps(TorchDispatchMode):
         kinds = {kind(leaf) for leaf in tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)}
         if "device" in kinds:
             if "host" in kinds:
-                raise HostSynchronisation(f"{func} uses a tensor made on the host with device tensors: "
-                                          "on CUDA it is copied to the device first")
+                raise HostSynchronisation(
+                    f"{func} uses a tensor made on the host with device tensors: "
+                    "on CUDA it is copied to the device first"
+                )
             reason = SYNCHRONISING_OPS.get(func._schema.name) or _conditional_sync(func, args, kwargs, kind)
             if reason:
                 raise HostSynchronisation(f"{func} on a device tensor {reason}")
@@ -209,24 +240,32 @@ class _SynchronisingOps(TorchDispatchMode):
 def _conditional_sync(func, args, kwargs, kind) -> str | None:
     """The reason an op waits for the device with these arguments, or None."""
     name = func._schema.name
-    if name in INDEXING_OPS and any(isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8)
-                                    for index in args[1]):
+    if name in INDEXING_OPS and any(
+        isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8) for index in args[1]
+    ):
         return "takes a boolean mask as index (nonzero sizes the selection)"
-    if name == "aten::repeat_interleave" and func._overloadname in ("Tensor", "self_Tensor") \
-            and kwargs.get("output_size") is None:
+    if (
+        name == "aten::repeat_interleave"
+        and func._overloadname in ("Tensor", "self_Tensor")
+        and kwargs.get("output_size") is None
+    ):
         return "sums the repeats on the host (pass output_size)"
     if name == "aten::histc":
         low = args[2] if len(args) > 2 else kwargs.get("min", 0)
         high = args[3] if len(args) > 3 else kwargs.get("max", 0)
         if low == high:
             return "reads the input's min and max on the host (pass min < max)"
-    if name in ("aten::masked_fill", "aten::masked_fill_") and isinstance(args[2], torch.Tensor) \
-            and kind(args[2]) == "device":
+    if (
+        name in ("aten::masked_fill", "aten::masked_fill_")
+        and isinstance(args[2], torch.Tensor)
+        and kind(args[2]) == "device"
+    ):
         return "reads its value tensor on the host (pass a Python number)"
     return None
 
 
 # the guard catches each kind of synchronisation, and lets host-side work through
+
 
 def _device_state() -> torch.Tensor:
     return torch.arange(6.0).reshape(2, 3)  # made before the guard: on the device
@@ -259,7 +298,10 @@ SYNCHRONISING = {
     "cpu": (lambda x: x.cpu(), "cpu copies a device tensor to the host"),
     "host tensor moved": (lambda x: x + torch.ones(3).to(x.device), "Tensor.to copies a tensor made on the host"),
     "host tensor mixed in": (lambda x: x * torch.ones(2, 3), "aten.mul.Tensor uses a tensor made on the host"),
-    "host tensor copied in": (lambda x: x.copy_(torch.zeros(2, 3)), "aten.copy_.default uses a tensor made on the host"),
+    "host tensor copied in": (
+        lambda x: x.copy_(torch.zeros(2, 3)),
+        "aten.copy_.default uses a tensor made on the host",
+    ),
     "tensor(device=)": (lambda x: x + torch.tensor(2.0, device=x.device), r"torch.tensor\(..., device=...\)"),
     "new_tensor": (lambda x: torch.stack([x.sum(), x.new_tensor(3.0)]), "new_tensor"),
     "a fused op's body": (_label_checked_accumulate, r"is_nonzero.*\(in _check_ranges"),
@@ -286,9 +328,15 @@ def test_the_guard_lets_host_side_work_and_device_only_work_through():
         repeats = torch.ones(6, dtype=torch.int64, device=state.device)
         torch.repeat_interleave(state.flatten(), repeats, output_size=6)
         one_hot = F.one_hot(state.long(), 8)  # the CPU path's range check is not CUDA's
-        proto_accumulate(state.reshape(1, 2, 1, 3), (state[:1] > 2).long().reshape(1, 1, 3),
-                         torch.zeros((1, 2, 1, 3), dtype=torch.int64, device=state.device), None, 2, 1,
-                         check_labels=False)
+        proto_accumulate(
+            state.reshape(1, 2, 1, 3),
+            (state[:1] > 2).long().reshape(1, 1, 3),
+            torch.zeros((1, 2, 1, 3), dtype=torch.int64, device=state.device),
+            None,
+            2,
+            1,
+            check_labels=False,
+        )
     assert torch.equal(counts, torch.bincount(state.long().flatten(), minlength=8))
     assert torch.equal(one_hot.argmax(-1), state.long())
 
@@ -297,10 +345,17 @@ def test_the_guard_lets_host_side_work_and_device_only_work_through():
 
 #: The recipe switches at the values no preset takes (docs/method.md, "Training").
 OTHER_SWITCHES = [
-    "selftrain.teacher_mode=eval", "selftrain.ema_schedule=warmup", "selftrain.ema_scope=parameters",
-    "selftrain.forward_passes=1", "selftrain.forward_order=labeled-surround-first",
-    "selftrain.contrastive_reduction=mean", "prototypes.update_steps=combined", "prototypes.update_source=labeled",
-    "prototypes.update_background=true", "losses.dice=per-sample-linear", "losses.dice_background=region",
+    "selftrain.teacher_mode=eval",
+    "selftrain.ema_schedule=warmup",
+    "selftrain.ema_scope=parameters",
+    "selftrain.forward_passes=1",
+    "selftrain.forward_order=labeled-surround-first",
+    "selftrain.contrastive_reduction=mean",
+    "prototypes.update_steps=combined",
+    "prototypes.update_source=labeled",
+    "prototypes.update_background=true",
+    "losses.dice=per-sample-linear",
+    "losses.dice_background=region",
     "pretrain.loss=whole-image",
 ]
 RECIPES = {
@@ -325,10 +380,21 @@ def recipe_trainer(tmp_path, recipe: str, device: str = "cpu") -> Trainer:
     with every diagnostic on and a self-training long enough that no prototype-usage
     window closes (its read-back, once per window, is not a steady-state step)."""
     dataset, preset, overrides, switches = RECIPES[recipe]
-    config = load_config(dataset, preset, {"device": device, "labeled": 1, **overrides}, [
-        *TINY[dataset], "data.batch_size=4", "data.labeled_batch_size=2", "selftrain.iterations=5000",
-        "eval.pseudo_label_dice=true", "eval.teacher_dice=true", "prototypes.confidence_threshold=0.0", *switches,
-    ])
+    config = load_config(
+        dataset,
+        preset,
+        {"device": device, "labeled": 1, **overrides},
+        [
+            *TINY[dataset],
+            "data.batch_size=4",
+            "data.labeled_batch_size=2",
+            "selftrain.iterations=5000",
+            "eval.pseudo_label_dice=true",
+            "eval.teacher_dice=true",
+            "prototypes.confidence_threshold=0.0",
+            *switches,
+        ],
+    )
     trainer = Trainer(config, tmp_path, validate=lambda net: 0.5)
     trainer.teacher = create_teacher(trainer.student, config.selftrain.teacher_mode)
     trainer.head = trainer.new_head()
@@ -340,8 +406,10 @@ def recipe_trainer(tmp_path, recipe: str, device: str = "cpu") -> Trainer:
 def recipe_batch(dataset: str, seed: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     spatial, classes = ((32, 32), 4) if dataset == "acdc" else ((32, 32, 32), 2)
-    return {"image": torch.randn(4, 1, *spatial, generator=generator),
-            "label": torch.randint(0, classes, (4, *spatial), generator=generator)}
+    return {
+        "image": torch.randn(4, 1, *spatial, generator=generator),
+        "label": torch.randint(0, classes, (4, *spatial), generator=generator),
+    }
 
 
 STEPS = {
@@ -349,8 +417,11 @@ STEPS = {
     "selftrain": selftrain.selftrain_step,
     "baseline": lambda trainer, batch, iteration: supervised_step(trainer, batch, mix=False),
 }
-RECIPE_STEPS = [(recipe, step) for recipe, (_, _, overrides, _) in RECIPES.items()
-                for step in (["baseline"] if overrides.get("baseline") == "labeled-only" else ["pretrain", "selftrain"])]
+RECIPE_STEPS = [
+    (recipe, step)
+    for recipe, (_, _, overrides, _) in RECIPES.items()
+    for step in (["baseline"] if overrides.get("baseline") == "labeled-only" else ["pretrain", "selftrain"])
+]
 
 
 @pytest.mark.parametrize("recipe, step", RECIPE_STEPS)
@@ -367,8 +438,9 @@ def test_steady_state_steps_make_no_host_synchronisation(tmp_path, recipe, step)
 @pytest.mark.parametrize("recipe, step", RECIPE_STEPS)
 def test_steady_state_steps_make_no_cuda_synchronisation(tmp_path, recipe, step):
     trainer = recipe_trainer(tmp_path, recipe, device="cuda")
-    batches = [{key: value.cuda() for key, value in recipe_batch(RECIPES[recipe][0], seed).items()}
-               for seed in range(3)]
+    batches = [
+        {key: value.cuda() for key, value in recipe_batch(RECIPES[recipe][0], seed).items()} for seed in range(3)
+    ]
     STEPS[step](trainer, batches[0], 0)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -379,13 +451,12 @@ def test_steady_state_steps_make_no_cuda_synchronisation(tmp_path, recipe, step)
         torch.cuda.set_sync_debug_mode("default")
 
 
-def test_a_loss_that_turns_non_finite_between_reads_is_named_by_its_iteration(
-    acdc_data, tmp_path, monkeypatch
-):
+def test_a_loss_that_turns_non_finite_between_reads_is_named_by_its_iteration(acdc_data, tmp_path, monkeypatch):
     after_optimizer_steps(monkeypatch, 2, fill_weights_with_nan)  # iteration 3's loss is NaN
     run_dir = tmp_path / "run"
-    config = tiny_config(acdc_data, run_dir, "eval.log_interval=10", "eval.checkpoint_interval=10",
-                         "eval.val_interval=4")  # read back first at iteration 4
+    config = tiny_config(
+        acdc_data, run_dir, "eval.log_interval=10", "eval.checkpoint_interval=10", "eval.val_interval=4"
+    )  # read back first at iteration 4
     with pytest.raises(TrainingDiverged, match="pretrain iteration 3: the loss is nan"):
         pipeline.train(config)
     assert not (run_dir / "last.pt").exists() and not (run_dir / "pretrain_best.pt").exists()

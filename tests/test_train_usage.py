@@ -1,4 +1,5 @@
 """Prototype usage: per-(class, k) shares of the bank updates over windows, and collapse warnings."""
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,12 @@ def test_shares_are_per_class_over_a_window():
     assert shares == {"prototype_usage/class1/k0": 0.5, "prototype_usage/class1/k1": 0.5}
     usage.add(counts(0, 0, 3, 1), iteration=3, last_iteration=10)
     shares = usage.add(counts(2, 6, 1, 3), iteration=4, last_iteration=10)
-    assert shares == {"prototype_usage/class0/k0": 0.25, "prototype_usage/class0/k1": 0.75,
-                      "prototype_usage/class1/k0": 0.5, "prototype_usage/class1/k1": 0.5}
+    assert shares == {
+        "prototype_usage/class0/k0": 0.25,
+        "prototype_usage/class0/k1": 0.75,
+        "prototype_usage/class1/k0": 0.5,
+        "prototype_usage/class1/k1": 0.5,
+    }
     summary = usage.summary()
     assert summary["windows"] == 2
     assert summary["classes"]["1"] == {"updates": [44, 44], "share": [0.5, 0.5], "lowest_window_share": [0.5, 0.5]}
@@ -32,7 +37,9 @@ def test_the_last_iteration_closes_a_partial_window():
     usage = PrototypeUsage(num_classes=1, per_class=2, window=4)
     assert usage.add(counts(1, 3), iteration=1, last_iteration=2) == {}
     assert usage.add(counts(1, 3), iteration=2, last_iteration=2) == {
-        "prototype_usage/class0/k0": 0.25, "prototype_usage/class0/k1": 0.75}
+        "prototype_usage/class0/k0": 0.25,
+        "prototype_usage/class0/k1": 0.75,
+    }
 
 
 def test_a_prototype_below_one_percent_over_a_full_window_is_a_collapse(caplog):

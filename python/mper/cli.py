@@ -4,6 +4,7 @@
 Each parses its arguments and calls one function of :mod:`mper.pipeline` (or
 :mod:`mper.experiment`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,19 @@ USER_ERROR_EXIT_CODE = 2
 ALL_LABELED = "all"
 #: System errors that the machine or the paths given cause rather than a fault of mper
 #: (no permission, no space, a file where a folder should be, ...): reported in one line.
-ENVIRONMENT_ERRNOS = frozenset({
-    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
-    errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
-})
+ENVIRONMENT_ERRNOS = frozenset(
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EFBIG,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENAMETOOLONG,
+    }
+)
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -61,13 +71,15 @@ class _PrintVersion(argparse.Action):
 
 
 def _add_version(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--version", action=_PrintVersion,
-                        help="print the versions of mper, torch, Python and CUDA, and exit")
+    parser.add_argument(
+        "--version", action=_PrintVersion, help="print the versions of mper, torch, Python and CUDA, and exit"
+    )
 
 
 def _add_device(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
-    parser.add_argument("--device", default=default,
-                        help="auto (CUDA when present, else CPU; the default), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--device", default=default, help="auto (CUDA when present, else CPU; the default), cpu, cuda or cuda:N"
+    )
 
 
 def _per_dataset(describe: Callable[[str], str]) -> str:
@@ -88,17 +100,26 @@ def _interrupted_exit_code(signal_name: str) -> int:
 def _report_stop(stop: KeyboardInterrupt) -> int:
     """Say what a stopped run left behind and how to go on; returns the exit code."""
     if isinstance(stop, SweepInterrupted):
-        print(f"\nsweep stopped: {stop.finished} of {stop.total} runs finished in {stop.out}; run the same "
-              "command again to continue (finished runs are kept, interrupted ones resume)", file=sys.stderr)
+        print(
+            f"\nsweep stopped: {stop.finished} of {stop.total} runs finished in {stop.out}; run the same "
+            "command again to continue (finished runs are kept, interrupted ones resume)",
+            file=sys.stderr,
+        )
         return _interrupted_exit_code("SIGINT")
     if isinstance(stop, TrainingInterrupted):
         if is_main_process():  # one report for all the processes of a torchrun group
-            print(f"\ninterrupted ({stop.signal_name}); state saved to {stop.checkpoint}\n"
-                  f"continue with: mper-train --resume --out {stop.checkpoint.parent}", file=sys.stderr)
+            print(
+                f"\ninterrupted ({stop.signal_name}); state saved to {stop.checkpoint}\n"
+                f"continue with: mper-train --resume --out {stop.checkpoint.parent}",
+                file=sys.stderr,
+            )
         return _interrupted_exit_code(stop.signal_name)
     if isinstance(stop, TrainingAborted) and (stop.run_dir / LAST_CHECKPOINT).exists():
-        print(f"\nstopped at once; {stop.run_dir / LAST_CHECKPOINT} holds the last complete checkpoint\n"
-              f"continue with: mper-train --resume --out {stop.run_dir}", file=sys.stderr)
+        print(
+            f"\nstopped at once; {stop.run_dir / LAST_CHECKPOINT} holds the last complete checkpoint\n"
+            f"continue with: mper-train --resume --out {stop.run_dir}",
+            file=sys.stderr,
+        )
     elif isinstance(stop, TrainingAborted):
         print("\nstopped at once, before the first checkpoint: nothing to resume", file=sys.stderr)
     else:
@@ -130,8 +151,10 @@ def _run(parser: argparse.ArgumentParser, action: Callable[[], None]) -> None:
         if error.errno not in ENVIRONMENT_ERRNOS:
             raise
         where = f"{error.filename}: " if error.filename else ""
-        parser.exit(USER_ERROR_EXIT_CODE, f"{parser.prog}: error: {where}{error.strerror}; "
-                                          "check the path, its permissions and the free space\n")
+        parser.exit(
+            USER_ERROR_EXIT_CODE,
+            f"{parser.prog}: error: {where}{error.strerror}; check the path, its permissions and the free space\n",
+        )
     finally:
         package_log.removeHandler(console)
 
@@ -154,43 +177,78 @@ def train_parser() -> argparse.ArgumentParser:
             "selects on held-out training cases instead."
         ),
     )
-    parser.add_argument("--dataset", choices=dataset_names(imported=False),
-                        help="benchmark (required unless --resume, or --data-root holds scans imported by "
-                             "mper-data import)")
-    parser.add_argument("--data-root", metavar="DIR",
-                        help="dataset folder in the public layout, or imported by mper-data import (see mper-data)")
-    parser.add_argument("--labeled", type=_labeled_count, metavar="N|all",
-                        help=f"labeled cases or patients, e.g. {_per_dataset(_label_budgets)}, or all; "
-                             "default: the preset's (an imported dataset's: its plan's)")
-    parser.add_argument("--fold", type=int, metavar="K",
-                        help="the cross-validation fold of the labeled cases that selects checkpoints, for "
-                             "imported datasets (default: 0)")
-    parser.add_argument("--preset", metavar="NAME",
-                        help="paper (default: the paper's values, the authors' code where it is silent), "
-                             "reference (what the authors' code trains), strict (checkpoints not selected on "
-                             "the test cases, a missed structure scored as a miss) or demo (a small CPU run "
-                             "on synthetic data); presets stack with '+', applied left to right on top of "
-                             "paper, e.g. reference+demo or reference+strict")
-    parser.add_argument("--ops", choices=tuple(OPS_MODULES),
-                        help="prototype ops: fused kernels (mper, the default) or eager PyTorch (reference)")
+    parser.add_argument(
+        "--dataset",
+        choices=dataset_names(imported=False),
+        help="benchmark (required unless --resume, or --data-root holds scans imported by mper-data import)",
+    )
+    parser.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="dataset folder in the public layout, or imported by mper-data import (see mper-data)",
+    )
+    parser.add_argument(
+        "--labeled",
+        type=_labeled_count,
+        metavar="N|all",
+        help=f"labeled cases or patients, e.g. {_per_dataset(_label_budgets)}, or all; "
+        "default: the preset's (an imported dataset's: its plan's)",
+    )
+    parser.add_argument(
+        "--fold",
+        type=int,
+        metavar="K",
+        help="the cross-validation fold of the labeled cases that selects checkpoints, for "
+        "imported datasets (default: 0)",
+    )
+    parser.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="paper (default: the paper's values, the authors' code where it is silent), "
+        "reference (what the authors' code trains), strict (checkpoints not selected on "
+        "the test cases, a missed structure scored as a miss) or demo (a small CPU run "
+        "on synthetic data); presets stack with '+', applied left to right on top of "
+        "paper, e.g. reference+demo or reference+strict",
+    )
+    parser.add_argument(
+        "--ops",
+        choices=tuple(OPS_MODULES),
+        help="prototype ops: fused kernels (mper, the default) or eager PyTorch (reference)",
+    )
     _add_device(parser, default=None)
     parser.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<dataset>-<preset>-<N>labeled)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last.pt, with the settings saved there; "
-                             "only " + ", ".join(RESUMABLE_SETTINGS) + " may change")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last.pt, with the settings saved there; "
+        "only " + ", ".join(RESUMABLE_SETTINGS) + " may change",
+    )
     parser.add_argument("--seed", type=int, help="random seed (default: the preset's)")
-    parser.add_argument("--baseline", choices=BASELINES[1:],
-                        help="train instead the plain supervised U-Net / V-Net on the labeled cases "
-                             "(labeled-only) or on every training case, all labeled (full: the upper bound), "
-                             "or self-train without the prototype head (bcp: bidirectional copy-paste alone)")
-    parser.add_argument("--update-source", choices=UPDATE_SOURCES,
-                        help="voxels that update the prototypes (default: both)")
+    parser.add_argument(
+        "--baseline",
+        choices=BASELINES[1:],
+        help="train instead the plain supervised U-Net / V-Net on the labeled cases "
+        "(labeled-only) or on every training case, all labeled (full: the upper bound), "
+        "or self-train without the prototype head (bcp: bidirectional copy-paste alone)",
+    )
+    parser.add_argument(
+        "--update-source", choices=UPDATE_SOURCES, help="voxels that update the prototypes (default: both)"
+    )
     parser.add_argument("--amp", choices=AMP_MODES, help="bf16 autocast, CUDA only (default: off)")
-    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a preset value, e.g. selftrain.iterations=5000; repeatable")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the settings these options give (preset, options and --set applied) as "
-                             "TOML and exit; a run folder keeps its own in config.toml")
+    parser.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset value, e.g. selftrain.iterations=5000; repeatable",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the settings these options give (preset, options and --set applied) as "
+        "TOML and exit; a run folder keeps its own in config.toml",
+    )
     _add_version(parser)
     return parser
 
@@ -209,8 +267,16 @@ def _train_overrides(args: argparse.Namespace) -> dict:
     """The command-line options that were given, as config overrides (``--labeled all`` is
     worked out once the dataset is known, see :func:`_train_config`)."""
     labeled = None if args.labeled == ALL_LABELED else args.labeled
-    flat = {"data_root": args.data_root, "labeled": labeled, "ops": args.ops, "out": args.out,
-            "seed": args.seed, "baseline": args.baseline, "amp": args.amp, "device": args.device}
+    flat = {
+        "data_root": args.data_root,
+        "labeled": labeled,
+        "ops": args.ops,
+        "out": args.out,
+        "seed": args.seed,
+        "baseline": args.baseline,
+        "amp": args.amp,
+        "device": args.device,
+    }
     overrides = {key: value for key, value in flat.items() if value is not None}
     if args.update_source is not None:
         overrides["prototypes"] = {"update_source": args.update_source}
@@ -231,8 +297,9 @@ def _train_config(args: argparse.Namespace, dataset: str) -> TrainConfig:
     overrides = _train_overrides(args)
     config = load_config(dataset, args.preset or "paper", overrides, args.assignments)
     if args.labeled == ALL_LABELED:
-        config = load_config(dataset, args.preset or "paper", {**overrides, "labeled": pipeline.labeled_all(config)},
-                             args.assignments)
+        config = load_config(
+            dataset, args.preset or "paper", {**overrides, "labeled": pipeline.labeled_all(config)}, args.assignments
+        )
     return config
 
 
@@ -249,8 +316,10 @@ def train_main(argv: Sequence[str] | None = None) -> None:
         if args.print_config:
             dataset = _train_dataset(args)
             if dataset is None:
-                raise ConfigError("--print-config needs --dataset, or --data-root of imported scans "
-                                  "(a run folder keeps its settings in config.toml)")
+                raise ConfigError(
+                    "--print-config needs --dataset, or --data-root of imported scans "
+                    "(a run folder keeps its settings in config.toml)"
+                )
             print(to_toml(_train_config(args, dataset).to_dict()), end="")
             return
         if args.resume:
@@ -263,12 +332,15 @@ def train_main(argv: Sequence[str] | None = None) -> None:
             run_dir = pipeline.resume(args.out, overrides=overrides, assignments=args.assignments)
         else:
             if args.data_root is None:
-                raise ConfigError("--dataset and --data-root are required (unless --resume); --data-root alone "
-                                  "for scans imported by mper-data import")
+                raise ConfigError(
+                    "--dataset and --data-root are required (unless --resume); --data-root alone "
+                    "for scans imported by mper-data import"
+                )
             dataset = _train_dataset(args)
             if dataset is None:
-                raise ConfigError(f"--dataset is required: {args.data_root} holds no plan.toml of scans imported "
-                                  "by mper-data import")
+                raise ConfigError(
+                    f"--dataset is required: {args.data_root} holds no plan.toml of scans imported by mper-data import"
+                )
             run_dir = pipeline.train(_train_config(args, dataset))
         if is_main_process():  # the other processes of a torchrun group print nothing
             _print_metrics(run_dir)
@@ -279,38 +351,61 @@ def train_main(argv: Sequence[str] | None = None) -> None:
 def eval_main(argv: Sequence[str] | None = None) -> None:
     """``mper-eval``: score a checkpoint, write metrics and figures, print the table."""
     parser = argparse.ArgumentParser(
-        prog="mper-eval", formatter_class=_formatter,
+        prog="mper-eval",
+        formatter_class=_formatter,
         description="Evaluate a checkpoint (Dice, Jaccard, 95HD, ASD per case and mean) and draw overlays.",
     )
-    parser.add_argument("--checkpoint", required=True, metavar="FILE",
-                        help="a .pt file written by mper-train, e.g. RUN_DIR/best.pt")
-    parser.add_argument("--data-root", metavar="DIR",
-                        help="dataset folder (default: the one the checkpoint was trained on)")
-    parser.add_argument("--split", default="test", choices=pipeline.EVAL_SPLITS,
-                        help="test (default): the test list; val: the cases that selected the best "
-                             "checkpoint in training (ACDC val.list, LA the held-out end of train.list)")
-    parser.add_argument("--out", metavar="DIR",
-                        help="folder for metrics.json, metrics.md and figures/ "
-                             "(default: eval-<split> beside the checkpoint)")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="FILE", help="a .pt file written by mper-train, e.g. RUN_DIR/best.pt"
+    )
+    parser.add_argument(
+        "--data-root", metavar="DIR", help="dataset folder (default: the one the checkpoint was trained on)"
+    )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=pipeline.EVAL_SPLITS,
+        help="test (default): the test list; val: the cases that selected the best "
+        "checkpoint in training (ACDC val.list, LA the held-out end of train.list)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder for metrics.json, metrics.md and figures/ (default: eval-<split> beside the checkpoint)",
+    )
     _add_device(parser)
-    parser.add_argument("--weights", choices=pipeline.WEIGHTS, default="student",
-                        help="which network of the checkpoint (default: student)")
-    parser.add_argument("--figures", type=int, default=3, metavar="N",
-                        help="cases drawn as PNG overlays, from the worst to the median by Dice (default: 3)")
+    parser.add_argument(
+        "--weights",
+        choices=pipeline.WEIGHTS,
+        default="student",
+        help="which network of the checkpoint (default: student)",
+    )
+    parser.add_argument(
+        "--figures",
+        type=int,
+        default=3,
+        metavar="N",
+        help="cases drawn as PNG overlays, from the worst to the median by Dice (default: 3)",
+    )
     _add_version(parser)
-    parser.add_argument("--tsne", action="store_true",
-                        help="also draw tsne.png: a t-SNE map of voxel embeddings by class with the prototypes "
-                             "marked (needs pip install 'mper[figures]')")
+    parser.add_argument(
+        "--tsne",
+        action="store_true",
+        help="also draw tsne.png: a t-SNE map of voxel embeddings by class with the prototypes "
+        "marked (needs pip install 'mper[figures]')",
+    )
     args = parser.parse_args(argv)
 
     def action() -> None:
         out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
-        result = pipeline.evaluate(args.checkpoint, args.data_root, args.split, out, args.device,
-                                   args.weights, args.figures)
+        result = pipeline.evaluate(
+            args.checkpoint, args.data_root, args.split, out, args.device, args.weights, args.figures
+        )
         print(f"\n{result['markdown']}\nwritten to {out}")
         if args.tsne:
-            path = pipeline.tsne(args.checkpoint, out / "tsne.png", args.data_root, args.split,
-                                 device=args.device, weights=args.weights)
+            path = pipeline.tsne(
+                args.checkpoint, out / "tsne.png", args.data_root, args.split, device=args.device, weights=args.weights
+            )
             print(f"t-SNE map: {path}")
 
     _run(parser, action)
@@ -319,12 +414,14 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
 def predict_main(argv: Sequence[str] | None = None) -> None:
     """``mper-predict``: segment NIfTI/HDF5 files into NIfTI label maps."""
     parser = argparse.ArgumentParser(
-        prog="mper-predict", formatter_class=_formatter,
+        prog="mper-predict",
+        formatter_class=_formatter,
         description=(
             "Segment a NIfTI (.nii, .nii.gz) or preprocessed HDF5 (.h5) volume, or every such "
             "file under a folder; writes <case>_pred.nii.gz label maps with the input's header. "
             "Inputs are not resampled or reoriented: give them in the axis order the model takes "
-            "(H, W in-plane, S slices, D depth): " + _per_dataset(lambda name: expected_layouts(get_dataset(name)))
+            "(H, W in-plane, S slices, D depth): "
+            + _per_dataset(lambda name: expected_layouts(get_dataset(name)))
             + ". A volume whose slice or depth axis is far longer than another axis is refused as out of "
             "order (see --force). A file that cannot be segmented is reported and skipped; the exit "
             "status is then 2. A model trained on scans imported by "
@@ -337,10 +434,15 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--input", required=True, metavar="FILE_OR_DIR", help="an image file or a folder of them")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the label maps")
     _add_device(parser)
-    parser.add_argument("--weights", choices=pipeline.WEIGHTS, default="student",
-                        help="which network of the checkpoint (default: student)")
-    parser.add_argument("--force", action="store_true",
-                        help="segment a volume whose axis order looks wrong as it is, with a warning")
+    parser.add_argument(
+        "--weights",
+        choices=pipeline.WEIGHTS,
+        default="student",
+        help="which network of the checkpoint (default: student)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="segment a volume whose axis order looks wrong as it is, with a warning"
+    )
     _add_version(parser)
     args = parser.parse_args(argv)
 
@@ -351,8 +453,9 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
     _run(parser, action)
 
 
-def _data_command(commands: argparse._SubParsersAction, name: str, summary: str, description: str,
-                  dataset_required: bool = True) -> argparse.ArgumentParser:
+def _data_command(
+    commands: argparse._SubParsersAction, name: str, summary: str, description: str, dataset_required: bool = True
+) -> argparse.ArgumentParser:
     """A ``mper-data`` command with the ``--dataset`` and ``--out`` every command takes."""
     command = commands.add_parser(name, formatter_class=_formatter, help=summary, description=description)
     command.add_argument("--dataset", choices=dataset_names(imported=False), required=dataset_required)
@@ -363,12 +466,15 @@ def _data_command(commands: argparse._SubParsersAction, name: str, summary: str,
 def data_parser() -> argparse.ArgumentParser:
     """Arguments of ``mper-data`` and its ``synth`` / ``convert`` commands."""
     parser = argparse.ArgumentParser(
-        prog="mper-data", formatter_class=_formatter,
+        prog="mper-data",
+        formatter_class=_formatter,
         description="Prepare data in the public layouts that mper-train reads.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     synth = _data_command(
-        commands, "synth", "write synthetic LA / ACDC data, lists included, or raw scans",
+        commands,
+        "synth",
+        "write synthetic LA / ACDC data, lists included, or raw scans",
         "Write synthetic data in exactly the LA (UA-MT) or ACDC (SSL4MIS) layout (--dataset), or raw scans "
         "in the nnU-Net v2 or Medical Segmentation Decathlon layout (--format) to try mper-data import on: "
         "two channels (CT-like, MR-like), four foreground classes, varying shapes, anisotropic spacings and "
@@ -376,25 +482,44 @@ def data_parser() -> argparse.ArgumentParser:
         dataset_required=False,
     )
     synth.add_argument("--format", choices=RAW_LAYOUTS, help="raw scans in this layout instead of --dataset")
-    synth.add_argument("--cases", type=int, metavar="N", help="cases or patients; default: " + _per_dataset(
-        lambda name: f"{get_dataset(name).synth_cases} {get_dataset(name).label_unit}")
-        + f"; raw scans: {SYNTH_SCAN_CASES} cases (a fifth test, a third of the rest unlabeled)")
+    synth.add_argument(
+        "--cases",
+        type=int,
+        metavar="N",
+        help="cases or patients; default: "
+        + _per_dataset(lambda name: f"{get_dataset(name).synth_cases} {get_dataset(name).label_unit}")
+        + f"; raw scans: {SYNTH_SCAN_CASES} cases (a fifth test, a third of the rest unlabeled)",
+    )
     synth.add_argument("--seed", type=int, default=0, help="the data is a function of the seed (default: 0)")
-    synth.add_argument("--size", type=int, nargs="+", metavar="N",
-                       help="image size; default: " + _per_dataset(
-                           lambda name: " ".join(map(str, get_dataset(name).synth_size)))
-                       + f"; raw scans: the median case's, {' '.join(map(str, SYNTH_SCAN_SIZE))}")
-    synth.add_argument("--family", help="how the cases vary (default: the first); " + _per_dataset(
-        lambda name: "; ".join(f"{family}: {text}" for family, text in get_dataset(name).synth_families.items())))
+    synth.add_argument(
+        "--size",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="image size; default: "
+        + _per_dataset(lambda name: " ".join(map(str, get_dataset(name).synth_size)))
+        + f"; raw scans: the median case's, {' '.join(map(str, SYNTH_SCAN_SIZE))}",
+    )
+    synth.add_argument(
+        "--family",
+        help="how the cases vary (default: the first); "
+        + _per_dataset(
+            lambda name: "; ".join(f"{family}: {text}" for family, text in get_dataset(name).synth_families.items())
+        ),
+    )
     convert = _data_command(
-        commands, "convert", "turn a raw public download into the h5 layout",
+        commands,
+        "convert",
+        "turn a raw public download into the h5 layout",
         "Convert the raw LA 2018 challenge or ACDC download into the h5 layout, normalised.",
     )
     convert.add_argument("--source", required=True, metavar="RAW", help="folder of the raw download")
-    convert.add_argument("--split-from", metavar="DIR",
-                         help="a dataset folder whose .list files give the train/val/test split to reuse")
-    convert.add_argument("--seed", type=int, default=0,
-                         help="seed of a new split when --split-from is not given (default: 0)")
+    convert.add_argument(
+        "--split-from", metavar="DIR", help="a dataset folder whose .list files give the train/val/test split to reuse"
+    )
+    convert.add_argument(
+        "--seed", type=int, default=0, help="seed of a new split when --split-from is not given (default: 0)"
+    )
     _add_import_command(commands)
     _add_version(parser)
     return parser
@@ -403,7 +528,9 @@ def data_parser() -> argparse.ArgumentParser:
 def _add_import_command(commands: argparse._SubParsersAction) -> None:
     """``mper-data import``: one's own scans, in the nnU-Net v2 or Decathlon layout."""
     command = commands.add_parser(
-        "import", formatter_class=_formatter, help="import your own scans (nnU-Net v2 or Decathlon layout)",
+        "import",
+        formatter_class=_formatter,
+        help="import your own scans (nnU-Net v2 or Decathlon layout)",
         description=(
             "Import a raw dataset in the nnU-Net v2 layout (dataset.json, imagesTr/<case>_<XXXX>.nii.gz, "
             "labelsTr/, optional imagesTs/ and labelsTs/) or the Medical Segmentation Decathlon layout "
@@ -417,14 +544,26 @@ def _add_import_command(commands: argparse._SubParsersAction) -> None:
     )
     command.add_argument("--source", required=True, metavar="RAW", help="the raw dataset folder (with dataset.json)")
     command.add_argument("--out", required=True, metavar="ROOT", help="dataset folder to create")
-    command.add_argument("--spacing", type=float, nargs=3, metavar="MM",
-                         help="the spacing to resample to, per array axis (default: the training cases' median, "
-                              "with the coarse axis of strongly anisotropic data kept fine)")
-    command.add_argument("--dims", choices=("2d", "3d"),
-                         help="the network of the plan (default: 2d for strongly anisotropic data, else 3d)")
-    command.add_argument("--memory", type=float, metavar="GB",
-                         help=f"training memory the planned batch fits (default: {DEFAULT_MEMORY_GB:g}); the plan's "
-                              "demo preset is CPU-sized")
+    command.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar="MM",
+        help="the spacing to resample to, per array axis (default: the training cases' median, "
+        "with the coarse axis of strongly anisotropic data kept fine)",
+    )
+    command.add_argument(
+        "--dims",
+        choices=("2d", "3d"),
+        help="the network of the plan (default: 2d for strongly anisotropic data, else 3d)",
+    )
+    command.add_argument(
+        "--memory",
+        type=float,
+        metavar="GB",
+        help=f"training memory the planned batch fits (default: {DEFAULT_MEMORY_GB:g}); the plan's "
+        "demo preset is CPU-sized",
+    )
     command.add_argument("--unlabeled", metavar="DIR", help="a folder of further unlabeled scans, named as imagesTr")
 
 
@@ -436,8 +575,10 @@ def data_main(argv: Sequence[str] | None = None) -> None:
     def action() -> None:
         if args.command == "import":
             out = pipeline.import_scans(args.source, args.out, args.spacing, args.dims, args.memory, args.unlabeled)
-            print(f"imported {args.source} into {out}; its plan: {out / PLAN_FILE}\n"
-                  f"train with: mper-train --data-root {out}")
+            print(
+                f"imported {args.source} into {out}; its plan: {out / PLAN_FILE}\n"
+                f"train with: mper-train --data-root {out}"
+            )
             return
         size = tuple(args.size) if args.command == "synth" and args.size else None
         if args.command == "synth" and (args.format is None) == (args.dataset is None):
@@ -447,8 +588,9 @@ def data_main(argv: Sequence[str] | None = None) -> None:
             print(f"wrote synthetic {args.format} scans to {out}")
             return
         if args.command == "synth":
-            out = pipeline.synthesize(args.dataset, args.out, cases=args.cases, seed=args.seed, size=size,
-                                      family=args.family)
+            out = pipeline.synthesize(
+                args.dataset, args.out, cases=args.cases, seed=args.seed, size=size, family=args.family
+            )
         else:
             out = pipeline.convert(args.dataset, args.source, args.out, split_from=args.split_from, seed=args.seed)
         print(f"wrote {args.dataset} data to {out}")
@@ -459,43 +601,69 @@ def data_main(argv: Sequence[str] | None = None) -> None:
 def experiment_parser() -> argparse.ArgumentParser:
     """Arguments of ``mper-experiment``."""
     parser = argparse.ArgumentParser(
-        prog="mper-experiment", formatter_class=_formatter,
+        prog="mper-experiment",
+        formatter_class=_formatter,
         description=(
             "Train every run of an experiment plan (variants x label budgets x seeds, each an ordinary "
             "mper-train run in its own folder) and write the results table, mean +- std over seeds, as "
             "results.md, results.csv and results.json with a plot. Finished runs are kept and "
             "interrupted ones resumed, so a stopped sweep continues when the command is run again."
         ),
-        epilog="Shipped plans: " + ", ".join(sorted(path.stem for path in experiment.SHIPPED_PLANS.glob("*.toml")))
-               + " (the experiments/ folder of the repository).",
+        epilog="Shipped plans: "
+        + ", ".join(sorted(path.stem for path in experiment.SHIPPED_PLANS.glob("*.toml")))
+        + " (the experiments/ folder of the repository).",
     )
     parser.add_argument("plan", metavar="PLAN", help="a plan file (.toml) or the name of a shipped plan, e.g. tiny")
-    parser.add_argument("--out", metavar="DIR",
-                        help="folder of the runs and results (default: runs/experiments/<plan>)")
+    parser.add_argument(
+        "--out", metavar="DIR", help="folder of the runs and results (default: runs/experiments/<plan>)"
+    )
     parser.add_argument("--data-root", metavar="DIR", help="dataset folder (default: the plan's data_root)")
     parser.add_argument("--seeds", type=_integers, metavar="S,S,...", help="seeds instead of the plan's, e.g. 1,2,3")
-    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a setting in every run, e.g. data.num_workers=8; repeatable")
+    parser.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting in every run, e.g. data.num_workers=8; repeatable",
+    )
     parser.add_argument("--list", action="store_true", help="list the runs and where each stands; train nothing")
-    parser.add_argument("--report-only", action="store_true",
-                        help="write the results of the finished runs; train nothing")
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the results of the finished runs; train nothing"
+    )
     runs = parser.add_argument_group("where the runs train")
-    runs.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
-                      help="local: on this machine (default); slurm: one SLURM job per run through submitit; "
-                           "submitit-local: submitit's jobs as local processes (to try a cluster setup)")
+    runs.add_argument(
+        "--executor",
+        choices=("local", "slurm", "submitit-local"),
+        default="local",
+        help="local: on this machine (default); slurm: one SLURM job per run through submitit; "
+        "submitit-local: submitit's jobs as local processes (to try a cluster setup)",
+    )
     runs.add_argument("--device", help="device of each run: auto (default), cpu, cuda or cuda:N")
-    runs.add_argument("--devices", type=_device_ids, metavar="ID,ID,...",
-                      help="local: one run per GPU at a time, each process seeing only its GPU, e.g. 0,1,2,3")
+    runs.add_argument(
+        "--devices",
+        type=_device_ids,
+        metavar="ID,ID,...",
+        help="local: one run per GPU at a time, each process seeing only its GPU, e.g. 0,1,2,3",
+    )
     cluster = parser.add_argument_group("cluster jobs (--executor slurm; pip install 'mper[cluster]')")
     cluster.add_argument("--partition", help="SLURM partition")
     cluster.add_argument("--account", help="SLURM account")
-    cluster.add_argument("--time", type=int, default=24 * 60, metavar="MINUTES",
-                         help="time limit of each job; a job that reaches it is requeued and resumes (default: 1440)")
+    cluster.add_argument(
+        "--time",
+        type=int,
+        default=24 * 60,
+        metavar="MINUTES",
+        help="time limit of each job; a job that reaches it is requeued and resumes (default: 1440)",
+    )
     cluster.add_argument("--gpus-per-job", type=int, default=1, metavar="N", help="GPUs of each job (default: 1)")
     cluster.add_argument("--cpus-per-job", type=int, default=8, metavar="N", help="CPU cores of each job (default: 8)")
     cluster.add_argument("--mem-gb", type=int, metavar="N", help="memory of each job in GB (default: the cluster's)")
-    cluster.add_argument("--no-wait", action="store_true",
-                         help="submit and return; run the command again with --report-only for the table")
+    cluster.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="submit and return; run the command again with --report-only for the table",
+    )
     _add_version(parser)
     return parser
 
@@ -523,8 +691,13 @@ def _executor(args: argparse.Namespace, out: Path) -> experiment.Executor:
     if args.devices:
         raise ConfigError("--devices is for the local executor; a cluster job gets its GPUs from --gpus-per-job")
     options = experiment.ClusterOptions(
-        partition=args.partition, time_minutes=args.time, gpus_per_job=args.gpus_per_job,
-        cpus_per_job=args.cpus_per_job, memory_gb=args.mem_gb, account=args.account, wait=not args.no_wait,
+        partition=args.partition,
+        time_minutes=args.time,
+        gpus_per_job=args.gpus_per_job,
+        cpus_per_job=args.cpus_per_job,
+        memory_gb=args.mem_gb,
+        account=args.account,
+        wait=not args.no_wait,
     )
     cluster = "slurm" if args.executor == "slurm" else "local"
     return experiment.SubmititExecutor(out / "jobs", cluster, options, args.device)

@@ -8,6 +8,7 @@ exception is a fault of the program and keeps its traceback.
 Each subclass also derives from the built-in exception that fits it, so code that
 catches ``ValueError`` or ``FileNotFoundError`` keeps working.
 """
+
 from __future__ import annotations
 
 

@@ -12,6 +12,7 @@ the linear logits and to the prototype logits; the contrastive loss of Eq. 5 com
 the prototype classifier from the ops. Two forms of the soft Dice are offered (see
 :class:`DiceOptions` and docs/method.md, "Losses").
 """
+
 from __future__ import annotations
 
 import math

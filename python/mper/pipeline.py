@@ -20,6 +20,7 @@
   root, and a run on it keeps a copy of its plan, from which :func:`evaluate`,
   :func:`predict` and :func:`resume` find the dataset again.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -105,9 +106,18 @@ def validator(config: TrainConfig) -> Validator:
     options = inference_options(config)
 
     def validate(net: nn.Module) -> float:
-        return shared_mean(cases, lambda share: mean_dice(net, config.dataset, config.data_root, share,
-                                                          device=str(device), num_classes=config.num_classes,
-                                                          **options))
+        return shared_mean(
+            cases,
+            lambda share: mean_dice(
+                net,
+                config.dataset,
+                config.data_root,
+                share,
+                device=str(device),
+                num_classes=config.num_classes,
+                **options,
+            ),
+        )
 
     return validate
 
@@ -214,14 +224,16 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
                 best = run_training(config, run_dir, validator(config), writer, resume=resume)
                 split = final_split(config)
                 log.info("evaluating %s on the %s split", best, split)
-                result = evaluate(best, split=split, out_dir=run_dir, device=config.device,
-                                  num_figures=config.eval.num_figures)
+                result = evaluate(
+                    best, split=split, out_dir=run_dir, device=config.device, num_figures=config.eval.num_figures
+                )
                 add_figures(writer, result["figures"], "test")
                 add_training_record(run_dir, config)
                 add_to_report(run_dir, "sessions", load_checkpoint(run_dir / LAST_CHECKPOINT)["sessions"])
                 _report_prototype_usage(run_dir)
-                log.info("test metrics (%s):\n%s", run_dir / "metrics.md", result["markdown"].rstrip(),
-                         extra=RUN_LOG_ONLY)
+                log.info(
+                    "test metrics (%s):\n%s", run_dir / "metrics.md", result["markdown"].rstrip(), extra=RUN_LOG_ONLY
+                )
         except TrainingInterrupted:
             raise
         except KeyboardInterrupt as interrupt:
@@ -311,8 +323,12 @@ def _check_one_run(run_dir: Path, saved: dict[str, Any]) -> None:
     folder's ``config.toml`` or best checkpoints belong to different runs (their
     ``run_id`` differs): resuming would mix two runs in one folder."""
     readers = {run_dir / "config.json": lambda path: json.loads(path.read_text())}  # written with config.toml
-    readers.update({run_dir / name: lambda path: load_checkpoint(path)["config"]
-                    for name in (PRETRAIN_CHECKPOINT, BEST_CHECKPOINT)})
+    readers.update(
+        {
+            run_dir / name: lambda path: load_checkpoint(path)["config"]
+            for name in (PRETRAIN_CHECKPOINT, BEST_CHECKPOINT)
+        }
+    )
     for path, read in readers.items():
         if not path.exists():
             continue
@@ -415,17 +431,34 @@ def evaluate(
         )
     cases = validation_cases(config) if split == "val" else None
     return evaluate_cases(
-        net, config.dataset, config.data_root, cases=cases, split=split, out_dir=out_dir,
-        device=str(resolve_device(device)), num_figures=num_figures,
-        method=method, labeled=labeled, unlabeled=unlabeled, num_classes=config.num_classes,
-        postprocess=config.eval.postprocess, empty_prediction=config.eval.empty_prediction, ops=config.ops,
+        net,
+        config.dataset,
+        config.data_root,
+        cases=cases,
+        split=split,
+        out_dir=out_dir,
+        device=str(resolve_device(device)),
+        num_figures=num_figures,
+        method=method,
+        labeled=labeled,
+        unlabeled=unlabeled,
+        num_classes=config.num_classes,
+        postprocess=config.eval.postprocess,
+        empty_prediction=config.eval.empty_prediction,
+        ops=config.ops,
         **inference_options(config),
     )
 
 
 def tsne(
-    checkpoint: str | Path, out_path: str | Path, data_root: str | Path | None = None, split: str = "test",
-    max_cases: int = TSNE_CASES, device: str = "auto", weights: str = "student", seed: int = 0,
+    checkpoint: str | Path,
+    out_path: str | Path,
+    data_root: str | Path | None = None,
+    split: str = "test",
+    max_cases: int = TSNE_CASES,
+    device: str = "auto",
+    weights: str = "student",
+    seed: int = 0,
     title: str | None = None,
 ) -> Path:
     """Draw the t-SNE map of a checkpoint's voxel embeddings and prototypes (see
@@ -444,16 +477,22 @@ def tsne(
     bank = load_checkpoint(checkpoint)["bank"]
     # BCP alone keeps an untouched (all-zero) bank: no prototypes to mark
     prototypes = bank["prototypes"].numpy() if bank is not None and with_prototypes(config) else None
-    features, classes = sample_embeddings(net, volumes, spec, config.num_classes, config.data.patch_size,
-                                          resolve_device(device), seed=seed)
+    features, classes = sample_embeddings(
+        net, volumes, spec, config.num_classes, config.data.patch_size, resolve_device(device), seed=seed
+    )
     title = f"{title or checkpoint}\n{len(features)} voxels of {len(cases)} {split} case(s)"
-    return save_tsne_figure(features, classes, prototypes, config.prototypes.per_class,
-                            spec.class_names, out_path, title, seed)
+    return save_tsne_figure(
+        features, classes, prototypes, config.prototypes.per_class, spec.class_names, out_path, title, seed
+    )
 
 
 def predict(
-    checkpoint: str | Path, input_path: str | Path, output: str | Path,
-    device: str = "auto", weights: str = "student", force: bool = False,
+    checkpoint: str | Path,
+    input_path: str | Path,
+    output: str | Path,
+    device: str = "auto",
+    weights: str = "student",
+    force: bool = False,
 ) -> list[Path]:
     """Segment a NIfTI/HDF5 file or every such file under a folder; returns the written
     label maps (NIfTI, with the input's header), post-processed by the checkpoint's
@@ -463,36 +502,67 @@ def predict(
         raise RunFolderError(f"the output {output} is a file; give a folder for the label maps (it is made if missing)")
     net, config = load_network(checkpoint, device, weights)
     if get_dataset(config.dataset).scans is not None:
-        return predict_scans(net, input_path, config.dataset, output, config.num_classes, config.eval.postprocess,
-                             config.ops, device=str(resolve_device(device)), **inference_options(config))
-    return predict_path(net, input_path, config.dataset, output, device=str(resolve_device(device)), force=force,
-                        num_classes=config.num_classes, postprocess=config.eval.postprocess, ops=config.ops,
-                        **inference_options(config))
+        return predict_scans(
+            net,
+            input_path,
+            config.dataset,
+            output,
+            config.num_classes,
+            config.eval.postprocess,
+            config.ops,
+            device=str(resolve_device(device)),
+            **inference_options(config),
+        )
+    return predict_path(
+        net,
+        input_path,
+        config.dataset,
+        output,
+        device=str(resolve_device(device)),
+        force=force,
+        num_classes=config.num_classes,
+        postprocess=config.eval.postprocess,
+        ops=config.ops,
+        **inference_options(config),
+    )
 
 
-def synthesize(dataset: str, out: str | Path, cases: int | None = None, seed: int = 0,
-               size: tuple[int, ...] | None = None, family: str | None = None) -> Path:
+def synthesize(
+    dataset: str,
+    out: str | Path,
+    cases: int | None = None,
+    seed: int = 0,
+    size: tuple[int, ...] | None = None,
+    family: str | None = None,
+) -> Path:
     """Write synthetic data in the layout of ``dataset`` (see :func:`mper.datasets.synthesize`)."""
     return mper.datasets.synthesize(dataset, out, cases=cases, seed=seed, size=size, family=family)
 
 
-def convert(dataset: str, source: str | Path, out: str | Path, split_from: str | Path | None = None,
-            seed: int = 0) -> Path:
+def convert(
+    dataset: str, source: str | Path, out: str | Path, split_from: str | Path | None = None, seed: int = 0
+) -> Path:
     """Turn the raw public download into the h5 layout (see :func:`mper.datasets.convert`)."""
     return mper.datasets.convert(dataset, source, out, split_from=split_from, seed=seed)
 
 
-def synthesize_scans(out: str | Path, layout: str, cases: int | None = None, seed: int = 0,
-                     size: tuple[int, ...] | None = None) -> Path:
+def synthesize_scans(
+    out: str | Path, layout: str, cases: int | None = None, seed: int = 0, size: tuple[int, ...] | None = None
+) -> Path:
     """Write synthetic raw scans in the nnU-Net v2 or Decathlon layout (see
     :func:`mper.data.synth_scans.synthesize_scans`; ``None`` takes its defaults)."""
     options: dict[str, Any] = {key: value for key, value in (("cases", cases), ("size", size)) if value is not None}
     return write_synthetic_scans(out, layout, seed=seed, **options)
 
 
-def import_scans(source: str | Path, out: str | Path, spacing: Sequence[float] | None = None,
-                 dims: str | None = None, memory_gb: float | None = None,
-                 unlabeled: str | Path | None = None) -> Path:
+def import_scans(
+    source: str | Path,
+    out: str | Path,
+    spacing: Sequence[float] | None = None,
+    dims: str | None = None,
+    memory_gb: float | None = None,
+    unlabeled: str | Path | None = None,
+) -> Path:
     """Import a raw dataset of one's own scans (see :func:`mper.datasets.import_scans`;
     ``None`` takes its defaults) and return the dataset root."""
     options: dict[str, Any] = {} if memory_gb is None else {"memory_gb": memory_gb}

@@ -16,6 +16,7 @@ Conventions shared with the kernels:
 * float16 / bfloat16 inputs are computed in float32 and rounded once at the end.
 * Ties in an argmax go to the lowest index.
 """
+
 from __future__ import annotations
 
 import numpy as np

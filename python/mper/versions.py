@@ -3,6 +3,7 @@
 Printed by every command's ``--version`` and written at the top of ``train.log``, so a
 result can always be traced back to the software and hardware that produced it.
 """
+
 from __future__ import annotations
 
 import os

@@ -11,6 +11,7 @@ datasets there, so that a new dataset reuses the pieces without copying them.
 Nothing here uses a global random state: every draw is a function of a seed and its
 position (see :mod:`mper.data.seeding`), so interrupted training can resume exactly.
 """
+
 from mper.data.acdc import (
     ACDC_CLASS_NAMES,
     ACDC_NUM_CLASSES,

@@ -11,6 +11,7 @@ Layout under a dataset root::
 A case is one cardiac phase of one patient, named ``patientXXX_frameYY``. Labels follow
 ACDC: 0 background, 1 right ventricle (RV), 2 myocardium, 3 left ventricle (LV).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -56,16 +57,12 @@ def patient_id(name: str) -> str:
 
 def load_acdc_slice(root: str | Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Read one training slice: (image float32 (H, W), label uint8 (H, W) in 0..3)."""
-    return read_image_label(
-        acdc_slice_path(root, name), ndim=2, num_classes=ACDC_NUM_CLASSES, layout=_SLICE_LAYOUT
-    )
+    return read_image_label(acdc_slice_path(root, name), ndim=2, num_classes=ACDC_NUM_CLASSES, layout=_SLICE_LAYOUT)
 
 
 def load_acdc_volume(root: str | Path, case: str) -> tuple[np.ndarray, np.ndarray]:
     """Read one frame: (image float32 (S, H, W), label uint8 (S, H, W) in 0..3)."""
-    return read_image_label(
-        acdc_volume_path(root, case), ndim=3, num_classes=ACDC_NUM_CLASSES, layout=_VOLUME_LAYOUT
-    )
+    return read_image_label(acdc_volume_path(root, case), ndim=3, num_classes=ACDC_NUM_CLASSES, layout=_VOLUME_LAYOUT)
 
 
 def acdc_cases(root: str | Path, split: str) -> list[str]:

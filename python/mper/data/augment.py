@@ -6,6 +6,7 @@ Labels are only ever moved by nearest-neighbour (order 0) resampling, so they ke
 class values. The draws follow the public baselines: UA-MT's ``RandomRotFlip`` and
 ``RandomCrop`` (LA), SSL4MIS's ``RandomGenerator`` (ACDC).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -53,9 +54,7 @@ def pad_to_size(image: np.ndarray, label: np.ndarray, size: Sequence[int]) -> Im
     return np.pad(image, widths), np.pad(label, widths)
 
 
-def random_crop(
-    image: np.ndarray, label: np.ndarray, size: Sequence[int], rng: np.random.Generator
-) -> ImageLabel:
+def random_crop(image: np.ndarray, label: np.ndarray, size: Sequence[int], rng: np.random.Generator) -> ImageLabel:
     """Crop a uniformly placed window of ``size``, zero-padding first where the input is smaller."""
     if len(size) != image.ndim:
         raise ValueError(f"crop size {tuple(size)} must have one entry per axis of shape {image.shape}")

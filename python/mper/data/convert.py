@@ -17,6 +17,7 @@ train/val/test, LA 80/20 train/test. Each dataset's spec (:mod:`mper.datasets`) 
 converter; :func:`mper.datasets.convert` runs it by name. Reading the LA download needs
 ``pynrrd`` (``pip install 'mper[convert]'``).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -133,8 +134,7 @@ def load_acdc_nifti(image_path: Path, label_path: Path) -> tuple[np.ndarray, np.
     label = np.rint(label)
     if label.min() < 0 or label.max() >= ACDC_NUM_CLASSES:
         raise DataFormatError(
-            f"{label_path} holds values {np.unique(label)[:8]}: "
-            f"expected ACDC classes 0..{ACDC_NUM_CLASSES - 1}"
+            f"{label_path} holds values {np.unique(label)[:8]}: expected ACDC classes 0..{ACDC_NUM_CLASSES - 1}"
         )
     image = normalize_intensity(np.transpose(image, (2, 0, 1)), ACDC_NORMALIZATION)
     return image, np.transpose(label, (2, 0, 1)).astype(np.uint8)
@@ -190,6 +190,7 @@ def convert_acdc(source: Path, out: Path, split_from: Path | None, seed: int, pr
 
 # LA
 
+
 def _nrrd() -> ModuleType:
     """The ``nrrd`` module (package ``pynrrd``), which only the LA converter needs."""
     try:
@@ -225,9 +226,7 @@ def _atrium_label(label: np.ndarray, path: Path) -> np.ndarray:
         return np.asarray(label == 255, dtype=np.uint8)
     if values <= {0, 1}:
         return np.asarray(label, dtype=np.uint8)
-    raise DataFormatError(
-        f"{path} holds values {sorted(values)[:8]}: expected a mask of {{0, 255}} or {{0, 1}}"
-    )
+    raise DataFormatError(f"{path} holds values {sorted(values)[:8]}: expected a mask of {{0, 255}} or {{0, 1}}")
 
 
 def crop_box(label: np.ndarray, rng: np.random.Generator, min_size: Sequence[int]) -> tuple[slice, ...]:
@@ -245,9 +244,7 @@ def crop_box(label: np.ndarray, rng: np.random.Generator, min_size: Sequence[int
     return tuple(window)
 
 
-def load_la_nrrd(
-    image_path: Path, label_path: Path, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def load_la_nrrd(image_path: Path, label_path: Path, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Read one raw LA case as a UA-MT crop: (image float32 z-scored, label uint8 {0, 1})."""
     image, label = _read_pair(image_path, label_path, _read_nrrd, (_nrrd().NRRDError, OSError, ValueError), "LA NRRD")
     label = _atrium_label(label, label_path)

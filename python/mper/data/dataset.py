@@ -8,6 +8,7 @@ which worker process asks. An item is asked for as ``dataset[(epoch, index)]``, 
 DataLoader iterator (and its worker processes and their caches) can serve a whole
 training stage. A bare ``dataset[index]`` is the item of epoch 0.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -53,9 +54,7 @@ class CaseDataset(Dataset[dict[str, torch.Tensor | str]], ABC):
             raise ValueError("cases is empty: give at least one case name")
         patch_size = self.default_patch_size if patch_size is None else tuple(int(n) for n in patch_size)
         if len(patch_size) != len(self.default_patch_size) or min(patch_size) < 1:
-            raise ValueError(
-                f"patch_size must be {len(self.default_patch_size)} positive sizes, got {patch_size}"
-            )
+            raise ValueError(f"patch_size must be {len(self.default_patch_size)} positive sizes, got {patch_size}")
         self.root = Path(root)
         self.cases = list(cases)
         self.patch_size = patch_size

@@ -7,6 +7,7 @@ does not hold what the layout promises (no dataset, wrong rank, empty, a label t
 not integer, an image with NaN or infinite values). Both messages name the file and say
 what was expected.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -43,9 +44,7 @@ def read_list(path: str | Path, case_file: str | None = None) -> list[str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(
-            f"list file {path} not found: expected a text file with one case name per line"
-        )
+        raise MissingFileError(f"list file {path} not found: expected a text file with one case name per line")
     names = [case_name_from_line(line, case_file) for line in path.read_text().splitlines() if line.strip()]
     if not names:
         raise DataFormatError(f"list file {path} is empty: expected one case name per line")
@@ -101,9 +100,7 @@ def read_h5_case(
         raise DataFormatError(f"{path} is not a readable HDF5 file ({error}): expected {expected}") from error
     for key, array in zip(keys, arrays):
         if ndim is not None and array.ndim != ndim:
-            raise DataFormatError(
-                f"{path}: dataset {key!r} has shape {array.shape}, expected {expected}"
-            )
+            raise DataFormatError(f"{path}: dataset {key!r} has shape {array.shape}, expected {expected}")
         if array.size == 0:
             raise DataFormatError(f"{path}: dataset {key!r} is empty (shape {array.shape}), expected {expected}")
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_) or np.iscomplexobj(array):
@@ -124,9 +121,7 @@ def check_finite(path: str | Path, image: np.ndarray, key: str = "image") -> np.
     return image
 
 
-def read_image_label(
-    path: str | Path, ndim: int, num_classes: int, layout: str = ""
-) -> tuple[np.ndarray, np.ndarray]:
+def read_image_label(path: str | Path, ndim: int, num_classes: int, layout: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Read an ``image``/``label`` case: ``image`` float32, ``label`` uint8 in ``[0, num_classes)``.
 
     Raises what :func:`read_h5_case` raises, and :class:`DataFormatError` if the two
@@ -142,14 +137,12 @@ def read_image_label(
         )
     if image.shape != label.shape:
         raise DataFormatError(
-            f"{path}: image shape {image.shape} differs from label shape {label.shape}; "
-            "expected one label per voxel"
+            f"{path}: image shape {image.shape} differs from label shape {label.shape}; expected one label per voxel"
         )
     check_finite(path, image)
     if label.min() < 0 or label.max() >= num_classes:
         raise DataFormatError(
-            f"{path}: label values span [{label.min()}, {label.max()}], "
-            f"expected class indices 0..{num_classes - 1}"
+            f"{path}: label values span [{label.min()}, {label.max()}], expected class indices 0..{num_classes - 1}"
         )
     return image.astype(np.float32, copy=False), label.astype(np.uint8, copy=False)
 

@@ -16,6 +16,7 @@ first. Training items (:class:`ImportedLayout`, :class:`ScanItems`) are whole ca
 into patches of the planned size (3D networks), or the slices of the cases across the
 plan's slice axis, each read alone and cut into patches (2D networks).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -49,8 +50,14 @@ def scan_case_path(root: str | Path, case: str) -> Path:
     return Path(root) / SCAN_CASES_DIR / f"{case}.h5"
 
 
-def write_scan_case(root: str | Path, case: str, image: np.ndarray, label: np.ndarray | None,
-                    original_label: np.ndarray | None, geometry: CaseGeometry) -> Path:
+def write_scan_case(
+    root: str | Path,
+    case: str,
+    image: np.ndarray,
+    label: np.ndarray | None,
+    original_label: np.ndarray | None,
+    geometry: CaseGeometry,
+) -> Path:
     """Write one preprocessed case (see the module docstring) and return its path."""
     path = scan_case_path(root, case)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,8 +174,11 @@ class ImportedLayout:
             where[self.slice_axis] = slice(int(index), int(index) + 1)
             every_channel = (slice(None), *where)
             image = np.asarray(handle["image"][every_channel], dtype=np.float32)
-            label = (np.asarray(handle["label"][tuple(where)], dtype=np.uint8) if "label" in handle
-                     else np.zeros(image.shape[1:], dtype=np.uint8))
+            label = (
+                np.asarray(handle["label"][tuple(where)], dtype=np.uint8)
+                if "label" in handle
+                else np.zeros(image.shape[1:], dtype=np.uint8)
+            )
         return np.squeeze(image, self.slice_axis + 1), np.squeeze(label, self.slice_axis)
 
 
@@ -205,8 +215,9 @@ def _pad(image: np.ndarray, label: np.ndarray, size: Sequence[int]) -> tuple[np.
     return np.pad(image, [(0, 0), *widths]), np.pad(label, widths)
 
 
-def _window_starts(label: np.ndarray, size: Sequence[int], rng: np.random.Generator,
-                   centre_on_foreground: bool) -> list[int]:
+def _window_starts(
+    label: np.ndarray, size: Sequence[int], rng: np.random.Generator, centre_on_foreground: bool
+) -> list[int]:
     """Corner of a window of ``size`` in ``label``: around a random voxel of a random labeled
     class, or uniformly placed."""
     classes = np.unique(label)
@@ -265,8 +276,7 @@ class ScanItems(CaseDataset):
 def _centred_window(label: np.ndarray, size: Sequence[int]) -> list[int]:
     """Corner of the window of ``size`` centred on the bounding box of the labeled voxels."""
     present = np.argwhere(label > 0)
-    centre = ((present.min(axis=0) + present.max(axis=0)) // 2 if present.size
-              else np.asarray(label.shape) // 2)
+    centre = (present.min(axis=0) + present.max(axis=0)) // 2 if present.size else np.asarray(label.shape) // 2
     return [int(np.clip(c - s // 2, 0, length - s)) for c, s, length in zip(centre, size, label.shape)]
 
 
@@ -274,5 +284,6 @@ def scan_items(patch_size: Sequence[int], layout: ImportedLayout) -> type[ScanIt
     """The :class:`ScanItems` of one plan: its patch size and layout."""
     if len(patch_size) != (3 if layout.slice_axis is None else 2):
         raise ValueError(f"patch_size {tuple(patch_size)} does not fit items of {layout}")
-    return type("ScanItems", (ScanItems,), {"default_patch_size": tuple(int(size) for size in patch_size),
-                                            "layout": layout})
+    return type(
+        "ScanItems", (ScanItems,), {"default_patch_size": tuple(int(size) for size in patch_size), "layout": layout}
+    )

@@ -10,6 +10,7 @@ Layout under a dataset root::
 Axis order is (H, W, D) = the NRRD (x, y, z) order of the 2018 challenge scans; D is the
 through-plane axis, and rotations/flips act in the (H, W) plane.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -62,8 +63,7 @@ def la_split(root: str | Path, labeled: int) -> tuple[list[str], list[str]]:
     train = la_cases(root, "train")
     if not 0 < labeled <= len(train):
         raise ConfigError(
-            f"labeled must be between 1 and the {len(train)} cases of "
-            f"{Path(root) / 'train.list'}, got {labeled}"
+            f"labeled must be between 1 and the {len(train)} cases of {Path(root) / 'train.list'}, got {labeled}"
         )
     return train[:labeled], train[labeled:]
 

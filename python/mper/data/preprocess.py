@@ -5,6 +5,7 @@
 and prediction on raw scans apply a dataset's rule so a network sees what it was
 trained on.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

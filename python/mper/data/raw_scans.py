@@ -26,6 +26,7 @@ reads one case's channels and label (NIfTI, through nibabel) and checks that the
 together: one spatial shape and one affine, finite intensities, a 3D label holding only
 declared classes.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,13 +64,42 @@ LABELED, UNLABELED, TEST = "labeled", "unlabeled", "test"
 #: to [0, 1] per image; ``rgb``: divided by 255.
 CT, ZSCORE, NO_NORMALIZATION, RESCALE, RGB = "ct", "z-score", "none", "rescale", "rgb"
 SCAN_NORMALIZATIONS = (CT, ZSCORE, NO_NORMALIZATION, RESCALE, RGB)
-_NAMED_SCHEMES = {"ct": CT, "zscore": ZSCORE, "nonorm": NO_NORMALIZATION, "rescale_to_0_1": RESCALE,
-                  "rescale_0_1": RESCALE, "rgb_to_0_1": RGB}
+_NAMED_SCHEMES = {
+    "ct": CT,
+    "zscore": ZSCORE,
+    "nonorm": NO_NORMALIZATION,
+    "rescale_to_0_1": RESCALE,
+    "rescale_0_1": RESCALE,
+    "rgb_to_0_1": RGB,
+}
 #: Modality names read as MR-like (per-image z-score), lower case.
-_ZSCORE_MODALITIES = frozenset({
-    "mri", "mr", "nonct", "t1", "t1w", "t1gd", "t1c", "t1ce", "t2", "t2w", "flair", "adc", "dwi", "pd", "pdw",
-    "dce", "swi", "cine", "lge", "pet", "us", "ultrasound", "cbct",
-})
+_ZSCORE_MODALITIES = frozenset(
+    {
+        "mri",
+        "mr",
+        "nonct",
+        "t1",
+        "t1w",
+        "t1gd",
+        "t1c",
+        "t1ce",
+        "t2",
+        "t2w",
+        "flair",
+        "adc",
+        "dwi",
+        "pd",
+        "pdw",
+        "dce",
+        "swi",
+        "cine",
+        "lge",
+        "pet",
+        "us",
+        "ultrasound",
+        "cbct",
+    }
+)
 
 #: Per-file affines of one case may differ by this much (header rounding).
 AFFINE_TOLERANCE = 1e-4
@@ -279,14 +309,12 @@ def _msd_cases(source: Path, document: Mapping[str, Any], where: Path) -> tuple[
     ending = NIFTI_ENDINGS[0]
     training = document.get("training", [])
     if not isinstance(training, list):
-        raise DataFormatError(f"{where}: training must be a list of {{\"image\": ..., \"label\": ...}} entries")
+        raise DataFormatError(f'{where}: training must be a list of {{"image": ..., "label": ...}} entries')
     images: dict[str, tuple[Path, ...]] = {}
     labels: dict[str, Path] = {}
     for entry in training:
         if not isinstance(entry, dict):
-            raise DataFormatError(
-                f"{where}: training entries must be {{\"image\": ..., \"label\": ...}}, got {entry!r}"
-            )
+            raise DataFormatError(f'{where}: training entries must be {{"image": ..., "label": ...}}, got {entry!r}')
         image = _msd_path(source, entry.get("image"), where, "training image")
         label = _msd_path(source, entry.get("label"), where, "training label")
         name = case_name(image.name, ending)
@@ -332,8 +360,11 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
     where = source / DATASET_JSON
     document = _json(where)
     layout = _layout_of(document, where)
-    channels = _channels(document["channel_names" if layout == NNUNET else "modality"],
-                         "channel_names" if layout == NNUNET else "modality", where)
+    channels = _channels(
+        document["channel_names" if layout == NNUNET else "modality"],
+        "channel_names" if layout == NNUNET else "modality",
+        where,
+    )
     normalization = tuple(normalization_of(channel, where) for channel in channels)
     class_names = _class_names(document.get("labels"), layout, where)
     ending = str(document.get("file_ending", NIFTI_ENDINGS[0])) if layout == NNUNET else NIFTI_ENDINGS[0]
@@ -365,8 +396,9 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
         raise MissingFileError(f"unlabeled folder {unlabeled} not found; pass a folder of images named as imagesTr")
     cases: dict[str, RawCase] = {}
 
-    def add(images: Mapping[str, tuple[Path, ...]], labels: Mapping[str, Path], labeled_role: str,
-            unlabeled_role: str) -> None:
+    def add(
+        images: Mapping[str, tuple[Path, ...]], labels: Mapping[str, Path], labeled_role: str, unlabeled_role: str
+    ) -> None:
         for name, files in sorted(images.items()):
             if name in cases:
                 raise DataFormatError(
@@ -412,8 +444,14 @@ def _check_finite(path: Path, array: np.ndarray) -> None:
         )
 
 
-def _check_geometry(path: Path, shape: tuple[int, ...], affine: np.ndarray, reference: Path,
-                    reference_shape: tuple[int, ...], reference_affine: np.ndarray) -> None:
+def _check_geometry(
+    path: Path,
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    reference: Path,
+    reference_shape: tuple[int, ...],
+    reference_affine: np.ndarray,
+) -> None:
     if shape != reference_shape:
         raise DataFormatError(
             f"{path}: shape {shape} differs from {reference.name}'s {reference_shape}; the channels and the label "
@@ -457,8 +495,9 @@ def read_image(case: RawCase, channels: int) -> tuple[np.ndarray, nib.Nifti1Imag
     return image, first
 
 
-def read_label(path: Path, shape: tuple[int, ...], affine: np.ndarray, reference: Path,
-               class_names: Sequence[str]) -> np.ndarray:
+def read_label(
+    path: Path, shape: tuple[int, ...], affine: np.ndarray, reference: Path, class_names: Sequence[str]
+) -> np.ndarray:
     """The label map at ``path`` as uint8, checked against the image's grid and the declared classes."""
     scan = _load(path)
     data = np.asarray(scan.dataobj)

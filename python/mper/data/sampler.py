@@ -15,6 +15,7 @@ are the batch a single process draws, and pairs stay pairs. The sampler is endle
 iteration on (:meth:`TwoStreamBatchSampler.start_from`, or :func:`endless_batches`), so
 one DataLoader iterator serves a whole training stage.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -58,11 +59,15 @@ class TwoStreamBatchSampler(Sampler[list[tuple[int, int]]]):
         rank, processes = share
         if not 0 <= rank < processes:
             raise ValueError(f"share must be (rank, processes) with 0 <= rank < processes, got {share}")
-        for name, size in (("batch_size - secondary_batch_size", batch_size - secondary_batch_size),
-                           ("secondary_batch_size", secondary_batch_size)):
+        for name, size in (
+            ("batch_size - secondary_batch_size", batch_size - secondary_batch_size),
+            ("secondary_batch_size", secondary_batch_size),
+        ):
             if processes > 1 and size % (2 * processes):
-                raise ValueError(f"{name} = {size} must be a multiple of {2 * processes} to share both "
-                                 f"halves of every batch equally among {processes} processes")
+                raise ValueError(
+                    f"{name} = {size} must be a multiple of {2 * processes} to share both "
+                    f"halves of every batch equally among {processes} processes"
+                )
         self.share = share
         if not 0 <= secondary_batch_size < batch_size:
             raise ValueError(
@@ -105,7 +110,8 @@ class TwoStreamBatchSampler(Sampler[list[tuple[int, int]]]):
         secondary = self._secondary_stream(epoch * per_epoch, (epoch + 1) * per_epoch)
         secondary = secondary.reshape(batches, self.secondary_batch_size)
         batches_of_indices: list[list[int]] = np.concatenate(
-            [self._own_share(primary), self._own_share(secondary)], axis=1).tolist()
+            [self._own_share(primary), self._own_share(secondary)], axis=1
+        ).tolist()
         return batches_of_indices
 
     def _own_share(self, columns: np.ndarray) -> np.ndarray:

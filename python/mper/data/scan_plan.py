@@ -14,6 +14,7 @@ read it (:func:`read_plan`). It has two parts:
   top of the presets of the benchmark of the same dimensionality (LA's for 3D, ACDC's
   for 2D), preset by preset; ``--set`` still overrides them.
 """
+
 from __future__ import annotations
 
 import json
@@ -128,17 +129,26 @@ def plan_text(plan: ScanPlan, root: str | Path) -> str:
     """The text of ``plan.toml`` for ``plan`` of the dataset root ``root`` (see :func:`read_plan`)."""
     lines = _HEADER.format(source=plan.source, root=root).splitlines()
     dataset = {
-        "name": plan.name, "source": plan.source, "layout": plan.layout, "file_ending": plan.file_ending,
-        "dims": plan.dims, "slice_axis": plan.slice_axis, "class_names": list(plan.class_names),
-        "spacing": list(plan.rules.spacing), "median_shape": list(plan.median_shape),
+        "name": plan.name,
+        "source": plan.source,
+        "layout": plan.layout,
+        "file_ending": plan.file_ending,
+        "dims": plan.dims,
+        "slice_axis": plan.slice_axis,
+        "class_names": list(plan.class_names),
+        "spacing": list(plan.rules.spacing),
+        "median_shape": list(plan.median_shape),
         "mask_for_norm": plan.rules.mask_for_norm,
     }
     _table(lines, "dataset", dataset, _COMMENTS)
     for channel, scheme, statistics in zip(plan.channels, plan.rules.schemes, plan.rules.statistics):
         lines += ["", "[[dataset.channels]]", f"name = {_value(channel)}", f"normalization = {_value(scheme)}"]
         if statistics is not None:
-            lines += [f"mean = {_value(statistics.mean)}", f"std = {_value(statistics.std)}",
-                      f"clip = {_value([statistics.low, statistics.high])}   # foreground 0.5 and 99.5 percentiles"]
+            lines += [
+                f"mean = {_value(statistics.mean)}",
+                f"std = {_value(statistics.std)}",
+                f"clip = {_value([statistics.low, statistics.high])}   # foreground 0.5 and 99.5 percentiles",
+            ]
     for dims in DIMS:
         for preset, table in plan.settings.get(dims, {}).items():
             _table(lines, f"{dims}.{preset}", table)
@@ -184,8 +194,12 @@ def _channel(entry: Any, where: str) -> tuple[str, str, ChannelStatistics | None
     if scheme != CT:
         return name, scheme, None
     clip = _numbers(entry, "clip", 2, where)
-    statistics = ChannelStatistics(float(_get(entry, "mean", (int, float), where)),
-                                   float(_get(entry, "std", (int, float), where)), clip[0], clip[1])
+    statistics = ChannelStatistics(
+        float(_get(entry, "mean", (int, float), where)),
+        float(_get(entry, "std", (int, float), where)),
+        clip[0],
+        clip[1],
+    )
     return name, scheme, statistics
 
 
@@ -221,13 +235,24 @@ def parse_plan(text: str, where: str) -> ScanPlan:
     settings = {key: document.get(key, {}) for key in DIMS}
     if not isinstance(settings[dims], dict) or "paper" not in settings[dims]:
         raise ConfigError(f"{where} has no [{dims}.paper] settings; import the dataset again with --dims {dims}")
-    rules = ScanRules(tuple(scheme for _, scheme, _ in channels), tuple(stats for _, _, stats in channels),
-                      bool(_get(dataset, "mask_for_norm", bool, where)), (spacing[0], spacing[1], spacing[2]))
+    rules = ScanRules(
+        tuple(scheme for _, scheme, _ in channels),
+        tuple(stats for _, _, stats in channels),
+        bool(_get(dataset, "mask_for_norm", bool, where)),
+        (spacing[0], spacing[1], spacing[2]),
+    )
     return ScanPlan(
-        name=name, source=str(dataset.get("source", "")), layout=layout,
-        file_ending=_get(dataset, "file_ending", str, where), dims=dims, slice_axis=slice_axis,
-        class_names=tuple(class_names), channels=tuple(name for name, _, _ in channels), rules=rules,
-        median_shape=(median_shape[0], median_shape[1], median_shape[2]), settings=settings,
+        name=name,
+        source=str(dataset.get("source", "")),
+        layout=layout,
+        file_ending=_get(dataset, "file_ending", str, where),
+        dims=dims,
+        slice_axis=slice_axis,
+        class_names=tuple(class_names),
+        channels=tuple(name for name, _, _ in channels),
+        rules=rules,
+        median_shape=(median_shape[0], median_shape[1], median_shape[2]),
+        settings=settings,
     )
 
 

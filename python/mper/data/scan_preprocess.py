@@ -28,6 +28,7 @@ original voxel grid: each class's probability interpolated linearly (nearest
 neighbour along an anisotropic axis), the class of highest probability taken, and the
 crop box placed back into a volume of background.
 """
+
 from __future__ import annotations
 
 import json
@@ -97,8 +98,10 @@ class CaseGeometry:
     @classmethod
     def from_json(cls, text: str) -> CaseGeometry:
         values: dict[str, Any] = json.loads(text)
-        norms = tuple(Normalization(**{**item, "clip": None if item["clip"] is None else tuple(item["clip"])})
-                      for item in values["normalization"])
+        norms = tuple(
+            Normalization(**{**item, "clip": None if item["clip"] is None else tuple(item["clip"])})
+            for item in values["normalization"]
+        )
         return cls(
             shape=tuple(values["shape"]),
             spacing=tuple(values["spacing"]),
@@ -178,8 +181,10 @@ def is_strongly_anisotropic(spacing: Sequence[float], shape: Sequence[float]) ->
     spacing_array, shape_array = np.asarray(spacing, np.float64), np.asarray(shape, np.float64)
     coarse = int(np.argmax(spacing_array))
     others = [axis for axis in range(len(spacing_array)) if axis != coarse]
-    return bool(spacing_array[coarse] > ANISOTROPY_THRESHOLD * spacing_array[others].max()
-                and shape_array[coarse] * ANISOTROPY_THRESHOLD < shape_array[others].min())
+    return bool(
+        spacing_array[coarse] > ANISOTROPY_THRESHOLD * spacing_array[others].max()
+        and shape_array[coarse] * ANISOTROPY_THRESHOLD < shape_array[others].min()
+    )
 
 
 # --- normalisation ----------------------------------------------------------------------
@@ -211,8 +216,9 @@ def nonzero_mask(image: np.ndarray, label: np.ndarray | None) -> np.ndarray:
     return mask
 
 
-def normalize_channel(channel: np.ndarray, scheme: str, statistics: ChannelStatistics | None,
-                      mask: np.ndarray | None) -> tuple[np.ndarray, Normalization]:
+def normalize_channel(
+    channel: np.ndarray, scheme: str, statistics: ChannelStatistics | None, mask: np.ndarray | None
+) -> tuple[np.ndarray, Normalization]:
     """Normalise one channel (float32, in place where it can) and say how."""
     if scheme == CT:
         if statistics is None:
@@ -226,8 +232,12 @@ def normalize_channel(channel: np.ndarray, scheme: str, statistics: ChannelStati
         if mask is not None and not mask.any():
             mask = None
         values = channel[mask] if mask is not None else channel
-        used = Normalization(ZSCORE, float(values.mean(dtype=np.float64)),
-                             max(float(values.std(dtype=np.float64)), _MIN_SPREAD), masked=mask is not None)
+        used = Normalization(
+            ZSCORE,
+            float(values.mean(dtype=np.float64)),
+            max(float(values.std(dtype=np.float64)), _MIN_SPREAD),
+            masked=mask is not None,
+        )
         if mask is None:
             channel -= used.mean
             channel /= used.std
@@ -257,9 +267,11 @@ SectionResampler = Callable[[np.ndarray, tuple[int, ...], np.ndarray], None]
 
 def _spline_section(order: int) -> SectionResampler:
     """Resamples one float section into ``out`` by splines of ``order``."""
+
     def resample(section: np.ndarray, shape: tuple[int, ...], out: np.ndarray) -> None:
         factors = [new / old for new, old in zip(shape, section.shape)]
         ndimage.zoom(section, factors, order=order, mode="nearest", grid_mode=True, output=out)
+
     return resample
 
 
@@ -271,8 +283,9 @@ def _label_section(section: np.ndarray, shape: tuple[int, ...], out: np.ndarray)
             out[_zoom((section == value).astype(np.float32), shape, 1, None) >= 0.5] = value
 
 
-def _by_sections(volume: np.ndarray, shape: tuple[int, ...], axis: int, resample: SectionResampler,
-                 dtype: type[np.generic]) -> np.ndarray:
+def _by_sections(
+    volume: np.ndarray, shape: tuple[int, ...], axis: int, resample: SectionResampler, dtype: type[np.generic]
+) -> np.ndarray:
     """``volume`` to ``shape``: each output section across ``axis`` is the nearest input
     section (voxel centres) resampled in-plane by ``resample``, one section at a time."""
     old, new = volume.shape[axis], shape[axis]
@@ -359,8 +372,9 @@ class ScanRules:
     spacing: tuple[float, float, float]
 
 
-def preprocess_scan(image: np.ndarray, label: np.ndarray | None, spacing: Sequence[float],
-                    affine: np.ndarray, rules: ScanRules) -> tuple[np.ndarray, np.ndarray | None, CaseGeometry]:
+def preprocess_scan(
+    image: np.ndarray, label: np.ndarray | None, spacing: Sequence[float], affine: np.ndarray, rules: ScanRules
+) -> tuple[np.ndarray, np.ndarray | None, CaseGeometry]:
     """Crop, normalise and resample one case: ``image`` (C, X, Y, Z) float32 (normalised in
     place inside the crop box), ``label`` (X, Y, Z) or ``None``. Returns the image and
     label on the target grid and the case's :class:`CaseGeometry`."""

@@ -6,6 +6,7 @@ a constant naming what the draw is for, and its position (epoch, item index, ...
 trainer that restarts at iteration ``t`` therefore sees exactly the batches and
 augmentations it would have seen without the interruption.
 """
+
 from __future__ import annotations
 
 import numpy as np

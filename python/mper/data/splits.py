@@ -1,4 +1,5 @@
 """Deterministic splitting of case names into train/val/test-like parts."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

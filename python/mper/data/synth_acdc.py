@@ -20,6 +20,7 @@ sites: ``standard`` (square slices of one size, one field of view, mild bias and
 slice count, contrast, bias field and noise level) and ``thin`` (small hearts with a thin
 myocardium and a dilated RV: thin, touching structures and strong class imbalance).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -212,9 +213,7 @@ def _paint_rv(canvas: Canvas, shape: HeartGeometry, grain: np.ndarray, tone: Ton
     canvas.paint(rv & (septum_to_free_wall < 0.45) & (shape.from_rv > 0), tone(12), 12)
 
 
-def _paint_myocardium(
-    canvas: Canvas, shape: HeartGeometry, heart: Heart, grain: np.ndarray, tone: Tone
-) -> None:
+def _paint_myocardium(canvas: Canvas, shape: HeartGeometry, heart: Heart, grain: np.ndarray, tone: Tone) -> None:
     """Myocardium ring with a subendocardial scar-like sector and a grainy sector."""
     myocardium = (shape.radius >= shape.endo) & (shape.radius < shape.epi)
     scar = _angle_gap(shape.angle, heart.scar_angle) < heart.scar_width / 2
@@ -250,7 +249,11 @@ class ScanLook:
 
 
 def render_frame(
-    rng: np.random.Generator, heart: Heart, size: tuple[int, int], slices: int, systole: bool,
+    rng: np.random.Generator,
+    heart: Heart,
+    size: tuple[int, int],
+    slices: int,
+    systole: bool,
     look: ScanLook = ScanLook(),
 ) -> SyntheticScan:
     """Render one frame (S, H, W) of a patient: ED if not ``systole``, else ES."""
@@ -313,13 +316,21 @@ ACDC_FAMILIES = {
     "scanners": AcdcFamily(
         "every patient its own scanner: non-square odd-sized slices (0.7-1.35 x each requested "
         "side), field of view (heart 0.7-1.3 x), 4-16 slices, contrast curve, strong bias and noise",
-        aspect=(0.7, 1.35), odd_sizes=True, slices=(4, 16), heart_scale=(0.7, 1.3),
-        noise=(0.02, 0.08), bias=(0.1, 0.45), gamma=(0.7, 1.4),
+        aspect=(0.7, 1.35),
+        odd_sizes=True,
+        slices=(4, 16),
+        heart_scale=(0.7, 1.3),
+        noise=(0.02, 0.08),
+        bias=(0.1, 0.45),
+        gamma=(0.7, 1.4),
     ),
     "thin": AcdcFamily(
         "small hearts (0.75-0.95 x) with a thin myocardium (0.5-0.75 x) and a dilated RV "
         "(1.2-1.6 x): thin, touching structures and few foreground pixels",
-        heart_scale=(0.75, 0.95), wall_scale=(0.5, 0.75), rv_scale=(1.2, 1.6), slices=(5, 12),
+        heart_scale=(0.75, 0.95),
+        wall_scale=(0.5, 0.75),
+        rv_scale=(1.2, 1.6),
+        slices=(5, 12),
         noise=(0.03, 0.05),
     ),
 }
@@ -359,8 +370,11 @@ def synthesize_acdc(
         family_rng = np.random.default_rng([seed, 2, number])
         slice_size = variation.slice_size(family_rng, (height, width))
         heart = draw_heart(rng, slice_size, family_rng.uniform(*variation.heart_scale))
-        heart = replace(heart, wall=heart.wall * family_rng.uniform(*variation.wall_scale),
-                        rv_depth=heart.rv_depth * family_rng.uniform(*variation.rv_scale))
+        heart = replace(
+            heart,
+            wall=heart.wall * family_rng.uniform(*variation.wall_scale),
+            rv_depth=heart.rv_depth * family_rng.uniform(*variation.rv_scale),
+        )
         look = variation.look(family_rng)
         slices = int(rng.integers(SLICES[0], SLICES[1] + 1))
         if variation.slices != SLICES:

@@ -8,6 +8,7 @@ label, ``k`` tells apart the sub-populations of intensity and texture inside a c
 REGION_STRIDE``, and the region map lets tests check that every class really has
 several sub-populations.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -56,9 +57,7 @@ class Canvas:
         self.image[mask] = np.broadcast_to(np.asarray(intensity, dtype=np.float32), self.image.shape)[mask]
         self.region[mask] = region
 
-    def finish(
-        self, rng: np.random.Generator, normalization: str, noise: float, bias: float
-    ) -> SyntheticScan:
+    def finish(self, rng: np.random.Generator, normalization: str, noise: float, bias: float) -> SyntheticScan:
         """Apply a smooth multiplicative bias field of log-amplitude ``bias`` and Rician
         noise of level ``noise``, then the intensity ``normalization`` (see
         :func:`mper.data.preprocess.normalize_intensity`)."""
@@ -94,9 +93,7 @@ def smooth_field(
     return standardized
 
 
-def fine_texture(
-    rng: np.random.Generator, shape: Sequence[int], sigma: float | Sequence[float]
-) -> np.ndarray:
+def fine_texture(rng: np.random.Generator, shape: Sequence[int], sigma: float | Sequence[float]) -> np.ndarray:
     """Gaussian-smoothed white noise of unit std: a grainy texture of grain ``sigma`` voxels
     (a sigma of 0 along an axis keeps that axis' samples independent)."""
     texture = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma)
@@ -127,9 +124,7 @@ def frame_along(direction: Vector) -> np.ndarray:
     return np.stack([first, second, np.cross(first, second)])
 
 
-def add_blob(
-    field: np.ndarray, center: Vector, radii: Vector, axes: np.ndarray | None = None
-) -> None:
+def add_blob(field: np.ndarray, center: Vector, radii: Vector, axes: np.ndarray | None = None) -> None:
     """Add an anisotropic Gaussian bump ``0.5 ** q`` to ``field`` in place.
 
     ``q = sum_j ((axes[j] . (p - center)) / radii[j]) ** 2``: a lone blob crosses 0.5 on

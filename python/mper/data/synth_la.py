@@ -16,6 +16,7 @@ Sub-populations inside every class (ids ``10 * class + k``, see
 
 Axes are (H, W, D) with H running front to back, W right to left and D foot to head.
 """
+
 from __future__ import annotations
 
 import string

@@ -16,6 +16,7 @@ Roles: labeled training cases, unlabeled training cases (nnU-Net: images of
 ``imagesTr`` without a label; MSD: ``imagesUnlabeled/``) and test cases with labels
 (``imagesTs`` and ``labelsTs``).
 """
+
 from __future__ import annotations
 
 import json
@@ -50,10 +51,8 @@ SYNTH_SCAN_CHANNELS = ("CT", "MRI")
 SYNTH_SCAN_NAME = "Synth"
 MIN_SCAN_SIZE = (12, 12, 4)
 #: CT-like and MR-like intensity of each region: background body, organs, the liver's vessels.
-_CT = {"air": -1000.0, "body": 30.0, "liver": 60.0, "kidney": 160.0, "spleen": 100.0, "tumour": 10.0,
-       "vessel": 120.0}
-_MR = {"air": 0.0, "body": 200.0, "liver": 350.0, "kidney": 500.0, "spleen": 420.0, "tumour": 650.0,
-       "vessel": 250.0}
+_CT = {"air": -1000.0, "body": 30.0, "liver": 60.0, "kidney": 160.0, "spleen": 100.0, "tumour": 10.0, "vessel": 120.0}
+_MR = {"air": 0.0, "body": 200.0, "liver": 350.0, "kidney": 500.0, "spleen": 420.0, "tumour": 650.0, "vessel": 250.0}
 
 
 @dataclass
@@ -112,8 +111,14 @@ def synthetic_raw_case(rng: np.random.Generator, size: Sequence[int]) -> Synthet
     label[kidneys] = 2
     label[spleen] = 3
     label[tumour] = 4
-    regions = {"body": body, "liver": liver & ~vessels, "vessel": vessels, "kidney": kidneys, "spleen": spleen,
-               "tumour": tumour}
+    regions = {
+        "body": body,
+        "liver": liver & ~vessels,
+        "vessel": vessels,
+        "kidney": kidneys,
+        "spleen": spleen,
+        "tumour": tumour,
+    }
     ct = np.full(shape, _CT["air"], np.float32)
     mr = np.full(shape, _MR["air"], np.float32)
     for region, mask in regions.items():
@@ -124,7 +129,7 @@ def synthetic_raw_case(rng: np.random.Generator, size: Sequence[int]) -> Synthet
     mr = mr.astype(np.float32)
     border = [int(rng.integers(1, 4)) for _ in range(2)]  # outside the scanner's field of view: zero
     outside = np.ones(shape, bool)
-    outside[border[0]: shape[0] - border[0], border[1]: shape[1] - border[1], :] = False
+    outside[border[0] : shape[0] - border[0], border[1] : shape[1] - border[1], :] = False
     ct[outside], mr[outside], label[outside] = 0, 0, 0
     return SyntheticRawCase(np.round(ct).astype(np.int16), mr, label, _affine(rng, spacing))
 
@@ -165,8 +170,11 @@ def synthesize_scans(
     roles = _roles(int(cases))
     out = Path(out)
     ending = NIFTI_ENDINGS[0]
-    folders = {"labeled": (IMAGES_TRAIN, LABELS_TRAIN), "test": (IMAGES_TEST, LABELS_TEST),
-               "unlabeled": (IMAGES_TRAIN if layout == NNUNET else IMAGES_UNLABELED, None)}
+    folders = {
+        "labeled": (IMAGES_TRAIN, LABELS_TRAIN),
+        "test": (IMAGES_TEST, LABELS_TEST),
+        "unlabeled": (IMAGES_TRAIN if layout == NNUNET else IMAGES_UNLABELED, None),
+    }
     training, test = [], []
     rng = np.random.default_rng(seed)
     for index, role in enumerate(tqdm(roles, desc=f"writing synthetic {layout} scans", disable=not progress)):
@@ -187,12 +195,24 @@ def synthesize_scans(
             test.append(f"./{IMAGES_TEST}/{name}{ending}")
     channels = {str(index): channel for index, channel in enumerate(SYNTH_SCAN_CHANNELS)}
     if layout == NNUNET:
-        document = {"name": SYNTH_SCAN_NAME, "channel_names": channels,
-                    "labels": {name: value for value, name in enumerate(SYNTH_SCAN_CLASSES)},
-                    "numTraining": len(training), "file_ending": ending}
+        document = {
+            "name": SYNTH_SCAN_NAME,
+            "channel_names": channels,
+            "labels": {name: value for value, name in enumerate(SYNTH_SCAN_CLASSES)},
+            "numTraining": len(training),
+            "file_ending": ending,
+        }
     else:
-        document = {"name": SYNTH_SCAN_NAME, "description": "synthetic abdomen-like scans", "tensorImageSize": "4D",
-                    "modality": channels, "labels": {str(value): name for value, name in enumerate(SYNTH_SCAN_CLASSES)},
-                    "numTraining": len(training), "numTest": len(test), "training": training, "test": test}
+        document = {
+            "name": SYNTH_SCAN_NAME,
+            "description": "synthetic abdomen-like scans",
+            "tensorImageSize": "4D",
+            "modality": channels,
+            "labels": {str(value): name for value, name in enumerate(SYNTH_SCAN_CLASSES)},
+            "numTraining": len(training),
+            "numTest": len(test),
+            "training": training,
+            "test": test,
+        }
     (out / DATASET_JSON).write_text(json.dumps(document, indent=2) + "\n")
     return out

@@ -11,6 +11,7 @@ dataset it has. Built in: ``la`` (:mod:`mper.datasets.la`) and ``acdc``
 one's own scans (:mod:`mper.datasets.scans`) are registered from their plan file by
 :func:`register_plan`.
 """
+
 from mper.datasets.registry import (
     check_dataset_root,
     convert,

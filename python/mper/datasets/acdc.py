@@ -2,6 +2,7 @@
 on slices, slice-wise inference (docs/method.md). The layout's readers are in
 :mod:`mper.data.acdc`, the synthetic generator in :mod:`mper.data.synth_acdc`, the
 converter in :mod:`mper.data.convert`."""
+
 from __future__ import annotations
 
 from importlib import resources
@@ -25,33 +26,35 @@ from mper.nets.unet2d import UNet2D
 from .registry import register_dataset
 from .spec import SLICE_WISE, DatasetSpec
 
-ACDC = register_dataset(DatasetSpec(
-    name="acdc",
-    title="ACDC",
-    class_names=ACDC_CLASS_NAMES,
-    network=UNet2D,
-    layout_mark=ACDC_DATA_DIR,
-    list_cases=acdc_cases,
-    training_split=acdc_split,
-    load_item=load_acdc_slice,
-    load_volume=load_acdc_volume,
-    training_items=ACDCSlices,
-    item_settings=("image_interpolation",),
-    preset_file=resources.files("mper.presets").joinpath("acdc.toml"),
-    patch_size=ACDC_PATCH_SIZE,
-    inference=SLICE_WISE,
-    stride=(),  # slice-wise inference takes no steps
-    slice_axis=0,  # volumes are (S, H, W)
-    scan_axes=(2, 0, 1),  # NIfTI scans are stored (H, W, S)
-    normalization=ACDC_NORMALIZATION,
-    validation_splits=("val", "test"),  # training items are slices: no held-out volumes
-    label_unit="patients",
-    label_group=patient_id,
-    label_budgets=(3, 7),  # 5% and 10% of the 70 training patients
-    synthesize=synthesize_acdc,
-    synth_families={name: family.description for name, family in ACDC_FAMILIES.items()},
-    synth_cases=ACDC_SYNTH_CASES,
-    synth_size=ACDC_SYNTH_SIZE,
-    convert=convert_acdc,
-    raw_description="the ACDC challenge download (patientXXX/patientXXX_frameYY.nii.gz with its _gt labels)",
-))
+ACDC = register_dataset(
+    DatasetSpec(
+        name="acdc",
+        title="ACDC",
+        class_names=ACDC_CLASS_NAMES,
+        network=UNet2D,
+        layout_mark=ACDC_DATA_DIR,
+        list_cases=acdc_cases,
+        training_split=acdc_split,
+        load_item=load_acdc_slice,
+        load_volume=load_acdc_volume,
+        training_items=ACDCSlices,
+        item_settings=("image_interpolation",),
+        preset_file=resources.files("mper.presets").joinpath("acdc.toml"),
+        patch_size=ACDC_PATCH_SIZE,
+        inference=SLICE_WISE,
+        stride=(),  # slice-wise inference takes no steps
+        slice_axis=0,  # volumes are (S, H, W)
+        scan_axes=(2, 0, 1),  # NIfTI scans are stored (H, W, S)
+        normalization=ACDC_NORMALIZATION,
+        validation_splits=("val", "test"),  # training items are slices: no held-out volumes
+        label_unit="patients",
+        label_group=patient_id,
+        label_budgets=(3, 7),  # 5% and 10% of the 70 training patients
+        synthesize=synthesize_acdc,
+        synth_families={name: family.description for name, family in ACDC_FAMILIES.items()},
+        synth_cases=ACDC_SYNTH_CASES,
+        synth_size=ACDC_SYNTH_SIZE,
+        convert=convert_acdc,
+        raw_description="the ACDC challenge download (patientXXX/patientXXX_frameYY.nii.gz with its _gt labels)",
+    )
+)

@@ -1,6 +1,7 @@
 """The registry of datasets: :func:`register_dataset` adds a :class:`DatasetSpec`,
 :func:`get_dataset` finds it by name. What can be done knowing only a dataset's name
 (tell a layout apart, write synthetic data, convert a raw download) is done here."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -29,6 +29,7 @@ The plan holds, for a 3D V-Net and for a 2D U-Net, the settings the data suggest
 ``dims`` defaults to 2D for strongly anisotropic data (see
 :func:`~mper.data.scan_preprocess.is_strongly_anisotropic`), else 3D.
 """
+
 from __future__ import annotations
 
 import math
@@ -110,8 +111,9 @@ def bytes_per_voxel(dims: str, in_channels: int, num_classes: int) -> float:
     """Training memory per voxel of a patch: the outputs of every layer of the ``paper``
     network of ``dims`` in one forward, counted on a small input, times
     :data:`BACKWARD_FACTOR`."""
-    net = get_dataset(BASE_DATASETS[dims]).network(in_channels=in_channels, num_classes=num_classes,
-                                                   **_network_options(dims, "paper"))
+    net = get_dataset(BASE_DATASETS[dims]).network(
+        in_channels=in_channels, num_classes=num_classes, **_network_options(dims, "paper")
+    )
     side = 2 * SIZE_MULTIPLE
     sample = torch.zeros((1, in_channels, *(side,) * (3 if dims == "3d" else 2)))
     elements = 0
@@ -135,8 +137,9 @@ def _sides(median: Sequence[float], limit: int | None = None) -> list[int]:
     return sides if limit is None else [max(MIN_PATCH_SIDE, min(side, limit)) for side in sides]
 
 
-def patch_and_batch(median: Sequence[float], voxel_bytes: float, memory_gb: float,
-                    training_voxels: float) -> tuple[list[int], int]:
+def patch_and_batch(
+    median: Sequence[float], voxel_bytes: float, memory_gb: float, training_voxels: float
+) -> tuple[list[int], int]:
     """The patch and batch that fit ``memory_gb`` (see the module docstring)."""
     patch = _sides(median)
     budget = memory_gb * 2**30
@@ -183,11 +186,11 @@ def default_labeled(summary: DataSummary, folds: int) -> int:
 def plan_settings(summary: DataSummary, dims: str, memory_gb: float) -> dict[str, Any]:
     """The preset tables of ``dims`` for the data of ``summary`` (see the module docstring)."""
     slice_axis = slice_axis_of(summary.spacing, summary.median_shape)
-    median = [float(length) for axis, length in enumerate(summary.median_shape)
-              if dims == "3d" or axis != slice_axis]
+    median = [float(length) for axis, length in enumerate(summary.median_shape) if dims == "3d" or axis != slice_axis]
     voxels = summary.training_cases * math.prod(summary.median_shape)
-    patch, batch = patch_and_batch(median, bytes_per_voxel(dims, summary.in_channels, summary.num_classes),
-                                   memory_gb, voxels)
+    patch, batch = patch_and_batch(
+        median, bytes_per_voxel(dims, summary.in_channels, summary.num_classes), memory_gb, voxels
+    )
     demo_patch = _sides(median, DEMO_SIDE[dims])
     folds = min(MAX_FOLDS, summary.labeled_cases)
     labeled = default_labeled(summary, folds)
@@ -195,8 +198,11 @@ def plan_settings(summary: DataSummary, dims: str, memory_gb: float) -> dict[str
     paper: dict[str, Any] = {
         "labeled": labeled,
         "data": {"patch_size": patch, "batch_size": batch, "labeled_batch_size": batch // 2, **validation},
-        "eval": {"stride": [max(1, side // 2) for side in patch], "postprocess": "none",
-                 "pseudo_label_dice": summary.unlabeled_cases == 0},
+        "eval": {
+            "stride": [max(1, side // 2) for side in patch],
+            "postprocess": "none",
+            "pseudo_label_dice": summary.unlabeled_cases == 0,
+        },
     }
     if summary.num_classes > 2:
         paper["selftrain"] = {"pseudo_label_threshold": "none"}
@@ -206,8 +212,12 @@ def plan_settings(summary: DataSummary, dims: str, memory_gb: float) -> dict[str
     paper["prototypes"] = {"kmeans_augment": False}
     demo = {
         "labeled": labeled,
-        "data": {"patch_size": demo_patch, "batch_size": BATCH_STEP, "labeled_batch_size": BATCH_STEP // 2,
-                 **validation},
+        "data": {
+            "patch_size": demo_patch,
+            "batch_size": BATCH_STEP,
+            "labeled_batch_size": BATCH_STEP // 2,
+            **validation,
+        },
         "eval": {"stride": [max(1, side // 2) for side in demo_patch]},
     }
     return {"paper": paper, "strict": {"data": validation}, "demo": demo}
@@ -237,8 +247,14 @@ def _fingerprint(raw: RawDataset, cases: Sequence[RawCase], progress: bool) -> _
     return found
 
 
-def _add_case(found: _Fingerprint, case: RawCase, raw: RawDataset, ct_channels: Sequence[int], per_case: int,
-              rng: np.random.Generator) -> None:
+def _add_case(
+    found: _Fingerprint,
+    case: RawCase,
+    raw: RawDataset,
+    ct_channels: Sequence[int],
+    per_case: int,
+    rng: np.random.Generator,
+) -> None:
     """Read and check one case and add what pass one gathers; its arrays go when it returns."""
     scan = read_case(case, raw)
     box = nonzero_box(scan.image)
@@ -258,8 +274,9 @@ def _import_case(case: RawCase, raw: RawDataset, rules: ScanRules, out: Path) ->
     write_scan_case(out, case.name, image, label, scan.label, geometry)
 
 
-def _scan_rules(raw: RawDataset, found: _Fingerprint, training: Sequence[str],
-                spacing: Sequence[float] | None) -> ScanRules:
+def _scan_rules(
+    raw: RawDataset, found: _Fingerprint, training: Sequence[str], spacing: Sequence[float] | None
+) -> ScanRules:
     statistics: list[ChannelStatistics | None] = []
     for index, scheme in enumerate(raw.normalization):
         if scheme != CT:
@@ -337,23 +354,43 @@ def import_scans(
     shapes = [resampled_shape(found.cropped[name], found.spacings[name], rules.spacing) for name in training]
     median = tuple(int(round(value)) for value in np.median(np.asarray(shapes, dtype=np.float64), axis=0))
     unlabeled_cases = len(raw.with_role(UNLABELED))
-    summary = DataSummary((median[0], median[1], median[2]), rules.spacing, len(training) + unlabeled_cases,
-                          len(training), unlabeled_cases, len(raw.channels), len(raw.class_names))
+    summary = DataSummary(
+        (median[0], median[1], median[2]),
+        rules.spacing,
+        len(training) + unlabeled_cases,
+        len(training),
+        unlabeled_cases,
+        len(raw.channels),
+        len(raw.class_names),
+    )
     chosen = dims or ("2d" if is_strongly_anisotropic(rules.spacing, median) or 1 in median else "3d")
-    settings = {key: plan_settings(summary, key, memory_gb) for key in DIMS
-                if key == "2d" or min(median) > 1}
+    settings = {key: plan_settings(summary, key, memory_gb) for key in DIMS if key == "2d" or min(median) > 1}
     if chosen not in settings:
         raise ConfigError(f"{source}: the cases are single slices; import them with --dims 2d")
     plan = ScanPlan(
-        name=raw.name, source=str(source), layout=raw.layout, file_ending=raw.file_ending, dims=chosen,
-        slice_axis=slice_axis_of(rules.spacing, median), class_names=raw.class_names, channels=raw.channels,
-        rules=rules, median_shape=summary.median_shape, settings=settings,
+        name=raw.name,
+        source=str(source),
+        layout=raw.layout,
+        file_ending=raw.file_ending,
+        dims=chosen,
+        slice_axis=slice_axis_of(rules.spacing, median),
+        class_names=raw.class_names,
+        channels=raw.channels,
+        rules=rules,
+        median_shape=summary.median_shape,
+        settings=settings,
     )
     out.mkdir(parents=True, exist_ok=True)
     for case in tqdm(cases, desc=f"importing {raw.name}", unit="case", disable=not progress):
         _import_case(case, raw, rules, out)
-    write_scan_lists(out, {"labeled": training, "unlabeled": [case.name for case in raw.with_role(UNLABELED)],
-                           "test": [case.name for case in cases if case.role == TEST]})
+    write_scan_lists(
+        out,
+        {
+            "labeled": training,
+            "unlabeled": [case.name for case in raw.with_role(UNLABELED)],
+            "test": [case.name for case in cases if case.role == TEST],
+        },
+    )
     write_plan(plan, out)
     return out
 
@@ -369,14 +406,29 @@ def scan_spec(plan: ScanPlan) -> DatasetSpec:
     changes["paper"] = {**changes["paper"], "num_classes": len(plan.class_names)}
     layout = ImportedLayout(plan.slice_axis if plan.dims == "2d" else None)
     return DatasetSpec(
-        name=plan.name, title=plan.name, class_names=plan.class_names, network=base.network,
-        layout_mark=SCAN_CASES_DIR, list_cases=layout.list_cases, training_split=layout.training_split,
-        load_item=layout.load_item, load_volume=load_scan_volume, label_group=layout.label_group,
-        training_items=scan_items(plan.patch_size, layout), preset_file=base.preset_file,
-        patch_size=plan.patch_size, inference=SLIDING_WINDOW, stride=plan.stride, slice_axis=plan.slice_axis,
+        name=plan.name,
+        title=plan.name,
+        class_names=plan.class_names,
+        network=base.network,
+        layout_mark=SCAN_CASES_DIR,
+        list_cases=layout.list_cases,
+        training_split=layout.training_split,
+        load_item=layout.load_item,
+        load_volume=load_scan_volume,
+        label_group=layout.label_group,
+        training_items=scan_items(plan.patch_size, layout),
+        preset_file=base.preset_file,
+        patch_size=plan.patch_size,
+        inference=SLIDING_WINDOW,
+        stride=plan.stride,
+        slice_axis=plan.slice_axis,
         normalization="z-score",  # the plan's rules normalise raw scans; imported volumes are mostly z-scored
-        validation_splits=("fold",), label_unit="cases", label_budgets=(int(plan.presets["paper"]["labeled"]),),
-        preset_changes=changes, in_channels=len(plan.channels), scans=plan,
+        validation_splits=("fold",),
+        label_unit="cases",
+        label_budgets=(int(plan.presets["paper"]["labeled"]),),
+        preset_changes=changes,
+        in_channels=len(plan.channels),
+        scans=plan,
     )
 
 

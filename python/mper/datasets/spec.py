@@ -6,6 +6,7 @@ normalised, which case lists exist) and callables from :mod:`mper.data` and
 :mod:`mper.nets` (read a case, split the training list, write synthetic data, convert a
 raw download). Training and evaluation look everything up in it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -148,8 +149,10 @@ class DatasetSpec:
             (len(self.class_names) >= 2, "class_names must name the background and at least one class"),
             (self.inference in INFERENCE_MODES, f"inference must be one of {INFERENCE_MODES}"),
             (self.normalization in NORMALIZATIONS, f"normalization must be one of {tuple(NORMALIZATIONS)}"),
-            (set(self.validation_splits) <= set(VALIDATION_SPLITS) and bool(self.validation_splits),
-             f"validation_splits must be a non-empty subset of {VALIDATION_SPLITS}"),
+            (
+                set(self.validation_splits) <= set(VALIDATION_SPLITS) and bool(self.validation_splits),
+                f"validation_splits must be a non-empty subset of {VALIDATION_SPLITS}",
+            ),
             (sorted(self.scan_axes) == [0, 1, 2], "scan_axes must be a permutation of (0, 1, 2)"),
             (-3 <= self.slice_axis < 3, "slice_axis must be an axis of a 3D volume"),
             (len(self.synth_families) >= 1, "synth_families must name at least one family"),

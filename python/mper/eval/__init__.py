@@ -7,6 +7,7 @@
 * :mod:`~mper.eval.evaluate`: a network on a data set's test cases, end to end;
 * :mod:`~mper.eval.predict`: NIfTI / HDF5 files in, NIfTI label maps out.
 """
+
 from __future__ import annotations
 
 from .evaluate import evaluate_cases, mean_dice

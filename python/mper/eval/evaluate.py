@@ -7,6 +7,7 @@ Cases are read by the dataset's spec (:mod:`mper.datasets`) from its layout
 imported from raw scans is scored on each scan's own grid instead, against its raw
 label, distances in millimetres (:func:`mper.eval.scans.score_scan_case`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -64,11 +65,14 @@ def _scored_cases(
     """Each case's scores (:func:`~mper.eval.protocol.score_case`) and figure slice."""
     if get_dataset(dataset).scans is not None:
         for case in case_names:
-            yield case, *score_scan_case(net, dataset, data_root, case, num_classes,
-                                         empty_prediction=empty_prediction, **inference_opts)
+            yield (
+                case,
+                *score_scan_case(
+                    net, dataset, data_root, case, num_classes, empty_prediction=empty_prediction, **inference_opts
+                ),
+            )
         return
-    for case, image, label, pred in _predicted_cases(net, dataset, data_root, case_names, num_classes,
-                                                       inference_opts):
+    for case, image, label, pred in _predicted_cases(net, dataset, data_root, case_names, num_classes, inference_opts):
         yield case, score_case(pred, label, num_classes, empty_prediction), figure_slice(image, label, pred, dataset)
 
 
@@ -107,7 +111,12 @@ def evaluate_cases(
     spec = get_dataset(dataset)
     num_classes = num_classes or spec.num_classes
     scored = _scored_cases(
-        net, dataset, data_root, case_names, num_classes, empty_prediction,
+        net,
+        dataset,
+        data_root,
+        case_names,
+        num_classes,
+        empty_prediction,
         {"device": device, "postprocess": postprocess, "ops": ops, **inference_opts},
     )
     progress = tqdm(scored, total=len(case_names), desc=f"evaluating {dataset}", unit="case")
@@ -118,14 +127,17 @@ def evaluate_cases(
             views[case] = view
     summary = summarize(per_case)
     class_names = spec.class_names
-    markdown = markdown_table(summary, method, labeled, unlabeled, class_names,
-                              DISTANCE_UNIT if spec.scans is not None else "voxels")
+    markdown = markdown_table(
+        summary, method, labeled, unlabeled, class_names, DISTANCE_UNIT if spec.scans is not None else "voxels"
+    )
     figures = []
     if out_dir is not None:
-        write_report(out_dir, per_case, summary, markdown,
-                     table={"method": method, "labeled": labeled, "unlabeled": unlabeled})
-        figures = save_figures(views, per_case, Path(out_dir) / "figures", dataset,
-                               class_names[:num_classes], num_figures)
+        write_report(
+            out_dir, per_case, summary, markdown, table={"method": method, "labeled": labeled, "unlabeled": unlabeled}
+        )
+        figures = save_figures(
+            views, per_case, Path(out_dir) / "figures", dataset, class_names[:num_classes], num_figures
+        )
     return {"per_case": per_case, "summary": summary, "markdown": markdown, "figures": figures}
 
 

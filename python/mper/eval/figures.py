@@ -11,6 +11,7 @@ An evaluation draws a few cases chosen by their mean Dice (:func:`figure_cases`)
 worst, the median, and evenly spaced ranks between them, so that the figures show how
 the model fails and what a typical result looks like.
 """
+
 from __future__ import annotations
 
 import math
@@ -79,13 +80,16 @@ def _overlay(grey: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return blended.round().astype(np.uint8)
 
 
-def _draw_legend(draw: ImageDraw.ImageDraw, top: int, class_names: Sequence[str],
-                 font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> None:
+def _draw_legend(
+    draw: ImageDraw.ImageDraw, top: int, class_names: Sequence[str], font: ImageFont.ImageFont | ImageFont.FreeTypeFont
+) -> None:
     left = 4
     for label, name in enumerate(class_names[1:], start=1):
         middle = top + LEGEND_HEIGHT // 2
-        draw.rectangle((left, middle - LEGEND_SWATCH // 2, left + LEGEND_SWATCH, middle + LEGEND_SWATCH // 2),
-                       fill=class_colour(label))
+        draw.rectangle(
+            (left, middle - LEGEND_SWATCH // 2, left + LEGEND_SWATCH, middle + LEGEND_SWATCH // 2),
+            fill=class_colour(label),
+        )
         left += LEGEND_SWATCH + 4
         draw.text((left, middle), name, fill=TEXT, font=font, anchor="lm")
         left += int(draw.textlength(name, font=font)) + 16
@@ -110,8 +114,7 @@ def save_overlay(
     """
     if image2d.ndim != 2 or image2d.shape != gt2d.shape or image2d.shape != pred2d.shape:
         raise ValueError(
-            "save_overlay needs three 2D arrays of one shape, got "
-            f"{image2d.shape}, {gt2d.shape}, {pred2d.shape}"
+            f"save_overlay needs three 2D arrays of one shape, got {image2d.shape}, {gt2d.shape}, {pred2d.shape}"
         )
     grey = _grey(image2d)
     panels = [grey, _overlay(grey, np.asarray(gt2d)), _overlay(grey, np.asarray(pred2d))]
@@ -216,12 +219,21 @@ def save_case_figure(
     (case, role, slice index and Dice, case Dice) and the class legend."""
     axis_name = get_dataset(dataset).slice_name
     dice = slice_dice(view.gt, view.pred, len(class_names))
-    parts = [case + (f" ({role})" if role else ""), f"{axis_name} {view.index}",
-             "slice Dice n/a" if math.isnan(dice) else f"slice Dice {100 * dice:.1f}"]
+    parts = [
+        case + (f" ({role})" if role else ""),
+        f"{axis_name} {view.index}",
+        "slice Dice n/a" if math.isnan(dice) else f"slice Dice {100 * dice:.1f}",
+    ]
     if case_dice is not None:
         parts.append(f"case mean Dice {100 * case_dice:.1f}")
-    return save_overlay(view.image, view.gt, view.pred, Path(out_dir) / f"{case}.png",
-                        heading="   ".join(parts), class_names=class_names)
+    return save_overlay(
+        view.image,
+        view.gt,
+        view.pred,
+        Path(out_dir) / f"{case}.png",
+        heading="   ".join(parts),
+        class_names=class_names,
+    )
 
 
 def save_figures(
@@ -245,8 +257,9 @@ def save_figures(
 class ImageWriter(Protocol):
     """What :func:`add_figures` needs of a TensorBoard ``SummaryWriter``."""
 
-    def add_image(self, tag: str, img_tensor: np.ndarray, global_step: int | None = None,
-                  dataformats: str = "CHW") -> None: ...
+    def add_image(
+        self, tag: str, img_tensor: np.ndarray, global_step: int | None = None, dataformats: str = "CHW"
+    ) -> None: ...
 
 
 def add_figures(writer: ImageWriter, paths: Sequence[Path], prefix: str, step: int = 0) -> None:

@@ -7,6 +7,7 @@ Both read the linear classifier's logits ``net(x).pred``, run under ``torch.no_g
 with the network in eval mode, and put the network back in the mode it was in.
 The network must already be on ``device``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -88,9 +89,7 @@ def _average_window_scores(
     spatial = volume.shape[1:]
     scores = torch.zeros((num_classes, *spatial), dtype=torch.float32, device=volume.device)
     counts = torch.zeros(spatial, dtype=torch.float32, device=volume.device)
-    corners = itertools.product(
-        *(_window_starts(size, p, s) for size, p, s in zip(spatial, patch_size, stride))
-    )
+    corners = itertools.product(*(_window_starts(size, p, s) for size, p, s in zip(spatial, patch_size, stride)))
     windows = [tuple(slice(start, start + p) for start, p in zip(corner, patch_size)) for corner in corners]
     for first in range(0, len(windows), batch_size):
         batch_windows = windows[first : first + batch_size]
@@ -125,9 +124,7 @@ def sliding_window_predict(
     rank = len(patch_size) if len(patch_size) in _COUNTS else 3
     if image.ndim not in (rank, rank + 1):
         expected = "an (H, W, D) image" if rank == 3 else "an (H, W) image with a 2D patch"
-        raise ValueError(
-            f"sliding_window_predict needs {expected} (or its channels first), got shape {image.shape}"
-        )
+        raise ValueError(f"sliding_window_predict needs {expected} (or its channels first), got shape {image.shape}")
     patch_size, stride = _sizes("patch_size", patch_size, rank), _sizes("stride", stride, rank)
     if any(step > size for step, size in zip(stride, patch_size)):
         raise ValueError(
@@ -214,7 +211,8 @@ def predict_probabilities(
     for index in range(channels.shape[axis + 1]):
         section = np.take(channels, index, axis=axis + 1)
         np.moveaxis(probabilities, axis + 1, 1)[:, index] = sliding_window_predict(
-            net, section, num_classes, patch_size, stride, **options)[1]
+            net, section, num_classes, patch_size, stride, **options
+        )[1]
     return probabilities
 
 

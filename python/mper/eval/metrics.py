@@ -13,6 +13,7 @@ Empty masks, where medpy's distances are undefined:
   :func:`mper.eval.report.summarize` can leave it out of the mean *and count it*,
   rather than hiding a missed structure behind a made-up distance.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,7 +62,4 @@ def case_metrics(
     """:func:`binary_metrics` of each foreground class ``1 .. num_classes - 1`` of a label map."""
     if num_classes < 2:
         raise ValueError(f"num_classes must count the background too (at least 2), got {num_classes}")
-    return {
-        label: binary_metrics(pred_labels == label, gt_labels == label, spacing)
-        for label in range(1, num_classes)
-    }
+    return {label: binary_metrics(pred_labels == label, gt_labels == label, spacing) for label in range(1, num_classes)}

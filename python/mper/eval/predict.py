@@ -27,6 +27,7 @@ folder's name): a uint8 label map with the same array shape and axis order as th
 post-processed as ``mper-eval`` scores it (``eval.postprocess``, e.g. LA's largest
 connected component).
 """
+
 from __future__ import annotations
 
 import logging
@@ -86,8 +87,9 @@ def expected_layouts(spec: DatasetSpec) -> str:
     return f"NIfTI and h5 {scan}" if scan == volume else f"NIfTI {scan}, h5 {volume}"
 
 
-def _check_axis_order(path: Path, image: np.ndarray, axes: tuple[str, str, str], spec: DatasetSpec,
-                      force: bool) -> None:
+def _check_axis_order(
+    path: Path, image: np.ndarray, axes: tuple[str, str, str], spec: DatasetSpec, force: bool
+) -> None:
     """Refuse ``image`` (as stored, axes named ``axes``) when another axis is
     :data:`AXIS_ORDER_RATIO` times shorter than the slice or depth axis; with ``force``,
     warn instead."""
@@ -95,15 +97,19 @@ def _check_axis_order(path: Path, image: np.ndarray, axes: tuple[str, str, str],
     shortest = int(np.argmin(image.shape))
     if image.shape[shortest] * AXIS_ORDER_RATIO > image.shape[slice_axis]:
         return
-    problem = (f"{path}: shape {image.shape} looks like the wrong axis order for the {spec.title} model, which "
-               f"takes ({', '.join(axes)}) here ({expected_layouts(spec)}), {spec.slice_name}s along axis "
-               f"{slice_axis}: axis {shortest} ({image.shape[shortest]}) is far shorter than axis {slice_axis} "
-               f"({image.shape[slice_axis]})")
+    problem = (
+        f"{path}: shape {image.shape} looks like the wrong axis order for the {spec.title} model, which "
+        f"takes ({', '.join(axes)}) here ({expected_layouts(spec)}), {spec.slice_name}s along axis "
+        f"{slice_axis}: axis {shortest} ({image.shape[shortest]}) is far shorter than axis {slice_axis} "
+        f"({image.shape[slice_axis]})"
+    )
     if force:
         log.warning("%s; segmenting it as it is (--force)", problem)
         return
-    raise DataFormatError(f"{problem}. Move the {spec.slice_name}s to axis {slice_axis} (e.g. numpy.moveaxis("
-                          f"image, {shortest}, {slice_axis})), or pass --force to segment it as it is")
+    raise DataFormatError(
+        f"{problem}. Move the {spec.slice_name}s to axis {slice_axis} (e.g. numpy.moveaxis("
+        f"image, {shortest}, {slice_axis})), or pass --force to segment it as it is"
+    )
 
 
 def _load_nifti(path: Path, spec: DatasetSpec, force: bool) -> tuple[np.ndarray, nib.Nifti1Image]:
@@ -165,8 +171,9 @@ def label_image(labels: np.ndarray, scan: nib.Nifti1Image | None) -> nib.Nifti1I
     return image
 
 
-def _segment(net: nn.Module, path: Path, dataset: str, out_path: Path, device: str, force: bool,
-             **options: Any) -> Path:
+def _segment(
+    net: nn.Module, path: Path, dataset: str, out_path: Path, device: str, force: bool, **options: Any
+) -> Path:
     """Check, segment and write one file (``force``: despite an axis order that looks
     wrong); ``options`` go to :func:`~mper.eval.protocol.segment_volume`."""
     suffix = _matching_suffix(path)

@@ -13,6 +13,7 @@
   ``"undefined"`` keeps :func:`mper.eval.metrics.binary_metrics`' answer: Dice 0 and
   undefined distances that the report counts and leaves out of the means.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -41,8 +42,10 @@ def check_protocol(postprocess: str = "none", empty_prediction: str = "zero") ->
     of :data:`POSTPROCESSING` and ``empty_prediction`` one of :data:`EMPTY_PREDICTION_RULES`:
     the one check of these settings, run by :func:`mper.pipeline.train` before training
     and by every function here that applies them."""
-    for name, value, choices in (("eval.postprocess", postprocess, POSTPROCESSING),
-                                 ("eval.empty_prediction", empty_prediction, EMPTY_PREDICTION_RULES)):
+    for name, value, choices in (
+        ("eval.postprocess", postprocess, POSTPROCESSING),
+        ("eval.empty_prediction", empty_prediction, EMPTY_PREDICTION_RULES),
+    ):
         if value not in choices:
             raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
@@ -76,7 +79,10 @@ def segment_volume(
 
 
 def score_case(
-    pred_labels: np.ndarray, gt_labels: np.ndarray, num_classes: int, empty_prediction: str = "undefined",
+    pred_labels: np.ndarray,
+    gt_labels: np.ndarray,
+    num_classes: int,
+    empty_prediction: str = "undefined",
     spacing: Spacing = None,
 ) -> dict[int, dict[str, float]]:
     """:func:`~mper.eval.metrics.case_metrics` of one case (distances in the units of

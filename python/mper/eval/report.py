@@ -21,6 +21,7 @@ table marks the distance means they enter, since a distance 0 reads as a perfect
 Such a result is recognised by its values, Dice 0 with 95HD 0: two non-empty masks that
 do not overlap have surfaces at least a voxel apart, so no measured result is both.
 """
+
 from __future__ import annotations
 
 import json
@@ -90,11 +91,16 @@ def summarize(per_case: PerCase) -> dict[str, Any]:
         averages = [_class_average(class_metrics, metric) for class_metrics in per_case.values()]
         undefined = int(sum(classes[label][metric]["undefined"] for label in labels))
         over_classes[metric] = _statistics(averages, undefined)
-    nowhere = {label: sum(_predicted_nowhere(class_metrics[label]) for class_metrics in per_case.values())
-               for label in labels}
+    nowhere = {
+        label: sum(_predicted_nowhere(class_metrics[label]) for class_metrics in per_case.values()) for label in labels
+    }
     cases = sum(any(map(_predicted_nowhere, class_metrics.values())) for class_metrics in per_case.values())
-    return {"num_cases": len(per_case), "classes": classes, "mean": over_classes,
-            "predicted_nowhere": {"results": sum(nowhere.values()), "cases": cases, "classes": nowhere}}
+    return {
+        "num_cases": len(per_case),
+        "classes": classes,
+        "mean": over_classes,
+        "predicted_nowhere": {"results": sum(nowhere.values()), "cases": cases, "classes": nowhere},
+    }
 
 
 def _format(metric: str, value: float) -> str:
@@ -113,9 +119,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def _metric_cells(stats: Mapping[str, Mapping[str, float]], predicted_nowhere: int) -> list[str]:
     """The row's means; distances marked when ``predicted_nowhere`` results count in them."""
-    return [_format(metric, stats[metric]["mean"])
-            + (PREDICTED_NOWHERE_MARK if predicted_nowhere and metric in DISTANCE_METRICS else "")
-            for metric in METRIC_NAMES]
+    return [
+        _format(metric, stats[metric]["mean"])
+        + (PREDICTED_NOWHERE_MARK if predicted_nowhere and metric in DISTANCE_METRICS else "")
+        for metric in METRIC_NAMES
+    ]
 
 
 def markdown_table(
@@ -158,8 +166,8 @@ def markdown_table(
             "",
             f"95HD and ASD marked {PREDICTED_NOWHERE_MARK} count {nowhere['results']} of {results} case-class "
             f"results, in {nowhere['cases']} of {summary['num_cases']} cases, as 0: a class predicted nowhere, "
-            "which the authors' rule (eval.empty_prediction = \"zero\") scores 0 in every metric. These zeros "
-            "lower the distance means; a run with eval.empty_prediction = \"undefined\" (preset strict) leaves "
+            'which the authors\' rule (eval.empty_prediction = "zero") scores 0 in every metric. These zeros '
+            'lower the distance means; a run with eval.empty_prediction = "undefined" (preset strict) leaves '
             "them out instead.",
         ]
     return "\n".join(lines) + "\n"
@@ -177,7 +185,10 @@ def _json_ready(value: Any) -> Any:
 
 
 def write_report(
-    out_dir: str | Path, per_case: PerCase, summary: Mapping[str, Any], markdown: str,
+    out_dir: str | Path,
+    per_case: PerCase,
+    summary: Mapping[str, Any],
+    markdown: str,
     table: Mapping[str, str] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``metrics.json`` (``{"summary", "per_case"}``, and ``"table"``, the table's

@@ -16,6 +16,7 @@ starts, each in one line:
   :data:`TIMED_CALLS` calls and answering the others with zeros: the time of the rest
   (loading, resizing, averaging windows) is measured, that of the network extrapolated.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,11 +68,13 @@ def _data_size_warning(config: TrainConfig, preset: str) -> str | None:
     ratio = math.prod(image.shape) / math.prod(patch)
     if ratio < DATA_SIZE_FACTOR:
         return None
-    return (f"--preset {preset} is made for training images of about its {_size(patch)} patch, but those of "
-            f"{config.data_root} are {_size(image.shape)} ({labeled[0]}), {ratio:.1f}x the voxels: its "
-            f"{config.pretrain.iterations} + {config.selftrain.iterations} iterations and narrow networks can "
-            f"learn much less from them. For a quick run, write data of about {_size(patch)} (mper-data synth "
-            f"--size {' '.join(map(str, patch))}); for this data, a preset sized for it")
+    return (
+        f"--preset {preset} is made for training images of about its {_size(patch)} patch, but those of "
+        f"{config.data_root} are {_size(image.shape)} ({labeled[0]}), {ratio:.1f}x the voxels: its "
+        f"{config.pretrain.iterations} + {config.selftrain.iterations} iterations and narrow networks can "
+        f"learn much less from them. For a quick run, write data of about {_size(patch)} (mper-data synth "
+        f"--size {' '.join(map(str, patch))}); for this data, a preset sized for it"
+    )
 
 
 class _TimedNetwork(nn.Module):
@@ -118,22 +121,35 @@ def _validation_time_warning(config: TrainConfig, preset: str) -> str | None:
     began = time.perf_counter()
     for case in cases:
         image, _ = spec.load_volume(config.data_root, case)
-        predict_volume(timed, np.asarray(image), config.dataset, config.num_classes,
-                       patch_size=config.data.patch_size, stride=config.eval.stride, device=device)
+        predict_volume(
+            timed,
+            np.asarray(image),
+            config.dataset,
+            config.num_classes,
+            patch_size=config.data.patch_size,
+            stride=config.eval.stride,
+            device=device,
+        )
     untimed_calls = max(timed.calls - len(timed.seconds), 0)
     estimate = time.perf_counter() - began + untimed_calls * timed.call_seconds()
     passes = validation_passes(config)
     if passes * estimate < LONG_VALIDATION_S:
         return None
     sliding = spec.inference == SLIDING_WINDOW
-    calls = (f"{timed.calls} windows of {_size(tuple(config.data.patch_size))} at a step of "
-             f"{_size(tuple(config.eval.stride or spec.stride))}" if sliding else f"{timed.calls} batches of slices")
-    return (f"a validation pass will take about {_duration(estimate)} on {device.type}: {len(cases)} "
-            f"case{'s' if len(cases) > 1 else ''} of {Path(config.data_root)}, {calls}, "
-            f"{1e3 * timed.call_seconds():.0f} ms each; this run validates {passes} times (eval.val_interval = "
-            f"{config.eval.val_interval}), about {_duration(passes * estimate)} in all. --preset {preset} is made "
-            "for validation of seconds: use smaller data, or validate less often "
-            f"(--set eval.val_interval=N{', --set eval.stride=[...] for fewer windows' if sliding else ''})")
+    calls = (
+        f"{timed.calls} windows of {_size(tuple(config.data.patch_size))} at a step of "
+        f"{_size(tuple(config.eval.stride or spec.stride))}"
+        if sliding
+        else f"{timed.calls} batches of slices"
+    )
+    return (
+        f"a validation pass will take about {_duration(estimate)} on {device.type}: {len(cases)} "
+        f"case{'s' if len(cases) > 1 else ''} of {Path(config.data_root)}, {calls}, "
+        f"{1e3 * timed.call_seconds():.0f} ms each; this run validates {passes} times (eval.val_interval = "
+        f"{config.eval.val_interval}), about {_duration(passes * estimate)} in all. --preset {preset} is made "
+        "for validation of seconds: use smaller data, or validate less often "
+        f"(--set eval.val_interval=N{', --set eval.stride=[...] for fewer windows' if sliding else ''})"
+    )
 
 
 def _duration(seconds: float) -> str:

@@ -12,6 +12,7 @@
   the plan's rules, segmented, brought back to its grid, and written as
   ``<case><ending>`` (nnU-Net's naming) with the header of its first channel's file.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,21 +48,39 @@ def _plan(dataset: str) -> ScanPlan:
     return plan
 
 
-def scan_labels(net: nn.Module, image: np.ndarray, geometry: CaseGeometry, dataset: str, num_classes: int,
-                postprocess: str = "none", ops: str = "mper", **inference: Any) -> tuple[np.ndarray, np.ndarray]:
+def scan_labels(
+    net: nn.Module,
+    image: np.ndarray,
+    geometry: CaseGeometry,
+    dataset: str,
+    num_classes: int,
+    postprocess: str = "none",
+    ops: str = "mper",
+    **inference: Any,
+) -> tuple[np.ndarray, np.ndarray]:
     """(labels on the scan's grid, labels on the preprocessed grid) of a preprocessed
     ``image`` (channels first), both post-processed (with the ops of the setting ``ops``); ``inference`` goes to
     :func:`~mper.eval.inference.predict_probabilities` (``patch_size``, ``stride``, ``device``)."""
     probabilities = predict_probabilities(net, image, dataset, num_classes, **inference)
     restored = restore_labels(probabilities, geometry, _plan(dataset).rules.spacing)
     resampled = probabilities.argmax(axis=0).astype(np.uint8)
-    return (postprocess_labels(restored, postprocess, num_classes, ops),
-            postprocess_labels(resampled, postprocess, num_classes, ops))
+    return (
+        postprocess_labels(restored, postprocess, num_classes, ops),
+        postprocess_labels(resampled, postprocess, num_classes, ops),
+    )
 
 
-def score_scan_case(net: nn.Module, dataset: str, data_root: str | Path, case: str, num_classes: int,
-                    postprocess: str = "none", empty_prediction: str = "undefined", ops: str = "mper",
-                    **inference: Any) -> tuple[dict[int, dict[str, float]], FigureSlice]:
+def score_scan_case(
+    net: nn.Module,
+    dataset: str,
+    data_root: str | Path,
+    case: str,
+    num_classes: int,
+    postprocess: str = "none",
+    empty_prediction: str = "undefined",
+    ops: str = "mper",
+    **inference: Any,
+) -> tuple[dict[int, dict[str, float]], FigureSlice]:
     """The scores of ``case`` on its scan's grid against its raw label (distances in mm), and
     the figure slice of the network's view (first channel, preprocessed grid)."""
     image, label = load_scan_volume(data_root, case)
@@ -76,8 +95,11 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> dict[str, tuple[Path, ...]
     if input_path.is_file():
         files = [input_path]
     elif input_path.is_dir():
-        files = sorted(path for path in input_path.iterdir()
-                       if path.is_file() and path.name.endswith(plan.file_ending) and not path.name.startswith("."))
+        files = sorted(
+            path
+            for path in input_path.iterdir()
+            if path.is_file() and path.name.endswith(plan.file_ending) and not path.name.startswith(".")
+        )
     else:
         raise MissingFileError(f"no such file or directory: {input_path}")
     cases = group_input_files(files, plan.layout, len(plan.channels), plan.file_ending) if files else {}
@@ -87,8 +109,17 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> dict[str, tuple[Path, ...]
     return cases
 
 
-def predict_scan(net: nn.Module, files: tuple[Path, ...], name: str, dataset: str, out_path: Path,
-                 num_classes: int, postprocess: str = "none", ops: str = "mper", **inference: Any) -> Path:
+def predict_scan(
+    net: nn.Module,
+    files: tuple[Path, ...],
+    name: str,
+    dataset: str,
+    out_path: Path,
+    num_classes: int,
+    postprocess: str = "none",
+    ops: str = "mper",
+    **inference: Any,
+) -> Path:
     """Segment the raw case of ``files`` and write its label map to ``out_path``."""
     plan = _plan(dataset)
     image, first = read_image(RawCase(name, files, None, TEST), len(plan.channels))
@@ -101,8 +132,16 @@ def predict_scan(net: nn.Module, files: tuple[Path, ...], name: str, dataset: st
     return out_path
 
 
-def predict_scans(net: nn.Module, input_path: str | Path, dataset: str, out_dir: str | Path,
-                  num_classes: int, postprocess: str = "none", ops: str = "mper", **inference: Any) -> list[Path]:
+def predict_scans(
+    net: nn.Module,
+    input_path: str | Path,
+    dataset: str,
+    out_dir: str | Path,
+    num_classes: int,
+    postprocess: str = "none",
+    ops: str = "mper",
+    **inference: Any,
+) -> list[Path]:
     """Segment every raw case under ``input_path`` (see the module docstring); returns the
     written label maps. A case that cannot be read is logged and skipped; a
     :class:`~mper.errors.UserError` then says how many failed once the rest is done."""
@@ -113,8 +152,9 @@ def predict_scans(net: nn.Module, input_path: str | Path, dataset: str, out_dir:
     for index, (name, files) in enumerate(cases.items(), start=1):
         out_path = Path(out_dir) / f"{name}{plan.file_ending}"
         try:
-            written.append(predict_scan(net, files, name, dataset, out_path, num_classes, postprocess, ops,
-                                        **inference))
+            written.append(
+                predict_scan(net, files, name, dataset, out_path, num_classes, postprocess, ops, **inference)
+            )
         except UserError as error:
             failed.append(name)
             log.error("[%d/%d] skipped: %s", index, len(cases), error)

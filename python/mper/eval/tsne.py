@@ -9,6 +9,7 @@ ground-truth class and, when the run has a prototype bank, the prototypes are sc
 unit length (the classifier's cosine geometry) and embedded together by scikit-learn's
 ``TSNE``. Needs scikit-learn and matplotlib (``pip install 'mper[figures]'``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -39,8 +40,9 @@ def require_figure_packages() -> None:
         raise ConfigError(f"the t-SNE figure needs {error.name}: pip install 'mper[figures]'") from error
 
 
-def _network_input(image: np.ndarray, label: np.ndarray, spec: DatasetSpec, patch_size: Sequence[int]
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def _network_input(
+    image: np.ndarray, label: np.ndarray, spec: DatasetSpec, patch_size: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(image (B, C, *patch), label (B, *patch))`` as the network was trained on them:
     every slice along the spec's ``slice_axis`` resized (slice-wise inference), or one
     patch around the foreground's centre (sliding window; with a 2D patch, in the slice
@@ -61,15 +63,22 @@ def _network_input(image: np.ndarray, label: np.ndarray, spec: DatasetSpec, patc
     centre = [int(axis.mean()) if axis.size else size // 2 for axis, size in zip(np.nonzero(label), label.shape)]
     starts = [min(max(c - patch // 2, 0), size - patch) for c, patch, size in zip(centre, patch_size, label.shape)]
     window = tuple(slice(start, start + patch) for start, patch in zip(starts, patch_size))
-    return (torch.from_numpy(np.ascontiguousarray(channels[(slice(None),) + window], np.float32))[None],
-            torch.from_numpy(np.ascontiguousarray(label[window], np.int64))[None])
+    return (
+        torch.from_numpy(np.ascontiguousarray(channels[(slice(None),) + window], np.float32))[None],
+        torch.from_numpy(np.ascontiguousarray(label[window], np.int64))[None],
+    )
 
 
 @torch.no_grad()
 def sample_embeddings(
-    net: nn.Module, volumes: Sequence[tuple[np.ndarray, np.ndarray]], spec: DatasetSpec, num_classes: int,
-    patch_size: Sequence[int], device: str | torch.device = "cpu",
-    voxels_per_class: int = VOXELS_PER_CLASS, seed: int = 0,
+    net: nn.Module,
+    volumes: Sequence[tuple[np.ndarray, np.ndarray]],
+    spec: DatasetSpec,
+    num_classes: int,
+    patch_size: Sequence[int],
+    device: str | torch.device = "cpu",
+    voxels_per_class: int = VOXELS_PER_CLASS,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(features (N, D), classes (N,))``: at most ``voxels_per_class`` voxels of each
     class, drawn uniformly from the ``(image, label)`` volumes of dataset ``spec``."""
@@ -100,8 +109,14 @@ def tsne_map(features: np.ndarray, prototypes: np.ndarray | None, seed: int = 0)
 
 
 def save_tsne_figure(
-    features: np.ndarray, classes: np.ndarray, prototypes: np.ndarray | None, per_class: int,
-    class_names: Sequence[str], path: str | Path, title: str, seed: int = 0,
+    features: np.ndarray,
+    classes: np.ndarray,
+    prototypes: np.ndarray | None,
+    per_class: int,
+    class_names: Sequence[str],
+    path: str | Path,
+    title: str,
+    seed: int = 0,
 ) -> Path:
     """Draw the t-SNE map: voxels as dots, prototype ``p_c^k`` (bank row ``c*K + k``) as
     a star of its class's colour. Returns ``path`` (PNG)."""
@@ -109,7 +124,7 @@ def save_tsne_figure(
     from matplotlib.figure import Figure
 
     coordinates = tsne_map(features, prototypes, seed)
-    voxels, marked = coordinates[: len(features)], coordinates[len(features):]
+    voxels, marked = coordinates[: len(features)], coordinates[len(features) :]
     figure = Figure(figsize=(5.5, 5), layout="constrained")
     axis = figure.subplots()
     for class_index, name in enumerate(class_names):

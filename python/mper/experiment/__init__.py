@@ -7,6 +7,7 @@ each), and writes the results table, mean ± std over seeds, as Markdown, CSV an
 with a plot (:mod:`mper.experiment.report`), plus the t-SNE maps the plan asks for.
 Stopping a sweep and running the same call again continues it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -103,8 +104,15 @@ def run_plan(
     _prepare_data(plan)
     todo = [cell for cell in cells if run_state(cell.run_dir) != FINISHED]
     resumed = sum(run_state(cell.run_dir) == INTERRUPTED for cell in todo)
-    log.info("%s: %d runs, %d finished, %d to resume, %d to start; results in %s",
-             plan.title, len(cells), len(cells) - len(todo), resumed, len(todo) - resumed, out)
+    log.info(
+        "%s: %d runs, %d finished, %d to resume, %d to start; results in %s",
+        plan.title,
+        len(cells),
+        len(cells) - len(todo),
+        resumed,
+        len(todo) - resumed,
+        out,
+    )
     try:
         failures = (executor or LocalExecutor()).run(todo)
     except KeyboardInterrupt as stop:
@@ -155,8 +163,10 @@ def _prepare_data(plan: Plan) -> None:
 
 def _failure_message(failures: Sequence[Failure], total: int, table: Path) -> str:
     reasons = "; ".join(f"{failure.cell.name}: {failure.reason}" for failure in failures)
-    return (f"{len(failures)} of {total} runs failed ({reasons}); {table} covers the others. "
-            "Fix the cause and run the same command again: finished runs are kept")
+    return (
+        f"{len(failures)} of {total} runs failed ({reasons}); {table} covers the others. "
+        "Fix the cause and run the same command again: finished runs are kept"
+    )
 
 
 __all__ = [

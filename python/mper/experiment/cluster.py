@@ -5,6 +5,7 @@ job is :class:`submitit.helpers.Checkpointable`); the requeued job resumes the r
 its last checkpoint, as every job does that finds one in its folder. The sweep waits for
 its jobs unless ``ClusterOptions.wait`` is off; run it again later to collect the table.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,9 +37,13 @@ def submit_and_wait(
     ``options.wait``; return the runs whose job failed."""
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     executor.update_parameters(
-        name=JOB_NAME, timeout_min=options.time_minutes, gpus_per_node=options.gpus_per_job,
-        cpus_per_task=options.cpus_per_job, mem_gb=options.memory_gb,
-        slurm_partition=options.partition, slurm_account=options.account,
+        name=JOB_NAME,
+        timeout_min=options.time_minutes,
+        gpus_per_node=options.gpus_per_job,
+        cpus_per_task=options.cpus_per_job,
+        mem_gb=options.memory_gb,
+        slurm_partition=options.partition,
+        slurm_account=options.account,
     )
     jobs = [(cell, executor.submit(RunJob(), cell, device)) for cell in cells]
     for cell, job in jobs:

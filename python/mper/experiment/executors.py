@@ -10,6 +10,7 @@ Every executor returns the runs that failed, as :class:`Failure`; the others go 
 Ctrl-C (or SIGTERM) stops the sweep: the running trainings save their state, and the
 next call resumes them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -126,8 +127,13 @@ class DevicePoolExecutor:
         output.flush()
         log.info("device %s: %s -> %s", device, cell.name, cell.run_dir)
         # its own session: a Ctrl-C reaches the process once, forwarded by _stop
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "CUDA_VISIBLE_DEVICES": device})
+        process = subprocess.Popen(
+            command,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": device},
+        )
         return _Running(cell, process, output, log_path)
 
     @staticmethod
@@ -185,8 +191,13 @@ class SubmititExecutor:
     (submitit's local executor, which runs the jobs as processes on this machine).
     Job files and logs go to ``folder``."""
 
-    def __init__(self, folder: str | Path, cluster: str = "slurm", options: ClusterOptions | None = None,
-                 device: str | None = None):
+    def __init__(
+        self,
+        folder: str | Path,
+        cluster: str = "slurm",
+        options: ClusterOptions | None = None,
+        device: str | None = None,
+    ):
         self.folder, self.cluster, self.device = Path(folder), cluster, device
         self.options = options or ClusterOptions()
 

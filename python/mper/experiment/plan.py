@@ -31,6 +31,7 @@ Each cell (variant, budget, seed) is one ordinary training run in its own folder
 ``<out>/<variant>/<budget>/seed<seed>``. :func:`load_plan` checks the whole plan, every
 run's settings included, before anything runs.
 """
+
 from __future__ import annotations
 
 import re
@@ -52,8 +53,19 @@ from mper.train.config import BASELINES, TrainConfig, load_config
 
 #: Budget name of a fully supervised run (every training case labeled).
 ALL_LABELED = "all"
-PLAN_KEYS = {"title", "dataset", "preset", "data_root", "labeled", "seeds", "set", "variant", "sweep",
-             "synthetic", "figures"}
+PLAN_KEYS = {
+    "title",
+    "dataset",
+    "preset",
+    "data_root",
+    "labeled",
+    "seeds",
+    "set",
+    "variant",
+    "sweep",
+    "synthetic",
+    "figures",
+}
 VARIANT_KEYS = {"name", "preset", "baseline", "set", "labeled"}
 SWEEP_KEYS = {"setting", "values", "label"}
 SYNTHETIC_KEYS = {"cases", "size", "seed", "family"}
@@ -98,8 +110,12 @@ class Cell:
     def overrides(self, device: str | None = None) -> dict[str, Any]:
         """The settings given to :func:`~mper.train.config.load_config` besides the preset
         and the assignments."""
-        values: dict[str, Any] = {"data_root": self.data_root, "seed": self.seed, "baseline": self.baseline,
-                                  "out": str(self.run_dir)}
+        values: dict[str, Any] = {
+            "data_root": self.data_root,
+            "seed": self.seed,
+            "baseline": self.baseline,
+            "out": str(self.run_dir),
+        }
         if self.labeled is not None:
             values["labeled"] = self.labeled
         if device is not None:
@@ -114,8 +130,18 @@ class Cell:
 
     def train_arguments(self, device: str | None = None) -> list[str]:
         """The ``mper-train`` arguments that train this run (they give :meth:`config`)."""
-        arguments = ["--dataset", self.dataset, "--preset", self.preset, "--data-root", self.data_root,
-                     "--seed", str(self.seed), "--out", str(self.run_dir)]
+        arguments = [
+            "--dataset",
+            self.dataset,
+            "--preset",
+            self.preset,
+            "--data-root",
+            self.data_root,
+            "--seed",
+            str(self.seed),
+            "--out",
+            str(self.run_dir),
+        ]
         if self.labeled is not None:
             arguments += ["--labeled", str(self.labeled)]
         if self.baseline != "none":
@@ -189,21 +215,37 @@ class Plan:
             for labeled in self.budgets(variant):
                 for seed in self.seeds:
                     folder = Path(out) / slug(row) / _budget_folder(labeled) / f"seed{seed}"
-                    cells.append(Cell(row, self.dataset, variant.preset, variant.baseline, labeled, seed,
-                                      assignments, self.data_root, folder, value, variant.name))
+                    cells.append(
+                        Cell(
+                            row,
+                            self.dataset,
+                            variant.preset,
+                            variant.baseline,
+                            labeled,
+                            seed,
+                            assignments,
+                            self.data_root,
+                            folder,
+                            value,
+                            variant.name,
+                        )
+                    )
         # seed by seed: a sweep stopped early already has whole tables of its first seeds
         return sorted(cells, key=lambda cell: (self.seeds.index(cell.seed), self._budget_order(cell.labeled)))
 
     def _budget_order(self, labeled: int | None) -> int:
         return self.labeled.index(labeled) if labeled in self.labeled else len(self.labeled)
 
-    def with_changes(self, data_root: str | None = None, seeds: Sequence[int] | None = None,
-                     assignments: Sequence[str] = ()) -> Plan:
+    def with_changes(
+        self, data_root: str | None = None, seeds: Sequence[int] | None = None, assignments: Sequence[str] = ()
+    ) -> Plan:
         """This plan with another data folder, other seeds, or overrides added to every run."""
-        variants = tuple(replace(variant, assignments=variant.assignments + tuple(assignments))
-                         for variant in self.variants)
-        return replace(self, data_root=data_root or self.data_root,
-                       seeds=tuple(seeds) if seeds else self.seeds, variants=variants)
+        variants = tuple(
+            replace(variant, assignments=variant.assignments + tuple(assignments)) for variant in self.variants
+        )
+        return replace(
+            self, data_root=data_root or self.data_root, seeds=tuple(seeds) if seeds else self.seeds, variants=variants
+        )
 
     def check(self, out: str | Path = "runs") -> None:
         """Build every run's config: a bad setting raises :class:`PlanError` naming the run."""
@@ -229,8 +271,11 @@ def _budget_folder(labeled: int | None) -> str:
 def _rows(variants: Sequence[Variant], sweep: Sweep | None) -> list[tuple[str, Variant, Any]]:
     if sweep is None:
         return [(variant.name, variant, None) for variant in variants]
-    return [(_sweep_row(variant.name, sweep, value, len(variants)), variant, value)
-            for variant in variants for value in sweep.values]
+    return [
+        (_sweep_row(variant.name, sweep, value, len(variants)), variant, value)
+        for variant in variants
+        for value in sweep.values
+    ]
 
 
 def _sweep_row(variant: str, sweep: Sweep, value: Any, variant_count: int) -> str:
@@ -253,8 +298,9 @@ def load_plan(path: str | Path) -> Plan:
     try:
         document = tomllib.loads(path.read_text())
     except FileNotFoundError as error:
-        raise PlanError(f"no experiment plan at {path}; give the path of a .toml plan "
-                        "(see the experiments/ folder)") from error
+        raise PlanError(
+            f"no experiment plan at {path}; give the path of a .toml plan (see the experiments/ folder)"
+        ) from error
     except tomllib.TOMLDecodeError as error:
         raise PlanError(f"{path} is not valid TOML: {error}") from error
     plan = parse_plan(document, name=path.stem, path=path)
@@ -270,8 +316,9 @@ def parse_plan(document: dict[str, Any], name: str, path: Path | None = None) ->
     dataset = reader.choice(document, "dataset", dataset_names())
     preset = reader.text(document, "preset", default="paper")
     common = reader.strings(document, "set")
-    variants = [_variant(reader, table, preset, common, index)
-                for index, table in enumerate(reader.tables(document, "variant"))]
+    variants = [
+        _variant(reader, table, preset, common, index) for index, table in enumerate(reader.tables(document, "variant"))
+    ]
     if not variants:
         raise PlanError(f"{where}: a plan needs at least one [[variant]]")
     names = [variant.name for variant in variants]
@@ -294,8 +341,11 @@ def parse_plan(document: dict[str, Any], name: str, path: Path | None = None) ->
         title=reader.text(document, "title", default=name),
         dataset=dataset,
         data_root=reader.text(document, "data_root"),
-        labeled=(tuple(reader.integers(document, "labeled", minimum=1)) if "labeled" in document
-                 else get_dataset(dataset).label_budgets),
+        labeled=(
+            tuple(reader.integers(document, "labeled", minimum=1))
+            if "labeled" in document
+            else get_dataset(dataset).label_budgets
+        ),
         seeds=tuple(reader.integers(document, "seeds", minimum=0)),
         variants=tuple(variants),
         sweep=sweep,
@@ -327,8 +377,10 @@ def _check_folders(reader: _Reader, variants: list[Variant], sweep: Sweep | None
     for row, _, _ in _rows(variants, sweep):
         folder = slug(row)
         if folder in seen:
-            reader.fail(f"rows {seen[folder]!r} and {row!r} would share the run folder {folder!r}; "
-                        "give them names that differ in more than case and punctuation")
+            reader.fail(
+                f"rows {seen[folder]!r} and {row!r} would share the run folder {folder!r}; "
+                "give them names that differ in more than case and punctuation"
+            )
         seen[folder] = row
 
 
@@ -365,8 +417,9 @@ class _Reader:
             self.fail(f"{prefix}{key} must be a non-empty string" + ("" if key in table else " (it is missing)"))
         return value
 
-    def choice(self, table: dict[str, Any], key: str, choices: Sequence[str], default: str | None = None,
-               prefix: str = "") -> str:
+    def choice(
+        self, table: dict[str, Any], key: str, choices: Sequence[str], default: str | None = None, prefix: str = ""
+    ) -> str:
         value = self.text(table, key, default, prefix)
         if value not in choices:
             self.fail(f"{prefix}{key} must be one of {', '.join(choices)}; got {value!r}")
@@ -375,14 +428,16 @@ class _Reader:
     def strings(self, table: dict[str, Any], key: str, prefix: str = "") -> list[str]:
         values = table.get(key, [])
         if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
-            self.fail(f"{prefix}{key} must be a list of strings, e.g. [\"selftrain.iterations=500\"]")
+            self.fail(f'{prefix}{key} must be a list of strings, e.g. ["selftrain.iterations=500"]')
         return list(values)
 
     def integers(self, table: dict[str, Any], key: str, minimum: int, prefix: str = "") -> list[int]:
         values = table.get(key)
-        if (not isinstance(values, list) or not values
-                or not all(isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-                           for value in values)):
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(value, int) and not isinstance(value, bool) and value >= minimum for value in values)
+        ):
             self.fail(f"{prefix}{key} must be a non-empty list of integers >= {minimum}")
         if len(set(values)) != len(values):
             self.fail(f"{prefix}{key} lists a value twice: {values}")

@@ -5,6 +5,7 @@ setting (e.g. K), as one line per variant and budget over the setting's values. 
 matplotlib (``pip install 'mper[figures]'``); without it no plot is drawn and the
 tables alone are written.
 """
+
 from __future__ import annotations
 
 import logging
@@ -84,10 +85,18 @@ def _draw_lines(axis: Any, rows: Sequence[Any], metric: str, plan: Plan) -> None
     sweep = plan.sweep
     series = list(dict.fromkeys((row.series, row.budget) for row in rows))
     for index, (name, budget) in enumerate(series):
-        mine = sorted((row for row in rows if (row.series, row.budget) == (name, budget)),
-                      key=lambda row: row.sweep_value)
+        mine = sorted(
+            (row for row in rows if (row.series, row.budget) == (name, budget)), key=lambda row: row.sweep_value
+        )
         means, stds = zip(*(_scaled(row, metric) for row in mine))
-        axis.errorbar([row.sweep_value for row in mine], means, yerr=stds, marker="o", capsize=3,
-                      label=f"{name}, {budget} labeled", color=f"C{index % 10}")
+        axis.errorbar(
+            [row.sweep_value for row in mine],
+            means,
+            yerr=stds,
+            marker="o",
+            capsize=3,
+            label=f"{name}, {budget} labeled",
+            color=f"C{index % 10}",
+        )
     axis.set_xlabel(sweep.label)
     axis.set_xticks(list(sweep.values))

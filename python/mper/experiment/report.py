@@ -12,6 +12,7 @@ seeds it is left out (``null`` in the JSON, no ``±`` in the table).
 A run whose distances were undefined on some test case (an empty prediction) is
 counted in the table's note.
 """
+
 from __future__ import annotations
 
 import csv
@@ -79,13 +80,27 @@ class Row:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the row's identity, each seed's values, and mean and std."""
-        metrics = {metric: {"mean": _json_number(self.mean(metric)), "std": _json_number(self.std(metric)),
-                            "values": [_json_number(value) for value in self.values[metric]]}
-                   for metric in METRIC_NAMES}
-        return {"method": self.name, "budget": self.budget, "sweep_value": self.sweep_value,
-                "labeled": self.labeled, "unlabeled": self.unlabeled, "seeds": self.seeds,
-                "missing_seeds": self.missing_seeds, "runs": self.runs, "metrics": metrics,
-                "undefined_distances": self.undefined, "prototype_collapse_warnings": self.collapsed_prototypes}
+        metrics = {
+            metric: {
+                "mean": _json_number(self.mean(metric)),
+                "std": _json_number(self.std(metric)),
+                "values": [_json_number(value) for value in self.values[metric]],
+            }
+            for metric in METRIC_NAMES
+        }
+        return {
+            "method": self.name,
+            "budget": self.budget,
+            "sweep_value": self.sweep_value,
+            "labeled": self.labeled,
+            "unlabeled": self.unlabeled,
+            "seeds": self.seeds,
+            "missing_seeds": self.missing_seeds,
+            "runs": self.runs,
+            "metrics": metrics,
+            "undefined_distances": self.undefined,
+            "prototype_collapse_warnings": self.collapsed_prototypes,
+        }
 
 
 def _json_number(value: float) -> float | None:
@@ -97,8 +112,10 @@ def collect(plan: Plan, cells: Sequence[Cell]) -> list[Row]:
     budget); runs not finished yet are listed as missing seeds."""
     rows: dict[tuple[str, str], Row] = {}
     for cell in cells:
-        row = rows.setdefault((cell.budget, cell.variant), Row(cell.variant, cell.budget, cell.sweep_value,
-                                                               cell.series, labeled=cell.budget))
+        row = rows.setdefault(
+            (cell.budget, cell.variant),
+            Row(cell.variant, cell.budget, cell.sweep_value, cell.series, labeled=cell.budget),
+        )
         if run_state(cell.run_dir) == FINISHED:
             row.add(cell, json.loads((cell.run_dir / METRICS_FILE).read_text()))
         else:
@@ -123,9 +140,14 @@ def _cell(row: Row, metric: str) -> str:
 def markdown(plan: Plan, rows: Sequence[Row]) -> str:
     """The table in Markdown, with a line on what the numbers are."""
     header = [*TABLE_HEADER[:3], "Seeds", *METRIC_HEADERS.values()]
-    lines = [f"# {plan.title}", "",
-             "Test-set means (Dice and Jaccard in %, 95HD and ASD in voxels); mean ± sample std over seeds.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"# {plan.title}",
+        "",
+        "Test-set means (Dice and Jaccard in %, 95HD and ASD in voxels); mean ± sample std over seeds.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for row in rows:
         seeds = f"{len(row.seeds)}/{len(row.seeds) + len(row.missing_seeds)}"
         cells = [row.name, row.labeled, row.unlabeled, seeds, *(_cell(row, metric) for metric in METRIC_NAMES)]
@@ -136,8 +158,10 @@ def markdown(plan: Plan, rows: Sequence[Row]) -> str:
         notes.append(f"{missing} run(s) not finished yet: their seeds are left out (column Seeds).")
     undefined = sum(row.undefined for row in rows)
     if undefined:
-        notes.append(f"95HD and ASD were undefined (empty prediction) for {undefined} case-class result(s) "
-                     "in all; each run's means leave them out.")
+        notes.append(
+            f"95HD and ASD were undefined (empty prediction) for {undefined} case-class result(s) "
+            "in all; each run's means leave them out."
+        )
     collapses = sum(row.collapsed_prototypes for row in rows)
     if collapses:
         notes.append(f"{collapses} prototype collapse warning(s) in all (see each run's train.log).")
@@ -153,10 +177,18 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
         writer.writerow(columns)
         for row in rows:
             stats = [value for metric in METRIC_NAMES for value in (row.mean(metric), row.std(metric))]
-            writer.writerow([row.name, row.budget, "" if row.sweep_value is None else row.sweep_value,
-                             row.labeled, row.unlabeled, " ".join(map(str, row.seeds)),
-                             " ".join(map(str, row.missing_seeds)),
-                             *("" if math.isnan(value) else f"{value:.6g}" for value in stats)])
+            writer.writerow(
+                [
+                    row.name,
+                    row.budget,
+                    "" if row.sweep_value is None else row.sweep_value,
+                    row.labeled,
+                    row.unlabeled,
+                    " ".join(map(str, row.seeds)),
+                    " ".join(map(str, row.missing_seeds)),
+                    *("" if math.isnan(value) else f"{value:.6g}" for value in stats),
+                ]
+            )
 
 
 def write_results(plan: Plan, cells: Sequence[Cell], out: str | Path) -> dict[str, Path]:
@@ -167,9 +199,14 @@ def write_results(plan: Plan, cells: Sequence[Cell], out: str | Path) -> dict[st
     paths = {name: out / name for name in RESULT_FILES}
     paths["results.md"].write_text(markdown(plan, rows))
     write_csv(rows, paths["results.csv"])
-    document = {"title": plan.title, "plan": str(plan.path) if plan.path else plan.name, "dataset": plan.dataset,
-                "sweep": None if plan.sweep is None else {"setting": plan.sweep.setting, "label": plan.sweep.label},
-                "std": "sample standard deviation over seeds (ddof=1)", "rows": [row.to_dict() for row in rows]}
+    document = {
+        "title": plan.title,
+        "plan": str(plan.path) if plan.path else plan.name,
+        "dataset": plan.dataset,
+        "sweep": None if plan.sweep is None else {"setting": plan.sweep.setting, "label": plan.sweep.label},
+        "std": "sample standard deviation over seeds (ddof=1)",
+        "rows": [row.to_dict() for row in rows],
+    }
     paths["results.json"].write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
     plot = plot_results(plan, rows, out / "results.png")
     if plot is not None:

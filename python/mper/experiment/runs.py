@@ -5,6 +5,7 @@ evaluation done), *interrupted* when it holds a ``last.pt`` but no metrics (it i
 resumed with :func:`mper.pipeline.resume`), and *new* otherwise. A folder that holds a
 run of other settings than the plan asks for is refused rather than counted.
 """
+
 from __future__ import annotations
 
 import json

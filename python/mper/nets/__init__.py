@@ -5,6 +5,7 @@ Which dataset uses which is said by its spec (:mod:`mper.datasets`). The sibling
 :mod:`mper.nn` holds layers that go into or onto a network, as ``torch.nn`` does: the
 prototype head, which reads any network's ``feat`` and so lives apart from the networks.
 """
+
 from __future__ import annotations
 
 from .base import SIZE_MULTIPLE, SegmentationNet, SegmentationOutput

@@ -9,6 +9,7 @@ averaged from ``feat``: the authors' code averages a 1x1 conv of it that is set 
 identity when self-training starts and never receives a gradient, so it stays equal
 to ``feat`` (docs/method.md, "Networks").
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -50,9 +51,7 @@ class SegmentationNet(nn.Module, ABC):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         if classifier_kernel < 1 or classifier_kernel % 2 == 0:
-            raise ValueError(
-                f"classifier_kernel must be a positive odd size (1 or 3), got {classifier_kernel}"
-            )
+            raise ValueError(f"classifier_kernel must be a positive odd size (1 or 3), got {classifier_kernel}")
         sizes = {"in_channels": in_channels, "num_classes": num_classes, "feature_dim": feature_dim}
         for name, value in sizes.items():
             if value < 1:

@@ -6,6 +6,7 @@ skip's width, a bilinear x2 upsample, concatenation with the skip and a conv blo
 without dropout. The last decoder map (``channels[0]`` wide, full resolution) is
 ``feat``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -75,8 +76,7 @@ class UNet2D(SegmentationNet):
         self.channels = channels
         widths_in = (in_channels,) + channels[:-1]
         self.encoder = nn.ModuleList(
-            _ConvBlock(width_in, width_out, rate)
-            for width_in, width_out, rate in zip(widths_in, channels, dropout)
+            _ConvBlock(width_in, width_out, rate) for width_in, width_out, rate in zip(widths_in, channels, dropout)
         )
         self.pool = nn.MaxPool2d(2)
         self.decoder = nn.ModuleList(

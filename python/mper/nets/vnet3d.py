@@ -7,6 +7,7 @@ upsampling a stride-2 2x2x2 transposed conv, both followed by norm-ReLU; skips a
 added, not concatenated. In training, Dropout3d(0.5) acts on the bottleneck and on the
 last decoder map. That last map (``base_filters`` wide, full resolution) is ``feat``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -73,9 +74,7 @@ class VNet3D(SegmentationNet):
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
         if normalization == "groupnorm" and base_filters % 16:
-            raise ValueError(
-                f"groupnorm uses 16 groups, so base_filters must be a multiple of 16, got {base_filters}"
-            )
+            raise ValueError(f"groupnorm uses 16 groups, so base_filters must be a multiple of 16, got {base_filters}")
         super().__init__(3, in_channels, num_classes, feature_dim=base_filters, classifier_kernel=classifier_kernel)
         self.has_dropout = has_dropout
         widths = [base_filters * 2**level for level in range(len(ENCODER_DEPTHS))]
@@ -84,16 +83,13 @@ class VNet3D(SegmentationNet):
             _stage(depth, width_in, width, normalization)
             for depth, width_in, width in zip(ENCODER_DEPTHS, widths_in, widths)
         )
-        self.downsample = nn.ModuleList(
-            _resample(nn.Conv3d, width, 2 * width, normalization) for width in widths[:-1]
-        )
+        self.downsample = nn.ModuleList(_resample(nn.Conv3d, width, 2 * width, normalization) for width in widths[:-1])
         decoder_widths = widths[-2::-1]
         self.upsample = nn.ModuleList(
             _resample(nn.ConvTranspose3d, 2 * width, width, normalization) for width in decoder_widths
         )
         self.decoder = nn.ModuleList(
-            _stage(depth, width, width, normalization)
-            for depth, width in zip(DECODER_DEPTHS, decoder_widths)
+            _stage(depth, width, width, normalization) for depth, width in zip(DECODER_DEPTHS, decoder_widths)
         )
         self.dropout = nn.Dropout3d(DROPOUT_RATE)
 

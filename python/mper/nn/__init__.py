@@ -7,6 +7,7 @@ initialisation. The sibling :mod:`mper.nets` holds whole networks (as
 the trainer puts the two together, so the head serves any network and a network trains
 without it.
 """
+
 from mper.nn.head import OPS_MODULES, PrototypeHead
 
 __all__ = ["OPS_MODULES", "PrototypeHead"]

@@ -21,6 +21,7 @@ It is not trained by gradient:
 The forward passes read the bank as it is when they run: the bank may be updated in
 place before their backward pass.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -100,8 +101,10 @@ class PrototypeHead(nn.Module):
         return sys.modules.get(name) or importlib.import_module(name)
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, num_prototypes={self.num_prototypes}, dim={self.dim}, "
-                f"tau={self.tau}, nce_tau={self.nce_tau}, ops={self.ops_name!r}")
+        return (
+            f"num_classes={self.num_classes}, num_prototypes={self.num_prototypes}, dim={self.dim}, "
+            f"tau={self.tau}, nce_tau={self.nce_tau}, ops={self.ops_name!r}"
+        )
 
     def bank(self) -> torch.Tensor:
         """A copy of the bank as it is now: what the forward passes read by default. A
@@ -158,7 +161,11 @@ class PrototypeHead(nn.Module):
         self.ops.proto_ema_update_(self.prototypes, sums, counts, momentum)
 
     def update(
-        self, feat: torch.Tensor, labels: torch.Tensor, assign: torch.Tensor, gate: torch.Tensor | None,
+        self,
+        feat: torch.Tensor,
+        labels: torch.Tensor,
+        assign: torch.Tensor,
+        gate: torch.Tensor | None,
         momentum: float,
     ) -> torch.Tensor:
         """:meth:`accumulate` then :meth:`apply_update`; returns the per-prototype counts."""
@@ -195,8 +202,12 @@ class PrototypeHead(nn.Module):
             dist.broadcast(self.prototypes, src=0)
 
     def _initialize(
-        self, samples: Iterable[tuple[torch.Tensor, torch.Tensor]], generator: torch.Generator,
-        method: str, max_voxels: int, iterations: int,
+        self,
+        samples: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        generator: torch.Generator,
+        method: str,
+        max_voxels: int,
+        iterations: int,
     ) -> None:
         sampler = ClassVoxelSampler(self.num_classes, max_voxels, generator)
         for feat, labels in samples:

@@ -1,5 +1,6 @@
 """k-means for the prototype bank's initialisation: per-class voxel sampling, k-means++
 seeding, Lloyd iterations and mini-batch k-means. Euclidean throughout."""
+
 from __future__ import annotations
 
 import torch

@@ -8,6 +8,7 @@ every process's part: :func:`sum_over_processes` adds them up in the forward pas
 adds up their gradients in the backward pass, so that the averaged gradient is the one
 a single process gets on the whole batch.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -86,8 +87,7 @@ class CrossProcessBatchNorm(nn.modules.batchnorm._BatchNorm):
         """``module`` with every ``BatchNorm{1,2,3}d`` in it replaced by one of these,
         holding the same weights and buffers."""
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, cls):
-            converted = cls(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats)
+            converted = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
             converted.load_state_dict(module.state_dict())
             return converted.to(next(iter(module.state_dict().values())).device).train(module.training)
         for name, child in module.named_children():

@@ -5,6 +5,7 @@ PyTorch. Features are channels-first ``(B, D, *spatial)``; the bank is ``(C*K, D
 row ``c*K + k`` holding prototype k of class c. :func:`largest_component` cleans label
 maps (the teacher's pseudo labels).
 """
+
 from mper.ops._common import cuda_available
 from mper.ops.accumulate import proto_accumulate
 from mper.ops.classify import proto_classify

@@ -3,6 +3,7 @@
 The compiled module takes raw addresses, sizes and the CUDA stream; this module turns
 tensors into those and picks the CPU or CUDA kernel by the tensors' device.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -127,10 +128,7 @@ def check_features(name: str, x: object) -> torch.Tensor:
     """Features (B, D, H, W) or (B, D, D', H, W), floating point."""
     x = check_tensor(name, x)
     if x.dim() not in (4, 5):
-        raise ValueError(
-            f"{name} must be channels-first (B, D, H, W) or (B, D, D', H, W); "
-            f"got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"{name} must be channels-first (B, D, H, W) or (B, D, D', H, W); got shape {tuple(x.shape)}")
     if x.dtype not in DTYPE_CODES:
         raise TypeError(f"{name} must be float32, float16, bfloat16 or float64; got {x.dtype}")
     if x.dtype == torch.float64 and x.device.type == "cuda":
@@ -144,8 +142,9 @@ def check_bank(x: object, depth: int | torch.SymInt) -> torch.Tensor:
     require(
         x.dim() == 2 and x.shape[1] == depth,
         ValueError,
-        lambda: f"prototypes must be (C*K, D) with D = {depth} (the features' channel count); "
-        f"got shape {tuple(x.shape)}",
+        lambda: (
+            f"prototypes must be (C*K, D) with D = {depth} (the features' channel count); got shape {tuple(x.shape)}"
+        ),
     )
     if not x.is_floating_point():
         raise TypeError(f"prototypes must be floating point; got {x.dtype}")
@@ -180,15 +179,19 @@ def check_rows(prototypes: torch.Tensor, num_classes: int, num_protos: int | Non
         require(
             rows % num_classes == 0,
             ValueError,
-            lambda: f"prototypes has {rows} rows, not a multiple of num_classes = {num_classes}: "
-            "the bank must hold K prototypes per class (C*K rows, row c*K + k)",
+            lambda: (
+                f"prototypes has {rows} rows, not a multiple of num_classes = {num_classes}: "
+                "the bank must hold K prototypes per class (C*K rows, row c*K + k)"
+            ),
         )
         return rows // num_classes
     require(
         rows == num_classes * num_protos,
         ValueError,
-        lambda: f"prototypes has {rows} rows but num_classes x num_protos = "
-        f"{num_classes} x {num_protos} = {num_classes * num_protos}",
+        lambda: (
+            f"prototypes has {rows} rows but num_classes x num_protos = "
+            f"{num_classes} x {num_protos} = {num_classes * num_protos}"
+        ),
     )
     return num_protos
 
@@ -229,16 +232,19 @@ _CONVERTED_BY = "(the public functions in mper.ops convert their arguments to it
 
 def check_kernel_dtype(name: str, x: torch.Tensor, dtype: torch.dtype, why: str = "") -> None:
     if x.dtype != dtype:
-        raise TypeError(f"{name} must be {dtype}{' ' + why if why else ''} for the kernel; got {x.dtype} "
-                        + _CONVERTED_BY)
+        raise TypeError(
+            f"{name} must be {dtype}{' ' + why if why else ''} for the kernel; got {x.dtype} " + _CONVERTED_BY
+        )
 
 
 def check_contiguous(name: str, x: torch.Tensor) -> None:
     require(
         x.is_contiguous(),
         ValueError,
-        lambda: f"{name} must be contiguous for the kernel; got strides {x.stride()} for shape "
-        f"{tuple(x.shape)} " + _CONVERTED_BY,
+        lambda: (
+            f"{name} must be contiguous for the kernel; got strides {x.stride()} for shape "
+            f"{tuple(x.shape)} " + _CONVERTED_BY
+        ),
     )
 
 
@@ -246,8 +252,10 @@ def check_spatially_dense(name: str, x: torch.Tensor) -> None:
     require(
         spatially_dense(x),
         ValueError,
-        lambda: f"{name} must have dense spatial dims (one contiguous run per image and channel) for "
-        f"the kernel; got strides {x.stride()} for shape {tuple(x.shape)} " + _CONVERTED_BY,
+        lambda: (
+            f"{name} must have dense spatial dims (one contiguous run per image and channel) for "
+            f"the kernel; got strides {x.stride()} for shape {tuple(x.shape)} " + _CONVERTED_BY
+        ),
     )
 
 

@@ -10,6 +10,7 @@ mode or a functorch transform is at work; plain eager calls take :class:`EagerHe
 same kernels under a bare autograd function, which keeps the host's share of a call small
 (`benchmarks/host_overhead.py`).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -115,8 +116,15 @@ def backward_kernel(
 
 @torch.library.custom_op("mper::proto_head_backward", mutates_args=())
 def head_backward(
-    feat: torch.Tensor, prototypes: torch.Tensor, grad_logits: torch.Tensor | None, grad_loss: torch.Tensor | None,
-    count: torch.Tensor | None, num_classes: int, tau: float, nce_tau: float, ignore_index: int,
+    feat: torch.Tensor,
+    prototypes: torch.Tensor,
+    grad_logits: torch.Tensor | None,
+    grad_loss: torch.Tensor | None,
+    count: torch.Tensor | None,
+    num_classes: int,
+    tau: float,
+    nce_tau: float,
+    ignore_index: int,
 ) -> torch.Tensor:
     """:func:`backward_kernel` as a custom op, so that `torch.compile` traces the backward."""
     check_backward_arguments(feat, prototypes, grad_logits, grad_loss, count, num_classes, tau, nce_tau)
@@ -125,8 +133,15 @@ def head_backward(
 
 @head_backward.register_fake
 def _(
-    feat: torch.Tensor, prototypes: torch.Tensor, grad_logits: torch.Tensor | None, grad_loss: torch.Tensor | None,
-    count: torch.Tensor | None, num_classes: int, tau: float, nce_tau: float, ignore_index: int,
+    feat: torch.Tensor,
+    prototypes: torch.Tensor,
+    grad_logits: torch.Tensor | None,
+    grad_loss: torch.Tensor | None,
+    count: torch.Tensor | None,
+    num_classes: int,
+    tau: float,
+    nce_tau: float,
+    ignore_index: int,
 ) -> torch.Tensor:
     check_backward_arguments(feat, prototypes, grad_logits, grad_loss, count, num_classes, tau, nce_tau)
     return torch.empty(feat.shape, dtype=feat.dtype, device=feat.device)
@@ -142,15 +157,28 @@ def backward(
     feat, prototypes, count = ctx.saved_tensors
     compute = backward_kernel if direct else head_backward
     grad_feat: torch.Tensor = compute(
-        feat, prototypes, grad_logits, grad_loss, count,
-        ctx.num_classes, ctx.tau, ctx.nce_tau, ctx.ignore_index,
+        feat,
+        prototypes,
+        grad_logits,
+        grad_loss,
+        count,
+        ctx.num_classes,
+        ctx.tau,
+        ctx.nce_tau,
+        ctx.ignore_index,
     )
     return grad_feat
 
 
 def save_for_backward(
-    ctx: Any, feat: torch.Tensor, prototypes: torch.Tensor, count: torch.Tensor | None, num_classes: int,
-    tau: float, nce_tau: float, ignore_index: int,
+    ctx: Any,
+    feat: torch.Tensor,
+    prototypes: torch.Tensor,
+    count: torch.Tensor | None,
+    num_classes: int,
+    tau: float,
+    nce_tau: float,
+    ignore_index: int,
 ) -> None:
     # unused outputs (assign, count, often logits or loss) then reach backward as None
     # instead of as zero-filled tensors the size of the class maps
@@ -183,23 +211,35 @@ class EagerHead(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, feat: torch.Tensor, prototypes: torch.Tensor, num_classes: int, tau: float, nce_tau: float,
-        ignore_index: int, want_classes: bool, want_loss: bool,
+        ctx: Any,
+        feat: torch.Tensor,
+        prototypes: torch.Tensor,
+        num_classes: int,
+        tau: float,
+        nce_tau: float,
+        ignore_index: int,
+        want_classes: bool,
+        want_loss: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         outputs = forward(feat, prototypes, num_classes, tau, nce_tau, ignore_index, want_classes, want_loss)
         ctx.mark_non_differentiable(outputs[1], outputs[3])
-        save_for_backward(ctx, feat, prototypes, outputs[3] if want_loss else None, num_classes, tau, nce_tau,
-                          ignore_index)
+        save_for_backward(
+            ctx, feat, prototypes, outputs[3] if want_loss else None, num_classes, tau, nce_tau, ignore_index
+        )
         return outputs
 
     @staticmethod
     def backward(
-        ctx: Any, grad_logits: torch.Tensor | None, grad_assign: None, grad_loss: torch.Tensor | None,
+        ctx: Any,
+        grad_logits: torch.Tensor | None,
+        grad_assign: None,
+        grad_loss: torch.Tensor | None,
         grad_count: None,
     ) -> tuple[torch.Tensor | None, ...]:
         # under create_graph the custom op runs, so that a double backward fails loudly
         grad_feat = backward(ctx, grad_logits, grad_loss, direct=not torch.is_grad_enabled())
         return grad_feat, None, None, None, None, None, None, None
+
 
 def check_arguments(
     feat: object, prototypes: object, num_classes: object, **temperatures: object
@@ -234,8 +274,14 @@ def check_kernel_arguments(
 
 
 def check_backward_arguments(
-    feat: torch.Tensor, prototypes: torch.Tensor, grad_logits: torch.Tensor | None, grad_loss: torch.Tensor | None,
-    count: torch.Tensor | None, num_classes: int, tau: float, nce_tau: float,
+    feat: torch.Tensor,
+    prototypes: torch.Tensor,
+    grad_logits: torch.Tensor | None,
+    grad_loss: torch.Tensor | None,
+    count: torch.Tensor | None,
+    num_classes: int,
+    tau: float,
+    nce_tau: float,
 ) -> None:
     """What `proto_head_backward` checks: the forward's arguments, the incoming gradients
     (logits' (B, C, *spatial), the loss's a scalar) and the forward's count of kept voxels."""
@@ -267,8 +313,14 @@ def check_ignore_index(ignore_index: object) -> int:
 
 
 def run_eager(
-    feat: torch.Tensor, prototypes: torch.Tensor, num_classes: int, tau: float, nce_tau: float, ignore_index: int,
-    want_classes: bool, want_loss: bool,
+    feat: torch.Tensor,
+    prototypes: torch.Tensor,
+    num_classes: int,
+    tau: float,
+    nce_tau: float,
+    ignore_index: int,
+    want_classes: bool,
+    want_loss: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:class:`EagerHead` applied: (logits, assign, loss, count), the unwanted ones empty."""
     outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] = EagerHead.apply(  # type: ignore[no-untyped-call]

@@ -5,6 +5,7 @@ A voxel in the mask with label c adds its embedding to row c*K + assign[b, c, vo
 to that row's count. One pass, no host synchronisation on CUDA (unless the optional label
 check is on). Kernels: `csrc/ops/*/proto_accumulate_kernel.*`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -49,8 +50,13 @@ def _empty_totals(emb: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Ten
 
 @_proto_accumulate.register_fake
 def _(
-    emb: torch.Tensor, labels: torch.Tensor, assign: torch.Tensor, mask: torch.Tensor | None, num_classes: int,
-    num_protos: int, check_labels: bool,
+    emb: torch.Tensor,
+    labels: torch.Tensor,
+    assign: torch.Tensor,
+    mask: torch.Tensor | None,
+    num_classes: int,
+    num_protos: int,
+    check_labels: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_kernel_arguments(emb, labels, assign, mask, num_classes, num_protos)
     return _empty_totals(emb, num_classes * num_protos)
@@ -90,7 +96,11 @@ def _check_arguments(
 
 
 def _check_kernel_arguments(
-    emb: torch.Tensor, labels: torch.Tensor, assign: torch.Tensor, mask: torch.Tensor | None, num_classes: int,
+    emb: torch.Tensor,
+    labels: torch.Tensor,
+    assign: torch.Tensor,
+    mask: torch.Tensor | None,
+    num_classes: int,
     num_protos: int,
 ) -> None:
     """What the registered op checks (body and fake kernel): :func:`_check_arguments`, then

@@ -3,6 +3,7 @@
 For each voxel feature z and class c: logit_c = max_k cos(z, p_c^k) / tau1 and
 assign_c = argmax_k cos(z, p_c^k). CPU and CUDA kernels: `csrc/ops/*/proto_head_kernel.*`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -59,9 +60,7 @@ def proto_classify(
     """
     feat, bank = _head.prepare(feat, prototypes, num_classes, tau=tau)
     if _head.eager(feat, bank):
-        logits, assign, _, _ = _head.run_eager(
-            feat, bank, num_classes, float(tau), 1.0, _head.NO_IGNORE, True, False
-        )
+        logits, assign, _, _ = _head.run_eager(feat, bank, num_classes, float(tau), 1.0, _head.NO_IGNORE, True, False)
     else:
         logits, assign = _proto_classify(feat, bank, num_classes, float(tau))
     return logits, assign

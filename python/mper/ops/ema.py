@@ -4,6 +4,7 @@ p_c^k <- alpha p_c^k + (1 - alpha) mean_c^k on rows that some voxel reached; row
 zero count keep their value. In place, no host synchronisation on CUDA.
 Kernels: `csrc/ops/*/proto_ema_kernel.*`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -12,9 +13,7 @@ from mper.ops import _common
 
 
 @torch.library.custom_op("mper::proto_ema_update_", mutates_args=("prototypes",))
-def _proto_ema_update_(
-    prototypes: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, momentum: float
-) -> None:
+def _proto_ema_update_(prototypes: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, momentum: float) -> None:
     _check_kernel_arguments(prototypes, sums, counts, momentum)
     args = _common._C.EmaArgs()
     args.prototypes, args.sums, args.counts = prototypes.data_ptr(), sums.data_ptr(), counts.data_ptr()

@@ -4,6 +4,7 @@ L_cont = mean over voxels of -log softmax_j(cos(z, p_j) / tau2) at the nearest p
 n = argmax_j cos(z, p_j), over all C*K bank rows. Same kernels as the classifier
 (`csrc/ops/*/proto_head_kernel.*`): the fused op reads the features once for both.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,9 +19,7 @@ def _proto_infonce(
     feat: torch.Tensor, prototypes: torch.Tensor, tau: float, ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _head.check_kernel_arguments(feat, prototypes, 1, tau=tau)
-    _, _, loss, count = _head.forward(
-        feat, prototypes, 1, 1.0, tau, ignore_index, want_classes=False, want_loss=True
-    )
+    _, _, loss, count = _head.forward(feat, prototypes, 1, 1.0, tau, ignore_index, want_classes=False, want_loss=True)
     return loss, count
 
 
@@ -52,9 +51,7 @@ def _proto_classify_infonce(
     ignore_index: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _head.check_kernel_arguments(feat, prototypes, num_classes, tau=tau, nce_tau=nce_tau)
-    return _head.forward(
-        feat, prototypes, num_classes, tau, nce_tau, ignore_index, want_classes=True, want_loss=True
-    )
+    return _head.forward(feat, prototypes, num_classes, tau, nce_tau, ignore_index, want_classes=True, want_loss=True)
 
 
 @_proto_classify_infonce.register_fake
@@ -127,7 +124,5 @@ def proto_classify_infonce(
             feat, bank, num_classes, float(tau), float(nce_tau), ignore, True, True
         )
     else:
-        logits, assign, loss, _ = _proto_classify_infonce(
-            feat, bank, num_classes, float(tau), float(nce_tau), ignore
-        )
+        logits, assign, loss, _ = _proto_classify_infonce(feat, bank, num_classes, float(tau), float(nce_tau), ignore)
     return logits, assign, loss

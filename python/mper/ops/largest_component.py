@@ -6,6 +6,7 @@ outside the largest component of c (full connectivity: 8 neighbours in 2D, 26 in
 become background. One labelling pass handles every class; no host synchronisation on
 CUDA unless the optional label check is on. Kernels: `csrc/ops/*/largest_component_kernel.*`.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,8 +65,7 @@ def check_label_map(labels: object) -> torch.Tensor:
         raise TypeError(f"labels must be an integer label map ({accepted}); got {labels.dtype}")
     if labels.dim() not in (3, 4):
         raise ValueError(
-            f"labels must be a batch of 2D or 3D label maps, (B, H, W) or (B, D, H, W); "
-            f"got shape {tuple(labels.shape)}"
+            f"labels must be a batch of 2D or 3D label maps, (B, H, W) or (B, D, H, W); got shape {tuple(labels.shape)}"
         )
     if math.prod(labels.shape[1:]) > MAX_IMAGE_VOXELS:
         raise ValueError(

@@ -11,6 +11,7 @@ authors' code. Anything else shows the value and the row's reason.
     python -m mper.presets.table --write docs/recipe.md   # replace the table in docs/recipe.md
     python -m mper.presets.table --check docs/recipe.md   # exit 1 if docs/recipe.md's table is stale
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,9 @@ def paper_datasets() -> tuple[str, ...]:
 def recipe_rows() -> list[RecipeRow]:
     """The rows of ``recipe.toml``, in file order."""
     recipe = _recipe()
-    return [RecipeRow(**{**entry, "datasets": tuple(entry.get("datasets", recipe["datasets"]))})
-            for entry in recipe["row"]]
+    return [
+        RecipeRow(**{**entry, "datasets": tuple(entry.get("datasets", recipe["datasets"]))}) for entry in recipe["row"]
+    ]
 
 
 def preset_values(preset: str) -> dict[str, dict[str, Any]]:
@@ -126,7 +128,7 @@ def _stated(row: RecipeRow) -> dict[str, Any]:
 
 
 def reference_cell(row: RecipeRow, reference: dict[str, dict[str, Any]]) -> str:
-    """"same" when preset ``reference`` does what the authors' code does, else its value
+    """ "same" when preset ``reference`` does what the authors' code does, else its value
     and the row's ``reference_note``."""
     ours = {dataset: _normal(reference[dataset][row.setting]) for dataset in row.datasets}
     if ours == _values(row, row.authors):
@@ -209,8 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.check:
         document = args.check.read_text()
         if replace_table(document, table) != document:
-            print(f"{args.check}: the recipe table is stale; run python -m mper.presets.table --write {args.check}",
-                  file=sys.stderr)
+            print(
+                f"{args.check}: the recipe table is stale; run python -m mper.presets.table --write {args.check}",
+                file=sys.stderr,
+            )
             return 1
     else:
         print(table, end="")

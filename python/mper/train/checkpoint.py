@@ -23,6 +23,7 @@ writers write raises it, and :func:`upgrade_checkpoint` brings a checkpoint of a
 format that is still readable to the current one, one format at a time, so that the code
 reading a checkpoint finds every field of the current format.
 """
+
 from __future__ import annotations
 
 import logging
@@ -104,8 +105,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(
-            f"checkpoint {path} does not exist; pass a .pt file written by mper-train "
-            "(e.g. RUN_DIR/best.pt)"
+            f"checkpoint {path} does not exist; pass a .pt file written by mper-train (e.g. RUN_DIR/best.pt)"
         )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
@@ -191,8 +191,7 @@ def non_finite_tensors(state: Any, where: str = "") -> list[str]:
 def capture_rng_state() -> dict[str, Any]:
     """The global torch RNG states (CPU and every CUDA device, none without CUDA), which
     drive dropout."""
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
@@ -208,7 +207,10 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         return
     present = torch.cuda.device_count()
     if present != len(saved_cuda):
-        log.info("restoring the random state of %d CUDA device(s); the checkpoint holds %d",
-                 min(present, len(saved_cuda)), len(saved_cuda))
+        log.info(
+            "restoring the random state of %d CUDA device(s); the checkpoint holds %d",
+            min(present, len(saved_cuda)),
+            len(saved_cuda),
+        )
     for index, device_state in enumerate(saved_cuda[:present]):
         torch.cuda.set_rng_state(device_state.cpu(), device=index)

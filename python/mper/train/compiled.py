@@ -27,6 +27,7 @@ network's feature map ``feat`` is then channels-last too; the fused prototype op
 features whose spatial dimensions are contiguous, so they take a channels-first copy of
 ``feat`` (one read and one write of ``feat`` per head call and per bank accumulation).
 """
+
 from __future__ import annotations
 
 import logging

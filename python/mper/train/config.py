@@ -22,6 +22,7 @@ writing in :mod:`mper.train.config_io`; this module is their import point.
 ``build_network``), so it accepts whatever that network accepts (``channels``, ``dropout`` for the U-Net;
 ``base_filters``, ``normalization`` for the V-Net).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,10 +48,32 @@ from .config_checks import (
 from .config_io import NONE_TOKEN, flatten, merge, parse_override, preset_tables, read_preset, to_toml
 
 __all__ = [
-    "AMP_MODES", "BASELINES", "CHOICES", "CONSISTENCY_CHECKS", "NONE_TOKEN", "OPS_MODULES", "RANGE_RULES",
-    "RUN_SETTINGS", "SUPERVISED_BASELINES", "DataConfig", "DistributedConfig", "EvalConfig", "LossConfig",
-    "OptimConfig", "PretrainConfig", "PrototypeConfig", "SelfTrainConfig", "TrainConfig", "flatten",
-    "load_config", "merge", "parse_override", "preset_tables", "read_preset", "recipe_settings", "to_toml",
+    "AMP_MODES",
+    "BASELINES",
+    "CHOICES",
+    "CONSISTENCY_CHECKS",
+    "NONE_TOKEN",
+    "OPS_MODULES",
+    "RANGE_RULES",
+    "RUN_SETTINGS",
+    "SUPERVISED_BASELINES",
+    "DataConfig",
+    "DistributedConfig",
+    "EvalConfig",
+    "LossConfig",
+    "OptimConfig",
+    "PretrainConfig",
+    "PrototypeConfig",
+    "SelfTrainConfig",
+    "TrainConfig",
+    "flatten",
+    "load_config",
+    "merge",
+    "parse_override",
+    "preset_tables",
+    "read_preset",
+    "recipe_settings",
+    "to_toml",
     "with_prototypes",
 ]
 
@@ -60,7 +83,16 @@ SUPERVISED_BASELINES = ("labeled-only", "full")
 #: writes, how its steps run (without changing what they compute) and its identity.
 #: Their defaults below are their one home; presets never set them.
 RUN_SETTINGS = (
-    "dataset", "data_root", "preset", "device", "ops", "out", "baseline", "amp", "run_id", "compile",
+    "dataset",
+    "data_root",
+    "preset",
+    "device",
+    "ops",
+    "out",
+    "baseline",
+    "amp",
+    "run_id",
+    "compile",
     "channels_last",
 )
 
@@ -414,8 +446,13 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
             f"unknown setting {prefix}{unknown[0]}; valid names here: "
             f"{', '.join(prefix + name for name in sorted(names))}"
         )
-    missing = [item.name for item in dataclasses.fields(cls) if item.name not in values
-               and item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING]
+    missing = [
+        item.name
+        for item in dataclasses.fields(cls)
+        if item.name not in values
+        and item.default is dataclasses.MISSING
+        and item.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(
             f"setting {prefix}{missing[0]} has no value; the preset's [paper] table sets every recipe setting, "
@@ -448,9 +485,7 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         return float(value)
     if hint in (int, str, bool) and type(value) is hint:
         return value
-    raise ConfigError(
-        f"setting {name} expects {_type_name(hint)}, got {value!r}; e.g. {name}={_example(value, hint)}"
-    )
+    raise ConfigError(f"setting {name} expects {_type_name(hint)}, got {value!r}; e.g. {name}={_example(value, hint)}")
 
 
 def _type_name(hint: Any) -> str:
@@ -471,4 +506,3 @@ def _example(value: Any, hint: Any) -> str:
     if typing.get_origin(hint) is dict:
         return "{ key = 1 }"
     return _EXAMPLES.get(hint, "...")
-

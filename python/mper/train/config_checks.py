@@ -8,6 +8,7 @@ A new setting gets a row in :data:`RANGE_RULES` or :data:`CHOICES`, or a functio
 ``eval.empty_prediction``) are checked by :func:`mper.eval.protocol.check_protocol`,
 which this layer cannot import.
 """
+
 from __future__ import annotations
 
 import inspect

@@ -7,6 +7,7 @@ only what it changes on top of ``[paper]``, and presets stack with ``+``
 (``reference+demo``). :func:`mper.train.config.load_config` checks that ``[paper]`` is
 complete.
 """
+
 from __future__ import annotations
 
 import sys

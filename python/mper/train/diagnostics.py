@@ -20,6 +20,7 @@ the monitor's interval summary. It is saved with the resume checkpoint, written 
 which stage's network ``best.pt`` holds and whether self-training ever beat
 pre-training on the validation cases.
 """
+
 from __future__ import annotations
 
 import json
@@ -169,8 +170,11 @@ class TrainingRecord:
             stage: {"best": finite(self.best(stage)), "trajectory": [finite(entry) for entry in entries]}
             for stage, entries in self.stages.items()
         }
-        return {"selected_stage": self.selected_stage, "selftrain_beat_pretrain": self.selftrain_beat_pretrain(),
-                "stages": stages}
+        return {
+            "selected_stage": self.selected_stage,
+            "selftrain_beat_pretrain": self.selftrain_beat_pretrain(),
+            "stages": stages,
+        }
 
     def write(self, path: str | Path) -> None:
         """Write :meth:`summary` as JSON, atomically."""

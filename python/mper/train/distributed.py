@@ -32,6 +32,7 @@ whole. Everything here is a no-op in a single process, unless ``distributed.forc
 makes it join a group of its own: then the same code runs as on several processes
 (each collective over one process), which checks that code, NCCL's included, on one GPU.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -126,8 +127,10 @@ def describe_session(session: dict[str, Any]) -> str:
     """A :func:`session_record` in words, for the log."""
     if session["processes"] == 1:
         return f"1 training process on {session['device']} (no data parallelism)"
-    return (f"data parallel: {session['processes']} training processes ({session['processes_per_machine']} on this "
-            f"machine), {session['backend']} backend, process 0 on {session['device']}")
+    return (
+        f"data parallel: {session['processes']} training processes ({session['processes_per_machine']} on this "
+        f"machine), {session['backend']} backend, process 0 on {session['device']}"
+    )
 
 
 def is_main_process() -> bool:
@@ -249,8 +252,9 @@ def data_parallel(student: nn.Module, sync_batchnorm: bool, device: torch.device
     follow with the teacher."""
     if not grouped():
         return student
-    log.info("training in DistributedDataParallel, %d process(es) in a %s group", current_world().size,
-             dist.get_backend())
+    log.info(
+        "training in DistributedDataParallel, %d process(es) in a %s group", current_world().size, dist.get_backend()
+    )
     if sync_batchnorm and device.type == "cuda":
         nn.SyncBatchNorm.convert_sync_batchnorm(student)
     elif sync_batchnorm:
@@ -269,12 +273,15 @@ def average_rows(
     if not grouped():
         return rows, stop
     names = [sorted(scalars) for _, scalars in rows]
-    values = torch.tensor([scalars[name] for (_, scalars), row in zip(rows, names) for name in row] + [float(stop)],
-                          dtype=torch.float64)
+    values = torch.tensor(
+        [scalars[name] for (_, scalars), row in zip(rows, names) for name in row] + [float(stop)], dtype=torch.float64
+    )
     _all_reduce(values)
     reduced = iter(values.tolist())
-    averaged = [(iteration, {name: next(reduced) / (1 if name in SUMMED_SCALARS else world.size) for name in row})
-                for (iteration, _), row in zip(rows, names)]
+    averaged = [
+        (iteration, {name: next(reduced) / (1 if name in SUMMED_SCALARS else world.size) for name in row})
+        for (iteration, _), row in zip(rows, names)
+    ]
     return averaged, bool(values[-1] > 0)
 
 
@@ -299,7 +306,7 @@ def shared_mean(items: Sequence[T], mean_of: Callable[[Sequence[T]], float]) -> 
     world = current_world()
     if not grouped():
         return mean_of(items)
-    share = items[world.rank::world.size]
+    share = items[world.rank :: world.size]
     total = torch.tensor([mean_of(share) * len(share) if share else 0.0], dtype=torch.float64)
     _all_reduce(total)
     return float(total) / len(items)

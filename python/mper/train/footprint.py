@@ -28,6 +28,7 @@ U-Net of full width at 128x128 with a labeled batch of 4 and an LA V-Net of 8 ba
 at 64x64x48 with a labeled batch of 2, in both stages. ``tests/test_footprint.py``
 measures two of these on every run and holds the ratio within 1.5 either way.
 """
+
 from __future__ import annotations
 
 import os
@@ -67,9 +68,11 @@ class IterationMemory:
 
     def describe(self) -> str:
         """One line: the total and its parts, in GiB."""
-        return (f"{self.total / GIB:.2f} GiB in {self.stage} (activations {self.activations / GIB:.2f}, "
-                f"weights and optimizer {self.weights / GIB:.2f}, batch {self.batch / GIB:.2f}, backward "
-                f"{self.transient / GIB:.2f})")
+        return (
+            f"{self.total / GIB:.2f} GiB in {self.stage} (activations {self.activations / GIB:.2f}, "
+            f"weights and optimizer {self.weights / GIB:.2f}, batch {self.batch / GIB:.2f}, backward "
+            f"{self.transient / GIB:.2f})"
+        )
 
 
 def _saved_bytes(compute: Callable[[], object]) -> tuple[int, int, int]:
@@ -84,8 +87,11 @@ def _saved_bytes(compute: Callable[[], object]) -> tuple[int, int, int]:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         compute()
     sizes = [(tensor.numel() * tensor.element_size(), tensor.is_floating_point()) for tensor in saved.values()]
-    return (sum(size for size, _ in sizes), sum(size for size, floating in sizes if floating),
-            max((size for size, _ in sizes), default=0))
+    return (
+        sum(size for size, _ in sizes),
+        sum(size for size, floating in sizes if floating),
+        max((size for size, _ in sizes), default=0),
+    )
 
 
 def _meta_network(config: TrainConfig) -> nn.Module:

@@ -18,6 +18,7 @@ from the labeled ones only (pre-training, baseline). Batches depend only on the 
 the stage and the iteration, which is what makes resumed runs exact; each stage draws
 its own, so self-training does not replay pre-training's crops and pairs.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -93,8 +94,9 @@ def _fold_split(config: TrainConfig, labeled_count: int) -> tuple[list[str], lis
     chosen = set(cases[:labeled_count])
     held_out = set(validation_cases(config))
     labeled = [item for item in pool if spec.label_group(item) in chosen]
-    unlabeled = [item for item in spec.list_cases(config.data_root, "train")
-                 if spec.label_group(item) not in chosen | held_out]
+    unlabeled = [
+        item for item in spec.list_cases(config.data_root, "train") if spec.label_group(item) not in chosen | held_out
+    ]
     return labeled, unlabeled
 
 
@@ -145,8 +147,9 @@ def check_data(config: TrainConfig) -> None:
     volumes = list(dict.fromkeys(validation_cases(config) + test_cases(config)))
     spec = get_dataset(config.dataset)
     # where items and volumes are read alike (LA), each file is read once
-    reads = list(dict.fromkeys([(spec.load_item, case) for case in items]
-                               + [(spec.load_volume, case) for case in volumes]))
+    reads = list(
+        dict.fromkeys([(spec.load_item, case) for case in items] + [(spec.load_volume, case) for case in volumes])
+    )
     seen_classes: set[int] = set()
     for position, (load, case) in enumerate(tqdm(reads, desc="checking data", unit="file", leave=False)):
         _, label = load(config.data_root, case)
@@ -166,15 +169,20 @@ def check_data(config: TrainConfig) -> None:
 FIRST_STAGE, SELF_TRAINING = 0, 1
 
 
-def training_dataset(config: TrainConfig, cases: list[str], augment: bool = True, stage: int = FIRST_STAGE
-                     ) -> Dataset:
+def training_dataset(config: TrainConfig, cases: list[str], augment: bool = True, stage: int = FIRST_STAGE) -> Dataset:
     """The dataset's training items of ``cases`` (its spec's ``training_items``, e.g.
     :class:`~mper.data.ACDCSlices`), with the ``data`` settings they take and the
     augmentation of training stage ``stage``."""
     spec = get_dataset(config.dataset)
     settings = {name: getattr(config.data, name) for name in spec.item_settings}
-    return spec.training_items(config.data_root, cases, config.data.patch_size, augment=augment,
-                               seed=stage_seed(config.seed, stage), **settings)
+    return spec.training_items(
+        config.data_root,
+        cases,
+        config.data.patch_size,
+        augment=augment,
+        seed=stage_seed(config.seed, stage),
+        **settings,
+    )
 
 
 def available_cores() -> int:
@@ -206,8 +214,11 @@ def stage_loader(
     labeled_batch = config.data.labeled_batch_size
     unlabeled_batch = labeled_batch if with_unlabeled else 0
     sampler = TwoStreamBatchSampler(
-        range(len(labeled)), range(len(labeled), len(cases)),
-        labeled_batch + unlabeled_batch, unlabeled_batch, seed=stage_seed(config.seed, stage),
+        range(len(labeled)),
+        range(len(labeled), len(cases)),
+        labeled_batch + unlabeled_batch,
+        unlabeled_batch,
+        seed=stage_seed(config.seed, stage),
         share=(0, 1) if whole_batch else (world.rank, world.size),
     )
     return DataLoader(
@@ -228,9 +239,7 @@ def labeled_images(config: TrainConfig, batch_size: int) -> Iterator[tuple[torch
         yield batch["image"], batch["label"]
 
 
-def prototype_init_batches(
-    config: TrainConfig, device: torch.device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def prototype_init_batches(config: TrainConfig, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The labeled ``(image, label)`` batches the prototype bank is initialised from.
 
     With ``prototypes.kmeans_augment`` (the authors' choice): one more epoch of the

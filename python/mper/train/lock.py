@@ -5,6 +5,7 @@ second run into the same folder is refused with the first one's process id, host
 start time. A lock left by a process that no longer exists on this host (killed with
 SIGKILL, a crashed machine) is taken over.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,11 @@ def run_folder_lock(run_dir: str | Path) -> Iterator[None]:
     if not _try_create(lock):
         holder = _holder(lock)
         if not (holder and _is_stale(holder)):
-            who = (f"process {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
-                   if holder else "a process that left no details")
+            who = (
+                f"process {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+                if holder
+                else "a process that left no details"
+            )
             raise RunFolderError(
                 f"{run_dir} is in use by another training run ({who}); wait for it to finish or "
                 f"choose another --out. If that run no longer exists, delete {lock}"

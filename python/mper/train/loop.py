@@ -15,6 +15,7 @@ Exact resume: the batch sequence is a function of (seed, iteration) (see
 uninterrupted one bit for bit on the CPU. On CUDA it repeats it up to the run-to-run
 rounding differences of GPU kernels that sum in parallel.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -104,8 +105,16 @@ class ScalarWindow:
         on_device = [value for _, scalars in self.rows for value in scalars.values() if isinstance(value, torch.Tensor)]
         numbers = iter(torch.stack([value.float() for value in on_device]).tolist() if on_device else [])
         self.busy += time.perf_counter() - began  # the wait for the device's queue to drain
-        rows = [(iteration, {name: next(numbers) if isinstance(value, torch.Tensor) else float(value)
-                             for name, value in scalars.items()}) for iteration, scalars in self.rows]
+        rows = [
+            (
+                iteration,
+                {
+                    name: next(numbers) if isinstance(value, torch.Tensor) else float(value)
+                    for name, value in scalars.items()
+                },
+            )
+            for iteration, scalars in self.rows
+        ]
         count = max(len(rows), 1)
         timing = {"data_wait_ms": 1e3 * self.data_wait / count, "iteration_ms": 1e3 * self.busy / count}
         self._restart()
@@ -244,16 +253,20 @@ class Trainer:
         if len(saved) == world.size:
             restore_rng_state(saved[world.rank])
             return
-        log.info("resuming on %d process(es) a run saved by %d: dropout draws new random streams",
-                 world.size, len(saved))
+        log.info(
+            "resuming on %d process(es) a run saved by %d: dropout draws new random streams", world.size, len(saved)
+        )
         restore_rng_state(saved[0])
         distributed.seed_process(self.config.seed + self.progress.iteration)
 
     def begin_session(self) -> dict[str, Any]:
         """Record how this start or resume runs (processes, backend, device) and where in
         the run it begins; returns the record."""
-        session = {**distributed.session_record(self.device), "stage": self.progress.stage,
-                   "iteration": self.progress.iteration}
+        session = {
+            **distributed.session_record(self.device),
+            "stage": self.progress.stage,
+            "iteration": self.progress.iteration,
+        }
         self.sessions.append(session)
         return session
 
@@ -279,8 +292,15 @@ class Trainer:
         """A prototype head of the configured shape and settings, with an all-zero bank, on
         the training device."""
         config, prototypes = self.config, self.config.prototypes
-        head = PrototypeHead(config.num_classes, prototypes.per_class, self.student.feature_dim,
-                             prototypes.tau, prototypes.nce_tau, prototypes.contrastive_ignore_row, config.ops)
+        head = PrototypeHead(
+            config.num_classes,
+            prototypes.per_class,
+            self.student.feature_dim,
+            prototypes.tau,
+            prototypes.nce_tau,
+            prototypes.contrastive_ignore_row,
+            config.ops,
+        )
         return head.to(self.device)
 
     def new_usage(self) -> PrototypeUsage:
@@ -307,10 +327,14 @@ class Trainer:
         """Stop the run; ``iteration``: where it went wrong, when before the current one."""
         progress = self.progress
         at = progress.iteration if iteration is None else iteration
-        saved = [name for name in (LAST_CHECKPOINT, PRETRAIN_CHECKPOINT, BEST_CHECKPOINT)
-                 if (self.run_dir / name).exists()]
-        kept = (f"so the checkpoints in {self.run_dir} ({', '.join(saved)}) are the last good ones" if saved
-                else f"before its first checkpoint; {self.run_dir} keeps its settings and train.log")
+        saved = [
+            name for name in (LAST_CHECKPOINT, PRETRAIN_CHECKPOINT, BEST_CHECKPOINT) if (self.run_dir / name).exists()
+        ]
+        kept = (
+            f"so the checkpoints in {self.run_dir} ({', '.join(saved)}) are the last good ones"
+            if saved
+            else f"before its first checkpoint; {self.run_dir} keeps its settings and train.log"
+        )
         raise TrainingDiverged(
             f"{progress.stage} iteration {at}: {what}; training stopped without saving this state, {kept}. "
             "Start a new run with a lower optim.lr, or check the data"
@@ -347,10 +371,16 @@ class Trainer:
         best_at = "pre-training" if progress.best_iteration < 0 else f"iteration {progress.best_iteration}"
         log.info(
             "%s iteration %d: mean loss %.4f, validation Dice %.4f (best %.4f at %s)%s%s",
-            progress.stage, progress.iteration, mean_loss, score, progress.best_score, best_at,
+            progress.stage,
+            progress.iteration,
+            mean_loss,
+            score,
+            progress.best_score,
+            best_at,
             "".join(f", {name} {value:.4f}" for name, value in scalars.items() if name != "val_dice"),
             "; waited {data_wait_ms:.1f} ms for data per {iteration_ms:.1f} ms iteration".format(**self.timing)
-            if self.timing else "",
+            if self.timing
+            else "",
         )
 
     def _diagnostics(self) -> dict[str, float]:
@@ -368,8 +398,9 @@ class Trainer:
         if self.writer is None:
             return
         for name, value in scalars.items():
-            self.writer.add_scalar(f"{self.progress.stage}/{name}", value,
-                                   self.progress.iteration if iteration is None else iteration)
+            self.writer.add_scalar(
+                f"{self.progress.stage}/{name}", value, self.progress.iteration if iteration is None else iteration
+            )
 
     def _read_window(self, window: ScalarWindow, bar: tqdm) -> bool:
         """Bring the window's scalars to the host, over the global batch: stop on a
@@ -399,8 +430,13 @@ class Trainer:
         progress, schedule = self.progress, self.config.eval
         batches = endless_batches(loader, progress.iteration)
         window = ScalarWindow()
-        bar = tqdm(total=iterations, initial=progress.iteration, desc=progress.stage, unit="it",
-                   disable=not distributed.is_main_process())
+        bar = tqdm(
+            total=iterations,
+            initial=progress.iteration,
+            desc=progress.stage,
+            unit="it",
+            disable=not distributed.is_main_process(),
+        )
         alone = distributed.current_world().size == 1
         first, sync_mode = progress.iteration, sync_debug_mode()
         with bar:
@@ -415,8 +451,11 @@ class Trainer:
                     scalars = step(batch, progress.iteration)
                 window.busy += time.perf_counter() - began
                 if self.config.compile and progress.iteration == first:
-                    log.info("torch.compile: the first %s iteration took %.1f s, compiling its steps",
-                             progress.stage, time.perf_counter() - began)
+                    log.info(
+                        "torch.compile: the first %s iteration took %.1f s, compiling its steps",
+                        progress.stage,
+                        time.perf_counter() - began,
+                    )
                 if self.head is not None and self.config.distributed.check_bank:
                     distributed.assert_identical(self.head.prototypes, "prototype bank")
                 progress.iteration += 1

@@ -5,6 +5,7 @@ the image's sides, placed uniformly at random. ``copy_paste(a, b, M) = a M + b (
 keeps ``a`` around the box and pastes the box from ``b``; images, labels and confidence
 maps are mixed with the same mask.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

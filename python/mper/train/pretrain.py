@@ -8,6 +8,7 @@ plain U-Net / V-Net rows of the paper's tables) trains on the labeled images as 
 are, with the whole-image loss, for as many iterations as pre-training and self-training
 together.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,8 +28,9 @@ def supervised_step(trainer: Trainer, batch: dict[str, Any], mix: bool) -> dict[
     labels = batch["label"].to(trainer.device, non_blocking=True)
     mix_mask = None
     if mix:
-        mix_mask = box_mask(images.shape[2:], trainer.config.pretrain.box_fraction, trainer.mix_generator,
-                            trainer.device)
+        mix_mask = box_mask(
+            images.shape[2:], trainer.config.pretrain.box_fraction, trainer.mix_generator, trainer.device
+        )
     loss = trainer.compiled(supervised_loss)(trainer, images, labels, mix_mask)
     trainer.optimize(loss)
     return {"loss": loss.detach()}

@@ -4,6 +4,7 @@ The bank itself, its k-means initialisation and its EMA update are
 :class:`mper.nn.PrototypeHead`'s (docs/method.md, "Prototype update"): voxels that pass
 :func:`confidence_gate` add their features to the prototype they were assigned to.
 """
+
 from __future__ import annotations
 
 import torch

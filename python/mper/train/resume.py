@@ -5,6 +5,7 @@ A resumed run repeats the interrupted one exactly only with the same settings, s
 given again: where and with what it runs (device, ops, mixed precision, data folder,
 loader workers), how often it validates and saves, and more iterations.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,10 +18,24 @@ from .loop import LAST_CHECKPOINT
 
 #: Settings a resumed run may change (``out`` follows the run folder, which may have moved).
 RESUMABLE_SETTINGS = (
-    "device", "ops", "amp", "data_root", "data.num_workers", "pretrain.iterations",
-    "selftrain.iterations", "eval.val_interval", "eval.checkpoint_interval", "eval.log_interval", "eval.num_figures",
-    "eval.pseudo_label_dice", "eval.teacher_dice", "distributed.timeout", "distributed.check_bank",
-    "distributed.force_group", "compile", "channels_last",
+    "device",
+    "ops",
+    "amp",
+    "data_root",
+    "data.num_workers",
+    "pretrain.iterations",
+    "selftrain.iterations",
+    "eval.val_interval",
+    "eval.checkpoint_interval",
+    "eval.log_interval",
+    "eval.num_figures",
+    "eval.pseudo_label_dice",
+    "eval.teacher_dice",
+    "distributed.timeout",
+    "distributed.check_bank",
+    "distributed.force_group",
+    "compile",
+    "channels_last",
 )
 
 
@@ -45,8 +60,7 @@ def checkpoint_to_resume(run_dir: Path) -> Path:
 def _differences(saved: dict[str, Any], given: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``{setting: (saved value, given value)}`` where ``given`` differs from ``saved``."""
     before = flatten(saved)
-    return {name: (before.get(name), value) for name, value in flatten(given).items()
-            if before.get(name) != value}
+    return {name: (before.get(name), value) for name, value in flatten(given).items() if before.get(name) != value}
 
 
 def setting_changes(saved: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
@@ -89,6 +103,5 @@ def _check_iterations(config: TrainConfig, progress: dict[str, Any], changed: di
     }[stage]
     if planned < done:
         raise ConfigError(
-            f"this run has done {done} {stage} iterations; the iteration counts can only grow "
-            f"(they now give {planned})"
+            f"this run has done {done} {stage} iterations; the iteration counts can only grow (they now give {planned})"
         )

@@ -1,4 +1,5 @@
 """A whole training run: pre-train, prototype init, self-train (or the baseline), with resume."""
+
 from __future__ import annotations
 
 import logging
@@ -105,8 +106,13 @@ def _log_machine_needs(config: TrainConfig) -> None:
     log.info("one training iteration needs about %s", iteration_memory(config, current_world().size).describe())
     workers = loader_workers(config)
     if workers < config.data.num_workers:
-        log.warning("data.num_workers = %d is more than the %d CPU core(s) this process may use; the data "
-                    "loaders start %d worker(s)", config.data.num_workers, available_cores(), workers)
+        log.warning(
+            "data.num_workers = %d is more than the %d CPU core(s) this process may use; the data "
+            "loaders start %d worker(s)",
+            config.data.num_workers,
+            available_cores(),
+            workers,
+        )
 
 
 def kept_network(record: TrainingRecord, last_stage: str) -> str:
@@ -118,13 +124,16 @@ def kept_network(record: TrainingRecord, last_stage: str) -> str:
     stage = record.selected_stage or last_stage
     kept = record.best(stage) or record.best(last_stage)
     assert kept is not None
-    held = (f"best.pt holds the network of {stage} iteration {kept['iteration']} "
-            f"(validation Dice {kept['val_dice']:.4f})")
+    held = (
+        f"best.pt holds the network of {stage} iteration {kept['iteration']} (validation Dice {kept['val_dice']:.4f})"
+    )
     first_stage, first = validations[0]
     if all(entry["val_dice"] <= first["val_dice"] for _, entry in validations):
-        return (f"the validation Dice never rose above its first value ({first['val_dice']:.4f}, {first_stage} "
-                f"iteration {first['iteration']}) in {len(validations)} validations: training did not improve the "
-                f"network on the validation cases; {held}")
+        return (
+            f"the validation Dice never rose above its first value ({first['val_dice']:.4f}, {first_stage} "
+            f"iteration {first['iteration']}) in {len(validations)} validations: training did not improve the "
+            f"network on the validation cases; {held}"
+        )
     if stage != last_stage:
         return f"{last_stage} never beat {stage}, so {held}"
     return held
@@ -162,15 +171,27 @@ def _initialize_prototypes(trainer: Trainer) -> None:
     """:func:`begin_selftrain` (k-means prototype init from the best pre-trained weights), logged."""
     prototypes = trainer.config.prototypes
     if not with_prototypes(trainer.config):
-        log.info("pre-training done (best validation Dice %.4f at iteration %d); self-training starts from it",
-                 trainer.progress.best_score, trainer.progress.best_iteration)
+        log.info(
+            "pre-training done (best validation Dice %.4f at iteration %d); self-training starts from it",
+            trainer.progress.best_score,
+            trainer.progress.best_iteration,
+        )
         begin_selftrain(trainer)
         return
-    log.info("pre-training done (best validation Dice %.4f at iteration %d); initialising the prototype "
-             "bank by k-means (%s) on the labeled images",
-             trainer.progress.best_score, trainer.progress.best_iteration, kmeans_description(prototypes))
+    log.info(
+        "pre-training done (best validation Dice %.4f at iteration %d); initialising the prototype "
+        "bank by k-means (%s) on the labeled images",
+        trainer.progress.best_score,
+        trainer.progress.best_iteration,
+        kmeans_description(prototypes),
+    )
     start = time.perf_counter()
     begin_selftrain(trainer)
     bank = trainer.prototype_head().prototypes
-    log.info("prototype bank ready: %d x %d (classes x prototypes) of dimension %d, in %.1f s",
-             trainer.config.num_classes, prototypes.per_class, bank.shape[1], time.perf_counter() - start)
+    log.info(
+        "prototype bank ready: %d x %d (classes x prototypes) of dimension %d, in %.1f s",
+        trainer.config.num_classes,
+        prototypes.per_class,
+        bank.shape[1],
+        time.perf_counter() - start,
+    )

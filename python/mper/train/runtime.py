@@ -1,5 +1,6 @@
 """Where training runs: the device, the prototype-ops module, mixed precision,
 torch.compile's availability, the CUDA synchronisation check, Ctrl-C and SIGTERM."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,9 +37,7 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
+            raise ConfigError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     return device
 
 
@@ -75,14 +74,20 @@ def check_compile(device: torch.device, enabled: bool) -> None:
     from torch.utils._triton import has_triton
 
     if device.type != "cuda":
-        raise ConfigError(f"compile = true needs a CUDA device (on the CPU, torch.compile has computed wrong "
-                          f"gradients for these networks' losses); on {device.type} set compile=false")
+        raise ConfigError(
+            f"compile = true needs a CUDA device (on the CPU, torch.compile has computed wrong "
+            f"gradients for these networks' losses); on {device.type} set compile=false"
+        )
     if not torch._dynamo.is_dynamo_supported():
-        raise ConfigError(f"compile = true: torch.compile does not support this Python or platform "
-                          f"(torch {torch.__version__}); set compile=false")
+        raise ConfigError(
+            f"compile = true: torch.compile does not support this Python or platform "
+            f"(torch {torch.__version__}); set compile=false"
+        )
     if not has_triton():
-        raise ConfigError("compile = true on CUDA needs Triton, which is not installed or does not support "
-                          "this GPU; install the triton package that matches torch, or set compile=false")
+        raise ConfigError(
+            "compile = true on CUDA needs Triton, which is not installed or does not support "
+            "this GPU; install the triton package that matches torch, or set compile=false"
+        )
 
 
 #: The environment variable that turns on PyTorch's check of host synchronisations on CUDA
@@ -97,8 +102,10 @@ def sync_debug_mode() -> str:
     """The mode :data:`SYNC_DEBUG_VARIABLE` asks for; a value it cannot take is refused."""
     mode = os.environ.get(SYNC_DEBUG_VARIABLE) or "default"
     if mode not in SYNC_DEBUG_MODES:
-        raise ConfigError(f"{SYNC_DEBUG_VARIABLE}={mode!r} must be one of {', '.join(SYNC_DEBUG_MODES)}; "
-                          "unset it to train without the synchronisation check")
+        raise ConfigError(
+            f"{SYNC_DEBUG_VARIABLE}={mode!r} must be one of {', '.join(SYNC_DEBUG_MODES)}; "
+            "unset it to train without the synchronisation check"
+        )
     return mode
 
 
@@ -182,5 +189,7 @@ class StopRequest(contextlib.AbstractContextManager):
             raise KeyboardInterrupt
         self.requested = True
         self.signal_name = signal.Signals(signum).name
-        log.warning("%s: saving a checkpoint after this iteration (press Ctrl-C again to stop at once)",
-                    "Ctrl-C" if signum == signal.SIGINT else self.signal_name)
+        log.warning(
+            "%s: saving a checkpoint after this iteration (press Ctrl-C again to stop at once)",
+            "Ctrl-C" if signum == signal.SIGINT else self.signal_name,
+        )

@@ -25,6 +25,7 @@ settings' sections); only the stage's entry points (:func:`begin_selftrain`,
 :func:`selftrain_step`, :func:`mixed_batch`, :func:`run_selftrain`) take the
 :class:`~mper.train.loop.Trainer` and hand its parts down.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,9 +67,14 @@ Precision = Callable[[], contextlib.AbstractContextManager]
 #: "mixing" holds "teacher" and "pseudo_labels", "student" the linear classifier's loss,
 #: "head" the prototype classifier's loss, "backward" the head's backward too.
 PHASES = {
-    "mixing": "mper/mixing", "teacher": "mper/teacher_forward", "pseudo_labels": "mper/pseudo_labels",
-    "student": "mper/student_forward", "head": "mper/prototype_head", "bank_update": "mper/bank_update",
-    "backward": "mper/backward_and_optimizer", "teacher_ema": "mper/teacher_ema",
+    "mixing": "mper/mixing",
+    "teacher": "mper/teacher_forward",
+    "pseudo_labels": "mper/pseudo_labels",
+    "student": "mper/student_forward",
+    "head": "mper/prototype_head",
+    "bank_update": "mper/bank_update",
+    "backward": "mper/backward_and_optimizer",
+    "teacher_ema": "mper/teacher_ema",
 }
 
 
@@ -88,8 +94,12 @@ def begin_selftrain(trainer: Trainer) -> None:
     trainer.teacher = create_teacher(trainer.student, config.selftrain.teacher_mode)
     trainer.head = trainer.new_head()
     if with_prototypes(config):
-        batches = tqdm(prototype_init_batches(config, trainer.device), desc="prototype init", unit="batch",
-                       disable=not is_main_process())
+        batches = tqdm(
+            prototype_init_batches(config, trainer.device),
+            desc="prototype init",
+            unit="batch",
+            disable=not is_main_process(),
+        )
         trainer.head.initialize(
             eval_features(trainer.student, batches, trainer.device),
             torch.Generator().manual_seed(config.seed),
@@ -148,8 +158,16 @@ class MixedImages:
 
     def loss(self, logits: torch.Tensor, scale: float, dice: DiceOptions) -> torch.Tensor:
         """:func:`~mper.losses.copy_paste_loss` of ``logits`` for these images."""
-        return copy_paste_loss(logits, self.surround_label, self.box_label, self.mix_mask,
-                               self.surround_weight, self.box_weight, scale, dice)
+        return copy_paste_loss(
+            logits,
+            self.surround_label,
+            self.box_label,
+            self.mix_mask,
+            self.surround_weight,
+            self.box_weight,
+            scale,
+            dice,
+        )
 
 
 def teacher_probabilities(
@@ -165,8 +183,12 @@ def teacher_probabilities(
 
 
 def mix_bidirectional(
-    images: torch.Tensor, labels: torch.Tensor, pseudo: torch.Tensor, certainty: torch.Tensor,
-    mask: torch.Tensor, selftrain: SelfTrainConfig,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    pseudo: torch.Tensor,
+    certainty: torch.Tensor,
+    mask: torch.Tensor,
+    selftrain: SelfTrainConfig,
 ) -> list[MixedImages]:
     """Both copy-paste directions of a batch, in ``selftrain.forward_order``.
 
@@ -182,15 +204,23 @@ def mix_bidirectional(
     unlabeled_weight = selftrain.unlabeled_weight
     labeled_surround = MixedImages(
         images=copy_paste(image_a, unlabeled[:half], mask),
-        surround_label=label_a, box_label=pseudo[:half], mix_mask=mask, labeled_region=mask,
+        surround_label=label_a,
+        box_label=pseudo[:half],
+        mix_mask=mask,
+        labeled_region=mask,
         teacher_confidence=copy_paste(certain, certainty[:half], mask),
-        surround_weight=1.0, box_weight=unlabeled_weight,
+        surround_weight=1.0,
+        box_weight=unlabeled_weight,
     )
     unlabeled_surround = MixedImages(
         images=copy_paste(unlabeled[half:], image_b, mask),
-        surround_label=pseudo[half:], box_label=label_b, mix_mask=mask, labeled_region=1 - mask,
+        surround_label=pseudo[half:],
+        box_label=label_b,
+        mix_mask=mask,
+        labeled_region=1 - mask,
         teacher_confidence=copy_paste(certainty[half:], certain, mask),
-        surround_weight=unlabeled_weight, box_weight=1.0,
+        surround_weight=unlabeled_weight,
+        box_weight=1.0,
     )
     if selftrain.forward_order == "labeled-surround-first":
         return [labeled_surround, unlabeled_surround]
@@ -208,7 +238,8 @@ def mixed_batch(trainer: Trainer, batch: dict[str, Any]) -> list[MixedImages]:
 
     with record_function(PHASES["teacher"]):
         teacher_probs = trainer.compiled(teacher_probabilities)(
-            trainer.teacher_network(), images[labeled_count:], config.selftrain.forward_passes, trainer.autocast)
+            trainer.teacher_network(), images[labeled_count:], config.selftrain.forward_passes, trainer.autocast
+        )
     with record_function(PHASES["pseudo_labels"]):
         pseudo = pseudo_labels(teacher_probs, trainer.ops, config.selftrain.pseudo_label_threshold)
         if config.eval.pseudo_label_dice:
@@ -232,20 +263,32 @@ def student_outputs(
 
 
 def student_step(
-    network: nn.Module, directions: list[MixedImages], selftrain: SelfTrainConfig, dice: DiceOptions,
+    network: nn.Module,
+    directions: list[MixedImages],
+    selftrain: SelfTrainConfig,
+    dice: DiceOptions,
     precision: Precision,
 ) -> tuple[list[SegmentationOutput], torch.Tensor]:
     """The student's outputs per direction and the linear classifier's loss ``L_cons^l``
     over both directions."""
     outputs = student_outputs(network, directions, selftrain.forward_passes, precision)
-    linear = torch.stack([direction.loss(output.pred, selftrain.consistency_scale, dice)
-                          for direction, output in zip(directions, outputs)]).sum()
+    linear = torch.stack(
+        [
+            direction.loss(output.pred, selftrain.consistency_scale, dice)
+            for direction, output in zip(directions, outputs)
+        ]
+    ).sum()
     return outputs, linear
 
 
 def update_bank(
-    head: PrototypeHead, monitor: SelfTrainingMonitor, prototypes: PrototypeConfig, direction: MixedImages,
-    feat: torch.Tensor, proto_logits: torch.Tensor, assign: torch.Tensor,
+    head: PrototypeHead,
+    monitor: SelfTrainingMonitor,
+    prototypes: PrototypeConfig,
+    direction: MixedImages,
+    feat: torch.Tensor,
+    proto_logits: torch.Tensor,
+    assign: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The gated voxels of one direction: per-prototype sums and counts of their ``feat``.
 
@@ -256,12 +299,15 @@ def update_bank(
     """
     label = direction.label
     gate = confidence_gate(
-        proto_logits.argmax(dim=1), label, direction.labeled_region, direction.teacher_confidence,
-        prototypes.confidence_threshold, prototypes.update_source, prototypes.update_background,
+        proto_logits.argmax(dim=1),
+        label,
+        direction.labeled_region,
+        direction.teacher_confidence,
+        prototypes.confidence_threshold,
+        prototypes.update_source,
+        prototypes.update_background,
     )
-    monitor.observe_mix(
-        direction.labeled_region, direction.teacher_confidence > prototypes.confidence_threshold, gate
-    )
+    monitor.observe_mix(direction.labeled_region, direction.teacher_confidence > prototypes.confidence_threshold, gate)
     if prototypes.update_steps == "combined":
         return head.accumulate(feat, label, assign, gate)
     labeled = direction.labeled_region.bool()
@@ -272,8 +318,13 @@ def update_bank(
 
 
 def head_step(
-    head: PrototypeHead, direction: MixedImages, feat: torch.Tensor, bank: torch.Tensor, scale: float,
-    dice: DiceOptions, precision: Precision,
+    head: PrototypeHead,
+    direction: MixedImages,
+    feat: torch.Tensor,
+    bank: torch.Tensor,
+    scale: float,
+    dice: DiceOptions,
+    precision: Precision,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``head`` on one direction's features against ``bank`` (a copy of the bank as it is
     now): prototype logits, assignment, InfoNCE (float32) and the prototype classifier's
@@ -285,8 +336,13 @@ def head_step(
 
 
 def prototype_terms(
-    head: PrototypeHead, monitor: SelfTrainingMonitor, config: TrainConfig, directions: list[MixedImages],
-    outputs: list[SegmentationOutput], compiled: StepCompiler, precision: Precision,
+    head: PrototypeHead,
+    monitor: SelfTrainingMonitor,
+    config: TrainConfig,
+    directions: list[MixedImages],
+    outputs: list[SegmentationOutput],
+    compiled: StepCompiler,
+    precision: Precision,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``L_cons^p``, ``L_cont`` and the voxels each prototype received in the bank update
     ``(C*K,)`` over both directions (this process's share under torch.distributed), the
@@ -297,7 +353,8 @@ def prototype_terms(
     for direction, output in zip(directions, outputs):
         with record_function(PHASES["head"]):
             proto_logits, assign, direction_nce, direction_loss = compiled(head_step)(
-                head, direction, output.feat, head.bank(), scale, dice, precision)
+                head, direction, output.feat, head.bank(), scale, dice, precision
+            )
         prototype = prototype + direction_loss
         contrastive = contrastive + direction_nce
         with record_function(PHASES["bank_update"]):
@@ -320,10 +377,12 @@ def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> d
         directions = mixed_batch(trainer, batch)
     with record_function(PHASES["student"]):
         outputs, linear = trainer.compiled(student_step)(
-            trainer.network, directions, selftrain, config.losses.options(), trainer.autocast)
+            trainer.network, directions, selftrain, config.losses.options(), trainer.autocast
+        )
     if with_prototypes(config):
         prototype, contrastive, counts = prototype_terms(
-            trainer.prototype_head(), trainer.monitor, config, directions, outputs, trainer.compiled, trainer.autocast)
+            trainer.prototype_head(), trainer.monitor, config, directions, outputs, trainer.compiled, trainer.autocast
+        )
         ramp = ramp_weight(iteration, selftrain.ramp_weight, selftrain.rampup_epochs, selftrain.ramp_epoch_length)
         voxels = counts.sum()
         usage = trainer.prototype_usage().add(counts, iteration + 1, selftrain.iterations)
@@ -338,8 +397,14 @@ def selftrain_step(trainer: Trainer, batch: dict[str, Any], iteration: int) -> d
     with record_function(PHASES["backward"]):
         trainer.optimize(loss)
     with record_function(PHASES["teacher_ema"]):
-        decay = ema_update_(trainer.teacher_network(), trainer.student, iteration, selftrain.ema_decay,
-                            selftrain.ema_schedule, selftrain.ema_scope)
+        decay = ema_update_(
+            trainer.teacher_network(),
+            trainer.student,
+            iteration,
+            selftrain.ema_decay,
+            selftrain.ema_schedule,
+            selftrain.ema_scope,
+        )
     return {
         "loss": loss.detach(),
         "loss_linear": linear.detach(),
@@ -370,14 +435,22 @@ def report_stage_selection(record: TrainingRecord, keep_better_stage: bool) -> N
     pretrain, selftrain = record.best("pretrain"), record.best("selftrain")
     if pretrain is None or selftrain is None:
         return
-    comparison = (f"best self-training validation Dice {selftrain['val_dice']:.4f} (iteration "
-                  f"{selftrain['iteration']}) against pre-training's {pretrain['val_dice']:.4f} "
-                  f"(iteration {pretrain['iteration']})")
+    comparison = (
+        f"best self-training validation Dice {selftrain['val_dice']:.4f} (iteration "
+        f"{selftrain['iteration']}) against pre-training's {pretrain['val_dice']:.4f} "
+        f"(iteration {pretrain['iteration']})"
+    )
     if record.selftrain_beat_pretrain():
         log.info("self-training beat pre-training: %s; best.pt holds the self-trained network", comparison)
     elif keep_better_stage:
-        log.warning("self-training never beat pre-training: %s; best.pt holds the pre-trained network "
-                    "(selftrain.keep_better_stage)", comparison)
+        log.warning(
+            "self-training never beat pre-training: %s; best.pt holds the pre-trained network "
+            "(selftrain.keep_better_stage)",
+            comparison,
+        )
     else:
-        log.warning("self-training never beat pre-training: %s; best.pt holds self-training's best network "
-                    "nonetheless (selftrain.keep_better_stage = false)", comparison)
+        log.warning(
+            "self-training never beat pre-training: %s; best.pt holds self-training's best network "
+            "nonetheless (selftrain.keep_better_stage = false)",
+            comparison,
+        )

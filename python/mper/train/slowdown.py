@@ -7,6 +7,7 @@ process). The loop measures the iteration time of every log window
 the last :data:`RECENT_WINDOWS` windows with the fastest window of the stage and, the
 first time it is :data:`SLOWDOWN_FACTOR` times slower or more, returns a hint to log.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,11 +42,15 @@ class SlowdownWatch:
         if median < SLOWDOWN_FACTOR * self.fastest:
             return None
         self.hinted = True
-        swing = (f"iterations now take {median:.0f} ms (median of the last {RECENT_WINDOWS} log windows), "
-                 f"{median / self.fastest:.0f}x this stage's fastest window ({self.fastest:.0f} ms)")
+        swing = (
+            f"iterations now take {median:.0f} ms (median of the last {RECENT_WINDOWS} log windows), "
+            f"{median / self.fastest:.0f}x this stage's fastest window ({self.fastest:.0f} ms)"
+        )
         if self.device.type != "cpu":
             return f"{swing}: the device or the data loading is probably shared with other jobs"
-        return (f"{swing}: other jobs are probably competing for the CPU. This process runs "
-                f"{torch.get_num_threads()} threads; with other jobs or runs on the same cores, "
-                "OMP_NUM_THREADS=1 per process (or threads x processes no more than the idle cores) "
-                "usually avoids such slowdowns")
+        return (
+            f"{swing}: other jobs are probably competing for the CPU. This process runs "
+            f"{torch.get_num_threads()} threads; with other jobs or runs on the same cores, "
+            "OMP_NUM_THREADS=1 per process (or threads x processes no more than the idle cores) "
+            "usually avoids such slowdowns"
+        )

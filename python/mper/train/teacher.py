@@ -13,6 +13,7 @@ task with a foreground threshold: ``p_1 >= threshold``), keeping for each foregr
 class only its largest connected component (full connectivity: 8 neighbours in 2D, 26
 in 3D).
 """
+
 from __future__ import annotations
 
 import copy
@@ -54,15 +55,21 @@ def slow_teacher_warning(eta: float, schedule: str, iterations: int) -> str | No
     if schedule != "constant" or horizon <= iterations / 5:
         return None
     suggestion = max(0.0, math.floor(100 * (1.0 - 5.0 / iterations)) / 100)  # a horizon within the fifth
-    return (f"selftrain.ema_decay={eta} averages the teacher over about {horizon:.0f} iterations, more than a "
-            f"fifth of selftrain.iterations={iterations}: the pseudo labels will mostly come from the pre-trained "
-            f"network; for a run this short lower it (e.g. selftrain.ema_decay={suggestion:g})")
+    return (
+        f"selftrain.ema_decay={eta} averages the teacher over about {horizon:.0f} iterations, more than a "
+        f"fifth of selftrain.iterations={iterations}: the pseudo labels will mostly come from the pre-trained "
+        f"network; for a run this short lower it (e.g. selftrain.ema_decay={suggestion:g})"
+    )
 
 
 @torch.no_grad()
 def ema_update_(
-    teacher: nn.Module, student: nn.Module, step: int, eta: float,
-    schedule: str = "warmup", scope: str = "state",
+    teacher: nn.Module,
+    student: nn.Module,
+    step: int,
+    eta: float,
+    schedule: str = "warmup",
+    scope: str = "state",
 ) -> float:
     """Move ``teacher`` towards ``student`` in place; returns the decay used.
 
@@ -84,9 +91,7 @@ def ema_update_(
     return decay
 
 
-def pseudo_labels(
-    probs: torch.Tensor, ops: ModuleType, foreground_threshold: float | None = None
-) -> torch.Tensor:
+def pseudo_labels(probs: torch.Tensor, ops: ModuleType, foreground_threshold: float | None = None) -> torch.Tensor:
     """Hard pseudo labels ``(B, *S)`` int64 from teacher probabilities ``(B, C, *S)``.
 
     Without ``foreground_threshold`` (ACDC): argmax over classes. With it (LA, two

@@ -11,6 +11,7 @@ full window is below :data:`COLLAPSE_SHARE` is logged as a warning. Classes that
 received no update in a window (e.g. the background when
 ``prototypes.update_background`` is off) have no share.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,9 +71,12 @@ class PrototypeUsage:
         self.lowest_share = torch.fmin(self.lowest_share, shares)
         if full:
             self._warn_collapsed(shares, iteration)
-        return {f"prototype_usage/class{c}/k{k}": float(shares[c, k])
-                for c in range(self.num_classes) for k in range(self.per_class)
-                if not torch.isnan(shares[c, k])}
+        return {
+            f"prototype_usage/class{c}/k{k}": float(shares[c, k])
+            for c in range(self.num_classes)
+            for k in range(self.per_class)
+            if not torch.isnan(shares[c, k])
+        }
 
     def _warn_collapsed(self, shares: torch.Tensor, iteration: int) -> None:
         for c, k in (shares < COLLAPSE_SHARE).nonzero().tolist():
@@ -81,7 +85,12 @@ class PrototypeUsage:
             log.warning(
                 "prototype %d of class %d won %.2f%% of its class's updates in self-training iterations "
                 "%d-%d (below %.0f%%): the class has collapsed onto fewer prototypes",
-                k, c, 100 * share, iteration - self.window + 1, iteration, 100 * COLLAPSE_SHARE,
+                k,
+                c,
+                100 * share,
+                iteration - self.window + 1,
+                iteration,
+                100 * COLLAPSE_SHARE,
             )
 
     def summary(self) -> dict[str, Any]:
@@ -97,8 +106,13 @@ class PrototypeUsage:
             }
             for c in range(self.num_classes)
         }
-        return {"window": self.window, "windows": self.windows, "collapse_share": COLLAPSE_SHARE,
-                "classes": classes, "collapses": list(self.collapses)}
+        return {
+            "window": self.window,
+            "windows": self.windows,
+            "collapse_share": COLLAPSE_SHARE,
+            "classes": classes,
+            "collapses": list(self.collapses),
+        }
 
     def write(self, path: str | Path) -> Path:
         """Write :meth:`summary` as JSON."""
@@ -108,9 +122,14 @@ class PrototypeUsage:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything :meth:`load_state_dict` needs to go on counting after a resume."""
-        return {"window": self.window, "current": self.current.cpu().clone(), "total": self.total.clone(),
-                "lowest_share": self.lowest_share.clone(), "collapses": list(self.collapses),
-                "windows": self.windows}
+        return {
+            "window": self.window,
+            "current": self.current.cpu().clone(),
+            "total": self.total.clone(),
+            "lowest_share": self.lowest_share.clone(),
+            "collapses": list(self.collapses),
+            "windows": self.windows,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state written by :meth:`state_dict`."""
