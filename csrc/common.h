@@ -135,8 +135,24 @@ inline void check_address(std::uintptr_t address, bool needed, const char* kerne
   check(address != 0 || !needed, std::string(kernel) + ": " + what + " is needed, but its address is 0");
 }
 
+// Rows of a prototype bank the head kernels take at most (the CUDA kernels index rows in
+// 32-bit integers).
+constexpr std::int64_t kMaxBankRows = std::int64_t(1) << 30;
+
+// The sizes both head kernels check before anything else: no negative size, and a bank
+// of C * K rows, C, K >= 1, within kMaxBankRows (computed without overflow).
+inline void check_head_sizes(const HeadArgs& a, const char* kernel) {
+  const FeatureView& f = a.feat;
+  check(f.batch >= 0 && f.depth >= 0 && f.voxels >= 0,
+        std::string(kernel) + ": the feature sizes (batch, depth, voxels) must not be negative");
+  check(a.classes >= 1 && a.protos_per_class >= 1 && bounded_product(a.classes, a.protos_per_class, kMaxBankRows) >= 0,
+        std::string(kernel) +
+            ": the bank must have classes >= 1 and prototypes per class >= 1, at most 2^30 rows in all");
+}
+
 inline void check_head_addresses(const HeadArgs& a, bool backward, bool workspace_needed) {
   const char* kernel = backward ? "head_backward" : "head_forward";
+  check_head_sizes(a, kernel);
   const FeatureView& f = a.feat;
   const bool features = all_positive({f.batch, f.depth, f.voxels});
   check_address(f.data, features, kernel, "the features");

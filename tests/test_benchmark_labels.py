@@ -23,7 +23,7 @@ RESULTS = REPO / "benchmarks" / "results"
 KERNEL_SOURCES = {
     1: "5a0e6a185fe90f946fb4d162edd4992106cc0f8e7b69457b5e52001cc8f822f4",
     2: "804db6d9307e8717f7e2a57bf6b660120b07cbe28aa0250fd09c99c0f7f16e1a",
-    3: "2064c1c8102b5d6726a2ec9d10f59a158dbdfad3924f0ecddf118c0320534d6f",
+    3: "b9e3f7b74140f9309cf9a61d2f11433fc8ba337d0b71cc118b1cecc2ed76914c",
 }
 COMMIT = r"[0-9a-f]{7,40}(\+dirty)?"
 

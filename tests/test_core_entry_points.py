@@ -100,6 +100,34 @@ def test_head_refuses_missing_features_whose_size_overflows(device, sizes):
     del keep
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize(
+    "classes,protos_per_class",
+    [(-1, -4), (0, 3), (2, 0), (2**32 + 1000, 2**32 - 1000), (2**15, 2**15 + 1)],
+)
+def test_head_refuses_a_bank_of_bad_size(device, backward, classes, protos_per_class):
+    """Negative or zero counts, or C * K beyond 2^30 rows (also where the product overflows
+    64 bits, or two negatives make it positive): refused before the bank is read, which
+    here would read through a null address."""
+    args, keep = _head_args(device, backward)
+    args.prototypes, args.classes, args.protos_per_class = 0, classes, protos_per_class
+    with pytest.raises(ValueError, match="classes >= 1 and prototypes per class >= 1, at most 2\\^30 rows"):
+        _entry("head_backward" if backward else "head_forward", device)(args)
+    del keep
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_head_refuses_negative_feature_sizes(device):
+    args, keep = _head_args(device, False)
+    view = args.feat
+    view.batch = -2
+    args.feat = view
+    with pytest.raises(ValueError, match="must not be negative"):
+        _entry("head_forward", device)(args)
+    del keep
+
+
 @pytest.mark.cuda
 def test_cuda_head_refuses_a_missing_workspace():
     args, keep = _head_args("cuda", False)

@@ -195,7 +195,17 @@ def test_gradients_at_an_odd_storage_offset_on_cuda(dtype):
 
 # (depth, C, K, spatial): a variant of each kind (1, 2 and 4 lanes a voxel, several voxels
 # a thread, one voxel a thread, the bank in global memory).
-TIE_CASES = [(16, 2, 3, (8, 8)), (20, 2, 3, (7, 7)), (48, 2, 3, (6, 6)), (100, 2, 3, (5, 5)), (100, 3, 200, (6, 6))]
+# The last case: 30 voxels pack by 2 but not by 4, so the forward pads a depth of 16 to 32
+# and the backward to 16; a bank of 2000 rows then fits in shared memory only at the
+# backward's padding, and both must still read it from the same place.
+TIE_CASES = [
+    (16, 2, 3, (8, 8)),
+    (20, 2, 3, (7, 7)),
+    (48, 2, 3, (6, 6)),
+    (100, 2, 3, (5, 5)),
+    (100, 3, 200, (6, 6)),
+    (16, 2, 1000, (6, 5)),
+]
 
 
 @pytest.mark.parametrize("depth,num_classes,num_protos,spatial", TIE_CASES)
@@ -205,10 +215,14 @@ def test_backward_differentiates_the_prototype_the_forward_chose_at_ties(depth, 
     forward's `assign` names (computed here in float64), never the other's, whichever
     variant each direction runs."""
     bank = make_bank(num_classes * num_protos, depth, seed=depth, device="cuda")
+    # class 0's prototypes in pairs (2i, 2i + 1) of neighbours, so that no other prototype
+    # beats the two a voxel between them is tied to
+    noise = torch.randn((num_protos // 2, depth), generator=torch.Generator().manual_seed(depth)).cuda()
+    bank[1 : 2 * (num_protos // 2) : 2] = bank[0 : 2 * (num_protos // 2) : 2] + 0.3 * noise
     unit = torch.nn.functional.normalize(bank.double(), dim=1)
     batch, voxels = 2, int(torch.tensor(spatial).prod())
     generator = torch.Generator().manual_seed(depth)
-    first = torch.randint(0, num_protos - 1, (batch, voxels), generator=generator)
+    first = 2 * torch.randint(0, num_protos // 2, (batch, voxels), generator=generator)
     tied = unit[first.cuda()] + unit[first.cuda() + 1]  # class 0's prototypes first and first + 1
     scale = torch.rand((batch, voxels, 1), generator=generator, dtype=torch.float64).cuda() + 0.5
     feat = (tied * scale).movedim(-1, 1).reshape(batch, depth, *spatial).float().contiguous()

@@ -529,8 +529,6 @@ void launch_backward(const HeadArgs& args) {
 // Checks shared by both directions.
 void check_head(const HeadArgs& args) {
   check(args.feat.depth <= kMaxDepth, "the CUDA kernels support a feature depth of at most 128");
-  check(args.classes * args.protos_per_class <= std::int64_t(1) << 30,
-        "the CUDA kernels support a prototype bank of at most 2^30 rows");
 }
 
 // Variants: the depth padded to DT and V voxels per group; shallow features take several
