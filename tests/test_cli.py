@@ -17,23 +17,11 @@ from mper.datasets import dataset_names
 from mper.train import checkpoint
 from mper.train.config import preset_tables
 from mper.train.loop import Trainer
-
-TINY = [
-    "network.channels=[4, 8, 16, 32, 64]",
-    "data.patch_size=[32, 32]",
-    "data.batch_size=4",
-    "data.labeled_batch_size=2",
-    "data.num_workers=0",
-    "pretrain.iterations=3",
-    "selftrain.iterations=3",
-    "eval.val_interval=3",
-    "eval.num_figures=1",
-    "prototypes.kmeans_max_voxels=500",
-]
+from tiny_runs import TINY_ACDC, set_arguments
 
 
 def tiny_arguments():
-    return [argument for assignment in TINY for argument in ("--set", assignment)]
+    return set_arguments(TINY_ACDC)
 
 
 def train_arguments(acdc_root, run_dir):

@@ -17,23 +17,10 @@ from mper import __version__
 from mper.cli import data_main, eval_main, experiment_main, predict_main, train_main
 from mper.datasets import synthesize
 from mper.train.config import load_config, read_preset
+from tiny_runs import TINY_ACDC, set_arguments
 
-TINY = [
-    "network.channels=[4, 8, 16, 32, 64]",
-    "data.patch_size=[32, 32]",
-    "data.batch_size=4",
-    "data.labeled_batch_size=2",
-    "data.num_workers=0",
-    "pretrain.iterations=3",
-    "selftrain.iterations=3",
-    "eval.val_interval=3",
-    "eval.num_figures=2",
-    "prototypes.kmeans_max_voxels=500",
-]
-
-
-def settings(assignments):
-    return [argument for assignment in assignments for argument in ("--set", assignment)]
+# as TINY_ACDC, with two test figures
+TINY = [*(setting for setting in TINY_ACDC if not setting.startswith("eval.num_figures=")), "eval.num_figures=2"]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +91,7 @@ def test_train_log_opens_with_versions_device_and_settings_and_ends_with_the_tes
             "cpu",
             "--out",
             str(run_dir),
-            *settings(TINY),
+            *set_arguments(TINY),
         ]
     )
     console = capsys.readouterr()
@@ -145,7 +132,7 @@ def test_the_test_figures_are_in_tensorboard(acdc_root, tmp_path):
             "cpu",
             "--out",
             str(run_dir),
-            *settings(TINY),
+            *set_arguments(TINY),
         ]
     )
     events = EventAccumulator(str(run_dir / "tensorboard"))
@@ -168,7 +155,7 @@ def test_validation_shows_progress(acdc_root, tmp_path, capsys):
             "cpu",
             "--out",
             str(tmp_path / "run"),
-            *settings(TINY),
+            *set_arguments(TINY),
         ]
     )
     assert "validation:" in capsys.readouterr().err
@@ -188,7 +175,7 @@ def test_ctrl_c_with_data_workers_reports_once(acdc_root, tmp_path):
         "cpu",
         "--out",
         str(run_dir),
-        *settings(TINY),
+        *set_arguments(TINY),
         "--set",
         "data.num_workers=2",
         "--set",

@@ -1,0 +1,25 @@
+"""Settings that make an ACDC training run take seconds, shared by the tests that run the
+commands end to end."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+#: A narrow U-Net on 32x32 patches, 3 + 3 iterations, one validation.
+TINY_ACDC = [
+    "network.channels=[4, 8, 16, 32, 64]",
+    "data.patch_size=[32, 32]",
+    "data.batch_size=4",
+    "data.labeled_batch_size=2",
+    "data.num_workers=0",
+    "pretrain.iterations=3",
+    "selftrain.iterations=3",
+    "eval.val_interval=3",
+    "eval.num_figures=1",
+    "prototypes.kmeans_max_voxels=500",
+]
+
+
+def set_arguments(assignments: Sequence[str]) -> list[str]:
+    """``--set KEY=VALUE`` for each assignment, as the commands take them."""
+    return [argument for assignment in assignments for argument in ("--set", assignment)]
