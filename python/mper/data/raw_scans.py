@@ -247,9 +247,11 @@ def _class_names(labels: Any, layout: str, where: Path) -> tuple[str, ...]:
 def _split_by_ending(folder: Path, ending: str) -> tuple[list[Path], list[Path]]:
     """(the files of ``folder`` that end with ``ending``, the others), each sorted; hidden
     files (``._x``, ``.DS_Store``) are among the others."""
-    files = sorted(path for path in folder.iterdir() if path.is_file())
-    used = [path for path in files if path.name.endswith(ending) and not path.name.startswith(".")]
-    return used, [path for path in files if path not in used]
+    used: list[Path] = []
+    others: list[Path] = []
+    for path in sorted(path for path in folder.iterdir() if path.is_file()):
+        (used if path.name.endswith(ending) and not path.name.startswith(".") else others).append(path)
+    return used, others
 
 
 def _case_files(folder: Path, ending: str, declared: Path | None) -> list[Path]:
