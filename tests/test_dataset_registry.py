@@ -13,9 +13,9 @@ import pytest
 from mper import cli, pipeline
 from mper.data.dataset import CaseDataset
 from mper.data.files import read_image_label, read_list, write_image_label, write_list
-from mper.datasets import SLICE_WISE, DatasetSpec, dataset_names, get_dataset, register_dataset
+from mper.datasets import SLICE_WISE, DatasetSpec, check_dataset_root, dataset_names, get_dataset, register_dataset
 from mper.datasets.registry import _REGISTRY
-from mper.errors import ConfigError
+from mper.errors import ConfigError, MissingFileError
 from mper.eval.inference import predict_volume
 from mper.nets import UNet2D
 from mper.train.checkpoint import load_checkpoint
@@ -267,3 +267,20 @@ def test_a_toy_model_predicts_a_file_of_its_layout(discs_run, tmp_path):
     net, _ = pipeline.load_network(run_dir / "best.pt", device="cpu")
     expected = predict_volume(net, load_volume(root, case)[0], "discs")
     np.testing.assert_array_equal(nib.load(written[0]).get_fdata(), expected)
+
+
+@pytest.mark.parametrize("dataset", ["la", "acdc"])
+def test_a_data_folder_that_does_not_exist_is_named_with_the_commands_that_write_one(tmp_path, capsys, dataset):
+    missing = tmp_path / "data" / dataset
+    with pytest.raises(SystemExit) as stop:
+        cli.train_main(["--dataset", dataset, "--data-root", str(missing), "--device", "cpu", "--preset", "demo"])
+    assert stop.value.code == cli.USER_ERROR_EXIT_CODE
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"mper-train: error: data folder {missing} does not exist: mper-data synth --dataset {dataset} --out "
+        f"{missing} writes synthetic {get_dataset(dataset).title} data; mper-data convert --dataset {dataset} "
+        f"--source RAW --out {missing} converts the public download, or pass the folder that holds it (--data-root)"
+    )
+    missing.parent.mkdir()
+    missing.write_text("a file")
+    with pytest.raises(MissingFileError, match=rf"^data folder {missing} is not a folder: mper-data synth"):
+        check_dataset_root(missing, dataset, f"the run trains on {dataset}")

@@ -36,7 +36,7 @@ IMPORTED = {"3d": "Imported3d", "2d": "Imported2d"}
 def _imported_spec(dims: str):
     """An imported dataset's spec as ``mper-data import`` plans it (LA's or ACDC's presets
     with the plan's tables on top), without the files."""
-    summary = DataSummary((48, 64, 40), (1.0, 1.0, 1.5), 12, 10, 2, 1, 3)
+    summary = DataSummary((48, 64, 40), (48, 64, 40), (1.0, 1.0, 1.5), 12, 10, 2, 1, 3)
     settings = {key: plan_settings(summary, key, memory_gb=1.0) for key in ("3d", "2d")}
     plan = ScanPlan(
         name=IMPORTED[dims],

@@ -4,15 +4,22 @@ for and when a validation pass will take long."""
 from __future__ import annotations
 
 import math
+import re
+import shlex
 
 import pytest
 
-from mper.cli import train_main
+from mper.cli import data_main, train_main
+from mper.data.raw_scans import NNUNET, read_raw_dataset
+from mper.data.scan_plan import read_plan
+from mper.data.synth_scans import synthesize_scans
 from mper.datasets import get_dataset, synthesize
+from mper.datasets.registry import _REGISTRY
+from mper.datasets.scans import import_scans, register_plan
 from mper.eval import run_size
-from mper.eval.run_size import size_warnings, validation_passes
+from mper.eval.run_size import DATA_SIZE_FACTOR, size_warnings, validation_passes
 from mper.train.config import load_config
-from mper.train.loaders import validation_cases
+from mper.train.loaders import training_cases, validation_cases
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +43,57 @@ def test_data_four_times_the_patch_or_more_is_named_with_the_size_the_preset_exp
         f"--preset demo is made for training images of about its 16x16 patch, but those of {acdc_root} are 32x32 ("
     )
     assert "4.0x the voxels: its 400 + 500 iterations and narrow networks can learn much less" in warning
-    assert "write data of about 16x16 (mper-data synth --size 16 16)" in warning
+    assert "write data of about 16x16 (mper-data synth --dataset acdc --size 16 16 --out data/acdc-16x16)" in warning
     assert size_warnings(config("acdc", acdc_root, "demo", "data.patch_size=[16, 32]")) == []  # 2x
     assert size_warnings(config("acdc", acdc_root, "reference+demo", "data.patch_size=[16, 16]"))
     assert size_warnings(config("acdc", acdc_root, "paper", "data.patch_size=[16, 16]")) == []
+
+
+def _data_warning(run):
+    return [
+        warning for warning in size_warnings(run) if warning.startswith("--preset demo is made for training images")
+    ]
+
+
+@pytest.mark.parametrize("dims", ["3d", "2d"])
+def test_imported_images_are_sized_in_voxels_and_the_command_named_writes_such_scans(
+    tmp_path_factory, tmp_path, monkeypatch, dims
+):
+    folder = tmp_path_factory.mktemp("scans")
+    raw = synthesize_scans(folder / "raw", NNUNET, cases=7, seed=0, size=(20, 20, 6), progress=False)
+    root = import_scans(raw, folder / "imported", dims=dims, progress=False)
+    name = register_plan(root).name
+    try:
+        run = load_config(name, "demo", {"data_root": str(root), "device": "cpu"}, ["data.num_workers=0"])
+        labeled, _ = training_cases(run)
+        image, _ = get_dataset(name).load_item(root, labeled[0])
+        assert image.shape[0] == 2  # two channels, first
+        voxels = image.shape[1:]
+        ratio = math.prod(voxels) / math.prod(run.data.patch_size)
+        monkeypatch.setattr(run_size, "DATA_SIZE_FACTOR", 1.5 * ratio)  # less than twice the voxels: no warning
+        assert _data_warning(run) == []
+        monkeypatch.setattr(run_size, "DATA_SIZE_FACTOR", ratio)
+        (warning,) = _data_warning(run)
+        assert f"are {'x'.join(map(str, voxels))} ({labeled[0]}), {ratio:.1f}x the voxels" in warning
+        commands = re.search(r"For a quick run, write data of about \S+ \((.+)\); for this data", warning)[1]
+        monkeypatch.chdir(tmp_path)
+        written = []
+        for command in commands.split(", then "):
+            words = shlex.split(command)
+            assert words[0] == "mper-data"
+            data_main(words[1:])
+            written.append(words[words.index("--out") + 1])
+        assert read_raw_dataset(tmp_path / written[0]).layout == NNUNET
+        small = tmp_path / written[1]
+        assert read_plan(small).dims == dims
+        small_run = load_config(
+            register_plan(small).name, "demo", {"data_root": str(small), "device": "cpu"}, ["data.num_workers=0"]
+        )
+        assert small_run.data.patch_size == run.data.patch_size
+        small_image, _ = get_dataset(name).load_item(small, training_cases(small_run)[0][0])
+        assert math.prod(small_image.shape[1:]) / math.prod(run.data.patch_size) < DATA_SIZE_FACTOR
+    finally:
+        del _REGISTRY[name]
 
 
 def windows(size, patch, step):

@@ -4,6 +4,7 @@ conventions and the way back, the plan file and the training items."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -15,7 +16,7 @@ from scipy import ndimage
 from mper import cli
 from mper.data.imported import ImportedLayout, scan_items, write_scan_case, write_scan_lists
 from mper.data.raw_scans import LABELED, MSD, NNUNET, TEST, UNLABELED, read_case, read_raw_dataset
-from mper.data.scan_plan import ScanPlan, parse_plan, plan_text
+from mper.data.scan_plan import ScanPlan, parse_plan, plan_text, read_plan
 from mper.data.scan_preprocess import (
     CaseGeometry,
     ChannelStatistics,
@@ -33,8 +34,17 @@ from mper.data.scan_preprocess import (
 )
 from mper.data.splits import fold_cases
 from mper.data.synth_scans import SYNTH_SCAN_CHANNELS, SYNTH_SCAN_CLASSES, synthesize_scans
-from mper.datasets.scans import MIN_PATCH_SIDE, patch_and_batch
-from mper.errors import ConfigError
+from mper.datasets import check_dataset_root, scans
+from mper.datasets.registry import _REGISTRY, register_imported
+from mper.datasets.scans import (
+    MIN_PATCH_SIDE,
+    DataSummary,
+    labeled_range,
+    patch_and_batch,
+    plan_settings,
+    scan_spec,
+)
+from mper.errors import ConfigError, MissingFileError
 
 TINY = (16, 16, 5)
 
@@ -222,6 +232,97 @@ def test_a_decathlon_image_with_the_wrong_channel_count_is_refused(raw, tmp_path
         read_case(next(case for case in dataset.cases if case.name == "synth_001"), dataset)
 
 
+def _import_error(source, out, capsys, *options):
+    """The one line ``mper-data import`` refuses ``source`` with; nothing written to ``out``."""
+    with pytest.raises(SystemExit) as stop:
+        cli.data_main(["import", "--source", str(source), "--out", str(out), *options])
+    error = capsys.readouterr().err
+    assert stop.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error, error
+    assert not out.exists()
+    return error.splitlines()[-1]
+
+
+def _files_by_case(dataset):
+    """Each case's role and the names of its image and label files."""
+    return [
+        (case.name, case.role, [path.name for path in case.images], case.label and case.label.name)
+        for case in dataset.cases
+    ]
+
+
+@pytest.mark.parametrize("layout", [NNUNET, MSD])
+def test_stray_files_are_ignored_as_nnunet_does_and_named_in_one_line_per_folder(raw, tmp_path, caplog, layout):
+    source = shutil.copytree(raw[layout], tmp_path / "raw")
+    strays = {"imagesTr": ["readme.txt", ".DS_Store", "notes.nii.gz.bak"], "labelsTs": [".DS_Store"]}
+    if layout == NNUNET:  # the Decathlon's dataset.json lists its training labels and test images
+        strays.update(labelsTr=["labels.csv"], imagesTs=["._synth_004_0000.nii.gz"])
+    for folder, names in strays.items():
+        for name in names:
+            (source / folder / name).write_text("not a scan")
+    with caplog.at_level("WARNING", logger="mper"):
+        dataset = read_raw_dataset(source)
+    assert _files_by_case(dataset) == _files_by_case(read_raw_dataset(raw[layout]))
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == len(strays), lines
+    for folder, names in strays.items():
+        (line,) = [line for line in lines if line.startswith(f"{source / folder}: ignored {len(names)} file(s)")]
+        assert all(name in line for name in names), line
+        assert ("dataset.json's file_ending '.nii.gz'" in line) == (layout == NNUNET), line
+
+
+def _uncompress(folder):
+    for path in folder.glob("*.nii.gz"):
+        nib.save(nib.load(path), path.with_name(path.name[: -len(".gz")]))
+        path.unlink()
+
+
+def test_files_that_do_not_end_with_file_ending_are_refused_naming_it(raw, tmp_path, capsys):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    _uncompress(source / "labelsTr")
+    line = _import_error(source, tmp_path / "imported", capsys)
+    assert line == (
+        f"mper-data: error: {source / 'labelsTr'}: no file ends with dataset.json's file_ending '.nii.gz', but 3 "
+        f'end with \'.nii\' (e.g. synth_000.nii); set "file_ending": ".nii" in {source / "dataset.json"} to read them'
+    )
+    for folder in ("imagesTr", "imagesTs", "labelsTs"):
+        _uncompress(source / folder)
+    assert "imagesTr: no file ends with dataset.json's file_ending '.nii.gz', but 8 end" in _import_error(
+        source, tmp_path / "imported", capsys
+    )
+    document = json.loads((source / "dataset.json").read_text())
+    (source / "dataset.json").write_text(json.dumps({**document, "file_ending": ".nii"}))
+    expected = [
+        (name, role, [image.replace(".nii.gz", ".nii") for image in images], label and label[: -len(".gz")])
+        for name, role, images, label in _files_by_case(read_raw_dataset(raw[NNUNET]))
+    ]
+    assert _files_by_case(read_raw_dataset(source)) == expected
+
+
+def test_a_raw_folder_that_does_not_exist_is_named_with_what_writes_one(tmp_path, capsys):
+    missing = tmp_path / "Dataset001_Mine"
+    line = _import_error(missing, tmp_path / "imported", capsys)
+    assert line == (
+        f"mper-data: error: raw dataset folder {missing} does not exist: pass the folder that holds dataset.json, "
+        f"imagesTr/ and labelsTr/ (mper-data synth --format nnunet --out {missing} writes a synthetic one)"
+    )
+
+
+def test_too_few_cases_for_the_chosen_network_are_refused_naming_what_to_change(raw, tmp_path, capsys):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    for path in (source / "imagesTr").glob("synth_003_*"):  # the unlabeled case: 3 labeled cases remain
+        path.unlink()
+    line = _import_error(source, tmp_path / "imported", capsys, "--dims", "3d")
+    assert line == (
+        f"mper-data: error: {source}: 3 labeled training cases and 0 unlabeled are too few for a 3d network: the "
+        "validation fold takes 1, leaving 2, and a run needs 2 to label (one labeled batch) and 1 more to leave "
+        "unlabeled for self-training; add labeled cases or unlabeled scans (imagesUnlabeled/ or mper-data import "
+        "--unlabeled DIR), or import with --dims 2d"
+    )
+    cli.data_main(["import", "--source", str(source), "--out", str(tmp_path / "imported"), "--dims", "2d"])
+    plan = read_plan(tmp_path / "imported")
+    assert plan.dims == "2d" and plan.presets["paper"]["labeled"] == 1 and plan.settings["3d"] == {}
+
+
 # --- preprocessing --------------------------------------------------------------------------
 
 
@@ -391,6 +492,22 @@ def test_an_edited_plan_changes_names_and_dims_and_a_broken_one_is_refused():
         parse_plan(text.replace('name = "Liver-01"', 'name = "my data"'), "plan.toml")
 
 
+def test_a_missing_root_of_an_imported_dataset_is_named_with_the_import_that_writes_it(tmp_path):
+    plan = _plan()
+    paper = {**plan.presets["paper"], "eval": {"stride": [16, 16, 16]}}
+    name = register_imported(scan_spec(dataclasses.replace(plan, settings={plan.dims: {"paper": paper}}))).name
+    missing = tmp_path / "liver"
+    try:
+        with pytest.raises(MissingFileError) as error:
+            check_dataset_root(missing, name, "best.pt was trained on it")
+    finally:
+        del _REGISTRY[name]
+    assert str(error.value) == (
+        f"data folder {missing} does not exist: import your scans into it with mper-data import --source RAW "
+        f"--out {missing}, or pass the folder that holds it (--data-root)"
+    )
+
+
 def test_folds_partition_the_cases():
     names = [f"case{index:02d}" for index in range(13)]
     folds = [fold_cases(names, 5, fold) for fold in range(5)]
@@ -412,6 +529,46 @@ def test_the_planned_patch_and_batch_fit_the_memory():
     assert 4 * voxel_bytes * np.prod(small) <= 2 * 2**30
     _, capped = patch_and_batch((40.0, 40.0, 40.0), voxel_bytes, 64.0, training_voxels=10 * 48**3)
     assert capped == 4  # the batch holds at most 5% of the training voxels (at least four images)
+
+
+def _trainable(count, labeled_cases, unlabeled_cases, folds, items_per_case):
+    """Whether labeling ``count`` cases trains with every validation fold, by the rules
+    training applies (a labeled batch of 2 items at least, an unlabeled item for
+    self-training), the folds dealt by :func:`fold_cases` itself."""
+    names = [f"case{index:02d}" for index in range(labeled_cases)]
+    for fold in range(folds):
+        outside = labeled_cases - len(fold_cases(names, folds, fold))
+        if not (count <= outside and count * items_per_case >= 2 and outside - count + unlabeled_cases > 0):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("labeled_cases, unlabeled_cases", [(2, 0), (3, 0), (4, 0), (13, 0), (2, 1), (3, 1), (3, 400)])
+@pytest.mark.parametrize("dims, slices", [("3d", 32), ("2d", 32), ("2d", 1)])
+def test_the_planned_split_trains_or_the_data_is_refused(monkeypatch, labeled_cases, unlabeled_cases, dims, slices):
+    monkeypatch.setattr(scans, "bytes_per_voxel", lambda *_: 1.0)  # any batch fits: only the data limits it
+    shape = (64, 64, slices)
+    summary = DataSummary(
+        shape, shape, (1.0, 1.0, 3.0), labeled_cases + unlabeled_cases, labeled_cases, unlabeled_cases, 2, 3
+    )
+    folds = min(5, labeled_cases)
+    items_per_case = 1 if dims == "3d" else slices
+    if not any(_trainable(n, labeled_cases, unlabeled_cases, folds, items_per_case) for n in range(1, labeled_cases)):
+        assert not labeled_range(summary, dims)
+        return
+    assert labeled_range(summary, dims)
+    presets = plan_settings(summary, dims, memory_gb=8.0)
+    labeled = presets["paper"]["labeled"]
+    assert presets["demo"]["labeled"] == labeled and presets["paper"]["data"]["folds"] == folds
+    assert _trainable(labeled, labeled_cases, unlabeled_cases, folds, items_per_case)
+    for preset in ("paper", "demo"):
+        data = presets[preset]["data"]
+        assert 2 <= data["labeled_batch_size"] <= labeled * items_per_case, (preset, data, labeled)
+        assert data["batch_size"] == 2 * data["labeled_batch_size"] and data["batch_size"] % 4 == 0
+    if (labeled_cases, unlabeled_cases) == (13, 0):
+        assert labeled == 2  # a fifth of the 10 cases outside the largest fold
+    if (labeled_cases, unlabeled_cases) == (3, 400):
+        assert labeled == 2  # every case outside the fold, its batch no larger than they fill
 
 
 def test_training_items_carry_every_channel_in_3d_and_in_2d(tmp_path):

@@ -246,3 +246,34 @@ def test_an_edited_plan_is_what_trains(nnunet_3d, tmp_path, capsys):
     assert stop.value.code == cli.USER_ERROR_EXIT_CODE
     assert "labeled must be between 1 and the 3 labeled training cases outside validation fold 0, got 9" in error
     assert not (tmp_path / "r").exists()
+
+
+def _prune(raw, cases):
+    """Remove ``cases`` (their images and labels) from the nnU-Net raw dataset ``raw``."""
+    for case in cases:
+        for path in (raw / "imagesTr").glob(f"{case}_*.nii.gz"):
+            path.unlink()
+        (raw / "labelsTr" / f"{case}.nii.gz").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize(
+    "dims, removed",
+    [
+        ("3d", ["synth_004"]),  # 4 labeled, no unlabeled case: the default split used to label 1
+        ("3d", ["synth_003"]),  # 3 labeled and 1 unlabeled: the fewest a 3D plan accepts
+        ("2d", ["synth_002", "synth_003"]),  # 2 labeled and 1 unlabeled: the fewest any plan accepts
+    ],
+)
+def test_the_smallest_datasets_import_accepts_train_with_the_plan_as_written(tmp_path, dims, removed):
+    raw = tmp_path / "raw"
+    cli.data_main(["synth", "--format", NNUNET, "--out", str(raw), "--cases", "7", "--size", "20", "20", "6"])
+    _prune(raw, removed)
+    root = tmp_path / "imported"
+    cli.data_main(["import", "--source", str(raw), "--out", str(root), "--dims", dims])
+    plan = tomllib.loads((root / "plan.toml").read_text())[dims]
+    labeled = plan["paper"]["labeled"]
+    assert plan["demo"]["labeled"] == labeled
+    run_dir = tmp_path / "run"
+    cli.train_main(["--data-root", str(root), "--out", str(run_dir), *TINY, *NETWORKS[dims]])
+    config = TrainConfig.from_dict(load_checkpoint(run_dir / "last.pt")["config"])
+    assert config.labeled == labeled and (run_dir / "best.pt").is_file()

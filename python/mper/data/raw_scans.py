@@ -21,7 +21,11 @@ of ``imagesTr`` that ``training`` does not list), the images of an optional
 ``imagesUnlabeled/`` folder and of a folder given by the user, named as ``imagesTr``.
 
 :func:`read_raw_dataset` reads ``dataset.json`` and lists the cases, refusing a layout
-it cannot use with one line that names the file and what to do. :func:`read_case`
+it cannot use with one line that names the file and what to do. As nnU-Net does, it reads
+only the files that end with the dataset's file ending and ignores the others (a
+``readme.txt``, a ``.DS_Store``), naming them in one logged line per folder; a folder in
+which no file ends so but some end in the other NIfTI ending is refused, naming
+``file_ending``. :func:`read_case`
 reads one case's channels and label (NIfTI, through nibabel) and checks that they fit
 together: one spatial shape and one affine, finite intensities, a 3D label holding only
 declared classes.
@@ -30,6 +34,7 @@ declared classes.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,6 +47,8 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from mper.errors import DataFormatError, MissingFileError
+
+log = logging.getLogger(__name__)
 
 NNUNET = "nnunet"
 MSD = "msd"
@@ -104,6 +111,8 @@ _ZSCORE_MODALITIES = frozenset(
 #: Per-file affines of one case may differ by this much (header rounding).
 AFFINE_TOLERANCE = 1e-4
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+#: The ignored files the logged line names; it counts the rest.
+NAMED_IGNORED = 5
 
 
 @dataclass(frozen=True)
@@ -235,15 +244,44 @@ def _class_names(labels: Any, layout: str, where: Path) -> tuple[str, ...]:
     return tuple(by_value[index] for index in range(len(by_value)))
 
 
-def _visible_files(folder: Path) -> list[Path]:
-    """Files of ``folder``, sorted, without hidden ones (``._x``, ``.DS_Store``)."""
-    return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+def _split_by_ending(folder: Path, ending: str) -> tuple[list[Path], list[Path]]:
+    """(the files of ``folder`` that end with ``ending``, the others), each sorted; hidden
+    files (``._x``, ``.DS_Store``) are among the others."""
+    used: list[Path] = []
+    others: list[Path] = []
+    for path in sorted(path for path in folder.iterdir() if path.is_file()):
+        (used if path.name.endswith(ending) and not path.name.startswith(".") else others).append(path)
+    return used, others
 
 
-def _channel_files(folder: Path, ending: str, channels: int) -> dict[str, tuple[Path, ...]]:
-    """``{case: (channel 0 file, channel 1 file, ...)}`` of a folder of ``<case>_<XXXX><ending>`` files."""
+def _case_files(folder: Path, ending: str, declared: Path | None) -> list[Path]:
+    """The files of ``folder`` that end with ``ending``, the others ignored and named in one
+    logged line. With ``declared`` (the ``dataset.json`` whose ``file_ending`` is
+    ``ending``), a folder in which none ends so but some end in another NIfTI ending is
+    refused: ``file_ending`` does not match the files."""
+    used, others = _split_by_ending(folder, ending)
+    rule = f"{declared.name}'s file_ending {ending!r}" if declared is not None else repr(ending)
+    if not used and declared is not None:
+        for found in NIFTI_ENDINGS:
+            named = [path for path in others if path.name.endswith(found) and not path.name.startswith(".")]
+            if found != ending and named:
+                raise DataFormatError(
+                    f"{folder}: no file ends with {rule}, but {len(named)} end with {found!r} (e.g. "
+                    f'{named[0].name}); set "file_ending": "{found}" in {declared} to read them'
+                )
+    if others:
+        names = ", ".join(path.name for path in others[:NAMED_IGNORED])
+        more = f" and {len(others) - NAMED_IGNORED} more" if len(others) > NAMED_IGNORED else ""
+        log.warning(
+            "%s: ignored %d file(s) that do not end with %s or are hidden: %s%s", folder, len(others), rule, names, more
+        )
+    return used
+
+
+def _channel_files(files: Sequence[Path], ending: str, channels: int) -> dict[str, tuple[Path, ...]]:
+    """``{case: (channel 0 file, channel 1 file, ...)}`` of ``<case>_<XXXX><ending>`` files of one folder."""
     found: dict[str, dict[int, Path]] = {}
-    for path in _visible_files(folder):
+    for path in files:
         stem = case_name(path.name, ending)
         match = _CHANNEL_FILE.match(stem) if stem is not None else None
         if match is None:
@@ -252,41 +290,35 @@ def _channel_files(folder: Path, ending: str, channels: int) -> dict[str, tuple[
             )
         found.setdefault(match["case"], {})[int(match["channel"])] = path
     cases = {}
-    for case, files in found.items():
+    for case, by_channel in found.items():
         for channel in range(channels):
-            if channel not in files:
+            if channel not in by_channel:
+                folder = next(iter(by_channel.values())).parent
                 raise MissingFileError(
                     f"{folder / f'{case}_{channel:04d}{ending}'} not found: every case needs one file per channel "
                     f"({channels} in dataset.json); add it or remove the case's other files"
                 )
-        extra = sorted(set(files) - set(range(channels)))
+        extra = sorted(set(by_channel) - set(range(channels)))
         if extra:
             raise DataFormatError(
-                f"{files[extra[0]]}: channel {extra[0]} is not in dataset.json, which names {channels} channel(s)"
+                f"{by_channel[extra[0]]}: channel {extra[0]} is not in dataset.json, which names {channels} channel(s)"
             )
-        cases[case] = tuple(files[channel] for channel in range(channels))
+        cases[case] = tuple(by_channel[channel] for channel in range(channels))
     return cases
 
 
-def _volume_files(folder: Path, ending: str) -> dict[str, tuple[Path, ...]]:
-    """``{case: (file,)}`` of a folder of ``<case><ending>`` files (MSD: all channels in one file)."""
-    cases: dict[str, tuple[Path, ...]] = {}
-    for path in _visible_files(folder):
-        stem = case_name(path.name, ending)
-        if stem is None:
-            raise DataFormatError(f"{path}: not a {ending} file; remove it from {folder}")
-        cases[stem] = (path,)
-    return cases
+def _volume_files(files: Sequence[Path], ending: str) -> dict[str, tuple[Path, ...]]:
+    """``{case: (file,)}`` of ``<case><ending>`` files (MSD: all channels in one file)."""
+    return {path.name[: -len(ending)]: (path,) for path in files}
 
 
-def _label_files(folder: Path, ending: str, images: Mapping[str, object]) -> dict[str, Path]:
-    """``{case: label file}`` of a labels folder; a label whose case has no image is refused."""
-    if not folder.is_dir():
-        return {}
+def _label_files(files: Sequence[Path], ending: str, images: Mapping[str, object]) -> dict[str, Path]:
+    """``{case: label file}`` of the files of a labels folder; a label whose case has no image is refused."""
     labels = {}
-    for path in _visible_files(folder):
+    for path in files:
         stem = case_name(path.name, ending)
         if stem is None or stem not in images:
+            folder = path.parent
             raise DataFormatError(
                 f"{path}: a label without an image of the same case in "
                 f"{folder.parent / folder.name.replace('labels', 'images')}; add the image or remove the label"
@@ -304,8 +336,12 @@ def _msd_path(source: Path, entry: Any, where: Path, key: str) -> Path:
 CaseFiles = dict[str, tuple[Path, ...]]
 
 
-def _msd_cases(source: Path, document: Mapping[str, Any], where: Path) -> tuple[CaseFiles, dict[str, Path], CaseFiles]:
-    """(training images, their labels, test images) of an MSD ``dataset.json``."""
+def _msd_cases(
+    source: Path, document: Mapping[str, Any], where: Path, train_files: Sequence[Path]
+) -> tuple[CaseFiles, dict[str, Path], CaseFiles]:
+    """(training images, their labels, test images) of an MSD ``dataset.json``; the images
+    of ``train_files`` (those of ``imagesTr``) that ``training`` does not list are
+    unlabeled training cases."""
     ending = NIFTI_ENDINGS[0]
     training = document.get("training", [])
     if not isinstance(training, list):
@@ -328,11 +364,9 @@ def _msd_cases(source: Path, document: Mapping[str, Any], where: Path) -> tuple[
                     f"{path} not found, though {where} lists it in training; add it or unlist the case"
                 )
         images[name], labels[name] = (image,), label
-    folder = source / IMAGES_TRAIN
-    if folder.is_dir():  # images that training does not list are unlabeled training cases
-        for name, files in _volume_files(folder, ending).items():
-            if name not in images:
-                images[name] = files
+    for name, files in _volume_files(train_files, ending).items():
+        if name not in images:
+            images[name] = files
     test: dict[str, tuple[Path, ...]] = {}
     for entry in document.get("test", []) or []:
         path = _msd_path(source, entry, where, "test")
@@ -351,12 +385,18 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
     as ``imagesTr``). Only file names and ``dataset.json`` are read here.
 
     Raises:
-        MissingFileError: no ``dataset.json``, a channel file or a listed file missing.
+        MissingFileError: no folder ``source``, no ``dataset.json``, a channel file or a
+            listed file missing.
         DataFormatError: ``dataset.json`` malformed (channels, labels, an unknown modality,
-            a file ending mper cannot read), a file misnamed, a label without an image, a
-            case twice, or no training image at all.
+            a file ending mper cannot read or that no file of a folder has), a file
+            misnamed, a label without an image, a case twice, or no training image at all.
     """
     source = Path(source)
+    if not source.is_dir():
+        raise MissingFileError(
+            f"raw dataset folder {source} does not exist: pass the folder that holds dataset.json, imagesTr/ and "
+            f"labelsTr/ (mper-data synth --format nnunet --out {source} writes a synthetic one)"
+        )
     where = source / DATASET_JSON
     document = _json(where)
     layout = _layout_of(document, where)
@@ -374,22 +414,25 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
             "convert the images (e.g. with SimpleITK) and set file_ending"
         )
 
+    def files_of(folder: Path) -> list[Path]:
+        return _case_files(folder, ending, where if layout == NNUNET else None) if folder.is_dir() else []
+
     def listed(folder: Path) -> dict[str, tuple[Path, ...]]:
-        if not folder.is_dir():
-            return {}
-        return _channel_files(folder, ending, len(channels)) if layout == NNUNET else _volume_files(folder, ending)
+        files = files_of(folder)
+        return _channel_files(files, ending, len(channels)) if layout == NNUNET else _volume_files(files, ending)
 
     if layout == NNUNET:
         train_images = listed(source / IMAGES_TRAIN)
-        train_labels = _label_files(source / LABELS_TRAIN, ending, train_images)
+        train_labels = _label_files(files_of(source / LABELS_TRAIN), ending, train_images)
         test_images = listed(source / IMAGES_TEST)
     else:
-        train_images, train_labels, test_images = _msd_cases(source, document, where)
-    test_labels = _label_files(source / LABELS_TEST, ending, test_images)
+        train_images, train_labels, test_images = _msd_cases(source, document, where, files_of(source / IMAGES_TRAIN))
+    test_labels = _label_files(files_of(source / LABELS_TEST), ending, test_images)
     if not train_labels:
+        naming = "<case>_0000" if layout == NNUNET else "<case>"
         raise DataFormatError(
-            f"{source / IMAGES_TRAIN} holds no labeled training case (an image with its label in "
-            f"{LABELS_TRAIN}/); mper needs labeled cases to learn from"
+            f"{source / IMAGES_TRAIN} holds no labeled training case (an image {naming}{ending} with its label "
+            f"<case>{ending} in {LABELS_TRAIN}/); mper needs labeled cases to learn from"
         )
     extra = [listed(Path(folder)) for folder in (source / IMAGES_UNLABELED, unlabeled) if folder is not None]
     if unlabeled is not None and not Path(unlabeled).is_dir():
@@ -549,7 +592,8 @@ def group_input_files(files: Iterable[Path], layout: str, channels: int, ending:
         by_folder.setdefault(path.parent, []).append(path)
     cases: dict[str, tuple[Path, ...]] = {}
     for folder in sorted(by_folder):
-        grouped = _channel_files(folder, ending, channels) if layout == NNUNET else _volume_files(folder, ending)
+        files = _split_by_ending(folder, ending)[0]
+        grouped = _channel_files(files, ending, channels) if layout == NNUNET else _volume_files(files, ending)
         wanted = set(by_folder[folder])
         for name, group in grouped.items():
             if wanted & set(group):

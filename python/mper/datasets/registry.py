@@ -60,10 +60,17 @@ def detect_dataset(root: str | Path) -> str | None:
 
 
 def check_dataset_root(root: str | Path, dataset: str, wanted_by: str) -> None:
-    """Raise :class:`~mper.errors.ConfigError` when ``root`` holds another dataset's layout.
+    """Raise :class:`~mper.errors.MissingFileError` when ``root`` is not a folder (saying
+    which commands write ``dataset``'s data), :class:`~mper.errors.ConfigError` when it
+    holds another dataset's layout.
 
     ``wanted_by`` says who expects ``dataset`` (e.g. "the checkpoint was trained on it").
     """
+    if not Path(root).is_dir():
+        raise MissingFileError(
+            f"data folder {root} {'is not a folder' if Path(root).exists() else 'does not exist'}: "
+            f"{_ways_to_write(get_dataset(dataset), root)}, or pass the folder that holds it (--data-root)"
+        )
     found = detect_dataset(root)
     if found is not None and found != dataset:
         other, wanted = _REGISTRY[found], get_dataset(dataset)
@@ -71,6 +78,18 @@ def check_dataset_root(root: str | Path, dataset: str, wanted_by: str) -> None:
             f"{root} holds {other.title} data (it has {other.layout_mark}/), but {wanted.title} is "
             f"expected: {wanted_by}; pass the folder of the {wanted.title} data"
         )
+
+
+def _ways_to_write(spec: DatasetSpec, root: str | Path) -> str:
+    """The commands that write ``spec``'s data into ``root``."""
+    if spec.scans is not None:
+        return f"import your scans into it with mper-data import --source RAW --out {root}"
+    ways = []
+    if spec.synthesize is not None:
+        ways.append(f"mper-data synth --dataset {spec.name} --out {root} writes synthetic {spec.title} data")
+    if spec.convert is not None:
+        ways.append(f"mper-data convert --dataset {spec.name} --source RAW --out {root} converts the public download")
+    return "; ".join(ways) or f"write the {spec.title} data into it"
 
 
 def synthesize(

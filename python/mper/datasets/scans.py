@@ -16,11 +16,15 @@ The plan holds, for a 3D V-Net and for a 2D U-Net, the settings the data suggest
   memory budget;
 * the batch: as many as fit in ``memory_gb`` (an estimate: every layer's output of one
   forward, from the network itself, twice for the backward pass), in multiples of four
-  (two labeled and two unlabeled images), and no more than 5% of the training voxels;
+  (two labeled and two unlabeled images), no more than 5% of the training voxels, and
+  no more than twice the labeled items (each batch's labeled half reads distinct items);
 * a CPU-sized ``demo`` preset: sides of at most 32 (3D) or 64 (2D) and a batch of four;
 * validation on a cross-validation fold of the labeled cases (``data.val_split = "fold"``,
-  at most five folds); the default labeled count: every labeled case outside the fold
-  when there are unlabeled scans, else a fifth of them;
+  at most five folds); the default labeled count (:func:`default_labeled`): every labeled
+  case outside the fold when there are unlabeled scans, else a fifth of them, within
+  what training needs (:func:`labeled_range`): enough labeled items for a labeled batch
+  and, without unlabeled scans, one case outside the fold left for self-training to read
+  unlabeled. Data too small for that in the chosen ``dims`` is refused at import;
 * the soft Dice pooled over the batch (``losses.dice = "pooled-squared"``, ACDC's form)
   for 3D too: LA's per-image Dice suits one class present in nearly every patch, but
   drives the probability of a class that a patch lacks towards zero, and small classes
@@ -90,6 +94,8 @@ DEMO_SIDE = {"3d": 32, "2d": 64}
 MAX_FOLDS = 5
 #: The labeled share used by default when the data has no unlabeled scans.
 DEFAULT_LABELED_SHARE = 0.2
+#: The smallest labeled half of a batch: one copy-paste pair.
+MIN_LABELED_BATCH = BATCH_STEP // 2
 #: Shortest patch side: the networks' deepest map is then 2 voxels wide, enough for batch
 #: norm's statistics over the single image of a copy-paste half-batch.
 MIN_PATCH_SIDE = 2 * SIZE_MULTIPLE
@@ -154,9 +160,11 @@ def patch_and_batch(
 
 @dataclass(frozen=True)
 class DataSummary:
-    """What planning needs to know of the imported training cases."""
+    """What planning needs to know of the imported training cases; ``smallest_shape`` is
+    the fewest voxels of a labeled case along each axis (after cropping and resampling)."""
 
     median_shape: tuple[int, int, int]
+    smallest_shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     training_cases: int
     labeled_cases: int
@@ -174,27 +182,75 @@ def slice_axis_of(spacing: Sequence[float], median_shape: Sequence[int]) -> int:
     return int(max(range(len(spacing)), key=lambda axis: (spacing[axis], axis)))
 
 
-def default_labeled(summary: DataSummary, folds: int) -> int:
+def shaped_dims(summary: DataSummary) -> list[str]:
+    """The networks the cases' shape allows: 2D always, 3D unless the cases are single slices."""
+    return [dims for dims in DIMS if dims == "2d" or min(summary.median_shape) > 1]
+
+
+def validation_folds(summary: DataSummary) -> int:
+    """The cross-validation folds of the labeled cases: as many as the cases, at most :data:`MAX_FOLDS`."""
+    return min(MAX_FOLDS, summary.labeled_cases)
+
+
+def labeled_outside_fold(summary: DataSummary) -> int:
+    """The labeled cases outside the largest validation fold: those a run may label."""
+    return summary.labeled_cases - math.ceil(summary.labeled_cases / validation_folds(summary))
+
+
+def items_per_case(summary: DataSummary, dims: str) -> int:
+    """The training items every labeled case gives at least: itself in 3D, its slices in 2D."""
+    if dims == "3d":
+        return 1
+    return summary.smallest_shape[slice_axis_of(summary.spacing, summary.median_shape)]
+
+
+def labeled_range(summary: DataSummary, dims: str) -> range:
+    """The labeled case counts a run of the plan can train with: enough cases for
+    :data:`MIN_LABELED_BATCH` labeled items, and none beyond the cases outside the
+    validation fold, less one without unlabeled scans (self-training reads it unlabeled).
+    Empty when the data has too few labeled cases for ``dims``."""
+    fewest = math.ceil(MIN_LABELED_BATCH / items_per_case(summary, dims))
+    pool = labeled_outside_fold(summary)
+    return range(fewest, (pool if summary.unlabeled_cases else pool - 1) + 1)
+
+
+def too_few_cases(summary: DataSummary, dims: str) -> str:
+    """Why :func:`labeled_range` is empty for ``dims``, and what to do, in one line."""
+    pool, fewest = labeled_outside_fold(summary), labeled_range(summary, dims).start
+    needs = f"a run needs {fewest} to label (one labeled batch)"
+    if not summary.unlabeled_cases:
+        needs += " and 1 more to leave unlabeled for self-training"
+    others = [other for other in shaped_dims(summary) if other != dims and labeled_range(summary, other)]
+    return (
+        f"{summary.labeled_cases} labeled training cases and {summary.unlabeled_cases} unlabeled are too few for a "
+        f"{dims} network: the validation fold takes {summary.labeled_cases - pool}, leaving {pool}, and {needs}; "
+        "add labeled cases or unlabeled scans (imagesUnlabeled/ or mper-data import --unlabeled DIR)"
+        + "".join(f", or import with --dims {other}" for other in others)
+    )
+
+
+def default_labeled(summary: DataSummary, dims: str) -> int:
     """Labeled cases by default: every one outside the largest fold when unlabeled scans
-    exist, else a fifth of them (at least one)."""
-    pool = summary.labeled_cases - math.ceil(summary.labeled_cases / folds)
-    if summary.unlabeled_cases:
-        return pool
-    return max(1, round(DEFAULT_LABELED_SHARE * pool))
+    exist, else a fifth of them, within :func:`labeled_range` (which must not be empty)."""
+    allowed = labeled_range(summary, dims)
+    pool = labeled_outside_fold(summary)
+    wanted = pool if summary.unlabeled_cases else round(DEFAULT_LABELED_SHARE * pool)
+    return min(allowed[-1], max(allowed.start, wanted))
 
 
 def plan_settings(summary: DataSummary, dims: str, memory_gb: float) -> dict[str, Any]:
-    """The preset tables of ``dims`` for the data of ``summary`` (see the module docstring)."""
+    """The preset tables of ``dims`` for the data of ``summary`` (see the module docstring);
+    :func:`labeled_range` must not be empty for ``dims``."""
     slice_axis = slice_axis_of(summary.spacing, summary.median_shape)
     median = [float(length) for axis, length in enumerate(summary.median_shape) if dims == "3d" or axis != slice_axis]
     voxels = summary.training_cases * math.prod(summary.median_shape)
     patch, batch = patch_and_batch(
         median, bytes_per_voxel(dims, summary.in_channels, summary.num_classes), memory_gb, voxels
     )
+    labeled = default_labeled(summary, dims)
+    batch = min(batch, 2 * labeled * items_per_case(summary, dims) // BATCH_STEP * BATCH_STEP)
     demo_patch = _sides(median, DEMO_SIDE[dims])
-    folds = min(MAX_FOLDS, summary.labeled_cases)
-    labeled = default_labeled(summary, folds)
-    validation = {"val_split": "fold", "folds": folds, "holdout_cases": 0}
+    validation = {"val_split": "fold", "folds": validation_folds(summary), "holdout_cases": 0}
     paper: dict[str, Any] = {
         "labeled": labeled,
         "data": {"patch_size": patch, "batch_size": batch, "labeled_batch_size": batch // 2, **validation},
@@ -353,9 +409,11 @@ def import_scans(
     rules = _scan_rules(raw, found, training, spacing)
     shapes = [resampled_shape(found.cropped[name], found.spacings[name], rules.spacing) for name in training]
     median = tuple(int(round(value)) for value in np.median(np.asarray(shapes, dtype=np.float64), axis=0))
+    smallest = np.min(np.asarray(shapes), axis=0).tolist()
     unlabeled_cases = len(raw.with_role(UNLABELED))
     summary = DataSummary(
         (median[0], median[1], median[2]),
+        (smallest[0], smallest[1], smallest[2]),
         rules.spacing,
         len(training) + unlabeled_cases,
         len(training),
@@ -364,9 +422,13 @@ def import_scans(
         len(raw.class_names),
     )
     chosen = dims or ("2d" if is_strongly_anisotropic(rules.spacing, median) or 1 in median else "3d")
-    settings = {key: plan_settings(summary, key, memory_gb) for key in DIMS if key == "2d" or min(median) > 1}
-    if chosen not in settings:
+    if chosen not in shaped_dims(summary):
         raise ConfigError(f"{source}: the cases are single slices; import them with --dims 2d")
+    if not labeled_range(summary, chosen):
+        raise DataFormatError(f"{source}: {too_few_cases(summary, chosen)}")
+    settings = {
+        key: plan_settings(summary, key, memory_gb) for key in shaped_dims(summary) if labeled_range(summary, key)
+    }
     plan = ScanPlan(
         name=raw.name,
         source=str(source),

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mper.datasets import SLIDING_WINDOW, get_dataset
+from mper.data.synth_scans import SYNTH_SCAN_SIZE
+from mper.datasets import SLIDING_WINDOW, DatasetSpec, get_dataset
 from mper.nets.base import SegmentationOutput
 from mper.train.config import SUPERVISED_BASELINES, TrainConfig
 from mper.train.loaders import training_cases, validation_cases
@@ -65,15 +66,32 @@ def _data_size_warning(config: TrainConfig, preset: str) -> str | None:
     spec, patch = get_dataset(config.dataset), tuple(config.data.patch_size)
     labeled, _ = training_cases(config)
     image, _ = spec.load_item(config.data_root, labeled[0])
-    ratio = math.prod(image.shape) / math.prod(patch)
+    shape = image.shape[image.ndim - len(patch) :]  # the voxels: imported images carry their channels first
+    ratio = math.prod(shape) / math.prod(patch)
     if ratio < DATA_SIZE_FACTOR:
         return None
     return (
         f"--preset {preset} is made for training images of about its {_size(patch)} patch, but those of "
-        f"{config.data_root} are {_size(image.shape)} ({labeled[0]}), {ratio:.1f}x the voxels: its "
+        f"{config.data_root} are {_size(shape)} ({labeled[0]}), {ratio:.1f}x the voxels: its "
         f"{config.pretrain.iterations} + {config.selftrain.iterations} iterations and narrow networks can "
-        f"learn much less from them. For a quick run, write data of about {_size(patch)} (mper-data synth "
-        f"--size {' '.join(map(str, patch))}); for this data, a preset sized for it"
+        f"learn much less from them. For a quick run, write data of about {_size(patch)} "
+        f"({_synthetic_data_command(spec, patch)}); for this data, a preset sized for it"
+    )
+
+
+def _synthetic_data_command(spec: DatasetSpec, patch: tuple[int, ...]) -> str:
+    """The commands that write synthetic data of ``spec``'s kind with images of about
+    ``patch``: raw scans imported as ``spec``'s were (a 2D plan's patch is the slice's,
+    the synthetic scans slice their last axis), or the built-in dataset's layout."""
+    if spec.scans is None:
+        folder = f"data/{spec.name}-{_size(patch)}"
+        return f"mper-data synth --dataset {spec.name} --size {' '.join(map(str, patch))} --out {folder}"
+    plan = spec.scans
+    size = patch if plan.dims == "3d" else (*patch, SYNTH_SCAN_SIZE[2])
+    name = f"synth-{_size(size)}"
+    return (
+        f"mper-data synth --format {plan.layout} --size {' '.join(map(str, size))} --out raw/{name}, then "
+        f"mper-data import --source raw/{name} --out data/{name} --dims {plan.dims}"
     )
 
 
