@@ -209,7 +209,7 @@ def test_ctrl_c_saves_and_resume_finishes_the_run(acdc_root, tmp_path, monkeypat
         ),
         (
             ["--dataset", "acdc", "--data-root", "{root}", "--set", "data.patch_size=64,64"],
-            "e.g. data.patch_size=[64, 64]",
+            "e.g. data.patch_size=[64,64]; got 64,64",
         ),
         (["--dataset", "acdc", "--data-root", "{root}", "--set", "prototypes.tau=-1"], "prototypes.tau must be"),
         (["--dataset", "acdc", "--data-root", "{root}", "--set", "optim.lr=nan"], "optim.lr must be a positive"),
