@@ -209,12 +209,27 @@ def test_ctrl_c_saves_and_resume_finishes_the_run(acdc_root, tmp_path, monkeypat
         ),
         (
             ["--dataset", "acdc", "--data-root", "{root}", "--set", "data.patch_size=64,64"],
-            "e.g. data.patch_size=[64, 64]",
+            "e.g. data.patch_size=[64,64]; got 64,64",
         ),
         (["--dataset", "acdc", "--data-root", "{root}", "--set", "prototypes.tau=-1"], "prototypes.tau must be"),
         (["--dataset", "acdc", "--data-root", "{root}", "--set", "optim.lr=nan"], "optim.lr must be a positive"),
         (["--dataset", "acdc", "--data-root", "{root}", "--labeled", "3"], "leaves no unlabeled training case"),
         (["--dataset", "acdc", "--data-root", "{root}", "--out", "{file}/run"], "cannot create the run folder"),
+        (
+            ["--dataset", "acdc", "--data-root", "{root}", "--fold", "1"],
+            "data.fold = 1 (mper-train --fold) chooses a cross-validation fold, but ACDC has none: it selects "
+            "checkpoints on its val.list (data.val_split = 'val'); drop --fold and any --set data.fold",
+        ),
+        (["--dataset", "acdc", "--print-config", "--fold", "0"], "data.fold = 0 (mper-train --fold) chooses"),
+        (["--dataset", "acdc", "--print-config", "--set", "data.fold=2"], "but ACDC has none: it selects"),
+        (
+            ["--dataset", "acdc", "--print-config", "--set", "eval.postprocess=biggest"],
+            "eval.postprocess must be one of none, largest-component; got 'biggest'",
+        ),
+        (
+            ["--dataset", "acdc", "--print-config", "--set", "eval.empty_prediction=skip"],
+            "eval.empty_prediction must be one of zero, undefined; got 'skip'",
+        ),
     ],
 )
 def test_user_errors_end_in_one_line_and_exit_code_2(arguments, message, acdc_root, tmp_path, monkeypatch, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import nibabel as nib
 import numpy as np
@@ -139,7 +140,8 @@ def test_outputs_are_named_after_the_case_and_keep_its_folder(write_h5, tmp_path
         tmp_path / "out" / "more" / "scan_pred.nii.gz",
     ]
     assert all(path.is_file() for path in outputs)
-    assert [line.split(" ")[0] for line in caplog.messages] == ["[1/3]", "[2/3]", "[3/3]"]
+    assert caplog.messages[0] == f"ignored 1 file(s) of {tmp_path / 'in'} not ending in .nii.gz, .nii, .h5: notes.txt"
+    assert [line.split(" ")[0] for line in caplog.messages[1:]] == ["[1/3]", "[2/3]", "[3/3]"]
     one_file = tmp_path / "in" / "caseA" / "mri_norm2.h5"
     single = predict_path(ThresholdNet(), one_file, "la", tmp_path / "one", **LA_OPTIONS)
     assert single == [tmp_path / "one" / "caseA_pred.nii.gz"]
@@ -155,7 +157,27 @@ def test_a_bad_file_in_a_folder_is_reported_and_the_rest_is_segmented(write_h5, 
     errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
     assert len(errors) == 2
     assert "broken.nii.gz: not a readable NIfTI file" in errors[0]
-    assert "slice.h5: expected a 3D volume" in errors[1]
+    assert (
+        "slice.h5: a 2D array of shape (16, 16), but the LA model takes 3D volumes (NIfTI and h5 (H, W, D))"
+        in errors[1]
+    )
+
+
+def test_a_single_slice_is_refused_by_a_3d_network_and_segmented_by_a_2d_one(write_h5, tmp_path):
+    nib.save(nib.Nifti1Image(half_bright((16, 16, 1)), AFFINE), tmp_path / "slice.nii.gz")
+    write_h5(tmp_path / "slice.h5", image=np.where(half_bright((16, 1, 16)) > 0, 1.0, -1.0).astype(np.float32))
+    for name, shape in (("slice.nii.gz", (16, 16, 1)), ("slice.h5", (16, 1, 16))):
+        with pytest.raises(
+            DataFormatError,
+            match=re.escape(
+                f"{name}: a 2D image (one slice, shape {shape}), but the LA model is a 3D network that takes "
+                "3D volumes (NIfTI and h5 (H, W, D)); give the whole volume"
+            ),
+        ):
+            predict_file(ThresholdNet(), tmp_path / name, "la", tmp_path / "out", **LA_OPTIONS)
+    assert not (tmp_path / "out").exists()
+    out = predict_file(ThresholdNet(num_classes=4), tmp_path / "slice.nii.gz", "acdc", tmp_path, patch_size=(32, 32))
+    assert nib.load(out).shape == (16, 16, 1)
 
 
 def test_nan_voxels_are_refused_with_the_file_name(write_h5, tmp_path):
@@ -195,7 +217,9 @@ def test_bad_inputs_name_the_file_and_what_was_expected(write_h5, tmp_path):
     with pytest.raises(ValueError, match=r"no_image.h5 has no dataset 'image'"):
         predict_file(net, tmp_path / "no_image.h5", "la", tmp_path)
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.float32), np.eye(4)), tmp_path / "cine.nii.gz")
-    with pytest.raises(ValueError, match=r"cine.nii.gz: expected a 3D volume"):
+    with pytest.raises(
+        ValueError, match=r"cine.nii.gz: a 4D array of shape \(4, 4, 4, 2\), but the ACDC model takes 3D"
+    ):
         predict_file(net, tmp_path / "cine.nii.gz", "acdc", tmp_path)
     (tmp_path / "broken.nii.gz").write_bytes(b"not gzip at all")
     with pytest.raises(ValueError, match=r"broken.nii.gz: not a readable NIfTI file"):

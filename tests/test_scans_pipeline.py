@@ -6,6 +6,7 @@ the commands a user types."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import nibabel as nib
@@ -23,6 +24,8 @@ from mper.data.raw_scans import MSD, NNUNET
 from mper.data.synth_scans import SYNTH_SCAN_CLASSES
 from mper.datasets import get_dataset
 from mper.datasets.registry import _REGISTRY
+from mper.errors import DataFormatError, UserError
+from mper.eval.scans import predict_scan
 from mper.train.checkpoint import load_checkpoint
 from mper.train.config import TrainConfig
 
@@ -177,6 +180,57 @@ def test_a_run_predicts_and_resumes_from_its_own_copy_of_the_plan(nnunet_3d, tmp
     assert "| MPER | 3 | 1 |" in capsys.readouterr().out
 
 
+def _predict_exit(run_dir, inputs, out, capsys):
+    """mper-predict's exit status and what it printed to stderr, line by line."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.predict_main(["--checkpoint", str(run_dir / "best.pt"), "--input", str(inputs), "--output", str(out)])
+    return exit_info.value.code, capsys.readouterr().err.splitlines()
+
+
+def test_prediction_skips_incomplete_and_flat_cases_ignores_other_files_and_exits_2(nnunet_3d, tmp_path, capsys):
+    raw, _, run_dir = nnunet_3d
+    inputs = shutil.copytree(raw / "imagesTs", tmp_path / "in")
+    (inputs / "readme.txt").write_text("notes")
+    shutil.copy(inputs / "synth_006_0000.nii.gz", inputs / "synth_006_0002.nii.gz")  # a channel the model lacks
+    shutil.copy(inputs / "synth_006_0000.nii.gz", inputs / "lonely_0000.nii.gz")  # its MRI channel missing
+    for channel in ("0000", "0001"):  # synth_005 becomes its middle slice: a 2D image
+        scan = nib.load(inputs / f"synth_005_{channel}.nii.gz")
+        nib.save(nib.Nifti1Image(np.asarray(scan.dataobj)[:, :, 3], scan.affine), scan.get_filename())
+    out = tmp_path / "out"
+    code, lines = _predict_exit(run_dir, inputs, out, capsys)
+    assert code == 2
+    assert lines[0] == (
+        f"ignored 2 file(s) of {inputs} not named as the model's input, <case>_0000.nii.gz ... <case>_0001.nii.gz: "
+        "readme.txt, synth_006_0002.nii.gz"
+    )
+    flat_shape = nib.load(inputs / "synth_005_0000.nii.gz").shape
+    assert lines[1:] == [
+        f"[1/3] skipped: {inputs / 'lonely_0001.nii.gz'} not found: case lonely lacks channel 1 (MRI) of the 2 the "
+        "model takes (CT, MRI); add the file",
+        f"[2/3] skipped: {inputs / 'synth_005_0000.nii.gz'}: a 2D image of shape {flat_shape}, but the model is a 3D "
+        "V-Net trained on 3D volumes (median shape [16, 14, 6] after import); give the whole 3D volume",
+        f"[3/3] {inputs / 'synth_006_0000.nii.gz'} -> {out / 'synth_006.nii.gz'}",
+        f"mper-predict: error: 2 of 3 cases could not be segmented (reasons above), first lonely; the other 1 label "
+        f"maps are in {out}",
+    ]
+    assert sorted(path.name for path in out.iterdir()) == ["synth_006.nii.gz"]
+
+
+def test_a_decathlon_model_refuses_a_case_without_its_channels_in_one_4d_file(decathlon_2d, tmp_path, capsys):
+    raw, _, run_dir = decathlon_2d
+    case = sorted((raw / "imagesTs").glob("*.nii.gz"))[0]
+    scan = nib.load(case)
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(np.asarray(scan.dataobj)[..., 0], scan.affine), tmp_path / "in" / case.name)
+    code, lines = _predict_exit(run_dir, tmp_path / "in", tmp_path / "out", capsys)
+    assert code == 2 and "dataset.json" not in "\n".join(lines) and "import again" not in "\n".join(lines)
+    assert lines[0] == (
+        f"[1/1] skipped: {tmp_path / 'in' / case.name}: shape {scan.shape[:3]}, but the model takes 2 channels "
+        "(CT, MRI) in one 4D image (x, y, z, 2); stack the case's channels along a fourth axis in that order"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_without_labeled_test_cases_a_run_is_scored_on_its_validation_fold(decathlon_2d, tmp_path, capsys):
     _, root, _ = decathlon_2d
     unlabeled_tests = shutil.copytree(root, tmp_path / "no-test-labels")
@@ -207,6 +261,27 @@ def test_two_dimensional_images_train_in_2d_and_predict_in_their_own_shape(nnune
         image = nib.load(flat / "imagesTs" / path.name.replace(".nii.gz", "_0000.nii.gz"))
         assert nib.load(path).shape == image.shape and len(image.shape) == 2
         np.testing.assert_array_equal(nib.load(path).affine, image.affine)
+    volume = raw / "imagesTs" / "synth_005_0000.nii.gz"  # a 3D volume for a model of 2D images
+    with pytest.raises(UserError, match="1 of 1 cases could not be segmented"):
+        pipeline.predict(run_dir / "best.pt", volume, tmp_path / "volume", device="cpu")
+    assert not (tmp_path / "volume").exists()
+    with pytest.raises(
+        DataFormatError,
+        match=re.escape(
+            f"{volume}: a 3D volume of shape {nib.load(volume).shape}, but the model is a 2D U-Net on slices across "
+            "axis 2 trained on 2D images (median shape"
+        )
+        + r".*\); give its slices as 2D images, one file each$",
+    ):
+        predict_scan(
+            pipeline.load_network(run_dir / "best.pt", device="cpu")[0],
+            (volume, raw / "imagesTs" / "synth_005_0001.nii.gz"),
+            "synth_005",
+            NAME,
+            tmp_path / "volume" / "synth_005.nii.gz",
+            5,
+            patch_size=(32, 32),
+        )
 
 
 def test_every_preset_and_setting_applies_to_imported_data(nnunet_3d, capsys):

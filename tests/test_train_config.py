@@ -102,8 +102,8 @@ def test_overrides_are_typed_by_toml_and_merged_into_sections():
     "assignment, message",
     [
         ("selftrain.iteratons=5", "unknown setting selftrain.iteratons"),
-        ("selftrain.iterations=many", "selftrain.iterations expects int"),
-        ("data.patch_size=64", "data.patch_size expects tuple"),
+        ("selftrain.iterations=many", "setting selftrain.iterations expects a whole number, e.g. "),
+        ("data.patch_size=64", "data.patch_size expects a list of whole numbers in brackets"),
         ("prototypes.update_source=all", "prototypes.update_source must be one of"),
         ("data.batch_size=6", "twice data.labeled_batch_size"),
         ("data.labeled_batch_size=3", "must be even"),
@@ -111,18 +111,28 @@ def test_overrides_are_typed_by_toml_and_merged_into_sections():
         ("iterations", "must look like section.key=value"),
         (
             "data.patch_size=64,64",
-            r"expects tuple \(a list of int in brackets\), got '64,64'; "
-            r"e.g. data.patch_size=\[64, 64\]",
+            r"expects a list of whole numbers in brackets, without spaces, e.g. data.patch_size=\[64,64\]; got 64,64$",
         ),
+        (
+            "data.patch_size=[32,32,abc]",
+            r"setting data.patch_size expects a list of whole numbers in brackets, without spaces, "
+            r"e.g. data.patch_size=\[32,32,32\]; got \[32,32,abc\] \(abc is not a whole number\)$",
+        ),
+        ("data.patch_size=[64,64.5]", r"got \[64, 64.5\] \(64.5 is not a whole number\)$"),
+        ("eval.stride=[16,x]", r"eval.stride expects none or a list of whole numbers .*; got \[16,x\] \(x is not a"),
+        ("data.batch_size=1.5", r"setting data.batch_size expects a whole number, e.g. data.batch_size=3; got 1.5$"),
+        ("optim.lr=fast", r"setting optim.lr expects a number, e.g. optim.lr=0.5; got fast$"),
+        ("selftrain.pseudo_label_threshold=high", r"expects none or a number, e.g. .*; got high$"),
+        ("data.val_split=3", r"data.val_split expects one of val, holdout, test, fold, e.g. .*; got 3$"),
         ("selftrain.teacher_mode=student", "selftrain.teacher_mode must be one of train, eval"),
         ("losses.dice=cube", "losses.dice must be one of pooled-squared, per-sample-linear"),
         ("selftrain.forward_passes=3", "selftrain.forward_passes must be 1 or 2"),
         ("prototypes.kmeans_max_voxels=-1", "kmeans_max_voxels must be 0"),
         ("losses.dice_smooth=-1", "losses.dice_smooth must be a finite number >= 0"),
         ("network.classifier_kernel=2", "network.classifier_kernel must be a positive odd integer"),
-        ("compile=yes", "setting compile expects bool, got 'yes'; e.g. compile=true"),
-        ("channels_last=1", "setting channels_last expects bool"),
-        ("distributed.force_group=on", "setting distributed.force_group expects bool"),
+        ("compile=yes", "setting compile expects true or false, e.g. compile=true; got yes$"),
+        ("channels_last=1", "setting channels_last expects true or false"),
+        ("distributed.force_group=on", "setting distributed.force_group expects true or false"),
     ],
 )
 def test_bad_overrides_say_what_is_wrong(assignment, message):

@@ -27,7 +27,8 @@ from mper.datasets.scans import DEFAULT_MEMORY_GB
 from mper.errors import ConfigError, UserError
 from mper.eval.predict import expected_layouts
 from mper.experiment import SweepInterrupted
-from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, TrainConfig, load_config, to_toml
+from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, TrainConfig, load_config
+from mper.train.config_checks import check_fold_chosen
 from mper.train.distributed import is_main_process
 from mper.train.loop import LAST_CHECKPOINT
 from mper.train.prototypes import UPDATE_SOURCES
@@ -199,7 +200,7 @@ def train_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="K",
         help="the cross-validation fold of the labeled cases that selects checkpoints, for "
-        "imported datasets (default: 0)",
+        "imported datasets (default: 0); refused for LA and ACDC, which have no folds",
     )
     parser.add_argument(
         "--preset",
@@ -296,6 +297,8 @@ def _train_config(args: argparse.Namespace, dataset: str) -> TrainConfig:
     """The settings of a new run: the preset, the options and ``--set``."""
     overrides = _train_overrides(args)
     config = load_config(dataset, args.preset or "paper", overrides, args.assignments)
+    if args.fold is not None:
+        check_fold_chosen(config)
     if args.labeled == ALL_LABELED:
         config = load_config(
             dataset, args.preset or "paper", {**overrides, "labeled": pipeline.labeled_all(config)}, args.assignments
@@ -320,7 +323,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
                     "--print-config needs --dataset, or --data-root of imported scans "
                     "(a run folder keeps its settings in config.toml)"
                 )
-            print(to_toml(_train_config(args, dataset).to_dict()), end="")
+            print(pipeline.settings_toml(_train_config(args, dataset)), end="")
             return
         if args.resume:
             if not args.out:

@@ -182,6 +182,20 @@ def _remove_unstarted(run_dir: Path, created: bool) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def check_settings(config: TrainConfig) -> None:
+    """Raise :class:`~mper.errors.ConfigError` for the first invalid setting: those that
+    :class:`~mper.train.config.TrainConfig` does not check when it is built, the evaluation
+    protocol's (:func:`~mper.eval.protocol.check_protocol`, a layer above it)."""
+    check_protocol(config.eval.postprocess, config.eval.empty_prediction)
+
+
+def settings_toml(config: TrainConfig) -> str:
+    """The settings of a run as ``mper-train --print-config`` prints them, checked as
+    :func:`train` checks them first."""
+    check_settings(config)
+    return to_toml(config.to_dict())
+
+
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Train, evaluate the best checkpoint on the test split, and return the run folder.
 
@@ -194,7 +208,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     (:mod:`mper.train.distributed`); process 0 alone writes the run folder and
     evaluates, the others return the folder once training is over.
     """
-    check_protocol(config.eval.postprocess, config.eval.empty_prediction)
+    check_settings(config)
     with process_group(config) as config:
         run_dir = Path(config.out) if config.out else default_run_dir(config)
         if not is_main_process():

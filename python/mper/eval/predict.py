@@ -14,7 +14,8 @@ Inputs:
   z-scored) or ``(S, H, W)`` (ACDC, scaled to ``[0, 1]``). It has no geometry, so the
   output's affine is the identity.
 
-Each input is checked against the model before it is segmented: a 3D volume, every
+Each input is checked against the model before it is segmented: a 3D volume (more than
+one slice for LA's 3D network), every
 intensity finite, for HDF5 the intensity scaling of the model's dataset, and the axis
 order: the axis where the layout puts the slices (ACDC) or the depth (LA) must not be
 more than :data:`AXIS_ORDER_RATIO` times as long as another axis (a short-axis stack
@@ -41,7 +42,7 @@ from torch import nn
 
 from mper.data.files import check_finite, read_h5_case
 from mper.data.preprocess import normalize_intensity
-from mper.datasets import DatasetSpec, get_dataset
+from mper.datasets import SLIDING_WINDOW, DatasetSpec, get_dataset
 from mper.errors import ConfigError, DataFormatError, MissingFileError, UserError
 
 from .protocol import segment_volume
@@ -72,11 +73,19 @@ def case_location(path: Path, case_file: str | None = None) -> tuple[Path, str]:
     return path.parent, path.name[: -len(_matching_suffix(path) or "")]
 
 
-def _check_volume(path: Path, image: np.ndarray) -> None:
+def _check_volume(path: Path, image: np.ndarray, spec: DatasetSpec) -> None:
+    """A 3D volume of finite intensities; for a 3D network (sliding-window inference) one
+    that is more than a single slice, which the network would segment as garbage."""
     if image.ndim != 3:
         raise DataFormatError(
-            f"{path}: expected a 3D volume, got an array of shape {image.shape}; "
-            "split 4D series into one 3D file per frame, and give whole volumes, not single slices"
+            f"{path}: a {image.ndim}D array of shape {image.shape}, but the {spec.title} model takes 3D volumes "
+            f"({expected_layouts(spec)}); split 4D series into one 3D file per frame, and give whole volumes, "
+            "not single slices"
+        )
+    if spec.inference == SLIDING_WINDOW and 1 in image.shape:
+        raise DataFormatError(
+            f"{path}: a 2D image (one slice, shape {image.shape}), but the {spec.title} model is a 3D network "
+            f"that takes 3D volumes ({expected_layouts(spec)}); give the whole volume"
         )
     check_finite(path, image)
 
@@ -121,7 +130,7 @@ def _load_nifti(path: Path, spec: DatasetSpec, force: bool) -> tuple[np.ndarray,
         image = np.asarray(scan.dataobj, dtype=np.float32)
     except (ImageFileError, OSError, EOFError) as error:
         raise DataFormatError(f"{path}: not a readable NIfTI file ({error})") from error
-    _check_volume(path, image)
+    _check_volume(path, image, spec)
     _check_axis_order(path, image, spec.scan_axes_names, spec, force)
     return np.transpose(normalize_intensity(image, spec.normalization), spec.scan_axes), scan
 
@@ -142,7 +151,7 @@ def _load_h5(path: Path, spec: DatasetSpec, force: bool) -> np.ndarray:
     volumes are (a volume preprocessed for another dataset)."""
     (image,) = read_h5_case(path, ("image",), layout=f"a preprocessed {spec.title} volume")
     image = image.astype(np.float32, copy=False)
-    _check_volume(path, image)
+    _check_volume(path, image, spec)
     low, high = float(image.min()), float(image.max())
     expected = _scaled_otherwise(low, high, spec.normalization)
     if expected is not None:
@@ -220,7 +229,17 @@ def predict_file(
 def _folder_outputs(input_dir: Path, out_dir: Path, case_file: str | None) -> dict[Path, Path]:
     """Every supported file under ``input_dir`` and its output path, which keeps the
     case's sub-folder so that same-named cases do not overwrite each other."""
-    files = sorted(p for p in input_dir.rglob("*") if p.is_file() and _matching_suffix(p))
+    visible = sorted(p for p in input_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = [path for path in visible if _matching_suffix(path)]
+    ignored = [str(path.relative_to(input_dir)) for path in visible if not _matching_suffix(path)]
+    if ignored and files:
+        log.warning(
+            "ignored %d file(s) of %s not ending in %s: %s",
+            len(ignored),
+            input_dir,
+            ", ".join(SUPPORTED_SUFFIXES),
+            ", ".join(ignored),
+        )
     if not files:
         raise MissingFileError(
             f"no image files under {input_dir}; expected files ending in {', '.join(SUPPORTED_SUFFIXES)}"
@@ -252,9 +271,10 @@ def predict_path(
     """Segment a file, or every supported file under a directory; returns the output paths
     (``force`` and ``options``: see :func:`predict_file`).
 
-    Each file is logged as it is done. In a directory, a file that cannot be segmented
-    (unreadable, not a 3D volume, non-finite, the other dataset's scaling) is logged and
-    skipped; after the rest is done a :class:`~mper.errors.UserError` says how many failed.
+    Each file is logged as it is done. In a directory, files of other types are listed in
+    one log line and left alone, and a file that cannot be segmented (unreadable, not a 3D
+    volume, non-finite, the other dataset's scaling) is logged and skipped; after the rest
+    is done a :class:`~mper.errors.UserError` says how many failed.
     """
     input_path = Path(input_path)
     if input_path.is_file():

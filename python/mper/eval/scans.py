@@ -11,24 +11,30 @@
   case in the Decathlon layout): each case is read, cropped, normalised and resampled by
   the plan's rules, segmented, brought back to its grid, and written as
   ``<case><ending>`` (nnU-Net's naming) with the header of its first channel's file.
+  Files of the folder named otherwise are listed in one log line and left alone. A case
+  that lacks a channel file, holds its channels otherwise than the model takes them, or
+  is a 2D image for a model trained on 3D volumes (or the reverse) is skipped like an
+  unreadable one: nothing is written for it, and the command ends with an error.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
 from torch import nn
 
 from mper.data.imported import load_original_label, load_scan_volume
-from mper.data.raw_scans import TEST, RawCase, group_input_files, read_image, scan_spacing
+from mper.data.raw_scans import NNUNET, TEST, RawCase, case_name, read_image, scan_spacing
 from mper.data.scan_plan import ScanPlan
 from mper.data.scan_preprocess import CaseGeometry, preprocess_scan, restore_labels
 from mper.datasets import get_dataset
-from mper.errors import ConfigError, MissingFileError, UserError
+from mper.errors import ConfigError, DataFormatError, MissingFileError, UserError
 
 from .figures import FigureSlice, figure_slice
 from .inference import predict_probabilities
@@ -39,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: The unit of the distances scored on imported datasets.
 DISTANCE_UNIT = "mm"
+#: nnU-Net's name of an input file without its ending: ``<case>_<XXXX>``, XXXX the channel.
+CHANNEL_FILE = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
 
 
 def _plan(dataset: str) -> ScanPlan:
@@ -90,23 +98,106 @@ def score_scan_case(
     return scores, figure_slice(image[0], label, resampled, dataset)
 
 
+def _case_of(path: Path, plan: ScanPlan) -> str | None:
+    """The case ``path`` is an input file of, named as the plan's raw layout names them;
+    ``None`` for any other file (another ending, a channel the model does not take)."""
+    stem = case_name(path.name, plan.file_ending)
+    if stem is None or plan.layout != NNUNET:
+        return stem
+    match = CHANNEL_FILE.fullmatch(stem)
+    return match["case"] if match and int(match["channel"]) < len(plan.channels) else None
+
+
+def _case_files(folder: Path, case: str, plan: ScanPlan) -> tuple[Path, ...]:
+    """The files the model reads for ``case``: one per channel (nnU-Net), or one in all."""
+    if plan.layout != NNUNET:
+        return (folder / f"{case}{plan.file_ending}",)
+    return tuple(folder / f"{case}_{channel:04d}{plan.file_ending}" for channel in range(len(plan.channels)))
+
+
+def _input_naming(plan: ScanPlan) -> str:
+    if plan.layout != NNUNET:
+        return f"<case>{plan.file_ending}"
+    return " ... ".join(f"<case>_{channel:04d}{plan.file_ending}" for channel in sorted({0, len(plan.channels) - 1}))
+
+
 def _input_cases(input_path: Path, plan: ScanPlan) -> dict[str, tuple[Path, ...]]:
-    """The raw cases under ``input_path`` (a folder, or one file of a case)."""
+    """The raw cases under ``input_path`` (a folder, or one file of a case), each with the
+    files the model reads (some may be missing: :func:`predict_scan` refuses that case).
+    Other files are listed in one log line and left alone."""
     if input_path.is_file():
-        files = [input_path]
+        folder, candidates = input_path.parent, [input_path]
     elif input_path.is_dir():
-        files = sorted(
-            path
-            for path in input_path.iterdir()
-            if path.is_file() and path.name.endswith(plan.file_ending) and not path.name.startswith(".")
-        )
+        folder = input_path
+        candidates = sorted(path for path in input_path.iterdir() if path.is_file() and not path.name.startswith("."))
     else:
         raise MissingFileError(f"no such file or directory: {input_path}")
-    cases = group_input_files(files, plan.layout, len(plan.channels), plan.file_ending) if files else {}
+    cases: dict[str, tuple[Path, ...]] = {}
+    ignored = []
+    for path in candidates:
+        case = _case_of(path, plan)
+        if case is None:
+            ignored.append(path.name)
+        else:
+            cases.setdefault(case, _case_files(folder, case, plan))
+    if ignored:
+        log.warning(
+            "ignored %d file(s) of %s not named as the model's input, %s: %s",
+            len(ignored),
+            folder,
+            _input_naming(plan),
+            ", ".join(ignored),
+        )
     if not cases:
-        naming = "<case>_0000" if plan.layout == "nnunet" else "<case>"
-        raise MissingFileError(f"no scans under {input_path}; expected files named {naming}{plan.file_ending}")
+        raise MissingFileError(f"no scans in {input_path}; expected files named {_input_naming(plan)}")
     return cases
+
+
+def _check_input_files(files: tuple[Path, ...], name: str, plan: ScanPlan) -> None:
+    """Every channel file of case ``name`` is there; a single file holds every channel."""
+    for channel, path in enumerate(files):
+        if not path.is_file():
+            raise MissingFileError(
+                f"{path} not found: case {name} lacks channel {channel} ({plan.channels[channel]}) of the "
+                f"{len(plan.channels)} the model takes ({', '.join(plan.channels)}); add the file"
+            )
+    if len(files) == 1 < len(plan.channels):
+        try:
+            scan = nib.load(files[0])
+        except (ImageFileError, OSError, EOFError, ValueError):
+            return  # read_image names the unreadable file
+        if not isinstance(scan, nib.Nifti1Image):
+            return  # read_image names the file that is not NIfTI
+        shape = scan.shape
+        if len(shape) != 4 or shape[3] != len(plan.channels):
+            raise DataFormatError(
+                f"{files[0]}: shape {shape}, but the model takes {len(plan.channels)} channels "
+                f"({', '.join(plan.channels)}) in one 4D image (x, y, z, {len(plan.channels)}); "
+                "stack the case's channels along a fourth axis in that order"
+            )
+
+
+def _check_dimensionality(path: Path, shape: tuple[int, ...], spatial: tuple[int, ...], plan: ScanPlan) -> None:
+    """Refuse a 2D image (one slice) for a model trained on 3D volumes, unless it is a 2D
+    network's slice across its slice axis, and a 3D volume for a model trained on 2D images:
+    the network would segment what it never saw, silently wrong."""
+    trained_on_images = 1 in plan.median_shape
+    single_slice = 1 in spatial
+    slice_of_volume = single_slice and plan.dims == "2d" and spatial[plan.slice_axis] == 1
+    if single_slice == trained_on_images or (slice_of_volume and not trained_on_images):
+        return
+    network = "a 3D V-Net" if plan.dims == "3d" else f"a 2D U-Net on slices across axis {plan.slice_axis}"
+    trained = "2D images" if trained_on_images else "3D volumes"
+    if single_slice:
+        fix = "give the whole 3D volume" + (
+            f", or its slices across axis {plan.slice_axis}" if plan.dims == "2d" else ""
+        )
+    else:
+        fix = "give its slices as 2D images, one file each"
+    raise DataFormatError(
+        f"{path}: a {'2D image' if single_slice else '3D volume'} of shape {shape}, but the model is {network} "
+        f"trained on {trained} (median shape {list(plan.median_shape)} after import); {fix}"
+    )
 
 
 def predict_scan(
@@ -120,9 +211,13 @@ def predict_scan(
     ops: str = "mper",
     **inference: Any,
 ) -> Path:
-    """Segment the raw case of ``files`` and write its label map to ``out_path``."""
+    """Segment the raw case of ``files`` and write its label map to ``out_path``; a case
+    that lacks a channel file or whose dimensionality differs from the training images'
+    is refused with :class:`~mper.errors.UserError`, and nothing is written for it."""
     plan = _plan(dataset)
+    _check_input_files(files, name, plan)
     image, first = read_image(RawCase(name, files, None, TEST), len(plan.channels))
+    _check_dimensionality(files[0], first.shape, image.shape[1:], plan)
     spacing = scan_spacing(first, files[0])
     preprocessed, _, geometry = preprocess_scan(image, None, spacing, first.affine, plan.rules)
     labels, _ = scan_labels(net, preprocessed, geometry, dataset, num_classes, postprocess, ops, **inference)
@@ -143,7 +238,7 @@ def predict_scans(
     **inference: Any,
 ) -> list[Path]:
     """Segment every raw case under ``input_path`` (see the module docstring); returns the
-    written label maps. A case that cannot be read is logged and skipped; a
+    written label maps. A case that cannot be read or is refused is logged and skipped; a
     :class:`~mper.errors.UserError` then says how many failed once the rest is done."""
     plan = _plan(dataset)
     cases = _input_cases(Path(input_path), plan)

@@ -468,41 +468,113 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     return cls(**arguments)
 
 
+class _WrongType(Exception):
+    """``value`` is not of the type ``hint``; raised inside :func:`_coerce`, which names the setting."""
+
+    def __init__(self, value: Any, hint: Any) -> None:
+        super().__init__(value, hint)
+        self.value, self.hint = value, hint
+
+
 def _coerce(value: Any, hint: Any, name: str) -> Any:
-    """``value`` as type ``hint`` (int for float and list for tuple allowed), or ``ValueError``."""
+    """``value`` as type ``hint`` (int for float and list for tuple allowed); otherwise a
+    :class:`~mper.errors.ConfigError` that names the setting, the form it takes with an
+    example in ``--set`` syntax, and what was given (and which item of a list is wrong)."""
+    try:
+        return _converted(value, hint)
+    except _WrongType as wrong:
+        item = "" if wrong.value is value else f" ({_shown(wrong.value)} is not {_form(wrong.hint)})"
+        raise ConfigError(
+            f"setting {name} expects {_form(hint, name)}, e.g. {name}={_example(value, hint, name)}; "
+            f"got {_shown(value)}{item or _bad_item(value, hint)}"
+        ) from None
+
+
+def _converted(value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     options = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType) and type(None) in options:
         if value is None or value == NONE_TOKEN:
             return None
-        inner = next(option for option in options if option is not type(None))
-        return _coerce(value, inner, name)
+        return _converted(value, next(option for option in options if option is not type(None)))
     if origin is tuple and isinstance(value, (list, tuple)):
-        return tuple(_coerce(item, options[0], name) for item in value)
+        return tuple(_converted(item, options[0]) for item in value)
     if origin is dict and isinstance(value, dict):
         return dict(value)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint in (int, str, bool) and type(value) is hint:
         return value
-    raise ConfigError(f"setting {name} expects {_type_name(hint)}, got {value!r}; e.g. {name}={_example(value, hint)}")
+    raise _WrongType(value, hint)
 
 
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) is tuple:
-        return f"tuple (a list of {_type_name(typing.get_args(hint)[0])} in brackets)"
-    return getattr(hint, "__name__", str(hint))
+#: What a value of each type looks like (one, and a list of them) and how one is written in an override.
+_FORMS = {
+    int: ("a whole number", "whole numbers", "3"),
+    float: ("a number", "numbers", "0.5"),
+    str: ("text", "texts", "text"),
+    bool: ("true or false", "true or false values", "true"),
+}
+#: A list item written in place of one that is not a whole number, in examples.
+_EXAMPLE_SIZE = "32"
 
 
-#: How a value of each type is written in an override.
-_EXAMPLES = {int: "3", float: "0.5", str: "text", bool: "true"}
+def _inner(hint: Any) -> Any:
+    """The type of an optional setting's value (``X`` of ``X | None``), else ``hint``."""
+    options = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in options:
+        return next(option for option in options if option is not type(None))
+    return hint
 
 
-def _example(value: Any, hint: Any) -> str:
-    """The given value rewritten in the syntax ``hint`` needs, or a made-up value of it."""
-    if typing.get_origin(hint) is tuple:
-        items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
-        return "[" + ", ".join(str(item) for item in items) + "]"
-    if typing.get_origin(hint) is dict:
+def _form(hint: Any, name: str = "") -> str:
+    """What a value of type ``hint`` (of the setting ``name``) looks like, in words."""
+    inner = _inner(hint)
+    prefix = "none or " if inner is not hint else ""
+    if typing.get_origin(inner) is tuple:
+        item = typing.get_args(inner)[0]
+        return f"{prefix}a list of {_FORMS[item][1] if item in _FORMS else item} in brackets, without spaces"
+    if typing.get_origin(inner) is dict:
+        return f"{prefix}a table"
+    if name in CHOICES:
+        return f"{prefix}one of {', '.join(CHOICES[name])}"
+    return prefix + (_FORMS[inner][0] if inner in _FORMS else getattr(inner, "__name__", str(inner)))
+
+
+def _items(value: Any) -> list[str]:
+    """The items of a list as given: a list, or the text of one that is not valid TOML."""
+    if isinstance(value, (list, tuple)):
+        return [_shown(item) for item in value]
+    return [item for item in str(value).strip("[] ").replace(",", " ").split() if item]
+
+
+def _example(value: Any, hint: Any, name: str) -> str:
+    """An override of setting ``name`` that has the form ``hint`` needs: for a list, the
+    given items where they are whole numbers."""
+    inner = _inner(hint)
+    if typing.get_origin(inner) is tuple:
+        items = [item if item.lstrip("-").isdigit() else _EXAMPLE_SIZE for item in _items(value)]
+        return "[" + ",".join(items if len(items) > 1 else [items[0] if items else _EXAMPLE_SIZE] * 2) + "]"
+    if typing.get_origin(inner) is dict:
         return "{ key = 1 }"
-    return _EXAMPLES.get(hint, "...")
+    if name in CHOICES:
+        return CHOICES[name][0]
+    return _FORMS[inner][2] if inner in _FORMS else "..."
+
+
+def _bad_item(value: Any, hint: Any) -> str:
+    """`` (x is not a whole number)`` for the first item of a list given as text that is not one."""
+    inner = _inner(hint)
+    if typing.get_origin(inner) is not tuple or isinstance(value, (list, tuple)):
+        return ""
+    bad = [item for item in _items(value) if not item.lstrip("-").isdigit()]
+    return f" ({bad[0]} is not {_form(typing.get_args(inner)[0])})" if bad and len(_items(value)) > 1 else ""
+
+
+def _shown(value: Any) -> str:
+    """``value`` as it is written in an override (a list in brackets, booleans in lower case)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_shown, value)) + "]"
+    return str(value)

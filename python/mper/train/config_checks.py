@@ -6,7 +6,8 @@ before any work is done.
 A new setting gets a row in :data:`RANGE_RULES` or :data:`CHOICES`, or a function in
 :data:`CONSISTENCY_CHECKS`. The evaluation protocol's choices (``eval.postprocess``,
 ``eval.empty_prediction``) are checked by :func:`mper.eval.protocol.check_protocol`,
-which this layer cannot import.
+which this layer cannot import; :func:`mper.pipeline.check_settings` runs it for
+``mper-train`` and its ``--print-config``.
 """
 
 from __future__ import annotations
@@ -231,6 +232,24 @@ def _check_validation_split(config: TrainConfig) -> None:
         raise ConfigError("data.val_split = 'holdout' needs data.holdout_cases >= 1")
     if split == "fold" and config.data.fold >= config.data.folds:
         raise ConfigError(f"data.fold must be below data.folds ({config.data.folds}), got {config.data.fold}")
+    if config.data.fold != 0:
+        check_fold_chosen(config)
+
+
+#: What selects checkpoints, by validation split other than ``"fold"``.
+_SELECTED_ON = {"val": "its val.list", "holdout": "held-out training volumes", "test": "its test cases"}
+
+
+def check_fold_chosen(config: TrainConfig) -> None:
+    """A validation fold may be chosen (``mper-train --fold``, ``data.fold``) only where
+    checkpoints are selected on a fold (``data.val_split = "fold"``, imported datasets)."""
+    split = config.data.val_split
+    if split != "fold":
+        raise ConfigError(
+            f"data.fold = {config.data.fold} (mper-train --fold) chooses a cross-validation fold, but "
+            f"{get_dataset(config.dataset).title} has none: it selects checkpoints on {_SELECTED_ON[split]} "
+            f"(data.val_split = {split!r}); drop --fold and any --set data.fold"
+        )
 
 
 def _check_prototype_settings(config: TrainConfig) -> None:
