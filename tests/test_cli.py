@@ -198,7 +198,7 @@ def test_ctrl_c_saves_and_resume_finishes_the_run(acdc_root, tmp_path, monkeypat
             ["--dataset", "la", "--data-root", "{root}", "--preset", "reference+dmeo"],
             "preset 'dmeo' is not defined for la",
         ),
-        (["--dataset", "acdc", "--data-root", "{missing}"], "missing/train_slices.list not found"),
+        (["--dataset", "acdc", "--data-root", "{missing}"], "missing does not exist: mper-data synth --dataset acdc"),
         (["--dataset", "acdc"], "--dataset and --data-root are required"),
         (["--resume"], "--resume needs --out"),
         (["--resume", "--out", "{missing}"], "missing/last.pt does not exist, nor does its folder; --out must name"),
