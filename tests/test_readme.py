@@ -40,6 +40,7 @@ COMMAND_PAGES = tuple(
     for page in (
         "README.md",
         "docs/install.md",
+        "docs/data.md",
         "docs/training.md",
         "docs/distributed.md",
         "docs/experiments.md",
@@ -121,6 +122,7 @@ RULES = (
     Rule(rf"mper-eval --checkpoint \S+ --data-root {SMALL} .*", "slow"),
     Rule(r"mper-predict .*--input scans/ .*", "slow"),
     Rule(r"mper-data synth --format nnunet .*", "default", "--cases 7 --size 20 20 6"),
+    Rule(r"mper-data synth --format msd .*", "default", "--cases 5 --size 20 20 6"),
     Rule(r"mper-data import .*", "default", "--dims 3d"),
     Rule(r"mper-train --data-root data/synth .*", "default", SCANS_TINY),
     Rule(r"mper-predict .*--input raw/\S+/imagesTs .*", "default"),
