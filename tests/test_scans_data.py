@@ -161,7 +161,7 @@ def _nan_voxels(root):
     image = np.asarray(nib.load(path).dataobj, dtype=np.float32).copy()
     image[1, 2, 0] = np.nan
     _rewrite(path, image)
-    return "imagesTr/synth_002_0001.nii.gz", "NaN"
+    return "imagesTr/synth_002_0001.nii.gz", "1 NaN or infinite voxel(s); replace them (e.g. with 0) in that file"
 
 
 def _duplicate_case(root):

@@ -483,7 +483,7 @@ def _check_finite(path: Path, array: np.ndarray) -> None:
     if not finite.all():
         raise DataFormatError(
             f"{path}: {array.size - int(finite.sum())} NaN or infinite voxel(s); replace them (e.g. with 0) "
-            "and import again"
+            "in that file"
         )
 
 
