@@ -180,6 +180,20 @@ def test_a_run_predicts_and_resumes_from_its_own_copy_of_the_plan(nnunet_3d, tmp
     assert "| MPER | 3 | 1 |" in capsys.readouterr().out
 
 
+def test_a_damaged_plan_copy_of_a_run_is_restored_from_the_data_folders_plan(nnunet_3d, tmp_path, capsys):
+    _, root, run_dir = nnunet_3d
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(run_dir / "best.pt", run)
+    (run / "plan.toml").write_text((run_dir / "plan.toml").read_text().replace("\nspacing = ", "\n# spacing = "))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.eval_main(["--checkpoint", str(run / "best.pt"), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"mper-eval: error: {run / 'plan.toml'} lacks spacing; restore it from {root / 'plan.toml'} or train again"
+    )
+
+
 def _predict_exit(run_dir, inputs, out, capsys):
     """mper-predict's exit status and what it printed to stderr, line by line."""
     with pytest.raises(SystemExit) as exit_info:
