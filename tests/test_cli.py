@@ -200,6 +200,8 @@ def test_ctrl_c_saves_and_resume_finishes_the_run(acdc_root, tmp_path, monkeypat
         ),
         (["--dataset", "acdc", "--data-root", "{missing}"], "missing does not exist: mper-data synth --dataset acdc"),
         (["--dataset", "acdc"], "--dataset and --data-root are required"),
+        (["--data-root", "{missing}"], "missing does not exist: import your scans into it with mper-data import"),
+        (["--data-root", "{file}", "--print-config"], "file is not a folder: import your scans into it with"),
         (["--resume"], "--resume needs --out"),
         (["--resume", "--out", "{missing}"], "missing/last.pt does not exist, nor does its folder; --out must name"),
         (

@@ -16,7 +16,7 @@ from scipy import ndimage
 from mper import cli
 from mper.data.imported import ImportedLayout, scan_items, write_scan_case, write_scan_lists
 from mper.data.raw_scans import LABELED, MSD, NNUNET, TEST, UNLABELED, read_case, read_raw_dataset
-from mper.data.scan_plan import ScanPlan, parse_plan, plan_text, read_plan
+from mper.data.scan_plan import ScanPlan, parse_plan, plan_text, read_plan, write_plan
 from mper.data.scan_preprocess import (
     CaseGeometry,
     ChannelStatistics,
@@ -161,7 +161,7 @@ def _nan_voxels(root):
     image = np.asarray(nib.load(path).dataobj, dtype=np.float32).copy()
     image[1, 2, 0] = np.nan
     _rewrite(path, image)
-    return "imagesTr/synth_002_0001.nii.gz", "NaN"
+    return "imagesTr/synth_002_0001.nii.gz", "1 NaN or infinite voxel(s); replace them (e.g. with 0) in that file"
 
 
 def _duplicate_case(root):
@@ -490,6 +490,42 @@ def test_an_edited_plan_changes_names_and_dims_and_a_broken_one_is_refused():
         parse_plan(text.replace('dims = "3d"', "dims = "), "plan.toml")
     with pytest.raises(ConfigError, match="name 'my data' must be letters"):
         parse_plan(text.replace('name = "Liver-01"', 'name = "my data"'), "plan.toml")
+
+
+@pytest.mark.parametrize(
+    ("damage", "lack", "by_import"),
+    [
+        (
+            lambda text: text.replace("median_shape = ", "# median_shape = "),
+            "lacks median_shape",
+            "import the dataset again or restore the key",
+        ),
+        (
+            lambda text: text.replace("[dataset]", "[data]").replace("[[dataset.", "[[data."),
+            "has no [dataset] table",
+            "import the dataset again",
+        ),
+        (
+            lambda text: text.split("\n[3d.paper")[0],
+            "has no [3d.paper] settings",
+            "import the dataset again with --dims 3d",
+        ),
+    ],
+)
+def test_a_damaged_plan_is_mended_by_importing_again_and_a_run_folders_copy_from_the_roots_plan(
+    tmp_path, damage, lack, by_import
+):
+    root, run = tmp_path / "liver", tmp_path / "run"
+    for folder in (root, run):
+        folder.mkdir()
+        path = write_plan(_plan(), folder, root)
+        path.write_text(damage(path.read_text()))
+    with pytest.raises(ConfigError) as error:
+        read_plan(root)
+    assert str(error.value) == f"{root / 'plan.toml'} {lack}; {by_import}"
+    with pytest.raises(ConfigError) as error:
+        read_plan(run, copy_of=root)
+    assert str(error.value) == f"{run / 'plan.toml'} {lack}; restore it from {root / 'plan.toml'} or train again"
 
 
 def test_a_missing_root_of_an_imported_dataset_is_named_with_the_import_that_writes_it(tmp_path):

@@ -180,6 +180,20 @@ def test_a_run_predicts_and_resumes_from_its_own_copy_of_the_plan(nnunet_3d, tmp
     assert "| MPER | 3 | 1 |" in capsys.readouterr().out
 
 
+def test_a_damaged_plan_copy_of_a_run_is_restored_from_the_data_folders_plan(nnunet_3d, tmp_path, capsys):
+    _, root, run_dir = nnunet_3d
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(run_dir / "best.pt", run)
+    (run / "plan.toml").write_text((run_dir / "plan.toml").read_text().replace("\nspacing = ", "\n# spacing = "))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.eval_main(["--checkpoint", str(run / "best.pt"), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"mper-eval: error: {run / 'plan.toml'} lacks spacing; restore it from {root / 'plan.toml'} or train again"
+    )
+
+
 def _predict_exit(run_dir, inputs, out, capsys):
     """mper-predict's exit status and what it printed to stderr, line by line."""
     with pytest.raises(SystemExit) as exit_info:
@@ -214,6 +228,23 @@ def test_prediction_skips_incomplete_and_flat_cases_ignores_other_files_and_exit
         f"maps are in {out}",
     ]
     assert sorted(path.name for path in out.iterdir()) == ["synth_006.nii.gz"]
+
+
+def test_prediction_names_nan_voxels_of_an_input_file_without_asking_to_import_again(nnunet_3d, tmp_path, capsys):
+    raw, _, run_dir = nnunet_3d
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for channel in ("0000", "0001"):
+        shutil.copy(raw / "imagesTs" / f"synth_005_{channel}.nii.gz", inputs)
+    damaged = inputs / "synth_005_0001.nii.gz"
+    scan = nib.load(damaged)
+    image = np.asarray(scan.dataobj, dtype=np.float32).copy()
+    image[2, 3, 1] = image[4, 5, 2] = np.nan
+    nib.save(nib.Nifti1Image(image, scan.affine), damaged)
+    code, lines = _predict_exit(run_dir, inputs, tmp_path / "out", capsys)
+    assert code == 2
+    assert lines[0] == f"[1/1] skipped: {damaged}: 2 NaN or infinite voxel(s); replace them (e.g. with 0) in that file"
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_decathlon_model_refuses_a_case_without_its_channels_in_one_4d_file(decathlon_2d, tmp_path, capsys):

@@ -22,7 +22,7 @@ from mper import experiment, pipeline
 from mper.data.raw_scans import RAW_LAYOUTS
 from mper.data.scan_plan import PLAN_FILE
 from mper.data.synth_scans import SYNTH_SCAN_CASES, SYNTH_SCAN_SIZE
-from mper.datasets import dataset_names, get_dataset, has_plan
+from mper.datasets import check_data_folder, dataset_names, get_dataset, has_plan
 from mper.datasets.scans import DEFAULT_MEMORY_GB
 from mper.errors import ConfigError, UserError
 from mper.eval.predict import expected_layouts
@@ -288,8 +288,10 @@ def _train_overrides(args: argparse.Namespace) -> dict:
 
 def _train_dataset(args: argparse.Namespace) -> str | None:
     """``--dataset``, or the dataset imported into ``--data-root`` (registered from its plan)."""
-    if args.dataset is None and args.data_root is not None and has_plan(args.data_root):
-        return pipeline.imported_dataset(args.data_root)
+    if args.dataset is None and args.data_root is not None:
+        check_data_folder(args.data_root)
+        if has_plan(args.data_root):
+            return pipeline.imported_dataset(args.data_root)
     return args.dataset
 
 

@@ -282,9 +282,10 @@ def _register_trained_dataset(values: dict[str, Any], run_dir: Path) -> None:
     """Register the imported dataset that the settings ``values`` of a checkpoint or run name:
     from the plan the run folder kept, else from its data root's; built-in datasets need
     nothing."""
-    for folder in (run_dir, values.get("data_root")):
-        if folder and has_plan(folder) and read_plan(folder).name == values.get("dataset"):
-            register_plan(folder)
+    data_root = values.get("data_root")
+    for folder, copy_of in ((run_dir, data_root), (data_root, None)):
+        if folder and has_plan(folder) and read_plan(folder, copy_of).name == values.get("dataset"):
+            register_plan(folder, copy_of)
             return
 
 

@@ -37,7 +37,7 @@ import json
 import logging
 import re
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,7 +110,8 @@ _ZSCORE_MODALITIES = frozenset(
 
 #: Per-file affines of one case may differ by this much (header rounding).
 AFFINE_TOLERANCE = 1e-4
-_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+#: nnU-Net's name of an image file without its ending: ``<case>_<XXXX>``, XXXX the channel.
+CHANNEL_FILE = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
 #: The ignored files the logged line names; it counts the rest.
 NAMED_IGNORED = 5
 
@@ -283,7 +284,7 @@ def _channel_files(files: Sequence[Path], ending: str, channels: int) -> dict[st
     found: dict[str, dict[int, Path]] = {}
     for path in files:
         stem = case_name(path.name, ending)
-        match = _CHANNEL_FILE.match(stem) if stem is not None else None
+        match = CHANNEL_FILE.fullmatch(stem) if stem is not None else None
         if match is None:
             raise DataFormatError(
                 f"{path}: not named <case>_<XXXX>{ending} (XXXX the channel, 0000 for the first); rename or remove it"
@@ -483,7 +484,7 @@ def _check_finite(path: Path, array: np.ndarray) -> None:
     if not finite.all():
         raise DataFormatError(
             f"{path}: {array.size - int(finite.sum())} NaN or infinite voxel(s); replace them (e.g. with 0) "
-            "and import again"
+            "in that file"
         )
 
 
@@ -582,22 +583,3 @@ def scan_spacing(scan: nib.Nifti1Image, path: Path) -> tuple[float, float, float
     if min(spacing) <= 0 or not all(np.isfinite(spacing)):
         raise DataFormatError(f"{path}: voxel spacing {spacing} in the header; it must be positive")
     return spacing[0], spacing[1], spacing[2]
-
-
-def group_input_files(files: Iterable[Path], layout: str, channels: int, ending: str) -> dict[str, tuple[Path, ...]]:
-    """Cases of a list of image files named as the layout names them (``<case>_<XXXX>`` per
-    channel, or one ``<case>`` file per case for MSD), each checked complete."""
-    by_folder: dict[Path, list[Path]] = {}
-    for path in files:
-        by_folder.setdefault(path.parent, []).append(path)
-    cases: dict[str, tuple[Path, ...]] = {}
-    for folder in sorted(by_folder):
-        files = _split_by_ending(folder, ending)[0]
-        grouped = _channel_files(files, ending, channels) if layout == NNUNET else _volume_files(files, ending)
-        wanted = set(by_folder[folder])
-        for name, group in grouped.items():
-            if wanted & set(group):
-                if name in cases:
-                    raise DataFormatError(f"{group[0]}: case {name} is there twice (also {cases[name][0]})")
-                cases[name] = group
-    return cases

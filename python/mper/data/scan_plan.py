@@ -166,23 +166,42 @@ def write_plan(plan: ScanPlan, folder: str | Path, root: str | Path | None = Non
 # --- reading ------------------------------------------------------------------------------
 
 
-def _get(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+@dataclass(frozen=True)
+class _PlanFile:
+    """A plan file as its errors name it: its ``path``, and ``copy_of``, the dataset root
+    whose plan a run folder's copy repeats (``None`` for the dataset root's own plan)."""
+
+    path: str
+    copy_of: str | Path | None
+
+    def __str__(self) -> str:
+        return self.path
+
+    def restore(self, by_import: str) -> str:
+        """How to mend the file: ``by_import`` for a dataset root's plan; a run folder's copy
+        is what the run trained with, so it comes back from the root's plan or a new run."""
+        if self.copy_of is None:
+            return by_import
+        return f"restore it from {plan_path(self.copy_of)} or train again"
+
+
+def _get(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: _PlanFile) -> Any:
     if key not in table:
-        raise ConfigError(f"{where} lacks {key}; import the dataset again or restore the key")
+        raise ConfigError(f"{where} lacks {key}; {where.restore('import the dataset again or restore the key')}")
     value = table[key]
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         raise ConfigError(f"{where}: {key} = {value!r} has the wrong type; restore the value the import wrote")
     return value
 
 
-def _numbers(table: Mapping[str, Any], key: str, count: int, where: str) -> tuple[float, ...]:
+def _numbers(table: Mapping[str, Any], key: str, count: int, where: _PlanFile) -> tuple[float, ...]:
     values = _get(table, key, list, where)
     if len(values) != count or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise ConfigError(f"{where}: {key} must be {count} numbers; got {values!r}")
     return tuple(float(value) for value in values)
 
 
-def _channel(entry: Any, where: str) -> tuple[str, str, ChannelStatistics | None]:
+def _channel(entry: Any, where: _PlanFile) -> tuple[str, str, ChannelStatistics | None]:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: every [[dataset.channels]] must be a table")
     name = _get(entry, "name", str, where)
@@ -203,15 +222,17 @@ def _channel(entry: Any, where: str) -> tuple[str, str, ChannelStatistics | None
     return name, scheme, statistics
 
 
-def parse_plan(text: str, where: str) -> ScanPlan:
-    """The :class:`ScanPlan` in ``text`` (a ``plan.toml``); ``where`` names it in errors."""
+def parse_plan(text: str, path: str, copy_of: str | Path | None = None) -> ScanPlan:
+    """The :class:`ScanPlan` in ``text`` (a ``plan.toml``); ``path`` names it in errors, and
+    ``copy_of`` is the dataset root whose plan it copies when it is a run folder's copy."""
+    where = _PlanFile(path, copy_of)
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{where} is not valid TOML ({error}); fix the line it names") from error
     dataset = document.get("dataset")
     if not isinstance(dataset, dict):
-        raise ConfigError(f"{where} has no [dataset] table; import the dataset again")
+        raise ConfigError(f"{where} has no [dataset] table; {where.restore('import the dataset again')}")
     name = _get(dataset, "name", str, where)
     if not PLAN_NAME.fullmatch(name):
         raise ConfigError(f"{where}: name {name!r} must be letters, digits, '_', '.' or '-' (it names run folders)")
@@ -234,7 +255,9 @@ def parse_plan(text: str, where: str) -> ScanPlan:
     median_shape = tuple(int(value) for value in _numbers(dataset, "median_shape", 3, where))
     settings = {key: document.get(key, {}) for key in DIMS}
     if not isinstance(settings[dims], dict) or "paper" not in settings[dims]:
-        raise ConfigError(f"{where} has no [{dims}.paper] settings; import the dataset again with --dims {dims}")
+        raise ConfigError(
+            f"{where} has no [{dims}.paper] settings; {where.restore(f'import the dataset again with --dims {dims}')}"
+        )
     rules = ScanRules(
         tuple(scheme for _, scheme, _ in channels),
         tuple(stats for _, _, stats in channels),
@@ -260,9 +283,10 @@ def plan_path(folder: str | Path) -> Path:
     return Path(folder) / PLAN_FILE
 
 
-def read_plan(folder: str | Path) -> ScanPlan:
-    """The plan in ``folder`` (a dataset root or a run folder)."""
+def read_plan(folder: str | Path, copy_of: str | Path | None = None) -> ScanPlan:
+    """The plan in ``folder``: a dataset root's, or a run folder's copy of the plan of the
+    dataset root ``copy_of``."""
     path = plan_path(folder)
     if not path.is_file():
         raise MissingFileError(f"{path} not found: a dataset imported by mper-data import holds its plan there")
-    return parse_plan(path.read_text(), str(path))
+    return parse_plan(path.read_text(), str(path), copy_of)

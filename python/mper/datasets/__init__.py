@@ -13,6 +13,7 @@ one's own scans (:mod:`mper.datasets.scans`) are registered from their plan file
 """
 
 from mper.datasets.registry import (
+    check_data_folder,
     check_dataset_root,
     convert,
     dataset_names,
@@ -38,6 +39,7 @@ __all__ = [
     "VALIDATION_SPLITS",
     "DatasetSpec",
     "acdc",
+    "check_data_folder",
     "check_dataset_root",
     "convert",
     "dataset_names",

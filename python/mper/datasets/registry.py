@@ -66,11 +66,7 @@ def check_dataset_root(root: str | Path, dataset: str, wanted_by: str) -> None:
 
     ``wanted_by`` says who expects ``dataset`` (e.g. "the checkpoint was trained on it").
     """
-    if not Path(root).is_dir():
-        raise MissingFileError(
-            f"data folder {root} {'is not a folder' if Path(root).exists() else 'does not exist'}: "
-            f"{_ways_to_write(get_dataset(dataset), root)}, or pass the folder that holds it (--data-root)"
-        )
+    check_data_folder(root, dataset)
     found = detect_dataset(root)
     if found is not None and found != dataset:
         other, wanted = _REGISTRY[found], get_dataset(dataset)
@@ -80,9 +76,20 @@ def check_dataset_root(root: str | Path, dataset: str, wanted_by: str) -> None:
         )
 
 
-def _ways_to_write(spec: DatasetSpec, root: str | Path) -> str:
-    """The commands that write ``spec``'s data into ``root``."""
-    if spec.scans is not None:
+def check_data_folder(root: str | Path, dataset: str | None = None) -> None:
+    """Raise :class:`~mper.errors.MissingFileError` when ``root`` is not a folder, saying which
+    commands write ``dataset``'s data (``None``: scans imported by ``mper-data import``)."""
+    if not Path(root).is_dir():
+        raise MissingFileError(
+            f"data folder {root} {'is not a folder' if Path(root).exists() else 'does not exist'}: "
+            f"{_ways_to_write(None if dataset is None else get_dataset(dataset), root)}, "
+            "or pass the folder that holds it (--data-root)"
+        )
+
+
+def _ways_to_write(spec: DatasetSpec | None, root: str | Path) -> str:
+    """The commands that write ``spec``'s data (``None``: imported scans) into ``root``."""
+    if spec is None or spec.scans is not None:
         return f"import your scans into it with mper-data import --source RAW --out {root}"
     ways = []
     if spec.synthesize is not None:

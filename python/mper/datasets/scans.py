@@ -494,10 +494,10 @@ def scan_spec(plan: ScanPlan) -> DatasetSpec:
     )
 
 
-def register_plan(folder: str | Path) -> DatasetSpec:
+def register_plan(folder: str | Path, copy_of: str | Path | None = None) -> DatasetSpec:
     """Register the imported dataset whose plan is in ``folder`` (its root, or a run folder's
-    copy) and return its spec."""
-    return register_imported(scan_spec(read_plan(folder)))
+    copy of the plan of the root ``copy_of``) and return its spec."""
+    return register_imported(scan_spec(read_plan(folder, copy_of)))
 
 
 def has_plan(folder: str | Path) -> bool:

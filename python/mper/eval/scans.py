@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from nibabel.filebasedimages import ImageFileError
 from torch import nn
 
 from mper.data.imported import load_original_label, load_scan_volume
-from mper.data.raw_scans import NNUNET, TEST, RawCase, case_name, read_image, scan_spacing
+from mper.data.raw_scans import CHANNEL_FILE, NNUNET, TEST, RawCase, case_name, read_image, scan_spacing
 from mper.data.scan_plan import ScanPlan
 from mper.data.scan_preprocess import CaseGeometry, preprocess_scan, restore_labels
 from mper.datasets import get_dataset
@@ -45,8 +44,6 @@ log = logging.getLogger(__name__)
 
 #: The unit of the distances scored on imported datasets.
 DISTANCE_UNIT = "mm"
-#: nnU-Net's name of an input file without its ending: ``<case>_<XXXX>``, XXXX the channel.
-CHANNEL_FILE = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
 
 
 def _plan(dataset: str) -> ScanPlan:
