@@ -16,7 +16,7 @@ pytestmark = pytest.mark.cuda
 # by whether the spatial size allows 4- or 2-wide loads; several blocks exercise the
 # reduction. Depths that are not a multiple of the lanes per voxel (33, 47, 65, 127) leave
 # some lanes with fewer channels; the last two shapes need a second pass of the grid-stride
-# loop (more voxel groups than the forward's 1024 blocks of 256 threads hold).
+# loop in both directions (more voxel groups than 1024 blocks of 256 threads hold).
 SHAPES = [
     (2, 16, 2, 3, (20, 18, 16)),
     (3, 16, 4, 3, (64, 64)),

@@ -180,3 +180,24 @@ def test_temperature_whose_reciprocal_overflows_is_refused():
         ops.proto_classify(small, bank, 2, tau=1e-39)[0], ref.proto_classify(small, bank, 2, tau=1e-39)[0]
     )
     ops.proto_classify(feat, bank, 2, tau=3e-38)  # 1/tau is large but finite: accepted
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("nce_tau", [1e-37, 1e-34])
+def test_tiny_nce_tau_gives_the_reference_gradient_not_nan(device, nce_tau):
+    # 1/nce_tau near float32's largest value times a large loss gradient overflows unless
+    # the kernels divide by nce_tau last, as autograd does: a one-hot softmax then gives
+    # exact zeros (inf * 0 would be NaN), and a vanishing exp must be 0, not a stand-in
+    # that 1/nce_tau magnifies
+    feat = make_features(2, 16, (4, 6), torch.float32, seed=29, device=device)
+    bank = make_bank(6, 16, seed=30, device=device)
+    grads = {}
+    for name, module in (("got", ops), ("want", ref)):
+        f = feat.clone().requires_grad_(True)
+        logits, _, loss = module.proto_classify_infonce(f, bank, 2, 0.1, nce_tau, None)
+        grads[name] = torch.autograd.grad(
+            [logits, loss], f, [torch.ones_like(logits), torch.tensor(1e3, device=device)]
+        )[0]
+    assert grads["got"].isfinite().all()
+    keep = reliable_voxels(feat, bank, 2).unsqueeze(1)
+    _assert_same_nonfinite(grads["got"], grads["want"], keep, TOLERANCE[torch.float32])

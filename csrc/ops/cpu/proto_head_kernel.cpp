@@ -45,11 +45,12 @@ inline bool replaces(A candidate, A current) {
 // e^x for x <= 0, branch-free so that loops over it vectorise: 2^t = 2^i * 2^f with i the
 // nearest integer (adding 1.5 * 2^23 rounds t and leaves i in the low bits) and f in
 // [-0.5, 0.5], 2^f by its degree-6 series (relative error about 2e-7 down to e^-87; below,
-// 2^-126 stands in for values that vanish next to the softmax's largest term, 1). NaN
-// stays NaN. float64 keeps std::exp, for gradcheck.
+// 0, as in float32 arithmetic: the gradient divides by nce_tau, which can be small enough
+// to make a stand-in such as 2^-126 count). NaN stays NaN. float64 keeps std::exp, for
+// gradcheck.
 inline float exp_nonpositive(float x) {
-  float t = x * 1.4426950408889634f;
-  t = t < -126.f ? -126.f : t;
+  const float exponent = x * 1.4426950408889634f;
+  const float t = exponent < -126.f ? -126.f : exponent;
   const float biased = t + 12582912.f;
   const float f = t - (biased - 12582912.f);
   float p = 1.5403530393381609e-4f;
@@ -59,7 +60,8 @@ inline float exp_nonpositive(float x) {
   p = p * f + 2.4022650695910071e-1f;
   p = p * f + 6.9314718055994531e-1f;
   p = p * f + 1.f;
-  return p * bits_to_float((float_to_bits(biased) - 0x4B400000u + 127u) << 23);
+  const float power = p * bits_to_float((float_to_bits(biased) - 0x4B400000u + 127u) << 23);
+  return exponent < -126.f ? 0.f : power;
 }
 inline double exp_nonpositive(double x) { return std::exp(x); }
 
@@ -319,11 +321,13 @@ void backward_impl(const HeadArgs& args) {
   const T* grad_logits = reinterpret_cast<const T*>(args.grad_logits);
   T* grad_feat = reinterpret_cast<T*>(args.grad_feat);
   const A inv_tau = A(args.inv_tau), inv_nce_tau = A(args.inv_nce_tau);
-  // d loss / d s_j for a kept voxel = nce_weight * (softmax_j - [j == nearest])
+  // d loss / d s_j for a kept voxel = nce_weight * (softmax_j - [j == nearest]) / nce_tau,
+  // divided by nce_tau last, as autograd does through the reference: a large 1/nce_tau then
+  // multiplies an exact 0 where the softmax is one-hot, never an overflowed weight (inf * 0)
   A nce_weight = 0;
   if (args.grad_loss) {
     const A count = *reinterpret_cast<const A*>(args.count);
-    nce_weight = load<A>(*reinterpret_cast<const T*>(args.grad_loss)) * inv_nce_tau / (count > A(1) ? count : A(1));
+    nce_weight = load<A>(*reinterpret_cast<const T*>(args.grad_loss)) / (count > A(1) ? count : A(1));
   }
   // per thread after the chunk: coeff (C*K rows), weight, direction (D rows) and radial
   const HeadScratch<A> scratch(args, chunks, rows + D + 2);
@@ -350,7 +354,7 @@ void backward_impl(const HeadArgs& args) {
           const A* __restrict sum = chunk.total.data;
           const std::int32_t* __restrict which = chunk.nearest.data;
           A* __restrict cj = coeff.row(j);
-          for (std::int64_t v = 0; v < size; ++v) cj[v] = w[v] * (e[v] - (which[v] == j ? sum[v] : A(0)));
+          for (std::int64_t v = 0; v < size; ++v) cj[v] = w[v] * (e[v] - (which[v] == j ? sum[v] : A(0))) * inv_nce_tau;
         }
       } else {
         for (std::int64_t i = 0; i < rows * kChunk; ++i) coeff.data[i] = A(0);

@@ -315,14 +315,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) head_backward_kernel(Hea
   const UnitBank<DT, kSharedBank> bank(args, shared_bank);
   const int C = int(args.classes), K = int(args.protos_per_class);
   const std::int64_t N = args.feat.voxels, D = args.feat.depth, groups = args.feat.batch * (N / V);
-  const float inv_tau = float(args.inv_tau), softmax_scale = exp2_scale(args.inv_nce_tau);
+  const float inv_tau = float(args.inv_tau), inv_nce_tau = float(args.inv_nce_tau),
+              softmax_scale = exp2_scale(args.inv_nce_tau);
   const T* grad_logits = reinterpret_cast<const T*>(args.grad_logits);
   T* grad_feat = reinterpret_cast<T*>(args.grad_feat);
-  // d loss / d s_j = nce_weight * (softmax_j - [j == nearest]) for a kept voxel
+  // d loss / d s_j = nce_weight * (softmax_j - [j == nearest]) / nce_tau for a kept voxel,
+  // divided by nce_tau last, as autograd does through the reference: a large 1/nce_tau then
+  // multiplies an exact 0 where the softmax is one-hot, never an overflowed weight (inf * 0)
   float nce_weight = 0.f;
   if (args.grad_loss) {
     const float count = *reinterpret_cast<const float*>(args.count);
-    nce_weight = to_float(*reinterpret_cast<const T*>(args.grad_loss)) * float(args.inv_nce_tau) / fmaxf(count, 1.f);
+    nce_weight = to_float(*reinterpret_cast<const T*>(args.grad_loss)) / fmaxf(count, 1.f);
   }
 
   for (std::int64_t g = first_group<L>(); g < groups; g += group_step<L>()) {
@@ -366,7 +369,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) head_backward_kernel(Hea
 #pragma unroll
         for (int v = 0; v < V; ++v) {
           const float p = exp2f((s[v] - softmax.top[v]) * softmax_scale - log2_total[v]);
-          coeff[v] = weight[v] * (p - float(j == softmax.nearest[v])) * scale;
+          coeff[v] = weight[v] * (p - float(j == softmax.nearest[v])) * inv_nce_tau * scale;
         }
 #pragma unroll
         for (int i = 0; i < Group::kChannels; ++i) {
@@ -481,15 +484,17 @@ std::int64_t groups_of(const HeadArgs& args, int per_thread) {
   return args.feat.batch * (args.feat.voxels / per_thread);
 }
 
-// Blocks of kThreads for one thread per lane of every voxel group.
-std::int64_t blocks_for(const HeadArgs& args, int per_thread, int lanes) {
-  return (groups_of(args, per_thread) * lanes + kThreads - 1) / kThreads;
+// Blocks of kThreads for one thread per lane of every voxel group, at most kMaxBlocks (the
+// forward's per-block partials; the grid-stride loops take the rest). Both directions use
+// the same grid, so the parity tests that need a second pass of the loop take it in both.
+int grid_for(const HeadArgs& args, int per_thread, int lanes) {
+  const std::int64_t blocks = (groups_of(args, per_thread) * lanes + kThreads - 1) / kThreads;
+  return int(std::max<std::int64_t>(1, std::min<std::int64_t>(blocks, kMaxBlocks)));
 }
 
 template <typename T, int DT, int V, int L, bool kSharedBank>
 void run_forward(const HeadArgs& args, std::size_t shared_bytes) {
-  const std::int64_t blocks = blocks_for(args, V, L);
-  const int grid = int(std::max<std::int64_t>(1, std::min<std::int64_t>(blocks, kMaxBlocks)));
+  const int grid = grid_for(args, V, L);
   head_forward_kernel<T, DT, V, L, kSharedBank><<<grid, kThreads, shared_bytes, as_stream(args.stream)>>>(args);
   check_cuda(cudaGetLastError(), "head_forward_kernel");
   if (!args.loss) return;
@@ -499,8 +504,7 @@ void run_forward(const HeadArgs& args, std::size_t shared_bytes) {
 
 template <typename T, int DT, int V, int L, bool kSharedBank>
 void run_backward(const HeadArgs& args, std::size_t shared_bytes) {
-  const std::int64_t blocks = blocks_for(args, V, L);
-  const int grid = int(std::max<std::int64_t>(1, std::min<std::int64_t>(blocks, 1 << 30)));
+  const int grid = grid_for(args, V, L);
   head_backward_kernel<T, DT, V, L, kSharedBank><<<grid, kThreads, shared_bytes, as_stream(args.stream)>>>(args);
   check_cuda(cudaGetLastError(), "head_backward_kernel");
 }
