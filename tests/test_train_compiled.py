@@ -160,6 +160,17 @@ def reference_runs(tmp_path_factory):
     return runs
 
 
+@pytest.fixture(autouse=True)
+def one_cpu_thread():
+    """Every run of this module on one intra-op thread: the allowance is one float32
+    run's distance from the float64 one, a single sample of the rounding error, and with
+    several threads the reductions' split adds a second, uncounted source of it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
