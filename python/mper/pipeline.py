@@ -41,6 +41,8 @@ import mper.datasets
 from mper.data.scan_plan import read_plan, write_plan
 from mper.data.synth_scans import synthesize_scans as write_synthetic_scans
 from mper.datasets import check_dataset_root, get_dataset, has_plan, register_plan
+from mper.datasets.registry import register_imported
+from mper.datasets.scans import scan_spec
 from mper.errors import CheckpointError, ConfigError, RunFolderError, UserError
 from mper.eval.evaluate import evaluate_cases, mean_dice
 from mper.eval.figures import add_figures
@@ -284,8 +286,9 @@ def _register_trained_dataset(values: dict[str, Any], run_dir: Path) -> None:
     nothing."""
     data_root = values.get("data_root")
     for folder, copy_of in ((run_dir, data_root), (data_root, None)):
-        if folder and has_plan(folder) and read_plan(folder, copy_of).name == values.get("dataset"):
-            register_plan(folder, copy_of)
+        plan = read_plan(folder, copy_of) if folder and has_plan(folder) else None
+        if plan is not None and plan.name == values.get("dataset"):
+            register_imported(scan_spec(plan))
             return
 
 

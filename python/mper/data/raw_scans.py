@@ -116,6 +116,11 @@ CHANNEL_FILE = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
 NAMED_IGNORED = 5
 
 
+def channel_file_name(case: str, channel: int, ending: str) -> str:
+    """nnU-Net's name of ``case``'s image file of ``channel`` (:data:`CHANNEL_FILE`, then ``ending``)."""
+    return f"{case}_{channel:04d}{ending}"
+
+
 @dataclass(frozen=True)
 class RawCase:
     """One case of a raw dataset: ``images`` holds one file per channel (nnU-Net) or one
@@ -296,8 +301,8 @@ def _channel_files(files: Sequence[Path], ending: str, channels: int) -> dict[st
             if channel not in by_channel:
                 folder = next(iter(by_channel.values())).parent
                 raise MissingFileError(
-                    f"{folder / f'{case}_{channel:04d}{ending}'} not found: every case needs one file per channel "
-                    f"({channels} in dataset.json); add it or remove the case's other files"
+                    f"{folder / channel_file_name(case, channel, ending)} not found: every case needs one file per "
+                    f"channel ({channels} in dataset.json); add it or remove the case's other files"
                 )
         extra = sorted(set(by_channel) - set(range(channels)))
         if extra:
@@ -430,9 +435,9 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
         train_images, train_labels, test_images = _msd_cases(source, document, where, files_of(source / IMAGES_TRAIN))
     test_labels = _label_files(files_of(source / LABELS_TEST), ending, test_images)
     if not train_labels:
-        naming = "<case>_0000" if layout == NNUNET else "<case>"
+        naming = channel_file_name("<case>", 0, ending) if layout == NNUNET else f"<case>{ending}"
         raise DataFormatError(
-            f"{source / IMAGES_TRAIN} holds no labeled training case (an image {naming}{ending} with its label "
+            f"{source / IMAGES_TRAIN} holds no labeled training case (an image {naming} with its label "
             f"<case>{ending} in {LABELS_TRAIN}/); mper needs labeled cases to learn from"
         )
     extra = [listed(Path(folder)) for folder in (source / IMAGES_UNLABELED, unlabeled) if folder is not None]

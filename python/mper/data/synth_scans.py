@@ -39,6 +39,7 @@ from mper.data.raw_scans import (
     NIFTI_ENDINGS,
     NNUNET,
     RAW_LAYOUTS,
+    channel_file_name,
 )
 from mper.errors import ConfigError
 
@@ -182,8 +183,8 @@ def synthesize_scans(
         case = synthetic_raw_case(rng, size)
         images, labels = folders[role]
         if layout == NNUNET:
-            _save(case.ct, case.affine, out / images / f"{name}_0000{ending}")
-            _save(case.mr, case.affine, out / images / f"{name}_0001{ending}")
+            _save(case.ct, case.affine, out / images / channel_file_name(name, 0, ending))
+            _save(case.mr, case.affine, out / images / channel_file_name(name, 1, ending))
         else:
             both = np.stack([case.ct.astype(np.float32), case.mr], axis=-1)
             _save(both, case.affine, out / images / f"{name}{ending}")

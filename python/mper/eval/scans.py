@@ -29,7 +29,16 @@ from nibabel.filebasedimages import ImageFileError
 from torch import nn
 
 from mper.data.imported import load_original_label, load_scan_volume
-from mper.data.raw_scans import CHANNEL_FILE, NNUNET, TEST, RawCase, case_name, read_image, scan_spacing
+from mper.data.raw_scans import (
+    CHANNEL_FILE,
+    NNUNET,
+    TEST,
+    RawCase,
+    case_name,
+    channel_file_name,
+    read_image,
+    scan_spacing,
+)
 from mper.data.scan_plan import ScanPlan
 from mper.data.scan_preprocess import CaseGeometry, preprocess_scan, restore_labels
 from mper.datasets import get_dataset
@@ -109,13 +118,15 @@ def _case_files(folder: Path, case: str, plan: ScanPlan) -> tuple[Path, ...]:
     """The files the model reads for ``case``: one per channel (nnU-Net), or one in all."""
     if plan.layout != NNUNET:
         return (folder / f"{case}{plan.file_ending}",)
-    return tuple(folder / f"{case}_{channel:04d}{plan.file_ending}" for channel in range(len(plan.channels)))
+    return tuple(folder / channel_file_name(case, channel, plan.file_ending) for channel in range(len(plan.channels)))
 
 
 def _input_naming(plan: ScanPlan) -> str:
     if plan.layout != NNUNET:
         return f"<case>{plan.file_ending}"
-    return " ... ".join(f"<case>_{channel:04d}{plan.file_ending}" for channel in sorted({0, len(plan.channels) - 1}))
+    return " ... ".join(
+        channel_file_name("<case>", channel, plan.file_ending) for channel in sorted({0, len(plan.channels) - 1})
+    )
 
 
 def _input_cases(input_path: Path, plan: ScanPlan) -> dict[str, tuple[Path, ...]]:

@@ -491,12 +491,11 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
 
 
 def _converted(value: Any, hint: Any) -> Any:
+    inner = _inner(hint)
+    if inner is not hint:
+        return None if value is None or value == NONE_TOKEN else _converted(value, inner)
     origin = typing.get_origin(hint)
     options = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType) and type(None) in options:
-        if value is None or value == NONE_TOKEN:
-            return None
-        return _converted(value, next(option for option in options if option is not type(None)))
     if origin is tuple and isinstance(value, (list, tuple)):
         return tuple(_converted(item, options[0]) for item in value)
     if origin is dict and isinstance(value, dict):
