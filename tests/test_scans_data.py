@@ -242,6 +242,21 @@ def _import_error(source, out, capsys, *options):
     return error.splitlines()[-1]
 
 
+def test_import_refuses_an_out_folder_that_holds_files_as_synth_does(raw, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as stop:
+        cli.data_main(["import", "--source", str(raw[NNUNET]), "--out", str(out)])
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert stop.value.code == cli.USER_ERROR_EXIT_CODE
+    assert line == (
+        f"mper-data: error: --out {out} is not empty (it holds notes.txt); choose a new or empty folder, "
+        "or empty it first"
+    )
+    assert [path.name for path in out.iterdir()] == ["notes.txt"]
+
+
 def _files_by_case(dataset):
     """Each case's role and the names of its image and label files."""
     return [

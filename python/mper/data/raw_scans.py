@@ -46,6 +46,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
+from mper.data.files import listed_names
 from mper.errors import DataFormatError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -112,8 +113,6 @@ _ZSCORE_MODALITIES = frozenset(
 AFFINE_TOLERANCE = 1e-4
 #: nnU-Net's name of an image file without its ending: ``<case>_<XXXX>``, XXXX the channel.
 CHANNEL_FILE = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
-#: The ignored files the logged line names; it counts the rest.
-NAMED_IGNORED = 5
 
 
 @dataclass(frozen=True)
@@ -271,10 +270,9 @@ def _case_files(folder: Path, ending: str, declared: Path | None) -> list[Path]:
                     f'{named[0].name}); set "file_ending": "{found}" in {declared} to read them'
                 )
     if others:
-        names = ", ".join(path.name for path in others[:NAMED_IGNORED])
-        more = f" and {len(others) - NAMED_IGNORED} more" if len(others) > NAMED_IGNORED else ""
+        names = listed_names([path.name for path in others])
         log.warning(
-            "%s: ignored %d file(s) that do not end with %s or are hidden: %s%s", folder, len(others), rule, names, more
+            "%s: ignored %d file(s) that do not end with %s or are hidden: %s", folder, len(others), rule, names
         )
     return used
 
