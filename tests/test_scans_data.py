@@ -179,11 +179,47 @@ def _empty_training(root):
     return "imagesTr", "no labeled training case"
 
 
-def _unknown_modality(root):
-    document = json.loads((root / "dataset.json").read_text())
-    document["channel_names"]["1"] = "XYZ"
-    (root / "dataset.json").write_text(json.dumps(document))
-    return "dataset.json", "unknown modality 'XYZ'"
+# nnU-Net v2's get_normalization_scheme: the channel name, casefolded, names CT, noNorm, zscore,
+# rescale_to_0_1 or rgb_to_0_1; any other name (its ACDC conversion's "cineMRI", a name it once
+# had, "rescale_0_1") is z-scored per image
+@pytest.mark.parametrize(
+    ("channel_name", "normalization"),
+    [
+        ("CT", "ct"),
+        ("ct", "ct"),
+        ("noNorm", "none"),
+        ("NONORM", "none"),
+        ("zscore", "z-score"),
+        ("ZScore", "z-score"),
+        ("rescale_to_0_1", "rescale"),
+        ("Rescale_To_0_1", "rescale"),
+        ("rgb_to_0_1", "rgb"),
+        ("RGB_TO_0_1", "rgb"),
+        ("cineMRI", "z-score"),
+        ("T2", "z-score"),
+        ("XYZ", "z-score"),
+        ("rescale_0_1", "z-score"),
+        ("CT ", "z-score"),
+    ],
+)
+def test_channel_names_map_to_normalisation_as_in_nnunet(raw, tmp_path, channel_name, normalization):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    document["channel_names"]["1"] = channel_name
+    (source / "dataset.json").write_text(json.dumps(document))
+    dataset = read_raw_dataset(source)
+    assert dataset.channels == ("CT", channel_name) and dataset.normalization == ("ct", normalization)
+
+
+def test_a_dataset_named_as_nnunets_acdc_conversion_names_its_channel_imports(raw, tmp_path):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    document["channel_names"] = {"0": "cineMRI", "1": "cineMRI"}
+    (source / "dataset.json").write_text(json.dumps(document))
+    cli.data_main(["import", "--source", str(source), "--out", str(tmp_path / "imported"), "--dims", "2d"])
+    plan = read_plan(tmp_path / "imported")
+    assert plan.channels == ("cineMRI", "cineMRI")
+    assert plan.rules.schemes == ("z-score", "z-score")
 
 
 @pytest.mark.parametrize(
@@ -197,7 +233,6 @@ def _unknown_modality(root):
         _nan_voxels,
         _duplicate_case,
         _empty_training,
-        _unknown_modality,
     ],
 )
 def test_bad_input_is_refused_in_one_line_before_anything_is_written(raw, tmp_path, capsys, damage):

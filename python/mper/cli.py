@@ -549,8 +549,9 @@ def _add_import_command(commands: argparse._SubParsersAction) -> None:
             "labelsTr/, optional imagesTs/ and labelsTs/) or the Medical Segmentation Decathlon layout "
             "(dataset.json with modality and training, 4D images). Training images without a label, and "
             "those of imagesUnlabeled/ or --unlabeled, are the unlabeled scans. Every case is cropped to its "
-            "nonzero region, normalised by its modality (CT: clipped to the training set's foreground 0.5 "
-            "and 99.5 percentiles and z-scored with their statistics; others per image) and resampled to "
+            "nonzero region, normalised by its channel name as nnU-Net does (CT: clipped to the training set's "
+            "foreground 0.5 and 99.5 percentiles and z-scored with their statistics; noNorm, rescale_to_0_1 "
+            "and rgb_to_0_1 as named; any other name z-scored per image) and resampled to "
             "one spacing; OUT/plan.toml records the plan derived from the data (2D or 3D network, patch, "
             "batch, classes), which you may edit. Then: mper-train --data-root OUT."
         ),

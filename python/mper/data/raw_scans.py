@@ -65,49 +65,23 @@ NIFTI_ENDINGS = (".nii.gz", ".nii")
 #: What a case is for: labeled training case, unlabeled training case, test case.
 LABELED, UNLABELED, TEST = "labeled", "unlabeled", "test"
 
-#: How the channels of each modality are normalised (nnU-Net's rules by channel name):
+#: How a channel is normalised, by its name in ``dataset.json`` (nnU-Net's rules):
 #: ``ct``: clipped to the 0.5 / 99.5 percentiles of the training set's foreground
 #: intensities, then z-scored with their mean and standard deviation; ``z-score``: per
 #: image (inside the nonzero region when cropping removes much); ``none``; ``rescale``:
 #: to [0, 1] per image; ``rgb``: divided by 255.
 CT, ZSCORE, NO_NORMALIZATION, RESCALE, RGB = "ct", "z-score", "none", "rescale", "rgb"
 SCAN_NORMALIZATIONS = (CT, ZSCORE, NO_NORMALIZATION, RESCALE, RGB)
-_NAMED_SCHEMES = {
+#: nnU-Net v2's channel names of its normalisation schemes, casefolded; any other name
+#: (MRI, T2, cineMRI, ...) is z-scored (``get_normalization_scheme`` in its
+#: ``map_channel_name_to_normalization.py``).
+NAMED_SCHEMES = {
     "ct": CT,
-    "zscore": ZSCORE,
     "nonorm": NO_NORMALIZATION,
+    "zscore": ZSCORE,
     "rescale_to_0_1": RESCALE,
-    "rescale_0_1": RESCALE,
     "rgb_to_0_1": RGB,
 }
-#: Modality names read as MR-like (per-image z-score), lower case.
-_ZSCORE_MODALITIES = frozenset(
-    {
-        "mri",
-        "mr",
-        "nonct",
-        "t1",
-        "t1w",
-        "t1gd",
-        "t1c",
-        "t1ce",
-        "t2",
-        "t2w",
-        "flair",
-        "adc",
-        "dwi",
-        "pd",
-        "pdw",
-        "dce",
-        "swi",
-        "cine",
-        "lge",
-        "pet",
-        "us",
-        "ultrasound",
-        "cbct",
-    }
-)
 
 #: Per-file affines of one case may differ by this much (header rounding).
 AFFINE_TOLERANCE = 1e-4
@@ -158,18 +132,11 @@ class Scan:
     header: nib.Nifti1Header
 
 
-def normalization_of(modality: str, where: Path) -> str:
-    """The normalisation scheme of a channel named ``modality`` in ``dataset.json`` (see
-    :data:`SCAN_NORMALIZATIONS`); an unknown name is refused rather than guessed."""
-    name = str(modality).strip().lower()
-    if name in _NAMED_SCHEMES:
-        return _NAMED_SCHEMES[name]
-    if name in _ZSCORE_MODALITIES:
-        return ZSCORE
-    raise DataFormatError(
-        f"{where}: unknown modality {modality!r}; name the channel CT (clipped and z-scored with the "
-        "training set's statistics), an MR modality such as MRI or T2, or one of zscore, noNorm, rescale_to_0_1"
-    )
+def normalization_of(channel_name: str) -> str:
+    """The normalisation scheme (of :data:`SCAN_NORMALIZATIONS`) of a channel named
+    ``channel_name`` in ``dataset.json``, as nnU-Net v2 chooses it: the name, compared
+    without regard to case, of one of :data:`NAMED_SCHEMES`, else a per-image z-score."""
+    return NAMED_SCHEMES.get(str(channel_name).casefold(), ZSCORE)
 
 
 def case_name(file_name: str, ending: str) -> str | None:
@@ -386,7 +353,7 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
     Raises:
         MissingFileError: no folder ``source``, no ``dataset.json``, a channel file or a
             listed file missing.
-        DataFormatError: ``dataset.json`` malformed (channels, labels, an unknown modality,
+        DataFormatError: ``dataset.json`` malformed (channels, labels,
             a file ending mper cannot read or that no file of a folder has), a file
             misnamed, a label without an image, a case twice, or no training image at all.
     """
@@ -404,7 +371,7 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
         "channel_names" if layout == NNUNET else "modality",
         where,
     )
-    normalization = tuple(normalization_of(channel, where) for channel in channels)
+    normalization = tuple(normalization_of(channel) for channel in channels)
     class_names = _class_names(document.get("labels"), layout, where)
     ending = str(document.get("file_ending", NIFTI_ENDINGS[0])) if layout == NNUNET else NIFTI_ENDINGS[0]
     if ending not in NIFTI_ENDINGS:
