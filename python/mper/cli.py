@@ -439,7 +439,12 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt file written by mper-train")
     parser.add_argument("--input", required=True, metavar="FILE_OR_DIR", help="an image file or a folder of them")
-    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the label maps")
+    parser.add_argument(
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="folder for the label maps, apart from --input (neither inside the other)",
+    )
     _add_device(parser)
     parser.add_argument(
         "--weights",
