@@ -27,8 +27,10 @@ only the files that end with the dataset's file ending and ignores the others (a
 which no file ends so but some end in the other NIfTI ending is refused, naming
 ``file_ending``. :func:`read_case`
 reads one case's channels and label (NIfTI, through nibabel) and checks that they fit
-together: one spatial shape and one affine, finite intensities, a 3D label holding only
-declared classes.
+together: one voxel grid (one shape, and no voxel placed more than
+:data:`GEOMETRY_TOLERANCE` of a voxel apart), finite intensities, a 3D label holding only
+declared classes. A channel's name in ``dataset.json`` chooses its normalisation as in
+nnU-Net v2 (:func:`normalization_of`).
 """
 
 from __future__ import annotations
@@ -83,8 +85,13 @@ NAMED_SCHEMES = {
     "rgb_to_0_1": RGB,
 }
 
-#: Per-file affines of one case may differ by this much (header rounding).
-AFFINE_TOLERANCE = 1e-4
+#: How far, as a fraction of the (smallest) voxel spacing, the channels and the label of a
+#: case may place a voxel apart. Headers written by different tools round positions (to a
+#: few decimals of a millimetre, to float32), which moves a voxel by far less; a real
+#: misalignment (a half-voxel corner-or-centre slip, a shifted crop) by far more. As
+#: nnU-Net's ``verify_dataset_integrity`` does, the spacing, the origin and the direction
+#: are compared apart, each part against the whole tolerance.
+GEOMETRY_TOLERANCE = 0.01
 #: nnU-Net's name of an image file without its ending: ``<case>_<XXXX>``, XXXX the channel.
 CHANNEL_FILE = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
 
@@ -453,6 +460,20 @@ def _check_finite(path: Path, array: np.ndarray) -> None:
         )
 
 
+def _grid(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(spacing, direction, origin) of a voxel-to-world ``affine``: the length of each array
+    axis's step (mm), its unit vector (a column per axis) and the first voxel's position."""
+    steps = np.asarray(affine, dtype=np.float64)[:3, :3]
+    spacing = np.linalg.norm(steps, axis=0)
+    return spacing, steps / np.where(spacing > 0, spacing, 1.0), np.asarray(affine, dtype=np.float64)[:3, 3]
+
+
+def _values(values: np.ndarray, precision: float) -> str:
+    """``(a, b, c)`` with one decimal more than ``precision`` needs."""
+    decimals = max(1, int(np.ceil(-np.log10(precision))) + 1) if precision > 0 else 6
+    return "(" + ", ".join(f"{round(float(value), decimals) + 0.0:.{decimals}f}" for value in values) + ")"
+
+
 def _check_geometry(
     path: Path,
     shape: tuple[int, ...],
@@ -461,15 +482,46 @@ def _check_geometry(
     reference_shape: tuple[int, ...],
     reference_affine: np.ndarray,
 ) -> None:
+    """Refuse ``path`` unless its voxel grid is ``reference``'s: the same shape, and no voxel
+    placed more than :data:`GEOMETRY_TOLERANCE` of a voxel apart by the spacing, the origin
+    or the direction, each naming the part, both values and the file."""
     if shape != reference_shape:
         raise DataFormatError(
             f"{path}: shape {shape} differs from {reference.name}'s {reference_shape}; the channels and the label "
             "of a case must share one voxel grid: resample them to one grid"
         )
-    if not np.allclose(affine, reference_affine, atol=AFFINE_TOLERANCE):
+    spacing, direction, origin = _grid(affine)
+    reference_spacing, reference_direction, reference_origin = _grid(reference_affine)
+    voxel = float(reference_spacing.min())
+    tolerance = GEOMETRY_TOLERANCE * voxel
+    # a voxel n steps along an axis moves by n times that axis's change of step
+    steps = np.maximum(np.asarray(reference_shape, dtype=np.float64) - 1, 1)
+    spacing_moves = steps * np.abs(spacing - reference_spacing)
+    direction_moves = steps * reference_spacing * np.linalg.norm(direction - reference_direction, axis=0)
+    origin_move = float(np.abs(origin - reference_origin).max())
+    allowed = f"more than the {_values(np.array([tolerance]), tolerance)[1:-1]} mm ({GEOMETRY_TOLERANCE:.0%} of a "
+    allowed += f"{_values(np.array([voxel]), tolerance)[1:-1]} mm voxel) that the channels and the label of a case may"
+    advice = "resample them to one voxel grid (or fix the header)"
+    if spacing_moves.max() > tolerance:
+        precision = tolerance / float(steps[int(spacing_moves.argmax())])
         raise DataFormatError(
-            f"{path}: its affine differs from {reference.name}'s; the channels and the label of a case must share "
-            "one voxel grid: resample them to one grid (or fix the header)"
+            f"{path}: its spacing {_values(spacing, precision)} mm differs from {reference.name}'s "
+            f"{_values(reference_spacing, precision)} mm, which places voxels up to "
+            f"{_values(np.array([spacing_moves.max()]), tolerance)[1:-1]} mm apart, {allowed} differ by; {advice}"
+        )
+    if origin_move > tolerance:
+        raise DataFormatError(
+            f"{path}: its origin {_values(origin, tolerance)} mm differs from {reference.name}'s "
+            f"{_values(reference_origin, tolerance)} mm by {_values(np.array([origin_move]), tolerance)[1:-1]} mm, "
+            f"{allowed} differ by; {advice}"
+        )
+    if direction_moves.max() > tolerance:
+        axis = int(direction_moves.argmax())
+        precision = tolerance / float(steps[axis] * reference_spacing[axis])
+        raise DataFormatError(
+            f"{path}: its direction of array axis {axis} {_values(direction[:, axis], precision)} differs from "
+            f"{reference.name}'s {_values(reference_direction[:, axis], precision)}, which places voxels up to "
+            f"{_values(np.array([direction_moves.max()]), tolerance)[1:-1]} mm apart, {allowed} differ by; {advice}"
         )
 
 
