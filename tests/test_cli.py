@@ -326,3 +326,30 @@ def test_resume_refuses_changed_settings_in_one_line(acdc_root, tmp_path, capsys
         assert exit_info.value.code == 2 and "cannot change" in error and "Traceback" not in error
     train_main(["--resume", "--out", str(run_dir), "--set", "selftrain.iterations=4"])
     assert "resuming with selftrain.iterations = 4 (was 3)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("scans", "labels", "relation"),
+    [
+        ("scans", "scans", "is the --input folder"),
+        ("scans/", "./scans", "is the --input folder"),
+        ("scans", "scans/labels", "is inside the --input folder scans"),
+        ("work/scans", "work", "holds the --input work/scans"),
+        ("scans/case_0000.nii.gz", "scans", "holds the --input scans/case_0000.nii.gz"),
+    ],
+)
+def test_predict_refuses_an_output_among_its_input_before_any_work(
+    tmp_path, monkeypatch, capsys, scans, labels, relation
+):
+    monkeypatch.chdir(tmp_path)
+    for folder in ("scans", "work/scans"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "scans" / "case_0000.nii.gz").write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main(["--checkpoint", "missing.pt", "--input", scans, "--output", labels])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"mper-predict: error: --output {labels} {relation}: the label maps would lie among the scans, where a later "
+        "mper-predict or mper-data import reads them as scans; choose an output folder apart from the input\n"
+    )
+    assert sorted(path.name for path in (tmp_path / "scans").iterdir()) == ["case_0000.nii.gz"]

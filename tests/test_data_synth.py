@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mper import cli
 from mper.data import read_list
 from mper.data.acdc import (
     ACDCSlices,
@@ -159,3 +160,51 @@ def test_class_boundaries_stand_out_from_noise(scans):
         steps = np.abs(np.diff(scan.image, axis=-1))
         crosses = np.diff(scan.label.astype(int), axis=-1) != 0
         assert steps[crosses].mean() > 3 * steps[~crosses].mean()
+
+
+SYNTH_KINDS = {
+    "la": ["--dataset", "la", "--size", "32", "32", "32"],
+    "acdc": ["--dataset", "acdc", "--size", "32", "32"],
+    "nnunet": ["--format", "nnunet", "--size", "12", "12", "4"],
+    "msd": ["--format", "msd", "--size", "12", "12", "4"],
+}
+
+
+def _synth_error(capsys, out: Path, options: list[str]) -> str:
+    """The one line ``mper-data synth`` refuses with."""
+    with pytest.raises(SystemExit) as stop:
+        cli.data_main(["synth", "--out", str(out), *options])
+    error = capsys.readouterr().err
+    assert stop.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error, error
+    assert len(error.splitlines()) == 1, error
+    return error.strip()
+
+
+@pytest.mark.parametrize("kind", SYNTH_KINDS)
+def test_synth_refuses_a_folder_that_holds_files_and_leaves_them_as_they_were(kind, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    (mine / "imagesTr").mkdir(parents=True)
+    (mine / "dataset.json").write_text('{"name": "my own"}\n')
+    line = _synth_error(capsys, mine, [*SYNTH_KINDS[kind], "--cases", "5"])
+    assert line == (
+        f"mper-data: error: --out {mine} is not empty (it holds dataset.json, imagesTr); choose a new or empty "
+        "folder, or empty it first"
+    )
+    assert (mine / "dataset.json").read_text() == '{"name": "my own"}\n'
+    assert sorted(path.name for path in mine.rglob("*")) == ["dataset.json", "imagesTr"]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    line = _synth_error(capsys, a_file, [*SYNTH_KINDS[kind], "--cases", "5"])
+    assert line == f"mper-data: error: --out {a_file} is a file; choose a folder to create"
+
+
+@pytest.mark.parametrize("kind", SYNTH_KINDS)
+def test_a_refused_synth_creates_no_folder_and_an_empty_one_is_written(kind, tmp_path, capsys):
+    out = tmp_path / "new" / "data"
+    line = _synth_error(capsys, out, [*SYNTH_KINDS[kind], "--cases", "1"])
+    assert "1" in line and "cases" in line, line
+    assert not (tmp_path / "new").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cli.data_main(["synth", "--out", str(empty), *SYNTH_KINDS[kind], "--cases", "5"])
+    assert any(empty.iterdir())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 
 import nibabel as nib
@@ -44,7 +45,7 @@ from mper.datasets.scans import (
     plan_settings,
     scan_spec,
 )
-from mper.errors import ConfigError, MissingFileError
+from mper.errors import ConfigError, DataFormatError, MissingFileError
 
 TINY = (16, 16, 5)
 
@@ -138,7 +139,7 @@ def _channel_affine(root):
     affine = nib.load(path).affine.copy()
     affine[0, 3] += 5
     _rewrite(path, affine=affine)
-    return "imagesTr/synth_002_0001.nii.gz", "affine"
+    return "imagesTr/synth_002_0001.nii.gz", "origin"
 
 
 def _undeclared_label(root):
@@ -179,11 +180,47 @@ def _empty_training(root):
     return "imagesTr", "no labeled training case"
 
 
-def _unknown_modality(root):
-    document = json.loads((root / "dataset.json").read_text())
-    document["channel_names"]["1"] = "XYZ"
-    (root / "dataset.json").write_text(json.dumps(document))
-    return "dataset.json", "unknown modality 'XYZ'"
+# nnU-Net v2's get_normalization_scheme: the channel name, casefolded, names CT, noNorm, zscore,
+# rescale_to_0_1 or rgb_to_0_1; any other name (its ACDC conversion's "cineMRI", a name it once
+# had, "rescale_0_1") is z-scored per image
+@pytest.mark.parametrize(
+    ("channel_name", "normalization"),
+    [
+        ("CT", "ct"),
+        ("ct", "ct"),
+        ("noNorm", "none"),
+        ("NONORM", "none"),
+        ("zscore", "z-score"),
+        ("ZScore", "z-score"),
+        ("rescale_to_0_1", "rescale"),
+        ("Rescale_To_0_1", "rescale"),
+        ("rgb_to_0_1", "rgb"),
+        ("RGB_TO_0_1", "rgb"),
+        ("cineMRI", "z-score"),
+        ("T2", "z-score"),
+        ("XYZ", "z-score"),
+        ("rescale_0_1", "z-score"),
+        ("CT ", "z-score"),
+    ],
+)
+def test_channel_names_map_to_normalisation_as_in_nnunet(raw, tmp_path, channel_name, normalization):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    document["channel_names"]["1"] = channel_name
+    (source / "dataset.json").write_text(json.dumps(document))
+    dataset = read_raw_dataset(source)
+    assert dataset.channels == ("CT", channel_name) and dataset.normalization == ("ct", normalization)
+
+
+def test_a_dataset_named_as_nnunets_acdc_conversion_names_its_channel_imports(raw, tmp_path):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    document["channel_names"] = {"0": "cineMRI", "1": "cineMRI"}
+    (source / "dataset.json").write_text(json.dumps(document))
+    cli.data_main(["import", "--source", str(source), "--out", str(tmp_path / "imported"), "--dims", "2d"])
+    plan = read_plan(tmp_path / "imported")
+    assert plan.channels == ("cineMRI", "cineMRI")
+    assert plan.rules.schemes == ("z-score", "z-score")
 
 
 @pytest.mark.parametrize(
@@ -197,7 +234,6 @@ def _unknown_modality(root):
         _nan_voxels,
         _duplicate_case,
         _empty_training,
-        _unknown_modality,
     ],
 )
 def test_bad_input_is_refused_in_one_line_before_anything_is_written(raw, tmp_path, capsys, damage):
@@ -211,6 +247,87 @@ def test_bad_input_is_refused_in_one_line_before_anything_is_written(raw, tmp_pa
     line = error.splitlines()[-1]  # after the progress bar's
     assert line.startswith("mper-data: error: ") and named in line and advice in line, error
     assert not out.exists()
+
+
+def _moved_label(source, move):
+    """Rewrite synth_000's label with ``move(affine)`` of its affine; returns the label's path
+    and the image's affine."""
+    image, label = source / "imagesTr" / "synth_000_0000.nii.gz", source / "labelsTr" / "synth_000.nii.gz"
+    affine = nib.load(image).affine
+    _rewrite(label, affine=move(affine.copy()))
+    return label, affine
+
+
+def _read_first_case(source):
+    dataset = read_raw_dataset(source)
+    return read_case(next(case for case in dataset.cases if case.name == "synth_000"), dataset)
+
+
+def _shifted(shift):
+    def move(affine):
+        affine[:3, 3] += shift
+        return affine
+
+    return move
+
+
+def test_a_label_shifted_by_header_rounding_is_read_and_a_shift_of_a_voxel_fraction_is_refused(raw, tmp_path):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    _moved_label(source, _shifted([0.001, -0.001, 0.001]))  # millimetres: positions rounded to 3 decimals
+    assert _read_first_case(source).label is not None
+    # the tolerance is a fraction of the voxel: it scales with the spacing
+    voxel = min(nib.load(source / "imagesTr" / "synth_000_0000.nii.gz").header.get_zooms()[:3])
+    _moved_label(source, _shifted([0.0, 0.009 * voxel, 0.0]))
+    assert _read_first_case(source).label is not None
+    _moved_label(source, _shifted([0.0, 0.011 * voxel, 0.0]))
+    with pytest.raises(DataFormatError, match="origin"):
+        _read_first_case(source)
+
+
+def test_a_label_off_the_images_grid_is_refused_naming_the_part_both_values_and_the_file(raw, tmp_path):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    label, affine = _moved_label(source, _shifted([0.0, 2.0, 0.0]))
+    spacing = nib.load(label).header.get_zooms()[:3]
+    voxel = min(spacing)
+    origin = affine[:3, 3]
+    with pytest.raises(DataFormatError) as refused:
+        _read_first_case(source)
+
+    def mm(values):
+        return "(" + ", ".join(f"{value:.3f}" for value in values) + ")"
+
+    assert str(refused.value) == (
+        f"{label}: its origin {mm(origin + [0, 2, 0])} mm differs from synth_000_0000.nii.gz's {mm(origin)} mm "
+        f"by 2.000 mm, more than the {0.01 * voxel:.3f} mm (1% of a {voxel:.3f} mm voxel) that the channels and "
+        "the label of a case may differ by; resample them to one voxel grid (or fix the header)"
+    )
+
+    def stretched(affine):
+        affine[:3, 0] *= 1.01
+        return affine
+
+    _moved_label(source, stretched)
+    with pytest.raises(DataFormatError) as refused:
+        _read_first_case(source)
+    message = str(refused.value)
+    found = re.fullmatch(
+        rf"{re.escape(str(label))}: its spacing \(([0-9.]+), .* synth_000_0000\.nii\.gz's \(([0-9.]+), .*", message
+    )
+    assert found is not None, message
+    assert float(found[1]) == pytest.approx(spacing[0] * 1.01, abs=1e-4), message
+    assert float(found[2]) == pytest.approx(spacing[0], abs=1e-4), message
+
+    def turned(affine):
+        angle = 0.01
+        rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+        affine[:3, :3] = rotation @ affine[:3, :3]
+        return affine
+
+    _moved_label(source, turned)
+    with pytest.raises(DataFormatError) as refused:
+        _read_first_case(source)
+    message = str(refused.value)
+    assert message.startswith(f"{label}: its direction of array axis 0 (") and "voxel" in message, message
 
 
 def test_a_decathlon_case_listed_twice_is_refused(raw, tmp_path, capsys):
@@ -240,6 +357,21 @@ def _import_error(source, out, capsys, *options):
     assert stop.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error, error
     assert not out.exists()
     return error.splitlines()[-1]
+
+
+def test_import_refuses_an_out_folder_that_holds_files_as_synth_does(raw, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as stop:
+        cli.data_main(["import", "--source", str(raw[NNUNET]), "--out", str(out)])
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert stop.value.code == cli.USER_ERROR_EXIT_CODE
+    assert line == (
+        f"mper-data: error: --out {out} is not empty (it holds notes.txt); choose a new or empty folder, "
+        "or empty it first"
+    )
+    assert [path.name for path in out.iterdir()] == ["notes.txt"]
 
 
 def _files_by_case(dataset):

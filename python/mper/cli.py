@@ -37,6 +37,8 @@ from mper.train.runtime import TrainingAborted, TrainingInterrupted
 from mper.versions import version_line
 
 USER_ERROR_EXIT_CODE = 2
+#: ``--out`` of the ``mper-data`` commands that refuse a folder holding files.
+NEW_FOLDER_HELP = "folder to write the dataset into: a new one, or an empty one"
 #: ``--labeled all``: every labeled case that may be labeled.
 ALL_LABELED = "all"
 #: System errors that the machine or the paths given cause rather than a fault of mper
@@ -437,7 +439,12 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt file written by mper-train")
     parser.add_argument("--input", required=True, metavar="FILE_OR_DIR", help="an image file or a folder of them")
-    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the label maps")
+    parser.add_argument(
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="folder for the label maps, apart from --input (neither inside the other)",
+    )
     _add_device(parser)
     parser.add_argument(
         "--weights",
@@ -459,12 +466,17 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
 
 
 def _data_command(
-    commands: argparse._SubParsersAction, name: str, summary: str, description: str, dataset_required: bool = True
+    commands: argparse._SubParsersAction,
+    name: str,
+    summary: str,
+    description: str,
+    dataset_required: bool = True,
+    out_help: str = "dataset folder to create",
 ) -> argparse.ArgumentParser:
     """A ``mper-data`` command with the ``--dataset`` and ``--out`` every command takes."""
     command = commands.add_parser(name, formatter_class=_formatter, help=summary, description=description)
     command.add_argument("--dataset", choices=dataset_names(imported=False), required=dataset_required)
-    command.add_argument("--out", required=True, metavar="DIR", help="dataset folder to create")
+    command.add_argument("--out", required=True, metavar="DIR", help=out_help)
     return command
 
 
@@ -485,6 +497,7 @@ def data_parser() -> argparse.ArgumentParser:
         "two channels (CT-like, MR-like), four foreground classes, varying shapes, anisotropic spacings and "
         "orientations, unlabeled training cases and labeled test cases.",
         dataset_required=False,
+        out_help=NEW_FOLDER_HELP,
     )
     synth.add_argument("--format", choices=RAW_LAYOUTS, help="raw scans in this layout instead of --dataset")
     synth.add_argument(
@@ -541,14 +554,15 @@ def _add_import_command(commands: argparse._SubParsersAction) -> None:
             "labelsTr/, optional imagesTs/ and labelsTs/) or the Medical Segmentation Decathlon layout "
             "(dataset.json with modality and training, 4D images). Training images without a label, and "
             "those of imagesUnlabeled/ or --unlabeled, are the unlabeled scans. Every case is cropped to its "
-            "nonzero region, normalised by its modality (CT: clipped to the training set's foreground 0.5 "
-            "and 99.5 percentiles and z-scored with their statistics; others per image) and resampled to "
+            "nonzero region, normalised by its channel name as nnU-Net does (CT: clipped to the training set's "
+            "foreground 0.5 and 99.5 percentiles and z-scored with their statistics; noNorm, rescale_to_0_1 "
+            "and rgb_to_0_1 as named; any other name z-scored per image) and resampled to "
             "one spacing; OUT/plan.toml records the plan derived from the data (2D or 3D network, patch, "
             "batch, classes), which you may edit. Then: mper-train --data-root OUT."
         ),
     )
     command.add_argument("--source", required=True, metavar="RAW", help="the raw dataset folder (with dataset.json)")
-    command.add_argument("--out", required=True, metavar="ROOT", help="dataset folder to create")
+    command.add_argument("--out", required=True, metavar="ROOT", help=NEW_FOLDER_HELP)
     command.add_argument(
         "--spacing",
         type=float,

@@ -504,6 +504,24 @@ def tsne(
     )
 
 
+def _check_output_apart(input_path: str | Path, output: str | Path) -> None:
+    """Refuse an ``output`` folder that is, lies in or holds ``input_path``: label maps
+    written among the scans would be read as scans by the next prediction or import."""
+    scans, labels = Path(input_path).resolve(), Path(output).resolve()
+    if labels == scans:
+        relation = "is the --input folder"
+    elif labels.is_relative_to(scans):
+        relation = f"is inside the --input folder {input_path}"
+    elif scans.is_relative_to(labels):
+        relation = f"holds the --input {input_path}"
+    else:
+        return
+    raise RunFolderError(
+        f"--output {output} {relation}: the label maps would lie among the scans, where a later mper-predict or "
+        "mper-data import reads them as scans; choose an output folder apart from the input"
+    )
+
+
 def predict(
     checkpoint: str | Path,
     input_path: str | Path,
@@ -515,9 +533,11 @@ def predict(
     """Segment a NIfTI/HDF5 file or every such file under a folder; returns the written
     label maps (NIfTI, with the input's header), post-processed by the checkpoint's
     ``eval.postprocess`` as :func:`evaluate` does; ``force`` segments volumes whose axis
-    order looks wrong. See :func:`mper.eval.predict.predict_path`."""
+    order looks wrong. ``output`` must lie apart from ``input_path`` (neither inside the
+    other), checked before the checkpoint is read. See :func:`mper.eval.predict.predict_path`."""
     if Path(output).exists() and not Path(output).is_dir():
         raise RunFolderError(f"the output {output} is a file; give a folder for the label maps (it is made if missing)")
+    _check_output_apart(input_path, output)
     net, config = load_network(checkpoint, device, weights)
     if get_dataset(config.dataset).scans is not None:
         return predict_scans(

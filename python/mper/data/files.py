@@ -5,7 +5,8 @@ file always produces the same kind of error: :class:`~mper.errors.MissingFileErr
 file that is not there, :class:`~mper.errors.DataFormatError` for one that is there but
 does not hold what the layout promises (no dataset, wrong rank, empty, a label that is
 not integer, an image with NaN or infinite values). Both messages name the file and say
-what was expected.
+what was expected. :func:`check_new_folder` refuses an output folder that already holds
+files, before a command writes anything.
 """
 
 from __future__ import annotations
@@ -16,7 +17,35 @@ from pathlib import Path, PurePosixPath
 import h5py
 import numpy as np
 
-from mper.errors import DataFormatError, MissingFileError
+from mper.errors import DataFormatError, MissingFileError, RunFolderError
+
+#: How many names a one-line message lists before it counts the rest.
+NAMES_LISTED = 5
+
+
+def listed_names(names: Sequence[str]) -> str:
+    """``a, b, c`` for a message: the first :data:`NAMES_LISTED` names, then how many more."""
+    more = f" and {len(names) - NAMES_LISTED} more" if len(names) > NAMES_LISTED else ""
+    return ", ".join(names[:NAMES_LISTED]) + more
+
+
+def check_new_folder(folder: str | Path, option: str = "--out") -> None:
+    """Refuse ``folder``, given as ``option``, unless it is missing or an empty folder: what
+    a command writes there would overwrite the files it holds or mix with them. Creates
+    nothing, so that a command can check all its options before it writes.
+
+    Raises:
+        RunFolderError: ``folder`` is a file or a folder that holds anything.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"{option} {folder} is a file; choose a folder to create")
+    held = sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
+    if held:
+        raise RunFolderError(
+            f"{option} {folder} is not empty (it holds {listed_names(held)}); choose a new or empty folder, "
+            "or empty it first"
+        )
 
 
 def case_name_from_line(line: str, case_file: str | None = None) -> str:

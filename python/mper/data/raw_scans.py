@@ -27,8 +27,10 @@ only the files that end with the dataset's file ending and ignores the others (a
 which no file ends so but some end in the other NIfTI ending is refused, naming
 ``file_ending``. :func:`read_case`
 reads one case's channels and label (NIfTI, through nibabel) and checks that they fit
-together: one spatial shape and one affine, finite intensities, a 3D label holding only
-declared classes.
+together: one voxel grid (one shape, and no voxel placed more than
+:data:`GEOMETRY_TOLERANCE` of a voxel apart), finite intensities, a 3D label holding only
+declared classes. A channel's name in ``dataset.json`` chooses its normalisation as in
+nnU-Net v2 (:func:`normalization_of`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
+from mper.data.files import listed_names
 from mper.errors import DataFormatError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -64,56 +67,33 @@ NIFTI_ENDINGS = (".nii.gz", ".nii")
 #: What a case is for: labeled training case, unlabeled training case, test case.
 LABELED, UNLABELED, TEST = "labeled", "unlabeled", "test"
 
-#: How the channels of each modality are normalised (nnU-Net's rules by channel name):
+#: How a channel is normalised, by its name in ``dataset.json`` (nnU-Net's rules):
 #: ``ct``: clipped to the 0.5 / 99.5 percentiles of the training set's foreground
 #: intensities, then z-scored with their mean and standard deviation; ``z-score``: per
 #: image (inside the nonzero region when cropping removes much); ``none``; ``rescale``:
 #: to [0, 1] per image; ``rgb``: divided by 255.
 CT, ZSCORE, NO_NORMALIZATION, RESCALE, RGB = "ct", "z-score", "none", "rescale", "rgb"
 SCAN_NORMALIZATIONS = (CT, ZSCORE, NO_NORMALIZATION, RESCALE, RGB)
-_NAMED_SCHEMES = {
+#: nnU-Net v2's channel names of its normalisation schemes, casefolded; any other name
+#: (MRI, T2, cineMRI, ...) is z-scored (``get_normalization_scheme`` in its
+#: ``map_channel_name_to_normalization.py``).
+NAMED_SCHEMES = {
     "ct": CT,
-    "zscore": ZSCORE,
     "nonorm": NO_NORMALIZATION,
+    "zscore": ZSCORE,
     "rescale_to_0_1": RESCALE,
-    "rescale_0_1": RESCALE,
     "rgb_to_0_1": RGB,
 }
-#: Modality names read as MR-like (per-image z-score), lower case.
-_ZSCORE_MODALITIES = frozenset(
-    {
-        "mri",
-        "mr",
-        "nonct",
-        "t1",
-        "t1w",
-        "t1gd",
-        "t1c",
-        "t1ce",
-        "t2",
-        "t2w",
-        "flair",
-        "adc",
-        "dwi",
-        "pd",
-        "pdw",
-        "dce",
-        "swi",
-        "cine",
-        "lge",
-        "pet",
-        "us",
-        "ultrasound",
-        "cbct",
-    }
-)
 
-#: Per-file affines of one case may differ by this much (header rounding).
-AFFINE_TOLERANCE = 1e-4
+#: How far, as a fraction of the (smallest) voxel spacing, the channels and the label of a
+#: case may place a voxel apart. Headers written by different tools round positions (to a
+#: few decimals of a millimetre, to float32), which moves a voxel by far less; a real
+#: misalignment (a half-voxel corner-or-centre slip, a shifted crop) by far more. As
+#: nnU-Net's ``verify_dataset_integrity`` does, the spacing, the origin and the direction
+#: are compared apart, each part against the whole tolerance.
+GEOMETRY_TOLERANCE = 0.01
 #: nnU-Net's name of an image file without its ending: ``<case>_<XXXX>``, XXXX the channel.
 CHANNEL_FILE = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
-#: The ignored files the logged line names; it counts the rest.
-NAMED_IGNORED = 5
 
 
 def channel_file_name(case: str, channel: int, ending: str) -> str:
@@ -164,18 +144,11 @@ class Scan:
     header: nib.Nifti1Header
 
 
-def normalization_of(modality: str, where: Path) -> str:
-    """The normalisation scheme of a channel named ``modality`` in ``dataset.json`` (see
-    :data:`SCAN_NORMALIZATIONS`); an unknown name is refused rather than guessed."""
-    name = str(modality).strip().lower()
-    if name in _NAMED_SCHEMES:
-        return _NAMED_SCHEMES[name]
-    if name in _ZSCORE_MODALITIES:
-        return ZSCORE
-    raise DataFormatError(
-        f"{where}: unknown modality {modality!r}; name the channel CT (clipped and z-scored with the "
-        "training set's statistics), an MR modality such as MRI or T2, or one of zscore, noNorm, rescale_to_0_1"
-    )
+def normalization_of(channel_name: str) -> str:
+    """The normalisation scheme (of :data:`SCAN_NORMALIZATIONS`) of a channel named
+    ``channel_name`` in ``dataset.json``, as nnU-Net v2 chooses it: the name, compared
+    without regard to case, of one of :data:`NAMED_SCHEMES`, else a per-image z-score."""
+    return NAMED_SCHEMES.get(str(channel_name).casefold(), ZSCORE)
 
 
 def case_name(file_name: str, ending: str) -> str | None:
@@ -276,10 +249,9 @@ def _case_files(folder: Path, ending: str, declared: Path | None) -> list[Path]:
                     f'{named[0].name}); set "file_ending": "{found}" in {declared} to read them'
                 )
     if others:
-        names = ", ".join(path.name for path in others[:NAMED_IGNORED])
-        more = f" and {len(others) - NAMED_IGNORED} more" if len(others) > NAMED_IGNORED else ""
+        names = listed_names([path.name for path in others])
         log.warning(
-            "%s: ignored %d file(s) that do not end with %s or are hidden: %s%s", folder, len(others), rule, names, more
+            "%s: ignored %d file(s) that do not end with %s or are hidden: %s", folder, len(others), rule, names
         )
     return used
 
@@ -393,7 +365,7 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
     Raises:
         MissingFileError: no folder ``source``, no ``dataset.json``, a channel file or a
             listed file missing.
-        DataFormatError: ``dataset.json`` malformed (channels, labels, an unknown modality,
+        DataFormatError: ``dataset.json`` malformed (channels, labels,
             a file ending mper cannot read or that no file of a folder has), a file
             misnamed, a label without an image, a case twice, or no training image at all.
     """
@@ -411,7 +383,7 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
         "channel_names" if layout == NNUNET else "modality",
         where,
     )
-    normalization = tuple(normalization_of(channel, where) for channel in channels)
+    normalization = tuple(normalization_of(channel) for channel in channels)
     class_names = _class_names(document.get("labels"), layout, where)
     ending = str(document.get("file_ending", NIFTI_ENDINGS[0])) if layout == NNUNET else NIFTI_ENDINGS[0]
     if ending not in NIFTI_ENDINGS:
@@ -493,6 +465,20 @@ def _check_finite(path: Path, array: np.ndarray) -> None:
         )
 
 
+def _grid(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(spacing, direction, origin) of a voxel-to-world ``affine``: the length of each array
+    axis's step (mm), its unit vector (a column per axis) and the first voxel's position."""
+    steps = np.asarray(affine, dtype=np.float64)[:3, :3]
+    spacing = np.linalg.norm(steps, axis=0)
+    return spacing, steps / np.where(spacing > 0, spacing, 1.0), np.asarray(affine, dtype=np.float64)[:3, 3]
+
+
+def _values(values: np.ndarray, precision: float) -> str:
+    """``(a, b, c)`` with one decimal more than ``precision`` needs."""
+    decimals = max(1, int(np.ceil(-np.log10(precision))) + 1) if precision > 0 else 6
+    return "(" + ", ".join(f"{round(float(value), decimals) + 0.0:.{decimals}f}" for value in values) + ")"
+
+
 def _check_geometry(
     path: Path,
     shape: tuple[int, ...],
@@ -501,15 +487,46 @@ def _check_geometry(
     reference_shape: tuple[int, ...],
     reference_affine: np.ndarray,
 ) -> None:
+    """Refuse ``path`` unless its voxel grid is ``reference``'s: the same shape, and no voxel
+    placed more than :data:`GEOMETRY_TOLERANCE` of a voxel apart by the spacing, the origin
+    or the direction, each naming the part, both values and the file."""
     if shape != reference_shape:
         raise DataFormatError(
             f"{path}: shape {shape} differs from {reference.name}'s {reference_shape}; the channels and the label "
             "of a case must share one voxel grid: resample them to one grid"
         )
-    if not np.allclose(affine, reference_affine, atol=AFFINE_TOLERANCE):
+    spacing, direction, origin = _grid(affine)
+    reference_spacing, reference_direction, reference_origin = _grid(reference_affine)
+    voxel = float(reference_spacing.min())
+    tolerance = GEOMETRY_TOLERANCE * voxel
+    # a voxel n steps along an axis moves by n times that axis's change of step
+    steps = np.maximum(np.asarray(reference_shape, dtype=np.float64) - 1, 1)
+    spacing_moves = steps * np.abs(spacing - reference_spacing)
+    direction_moves = steps * reference_spacing * np.linalg.norm(direction - reference_direction, axis=0)
+    origin_move = float(np.abs(origin - reference_origin).max())
+    allowed = f"more than the {_values(np.array([tolerance]), tolerance)[1:-1]} mm ({GEOMETRY_TOLERANCE:.0%} of a "
+    allowed += f"{_values(np.array([voxel]), tolerance)[1:-1]} mm voxel) that the channels and the label of a case may"
+    advice = "resample them to one voxel grid (or fix the header)"
+    if spacing_moves.max() > tolerance:
+        precision = tolerance / float(steps[int(spacing_moves.argmax())])
         raise DataFormatError(
-            f"{path}: its affine differs from {reference.name}'s; the channels and the label of a case must share "
-            "one voxel grid: resample them to one grid (or fix the header)"
+            f"{path}: its spacing {_values(spacing, precision)} mm differs from {reference.name}'s "
+            f"{_values(reference_spacing, precision)} mm, which places voxels up to "
+            f"{_values(np.array([spacing_moves.max()]), tolerance)[1:-1]} mm apart, {allowed} differ by; {advice}"
+        )
+    if origin_move > tolerance:
+        raise DataFormatError(
+            f"{path}: its origin {_values(origin, tolerance)} mm differs from {reference.name}'s "
+            f"{_values(reference_origin, tolerance)} mm by {_values(np.array([origin_move]), tolerance)[1:-1]} mm, "
+            f"{allowed} differ by; {advice}"
+        )
+    if direction_moves.max() > tolerance:
+        axis = int(direction_moves.argmax())
+        precision = tolerance / float(steps[axis] * reference_spacing[axis])
+        raise DataFormatError(
+            f"{path}: its direction of array axis {axis} {_values(direction[:, axis], precision)} differs from "
+            f"{reference.name}'s {_values(reference_direction[:, axis], precision)}, which places voxels up to "
+            f"{_values(np.array([direction_moves.max()]), tolerance)[1:-1]} mm apart, {allowed} differ by; {advice}"
         )
 
 

@@ -5,10 +5,11 @@ A case goes through three steps (:func:`preprocess_scan`), in nnU-Net's order:
 1. **Crop to the nonzero region**: the bounding box of the voxels where any channel is
    nonzero (:func:`nonzero_box`); outside it lies only the zero border of the scanner's
    field of view.
-2. **Normalise** each channel by its modality (:data:`~mper.data.raw_scans.SCAN_NORMALIZATIONS`):
+2. **Normalise** each channel by its name (:func:`~mper.data.raw_scans.normalization_of`):
    CT channels are clipped to the 0.5 and 99.5 percentiles of the training set's
    foreground intensities (voxels of a labeled class) and z-scored with those voxels'
-   mean and standard deviation (:func:`foreground_statistics`); other channels are
+   mean and standard deviation (:func:`foreground_statistics`); ``noNorm``,
+   ``rescale_to_0_1`` and ``rgb_to_0_1`` channels as named; other channels are
    z-scored per image, inside the nonzero region (holes filled, labeled voxels added)
    when cropping removed much of the images (the median case kept less than 3/4 of its
    voxels), with zero outside it.

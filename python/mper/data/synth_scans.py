@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from mper.data.files import check_new_folder
 from mper.data.raw_scans import (
     DATASET_JSON,
     IMAGES_TEST,
@@ -162,7 +163,10 @@ def synthesize_scans(
     """Write a synthetic raw dataset of ``cases`` cases into ``out`` (``layout``: ``"nnunet"``
     or ``"msd"``) and return ``out``. About a fifth are test cases (with labels), a third
     of the rest unlabeled. The output is a function of (layout, cases, seed, size).
+    Every option is checked before anything is written, and ``out`` must be missing or
+    empty (:func:`~mper.data.files.check_new_folder`).
     """
+    check_new_folder(out)
     if layout not in RAW_LAYOUTS:
         raise ConfigError(f"format must be one of {', '.join(RAW_LAYOUTS)}; got {layout!r}")
     size = tuple(int(length) for length in size)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from mper.data.files import check_new_folder
 from mper.errors import ConfigError, MissingFileError
 
 from .spec import DatasetSpec
@@ -115,7 +116,9 @@ def synthesize(
             (H, W, D), default (128, 128, 96), split 80/20 into train/test; ``"acdc"``:
             SSL4MIS layout, patients with an ED and an ES frame of 6-10 slices of ``size``
             (H, W), default (224, 224), split 70/10/20 into train/val/test).
-        out: dataset root to create (existing files of the same names are overwritten).
+        out: dataset root to create: a folder that does not exist or is empty
+            (:func:`~mper.data.files.check_new_folder`); options are checked before it is
+            created, so a refused call leaves nothing behind.
         cases: cases (LA volumes, ACDC patients); default the dataset's (100).
         seed: the output is a pure function of (dataset, family, cases, seed, size).
         size: see ``dataset``.
@@ -124,6 +127,7 @@ def synthesize(
             ``standard``, ``scanners``, ``thin``; see :data:`mper.data.synth_acdc.ACDC_FAMILIES`);
             default the first.
     """
+    check_new_folder(out)
     spec = get_dataset(dataset)
     if spec.synthesize is None:
         raise ConfigError(f"{spec.title} has no synthetic generator; mper-data synth --format nnunet writes raw scans")
@@ -134,9 +138,7 @@ def synthesize(
         )
     count = spec.synth_cases if cases is None else int(cases)
     shape = spec.synth_size if size is None else tuple(int(length) for length in size)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return spec.synthesize(out, count, seed, shape, progress, family)
+    return spec.synthesize(Path(out), count, seed, shape, progress, family)
 
 
 def convert(

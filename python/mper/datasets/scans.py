@@ -52,6 +52,7 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
+from mper.data.files import check_new_folder
 from mper.data.imported import (
     SCAN_CASES_DIR,
     ImportedLayout,
@@ -356,10 +357,9 @@ def _scan_rules(
 
 
 def _check_out(out: Path, source: Path) -> None:
-    if (out / PLAN_FILE).exists() or (out / SCAN_CASES_DIR).exists():
-        raise RunFolderError(f"{out} already holds an imported dataset; choose another --out or delete it first")
     if out.resolve() == source.resolve():
         raise RunFolderError(f"--out {out} is the raw dataset itself; choose another folder")
+    check_new_folder(out)
 
 
 def import_scans(
@@ -376,7 +376,7 @@ def import_scans(
 
     Args:
         source: a raw dataset folder (nnU-Net v2 or MSD layout).
-        out: the dataset root to write; it must not hold an import already.
+        out: the dataset root to write: a folder that does not exist or is empty.
         spacing: the target spacing in mm (x, y, z as stored); default from the data.
         dims: ``"2d"`` or ``"3d"``, the plan's network; default from the anisotropy.
         memory_gb: the training memory the plan's batch fits.
@@ -384,7 +384,7 @@ def import_scans(
         progress: show progress bars.
 
     Raises:
-        UserError: a raw file or ``dataset.json`` is unusable, or ``out`` holds an import;
+        UserError: a raw file or ``dataset.json`` is unusable, or ``out`` holds files;
             nothing is written then.
     """
     source, out = Path(source), Path(out)

@@ -103,7 +103,8 @@ class DatasetSpec:
         label_budgets: the usual labeled counts (for help texts and experiment plans).
 
     Data preparation:
-        synthesize: writes a synthetic dataset root (``None``: none); ``synth_cases`` and
+        synthesize: writes a synthetic dataset root, creating it (``None``: none), after
+            checking its options so that a refused call creates nothing; ``synth_cases`` and
             ``synth_size`` are its defaults, ``synth_families`` the families of cases it can
             write (name: description), the first the default.
         convert: turns the raw public download into the layout (``None``: none);
