@@ -10,6 +10,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from mper import pipeline
 from mper.cli import data_main, eval_main, predict_main, train_main
@@ -353,3 +354,72 @@ def test_predict_refuses_an_output_among_its_input_before_any_work(
         "mper-predict or mper-data import reads them as scans; choose an output folder apart from the input\n"
     )
     assert sorted(path.name for path in (tmp_path / "scans").iterdir()) == ["case_0000.nii.gz"]
+
+
+def test_a_second_ctrl_c_inside_a_checkpoint_write_keeps_the_last_complete_one(
+    acdc_root, tmp_path, monkeypatch, capsys
+):
+    """torch.save's own writer, interrupted in the middle of a file, fails once more on its way
+    out: the stop is still reported as a stop, and the previous checkpoint stays whole."""
+    original_optimize, original_save = Trainer.optimize, checkpoint.torch.save
+    pressed = []
+
+    def press_ctrl_c_after_the_second_step(self, loss):
+        original_optimize(self, loss)
+        if self.progress.iteration == 1:  # counted after the step: the second one
+            pressed.append(True)
+            signal.raise_signal(signal.SIGINT)
+
+    class PressedStream:
+        """The checkpoint's file, with Ctrl-C pressed again after its first write."""
+
+        def __init__(self, stream):
+            self.stream, self.writes = stream, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 2:
+                signal.raise_signal(signal.SIGINT)
+            return self.stream.write(data)
+
+        def flush(self):
+            self.stream.flush()
+
+    def save_interrupted_once_pressed(state, stream):
+        original_save(state, PressedStream(stream) if pressed else stream)
+
+    monkeypatch.setattr(Trainer, "optimize", press_ctrl_c_after_the_second_step)
+    monkeypatch.setattr(checkpoint.torch, "save", save_interrupted_once_pressed)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([*train_arguments(acdc_root, run_dir), "--set", "eval.checkpoint_interval=1"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 130 and "Traceback" not in error
+    assert f"{run_dir / 'last.pt'} holds the last complete checkpoint" in error
+    assert checkpoint.load_checkpoint(run_dir / "last.pt")["progress"]["iteration"] == 1
+    assert not list(run_dir.glob(".*.tmp")) and not (run_dir / "train.lock").exists()
+    assert "Traceback" not in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--device", "cuda"], "device 'cuda' requested but CUDA is not available here; use --device cpu"),
+        (["--device", "cpu", "--amp", "bf16"], "amp = 'bf16' needs a CUDA device; use --amp off on cpu"),
+        (["--device", "cpu", "--data-root", "{root}", "--labeled", "99"], "labeled must be between 1 and the 3 "),
+    ],
+)
+def test_print_config_refuses_what_a_run_refuses_before_training(arguments, message, acdc_root, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(
+            ["--dataset", "acdc", "--print-config", *(argument.format(root=acdc_root) for argument in arguments)]
+        )
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in error
+    assert message in error.splitlines()[-1]
+
+
+def test_print_config_checks_the_labeled_count_only_against_a_given_data_folder(capsys):
+    train_main(["--dataset", "acdc", "--print-config", "--labeled", "99", "--device", "cpu"])
+    assert "labeled = 99" in capsys.readouterr().out

@@ -28,6 +28,7 @@ from mper.errors import DataFormatError, UserError
 from mper.eval.scans import predict_scan
 from mper.train.checkpoint import load_checkpoint
 from mper.train.config import TrainConfig
+from tiny_runs import TINY_ACDC, set_arguments
 
 TINY = [
     "--device",
@@ -383,3 +384,131 @@ def test_the_smallest_datasets_import_accepts_train_with_the_plan_as_written(tmp
     cli.train_main(["--data-root", str(root), "--out", str(run_dir), *TINY, *NETWORKS[dims]])
     config = TrainConfig.from_dict(load_checkpoint(run_dir / "last.pt")["config"])
     assert config.labeled == labeled and (run_dir / "best.pt").is_file()
+
+
+def _other_dataset(root, tmp_path, old, new):
+    """A copy of the imported dataset ``root`` whose plan says ``new`` where it says ``old``."""
+    other = shutil.copytree(root, tmp_path / "other")
+    plan = other / "plan.toml"
+    plan.write_text(plan.read_text().replace(old, new, 1))
+    return other
+
+
+TRAINED_ON = "Synth (3d; classes background, liver, kidney, spleen, tumour; channels CT, MRI)"
+OTHER_DATASETS = [
+    ('dims = "3d"', 'dims = "2d"', "Synth (2d; classes background, liver, kidney, spleen, tumour; channels CT, MRI)"),
+    ('"spleen", "tumour"]', '"spleen"]', "Synth (3d; classes background, liver, kidney, spleen; channels CT, MRI)"),
+    ('name = "CT"', 'name = "PET"', "Synth (3d; classes background, liver, kidney, spleen, tumour; channels PET, MRI)"),
+    (
+        'name = "Synth"',
+        'name = "Other"',
+        "Other (3d; classes background, liver, kidney, spleen, tumour; channels CT, MRI)",
+    ),
+]
+
+
+@pytest.mark.parametrize("old, new, described", OTHER_DATASETS)
+def test_eval_refuses_another_imported_dataset_before_scoring(nnunet_3d, tmp_path, capsys, old, new, described):
+    _, root, run_dir = nnunet_3d
+    other = _other_dataset(root, tmp_path, old, new)
+    out = tmp_path / "eval"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.eval_main(["--checkpoint", str(run_dir / "best.pt"), "--data-root", str(other), "--out", str(out)])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error
+    assert error.splitlines()[-1].startswith(
+        f"mper-eval: error: {other} holds the imported dataset {described}, but {run_dir / 'best.pt'} was trained "
+        f"on {TRAINED_ON}; "
+    )
+    assert not out.exists()
+
+
+def test_resume_takes_a_moved_data_folder_and_refuses_another_dataset_before_writing(nnunet_3d, tmp_path, capsys):
+    _, root, run_dir = nnunet_3d
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    other = _other_dataset(root, tmp_path, *OTHER_DATASETS[0][:2])
+    before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--out", str(run), "--data-root", str(other)])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error
+    assert (
+        f"{other} holds the imported dataset {OTHER_DATASETS[0][2]}, but the run trains on {TRAINED_ON}; "
+        in (error.splitlines()[-1])
+    )
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
+    moved = shutil.copytree(root, tmp_path / "moved")
+    cli.train_main(["--resume", "--out", str(run), "--data-root", str(moved)])  # finished: evaluates again
+    assert "| MPER | 3 | 1 |" in capsys.readouterr().out
+    assert TrainConfig.from_dict(load_checkpoint(run / "last.pt")["config"]).data_root == str(moved)
+
+
+def test_a_checkpoint_without_its_runs_plan_says_where_the_plan_belongs(nnunet_3d, tmp_path, capsys):
+    raw, root, run_dir = nnunet_3d
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(run_dir / "best.pt", alone)
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    (run / "plan.toml").unlink()
+    moved = shutil.move(str(root), tmp_path / "elsewhere")
+    _REGISTRY.pop(NAME, None)
+    try:
+        for main, arguments, folder in (
+            (cli.eval_main, ["--checkpoint", str(alone / "best.pt")], alone),
+            (
+                cli.predict_main,
+                [
+                    "--checkpoint",
+                    str(alone / "best.pt"),
+                    "--input",
+                    str(raw / "imagesTs"),
+                    "--output",
+                    str(tmp_path / "labels"),
+                ],
+                alone,
+            ),
+            (cli.train_main, ["--resume", "--out", str(run)], run),
+        ):
+            with pytest.raises(SystemExit) as exit_info:
+                main(arguments)
+            error = capsys.readouterr().err
+            assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error
+            line = error.splitlines()[-1]
+            assert f"{folder / 'plan.toml'} not found: " in line and f"imported dataset {NAME}" in line
+            assert "copy the plan.toml of the run folder it came from next to it" in line
+    finally:
+        shutil.move(moved, root)
+
+
+def test_a_builtin_dataset_on_an_imported_folder_says_to_drop_dataset(nnunet_3d, tmp_path, capsys):
+    _, root, _ = nnunet_3d
+    for extra in ([], ["--print-config"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.train_main(["--dataset", "la", "--data-root", str(root), "--out", str(tmp_path / "run"), *TINY, *extra])
+        error = capsys.readouterr().err
+        assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error
+        assert error.splitlines()[-1] == (
+            f"mper-train: error: {root} holds a dataset imported by mper-data import (it has plan.toml), not LA "
+            f"data: drop --dataset la, --data-root alone trains on it"
+        )
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_of_a_builtin_datasets_checkpoint_refuses_an_imported_folder(nnunet_3d, tmp_path, capsys):
+    _, root, _ = nnunet_3d
+    acdc, run_dir = tmp_path / "acdc", tmp_path / "run"
+    cli.data_main(["synth", "--dataset", "acdc", "--out", str(acdc), "--cases", "5", "--size", "32", "32"])
+    arguments = ["--dataset", "acdc", "--data-root", str(acdc), "--labeled", "1", "--out", str(run_dir)]
+    cli.train_main([*arguments, "--device", "cpu", "--ops", "reference", *set_arguments(TINY_ACDC)])
+    capsys.readouterr()
+    _REGISTRY.pop(NAME, None)  # as in a new process, which knows only the built-in datasets
+    with pytest.raises(SystemExit) as exit_info:
+        cli.eval_main(
+            ["--checkpoint", str(run_dir / "best.pt"), "--data-root", str(root), "--out", str(tmp_path / "e")]
+        )
+    assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"mper-eval: error: {root} holds the dataset {NAME} imported by mper-data import (it has plan.toml), but "
+        f"{run_dir / 'best.pt'} was trained on ACDC; give --data-root the folder of the ACDC data"
+    )
+    assert not (tmp_path / "e").exists()

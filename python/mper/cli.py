@@ -290,6 +290,11 @@ def _train_overrides(args: argparse.Namespace) -> dict:
 
 def _train_dataset(args: argparse.Namespace) -> str | None:
     """``--dataset``, or the dataset imported into ``--data-root`` (registered from its plan)."""
+    if args.dataset is not None and args.data_root is not None and has_plan(args.data_root):
+        raise ConfigError(
+            f"{args.data_root} holds a dataset imported by mper-data import (it has {PLAN_FILE}), not "
+            f"{get_dataset(args.dataset).title} data: drop --dataset {args.dataset}, --data-root alone trains on it"
+        )
     if args.dataset is None and args.data_root is not None:
         check_data_folder(args.data_root)
         if has_plan(args.data_root):

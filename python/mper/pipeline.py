@@ -38,12 +38,12 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import mper.datasets
-from mper.data.scan_plan import read_plan, write_plan
+from mper.data.scan_plan import PLAN_FILE, ScanPlan, read_plan, write_plan
 from mper.data.synth_scans import synthesize_scans as write_synthetic_scans
-from mper.datasets import check_dataset_root, get_dataset, has_plan, register_plan
+from mper.datasets import check_dataset_root, dataset_names, get_dataset, has_plan, register_plan
 from mper.datasets.registry import register_imported
 from mper.datasets.scans import scan_spec
-from mper.errors import CheckpointError, ConfigError, RunFolderError, UserError
+from mper.errors import CheckpointError, ConfigError, MissingFileError, RunFolderError, UserError
 from mper.eval.evaluate import evaluate_cases, mean_dice
 from mper.eval.figures import add_figures
 from mper.eval.predict import predict_path
@@ -56,11 +56,11 @@ from mper.train.checkpoint import load_checkpoint, non_finite_tensors
 from mper.train.config import SUPERVISED_BASELINES, TrainConfig, merge, parse_override, to_toml, with_prototypes
 from mper.train.diagnostics import TRAINING_RECORD, with_class_names
 from mper.train.distributed import is_main_process, process_group, shared_mean
-from mper.train.loaders import labeled_pool, test_cases, training_cases, validation_cases
+from mper.train.loaders import check_split, labeled_pool, test_cases, training_cases, validation_cases
 from mper.train.lock import run_folder_lock
 from mper.train.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, PRETRAIN_CHECKPOINT, Validator
 from mper.train.resume import checkpoint_to_resume, resumed_config
-from mper.train.runner import check_run, run_training
+from mper.train.runner import check_machine, check_run, run_training
 from mper.train.runtime import TrainingAborted, TrainingInterrupted, resolve_device
 from mper.train.usage import USAGE_FILE
 from mper.versions import device_line, version_line
@@ -193,8 +193,13 @@ def check_settings(config: TrainConfig) -> None:
 
 def settings_toml(config: TrainConfig) -> str:
     """The settings of a run as ``mper-train --print-config`` prints them, checked as
-    :func:`train` checks them first."""
+    :func:`train` checks them before training, short of reading the data files: the
+    device and the machine (:func:`~mper.train.runner.check_machine`), and, when a data
+    folder is given, its lists (:func:`~mper.train.loaders.check_split`: ``labeled`` among them)."""
     check_settings(config)
+    check_machine(config)
+    if config.data_root:
+        check_split(config)
     return to_toml(config.to_dict())
 
 
@@ -280,16 +285,23 @@ def imported_dataset(data_root: str | Path) -> str:
     return register_plan(data_root).name
 
 
-def _register_trained_dataset(values: dict[str, Any], run_dir: Path) -> None:
-    """Register the imported dataset that the settings ``values`` of a checkpoint or run name:
-    from the plan the run folder kept, else from its data root's; built-in datasets need
-    nothing."""
-    data_root = values.get("data_root")
-    for folder, copy_of in ((run_dir, data_root), (data_root, None)):
+def _register_trained_dataset(values: dict[str, Any], checkpoint: Path) -> None:
+    """Register the imported dataset that the settings ``values`` of ``checkpoint`` name:
+    from the plan its run folder kept beside it, else from its data root's; built-in
+    datasets need nothing. Raises :class:`~mper.errors.MissingFileError` when neither
+    holds the plan of a dataset that is not registered."""
+    data_root, name = values.get("data_root"), values.get("dataset")
+    for folder, copy_of in ((checkpoint.parent, data_root), (data_root, None)):
         plan = read_plan(folder, copy_of) if folder and has_plan(folder) else None
-        if plan is not None and plan.name == values.get("dataset"):
+        if plan is not None and plan.name == name:
             register_imported(scan_spec(plan))
             return
+    if name not in dataset_names():
+        raise MissingFileError(
+            f"{checkpoint.parent / PLAN_FILE} not found: {checkpoint} was trained on the imported dataset {name}, "
+            f"whose plan a run keeps in its folder, and its data folder {data_root or '(none)'} holds none of that "
+            f"name either; copy the plan.toml of the run folder it came from next to it"
+        )
 
 
 def labeled_all(config: TrainConfig) -> int:
@@ -327,13 +339,16 @@ def resume(
     :class:`~mper.errors.ConfigError`. Returns the run folder.
     """
     run_dir = Path(run_dir)
-    state = load_checkpoint(checkpoint_to_resume(run_dir))
+    last = checkpoint_to_resume(run_dir)
+    state = load_checkpoint(last)
     _check_one_run(run_dir, state["config"])
-    _register_trained_dataset(state["config"], run_dir)
+    _register_trained_dataset(state["config"], last)
     changes = {key: value for key, value in (("device", device), ("ops", ops)) if value is not None}
     for change in [overrides or {}, *map(parse_override, assignments), {"out": str(run_dir)}]:
         changes = merge(changes, change)
-    return train(resumed_config(state, changes), resume=True)
+    config = resumed_config(state, changes)
+    _check_data_root(config.data_root, state["config"].get("data_root", ""), config.dataset, "the run trains on")
+    return train(config, resume=True)
 
 
 def _check_one_run(run_dir: Path, saved: dict[str, Any]) -> None:
@@ -373,7 +388,7 @@ def load_network(
     if weights not in WEIGHTS:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
     state = load_checkpoint(checkpoint)
-    _register_trained_dataset(state["config"], Path(checkpoint).parent)
+    _register_trained_dataset(state["config"], Path(checkpoint))
     if state[weights] is None:
         raise CheckpointError(
             f"{checkpoint} holds no {weights} weights (pre-training and baseline runs have no "
@@ -398,6 +413,43 @@ def load_network(
             f"{checkpoint}: its {weights} weights do not fit its own network settings ({error})"
         ) from error
     return net.to(resolve_device(device)).eval(), config
+
+
+def _check_data_root(data_root: str, trained_root: str, dataset: str, trained_by: str) -> None:
+    """Refuse ``data_root`` unless it holds ``dataset``, which a checkpoint or run trained on
+    in ``trained_root``; ``trained_by`` says who expects it ("the run trains on").
+
+    A folder other than ``trained_root`` must hold the same dataset: an imported one with the
+    same name, dims, classes and channels (a moved or copied import), a built-in one in its
+    layout. Raises :class:`~mper.errors.UserError` naming both datasets.
+    """
+    check_dataset_root(data_root, dataset, f"{trained_by} {dataset}")
+    if Path(data_root) == Path(trained_root):
+        return
+    spec, found = get_dataset(dataset), read_plan(data_root) if has_plan(data_root) else None
+    if spec.scans is None and found is not None:
+        raise ConfigError(
+            f"{data_root} holds the dataset {found.name} imported by mper-data import (it has {PLAN_FILE}), but "
+            f"{trained_by} {spec.title}; give --data-root the folder of the {spec.title} data"
+        )
+    if spec.scans is None:
+        return
+    advice = f"give --data-root the folder that {spec.name} was imported into (or a copy of it)"
+    if found is None:
+        raise ConfigError(
+            f"{data_root} holds no {PLAN_FILE} of an imported dataset, but {trained_by} {_described(spec.scans)}; "
+            f"{advice}"
+        )
+    if _described(found) != _described(spec.scans):
+        raise ConfigError(
+            f"{data_root} holds the imported dataset {_described(found)}, but {trained_by} "
+            f"{_described(spec.scans)}; {advice}"
+        )
+
+
+def _described(plan: ScanPlan) -> str:
+    """What identifies an imported dataset: its name, dims, classes and channels."""
+    return f"{plan.name} ({plan.dims}; classes {', '.join(plan.class_names)}; channels {', '.join(plan.channels)})"
 
 
 def _table_columns(config: TrainConfig) -> tuple[str, str, str]:
@@ -439,9 +491,8 @@ def evaluate(
         raise ConfigError(f"the number of figures (mper-eval --figures) must be 0 or more, got {num_figures}")
     net, config = load_network(checkpoint, device, weights)
     method, labeled, unlabeled = _table_columns(config)
-    if data_root is not None:
-        config.data_root = str(data_root)
-    check_dataset_root(config.data_root, config.dataset, f"{checkpoint} was trained on {config.dataset}")
+    trained_root, config.data_root = config.data_root, str(data_root or config.data_root)
+    _check_data_root(config.data_root, trained_root, config.dataset, f"{checkpoint} was trained on")
     if split == "test" and not test_cases(config):
         raise ConfigError(
             f"{config.data_root} has no labeled test cases (imagesTs with labelsTs when imported); "
@@ -486,9 +537,8 @@ def tsne(
     if split not in EVAL_SPLITS:
         raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
     net, config = load_network(checkpoint, device, weights)
-    if data_root is not None:
-        config.data_root = str(data_root)
-    check_dataset_root(config.data_root, config.dataset, f"{checkpoint} was trained on {config.dataset}")
+    trained_root, config.data_root = config.data_root, str(data_root or config.data_root)
+    _check_data_root(config.data_root, trained_root, config.dataset, f"{checkpoint} was trained on")
     cases = (validation_cases(config) if split == "val" else test_cases(config))[:max_cases]
     spec = get_dataset(config.dataset)
     volumes = [spec.load_volume(config.data_root, case) for case in cases]

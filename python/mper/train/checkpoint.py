@@ -13,7 +13,8 @@ run folder:
 Writes go to a temporary file in the same folder, then :func:`os.replace` moves it over
 the old file, so an interrupted write never leaves a truncated checkpoint behind (a
 temporary file left by a killed process is removed by :func:`remove_stale_temporaries`
-when the run resumes). Checkpoints get the permissions the umask gives any new file.
+when the run resumes). A Ctrl-C during a write removes the temporary file and stops as a
+Ctrl-C, whatever torch's writer raises on its way out. Checkpoints get the permissions the umask gives any new file.
 
 Tensors load onto the CPU: modules and optimizers copy them to their own device, and the
 random-number-generator states must stay CPU byte tensors.
@@ -77,16 +78,28 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except OSError as error:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
-        raise RunFolderError(
-            f"cannot write checkpoint {path} ({error.strerror or error}); free space or fix the "
-            "folder's permissions (the previous checkpoint there is unchanged), then resume"
-        ) from error
-    except BaseException:
-        temporary.unlink(missing_ok=True)
+        interrupt = _interrupt_behind(error)
+        if interrupt is not None and interrupt is not error:
+            # torch.save's zip writer finishes the file on its way out of an interrupted write,
+            # and fails: the stop is what happened, the writer's error only follows from it
+            raise interrupt from None
+        if isinstance(error, OSError):
+            raise RunFolderError(
+                f"cannot write checkpoint {path} ({error.strerror or error}); free space or fix the "
+                "folder's permissions (the previous checkpoint there is unchanged), then resume"
+            ) from error
         raise
     return path
+
+
+def _interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The :class:`KeyboardInterrupt` that ``error`` is, or that it was raised while handling."""
+    seen: BaseException | None = error
+    while seen is not None and not isinstance(seen, KeyboardInterrupt):
+        seen = seen.__context__
+    return seen
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

@@ -121,19 +121,17 @@ def test_cases(config: TrainConfig) -> list[str]:
     return get_dataset(config.dataset).list_cases(config.data_root, "test")
 
 
-def check_data(config: TrainConfig) -> None:
-    """Read every case the run will use: training items, validation and test volumes.
+def check_split(config: TrainConfig) -> tuple[list[str], list[str]]:
+    """The (labeled, unlabeled) training items, from the data root's lists alone.
 
-    Raises what the readers raise for a missing or malformed file (naming it), and
-    :class:`~mper.errors.ConfigError` when the data root holds the other dataset, when
-    ``labeled`` leaves no unlabeled case for self-training or too few labeled items to fill
-    a labeled batch, or when a class has no voxel
-    in the labeled images (its prototypes could not be initialised).
+    Raises :class:`~mper.errors.ConfigError` when the data root holds the other dataset,
+    when ``labeled`` is more than the dataset has, leaves no unlabeled case for
+    self-training or too few labeled items to fill a labeled batch, and what the list
+    readers raise for a missing list.
     """
     check_dataset_root(config.data_root, config.dataset, f"the run trains on {config.dataset}")
     labeled, unlabeled = training_cases(config)
-    self_training = config.baseline not in SUPERVISED_BASELINES
-    if self_training and not unlabeled:
+    if config.baseline not in SUPERVISED_BASELINES and not unlabeled:
         raise ConfigError(
             f"labeled = {config.labeled} leaves no unlabeled training case for self-training; "
             "lower --labeled (or train --baseline labeled-only)"
@@ -143,6 +141,18 @@ def check_data(config: TrainConfig) -> None:
             f"{len(labeled)} labeled training item(s) (labeled = {config.labeled}) cannot fill a labeled batch of "
             f"data.labeled_batch_size = {config.data.labeled_batch_size}; raise --labeled or lower the batch sizes"
         )
+    return labeled, unlabeled
+
+
+def check_data(config: TrainConfig) -> None:
+    """Read every case the run will use: training items, validation and test volumes.
+
+    Raises what :func:`check_split` raises, what the readers raise for a missing or
+    malformed file (naming it), and :class:`~mper.errors.DataFormatError` when a class has
+    no voxel in the labeled images (its prototypes could not be initialised).
+    """
+    labeled, unlabeled = check_split(config)
+    self_training = config.baseline not in SUPERVISED_BASELINES
     items = labeled + unlabeled if self_training else labeled
     volumes = list(dict.fromkeys(validation_cases(config) + test_cases(config)))
     spec = get_dataset(config.dataset)

@@ -35,11 +35,18 @@ log = logging.getLogger(__name__)
 
 
 def check_run(config: TrainConfig) -> None:
-    """Refuse, before anything is written or trained, what would fail later: the
-    device, the ops module, mixed precision, torch.compile, the synchronisation check
+    """Refuse, before anything is written or trained, what would fail later: what
+    :func:`check_machine` refuses, and the data (see :func:`~mper.train.loaders.check_data`)."""
+    check_machine(config)
+    check_data(config)
+
+
+def check_machine(config: TrainConfig) -> None:
+    """Refuse what this machine cannot train as ``config`` says, without reading the data:
+    the device, the ops module, mixed precision, torch.compile, the synchronisation check
     (:data:`~mper.train.runtime.SYNC_DEBUG_VARIABLE`), the network settings, a patch too
     small for the network or an iteration too large for the device's memory (see
-    :mod:`~mper.train.footprint`) and the data (see :func:`~mper.train.loaders.check_data`)."""
+    :mod:`~mper.train.footprint`)."""
     device = resolve_device(config.device)
     autocast(device, config.amp)
     check_compile(device, config.compile)
@@ -50,7 +57,6 @@ def check_run(config: TrainConfig) -> None:
     except (TypeError, ValueError) as error:
         raise ConfigError(f"the network settings {config.network} are not valid: {error}") from error
     check_fits(config, device, current_world().size, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    check_data(config)
 
 
 def run_training(
