@@ -29,6 +29,7 @@ from mper.train.config import (
     recipe_settings,
     to_toml,
 )
+from mper.train.teacher import slow_teacher_warning
 
 IMPORTED = {"3d": "Imported3d", "2d": "Imported2d"}
 
@@ -166,3 +167,15 @@ def test_a_config_saved_before_a_setting_existed_takes_it_from_its_preset():
     del saved["dataset"]
     with pytest.raises(ConfigError, match="setting distributed has no value"):
         TrainConfig.from_dict(saved)
+
+
+def test_no_shipped_preset_warns_that_its_own_teacher_is_slow(datasets):
+    """The warning that training starts with (the teacher's EMA horizon, about
+    ``1 / (1 - eta)`` iterations, above a fifth of self-training) comes from the settings
+    alone: no preset of any dataset, alone or stacked on ``reference``, may give it."""
+    assert {"la", "acdc", *IMPORTED.values()} <= set(datasets)
+    for dataset in datasets:
+        for preset in [*(tables := preset_tables(dataset)), *(f"reference+{name}" for name in tables)]:
+            selftrain = load_config(dataset, preset).selftrain
+            warning = slow_teacher_warning(selftrain.ema_decay, selftrain.ema_schedule, selftrain.iterations)
+            assert warning is None, f"{dataset} {preset}: {warning}"

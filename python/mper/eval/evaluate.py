@@ -24,7 +24,7 @@ from .figures import FigureSlice, figure_slice, save_figures
 from .metrics import dice_score
 from .protocol import score_case, segment_volume
 from .report import markdown_table, summarize, write_report
-from .scans import DISTANCE_UNIT, score_scan_case
+from .scans import distance_unit, score_scan_case
 
 
 def _resolve_cases(dataset: str, data_root: str | Path, cases: Sequence[str] | None, split: str) -> list[str]:
@@ -127,9 +127,7 @@ def evaluate_cases(
             views[case] = view
     summary = summarize(per_case)
     class_names = spec.class_names
-    markdown = markdown_table(
-        summary, method, labeled, unlabeled, class_names, DISTANCE_UNIT if spec.scans is not None else "voxels"
-    )
+    markdown = markdown_table(summary, method, labeled, unlabeled, class_names, distance_unit(dataset))
     figures = []
     if out_dir is not None:
         write_report(

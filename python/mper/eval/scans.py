@@ -55,6 +55,12 @@ log = logging.getLogger(__name__)
 DISTANCE_UNIT = "mm"
 
 
+def distance_unit(dataset: str) -> str:
+    """The unit of ``dataset``'s 95HD and ASD: :data:`DISTANCE_UNIT` for imported scans
+    (scored on each scan's grid), voxels for the built-in datasets (as the paper's tables)."""
+    return DISTANCE_UNIT if get_dataset(dataset).scans is not None else "voxels"
+
+
 def _plan(dataset: str) -> ScanPlan:
     plan = get_dataset(dataset).scans
     if plan is None:

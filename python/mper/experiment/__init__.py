@@ -72,7 +72,7 @@ def prepare_plan(
     """The plan with the given changes, its runs and the output folder, all checked:
     every run's settings, and every run folder that already holds a run."""
     if not isinstance(plan, Plan):
-        plan = load_plan(find_plan(plan))
+        plan = load_plan(find_plan(plan), data_root)
     out = Path(out or DEFAULT_OUT / plan.name).resolve()
     root = str(Path(data_root or plan.data_root).resolve())
     plan = plan.with_changes(data_root=root, seeds=seeds, assignments=assignments)

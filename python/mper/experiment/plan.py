@@ -3,7 +3,7 @@
 A plan is a TOML file::
 
     title = "ACDC: segmentation quality (paper Table II)"
-    dataset = "acdc"
+    dataset = "acdc"                # or the name of scans imported into data_root (optional then)
     preset = "paper"                # default preset of every variant
     data_root = "data/acdc"         # relative paths are taken from the working folder
     labeled = [3, 7]                # label budgets: ACDC patients / LA cases (default: the
@@ -27,6 +27,9 @@ names variants whose embeddings the report draws (:mod:`mper.eval.tsne`). A vari
 also give its own ``preset`` and ``labeled`` budgets; a ``full`` baseline is trained
 once per seed, with every training case labeled.
 
+A ``data_root`` that holds scans imported by ``mper-data import`` (its ``plan.toml``)
+trains on them: ``dataset`` may then be left out, or must be the import's name.
+
 Each cell (variant, budget, seed) is one ordinary training run in its own folder,
 ``<out>/<variant>/<budget>/seed<seed>``. :func:`load_plan` checks the whole plan, every
 run's settings included, before anything runs.
@@ -46,7 +49,7 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-from mper.datasets import dataset_names, get_dataset
+from mper.datasets import dataset_names, get_dataset, has_plan, register_plan
 from mper.errors import ConfigError
 from mper.eval.protocol import check_protocol
 from mper.train.config import BASELINES, TrainConfig, load_config
@@ -124,15 +127,17 @@ class Cell:
 
     def config(self, device: str | None = None) -> TrainConfig:
         """The run's checked config."""
+        _register_import(self.data_root)  # a cluster job builds it in a process of its own
         config = load_config(self.dataset, self.preset, self.overrides(device), self.assignments)
         check_protocol(config.eval.postprocess, config.eval.empty_prediction)
         return config
 
     def train_arguments(self, device: str | None = None) -> list[str]:
         """The ``mper-train`` arguments that train this run (they give :meth:`config`)."""
+        # mper-train finds imported scans from their plan in --data-root
+        imported = get_dataset(self.dataset).scans is not None
         arguments = [
-            "--dataset",
-            self.dataset,
+            *([] if imported else ["--dataset", self.dataset]),
             "--preset",
             self.preset,
             "--data-root",
@@ -291,9 +296,10 @@ def _toml_literal(value: Any) -> str:
     return repr(value)
 
 
-def load_plan(path: str | Path) -> Plan:
-    """Read and check the plan at ``path``; raises :class:`PlanError` naming the file
-    and what is wrong."""
+def load_plan(path: str | Path, data_root: str | Path | None = None) -> Plan:
+    """Read and check the plan at ``path`` (imported scans read from ``data_root``, default
+    the plan's own, see :func:`parse_plan`); raises :class:`PlanError` naming the file and
+    what is wrong."""
     path = Path(path)
     try:
         document = tomllib.loads(path.read_text())
@@ -303,17 +309,32 @@ def load_plan(path: str | Path) -> Plan:
         ) from error
     except tomllib.TOMLDecodeError as error:
         raise PlanError(f"{path} is not valid TOML: {error}") from error
-    plan = parse_plan(document, name=path.stem, path=path)
+    plan = parse_plan(document, name=path.stem, path=path, data_root=data_root)
     plan.check()
     return plan
 
 
-def parse_plan(document: dict[str, Any], name: str, path: Path | None = None) -> Plan:
-    """A :class:`Plan` from a parsed TOML document (checked except for the runs' settings)."""
+def parse_plan(
+    document: dict[str, Any], name: str, path: Path | None = None, data_root: str | Path | None = None
+) -> Plan:
+    """A :class:`Plan` from a parsed TOML document (checked except for the runs' settings).
+
+    Scans imported into ``data_root`` (default: the plan's ``data_root``) are registered
+    from their ``plan.toml``, and are the plan's dataset when it names none.
+    """
     where = str(path) if path else f"plan {name!r}"
     reader = _Reader(where)
     reader.known(document, PLAN_KEYS, "")
-    dataset = reader.choice(document, "dataset", dataset_names())
+    root = data_root or reader.text(document, "data_root")
+    imported = _register_import(root)
+    dataset = document.get("dataset", imported)
+    if dataset not in dataset_names():
+        given = "it is missing" if dataset is None else f"got {dataset!r}"
+        found = f"holds the imported {imported!r}" if imported else "holds no plan.toml of mper-data import"
+        reader.fail(
+            f"dataset must be one of {', '.join(dataset_names(imported=False))}, or left out when data_root holds "
+            f"scans imported by mper-data import; {given}, and {root} {found}"
+        )
     preset = reader.text(document, "preset", default="paper")
     common = reader.strings(document, "set")
     variants = [
@@ -336,6 +357,11 @@ def parse_plan(document: dict[str, Any], name: str, path: Path | None = None) ->
     synthetic = document.get("synthetic")
     if synthetic is not None:
         reader.known(synthetic, SYNTHETIC_KEYS, "synthetic.")
+        if get_dataset(dataset).scans is not None:
+            reader.fail(
+                f"[synthetic] writes data of a built-in dataset ({', '.join(dataset_names(imported=False))}), but "
+                f"{dataset} is imported scans; remove [synthetic]"
+            )
     return Plan(
         name=name,
         title=reader.text(document, "title", default=name),
@@ -353,6 +379,12 @@ def parse_plan(document: dict[str, Any], name: str, path: Path | None = None) ->
         tsne=tsne,
         path=path,
     )
+
+
+def _register_import(data_root: str | Path) -> str | None:
+    """The name of the scans imported into ``data_root``, registered from their plan;
+    ``None`` when the folder holds no import."""
+    return register_plan(data_root).name if has_plan(data_root) else None
 
 
 def _variant(reader: _Reader, table: dict[str, Any], preset: str, common: list[str], index: int) -> Variant:

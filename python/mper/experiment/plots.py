@@ -16,6 +16,7 @@ from typing import Any
 
 from mper.eval.metrics import METRIC_NAMES
 from mper.eval.report import PERCENT_METRICS
+from mper.eval.scans import distance_unit
 
 from .plan import Plan
 
@@ -46,7 +47,7 @@ def plot_results(plan: Plan, rows: Sequence[Any], path: Path) -> Path | None:
     draw = _draw_lines if plan.sweep is not None and plan.sweep.numeric else _draw_bars
     for axis, metric in zip(axes, METRIC_NAMES):
         draw(axis, rows, metric, plan)
-        axis.set_title(_metric_title(metric))
+        axis.set_title(_metric_title(metric, distance_unit(plan.dataset)))
         axis.grid(axis="y", alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
@@ -56,8 +57,8 @@ def plot_results(plan: Plan, rows: Sequence[Any], path: Path) -> Path | None:
     return path
 
 
-def _metric_title(metric: str) -> str:
-    names = {"dice": "Dice (%)", "jaccard": "Jaccard (%)", "hd95": "95HD (voxels)", "asd": "ASD (voxels)"}
+def _metric_title(metric: str, unit: str) -> str:
+    names = {"dice": "Dice (%)", "jaccard": "Jaccard (%)", "hd95": f"95HD ({unit})", "asd": f"ASD ({unit})"}
     return names[metric]
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from mper.eval.metrics import METRIC_NAMES
 from mper.eval.report import METRICS_FILE, PERCENT_METRICS, TABLE_HEADER
+from mper.eval.scans import distance_unit
 
 from .plan import Cell, Plan
 from .plots import plot_results
@@ -143,7 +144,8 @@ def markdown(plan: Plan, rows: Sequence[Row]) -> str:
     lines = [
         f"# {plan.title}",
         "",
-        "Test-set means (Dice and Jaccard in %, 95HD and ASD in voxels); mean ± sample std over seeds.",
+        f"Test-set means (Dice and Jaccard in %, 95HD and ASD in {distance_unit(plan.dataset)}); mean ± sample std "
+        "over seeds.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
