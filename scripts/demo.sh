@@ -31,7 +31,7 @@ export MPER_EXTRAS
 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 data="data/$dataset-demo"
 runs="runs/demo-$dataset"
-rm -rf "$runs"  # the previous demo run, if any
+rm -rf "$data" "$runs"  # the previous demo's data and runs, if any (mper-data synth writes only into a new folder)
 mper-data synth --dataset "$dataset" --out "$data" "${synth[@]}" --seed 0
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 mkdir -p "$runs"

@@ -23,6 +23,7 @@ from mper.data import (
 )
 from mper.data.convert import crop_box
 from mper.datasets import convert
+from mper.errors import RunFolderError
 
 ACDC_SHAPE = (12, 10, 3)  # (H, W, S) as stored in NIfTI
 LA_SHAPE = (170, 160, 6)
@@ -183,7 +184,8 @@ def test_la_split_from_published_lists(tmp_path):
     assert la_cases(out, "train") == ["CASE2", "CASE0"] and la_cases(out, "test") == ["CASE1"]
     write_lines(lists / "test.list", ["CASE9"])
     with pytest.raises(DataFormatError, match=r"test\.list.*CASE9"):
-        convert("la", tmp_path / "raw", tmp_path / "out", split_from=lists, progress=False)
+        convert("la", tmp_path / "raw", tmp_path / "other", split_from=lists, progress=False)
+    assert not (tmp_path / "other").exists()  # nothing of a failed conversion is left
 
 
 def test_la_bad_raw_files(tmp_path):
@@ -204,3 +206,21 @@ def test_la_bad_raw_files(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no LA case.*lgemri.nrrd"):
         convert("la", tmp_path / "empty", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_writes_only_into_a_new_or_empty_folder_and_leaves_nothing_when_it_fails(tmp_path):
+    raw = raw_la(tmp_path / "raw", cases=3)
+    with pytest.raises(RunFolderError, match=r"--out .*raw is the raw dataset itself"):
+        convert("la", raw, raw, progress=False)
+    dataset = convert("la", raw, tmp_path / "LA", progress=False)
+    listed = sorted(path.name for path in dataset.iterdir())
+    with pytest.raises(RunFolderError, match=rf"--out {dataset} is not empty \(it holds "):
+        convert("la", raw, dataset, progress=False)
+    assert sorted(path.name for path in dataset.iterdir()) == listed
+    # the third case is unreadable: the two written before it are removed, the empty folder kept
+    (tmp_path / "empty").mkdir()
+    (raw / "Training Set" / "CASE2" / "laendo.nrrd").write_bytes(b"NRRD0004\ngarbage")
+    with pytest.raises(DataFormatError, match="CASE2/laendo.nrrd could not be read"):
+        convert("la", raw, tmp_path / "empty", progress=False)
+    assert list((tmp_path / "empty").iterdir()) == []

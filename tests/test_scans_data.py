@@ -763,3 +763,18 @@ def test_training_items_carry_every_channel_in_3d_and_in_2d(tmp_path):
         assert int((sample["label"] == 3).sum()) == int((np.asarray(layout.load_item(tmp_path, item)[1]) == 3).sum())
         augmented = scan_items(patch, layout)(tmp_path, [item], augment=True, seed=0)
         assert augmented[(1, 0)]["image"].shape == (2, *patch)
+
+
+def test_an_import_interrupted_half_way_leaves_no_dataset_behind(raw, tmp_path, monkeypatch):
+    imported, original = [], scans._import_case
+
+    def interrupted_at_the_third_case(case, *arguments):
+        if len(imported) == 2:
+            raise KeyboardInterrupt
+        original(case, *arguments)
+        imported.append(case.name)
+
+    monkeypatch.setattr(scans, "_import_case", interrupted_at_the_third_case)
+    with pytest.raises(KeyboardInterrupt):
+        scans.import_scans(raw[NNUNET], tmp_path / "Dataset", progress=False)
+    assert len(imported) == 2 and not (tmp_path / "Dataset").exists()

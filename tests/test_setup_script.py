@@ -37,7 +37,8 @@ def fake_repository(tmp_path: Path) -> Path:
 def fake_environment(tmp_path: Path) -> Path:
     """A folder setup.sh takes for an environment: its ``python`` is this one, except for pip
     (logged with the build switches it saw) and pytest (logged); its ``nvidia-smi`` lists a
-    GPU when FAKE_GPU=1; its ``mper-data`` fails with status 3, ending scripts/demo.sh there."""
+    GPU when FAKE_GPU=1; its ``mper-data`` logs whether its ``--out`` exists and fails with
+    status 3, ending scripts/demo.sh there."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     scripts = {
@@ -47,7 +48,9 @@ def fake_environment(tmp_path: Path) -> Path:
         f'exec {sys.executable} "$@"\n',
         "nvidia-smi": 'if [ "${FAKE_GPU:-0}" = 1 ]; then echo "GPU 0: NVIDIA H100 (UUID: GPU-0)"; exit 0; fi\n'
         'echo "NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver."; exit 9\n',
-        "mper-data": "exit 3\n",
+        "mper-data": 'while [ $# -gt 0 ]; do if [ "$1" = --out ]; then '
+        f'if [ -e "$2" ]; then echo "$2 exists"; else echo "$2 absent"; fi >>"{tmp_path}/mper-data.log"; fi; shift; done\n'
+        "exit 3\n",
     }
     for name, body in scripts.items():
         (venv / "bin" / name).write_text("#!/usr/bin/env bash\n" + body)
@@ -89,8 +92,13 @@ def setup(venv: Path, repo: Path, **switches: str) -> list[str]:
 
 def test_the_tests_after_the_demo_reuse_its_build_on_a_machine_without_a_gpu(tmp_path):
     repo, venv = fake_repository(tmp_path), fake_environment(tmp_path)
+    previous = tmp_path / "data" / "acdc-demo" / "train.list"  # a previous demo's data
+    previous.parent.mkdir(parents=True)
+    previous.write_text("patient001\n")
     demo = run_script(venv, repo, f"{repo}/scripts/demo.sh")
     assert demo.returncode == 3, demo.stderr  # stopped at mper-data, after the setup
+    # the demo writes its data afresh each time: mper-data synth takes only a new folder
+    assert (tmp_path / "mper-data.log").read_text() == "data/acdc-demo absent\n"
     assert builds(venv, repo) == ["OFF OFF"]  # no GPU: no CUDA kernels
     assert extras_installed(venv, repo) == []
     tests = run_script(venv, repo, f"{repo}/scripts/test.sh")

@@ -6,12 +6,15 @@ file that is not there, :class:`~mper.errors.DataFormatError` for one that is th
 does not hold what the layout promises (no dataset, wrong rank, empty, a label that is
 not integer, an image with NaN or infinite values). Both messages name the file and say
 what was expected. :func:`check_new_folder` refuses an output folder that already holds
-files, before a command writes anything.
+files, before a command writes anything, and :func:`removed_on_failure` removes what a
+command wrote there when it fails half-way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 import h5py
@@ -46,6 +49,45 @@ def check_new_folder(folder: str | Path, option: str = "--out") -> None:
             f"{option} {folder} is not empty (it holds {listed_names(held)}); choose a new or empty folder, "
             "or empty it first"
         )
+
+
+def check_output_folder(out: str | Path, source: str | Path) -> None:
+    """Refuse ``out``, the ``--out`` of a command that reads the raw dataset ``source``,
+    when it is ``source`` itself or holds anything (:func:`check_new_folder`).
+
+    Raises:
+        RunFolderError: ``out`` is ``source``, a file or a folder that holds anything.
+    """
+    if Path(out).resolve() == Path(source).resolve():
+        raise RunFolderError(f"--out {out} is the raw dataset itself; choose another folder")
+    check_new_folder(out)
+
+
+@contextlib.contextmanager
+def removed_on_failure(folder: str | Path) -> Iterator[Path]:
+    """Create ``folder`` (missing or empty, see :func:`check_new_folder`) for the block
+    to write, and remove what the block wrote when it fails or is interrupted, so that a
+    half-written dataset is never left to be read as a whole one (the folders it created
+    go too; an empty folder that existed before is kept)."""
+    folder = Path(folder)
+    created = None  # the outermost folder this call creates
+    for missing in (folder, *folder.parents):
+        if missing.exists():
+            break
+        created = missing
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        else:
+            for path in folder.iterdir():
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+        raise
 
 
 def case_name_from_line(line: str, case_file: str | None = None) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from mper.data.files import check_new_folder
+from mper.data.files import check_new_folder, removed_on_failure
 from mper.data.raw_scans import (
     DATASET_JSON,
     IMAGES_TEST,
@@ -163,8 +163,9 @@ def synthesize_scans(
     """Write a synthetic raw dataset of ``cases`` cases into ``out`` (``layout``: ``"nnunet"``
     or ``"msd"``) and return ``out``. About a fifth are test cases (with labels), a third
     of the rest unlabeled. The output is a function of (layout, cases, seed, size).
-    Every option is checked before anything is written, and ``out`` must be missing or
-    empty (:func:`~mper.data.files.check_new_folder`).
+    Every option is checked before anything is written, ``out`` must be missing or
+    empty (:func:`~mper.data.files.check_new_folder`), and a failed or interrupted call
+    removes what it wrote.
     """
     check_new_folder(out)
     if layout not in RAW_LAYOUTS:
@@ -180,44 +181,47 @@ def synthesize_scans(
         "test": (IMAGES_TEST, LABELS_TEST),
         "unlabeled": (IMAGES_TRAIN if layout == NNUNET else IMAGES_UNLABELED, None),
     }
-    training, test = [], []
-    rng = np.random.default_rng(seed)
-    for index, role in enumerate(tqdm(roles, desc=f"writing synthetic {layout} scans", disable=not progress)):
-        name = f"synth_{index:03d}"
-        case = synthetic_raw_case(rng, size)
-        images, labels = folders[role]
+    with removed_on_failure(out):
+        training, test = [], []
+        rng = np.random.default_rng(seed)
+        for index, role in enumerate(tqdm(roles, desc=f"writing synthetic {layout} scans", disable=not progress)):
+            name = f"synth_{index:03d}"
+            case = synthetic_raw_case(rng, size)
+            images, labels = folders[role]
+            if layout == NNUNET:
+                _save(case.ct, case.affine, out / images / channel_file_name(name, 0, ending))
+                _save(case.mr, case.affine, out / images / channel_file_name(name, 1, ending))
+            else:
+                both = np.stack([case.ct.astype(np.float32), case.mr], axis=-1)
+                _save(both, case.affine, out / images / f"{name}{ending}")
+            if labels is not None:
+                _save(case.label, case.affine, out / labels / f"{name}{ending}")
+            if role == "labeled":
+                training.append(
+                    {"image": f"./{IMAGES_TRAIN}/{name}{ending}", "label": f"./{LABELS_TRAIN}/{name}{ending}"}
+                )
+            elif role == "test":
+                test.append(f"./{IMAGES_TEST}/{name}{ending}")
+        channels = {str(index): channel for index, channel in enumerate(SYNTH_SCAN_CHANNELS)}
         if layout == NNUNET:
-            _save(case.ct, case.affine, out / images / channel_file_name(name, 0, ending))
-            _save(case.mr, case.affine, out / images / channel_file_name(name, 1, ending))
+            document = {
+                "name": SYNTH_SCAN_NAME,
+                "channel_names": channels,
+                "labels": {name: value for value, name in enumerate(SYNTH_SCAN_CLASSES)},
+                "numTraining": len(training),
+                "file_ending": ending,
+            }
         else:
-            both = np.stack([case.ct.astype(np.float32), case.mr], axis=-1)
-            _save(both, case.affine, out / images / f"{name}{ending}")
-        if labels is not None:
-            _save(case.label, case.affine, out / labels / f"{name}{ending}")
-        if role == "labeled":
-            training.append({"image": f"./{IMAGES_TRAIN}/{name}{ending}", "label": f"./{LABELS_TRAIN}/{name}{ending}"})
-        elif role == "test":
-            test.append(f"./{IMAGES_TEST}/{name}{ending}")
-    channels = {str(index): channel for index, channel in enumerate(SYNTH_SCAN_CHANNELS)}
-    if layout == NNUNET:
-        document = {
-            "name": SYNTH_SCAN_NAME,
-            "channel_names": channels,
-            "labels": {name: value for value, name in enumerate(SYNTH_SCAN_CLASSES)},
-            "numTraining": len(training),
-            "file_ending": ending,
-        }
-    else:
-        document = {
-            "name": SYNTH_SCAN_NAME,
-            "description": "synthetic abdomen-like scans",
-            "tensorImageSize": "4D",
-            "modality": channels,
-            "labels": {str(value): name for value, name in enumerate(SYNTH_SCAN_CLASSES)},
-            "numTraining": len(training),
-            "numTest": len(test),
-            "training": training,
-            "test": test,
-        }
-    (out / DATASET_JSON).write_text(json.dumps(document, indent=2) + "\n")
+            document = {
+                "name": SYNTH_SCAN_NAME,
+                "description": "synthetic abdomen-like scans",
+                "tensorImageSize": "4D",
+                "modality": channels,
+                "labels": {str(value): name for value, name in enumerate(SYNTH_SCAN_CLASSES)},
+                "numTraining": len(training),
+                "numTest": len(test),
+                "training": training,
+                "test": test,
+            }
+        (out / DATASET_JSON).write_text(json.dumps(document, indent=2) + "\n")
     return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from mper.data.files import check_new_folder
+from mper.data.files import check_new_folder, check_output_folder, removed_on_failure
 from mper.errors import ConfigError, MissingFileError
 
 from .spec import DatasetSpec
@@ -138,7 +138,8 @@ def synthesize(
         )
     count = spec.synth_cases if cases is None else int(cases)
     shape = spec.synth_size if size is None else tuple(int(length) for length in size)
-    return spec.synthesize(Path(out), count, seed, shape, progress, family)
+    with removed_on_failure(out) as folder:
+        return spec.synthesize(folder, count, seed, shape, progress, family)
 
 
 def convert(
@@ -150,12 +151,14 @@ def convert(
     progress: bool = True,
 ) -> Path:
     """Convert the raw release of ``dataset`` found under ``source`` into its layout under
-    ``out``; return ``out`` (see :mod:`mper.data.convert` for LA and ACDC).
+    ``out``; return ``out`` (see :mod:`mper.data.convert` for LA and ACDC). A conversion
+    that fails or is interrupted removes what it wrote into ``out``.
 
     Args:
         dataset: a registered name with a converter.
         source: folder holding the raw download.
-        out: dataset root to write.
+        out: dataset root to write: a folder that does not exist or is empty, other
+            than ``source`` (:func:`~mper.data.files.check_output_folder`).
         split_from: folder with the list files of a published split to reuse; ``None``
             draws a split from ``seed``.
         seed: seed of the split (and of any random crop).
@@ -163,6 +166,7 @@ def convert(
 
     Raises:
         ConfigError: the dataset has no converter.
+        RunFolderError: ``out`` is ``source`` or holds anything.
         MissingFileError: ``source`` holds no case, or a case lacks its label file.
         DataFormatError: a volume is unreadable or malformed, or a list names a case
             that ``source`` does not hold.
@@ -173,4 +177,6 @@ def convert(
     source, out = Path(source), Path(out)
     if not source.is_dir():
         raise MissingFileError(f"source folder {source} not found: expected {spec.raw_description}")
-    return spec.convert(source, out, None if split_from is None else Path(split_from), seed, progress)
+    check_output_folder(out, source)
+    with removed_on_failure(out):
+        return spec.convert(source, out, None if split_from is None else Path(split_from), seed, progress)

@@ -52,7 +52,7 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-from mper.data.files import check_new_folder
+from mper.data.files import check_output_folder, removed_on_failure
 from mper.data.imported import (
     SCAN_CASES_DIR,
     ImportedLayout,
@@ -77,7 +77,7 @@ from mper.data.scan_preprocess import (
     resampled_shape,
     target_spacing,
 )
-from mper.errors import ConfigError, DataFormatError, RunFolderError
+from mper.errors import ConfigError, DataFormatError
 from mper.nets import SIZE_MULTIPLE
 
 from .registry import dataset_names, get_dataset, register_imported
@@ -356,12 +356,6 @@ def _scan_rules(
     return ScanRules(raw.normalization, tuple(statistics), mask, (target[0], target[1], target[2]))
 
 
-def _check_out(out: Path, source: Path) -> None:
-    if out.resolve() == source.resolve():
-        raise RunFolderError(f"--out {out} is the raw dataset itself; choose another folder")
-    check_new_folder(out)
-
-
 def import_scans(
     source: str | Path,
     out: str | Path,
@@ -397,7 +391,7 @@ def import_scans(
         raise ConfigError(
             f"{source}: the dataset's name {raw.name!r} is a built-in dataset's; rename it in dataset.json"
         )
-    _check_out(out, source)
+    check_output_folder(out, source)
     cases = [case for case in raw.cases if case.role != TEST or case.label is not None]
     training = [case.name for case in raw.with_role(LABELED)]
     if len(training) < 2:
@@ -442,18 +436,18 @@ def import_scans(
         median_shape=summary.median_shape,
         settings=settings,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    for case in tqdm(cases, desc=f"importing {raw.name}", unit="case", disable=not progress):
-        _import_case(case, raw, rules, out)
-    write_scan_lists(
-        out,
-        {
-            "labeled": training,
-            "unlabeled": [case.name for case in raw.with_role(UNLABELED)],
-            "test": [case.name for case in cases if case.role == TEST],
-        },
-    )
-    write_plan(plan, out)
+    with removed_on_failure(out):
+        for case in tqdm(cases, desc=f"importing {raw.name}", unit="case", disable=not progress):
+            _import_case(case, raw, rules, out)
+        write_scan_lists(
+            out,
+            {
+                "labeled": training,
+                "unlabeled": [case.name for case in raw.with_role(UNLABELED)],
+                "test": [case.name for case in cases if case.role == TEST],
+            },
+        )
+        write_plan(plan, out)
     return out
 
 
