@@ -332,11 +332,11 @@ def test_resume_refuses_changed_settings_in_one_line(acdc_root, tmp_path, capsys
 @pytest.mark.parametrize(
     ("scans", "labels", "relation"),
     [
-        ("scans", "scans", "is the --input folder"),
-        ("scans/", "./scans", "is the --input folder"),
+        ("scans", "scans", "is the --input folder scans"),
+        ("scans/", "./scans", "is the --input folder scans/"),
         ("scans", "scans/labels", "is inside the --input folder scans"),
-        ("work/scans", "work", "holds the --input work/scans"),
-        ("scans/case_0000.nii.gz", "scans", "holds the --input scans/case_0000.nii.gz"),
+        ("scans/case_0000.nii.gz", "scans", "is the folder of the --input scans/case_0000.nii.gz"),
+        ("scans/case_0000.nii.gz", "scans/labels", "is inside the folder of the --input scans/case_0000.nii.gz"),
     ],
 )
 def test_predict_refuses_an_output_among_its_input_before_any_work(
@@ -351,9 +351,21 @@ def test_predict_refuses_an_output_among_its_input_before_any_work(
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == (
         f"mper-predict: error: --output {labels} {relation}: the label maps would lie among the scans, where a later "
-        "mper-predict or mper-data import reads them as scans; choose an output folder apart from the input\n"
+        "mper-predict or mper-data import reads them as scans; choose an output folder outside it\n"
     )
     assert sorted(path.name for path in (tmp_path / "scans").iterdir()) == ["case_0000.nii.gz"]
+
+
+def test_predict_takes_an_output_folder_that_holds_the_scans_folder(tmp_path, monkeypatch, capsys):
+    # label maps go to work/<case>.nii.gz, beside work/scans, not among the scans: the
+    # check lets it through, and the missing checkpoint is what stops this call
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work" / "scans").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main(["--checkpoint", "missing.pt", "--input", "work/scans", "--output", "work"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "missing.pt" in error and "--output" not in error, error
 
 
 def test_a_second_ctrl_c_inside_a_checkpoint_write_keeps_the_last_complete_one(

@@ -114,6 +114,13 @@ def test_a_plan_refuses_a_missing_dataset_and_synthetic_data_for_imported_scans(
         PlanError, match=r"\[synthetic\] writes data of a built-in dataset \(la, acdc\), but Synth is imported scans"
     ):
         parse_plan(_document(imported_root, synthetic={"cases": 5}), name="p")
+    with pytest.raises(
+        PlanError,
+        match=rf"plan 'p': dataset = 'la', but data_root {imported_root} holds the scans 'Synth' imported by "
+        r"mper-data import; leave dataset out \(or set it to 'Synth'\)",
+    ):
+        parse_plan(_document(imported_root, dataset="la"), name="p")
+    assert parse_plan(_document(imported_root, dataset=NAME), name="p").dataset == NAME
 
 
 def test_a_run_builds_its_settings_in_a_process_that_never_read_the_plan(imported_root, tmp_path):

@@ -395,20 +395,23 @@ def _other_dataset(root, tmp_path, old, new):
 
 
 TRAINED_ON = "Synth (3d; classes background, liver, kidney, spleen, tumour; channels CT, MRI)"
+DESCRIBED = "Synth (3d; classes background, liver, kidney, spleen, tumour; channels {})"
 OTHER_DATASETS = [
-    ('dims = "3d"', 'dims = "2d"', "Synth (2d; classes background, liver, kidney, spleen, tumour; channels CT, MRI)"),
-    ('"spleen", "tumour"]', '"spleen"]', "Synth (3d; classes background, liver, kidney, spleen; channels CT, MRI)"),
-    ('name = "CT"', 'name = "PET"', "Synth (3d; classes background, liver, kidney, spleen, tumour; channels PET, MRI)"),
     (
-        'name = "Synth"',
-        'name = "Other"',
-        "Other (3d; classes background, liver, kidney, spleen, tumour; channels CT, MRI)",
+        '"spleen", "tumour"]',
+        '"spleen"]',
+        "Synth (3d; classes background, liver, kidney, spleen; channels CT, MRI)",
+        "another number of classes",
     ),
+    ('name = "CT"', 'name = "PET"', DESCRIBED.format("PET, MRI"), "another list of channels"),
+    ("std = ", "std = 1", DESCRIBED.format("CT, MRI"), "another preprocessing (another import)"),
 ]
 
 
-@pytest.mark.parametrize("old, new, described", OTHER_DATASETS)
-def test_eval_refuses_another_imported_dataset_before_scoring(nnunet_3d, tmp_path, capsys, old, new, described):
+@pytest.mark.parametrize("old, new, described, difference", OTHER_DATASETS)
+def test_eval_refuses_another_imported_dataset_before_scoring(
+    nnunet_3d, tmp_path, capsys, old, new, described, difference
+):
     _, root, run_dir = nnunet_3d
     other = _other_dataset(root, tmp_path, old, new)
     out = tmp_path / "eval"
@@ -418,22 +421,34 @@ def test_eval_refuses_another_imported_dataset_before_scoring(nnunet_3d, tmp_pat
     assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error
     assert error.splitlines()[-1].startswith(
         f"mper-eval: error: {other} holds the imported dataset {described}, but {run_dir / 'best.pt'} was trained "
-        f"on {TRAINED_ON}; "
+        f"on {TRAINED_ON}, {difference}; "
     )
     assert not out.exists()
+
+
+def test_eval_takes_a_copy_of_the_import_whose_editable_plan_fields_were_edited(nnunet_3d, tmp_path, capsys):
+    # name, dims and class names may be edited (own-data.md): the files are the same import's
+    _, root, run_dir = nnunet_3d
+    other = _other_dataset(root, tmp_path, 'name = "Synth"', 'name = "Edited"')
+    plan = other / "plan.toml"
+    plan.write_text(plan.read_text().replace('dims = "3d"', 'dims = "2d"', 1).replace('"liver"', '"hepar"', 1))
+    out = tmp_path / "eval"
+    cli.eval_main(["--checkpoint", str(run_dir / "best.pt"), "--data-root", str(other), "--out", str(out)])
+    assert (out / "metrics.json").exists(), capsys.readouterr().err
 
 
 def test_resume_takes_a_moved_data_folder_and_refuses_another_dataset_before_writing(nnunet_3d, tmp_path, capsys):
     _, root, run_dir = nnunet_3d
     run = shutil.copytree(run_dir, tmp_path / "run")
-    other = _other_dataset(root, tmp_path, *OTHER_DATASETS[0][:2])
+    old, new, described, difference = OTHER_DATASETS[0]
+    other = _other_dataset(root, tmp_path, old, new)
     before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
     with pytest.raises(SystemExit) as exit_info:
         cli.train_main(["--resume", "--out", str(run), "--data-root", str(other)])
     error = capsys.readouterr().err
     assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error
     assert (
-        f"{other} holds the imported dataset {OTHER_DATASETS[0][2]}, but the run trains on {TRAINED_ON}; "
+        f"{other} holds the imported dataset {described}, but the run trains on {TRAINED_ON}, {difference}; "
         in (error.splitlines()[-1])
     )
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
@@ -476,6 +491,11 @@ def test_a_checkpoint_without_its_runs_plan_says_where_the_plan_belongs(nnunet_3
             line = error.splitlines()[-1]
             assert f"{folder / 'plan.toml'} not found: " in line and f"imported dataset {NAME}" in line
             assert "copy the plan.toml of the run folder it came from next to it" in line
+        (alone / "plan.toml").write_text((run_dir / "plan.toml").read_text().replace('name = "Synth"', 'name = "X"'))
+        with pytest.raises(SystemExit):
+            cli.eval_main(["--checkpoint", str(alone / "best.pt")])
+        line = capsys.readouterr().err.splitlines()[-1]
+        assert f"{alone / 'plan.toml'} is the plan of another dataset: " in line, line
     finally:
         shutil.move(moved, root)
 

@@ -448,7 +448,7 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
         "--output",
         required=True,
         metavar="DIR",
-        help="folder for the label maps, apart from --input (neither inside the other)",
+        help="folder for the label maps, outside the folder of the --input scans",
     )
     _add_device(parser)
     parser.add_argument(

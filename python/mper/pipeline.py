@@ -297,10 +297,12 @@ def _register_trained_dataset(values: dict[str, Any], checkpoint: Path) -> None:
             register_imported(scan_spec(plan))
             return
     if name not in dataset_names():
+        beside = checkpoint.parent / PLAN_FILE
+        found = f"{beside} is the plan of another dataset" if beside.exists() else f"{beside} not found"
         raise MissingFileError(
-            f"{checkpoint.parent / PLAN_FILE} not found: {checkpoint} was trained on the imported dataset {name}, "
-            f"whose plan a run keeps in its folder, and its data folder {data_root or '(none)'} holds none of that "
-            f"name either; copy the plan.toml of the run folder it came from next to it"
+            f"{found}: {checkpoint} was trained on the imported dataset {name}, whose plan a run keeps in its "
+            f"folder, and its data folder {data_root or '(none)'} holds none of that name either; copy the "
+            f"plan.toml of the run folder it came from next to it"
         )
 
 
@@ -419,12 +421,14 @@ def _check_data_root(data_root: str, trained_root: str, dataset: str, trained_by
     """Refuse ``data_root`` unless it holds ``dataset``, which a checkpoint or run trained on
     in ``trained_root``; ``trained_by`` says who expects it ("the run trains on").
 
-    A folder other than ``trained_root`` must hold the same dataset: an imported one with the
-    same name, dims, classes and channels (a moved or copied import), a built-in one in its
-    layout. Raises :class:`~mper.errors.UserError` naming both datasets.
+    A folder other than ``trained_root`` must hold the same dataset: a built-in one in its
+    layout, or an imported one whose files are the same import's (a moved or copied
+    import: the same channels, preprocessing and number of classes, whatever the plan's
+    editable name, dims and class names say). Raises :class:`~mper.errors.UserError`
+    naming both datasets.
     """
     check_dataset_root(data_root, dataset, f"{trained_by} {dataset}")
-    if Path(data_root) == Path(trained_root):
+    if trained_root and Path(data_root).resolve() == Path(trained_root).resolve():
         return
     spec, found = get_dataset(dataset), read_plan(data_root) if has_plan(data_root) else None
     if spec.scans is None and found is not None:
@@ -440,11 +444,25 @@ def _check_data_root(data_root: str, trained_root: str, dataset: str, trained_by
             f"{data_root} holds no {PLAN_FILE} of an imported dataset, but {trained_by} {_described(spec.scans)}; "
             f"{advice}"
         )
-    if _described(found) != _described(spec.scans):
+    difference = _import_difference(found, spec.scans)
+    if difference:
         raise ConfigError(
             f"{data_root} holds the imported dataset {_described(found)}, but {trained_by} "
-            f"{_described(spec.scans)}; {advice}"
+            f"{_described(spec.scans)}, {difference}; {advice}"
         )
+
+
+def _import_difference(found: ScanPlan, trained: ScanPlan) -> str:
+    """How the files of the import ``found`` differ from those of ``trained`` ("" when they
+    are the same import's): what only importing again changes, not the editable name, dims
+    and class names."""
+    if found.channels != trained.channels:
+        return "another list of channels"
+    if len(found.class_names) != len(trained.class_names):
+        return "another number of classes"
+    if found.rules != trained.rules:
+        return "another preprocessing (another import)"
+    return ""
 
 
 def _described(plan: ScanPlan) -> str:
@@ -555,20 +573,24 @@ def tsne(
 
 
 def _check_output_apart(input_path: str | Path, output: str | Path) -> None:
-    """Refuse an ``output`` folder that is, lies in or holds ``input_path``: label maps
-    written among the scans would be read as scans by the next prediction or import."""
-    scans, labels = Path(input_path).resolve(), Path(output).resolve()
+    """Refuse an ``output`` folder that is, or lies in, the folder of the scans: the
+    ``input_path`` folder, or the one holding the ``input_path`` file. Label maps written
+    among the scans would be read as scans by the next prediction or import."""
+    scans = Path(input_path).resolve()
+    if scans.is_file():
+        scans, named = scans.parent, f"the folder of the --input {input_path}"
+    else:
+        named = f"the --input folder {input_path}"
+    labels = Path(output).resolve()
     if labels == scans:
-        relation = "is the --input folder"
+        relation = f"is {named}"
     elif labels.is_relative_to(scans):
-        relation = f"is inside the --input folder {input_path}"
-    elif scans.is_relative_to(labels):
-        relation = f"holds the --input {input_path}"
+        relation = f"is inside {named}"
     else:
         return
     raise RunFolderError(
         f"--output {output} {relation}: the label maps would lie among the scans, where a later mper-predict or "
-        "mper-data import reads them as scans; choose an output folder apart from the input"
+        "mper-data import reads them as scans; choose an output folder outside it"
     )
 
 
@@ -583,8 +605,9 @@ def predict(
     """Segment a NIfTI/HDF5 file or every such file under a folder; returns the written
     label maps (NIfTI, with the input's header), post-processed by the checkpoint's
     ``eval.postprocess`` as :func:`evaluate` does; ``force`` segments volumes whose axis
-    order looks wrong. ``output`` must lie apart from ``input_path`` (neither inside the
-    other), checked before the checkpoint is read. See :func:`mper.eval.predict.predict_path`."""
+    order looks wrong. ``output`` must lie outside the scans' folder (``input_path``, or
+    the folder of an ``input_path`` file), checked before the checkpoint is read. See
+    :func:`mper.eval.predict.predict_path`."""
     if Path(output).exists() and not Path(output).is_dir():
         raise RunFolderError(f"the output {output} is a file; give a folder for the label maps (it is made if missing)")
     _check_output_apart(input_path, output)

@@ -65,11 +65,12 @@ def check_output_folder(out: str | Path, source: str | Path) -> None:
 
 @contextlib.contextmanager
 def removed_on_failure(folder: str | Path) -> Iterator[Path]:
-    """Create ``folder`` (missing or empty, see :func:`check_new_folder`) for the block
-    to write, and remove what the block wrote when it fails or is interrupted, so that a
-    half-written dataset is never left to be read as a whole one (the folders it created
-    go too; an empty folder that existed before is kept)."""
+    """Create ``folder``, which must be missing or empty (:func:`check_new_folder`, checked
+    again here), for the block to write, and remove what the block wrote when it fails or
+    is interrupted, so that a half-written dataset is never left to be read as a whole
+    one. The folders this call created go too; nothing that was there before is touched."""
     folder = Path(folder)
+    check_new_folder(folder)
     created = None  # the outermost folder this call creates
     for missing in (folder, *folder.parents):
         if missing.exists():
@@ -81,12 +82,12 @@ def removed_on_failure(folder: str | Path) -> Iterator[Path]:
     except BaseException:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
-        else:
+        else:  # an empty folder that was there: empty it again
             for path in folder.iterdir():
                 if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
+                    shutil.rmtree(path, ignore_errors=True)
                 else:
-                    path.unlink()
+                    path.unlink(missing_ok=True)
         raise
 
 

@@ -335,6 +335,11 @@ def parse_plan(
             f"dataset must be one of {', '.join(dataset_names(imported=False))}, or left out when data_root holds "
             f"scans imported by mper-data import; {given}, and {root} {found}"
         )
+    if imported and dataset != imported:
+        reader.fail(
+            f"dataset = {dataset!r}, but data_root {root} holds the scans {imported!r} imported by mper-data import; "
+            f"leave dataset out (or set it to {imported!r}) to train on them, or give the folder of the {dataset} data"
+        )
     preset = reader.text(document, "preset", default="paper")
     common = reader.strings(document, "set")
     variants = [
