@@ -476,12 +476,11 @@ def _data_command(
     summary: str,
     description: str,
     dataset_required: bool = True,
-    out_help: str = "dataset folder to create",
 ) -> argparse.ArgumentParser:
     """A ``mper-data`` command with the ``--dataset`` and ``--out`` every command takes."""
     command = commands.add_parser(name, formatter_class=_formatter, help=summary, description=description)
     command.add_argument("--dataset", choices=dataset_names(imported=False), required=dataset_required)
-    command.add_argument("--out", required=True, metavar="DIR", help=out_help)
+    command.add_argument("--out", required=True, metavar="DIR", help=NEW_FOLDER_HELP)
     return command
 
 
@@ -502,7 +501,6 @@ def data_parser() -> argparse.ArgumentParser:
         "two channels (CT-like, MR-like), four foreground classes, varying shapes, anisotropic spacings and "
         "orientations, unlabeled training cases and labeled test cases.",
         dataset_required=False,
-        out_help=NEW_FOLDER_HELP,
     )
     synth.add_argument("--format", choices=RAW_LAYOUTS, help="raw scans in this layout instead of --dataset")
     synth.add_argument(

@@ -117,8 +117,8 @@ def synthesize(
             SSL4MIS layout, patients with an ED and an ES frame of 6-10 slices of ``size``
             (H, W), default (224, 224), split 70/10/20 into train/val/test).
         out: dataset root to create: a folder that does not exist or is empty
-            (:func:`~mper.data.files.check_new_folder`); options are checked before it is
-            created, so a refused call leaves nothing behind.
+            (:func:`~mper.data.files.check_new_folder`); a refused or failed call leaves
+            nothing behind (:func:`~mper.data.files.removed_on_failure`).
         cases: cases (LA volumes, ACDC patients); default the dataset's (100).
         seed: the output is a pure function of (dataset, family, cases, seed, size).
         size: see ``dataset``.
