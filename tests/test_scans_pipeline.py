@@ -27,7 +27,7 @@ from mper.datasets.registry import _REGISTRY
 from mper.errors import DataFormatError, UserError
 from mper.eval.scans import predict_scan
 from mper.train.checkpoint import load_checkpoint
-from mper.train.config import TrainConfig
+from mper.train.config import TrainConfig, load_config
 from tiny_runs import TINY_ACDC, set_arguments
 
 TINY = [
@@ -512,6 +512,11 @@ def test_a_builtin_dataset_on_an_imported_folder_says_to_drop_dataset(nnunet_3d,
             f"data: drop --dataset la, --data-root alone trains on it"
         )
     assert not (tmp_path / "run").exists()
+    # from Python, without the command line's advice about its options
+    config = load_config("la", "demo", {"data_root": str(root), "out": str(tmp_path / "run"), "device": "cpu"})
+    with pytest.raises(UserError, match=rf"^{re.escape(str(root))} holds a dataset imported by mper-data import"):
+        pipeline.train(config)
+    assert not (tmp_path / "run").exists()
 
 
 def test_eval_of_a_builtin_datasets_checkpoint_refuses_an_imported_folder(nnunet_3d, tmp_path, capsys):
@@ -528,7 +533,7 @@ def test_eval_of_a_builtin_datasets_checkpoint_refuses_an_imported_folder(nnunet
         )
     assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"mper-eval: error: {root} holds the dataset {NAME} imported by mper-data import (it has plan.toml), but "
-        f"{run_dir / 'best.pt'} was trained on ACDC; give --data-root the folder of the ACDC data"
+        f"mper-eval: error: {root} holds a dataset imported by mper-data import (it has plan.toml), but ACDC data "
+        f"is expected: {run_dir / 'best.pt'} was trained on acdc; pass the folder of the ACDC data"
     )
     assert not (tmp_path / "e").exists()

@@ -250,7 +250,8 @@ def train_parser() -> argparse.ArgumentParser:
         "--print-config",
         action="store_true",
         help="print the settings these options give (preset, options and --set applied) as "
-        "TOML and exit; a run folder keeps its own in config.toml",
+        "TOML and exit, after the checks a run makes on this machine before training (device, amp, "
+        "memory; with --data-root, its lists); a run folder keeps its own in config.toml",
     )
     _add_version(parser)
     return parser

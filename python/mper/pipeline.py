@@ -431,12 +431,7 @@ def _check_data_root(data_root: str, trained_root: str, dataset: str, trained_by
     if trained_root and Path(data_root).resolve() == Path(trained_root).resolve():
         return
     spec, found = get_dataset(dataset), read_plan(data_root) if has_plan(data_root) else None
-    if spec.scans is None and found is not None:
-        raise ConfigError(
-            f"{data_root} holds the dataset {found.name} imported by mper-data import (it has {PLAN_FILE}), but "
-            f"{trained_by} {spec.title}; give --data-root the folder of the {spec.title} data"
-        )
-    if spec.scans is None:
+    if spec.scans is None:  # its layout was checked
         return
     advice = f"give --data-root the folder that {spec.name} was imported into (or a copy of it)"
     if found is None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mper.data.files import check_new_folder, check_output_folder, removed_on_failure
+from mper.data.scan_plan import PLAN_FILE
 from mper.errors import ConfigError, MissingFileError
 
 from .spec import DatasetSpec
@@ -63,14 +64,20 @@ def detect_dataset(root: str | Path) -> str | None:
 def check_dataset_root(root: str | Path, dataset: str, wanted_by: str) -> None:
     """Raise :class:`~mper.errors.MissingFileError` when ``root`` is not a folder (saying
     which commands write ``dataset``'s data), :class:`~mper.errors.ConfigError` when it
-    holds another dataset's layout.
+    holds another dataset's layout, or an import where a built-in dataset is expected.
 
     ``wanted_by`` says who expects ``dataset`` (e.g. "the checkpoint was trained on it").
     """
     check_data_folder(root, dataset)
+    wanted = get_dataset(dataset)
+    if wanted.scans is None and (Path(root) / PLAN_FILE).is_file():
+        raise ConfigError(
+            f"{root} holds a dataset imported by mper-data import (it has {PLAN_FILE}), but {wanted.title} data is "
+            f"expected: {wanted_by}; pass the folder of the {wanted.title} data"
+        )
     found = detect_dataset(root)
     if found is not None and found != dataset:
-        other, wanted = _REGISTRY[found], get_dataset(dataset)
+        other = _REGISTRY[found]
         raise ConfigError(
             f"{root} holds {other.title} data (it has {other.layout_mark}/), but {wanted.title} is "
             f"expected: {wanted_by}; pass the folder of the {wanted.title} data"
