@@ -15,18 +15,11 @@ from mper.experiment import DevicePoolExecutor, prepare_plan, run_plan
 from mper.experiment.plan import PlanError, parse_plan
 from mper.experiment.report import collect, markdown
 from mper.experiment.runs import FINISHED, run_state
+from tiny_runs import TWO_ITERATIONS
 
 NAME = "Synth"
 #: Two iterations a stage of a 4-filter V-Net; every test case scored once.
-TINY = [
-    "network.base_filters=4",
-    "data.num_workers=0",
-    "pretrain.iterations=2",
-    "selftrain.iterations=2",
-    "eval.val_interval=2",
-    "eval.num_figures=0",
-    "prototypes.kmeans_max_voxels=500",
-]
+TINY = ["network.base_filters=4", *TWO_ITERATIONS]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -19,16 +19,9 @@ from mper.errors import ConfigError
 from mper.train import footprint
 from mper.train.config import load_config
 from mper.train.loaders import available_cores
+from tiny_runs import TWO_ITERATIONS
 
 NARROW = {"acdc": "network.channels=[4, 8, 16, 32, 64]", "la": "network.base_filters=4"}
-SMALL = [
-    "data.num_workers=0",
-    "pretrain.iterations=2",
-    "selftrain.iterations=2",
-    "eval.val_interval=2",
-    "eval.num_figures=0",
-    "prototypes.kmeans_max_voxels=500",
-]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +39,7 @@ def config(dataset, root, out, *assignments):
         dataset,
         "paper",
         {"data_root": str(root), "out": str(out), "labeled": 1, "device": "cpu"},
-        [NARROW[dataset], *SMALL, *assignments],
+        [NARROW[dataset], *TWO_ITERATIONS, *assignments],
     )
 
 

@@ -19,6 +19,16 @@ TINY_ACDC = [
     "prototypes.kmeans_max_voxels=500",
 ]
 
+#: Two iterations a stage, one validation, no figures: any dataset's network settings on top.
+TWO_ITERATIONS = [
+    "data.num_workers=0",
+    "pretrain.iterations=2",
+    "selftrain.iterations=2",
+    "eval.val_interval=2",
+    "eval.num_figures=0",
+    "prototypes.kmeans_max_voxels=500",
+]
+
 
 def set_arguments(assignments: Sequence[str]) -> list[str]:
     """``--set KEY=VALUE`` for each assignment, as the commands take them."""
