@@ -413,6 +413,12 @@ def test_a_full_disk_leaves_the_previous_checkpoint_and_says_so(tmp_path, monkey
     monkeypatch.setattr(checkpoint.torch, "save", disk_full)
     with pytest.raises(RunFolderError, match=r"cannot write checkpoint .*last.pt \(No space left on device\)"):
         save_checkpoint(path, {"step": 2})
+    # a write in a handler of the caller's Ctrl-C: the full disk is this write's error
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        with pytest.raises(RunFolderError, match="No space left on device"):
+            save_checkpoint(path, {"step": 2})
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -31,6 +31,7 @@ import logging
 import os
 import pickle
 import secrets
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """
     path = Path(path)
     temporary = _temporary_name(path)
+    handled = sys.exc_info()[1]  # a caller's exception being handled: not this write's
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -80,7 +82,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
         os.replace(temporary, path)
     except BaseException as error:
         temporary.unlink(missing_ok=True)
-        interrupt = _interrupt_behind(error)
+        interrupt = _interrupt_behind(error, handled)
         if interrupt is not None and interrupt is not error:
             # torch.save's zip writer finishes the file on its way out of an interrupted write,
             # and fails: the stop is what happened, the writer's error only follows from it
@@ -94,12 +96,15 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def _interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
-    """The :class:`KeyboardInterrupt` that ``error`` is, or that it was raised while handling."""
+def _interrupt_behind(error: BaseException, handled: BaseException | None) -> KeyboardInterrupt | None:
+    """The :class:`KeyboardInterrupt` that ``error`` is, or that it was raised while
+    handling, up to ``handled``, the exception the caller was handling before the write."""
     seen: BaseException | None = error
-    while seen is not None and not isinstance(seen, KeyboardInterrupt):
+    while seen is not None and seen is not handled:
+        if isinstance(seen, KeyboardInterrupt):
+            return seen
         seen = seen.__context__
-    return seen
+    return None
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
