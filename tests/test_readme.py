@@ -308,7 +308,11 @@ def test_long_readme_command(command, rule, long_work):
                 r"mean Dice on the synthetic test cases: MPER ([0-9.]+), labeled-only ([0-9.]+)", result.stdout
             ).groups(),
         )
-        assert mper > baseline, result.stdout[-2000:]
+        # as the README says: MPER beats the labeled-only network on every ACDC seed it
+        # measured, on LA on one seed of three (the means within 0.1), so LA must only learn
+        if command == "scripts/demo.sh":
+            assert mper > baseline, result.stdout[-2000:]
+        assert min(mper, baseline) >= 100 * LEARNED_DICE, result.stdout[-2000:]
     if "learning_check" in command:
         for written in (REPO / "benchmarks" / "results").glob("learning_check-readme-check.*"):
             written.unlink()
