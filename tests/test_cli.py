@@ -435,3 +435,22 @@ def test_print_config_refuses_what_a_run_refuses_before_training(arguments, mess
 def test_print_config_checks_the_labeled_count_only_against_a_given_data_folder(capsys):
     train_main(["--dataset", "acdc", "--print-config", "--labeled", "99", "--device", "cpu"])
     assert "labeled = 99" in capsys.readouterr().out
+
+
+def test_train_refuses_an_out_folder_that_holds_files_but_no_run(acdc_root, tmp_path, capsys):
+    for out, held in (
+        (acdc_root, "data, test.list, train.list, train_slices.list, val.list"),
+        (tmp_path / "mine", "notes.txt"),
+    ):
+        out.mkdir(exist_ok=True)
+        if out.name == "mine":
+            (out / "notes.txt").write_text("mine")
+        before = sorted(path.name for path in out.iterdir())
+        with pytest.raises(SystemExit) as exit_info:
+            train_main(train_arguments(acdc_root, out))
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"mper-train: error: --out {out} holds files but no run (no config.toml; it holds {held}): the run "
+            "would write among them; choose a new or empty folder"
+        )
+        assert sorted(path.name for path in out.iterdir()) == before

@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import mper.datasets
+from mper.data.files import listed_names
 from mper.data.scan_plan import PLAN_FILE, ScanPlan, read_plan, write_plan
 from mper.data.synth_scans import synthesize_scans as write_synthetic_scans
 from mper.datasets import check_dataset_root, dataset_names, get_dataset, has_plan, register_plan
@@ -57,7 +58,7 @@ from mper.train.config import SUPERVISED_BASELINES, TrainConfig, merge, parse_ov
 from mper.train.diagnostics import TRAINING_RECORD, with_class_names
 from mper.train.distributed import is_main_process, process_group, shared_mean
 from mper.train.loaders import check_split, labeled_pool, test_cases, training_cases, validation_cases
-from mper.train.lock import run_folder_lock
+from mper.train.lock import LOCK_FILE, run_folder_lock
 from mper.train.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, PRETRAIN_CHECKPOINT, Validator
 from mper.train.resume import checkpoint_to_resume, resumed_config
 from mper.train.runner import check_machine, check_run, run_training
@@ -160,10 +161,28 @@ def _log_run_header(config: TrainConfig, resume: bool) -> None:
     log.info("settings:\n%s", to_toml(config.to_dict()).rstrip(), extra=RUN_LOG_ONLY)
 
 
+RUN_SETTINGS = "config.toml"
+
+
 def _write_config(config: TrainConfig, run_dir: Path) -> None:
     values = config.to_dict()
-    (run_dir / "config.toml").write_text(to_toml(values))
+    (run_dir / RUN_SETTINGS).write_text(to_toml(values))
     (run_dir / "config.json").write_text(json.dumps(values, indent=2) + "\n")
+
+
+def _check_run_folder(run_dir: Path) -> None:
+    """Refuse a ``run_dir`` that is a file, or a folder holding files but none a run writes
+    first (its lock, log or settings; a data folder given as ``--out``, say): the run would
+    write among them, and over an imported dataset's ``plan.toml``. A run folder (one that
+    failed early or is in use, too: the lock refuses the latter) is taken."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"--out {run_dir} is a file; choose a folder for the run")
+    held = sorted(path.name for path in run_dir.iterdir()) if run_dir.is_dir() else []
+    if held and not {LOCK_FILE, RUN_LOG, RUN_SETTINGS} & set(held):
+        raise RunFolderError(
+            f"--out {run_dir} holds files but no run (no {RUN_SETTINGS}; it holds {listed_names(held)}): the run "
+            "would write among them; choose a new or empty folder"
+        )
 
 
 def _make_run_dir(run_dir: Path) -> bool:
@@ -229,6 +248,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
         raise RunFolderError(
             f"{run_dir} already holds a training run; continue it with --resume or choose another --out"
         )
+    _check_run_folder(run_dir)
     check_run(config)
     if not resume:
         config = dataclasses.replace(config, run_id=secrets.token_hex(8))
