@@ -778,3 +778,10 @@ def test_an_import_interrupted_half_way_leaves_no_dataset_behind(raw, tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         scans.import_scans(raw[NNUNET], tmp_path / "Dataset", progress=False)
     assert len(imported) == 2 and not (tmp_path / "Dataset").exists()
+
+
+def test_the_command_the_import_suggests_runs_as_printed_when_the_folder_has_a_space(raw, tmp_path, capsys):
+    out = tmp_path / "my data"
+    cli.data_main(["import", "--source", str(raw[NNUNET]), "--out", str(out)])
+    suggested = capsys.readouterr().out.splitlines()[-1]
+    assert suggested == f"train with: mper-train --data-root '{out}'"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -113,14 +114,14 @@ def _report_stop(stop: KeyboardInterrupt) -> int:
         if is_main_process():  # one report for all the processes of a torchrun group
             print(
                 f"\ninterrupted ({stop.signal_name}); state saved to {stop.checkpoint}\n"
-                f"continue with: mper-train --resume --out {stop.checkpoint.parent}",
+                f"continue with: mper-train --resume --out {shlex.quote(str(stop.checkpoint.parent))}",
                 file=sys.stderr,
             )
         return _interrupted_exit_code(stop.signal_name)
     if isinstance(stop, TrainingAborted) and (stop.run_dir / LAST_CHECKPOINT).exists():
         print(
             f"\nstopped at once; {stop.run_dir / LAST_CHECKPOINT} holds the last complete checkpoint\n"
-            f"continue with: mper-train --resume --out {stop.run_dir}",
+            f"continue with: mper-train --resume --out {shlex.quote(str(stop.run_dir))}",
             file=sys.stderr,
         )
     elif isinstance(stop, TrainingAborted):
@@ -600,7 +601,7 @@ def data_main(argv: Sequence[str] | None = None) -> None:
             out = pipeline.import_scans(args.source, args.out, args.spacing, args.dims, args.memory, args.unlabeled)
             print(
                 f"imported {args.source} into {out}; its plan: {out / PLAN_FILE}\n"
-                f"train with: mper-train --data-root {out}"
+                f"train with: mper-train --data-root {shlex.quote(str(out))}"
             )
             return
         size = tuple(args.size) if args.command == "synth" and args.size else None

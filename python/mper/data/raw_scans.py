@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -373,7 +374,7 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
     if not source.is_dir():
         raise MissingFileError(
             f"raw dataset folder {source} does not exist: pass the folder that holds dataset.json, imagesTr/ and "
-            f"labelsTr/ (mper-data synth --format nnunet --out {source} writes a synthetic one)"
+            f"labelsTr/ (mper-data synth --format nnunet --out {shlex.quote(str(source))} writes a synthetic one)"
         )
     where = source / DATASET_JSON
     document = _json(where)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -97,13 +98,14 @@ def check_data_folder(root: str | Path, dataset: str | None = None) -> None:
 
 def _ways_to_write(spec: DatasetSpec | None, root: str | Path) -> str:
     """The commands that write ``spec``'s data (``None``: imported scans) into ``root``."""
+    out = shlex.quote(str(root))
     if spec is None or spec.scans is not None:
-        return f"import your scans into it with mper-data import --source RAW --out {root}"
+        return f"import your scans into it with mper-data import --source RAW --out {out}"
     ways = []
     if spec.synthesize is not None:
-        ways.append(f"mper-data synth --dataset {spec.name} --out {root} writes synthetic {spec.title} data")
+        ways.append(f"mper-data synth --dataset {spec.name} --out {out} writes synthetic {spec.title} data")
     if spec.convert is not None:
-        ways.append(f"mper-data convert --dataset {spec.name} --source RAW --out {root} converts the public download")
+        ways.append(f"mper-data convert --dataset {spec.name} --source RAW --out {out} converts the public download")
     return "; ".join(ways) or f"write the {spec.title} data into it"
 
 
