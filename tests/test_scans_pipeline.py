@@ -404,7 +404,18 @@ OTHER_DATASETS = [
         "another number of classes",
     ),
     ('name = "CT"', 'name = "PET"', DESCRIBED.format("PET, MRI"), "another list of channels"),
-    ("std = ", "std = 1", DESCRIBED.format("CT, MRI"), "another preprocessing (another import)"),
+    (
+        "std = ",
+        "std = 1",
+        DESCRIBED.format("CT, MRI"),
+        "other intensity statistics or masking (an import of other scans)",
+    ),
+    (
+        "spacing = [",
+        "spacing = [9.5, 9.5, 9.5]  # ",
+        DESCRIBED.format("CT, MRI"),
+        "another target spacing (9.5 x 9.5 x",
+    ),
 ]
 
 
@@ -421,7 +432,7 @@ def test_eval_refuses_another_imported_dataset_before_scoring(
     assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error
     assert error.splitlines()[-1].startswith(
         f"mper-eval: error: {other} holds the imported dataset {described}, but {run_dir / 'best.pt'} was trained "
-        f"on {TRAINED_ON}, {difference}; "
+        f"on {TRAINED_ON}, {difference}"
     )
     assert not out.exists()
 

@@ -475,9 +475,18 @@ def _import_difference(found: ScanPlan, trained: ScanPlan) -> str:
         return "another list of channels"
     if len(found.class_names) != len(trained.class_names):
         return "another number of classes"
-    if found.rules != trained.rules:
-        return "another preprocessing (another import)"
+    ours, theirs = found.rules, trained.rules
+    if ours.spacing != theirs.spacing:
+        return f"another target spacing ({_millimetres(ours.spacing)} mm, not {_millimetres(theirs.spacing)} mm)"
+    if ours.schemes != theirs.schemes:
+        return f"another normalisation ({', '.join(ours.schemes)}, not {', '.join(theirs.schemes)})"
+    if ours != theirs:
+        return "other intensity statistics or masking (an import of other scans)"
     return ""
+
+
+def _millimetres(spacing: Sequence[float]) -> str:
+    return " x ".join(f"{value:.4g}" for value in spacing)
 
 
 def _described(plan: ScanPlan) -> str:
