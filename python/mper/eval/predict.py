@@ -295,8 +295,14 @@ def predict_path(
             continue
         log.info("[%d/%d] %s -> %s", index, len(outputs), file, out_path)
     if failed:
-        raise UserError(
-            f"{len(failed)} of {len(outputs)} files could not be segmented (reasons above), "
-            f"first {failed[0]}; the other {len(written)} label maps are in {out_dir}"
-        )
+        raise skipped_error(failed, len(outputs), "files", written, out_dir)
     return written
+
+
+def skipped_error(failed: list[Any], total: int, unit: str, written: list[Path], out_dir: str | Path) -> UserError:
+    """The error that ends a prediction which skipped the ``failed`` of its ``total``
+    inputs (``unit``: "files", "cases") and wrote ``written`` into ``out_dir``."""
+    kept = f"the other {len(written)} label maps are in {out_dir}" if written else "no label map was written"
+    return UserError(
+        f"{len(failed)} of {total} {unit} could not be segmented (reasons above), first {failed[0]}; {kept}"
+    )

@@ -46,7 +46,7 @@ from mper.errors import ConfigError, DataFormatError, MissingFileError, UserErro
 
 from .figures import FigureSlice, figure_slice
 from .inference import predict_probabilities
-from .predict import label_image
+from .predict import label_image, skipped_error
 from .protocol import postprocess_labels, score_case
 
 log = logging.getLogger(__name__)
@@ -270,8 +270,5 @@ def predict_scans(
             continue
         log.info("[%d/%d] %s -> %s", index, len(cases), files[0], out_path)
     if failed:
-        raise UserError(
-            f"{len(failed)} of {len(cases)} cases could not be segmented (reasons above), first {failed[0]}; "
-            f"the other {len(written)} label maps are in {out_dir}"
-        )
+        raise skipped_error(failed, len(cases), "cases", written, out_dir)
     return written
