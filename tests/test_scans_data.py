@@ -180,6 +180,13 @@ def _empty_training(root):
     return "imagesTr", "no labeled training case"
 
 
+def _no_file_ending(root):
+    document = json.loads((root / "dataset.json").read_text())
+    del document["file_ending"]
+    (root / "dataset.json").write_text(json.dumps(document))
+    return "dataset.json", 'has no "file_ending", which nnU-Net v2\'s dataset.json names: add "file_ending"'
+
+
 # nnU-Net v2's get_normalization_scheme: the channel name, casefolded, names CT, noNorm, zscore,
 # rescale_to_0_1 or rgb_to_0_1; any other name (its ACDC conversion's "cineMRI", a name it once
 # had, "rescale_0_1") is z-scored per image
@@ -234,6 +241,7 @@ def test_a_dataset_named_as_nnunets_acdc_conversion_names_its_channel_imports(ra
         _nan_voxels,
         _duplicate_case,
         _empty_training,
+        _no_file_ending,
     ],
 )
 def test_bad_input_is_refused_in_one_line_before_anything_is_written(raw, tmp_path, capsys, damage):

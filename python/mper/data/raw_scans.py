@@ -3,7 +3,7 @@
 nnU-Net v2 raw layout (one folder per dataset)::
 
     dataset.json      channel_names {"0": "CT", ...}, labels {"background": 0, "liver": 1, ...},
-                      numTraining, file_ending (".nii.gz")
+                      numTraining, file_ending (".nii.gz" or ".nii")
     imagesTr/<case>_<XXXX><ending>   one file per input channel XXXX = 0000, 0001, ...
     labelsTr/<case><ending>          the label map of a training case
     imagesTs/<case>_<XXXX><ending>   test images (optional), labelsTs/<case><ending> their labels
@@ -386,7 +386,12 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
     )
     normalization = tuple(normalization_of(channel) for channel in channels)
     class_names = _class_names(document.get("labels"), layout, where)
-    ending = str(document.get("file_ending", NIFTI_ENDINGS[0])) if layout == NNUNET else NIFTI_ENDINGS[0]
+    if layout == NNUNET and "file_ending" not in document:
+        raise DataFormatError(
+            f'{where} has no "file_ending", which nnU-Net v2\'s dataset.json names: add "file_ending": ".nii.gz" '
+            '(or ".nii"), the ending of the image files'
+        )
+    ending = str(document["file_ending"]) if layout == NNUNET else NIFTI_ENDINGS[0]
     if ending not in NIFTI_ENDINGS:
         raise DataFormatError(
             f"{where}: file_ending {ending!r} is not NIfTI; mper reads {' and '.join(NIFTI_ENDINGS)}: "
