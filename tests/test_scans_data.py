@@ -455,12 +455,23 @@ def test_too_few_cases_for_the_chosen_network_are_refused_naming_what_to_change(
     assert line == (
         f"mper-data: error: {source}: 3 labeled training cases and 0 unlabeled are too few for a 3d network: the "
         "validation fold takes 1, leaving 2, and a run needs 2 to label (one labeled batch) and 1 more to leave "
-        "unlabeled for self-training; add labeled cases or unlabeled scans (imagesUnlabeled/ or mper-data import "
-        "--unlabeled DIR), or import with --dims 2d"
+        "unlabeled for self-training; add unlabeled scans (imagesUnlabeled/ or mper-data import --unlabeled DIR) "
+        "or labeled cases, or import with --dims 2d"
     )
     cli.data_main(["import", "--source", str(source), "--out", str(tmp_path / "imported"), "--dims", "2d"])
     plan = read_plan(tmp_path / "imported")
     assert plan.dims == "2d" and plan.presets["paper"]["labeled"] == 1 and plan.settings["3d"] == {}
+
+
+def test_too_few_labeled_cases_are_not_told_to_add_unlabeled_scans(raw, tmp_path, capsys):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    labeled = sorted((source / "labelsTr").iterdir())[0]  # 2 labeled cases and 1 unlabeled remain
+    labeled.unlink()
+    for path in (source / "imagesTr").glob(labeled.name.replace(".nii.gz", "_*")):
+        path.unlink()
+    line = _import_error(source, tmp_path / "imported", capsys, "--dims", "3d")
+    assert "2 labeled training cases and 1 unlabeled are too few for a 3d network" in line, line
+    assert "; add labeled cases" in line and "unlabeled scans (" not in line, line
 
 
 # --- preprocessing --------------------------------------------------------------------------

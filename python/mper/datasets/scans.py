@@ -222,10 +222,16 @@ def too_few_cases(summary: DataSummary, dims: str) -> str:
     if not summary.unlabeled_cases:
         needs += " and 1 more to leave unlabeled for self-training"
     others = [other for other in shaped_dims(summary) if other != dims and labeled_range(summary, other)]
+    # unlabeled scans help only where the labeled cases already fill the labeled batch
+    add = (
+        "add unlabeled scans (imagesUnlabeled/ or mper-data import --unlabeled DIR) or labeled cases"
+        if pool >= fewest
+        else "add labeled cases"
+    )
     return (
         f"{summary.labeled_cases} labeled training cases and {summary.unlabeled_cases} unlabeled are too few for a "
         f"{dims} network: the validation fold takes {summary.labeled_cases - pool}, leaving {pool}, and {needs}; "
-        "add labeled cases or unlabeled scans (imagesUnlabeled/ or mper-data import --unlabeled DIR)"
+        + add
         + "".join(f", or import with --dims {other}" for other in others)
     )
 
