@@ -379,8 +379,9 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
         "--split",
         default="test",
         choices=pipeline.EVAL_SPLITS,
-        help="test (default): the test list; val: the cases that selected the best "
-        "checkpoint in training (ACDC val.list, LA the held-out end of train.list)",
+        help="test (default): the test cases; val: the cases that selected the best "
+        "checkpoint in training (ACDC val.list, LA the held-out end of train.list, imported "
+        "scans the run's validation fold)",
     )
     parser.add_argument(
         "--out",
@@ -431,17 +432,17 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
         prog="mper-predict",
         formatter_class=_formatter,
         description=(
-            "Segment a NIfTI (.nii, .nii.gz) or preprocessed HDF5 (.h5) volume, or every such "
-            "file under a folder; writes <case>_pred.nii.gz label maps with the input's header. "
-            "Inputs are not resampled or reoriented: give them in the axis order the model takes "
-            "(H, W in-plane, S slices, D depth): "
+            "Segment an image file, or every such file under a folder, into label maps; a file that "
+            "cannot be segmented is reported and skipped, and the exit status is then 2. "
+            "A model trained on scans imported by mper-data import takes raw scans named as in the raw "
+            "dataset (e.g. RAW/imagesTs): each case is cropped, normalised and resampled as the import did, "
+            "segmented, brought back to its own voxel grid and written as <case>.nii.gz with its header. "
+            "A model trained on LA or ACDC takes NIfTI (.nii, .nii.gz) or preprocessed HDF5 (.h5) volumes "
+            "and writes <case>_pred.nii.gz with the input's header; they are not resampled or reoriented: "
+            "give them in the axis order the model takes (H, W in-plane, S slices, D depth): "
             + _per_dataset(lambda name: expected_layouts(get_dataset(name)))
-            + ". A volume whose slice or depth axis is far longer than another axis is refused as out of "
-            "order (see --force). A file that cannot be segmented is reported and skipped; the exit "
-            "status is then 2. A model trained on scans imported by "
-            "mper-data import takes raw scans named as in the raw dataset (e.g. RAW/imagesTs): each case "
-            "is cropped, normalised and resampled as the import did, segmented, brought back to its own "
-            "voxel grid and written as <case>.nii.gz with its header."
+            + "; a volume whose slice or depth axis is far longer than another axis is refused as out of "
+            "order (see --force)."
         ),
     )
     parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt file written by mper-train")
