@@ -183,6 +183,27 @@ def test_load_acdc_slice_and_volume(write_h5, tmp_path):
     np.testing.assert_array_equal(got_label, label[2])
 
 
+def test_images_scaled_otherwise_than_the_layout_are_refused_naming_the_file(write_h5, tmp_path):
+    # the public releases: LA z-scored (negative values), ACDC min-max scaled to [0, 1]
+    unsigned = np.linspace(25, 255, 4 * 5 * 3).reshape(4, 5, 3).astype(np.uint8)
+    root = la_root(write_h5, tmp_path / "la", {"RAW": (unsigned, np.zeros((4, 5, 3), np.uint8))})
+    with pytest.raises(
+        DataFormatError,
+        match=r"RAW/mri_norm2\.h5: intensities span \[25, 255\], but z-scored intensities \(mean 0, so some "
+        r"negative\) are expected here \(UA-MT LA layout",
+    ):
+        load_la_case(root, "RAW")
+    write_h5(tmp_path / "acdc" / "data" / "slices" / "s.h5", image=unsigned[..., 0], label=np.zeros((4, 5), np.uint8))
+    with pytest.raises(DataFormatError, match=r"s\.h5: intensities span .* scaled to \[0, 1\] are expected here"):
+        load_acdc_slice(tmp_path / "acdc", "s")
+    write_h5(tmp_path / "acdc" / "data" / "v.h5", image=unsigned / 255.0, label=np.zeros((4, 5, 3), np.uint8))
+    assert load_acdc_volume(tmp_path / "acdc", "v")[0].max() == pytest.approx(1.0)
+    mask = np.full((4, 5, 3), 255, np.uint8)
+    root = la_root(write_h5, tmp_path / "mask", {"MASK": (np.linspace(-1, 1, 60).reshape(4, 5, 3), mask)})
+    with pytest.raises(DataFormatError, match=r"expected class indices 0..1; write the label as class indices"):
+        load_la_case(root, "MASK")
+
+
 def test_acdc_loaders_check_rank_and_classes(write_h5, tmp_path):
     write_h5(tmp_path / "data" / "flat.h5", image=np.zeros((6, 5)), label=np.zeros((6, 5), np.uint8))
     with pytest.raises(DataFormatError, match=r"flat\.h5.*3-D"):

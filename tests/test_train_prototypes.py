@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from mper.errors import DataFormatError
 from mper.nn import PrototypeHead
 from mper.nn.kmeans import ClassVoxelSampler, kmeans
 from mper.train.config import load_config
@@ -146,7 +147,7 @@ def test_initialize_runs_kmeans_per_class_on_the_features():
 def test_initialize_names_a_class_without_voxels():
     image = torch.zeros(1, 2, 1, 2)
     bank = PrototypeHead(num_classes=3, num_prototypes=1, dim=2)
-    with pytest.raises(ValueError, match="class 2 has no voxel"):
+    with pytest.raises(DataFormatError, match="class 2 has no voxel"):
         bank.initialize(
             [(image, torch.tensor([[[0, 1]]]))], torch.Generator(), method="minibatch", max_voxels=0, iterations=20
         )

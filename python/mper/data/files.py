@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 import h5py
 import numpy as np
 
+from mper.data.preprocess import scaling_mismatch
 from mper.errors import DataFormatError, MissingFileError, RunFolderError
 
 #: How many names a one-line message lists before it counts the rest.
@@ -193,13 +194,16 @@ def check_finite(path: str | Path, image: np.ndarray, key: str = "image") -> np.
     return image
 
 
-def read_image_label(path: str | Path, ndim: int, num_classes: int, layout: str = "") -> tuple[np.ndarray, np.ndarray]:
+def read_image_label(
+    path: str | Path, ndim: int, num_classes: int, layout: str = "", normalization: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Read an ``image``/``label`` case: ``image`` float32, ``label`` uint8 in ``[0, num_classes)``.
 
     Raises what :func:`read_h5_case` raises, and :class:`DataFormatError` if the two
-    shapes differ, the image holds NaN or infinite values, the label is not of an
-    integer type (a float label is refused rather than truncated) or a label value lies
-    outside ``[0, num_classes)``.
+    shapes differ, the image holds NaN or infinite values or is not scaled as the layout's
+    ``normalization`` scales (:func:`~mper.data.preprocess.scaling_mismatch`; the layout's
+    models, and ``mper-predict``, expect it), the label is not of an integer type (a float
+    label is refused rather than truncated) or a label value lies outside ``[0, num_classes)``.
     """
     image, label = read_h5_case(path, ("image", "label"), ndim=ndim, layout=layout)
     if not (np.issubdtype(label.dtype, np.integer) or label.dtype == np.bool_):
@@ -212,9 +216,17 @@ def read_image_label(path: str | Path, ndim: int, num_classes: int, layout: str 
             f"{path}: image shape {image.shape} differs from label shape {label.shape}; expected one label per voxel"
         )
     check_finite(path, image)
+    low, high = (float(image.min()), float(image.max())) if image.size else (0.0, 0.0)
+    expected = None if normalization is None else scaling_mismatch(low, high, normalization)
+    if expected is not None:
+        raise DataFormatError(
+            f"{path}: intensities span [{low:.3g}, {high:.3g}], but {expected} are expected here ({layout}); "
+            f"normalise the image ({normalization} per volume), as the public release and mper-data convert do"
+        )
     if label.min() < 0 or label.max() >= num_classes:
         raise DataFormatError(
-            f"{path}: label values span [{label.min()}, {label.max()}], expected class indices 0..{num_classes - 1}"
+            f"{path}: label values span [{label.min()}, {label.max()}], expected class indices 0..{num_classes - 1}; "
+            "write the label as class indices (a 0/255 mask as label > 0)"
         )
     return image.astype(np.float32, copy=False), label.astype(np.uint8, copy=False)
 

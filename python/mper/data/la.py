@@ -47,7 +47,9 @@ def load_la_case(root: str | Path, case: str) -> tuple[np.ndarray, np.ndarray]:
         DataFormatError: the file is corrupt, lacks ``image``/``label``, is not 3-D, or
             its label is not binary.
     """
-    return read_image_label(la_case_path(root, case), ndim=3, num_classes=LA_NUM_CLASSES, layout=_LAYOUT)
+    return read_image_label(
+        la_case_path(root, case), ndim=3, num_classes=LA_NUM_CLASSES, layout=_LAYOUT, normalization=LA_NORMALIZATION
+    )
 
 
 def la_cases(root: str | Path, split: str) -> list[str]:

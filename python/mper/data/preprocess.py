@@ -41,3 +41,18 @@ def normalize_intensity(image: np.ndarray, method: str) -> np.ndarray:
     if method not in NORMALIZATIONS:
         raise ConfigError(f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {method!r}")
     return NORMALIZATIONS[method](np.asarray(image, dtype=np.float64)).astype(np.float32)
+
+
+#: Slack on the [0, 1] range of min-max scaled volumes (float rounding).
+RANGE_SLACK = 1e-3
+
+
+def scaling_mismatch(low: float, high: float, normalization: str) -> str | None:
+    """What intensities spanning ``[low, high]`` lack to be ``normalization``'s output,
+    or ``None`` when they could be: a z-scored volume has negative values (unless it is
+    constant), a min-max scaled one lies in [0, 1]."""
+    if normalization == "min-max" and (low < -RANGE_SLACK or high > 1 + RANGE_SLACK):
+        return "intensities scaled to [0, 1]"
+    if normalization == "z-score" and 0 <= low < high:
+        return "z-scored intensities (mean 0, so some negative)"
+    return None

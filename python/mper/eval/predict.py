@@ -41,7 +41,7 @@ from nibabel.filebasedimages import ImageFileError
 from torch import nn
 
 from mper.data.files import check_finite, read_h5_case
-from mper.data.preprocess import normalize_intensity
+from mper.data.preprocess import normalize_intensity, scaling_mismatch
 from mper.datasets import SLIDING_WINDOW, DatasetSpec, get_dataset
 from mper.errors import ConfigError, DataFormatError, MissingFileError, UserError
 
@@ -53,8 +53,6 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 H5_SUFFIXES = (".h5",)
 SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + H5_SUFFIXES
 OUTPUT_SUFFIX = "_pred.nii.gz"
-#: Slack on the [0, 1] range of min-max scaled volumes (float rounding).
-_RANGE_SLACK = 1e-3
 #: An axis shorter than the slice (or depth) axis by this factor says the axes are out of order.
 AXIS_ORDER_RATIO = 2
 
@@ -135,17 +133,6 @@ def _load_nifti(path: Path, spec: DatasetSpec, force: bool) -> tuple[np.ndarray,
     return np.transpose(normalize_intensity(image, spec.normalization), spec.scan_axes), scan
 
 
-def _scaled_otherwise(low: float, high: float, normalization: str) -> str | None:
-    """What intensities spanning ``[low, high]`` lack to be ``normalization``'s output,
-    or ``None`` when they could be: a z-scored volume has negative values (unless it is
-    constant), a min-max scaled one lies in [0, 1]."""
-    if normalization == "min-max" and (low < -_RANGE_SLACK or high > 1 + _RANGE_SLACK):
-        return "intensities scaled to [0, 1]"
-    if normalization == "z-score" and 0 <= low < high:
-        return "z-scored intensities (mean 0, so some negative)"
-    return None
-
-
 def _load_h5(path: Path, spec: DatasetSpec, force: bool) -> np.ndarray:
     """The ``image`` dataset as stored, refused when it is not scaled as the dataset's
     volumes are (a volume preprocessed for another dataset)."""
@@ -153,7 +140,7 @@ def _load_h5(path: Path, spec: DatasetSpec, force: bool) -> np.ndarray:
     image = image.astype(np.float32, copy=False)
     _check_volume(path, image, spec)
     low, high = float(image.min()), float(image.max())
-    expected = _scaled_otherwise(low, high, spec.normalization)
+    expected = scaling_mismatch(low, high, spec.normalization)
     if expected is not None:
         raise DataFormatError(
             f"{path}: intensities span [{low:.3g}, {high:.3g}], but the {spec.title} model expects "

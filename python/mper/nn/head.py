@@ -33,6 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mper.errors import DataFormatError
+
 from .kmeans import KMEANS_METHODS, ClassVoxelSampler, kmeans, minibatch_kmeans
 
 #: The implementations of the prototype ops the setting ``ops`` chooses from: the fused
@@ -215,9 +217,12 @@ class PrototypeHead(nn.Module):
         for class_index in range(self.num_classes):
             features = sampler.class_features(class_index)
             if features.numel() == 0:
-                raise ValueError(
-                    f"class {class_index} has no voxel in the labeled training images, so its "
-                    "prototypes cannot be initialised; label more cases or check the labels"
+                # a user's data, not a caller's mistake: one line, naming what to change
+                raise DataFormatError(
+                    f"class {class_index} has no voxel in the labeled images the prototype bank is initialised "
+                    "from, so its prototypes cannot be initialised; in training these are random patches of the "
+                    "labeled cases, which can miss a small structure: label more cases, enlarge data.patch_size, "
+                    "or check the labels"
                 )
             if method == "minibatch":
                 centres = minibatch_kmeans(features, self.num_prototypes, generator)
