@@ -571,9 +571,9 @@ def damaged_copy(acdc_root, tmp_path, damage):
 @pytest.mark.parametrize(
     "damage, error, message",
     [
-        (("unlabeled", "missing"), MissingFileError, "not found"),
-        (("test", "missing"), MissingFileError, "not found"),
-        (("val", "missing"), MissingFileError, "not found"),
+        (("unlabeled", "missing"), MissingFileError, "not found.* is named by a list file of .*: restore its file"),
+        (("test", "missing"), MissingFileError, "not found.* is named by a list file of .*: restore its file"),
+        (("val", "missing"), MissingFileError, "not found.* is named by a list file of .*: restore its file"),
         (("unlabeled", "nan"), DataFormatError, "image has 1 NaN or infinite value"),
         (("labeled", "float label"), DataFormatError, "label holds float64 values"),
         (("labeled", "empty"), DataFormatError, "dataset 'image' is empty"),

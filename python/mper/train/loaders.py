@@ -37,7 +37,7 @@ from mper.data.sampler import TwoStreamBatchSampler, endless_batches
 from mper.data.seeding import stage_seed
 from mper.data.splits import fold_cases
 from mper.datasets import check_dataset_root, get_dataset
-from mper.errors import ConfigError, DataFormatError
+from mper.errors import ConfigError, DataFormatError, MissingFileError
 
 from .config import SUPERVISED_BASELINES, TrainConfig
 from .distributed import current_world
@@ -162,7 +162,13 @@ def check_data(config: TrainConfig) -> None:
     )
     seen_classes: set[int] = set()
     for position, (load, case) in enumerate(tqdm(reads, desc="checking data", unit="file", leave=False)):
-        _, label = load(config.data_root, case)
+        try:
+            _, label = load(config.data_root, case)
+        except MissingFileError as error:
+            raise MissingFileError(
+                f"{error}; {case} is named by a list file of {config.data_root}: restore its file or remove it "
+                "from the list"
+            ) from error
         if position < len(labeled):
             seen_classes.update(np.unique(label).tolist())
     missing = sorted(set(range(config.num_classes)) - seen_classes)
