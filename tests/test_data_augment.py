@@ -84,8 +84,9 @@ def la_root(write_h5, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("la")
     for index, shape in enumerate([(20, 18, 12), (10, 12, 6)]):  # the second is smaller than a patch
         path = root / "2018LA_Seg_Training Set" / f"CASE{index}" / "mri_norm2.h5"
-        image, label = thresholded(shape, index)
-        write_h5(path, image=image, label=label)
+        image, _ = thresholded(shape, index)
+        image.flat[0] = -1.0  # z-scored, as LA images are: some values negative
+        write_h5(path, image=image, label=(image > THRESHOLD).astype(np.uint8))
     return root
 
 
