@@ -454,3 +454,23 @@ def test_train_refuses_an_out_folder_that_holds_files_but_no_run(acdc_root, tmp_
             "would write among them; choose a new or empty folder"
         )
         assert sorted(path.name for path in out.iterdir()) == before
+
+
+def test_a_checkpoint_copied_alone_into_a_new_folder_resumes(acdc_root, tmp_path, monkeypatch, capsys):
+    original_optimize = Trainer.optimize
+
+    def press_ctrl_c_after_the_second_step(self, loss):
+        original_optimize(self, loss)
+        if self.progress.iteration == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    run_dir, copy = tmp_path / "run", tmp_path / "copy"
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "optimize", press_ctrl_c_after_the_second_step)
+        with pytest.raises(SystemExit):
+            train_main(train_arguments(acdc_root, run_dir))
+    copy.mkdir()
+    shutil.copy(run_dir / "last.pt", copy / "last.pt")  # the checkpoint alone, no log or settings
+    capsys.readouterr()
+    train_main(["--resume", "--out", str(copy)])
+    assert (copy / "metrics.json").exists(), capsys.readouterr().err

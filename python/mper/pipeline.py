@@ -172,13 +172,14 @@ def _write_config(config: TrainConfig, run_dir: Path) -> None:
 
 def _check_run_folder(run_dir: Path) -> None:
     """Refuse a ``run_dir`` that is a file, or a folder holding files but none a run writes
-    first (its lock, log or settings; a data folder given as ``--out``, say): the run would
+    (its lock, log, settings or checkpoints; a data folder given as ``--out``, say): the run would
     write among them, and over an imported dataset's ``plan.toml``. A run folder (one that
     failed early or is in use, too: the lock refuses the latter) is taken."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"--out {run_dir} is a file; choose a folder for the run")
     held = sorted(path.name for path in run_dir.iterdir()) if run_dir.is_dir() else []
-    if held and not {LOCK_FILE, RUN_LOG, RUN_SETTINGS} & set(held):
+    run_files = {LOCK_FILE, RUN_LOG, RUN_SETTINGS, LAST_CHECKPOINT, BEST_CHECKPOINT, PRETRAIN_CHECKPOINT}
+    if held and not run_files & set(held):
         raise RunFolderError(
             f"--out {run_dir} holds files but no run (no {RUN_SETTINGS}; it holds {listed_names(held)}): the run "
             "would write among them; choose a new or empty folder"
@@ -477,7 +478,8 @@ def _import_difference(found: ScanPlan, trained: ScanPlan) -> str:
         return "another number of classes"
     ours, theirs = found.rules, trained.rules
     if ours.spacing != theirs.spacing:
-        return f"another target spacing ({_millimetres(ours.spacing)} mm, not {_millimetres(theirs.spacing)} mm)"
+        shown = _millimetres(ours.spacing, theirs.spacing), _millimetres(theirs.spacing, ours.spacing)
+        return f"another target spacing ({shown[0]} mm, not {shown[1]} mm)"
     if ours.schemes != theirs.schemes:
         return f"another normalisation ({', '.join(ours.schemes)}, not {', '.join(theirs.schemes)})"
     if ours != theirs:
@@ -485,8 +487,13 @@ def _import_difference(found: ScanPlan, trained: ScanPlan) -> str:
     return ""
 
 
-def _millimetres(spacing: Sequence[float]) -> str:
-    return " x ".join(f"{value:.4g}" for value in spacing)
+def _millimetres(spacing: Sequence[float], other: Sequence[float]) -> str:
+    """``spacing`` with as many digits as tell it from ``other`` (at least 4)."""
+    for digits in range(4, 18):
+        shown = [f"{value:.{digits}g}" for value in spacing]
+        if shown != [f"{value:.{digits}g}" for value in other]:
+            break
+    return " x ".join(shown)
 
 
 def _described(plan: ScanPlan) -> str:

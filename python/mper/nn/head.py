@@ -219,10 +219,9 @@ class PrototypeHead(nn.Module):
             if features.numel() == 0:
                 # a user's data, not a caller's mistake: one line, naming what to change
                 raise DataFormatError(
-                    f"class {class_index} has no voxel in the labeled images the prototype bank is initialised "
-                    "from, so its prototypes cannot be initialised; in training these are random patches of the "
-                    "labeled cases, which can miss a small structure: label more cases, enlarge data.patch_size, "
-                    "or check the labels"
+                    f"class {class_index} has no voxel in the labeled images (or patches of them) that the "
+                    "prototype bank is initialised from, so its prototypes cannot be initialised; label more "
+                    "cases or check the labels"
                 )
             if method == "minibatch":
                 centres = minibatch_kmeans(features, self.num_prototypes, generator)

@@ -165,6 +165,8 @@ def check_data(config: TrainConfig) -> None:
         try:
             _, label = load(config.data_root, case)
         except MissingFileError as error:
+            if spec.scans is not None:  # the import's own message says what to do
+                raise
             raise MissingFileError(
                 f"{error}; {case} is named by a list file of {config.data_root}: restore its file or remove it "
                 "from the list"
