@@ -451,10 +451,11 @@ def _check_data_root(data_root: str, trained_root: str, dataset: str, trained_by
     check_dataset_root(data_root, dataset, f"{trained_by} {dataset}")
     if trained_root and Path(data_root).resolve() == Path(trained_root).resolve():
         return
-    spec, found = get_dataset(dataset), read_plan(data_root) if has_plan(data_root) else None
+    spec = get_dataset(dataset)
     if spec.scans is None:  # its layout was checked
         return
     advice = f"give --data-root the folder that {spec.name} was imported into (or a copy of it)"
+    found = read_plan(data_root) if has_plan(data_root) else None
     if found is None:
         raise ConfigError(
             f"{data_root} holds no {PLAN_FILE} of an imported dataset, but {trained_by} {_described(spec.scans)}; "
@@ -466,6 +467,13 @@ def _check_data_root(data_root: str, trained_root: str, dataset: str, trained_by
             f"{data_root} holds the imported dataset {_described(found)}, but {trained_by} "
             f"{_described(spec.scans)}, {difference}; {advice}"
         )
+
+
+def _use_data_root(config: TrainConfig, data_root: str | Path | None, checkpoint: str | Path) -> None:
+    """Point ``config``, a checkpoint's settings, at ``data_root`` (default: the folder it
+    trained on), once :func:`_check_data_root` has found the checkpoint's dataset there."""
+    trained_root, config.data_root = config.data_root, str(data_root or config.data_root)
+    _check_data_root(config.data_root, trained_root, config.dataset, f"{checkpoint} was trained on")
 
 
 def _import_difference(found: ScanPlan, trained: ScanPlan) -> str:
@@ -540,8 +548,7 @@ def evaluate(
         raise ConfigError(f"the number of figures (mper-eval --figures) must be 0 or more, got {num_figures}")
     net, config = load_network(checkpoint, device, weights)
     method, labeled, unlabeled = _table_columns(config)
-    trained_root, config.data_root = config.data_root, str(data_root or config.data_root)
-    _check_data_root(config.data_root, trained_root, config.dataset, f"{checkpoint} was trained on")
+    _use_data_root(config, data_root, checkpoint)
     if split == "test" and not test_cases(config):
         raise ConfigError(
             f"{config.data_root} has no labeled test cases (imagesTs with labelsTs when imported); "
@@ -586,8 +593,7 @@ def tsne(
     if split not in EVAL_SPLITS:
         raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
     net, config = load_network(checkpoint, device, weights)
-    trained_root, config.data_root = config.data_root, str(data_root or config.data_root)
-    _check_data_root(config.data_root, trained_root, config.dataset, f"{checkpoint} was trained on")
+    _use_data_root(config, data_root, checkpoint)
     cases = (validation_cases(config) if split == "val" else test_cases(config))[:max_cases]
     spec = get_dataset(config.dataset)
     volumes = [spec.load_volume(config.data_root, case) for case in cases]

@@ -55,26 +55,18 @@ def patient_id(name: str) -> str:
     return name.split("_", 1)[0]
 
 
+def _read_acdc_file(path: Path, ndim: int, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    return read_image_label(path, ndim, ACDC_NUM_CLASSES, layout=layout, normalization=ACDC_NORMALIZATION)
+
+
 def load_acdc_slice(root: str | Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Read one training slice: (image float32 (H, W), label uint8 (H, W) in 0..3)."""
-    return read_image_label(
-        acdc_slice_path(root, name),
-        ndim=2,
-        num_classes=ACDC_NUM_CLASSES,
-        layout=_SLICE_LAYOUT,
-        normalization=ACDC_NORMALIZATION,
-    )
+    return _read_acdc_file(acdc_slice_path(root, name), 2, _SLICE_LAYOUT)
 
 
 def load_acdc_volume(root: str | Path, case: str) -> tuple[np.ndarray, np.ndarray]:
     """Read one frame: (image float32 (S, H, W), label uint8 (S, H, W) in 0..3)."""
-    return read_image_label(
-        acdc_volume_path(root, case),
-        ndim=3,
-        num_classes=ACDC_NUM_CLASSES,
-        layout=_VOLUME_LAYOUT,
-        normalization=ACDC_NORMALIZATION,
-    )
+    return _read_acdc_file(acdc_volume_path(root, case), 3, _VOLUME_LAYOUT)
 
 
 def acdc_cases(root: str | Path, split: str) -> list[str]:
