@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -203,3 +204,38 @@ def test_ctrl_c_with_data_workers_reports_once(acdc_root, tmp_path):
     assert text.count("Ctrl-C: saving a checkpoint") == 1, text
     assert text.count("interrupted (SIGINT); state saved to") == 1 and "Traceback" not in text, text
     assert (run_dir / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("command", ["train_main", "eval_main", "predict_main", "data_main", "experiment_main"])
+def test_ctrl_c_while_the_command_starts_ends_in_one_line(command):
+    """Ctrl-C during the import of the commands (torch loading) prints one line, no traceback."""
+    interrupt_the_import = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'mper.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        f"from mper.entry_points import {command}\n"
+        f"{command}()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", interrupt_the_import], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "\ninterrupted\n"
+
+
+def test_console_scripts_reach_the_commands(monkeypatch, capsys):
+    """Each console script runs its own command: ``--version`` prints the program's name."""
+    import tomllib
+
+    from mper import entry_points
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert sorted(scripts) == ["mper-data", "mper-eval", "mper-experiment", "mper-predict", "mper-train"]
+    for program, target in scripts.items():
+        module, function = target.split(":")
+        assert module == "mper.entry_points"
+        monkeypatch.setattr(sys, "argv", [program, "--version"])
+        with pytest.raises(SystemExit) as exit_info:
+            getattr(entry_points, function)()
+        assert exit_info.value.code == 0 and capsys.readouterr().out.startswith(f"{program} ")
