@@ -302,6 +302,7 @@ def test_a_killed_process_stops_the_others_with_a_message_and_keeps_the_checkpoi
     output = (log_dir / "rank0.log").read_text()
     assert started[0].returncode == 2, output[-3000:]
     assert "another training process died or stopped answering" in output
+    assert "A run that has saved a checkpoint (last.pt in its run folder" in output
     assert "Traceback" not in output
     assert waited < 60
     state = load_checkpoint(out / "last.pt")

@@ -208,8 +208,9 @@ def process_group(config: TrainConfig) -> Iterator[TrainConfig]:
             raise
         raise ProcessGroupFailure(
             f"process {world.rank} of {world.size} stopped: another training process died or stopped "
-            f"answering ({_first_sentence(error)}). The run folder keeps its last complete checkpoint; "
-            "continue with the same torchrun command and --resume --out RUN_DIR"
+            f"answering ({_first_sentence(error)}); that process's own error, if it printed one, says why. "
+            "A run that has saved a checkpoint (last.pt in its run folder, the last complete one) continues "
+            "with the same torchrun command and --resume --out RUN_DIR"
         ) from error
     finally:
         package_log.setLevel(previous_level)
