@@ -240,3 +240,91 @@ def test_backward_differentiates_the_prototype_the_forward_chose_at_ties(depth, 
     want = (p - cosine * z / norm) / norm / 0.1  # d(cos(z, p) / tau) / dz
     got = grad.double().reshape(batch, depth, voxels).movedim(1, -1)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- streams, devices, layouts
+
+
+def _all_ops(feat, bank, labels, num_classes, num_protos):
+    """Every op's outputs from one set of inputs: the head forward and backward, the bank
+    update and largest_component."""
+    f = feat.detach().clone().requires_grad_(True)
+    logits, assign, loss = ops.proto_classify_infonce(f, bank, num_classes, 0.1, 0.1, 0)
+    (grad,) = torch.autograd.grad([logits, loss], f, [torch.ones_like(logits), torch.ones_like(loss)])
+    sums, counts = ops.proto_accumulate(feat, labels, assign, None, num_classes, num_protos, check_labels=False)
+    updated = bank.clone()
+    ops.proto_ema_update_(updated, sums, counts, 0.9)
+    cleaned = ops.largest_component(labels, num_classes, check_labels=False)
+    return logits, assign, loss, grad, sums, counts, updated, cleaned
+
+
+def test_ops_launch_on_the_current_stream():
+    """The kernels run on torch's current stream, not the default one: on a side stream
+    held busy before its inputs are written, a kernel launched elsewhere would read them
+    before they exist."""
+    feat = make_features(2, 16, (24, 20), torch.float32, seed=60, device="cuda")
+    bank = make_bank(6, 16, seed=61, device="cuda")
+    labels = torch.randint(0, 2, (2, 24, 20), generator=torch.Generator().manual_seed(62)).cuda()
+    want = _all_ops(feat, bank, labels, 2, 3)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)  # keeps the side stream busy for tens of milliseconds
+        late_feat, late_bank, late_labels = feat * 1, bank * 1, labels * 1  # written only after it
+        got = _all_ops(late_feat, late_bank, late_labels, 2, 3)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    for name, g, w in zip(("logits", "assign", "loss", "grad", "sums", "counts", "bank", "cleaned"), got, want):
+        if g.is_floating_point():
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+        else:
+            assert torch.equal(g, w), name
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_ops_on_a_device_that_is_not_the_current_one():
+    """Tensors on cuda:1 while cuda:0 is current: every kernel runs on cuda:1 (the core
+    links its own CUDA runtime, which must follow the device torch makes current) and
+    gives what it gives on cuda:0."""
+    feat = make_features(2, 16, (24, 20), torch.float32, seed=63, device="cuda:0")
+    bank = make_bank(6, 16, seed=64, device="cuda:0")
+    labels = torch.randint(0, 2, (2, 24, 20), generator=torch.Generator().manual_seed(65)).to("cuda:0")
+    with torch.cuda.device(0):
+        want = _all_ops(feat, bank, labels, 2, 3)
+        got = _all_ops(feat.to("cuda:1"), bank.to("cuda:1"), labels.to("cuda:1"), 2, 3)
+    for g, w in zip(got, want):
+        assert g.device == torch.device("cuda:1")
+        if g.is_floating_point():
+            torch.testing.assert_close(g.cpu(), w.cpu(), rtol=1e-5, atol=1e-5)
+        else:
+            assert torch.equal(g.cpu(), w.cpu())
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "channel_slice", "odd_offset"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strided_features_match_reference_on_cuda(layout, dtype):
+    """Features as a network or a caller may hand them over: channels-last (copied to
+    dense spatial dims), a slice of channels (strides of a wider map) and a start one
+    element past an aligned address (the one-voxel path)."""
+    wide = make_features(2, 20, (12, 10), dtype, seed=66, device="cuda")
+    if layout == "channels_last":
+        feat = wide[:, :16].contiguous().to(memory_format=torch.channels_last)
+    elif layout == "channel_slice":
+        feat = wide[:, 2:18]
+    else:
+        feat = wide.flatten()[1:].narrow(0, 0, 2 * 16 * 120).view(2, 16, 12, 10)
+        assert feat.data_ptr() % (4 * feat.element_size()) != 0
+    bank = make_bank(6, 16, seed=67, device="cuda")
+    got = _head_on_cuda(ops, feat, bank, 2)
+    want = _head_on_cuda(ref, feat, bank, 2)
+    keep = reliable_voxels(feat, bank, 2).unsqueeze(1)
+    tol = TOLERANCE[dtype]
+    assert_close_where(got[0], want[0], keep, tol)
+    assert torch.equal(got[1][keep.expand_as(got[1])], want[1][keep.expand_as(want[1])])
+    torch.testing.assert_close(got[2].double(), want[2].double(), **tol)
+    assert_close_where(got[3], want[3], keep, tol)
+    labels = torch.randint(0, 2, (2, 12, 10), generator=torch.Generator().manual_seed(68)).cuda()
+    sums, counts = ops.proto_accumulate(feat, labels, got[1], None, 2, 3)
+    want_sums, want_counts = ref.proto_accumulate(feat, labels, got[1], None, 2, 3)
+    torch.testing.assert_close(counts, want_counts)
+    torch.testing.assert_close(sums, want_sums, rtol=1e-4, atol=1e-3)
