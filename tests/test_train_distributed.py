@@ -27,6 +27,7 @@ import torch
 from mper.data.sampler import TwoStreamBatchSampler
 from mper.datasets import get_dataset, synthesize
 from mper.errors import ConfigError
+from mper.train import runner
 from mper.train.checkpoint import load_checkpoint
 from mper.train.config import load_config
 from mper.train.distributed import World, check_batch_shares, launched_world, process_device
@@ -412,3 +413,21 @@ def assert_identical(first, second, where):
             assert_identical(first[key], second[key], f"{where}.{key}")
     else:
         assert first == second, where
+
+
+@pytest.mark.parametrize(
+    "sync_batchnorm, mode, refused", [(True, "error", True), (False, "error", False), (True, "warn", False)]
+)
+def test_the_synchronisation_check_refuses_sync_batchnorm_on_several_gpus(monkeypatch, sync_batchnorm, mode, refused):
+    """torch.nn.SyncBatchNorm synchronises on several GPUs: MPER_SYNC_DEBUG=error would fail
+    at the second iteration, so it is refused before training."""
+    monkeypatch.setattr(runner, "resolve_device", lambda device: torch.device("cuda", 0))
+    monkeypatch.setattr(runner, "current_world", lambda: World(0, 2, 0))
+    monkeypatch.setattr(runner, "check_fits", lambda *arguments: None)
+    monkeypatch.setenv("MPER_SYNC_DEBUG", mode)
+    config = load_config("acdc", "paper", assignments=[f"distributed.sync_batchnorm={str(sync_batchnorm).lower()}"])
+    if refused:
+        with pytest.raises(ConfigError, match=r"^MPER_SYNC_DEBUG=error cannot pass with distributed.sync_batchnorm"):
+            runner.check_machine(config)
+    else:
+        runner.check_machine(config)

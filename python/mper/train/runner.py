@@ -19,7 +19,15 @@ from .loaders import available_cores, check_data, loader_workers
 from .loop import BEST_CHECKPOINT, LAST_CHECKPOINT, ScalarWriter, Trainer, Validator
 from .pretrain import run_baseline, run_pretrain
 from .resume import setting_changes
-from .runtime import StopRequest, autocast, check_compile, load_ops, resolve_device, sync_debug_mode
+from .runtime import (
+    SYNC_DEBUG_VARIABLE,
+    StopRequest,
+    autocast,
+    check_compile,
+    load_ops,
+    resolve_device,
+    sync_debug_mode,
+)
 from .selftrain import begin_selftrain, run_selftrain
 from .teacher import slow_teacher_warning
 from .usage import USAGE_FILE
@@ -50,7 +58,15 @@ def check_machine(config: TrainConfig) -> None:
     device = resolve_device(config.device)
     autocast(device, config.amp)
     check_compile(device, config.compile)
-    sync_debug_mode()
+    if sync_debug_mode() == "error" and device.type == "cuda" and current_world().size > 1:
+        if config.distributed.sync_batchnorm:
+            # torch.nn.SyncBatchNorm drops the statistics of empty shares with a boolean
+            # mask, a host synchronisation in every batch norm of every training forward
+            raise ConfigError(
+                f"{SYNC_DEBUG_VARIABLE}=error cannot pass with distributed.sync_batchnorm = true on "
+                f"{current_world().size} GPUs: PyTorch's SyncBatchNorm waits for the GPU in every batch "
+                f"norm; set {SYNC_DEBUG_VARIABLE}=warn, or check on one GPU, or set distributed.sync_batchnorm=false"
+            )
     load_ops(config.ops)
     try:
         get_dataset(config.dataset).build_network(config.num_classes, **config.network)
