@@ -103,3 +103,24 @@ def test_cuda_test_counts_come_from_the_junit_report(tmp_path):
         '<testsuites><testsuite name="pytest" errors="1" failures="2" skipped="3" tests="10"></testsuite></testsuites>'
     )
     assert gpu_check.junit_counts(report) == {"tests": 10, "failures": 2, "errors": 1, "skipped": 3, "passed": 4}
+
+
+def test_an_ops_benchmark_stopped_by_the_budget_keeps_what_it_measured(tmp_path, monkeypatch):
+    import argparse
+
+    check = gpu_check.Check(
+        argparse.Namespace(dry_run=False, budget=600.0, out=tmp_path, work=tmp_path, keep_work=True)
+    )
+    check.section = section = gpu_check.Section("ops", "fused ops")
+    measured = {"workload": "acdc", "dtype": "float32", "op": "classify+infonce", "passes": "fwd+bwd", "vs_eager": 3.25}
+
+    def stopped(name, command, **_):
+        # the benchmark saved its first workload, then the budget ran out
+        Path(command[command.index("--out") + 1]).write_text(json.dumps({"speedups": [measured]}))
+        raise gpu_check.OutOfTime("ops stopped at the end of the budget")
+
+    monkeypatch.setattr(check, "run", stopped)
+    with pytest.raises(gpu_check.OutOfTime):
+        check.ops(section)
+    assert section.details["speedups"] == [measured]
+    assert section.figure == "acdc float32 classify+infonce fwd+bwd: x3.2 eager"
