@@ -643,6 +643,25 @@ def test_resume_applies_more_iterations_and_refuses_what_would_change_the_run(fi
 
 
 @pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_a_run_on_the_second_gpu_loads_its_batches_there(acdc_root, tmp_path, monkeypatch):
+    """The data loader pins batches on the current CUDA device: a run on cuda:1 makes
+    cuda:1 current while it trains, so that nothing opens a context on cuda:0."""
+    from mper.train import loaders
+
+    current = []
+
+    class Recorded(loaders.DataLoader):
+        def __iter__(self):
+            current.append(torch.cuda.current_device())
+            return super().__iter__()
+
+    monkeypatch.setattr(loaders, "DataLoader", Recorded)
+    pipeline.train(tiny_config(acdc_root, tmp_path / "second", device="cuda:1"))
+    assert current and set(current) == {1}
+
+
+@pytest.mark.cuda
 def test_an_interrupted_cuda_run_resumes_to_the_uninterrupted_state(acdc_root, tmp_path, monkeypatch):
     uninterrupted = pipeline.train(tiny_config(acdc_root, tmp_path / "uninterrupted", device="cuda"))
     run_dir = tmp_path / "interrupted"

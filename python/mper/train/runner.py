@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from pathlib import Path
+
+import torch
 
 from mper.datasets import get_dataset
 from mper.errors import ConfigError
@@ -90,7 +93,10 @@ def run_training(
     :class:`~mper.train.runtime.TrainingInterrupted`.
     """
     run_dir = Path(run_dir)
-    with StopRequest() as stop:
+    device = resolve_device(config.device)
+    # torch's data loader pins batches on the current CUDA device: make it the training
+    # one, or --device cuda:1 also opens a context (memory) on cuda:0
+    with StopRequest() as stop, torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         log.info("setting up the network, the optimizer and the prototype ops")
         trainer = Trainer(config, run_dir, validate, writer, stop)
         if is_main_process():
