@@ -86,13 +86,20 @@ def test_copy_paste_loss_sends_gradients_to_the_logits():
     ],
 )
 def test_ramp_follows_the_sigmoid_schedule_in_epochs_of_150_iterations(iteration, expected):
-    assert ramp_weight(iteration, weight=1.0, rampup_epochs=40) == pytest.approx(expected)
+    assert ramp_weight(iteration, weight=1.0, rampup_epochs=40, epoch_length=150) == pytest.approx(expected)
 
 
 def test_ramp_scales_with_its_weight_and_skips_an_empty_rampup():
-    assert ramp_weight(150 * 40, weight=0.5, rampup_epochs=40) == pytest.approx(0.5)
-    assert ramp_weight(0, weight=0.5, rampup_epochs=0) == 0.5
+    assert ramp_weight(150 * 40, weight=0.5, rampup_epochs=40, epoch_length=150) == pytest.approx(0.5)
+    assert ramp_weight(0, weight=0.5, rampup_epochs=0, epoch_length=150) == 0.5
     assert ramp_weight(20, weight=1.0, rampup_epochs=4, epoch_length=10) == pytest.approx(math.exp(-5 * 0.25))
+
+
+def test_the_ramp_s_epoch_length_comes_from_the_preset_alone():
+    """``selftrain.ramp_epoch_length`` is the one place the epoch of the ramp is set: the
+    function has no default of its own that could drift from the presets'."""
+    with pytest.raises(TypeError, match="epoch_length"):
+        ramp_weight(0, weight=1.0, rampup_epochs=40)
 
 
 def test_objective_combines_the_three_losses_as_in_eq_6():

@@ -134,11 +134,12 @@ def segmentation_loss(
     return scale * (masked_cross_entropy(logits, label, everywhere) + masked_dice_loss(logits, label, everywhere, dice))
 
 
-def ramp_weight(iteration: int, weight: float, rampup_epochs: float, epoch_length: int = 150) -> float:
+def ramp_weight(iteration: int, weight: float, rampup_epochs: float, epoch_length: int) -> float:
     """The sigmoid ramp-up ``lambda(t) = w exp(-5 (1 - r)^2)`` of Eq. 6.
 
     ``r = clip(t_epoch / rampup_epochs, 0, 1)`` with ``t_epoch = iteration // epoch_length``;
-    a ramp of 0 epochs is at full weight from the start.
+    a ramp of 0 epochs is at full weight from the start. No defaults: a training run passes
+    ``selftrain.ramp_weight``, ``rampup_epochs`` and ``ramp_epoch_length`` of its preset.
     """
     if rampup_epochs <= 0:
         return float(weight)
