@@ -385,6 +385,19 @@ def test_predict_writes_a_label_map_per_input(finished_run, acdc_root, tmp_path)
     np.testing.assert_array_equal(labels, expected)
 
 
+def test_evaluate_draws_as_many_figures_as_the_run_by_default(finished_run, tmp_path):
+    state = load_checkpoint(finished_run / "best.pt")
+    assert state["config"]["eval"]["num_figures"] == 1
+    state["config"]["eval"]["num_figures"] = 0
+    without_figures = save_checkpoint(tmp_path / "without-figures.pt", state)
+    for checkpoint, drawn in ((finished_run / "best.pt", 1), (without_figures, 0)):
+        out = tmp_path / checkpoint.stem
+        result = pipeline.evaluate(checkpoint, split="val", out_dir=out, device="cpu")
+        assert len(result["figures"]) == drawn == len(list(out.glob("figures/*.png"))), checkpoint
+    result = pipeline.evaluate(without_figures, split="val", out_dir=tmp_path / "asked", device="cpu", num_figures=1)
+    assert len(result["figures"]) == 1
+
+
 def test_predict_post_processes_as_the_checkpoint_is_evaluated(finished_run, acdc_root, tmp_path, monkeypatch):
     state = load_checkpoint(finished_run / "best.pt")
     assert state["config"]["eval"]["postprocess"] == "none"

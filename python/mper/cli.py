@@ -398,9 +398,8 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--figures",
         type=int,
-        default=3,
         metavar="N",
-        help="cases drawn as PNG overlays, from the worst to the median by Dice (default: 3)",
+        help="cases drawn as PNG overlays, from the worst to the median by Dice (default: the run's eval.num_figures)",
     )
     _add_version(parser)
     parser.add_argument(

@@ -531,7 +531,7 @@ def evaluate(
     out_dir: str | Path | None = None,
     device: str = "auto",
     weights: str = "student",
-    num_figures: int = 3,
+    num_figures: int | None = None,
 ) -> dict[str, Any]:
     """Score a checkpoint on ``split`` of ``data_root`` (default: the training data).
 
@@ -539,12 +539,13 @@ def evaluate(
     volumes is enough) or ``"val"``: the cases that selected the best checkpoint
     during training (ACDC ``val.list``; LA the held-out end of ``train.list``, or
     ``test.list`` under ``data.val_split = "test"``). With ``out_dir``, writes
-    ``metrics.json``, ``metrics.md`` and ``figures/``. Returns
+    ``metrics.json``, ``metrics.md`` and ``figures/`` (``num_figures`` cases drawn, by
+    default the run's ``eval.num_figures``). Returns
     ``{"per_case", "summary", "markdown"}`` (see :func:`mper.eval.evaluate.evaluate_cases`).
     """
     if split not in EVAL_SPLITS:
         raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
-    if num_figures < 0:
+    if num_figures is not None and num_figures < 0:
         raise ConfigError(f"the number of figures (mper-eval --figures) must be 0 or more, got {num_figures}")
     net, config = load_network(checkpoint, device, weights)
     method, labeled, unlabeled = _table_columns(config)
@@ -563,7 +564,7 @@ def evaluate(
         split=split,
         out_dir=out_dir,
         device=str(resolve_device(device)),
-        num_figures=num_figures,
+        num_figures=config.eval.num_figures if num_figures is None else num_figures,
         method=method,
         labeled=labeled,
         unlabeled=unlabeled,

@@ -84,7 +84,7 @@ def evaluate_cases(
     split: str = "test",
     out_dir: str | Path | None = None,
     device: str = "cpu",
-    num_figures: int = 3,
+    num_figures: int = 0,
     *,
     method: str = "MPER",
     labeled: str = "-",
