@@ -357,6 +357,23 @@ def test_a_decathlon_image_with_the_wrong_channel_count_is_refused(raw, tmp_path
         read_case(next(case for case in dataset.cases if case.name == "synth_001"), dataset)
 
 
+def test_channel_files_written_as_4d_volumes_of_one_channel_read_as_their_3d_volumes(raw, tmp_path, capsys):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    for path in source.glob("images*/*.nii.gz"):  # (x, y, z) -> (x, y, z, 1), as some tools write every volume
+        _rewrite(path, np.asarray(nib.load(path).dataobj)[..., None])
+    original, four_d = read_raw_dataset(raw[NNUNET]), read_raw_dataset(source)
+    for case, case_4d in zip(original.cases, four_d.cases, strict=True):
+        scan, scan_4d = read_case(case, original), read_case(case_4d, four_d)
+        assert len(case_4d.images) == len(SYNTH_SCAN_CHANNELS) and scan_4d.image.shape == scan.image.shape
+        assert np.array_equal(scan_4d.image, scan.image) and np.array_equal(scan_4d.affine, scan.affine)
+        assert (scan.label is None) == (scan_4d.label is None)
+        assert scan.label is None or np.array_equal(scan_4d.label, scan.label)
+    path = source / "imagesTr" / "synth_001_0001.nii.gz"  # several channels in one file: refused
+    _rewrite(path, np.repeat(np.asarray(nib.load(path).dataobj), 2, axis=-1))
+    line = _import_error(source, tmp_path / "out", capsys)
+    assert f"{path}: the image has shape" in line and "write each channel to a file of its own" in line, line
+
+
 def _import_error(source, out, capsys, *options):
     """The one line ``mper-data import`` refuses ``source`` with; nothing written to ``out``."""
     with pytest.raises(SystemExit) as stop:

@@ -454,12 +454,20 @@ def _load(path: Path) -> nib.Nifti1Image:
 
 
 def _spatial(array: np.ndarray, path: Path, what: str) -> np.ndarray:
-    """A 3D array: a 2D image gains a last axis of one slice; more axes are refused."""
+    """A 3D array: a 2D image gains a last axis of one slice, a 4D one of a single channel
+    ``(x, y, z, 1)`` (as some tools write every volume) loses its fourth axis; more axes,
+    or several channels in one file, are refused."""
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
     if array.ndim == 2:
         return array[:, :, None]
     if array.ndim == 3:
         return array
-    raise DataFormatError(f"{path}: {what} has shape {array.shape}, expected a 3D volume")
+    raise DataFormatError(
+        f"{path}: {what} has shape {array.shape}, expected one 3D volume (x, y, z) or (x, y, z, 1); write each channel "
+        "to a file of its own (nnU-Net: <case>_0000, <case>_0001, ...) or, in the Decathlon layout, list every "
+        "channel in dataset.json's modality"
+    )
 
 
 def _check_finite(path: Path, array: np.ndarray) -> None:
@@ -550,8 +558,6 @@ def read_image(case: RawCase, channels: int) -> tuple[np.ndarray, nib.Nifti1Imag
                 )
             image = np.ascontiguousarray(np.moveaxis(data, 3, 0))
         else:
-            if data.ndim == 4 and data.shape[3] == 1:
-                data = data[..., 0]
             image = _spatial(data, case.images[0], "the image")[None]
     else:
         volumes = [_spatial(np.asarray(first.dataobj, dtype=np.float32), case.images[0], "the image")]
@@ -578,7 +584,7 @@ def read_label(
             f"{path}: a 4D label of shape {data.shape}; a label is one 3D map of class values (0, 1, ...): "
             "merge the channels into one map"
         )
-    label = _spatial(data[..., 0] if data.ndim == 4 else data, path, "the label")
+    label = _spatial(data, path, "the label")
     _check_geometry(path, label.shape, scan.affine, reference, shape, affine)
     if not np.issubdtype(label.dtype, np.integer):
         _check_finite(path, label)
