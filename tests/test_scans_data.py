@@ -348,6 +348,23 @@ def test_a_decathlon_case_listed_twice_is_refused(raw, tmp_path, capsys):
     assert "case synth_000 is listed twice in training" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("orphan", ["unlisted", "without_image"])
+def test_a_decathlon_label_that_training_does_not_list_is_refused(raw, tmp_path, capsys, orphan):
+    source = shutil.copytree(raw[MSD], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    if orphan == "unlisted":  # its image would be read as unlabeled, the label unused
+        label = source / document["training"].pop(0)["label"]
+        (source / "dataset.json").write_text(json.dumps(document))
+    else:
+        label = source / "labelsTr" / "ghost.nii.gz"
+        shutil.copy(source / document["training"][0]["label"], label)
+    line = _import_error(source, tmp_path / "out", capsys)
+    assert line == (
+        f"mper-data: error: {label}: a label that {source / 'dataset.json'}'s training does not list, so it would "
+        "go unused; list it with its image in training, or remove it"
+    )
+
+
 def test_a_decathlon_image_with_the_wrong_channel_count_is_refused(raw, tmp_path):
     source = shutil.copytree(raw[MSD], tmp_path / "raw")
     path = source / "imagesTr" / "synth_001.nii.gz"

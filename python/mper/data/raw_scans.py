@@ -316,11 +316,12 @@ CaseFiles = dict[str, tuple[Path, ...]]
 
 
 def _msd_cases(
-    source: Path, document: Mapping[str, Any], where: Path, train_files: Sequence[Path]
+    source: Path, document: Mapping[str, Any], where: Path, train_files: Sequence[Path], label_files: Sequence[Path]
 ) -> tuple[CaseFiles, dict[str, Path], CaseFiles]:
     """(training images, their labels, test images) of an MSD ``dataset.json``; the images
     of ``train_files`` (those of ``imagesTr``) that ``training`` does not list are
-    unlabeled training cases."""
+    unlabeled training cases. A file of ``label_files`` (those of ``labelsTr``) that
+    ``training`` does not list is refused: its label would be silently unused."""
     ending = NIFTI_ENDINGS[0]
     training = document.get("training", [])
     if not isinstance(training, list):
@@ -343,6 +344,13 @@ def _msd_cases(
                     f"{path} not found, though {where} lists it in training; add it or unlist the case"
                 )
         images[name], labels[name] = (image,), label
+    listed_labels = {path.resolve() for path in labels.values()}
+    for path in label_files:
+        if path.resolve() not in listed_labels:
+            raise DataFormatError(
+                f"{path}: a label that {where}'s training does not list, so it would go unused; list it with its "
+                "image in training, or remove it"
+            )
     for name, files in _volume_files(train_files, ending).items():
         if name not in images:
             images[name] = files
@@ -410,7 +418,9 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
         train_labels = _label_files(files_of(source / LABELS_TRAIN), ending, train_images)
         test_images = listed(source / IMAGES_TEST)
     else:
-        train_images, train_labels, test_images = _msd_cases(source, document, where, files_of(source / IMAGES_TRAIN))
+        train_images, train_labels, test_images = _msd_cases(
+            source, document, where, files_of(source / IMAGES_TRAIN), files_of(source / LABELS_TRAIN)
+        )
     test_labels = _label_files(files_of(source / LABELS_TEST), ending, test_images)
     if not train_labels:
         naming = channel_file_name("<case>", 0, ending) if layout == NNUNET else f"<case>{ending}"
