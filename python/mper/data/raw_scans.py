@@ -219,7 +219,8 @@ def _class_names(labels: Any, layout: str, where: Path) -> tuple[str, ...]:
         by_value[index] = str(name)
     if sorted(by_value) != list(range(len(by_value))) or len(by_value) < 2:
         raise DataFormatError(
-            f"{where}: label values must be 0 (background) and 1, 2, ... without gaps; got {sorted(by_value)}"
+            f"{where}: label values must be 0 (background) and 1, 2, ... without gaps; got {sorted(by_value)}: "
+            "number the classes so, in labels and in the label files (relabel them)"
         )
     return tuple(by_value[index] for index in range(len(by_value)))
 
