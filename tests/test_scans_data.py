@@ -412,6 +412,13 @@ def _import_error(source, out, capsys, *options):
     return error.splitlines()[-1]
 
 
+@pytest.mark.parametrize("spacing", [["0", "1", "1"], ["nan", "1", "1"], ["1", "inf", "1"]])
+def test_a_spacing_that_is_not_three_positive_numbers_is_refused(raw, tmp_path, capsys, spacing):
+    line = _import_error(raw[NNUNET], tmp_path / "out", capsys, "--spacing", *spacing)
+    shown = [float(value) for value in spacing]
+    assert line == f"mper-data: error: --spacing must be three positive numbers (mm), got {shown}"
+
+
 def test_import_refuses_an_out_folder_that_holds_files_as_synth_does(raw, tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()
