@@ -338,6 +338,17 @@ def test_a_label_off_the_images_grid_is_refused_naming_the_part_both_values_and_
     assert message.startswith(f"{label}: its direction of array axis 0 (") and "voxel" in message, message
 
 
+@pytest.mark.parametrize("value", [1.5, "one"])
+def test_a_label_value_that_is_not_an_integer_is_refused(raw, tmp_path, capsys, value):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    document["labels"] = {"background": 0, "liver": value, "tumour": 2}
+    (source / "dataset.json").write_text(json.dumps(document))
+    assert _import_error(source, tmp_path / "out", capsys) == (
+        f"mper-data: error: {source / 'dataset.json'}: label 'liver' has the value {value!r}, expected an integer"
+    )
+
+
 def test_label_values_with_a_gap_are_refused_saying_to_renumber_them(raw, tmp_path, capsys):
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
     document = json.loads((source / "dataset.json").read_text())

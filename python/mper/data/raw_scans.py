@@ -212,8 +212,10 @@ def _class_names(labels: Any, layout: str, where: Path) -> tuple[str, ...]:
             raise DataFormatError(f"{where}: an 'ignore' label is not supported; relabel those voxels as a class")
         try:
             index = int(number)
-        except (TypeError, ValueError) as error:
-            raise DataFormatError(f"{where}: label {name!r} has the value {number!r}, expected an integer") from error
+        except (TypeError, ValueError):
+            index = None
+        if index is None or (isinstance(number, float) and number != index):  # int(1.5) would be 1
+            raise DataFormatError(f"{where}: label {name!r} has the value {number!r}, expected an integer")
         if index in by_value:
             raise DataFormatError(f"{where}: labels {by_value[index]!r} and {name!r} share the value {index}")
         by_value[index] = str(name)
