@@ -338,6 +338,28 @@ def test_a_label_off_the_images_grid_is_refused_naming_the_part_both_values_and_
     assert message.startswith(f"{label}: its direction of array axis 0 (") and "voxel" in message, message
 
 
+@pytest.mark.parametrize("value", [1.5, "one"])
+def test_a_label_value_that_is_not_an_integer_is_refused(raw, tmp_path, capsys, value):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    document["labels"] = {"background": 0, "liver": value, "tumour": 2}
+    (source / "dataset.json").write_text(json.dumps(document))
+    assert _import_error(source, tmp_path / "out", capsys) == (
+        f"mper-data: error: {source / 'dataset.json'}: label 'liver' has the value {value!r}, expected an integer"
+    )
+
+
+def test_label_values_with_a_gap_are_refused_saying_to_renumber_them(raw, tmp_path, capsys):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    document["labels"] = {"background": 0, "liver": 1, "tumour": 3}
+    (source / "dataset.json").write_text(json.dumps(document))
+    assert _import_error(source, tmp_path / "out", capsys) == (
+        f"mper-data: error: {source / 'dataset.json'}: label values must be 0 (background) and 1, 2, ... without "
+        "gaps; got [0, 1, 3]: number the classes so, in labels and in the label files (relabel them)"
+    )
+
+
 def test_a_decathlon_case_listed_twice_is_refused(raw, tmp_path, capsys):
     source = shutil.copytree(raw[MSD], tmp_path / "raw")
     document = json.loads((source / "dataset.json").read_text())
@@ -346,6 +368,23 @@ def test_a_decathlon_case_listed_twice_is_refused(raw, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.data_main(["import", "--source", str(source), "--out", str(tmp_path / "out")])
     assert "case synth_000 is listed twice in training" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("orphan", ["unlisted", "without_image"])
+def test_a_decathlon_label_that_training_does_not_list_is_refused(raw, tmp_path, capsys, orphan):
+    source = shutil.copytree(raw[MSD], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    if orphan == "unlisted":  # its image would be read as unlabeled, the label unused
+        label = source / document["training"].pop(0)["label"]
+        (source / "dataset.json").write_text(json.dumps(document))
+    else:
+        label = source / "labelsTr" / "ghost.nii.gz"
+        shutil.copy(source / document["training"][0]["label"], label)
+    line = _import_error(source, tmp_path / "out", capsys)
+    assert line == (
+        f"mper-data: error: {label}: a label that {source / 'dataset.json'}'s training does not list, so it would "
+        "go unused; list it with its image in training, or remove it"
+    )
 
 
 def test_a_decathlon_image_with_the_wrong_channel_count_is_refused(raw, tmp_path):
@@ -357,6 +396,23 @@ def test_a_decathlon_image_with_the_wrong_channel_count_is_refused(raw, tmp_path
         read_case(next(case for case in dataset.cases if case.name == "synth_001"), dataset)
 
 
+def test_channel_files_written_as_4d_volumes_of_one_channel_read_as_their_3d_volumes(raw, tmp_path, capsys):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    for path in source.glob("images*/*.nii.gz"):  # (x, y, z) -> (x, y, z, 1), as some tools write every volume
+        _rewrite(path, np.asarray(nib.load(path).dataobj)[..., None])
+    original, four_d = read_raw_dataset(raw[NNUNET]), read_raw_dataset(source)
+    for case, case_4d in zip(original.cases, four_d.cases, strict=True):
+        scan, scan_4d = read_case(case, original), read_case(case_4d, four_d)
+        assert len(case_4d.images) == len(SYNTH_SCAN_CHANNELS) and scan_4d.image.shape == scan.image.shape
+        assert np.array_equal(scan_4d.image, scan.image) and np.array_equal(scan_4d.affine, scan.affine)
+        assert (scan.label is None) == (scan_4d.label is None)
+        assert scan.label is None or np.array_equal(scan_4d.label, scan.label)
+    path = source / "imagesTr" / "synth_001_0001.nii.gz"  # several channels in one file: refused
+    _rewrite(path, np.repeat(np.asarray(nib.load(path).dataobj), 2, axis=-1))
+    line = _import_error(source, tmp_path / "out", capsys)
+    assert f"{path}: the image has shape" in line and "write each channel to a file of its own" in line, line
+
+
 def _import_error(source, out, capsys, *options):
     """The one line ``mper-data import`` refuses ``source`` with; nothing written to ``out``."""
     with pytest.raises(SystemExit) as stop:
@@ -365,6 +421,13 @@ def _import_error(source, out, capsys, *options):
     assert stop.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error, error
     assert not out.exists()
     return error.splitlines()[-1]
+
+
+@pytest.mark.parametrize("spacing", [["0", "1", "1"], ["nan", "1", "1"], ["1", "inf", "1"]])
+def test_a_spacing_that_is_not_three_positive_numbers_is_refused(raw, tmp_path, capsys, spacing):
+    line = _import_error(raw[NNUNET], tmp_path / "out", capsys, "--spacing", *spacing)
+    shown = [float(value) for value in spacing]
+    assert line == f"mper-data: error: --spacing must be three positive numbers (mm), got {shown}"
 
 
 def test_import_refuses_an_out_folder_that_holds_files_as_synth_does(raw, tmp_path, capsys):

@@ -212,14 +212,17 @@ def _class_names(labels: Any, layout: str, where: Path) -> tuple[str, ...]:
             raise DataFormatError(f"{where}: an 'ignore' label is not supported; relabel those voxels as a class")
         try:
             index = int(number)
-        except (TypeError, ValueError) as error:
-            raise DataFormatError(f"{where}: label {name!r} has the value {number!r}, expected an integer") from error
+        except (TypeError, ValueError):
+            index = None
+        if index is None or (isinstance(number, float) and number != index):  # int(1.5) would be 1
+            raise DataFormatError(f"{where}: label {name!r} has the value {number!r}, expected an integer")
         if index in by_value:
             raise DataFormatError(f"{where}: labels {by_value[index]!r} and {name!r} share the value {index}")
         by_value[index] = str(name)
     if sorted(by_value) != list(range(len(by_value))) or len(by_value) < 2:
         raise DataFormatError(
-            f"{where}: label values must be 0 (background) and 1, 2, ... without gaps; got {sorted(by_value)}"
+            f"{where}: label values must be 0 (background) and 1, 2, ... without gaps; got {sorted(by_value)}: "
+            "number the classes so, in labels and in the label files (relabel them)"
         )
     return tuple(by_value[index] for index in range(len(by_value)))
 
@@ -316,11 +319,12 @@ CaseFiles = dict[str, tuple[Path, ...]]
 
 
 def _msd_cases(
-    source: Path, document: Mapping[str, Any], where: Path, train_files: Sequence[Path]
+    source: Path, document: Mapping[str, Any], where: Path, train_files: Sequence[Path], label_files: Sequence[Path]
 ) -> tuple[CaseFiles, dict[str, Path], CaseFiles]:
     """(training images, their labels, test images) of an MSD ``dataset.json``; the images
     of ``train_files`` (those of ``imagesTr``) that ``training`` does not list are
-    unlabeled training cases."""
+    unlabeled training cases. A file of ``label_files`` (those of ``labelsTr``) that
+    ``training`` does not list is refused: its label would be silently unused."""
     ending = NIFTI_ENDINGS[0]
     training = document.get("training", [])
     if not isinstance(training, list):
@@ -343,6 +347,13 @@ def _msd_cases(
                     f"{path} not found, though {where} lists it in training; add it or unlist the case"
                 )
         images[name], labels[name] = (image,), label
+    listed_labels = {path.resolve() for path in labels.values()}
+    for path in label_files:
+        if path.resolve() not in listed_labels:
+            raise DataFormatError(
+                f"{path}: a label that {where}'s training does not list, so it would go unused; list it with its "
+                "image in training, or remove it"
+            )
     for name, files in _volume_files(train_files, ending).items():
         if name not in images:
             images[name] = files
@@ -410,7 +421,9 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
         train_labels = _label_files(files_of(source / LABELS_TRAIN), ending, train_images)
         test_images = listed(source / IMAGES_TEST)
     else:
-        train_images, train_labels, test_images = _msd_cases(source, document, where, files_of(source / IMAGES_TRAIN))
+        train_images, train_labels, test_images = _msd_cases(
+            source, document, where, files_of(source / IMAGES_TRAIN), files_of(source / LABELS_TRAIN)
+        )
     test_labels = _label_files(files_of(source / LABELS_TEST), ending, test_images)
     if not train_labels:
         naming = channel_file_name("<case>", 0, ending) if layout == NNUNET else f"<case>{ending}"
@@ -454,12 +467,20 @@ def _load(path: Path) -> nib.Nifti1Image:
 
 
 def _spatial(array: np.ndarray, path: Path, what: str) -> np.ndarray:
-    """A 3D array: a 2D image gains a last axis of one slice; more axes are refused."""
+    """A 3D array: a 2D image gains a last axis of one slice, a 4D one of a single channel
+    ``(x, y, z, 1)`` (as some tools write every volume) loses its fourth axis; more axes,
+    or several channels in one file, are refused."""
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
     if array.ndim == 2:
         return array[:, :, None]
     if array.ndim == 3:
         return array
-    raise DataFormatError(f"{path}: {what} has shape {array.shape}, expected a 3D volume")
+    raise DataFormatError(
+        f"{path}: {what} has shape {array.shape}, expected one 3D volume (x, y, z) or (x, y, z, 1); write each channel "
+        "to a file of its own (nnU-Net: <case>_0000, <case>_0001, ...) or, in the Decathlon layout, list every "
+        "channel in dataset.json's modality"
+    )
 
 
 def _check_finite(path: Path, array: np.ndarray) -> None:
@@ -550,8 +571,6 @@ def read_image(case: RawCase, channels: int) -> tuple[np.ndarray, nib.Nifti1Imag
                 )
             image = np.ascontiguousarray(np.moveaxis(data, 3, 0))
         else:
-            if data.ndim == 4 and data.shape[3] == 1:
-                data = data[..., 0]
             image = _spatial(data, case.images[0], "the image")[None]
     else:
         volumes = [_spatial(np.asarray(first.dataobj, dtype=np.float32), case.images[0], "the image")]
@@ -578,7 +597,7 @@ def read_label(
             f"{path}: a 4D label of shape {data.shape}; a label is one 3D map of class values (0, 1, ...): "
             "merge the channels into one map"
         )
-    label = _spatial(data[..., 0] if data.ndim == 4 else data, path, "the label")
+    label = _spatial(data, path, "the label")
     _check_geometry(path, label.shape, scan.affine, reference, shape, affine)
     if not np.issubdtype(label.dtype, np.integer):
         _check_finite(path, label)

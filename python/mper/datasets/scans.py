@@ -356,7 +356,7 @@ def _scan_rules(
         target = target_spacing([found.spacings[name] for name in training], [found.cropped[name] for name in training])
     else:
         target = tuple(float(value) for value in spacing)
-        if len(target) != 3 or min(target) <= 0:
+        if len(target) != 3 or not all(np.isfinite(value) and value > 0 for value in target):
             raise ConfigError(f"--spacing must be three positive numbers (mm), got {list(spacing)}")
     mask = float(np.median([found.kept_fraction[name] for name in training])) < MASK_FOR_NORM_FRACTION
     return ScanRules(raw.normalization, tuple(statistics), mask, (target[0], target[1], target[2]))
