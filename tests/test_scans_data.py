@@ -473,6 +473,35 @@ def test_stray_files_are_ignored_as_nnunet_does_and_named_in_one_line_per_folder
         assert ("dataset.json's file_ending '.nii.gz'" in line) == (layout == NNUNET), line
 
 
+@pytest.mark.parametrize("layout", [NNUNET, MSD])
+def test_test_images_without_a_label_are_named_as_not_scored(raw, tmp_path, caplog, layout):
+    source = shutil.copytree(raw[layout], tmp_path / "raw")
+    labels = sorted((source / "labelsTs").iterdir())
+    labels[0].unlink()
+    with caplog.at_level("WARNING", logger="mper"):
+        dataset = read_raw_dataset(source)
+    case = labels[0].name.removesuffix(".nii.gz")
+    assert [c.label for c in dataset.cases if c.name == case] == [None]
+    assert caplog.messages == [
+        f"{source / 'imagesTs'}: 1 of {len(labels)} test image(s) have no label in labelsTs/ and are not imported, "
+        f"so not scored: {case} (mper-predict segments them)"
+    ]
+
+
+def test_an_nnunet_reader_choice_is_named_as_not_used(raw, tmp_path, caplog):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    document["overwrite_image_reader_writer"] = "NibabelIOWithReorient"
+    (source / "dataset.json").write_text(json.dumps(document))
+    with caplog.at_level("WARNING", logger="mper"):
+        dataset = read_raw_dataset(source)
+    assert _files_by_case(dataset) == _files_by_case(read_raw_dataset(raw[NNUNET]))
+    (line,) = caplog.messages
+    assert line.startswith(
+        f"{source / 'dataset.json'}: overwrite_image_reader_writer 'NibabelIOWithReorient' is not used: mper reads NIfTI"
+    )
+
+
 def _uncompress(folder):
     for path in folder.glob("*.nii.gz"):
         nib.save(nib.load(path), path.with_name(path.name[: -len(".gz")]))

@@ -402,6 +402,13 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
             f'{where} has no "file_ending", which nnU-Net v2\'s dataset.json names: add "file_ending": ".nii.gz" '
             '(or ".nii"), the ending of the image files'
         )
+    if "overwrite_image_reader_writer" in document:
+        log.warning(
+            "%s: overwrite_image_reader_writer %r is not used: mper reads NIfTI with nibabel and keeps the files' "
+            "axis order, as nnU-Net's default reader does (predictions are written on each input's own grid)",
+            where,
+            document["overwrite_image_reader_writer"],
+        )
     ending = str(document["file_ending"]) if layout == NNUNET else NIFTI_ENDINGS[0]
     if ending not in NIFTI_ENDINGS:
         raise DataFormatError(
@@ -452,6 +459,17 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
     for folder in extra:
         add(folder, {}, UNLABELED, UNLABELED)
     add(test_images, test_labels, TEST, TEST)
+    unscored = sorted(set(test_images) - set(test_labels))
+    if unscored:
+        log.warning(
+            "%s: %d of %d test image(s) have no label in %s/ and are not imported, so not scored: %s "
+            "(mper-predict segments them)",
+            source / IMAGES_TEST,
+            len(unscored),
+            len(test_images),
+            LABELS_TEST,
+            listed_names(unscored),
+        )
     name = str(document.get("name") or source.resolve().name)
     return RawDataset(source, layout, name, channels, normalization, class_names, ending, tuple(cases.values()))
 
