@@ -231,6 +231,28 @@ def test_prediction_skips_incomplete_and_flat_cases_ignores_other_files_and_exit
     assert sorted(path.name for path in out.iterdir()) == ["synth_006.nii.gz"]
 
 
+def test_prediction_reads_either_nifti_ending_and_refuses_a_case_given_in_both(nnunet_3d, tmp_path, capsys):
+    raw, _, run_dir = nnunet_3d
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for channel in ("0000", "0001"):  # the model was trained on .nii.gz files; these are .nii
+        scan = nib.load(raw / "imagesTs" / f"synth_005_{channel}.nii.gz")
+        nib.save(scan, inputs / f"synth_005_{channel}.nii")
+    expected = tmp_path / "expected"
+    for given, out in ((inputs, tmp_path / "out"), (raw / "imagesTs" / "synth_005_0000.nii.gz", expected)):
+        cli.predict_main(["--checkpoint", str(run_dir / "best.pt"), "--input", str(given), "--output", str(out)])
+    written, reference = nib.load(tmp_path / "out" / "synth_005.nii.gz"), nib.load(expected / "synth_005.nii.gz")
+    np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(reference.dataobj))
+    np.testing.assert_array_equal(written.affine, reference.affine)
+    shutil.copy(raw / "imagesTs" / "synth_005_0000.nii.gz", inputs)
+    capsys.readouterr()
+    code, lines = _predict_exit(run_dir, inputs, tmp_path / "twice", capsys)
+    assert code == 2 and lines == [
+        f"mper-predict: error: {inputs}: case synth_005 is there twice, as synth_005_0000.nii and "
+        "synth_005_0000.nii.gz; keep one of them"
+    ]
+
+
 def test_prediction_names_nan_voxels_of_an_input_file_without_asking_to_import_again(nnunet_3d, tmp_path, capsys):
     raw, _, run_dir = nnunet_3d
     inputs = tmp_path / "in"

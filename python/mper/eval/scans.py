@@ -31,6 +31,7 @@ from torch import nn
 from mper.data.imported import load_original_label, load_scan_volume
 from mper.data.raw_scans import (
     CHANNEL_FILE,
+    NIFTI_ENDINGS,
     NNUNET,
     TEST,
     RawCase,
@@ -110,21 +111,26 @@ def score_scan_case(
     return scores, figure_slice(image[0], label, resampled, dataset)
 
 
-def _case_of(path: Path, plan: ScanPlan) -> str | None:
-    """The case ``path`` is an input file of, named as the plan's raw layout names them;
-    ``None`` for any other file (another ending, a channel the model does not take)."""
-    stem = case_name(path.name, plan.file_ending)
-    if stem is None or plan.layout != NNUNET:
-        return stem
-    match = CHANNEL_FILE.fullmatch(stem)
-    return match["case"] if match and int(match["channel"]) < len(plan.channels) else None
+def _case_of(path: Path, plan: ScanPlan) -> tuple[str, str] | None:
+    """The case ``path`` is an input file of, named as the plan's raw layout names them, and
+    its NIfTI ending (either, whichever the training data had); ``None`` for any other file
+    (not NIfTI, a channel the model does not take)."""
+    for ending in NIFTI_ENDINGS:
+        stem = case_name(path.name, ending)
+        if stem is None:
+            continue
+        if plan.layout != NNUNET:
+            return stem, ending
+        match = CHANNEL_FILE.fullmatch(stem)
+        return (match["case"], ending) if match and int(match["channel"]) < len(plan.channels) else None
+    return None
 
 
-def _case_files(folder: Path, case: str, plan: ScanPlan) -> tuple[Path, ...]:
+def _case_files(folder: Path, case: str, plan: ScanPlan, ending: str) -> tuple[Path, ...]:
     """The files the model reads for ``case``: one per channel (nnU-Net), or one in all."""
     if plan.layout != NNUNET:
-        return (folder / f"{case}{plan.file_ending}",)
-    return tuple(folder / channel_file_name(case, channel, plan.file_ending) for channel in range(len(plan.channels)))
+        return (folder / f"{case}{ending}",)
+    return tuple(folder / channel_file_name(case, channel, ending) for channel in range(len(plan.channels)))
 
 
 def _input_naming(plan: ScanPlan) -> str:
@@ -149,11 +155,16 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> dict[str, tuple[Path, ...]
     cases: dict[str, tuple[Path, ...]] = {}
     ignored = []
     for path in candidates:
-        case = _case_of(path, plan)
-        if case is None:
+        found = _case_of(path, plan)
+        if found is None:
             ignored.append(path.name)
-        else:
-            cases.setdefault(case, _case_files(folder, case, plan))
+            continue
+        case, ending = found
+        files = cases.setdefault(case, _case_files(folder, case, plan, ending))
+        if not files[0].name.endswith(ending):
+            raise DataFormatError(
+                f"{folder}: case {case} is there twice, as {files[0].name} and {path.name}; keep one of them"
+            )
     if ignored:
         log.warning(
             "ignored %d file(s) of %s not named as the model's input, %s: %s",
