@@ -430,6 +430,22 @@ def test_a_spacing_that_is_not_three_positive_numbers_is_refused(raw, tmp_path, 
     assert line == f"mper-data: error: --spacing must be three positive numbers (mm), got {shown}"
 
 
+def test_a_spacing_too_fine_for_the_memory_is_refused_before_resampling(raw, tmp_path, capsys, monkeypatch):
+    from mper.datasets import scans
+
+    line = _import_error(raw[NNUNET], tmp_path / "out", capsys, "--spacing", "0.001", "0.001", "0.001")
+    assert re.fullmatch(
+        rf"mper-data: error: {re.escape(str(raw[NNUNET]))}: case \S+ resampled to the spacing \[0.001, 0.001, 0.001\] "
+        r"mm becomes \[\d+, \d+, \d+\] voxels, about \d+\.\d GiB to import, but only \d+\.\d GiB of memory is "
+        r"free; check --spacing: millimetres per voxel, x y z as stored",
+        line,
+    ), line
+    # the data's own spacing on a machine without the memory for its largest case
+    monkeypatch.setattr(scans, "available_host_memory", lambda: 1000)
+    line = _import_error(raw[NNUNET], tmp_path / "out", capsys)
+    assert line.endswith("import on a machine with more memory, or pass a coarser --spacing"), line
+
+
 def test_import_refuses_an_out_folder_that_holds_files_as_synth_does(raw, tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()

@@ -78,6 +78,7 @@ from mper.data.scan_preprocess import (
     target_spacing,
 )
 from mper.errors import ConfigError, DataFormatError
+from mper.host import available_host_memory
 from mper.nets import SIZE_MULTIPLE
 
 from .registry import dataset_names, get_dataset, register_imported
@@ -102,7 +103,8 @@ MIN_LABELED_BATCH = BATCH_STEP // 2
 MIN_PATCH_SIDE = 2 * SIZE_MULTIPLE
 #: Backward keeps every layer's output and adds as much again in gradients.
 BACKWARD_FACTOR = 2
-_BYTES = 4
+#: Bytes of a float32 value.
+FLOAT32_BYTES = 4
 
 
 # --- planning -------------------------------------------------------------------------------
@@ -134,7 +136,7 @@ def bytes_per_voxel(dims: str, in_channels: int, num_classes: int) -> float:
         net(sample)
     for hook in hooks:
         hook.remove()
-    return BACKWARD_FACTOR * _BYTES * elements / sample[0, 0].numel()
+    return BACKWARD_FACTOR * FLOAT32_BYTES * elements / sample[0, 0].numel()
 
 
 def _sides(median: Sequence[float], limit: int | None = None) -> list[int]:
@@ -330,6 +332,33 @@ def _add_case(
             found.samples[index].append(foreground_sample(crop(scan.image[index], box), label, per_case, rng))
 
 
+def _check_import_memory(found: _Fingerprint, rules: ScanRules, channels: int, source: Path, chosen: bool) -> None:
+    """Refuse a target spacing under which the largest case cannot be resampled in the
+    memory free (a slip such as ``--spacing 0.01 0.01 0.01`` asks for thousands of times the
+    voxels): the image as read and, at the target spacing, its resampled channels and a
+    class of the label at a time with its output, all float32."""
+    resampled = {
+        name: resampled_shape(cropped, found.spacings[name], rules.spacing) for name, cropped in found.cropped.items()
+    }
+    need = {
+        name: FLOAT32_BYTES * (math.prod(found.cropped[name]) * channels + math.prod(shape) * (channels + 2))
+        for name, shape in resampled.items()
+    }
+    largest = max(need, key=lambda name: need[name])
+    free = available_host_memory()
+    if need[largest] > free:
+        advice = (
+            "check --spacing: millimetres per voxel, x y z as stored"
+            if chosen
+            else "import on a machine with more memory, or pass a coarser --spacing"
+        )
+        raise ConfigError(
+            f"{source}: case {largest} resampled to the spacing {list(rules.spacing)} mm becomes "
+            f"{list(resampled[largest])} voxels, about {need[largest] / 2**30:.1f} GiB to import, but only "
+            f"{free / 2**30:.1f} GiB of memory is free; {advice}"
+        )
+
+
 def _import_case(case: RawCase, raw: RawDataset, rules: ScanRules, out: Path) -> None:
     """Preprocess and write one case; its arrays go when it returns, before the next is read."""
     scan = read_case(case, raw)
@@ -407,6 +436,7 @@ def import_scans(
         )
     found = _fingerprint(raw, cases, progress)
     rules = _scan_rules(raw, found, training, spacing)
+    _check_import_memory(found, rules, len(raw.channels), source, chosen=spacing is not None)
     shapes = [resampled_shape(found.cropped[name], found.spacings[name], rules.spacing) for name in training]
     median = tuple(int(round(value)) for value in np.median(np.asarray(shapes, dtype=np.float64), axis=0))
     smallest = np.min(np.asarray(shapes), axis=0).tolist()

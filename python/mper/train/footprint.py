@@ -31,7 +31,6 @@ measures two of these on every run and holds the ratio within 1.5 either way.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,6 +39,7 @@ from torch import nn
 
 from mper.datasets import get_dataset
 from mper.errors import ConfigError
+from mper.host import available_host_memory
 from mper.losses import copy_paste_loss
 
 from .config import SUPERVISED_BASELINES, TrainConfig, with_prototypes
@@ -183,14 +183,7 @@ def available_memory(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return available_host_memory()
 
 
 def check_fits(config: TrainConfig, device: torch.device, processes: int = 1, processes_here: int = 1) -> None:
