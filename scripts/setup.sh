@@ -33,9 +33,10 @@ fi
 # shellcheck disable=SC1091
 . "$mper_venv/bin/activate"
 if ! python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)"; then
-  echo "setup: installing PyTorch (${MPER_TORCH:-torch==2.13.0})"
+  mper_torch="${MPER_TORCH:-torch==2.13.0}"
+  echo "setup: installing PyTorch ($mper_torch)"
   # shellcheck disable=SC2086
-  python -m pip install --quiet ${MPER_TORCH:-torch==2.13.0}
+  python -m pip install --quiet $mper_torch
 fi
 mper_extras="${MPER_EXTRAS-test}"
 mper_stamp="$mper_venv/.mper-build"

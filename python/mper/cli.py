@@ -74,6 +74,15 @@ class _PrintVersion(argparse.Action):
         parser.exit()
 
 
+def _add_weights(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--weights",
+        choices=pipeline.WEIGHTS,
+        default="student",
+        help="which network of the checkpoint (default: student)",
+    )
+
+
 def _add_version(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--version", action=_PrintVersion, help="print the versions of mper, torch, Python and CUDA, and exit"
@@ -389,12 +398,7 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
         help="folder for metrics.json, metrics.md and figures/ (default: eval-<split> beside the checkpoint)",
     )
     _add_device(parser)
-    parser.add_argument(
-        "--weights",
-        choices=pipeline.WEIGHTS,
-        default="student",
-        help="which network of the checkpoint (default: student)",
-    )
+    _add_weights(parser)
     parser.add_argument(
         "--figures",
         type=int,
@@ -453,12 +457,7 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
         help="folder for the label maps, outside the folder of the --input scans",
     )
     _add_device(parser)
-    parser.add_argument(
-        "--weights",
-        choices=pipeline.WEIGHTS,
-        default="student",
-        help="which network of the checkpoint (default: student)",
-    )
+    _add_weights(parser)
     parser.add_argument(
         "--force", action="store_true", help="segment a volume whose axis order looks wrong as it is, with a warning"
     )
