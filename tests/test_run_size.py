@@ -22,6 +22,13 @@ from mper.train.config import load_config
 from mper.train.loaders import training_cases, validation_cases
 
 
+@pytest.fixture(autouse=True)
+def no_validation_is_long(monkeypatch):
+    """Whether a validation pass is long depends on this machine's speed and load: the tests
+    choose it (a test of that warning sets the threshold to 0)."""
+    monkeypatch.setattr(run_size, "LONG_VALIDATION_S", math.inf)
+
+
 @pytest.fixture(scope="module")
 def acdc_root(tmp_path_factory):
     return synthesize("acdc", tmp_path_factory.mktemp("acdc"), cases=5, seed=0, size=(32, 32), progress=False)
