@@ -146,7 +146,7 @@ def test_train_eval_and_predict_from_the_command_line(acdc_root, tmp_path, capsy
     )
     assert (tmp_path / "labels" / f"{case}_pred.nii.gz").is_file()
 
-    with h5py.File(acdc_root / "data" / f"{case}.h5") as volume:  # (S, H, W); NIfTI scans are (H, W, S)
+    with h5py.File(acdc_root / "data" / f"{case}.h5") as volume:  # (S, H, W); NIfTI scans are (W, H, S)
         nib.save(nib.Nifti1Image(volume["image"][:], np.eye(4)), inputs / "slices_first.nii.gz")
     arguments = [
         "--checkpoint",

@@ -25,7 +25,7 @@ from mper.data.convert import crop_box
 from mper.datasets import convert
 from mper.errors import RunFolderError
 
-ACDC_SHAPE = (12, 10, 3)  # (H, W, S) as stored in NIfTI
+ACDC_SHAPE = (12, 10, 3)  # (W, H, S) as stored in NIfTI
 LA_SHAPE = (170, 160, 6)
 LA_BOX = (slice(75, 95), slice(70, 90), slice(1, 4))  # far enough from the borders to crop unclipped
 
@@ -67,14 +67,30 @@ def test_acdc_round_trip_with_drawn_split(tmp_path):
     for name in train + val + test:
         image, label = load_acdc_volume(out, name)
         raw_image, raw_label = acdc_volume(int(name[7:10]), int(name[-2:]))
-        assert image.shape == (3, 12, 10)
-        expected = normalize_intensity(raw_image, "min-max").transpose(2, 0, 1)  # (H, W, S) -> (S, H, W)
+        assert image.shape == (3, 10, 12)
+        expected = normalize_intensity(raw_image, "min-max").transpose(2, 1, 0)  # (W, H, S) -> (S, H, W)
         np.testing.assert_allclose(image, expected, atol=1e-6)
-        np.testing.assert_array_equal(label, raw_label.transpose(2, 0, 1))
+        np.testing.assert_array_equal(label, raw_label.transpose(2, 1, 0))
     assert acdc_cases(out, "train") == [f"{name}_slice_{i}" for name in train for i in range(3)]
     image, label = load_acdc_slice(out, f"{train[1]}_slice_2")
     np.testing.assert_array_equal(label, load_acdc_volume(out, train[1])[1][2])
     assert not (out / "data" / "slices" / f"{val[0]}_slice_0.h5").exists()
+
+
+def test_acdc_frames_are_stored_as_the_ssl4mis_release_stores_them(tmp_path):
+    # SSL4MIS's acdc_data_processing.py reads each frame with SimpleITK (whose arrays reverse
+    # NIfTI's axis order), min-max normalises it and stores the array, slices first
+    sitk = pytest.importorskip("SimpleITK")
+    raw = raw_acdc(tmp_path / "raw", range(1, 4))
+    out = convert("acdc", raw, tmp_path / "out", seed=1, progress=False)
+    for image_path in sorted(raw.rglob("patient*_frame??.nii.gz")):
+        name = image_path.name.removesuffix(".nii.gz")
+        release_image = sitk.GetArrayFromImage(sitk.ReadImage(str(image_path))).astype(np.float64)
+        release_image = (release_image - release_image.min()) / (release_image.max() - release_image.min())
+        release_label = sitk.GetArrayFromImage(sitk.ReadImage(str(image_path.with_name(f"{name}_gt.nii.gz"))))
+        image, label = load_acdc_volume(out, name)
+        np.testing.assert_allclose(image, release_image, atol=1e-6)  # float32 rounding of values in [0, 1]
+        np.testing.assert_array_equal(label, release_label)
 
 
 def write_lines(path: Path, lines: list[str]) -> None:

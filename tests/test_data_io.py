@@ -52,6 +52,15 @@ def test_read_list_reduces_lines_to_case_names(tmp_path):
     ]
 
 
+def test_read_list_drops_a_utf8_byte_order_mark(tmp_path):
+    # Windows editors (Notepad) may start a UTF-8 text file with a byte order mark; the
+    # first case name must not keep it, or its file is reported missing under a name that
+    # looks right on the screen.
+    path = tmp_path / "train.list"
+    path.write_bytes("\ufeff0RZDK210BSMWAA6467LU\r\n1D7CUD1955YZPGK8XHJX\r\n".encode("utf-8"))
+    assert read_list(path) == ["0RZDK210BSMWAA6467LU", "1D7CUD1955YZPGK8XHJX"]
+
+
 def test_read_list_missing_and_empty(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.list"):
         read_list(tmp_path / "nothere.list")

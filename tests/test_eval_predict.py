@@ -8,6 +8,7 @@ import re
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from mper.errors import DataFormatError, UserError
 from mper.eval.predict import predict_file, predict_path
@@ -76,6 +77,27 @@ def test_acdc_nifti_is_segmented_along_its_last_axis(tmp_path):
     np.testing.assert_array_equal(np.asarray(labels.dataobj), (raw / 100).astype(np.uint8))
 
 
+def test_an_acdc_nifti_scan_reaches_the_network_as_its_ssl4mis_volume_does(write_h5, tmp_path):
+    # the SSL4MIS volume of a scan is SimpleITK's array of it (NIfTI's axes reversed),
+    # min-max normalised: both must give the network the same slices
+    sitk = pytest.importorskip("SimpleITK")
+    raw = np.random.default_rng(1).integers(0, 4, size=(20, 12, 3)).astype(np.float32) * 100
+    raw[0, 0, 0], raw[0, 0, 1] = 0, 300
+    nib.save(nib.Nifti1Image(raw, AFFINE), tmp_path / "frame.nii.gz")
+    volume = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "frame.nii.gz"))) / 300
+    write_h5(tmp_path / "volume" / "frame.h5", image=volume.astype(np.float32))
+    from_nifti, from_h5 = ThresholdNet(num_classes=4), ThresholdNet(num_classes=4)
+    scan_labels = predict_file(from_nifti, tmp_path / "frame.nii.gz", "acdc", tmp_path / "nifti", patch_size=(24, 16))
+    volume_labels = predict_file(
+        from_h5, tmp_path / "volume" / "frame.h5", "acdc", tmp_path / "h5", patch_size=(24, 16)
+    )
+    for scan_input, volume_input in zip(from_nifti.inputs, from_h5.inputs, strict=True):
+        torch.testing.assert_close(scan_input, volume_input, rtol=0, atol=1e-6)  # float32 rounding of x / 300
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(scan_labels).dataobj), np.asarray(nib.load(volume_labels).dataobj).transpose(2, 1, 0)
+    )
+
+
 def test_an_acdc_scan_stored_slices_first_is_refused_unless_forced(write_h5, tmp_path, caplog):
     # the same scan as (128, 128, 7), NIfTI's slices-last order, but stored as the h5 volumes are
     raw = np.random.default_rng(0).integers(0, 4, size=(7, 128, 128)).astype(np.float32) * 100
@@ -86,7 +108,7 @@ def test_an_acdc_scan_stored_slices_first_is_refused_unless_forced(write_h5, tmp
         DataFormatError,
         match=(
             r"slices_first.nii.gz: shape \(7, 128, 128\) looks like the wrong axis order for the ACDC model, which "
-            r"takes \(H, W, S\) here \(NIfTI \(H, W, S\), h5 \(S, H, W\)\), slices along axis 2: axis 0 \(7\) is "
+            r"takes \(W, H, S\) here \(NIfTI \(W, H, S\), h5 \(S, H, W\)\), slices along axis 2: axis 0 \(7\) is "
             r"far shorter than axis 2 \(128\)\. Move the slices to axis 2 \(e\.g\. numpy\.moveaxis\(image, 0, 2\)\), "
             r"or pass --force to segment it as it is"
         ),

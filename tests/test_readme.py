@@ -244,7 +244,7 @@ def prepare(command: str, work: Path) -> None:
         root = work / "data" / "acdc-small"
         case = (root / "test.list").read_text().split()[0]
         with h5py.File(root / "data" / f"{case}.h5") as file:
-            volume = np.transpose(file["image"][()], (1, 2, 0))  # stored (S, H, W), scanned (H, W, S)
+            volume = np.transpose(file["image"][()], (2, 1, 0))  # stored (S, H, W), scanned (W, H, S)
         (work / "scans").mkdir()
         nib.save(nib.Nifti1Image((1000 * volume).astype(np.int16), np.eye(4)), work / "scans" / f"{case}.nii.gz")
 

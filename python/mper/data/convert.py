@@ -3,8 +3,9 @@
 
 * ACDC: the challenge release, ``patientXXX/patientXXX_frameYY.nii.gz`` with its
   ``patientXXX_frameYY_gt.nii.gz`` (optionally under ``training/`` and ``testing/``),
-  becomes the SSL4MIS layout. A NIfTI volume ``(H, W, S)`` is stored as ``(S, H, W)``
-  (slice ``s`` is ``volume[:, :, s]``), min-max normalised per volume.
+  becomes the SSL4MIS layout. A NIfTI volume is stored with its axes reversed, as
+  SSL4MIS's SimpleITK reading stores it: NIfTI ``(W, H, S)`` becomes ``(S, H, W)`` (slice
+  ``s`` is ``volume[:, :, s].T``), min-max normalised per volume.
 * LA: the 2018 atrial segmentation challenge, ``<case>/lgemri.nrrd`` with
   ``<case>/laendo.nrrd`` (optionally under ``Training Set/``), becomes the UA-MT layout:
   label ``laendo == 255``, the whole scan z-scored, then cropped in (H, W) around the
@@ -129,15 +130,16 @@ def find_acdc_frames(source: Path) -> dict[str, tuple[Path, Path]]:
 
 
 def load_acdc_nifti(image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read one raw ACDC frame as (image float32 (S, H, W) in [0, 1], label uint8 (S, H, W))."""
-    image, label = _read_pair(image_path, label_path, _read_nifti, _NIFTI_ERRORS, "ACDC NIfTI (H, W, S)")
+    """Read one raw ACDC frame as (image float32 (S, H, W) in [0, 1], label uint8 (S, H, W)):
+    the NIfTI axes reversed, as SimpleITK's arrays of the files (SSL4MIS's release) hold them."""
+    image, label = _read_pair(image_path, label_path, _read_nifti, _NIFTI_ERRORS, "ACDC NIfTI (W, H, S)")
     label = np.rint(label)
     if label.min() < 0 or label.max() >= ACDC_NUM_CLASSES:
         raise DataFormatError(
             f"{label_path} holds values {np.unique(label)[:8]}: expected ACDC classes 0..{ACDC_NUM_CLASSES - 1}"
         )
-    image = normalize_intensity(np.transpose(image, (2, 0, 1)), ACDC_NORMALIZATION)
-    return image, np.transpose(label, (2, 0, 1)).astype(np.uint8)
+    image = normalize_intensity(np.transpose(image, (2, 1, 0)), ACDC_NORMALIZATION)
+    return image, np.transpose(label, (2, 1, 0)).astype(np.uint8)
 
 
 def _acdc_split(

@@ -109,7 +109,8 @@ def case_name_from_line(line: str, case_file: str | None = None) -> str:
 
 def read_list(path: str | Path, case_file: str | None = None) -> list[str]:
     """Case names of a list file, one per non-empty line, in file order (see
-    :func:`case_name_from_line` for ``case_file``).
+    :func:`case_name_from_line` for ``case_file``). A UTF-8 byte order mark, which some
+    Windows editors write, is not part of the first name.
 
     Raises:
         MissingFileError: the list file does not exist.
@@ -118,7 +119,8 @@ def read_list(path: str | Path, case_file: str | None = None) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"list file {path} not found: expected a text file with one case name per line")
-    names = [case_name_from_line(line, case_file) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    names = [case_name_from_line(line, case_file) for line in lines if line.strip()]
     if not names:
         raise DataFormatError(f"list file {path} is empty: expected one case name per line")
     return names

@@ -44,7 +44,9 @@ ACDC = register_dataset(
         inference=SLICE_WISE,
         stride=(),  # slice-wise inference takes no steps
         slice_axis=0,  # volumes are (S, H, W)
-        scan_axes=(2, 0, 1),  # NIfTI scans are stored (H, W, S)
+        # NIfTI scans are stored (W, H, S): the SSL4MIS volumes are SimpleITK's arrays of them,
+        # which reverse NIfTI's axis order
+        scan_axes=(2, 1, 0),
         normalization=ACDC_NORMALIZATION,
         validation_splits=("val", "test"),  # training items are slices: no held-out volumes
         label_unit="patients",

@@ -6,8 +6,9 @@ Inputs:
   training (the dataset's ``normalization``, see
   :func:`mper.data.preprocess.normalize_intensity`); it is neither resampled nor
   reoriented, only its axes are put in the dataset's volume order (``scan_axes``): LA
-  scans are segmented as stored, ``(H, W, D)``; ACDC scans are stored ``(H, W, S)`` and
-  segmented slice by slice along the last axis. The label map keeps the input's header:
+  scans are segmented as stored, ``(H, W, D)``; ACDC scans are stored ``(W, H, S)`` (the
+  SSL4MIS volumes hold them with the axes reversed) and segmented slice by slice along the
+  last axis. The label map keeps the input's header:
   affine, qform/sform codes, voxel sizes and units.
 * HDF5 (``.h5``): a preprocessed volume of the dataset's layout (docs/method.md, "Data
   layouts"), dataset ``image``, already normalised and laid out ``(H, W, D)`` (LA,
