@@ -61,6 +61,22 @@ def test_read_list_drops_a_utf8_byte_order_mark(tmp_path):
     assert read_list(path) == ["0RZDK210BSMWAA6467LU", "1D7CUD1955YZPGK8XHJX"]
 
 
+def test_read_list_refuses_a_case_named_twice(tmp_path):
+    # the same case under two spellings of its line: a name and a path to its file
+    lines = [
+        "0RZDK210BSMWAA6467LU",
+        "",
+        "1D7CUD1955YZPGK8XHJX",
+        "../data/2018LA_Seg_Training Set/0RZDK210BSMWAA6467LU/mri_norm2.h5",
+    ]
+    path = write_lines(tmp_path / "train.list", lines)
+    with pytest.raises(DataFormatError) as refused:
+        read_list(path, case_file="mri_norm2.h5")
+    assert (
+        str(refused.value) == f"list file {path} names 0RZDK210BSMWAA6467LU twice (lines 1 and 4); remove one of them"
+    )
+
+
 def test_read_list_missing_and_empty(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.list"):
         read_list(tmp_path / "nothere.list")

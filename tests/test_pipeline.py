@@ -689,3 +689,22 @@ def test_an_interrupted_cuda_run_resumes_to_the_uninterrupted_state(acdc_root, t
         assert_same(expected[key], resumed[key], key)
     for name, value in expected["student"].items():
         torch.testing.assert_close(resumed["student"][name], value, rtol=1e-3, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("dataset", ["acdc", "la"])
+def test_a_scored_case_that_is_also_trained_on_is_refused_before_training(acdc_root, la_root, tmp_path, dataset):
+    root = shutil.copytree(acdc_root if dataset == "acdc" else la_root, tmp_path / dataset)
+    trained = (root / ("train_slices.list" if dataset == "acdc" else "train.list")).read_text().split()[0]
+    scored = root / ("val.list" if dataset == "acdc" else "test.list")
+    # ACDC: another frame of a training slice's patient; LA: the training case itself
+    leaked = trained.split("_", 1)[0] + "_frame99" if dataset == "acdc" else trained
+    scored.write_text(scored.read_text() + f"{leaked}\n")
+    config = load_config(dataset, "paper", {"data_root": str(root), "labeled": 1, "device": "cpu"})
+    role = "validation"  # LA's paper preset validates on test.list, as the authors' code does
+    seen = f"{trained.split('_', 1)[0]} ({trained})" if dataset == "acdc" else trained
+    with pytest.raises(DataFormatError) as refused:
+        pipeline.settings_toml(config)
+    assert str(refused.value) == (
+        f"{root}: {role} case {leaked} is also trained on: {seen} is in the training list; a case that is scored "
+        "must not be one the model learns from: remove it from one of the lists"
+    )

@@ -114,16 +114,24 @@ def read_list(path: str | Path, case_file: str | None = None) -> list[str]:
 
     Raises:
         MissingFileError: the list file does not exist.
-        DataFormatError: the file holds no case name.
+        DataFormatError: the file holds no case name, or one twice (the case would weigh
+            twice in training, or be both trained on and held out).
     """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"list file {path} not found: expected a text file with one case name per line")
     lines = path.read_text(encoding="utf-8-sig").splitlines()
-    names = [case_name_from_line(line, case_file) for line in lines if line.strip()]
-    if not names:
+    numbered = [(number, case_name_from_line(line, case_file)) for number, line in enumerate(lines, 1) if line.strip()]
+    if not numbered:
         raise DataFormatError(f"list file {path} is empty: expected one case name per line")
-    return names
+    first_line: dict[str, int] = {}
+    for number, name in numbered:
+        if name in first_line:
+            raise DataFormatError(
+                f"list file {path} names {name} twice (lines {first_line[name]} and {number}); remove one of them"
+            )
+        first_line[name] = number
+    return [name for _, name in numbered]
 
 
 def write_list(path: str | Path, names: Iterable[str]) -> Path:

@@ -126,11 +126,13 @@ def check_split(config: TrainConfig) -> tuple[list[str], list[str]]:
 
     Raises :class:`~mper.errors.ConfigError` when the data root holds the other dataset,
     when ``labeled`` is more than the dataset has, leaves no unlabeled case for
-    self-training or too few labeled items to fill a labeled batch, and what the list
-    readers raise for a missing list.
+    self-training or too few labeled items to fill a labeled batch,
+    :class:`~mper.errors.DataFormatError` when a validation or test case is also a
+    training one, and what the list readers raise for a missing list.
     """
     check_dataset_root(config.data_root, config.dataset, f"the run trains on {config.dataset}")
     labeled, unlabeled = training_cases(config)
+    _check_scored_cases_unseen(config, labeled + unlabeled)
     if config.baseline not in SUPERVISED_BASELINES and not unlabeled:
         raise ConfigError(
             f"labeled = {config.labeled} leaves no unlabeled training case for self-training; "
@@ -142,6 +144,25 @@ def check_split(config: TrainConfig) -> tuple[list[str], list[str]]:
             f"data.labeled_batch_size = {config.data.labeled_batch_size}; raise --labeled or lower the batch sizes"
         )
     return labeled, unlabeled
+
+
+def _check_scored_cases_unseen(config: TrainConfig, items: list[str]) -> None:
+    """Refuse a validation or test case that the run also trains on (the same case, or for
+    ACDC the same patient: ``label_group``): its scores would not measure what the model
+    does on unseen data."""
+    group_of = get_dataset(config.dataset).label_group
+    trained = {}
+    for item in items:
+        trained.setdefault(group_of(item), item)
+    for role, cases in (("validation", validation_cases(config)), ("test", test_cases(config))):
+        for case in cases:
+            item = trained.get(group_of(case))
+            if item is not None:
+                seen = item if item == case else f"{group_of(case)} ({item})"
+                raise DataFormatError(
+                    f"{config.data_root}: {role} case {case} is also trained on: {seen} is in the training list; "
+                    "a case that is scored must not be one the model learns from: remove it from one of the lists"
+                )
 
 
 def check_data(config: TrainConfig) -> None:
