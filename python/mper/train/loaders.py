@@ -151,14 +151,14 @@ def _check_scored_cases_unseen(config: TrainConfig, items: list[str]) -> None:
     ACDC the same patient: ``label_group``): its scores would not measure what the model
     does on unseen data."""
     group_of = get_dataset(config.dataset).label_group
-    trained = {}
+    trained: dict[str, str] = {}
     for item in items:
         trained.setdefault(group_of(item), item)
     for role, cases in (("validation", validation_cases(config)), ("test", test_cases(config))):
         for case in cases:
-            item = trained.get(group_of(case))
-            if item is not None:
-                seen = item if item == case else f"{group_of(case)} ({item})"
+            learned = trained.get(group_of(case))
+            if learned is not None:
+                seen = learned if learned == case else f"{group_of(case)} ({learned})"
                 raise DataFormatError(
                     f"{config.data_root}: {role} case {case} is also trained on: {seen} is in the training list; "
                     "a case that is scored must not be one the model learns from: remove it from one of the lists"
