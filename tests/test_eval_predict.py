@@ -169,6 +169,32 @@ def test_outputs_are_named_after_the_case_and_keep_its_folder(write_h5, tmp_path
     assert single == [tmp_path / "one" / "caseA_pred.nii.gz"]
 
 
+def test_label_maps_beside_their_frames_are_left_alone_in_an_acdc_patient_folder(tmp_path, caplog):
+    """The ACDC download keeps each frame's label map, <frame>_gt.nii.gz, beside the frame."""
+    patient = tmp_path / "in" / "patient017"
+    patient.mkdir(parents=True)
+    raw = np.random.default_rng(0).integers(0, 4, size=(20, 12, 3)).astype(np.float32) * 100
+    raw[0, 0, 0], raw[0, 0, 1] = 0, 300
+    for frame in ("patient017_frame01", "patient017_frame09"):
+        nib.save(nib.Nifti1Image(raw, AFFINE), patient / f"{frame}.nii.gz")
+        nib.save(nib.Nifti1Image((raw / 100).astype(np.uint8), AFFINE), patient / f"{frame}_gt.nii.gz")
+    # a _gt file without its image is an image as any other
+    nib.save(nib.Nifti1Image(raw, AFFINE), patient / "lonely_gt.nii.gz")
+    with caplog.at_level(logging.INFO, logger="mper"):
+        outputs = predict_path(
+            ThresholdNet(num_classes=4), tmp_path / "in", "acdc", tmp_path / "out", patch_size=(32, 32)
+        )
+    assert [path.name for path in outputs] == [
+        "lonely_gt_pred.nii.gz",
+        "patient017_frame01_pred.nii.gz",
+        "patient017_frame09_pred.nii.gz",
+    ]
+    assert caplog.messages[0] == (
+        f"ignored 2 label map(s) of {tmp_path / 'in'}, named <image>_gt beside their image: "
+        "patient017/patient017_frame01_gt.nii.gz, patient017/patient017_frame09_gt.nii.gz"
+    )
+
+
 def test_a_bad_file_in_a_folder_is_reported_and_the_rest_is_segmented(write_h5, tmp_path, caplog):
     write_h5(tmp_path / "in" / "good.h5", image=np.zeros((16, 16, 8), np.float32))
     write_h5(tmp_path / "in" / "slice.h5", image=np.zeros((16, 16), np.float32))

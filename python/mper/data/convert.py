@@ -40,6 +40,8 @@ from mper.data.splits import ACDC_SPLIT_FRACTIONS, LA_SPLIT_FRACTIONS, partition
 from mper.errors import ConfigError, DataFormatError, MissingFileError
 
 ACDC_FRAME_FILE = re.compile(r"^(patient\d+_frame\d+)\.nii(\.gz)?$")
+#: Ends the name of an ACDC frame's label file, beside the frame: ``patient001_frame01_gt.nii.gz``.
+ACDC_LABEL_MARK = "_gt"
 LA_IMAGE_FILE = "lgemri.nrrd"
 LA_LABEL_FILE = "laendo.nrrd"
 LA_CROP_MARGIN = (10, 20)  # random margin in voxels, upper bound excluded
@@ -120,7 +122,7 @@ def find_acdc_frames(source: Path) -> dict[str, tuple[Path, Path]]:
         name = match.group(1)
         if name in frames:
             raise DataFormatError(f"frame {name} appears twice: {frames[name][0]} and {path}")
-        frames[name] = (path, _pair_file(path, path.name.replace(name, f"{name}_gt")))
+        frames[name] = (path, _pair_file(path, path.name.replace(name, f"{name}{ACDC_LABEL_MARK}")))
     if not frames:
         raise MissingFileError(
             f"no ACDC frame under {source}: expected patientXXX/patientXXX_frameYY.nii.gz "

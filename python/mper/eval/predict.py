@@ -41,6 +41,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from torch import nn
 
+from mper.data.convert import ACDC_LABEL_MARK
 from mper.data.files import check_finite, read_h5_case
 from mper.data.preprocess import normalize_intensity, scaling_mismatch
 from mper.datasets import SLIDING_WINDOW, DatasetSpec, get_dataset
@@ -61,6 +62,19 @@ AXIS_ORDER_RATIO = 2
 def _matching_suffix(path: Path) -> str | None:
     name = path.name.lower()
     return next((suffix for suffix in SUPPORTED_SUFFIXES if name.endswith(suffix)), None)
+
+
+def _is_label_beside_its_image(path: Path) -> bool:
+    """Whether ``path`` is a label map named as the ACDC download names them,
+    ``<image>_gt.nii.gz``, beside its image: segmenting it would write a meaningless map."""
+    suffix = _matching_suffix(path)
+    if suffix is None:
+        return False
+    stem = path.name[: -len(suffix)]
+    return stem.endswith(ACDC_LABEL_MARK) and any(
+        (path.parent / f"{stem[: -len(ACDC_LABEL_MARK)]}{image_suffix}").is_file()
+        for image_suffix in SUPPORTED_SUFFIXES
+    )
 
 
 def case_location(path: Path, case_file: str | None = None) -> tuple[Path, str]:
@@ -218,7 +232,8 @@ def _folder_outputs(input_dir: Path, out_dir: Path, case_file: str | None) -> di
     """Every supported file under ``input_dir`` and its output path, which keeps the
     case's sub-folder so that same-named cases do not overwrite each other."""
     visible = sorted(p for p in input_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
-    files = [path for path in visible if _matching_suffix(path)]
+    labels = [path for path in visible if _is_label_beside_its_image(path)]
+    files = [path for path in visible if _matching_suffix(path) and path not in labels]
     ignored = [str(path.relative_to(input_dir)) for path in visible if not _matching_suffix(path)]
     if ignored and files:
         log.warning(
@@ -227,6 +242,14 @@ def _folder_outputs(input_dir: Path, out_dir: Path, case_file: str | None) -> di
             input_dir,
             ", ".join(SUPPORTED_SUFFIXES),
             ", ".join(ignored),
+        )
+    if labels:
+        log.warning(
+            "ignored %d label map(s) of %s, named <image>%s beside their image: %s",
+            len(labels),
+            input_dir,
+            ACDC_LABEL_MARK,
+            ", ".join(str(path.relative_to(input_dir)) for path in labels),
         )
     if not files:
         raise MissingFileError(
