@@ -154,7 +154,16 @@ def test_load_la_case_rejects_malformed_cases(write_h5, tmp_path, image, label, 
             r"BAD/mri_norm2\.h5: image has 12 NaN or infinite value\(s\) among 48",
         ),
         (np.full((4, 5, 3), np.inf), np.zeros((4, 5, 3), np.uint8), r"BAD/mri_norm2\.h5: image has 60 NaN"),
-        (np.zeros((4, 5, 3)), np.full((4, 5, 3), 0.7), r"BAD/mri_norm2\.h5: label holds float64 values"),
+        (
+            np.zeros((4, 5, 3)),
+            np.full((4, 5, 3), 0.7),
+            r"BAD/mri_norm2\.h5: label holds float64 values that are not class indices \(e\.g\. 0\.7\)",
+        ),
+        (
+            np.zeros((4, 5, 3)),
+            np.full((4, 5, 3), np.nan),
+            r"BAD/mri_norm2\.h5: label holds float64 values that are not class indices \(e\.g\. nan\)",
+        ),
         (np.zeros((4, 0, 3)), np.zeros((4, 0, 3), np.uint8), r"BAD/mri_norm2\.h5: dataset 'image' is empty"),
         (np.zeros((4, 5, 3), "S1"), np.zeros((4, 5, 3), np.uint8), r"dataset 'image' holds \|S1 values"),
     ],
@@ -165,6 +174,15 @@ def test_non_finite_images_float_labels_and_empty_cases_are_refused_naming_the_f
     root = la_root(write_h5, tmp_path, {"BAD": (image, label)})
     with pytest.raises(DataFormatError, match=message):
         load_la_case(root, "BAD")
+
+
+def test_a_float_label_of_class_numbers_is_read_as_its_classes(write_h5, tmp_path):
+    image = np.linspace(-1, 1, 4 * 5 * 3).reshape(4, 5, 3)
+    classes = (image > 0).astype(np.uint8)
+    root = la_root(write_h5, tmp_path, {"FLOAT": (image, classes.astype(np.float32))})
+    _, label = load_la_case(root, "FLOAT")
+    assert label.dtype == np.uint8
+    np.testing.assert_array_equal(label, classes)
 
 
 def test_an_empty_acdc_slice_names_its_file(write_h5, tmp_path):

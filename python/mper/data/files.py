@@ -212,15 +212,18 @@ def read_image_label(
     Raises what :func:`read_h5_case` raises, and :class:`DataFormatError` if the two
     shapes differ, the image holds NaN or infinite values or is not scaled as the layout's
     ``normalization`` scales (:func:`~mper.data.preprocess.scaling_mismatch`; the layout's
-    models, and ``mper-predict``, expect it), the label is not of an integer type (a float
-    label is refused rather than truncated) or a label value lies outside ``[0, num_classes)``.
+    models, and ``mper-predict``, expect it), the label holds values that are not whole
+    numbers (a float label of whole values is read; others are refused rather than
+    truncated) or a label value lies outside ``[0, num_classes)``.
     """
     image, label = read_h5_case(path, ("image", "label"), ndim=ndim, layout=layout)
     if not (np.issubdtype(label.dtype, np.integer) or label.dtype == np.bool_):
-        raise DataFormatError(
-            f"{path}: label holds {label.dtype} values, expected integer class indices "
-            "(uint8); write the label with an integer type"
-        )
+        whole = np.isfinite(label) & (label == np.round(label))
+        if not whole.all():  # a whole-valued float label holds class indices; others are not truncated
+            raise DataFormatError(
+                f"{path}: label holds {label.dtype} values that are not class indices (e.g. {label[~whole].flat[0]}); "
+                "write the label as whole class numbers 0, 1, ... (uint8)"
+            )
     if image.shape != label.shape:
         raise DataFormatError(
             f"{path}: image shape {image.shape} differs from label shape {label.shape}; expected one label per voxel"
