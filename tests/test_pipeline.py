@@ -708,3 +708,24 @@ def test_a_scored_case_that_is_also_trained_on_is_refused_before_training(acdc_r
         f"{root}: {role} case {leaked} is also trained on: {seen} is in the training list; a case that is scored "
         "must not be one the model learns from: remove it from one of the lists"
     )
+
+
+def test_a_data_folder_given_relative_to_where_training_ran_is_named_as_such(
+    finished_run, acdc_root, tmp_path, monkeypatch
+):
+    shutil.copytree(acdc_root, tmp_path / "data")
+    state = load_checkpoint(finished_run / "best.pt")
+    state["config"]["data_root"] = "data"  # as `mper-train --data-root data` run in tmp_path saves it
+    checkpoint = save_checkpoint(tmp_path / "relative.pt", state)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(MissingFileError) as refused:
+        pipeline.evaluate(checkpoint, device="cpu", num_figures=0)
+    assert str(refused.value) == (
+        f"{checkpoint} was trained on acdc in data, a path relative to the folder training ran in, and {elsewhere} "
+        "holds no data: run the command from that folder, or pass --data-root with the data folder's path from here"
+    )
+    assert pipeline.evaluate(checkpoint, data_root=tmp_path / "data", device="cpu", num_figures=0)["per_case"]
+    monkeypatch.chdir(tmp_path)
+    assert pipeline.evaluate(checkpoint, device="cpu", num_figures=0)["per_case"]

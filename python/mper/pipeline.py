@@ -448,6 +448,13 @@ def _check_data_root(data_root: str, trained_root: str, dataset: str, trained_by
     editable name, dims and class names say). Raises :class:`~mper.errors.UserError`
     naming both datasets.
     """
+    if data_root == trained_root and not Path(data_root).is_absolute() and not Path(data_root).is_dir():
+        # a path given relative to where training ran, used from another folder
+        raise MissingFileError(
+            f"{trained_by} {dataset} in {data_root}, a path relative to the folder training ran in, and "
+            f"{Path.cwd()} holds no {data_root}: run the command from that folder, or pass --data-root with the "
+            "data folder's path from here"
+        )
     check_dataset_root(data_root, dataset, f"{trained_by} {dataset}")
     if trained_root and Path(data_root).resolve() == Path(trained_root).resolve():
         return
