@@ -338,7 +338,7 @@ def test_a_label_off_the_images_grid_is_refused_naming_the_part_both_values_and_
     assert message.startswith(f"{label}: its direction of array axis 0 (") and "voxel" in message, message
 
 
-@pytest.mark.parametrize("value", [1.5, "one"])
+@pytest.mark.parametrize("value", [1.5, "one", float("inf")])  # dataset.json may hold Infinity, which json reads
 def test_a_label_value_that_is_not_an_integer_is_refused(raw, tmp_path, capsys, value):
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
     document = json.loads((source / "dataset.json").read_text())

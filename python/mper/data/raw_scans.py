@@ -212,7 +212,7 @@ def _class_names(labels: Any, layout: str, where: Path) -> tuple[str, ...]:
             raise DataFormatError(f"{where}: an 'ignore' label is not supported; relabel those voxels as a class")
         try:
             index = int(number)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
             index = None
         if index is None or (isinstance(number, float) and number != index):  # int(1.5) would be 1
             raise DataFormatError(f"{where}: label {name!r} has the value {number!r}, expected an integer")
