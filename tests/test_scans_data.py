@@ -413,6 +413,18 @@ def test_channel_files_written_as_4d_volumes_of_one_channel_read_as_their_3d_vol
     assert f"{path}: the image has shape" in line and "write each channel to a file of its own" in line, line
 
 
+def test_a_label_of_more_axes_is_refused_without_the_advice_for_channel_files(raw, tmp_path, capsys):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    path = source / "labelsTr" / "synth_000.nii.gz"
+    label = np.asarray(nib.load(path).dataobj)
+    _rewrite(path, np.stack([label, label], axis=-1)[..., None, :])  # (x, y, z, 1, 2)
+    line = _import_error(source, tmp_path / "out", capsys)
+    assert line == (
+        f"mper-data: error: {path}: the label has shape {(*label.shape, 1, 2)}, expected one 3D volume (x, y, z) "
+        "or (x, y, z, 1); a label is one 3D map of class values (0, 1, ...): save it with three axes"
+    )
+
+
 def _import_error(source, out, capsys, *options):
     """The one line ``mper-data import`` refuses ``source`` with; nothing written to ``out``."""
     with pytest.raises(SystemExit) as stop:
