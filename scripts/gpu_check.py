@@ -533,6 +533,7 @@ class Check:
             self.run("ops", [*command, "--help"])
             section.figure = "dry run: command line checked (the compiled contender takes minutes on a CPU)"
             return
+        out.unlink(missing_ok=True)  # an earlier check's, in a reused --out: not this one's measurement
         try:
             self.run("ops", command)
         finally:  # the benchmark saves after each workload and dtype: those measured before the budget ran out count

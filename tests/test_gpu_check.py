@@ -124,3 +124,24 @@ def test_an_ops_benchmark_stopped_by_the_budget_keeps_what_it_measured(tmp_path,
         check.ops(section)
     assert section.details["speedups"] == [measured]
     assert section.figure == "acdc float32 classify+infonce fwd+bwd: x3.2 eager"
+
+
+def test_an_ops_benchmark_stopped_before_it_saved_reports_no_speed_up_of_an_earlier_check(tmp_path, monkeypatch):
+    """A check written into the --out folder of an earlier one: that check's ops.json is
+    not this one's measurement."""
+    import argparse
+
+    check = gpu_check.Check(
+        argparse.Namespace(dry_run=False, budget=600.0, out=tmp_path, work=tmp_path, keep_work=True)
+    )
+    check.section = section = gpu_check.Section("ops", "fused ops")
+    earlier = {"workload": "acdc", "dtype": "float32", "op": "classify+infonce", "passes": "fwd+bwd", "vs_eager": 3.25}
+    (tmp_path / "ops.json").write_text(json.dumps({"speedups": [earlier]}))
+
+    def stopped(name, command, **_):
+        raise gpu_check.OutOfTime("ops stopped at the end of the budget")  # before the first workload was saved
+
+    monkeypatch.setattr(check, "run", stopped)
+    with pytest.raises(gpu_check.OutOfTime):
+        check.ops(section)
+    assert section.details["speedups"] == [] and section.figure == ""

@@ -206,20 +206,34 @@ def test_ctrl_c_with_data_workers_reports_once(acdc_root, tmp_path):
     assert (run_dir / "last.pt").is_file()
 
 
+#: Python code that makes the import of mper.cli (torch loading) end in a Ctrl-C.
+INTERRUPT_THE_CLI_IMPORT = (
+    "import sys\n"
+    "class Interrupt:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'mper.cli':\n"
+    "            raise KeyboardInterrupt\n"
+    "sys.meta_path.insert(0, Interrupt())\n"
+)
+
+
 @pytest.mark.parametrize("command", ["train_main", "eval_main", "predict_main", "data_main", "experiment_main"])
 def test_ctrl_c_while_the_command_starts_ends_in_one_line(command):
     """Ctrl-C during the import of the commands (torch loading) prints one line, no traceback."""
-    interrupt_the_import = (
-        "import sys\n"
-        "class Interrupt:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'mper.cli':\n"
-        "            raise KeyboardInterrupt\n"
-        "sys.meta_path.insert(0, Interrupt())\n"
-        f"from mper.entry_points import {command}\n"
-        f"{command}()\n"
-    )
-    result = subprocess.run([sys.executable, "-c", interrupt_the_import], capture_output=True, text=True, timeout=120)
+    code = f"{INTERRUPT_THE_CLI_IMPORT}from mper.entry_points import {command}\n{command}()\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "\ninterrupted\n"
+
+
+def test_a_sweep_s_training_process_stopped_while_it_starts_ends_in_one_line():
+    """mper-experiment starts each run as mper-train starts: a Ctrl-C that reaches it while
+    it imports torch leaves one line in the run's log, no traceback."""
+    from mper.experiment.executors import train_command
+
+    python, switch, entry, *arguments = train_command(["--version"])
+    command = [python, switch, INTERRUPT_THE_CLI_IMPORT + entry, *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 130, result.stderr
     assert result.stderr == "\ninterrupted\n"
 

@@ -338,7 +338,7 @@ def test_a_label_off_the_images_grid_is_refused_naming_the_part_both_values_and_
     assert message.startswith(f"{label}: its direction of array axis 0 (") and "voxel" in message, message
 
 
-@pytest.mark.parametrize("value", [1.5, "one"])
+@pytest.mark.parametrize("value", [1.5, "one", float("inf")])  # dataset.json may hold Infinity, which json reads
 def test_a_label_value_that_is_not_an_integer_is_refused(raw, tmp_path, capsys, value):
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
     document = json.loads((source / "dataset.json").read_text())
@@ -411,6 +411,18 @@ def test_channel_files_written_as_4d_volumes_of_one_channel_read_as_their_3d_vol
     _rewrite(path, np.repeat(np.asarray(nib.load(path).dataobj), 2, axis=-1))
     line = _import_error(source, tmp_path / "out", capsys)
     assert f"{path}: the image has shape" in line and "write each channel to a file of its own" in line, line
+
+
+def test_a_label_of_more_axes_is_refused_without_the_advice_for_channel_files(raw, tmp_path, capsys):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    path = source / "labelsTr" / "synth_000.nii.gz"
+    label = np.asarray(nib.load(path).dataobj)
+    _rewrite(path, np.stack([label, label], axis=-1)[..., None, :])  # (x, y, z, 1, 2)
+    line = _import_error(source, tmp_path / "out", capsys)
+    assert line == (
+        f"mper-data: error: {path}: the label has shape {(*label.shape, 1, 2)}, expected one 3D volume (x, y, z) "
+        "or (x, y, z, 1); a label is one 3D map of class values (0, 1, ...): save it with three axes"
+    )
 
 
 def _import_error(source, out, capsys, *options):

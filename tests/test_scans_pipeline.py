@@ -253,6 +253,19 @@ def test_prediction_reads_either_nifti_ending_and_refuses_a_case_given_in_both(n
     ]
 
 
+def test_prediction_refuses_a_case_whose_channel_files_mix_the_endings_naming_them(nnunet_3d, tmp_path, capsys):
+    raw, _, run_dir = nnunet_3d
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    nib.save(nib.load(raw / "imagesTs" / "synth_005_0000.nii.gz"), inputs / "synth_005_0000.nii")
+    shutil.copy(raw / "imagesTs" / "synth_005_0001.nii.gz", inputs)  # each channel once, in another ending
+    code, lines = _predict_exit(run_dir, inputs, tmp_path / "out", capsys)
+    assert code == 2 and lines == [
+        f"mper-predict: error: {inputs}: case synth_005 mixes the endings .nii and .nii.gz (synth_005_0000.nii, "
+        "synth_005_0001.nii.gz); give all its files one of them"
+    ]
+
+
 def test_prediction_names_nan_voxels_of_an_input_file_without_asking_to_import_again(nnunet_3d, tmp_path, capsys):
     raw, _, run_dir = nnunet_3d
     inputs = tmp_path / "in"

@@ -212,7 +212,7 @@ def _class_names(labels: Any, layout: str, where: Path) -> tuple[str, ...]:
             raise DataFormatError(f"{where}: an 'ignore' label is not supported; relabel those voxels as a class")
         try:
             index = int(number)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
             index = None
         if index is None or (isinstance(number, float) and number != index):  # int(1.5) would be 1
             raise DataFormatError(f"{where}: label {name!r} has the value {number!r}, expected an integer")
@@ -484,10 +484,19 @@ def _load(path: Path) -> nib.Nifti1Image:
     return scan
 
 
-def _spatial(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+#: What to do with an image file of several channels (or more axes).
+_IMAGE_FIX = (
+    "write each channel to a file of its own (nnU-Net: <case>_0000, <case>_0001, ...) or, in the Decathlon layout, "
+    "list every channel in dataset.json's modality"
+)
+#: What a label file holds.
+_A_LABEL = "a label is one 3D map of class values (0, 1, ...)"
+
+
+def _spatial(array: np.ndarray, path: Path, what: str, fix: str) -> np.ndarray:
     """A 3D array: a 2D image gains a last axis of one slice, a 4D one of a single channel
     ``(x, y, z, 1)`` (as some tools write every volume) loses its fourth axis; more axes,
-    or several channels in one file, are refused."""
+    or several channels in one file, are refused, saying what to do (``fix``)."""
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
     if array.ndim == 2:
@@ -495,9 +504,7 @@ def _spatial(array: np.ndarray, path: Path, what: str) -> np.ndarray:
     if array.ndim == 3:
         return array
     raise DataFormatError(
-        f"{path}: {what} has shape {array.shape}, expected one 3D volume (x, y, z) or (x, y, z, 1); write each channel "
-        "to a file of its own (nnU-Net: <case>_0000, <case>_0001, ...) or, in the Decathlon layout, list every "
-        "channel in dataset.json's modality"
+        f"{path}: {what} has shape {array.shape}, expected one 3D volume (x, y, z) or (x, y, z, 1); {fix}"
     )
 
 
@@ -589,12 +596,12 @@ def read_image(case: RawCase, channels: int) -> tuple[np.ndarray, nib.Nifti1Imag
                 )
             image = np.ascontiguousarray(np.moveaxis(data, 3, 0))
         else:
-            image = _spatial(data, case.images[0], "the image")[None]
+            image = _spatial(data, case.images[0], "the image", _IMAGE_FIX)[None]
     else:
-        volumes = [_spatial(np.asarray(first.dataobj, dtype=np.float32), case.images[0], "the image")]
+        volumes = [_spatial(np.asarray(first.dataobj, dtype=np.float32), case.images[0], "the image", _IMAGE_FIX)]
         for path in case.images[1:]:
             scan = _load(path)
-            volume = _spatial(np.asarray(scan.dataobj, dtype=np.float32), path, "the image")
+            volume = _spatial(np.asarray(scan.dataobj, dtype=np.float32), path, "the image", _IMAGE_FIX)
             _check_geometry(path, volume.shape, scan.affine, case.images[0], volumes[0].shape, first.affine)
             volumes.append(volume)
         image = np.stack(volumes)
@@ -611,11 +618,8 @@ def read_label(
     scan = _load(path)
     data = np.asarray(scan.dataobj)
     if data.ndim == 4 and data.shape[3] > 1:
-        raise DataFormatError(
-            f"{path}: a 4D label of shape {data.shape}; a label is one 3D map of class values (0, 1, ...): "
-            "merge the channels into one map"
-        )
-    label = _spatial(data, path, "the label")
+        raise DataFormatError(f"{path}: a 4D label of shape {data.shape}; {_A_LABEL}: merge the channels into one map")
+    label = _spatial(data, path, "the label", f"{_A_LABEL}: save it with three axes")
     _check_geometry(path, label.shape, scan.affine, reference, shape, affine)
     if not np.issubdtype(label.dtype, np.integer):
         _check_finite(path, label)

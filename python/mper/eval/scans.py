@@ -113,7 +113,7 @@ def score_scan_case(
 
 def _case_of(path: Path, plan: ScanPlan) -> tuple[str, str] | None:
     """The case ``path`` is an input file of, named as the plan's raw layout names them, and
-    its NIfTI ending (either, whichever the training data had); ``None`` for any other file
+    its NIfTI ending (either, whatever the ending of the training data); ``None`` for any other file
     (not NIfTI, a channel the model does not take)."""
     for ending in NIFTI_ENDINGS:
         stem = case_name(path.name, ending)
@@ -161,10 +161,15 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> dict[str, tuple[Path, ...]
             continue
         case, ending = found
         files = cases.setdefault(case, _case_files(folder, case, plan, ending))
-        if not files[0].name.endswith(ending):
-            raise DataFormatError(
-                f"{folder}: case {case} is there twice, as {files[0].name} and {path.name}; keep one of them"
-            )
+        if not files[0].name.endswith(ending):  # an earlier file of the case has the other ending
+            twin = files[_case_files(folder, case, plan, ending).index(path)]
+            if twin.is_file():
+                problem = f"is there twice, as {twin.name} and {path.name}; keep one of them"
+            else:
+                other = next(file for file in files if file.is_file())
+                endings = " and ".join(sorted(NIFTI_ENDINGS))
+                problem = f"mixes the endings {endings} ({other.name}, {path.name}); give all its files one of them"
+            raise DataFormatError(f"{folder}: case {case} {problem}")
     if ignored:
         log.warning(
             "ignored %d file(s) of %s not named as the model's input, %s: %s",

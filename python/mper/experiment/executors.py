@@ -35,7 +35,7 @@ from .runs import run_cell, train_arguments
 log = logging.getLogger(__name__)
 
 #: Runs ``mper-train`` with the arguments that follow, with the Python running the sweep.
-TRAIN_ENTRY = "from mper.cli import train_main; train_main()"
+TRAIN_ENTRY = "from mper.entry_points import train_main; train_main()"
 POLL_SECONDS = 1.0
 #: How long a stopped training process may take to save its state before it is killed.
 STOP_GRACE_SECONDS = 600
