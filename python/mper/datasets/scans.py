@@ -335,7 +335,7 @@ def _add_case(
 def _check_import_memory(found: _Fingerprint, rules: ScanRules, channels: int, source: Path, chosen: bool) -> None:
     """Refuse a target spacing under which the largest case cannot be resampled in the
     memory free (a slip such as ``--spacing 0.01 0.01 0.01`` asks for thousands of times the
-    voxels): the image as read and, at the target spacing, its resampled channels and a
+    voxels): the cropped image and, at the target spacing, its resampled channels and a
     class of the label at a time with its output, all float32."""
     resampled = {
         name: resampled_shape(cropped, found.spacings[name], rules.spacing) for name, cropped in found.cropped.items()
