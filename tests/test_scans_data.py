@@ -442,14 +442,17 @@ def test_a_spacing_that_is_not_three_positive_numbers_is_refused(raw, tmp_path, 
     assert line == f"mper-data: error: --spacing must be three positive numbers (mm), got {shown}"
 
 
-def test_a_spacing_too_fine_for_the_memory_is_refused_before_resampling(raw, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("spacing", [["0.001", "0.001", "0.001"], ["1e-320", "1", "1"]])
+def test_a_spacing_too_fine_for_the_memory_is_refused_before_resampling(raw, tmp_path, capsys, monkeypatch, spacing):
     from mper.datasets import scans
 
-    line = _import_error(raw[NNUNET], tmp_path / "out", capsys, "--spacing", "0.001", "0.001", "0.001")
+    line = _import_error(raw[NNUNET], tmp_path / "out", capsys, "--spacing", *spacing)
+    shown = re.escape(str([float(value) for value in spacing]))
+    size = r"(\d+|inf)"
     assert re.fullmatch(
-        rf"mper-data: error: {re.escape(str(raw[NNUNET]))}: case \S+ resampled to the spacing \[0.001, 0.001, 0.001\] "
-        r"mm becomes \[\d+, \d+, \d+\] voxels, about \d+\.\d GiB to import, but only \d+\.\d GiB of memory is "
-        r"free; check --spacing: millimetres per voxel, x y z as stored",
+        rf"mper-data: error: {re.escape(str(raw[NNUNET]))}: case \S+ resampled to the spacing {shown} "
+        rf"mm becomes \[{size}, {size}, {size}\] voxels, about ({size}\.\d|inf) GiB to import, but only \d+\.\d "
+        r"GiB of memory is free; check --spacing: millimetres per voxel, x y z as stored",
         line,
     ), line
     # the data's own spacing on a machine without the memory for its largest case

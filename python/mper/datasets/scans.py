@@ -337,8 +337,10 @@ def _check_import_memory(found: _Fingerprint, rules: ScanRules, channels: int, s
     memory free (a slip such as ``--spacing 0.01 0.01 0.01`` asks for thousands of times the
     voxels): the cropped image and, at the target spacing, its resampled channels and a
     class of the label at a time with its output, all float32."""
+    # extents in voxels as floats: a spacing of 1e-320 mm overflows any integer shape
     resampled = {
-        name: resampled_shape(cropped, found.spacings[name], rules.spacing) for name, cropped in found.cropped.items()
+        name: [size * spacing / target for size, spacing, target in zip(cropped, found.spacings[name], rules.spacing)]
+        for name, cropped in found.cropped.items()
     }
     need = {
         name: FLOAT32_BYTES * (math.prod(found.cropped[name]) * channels + math.prod(shape) * (channels + 2))
@@ -354,7 +356,8 @@ def _check_import_memory(found: _Fingerprint, rules: ScanRules, channels: int, s
         )
         raise ConfigError(
             f"{source}: case {largest} resampled to the spacing {list(rules.spacing)} mm becomes "
-            f"{list(resampled[largest])} voxels, about {need[largest] / 2**30:.1f} GiB to import, but only "
+            f"[{', '.join(f'{size:.0f}' for size in resampled[largest])}] voxels, about {need[largest] / 2**30:.1f} "
+            f"GiB to import, but only "
             f"{free / 2**30:.1f} GiB of memory is free; {advice}"
         )
 
