@@ -41,7 +41,15 @@ mper-train --dataset "$dataset" --data-root "$data" --preset demo --out "$runs/l
 baseline=$!
 # a background job of a script ignores Ctrl-C: stop it with the demo
 trap 'kill "$baseline" 2>/dev/null || true' EXIT
-mper-train --dataset "$dataset" --data-root "$data" --preset demo --out "$runs/mper" "$@"
+status=0
+mper-train --dataset "$dataset" --data-root "$data" --preset demo --out "$runs/mper" "$@" || status=$?
+if [ "$status" -eq 130 ]; then
+  # Ctrl-C: both runs saved their state, but mper-train is on the PATH only in the demo's environment
+  echo "demo.sh: interrupted; to resume the runs, activate the demo's environment first (. $mper_venv/bin/activate)," \
+    "then run the 'continue with' command above and the one at the end of $runs/labeled-only.out;" \
+    "scripts/demo.sh again starts over" >&2
+fi
+[ "$status" -eq 0 ] || exit "$status"
 echo "waiting for the labeled-only network"
 if ! wait "$baseline"; then
   tail -n 20 "$runs/labeled-only.out" >&2

@@ -1,6 +1,6 @@
 """Checkpoints and run folders a user hands to the commands: truncated or non-finite
-checkpoints, a ``last.pt`` of another run, a checkpoint of a newer format, an output path
-that is a file. Each ends in one line and exit status 2, before anything is evaluated,
+checkpoints, a run folder given as the checkpoint, a ``last.pt`` of another run, a
+checkpoint of a newer format, an output path that is a file. Each ends in one line and exit status 2, before anything is evaluated,
 predicted or trained; so does a negative figure count for mper-eval. Checkpoints of an
 older format that is still readable resume as the current format does."""
 
@@ -108,6 +108,33 @@ def test_every_command_refuses_a_truncated_checkpoint_in_one_line(run, acdc_root
     ]
     for main, arguments in commands:
         assert "not a readable mper checkpoint" in one_line_error(main, arguments, capsys)
+
+
+def test_every_command_given_a_run_folder_for_its_checkpoint_names_the_file_to_pass(run, acdc_root, tmp_path, capsys):
+    case = (acdc_root / "test.list").read_text().split()[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder, expected in [(run, f"pass the checkpoint in it, {run / 'best.pt'}"), (empty, "RUN_DIR/best.pt")]:
+        commands = [
+            (eval_main, ["--checkpoint", str(folder), "--device", "cpu"]),
+            (
+                predict_main,
+                [
+                    "--checkpoint",
+                    str(folder),
+                    "--input",
+                    str(acdc_root / "data" / f"{case}.h5"),
+                    "--output",
+                    str(tmp_path / "labels"),
+                    "--device",
+                    "cpu",
+                ],
+            ),
+        ]
+        for main, arguments in commands:
+            error = one_line_error(main, arguments, capsys)
+            assert f"checkpoint {folder} is a folder, not a .pt file" in error and expected in error, error
+            assert "does not exist" not in error, error
 
 
 def test_a_checkpoint_with_non_finite_weights_is_refused_naming_the_tensors(run, acdc_root, tmp_path, capsys):

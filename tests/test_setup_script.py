@@ -108,6 +108,22 @@ def test_the_tests_after_the_demo_reuse_its_build_on_a_machine_without_a_gpu(tmp
     assert (tmp_path / "pytest.log").read_text() == "pytest\n"
 
 
+def test_a_demo_stopped_by_ctrl_c_says_to_activate_its_environment_before_resuming(tmp_path):
+    # its runs say "continue with: mper-train --resume ...", but mper-train is on the PATH
+    # only inside the demo's environment, not in the shell the demo was started from
+    repo, venv = fake_repository(tmp_path), fake_environment(tmp_path)
+    stand_ins = {"mper-data": "exit 0\n", "mper-train": 'echo "continue with: mper-train --resume" >&2; exit 130\n'}
+    for name, body in stand_ins.items():
+        (venv / "bin" / name).write_text("#!/usr/bin/env bash\n" + body)
+        (venv / "bin" / name).chmod(0o755)
+    demo = run_script(venv, repo, f"{repo}/scripts/demo.sh")
+    assert demo.returncode == 130, demo.stderr
+    advice = demo.stderr.strip().splitlines()[-1]
+    assert advice.startswith("demo.sh: interrupted") and f". {venv}/bin/activate" in advice, demo.stderr
+    assert "runs/demo-acdc/labeled-only.out" in advice, demo.stderr
+    assert "waiting for the labeled-only network" not in demo.stdout
+
+
 def test_a_build_is_reused_until_the_sources_change_or_another_switch_is_asked_for(tmp_path):
     repo, venv = fake_repository(tmp_path), fake_environment(tmp_path)
     assert setup(venv, repo) == ["OFF OFF"]  # first build, no GPU

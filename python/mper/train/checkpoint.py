@@ -121,6 +121,11 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors onto ``map_location``)."""
     path = Path(path)
+    if path.is_dir():
+        # a run folder given for its checkpoint: name the file to pass instead
+        inside = next((path / name for name in ("best.pt", "last.pt") if (path / name).is_file()), None)
+        what = f"the checkpoint in it, {inside}" if inside else "a .pt file mper-train wrote (e.g. RUN_DIR/best.pt)"
+        raise CheckpointError(f"checkpoint {path} is a folder, not a .pt file; pass {what}")
     if not path.is_file():
         raise MissingFileError(
             f"checkpoint {path} does not exist; pass a .pt file written by mper-train (e.g. RUN_DIR/best.pt)"
