@@ -84,6 +84,15 @@ def test_a_truncated_checkpoint_is_refused_at_any_length(run, tmp_path):
             load_checkpoint(damaged)
 
 
+def test_a_file_that_is_no_checkpoint_is_named_as_such(run, tmp_path):
+    for name in ("config.toml", "train.log"):
+        with pytest.raises(CheckpointError) as refused:
+            load_checkpoint(run / name)
+        assert str(refused.value) == (
+            f"{run / name} is not a checkpoint; pass a .pt file written by mper-train (e.g. RUN_DIR/best.pt)"
+        )
+
+
 def test_every_command_refuses_a_truncated_checkpoint_in_one_line(run, acdc_root, tmp_path, capsys):
     folder = shutil.copytree(run, tmp_path / "run")
     for name in ("best.pt", "last.pt"):

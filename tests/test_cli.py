@@ -193,14 +193,15 @@ def test_ctrl_c_saves_and_resume_finishes_the_run(acdc_root, tmp_path, monkeypat
     [
         (
             ["--dataset", "acdc", "--data-root", "{root}", "--set", "selftrain.iteratons=3"],
-            "unknown setting selftrain.iteratons",
+            "unknown setting selftrain.iteratons; did you mean selftrain.iterations? valid names here: ",
         ),
         (
             ["--dataset", "la", "--data-root", "{root}", "--preset", "reference+dmeo"],
             "preset 'dmeo' is not defined for la",
         ),
         (["--dataset", "acdc", "--data-root", "{missing}"], "missing does not exist: mper-data synth --dataset acdc"),
-        (["--dataset", "acdc"], "--dataset and --data-root are required"),
+        (["--dataset", "acdc"], "--data-root is required (unless --resume): the folder of the acdc data"),
+        ([], "--dataset and --data-root are required"),
         (["--data-root", "{missing}"], "missing does not exist: import your scans into it with mper-data import"),
         (["--data-root", "{file}", "--print-config"], "file is not a folder: import your scans into it with"),
         (["--resume"], "--resume needs --out"),

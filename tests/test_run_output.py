@@ -156,10 +156,13 @@ def test_validation_shows_progress(acdc_root, tmp_path, capsys):
             "cpu",
             "--out",
             str(tmp_path / "run"),
-            *set_arguments(TINY),
+            *set_arguments([*TINY, "eval.log_interval=1"]),
         ]
     )
-    assert "validation:" in capsys.readouterr().err
+    shown = capsys.readouterr().err
+    assert "validation:" in shown
+    # the best score before the first validation is none yet, not -inf
+    assert "best=-, " in shown and "best=-inf" not in shown, shown
 
 
 def test_ctrl_c_with_data_workers_reports_once(acdc_root, tmp_path):

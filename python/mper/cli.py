@@ -356,7 +356,9 @@ def train_main(argv: Sequence[str] | None = None) -> None:
         else:
             if args.data_root is None:
                 raise ConfigError(
-                    "--dataset and --data-root are required (unless --resume); --data-root alone "
+                    f"--data-root is required (unless --resume): the folder of the {args.dataset} data"
+                    if args.dataset
+                    else "--dataset and --data-root are required (unless --resume); --data-root alone "
                     "for scans imported by mper-data import"
                 )
             dataset = _train_dataset(args)

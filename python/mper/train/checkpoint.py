@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 #:    written without CUDA lack the list of CUDA states;
 #: 3. every field always written (``None`` or an empty list where there is nothing).
 CHECKPOINT_VERSION = 3
+#: The first bytes of every file torch.save writes (a zip archive).
+ZIP_MAGIC = b"PK\x03\x04"
 #: The oldest format :func:`upgrade_checkpoint` reads.
 OLDEST_READABLE_VERSION = 2
 
@@ -129,6 +131,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise MissingFileError(
             f"checkpoint {path} does not exist; pass a .pt file written by mper-train (e.g. RUN_DIR/best.pt)"
+        )
+    with open(path, "rb") as start:
+        head = start.read(len(ZIP_MAGIC))
+    if len(head) == len(ZIP_MAGIC) and head != ZIP_MAGIC:  # shorter: a truncated copy, refused below
+        raise CheckpointError(
+            f"{path} is not a checkpoint; pass a .pt file written by mper-train (e.g. RUN_DIR/best.pt)"
         )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)

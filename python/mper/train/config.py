@@ -44,6 +44,7 @@ from .config_checks import (
     CONSISTENCY_CHECKS,
     RANGE_RULES,
     check_config,
+    unknown_setting,
 )
 from .config_io import NONE_TOKEN, flatten, merge, parse_override, preset_tables, read_preset, to_toml
 
@@ -442,10 +443,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     names = {item.name for item in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ConfigError(
-            f"unknown setting {prefix}{unknown[0]}; valid names here: "
-            f"{', '.join(prefix + name for name in sorted(names))}"
-        )
+        raise unknown_setting(prefix + unknown[0], [prefix + name for name in sorted(names)])
     missing = [
         item.name
         for item in dataclasses.fields(cls)

@@ -12,10 +12,11 @@ which this layer cannot import; :func:`mper.pipeline.check_settings` runs it for
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mper.datasets import SLIDING_WINDOW, VALIDATION_SPLITS, get_dataset
@@ -280,6 +281,16 @@ def _check_device_name(config: TrainConfig) -> None:
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {config.device!r}")
 
 
+def unknown_setting(name: str, valid: Sequence[str]) -> ConfigError:
+    """The error for a setting ``name`` that is none of ``valid``, with the closest valid
+    name when one is close (a typo)."""
+    # the names of a table share their prefix: compare what follows it
+    ends = {candidate.rpartition(".")[2]: candidate for candidate in valid}
+    close = difflib.get_close_matches(name.rpartition(".")[2], list(ends), n=1)
+    hint = f"did you mean {ends[close[0]]}? " if close else ""
+    return ConfigError(f"unknown setting {name}; {hint}valid names here: {', '.join(valid)}")
+
+
 def _check_network_options(config: TrainConfig) -> None:
     """``network`` holds only keyword arguments of the dataset's network that a preset
     may set (the class count and the single input channel follow from the dataset)."""
@@ -287,8 +298,7 @@ def _check_network_options(config: TrainConfig) -> None:
     accepted = [name for name in parameters if name not in ("in_channels", "num_classes")]
     unknown = sorted(set(config.network) - set(accepted))
     if unknown:
-        names = ", ".join(f"network.{name}" for name in accepted)
-        raise ConfigError(f"unknown setting network.{unknown[0]}; valid names here: {names}")
+        raise unknown_setting(f"network.{unknown[0]}", [f"network.{name}" for name in accepted])
     for name, value in config.network.items():
         numbers = value if isinstance(value, (list, tuple)) else [value]
         if any(isinstance(number, float) and not math.isfinite(number) for number in numbers):

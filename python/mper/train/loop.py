@@ -418,7 +418,8 @@ class Trainer:
             hint = self.slowdown.add(timing["iteration_ms"])
             if hint:
                 log.warning(hint)
-            bar.set_postfix(loss=f"{rows[-1][1]['loss']:.4f}", best=f"{self.progress.best_score:.4f}")
+            best = self.progress.best_score
+            bar.set_postfix(loss=f"{rows[-1][1]['loss']:.4f}", best=f"{best:.4f}" if math.isfinite(best) else "-")
         return stop
 
     def run_stage(self, iterations: int, step: StepFunction, loader: DataLoader) -> None:
