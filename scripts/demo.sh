@@ -44,7 +44,13 @@ trap 'kill "$baseline" 2>/dev/null || true' EXIT
 status=0
 mper-train --dataset "$dataset" --data-root "$data" --preset demo --out "$runs/mper" "$@" || status=$?
 if [ "$status" -eq 130 ]; then
-  # Ctrl-C: both runs saved their state, but mper-train is on the PATH only in the demo's environment
+  # Ctrl-C reached the labeled-only run too: let it save its state (a signal from here now
+  # would be its second, which stops it at once), for a minute at most
+  for _ in $(seq 60); do
+    kill -0 "$baseline" 2>/dev/null || break
+    sleep 1
+  done
+  # both runs saved their state, but mper-train is on the PATH only in the demo's environment
   echo "demo.sh: interrupted; to resume the runs, activate the demo's environment first (. $mper_venv/bin/activate)," \
     "then run the 'continue with' command above and the one at the end of $runs/labeled-only.out;" \
     "scripts/demo.sh again starts over" >&2

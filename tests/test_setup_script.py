@@ -112,7 +112,19 @@ def test_a_demo_stopped_by_ctrl_c_says_to_activate_its_environment_before_resumi
     # its runs say "continue with: mper-train --resume ...", but mper-train is on the PATH
     # only inside the demo's environment, not in the shell the demo was started from
     repo, venv = fake_repository(tmp_path), fake_environment(tmp_path)
-    stand_ins = {"mper-data": "exit 0\n", "mper-train": 'echo "continue with: mper-train --resume" >&2; exit 130\n'}
+    # the labeled-only run got the Ctrl-C too and takes a moment to save its state: a
+    # signal from the demo meanwhile would stop it before it has saved
+    baseline = (
+        'if [[ " $* " == *" --baseline "* ]]; then\n'
+        "  trap 'echo signalled while saving; exit 143' TERM INT\n"
+        "  sleep 1 & wait $!\n"
+        "  echo saved; exit 130\n"
+        "fi\n"
+    )
+    stand_ins = {
+        "mper-data": "exit 0\n",
+        "mper-train": baseline + 'echo "continue with: mper-train --resume" >&2; exit 130\n',
+    }
     for name, body in stand_ins.items():
         (venv / "bin" / name).write_text("#!/usr/bin/env bash\n" + body)
         (venv / "bin" / name).chmod(0o755)
@@ -122,6 +134,7 @@ def test_a_demo_stopped_by_ctrl_c_says_to_activate_its_environment_before_resumi
     assert advice.startswith("demo.sh: interrupted") and f". {venv}/bin/activate" in advice, demo.stderr
     assert "runs/demo-acdc/labeled-only.out" in advice, demo.stderr
     assert "waiting for the labeled-only network" not in demo.stdout
+    assert (venv.parent / "runs" / "demo-acdc" / "labeled-only.out").read_text() == "saved\n"
 
 
 def test_a_build_is_reused_until_the_sources_change_or_another_switch_is_asked_for(tmp_path):
