@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import shutil
 import signal
+from pathlib import Path
 
 import h5py
 import nibabel as nib
@@ -12,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from mper import pipeline
+from mper import cli, pipeline
 from mper.cli import data_main, eval_main, predict_main, train_main
 from mper.datasets import dataset_names
 from mper.train import checkpoint
 from mper.train.config import preset_tables
 from mper.train.loop import Trainer
+from mper.train.runtime import TrainingAborted, TrainingInterrupted
 from tiny_runs import TINY_ACDC, set_arguments
 
 
@@ -285,6 +287,36 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(acdc_root, tmp_path, monkeypatch
     error = capsys.readouterr().err
     assert "interrupted (SIGTERM)" in error and f"mper-train --resume --out {run_dir}" in error
     assert checkpoint.load_checkpoint(run_dir / "last.pt")["progress"]["iteration"] == 1
+
+
+@pytest.mark.parametrize(
+    "environment, command",
+    [
+        ({}, "mper-train --resume --out runs/x"),
+        (
+            {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"},
+            'torchrun --standalone --nproc-per-node 2 "$(command -v mper-train)" --resume --out runs/x',
+        ),
+        (
+            {"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"},
+            "the same torchrun command on every machine, running mper-train --resume --out runs/x",
+        ),
+    ],
+)
+def test_a_stopped_run_is_continued_on_as_many_processes(monkeypatch, capsys, tmp_path, environment, command):
+    """A torchrun group resumes bit for bit only on as many processes: process 0's report says
+    so, rather than a single mper-train that continues on one (docs/distributed.md)."""
+    for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**environment, **({"RANK": "0", "LOCAL_RANK": "0"} if environment else {})}.items():
+        monkeypatch.setenv(name, value)
+    assert cli._report_stop(TrainingInterrupted(Path("runs/x/last.pt"))) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == f"continue with: {command}"
+    run_dir = tmp_path / "x"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(b"a checkpoint")
+    cli._report_stop(TrainingAborted(run_dir))
+    assert capsys.readouterr().err.splitlines()[-1] == f"continue with: {command}".replace("runs/x", str(run_dir))
 
 
 def test_a_second_ctrl_c_during_a_checkpoint_write_exits_with_a_message(acdc_root, tmp_path, monkeypatch, capsys):

@@ -159,6 +159,30 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_state(
     ]
 
 
+def test_ctrl_c_during_the_last_validation_stops_before_the_evaluation(acdc_root, finished_run, tmp_path, monkeypatch):
+    """A Ctrl-C that comes after the last iteration looked for one (while its validation
+    runs) still stops the run, instead of being forgotten while the run evaluates (and a
+    sweep goes on to its next run); resuming evaluates what an uninterrupted run does."""
+    original = Trainer._validate
+
+    def validate(self, mean_loss):
+        original(self, mean_loss)
+        if self.progress.stage == "selftrain" and self.progress.iteration == self.config.selftrain.iterations:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(Trainer, "_validate", validate)
+    run_dir = tmp_path / "interrupted"
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        pipeline.train(tiny_config(acdc_root, run_dir))
+    assert interrupted.value.checkpoint == run_dir / "last.pt"
+    assert load_checkpoint(run_dir / "last.pt")["progress"]["iteration"] == 6
+    assert not (run_dir / "metrics.json").exists()
+    monkeypatch.undo()
+    pipeline.resume(run_dir)
+    expected, resumed = (json.loads((folder / "metrics.json").read_text()) for folder in (finished_run, run_dir))
+    assert expected["summary"] == resumed["summary"]
+
+
 def test_sigterm_to_the_whole_job_saves_a_checkpoint_with_data_workers(acdc_root, tmp_path, monkeypatch):
     """A scheduler pre-empting the job signals every process, the data workers too."""
     children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -30,7 +31,7 @@ from mper.eval.predict import expected_layouts
 from mper.experiment import SweepInterrupted
 from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, TrainConfig, load_config
 from mper.train.config_checks import check_fold_chosen
-from mper.train.distributed import is_main_process
+from mper.train.distributed import is_main_process, launched_world
 from mper.train.loop import LAST_CHECKPOINT
 from mper.train.prototypes import UPDATE_SOURCES
 from mper.train.resume import RESUMABLE_SETTINGS
@@ -110,6 +111,18 @@ def _interrupted_exit_code(signal_name: str) -> int:
     return 128 + signal.Signals[signal_name or "SIGINT"].value
 
 
+def _continue_with(run_dir: Path) -> str:
+    """The command that continues a stopped run: under torchrun on as many processes, with
+    which a resumed run repeats an uninterrupted one (docs/distributed.md)."""
+    resume = f"--resume --out {shlex.quote(str(run_dir))}"
+    processes, on_this_machine = launched_world().size, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if processes == 1:
+        return f"continue with: mper-train {resume}"
+    if processes == on_this_machine:
+        return f'continue with: torchrun --standalone --nproc-per-node {processes} "$(command -v mper-train)" {resume}'
+    return f"continue with: the same torchrun command on every machine, running mper-train {resume}"
+
+
 def _report_stop(stop: KeyboardInterrupt) -> int:
     """Say what a stopped run left behind and how to go on; returns the exit code."""
     if isinstance(stop, SweepInterrupted):
@@ -123,14 +136,14 @@ def _report_stop(stop: KeyboardInterrupt) -> int:
         if is_main_process():  # one report for all the processes of a torchrun group
             print(
                 f"\ninterrupted ({stop.signal_name}); state saved to {stop.checkpoint}\n"
-                f"continue with: mper-train --resume --out {shlex.quote(str(stop.checkpoint.parent))}",
+                f"{_continue_with(stop.checkpoint.parent)}",
                 file=sys.stderr,
             )
         return _interrupted_exit_code(stop.signal_name)
     if isinstance(stop, TrainingAborted) and (stop.run_dir / LAST_CHECKPOINT).exists():
         print(
             f"\nstopped at once; {stop.run_dir / LAST_CHECKPOINT} holds the last complete checkpoint\n"
-            f"continue with: mper-train --resume --out {shlex.quote(str(stop.run_dir))}",
+            f"{_continue_with(stop.run_dir)}",
             file=sys.stderr,
         )
     elif isinstance(stop, TrainingAborted):

@@ -422,6 +422,13 @@ class Trainer:
             bar.set_postfix(loss=f"{rows[-1][1]['loss']:.4f}", best=f"{best:.4f}" if math.isfinite(best) else "-")
         return stop
 
+    def stop_if_requested(self) -> None:
+        """Raise :class:`~mper.train.runtime.TrainingInterrupted` when any process was asked
+        to stop after the last iteration looked (during its validation, say): ``last.pt``
+        holds the finished training, and resuming evaluates it."""
+        if distributed.average_rows([], self.stop.requested)[1]:
+            raise TrainingInterrupted(self.run_dir / LAST_CHECKPOINT, self.stop.signal_name)
+
     def run_stage(self, iterations: int, step: StepFunction, loader: DataLoader) -> None:
         """Run the current stage from its saved iteration up to ``iterations``.
 

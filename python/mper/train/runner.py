@@ -124,6 +124,7 @@ def run_training(
             run_selftrain(trainer)
             if trainer.usage is not None:  # BCP alone has no prototypes
                 trainer.usage.write(run_dir / USAGE_FILE)
+        trainer.stop_if_requested()
         log.info("training finished; %s", kept_network(trainer.record, trainer.progress.stage))
     return run_dir / BEST_CHECKPOINT
 
