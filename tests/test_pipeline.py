@@ -753,3 +753,23 @@ def test_a_data_folder_given_relative_to_where_training_ran_is_named_as_such(
     assert pipeline.evaluate(checkpoint, data_root=tmp_path / "data", device="cpu", num_figures=0)["per_case"]
     monkeypatch.chdir(tmp_path)
     assert pipeline.evaluate(checkpoint, device="cpu", num_figures=0)["per_case"]
+
+
+def test_a_run_stopped_while_it_writes_its_report_leaves_no_metrics_json(acdc_root, tmp_path, monkeypatch):
+    """metrics.json marks a finished run (a sweep skips it): it is written last and whole."""
+    from mper.eval import evaluate as evaluation
+    from mper.train.runtime import TrainingAborted
+
+    def stopped(*arguments, **options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "save_figures", stopped)
+    run_dir = tmp_path / "stopped"
+    with pytest.raises(TrainingAborted):
+        pipeline.train(tiny_config(acdc_root, run_dir))
+    assert (run_dir / "last.pt").is_file() and not (run_dir / "metrics.json").exists()
+    monkeypatch.undo()
+    pipeline.resume(run_dir)  # a finished training: evaluates again
+    report = json.loads((run_dir / "metrics.json").read_text())
+    assert {"summary", "per_case", "table", "training", "sessions", "prototype_usage"} <= set(report)
+    assert not list(run_dir.glob(".*.tmp"))

@@ -49,7 +49,6 @@ from mper.eval.evaluate import evaluate_cases, mean_dice
 from mper.eval.figures import add_figures
 from mper.eval.predict import predict_path
 from mper.eval.protocol import check_protocol
-from mper.eval.report import add_to_report
 from mper.eval.run_size import size_warnings
 from mper.eval.scans import predict_scans
 from mper.eval.tsne import require_figure_packages, sample_embeddings, save_tsne_figure
@@ -267,12 +266,14 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
                 split = final_split(config)
                 log.info("evaluating %s on the %s split", best, split)
                 result = evaluate(
-                    best, split=split, out_dir=run_dir, device=config.device, num_figures=config.eval.num_figures
+                    best,
+                    split=split,
+                    out_dir=run_dir,
+                    device=config.device,
+                    num_figures=config.eval.num_figures,
+                    report_extra=_run_record(run_dir, config),
                 )
                 add_figures(writer, result["figures"], "test")
-                add_training_record(run_dir, config)
-                add_to_report(run_dir, "sessions", load_checkpoint(run_dir / LAST_CHECKPOINT)["sessions"])
-                _report_prototype_usage(run_dir)
                 log.info(
                     "test metrics (%s):\n%s", run_dir / "metrics.md", result["markdown"].rstrip(), extra=RUN_LOG_ONLY
                 )
@@ -333,18 +334,20 @@ def labeled_all(config: TrainConfig) -> int:
     return len(set(map(get_dataset(config.dataset).label_group, labeled_pool(config))))
 
 
-def add_training_record(run_dir: Path, config: TrainConfig) -> None:
-    """Add the record of the run's validations (``training.json``, see
-    :mod:`mper.train.diagnostics`) to its ``metrics.json`` as ``"training"``."""
+def _run_record(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
+    """What a trained run's ``metrics.json`` holds besides its scores: ``"training"``, the
+    record of its validations (``training.json``, see :mod:`mper.train.diagnostics`),
+    ``"sessions"`` (who trained it, on what) and, when it has prototypes,
+    ``"prototype_usage"`` (the self-training's usage summary)."""
     record = json.loads((run_dir / TRAINING_RECORD).read_text())
-    add_to_report(run_dir, "training", with_class_names(record, get_dataset(config.dataset).class_names))
-
-
-def _report_prototype_usage(run_dir: Path) -> None:
-    """Copy the self-training's prototype usage summary into ``metrics.json``."""
+    found = {
+        "training": with_class_names(record, get_dataset(config.dataset).class_names),
+        "sessions": load_checkpoint(run_dir / LAST_CHECKPOINT)["sessions"],
+    }
     usage_file = run_dir / USAGE_FILE
     if usage_file.exists():
-        add_to_report(run_dir, "prototype_usage", json.loads(usage_file.read_text()))
+        found["prototype_usage"] = json.loads(usage_file.read_text())
+    return found
 
 
 def resume(
@@ -539,6 +542,7 @@ def evaluate(
     device: str = "auto",
     weights: str = "student",
     num_figures: int | None = None,
+    report_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score a checkpoint on ``split`` of ``data_root`` (default: the training data).
 
@@ -547,7 +551,8 @@ def evaluate(
     during training (ACDC ``val.list``; LA the held-out end of ``train.list``, or
     ``test.list`` under ``data.val_split = "test"``). With ``out_dir``, writes
     ``metrics.json``, ``metrics.md`` and ``figures/`` (``num_figures`` cases drawn, by
-    default the run's ``eval.num_figures``). Returns
+    default the run's ``eval.num_figures``; ``metrics.json`` with the entries of
+    ``report_extra`` besides the scores). Returns
     ``{"per_case", "summary", "markdown"}`` (see :func:`mper.eval.evaluate.evaluate_cases`).
     """
     if split not in EVAL_SPLITS:
@@ -579,6 +584,7 @@ def evaluate(
         postprocess=config.eval.postprocess,
         empty_prediction=config.eval.empty_prediction,
         ops=config.ops,
+        report_extra=report_extra,
         **inference_options(config),
     )
 

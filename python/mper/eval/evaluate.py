@@ -10,7 +10,7 @@ label, distances in millimetres (:func:`mper.eval.scans.score_scan_case`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,7 @@ def evaluate_cases(
     postprocess: str = "none",
     empty_prediction: str = "undefined",
     ops: str = "mper",
+    report_extra: Mapping[str, Any] | None = None,
     **inference_opts: Any,
 ) -> dict[str, Any]:
     """Predict, score and report every case of ``split`` (or the given ``cases``).
@@ -100,9 +101,10 @@ def evaluate_cases(
     ``postprocess`` and ``empty_prediction`` choose the protocol of
     :mod:`mper.eval.protocol`; ``ops`` (the run's setting) the ops that post-process.
 
-    With ``out_dir``, writes ``metrics.json``, ``metrics.md`` and ``figures/<case>.png``
-    for ``num_figures`` cases from the worst to the median by mean Dice
-    (:func:`~mper.eval.figures.figure_cases`). ``method``, ``labeled`` and ``unlabeled``
+    With ``out_dir``, writes ``figures/<case>.png`` for ``num_figures`` cases from the
+    worst to the median by mean Dice (:func:`~mper.eval.figures.figure_cases`), then
+    ``metrics.md`` and ``metrics.json`` (with the entries of ``report_extra``, see
+    :func:`~mper.eval.report.write_report`). ``method``, ``labeled`` and ``unlabeled``
     fill the table's first columns; ``inference_opts`` go to
     :func:`~mper.eval.inference.predict_volume` (e.g. ``patch_size``, ``stride``).
     Returns ``{"per_case", "summary", "markdown", "figures"}`` (the PNG paths).
@@ -130,12 +132,11 @@ def evaluate_cases(
     markdown = markdown_table(summary, method, labeled, unlabeled, class_names, distance_unit(dataset))
     figures = []
     if out_dir is not None:
-        write_report(
-            out_dir, per_case, summary, markdown, table={"method": method, "labeled": labeled, "unlabeled": unlabeled}
-        )
         figures = save_figures(
             views, per_case, Path(out_dir) / "figures", dataset, class_names[:num_classes], num_figures
         )
+        table = {"method": method, "labeled": labeled, "unlabeled": unlabeled}
+        write_report(out_dir, per_case, summary, markdown, table=table, extra=report_extra)
     return {"per_case": per_case, "summary": summary, "markdown": markdown, "figures": figures}
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -190,30 +191,26 @@ def write_report(
     summary: Mapping[str, Any],
     markdown: str,
     table: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``metrics.json`` (``{"summary", "per_case"}``, and ``"table"``, the table's
-    first columns ``{"method", "labeled", "unlabeled"}``, when given) and ``metrics.md``
-    into ``out_dir``.
+    """Write ``metrics.md`` and then ``metrics.json`` (``{"summary", "per_case"}``, and
+    ``"table"``, the table's first columns ``{"method", "labeled", "unlabeled"}``, when
+    given, then the entries of ``extra``) into ``out_dir``. ``metrics.json`` comes last and
+    whole (written aside, then renamed): a folder that holds it holds the complete report,
+    which is how a sweep tells a finished run.
 
     Creates ``out_dir`` if needed and returns the two paths.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, markdown_path = out_dir / METRICS_FILE, out_dir / "metrics.md"
-    document = {"summary": summary, "per_case": per_case, **({"table": table} if table else {})}
-    _write_json(json_path, document)
+    document = {"summary": summary, "per_case": per_case, **({"table": table} if table else {}), **(extra or {})}
     markdown_path.write_text(markdown)
+    _write_json(json_path, document)
     return json_path, markdown_path
 
 
-def add_to_report(out_dir: str | Path, key: str, value: Any) -> Path:
-    """Add ``key: value`` to the ``metrics.json`` that :func:`write_report` wrote in ``out_dir``."""
-    json_path = Path(out_dir) / METRICS_FILE
-    document = json.loads(json_path.read_text())
-    document[key] = value
-    _write_json(json_path, document)
-    return json_path
-
-
 def _write_json(path: Path, document: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(_json_ready(document), indent=2, allow_nan=False) + "\n")
+    aside = path.with_name(f".{path.name}.tmp")
+    aside.write_text(json.dumps(_json_ready(document), indent=2, allow_nan=False) + "\n")
+    os.replace(aside, path)
