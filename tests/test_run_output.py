@@ -256,3 +256,26 @@ def test_console_scripts_reach_the_commands(monkeypatch, capsys):
         with pytest.raises(SystemExit) as exit_info:
             getattr(entry_points, function)()
         assert exit_info.value.code == 0 and capsys.readouterr().out.startswith(f"{program} ")
+
+
+def test_sigterm_outside_training_ends_the_command_in_one_line():
+    """Before training starts (reading data, say) or after it ends, SIGTERM is not the
+    training loop's to handle: the command still ends in one line, exit status 143."""
+    waiting = (
+        "import argparse, time\n"
+        "from mper import cli\n"
+        "def action():\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+        "cli._run(argparse.ArgumentParser(prog='mper-train'), action)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", waiting], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout.readline() == "ready\n"
+        process.send_signal(signal.SIGTERM)
+        _, error = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143 and error == "\nterminated (SIGTERM)\n", error

@@ -14,6 +14,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,15 @@ def _continue_with(run_dir: Path) -> str:
     return f"continue with: the same torchrun command on every machine, running mper-train {resume}"
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop (which handles its own): ends the command as
+    Ctrl-C does, in one line, rather than silently."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def _report_stop(stop: KeyboardInterrupt) -> int:
     """Say what a stopped run left behind and how to go on; returns the exit code."""
     if isinstance(stop, SweepInterrupted):
@@ -148,6 +158,9 @@ def _report_stop(stop: KeyboardInterrupt) -> int:
         )
     elif isinstance(stop, TrainingAborted):
         print("\nstopped at once, before the first checkpoint: nothing to resume", file=sys.stderr)
+    elif isinstance(stop, _Terminated):
+        print("\nterminated (SIGTERM)", file=sys.stderr)
+        return _interrupted_exit_code("SIGTERM")
     else:
         print("\ninterrupted", file=sys.stderr)
     return _interrupted_exit_code("SIGINT")
@@ -158,7 +171,8 @@ def _run(parser: argparse.ArgumentParser, action: Callable[[], None]) -> None:
 
     A :class:`~mper.errors.UserError`, or a system error caused by the paths or the
     machine (no permission, no space left), ends in one line and exit status 2; Ctrl-C
-    and SIGTERM in a message saying what was kept. Anything else keeps its traceback.
+    and SIGTERM in a message saying what was kept (SIGTERM outside training: one line,
+    exit status 143). Anything else keeps its traceback.
     """
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter("%(message)s"))
@@ -166,6 +180,8 @@ def _run(parser: argparse.ArgumentParser, action: Callable[[], None]) -> None:
     package_log = logging.getLogger("mper")
     package_log.addHandler(console)
     package_log.setLevel(logging.INFO)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where signals can be caught
+    on_sigterm = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         with logging_redirect_tqdm(loggers=[package_log]):
             action()
@@ -182,6 +198,8 @@ def _run(parser: argparse.ArgumentParser, action: Callable[[], None]) -> None:
             f"{parser.prog}: error: {where}{error.strerror}; check the path, its permissions and the free space\n",
         )
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, on_sigterm)
         package_log.removeHandler(console)
 
 
