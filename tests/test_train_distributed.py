@@ -13,6 +13,7 @@ their last bits could pass one batch earlier (mini-batch k-means).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -327,6 +328,30 @@ def test_sigterm_to_every_process_saves_one_checkpoint_together(acdc_root, tmp_p
     )
     assert f"state saved to {out / 'last.pt'}" in outputs[0] and "state saved" not in outputs[1]
     assert load_checkpoint(out / "last.pt")["progress"]["iteration"] >= 2
+
+
+def test_on_the_cpu_processes_stop_together_after_the_current_iteration(acdc_root, tmp_path):
+    # losses read back, checkpoints and validations all far away: only the per-iteration
+    # agreement can stop the processes before torchrun's grace period ends
+    out, log_dir = tmp_path / "stopped", tmp_path / "stopped-logs"
+    rare = ["pretrain.iterations=100000", "eval.val_interval=100000", "eval.checkpoint_interval=100000"]
+    arguments = ["--dataset", "acdc", "--data-root", str(acdc_root), "--out", str(out), *TINY]
+    for setting in [*rare, "eval.log_interval=100000", "distributed.timeout=60"]:
+        arguments += ["--set", setting]
+    started = start(arguments, 2, log_dir)
+    try:
+        deadline = time.monotonic() + 300
+        while not re.search(r"pretrain: .*\| *[3-9]\d*/", (log_dir / "rank0.log").read_text()):
+            assert started[0].poll() is None and time.monotonic() < deadline, (log_dir / "rank0.log").read_text()
+            time.sleep(0.2)
+        for process in started:
+            process.send_signal(signal.SIGTERM)
+        for process in started:
+            process.wait(timeout=60)
+    finally:
+        stop_all(started)
+    assert [process.returncode for process in started] == [128 + signal.SIGTERM] * 2
+    assert 3 <= load_checkpoint(out / "last.pt")["progress"]["iteration"] < 1000
 
 
 def test_the_distributed_page_scale_note_matches_the_networks():

@@ -422,11 +422,15 @@ class Trainer:
             bar.set_postfix(loss=f"{rows[-1][1]['loss']:.4f}", best=f"{best:.4f}" if math.isfinite(best) else "-")
         return stop
 
+    def stopping_anywhere(self) -> bool:
+        """Whether any process was asked to stop (one collective: every process calls it)."""
+        return distributed.average_rows([], self.stop.requested)[1]
+
     def stop_if_requested(self) -> None:
         """Raise :class:`~mper.train.runtime.TrainingInterrupted` when any process was asked
         to stop after the last iteration looked (during its validation, say): ``last.pt``
         holds the finished training, and resuming evaluates it."""
-        if distributed.average_rows([], self.stop.requested)[1]:
+        if self.stopping_anywhere():
             raise TrainingInterrupted(self.run_dir / LAST_CHECKPOINT, self.stop.signal_name)
 
     def run_stage(self, iterations: int, step: StepFunction, loader: DataLoader) -> None:
@@ -446,6 +450,10 @@ class Trainer:
             disable=not distributed.is_main_process(),
         )
         alone = distributed.current_world().size == 1
+        # on the CPU (gloo) the processes agree on a stop after every iteration, with an
+        # all-reduce of one number; on GPUs where they read the losses back together,
+        # since agreeing is a host read of the device
+        agree_each_iteration = not alone and self.device.type == "cpu"
         first, sync_mode = progress.iteration, sync_debug_mode()
         with bar:
             while progress.iteration < iterations:
@@ -471,8 +479,10 @@ class Trainer:
                 bar.update()
                 validate = progress.iteration % schedule.val_interval == 0 or progress.iteration == iterations
                 save = progress.iteration % schedule.checkpoint_interval == 0
-                # several processes agree on a stop where they all read back together
-                stop = alone and self.stop.requested
+                if alone:
+                    stop = self.stop.requested
+                else:
+                    stop = agree_each_iteration and self.stopping_anywhere()
                 if validate or save or stop or progress.iteration % schedule.log_interval == 0:
                     stop = self._read_window(window, bar)
                 if validate:
