@@ -137,6 +137,10 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_state(
         pipeline.train(tiny_config(acdc_root, run_dir))
     saved = load_checkpoint(run_dir / "last.pt")
     assert saved["progress"]["stage"] == stage
+    # train.log says where the run stopped, as the console does
+    stopped_at = f"{stage} iteration {saved['progress']['iteration']}"
+    said = f"stopped by SIGINT at {stopped_at}; the state is saved in {run_dir / 'last.pt'}"
+    assert said in (run_dir / "train.log").read_text()
     stale = run_dir / ".last.pt.99999-0badc0de.tmp"
     stale.write_bytes(b"what a killed write left")
     monkeypatch.undo()

@@ -61,16 +61,13 @@ from mper.train.lock import LOCK_FILE, run_folder_lock
 from mper.train.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, PRETRAIN_CHECKPOINT, Validator
 from mper.train.resume import checkpoint_to_resume, resumed_config
 from mper.train.runner import check_machine, check_run, run_training
-from mper.train.runtime import TrainingAborted, TrainingInterrupted, resolve_device
+from mper.train.runtime import RUN_LOG_ONLY, TrainingAborted, TrainingInterrupted, resolve_device
 from mper.train.usage import USAGE_FILE
 from mper.versions import device_line, version_line
 
 log = logging.getLogger(__name__)
 
 WEIGHTS = ("student", "teacher")
-#: ``extra`` of log records meant for train.log only: the console prints them otherwise
-#: (the metrics table) or they are too long for it (the settings).
-RUN_LOG_ONLY = {"run_log_only": True}
 #: Case lists ``evaluate`` scores: the test list, or the cases that selected checkpoints.
 EVAL_SPLITS = ("test", "val")
 #: The run's log in its folder.
@@ -80,7 +77,7 @@ TSNE_CASES = 4
 
 
 def shown_on_console(record: logging.LogRecord) -> bool:
-    """Log filter for console handlers: leaves out the :data:`RUN_LOG_ONLY` records."""
+    """Log filter for console handlers: leaves out the :data:`~mper.train.runtime.RUN_LOG_ONLY` records."""
     return not getattr(record, "run_log_only", False)
 
 

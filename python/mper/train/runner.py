@@ -23,8 +23,10 @@ from .loop import BEST_CHECKPOINT, LAST_CHECKPOINT, ScalarWriter, Trainer, Valid
 from .pretrain import run_baseline, run_pretrain
 from .resume import setting_changes
 from .runtime import (
+    RUN_LOG_ONLY,
     SYNC_DEBUG_VARIABLE,
     StopRequest,
+    TrainingInterrupted,
     autocast,
     check_compile,
     load_ops,
@@ -112,21 +114,37 @@ def run_training(
         _log_machine_needs(config)
         if trainer.progress.stage != "baseline":
             _warn_if_teacher_is_slow(config)
-        if trainer.progress.stage == "baseline":
-            _log_stage(trainer, config.pretrain.iterations + config.selftrain.iterations)
-            run_baseline(trainer)
-        if trainer.progress.stage == "pretrain":
-            _log_stage(trainer, config.pretrain.iterations)
-            run_pretrain(trainer)
-            _initialize_prototypes(trainer)
-        if trainer.progress.stage == "selftrain":
-            _log_stage(trainer, config.selftrain.iterations)
-            run_selftrain(trainer)
-            if trainer.usage is not None:  # BCP alone has no prototypes
-                trainer.usage.write(run_dir / USAGE_FILE)
-        trainer.stop_if_requested()
+        try:
+            _run_stages(trainer, config, run_dir)
+        except TrainingInterrupted as stopped:
+            log.info(
+                "stopped by %s at %s iteration %d; the state is saved in %s",
+                stopped.signal_name,
+                trainer.progress.stage,
+                trainer.progress.iteration,
+                stopped.checkpoint,
+                extra=RUN_LOG_ONLY,
+            )
+            raise
         log.info("training finished; %s", kept_network(trainer.record, trainer.progress.stage))
     return run_dir / BEST_CHECKPOINT
+
+
+def _run_stages(trainer: Trainer, config: TrainConfig, run_dir: Path) -> None:
+    """The stages left to train, from the one ``trainer`` is in."""
+    if trainer.progress.stage == "baseline":
+        _log_stage(trainer, config.pretrain.iterations + config.selftrain.iterations)
+        run_baseline(trainer)
+    if trainer.progress.stage == "pretrain":
+        _log_stage(trainer, config.pretrain.iterations)
+        run_pretrain(trainer)
+        _initialize_prototypes(trainer)
+    if trainer.progress.stage == "selftrain":
+        _log_stage(trainer, config.selftrain.iterations)
+        run_selftrain(trainer)
+        if trainer.usage is not None:  # BCP alone has no prototypes
+            trainer.usage.write(run_dir / USAGE_FILE)
+    trainer.stop_if_requested()
 
 
 def _log_machine_needs(config: TrainConfig) -> None:
