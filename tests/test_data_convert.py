@@ -124,6 +124,21 @@ def test_acdc_split_copied_from_published_lists(tmp_path):
         convert("acdc", tmp_path / "raw", tmp_path / "out3", split_from=lists, progress=False)
 
 
+def test_acdc_testing_patients_without_labels_are_left_out_by_name(tmp_path, caplog):
+    # older releases ship the testing patients without their _gt files
+    raw = raw_acdc(tmp_path / "raw", range(1, 6))
+    for label in (raw / "testing").rglob("*_gt.nii.gz"):
+        label.unlink()
+    with caplog.at_level("WARNING", logger="mper"):
+        out = convert("acdc", raw, tmp_path / "out", seed=1, progress=False)
+    listed = read_list(out / "train.list") + acdc_cases(out, "val") + acdc_cases(out, "test")
+    assert sorted({name[:10] for name in listed}) == ["patient001", "patient002", "patient003"]
+    assert caplog.messages == [
+        "left out 2 patient(s) none of whose frames has its <frame>_gt label file (a release that keeps the "
+        "testing labels back): patient004, patient005"
+    ]
+
+
 def test_acdc_bad_raw_files(tmp_path):
     raw = raw_acdc(tmp_path / "raw", range(1, 4))
     folder = raw / "training" / "patient001"

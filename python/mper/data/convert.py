@@ -22,6 +22,7 @@ converter; :func:`mper.datasets.convert` runs it by name. Reading the LA downloa
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 import zlib
 from collections.abc import Callable, Collection, Sequence
@@ -33,11 +34,13 @@ import numpy as np
 from tqdm import tqdm
 
 from mper.data.acdc import ACDC_NORMALIZATION, ACDC_NUM_CLASSES, patient_id, write_acdc_lists, write_acdc_volume
-from mper.data.files import read_list
+from mper.data.files import listed_names, read_list
 from mper.data.la import LA_CASE_FILE, LA_NORMALIZATION, LA_PATCH_SIZE, write_la_case, write_la_lists
 from mper.data.preprocess import normalize_intensity
 from mper.data.splits import ACDC_SPLIT_FRACTIONS, LA_SPLIT_FRACTIONS, partition
 from mper.errors import ConfigError, DataFormatError, MissingFileError
+
+log = logging.getLogger(__name__)
 
 ACDC_FRAME_FILE = re.compile(r"^(patient\d+_frame\d+)\.nii(\.gz)?$")
 #: Ends the name of an ACDC frame's label file, beside the frame: ``patient001_frame01_gt.nii.gz``.
@@ -113,16 +116,36 @@ def _read_nifti(path: Path) -> np.ndarray:
 
 
 def find_acdc_frames(source: Path) -> dict[str, tuple[Path, Path]]:
-    """``{frame name: (image path, label path)}`` of every ACDC frame under ``source``."""
-    frames: dict[str, tuple[Path, Path]] = {}
+    """``{frame name: (image path, label path)}`` of every labeled ACDC frame under
+    ``source``. A patient none of whose frames has a label (the testing patients of the
+    releases that kept their labels back) is left out, named in one logged line; a frame
+    without its label beside others that have theirs is refused (a damaged download)."""
+    images: dict[str, Path] = {}
     for path in sorted(source.rglob("patient*_frame*.nii*")):
         match = ACDC_FRAME_FILE.match(path.name)
         if not match:
             continue
         name = match.group(1)
-        if name in frames:
-            raise DataFormatError(f"frame {name} appears twice: {frames[name][0]} and {path}")
-        frames[name] = (path, _pair_file(path, path.name.replace(name, f"{name}{ACDC_LABEL_MARK}")))
+        if name in images:
+            raise DataFormatError(f"frame {name} appears twice: {images[name]} and {path}")
+        images[name] = path
+    labels = {
+        name: path.with_name(path.name.replace(name, f"{name}{ACDC_LABEL_MARK}")) for name, path in images.items()
+    }
+    labeled_patients = {patient_id(name) for name, label in labels.items() if label.is_file()}
+    unlabeled = sorted(name for name in images if patient_id(name) not in labeled_patients)
+    if unlabeled and labeled_patients:
+        patients = sorted({patient_id(name) for name in unlabeled})
+        log.warning(
+            "left out %d patient(s) none of whose frames has its <frame>%s label file (a release that keeps "
+            "the testing labels back): %s",
+            len(patients),
+            ACDC_LABEL_MARK,
+            listed_names(patients),
+        )
+    frames = {
+        name: (path, _pair_file(path, labels[name].name)) for name, path in images.items() if name not in unlabeled
+    }
     if not frames:
         raise MissingFileError(
             f"no ACDC frame under {source}: expected patientXXX/patientXXX_frameYY.nii.gz "
