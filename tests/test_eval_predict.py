@@ -195,6 +195,30 @@ def test_label_maps_beside_their_frames_are_left_alone_in_an_acdc_patient_folder
     )
 
 
+def test_a_case_of_several_nnunet_channel_files_is_refused_by_a_single_channel_model(tmp_path, caplog):
+    """Segmenting each channel file as a case of its own would write a label map of the
+    wrong modality with exit 0."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("heart_0000.nii.gz", "heart_0001.nii.gz", "single_0000.nii.gz", "plain.nii.gz"):
+        nib.save(nib.Nifti1Image(half_bright((16, 16, 8)), AFFINE), folder / name)
+    with caplog.at_level(logging.INFO, logger="mper"), pytest.raises(UserError, match="2 of 4 files"):
+        predict_path(ThresholdNet(), folder, "la", tmp_path / "out", **LA_OPTIONS)
+    # a case of one channel file is an image as any other
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
+        "plain_pred.nii.gz",
+        "single_0000_pred.nii.gz",
+    ]
+    refusal = (
+        f"{folder}: case heart has 2 channel files (heart_0000.nii.gz, heart_0001.nii.gz), as nnU-Net names the "
+        "channels of one case, but the LA model takes one single-channel image per case"
+    )
+    assert all(f"[{index}/4] skipped: {refusal}" in caplog.text for index in (1, 2))
+    with pytest.raises(DataFormatError, match=re.escape(refusal)):
+        predict_file(ThresholdNet(), folder / "heart_0001.nii.gz", "la", tmp_path / "one", **LA_OPTIONS)
+    assert not (tmp_path / "one").exists()
+
+
 def test_a_bad_file_in_a_folder_is_reported_and_the_rest_is_segmented(write_h5, tmp_path, caplog):
     write_h5(tmp_path / "in" / "good.h5", image=np.zeros((16, 16, 8), np.float32))
     write_h5(tmp_path / "in" / "slice.h5", image=np.zeros((16, 16), np.float32))

@@ -44,6 +44,7 @@ from torch import nn
 from mper.data.convert import ACDC_LABEL_MARK
 from mper.data.files import check_finite, read_h5_case
 from mper.data.preprocess import normalize_intensity, scaling_mismatch
+from mper.data.raw_scans import CHANNEL_FILE
 from mper.datasets import SLIDING_WINDOW, DatasetSpec, get_dataset
 from mper.errors import ConfigError, DataFormatError, MissingFileError, UserError
 
@@ -74,6 +75,29 @@ def _is_label_beside_its_image(path: Path) -> bool:
     return stem.endswith(ACDC_LABEL_MARK) and any(
         (path.parent / f"{stem[: -len(ACDC_LABEL_MARK)]}{image_suffix}").is_file()
         for image_suffix in SUPPORTED_SUFFIXES
+    )
+
+
+def _channel_groups(files: list[Path]) -> dict[tuple[Path, str], list[Path]]:
+    """The NIfTI ``files`` named as nnU-Net names the channels of one case,
+    ``<case>_XXXX.nii.gz``, by (folder, case), for the cases with more than one such file."""
+    groups: dict[tuple[Path, str], list[Path]] = {}
+    for path in files:
+        suffix = _matching_suffix(path)
+        match = CHANNEL_FILE.fullmatch(path.name[: -len(suffix)]) if suffix in NIFTI_SUFFIXES else None
+        if match is not None:
+            groups.setdefault((path.parent, match["case"]), []).append(path)
+    return {key: sorted(group) for key, group in groups.items() if len(group) > 1}
+
+
+def _multichannel_error(folder: Path, case: str, channel_files: list[Path], spec: DatasetSpec) -> DataFormatError:
+    """A case given as several channel files to a model that takes one image per case."""
+    names = ", ".join(path.name for path in channel_files)
+    return DataFormatError(
+        f"{folder}: case {case} has {len(channel_files)} channel files ({names}), as nnU-Net names the "
+        f"channels of one case, but the {spec.title} model takes one single-channel image per case; give only "
+        "the file of the channel it was trained on, or import the dataset with mper-data import to train a "
+        "model on every channel"
     )
 
 
@@ -224,6 +248,10 @@ def predict_file(
     case_file = get_dataset(dataset).case_file
     if not path.is_file():
         raise MissingFileError(f"no such image file: {path}")
+    siblings = [file for file in path.parent.iterdir() if file.is_file()]
+    for (folder, case), channel_files in _channel_groups(siblings).items():
+        if path in channel_files:
+            raise _multichannel_error(folder, case, channel_files, get_dataset(dataset))
     out_path = Path(out_dir) / f"{case_location(path, case_file)[1]}{OUTPUT_SUFFIX}"
     return _segment(net, path, dataset, out_path, device, force, **options)
 
@@ -294,11 +322,18 @@ def predict_path(
         return [label_map]
     if not input_path.is_dir():
         raise MissingFileError(f"no such file or directory: {input_path}")
-    outputs = _folder_outputs(input_path, Path(out_dir), get_dataset(dataset).case_file)
+    spec = get_dataset(dataset)
+    outputs = _folder_outputs(input_path, Path(out_dir), spec.case_file)
     written: list[Path] = []
     failed: list[Path] = []
+    multichannel = {}
+    for (folder, case), channel_files in _channel_groups(list(outputs)).items():
+        error = _multichannel_error(folder, case, channel_files, spec)
+        multichannel.update({file: error for file in channel_files})
     for index, (file, out_path) in enumerate(outputs.items(), start=1):
         try:
+            if file in multichannel:
+                raise multichannel[file]
             written.append(_segment(net, file, dataset, out_path, device, force, **options))
         except UserError as error:
             failed.append(file)
