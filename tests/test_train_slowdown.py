@@ -3,6 +3,7 @@ against the stage's fastest, said once per stage."""
 
 from __future__ import annotations
 
+import logging
 import types
 
 import pytest
@@ -10,9 +11,9 @@ import torch
 
 from mper import pipeline
 from mper.datasets import synthesize
-from mper.train import loop
+from mper.train import loop, runner
 from mper.train.loop import Trainer
-from mper.train.slowdown import SlowdownWatch
+from mper.train.slowdown import CPU_ADVICE, SlowdownWatch, contention_hint
 from test_pipeline import tiny_config
 
 
@@ -78,3 +79,36 @@ def test_train_log_gives_the_hint_once_when_iterations_slow_down(tmp_path, monke
     assert (
         "iterations now take 500 ms (median of the last 5 log windows), 25x this stage's fastest window (20 ms)" in log
     )
+
+
+@pytest.mark.parametrize(
+    ("threads", "processes", "cores", "load", "said"),
+    [
+        (2, 1, 2, 0.1, None),  # an idle machine, one thread per core
+        (1, 2, 2, 3.0, None),  # one thread each: a busy machine slows it, but threads cannot wait on each other
+        (2, 1, 2, 1.0, None),  # the run's own start-up counts in the load: one more than the cores is no contention
+        (4, 1, 2, 0.0, "training runs 4 threads on 2 CPU core(s), more threads than cores"),
+        (2, 2, 2, 0.0, "training runs 2 threads in each of 2 processes on 2 CPU core(s), more threads than cores"),
+        (2, 1, 2, 1.5, "the machine is busy (load average 1.5 over the last minute on 2 CPU core(s))"),
+    ],
+)
+def test_the_contention_hint_before_training_on_the_cpu(threads, processes, cores, load, said):
+    hint = contention_hint(threads, processes, cores, load)
+    if said is None:
+        assert hint is None
+    else:
+        assert hint is not None and hint.startswith(said) and hint.endswith(CPU_ADVICE)
+        assert "OMP_NUM_THREADS=1" in hint
+
+
+def test_training_on_a_busy_cpu_logs_the_contention_hint_and_not_on_cuda(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(runner, "available_cores", lambda: 2)
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (6.0, 5.0, 4.0))
+    monkeypatch.setattr(runner.torch, "get_num_threads", lambda: 2)
+    config = tiny_config(tmp_path / "data", tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="mper"):
+        runner._log_machine_needs(config, torch.device("cuda"))
+        assert not caplog.messages
+        runner._log_machine_needs(config, torch.device("cpu"))
+    assert caplog.messages == [contention_hint(2, 1, 2, 6.0)]
+    assert caplog.messages[0].startswith("the machine is busy (load average 6.0")

@@ -110,6 +110,11 @@ def current_world() -> World:
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def processes_on_this_machine() -> int:
+    """How many training processes run on this machine: torchrun's ``LOCAL_WORLD_SIZE``, else one."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def session_record(device: torch.device) -> dict[str, Any]:
     """How this session of training runs: ``processes`` (the world size), how many of them
     run on this machine (``processes_per_machine``, torchrun's ``LOCAL_WORLD_SIZE``), the
@@ -117,7 +122,7 @@ def session_record(device: torch.device) -> dict[str, Any]:
     world = current_world()
     return {
         "processes": world.size,
-        "processes_per_machine": int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if world.size > 1 else 1,
+        "processes_per_machine": processes_on_this_machine() if world.size > 1 else 1,
         "backend": dist.get_backend() if world.size > 1 else "none",
         "device": str(device),
     }

@@ -16,7 +16,13 @@ from mper.errors import ConfigError
 from .checkpoint import load_checkpoint, remove_stale_temporaries
 from .config import PrototypeConfig, TrainConfig, with_prototypes
 from .diagnostics import TrainingRecord
-from .distributed import current_world, describe_session, from_main_process, is_main_process
+from .distributed import (
+    current_world,
+    describe_session,
+    from_main_process,
+    is_main_process,
+    processes_on_this_machine,
+)
 from .footprint import check_fits, iteration_memory
 from .loaders import available_cores, check_data, loader_workers
 from .loop import BEST_CHECKPOINT, LAST_CHECKPOINT, ScalarWriter, Trainer, Validator
@@ -34,6 +40,7 @@ from .runtime import (
     sync_debug_mode,
 )
 from .selftrain import begin_selftrain, run_selftrain
+from .slowdown import contention_hint
 from .teacher import slow_teacher_warning
 from .usage import USAGE_FILE
 
@@ -77,7 +84,7 @@ def check_machine(config: TrainConfig) -> None:
         get_dataset(config.dataset).build_network(config.num_classes, **config.network)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"the network settings {config.network} are not valid: {error}") from error
-    check_fits(config, device, current_world().size, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    check_fits(config, device, current_world().size, processes_on_this_machine())
 
 
 def run_training(
@@ -111,7 +118,7 @@ def run_training(
             log.info("resuming %s at iteration %d", trainer.progress.stage, trainer.progress.iteration)
         log.info("training on %s with ops module %s", trainer.device, trainer.ops.__name__)
         log.info("%s", describe_session(trainer.begin_session()))
-        _log_machine_needs(config)
+        _log_machine_needs(config, trainer.device)
         if trainer.progress.stage != "baseline":
             _warn_if_teacher_is_slow(config)
         try:
@@ -147,9 +154,10 @@ def _run_stages(trainer: Trainer, config: TrainConfig, run_dir: Path) -> None:
     trainer.stop_if_requested()
 
 
-def _log_machine_needs(config: TrainConfig) -> None:
-    """The memory of an iteration (see :mod:`~mper.train.footprint`), and the data loader
-    workers when there are fewer cores than ``data.num_workers``."""
+def _log_machine_needs(config: TrainConfig, device: torch.device) -> None:
+    """The memory of an iteration (see :mod:`~mper.train.footprint`), the data loader
+    workers when there are fewer cores than ``data.num_workers``, and on the CPU a machine
+    too busy for the threads training runs (:func:`~mper.train.slowdown.contention_hint`)."""
     log.info("one training iteration needs about %s", iteration_memory(config, current_world().size).describe())
     workers = loader_workers(config)
     if workers < config.data.num_workers:
@@ -160,6 +168,12 @@ def _log_machine_needs(config: TrainConfig) -> None:
             available_cores(),
             workers,
         )
+    if device.type == "cpu":
+        hint = contention_hint(
+            torch.get_num_threads(), processes_on_this_machine(), available_cores(), os.getloadavg()[0]
+        )
+        if hint:
+            log.warning(hint)
 
 
 def kept_network(record: TrainingRecord, last_stage: str) -> str:

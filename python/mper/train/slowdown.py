@@ -1,4 +1,9 @@
-"""A hint, once per stage, when the measured iteration time swings far above its best.
+"""Hints when other work on the machine slows training down.
+
+* :func:`contention_hint`, before training on the CPU: more threads than cores, or a
+  machine already busy enough that threads will wait for one another.
+* :class:`SlowdownWatch`, once per stage: the measured iteration time swings far above
+  its best.
 
 A training process on a CPU that other jobs share can slow down many times over when its
 threads wait for one another on busy cores (the default is one thread per core for each
@@ -20,6 +25,29 @@ import torch
 SLOWDOWN_FACTOR = 5.0
 #: The windows whose median is the recent iteration time.
 RECENT_WINDOWS = 5
+#: What avoids contention on a shared CPU.
+CPU_ADVICE = (
+    "with other jobs or runs on the same cores, OMP_NUM_THREADS=1 per process (or threads x processes "
+    "no more than the idle cores) usually avoids such slowdowns"
+)
+
+
+def contention_hint(threads: int, processes: int, cores: int, load: float) -> str | None:
+    """The hint, before training on the CPU, when the ``threads`` of each of the
+    ``processes`` training here outnumber the ``cores`` this process may use, or (with more
+    than one thread each) when they and the ``load`` already on the machine (the one-minute
+    load average) outnumber the cores by more than one: their threads would wait for one
+    another at every parallel op, many times slower than one thread each. ``None`` otherwise."""
+    demand = threads * processes
+    each = f"{threads} threads in each of {processes} processes" if processes > 1 else f"{threads} threads"
+    if demand > cores:
+        return f"training runs {each} on {cores} CPU core(s), more threads than cores; {CPU_ADVICE}"
+    if threads > 1 and load + demand > cores + 1:
+        return (
+            f"the machine is busy (load average {load:.1f} over the last minute on {cores} CPU core(s)) and "
+            f"training runs {each}, so they will wait for one another; {CPU_ADVICE}"
+        )
+    return None
 
 
 class SlowdownWatch:
@@ -50,7 +78,5 @@ class SlowdownWatch:
             return f"{swing}: the device or the data loading is probably shared with other jobs"
         return (
             f"{swing}: other jobs are probably competing for the CPU. This process runs "
-            f"{torch.get_num_threads()} threads; with other jobs or runs on the same cores, "
-            "OMP_NUM_THREADS=1 per process (or threads x processes no more than the idle cores) "
-            "usually avoids such slowdowns"
+            f"{torch.get_num_threads()} threads; {CPU_ADVICE}"
         )
