@@ -219,6 +219,23 @@ def test_a_case_of_several_nnunet_channel_files_is_refused_by_a_single_channel_m
     assert not (tmp_path / "one").exists()
 
 
+def test_a_numbered_series_of_scans_is_not_taken_for_channel_files(tmp_path):
+    """nnU-Net numbers the channels of a case from 0000 on: scans numbered from 0001, or
+    with a gap, are scans of their own and each is segmented."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("scan_0001.nii.gz", "scan_0002.nii.gz", "gap_0000.nii.gz", "gap_0002.nii.gz"):
+        nib.save(nib.Nifti1Image(half_bright((16, 16, 8)), AFFINE), folder / name)
+    written = predict_path(ThresholdNet(), folder, "la", tmp_path / "out", **LA_OPTIONS)
+    assert sorted(path.name for path in written) == [
+        "gap_0000_pred.nii.gz",
+        "gap_0002_pred.nii.gz",
+        "scan_0001_pred.nii.gz",
+        "scan_0002_pred.nii.gz",
+    ]
+    assert predict_file(ThresholdNet(), folder / "scan_0002.nii.gz", "la", tmp_path / "one", **LA_OPTIONS).is_file()
+
+
 def test_a_bad_file_in_a_folder_is_reported_and_the_rest_is_segmented(write_h5, tmp_path, caplog):
     write_h5(tmp_path / "in" / "good.h5", image=np.zeros((16, 16, 8), np.float32))
     write_h5(tmp_path / "in" / "slice.h5", image=np.zeros((16, 16), np.float32))

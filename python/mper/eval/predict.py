@@ -80,14 +80,20 @@ def _is_label_beside_its_image(path: Path) -> bool:
 
 def _channel_groups(files: list[Path]) -> dict[tuple[Path, str], list[Path]]:
     """The NIfTI ``files`` named as nnU-Net names the channels of one case,
-    ``<case>_XXXX.nii.gz``, by (folder, case), for the cases with more than one such file."""
-    groups: dict[tuple[Path, str], list[Path]] = {}
+    ``<case>_XXXX.nii.gz``, by (folder, case), for the cases with more than one such file
+    whose channels are numbered as nnU-Net numbers them, from 0000 on without a gap (a
+    series ``scan_0001``, ``scan_0002`` is a series of scans)."""
+    groups: dict[tuple[Path, str], dict[int, Path]] = {}
     for path in files:
         suffix = _matching_suffix(path)
         match = CHANNEL_FILE.fullmatch(path.name[: -len(suffix)]) if suffix in NIFTI_SUFFIXES else None
         if match is not None:
-            groups.setdefault((path.parent, match["case"]), []).append(path)
-    return {key: sorted(group) for key, group in groups.items() if len(group) > 1}
+            groups.setdefault((path.parent, match["case"]), {})[int(match["channel"])] = path
+    return {
+        key: sorted(group.values())
+        for key, group in groups.items()
+        if len(group) > 1 and sorted(group) == list(range(len(group)))
+    }
 
 
 def _multichannel_error(folder: Path, case: str, channel_files: list[Path], spec: DatasetSpec) -> DataFormatError:
