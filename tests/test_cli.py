@@ -289,6 +289,24 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(acdc_root, tmp_path, monkeypatch
     assert checkpoint.load_checkpoint(run_dir / "last.pt")["progress"]["iteration"] == 1
 
 
+def test_sigterm_during_the_final_evaluation_exits_with_sigterms_status(acdc_root, tmp_path, monkeypatch, capsys):
+    """Outside the training loop SIGTERM ends a command with 143; the final evaluation of
+    mper-train is no exception (it said 130, Ctrl-C's status)."""
+    from mper.eval import evaluate as evaluation
+
+    def terminated(*arguments, **options):
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(evaluation, "save_figures", terminated)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(train_arguments(acdc_root, run_dir))
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    error = capsys.readouterr().err
+    assert f"{run_dir / 'last.pt'} holds the last complete checkpoint" in error
+    assert not (run_dir / "metrics.json").exists()
+
+
 @pytest.mark.parametrize(
     "environment, command",
     [

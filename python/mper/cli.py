@@ -150,19 +150,21 @@ def _report_stop(stop: KeyboardInterrupt) -> int:
                 file=sys.stderr,
             )
         return _interrupted_exit_code(stop.signal_name)
-    if isinstance(stop, TrainingAborted) and (stop.run_dir / LAST_CHECKPOINT).exists():
-        print(
-            f"\nstopped at once; {stop.run_dir / LAST_CHECKPOINT} holds the last complete checkpoint\n"
-            f"{_continue_with(stop.run_dir)}",
-            file=sys.stderr,
-        )
-    elif isinstance(stop, TrainingAborted):
-        print("\nstopped at once, before the first checkpoint: nothing to resume", file=sys.stderr)
-    elif isinstance(stop, _Terminated):
+    if isinstance(stop, TrainingAborted):
+        if (stop.run_dir / LAST_CHECKPOINT).exists():
+            print(
+                f"\nstopped at once; {stop.run_dir / LAST_CHECKPOINT} holds the last complete checkpoint\n"
+                f"{_continue_with(stop.run_dir)}",
+                file=sys.stderr,
+            )
+        else:
+            print("\nstopped at once, before the first checkpoint: nothing to resume", file=sys.stderr)
+        # SIGTERM outside the training loop (during the final evaluation, say) aborts too
+        return _interrupted_exit_code("SIGTERM" if isinstance(stop.__cause__, _Terminated) else "SIGINT")
+    if isinstance(stop, _Terminated):
         print("\nterminated (SIGTERM)", file=sys.stderr)
         return _interrupted_exit_code("SIGTERM")
-    else:
-        print("\ninterrupted", file=sys.stderr)
+    print("\ninterrupted", file=sys.stderr)
     return _interrupted_exit_code("SIGINT")
 
 
