@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import os
 import shlex
 import signal
 import sys
@@ -32,7 +31,7 @@ from mper.eval.predict import expected_layouts
 from mper.experiment import SweepInterrupted
 from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, TrainConfig, load_config
 from mper.train.config_checks import check_fold_chosen
-from mper.train.distributed import is_main_process, launched_world
+from mper.train.distributed import is_main_process, launched_world, processes_on_this_machine
 from mper.train.loop import LAST_CHECKPOINT
 from mper.train.prototypes import UPDATE_SOURCES
 from mper.train.resume import RESUMABLE_SETTINGS
@@ -116,7 +115,7 @@ def _continue_with(run_dir: Path) -> str:
     """The command that continues a stopped run: under torchrun on as many processes, with
     which a resumed run repeats an uninterrupted one (docs/distributed.md)."""
     resume = f"--resume --out {shlex.quote(str(run_dir))}"
-    processes, on_this_machine = launched_world().size, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    processes, on_this_machine = launched_world().size, processes_on_this_machine()
     if processes == 1:
         return f"continue with: mper-train {resume}"
     if processes == on_this_machine:
