@@ -94,9 +94,6 @@ def check_compile(device: torch.device, enabled: bool) -> None:
 #: (``torch.cuda.set_sync_debug_mode``) inside the training steps: ``warn`` warns at every
 #: synchronisation, ``error`` raises; unset or ``default``: no check. The first iteration
 #: of each stage in a process is left out (lazy initialisation, compilation).
-#: ``extra`` of log records meant for train.log only: the console prints them otherwise
-#: (the metrics table, where a run stopped) or they are too long for it (the settings).
-RUN_LOG_ONLY = {"run_log_only": True}
 SYNC_DEBUG_VARIABLE = "MPER_SYNC_DEBUG"
 SYNC_DEBUG_MODES = ("default", "warn", "error")
 
@@ -140,6 +137,11 @@ def planned_host_read() -> Iterator[None]:
         yield
     finally:
         torch.cuda.set_sync_debug_mode(previous)
+
+
+#: ``extra`` of log records meant for train.log only: the console prints them otherwise
+#: (the metrics table, where a run stopped) or they are too long for it (the settings).
+RUN_LOG_ONLY = {"run_log_only": True}
 
 
 class TrainingInterrupted(KeyboardInterrupt):
