@@ -101,6 +101,16 @@ def test_the_contention_hint_before_training_on_the_cpu(threads, processes, core
         assert "OMP_NUM_THREADS=1" in hint
 
 
+def test_more_single_thread_processes_than_cores_are_told_to_start_fewer():
+    """With one thread each, OMP_NUM_THREADS=1 is what they run already: the hint asks for
+    fewer processes instead."""
+    hint = contention_hint(1, 4, 2, 0.0)
+    assert hint == (
+        "training runs 1 thread in each of 4 processes on 2 CPU core(s), more threads than cores; "
+        "start no more processes than cores (torchrun --nproc-per-node 2)"
+    )
+
+
 def test_training_on_a_busy_cpu_logs_the_contention_hint_and_not_on_cuda(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(runner, "available_cores", lambda: 2)
     monkeypatch.setattr(runner.os, "getloadavg", lambda: (6.0, 5.0, 4.0))

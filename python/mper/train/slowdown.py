@@ -39,9 +39,14 @@ def contention_hint(threads: int, processes: int, cores: int, load: float) -> st
     load average) outnumber the cores by more than one: their threads would wait for one
     another at every parallel op, many times slower than one thread each. ``None`` otherwise."""
     demand = threads * processes
-    each = f"{threads} threads in each of {processes} processes" if processes > 1 else f"{threads} threads"
+    threads_each = f"{threads} thread{'s' if threads > 1 else ''}"
+    each = f"{threads_each} in each of {processes} processes" if processes > 1 else threads_each
     if demand > cores:
-        return f"training runs {each} on {cores} CPU core(s), more threads than cores; {CPU_ADVICE}"
+        # one thread each already: only fewer processes help
+        advice = (
+            CPU_ADVICE if threads > 1 else f"start no more processes than cores (torchrun --nproc-per-node {cores})"
+        )
+        return f"training runs {each} on {cores} CPU core(s), more threads than cores; {advice}"
     if threads > 1 and load + demand > cores + 1:
         return (
             f"the machine is busy (load average {load:.1f} over the last minute on {cores} CPU core(s)) and "
