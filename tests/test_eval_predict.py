@@ -217,6 +217,18 @@ def test_a_case_of_several_nnunet_channel_files_is_refused_by_a_single_channel_m
     with pytest.raises(DataFormatError, match=re.escape(refusal)):
         predict_file(ThresholdNet(), folder / "heart_0001.nii.gz", "la", tmp_path / "one", **LA_OPTIONS)
     assert not (tmp_path / "one").exists()
+    # separate scans numbered as channels, segmented each as a case of its own when the user says so
+    forced = predict_path(ThresholdNet(), folder, "la", tmp_path / "forced", force=True, **LA_OPTIONS)
+    assert [path.name for path in forced] == [
+        "heart_0000_pred.nii.gz",
+        "heart_0001_pred.nii.gz",
+        "plain_pred.nii.gz",
+        "single_0000_pred.nii.gz",
+    ]
+    single = predict_file(
+        ThresholdNet(), folder / "heart_0001.nii.gz", "la", tmp_path / "one", force=True, **LA_OPTIONS
+    )
+    assert single == tmp_path / "one" / "heart_0001_pred.nii.gz"
 
 
 def test_a_numbered_series_of_scans_is_not_taken_for_channel_files(tmp_path):

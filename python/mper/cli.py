@@ -493,7 +493,10 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
     _add_device(parser)
     _add_weights(parser)
     parser.add_argument(
-        "--force", action="store_true", help="segment a volume whose axis order looks wrong as it is, with a warning"
+        "--force",
+        action="store_true",
+        help="segment a volume whose axis order looks wrong as it is, with a warning, and files named as one "
+        "case's nnU-Net channel files (<case>_0000, <case>_0001) each as a scan of its own",
     )
     _add_version(parser)
     args = parser.parse_args(argv)

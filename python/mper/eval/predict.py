@@ -103,7 +103,7 @@ def _multichannel_error(folder: Path, case: str, channel_files: list[Path], spec
         f"{folder}: case {case} has {len(channel_files)} channel files ({names}), as nnU-Net names the "
         f"channels of one case, but the {spec.title} model takes one single-channel image per case; give only "
         "the file of the channel it was trained on, or import the dataset with mper-data import to train a "
-        "model on every channel"
+        "model on every channel (or pass --force if they are separate scans)"
     )
 
 
@@ -246,7 +246,8 @@ def predict_file(
     """Segment one NIfTI or HDF5 file and write ``out_dir/<case>_pred.nii.gz``; returns its path.
 
     ``force`` segments a volume whose axis order looks wrong (see the module docstring)
-    after a warning instead of refusing it. ``options`` go to
+    after a warning instead of refusing it, and files named as the nnU-Net channel files
+    of one case (``<case>_0000``, ``<case>_0001``, ...) each as a case of its own. ``options`` go to
     :func:`~mper.eval.protocol.segment_volume`: ``postprocess`` (as ``mper-eval`` applies
     it), ``num_classes`` and the inference options (e.g. ``stride``).
     """
@@ -254,7 +255,7 @@ def predict_file(
     case_file = get_dataset(dataset).case_file
     if not path.is_file():
         raise MissingFileError(f"no such image file: {path}")
-    siblings = [file for file in path.parent.iterdir() if file.is_file()]
+    siblings = [file for file in path.parent.iterdir() if file.is_file()] if not force else []
     for (folder, case), channel_files in _channel_groups(siblings).items():
         if path in channel_files:
             raise _multichannel_error(folder, case, channel_files, get_dataset(dataset))
@@ -333,7 +334,7 @@ def predict_path(
     written: list[Path] = []
     failed: list[Path] = []
     multichannel = {}
-    for (folder, case), channel_files in _channel_groups(list(outputs)).items():
+    for (folder, case), channel_files in _channel_groups([] if force else list(outputs)).items():
         error = _multichannel_error(folder, case, channel_files, spec)
         multichannel.update({file: error for file in channel_files})
     for index, (file, out_path) in enumerate(outputs.items(), start=1):
