@@ -137,6 +137,10 @@ def test_acdc_testing_patients_without_labels_are_left_out_by_name(tmp_path, cap
         "left out 2 patient(s) none of whose frames has its <frame>_gt label file (a release that keeps the "
         "testing labels back): patient004, patient005"
     ]
+    for label in raw.rglob("*_gt.nii.gz"):
+        label.unlink()
+    with pytest.raises(FileNotFoundError, match=r"none of the \d+ ACDC frames under .* has its label file beside it"):
+        convert("acdc", raw, tmp_path / "unlabeled", progress=False)
 
 
 def test_acdc_bad_raw_files(tmp_path):

@@ -146,6 +146,12 @@ def find_acdc_frames(source: Path) -> dict[str, tuple[Path, Path]]:
     frames = {
         name: (path, _pair_file(path, labels[name].name)) for name, path in images.items() if name not in unlabeled
     }
+    if images and not frames:
+        raise MissingFileError(
+            f"none of the {len(images)} ACDC frames under {source} has its label file beside it "
+            f"(patientXXX_frameYY{ACDC_LABEL_MARK}.nii.gz), e.g. no {labels[next(iter(images))]}; training needs "
+            "the labeled training patients of the download"
+        )
     if not frames:
         raise MissingFileError(
             f"no ACDC frame under {source}: expected patientXXX/patientXXX_frameYY.nii.gz "
