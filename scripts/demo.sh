@@ -39,7 +39,8 @@ echo "training MPER here and the labeled-only network alongside it (its output: 
 mper-train --dataset "$dataset" --data-root "$data" --preset demo --out "$runs/labeled-only" \
   --baseline labeled-only "$@" >"$runs/labeled-only.out" 2>&1 &
 baseline=$!
-# a background job of a script ignores Ctrl-C: stop it with the demo
+# the shell starts a background job with Ctrl-C ignored, but mper-train installs its own handler, so
+# Ctrl-C reaches both runs; when the demo ends otherwise (a failed MPER run), stop this one with it
 trap 'kill "$baseline" 2>/dev/null || true' EXIT
 status=0
 mper-train --dataset "$dataset" --data-root "$data" --preset demo --out "$runs/mper" "$@" || status=$?
