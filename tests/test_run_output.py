@@ -165,8 +165,10 @@ def test_validation_shows_progress(acdc_root, tmp_path, capsys):
     assert "best=-, " in shown and "best=-inf" not in shown, shown
 
 
-def test_ctrl_c_with_data_workers_reports_once(acdc_root, tmp_path):
-    """A terminal's Ctrl-C reaches the whole process group, data workers included."""
+@pytest.mark.parametrize(("signum", "said"), [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_a_stop_signal_with_data_workers_reports_once(acdc_root, tmp_path, signum, said):
+    """A terminal's Ctrl-C reaches the whole process group, data workers included, and so
+    does a scheduler's SIGTERM to the whole job: only the main process says so."""
     run_dir = tmp_path / "run"
     arguments = [
         "--dataset",
@@ -198,14 +200,14 @@ def test_ctrl_c_with_data_workers_reports_once(acdc_root, tmp_path):
         while not re.search(r"pretrain: .*\| *[2-9]\d*/", stderr_path.read_text()):
             assert process.poll() is None and time.monotonic() < deadline, stderr_path.read_text()
             time.sleep(0.2)
-        os.killpg(process.pid, signal.SIGINT)
-        assert process.wait(timeout=120) == 130
+        os.killpg(process.pid, signum)
+        assert process.wait(timeout=120) == 128 + signum, stderr_path.read_text()
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     text = stderr_path.read_text()
-    assert text.count("Ctrl-C: saving a checkpoint") == 1, text
-    assert text.count("interrupted (SIGINT); state saved to") == 1 and "Traceback" not in text, text
+    assert text.count(f"{said}: saving a checkpoint") == 1, text
+    assert text.count(f"interrupted ({signum.name}); state saved to") == 1 and "Traceback" not in text, text
     assert (run_dir / "last.pt").is_file()
 
 

@@ -266,7 +266,7 @@ def stage_loader(
         num_workers=loader_workers(config),
         pin_memory=device.type == "cuda",
         generator=_private_generator(config.seed),
-        worker_init_fn=_leave_ctrl_c_to_the_main_process,
+        worker_init_fn=_leave_stop_signals_to_the_main_process,
     )
 
 
@@ -296,10 +296,16 @@ def prototype_init_batches(config: TrainConfig, device: torch.device) -> Iterato
         yield batch["image"], batch["label"]
 
 
-def _leave_ctrl_c_to_the_main_process(worker_id: int) -> None:
-    """Data workers ignore SIGINT: a Ctrl-C in the terminal reaches every process of the
-    group, and only the main one should react (save a checkpoint, say so once)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """Data workers ignore SIGINT and SIGTERM: a Ctrl-C in the terminal reaches every
+    process of the group, as does a scheduler's SIGTERM to the whole job, and only the main
+    process should react (save a checkpoint, say so once). torch's own SIGTERM handler in a
+    worker dies of it, and the main process's SIGCHLD handler then raises "DataLoader worker
+    is killed by signal" wherever training is, before the checkpoint is saved. The workers
+    still end: the main process stops them through their queues, and a worker whose main
+    process is gone exits by itself."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _private_generator(seed: int) -> torch.Generator:
