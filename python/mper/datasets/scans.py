@@ -362,11 +362,33 @@ def _check_import_memory(found: _Fingerprint, rules: ScanRules, channels: int, s
         )
 
 
+def _check_collapsed_axes(found: _Fingerprint, rules: ScanRules, source: Path, training: Sequence[str]) -> None:
+    """Refuse a chosen ``--spacing`` under which a case's axis of several voxels becomes a
+    single voxel (a slip such as ``325`` for ``3.25`` mm turns every volume into one slice,
+    and the import into a 2D dataset); the message gives the data's own target spacing,
+    from the ``training`` cases."""
+    for name, cropped in found.cropped.items():
+        shape = resampled_shape(cropped, found.spacings[name], rules.spacing)
+        for axis, (before, after) in enumerate(zip(cropped, shape)):
+            if before > 1 and after == 1:
+                raise ConfigError(
+                    f"{source}: --spacing {list(rules.spacing)} mm resamples case {name}'s axis {axis} from "
+                    f"{before} voxels of {found.spacings[name][axis]:g} mm to a single voxel; check --spacing: "
+                    f"millimetres per voxel, x y z as stored (the data's own would be "
+                    f"{[round(value, 4) for value in _own_spacing(found, training)]})"
+                )
+
+
 def _import_case(case: RawCase, raw: RawDataset, rules: ScanRules, out: Path) -> None:
     """Preprocess and write one case; its arrays go when it returns, before the next is read."""
     scan = read_case(case, raw)
     image, label, geometry = preprocess_scan(scan.image, scan.label, scan.spacing, scan.affine, rules)
     write_scan_case(out, case.name, image, label, scan.label, geometry)
+
+
+def _own_spacing(found: _Fingerprint, training: Sequence[str]) -> tuple[float, ...]:
+    """The target spacing the data of the ``training`` cases suggests (no ``--spacing``)."""
+    return target_spacing([found.spacings[name] for name in training], [found.cropped[name] for name in training])
 
 
 def _scan_rules(
@@ -385,7 +407,7 @@ def _scan_rules(
             )
         statistics.append(foreground_statistics(samples))
     if spacing is None:
-        target = target_spacing([found.spacings[name] for name in training], [found.cropped[name] for name in training])
+        target = _own_spacing(found, training)
     else:
         target = tuple(float(value) for value in spacing)
         if len(target) != 3 or not all(np.isfinite(value) and value > 0 for value in target):
@@ -440,6 +462,8 @@ def import_scans(
     found = _fingerprint(raw, cases, progress)
     rules = _scan_rules(raw, found, training, spacing)
     _check_import_memory(found, rules, len(raw.channels), source, chosen=spacing is not None)
+    if spacing is not None:
+        _check_collapsed_axes(found, rules, source, training)
     shapes = [resampled_shape(found.cropped[name], found.spacings[name], rules.spacing) for name in training]
     median = tuple(int(round(value)) for value in np.median(np.asarray(shapes, dtype=np.float64), axis=0))
     smallest = np.min(np.asarray(shapes), axis=0).tolist()
