@@ -390,6 +390,26 @@ def test_an_edited_plan_is_what_trains(nnunet_3d, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_class_names_edited_to_fewer_classes_are_refused_before_training(nnunet_3d, tmp_path, capsys):
+    """The labels hold the five classes the import found: a plan naming four would fail in
+    the loss at the first batch, with a traceback."""
+    _, root, _ = nnunet_3d
+    edited = shutil.copytree(root, tmp_path / "edited")
+    plan = edited / "plan.toml"
+    plan.write_text(plan.read_text().replace(', "tumour"]', "]"))
+    with pytest.raises(SystemExit) as stop:
+        cli.train_main(["--data-root", str(edited), "--out", str(tmp_path / "r"), *TINY, *NETWORKS["3d"]])
+    error = capsys.readouterr().err
+    assert stop.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error, error
+    assert re.fullmatch(
+        rf"mper-train: error: {re.escape(str(edited))}: the label of case \S+ holds class value\(s\) \[4\], more "
+        rf"than the 4 of class_names in {re.escape(str(plan))} \(background, liver, kidney, spleen\); name every "
+        r"class the import found there, one name per label value",
+        error.splitlines()[-1],
+    ), error
+    assert not (tmp_path / "r").exists()
+
+
 def _prune(raw, cases):
     """Remove ``cases`` (their images and labels) from the nnU-Net raw dataset ``raw``."""
     for case in cases:
