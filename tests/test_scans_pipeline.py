@@ -585,6 +585,21 @@ def test_a_builtin_dataset_on_an_imported_folder_says_to_drop_dataset(nnunet_3d,
     assert not (tmp_path / "run").exists()
 
 
+def test_training_on_the_raw_folder_says_to_import_it_first(nnunet_3d, tmp_path, capsys):
+    """The docs' first command trains on the imported folder; a user who gives the raw
+    dataset instead is told to import it, not that --dataset is required."""
+    raw, _, _ = nnunet_3d
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--data-root", str(raw), "--out", str(tmp_path / "run"), *TINY])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error
+    assert error.splitlines()[-1] == (
+        f"mper-train: error: {raw} is a raw dataset (it holds dataset.json), not an imported one: import it first, "
+        f"mper-data import --source {raw} --out DIR, then train with mper-train --data-root DIR"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_eval_of_a_builtin_datasets_checkpoint_refuses_an_imported_folder(nnunet_3d, tmp_path, capsys):
     _, root, _ = nnunet_3d
     acdc, run_dir = tmp_path / "acdc", tmp_path / "run"
