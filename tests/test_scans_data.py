@@ -478,6 +478,22 @@ def test_a_spacing_that_collapses_an_axis_to_one_voxel_is_refused(raw, tmp_path,
     assert (tmp_path / "coarse" / "plan.toml").is_file()
 
 
+@pytest.mark.parametrize(
+    "name, planned",
+    [("My Liver Data (2024)", "My_Liver_Data_2024"), ("  Leber/Läsion ", "Leber_L_sion"), ("(((", "scans")],
+)
+def test_a_free_text_dataset_name_becomes_a_name_training_accepts(raw, tmp_path, caplog, name, planned):
+    """dataset.json's name is free text; the plan's names run folders, and a plan holding
+    the name as written would be refused by mper-train after an import that said to train."""
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    (source / "dataset.json").write_text(json.dumps({**document, "name": name}))
+    with caplog.at_level("WARNING"):
+        cli.data_main(["import", "--source", str(source), "--out", str(tmp_path / "out")])
+    assert read_plan(tmp_path / "out").name == planned
+    assert f"the dataset's name {name!r} names run folders, so the plan names it {planned!r}" in caplog.text
+
+
 def test_import_refuses_an_out_folder_that_holds_files_as_synth_does(raw, tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()

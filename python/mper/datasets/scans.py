@@ -36,6 +36,7 @@ The plan holds, for a 3D V-Net and for a 2D U-Net, the settings the data suggest
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -62,7 +63,7 @@ from mper.data.imported import (
     write_scan_lists,
 )
 from mper.data.raw_scans import CT, LABELED, TEST, UNLABELED, RawCase, RawDataset, read_case, read_raw_dataset
-from mper.data.scan_plan import DIMS, PLAN_FILE, ScanPlan, read_plan, write_plan
+from mper.data.scan_plan import DIMS, PLAN_FILE, ScanPlan, plan_name, read_plan, write_plan
 from mper.data.scan_preprocess import (
     FOREGROUND_SAMPLES,
     MASK_FOR_NORM_FRACTION,
@@ -83,6 +84,8 @@ from mper.nets import SIZE_MULTIPLE
 
 from .registry import dataset_names, get_dataset, register_imported
 from .spec import SLIDING_WINDOW, DatasetSpec
+
+log = logging.getLogger(__name__)
 
 #: The benchmark whose presets and network a plan of each dimensionality builds on.
 BASE_DATASETS = {"3d": "la", "2d": "acdc"}
@@ -447,10 +450,16 @@ def import_scans(
     if not memory_gb > 0:
         raise ConfigError(f"--memory must be a positive number of GB; got {memory_gb}")
     raw = read_raw_dataset(source, unlabeled)
-    if raw.name in dataset_names() and get_dataset(raw.name).scans is None:
-        raise ConfigError(
-            f"{source}: the dataset's name {raw.name!r} is a built-in dataset's; rename it in dataset.json"
+    name = plan_name(raw.name)
+    if name != raw.name:
+        log.warning(
+            "%s: the dataset's name %r names run folders, so the plan names it %r (edit name in plan.toml)",
+            source,
+            raw.name,
+            name,
         )
+    if name in dataset_names() and get_dataset(name).scans is None:
+        raise ConfigError(f"{source}: the dataset's name {name!r} is a built-in dataset's; rename it in dataset.json")
     check_output_folder(out, source)
     cases = [case for case in raw.cases if case.role != TEST or case.label is not None]
     training = [case.name for case in raw.with_role(LABELED)]
@@ -487,7 +496,7 @@ def import_scans(
         key: plan_settings(summary, key, memory_gb) for key in shaped_dims(summary) if labeled_range(summary, key)
     }
     plan = ScanPlan(
-        name=raw.name,
+        name=name,
         source=str(source),
         layout=raw.layout,
         file_ending=raw.file_ending,
@@ -500,7 +509,7 @@ def import_scans(
         settings=settings,
     )
     with removed_on_failure(out):
-        for case in tqdm(cases, desc=f"importing {raw.name}", unit="case", disable=not progress):
+        for case in tqdm(cases, desc=f"importing {name}", unit="case", disable=not progress):
             _import_case(case, raw, rules, out)
         write_scan_lists(
             out,
