@@ -123,3 +123,14 @@ def test_case_metrics_scores_each_foreground_class():
     assert metrics[3]["dice"] == 0.0 and math.isnan(metrics[3]["asd"])
     with pytest.raises(ValueError, match="at least 2"):
         case_metrics(pred, gt, num_classes=1)
+
+
+@pytest.mark.parametrize("spacing", [None, (0.5, 2.0)])
+def test_a_2d_image_stored_with_an_axis_of_one_slice_is_scored_as_the_2d_image(spacing):
+    """An (x, y, 1) volume (a 2D scan as imported) has the distances of its 2D outlines: an
+    erosion across the single slice would make every voxel a surface voxel."""
+    flat = binary_metrics(SHIFTED_SQUARE, GT_SQUARE, spacing)
+    for axis in range(3):
+        volume_spacing = None if spacing is None else (*spacing[:axis], 3.0, *spacing[axis:])
+        volume = binary_metrics(np.expand_dims(SHIFTED_SQUARE, axis), np.expand_dims(GT_SQUARE, axis), volume_spacing)
+        assert volume == pytest.approx(flat)

@@ -461,6 +461,39 @@ def test_a_spacing_too_fine_for_the_memory_is_refused_before_resampling(raw, tmp
     assert line.endswith("import on a machine with more memory, or pass a coarser --spacing"), line
 
 
+def test_a_spacing_that_collapses_an_axis_to_one_voxel_is_refused(raw, tmp_path, capsys):
+    """A slip such as 325 for 3.25 mm would turn every volume into a single slice (and the
+    import into a 2D dataset) with exit status 0."""
+    line = _import_error(raw[NNUNET], tmp_path / "out", capsys, "--spacing", "1", "1", "500")
+    assert re.fullmatch(
+        rf"mper-data: error: {re.escape(str(raw[NNUNET]))}: --spacing \[1\.0, 1\.0, 500\.0\] mm resamples case "
+        r"\S+'s axis 2 from \d+ voxels of [0-9.]+ mm to a single voxel; check --spacing: millimetres per voxel, "
+        r"x y z as stored \(the data's own would be \[[0-9.]+, [0-9.]+, [0-9.]+\]\)",
+        line,
+    ), line
+    # a coarser spacing that keeps every axis imports
+    cli.data_main(
+        ["import", "--source", str(raw[NNUNET]), "--out", str(tmp_path / "coarse"), "--spacing", "2", "2", "6"]
+    )
+    assert (tmp_path / "coarse" / "plan.toml").is_file()
+
+
+@pytest.mark.parametrize(
+    "name, planned",
+    [("My Liver Data (2024)", "My_Liver_Data_2024"), ("  Leber/Läsion ", "Leber_L_sion"), ("(((", "scans")],
+)
+def test_a_free_text_dataset_name_becomes_a_name_training_accepts(raw, tmp_path, caplog, name, planned):
+    """dataset.json's name is free text; the plan's names run folders, and a plan holding
+    the name as written would be refused by mper-train after an import that said to train."""
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    (source / "dataset.json").write_text(json.dumps({**document, "name": name}))
+    with caplog.at_level("WARNING"):
+        cli.data_main(["import", "--source", str(source), "--out", str(tmp_path / "out")])
+    assert read_plan(tmp_path / "out").name == planned
+    assert f"the dataset's name {name!r} names run folders, so the plan names it {planned!r}" in caplog.text
+
+
 def test_import_refuses_an_out_folder_that_holds_files_as_synth_does(raw, tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()

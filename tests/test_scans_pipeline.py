@@ -390,6 +390,26 @@ def test_an_edited_plan_is_what_trains(nnunet_3d, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_class_names_edited_to_fewer_classes_are_refused_before_training(nnunet_3d, tmp_path, capsys):
+    """The labels hold the five classes the import found: a plan naming four would fail in
+    the loss at the first batch, with a traceback."""
+    _, root, _ = nnunet_3d
+    edited = shutil.copytree(root, tmp_path / "edited")
+    plan = edited / "plan.toml"
+    plan.write_text(plan.read_text().replace(', "tumour"]', "]"))
+    with pytest.raises(SystemExit) as stop:
+        cli.train_main(["--data-root", str(edited), "--out", str(tmp_path / "r"), *TINY, *NETWORKS["3d"]])
+    error = capsys.readouterr().err
+    assert stop.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error, error
+    assert re.fullmatch(
+        rf"mper-train: error: {re.escape(str(edited))}: the label of case \S+ holds class value\(s\) \[4\], more "
+        rf"than the 4 of class_names in {re.escape(str(plan))} \(background, liver, kidney, spleen\); name every "
+        r"class the import found there, one name per label value",
+        error.splitlines()[-1],
+    ), error
+    assert not (tmp_path / "r").exists()
+
+
 def _prune(raw, cases):
     """Remove ``cases`` (their images and labels) from the nnU-Net raw dataset ``raw``."""
     for case in cases:
@@ -562,6 +582,21 @@ def test_a_builtin_dataset_on_an_imported_folder_says_to_drop_dataset(nnunet_3d,
     config = load_config("la", "demo", {"data_root": str(root), "out": str(tmp_path / "run"), "device": "cpu"})
     with pytest.raises(UserError, match=rf"^{re.escape(str(root))} holds a dataset imported by mper-data import"):
         pipeline.train(config)
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_on_the_raw_folder_says_to_import_it_first(nnunet_3d, tmp_path, capsys):
+    """The docs' first command trains on the imported folder; a user who gives the raw
+    dataset instead is told to import it, not that --dataset is required."""
+    raw, _, _ = nnunet_3d
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--data-root", str(raw), "--out", str(tmp_path / "run"), *TINY])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error
+    assert error.splitlines()[-1] == (
+        f"mper-train: error: {raw} is a raw dataset (it holds dataset.json), not an imported one: import it first, "
+        f"mper-data import --source {raw} --out DIR, then train with mper-train --data-root DIR"
+    )
     assert not (tmp_path / "run").exists()
 
 

@@ -39,6 +39,17 @@ PLAN_FILE = "plan.toml"
 DIMS = ("2d", "3d")
 #: Names a dataset may take: they name run folders too.
 PLAN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: The runs of characters a plan's name cannot hold.
+_NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def plan_name(name: str, fallback: str = "scans") -> str:
+    """``name`` as a plan may hold it (:data:`PLAN_NAME`): each run of other characters
+    (spaces, brackets, accents) becomes one ``_``, and the name starts with a letter or
+    digit; ``fallback`` when nothing is left (``dataset.json``'s free-text ``name``
+    becomes the name of run folders)."""
+    cleaned = _NOT_IN_NAMES.sub("_", name).lstrip("_.-").rstrip("_")
+    return cleaned if PLAN_NAME.fullmatch(cleaned) else fallback
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ The plan holds, for a 3D V-Net and for a 2D U-Net, the settings the data suggest
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -62,7 +63,7 @@ from mper.data.imported import (
     write_scan_lists,
 )
 from mper.data.raw_scans import CT, LABELED, TEST, UNLABELED, RawCase, RawDataset, read_case, read_raw_dataset
-from mper.data.scan_plan import DIMS, PLAN_FILE, ScanPlan, read_plan, write_plan
+from mper.data.scan_plan import DIMS, PLAN_FILE, ScanPlan, plan_name, read_plan, write_plan
 from mper.data.scan_preprocess import (
     FOREGROUND_SAMPLES,
     MASK_FOR_NORM_FRACTION,
@@ -83,6 +84,8 @@ from mper.nets import SIZE_MULTIPLE
 
 from .registry import dataset_names, get_dataset, register_imported
 from .spec import SLIDING_WINDOW, DatasetSpec
+
+log = logging.getLogger(__name__)
 
 #: The benchmark whose presets and network a plan of each dimensionality builds on.
 BASE_DATASETS = {"3d": "la", "2d": "acdc"}
@@ -362,11 +365,33 @@ def _check_import_memory(found: _Fingerprint, rules: ScanRules, channels: int, s
         )
 
 
+def _check_collapsed_axes(found: _Fingerprint, rules: ScanRules, source: Path, training: Sequence[str]) -> None:
+    """Refuse a chosen ``--spacing`` under which a case's axis of several voxels becomes a
+    single voxel (a slip such as ``325`` for ``3.25`` mm turns every volume into one slice,
+    and the import into a 2D dataset); the message gives the data's own target spacing,
+    from the ``training`` cases."""
+    for name, cropped in found.cropped.items():
+        shape = resampled_shape(cropped, found.spacings[name], rules.spacing)
+        for axis, (before, after) in enumerate(zip(cropped, shape)):
+            if before > 1 and after == 1:
+                raise ConfigError(
+                    f"{source}: --spacing {list(rules.spacing)} mm resamples case {name}'s axis {axis} from "
+                    f"{before} voxels of {found.spacings[name][axis]:g} mm to a single voxel; check --spacing: "
+                    f"millimetres per voxel, x y z as stored (the data's own would be "
+                    f"{[round(value, 4) for value in _own_spacing(found, training)]})"
+                )
+
+
 def _import_case(case: RawCase, raw: RawDataset, rules: ScanRules, out: Path) -> None:
     """Preprocess and write one case; its arrays go when it returns, before the next is read."""
     scan = read_case(case, raw)
     image, label, geometry = preprocess_scan(scan.image, scan.label, scan.spacing, scan.affine, rules)
     write_scan_case(out, case.name, image, label, scan.label, geometry)
+
+
+def _own_spacing(found: _Fingerprint, training: Sequence[str]) -> tuple[float, ...]:
+    """The target spacing the data of the ``training`` cases suggests (no ``--spacing``)."""
+    return target_spacing([found.spacings[name] for name in training], [found.cropped[name] for name in training])
 
 
 def _scan_rules(
@@ -385,7 +410,7 @@ def _scan_rules(
             )
         statistics.append(foreground_statistics(samples))
     if spacing is None:
-        target = target_spacing([found.spacings[name] for name in training], [found.cropped[name] for name in training])
+        target = _own_spacing(found, training)
     else:
         target = tuple(float(value) for value in spacing)
         if len(target) != 3 or not all(np.isfinite(value) and value > 0 for value in target):
@@ -425,10 +450,16 @@ def import_scans(
     if not memory_gb > 0:
         raise ConfigError(f"--memory must be a positive number of GB; got {memory_gb}")
     raw = read_raw_dataset(source, unlabeled)
-    if raw.name in dataset_names() and get_dataset(raw.name).scans is None:
-        raise ConfigError(
-            f"{source}: the dataset's name {raw.name!r} is a built-in dataset's; rename it in dataset.json"
+    name = plan_name(raw.name)
+    if name != raw.name:
+        log.warning(
+            "%s: the dataset's name %r names run folders, so the plan names it %r (edit name in plan.toml)",
+            source,
+            raw.name,
+            name,
         )
+    if name in dataset_names() and get_dataset(name).scans is None:
+        raise ConfigError(f"{source}: the dataset's name {name!r} is a built-in dataset's; rename it in dataset.json")
     check_output_folder(out, source)
     cases = [case for case in raw.cases if case.role != TEST or case.label is not None]
     training = [case.name for case in raw.with_role(LABELED)]
@@ -440,6 +471,8 @@ def import_scans(
     found = _fingerprint(raw, cases, progress)
     rules = _scan_rules(raw, found, training, spacing)
     _check_import_memory(found, rules, len(raw.channels), source, chosen=spacing is not None)
+    if spacing is not None:
+        _check_collapsed_axes(found, rules, source, training)
     shapes = [resampled_shape(found.cropped[name], found.spacings[name], rules.spacing) for name in training]
     median = tuple(int(round(value)) for value in np.median(np.asarray(shapes, dtype=np.float64), axis=0))
     smallest = np.min(np.asarray(shapes), axis=0).tolist()
@@ -463,7 +496,7 @@ def import_scans(
         key: plan_settings(summary, key, memory_gb) for key in shaped_dims(summary) if labeled_range(summary, key)
     }
     plan = ScanPlan(
-        name=raw.name,
+        name=name,
         source=str(source),
         layout=raw.layout,
         file_ending=raw.file_ending,
@@ -476,7 +509,7 @@ def import_scans(
         settings=settings,
     )
     with removed_on_failure(out):
-        for case in tqdm(cases, desc=f"importing {raw.name}", unit="case", disable=not progress):
+        for case in tqdm(cases, desc=f"importing {name}", unit="case", disable=not progress):
             _import_case(case, raw, rules, out)
         write_scan_lists(
             out,

@@ -5,6 +5,11 @@ All four are medpy's ``medpy.metric.binary`` functions (``dc``, ``jc``, ``hd95``
 the mean distance from the predicted surface to the ground-truth surface. Distances are
 in voxels unless a voxel ``spacing`` is given (the paper's tables use voxels).
 
+Axes of a single voxel (a 2D image stored as an ``(x, y, 1)`` volume) are left out of the
+distances: medpy's surface is what an erosion removes, and an erosion across an axis of
+one voxel removes every voxel, which would score distances between whole masks rather
+than between their outlines.
+
 Empty masks, where medpy's distances are undefined:
 
 * prediction and ground truth both empty: dice = jaccard = 1, hd95 = asd = 0
@@ -48,12 +53,27 @@ def binary_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Spacing = None) ->
         return {"dice": 1.0, "jaccard": 1.0, "hd95": 0.0, "asd": 0.0}
     if not np.any(pred) or not np.any(gt):
         return {"dice": 0.0, "jaccard": 0.0, "hd95": math.nan, "asd": math.nan}
+    surface_pred, surface_gt, surface_spacing = _without_single_voxel_axes(pred, gt, spacing)
     return {
         "dice": float(binary.dc(pred, gt)),
         "jaccard": float(binary.jc(pred, gt)),
-        "hd95": float(binary.hd95(pred, gt, voxelspacing=spacing)),
-        "asd": float(binary.asd(pred, gt, voxelspacing=spacing)),
+        "hd95": float(binary.hd95(surface_pred, surface_gt, voxelspacing=surface_spacing)),
+        "asd": float(binary.asd(surface_pred, surface_gt, voxelspacing=surface_spacing)),
     }
+
+
+def _without_single_voxel_axes(
+    pred: np.ndarray, gt: np.ndarray, spacing: Spacing
+) -> tuple[np.ndarray, np.ndarray, Spacing]:
+    """``pred``, ``gt`` and ``spacing`` without the axes of one voxel (see the module
+    docstring); unchanged when every axis is longer, or when all are single voxels."""
+    kept = [axis for axis, length in enumerate(pred.shape) if length > 1]
+    if len(kept) == pred.ndim or not kept:
+        return pred, gt, spacing
+    shape = tuple(pred.shape[axis] for axis in kept)
+    if spacing is not None and not isinstance(spacing, (int, float)):
+        spacing = [float(spacing[axis]) for axis in kept]
+    return pred.reshape(shape), gt.reshape(shape), spacing
 
 
 def case_metrics(

@@ -165,12 +165,32 @@ def _check_scored_cases_unseen(config: TrainConfig, items: list[str]) -> None:
                 )
 
 
+def _check_label_values(config: TrainConfig, case: str, values: list[int]) -> None:
+    """Refuse a label of ``case`` holding a class value the run has no output for (a
+    ``class_names`` of an imported dataset's ``plan.toml`` edited to fewer names, say),
+    which would fail in the loss at the first batch."""
+    beyond = [int(value) for value in values if not 0 <= value < config.num_classes]
+    if not beyond:
+        return
+    plan = get_dataset(config.dataset).scans
+    where = (
+        f"the {config.num_classes} of class_names in {config.data_root}/plan.toml "
+        f"({', '.join(plan.class_names)}); name every class the import found there, one name per label value"
+        if plan is not None
+        else f"num_classes = {config.num_classes}; check the labels"
+    )
+    raise DataFormatError(
+        f"{config.data_root}: the label of case {case} holds class value(s) {beyond}, more than {where}"
+    )
+
+
 def check_data(config: TrainConfig) -> None:
     """Read every case the run will use: training items, validation and test volumes.
 
     Raises what :func:`check_split` raises, what the readers raise for a missing or
-    malformed file (naming it), and :class:`~mper.errors.DataFormatError` when a class has
-    no voxel in the labeled images (its prototypes could not be initialised).
+    malformed file (naming it), and :class:`~mper.errors.DataFormatError` when a label holds
+    a class value beyond ``num_classes`` or a class has no voxel in the labeled images (its
+    prototypes could not be initialised).
     """
     labeled, unlabeled = check_split(config)
     self_training = config.baseline not in SUPERVISED_BASELINES
@@ -192,8 +212,10 @@ def check_data(config: TrainConfig) -> None:
                 f"{error}; {case} is named by a list file of {config.data_root}: restore its file or remove it "
                 "from the list"
             ) from error
+        values = np.unique(label).tolist()
+        _check_label_values(config, case, values)
         if position < len(labeled):
-            seen_classes.update(np.unique(label).tolist())
+            seen_classes.update(values)
     missing = sorted(set(range(config.num_classes)) - seen_classes)
     if self_training and missing:
         raise DataFormatError(
