@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import re
 import shutil
@@ -210,6 +211,9 @@ def test_sigterm_to_the_whole_job_saves_a_checkpoint_with_data_workers(acdc_root
         pipeline.train(config)
     assert interrupted.value.signal_name == "SIGTERM"
     assert load_checkpoint(run_dir / "last.pt")["progress"]["iteration"] == 1
+    # the workers, which ignore SIGTERM, are stopped with the stage, though its traceback lives
+    # on: otherwise multiprocessing's exit would terminate them with SIGTERM and wait forever
+    assert interrupted.value.__traceback__ is not None and not multiprocessing.active_children()
 
 
 def test_a_run_folder_is_not_overwritten_without_resume(acdc_root, finished_run):

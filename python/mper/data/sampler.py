@@ -19,7 +19,7 @@ one DataLoader iterator serves a whole training stage.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -143,7 +143,7 @@ class TwoStreamBatchSampler(Sampler[list[tuple[int, int]]]):
             start_batch = 0
 
 
-def endless_batches(loader: DataLoader[Any], start_iteration: int = 0) -> Iterator[Any]:
+def endless_batches(loader: DataLoader[Any], start_iteration: int = 0) -> Generator[Any, None, None]:
     """Yield the loader's batches forever, from global iteration ``start_iteration`` on.
 
     Epoch ``e`` covers iterations ``[e * n, (e + 1) * n)`` with ``n = len(sampler)``. The

@@ -21,6 +21,7 @@ its own, so self-training does not replay pre-training's crops and pairs.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -314,8 +315,9 @@ def prototype_init_batches(config: TrainConfig, device: torch.device) -> Iterato
     loader = stage_loader(config, with_unlabeled=False, device=device, whole_batch=True)
     epoch_length = len(cast(TwoStreamBatchSampler, loader.batch_sampler))
     epoch = -(-config.pretrain.iterations // epoch_length)
-    for batch in itertools.islice(endless_batches(loader, epoch * epoch_length), epoch_length):
-        yield batch["image"], batch["label"]
+    with contextlib.closing(endless_batches(loader, epoch * epoch_length)) as batches:
+        for batch in itertools.islice(batches, epoch_length):
+            yield batch["image"], batch["label"]
 
 
 def _leave_stop_signals_to_the_main_process(worker_id: int) -> None:

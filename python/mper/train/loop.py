@@ -455,7 +455,10 @@ class Trainer:
         # since agreeing is a host read of the device
         agree_each_iteration = not alone and self.device.type == "cpu"
         first, sync_mode = progress.iteration, sync_debug_mode()
-        with bar:
+        # closing the batches stops the data workers however the stage ends: a stopped
+        # stage's traceback would keep them alive, and the data workers ignore SIGTERM, so
+        # multiprocessing's exit, which terminates them with SIGTERM and joins, would hang
+        with bar, contextlib.closing(batches):
             while progress.iteration < iterations:
                 lr = learning_rate(self.config.optim, progress.iteration)
                 for group in self.optimizer.param_groups:
