@@ -323,7 +323,7 @@ def test_the_fused_head_compiles_over_channels_last_features(shape, device):
 
 def run_pretraining(trainer: Trainer, iterations: int, monkeypatch) -> None:
     """``trainer.run_stage`` over random batches (the loop without data files)."""
-    monkeypatch.setattr(loop, "endless_batches", lambda batches, start: iter(batches))
+    monkeypatch.setattr(loop, "endless_batches", lambda batches, start: (batch for batch in batches))
     trainer.begin_stage("pretrain")
     batches = [batch(trainer, seed) for seed in range(iterations)]
     trainer.run_stage(iterations, lambda batch, _: supervised_step(trainer, batch, mix=True), batches)
