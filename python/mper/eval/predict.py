@@ -78,33 +78,31 @@ def _is_label_beside_its_image(path: Path) -> bool:
     )
 
 
-def _channel_groups(files: list[Path]) -> dict[tuple[Path, str], list[Path]]:
-    """The NIfTI ``files`` named as nnU-Net names the channels of one case,
-    ``<case>_XXXX.nii.gz``, by (folder, case), for the cases with more than one such file
-    whose channels are numbered as nnU-Net numbers them, from 0000 on without a gap (a
-    series ``scan_0001``, ``scan_0002`` is a series of scans)."""
+def _channel_file_errors(files: list[Path], spec: DatasetSpec) -> dict[Path, DataFormatError]:
+    """The refusal of each of ``files`` named as nnU-Net names the channels of one case,
+    ``<case>_XXXX.nii.gz``, where its case has more than one such file numbered as nnU-Net
+    numbers channels, from 0000 on without a gap (a series ``scan_0001``, ``scan_0002`` is a
+    series of scans): the model takes one single-channel image per case."""
     groups: dict[tuple[Path, str], dict[int, Path]] = {}
     for path in files:
         suffix = _matching_suffix(path)
         match = CHANNEL_FILE.fullmatch(path.name[: -len(suffix)]) if suffix in NIFTI_SUFFIXES else None
         if match is not None:
             groups.setdefault((path.parent, match["case"]), {})[int(match["channel"])] = path
-    return {
-        key: sorted(group.values())
-        for key, group in groups.items()
-        if len(group) > 1 and sorted(group) == list(range(len(group)))
-    }
-
-
-def _multichannel_error(folder: Path, case: str, channel_files: list[Path], spec: DatasetSpec) -> DataFormatError:
-    """A case given as several channel files to a model that takes one image per case."""
-    names = ", ".join(path.name for path in channel_files)
-    return DataFormatError(
-        f"{folder}: case {case} has {len(channel_files)} channel files ({names}), as nnU-Net names the "
-        f"channels of one case, but the {spec.title} model takes one single-channel image per case; give only "
-        "the file of the channel it was trained on, or import the dataset with mper-data import to train a "
-        "model on every channel (or pass --force if they are separate scans)"
-    )
+    errors: dict[Path, DataFormatError] = {}
+    for (folder, case), group in groups.items():
+        if len(group) < 2 or sorted(group) != list(range(len(group))):
+            continue
+        channel_files = sorted(group.values())
+        error = DataFormatError(
+            f"{folder}: case {case} has {len(channel_files)} channel files "
+            f"({', '.join(path.name for path in channel_files)}), as nnU-Net names the channels of one case, but "
+            f"the {spec.title} model takes one single-channel image per case; give only the file of the channel it "
+            "was trained on, or import the dataset with mper-data import to train a model on every channel (or "
+            "pass --force if they are separate scans)"
+        )
+        errors.update(dict.fromkeys(channel_files, error))
+    return errors
 
 
 def case_location(path: Path, case_file: str | None = None) -> tuple[Path, str]:
@@ -255,10 +253,11 @@ def predict_file(
     case_file = get_dataset(dataset).case_file
     if not path.is_file():
         raise MissingFileError(f"no such image file: {path}")
-    siblings = [file for file in path.parent.iterdir() if file.is_file()] if not force else []
-    for (folder, case), channel_files in _channel_groups(siblings).items():
-        if path in channel_files:
-            raise _multichannel_error(folder, case, channel_files, get_dataset(dataset))
+    if not force:
+        siblings = [file for file in path.parent.iterdir() if file.is_file()]
+        refusal = _channel_file_errors(siblings, get_dataset(dataset)).get(path)
+        if refusal is not None:
+            raise refusal
     out_path = Path(out_dir) / f"{case_location(path, case_file)[1]}{OUTPUT_SUFFIX}"
     return _segment(net, path, dataset, out_path, device, force, **options)
 
@@ -333,10 +332,7 @@ def predict_path(
     outputs = _folder_outputs(input_path, Path(out_dir), spec.case_file)
     written: list[Path] = []
     failed: list[Path] = []
-    multichannel = {}
-    for (folder, case), channel_files in _channel_groups([] if force else list(outputs)).items():
-        error = _multichannel_error(folder, case, channel_files, spec)
-        multichannel.update({file: error for file in channel_files})
+    multichannel = {} if force else _channel_file_errors(list(outputs), spec)
     for index, (file, out_path) in enumerate(outputs.items(), start=1):
         try:
             if file in multichannel:
