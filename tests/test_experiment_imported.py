@@ -103,6 +103,14 @@ def test_a_plan_refuses_a_missing_dataset_and_synthetic_data_for_imported_scans(
         rf"mper-data import; it is missing, and {tmp_path} holds no plan.toml of mper-data import$",
     ):
         parse_plan(_document(tmp_path), name="p")
+    (tmp_path / "dataset.json").write_text("{}")
+    with pytest.raises(
+        PlanError,
+        match=rf"plan 'p': data_root {tmp_path} is a raw dataset \(it holds dataset.json\), not an imported one: "
+        rf"import it first, mper-data import --source {tmp_path} --out DIR, then set data_root \(or --data-root\) "
+        r"to DIR$",
+    ):
+        parse_plan(_document(tmp_path), name="p")
     with pytest.raises(
         PlanError, match=r"\[synthetic\] writes data of a built-in dataset \(la, acdc\), but Synth is imported scans"
     ):

@@ -595,7 +595,7 @@ def test_training_on_the_raw_folder_says_to_import_it_first(nnunet_3d, tmp_path,
     assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error
     assert error.splitlines()[-1] == (
         f"mper-train: error: {raw} is a raw dataset (it holds dataset.json), not an imported one: import it first, "
-        f"mper-data import --source {raw} --out DIR, then train with mper-train --data-root DIR"
+        f"mper-data import --source {raw} --out DIR, then pass --data-root DIR"
     )
     assert not (tmp_path / "run").exists()
 

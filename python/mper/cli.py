@@ -21,7 +21,7 @@ from typing import Any
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mper import experiment, pipeline
-from mper.data.raw_scans import DATASET_JSON, RAW_LAYOUTS
+from mper.data.raw_scans import RAW_LAYOUTS
 from mper.data.scan_plan import PLAN_FILE
 from mper.data.synth_scans import SYNTH_SCAN_CASES, SYNTH_SCAN_SIZE
 from mper.datasets import check_data_folder, dataset_names, get_dataset, has_plan
@@ -395,12 +395,6 @@ def train_main(argv: Sequence[str] | None = None) -> None:
                 )
             dataset = _train_dataset(args)
             if dataset is None:
-                if (Path(args.data_root) / DATASET_JSON).is_file():
-                    raw = shlex.quote(str(args.data_root))
-                    raise ConfigError(
-                        f"{args.data_root} is a raw dataset (it holds {DATASET_JSON}), not an imported one: import it "
-                        f"first, mper-data import --source {raw} --out DIR, then train with mper-train --data-root DIR"
-                    )
                 raise ConfigError(
                     f"--dataset is required: {args.data_root} holds no plan.toml of scans imported by mper-data import"
                 )

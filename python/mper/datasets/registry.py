@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mper.data.files import check_new_folder, check_output_folder, removed_on_failure
+from mper.data.raw_scans import DATASET_JSON
 from mper.data.scan_plan import PLAN_FILE
 from mper.errors import ConfigError, MissingFileError
 
@@ -87,13 +88,22 @@ def check_dataset_root(root: str | Path, dataset: str, wanted_by: str) -> None:
 
 def check_data_folder(root: str | Path, dataset: str | None = None) -> None:
     """Raise :class:`~mper.errors.MissingFileError` when ``root`` is not a folder, saying which
-    commands write ``dataset``'s data (``None``: scans imported by ``mper-data import``)."""
+    commands write ``dataset``'s data (``None``: scans imported by ``mper-data import``), and
+    :class:`~mper.errors.ConfigError` when ``dataset`` is ``None`` and ``root`` is a raw dataset
+    not yet imported. (A run's data, named, that is missing says which import it was trained on.)"""
+    spec = None if dataset is None else get_dataset(dataset)
     if not Path(root).is_dir():
         raise MissingFileError(
             f"data folder {root} {'is not a folder' if Path(root).exists() else 'does not exist'}: "
-            f"{_ways_to_write(None if dataset is None else get_dataset(dataset), root)}, "
-            "or pass the folder that holds it (--data-root)"
+            f"{_ways_to_write(spec, root)}, or pass the folder that holds it (--data-root)"
         )
+    if spec is None and not (Path(root) / PLAN_FILE).is_file():
+        if (Path(root) / DATASET_JSON).is_file():
+            raw = shlex.quote(str(root))
+            raise ConfigError(
+                f"{root} is a raw dataset (it holds {DATASET_JSON}), not an imported one: import it first, "
+                f"mper-data import --source {raw} --out DIR, then pass --data-root DIR"
+            )
 
 
 def _ways_to_write(spec: DatasetSpec | None, root: str | Path) -> str:

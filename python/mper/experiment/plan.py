@@ -38,6 +38,7 @@ run's settings included, before anything runs.
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -49,6 +50,7 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
+from mper.data.raw_scans import DATASET_JSON
 from mper.datasets import dataset_names, get_dataset, has_plan, register_plan
 from mper.errors import ConfigError
 from mper.eval.protocol import check_protocol
@@ -328,6 +330,11 @@ def parse_plan(
     root = data_root or reader.text(document, "data_root")
     imported = _register_import(root)
     dataset = document.get("dataset", imported)
+    if dataset is None and (Path(root) / DATASET_JSON).is_file():
+        reader.fail(
+            f"data_root {root} is a raw dataset (it holds {DATASET_JSON}), not an imported one: import it first, "
+            f"mper-data import --source {shlex.quote(str(root))} --out DIR, then set data_root (or --data-root) to DIR"
+        )
     if dataset not in dataset_names():
         given = "it is missing" if dataset is None else f"got {dataset!r}"
         found = f"holds the imported {imported!r}" if imported else "holds no plan.toml of mper-data import"
