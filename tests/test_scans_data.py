@@ -538,6 +538,32 @@ def test_stray_files_are_ignored_as_nnunet_does_and_named_in_one_line_per_folder
 
 
 @pytest.mark.parametrize("layout", [NNUNET, MSD])
+def test_a_num_training_that_disagrees_with_the_labeled_cases_found_is_named(raw, tmp_path, caplog, layout):
+    """nnU-Net refuses such a dataset; here images without a label may be meant as unlabeled
+    scans, so the import goes on and names both counts."""
+    source = shutil.copytree(raw[layout], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    cases = read_raw_dataset(source).cases
+    labeled = sum(case.role == LABELED for case in cases)
+    unlabeled = sum(case.role == UNLABELED and case.images[0].parent.name == "imagesTr" for case in cases)
+    for declared, warned in ((labeled, False), (labeled + 3, True), (str(labeled + 3), False)):
+        (source / "dataset.json").write_text(json.dumps({**document, "numTraining": declared}))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="mper"):
+            read_raw_dataset(source)
+        lines = [record.getMessage() for record in caplog.records if "numTraining" in record.getMessage()]
+        assert lines == (
+            [
+                f"{source / 'dataset.json'}: numTraining is {labeled + 3}, but {labeled} training case(s) have a label "
+                f"({unlabeled} image(s) in imagesTr/ have none and train as unlabeled scans): check that no label or "
+                "image is missing"
+            ]
+            if warned
+            else []
+        )
+
+
+@pytest.mark.parametrize("layout", [NNUNET, MSD])
 def test_test_images_without_a_label_are_named_as_not_scored(raw, tmp_path, caplog, layout):
     source = shutil.copytree(raw[layout], tmp_path / "raw")
     labels = sorted((source / "labelsTs").iterdir())

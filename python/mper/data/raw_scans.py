@@ -438,6 +438,18 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
             f"{source / IMAGES_TRAIN} holds no labeled training case (an image {naming} with its label "
             f"<case>{ending} in {LABELS_TRAIN}/); mper needs labeled cases to learn from"
         )
+    declared = document.get("numTraining")
+    if isinstance(declared, int) and not isinstance(declared, bool) and declared != len(train_labels):
+        # nnU-Net refuses such a dataset; here the unlabeled images may explain it, so a warning names both counts
+        log.warning(
+            "%s: numTraining is %d, but %d training case(s) have a label (%d image(s) in %s/ have none and train "
+            "as unlabeled scans): check that no label or image is missing",
+            where,
+            declared,
+            len(train_labels),
+            len(train_images) - len(train_labels),
+            IMAGES_TRAIN,
+        )
     extra = [listed(Path(folder)) for folder in (source / IMAGES_UNLABELED, unlabeled) if folder is not None]
     if unlabeled is not None and not Path(unlabeled).is_dir():
         raise MissingFileError(f"unlabeled folder {unlabeled} not found; pass a folder of images named as imagesTr")
