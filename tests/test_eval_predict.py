@@ -248,6 +248,24 @@ def test_a_numbered_series_of_scans_is_not_taken_for_channel_files(tmp_path):
     assert predict_file(ThresholdNet(), folder / "scan_0002.nii.gz", "la", tmp_path / "one", **LA_OPTIONS).is_file()
 
 
+def test_a_file_cut_short_is_reported_and_the_rest_is_segmented(tmp_path, caplog):
+    """An interrupted copy leaves the header whole and the voxels short: nibabel fails only
+    when it reads them (EOFError for .nii.gz, OSError for .nii)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("good.nii.gz", "cut.nii.gz", "short.nii"):
+        nib.save(nib.Nifti1Image(half_bright((16, 16, 8)), AFFINE), folder / name)
+    for name in ("cut.nii.gz", "short.nii"):
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.INFO, logger="mper"), pytest.raises(UserError, match="2 of 3 files could not"):
+        predict_path(ThresholdNet(), folder, "la", tmp_path / "out", **LA_OPTIONS)
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["good_pred.nii.gz"]
+    errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(errors) == 2 and all(": not a readable NIfTI file (" in error for error in errors), errors
+    assert {error.split(": not a readable")[0].rsplit("/", 1)[-1] for error in errors} == {"cut.nii.gz", "short.nii"}
+
+
 def test_a_bad_file_in_a_folder_is_reported_and_the_rest_is_segmented(write_h5, tmp_path, caplog):
     write_h5(tmp_path / "in" / "good.h5", image=np.zeros((16, 16, 8), np.float32))
     write_h5(tmp_path / "in" / "slice.h5", image=np.zeros((16, 16), np.float32))

@@ -165,6 +165,23 @@ def _nan_voxels(root):
     return "imagesTr/synth_002_0001.nii.gz", "1 NaN or infinite voxel(s); replace them (e.g. with 0) in that file"
 
 
+def _cut_short(path):
+    """Keep the first half of ``path``: its header whole, its voxels cut short, as an
+    interrupted copy leaves a file."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _truncated_image(root):
+    _cut_short(root / "imagesTr" / "synth_001_0001.nii.gz")
+    return "imagesTr/synth_001_0001.nii.gz: not a readable NIfTI file", "replace it"
+
+
+def _truncated_label(root):
+    _cut_short(root / "labelsTr" / "synth_002.nii.gz")
+    return "labelsTr/synth_002.nii.gz: not a readable NIfTI file", "replace it"
+
+
 def _duplicate_case(root):
     for channel in (0, 1):
         shutil.copy(
@@ -239,6 +256,8 @@ def test_a_dataset_named_as_nnunets_acdc_conversion_names_its_channel_imports(ra
         _undeclared_label,
         _four_d_label,
         _nan_voxels,
+        _truncated_image,
+        _truncated_label,
         _duplicate_case,
         _empty_training,
         _no_file_ending,

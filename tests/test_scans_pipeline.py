@@ -231,6 +231,19 @@ def test_prediction_skips_incomplete_and_flat_cases_ignores_other_files_and_exit
     assert sorted(path.name for path in out.iterdir()) == ["synth_006.nii.gz"]
 
 
+def test_prediction_skips_a_case_whose_file_was_cut_short(nnunet_3d, tmp_path, capsys):
+    raw, _, run_dir = nnunet_3d
+    inputs = shutil.copytree(raw / "imagesTs", tmp_path / "in")
+    cut = inputs / "synth_005_0001.nii.gz"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    out = tmp_path / "out"
+    code, lines = _predict_exit(run_dir, inputs, out, capsys)
+    assert code == 2 and not any("Traceback" in line for line in lines)
+    assert lines[0].startswith(f"[1/2] skipped: {cut}: not a readable NIfTI file (") and lines[0].endswith("replace it")
+    assert lines[1] == f"[2/2] {inputs / 'synth_006_0000.nii.gz'} -> {out / 'synth_006.nii.gz'}"
+    assert sorted(path.name for path in out.iterdir()) == ["synth_006.nii.gz"]
+
+
 def test_prediction_reads_either_nifti_ending_and_refuses_a_case_given_in_both(nnunet_3d, tmp_path, capsys):
     raw, _, run_dir = nnunet_3d
     inputs = tmp_path / "in"

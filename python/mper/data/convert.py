@@ -24,7 +24,6 @@ from __future__ import annotations
 import importlib
 import logging
 import re
-import zlib
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +36,7 @@ from mper.data.acdc import ACDC_NORMALIZATION, ACDC_NUM_CLASSES, patient_id, wri
 from mper.data.files import listed_names, read_list
 from mper.data.la import LA_CASE_FILE, LA_NORMALIZATION, LA_PATCH_SIZE, write_la_case, write_la_lists
 from mper.data.preprocess import normalize_intensity
+from mper.data.raw_scans import NIFTI_READ_ERRORS
 from mper.data.splits import ACDC_SPLIT_FRACTIONS, LA_SPLIT_FRACTIONS, partition
 from mper.errors import ConfigError, DataFormatError, MissingFileError
 
@@ -104,8 +104,6 @@ def _pair_file(image_path: Path, label_name: str) -> Path:
 
 # ACDC
 
-_NIFTI_ERRORS = (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error)
-
 
 def _read_nifti(path: Path) -> np.ndarray:
     scan = nib.load(str(path))
@@ -163,7 +161,7 @@ def find_acdc_frames(source: Path) -> dict[str, tuple[Path, Path]]:
 def load_acdc_nifti(image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one raw ACDC frame as (image float32 (S, H, W) in [0, 1], label uint8 (S, H, W)):
     the NIfTI axes reversed, as SimpleITK's arrays of the files (SSL4MIS's release) hold them."""
-    image, label = _read_pair(image_path, label_path, _read_nifti, _NIFTI_ERRORS, "ACDC NIfTI (W, H, S)")
+    image, label = _read_pair(image_path, label_path, _read_nifti, NIFTI_READ_ERRORS, "ACDC NIfTI (W, H, S)")
     label = np.rint(label)
     if label.min() < 0 or label.max() >= ACDC_NUM_CLASSES:
         raise DataFormatError(

@@ -486,14 +486,31 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
     return RawDataset(source, layout, name, channels, normalization, class_names, ending, tuple(cases.values()))
 
 
-def _load(path: Path) -> nib.Nifti1Image:
+#: What reading a damaged NIfTI file raises: nibabel's own error for a bad header, and, for
+#: voxels cut short (an interrupted copy), EOFError or zlib.error (.nii.gz) and OSError (.nii).
+NIFTI_READ_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error)
+
+
+def load_nifti(path: Path) -> nib.Nifti1Image:
+    """The NIfTI image at ``path``, its header read (nibabel reads the voxels only when asked:
+    :func:`nifti_voxels`); :class:`~mper.errors.DataFormatError` naming the file otherwise."""
     try:
         scan = nib.load(path)
-    except (ImageFileError, OSError, EOFError, ValueError, zlib.error) as error:
+    except NIFTI_READ_ERRORS as error:
         raise DataFormatError(f"{path}: not a readable NIfTI file ({error}); replace it") from error
     if not isinstance(scan, nib.Nifti1Image):  # Nifti2Image derives from Nifti1Image
         raise DataFormatError(f"{path}: a {type(scan).__name__}, not a NIfTI image")
     return scan
+
+
+def nifti_voxels(scan: nib.Nifti1Image, path: Path, dtype: type | None = None) -> np.ndarray:
+    """The voxels of ``scan`` (read from ``path``), as ``dtype`` when given (scaled by the
+    header's slope and intercept); a file cut short raises
+    :class:`~mper.errors.DataFormatError` naming it."""
+    try:
+        return np.asarray(scan.dataobj, dtype=dtype)
+    except NIFTI_READ_ERRORS as error:
+        raise DataFormatError(f"{path}: not a readable NIfTI file ({error}); replace it") from error
 
 
 #: What to do with an image file of several channels (or more axes).
@@ -597,9 +614,9 @@ def _check_geometry(
 def read_image(case: RawCase, channels: int) -> tuple[np.ndarray, nib.Nifti1Image]:
     """The channels of ``case`` as (C, X, Y, Z) float32, and the first file's image (for
     its header and affine); shapes, affines and finiteness checked."""
-    first = _load(case.images[0])
+    first = load_nifti(case.images[0])
     if len(case.images) == 1:  # MSD: one file, 4D when it holds several channels
-        data = np.asarray(first.dataobj, dtype=np.float32)
+        data = nifti_voxels(first, case.images[0], np.float32)
         if channels > 1:
             if data.ndim != 4 or data.shape[3] != channels:
                 raise DataFormatError(
@@ -610,10 +627,10 @@ def read_image(case: RawCase, channels: int) -> tuple[np.ndarray, nib.Nifti1Imag
         else:
             image = _spatial(data, case.images[0], "the image", _IMAGE_FIX)[None]
     else:
-        volumes = [_spatial(np.asarray(first.dataobj, dtype=np.float32), case.images[0], "the image", _IMAGE_FIX)]
+        volumes = [_spatial(nifti_voxels(first, case.images[0], np.float32), case.images[0], "the image", _IMAGE_FIX)]
         for path in case.images[1:]:
-            scan = _load(path)
-            volume = _spatial(np.asarray(scan.dataobj, dtype=np.float32), path, "the image", _IMAGE_FIX)
+            scan = load_nifti(path)
+            volume = _spatial(nifti_voxels(scan, path, np.float32), path, "the image", _IMAGE_FIX)
             _check_geometry(path, volume.shape, scan.affine, case.images[0], volumes[0].shape, first.affine)
             volumes.append(volume)
         image = np.stack(volumes)
@@ -627,8 +644,8 @@ def read_label(
     path: Path, shape: tuple[int, ...], affine: np.ndarray, reference: Path, class_names: Sequence[str]
 ) -> np.ndarray:
     """The label map at ``path`` as uint8, checked against the image's grid and the declared classes."""
-    scan = _load(path)
-    data = np.asarray(scan.dataobj)
+    scan = load_nifti(path)
+    data = nifti_voxels(scan, path)
     if data.ndim == 4 and data.shape[3] > 1:
         raise DataFormatError(f"{path}: a 4D label of shape {data.shape}; {_A_LABEL}: merge the channels into one map")
     label = _spatial(data, path, "the label", f"{_A_LABEL}: save it with three axes")

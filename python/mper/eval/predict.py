@@ -38,13 +38,12 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
 from torch import nn
 
 from mper.data.convert import ACDC_LABEL_MARK
 from mper.data.files import check_finite, read_h5_case
 from mper.data.preprocess import normalize_intensity, scaling_mismatch
-from mper.data.raw_scans import CHANNEL_FILE
+from mper.data.raw_scans import CHANNEL_FILE, load_nifti, nifti_voxels
 from mper.datasets import SLIDING_WINDOW, DatasetSpec, get_dataset
 from mper.errors import ConfigError, DataFormatError, MissingFileError, UserError
 
@@ -164,13 +163,8 @@ def _check_axis_order(
 
 def _load_nifti(path: Path, spec: DatasetSpec, force: bool) -> tuple[np.ndarray, nib.Nifti1Image]:
     """Normalised image in the dataset's volume layout, and the scan (for its header)."""
-    try:
-        scan = nib.load(path)
-        if not isinstance(scan, nib.Nifti1Image):
-            raise ImageFileError(f"a {type(scan).__name__}, not a NIfTI image")
-        image = np.asarray(scan.dataobj, dtype=np.float32)
-    except (ImageFileError, OSError, EOFError) as error:
-        raise DataFormatError(f"{path}: not a readable NIfTI file ({error})") from error
+    scan = load_nifti(path)
+    image = nifti_voxels(scan, path, np.float32)
     _check_volume(path, image, spec)
     _check_axis_order(path, image, spec.scan_axes_names, spec, force)
     return np.transpose(normalize_intensity(image, spec.normalization), spec.scan_axes), scan

@@ -25,13 +25,13 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
 from torch import nn
 
 from mper.data.imported import load_original_label, load_scan_volume
 from mper.data.raw_scans import (
     CHANNEL_FILE,
     NIFTI_ENDINGS,
+    NIFTI_READ_ERRORS,
     NNUNET,
     TEST,
     RawCase,
@@ -194,7 +194,7 @@ def _check_input_files(files: tuple[Path, ...], name: str, plan: ScanPlan) -> No
     if len(files) == 1 < len(plan.channels):
         try:
             scan = nib.load(files[0])
-        except (ImageFileError, OSError, EOFError, ValueError):
+        except NIFTI_READ_ERRORS:
             return  # read_image names the unreadable file
         if not isinstance(scan, nib.Nifti1Image):
             return  # read_image names the file that is not NIfTI
