@@ -206,7 +206,10 @@ def test_prediction_skips_incomplete_and_flat_cases_ignores_other_files_and_exit
     raw, _, run_dir = nnunet_3d
     inputs = shutil.copytree(raw / "imagesTs", tmp_path / "in")
     (inputs / "readme.txt").write_text("notes")
-    shutil.copy(inputs / "synth_006_0000.nii.gz", inputs / "synth_006_0002.nii.gz")  # a channel the model lacks
+    shutil.copy(inputs / "synth_006_0000.nii.gz", inputs / "stray_0002.nii.gz")  # no file the model takes
+    # a scan of three channels: the model takes two
+    for channel, copied in (("0000", "0000"), ("0001", "0001"), ("0002", "0001")):
+        shutil.copy(inputs / f"synth_006_{copied}.nii.gz", inputs / f"extra_{channel}.nii.gz")
     shutil.copy(inputs / "synth_006_0000.nii.gz", inputs / "lonely_0000.nii.gz")  # its MRI channel missing
     for channel in ("0000", "0001"):  # synth_005 becomes its middle slice: a 2D image
         scan = nib.load(inputs / f"synth_005_{channel}.nii.gz")
@@ -216,19 +219,37 @@ def test_prediction_skips_incomplete_and_flat_cases_ignores_other_files_and_exit
     assert code == 2
     assert lines[0] == (
         f"ignored 2 file(s) of {inputs} not named as the model's input, <case>_0000.nii.gz ... <case>_0001.nii.gz: "
-        "readme.txt, synth_006_0002.nii.gz"
+        "readme.txt, stray_0002.nii.gz"
     )
     flat_shape = nib.load(inputs / "synth_005_0000.nii.gz").shape
     assert lines[1:] == [
-        f"[1/3] skipped: {inputs / 'lonely_0001.nii.gz'} not found: case lonely lacks channel 1 (MRI) of the 2 the "
+        f"[1/4] skipped: {inputs}: case extra has 1 channel file(s) beyond the 2 the model takes (CT, MRI): "
+        "extra_0002.nii.gz; segment it with a model trained on all its channels, or pass --force to segment it "
+        "from the model's channels alone",
+        f"[2/4] skipped: {inputs / 'lonely_0001.nii.gz'} not found: case lonely lacks channel 1 (MRI) of the 2 the "
         "model takes (CT, MRI); add the file",
-        f"[2/3] skipped: {inputs / 'synth_005_0000.nii.gz'}: a 2D image of shape {flat_shape}, but the model is a 3D "
+        f"[3/4] skipped: {inputs / 'synth_005_0000.nii.gz'}: a 2D image of shape {flat_shape}, but the model is a 3D "
         "V-Net trained on 3D volumes (median shape [16, 14, 6] after import); give the whole 3D volume",
-        f"[3/3] {inputs / 'synth_006_0000.nii.gz'} -> {out / 'synth_006.nii.gz'}",
-        f"mper-predict: error: 2 of 3 cases could not be segmented (reasons above), first lonely; the other 1 label "
+        f"[4/4] {inputs / 'synth_006_0000.nii.gz'} -> {out / 'synth_006.nii.gz'}",
+        f"mper-predict: error: 3 of 4 cases could not be segmented (reasons above), first extra; the other 1 label "
         f"maps are in {out}",
     ]
     assert sorted(path.name for path in out.iterdir()) == ["synth_006.nii.gz"]
+    for path in [*inputs.glob("lonely_*"), *inputs.glob("synth_005_*")]:
+        path.unlink()
+    forced = tmp_path / "forced"
+    cli.predict_main(
+        ["--checkpoint", str(run_dir / "best.pt"), "--input", str(inputs), "--output", str(forced), "--force"]
+    )
+    assert sorted(path.name for path in forced.iterdir()) == ["extra.nii.gz", "synth_006.nii.gz"]
+    assert (
+        "case extra has 1 channel file(s) beyond the 2 the model takes (CT, MRI): extra_0002.nii.gz; segmenting it "
+        "from the model's channels (--force)" in capsys.readouterr().err
+    )
+    # the extra channel is left out: the same label map as the case's two channels alone
+    assert np.array_equal(
+        np.asarray(nib.load(forced / "extra.nii.gz").dataobj), np.asarray(nib.load(forced / "synth_006.nii.gz").dataobj)
+    )
 
 
 def test_prediction_skips_a_case_whose_file_was_cut_short(nnunet_3d, tmp_path, capsys):

@@ -495,8 +495,9 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="segment a volume whose axis order looks wrong as it is, with a warning, and files named as one "
-        "case's nnU-Net channel files (<case>_0000, <case>_0001) each as a scan of its own",
+        help="segment, with a warning: a volume whose axis order looks wrong as it is; files named as one "
+        "case's nnU-Net channel files (<case>_0000, <case>_0001) each as a scan of its own (LA, ACDC); a case "
+        "with more channel files than the model takes from the model's channels (imported scans)",
     )
     _add_version(parser)
     args = parser.parse_args(argv)

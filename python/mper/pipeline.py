@@ -653,8 +653,9 @@ def predict(
     """Segment a NIfTI/HDF5 file or every such file under a folder; returns the written
     label maps (NIfTI, with the input's header), post-processed by the checkpoint's
     ``eval.postprocess`` as :func:`evaluate` does; ``force`` segments volumes whose axis
-    order looks wrong. ``output`` must lie outside the scans' folder (``input_path``, or
-    the folder of an ``input_path`` file), checked before the checkpoint is read. See
+    order looks wrong, and imported scans with more channel files than the model takes.
+    ``output`` must lie outside the scans' folder (``input_path``, or the folder of an
+    ``input_path`` file), checked before the checkpoint is read. See
     :func:`mper.eval.predict.predict_path`."""
     if Path(output).exists() and not Path(output).is_dir():
         raise RunFolderError(f"the output {output} is a file; give a folder for the label maps (it is made if missing)")
@@ -669,6 +670,7 @@ def predict(
             config.num_classes,
             config.eval.postprocess,
             config.ops,
+            force,
             device=str(resolve_device(device)),
             **inference_options(config),
         )

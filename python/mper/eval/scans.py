@@ -12,7 +12,8 @@
   the plan's rules, segmented, brought back to its grid, and written as
   ``<case><ending>`` (nnU-Net's naming) with the header of its first channel's file.
   Files of the folder named otherwise are listed in one log line and left alone. A case
-  that lacks a channel file, holds its channels otherwise than the model takes them, or
+  that lacks a channel file, has more than the model takes (unless ``force``), holds its
+  channels otherwise than the model takes them, or
   is a 2D image for a model trained on 3D volumes (or the reverse) is skipped like an
   unreadable one: nothing is written for it, and the command ends with an error.
 """
@@ -111,18 +112,19 @@ def score_scan_case(
     return scores, figure_slice(image[0], label, resampled, dataset)
 
 
-def _case_of(path: Path, plan: ScanPlan) -> tuple[str, str] | None:
-    """The case ``path`` is an input file of, named as the plan's raw layout names them, and
-    its NIfTI ending (either, whatever the ending of the training data); ``None`` for any other file
-    (not NIfTI, a channel the model does not take)."""
+def _case_of(path: Path, plan: ScanPlan) -> tuple[str, str, bool] | None:
+    """The case ``path`` is an input file of, named as the plan's raw layout names them, its
+    NIfTI ending (either, whatever the ending of the training data), and whether it is a
+    channel file beyond those the model takes (nnU-Net: ``<case>_<XXXX>`` with XXXX at
+    least the model's channel count); ``None`` for any other file."""
     for ending in NIFTI_ENDINGS:
         stem = case_name(path.name, ending)
         if stem is None:
             continue
         if plan.layout != NNUNET:
-            return stem, ending
+            return stem, ending, False
         match = CHANNEL_FILE.fullmatch(stem)
-        return (match["case"], ending) if match and int(match["channel"]) < len(plan.channels) else None
+        return (match["case"], ending, int(match["channel"]) >= len(plan.channels)) if match else None
     return None
 
 
@@ -141,9 +143,10 @@ def _input_naming(plan: ScanPlan) -> str:
     )
 
 
-def _input_cases(input_path: Path, plan: ScanPlan) -> dict[str, tuple[Path, ...]]:
+def _input_cases(input_path: Path, plan: ScanPlan) -> tuple[dict[str, tuple[Path, ...]], dict[str, list[Path]]]:
     """The raw cases under ``input_path`` (a folder, or one file of a case), each with the
-    files the model reads (some may be missing: :func:`predict_scan` refuses that case).
+    files the model reads (some may be missing: :func:`predict_scan` refuses that case), and
+    the channel files of those cases beyond the model's channels (:func:`_check_no_surplus`).
     Other files are listed in one log line and left alone."""
     if input_path.is_file():
         folder, candidates = input_path.parent, [input_path]
@@ -153,13 +156,17 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> dict[str, tuple[Path, ...]
     else:
         raise MissingFileError(f"no such file or directory: {input_path}")
     cases: dict[str, tuple[Path, ...]] = {}
+    surplus: dict[str, list[Path]] = {}
     ignored = []
     for path in candidates:
         found = _case_of(path, plan)
         if found is None:
             ignored.append(path.name)
             continue
-        case, ending = found
+        case, ending, beyond = found
+        if beyond:
+            surplus.setdefault(case, []).append(path)
+            continue
         files = cases.setdefault(case, _case_files(folder, case, plan, ending))
         if not files[0].name.endswith(ending):  # an earlier file of the case has the other ending
             twin = files[_case_files(folder, case, plan, ending).index(path)]
@@ -170,17 +177,35 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> dict[str, tuple[Path, ...]
                 endings = " and ".join(sorted(NIFTI_ENDINGS))
                 problem = f"mixes the endings {endings} ({other.name}, {path.name}); give all its files one of them"
             raise DataFormatError(f"{folder}: case {case} {problem}")
+    ignored += [path.name for case, paths in surplus.items() if case not in cases for path in paths]
     if ignored:
         log.warning(
             "ignored %d file(s) of %s not named as the model's input, %s: %s",
             len(ignored),
             folder,
             _input_naming(plan),
-            ", ".join(ignored),
+            ", ".join(sorted(ignored)),
         )
     if not cases:
         raise MissingFileError(f"no scans in {input_path}; expected files named {_input_naming(plan)}")
-    return cases
+    return cases, {case: paths for case, paths in surplus.items() if case in cases}
+
+
+def _check_no_surplus(name: str, surplus: list[Path], plan: ScanPlan, force: bool) -> None:
+    """Refuse case ``name`` whose channel files go beyond the model's (``surplus``): a scan
+    of more channels than the model was trained on, which the model would segment from
+    some of them, silently worse; with ``force``, warn and segment it so."""
+    if not surplus:
+        return
+    taken = f"the {len(plan.channels)} the model takes ({', '.join(plan.channels)})"
+    problem = f"case {name} has {len(surplus)} channel file(s) beyond {taken}: {', '.join(p.name for p in surplus)}"
+    if force:
+        log.warning("%s; segmenting it from the model's channels (--force)", problem)
+        return
+    raise DataFormatError(
+        f"{surplus[0].parent}: {problem}; segment it with a model trained on all its channels, or pass --force to "
+        "segment it from the model's channels alone"
+    )
 
 
 def _check_input_files(files: tuple[Path, ...], name: str, plan: ScanPlan) -> None:
@@ -265,18 +290,22 @@ def predict_scans(
     num_classes: int,
     postprocess: str = "none",
     ops: str = "mper",
+    force: bool = False,
     **inference: Any,
 ) -> list[Path]:
     """Segment every raw case under ``input_path`` (see the module docstring); returns the
     written label maps. A case that cannot be read or is refused is logged and skipped; a
-    :class:`~mper.errors.UserError` then says how many failed once the rest is done."""
+    :class:`~mper.errors.UserError` then says how many failed once the rest is done.
+    ``force`` segments a case with more channel files than the model takes from the
+    model's channels, with a warning."""
     plan = _plan(dataset)
-    cases = _input_cases(Path(input_path), plan)
+    cases, surplus = _input_cases(Path(input_path), plan)
     written: list[Path] = []
     failed: list[str] = []
     for index, (name, files) in enumerate(cases.items(), start=1):
         out_path = Path(out_dir) / f"{name}{plan.file_ending}"
         try:
+            _check_no_surplus(name, surplus.get(name, []), plan, force)
             written.append(
                 predict_scan(net, files, name, dataset, out_path, num_classes, postprocess, ops, **inference)
             )
