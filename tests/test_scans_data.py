@@ -204,6 +204,27 @@ def _no_file_ending(root):
     return "dataset.json", 'has no "file_ending", which nnU-Net v2\'s dataset.json names: add "file_ending"'
 
 
+def _edit_dataset_json(root, **changes):
+    document = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**document, **changes}))
+
+
+def _file_ending_without_dot(root):
+    _edit_dataset_json(root, file_ending="nii.gz")
+    return "dataset.json: file_ending 'nii.gz' lacks its leading dot", 'write "file_ending": ".nii.gz"'
+
+
+def _file_ending_not_nifti(root):
+    _edit_dataset_json(root, file_ending=".mha")
+    return "dataset.json: file_ending '.mha' is not NIfTI", "convert the images (e.g. with SimpleITK)"
+
+
+def _ignore_label(root):
+    labels = json.loads((root / "dataset.json").read_text())["labels"]
+    _edit_dataset_json(root, labels={**labels, "ignore": len(labels)})
+    return "dataset.json: an 'ignore' label (voxels left unannotated) is not supported", "annotate those voxels"
+
+
 # nnU-Net v2's get_normalization_scheme: the channel name, casefolded, names CT, noNorm, zscore,
 # rescale_to_0_1 or rgb_to_0_1; any other name (its ACDC conversion's "cineMRI", a name it once
 # had, "rescale_0_1") is z-scored per image
@@ -261,6 +282,9 @@ def test_a_dataset_named_as_nnunets_acdc_conversion_names_its_channel_imports(ra
         _duplicate_case,
         _empty_training,
         _no_file_ending,
+        _file_ending_without_dot,
+        _file_ending_not_nifti,
+        _ignore_label,
     ],
 )
 def test_bad_input_is_refused_in_one_line_before_anything_is_written(raw, tmp_path, capsys, damage):
@@ -377,6 +401,23 @@ def test_label_values_with_a_gap_are_refused_saying_to_renumber_them(raw, tmp_pa
         f"mper-data: error: {source / 'dataset.json'}: label values must be 0 (background) and 1, 2, ... without "
         "gaps; got [0, 1, 3]: number the classes so, in labels and in the label files (relabel them)"
     )
+
+
+@pytest.mark.parametrize(
+    "key, entry, example",
+    [
+        ("training", {"image": 3, "label": "./labelsTr/x.nii.gz"}, "./imagesTr/"),
+        ("test", {"image": "x"}, "./imagesTs/"),
+    ],
+)
+def test_a_decathlon_entry_that_is_not_a_path_is_refused_with_an_example_of_its_folder(
+    raw, tmp_path, key, entry, example
+):
+    source = shutil.copytree(raw[MSD], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    (source / "dataset.json").write_text(json.dumps({**document, key: [*document[key], entry]}))
+    with pytest.raises(DataFormatError, match=rf"entry must be a file path such as {example}case\.nii\.gz$"):
+        read_raw_dataset(source)
 
 
 def test_a_decathlon_case_listed_twice_is_refused(raw, tmp_path, capsys):

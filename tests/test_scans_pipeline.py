@@ -252,6 +252,30 @@ def test_prediction_skips_incomplete_and_flat_cases_ignores_other_files_and_exit
     )
 
 
+def test_prediction_names_a_channel_file_of_several_volumes_and_a_misnamed_single_file(nnunet_3d, tmp_path, capsys):
+    raw, _, run_dir = nnunet_3d
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    channels = [nib.load(raw / "imagesTs" / f"synth_006_{channel}.nii.gz") for channel in ("0000", "0001")]
+    stacked = np.stack([np.asarray(scan.dataobj) for scan in channels], axis=-1)
+    nib.save(nib.Nifti1Image(stacked, channels[0].affine), inputs / "both_0000.nii.gz")
+    shutil.copy(raw / "imagesTs" / "synth_006_0001.nii.gz", inputs / "both_0001.nii.gz")
+    code, lines = _predict_exit(run_dir, inputs, tmp_path / "out", capsys)
+    assert code == 2
+    assert lines[0] == (
+        f"[1/1] skipped: {inputs / 'both_0000.nii.gz'}: shape {stacked.shape}, more than one 3D volume, but the model "
+        "takes one per channel file (<case>_0000.nii.gz ... <case>_0001.nii.gz: CT, MRI); write each channel to a "
+        "file of its own"
+    )
+    misnamed = shutil.copy(raw / "imagesTs" / "synth_006_0000.nii.gz", inputs / "scan.nii.gz")
+    code, lines = _predict_exit(run_dir, misnamed, tmp_path / "out", capsys)
+    assert code == cli.USER_ERROR_EXIT_CODE
+    assert lines == [
+        f"mper-predict: error: {misnamed} is not named as the model's input, <case>_0000.nii.gz ... "
+        "<case>_0001.nii.gz (or ending in .nii); rename it"
+    ]
+
+
 def test_prediction_skips_a_case_whose_file_was_cut_short(nnunet_3d, tmp_path, capsys):
     raw, _, run_dir = nnunet_3d
     inputs = shutil.copytree(raw / "imagesTs", tmp_path / "in")

@@ -209,7 +209,11 @@ def _class_names(labels: Any, layout: str, where: Path) -> tuple[str, ...]:
                 "value: give each class its own value"
             )
         if str(name).lower() == "ignore":
-            raise DataFormatError(f"{where}: an 'ignore' label is not supported; relabel those voxels as a class")
+            raise DataFormatError(
+                f"{where}: an 'ignore' label (voxels left unannotated) is not supported, mper learns from fully "
+                "annotated label maps: annotate those voxels, or remove the labels of the cases that have some (they "
+                "then train as unlabeled scans) and the 'ignore' entry"
+            )
         try:
             index = int(number)
         except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
@@ -309,9 +313,15 @@ def _label_files(files: Sequence[Path], ending: str, images: Mapping[str, object
     return labels
 
 
+#: The folder of each kind of file a Decathlon dataset.json lists.
+_MSD_FOLDERS = {"training image": IMAGES_TRAIN, "training label": LABELS_TRAIN, "test": IMAGES_TEST}
+
+
 def _msd_path(source: Path, entry: Any, where: Path, key: str) -> Path:
     if not isinstance(entry, str) or not entry:
-        raise DataFormatError(f"{where}: every {key} entry must be a file path such as ./imagesTr/case.nii.gz")
+        raise DataFormatError(
+            f"{where}: every {key} entry must be a file path such as ./{_MSD_FOLDERS[key]}/case.nii.gz"
+        )
     return source / entry
 
 
@@ -410,6 +420,10 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
             document["overwrite_image_reader_writer"],
         )
     ending = str(document["file_ending"]) if layout == NNUNET else NIFTI_ENDINGS[0]
+    if ending not in NIFTI_ENDINGS and f".{ending}" in NIFTI_ENDINGS:
+        raise DataFormatError(
+            f'{where}: file_ending {ending!r} lacks its leading dot; write "file_ending": ".{ending}"'
+        )
     if ending not in NIFTI_ENDINGS:
         raise DataFormatError(
             f"{where}: file_ending {ending!r} is not NIfTI; mper reads {' and '.join(NIFTI_ENDINGS)}: "

@@ -149,6 +149,12 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> tuple[dict[str, tuple[Path
     the channel files of those cases beyond the model's channels (:func:`_check_no_surplus`).
     Other files are listed in one log line and left alone."""
     if input_path.is_file():
+        found = _case_of(input_path, plan)
+        if found is None or found[2]:
+            raise DataFormatError(
+                f"{input_path} is not named as the model's input, {_input_naming(plan)} (or ending in "
+                f"{' or '.join(ending for ending in NIFTI_ENDINGS if ending != plan.file_ending)}); rename it"
+            )
         folder, candidates = input_path.parent, [input_path]
     elif input_path.is_dir():
         folder = input_path
@@ -208,6 +214,16 @@ def _check_no_surplus(name: str, surplus: list[Path], plan: ScanPlan, force: boo
     )
 
 
+def _header_shape(path: Path) -> tuple[int, ...] | None:
+    """The array shape in the header of the NIfTI file ``path``; ``None`` when it cannot
+    be read (:func:`~mper.data.raw_scans.read_image` then names the file)."""
+    try:
+        scan = nib.load(path)
+    except NIFTI_READ_ERRORS:
+        return None
+    return tuple(scan.shape) if isinstance(scan, nib.Nifti1Image) else None
+
+
 def _check_input_files(files: tuple[Path, ...], name: str, plan: ScanPlan) -> None:
     """Every channel file of case ``name`` is there; a single file holds every channel."""
     for channel, path in enumerate(files):
@@ -216,15 +232,18 @@ def _check_input_files(files: tuple[Path, ...], name: str, plan: ScanPlan) -> No
                 f"{path} not found: case {name} lacks channel {channel} ({plan.channels[channel]}) of the "
                 f"{len(plan.channels)} the model takes ({', '.join(plan.channels)}); add the file"
             )
+    if plan.layout == NNUNET:
+        for path in files:
+            shape = _header_shape(path)
+            if shape is not None and len(shape) > 3 and shape[3:] != (1,):
+                naming = _input_naming(plan)
+                raise DataFormatError(
+                    f"{path}: shape {shape}, more than one 3D volume, but the model takes one per channel file "
+                    f"({naming}: {', '.join(plan.channels)}); write each channel to a file of its own"
+                )
     if len(files) == 1 < len(plan.channels):
-        try:
-            scan = nib.load(files[0])
-        except NIFTI_READ_ERRORS:
-            return  # read_image names the unreadable file
-        if not isinstance(scan, nib.Nifti1Image):
-            return  # read_image names the file that is not NIfTI
-        shape = scan.shape
-        if len(shape) != 4 or shape[3] != len(plan.channels):
+        shape = _header_shape(files[0])
+        if shape is not None and (len(shape) != 4 or shape[3] != len(plan.channels)):
             raise DataFormatError(
                 f"{files[0]}: shape {shape}, but the model takes {len(plan.channels)} channels "
                 f"({', '.join(plan.channels)}) in one 4D image (x, y, z, {len(plan.channels)}); "
