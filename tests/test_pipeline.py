@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from mper import pipeline
-from mper.data import acdc_slice_path, acdc_volume_path
+from mper.data import acdc_slice_path, acdc_volume_path, la_case_path
 from mper.datasets import get_dataset, synthesize
 from mper.errors import ConfigError, DataFormatError, MissingFileError, RunFolderError, TrainingDiverged
 from mper.eval.inference import predict_volume
@@ -637,6 +637,29 @@ def test_every_training_case_labeled_leaves_nothing_to_self_train_on(acdc_root, 
     patients = {name.split("_")[0] for name in (acdc_root / "train_slices.list").read_text().split()}
     with pytest.raises(ConfigError, match=f"labeled = {len(patients)} leaves no unlabeled training case"):
         pipeline.train(tiny_config(acdc_root, run_dir, labeled=len(patients)))
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("emptied", [2, 5])
+def test_a_class_the_labeled_la_cases_lack_names_the_cases_that_hold_it(la_root, tmp_path, emptied):
+    """The atrium painted out of the first ``emptied`` training cases: the other training
+    cases are labeled by a larger --labeled; the test cases, LA's validation cases, never."""
+    root = shutil.copytree(la_root, tmp_path / "la")
+    train, test = ((root / f"{split}.list").read_text().split() for split in ("train", "test"))
+    for case in train[:emptied]:
+        with h5py.File(la_case_path(root, case), "r+") as handle:
+            handle["label"][...] = 0
+    run_dir = tmp_path / "run"
+    with pytest.raises(DataFormatError) as error:
+        pipeline.train(la_config(root, run_dir))
+    unlabeled = train[emptied:]
+    where = f"cases {', '.join(unlabeled)} (left unlabeled by --labeled 2) and " if unlabeled else ""
+    assert str(error.value) == (
+        f"class 1 (LA) has no voxel in the 2 labeled training item(s) of {root} (--labeled 2), so its prototypes "
+        f"cannot be initialised; of the labeled cases only {where}case {test[0]} of the validation cases (never "
+        f"trained on) {'hold' if unlabeled else 'holds'} it: "
+        + (f"train with --labeled {emptied + 1}" if unlabeled else "label more training cases that contain it")
+    )
     assert not run_dir.exists()
 
 

@@ -676,3 +676,140 @@ def test_eval_of_a_builtin_datasets_checkpoint_refuses_an_imported_folder(nnunet
         f"is expected: {run_dir / 'best.pt'} was trained on acdc; pass the folder of the ACDC data"
     )
     assert not (tmp_path / "e").exists()
+
+
+# --- a class the labeled cases of a run lack ------------------------------------------------
+
+TUMOUR = SYNTH_SCAN_CLASSES.index("tumour")
+LIVER = SYNTH_SCAN_CLASSES.index("liver")
+
+
+@pytest.fixture(scope="module")
+def synth_raw(tmp_path_factory):
+    """Raw scans as `_run` writes them: labeled training cases synth_000 to synth_003 (one
+    per fold of four), unlabeled synth_004, labeled test cases synth_005 and synth_006;
+    every label holds every class."""
+    raw = tmp_path_factory.mktemp("synth") / "raw"
+    cli.data_main(
+        ["synth", "--format", NNUNET, "--out", str(raw), "--cases", "7", "--size", "20", "20", "6", "--seed", "4"]
+    )
+    return raw
+
+
+def _relabel(raw, folder, cases, old, new):
+    """Paint class ``old`` of the labels of ``cases`` in ``folder`` (labelsTr, labelsTs) as ``new``."""
+    for case in cases:
+        path = raw / folder / f"{case}.nii.gz"
+        image = nib.load(path)
+        label = np.asarray(image.dataobj).copy()
+        label[label == old] = new
+        nib.save(nib.Nifti1Image(label, image.affine, image.header), path)
+
+
+def _imported_without(synth_raw, tmp_path, old, keep=(), tests_keep=True, labels=None):
+    """A copy of ``synth_raw`` whose labeled training cases other than ``keep`` (and, unless
+    ``tests_keep``, its test cases) have class ``old`` painted as liver, with dataset.json's
+    ``labels`` if given, imported; (raw, root)."""
+    raw = shutil.copytree(synth_raw, tmp_path / "raw")
+    _relabel(raw, "labelsTr", [f"synth_{index:03d}" for index in range(4) if index not in keep], old, LIVER)
+    if not tests_keep:
+        _relabel(raw, "labelsTs", ["synth_005", "synth_006"], old, LIVER)
+    if labels is not None:
+        document = json.loads((raw / "dataset.json").read_text())
+        (raw / "dataset.json").write_text(json.dumps({**document, "labels": labels}))
+    root = tmp_path / "imported"
+    cli.data_main(["import", "--source", str(raw), "--out", str(root), "--dims", "3d"])
+    return raw, root
+
+
+def _train_error(root, run_dir, capsys, *options):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        cli.train_main(["--data-root", str(root), "--out", str(run_dir), *TINY, *NETWORKS["3d"], *options])
+    error = capsys.readouterr().err
+    assert stop.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error, error
+    assert not run_dir.exists()
+    return error.splitlines()[-1]
+
+
+def _trains(root, run_dir, *options):
+    cli.train_main(["--data-root", str(root), "--out", str(run_dir), *TINY, *NETWORKS["3d"], *options])
+    assert (run_dir / "best.pt").is_file()
+
+
+def test_a_class_only_the_validation_fold_holds_names_a_fold_that_labels_it(synth_raw, tmp_path, capsys):
+    """The tumour is in synth_002 alone, the case of validation fold 0: raising --labeled
+    cannot help, another fold can."""
+    _, root = _imported_without(synth_raw, tmp_path, TUMOUR, keep=(2,))
+    line = _train_error(root, tmp_path / "run", capsys, "--fold", "0")
+    assert line == (
+        f"mper-train: error: class 4 (tumour) has no voxel in the 3 labeled training item(s) of {root} "
+        "(--labeled 3), so its prototypes cannot be initialised; of the labeled cases only case synth_002 of the "
+        "validation fold 0 (never trained on) holds it: train another fold, e.g. --fold 1 --labeled 3"
+    )
+    _trains(root, tmp_path / "fixed", "--fold", "1", "--labeled", "3")
+
+
+def test_a_class_only_unlabeled_cases_of_the_run_hold_says_how_many_to_label(synth_raw, tmp_path, capsys):
+    """Fold 0 keeps synth_000, synth_001 and synth_003 to label, in that order: with the
+    tumour in synth_003 alone, --labeled 2 leaves it out and 3 takes it in."""
+    _, root = _imported_without(synth_raw, tmp_path, TUMOUR, keep=(3,))
+    line = _train_error(root, tmp_path / "run", capsys, "--fold", "0", "--labeled", "2")
+    assert line == (
+        f"mper-train: error: class 4 (tumour) has no voxel in the 2 labeled training item(s) of {root} "
+        "(--labeled 2), so its prototypes cannot be initialised; of the labeled cases only case synth_003 "
+        "(left unlabeled by --labeled 2) holds it: train with --labeled 3"
+    )
+    _trains(root, tmp_path / "fixed", "--fold", "0", "--labeled", "3")
+
+
+def test_a_last_class_no_label_holds_is_warned_at_import_and_dropped_from_the_plan(synth_raw, tmp_path, capsys, caplog):
+    with caplog.at_level("WARNING", logger="mper"):
+        raw, root = _imported_without(synth_raw, tmp_path, TUMOUR, tests_keep=False)
+    assert [message for message in caplog.messages if "class" in message] == [
+        f"{raw / 'dataset.json'}: class 4 (tumour) has no voxel in any of the 4 labeled training case(s), so "
+        "self-training will refuse it (its prototypes start from labeled voxels): label cases that contain it, or "
+        "remove it from labels (renumbering the values above it)"
+    ]
+    line = _train_error(root, tmp_path / "run", capsys)
+    plan = root / "plan.toml"
+    assert line == (
+        f"mper-train: error: class 4 (tumour) has no voxel in the 3 labeled training item(s) of {root} "
+        "(--labeled 3), so its prototypes cannot be initialised; no labeled case holds class 4 (tumour): label "
+        f"training cases that contain it, or remove 'tumour' from class_names in {plan}"
+    )
+    plan.write_text(plan.read_text().replace(', "tumour"]', "]"))
+    _trains(root, tmp_path / "fixed")
+
+
+@pytest.mark.parametrize(
+    "old, test_cases",
+    [
+        (TUMOUR, " (only test cases synth_005, synth_006, scored and never trained on)"),
+        (SYNTH_SCAN_CLASSES.index("spleen"), ""),
+    ],
+)
+def test_a_class_no_labeled_case_holds_says_to_import_again_where_dropping_its_name_cannot_work(
+    synth_raw, tmp_path, capsys, old, test_cases
+):
+    """A test label holding the tumour, or the spleen's value below the tumour's, would stay
+    beyond class_names if the name went: the class has to go from the labels themselves."""
+    _, root = _imported_without(synth_raw, tmp_path, old, tests_keep=bool(test_cases))
+    line = _train_error(root, tmp_path / "run", capsys)
+    assert line == (
+        f"mper-train: error: class {old} ({SYNTH_SCAN_CLASSES[old]}) has no voxel in the 3 labeled training item(s) "
+        f"of {root} (--labeled 3), so its prototypes cannot be initialised; no labeled case holds class {old} "
+        f"({SYNTH_SCAN_CLASSES[old]}){test_cases}: label training cases that contain it, or drop it: remove it "
+        "from labels in the raw dataset.json, renumber the label files to match and import again"
+    )
+
+
+def test_a_declared_class_that_no_label_holds_is_warned_at_import(synth_raw, tmp_path, caplog):
+    labels = {**{name: value for value, name in enumerate(SYNTH_SCAN_CLASSES)}, "cyst": len(SYNTH_SCAN_CLASSES)}
+    with caplog.at_level("WARNING", logger="mper"):
+        raw, _ = _imported_without(synth_raw, tmp_path, TUMOUR, keep=range(4), labels=labels)
+    assert [message for message in caplog.messages if "no voxel" in message] == [
+        f"{raw / 'dataset.json'}: class 5 (cyst) has no voxel in any of the 4 labeled training case(s), so "
+        "self-training will refuse it (its prototypes start from labeled voxels): label cases that contain it, or "
+        "remove it from labels (renumbering the values above it)"
+    ]

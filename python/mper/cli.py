@@ -610,7 +610,8 @@ def _add_import_command(commands: argparse._SubParsersAction) -> None:
         type=float,
         nargs=3,
         metavar="MM",
-        help="the spacing to resample to, per array axis (default: the training cases' median, "
+        help="the spacing to resample to, per array axis, three values even for 2D (x, y) images, whose "
+        "single slice reads as 1 mm thick: give 1 as their third (default: the training cases' median, "
         "with the coarse axis of strongly anisotropic data kept fine)",
     )
     command.add_argument(

@@ -4,7 +4,8 @@ layout): the import, the plan derived from the data, and the dataset spec built 
 :func:`import_scans` reads a raw dataset twice, one case at a time. The first pass reads
 and checks every case (so that a bad file is refused before anything is written) and
 gathers what the preprocessing needs: spacings, nonzero boxes and, for CT channels, a
-sample of the labeled voxels' intensities. The second pass preprocesses each case
+sample of the labeled voxels' intensities; and the classes the labeled training cases
+hold, to warn about a declared class that none holds (self-training refuses it). The second pass preprocesses each case
 (:func:`mper.data.scan_preprocess.preprocess_scan`) and writes it
 (:mod:`mper.data.imported`); the plan (:mod:`mper.data.scan_plan`) is written last.
 
@@ -62,7 +63,17 @@ from mper.data.imported import (
     write_scan_case,
     write_scan_lists,
 )
-from mper.data.raw_scans import CT, LABELED, TEST, UNLABELED, RawCase, RawDataset, read_case, read_raw_dataset
+from mper.data.raw_scans import (
+    CT,
+    DATASET_JSON,
+    LABELED,
+    TEST,
+    UNLABELED,
+    RawCase,
+    RawDataset,
+    read_case,
+    read_raw_dataset,
+)
 from mper.data.scan_plan import DIMS, PLAN_FILE, ScanPlan, plan_name, read_plan, write_plan
 from mper.data.scan_preprocess import (
     FOREGROUND_SAMPLES,
@@ -296,12 +307,14 @@ def plan_settings(summary: DataSummary, dims: str, memory_gb: float) -> dict[str
 
 @dataclass
 class _Fingerprint:
-    """Pass one's findings: each case's spacing and cropped shape, and CT samples."""
+    """Pass one's findings: each case's spacing and cropped shape, CT samples, and the
+    class values the labeled training cases hold."""
 
     spacings: dict[str, tuple[float, float, float]]
     cropped: dict[str, tuple[int, ...]]
     kept_fraction: dict[str, float]
     samples: dict[int, list[np.ndarray]]
+    labeled_classes: set[int]
 
 
 def _fingerprint(raw: RawDataset, cases: Sequence[RawCase], progress: bool) -> _Fingerprint:
@@ -309,7 +322,7 @@ def _fingerprint(raw: RawDataset, cases: Sequence[RawCase], progress: bool) -> _
     labeled = [case for case in cases if case.role == LABELED]
     per_case = max(1, FOREGROUND_SAMPLES // max(1, len(labeled)))
     rng = np.random.default_rng(0)
-    found = _Fingerprint({}, {}, {}, {index: [] for index in ct_channels})
+    found = _Fingerprint({}, {}, {}, {index: [] for index in ct_channels}, set())
     for case in tqdm(cases, desc="checking scans", unit="case", disable=not progress):
         _add_case(found, case, raw, ct_channels, per_case, rng)
     return found
@@ -329,6 +342,8 @@ def _add_case(
     found.spacings[case.name] = scan.spacing
     found.cropped[case.name] = tuple(stop - start for start, stop in box)
     found.kept_fraction[case.name] = math.prod(found.cropped[case.name]) / math.prod(scan.image.shape[1:])
+    if case.role == LABELED and scan.label is not None:
+        found.labeled_classes.update(int(value) for value in np.unique(scan.label))
     if case.role == LABELED and ct_channels and scan.label is not None:
         label = crop(scan.label, box)
         for index in ct_channels:
@@ -380,6 +395,23 @@ def _check_collapsed_axes(found: _Fingerprint, rules: ScanRules, source: Path, t
                     f"millimetres per voxel, x y z as stored (the data's own would be "
                     f"{[round(value, 4) for value in _own_spacing(found, training)]})"
                 )
+
+
+def _warn_absent_classes(raw: RawDataset, found: _Fingerprint, training: Sequence[str]) -> None:
+    """One warning per class of ``dataset.json`` that no labeled training case holds: it may
+    be meant (a class only the test cases show), but self-training refuses it, as its
+    prototypes start from the labeled voxels of each class."""
+    for value, name in enumerate(raw.class_names):
+        if value not in found.labeled_classes:
+            log.warning(
+                "%s: class %d (%s) has no voxel in any of the %d labeled training case(s), so self-training will "
+                "refuse it (its prototypes start from labeled voxels): label cases that contain it, or remove it "
+                "from labels (renumbering the values above it)",
+                raw.source / DATASET_JSON,
+                value,
+                name,
+                len(training),
+            )
 
 
 def _import_case(case: RawCase, raw: RawDataset, rules: ScanRules, out: Path) -> None:
@@ -469,6 +501,7 @@ def import_scans(
             "validate on)"
         )
     found = _fingerprint(raw, cases, progress)
+    _warn_absent_classes(raw, found, training)
     rules = _scan_rules(raw, found, training, spacing)
     _check_import_memory(found, rules, len(raw.channels), source, chosen=spacing is not None)
     if spacing is not None:

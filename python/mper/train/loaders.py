@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import cast
 
 import numpy as np
@@ -34,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from mper.data.files import listed_names
 from mper.data.sampler import TwoStreamBatchSampler, endless_batches
 from mper.data.seeding import stage_seed
 from mper.data.splits import fold_cases
@@ -185,6 +187,102 @@ def _check_label_values(config: TrainConfig, case: str, values: list[int]) -> No
     )
 
 
+def _class_names(config: TrainConfig, values: list[int]) -> str:
+    """``class 3 (rare)``, or ``classes 3 (rare), 4 (cyst)``: the values with their names."""
+    names = get_dataset(config.dataset).class_names
+    named = [f"{value} ({names[value]})" if value < len(names) else str(value) for value in values]
+    return ("class " if len(values) == 1 else "classes ") + ", ".join(named)
+
+
+def _cases_phrase(cases: list[str]) -> str:
+    """``case a``, or ``cases a, b``."""
+    return ("case " if len(cases) == 1 else "cases ") + listed_names(cases)
+
+
+def _labeling_with(config: TrainConfig, wanted: list[set[str]]) -> tuple[int, int] | None:
+    """The (fold, labeled count) of the run nearest ``config`` whose labeled cases include one
+    of each set of ``wanted`` and that check_split accepts: the run's own fold with a larger
+    count first, else (``data.val_split = "fold"``) another fold with the fewest cases."""
+    spec = get_dataset(config.dataset)
+    folds = range(config.data.folds) if config.data.val_split == "fold" else [config.data.fold]
+    options = []
+    for fold in folds:
+        other = replace(config, data=replace(config.data, fold=fold))
+        cases = list(dict.fromkeys(map(spec.label_group, labeled_pool(other))))
+        first = [next((index for index, case in enumerate(cases) if case in group), None) for group in wanted]
+        if None in first:
+            continue
+        count = max([config.labeled] + [index + 1 for index in first if index is not None])
+        try:
+            labeled, unlabeled = _labeled_split(other, count)
+        except ConfigError:
+            continue
+        if unlabeled and len(labeled) >= config.data.labeled_batch_size:
+            options.append((fold != config.data.fold, count, fold))
+    if not options:
+        return None
+    _, count, fold = min(options)
+    return fold, count
+
+
+def _absent_classes_error(
+    config: TrainConfig, labeled_items: int, missing: list[int], classes_of: dict[str, set[int]]
+) -> DataFormatError:
+    """Why the ``missing`` classes have no voxel in the run's labeled items, and what gives them
+    some, in one line: which other labeled cases hold them (``classes_of``: the class values of
+    each case read) and the ``--fold``/``--labeled`` that labels one of those; when no labeled
+    case holds a class, to label cases that hold it or to drop the class."""
+    root = config.data_root
+    spec = get_dataset(config.dataset)
+    validation = set(map(spec.label_group, validation_cases(config)))
+    labeled_cases = set(map(spec.label_group, labeled_pool(config))) | validation
+    holding = {
+        value: [case for case, values in classes_of.items() if case in labeled_cases and value in values]
+        for value in missing
+    }
+    one = len(missing) == 1
+    head = (
+        f"{_class_names(config, missing)} {'has' if one else 'have'} no voxel in the {labeled_items} labeled "
+        f"training item(s) of {root} (--labeled {config.labeled}), so {'its' if one else 'their'} prototypes "
+        "cannot be initialised"
+    )
+    nowhere = [value for value in missing if not holding[value]]
+    if nowhere:
+        it = "it" if len(nowhere) == 1 else "them"
+        tests = [case for case, values in classes_of.items() if case not in labeled_cases and set(nowhere) & values]
+        only = f" (only test {_cases_phrase(tests)}, scored and never trained on)" if tests else ""
+        if spec.scans is None:
+            fix = "check the labels"
+        elif not tests and nowhere == list(range(nowhere[0], config.num_classes)):  # the last values, in no label
+            names = ", ".join(repr(spec.class_names[value]) for value in nowhere if value < len(spec.class_names))
+            fix = f"label training cases that contain {it}, or remove {names} from class_names in {root}/plan.toml"
+        else:  # the names cannot go alone: a label holds the value, or values above it stay
+            fix = (
+                f"label training cases that contain {it}, or drop {it}: remove {it} from labels in the raw "
+                "dataset.json, renumber the label files to match and import again"
+            )
+        return DataFormatError(f"{head}; no labeled case holds {_class_names(config, nowhere)}{only}: {fix}")
+    held = sorted({case for cases in holding.values() for case in cases})
+    it = "it" if one else "them"
+    parts = []
+    left_unlabeled = [case for case in held if case not in validation]
+    if left_unlabeled:
+        parts.append(f"{_cases_phrase(left_unlabeled)} (left unlabeled by --labeled {config.labeled})")
+    in_validation = [case for case in held if case in validation]
+    if in_validation:
+        fold = f"fold {config.data.fold}" if config.data.val_split == "fold" else "cases"
+        parts.append(f"{_cases_phrase(in_validation)} of the validation {fold} (never trained on)")
+    option = _labeling_with(config, [set(cases) for cases in holding.values()])
+    if option is None:
+        fix = f"label more training cases that contain {it}"
+    elif option[0] == config.data.fold:
+        fix = f"train with --labeled {option[1]}"
+    else:
+        fix = f"train another fold, e.g. --fold {option[0]} --labeled {option[1]}"
+    holds = "holds" if len(held) == 1 else "hold"
+    return DataFormatError(f"{head}; of the labeled cases only {' and '.join(parts)} {holds} {it}: {fix}")
+
+
 def check_data(config: TrainConfig) -> None:
     """Read every case the run will use: training items, validation and test volumes.
 
@@ -203,6 +301,7 @@ def check_data(config: TrainConfig) -> None:
         dict.fromkeys([(spec.load_item, case) for case in items] + [(spec.load_volume, case) for case in volumes])
     )
     seen_classes: set[int] = set()
+    classes_of: dict[str, set[int]] = {}  # by case (label_group): the class values its files hold
     for position, (load, case) in enumerate(tqdm(reads, desc="checking data", unit="file", leave=False)):
         try:
             _, label = load(config.data_root, case)
@@ -217,12 +316,10 @@ def check_data(config: TrainConfig) -> None:
         _check_label_values(config, case, values)
         if position < len(labeled):
             seen_classes.update(values)
+        classes_of.setdefault(spec.label_group(case), set()).update(values)
     missing = sorted(set(range(config.num_classes)) - seen_classes)
     if self_training and missing:
-        raise DataFormatError(
-            f"class {missing[0]} has no voxel in the {len(labeled)} labeled training item(s) of "
-            f"{config.data_root}, so its prototypes cannot be initialised; raise --labeled or check the labels"
-        )
+        raise _absent_classes_error(config, len(labeled), missing, classes_of)
     log.info("checked %d data files under %s", len(reads), config.data_root)
 
 
