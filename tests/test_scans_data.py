@@ -538,6 +538,18 @@ def test_a_spacing_that_collapses_an_axis_to_one_voxel_is_refused(raw, tmp_path,
     assert (tmp_path / "coarse" / "plan.toml").is_file()
 
 
+def test_a_spacing_finer_than_a_2d_images_slice_keeps_it_one_slice(raw, tmp_path):
+    """A 2D (x, y) file holds no slice thickness (read as 1 mm): resampling its single slice
+    to a finer third spacing would turn 2D images into 3D volumes of copies."""
+    flat = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    for path in sorted(flat.glob("*/*.nii.gz")):
+        scan = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(scan.dataobj)[:, :, 2], scan.affine), path)
+    cli.data_main(["import", "--source", str(flat), "--out", str(tmp_path / "out"), "--spacing", "0.8", "0.8", "0.4"])
+    plan = read_plan(tmp_path / "out")
+    assert plan.dims == "2d" and plan.median_shape[2] == 1, plan
+
+
 @pytest.mark.parametrize(
     "name, planned",
     [("My Liver Data (2024)", "My_Liver_Data_2024"), ("  Leber/Läsion ", "Leber_L_sion"), ("(((", "scans")],

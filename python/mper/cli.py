@@ -611,7 +611,7 @@ def _add_import_command(commands: argparse._SubParsersAction) -> None:
         nargs=3,
         metavar="MM",
         help="the spacing to resample to, per array axis, three values even for 2D (x, y) images, whose "
-        "single slice reads as 1 mm thick: give 1 as their third (default: the training cases' median, "
+        "single slice stays one whatever the third (default: the training cases' median, "
         "with the coarse axis of strongly anisotropic data kept fine)",
     )
     command.add_argument(

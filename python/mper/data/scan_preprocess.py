@@ -136,8 +136,9 @@ def crop(array: np.ndarray, box: Box) -> np.ndarray:
 
 
 def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:
-    """The shape that covers the same extent at the ``target`` spacing (nnU-Net's rounding)."""
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+    """The shape that covers the same extent at the ``target`` spacing (nnU-Net's rounding);
+    an axis of one voxel (a 2D image's, whose thickness the file does not hold) stays one."""
+    return tuple(1 if n == 1 else max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
 
 
 def anisotropic_axis(spacing: Sequence[float], *others: Sequence[float]) -> int | None:
