@@ -43,10 +43,11 @@ def acdc_volume(patient: int, frame: int) -> tuple[np.ndarray, np.ndarray]:
     return image, label
 
 
-def raw_acdc(root: Path, patients: range = range(1, 5)) -> Path:
-    """ACDC release layout: training/ and testing/ folders, two frames a patient, _4d files."""
-    for patient in patients:
-        folder = root / ("training" if patient < 4 else "testing") / f"patient{patient:03d}"
+def raw_acdc(root: Path, patients: range = range(1, 5), testing: range = range(0)) -> Path:
+    """ACDC release layout: ``patients`` in training/, ``testing`` in testing/, two frames a
+    patient, _4d files."""
+    for patient in [*patients, *testing]:
+        folder = root / ("training" if patient in patients else "testing") / f"patient{patient:03d}"
         for frame in (1, 12):
             image, label = acdc_volume(patient, frame)
             save_nifti(folder / f"patient{patient:03d}_frame{frame:02d}.nii.gz", image)
@@ -124,11 +125,26 @@ def test_acdc_split_copied_from_published_lists(tmp_path):
         convert("acdc", tmp_path / "raw", tmp_path / "out3", split_from=lists, progress=False)
 
 
-def test_acdc_testing_patients_without_labels_are_left_out_by_name(tmp_path, caplog):
-    # older releases ship the testing patients without their _gt files
-    raw = raw_acdc(tmp_path / "raw", range(1, 6))
-    for label in (raw / "testing").rglob("*_gt.nii.gz"):
-        label.unlink()
+def test_acdc_testing_patients_are_left_out_as_ssl4mis_split_the_training_patients(tmp_path, caplog):
+    # newer releases label the 50 testing patients too; SSL4MIS's split is of the 100 training ones
+    raw = raw_acdc(tmp_path / "raw", range(1, 4), testing=range(4, 6))
+    with caplog.at_level("WARNING", logger="mper"):
+        out = convert("acdc", raw, tmp_path / "out", seed=1, progress=False)
+    listed = read_list(out / "train.list") + acdc_cases(out, "val") + acdc_cases(out, "test")
+    assert sorted({name[:10] for name in listed}) == ["patient001", "patient002", "patient003"]
+    assert caplog.messages == [
+        f"converting the patients of {raw / 'training'} only, as SSL4MIS's split does; left out those of "
+        f"{raw / 'testing'}/ (to convert them too, give --source a folder that holds every patient folder)"
+    ]
+
+
+def test_acdc_patients_without_labels_are_left_out_by_name(tmp_path, caplog):
+    # older releases ship the testing patients without their _gt files: given together
+    raw = raw_acdc(tmp_path / "raw", range(1, 4), testing=range(4, 6))
+    for patient in (raw / "testing").iterdir():
+        patient.rename(raw / "training" / patient.name)
+        for label in (raw / "training" / patient.name).glob("*_gt.nii.gz"):
+            label.unlink()
     with caplog.at_level("WARNING", logger="mper"):
         out = convert("acdc", raw, tmp_path / "out", seed=1, progress=False)
     listed = read_list(out / "train.list") + acdc_cases(out, "val") + acdc_cases(out, "test")

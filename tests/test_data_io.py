@@ -259,6 +259,22 @@ def test_acdc_loaders_check_rank_and_classes(write_h5, tmp_path):
         load_acdc_slice(tmp_path, "patient009_frame01_slice_0")
 
 
+def test_an_acdc_frame_stored_slices_last_is_refused(write_h5, tmp_path):
+    """Read as (S, H, W), a (H, W, S) frame would be trained and scored slice by slice along
+    the wrong axis with exit status 0."""
+    volume = np.random.default_rng(0).random((6, 64, 56)).astype(np.float32)
+    label = np.digitize(volume, [0.25, 0.5, 0.75]).astype(np.uint8)
+    write_h5(tmp_path / "data" / "f.h5", image=np.moveaxis(volume, 0, -1), label=np.moveaxis(label, 0, -1))
+    with pytest.raises(
+        DataFormatError,
+        match=r"f\.h5: shape \(64, 56, 6\), but ACDC frames are stored \(S, H, W\), slices first: axis 2 \(6\) is far "
+        r"shorter than axis 0 \(64\); write image and label with the slices first \(numpy\.moveaxis\(array, 2, 0\)\)$",
+    ):
+        load_acdc_volume(tmp_path, "f")
+    write_h5(tmp_path / "data" / "g.h5", image=volume, label=label)
+    assert load_acdc_volume(tmp_path, "g")[0].shape == (6, 64, 56)
+
+
 def test_acdc_split_takes_whole_patients_in_list_order(tmp_path):
     slices = [
         "patient007_frame01_slice_0",

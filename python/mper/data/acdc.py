@@ -22,8 +22,8 @@ import numpy as np
 
 from mper.data.augment import INTERPOLATION_ORDERS, random_rot_flip, random_rotate, resize
 from mper.data.dataset import CaseDataset
-from mper.data.files import read_image_label, read_list, write_image_label, write_list
-from mper.errors import ConfigError
+from mper.data.files import misplaced_slice_axis, read_image_label, read_list, write_image_label, write_list
+from mper.errors import ConfigError, DataFormatError
 
 ACDC_DATA_DIR = "data"
 ACDC_PATCH_SIZE = (256, 256)
@@ -65,8 +65,19 @@ def load_acdc_slice(root: str | Path, name: str) -> tuple[np.ndarray, np.ndarray
 
 
 def load_acdc_volume(root: str | Path, case: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read one frame: (image float32 (S, H, W), label uint8 (S, H, W) in 0..3)."""
-    return _read_acdc_file(acdc_volume_path(root, case), 3, _VOLUME_LAYOUT)
+    """Read one frame: (image float32 (S, H, W), label uint8 (S, H, W) in 0..3). A frame
+    stored in another axis order (slices last, say) is refused: it would be scored slice by
+    slice along the wrong axis."""
+    path = acdc_volume_path(root, case)
+    image, label = _read_acdc_file(path, 3, _VOLUME_LAYOUT)
+    shortest = misplaced_slice_axis(image.shape, 0)
+    if shortest is not None:
+        raise DataFormatError(
+            f"{path}: shape {image.shape}, but ACDC frames are stored (S, H, W), slices first: axis {shortest} "
+            f"({image.shape[shortest]}) is far shorter than axis 0 ({image.shape[0]}); write image and label with "
+            f"the slices first (numpy.moveaxis(array, {shortest}, 0))"
+        )
+    return image, label
 
 
 def acdc_cases(root: str | Path, split: str) -> list[str]:

@@ -2,10 +2,11 @@
 (docs/method.md, "Data layouts").
 
 * ACDC: the challenge release, ``patientXXX/patientXXX_frameYY.nii.gz`` with its
-  ``patientXXX_frameYY_gt.nii.gz`` (optionally under ``training/`` and ``testing/``),
-  becomes the SSL4MIS layout. A NIfTI volume is stored with its axes reversed, as
-  SSL4MIS's SimpleITK reading stores it: NIfTI ``(W, H, S)`` becomes ``(S, H, W)`` (slice
-  ``s`` is ``volume[:, :, s].T``), min-max normalised per volume.
+  ``patientXXX_frameYY_gt.nii.gz``, becomes the SSL4MIS layout; of a download's
+  ``training/`` and ``testing/`` folders only ``training/`` is converted, as SSL4MIS did.
+  A NIfTI volume is stored with its axes reversed, as SSL4MIS's SimpleITK reading stores
+  it: NIfTI ``(W, H, S)`` becomes ``(S, H, W)`` (slice ``s`` is ``volume[:, :, s].T``),
+  min-max normalised per volume.
 * LA: the 2018 atrial segmentation challenge, ``<case>/lgemri.nrrd`` with
   ``<case>/laendo.nrrd`` (optionally under ``Training Set/``), becomes the UA-MT layout:
   label ``laendo == 255``, the whole scan z-scored, then cropped in (H, W) around the
@@ -201,9 +202,36 @@ def _published_acdc_split(
     return train, val, test, train_slices
 
 
+#: The download's folder of the 100 training patients, which SSL4MIS split 70/10/20.
+ACDC_TRAINING_DIR = "training"
+
+
+def _acdc_training_folder(source: Path) -> Path:
+    """``source/training`` when ``source`` holds one (the download's ``database/``), else
+    ``source``. The testing patients, which newer releases label, are left out (named in
+    a logged line): SSL4MIS split the 100 training patients, and 150 would change what the
+    split and the labeled counts mean."""
+    training = source / ACDC_TRAINING_DIR
+    if not training.is_dir():
+        return source
+    others = sorted(
+        path.name
+        for path in source.iterdir()
+        if path.is_dir() and path != training and any(path.rglob("patient*_frame*.nii*"))
+    )
+    if others:
+        log.warning(
+            "converting the patients of %s only, as SSL4MIS's split does; left out those of %s (to convert "
+            "them too, give --source a folder that holds every patient folder)",
+            training,
+            ", ".join(f"{source / name}/" for name in others),
+        )
+    return training
+
+
 def convert_acdc(source: Path, out: Path, split_from: Path | None, seed: int, progress: bool = True) -> Path:
     """Convert a raw ACDC download (see the module docstring)."""
-    frames = find_acdc_frames(source)
+    frames = find_acdc_frames(_acdc_training_folder(source))
     train, val, test, published_slices = _acdc_split(frames, split_from, seed)
     training = set(train)
     written: dict[str, list[str]] = {}

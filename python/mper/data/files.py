@@ -147,6 +147,18 @@ def _expected(keys: Sequence[str], ndim: int | None) -> str:
     return f"an HDF5 file with {rank}datasets {', '.join(repr(k) for k in keys)}"
 
 
+#: An axis shorter than the slice (or depth) axis by this factor says the axes are out of order
+#: (a short-axis stack has far fewer slices than pixels across a slice).
+AXIS_ORDER_RATIO = 2
+
+
+def misplaced_slice_axis(shape: Sequence[int], slice_axis: int) -> int | None:
+    """The axis of ``shape`` that is :data:`AXIS_ORDER_RATIO` times shorter than
+    ``slice_axis``, where the slices (or the depth) should be; ``None`` when there is none."""
+    shortest = int(np.argmin(shape))
+    return None if shape[shortest] * AXIS_ORDER_RATIO > shape[slice_axis] else shortest
+
+
 def read_h5_case(
     path: str | Path,
     keys: Sequence[str] = ("image", "label"),

@@ -19,7 +19,7 @@ Each input is checked against the model before it is segmented: a 3D volume (mor
 one slice for LA's 3D network), every
 intensity finite, for HDF5 the intensity scaling of the model's dataset, and the axis
 order: the axis where the layout puts the slices (ACDC) or the depth (LA) must not be
-more than :data:`AXIS_ORDER_RATIO` times as long as another axis (a short-axis stack
+more than :data:`~mper.data.files.AXIS_ORDER_RATIO` times as long as another axis (a short-axis stack
 has far fewer slices than pixels across a slice). A volume that fails this, e.g. an
 ACDC scan ``(7, 128, 128)`` stored slices first, is refused, or segmented as it is
 with ``force`` after a warning. The output
@@ -41,7 +41,7 @@ import numpy as np
 from torch import nn
 
 from mper.data.convert import ACDC_LABEL_MARK
-from mper.data.files import check_finite, read_h5_case
+from mper.data.files import check_finite, misplaced_slice_axis, read_h5_case
 from mper.data.preprocess import normalize_intensity, scaling_mismatch
 from mper.data.raw_scans import CHANNEL_FILE, load_nifti, nifti_voxels
 from mper.datasets import SLIDING_WINDOW, DatasetSpec, get_dataset
@@ -55,8 +55,6 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 H5_SUFFIXES = (".h5",)
 SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + H5_SUFFIXES
 OUTPUT_SUFFIX = "_pred.nii.gz"
-#: An axis shorter than the slice (or depth) axis by this factor says the axes are out of order.
-AXIS_ORDER_RATIO = 2
 
 
 def _matching_suffix(path: Path) -> str | None:
@@ -140,11 +138,11 @@ def _check_axis_order(
     path: Path, image: np.ndarray, axes: tuple[str, str, str], spec: DatasetSpec, force: bool
 ) -> None:
     """Refuse ``image`` (as stored, axes named ``axes``) when another axis is
-    :data:`AXIS_ORDER_RATIO` times shorter than the slice or depth axis; with ``force``,
+    :data:`~mper.data.files.AXIS_ORDER_RATIO` times shorter than the slice or depth axis; with ``force``,
     warn instead."""
     slice_axis = axes.index(spec.volume_axes[spec.slice_axis])
-    shortest = int(np.argmin(image.shape))
-    if image.shape[shortest] * AXIS_ORDER_RATIO > image.shape[slice_axis]:
+    shortest = misplaced_slice_axis(image.shape, slice_axis)
+    if shortest is None:
         return
     problem = (
         f"{path}: shape {image.shape} looks like the wrong axis order for the {spec.title} model, which "
