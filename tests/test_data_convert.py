@@ -10,6 +10,7 @@ import nrrd
 import numpy as np
 import pytest
 
+from mper import cli
 from mper.data import (
     DataFormatError,
     acdc_cases,
@@ -237,6 +238,25 @@ def test_la_split_from_published_lists(tmp_path):
     with pytest.raises(DataFormatError, match=r"test\.list.*CASE9"):
         convert("la", tmp_path / "raw", tmp_path / "other", split_from=lists, progress=False)
     assert not (tmp_path / "other").exists()  # nothing of a failed conversion is left
+
+
+def test_a_source_of_too_few_cases_for_the_split_says_which_folder_to_give(tmp_path, capsys):
+    """A case folder given as --source (one of the folders it should hold)."""
+    raw = raw_acdc(tmp_path / "acdc", range(1, 3))
+    with pytest.raises(SystemExit):
+        cli.data_main(["convert", "--dataset", "acdc", "--source", str(raw / "training"), "--out", str(tmp_path / "a")])
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "mper-data: error: --source holds 2 patient(s) (patient001, patient002), too few to split into "
+        "train/val/test, which takes at least 3: give --source the folder that holds every patient folder"
+    )
+    case = raw_la(tmp_path / "la") / "Training Set" / "CASE0"
+    with pytest.raises(SystemExit):
+        cli.data_main(["convert", "--dataset", "la", "--source", str(case), "--out", str(tmp_path / "b")])
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "mper-data: error: --source holds 1 case(s) (CASE0), too few to split into train/test, which takes at least "
+        "2: give --source the folder that holds every case folder"
+    )
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_la_bad_raw_files(tmp_path):

@@ -179,9 +179,23 @@ def _acdc_split(
     if split_from is not None:
         return _published_acdc_split(frames, split_from)
     patients = sorted({patient_id(name) for name in frames})
-    parts = partition(patients, ACDC_SPLIT_FRACTIONS, np.random.default_rng([seed, 2]))
+    parts = _drawn_split(patients, ACDC_SPLIT_FRACTIONS, seed, "patient", ("train", "val", "test"))
     train, val, test = ([name for name in sorted(frames) if patient_id(name) in part] for part in parts)
     return train, val, test, None
+
+
+def _drawn_split(
+    names: Sequence[str], fractions: Sequence[float], seed: int, unit: str, parts: Sequence[str]
+) -> list[list[str]]:
+    """``names`` (each a ``unit``) drawn into ``parts`` of about ``fractions`` each; too few
+    of them to give every part one (a case folder given as --source, say) is refused."""
+    if len(names) < len(fractions):
+        found = ", ".join(names)
+        raise DataFormatError(
+            f"--source holds {len(names)} {unit}(s) ({found}), too few to split into {'/'.join(parts)}, which takes "
+            f"at least {len(fractions)}: give --source the folder that holds every {unit} folder"
+        )
+    return partition(names, fractions, np.random.default_rng([seed, 2]))
 
 
 def _published_acdc_split(
@@ -317,7 +331,7 @@ def convert_la(source: Path, out: Path, split_from: Path | None, seed: int, prog
     """Convert a raw LA 2018 challenge download (see the module docstring)."""
     cases = find_la_cases(source)
     if split_from is None:
-        train, test = partition(sorted(cases), LA_SPLIT_FRACTIONS, np.random.default_rng([seed, 2]))
+        train, test = _drawn_split(sorted(cases), LA_SPLIT_FRACTIONS, seed, "case", ("train", "test"))
     else:
         lists = ("train.list", "test.list")
         train, test = (_read_listed(split_from / name, cases, LA_CASE_FILE) for name in lists)
