@@ -3,6 +3,9 @@ layouts; missing and malformed raw files raise errors naming them."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -22,6 +25,7 @@ from mper.data import (
     normalize_intensity,
     read_list,
 )
+from mper.data import convert as convert_module
 from mper.data.convert import crop_box
 from mper.datasets import convert
 from mper.errors import RunFolderError
@@ -158,6 +162,28 @@ def test_acdc_patients_without_labels_are_left_out_by_name(tmp_path, caplog):
         label.unlink()
     with pytest.raises(FileNotFoundError, match=r"none of the \d+ ACDC frames under .* has its label file beside it"):
         convert("acdc", raw, tmp_path / "unlabeled", progress=False)
+
+
+def test_a_ctrl_c_dropped_where_it_was_raised_still_stops_the_conversion_and_removes_it(tmp_path, monkeypatch):
+    """Ctrl-C during garbage collection raises in a weakref callback, where Python prints the
+    KeyboardInterrupt and drops it; the conversion went on and exited 0."""
+    read, original = [], convert_module.load_acdc_nifti
+
+    def interrupted_in_a_callback(*paths):
+        read.append(paths)
+        if len(read) == 2:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # the handler runs here
+            except KeyboardInterrupt:
+                pass  # dropped, as by a weakref callback
+        return original(*paths)
+
+    monkeypatch.setattr(convert_module, "load_acdc_nifti", interrupted_in_a_callback)
+    with pytest.raises(KeyboardInterrupt):
+        convert("acdc", raw_acdc(tmp_path / "raw"), tmp_path / "out", seed=1, progress=False)
+    assert len(read) == 8 and not (tmp_path / "out").exists()  # every frame read, then stopped
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_acdc_bad_raw_files(tmp_path):

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
+from types import FrameType
 
 import h5py
 import numpy as np
@@ -65,6 +68,33 @@ def check_output_folder(out: str | Path, source: str | Path) -> None:
 
 
 @contextlib.contextmanager
+def _interrupts_noted() -> Iterator[list[int]]:
+    """A block during which Ctrl-C raises KeyboardInterrupt as it does by default, and is
+    also noted in the list yielded: raised while a weakref or ``__del__`` callback runs
+    (garbage collection, at any moment), the exception is printed and dropped, and the
+    command would go on to the end and exit 0. Outside the main thread, or under another
+    handler than Python's default one, nothing changes."""
+    noted: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:
+        yield noted
+        return
+
+    def note_and_raise(signum: int, _frame: FrameType | None) -> None:
+        noted.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, note_and_raise)
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def removed_on_failure(folder: str | Path) -> Iterator[Path]:
     """Create ``folder``, which must be missing or empty (:func:`check_new_folder`, checked
     again here), for the block to write, and remove what the block wrote when it fails or
@@ -79,7 +109,10 @@ def removed_on_failure(folder: str | Path) -> Iterator[Path]:
         created = missing
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        yield folder
+        with _interrupts_noted() as interrupted:
+            yield folder
+        if interrupted:
+            raise KeyboardInterrupt  # raised where Python could only print it (see _interrupts_noted)
     except BaseException:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
