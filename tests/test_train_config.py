@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import stat
 import typing
 
@@ -61,6 +62,11 @@ def test_an_unknown_preset_lists_the_available_ones():
         read_preset("la", "tiny")
     with pytest.raises(ValueError, match="'tiny' is not defined"):
         read_preset("acdc", "reference+tiny")
+    for stacked in ("demo+", "+demo", "reference++demo"):
+        with pytest.raises(
+            ValueError, match=rf"^preset '{re.escape(stacked)}' has an empty name between its \+ signs; name presets"
+        ):
+            read_preset("la", stacked)
 
 
 def test_presets_stack_left_to_right_on_top_of_paper():

@@ -43,6 +43,11 @@ def read_preset(dataset: str, preset: str) -> dict[str, Any]:
     tables = preset_tables(dataset)
     values = tables["paper"]
     for name in preset.split("+"):
+        if not name.strip():
+            raise ConfigError(
+                f"preset {preset!r} has an empty name between its + signs; name presets such as reference+demo "
+                f"(available for {dataset}: {', '.join(tables)})"
+            )
         if name not in tables:
             raise ConfigError(
                 f"preset {name!r} is not defined for {dataset}; available: {', '.join(tables)} "
