@@ -169,8 +169,9 @@ def test_outputs_are_named_after_the_case_and_keep_its_folder(write_h5, tmp_path
     assert single == [tmp_path / "one" / "caseA_pred.nii.gz"]
 
 
-def test_label_maps_beside_their_frames_are_left_alone_in_an_acdc_patient_folder(tmp_path, caplog):
-    """The ACDC download keeps each frame's label map, <frame>_gt.nii.gz, beside the frame."""
+def test_label_maps_and_the_cine_series_beside_their_frames_are_left_alone_in_an_acdc_patient_folder(tmp_path, caplog):
+    """The ACDC download keeps each frame's label map, <frame>_gt.nii.gz, and the patient's
+    4D cine series, <patient>_4d.nii.gz, beside the frames."""
     patient = tmp_path / "in" / "patient017"
     patient.mkdir(parents=True)
     raw = np.random.default_rng(0).integers(0, 4, size=(20, 12, 3)).astype(np.float32) * 100
@@ -178,21 +179,26 @@ def test_label_maps_beside_their_frames_are_left_alone_in_an_acdc_patient_folder
     for frame in ("patient017_frame01", "patient017_frame09"):
         nib.save(nib.Nifti1Image(raw, AFFINE), patient / f"{frame}.nii.gz")
         nib.save(nib.Nifti1Image((raw / 100).astype(np.uint8), AFFINE), patient / f"{frame}_gt.nii.gz")
-    # a _gt file without its image is an image as any other
+    nib.save(nib.Nifti1Image(np.stack([raw, raw], axis=-1), AFFINE), patient / "patient017_4d.nii.gz")
+    # a _gt file without its image is an image as any other, and so is a _4d file without frames
     nib.save(nib.Nifti1Image(raw, AFFINE), patient / "lonely_gt.nii.gz")
+    nib.save(nib.Nifti1Image(raw, AFFINE), patient / "lonely_4d.nii.gz")
     with caplog.at_level(logging.INFO, logger="mper"):
         outputs = predict_path(
             ThresholdNet(num_classes=4), tmp_path / "in", "acdc", tmp_path / "out", patch_size=(32, 32)
         )
     assert [path.name for path in outputs] == [
+        "lonely_4d_pred.nii.gz",
         "lonely_gt_pred.nii.gz",
         "patient017_frame01_pred.nii.gz",
         "patient017_frame09_pred.nii.gz",
     ]
-    assert caplog.messages[0] == (
+    assert caplog.messages[:2] == [
         f"ignored 2 label map(s) of {tmp_path / 'in'}, named <image>_gt beside their image: "
-        "patient017/patient017_frame01_gt.nii.gz, patient017/patient017_frame09_gt.nii.gz"
-    )
+        "patient017/patient017_frame01_gt.nii.gz, patient017/patient017_frame09_gt.nii.gz",
+        f"ignored 1 4D cine series of {tmp_path / 'in'}, named <patient>_4d beside its frames, which are segmented "
+        "instead: patient017/patient017_4d.nii.gz",
+    ]
 
 
 def test_a_case_of_several_nnunet_channel_files_is_refused_by_a_single_channel_model(tmp_path, caplog):

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 ACDC_FRAME_FILE = re.compile(r"^(patient\d+_frame\d+)\.nii(\.gz)?$")
 #: Ends the name of an ACDC frame's label file, beside the frame: ``patient001_frame01_gt.nii.gz``.
 ACDC_LABEL_MARK = "_gt"
+#: The ending of the 4D cine series the ACDC download keeps beside a patient's frames.
+ACDC_CINE_MARK = "_4d"
 LA_IMAGE_FILE = "lgemri.nrrd"
 LA_LABEL_FILE = "laendo.nrrd"
 LA_CROP_MARGIN = (10, 20)  # random margin in voxels, upper bound excluded

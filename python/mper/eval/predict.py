@@ -32,6 +32,7 @@ connected component).
 
 from __future__ import annotations
 
+import glob
 import logging
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ import nibabel as nib
 import numpy as np
 from torch import nn
 
-from mper.data.convert import ACDC_LABEL_MARK
+from mper.data.convert import ACDC_CINE_MARK, ACDC_LABEL_MARK
 from mper.data.files import check_finite, misplaced_slice_axis, read_h5_case
 from mper.data.preprocess import normalize_intensity, scaling_mismatch
 from mper.data.raw_scans import CHANNEL_FILE, load_nifti, nifti_voxels
@@ -73,6 +74,16 @@ def _is_label_beside_its_image(path: Path) -> bool:
         (path.parent / f"{stem[: -len(ACDC_LABEL_MARK)]}{image_suffix}").is_file()
         for image_suffix in SUPPORTED_SUFFIXES
     )
+
+
+def _is_cine_beside_its_frames(path: Path) -> bool:
+    """Whether ``path`` is the 4D cine series the ACDC download keeps beside a patient's
+    frames, ``<patient>_4d.nii.gz``: the frames are what is segmented."""
+    suffix = _matching_suffix(path)
+    if suffix is None or not path.name[: -len(suffix)].endswith(ACDC_CINE_MARK):
+        return False
+    patient = path.name[: -len(suffix) - len(ACDC_CINE_MARK)]
+    return any(path.parent.glob(f"{glob.escape(patient)}_frame*"))
 
 
 def _channel_file_errors(files: list[Path], spec: DatasetSpec) -> dict[Path, DataFormatError]:
@@ -259,7 +270,8 @@ def _folder_outputs(input_dir: Path, out_dir: Path, case_file: str | None) -> di
     case's sub-folder so that same-named cases do not overwrite each other."""
     visible = sorted(p for p in input_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
     labels = [path for path in visible if _is_label_beside_its_image(path)]
-    files = [path for path in visible if _matching_suffix(path) and path not in labels]
+    series = [path for path in visible if _is_cine_beside_its_frames(path)]
+    files = [path for path in visible if _matching_suffix(path) and path not in labels and path not in series]
     ignored = [str(path.relative_to(input_dir)) for path in visible if not _matching_suffix(path)]
     if ignored and files:
         log.warning(
@@ -276,6 +288,14 @@ def _folder_outputs(input_dir: Path, out_dir: Path, case_file: str | None) -> di
             input_dir,
             ACDC_LABEL_MARK,
             ", ".join(str(path.relative_to(input_dir)) for path in labels),
+        )
+    if series:
+        log.warning(
+            "ignored %d 4D cine series of %s, named <patient>%s beside its frames, which are segmented instead: %s",
+            len(series),
+            input_dir,
+            ACDC_CINE_MARK,
+            ", ".join(str(path.relative_to(input_dir)) for path in series),
         )
     if not files:
         raise MissingFileError(
