@@ -54,7 +54,7 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-from mper.data.files import check_output_folder, removed_on_failure
+from mper.data.files import check_output_folder, listed_names, removed_on_failure
 from mper.data.imported import (
     SCAN_CASES_DIR,
     ImportedLayout,
@@ -307,14 +307,15 @@ def plan_settings(summary: DataSummary, dims: str, memory_gb: float) -> dict[str
 
 @dataclass
 class _Fingerprint:
-    """Pass one's findings: each case's spacing and cropped shape, CT samples, and the
-    class values the labeled training cases hold."""
+    """Pass one's findings: each case's spacing and cropped shape, CT samples, the
+    class values the labeled training cases hold, and the cases of a single slice."""
 
     spacings: dict[str, tuple[float, float, float]]
     cropped: dict[str, tuple[int, ...]]
     kept_fraction: dict[str, float]
     samples: dict[int, list[np.ndarray]]
     labeled_classes: set[int]
+    single_slices: list[str]
 
 
 def _fingerprint(raw: RawDataset, cases: Sequence[RawCase], progress: bool) -> _Fingerprint:
@@ -322,9 +323,17 @@ def _fingerprint(raw: RawDataset, cases: Sequence[RawCase], progress: bool) -> _
     labeled = [case for case in cases if case.role == LABELED]
     per_case = max(1, FOREGROUND_SAMPLES // max(1, len(labeled)))
     rng = np.random.default_rng(0)
-    found = _Fingerprint({}, {}, {}, {index: [] for index in ct_channels}, set())
+    found = _Fingerprint({}, {}, {}, {index: [] for index in ct_channels}, set(), [])
     for case in tqdm(cases, desc="checking scans", unit="case", disable=not progress):
         _add_case(found, case, raw, ct_channels, per_case, rng)
+    if 0 < len(found.single_slices) < len(cases):
+        log.warning(
+            "%s: %d case(s) are a single slice among 3D volumes, and train as volumes of one slice: %s "
+            "(give their whole volumes, or leave them out)",
+            raw.source,
+            len(found.single_slices),
+            listed_names(found.single_slices),
+        )
     return found
 
 
@@ -342,8 +351,20 @@ def _add_case(
     found.spacings[case.name] = scan.spacing
     found.cropped[case.name] = tuple(stop - start for start, stop in box)
     found.kept_fraction[case.name] = math.prod(found.cropped[case.name]) / math.prod(scan.image.shape[1:])
+    if 1 in scan.image.shape[1:]:
+        found.single_slices.append(case.name)
     if case.role == LABELED and scan.label is not None:
         found.labeled_classes.update(int(value) for value in np.unique(scan.label))
+        flat = [raw.channels[index] for index, channel in enumerate(scan.image) if channel.min() == channel.max()]
+        if flat and scan.label.any():
+            log.warning(
+                "%s: channel(s) %s of case %s hold one value everywhere, yet its label marks %d foreground "
+                "voxel(s): a blank or damaged image file?",
+                case.images[0].parent,
+                ", ".join(flat),
+                case.name,
+                int(np.count_nonzero(scan.label)),
+            )
     if case.role == LABELED and ct_channels and scan.label is not None:
         label = crop(scan.label, box)
         for index in ct_channels:
