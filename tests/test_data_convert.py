@@ -4,6 +4,7 @@ layouts; missing and malformed raw files raise errors naming them."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from mper.data import (
 )
 from mper.data import convert as convert_module
 from mper.data.convert import crop_box
-from mper.datasets import convert
+from mper.datasets import check_dataset_root, convert, get_dataset
 from mper.errors import RunFolderError
 
 ACDC_SHAPE = (12, 10, 3)  # (W, H, S) as stored in NIfTI
@@ -321,3 +322,27 @@ def test_convert_writes_only_into_a_new_or_empty_folder_and_leaves_nothing_when_
     with pytest.raises(DataFormatError, match="CASE2/laendo.nrrd could not be read"):
         convert("la", raw, tmp_path / "empty", progress=False)
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+RAW_DOWNLOADS = {"la": raw_la, "acdc": raw_acdc}
+
+
+@pytest.mark.parametrize("dataset, level", [("la", ""), ("la", "Training Set"), ("acdc", ""), ("acdc", "training")])
+def test_a_data_root_at_the_raw_download_gives_the_convert_command_that_converts_it(tmp_path, capsys, dataset, level):
+    root = RAW_DOWNLOADS[dataset](tmp_path / "raw download") / level
+    with pytest.raises(SystemExit) as stop:
+        cli.train_main(
+            ["--dataset", dataset, "--data-root", str(root), "--device", "cpu", "--preset", "demo", "--print-config"]
+        )
+    assert stop.value.code == cli.USER_ERROR_EXIT_CODE
+    spec = get_dataset(dataset)
+    command = f"mper-data convert --dataset {dataset} --source {shlex.quote(str(root))} --out DIR"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"mper-train: error: {root} holds {spec.raw_description}, the raw download, not the {spec.title} data mper "
+        f"reads ({spec.layout_mark}/ and the list files): convert it first, {command}, then pass --data-root DIR"
+    )
+    # the command given converts the download into a data root that every command takes
+    out = tmp_path / "converted"
+    cli.data_main(shlex.split(command.replace("DIR", shlex.quote(str(out))))[1:])
+    check_dataset_root(out, dataset, f"the run trains on {dataset}")
+    assert spec.list_cases(out, "train")

@@ -247,6 +247,39 @@ def test_images_scaled_otherwise_than_the_layout_are_refused_naming_the_file(wri
         load_la_case(root, "MASK")
 
 
+def smallest_uamt_crop(rng: np.random.Generator) -> np.ndarray:
+    """A z-scored scan cropped as UA-MT crops at the least: 112 x 112 of 640 x 640 voxels in-plane,
+    every slice, with all of the scan's spread inside the crop (skewed: bright outliers), which
+    puts the crop's mean and std as far from 0 and 1 as such a crop can have them."""
+    scan = np.zeros((640, 640, 4), np.float32)
+    scan[:112, :112] = rng.gamma(0.5, 100.0, (112, 112, 4))
+    return normalize_intensity(scan, "z-score")[:112, :112]
+
+
+def test_la_images_far_from_z_scored_are_refused_and_crops_of_a_z_scored_scan_are_read(write_h5, tmp_path):
+    rng = np.random.default_rng(0)
+    z_scored = normalize_intensity(rng.standard_normal((16, 16, 8)), "z-score")
+    crop = smallest_uamt_crop(rng)
+    assert np.hypot(crop.mean(), crop.std()) > 5  # near the bound of 1 / sqrt(112**2 / 640**2) = 5.7
+    accepted = {"ZSCORED": z_scored, "CROP": crop, "FLAT": np.zeros((16, 16, 8), np.float32)}
+    refused = {"SCALED": (z_scored * 300 + 200, 200, 300), "SHRUNK": (z_scored / 1000, 0, 0.001)}
+    images = {**accepted, **{case: image for case, (image, _, _) in refused.items()}}
+    root = la_root(
+        write_h5, tmp_path, {case: (image, np.zeros(image.shape, np.uint8)) for case, image in images.items()}
+    )
+    for case, image in accepted.items():
+        np.testing.assert_array_equal(load_la_case(root, case)[0], image.astype(np.float32))
+    for case, (image, mean, std) in refused.items():
+        with pytest.raises(DataFormatError) as error:
+            load_la_case(root, case)
+        assert str(error.value) == (
+            f"{root}/2018LA_Seg_Training Set/{case}/mri_norm2.h5: intensities span [{image.min():.3g}, "
+            f"{image.max():.3g}], but z-scored intensities (mean near 0, std near 1; these have mean {mean:.3g}, "
+            f"std {std:.3g}) are expected here (UA-MT LA layout: ROOT/2018LA_Seg_Training Set/<case>/mri_norm2.h5); "
+            "normalise the image (z-score per volume), as the public release and mper-data convert do"
+        )
+
+
 def test_acdc_loaders_check_rank_and_classes(write_h5, tmp_path):
     write_h5(tmp_path / "data" / "flat.h5", image=np.zeros((6, 5)), label=np.zeros((6, 5), np.uint8))
     with pytest.raises(DataFormatError, match=r"flat\.h5.*3-D"):

@@ -4,6 +4,7 @@ predicts through the public API like LA and ACDC do."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import nibabel as nib
@@ -13,7 +14,15 @@ import pytest
 from mper import cli, pipeline
 from mper.data.dataset import CaseDataset
 from mper.data.files import read_image_label, read_list, write_image_label, write_list
-from mper.datasets import SLICE_WISE, DatasetSpec, check_dataset_root, dataset_names, get_dataset, register_dataset
+from mper.datasets import (
+    SLICE_WISE,
+    DatasetSpec,
+    check_dataset_root,
+    dataset_names,
+    get_dataset,
+    register_dataset,
+)
+from mper.datasets import synthesize as synthesize_dataset
 from mper.datasets.registry import _REGISTRY
 from mper.errors import ConfigError, MissingFileError
 from mper.eval.inference import predict_volume
@@ -284,3 +293,26 @@ def test_a_data_folder_that_does_not_exist_is_named_with_the_commands_that_write
     missing.write_text("a file")
     with pytest.raises(MissingFileError, match=rf"^data folder {missing} is not a folder: mper-data synth"):
         check_dataset_root(missing, dataset, f"the run trains on {dataset}")
+
+
+@pytest.mark.parametrize("dataset, size", [("la", (24, 24, 24)), ("acdc", (32, 32))])
+def test_a_data_root_one_level_too_deep_names_the_folder_above_it(tmp_path, capsys, dataset, size):
+    spec = get_dataset(dataset)
+    root = synthesize_dataset(dataset, tmp_path / "data root", cases=6, size=size, progress=False)
+    case_folder = root / spec.layout_mark
+    train = ["--dataset", dataset, "--device", "cpu", "--preset", "demo", "--labeled", "2", "--print-config"]
+    with pytest.raises(SystemExit) as stop:
+        cli.train_main([*train, "--data-root", str(case_folder)])
+    assert stop.value.code == cli.USER_ERROR_EXIT_CODE
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"mper-train: error: {case_folder} is the {spec.title} case folder ({spec.layout_mark}) itself; pass the "
+        f"folder above it, which holds it and the list files: --data-root {shlex.quote(str(root))}"
+    )
+    cli.train_main([*train, "--data-root", str(root)])  # the folder named is taken
+    assert capsys.readouterr().out.startswith("dataset = ")
+    # a folder of that name whose parent holds no list is no case folder: the missing list is named
+    lone = tmp_path / "elsewhere" / spec.layout_mark
+    lone.mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        cli.train_main([*train, "--data-root", str(lone)])
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"mper-train: error: list file {lone}/")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from mper.data import normalize_intensity
 from mper.errors import DataFormatError, UserError
 from mper.eval.predict import predict_file, predict_path
 from test_inference import ThresholdNet
@@ -329,6 +330,20 @@ def test_a_volume_of_the_other_dataset_is_named_as_such(write_h5, tmp_path):
     write_h5(tmp_path / "acdc_case.h5", image=np.linspace(0, 1, 16 * 16 * 8, dtype=np.float32).reshape(16, 16, 8))
     with pytest.raises(DataFormatError, match=r"the LA model expects z-scored .* preprocessed for another dataset"):
         predict_file(ThresholdNet(), tmp_path / "acdc_case.h5", "la", tmp_path, **LA_OPTIONS)
+
+
+def test_an_la_volume_far_from_z_scored_is_refused_as_training_refuses_it(write_h5, tmp_path):
+    rng = np.random.default_rng(0)
+    z_scored = normalize_intensity(rng.standard_normal((16, 16, 8)), "z-score")
+    write_h5(tmp_path / "z_scored.h5", image=z_scored)
+    assert predict_file(ThresholdNet(), tmp_path / "z_scored.h5", "la", tmp_path / "out", **LA_OPTIONS).is_file()
+    write_h5(tmp_path / "scaled.h5", image=z_scored * 300 + 200)
+    with pytest.raises(
+        DataFormatError,
+        match=r"scaled\.h5: intensities span \[-960, 1\.13e\+03\], but the LA model expects z-scored intensities \(mean "
+        r"near 0, std near 1; these have mean 200, std 300\); is this a volume preprocessed for another dataset\?",
+    ):
+        predict_file(ThresholdNet(), tmp_path / "scaled.h5", "la", tmp_path / "out", **LA_OPTIONS)
 
 
 def test_bad_inputs_name_the_file_and_what_was_expected(write_h5, tmp_path):

@@ -30,7 +30,7 @@ from mper.eval.metrics import dice_score
 from mper.eval.protocol import postprocess_labels
 from mper.train.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
 from mper.train.config import load_config
-from mper.train.loaders import training_cases, validation_cases
+from mper.train.loaders import check_split, training_cases, validation_cases
 from mper.train.lock import run_folder_lock
 from mper.train.loop import Trainer
 from mper.train.runtime import TrainingInterrupted
@@ -447,8 +447,8 @@ def la_root(tmp_path_factory):
     return synthesize("la", tmp_path_factory.mktemp("la"), cases=6, seed=0, size=(32, 32, 32), progress=False)
 
 
-def la_config(la_root, out, *assignments):
-    overrides = {"data_root": str(la_root), "out": str(out), "labeled": 2, "device": "cpu"}
+def la_config(la_root, out, *assignments, **overrides):
+    overrides = {"data_root": str(la_root), "out": str(out), "labeled": 2, "device": "cpu", **overrides}
     return load_config(
         "la",
         "paper",
@@ -484,6 +484,45 @@ def test_la_selects_on_the_test_cases_as_published_or_on_held_out_training_cases
         validation_cases(la_config(la_root, tmp_path, "data.val_split=val"))
 
 
+def test_labeled_counts_the_held_out_cases_leave_no_room_for_name_them_and_the_largest_count(la_root, tmp_path):
+    total = len((la_root / "train.list").read_text().split())
+    held = f"data.holdout_cases = 2 holds the last 2 of the {total} training cases of {la_root} out for validation"
+
+    def config(labeled, *assignments, **overrides):
+        holdout = ("data.val_split=holdout", "data.holdout_cases=2", *assignments)
+        return la_config(la_root, tmp_path, *holdout, labeled=labeled, **overrides)
+
+    # the largest count named is the largest taken: one case left unlabeled, the held-out ones untouched
+    labeled, unlabeled = check_split(config(total - 3))
+    assert (len(labeled), len(unlabeled)) == (total - 3, 1)
+    with pytest.raises(ConfigError) as refused:
+        check_split(config(total - 2))
+    assert str(refused.value) == (
+        f"labeled = {total - 2} leaves no unlabeled training case for self-training: of the {total} training cases "
+        f"of {la_root}, data.holdout_cases = 2 holds the last 2 out for validation and labeled = {total - 2} labels "
+        f"all {total - 2} others; lower --labeled to at most {total - 3} or data.holdout_cases "
+        "(or train --baseline labeled-only)"
+    )
+    for beyond in (total - 1, total, total + 10):
+        with pytest.raises(ConfigError) as refused:
+            check_split(config(beyond))
+        assert str(refused.value) == (
+            f"labeled must be between 1 and {total - 3} (one training case left unlabeled for self-training): "
+            f"{held}; got {beyond}"
+        )
+    # trained on the labeled cases alone, every case not held out may be labeled
+    assert len(check_split(config(total - 2, baseline="labeled-only"))[0]) == total - 2
+    with pytest.raises(ConfigError) as refused:
+        check_split(config(total - 1, baseline="labeled-only"))
+    assert str(refused.value) == f"labeled must be between 1 and {total - 2}: {held}; got {total - 1}"
+    with pytest.raises(ConfigError) as refused:
+        check_split(config(1, f"data.holdout_cases={total - 1}"))
+    assert str(refused.value) == (
+        f"data.holdout_cases = {total - 1} holds the last {total - 1} of the {total} training cases of {la_root} "
+        "out for validation, which leaves 1 to train on; the run needs a labeled and an unlabeled case: lower it"
+    )
+
+
 def test_a_tiny_la_run_trains_and_evaluates(la_root, acdc_root, tmp_path):
     with pytest.raises(ConfigError, match=r"holds ACDC data .* LA is expected: the run trains on la"):
         pipeline.train(la_config(acdc_root, tmp_path / "la"))
@@ -517,6 +556,29 @@ def test_evaluate_needs_only_the_test_list_and_its_volumes(finished_run, acdc_ro
 def test_a_checkpoint_evaluated_on_the_other_dataset_names_the_mismatch(finished_run, la_root):
     with pytest.raises(ConfigError, match=r"holds LA data .* but ACDC is expected"):
         pipeline.evaluate(finished_run / "best.pt", data_root=la_root, device="cpu", num_figures=0)
+
+
+def test_a_checkpoint_evaluated_on_its_case_folder_or_the_raw_download_names_the_folder_to_pass(
+    finished_run, acdc_root, tmp_path
+):
+    checkpoint = finished_run / "best.pt"
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{re.escape(str(acdc_root / 'data'))} is the ACDC case folder \(data\) itself; pass the folder "
+        rf"above it, which holds it and the list files: --data-root {re.escape(str(acdc_root))}$",
+    ):
+        pipeline.evaluate(checkpoint, data_root=acdc_root / "data", device="cpu", num_figures=0)
+    patient = tmp_path / "database" / "training" / "patient001"
+    patient.mkdir(parents=True)
+    (patient / "Info.cfg").write_text("ED: 1\nES: 12\n")
+    for where in (tmp_path, tmp_path / "database"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"^{re.escape(str(where))} holds the ACDC challenge download .*, the raw download, not the ACDC "
+            rf"data mper reads \(data/ and the list files\): convert it first, mper-data convert --dataset acdc "
+            rf"--source {re.escape(str(where))} --out DIR, then pass --data-root DIR$",
+        ):
+            pipeline.evaluate(checkpoint, data_root=where, device="cpu", num_figures=0)
 
 
 def fill_weights_with_nan(trainer):

@@ -51,6 +51,9 @@ ACDC_CINE_MARK = "_4d"
 LA_IMAGE_FILE = "lgemri.nrrd"
 LA_LABEL_FILE = "laendo.nrrd"
 LA_CROP_MARGIN = (10, 20)  # random margin in voxels, upper bound excluded
+#: How many folders deep :func:`holds_files` looks: the downloads nest their cases two or
+#: three folders down (``database/training/patientXXX/``, ``<zip folder>/Training Set/<case>/``).
+RAW_SEARCH_DEPTH = 3
 
 Reader = Callable[[Path], np.ndarray]
 ReadErrors = tuple[type[Exception], ...]
@@ -105,7 +108,25 @@ def _pair_file(image_path: Path, label_name: str) -> Path:
     return label_path
 
 
+def holds_files(folder: Path, patterns: Sequence[str], depth: int = RAW_SEARCH_DEPTH) -> bool:
+    """Whether a file matching one of ``patterns`` (relative globs) lies in ``folder`` or
+    up to ``depth`` folders below it; stops at the first one found, so that a large folder
+    answers quickly when it holds one."""
+    for level in range(depth + 1):
+        for pattern in patterns:
+            if next(iter(folder.glob("/".join(["*"] * level + [pattern]))), None) is not None:
+                return True
+    return False
+
+
 # ACDC
+
+
+def holds_acdc_download(folder: Path) -> bool:
+    """Whether ``folder`` holds raw ACDC patients (``patientXXX/Info.cfg`` or
+    ``patientXXX_frameYY.nii.gz`` files, possibly under ``training/`` or ``database/``):
+    what :func:`convert_acdc` reads."""
+    return holds_files(folder, ("patient*/Info.cfg", "patient*_frame*.nii*"))
 
 
 def _read_nifti(path: Path) -> np.ndarray:
@@ -278,6 +299,12 @@ def _nrrd() -> ModuleType:
 
 def _read_nrrd(path: Path) -> np.ndarray:
     return np.asarray(_nrrd().read(str(path))[0])
+
+
+def holds_la_download(folder: Path) -> bool:
+    """Whether ``folder`` holds raw LA cases (``<case>/lgemri.nrrd``, possibly under
+    ``Training Set/``): what :func:`convert_la` reads."""
+    return holds_files(folder, (LA_IMAGE_FILE,))
 
 
 def find_la_cases(source: Path) -> dict[str, tuple[Path, Path]]:

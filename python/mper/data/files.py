@@ -274,9 +274,9 @@ def read_image_label(
             f"{path}: image shape {image.shape} differs from label shape {label.shape}; expected one label per voxel"
         )
     check_finite(path, image)
-    low, high = (float(image.min()), float(image.max())) if image.size else (0.0, 0.0)
-    expected = None if normalization is None else scaling_mismatch(low, high, normalization)
+    expected = None if normalization is None else scaling_mismatch(image, normalization)
     if expected is not None:
+        low, high = float(image.min()), float(image.max())
         raise DataFormatError(
             f"{path}: intensities span [{low:.3g}, {high:.3g}], but {expected} are expected here ({layout}); "
             f"normalise the image ({normalization} per volume), as the public release and mper-data convert do"

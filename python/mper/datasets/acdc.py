@@ -19,7 +19,7 @@ from mper.data.acdc import (
     load_acdc_volume,
     patient_id,
 )
-from mper.data.convert import convert_acdc
+from mper.data.convert import convert_acdc, holds_acdc_download
 from mper.data.synth_acdc import ACDC_FAMILIES, ACDC_SYNTH_CASES, ACDC_SYNTH_SIZE, synthesize_acdc
 from mper.nets.unet2d import UNet2D
 
@@ -58,5 +58,6 @@ ACDC = register_dataset(
         synth_size=ACDC_SYNTH_SIZE,
         convert=convert_acdc,
         raw_description="the ACDC challenge download (patientXXX/patientXXX_frameYY.nii.gz with its _gt labels)",
+        holds_raw=holds_acdc_download,
     )
 )

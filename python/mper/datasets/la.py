@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from mper.data.convert import convert_la
+from mper.data.convert import convert_la, holds_la_download
 from mper.data.la import (
     LA_CASE_FILE,
     LA_CLASS_NAMES,
@@ -52,5 +52,6 @@ LA = register_dataset(
         synth_size=LA_SYNTH_SIZE,
         convert=convert_la,
         raw_description="the 2018 atrial segmentation challenge download (<case>/lgemri.nrrd, <case>/laendo.nrrd)",
+        holds_raw=holds_la_download,
     )
 )

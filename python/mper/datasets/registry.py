@@ -11,7 +11,7 @@ from pathlib import Path
 from mper.data.files import check_new_folder, check_output_folder, removed_on_failure
 from mper.data.raw_scans import DATASET_JSON
 from mper.data.scan_plan import PLAN_FILE
-from mper.errors import ConfigError, MissingFileError
+from mper.errors import ConfigError, MissingFileError, UserError
 
 from .spec import DatasetSpec
 
@@ -90,13 +90,17 @@ def check_data_folder(root: str | Path, dataset: str | None = None) -> None:
     """Raise :class:`~mper.errors.MissingFileError` when ``root`` is not a folder, saying which
     commands write ``dataset``'s data (``None``: scans imported by ``mper-data import``), and
     :class:`~mper.errors.ConfigError` when ``dataset`` is ``None`` and ``root`` is a raw dataset
-    not yet imported. (A run's data, named, that is missing says which import it was trained on.)"""
+    not yet imported, or when ``root`` lacks ``dataset``'s layout but is its case folder
+    (``layout_mark``) itself or holds its raw download (the spec's ``holds_raw``). (A run's
+    data, named, that is missing says which import it was trained on.)"""
     spec = None if dataset is None else get_dataset(dataset)
     if not Path(root).is_dir():
         raise MissingFileError(
             f"data folder {root} {'is not a folder' if Path(root).exists() else 'does not exist'}: "
             f"{_ways_to_write(spec, root)}, or pass the folder that holds it (--data-root)"
         )
+    if spec is not None and spec.scans is None and not (Path(root) / spec.layout_mark).is_dir():
+        _check_folder_level(Path(root), spec)
     if spec is None and not (Path(root) / PLAN_FILE).is_file():
         if (Path(root) / DATASET_JSON).is_file():
             raw = shlex.quote(str(root))
@@ -104,6 +108,37 @@ def check_data_folder(root: str | Path, dataset: str | None = None) -> None:
                 f"{root} is a raw dataset (it holds {DATASET_JSON}), not an imported one: import it first, "
                 f"mper-data import --source {raw} --out DIR, then pass --data-root DIR"
             )
+
+
+def _check_folder_level(root: Path, spec: DatasetSpec) -> None:
+    """Refuse ``root``, a folder without ``spec``'s layout, when it is the layout's case
+    folder itself and its parent holds the list files (a folder too deep), or when it holds
+    the raw download that ``spec.convert`` reads (not yet converted)."""
+    resolved = root.resolve()
+    if resolved.name == spec.layout_mark:
+        parent = root.parent if root.name == resolved.name else resolved.parent
+        if _holds_lists(parent, spec):
+            raise ConfigError(
+                f"{root} is the {spec.title} case folder ({spec.layout_mark}) itself; pass the folder above it, "
+                f"which holds it and the list files: --data-root {shlex.quote(str(parent))}"
+            )
+    if spec.holds_raw is not None and spec.holds_raw(root):
+        raise ConfigError(
+            f"{root} holds {spec.raw_description}, the raw download, not the {spec.title} data "
+            f"mper reads ({spec.layout_mark}/ and the list files): convert it first, mper-data convert --dataset "
+            f"{spec.name} --source {shlex.quote(str(root))} --out DIR, then pass --data-root DIR"
+        )
+
+
+def _holds_lists(folder: Path, spec: DatasetSpec) -> bool:
+    """Whether ``spec`` reads the training or the test list from ``folder``."""
+    for split in ("train", "test"):
+        try:
+            spec.list_cases(folder, split)
+        except UserError:
+            continue
+        return True
+    return False
 
 
 def _ways_to_write(spec: DatasetSpec | None, root: str | Path) -> str:

@@ -108,7 +108,10 @@ class DatasetSpec:
             ``synth_size`` are its defaults, ``synth_families`` the families of cases it can
             write (name: description), the first the default.
         convert: turns the raw public download into the layout (``None``: none);
-            ``raw_description`` says what that download looks like.
+            ``raw_description`` says what that download looks like, and ``holds_raw``
+            whether a folder holds it (itself, or a few folders down, as ``convert``
+            finds it), so that a data root pointed at the download is told to convert
+            it (``None``: not recognised).
     """
 
     name: str
@@ -141,6 +144,7 @@ class DatasetSpec:
     scan_axes: tuple[int, int, int] = (0, 1, 2)
     convert: Converter | None = None
     raw_description: str = ""
+    holds_raw: Callable[[Path], bool] | None = None
     preset_changes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     in_channels: int = 1
     scans: ScanPlan | None = None
@@ -158,6 +162,7 @@ class DatasetSpec:
             (-3 <= self.slice_axis < 3, "slice_axis must be an axis of a 3D volume"),
             (len(self.synth_families) >= 1, "synth_families must name at least one family"),
             (self.in_channels >= 1, "in_channels must be at least 1"),
+            (self.holds_raw is None or self.convert is not None, "holds_raw needs convert, which it points to"),
         )
         for holds, problem in checks:
             if not holds:

@@ -185,9 +185,9 @@ def _load_h5(path: Path, spec: DatasetSpec, force: bool) -> np.ndarray:
     (image,) = read_h5_case(path, ("image",), layout=f"a preprocessed {spec.title} volume")
     image = image.astype(np.float32, copy=False)
     _check_volume(path, image, spec)
-    low, high = float(image.min()), float(image.max())
-    expected = scaling_mismatch(low, high, spec.normalization)
+    expected = scaling_mismatch(image, spec.normalization)
     if expected is not None:
+        low, high = float(image.min()), float(image.max())
         raise DataFormatError(
             f"{path}: intensities span [{low:.3g}, {high:.3g}], but the {spec.title} model expects "
             f"{expected}; is this a volume preprocessed for another dataset? "

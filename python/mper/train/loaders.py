@@ -60,16 +60,39 @@ def training_cases(config: TrainConfig) -> tuple[list[str], list[str]]:
 def _labeled_split(config: TrainConfig, labeled_count: int) -> tuple[list[str], list[str]]:
     if config.data.val_split == "fold":
         return _fold_split(config, labeled_count)
+    if config.data.val_split == "holdout":
+        _check_holdout_room(config, labeled_count)
     labeled, unlabeled = get_dataset(config.dataset).training_split(config.data_root, labeled_count)
     if config.data.val_split != "holdout":
         return labeled, unlabeled
+    return labeled, unlabeled[: len(unlabeled) - config.data.holdout_cases]
+
+
+def _check_holdout_room(config: TrainConfig, labeled_count: int) -> None:
+    """Refuse a ``labeled_count`` beyond the training cases that ``data.holdout_cases``
+    leaves to train on, naming the cases held out and the largest count the run can take
+    (one less for self-training, which needs an unlabeled case)."""
+    spec = get_dataset(config.dataset)
+    total = len(spec.list_cases(config.data_root, "train"))
     holdout = config.data.holdout_cases
-    if holdout > len(unlabeled):
+    room = total - holdout
+    held = (
+        f"data.holdout_cases = {holdout} holds the last {holdout} of the {total} training {spec.label_unit} "
+        f"of {config.data_root} out for validation"
+    )
+    most = room if config.baseline in SUPERVISED_BASELINES else room - 1
+    if most < 1:
+        needs = "a training case" if config.baseline in SUPERVISED_BASELINES else "a labeled and an unlabeled case"
+        raise ConfigError(f"{held}, which leaves {max(room, 0)} to train on; the run needs {needs}: lower it")
+    if not 0 < labeled_count <= room:
         raise ConfigError(
-            f"data.holdout_cases = {holdout} leaves no room for {labeled_count} labeled cases "
-            f"in the {labeled_count + len(unlabeled)} cases of train.list; lower one of them"
+            f"labeled must be between 1 and {most}{_for_self_training(config)}: {held}; got {labeled_count}"
         )
-    return labeled, unlabeled[: len(unlabeled) - holdout]
+
+
+def _for_self_training(config: TrainConfig) -> str:
+    """`` (one training case left unlabeled for self-training)`` unless the run is supervised."""
+    return "" if config.baseline in SUPERVISED_BASELINES else " (one training case left unlabeled for self-training)"
 
 
 def labeled_pool(config: TrainConfig) -> list[str]:
@@ -137,16 +160,45 @@ def check_split(config: TrainConfig) -> tuple[list[str], list[str]]:
     labeled, unlabeled = training_cases(config)
     _check_scored_cases_unseen(config, labeled + unlabeled)
     if config.baseline not in SUPERVISED_BASELINES and not unlabeled:
-        raise ConfigError(
-            f"labeled = {config.labeled} leaves no unlabeled training case for self-training; "
-            "lower --labeled (or train --baseline labeled-only)"
-        )
+        raise ConfigError(_no_unlabeled_case(config))
     if len(labeled) < config.data.labeled_batch_size:
         raise ConfigError(
             f"{len(labeled)} labeled training item(s) (labeled = {config.labeled}) cannot fill a labeled batch of "
             f"data.labeled_batch_size = {config.data.labeled_batch_size}; raise --labeled or lower the batch sizes"
         )
     return labeled, unlabeled
+
+
+def _no_unlabeled_case(config: TrainConfig) -> str:
+    """Why ``config.labeled`` leaves self-training no unlabeled case: the training cases it
+    labels are all those left after the validation cases held out from them, which it
+    names, and the largest ``labeled`` that leaves one."""
+    spec = get_dataset(config.dataset)
+    unit, labeled = spec.label_unit, config.labeled
+    split = config.data.val_split
+    if split == "holdout":
+        holdout = config.data.holdout_cases
+        total = len(spec.list_cases(config.data_root, "train"))
+        why = (
+            f"of the {total} training {unit} of {config.data_root}, data.holdout_cases = {holdout} holds the last "
+            f"{holdout} out for validation and labeled = {labeled} labels all {total - holdout} others"
+        )
+        fewer = f"lower --labeled to at most {labeled - 1} or data.holdout_cases"
+    elif split == "fold":
+        why = (
+            f"it labels all the training {unit} of {config.data_root} outside validation fold {config.data.fold} "
+            f"(of data.folds = {config.data.folds})"
+        )
+        fewer = f"lower --labeled to at most {labeled - 1}"
+    else:
+        why = f"it labels all the training {unit} of {config.data_root}"
+        fewer = f"lower --labeled to at most {labeled - 1}"
+    if labeled < 2:
+        fewer = f"self-training needs at least 2 training {unit}: add some"
+    return (
+        f"labeled = {labeled} leaves no unlabeled training case for self-training: {why}; "
+        f"{fewer} (or train --baseline labeled-only)"
+    )
 
 
 def _check_scored_cases_unseen(config: TrainConfig, items: list[str]) -> None:
