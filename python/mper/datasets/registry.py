@@ -95,7 +95,7 @@ def check_data_folder(root: str | Path, dataset: str | None = None) -> None:
     if not Path(root).is_dir():
         raise MissingFileError(
             f"data folder {root} {'is not a folder' if Path(root).exists() else 'does not exist'}: "
-            f"{_ways_to_write(spec, root)}, or pass the folder that holds it (--data-root)"
+            f"{ways_to_write(spec, root)}, or pass the folder that holds it (--data-root)"
         )
     if spec is None and not (Path(root) / PLAN_FILE).is_file():
         if (Path(root) / DATASET_JSON).is_file():
@@ -106,7 +106,7 @@ def check_data_folder(root: str | Path, dataset: str | None = None) -> None:
             )
 
 
-def _ways_to_write(spec: DatasetSpec | None, root: str | Path) -> str:
+def ways_to_write(spec: DatasetSpec | None, root: str | Path) -> str:
     """The commands that write ``spec``'s data (``None``: imported scans) into ``root``."""
     out = shlex.quote(str(root))
     if spec is None or spec.scans is not None:
