@@ -357,7 +357,7 @@ def test_ctrl_c_during_the_final_evaluation_exits_with_a_message(acdc_root, tmp_
     def press_ctrl_c(*args, **kwargs):
         signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(pipeline, "evaluate", press_ctrl_c)
+    monkeypatch.setattr(pipeline, "evaluate_cases", press_ctrl_c)  # scoring the best checkpoint
     run_dir = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
         train_main(train_arguments(acdc_root, run_dir))

@@ -6,19 +6,24 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from mper import pipeline
 from mper.cli import experiment_main
+from mper.data import acdc_slice_path
 from mper.datasets import synthesize
 from mper.experiment import (
     DevicePoolExecutor,
+    LocalExecutor,
     RunsFailed,
     SubmititExecutor,
     SweepInterrupted,
+    check_runs,
     run_plan,
 )
 from mper.experiment.executors import ClusterOptions
@@ -139,10 +144,14 @@ def test_a_failed_run_is_reported_and_the_others_still_run(acdc_root, tmp_path):
         acdc_root,
         variants=({"name": "diverges", "set": ["optim.lr=1e30"]}, {"name": "U-Net", "baseline": "labeled-only"}),
     )
+    log = tmp_path / "diverges" / "1-labeled" / "seed0" / "train.log"
     with pytest.raises(
-        RunsFailed, match=r"1 of 2 runs failed \(diverges / 1 labeled / seed 0: .*training stopped without saving"
+        RunsFailed,
+        match=r"1 of 2 runs failed \(diverges / 1 labeled / seed 0: .*training stopped without saving.* \(see "
+        + re.escape(str(log)),
     ):
         run_plan(plan, tmp_path)
+    assert "training stopped without saving" in log.read_text()
     assert run_state(tmp_path / "u-net" / "1-labeled" / "seed0") == FINISHED
     table = (tmp_path / "results.md").read_text()
     assert "| diverges | 1 | - | 0/1 | - |" in table and "1 run(s) not finished yet" in table
@@ -197,6 +206,90 @@ def test_the_command_lists_runs_and_refuses_what_it_cannot_use(micro_results, ac
         experiment_main([str(plan_file), "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert exit_info.value.code == 2
     assert "the data folder" in capsys.readouterr().err
+
+
+def two_variant_plan_file(folder, data_root, labeled):
+    """A plan file of a labeled-only U-Net and MPER at the budgets ``labeled``, seed 0."""
+    path = folder / "two.toml"
+    path.write_text(
+        f'dataset = "acdc"\ndata_root = "{data_root}"\nlabeled = {json.dumps(labeled)}\nseeds = [0]\n'
+        f'set = {json.dumps(MICRO)}\n[[variant]]\nname = "U-Net"\nbaseline = "labeled-only"\n'
+        '[[variant]]\nname = "MPER"\n'
+    )
+    return path
+
+
+def one_line_error(arguments, capsys) -> str:
+    """The one line ``mper-experiment arguments`` ends in, with exit status 2 and nothing printed."""
+    with pytest.raises(SystemExit) as exit_info:
+        experiment_main(arguments)
+    printed = capsys.readouterr()
+    assert exit_info.value.code == 2 and "Traceback" not in printed.err
+    assert printed.out == "" and len(printed.err.strip().splitlines()) == 1, printed
+    return printed.err.strip()
+
+
+@pytest.mark.parametrize("listing", [False, True])
+def test_a_label_budget_beyond_the_data_is_refused_before_any_run_trains(acdc_root, tmp_path, capsys, listing):
+    # the data has 3 training patients: the budget 1 could train, 4 cannot
+    plan = two_variant_plan_file(tmp_path, acdc_root, [1, 4])
+    out = tmp_path / "out"
+    error = one_line_error([str(plan), "--out", str(out), *(["--list"] if listing else [])], capsys)
+    assert error == (
+        f"mper-experiment: error: {plan}: run U-Net / 4 labeled / seed 0: labeled must be between 1 and the 3 "
+        f"patients of {acdc_root / 'train_slices.list'}, got 4; no run was started: change the plan (or --set, "
+        "--data-root) and run the command again"
+    )
+    assert not out.exists()  # nothing trained, no results table
+
+
+@pytest.mark.parametrize("listing", [False, True])
+def test_a_data_folder_without_the_layout_is_refused_before_any_run_trains(tmp_path, capsys, listing):
+    raw = tmp_path / "raw"  # the public download, not converted: no lists
+    (raw / "patient001").mkdir(parents=True)
+    (raw / "patient001" / "patient001_frame01.nii.gz").write_bytes(b"")
+    plan = two_variant_plan_file(tmp_path, raw, [1])
+    out = tmp_path / "out"
+    error = one_line_error([str(plan), "--out", str(out), *(["--list"] if listing else [])], capsys)
+    assert error.startswith(
+        f"mper-experiment: error: {plan}: run U-Net / 1 labeled / seed 0: list file {raw / 'train_slices.list'} "
+        f"not found: expected a text file with one case name per line; the plan's data_root (--data-root) {raw} "
+        "must hold ACDC data as mper reads it ("
+    )
+    assert "mper-data convert --dataset acdc --source RAW --out DIR converts the public download" in error
+    assert error.endswith("then give --data-root DIR); no run was started") and "train.log" not in error
+    assert not out.exists()
+
+
+def test_runs_are_checked_once_per_distinct_settings_and_finished_runs_not_at_all(
+    micro_results, acdc_root, tmp_path, monkeypatch
+):
+    checked = []
+    monkeypatch.setattr(
+        pipeline, "check_before_training", lambda config: checked.append((config.baseline, config.labeled))
+    )
+    variants = ({"name": "U-Net", "baseline": "labeled-only"}, {"name": "MPER"})
+    plan = micro_plan(acdc_root, seeds=(0, 1, 2), variants=variants, labeled=[1, 2])
+    check_runs(plan, plan.cells(tmp_path))
+    # seeds do not change what is checked: 4 checks for the 12 runs
+    assert checked == [("labeled-only", 1), ("none", 1), ("labeled-only", 2), ("none", 2)]
+    out, _ = micro_results
+    checked.clear()
+    finished = micro_plan(tmp_path / "data-moved-away")
+    check_runs(finished, finished.cells(out))  # its one run is finished: neither data nor settings are checked
+    assert checked == []
+
+
+def test_a_run_that_fails_before_its_folder_is_made_points_to_no_log(acdc_root, tmp_path):
+    data = Path(shutil.copytree(acdc_root, tmp_path / "data"))
+    first = (data / "train_slices.list").read_text().split()[0]
+    acdc_slice_path(data, first).write_bytes(b"not HDF5")
+    plan = micro_plan(data)
+    (cell,) = plan.cells(tmp_path / "out")
+    check_runs(plan, [cell])  # the lists are sound: the run finds the damaged file as it starts
+    (failure,) = LocalExecutor("cpu").run([cell])
+    assert "is not a readable HDF5 file" in failure.reason and "(see" not in failure.reason
+    assert not cell.run_dir.exists()
 
 
 def test_a_table_is_the_mean_and_sample_std_over_seeds(tmp_path):

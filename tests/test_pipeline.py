@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from mper import pipeline
+from mper.cli import eval_main
 from mper.data import acdc_slice_path, acdc_volume_path, la_case_path
 from mper.datasets import get_dataset, synthesize
 from mper.errors import ConfigError, DataFormatError, MissingFileError, RunFolderError, TrainingDiverged
@@ -398,6 +399,46 @@ def test_evaluate_scores_either_network_of_a_checkpoint(finished_run, acdc_root,
     assert compared > 0
     with pytest.raises(ValueError, match="weights must be one of"):
         pipeline.evaluate(finished_run / "best.pt", weights="ema")
+
+
+def test_evaluate_writes_only_into_a_new_folder_or_an_earlier_evaluation(finished_run, acdc_root, tmp_path):
+    missing = tmp_path / "missing.pt"  # refused before the checkpoint is read
+    run_report = (finished_run / "metrics.json").read_bytes()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    refused = {
+        finished_run: rf"--out {re.escape(str(finished_run))} holds a training run \(it has best\.pt, config\.toml, "
+        rf".*the run's own metrics\.json and figures; .* --out {re.escape(str(finished_run / 'eval-val'))}$",
+        acdc_root: rf"--out {re.escape(str(acdc_root))} is a dataset's folder \(it holds data, test\.list, "
+        r".*\): the evaluation would write among its data; choose a new or empty folder",
+        notes: r"holds files mper-eval does not write \(todo\.txt\)",
+        notes / "todo.txt": r"is a file; choose a folder",
+    }
+    for out, message in refused.items():
+        with pytest.raises(RunFolderError, match=message):
+            pipeline.evaluate(missing, split="val", out_dir=out, device="cpu")
+    assert (finished_run / "metrics.json").read_bytes() == run_report
+    assert not (acdc_root / "metrics.json").exists() and not (acdc_root / "figures").exists()
+    # an earlier evaluation's folder is written again: its report replaced, its t-SNE map kept
+    out = tmp_path / "eval"
+    pipeline.evaluate(finished_run / "best.pt", split="val", out_dir=out, device="cpu", num_figures=1)
+    (out / "tsne.png").write_bytes(b"an earlier map")
+    (out / "metrics.json").write_text("{}")
+    result = pipeline.evaluate(finished_run / "best.pt", split="val", out_dir=out, device="cpu", num_figures=1)
+    assert set(json.loads((out / "metrics.json").read_text())["per_case"]) == set(result["per_case"])
+    assert (out / "tsne.png").read_bytes() == b"an earlier map"
+
+
+def test_mper_eval_refuses_a_run_folder_as_out_in_one_line(finished_run, capsys):
+    run_report = (finished_run / "metrics.json").read_bytes()
+    arguments = ["--checkpoint", str(finished_run / "best.pt"), "--split", "val", "--device", "cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        eval_main([*arguments, "--out", str(finished_run)])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(error.strip().splitlines()) == 1, error
+    assert error.startswith(f"mper-eval: error: --out {finished_run} holds a training run (it has best.pt")
+    assert (finished_run / "metrics.json").read_bytes() == run_report
 
 
 def test_predict_writes_a_label_map_per_input(finished_run, acdc_root, tmp_path):

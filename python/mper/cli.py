@@ -456,7 +456,12 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
         print(f"\n{result['markdown']}\nwritten to {out}")
         if args.tsne:
             path = pipeline.tsne(
-                args.checkpoint, out / "tsne.png", args.data_root, args.split, device=args.device, weights=args.weights
+                args.checkpoint,
+                out / pipeline.TSNE_FIGURE,
+                args.data_root,
+                args.split,
+                device=args.device,
+                weights=args.weights,
             )
             print(f"t-SNE map: {path}")
 
@@ -689,7 +694,11 @@ def experiment_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a setting in every run, e.g. data.num_workers=8; repeatable",
     )
-    parser.add_argument("--list", action="store_true", help="list the runs and where each stands; train nothing")
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="check the runs as a sweep does before training, list them and where each stands; train nothing",
+    )
     parser.add_argument(
         "--report-only", action="store_true", help="write the results of the finished runs; train nothing"
     )
@@ -773,6 +782,7 @@ def experiment_main(argv: Sequence[str] | None = None) -> None:
     def action() -> None:
         plan, cells, out = experiment.prepare_plan(args.plan, args.out, args.data_root, args.seeds, args.assignments)
         if args.list:
+            experiment.check_runs(plan, cells)
             for cell in cells:
                 print(f"{experiment.run_state(cell.run_dir):<12} {cell.name:<50} {cell.run_dir}")
             return

@@ -12,8 +12,8 @@
   folder if this run made it. A mistake found once training has started
   (:class:`~mper.errors.UserError`) keeps the folder, ``train.log`` saying why it
   stopped; any other error keeps it too, with its traceback in ``train.log``.
-* :func:`evaluate` scores a checkpoint (docs/method.md, "Evaluation"), :func:`predict`
-  segments image files.
+* :func:`evaluate` scores a checkpoint (docs/method.md, "Evaluation") into a folder of
+  its own (:func:`check_eval_folder`), :func:`predict` segments image files.
 * :func:`synthesize` and :func:`convert` prepare data (see :mod:`mper.datasets`);
   :func:`synthesize_scans` writes raw scans and :func:`import_scans` imports them
   (:mod:`mper.datasets.scans`): :func:`imported_dataset` names the dataset of such a
@@ -39,16 +39,18 @@ from torch.utils.tensorboard import SummaryWriter
 
 import mper.datasets
 from mper.data.files import listed_names
+from mper.data.raw_scans import DATASET_JSON
 from mper.data.scan_plan import PLAN_FILE, ScanPlan, read_plan, write_plan
 from mper.data.synth_scans import synthesize_scans as write_synthetic_scans
-from mper.datasets import check_dataset_root, dataset_names, get_dataset, has_plan, register_plan
+from mper.datasets import check_dataset_root, dataset_names, detect_dataset, get_dataset, has_plan, register_plan
 from mper.datasets.registry import register_imported
 from mper.datasets.scans import scan_spec
 from mper.errors import CheckpointError, ConfigError, MissingFileError, RunFolderError, UserError
-from mper.eval.evaluate import evaluate_cases, mean_dice
+from mper.eval.evaluate import EVALUATION_OUTPUTS, evaluate_cases, mean_dice
 from mper.eval.figures import add_figures
 from mper.eval.predict import predict_path
 from mper.eval.protocol import check_protocol
+from mper.eval.report import METRICS_FILE
 from mper.eval.run_size import size_warnings
 from mper.eval.scans import predict_scans
 from mper.eval.tsne import require_figure_packages, sample_embeddings, save_tsne_figure
@@ -60,7 +62,7 @@ from mper.train.loaders import check_split, labeled_pool, test_cases, training_c
 from mper.train.lock import LOCK_FILE, run_folder_lock
 from mper.train.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, PRETRAIN_CHECKPOINT, Validator
 from mper.train.resume import checkpoint_to_resume, resumed_config
-from mper.train.runner import check_machine, check_run, run_training
+from mper.train.runner import check_machine, check_network, check_run, run_training
 from mper.train.runtime import RUN_LOG_ONLY, TrainingAborted, TrainingInterrupted, resolve_device
 from mper.train.usage import USAGE_FILE
 from mper.versions import device_line, version_line
@@ -74,6 +76,10 @@ EVAL_SPLITS = ("test", "val")
 RUN_LOG = "train.log"
 #: Cases whose voxels the t-SNE map samples.
 TSNE_CASES = 4
+#: The t-SNE map ``mper-eval --tsne`` draws into its output folder.
+TSNE_FIGURE = "tsne.png"
+#: What ``mper-eval`` writes into its output folder (an earlier evaluation's it replaces).
+EVAL_OUTPUTS = frozenset({*EVALUATION_OUTPUTS, TSNE_FIGURE})
 
 
 def shown_on_console(record: logging.LogRecord) -> bool:
@@ -158,6 +164,8 @@ def _log_run_header(config: TrainConfig, resume: bool) -> None:
 
 
 RUN_SETTINGS = "config.toml"
+#: Files that only a training run's folder holds: its lock, log, settings and checkpoints.
+RUN_FILES = frozenset({LOCK_FILE, RUN_LOG, RUN_SETTINGS, LAST_CHECKPOINT, BEST_CHECKPOINT, PRETRAIN_CHECKPOINT})
 
 
 def _write_config(config: TrainConfig, run_dir: Path) -> None:
@@ -174,8 +182,7 @@ def _check_run_folder(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"--out {run_dir} is a file; choose a folder for the run")
     held = sorted(path.name for path in run_dir.iterdir()) if run_dir.is_dir() else []
-    run_files = {LOCK_FILE, RUN_LOG, RUN_SETTINGS, LAST_CHECKPOINT, BEST_CHECKPOINT, PRETRAIN_CHECKPOINT}
-    if held and not run_files & set(held):
+    if held and not RUN_FILES & set(held):
         raise RunFolderError(
             f"--out {run_dir} holds files but no run (no {RUN_SETTINGS}; it holds {listed_names(held)}): the run "
             "would write among them; choose a new or empty folder"
@@ -205,6 +212,18 @@ def check_settings(config: TrainConfig) -> None:
     :class:`~mper.train.config.TrainConfig` does not check when it is built, the evaluation
     protocol's (:func:`~mper.eval.protocol.check_protocol`, a layer above it)."""
     check_protocol(config.eval.postprocess, config.eval.empty_prediction)
+
+
+def check_before_training(config: TrainConfig) -> None:
+    """What :func:`train` refuses before it trains that neither the machine nor the contents
+    of the data files decide: the settings (:func:`check_settings`), the network settings
+    (:func:`~mper.train.runner.check_network`) and the data root's lists
+    (:func:`~mper.train.loaders.check_split`: its dataset, ``labeled`` within range, the
+    split). Reads the list files alone; ``mper-experiment`` runs it for every run of a
+    plan before the first one trains."""
+    check_settings(config)
+    check_network(config)
+    check_split(config)
 
 
 def settings_toml(config: TrainConfig) -> str:
@@ -262,13 +281,15 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
                 best = run_training(config, run_dir, validator(config), writer, resume=resume)
                 split = final_split(config)
                 log.info("evaluating %s on the %s split", best, split)
-                result = evaluate(
+                result = _evaluate(
                     best,
-                    split=split,
-                    out_dir=run_dir,
-                    device=config.device,
-                    num_figures=config.eval.num_figures,
-                    report_extra=_run_record(run_dir, config),
+                    None,
+                    split,
+                    run_dir,
+                    config.device,
+                    "student",
+                    config.eval.num_figures,
+                    _run_record(run_dir, config),
                 )
                 add_figures(writer, result["figures"], "test")
                 log.info(
@@ -556,6 +577,59 @@ def evaluate(
         raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
     if num_figures is not None and num_figures < 0:
         raise ConfigError(f"the number of figures (mper-eval --figures) must be 0 or more, got {num_figures}")
+    if out_dir is not None:
+        check_eval_folder(out_dir, split)
+    return _evaluate(checkpoint, data_root, split, out_dir, device, weights, num_figures, report_extra)
+
+
+def check_eval_folder(out_dir: str | Path, split: str = "test") -> None:
+    """Refuse ``out_dir``, where :func:`evaluate` is to write, unless it is missing, empty or
+    holds only what ``mper-eval`` writes (:data:`EVAL_OUTPUTS`: an earlier evaluation's,
+    which is replaced): a training run's folder, whose ``metrics.json`` is the run's own
+    score (and tells a sweep that the run is finished), a dataset's folder, or a folder
+    holding any other file. Creates nothing.
+
+    Raises:
+        RunFolderError: ``out_dir`` is a file, or a folder holding files mper-eval does not write.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out} is a file; choose a folder for the evaluation (it is made if missing)")
+    held = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
+    others = [name for name in held if name not in EVAL_OUTPUTS]
+    if not others:
+        return
+    advice = "choose a new or empty folder, or one an earlier mper-eval wrote"
+    run_files = sorted(RUN_FILES & set(held))
+    if run_files:
+        raise RunFolderError(
+            f"--out {out} holds a training run (it has {listed_names(run_files)}): the evaluation would replace the "
+            f"run's own {METRICS_FILE} and figures; give the evaluation a folder of its own, e.g. "
+            f"--out {out / f'eval-{split}'}"
+        )
+    listed = any(name.endswith(".list") for name in held)  # the case lists of a layout
+    if listed or detect_dataset(out) is not None or has_plan(out) or (out / DATASET_JSON).is_file():
+        raise RunFolderError(
+            f"--out {out} is a dataset's folder (it holds {listed_names(held)}): the evaluation would write among "
+            f"its data; {advice}"
+        )
+    raise RunFolderError(
+        f"--out {out} holds files mper-eval does not write ({listed_names(others)}): the evaluation would write "
+        f"among them; {advice}"
+    )
+
+
+def _evaluate(
+    checkpoint: str | Path,
+    data_root: str | Path | None,
+    split: str,
+    out_dir: str | Path | None,
+    device: str,
+    weights: str,
+    num_figures: int | None,
+    report_extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """:func:`evaluate`, into any ``out_dir``: the run's own folder when training ends."""
     net, config = load_network(checkpoint, device, weights)
     method, labeled, unlabeled = _table_columns(config)
     _use_data_root(config, data_root, checkpoint)

@@ -21,6 +21,7 @@ from mper.datasets.registry import (
     get_dataset,
     register_dataset,
     synthesize,
+    ways_to_write,
 )
 from mper.datasets.spec import INFERENCE_MODES, SLICE_WISE, SLIDING_WINDOW, VALIDATION_SPLITS, DatasetSpec
 
@@ -51,4 +52,5 @@ __all__ = [
     "register_dataset",
     "register_plan",
     "synthesize",
+    "ways_to_write",
 ]

@@ -97,7 +97,7 @@ def check_data_folder(root: str | Path, dataset: str | None = None) -> None:
     if not Path(root).is_dir():
         raise MissingFileError(
             f"data folder {root} {'is not a folder' if Path(root).exists() else 'does not exist'}: "
-            f"{_ways_to_write(spec, root)}, or pass the folder that holds it (--data-root)"
+            f"{ways_to_write(spec, root)}, or pass the folder that holds it (--data-root)"
         )
     if spec is not None and spec.scans is None and not (Path(root) / spec.layout_mark).is_dir():
         _check_folder_level(Path(root), spec)
@@ -141,7 +141,7 @@ def _holds_lists(folder: Path, spec: DatasetSpec) -> bool:
     return False
 
 
-def _ways_to_write(spec: DatasetSpec | None, root: str | Path) -> str:
+def ways_to_write(spec: DatasetSpec | None, root: str | Path) -> str:
     """The commands that write ``spec``'s data (``None``: imported scans) into ``root``."""
     out = shlex.quote(str(root))
     if spec is None or spec.scans is not None:

@@ -23,8 +23,13 @@ from mper.datasets import get_dataset
 from .figures import FigureSlice, figure_slice, save_figures
 from .metrics import dice_score
 from .protocol import score_case, segment_volume
-from .report import markdown_table, summarize, write_report
+from .report import REPORT_FILES, markdown_table, summarize, write_report
 from .scans import distance_unit, score_scan_case
+
+#: The folder of the overlay PNGs in an output folder.
+FIGURES_FOLDER = "figures"
+#: What :func:`evaluate_cases` writes into its output folder.
+EVALUATION_OUTPUTS = (*REPORT_FILES, FIGURES_FOLDER)
 
 
 def _resolve_cases(dataset: str, data_root: str | Path, cases: Sequence[str] | None, split: str) -> list[str]:
@@ -133,7 +138,7 @@ def evaluate_cases(
     figures = []
     if out_dir is not None:
         figures = save_figures(
-            views, per_case, Path(out_dir) / "figures", dataset, class_names[:num_classes], num_figures
+            views, per_case, Path(out_dir) / FIGURES_FOLDER, dataset, class_names[:num_classes], num_figures
         )
         table = {"method": method, "labeled": labeled, "unlabeled": unlabeled}
         write_report(out_dir, per_case, summary, markdown, table=table, extra=report_extra)

@@ -38,6 +38,9 @@ from .metrics import DISTANCE_METRICS, METRIC_NAMES
 PerCase = Mapping[str, Mapping[int, Mapping[str, float]]]
 
 METRICS_FILE = "metrics.json"
+MARKDOWN_FILE = "metrics.md"
+#: What :func:`write_report` writes, with the aside copy of ``metrics.json`` it renames.
+REPORT_FILES = (METRICS_FILE, MARKDOWN_FILE, f".{METRICS_FILE}.tmp")
 TABLE_HEADER = ("Method", "Labeled", "Unlabeled", "Dice", "Jaccard", "95HD", "ASD")
 PERCENT_METRICS = ("dice", "jaccard")
 #: Marks the distance means that count classes predicted nowhere as distance 0.
@@ -203,7 +206,7 @@ def write_report(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, markdown_path = out_dir / METRICS_FILE, out_dir / "metrics.md"
+    json_path, markdown_path = out_dir / METRICS_FILE, out_dir / MARKDOWN_FILE
     document = {"summary": summary, "per_case": per_case, **({"table": table} if table else {}), **(extra or {})}
     markdown_path.write_text(markdown)
     _write_json(json_path, document)
@@ -211,6 +214,6 @@ def write_report(
 
 
 def _write_json(path: Path, document: Mapping[str, Any]) -> None:
-    aside = path.with_name(f".{path.name}.tmp")
+    aside = path.with_name(f".{path.name}.tmp")  # in REPORT_FILES
     aside.write_text(json.dumps(_json_ready(document), indent=2, allow_nan=False) + "\n")
     os.replace(aside, path)

@@ -6,17 +6,22 @@ not finished yet (an interrupted one is resumed) with an executor
 each), and writes the results table, mean ± std over seeds, as Markdown, CSV and JSON
 with a plot (:mod:`mper.experiment.report`), plus the t-SNE maps the plan asks for.
 Stopping a sweep and running the same call again continues it.
+
+Before the first run trains, :func:`check_runs` refuses what would stop a run before it
+trains (a setting, the data folder, its lists, a label budget beyond the data): the
+sweep then trains nothing and writes nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from mper import pipeline
-from mper.datasets import check_dataset_root, synthesize
-from mper.errors import ConfigError, UserError
+from mper.datasets import check_dataset_root, get_dataset, synthesize, ways_to_write
+from mper.errors import ConfigError, MissingFileError, UserError
 
 from .executors import (
     ClusterOptions,
@@ -36,6 +41,9 @@ log = logging.getLogger(__name__)
 DEFAULT_OUT = Path("runs") / "experiments"
 #: The folder of the plans shipped with mper (installed with the package).
 SHIPPED_PLANS = Path(__file__).parent / "plans"
+#: Settings that :func:`check_runs` leaves out when it compares runs: what it checks is
+#: the same for runs that differ only in these.
+RUN_IDENTITY = ("seed", "out", "run_id", "device")
 
 
 class RunsFailed(UserError):
@@ -101,7 +109,8 @@ def run_plan(
     :class:`SweepInterrupted` when stopped.
     """
     plan, cells, out = prepare_plan(plan, out, data_root, seeds, assignments)
-    _prepare_data(plan)
+    _write_synthetic_data(plan)
+    check_runs(plan, cells)
     todo = [cell for cell in cells if run_state(cell.run_dir) != FINISHED]
     resumed = sum(run_state(cell.run_dir) == INTERRUPTED for cell in todo)
     log.info(
@@ -149,16 +158,51 @@ def tsne_figures(plan: Plan, cells: Sequence[Cell], out: Path) -> dict[str, Path
     return figures
 
 
-def _prepare_data(plan: Plan) -> None:
-    """Write the plan's synthetic data if it asks for some and the folder is missing;
-    otherwise check that the folder holds the plan's dataset."""
+def check_runs(plan: Plan, cells: Sequence[Cell]) -> None:
+    """Refuse, before any run trains, what would stop one of the unfinished ``cells``
+    before it trains: the data folder (missing, or another dataset's) and what
+    :func:`mper.pipeline.check_before_training` refuses (a setting, a list file, a label
+    budget beyond the data, the split), checked once for runs that differ only in
+    :data:`RUN_IDENTITY`. Raises :class:`PlanError` naming the plan, the run and what to
+    do. Data files are not read: a damaged one stops its run as it starts. Nothing is
+    checked of synthetic data not written yet (:func:`run_plan` writes it first)."""
+    todo = [cell for cell in cells if run_state(cell.run_dir) != FINISHED]
+    root = Path(plan.data_root)
+    if not todo or (plan.synthetic is not None and not root.exists()):
+        return
+    if not root.is_dir():
+        raise ConfigError(f"the data folder {root} does not exist; give the plan's data with --data-root DIR")
+    check_dataset_root(root, plan.dataset, f"the plan trains on {plan.dataset}")
+    checked: set[str] = set()
+    for cell in todo:
+        config = cell.config()
+        settings = {name: value for name, value in config.to_dict().items() if name not in RUN_IDENTITY}
+        key = json.dumps(settings, sort_keys=True)
+        if key in checked:
+            continue
+        checked.add(key)
+        try:
+            pipeline.check_before_training(config)
+        except MissingFileError as error:
+            spec = get_dataset(plan.dataset)
+            raise PlanError(
+                f"{plan.source}: run {cell.name}: {error}; the plan's data_root (--data-root) {root} must hold "
+                f"{spec.title} data as mper reads it ({ways_to_write(spec, 'DIR')}; then give --data-root DIR); "
+                "no run was started"
+            ) from error
+        except UserError as error:
+            raise PlanError(
+                f"{plan.source}: run {cell.name}: {error}; no run was started: change the plan (or --set, "
+                "--data-root) and run the command again"
+            ) from error
+
+
+def _write_synthetic_data(plan: Plan) -> None:
+    """Write the plan's synthetic data if it asks for some and the folder is missing."""
     root = Path(plan.data_root)
     if plan.synthetic is not None and not root.exists():
         log.info("writing synthetic %s data to %s", plan.dataset, root)
         synthesize(plan.dataset, root, **plan.synthetic)
-    elif not root.is_dir():
-        raise ConfigError(f"the data folder {root} does not exist; give the plan's data with --data-root DIR")
-    check_dataset_root(root, plan.dataset, f"the plan trains on {plan.dataset}")
 
 
 def _failure_message(failures: Sequence[Failure], total: int, table: Path) -> str:
@@ -179,6 +223,7 @@ __all__ = [
     "RunsFailed",
     "SubmititExecutor",
     "SweepInterrupted",
+    "check_runs",
     "find_plan",
     "load_plan",
     "prepare_plan",

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from mper.errors import ConfigError
+from mper.pipeline import RUN_LOG
 
 from .plan import Cell
 from .runs import run_cell, train_arguments
@@ -74,8 +75,14 @@ class LocalExecutor:
                 run_cell(cell, self.device)
             except Exception as error:  # one failed run must not stop the sweep
                 log.error("%s failed: %s", cell.name, error)
-                failures.append(Failure(cell, f"{error} (see {cell.run_dir / 'train.log'})"))
+                failures.append(Failure(cell, f"{error}{_see_log(cell.run_dir / RUN_LOG)}"))
         return failures
+
+
+def _see_log(path: Path) -> str:
+    """`` (see <path>)`` for a failure message, or nothing when the run stopped before it
+    wrote its log (a mistake refused before its folder was made)."""
+    return f" (see {path})" if path.is_file() else ""
 
 
 @dataclass

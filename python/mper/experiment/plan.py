@@ -260,9 +260,11 @@ class Plan:
             try:
                 cell.config()
             except ConfigError as error:
-                raise PlanError(f"{self._source()}: run {cell.name}: {error}") from error
+                raise PlanError(f"{self.source}: run {cell.name}: {error}") from error
 
-    def _source(self) -> str:
+    @property
+    def source(self) -> str:
+        """The plan as messages name it: its file, or ``plan '<name>'``."""
         return str(self.path) if self.path else f"plan {self.name!r}"
 
 

@@ -64,9 +64,9 @@ def check_run(config: TrainConfig) -> None:
 def check_machine(config: TrainConfig) -> None:
     """Refuse what this machine cannot train as ``config`` says, without reading the data:
     the device, the ops module, mixed precision, torch.compile, the synchronisation check
-    (:data:`~mper.train.runtime.SYNC_DEBUG_VARIABLE`), the network settings, a patch too
-    small for the network or an iteration too large for the device's memory (see
-    :mod:`~mper.train.footprint`)."""
+    (:data:`~mper.train.runtime.SYNC_DEBUG_VARIABLE`), the network settings
+    (:func:`check_network`), a patch too small for the network or an iteration too large
+    for the device's memory (see :mod:`~mper.train.footprint`)."""
     device = resolve_device(config.device)
     autocast(device, config.amp)
     check_compile(device, config.compile)
@@ -80,11 +80,17 @@ def check_machine(config: TrainConfig) -> None:
                 f"norm; set {SYNC_DEBUG_VARIABLE}=warn, or check on one GPU, or set distributed.sync_batchnorm=false"
             )
     load_ops(config.ops)
+    check_network(config)
+    check_fits(config, device, current_world().size, processes_on_this_machine())
+
+
+def check_network(config: TrainConfig) -> None:
+    """Refuse network settings (``config.network``) the dataset's network cannot be built
+    with; builds it on the CPU, whatever the device."""
     try:
         get_dataset(config.dataset).build_network(config.num_classes, **config.network)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"the network settings {config.network} are not valid: {error}") from error
-    check_fits(config, device, current_world().size, processes_on_this_machine())
 
 
 def run_training(
