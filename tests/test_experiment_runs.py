@@ -251,6 +251,11 @@ def test_a_data_folder_without_the_layout_is_refused_before_any_run_trains(tmp_p
     plan = two_variant_plan_file(tmp_path, raw, [1])
     out = tmp_path / "out"
     error = one_line_error([str(plan), "--out", str(out), *(["--list"] if listing else [])], capsys)
+    assert error.startswith(f"mper-experiment: error: {raw} holds the ACDC challenge download") and error.endswith(
+        f"mper-data convert --dataset acdc --source {raw} --out DIR, then pass --data-root DIR"
+    )
+    (raw / "patient001" / "patient001_frame01.nii.gz").unlink()  # a folder of something else
+    error = one_line_error([str(plan), "--out", str(out), *(["--list"] if listing else [])], capsys)
     assert error.startswith(
         f"mper-experiment: error: {plan}: run U-Net / 1 labeled / seed 0: list file {raw / 'train_slices.list'} "
         f"not found: expected a text file with one case name per line; the plan's data_root (--data-root) {raw} "
