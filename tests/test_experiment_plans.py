@@ -146,6 +146,11 @@ def test_runs_go_seed_by_seed_into_one_folder_each(tmp_path):
     ]
 
 
+def test_a_setting_the_plan_lays_out_is_refused_from_the_command_line():
+    with pytest.raises(PlanError, match=r"^--set: 'labeled=2' would give every run labeled = 2 .*\(or a variant's"):
+        load_plan(find_plan("acdc-prototypes")).with_changes(assignments=["selftrain.iterations=10", "labeled=2"])
+
+
 def test_a_plan_can_change_its_data_seeds_and_settings(tmp_path):
     plan = load_plan(find_plan("acdc-prototypes")).with_changes(
         data_root="elsewhere", seeds=[5], assignments=["selftrain.iterations=10"]
@@ -182,6 +187,16 @@ def test_a_plan_without_budgets_takes_the_datasets_usual_ones(dataset, budgets):
         ),
         ({"variant": [{"name": "A", "set": "x=1"}]}, "variant[0].set must be a list of strings"),
         ({"variant": [{"name": "A", "iterations": 5}]}, "unknown key variant[0].iterations"),
+        (
+            {"set": ["labeled=2"]},
+            "set: 'labeled=2' would give every run labeled = 2 while its folder and its row say otherwise; set it "
+            "with labeled = [...] (or a variant's labeled)",
+        ),
+        (
+            {"variant": [{"name": "A", "set": [" seed = 4"]}]},
+            "variant[0].set: ' seed = 4' would give every run seed = 4",
+        ),
+        ({"set": ["baseline=bcp"]}, "set it with a variant's baseline"),
         ({"sweep": {"setting": "prototypes.per_class", "values": []}}, "sweep.values must be a non-empty list"),
         ({"figures": {"tsne": ["BCP"]}}, "figures.tsne names 'BCP', which is not a variant"),
         ({"variant": [{"name": "mper"}, {"name": "MPER"}]}, "rows 'mper' and 'MPER' would share the run folder 'mper'"),

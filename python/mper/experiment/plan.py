@@ -81,6 +81,31 @@ class PlanError(ConfigError):
     """An experiment plan cannot be used as written."""
 
 
+#: The settings each run takes from the plan's layout, and where the plan gives them: set
+#: otherwise (``set``, ``--set``), one value would train every run while the run's folder
+#: and its row of the table name another.
+PLAN_SETTINGS = {
+    "labeled": "labeled = [...] (or a variant's labeled)",
+    "seed": "seeds = [...] (or --seeds)",
+    "baseline": "a variant's baseline",
+    "data_root": "data_root (or --data-root)",
+    "out": "mper-experiment --out",
+    "dataset": "dataset",
+    "preset": "preset (or a variant's preset)",
+}
+
+
+def check_assignments(assignments: Sequence[str], where: str) -> None:
+    """Refuse an assignment of one of :data:`PLAN_SETTINGS`, naming where the plan sets it."""
+    for assignment in assignments:
+        key = assignment.partition("=")[0].strip()
+        if key in PLAN_SETTINGS:
+            raise PlanError(
+                f"{where}: {assignment!r} would give every run {key} = {assignment.partition('=')[2].strip()} while "
+                f"its folder and its row say otherwise; set it with {PLAN_SETTINGS[key]}"
+            )
+
+
 @dataclass(frozen=True)
 class Cell:
     """One training run of a plan: a variant at a label budget and a seed."""
@@ -247,6 +272,7 @@ class Plan:
         self, data_root: str | None = None, seeds: Sequence[int] | None = None, assignments: Sequence[str] = ()
     ) -> Plan:
         """This plan with another data folder, other seeds, or overrides added to every run."""
+        check_assignments(assignments, "--set")
         variants = tuple(
             replace(variant, assignments=variant.assignments + tuple(assignments)) for variant in self.variants
         )
@@ -351,6 +377,7 @@ def parse_plan(
         )
     preset = reader.text(document, "preset", default="paper")
     common = reader.strings(document, "set")
+    check_assignments(common, f"{where}: set")
     variants = [
         _variant(reader, table, preset, common, index) for index, table in enumerate(reader.tables(document, "variant"))
     ]
@@ -406,6 +433,7 @@ def _variant(reader: _Reader, table: dict[str, Any], preset: str, common: list[s
     reader.known(table, VARIANT_KEYS, prefix)
     name = reader.text(table, "name", prefix=prefix)
     labeled = tuple(reader.integers(table, "labeled", minimum=1, prefix=prefix)) if "labeled" in table else None
+    check_assignments(reader.strings(table, "set", prefix=prefix), f"{reader.where}: {prefix}set")
     return Variant(
         name=name,
         preset=reader.text(table, "preset", default=preset, prefix=prefix),
