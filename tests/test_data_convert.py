@@ -140,8 +140,18 @@ def test_acdc_testing_patients_are_left_out_as_ssl4mis_split_the_training_patien
     assert sorted({name[:10] for name in listed}) == ["patient001", "patient002", "patient003"]
     assert caplog.messages == [
         f"converting the patients of {raw / 'training'} only, as SSL4MIS's split does; left out those of "
-        f"{raw / 'testing'}/ (to convert them too, give --source a folder that holds every patient folder)"
+        f"{raw / 'testing'}/ (to convert them too, move their patient folders into {raw / 'training'})"
     ]
+    # the download's own nesting, ACDC/database/{training,testing}, given from its top folder
+    top = tmp_path / "ACDC"
+    (top / "database").mkdir(parents=True)
+    raw.rename(top / "database" / "raw")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mper"):
+        out = convert("acdc", top, tmp_path / "top", seed=1, progress=False)
+    listed = read_list(out / "train.list") + acdc_cases(out, "val") + acdc_cases(out, "test")
+    assert sorted({name[:10] for name in listed}) == ["patient001", "patient002", "patient003"]
+    assert len(caplog.messages) == 1 and f"left out those of {top / 'database' / 'raw' / 'testing'}/" in caplog.text
 
 
 def test_acdc_patients_without_labels_are_left_out_by_name(tmp_path, caplog):

@@ -244,24 +244,25 @@ ACDC_TRAINING_DIR = "training"
 
 
 def _acdc_training_folder(source: Path) -> Path:
-    """``source/training`` when ``source`` holds one (the download's ``database/``), else
-    ``source``. The testing patients, which newer releases label, are left out (named in
-    a logged line): SSL4MIS split the 100 training patients, and 150 would change what the
-    split and the labeled counts mean."""
-    training = source / ACDC_TRAINING_DIR
-    if not training.is_dir():
+    """The download's ``training/`` folder when ``source`` holds one at any depth (``ACDC/``,
+    ``database/``), else ``source``. The patients outside it, the testing ones that newer
+    releases label, are left out (named in a logged line): SSL4MIS split the 100 training
+    patients, and 150 would change what the split and the labeled counts mean."""
+    trainings = [source / ACDC_TRAINING_DIR] if (source / ACDC_TRAINING_DIR).is_dir() else []
+    trainings = trainings or sorted(path for path in source.rglob(ACDC_TRAINING_DIR) if path.is_dir())
+    if len(trainings) != 1:
         return source
-    others = sorted(
-        path.name
-        for path in source.iterdir()
-        if path.is_dir() and path != training and any(path.rglob("patient*_frame*.nii*"))
+    training = trainings[0]
+    outside = sorted(
+        {frame.parent.parent for frame in source.rglob("patient*_frame*.nii*") if training not in frame.parents}
     )
-    if others:
+    if outside:
         log.warning(
-            "converting the patients of %s only, as SSL4MIS's split does; left out those of %s (to convert "
-            "them too, give --source a folder that holds every patient folder)",
+            "converting the patients of %s only, as SSL4MIS's split does; left out those of %s (to convert them "
+            "too, move their patient folders into %s)",
             training,
-            ", ".join(f"{source / name}/" for name in others),
+            ", ".join(f"{folder}/" for folder in outside),
+            training,
         )
     return training
 
