@@ -235,6 +235,17 @@ def test_prediction_skips_incomplete_and_flat_cases_ignores_other_files_and_exit
         f"maps are in {out}",
     ]
     assert sorted(path.name for path in out.iterdir()) == ["synth_006.nii.gz"]
+    # one file of the case, its other channels beside it: the same refusal, no line about the folder
+    code, lines = _predict_exit(run_dir, inputs / "extra_0000.nii.gz", tmp_path / "one", capsys)
+    assert code == 2 and len(lines) == 2 and lines[0].startswith("[1/1] skipped: ") and "case extra has 1" in lines[0]
+    code, lines = _predict_exit(run_dir, inputs / "extra_0002.nii.gz", tmp_path / "one", capsys)
+    assert (code, lines) == (
+        cli.USER_ERROR_EXIT_CODE,
+        [
+            f"mper-predict: error: {inputs / 'extra_0002.nii.gz'} is a channel file of case extra beyond the 2 the "
+            "model takes (CT, MRI); give the case's first file, extra_0000.nii.gz"
+        ],
+    )
     for path in [*inputs.glob("lonely_*"), *inputs.glob("synth_005_*")]:
         path.unlink()
     forced = tmp_path / "forced"

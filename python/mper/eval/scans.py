@@ -143,22 +143,35 @@ def _input_naming(plan: ScanPlan) -> str:
     )
 
 
+def _visible_files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+
+
 def _input_cases(input_path: Path, plan: ScanPlan) -> tuple[dict[str, tuple[Path, ...]], dict[str, list[Path]]]:
     """The raw cases under ``input_path`` (a folder, or one file of a case), each with the
     files the model reads (some may be missing: :func:`predict_scan` refuses that case), and
     the channel files of those cases beyond the model's channels (:func:`_check_no_surplus`).
     Other files are listed in one log line and left alone."""
     if input_path.is_file():
+        folder = input_path.parent
         found = _case_of(input_path, plan)
-        if found is None or found[2]:
+        if found is None:
             raise DataFormatError(
                 f"{input_path} is not named as the model's input, {_input_naming(plan)} (or ending in "
                 f"{' or '.join(ending for ending in NIFTI_ENDINGS if ending != plan.file_ending)}); rename it"
             )
-        folder, candidates = input_path.parent, [input_path]
+        case, ending, beyond = found
+        if beyond:
+            raise DataFormatError(
+                f"{input_path} is a channel file of case {case} beyond the {len(plan.channels)} the model takes "
+                f"({', '.join(plan.channels)}); give the case's first file, {channel_file_name(case, 0, ending)}"
+            )
+        # the case's other files: its channels, and any the model does not take
+        siblings = ((path, _case_of(path, plan)) for path in _visible_files(folder))
+        candidates = [path for path, of in siblings if of is not None and of[0] == case]
     elif input_path.is_dir():
         folder = input_path
-        candidates = sorted(path for path in input_path.iterdir() if path.is_file() and not path.name.startswith("."))
+        candidates = _visible_files(folder)
     else:
         raise MissingFileError(f"no such file or directory: {input_path}")
     cases: dict[str, tuple[Path, ...]] = {}
