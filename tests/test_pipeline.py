@@ -425,6 +425,7 @@ def test_evaluate_writes_only_into_a_new_folder_or_an_earlier_evaluation(finishe
     pipeline.evaluate(finished_run / "best.pt", split="val", out_dir=out, device="cpu", num_figures=1)
     (out / "tsne.png").write_bytes(b"an earlier map")
     (out / "metrics.json").write_text("{}")
+    (out / ".DS_Store").write_bytes(b"a file browser's")  # hidden files are no one's output
     result = pipeline.evaluate(finished_run / "best.pt", split="val", out_dir=out, device="cpu", num_figures=1)
     assert set(json.loads((out / "metrics.json").read_text())["per_case"]) == set(result["per_case"])
     assert (out / "tsne.png").read_bytes() == b"an earlier map"
@@ -759,7 +760,7 @@ def test_a_class_the_labeled_la_cases_lack_names_the_cases_that_hold_it(la_root,
     where = f"cases {', '.join(unlabeled)} (left unlabeled by --labeled 2) and " if unlabeled else ""
     assert str(error.value) == (
         f"class 1 (LA) has no voxel in the 2 labeled training item(s) of {root} (--labeled 2), so its prototypes "
-        f"cannot be initialised; of the labeled cases only {where}case {test[0]} of the validation cases (never "
+        f"cannot be initialised; of the cases with labels only {where}case {test[0]} of the validation cases (never "
         f"trained on) {'hold' if unlabeled else 'holds'} it: "
         + (f"train with --labeled {emptied + 1}" if unlabeled else "label more training cases that contain it")
     )

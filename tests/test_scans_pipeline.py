@@ -755,7 +755,7 @@ def test_a_class_only_the_validation_fold_holds_names_a_fold_that_labels_it(synt
     line = _train_error(root, tmp_path / "run", capsys, "--fold", "0")
     assert line == (
         f"mper-train: error: class 4 (tumour) has no voxel in the 3 labeled training item(s) of {root} "
-        "(--labeled 3), so its prototypes cannot be initialised; of the labeled cases only case synth_002 of the "
+        "(--labeled 3), so its prototypes cannot be initialised; of the cases with labels only case synth_002 of the "
         "validation fold 0 (never trained on) holds it: train another fold, e.g. --fold 1 --labeled 3"
     )
     _trains(root, tmp_path / "fixed", "--fold", "1", "--labeled", "3")
@@ -768,7 +768,7 @@ def test_a_class_only_unlabeled_cases_of_the_run_hold_says_how_many_to_label(syn
     line = _train_error(root, tmp_path / "run", capsys, "--fold", "0", "--labeled", "2")
     assert line == (
         f"mper-train: error: class 4 (tumour) has no voxel in the 2 labeled training item(s) of {root} "
-        "(--labeled 2), so its prototypes cannot be initialised; of the labeled cases only case synth_003 "
+        "(--labeled 2), so its prototypes cannot be initialised; of the cases with labels only case synth_003 "
         "(left unlabeled by --labeled 2) holds it: train with --labeled 3"
     )
     _trains(root, tmp_path / "fixed", "--fold", "0", "--labeled", "3")

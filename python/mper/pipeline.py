@@ -219,8 +219,8 @@ def check_before_training(config: TrainConfig) -> None:
     of the data files decide: the settings (:func:`check_settings`), the network settings
     (:func:`~mper.train.runner.check_network`) and the data root's lists
     (:func:`~mper.train.loaders.check_split`: its dataset, ``labeled`` within range, the
-    split). Reads the list files alone; ``mper-experiment`` runs it for every run of a
-    plan before the first one trains."""
+    split). Reads the list files (and, for 2D imported scans, the case files' slice counts);
+    ``mper-experiment`` runs it for every run of a plan before the first one trains."""
     check_settings(config)
     check_network(config)
     check_split(config)
@@ -283,13 +283,13 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
                 log.info("evaluating %s on the %s split", best, split)
                 result = _evaluate(
                     best,
-                    None,
-                    split,
-                    run_dir,
-                    config.device,
-                    "student",
-                    config.eval.num_figures,
-                    _run_record(run_dir, config),
+                    data_root=None,
+                    split=split,
+                    out_dir=run_dir,
+                    device=config.device,
+                    weights="student",
+                    num_figures=config.eval.num_figures,
+                    report_extra=_run_record(run_dir, config),
                 )
                 add_figures(writer, result["figures"], "test")
                 log.info(
@@ -596,7 +596,7 @@ def check_eval_folder(out_dir: str | Path, split: str = "test") -> None:
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"--out {out} is a file; choose a folder for the evaluation (it is made if missing)")
     held = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
-    others = [name for name in held if name not in EVAL_OUTPUTS]
+    others = [name for name in held if name not in EVAL_OUTPUTS and not name.startswith(".")]  # .DS_Store and such
     if not others:
         return
     advice = "choose a new or empty folder, or one an earlier mper-eval wrote"

@@ -39,8 +39,15 @@ PerCase = Mapping[str, Mapping[int, Mapping[str, float]]]
 
 METRICS_FILE = "metrics.json"
 MARKDOWN_FILE = "metrics.md"
+
+
+def aside_name(name: str) -> str:
+    """The hidden file :func:`write_report` writes before renaming it to ``name``."""
+    return f".{name}.tmp"
+
+
 #: What :func:`write_report` writes, with the aside copy of ``metrics.json`` it renames.
-REPORT_FILES = (METRICS_FILE, MARKDOWN_FILE, f".{METRICS_FILE}.tmp")
+REPORT_FILES = (METRICS_FILE, MARKDOWN_FILE, aside_name(METRICS_FILE))
 TABLE_HEADER = ("Method", "Labeled", "Unlabeled", "Dice", "Jaccard", "95HD", "ASD")
 PERCENT_METRICS = ("dice", "jaccard")
 #: Marks the distance means that count classes predicted nowhere as distance 0.
@@ -214,6 +221,6 @@ def write_report(
 
 
 def _write_json(path: Path, document: Mapping[str, Any]) -> None:
-    aside = path.with_name(f".{path.name}.tmp")  # in REPORT_FILES
+    aside = path.with_name(aside_name(path.name))
     aside.write_text(json.dumps(_json_ready(document), indent=2, allow_nan=False) + "\n")
     os.replace(aside, path)

@@ -70,7 +70,7 @@ def _labeled_split(config: TrainConfig, labeled_count: int) -> tuple[list[str], 
 
 def _check_holdout_room(config: TrainConfig, labeled_count: int) -> None:
     """Refuse a ``labeled_count`` beyond the training cases that ``data.holdout_cases``
-    leaves to train on, naming the cases held out and the largest count the run can take
+    leaves to train on, saying how many are held out and the largest count the run can take
     (one less for self-training, which needs an unlabeled case)."""
     spec = get_dataset(config.dataset)
     total = len(spec.list_cases(config.data_root, "train"))
@@ -332,7 +332,7 @@ def _absent_classes_error(
     else:
         fix = f"train another fold, e.g. --fold {option[0]} --labeled {option[1]}"
     holds = "holds" if len(held) == 1 else "hold"
-    return DataFormatError(f"{head}; of the labeled cases only {' and '.join(parts)} {holds} {it}: {fix}")
+    return DataFormatError(f"{head}; of the cases with labels only {' and '.join(parts)} {holds} {it}: {fix}")
 
 
 def check_data(config: TrainConfig) -> None:
