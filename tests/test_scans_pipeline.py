@@ -300,6 +300,35 @@ def test_prediction_skips_a_case_whose_file_was_cut_short(nnunet_3d, tmp_path, c
     assert sorted(path.name for path in out.iterdir()) == ["synth_006.nii.gz"]
 
 
+def test_prediction_refuses_an_output_among_a_datasets_files(nnunet_3d, tmp_path, capsys):
+    """A raw dataset's labelsTs/ is its ground truth: predictions written there replaced it
+    with exit 0, and the next import scored the model against its own output."""
+    raw, root, run_dir = nnunet_3d
+    copy = shutil.copytree(raw, tmp_path / "raw")
+    truth = {path.name: path.read_bytes() for path in (copy / "labelsTs").iterdir()}
+    code, lines = _predict_exit(run_dir, copy / "imagesTs", copy / "labelsTs", capsys)
+    assert (code, lines) == (
+        cli.USER_ERROR_EXIT_CODE,
+        [
+            f"mper-predict: error: --output {copy / 'labelsTs'} is the labelsTs/ folder of the raw dataset {copy}: "
+            "the label maps would replace or join its files, read as data by the next import; choose a folder "
+            "outside these"
+        ],
+    )
+    assert {path.name: path.read_bytes() for path in (copy / "labelsTs").iterdir()} == truth
+    code, lines = _predict_exit(run_dir, copy / "imagesTs", root, capsys)
+    assert (code, lines) == (
+        cli.USER_ERROR_EXIT_CODE,
+        [
+            f"mper-predict: error: --output {root} is a dataset's folder: the label maps would lie among its data; "
+            "choose a folder of their own"
+        ],
+    )
+    beside = ["--checkpoint", str(run_dir / "best.pt"), "--input", str(copy / "imagesTs")]
+    cli.predict_main([*beside, "--output", str(copy / "predictions")])  # beside the data's folders: fine
+    assert sorted(path.name for path in (copy / "predictions").iterdir())
+
+
 def test_prediction_reads_either_nifti_ending_and_refuses_a_case_given_in_both(nnunet_3d, tmp_path, capsys):
     raw, _, run_dir = nnunet_3d
     inputs = tmp_path / "in"

@@ -39,7 +39,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import mper.datasets
 from mper.data.files import listed_names
-from mper.data.raw_scans import DATASET_JSON
+from mper.data.raw_scans import DATASET_JSON, RAW_FOLDERS
 from mper.data.scan_plan import PLAN_FILE, ScanPlan, read_plan, write_plan
 from mper.data.synth_scans import synthesize_scans as write_synthetic_scans
 from mper.datasets import check_dataset_root, dataset_names, detect_dataset, get_dataset, has_plan, register_plan
@@ -607,8 +607,7 @@ def check_eval_folder(out_dir: str | Path, split: str = "test") -> None:
             f"run's own {METRICS_FILE} and figures; give the evaluation a folder of its own, e.g. "
             f"--out {out / f'eval-{split}'}"
         )
-    listed = any(name.endswith(".list") for name in held)  # the case lists of a layout
-    if listed or detect_dataset(out) is not None or has_plan(out) or (out / DATASET_JSON).is_file():
+    if _holds_dataset(out):
         raise RunFolderError(
             f"--out {out} is a dataset's folder (it holds {listed_names(held)}): the evaluation would write among "
             f"its data; {advice}"
@@ -694,6 +693,29 @@ def tsne(
     )
 
 
+def _holds_dataset(folder: Path) -> bool:
+    """Whether ``folder`` is a dataset's: LA/ACDC data or lists, an import, or a raw dataset."""
+    lists = folder.is_dir() and any(path.name.endswith(".list") for path in folder.iterdir())
+    return lists or detect_dataset(folder) is not None or has_plan(folder) or (folder / DATASET_JSON).is_file()
+
+
+def _check_output_outside_data(output: str | Path) -> None:
+    """Refuse an ``output`` folder that is a dataset's folder or one of a raw dataset's
+    (``labelsTs/``: its ground truth): label maps written there would replace its files or
+    join them, and the next import or training would read them as data."""
+    labels = Path(output).resolve()
+    if labels.is_dir() and _holds_dataset(labels):
+        raise RunFolderError(
+            f"--output {output} is a dataset's folder: the label maps would lie among its data; choose a folder of "
+            "their own"
+        )
+    if labels.name in RAW_FOLDERS and (labels.parent / DATASET_JSON).is_file():
+        raise RunFolderError(
+            f"--output {output} is the {labels.name}/ folder of the raw dataset {labels.parent}: the label maps "
+            "would replace or join its files, read as data by the next import; choose a folder outside these"
+        )
+
+
 def _check_output_apart(input_path: str | Path, output: str | Path) -> None:
     """Refuse an ``output`` folder that is, or lies in, the folder of the scans: the
     ``input_path`` folder, or the one holding the ``input_path`` file. Label maps written
@@ -734,6 +756,7 @@ def predict(
     if Path(output).exists() and not Path(output).is_dir():
         raise RunFolderError(f"the output {output} is a file; give a folder for the label maps (it is made if missing)")
     _check_output_apart(input_path, output)
+    _check_output_outside_data(output)
     net, config = load_network(checkpoint, device, weights)
     if get_dataset(config.dataset).scans is not None:
         return predict_scans(

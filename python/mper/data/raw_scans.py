@@ -63,6 +63,8 @@ LABELS_TRAIN = "labelsTr"
 IMAGES_TEST = "imagesTs"
 LABELS_TEST = "labelsTs"
 IMAGES_UNLABELED = "imagesUnlabeled"
+#: The folders of a raw dataset that the import reads.
+RAW_FOLDERS = (IMAGES_TRAIN, LABELS_TRAIN, IMAGES_TEST, LABELS_TEST, IMAGES_UNLABELED)
 #: The file endings mper reads (NIfTI, through nibabel).
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 #: What a case is for: labeled training case, unlabeled training case, test case.
