@@ -887,7 +887,13 @@ def test_a_case_keeps_what_it_needs_to_go_back(raw):
 def _plan():
     rules = ScanRules(("ct", "z-score"), (ChannelStatistics(1.5, 2.5, -3.0, 4.25), None), False, (0.8, 0.8, 3.0))
     settings = {
-        dims: {"paper": {"labeled": 3, "data": {"patch_size": [32] * size, "batch_size": 4}}}
+        dims: {
+            "paper": {
+                "labeled": 3,
+                "data": {"patch_size": [32] * size, "batch_size": 4},
+                "eval": {"stride": [16] * size},
+            }
+        }
         for dims, size in (("2d", 2), ("3d", 3))
     }
     return ScanPlan(
@@ -920,6 +926,43 @@ def test_an_edited_plan_changes_names_and_dims_and_a_broken_one_is_refused():
         parse_plan(text.replace('dims = "3d"', "dims = "), "plan.toml")
     with pytest.raises(ConfigError, match="name 'my data' must be letters"):
         parse_plan(text.replace('name = "Liver-01"', 'name = "my data"'), "plan.toml")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda text: text.replace("patch_size = [32, 32, 32]", "patch_sise = [32, 32, 32]"),
+            "[3d.paper.data] patch_size must be 3 positive integers, it is missing; restore what the import wrote",
+        ),
+        (
+            lambda text: text.replace("stride = [16, 16, 16]", "stride = [16, 0, 16]"),
+            "[3d.paper.eval] stride must be 3 positive integers, got [16, 0, 16]",
+        ),
+        (lambda text: text.replace("labeled = 3", "labeled = 0", 2), "[3d.paper] labeled must be a positive integer"),
+        (
+            lambda text: text + "\n[3D.demo]\nlabeled = 2\n",
+            "unknown table [3D]; a plan holds [dataset], [2d.*] and [3d.*]",
+        ),
+        (
+            lambda text: text.replace("\n[dataset]\n", "\n[dataset]\nbogus = 1\n"),
+            "unknown key bogus in [dataset]; its keys are",
+        ),
+    ],
+)
+def test_a_typo_in_an_edited_plan_is_named_not_ignored_or_a_traceback(edit, message):
+    with pytest.raises(ConfigError, match=re.escape(f"plan.toml: {message}")):
+        parse_plan(edit(plan_text(_plan(), "data/liver")), "plan.toml")
+
+
+def test_a_settings_table_that_names_no_preset_is_refused(raw, tmp_path):
+    cli.data_main(["import", "--source", str(raw[NNUNET]), "--out", str(tmp_path / "d")])
+    plan = tmp_path / "d" / "plan.toml"
+    plan.write_text(plan.read_text().replace("[3d.demo]", "[3d.demoo]"))
+    with pytest.raises(
+        ConfigError, match=r"plan\.toml: \[3d\.demoo\] names no preset \(paper, reference, strict, demo\)"
+    ):
+        scans.register_plan(tmp_path / "d")
 
 
 @pytest.mark.parametrize(

@@ -269,6 +269,7 @@ def parse_plan(text: str, path: str, copy_of: str | Path | None = None) -> ScanP
         raise ConfigError(
             f"{where} has no [{dims}.paper] settings; {where.restore(f'import the dataset again with --dims {dims}')}"
         )
+    _check_tables(document, dataset, settings[dims]["paper"], dims, where)
     rules = ScanRules(
         tuple(scheme for _, scheme, _ in channels),
         tuple(stats for _, _, stats in channels),
@@ -288,6 +289,45 @@ def parse_plan(text: str, path: str, copy_of: str | Path | None = None) -> ScanP
         median_shape=(median_shape[0], median_shape[1], median_shape[2]),
         settings=settings,
     )
+
+
+#: The keys of a plan's [dataset] table, as :func:`plan_text` writes them.
+_DATASET_KEYS = frozenset(
+    {"name", "source", "layout", "file_ending", "dims", "slice_axis", "class_names", "spacing", "median_shape"}
+    | {"mask_for_norm", "channels"}
+)
+
+
+def _check_tables(
+    document: Mapping[str, Any], dataset: Mapping[str, Any], paper: Any, dims: str, where: _PlanFile
+) -> None:
+    """Refuse a table or a [dataset] key the plan does not hold (a typo would be ignored), and
+    a ``[<dims>.paper]`` without the settings the dataset's spec reads from it."""
+    unknown = sorted(set(document) - {"dataset", *DIMS})
+    if unknown:
+        raise ConfigError(f"{where}: unknown table [{unknown[0]}]; a plan holds [dataset], [2d.*] and [3d.*]")
+    unknown = sorted(set(dataset) - _DATASET_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]} in [dataset]; its keys are {', '.join(sorted(_DATASET_KEYS))}"
+        )
+    axes = 3 if dims == "3d" else 2
+    tables = paper if isinstance(paper, dict) else {}
+    for table, key, expected in (("data", "patch_size", axes), ("eval", "stride", axes), ("", "labeled", 0)):
+        holder = tables.get(table, {}) if table else tables
+        value = holder.get(key) if isinstance(holder, dict) else None
+        values = value if expected else [value]
+        if not (
+            isinstance(values, list)
+            and len(values) == max(expected, 1)
+            and all(isinstance(item, int) and not isinstance(item, bool) and item > 0 for item in values)
+        ):
+            described = f"{expected} positive integers" if expected else "a positive integer"
+            name = f"[{dims}.paper{'.' + table if table else ''}] {key}"
+            got = "it is missing" if value is None else f"got {value!r}"
+            raise ConfigError(
+                f"{where}: {name} must be {described}, {got}; {where.restore('restore what the import wrote')}"
+            )
 
 
 def plan_path(folder: str | Path) -> Path:

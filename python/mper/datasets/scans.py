@@ -617,7 +617,22 @@ def scan_spec(plan: ScanPlan) -> DatasetSpec:
 def register_plan(folder: str | Path, copy_of: str | Path | None = None) -> DatasetSpec:
     """Register the imported dataset whose plan is in ``folder`` (its root, or a run folder's
     copy of the plan of the root ``copy_of``) and return its spec."""
-    return register_imported(scan_spec(read_plan(folder, copy_of)))
+    plan = read_plan(folder, copy_of)
+    _check_preset_names(plan, Path(folder) / PLAN_FILE)
+    return register_imported(scan_spec(plan))
+
+
+def _check_preset_names(plan: ScanPlan, path: Path) -> None:
+    """Refuse a settings table of the plan that names no preset of the benchmark its dims
+    builds on (``[3d.demoo]``): a typo would leave the preset it meant unchanged, silently."""
+    for dims, tables in plan.settings.items():
+        presets = list(tomllib.loads(get_dataset(BASE_DATASETS[dims]).preset_file.read_text()))
+        unknown = sorted(set(tables) - set(presets)) if isinstance(tables, Mapping) else [""]
+        if unknown:
+            raise ConfigError(
+                f"{path}: [{dims}.{unknown[0]}] names no preset ({', '.join(presets)}); rename the table to the "
+                "preset it changes"
+            )
 
 
 def has_plan(folder: str | Path) -> bool:
