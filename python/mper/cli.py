@@ -22,7 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mper import experiment, pipeline
 from mper.data.raw_scans import RAW_LAYOUTS
-from mper.data.scan_plan import PLAN_FILE
+from mper.data.scan_plan import PLAN_FILE, ScanPlan, read_plan
 from mper.data.synth_scans import SYNTH_SCAN_CASES, SYNTH_SCAN_SIZE
 from mper.datasets import check_data_folder, dataset_names, get_dataset, has_plan
 from mper.datasets.scans import DEFAULT_MEMORY_GB
@@ -634,6 +634,15 @@ def _add_import_command(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--unlabeled", metavar="DIR", help="a folder of further unlabeled scans, named as imagesTr")
 
 
+def _networks_planned(plan: ScanPlan) -> str:
+    """``a 3D V-Net (--dims 2d: a 2D U-Net)``: the network the plan's dims trains, and the
+    other one where the plan holds its settings too."""
+    networks = {"3d": "a 3D V-Net", "2d": f"a 2D U-Net on slices across axis {plan.slice_axis}"}
+    (other,) = set(networks) - {plan.dims}
+    alternative = f" (--dims {other}: {networks[other]})" if "paper" in plan.settings.get(other, {}) else ""
+    return networks[plan.dims] + alternative
+
+
 def data_main(argv: Sequence[str] | None = None) -> None:
     """``mper-data synth|convert|import``."""
     parser = data_parser()
@@ -643,8 +652,8 @@ def data_main(argv: Sequence[str] | None = None) -> None:
         if args.command == "import":
             out = pipeline.import_scans(args.source, args.out, args.spacing, args.dims, args.memory, args.unlabeled)
             print(
-                f"imported {args.source} into {out}; its plan: {out / PLAN_FILE}\n"
-                f"train with: mper-train --data-root {shlex.quote(str(out))}"
+                f"imported {args.source} into {out} for {_networks_planned(read_plan(out))}; its plan: "
+                f"{out / PLAN_FILE}\ntrain with: mper-train --data-root {shlex.quote(str(out))}"
             )
             return
         size = tuple(args.size) if args.command == "synth" and args.size else None

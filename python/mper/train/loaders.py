@@ -372,7 +372,7 @@ def check_data(config: TrainConfig) -> None:
     missing = sorted(set(range(config.num_classes)) - seen_classes)
     if self_training and missing:
         raise _absent_classes_error(config, len(labeled), missing, classes_of)
-    log.info("checked %d data files under %s", len(reads), config.data_root)
+    log.info("checked %d training items and evaluation volumes under %s", len(reads), config.data_root)
 
 
 #: Draws of each stage (see :func:`~mper.data.seeding.stage_seed`): pre-training and the
