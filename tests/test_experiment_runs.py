@@ -317,6 +317,29 @@ def test_a_table_is_the_mean_and_sample_std_over_seeds(tmp_path):
     table = markdown(plan, [row])
     assert "| MPER | 3 | 67 | 2/3 | 85.00 ± 7.07 | 75.00 ± 7.07 | 2.00 | 1.00 ± 0.00 |" in table
     assert "1 run(s) not finished yet" in table and "undefined (empty prediction) for 1 " in table
+    assert "marked *" not in table
+
+
+def test_distance_means_with_classes_predicted_nowhere_scored_0_are_marked_as_in_each_runs_table(tmp_path):
+    """A run that never predicts a class scores its distances 0 (the authors' rule): the
+    sweep's table would show it far better on 95HD and ASD without a word."""
+    plan = parse_plan(
+        {"dataset": "acdc", "data_root": "d", "labeled": [3], "seeds": [0], "variant": [{"name": "MPER"}]},
+        name="made-up",
+    )
+    (cell,) = plan.cells(tmp_path)
+    cell.run_dir.mkdir(parents=True)
+    means = {"dice": 0.8, "jaccard": 0.7, "hd95": 0.85, "asd": 0.16}
+    summary = {
+        "mean": {m: {"mean": v, "std": 0.0, "undefined": 0} for m, v in means.items()},
+        "predicted_nowhere": {"results": 2, "cases": 2, "classes": {}},
+    }
+    (cell.run_dir / "metrics.json").write_text(json.dumps({"summary": summary}))
+    (row,) = collect(plan, [cell])
+    table = markdown(plan, [row])
+    assert "| 80.00 | 70.00 | 0.85* | 0.16* |" in table
+    assert "95HD and ASD marked * count 2 case-class result(s) in all as 0: a class predicted nowhere" in table
+    assert row.to_dict()["distances_of_classes_predicted_nowhere_as_zero"] == 2
 
 
 @pytest.mark.slow

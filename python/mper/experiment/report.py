@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from mper.eval.metrics import METRIC_NAMES
-from mper.eval.report import METRICS_FILE, PERCENT_METRICS, TABLE_HEADER
+from mper.eval.metrics import DISTANCE_METRICS, METRIC_NAMES
+from mper.eval.report import METRICS_FILE, PERCENT_METRICS, PREDICTED_NOWHERE_MARK, TABLE_HEADER
 from mper.eval.scans import distance_unit
 
 from .plan import Cell, Plan
@@ -53,6 +53,7 @@ class Row:
     runs: list[str] = field(default_factory=list)
     values: dict[str, list[float]] = field(default_factory=lambda: {metric: [] for metric in METRIC_NAMES})
     undefined: int = 0
+    predicted_nowhere: int = 0
     collapsed_prototypes: int = 0
 
     def mean(self, metric: str) -> float:
@@ -77,6 +78,7 @@ class Row:
             value = means[metric]["mean"]
             self.values[metric].append(math.nan if value is None else float(value))
         self.undefined += int(means["hd95"]["undefined"])
+        self.predicted_nowhere += int(metrics["summary"].get("predicted_nowhere", {}).get("results", 0))
         self.collapsed_prototypes += len(metrics.get("prototype_usage", {}).get("collapses", []))
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +102,7 @@ class Row:
             "runs": self.runs,
             "metrics": metrics,
             "undefined_distances": self.undefined,
+            "distances_of_classes_predicted_nowhere_as_zero": self.predicted_nowhere,
             "prototype_collapse_warnings": self.collapsed_prototypes,
         }
 
@@ -135,7 +138,8 @@ def _cell(row: Row, metric: str) -> str:
     if math.isnan(mean):
         return "-" if not row.seeds else "n/a"
     scale = 100 if metric in PERCENT_METRICS else 1
-    return f"{scale * mean:.2f}" if math.isnan(std) else f"{scale * mean:.2f} ± {scale * std:.2f}"
+    mark = PREDICTED_NOWHERE_MARK if row.predicted_nowhere and metric in DISTANCE_METRICS else ""
+    return (f"{scale * mean:.2f}" if math.isnan(std) else f"{scale * mean:.2f} ± {scale * std:.2f}") + mark
 
 
 def markdown(plan: Plan, rows: Sequence[Row]) -> str:
@@ -163,6 +167,13 @@ def markdown(plan: Plan, rows: Sequence[Row]) -> str:
         notes.append(
             f"95HD and ASD were undefined (empty prediction) for {undefined} case-class result(s) "
             "in all; each run's means leave them out."
+        )
+    nowhere = sum(row.predicted_nowhere for row in rows)
+    if nowhere:
+        notes.append(
+            f"95HD and ASD marked {PREDICTED_NOWHERE_MARK} count {nowhere} case-class result(s) in all as 0: a class "
+            'predicted nowhere, which eval.empty_prediction = "zero" (the authors\' rule) scores 0; these zeros '
+            "lower the means (each run's metrics.md says where; the preset strict leaves them out)."
         )
     collapses = sum(row.collapsed_prototypes for row in rows)
     if collapses:
