@@ -334,9 +334,10 @@ def test_distance_means_with_classes_predicted_nowhere_scored_0_are_marked_as_in
         "mean": {m: {"mean": v, "std": 0.0, "undefined": 0} for m, v in means.items()},
         "predicted_nowhere": {"results": 2, "cases": 2, "classes": {}},
     }
-    (cell.run_dir / "metrics.json").write_text(json.dumps({"summary": summary}))
+    (cell.run_dir / "metrics.json").write_text(json.dumps({"summary": summary, "split": "val"}))
     (row,) = collect(plan, [cell])
     table = markdown(plan, [row])
+    assert "1 run(s) were scored on their validation cases, not test cases" in table
     assert "| 80.00 | 70.00 | 0.85* | 0.16* |" in table
     assert "95HD and ASD marked * count 2 case-class result(s) in all as 0: a class predicted nowhere" in table
     assert row.to_dict()["distances_of_classes_predicted_nowhere_as_zero"] == 2

@@ -402,7 +402,8 @@ def test_without_labeled_test_cases_a_run_is_scored_on_its_validation_fold(decat
     (unlabeled_tests / "test.list").write_text("")
     run_dir = tmp_path / "run"
     cli.train_main(["--data-root", str(unlabeled_tests), "--out", str(run_dir), *TINY, *NETWORKS["2d"]])
-    assert "means over 1 cases" in (run_dir / "metrics.md").read_text()  # fold 0 of four labeled cases
+    assert "means over 1 validation cases" in (run_dir / "metrics.md").read_text()  # fold 0 of four labeled cases
+    assert json.loads((run_dir / "metrics.json").read_text())["split"] == "val"
     with pytest.raises(SystemExit):
         cli.eval_main(["--checkpoint", str(run_dir / "best.pt"), "--device", "cpu"])
     assert "has no labeled test cases" in capsys.readouterr().err.splitlines()[-1]

@@ -50,7 +50,7 @@ from mper.eval.evaluate import EVALUATION_OUTPUTS, evaluate_cases, mean_dice
 from mper.eval.figures import add_figures
 from mper.eval.predict import predict_path
 from mper.eval.protocol import check_protocol
-from mper.eval.report import METRICS_FILE
+from mper.eval.report import METRICS_FILE, SPLIT_NAMES
 from mper.eval.run_size import size_warnings
 from mper.eval.scans import predict_scans
 from mper.eval.tsne import require_figure_packages, sample_embeddings, save_tsne_figure
@@ -293,7 +293,11 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
                 )
                 add_figures(writer, result["figures"], "test")
                 log.info(
-                    "test metrics (%s):\n%s", run_dir / "metrics.md", result["markdown"].rstrip(), extra=RUN_LOG_ONLY
+                    "%s metrics (%s):\n%s",
+                    SPLIT_NAMES[split],
+                    run_dir / "metrics.md",
+                    result["markdown"].rstrip(),
+                    extra=RUN_LOG_ONLY,
                 )
         except TrainingInterrupted:
             raise

@@ -134,14 +134,14 @@ def evaluate_cases(
             views[case] = view
     summary = summarize(per_case)
     class_names = spec.class_names
-    markdown = markdown_table(summary, method, labeled, unlabeled, class_names, distance_unit(dataset))
+    markdown = markdown_table(summary, method, labeled, unlabeled, class_names, distance_unit(dataset), split)
     figures = []
     if out_dir is not None:
         figures = save_figures(
             views, per_case, Path(out_dir) / FIGURES_FOLDER, dataset, class_names[:num_classes], num_figures
         )
         table = {"method": method, "labeled": labeled, "unlabeled": unlabeled}
-        write_report(out_dir, per_case, summary, markdown, table=table, extra=report_extra)
+        write_report(out_dir, per_case, summary, markdown, table=table, extra={"split": split, **(report_extra or {})})
     return {"per_case": per_case, "summary": summary, "markdown": markdown, "figures": figures}
 
 

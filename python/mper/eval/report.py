@@ -50,6 +50,8 @@ def aside_name(name: str) -> str:
 REPORT_FILES = (METRICS_FILE, MARKDOWN_FILE, aside_name(METRICS_FILE))
 TABLE_HEADER = ("Method", "Labeled", "Unlabeled", "Dice", "Jaccard", "95HD", "ASD")
 PERCENT_METRICS = ("dice", "jaccard")
+#: How a table names the cases of each split it scores.
+SPLIT_NAMES = {"test": "test", "val": "validation"}
 #: Marks the distance means that count classes predicted nowhere as distance 0.
 PREDICTED_NOWHERE_MARK = "*"
 
@@ -144,8 +146,10 @@ def markdown_table(
     unlabeled: str,
     class_names: Sequence[str] | None = None,
     distance_unit: str = "voxels",
+    split: str | None = None,
 ) -> str:
     """The paper's results table: one row of means (Dice, Jaccard in %, distances as is).
+    ``split`` (``"test"``, ``"val"``) names the cases the note counts.
 
     With more than one foreground class, a per-class table follows (rows named from
     ``class_names``, indexed by label, else ``class <label>``). A note gives the units
@@ -163,7 +167,11 @@ def markdown_table(
             name = class_names[int(label)] if class_names else f"class {label}"
             rows.append([name, *_metric_cells(stats, nowhere["classes"][label])])
         lines += ["", *_table(("Class", *TABLE_HEADER[3:]), rows)]
-    lines += ["", f"Dice and Jaccard in %, 95HD and ASD in {distance_unit}; means over {summary['num_cases']} cases."]
+    scored = f"{SPLIT_NAMES[split]} cases" if split in SPLIT_NAMES else "cases"
+    lines += [
+        "",
+        f"Dice and Jaccard in %, 95HD and ASD in {distance_unit}; means over {summary['num_cases']} {scored}.",
+    ]
     results = summary["num_cases"] * len(classes)
     undefined = summary["mean"]["hd95"]["undefined"]
     if undefined:

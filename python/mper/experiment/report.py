@@ -55,6 +55,7 @@ class Row:
     undefined: int = 0
     predicted_nowhere: int = 0
     collapsed_prototypes: int = 0
+    scored_on_validation: int = 0
 
     def mean(self, metric: str) -> float:
         """Mean over the seeds whose value is defined (NaN when none is)."""
@@ -79,6 +80,7 @@ class Row:
             self.values[metric].append(math.nan if value is None else float(value))
         self.undefined += int(means["hd95"]["undefined"])
         self.predicted_nowhere += int(metrics["summary"].get("predicted_nowhere", {}).get("results", 0))
+        self.scored_on_validation += metrics.get("split") == "val"  # data without labeled test cases
         self.collapsed_prototypes += len(metrics.get("prototype_usage", {}).get("collapses", []))
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,6 +105,7 @@ class Row:
             "metrics": metrics,
             "undefined_distances": self.undefined,
             "distances_of_classes_predicted_nowhere_as_zero": self.predicted_nowhere,
+            "runs_scored_on_validation_cases": self.scored_on_validation,
             "prototype_collapse_warnings": self.collapsed_prototypes,
         }
 
@@ -167,6 +170,12 @@ def markdown(plan: Plan, rows: Sequence[Row]) -> str:
         notes.append(
             f"95HD and ASD were undefined (empty prediction) for {undefined} case-class result(s) "
             "in all; each run's means leave them out."
+        )
+    validation = sum(row.scored_on_validation for row in rows)
+    if validation:
+        notes.append(
+            f"{validation} run(s) were scored on their validation cases, not test cases: the data has no "
+            "labeled test cases."
         )
     nowhere = sum(row.predicted_nowhere for row in rows)
     if nowhere:
