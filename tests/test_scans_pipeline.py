@@ -278,6 +278,11 @@ def test_prediction_names_a_channel_file_of_several_volumes_and_a_misnamed_singl
         "takes one per channel file (<case>_0000.nii.gz ... <case>_0001.nii.gz: CT, MRI); write each channel to a "
         "file of its own"
     )
+    code, lines = _predict_exit(run_dir, raw, tmp_path / "out", capsys)
+    assert lines[-1] == (
+        f"mper-predict: error: no scans in {raw}, a raw dataset's folder: give the folder of its scans, e.g. "
+        f"--input {raw / 'imagesTs'}"
+    )
     misnamed = shutil.copy(raw / "imagesTs" / "synth_006_0000.nii.gz", inputs / "scan.nii.gz")
     code, lines = _predict_exit(run_dir, misnamed, tmp_path / "out", capsys)
     assert code == cli.USER_ERROR_EXIT_CODE

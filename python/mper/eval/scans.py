@@ -31,6 +31,8 @@ from torch import nn
 from mper.data.imported import load_original_label, load_scan_volume
 from mper.data.raw_scans import (
     CHANNEL_FILE,
+    DATASET_JSON,
+    IMAGES_TEST,
     NIFTI_ENDINGS,
     NIFTI_READ_ERRORS,
     NNUNET,
@@ -206,6 +208,11 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> tuple[dict[str, tuple[Path
             ", ".join(sorted(ignored)),
         )
     if not cases:
+        if (input_path / DATASET_JSON).is_file():
+            raise MissingFileError(
+                f"no scans in {input_path}, a raw dataset's folder: give the folder of its scans, e.g. "
+                f"--input {input_path / IMAGES_TEST}"
+            )
         raise MissingFileError(f"no scans in {input_path}; expected files named {_input_naming(plan)}")
     return cases, {case: paths for case, paths in surplus.items() if case in cases}
 
