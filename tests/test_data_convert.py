@@ -152,6 +152,13 @@ def test_acdc_testing_patients_are_left_out_as_ssl4mis_split_the_training_patien
     listed = read_list(out / "train.list") + acdc_cases(out, "val") + acdc_cases(out, "test")
     assert sorted({name[:10] for name in listed}) == ["patient001", "patient002", "patient003"]
     assert len(caplog.messages) == 1 and f"left out those of {top / 'database' / 'raw' / 'testing'}/" in caplog.text
+    # a zip unpacked on macOS: __MACOSX/ repeats the folders, with no scans in them
+    (tmp_path / "__MACOSX" / "ACDC" / "database" / "raw" / "training").mkdir(parents=True)
+    out = convert("acdc", tmp_path, tmp_path / "unpacked", seed=1, progress=False)
+    assert sorted({name[:10] for name in read_list(out / "train.list")}) <= ["patient001", "patient002", "patient003"]
+    (tmp_path / "other" / "training").mkdir(parents=True)
+    with pytest.raises(DataFormatError, match=r"holds 2 training/ folders .*; give --source the download's database/"):
+        convert("acdc", tmp_path, tmp_path / "twice", seed=1, progress=False)
 
 
 def test_acdc_patients_without_labels_are_left_out_by_name(tmp_path, caplog):

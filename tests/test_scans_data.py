@@ -46,6 +46,7 @@ from mper.datasets.scans import (
     scan_spec,
 )
 from mper.errors import ConfigError, DataFormatError, MissingFileError
+from mper.train.config import load_config
 
 TINY = (16, 16, 5)
 
@@ -955,14 +956,17 @@ def test_a_typo_in_an_edited_plan_is_named_not_ignored_or_a_traceback(edit, mess
         parse_plan(edit(plan_text(_plan(), "data/liver")), "plan.toml")
 
 
-def test_a_settings_table_that_names_no_preset_is_refused(raw, tmp_path):
+def test_a_settings_table_named_nearly_as_a_preset_is_refused_and_one_of_its_own_is_a_preset(raw, tmp_path):
     cli.data_main(["import", "--source", str(raw[NNUNET]), "--out", str(tmp_path / "d")])
     plan = tmp_path / "d" / "plan.toml"
-    plan.write_text(plan.read_text().replace("[3d.demo]", "[3d.demoo]"))
-    with pytest.raises(
-        ConfigError, match=r"plan\.toml: \[3d\.demoo\] names no preset \(paper, reference, strict, demo\)"
-    ):
-        scans.register_plan(tmp_path / "d")
+    text = plan.read_text()
+    for typo in ("demoo", "Demo", "refrence"):
+        plan.write_text(text.replace("[3d.demo]", f"[3d.{typo}]"))
+        with pytest.raises(ConfigError, match=rf"plan\.toml: \[3d\.{typo}\] is not the preset '(demo|reference)', "):
+            scans.register_plan(tmp_path / "d")
+    plan.write_text(text + "\n[3d.mine.selftrain]\niterations = 3\n")
+    config = load_config(scans.register_plan(tmp_path / "d").name, "demo+mine")
+    assert config.selftrain.iterations == 3
 
 
 @pytest.mark.parametrize(
@@ -1124,5 +1128,9 @@ def test_an_import_interrupted_half_way_leaves_no_dataset_behind(raw, tmp_path, 
 def test_the_command_the_import_suggests_runs_as_printed_when_the_folder_has_a_space(raw, tmp_path, capsys):
     out = tmp_path / "my data"
     cli.data_main(["import", "--source", str(raw[NNUNET]), "--out", str(out)])
-    suggested = capsys.readouterr().out.splitlines()[-1]
+    imported, suggested = capsys.readouterr().out.splitlines()[-2:]
     assert suggested == f"train with: mper-train --data-root '{out}'"
+    dims = read_plan(out).dims
+    planned = "a 3D V-Net" if dims == "3d" else "a 2D U-Net on slices across axis"
+    assert imported.startswith(f"imported {raw[NNUNET]} into {out} for {planned}"), imported
+    assert imported.endswith(f"; its plan: {out / 'plan.toml'}")

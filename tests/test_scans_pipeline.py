@@ -413,6 +413,8 @@ def test_without_labeled_test_cases_a_run_is_scored_on_its_validation_fold(decat
         cli.eval_main(["--checkpoint", str(run_dir / "best.pt"), "--device", "cpu"])
     assert "has no labeled test cases" in capsys.readouterr().err.splitlines()[-1]
     cli.eval_main(["--checkpoint", str(run_dir / "best.pt"), "--device", "cpu", "--split", "val"])
+    assert json.loads((run_dir / "eval-val" / "metrics.json").read_text())["split"] == "val"
+    assert "validation metrics (" in (run_dir / "train.log").read_text()
 
 
 def test_two_dimensional_images_train_in_2d_and_predict_in_their_own_shape(nnunet_3d, tmp_path):

@@ -635,11 +635,15 @@ def _add_import_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _networks_planned(plan: ScanPlan) -> str:
-    """``a 3D V-Net (--dims 2d: a 2D U-Net)``: the network the plan's dims trains, and the
-    other one where the plan holds its settings too."""
+    """``a 3D V-Net (import with --dims 2d, ... for a 2D U-Net ...)``: the network the plan's
+    dims trains, and how to train the other where the plan holds its settings too."""
     networks = {"3d": "a 3D V-Net", "2d": f"a 2D U-Net on slices across axis {plan.slice_axis}"}
     (other,) = set(networks) - {plan.dims}
-    alternative = f" (--dims {other}: {networks[other]})" if "paper" in plan.settings.get(other, {}) else ""
+    alternative = (
+        f' (import with --dims {other}, or set dims = "{other}" in plan.toml, for {networks[other]})'
+        if "paper" in plan.settings.get(other, {})
+        else ""
+    )
     return networks[plan.dims] + alternative
 
 

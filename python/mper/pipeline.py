@@ -291,7 +291,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
                     num_figures=config.eval.num_figures,
                     report_extra=_run_record(run_dir, config),
                 )
-                add_figures(writer, result["figures"], "test")
+                add_figures(writer, result["figures"], split)
                 log.info(
                     "%s metrics (%s):\n%s",
                     SPLIT_NAMES[split],
@@ -698,9 +698,12 @@ def tsne(
 
 
 def _holds_dataset(folder: Path) -> bool:
-    """Whether ``folder`` is a dataset's: LA/ACDC data or lists, an import, or a raw dataset."""
-    lists = folder.is_dir() and any(path.name.endswith(".list") for path in folder.iterdir())
-    return lists or detect_dataset(folder) is not None or has_plan(folder) or (folder / DATASET_JSON).is_file()
+    """Whether ``folder`` is a dataset's: LA/ACDC data or lists, an import (a run on one
+    holds a copy of its plan too), or a raw dataset."""
+    names = {path.name for path in folder.iterdir()} if folder.is_dir() else set()
+    imported = PLAN_FILE in names and not RUN_FILES & names
+    lists = any(name.endswith(".list") for name in names)
+    return lists or imported or detect_dataset(folder) is not None or DATASET_JSON in names
 
 
 def _check_output_outside_data(output: str | Path) -> None:
@@ -755,7 +758,8 @@ def predict(
     ``eval.postprocess`` as :func:`evaluate` does; ``force`` segments volumes whose axis
     order looks wrong, and imported scans with more channel files than the model takes.
     ``output`` must lie outside the scans' folder (``input_path``, or the folder of an
-    ``input_path`` file), checked before the checkpoint is read. See
+    ``input_path`` file) and outside a dataset's folders, checked before the checkpoint
+    is read. See
     :func:`mper.eval.predict.predict_path`."""
     if Path(output).exists() and not Path(output).is_dir():
         raise RunFolderError(f"the output {output} is a file; give a folder for the label maps (it is made if missing)")

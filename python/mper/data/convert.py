@@ -249,8 +249,17 @@ def _acdc_training_folder(source: Path) -> Path:
     releases label, are left out (named in a logged line): SSL4MIS split the 100 training
     patients, and 150 would change what the split and the labeled counts mean."""
     trainings = [source / ACDC_TRAINING_DIR] if (source / ACDC_TRAINING_DIR).is_dir() else []
-    trainings = trainings or sorted(path for path in source.rglob(ACDC_TRAINING_DIR) if path.is_dir())
-    if len(trainings) != 1:
+    trainings = trainings or sorted(
+        path
+        for path in source.rglob(ACDC_TRAINING_DIR)
+        if path.is_dir() and not any(part.startswith((".", "__MACOSX")) for part in path.relative_to(source).parts)
+    )  # an archive unpacked on macOS leaves a copy of its folders under __MACOSX/
+    if len(trainings) > 1:
+        raise DataFormatError(
+            f"--source {source} holds {len(trainings)} {ACDC_TRAINING_DIR}/ folders "
+            f"({', '.join(map(str, trainings))}); give --source the download's database/ folder"
+        )
+    if not trainings:
         return source
     training = trainings[0]
     outside = sorted(

@@ -37,6 +37,7 @@ The plan holds, for a 3D V-Net and for a 2D U-Net, the settings the data suggest
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import sys
@@ -623,16 +624,19 @@ def register_plan(folder: str | Path, copy_of: str | Path | None = None) -> Data
 
 
 def _check_preset_names(plan: ScanPlan, path: Path) -> None:
-    """Refuse a settings table of the plan that names no preset of the benchmark its dims
-    builds on (``[3d.demoo]``): a typo would leave the preset it meant unchanged, silently."""
+    """Refuse a settings table of the plan whose name is a near miss of a preset of the
+    benchmark its dims builds on (``[3d.demoo]``, ``[3d.Demo]``): a typo would leave the
+    preset it meant unchanged, silently. Other names are presets of the plan's own
+    (``[3d.mine]``, trained with ``--preset mine``)."""
     for dims, tables in plan.settings.items():
         presets = list(tomllib.loads(get_dataset(BASE_DATASETS[dims]).preset_file.read_text()))
-        unknown = sorted(set(tables) - set(presets)) if isinstance(tables, Mapping) else [""]
-        if unknown:
-            raise ConfigError(
-                f"{path}: [{dims}.{unknown[0]}] names no preset ({', '.join(presets)}); rename the table to the "
-                "preset it changes"
-            )
+        for name in sorted(set(tables) - set(presets)) if isinstance(tables, Mapping) else []:
+            near = difflib.get_close_matches(name.lower(), presets, n=1, cutoff=0.75)
+            if near:
+                raise ConfigError(
+                    f"{path}: [{dims}.{name}] is not the preset {near[0]!r}, whose settings it seems meant to change; "
+                    f"rename the table [{dims}.{near[0]}] (a preset of your own needs a name of its own)"
+                )
 
 
 def has_plan(folder: str | Path) -> bool:

@@ -108,7 +108,7 @@ def evaluate_cases(
 
     With ``out_dir``, writes ``figures/<case>.png`` for ``num_figures`` cases from the
     worst to the median by mean Dice (:func:`~mper.eval.figures.figure_cases`), then
-    ``metrics.md`` and ``metrics.json`` (with the entries of ``report_extra``, see
+    ``metrics.md`` and ``metrics.json`` (with ``"split"`` and the entries of ``report_extra``, see
     :func:`~mper.eval.report.write_report`). ``method``, ``labeled`` and ``unlabeled``
     fill the table's first columns; ``inference_opts`` go to
     :func:`~mper.eval.inference.predict_volume` (e.g. ``patch_size``, ``stride``).

@@ -33,6 +33,7 @@ from mper.data.raw_scans import (
     CHANNEL_FILE,
     DATASET_JSON,
     IMAGES_TEST,
+    IMAGES_TRAIN,
     NIFTI_ENDINGS,
     NIFTI_READ_ERRORS,
     NNUNET,
@@ -209,9 +210,10 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> tuple[dict[str, tuple[Path
         )
     if not cases:
         if (input_path / DATASET_JSON).is_file():
+            folders = [folder for folder in (IMAGES_TEST, IMAGES_TRAIN) if (input_path / folder).is_dir()]
+            example = f", e.g. --input {input_path / folders[0]}" if folders else ""
             raise MissingFileError(
-                f"no scans in {input_path}, a raw dataset's folder: give the folder of its scans, e.g. "
-                f"--input {input_path / IMAGES_TEST}"
+                f"no scans in {input_path}, a raw dataset's folder: give the folder of its scans{example}"
             )
         raise MissingFileError(f"no scans in {input_path}; expected files named {_input_naming(plan)}")
     return cases, {case: paths for case, paths in surplus.items() if case in cases}
