@@ -720,9 +720,9 @@ def damaged_copy(acdc_root, tmp_path, damage):
 @pytest.mark.parametrize(
     "damage, error, message",
     [
-        (("unlabeled", "missing"), MissingFileError, "not found.* is named by a list file of .*: restore its file"),
-        (("test", "missing"), MissingFileError, "not found.* is named by a list file of .*: restore its file"),
-        (("val", "missing"), MissingFileError, "not found.* is named by a list file of .*: restore its file"),
+        (("unlabeled", "missing"), MissingFileError, "not found.* is named by the training list of .*: restore its"),
+        (("test", "missing"), MissingFileError, "not found.* is named by the validation or test list of .*: restore"),
+        (("val", "missing"), MissingFileError, "not found.* is named by the validation or test list of .*: restore"),
         (("unlabeled", "nan"), DataFormatError, "image has 1 NaN or infinite value"),
         (("labeled", "float label"), DataFormatError, "label holds float64 values"),
         (("labeled", "empty"), DataFormatError, "dataset 'image' is empty"),

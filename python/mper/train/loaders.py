@@ -360,9 +360,10 @@ def check_data(config: TrainConfig) -> None:
         except MissingFileError as error:
             if spec.scans is not None:  # the import's own message says what to do
                 raise
+            listed_in = "training" if load is spec.load_item else "validation or test"
             raise MissingFileError(
-                f"{error}; {case} is named by a list file of {config.data_root}: restore its file or remove it "
-                "from the list"
+                f"{error}; {case} is named by the {listed_in} list of {config.data_root}: restore its file or remove "
+                "it from the list"
             ) from error
         values = np.unique(label).tolist()
         _check_label_values(config, case, values)
