@@ -312,22 +312,33 @@ def _check_tables(
             f"{where}: unknown key {unknown[0]} in [dataset]; its keys are {', '.join(sorted(_DATASET_KEYS))}"
         )
     axes = 3 if dims == "3d" else 2
-    tables = paper if isinstance(paper, dict) else {}
-    for table, key, expected in (("data", "patch_size", axes), ("eval", "stride", axes), ("", "labeled", 0)):
-        holder = tables.get(table, {}) if table else tables
-        value = holder.get(key) if isinstance(holder, dict) else None
-        values = value if expected else [value]
-        if not (
-            isinstance(values, list)
-            and len(values) == max(expected, 1)
-            and all(isinstance(item, int) and not isinstance(item, bool) and item > 0 for item in values)
-        ):
-            described = f"{expected} positive integers" if expected else "a positive integer"
-            name = f"[{dims}.paper{'.' + table if table else ''}] {key}"
-            got = "it is missing" if value is None else f"got {value!r}"
-            raise ConfigError(
-                f"{where}: {name} must be {described}, {got}; {where.restore('restore what the import wrote')}"
-            )
+    _check_paper_setting(paper, "data", "patch_size", axes, dims, where)
+    _check_paper_setting(paper, "eval", "stride", axes, dims, where)
+    _check_paper_setting(paper, None, "labeled", None, dims, where)
+
+
+def _is_positive_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_paper_setting(
+    paper: Any, table: str | None, key: str, count: int | None, dims: str, where: _PlanFile
+) -> None:
+    """Refuse ``[<dims>.paper(.table)] key`` unless it is a positive integer (``count`` is
+    ``None``) or a list of ``count`` of them: the dataset's spec reads it."""
+    holder = paper if table is None else paper.get(table) if isinstance(paper, dict) else None
+    value = holder.get(key) if isinstance(holder, dict) else None
+    if count is None:
+        valid, described = _is_positive_integer(value), "a positive integer"
+    else:
+        valid = isinstance(value, list) and len(value) == count and all(map(_is_positive_integer, value))
+        described = f"{count} positive integers"
+    if not valid:
+        name = f"[{dims}.paper{'' if table is None else '.' + table}] {key}"
+        got = "it is missing" if value is None else f"got {value!r}"
+        raise ConfigError(
+            f"{where}: {name} must be {described}, {got}; {where.restore('restore what the import wrote')}"
+        )
 
 
 def plan_path(folder: str | Path) -> Path:
