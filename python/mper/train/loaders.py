@@ -60,11 +60,11 @@ def training_cases(config: TrainConfig) -> tuple[list[str], list[str]]:
 def _labeled_split(config: TrainConfig, labeled_count: int) -> tuple[list[str], list[str]]:
     if config.data.val_split == "fold":
         return _fold_split(config, labeled_count)
-    if config.data.val_split == "holdout":
-        _check_holdout_room(config, labeled_count)
-    labeled, unlabeled = get_dataset(config.dataset).training_split(config.data_root, labeled_count)
+    split = get_dataset(config.dataset).training_split
     if config.data.val_split != "holdout":
-        return labeled, unlabeled
+        return split(config.data_root, labeled_count)
+    _check_holdout_room(config, labeled_count)
+    labeled, unlabeled = split(config.data_root, labeled_count)
     return labeled, unlabeled[: len(unlabeled) - config.data.holdout_cases]
 
 
@@ -80,19 +80,14 @@ def _check_holdout_room(config: TrainConfig, labeled_count: int) -> None:
         f"data.holdout_cases = {holdout} holds the last {holdout} of the {total} training {spec.label_unit} "
         f"of {config.data_root} out for validation"
     )
-    most = room if config.baseline in SUPERVISED_BASELINES else room - 1
+    supervised = config.baseline in SUPERVISED_BASELINES
+    most = room if supervised else room - 1
     if most < 1:
-        needs = "a training case" if config.baseline in SUPERVISED_BASELINES else "a labeled and an unlabeled case"
+        needs = "a training case" if supervised else "a labeled and an unlabeled case"
         raise ConfigError(f"{held}, which leaves {max(room, 0)} to train on; the run needs {needs}: lower it")
     if not 0 < labeled_count <= room:
-        raise ConfigError(
-            f"labeled must be between 1 and {most}{_for_self_training(config)}: {held}; got {labeled_count}"
-        )
-
-
-def _for_self_training(config: TrainConfig) -> str:
-    """`` (one training case left unlabeled for self-training)`` unless the run is supervised."""
-    return "" if config.baseline in SUPERVISED_BASELINES else " (one training case left unlabeled for self-training)"
+        left = "" if supervised else " (one training case left unlabeled for self-training)"
+        raise ConfigError(f"labeled must be between 1 and {most}{left}: {held}; got {labeled_count}")
 
 
 def labeled_pool(config: TrainConfig) -> list[str]:
