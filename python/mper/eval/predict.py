@@ -63,27 +63,29 @@ def _matching_suffix(path: Path) -> str | None:
     return next((suffix for suffix in SUPPORTED_SUFFIXES if name.endswith(suffix)), None)
 
 
+def _stem_ending_with(path: Path, mark: str) -> str | None:
+    """The name of ``path`` without its image suffix and ``mark`` when that name ends with
+    ``mark`` (``patient001_frame01`` for ``patient001_frame01_gt.nii.gz`` and ``_gt``);
+    ``None`` otherwise."""
+    suffix = _matching_suffix(path)
+    if suffix is None:
+        return None
+    stem = path.name[: -len(suffix)]
+    return stem[: -len(mark)] if stem.endswith(mark) else None
+
+
 def _is_label_beside_its_image(path: Path) -> bool:
     """Whether ``path`` is a label map named as the ACDC download names them,
     ``<image>_gt.nii.gz``, beside its image: segmenting it would write a meaningless map."""
-    suffix = _matching_suffix(path)
-    if suffix is None:
-        return False
-    stem = path.name[: -len(suffix)]
-    return stem.endswith(ACDC_LABEL_MARK) and any(
-        (path.parent / f"{stem[: -len(ACDC_LABEL_MARK)]}{image_suffix}").is_file()
-        for image_suffix in SUPPORTED_SUFFIXES
-    )
+    image = _stem_ending_with(path, ACDC_LABEL_MARK)
+    return image is not None and any((path.parent / f"{image}{suffix}").is_file() for suffix in SUPPORTED_SUFFIXES)
 
 
 def _is_cine_beside_its_frames(path: Path) -> bool:
     """Whether ``path`` is the 4D cine series the ACDC download keeps beside a patient's
     frames, ``<patient>_4d.nii.gz``: the frames are what is segmented."""
-    suffix = _matching_suffix(path)
-    if suffix is None or not path.name[: -len(suffix)].endswith(ACDC_CINE_MARK):
-        return False
-    patient = path.name[: -len(suffix) - len(ACDC_CINE_MARK)]
-    return any(path.parent.glob(f"{glob.escape(patient)}_frame*"))
+    patient = _stem_ending_with(path, ACDC_CINE_MARK)
+    return patient is not None and any(path.parent.glob(f"{glob.escape(patient)}_frame*"))
 
 
 def _channel_file_errors(files: list[Path], spec: DatasetSpec) -> dict[Path, DataFormatError]:
