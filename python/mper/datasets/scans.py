@@ -366,7 +366,6 @@ def _add_case(
                 case.name,
                 int(np.count_nonzero(scan.label)),
             )
-    if case.role == LABELED and ct_channels and scan.label is not None:
         label = crop(scan.label, box)
         for index in ct_channels:
             found.samples[index].append(foreground_sample(crop(scan.image[index], box), label, per_case, rng))
