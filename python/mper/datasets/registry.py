@@ -101,13 +101,21 @@ def check_data_folder(root: str | Path, dataset: str | None = None) -> None:
         )
     if spec is not None and spec.scans is None and not (Path(root) / spec.layout_mark).is_dir():
         _check_folder_level(Path(root), spec)
-    if spec is None and not (Path(root) / PLAN_FILE).is_file():
-        if (Path(root) / DATASET_JSON).is_file():
-            raw = shlex.quote(str(root))
-            raise ConfigError(
-                f"{root} is a raw dataset (it holds {DATASET_JSON}), not an imported one: import it first, "
-                f"mper-data import --source {raw} --out DIR, then pass --data-root DIR"
-            )
+    raw = not_imported_yet(root) if spec is None else None
+    if raw is not None:
+        raise ConfigError(f"{raw}, then pass --data-root DIR")
+
+
+def not_imported_yet(root: str | Path) -> str | None:
+    """What to say of ``root`` where imported scans are expected but it is the raw dataset
+    (it holds ``dataset.json`` and no import's plan): to import it first, with the command;
+    ``None`` for any other folder."""
+    if (Path(root) / PLAN_FILE).is_file() or not (Path(root) / DATASET_JSON).is_file():
+        return None
+    return (
+        f"{root} is a raw dataset (it holds {DATASET_JSON}), not an imported one: import it first, "
+        f"mper-data import --source {shlex.quote(str(root))} --out DIR"
+    )
 
 
 def _check_folder_level(root: Path, spec: DatasetSpec) -> None:

@@ -38,7 +38,6 @@ run's settings included, before anything runs.
 from __future__ import annotations
 
 import re
-import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -50,8 +49,7 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-from mper.data.raw_scans import DATASET_JSON
-from mper.datasets import dataset_names, get_dataset, has_plan, register_plan
+from mper.datasets import dataset_names, get_dataset, has_plan, not_imported_yet, register_plan
 from mper.errors import ConfigError
 from mper.eval.protocol import check_protocol
 from mper.train.config import BASELINES, TrainConfig, load_config
@@ -98,11 +96,11 @@ PLAN_SETTINGS = {
 def check_assignments(assignments: Sequence[str], where: str) -> None:
     """Refuse an assignment of one of :data:`PLAN_SETTINGS`, naming where the plan sets it."""
     for assignment in assignments:
-        key = assignment.partition("=")[0].strip()
+        key, _, value = (part.strip() for part in assignment.partition("="))
         if key in PLAN_SETTINGS:
             raise PlanError(
-                f"{where}: {assignment!r} would give every run {key} = {assignment.partition('=')[2].strip()} while "
-                f"its folder and its row say otherwise; set it with {PLAN_SETTINGS[key]}"
+                f"{where}: {assignment!r} would give every run {key} = {value} while its folder and its row say "
+                f"otherwise; set it with {PLAN_SETTINGS[key]}"
             )
 
 
@@ -358,11 +356,9 @@ def parse_plan(
     root = data_root or reader.text(document, "data_root")
     imported = _register_import(root)
     dataset = document.get("dataset", imported)
-    if dataset is None and (Path(root) / DATASET_JSON).is_file():
-        reader.fail(
-            f"data_root {root} is a raw dataset (it holds {DATASET_JSON}), not an imported one: import it first, "
-            f"mper-data import --source {shlex.quote(str(root))} --out DIR, then set data_root (or --data-root) to DIR"
-        )
+    raw = not_imported_yet(root) if dataset is None else None
+    if raw is not None:
+        reader.fail(f"data_root {raw}, then set data_root (or --data-root) to DIR")
     if dataset not in dataset_names():
         given = "it is missing" if dataset is None else f"got {dataset!r}"
         found = f"holds the imported {imported!r}" if imported else "holds no plan.toml of mper-data import"
