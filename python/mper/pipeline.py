@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS = ("student", "teacher")
 #: Case lists ``evaluate`` scores: the test list, or the cases that selected checkpoints.
-EVAL_SPLITS = ("test", "val")
+EVAL_SPLITS = tuple(SPLIT_NAMES)
 #: The run's log in its folder.
 RUN_LOG = "train.log"
 #: Cases whose voxels the t-SNE map samples.
