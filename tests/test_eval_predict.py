@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mper.data import normalize_intensity
+from mper.data.acdc import write_acdc_volume
 from mper.errors import DataFormatError, UserError
 from mper.eval.predict import predict_file, predict_path
 from test_inference import ThresholdNet
@@ -200,6 +201,35 @@ def test_label_maps_and_the_cine_series_beside_their_frames_are_left_alone_in_an
         f"ignored 1 4D cine series of {tmp_path / 'in'}, named <patient>_4d beside its frames, which are segmented "
         "instead: patient017/patient017_4d.nii.gz",
     ]
+
+
+def test_the_training_slices_of_an_acdc_dataset_are_left_alone_for_their_volumes(tmp_path, caplog):
+    """The SSL4MIS layout keeps each training frame twice: data/<case>.h5 and one 2D file
+    per slice in data/slices/, which a 2D-slice model cannot take as volumes."""
+    root = tmp_path / "acdc"
+    image = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    for case in ("patient001_frame01", "patient002_frame01"):
+        write_acdc_volume(root, case, image, np.zeros(image.shape, np.uint8), with_slices=True)
+    # a slice file whose frame's volume is missing is an image as any other
+    write_acdc_volume(tmp_path / "other", "patient009_frame01", image, np.zeros(image.shape, np.uint8), True)
+    (tmp_path / "other" / "data" / "patient009_frame01.h5").rename(
+        root / "data" / "slices" / "patient009_frame01_slice_0.h5"
+    )
+    net = ThresholdNet(num_classes=4)
+    with caplog.at_level(logging.INFO, logger="mper"):
+        outputs = predict_path(net, root, "acdc", tmp_path / "out", patch_size=(32, 32))
+    assert [path.relative_to(tmp_path / "out").as_posix() for path in outputs] == [
+        "data/patient001_frame01_pred.nii.gz",
+        "data/patient002_frame01_pred.nii.gz",
+        "data/slices/patient009_frame01_slice_0_pred.nii.gz",
+    ]
+    assert caplog.messages[0] == (
+        f"ignored 6 2D training slice(s) of {root}, in data/slices/ of the SSL4MIS ACDC layout: their frames' "
+        "volumes in data/ are segmented instead"
+    )
+    (root / "data" / "slices" / "patient009_frame01_slice_0.h5").unlink()
+    with pytest.raises(UserError, match="holds only the 2D training slices of an ACDC dataset; give its data/"):
+        predict_path(net, root / "data" / "slices", "acdc", tmp_path / "out2", patch_size=(32, 32))
 
 
 def test_a_case_of_several_nnunet_channel_files_is_refused_by_a_single_channel_model(tmp_path, caplog):

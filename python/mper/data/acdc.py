@@ -26,6 +26,8 @@ from mper.data.files import misplaced_slice_axis, read_image_label, read_list, w
 from mper.errors import ConfigError, DataFormatError
 
 ACDC_DATA_DIR = "data"
+ACDC_SLICES_DIR = "slices"
+_SLICE_MARK = "_slice_"
 ACDC_PATCH_SIZE = (256, 256)
 ACDC_NUM_CLASSES = 4
 ACDC_CLASS_NAMES = ("background", "RV", "myocardium", "LV")
@@ -37,7 +39,7 @@ _VOLUME_LAYOUT = "SSL4MIS ACDC layout: ROOT/data/<case>.h5, image and label of s
 
 def acdc_slice_path(root: str | Path, name: str) -> Path:
     """Path of training slice ``name`` (``patientXXX_frameYY_slice_<i>``)."""
-    return Path(root) / ACDC_DATA_DIR / "slices" / f"{name}.h5"
+    return Path(root) / ACDC_DATA_DIR / ACDC_SLICES_DIR / f"{name}.h5"
 
 
 def acdc_volume_path(root: str | Path, case: str) -> Path:
@@ -47,7 +49,22 @@ def acdc_volume_path(root: str | Path, case: str) -> Path:
 
 def slice_name(case: str, index: int) -> str:
     """Name of slice ``index`` of frame ``case``."""
-    return f"{case}_slice_{index}"
+    return f"{case}{_SLICE_MARK}{index}"
+
+
+def is_training_slice(path: Path) -> bool:
+    """Whether ``path`` is a training slice of the layout, ``data/slices/<case>_slice_<i>.h5``,
+    whose frame's volume ``data/<case>.h5`` is there too."""
+    case, mark, index = path.stem.rpartition(_SLICE_MARK)
+    folder = path.parent
+    return (
+        path.suffix == ".h5"
+        and bool(mark)
+        and index.isdigit()
+        and folder.name == ACDC_SLICES_DIR
+        and folder.parent.name == ACDC_DATA_DIR
+        and acdc_volume_path(folder.parent.parent, case).is_file()
+    )
 
 
 def patient_id(name: str) -> str:

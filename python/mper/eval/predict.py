@@ -41,6 +41,7 @@ import nibabel as nib
 import numpy as np
 from torch import nn
 
+from mper.data.acdc import ACDC_DATA_DIR, ACDC_SLICES_DIR, is_training_slice
 from mper.data.convert import ACDC_CINE_MARK, ACDC_LABEL_MARK
 from mper.data.files import check_finite, misplaced_slice_axis, read_h5_case
 from mper.data.preprocess import normalize_intensity, scaling_mismatch
@@ -267,37 +268,46 @@ def predict_file(
     return _segment(net, path, dataset, out_path, device, force, **options)
 
 
+def _note_ignored(input_dir: Path, noun: str, detail: str, paths: list[Path], listed: bool = True) -> None:
+    """One log line for the ``paths`` under ``input_dir`` left alone: ``noun`` and
+    ``detail`` say what they are; ``listed``: name each (relative to ``input_dir``), or
+    only count them."""
+    if paths:
+        names = f": {', '.join(str(path.relative_to(input_dir)) for path in paths)}" if listed else ""
+        log.warning("ignored %d %s of %s%s%s", len(paths), noun, input_dir, detail, names)
+
+
 def _folder_outputs(input_dir: Path, out_dir: Path, case_file: str | None) -> dict[Path, Path]:
     """Every supported file under ``input_dir`` and its output path, which keeps the
     case's sub-folder so that same-named cases do not overwrite each other."""
     visible = sorted(p for p in input_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
     labels = [path for path in visible if _is_label_beside_its_image(path)]
     series = [path for path in visible if _is_cine_beside_its_frames(path)]
-    files = [path for path in visible if _matching_suffix(path) and path not in labels and path not in series]
-    ignored = [str(path.relative_to(input_dir)) for path in visible if not _matching_suffix(path)]
-    if ignored and files:
-        log.warning(
-            "ignored %d file(s) of %s not ending in %s: %s",
-            len(ignored),
-            input_dir,
-            ", ".join(SUPPORTED_SUFFIXES),
-            ", ".join(ignored),
-        )
-    if labels:
-        log.warning(
-            "ignored %d label map(s) of %s, named <image>%s beside their image: %s",
-            len(labels),
-            input_dir,
-            ACDC_LABEL_MARK,
-            ", ".join(str(path.relative_to(input_dir)) for path in labels),
-        )
-    if series:
-        log.warning(
-            "ignored %d 4D cine series of %s, named <patient>%s beside its frames, which are segmented instead: %s",
-            len(series),
-            input_dir,
-            ACDC_CINE_MARK,
-            ", ".join(str(path.relative_to(input_dir)) for path in series),
+    slices = [path for path in visible if is_training_slice(path)]
+    left_alone = set(labels) | set(series) | set(slices)
+    files = [path for path in visible if _matching_suffix(path) and path not in left_alone]
+    if files:
+        unknown = [path for path in visible if not _matching_suffix(path)]
+        _note_ignored(input_dir, "file(s)", f" not ending in {', '.join(SUPPORTED_SUFFIXES)}", unknown)
+    _note_ignored(input_dir, "label map(s)", f", named <image>{ACDC_LABEL_MARK} beside their image", labels)
+    _note_ignored(
+        input_dir,
+        "4D cine series",
+        f", named <patient>{ACDC_CINE_MARK} beside its frames, which are segmented instead",
+        series,
+    )
+    _note_ignored(
+        input_dir,
+        "2D training slice(s)",
+        f", in {ACDC_DATA_DIR}/{ACDC_SLICES_DIR}/ of the SSL4MIS ACDC layout: their frames' volumes in "
+        f"{ACDC_DATA_DIR}/ are segmented instead",
+        slices,
+        listed=False,
+    )
+    if not files and slices:
+        raise MissingFileError(
+            f"{input_dir} holds only the 2D training slices of an ACDC dataset; give its {ACDC_DATA_DIR}/ folder, "
+            "whose frames' volumes are segmented"
         )
     if not files:
         raise MissingFileError(
