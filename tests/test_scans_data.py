@@ -964,9 +964,17 @@ def test_a_settings_table_named_nearly_as_a_preset_is_refused_and_one_of_its_own
         plan.write_text(text.replace("[3d.demo]", f"[3d.{typo}]"))
         with pytest.raises(ConfigError, match=rf"plan\.toml: \[3d\.{typo}\] is not the preset '(demo|reference)', "):
             scans.register_plan(tmp_path / "d")
-    plan.write_text(text + "\n[3d.mine.selftrain]\niterations = 3\n")
+    for table, typo, message in (
+        ("[3d.mine.data]", "patch_sise", "[3d.mine.data] patch_sise is not a setting; did you mean patch_size? "),
+        ("[3d.mine]", "labled", "[3d.mine] labled is not a setting; did you mean labeled? "),
+        ("[3d.demo.dta]", "patch_size", "[3d.demo.dta] is not a table of settings; did you mean [3d.demo.data]? "),
+    ):
+        plan.write_text(f"{text}\n{table}\n{typo} = 3\n")
+        with pytest.raises(ConfigError, match=re.escape(f"{plan}: {message}")):
+            scans.register_plan(tmp_path / "d")
+    plan.write_text(text + "\n[3d.mine.selftrain]\niterations = 3\n\n[3d.mine.network]\nbase_filters = 4\n")
     config = load_config(scans.register_plan(tmp_path / "d").name, "demo+mine")
-    assert config.selftrain.iterations == 3
+    assert (config.selftrain.iterations, config.network["base_filters"]) == (3, 4)
 
 
 @pytest.mark.parametrize(

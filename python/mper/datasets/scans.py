@@ -618,24 +618,60 @@ def register_plan(folder: str | Path, copy_of: str | Path | None = None) -> Data
     """Register the imported dataset whose plan is in ``folder`` (its root, or a run folder's
     copy of the plan of the root ``copy_of``) and return its spec."""
     plan = read_plan(folder, copy_of)
-    _check_preset_names(plan, Path(folder) / PLAN_FILE)
+    _check_settings_tables(plan, Path(folder) / PLAN_FILE)
     return register_imported(scan_spec(plan))
 
 
-def _check_preset_names(plan: ScanPlan, path: Path) -> None:
-    """Refuse a settings table of the plan whose name is a near miss of a preset of the
-    benchmark its dims builds on (``[3d.demoo]``, ``[3d.Demo]``): a typo would leave the
-    preset it meant unchanged, silently. Other names are presets of the plan's own
-    (``[3d.mine]``, trained with ``--preset mine``)."""
+def _flat_keys(table: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The ``section.key`` names of a nested settings table."""
+    keys: list[str] = []
+    for key, value in table.items():
+        keys += _flat_keys(value, f"{prefix}{key}.") if isinstance(value, Mapping) else [prefix + key]
+    return keys
+
+
+def _unknown_setting(path: Path, table: str, key: str, settings: list[str]) -> ConfigError:
+    """The error for ``key`` of the plan's table ``[table]``, which is none of ``settings``
+    (``section.key`` names), with the closest section or key when one is close."""
+    section, _, leaf = key.rpartition(".")
+    sections = sorted({setting.rpartition(".")[0] for setting in settings} - {""})
+    if section and section not in sections:
+        near = difflib.get_close_matches(section, sections, n=1)
+        hint = f"did you mean [{table}.{near[0]}]? " if near else ""
+        return ConfigError(
+            f"{path}: [{table}.{section}] is not a table of settings; {hint}the tables are {', '.join(sections)}"
+        )
+    where = f"[{table}{'.' + section if section else ''}]"
+    names = [setting.rpartition(".")[2] for setting in settings if setting.rpartition(".")[0] == section]
+    near = difflib.get_close_matches(leaf, names, n=1)
+    hint = f"did you mean {near[0]}? " if near else ""
+    return ConfigError(f"{path}: {where} {leaf} is not a setting; {hint}the settings of {where} are {', '.join(names)}")
+
+
+def _check_settings_tables(plan: ScanPlan, path: Path) -> None:
+    """Refuse, naming ``path`` (the plan), what a typo in its settings tables would make of
+    them: a table named nearly as a preset of the benchmark its dims builds on
+    (``[3d.demoo]``, ``[3d.Demo]``) would leave the preset it meant unchanged, silently,
+    and a key that is no setting (``[3d.demo.data] patch_sise``) would fail later without
+    naming the file. Other table names are presets of the plan's own (``[3d.mine]``,
+    trained with ``--preset mine``). ``network`` keys are the network's arguments, which
+    the training settings check."""
     for dims, tables in plan.settings.items():
-        presets = list(tomllib.loads(get_dataset(BASE_DATASETS[dims]).preset_file.read_text()))
-        for name in sorted(set(tables) - set(presets)) if isinstance(tables, Mapping) else []:
-            near = difflib.get_close_matches(name.lower(), presets, n=1, cutoff=0.75)
+        if not isinstance(tables, Mapping):
+            continue
+        presets = tomllib.loads(get_dataset(BASE_DATASETS[dims]).preset_file.read_text())
+        for name in sorted(set(tables) - set(presets)):
+            near = difflib.get_close_matches(name.lower(), list(presets), n=1, cutoff=0.75)
             if near:
                 raise ConfigError(
                     f"{path}: [{dims}.{name}] is not the preset {near[0]!r}, whose settings it seems meant to change; "
                     f"rename the table [{dims}.{near[0]}] (a preset of your own needs a name of its own)"
                 )
+        settings = _flat_keys(presets["paper"])
+        for name, table in tables.items():
+            for key in _flat_keys(table) if isinstance(table, Mapping) else []:
+                if key not in settings and not key.startswith("network."):
+                    raise _unknown_setting(path, f"{dims}.{name}", key, settings)
 
 
 def has_plan(folder: str | Path) -> bool:
