@@ -50,7 +50,10 @@ REPO = Path(__file__).resolve().parent.parent
 RESERVE_S = 5.0
 #: A variant's distance from the reference run, in units of the run-to-run spread.
 SPREAD_FACTOR = 4.0
-#: Python packages a check imports: mper's runtime requirements and the test runner's.
+#: Python packages a check imports, by import name: mper's runtime requirements (every
+#: one of pyproject.toml's but torch), the test runner's, and the build's (``pip install
+#: --no-build-isolation`` builds with the environment's scikit-build-core and pybind11).
+#: tests/test_gpu_check.py checks that pyproject.toml's requirements are all here.
 PACKAGES = {
     "numpy": "numpy",
     "h5py": "h5py",
@@ -60,8 +63,12 @@ PACKAGES = {
     "tqdm": "tqdm",
     "tensorboard": "tensorboard",
     "PIL": "pillow",
+    "tomli_w": "tomli-w",
+    **({"tomli": "tomli"} if sys.version_info < (3, 11) else {}),
     "pytest": "pytest",
     "hypothesis": "hypothesis",
+    "scikit_build_core": "scikit-build-core",
+    "pybind11": "pybind11",
 }
 STATUSES = ("pass", "fail", "timeout", "skipped")
 
@@ -324,6 +331,9 @@ class Check:
             found = re.search(r"release ([\d.]+)", self.run("nvcc", [nvcc, "--version"], check=False))
             section.details["nvcc"] = found.group(1) if found else None
         problems = preflight_problems(section.details)
+        older = torch_below_requirement(facts["torch"], (REPO / "pyproject.toml").read_text())
+        if older:
+            section.notes.append(older)
         missing = facts["missing_packages"]
         if missing:
             section.notes.append(f"missing Python packages (the build section installs them): {', '.join(missing)}")
@@ -635,6 +645,18 @@ def preflight_problems(facts: dict[str, Any]) -> list[str]:
     if driver and torch_cuda and driver < torch_cuda:
         problems.append(f"the driver supports CUDA {facts['driver_cuda']}, older than torch's {facts['torch_cuda']}")
     return problems
+
+
+def torch_below_requirement(version: str, pyproject: str) -> str:
+    """A note when torch ``version`` is older than pyproject.toml's ``torch>=`` (the build
+    section installs mper with ``--no-deps``, so nothing else says so), else ""."""
+    found = re.search(r'"torch>=([\d.]+)"', pyproject)
+    if not found or (_version(version) or ()) >= (_version(found.group(1)) or ()):
+        return ""
+    return (
+        f"torch {version} is older than mper's requirement torch>={found.group(1)}: a failure may come from "
+        "the older torch rather than from mper"
+    )
 
 
 def train_step_figure(results: dict[str, list[dict[str, Any]]]) -> str:
