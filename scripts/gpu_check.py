@@ -326,7 +326,7 @@ class Check:
             banner = self.run("nvidia-smi-banner", [smi], check=False)
             found = re.search(r"CUDA Version:\s*([\d.]+)", banner)
             section.details["driver_cuda"] = found.group(1) if found else None
-        nvcc = shutil.which("nvcc") or (shutil.which("nvcc", path="/usr/local/cuda/bin"))
+        nvcc = find_nvcc()
         if nvcc:
             found = re.search(r"release ([\d.]+)", self.run("nvcc", [nvcc, "--version"], check=False))
             section.details["nvcc"] = found.group(1) if found else None
@@ -374,11 +374,15 @@ class Check:
             return
         began = time.monotonic()
         try:
-            self.run("build", [*pip, "."], env={"MPER_WITH_CUDA": "ON", "MPER_WERROR": "ON"})
+            self.run("build", [*pip, "."], env={"MPER_WITH_CUDA": "ON", "MPER_WERROR": "ON", **compiler_env()})
         except Failed as error:
             section.status = "fail"
             section.notes.append(f"the build with warnings as errors failed ({error}); built again without")
-            self.run("build-without-werror", [*pip, "."], env={"MPER_WITH_CUDA": "ON", "MPER_WERROR": "OFF"})
+            self.run(
+                "build-without-werror",
+                [*pip, "."],
+                env={"MPER_WITH_CUDA": "ON", "MPER_WERROR": "OFF", **compiler_env()},
+            )
         installed = self.probe("mper")
         if not installed["with_cuda"]:
             raise Failed("mper was installed without its CUDA kernels")
@@ -627,6 +631,21 @@ SECTIONS = (
     ("train-step", "self-training iteration: fp32, bf16, bf16+compile", 90, Check.train_step),
     ("ops", "fused ops against eager and compiled PyTorch", 60, Check.ops),
 )
+
+
+def find_nvcc() -> str | None:
+    """nvcc on the PATH, else the toolkit's default place (/usr/local/cuda/bin)."""
+    return shutil.which("nvcc") or shutil.which("nvcc", path="/usr/local/cuda/bin")
+
+
+def compiler_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """``CUDACXX`` naming the nvcc the preflight found when it is not on the PATH (CMake
+    looks for it there only), unless ``CUDACXX`` is set already; else nothing."""
+    environ = os.environ if environ is None else environ
+    if environ.get("CUDACXX") or shutil.which("nvcc", path=environ.get("PATH")):
+        return {}
+    nvcc = find_nvcc()
+    return {"CUDACXX": nvcc} if nvcc else {}
 
 
 def preflight_problems(facts: dict[str, Any]) -> list[str]:

@@ -118,6 +118,17 @@ def test_the_preflight_notes_a_torch_older_than_mper_requires():
     assert gpu_check.torch_below_requirement("99.0.0", pyproject) == ""
 
 
+def test_the_build_names_an_nvcc_off_the_path_to_cmake(tmp_path, monkeypatch):
+    """The preflight also finds nvcc in /usr/local/cuda/bin; CMake looks on the PATH only."""
+    nvcc = tmp_path / "nvcc"
+    nvcc.write_text("#!/bin/sh\n")
+    nvcc.chmod(0o755)
+    monkeypatch.setattr(gpu_check, "find_nvcc", lambda: str(nvcc))
+    assert gpu_check.compiler_env({"PATH": "/nonexistent"}) == {"CUDACXX": str(nvcc)}
+    assert gpu_check.compiler_env({"PATH": str(tmp_path)}) == {}
+    assert gpu_check.compiler_env({"PATH": "/nonexistent", "CUDACXX": "/opt/nvcc"}) == {}
+
+
 def test_the_training_step_figure_gives_speed_ups_on_eager_fp32():
     def row(dataset, ms, ratio):
         return {"dataset": dataset, "iteration_ms": ms, "iteration_over_network": ratio}
