@@ -26,8 +26,9 @@ density; on CUDA the CPU kernel (``mper-cpu``) runs on the same maps too.
 cc3d is the pip package ``connected-components-3d`` (``pip install .[bench]``); when it is
 missing its rows are skipped with a note. Times are medians per call over ``--trials``
 calls; on the CPU wall-clock time with ``--threads`` OpenMP threads for mper (scipy and
-cc3d are single-threaded); on CUDA device time from CUDA-graph replays (see workloads.py)
-plus the host synchronisations counted. The machine's load average is recorded: on a
+cc3d are single-threaded); on CUDA mper's device time from CUDA-graph replays (see
+workloads.py), the host contenders' (``mper-cpu``, scipy) wall-clock time, plus the host
+synchronisations counted. The machine's load average is recorded: on a
 machine shared with other busy processes, run with ``OMP_WAIT_POLICY=passive`` (OpenMP
 threads that spin between calls otherwise take the cores from the ones still working).
 
@@ -177,6 +178,20 @@ def wall_median_ms(fn, trials: int) -> float:
     return statistics.median(samples)
 
 
+def timed(name: str, fn, device: torch.device, timer: Timer, trials: int) -> tuple[float, str, int | None]:
+    """(median ms, how it was timed, host synchronisations on CUDA) of contender ``name``.
+
+    On CUDA only mper's CUDA kernel is timed on the device's clock (a CUDA graph, or
+    events); the contenders that work on the host (the CPU kernel, scipy) are timed by the
+    wall clock: a CUDA graph of them captures none of their work, and its replay would
+    time nothing."""
+    if device.type == "cuda" and name == "mper":
+        timer.trials = trials
+        ms = timer.median_ms(fn)
+        return ms, timer.last_method, host_syncs(device, fn)
+    return wall_median_ms(fn, trials), "wall", host_syncs(device, fn)
+
+
 def measure(args) -> dict:
     device = torch.device(args.device)
     timer = Timer(device, trials=args.trials, calls=1)
@@ -201,12 +216,7 @@ def measure(args) -> dict:
                 if not torch.equal(fn().cpu().long(), want):
                     raise AssertionError(f"{name} disagrees with the reference on {key} {dtype_name}")
                 trials = args.trials if name == "mper" else max(3, args.trials // 3)
-                if device.type == "cuda":
-                    timer.trials = trials
-                    ms = timer.median_ms(fn)
-                    timing, syncs = timer.last_method, host_syncs(device, fn)
-                else:
-                    ms, timing, syncs = wall_median_ms(fn, trials), "wall", None
+                ms, timing, syncs = timed(name, fn, device, timer, trials)
                 row = dict(
                     workload=key,
                     workload_name=w.name,
@@ -288,8 +298,8 @@ def markdown(report: dict) -> str:
         f"{report['load_before']} before, {report['load_after']} after. Times are medians per call "
         "over the whole batch; on the CPU wall-clock, mper with "
         f"{report['threads']} OpenMP threads (OMP_WAIT_POLICY {report['omp_wait_policy']}), scipy and "
-        "cc3d single-threaded; on CUDA device time "
-        "(CUDA-graph replays where the calls allow capture, else events). Components: per image "
+        "cc3d single-threaded; on CUDA mper's device time (CUDA-graph replays where the calls "
+        "allow capture, else events), the host contenders' wall-clock time. Components: per image "
         "and class, the fewest and most.",
         *(f"Note: {note}" for note in report["notes"]),
         "",

@@ -50,7 +50,10 @@ REPO = Path(__file__).resolve().parent.parent
 RESERVE_S = 5.0
 #: A variant's distance from the reference run, in units of the run-to-run spread.
 SPREAD_FACTOR = 4.0
-#: Python packages a check imports: mper's runtime requirements and the test runner's.
+#: Python packages a check imports, by import name: mper's runtime requirements (every
+#: one of pyproject.toml's but torch), the test runner's, and the build's (``pip install
+#: --no-build-isolation`` builds with the environment's scikit-build-core and pybind11).
+#: tests/test_gpu_check.py checks that pyproject.toml's requirements are all here.
 PACKAGES = {
     "numpy": "numpy",
     "h5py": "h5py",
@@ -60,8 +63,12 @@ PACKAGES = {
     "tqdm": "tqdm",
     "tensorboard": "tensorboard",
     "PIL": "pillow",
+    "tomli_w": "tomli-w",
+    **({"tomli": "tomli"} if sys.version_info < (3, 11) else {}),
     "pytest": "pytest",
     "hypothesis": "hypothesis",
+    "scikit_build_core": "scikit-build-core",
+    "pybind11": "pybind11",
 }
 STATUSES = ("pass", "fail", "timeout", "skipped")
 
@@ -319,11 +326,14 @@ class Check:
             banner = self.run("nvidia-smi-banner", [smi], check=False)
             found = re.search(r"CUDA Version:\s*([\d.]+)", banner)
             section.details["driver_cuda"] = found.group(1) if found else None
-        nvcc = shutil.which("nvcc") or (shutil.which("nvcc", path="/usr/local/cuda/bin"))
+        nvcc = find_nvcc()
         if nvcc:
             found = re.search(r"release ([\d.]+)", self.run("nvcc", [nvcc, "--version"], check=False))
             section.details["nvcc"] = found.group(1) if found else None
         problems = preflight_problems(section.details)
+        older = torch_below_requirement(facts["torch"], (REPO / "pyproject.toml").read_text())
+        if older:
+            section.notes.append(older)
         missing = facts["missing_packages"]
         if missing:
             section.notes.append(f"missing Python packages (the build section installs them): {', '.join(missing)}")
@@ -364,11 +374,15 @@ class Check:
             return
         began = time.monotonic()
         try:
-            self.run("build", [*pip, "."], env={"MPER_WITH_CUDA": "ON", "MPER_WERROR": "ON"})
+            self.run("build", [*pip, "."], env={"MPER_WITH_CUDA": "ON", "MPER_WERROR": "ON", **compiler_env()})
         except Failed as error:
             section.status = "fail"
             section.notes.append(f"the build with warnings as errors failed ({error}); built again without")
-            self.run("build-without-werror", [*pip, "."], env={"MPER_WITH_CUDA": "ON", "MPER_WERROR": "OFF"})
+            self.run(
+                "build-without-werror",
+                [*pip, "."],
+                env={"MPER_WITH_CUDA": "ON", "MPER_WERROR": "OFF", **compiler_env()},
+            )
         installed = self.probe("mper")
         if not installed["with_cuda"]:
             raise Failed("mper was installed without its CUDA kernels")
@@ -619,6 +633,21 @@ SECTIONS = (
 )
 
 
+def find_nvcc() -> str | None:
+    """nvcc on the PATH, else the toolkit's default place (/usr/local/cuda/bin)."""
+    return shutil.which("nvcc") or shutil.which("nvcc", path="/usr/local/cuda/bin")
+
+
+def compiler_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """``CUDACXX`` naming the nvcc the preflight found when it is not on the PATH (CMake
+    looks for it there only), unless ``CUDACXX`` is set already; else nothing."""
+    environ = os.environ if environ is None else environ
+    if environ.get("CUDACXX") or shutil.which("nvcc", path=environ.get("PATH")):
+        return {}
+    nvcc = find_nvcc()
+    return {"CUDACXX": nvcc} if nvcc else {}
+
+
 def preflight_problems(facts: dict[str, Any]) -> list[str]:
     """What stops mper on this GPU machine, by the preflight's facts."""
     problems = []
@@ -635,6 +664,18 @@ def preflight_problems(facts: dict[str, Any]) -> list[str]:
     if driver and torch_cuda and driver < torch_cuda:
         problems.append(f"the driver supports CUDA {facts['driver_cuda']}, older than torch's {facts['torch_cuda']}")
     return problems
+
+
+def torch_below_requirement(version: str, pyproject: str) -> str:
+    """A note when torch ``version`` is older than pyproject.toml's ``torch>=`` (the build
+    section installs mper with ``--no-deps``, so nothing else says so), else ""."""
+    found = re.search(r'"torch>=([\d.]+)"', pyproject)
+    if not found or (_version(version) or ()) >= (_version(found.group(1)) or ()):
+        return ""
+    return (
+        f"torch {version} is older than mper's requirement torch>={found.group(1)}: a failure may come from "
+        "the older torch rather than from mper"
+    )
 
 
 def train_step_figure(results: dict[str, list[dict[str, Any]]]) -> str:

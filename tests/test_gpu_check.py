@@ -84,6 +84,51 @@ def test_a_matching_driver_passes_the_preflight():
     assert gpu_check.preflight_problems({**facts, "driver_cuda": "13.1"}) == []
 
 
+def _requirement_names(requirements: list[str]) -> set[str]:
+    """The normalised names of the requirements whose markers hold for this Python."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    parsed = [Requirement(text) for text in requirements]
+    return {canonicalize_name(r.name) for r in parsed if r.marker is None or r.marker.evaluate()}
+
+
+def test_the_check_installs_every_requirement_of_mper_its_build_and_the_tests():
+    """A requirement the GPU machine lacks and the build section does not install
+    (``pip install --no-deps``) fails every section after the build, e.g. tomli-w, which
+    every training imports."""
+    from packaging.utils import canonicalize_name
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    needed = _requirement_names(project["project"]["dependencies"] + project["build-system"]["requires"])
+    needed -= {"torch"}  # the environment's own, never installed by the check
+    installed = {canonicalize_name(name) for name in gpu_check.PACKAGES.values()}
+    assert needed <= installed, f"scripts/gpu_check.py's PACKAGES lacks {sorted(needed - installed)}"
+    assert {"pytest", "hypothesis"} <= installed
+
+
+def test_the_preflight_notes_a_torch_older_than_mper_requires():
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert "older than mper's requirement torch>=" in gpu_check.torch_below_requirement("2.11.0+cu130", pyproject)
+    assert gpu_check.torch_below_requirement("99.0.0", pyproject) == ""
+
+
+def test_the_build_names_an_nvcc_off_the_path_to_cmake(tmp_path, monkeypatch):
+    """The preflight also finds nvcc in /usr/local/cuda/bin; CMake looks on the PATH only."""
+    nvcc = tmp_path / "nvcc"
+    nvcc.write_text("#!/bin/sh\n")
+    nvcc.chmod(0o755)
+    monkeypatch.setattr(gpu_check, "find_nvcc", lambda: str(nvcc))
+    assert gpu_check.compiler_env({"PATH": "/nonexistent"}) == {"CUDACXX": str(nvcc)}
+    assert gpu_check.compiler_env({"PATH": str(tmp_path)}) == {}
+    assert gpu_check.compiler_env({"PATH": "/nonexistent", "CUDACXX": "/opt/nvcc"}) == {}
+
+
 def test_the_training_step_figure_gives_speed_ups_on_eager_fp32():
     def row(dataset, ms, ratio):
         return {"dataset": dataset, "iteration_ms": ms, "iteration_over_network": ratio}
