@@ -39,7 +39,7 @@ def test_the_dry_run_passes_every_section_on_the_cpu(tmp_path):
     assert all(section["status"] == "pass" and section["figure"] for section in sections.values())
     # the resumed, torchrun and grouped runs ended in the uninterrupted run's state, bit for bit
     for name in ("resume", "torchrun", "process-group"):
-        assert all(distance == 0.0 for distance, _ in sections[name]["details"]["distances"].values())
+        assert all(distance == 0.0 < norm for distance, _, norm in sections[name]["details"]["distances"].values())
     assert any("MPER_SYNC_DEBUG=error" in command for command in sections["sync-free"]["commands"])
     assert any(
         "torch.distributed.run --standalone --nproc-per-node 1" in command
@@ -190,3 +190,20 @@ def test_an_ops_benchmark_stopped_before_it_saved_reports_no_speed_up_of_an_earl
     with pytest.raises(gpu_check.OutOfTime):
         check.ops(section)
     assert section.details["speedups"] == [] and section.figure == ""
+
+
+def test_a_state_passes_within_the_spread_or_the_floor_and_fails_beyond_both():
+    norm = 100.0
+    within_floor = {"student": [0.05, 0.0, norm]}  # GPU runs that happened to agree: the floor, 0.1
+    assert gpu_check.state_beyond_allowance(within_floor) == []
+    within_spread = {"bank": [0.7, 0.2, norm]}  # 4 x 0.2 = 0.8 allowed
+    assert gpu_check.state_beyond_allowance(within_spread) == []
+    lost_state = {"student": [0.05, 0.0, norm], "teacher": [1.0, 0.01, norm]}  # a percent of the norm
+    assert gpu_check.state_beyond_allowance(lost_state) == ["teacher 1 > 0.1"]
+
+
+def test_the_cuda_tests_leave_out_the_readme_benchmarks_that_later_sections_run():
+    for test in gpu_check.CUDA_TESTS_LEFT_OUT:
+        path, _, name = test.partition("::")
+        assert f"def {name}(" in (REPO / path).read_text(), f"{test} names no test"
+    assert 0 < gpu_check.CUDA_TESTS_SHARE < 1
