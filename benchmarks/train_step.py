@@ -13,6 +13,9 @@ forward, prototype head forward and backward, bank update, backward and optimize
 teacher EMA. "network" is teacher forward + student forward + backward and optimizer
 minus the head's backward (with `--ops reference` the head's backward is spread over
 eager ops and stays inside "network"); the loop's data wait is in the run's logs.
+"iteration / network" divides the iteration by "network": on the CPU both profiled, on
+CUDA the timed iteration (CUDA events) by the network's device time, since the host's
+time of an iteration that does not wait for the GPU says little of the GPU's.
 
 `--compile` and `--channels-last` time the step as the `compile` and `channels_last`
 settings run it (the first, compiling iterations are left out of the timing).
@@ -141,7 +144,10 @@ def measure(dataset: str, ops: str, device: str, amp: str, iterations: int, over
         head_share=head_ms / iteration_ms,
         peak_MiB=peak,
         phases_ms=phases,
-        iteration_over_network=phases["iteration"] / phases["network"],
+        # on CUDA the profiled "iteration" range is host time, which runs ahead of the GPU:
+        # the timed iteration (events) is what the device spends
+        iteration_over_network=(iteration_ms if trainer.device.type == "cuda" else phases["iteration"])
+        / phases["network"],
     )
 
 
