@@ -2,7 +2,7 @@
 
 Layout under a dataset root::
 
-    ROOT/plan.toml             the plan (see :mod:`mper.datasets.scan_plan`)
+    ROOT/plan.toml             the plan (see :mod:`mper.data.scan_plan`)
     ROOT/cases/<case>.h5       image          float32 (C, X, Y, Z): cropped, normalised, resampled
                                label          uint8 (X, Y, Z) on the same grid (labeled cases)
                                original_label uint8, the raw label on the scan's grid (labeled cases)
