@@ -25,11 +25,11 @@ from mper.nets import UNet2D, VNet3D
 from mper.nn import PrototypeHead
 from mper.nn.kmeans import minibatch_kmeans
 from mper.train import selftrain
-from mper.train.checkpoint import load_checkpoint
+from mper.train.checkpoint import PRETRAIN_CHECKPOINT, load_checkpoint
 from mper.train.config import SelfTrainConfig, load_config
 from mper.train.diagnostics import SelfTrainingMonitor
 from mper.train.loaders import prototype_init_batches
-from mper.train.loop import PRETRAIN_CHECKPOINT, Trainer
+from mper.train.loop import Trainer
 from mper.train.mixing import box_mask, copy_paste
 from mper.train.pretrain import run_pretrain, supervised_step
 from mper.train.teacher import create_teacher, ema_update_, teacher_decay

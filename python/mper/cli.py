@@ -28,11 +28,12 @@ from mper.datasets import check_data_folder, dataset_names, get_dataset, has_pla
 from mper.datasets.scans import DEFAULT_MEMORY_GB
 from mper.errors import ConfigError, UserError
 from mper.eval.predict import expected_layouts
+from mper.eval.report import MARKDOWN_FILE
 from mper.experiment import SweepInterrupted
+from mper.train.checkpoint import LAST_CHECKPOINT
 from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, TrainConfig, load_config
 from mper.train.config_checks import check_fold_chosen
 from mper.train.distributed import is_main_process, launched_world, processes_on_this_machine
-from mper.train.loop import LAST_CHECKPOINT
 from mper.train.prototypes import UPDATE_SOURCES
 from mper.train.resume import RESUMABLE_SETTINGS
 from mper.train.runtime import TrainingAborted, TrainingInterrupted
@@ -359,7 +360,7 @@ def _train_config(args: argparse.Namespace, dataset: str) -> TrainConfig:
 
 
 def _print_metrics(run_dir: Path) -> None:
-    print(f"\n{(run_dir / 'metrics.md').read_text()}\nrun folder: {run_dir}")
+    print(f"\n{(run_dir / MARKDOWN_FILE).read_text()}\nrun folder: {run_dir}")
 
 
 def train_main(argv: Sequence[str] | None = None) -> None:
@@ -373,7 +374,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
             if dataset is None:
                 raise ConfigError(
                     "--print-config needs --dataset, or --data-root of imported scans "
-                    "(a run folder keeps its settings in config.toml)"
+                    f"(a run folder keeps its settings in {pipeline.RUN_CONFIG})"
                 )
             print(pipeline.settings_toml(_train_config(args, dataset)), end="")
             return
@@ -396,7 +397,8 @@ def train_main(argv: Sequence[str] | None = None) -> None:
             dataset = _train_dataset(args)
             if dataset is None:
                 raise ConfigError(
-                    f"--dataset is required: {args.data_root} holds no plan.toml of scans imported by mper-data import"
+                    f"--dataset is required: {args.data_root} holds no {PLAN_FILE} of scans imported by "
+                    "mper-data import"
                 )
             run_dir = pipeline.train(_train_config(args, dataset))
         if is_main_process():  # the other processes of a torchrun group print nothing

@@ -50,17 +50,23 @@ from mper.eval.evaluate import EVALUATION_OUTPUTS, evaluate_cases, mean_dice
 from mper.eval.figures import add_figures
 from mper.eval.predict import predict_path
 from mper.eval.protocol import check_protocol
-from mper.eval.report import METRICS_FILE, SPLIT_NAMES
+from mper.eval.report import MARKDOWN_FILE, METRICS_FILE, SPLIT_NAMES
 from mper.eval.run_size import size_warnings
 from mper.eval.scans import predict_scans
 from mper.eval.tsne import require_figure_packages, sample_embeddings, save_tsne_figure
-from mper.train.checkpoint import load_checkpoint, non_finite_tensors
+from mper.train.checkpoint import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    PRETRAIN_CHECKPOINT,
+    load_checkpoint,
+    non_finite_tensors,
+)
 from mper.train.config import SUPERVISED_BASELINES, TrainConfig, merge, parse_override, to_toml, with_prototypes
 from mper.train.diagnostics import TRAINING_RECORD, with_class_names
 from mper.train.distributed import is_main_process, process_group, shared_mean
 from mper.train.loaders import check_split, labeled_pool, test_cases, training_cases, validation_cases
 from mper.train.lock import LOCK_FILE, run_folder_lock
-from mper.train.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, PRETRAIN_CHECKPOINT, Validator
+from mper.train.loop import Validator
 from mper.train.resume import checkpoint_to_resume, resumed_config
 from mper.train.runner import check_machine, check_network, check_run, run_training
 from mper.train.runtime import RUN_LOG_ONLY, TrainingAborted, TrainingInterrupted, resolve_device
@@ -163,15 +169,18 @@ def _log_run_header(config: TrainConfig, resume: bool) -> None:
     log.info("settings:\n%s", to_toml(config.to_dict()).rstrip(), extra=RUN_LOG_ONLY)
 
 
-RUN_SETTINGS = "config.toml"
+#: A run's settings as TOML, the file to read and edit (``--print-config`` prints the same).
+RUN_CONFIG = "config.toml"
+#: The same settings as JSON, written beside :data:`RUN_CONFIG` for programs to read.
+RUN_CONFIG_JSON = "config.json"
 #: Files that only a training run's folder holds: its lock, log, settings and checkpoints.
-RUN_FILES = frozenset({LOCK_FILE, RUN_LOG, RUN_SETTINGS, LAST_CHECKPOINT, BEST_CHECKPOINT, PRETRAIN_CHECKPOINT})
+RUN_FILES = frozenset({LOCK_FILE, RUN_LOG, RUN_CONFIG, LAST_CHECKPOINT, BEST_CHECKPOINT, PRETRAIN_CHECKPOINT})
 
 
 def _write_config(config: TrainConfig, run_dir: Path) -> None:
     values = config.to_dict()
-    (run_dir / RUN_SETTINGS).write_text(to_toml(values))
-    (run_dir / "config.json").write_text(json.dumps(values, indent=2) + "\n")
+    (run_dir / RUN_CONFIG).write_text(to_toml(values))
+    (run_dir / RUN_CONFIG_JSON).write_text(json.dumps(values, indent=2) + "\n")
 
 
 def _check_run_folder(run_dir: Path) -> None:
@@ -184,7 +193,7 @@ def _check_run_folder(run_dir: Path) -> None:
     held = sorted(path.name for path in run_dir.iterdir()) if run_dir.is_dir() else []
     if held and not RUN_FILES & set(held):
         raise RunFolderError(
-            f"--out {run_dir} holds files but no run (no {RUN_SETTINGS}; it holds {listed_names(held)}): the run "
+            f"--out {run_dir} holds files but no run (no {RUN_CONFIG}; it holds {listed_names(held)}): the run "
             "would write among them; choose a new or empty folder"
         )
 
@@ -295,7 +304,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
                 log.info(
                     "%s metrics (%s):\n%s",
                     SPLIT_NAMES[split],
-                    run_dir / "metrics.md",
+                    run_dir / MARKDOWN_FILE,
                     result["markdown"].rstrip(),
                     extra=RUN_LOG_ONLY,
                 )
@@ -403,7 +412,7 @@ def _check_one_run(run_dir: Path, saved: dict[str, Any]) -> None:
     """Refuse to resume when ``run_dir/last.pt`` (whose settings are ``saved``) and the
     folder's ``config.toml`` or best checkpoints belong to different runs (their
     ``run_id`` differs): resuming would mix two runs in one folder."""
-    readers = {run_dir / "config.json": lambda path: json.loads(path.read_text())}  # written with config.toml
+    readers = {run_dir / RUN_CONFIG_JSON: lambda path: json.loads(path.read_text())}  # written with RUN_CONFIG
     readers.update(
         {
             run_dir / name: lambda path: load_checkpoint(path)["config"]

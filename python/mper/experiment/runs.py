@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mper import pipeline
 from mper.eval.report import METRICS_FILE
-from mper.train.loop import LAST_CHECKPOINT
+from mper.train.checkpoint import LAST_CHECKPOINT
 from mper.train.resume import setting_changes
 
 from .plan import Cell, PlanError
@@ -22,8 +22,6 @@ FINISHED, INTERRUPTED, NEW = "finished", "interrupted", "new"
 #: Settings a plan's run may differ in from the run in its folder: where it runs and reads,
 #: and the identity the run drew when it started.
 FREE_SETTINGS = ("out", "device", "data_root", "data.num_workers", "run_id")
-#: The config each run folder holds (written by :func:`mper.pipeline.train`).
-CONFIG_FILE = "config.json"
 
 
 def run_state(run_dir: Path) -> str:
@@ -39,7 +37,7 @@ def check_folder(cell: Cell) -> str:
     """The state of ``cell``'s folder; raises :class:`PlanError` when the folder holds a
     run whose settings differ from the plan's (other than :data:`FREE_SETTINGS`)."""
     state = run_state(cell.run_dir)
-    saved = cell.run_dir / CONFIG_FILE
+    saved = cell.run_dir / pipeline.RUN_CONFIG_JSON
     if state == NEW or not saved.exists():
         return state
     changes = setting_changes(json.loads(saved.read_text()), cell.config())

@@ -42,6 +42,11 @@ from mper.errors import CheckpointError, MissingFileError, RunFolderError
 
 log = logging.getLogger(__name__)
 
+#: The checkpoints a run folder holds (see above): to resume, the best, pre-training's best.
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+PRETRAIN_CHECKPOINT = "pretrain_best.pt"
+
 #: The format of the checkpoints this mper writes, raised whenever what they hold changes:
 #:
 #: 1. networks with an embedding head (unreadable now: the bank lives in that head's space);
@@ -125,7 +130,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if path.is_dir():
         # a run folder given for its checkpoint: name the file to pass instead
-        inside = next((path / name for name in ("best.pt", "last.pt") if (path / name).is_file()), None)
+        inside = next((path / name for name in (BEST_CHECKPOINT, LAST_CHECKPOINT) if (path / name).is_file()), None)
         what = f"the checkpoint in it, {inside}" if inside else "a .pt file mper-train wrote (e.g. RUN_DIR/best.pt)"
         raise CheckpointError(f"checkpoint {path} is a folder, not a .pt file; pass {what}")
     if not path.is_file():

@@ -39,7 +39,15 @@ from mper.errors import TrainingDiverged
 from mper.nn import PrototypeHead
 
 from . import distributed
-from .checkpoint import capture_rng_state, non_finite_tensors, restore_rng_state, save_checkpoint
+from .checkpoint import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    PRETRAIN_CHECKPOINT,
+    capture_rng_state,
+    non_finite_tensors,
+    restore_rng_state,
+    save_checkpoint,
+)
 from .compiled import StepCompiler, memory_format
 from .config import SUPERVISED_BASELINES, OptimConfig, TrainConfig
 from .diagnostics import TRAINING_RECORD, SelfTrainingMonitor, TrainingRecord
@@ -49,10 +57,6 @@ from .teacher import create_teacher
 from .usage import USAGE_WINDOW, PrototypeUsage
 
 log = logging.getLogger(__name__)
-
-LAST_CHECKPOINT = "last.pt"
-BEST_CHECKPOINT = "best.pt"
-PRETRAIN_CHECKPOINT = "pretrain_best.pt"
 
 #: A validation function: network -> mean Dice on the validation cases.
 Validator = Callable[[nn.Module], float]

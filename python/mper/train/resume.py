@@ -13,8 +13,8 @@ from typing import Any
 
 from mper.errors import CheckpointError, ConfigError, MissingFileError
 
+from .checkpoint import LAST_CHECKPOINT
 from .config import TrainConfig, flatten, merge
-from .loop import LAST_CHECKPOINT
 
 #: Settings a resumed run may change (``out`` follows the run folder, which may have moved).
 RESUMABLE_SETTINGS = (

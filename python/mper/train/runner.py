@@ -13,7 +13,7 @@ import torch
 from mper.datasets import get_dataset
 from mper.errors import ConfigError
 
-from .checkpoint import load_checkpoint, remove_stale_temporaries
+from .checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, remove_stale_temporaries
 from .config import PrototypeConfig, TrainConfig, with_prototypes
 from .diagnostics import TrainingRecord
 from .distributed import (
@@ -25,7 +25,7 @@ from .distributed import (
 )
 from .footprint import check_fits, iteration_memory
 from .loaders import available_cores, check_data, loader_workers
-from .loop import BEST_CHECKPOINT, LAST_CHECKPOINT, ScalarWriter, Trainer, Validator
+from .loop import ScalarWriter, Trainer, Validator
 from .pretrain import run_baseline, run_pretrain
 from .resume import setting_changes
 from .runtime import (

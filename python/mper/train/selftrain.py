@@ -43,13 +43,13 @@ from mper.losses import DiceOptions, copy_paste_loss, mper_objective, ramp_weigh
 from mper.nets import SegmentationOutput
 from mper.nn import PrototypeHead
 
-from .checkpoint import load_checkpoint
+from .checkpoint import PRETRAIN_CHECKPOINT, load_checkpoint
 from .compiled import StepCompiler
 from .config import with_prototypes
 from .diagnostics import SelfTrainingMonitor, TrainingRecord
 from .distributed import from_main_process, is_main_process
 from .loaders import prototype_init_batches, stage_loader
-from .loop import PRETRAIN_CHECKPOINT, Scalar, Trainer
+from .loop import Scalar, Trainer
 from .mixing import box_mask, copy_paste
 from .prototypes import confidence_gate
 from .teacher import confidence, create_teacher, ema_update_, pseudo_labels
