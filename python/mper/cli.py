@@ -36,7 +36,7 @@ from mper.train.config_checks import check_fold_chosen
 from mper.train.distributed import is_main_process, launched_world, processes_on_this_machine
 from mper.train.prototypes import UPDATE_SOURCES
 from mper.train.resume import RESUMABLE_SETTINGS
-from mper.train.runtime import TrainingAborted, TrainingInterrupted
+from mper.train.runtime import TrainingAborted, TrainingInterrupted, shown_on_console
 from mper.versions import version_line
 
 USER_ERROR_EXIT_CODE = 2
@@ -178,7 +178,7 @@ def _run(parser: argparse.ArgumentParser, action: Callable[[], None]) -> None:
     """
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter("%(message)s"))
-    console.addFilter(pipeline.shown_on_console)
+    console.addFilter(shown_on_console)
     package_log = logging.getLogger("mper")
     package_log.addHandler(console)
     package_log.setLevel(logging.INFO)

@@ -88,11 +88,6 @@ TSNE_FIGURE = "tsne.png"
 EVAL_OUTPUTS = frozenset({*EVALUATION_OUTPUTS, TSNE_FIGURE})
 
 
-def shown_on_console(record: logging.LogRecord) -> bool:
-    """Log filter for console handlers: leaves out the :data:`~mper.train.runtime.RUN_LOG_ONLY` records."""
-    return not getattr(record, "run_log_only", False)
-
-
 def default_run_dir(config: TrainConfig) -> Path:
     """``runs/<dataset>-<preset>-<labeled>labeled`` (with ``-baseline`` for the labeled-only
     baseline, ``-bcp`` for BCP alone; ``runs/<dataset>-<preset>-all-labeled`` for the fully

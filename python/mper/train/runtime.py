@@ -139,9 +139,15 @@ def planned_host_read() -> Iterator[None]:
         torch.cuda.set_sync_debug_mode(previous)
 
 
+_RUN_LOG_ONLY_FLAG = "run_log_only"
 #: ``extra`` of log records meant for train.log only: the console prints them otherwise
 #: (the metrics table, where a run stopped) or they are too long for it (the settings).
-RUN_LOG_ONLY = {"run_log_only": True}
+RUN_LOG_ONLY = {_RUN_LOG_ONLY_FLAG: True}
+
+
+def shown_on_console(record: logging.LogRecord) -> bool:
+    """Log filter for console handlers: leaves out the :data:`RUN_LOG_ONLY` records."""
+    return not getattr(record, _RUN_LOG_ONLY_FLAG, False)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
