@@ -158,7 +158,7 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
-def check_temperature(name: str, value: object, dtype: torch.dtype = torch.float32) -> float:
+def check_temperature(name: str, value: object, dtype: torch.dtype) -> float:
     """A temperature > 0 whose reciprocal is finite in the kernels' arithmetic for `dtype`."""
     if not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
         raise ValueError(f"{name} must be a positive finite number; got {value!r}")
@@ -172,28 +172,17 @@ def check_temperature(name: str, value: object, dtype: torch.dtype = torch.float
     return float(value)
 
 
-def check_rows(prototypes: torch.Tensor, num_classes: int, num_protos: int | None = None) -> int:
-    """Checks the bank has C*K rows and returns K."""
+def check_rows(prototypes: torch.Tensor, num_classes: int) -> None:
+    """Checks the bank has C*K rows: K prototypes per class."""
     rows = prototypes.shape[0]
-    if num_protos is None:
-        require(
-            rows % num_classes == 0,
-            ValueError,
-            lambda: (
-                f"prototypes has {rows} rows, not a multiple of num_classes = {num_classes}: "
-                "the bank must hold K prototypes per class (C*K rows, row c*K + k)"
-            ),
-        )
-        return rows // num_classes
     require(
-        rows == num_classes * num_protos,
+        rows % num_classes == 0,
         ValueError,
         lambda: (
-            f"prototypes has {rows} rows but num_classes x num_protos = "
-            f"{num_classes} x {num_protos} = {num_classes * num_protos}"
+            f"prototypes has {rows} rows, not a multiple of num_classes = {num_classes}: "
+            "the bank must hold K prototypes per class (C*K rows, row c*K + k)"
         ),
     )
-    return num_protos
 
 
 def check_same_device(**tensors: torch.Tensor | None) -> None:
