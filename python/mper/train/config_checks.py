@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 #: ``bcp``: self-training without the prototype head (bidirectional copy-paste alone).
 BASELINES = ("none", "labeled-only", "full", "bcp")
 AMP_MODES = ("off", "bf16")
-VAL_SPLITS = VALIDATION_SPLITS
 IMAGE_INTERPOLATIONS = ("nearest", "cubic")
 PRETRAIN_LOSSES = ("per-region", "whole-image")
 FORWARD_ORDERS = ("labeled-surround-first", "unlabeled-surround-first")
@@ -105,7 +104,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ops": tuple(OPS_MODULES),
     "baseline": BASELINES,
     "amp": AMP_MODES,
-    "data.val_split": VAL_SPLITS,
+    "data.val_split": VALIDATION_SPLITS,
     "data.image_interpolation": IMAGE_INTERPOLATIONS,
     "pretrain.loss": PRETRAIN_LOSSES,
     "selftrain.teacher_mode": TEACHER_MODES,
