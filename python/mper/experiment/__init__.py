@@ -22,6 +22,7 @@ from pathlib import Path
 from mper import pipeline
 from mper.datasets import check_dataset_root, get_dataset, synthesize, ways_to_write
 from mper.errors import ConfigError, MissingFileError, UserError
+from mper.train.checkpoint import BEST_CHECKPOINT
 
 from .executors import (
     ClusterOptions,
@@ -152,7 +153,7 @@ def tsne_figures(plan: Plan, cells: Sequence[Cell], out: Path) -> dict[str, Path
         name = f"tsne-{Path(row.runs[0]).parts[-3]}-{row.budget}.png"
         title = f"{row.name}, {row.budget} labeled, seed {row.seeds[0]}"
         try:
-            figures[name] = pipeline.tsne(Path(row.runs[0]) / "best.pt", out / name, title=title)
+            figures[name] = pipeline.tsne(Path(row.runs[0]) / BEST_CHECKPOINT, out / name, title=title)
         except ConfigError as error:  # e.g. scikit-learn missing: the tables still stand
             log.warning("no t-SNE map for %s: %s", row.name, error)
     return figures
