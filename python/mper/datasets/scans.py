@@ -614,10 +614,9 @@ def scan_spec(plan: ScanPlan) -> DatasetSpec:
     )
 
 
-def register_plan(folder: str | Path, copy_of: str | Path | None = None) -> DatasetSpec:
-    """Register the imported dataset whose plan is in ``folder`` (its root, or a run folder's
-    copy of the plan of the root ``copy_of``) and return its spec."""
-    plan = read_plan(folder, copy_of)
+def register_plan(folder: str | Path) -> DatasetSpec:
+    """Register the imported dataset whose root ``folder`` holds its plan and return its spec."""
+    plan = read_plan(folder)
     _check_settings_tables(plan, Path(folder) / PLAN_FILE)
     return register_imported(scan_spec(plan))
 
