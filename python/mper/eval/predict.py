@@ -45,7 +45,7 @@ from mper.data.acdc import ACDC_DATA_DIR, ACDC_SLICES_DIR, is_training_slice
 from mper.data.convert import ACDC_CINE_MARK, ACDC_LABEL_MARK
 from mper.data.files import check_finite, misplaced_slice_axis, read_h5_case
 from mper.data.preprocess import normalize_intensity, scaling_mismatch
-from mper.data.raw_scans import CHANNEL_FILE, load_nifti, nifti_voxels
+from mper.data.raw_scans import CHANNEL_FILE, NIFTI_ENDINGS, load_nifti, nifti_voxels
 from mper.datasets import SLIDING_WINDOW, DatasetSpec, get_dataset
 from mper.errors import ConfigError, DataFormatError, MissingFileError, UserError
 
@@ -53,9 +53,8 @@ from .protocol import segment_volume
 
 log = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 H5_SUFFIXES = (".h5",)
-SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + H5_SUFFIXES
+SUPPORTED_SUFFIXES = NIFTI_ENDINGS + H5_SUFFIXES
 OUTPUT_SUFFIX = "_pred.nii.gz"
 
 
@@ -97,7 +96,7 @@ def _channel_file_errors(files: list[Path], spec: DatasetSpec) -> dict[Path, Dat
     groups: dict[tuple[Path, str], dict[int, Path]] = {}
     for path in files:
         suffix = _matching_suffix(path)
-        match = CHANNEL_FILE.fullmatch(path.name[: -len(suffix)]) if suffix in NIFTI_SUFFIXES else None
+        match = CHANNEL_FILE.fullmatch(path.name[: -len(suffix)]) if suffix in NIFTI_ENDINGS else None
         if match is not None:
             groups.setdefault((path.parent, match["case"]), {})[int(match["channel"])] = path
     errors: dict[Path, DataFormatError] = {}
@@ -226,7 +225,7 @@ def _segment(
         raise ConfigError(f"{path}: unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
     spec = get_dataset(dataset)
     scan = None
-    if suffix in NIFTI_SUFFIXES:
+    if suffix in NIFTI_ENDINGS:
         image, scan = _load_nifti(path, spec, force)
     else:
         image = _load_h5(path, spec, force)
