@@ -14,18 +14,19 @@ import numpy as np
 
 from mper.errors import ConfigError
 
-# Guards against dividing by ~0 on a constant volume (which then maps to all zeros).
-_MIN_SPREAD = 1e-8
+#: The least spread a normalisation divides by: a constant volume (or channel) maps to zeros
+#: instead of dividing by ~0. The raw scans' normalisations (:mod:`mper.data.scan_preprocess`) share it.
+MIN_SPREAD = 1e-8
 
 
 def _z_score(values: np.ndarray) -> np.ndarray:
-    scaled: np.ndarray = (values - values.mean()) / max(float(values.std()), _MIN_SPREAD)
+    scaled: np.ndarray = (values - values.mean()) / max(float(values.std()), MIN_SPREAD)
     return scaled
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:
     low = values.min()
-    scaled: np.ndarray = (values - low) / max(float(values.max() - low), _MIN_SPREAD)
+    scaled: np.ndarray = (values - low) / max(float(values.max() - low), MIN_SPREAD)
     return scaled
 
 

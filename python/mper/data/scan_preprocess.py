@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from mper.data.preprocess import MIN_SPREAD
 from mper.data.raw_scans import CT, NO_NORMALIZATION, RESCALE, RGB, ZSCORE
 
 #: Spacings whose coarsest axis is more than this many times the finest are anisotropic.
@@ -52,7 +53,6 @@ CT_CLIP_PERCENTILES = (0.5, 99.5)
 MASK_FOR_NORM_FRACTION = 0.75
 #: Foreground intensities kept per channel, spread over the training cases, for the CT statistics.
 FOREGROUND_SAMPLES = 1_000_000
-_MIN_SPREAD = 1e-8
 
 Box = tuple[tuple[int, int], ...]
 
@@ -226,7 +226,7 @@ def normalize_channel(
         if statistics is None:
             raise ValueError("a CT channel needs the training set's foreground statistics")
         np.clip(channel, statistics.low, statistics.high, out=channel)
-        used = Normalization(CT, statistics.mean, max(statistics.std, _MIN_SPREAD), (statistics.low, statistics.high))
+        used = Normalization(CT, statistics.mean, max(statistics.std, MIN_SPREAD), (statistics.low, statistics.high))
         channel -= used.mean
         channel /= used.std
         return channel, used
@@ -237,7 +237,7 @@ def normalize_channel(
         used = Normalization(
             ZSCORE,
             float(values.mean(dtype=np.float64)),
-            max(float(values.std(dtype=np.float64)), _MIN_SPREAD),
+            max(float(values.std(dtype=np.float64)), MIN_SPREAD),
             masked=mask is not None,
         )
         if mask is None:
@@ -249,7 +249,7 @@ def normalize_channel(
         return channel, used
     if scheme == RESCALE:
         low = float(channel.min())
-        spread = max(float(channel.max()) - low, _MIN_SPREAD)
+        spread = max(float(channel.max()) - low, MIN_SPREAD)
         channel -= low
         channel /= spread
         return channel, Normalization(RESCALE, low, spread)
