@@ -27,8 +27,8 @@ LA_IMAGES_DIR = "2018LA_Seg_Training Set"
 #: File name of every LA case inside its case folder.
 LA_CASE_FILE = "mri_norm2.h5"
 LA_PATCH_SIZE = (112, 112, 80)
-LA_NUM_CLASSES = 2
 LA_CLASS_NAMES = ("background", "LA")
+LA_NUM_CLASSES = len(LA_CLASS_NAMES)
 LA_NORMALIZATION = "z-score"
 LA_SPLITS = ("train", "test")
 _LAYOUT = f"UA-MT LA layout: ROOT/{LA_IMAGES_DIR}/<case>/{LA_CASE_FILE}"
