@@ -523,7 +523,7 @@ def _data_command(
     description: str,
     dataset_required: bool = True,
 ) -> argparse.ArgumentParser:
-    """A ``mper-data`` command with the ``--dataset`` and ``--out`` every command takes."""
+    """A ``mper-data`` command with the ``--dataset`` and ``--out`` that ``synth`` and ``convert`` take."""
     command = commands.add_parser(name, formatter_class=_formatter, help=summary, description=description)
     command.add_argument("--dataset", choices=dataset_names(imported=False), required=dataset_required)
     command.add_argument("--out", required=True, metavar="DIR", help=NEW_FOLDER_HELP)
@@ -531,7 +531,7 @@ def _data_command(
 
 
 def data_parser() -> argparse.ArgumentParser:
-    """Arguments of ``mper-data`` and its ``synth`` / ``convert`` commands."""
+    """Arguments of ``mper-data`` and its ``synth`` / ``convert`` / ``import`` commands."""
     parser = argparse.ArgumentParser(
         prog="mper-data",
         formatter_class=_formatter,
