@@ -110,6 +110,9 @@ def test_mper_data_synth_writes_raw_scans_and_asks_for_one_kind_of_data(tmp_path
         with pytest.raises(SystemExit):
             cli.data_main(["synth", "--out", str(tmp_path / "x"), *options])
         assert "needs one of --dataset (LA / ACDC layout) or --format (raw scans)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.data_main(["synth", "--format", "nnunet", "--family", "scanners", "--out", str(tmp_path / "x")])
+    assert "--family chooses how LA / ACDC data (--dataset) vary" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
