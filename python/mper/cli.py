@@ -701,7 +701,9 @@ def experiment_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("plan", metavar="PLAN", help="a plan file (.toml) or the name of a shipped plan, e.g. tiny")
     parser.add_argument(
-        "--out", metavar="DIR", help="folder of the runs and results (default: runs/experiments/<plan>)"
+        "--out",
+        metavar="DIR",
+        help=f"folder of the runs and results (default: {experiment.DEFAULT_OUT.as_posix()}/<plan>)",
     )
     parser.add_argument("--data-root", metavar="DIR", help="dataset folder (default: the plan's data_root)")
     parser.add_argument("--seeds", type=_integers, metavar="S,S,...", help="seeds instead of the plan's, e.g. 1,2,3")
@@ -737,17 +739,30 @@ def experiment_parser() -> argparse.ArgumentParser:
         help="local: one run per GPU at a time, each process seeing only its GPU, e.g. 0,1,2,3",
     )
     cluster = parser.add_argument_group("cluster jobs (--executor slurm; pip install 'mper[cluster]')")
+    job = experiment.ClusterOptions()  # the defaults of a job's resources
     cluster.add_argument("--partition", help="SLURM partition")
     cluster.add_argument("--account", help="SLURM account")
     cluster.add_argument(
         "--time",
         type=int,
-        default=24 * 60,
+        default=job.time_minutes,
         metavar="MINUTES",
-        help="time limit of each job; a job that reaches it is requeued and resumes (default: 1440)",
+        help=f"time limit of each job; a job that reaches it is requeued and resumes (default: {job.time_minutes})",
     )
-    cluster.add_argument("--gpus-per-job", type=int, default=1, metavar="N", help="GPUs of each job (default: 1)")
-    cluster.add_argument("--cpus-per-job", type=int, default=8, metavar="N", help="CPU cores of each job (default: 8)")
+    cluster.add_argument(
+        "--gpus-per-job",
+        type=int,
+        default=job.gpus_per_job,
+        metavar="N",
+        help=f"GPUs of each job (default: {job.gpus_per_job})",
+    )
+    cluster.add_argument(
+        "--cpus-per-job",
+        type=int,
+        default=job.cpus_per_job,
+        metavar="N",
+        help=f"CPU cores of each job (default: {job.cpus_per_job})",
+    )
     cluster.add_argument("--mem-gb", type=int, metavar="N", help="memory of each job in GB (default: the cluster's)")
     cluster.add_argument(
         "--no-wait",
