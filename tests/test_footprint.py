@@ -16,9 +16,9 @@ import pytest
 from mper import pipeline
 from mper.datasets import synthesize
 from mper.errors import ConfigError
+from mper.host import available_cores
 from mper.train import footprint
 from mper.train.config import load_config
-from mper.train.loaders import available_cores
 from tiny_runs import TWO_ITERATIONS
 
 NARROW = {"acdc": "network.channels=[4, 8, 16, 32, 64]", "la": "network.base_filters=4"}

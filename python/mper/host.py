@@ -1,4 +1,4 @@
-"""What this machine offers a process: the memory it may still take."""
+"""What this machine offers a process: the CPU cores it may run on and the memory it may still take."""
 
 from __future__ import annotations
 
@@ -16,3 +16,11 @@ def available_host_memory() -> int:
     except OSError:
         pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

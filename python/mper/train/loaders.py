@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
 import signal
 from collections.abc import Iterator
 from dataclasses import replace
@@ -41,6 +40,7 @@ from mper.data.seeding import stage_seed
 from mper.data.splits import fold_cases
 from mper.datasets import check_dataset_root, get_dataset
 from mper.errors import ConfigError, DataFormatError, MissingFileError
+from mper.host import available_cores
 
 from .config import SUPERVISED_BASELINES, TrainConfig
 from .distributed import current_world
@@ -390,14 +390,6 @@ def training_dataset(config: TrainConfig, cases: list[str], augment: bool = True
         seed=stage_seed(config.seed, stage),
         **settings,
     )
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def loader_workers(config: TrainConfig) -> int:

@@ -12,6 +12,7 @@ import torch
 
 from mper.datasets import get_dataset
 from mper.errors import ConfigError
+from mper.host import available_cores
 
 from .checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, remove_stale_temporaries
 from .config import PrototypeConfig, TrainConfig, with_prototypes
@@ -24,7 +25,7 @@ from .distributed import (
     processes_on_this_machine,
 )
 from .footprint import check_fits, iteration_memory
-from .loaders import available_cores, check_data, loader_workers
+from .loaders import check_data, loader_workers
 from .loop import ScalarWriter, Trainer, Validator
 from .pretrain import run_baseline, run_pretrain
 from .resume import setting_changes
