@@ -23,6 +23,7 @@ import numpy as np
 from mper.data.augment import INTERPOLATION_ORDERS, random_rot_flip, random_rotate, resize
 from mper.data.dataset import CaseDataset
 from mper.data.files import misplaced_slice_axis, read_image_label, read_list, write_image_label, write_list
+from mper.data.splits import check_labeled_count
 from mper.errors import ConfigError, DataFormatError
 
 ACDC_DATA_DIR = "data"
@@ -114,11 +115,7 @@ def acdc_split(root: str | Path, labeled_patients: int) -> tuple[list[str], list
     """
     slices = acdc_cases(root, "train")
     patients = list(dict.fromkeys(patient_id(name) for name in slices))
-    if not 0 < labeled_patients <= len(patients):
-        raise ConfigError(
-            f"labeled must be between 1 and the {len(patients)} patients of "
-            f"{Path(root) / ACDC_LISTS['train']}, got {labeled_patients}"
-        )
+    check_labeled_count(labeled_patients, len(patients), f"patients of {Path(root) / ACDC_LISTS['train']}")
     chosen = set(patients[:labeled_patients])
     labeled = [name for name in slices if patient_id(name) in chosen]
     unlabeled = [name for name in slices if patient_id(name) not in chosen]

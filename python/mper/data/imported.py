@@ -31,6 +31,7 @@ import numpy as np
 from mper.data.dataset import CaseDataset
 from mper.data.files import read_h5_case, read_list, write_list
 from mper.data.scan_preprocess import CaseGeometry
+from mper.data.splits import check_labeled_count
 from mper.errors import ConfigError, DataFormatError, MissingFileError
 
 SCAN_CASES_DIR = "cases"
@@ -157,11 +158,7 @@ class ImportedLayout:
         """(labeled, unlabeled) items: those of the first ``labeled`` cases of ``labeled.list``,
         and those of the rest of it and of ``unlabeled.list``."""
         pool = _list(root, "labeled")
-        if not 0 < labeled <= len(pool):
-            raise ConfigError(
-                f"labeled must be between 1 and the {len(pool)} cases of {Path(root) / SCAN_LIST_FILES['labeled']}, "
-                f"got {labeled}"
-            )
+        check_labeled_count(labeled, len(pool), f"cases of {Path(root) / SCAN_LIST_FILES['labeled']}")
         return self.items(root, pool[:labeled]), self.items(root, pool[labeled:] + _list(root, "unlabeled"))
 
     def load_item(self, root: str | Path, item: str) -> tuple[np.ndarray, np.ndarray]:

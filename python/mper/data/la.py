@@ -21,6 +21,7 @@ import numpy as np
 from mper.data.augment import random_crop, random_rot_flip
 from mper.data.dataset import CaseDataset
 from mper.data.files import read_image_label, read_list, write_image_label, write_list
+from mper.data.splits import check_labeled_count
 from mper.errors import ConfigError
 
 LA_IMAGES_DIR = "2018LA_Seg_Training Set"
@@ -63,10 +64,7 @@ def la_split(root: str | Path, labeled: int) -> tuple[list[str], list[str]]:
     """(labeled cases, unlabeled cases): the first ``labeled`` cases of ``train.list`` and
     the rest (the standard settings are 4 and 8 labeled of 80)."""
     train = la_cases(root, "train")
-    if not 0 < labeled <= len(train):
-        raise ConfigError(
-            f"labeled must be between 1 and the {len(train)} cases of {Path(root) / 'train.list'}, got {labeled}"
-        )
+    check_labeled_count(labeled, len(train), f"cases of {Path(root) / 'train.list'}")
     return train[:labeled], train[labeled:]
 
 

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mper.errors import ConfigError
+
 ACDC_SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 """Patient fractions of train / val / test when no published ACDC split is given."""
 LA_SPLIT_FRACTIONS = (0.8, 0.2)
@@ -32,6 +34,13 @@ def partition(names: Sequence[str], fractions: Sequence[float], rng: np.random.G
     shuffled = [names[index] for index in rng.permutation(len(names))]
     bounds = np.cumsum([0, *sizes])
     return [sorted(shuffled[start:stop]) for start, stop in zip(bounds[:-1], bounds[1:])]
+
+
+def check_labeled_count(labeled: int, available: int, what: str) -> None:
+    """Refuse a ``labeled`` count outside 1 .. ``available``, the number of ``what`` a split
+    may label (``"cases of ROOT/train.list"``), naming them."""
+    if not 0 < labeled <= available:
+        raise ConfigError(f"labeled must be between 1 and the {available} {what}, got {labeled}")
 
 
 #: Seed of the shuffle that deals cases into cross-validation folds (nnU-Net's).

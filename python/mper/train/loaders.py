@@ -37,7 +37,7 @@ from tqdm import tqdm
 from mper.data.files import listed_names
 from mper.data.sampler import TwoStreamBatchSampler, endless_batches
 from mper.data.seeding import stage_seed
-from mper.data.splits import fold_cases
+from mper.data.splits import check_labeled_count, fold_cases
 from mper.datasets import check_dataset_root, get_dataset
 from mper.errors import ConfigError, DataFormatError, MissingFileError
 from mper.host import available_cores
@@ -107,11 +107,7 @@ def _fold_split(config: TrainConfig, labeled_count: int) -> tuple[list[str], lis
     spec = get_dataset(config.dataset)
     pool = labeled_pool(config)
     cases = list(dict.fromkeys(map(spec.label_group, pool)))
-    if not 0 < labeled_count <= len(cases):
-        raise ConfigError(
-            f"labeled must be between 1 and the {len(cases)} labeled training cases outside validation fold "
-            f"{config.data.fold}, got {labeled_count}"
-        )
+    check_labeled_count(labeled_count, len(cases), f"labeled training cases outside validation fold {config.data.fold}")
     chosen = set(cases[:labeled_count])
     held_out = set(validation_cases(config))
     labeled = [item for item in pool if spec.label_group(item) in chosen]
