@@ -5,7 +5,13 @@
 * :mod:`~mper.eval.report`: summaries, the paper's Markdown table, ``metrics.json``;
 * :mod:`~mper.eval.figures`: image | ground truth | prediction PNGs of the worst and median cases;
 * :mod:`~mper.eval.evaluate`: a network on a data set's test cases, end to end;
-* :mod:`~mper.eval.predict`: NIfTI / HDF5 files in, NIfTI label maps out.
+* :mod:`~mper.eval.protocol`: the protocol's choices, post-processing and how a class
+  predicted nowhere is scored;
+* :mod:`~mper.eval.predict`: NIfTI / HDF5 files in, NIfTI label maps out;
+* :mod:`~mper.eval.scans`: datasets imported from raw scans, segmented and scored on each
+  scan's own grid;
+* :mod:`~mper.eval.tsne`: the t-SNE map of voxel embeddings and prototypes;
+* :mod:`~mper.eval.run_size`: warnings for data far larger than the preset is made for.
 """
 
 from __future__ import annotations
