@@ -579,7 +579,7 @@ def evaluate(
     ``metrics.json``, ``metrics.md`` and ``figures/`` (``num_figures`` cases drawn, by
     default the run's ``eval.num_figures``; ``metrics.json`` with the entries of
     ``report_extra`` besides the scores). Returns
-    ``{"per_case", "summary", "markdown"}`` (see :func:`mper.eval.evaluate.evaluate_cases`).
+    ``{"per_case", "summary", "markdown", "figures"}`` (see :func:`mper.eval.evaluate.evaluate_cases`).
     """
     if split not in EVAL_SPLITS:
         raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
