@@ -88,7 +88,7 @@ def test_train_help_names_every_preset_and_how_they_stack(capsys):
     with pytest.raises(SystemExit):
         train_main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    presets = {name for dataset in dataset_names() for name in preset_tables(dataset)}
+    presets = {name for dataset in dataset_names(imported=False) for name in preset_tables(dataset)}
     assert {"paper", "reference", "strict", "demo"} <= presets
     assert all(name in help_text for name in presets)
     assert "stack with '+'" in help_text and "reference+demo" in help_text
