@@ -17,7 +17,7 @@ from scipy import ndimage
 from mper import cli
 from mper.data.imported import ImportedLayout, scan_items, write_scan_case, write_scan_lists
 from mper.data.raw_scans import LABELED, MSD, NNUNET, TEST, UNLABELED, read_case, read_raw_dataset
-from mper.data.scan_plan import ScanPlan, parse_plan, plan_text, read_plan, write_plan
+from mper.data.scan_plan import ScanPlan, parse_scan_plan, plan_text, read_plan, write_plan
 from mper.data.scan_preprocess import (
     CaseGeometry,
     ChannelStatistics,
@@ -917,19 +917,19 @@ def _plan():
 
 def test_the_plan_file_reads_back_what_was_written():
     plan = _plan()
-    assert parse_plan(plan_text(plan, "data/liver"), "plan.toml") == plan
+    assert parse_scan_plan(plan_text(plan, "data/liver"), "plan.toml") == plan
 
 
 def test_an_edited_plan_changes_names_and_dims_and_a_broken_one_is_refused():
     text = plan_text(_plan(), "data/liver")
-    edited = parse_plan(text.replace('dims = "3d"', 'dims = "2d"').replace('"tumour"', '"lesion"'), "plan.toml")
+    edited = parse_scan_plan(text.replace('dims = "3d"', 'dims = "2d"').replace('"tumour"', '"lesion"'), "plan.toml")
     assert edited.dims == "2d" and edited.patch_size == (32, 32) and edited.class_names[-1] == "lesion"
     with pytest.raises(ConfigError, match="plan.toml: dims must be 2d or 3d; got '4d'"):
-        parse_plan(text.replace('dims = "3d"', 'dims = "4d"'), "plan.toml")
+        parse_scan_plan(text.replace('dims = "3d"', 'dims = "4d"'), "plan.toml")
     with pytest.raises(ConfigError, match="plan.toml is not valid TOML"):
-        parse_plan(text.replace('dims = "3d"', "dims = "), "plan.toml")
+        parse_scan_plan(text.replace('dims = "3d"', "dims = "), "plan.toml")
     with pytest.raises(ConfigError, match="name 'my data' must be letters"):
-        parse_plan(text.replace('name = "Liver-01"', 'name = "my data"'), "plan.toml")
+        parse_scan_plan(text.replace('name = "Liver-01"', 'name = "my data"'), "plan.toml")
 
 
 @pytest.mark.parametrize(
@@ -956,7 +956,7 @@ def test_an_edited_plan_changes_names_and_dims_and_a_broken_one_is_refused():
 )
 def test_a_typo_in_an_edited_plan_is_named_not_ignored_or_a_traceback(edit, message):
     with pytest.raises(ConfigError, match=re.escape(f"plan.toml: {message}")):
-        parse_plan(edit(plan_text(_plan(), "data/liver")), "plan.toml")
+        parse_scan_plan(edit(plan_text(_plan(), "data/liver")), "plan.toml")
 
 
 def test_a_settings_table_named_nearly_as_a_preset_is_refused_and_one_of_its_own_is_a_preset(raw, tmp_path):

@@ -233,7 +233,7 @@ def _channel(entry: Any, where: _PlanFile) -> tuple[str, str, ChannelStatistics 
     return name, scheme, statistics
 
 
-def parse_plan(text: str, path: str, copy_of: str | Path | None = None) -> ScanPlan:
+def parse_scan_plan(text: str, path: str, copy_of: str | Path | None = None) -> ScanPlan:
     """The :class:`ScanPlan` in ``text`` (a ``plan.toml``); ``path`` names it in errors, and
     ``copy_of`` is the dataset root whose plan it copies when it is a run folder's copy."""
     where = _PlanFile(path, copy_of)
@@ -351,4 +351,4 @@ def read_plan(folder: str | Path, copy_of: str | Path | None = None) -> ScanPlan
     path = plan_path(folder)
     if not path.is_file():
         raise MissingFileError(f"{path} not found: a dataset imported by mper-data import holds its plan there")
-    return parse_plan(path.read_text(), str(path), copy_of)
+    return parse_scan_plan(path.read_text(), str(path), copy_of)
