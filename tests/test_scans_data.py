@@ -166,7 +166,7 @@ def _nan_voxels(root):
     image = np.asarray(nib.load(path).dataobj, dtype=np.float32).copy()
     image[1, 2, 0] = np.nan
     _rewrite(path, image)
-    return "imagesTr/synth_002_0001.nii.gz", "1 NaN or infinite voxel(s); replace them (e.g. with 0) in that file"
+    return "imagesTr/synth_002_0001.nii.gz", "image has 1 NaN or infinite value(s) among"
 
 
 def _cut_short(path):

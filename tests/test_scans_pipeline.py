@@ -382,7 +382,8 @@ def test_prediction_names_nan_voxels_of_an_input_file_without_asking_to_import_a
     nib.save(nib.Nifti1Image(image, scan.affine), damaged)
     code, lines = _predict_exit(run_dir, inputs, tmp_path / "out", capsys)
     assert code == 2
-    assert lines[0] == f"[1/1] skipped: {damaged}: 2 NaN or infinite voxel(s); replace them (e.g. with 0) in that file"
+    assert lines[0].startswith(f"[1/1] skipped: {damaged}: image has 2 NaN or infinite value(s) among ")
+    assert lines[0].endswith("; mper needs finite values: replace them (e.g. with 0) in that file")
     assert not (tmp_path / "out").exists()
 
 

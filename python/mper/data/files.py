@@ -243,8 +243,8 @@ def check_finite(path: str | Path, image: np.ndarray, key: str = "image") -> np.
     if not finite.all():
         bad = image.size - int(finite.sum())
         raise DataFormatError(
-            f"{path}: {key} has {bad} NaN or infinite value(s) among {image.size}; "
-            "the network needs finite intensities: fix or replace this file"
+            f"{path}: {key} has {bad} NaN or infinite value(s) among {image.size}; mper needs finite values: "
+            "replace them (e.g. with 0) in that file"
         )
     return image
 

@@ -49,7 +49,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
-from mper.data.files import listed_names
+from mper.data.files import check_finite, listed_names
 from mper.errors import DataFormatError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -553,15 +553,6 @@ def _spatial(array: np.ndarray, path: Path, what: str, fix: str) -> np.ndarray:
     )
 
 
-def _check_finite(path: Path, array: np.ndarray) -> None:
-    finite = np.isfinite(array)
-    if not finite.all():
-        raise DataFormatError(
-            f"{path}: {array.size - int(finite.sum())} NaN or infinite voxel(s); replace them (e.g. with 0) "
-            "in that file"
-        )
-
-
 def _grid(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(spacing, direction, origin) of a voxel-to-world ``affine``: the length of each array
     axis's step (mm), its unit vector (a column per axis) and the first voxel's position."""
@@ -652,7 +643,7 @@ def read_image(case: RawCase, channels: int) -> tuple[np.ndarray, nib.Nifti1Imag
         image = np.stack(volumes)
     paths = case.images if len(case.images) == len(image) else case.images * len(image)
     for path, channel in zip(paths, image):
-        _check_finite(path, channel)
+        check_finite(path, channel)
     return image, first
 
 
@@ -667,7 +658,7 @@ def read_label(
     label = _spatial(data, path, "the label", f"{_A_LABEL}: save it with three axes")
     _check_geometry(path, label.shape, scan.affine, reference, shape, affine)
     if not np.issubdtype(label.dtype, np.integer):
-        _check_finite(path, label)
+        check_finite(path, label, "label")
         if not np.array_equal(label, np.round(label)):
             raise DataFormatError(f"{path}: the label holds non-integer values; write class values 0, 1, ...")
     values = np.unique(label)
