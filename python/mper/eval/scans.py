@@ -51,7 +51,7 @@ from mper.errors import ConfigError, DataFormatError, MissingFileError, UserErro
 
 from .figures import FigureSlice, figure_slice
 from .inference import predict_probabilities
-from .predict import label_image, skipped_error
+from .predict import label_image, save_label_map, skipped_error
 from .protocol import postprocess_labels, score_case
 
 log = logging.getLogger(__name__)
@@ -319,8 +319,7 @@ def predict_scan(
     labels, _ = scan_labels(net, preprocessed, geometry, dataset, num_classes, postprocess, ops, **inference)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # a 2D image was read as one slice: the label map takes the input's own array shape
-    nib.save(label_image(labels.reshape(first.shape[:3]), first), out_path)
-    return out_path
+    return save_label_map(label_image(labels.reshape(first.shape[:3]), first), out_path)
 
 
 def predict_scans(
