@@ -12,6 +12,7 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+from nibabel.orientations import aff2axcodes, io_orientation, ornt_transform
 from scipy import ndimage
 
 from mper import cli
@@ -380,6 +381,33 @@ def test_a_label_off_the_images_grid_is_refused_naming_the_part_both_values_and_
         _read_first_case(source)
     message = str(refused.value)
     assert message.startswith(f"{label}: its direction of array axis 0 (") and "voxel" in message, message
+
+
+@pytest.mark.parametrize(
+    ("order", "mirrored", "how"),
+    [
+        ((0, 1, 2), (0, 1), "mirrored along its array axes 0 and 1"),  # e.g. LPS against RAS
+        ((1, 2, 0), (0, 2), "transposed to axes (1, 2, 0), mirrored along its array axes 0 and 2"),
+    ],
+)
+def test_a_label_of_the_images_voxels_in_another_orientation_is_named_as_such(raw, tmp_path, order, mirrored, how):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    image, label = source / "imagesTr" / "synth_000_0000.nii.gz", source / "labelsTr" / "synth_000.nii.gz"
+    stored = nib.Nifti1Image(np.asarray(nib.load(label).dataobj), nib.load(image).affine)
+    own = io_orientation(stored.affine)
+    other = own[list(order)]  # the label's axis i: the image's axis order[i], mirrored where asked
+    other[list(mirrored), 1] *= -1
+    reoriented = stored.as_reoriented(ornt_transform(own, other))
+    nib.save(reoriented, label)
+    with pytest.raises(DataFormatError) as refused:
+        _read_first_case(source)
+    codes = ("".join(aff2axcodes(affine)) for affine in (reoriented.affine, stored.affine))
+    assert str(refused.value) == (
+        f"{label}: holds the voxels of synth_000_0000.nii.gz's grid in another orientation ({next(codes)}, not "
+        f"{next(codes)}: its array is synth_000_0000.nii.gz's {how}); mper does not reorient scans: save it in "
+        "synth_000_0000.nii.gz's orientation (e.g. nibabel's as_reoriented, or resample it onto "
+        "synth_000_0000.nii.gz)"
+    )
 
 
 @pytest.mark.parametrize("value", [1.5, "one", float("inf")])  # dataset.json may hold Infinity, which json reads

@@ -48,6 +48,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from nibabel.orientations import aff2axcodes, inv_ornt_aff, io_orientation, ornt_transform
 
 from mper.data.files import listed_names
 from mper.errors import DataFormatError, MissingFileError
@@ -576,6 +577,47 @@ def _values(values: np.ndarray, precision: float) -> str:
     return "(" + ", ".join(f"{round(float(value), decimals) + 0.0:.{decimals}f}" for value in values) + ")"
 
 
+def _stored_otherwise(
+    shape: tuple[int, ...], affine: np.ndarray, reference_shape: tuple[int, ...], reference_affine: np.ndarray
+) -> str:
+    """How an array of ``shape`` and ``affine`` stores the voxels of ``reference``'s grid in
+    another orientation (its axes mirrored or in another order, e.g. LPS against RAS):
+    "mirrored along array axis 0", ...; "" when it stores them as ``reference`` does, or
+    holds other voxels."""
+    if len(shape) != 3 or len(reference_shape) != 3:
+        return ""
+    affine, reference_affine = (np.asarray(matrix, dtype=np.float64) for matrix in (affine, reference_affine))
+    try:
+        transform = ornt_transform(  # type: ignore[no-untyped-call]
+            io_orientation(affine),  # type: ignore[no-untyped-call]
+            io_orientation(reference_affine),  # type: ignore[no-untyped-call]
+        )
+    except ValueError:  # an axis without a direction (a degenerate affine)
+        return ""
+    order = [int(axis) for axis in transform[:, 0]]
+    if order == [0, 1, 2] and (transform[:, 1] > 0).all():
+        return ""
+    reoriented_shape = [0, 0, 0]
+    for axis, size in zip(order, shape):
+        reoriented_shape[axis] = size
+    if tuple(reoriented_shape) != tuple(reference_shape):
+        return ""
+    reoriented = affine @ inv_ornt_aff(transform, shape)  # type: ignore[no-untyped-call]
+    corners = np.array(np.meshgrid(*[[0, size - 1] for size in reference_shape], indexing="ij")).reshape(3, -1)
+    corners = np.vstack([corners, np.ones(corners.shape[1])])
+    moved = np.abs((reoriented - reference_affine) @ corners)[:3].max()
+    if moved > GEOMETRY_TOLERANCE * float(np.linalg.norm(reference_affine[:3, :3], axis=0).min()):
+        return ""
+    how = []
+    if order != [0, 1, 2]:  # its axis i holds the reference's axis order[i]
+        how.append(f"transposed to axes {tuple(order)}")
+    mirrored = [axis for axis in range(3) if transform[axis, 1] < 0]
+    if mirrored:
+        axes = "axis" if len(mirrored) == 1 else "axes"
+        how.append(f"mirrored along its array {axes} {' and '.join(map(str, mirrored))}")
+    return ", ".join(how)
+
+
 def _check_geometry(
     path: Path,
     shape: tuple[int, ...],
@@ -586,7 +628,19 @@ def _check_geometry(
 ) -> None:
     """Refuse ``path`` unless its voxel grid is ``reference``'s: the same shape, and no voxel
     placed more than :data:`GEOMETRY_TOLERANCE` of a voxel apart by the spacing, the origin
-    or the direction, each naming the part, both values and the file."""
+    or the direction, each naming the part, both values and the file; the same voxels stored
+    in another orientation are named as such."""
+    stored = _stored_otherwise(shape, affine, reference_shape, reference_affine)
+    if stored:
+        codes, reference_codes = (
+            "".join(aff2axcodes(matrix))  # type: ignore[no-untyped-call]
+            for matrix in (affine, reference_affine)
+        )
+        raise DataFormatError(
+            f"{path}: holds the voxels of {reference.name}'s grid in another orientation ({codes}, not "
+            f"{reference_codes}: its array is {reference.name}'s {stored}); mper does not reorient scans: save it in "
+            f"{reference.name}'s orientation (e.g. nibabel's as_reoriented, or resample it onto {reference.name})"
+        )
     if shape != reference_shape:
         raise DataFormatError(
             f"{path}: shape {shape} differs from {reference.name}'s {reference_shape}; the channels and the label "
