@@ -485,10 +485,11 @@ def test_a_decathlon_image_with_the_wrong_channel_count_is_refused(raw, tmp_path
         read_case(next(case for case in dataset.cases if case.name == "synth_001"), dataset)
 
 
-def test_channel_files_written_as_4d_volumes_of_one_channel_read_as_their_3d_volumes(raw, tmp_path, capsys):
+@pytest.mark.parametrize("ones", [1, 2])  # (x, y, z, 1) as some tools write every volume, (x, y, z, 1, 1) as ITK
+def test_channel_files_written_as_4d_volumes_of_one_channel_read_as_their_3d_volumes(raw, tmp_path, capsys, ones):
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
-    for path in source.glob("images*/*.nii.gz"):  # (x, y, z) -> (x, y, z, 1), as some tools write every volume
-        _rewrite(path, np.asarray(nib.load(path).dataobj)[..., None])
+    for path in source.glob("*/*.nii.gz"):
+        _rewrite(path, np.asarray(nib.load(path).dataobj).reshape(nib.load(path).shape + (1,) * ones))
     original, four_d = read_raw_dataset(raw[NNUNET]), read_raw_dataset(source)
     for case, case_4d in zip(original.cases, four_d.cases, strict=True):
         scan, scan_4d = read_case(case, original), read_case(case_4d, four_d)

@@ -278,6 +278,14 @@ def test_prediction_names_a_channel_file_of_several_volumes_and_a_misnamed_singl
         "takes one per channel file (<case>_0000.nii.gz ... <case>_0001.nii.gz: CT, MRI); write each channel to a "
         "file of its own"
     )
+    for channel in ("0000", "0001"):  # one volume each, with trailing axes of one as ITK writes them
+        scan = nib.load(raw / "imagesTs" / f"synth_006_{channel}.nii.gz")
+        five_d = nib.Nifti1Image(np.asarray(scan.dataobj)[..., None, None], scan.affine)
+        nib.save(five_d, inputs / f"both_{channel}.nii.gz")
+    cli.predict_main(
+        ["--checkpoint", str(run_dir / "best.pt"), "--input", str(inputs), "--output", str(tmp_path / "out")]
+    )
+    assert nib.load(tmp_path / "out" / "both.nii.gz").shape == scan.shape
     code, lines = _predict_exit(run_dir, raw, tmp_path / "out", capsys)
     assert lines[-1] == (
         f"mper-predict: error: no scans in {raw}, a raw dataset's folder: give the folder of its scans, e.g. "

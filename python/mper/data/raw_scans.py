@@ -540,10 +540,11 @@ _A_LABEL = "a label is one 3D map of class values (0, 1, ...)"
 
 
 def _spatial(array: np.ndarray, path: Path, what: str, fix: str) -> np.ndarray:
-    """A 3D array: a 2D image gains a last axis of one slice, a 4D one of a single channel
-    ``(x, y, z, 1)`` (as some tools write every volume) loses its fourth axis; more axes,
-    or several channels in one file, are refused, saying what to do (``fix``)."""
-    if array.ndim == 4 and array.shape[3] == 1:
+    """A 3D array: a 2D image gains a last axis of one slice, one with trailing axes of one
+    beyond the third (``(x, y, z, 1)``, as some tools write every volume, or ITK's
+    ``(x, y, z, 1, 1)``) loses them; several channels or volumes in one file are refused,
+    saying what to do (``fix``)."""
+    while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim == 2:
         return array[:, :, None]

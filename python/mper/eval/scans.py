@@ -257,7 +257,7 @@ def _check_input_files(files: tuple[Path, ...], name: str, plan: ScanPlan) -> No
     if plan.layout == NNUNET:
         for path in files:
             shape = _header_shape(path)
-            if shape is not None and len(shape) > 3 and shape[3:] != (1,):
+            if shape is not None and any(size != 1 for size in shape[3:]):
                 naming = _input_naming(plan)
                 raise DataFormatError(
                     f"{path}: shape {shape}, more than one 3D volume, but the model takes one per channel file "
