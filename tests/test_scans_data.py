@@ -503,6 +503,21 @@ def test_channel_files_written_as_4d_volumes_of_one_channel_read_as_their_3d_vol
     assert f"{path}: the image has shape" in line and "write each channel to a file of its own" in line, line
 
 
+def test_a_float_label_of_whole_values_is_read_and_one_of_fractions_is_refused_naming_them(raw, tmp_path, capsys):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    path = source / "labelsTr" / "synth_000.nii.gz"
+    label = np.asarray(nib.load(path).dataobj)
+    _rewrite(path, label.astype(np.float32))  # 0.0, 1.0, ...: read as the classes they are
+    assert np.array_equal(_read_first_case(source).label, label)
+    resampled = label.astype(np.float32)
+    resampled[label == 1] = 0.99999  # a label map interpolated by another tool
+    _rewrite(path, resampled)
+    assert _import_error(source, tmp_path / "out", capsys) == (
+        f"mper-data: error: {path}: the label holds non-integer values ({int((label == 1).sum())} voxel(s), e.g. "
+        "0.99999: a label map interpolated, or written with a scale factor?); write class values 0, 1, ..."
+    )
+
+
 def test_a_label_of_more_axes_is_refused_without_the_advice_for_channel_files(raw, tmp_path, capsys):
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
     path = source / "labelsTr" / "synth_000.nii.gz"

@@ -723,8 +723,13 @@ def read_label(
     _check_geometry(path, label.shape, scan.affine, reference, shape, affine)
     if not np.issubdtype(label.dtype, np.integer):
         _check_finite(path, label)
-        if not np.array_equal(label, np.round(label)):
-            raise DataFormatError(f"{path}: the label holds non-integer values; write class values 0, 1, ...")
+        fractional = label != np.round(label)
+        if fractional.any():
+            examples = ", ".join(f"{value:g}" for value in np.unique(label[fractional])[:3])
+            raise DataFormatError(
+                f"{path}: the label holds non-integer values ({int(fractional.sum())} voxel(s), e.g. {examples}: "
+                "a label map interpolated, or written with a scale factor?); write class values 0, 1, ..."
+            )
     values = np.unique(label)
     undeclared = [int(value) for value in values if not 0 <= value < len(class_names)]
     if undeclared:
