@@ -530,6 +530,22 @@ def test_a_label_of_more_axes_is_refused_without_the_advice_for_channel_files(ra
     )
 
 
+def test_a_source_one_level_off_the_dataset_folder_names_the_folder_to_pass(raw, tmp_path, capsys):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw" / "Dataset001_Synth")
+    said = (
+        "a raw dataset folder holds dataset.json (nnU-Net v2 or Medical Segmentation Decathlon layout) beside "
+        "imagesTr/ and labelsTr/"
+    )
+    assert _import_error(source / "imagesTr", tmp_path / "out", capsys) == (
+        f"mper-data: error: {source / 'imagesTr' / 'dataset.json'} not found: {said}; {source} is one: pass "
+        f"--source {source}"
+    )
+    assert _import_error(source.parent, tmp_path / "out", capsys) == (
+        f"mper-data: error: {source.parent / 'dataset.json'} not found: {said}; {source.parent} holds 1 such "
+        f"folder(s): pass one, e.g. --source {source}"
+    )
+
+
 def _import_error(source, out, capsys, *options):
     """The one line ``mper-data import`` refuses ``source`` with; nothing written to ``out``."""
     with pytest.raises(SystemExit) as stop:

@@ -714,6 +714,19 @@ def test_training_on_the_raw_folder_says_to_import_it_first(nnunet_3d, tmp_path,
     assert not (tmp_path / "run").exists()
 
 
+def test_training_on_the_imports_cases_folder_names_the_folder_above(nnunet_3d, tmp_path, capsys):
+    _, root, _ = nnunet_3d
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--data-root", str(root / "cases"), "--out", str(tmp_path / "run"), *TINY])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error
+    assert error.splitlines()[-1] == (
+        f"mper-train: error: {root / 'cases'} holds no plan.toml of scans imported by mper-data import, but the "
+        f"folder above it does: pass --data-root {root}"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_eval_of_a_builtin_datasets_checkpoint_refuses_an_imported_folder(nnunet_3d, tmp_path, capsys):
     _, root, _ = nnunet_3d
     acdc, run_dir = tmp_path / "acdc", tmp_path / "run"

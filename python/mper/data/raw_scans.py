@@ -160,12 +160,22 @@ def case_name(file_name: str, ending: str) -> str | None:
     return file_name[: -len(ending)] if file_name.endswith(ending) and len(file_name) > len(ending) else None
 
 
+def _where_the_dataset_is(source: Path) -> str:
+    """What to pass as ``--source`` instead of ``source``, a folder without dataset.json: the
+    dataset folder above it (``source`` is its ``imagesTr/``, say), or those inside it."""
+    said = "a raw dataset folder holds dataset.json (nnU-Net v2 or Medical Segmentation Decathlon layout) beside "
+    said += "imagesTr/ and labelsTr/"
+    if (source.parent / DATASET_JSON).is_file():
+        return f"{said}; {source.parent} is one: pass --source {shlex.quote(str(source.parent))}"
+    inside = sorted(folder.name for folder in source.iterdir() if (folder / DATASET_JSON).is_file())
+    if inside:
+        example = shlex.quote(str(source / inside[0]))
+        named = f" ({listed_names(inside)})" if len(inside) > 1 else ""
+        return f"{said}; {source} holds {len(inside)} such folder(s): pass one, e.g. --source {example}{named}"
+    return said
+
+
 def _json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise MissingFileError(
-            f"{path} not found: a raw dataset folder holds dataset.json (nnU-Net v2 or Medical Segmentation "
-            "Decathlon layout) beside imagesTr/ and labelsTr/"
-        )
     try:
         document = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -401,6 +411,8 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
             f"labelsTr/ (mper-data synth --format nnunet --out {shlex.quote(str(source))} writes a synthetic one)"
         )
     where = source / DATASET_JSON
+    if not where.is_file():
+        raise MissingFileError(f"{where} not found: {_where_the_dataset_is(source)}")
     document = _json(where)
     layout = _layout_of(document, where)
     channels = _channels(
