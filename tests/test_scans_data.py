@@ -221,6 +221,17 @@ def _file_ending_not_nifti(root):
     return "dataset.json: file_ending '.mha' is not NIfTI", "convert the images (e.g. with SimpleITK)"
 
 
+def _file_ending_in_capitals(root):
+    _edit_dataset_json(root, file_ending=".NII.GZ")
+    return "dataset.json: file_ending '.NII.GZ'", "rename the files to end in '.nii.gz' and write \"file_ending\""
+
+
+def _files_ending_in_capitals(root):
+    for path in root.glob("*/*.nii.gz"):
+        path.rename(path.with_name(path.name.replace(".nii.gz", ".NII.GZ")))
+    return "imagesTr: no file ends with dataset.json's file_ending '.nii.gz', but", "rename them to end in '.nii.gz'"
+
+
 def _ignore_label(root):
     labels = json.loads((root / "dataset.json").read_text())["labels"]
     _edit_dataset_json(root, labels={**labels, "ignore": len(labels)})
@@ -286,6 +297,8 @@ def test_a_dataset_named_as_nnunets_acdc_conversion_names_its_channel_imports(ra
         _no_file_ending,
         _file_ending_without_dot,
         _file_ending_not_nifti,
+        _file_ending_in_capitals,
+        _files_ending_in_capitals,
         _ignore_label,
     ],
 )

@@ -269,6 +269,13 @@ def _case_files(folder: Path, ending: str, declared: Path | None) -> list[Path]:
                     f"{folder}: no file ends with {rule}, but {len(named)} end with {found!r} (e.g. "
                     f'{named[0].name}); set "file_ending": "{found}" in {declared} to read them'
                 )
+        cased = [path for path in others if path.name.lower().endswith(ending) and not path.name.startswith(".")]
+        if cased:
+            raise DataFormatError(
+                f"{folder}: no file ends with {rule}, but {len(cased)} end with it in other letter case (e.g. "
+                f"{cased[0].name}); rename them to end in {ending!r}: endings are matched with their case, as nnU-Net "
+                "does"
+            )
     if others:
         names = listed_names([path.name for path in others])
         log.warning(
@@ -438,6 +445,12 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
     if ending not in NIFTI_ENDINGS and f".{ending}" in NIFTI_ENDINGS:
         raise DataFormatError(
             f'{where}: file_ending {ending!r} lacks its leading dot; write "file_ending": ".{ending}"'
+        )
+    if ending not in NIFTI_ENDINGS and ending.lower() in NIFTI_ENDINGS:
+        raise DataFormatError(
+            f"{where}: file_ending {ending!r}: mper reads NIfTI files ending in lowercase "
+            f"{' and '.join(NIFTI_ENDINGS)}; rename the files to end in {ending.lower()!r} and write "
+            f'"file_ending": "{ending.lower()}"'
         )
     if ending not in NIFTI_ENDINGS:
         raise DataFormatError(
