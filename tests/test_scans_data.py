@@ -16,6 +16,7 @@ from nibabel.orientations import aff2axcodes, io_orientation, ornt_transform
 from scipy import ndimage
 
 from mper import cli
+from mper.data import raw_scans
 from mper.data.imported import ImportedLayout, scan_items, write_scan_case, write_scan_lists
 from mper.data.raw_scans import LABELED, MSD, NNUNET, TEST, UNLABELED, read_case, read_raw_dataset
 from mper.data.scan_plan import ScanPlan, parse_plan, plan_text, read_plan, write_plan
@@ -557,6 +558,25 @@ def test_a_source_one_level_off_the_dataset_folder_names_the_folder_to_pass(raw,
         f"mper-data: error: {source.parent / 'dataset.json'} not found: {said}; {source.parent} holds 1 such "
         f"folder(s): pass one, e.g. --source {source}"
     )
+
+
+def test_a_header_fix_of_nibabels_is_said_once_naming_the_first_file(raw, tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.setattr(raw_scans, "_HEADER_FIXES_SAID", set())
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    for path in sorted(source.glob("*/*.nii.gz")):  # pixdim[1] < 0, as old ANALYZE conversions write it
+        scan = nib.load(path)
+        image = nib.Nifti1Image(np.asarray(scan.dataobj), None, scan.header)
+        image.header["pixdim"][1] *= -1
+        nib.save(image, path)
+    capsys.readouterr()
+    with caplog.at_level("WARNING", logger="mper"):
+        cli.data_main(["import", "--source", str(source), "--out", str(tmp_path / "out")])
+    said = [record.getMessage() for record in caplog.records if "pixdim" in record.getMessage()]
+    assert said == [
+        f"{source / 'imagesTr' / 'synth_000_0000.nii.gz'}: pixdim[1,2,3] should be positive; setting to abs of "
+        "pixdim values (nibabel reading its header; said once, for the first such file)"
+    ]
+    assert "pixdim" not in capsys.readouterr().err.replace(said[0], "")
 
 
 def _import_error(source, out, capsys, *options):

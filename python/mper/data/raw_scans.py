@@ -533,13 +533,41 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
 NIFTI_READ_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error)
 
 
+#: The header fixes nibabel has reported (each once per process, naming the first file).
+_HEADER_FIXES_SAID: set[str] = set()
+
+
+class _HeaderFixes(logging.Filter):
+    """Holds back what nibabel logs while it reads a header (a fix such as "pixdim[1,2,3]
+    should be positive; setting to abs of pixdim values", without the file's name, once per
+    file read), for :func:`load_nifti` to say once, naming the file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.messages.append(record.getMessage())
+        return False
+
+
 def load_nifti(path: Path) -> nib.Nifti1Image:
     """The NIfTI image at ``path``, its header read (nibabel reads the voxels only when asked:
-    :func:`nifti_voxels`); :class:`~mper.errors.DataFormatError` naming the file otherwise."""
+    :func:`nifti_voxels`); :class:`~mper.errors.DataFormatError` naming the file otherwise.
+    A fix nibabel makes to a header is logged once, naming the first file that needed it."""
+    nibabel_log = logging.getLogger("nibabel.global")
+    fixes = _HeaderFixes()
+    nibabel_log.addFilter(fixes)
     try:
         scan = nib.load(path)
     except NIFTI_READ_ERRORS as error:
         raise DataFormatError(f"{path}: not a readable NIfTI file ({error}); replace it") from error
+    finally:
+        nibabel_log.removeFilter(fixes)
+    for message in fixes.messages:
+        if message not in _HEADER_FIXES_SAID:
+            _HEADER_FIXES_SAID.add(message)
+            log.warning("%s: %s (nibabel reading its header; said once, for the first such file)", path, message)
     if not isinstance(scan, nib.Nifti1Image):  # Nifti2Image derives from Nifti1Image
         raise DataFormatError(f"{path}: a {type(scan).__name__}, not a NIfTI image")
     return scan

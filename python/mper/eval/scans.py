@@ -24,7 +24,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from torch import nn
 
@@ -35,12 +34,12 @@ from mper.data.raw_scans import (
     IMAGES_TEST,
     IMAGES_TRAIN,
     NIFTI_ENDINGS,
-    NIFTI_READ_ERRORS,
     NNUNET,
     TEST,
     RawCase,
     case_name,
     channel_file_name,
+    load_nifti,
     read_image,
     scan_spacing,
 )
@@ -240,10 +239,9 @@ def _header_shape(path: Path) -> tuple[int, ...] | None:
     """The array shape in the header of the NIfTI file ``path``; ``None`` when it cannot
     be read (:func:`~mper.data.raw_scans.read_image` then names the file)."""
     try:
-        scan = nib.load(path)
-    except NIFTI_READ_ERRORS:
+        return tuple(load_nifti(path).shape)
+    except DataFormatError:
         return None
-    return tuple(scan.shape) if isinstance(scan, nib.Nifti1Image) else None
 
 
 def _check_input_files(files: tuple[Path, ...], name: str, plan: ScanPlan) -> None:
