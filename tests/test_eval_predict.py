@@ -46,6 +46,26 @@ def test_la_nifti_is_normalised_and_keeps_its_header(tmp_path):
     np.testing.assert_array_equal(np.asarray(labels.dataobj), (raw > 0).astype(np.uint8))
 
 
+def test_a_label_map_stopped_while_written_leaves_the_previous_one_and_no_partial_file(tmp_path, monkeypatch):
+    import gzip
+
+    scan = nib.Nifti1Image(half_bright((18, 16, 6)), AFFINE)
+    nib.save(scan, tmp_path / "scan.nii.gz")
+    out = predict_file(ThresholdNet(), tmp_path / "scan.nii.gz", "la", tmp_path / "out", **LA_OPTIONS)
+    before = out.read_bytes()
+    write = gzip.GzipFile.write
+
+    def stopped(self, data):  # Ctrl-C after the header went out
+        write(self, data)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gzip.GzipFile, "write", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        predict_file(ThresholdNet(), tmp_path / "scan.nii.gz", "la", tmp_path / "out", **LA_OPTIONS)
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["scan_pred.nii.gz"]
+    assert out.read_bytes() == before
+
+
 def test_postprocess_keeps_only_the_largest_component_as_evaluation_does(tmp_path):
     raw = np.zeros((24, 24, 8), np.float32)
     raw[2:12, 2:12, 1:7] = 10.0  # the atrium

@@ -20,6 +20,7 @@ from mper.data.augment import resize
 from mper.datasets import synthesize
 from mper.eval.metrics import case_metrics
 from mper.eval.protocol import postprocess_labels, score_case
+from mper.eval.report import summarize
 from mper.losses import DiceOptions, copy_paste_loss, masked_dice_loss, segmentation_loss
 from mper.nets import UNet2D, VNet3D
 from mper.nn import PrototypeHead
@@ -470,3 +471,13 @@ def test_an_empty_prediction_scores_zero_or_undefined():
     assert undefined[2]["dice"] == 0.0 and math.isnan(undefined[2]["hd95"])
     with pytest.raises(ValueError, match="eval.empty_prediction"):
         score_case(pred, truth, 3, "skip")
+
+
+@pytest.mark.parametrize("rule", ["zero", "undefined"])
+def test_a_class_absent_from_prediction_and_truth_scores_as_a_right_answer(rule):
+    # a test case without the tumour, rightly predicted without it, is no missed structure
+    truth = np.zeros((6, 6), dtype=np.uint8)
+    truth[1:3, 1:3] = 1
+    scores = score_case(truth.copy(), truth, 3, rule)
+    assert scores[2] == {"dice": 1.0, "jaccard": 1.0, "hd95": 0.0, "asd": 0.0}
+    assert summarize({"a": scores})["predicted_nowhere"]["results"] == 0

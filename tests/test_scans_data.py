@@ -12,9 +12,11 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+from nibabel.orientations import aff2axcodes, io_orientation, ornt_transform
 from scipy import ndimage
 
 from mper import cli
+from mper.data import raw_scans
 from mper.data.imported import ImportedLayout, scan_items, write_scan_case, write_scan_lists
 from mper.data.raw_scans import LABELED, MSD, NNUNET, TEST, UNLABELED, read_case, read_raw_dataset
 from mper.data.scan_plan import ScanPlan, parse_scan_plan, plan_text, read_plan, write_plan
@@ -223,6 +225,17 @@ def _file_ending_not_nifti(root):
     return "dataset.json: file_ending '.mha' is not NIfTI", "convert the images (e.g. with SimpleITK)"
 
 
+def _file_ending_in_capitals(root):
+    _edit_dataset_json(root, file_ending=".NII.GZ")
+    return "dataset.json: file_ending '.NII.GZ'", "rename the files to end in '.nii.gz' and write \"file_ending\""
+
+
+def _files_ending_in_capitals(root):
+    for path in root.glob("*/*.nii.gz"):
+        path.rename(path.with_name(path.name.replace(".nii.gz", ".NII.GZ")))
+    return "imagesTr: no file ends with dataset.json's file_ending '.nii.gz', but", "rename them to end in '.nii.gz'"
+
+
 def _ignore_label(root):
     labels = json.loads((root / "dataset.json").read_text())["labels"]
     _edit_dataset_json(root, labels={**labels, "ignore": len(labels)})
@@ -288,6 +301,8 @@ def test_a_dataset_named_as_nnunets_acdc_conversion_names_its_channel_imports(ra
         _no_file_ending,
         _file_ending_without_dot,
         _file_ending_not_nifti,
+        _file_ending_in_capitals,
+        _files_ending_in_capitals,
         _ignore_label,
     ],
 )
@@ -385,6 +400,33 @@ def test_a_label_off_the_images_grid_is_refused_naming_the_part_both_values_and_
     assert message.startswith(f"{label}: its direction of array axis 0 (") and "voxel" in message, message
 
 
+@pytest.mark.parametrize(
+    ("order", "mirrored", "how"),
+    [
+        ((0, 1, 2), (0, 1), "mirrored along its array axes 0 and 1"),  # e.g. LPS against RAS
+        ((1, 2, 0), (0, 2), "transposed to axes (1, 2, 0), mirrored along its array axes 0 and 2"),
+    ],
+)
+def test_a_label_of_the_images_voxels_in_another_orientation_is_named_as_such(raw, tmp_path, order, mirrored, how):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    image, label = source / "imagesTr" / "synth_000_0000.nii.gz", source / "labelsTr" / "synth_000.nii.gz"
+    stored = nib.Nifti1Image(np.asarray(nib.load(label).dataobj), nib.load(image).affine)
+    own = io_orientation(stored.affine)
+    other = own[list(order)]  # the label's axis i: the image's axis order[i], mirrored where asked
+    other[list(mirrored), 1] *= -1
+    reoriented = stored.as_reoriented(ornt_transform(own, other))
+    nib.save(reoriented, label)
+    with pytest.raises(DataFormatError) as refused:
+        _read_first_case(source)
+    codes = ("".join(aff2axcodes(affine)) for affine in (reoriented.affine, stored.affine))
+    assert str(refused.value) == (
+        f"{label}: holds the voxels of synth_000_0000.nii.gz's grid in another orientation ({next(codes)}, not "
+        f"{next(codes)}: its array is synth_000_0000.nii.gz's {how}); mper does not reorient scans: save it in "
+        "synth_000_0000.nii.gz's orientation (e.g. nibabel's as_reoriented, or resample it onto "
+        "synth_000_0000.nii.gz)"
+    )
+
+
 @pytest.mark.parametrize("value", [1.5, "one", float("inf")])  # dataset.json may hold Infinity, which json reads
 def test_a_label_value_that_is_not_an_integer_is_refused(raw, tmp_path, capsys, value):
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
@@ -460,10 +502,11 @@ def test_a_decathlon_image_with_the_wrong_channel_count_is_refused(raw, tmp_path
         read_case(next(case for case in dataset.cases if case.name == "synth_001"), dataset)
 
 
-def test_channel_files_written_as_4d_volumes_of_one_channel_read_as_their_3d_volumes(raw, tmp_path, capsys):
+@pytest.mark.parametrize("ones", [1, 2])  # (x, y, z, 1) as some tools write every volume, (x, y, z, 1, 1) as ITK
+def test_channel_files_written_as_4d_volumes_of_one_channel_read_as_their_3d_volumes(raw, tmp_path, capsys, ones):
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
-    for path in source.glob("images*/*.nii.gz"):  # (x, y, z) -> (x, y, z, 1), as some tools write every volume
-        _rewrite(path, np.asarray(nib.load(path).dataobj)[..., None])
+    for path in source.glob("*/*.nii.gz"):
+        _rewrite(path, np.asarray(nib.load(path).dataobj).reshape(nib.load(path).shape + (1,) * ones))
     original, four_d = read_raw_dataset(raw[NNUNET]), read_raw_dataset(source)
     for case, case_4d in zip(original.cases, four_d.cases, strict=True):
         scan, scan_4d = read_case(case, original), read_case(case_4d, four_d)
@@ -477,6 +520,21 @@ def test_channel_files_written_as_4d_volumes_of_one_channel_read_as_their_3d_vol
     assert f"{path}: the image has shape" in line and "write each channel to a file of its own" in line, line
 
 
+def test_a_float_label_of_whole_values_is_read_and_one_of_fractions_is_refused_naming_them(raw, tmp_path, capsys):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    path = source / "labelsTr" / "synth_000.nii.gz"
+    label = np.asarray(nib.load(path).dataobj)
+    _rewrite(path, label.astype(np.float32))  # 0.0, 1.0, ...: read as the classes they are
+    assert np.array_equal(_read_first_case(source).label, label)
+    resampled = label.astype(np.float32)
+    resampled[label == 1] = 0.99999  # a label map interpolated by another tool
+    _rewrite(path, resampled)
+    assert _import_error(source, tmp_path / "out", capsys) == (
+        f"mper-data: error: {path}: the label holds non-integer values ({int((label == 1).sum())} voxel(s), e.g. "
+        "0.99999: a label map interpolated, or written with a scale factor?); write class values 0, 1, ..."
+    )
+
+
 def test_a_label_of_more_axes_is_refused_without_the_advice_for_channel_files(raw, tmp_path, capsys):
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
     path = source / "labelsTr" / "synth_000.nii.gz"
@@ -487,6 +545,41 @@ def test_a_label_of_more_axes_is_refused_without_the_advice_for_channel_files(ra
         f"mper-data: error: {path}: the label has shape {(*label.shape, 1, 2)}, expected one 3D volume (x, y, z) "
         "or (x, y, z, 1); a label is one 3D map of class values (0, 1, ...): save it with three axes"
     )
+
+
+def test_a_source_one_level_off_the_dataset_folder_names_the_folder_to_pass(raw, tmp_path, capsys):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw" / "Dataset001_Synth")
+    said = (
+        "a raw dataset folder holds dataset.json (nnU-Net v2 or Medical Segmentation Decathlon layout) beside "
+        "imagesTr/ and labelsTr/"
+    )
+    assert _import_error(source / "imagesTr", tmp_path / "out", capsys) == (
+        f"mper-data: error: {source / 'imagesTr' / 'dataset.json'} not found: {said}; {source} is one: pass "
+        f"--source {source}"
+    )
+    assert _import_error(source.parent, tmp_path / "out", capsys) == (
+        f"mper-data: error: {source.parent / 'dataset.json'} not found: {said}; {source.parent} holds 1 such "
+        f"folder(s): pass one, e.g. --source {source}"
+    )
+
+
+def test_a_header_fix_of_nibabels_is_said_once_naming_the_first_file(raw, tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.setattr(raw_scans, "_HEADER_FIXES_SAID", set())
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    for path in sorted(source.glob("*/*.nii.gz")):  # pixdim[1] < 0, as old ANALYZE conversions write it
+        scan = nib.load(path)
+        image = nib.Nifti1Image(np.asarray(scan.dataobj), None, scan.header)
+        image.header["pixdim"][1] *= -1
+        nib.save(image, path)
+    capsys.readouterr()
+    with caplog.at_level("WARNING", logger="mper"):
+        cli.data_main(["import", "--source", str(source), "--out", str(tmp_path / "out")])
+    said = [record.getMessage() for record in caplog.records if "pixdim" in record.getMessage()]
+    assert said == [
+        f"{source / 'imagesTr' / 'synth_000_0000.nii.gz'}: pixdim[1,2,3] should be positive; setting to abs of "
+        "pixdim values (nibabel reading its header; said once, for the first such file)"
+    ]
+    assert "pixdim" not in capsys.readouterr().err.replace(said[0], "")
 
 
 def _import_error(source, out, capsys, *options):

@@ -278,6 +278,14 @@ def test_prediction_names_a_channel_file_of_several_volumes_and_a_misnamed_singl
         "takes one per channel file (<case>_0000.nii.gz ... <case>_0001.nii.gz: CT, MRI); write each channel to a "
         "file of its own"
     )
+    for channel in ("0000", "0001"):  # one volume each, with trailing axes of one as ITK writes them
+        scan = nib.load(raw / "imagesTs" / f"synth_006_{channel}.nii.gz")
+        five_d = nib.Nifti1Image(np.asarray(scan.dataobj)[..., None, None], scan.affine)
+        nib.save(five_d, inputs / f"both_{channel}.nii.gz")
+    cli.predict_main(
+        ["--checkpoint", str(run_dir / "best.pt"), "--input", str(inputs), "--output", str(tmp_path / "out")]
+    )
+    assert nib.load(tmp_path / "out" / "both.nii.gz").shape == scan.shape
     code, lines = _predict_exit(run_dir, raw, tmp_path / "out", capsys)
     assert lines[-1] == (
         f"mper-predict: error: no scans in {raw}, a raw dataset's folder: give the folder of its scans, e.g. "
@@ -703,6 +711,19 @@ def test_training_on_the_raw_folder_says_to_import_it_first(nnunet_3d, tmp_path,
     assert error.splitlines()[-1] == (
         f"mper-train: error: {raw} is a raw dataset (it holds dataset.json), not an imported one: import it first, "
         f"mper-data import --source {raw} --out DIR, then pass --data-root DIR"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_on_the_imports_cases_folder_names_the_folder_above(nnunet_3d, tmp_path, capsys):
+    _, root, _ = nnunet_3d
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--data-root", str(root / "cases"), "--out", str(tmp_path / "run"), *TINY])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error
+    assert error.splitlines()[-1] == (
+        f"mper-train: error: {root / 'cases'} holds no plan.toml of scans imported by mper-data import, but the "
+        f"folder above it does: pass --data-root {root}"
     )
     assert not (tmp_path / "run").exists()
 

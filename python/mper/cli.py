@@ -396,6 +396,12 @@ def train_main(argv: Sequence[str] | None = None) -> None:
                 )
             dataset = _train_dataset(args)
             if dataset is None:
+                above = Path(args.data_root).parent
+                if has_plan(above):  # the import's cases/ folder, say
+                    raise ConfigError(
+                        f"{args.data_root} holds no plan.toml of scans imported by mper-data import, but the folder "
+                        f"above it does: pass --data-root {above}"
+                    )
                 raise ConfigError(
                     f"--dataset is required: {args.data_root} holds no {PLAN_FILE} of scans imported by "
                     "mper-data import"

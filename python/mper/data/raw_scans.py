@@ -48,6 +48,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from nibabel.orientations import aff2axcodes, inv_ornt_aff, io_orientation, ornt_transform
 
 from mper.data.files import check_finite, listed_names
 from mper.errors import DataFormatError, MissingFileError
@@ -159,12 +160,22 @@ def case_name(file_name: str, ending: str) -> str | None:
     return file_name[: -len(ending)] if file_name.endswith(ending) and len(file_name) > len(ending) else None
 
 
+def _where_the_dataset_is(source: Path) -> str:
+    """What to pass as ``--source`` instead of ``source``, a folder without dataset.json: the
+    dataset folder above it (``source`` is its ``imagesTr/``, say), or those inside it."""
+    said = "a raw dataset folder holds dataset.json (nnU-Net v2 or Medical Segmentation Decathlon layout) beside "
+    said += "imagesTr/ and labelsTr/"
+    if (source.parent / DATASET_JSON).is_file():
+        return f"{said}; {source.parent} is one: pass --source {shlex.quote(str(source.parent))}"
+    inside = sorted(folder.name for folder in source.iterdir() if (folder / DATASET_JSON).is_file())
+    if inside:
+        example = shlex.quote(str(source / inside[0]))
+        named = f" ({listed_names(inside)})" if len(inside) > 1 else ""
+        return f"{said}; {source} holds {len(inside)} such folder(s): pass one, e.g. --source {example}{named}"
+    return said
+
+
 def _json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise MissingFileError(
-            f"{path} not found: a raw dataset folder holds dataset.json (nnU-Net v2 or Medical Segmentation "
-            "Decathlon layout) beside imagesTr/ and labelsTr/"
-        )
     try:
         document = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -258,6 +269,13 @@ def _case_files(folder: Path, ending: str, declared: Path | None) -> list[Path]:
                     f"{folder}: no file ends with {rule}, but {len(named)} end with {found!r} (e.g. "
                     f'{named[0].name}); set "file_ending": "{found}" in {declared} to read them'
                 )
+        cased = [path for path in others if path.name.lower().endswith(ending) and not path.name.startswith(".")]
+        if cased:
+            raise DataFormatError(
+                f"{folder}: no file ends with {rule}, but {len(cased)} end with it in other letter case (e.g. "
+                f"{cased[0].name}); rename them to end in {ending!r}: endings are matched with their case, as nnU-Net "
+                "does"
+            )
     if others:
         names = listed_names([path.name for path in others])
         log.warning(
@@ -400,6 +418,8 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
             f"labelsTr/ (mper-data synth --format nnunet --out {shlex.quote(str(source))} writes a synthetic one)"
         )
     where = source / DATASET_JSON
+    if not where.is_file():
+        raise MissingFileError(f"{where} not found: {_where_the_dataset_is(source)}")
     document = _json(where)
     layout = _layout_of(document, where)
     channels = _channels(
@@ -425,6 +445,12 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
     if ending not in NIFTI_ENDINGS and f".{ending}" in NIFTI_ENDINGS:
         raise DataFormatError(
             f'{where}: file_ending {ending!r} lacks its leading dot; write "file_ending": ".{ending}"'
+        )
+    if ending not in NIFTI_ENDINGS and ending.lower() in NIFTI_ENDINGS:
+        raise DataFormatError(
+            f"{where}: file_ending {ending!r}: mper reads NIfTI files ending in lowercase "
+            f"{' and '.join(NIFTI_ENDINGS)}; rename the files to end in {ending.lower()!r} and write "
+            f'"file_ending": "{ending.lower()}"'
         )
     if ending not in NIFTI_ENDINGS:
         raise DataFormatError(
@@ -507,13 +533,41 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
 NIFTI_READ_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error)
 
 
+#: The header fixes nibabel has reported (each once per process, naming the first file).
+_HEADER_FIXES_SAID: set[str] = set()
+
+
+class _HeaderFixes(logging.Filter):
+    """Holds back what nibabel logs while it reads a header (a fix such as "pixdim[1,2,3]
+    should be positive; setting to abs of pixdim values", without the file's name, once per
+    file read), for :func:`load_nifti` to say once, naming the file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.messages.append(record.getMessage())
+        return False
+
+
 def load_nifti(path: Path) -> nib.Nifti1Image:
     """The NIfTI image at ``path``, its header read (nibabel reads the voxels only when asked:
-    :func:`nifti_voxels`); :class:`~mper.errors.DataFormatError` naming the file otherwise."""
+    :func:`nifti_voxels`); :class:`~mper.errors.DataFormatError` naming the file otherwise.
+    A fix nibabel makes to a header is logged once, naming the first file that needed it."""
+    nibabel_log = logging.getLogger("nibabel.global")
+    fixes = _HeaderFixes()
+    nibabel_log.addFilter(fixes)
     try:
         scan = nib.load(path)
     except NIFTI_READ_ERRORS as error:
         raise DataFormatError(f"{path}: not a readable NIfTI file ({error}); replace it") from error
+    finally:
+        nibabel_log.removeFilter(fixes)
+    for message in fixes.messages:
+        if message not in _HEADER_FIXES_SAID:
+            _HEADER_FIXES_SAID.add(message)
+            log.warning("%s: %s (nibabel reading its header; said once, for the first such file)", path, message)
     if not isinstance(scan, nib.Nifti1Image):  # Nifti2Image derives from Nifti1Image
         raise DataFormatError(f"{path}: a {type(scan).__name__}, not a NIfTI image")
     return scan
@@ -539,10 +593,11 @@ _A_LABEL = "a label is one 3D map of class values (0, 1, ...)"
 
 
 def _spatial(array: np.ndarray, path: Path, what: str, fix: str) -> np.ndarray:
-    """A 3D array: a 2D image gains a last axis of one slice, a 4D one of a single channel
-    ``(x, y, z, 1)`` (as some tools write every volume) loses its fourth axis; more axes,
-    or several channels in one file, are refused, saying what to do (``fix``)."""
-    if array.ndim == 4 and array.shape[3] == 1:
+    """A 3D array: a 2D image gains a last axis of one slice, one with trailing axes of one
+    beyond the third (``(x, y, z, 1)``, as some tools write every volume, or ITK's
+    ``(x, y, z, 1, 1)``) loses them; several channels or volumes in one file are refused,
+    saying what to do (``fix``)."""
+    while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim == 2:
         return array[:, :, None]
@@ -567,6 +622,47 @@ def _values(values: np.ndarray, precision: float) -> str:
     return "(" + ", ".join(f"{round(float(value), decimals) + 0.0:.{decimals}f}" for value in values) + ")"
 
 
+def _stored_otherwise(
+    shape: tuple[int, ...], affine: np.ndarray, reference_shape: tuple[int, ...], reference_affine: np.ndarray
+) -> str:
+    """How an array of ``shape`` and ``affine`` stores the voxels of ``reference``'s grid in
+    another orientation (its axes mirrored or in another order, e.g. LPS against RAS):
+    "mirrored along array axis 0", ...; "" when it stores them as ``reference`` does, or
+    holds other voxels."""
+    if len(shape) != 3 or len(reference_shape) != 3:
+        return ""
+    affine, reference_affine = (np.asarray(matrix, dtype=np.float64) for matrix in (affine, reference_affine))
+    try:
+        transform = ornt_transform(  # type: ignore[no-untyped-call]
+            io_orientation(affine),  # type: ignore[no-untyped-call]
+            io_orientation(reference_affine),  # type: ignore[no-untyped-call]
+        )
+    except ValueError:  # an axis without a direction (a degenerate affine)
+        return ""
+    order = [int(axis) for axis in transform[:, 0]]
+    if order == [0, 1, 2] and (transform[:, 1] > 0).all():
+        return ""
+    reoriented_shape = [0, 0, 0]
+    for axis, size in zip(order, shape):
+        reoriented_shape[axis] = size
+    if tuple(reoriented_shape) != tuple(reference_shape):
+        return ""
+    reoriented = affine @ inv_ornt_aff(transform, shape)  # type: ignore[no-untyped-call]
+    corners = np.array(np.meshgrid(*[[0, size - 1] for size in reference_shape], indexing="ij")).reshape(3, -1)
+    corners = np.vstack([corners, np.ones(corners.shape[1])])
+    moved = np.abs((reoriented - reference_affine) @ corners)[:3].max()
+    if moved > GEOMETRY_TOLERANCE * float(np.linalg.norm(reference_affine[:3, :3], axis=0).min()):
+        return ""
+    how = []
+    if order != [0, 1, 2]:  # its axis i holds the reference's axis order[i]
+        how.append(f"transposed to axes {tuple(order)}")
+    mirrored = [axis for axis in range(3) if transform[axis, 1] < 0]
+    if mirrored:
+        axes = "axis" if len(mirrored) == 1 else "axes"
+        how.append(f"mirrored along its array {axes} {' and '.join(map(str, mirrored))}")
+    return ", ".join(how)
+
+
 def _check_geometry(
     path: Path,
     shape: tuple[int, ...],
@@ -577,7 +673,19 @@ def _check_geometry(
 ) -> None:
     """Refuse ``path`` unless its voxel grid is ``reference``'s: the same shape, and no voxel
     placed more than :data:`GEOMETRY_TOLERANCE` of a voxel apart by the spacing, the origin
-    or the direction, each naming the part, both values and the file."""
+    or the direction, each naming the part, both values and the file; the same voxels stored
+    in another orientation are named as such."""
+    stored = _stored_otherwise(shape, affine, reference_shape, reference_affine)
+    if stored:
+        codes, reference_codes = (
+            "".join(aff2axcodes(matrix))  # type: ignore[no-untyped-call]
+            for matrix in (affine, reference_affine)
+        )
+        raise DataFormatError(
+            f"{path}: holds the voxels of {reference.name}'s grid in another orientation ({codes}, not "
+            f"{reference_codes}: its array is {reference.name}'s {stored}); mper does not reorient scans: save it in "
+            f"{reference.name}'s orientation (e.g. nibabel's as_reoriented, or resample it onto {reference.name})"
+        )
     if shape != reference_shape:
         raise DataFormatError(
             f"{path}: shape {shape} differs from {reference.name}'s {reference_shape}; the channels and the label "
@@ -659,8 +767,13 @@ def read_label(
     _check_geometry(path, label.shape, scan.affine, reference, shape, affine)
     if not np.issubdtype(label.dtype, np.integer):
         check_finite(path, label, "label")
-        if not np.array_equal(label, np.round(label)):
-            raise DataFormatError(f"{path}: the label holds non-integer values; write class values 0, 1, ...")
+        fractional = label != np.round(label)
+        if fractional.any():
+            examples = ", ".join(f"{value:g}" for value in np.unique(label[fractional])[:3])
+            raise DataFormatError(
+                f"{path}: the label holds non-integer values ({int(fractional.sum())} voxel(s), e.g. {examples}: "
+                "a label map interpolated, or written with a scale factor?); write class values 0, 1, ..."
+            )
     values = np.unique(label)
     undeclared = [int(value) for value in values if not 0 <= value < len(class_names)]
     if undeclared:

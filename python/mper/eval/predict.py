@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +217,21 @@ def label_image(labels: np.ndarray, scan: nib.Nifti1Image | None) -> nib.Nifti1I
     return image
 
 
+def save_label_map(image: nib.Nifti1Image, out_path: Path) -> Path:
+    """Write ``image`` to ``out_path`` whole or not at all: into a hidden file beside it,
+    then renamed over it, so that a stop while writing (Ctrl-C, a full disk, a killed job)
+    leaves no truncated label map under a case's name."""
+    ending = ".nii.gz" if out_path.name.endswith(".nii.gz") else out_path.suffix
+    temporary = out_path.with_name(f".{out_path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{ending}")
+    try:
+        nib.save(image, temporary)
+        os.replace(temporary, out_path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return out_path
+
+
 def _segment(
     net: nn.Module, path: Path, dataset: str, out_path: Path, device: str, force: bool, **options: Any
 ) -> Path:
@@ -233,8 +250,7 @@ def _segment(
     if scan is not None:
         labels = np.transpose(labels, np.argsort(spec.scan_axes))
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(label_image(labels, scan), out_path)
-    return out_path
+    return save_label_map(label_image(labels, scan), out_path)
 
 
 def predict_file(

@@ -11,7 +11,11 @@
   Jaccard = 95HD = ASD = 0, as the published evaluation scripts of LA and ACDC do (a
   missed structure then lowers the mean Dice but also the mean distances);
   ``"undefined"`` keeps :func:`mper.eval.metrics.binary_metrics`' answer: Dice 0 and
-  undefined distances that the report counts and leaves out of the means.
+  undefined distances that the report counts and leaves out of the means. A class that
+  the ground truth lacks too is no missed structure but a right answer: under either rule
+  it keeps ``binary_metrics``' perfect score (Dice 1, distances 0). The published scripts
+  would score it 0, but the LA and ACDC test volumes hold every class, so that their
+  scores are the same.
 """
 
 from __future__ import annotations
@@ -86,12 +90,13 @@ def score_case(
     spacing: Spacing = None,
 ) -> dict[int, dict[str, float]]:
     """:func:`~mper.eval.metrics.case_metrics` of one case (distances in the units of
-    ``spacing``, voxels without it), with classes predicted nowhere scored by the rule
-    ``empty_prediction`` (one of :data:`EMPTY_PREDICTION_RULES`)."""
+    ``spacing``, voxels without it), with classes predicted nowhere that the ground truth
+    holds scored by the rule ``empty_prediction`` (one of :data:`EMPTY_PREDICTION_RULES`);
+    a class absent from both is a right answer, scored as one under either rule."""
     check_protocol(empty_prediction=empty_prediction)
     scores = case_metrics(pred_labels, gt_labels, num_classes, spacing)
     if empty_prediction == "zero":
         for label in scores:
-            if not np.any(pred_labels == label):
+            if not np.any(pred_labels == label) and np.any(gt_labels == label):
                 scores[label] = dict(ZERO_METRICS)
     return scores

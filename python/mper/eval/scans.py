@@ -24,7 +24,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from torch import nn
 
@@ -35,12 +34,12 @@ from mper.data.raw_scans import (
     IMAGES_TEST,
     IMAGES_TRAIN,
     NIFTI_ENDINGS,
-    NIFTI_READ_ERRORS,
     NNUNET,
     TEST,
     RawCase,
     case_name,
     channel_file_name,
+    load_nifti,
     read_image,
     scan_spacing,
 )
@@ -51,7 +50,7 @@ from mper.errors import ConfigError, DataFormatError, MissingFileError, UserErro
 
 from .figures import FigureSlice, figure_slice
 from .inference import predict_probabilities
-from .predict import label_image, skipped_error
+from .predict import label_image, save_label_map, skipped_error
 from .protocol import postprocess_labels, score_case
 
 log = logging.getLogger(__name__)
@@ -240,10 +239,9 @@ def _header_shape(path: Path) -> tuple[int, ...] | None:
     """The array shape in the header of the NIfTI file ``path``; ``None`` when it cannot
     be read (:func:`~mper.data.raw_scans.read_image` then names the file)."""
     try:
-        scan = nib.load(path)
-    except NIFTI_READ_ERRORS:
+        return tuple(load_nifti(path).shape)
+    except DataFormatError:
         return None
-    return tuple(scan.shape) if isinstance(scan, nib.Nifti1Image) else None
 
 
 def _check_input_files(files: tuple[Path, ...], name: str, plan: ScanPlan) -> None:
@@ -257,7 +255,7 @@ def _check_input_files(files: tuple[Path, ...], name: str, plan: ScanPlan) -> No
     if plan.layout == NNUNET:
         for path in files:
             shape = _header_shape(path)
-            if shape is not None and len(shape) > 3 and shape[3:] != (1,):
+            if shape is not None and any(size != 1 for size in shape[3:]):
                 naming = _input_naming(plan)
                 raise DataFormatError(
                     f"{path}: shape {shape}, more than one 3D volume, but the model takes one per channel file "
@@ -319,8 +317,7 @@ def predict_scan(
     labels, _ = scan_labels(net, preprocessed, geometry, dataset, num_classes, postprocess, ops, **inference)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # a 2D image was read as one slice: the label map takes the input's own array shape
-    nib.save(label_image(labels.reshape(first.shape[:3]), first), out_path)
-    return out_path
+    return save_label_map(label_image(labels.reshape(first.shape[:3]), first), out_path)
 
 
 def predict_scans(
