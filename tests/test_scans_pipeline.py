@@ -633,10 +633,24 @@ def test_resume_takes_a_moved_data_folder_and_refuses_another_dataset_before_wri
         in (error.splitlines()[-1])
     )
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
+    fewer = shutil.copytree(root, tmp_path / "fewer")  # the same import, a scan left out since
+    unlabeled = (fewer / "unlabeled.list").read_text().split()
+    (fewer / "unlabeled.list").write_text("\n".join(unlabeled[1:]) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--out", str(run), "--data-root", str(fewer)])
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE
+    assert line == (
+        f"mper-train: error: --data-root {fewer} holds other cases than the run in {run} trained on (unlabeled "
+        f"cases: 1 of its {len(unlabeled)} missing, e.g. {unlabeled[0]}); a resumed run repeats the interrupted "
+        f"one only on the same data: give --data-root the folder it trained on, {root}, or a copy of it"
+    )
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
     moved = shutil.copytree(root, tmp_path / "moved")
     cli.train_main(["--resume", "--out", str(run), "--data-root", str(moved)])  # finished: evaluates again
     assert "| MPER | 3 | 1 |" in capsys.readouterr().out
     assert TrainConfig.from_dict(load_checkpoint(run / "last.pt")["config"]).data_root == str(moved)
+    assert json.loads((run / "cases.json").read_text())["unlabeled"] == unlabeled  # written once, at the start
 
 
 def test_a_checkpoint_without_its_runs_plan_says_where_the_plan_belongs(nnunet_3d, tmp_path, capsys):

@@ -168,6 +168,10 @@ def _log_run_header(config: TrainConfig, resume: bool) -> None:
 RUN_CONFIG = "config.toml"
 #: The same settings as JSON, written beside :data:`RUN_CONFIG` for programs to read.
 RUN_CONFIG_JSON = "config.json"
+#: The names of the cases a run trains and validates on, by role, written when it starts:
+#: ``--resume`` refuses a data folder whose cases differ (a resumed run repeats the
+#: interrupted one only on the same data).
+RUN_CASES = "cases.json"
 #: Files that only a training run's folder holds: its lock, log, settings and checkpoints.
 RUN_FILES = frozenset({LOCK_FILE, RUN_LOG, RUN_CONFIG, LAST_CHECKPOINT, BEST_CHECKPOINT, PRETRAIN_CHECKPOINT})
 
@@ -176,6 +180,46 @@ def _write_config(config: TrainConfig, run_dir: Path) -> None:
     values = config.to_dict()
     (run_dir / RUN_CONFIG).write_text(to_toml(values))
     (run_dir / RUN_CONFIG_JSON).write_text(json.dumps(values, indent=2) + "\n")
+
+
+def _run_cases(config: TrainConfig) -> dict[str, list[str]]:
+    """The cases (LA: case names; ACDC: slices to train on, frames to validate on) that
+    ``config`` trains and validates on, by role."""
+    labeled, unlabeled = training_cases(config)
+    return {"labeled": labeled, "unlabeled": unlabeled, "validation": validation_cases(config)}
+
+
+def _write_run_cases(config: TrainConfig, run_dir: Path) -> None:
+    (run_dir / RUN_CASES).write_text(json.dumps(_run_cases(config), indent=1) + "\n")
+
+
+def _check_same_cases(config: TrainConfig, run_dir: Path, trained_root: str) -> None:
+    """Refuse to resume the run in ``run_dir`` on ``config.data_root`` when its cases
+    differ from those the run recorded when it started (a run started before the record
+    was kept is not checked)."""
+    record = run_dir / RUN_CASES
+    try:
+        trained = json.loads(record.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as error:
+        raise RunFolderError(f"cannot resume in {run_dir}: {record} cannot be read ({error})") from error
+    found = _run_cases(config)
+    differences = []
+    for role, names in found.items():
+        before = trained.get(role) if isinstance(trained, dict) else None
+        if not isinstance(before, list) or before == names:
+            continue
+        gone, new = sorted(set(before) - set(names)), sorted(set(names) - set(before))
+        parts = [f"{len(gone)} of its {len(before)} missing, e.g. {gone[0]}"] if gone else []
+        parts += [f"{len(new)} new, e.g. {new[0]}"] if new else []
+        differences.append(f"{role} cases: {', '.join(parts) or 'the same, in another order'}")
+    if differences:
+        raise ConfigError(
+            f"--data-root {config.data_root} holds other cases than the run in {run_dir} trained on "
+            f"({'; '.join(differences)}); a resumed run repeats the interrupted one only on the same data: give "
+            f"--data-root the folder it trained on, {trained_root or 'its data root'}, or a copy of it"
+        )
 
 
 def _check_run_folder(run_dir: Path) -> None:
@@ -278,6 +322,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
         try:
             _write_config(config, run_dir)
             _keep_plan(config, run_dir)
+            if not resume:
+                _write_run_cases(config, run_dir)
             with _run_logging(run_dir), SummaryWriter(str(run_dir / "tensorboard")) as writer:
                 _log_run_header(config, resume)
                 for warning in size_warnings(config):
@@ -399,7 +445,9 @@ def resume(
     for change in [overrides or {}, *map(parse_override, assignments), {"out": str(run_dir)}]:
         changes = merge(changes, change)
     config = resumed_config(state, changes)
-    _check_data_root(config.data_root, state["config"].get("data_root", ""), config.dataset, "the run trains on")
+    trained_root = state["config"].get("data_root", "")
+    _check_data_root(config.data_root, trained_root, config.dataset, "the run trains on")
+    _check_same_cases(config, run_dir, trained_root)
     return train(config, resume=True)
 
 
