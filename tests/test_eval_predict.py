@@ -172,7 +172,7 @@ def test_h5_is_used_as_stored_with_an_identity_affine(write_h5, tmp_path):
 
 def test_outputs_are_named_after_the_case_and_keep_its_folder(write_h5, tmp_path, caplog):
     for case in ("caseA", "caseB"):
-        write_h5(tmp_path / "in" / case / "mri_norm2.h5", image=np.zeros((16, 16, 8), np.float32))
+        write_h5(tmp_path / "in" / case / "mri_norm2.h5", image=half_bright((16, 16, 8)) - 5)
     (tmp_path / "in" / "more").mkdir()
     nib.save(nib.Nifti1Image(half_bright((16, 16, 8)), AFFINE), tmp_path / "in" / "more" / "scan.nii.gz")
     (tmp_path / "in" / "notes.txt").write_text("not an image")
@@ -354,6 +354,17 @@ def test_a_single_slice_is_refused_by_a_3d_network_and_segmented_by_a_2d_one(wri
     assert not (tmp_path / "out").exists()
     out = predict_file(ThresholdNet(num_classes=4), tmp_path / "slice.nii.gz", "acdc", tmp_path, patch_size=(32, 32))
     assert nib.load(out).shape == (16, 16, 1)
+
+
+def test_a_blank_volume_is_segmented_with_a_warning(write_h5, tmp_path, caplog):
+    path = write_h5(tmp_path / "blank.h5", image=np.zeros((3, 32, 32), np.float32))
+    with caplog.at_level(logging.WARNING, logger="mper"):
+        out = predict_file(ThresholdNet(num_classes=4), path, "acdc", tmp_path / "out", patch_size=(32, 32))
+    assert out.is_file()
+    assert caplog.messages == [
+        f"{path} holds one value everywhere (0): a blank or damaged scan? Its label map is what the model makes of "
+        "a blank image"
+    ]
 
 
 def test_nan_voxels_are_refused_with_the_file_name(write_h5, tmp_path):

@@ -6,6 +6,7 @@ the commands a user types."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 
@@ -374,6 +375,26 @@ def test_prediction_refuses_a_case_whose_channel_files_mix_the_endings_naming_th
     assert code == 2 and lines == [
         f"mper-predict: error: {inputs}: case synth_005 mixes the endings .nii and .nii.gz (synth_005_0000.nii, "
         "synth_005_0001.nii.gz); give all its files one of them"
+    ]
+
+
+def test_prediction_warns_of_a_blank_channel_file_and_still_writes_its_label_map(nnunet_3d, tmp_path, caplog):
+    raw, _, run_dir = nnunet_3d
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for channel in ("0000", "0001"):
+        shutil.copy(raw / "imagesTs" / f"synth_005_{channel}.nii.gz", inputs)
+    blank = inputs / "synth_005_0001.nii.gz"
+    scan = nib.load(blank)
+    nib.save(nib.Nifti1Image(np.full(scan.shape, 7.0, np.float32), scan.affine), blank)
+    with caplog.at_level(logging.WARNING, logger="mper"):
+        cli.predict_main(
+            ["--checkpoint", str(run_dir / "best.pt"), "--input", str(inputs), "--output", str(tmp_path / "out")]
+        )
+    assert (tmp_path / "out" / "synth_005.nii.gz").is_file()
+    assert caplog.messages == [
+        f"{blank} holds one value everywhere (7): a blank or damaged scan? Its label map is what the model makes of "
+        "a blank image"
     ]
 
 

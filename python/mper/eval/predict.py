@@ -143,6 +143,18 @@ def _check_volume(path: Path, image: np.ndarray, spec: DatasetSpec) -> None:
     check_finite(path, image)
 
 
+def warn_if_blank(path: Path, image: np.ndarray) -> None:
+    """Log that ``image`` (read from ``path``) holds one value everywhere: a blank or
+    damaged scan, whose label map says nothing of it."""
+    if image.size and image.min() == image.max():
+        log.warning(
+            "%s holds one value everywhere (%g): a blank or damaged scan? Its label map is what the model makes of "
+            "a blank image",
+            path,
+            float(image.flat[0]),
+        )
+
+
 def expected_layouts(spec: DatasetSpec) -> str:
     """The axis orders a model of ``spec`` takes, NIfTI and HDF5, for messages and help."""
     scan, volume = (f"({', '.join(names)})" for names in (spec.scan_axes_names, spec.volume_axes))
@@ -246,6 +258,7 @@ def _segment(
         image, scan = _load_nifti(path, spec, force)
     else:
         image = _load_h5(path, spec, force)
+    warn_if_blank(path, image)
     labels = segment_volume(net, image, dataset, device=device, **options)
     if scan is not None:
         labels = np.transpose(labels, np.argsort(spec.scan_axes))

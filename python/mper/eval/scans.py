@@ -50,7 +50,7 @@ from mper.errors import ConfigError, DataFormatError, MissingFileError, UserErro
 
 from .figures import FigureSlice, figure_slice
 from .inference import predict_probabilities
-from .predict import label_image, save_label_map, skipped_error
+from .predict import label_image, save_label_map, skipped_error, warn_if_blank
 from .protocol import postprocess_labels, score_case
 
 log = logging.getLogger(__name__)
@@ -312,6 +312,8 @@ def predict_scan(
     _check_input_files(files, name, plan)
     image, first = read_image(RawCase(name, files, None, TEST), len(plan.channels))
     _check_dimensionality(files[0], first.shape, image.shape[1:], plan)
+    for index, channel in enumerate(image):  # a file per channel, or one file of them all (Decathlon)
+        warn_if_blank(files[index] if len(files) == len(image) else Path(f"{files[0]} (channel {index})"), channel)
     spacing = scan_spacing(first, files[0])
     preprocessed, _, geometry = preprocess_scan(image, None, spacing, first.affine, plan.rules)
     labels, _ = scan_labels(net, preprocessed, geometry, dataset, num_classes, postprocess, ops, **inference)
