@@ -28,6 +28,7 @@ from mper.datasets import check_data_folder, dataset_names, get_dataset, has_pla
 from mper.datasets.scans import DEFAULT_MEMORY_GB
 from mper.errors import ConfigError, UserError
 from mper.eval.predict import expected_layouts
+from mper.eval.protocol import EMPTY_PREDICTION_RULES
 from mper.eval.report import MARKDOWN_FILE
 from mper.experiment import SweepInterrupted
 from mper.train.checkpoint import LAST_CHECKPOINT
@@ -76,11 +77,11 @@ class _PrintVersion(argparse.Action):
         parser.exit()
 
 
-def _add_weights(parser: argparse.ArgumentParser) -> None:
+def _add_weights(parser: argparse.ArgumentParser, default: str | None = pipeline.WEIGHTS[0]) -> None:
     parser.add_argument(
         "--weights",
         choices=pipeline.WEIGHTS,
-        default="student",
+        default=default,
         help="which network of the checkpoint (default: student)",
     )
 
@@ -413,22 +414,48 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     _run(parser, action)
 
 
-def eval_main(argv: Sequence[str] | None = None) -> None:
-    """``mper-eval``: score a checkpoint, write metrics and figures, print the table."""
+#: mper-eval's options that score a checkpoint, and those that score a folder of predictions.
+CHECKPOINT_OPTIONS = ("data_root", "split", "device", "weights", "figures", "tsne")
+FOLDER_OPTIONS = ("labels", "dataset_json", "empty_prediction")
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    """``mper-eval``'s options: a checkpoint to score, or a folder of predictions."""
     parser = argparse.ArgumentParser(
         prog="mper-eval",
         formatter_class=_formatter,
-        description="Evaluate a checkpoint (Dice, Jaccard, 95HD, ASD per case and mean) and draw overlays.",
+        description="Evaluate a checkpoint (Dice, Jaccard, 95HD, ASD per case and mean) and draw overlays; or, "
+        "with --predictions and --labels, score a folder of predicted label maps against a folder of "
+        "ground-truth label maps (NIfTI, paired by case name; distances in mm), without a checkpoint.",
+    )
+    scored = parser.add_mutually_exclusive_group(required=True)
+    scored.add_argument("--checkpoint", metavar="FILE", help="a .pt file written by mper-train, e.g. RUN_DIR/best.pt")
+    scored.add_argument(
+        "--predictions",
+        metavar="DIR",
+        help="a folder of predicted label maps to score against --labels: <case>.nii.gz, <case>.nii or "
+        "<case>_pred.nii.gz (mper-predict's, or another tool's)",
     )
     parser.add_argument(
-        "--checkpoint", required=True, metavar="FILE", help="a .pt file written by mper-train, e.g. RUN_DIR/best.pt"
+        "--labels", metavar="DIR", help="with --predictions: the folder of ground-truth label maps <case>.nii[.gz]"
+    )
+    parser.add_argument(
+        "--dataset-json",
+        metavar="FILE",
+        help="with --predictions: the dataset.json naming the classes (nnU-Net v2 or Decathlon labels; default: "
+        "the one beside --labels, else the classes 1 .. the largest value found)",
+    )
+    parser.add_argument(
+        "--empty-prediction",
+        choices=EMPTY_PREDICTION_RULES,
+        help="with --predictions: how a class predicted nowhere that the label holds scores (zero, the "
+        "default: all four metrics 0, as the presets; undefined: Dice 0, distances left out of the means)",
     )
     parser.add_argument(
         "--data-root", metavar="DIR", help="dataset folder (default: the one the checkpoint was trained on)"
     )
     parser.add_argument(
         "--split",
-        default="test",
         choices=pipeline.EVAL_SPLITS,
         help="test (default): the test cases; val: the cases that selected the best "
         "checkpoint in training (ACDC val.list, LA the held-out end of train.list, imported "
@@ -437,10 +464,11 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--out",
         metavar="DIR",
-        help="folder for metrics.json, metrics.md and figures/ (default: eval-<split> beside the checkpoint)",
+        help="folder for metrics.json, metrics.md and figures/ (default: eval-<split> beside the checkpoint; "
+        "with --predictions, <predictions>-metrics beside that folder)",
     )
-    _add_device(parser)
-    _add_weights(parser)
+    _add_device(parser, default=None)
+    _add_weights(parser, default=None)
     parser.add_argument(
         "--figures",
         type=int,
@@ -454,22 +482,51 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
         help="also draw tsne.png: a t-SNE map of voxel embeddings by class with the prototypes "
         "marked (needs pip install 'mper[figures]')",
     )
+    return parser
+
+
+def _check_eval_options(args: argparse.Namespace) -> None:
+    """Refuse the options of the other way of scoring than the one chosen."""
+    mode, others = (
+        ("--predictions", CHECKPOINT_OPTIONS) if args.predictions is not None else ("--checkpoint", FOLDER_OPTIONS)
+    )
+    given = [f"--{name.replace('_', '-')}" for name in others if getattr(args, name) not in (None, False)]
+    if given:
+        raise ConfigError(f"{', '.join(given)} cannot be used with {mode}")
+    if args.predictions is not None and args.labels is None:
+        raise ConfigError("--predictions needs --labels DIR, the folder of the ground-truth label maps")
+
+
+def eval_main(argv: Sequence[str] | None = None) -> None:
+    """``mper-eval``: score a checkpoint (or a folder of predictions), write metrics and figures, print the table."""
+    parser = eval_parser()
     args = parser.parse_args(argv)
 
     def action() -> None:
-        out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
-        result = pipeline.evaluate(
-            args.checkpoint, args.data_root, args.split, out, args.device, args.weights, args.figures
-        )
+        _check_eval_options(args)
+        if args.predictions is not None:
+            result = pipeline.evaluate_folders(
+                args.predictions,
+                args.labels,
+                args.out,
+                args.dataset_json,
+                args.empty_prediction or EMPTY_PREDICTION_RULES[0],
+            )
+            print(f"\n{result['markdown']}\nwritten to {result['out']}")
+            return
+        split = args.split or "test"
+        device, weights = args.device or "auto", args.weights or pipeline.WEIGHTS[0]
+        out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{split}"
+        result = pipeline.evaluate(args.checkpoint, args.data_root, split, out, device, weights, args.figures)
         print(f"\n{result['markdown']}\nwritten to {out}")
         if args.tsne:
             path = pipeline.tsne(
                 args.checkpoint,
                 out / pipeline.TSNE_FIGURE,
                 args.data_root,
-                args.split,
-                device=args.device,
-                weights=args.weights,
+                split,
+                device=device,
+                weights=weights,
             )
             print(f"t-SNE map: {path}")
 

@@ -13,7 +13,8 @@
   (:class:`~mper.errors.UserError`) keeps the folder, ``train.log`` saying why it
   stopped; any other error keeps it too, with its traceback in ``train.log``.
 * :func:`evaluate` scores a checkpoint (docs/method.md, "Evaluation") into a folder of
-  its own (:func:`check_eval_folder`), :func:`predict` segments image files.
+  its own (:func:`check_eval_folder`), :func:`evaluate_folders` a folder of predicted label
+  maps against one of ground-truth label maps, :func:`predict` segments image files.
 * :func:`synthesize` and :func:`convert` prepare data (see :mod:`mper.datasets`);
   :func:`synthesize_scans` writes raw scans and :func:`import_scans` imports them
   (:mod:`mper.datasets.scans`): :func:`imported_dataset` names the dataset of such a
@@ -48,6 +49,7 @@ from mper.datasets.scans import scan_spec
 from mper.errors import CheckpointError, ConfigError, MissingFileError, RunFolderError, UserError
 from mper.eval.evaluate import EVALUATION_OUTPUTS, evaluate_cases, mean_dice
 from mper.eval.figures import add_figures
+from mper.eval.folders import evaluate_folders as score_folders
 from mper.eval.predict import predict_path
 from mper.eval.protocol import check_protocol
 from mper.eval.report import MARKDOWN_FILE, METRICS_FILE, SPLIT_NAMES
@@ -672,6 +674,40 @@ def check_eval_folder(out_dir: str | Path, split: str = "test") -> None:
         f"--out {out} holds files mper-eval does not write ({listed_names(others)}): the evaluation would write "
         f"among them; {advice}"
     )
+
+
+#: The folder :func:`evaluate_folders` writes into by default, beside the predictions: ``<name>-metrics``.
+FOLDER_METRICS_SUFFIX = "-metrics"
+
+
+def default_folder_metrics(predictions: str | Path) -> Path:
+    """Where :func:`evaluate_folders` writes by default: ``<predictions name>-metrics``
+    beside the predictions folder."""
+    folder = Path(predictions).resolve()
+    return folder.parent / f"{folder.name}{FOLDER_METRICS_SUFFIX}"
+
+
+def evaluate_folders(
+    predictions: str | Path,
+    labels: str | Path,
+    out_dir: str | Path | None = None,
+    dataset_json: str | Path | None = None,
+    empty_prediction: str = "zero",
+) -> dict[str, Any]:
+    """Score the label maps of the folder ``predictions`` against those of ``labels`` (see
+    :mod:`mper.eval.folders`), writing ``metrics.json`` and ``metrics.md`` into ``out_dir``
+    (default :func:`default_folder_metrics`): a folder outside both inputs, new, empty or
+    an earlier evaluation's (:func:`check_eval_folder`), checked before anything is read.
+    Returns ``{"per_case", "summary", "markdown", "out"}``."""
+    out = Path(out_dir) if out_dir is not None else default_folder_metrics(predictions)
+    for option, folder in (("--predictions", predictions), ("--labels", labels)):
+        if out.resolve().is_relative_to(Path(folder).resolve()):
+            raise RunFolderError(
+                f"--out {out} lies in the {option} folder {folder}: the report would lie among the label maps; "
+                "choose a folder outside both inputs"
+            )
+    check_eval_folder(out)
+    return {**score_folders(predictions, labels, out, dataset_json, empty_prediction), "out": out}
 
 
 def _evaluate(

@@ -244,6 +244,24 @@ def _class_names(labels: Any, layout: str, where: Path) -> tuple[str, ...]:
     return tuple(by_value[index] for index in range(len(by_value)))
 
 
+def read_class_names(path: str | Path) -> tuple[str, ...]:
+    """The class names, by label value, that the ``dataset.json`` at ``path`` declares in its
+    ``labels``: nnU-Net v2's ``{name: value}`` or the Decathlon's ``{"value": name}``, told
+    apart by ``channel_names`` or ``modality`` as :func:`read_raw_dataset` does, else by the
+    labels themselves (names mapped to numbers: nnU-Net). Refused as the import refuses them."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path} not found: give the dataset.json that names the classes")
+    document = _json(path)
+    labels = document.get("labels")
+    if "channel_names" in document or "modality" in document:
+        layout = _layout_of(document, path)
+    else:
+        values = labels.values() if isinstance(labels, dict) else ()
+        layout = NNUNET if any(isinstance(value, (int, float, list)) for value in values) else MSD
+    return _class_names(labels, layout, path)
+
+
 def _split_by_ending(folder: Path, ending: str) -> tuple[list[Path], list[Path]]:
     """(the files of ``folder`` that end with ``ending``, the others), each sorted; hidden
     files (``._x``, ``.DS_Store``) are among the others."""
@@ -663,18 +681,24 @@ def _stored_otherwise(
     return ", ".join(how)
 
 
-def _check_geometry(
+#: Which files :func:`check_geometry` says must share one voxel grid, by default.
+CASE_FILES = "the channels and the label of a case"
+
+
+def check_geometry(
     path: Path,
     shape: tuple[int, ...],
     affine: np.ndarray,
     reference: Path,
     reference_shape: tuple[int, ...],
     reference_affine: np.ndarray,
+    together: str = CASE_FILES,
 ) -> None:
     """Refuse ``path`` unless its voxel grid is ``reference``'s: the same shape, and no voxel
     placed more than :data:`GEOMETRY_TOLERANCE` of a voxel apart by the spacing, the origin
     or the direction, each naming the part, both values and the file; the same voxels stored
-    in another orientation are named as such."""
+    in another orientation are named as such. ``together`` names the files that must share
+    a grid (:data:`CASE_FILES`: a case's channels and label)."""
     stored = _stored_otherwise(shape, affine, reference_shape, reference_affine)
     if stored:
         codes, reference_codes = (
@@ -688,8 +712,8 @@ def _check_geometry(
         )
     if shape != reference_shape:
         raise DataFormatError(
-            f"{path}: shape {shape} differs from {reference.name}'s {reference_shape}; the channels and the label "
-            "of a case must share one voxel grid: resample them to one grid"
+            f"{path}: shape {shape} differs from {reference.name}'s {reference_shape}; {together} must share one "
+            "voxel grid: resample them to one grid"
         )
     spacing, direction, origin = _grid(affine)
     reference_spacing, reference_direction, reference_origin = _grid(reference_affine)
@@ -701,7 +725,7 @@ def _check_geometry(
     direction_moves = steps * reference_spacing * np.linalg.norm(direction - reference_direction, axis=0)
     origin_move = float(np.abs(origin - reference_origin).max())
     allowed = f"more than the {_values(np.array([tolerance]), tolerance)[1:-1]} mm ({GEOMETRY_TOLERANCE:.0%} of a "
-    allowed += f"{_values(np.array([voxel]), tolerance)[1:-1]} mm voxel) that the channels and the label of a case may"
+    allowed += f"{_values(np.array([voxel]), tolerance)[1:-1]} mm voxel) that {together} may"
     advice = "resample them to one voxel grid (or fix the header)"
     if spacing_moves.max() > tolerance:
         precision = tolerance / float(steps[int(spacing_moves.argmax())])
@@ -746,7 +770,7 @@ def read_image(case: RawCase, channels: int) -> tuple[np.ndarray, nib.Nifti1Imag
         for path in case.images[1:]:
             scan = load_nifti(path)
             volume = _spatial(nifti_voxels(scan, path, np.float32), path, "the image", _IMAGE_FIX)
-            _check_geometry(path, volume.shape, scan.affine, case.images[0], volumes[0].shape, first.affine)
+            check_geometry(path, volume.shape, scan.affine, case.images[0], volumes[0].shape, first.affine)
             volumes.append(volume)
         image = np.stack(volumes)
     paths = case.images if len(case.images) == len(image) else case.images * len(image)
@@ -755,16 +779,15 @@ def read_image(case: RawCase, channels: int) -> tuple[np.ndarray, nib.Nifti1Imag
     return image, first
 
 
-def read_label(
-    path: Path, shape: tuple[int, ...], affine: np.ndarray, reference: Path, class_names: Sequence[str]
-) -> np.ndarray:
-    """The label map at ``path`` as uint8, checked against the image's grid and the declared classes."""
+def read_label_map(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """The label map at ``path`` as one 3D array of whole values (its stored type: a float
+    map of whole values is read as such) and its image (header, affine); a 4D map, a
+    non-finite or a non-integer value is refused, naming the file."""
     scan = load_nifti(path)
     data = nifti_voxels(scan, path)
     if data.ndim == 4 and data.shape[3] > 1:
         raise DataFormatError(f"{path}: a 4D label of shape {data.shape}; {_A_LABEL}: merge the channels into one map")
     label = _spatial(data, path, "the label", f"{_A_LABEL}: save it with three axes")
-    _check_geometry(path, label.shape, scan.affine, reference, shape, affine)
     if not np.issubdtype(label.dtype, np.integer):
         check_finite(path, label, "label")
         fractional = label != np.round(label)
@@ -774,13 +797,27 @@ def read_label(
                 f"{path}: the label holds non-integer values ({int(fractional.sum())} voxel(s), e.g. {examples}: "
                 "a label map interpolated, or written with a scale factor?); write class values 0, 1, ..."
             )
-    values = np.unique(label)
-    undeclared = [int(value) for value in values if not 0 <= value < len(class_names)]
+    return label, scan
+
+
+def check_declared(path: Path, label: np.ndarray, class_names: Sequence[str], declared_in: str = DATASET_JSON) -> None:
+    """Refuse the label map ``label`` (read from ``path``) if it holds a value that is not
+    one of the classes ``class_names`` (declared in ``declared_in``) numbers."""
+    undeclared = [int(value) for value in np.unique(label) if not 0 <= value < len(class_names)]
     if undeclared:
         raise DataFormatError(
-            f"{path}: label value(s) {undeclared} are not declared in dataset.json (labels: "
+            f"{path}: label value(s) {undeclared} are not declared in {declared_in} (labels: "
             f"{', '.join(f'{index} {name}' for index, name in enumerate(class_names))}); declare them or relabel"
         )
+
+
+def read_label(
+    path: Path, shape: tuple[int, ...], affine: np.ndarray, reference: Path, class_names: Sequence[str]
+) -> np.ndarray:
+    """The label map at ``path`` as uint8, checked against the image's grid and the declared classes."""
+    label, scan = read_label_map(path)
+    check_geometry(path, label.shape, scan.affine, reference, shape, affine)
+    check_declared(path, label, class_names)
     return label.astype(np.uint8)
 
 

@@ -1,0 +1,213 @@
+"""Score a folder of predicted label maps against a folder of ground-truth label maps, as
+nnU-Net's ``nnUNetv2_evaluate_folder`` does: no checkpoint, no inference.
+
+* Pairs: a label ``<case><ending>`` (``.nii.gz`` or ``.nii``) pairs with the prediction
+  ``<case>`` of either ending, or ``<case>_pred.nii.gz`` (what ``mper-predict`` writes for
+  an LA or ACDC model). A label without a prediction is refused before anything is
+  scored (left out, it would silently raise the mean); predictions without a label are
+  named in one warning line and left out, as are files that are not NIfTI. Hidden files
+  are ignored.
+* Classes: from a ``dataset.json`` (nnU-Net v2 or Decathlon ``labels``, read by
+  :func:`mper.data.raw_scans.read_class_names`): the one given, else the one beside the
+  labels folder (nnU-Net's raw layout: ``labelsTs/`` next to ``dataset.json``); without
+  one, the classes are 1 .. the largest value of any label or prediction, named
+  ``class 1``, ... . A value outside the declared classes is refused, naming the file.
+* Every pair is read and checked before the first is scored: one 3D map of whole values
+  each (:func:`mper.data.raw_scans.read_label_map`), the prediction on its label's voxel
+  grid (:func:`mper.data.raw_scans.check_geometry`).
+* Scores: :func:`mper.eval.protocol.score_case` (``empty_prediction``, a class absent from
+  both a right answer), distances in millimetres from the label's voxel spacing, summarised
+  and written as ``mper-eval`` writes them (:mod:`mper.eval.report`), with ``split``
+  ``"folder"`` and both folders in ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from mper.data.files import listed_names
+from mper.data.raw_scans import (
+    DATASET_JSON,
+    NIFTI_ENDINGS,
+    case_name,
+    check_declared,
+    check_geometry,
+    read_class_names,
+    read_label_map,
+    scan_spacing,
+)
+from mper.errors import DataFormatError, MissingFileError
+
+from .predict import OUTPUT_SUFFIX
+from .protocol import check_protocol, score_case
+from .report import markdown_table, summarize, write_report
+from .scans import DISTANCE_UNIT
+
+log = logging.getLogger(__name__)
+
+#: What ``metrics.json`` records as the split of a folder's evaluation.
+FOLDER_SPLIT = "folder"
+#: How a prediction may be named for the label ``<case><ending>``.
+PREDICTION_NAMING = f"<case>{' or <case>'.join(NIFTI_ENDINGS)} or <case>{OUTPUT_SUFFIX}"
+#: What the classes are named where no ``dataset.json`` names them.
+UNDECLARED = "the values found"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One case: its ground-truth ``label`` and its ``prediction``."""
+
+    case: str
+    label: Path
+    prediction: Path
+
+
+def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
+    """``{name without its NIfTI ending: file}`` of the visible files of ``folder``; other
+    files are named in one warning line, a case there twice (both endings) refused."""
+    if not folder.is_dir():
+        raise MissingFileError(f"{role} folder {folder} not found; give the folder of the {role}")
+    found: dict[str, Path] = {}
+    others = []
+    for path in sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")):
+        stem = next((stem for stem in (case_name(path.name, end) for end in NIFTI_ENDINGS) if stem), None)
+        if stem is None:
+            others.append(path.name)
+        elif stem in found:
+            raise DataFormatError(f"{folder}: {stem} is there twice, as {found[stem].name} and {path.name}; keep one")
+        else:
+            found[stem] = path
+    if others:
+        log.warning("%s: ignored %d file(s) that are not NIfTI: %s", folder, len(others), listed_names(others))
+    return found
+
+
+def pair_files(predictions: str | Path, labels: str | Path) -> list[Pair]:
+    """The pairs of the two folders, by case name, in case order (see the module docstring).
+
+    Raises:
+        MissingFileError: a folder missing, no label at all, or a label without its prediction.
+        DataFormatError: a case there twice in a folder (both endings, or both namings).
+    """
+    predictions, labels = Path(predictions), Path(labels)
+    if predictions.resolve() == labels.resolve():
+        raise DataFormatError(f"--predictions and --labels are the same folder, {labels}; give two folders")
+    label_files = _nifti_files(labels, "labels")
+    if not label_files:
+        raise MissingFileError(
+            f"no label maps in {labels}; expected NIfTI files <case>{' or <case>'.join(NIFTI_ENDINGS)}"
+        )
+    paired: dict[str, Path] = {}
+    unpaired = []
+    for stem, path in _nifti_files(predictions, "predictions").items():
+        case = stem
+        if case not in label_files and path.name.endswith(OUTPUT_SUFFIX):
+            case = path.name[: -len(OUTPUT_SUFFIX)]
+        if case not in label_files:
+            unpaired.append(path.name)
+        elif case in paired:
+            raise DataFormatError(
+                f"{predictions}: case {case} has two predictions, {paired[case].name} and {path.name}; keep one"
+            )
+        else:
+            paired[case] = path
+    missing = [case for case in label_files if case not in paired]
+    if missing:
+        raise MissingFileError(
+            f"{len(missing)} of {len(label_files)} label(s) in {labels} have no prediction in {predictions} "
+            f"(named {PREDICTION_NAMING}): {listed_names(missing)}; predict them or move their labels aside, "
+            "since a case left out would change the mean"
+        )
+    if unpaired:
+        log.warning(
+            "%s: left out %d prediction(s) without a label in %s: %s",
+            predictions,
+            len(unpaired),
+            labels,
+            listed_names(unpaired),
+        )
+    return [Pair(case, label_files[case], paired[case]) for case in sorted(label_files)]
+
+
+def folder_class_names(
+    labels: str | Path, dataset_json: str | Path | None = None
+) -> tuple[tuple[str, ...] | None, str]:
+    """(the class names by value, where they come from): ``dataset_json``, else the
+    ``dataset.json`` beside ``labels``; ``(None, UNDECLARED)`` without either."""
+    beside = Path(labels).resolve().parent / DATASET_JSON
+    source = Path(dataset_json) if dataset_json is not None else beside if beside.is_file() else None
+    if source is None:
+        return None, UNDECLARED
+    return read_class_names(source), str(source)
+
+
+def _read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """(prediction, label, the label's voxel spacing in mm), the prediction on the label's grid."""
+    label, label_scan = read_label_map(pair.label)
+    prediction, prediction_scan = read_label_map(pair.prediction)
+    check_geometry(
+        pair.prediction,
+        prediction.shape,
+        prediction_scan.affine,
+        pair.label,
+        label.shape,
+        label_scan.affine,
+        together=f"a prediction and its label ({pair.label})",
+    )
+    return prediction, label, scan_spacing(label_scan, pair.label)
+
+
+def _checked_class_count(pairs: list[Pair], class_names: tuple[str, ...] | None, declared_in: str) -> int:
+    """Read and check every pair (:func:`_read_pair`, the declared classes): the number of
+    classes, background included, that the scores count."""
+    largest = 1
+    for pair in tqdm(pairs, desc="checking", unit="case", leave=False):
+        prediction, label, _ = _read_pair(pair)
+        for path, values in ((pair.label, label), (pair.prediction, prediction)):
+            if class_names is not None:
+                check_declared(path, values, class_names, declared_in)
+            elif values.min() < 0:
+                raise DataFormatError(f"{path}: label value {values.min():g} is negative; write class values 0, 1, ...")
+            largest = max(largest, int(values.max()))
+    return len(class_names) if class_names is not None else largest + 1
+
+
+def evaluate_folders(
+    predictions: str | Path,
+    labels: str | Path,
+    out_dir: str | Path | None = None,
+    dataset_json: str | Path | None = None,
+    empty_prediction: str = "zero",
+) -> dict[str, Any]:
+    """Score the predictions of ``predictions`` against the labels of ``labels`` (see the
+    module docstring); with ``out_dir``, write ``metrics.md`` and ``metrics.json`` there.
+    Every refusal (:class:`~mper.errors.UserError`) comes before the first case is scored.
+    Returns ``{"per_case", "summary", "markdown"}``."""
+    check_protocol(empty_prediction=empty_prediction)
+    pairs = pair_files(predictions, labels)
+    class_names, declared_in = folder_class_names(labels, dataset_json)
+    num_classes = _checked_class_count(pairs, class_names, declared_in)
+    per_case = {}
+    for pair in tqdm(pairs, desc="evaluating", unit="case"):
+        prediction, label, spacing = _read_pair(pair)
+        per_case[pair.case] = score_case(prediction, label, num_classes, empty_prediction, spacing=spacing)
+    summary = summarize(per_case)
+    method = Path(predictions).resolve().name
+    markdown = markdown_table(summary, method, "-", "-", class_names, DISTANCE_UNIT, FOLDER_SPLIT)
+    if out_dir is not None:
+        extra = {
+            "split": FOLDER_SPLIT,
+            "predictions": str(Path(predictions).resolve()),
+            "labels": str(Path(labels).resolve()),
+            "classes_from": declared_in,
+            "empty_prediction": empty_prediction,
+        }
+        table = {"method": method, "labeled": "-", "unlabeled": "-"}
+        write_report(out_dir, per_case, summary, markdown, table=table, extra=extra)
+    return {"per_case": per_case, "summary": summary, "markdown": markdown}

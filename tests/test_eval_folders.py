@@ -1,0 +1,228 @@
+"""``mper-eval --predictions DIR --labels DIR``: a folder of predicted label maps scored
+against a folder of ground-truth label maps (mper.eval.folders), checked against Dice and
+surface distances computed here independently, with numpy and scipy."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from mper import pipeline
+from mper.cli import eval_main
+from mper.data.raw_scans import read_class_names
+from mper.errors import DataFormatError, MissingFileError, RunFolderError
+from mper.eval import folders
+from mper.eval.report import MARKDOWN_FILE, METRICS_FILE
+
+SHAPE = (12, 12, 6)
+SPACING = (0.8, 1.2, 2.5)
+AFFINE = np.diag([*SPACING, 1.0])
+
+
+def _save(path, data, affine=AFFINE):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(data), affine), path)
+    return path
+
+
+def _maps():
+    """Two cases of known overlaps: ``{case: (label, prediction)}``, classes 1 and 2."""
+    label_a = np.zeros(SHAPE, np.uint8)
+    label_a[2:8, 2:8, 1:4] = 1
+    label_a[8:11, 3:9, 2:5] = 2
+    pred_a = np.zeros(SHAPE, np.uint8)
+    pred_a[3:8, 2:9, 1:5] = 1  # shifted and grown
+    pred_a[8:11, 4:9, 2:5] = 2
+    label_b = np.zeros(SHAPE, np.uint8)
+    label_b[1:6, 1:7, 1:5] = 1
+    pred_b = np.zeros(SHAPE, np.uint8)
+    pred_b[1:6, 2:7, 2:5] = 1  # class 2 absent from both: a right answer
+    return {"case_a": (label_a, pred_a), "case_b": (label_b, pred_b)}
+
+
+@pytest.fixture
+def raw(tmp_path):
+    """An nnU-Net raw layout: dataset.json beside labelsTs/ (one .nii.gz, one .nii label), and
+    predictions named <case>.nii.gz and <case>_pred.nii.gz."""
+    root = tmp_path / "Dataset001"
+    root.mkdir()
+    document = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "tumour": 2}}
+    (root / "dataset.json").write_text(json.dumps(document))
+    maps = _maps()
+    _save(root / "labelsTs" / "case_a.nii.gz", maps["case_a"][0])
+    _save(root / "labelsTs" / "case_b.nii", maps["case_b"][0])
+    _save(tmp_path / "predictions" / "case_a.nii.gz", maps["case_a"][1])
+    _save(tmp_path / "predictions" / "case_b_pred.nii.gz", maps["case_b"][1])
+    return tmp_path / "predictions", root / "labelsTs"
+
+
+def _dice(pred, gt):
+    return 2 * np.logical_and(pred, gt).sum() / (pred.sum() + gt.sum())
+
+
+def _surface_mm(mask):
+    """Coordinates (mm) of the voxels an erosion of face connectivity removes."""
+    eroded = ndimage.binary_erosion(mask, ndimage.generate_binary_structure(3, 1))
+    return np.argwhere(mask & ~eroded) * np.asarray(SPACING, np.float32)  # as the NIfTI header stores it
+
+
+def _distances(pred, gt):
+    """(95% Hausdorff distance, average surface distance from the prediction), brute force; the
+    95th percentile of the distances of both directions together, as medpy takes it."""
+    a, b = _surface_mm(pred), _surface_mm(gt)
+    pairwise = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=-1)
+    a_to_b, b_to_a = pairwise.min(axis=1), pairwise.min(axis=0)
+    return np.percentile(np.concatenate([a_to_b, b_to_a]), 95), a_to_b.mean()
+
+
+def test_scores_match_an_independent_computation_in_mm_and_the_report_is_written(raw, tmp_path):
+    predictions, labels = raw
+    result = pipeline.evaluate_folders(predictions, labels)
+    out = tmp_path / "predictions-metrics"
+    assert result["out"] == out
+    for case, (label, pred) in _maps().items():
+        for value in (1, 2):
+            scores = result["per_case"][case][value]
+            if not (label == value).any():
+                assert scores == {"dice": 1.0, "jaccard": 1.0, "hd95": 0.0, "asd": 0.0}
+                continue
+            dice = _dice(pred == value, label == value)
+            assert scores["dice"] == pytest.approx(dice, abs=1e-12)
+            assert scores["jaccard"] == pytest.approx(dice / (2 - dice), abs=1e-12)
+            hd95, asd = _distances(pred == value, label == value)
+            assert scores["hd95"] == pytest.approx(hd95, abs=1e-9)
+            assert scores["asd"] == pytest.approx(asd, abs=1e-9)
+    assert result["per_case"]["case_a"][1]["asd"] > 0
+    document = json.loads((out / METRICS_FILE).read_text())
+    assert document["split"] == "folder"
+    assert document["predictions"] == str(predictions.resolve())
+    assert document["labels"] == str(labels.resolve())
+    assert sorted(document["per_case"]) == ["case_a", "case_b"]
+    markdown = (out / MARKDOWN_FILE).read_text()
+    assert markdown == result["markdown"]
+    assert "| liver |" in markdown and "| tumour |" in markdown and "in mm; means over 2 cases" in markdown
+
+
+def test_a_class_predicted_nowhere_scores_by_the_rule(raw):
+    predictions, labels = raw
+    label = _maps()["case_a"][0]
+    _save(predictions / "case_a.nii.gz", np.where(label == 2, 0, label).astype(np.uint8))
+    zero = folders.evaluate_folders(predictions, labels)["per_case"]["case_a"][2]
+    assert zero == {"dice": 0.0, "jaccard": 0.0, "hd95": 0.0, "asd": 0.0}
+    undefined = folders.evaluate_folders(predictions, labels, empty_prediction="undefined")["per_case"]["case_a"][2]
+    assert undefined["dice"] == 0.0 and np.isnan(undefined["hd95"])
+
+
+def test_without_dataset_json_the_classes_are_the_values_found_in_labels_and_predictions(tmp_path, caplog):
+    label = np.zeros(SHAPE, np.float32)  # a float map of whole values
+    label[2:6, 2:6, 1:4] = 1.0
+    pred = np.zeros(SHAPE, np.int16)
+    pred[2:6, 2:6, 1:4] = 1
+    pred[8:10, 8:10, 2:4] = 3  # a value the labels lack: a false class
+    _save(tmp_path / "labels" / "x.nii.gz", label)
+    _save(tmp_path / "preds" / "x.nii", pred)
+    _save(tmp_path / "preds" / "y.nii.gz", pred)  # no label: left out, named
+    (tmp_path / "preds" / "notes.txt").write_text("")
+    (tmp_path / "preds" / ".DS_Store").write_text("")
+    with caplog.at_level(logging.WARNING, logger="mper"):
+        result = folders.evaluate_folders(tmp_path / "preds", tmp_path / "labels")
+    assert sorted(result["per_case"]["x"]) == [1, 2, 3]
+    assert result["per_case"]["x"][1]["dice"] == 1.0 and result["per_case"]["x"][3]["dice"] == 0.0
+    assert "| class 3 |" in result["markdown"]
+    warnings = [record.getMessage() for record in caplog.records]
+    assert any("1 prediction(s) without a label" in line and "y.nii.gz" in line for line in warnings)
+    assert any("not NIfTI: notes.txt" in line for line in warnings)
+    assert not any(".DS_Store" in line for line in warnings)
+
+
+def _refusal(predictions, labels, monkeypatch, **options):
+    """The refusal of ``evaluate_folders``, asserting that no case was scored before it."""
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("a case was scored before the refusal")
+
+    monkeypatch.setattr(folders, "score_case", no_scoring)
+    with pytest.raises((DataFormatError, MissingFileError, RunFolderError)) as refused:
+        pipeline.evaluate_folders(predictions, labels, **options)
+    assert "\n" not in str(refused.value)
+    return str(refused.value)
+
+
+def test_a_label_without_its_prediction_is_refused_naming_it(raw, monkeypatch):
+    predictions, labels = raw
+    (predictions / "case_b_pred.nii.gz").unlink()
+    message = _refusal(predictions, labels, monkeypatch)
+    assert "1 of 2 label(s)" in message and "case_b" in message and "_pred.nii.gz" in message
+
+
+def test_pairs_on_other_grids_are_refused_naming_both_files(raw, monkeypatch):
+    predictions, labels = raw
+    label = _maps()["case_b"][0]
+    _save(predictions / "case_b_pred.nii.gz", label[:, :, :5])
+    message = _refusal(predictions, labels, monkeypatch)
+    assert str(predictions / "case_b_pred.nii.gz") in message and str(labels / "case_b.nii") in message
+    assert "shape (12, 12, 5)" in message
+    shifted = AFFINE.copy()
+    shifted[0, 3] = 2.0
+    _save(predictions / "case_b_pred.nii.gz", label, shifted)
+    message = _refusal(predictions, labels, monkeypatch)
+    assert "origin" in message and str(labels / "case_b.nii") in message
+
+
+def test_values_outside_the_declared_classes_and_fractions_are_refused(raw, monkeypatch):
+    predictions, labels = raw
+    pred = _maps()["case_b"][1].copy()
+    pred[0, 0, 0] = 3
+    _save(predictions / "case_b_pred.nii.gz", pred)
+    message = _refusal(predictions, labels, monkeypatch)
+    assert "case_b_pred.nii.gz: label value(s) [3] are not declared in" in message and "2 tumour" in message
+    _save(predictions / "case_b_pred.nii.gz", pred.astype(np.float32) / 2)
+    assert "non-integer values" in _refusal(predictions, labels, monkeypatch)
+
+
+def test_an_out_folder_inside_an_input_folder_is_refused(raw, monkeypatch):
+    predictions, labels = raw
+    for out in (predictions / "metrics", labels):
+        assert "lies in the --" in _refusal(predictions, labels, monkeypatch, out_dir=out)
+
+
+def test_two_predictions_of_one_case_are_refused(raw, monkeypatch):
+    predictions, labels = raw
+    _save(predictions / "case_b.nii.gz", _maps()["case_b"][1])
+    assert "case case_b has two predictions" in _refusal(predictions, labels, monkeypatch)
+
+
+def test_dataset_json_class_names_in_both_layouts(tmp_path):
+    msd = tmp_path / "msd.json"
+    msd.write_text(json.dumps({"labels": {"0": "background", "1": "heart"}}))
+    nnunet = tmp_path / "nnunet.json"
+    nnunet.write_text(json.dumps({"labels": {"background": 0, "heart": 1}}))
+    assert read_class_names(msd) == read_class_names(nnunet) == ("background", "heart")
+
+
+def test_the_command_scores_folders_and_refuses_mistakes_in_one_line(raw, tmp_path, capsys):
+    predictions, labels = raw
+    out = tmp_path / "scores"
+    eval_main(["--predictions", str(predictions), "--labels", str(labels), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "| predictions | - | - |" in printed and f"written to {out}" in printed
+    assert (out / METRICS_FILE).is_file()
+    refusals = [
+        (["--predictions", str(predictions), "--checkpoint", "best.pt"], "not allowed with argument --predictions"),
+        (["--predictions", str(predictions)], "--predictions needs --labels"),
+        (["--predictions", str(predictions), "--labels", str(labels), "--split", "val"], "--split cannot be used"),
+        (["--checkpoint", "best.pt", "--labels", str(labels)], "--labels cannot be used with --checkpoint"),
+        (["--predictions", str(predictions), "--labels", str(labels), "--out", str(labels)], "lies in the --labels"),
+        (["--predictions", str(tmp_path / "none"), "--labels", str(labels)], "predictions folder"),
+    ]
+    for argv, message in refusals:
+        with pytest.raises(SystemExit) as exit_info:
+            eval_main(argv)
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in error, error
+        assert "Traceback" not in error and error.count("error:") == 1
