@@ -27,6 +27,7 @@ from mper.data.synth_scans import SYNTH_SCAN_CASES, SYNTH_SCAN_SIZE
 from mper.datasets import check_data_folder, dataset_names, get_dataset, has_plan
 from mper.datasets.scans import DEFAULT_MEMORY_GB
 from mper.errors import ConfigError, UserError
+from mper.eval.folders import DEFAULT_EMPTY_PREDICTION
 from mper.eval.predict import expected_layouts
 from mper.eval.protocol import EMPTY_PREDICTION_RULES
 from mper.eval.report import MARKDOWN_FILE
@@ -448,8 +449,9 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--empty-prediction",
         choices=EMPTY_PREDICTION_RULES,
-        help="with --predictions: how a class predicted nowhere that the label holds scores (zero, the "
-        "default: all four metrics 0, as the presets; undefined: Dice 0, distances left out of the means)",
+        help="with --predictions: how a class predicted nowhere that the label holds scores (zero: all four "
+        "metrics 0, as the presets; undefined: Dice 0, distances left out of the means; default: "
+        f"{DEFAULT_EMPTY_PREDICTION})",
     )
     parser.add_argument(
         "--data-root", metavar="DIR", help="dataset folder (default: the one the checkpoint was trained on)"
@@ -505,12 +507,9 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
     def action() -> None:
         _check_eval_options(args)
         if args.predictions is not None:
+            rule = {"empty_prediction": args.empty_prediction} if args.empty_prediction else {}
             result = pipeline.evaluate_folders(
-                args.predictions,
-                args.labels,
-                args.out,
-                args.dataset_json,
-                args.empty_prediction or EMPTY_PREDICTION_RULES[0],
+                args.predictions, args.labels, args.out, dataset_json=args.dataset_json, **rule
             )
             print(f"\n{result['markdown']}\nwritten to {result['out']}")
             return

@@ -688,14 +688,11 @@ def default_folder_metrics(predictions: str | Path) -> Path:
 
 
 def evaluate_folders(
-    predictions: str | Path,
-    labels: str | Path,
-    out_dir: str | Path | None = None,
-    dataset_json: str | Path | None = None,
-    empty_prediction: str = "zero",
+    predictions: str | Path, labels: str | Path, out_dir: str | Path | None = None, **options: Any
 ) -> dict[str, Any]:
-    """Score the label maps of the folder ``predictions`` against those of ``labels`` (see
-    :mod:`mper.eval.folders`), writing ``metrics.json`` and ``metrics.md`` into ``out_dir``
+    """Score the label maps of the folder ``predictions`` against those of ``labels``
+    (:func:`mper.eval.folders.evaluate_folders`, which takes ``options``: ``dataset_json``,
+    ``empty_prediction``), writing ``metrics.json`` and ``metrics.md`` into ``out_dir``
     (default :func:`default_folder_metrics`): a folder outside both inputs, new, empty or
     an earlier evaluation's (:func:`check_eval_folder`), checked before anything is read.
     Returns ``{"per_case", "summary", "markdown", "out"}``."""
@@ -707,7 +704,7 @@ def evaluate_folders(
                 "choose a folder outside both inputs"
             )
     check_eval_folder(out)
-    return {**score_folders(predictions, labels, out, dataset_json, empty_prediction), "out": out}
+    return {**score_folders(predictions, labels, out, **options), "out": out}
 
 
 def _evaluate(

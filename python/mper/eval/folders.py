@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 FOLDER_SPLIT = "folder"
 #: How a prediction may be named for the label ``<case><ending>``.
 PREDICTION_NAMING = f"<case>{' or <case>'.join(NIFTI_ENDINGS)} or <case>{OUTPUT_SUFFIX}"
+#: How a class predicted nowhere scores unless told (``eval.empty_prediction`` of the presets'
+#: published protocol).
+DEFAULT_EMPTY_PREDICTION = "zero"
 #: What the classes are named where no ``dataset.json`` names them.
 UNDECLARED = "the values found"
 
@@ -183,7 +186,7 @@ def evaluate_folders(
     labels: str | Path,
     out_dir: str | Path | None = None,
     dataset_json: str | Path | None = None,
-    empty_prediction: str = "zero",
+    empty_prediction: str = DEFAULT_EMPTY_PREDICTION,
 ) -> dict[str, Any]:
     """Score the predictions of ``predictions`` against the labels of ``labels`` (see the
     module docstring); with ``out_dir``, write ``metrics.md`` and ``metrics.json`` there.
