@@ -112,8 +112,12 @@ def test_a_class_predicted_nowhere_scores_by_the_rule(raw):
     predictions, labels = raw
     label = _maps()["case_a"][0]
     _save(predictions / "case_a.nii.gz", np.where(label == 2, 0, label).astype(np.uint8))
-    zero = folders.evaluate_folders(predictions, labels)["per_case"]["case_a"][2]
-    assert zero == {"dice": 0.0, "jaccard": 0.0, "hd95": 0.0, "asd": 0.0}
+    result = folders.evaluate_folders(predictions, labels)
+    assert result["per_case"]["case_a"][2] == {"dice": 0.0, "jaccard": 0.0, "hd95": 0.0, "asd": 0.0}
+    assert (
+        "(--empty-prediction zero)" in result["markdown"]
+        and "--empty-prediction undefined leaves" in result["markdown"]
+    )
     undefined = folders.evaluate_folders(predictions, labels, empty_prediction="undefined")["per_case"]["case_a"][2]
     assert undefined["dice"] == 0.0 and np.isnan(undefined["hd95"])
 

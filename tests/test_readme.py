@@ -140,7 +140,8 @@ RULES = (
         "--device cpu --set selftrain.iterations=3",
     ),
     Rule(r"torchrun --nnodes 2 .*", "never", reason="needs two machines"),
-    Rule(r"mper-eval (?!.*--tsne).*", "default"),
+    Rule(r"mper-eval --checkpoint (?!.*--tsne).*", "default"),
+    Rule(r"mper-eval --predictions \S+ --labels \S+", "default"),
     Rule(r"mper-experiment tiny", "slow"),
     Rule(r"mper-eval .*--tsne", "slow"),
     Rule(

@@ -27,7 +27,7 @@ from mper.data.synth_scans import SYNTH_SCAN_CASES, SYNTH_SCAN_SIZE
 from mper.datasets import check_data_folder, dataset_names, get_dataset, has_plan
 from mper.datasets.scans import DEFAULT_MEMORY_GB
 from mper.errors import ConfigError, UserError
-from mper.eval.folders import DEFAULT_EMPTY_PREDICTION
+from mper.eval.folders import DEFAULT_EMPTY_PREDICTION, EMPTY_PREDICTION_OPTION
 from mper.eval.predict import expected_layouts
 from mper.eval.protocol import EMPTY_PREDICTION_RULES
 from mper.eval.report import MARKDOWN_FILE
@@ -447,7 +447,7 @@ def eval_parser() -> argparse.ArgumentParser:
         "the one beside --labels, else the classes 1 .. the largest value found)",
     )
     parser.add_argument(
-        "--empty-prediction",
+        EMPTY_PREDICTION_OPTION,
         choices=EMPTY_PREDICTION_RULES,
         help="with --predictions: how a class predicted nowhere that the label holds scores (zero: all four "
         "metrics 0, as the presets; undefined: Dice 0, distances left out of the means; default: "

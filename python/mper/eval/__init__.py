@@ -8,6 +8,8 @@
 * :mod:`~mper.eval.protocol`: the protocol's choices, post-processing and how a class
   predicted nowhere is scored;
 * :mod:`~mper.eval.predict`: NIfTI / HDF5 files in, NIfTI label maps out;
+* :mod:`~mper.eval.folders`: a folder of predicted label maps scored against a folder of
+  ground-truth label maps, without a checkpoint;
 * :mod:`~mper.eval.scans`: datasets imported from raw scans, segmented and scored on each
   scan's own grid;
 * :mod:`~mper.eval.tsne`: the t-SNE map of voxel embeddings and prototypes;

@@ -58,6 +58,8 @@ PREDICTION_NAMING = f"<case>{' or <case>'.join(NIFTI_ENDINGS)} or <case>{OUTPUT_
 #: How a class predicted nowhere scores unless told (``eval.empty_prediction`` of the presets'
 #: published protocol).
 DEFAULT_EMPTY_PREDICTION = "zero"
+#: The option of ``mper-eval`` that chooses the rule, as the report names it.
+EMPTY_PREDICTION_OPTION = "--empty-prediction"
 #: What the classes are named where no ``dataset.json`` names them.
 UNDECLARED = "the values found"
 
@@ -202,7 +204,9 @@ def evaluate_folders(
         per_case[pair.case] = score_case(prediction, label, num_classes, empty_prediction, spacing=spacing)
     summary = summarize(per_case)
     method = Path(predictions).resolve().name
-    markdown = markdown_table(summary, method, "-", "-", class_names, DISTANCE_UNIT, FOLDER_SPLIT)
+    markdown = markdown_table(
+        summary, method, "-", "-", class_names, DISTANCE_UNIT, FOLDER_SPLIT, EMPTY_PREDICTION_OPTION
+    )
     if out_dir is not None:
         extra = {
             "split": FOLDER_SPLIT,

@@ -147,6 +147,7 @@ def markdown_table(
     class_names: Sequence[str] | None = None,
     distance_unit: str = "voxels",
     split: str | None = None,
+    empty_prediction_option: str | None = None,
 ) -> str:
     """The paper's results table: one row of means (Dice, Jaccard in %, distances as is).
     ``split`` (``"test"``, ``"val"``) names the cases the note counts.
@@ -156,7 +157,8 @@ def markdown_table(
     (distances in ``distance_unit``) and the number of cases; another says how many distance
     results were undefined and left out of the means; a third, under distance means marked
     with :data:`PREDICTED_NOWHERE_MARK`, how many results of classes predicted nowhere
-    count in them as distance 0.
+    count in them as distance 0, naming the rule as the setting ``eval.empty_prediction``, or
+    as the command-line option ``empty_prediction_option`` when given.
     """
     nowhere = summary["predicted_nowhere"]
     lines = _table(TABLE_HEADER, [[method, labeled, unlabeled, *_metric_cells(summary["mean"], nowhere["results"])]])
@@ -181,13 +183,17 @@ def markdown_table(
             f"of {results} case-class results; the means above leave them out.",
         ]
     if nowhere["results"]:
+        if empty_prediction_option is None:
+            zero = 'eval.empty_prediction = "zero"'
+            undefined = 'a run with eval.empty_prediction = "undefined" (preset strict)'
+        else:
+            zero, undefined = f"{empty_prediction_option} zero", f"{empty_prediction_option} undefined"
         lines += [
             "",
             f"95HD and ASD marked {PREDICTED_NOWHERE_MARK} count {nowhere['results']} of {results} case-class "
             f"results, in {nowhere['cases']} of {summary['num_cases']} cases, as 0: a class predicted nowhere, "
-            'which the authors\' rule (eval.empty_prediction = "zero") scores 0 in every metric. These zeros '
-            'lower the distance means; a run with eval.empty_prediction = "undefined" (preset strict) leaves '
-            "them out instead.",
+            f"which the authors' rule ({zero}) scores 0 in every metric. These zeros lower the distance means; "
+            f"{undefined} leaves them out instead.",
         ]
     return "\n".join(lines) + "\n"
 
