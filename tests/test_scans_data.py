@@ -535,6 +535,22 @@ def test_a_float_label_of_whole_values_is_read_and_one_of_fractions_is_refused_n
     )
 
 
+def test_a_label_stored_with_a_scale_factor_is_read_as_its_classes_and_a_fraction_named_in_full(raw, tmp_path, capsys):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    path = source / "labelsTr" / "synth_000.nii.gz"
+    scan = nib.load(path)
+    label = np.asarray(scan.dataobj)
+    scaled = nib.Nifti1Image((label * 10).astype(np.int16), scan.affine)
+    scaled.header.set_slope_inter(0.1, 0)  # float32 0.1: class 1 reads 1.0000000149
+    nib.save(scaled, path)
+    assert np.asarray(nib.load(path).dataobj).max() != 1
+    assert np.array_equal(_read_first_case(source).label, label)
+    resampled = label.astype(np.float32)
+    resampled[label == 1] = 0.999998  # off by more than float32 rounding: named as stored, not as "1"
+    _rewrite(path, resampled)
+    assert "e.g. 0.999998: a label map interpolated" in _import_error(source, tmp_path / "out", capsys)
+
+
 def test_a_label_of_more_axes_is_refused_without_the_advice_for_channel_files(raw, tmp_path, capsys):
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
     path = source / "labelsTr" / "synth_000.nii.gz"
@@ -542,8 +558,9 @@ def test_a_label_of_more_axes_is_refused_without_the_advice_for_channel_files(ra
     _rewrite(path, np.stack([label, label], axis=-1)[..., None, :])  # (x, y, z, 1, 2)
     line = _import_error(source, tmp_path / "out", capsys)
     assert line == (
-        f"mper-data: error: {path}: the label has shape {(*label.shape, 1, 2)}, expected one 3D volume (x, y, z) "
-        "or (x, y, z, 1); a label is one 3D map of class values (0, 1, ...): save it with three axes"
+        f"mper-data: error: {path}: the label has shape {(*label.shape, 1, 2)}, expected one 3D volume (x, y, z), "
+        "or with trailing axes of one ((x, y, z, 1), (x, y, z, 1, 1)); a label is one 3D map of class values "
+        "(0, 1, ...): save it with three axes"
     )
 
 

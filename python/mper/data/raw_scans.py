@@ -588,6 +588,9 @@ _IMAGE_FIX = (
     "write each channel to a file of its own (nnU-Net: <case>_0000, <case>_0001, ...) or, in the Decathlon layout, "
     "list every channel in dataset.json's modality"
 )
+#: How far from a whole number (relative to it, at least 1) a value of a float label may be
+#: and still be read as that class: float32 rounding, as of a header's scale factor.
+LABEL_ROUNDING = 8 * float(np.finfo(np.float32).eps)
 #: What a label file holds.
 _A_LABEL = "a label is one 3D map of class values (0, 1, ...)"
 
@@ -597,15 +600,23 @@ def _spatial(array: np.ndarray, path: Path, what: str, fix: str) -> np.ndarray:
     beyond the third (``(x, y, z, 1)``, as some tools write every volume, or ITK's
     ``(x, y, z, 1, 1)``) loses them; several channels or volumes in one file are refused,
     saying what to do (``fix``)."""
+    volume = without_trailing_ones(array)
+    if volume.ndim == 2:
+        return volume[:, :, None]
+    if volume.ndim == 3:
+        return volume
+    raise DataFormatError(
+        f"{path}: {what} has shape {array.shape}, expected one 3D volume (x, y, z), or with trailing axes of one "
+        f"((x, y, z, 1), (x, y, z, 1, 1)); {fix}"
+    )
+
+
+def without_trailing_ones(array: np.ndarray) -> np.ndarray:
+    """``array`` without its trailing axes of one beyond the third: the 3D volume of an
+    ``(x, y, z, 1)`` file, as some tools write every volume, or of ITK's ``(x, y, z, 1, 1)``."""
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    if array.ndim == 2:
-        return array[:, :, None]
-    if array.ndim == 3:
-        return array
-    raise DataFormatError(
-        f"{path}: {what} has shape {array.shape}, expected one 3D volume (x, y, z) or (x, y, z, 1); {fix}"
-    )
+    return array
 
 
 def _grid(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -767,13 +778,17 @@ def read_label(
     _check_geometry(path, label.shape, scan.affine, reference, shape, affine)
     if not np.issubdtype(label.dtype, np.integer):
         check_finite(path, label, "label")
-        fractional = label != np.round(label)
+        whole = np.round(label)
+        # a scale factor in the header (scl_slope 0.1 over stored 10, 20, ...) leaves whole
+        # classes off by the float32 rounding of the slope: those are the classes they mean
+        fractional = np.abs(label - whole) > LABEL_ROUNDING * np.maximum(np.abs(whole), 1)
         if fractional.any():
-            examples = ", ".join(f"{value:g}" for value in np.unique(label[fractional])[:3])
+            examples = ", ".join(str(value) for value in np.unique(label[fractional])[:3])  # as stored
             raise DataFormatError(
                 f"{path}: the label holds non-integer values ({int(fractional.sum())} voxel(s), e.g. {examples}: "
                 "a label map interpolated, or written with a scale factor?); write class values 0, 1, ..."
             )
+        label = whole
     values = np.unique(label)
     undeclared = [int(value) for value in values if not 0 <= value < len(class_names)]
     if undeclared:
