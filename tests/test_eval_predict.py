@@ -378,6 +378,16 @@ def test_a_blank_volume_is_segmented_with_a_warning(write_h5, tmp_path, caplog):
     ]
 
 
+def test_a_blank_nifti_is_named_with_the_value_it_holds_not_its_normalised_zero(tmp_path, caplog):
+    nib.save(nib.Nifti1Image(np.full((18, 16, 6), 700.0, np.float32), AFFINE), tmp_path / "blank.nii.gz")
+    with caplog.at_level(logging.WARNING, logger="mper"):
+        predict_file(ThresholdNet(), tmp_path / "blank.nii.gz", "la", tmp_path / "out", **LA_OPTIONS)
+    assert caplog.messages == [
+        f"{tmp_path / 'blank.nii.gz'} holds one value everywhere (700): a blank or damaged scan? Its label map is "
+        "what the model makes of a blank image"
+    ]
+
+
 def test_nan_voxels_are_refused_with_the_file_name(write_h5, tmp_path):
     raw = half_bright((16, 16, 8))
     raw[3, 4, 5] = np.nan
