@@ -1080,6 +1080,7 @@ def test_a_settings_table_named_nearly_as_a_preset_is_refused_and_one_of_its_own
     for table, typo, message in (
         ("[3d.mine.data]", "patch_sise", "[3d.mine.data] patch_sise is not a setting; did you mean patch_size? "),
         ("[3d.mine]", "labled", "[3d.mine] labled is not a setting; did you mean labeled? "),
+        ("[3d.mine]", "patch_size", "[3d.mine] patch_size is not a setting; it is a setting of [3d.mine.data]; "),
         ("[3d.demo.dta]", "patch_size", "[3d.demo.dta] is not a table of settings; did you mean [3d.demo.data]? "),
     ):
         plan.write_text(f"{text}\n{table}\n{typo} = 3\n")
