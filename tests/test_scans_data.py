@@ -236,6 +236,17 @@ def _files_ending_in_capitals(root):
     return "imagesTr: no file ends with dataset.json's file_ending '.nii.gz', but", "rename them to end in '.nii.gz'"
 
 
+def _files_ending_in_capitals_of_the_other_ending(root):
+    for path in root.glob("*/*.nii.gz"):  # uncompressed .NII files under "file_ending": ".nii.gz"
+        nib.save(nib.load(path), path.with_name(path.name.replace(".nii.gz", ".NII")))
+        path.unlink()
+    return (
+        "imagesTr: no file ends with dataset.json's file_ending '.nii.gz', but",
+        "end with '.nii' in other letter case (e.g. synth_000_0000.NII); rename them to end in '.nii' and set "
+        '"file_ending": ".nii" in',
+    )
+
+
 def _ignore_label(root):
     labels = json.loads((root / "dataset.json").read_text())["labels"]
     _edit_dataset_json(root, labels={**labels, "ignore": len(labels)})
@@ -303,6 +314,7 @@ def test_a_dataset_named_as_nnunets_acdc_conversion_names_its_channel_imports(ra
         _file_ending_not_nifti,
         _file_ending_in_capitals,
         _files_ending_in_capitals,
+        _files_ending_in_capitals_of_the_other_ending,
         _ignore_label,
     ],
 )

@@ -269,13 +269,19 @@ def _case_files(folder: Path, ending: str, declared: Path | None) -> list[Path]:
                     f"{folder}: no file ends with {rule}, but {len(named)} end with {found!r} (e.g. "
                     f'{named[0].name}); set "file_ending": "{found}" in {declared} to read them'
                 )
-        cased = [path for path in others if path.name.lower().endswith(ending) and not path.name.startswith(".")]
-        if cased:
-            raise DataFormatError(
-                f"{folder}: no file ends with {rule}, but {len(cased)} end with it in other letter case (e.g. "
-                f"{cased[0].name}); rename them to end in {ending!r}: endings are matched with their case, as nnU-Net "
-                "does"
-            )
+        for found in NIFTI_ENDINGS:  # the declared ending first: NIFTI_ENDINGS holds both
+            cased = [
+                path
+                for path in others
+                if path.name.lower().endswith(found) and not path.name.endswith(found) and not path.name.startswith(".")
+            ]
+            if cased:
+                also = "" if found == ending else f' and set "file_ending": "{found}" in {declared}'
+                raise DataFormatError(
+                    f"{folder}: no file ends with {rule}, but {len(cased)} end with {found!r} in other letter case "
+                    f"(e.g. {cased[0].name}); rename them to end in {found!r}{also}: endings are matched with their "
+                    "case, as nnU-Net does"
+                )
     if others:
         names = listed_names([path.name for path in others])
         log.warning(
