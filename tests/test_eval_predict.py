@@ -46,6 +46,17 @@ def test_la_nifti_is_normalised_and_keeps_its_header(tmp_path):
     np.testing.assert_array_equal(np.asarray(labels.dataobj), (raw > 0).astype(np.uint8))
 
 
+@pytest.mark.parametrize("ones", [(1,), (1, 1)])
+def test_an_la_volume_with_trailing_axes_of_one_is_segmented_as_its_3d_volume(tmp_path, ones):
+    raw = half_bright((18, 16, 6))
+    nib.save(nib.Nifti1Image(raw.reshape(*raw.shape, *ones), AFFINE), tmp_path / "scan.nii.gz")
+    out = predict_file(ThresholdNet(), tmp_path / "scan.nii.gz", "la", tmp_path / "out", **LA_OPTIONS)
+    labels = nib.load(out)
+    assert labels.shape == raw.shape
+    np.testing.assert_allclose(labels.affine, AFFINE)
+    np.testing.assert_array_equal(np.asarray(labels.dataobj), (raw > 0).astype(np.uint8))
+
+
 def test_a_label_map_stopped_while_written_leaves_the_previous_one_and_no_partial_file(tmp_path, monkeypatch):
     import gzip
 
@@ -364,6 +375,16 @@ def test_a_blank_volume_is_segmented_with_a_warning(write_h5, tmp_path, caplog):
     assert caplog.messages == [
         f"{path} holds one value everywhere (0): a blank or damaged scan? Its label map is what the model makes of "
         "a blank image"
+    ]
+
+
+def test_a_blank_nifti_is_named_with_the_value_it_holds_not_its_normalised_zero(tmp_path, caplog):
+    nib.save(nib.Nifti1Image(np.full((18, 16, 6), 700.0, np.float32), AFFINE), tmp_path / "blank.nii.gz")
+    with caplog.at_level(logging.WARNING, logger="mper"):
+        predict_file(ThresholdNet(), tmp_path / "blank.nii.gz", "la", tmp_path / "out", **LA_OPTIONS)
+    assert caplog.messages == [
+        f"{tmp_path / 'blank.nii.gz'} holds one value everywhere (700): a blank or damaged scan? Its label map is "
+        "what the model makes of a blank image"
     ]
 
 

@@ -236,6 +236,17 @@ def _files_ending_in_capitals(root):
     return "imagesTr: no file ends with dataset.json's file_ending '.nii.gz', but", "rename them to end in '.nii.gz'"
 
 
+def _files_ending_in_capitals_of_the_other_ending(root):
+    for path in root.glob("*/*.nii.gz"):  # uncompressed .NII files under "file_ending": ".nii.gz"
+        nib.save(nib.load(path), path.with_name(path.name.replace(".nii.gz", ".NII")))
+        path.unlink()
+    return (
+        "imagesTr: no file ends with dataset.json's file_ending '.nii.gz', but",
+        "end with '.nii' in other letter case (e.g. synth_000_0000.NII); rename them to end in '.nii' and set "
+        '"file_ending": ".nii" in',
+    )
+
+
 def _ignore_label(root):
     labels = json.loads((root / "dataset.json").read_text())["labels"]
     _edit_dataset_json(root, labels={**labels, "ignore": len(labels)})
@@ -303,6 +314,7 @@ def test_a_dataset_named_as_nnunets_acdc_conversion_names_its_channel_imports(ra
         _file_ending_not_nifti,
         _file_ending_in_capitals,
         _files_ending_in_capitals,
+        _files_ending_in_capitals_of_the_other_ending,
         _ignore_label,
     ],
 )
@@ -535,6 +547,22 @@ def test_a_float_label_of_whole_values_is_read_and_one_of_fractions_is_refused_n
     )
 
 
+def test_a_label_stored_with_a_scale_factor_is_read_as_its_classes_and_a_fraction_named_in_full(raw, tmp_path, capsys):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    path = source / "labelsTr" / "synth_000.nii.gz"
+    scan = nib.load(path)
+    label = np.asarray(scan.dataobj)
+    scaled = nib.Nifti1Image((label * 10).astype(np.int16), scan.affine)
+    scaled.header.set_slope_inter(0.1, 0)  # float32 0.1: class 1 reads 1.0000000149
+    nib.save(scaled, path)
+    assert np.asarray(nib.load(path).dataobj).max() != 1
+    assert np.array_equal(_read_first_case(source).label, label)
+    resampled = label.astype(np.float32)
+    resampled[label == 1] = 0.999998  # off by more than float32 rounding: named as stored, not as "1"
+    _rewrite(path, resampled)
+    assert "e.g. 0.999998: a label map interpolated" in _import_error(source, tmp_path / "out", capsys)
+
+
 def test_a_label_of_more_axes_is_refused_without_the_advice_for_channel_files(raw, tmp_path, capsys):
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
     path = source / "labelsTr" / "synth_000.nii.gz"
@@ -542,8 +570,9 @@ def test_a_label_of_more_axes_is_refused_without_the_advice_for_channel_files(ra
     _rewrite(path, np.stack([label, label], axis=-1)[..., None, :])  # (x, y, z, 1, 2)
     line = _import_error(source, tmp_path / "out", capsys)
     assert line == (
-        f"mper-data: error: {path}: the label has shape {(*label.shape, 1, 2)}, expected one 3D volume (x, y, z) "
-        "or (x, y, z, 1); a label is one 3D map of class values (0, 1, ...): save it with three axes"
+        f"mper-data: error: {path}: the label has shape {(*label.shape, 1, 2)}, expected one 3D volume (x, y, z), "
+        "or with trailing axes of one ((x, y, z, 1), (x, y, z, 1, 1)); a label is one 3D map of class values "
+        "(0, 1, ...): save it with three axes"
     )
 
 
@@ -1063,6 +1092,7 @@ def test_a_settings_table_named_nearly_as_a_preset_is_refused_and_one_of_its_own
     for table, typo, message in (
         ("[3d.mine.data]", "patch_sise", "[3d.mine.data] patch_sise is not a setting; did you mean patch_size? "),
         ("[3d.mine]", "labled", "[3d.mine] labled is not a setting; did you mean labeled? "),
+        ("[3d.mine]", "patch_size", "[3d.mine] patch_size is not a setting; it is a setting of [3d.mine.data]; "),
         ("[3d.demo.dta]", "patch_size", "[3d.demo.dta] is not a table of settings; did you mean [3d.demo.data]? "),
     ):
         plan.write_text(f"{text}\n{table}\n{typo} = 3\n")

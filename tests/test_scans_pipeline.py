@@ -674,6 +674,25 @@ def test_resume_takes_a_moved_data_folder_and_refuses_another_dataset_before_wri
     assert json.loads((run / "cases.json").read_text())["unlabeled"] == unlabeled  # written once, at the start
 
 
+def test_resume_on_its_own_data_folder_changed_since_says_to_bring_the_cases_back(nnunet_3d, tmp_path, capsys):
+    # without --data-root the run resumes on the folder it trained on: naming it as the one to give is no help
+    _, root, run_dir = nnunet_3d
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    record = json.loads((run / "cases.json").read_text())
+    record["unlabeled"].append("synth_999")  # as if a scan was removed from the import since
+    (run / "cases.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--out", str(run)])
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE
+    assert line == (
+        f"mper-train: error: {root} holds other cases than when the run in {run} started on it (unlabeled cases: "
+        f"1 of its {len(record['unlabeled'])} missing, e.g. synth_999); a resumed run repeats the interrupted one "
+        f"only on the same data: bring back the cases {run / 'cases.json'} lists (an earlier copy or import of the "
+        "data) and give it as --data-root, or start a new run in another --out"
+    )
+
+
 def test_a_checkpoint_without_its_runs_plan_says_where_the_plan_belongs(nnunet_3d, tmp_path, capsys):
     raw, root, run_dir = nnunet_3d
     alone = tmp_path / "alone"

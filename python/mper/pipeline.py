@@ -216,12 +216,19 @@ def _check_same_cases(config: TrainConfig, run_dir: Path, trained_root: str) -> 
         parts = [f"{len(gone)} of its {len(before)} missing, e.g. {gone[0]}"] if gone else []
         parts += [f"{len(new)} new, e.g. {new[0]}"] if new else []
         differences.append(f"{role} cases: {', '.join(parts) or 'the same, in another order'}")
-    if differences:
+    if not differences:
+        return
+    found_here = f"({'; '.join(differences)}); a resumed run repeats the interrupted one only on the same data"
+    if trained_root and Path(config.data_root).resolve() == Path(trained_root).resolve():  # changed in place
         raise ConfigError(
-            f"--data-root {config.data_root} holds other cases than the run in {run_dir} trained on "
-            f"({'; '.join(differences)}); a resumed run repeats the interrupted one only on the same data: give "
-            f"--data-root the folder it trained on, {trained_root or 'its data root'}, or a copy of it"
+            f"{config.data_root} holds other cases than when the run in {run_dir} started on it {found_here}: "
+            f"bring back the cases {record} lists (an earlier copy or import of the data) and give it as "
+            "--data-root, or start a new run in another --out"
         )
+    raise ConfigError(
+        f"--data-root {config.data_root} holds other cases than the run in {run_dir} trained on {found_here}: give "
+        f"--data-root the folder it trained on, {trained_root or 'its data root'}, or a copy of it"
+    )
 
 
 def _check_run_folder(run_dir: Path) -> None:

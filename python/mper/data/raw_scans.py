@@ -287,13 +287,19 @@ def _case_files(folder: Path, ending: str, declared: Path | None) -> list[Path]:
                     f"{folder}: no file ends with {rule}, but {len(named)} end with {found!r} (e.g. "
                     f'{named[0].name}); set "file_ending": "{found}" in {declared} to read them'
                 )
-        cased = [path for path in others if path.name.lower().endswith(ending) and not path.name.startswith(".")]
-        if cased:
-            raise DataFormatError(
-                f"{folder}: no file ends with {rule}, but {len(cased)} end with it in other letter case (e.g. "
-                f"{cased[0].name}); rename them to end in {ending!r}: endings are matched with their case, as nnU-Net "
-                "does"
-            )
+        for found in NIFTI_ENDINGS:  # the declared ending first: NIFTI_ENDINGS holds both
+            cased = [
+                path
+                for path in others
+                if path.name.lower().endswith(found) and not path.name.endswith(found) and not path.name.startswith(".")
+            ]
+            if cased:
+                also = "" if found == ending else f' and set "file_ending": "{found}" in {declared}'
+                raise DataFormatError(
+                    f"{folder}: no file ends with {rule}, but {len(cased)} end with {found!r} in other letter case "
+                    f"(e.g. {cased[0].name}); rename them to end in {found!r}{also}: endings are matched with their "
+                    "case, as nnU-Net does"
+                )
     if others:
         names = listed_names([path.name for path in others])
         log.warning(
@@ -606,6 +612,9 @@ _IMAGE_FIX = (
     "write each channel to a file of its own (nnU-Net: <case>_0000, <case>_0001, ...) or, in the Decathlon layout, "
     "list every channel in dataset.json's modality"
 )
+#: How far from a whole number (relative to it, at least 1) a value of a float label may be
+#: and still be read as that class: float32 rounding, as of a header's scale factor.
+LABEL_ROUNDING = 8 * float(np.finfo(np.float32).eps)
 #: What a label file holds.
 _A_LABEL = "a label is one 3D map of class values (0, 1, ...)"
 
@@ -615,15 +624,23 @@ def _spatial(array: np.ndarray, path: Path, what: str, fix: str) -> np.ndarray:
     beyond the third (``(x, y, z, 1)``, as some tools write every volume, or ITK's
     ``(x, y, z, 1, 1)``) loses them; several channels or volumes in one file are refused,
     saying what to do (``fix``)."""
+    volume = without_trailing_ones(array)
+    if volume.ndim == 2:
+        return volume[:, :, None]
+    if volume.ndim == 3:
+        return volume
+    raise DataFormatError(
+        f"{path}: {what} has shape {array.shape}, expected one 3D volume (x, y, z), or with trailing axes of one "
+        f"((x, y, z, 1), (x, y, z, 1, 1)); {fix}"
+    )
+
+
+def without_trailing_ones(array: np.ndarray) -> np.ndarray:
+    """``array`` without its trailing axes of one beyond the third: the 3D volume of an
+    ``(x, y, z, 1)`` file, as some tools write every volume, or of ITK's ``(x, y, z, 1, 1)``."""
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    if array.ndim == 2:
-        return array[:, :, None]
-    if array.ndim == 3:
-        return array
-    raise DataFormatError(
-        f"{path}: {what} has shape {array.shape}, expected one 3D volume (x, y, z) or (x, y, z, 1); {fix}"
-    )
+    return array
 
 
 def _grid(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -790,13 +807,17 @@ def read_label_map(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     label = _spatial(data, path, "the label", f"{_A_LABEL}: save it with three axes")
     if not np.issubdtype(label.dtype, np.integer):
         check_finite(path, label, "label")
-        fractional = label != np.round(label)
+        whole = np.round(label)
+        # a scale factor in the header (scl_slope 0.1 over stored 10, 20, ...) leaves whole
+        # classes off by the float32 rounding of the slope: those are the classes they mean
+        fractional = np.abs(label - whole) > LABEL_ROUNDING * np.maximum(np.abs(whole), 1)
         if fractional.any():
-            examples = ", ".join(f"{value:g}" for value in np.unique(label[fractional])[:3])
+            examples = ", ".join(str(value) for value in np.unique(label[fractional])[:3])  # as stored
             raise DataFormatError(
                 f"{path}: the label holds non-integer values ({int(fractional.sum())} voxel(s), e.g. {examples}: "
                 "a label map interpolated, or written with a scale factor?); write class values 0, 1, ..."
             )
+        label = whole
     return label, scan
 
 

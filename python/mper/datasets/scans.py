@@ -643,7 +643,13 @@ def _unknown_setting(path: Path, table: str, key: str, settings: list[str]) -> C
     where = f"[{table}{'.' + section if section else ''}]"
     names = [setting.rpartition(".")[2] for setting in settings if setting.rpartition(".")[0] == section]
     near = difflib.get_close_matches(leaf, names, n=1)
-    hint = f"did you mean {near[0]}? " if near else ""
+    elsewhere = [setting.rpartition(".")[0] for setting in settings if setting.rpartition(".")[2] == leaf]
+    if near:
+        hint = f"did you mean {near[0]}? "
+    elif elsewhere:  # the right name in the wrong table ([3d.demo] patch_size)
+        hint = f"it is a setting of [{table}{'.' + elsewhere[0] if elsewhere[0] else ''}]; "
+    else:
+        hint = ""
     return ConfigError(f"{path}: {where} {leaf} is not a setting; {hint}the settings of {where} are {', '.join(names)}")
 
 

@@ -47,7 +47,7 @@ from mper.data.acdc import ACDC_DATA_DIR, ACDC_SLICES_DIR, is_training_slice
 from mper.data.convert import ACDC_CINE_MARK, ACDC_LABEL_MARK
 from mper.data.files import check_finite, misplaced_slice_axis, read_h5_case
 from mper.data.preprocess import normalize_intensity, scaling_mismatch
-from mper.data.raw_scans import CHANNEL_FILE, NIFTI_ENDINGS, load_nifti, nifti_voxels
+from mper.data.raw_scans import CHANNEL_FILE, NIFTI_ENDINGS, load_nifti, nifti_voxels, without_trailing_ones
 from mper.datasets import SLIDING_WINDOW, DatasetSpec, get_dataset
 from mper.errors import ConfigError, DataFormatError, MissingFileError, UserError
 
@@ -189,8 +189,9 @@ def _check_axis_order(
 def _load_nifti(path: Path, spec: DatasetSpec, force: bool) -> tuple[np.ndarray, nib.Nifti1Image]:
     """Normalised image in the dataset's volume layout, and the scan (for its header)."""
     scan = load_nifti(path)
-    image = nifti_voxels(scan, path, np.float32)
+    image = without_trailing_ones(nifti_voxels(scan, path, np.float32))  # (x, y, z, 1, 1) as ITK writes it
     _check_volume(path, image, spec)
+    warn_if_blank(path, image)  # before normalising, which maps any constant to 0
     _check_axis_order(path, image, spec.scan_axes_names, spec, force)
     return np.transpose(normalize_intensity(image, spec.normalization), spec.scan_axes), scan
 
@@ -209,6 +210,7 @@ def _load_h5(path: Path, spec: DatasetSpec, force: bool) -> np.ndarray:
             f"{expected}; is this a volume preprocessed for another dataset? "
             "Give the raw scan as NIfTI to have it normalised"
         )
+    warn_if_blank(path, image)
     _check_axis_order(path, image, spec.volume_axes, spec, force)
     return image
 
@@ -258,7 +260,6 @@ def _segment(
         image, scan = _load_nifti(path, spec, force)
     else:
         image = _load_h5(path, spec, force)
-    warn_if_blank(path, image)
     labels = segment_volume(net, image, dataset, device=device, **options)
     if scan is not None:
         labels = np.transpose(labels, np.argsort(spec.scan_axes))

@@ -240,8 +240,9 @@ class EvalConfig:
     ``num_figures``: cases drawn as PNG overlays. ``postprocess``: applied
     to test predictions before scoring (``"none"`` or ``"largest-component"``: keep each
     class's largest connected component). ``empty_prediction``: how a class predicted
-    nowhere is scored, ``"zero"`` (Dice, Jaccard, 95HD and ASD all 0, as the published
-    evaluation scripts do) or ``"undefined"`` (Dice 0, distances undefined and counted).
+    nowhere that the ground truth holds is scored, ``"zero"`` (Dice, Jaccard, 95HD and ASD
+    all 0, as the published evaluation scripts do) or ``"undefined"`` (Dice 0, distances
+    undefined and counted); one the ground truth lacks too scores Dice 1, distances 0.
     ``pseudo_label_dice``: score self-training's pseudo labels against the unlabeled
     images' own labels (turn off when those files carry no real labels);
     ``teacher_dice``: validate the teacher too (see :mod:`mper.train.diagnostics`).
