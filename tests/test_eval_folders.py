@@ -230,3 +230,24 @@ def test_the_command_scores_folders_and_refuses_mistakes_in_one_line(raw, tmp_pa
         error = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in error, error
         assert "Traceback" not in error and error.count("error:") == 1
+
+
+def test_an_acdc_patient_folder_gives_its_gt_maps_as_labels_of_the_frames(tmp_path, caplog):
+    """The ACDC download keeps <frame>_gt.nii.gz beside each frame and the 4D cine series;
+    mper-predict names its maps <frame>_pred.nii.gz."""
+    maps = _maps()
+    patient = tmp_path / "patient001"
+    for case, frame in (("case_a", "patient001_frame01"), ("case_b", "patient001_frame12")):
+        _save(patient / f"{frame}_gt.nii.gz", maps[case][0])
+        _save(patient / f"{frame}.nii.gz", maps[case][0].astype(np.float32) * 100.5)  # the image
+        _save(tmp_path / "predictions" / f"{frame}_pred.nii.gz", maps[case][1])
+    _save(patient / "patient001_4d.nii.gz", np.zeros((*SHAPE, 2), np.float32))
+    with caplog.at_level(logging.WARNING, logger="mper"):
+        result = folders.evaluate_folders(tmp_path / "predictions", patient)
+    assert sorted(result["per_case"]) == ["patient001_frame01", "patient001_frame12"]
+    label, pred = maps["case_a"]
+    assert result["per_case"]["patient001_frame01"][1]["dice"] == pytest.approx(_dice(pred == 1, label == 1))
+    assert caplog.messages == [
+        f"{patient}: took the 2 label map(s) named <case>_gt; left out 3 other file(s): patient001_4d.nii.gz, "
+        "patient001_frame01.nii.gz, patient001_frame12.nii.gz"
+    ]

@@ -3,10 +3,11 @@ nnU-Net's ``nnUNetv2_evaluate_folder`` does: no checkpoint, no inference.
 
 * Pairs: a label ``<case><ending>`` (``.nii.gz`` or ``.nii``) pairs with the prediction
   ``<case>`` of either ending, or ``<case>_pred.nii.gz`` (what ``mper-predict`` writes for
-  an LA or ACDC model). A label without a prediction is refused before anything is
-  scored (left out, it would silently raise the mean); predictions without a label are
-  named in one warning line and left out, as are files that are not NIfTI. Hidden files
-  are ignored.
+  an LA or ACDC model). In a labels folder holding ``<case>_gt.nii.gz`` files (the ACDC
+  download's naming, beside the images) those alone are the labels, of ``<case>``. A
+  label without a prediction is refused before anything is scored (left out, it would
+  silently raise the mean); predictions without a label are named in one warning line
+  and left out, as are files that are not NIfTI. Hidden files are ignored.
 * Classes: from a ``dataset.json`` (nnU-Net v2 or Decathlon ``labels``, read by
   :func:`mper.data.raw_scans.read_class_names`): the one given, else the one beside the
   labels folder (nnU-Net's raw layout: ``labelsTs/`` next to ``dataset.json``); without
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from mper.data.convert import ACDC_LABEL_MARK
 from mper.data.files import listed_names
 from mper.data.raw_scans import (
     DATASET_JSON,
@@ -93,6 +95,31 @@ def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
     return found
 
 
+def _label_files(labels: Path) -> dict[str, Path]:
+    """``{case: label map}`` of the folder ``labels``. Where it holds label maps named as
+    the ACDC download names them, ``<case>_gt.nii.gz``, beside their images, those alone
+    are the labels, of the case ``<case>``; the other files are named in one line."""
+    files = _nifti_files(labels, "labels")
+    marked = {stem[: -len(ACDC_LABEL_MARK)]: path for stem, path in files.items() if stem.endswith(ACDC_LABEL_MARK)}
+    if marked:
+        others = sorted(path.name for stem, path in files.items() if not stem.endswith(ACDC_LABEL_MARK))
+        if others:
+            log.warning(
+                "%s: took the %d label map(s) named <case>%s; left out %d other file(s): %s",
+                labels,
+                len(marked),
+                ACDC_LABEL_MARK,
+                len(others),
+                listed_names(others),
+            )
+        return marked
+    if not files:
+        raise MissingFileError(
+            f"no label maps in {labels}; expected NIfTI files <case>{' or <case>'.join(NIFTI_ENDINGS)}"
+        )
+    return files
+
+
 def pair_files(predictions: str | Path, labels: str | Path) -> list[Pair]:
     """The pairs of the two folders, by case name, in case order (see the module docstring).
 
@@ -103,11 +130,7 @@ def pair_files(predictions: str | Path, labels: str | Path) -> list[Pair]:
     predictions, labels = Path(predictions), Path(labels)
     if predictions.resolve() == labels.resolve():
         raise DataFormatError(f"--predictions and --labels are the same folder, {labels}; give two folders")
-    label_files = _nifti_files(labels, "labels")
-    if not label_files:
-        raise MissingFileError(
-            f"no label maps in {labels}; expected NIfTI files <case>{' or <case>'.join(NIFTI_ENDINGS)}"
-        )
+    label_files = _label_files(labels)
     paired: dict[str, Path] = {}
     unpaired = []
     for stem, path in _nifti_files(predictions, "predictions").items():
