@@ -398,6 +398,24 @@ def test_prediction_warns_of_a_blank_channel_file_and_still_writes_its_label_map
     ]
 
 
+def test_prediction_names_input_files_ending_in_capitals_with_the_rename_to_do(nnunet_3d, tmp_path, caplog, capsys):
+    raw, _, run_dir = nnunet_3d
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for channel in ("0000", "0001"):
+        shutil.copy(raw / "imagesTs" / f"synth_005_{channel}.nii.gz", inputs)
+        shutil.copy(raw / "imagesTs" / f"synth_005_{channel}.nii.gz", inputs / f"loud_{channel}.NII.GZ")
+    out = str(tmp_path / "out")
+    with caplog.at_level(logging.WARNING, logger="mper"):
+        cli.predict_main(["--checkpoint", str(run_dir / "best.pt"), "--input", str(inputs), "--output", out])
+    assert caplog.messages[0].endswith(
+        ": loud_0000.NII.GZ, loud_0001.NII.GZ; rename the endings of loud_0000.NII.GZ, loud_0001.NII.GZ to "
+        "lowercase (.nii.gz or .nii)"
+    )
+    code, lines = _predict_exit(run_dir, inputs / "loud_0000.NII.GZ", tmp_path / "out2", capsys)
+    assert code == 2 and lines[-1].endswith("); rename the endings of loud_0000.NII.GZ to lowercase (.nii.gz or .nii)")
+
+
 def test_prediction_names_nan_voxels_of_an_input_file_without_asking_to_import_again(nnunet_3d, tmp_path, capsys):
     raw, _, run_dir = nnunet_3d
     inputs = tmp_path / "in"

@@ -149,6 +149,19 @@ def _visible_files(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
 
 
+def _capitals_hint(names: list[str]) -> str:
+    """Advice for the ``names`` ending in a NIfTI ending written in capitals
+    (``.NII.GZ``), which are matched as written; "" when none does."""
+    capitals = [
+        name for name in names if any(name.lower().endswith(end) and not name.endswith(end) for end in NIFTI_ENDINGS)
+    ]
+    return (
+        f"rename the endings of {', '.join(sorted(capitals))} to lowercase ({' or '.join(NIFTI_ENDINGS)})"
+        if capitals
+        else ""
+    )
+
+
 def _input_cases(input_path: Path, plan: ScanPlan) -> tuple[dict[str, tuple[Path, ...]], dict[str, list[Path]]]:
     """The raw cases under ``input_path`` (a folder, or one file of a case), each with the
     files the model reads (some may be missing: :func:`predict_scan` refuses that case), and
@@ -160,7 +173,8 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> tuple[dict[str, tuple[Path
         if found is None:
             raise DataFormatError(
                 f"{input_path} is not named as the model's input, {_input_naming(plan)} (or ending in "
-                f"{' or '.join(ending for ending in NIFTI_ENDINGS if ending != plan.file_ending)}); rename it"
+                f"{' or '.join(ending for ending in NIFTI_ENDINGS if ending != plan.file_ending)}); "
+                f"{_capitals_hint([input_path.name]) or 'rename it'}"
             )
         case, ending, beyond = found
         if beyond:
@@ -201,11 +215,12 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> tuple[dict[str, tuple[Path
     ignored += [path.name for case, paths in surplus.items() if case not in cases for path in paths]
     if ignored:
         log.warning(
-            "ignored %d file(s) of %s not named as the model's input, %s: %s",
+            "ignored %d file(s) of %s not named as the model's input, %s: %s%s",
             len(ignored),
             folder,
             _input_naming(plan),
             ", ".join(sorted(ignored)),
+            "; " + hint if (hint := _capitals_hint(ignored)) else "",
         )
     if not cases:
         if (input_path / DATASET_JSON).is_file():
