@@ -730,7 +730,8 @@ def data_main(argv: Sequence[str] | None = None) -> None:
         if args.command == "synth" and args.format is not None:
             if args.family is not None:
                 raise ConfigError(
-                    "--family chooses how LA / ACDC data (--dataset) vary; raw scans (--format) have none: leave --family out"
+                    "--family chooses how LA / ACDC data (--dataset) vary; raw scans (--format) have none: "
+                    "leave --family out"
                 )
             out = pipeline.synthesize_scans(args.out, args.format, cases=args.cases, seed=args.seed, size=size)
             print(f"wrote synthetic {args.format} scans to {out}")
