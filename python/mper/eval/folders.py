@@ -12,7 +12,10 @@ nnU-Net's ``nnUNetv2_evaluate_folder`` does: no checkpoint, no inference.
   :func:`mper.data.raw_scans.read_class_names`): the one given, else the one beside the
   labels folder (nnU-Net's raw layout: ``labelsTs/`` next to ``dataset.json``); without
   one, the classes are 1 .. the largest value of any label or prediction, named
-  ``class 1``, ... . A value outside the declared classes is refused, naming the file.
+  ``class 1``, ... . A value outside the declared classes is refused, naming the file. A
+  class no label and no prediction holds would score as a right answer in every case: below
+  the largest value found (a mask of 0 and 255) it is refused, a declared one named in a
+  warning.
 * Every pair is read and checked before the first is scored: one 3D map of whole values
   each (:func:`mper.data.raw_scans.read_label_map`), the prediction on its label's voxel
   grid (:func:`mper.data.raw_scans.check_geometry`).
@@ -78,6 +81,8 @@ class Pair:
 def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
     """``{name without its NIfTI ending: file}`` of the visible files of ``folder``; other
     files are named in one warning line, a case there twice (both endings) refused."""
+    if folder.is_file():
+        raise MissingFileError(f"{role} folder {folder} is a file; give the folder that holds the {role}")
     if not folder.is_dir():
         raise MissingFileError(f"{role} folder {folder} not found; give the folder of the {role}")
     found: dict[str, Path] = {}
@@ -114,8 +119,22 @@ def _label_files(labels: Path) -> dict[str, Path]:
             )
         return marked
     if not files:
+        inside = sorted(
+            folder.name
+            for folder in labels.iterdir()
+            if folder.is_dir()
+            and any(
+                path.is_file() and any(case_name(path.name, end) for end in NIFTI_ENDINGS) for path in folder.iterdir()
+            )
+        )
+        where = (
+            f" (only its folder(s) {listed_names(inside)} do: give one folder that holds every label map, such "
+            f"as an ACDC patient's folder, or copy the label maps into one)"
+            if inside
+            else ""
+        )
         raise MissingFileError(
-            f"no label maps in {labels}; expected NIfTI files <case>{' or <case>'.join(NIFTI_ENDINGS)}"
+            f"no label maps in {labels}{where}; expected NIfTI files <case>{' or <case>'.join(NIFTI_ENDINGS)}"
         )
     return files
 
@@ -191,10 +210,25 @@ def _read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, tuple[float, float, 
     return prediction, label, scan_spacing(label_scan, pair.label)
 
 
-def _checked_class_count(pairs: list[Pair], class_names: tuple[str, ...] | None, declared_in: str) -> int:
+def _class_range(classes: list[int]) -> str:
+    """``class 3`` or ``classes 2 .. 254`` (consecutive) or ``classes 2, 5``."""
+    if len(classes) == 1:
+        return f"class {classes[0]}"
+    if classes[-1] - classes[0] == len(classes) - 1 and len(classes) > 2:
+        return f"classes {classes[0]} .. {classes[-1]}"
+    return f"classes {', '.join(map(str, classes))}"
+
+
+def _checked_class_count(
+    pairs: list[Pair], class_names: tuple[str, ...] | None, declared_in: str, predictions: Path, labels: Path
+) -> int:
     """Read and check every pair (:func:`_read_pair`, the declared classes): the number of
-    classes, background included, that the scores count."""
-    largest = 1
+    classes, background included, that the scores count. A class that no label and no
+    prediction holds would score as a right answer in every case and raise the means:
+    without ``dataset.json`` (a gap below the largest value found, such as the 1 .. 254 of
+    a mask written as 0 and 255) it is refused; a declared one is named in a warning."""
+    largest, holder, held = 1, pairs[0].label, {0, 1}
+    found: set[int] = set()
     for pair in tqdm(pairs, desc="checking", unit="case", leave=False):
         prediction, label, _ = _read_pair(pair)
         for path, values in ((pair.label, label), (pair.prediction, prediction)):
@@ -202,8 +236,32 @@ def _checked_class_count(pairs: list[Pair], class_names: tuple[str, ...] | None,
                 check_declared(path, values, class_names, declared_in)
             elif values.min() < 0:
                 raise DataFormatError(f"{path}: label value {values.min():g} is negative; write class values 0, 1, ...")
-            largest = max(largest, int(values.max()))
-    return len(class_names) if class_names is not None else largest + 1
+            values_found = {int(value) for value in np.unique(values)}
+            found |= values_found
+            if max(values_found) > largest:
+                largest, holder, held = max(values_found), path, values_found
+    count = len(class_names) if class_names is not None else largest + 1
+    nowhere = [value for value in range(1, count) if value not in found]
+    if nowhere and class_names is None:
+        mask = f" (a mask of 0 and {largest}: 0 and 1)" if held <= {0, largest} else ""
+        raise DataFormatError(
+            f"{_class_range(nowhere)} of the values 1 .. {largest} found (up to {largest} in {holder}) "
+            f"{'is' if len(nowhere) == 1 else 'are'} in no label of {labels} and no prediction of {predictions}: "
+            f"{'it' if len(nowhere) == 1 else 'each'} would score Dice 1 in every case and raise the mean; write "
+            f"class values 0, 1, ...{mask}, or name the classes with --dataset-json FILE"
+        )
+    if nowhere and class_names is not None:
+        log.warning(
+            "%s (%s) that %s declares %s in no label of %s and no prediction of %s: scored Dice 1 and distances 0 "
+            "in every case (a right answer), which raises the means",
+            _class_range(nowhere),
+            ", ".join(class_names[value] for value in nowhere),
+            declared_in,
+            "is" if len(nowhere) == 1 else "are",
+            labels,
+            predictions,
+        )
+    return count
 
 
 def evaluate_folders(
@@ -220,7 +278,7 @@ def evaluate_folders(
     check_protocol(empty_prediction=empty_prediction)
     pairs = pair_files(predictions, labels)
     class_names, declared_in = folder_class_names(labels, dataset_json)
-    num_classes = _checked_class_count(pairs, class_names, declared_in)
+    num_classes = _checked_class_count(pairs, class_names, declared_in, Path(predictions), Path(labels))
     per_case = {}
     for pair in tqdm(pairs, desc="evaluating", unit="case"):
         prediction, label, spacing = _read_pair(pair)
