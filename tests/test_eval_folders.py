@@ -288,3 +288,13 @@ def test_a_file_or_a_folder_of_patient_folders_for_a_folder_is_refused_naming_wh
         error = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in error, error
         assert "Traceback" not in error and error.count("error:") == 1
+
+
+def test_a_region_based_dataset_json_beside_the_labels_says_to_give_one_class_per_value(raw, monkeypatch):
+    """nnU-Net's BraTS conversion declares regions; the import's advice alone spoke of training."""
+    predictions, labels = raw
+    regions = {"channel_names": {"0": "T1"}, "labels": {"background": 0, "whole": [1, 2], "core": 2}}
+    (labels.parent / "dataset.json").write_text(json.dumps(regions))
+    message = _refusal(predictions, labels, monkeypatch)
+    assert "is a region" in message and f"found beside {labels}" in message
+    assert "give --dataset-json FILE whose labels name one class per value" in message

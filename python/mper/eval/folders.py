@@ -191,7 +191,14 @@ def folder_class_names(
     source = Path(dataset_json) if dataset_json is not None else beside if beside.is_file() else None
     if source is None:
         return None, UNDECLARED
-    return read_class_names(source), str(source)
+    try:
+        return read_class_names(source), str(source)
+    except DataFormatError as refused:  # its advice is the import's: say what scoring needs
+        how = "given as --dataset-json" if dataset_json is not None else f"found beside {labels}"
+        raise DataFormatError(
+            f"{refused} ({source}, {how}, names the classes to score: give --dataset-json FILE whose labels "
+            'name one class per value, e.g. {"background": 0, "liver": 1})'
+        ) from None
 
 
 def _read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
