@@ -263,6 +263,11 @@ def test_classes_no_file_holds_are_refused_undeclared_and_named_declared(raw, tm
     message = _refusal(tmp_path / "masks", tmp_path / "labels", monkeypatch)
     assert message.startswith("classes 2 .. 254 of the values 1 .. 255 found (up to 255 in ")
     assert "(a mask of 0 and 255: 0 and 1)" in message and "--dataset-json" in message
+    _save(tmp_path / "masks" / "x.nii.gz", np.zeros(SHAPE, np.uint8))
+    _save(tmp_path / "labels" / "x.nii.gz", np.zeros(SHAPE, np.uint8))
+    assert "holds background (0) alone: no class to score" in _refusal(
+        tmp_path / "masks", tmp_path / "labels", monkeypatch
+    )
     predictions, labels = raw
     document = {"labels": {"background": 0, "liver": 1, "tumour": 2, "cyst": 3}}
     (tmp_path / "four.json").write_text(json.dumps(document))

@@ -248,6 +248,11 @@ def _checked_class_count(
             if max(values_found) > largest:
                 largest, holder, held = max(values_found), path, values_found
     count = len(class_names) if class_names is not None else largest + 1
+    if class_names is None and found <= {0}:
+        raise DataFormatError(
+            f"every label of {labels} and prediction of {predictions} holds background (0) alone: no class to score; "
+            "name the classes with --dataset-json FILE"
+        )
     nowhere = [value for value in range(1, count) if value not in found]
     if nowhere and class_names is None:
         mask = f" (a mask of 0 and {largest}: 0 and 1)" if held <= {0, largest} else ""
