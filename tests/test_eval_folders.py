@@ -193,6 +193,13 @@ def test_an_out_folder_inside_an_input_folder_is_refused(raw, monkeypatch):
     predictions, labels = raw
     for out in (predictions / "metrics", labels):
         assert "lies in the --" in _refusal(predictions, labels, monkeypatch, out_dir=out)
+    inner = labels / "predictions"  # its default report, labelsTs/predictions-metrics, would lie in labelsTs
+    predictions.rename(inner)
+    message = _refusal(inner, labels, monkeypatch)
+    assert message.startswith(
+        f"the default --out, {labels.resolve() / 'predictions-metrics'} (beside the predictions),"
+    )
+    assert message.endswith("give --out DIR, a folder outside both inputs")
 
 
 def test_two_predictions_of_one_case_are_refused(raw, monkeypatch):
