@@ -310,3 +310,17 @@ def test_a_region_based_dataset_json_beside_the_labels_says_to_give_one_class_pe
     message = _refusal(predictions, labels, monkeypatch)
     assert "is a region" in message and f"found beside {labels}" in message
     assert "give --dataset-json FILE whose labels name one class per value" in message
+
+
+def test_label_maps_ending_in_capitals_are_named_with_the_rename_to_do(tmp_path, monkeypatch, caplog):
+    _save(tmp_path / "labels" / "x.NII.GZ", _maps()["case_a"][0])
+    _save(tmp_path / "preds" / "x.NII", _maps()["case_a"][1])
+    _save(tmp_path / "preds" / "y.nii.gz", _maps()["case_a"][1])
+    message = _refusal(tmp_path / "preds", tmp_path / "labels", monkeypatch)
+    assert message.endswith(": rename the endings of x.NII.GZ to lowercase (.nii.gz or .nii)")
+    _save(tmp_path / "labels" / "y.nii.gz", _maps()["case_a"][0])
+    with caplog.at_level(logging.WARNING, logger="mper"):
+        folders.pair_files(tmp_path / "preds", tmp_path / "labels")
+    assert any(
+        line.endswith("x.NII; rename the endings of x.NII to lowercase (.nii.gz or .nii)") for line in caplog.messages
+    )

@@ -52,7 +52,7 @@ from mper.errors import DataFormatError, MissingFileError
 from .predict import OUTPUT_SUFFIX
 from .protocol import check_protocol, score_case
 from .report import markdown_table, summarize, write_report
-from .scans import DISTANCE_UNIT
+from .scans import DISTANCE_UNIT, _capitals_hint
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,15 @@ def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
         else:
             found[stem] = path
     if others:
-        log.warning("%s: ignored %d file(s) that are not NIfTI: %s", folder, len(others), listed_names(others))
+        hint = _capitals_hint(others)  # .NII.GZ: NIfTI, but endings are matched as written
+        log.warning(
+            "%s: ignored %d file(s) that are not NIfTI%s: %s%s",
+            folder,
+            len(others),
+            f" (named <case>{' or <case>'.join(NIFTI_ENDINGS)})" if hint else "",
+            listed_names(others),
+            f"; {hint}" if hint else "",
+        )
     return found
 
 
@@ -133,8 +141,10 @@ def _label_files(labels: Path) -> dict[str, Path]:
             if inside
             else ""
         )
+        hint = _capitals_hint([path.name for path in labels.iterdir() if path.is_file()])
         raise MissingFileError(
             f"no label maps in {labels}{where}; expected NIfTI files <case>{' or <case>'.join(NIFTI_ENDINGS)}"
+            + (f": {hint}" if hint else "")
         )
     return files
 
