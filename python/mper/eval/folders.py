@@ -52,7 +52,7 @@ from mper.errors import DataFormatError, MissingFileError
 from .predict import OUTPUT_SUFFIX
 from .protocol import check_protocol, score_case
 from .report import markdown_table, summarize, write_report
-from .scans import DISTANCE_UNIT, _capitals_hint
+from .scans import DISTANCE_UNIT, capitals_hint
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
         else:
             found[stem] = path
     if others:
-        hint = _capitals_hint(others)  # .NII.GZ: NIfTI, but endings are matched as written
+        hint = capitals_hint(others)  # .NII.GZ: NIfTI, but endings are matched as written
         log.warning(
             "%s: ignored %d file(s) that are not NIfTI%s: %s%s",
             folder,
@@ -141,7 +141,7 @@ def _label_files(labels: Path) -> dict[str, Path]:
             if inside
             else ""
         )
-        hint = _capitals_hint([path.name for path in labels.iterdir() if path.is_file()])
+        hint = capitals_hint([path.name for path in labels.iterdir() if path.is_file()])
         raise MissingFileError(
             f"no label maps in {labels}{where}; expected NIfTI files <case>{' or <case>'.join(NIFTI_ENDINGS)}"
             + (f": {hint}" if hint else "")
