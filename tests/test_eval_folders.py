@@ -127,7 +127,7 @@ def test_without_dataset_json_the_classes_are_the_values_found_in_labels_and_pre
     label[2:6, 2:6, 1:4] = 1.0
     pred = np.zeros(SHAPE, np.int16)
     pred[2:6, 2:6, 1:4] = 1
-    pred[8:10, 8:10, 2:4] = 3  # a value the labels lack: a false class
+    pred[8:10, 8:10, 2:4] = 2  # a value the labels lack: a false class
     _save(tmp_path / "labels" / "x.nii.gz", label)
     _save(tmp_path / "preds" / "x.nii", pred)
     _save(tmp_path / "preds" / "y.nii.gz", pred)  # no label: left out, named
@@ -135,9 +135,9 @@ def test_without_dataset_json_the_classes_are_the_values_found_in_labels_and_pre
     (tmp_path / "preds" / ".DS_Store").write_text("")
     with caplog.at_level(logging.WARNING, logger="mper"):
         result = folders.evaluate_folders(tmp_path / "preds", tmp_path / "labels")
-    assert sorted(result["per_case"]["x"]) == [1, 2, 3]
-    assert result["per_case"]["x"][1]["dice"] == 1.0 and result["per_case"]["x"][3]["dice"] == 0.0
-    assert "| class 3 |" in result["markdown"]
+    assert sorted(result["per_case"]["x"]) == [1, 2]
+    assert result["per_case"]["x"][1]["dice"] == 1.0 and result["per_case"]["x"][2]["dice"] == 0.0
+    assert "| class 2 |" in result["markdown"]
     warnings = [record.getMessage() for record in caplog.records]
     assert any("1 prediction(s) without a label" in line and "y.nii.gz" in line for line in warnings)
     assert any("not NIfTI: notes.txt" in line for line in warnings)
@@ -193,6 +193,13 @@ def test_an_out_folder_inside_an_input_folder_is_refused(raw, monkeypatch):
     predictions, labels = raw
     for out in (predictions / "metrics", labels):
         assert "lies in the --" in _refusal(predictions, labels, monkeypatch, out_dir=out)
+    inner = labels / "predictions"  # its default report, labelsTs/predictions-metrics, would lie in labelsTs
+    predictions.rename(inner)
+    message = _refusal(inner, labels, monkeypatch)
+    assert message.startswith(
+        f"the default --out, {labels.resolve() / 'predictions-metrics'} (beside the predictions),"
+    )
+    assert message.endswith("give --out DIR, a folder outside both inputs")
 
 
 def test_two_predictions_of_one_case_are_refused(raw, monkeypatch):
@@ -251,3 +258,69 @@ def test_an_acdc_patient_folder_gives_its_gt_maps_as_labels_of_the_frames(tmp_pa
         f"{patient}: took the 2 label map(s) named <case>_gt; left out 3 other file(s): patient001_4d.nii.gz, "
         "patient001_frame01.nii.gz, patient001_frame12.nii.gz"
     ]
+
+
+def test_classes_no_file_holds_are_refused_undeclared_and_named_declared(raw, tmp_path, monkeypatch, caplog):
+    """A binary mask written as 0 and 255 by another tool made classes 2 .. 254, which no file
+    holds, score Dice 1 each: a mean Dice of 99% for a prediction that missed everything."""
+    label = np.zeros(SHAPE, np.uint8)
+    label[2:6, 2:6, 1:4] = 1
+    _save(tmp_path / "labels" / "x.nii.gz", label)
+    _save(tmp_path / "masks" / "x.nii.gz", np.roll(label, 6, axis=0) * np.uint8(255))
+    message = _refusal(tmp_path / "masks", tmp_path / "labels", monkeypatch)
+    assert message.startswith("classes 2 .. 254 of the values 1 .. 255 found (up to 255 in ")
+    assert "(a mask of 0 and 255: 0 and 1)" in message and "--dataset-json" in message
+    _save(tmp_path / "masks" / "x.nii.gz", np.zeros(SHAPE, np.uint8))
+    _save(tmp_path / "labels" / "x.nii.gz", np.zeros(SHAPE, np.uint8))
+    assert "holds background (0) alone: no class to score" in _refusal(
+        tmp_path / "masks", tmp_path / "labels", monkeypatch
+    )
+    predictions, labels = raw
+    document = {"labels": {"background": 0, "liver": 1, "tumour": 2, "cyst": 3}}
+    (tmp_path / "four.json").write_text(json.dumps(document))
+    monkeypatch.undo()
+    with caplog.at_level(logging.WARNING, logger="mper"):
+        result = folders.evaluate_folders(predictions, labels, dataset_json=tmp_path / "four.json")
+    assert result["per_case"]["case_a"][3]["dice"] == 1.0
+    assert any(line.startswith("class 3 (cyst) that ") and "raises the means" in line for line in caplog.messages)
+
+
+def test_a_file_or_a_folder_of_patient_folders_for_a_folder_is_refused_naming_what_to_give(raw, tmp_path, capsys):
+    predictions, labels = raw
+    patients = tmp_path / "testing"
+    _save(patients / "patient001" / "patient001_frame01_gt.nii.gz", _maps()["case_a"][0])
+    cases = [
+        (["--predictions", str(predictions / "case_a.nii.gz"), "--labels", str(labels)], "is a file; give the"),
+        (["--predictions", str(predictions), "--labels", str(labels / "case_a.nii.gz")], "is a file; give the"),
+        (["--predictions", str(predictions), "--labels", str(patients)], "only its folder(s) patient001 do"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            eval_main(argv)
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in error, error
+        assert "Traceback" not in error and error.count("error:") == 1
+
+
+def test_a_region_based_dataset_json_beside_the_labels_says_to_give_one_class_per_value(raw, monkeypatch):
+    """nnU-Net's BraTS conversion declares regions; the import's advice alone spoke of training."""
+    predictions, labels = raw
+    regions = {"channel_names": {"0": "T1"}, "labels": {"background": 0, "whole": [1, 2], "core": 2}}
+    (labels.parent / "dataset.json").write_text(json.dumps(regions))
+    message = _refusal(predictions, labels, monkeypatch)
+    assert "is a region" in message and f"found beside {labels}" in message
+    assert "give --dataset-json FILE whose labels name one class per value" in message
+
+
+def test_label_maps_ending_in_capitals_are_named_with_the_rename_to_do(tmp_path, monkeypatch, caplog):
+    _save(tmp_path / "labels" / "x.NII.GZ", _maps()["case_a"][0])
+    _save(tmp_path / "preds" / "x.NII", _maps()["case_a"][1])
+    _save(tmp_path / "preds" / "y.nii.gz", _maps()["case_a"][1])
+    message = _refusal(tmp_path / "preds", tmp_path / "labels", monkeypatch)
+    assert message.endswith(": rename the endings of x.NII.GZ to lowercase (.nii.gz or .nii)")
+    _save(tmp_path / "labels" / "y.nii.gz", _maps()["case_a"][0])
+    with caplog.at_level(logging.WARNING, logger="mper"):
+        folders.pair_files(tmp_path / "preds", tmp_path / "labels")
+    assert any(
+        line.endswith("x.NII; rename the endings of x.NII to lowercase (.nii.gz or .nii)") for line in caplog.messages
+    )

@@ -703,12 +703,16 @@ def evaluate_folders(
     (default :func:`default_folder_metrics`): a folder outside both inputs, new, empty or
     an earlier evaluation's (:func:`check_eval_folder`), checked before anything is read.
     Returns ``{"per_case", "summary", "markdown", "out"}``."""
+    for option, folder in (("--predictions", predictions), ("--labels", labels)):
+        if Path(folder).is_file():
+            raise MissingFileError(f"{option} {folder} is a file; give the folder that holds the {option[2:]}")
     out = Path(out_dir) if out_dir is not None else default_folder_metrics(predictions)
     for option, folder in (("--predictions", predictions), ("--labels", labels)):
         if out.resolve().is_relative_to(Path(folder).resolve()):
+            given = f"--out {out}" if out_dir is not None else f"the default --out, {out} (beside the predictions),"
             raise RunFolderError(
-                f"--out {out} lies in the {option} folder {folder}: the report would lie among the label maps; "
-                "choose a folder outside both inputs"
+                f"{given} lies in the {option} folder {folder}: the report would lie among the label maps; "
+                f"{'choose' if out_dir is not None else 'give --out DIR,'} a folder outside both inputs"
             )
     check_eval_folder(out)
     return {**score_folders(predictions, labels, out, **options), "out": out}

@@ -12,7 +12,10 @@ nnU-Net's ``nnUNetv2_evaluate_folder`` does: no checkpoint, no inference.
   :func:`mper.data.raw_scans.read_class_names`): the one given, else the one beside the
   labels folder (nnU-Net's raw layout: ``labelsTs/`` next to ``dataset.json``); without
   one, the classes are 1 .. the largest value of any label or prediction, named
-  ``class 1``, ... . A value outside the declared classes is refused, naming the file.
+  ``class 1``, ... . A value outside the declared classes is refused, naming the file. A
+  class no label and no prediction holds would score as a right answer in every case: below
+  the largest value found (a mask of 0 and 255) it is refused, a declared one named in a
+  warning.
 * Every pair is read and checked before the first is scored: one 3D map of whole values
   each (:func:`mper.data.raw_scans.read_label_map`), the prediction on its label's voxel
   grid (:func:`mper.data.raw_scans.check_geometry`).
@@ -49,7 +52,7 @@ from mper.errors import DataFormatError, MissingFileError
 from .predict import OUTPUT_SUFFIX
 from .protocol import check_protocol, score_case
 from .report import markdown_table, summarize, write_report
-from .scans import DISTANCE_UNIT
+from .scans import DISTANCE_UNIT, capitals_hint
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,8 @@ class Pair:
 def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
     """``{name without its NIfTI ending: file}`` of the visible files of ``folder``; other
     files are named in one warning line, a case there twice (both endings) refused."""
+    if folder.is_file():
+        raise MissingFileError(f"{role} folder {folder} is a file; give the folder that holds the {role}")
     if not folder.is_dir():
         raise MissingFileError(f"{role} folder {folder} not found; give the folder of the {role}")
     found: dict[str, Path] = {}
@@ -91,7 +96,15 @@ def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
         else:
             found[stem] = path
     if others:
-        log.warning("%s: ignored %d file(s) that are not NIfTI: %s", folder, len(others), listed_names(others))
+        hint = capitals_hint(others)  # .NII.GZ: NIfTI, but endings are matched as written
+        log.warning(
+            "%s: ignored %d file(s) that are not NIfTI%s: %s%s",
+            folder,
+            len(others),
+            f" (named <case>{' or <case>'.join(NIFTI_ENDINGS)})" if hint else "",
+            listed_names(others),
+            f"; {hint}" if hint else "",
+        )
     return found
 
 
@@ -114,8 +127,24 @@ def _label_files(labels: Path) -> dict[str, Path]:
             )
         return marked
     if not files:
+        inside = sorted(
+            folder.name
+            for folder in labels.iterdir()
+            if folder.is_dir()
+            and any(
+                path.is_file() and any(case_name(path.name, end) for end in NIFTI_ENDINGS) for path in folder.iterdir()
+            )
+        )
+        where = (
+            f" (only its folder(s) {listed_names(inside)} do: give one folder that holds every label map, such "
+            f"as an ACDC patient's folder, or copy the label maps into one)"
+            if inside
+            else ""
+        )
+        hint = capitals_hint([path.name for path in labels.iterdir() if path.is_file()])
         raise MissingFileError(
-            f"no label maps in {labels}; expected NIfTI files <case>{' or <case>'.join(NIFTI_ENDINGS)}"
+            f"no label maps in {labels}{where}; expected NIfTI files <case>{' or <case>'.join(NIFTI_ENDINGS)}"
+            + (f": {hint}" if hint else "")
         )
     return files
 
@@ -172,7 +201,14 @@ def folder_class_names(
     source = Path(dataset_json) if dataset_json is not None else beside if beside.is_file() else None
     if source is None:
         return None, UNDECLARED
-    return read_class_names(source), str(source)
+    try:
+        return read_class_names(source), str(source)
+    except DataFormatError as refused:  # its advice is the import's: say what scoring needs
+        how = "given as --dataset-json" if dataset_json is not None else f"found beside {labels}"
+        raise DataFormatError(
+            f"{refused} ({source}, {how}, names the classes to score: give --dataset-json FILE whose labels "
+            'name one class per value, e.g. {"background": 0, "liver": 1})'
+        ) from None
 
 
 def _read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -191,10 +227,25 @@ def _read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, tuple[float, float, 
     return prediction, label, scan_spacing(label_scan, pair.label)
 
 
-def _checked_class_count(pairs: list[Pair], class_names: tuple[str, ...] | None, declared_in: str) -> int:
+def _class_range(classes: list[int]) -> str:
+    """``class 3`` or ``classes 2 .. 254`` (consecutive) or ``classes 2, 5``."""
+    if len(classes) == 1:
+        return f"class {classes[0]}"
+    if classes[-1] - classes[0] == len(classes) - 1 and len(classes) > 2:
+        return f"classes {classes[0]} .. {classes[-1]}"
+    return f"classes {', '.join(map(str, classes))}"
+
+
+def _checked_class_count(
+    pairs: list[Pair], class_names: tuple[str, ...] | None, declared_in: str, predictions: Path, labels: Path
+) -> int:
     """Read and check every pair (:func:`_read_pair`, the declared classes): the number of
-    classes, background included, that the scores count."""
-    largest = 1
+    classes, background included, that the scores count. A class that no label and no
+    prediction holds would score as a right answer in every case and raise the means:
+    without ``dataset.json`` (a gap below the largest value found, such as the 1 .. 254 of
+    a mask written as 0 and 255) it is refused; a declared one is named in a warning."""
+    largest, holder, held = 1, pairs[0].label, {0, 1}
+    found: set[int] = set()
     for pair in tqdm(pairs, desc="checking", unit="case", leave=False):
         prediction, label, _ = _read_pair(pair)
         for path, values in ((pair.label, label), (pair.prediction, prediction)):
@@ -202,8 +253,37 @@ def _checked_class_count(pairs: list[Pair], class_names: tuple[str, ...] | None,
                 check_declared(path, values, class_names, declared_in)
             elif values.min() < 0:
                 raise DataFormatError(f"{path}: label value {values.min():g} is negative; write class values 0, 1, ...")
-            largest = max(largest, int(values.max()))
-    return len(class_names) if class_names is not None else largest + 1
+            values_found = {int(value) for value in np.unique(values)}
+            found |= values_found
+            if max(values_found) > largest:
+                largest, holder, held = max(values_found), path, values_found
+    count = len(class_names) if class_names is not None else largest + 1
+    if class_names is None and found <= {0}:
+        raise DataFormatError(
+            f"every label of {labels} and prediction of {predictions} holds background (0) alone: no class to score; "
+            "name the classes with --dataset-json FILE"
+        )
+    nowhere = [value for value in range(1, count) if value not in found]
+    if nowhere and class_names is None:
+        mask = f" (a mask of 0 and {largest}: 0 and 1)" if held <= {0, largest} else ""
+        raise DataFormatError(
+            f"{_class_range(nowhere)} of the values 1 .. {largest} found (up to {largest} in {holder}) "
+            f"{'is' if len(nowhere) == 1 else 'are'} in no label of {labels} and no prediction of {predictions}: "
+            f"{'it' if len(nowhere) == 1 else 'each'} would score Dice 1 in every case and raise the mean; write "
+            f"class values 0, 1, ...{mask}, or name the classes with --dataset-json FILE"
+        )
+    if nowhere and class_names is not None:
+        log.warning(
+            "%s (%s) that %s declares %s in no label of %s and no prediction of %s: scored Dice 1 and distances 0 "
+            "in every case (a right answer), which raises the means",
+            _class_range(nowhere),
+            ", ".join(class_names[value] for value in nowhere),
+            declared_in,
+            "is" if len(nowhere) == 1 else "are",
+            labels,
+            predictions,
+        )
+    return count
 
 
 def evaluate_folders(
@@ -220,7 +300,7 @@ def evaluate_folders(
     check_protocol(empty_prediction=empty_prediction)
     pairs = pair_files(predictions, labels)
     class_names, declared_in = folder_class_names(labels, dataset_json)
-    num_classes = _checked_class_count(pairs, class_names, declared_in)
+    num_classes = _checked_class_count(pairs, class_names, declared_in, Path(predictions), Path(labels))
     per_case = {}
     for pair in tqdm(pairs, desc="evaluating", unit="case"):
         prediction, label, spacing = _read_pair(pair)

@@ -149,7 +149,7 @@ def _visible_files(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
 
 
-def _capitals_hint(names: list[str]) -> str:
+def capitals_hint(names: list[str]) -> str:
     """Advice for the ``names`` ending in a NIfTI ending written in capitals
     (``.NII.GZ``), which are matched as written; "" when none does."""
     capitals = [
@@ -174,7 +174,7 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> tuple[dict[str, tuple[Path
             raise DataFormatError(
                 f"{input_path} is not named as the model's input, {_input_naming(plan)} (or ending in "
                 f"{' or '.join(ending for ending in NIFTI_ENDINGS if ending != plan.file_ending)}); "
-                f"{_capitals_hint([input_path.name]) or 'rename it'}"
+                f"{capitals_hint([input_path.name]) or 'rename it'}"
             )
         case, ending, beyond = found
         if beyond:
@@ -220,7 +220,7 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> tuple[dict[str, tuple[Path
             folder,
             _input_naming(plan),
             ", ".join(sorted(ignored)),
-            "; " + hint if (hint := _capitals_hint(ignored)) else "",
+            "; " + hint if (hint := capitals_hint(ignored)) else "",
         )
     if not cases:
         if (input_path / DATASET_JSON).is_file():
