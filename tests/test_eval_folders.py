@@ -186,7 +186,7 @@ def test_values_outside_the_declared_classes_and_fractions_are_refused(raw, monk
     message = _refusal(predictions, labels, monkeypatch)
     assert "case_b_pred.nii.gz: label value(s) [3] are not declared in" in message and "2 tumour" in message
     _save(predictions / "case_b_pred.nii.gz", pred.astype(np.float32) / 2)
-    assert "non-integer values" in _refusal(predictions, labels, monkeypatch)
+    assert "case_b_pred.nii.gz: the prediction holds non-integer values" in _refusal(predictions, labels, monkeypatch)
 
 
 def test_an_out_folder_inside_an_input_folder_is_refused(raw, monkeypatch):

@@ -796,17 +796,18 @@ def read_image(case: RawCase, channels: int) -> tuple[np.ndarray, nib.Nifti1Imag
     return image, first
 
 
-def read_label_map(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+def read_label_map(path: Path, role: str = "label") -> tuple[np.ndarray, nib.Nifti1Image]:
     """The label map at ``path`` as one 3D array of whole values (its stored type: a float
     map of whole values is read as such) and its image (header, affine); a 4D map, a
-    non-finite or a non-integer value is refused, naming the file."""
+    non-finite or a non-integer value is refused, naming the file and calling the map its
+    ``role`` ("label", "prediction")."""
     scan = load_nifti(path)
     data = nifti_voxels(scan, path)
     if data.ndim == 4 and data.shape[3] > 1:
-        raise DataFormatError(f"{path}: a 4D label of shape {data.shape}; {_A_LABEL}: merge the channels into one map")
-    label = _spatial(data, path, "the label", f"{_A_LABEL}: save it with three axes")
+        raise DataFormatError(f"{path}: a 4D {role} of shape {data.shape}; {_A_LABEL}: merge the channels into one map")
+    label = _spatial(data, path, f"the {role}", f"{_A_LABEL}: save it with three axes")
     if not np.issubdtype(label.dtype, np.integer):
-        check_finite(path, label, "label")
+        check_finite(path, label, role)
         whole = np.round(label)
         # a scale factor in the header (scl_slope 0.1 over stored 10, 20, ...) leaves whole
         # classes off by the float32 rounding of the slope: those are the classes they mean
@@ -814,7 +815,7 @@ def read_label_map(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
         if fractional.any():
             examples = ", ".join(str(value) for value in np.unique(label[fractional])[:3])  # as stored
             raise DataFormatError(
-                f"{path}: the label holds non-integer values ({int(fractional.sum())} voxel(s), e.g. {examples}: "
+                f"{path}: the {role} holds non-integer values ({int(fractional.sum())} voxel(s), e.g. {examples}: "
                 "a label map interpolated, or written with a scale factor?); write class values 0, 1, ..."
             )
         label = whole

@@ -214,7 +214,7 @@ def folder_class_names(
 def _read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """(prediction, label, the label's voxel spacing in mm), the prediction on the label's grid."""
     label, label_scan = read_label_map(pair.label)
-    prediction, prediction_scan = read_label_map(pair.prediction)
+    prediction, prediction_scan = read_label_map(pair.prediction, "prediction")
     check_geometry(
         pair.prediction,
         prediction.shape,
