@@ -106,6 +106,7 @@ def test_scores_match_an_independent_computation_in_mm_and_the_report_is_written
     markdown = (out / MARKDOWN_FILE).read_text()
     assert markdown == result["markdown"]
     assert "| liver |" in markdown and "| tumour |" in markdown and "in mm; means over 2 cases" in markdown
+    assert document["summary"]["absent_from_ground_truth"] == [] and "in none of the" not in markdown
 
 
 def test_a_class_predicted_nowhere_scores_by_the_rule(raw):
@@ -323,4 +324,21 @@ def test_label_maps_ending_in_capitals_are_named_with_the_rename_to_do(tmp_path,
         folders.pair_files(tmp_path / "preds", tmp_path / "labels")
     assert any(
         line.endswith("x.NII; rename the endings of x.NII to lowercase (.nii.gz or .nii)") for line in caplog.messages
+    )
+
+
+def test_a_declared_class_in_no_ground_truth_is_noted_in_the_report(raw, tmp_path):
+    """Where no case holds the tumour, its Dice 100 (rightly absent) says only that it was not
+    predicted: the report names it, and the summary lists it."""
+    predictions, labels = raw
+    maps = _maps()
+    label_a, pred_a = (np.where(array == 2, 0, array) for array in maps["case_a"])
+    _save(labels / "case_a.nii.gz", label_a)
+    _save(predictions / "case_a.nii.gz", pred_a)
+    result = folders.evaluate_folders(predictions, labels)
+    assert result["summary"]["absent_from_ground_truth"] == [2]
+    assert result["per_case"]["case_a"][2]["dice"] == result["per_case"]["case_b"][2]["dice"] == 1.0
+    assert (
+        "tumour: in none of the 2 ground truths, so its scores say only whether it was predicted"
+        in (result["markdown"])
     )

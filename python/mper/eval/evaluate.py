@@ -22,7 +22,7 @@ from mper.datasets import get_dataset
 
 from .figures import FigureSlice, figure_slice, save_figures
 from .metrics import dice_score
-from .protocol import score_case, segment_volume
+from .protocol import ground_truth_classes, score_case, segment_volume
 from .report import REPORT_FILES, markdown_table, summarize, write_report
 from .scans import distance_unit, score_scan_case
 
@@ -66,8 +66,9 @@ def _scored_cases(
     num_classes: int,
     empty_prediction: str,
     inference_opts: dict[str, Any],
-) -> Iterator[tuple[str, dict[int, dict[str, float]], FigureSlice]]:
-    """Each case's scores (:func:`~mper.eval.protocol.score_case`) and figure slice."""
+) -> Iterator[tuple[str, dict[int, dict[str, float]], FigureSlice, set[int]]]:
+    """Each case's scores (:func:`~mper.eval.protocol.score_case`), figure slice and the
+    classes its ground truth holds."""
     if get_dataset(dataset).scans is not None:
         for case in case_names:
             yield (
@@ -78,7 +79,8 @@ def _scored_cases(
             )
         return
     for case, image, label, pred in _predicted_cases(net, dataset, data_root, case_names, num_classes, inference_opts):
-        yield case, score_case(pred, label, num_classes, empty_prediction), figure_slice(image, label, pred, dataset)
+        scores = score_case(pred, label, num_classes, empty_prediction)
+        yield case, scores, figure_slice(image, label, pred, dataset), ground_truth_classes(label)
 
 
 def evaluate_cases(
@@ -127,12 +129,13 @@ def evaluate_cases(
         {"device": device, "postprocess": postprocess, "ops": ops, **inference_opts},
     )
     progress = tqdm(scored, total=len(case_names), desc=f"evaluating {dataset}", unit="case")
-    per_case, views = {}, {}
-    for case, scores, view in progress:
+    per_case, views, in_ground_truth = {}, {}, set()
+    for case, scores, view, present in progress:
         per_case[case] = scores
+        in_ground_truth |= present
         if out_dir is not None and num_figures > 0:
             views[case] = view
-    summary = summarize(per_case)
+    summary = summarize(per_case, in_ground_truth)
     class_names = spec.class_names
     markdown = markdown_table(summary, method, labeled, unlabeled, class_names, distance_unit(dataset), split)
     figures = []

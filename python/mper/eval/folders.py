@@ -50,7 +50,7 @@ from mper.data.raw_scans import (
 from mper.errors import DataFormatError, MissingFileError
 
 from .predict import OUTPUT_SUFFIX
-from .protocol import check_protocol, score_case
+from .protocol import check_protocol, ground_truth_classes, score_case
 from .report import markdown_table, summarize, write_report
 from .scans import DISTANCE_UNIT, capitals_hint
 
@@ -301,11 +301,12 @@ def evaluate_folders(
     pairs = pair_files(predictions, labels)
     class_names, declared_in = folder_class_names(labels, dataset_json)
     num_classes = _checked_class_count(pairs, class_names, declared_in, Path(predictions), Path(labels))
-    per_case = {}
+    per_case, in_ground_truth = {}, set()
     for pair in tqdm(pairs, desc="evaluating", unit="case"):
         prediction, label, spacing = _read_pair(pair)
         per_case[pair.case] = score_case(prediction, label, num_classes, empty_prediction, spacing=spacing)
-    summary = summarize(per_case)
+        in_ground_truth |= ground_truth_classes(label)
+    summary = summarize(per_case, in_ground_truth)
     method = Path(predictions).resolve().name
     markdown = markdown_table(
         summary, method, "-", "-", class_names, DISTANCE_UNIT, FOLDER_SPLIT, EMPTY_PREDICTION_OPTION

@@ -100,3 +100,9 @@ def score_case(
             if not np.any(pred_labels == label) and np.any(gt_labels == label):
                 scores[label] = dict(ZERO_METRICS)
     return scores
+
+
+def ground_truth_classes(gt_labels: np.ndarray) -> set[int]:
+    """The classes a ground-truth label map holds (background included), for
+    :func:`mper.eval.report.summarize`'s classes absent from every ground truth."""
+    return {int(value) for value in np.unique(gt_labels)}

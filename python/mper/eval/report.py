@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +77,14 @@ def _predicted_nowhere(metrics: Mapping[str, float]) -> bool:
     return metrics["dice"] == 0.0 and metrics["hd95"] == 0.0
 
 
-def summarize(per_case: PerCase) -> dict[str, Any]:
-    """Mean, std and undefined count of each metric, per class and over classes, and
-    the results of classes predicted nowhere scored 0.
+def summarize(per_case: PerCase, in_ground_truth: Collection[int] | None = None) -> dict[str, Any]:
+    """Mean, std and undefined count of each metric, per class and over classes, the
+    results of classes predicted nowhere scored 0, and the classes none of the cases'
+    ground truths holds (given ``in_ground_truth``, the classes any of them holds).
 
     Returns ``{"num_cases", "classes": {label: {metric: stats}}, "mean": {metric: stats},
-    "predicted_nowhere": {"results", "cases", "classes": {label: results}}}``.
+    "predicted_nowhere": {"results", "cases", "classes": {label: results}},
+    "absent_from_ground_truth": [label, ...]}``.
     """
     if not per_case:
         raise ValueError("per_case is empty: evaluate at least one case before summarizing")
@@ -113,6 +115,7 @@ def summarize(per_case: PerCase) -> dict[str, Any]:
         "classes": classes,
         "mean": over_classes,
         "predicted_nowhere": {"results": sum(nowhere.values()), "cases": cases, "classes": nowhere},
+        "absent_from_ground_truth": [] if in_ground_truth is None else sorted(set(labels) - set(in_ground_truth)),
     }
 
 
@@ -194,6 +197,16 @@ def markdown_table(
             f"results, in {nowhere['cases']} of {summary['num_cases']} cases, as 0: a class predicted nowhere, "
             f"which the authors' rule ({zero}) scores 0 in every metric. These zeros lower the distance means; "
             f"{undefined} leaves them out instead.",
+        ]
+    absent = summary.get("absent_from_ground_truth", [])
+    if absent:
+        names = ", ".join(class_names[int(label)] if class_names else f"class {label}" for label in absent)
+        whose = "its" if len(absent) == 1 else "their"
+        lines += [
+            "",
+            f"{names}: in none of the {summary['num_cases']} ground truths, so {whose} scores say only whether it "
+            "was predicted (Dice 100 in a case it is rightly absent from, 0 in one it is predicted in), not how well "
+            "it is segmented; the means over classes count them.",
         ]
     return "\n".join(lines) + "\n"
 

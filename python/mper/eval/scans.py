@@ -51,7 +51,7 @@ from mper.errors import ConfigError, DataFormatError, MissingFileError, UserErro
 from .figures import FigureSlice, figure_slice
 from .inference import predict_probabilities
 from .predict import label_image, save_label_map, skipped_error, warn_if_blank
-from .protocol import postprocess_labels, score_case
+from .protocol import ground_truth_classes, postprocess_labels, score_case
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +104,15 @@ def score_scan_case(
     empty_prediction: str = "undefined",
     ops: str = "mper",
     **inference: Any,
-) -> tuple[dict[int, dict[str, float]], FigureSlice]:
-    """The scores of ``case`` on its scan's grid against its raw label (distances in mm), and
-    the figure slice of the network's view (first channel, preprocessed grid)."""
+) -> tuple[dict[int, dict[str, float]], FigureSlice, set[int]]:
+    """The scores of ``case`` on its scan's grid against its raw label (distances in mm),
+    the figure slice of the network's view (first channel, preprocessed grid) and the
+    classes the label holds."""
     image, label = load_scan_volume(data_root, case)
     original, geometry = load_original_label(data_root, case)
     restored, resampled = scan_labels(net, image, geometry, dataset, num_classes, postprocess, ops, **inference)
     scores = score_case(restored, original, num_classes, empty_prediction, spacing=geometry.spacing)
-    return scores, figure_slice(image[0], label, resampled, dataset)
+    return scores, figure_slice(image[0], label, resampled, dataset), ground_truth_classes(original)
 
 
 def _case_of(path: Path, plan: ScanPlan) -> tuple[str, str, bool] | None:
