@@ -217,6 +217,16 @@ def test_dataset_json_class_names_in_both_layouts(tmp_path):
     assert read_class_names(msd) == read_class_names(nnunet) == ("background", "heart")
 
 
+def _assert_refused_in_one_line(refusals, capsys):
+    """Each ``(argv, message)``: mper-eval exits 2 with one error line holding ``message``."""
+    for argv, message in refusals:
+        with pytest.raises(SystemExit) as exit_info:
+            eval_main(argv)
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in error, error
+        assert "Traceback" not in error and error.count("error:") == 1
+
+
 def test_the_command_scores_folders_and_refuses_mistakes_in_one_line(raw, tmp_path, capsys):
     predictions, labels = raw
     out = tmp_path / "scores"
@@ -232,12 +242,7 @@ def test_the_command_scores_folders_and_refuses_mistakes_in_one_line(raw, tmp_pa
         (["--predictions", str(predictions), "--labels", str(labels), "--out", str(labels)], "lies in the --labels"),
         (["--predictions", str(tmp_path / "none"), "--labels", str(labels)], "predictions folder"),
     ]
-    for argv, message in refusals:
-        with pytest.raises(SystemExit) as exit_info:
-            eval_main(argv)
-        error = capsys.readouterr().err
-        assert exit_info.value.code == 2 and message in error, error
-        assert "Traceback" not in error and error.count("error:") == 1
+    _assert_refused_in_one_line(refusals, capsys)
 
 
 def test_an_acdc_patient_folder_gives_its_gt_maps_as_labels_of_the_frames(tmp_path, caplog):
@@ -295,12 +300,7 @@ def test_a_file_or_a_folder_of_patient_folders_for_a_folder_is_refused_naming_wh
         (["--predictions", str(predictions), "--labels", str(labels / "case_a.nii.gz")], "is a file; give the"),
         (["--predictions", str(predictions), "--labels", str(patients)], "only its folder(s) patient001 do"),
     ]
-    for argv, message in cases:
-        with pytest.raises(SystemExit) as exit_info:
-            eval_main(argv)
-        error = capsys.readouterr().err
-        assert exit_info.value.code == 2 and message in error, error
-        assert "Traceback" not in error and error.count("error:") == 1
+    _assert_refused_in_one_line(cases, capsys)
 
 
 def test_a_region_based_dataset_json_beside_the_labels_says_to_give_one_class_per_value(raw, monkeypatch):

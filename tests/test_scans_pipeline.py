@@ -196,6 +196,15 @@ def test_a_damaged_plan_copy_of_a_run_is_restored_from_the_data_folders_plan(nnu
     )
 
 
+def _test_case_inputs(raw, tmp_path):
+    """A folder ``tmp_path/in`` holding the two channel files of the test case synth_005."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for channel in ("0000", "0001"):
+        shutil.copy(raw / "imagesTs" / f"synth_005_{channel}.nii.gz", inputs)
+    return inputs
+
+
 def _predict_exit(run_dir, inputs, out, capsys):
     """mper-predict's exit status and what it printed to stderr, line by line."""
     with pytest.raises(SystemExit) as exit_info:
@@ -380,10 +389,7 @@ def test_prediction_refuses_a_case_whose_channel_files_mix_the_endings_naming_th
 
 def test_prediction_warns_of_a_blank_channel_file_and_still_writes_its_label_map(nnunet_3d, tmp_path, caplog):
     raw, _, run_dir = nnunet_3d
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for channel in ("0000", "0001"):
-        shutil.copy(raw / "imagesTs" / f"synth_005_{channel}.nii.gz", inputs)
+    inputs = _test_case_inputs(raw, tmp_path)
     blank = inputs / "synth_005_0001.nii.gz"
     scan = nib.load(blank)
     nib.save(nib.Nifti1Image(np.full(scan.shape, 7.0, np.float32), scan.affine), blank)
@@ -400,11 +406,9 @@ def test_prediction_warns_of_a_blank_channel_file_and_still_writes_its_label_map
 
 def test_prediction_names_input_files_ending_in_capitals_with_the_rename_to_do(nnunet_3d, tmp_path, caplog, capsys):
     raw, _, run_dir = nnunet_3d
-    inputs = tmp_path / "in"
-    inputs.mkdir()
+    inputs = _test_case_inputs(raw, tmp_path)
     for channel in ("0000", "0001"):
-        shutil.copy(raw / "imagesTs" / f"synth_005_{channel}.nii.gz", inputs)
-        shutil.copy(raw / "imagesTs" / f"synth_005_{channel}.nii.gz", inputs / f"loud_{channel}.NII.GZ")
+        shutil.copy(inputs / f"synth_005_{channel}.nii.gz", inputs / f"loud_{channel}.NII.GZ")
     out = str(tmp_path / "out")
     with caplog.at_level(logging.WARNING, logger="mper"):
         cli.predict_main(["--checkpoint", str(run_dir / "best.pt"), "--input", str(inputs), "--output", out])
@@ -418,10 +422,7 @@ def test_prediction_names_input_files_ending_in_capitals_with_the_rename_to_do(n
 
 def test_prediction_names_nan_voxels_of_an_input_file_without_asking_to_import_again(nnunet_3d, tmp_path, capsys):
     raw, _, run_dir = nnunet_3d
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for channel in ("0000", "0001"):
-        shutil.copy(raw / "imagesTs" / f"synth_005_{channel}.nii.gz", inputs)
+    inputs = _test_case_inputs(raw, tmp_path)
     damaged = inputs / "synth_005_0001.nii.gz"
     scan = nib.load(damaged)
     image = np.asarray(scan.dataobj, dtype=np.float32).copy()
