@@ -155,6 +155,14 @@ def normalization_of(channel_name: str) -> str:
     return NAMED_SCHEMES.get(str(channel_name).casefold(), ZSCORE)
 
 
+def ending_in_other_case(file_name: str) -> str | None:
+    """The NIfTI ending ``file_name`` ends with in other letter case (``.NII.GZ`` for
+    ``.nii.gz``), which the readers do not take (endings are matched as written); ``None``
+    otherwise."""
+    lowered = file_name.lower()
+    return next((end for end in NIFTI_ENDINGS if lowered.endswith(end) and not file_name.endswith(end)), None)
+
+
 def case_name(file_name: str, ending: str) -> str | None:
     """``file_name`` without ``ending``, or ``None`` when it does not end so."""
     return file_name[: -len(ending)] if file_name.endswith(ending) and len(file_name) > len(ending) else None
@@ -289,9 +297,7 @@ def _case_files(folder: Path, ending: str, declared: Path | None) -> list[Path]:
                 )
         for found in NIFTI_ENDINGS:  # the declared ending first: NIFTI_ENDINGS holds both
             cased = [
-                path
-                for path in others
-                if path.name.lower().endswith(found) and not path.name.endswith(found) and not path.name.startswith(".")
+                path for path in others if ending_in_other_case(path.name) == found and not path.name.startswith(".")
             ]
             if cased:
                 also = "" if found == ending else f' and set "file_ending": "{found}" in {declared}'

@@ -39,6 +39,7 @@ from mper.data.raw_scans import (
     RawCase,
     case_name,
     channel_file_name,
+    ending_in_other_case,
     load_nifti,
     read_image,
     scan_spacing,
@@ -153,9 +154,7 @@ def _visible_files(folder: Path) -> list[Path]:
 def capitals_hint(names: list[str]) -> str:
     """Advice for the ``names`` ending in a NIfTI ending written in capitals
     (``.NII.GZ``), which are matched as written; "" when none does."""
-    capitals = [
-        name for name in names if any(name.lower().endswith(end) and not name.endswith(end) for end in NIFTI_ENDINGS)
-    ]
+    capitals = [name for name in names if ending_in_other_case(name)]
     return (
         f"rename the endings of {', '.join(sorted(capitals))} to lowercase ({' or '.join(NIFTI_ENDINGS)})"
         if capitals
