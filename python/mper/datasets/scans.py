@@ -38,6 +38,7 @@ The plan holds, for a 3D V-Net and for a 2D U-Net, the settings the data suggest
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import math
 import sys
@@ -75,7 +76,7 @@ from mper.data.raw_scans import (
     read_case,
     read_raw_dataset,
 )
-from mper.data.scan_plan import DIMS, PLAN_FILE, ScanPlan, plan_name, read_plan, write_plan
+from mper.data.scan_plan import DIMS, ScanPlan, plan_name, plan_path, read_plan, write_plan
 from mper.data.scan_preprocess import (
     FOREGROUND_SAMPLES,
     MASK_FOR_NORM_FRACTION,
@@ -125,9 +126,15 @@ FLOAT32_BYTES = 4
 # --- planning -------------------------------------------------------------------------------
 
 
+@functools.cache
+def _base_presets(dims: str) -> Mapping[str, Any]:
+    """The preset tables of the benchmark a plan of ``dims`` builds on (read-only: shared)."""
+    return tomllib.loads(get_dataset(BASE_DATASETS[dims]).preset_file.read_text())
+
+
 def _network_options(dims: str, preset: str) -> dict[str, Any]:
     """The ``network`` settings of the base benchmark's preset (``paper`` or ``demo``)."""
-    tables = tomllib.loads(get_dataset(BASE_DATASETS[dims]).preset_file.read_text())
+    tables = _base_presets(dims)
     return {**tables["paper"].get("network", {}), **tables.get(preset, {}).get("network", {})}
 
 
@@ -617,7 +624,7 @@ def scan_spec(plan: ScanPlan) -> DatasetSpec:
 def register_plan(folder: str | Path) -> DatasetSpec:
     """Register the imported dataset whose root ``folder`` holds its plan and return its spec."""
     plan = read_plan(folder)
-    _check_settings_tables(plan, Path(folder) / PLAN_FILE)
+    _check_settings_tables(plan, plan_path(folder))
     return register_imported(scan_spec(plan))
 
 
@@ -664,7 +671,7 @@ def _check_settings_tables(plan: ScanPlan, path: Path) -> None:
     for dims, tables in plan.settings.items():
         if not isinstance(tables, Mapping):
             continue
-        presets = tomllib.loads(get_dataset(BASE_DATASETS[dims]).preset_file.read_text())
+        presets = _base_presets(dims)
         for name in sorted(set(tables) - set(presets)):
             near = difflib.get_close_matches(name.lower(), list(presets), n=1, cutoff=0.75)
             if near:
@@ -681,4 +688,4 @@ def _check_settings_tables(plan: ScanPlan, path: Path) -> None:
 
 def has_plan(folder: str | Path) -> bool:
     """Whether ``folder`` holds a plan (an imported dataset's root, or a run on one)."""
-    return (Path(folder) / PLAN_FILE).is_file()
+    return plan_path(folder).is_file()
