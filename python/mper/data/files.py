@@ -236,6 +236,11 @@ def read_h5_case(
     return arrays
 
 
+def visible_files(folder: Path) -> list[Path]:
+    """The files of ``folder`` (not its sub-folders) but hidden ones (``.DS_Store``), sorted."""
+    return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+
+
 def check_finite(path: str | Path, image: np.ndarray, key: str = "image") -> np.ndarray:
     """Return ``image`` if every value is finite, else raise :class:`DataFormatError`
     naming ``path`` and how many values are NaN or infinite."""

@@ -36,7 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mper.data.convert import ACDC_LABEL_MARK
-from mper.data.files import listed_names
+from mper.data.files import listed_names, visible_files
 from mper.data.raw_scans import (
     DATASET_JSON,
     NIFTI_ENDINGS,
@@ -50,7 +50,7 @@ from mper.data.raw_scans import (
 from mper.errors import DataFormatError, MissingFileError
 
 from .predict import OUTPUT_SUFFIX
-from .protocol import check_protocol, ground_truth_classes, score_case
+from .protocol import check_protocol, score_case
 from .report import markdown_table, summarize, write_report
 from .scans import DISTANCE_UNIT, capitals_hint
 
@@ -87,7 +87,7 @@ def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
         raise MissingFileError(f"{role} folder {folder} not found; give the folder of the {role}")
     found: dict[str, Path] = {}
     others = []
-    for path in sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")):
+    for path in visible_files(folder):
         stem = next((stem for stem in (case_name(path.name, end) for end in NIFTI_ENDINGS) if stem), None)
         if stem is None:
             others.append(path.name)
@@ -236,25 +236,29 @@ def _class_range(classes: list[int]) -> str:
     return f"classes {', '.join(map(str, classes))}"
 
 
-def _checked_class_count(
+def _checked_classes(
     pairs: list[Pair], class_names: tuple[str, ...] | None, declared_in: str, predictions: Path, labels: Path
-) -> int:
+) -> tuple[int, set[int]]:
     """Read and check every pair (:func:`_read_pair`, the declared classes): the number of
-    classes, background included, that the scores count. A class that no label and no
+    classes, background included, that the scores count, and the classes the labels hold. A class that no label and no
     prediction holds would score as a right answer in every case and raise the means:
     without ``dataset.json`` (a gap below the largest value found, such as the 1 .. 254 of
     a mask written as 0 and 255) it is refused; a declared one is named in a warning."""
     largest, holder, held = 1, pairs[0].label, {0, 1}
     found: set[int] = set()
+    in_labels: set[int] = set()
     for pair in tqdm(pairs, desc="checking", unit="case", leave=False):
         prediction, label, _ = _read_pair(pair)
-        for path, values in ((pair.label, label), (pair.prediction, prediction)):
+        for path, label_map in ((pair.label, label), (pair.prediction, prediction)):
+            values = np.unique(label_map)
             if class_names is not None:
                 check_declared(path, values, class_names, declared_in)
-            elif values.min() < 0:
-                raise DataFormatError(f"{path}: label value {values.min():g} is negative; write class values 0, 1, ...")
-            values_found = {int(value) for value in np.unique(values)}
+            elif values[0] < 0:
+                raise DataFormatError(f"{path}: label value {values[0]:g} is negative; write class values 0, 1, ...")
+            values_found = {int(value) for value in values}
             found |= values_found
+            if path == pair.label:
+                in_labels |= values_found
             if max(values_found) > largest:
                 largest, holder, held = max(values_found), path, values_found
     count = len(class_names) if class_names is not None else largest + 1
@@ -283,7 +287,7 @@ def _checked_class_count(
             labels,
             predictions,
         )
-    return count
+    return count, in_labels
 
 
 def evaluate_folders(
@@ -300,12 +304,11 @@ def evaluate_folders(
     check_protocol(empty_prediction=empty_prediction)
     pairs = pair_files(predictions, labels)
     class_names, declared_in = folder_class_names(labels, dataset_json)
-    num_classes = _checked_class_count(pairs, class_names, declared_in, Path(predictions), Path(labels))
-    per_case, in_ground_truth = {}, set()
+    num_classes, in_ground_truth = _checked_classes(pairs, class_names, declared_in, Path(predictions), Path(labels))
+    per_case = {}
     for pair in tqdm(pairs, desc="evaluating", unit="case"):
         prediction, label, spacing = _read_pair(pair)
         per_case[pair.case] = score_case(prediction, label, num_classes, empty_prediction, spacing=spacing)
-        in_ground_truth |= ground_truth_classes(label)
     summary = summarize(per_case, in_ground_truth)
     method = Path(predictions).resolve().name
     markdown = markdown_table(

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from mper.data.files import visible_files
 from mper.data.imported import load_original_label, load_scan_volume
 from mper.data.raw_scans import (
     CHANNEL_FILE,
@@ -147,10 +148,6 @@ def _input_naming(plan: ScanPlan) -> str:
     )
 
 
-def _visible_files(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
-
-
 def capitals_hint(names: list[str]) -> str:
     """Advice for the ``names`` ending in a NIfTI ending written in capitals
     (``.NII.GZ``), which are matched as written; "" when none does."""
@@ -183,11 +180,11 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> tuple[dict[str, tuple[Path
                 f"({', '.join(plan.channels)}); give the case's first file, {channel_file_name(case, 0, ending)}"
             )
         # the case's other files: its channels, and any the model does not take
-        siblings = ((path, _case_of(path, plan)) for path in _visible_files(folder))
+        siblings = ((path, _case_of(path, plan)) for path in visible_files(folder))
         candidates = [path for path, of in siblings if of is not None and of[0] == case]
     elif input_path.is_dir():
         folder = input_path
-        candidates = _visible_files(folder)
+        candidates = visible_files(folder)
     else:
         raise MissingFileError(f"no such file or directory: {input_path}")
     cases: dict[str, tuple[Path, ...]] = {}
