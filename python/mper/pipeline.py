@@ -703,9 +703,6 @@ def evaluate_folders(
     (default :func:`default_folder_metrics`): a folder outside both inputs, new, empty or
     an earlier evaluation's (:func:`check_eval_folder`), checked before anything is read.
     Returns ``{"per_case", "summary", "markdown", "out"}``."""
-    for option, folder in (("--predictions", predictions), ("--labels", labels)):
-        if Path(folder).is_file():
-            raise MissingFileError(f"{option} {folder} is a file; give the folder that holds the {option[2:]}")
     out = Path(out_dir) if out_dir is not None else default_folder_metrics(predictions)
     for option, folder in (("--predictions", predictions), ("--labels", labels)):
         if out.resolve().is_relative_to(Path(folder).resolve()):
