@@ -288,8 +288,9 @@ class Check:
         shown = " ".join(_quoted(part) for part in command)
         self.section.commands.append(shown if not env else " ".join(f"{k}={v}" for k, v in env.items()) + " " + shown)
         log = self.logs / f"{name}.log"
-        capped = limit is not None and limit < self.left()
-        timeout = limit if capped and limit is not None else self.left()
+        left = self.left()
+        timeout = left if limit is None else min(limit, left)
+        capped = timeout != left
         if timeout <= 1:
             raise OutOfTime(f"no time left for {name}")
         try:
