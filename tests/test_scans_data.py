@@ -450,6 +450,22 @@ def test_a_label_value_that_is_not_an_integer_is_refused(raw, tmp_path, capsys, 
     )
 
 
+@pytest.mark.parametrize(
+    ("layout", "labels", "said"),
+    [
+        (NNUNET, {"0": "background", "1": "liver", "2": "tumour"}, "the Decathlon's way, but this is an nnU-Net v2"),
+        (MSD, {"background": 0, "liver": 1, "tumour": 2}, "nnU-Net v2's way, but this is a Decathlon"),
+    ],
+)
+def test_labels_written_the_other_layouts_way_round_are_named_as_such(raw, tmp_path, capsys, layout, labels, said):
+    source = shutil.copytree(raw[layout], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    document["labels"] = labels
+    (source / "dataset.json").write_text(json.dumps(document))
+    error = _import_error(source, tmp_path / "out", capsys)
+    assert error.startswith(f"mper-data: error: {source / 'dataset.json'}: labels map ") and said in error, error
+
+
 def test_label_values_with_a_gap_are_refused_saying_to_renumber_them(raw, tmp_path, capsys):
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
     document = json.loads((source / "dataset.json").read_text())

@@ -221,6 +221,7 @@ def _class_names(labels: Any, layout: str, where: Path) -> tuple[str, ...]:
     """Class names by label value, from nnU-Net's ``{name: value}`` or MSD's ``{"value": name}``."""
     if not isinstance(labels, dict) or not labels:
         raise DataFormatError(f'{where}: labels must name the classes, e.g. {{"background": 0, "liver": 1}}')
+    _refuse_other_layouts_labels(labels, layout, where)
     by_value: dict[int, str] = {}
     for key, value in labels.items():
         name, number = (key, value) if layout == NNUNET else (value, key)
@@ -250,6 +251,31 @@ def _class_names(labels: Any, layout: str, where: Path) -> tuple[str, ...]:
             "number the classes so, in labels and in the label files (relabel them)"
         )
     return tuple(by_value[index] for index in range(len(by_value)))
+
+
+def _is_integer_text(text: Any) -> bool:
+    return isinstance(text, str) and text.strip().lstrip("-").isdigit()
+
+
+def _refuse_other_layouts_labels(labels: dict[Any, Any], layout: str, where: Path) -> None:
+    """Refuse ``labels`` written the other layout's way round (``{"0": "background"}`` in an
+    nnU-Net file, ``{"background": 0}`` in a Decathlon one) with a message that says so,
+    rather than "label '0' has the value 'background'"."""
+    numbered_keys = all(_is_integer_text(key) for key in labels)
+    named_values = all(isinstance(value, str) and not _is_integer_text(value) for value in labels.values())
+    if layout == NNUNET and numbered_keys and named_values:
+        raise DataFormatError(
+            f'{where}: labels map values to names ({{"0": "background"}}), the Decathlon\'s way, but this '
+            "is an nnU-Net v2 dataset.json (it has channel_names), whose labels map names to values: write "
+            '{"background": 0, ...}'
+        )
+    numbered_values = all(isinstance(value, int) or _is_integer_text(value) for value in labels.values())
+    if layout == MSD and numbered_values and not numbered_keys:
+        raise DataFormatError(
+            f'{where}: labels map names to values ({{"background": 0}}), nnU-Net v2\'s way, but this is a '
+            "Decathlon dataset.json (it has modality), whose labels map values to names: write "
+            '{"0": "background", ...}, or use channel_names instead of modality'
+        )
 
 
 def read_class_names(path: str | Path) -> tuple[str, ...]:
