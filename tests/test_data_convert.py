@@ -24,6 +24,7 @@ from mper.data import (
     load_acdc_volume,
     load_la_case,
     normalize_intensity,
+    raw_scans,
     read_list,
 )
 from mper.data import convert as convert_module
@@ -204,6 +205,26 @@ def test_a_ctrl_c_dropped_where_it_was_raised_still_stops_the_conversion_and_rem
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_header_fix_of_nibabels_is_said_once_naming_the_first_file(tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.setattr(raw_scans, "_HEADER_FIXES_SAID", set())
+    raw = raw_acdc(tmp_path / "raw", range(1, 4))
+    for path in sorted(raw.glob("training/*/*_frame*.nii.gz")):  # pixdim[1] < 0, as old conversions write it
+        scan = nib.load(path)
+        image = nib.Nifti1Image(np.asarray(scan.dataobj), None, scan.header)
+        image.header["pixdim"][1] *= -1
+        nib.save(image, path)
+    capsys.readouterr()
+    with caplog.at_level("WARNING", logger="mper"):
+        cli.data_main(["convert", "--dataset", "acdc", "--source", str(raw), "--out", str(tmp_path / "out")])
+    said = [record.getMessage() for record in caplog.records if "pixdim" in record.getMessage()]
+    first = raw / "training" / "patient001" / "patient001_frame01.nii.gz"
+    assert said == [
+        f"{first}: pixdim[1,2,3] should be positive; setting to abs of pixdim values (nibabel reading its header; "
+        "said once, for the first such file)"
+    ]
+    assert "pixdim" not in capsys.readouterr().err.replace(said[0], "")
+
+
 def test_acdc_bad_raw_files(tmp_path):
     raw = raw_acdc(tmp_path / "raw", range(1, 4))
     folder = raw / "training" / "patient001"
@@ -212,7 +233,7 @@ def test_acdc_bad_raw_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="patient001_frame12_gt.nii.gz"):
         convert("acdc", raw, tmp_path / "out", progress=False)
     gt.write_bytes(b"not a nifti file")
-    with pytest.raises(DataFormatError, match="patient001_frame12_gt.nii.gz could not be read"):
+    with pytest.raises(DataFormatError, match="patient001_frame12_gt.nii.gz: not a readable NIfTI file"):
         convert("acdc", raw, tmp_path / "out", progress=False)
     save_nifti(gt, np.full(ACDC_SHAPE, 5, np.uint8))
     with pytest.raises(DataFormatError, match="classes 0..3"):

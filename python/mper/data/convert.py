@@ -29,7 +29,6 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from types import ModuleType
 
-import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
@@ -37,7 +36,7 @@ from mper.data.acdc import ACDC_NORMALIZATION, ACDC_NUM_CLASSES, patient_id, wri
 from mper.data.files import listed_names, read_list
 from mper.data.la import LA_CASE_FILE, LA_NORMALIZATION, LA_PATCH_SIZE, write_la_case, write_la_lists
 from mper.data.preprocess import normalize_intensity
-from mper.data.raw_scans import NIFTI_READ_ERRORS
+from mper.data.raw_scans import NIFTI_READ_ERRORS, load_nifti
 from mper.data.splits import ACDC_SPLIT_FRACTIONS, LA_SPLIT_FRACTIONS, partition
 from mper.errors import ConfigError, DataFormatError, MissingFileError
 
@@ -130,10 +129,9 @@ def holds_acdc_download(folder: Path) -> bool:
 
 
 def _read_nifti(path: Path) -> np.ndarray:
-    scan = nib.load(str(path))
-    if not isinstance(scan, nib.Nifti1Image):
-        raise nib.filebasedimages.ImageFileError(f"a {type(scan).__name__}, not a NIfTI image")
-    image: np.ndarray = scan.get_fdata(dtype=np.float32)
+    # load_nifti says a header fix nibabel makes (ACDC's qfac) once, naming the file,
+    # rather than nibabel's bare line for every file read.
+    image: np.ndarray = load_nifti(path).get_fdata(dtype=np.float32)
     return image
 
 
