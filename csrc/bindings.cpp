@@ -36,6 +36,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("with_cuda") = kWithCuda;
   m.attr("head_workspace_floats") = kHeadWorkspaceFloats;
   m.attr("max_image_voxels") = kMaxImageVoxels;
+  m.attr("cuda_max_head_depth") = kCudaMaxHeadDepth;
 #ifdef MPER_WITH_CUDA
   m.attr("cuda_runtime_version") = cuda::runtime_version();
   m.def("cuda_driver_version", &cuda::driver_version);

@@ -69,6 +69,9 @@ struct EmaArgs {
 };
 
 constexpr int kHeadWorkspaceFloats = 2 * 1024;  // per-block (loss, count) partials
+// The deepest features the CUDA head kernels take (their registers hold a voxel's
+// features); the CPU kernels take any depth.
+constexpr int kCudaMaxHeadDepth = 128;
 
 // Integer label dtypes (codes shared with python/mper/ops/largest_component.py).
 enum class LabelDType : int { UInt8 = 0, Int8 = 1, Int16 = 2, Int32 = 3, Int64 = 4 };
@@ -135,24 +138,24 @@ inline void check_address(std::uintptr_t address, bool needed, const char* kerne
   check(address != 0 || !needed, std::string(kernel) + ": " + what + " is needed, but its address is 0");
 }
 
-// Rows of a prototype bank the head kernels take at most (the CUDA kernels index rows in
+// Rows of a prototype bank the kernels take at most (the CUDA kernels index rows in
 // 32-bit integers).
 constexpr std::int64_t kMaxBankRows = std::int64_t(1) << 30;
 
-// The sizes both head kernels check before anything else: no negative size, and a bank
-// of C * K rows, C, K >= 1, within kMaxBankRows (computed without overflow).
-inline void check_head_sizes(const HeadArgs& a, const char* kernel) {
-  const FeatureView& f = a.feat;
+// The sizes the head and accumulate kernels check before anything else: no negative
+// size, and a bank of C * K rows, C, K >= 1, within kMaxBankRows (computed without overflow).
+inline void check_bank_sizes(const FeatureView& f, std::int64_t classes, std::int64_t protos_per_class,
+                             const char* kernel) {
   check(f.batch >= 0 && f.depth >= 0 && f.voxels >= 0,
         std::string(kernel) + ": the feature sizes (batch, depth, voxels) must not be negative");
-  check(a.classes >= 1 && a.protos_per_class >= 1 && bounded_product(a.classes, a.protos_per_class, kMaxBankRows) >= 0,
+  check(classes >= 1 && protos_per_class >= 1 && bounded_product(classes, protos_per_class, kMaxBankRows) >= 0,
         std::string(kernel) +
             ": the bank must have classes >= 1 and prototypes per class >= 1, at most 2^30 rows in all");
 }
 
 inline void check_head_addresses(const HeadArgs& a, bool backward, bool workspace_needed) {
   const char* kernel = backward ? "head_backward" : "head_forward";
-  check_head_sizes(a, kernel);
+  check_bank_sizes(a.feat, a.classes, a.protos_per_class, kernel);
   const FeatureView& f = a.feat;
   const bool features = all_positive({f.batch, f.depth, f.voxels});
   check_address(f.data, features, kernel, "the features");
@@ -168,6 +171,7 @@ inline void check_head_addresses(const HeadArgs& a, bool backward, bool workspac
 }
 
 inline void check_accumulate_addresses(const AccumulateArgs& a) {
+  check_bank_sizes(a.emb, a.classes, a.protos_per_class, "accumulate");
   const FeatureView& e = a.emb;
   const bool voxels = all_positive({e.batch, e.voxels}), rows = all_positive({a.classes, a.protos_per_class});
   check_address(e.data, voxels && e.depth > 0, "accumulate", "the embeddings");

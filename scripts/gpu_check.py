@@ -697,10 +697,12 @@ def preflight_problems(facts: dict[str, Any]) -> list[str]:
     if not facts.get("nvcc"):
         problems.append("nvcc (the CUDA toolkit) is not on PATH: the CUDA kernels cannot be built")
     driver, nvcc, torch_cuda = (_version(facts.get(key)) for key in ("driver_cuda", "nvcc", "torch_cuda"))
-    if driver and nvcc and driver < nvcc:
+    # the kernels' own check (cuda_version_problem): a driver of nvcc's major version runs
+    # them even when its minor version is older (CUDA's minor version compatibility)
+    if driver and nvcc and driver[0] < nvcc[0]:
         problems.append(
-            f"the driver supports CUDA {facts['driver_cuda']}, older than nvcc {facts['nvcc']}, whose "
-            "runtime mper links: build with the toolkit that matches the driver"
+            f"the driver supports CUDA {facts['driver_cuda']}, an older major version than nvcc {facts['nvcc']}, "
+            "whose runtime mper links: build with the toolkit that matches the driver"
         )
     if driver and torch_cuda and driver < torch_cuda:
         problems.append(f"the driver supports CUDA {facts['driver_cuda']}, older than torch's {facts['torch_cuda']}")

@@ -180,6 +180,25 @@ def test_accumulate_refuses_a_missing_address(device, field):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "classes,protos_per_class",
+    [(-1, -4), (0, 3), (2, 0), (2**32 + 1000, 2**32 - 1000), (2**15, 2**15 + 1)],
+)
+def test_accumulate_refuses_a_bank_of_bad_size(device, classes, protos_per_class):
+    """As the head: refused before the sums are sized or written (here through null)."""
+    args, keep = _accumulate_args(device)
+    args.classes, args.protos_per_class, args.sums, args.counts = classes, protos_per_class, 0, 0
+    with pytest.raises(ValueError, match="accumulate: the bank must have classes >= 1 and prototypes per class >= 1"):
+        _entry("accumulate", device)(args)
+    view = args.emb
+    view.voxels = -16
+    args.emb, args.classes, args.protos_per_class = view, 2, 3
+    with pytest.raises(ValueError, match="accumulate: the feature sizes .* must not be negative"):
+        _entry("accumulate", device)(args)
+    del keep
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("field,match", [("prototypes", "prototype bank"), ("sums", "sums"), ("counts", "counts")])
 def test_ema_refuses_a_missing_address(device, field, match):
     bank, sums, counts = (

@@ -68,7 +68,7 @@ def test_sections_that_do_not_fit_the_budget_are_skipped_with_a_note(tmp_path):
         ({"gpu": "H100", "nvcc": None}, "nvcc (the CUDA toolkit) is not on PATH"),
         (
             {"gpu": "H100", "nvcc": "13.0", "driver_cuda": "12.8", "torch_cuda": "12.8"},
-            "the driver supports CUDA 12.8, older than nvcc 13.0",
+            "the driver supports CUDA 12.8, an older major version than nvcc 13.0",
         ),
         ({"gpu": "H100", "nvcc": "12.8", "driver_cuda": "12.8", "torch_cuda": "13.0"}, "older than torch's 13.0"),
     ],
@@ -82,6 +82,7 @@ def test_a_matching_driver_passes_the_preflight():
     facts = {"gpu": "NVIDIA H100 80GB HBM3", "nvcc": "13.0", "driver_cuda": "13.0", "torch_cuda": "13.0"}
     assert gpu_check.preflight_problems(facts) == []
     assert gpu_check.preflight_problems({**facts, "driver_cuda": "13.1"}) == []
+    assert gpu_check.preflight_problems({**facts, "nvcc": "13.2"}) == []  # as the kernels' own check rules
 
 
 def _requirement_names(requirements: list[str]) -> set[str]:

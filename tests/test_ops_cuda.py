@@ -105,6 +105,32 @@ def test_training_path_never_synchronises_with_the_host():
     assert torch.isfinite(feat.grad.float()).all() and torch.isfinite(bank).all()
 
 
+def test_no_op_waits_for_the_gpu_inside_the_compiled_core():
+    """set_sync_debug_mode sees torch's own calls only, not the CUDA runtime that mper's
+    core links statically: with the stream held busy by a long sleep queued first, every
+    op (forward, backward, update, largest_component) must return to the host while the
+    sleep still runs."""
+    feat = make_features(2, 16, (32, 32, 16), torch.float32, seed=5, device="cuda").requires_grad_(True)
+    bank = make_bank(6, 16, seed=6, device="cuda")
+    labels = torch.randint(0, 2, (2, 32, 32, 16), device="cuda")
+    mask = torch.rand(2, 32, 32, 16, device="cuda") > 0.5
+
+    def every_op():
+        logits, assign, loss = ops.proto_classify_infonce(feat, bank, 2, 0.1, 0.1, 0)
+        torch.autograd.backward([logits, loss], [torch.ones_like(logits), torch.ones_like(loss)])
+        sums, counts = ops.proto_accumulate(feat.detach(), labels, assign, mask, 2, 3, check_labels=False)
+        ops.proto_ema_update_(bank, sums, counts, 0.99)
+        ops.largest_component(labels, 2, check_labels=False)
+
+    every_op()  # loads the kernels and sets the shared-memory limits first
+    torch.cuda.synchronize()
+    stream = torch.cuda.current_stream()
+    torch.cuda._sleep(4_000_000_000)  # about two seconds of GPU clock cycles
+    every_op()
+    assert not stream.query(), "an op waited for the GPU: the host returned only after the sleep had ended"
+    torch.cuda.synchronize()
+
+
 def test_compiled_function_matches_eager_on_cuda():
     def step(feat, bank):
         logits, assign, loss = ops.proto_classify_infonce(feat, bank, 2, 0.1, 0.1, None)

@@ -13,6 +13,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import mper.reference as ref
 from mper import ops
+from mper.ops import _common
 from op_cases import make_bank, make_features
 
 m = torch.ops.mper
@@ -289,6 +290,30 @@ def test_compiled_malformed_direct_call_raises():
 
     with pytest.raises(RuntimeError, match=re.escape("prototypes must be (C*K, D) with D = 4")):
         logits(make_features(1, 4, (3, 3), torch.float32, seed=7), bank)
+
+
+@pytest.mark.parametrize("call", HEAD_OPS.values(), ids=HEAD_OPS)
+def test_features_deeper_than_the_cuda_kernels_take_are_refused_when_traced(call):
+    """On CUDA tensors the head's fake kernels refuse a depth the CUDA kernels cannot run,
+    so that a compiled graph fails when it is traced, not when it first runs on the GPU;
+    the same depth on the CPU is the kernels' to run, and the deepest CUDA one passes."""
+    deepest = _common._C.cuda_max_head_depth
+
+    def inputs(depth: int, device: str) -> dict:  # made in the fake mode: no CUDA needed
+        return dict(
+            feat=torch.zeros((B, depth, *SPATIAL), device=device),
+            bank=torch.ones((C * K, depth), device=device),
+            grad_logits=torch.zeros((B, C, *SPATIAL), device=device),
+            grad_loss=torch.ones((), device=device),
+            count=torch.full((), 30.0, device=device),
+        )
+
+    words = f"feat has {deepest + 1} channels: the CUDA kernels support a feature depth of at most {deepest}"
+    with FakeTensorMode():
+        with pytest.raises(ValueError, match=re.escape(words)):
+            call(inputs(deepest + 1, "cuda"))
+        call(inputs(deepest, "cuda"))
+        call(inputs(deepest + 1, "cpu"))
 
 
 def test_public_functions_convert_what_the_ops_refuse():

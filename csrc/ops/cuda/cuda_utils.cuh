@@ -14,14 +14,37 @@
 
 namespace mper::cuda {
 
+#ifndef MPER_CUDA_ARCHITECTURES
+#define MPER_CUDA_ARCHITECTURES "?"  // CMake defines it; a build outside CMake names none
+#endif
+
+// What to do when the GPU's architecture is none the kernels were compiled for (a V100's
+// sm_70, a T4's sm_75): "no kernel image is available for execution on the device".
+inline std::string architecture_advice() {
+  int device = 0, major = 0, minor = 0;
+  std::string gpu = "this GPU";
+  if (cudaGetDevice(&device) == cudaSuccess &&
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess) {
+    gpu = "this GPU (compute capability " + std::to_string(major) + "." + std::to_string(minor) + ")";
+  }
+  const std::string architecture = major > 0 ? std::to_string(major) + std::to_string(minor) : "<XY>";
+  return "mper's CUDA kernels were built for the architectures " MPER_CUDA_ARCHITECTURES ", none of which " + gpu +
+         " runs: rebuild mper for it, `pip install --no-build-isolation -Ccmake.define.MPER_CUDA_ARCHITECTURES=" +
+         architecture + " .`";
+}
+
 // Raises on a failed CUDA call; an error that asks for a newer driver also names the
-// driver's and the build's CUDA versions and what to do.
+// driver's and the build's CUDA versions and what to do, and one of a GPU the build has
+// no kernels for says how to build them.
 inline void check_cuda(cudaError_t status, const char* what) {
   if (status == cudaSuccess) return;
   std::string message = std::string("mper: CUDA error in ") + what + ": " + cudaGetErrorString(status);
   if (status == cudaErrorInsufficientDriver || status == cudaErrorCallRequiresNewerDriver ||
       status == cudaErrorUnsupportedPtxVersion)
     message += "; " + cuda_driver_advice(driver_version(), runtime_version());
+  if (status == cudaErrorNoKernelImageForDevice || status == cudaErrorInvalidDeviceFunction)
+    message += "; " + architecture_advice();
   throw std::runtime_error(message);
 }
 

@@ -197,9 +197,11 @@ __global__ void choose_kernel(ComponentArgs args) {
   const std::int32_t* sizes = parents + s.batch * s.voxels();
   unsigned long long* best = reinterpret_cast<unsigned long long*>(args.workspace) + s.batch * s.voxels();
   for_each_stretch(s, [&](const Place& p, int, bool in_row) {
-    if (!in_row || parents[p.global] != p.local) return;
+    if (!in_row) return;
+    // the label first: init_kernel leaves a background voxel's parent unwritten
     const std::int64_t label = label_at(labels, p.global);
-    if (foreground(label, s.classes)) atomicMax(best + p.image * s.classes + label, offer(sizes[p.global], p.local));
+    if (foreground(label, s.classes) && parents[p.global] == p.local)
+      atomicMax(best + p.image * s.classes + label, offer(sizes[p.global], p.local));
   });
 }
 

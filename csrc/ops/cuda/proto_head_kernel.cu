@@ -44,7 +44,7 @@ constexpr int lanes_per_group(int padded_depth) {
   return padded_depth <= kLaneChannels ? 1 : padded_depth / kLaneChannels;
 }
 constexpr int kMaxBlocks = kHeadWorkspaceFloats / 2;
-constexpr int kMaxDepth = 128;
+constexpr int kMaxDepth = kCudaMaxHeadDepth;
 constexpr int kGlobalLanes = kMaxDepth / (kLaneChannels / 2);
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -532,7 +532,8 @@ void launch_backward(const HeadArgs& args) {
 
 // Checks shared by both directions.
 void check_head(const HeadArgs& args) {
-  check(args.feat.depth <= kMaxDepth, "the CUDA kernels support a feature depth of at most 128");
+  check(args.feat.depth <= kMaxDepth,
+        "the CUDA kernels support a feature depth of at most " + std::to_string(kMaxDepth));
 }
 
 // Variants: the depth padded to DT and V voxels per group; shallow features take several

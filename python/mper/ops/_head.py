@@ -246,6 +246,16 @@ def check_arguments(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The head's argument checks, shared by the public functions and the registered ops."""
     feat = _common.check_features("feat", feat)
+    if feat.device.type == "cuda":  # here too, so that a compiled graph refuses it when traced
+        depth = feat.shape[1]
+        _common.require(
+            depth <= _common._C.cuda_max_head_depth,
+            ValueError,
+            lambda: (
+                f"feat has {depth} channels: the CUDA kernels support a feature depth of at most "
+                f"{_common._C.cuda_max_head_depth}; use the eager ops (ops='reference') or the CPU for deeper features"
+            ),
+        )
     classes = _common.check_positive_int("num_classes", num_classes)
     prototypes = _common.check_bank(prototypes, feat.shape[1])
     _common.check_rows(prototypes, classes)
