@@ -236,6 +236,7 @@ def as_format_2(state: dict, oldest: bool) -> dict:
     monitor wrote it, before the prototype usage, the RNG states of every process and the
     sessions were saved."""
     old = {**state, "version": 2}
+    del old["scan_plan"]  # format 4's
     old["rng"] = {"torch": state["rng"]["torch"]}
     old["process_rng"] = [{"torch": rng["torch"]} for rng in state["process_rng"]]
     if oldest:
@@ -247,7 +248,7 @@ def as_format_2(state: dict, oldest: bool) -> dict:
 @pytest.mark.parametrize("oldest", [False, True])
 def test_a_resume_checkpoint_of_format_2_resumes_as_the_current_format_does(run, tmp_path, oldest):
     current = load_checkpoint(run / "last.pt")
-    assert current["version"] == CHECKPOINT_VERSION == 3
+    assert current["version"] == CHECKPOINT_VERSION == 4
     resumed = {}
     for name, state in (("current", current), ("format 2", as_format_2(current, oldest))):
         folder = shutil.copytree(run, tmp_path / name)
@@ -255,6 +256,7 @@ def test_a_resume_checkpoint_of_format_2_resumes_as_the_current_format_does(run,
         upgraded = load_checkpoint(folder / "last.pt")
         assert upgraded["version"] == CHECKPOINT_VERSION
         assert upgraded["rng"]["cuda"] == [] and all(rng["cuda"] == [] for rng in upgraded["process_rng"])
+        assert upgraded["scan_plan"] is None  # a built-in dataset's run: no plan
         pipeline.resume(folder, assignments=["selftrain.iterations=3"])
         resumed[name] = load_checkpoint(folder / "last.pt")
     expected, got = resumed["current"], resumed["format 2"]
@@ -286,4 +288,4 @@ def test_a_checkpoint_of_a_newer_format_is_refused_in_one_line_saying_to_upgrade
 def test_the_upgrades_lead_from_every_readable_format_to_the_current_one():
     assert sorted(UPGRADES) == list(range(OLDEST_READABLE_VERSION, CHECKPOINT_VERSION))
     weights = {"version": 2, "config": {}, "progress": {}, "student": {}, "teacher": None, "bank": None}
-    assert upgrade_checkpoint(dict(weights), "best.pt") == {**weights, "version": CHECKPOINT_VERSION}
+    assert upgrade_checkpoint(dict(weights), "best.pt") == {**weights, "scan_plan": None, "version": CHECKPOINT_VERSION}

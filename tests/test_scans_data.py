@@ -33,6 +33,7 @@ from mper.data.scan_preprocess import (
     resample_labels,
     resampled_shape,
     restore_labels,
+    rules_difference,
     target_spacing,
 )
 from mper.data.splits import fold_cases
@@ -944,6 +945,34 @@ def test_resampling_a_label_map_and_back_recovers_it_within_one_voxel_at_boundar
     )
     wrong = restored[2:42, 1:37] != label
     assert not (wrong & ~_boundary(label)).any()
+
+
+def test_the_rules_a_case_was_preprocessed_with_are_told_from_edited_ones():
+    image = np.random.default_rng(0).uniform(1, 100, (2, 30, 30, 10)).astype(np.float32)
+    rules = ScanRules(("ct", "z-score"), (ChannelStatistics(50.0, 20.0, 5.0, 95.0), None), False, (1.0, 1.0, 3.0))
+    _, _, geometry = preprocess_scan(image, None, (1.0, 1.0, 2.5), np.eye(4), rules)
+    channels = ("CT", "MRI")
+    assert rules_difference(rules, channels, geometry) == ""
+    edits = {
+        "channel 0 (CT) has mean = 51.0, but the case was normalised with mean = 50.0": dataclasses.replace(
+            rules, statistics=(ChannelStatistics(51.0, 20.0, 5.0, 95.0), None)
+        ),
+        "channel 1 (MRI) has normalization = 'rescale', but the case was normalised by 'z-score'": dataclasses.replace(
+            rules, schemes=("ct", "rescale")
+        ),
+        "spacing = [1.0, 1.0, 3.1], but the case was resampled to [1.0, 1.0, 3.0]": dataclasses.replace(
+            rules, spacing=(1.0, 1.0, 3.1)
+        ),
+    }
+    for said, edited in edits.items():
+        assert rules_difference(edited, channels, geometry) == said
+    # imports before the target spacing was recorded: told by the resampled shape, where it differs
+    older = dataclasses.replace(geometry, target_spacing=None)
+    assert rules_difference(dataclasses.replace(rules, spacing=(1.0, 1.0, 3.1)), channels, older) == ""
+    assert rules_difference(dataclasses.replace(rules, spacing=(2.0, 1.0, 3.0)), channels, older) == (
+        "spacing = [2.0, 1.0, 3.0], which resamples the case to [15, 30, 8] voxels, but it was resampled to [30, 30, 8]"
+    )
+    assert CaseGeometry.from_json(older.to_json()) == older  # an older import's geometry still reads
 
 
 def test_an_anisotropic_axis_is_resampled_by_nearest_slices():

@@ -196,6 +196,44 @@ def test_a_damaged_plan_copy_of_a_run_is_restored_from_the_data_folders_plan(nnu
     )
 
 
+@pytest.mark.parametrize(
+    "old, new, difference",
+    [
+        ("mean = ", "mean = 300.0  # ", "other intensity statistics or masking"),
+        ("spacing = [", "spacing = [9.5, 9.5, 9.5]  # ", "another target spacing (9.5 x 9.5 x 9.5 mm, not "),
+        ('dims = "3d"', 'dims = "2d"', 'dims = "2d" and slice_axis = 2, where it trained with dims = "3d" and'),
+    ],
+)
+def test_a_runs_plan_edited_after_training_is_refused_before_predicting(
+    nnunet_3d, tmp_path, capsys, old, new, difference
+):
+    """The checkpoint records the plan it trained with: an edited normalisation or spacing in
+    the run's plan.toml predicted garbage with exit 0; an edited dims failed in the settings."""
+    raw, root, run_dir = nnunet_3d
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    plan = run / "plan.toml"
+    plan.write_text(plan.read_text().replace(old, new, 1))
+    code, error = _predict_exit(run, _test_case_inputs(raw, tmp_path), tmp_path / "out", capsys)
+    assert code == cli.USER_ERROR_EXIT_CODE and not any("Traceback" in line for line in error), error
+    assert error[-1].startswith(
+        f"mper-predict: error: {plan} differs from the plan {run / 'best.pt'} trained with (recorded in it): "
+        f"{difference}"
+    ), error[-1]
+    assert error[-1].endswith(f"restore it from {root / 'plan.toml'}, or train again"), error[-1]
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        cli.train_main(["--resume", "--out", str(run)])
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"mper-train: error: {plan} differs from the plan ")
+
+
+def test_a_runs_plan_with_renamed_classes_still_predicts(nnunet_3d, tmp_path, capsys):
+    raw, _, run_dir = nnunet_3d
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    (run / "plan.toml").write_text((run / "plan.toml").read_text().replace('"liver"', '"hepar"', 1))
+    written = pipeline.predict(run / "best.pt", _test_case_inputs(raw, tmp_path), tmp_path / "out", device="cpu")
+    assert [path.name for path in written] == ["synth_005.nii.gz"]
+
+
 def _test_case_inputs(raw, tmp_path):
     """A folder ``tmp_path/in`` holding the two channel files of the test case synth_005."""
     inputs = tmp_path / "in"
@@ -545,6 +583,38 @@ def test_an_edited_plan_is_what_trains(nnunet_3d, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize(
+    "old, new, said",
+    [
+        ("mean = ", "mean = 300.0  # ", "channel 0 (CT) has mean = 300.0, but the case was normalised with mean = "),
+        ("clip = [", "clip = [0.0, 1.0]  # ", "channel 0 (CT) has clip = (0.0, 1.0), but the case was normalised with"),
+        (
+            'normalization = "z-score"',
+            'normalization = "rescale"',
+            "channel 1 (MRI) has normalization = 'rescale', but the case was normalised by 'z-score'",
+        ),
+        ("spacing = [", "spacing = [9.5, 9.5, 9.5]  # ", "spacing = [9.5, 9.5, 9.5], but the case was resampled to ["),
+        ("mask_for_norm = ", "mask_for_norm = EDITED  # ", "mask_for_norm = "),
+    ],
+)
+def test_a_plan_whose_fixed_values_were_edited_is_refused_before_training(nnunet_3d, tmp_path, capsys, old, new, said):
+    """Training reads the imported files, prediction preprocesses raw scans by the plan: an
+    edited normalisation or spacing trained well and predicted garbage with exit 0."""
+    _, root, _ = nnunet_3d
+    if "EDITED" in new:  # the other value than the import's
+        masked = tomllib.loads((root / "plan.toml").read_text())["dataset"]["mask_for_norm"]
+        new = new.replace("EDITED", "false" if masked else "true")
+    edited = _other_dataset(root, tmp_path, old, new)
+    with pytest.raises(SystemExit) as stop:
+        cli.train_main(["--data-root", str(edited), "--out", str(tmp_path / "r"), *TINY, *NETWORKS["3d"]])
+    error = capsys.readouterr().err
+    assert stop.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error, error
+    line = error.splitlines()[-1]
+    assert line.startswith(f"mper-train: error: {edited / 'plan.toml'}: {said}"), line
+    assert line.endswith("change only by importing again: restore the import's value, or import again"), line
+    assert not (tmp_path / "r").exists()
+
+
 def test_class_names_edited_to_fewer_classes_are_refused_before_training(nnunet_3d, tmp_path, capsys):
     """The labels hold the five classes the import found: a plan naming four would fail in
     the loss at the first batch, with a traceback."""
@@ -618,7 +688,7 @@ OTHER_DATASETS = [
         "std = ",
         "std = 1",
         DESCRIBED.format("CT, MRI"),
-        "other intensity statistics or masking (an import of other scans)",
+        "other intensity statistics or masking",
     ),
     (
         "spacing = [",

@@ -41,7 +41,7 @@ from torch.utils.tensorboard import SummaryWriter
 import mper.datasets
 from mper.data.files import listed_names
 from mper.data.raw_scans import DATASET_JSON, RAW_FOLDERS
-from mper.data.scan_plan import PLAN_FILE, ScanPlan, read_plan, write_plan
+from mper.data.scan_plan import PLAN_FILE, ScanPlan, parse_scan_plan, plan_path, read_plan, write_plan
 from mper.data.synth_scans import synthesize_scans as write_synthetic_scans
 from mper.datasets import check_dataset_root, dataset_names, detect_dataset, get_dataset, has_plan, register_plan
 from mper.datasets.registry import register_imported
@@ -388,15 +388,19 @@ def imported_dataset(data_root: str | Path) -> str:
     return register_plan(data_root).name
 
 
-def _register_trained_dataset(values: dict[str, Any], checkpoint: Path) -> None:
-    """Register the imported dataset that the settings ``values`` of ``checkpoint`` name:
-    from the plan its run folder kept beside it, else from its data root's; built-in
-    datasets need nothing. Raises :class:`~mper.errors.MissingFileError` when neither
-    holds the plan of a dataset that is not registered."""
+def _register_trained_dataset(state: dict[str, Any], checkpoint: Path) -> None:
+    """Register the imported dataset that the checkpoint ``state`` (read from ``checkpoint``)
+    trained on: from the plan its run folder kept beside it, else from its data root's,
+    either refused when it reads scans otherwise than the plan the checkpoint recorded;
+    built-in datasets need nothing. Raises :class:`~mper.errors.MissingFileError` when
+    neither holds the plan of a dataset that is not registered."""
+    values = state["config"]
     data_root, name = values.get("data_root"), values.get("dataset")
     for folder, copy_of in ((checkpoint.parent, data_root), (data_root, None)):
         plan = read_plan(folder, copy_of) if folder and has_plan(folder) else None
         if plan is not None and plan.name == name:
+            restore = f"restore it from {plan_path(copy_of)}" if copy_of else "restore the values the import wrote"
+            _check_recorded_plan(plan, state["scan_plan"], plan_path(folder), checkpoint, restore)
             register_imported(scan_spec(plan))
             return
     if name not in dataset_names():
@@ -406,6 +410,28 @@ def _register_trained_dataset(values: dict[str, Any], checkpoint: Path) -> None:
             f"{found}: {checkpoint} was trained on the imported dataset {name}, whose plan a run keeps in its "
             f"folder, and its data folder {data_root or '(none)'} holds none of that name either; copy the "
             f"plan.toml of the run folder it came from next to it"
+        )
+
+
+def _check_recorded_plan(plan: ScanPlan, recorded: str | None, path: Path, checkpoint: Path, restore: str) -> None:
+    """Refuse ``plan`` (read from ``path``; ``restore`` says how to mend it) when it reads
+    scans otherwise than ``recorded``, the text of the plan ``checkpoint`` trained with
+    (``None``: not recorded, nothing to check): a plan.toml edited after training made
+    mper-predict preprocess raw scans otherwise than the network learnt, or read them with
+    another network, with exit 0."""
+    if recorded is None:
+        return
+    trained = parse_scan_plan(recorded, f"the plan recorded in {checkpoint}")
+    difference = _import_difference(plan, trained)
+    if not difference and (plan.dims, plan.slice_axis) != (trained.dims, trained.slice_axis):
+        difference = (
+            f'dims = "{plan.dims}" and slice_axis = {plan.slice_axis}, where it trained with dims = "{trained.dims}" '
+            f"and slice_axis = {trained.slice_axis}"
+        )
+    if difference:
+        raise ConfigError(
+            f"{path} differs from the plan {checkpoint} trained with (recorded in it): {difference}; the network "
+            f"reads scans only as it trained: {restore}, or train again"
         )
 
 
@@ -449,7 +475,7 @@ def resume(
     last = checkpoint_to_resume(run_dir)
     state = load_checkpoint(last)
     _check_one_run(run_dir, state["config"])
-    _register_trained_dataset(state["config"], last)
+    _register_trained_dataset(state, last)
     changes = {key: value for key, value in (("device", device), ("ops", ops)) if value is not None}
     for change in [overrides or {}, *map(parse_override, assignments), {"out": str(run_dir)}]:
         changes = merge(changes, change)
@@ -497,7 +523,7 @@ def load_network(
     if weights not in WEIGHTS:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
     state = load_checkpoint(checkpoint)
-    _register_trained_dataset(state["config"], Path(checkpoint))
+    _register_trained_dataset(state, Path(checkpoint))
     if state[weights] is None:
         raise CheckpointError(
             f"{checkpoint} holds no {weights} weights (pre-training and baseline runs have no "
@@ -584,7 +610,7 @@ def _import_difference(found: ScanPlan, trained: ScanPlan) -> str:
     if ours.schemes != theirs.schemes:
         return f"another normalisation ({', '.join(ours.schemes)}, not {', '.join(theirs.schemes)})"
     if ours != theirs:
-        return "other intensity statistics or masking (an import of other scans)"
+        return "other intensity statistics or masking"
     return ""
 
 

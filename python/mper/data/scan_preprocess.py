@@ -84,7 +84,8 @@ class Normalization:
 class CaseGeometry:
     """What a preprocessed case needs to go back to its scan: the scan's ``shape``
     (X, Y, Z), ``spacing`` (mm) and ``affine``, the ``crop`` box (start, stop per axis)
-    in it, the ``resampled_shape`` and the ``normalization`` of each channel."""
+    in it, the ``resampled_shape`` and the ``normalization`` of each channel; and the
+    ``target_spacing`` it was resampled to (``None`` in imports older than that field)."""
 
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
@@ -92,6 +93,7 @@ class CaseGeometry:
     crop: Box
     resampled_shape: tuple[int, int, int]
     normalization: tuple[Normalization, ...] = field(default_factory=tuple)
+    target_spacing: tuple[float, float, float] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -110,6 +112,7 @@ class CaseGeometry:
             crop=tuple((int(start), int(stop)) for start, stop in values["crop"]),
             resampled_shape=tuple(values["resampled_shape"]),
             normalization=norms,
+            target_spacing=None if values.get("target_spacing") is None else tuple(values["target_spacing"]),
         )
 
     @property
@@ -399,5 +402,47 @@ def preprocess_scan(
         crop=box,
         resampled_shape=(shape[0], shape[1], shape[2]),
         normalization=tuple(used),
+        target_spacing=rules.spacing,
     )
     return resampled, resampled_label, geometry
+
+
+def _differ(planned: float | Sequence[float] | None, applied: float | Sequence[float] | None) -> bool:
+    """Whether two values differ beyond the rounding of a float written to text and read back."""
+    if planned is None or applied is None:
+        return planned is not applied
+    return not np.allclose(np.asarray(planned, float), np.asarray(applied, float), rtol=1e-9, atol=0.0)
+
+
+def rules_difference(rules: ScanRules, channels: Sequence[str], geometry: CaseGeometry) -> str:
+    """How ``rules`` (a plan's, its channels named ``channels``) differ from the
+    preprocessing the case of ``geometry`` went through, in the plan's own words, e.g.
+    "channel 0 (CT) has mean = 300.0, but the case was normalised with mean = 108.4";
+    "" when they agree: a plan whose fixed values were edited after the import would
+    preprocess raw scans (mper-predict) otherwise than the files the network trained on."""
+    used = geometry.normalization
+    if len(used) != len(rules.schemes):
+        return f"{len(rules.schemes)} channel(s), but the case holds {len(used)}"
+    for index, (scheme, statistics, applied) in enumerate(zip(rules.schemes, rules.statistics, used)):
+        channel = f"channel {index} ({channels[index]})"
+        if scheme != applied.scheme:
+            return f"{channel} has normalization = {scheme!r}, but the case was normalised by {applied.scheme!r}"
+        if statistics is not None:
+            for key, planned, was in (
+                ("mean", statistics.mean, applied.mean),
+                ("std", max(statistics.std, MIN_SPREAD), applied.std),
+                ("clip", (statistics.low, statistics.high), applied.clip),
+            ):
+                if _differ(planned, was):
+                    return f"{channel} has {key} = {planned}, but the case was normalised with {key} = {was}"
+        if applied.masked and not rules.mask_for_norm:
+            return "mask_for_norm = false, but the case was z-scored inside its nonzero mask"
+    if geometry.target_spacing is not None and _differ(rules.spacing, geometry.target_spacing):
+        return f"spacing = {list(rules.spacing)}, but the case was resampled to {list(geometry.target_spacing)}"
+    shape = resampled_shape(geometry.cropped_shape, geometry.spacing, rules.spacing)
+    if tuple(shape) != tuple(geometry.resampled_shape):
+        return (
+            f"spacing = {list(rules.spacing)}, which resamples the case to {list(shape)} voxels, but it was resampled "
+            f"to {list(geometry.resampled_shape)}"
+        )
+    return ""

@@ -60,6 +60,7 @@ from mper.data.files import check_output_folder, listed_names, removed_on_failur
 from mper.data.imported import (
     SCAN_CASES_DIR,
     ImportedLayout,
+    load_geometry,
     load_scan_volume,
     scan_items,
     write_scan_case,
@@ -71,6 +72,7 @@ from mper.data.raw_scans import (
     LABELED,
     TEST,
     UNLABELED,
+    ZSCORE,
     RawCase,
     RawDataset,
     read_case,
@@ -89,6 +91,7 @@ from mper.data.scan_preprocess import (
     nonzero_box,
     preprocess_scan,
     resampled_shape,
+    rules_difference,
     target_spacing,
 )
 from mper.errors import ConfigError, DataFormatError
@@ -625,7 +628,29 @@ def register_plan(folder: str | Path) -> DatasetSpec:
     """Register the imported dataset whose root ``folder`` holds its plan and return its spec."""
     plan = read_plan(folder)
     _check_settings_tables(plan, plan_path(folder))
+    check_plan_against_cases(plan, folder)
     return register_imported(scan_spec(plan))
+
+
+def check_plan_against_cases(plan: ScanPlan, folder: str | Path) -> None:
+    """Refuse the plan of the dataset root ``folder`` when its fixed values (normalisation,
+    CT statistics, masking, spacing) are not those its cases were imported with: training
+    reads the imported files, mper-predict preprocesses raw scans by the plan, so an edit
+    would give predictions of another preprocessing than the network learnt, with exit 0."""
+    path = plan_path(folder)
+    advice = (
+        "the [dataset] values other than name, dims and class_names describe how the import preprocessed the "
+        "cases, and change only by importing again: restore the import's value, or import again"
+    )
+    masked = False
+    for case_file in sorted((Path(folder) / SCAN_CASES_DIR).glob("*.h5")):
+        geometry = load_geometry(folder, case_file.stem)
+        difference = rules_difference(plan.rules, plan.channels, geometry)
+        if difference:
+            raise ConfigError(f"{path}: {difference} (case {case_file.stem}); {advice}")
+        masked = masked or any(normalization.masked for normalization in geometry.normalization)
+    if plan.rules.mask_for_norm and ZSCORE in plan.rules.schemes and not masked:
+        raise ConfigError(f"{path}: mask_for_norm = true, but no case was z-scored inside its nonzero mask; {advice}")
 
 
 def _flat_keys(table: Mapping[str, Any], prefix: str = "") -> list[str]:

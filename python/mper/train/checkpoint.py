@@ -54,8 +54,10 @@ PRETRAIN_CHECKPOINT = "pretrain_best.pt"
 #:    checkpoints gained fields under this number, so older files of format 2 may lack the
 #:    prototype usage, the RNG states of every process and the sessions, and RNG states
 #:    written without CUDA lack the list of CUDA states;
-#: 3. every field always written (``None`` or an empty list where there is nothing).
-CHECKPOINT_VERSION = 3
+#: 3. every field always written (``None`` or an empty list where there is nothing);
+#: 4. ``scan_plan``: the text of the plan a run on an imported dataset trained with (how its
+#:    network reads scans), ``None`` for the built-in datasets and for older checkpoints.
+CHECKPOINT_VERSION = 4
 #: The first bytes of every file torch.save writes (a zip archive).
 ZIP_MAGIC = b"PK\x03\x04"
 #: The oldest format :func:`upgrade_checkpoint` reads.
@@ -179,8 +181,14 @@ def _format_2_to_3(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _format_3_to_4(state: dict[str, Any]) -> dict[str, Any]:
+    """No record of the plan: a run folder's plan.toml is taken as it is, unchecked."""
+    state.setdefault("scan_plan", None)
+    return state
+
+
 #: ``{format: the function that upgrades a checkpoint of that format to the next}``.
-UPGRADES = {2: _format_2_to_3}
+UPGRADES = {2: _format_2_to_3, 3: _format_3_to_4}
 
 
 def upgrade_checkpoint(state: dict[str, Any], path: str | Path) -> dict[str, Any]:

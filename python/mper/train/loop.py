@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mper.data.sampler import endless_batches
+from mper.data.scan_plan import plan_text
 from mper.datasets import get_dataset
 from mper.errors import TrainingDiverged
 from mper.nn import PrototypeHead
@@ -152,7 +153,10 @@ class Trainer:
         self.ops = load_ops(config.ops)
         autocast(self.device, config.amp)  # refuses bf16 off CUDA before any work is done
         torch.manual_seed(config.seed)
-        self.student = get_dataset(config.dataset).build_network(config.num_classes, **config.network).to(self.device)
+        dataset = get_dataset(config.dataset)
+        # kept in every checkpoint: the run folder's plan.toml, which prediction reads, is checked against it
+        self.scan_plan = None if dataset.scans is None else plan_text(dataset.scans, config.data_root)
+        self.student = dataset.build_network(config.num_classes, **config.network).to(self.device)
         self.memory_format = memory_format(self.student, config.channels_last)
         if config.channels_last:
             self.student.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # accepted, not in the stubs
@@ -211,6 +215,7 @@ class Trainer:
         distributed.sum_over_processes_(*monitor.values(), *([usage["current"]] if usage else []))
         return {
             "config": self.config.to_dict(),
+            "scan_plan": self.scan_plan,
             "progress": dataclasses.asdict(self.progress),
             "student": self.student.state_dict(),
             "teacher": None if self.teacher is None else self.teacher.state_dict(),
@@ -355,7 +360,7 @@ class Trainer:
         if self.progress.stage != "pretrain":
             self.record.selected_stage = selected_stage or self.progress.stage
         state = self._finite_state()
-        keep: tuple[str, ...] = ("config", "progress", "student", "teacher", "bank")
+        keep: tuple[str, ...] = ("config", "scan_plan", "progress", "student", "teacher", "bank")
         if self.progress.stage == "pretrain":
             keep += ("optimizer",)  # self-training may start from it (optim.carry_over)
         if distributed.is_main_process():
