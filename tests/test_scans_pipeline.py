@@ -995,6 +995,43 @@ def test_a_last_class_no_label_holds_is_warned_at_import_and_dropped_from_the_pl
     _trains(root, tmp_path / "fixed")
 
 
+def test_a_class_too_small_for_the_target_spacing_is_warned_at_import_and_named_as_lost_in_resampling(
+    synth_raw, tmp_path, capsys, caplog
+):
+    """A tumour of one voxel per labeled case is gone at a coarse target spacing: the import
+    says so, and training names the resampling, not the labels, as the cause."""
+    raw = shutil.copytree(synth_raw, tmp_path / "raw")
+    cases = [f"synth_{index:03d}" for index in range(4)]
+    _relabel(raw, "labelsTr", cases, TUMOUR, LIVER)
+    _relabel(raw, "labelsTs", ["synth_005", "synth_006"], TUMOUR, LIVER)
+    for case in cases:
+        path = raw / "labelsTr" / f"{case}.nii.gz"
+        image = nib.load(path)
+        label = np.asarray(image.dataobj).copy()
+        label[3, 3, 1] = TUMOUR  # one voxel, beside no other tumour voxel
+        nib.save(nib.Nifti1Image(label, image.affine, image.header), path)
+    root = tmp_path / "imported"
+    zooms = nib.load(raw / "imagesTr" / "synth_000_0000.nii.gz").header.get_zooms()
+    spacing = [2 * zooms[0], 2 * zooms[1], zooms[2]]  # in-plane only: 6 slices stay 6
+    with caplog.at_level("WARNING", logger="mper"):
+        cli.data_main(
+            ["import", "--source", str(raw), "--out", str(root), "--dims", "3d", "--spacing", *map(str, spacing)]
+        )
+    shown = " x ".join(f"{float(value):g}" for value in spacing)
+    vanished = [message for message in caplog.messages if "class 4 (tumour) vanished" in message]
+    assert vanished == [
+        f"{raw / 'dataset.json'}: class 4 (tumour) vanished from the label of 4 case(s) when resampled to the target "
+        f"spacing {shown} mm (it holds too few voxels there): {', '.join(cases)}; import with a finer --spacing if "
+        "it matters"
+    ]
+    line = _train_error(root, tmp_path / "run", capsys)
+    assert line.endswith(
+        "no labeled case holds class 4 (tumour): the raw labels of cases synth_000, synth_001, synth_002, synth_003 "
+        f"hold it, but it vanished when the import resampled them to its target spacing ({shown} mm: too few "
+        "voxels): import again with a finer --spacing"
+    ), line
+
+
 @pytest.mark.parametrize(
     "old, test_cases",
     [

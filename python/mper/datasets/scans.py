@@ -445,11 +445,32 @@ def _warn_absent_classes(raw: RawDataset, found: _Fingerprint, training: Sequenc
             )
 
 
-def _import_case(case: RawCase, raw: RawDataset, rules: ScanRules, out: Path) -> None:
-    """Preprocess and write one case; its arrays go when it returns, before the next is read."""
+def _import_case(case: RawCase, raw: RawDataset, rules: ScanRules, out: Path) -> set[int]:
+    """Preprocess and write one case; its arrays go when it returns, before the next is read.
+    Returns the class values its raw label holds and its resampled label lost."""
     scan = read_case(case, raw)
     image, label, geometry = preprocess_scan(scan.image, scan.label, scan.spacing, scan.affine, rules)
     write_scan_case(out, case.name, image, label, scan.label, geometry)
+    if scan.label is None or label is None:
+        return set()
+    return set(np.unique(scan.label).tolist()) - set(np.unique(label).tolist())
+
+
+def _warn_vanished_classes(raw: RawDataset, lost: Mapping[int, list[str]], spacing: Sequence[float]) -> None:
+    """One warning per class that resampling to ``spacing`` erased from the labels of some
+    cases (``lost``: class value to cases): a structure of a few voxels at the scans'
+    spacing that the target grid is too coarse to hold; the network never sees it there."""
+    for value, cases in sorted(lost.items()):
+        log.warning(
+            "%s: class %d (%s) vanished from the label of %d case(s) when resampled to the target spacing %s mm (it "
+            "holds too few voxels there): %s; import with a finer --spacing if it matters",
+            raw.source / DATASET_JSON,
+            value,
+            raw.class_names[value],
+            len(cases),
+            " x ".join(f"{length:g}" for length in spacing),
+            listed_names(cases),
+        )
 
 
 def _own_spacing(found: _Fingerprint, training: Sequence[str]) -> tuple[float, ...]:
@@ -573,8 +594,11 @@ def import_scans(
         settings=settings,
     )
     with removed_on_failure(out):
+        lost: dict[int, list[str]] = {}
         for case in tqdm(cases, desc=f"importing {name}", unit="case", disable=not progress):
-            _import_case(case, raw, rules, out)
+            for value in _import_case(case, raw, rules, out):
+                lost.setdefault(value, []).append(case.name)
+        _warn_vanished_classes(raw, lost, rules.spacing)
         write_scan_lists(
             out,
             {

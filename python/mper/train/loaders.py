@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mper.data.files import listed_names
+from mper.data.imported import load_original_label
 from mper.data.sampler import TwoStreamBatchSampler, endless_batches
 from mper.data.seeding import stage_seed
 from mper.data.splits import check_labeled_count, fold_cases
@@ -268,6 +269,12 @@ def _labeling_with(config: TrainConfig, wanted: list[set[str]]) -> tuple[int, in
     return fold, count
 
 
+def _vanished_in_resampling(root: str, cases: list[str], values: list[int]) -> list[str]:
+    """The imported ``cases`` of ``root`` whose raw label (kept on the scan's grid) holds one
+    of the class ``values`` that their resampled label has lost."""
+    return [case for case in cases if set(values) & set(np.unique(load_original_label(root, case)[0]).tolist())]
+
+
 def _absent_classes_error(
     config: TrainConfig, labeled_items: int, missing: list[int], classes_of: dict[str, set[int]]
 ) -> DataFormatError:
@@ -294,8 +301,15 @@ def _absent_classes_error(
         it = "it" if len(nowhere) == 1 else "them"
         tests = [case for case, values in classes_of.items() if case not in labeled_cases and set(nowhere) & values]
         only = f" (only test {_cases_phrase(tests)}, scored and never trained on)" if tests else ""
+        vanished = _vanished_in_resampling(root, sorted(labeled_cases), nowhere) if spec.scans is not None else []
         if spec.scans is None:
             fix = "check the labels"
+        elif vanished:
+            fix = (
+                f"the raw labels of {_cases_phrase(vanished)} hold {it}, but {it} vanished when the import resampled "
+                f"them to its target spacing ({' x '.join(f'{value:g}' for value in spec.scans.rules.spacing)} mm: "
+                f"too few voxels): import again with a finer --spacing"
+            )
         elif not tests and nowhere == list(range(nowhere[0], config.num_classes)):  # the last values, in no label
             names = ", ".join(repr(spec.class_names[value]) for value in nowhere if value < len(spec.class_names))
             fix = f"label training cases that contain {it}, or remove {names} from class_names in {root}/plan.toml"
