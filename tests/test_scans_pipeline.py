@@ -615,6 +615,24 @@ def test_a_plan_whose_fixed_values_were_edited_is_refused_before_training(nnunet
     assert not (tmp_path / "r").exists()
 
 
+def test_a_bad_value_in_the_plans_settings_tables_is_named_with_the_plan(nnunet_3d, tmp_path, capsys):
+    _, root, _ = nnunet_3d
+    edited = shutil.copytree(root, tmp_path / "edited")
+    plan = edited / "plan.toml"
+    text = plan.read_text()
+    table = text.index("\n[3d.paper.data]\n")
+    plan.write_text(text[:table] + re.sub(r"\nbatch_size = \d+", "\nbatch_size = -4", text[table:], count=1))
+    with pytest.raises(SystemExit) as stop:
+        cli.train_main(["--data-root", str(edited), "--out", str(tmp_path / "r"), *TINY, *NETWORKS["3d"]])
+    error = capsys.readouterr().err
+    assert stop.value.code == cli.USER_ERROR_EXIT_CODE and "Traceback" not in error, error
+    assert error.splitlines()[-1] == (
+        f"mper-train: error: {plan}: a value of its settings tables ([3d.paper]) is refused: data.batch_size must be "
+        "a positive integer, got -4; fix it there"
+    )
+    assert not (tmp_path / "r").exists()
+
+
 def test_class_names_edited_to_fewer_classes_are_refused_before_training(nnunet_3d, tmp_path, capsys):
     """The labels hold the five classes the import found: a plan naming four would fail in
     the loss at the first batch, with a traceback."""

@@ -348,9 +348,26 @@ def _train_dataset(args: argparse.Namespace) -> str | None:
     return args.dataset
 
 
+def _check_plan_preset(dataset: str, preset: str, data_root: str | None) -> None:
+    """The settings an imported dataset's plan gives ``preset``, checked before the options
+    and ``--set`` apply: a bad value in the plan is named with its file, not as if typed."""
+    plan = get_dataset(dataset).scans
+    if plan is None or data_root is None:
+        return
+    try:
+        load_config(dataset, preset)
+    except ConfigError as error:
+        tables = ", ".join(f"[{plan.dims}.{name}]" for name in dict.fromkeys(["paper", *preset.split("+")]))
+        raise ConfigError(
+            f"{Path(data_root) / PLAN_FILE}: a value of its settings tables ({tables}) is refused: {error}; "
+            "fix it there"
+        ) from error
+
+
 def _train_config(args: argparse.Namespace, dataset: str) -> TrainConfig:
     """The settings of a new run: the preset, the options and ``--set``."""
     overrides = _train_overrides(args)
+    _check_plan_preset(dataset, args.preset or "paper", args.data_root)
     config = load_config(dataset, args.preset or "paper", overrides, args.assignments)
     if args.fold is not None:
         check_fold_chosen(config)
