@@ -385,6 +385,15 @@ def test_prediction_refuses_an_output_among_a_datasets_files(nnunet_3d, tmp_path
             "choose a folder of their own"
         ],
     )
+    for inside, where in (
+        (root / "cases", f"lies inside the dataset folder {root}: the label maps would lie among its data; "),
+        (copy / "labelsTs" / "run1", f"lies in the labelsTs/ folder of the raw dataset {copy}: the label maps would "),
+    ):
+        code, lines = _predict_exit(run_dir, copy / "imagesTs", inside, capsys)
+        assert code == cli.USER_ERROR_EXIT_CODE and lines[-1].startswith(
+            f"mper-predict: error: --output {inside} {where}"
+        ), lines
+    assert not (copy / "labelsTs" / "run1").exists() and not list((root / "cases").glob("*.nii.gz"))
     beside = ["--checkpoint", str(run_dir / "best.pt"), "--input", str(copy / "imagesTs")]
     cli.predict_main([*beside, "--output", str(copy / "predictions")])  # beside the data's folders: fine
     assert sorted(path.name for path in (copy / "predictions").iterdir())

@@ -835,11 +835,18 @@ def _check_output_outside_data(output: str | Path) -> None:
             f"--output {output} is a dataset's folder: the label maps would lie among its data; choose a folder of "
             "their own"
         )
-    if labels.name in RAW_FOLDERS and (labels.parent / DATASET_JSON).is_file():
-        raise RunFolderError(
-            f"--output {output} is the {labels.name}/ folder of the raw dataset {labels.parent}: the label maps "
-            "would replace or join its files, read as data by the next import; choose a folder outside these"
-        )
+    for folder in (labels, *labels.parents):
+        if folder.name in RAW_FOLDERS and (folder.parent / DATASET_JSON).is_file():
+            where = "is" if folder == labels else "lies in"
+            raise RunFolderError(
+                f"--output {output} {where} the {folder.name}/ folder of the raw dataset {folder.parent}: the label "
+                "maps would replace or join its files, read as data by the next import; choose a folder outside these"
+            )
+        if folder != labels and folder.is_dir() and _holds_dataset(folder) and not (folder / DATASET_JSON).is_file():
+            raise RunFolderError(
+                f"--output {output} lies inside the dataset folder {folder}: the label maps would lie among its data; "
+                "choose a folder outside it"
+            )
 
 
 def _check_output_apart(input_path: str | Path, output: str | Path) -> None:

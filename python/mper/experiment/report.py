@@ -168,7 +168,7 @@ def markdown(plan: Plan, rows: Sequence[Row]) -> str:
     undefined = sum(row.undefined for row in rows)
     if undefined:
         notes.append(
-            f"95HD and ASD were undefined (empty prediction) for {undefined} case-class result(s) "
+            f"95HD and ASD were undefined (prediction or ground truth empty) for {undefined} case-class result(s) "
             "in all; each run's means leave them out."
         )
     validation = sum(row.scored_on_validation for row in rows)
