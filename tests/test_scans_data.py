@@ -505,6 +505,28 @@ def test_a_decathlon_case_listed_twice_is_refused(raw, tmp_path, capsys):
     assert "case synth_000 is listed twice in training" in capsys.readouterr().err
 
 
+def test_a_decathlon_image_of_another_ending_is_refused_with_what_to_do(raw, tmp_path, capsys):
+    source = shutil.copytree(raw[MSD], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    listed = document["training"][0]["image"]
+    document["training"][0]["image"] = listed.replace(".nii.gz", ".nii")
+    (source / "dataset.json").write_text(json.dumps(document))
+    assert _import_error(source, tmp_path / "out", capsys) == (
+        f"mper-data: error: {source / 'dataset.json'}: training image {listed.replace('.nii.gz', '.nii')} is not a "
+        ".nii.gz file, which the Decathlon layout takes: compress it (gzip) and list it as .nii.gz, or use the "
+        "nnU-Net v2 layout, whose file_ending may be .nii"
+    )
+
+
+def test_unlabeled_scans_at_one_of_the_datasets_folders_are_named_as_read_twice(raw, tmp_path, capsys):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    first = sorted((source / "imagesTs").iterdir())[0]
+    assert _import_error(source, tmp_path / "out", capsys, "--unlabeled", str(source / "imagesTs")) == (
+        f"mper-data: error: {first}: read twice, as an unlabeled scan of --unlabeled {source / 'imagesTs'} and as a "
+        f"case of {source}; --unlabeled must be a folder of other scans than the dataset's"
+    )
+
+
 @pytest.mark.parametrize("orphan", ["unlisted", "without_image"])
 def test_a_decathlon_label_that_training_does_not_list_is_refused(raw, tmp_path, capsys, orphan):
     source = shutil.copytree(raw[MSD], tmp_path / "raw")

@@ -424,7 +424,11 @@ def _msd_cases(
         label = _msd_path(source, entry.get("label"), where, "training label")
         name = case_name(image.name, ending)
         if name is None:
-            raise DataFormatError(f"{where}: training image {entry['image']} is not a {ending} file")
+            raise DataFormatError(
+                f"{where}: training image {entry['image']} is not a {ending} file, which the Decathlon layout takes: "
+                f"compress it (gzip) and list it as {ending}, or use the nnU-Net v2 layout, whose file_ending may be "
+                f"{NIFTI_ENDINGS[1]}"
+            )
         if name in images:
             raise DataFormatError(f"{where}: case {name} is listed twice in training; list each case once")
         for path in (image, label):
@@ -558,6 +562,11 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
     ) -> None:
         for name, files in sorted(images.items()):
             if name in cases:
+                if files[0].resolve() == cases[name].images[0].resolve():  # --unlabeled at one of the dataset's folders
+                    raise DataFormatError(
+                        f"{files[0]}: read twice, as an unlabeled scan of --unlabeled {unlabeled} and as a case of "
+                        f"{source}; --unlabeled must be a folder of other scans than the dataset's"
+                    )
                 raise DataFormatError(
                     f"{files[0]}: case {name} is there twice (also {cases[name].images[0]}); "
                     "give every case its own name"
