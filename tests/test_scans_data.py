@@ -505,6 +505,28 @@ def test_a_decathlon_case_listed_twice_is_refused(raw, tmp_path, capsys):
     assert "case synth_000 is listed twice in training" in capsys.readouterr().err
 
 
+def test_labeled_voxels_outside_the_images_nonzero_region_are_named_as_cropped_away(raw, tmp_path, caplog):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    for channel in sorted((source / "imagesTr").glob("synth_001_*.nii.gz")):
+        scan = nib.load(channel)
+        image = np.asarray(scan.dataobj).copy()
+        image[:3] = 0  # a slab of zeros, which the crop box leaves out
+        nib.save(nib.Nifti1Image(image, scan.affine, scan.header), channel)
+    path = source / "labelsTr" / "synth_001.nii.gz"
+    scan = nib.load(path)
+    label = np.asarray(scan.dataobj).copy()
+    label[:3] = 0
+    label[0, :2, 0] = 1  # two labeled voxels in the slab
+    nib.save(nib.Nifti1Image(label, scan.affine, scan.header), path)
+    with caplog.at_level("WARNING", logger="mper"):
+        cli.data_main(["import", "--source", str(source), "--out", str(tmp_path / "out")])
+    assert [message for message in caplog.messages if "crops to" in message] == [
+        f"{source}: 1 case(s) mark labeled voxels where their image is zero in every channel, outside the region the "
+        "import crops to (as nnU-Net does), and lose them: synth_001 (2 voxel(s)); check that those labels fit their "
+        "images"
+    ]
+
+
 def test_a_decathlon_image_of_another_ending_is_refused_with_what_to_do(raw, tmp_path, capsys):
     source = shutil.copytree(raw[MSD], tmp_path / "raw")
     document = json.loads((source / "dataset.json").read_text())

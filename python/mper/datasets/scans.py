@@ -445,15 +445,31 @@ def _warn_absent_classes(raw: RawDataset, found: _Fingerprint, training: Sequenc
             )
 
 
-def _import_case(case: RawCase, raw: RawDataset, rules: ScanRules, out: Path) -> set[int]:
+def _import_case(case: RawCase, raw: RawDataset, rules: ScanRules, out: Path) -> tuple[set[int], int]:
     """Preprocess and write one case; its arrays go when it returns, before the next is read.
-    Returns the class values its raw label holds and its resampled label lost."""
+    Returns the class values its raw label holds and its resampled label lost, and the
+    number of labeled voxels outside the crop box (the image's nonzero region)."""
     scan = read_case(case, raw)
     image, label, geometry = preprocess_scan(scan.image, scan.label, scan.spacing, scan.affine, rules)
     write_scan_case(out, case.name, image, label, scan.label, geometry)
     if scan.label is None or label is None:
-        return set()
-    return set(np.unique(scan.label).tolist()) - set(np.unique(label).tolist())
+        return set(), 0
+    outside = int(np.count_nonzero(scan.label)) - int(np.count_nonzero(crop(scan.label, geometry.crop)))
+    return set(np.unique(scan.label).tolist()) - set(np.unique(label).tolist()), outside
+
+
+def _warn_labels_outside_crop(raw: RawDataset, outside: Mapping[str, int]) -> None:
+    """One warning naming the cases whose label marks voxels outside the image's nonzero
+    region: cropping to that region (as nnU-Net does) drops them, so the network never
+    learns them; a label shifted against its image, or an image zeroed there, shows so."""
+    if outside:
+        log.warning(
+            "%s: %d case(s) mark labeled voxels where their image is zero in every channel, outside the region "
+            "the import crops to (as nnU-Net does), and lose them: %s; check that those labels fit their images",
+            raw.source,
+            len(outside),
+            ", ".join(f"{name} ({count} voxel(s))" for name, count in sorted(outside.items())),
+        )
 
 
 def _warn_vanished_classes(raw: RawDataset, lost: Mapping[int, list[str]], spacing: Sequence[float]) -> None:
@@ -595,10 +611,15 @@ def import_scans(
     )
     with removed_on_failure(out):
         lost: dict[int, list[str]] = {}
+        outside: dict[str, int] = {}
         for case in tqdm(cases, desc=f"importing {name}", unit="case", disable=not progress):
-            for value in _import_case(case, raw, rules, out):
+            vanished, dropped = _import_case(case, raw, rules, out)
+            for value in vanished:
                 lost.setdefault(value, []).append(case.name)
+            if dropped:
+                outside[case.name] = dropped
         _warn_vanished_classes(raw, lost, rules.spacing)
+        _warn_labels_outside_crop(raw, outside)
         write_scan_lists(
             out,
             {
