@@ -289,3 +289,33 @@ def test_the_upgrades_lead_from_every_readable_format_to_the_current_one():
     assert sorted(UPGRADES) == list(range(OLDEST_READABLE_VERSION, CHECKPOINT_VERSION))
     weights = {"version": 2, "config": {}, "progress": {}, "student": {}, "teacher": None, "bank": None}
     assert upgrade_checkpoint(dict(weights), "best.pt") == {**weights, "scan_plan": None, "version": CHECKPOINT_VERSION}
+
+
+def test_eval_refuses_to_score_a_case_the_checkpoint_was_trained_on(run, acdc_root, tmp_path, capsys):
+    """A test list edited to hold a training patient scored the model on what it learnt from,
+    with exit 0: named from the run's record of its cases, or from the folder's own lists."""
+    moved = shutil.copytree(acdc_root, tmp_path / "moved")
+    slices = (moved / "train_slices.list").read_text().split()
+    patient = slices[0].split("_")[0]
+    (moved / "train_slices.list").write_text("\n".join(name for name in slices if not name.startswith(patient)) + "\n")
+    frame = next(name for name in (moved / "train.list").read_text().split() if name.startswith(patient))
+    (moved / "test.list").write_text(f"{frame}\n")
+    arguments = ["--checkpoint", str(run / "best.pt"), "--device", "cpu", "--figures", "0"]
+    error = one_line_error(eval_main, [*arguments, "--data-root", str(moved), "--out", str(tmp_path / "e")], capsys)
+    assert error == (
+        f"mper-eval: error: {moved}: test case {frame} is one {run / 'best.pt'} was trained on ({run / 'cases.json'} "
+        "lists it among the cases the run trained on); a scored case must be one the model never learnt from: "
+        "remove it from the list, or score another checkpoint"
+    )
+    copied = tmp_path / "copied"  # the checkpoint alone, without the run's record
+    copied.mkdir()
+    shutil.copy(run / "best.pt", copied)
+    both = shutil.copytree(acdc_root, tmp_path / "both")
+    (both / "test.list").write_text(f"{frame}\n")  # its patient's slices stay in train_slices.list
+    arguments = ["--checkpoint", str(copied / "best.pt"), "--device", "cpu", "--figures", "0"]
+    error = one_line_error(eval_main, [*arguments, "--data-root", str(both), "--out", str(tmp_path / "e")], capsys)
+    assert error.startswith(
+        f"mper-eval: error: {both}: test case {frame} is one {copied / 'best.pt'} was trained on (the training list "
+        f"of {both} holds it)"
+    ), error
+    assert not (tmp_path / "e").exists()

@@ -46,7 +46,7 @@ from mper.data.synth_scans import synthesize_scans as write_synthetic_scans
 from mper.datasets import check_dataset_root, dataset_names, detect_dataset, get_dataset, has_plan, register_plan
 from mper.datasets.registry import register_imported
 from mper.datasets.scans import scan_spec
-from mper.errors import CheckpointError, ConfigError, MissingFileError, RunFolderError, UserError
+from mper.errors import CheckpointError, ConfigError, DataFormatError, MissingFileError, RunFolderError, UserError
 from mper.eval.evaluate import EVALUATION_OUTPUTS, evaluate_cases, mean_dice
 from mper.eval.figures import add_figures
 from mper.eval.folders import evaluate_folders as score_folders
@@ -761,6 +761,7 @@ def _evaluate(
             "score the validation cases with split 'val' (mper-eval --split val)"
         )
     cases = validation_cases(config) if split == "val" else None
+    _check_not_trained_on(config, Path(checkpoint), cases if cases is not None else test_cases(config), split)
     return evaluate_cases(
         net,
         config.dataset,
@@ -780,6 +781,37 @@ def _evaluate(
         report_extra=report_extra,
         **inference_options(config),
     )
+
+
+def _check_not_trained_on(config: TrainConfig, checkpoint: Path, scored: list[str], split: str) -> None:
+    """Refuse to score a case (for ACDC, a patient) ``checkpoint`` learnt from: one its run
+    recorded training on (:data:`RUN_CASES` beside it), or one the training list of the data
+    folder holds (a folder whose lists were edited since, or another split of the data):
+    its score would not measure the model on unseen data, with exit 0."""
+    group_of = get_dataset(config.dataset).label_group
+    sources: list[tuple[list[str], str]] = []
+    record = checkpoint.parent / RUN_CASES
+    try:
+        recorded = json.loads(record.read_text())
+    except (OSError, ValueError):  # no record (an older run, a copied checkpoint): the lists alone tell
+        recorded = None
+    if isinstance(recorded, dict):
+        roles = ("labeled", "unlabeled")
+        names = [name for role in roles for name in recorded.get(role) or [] if isinstance(name, str)]
+        sources.append((names, f"{record} lists it among the cases the run trained on"))
+    try:
+        labeled, unlabeled = training_cases(config)
+        sources.append((labeled + unlabeled, f"the training list of {config.data_root} holds it"))
+    except UserError:  # a folder of test cases alone, or too few cases for the run's labeled count
+        pass
+    for names, why in sources:
+        trained = {group_of(name) for name in names}
+        seen = next((case for case in scored if group_of(case) in trained), None)
+        if seen is not None:
+            raise DataFormatError(
+                f"{config.data_root}: {split} case {seen} is one {checkpoint} was trained on ({why}); a scored case "
+                "must be one the model never learnt from: remove it from the list, or score another checkpoint"
+            )
 
 
 def tsne(
