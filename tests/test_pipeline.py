@@ -165,6 +165,41 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_state(
     ]
 
 
+def test_a_best_checkpoint_written_after_last_pt_by_a_killed_session_is_kept_and_named(
+    acdc_root, tmp_path, monkeypatch
+):
+    """Killed after a validation that wrote pretrain_best.pt but before the next last.pt:
+    the resumed run (validating less often) named the network last.pt knew as the best,
+    while pretrain_best.pt, which self-training starts from, held the later one."""
+    original = Trainer._validate
+    killed_session = {"on": True}
+
+    def validate(self, mean_loss):  # the killed session's validations each beat the ones before, the resumed one's not
+        self.validate = lambda network: float(self.progress.iteration) if killed_session["on"] else 0.5
+        original(self, mean_loss)
+
+    monkeypatch.setattr(Trainer, "_validate", validate)
+
+    def killed(trainer):
+        raise RuntimeError("killed")
+
+    after_optimizer_steps(monkeypatch, 6, killed)  # once: the resumed run's steps count on from 6
+    run_dir = tmp_path / "run"
+    settings = ["pretrain.iterations=6", "eval.val_interval=1", "eval.checkpoint_interval=2"]
+    with pytest.raises(RuntimeError, match="killed"):
+        pipeline.train(tiny_config(acdc_root, run_dir, *settings))
+    assert load_checkpoint(run_dir / "last.pt")["progress"]["iteration"] == 4
+    assert load_checkpoint(run_dir / "pretrain_best.pt")["progress"]["best_iteration"] == 5
+    killed_session["on"] = False
+    pipeline.resume(run_dir, assignments=["eval.val_interval=1000"])
+    best = json.loads((run_dir / "training.json").read_text())["stages"]["pretrain"]["best"]
+    assert (best["iteration"], best["val_dice"]) == (5, 5.0)
+    assert (
+        "pretrain_best.pt holds the network of pretrain iteration 5 (validation Dice 5.0000), validated after last.pt "
+        "was written: kept as the best so far" in (run_dir / "train.log").read_text()
+    )
+
+
 def test_ctrl_c_during_the_last_validation_stops_before_the_evaluation(acdc_root, finished_run, tmp_path, monkeypatch):
     """A Ctrl-C that comes after the last iteration looked for one (while its validation
     runs) still stops the run, instead of being forgotten while the run evaluates (and a

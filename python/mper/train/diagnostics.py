@@ -143,8 +143,12 @@ class TrainingRecord:
         self.selected_stage: str | None = None
 
     def add(self, stage: str, iteration: int, scalars: dict[str, float]) -> None:
-        """One validation's scalars (``val_dice`` among them)."""
-        self.stages.setdefault(stage, []).append({"iteration": iteration, **scalars})
+        """One validation's scalars (``val_dice`` among them), in the order of iterations; a
+        validation of an iteration already recorded replaces it (a resumed run validating
+        again an iteration whose best checkpoint it kept from the session that stopped)."""
+        entries = [entry for entry in self.stages.get(stage, []) if entry["iteration"] != iteration]
+        entries.append({"iteration": iteration, **scalars})
+        self.stages[stage] = sorted(entries, key=lambda entry: entry["iteration"])
 
     def best(self, stage: str) -> dict[str, float] | None:
         """The entry of ``stage`` with the highest ``val_dice`` (the first of equals)."""

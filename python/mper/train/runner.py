@@ -123,6 +123,7 @@ def run_training(
                 log.info("resuming with %s = %r (was %r)", name, given, saved)
             trainer.load_state_dict(state)
             log.info("resuming %s at iteration %d", trainer.progress.stage, trainer.progress.iteration)
+            _keep_best_written_after_last(trainer)
         log.info("training on %s with ops module %s", trainer.device, trainer.ops.__name__)
         log.info("%s", describe_session(trainer.begin_session()))
         _log_machine_needs(config, trainer.device)
@@ -181,6 +182,28 @@ def _log_machine_needs(config: TrainConfig, device: torch.device) -> None:
         )
         if hint:
             log.warning(hint)
+
+
+def _keep_best_written_after_last(trainer: Trainer) -> None:
+    """Take over the stage's best checkpoint when the session that stopped wrote it after
+    ``last.pt`` (a validation between the last checkpoint and the stop): its network beat
+    every one ``last.pt`` knows, and it replaced the one ``last.pt`` names as the best, so
+    the resumed run records its validation and keeps it as the score to beat. Otherwise
+    the log, ``training.json`` and the metrics would name a network ``best.pt`` no longer holds."""
+    path, progress = trainer.best_checkpoint(), trainer.progress
+    saved = from_main_process(lambda: load_checkpoint(path)["progress"] if path.is_file() else None)
+    if saved is None or saved["stage"] != progress.stage or not saved["best_score"] > progress.best_score:
+        return
+    progress.best_score, progress.best_iteration = saved["best_score"], saved["best_iteration"]
+    trainer.record.add(progress.stage, progress.best_iteration, {"val_dice": progress.best_score})
+    log.info(
+        "%s holds the network of %s iteration %d (validation Dice %.4f), validated after last.pt was written: kept "
+        "as the best so far",
+        path.name,
+        progress.stage,
+        progress.best_iteration,
+        progress.best_score,
+    )
 
 
 def kept_network(record: TrainingRecord, last_stage: str) -> str:
