@@ -425,6 +425,16 @@ def test_a_full_disk_leaves_the_previous_checkpoint_and_says_so(tmp_path, monkey
     except KeyboardInterrupt:
         with pytest.raises(RunFolderError, match="No space left on device"):
             save_checkpoint(path, {"step": 2})
+
+    def zip_writer_on_a_full_disk(state, stream):  # what torch's writer raises, the OSError behind it
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 659328 vs 659216") from None
+
+    monkeypatch.setattr(checkpoint.torch, "save", zip_writer_on_a_full_disk)
+    with pytest.raises(RunFolderError, match=r"cannot write checkpoint .*last.pt \(No space left on device\)"):
+        save_checkpoint(path, {"step": 2})
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

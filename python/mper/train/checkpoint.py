@@ -96,13 +96,27 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
             # torch.save's zip writer finishes the file on its way out of an interrupted write,
             # and fails: the stop is what happened, the writer's error only follows from it
             raise interrupt from None
-        if isinstance(error, OSError):
+        system = _system_error_behind(error, handled)
+        if system is not None:
             raise RunFolderError(
-                f"cannot write checkpoint {path} ({error.strerror or error}); free space or fix the "
+                f"cannot write checkpoint {path} ({system.strerror or system}); free space or fix the "
                 "folder's permissions (the previous checkpoint there is unchanged), then resume"
             ) from error
         raise
     return path
+
+
+def _system_error_behind(error: BaseException, handled: BaseException | None) -> OSError | None:
+    """The :class:`OSError` that ``error`` is or was raised while handling, up to
+    ``handled`` (the caller's): torch's zip writer turns a full disk into ``RuntimeError:
+    [enforce fail at inline_container.cc] unexpected pos ...`` raised while an
+    ``OSError: [Errno 28]`` is handled."""
+    seen: BaseException | None = error
+    while seen is not None and seen is not handled:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _interrupt_behind(error: BaseException, handled: BaseException | None) -> KeyboardInterrupt | None:
