@@ -235,6 +235,14 @@ def test_acdc_bad_raw_files(tmp_path):
     gt.write_bytes(b"not a nifti file")
     with pytest.raises(DataFormatError, match="patient001_frame12_gt.nii.gz: not a readable NIfTI file"):
         convert("acdc", raw, tmp_path / "out", progress=False)
+    image = folder / "patient001_frame12.nii.gz"
+    nan_image = acdc_volume(1, 12)[0]
+    nan_image[3, 3, 1] = np.nan  # one voxel: its min-max normalisation made the whole volume NaN, with exit 0
+    save_nifti(image, nan_image)
+    save_nifti(gt, acdc_volume(1, 12)[1])
+    with pytest.raises(DataFormatError, match=r"patient001_frame12.nii.gz: image has 1 NaN or infinite value\(s\)"):
+        convert("acdc", raw, tmp_path / "out", progress=False)
+    save_nifti(image, acdc_volume(1, 12)[0])
     save_nifti(gt, np.full(ACDC_SHAPE, 5, np.uint8))
     with pytest.raises(DataFormatError, match="classes 0..3"):
         convert("acdc", raw, tmp_path / "out", progress=False)

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mper.data.acdc import ACDC_NORMALIZATION, ACDC_NUM_CLASSES, patient_id, write_acdc_lists, write_acdc_volume
-from mper.data.files import listed_names, read_list
+from mper.data.files import check_finite, listed_names, read_list
 from mper.data.la import LA_CASE_FILE, LA_NORMALIZATION, LA_PATCH_SIZE, write_la_case, write_la_lists
 from mper.data.preprocess import normalize_intensity
 from mper.data.raw_scans import NIFTI_READ_ERRORS, load_nifti
@@ -89,8 +89,9 @@ def _read_pair(
     image_path: Path, label_path: Path, reader: Reader, errors: ReadErrors, what: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read an image and its label volume (both 3-D, same shape)."""
-    image = _read_volume(image_path, reader, errors, f"a 3-D {what} image")
-    label = _read_volume(label_path, reader, errors, f"a 3-D {what} label volume")
+    # a NaN voxel would make the whole normalised volume NaN, refused later in the converted file
+    image = check_finite(image_path, _read_volume(image_path, reader, errors, f"a 3-D {what} image"))
+    label = check_finite(label_path, _read_volume(label_path, reader, errors, f"a 3-D {what} label volume"), "label")
     if image.shape != label.shape:
         raise DataFormatError(
             f"{label_path} has shape {label.shape} but its image {image_path} has {image.shape}; "
