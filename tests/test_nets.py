@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -100,3 +102,22 @@ def test_bad_constructor_arguments_are_refused():
         UNet2D(channels=(8, 16, 32))
     with pytest.raises(ValueError, match="normalization must be one of"):
         VNet3D(normalization="layernorm")
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (
+            {"channels": (4, 8, 16, 32, 0)},
+            "channels must be 5 positive integers (one per level), got [4, 8, 16, 32, 0]",
+        ),
+        ({"channels": (4, 8, 16, 32, -4)}, "channels must be 5 positive integers"),
+        ({"channels": (4, 8, 16.5, 32, 64)}, "channels must be 5 positive integers"),
+        ({"dropout": (0.1, 0.1, 0.2, 0.3, 1.0)}, "dropout must be 5 rates in [0, 1) (one per level)"),
+    ],
+)
+def test_unet2d_refuses_a_level_width_or_rate_it_cannot_build(options, words):
+    """Only the first width was checked (it is the feature depth): a later 0 or -4 failed
+    inside torch with a traceback."""
+    with pytest.raises(ValueError, match=re.escape(words)):
+        UNet2D(1, 4, **options)

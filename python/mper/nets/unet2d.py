@@ -72,6 +72,10 @@ class UNet2D(SegmentationNet):
                 f"UNet2D needs {NUM_LEVELS} channel counts and {NUM_LEVELS} dropout rates "
                 f"(one per level), got channels={channels}, dropout={dropout}"
             )
+        if not all(isinstance(width, int) and not isinstance(width, bool) and width >= 1 for width in channels):
+            raise ValueError(f"channels must be {NUM_LEVELS} positive integers (one per level), got {list(channels)}")
+        if not all(isinstance(rate, (int, float)) and 0.0 <= rate < 1.0 for rate in dropout):
+            raise ValueError(f"dropout must be {NUM_LEVELS} rates in [0, 1) (one per level), got {list(dropout)}")
         super().__init__(2, in_channels, num_classes, feature_dim=channels[0], classifier_kernel=classifier_kernel)
         self.channels = channels
         widths_in = (in_channels,) + channels[:-1]
