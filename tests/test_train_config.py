@@ -191,6 +191,12 @@ def test_bad_overrides_say_what_is_wrong(assignment, message):
             "ACDC has no held-out training volumes; use data.val_split = 'val' or 'test'",
         ),
         ("la", "data.val_split=val", "LA has no val.list"),
+        (
+            "la",
+            "data.holdout_cases=3",
+            r"data.holdout_cases = 3 holds training cases out for validation only under data.val_split = 'holdout', "
+            r"but it is 'test' \(checkpoints are selected on its test cases\)",
+        ),
         ("acdc", "device=gpu", "device must be auto, cpu, cuda or cuda:N"),
         ("acdc", "network.base_filters=8", "unknown setting network.base_filters; valid names here: network.channels"),
         ("la", "network.in_channels=2", "unknown setting network.in_channels"),

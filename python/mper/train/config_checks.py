@@ -230,6 +230,13 @@ def _check_validation_split(config: TrainConfig) -> None:
         raise ConfigError(f"{spec.title} {_NO_VALIDATION_SPLIT[split]}; use data.val_split = {offered}")
     if split == "holdout" and config.data.holdout_cases < 1:
         raise ConfigError("data.val_split = 'holdout' needs data.holdout_cases >= 1")
+    if split != "holdout" and config.data.holdout_cases != 0:  # it would be ignored without a word
+        selected = _SELECTED_ON.get(split, "a fold of the labeled cases")
+        raise ConfigError(
+            f"data.holdout_cases = {config.data.holdout_cases} holds training cases out for validation only under "
+            f"data.val_split = 'holdout', but it is {split!r} (checkpoints are selected on {selected}): "
+            "add --set data.val_split=holdout, or set data.holdout_cases=0"
+        )
     if split == "fold" and config.data.fold >= config.data.folds:
         raise ConfigError(f"data.fold must be below data.folds ({config.data.folds}), got {config.data.fold}")
     if config.data.fold != 0:
