@@ -783,6 +783,14 @@ def test_resume_takes_a_moved_data_folder_and_refuses_another_dataset_before_wri
         f"one only on the same data: give --data-root the folder it trained on, {root}, or a copy of it"
     )
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
+    untested = shutil.copytree(root, tmp_path / "untested")  # a test case left out: scored on fewer cases
+    tests = (untested / "test.list").read_text().split()
+    (untested / "test.list").write_text("\n".join(tests[1:]) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--out", str(run), "--data-root", str(untested)])
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE
+    assert f"(test cases: 1 of its {len(tests)} missing, e.g. {tests[0]})" in line, line
     moved = shutil.copytree(root, tmp_path / "moved")
     cli.train_main(["--resume", "--out", str(run), "--data-root", str(moved)])  # finished: evaluates again
     assert "| MPER | 3 | 1 |" in capsys.readouterr().out

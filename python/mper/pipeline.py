@@ -170,9 +170,9 @@ def _log_run_header(config: TrainConfig, resume: bool) -> None:
 RUN_CONFIG = "config.toml"
 #: The same settings as JSON, written beside :data:`RUN_CONFIG` for programs to read.
 RUN_CONFIG_JSON = "config.json"
-#: The names of the cases a run trains and validates on, by role, written when it starts:
-#: ``--resume`` refuses a data folder whose cases differ (a resumed run repeats the
-#: interrupted one only on the same data).
+#: The names of the cases a run trains, validates and is tested on, by role, written when
+#: it starts: ``--resume`` refuses a data folder whose cases differ (a resumed run repeats
+#: the interrupted one only on the same data, and is scored on the same test cases).
 RUN_CASES = "cases.json"
 #: Files that only a training run's folder holds: its lock, log, settings and checkpoints.
 RUN_FILES = frozenset({LOCK_FILE, RUN_LOG, RUN_CONFIG, LAST_CHECKPOINT, BEST_CHECKPOINT, PRETRAIN_CHECKPOINT})
@@ -185,10 +185,11 @@ def _write_config(config: TrainConfig, run_dir: Path) -> None:
 
 
 def _run_cases(config: TrainConfig) -> dict[str, list[str]]:
-    """The cases (LA: case names; ACDC: slices to train on, frames to validate on) that
-    ``config`` trains and validates on, by role."""
+    """The cases (LA: case names; ACDC: slices to train on, frames to validate and test on)
+    that ``config`` trains, validates and is tested on, by role."""
     labeled, unlabeled = training_cases(config)
-    return {"labeled": labeled, "unlabeled": unlabeled, "validation": validation_cases(config)}
+    roles = {"labeled": labeled, "unlabeled": unlabeled, "validation": validation_cases(config)}
+    return {**roles, "test": test_cases(config)}
 
 
 def _write_run_cases(config: TrainConfig, run_dir: Path) -> None:
