@@ -31,7 +31,7 @@ from mper.eval.metrics import dice_score
 from mper.eval.protocol import postprocess_labels
 from mper.train.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
 from mper.train.config import load_config
-from mper.train.loaders import check_split, training_cases, validation_cases
+from mper.train.loaders import check_data, check_split, training_cases, validation_cases
 from mper.train.lock import run_folder_lock
 from mper.train.loop import Trainer
 from mper.train.runtime import TrainingInterrupted
@@ -943,3 +943,20 @@ def test_a_run_stopped_while_it_writes_its_report_leaves_no_metrics_json(acdc_ro
     report = json.loads((run_dir / "metrics.json").read_text())
     assert {"summary", "per_case", "table", "training", "sessions", "prototype_usage"} <= set(report)
     assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_a_blank_image_and_a_labeled_case_without_foreground_are_warned_of(la_root, tmp_path, caplog):
+    """Both read as data and were trained on, or scored, without a word."""
+    root = shutil.copytree(la_root, tmp_path / "la")
+    labeled = (root / "train.list").read_text().split()[0]
+    tested = (root / "test.list").read_text().split()[0]
+    with h5py.File(la_case_path(root, labeled), "r+") as handle:
+        handle["label"][...] = 0
+    with h5py.File(la_case_path(root, tested), "r+") as handle:
+        handle["image"][...] = -0.5
+    with caplog.at_level("WARNING", logger="mper"):
+        check_data(la_config(root, tmp_path / "run"))
+    assert f"{root}: the image of case {tested} holds one value everywhere, yet its label marks foreground" in (
+        caplog.text
+    )
+    assert f"{root}: the label of labeled case {labeled} marks no foreground" in caplog.text

@@ -24,6 +24,7 @@ from mper.eval.protocol import score_case
 from mper.train import checkpoint
 from mper.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from mper.train.config import RANGE_RULES, TrainConfig, load_config, parse_override, preset_tables, read_preset, to_toml
+from mper.train.config_checks import ignored_holdout
 
 
 def test_paper_presets_hold_the_published_hyper_parameters():
@@ -191,12 +192,6 @@ def test_bad_overrides_say_what_is_wrong(assignment, message):
             "ACDC has no held-out training volumes; use data.val_split = 'val' or 'test'",
         ),
         ("la", "data.val_split=val", "LA has no val.list"),
-        (
-            "la",
-            "data.holdout_cases=3",
-            r"data.holdout_cases = 3 holds training cases out for validation only under data.val_split = 'holdout', "
-            r"but it is 'test' \(checkpoints are selected on its test cases\)",
-        ),
         ("acdc", "device=gpu", "device must be auto, cpu, cuda or cuda:N"),
         ("acdc", "network.base_filters=8", "unknown setting network.base_filters; valid names here: network.channels"),
         ("la", "network.in_channels=2", "unknown setting network.in_channels"),
@@ -474,3 +469,19 @@ def test_rng_states_are_restored_on_the_cpu_for_the_gpus_this_machine_has(monkey
     assert torch.equal(torch.rand(3), first)
     assert list(restored) == [0]
     assert restored[0].device.type == "cpu" and torch.equal(restored[0], saved_cuda[0])
+
+
+def test_a_holdout_count_without_the_holdout_split_is_named_as_ignored():
+    """Said at the start of the run (LA selects on its test cases by default): --set
+    data.holdout_cases=3 alone was ignored without a word."""
+    config = load_config("la", "paper", assignments=["data.holdout_cases=3"])
+    assert ignored_holdout(config) == (
+        "data.holdout_cases = 3 is ignored: it holds training cases out for validation only under data.val_split = "
+        "'holdout', but it is 'test' (checkpoints are selected on its test cases); add --set data.val_split=holdout "
+        "to hold them out"
+    )
+    assert (
+        ignored_holdout(load_config("la", "paper", assignments=["data.val_split=holdout", "data.holdout_cases=3"]))
+        == ""
+    )
+    assert ignored_holdout(load_config("la", "paper")) == ""

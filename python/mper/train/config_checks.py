@@ -230,13 +230,6 @@ def _check_validation_split(config: TrainConfig) -> None:
         raise ConfigError(f"{spec.title} {_NO_VALIDATION_SPLIT[split]}; use data.val_split = {offered}")
     if split == "holdout" and config.data.holdout_cases < 1:
         raise ConfigError("data.val_split = 'holdout' needs data.holdout_cases >= 1")
-    if split != "holdout" and config.data.holdout_cases != 0:  # it would be ignored without a word
-        selected = _SELECTED_ON.get(split, "a fold of the labeled cases")
-        raise ConfigError(
-            f"data.holdout_cases = {config.data.holdout_cases} holds training cases out for validation only under "
-            f"data.val_split = 'holdout', but it is {split!r} (checkpoints are selected on {selected}): "
-            "add --set data.val_split=holdout, or set data.holdout_cases=0"
-        )
     if split == "fold" and config.data.fold >= config.data.folds:
         raise ConfigError(f"data.fold must be below data.folds ({config.data.folds}), got {config.data.fold}")
     if config.data.fold != 0:
@@ -245,6 +238,20 @@ def _check_validation_split(config: TrainConfig) -> None:
 
 #: What selects checkpoints, by validation split other than ``"fold"``.
 _SELECTED_ON = {"val": "its val.list", "holdout": "held-out training volumes", "test": "its test cases"}
+
+
+def ignored_holdout(config: TrainConfig) -> str:
+    """Why ``data.holdout_cases`` plays no part in ``config`` ("" when it does, or is 0): it
+    holds cases out only under ``data.val_split = "holdout"``. A warning, not a refusal:
+    presets stack (``strict`` holds 4 out; ``--set data.val_split=test`` on top leaves it set)."""
+    split, held = config.data.val_split, config.data.holdout_cases
+    if split == "holdout" or held == 0:
+        return ""
+    return (
+        f"data.holdout_cases = {held} is ignored: it holds training cases out for validation only under "
+        f"data.val_split = 'holdout', but it is {split!r} (checkpoints are selected on "
+        f"{_SELECTED_ON.get(split, 'a fold of the labeled cases')}); add --set data.val_split=holdout to hold them out"
+    )
 
 
 def check_fold_chosen(config: TrainConfig) -> None:

@@ -340,6 +340,27 @@ def _absent_classes_error(
     return DataFormatError(f"{head}; of the cases with labels only {' and '.join(parts)} {holds} {it}: {fix}")
 
 
+def _warn_of_damaged_cases(config: TrainConfig, blank: list[str], unmarked: list[str]) -> None:
+    """Warn of what reads as data yet looks damaged: ``blank`` files, whose image holds one
+    value everywhere while their label marks foreground (trained on, or scored, as if the
+    network could see it), and ``unmarked`` labeled cases, whose labels mark no foreground
+    at all (learnt as all background)."""
+    if blank:
+        log.warning(
+            "%s: the image of %s holds one value everywhere, yet its label marks foreground: a blank or damaged "
+            "image? It is trained on or scored as it is",
+            config.data_root,
+            _cases_phrase(blank),
+        )
+    if unmarked:
+        log.warning(
+            "%s: the label of labeled %s marks no foreground, so the network learns it as all background: a label "
+            "lost or damaged?",
+            config.data_root,
+            _cases_phrase(unmarked),
+        )
+
+
 def check_data(config: TrainConfig) -> None:
     """Read every case the run will use: training items, validation and test volumes.
 
@@ -359,9 +380,11 @@ def check_data(config: TrainConfig) -> None:
     )
     seen_classes: set[int] = set()
     classes_of: dict[str, set[int]] = {}  # by case (label_group): the class values its files hold
+    labeled_foreground: dict[str, bool] = {}  # by labeled case (label_group): whether its labels mark any
+    blank: list[str] = []  # files whose image holds one value while their label marks foreground
     for position, (load, case) in enumerate(tqdm(reads, desc="checking data", unit="file", leave=False)):
         try:
-            _, label = load(config.data_root, case)
+            image, label = load(config.data_root, case)
         except MissingFileError as error:
             if spec.scans is not None:  # the import's own message says what to do
                 raise
@@ -374,7 +397,12 @@ def check_data(config: TrainConfig) -> None:
         _check_label_values(config, case, values)
         if position < len(labeled):
             seen_classes.update(values)
+            group = spec.label_group(case)
+            labeled_foreground[group] = labeled_foreground.get(group, False) or values != [0]
         classes_of.setdefault(spec.label_group(case), set()).update(values)
+        if image.size and image.min() == image.max() and values != [0]:
+            blank.append(case)
+    _warn_of_damaged_cases(config, blank, [group for group, marked in labeled_foreground.items() if not marked])
     missing = sorted(set(range(config.num_classes)) - seen_classes)
     if self_training and missing:
         raise _absent_classes_error(config, len(labeled), missing, classes_of)

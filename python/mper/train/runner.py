@@ -16,6 +16,7 @@ from mper.host import available_cores
 
 from .checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, remove_stale_temporaries
 from .config import PrototypeConfig, TrainConfig, with_prototypes
+from .config_checks import ignored_holdout
 from .diagnostics import TrainingRecord
 from .distributed import (
     current_world,
@@ -129,6 +130,8 @@ def run_training(
         _log_machine_needs(config, trainer.device)
         if trainer.progress.stage != "baseline":
             _warn_if_teacher_is_slow(config)
+        if ignored_holdout(config):
+            log.warning(ignored_holdout(config))
         try:
             _run_stages(trainer, config, run_dir)
         except TrainingInterrupted as stopped:
