@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 import signal
+import socket
 from pathlib import Path
 
 import h5py
@@ -365,6 +367,20 @@ def test_ctrl_c_during_the_final_evaluation_exits_with_a_message(acdc_root, tmp_
     error = capsys.readouterr().err
     assert f"{run_dir / 'last.pt'} holds the last complete checkpoint" in error and "Traceback" not in error
     assert f"mper-train --resume --out {run_dir}" in error
+    # and the run's log, which the console does not outlive, says how it ended
+    assert (
+        "ERROR mper.pipeline: stopped at once (a second Ctrl-C or SIGTERM, or one after the last iteration); "
+        f"{run_dir / 'last.pt'} holds the last complete checkpoint"
+    ) in (run_dir / "train.log").read_text()
+    # a resume after a kill (a lock left by a process that no longer exists) says so in the log
+    stale = {"pid": 999999999, "host": socket.gethostname(), "started": "earlier"}
+    (run_dir / "train.lock").write_text(json.dumps(stale))
+    monkeypatch.undo()
+    train_main(["--resume", "--out", str(run_dir)])
+    assert (
+        "the session before (process 999999999 on "
+        f"{socket.gethostname()}, started earlier) ended without releasing train.lock: it was killed"
+    ) in (run_dir / "train.log").read_text()
 
 
 def test_resume_refuses_changed_settings_in_one_line(acdc_root, tmp_path, capsys):

@@ -306,6 +306,9 @@ def test_a_killed_process_stops_the_others_with_a_message_and_keeps_the_checkpoi
     assert "another training process died or stopped answering" in output
     assert "A run that has saved a checkpoint (last.pt in its run folder" in output
     assert "Traceback" not in output
+    run_log = (out / "train.log").read_text()  # the run's log says so too, not in gloo's traceback
+    assert "ERROR mper.pipeline: process 0 of 2 stopped: another training process died" in run_log
+    assert "Traceback" not in run_log
     assert waited < 60
     state = load_checkpoint(out / "last.pt")
     assert state["progress"]["stage"] == "pretrain" and state["progress"]["iteration"] % 2 == 0

@@ -65,7 +65,7 @@ from mper.train.checkpoint import (
 )
 from mper.train.config import SUPERVISED_BASELINES, TrainConfig, merge, parse_override, to_toml, with_prototypes
 from mper.train.diagnostics import TRAINING_RECORD, with_class_names
-from mper.train.distributed import is_main_process, process_group, shared_mean
+from mper.train.distributed import is_main_process, lost_peer_failure, process_group, shared_mean
 from mper.train.loaders import check_split, labeled_pool, test_cases, training_cases, validation_cases
 from mper.train.lock import LOCK_FILE, run_folder_lock
 from mper.train.loop import Validator
@@ -145,8 +145,16 @@ def _run_logging(run_dir: Path) -> Iterator[None]:
     except UserError as error:
         _log_to_file(handler, str(error))
         raise
-    except Exception:
-        _log_to_file(handler, "training failed", sys.exc_info())
+    except Exception as error:
+        lost = lost_peer_failure(error)  # said in one line, as on the console
+        _log_to_file(handler, str(lost) if lost else "training failed", None if lost else sys.exc_info())
+        raise
+    except TrainingInterrupted:  # the trainer logged where it stopped and what it saved
+        raise
+    except KeyboardInterrupt:
+        kept = run_dir / LAST_CHECKPOINT
+        saved = f"{kept} holds the last complete checkpoint" if kept.exists() else "no checkpoint was written yet"
+        _log_to_file(handler, f"stopped at once (a second Ctrl-C or SIGTERM, or one after the last iteration); {saved}")
         raise
     finally:
         package_log.removeHandler(handler)
@@ -328,7 +336,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
         config = dataclasses.replace(config, run_id=secrets.token_hex(8))
     created = _make_run_dir(run_dir)
     # a run refused by the lock leaves the folder alone: another run is using it
-    with run_folder_lock(run_dir):
+    with run_folder_lock(run_dir) as stale:
         try:
             _write_config(config, run_dir)
             _keep_plan(config, run_dir)
@@ -336,6 +344,15 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
                 _write_run_cases(config, run_dir)
             with _run_logging(run_dir), SummaryWriter(str(run_dir / "tensorboard")) as writer:
                 _log_run_header(config, resume)
+                if stale is not None:
+                    log.warning(
+                        "the session before (process %s on %s, started %s) ended without releasing %s: it was killed "
+                        "or its machine stopped; the run goes on from its last complete checkpoint",
+                        stale.get("pid"),
+                        stale.get("host"),
+                        stale.get("started"),
+                        LOCK_FILE,
+                    )
                 for warning in size_warnings(config):
                     log.warning(warning)
                 best = run_training(config, run_dir, validator(config), writer, resume=resume)

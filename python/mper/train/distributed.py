@@ -209,14 +209,10 @@ def process_group(config: TrainConfig) -> Iterator[TrainConfig]:
         _leave_together()
         raise
     except RuntimeError as error:
-        if not _is_lost_peer(error):
+        failure = lost_peer_failure(error)
+        if failure is None:
             raise
-        raise ProcessGroupFailure(
-            f"process {world.rank} of {world.size} stopped: another training process died or stopped "
-            f"answering ({_first_sentence(error)}); that process's own error, if it printed one, says why. "
-            "A run that has saved a checkpoint (last.pt in its run folder, the last complete one) continues "
-            "with the same torchrun command and --resume --out RUN_DIR"
-        ) from error
+        raise failure from error
     finally:
         package_log.setLevel(previous_level)
         dist.destroy_process_group()
@@ -236,6 +232,21 @@ def _first_sentence(error: RuntimeError) -> str:
     lines = str(error).strip().splitlines()
     text = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]) if lines else ""
     return text.split(". ")[0].rstrip(".")[:300] or type(error).__name__
+
+
+def lost_peer_failure(error: BaseException) -> ProcessGroupFailure | None:
+    """What this process says when ``error`` tells that another training process died or
+    stopped answering (``None`` for any other error): raised in one line instead of the
+    communication library's traceback, and written to ``train.log`` too."""
+    if not isinstance(error, RuntimeError) or not _is_lost_peer(error):
+        return None
+    world = current_world()
+    return ProcessGroupFailure(
+        f"process {world.rank} of {world.size} stopped: another training process died or stopped "
+        f"answering ({_first_sentence(error)}); that process's own error, if it printed one, says why. "
+        "A run that has saved a checkpoint (last.pt in its run folder, the last complete one) continues "
+        "with the same torchrun command and --resume --out RUN_DIR"
+    )
 
 
 def _is_lost_peer(error: RuntimeError) -> bool:

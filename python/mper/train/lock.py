@@ -63,12 +63,14 @@ def _try_create(lock: Path) -> bool:
 
 
 @contextmanager
-def run_folder_lock(run_dir: str | Path) -> Iterator[None]:
-    """Hold ``run_dir/train.lock`` for the duration of the block.
+def run_folder_lock(run_dir: str | Path) -> Iterator[dict[str, Any] | None]:
+    """Hold ``run_dir/train.lock`` for the duration of the block; yields what the lock of a
+    process that no longer exists said (pid, host, started), taken over, or ``None``.
 
     Raises :class:`~mper.errors.RunFolderError` naming the run that holds it.
     """
     lock = Path(run_dir) / LOCK_FILE
+    stale: dict[str, Any] | None = None
     if not _try_create(lock):
         holder = _holder(lock)
         if not (holder and _is_stale(holder)):
@@ -85,7 +87,8 @@ def run_folder_lock(run_dir: str | Path) -> Iterator[None]:
         lock.unlink(missing_ok=True)
         if not _try_create(lock):
             raise RunFolderError(f"{run_dir} was just taken by another training run; choose another --out")
+        stale = holder
     try:
-        yield
+        yield stale
     finally:
         lock.unlink(missing_ok=True)
