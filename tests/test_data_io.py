@@ -82,6 +82,20 @@ def test_read_list_missing_and_empty(tmp_path):
         read_list(tmp_path / "nothere.list")
     with pytest.raises(DataFormatError, match="empty.list"):
         read_list(write_lines(tmp_path / "empty.list", ["", "   "]))
+    assert "stopped while writing" not in _missing_list_error(tmp_path / "nothere.list")
+    unfinished = tmp_path / "unfinished"  # what a conversion killed before its lists leaves
+    (unfinished / "data").mkdir(parents=True)
+    assert _missing_list_error(unfinished / "train.list") == (
+        f"list file {unfinished / 'train.list'} not found: expected a text file with one case name per line; "
+        f"{unfinished} holds data but no list file at all: if mper-data convert or synth was stopped while writing "
+        "it, write it again into a new folder"
+    )
+
+
+def _missing_list_error(path):
+    with pytest.raises(FileNotFoundError) as missing:
+        read_list(path)
+    return str(missing.value)
 
 
 # read_h5_case

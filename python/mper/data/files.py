@@ -152,7 +152,16 @@ def read_list(path: str | Path, case_file: str | None = None) -> list[str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(f"list file {path} not found: expected a text file with one case name per line")
+        folder = path.parent
+        # the writers (mper-data convert, synth) write the lists last: cases without any list are an unfinished write
+        unfinished = folder.is_dir() and not any(folder.glob("*.list")) and any(p.is_dir() for p in folder.iterdir())
+        hint = (
+            f"; {folder} holds data but no list file at all: if mper-data convert or synth was stopped while writing "
+            "it, write it again into a new folder"
+            if unfinished
+            else ""
+        )
+        raise MissingFileError(f"list file {path} not found: expected a text file with one case name per line{hint}")
     lines = path.read_text(encoding="utf-8-sig").splitlines()
     numbered = [(number, case_name_from_line(line, case_file)) for number, line in enumerate(lines, 1) if line.strip()]
     if not numbered:
