@@ -12,6 +12,7 @@ from mper.data import (
     DataFormatError,
     acdc_cases,
     acdc_split,
+    files,
     la_cases,
     la_split,
     load_acdc_slice,
@@ -21,7 +22,9 @@ from mper.data import (
     read_h5_case,
     read_list,
 )
+from mper.data.files import check_writable
 from mper.data.splits import partition
+from mper.errors import RunFolderError
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -379,3 +382,19 @@ def test_partition_sizes_and_determinism():
     assert [len(part) for part in smallest] == [1, 1, 1]
     with pytest.raises(ValueError, match="need at least 3 cases"):
         partition(names[:2], (0.7, 0.1, 0.2), np.random.default_rng(0))
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
+    """mper-eval into a read-only folder failed after scoring its first case."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(files.os, "access", lambda path, mode: Path(path) != locked)  # root passes any chmod
+    with pytest.raises(RunFolderError) as refused:
+        check_writable(locked / "eval", "--out")
+    assert str(refused.value) == (
+        f"--out {locked / 'eval'}: {locked}, where it would be made, cannot be written (no permission, or a read-only "
+        "file system); choose a folder you can write"
+    )
+    with pytest.raises(RunFolderError, match=r"--output .*locked: it cannot be written"):
+        check_writable(locked, "--output")
+    check_writable(tmp_path / "new" / "eval", "--out")

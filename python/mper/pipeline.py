@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import mper.datasets
-from mper.data.files import listed_names
+from mper.data.files import check_writable, listed_names
 from mper.data.raw_scans import DATASET_JSON, RAW_FOLDERS
 from mper.data.scan_plan import PLAN_FILE, ScanPlan, parse_scan_plan, plan_path, read_plan, write_plan
 from mper.data.synth_scans import synthesize_scans as write_synthetic_scans
@@ -704,6 +704,7 @@ def check_eval_folder(out_dir: str | Path, split: str = "test") -> None:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"--out {out} is a file; choose a folder for the evaluation (it is made if missing)")
+    check_writable(out, "--out")
     held = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
     others = [name for name in held if name not in EVAL_OUTPUTS and not name.startswith(".")]  # .DS_Store and such
     if not others:
@@ -941,6 +942,7 @@ def predict(
         raise RunFolderError(f"the output {output} is a file; give a folder for the label maps (it is made if missing)")
     _check_output_apart(input_path, output)
     _check_output_outside_data(output)
+    check_writable(output, "--output")
     net, config = load_network(checkpoint, device, weights)
     if get_dataset(config.dataset).scans is not None:
         return predict_scans(

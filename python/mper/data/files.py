@@ -13,6 +13,7 @@ command wrote there when it fails half-way.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import threading
@@ -248,6 +249,20 @@ def read_h5_case(
 def visible_files(folder: Path) -> list[Path]:
     """The files of ``folder`` (not its sub-folders) but hidden ones (``.DS_Store``), sorted."""
     return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+
+
+def check_writable(folder: str | Path, option: str) -> None:
+    """Refuse ``folder`` (given as ``option``, e.g. ``--out``) when it, or the nearest folder
+    above it that exists, cannot be written (no permission, a read-only file system): said
+    before any work rather than when the first result is written."""
+    resolved = Path(folder).resolve()
+    existing = next((path for path in (resolved, *resolved.parents) if path.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        where = "it" if existing == resolved else f"{existing}, where it would be made,"
+        raise RunFolderError(
+            f"{option} {folder}: {where} cannot be written (no permission, or a read-only file system); choose a "
+            "folder you can write"
+        )
 
 
 def check_finite(path: str | Path, image: np.ndarray, key: str = "image") -> np.ndarray:
