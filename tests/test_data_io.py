@@ -398,3 +398,13 @@ def test_a_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, mo
     with pytest.raises(RunFolderError, match=r"--output .*locked: it cannot be written"):
         check_writable(locked, "--output")
     check_writable(tmp_path / "new" / "eval", "--out")
+
+
+def test_a_system_error_without_a_file_gets_the_one_being_written(tmp_path):
+    """A full disk while writing says "No space left on device" and names no file."""
+    with pytest.raises(OSError) as raised, files.naming_the_file(tmp_path / "metrics.md"):
+        raise OSError(28, "No space left on device")
+    assert raised.value.filename == str(tmp_path / "metrics.md")
+    with pytest.raises(OSError) as raised, files.naming_the_file(tmp_path / "metrics.md"):
+        raise OSError(13, "Permission denied", str(tmp_path / "other"))
+    assert raised.value.filename == str(tmp_path / "other")  # its own file kept

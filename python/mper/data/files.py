@@ -251,6 +251,19 @@ def visible_files(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
 
 
+@contextlib.contextmanager
+def naming_the_file(path: str | Path) -> Iterator[None]:
+    """Give a system error raised in the block the file ``path`` when it names none (a
+    write that fails on a full disk says only "No space left on device"), so that the
+    one-line report says which file could not be written."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            error.filename = str(path)
+        raise
+
+
 def check_writable(folder: str | Path, option: str) -> None:
     """Refuse ``folder`` (given as ``option``, e.g. ``--out``) when it, or the nearest folder
     above it that exists, cannot be written (no permission, a read-only file system): said

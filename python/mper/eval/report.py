@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from mper.data.files import naming_the_file
+
 from .metrics import DISTANCE_METRICS, METRIC_NAMES
 
 PerCase = Mapping[str, Mapping[int, Mapping[str, float]]]
@@ -242,8 +244,10 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, markdown_path = out_dir / METRICS_FILE, out_dir / MARKDOWN_FILE
     document = {"summary": summary, "per_case": per_case, **({"table": table} if table else {}), **(extra or {})}
-    markdown_path.write_text(markdown)
-    _write_json(json_path, document)
+    with naming_the_file(markdown_path):
+        markdown_path.write_text(markdown)
+    with naming_the_file(json_path):
+        _write_json(json_path, document)
     return json_path, markdown_path
 
 
