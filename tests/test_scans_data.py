@@ -1339,8 +1339,9 @@ def test_an_import_interrupted_half_way_leaves_no_dataset_behind(raw, tmp_path, 
     def interrupted_at_the_third_case(case, *arguments):
         if len(imported) == 2:
             raise KeyboardInterrupt
-        original(case, *arguments)
+        found = original(case, *arguments)
         imported.append(case.name)
+        return found
 
     monkeypatch.setattr(scans, "_import_case", interrupted_at_the_third_case)
     with pytest.raises(KeyboardInterrupt):

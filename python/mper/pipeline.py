@@ -876,6 +876,13 @@ def _holds_dataset(folder: Path) -> bool:
     return lists or imported or detect_dataset(folder) is not None or DATASET_JSON in names
 
 
+def _is_dataset_root(folder: Path) -> bool:
+    """Whether ``folder`` is the root of LA, ACDC or imported data: its case folder and its
+    ``test.list``, which all three layouts hold. Stricter than :func:`_holds_dataset`, for
+    the folders above an output: a project folder holding ``data/`` is none."""
+    return (folder / "test.list").is_file() and detect_dataset(folder) is not None
+
+
 def _check_output_outside_data(output: str | Path) -> None:
     """Refuse an ``output`` folder that is a dataset's folder or one of a raw dataset's
     (``labelsTs/``: its ground truth): label maps written there would replace its files or
@@ -893,7 +900,7 @@ def _check_output_outside_data(output: str | Path) -> None:
                 f"--output {output} {where} the {folder.name}/ folder of the raw dataset {folder.parent}: the label "
                 "maps would replace or join its files, read as data by the next import; choose a folder outside these"
             )
-        if folder != labels and folder.is_dir() and _holds_dataset(folder) and not (folder / DATASET_JSON).is_file():
+        if folder != labels and _is_dataset_root(folder):
             raise RunFolderError(
                 f"--output {output} lies inside the dataset folder {folder}: the label maps would lie among its data; "
                 "choose a folder outside it"
