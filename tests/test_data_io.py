@@ -88,6 +88,9 @@ def test_read_list_missing_and_empty(tmp_path):
     assert "stopped while writing" not in _missing_list_error(tmp_path / "nothere.list")
     unfinished = tmp_path / "unfinished"  # what a conversion killed before its lists leaves
     (unfinished / "data").mkdir(parents=True)
+    wrong = _missing_list_error(unfinished / "train.list")  # a folder of folders: a wrong --data-root, likelier
+    assert "stopped while writing" not in wrong, wrong
+    (unfinished / "data" / "patient001_frame01.h5").write_bytes(b"")
     assert _missing_list_error(unfinished / "train.list") == (
         f"list file {unfinished / 'train.list'} not found: expected a text file with one case name per line; "
         f"{unfinished} holds data but no list file at all: if mper-data convert or synth was stopped while writing "

@@ -200,6 +200,45 @@ def test_a_best_checkpoint_written_after_last_pt_by_a_killed_session_is_kept_and
     )
 
 
+def test_a_self_training_best_written_after_last_pt_is_named_as_the_network_best_pt_holds(
+    acdc_root, tmp_path, monkeypatch
+):
+    """The same in self-training, where best.pt held the pre-trained network until self-training
+    beat it: the resumed run said "selftrain never beat pretrain" of a best.pt that it had."""
+    original = Trainer._validate
+    killed_session = {"on": True}
+
+    def validate(self, mean_loss):  # pre-training 0.1; the killed session's self-training 0.9, the resumed 0.05
+        scores = {"pretrain": 0.1, "selftrain": 0.9 if killed_session["on"] else 0.05}
+        self.validate = lambda network: scores[self.progress.stage]
+        original(self, mean_loss)
+
+    monkeypatch.setattr(Trainer, "_validate", validate)
+
+    def killed(trainer):
+        raise RuntimeError("killed")
+
+    after_optimizer_steps(monkeypatch, 4, killed)  # self-training's second step: after its first validation
+    run_dir = tmp_path / "run"
+    settings = ["pretrain.iterations=2", "selftrain.iterations=4", "eval.val_interval=1", "eval.checkpoint_interval=2"]
+    with pytest.raises(RuntimeError, match="killed"):
+        pipeline.train(tiny_config(acdc_root, run_dir, *settings))
+    assert load_checkpoint(run_dir / "last.pt")["progress"] == {
+        "stage": "selftrain",
+        "iteration": 0,
+        "best_score": 0.1,
+        "best_iteration": -1,
+    }
+    assert load_checkpoint(run_dir / "best.pt")["progress"]["best_iteration"] == 1
+    killed_session["on"] = False
+    pipeline.resume(run_dir)
+    training = json.loads((run_dir / "training.json").read_text())
+    assert training["selected_stage"] == "selftrain" and training["selftrain_beat_pretrain"] is True
+    assert "training finished; best.pt holds the network of selftrain iteration 1 (validation Dice 0.9000)" in (
+        (run_dir / "train.log").read_text()
+    )
+
+
 def test_ctrl_c_during_the_last_validation_stops_before_the_evaluation(acdc_root, finished_run, tmp_path, monkeypatch):
     """A Ctrl-C that comes after the last iteration looked for one (while its validation
     runs) still stops the run, instead of being forgotten while the run evaluates (and a

@@ -640,6 +640,12 @@ def test_a_bad_value_in_the_plans_settings_tables_is_named_with_the_plan(nnunet_
         "a positive integer, got -4; fix it there"
     )
     assert not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit):  # a preset that does not exist is the option's mistake, not the plan's
+        cli.train_main(["--data-root", str(root), "--preset", "demoo", "--out", str(tmp_path / "r"), *TINY])
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith("mper-train: error: preset 'demoo' is not defined for Synth; available: ") and (
+        "plan.toml" not in line
+    ), line
 
 
 def test_class_names_edited_to_fewer_classes_are_refused_before_training(nnunet_3d, tmp_path, capsys):

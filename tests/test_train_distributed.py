@@ -28,7 +28,7 @@ import torch
 from mper.data.sampler import TwoStreamBatchSampler
 from mper.datasets import get_dataset, synthesize
 from mper.errors import ConfigError
-from mper.train import runner
+from mper.train import distributed, runner
 from mper.train.checkpoint import load_checkpoint
 from mper.train.config import load_config
 from mper.train.distributed import World, check_batch_shares, launched_world, process_device
@@ -459,3 +459,13 @@ def test_the_synchronisation_check_refuses_sync_batchnorm_on_several_gpus(monkey
             runner.check_machine(config)
     else:
         runner.check_machine(config)
+
+
+def test_an_error_of_a_process_alone_is_never_taken_for_a_lost_peer():
+    """Its words ("timed out") match a lost peer's, but one process has no peer to lose: the
+    run's log keeps the real error and its traceback."""
+    for error in (
+        RuntimeError("CUDA error: the launch timed out and was terminated"),
+        RuntimeError("connection reset"),
+    ):
+        assert distributed.lost_peer_failure(error) is None

@@ -33,7 +33,7 @@ from mper.eval.protocol import EMPTY_PREDICTION_RULES
 from mper.eval.report import MARKDOWN_FILE
 from mper.experiment import SweepInterrupted
 from mper.train.checkpoint import LAST_CHECKPOINT
-from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, TrainConfig, load_config
+from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, TrainConfig, load_config, read_preset
 from mper.train.config_checks import check_fold_chosen
 from mper.train.distributed import is_main_process, launched_world, processes_on_this_machine
 from mper.train.prototypes import UPDATE_SOURCES
@@ -354,8 +354,9 @@ def _check_plan_preset(dataset: str, preset: str, data_root: str | None) -> None
     plan = get_dataset(dataset).scans
     if plan is None or data_root is None:
         return
+    values = read_preset(dataset, preset)  # a preset name that does not exist is the option's mistake
     try:
-        load_config(dataset, preset)
+        TrainConfig.from_dict(values)
     except ConfigError as error:
         tables = ", ".join(f"[{plan.dims}.{name}]" for name in dict.fromkeys(["paper", *preset.split("+")]))
         raise ConfigError(

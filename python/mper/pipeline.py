@@ -880,7 +880,10 @@ def _is_dataset_root(folder: Path) -> bool:
     """Whether ``folder`` is the root of LA, ACDC or imported data: its case folder and its
     ``test.list``, which all three layouts hold. Stricter than :func:`_holds_dataset`, for
     the folders above an output: a project folder holding ``data/`` is none."""
-    return (folder / "test.list").is_file() and detect_dataset(folder) is not None
+    try:
+        return (folder / "test.list").is_file() and detect_dataset(folder) is not None
+    except OSError:  # a folder above that cannot be read holds nothing this check could name
+        return False
 
 
 def _check_output_outside_data(output: str | Path) -> None:

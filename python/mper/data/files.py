@@ -154,8 +154,13 @@ def read_list(path: str | Path, case_file: str | None = None) -> list[str]:
     path = Path(path)
     if not path.is_file():
         folder = path.parent
-        # the writers (mper-data convert, synth) write the lists last: cases without any list are an unfinished write
-        unfinished = folder.is_dir() and not any(folder.glob("*.list")) and any(p.is_dir() for p in folder.iterdir())
+        # the writers (mper-data convert, synth) write the lists last: their case files (.h5, one or two folders
+        # down in every layout) without any list are an unfinished write
+        unfinished = (
+            folder.is_dir()
+            and not any(folder.glob("*.list"))
+            and any(next(folder.glob(pattern), None) for pattern in ("*/*.h5", "*/*/*.h5"))
+        )
         hint = (
             f"; {folder} holds data but no list file at all: if mper-data convert or synth was stopped while writing "
             "it, write it again into a new folder"

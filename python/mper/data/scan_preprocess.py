@@ -440,7 +440,9 @@ def rules_difference(rules: ScanRules, channels: Sequence[str], geometry: CaseGe
     if geometry.target_spacing is not None and _differ(rules.spacing, geometry.target_spacing):
         return f"spacing = {list(rules.spacing)}, but the case was resampled to {list(geometry.target_spacing)}"
     shape = resampled_shape(geometry.cropped_shape, geometry.spacing, rules.spacing)
-    if tuple(shape) != tuple(geometry.resampled_shape):
+    # an axis of one voxel is left out: imports before 0.3 resampled it to several
+    thick = [axis for axis, length in enumerate(geometry.cropped_shape) if length > 1]
+    if [shape[axis] for axis in thick] != [geometry.resampled_shape[axis] for axis in thick]:
         return (
             f"spacing = {list(rules.spacing)}, which resamples the case to {list(shape)} voxels, but it was resampled "
             f"to {list(geometry.resampled_shape)}"

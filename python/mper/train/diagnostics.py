@@ -143,12 +143,16 @@ class TrainingRecord:
         self.selected_stage: str | None = None
 
     def add(self, stage: str, iteration: int, scalars: dict[str, float]) -> None:
-        """One validation's scalars (``val_dice`` among them), in the order of iterations; a
-        validation of an iteration already recorded replaces it (a resumed run validating
-        again an iteration whose best checkpoint it kept from the session that stopped)."""
-        entries = [entry for entry in self.stages.get(stage, []) if entry["iteration"] != iteration]
-        entries.append({"iteration": iteration, **scalars})
-        self.stages[stage] = sorted(entries, key=lambda entry: entry["iteration"])
+        """One validation's scalars (``val_dice`` among them), in the order of iterations. An
+        iteration already recorded (a resumed run validating again the iteration whose best
+        checkpoint it kept from the session that stopped) keeps the better of the two: the
+        best checkpoint holds that one, as a replay scoring lower does not replace it."""
+        entries = self.stages.get(stage, [])
+        earlier = next((entry for entry in entries if entry["iteration"] == iteration), None)
+        if earlier is not None and earlier["val_dice"] > scalars["val_dice"]:
+            return
+        kept = [entry for entry in entries if entry is not earlier]
+        self.stages[stage] = sorted([*kept, {"iteration": iteration, **scalars}], key=lambda entry: entry["iteration"])
 
     def best(self, stage: str) -> dict[str, float] | None:
         """The entry of ``stage`` with the highest ``val_dice`` (the first of equals)."""

@@ -238,9 +238,9 @@ def lost_peer_failure(error: BaseException) -> ProcessGroupFailure | None:
     """What this process says when ``error`` tells that another training process died or
     stopped answering (``None`` for any other error): raised in one line instead of the
     communication library's traceback, and written to ``train.log`` too."""
-    if not isinstance(error, RuntimeError) or not _is_lost_peer(error):
-        return None
     world = current_world()
+    if world.size < 2 or not isinstance(error, RuntimeError) or not _is_lost_peer(error):
+        return None  # alone, no peer can be lost: a "timed out" of CUDA or a data loader is its own error
     return ProcessGroupFailure(
         f"process {world.rank} of {world.size} stopped: another training process died or stopped "
         f"answering ({_first_sentence(error)}); that process's own error, if it printed one, says why. "

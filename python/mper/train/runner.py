@@ -199,6 +199,8 @@ def _keep_best_written_after_last(trainer: Trainer) -> None:
         return
     progress.best_score, progress.best_iteration = saved["best_score"], saved["best_iteration"]
     trainer.record.add(progress.stage, progress.best_iteration, {"val_dice": progress.best_score})
+    if progress.stage == "selftrain":  # it beat the pre-trained network best.pt held before
+        trainer.record.selected_stage = progress.stage
     log.info(
         "%s holds the network of %s iteration %d (validation Dice %.4f), validated after last.pt was written: kept "
         "as the best so far",
