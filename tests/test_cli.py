@@ -541,3 +541,15 @@ def test_a_checkpoint_copied_alone_into_a_new_folder_resumes(acdc_root, tmp_path
     capsys.readouterr()
     train_main(["--resume", "--out", str(copy)])
     assert (copy / "metrics.json").exists(), capsys.readouterr().err
+
+
+def test_a_failed_hdf5_write_is_reported_in_one_line_naming_its_file():
+    """h5py raises a full disk with errno 28 and HDF5's report of several lines as its text."""
+    report = (
+        "Can't synchronously write data (file write failed: time = Mon Dec  7 01:55:15 2026\n, filename = "
+        "'/data/la/CASE1/mri_norm2.h5', file descriptor = 3, errno = 28, error message = 'No space left on device', "
+        "buf = 0x5620dd9626a0, total write size = 6385664)"
+    )
+    assert cli._system_error_parts(OSError(28, report)) == ("/data/la/CASE1/mri_norm2.h5", "No space left on device")
+    assert cli._system_error_parts(OSError(13, "Permission denied", "/data/x")) == ("/data/x", "Permission denied")
+    assert cli._system_error_parts(OSError(28, "No space left on device")) == (None, "No space left on device")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import re
 import shlex
 import signal
 import sys
@@ -170,6 +171,21 @@ def _report_stop(stop: KeyboardInterrupt) -> int:
     return _interrupted_exit_code("SIGINT")
 
 
+#: What HDF5 puts into the text of a failed write (h5py raises it with the errno but no file
+#: name): "file write failed: time = ..., filename = '...', ..., error message = '...', ...".
+_HDF5_WRITE_FAILURE = re.compile(r"filename = '(?P<file>[^']*)'.*error message = '(?P<reason>[^']*)'", re.DOTALL)
+
+
+def _system_error_parts(error: OSError) -> tuple[str | None, str]:
+    """(the file, the reason) of a system error, in one line: HDF5's many-line report of a
+    failed write read for the two."""
+    text = str(error.strerror or error)
+    found = _HDF5_WRITE_FAILURE.search(text)
+    if found and not error.filename:
+        return found["file"], found["reason"]
+    return (str(error.filename) if error.filename else None), " ".join(text.split())
+
+
 def _run(parser: argparse.ArgumentParser, action: Callable[[], None]) -> None:
     """Run ``action`` with console logging.
 
@@ -196,10 +212,11 @@ def _run(parser: argparse.ArgumentParser, action: Callable[[], None]) -> None:
     except OSError as error:
         if error.errno not in ENVIRONMENT_ERRNOS:
             raise
-        where = f"{error.filename}: " if error.filename else ""
+        filename, reason = _system_error_parts(error)
+        where = f"{filename}: " if filename else ""
         parser.exit(
             USER_ERROR_EXIT_CODE,
-            f"{parser.prog}: error: {where}{error.strerror}; check the path, its permissions and the free space\n",
+            f"{parser.prog}: error: {where}{reason}; check the path, its permissions and the free space\n",
         )
     finally:
         if in_main_thread:
