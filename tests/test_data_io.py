@@ -401,6 +401,11 @@ def test_a_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, mo
     with pytest.raises(RunFolderError, match=r"--output .*locked: it cannot be written"):
         check_writable(locked, "--output")
     check_writable(tmp_path / "new" / "eval", "--out")
+    monkeypatch.undo()
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(RunFolderError, match=rf"--out {afile / 'sub'}: {afile} is a file, not a folder"):
+        check_writable(afile / "sub", "--out")
 
 
 def test_a_system_error_without_a_file_gets_the_one_being_written(tmp_path):

@@ -114,6 +114,7 @@ def test_bad_constructor_arguments_are_refused():
         ({"channels": (4, 8, 16, 32, -4)}, "channels must be 5 positive integers"),
         ({"channels": (4, 8, 16.5, 32, 64)}, "channels must be 5 positive integers"),
         ({"dropout": (0.1, 0.1, 0.2, 0.3, 1.0)}, "dropout must be 5 rates in [0, 1) (one per level)"),
+        ({"dropout": 0.5}, "dropout must be a list of 5 values (one per level), got 0.5"),
     ],
 )
 def test_unet2d_refuses_a_level_width_or_rate_it_cannot_build(options, words):
@@ -121,3 +122,8 @@ def test_unet2d_refuses_a_level_width_or_rate_it_cannot_build(options, words):
     inside torch with a traceback."""
     with pytest.raises(ValueError, match=re.escape(words)):
         UNet2D(1, 4, **options)
+
+
+def test_vnet3d_names_its_own_setting_for_a_width_it_cannot_build():
+    with pytest.raises(ValueError, match=re.escape("base_filters must be a positive integer, got 0")):
+        VNet3D(1, 2, base_filters=0)

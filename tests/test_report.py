@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,6 +98,30 @@ def test_write_report_writes_valid_json_and_the_table(tmp_path):
     assert document["summary"]["classes"]["1"]["dice"]["mean"] == pytest.approx(0.9)
     assert document["summary"]["mean"]["hd95"]["undefined"] == 1
     assert markdown_path.read_text() == markdown
+
+
+def test_a_report_that_cannot_be_written_leaves_no_part_of_a_file_and_names_it(tmp_path, monkeypatch):
+    """A full disk left a 0-byte metrics.md, or the hidden aside copy of metrics.json, and named no file."""
+    summary = summarize(PER_CASE)
+    original = Path.write_text
+
+    def disk_full_for(name):
+        def write_text(self, text, *args, **kwargs):
+            if self.name == f".{name}.tmp":
+                original(self, text[:3], *args, **kwargs)  # a part, then the disk is full
+                raise OSError(28, "No space left on device")
+            return original(self, text, *args, **kwargs)
+
+        return write_text
+
+    for name in ("metrics.md", "metrics.json"):
+        out = tmp_path / name
+        monkeypatch.setattr(Path, "write_text", disk_full_for(name))
+        with pytest.raises(OSError) as full:
+            write_report(out, PER_CASE, summary, markdown_table(summary, "MPER", "3", "67"))
+        monkeypatch.undo()
+        assert full.value.filename == str(out / name)
+        assert sorted(path.name for path in out.iterdir()) == ([] if name == "metrics.md" else ["metrics.md"])
 
 
 def test_distances_that_count_a_class_predicted_nowhere_as_zero_are_marked_and_counted():

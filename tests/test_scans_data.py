@@ -540,6 +540,19 @@ def test_a_decathlon_image_of_another_ending_is_refused_with_what_to_do(raw, tmp
     )
 
 
+def test_a_decathlon_label_of_another_ending_is_refused_as_its_image_is(raw, tmp_path, capsys):
+    """It was used, while the import's list of ignored files named it as ignored."""
+    source = shutil.copytree(raw[MSD], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    listed = document["training"][0]["label"]
+    document["training"][0]["label"] = listed.replace(".nii.gz", ".nii")
+    (source / "dataset.json").write_text(json.dumps(document))
+    assert _import_error(source, tmp_path / "out", capsys).startswith(
+        f"mper-data: error: {source / 'dataset.json'}: training label {listed.replace('.nii.gz', '.nii')} is not a "
+        ".nii.gz file, which the Decathlon layout takes"
+    )
+
+
 def test_unlabeled_scans_at_one_of_the_datasets_folders_are_named_as_read_twice(raw, tmp_path, capsys):
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
     first = sorted((source / "imagesTs").iterdir())[0]

@@ -13,6 +13,7 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 try:
@@ -201,7 +202,8 @@ def test_a_damaged_plan_copy_of_a_run_is_restored_from_the_data_folders_plan(nnu
     [
         ("mean = ", "mean = 300.0  # ", "other intensity statistics or masking"),
         ("spacing = [", "spacing = [9.5, 9.5, 9.5]  # ", "another target spacing (9.5 x 9.5 x 9.5 mm, not "),
-        ('dims = "3d"', 'dims = "2d"', 'dims = "2d" and slice_axis = 2, where it trained with dims = "3d" and'),
+        ('dims = "3d"', 'dims = "2d"', "dims = '2d', where it trained with dims = '3d'"),
+        ('layout = "nnunet"', 'layout = "msd"', "layout = 'msd', where it trained with layout = 'nnunet'"),
     ],
 )
 def test_a_runs_plan_edited_after_training_is_refused_before_predicting(
@@ -717,18 +719,6 @@ OTHER_DATASETS = [
         "another number of classes",
     ),
     ('name = "CT"', 'name = "PET"', DESCRIBED.format("PET, MRI"), "another list of channels"),
-    (
-        "std = ",
-        "std = 1",
-        DESCRIBED.format("CT, MRI"),
-        "other intensity statistics or masking",
-    ),
-    (
-        "spacing = [",
-        "spacing = [9.5, 9.5, 9.5]  # ",
-        DESCRIBED.format("CT, MRI"),
-        "another target spacing (9.5 x 9.5 x",
-    ),
 ]
 
 
@@ -748,6 +738,37 @@ def test_eval_refuses_another_imported_dataset_before_scoring(
         f"on {TRAINED_ON}, {difference}"
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "old, new, said",
+    [
+        ("std = ", "std = 1  # ", "channel 0 (CT) has std = 1.0, but the case was normalised with std = "),
+        ("spacing = [", "spacing = [9.5, 9.5, 9.5]  # ", "spacing = [9.5, 9.5, 9.5], but the case was resampled to ["),
+    ],
+)
+def test_eval_and_resume_name_a_fixed_value_edited_in_the_data_folders_plan(
+    nnunet_3d, tmp_path, capsys, old, new, said
+):
+    """As mper-train does: the edited value and the case, not "another import", also for the
+    run's own data folder, which eval and resume take without comparing it to anything."""
+    _, root, run_dir = nnunet_3d
+    edited = _other_dataset(root, tmp_path, old, new)
+    arguments = ["--checkpoint", str(run_dir / "best.pt"), "--data-root", str(edited), "--out", str(tmp_path / "e")]
+    with pytest.raises(SystemExit):
+        cli.eval_main(arguments)
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith(f"mper-eval: error: {edited / 'plan.toml'}: {said}"), line
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    saved = load_checkpoint(run / "last.pt")
+    saved["config"]["data_root"] = config["data_root"] = str(edited)  # the run's own data folder, edited since
+    torch.save(saved, run / "last.pt")
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit):
+        cli.train_main(["--resume", "--out", str(run)])
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith(f"mper-train: error: {edited / 'plan.toml'}: {said}"), line
 
 
 def test_eval_takes_a_copy_of_the_import_whose_editable_plan_fields_were_edited(nnunet_3d, tmp_path, capsys):

@@ -40,12 +40,13 @@ from torch.utils.tensorboard import SummaryWriter
 
 import mper.datasets
 from mper.data.files import check_writable, listed_names
+from mper.data.imported import SCAN_CASES_DIR
 from mper.data.raw_scans import DATASET_JSON, RAW_FOLDERS
 from mper.data.scan_plan import PLAN_FILE, ScanPlan, parse_scan_plan, plan_path, read_plan, write_plan
 from mper.data.synth_scans import synthesize_scans as write_synthetic_scans
 from mper.datasets import check_dataset_root, dataset_names, detect_dataset, get_dataset, has_plan, register_plan
 from mper.datasets.registry import register_imported
-from mper.datasets.scans import scan_spec
+from mper.datasets.scans import check_plan_against_cases, scan_spec
 from mper.errors import CheckpointError, ConfigError, DataFormatError, MissingFileError, RunFolderError, UserError
 from mper.eval.evaluate import EVALUATION_OUTPUTS, evaluate_cases, mean_dice
 from mper.eval.figures import add_figures
@@ -441,11 +442,9 @@ def _check_recorded_plan(plan: ScanPlan, recorded: str | None, path: Path, check
         return
     trained = parse_scan_plan(recorded, f"the plan recorded in {checkpoint}")
     difference = _import_difference(plan, trained)
-    if not difference and (plan.dims, plan.slice_axis) != (trained.dims, trained.slice_axis):
-        difference = (
-            f'dims = "{plan.dims}" and slice_axis = {plan.slice_axis}, where it trained with dims = "{trained.dims}" '
-            f"and slice_axis = {trained.slice_axis}"
-        )
+    for key in ("dims", "slice_axis", "layout", "file_ending"):  # how the network and prediction read scans
+        if not difference and getattr(plan, key) != getattr(trained, key):
+            difference = f"{key} = {getattr(plan, key)!r}, where it trained with {key} = {getattr(trained, key)!r}"
     if difference:
         raise ConfigError(
             f"{path} differs from the plan {checkpoint} trained with (recorded in it): {difference}; the network "
@@ -586,13 +585,15 @@ def _check_data_root(data_root: str, trained_root: str, dataset: str, trained_by
             "data folder's path from here"
         )
     check_dataset_root(data_root, dataset, f"{trained_by} {dataset}")
+    spec = get_dataset(dataset)
+    found = read_plan(data_root) if spec.scans is not None and has_plan(data_root) else None
+    if found is not None:  # an edited fixed value, named as mper-train names it
+        check_plan_against_cases(found, data_root)
     if trained_root and Path(data_root).resolve() == Path(trained_root).resolve():
         return
-    spec = get_dataset(dataset)
     if spec.scans is None:  # its layout was checked
         return
     advice = f"give --data-root the folder that {spec.name} was imported into (or a copy of it)"
-    found = read_plan(data_root) if has_plan(data_root) else None
     if found is None:
         raise ConfigError(
             f"{data_root} holds no {PLAN_FILE} of an imported dataset, but {trained_by} {_described(spec.scans)}; "
@@ -877,11 +878,12 @@ def _holds_dataset(folder: Path) -> bool:
 
 
 def _is_dataset_root(folder: Path) -> bool:
-    """Whether ``folder`` is the root of LA, ACDC or imported data: its case folder and its
-    ``test.list``, which all three layouts hold. Stricter than :func:`_holds_dataset`, for
+    """Whether ``folder`` is the root of LA, ACDC or imported data: its case folder (with the
+    plan, for an import) and its ``test.list``, which all three layouts hold. Stricter than :func:`_holds_dataset`, for
     the folders above an output: a project folder holding ``data/`` is none."""
     try:
-        return (folder / "test.list").is_file() and detect_dataset(folder) is not None
+        imported = (folder / PLAN_FILE).is_file() and (folder / SCAN_CASES_DIR).is_dir()
+        return (folder / "test.list").is_file() and (imported or detect_dataset(folder) is not None)
     except OSError:  # a folder above that cannot be read holds nothing this check could name
         return False
 

@@ -275,6 +275,8 @@ def check_writable(folder: str | Path, option: str) -> None:
     before any work rather than when the first result is written."""
     resolved = Path(folder).resolve()
     existing = next((path for path in (resolved, *resolved.parents) if path.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise RunFolderError(f"{option} {folder}: {existing} is a file, not a folder; choose a folder")
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         where = "it" if existing == resolved else f"{existing}, where it would be made,"
         raise RunFolderError(

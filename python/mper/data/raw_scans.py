@@ -423,12 +423,14 @@ def _msd_cases(
         image = _msd_path(source, entry.get("image"), where, "training image")
         label = _msd_path(source, entry.get("label"), where, "training label")
         name = case_name(image.name, ending)
-        if name is None:
-            raise DataFormatError(
-                f"{where}: training image {entry['image']} is not a {ending} file, which the Decathlon layout takes: "
-                f"compress it (gzip) and list it as {ending}, or use the nnU-Net v2 layout, whose file_ending may be "
-                f"{NIFTI_ENDINGS[1]}"
-            )
+        for what, listed, path in (("image", entry["image"], image), ("label", entry["label"], label)):
+            if not path.name.endswith(ending):
+                raise DataFormatError(
+                    f"{where}: training {what} {listed} is not a {ending} file, which the Decathlon layout takes: "
+                    f"compress it (gzip) and list it as {ending}, or use the nnU-Net v2 layout, whose file_ending may "
+                    f"be {NIFTI_ENDINGS[1]}"
+                )
+        assert name is not None  # its ending was checked
         if name in images:
             raise DataFormatError(f"{where}: case {name} is listed twice in training; list each case once")
         for path in (image, label):

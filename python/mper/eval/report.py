@@ -234,9 +234,10 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Write ``metrics.md`` and then ``metrics.json`` (``{"summary", "per_case"}``, and
     ``"table"``, the table's first columns ``{"method", "labeled", "unlabeled"}``, when
-    given, then the entries of ``extra``) into ``out_dir``. ``metrics.json`` comes last and
-    whole (written aside, then renamed): a folder that holds it holds the complete report,
-    which is how a sweep tells a finished run.
+    given, then the entries of ``extra``) into ``out_dir``. Each is written whole or not at
+    all (aside, then renamed; a full disk leaves neither part of one nor the aside copy),
+    and ``metrics.json`` comes last: a folder that holds it holds the complete report, which
+    is how a sweep tells a finished run.
 
     Creates ``out_dir`` if needed and returns the two paths.
     """
@@ -244,14 +245,20 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, markdown_path = out_dir / METRICS_FILE, out_dir / MARKDOWN_FILE
     document = {"summary": summary, "per_case": per_case, **({"table": table} if table else {}), **(extra or {})}
-    with naming_the_file(markdown_path):
-        markdown_path.write_text(markdown)
-    with naming_the_file(json_path):
-        _write_json(json_path, document)
+    _write_whole(markdown_path, markdown)
+    _write_whole(json_path, json.dumps(_json_ready(document), indent=2, allow_nan=False) + "\n")
     return json_path, markdown_path
 
 
-def _write_json(path: Path, document: Mapping[str, Any]) -> None:
+def _write_whole(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (aside, then renamed), naming ``path``
+    in a system error (a full disk): a failed write leaves neither part of a file nor the
+    aside copy."""
     aside = path.with_name(aside_name(path.name))
-    aside.write_text(json.dumps(_json_ready(document), indent=2, allow_nan=False) + "\n")
-    os.replace(aside, path)
+    try:
+        with naming_the_file(path):
+            aside.write_text(text)
+            os.replace(aside, path)
+    except BaseException:
+        aside.unlink(missing_ok=True)
+        raise

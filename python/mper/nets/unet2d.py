@@ -66,6 +66,9 @@ class UNet2D(SegmentationNet):
         dropout: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
         classifier_kernel: int = 1,
     ):
+        for name, values in (("channels", channels), ("dropout", dropout)):
+            if not isinstance(values, (list, tuple)):
+                raise ValueError(f"{name} must be a list of {NUM_LEVELS} values (one per level), got {values!r}")
         channels, dropout = tuple(channels), tuple(dropout)
         if len(channels) != NUM_LEVELS or len(dropout) != NUM_LEVELS:
             raise ValueError(

@@ -73,6 +73,8 @@ class VNet3D(SegmentationNet):
     ):
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        if isinstance(base_filters, bool) or not isinstance(base_filters, int) or base_filters < 1:
+            raise ValueError(f"base_filters must be a positive integer, got {base_filters!r}")
         if normalization == "groupnorm" and base_filters % 16:
             raise ValueError(f"groupnorm uses 16 groups, so base_filters must be a multiple of 16, got {base_filters}")
         super().__init__(3, in_channels, num_classes, feature_dim=base_filters, classifier_kernel=classifier_kernel)
