@@ -527,29 +527,18 @@ def test_labeled_voxels_outside_the_images_nonzero_region_are_named_as_cropped_a
     ]
 
 
-def test_a_decathlon_image_of_another_ending_is_refused_with_what_to_do(raw, tmp_path, capsys):
+@pytest.mark.parametrize("entry", ["image", "label"])
+def test_a_decathlon_file_of_another_ending_is_refused_with_what_to_do(raw, tmp_path, capsys, entry):
+    """A label listed as .nii was used, while the import's list of ignored files named it."""
     source = shutil.copytree(raw[MSD], tmp_path / "raw")
     document = json.loads((source / "dataset.json").read_text())
-    listed = document["training"][0]["image"]
-    document["training"][0]["image"] = listed.replace(".nii.gz", ".nii")
+    listed = document["training"][0][entry]
+    document["training"][0][entry] = listed.replace(".nii.gz", ".nii")
     (source / "dataset.json").write_text(json.dumps(document))
     assert _import_error(source, tmp_path / "out", capsys) == (
-        f"mper-data: error: {source / 'dataset.json'}: training image {listed.replace('.nii.gz', '.nii')} is not a "
-        ".nii.gz file, which the Decathlon layout takes: compress it (gzip) and list it as .nii.gz, or use the "
+        f"mper-data: error: {source / 'dataset.json'}: training {entry} {listed.replace('.nii.gz', '.nii')} is not "
+        "a .nii.gz file, which the Decathlon layout takes: compress it (gzip) and list it as .nii.gz, or use the "
         "nnU-Net v2 layout, whose file_ending may be .nii"
-    )
-
-
-def test_a_decathlon_label_of_another_ending_is_refused_as_its_image_is(raw, tmp_path, capsys):
-    """It was used, while the import's list of ignored files named it as ignored."""
-    source = shutil.copytree(raw[MSD], tmp_path / "raw")
-    document = json.loads((source / "dataset.json").read_text())
-    listed = document["training"][0]["label"]
-    document["training"][0]["label"] = listed.replace(".nii.gz", ".nii")
-    (source / "dataset.json").write_text(json.dumps(document))
-    assert _import_error(source, tmp_path / "out", capsys).startswith(
-        f"mper-data: error: {source / 'dataset.json'}: training label {listed.replace('.nii.gz', '.nii')} is not a "
-        ".nii.gz file, which the Decathlon layout takes"
     )
 
 
