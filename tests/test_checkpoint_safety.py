@@ -319,3 +319,13 @@ def test_eval_refuses_to_score_a_case_the_checkpoint_was_trained_on(run, acdc_ro
         f"of {both} holds it)"
     ), error
     assert not (tmp_path / "e").exists()
+
+
+def test_eval_refuses_an_out_folder_inside_a_dataset_before_scoring(run, acdc_root, tmp_path, capsys):
+    inside = acdc_root / "data" / "eval"
+    error = one_line_error(eval_main, ["--checkpoint", str(run / "best.pt"), "--out", str(inside)], capsys)
+    assert error == (
+        f"mper-eval: error: --out {inside} lies inside the dataset folder {acdc_root}: the evaluation's files would "
+        "lie among its data; choose a folder outside it"
+    )
+    assert not inside.exists()

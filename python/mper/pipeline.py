@@ -706,6 +706,7 @@ def check_eval_folder(out_dir: str | Path, split: str = "test") -> None:
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"--out {out} is a file; choose a folder for the evaluation (it is made if missing)")
     check_writable(out, "--out")
+    _check_outside_dataset_folders(out, "--out", "the evaluation's files")
     held = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
     others = [name for name in held if name not in EVAL_OUTPUTS and not name.startswith(".")]  # .DS_Store and such
     if not others:
@@ -898,16 +899,24 @@ def _check_output_outside_data(output: str | Path) -> None:
             f"--output {output} is a dataset's folder: the label maps would lie among its data; choose a folder of "
             "their own"
         )
-    for folder in (labels, *labels.parents):
+    _check_outside_dataset_folders(output, "--output", "the label maps")
+
+
+def _check_outside_dataset_folders(output: str | Path, option: str, written: str) -> None:
+    """Refuse an ``output`` folder (given as ``option``; ``written`` says what goes there)
+    that is or lies in one of a raw dataset's folders, or lies inside the root of LA, ACDC
+    or imported data."""
+    resolved = Path(output).resolve()
+    for folder in (resolved, *resolved.parents):
         if folder.name in RAW_FOLDERS and (folder.parent / DATASET_JSON).is_file():
-            where = "is" if folder == labels else "lies in"
+            where = "is" if folder == resolved else "lies in"
             raise RunFolderError(
-                f"--output {output} {where} the {folder.name}/ folder of the raw dataset {folder.parent}: the label "
-                "maps would replace or join its files, read as data by the next import; choose a folder outside these"
+                f"{option} {output} {where} the {folder.name}/ folder of the raw dataset {folder.parent}: {written} "
+                "would replace or join its files, read as data by the next import; choose a folder outside these"
             )
-        if folder != labels and _is_dataset_root(folder):
+        if folder != resolved and _is_dataset_root(folder):
             raise RunFolderError(
-                f"--output {output} lies inside the dataset folder {folder}: the label maps would lie among its data; "
+                f"{option} {output} lies inside the dataset folder {folder}: {written} would lie among its data; "
                 "choose a folder outside it"
             )
 
