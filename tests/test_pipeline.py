@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from mper import pipeline
-from mper.cli import eval_main
+from mper.cli import eval_main, train_main
 from mper.data import acdc_slice_path, acdc_volume_path, la_case_path
 from mper.datasets import get_dataset, synthesize
 from mper.errors import ConfigError, DataFormatError, MissingFileError, RunFolderError, TrainingDiverged
@@ -999,3 +999,15 @@ def test_a_blank_image_and_a_labeled_case_without_foreground_are_warned_of(la_ro
         caplog.text
     )
     assert f"{root}: the label of labeled case {labeled} marks no foreground" in caplog.text
+
+
+def test_resume_on_a_copy_missing_a_training_slice_counts_slices_as_slices(acdc_root, finished_run, tmp_path, capsys):
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    copy = shutil.copytree(acdc_root, tmp_path / "acdc")
+    slices = (copy / "train_slices.list").read_text().split()
+    (copy / "train_slices.list").write_text("\n".join(slices[:-1]) + "\n")  # the last unlabeled slice gone
+    with pytest.raises(SystemExit):
+        train_main(["--resume", "--out", str(run), "--data-root", str(copy)])
+    line = capsys.readouterr().err.splitlines()[-1]
+    unlabeled = json.loads((run / "cases.json").read_text())["unlabeled"]
+    assert f"(unlabeled slices: 1 of its {len(unlabeled)} missing, e.g. {slices[-1]})" in line, line

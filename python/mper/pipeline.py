@@ -217,6 +217,7 @@ def _check_same_cases(config: TrainConfig, run_dir: Path, trained_root: str) -> 
     except (OSError, ValueError) as error:
         raise RunFolderError(f"cannot resume in {run_dir}: {record} cannot be read ({error})") from error
     found = _run_cases(config)
+    group_of = get_dataset(config.dataset).label_group
     differences = []
     for role, names in found.items():
         before = trained.get(role) if isinstance(trained, dict) else None
@@ -225,7 +226,10 @@ def _check_same_cases(config: TrainConfig, run_dir: Path, trained_root: str) -> 
         gone, new = sorted(set(before) - set(names)), sorted(set(names) - set(before))
         parts = [f"{len(gone)} of its {len(before)} missing, e.g. {gone[0]}"] if gone else []
         parts += [f"{len(new)} new, e.g. {new[0]}"] if new else []
-        differences.append(f"{role} cases: {', '.join(parts) or 'the same, in another order'}")
+        # 2D networks train on slices (named apart from their case): counted as what they are
+        sliced = role in ("labeled", "unlabeled") and any(group_of(name) != name for name in [*before, *names])
+        unit = "slices" if sliced else "cases"
+        differences.append(f"{role} {unit}: {', '.join(parts) or 'the same, in another order'}")
     if not differences:
         return
     found_here = f"({'; '.join(differences)}); a resumed run repeats the interrupted one only on the same data"
