@@ -269,6 +269,22 @@ def naming_the_file(path: str | Path) -> Iterator[None]:
         raise
 
 
+@contextlib.contextmanager
+def written_whole(path: Path, temporary: Path | None = None) -> Iterator[Path]:
+    """Yields the hidden file to write ``path``'s content into (``temporary``, by default
+    ``.<name>.tmp`` beside it), renamed over ``path`` when the block ends: a stop or a full
+    disk while writing leaves neither part of a file under ``path`` nor the hidden file, and
+    a system error names ``path``."""
+    aside = path.with_name(f".{path.name}.tmp") if temporary is None else temporary
+    try:
+        with naming_the_file(path):
+            yield aside
+            os.replace(aside, path)
+    except BaseException:
+        aside.unlink(missing_ok=True)
+        raise
+
+
 def check_writable(folder: str | Path, option: str) -> None:
     """Refuse ``folder`` (given as ``option``, e.g. ``--out``) when it, or the nearest folder
     above it that exists, cannot be written (no permission, a read-only file system): said

@@ -45,7 +45,7 @@ from torch import nn
 
 from mper.data.acdc import ACDC_DATA_DIR, ACDC_SLICES_DIR, is_training_slice
 from mper.data.convert import ACDC_CINE_MARK, ACDC_LABEL_MARK
-from mper.data.files import check_finite, misplaced_slice_axis, naming_the_file, read_h5_case
+from mper.data.files import check_finite, misplaced_slice_axis, read_h5_case, written_whole
 from mper.data.preprocess import normalize_intensity, scaling_mismatch
 from mper.data.raw_scans import CHANNEL_FILE, NIFTI_ENDINGS, load_nifti, nifti_voxels, without_trailing_ones
 from mper.datasets import SLIDING_WINDOW, DatasetSpec, get_dataset
@@ -236,14 +236,10 @@ def save_label_map(image: nib.Nifti1Image, out_path: Path) -> Path:
     then renamed over it, so that a stop while writing (Ctrl-C, a full disk, a killed job)
     leaves no truncated label map under a case's name."""
     ending = ".nii.gz" if out_path.name.endswith(".nii.gz") else out_path.suffix
+    # the ending last: nibabel picks the format by it
     temporary = out_path.with_name(f".{out_path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{ending}")
-    try:
-        with naming_the_file(out_path):
-            nib.save(image, temporary)
-            os.replace(temporary, out_path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with written_whole(out_path, temporary) as aside:
+        nib.save(image, aside)
     return out_path
 
 

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mper.data.files import naming_the_file
+from mper.data.files import written_whole
 
 from .metrics import DISTANCE_METRICS, METRIC_NAMES
 
@@ -41,11 +40,6 @@ PerCase = Mapping[str, Mapping[int, Mapping[str, float]]]
 
 METRICS_FILE = "metrics.json"
 MARKDOWN_FILE = "metrics.md"
-
-
-def aside_name(name: str) -> str:
-    """The hidden file :func:`write_report` writes before renaming it to ``name``."""
-    return f".{name}.tmp"
 
 
 #: What :func:`write_report` writes (the aside copy it renames is a hidden file, which no folder check counts).
@@ -245,20 +239,10 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, markdown_path = out_dir / METRICS_FILE, out_dir / MARKDOWN_FILE
     document = {"summary": summary, "per_case": per_case, **({"table": table} if table else {}), **(extra or {})}
-    _write_whole(markdown_path, markdown)
-    _write_whole(json_path, json.dumps(_json_ready(document), indent=2, allow_nan=False) + "\n")
-    return json_path, markdown_path
-
-
-def _write_whole(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all (aside, then renamed), naming ``path``
-    in a system error (a full disk): a failed write leaves neither part of a file nor the
-    aside copy."""
-    aside = path.with_name(aside_name(path.name))
-    try:
-        with naming_the_file(path):
+    for path, text in (
+        (markdown_path, markdown),
+        (json_path, json.dumps(_json_ready(document), indent=2, allow_nan=False) + "\n"),
+    ):
+        with written_whole(path) as aside:
             aside.write_text(text)
-            os.replace(aside, path)
-    except BaseException:
-        aside.unlink(missing_ok=True)
-        raise
+    return json_path, markdown_path

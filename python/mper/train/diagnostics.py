@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from mper.data.files import written_whole
 
 #: The record of a run's validations, beside its checkpoints.
 TRAINING_RECORD = "training.json"
@@ -186,10 +187,8 @@ class TrainingRecord:
 
     def write(self, path: str | Path) -> None:
         """Write :meth:`summary` as JSON, atomically."""
-        path = Path(path)
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(json.dumps(self.summary(), indent=2) + "\n")
-        os.replace(temporary, path)
+        with written_whole(Path(path)) as aside:
+            aside.write_text(json.dumps(self.summary(), indent=2) + "\n")
 
     def state_dict(self) -> dict[str, Any]:
         return {"stages": self.stages, "selected_stage": self.selected_stage}
