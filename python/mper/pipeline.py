@@ -445,10 +445,12 @@ def _check_recorded_plan(plan: ScanPlan, recorded: str | None, path: Path, check
     if recorded is None:
         return
     trained = parse_scan_plan(recorded, f"the plan recorded in {checkpoint}")
-    difference = _import_difference(plan, trained)
-    for key in ("dims", "slice_axis", "layout", "file_ending"):  # how the network and prediction read scans
-        if not difference and getattr(plan, key) != getattr(trained, key):
-            difference = f"{key} = {getattr(plan, key)!r}, where it trained with {key} = {getattr(trained, key)!r}"
+    read_otherwise = (  # how the network and prediction read scans, beyond what the import fixed
+        f"{key} = {getattr(plan, key)!r}, where it trained with {key} = {getattr(trained, key)!r}"
+        for key in ("dims", "slice_axis", "layout", "file_ending")
+        if getattr(plan, key) != getattr(trained, key)
+    )
+    difference = _import_difference(plan, trained) or next(read_otherwise, "")
     if difference:
         raise ConfigError(
             f"{path} differs from the plan {checkpoint} trained with (recorded in it): {difference}; the network "
