@@ -797,32 +797,39 @@ def test_resume_takes_a_moved_data_folder_and_refuses_another_dataset_before_wri
         in (error.splitlines()[-1])
     )
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
-    fewer = shutil.copytree(root, tmp_path / "fewer")  # the same import, a scan left out since
-    unlabeled = (fewer / "unlabeled.list").read_text().split()
-    (fewer / "unlabeled.list").write_text("\n".join(unlabeled[1:]) + "\n")
-    with pytest.raises(SystemExit) as exit_info:
-        cli.train_main(["--resume", "--out", str(run), "--data-root", str(fewer)])
-    line = capsys.readouterr().err.splitlines()[-1]
-    assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE
+    fewer, unlabeled = _copy_without_its_first(root, tmp_path / "fewer", "unlabeled.list")  # a scan left out since
+    line = _resume_error(run, capsys, "--data-root", str(fewer))
     assert line == (
         f"mper-train: error: --data-root {fewer} holds other cases than the run in {run} trained on (unlabeled "
         f"cases: 1 of its {len(unlabeled)} missing, e.g. {unlabeled[0]}); a resumed run repeats the interrupted "
         f"one only on the same data: give --data-root the folder it trained on, {root}, or a copy of it"
     )
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
-    untested = shutil.copytree(root, tmp_path / "untested")  # a test case left out: scored on fewer cases
-    tests = (untested / "test.list").read_text().split()
-    (untested / "test.list").write_text("\n".join(tests[1:]) + "\n")
-    with pytest.raises(SystemExit) as exit_info:
-        cli.train_main(["--resume", "--out", str(run), "--data-root", str(untested)])
-    line = capsys.readouterr().err.splitlines()[-1]
-    assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE
+    untested, tests = _copy_without_its_first(root, tmp_path / "untested", "test.list")  # scored on fewer cases
+    line = _resume_error(run, capsys, "--data-root", str(untested))
     assert f"(test cases: 1 of its {len(tests)} missing, e.g. {tests[0]})" in line, line
     moved = shutil.copytree(root, tmp_path / "moved")
     cli.train_main(["--resume", "--out", str(run), "--data-root", str(moved)])  # finished: evaluates again
     assert "| MPER | 3 | 1 |" in capsys.readouterr().out
     assert TrainConfig.from_dict(load_checkpoint(run / "last.pt")["config"]).data_root == str(moved)
     assert json.loads((run / "cases.json").read_text())["unlabeled"] == unlabeled  # written once, at the start
+
+
+def _copy_without_its_first(root, copy, list_file):
+    """A copy of the imported dataset ``root`` whose ``list_file`` lost its first case; (copy, the names it held)."""
+    copy = shutil.copytree(root, copy)
+    names = (copy / list_file).read_text().split()
+    (copy / list_file).write_text("\n".join(names[1:]) + "\n")
+    return copy, names
+
+
+def _resume_error(run, capsys, *options):
+    """The one line ``mper-train --resume --out run`` refuses with."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--out", str(run), *options])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE, error
+    return error.splitlines()[-1]
 
 
 def test_resume_on_its_own_data_folder_changed_since_says_to_bring_the_cases_back(nnunet_3d, tmp_path, capsys):
@@ -832,10 +839,7 @@ def test_resume_on_its_own_data_folder_changed_since_says_to_bring_the_cases_bac
     record = json.loads((run / "cases.json").read_text())
     record["unlabeled"].append("synth_999")  # as if a scan was removed from the import since
     (run / "cases.json").write_text(json.dumps(record))
-    with pytest.raises(SystemExit) as exit_info:
-        cli.train_main(["--resume", "--out", str(run)])
-    line = capsys.readouterr().err.splitlines()[-1]
-    assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE
+    line = _resume_error(run, capsys)
     assert line == (
         f"mper-train: error: {root} holds other cases than when the run in {run} started on it (unlabeled cases: "
         f"1 of its {len(record['unlabeled'])} missing, e.g. synth_999); a resumed run repeats the interrupted one "
