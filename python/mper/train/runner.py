@@ -130,8 +130,8 @@ def run_training(
         _log_machine_needs(config, trainer.device)
         if trainer.progress.stage != "baseline":
             _warn_if_teacher_is_slow(config)
-        if ignored_holdout(config):
-            log.warning(ignored_holdout(config))
+        if holdout_warning := ignored_holdout(config):
+            log.warning(holdout_warning)
         try:
             _run_stages(trainer, config, run_dir)
         except TrainingInterrupted as stopped:
