@@ -67,7 +67,14 @@ from mper.train.checkpoint import (
 from mper.train.config import SUPERVISED_BASELINES, TrainConfig, merge, parse_override, to_toml, with_prototypes
 from mper.train.diagnostics import TRAINING_RECORD, with_class_names
 from mper.train.distributed import is_main_process, lost_peer_failure, process_group, shared_mean
-from mper.train.loaders import check_split, labeled_pool, test_cases, training_cases, validation_cases
+from mper.train.loaders import (
+    check_split,
+    first_trained_on,
+    labeled_pool,
+    test_cases,
+    training_cases,
+    validation_cases,
+)
 from mper.train.lock import LOCK_FILE, run_folder_lock
 from mper.train.loop import Validator
 from mper.train.resume import checkpoint_to_resume, resumed_config
@@ -815,7 +822,6 @@ def _check_not_trained_on(config: TrainConfig, checkpoint: Path, scored: list[st
     recorded training on (:data:`RUN_CASES` beside it), or one the training list of the data
     folder holds (a folder whose lists were edited since, or another split of the data):
     its score would not measure the model on unseen data, with exit 0."""
-    group_of = get_dataset(config.dataset).label_group
     sources: list[tuple[list[str], str]] = []
     record = checkpoint.parent / RUN_CASES
     try:
@@ -832,12 +838,11 @@ def _check_not_trained_on(config: TrainConfig, checkpoint: Path, scored: list[st
     except UserError:  # a folder of test cases alone, or too few cases for the run's labeled count
         pass
     for names, why in sources:
-        trained = {group_of(name) for name in names}
-        seen = next((case for case in scored if group_of(case) in trained), None)
-        if seen is not None:
+        found = first_trained_on(config, scored, names)
+        if found is not None:
             raise DataFormatError(
-                f"{config.data_root}: {split} case {seen} is one {checkpoint} was trained on ({why}); a scored case "
-                "must be one the model never learnt from: remove it from the list, or score another checkpoint"
+                f"{config.data_root}: {split} case {found[0]} is one {checkpoint} was trained on ({why}); a scored "
+                "case must be one the model never learnt from: remove it from the list, or score another checkpoint"
             )
 
 

@@ -193,23 +193,31 @@ def _no_unlabeled_case(config: TrainConfig) -> str:
     )
 
 
+def first_trained_on(config: TrainConfig, scored: list[str], trained: list[str]) -> tuple[str, str] | None:
+    """The first of the ``scored`` cases that is one of the ``trained`` items (the same case,
+    or for ACDC the same patient: ``label_group``), with the first such item; ``None`` when
+    none is."""
+    group_of = get_dataset(config.dataset).label_group
+    learned: dict[str, str] = {}
+    for item in trained:
+        learned.setdefault(group_of(item), item)
+    return next(((case, learned[group_of(case)]) for case in scored if group_of(case) in learned), None)
+
+
 def _check_scored_cases_unseen(config: TrainConfig, items: list[str]) -> None:
     """Refuse a validation or test case that the run also trains on (the same case, or for
     ACDC the same patient: ``label_group``): its scores would not measure what the model
     does on unseen data."""
     group_of = get_dataset(config.dataset).label_group
-    trained: dict[str, str] = {}
-    for item in items:
-        trained.setdefault(group_of(item), item)
     for role, cases in (("validation", validation_cases(config)), ("test", test_cases(config))):
-        for case in cases:
-            learned = trained.get(group_of(case))
-            if learned is not None:
-                seen = learned if learned == case else f"{group_of(case)} ({learned})"
-                raise DataFormatError(
-                    f"{config.data_root}: {role} case {case} is also trained on: {seen} is in the training list; "
-                    "a case that is scored must not be one the model learns from: remove it from one of the lists"
-                )
+        found = first_trained_on(config, cases, items)
+        if found is not None:
+            case, learned = found
+            seen = learned if learned == case else f"{group_of(case)} ({learned})"
+            raise DataFormatError(
+                f"{config.data_root}: {role} case {case} is also trained on: {seen} is in the training list; "
+                "a case that is scored must not be one the model learns from: remove it from one of the lists"
+            )
 
 
 def _check_label_values(config: TrainConfig, case: str, values: list[int]) -> None:
