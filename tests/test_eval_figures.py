@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,6 +54,21 @@ def test_overlay_png_has_three_panels_of_the_enlarged_slice(tmp_path):
 def test_overlay_refuses_mismatched_slices(tmp_path):
     with pytest.raises(ValueError, match="one shape"):
         save_overlay(np.zeros((4, 4)), np.zeros((4, 4)), np.zeros((4, 5)), tmp_path / "x.png")
+
+
+def test_a_failed_write_leaves_neither_a_partial_png_nor_the_one_before(tmp_path, monkeypatch):
+    path = tmp_path / "x.png"
+    path.write_bytes(b"an earlier figure")
+
+    def write_half_then_fail(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", write_half_then_fail)
+    with pytest.raises(OSError, match=f"No space left on device.*{path.name}|{path.name}.*No space left"):
+        save_overlay(np.zeros((4, 4)), np.zeros((4, 4)), np.zeros((4, 4)), path)
+    assert path.read_bytes() == b"an earlier figure"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
 
 
 def test_most_foreground_slice_prefers_gt_then_pred_then_the_middle():

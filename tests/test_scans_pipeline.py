@@ -200,7 +200,8 @@ def test_a_damaged_plan_copy_of_a_run_is_restored_from_the_data_folders_plan(nnu
 @pytest.mark.parametrize(
     "old, new, difference",
     [
-        ("mean = ", "mean = 300.0  # ", "other intensity statistics or masking"),
+        ("mean = ", "mean = 300.0  # ", "channel 0 (CT) has mean = 300.0, not mean = "),
+        ("clip = [", "clip = [-1000.0, 1000.0]  # [", "channel 0 (CT) has clip = [-1000.0, 1000.0], not clip = ["),
         ("spacing = [", "spacing = [9.5, 9.5, 9.5]  # ", "another target spacing (9.5 x 9.5 x 9.5 mm, not "),
         ('dims = "3d"', 'dims = "2d"', "dims = '2d', where it trained with dims = '3d'"),
         ('layout = "nnunet"', 'layout = "msd"', "layout = 'msd', where it trained with layout = 'nnunet'"),
@@ -716,9 +717,9 @@ OTHER_DATASETS = [
         '"spleen", "tumour"]',
         '"spleen"]',
         "Synth (3d; classes background, liver, kidney, spleen; channels CT, MRI)",
-        "another number of classes",
+        "another number of classes (4, not 5)",
     ),
-    ('name = "CT"', 'name = "PET"', DESCRIBED.format("PET, MRI"), "another list of channels"),
+    ('name = "CT"', 'name = "PET"', DESCRIBED.format("PET, MRI"), "another list of channels (PET, MRI, not CT, MRI)"),
 ]
 
 

@@ -632,17 +632,27 @@ def _import_difference(found: ScanPlan, trained: ScanPlan) -> str:
     are the same import's): what only importing again changes, not the editable name, dims
     and class names."""
     if found.channels != trained.channels:
-        return "another list of channels"
+        return f"another list of channels ({', '.join(found.channels)}, not {', '.join(trained.channels)})"
     if len(found.class_names) != len(trained.class_names):
-        return "another number of classes"
+        return f"another number of classes ({len(found.class_names)}, not {len(trained.class_names)})"
     ours, theirs = found.rules, trained.rules
     if ours.spacing != theirs.spacing:
         shown = _millimetres(ours.spacing, theirs.spacing), _millimetres(theirs.spacing, ours.spacing)
         return f"another target spacing ({shown[0]} mm, not {shown[1]} mm)"
     if ours.schemes != theirs.schemes:
         return f"another normalisation ({', '.join(ours.schemes)}, not {', '.join(theirs.schemes)})"
-    if ours != theirs:
-        return "other intensity statistics or masking"
+    if ours.mask_for_norm != theirs.mask_for_norm:
+        return f"mask_for_norm = {str(ours.mask_for_norm).lower()}, not {str(theirs.mask_for_norm).lower()}"
+    for index, (mine, theirs_statistics) in enumerate(zip(ours.statistics, theirs.statistics)):
+        if mine is None or theirs_statistics is None or mine == theirs_statistics:
+            continue
+        for key, planned, was in (
+            ("mean", mine.mean, theirs_statistics.mean),
+            ("std", mine.std, theirs_statistics.std),
+            ("clip", [mine.low, mine.high], [theirs_statistics.low, theirs_statistics.high]),
+        ):
+            if planned != was:
+                return f"channel {index} ({found.channels[index]}) has {key} = {planned}, not {key} = {was}"
     return ""
 
 

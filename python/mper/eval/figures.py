@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import binary_erosion
 
+from mper.data.files import written_whole
 from mper.datasets import get_dataset
 
 from .metrics import dice_score
@@ -137,7 +138,8 @@ def save_overlay(
         _draw_legend(draw, panel_top + height, class_names, font)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, format="PNG")
+    with written_whole(path) as aside:
+        canvas.save(aside, format="PNG")
     return path
 
 

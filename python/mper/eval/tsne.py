@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mper.data.files import written_whole
 from mper.datasets import SLIDING_WINDOW, DatasetSpec
 from mper.errors import ConfigError
 from mper.nn.kmeans import ClassVoxelSampler
@@ -145,7 +146,8 @@ def save_tsne_figure(
     axis.set_title(title, fontsize="medium")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    with written_whole(path) as aside:
+        figure.savefig(aside, dpi=120, format="png")
     return path
 
 

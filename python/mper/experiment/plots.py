@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mper.data.files import written_whole
 from mper.eval.metrics import METRIC_NAMES
 from mper.eval.report import PERCENT_METRICS
 from mper.eval.scans import distance_unit
@@ -53,7 +54,8 @@ def plot_results(plan: Plan, rows: Sequence[Any], path: Path) -> Path | None:
     if handles:
         figure.legend(handles, labels, loc="outside right upper", fontsize="small")
     figure.suptitle(f"{plan.title} (mean ± std over seeds)", fontsize="medium")
-    figure.savefig(path, dpi=120)
+    with written_whole(path) as aside:
+        figure.savefig(aside, dpi=120, format="png")
     return path
 
 
