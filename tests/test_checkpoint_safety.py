@@ -236,7 +236,7 @@ def as_format_2(state: dict, oldest: bool) -> dict:
     monitor wrote it, before the prototype usage, the RNG states of every process and the
     sessions were saved."""
     old = {**state, "version": 2}
-    del old["scan_plan"]  # format 4's
+    del old["scan_plan"], old["trained_cases"]  # formats 4 and 5's
     old["rng"] = {"torch": state["rng"]["torch"]}
     old["process_rng"] = [{"torch": rng["torch"]} for rng in state["process_rng"]]
     if oldest:
@@ -248,7 +248,7 @@ def as_format_2(state: dict, oldest: bool) -> dict:
 @pytest.mark.parametrize("oldest", [False, True])
 def test_a_resume_checkpoint_of_format_2_resumes_as_the_current_format_does(run, tmp_path, oldest):
     current = load_checkpoint(run / "last.pt")
-    assert current["version"] == CHECKPOINT_VERSION == 4
+    assert current["version"] == CHECKPOINT_VERSION == 5
     resumed = {}
     for name, state in (("current", current), ("format 2", as_format_2(current, oldest))):
         folder = shutil.copytree(run, tmp_path / name)
@@ -257,6 +257,7 @@ def test_a_resume_checkpoint_of_format_2_resumes_as_the_current_format_does(run,
         assert upgraded["version"] == CHECKPOINT_VERSION
         assert upgraded["rng"]["cuda"] == [] and all(rng["cuda"] == [] for rng in upgraded["process_rng"])
         assert upgraded["scan_plan"] is None  # a built-in dataset's run: no plan
+        assert (upgraded["trained_cases"] is None) == (name == "format 2")
         pipeline.resume(folder, assignments=["selftrain.iterations=3"])
         resumed[name] = load_checkpoint(folder / "last.pt")
     expected, got = resumed["current"], resumed["format 2"]
@@ -288,35 +289,51 @@ def test_a_checkpoint_of_a_newer_format_is_refused_in_one_line_saying_to_upgrade
 def test_the_upgrades_lead_from_every_readable_format_to_the_current_one():
     assert sorted(UPGRADES) == list(range(OLDEST_READABLE_VERSION, CHECKPOINT_VERSION))
     weights = {"version": 2, "config": {}, "progress": {}, "student": {}, "teacher": None, "bank": None}
-    assert upgrade_checkpoint(dict(weights), "best.pt") == {**weights, "scan_plan": None, "version": CHECKPOINT_VERSION}
+    assert upgrade_checkpoint(dict(weights), "best.pt") == {
+        **weights,
+        "scan_plan": None,
+        "trained_cases": None,
+        "version": CHECKPOINT_VERSION,
+    }
 
 
 def test_eval_refuses_to_score_a_case_the_checkpoint_was_trained_on(run, acdc_root, tmp_path, capsys):
     """A test list edited to hold a training patient scored the model on what it learnt from,
-    with exit 0: named from the run's record of its cases, or from the folder's own lists."""
+    with exit 0: named from the checkpoint's record of its training cases, from the run's
+    record of its cases (a checkpoint of format 4), or from the folder's own lists."""
     moved = shutil.copytree(acdc_root, tmp_path / "moved")
     slices = (moved / "train_slices.list").read_text().split()
     patient = slices[0].split("_")[0]
     (moved / "train_slices.list").write_text("\n".join(name for name in slices if not name.startswith(patient)) + "\n")
     frame = next(name for name in (moved / "train.list").read_text().split() if name.startswith(patient))
     (moved / "test.list").write_text(f"{frame}\n")
-    arguments = ["--checkpoint", str(run / "best.pt"), "--device", "cpu", "--figures", "0"]
-    error = one_line_error(eval_main, [*arguments, "--data-root", str(moved), "--out", str(tmp_path / "e")], capsys)
-    assert error == (
-        f"mper-eval: error: {moved}: test case {frame} is one {run / 'best.pt'} was trained on ({run / 'cases.json'} "
-        "lists it among the cases the run trained on); a scored case must be one the model never learnt from: "
-        "remove it from the list, or score another checkpoint"
-    )
     copied = tmp_path / "copied"  # the checkpoint alone, without the run's record
     copied.mkdir()
     shutil.copy(run / "best.pt", copied)
+    arguments = ["--checkpoint", str(copied / "best.pt"), "--device", "cpu", "--figures", "0"]
+    error = one_line_error(eval_main, [*arguments, "--data-root", str(moved), "--out", str(tmp_path / "e")], capsys)
+    assert error == (
+        f"mper-eval: error: {moved}: test case {frame} is one {copied / 'best.pt'} was trained on (the checkpoint "
+        "lists it among the cases it trained on); a scored case must be one the model never learnt from: "
+        "remove it from the list, or score another checkpoint"
+    )
+    format_4 = shutil.copytree(run, tmp_path / "format 4")
+    state = load_checkpoint(run / "best.pt")
+    del state["trained_cases"]
+    torch.save({**state, "version": 4}, format_4 / "best.pt")
+    arguments = ["--checkpoint", str(format_4 / "best.pt"), "--device", "cpu", "--figures", "0"]
+    error = one_line_error(eval_main, [*arguments, "--data-root", str(moved), "--out", str(tmp_path / "e")], capsys)
+    assert error.startswith(
+        f"mper-eval: error: {moved}: test case {frame} is one {format_4 / 'best.pt'} was trained on "
+        f"({format_4 / 'cases.json'} lists it among the cases the run trained on)"
+    ), error
+    (format_4 / "cases.json").unlink()
     both = shutil.copytree(acdc_root, tmp_path / "both")
     (both / "test.list").write_text(f"{frame}\n")  # its patient's slices stay in train_slices.list
-    arguments = ["--checkpoint", str(copied / "best.pt"), "--device", "cpu", "--figures", "0"]
     error = one_line_error(eval_main, [*arguments, "--data-root", str(both), "--out", str(tmp_path / "e")], capsys)
     assert error.startswith(
-        f"mper-eval: error: {both}: test case {frame} is one {copied / 'best.pt'} was trained on (the training list "
-        f"of {both} holds it)"
+        f"mper-eval: error: {both}: test case {frame} is one {format_4 / 'best.pt'} was trained on (the training "
+        f"list of {both} holds it)"
     ), error
     assert not (tmp_path / "e").exists()
 

@@ -7,6 +7,8 @@ import json
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -553,3 +555,11 @@ def test_a_failed_hdf5_write_is_reported_in_one_line_naming_its_file():
     assert cli._system_error_parts(OSError(28, report)) == ("/data/la/CASE1/mri_norm2.h5", "No space left on device")
     assert cli._system_error_parts(OSError(13, "Permission denied", "/data/x")) == ("/data/x", "Permission denied")
     assert cli._system_error_parts(OSError(28, "No space left on device")) == (None, "No space left on device")
+
+
+def test_the_commands_start_without_importing_what_only_some_of_them_use():
+    """medpy (scipy.stats) and tensorboard cost every command, ``--help`` included, a
+    second or two on start: they are imported where they are used."""
+    probe = "import sys, mper.cli; print(sorted({name.split('.')[0] for name in sys.modules}))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "'medpy'" not in loaded and "'tensorboard'" not in loaded, loaded

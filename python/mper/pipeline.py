@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 
 import mper.datasets
 from mper.data.files import check_writable, listed_names
@@ -354,6 +353,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
             _keep_plan(config, run_dir)
             if not resume:
                 _write_run_cases(config, run_dir)
+            # imported here: tensorboard's import takes half a second every other command would pay
+            from torch.utils.tensorboard import SummaryWriter
+
             with _run_logging(run_dir), SummaryWriter(str(run_dir / "tensorboard")) as writer:
                 _log_run_header(config, resume)
                 if stale is not None:
@@ -550,6 +552,14 @@ def load_network(
     checkpoint: str | Path, device: str = "auto", weights: str = "student"
 ) -> tuple[nn.Module, TrainConfig]:
     """The network of a checkpoint (its student or teacher weights) and its config."""
+    net, config, _ = _load_network_and_state(checkpoint, device, weights)
+    return net, config
+
+
+def _load_network_and_state(
+    checkpoint: str | Path, device: str, weights: str
+) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
+    """:func:`load_network`, and the checkpoint's whole state."""
     if weights not in WEIGHTS:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
     state = load_checkpoint(checkpoint)
@@ -577,7 +587,7 @@ def load_network(
         raise CheckpointError(
             f"{checkpoint}: its {weights} weights do not fit its own network settings ({error})"
         ) from error
-    return net.to(resolve_device(device)).eval(), config
+    return net.to(resolve_device(device)).eval(), config, state
 
 
 def _check_data_root(data_root: str, trained_root: str, dataset: str, trained_by: str) -> None:
@@ -796,7 +806,7 @@ def _evaluate(
     report_extra: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """:func:`evaluate`, into any ``out_dir``: the run's own folder when training ends."""
-    net, config = load_network(checkpoint, device, weights)
+    net, config, state = _load_network_and_state(checkpoint, device, weights)
     method, labeled, unlabeled = _table_columns(config)
     _use_data_root(config, data_root, checkpoint)
     if split == "test" and not test_cases(config):
@@ -805,7 +815,8 @@ def _evaluate(
             "score the validation cases with split 'val' (mper-eval --split val)"
         )
     cases = validation_cases(config) if split == "val" else None
-    _check_not_trained_on(config, Path(checkpoint), cases if cases is not None else test_cases(config), split)
+    scored = cases if cases is not None else test_cases(config)
+    _check_not_trained_on(config, Path(checkpoint), state["trained_cases"], scored, split)
     return evaluate_cases(
         net,
         config.dataset,
@@ -827,12 +838,18 @@ def _evaluate(
     )
 
 
-def _check_not_trained_on(config: TrainConfig, checkpoint: Path, scored: list[str], split: str) -> None:
-    """Refuse to score a case (for ACDC, a patient) ``checkpoint`` learnt from: one its run
+def _check_not_trained_on(
+    config: TrainConfig, checkpoint: Path, trained_cases: Any, scored: list[str], split: str
+) -> None:
+    """Refuse to score a case (for ACDC, a patient) ``checkpoint`` learnt from: one it
+    records training on (``trained_cases``; ``None`` in older checkpoints), one its run
     recorded training on (:data:`RUN_CASES` beside it), or one the training list of the data
     folder holds (a folder whose lists were edited since, or another split of the data):
     its score would not measure the model on unseen data, with exit 0."""
     sources: list[tuple[list[str], str]] = []
+    if isinstance(trained_cases, list):
+        names = [name for name in trained_cases if isinstance(name, str)]
+        sources.append((names, "the checkpoint lists it among the cases it trained on"))
     record = checkpoint.parent / RUN_CASES
     try:
         recorded = json.loads(record.read_text())

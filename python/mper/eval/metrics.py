@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from types import ModuleType
 
 import numpy as np
-from medpy.metric import binary
 
 METRIC_NAMES = ("dice", "jaccard", "hd95", "asd")
 DISTANCE_METRICS = ("hd95", "asd")
@@ -33,12 +33,20 @@ DISTANCE_METRICS = ("hd95", "asd")
 Spacing = float | Sequence[float] | None
 
 
+def _medpy_binary() -> ModuleType:
+    """``medpy.metric.binary``, imported on first use: medpy imports scipy.stats, a second or
+    two that every command paid on start, ``--help`` included."""
+    from medpy.metric import binary
+
+    return binary
+
+
 def dice_score(pred: np.ndarray, gt: np.ndarray) -> float:
     """Dice of two binary masks (nonzero = foreground); 1 when both are empty."""
     # medpy divides numpy integers here, which gives NaN rather than its own fallback.
     if not np.any(pred) and not np.any(gt):
         return 1.0
-    return float(binary.dc(pred, gt))
+    return float(_medpy_binary().dc(pred, gt))
 
 
 def binary_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Spacing = None) -> dict[str, float]:
@@ -55,10 +63,10 @@ def binary_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Spacing = None) ->
         return {"dice": 0.0, "jaccard": 0.0, "hd95": math.nan, "asd": math.nan}
     surface_pred, surface_gt, surface_spacing = _without_single_voxel_axes(pred, gt, spacing)
     return {
-        "dice": float(binary.dc(pred, gt)),
-        "jaccard": float(binary.jc(pred, gt)),
-        "hd95": float(binary.hd95(surface_pred, surface_gt, voxelspacing=surface_spacing)),
-        "asd": float(binary.asd(surface_pred, surface_gt, voxelspacing=surface_spacing)),
+        "dice": float(_medpy_binary().dc(pred, gt)),
+        "jaccard": float(_medpy_binary().jc(pred, gt)),
+        "hd95": float(_medpy_binary().hd95(surface_pred, surface_gt, voxelspacing=surface_spacing)),
+        "asd": float(_medpy_binary().asd(surface_pred, surface_gt, voxelspacing=surface_spacing)),
     }
 
 

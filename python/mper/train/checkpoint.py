@@ -56,8 +56,10 @@ PRETRAIN_CHECKPOINT = "pretrain_best.pt"
 #:    written without CUDA lack the list of CUDA states;
 #: 3. every field always written (``None`` or an empty list where there is nothing);
 #: 4. ``scan_plan``: the text of the plan a run on an imported dataset trained with (how its
-#:    network reads scans), ``None`` for the built-in datasets and for older checkpoints.
-CHECKPOINT_VERSION = 4
+#:    network reads scans), ``None`` for the built-in datasets and for older checkpoints;
+#: 5. ``trained_cases``: the names of the items the run trains on, labeled and unlabeled
+#:    (mper-eval refuses to score one), ``None`` for older checkpoints.
+CHECKPOINT_VERSION = 5
 #: The first bytes of every file torch.save writes (a zip archive).
 ZIP_MAGIC = b"PK\x03\x04"
 #: The oldest format :func:`upgrade_checkpoint` reads.
@@ -201,8 +203,15 @@ def _format_3_to_4(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _format_4_to_5(state: dict[str, Any]) -> dict[str, Any]:
+    """No record of the training cases: the run folder's ``cases.json`` and the data
+    folder's lists alone tell which cases a scored one must not be."""
+    state.setdefault("trained_cases", None)
+    return state
+
+
 #: ``{format: the function that upgrades a checkpoint of that format to the next}``.
-UPGRADES = {2: _format_2_to_3, 3: _format_3_to_4}
+UPGRADES = {2: _format_2_to_3, 3: _format_3_to_4, 4: _format_4_to_5}
 
 
 def upgrade_checkpoint(state: dict[str, Any], path: str | Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -143,8 +143,11 @@ class Trainer:
         validate: Validator,
         writer: ScalarWriter | None = None,
         stop: StopRequest | None = None,
+        trained_cases: Sequence[str] | None = None,
     ):
         self.config = config
+        # kept in every checkpoint: mper-eval refuses to score a case the network learnt from
+        self.trained_cases = None if trained_cases is None else list(trained_cases)
         self.run_dir = Path(run_dir)
         self.validate = validate
         self.writer = writer
@@ -216,6 +219,7 @@ class Trainer:
         return {
             "config": self.config.to_dict(),
             "scan_plan": self.scan_plan,
+            "trained_cases": self.trained_cases,
             "progress": dataclasses.asdict(self.progress),
             "student": self.student.state_dict(),
             "teacher": None if self.teacher is None else self.teacher.state_dict(),
@@ -360,7 +364,7 @@ class Trainer:
         if self.progress.stage != "pretrain":
             self.record.selected_stage = selected_stage or self.progress.stage
         state = self._finite_state()
-        keep: tuple[str, ...] = ("config", "scan_plan", "progress", "student", "teacher", "bank")
+        keep: tuple[str, ...] = ("config", "scan_plan", "trained_cases", "progress", "student", "teacher", "bank")
         if self.progress.stage == "pretrain":
             keep += ("optimizer",)  # self-training may start from it (optim.carry_over)
         if distributed.is_main_process():

@@ -26,7 +26,7 @@ from .distributed import (
     processes_on_this_machine,
 )
 from .footprint import check_fits, iteration_memory
-from .loaders import check_data, loader_workers
+from .loaders import check_data, loader_workers, training_cases
 from .loop import ScalarWriter, Trainer, Validator
 from .pretrain import run_baseline, run_pretrain
 from .resume import setting_changes
@@ -115,7 +115,8 @@ def run_training(
     # one, or --device cuda:1 also opens a context (memory) on cuda:0
     with StopRequest() as stop, torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         log.info("setting up the network, the optimizer and the prototype ops")
-        trainer = Trainer(config, run_dir, validate, writer, stop)
+        labeled, unlabeled = training_cases(config)
+        trainer = Trainer(config, run_dir, validate, writer, stop, trained_cases=labeled + unlabeled)
         if is_main_process():
             remove_stale_temporaries(run_dir)
         if resume:
