@@ -550,7 +550,7 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
             return
         split = args.split or "test"
         device, weights = args.device or "auto", args.weights or pipeline.WEIGHTS[0]
-        out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{split}"
+        out = Path(args.out) if args.out else pipeline.default_eval_folder(Path(args.checkpoint).parent, split)
         result = pipeline.evaluate(args.checkpoint, args.data_root, split, out, device, weights, args.figures)
         print(f"\n{result['markdown']}\nwritten to {out}")
         if args.tsne:

@@ -696,13 +696,18 @@ def evaluate(
     ``report_extra`` besides the scores). Returns
     ``{"per_case", "summary", "markdown", "figures"}`` (see :func:`mper.eval.evaluate.evaluate_cases`).
     """
-    if split not in EVAL_SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
+    _check_split(split)
     if num_figures is not None and num_figures < 0:
         raise ConfigError(f"the number of figures (mper-eval --figures) must be 0 or more, got {num_figures}")
     if out_dir is not None:
         check_eval_folder(out_dir, split)
     return _evaluate(checkpoint, data_root, split, out_dir, device, weights, num_figures, report_extra)
+
+
+def _check_split(split: str) -> None:
+    """Refuse a ``split`` that is none of :data:`EVAL_SPLITS`."""
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
 
 
 def check_eval_folder(out_dir: str | Path, split: str = "test") -> None:
@@ -730,7 +735,7 @@ def check_eval_folder(out_dir: str | Path, split: str = "test") -> None:
         raise RunFolderError(
             f"--out {out} holds a training run (it has {listed_names(run_files)}): the evaluation would replace the "
             f"run's own {METRICS_FILE} and figures; give the evaluation a folder of its own, e.g. "
-            f"--out {out / f'eval-{split}'}"
+            f"--out {default_eval_folder(out, split)}"
         )
     if _holds_dataset(out):
         raise RunFolderError(
@@ -741,6 +746,12 @@ def check_eval_folder(out_dir: str | Path, split: str = "test") -> None:
         f"--out {out} holds files mper-eval does not write ({listed_names(others)}): the evaluation would write "
         f"among them; {advice}"
     )
+
+
+def default_eval_folder(run_dir: str | Path, split: str) -> Path:
+    """Where ``mper-eval`` scores a checkpoint of the run folder ``run_dir`` on ``split`` by
+    default: ``eval-<split>`` inside it, apart from the run's own metrics."""
+    return Path(run_dir) / f"eval-{split}"
 
 
 #: The folder :func:`evaluate_folders` writes into by default, beside the predictions: ``<name>-metrics``.
@@ -861,8 +872,7 @@ def tsne(
     :mod:`mper.eval.tsne`) on the first ``max_cases`` cases of ``split``; returns the PNG.
     ``title`` names the model (default: the checkpoint's path)."""
     require_figure_packages()
-    if split not in EVAL_SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
+    _check_split(split)
     net, config = load_network(checkpoint, device, weights)
     _use_data_root(config, data_root, checkpoint)
     cases = (validation_cases(config) if split == "val" else test_cases(config))[:max_cases]
