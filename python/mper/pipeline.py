@@ -49,7 +49,7 @@ from mper.datasets.registry import register_imported
 from mper.datasets.scans import check_plan_against_cases, scan_spec
 from mper.errors import CheckpointError, ConfigError, DataFormatError, MissingFileError, RunFolderError, UserError
 from mper.eval.evaluate import EVALUATION_OUTPUTS, evaluate_cases, mean_dice
-from mper.eval.figures import add_figures
+from mper.eval.figures import ImageWriter, add_figures
 from mper.eval.folders import evaluate_folders as score_folders
 from mper.eval.predict import predict_path
 from mper.eval.protocol import check_protocol
@@ -368,32 +368,38 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
                 for warning in size_warnings(config):
                     log.warning(warning)
                 best = run_training(config, run_dir, validator(config), writer, resume=resume)
-                split = final_split(config)
-                log.info("evaluating %s on the %s split", best, split)
-                result = _evaluate(
-                    best,
-                    data_root=None,
-                    split=split,
-                    out_dir=run_dir,
-                    device=config.device,
-                    weights="student",
-                    num_figures=config.eval.num_figures,
-                    report_extra=_run_record(run_dir, config),
-                )
-                add_figures(writer, result["figures"], split)
-                log.info(
-                    "%s metrics (%s):\n%s",
-                    SPLIT_NAMES[split],
-                    run_dir / MARKDOWN_FILE,
-                    result["markdown"].rstrip(),
-                    extra=RUN_LOG_ONLY,
-                )
+                _score_finished_run(config, run_dir, best, writer)
         except TrainingInterrupted:
             raise
         except KeyboardInterrupt as interrupt:
             _remove_unstarted(run_dir, created)
             raise TrainingAborted(run_dir) from interrupt
     return run_dir
+
+
+def _score_finished_run(config: TrainConfig, run_dir: Path, best: Path, writer: ImageWriter) -> None:
+    """Evaluate the run's ``best`` checkpoint on :func:`final_split` into the run folder, its
+    figures into TensorBoard and its metrics table into train.log."""
+    split = final_split(config)
+    log.info("evaluating %s on the %s split", best, split)
+    result = _evaluate(
+        best,
+        data_root=None,
+        split=split,
+        out_dir=run_dir,
+        device=config.device,
+        weights="student",
+        num_figures=config.eval.num_figures,
+        report_extra=_run_record(run_dir, config),
+    )
+    add_figures(writer, result["figures"], split)
+    log.info(
+        "%s metrics (%s):\n%s",
+        SPLIT_NAMES[split],
+        run_dir / MARKDOWN_FILE,
+        result["markdown"].rstrip(),
+        extra=RUN_LOG_ONLY,
+    )
 
 
 def final_split(config: TrainConfig) -> str:
