@@ -80,7 +80,6 @@ PACKAGES = {
     "scikit_build_core": "scikit-build-core",
     "pybind11": "pybind11",
 }
-STATUSES = ("pass", "fail", "timeout", "skipped")
 
 
 @dataclass(frozen=True)
@@ -237,7 +236,7 @@ DRY = Sizes(
 class Section:
     name: str
     title: str
-    status: str = "pass"
+    status: str = "pass"  # or "fail", "timeout", "skipped"
     seconds: float = 0.0
     figure: str = ""
     notes: list[str] = field(default_factory=list)

@@ -24,7 +24,7 @@ from mper.train import checkpoint
 from mper.train.config import preset_tables
 from mper.train.loop import Trainer
 from mper.train.runtime import TrainingAborted, TrainingInterrupted
-from tiny_runs import TINY_ACDC, set_arguments
+from tiny_runs import TINY_ACDC, acdc_run_arguments, set_arguments
 
 
 def tiny_arguments():
@@ -32,21 +32,7 @@ def tiny_arguments():
 
 
 def train_arguments(acdc_root, run_dir):
-    return [
-        "--dataset",
-        "acdc",
-        "--data-root",
-        str(acdc_root),
-        "--labeled",
-        "1",
-        "--ops",
-        "reference",
-        "--device",
-        "cpu",
-        "--out",
-        str(run_dir),
-        *tiny_arguments(),
-    ]
+    return acdc_run_arguments(acdc_root, run_dir, TINY_ACDC, "--ops", "reference")
 
 
 @pytest.fixture(scope="module")
@@ -106,25 +92,7 @@ def test_data_synth_writes_the_acdc_layout(acdc_root):
 
 def test_train_eval_and_predict_from_the_command_line(acdc_root, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    train_main(
-        [
-            "--dataset",
-            "acdc",
-            "--data-root",
-            str(acdc_root),
-            "--labeled",
-            "1",
-            "--ops",
-            "reference",
-            "--device",
-            "cpu",
-            "--out",
-            str(run_dir),
-            "--update-source",
-            "labeled",
-            *tiny_arguments(),
-        ]
-    )
+    train_main([*train_arguments(acdc_root, run_dir), "--update-source", "labeled"])
     printed = capsys.readouterr().out
     assert "| MPER | 1 |" in printed and f"run folder: {run_dir}" in printed
     assert 'update_source = "labeled"' in (run_dir / "config.toml").read_text()

@@ -30,10 +30,10 @@ from mper.experiment.executors import ClusterOptions
 from mper.experiment.plan import PlanError, parse_plan
 from mper.experiment.report import collect, markdown
 from mper.experiment.runs import FINISHED, INTERRUPTED, run_state
-from test_pipeline import TINY_ACDC, interrupt_after
+from test_pipeline import RESUMABLE_ACDC, interrupt_after
 
 #: The pipeline tests' tiny runs, with a checkpoint every 2 iterations and no figures.
-MICRO = [*TINY_ACDC, "eval.checkpoint_interval=2", "eval.num_figures=0"]
+MICRO = [*RESUMABLE_ACDC, "eval.checkpoint_interval=2", "eval.num_figures=0"]
 
 
 @pytest.fixture(scope="module")

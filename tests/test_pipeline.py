@@ -35,20 +35,11 @@ from mper.train.loaders import check_data, check_split, training_cases, validati
 from mper.train.lock import run_folder_lock
 from mper.train.loop import Trainer
 from mper.train.runtime import TrainingInterrupted
+from tiny_runs import TINY_ACDC
 
-TINY_ACDC = [
-    "network.channels=[4, 8, 16, 32, 64]",
-    "data.patch_size=[32, 32]",
-    "data.batch_size=4",
-    "data.labeled_batch_size=2",
-    "data.num_workers=0",
-    "pretrain.iterations=4",
-    "selftrain.iterations=6",
-    "eval.val_interval=3",
-    "eval.checkpoint_interval=4",
-    "eval.num_figures=1",
-    "prototypes.kmeans_max_voxels=500",
-]
+#: The shared tiny ACDC run, 4 + 6 iterations with a resume checkpoint every 4: one inside
+#: each stage, for the interrupt-and-resume tests.
+RESUMABLE_ACDC = [*TINY_ACDC, "pretrain.iterations=4", "selftrain.iterations=6", "eval.checkpoint_interval=4"]
 RESUMABLE_STATE = ("progress", "student", "teacher", "bank", "optimizer", "mix_generator", "rng")
 
 
@@ -59,7 +50,7 @@ def acdc_root(tmp_path_factory):
 
 def tiny_config(data_root, out, *assignments, **overrides):
     values = {"data_root": str(data_root), "out": str(out), "labeled": 1, "device": "cpu"}
-    return load_config("acdc", "paper", {**values, **overrides}, [*TINY_ACDC, *assignments])
+    return load_config("acdc", "paper", {**values, **overrides}, [*RESUMABLE_ACDC, *assignments])
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +271,7 @@ def test_sigterm_to_the_whole_job_saves_a_checkpoint_with_data_workers(acdc_root
         "acdc",
         "paper",
         {"data_root": str(acdc_root), "out": str(run_dir), "labeled": 1, "device": "cpu"},
-        [*TINY_ACDC, "data.num_workers=1"],
+        [*RESUMABLE_ACDC, "data.num_workers=1"],
     )
     with pytest.raises(TrainingInterrupted) as interrupted:
         pipeline.train(config)
@@ -719,7 +710,7 @@ def test_a_non_finite_run_stops_and_keeps_its_last_good_checkpoint(
         "acdc",
         "paper",
         {"data_root": str(acdc_root), "out": str(run_dir), "labeled": 1, "device": "cpu"},
-        [*TINY_ACDC, "eval.checkpoint_interval=2", "eval.val_interval=4"],
+        [*RESUMABLE_ACDC, "eval.checkpoint_interval=2", "eval.val_interval=4"],
     )
     with pytest.raises(TrainingDiverged, match=message):
         pipeline.train(config)

@@ -18,10 +18,15 @@ from mper import __version__
 from mper.cli import data_main, eval_main, experiment_main, predict_main, train_main
 from mper.datasets import synthesize
 from mper.train.config import load_config, read_preset
-from tiny_runs import TINY_ACDC, set_arguments
+from tiny_runs import TINY_ACDC, acdc_run_arguments
 
 # as TINY_ACDC, with two test figures
 TINY = [*(setting for setting in TINY_ACDC if not setting.startswith("eval.num_figures=")), "eval.num_figures=2"]
+
+
+def tiny_run_arguments(acdc_root, run_dir, *assignments):
+    """mper-train's arguments of a tiny ACDC run into ``run_dir``: :data:`TINY`, then ``assignments``."""
+    return acdc_run_arguments(acdc_root, run_dir, [*TINY, *assignments])
 
 
 @pytest.fixture(scope="module")
@@ -80,21 +85,7 @@ def test_print_config_prints_the_resolved_settings_and_trains_nothing(tmp_path, 
 
 def test_train_log_opens_with_versions_device_and_settings_and_ends_with_the_test_metrics(acdc_root, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    train_main(
-        [
-            "--dataset",
-            "acdc",
-            "--data-root",
-            str(acdc_root),
-            "--labeled",
-            "1",
-            "--device",
-            "cpu",
-            "--out",
-            str(run_dir),
-            *set_arguments(TINY),
-        ]
-    )
+    train_main(tiny_run_arguments(acdc_root, run_dir))
     console = capsys.readouterr()
     lines = (run_dir / "train.log").read_text().splitlines()
     assert f": starting: mper {__version__} (torch {torch.__version__}, " in lines[0]
@@ -121,21 +112,7 @@ def test_the_test_figures_are_in_tensorboard(acdc_root, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir = tmp_path / "run"
-    train_main(
-        [
-            "--dataset",
-            "acdc",
-            "--data-root",
-            str(acdc_root),
-            "--labeled",
-            "1",
-            "--device",
-            "cpu",
-            "--out",
-            str(run_dir),
-            *set_arguments(TINY),
-        ]
-    )
+    train_main(tiny_run_arguments(acdc_root, run_dir))
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     figures = sorted(path.stem for path in (run_dir / "figures").glob("*.png"))
@@ -144,21 +121,7 @@ def test_the_test_figures_are_in_tensorboard(acdc_root, tmp_path):
 
 
 def test_validation_shows_progress(acdc_root, tmp_path, capsys):
-    train_main(
-        [
-            "--dataset",
-            "acdc",
-            "--data-root",
-            str(acdc_root),
-            "--labeled",
-            "1",
-            "--device",
-            "cpu",
-            "--out",
-            str(tmp_path / "run"),
-            *set_arguments([*TINY, "eval.log_interval=1"]),
-        ]
-    )
+    train_main(tiny_run_arguments(acdc_root, tmp_path / "run", "eval.log_interval=1"))
     shown = capsys.readouterr().err
     assert "validation:" in shown
     # the best score before the first validation is none yet, not -inf
@@ -170,23 +133,7 @@ def test_a_stop_signal_with_data_workers_reports_once(acdc_root, tmp_path, signu
     """A terminal's Ctrl-C reaches the whole process group, data workers included, and so
     does a scheduler's SIGTERM to the whole job: only the main process says so."""
     run_dir = tmp_path / "run"
-    arguments = [
-        "--dataset",
-        "acdc",
-        "--data-root",
-        str(acdc_root),
-        "--labeled",
-        "1",
-        "--device",
-        "cpu",
-        "--out",
-        str(run_dir),
-        *set_arguments(TINY),
-        "--set",
-        "data.num_workers=2",
-        "--set",
-        "pretrain.iterations=100000",
-    ]
+    arguments = tiny_run_arguments(acdc_root, run_dir, "data.num_workers=2", "pretrain.iterations=100000")
     stderr_path = tmp_path / "stderr.txt"
     with open(stderr_path, "w") as stderr:
         process = subprocess.Popen(

@@ -20,6 +20,7 @@ from mper.eval import run_size
 from mper.eval.run_size import DATA_SIZE_FACTOR, size_warnings, validation_passes
 from mper.train.config import load_config
 from mper.train.loaders import training_cases, validation_cases
+from tiny_runs import acdc_run_arguments
 
 
 @pytest.fixture(autouse=True)
@@ -159,36 +160,16 @@ def test_validation_passes_are_counted_as_the_loop_validates(acdc_root, assignme
 
 def test_the_warning_is_one_line_on_screen_and_in_train_log(acdc_root, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    train_main(
-        [
-            "--dataset",
-            "acdc",
-            "--data-root",
-            str(acdc_root),
-            "--labeled",
-            "1",
-            "--preset",
-            "demo",
-            "--device",
-            "cpu",
-            "--out",
-            str(run_dir),
-            "--set",
-            "data.patch_size=[16, 16]",
-            "--set",
-            "network.channels=[4, 8, 16, 32, 64]",
-            "--set",
-            "pretrain.iterations=2",
-            "--set",
-            "selftrain.iterations=2",
-            "--set",
-            "eval.val_interval=2",
-            "--set",
-            "eval.num_figures=0",
-            "--set",
-            "prototypes.kmeans_max_voxels=500",
-        ]
-    )
+    assignments = [
+        "data.patch_size=[16, 16]",
+        "network.channels=[4, 8, 16, 32, 64]",
+        "pretrain.iterations=2",
+        "selftrain.iterations=2",
+        "eval.val_interval=2",
+        "eval.num_figures=0",
+        "prototypes.kmeans_max_voxels=500",
+    ]
+    train_main(acdc_run_arguments(acdc_root, run_dir, assignments, "--preset", "demo"))
     screen = [line for line in capsys.readouterr().err.splitlines() if "--preset demo is made for" in line]
     log = [line for line in (run_dir / "train.log").read_text().splitlines() if "--preset demo is made for" in line]
     assert len(screen) == len(log) == 1 and log[0].endswith(screen[0])

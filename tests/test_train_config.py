@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import re
 import stat
@@ -17,10 +18,11 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from mper import pipeline
-from mper.datasets import dataset_names
+from mper import ops, pipeline, reference
+from mper.datasets import dataset_names, get_dataset
 from mper.errors import ConfigError, RunFolderError
 from mper.eval.protocol import score_case
+from mper.nn import PrototypeHead
 from mper.train import checkpoint
 from mper.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from mper.train.config import RANGE_RULES, TrainConfig, load_config, parse_override, preset_tables, read_preset, to_toml
@@ -41,6 +43,36 @@ def test_paper_presets_hold_the_published_hyper_parameters():
         assert not config.prototypes.update_background and config.prototypes.contrastive_ignore_row is None
         assert config.selftrain.consistency_scale == 1.0 and config.ops == "mper"
     assert la.selftrain.pseudo_label_threshold == 0.5 and acdc.selftrain.pseudo_label_threshold is None
+
+
+@pytest.mark.parametrize("dataset", ["la", "acdc"])
+def test_the_specs_inference_defaults_are_the_paper_presets(dataset):
+    """A spec's patch size and stride (what inference takes when a caller gives none) are
+    written apart from the preset file, a layer below it: they must not drift from [paper]."""
+    spec, paper = get_dataset(dataset), load_config(dataset)
+    assert spec.patch_size == paper.data.patch_size
+    assert spec.stride == (paper.eval.stride or ())
+
+
+def test_the_temperature_defaults_of_the_ops_and_the_head_are_the_papers():
+    """tau1 and tau2 default to the [paper] presets' values wherever a function takes them."""
+    taus = {load_config(dataset).prototypes.tau for dataset in ("la", "acdc")}
+    taus |= {load_config(dataset).prototypes.nce_tau for dataset in ("la", "acdc")}
+    defaults = {
+        parameter.default
+        for function in (
+            ops.proto_classify,
+            ops.proto_infonce,
+            ops.proto_classify_infonce,
+            reference.proto_classify,
+            reference.proto_infonce,
+            reference.proto_classify_infonce,
+            PrototypeHead.__init__,
+        )
+        for name, parameter in inspect.signature(function).parameters.items()
+        if name in ("tau", "nce_tau")
+    }
+    assert defaults == taus
 
 
 def test_reference_presets_change_what_the_authors_code_does_differently():

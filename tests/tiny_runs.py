@@ -33,3 +33,22 @@ TWO_ITERATIONS = [
 def set_arguments(assignments: Sequence[str]) -> list[str]:
     """``--set KEY=VALUE`` for each assignment, as the commands take them."""
     return [argument for assignment in assignments for argument in ("--set", assignment)]
+
+
+def acdc_run_arguments(data_root: object, run_dir: object, assignments: Sequence[str], *options: str) -> list[str]:
+    """mper-train's arguments of a run on the ACDC data in ``data_root`` (one labeled patient,
+    on the CPU) into ``run_dir``: ``options``, then ``--set`` each of ``assignments``."""
+    return [
+        "--dataset",
+        "acdc",
+        "--data-root",
+        str(data_root),
+        "--labeled",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(run_dir),
+        *options,
+        *set_arguments(assignments),
+    ]

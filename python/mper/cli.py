@@ -384,15 +384,13 @@ def _check_plan_preset(dataset: str, preset: str, data_root: str | None) -> None
 
 def _train_config(args: argparse.Namespace, dataset: str) -> TrainConfig:
     """The settings of a new run: the preset, the options and ``--set``."""
-    overrides = _train_overrides(args)
-    _check_plan_preset(dataset, args.preset or "paper", args.data_root)
-    config = load_config(dataset, args.preset or "paper", overrides, args.assignments)
+    overrides, preset = _train_overrides(args), args.preset or "paper"
+    _check_plan_preset(dataset, preset, args.data_root)
+    config = load_config(dataset, preset, overrides, args.assignments)
     if args.fold is not None:
         check_fold_chosen(config)
     if args.labeled == ALL_LABELED:
-        config = load_config(
-            dataset, args.preset or "paper", {**overrides, "labeled": pipeline.labeled_all(config)}, args.assignments
-        )
+        config = load_config(dataset, preset, {**overrides, "labeled": pipeline.labeled_all(config)}, args.assignments)
     return config
 
 
@@ -436,7 +434,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
                 above = Path(args.data_root).parent
                 if has_plan(above):  # the import's cases/ folder, say
                     raise ConfigError(
-                        f"{args.data_root} holds no plan.toml of scans imported by mper-data import, but the folder "
+                        f"{args.data_root} holds no {PLAN_FILE} of scans imported by mper-data import, but the folder "
                         f"above it does: pass --data-root {above}"
                     )
                 raise ConfigError(
@@ -550,7 +548,7 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
             return
         split = args.split or "test"
         device, weights = args.device or "auto", args.weights or pipeline.WEIGHTS[0]
-        out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{split}"
+        out = Path(args.out) if args.out else pipeline.default_eval_folder(Path(args.checkpoint).parent, split)
         result = pipeline.evaluate(args.checkpoint, args.data_root, split, out, device, weights, args.figures)
         print(f"\n{result['markdown']}\nwritten to {out}")
         if args.tsne:
@@ -759,10 +757,14 @@ def data_main(argv: Sequence[str] | None = None) -> None:
                 f"{out / PLAN_FILE}\ntrain with: mper-train --data-root {shlex.quote(str(out))}"
             )
             return
-        size = tuple(args.size) if args.command == "synth" and args.size else None
-        if args.command == "synth" and (args.format is None) == (args.dataset is None):
+        if args.command == "convert":
+            out = pipeline.convert(args.dataset, args.source, args.out, split_from=args.split_from, seed=args.seed)
+            print(f"wrote {args.dataset} data to {out}")
+            return
+        if (args.format is None) == (args.dataset is None):
             raise ConfigError("mper-data synth needs one of --dataset (LA / ACDC layout) or --format (raw scans)")
-        if args.command == "synth" and args.format is not None:
+        size = tuple(args.size) if args.size else None
+        if args.format is not None:
             if args.family is not None:
                 raise ConfigError(
                     "--family chooses how LA / ACDC data (--dataset) vary; raw scans (--format) have none: "
@@ -771,12 +773,9 @@ def data_main(argv: Sequence[str] | None = None) -> None:
             out = pipeline.synthesize_scans(args.out, args.format, cases=args.cases, seed=args.seed, size=size)
             print(f"wrote synthetic {args.format} scans to {out}")
             return
-        if args.command == "synth":
-            out = pipeline.synthesize(
-                args.dataset, args.out, cases=args.cases, seed=args.seed, size=size, family=args.family
-            )
-        else:
-            out = pipeline.convert(args.dataset, args.source, args.out, split_from=args.split_from, seed=args.seed)
+        out = pipeline.synthesize(
+            args.dataset, args.out, cases=args.cases, seed=args.seed, size=size, family=args.family
+        )
         print(f"wrote {args.dataset} data to {out}")
 
     _run(parser, action)

@@ -48,7 +48,7 @@ from mper.datasets.registry import register_imported
 from mper.datasets.scans import check_plan_against_cases, scan_spec
 from mper.errors import CheckpointError, ConfigError, DataFormatError, MissingFileError, RunFolderError, UserError
 from mper.eval.evaluate import EVALUATION_OUTPUTS, evaluate_cases, mean_dice
-from mper.eval.figures import add_figures
+from mper.eval.figures import ImageWriter, add_figures
 from mper.eval.folders import evaluate_folders as score_folders
 from mper.eval.predict import predict_path
 from mper.eval.protocol import check_protocol
@@ -370,32 +370,38 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool) -> Path:
                 for warning in size_warnings(config):
                     log.warning(warning)
                 best = run_training(config, run_dir, validator(config), writer, resume=resume)
-                split = final_split(config)
-                log.info("evaluating %s on the %s split", best, split)
-                result = _evaluate(
-                    best,
-                    data_root=None,
-                    split=split,
-                    out_dir=run_dir,
-                    device=config.device,
-                    weights="student",
-                    num_figures=config.eval.num_figures,
-                    report_extra=_run_record(run_dir, config),
-                )
-                add_figures(writer, result["figures"], split)
-                log.info(
-                    "%s metrics (%s):\n%s",
-                    SPLIT_NAMES[split],
-                    run_dir / MARKDOWN_FILE,
-                    result["markdown"].rstrip(),
-                    extra=RUN_LOG_ONLY,
-                )
+                _score_finished_run(config, run_dir, best, writer)
         except TrainingInterrupted:
             raise
         except KeyboardInterrupt as interrupt:
             _remove_unstarted(run_dir, created)
             raise TrainingAborted(run_dir) from interrupt
     return run_dir
+
+
+def _score_finished_run(config: TrainConfig, run_dir: Path, best: Path, writer: ImageWriter) -> None:
+    """Evaluate the run's ``best`` checkpoint on :func:`final_split` into the run folder, its
+    figures into TensorBoard and its metrics table into train.log."""
+    split = final_split(config)
+    log.info("evaluating %s on the %s split", best, split)
+    result = _evaluate(
+        best,
+        data_root=None,
+        split=split,
+        out_dir=run_dir,
+        device=config.device,
+        weights="student",
+        num_figures=config.eval.num_figures,
+        report_extra=_run_record(run_dir, config),
+    )
+    add_figures(writer, result["figures"], split)
+    log.info(
+        "%s metrics (%s):\n%s",
+        SPLIT_NAMES[split],
+        run_dir / MARKDOWN_FILE,
+        result["markdown"].rstrip(),
+        extra=RUN_LOG_ONLY,
+    )
 
 
 def final_split(config: TrainConfig) -> str:
@@ -716,13 +722,18 @@ def evaluate(
     ``report_extra`` besides the scores). Returns
     ``{"per_case", "summary", "markdown", "figures"}`` (see :func:`mper.eval.evaluate.evaluate_cases`).
     """
-    if split not in EVAL_SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
+    _check_split(split)
     if num_figures is not None and num_figures < 0:
         raise ConfigError(f"the number of figures (mper-eval --figures) must be 0 or more, got {num_figures}")
     if out_dir is not None:
         check_eval_folder(out_dir, split)
     return _evaluate(checkpoint, data_root, split, out_dir, device, weights, num_figures, report_extra)
+
+
+def _check_split(split: str) -> None:
+    """Refuse a ``split`` that is none of :data:`EVAL_SPLITS`."""
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
 
 
 def check_eval_folder(out_dir: str | Path, split: str = "test") -> None:
@@ -750,7 +761,7 @@ def check_eval_folder(out_dir: str | Path, split: str = "test") -> None:
         raise RunFolderError(
             f"--out {out} holds a training run (it has {listed_names(run_files)}): the evaluation would replace the "
             f"run's own {METRICS_FILE} and figures; give the evaluation a folder of its own, e.g. "
-            f"--out {out / f'eval-{split}'}"
+            f"--out {default_eval_folder(out, split)}"
         )
     if _holds_dataset(out):
         raise RunFolderError(
@@ -761,6 +772,12 @@ def check_eval_folder(out_dir: str | Path, split: str = "test") -> None:
         f"--out {out} holds files mper-eval does not write ({listed_names(others)}): the evaluation would write "
         f"among them; {advice}"
     )
+
+
+def default_eval_folder(run_dir: str | Path, split: str) -> Path:
+    """Where ``mper-eval`` scores a checkpoint of the run folder ``run_dir`` on ``split`` by
+    default: ``eval-<split>`` inside it, apart from the run's own metrics."""
+    return Path(run_dir) / f"eval-{split}"
 
 
 #: The folder :func:`evaluate_folders` writes into by default, beside the predictions: ``<name>-metrics``.
@@ -888,8 +905,7 @@ def tsne(
     :mod:`mper.eval.tsne`) on the first ``max_cases`` cases of ``split``; returns the PNG.
     ``title`` names the model (default: the checkpoint's path)."""
     require_figure_packages()
-    if split not in EVAL_SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
+    _check_split(split)
     net, config = load_network(checkpoint, device, weights)
     _use_data_root(config, data_root, checkpoint)
     cases = (validation_cases(config) if split == "val" else test_cases(config))[:max_cases]

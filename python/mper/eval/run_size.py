@@ -31,7 +31,7 @@ from torch import nn
 from mper.data.synth_scans import SYNTH_SCAN_SIZE
 from mper.datasets import SLIDING_WINDOW, DatasetSpec, get_dataset
 from mper.nets.base import SegmentationOutput
-from mper.train.config import SUPERVISED_BASELINES, TrainConfig
+from mper.train.config import TrainConfig, stage_iterations, training_stages
 from mper.train.loaders import training_cases, validation_cases
 from mper.train.runtime import resolve_device
 
@@ -124,11 +124,11 @@ class _TimedNetwork(nn.Module):
 def validation_passes(config: TrainConfig) -> int:
     """How many times a run validates: every ``eval.val_interval`` iterations and after
     each stage's last; self-training validates the teacher too (``eval.teacher_dice``)."""
-    every = config.eval.val_interval
-    if config.baseline in SUPERVISED_BASELINES:
-        return math.ceil((config.pretrain.iterations + config.selftrain.iterations) / every)
-    selftrain = math.ceil(config.selftrain.iterations / every) * (2 if config.eval.teacher_dice else 1)
-    return math.ceil(config.pretrain.iterations / every) + selftrain
+    passes = 0
+    for stage in training_stages(config):
+        networks = 2 if stage == "selftrain" and config.eval.teacher_dice else 1
+        passes += math.ceil(stage_iterations(config, stage) / config.eval.val_interval) * networks
+    return passes
 
 
 def _validation_time_warning(config: TrainConfig, preset: str) -> str | None:

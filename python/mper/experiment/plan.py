@@ -288,8 +288,13 @@ class Plan:
 
     @property
     def source(self) -> str:
-        """The plan as messages name it: its file, or ``plan '<name>'``."""
-        return str(self.path) if self.path else f"plan {self.name!r}"
+        """The plan as messages name it (:func:`_source`)."""
+        return _source(self.name, self.path)
+
+
+def _source(name: str, path: Path | None) -> str:
+    """A plan as messages name it: its file, or ``plan '<name>'``."""
+    return str(path) if path else f"plan {name!r}"
 
 
 def slug(name: str) -> str:
@@ -350,27 +355,10 @@ def parse_plan(
     Scans imported into ``data_root`` (default: the plan's ``data_root``) are registered
     from their ``plan.toml``, and are the plan's dataset when it names none.
     """
-    where = str(path) if path else f"plan {name!r}"
+    where = _source(name, path)
     reader = _Reader(where)
     reader.known(document, PLAN_KEYS, "")
-    root = data_root or reader.text(document, "data_root")
-    imported = _register_import(root)
-    dataset = document.get("dataset", imported)
-    raw = not_imported_yet(root) if dataset is None else None
-    if raw is not None:
-        reader.fail(f"data_root {raw}, then set data_root (or --data-root) to DIR")
-    if dataset not in dataset_names():
-        given = "it is missing" if dataset is None else f"got {dataset!r}"
-        found = f"holds the imported {imported!r}" if imported else "holds no plan.toml of mper-data import"
-        reader.fail(
-            f"dataset must be one of {', '.join(dataset_names(imported=False))}, or left out when data_root holds "
-            f"scans imported by mper-data import; {given}, and {root} {found}"
-        )
-    if imported and dataset != imported:
-        reader.fail(
-            f"dataset = {dataset!r}, but data_root {root} holds the scans {imported!r} imported by mper-data import; "
-            f"leave dataset out (or set it to {imported!r}) to train on them, or give the folder of the {dataset} data"
-        )
+    dataset = _plan_dataset(reader, document, data_root or reader.text(document, "data_root"))
     preset = reader.text(document, "preset", default="paper")
     common = reader.strings(document, "set")
     check_assignments(common, f"{where}: set")
@@ -418,6 +406,29 @@ def parse_plan(
     )
 
 
+def _plan_dataset(reader: _Reader, document: dict[str, Any], root: str | Path) -> str:
+    """The plan's ``dataset``, or the scans imported into ``root`` (registered from their
+    plan) when it names none; refused when neither is a dataset or the two disagree."""
+    imported = _register_import(root)
+    dataset = document.get("dataset", imported)
+    raw = not_imported_yet(root) if dataset is None else None
+    if raw is not None:
+        reader.fail(f"data_root {raw}, then set data_root (or --data-root) to DIR")
+    if dataset not in dataset_names():
+        given = "it is missing" if dataset is None else f"got {dataset!r}"
+        found = f"holds the imported {imported!r}" if imported else "holds no plan.toml of mper-data import"
+        reader.fail(
+            f"dataset must be one of {', '.join(dataset_names(imported=False))}, or left out when data_root holds "
+            f"scans imported by mper-data import; {given}, and {root} {found}"
+        )
+    if imported and dataset != imported:
+        reader.fail(
+            f"dataset = {dataset!r}, but data_root {root} holds the scans {imported!r} imported by mper-data import; "
+            f"leave dataset out (or set it to {imported!r}) to train on them, or give the folder of the {dataset} data"
+        )
+    return dataset
+
+
 def _register_import(data_root: str | Path) -> str | None:
     """The name of the scans imported into ``data_root``, registered from their plan;
     ``None`` when the folder holds no import."""
@@ -429,12 +440,13 @@ def _variant(reader: _Reader, table: dict[str, Any], preset: str, common: list[s
     reader.known(table, VARIANT_KEYS, prefix)
     name = reader.text(table, "name", prefix=prefix)
     labeled = tuple(reader.integers(table, "labeled", minimum=1, prefix=prefix)) if "labeled" in table else None
-    check_assignments(reader.strings(table, "set", prefix=prefix), f"{reader.where}: {prefix}set")
+    assignments = reader.strings(table, "set", prefix=prefix)
+    check_assignments(assignments, f"{reader.where}: {prefix}set")
     return Variant(
         name=name,
         preset=reader.text(table, "preset", default=preset, prefix=prefix),
         baseline=reader.choice(table, "baseline", BASELINES, default="none", prefix=prefix),
-        assignments=tuple(common + reader.strings(table, "set", prefix=prefix)),
+        assignments=tuple(common + assignments),
         labeled=labeled,
     )
 

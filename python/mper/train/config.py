@@ -74,7 +74,9 @@ __all__ = [
     "preset_tables",
     "read_preset",
     "recipe_settings",
+    "stage_iterations",
     "to_toml",
+    "training_stages",
     "with_prototypes",
 ]
 
@@ -376,6 +378,20 @@ def with_prototypes(config: TrainConfig) -> bool:
     bidirectional copy-paste alone, trained by ``L_cons^l`` only, with no prototype
     initialisation, classifier, contrastive term or bank update)."""
     return config.baseline != "bcp"
+
+
+def training_stages(config: TrainConfig) -> tuple[str, ...]:
+    """The stages a run trains, in order: ``baseline`` alone for the supervised baselines
+    (:data:`SUPERVISED_BASELINES`), else ``pretrain`` then ``selftrain``."""
+    return ("baseline",) if config.baseline in SUPERVISED_BASELINES else ("pretrain", "selftrain")
+
+
+def stage_iterations(config: TrainConfig, stage: str) -> int:
+    """The iterations of ``stage`` (one of :func:`training_stages`): a supervised baseline
+    trains as many as pre-training and self-training together."""
+    if stage == "baseline":
+        return config.pretrain.iterations + config.selftrain.iterations
+    return {"pretrain": config.pretrain.iterations, "selftrain": config.selftrain.iterations}[stage]
 
 
 def recipe_settings() -> list[str]:

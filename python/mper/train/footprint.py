@@ -42,7 +42,7 @@ from mper.errors import ConfigError
 from mper.host import available_host_memory
 from mper.losses import copy_paste_loss
 
-from .config import SUPERVISED_BASELINES, TrainConfig, with_prototypes
+from .config import TrainConfig, training_stages, with_prototypes
 
 GIB = 2**30
 #: Gradients of activations the backward pass holds at once, beyond the saved tensors.
@@ -173,7 +173,7 @@ def stage_memory(config: TrainConfig, stage: str, processes: int = 1) -> Iterati
 
 def iteration_memory(config: TrainConfig, processes: int = 1) -> IterationMemory:
     """:func:`stage_memory` of the stage of ``config``'s run that needs the most."""
-    stages = ["baseline"] if config.baseline in SUPERVISED_BASELINES else ["pretrain", "selftrain"]
+    stages = training_stages(config)
     return max((stage_memory(config, stage, processes) for stage in stages), key=lambda memory: memory.total)
 
 

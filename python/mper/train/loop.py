@@ -50,7 +50,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .compiled import StepCompiler, memory_format
-from .config import SUPERVISED_BASELINES, OptimConfig, TrainConfig
+from .config import OptimConfig, TrainConfig, training_stages
 from .diagnostics import TRAINING_RECORD, SelfTrainingMonitor, TrainingRecord
 from .runtime import StopRequest, TrainingInterrupted, autocast, load_ops, resolve_device, sync_debug, sync_debug_mode
 from .slowdown import SlowdownWatch
@@ -172,8 +172,7 @@ class Trainer:
         self.usage: PrototypeUsage | None = None
         self.optimizer = self.new_optimizer()
         self.mix_generator = torch.Generator().manual_seed(config.seed)
-        first_stage = "baseline" if config.baseline in SUPERVISED_BASELINES else "pretrain"
-        self.progress = StageProgress(first_stage)
+        self.progress = StageProgress(training_stages(config)[0])
         self.monitor = SelfTrainingMonitor(config.num_classes, self.device)
         self.record = TrainingRecord()
         self.interval_losses: list[float] = []  # since the last validation

@@ -17,6 +17,7 @@ import torch
 
 from mper.losses import copy_paste_loss, segmentation_loss
 
+from .config import stage_iterations
 from .loaders import stage_loader
 from .loop import Scalar, Trainer
 from .mixing import box_mask, copy_paste
@@ -68,5 +69,4 @@ def run_pretrain(trainer: Trainer) -> None:
 
 def run_baseline(trainer: Trainer) -> None:
     """Labeled-only supervised training for pre-training + self-training iterations."""
-    config = trainer.config
-    _run_supervised(trainer, config.pretrain.iterations + config.selftrain.iterations, mix=False)
+    _run_supervised(trainer, stage_iterations(trainer.config, "baseline"), mix=False)

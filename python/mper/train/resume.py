@@ -14,7 +14,7 @@ from typing import Any
 from mper.errors import CheckpointError, ConfigError, MissingFileError
 
 from .checkpoint import LAST_CHECKPOINT
-from .config import TrainConfig, flatten, merge
+from .config import TrainConfig, flatten, merge, stage_iterations
 
 #: Settings a resumed run may change (``out`` follows the run folder, which may have moved).
 RESUMABLE_SETTINGS = (
@@ -96,11 +96,7 @@ def _check_iterations(config: TrainConfig, progress: dict[str, Any], changed: di
     stage, done = progress["stage"], progress["iteration"]
     if stage == "selftrain" and "pretrain.iterations" in changed:
         raise ConfigError("pretrain.iterations cannot change: this run has finished pre-training")
-    planned = {
-        "pretrain": config.pretrain.iterations,
-        "selftrain": config.selftrain.iterations,
-        "baseline": config.pretrain.iterations + config.selftrain.iterations,
-    }[stage]
+    planned = stage_iterations(config, stage)
     if planned < done:
         raise ConfigError(
             f"this run has done {done} {stage} iterations; the iteration counts can only grow (they now give {planned})"

@@ -15,7 +15,7 @@ from mper.errors import ConfigError
 from mper.host import available_cores
 
 from .checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, remove_stale_temporaries
-from .config import PrototypeConfig, TrainConfig, with_prototypes
+from .config import PrototypeConfig, TrainConfig, stage_iterations, with_prototypes
 from .config_checks import ignored_holdout
 from .diagnostics import TrainingRecord
 from .distributed import (
@@ -134,7 +134,7 @@ def run_training(
         if holdout_warning := ignored_holdout(config):
             log.warning(holdout_warning)
         try:
-            _run_stages(trainer, config, run_dir)
+            _run_stages(trainer, run_dir)
         except TrainingInterrupted as stopped:
             log.info(
                 "stopped by %s at %s iteration %d; the state is saved in %s",
@@ -149,17 +149,17 @@ def run_training(
     return run_dir / BEST_CHECKPOINT
 
 
-def _run_stages(trainer: Trainer, config: TrainConfig, run_dir: Path) -> None:
+def _run_stages(trainer: Trainer, run_dir: Path) -> None:
     """The stages left to train, from the one ``trainer`` is in."""
     if trainer.progress.stage == "baseline":
-        _log_stage(trainer, config.pretrain.iterations + config.selftrain.iterations)
+        _log_stage(trainer)
         run_baseline(trainer)
     if trainer.progress.stage == "pretrain":
-        _log_stage(trainer, config.pretrain.iterations)
+        _log_stage(trainer)
         run_pretrain(trainer)
         _initialize_prototypes(trainer)
     if trainer.progress.stage == "selftrain":
-        _log_stage(trainer, config.selftrain.iterations)
+        _log_stage(trainer)
         run_selftrain(trainer)
         if trainer.usage is not None:  # BCP alone has no prototypes
             trainer.usage.write(run_dir / USAGE_FILE)
@@ -244,13 +244,14 @@ def _warn_if_teacher_is_slow(config: TrainConfig) -> None:
         log.warning(warning)
 
 
-def _log_stage(trainer: Trainer, iterations: int) -> None:
+def _log_stage(trainer: Trainer) -> None:
     progress = trainer.progress
     start = f"from iteration {progress.iteration}" if progress.iteration else "from the start"
     stage = progress.stage
     if stage == "selftrain" and not with_prototypes(trainer.config):
         stage = "selftrain-bcp"
     description = STAGE_DESCRIPTIONS[stage]
+    iterations = stage_iterations(trainer.config, progress.stage)
     log.info("stage %s (%s): %d iterations, %s", progress.stage, description, iterations, start)
 
 
