@@ -20,6 +20,7 @@ import torch
 from mper import cli, pipeline
 from mper.cli import data_main, eval_main, predict_main, train_main
 from mper.datasets import dataset_names
+from mper.errors import ConfigError
 from mper.train import checkpoint
 from mper.train.config import preset_tables
 from mper.train.loop import Trainer
@@ -472,6 +473,27 @@ def test_print_config_refuses_what_a_run_refuses_before_training(arguments, mess
 def test_print_config_checks_the_labeled_count_only_against_a_given_data_folder(capsys):
     train_main(["--dataset", "acdc", "--print-config", "--labeled", "99", "--device", "cpu"])
     assert "labeled = 99" in capsys.readouterr().out
+
+
+def test_the_python_api_makes_the_settings_mper_train_makes(acdc_root, capsys):
+    """mper-train parses and calls pipeline.train_config: ``--labeled all`` and the options
+    give the same settings from Python."""
+    train_main(
+        ["--dataset", "acdc", "--data-root", str(acdc_root), "--labeled", "all", "--preset", "demo"]
+        + ["--baseline", "labeled-only", "--seed", "3", "--set", "optim.lr=0.02", "--print-config"]
+    )
+    printed = capsys.readouterr().out
+    config = pipeline.train_config(
+        "acdc",
+        "demo",
+        {"data_root": str(acdc_root), "baseline": "labeled-only", "seed": 3},
+        ["optim.lr=0.02"],
+        labeled_all=True,
+    )
+    assert printed == pipeline.settings_toml(config)
+    assert config.labeled == 3 and config.optim.lr == 0.02  # the 3 training patients of acdc_root
+    with pytest.raises(ConfigError, match="a run needs a dataset"):
+        pipeline.train_config(None, "demo", {"seed": 3})
 
 
 def test_train_refuses_an_out_folder_that_holds_files_but_no_run(acdc_root, tmp_path, capsys):

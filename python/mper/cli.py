@@ -25,7 +25,7 @@ from mper import experiment, pipeline
 from mper.data.raw_scans import RAW_LAYOUTS
 from mper.data.scan_plan import PLAN_FILE, ScanPlan, read_plan
 from mper.data.synth_scans import SYNTH_SCAN_CASES, SYNTH_SCAN_SIZE
-from mper.datasets import check_data_folder, dataset_names, get_dataset, has_plan
+from mper.datasets import dataset_names, get_dataset
 from mper.datasets.scans import DEFAULT_MEMORY_GB
 from mper.errors import ConfigError, UserError
 from mper.eval.folders import DEFAULT_EMPTY_PREDICTION, EMPTY_PREDICTION_OPTION
@@ -34,8 +34,7 @@ from mper.eval.protocol import EMPTY_PREDICTION_RULES
 from mper.eval.report import MARKDOWN_FILE
 from mper.experiment import SweepInterrupted
 from mper.train.checkpoint import LAST_CHECKPOINT
-from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, TrainConfig, load_config, read_preset
-from mper.train.config_checks import check_fold_chosen
+from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, TrainConfig
 from mper.train.distributed import is_main_process, launched_world, processes_on_this_machine
 from mper.train.prototypes import UPDATE_SOURCES
 from mper.train.resume import RESUMABLE_SETTINGS
@@ -351,47 +350,15 @@ def _train_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def _train_dataset(args: argparse.Namespace) -> str | None:
-    """``--dataset``, or the dataset imported into ``--data-root`` (registered from its plan)."""
-    if args.dataset is not None and args.data_root is not None and has_plan(args.data_root):
-        raise ConfigError(
-            f"{args.data_root} holds a dataset imported by mper-data import (it has {PLAN_FILE}), not "
-            f"{get_dataset(args.dataset).title} data: drop --dataset {args.dataset}, --data-root alone trains on it"
-        )
-    if args.dataset is None and args.data_root is not None:
-        check_data_folder(args.data_root)
-        if has_plan(args.data_root):
-            return pipeline.imported_dataset(args.data_root)
-    return args.dataset
-
-
-def _check_plan_preset(dataset: str, preset: str, data_root: str | None) -> None:
-    """The settings an imported dataset's plan gives ``preset``, checked before the options
-    and ``--set`` apply: a bad value in the plan is named with its file, not as if typed."""
-    plan = get_dataset(dataset).scans
-    if plan is None or data_root is None:
-        return
-    values = read_preset(dataset, preset)  # a preset name that does not exist is the option's mistake
-    try:
-        TrainConfig.from_dict(values)
-    except ConfigError as error:
-        tables = ", ".join(f"[{plan.dims}.{name}]" for name in dict.fromkeys(["paper", *preset.split("+")]))
-        raise ConfigError(
-            f"{Path(data_root) / PLAN_FILE}: a value of its settings tables ({tables}) is refused: {error}; "
-            "fix it there"
-        ) from error
-
-
-def _train_config(args: argparse.Namespace, dataset: str) -> TrainConfig:
+def _train_config(args: argparse.Namespace) -> TrainConfig:
     """The settings of a new run: the preset, the options and ``--set``."""
-    overrides, preset = _train_overrides(args), args.preset or "paper"
-    _check_plan_preset(dataset, preset, args.data_root)
-    config = load_config(dataset, preset, overrides, args.assignments)
-    if args.fold is not None:
-        check_fold_chosen(config)
-    if args.labeled == ALL_LABELED:
-        config = load_config(dataset, preset, {**overrides, "labeled": pipeline.labeled_all(config)}, args.assignments)
-    return config
+    return pipeline.train_config(
+        args.dataset,
+        args.preset or "paper",
+        _train_overrides(args),
+        args.assignments,
+        labeled_all=args.labeled == ALL_LABELED,
+    )
 
 
 def _print_metrics(run_dir: Path) -> None:
@@ -405,13 +372,12 @@ def train_main(argv: Sequence[str] | None = None) -> None:
 
     def action() -> None:
         if args.print_config:
-            dataset = _train_dataset(args)
-            if dataset is None:
+            if args.dataset is None and args.data_root is None:
                 raise ConfigError(
                     "--print-config needs --dataset, or --data-root of imported scans "
                     f"(a run folder keeps its settings in {pipeline.RUN_CONFIG})"
                 )
-            print(pipeline.settings_toml(_train_config(args, dataset)), end="")
+            print(pipeline.settings_toml(_train_config(args)), end="")
             return
         if args.resume:
             if not args.out:
@@ -429,19 +395,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
                     else "--dataset and --data-root are required (unless --resume); --data-root alone "
                     "for scans imported by mper-data import"
                 )
-            dataset = _train_dataset(args)
-            if dataset is None:
-                above = Path(args.data_root).parent
-                if has_plan(above):  # the import's cases/ folder, say
-                    raise ConfigError(
-                        f"{args.data_root} holds no {PLAN_FILE} of scans imported by mper-data import, but the folder "
-                        f"above it does: pass --data-root {above}"
-                    )
-                raise ConfigError(
-                    f"--dataset is required: {args.data_root} holds no {PLAN_FILE} of scans imported by "
-                    "mper-data import"
-                )
-            run_dir = pipeline.train(_train_config(args, dataset))
+            run_dir = pipeline.train(_train_config(args))
         if is_main_process():  # the other processes of a torchrun group print nothing
             _print_metrics(run_dir)
 

@@ -30,7 +30,7 @@ import logging
 import secrets
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,15 @@ from mper.data.imported import SCAN_CASES_DIR
 from mper.data.raw_scans import DATASET_JSON, RAW_FOLDERS
 from mper.data.scan_plan import PLAN_FILE, ScanPlan, parse_scan_plan, plan_path, read_plan, write_plan
 from mper.data.synth_scans import synthesize_scans as write_synthetic_scans
-from mper.datasets import check_dataset_root, dataset_names, detect_dataset, get_dataset, has_plan, register_plan
+from mper.datasets import (
+    check_data_folder,
+    check_dataset_root,
+    dataset_names,
+    detect_dataset,
+    get_dataset,
+    has_plan,
+    register_plan,
+)
 from mper.datasets.registry import register_imported
 from mper.datasets.scans import check_plan_against_cases, scan_spec
 from mper.errors import CheckpointError, ConfigError, DataFormatError, MissingFileError, RunFolderError, UserError
@@ -63,7 +71,17 @@ from mper.train.checkpoint import (
     load_checkpoint,
     non_finite_tensors,
 )
-from mper.train.config import SUPERVISED_BASELINES, TrainConfig, merge, parse_override, to_toml, with_prototypes
+from mper.train.config import (
+    SUPERVISED_BASELINES,
+    TrainConfig,
+    load_config,
+    merge,
+    parse_override,
+    read_preset,
+    to_toml,
+    with_prototypes,
+)
+from mper.train.config_checks import check_fold_chosen
 from mper.train.diagnostics import TRAINING_RECORD, with_class_names
 from mper.train.distributed import is_main_process, lost_peer_failure, process_group, shared_mean
 from mper.train.loaders import (
@@ -421,6 +439,72 @@ def _keep_plan(config: TrainConfig, run_dir: Path) -> None:
         write_plan(plan, run_dir, config.data_root)
 
 
+def training_dataset(dataset: str | None, data_root: str | Path) -> str:
+    """The dataset a new run on ``data_root`` trains on: ``dataset`` (a registered name), or,
+    when ``None``, the one imported into ``data_root`` (registered from its plan)."""
+    if dataset is not None:
+        if has_plan(data_root):
+            raise ConfigError(
+                f"{data_root} holds a dataset imported by mper-data import (it has {PLAN_FILE}), not "
+                f"{get_dataset(dataset).title} data: drop --dataset {dataset}, --data-root alone trains on it"
+            )
+        return dataset
+    check_data_folder(data_root)
+    if has_plan(data_root):
+        return imported_dataset(data_root)
+    above = Path(data_root).parent
+    if has_plan(above):  # the import's cases/ folder, say
+        raise ConfigError(
+            f"{data_root} holds no {PLAN_FILE} of scans imported by mper-data import, but the folder above it "
+            f"does: pass --data-root {above}"
+        )
+    raise ConfigError(f"--dataset is required: {data_root} holds no {PLAN_FILE} of scans imported by mper-data import")
+
+
+def train_config(
+    dataset: str | None,
+    preset: str = "paper",
+    overrides: Mapping[str, Any] | None = None,
+    assignments: list[str] | tuple[str, ...] = (),
+    labeled_all: bool = False,
+) -> TrainConfig:
+    """The settings of a new run, as ``mper-train`` makes them: ``preset`` of ``dataset``
+    (``None``: the dataset imported into ``overrides["data_root"]``, see
+    :func:`training_dataset`), then ``overrides`` (nested like the settings, e.g.
+    ``{"data": {"fold": 2}}``), then the ``assignments`` of ``--set`` (``"optim.lr=0.02"``).
+    ``labeled_all``: label every case that may be labeled (``--labeled all``)."""
+    overrides = dict(overrides or {})
+    data_root = overrides.get("data_root")
+    if data_root is not None:
+        dataset = training_dataset(dataset, data_root)
+        _check_plan_preset(dataset, preset, data_root)
+    elif dataset is None:
+        raise ConfigError("a run needs a dataset, or the data root of scans imported by mper-data import")
+    config = load_config(dataset, preset, overrides, assignments)
+    if "fold" in overrides.get("data", {}):
+        check_fold_chosen(config)
+    if labeled_all:
+        config = load_config(dataset, preset, {**overrides, "labeled": labeled_all_count(config)}, assignments)
+    return config
+
+
+def _check_plan_preset(dataset: str, preset: str, data_root: str | Path) -> None:
+    """The settings an imported dataset's plan gives ``preset``, checked before the options
+    and ``--set`` apply: a bad value in the plan is named with its file, not as if typed."""
+    plan = get_dataset(dataset).scans
+    if plan is None:
+        return
+    values = read_preset(dataset, preset)  # a preset name that does not exist is the option's mistake
+    try:
+        TrainConfig.from_dict(values)
+    except ConfigError as error:
+        tables = ", ".join(f"[{plan.dims}.{name}]" for name in dict.fromkeys(["paper", *preset.split("+")]))
+        raise ConfigError(
+            f"{Path(data_root) / PLAN_FILE}: a value of its settings tables ({tables}) is refused: {error}; "
+            "fix it there"
+        ) from error
+
+
 def imported_dataset(data_root: str | Path) -> str:
     """The name of the dataset imported into ``data_root``, registered from its plan."""
     return register_plan(data_root).name
@@ -473,7 +557,7 @@ def _check_recorded_plan(plan: ScanPlan, recorded: str | None, path: Path, check
         )
 
 
-def labeled_all(config: TrainConfig) -> int:
+def labeled_all_count(config: TrainConfig) -> int:
     """What ``--labeled all`` labels: every labeling unit (case, patient) of the training
     items that may be labeled (all but the validation fold or the held-out cases)."""
     return len(set(map(get_dataset(config.dataset).label_group, labeled_pool(config))))
