@@ -643,6 +643,14 @@ def test_a_bad_value_in_the_plans_settings_tables_is_named_with_the_plan(nnunet_
         "a positive integer, got -4; fix it there"
     )
     assert not (tmp_path / "r").exists()
+    demo = text[text.index("\n[3d.demo.data]\n") :]
+    assert re.search(r"\nbatch_size = \d+", demo[: demo.index("\n[", 1)])  # demo's own batch size overrides it
+    with pytest.raises(SystemExit):
+        cli.train_main(["--data-root", str(edited), "--preset", "demo", "--out", str(tmp_path / "r"), *TINY])
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"mper-train: error: {plan}: a value of its settings tables ([3d.paper]) is refused: data.batch_size must be "
+        "a positive integer, got -4; fix it there"
+    )
     with pytest.raises(SystemExit):  # a preset that does not exist is the option's mistake, not the plan's
         cli.train_main(["--data-root", str(root), "--preset", "demoo", "--out", str(tmp_path / "r"), *TINY])
     line = capsys.readouterr().err.splitlines()[-1]

@@ -490,19 +490,24 @@ def train_config(
 
 def _check_plan_preset(dataset: str, preset: str, data_root: str | Path) -> None:
     """The settings an imported dataset's plan gives ``preset``, checked before the options
-    and ``--set`` apply: a bad value in the plan is named with its file, not as if typed."""
+    and ``--set`` apply: a bad value in the plan is named with its file, not as if typed.
+    Each table of the stack is checked as it applies, so a bad value that a later table
+    overrides (``[3d.paper]``'s, under ``--preset demo``) is refused too."""
     plan = get_dataset(dataset).scans
     if plan is None:
         return
-    values = read_preset(dataset, preset)  # a preset name that does not exist is the option's mistake
-    try:
-        TrainConfig.from_dict(values)
-    except ConfigError as error:
-        tables = ", ".join(f"[{plan.dims}.{name}]" for name in dict.fromkeys(["paper", *preset.split("+")]))
-        raise ConfigError(
-            f"{Path(data_root) / PLAN_FILE}: a value of its settings tables ({tables}) is refused: {error}; "
-            "fix it there"
-        ) from error
+    names = list(dict.fromkeys(["paper", *preset.split("+")]))
+    for count in range(1, len(names) + 1):
+        # a preset name that does not exist is the option's mistake, raised by read_preset
+        values = read_preset(dataset, "+".join(names[1:count]) or "paper")
+        try:
+            TrainConfig.from_dict(values)
+        except ConfigError as error:
+            tables = ", ".join(f"[{plan.dims}.{name}]" for name in names[:count])
+            raise ConfigError(
+                f"{Path(data_root) / PLAN_FILE}: a value of its settings tables ({tables}) is refused: {error}; "
+                "fix it there"
+            ) from error
 
 
 def imported_dataset(data_root: str | Path) -> str:
