@@ -254,6 +254,23 @@ def _ignore_label(root):
     return "dataset.json: an 'ignore' label (voxels left unannotated) is not supported", "annotate those voxels"
 
 
+def _renamed_case(root, name):
+    for path in root.glob("*/synth_001*.nii.gz"):
+        path.rename(path.with_name(path.name.replace("synth_001", name)))
+
+
+def _case_name_ending_in_a_space(root):
+    # the case lists drop surrounding spaces: training looked for cases/case.h5 and stopped
+    _renamed_case(root, "case ")
+    return "imagesTr/case _0000.nii.gz: the case name 'case '", "begins or ends with white space"
+
+
+def _case_name_ending_in_h5(root):
+    # the case lists read "scan.h5" as the file of case "scan"
+    _renamed_case(root, "scan.h5")
+    return "the case name 'scan.h5'", "rename the case's files"
+
+
 # nnU-Net v2's get_normalization_scheme: the channel name, casefolded, names CT, noNorm, zscore,
 # rescale_to_0_1 or rgb_to_0_1; any other name (its ACDC conversion's "cineMRI", a name it once
 # had, "rescale_0_1") is z-scored per image
@@ -317,6 +334,8 @@ def test_a_dataset_named_as_nnunets_acdc_conversion_names_its_channel_imports(ra
         _files_ending_in_capitals,
         _files_ending_in_capitals_of_the_other_ending,
         _ignore_label,
+        _case_name_ending_in_a_space,
+        _case_name_ending_in_h5,
     ],
 )
 def test_bad_input_is_refused_in_one_line_before_anything_is_written(raw, tmp_path, capsys, damage):

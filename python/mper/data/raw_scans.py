@@ -50,7 +50,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import aff2axcodes, inv_ornt_aff, io_orientation, ornt_transform
 
-from mper.data.files import check_finite, listed_names
+from mper.data.files import check_finite, listed_names, why_unlistable
 from mper.errors import DataFormatError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -572,6 +572,12 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
                 raise DataFormatError(
                     f"{files[0]}: case {name} is there twice (also {cases[name].images[0]}); "
                     "give every case its own name"
+                )
+            unlistable = why_unlistable(name)
+            if unlistable:
+                raise DataFormatError(
+                    f"{files[0]}: the case name {name!r} cannot be written to the imported dataset's case lists "
+                    f"({unlistable}); rename the case's files (its image files and any label file)"
                 )
             label = labels.get(name)
             cases[name] = RawCase(name, files, label, labeled_role if label is not None else unlabeled_role)
