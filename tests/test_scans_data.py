@@ -254,6 +254,12 @@ def _ignore_label(root):
     return "dataset.json: an 'ignore' label (voxels left unannotated) is not supported", "annotate those voxels"
 
 
+def _too_many_classes(root):
+    # the imported labels are uint8: class 258 became class 2 without a word
+    _edit_dataset_json(root, labels={"background": 0, **{f"class {value}": value for value in range(1, 300)}})
+    return "dataset.json: labels declare 300 classes", "at most 256 classes"
+
+
 def _renamed_case(root, name):
     for path in root.glob("*/synth_001*.nii.gz"):
         path.rename(path.with_name(path.name.replace("synth_001", name)))
@@ -336,6 +342,7 @@ def test_a_dataset_named_as_nnunets_acdc_conversion_names_its_channel_imports(ra
         _ignore_label,
         _case_name_ending_in_a_space,
         _case_name_ending_in_h5,
+        _too_many_classes,
     ],
 )
 def test_bad_input_is_refused_in_one_line_before_anything_is_written(raw, tmp_path, capsys, damage):

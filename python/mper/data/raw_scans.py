@@ -96,6 +96,9 @@ NAMED_SCHEMES = {
 #: nnU-Net's ``verify_dataset_integrity`` does, the spacing, the origin and the direction
 #: are compared apart, each part against the whole tolerance.
 GEOMETRY_TOLERANCE = 0.01
+#: The most classes (background included) an imported dataset may have: the imported cases,
+#: the training batches and the predicted label maps hold class values as 8-bit integers.
+MAX_CLASSES = int(np.iinfo(np.uint8).max) + 1
 #: nnU-Net's name of an image file without its ending: ``<case>_<XXXX>``, XXXX the channel.
 CHANNEL_FILE = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
 
@@ -491,6 +494,12 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
     )
     normalization = tuple(normalization_of(channel) for channel in channels)
     class_names = _class_names(document.get("labels"), layout, where)
+    if len(class_names) > MAX_CLASSES:
+        raise DataFormatError(
+            f"{where}: labels declare {len(class_names)} classes (values 0 to {len(class_names) - 1}), but mper stores "
+            f"class values as 8-bit integers, at most {MAX_CLASSES} classes (0 to {MAX_CLASSES - 1}); merge classes "
+            f"so that at most {MAX_CLASSES} remain, in labels and in the label files"
+        )
     if layout == NNUNET and "file_ending" not in document:
         raise DataFormatError(
             f'{where} has no "file_ending", which nnU-Net v2\'s dataset.json names: add "file_ending": ".nii.gz" '
