@@ -466,6 +466,30 @@ def test_a_label_of_the_images_voxels_in_another_orientation_is_named_as_such(ra
     )
 
 
+@pytest.mark.parametrize(
+    "label_affine",
+    [np.diag([0.8, 0.7, 1.0, 1.0]), np.diag([0.8, 0.7, -999.0, 1.0])],
+    ids=["saved with two axes", "its slice mirrored"],
+)
+def test_a_2d_label_fits_its_image_of_one_slice_whatever_that_slices_thickness_or_sign(tmp_path, label_affine):
+    # nnU-Net writes a 2D image as (x, y, 1) with a slice 999 mm thick; a label saved as (x, y) reads as 1 mm
+    # thick, one mirrored along its slice as -999: no voxel is elsewhere, yet both were refused as off the grid
+    image_affine = np.diag([0.8, 0.7, 999.0, 1.0])
+    label = np.zeros((6, 5), np.uint8)
+    label[1:4, 2:4] = 1
+    image_path, label_path = tmp_path / "case_0000.nii.gz", tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(30, dtype=np.float32).reshape(6, 5, 1), image_affine), image_path)
+    nib.save(nib.Nifti1Image(label if label_affine[2, 2] == 1 else label[:, :, None], label_affine), label_path)
+    dataset = raw_scans.RawDataset(tmp_path, NNUNET, "2d", ("MRI",), ("z-score",), ("background", "a"), ".nii.gz", ())
+    scan = read_case(raw_scans.RawCase("case", (image_path,), label_path, LABELED), dataset)
+    assert scan.label is not None and np.array_equal(scan.label[:, :, 0], label)
+    shifted = label_affine.copy()
+    shifted[0, 3] = 0.4  # half a voxel in plane: still refused
+    nib.save(nib.Nifti1Image(label, shifted), label_path)
+    with pytest.raises(DataFormatError, match="origin"):
+        read_case(raw_scans.RawCase("case", (image_path,), label_path, LABELED), dataset)
+
+
 @pytest.mark.parametrize("value", [1.5, "one", float("inf")])  # dataset.json may hold Infinity, which json reads
 def test_a_label_value_that_is_not_an_integer_is_refused(raw, tmp_path, capsys, value):
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")

@@ -733,7 +733,9 @@ def _stored_otherwise(
     except ValueError:  # an axis without a direction (a degenerate affine)
         return ""
     order = [int(axis) for axis in transform[:, 0]]
-    if order == [0, 1, 2] and (transform[:, 1] > 0).all():
+    # mirroring an axis of one voxel (a 2D image's slice) leaves every voxel where it was
+    mirrored = [axis for axis in range(3) if transform[axis, 1] < 0 and shape[axis] > 1]
+    if order == [0, 1, 2] and not mirrored:
         return ""
     reoriented_shape = [0, 0, 0]
     for axis, size in zip(order, shape):
@@ -749,7 +751,6 @@ def _stored_otherwise(
     how = []
     if order != [0, 1, 2]:  # its axis i holds the reference's axis order[i]
         how.append(f"transposed to axes {tuple(order)}")
-    mirrored = [axis for axis in range(3) if transform[axis, 1] < 0]
     if mirrored:
         axes = "axis" if len(mirrored) == 1 else "axes"
         how.append(f"mirrored along its array {axes} {' and '.join(map(str, mirrored))}")
@@ -794,8 +795,9 @@ def check_geometry(
     reference_spacing, reference_direction, reference_origin = _grid(reference_affine)
     voxel = float(reference_spacing.min())
     tolerance = GEOMETRY_TOLERANCE * voxel
-    # a voxel n steps along an axis moves by n times that axis's change of step
-    steps = np.maximum(np.asarray(reference_shape, dtype=np.float64) - 1, 1)
+    # a voxel n steps along an axis moves by n times that axis's change of step; an axis of one voxel (a 2D
+    # image's slice, 999 mm thick as nnU-Net writes it, or 1 mm in a file of two axes) takes no step
+    steps = np.asarray(reference_shape, dtype=np.float64) - 1
     spacing_moves = steps * np.abs(spacing - reference_spacing)
     direction_moves = steps * reference_spacing * np.linalg.norm(direction - reference_direction, axis=0)
     origin_move = float(np.abs(origin - reference_origin).max())
