@@ -309,6 +309,16 @@ def test_channel_names_map_to_normalisation_as_in_nnunet(raw, tmp_path, channel_
     assert dataset.channels == ("CT", channel_name) and dataset.normalization == ("ct", normalization)
 
 
+def test_a_dataset_json_saved_with_a_byte_order_mark_is_read_as_utf8(raw, tmp_path):
+    # Windows editors may save dataset.json as UTF-8 with a byte order mark: it was refused as "not valid JSON"
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    document["labels"] = {"background": 0, **{f"Läsion {value}": value for value in range(1, len(document["labels"]))}}
+    (source / "dataset.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(document, ensure_ascii=False).encode("utf-8"))
+    assert read_raw_dataset(source).class_names[1] == "Läsion 1"
+    assert raw_scans.read_class_names(source / "dataset.json")[1] == "Läsion 1"
+
+
 def test_a_dataset_named_as_nnunets_acdc_conversion_names_its_channel_imports(raw, tmp_path):
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
     document = json.loads((source / "dataset.json").read_text())

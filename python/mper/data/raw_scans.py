@@ -188,7 +188,8 @@ def _where_the_dataset_is(source: Path) -> str:
 
 def _json(path: Path) -> dict[str, Any]:
     try:
-        document = json.loads(path.read_text())
+        # JSON is UTF-8; a byte order mark, which some Windows editors write, is not part of it
+        document = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataFormatError(f"{path} is not valid JSON ({error}); fix the file") from error
     if not isinstance(document, dict):
