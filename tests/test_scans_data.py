@@ -449,6 +449,27 @@ def test_a_label_off_the_images_grid_is_refused_naming_the_part_both_values_and_
     assert message.startswith(f"{label}: its direction of array axis 0 (") and "voxel" in message, message
 
 
+def test_a_label_whose_sform_and_qform_disagree_is_refused_with_a_note_saying_so(raw, tmp_path):
+    # ITK-based viewers may show such a label on its image (the qform), nibabel reads the sform: say which
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    image, label = source / "imagesTr" / "synth_000_0000.nii.gz", source / "labelsTr" / "synth_000.nii.gz"
+    affine = nib.load(image).affine
+    sform = affine.copy()
+    sform[:3, 3] += [0.0, 2.0, 0.0]
+    stored = nib.Nifti1Image(np.asarray(nib.load(label).dataobj), affine)
+    stored.set_qform(affine, code=1)
+    stored.set_sform(sform, code=1)
+    nib.save(stored, label)
+    with pytest.raises(DataFormatError) as refused:
+        _read_first_case(source)
+    message = str(refused.value)
+    assert message.startswith(f"{label}: its origin ") and "by 2.000 mm" in message, message
+    assert message.endswith(
+        "; note that synth_000.nii.gz's sform and qform disagree (by up to 2.000 mm): mper reads the sform, as "
+        "nibabel does, while ITK-based tools (SimpleITK, ITK-SNAP) may show the qform; make them agree"
+    ), message
+
+
 @pytest.mark.parametrize(
     ("order", "mirrored", "how"),
     [

@@ -762,6 +762,25 @@ def _stored_otherwise(
 CASE_FILES = "the channels and the label of a case"
 
 
+def _forms_disagree(path: Path, scan: nib.Nifti1Image, shape: tuple[int, ...]) -> str:
+    """A note naming ``path`` when its header's sform and qform, both set, place a voxel of its
+    ``shape`` more than :data:`GEOMETRY_TOLERANCE` of a voxel apart; "" otherwise."""
+    header = scan.header
+    if int(header["sform_code"]) == 0 or int(header["qform_code"]) == 0 or len(shape) != 3:
+        return ""
+    sform = np.asarray(header.get_sform(), dtype=np.float64)  # type: ignore[no-untyped-call]
+    qform = np.asarray(header.get_qform(), dtype=np.float64)  # type: ignore[no-untyped-call]
+    corners = np.array(np.meshgrid(*[[0, size - 1] for size in shape], indexing="ij")).reshape(3, -1)
+    moved = float(np.abs((sform - qform) @ np.vstack([corners, np.ones(corners.shape[1])]))[:3].max())
+    voxel = float(np.linalg.norm(sform[:3, :3], axis=0).min())
+    if moved <= GEOMETRY_TOLERANCE * voxel:
+        return ""
+    return (
+        f"; note that {path.name}'s sform and qform disagree (by up to {moved:.3f} mm): mper reads the sform, as "
+        "nibabel does, while ITK-based tools (SimpleITK, ITK-SNAP) may show the qform; make them agree"
+    )
+
+
 def check_geometry(
     path: Path,
     shape: tuple[int, ...],
@@ -770,12 +789,34 @@ def check_geometry(
     reference_shape: tuple[int, ...],
     reference_affine: np.ndarray,
     together: str = CASE_FILES,
+    scans: Sequence[nib.Nifti1Image] = (),
 ) -> None:
     """Refuse ``path`` unless its voxel grid is ``reference``'s: the same shape, and no voxel
     placed more than :data:`GEOMETRY_TOLERANCE` of a voxel apart by the spacing, the origin
     or the direction, each naming the part, both values and the file; the same voxels stored
     in another orientation are named as such. ``together`` names the files that must share
-    a grid (:data:`CASE_FILES`: a case's channels and label)."""
+    a grid (:data:`CASE_FILES`: a case's channels and label). ``scans``, the images of
+    ``path`` and ``reference`` when given, add to a refusal a note naming a file whose sform
+    and qform disagree (tools that read the other one show the files aligned)."""
+    try:
+        _check_grid(path, shape, affine, reference, reference_shape, reference_affine, together)
+    except DataFormatError as refused:
+        notes = "".join(_forms_disagree(*named, shape) for named in zip((path, reference), scans))
+        if not notes:
+            raise
+        raise DataFormatError(f"{refused}{notes}") from None
+
+
+def _check_grid(
+    path: Path,
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    reference: Path,
+    reference_shape: tuple[int, ...],
+    reference_affine: np.ndarray,
+    together: str,
+) -> None:
+    """:func:`check_geometry` without the notes on the headers."""
     stored = _stored_otherwise(shape, affine, reference_shape, reference_affine)
     if stored:
         codes, reference_codes = (
@@ -848,7 +889,9 @@ def read_image(case: RawCase, channels: int) -> tuple[np.ndarray, nib.Nifti1Imag
         for path in case.images[1:]:
             scan = load_nifti(path)
             volume = _spatial(nifti_voxels(scan, path, np.float32), path, "the image", _IMAGE_FIX)
-            check_geometry(path, volume.shape, scan.affine, case.images[0], volumes[0].shape, first.affine)
+            check_geometry(
+                path, volume.shape, scan.affine, case.images[0], volumes[0].shape, first.affine, scans=(scan, first)
+            )
             volumes.append(volume)
         image = np.stack(volumes)
     paths = case.images if len(case.images) == len(image) else case.images * len(image)
@@ -895,11 +938,14 @@ def check_declared(path: Path, label: np.ndarray, class_names: Sequence[str], de
 
 
 def read_label(
-    path: Path, shape: tuple[int, ...], affine: np.ndarray, reference: Path, class_names: Sequence[str]
+    path: Path, shape: tuple[int, ...], reference: Path, reference_scan: nib.Nifti1Image, class_names: Sequence[str]
 ) -> np.ndarray:
-    """The label map at ``path`` as uint8, checked against the image's grid and the declared classes."""
+    """The label map at ``path`` as uint8, checked against the grid of the image ``reference``
+    (its first channel file, read as ``reference_scan``, of spatial ``shape``) and the declared classes."""
     label, scan = read_label_map(path)
-    check_geometry(path, label.shape, scan.affine, reference, shape, affine)
+    check_geometry(
+        path, label.shape, scan.affine, reference, shape, reference_scan.affine, scans=(scan, reference_scan)
+    )
     check_declared(path, label, class_names)
     return label.astype(np.uint8)
 
@@ -909,7 +955,7 @@ def read_case(case: RawCase, dataset: RawDataset) -> Scan:
     image, first = read_image(case, len(dataset.channels))
     label = None
     if case.label is not None:
-        label = read_label(case.label, image.shape[1:], first.affine, case.images[0], dataset.class_names)
+        label = read_label(case.label, image.shape[1:], case.images[0], first, dataset.class_names)
     return Scan(image, label, first.affine, scan_spacing(first, case.images[0]), first.header)
 
 
