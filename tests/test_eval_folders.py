@@ -192,6 +192,17 @@ def test_a_2d_prediction_of_two_axes_is_scored_against_its_label_of_one_999_mm_s
     assert result["per_case"]["case"][1]["dice"] == pytest.approx(_dice(pred == 1, label == 1), abs=1e-12)
 
 
+def test_a_prediction_saved_without_its_scans_header_is_refused_with_a_note_saying_so(raw, monkeypatch):
+    predictions, labels = raw
+    _save(predictions / "case_b_pred.nii.gz", _maps()["case_b"][1], np.eye(4))
+    message = _refusal(predictions, labels, monkeypatch)
+    assert "its spacing" in message and message.endswith(
+        "; note that case_b_pred.nii.gz's header holds the identity affine (1 mm voxels from the origin), as a map "
+        "saved without its image's header does (nib.Nifti1Image(array, np.eye(4))): if it holds case_b.nii's "
+        "voxels, save it with case_b.nii's affine"
+    ), message
+
+
 def test_values_outside_the_declared_classes_and_fractions_are_refused(raw, monkeypatch):
     predictions, labels = raw
     pred = _maps()["case_b"][1].copy()

@@ -471,6 +471,36 @@ def test_a_label_whose_sform_and_qform_disagree_is_refused_with_a_note_saying_so
 
 
 @pytest.mark.parametrize(
+    ("affine", "said"),
+    [
+        (
+            np.eye(4),
+            "the identity affine (1 mm voxels from the origin), as a map saved without its image's header "
+            "does (nib.Nifti1Image(array, np.eye(4)))",
+        ),
+        (
+            None,
+            "neither an sform nor a qform (nibabel places it by its voxel sizes alone), as a map saved without its "
+            "image's header does (nib.Nifti1Image(array, None))",
+        ),
+    ],
+    ids=["identity", "no form"],
+)
+def test_a_label_saved_without_its_images_header_is_refused_with_a_note_saying_so(raw, tmp_path, affine, said):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    label = source / "labelsTr" / "synth_000.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(nib.load(label).dataobj), affine), label)
+    with pytest.raises(DataFormatError) as refused:
+        _read_first_case(source)
+    message = str(refused.value)
+    assert message.startswith(f"{label}: its ") and "\n" not in message, message
+    assert message.endswith(
+        f"; note that synth_000.nii.gz's header holds {said}: if it holds synth_000_0000.nii.gz's voxels, save it "
+        "with synth_000_0000.nii.gz's affine"
+    ), message
+
+
+@pytest.mark.parametrize(
     ("order", "mirrored", "how"),
     [
         ((0, 1, 2), (0, 1), "mirrored along its array axes 0 and 1"),  # e.g. LPS against RAS

@@ -781,6 +781,23 @@ def _forms_disagree(path: Path, scan: nib.Nifti1Image, shape: tuple[int, ...]) -
     )
 
 
+def _placed_nowhere(path: Path, scan: nib.Nifti1Image, reference: Path) -> str:
+    """A note naming ``path`` when its header places it nowhere (the identity affine, or
+    neither an sform nor a qform), as a map saved without its image's header; "" otherwise."""
+    header = scan.header
+    if int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0:
+        how, example = "neither an sform nor a qform (nibabel places it by its voxel sizes alone)", "None"
+    elif np.allclose(scan.affine, np.eye(4)):
+        how, example = "the identity affine (1 mm voxels from the origin)", "np.eye(4)"
+    else:
+        return ""
+    return (
+        f"; note that {path.name}'s header holds {how}, as a map saved without its image's header does "
+        f"(nib.Nifti1Image(array, {example})): if it holds {reference.name}'s voxels, save it with "
+        f"{reference.name}'s affine"
+    )
+
+
 def check_geometry(
     path: Path,
     shape: tuple[int, ...],
@@ -797,11 +814,14 @@ def check_geometry(
     in another orientation are named as such. ``together`` names the files that must share
     a grid (:data:`CASE_FILES`: a case's channels and label). ``scans``, the images of
     ``path`` and ``reference`` when given, add to a refusal a note naming a file whose sform
-    and qform disagree (tools that read the other one show the files aligned)."""
+    and qform disagree (tools that read the other one show the files aligned), and one when
+    ``path`` alone is placed nowhere (a map saved without its image's header)."""
     try:
         _check_grid(path, shape, affine, reference, reference_shape, reference_affine, together)
     except DataFormatError as refused:
         notes = "".join(_forms_disagree(*named, shape) for named in zip((path, reference), scans))
+        if scans and not _placed_nowhere(reference, scans[1], path):
+            notes += _placed_nowhere(path, scans[0], reference)
         if not notes:
             raise
         raise DataFormatError(f"{refused}{notes}") from None
