@@ -260,6 +260,24 @@ def _too_many_classes(root):
     return "dataset.json: labels declare 300 classes", "at most 256 classes"
 
 
+def _rgb_image(root):
+    # an RGB24 NIfTI (as ITK writes colour images): numpy's promotion error ended the import in a traceback
+    path = root / "imagesTr" / "synth_002_0001.nii.gz"
+    grey = np.clip(np.asarray(nib.load(path).dataobj), 0, 255).astype(np.uint8)
+    colours = np.zeros(grey.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    for colour in ("R", "G", "B"):
+        colours[colour] = grey
+    _rewrite(path, colours)
+    return "imagesTr/synth_002_0001.nii.gz: its voxels are colours (R, G, B per voxel)", "RGB as three channels"
+
+
+def _complex_label(root):
+    # a complex map was read as its real part without a word
+    path = root / "labelsTr" / "synth_001.nii.gz"
+    _rewrite(path, np.asarray(nib.load(path).dataobj).astype(np.complex64))
+    return "labelsTr/synth_001.nii.gz: its voxels are complex numbers (complex64)", "write the magnitude"
+
+
 def _renamed_case(root, name):
     for path in root.glob("*/synth_001*.nii.gz"):
         path.rename(path.with_name(path.name.replace("synth_001", name)))
@@ -353,6 +371,8 @@ def test_a_dataset_named_as_nnunets_acdc_conversion_names_its_channel_imports(ra
         _case_name_ending_in_a_space,
         _case_name_ending_in_h5,
         _too_many_classes,
+        _rgb_image,
+        _complex_label,
     ],
 )
 def test_bad_input_is_refused_in_one_line_before_anything_is_written(raw, tmp_path, capsys, damage):

@@ -658,8 +658,20 @@ def load_nifti(path: Path) -> nib.Nifti1Image:
 
 def nifti_voxels(scan: nib.Nifti1Image, path: Path, dtype: type | None = None) -> np.ndarray:
     """The voxels of ``scan`` (read from ``path``), as ``dtype`` when given (scaled by the
-    header's slope and intercept); a file cut short raises
-    :class:`~mper.errors.DataFormatError` naming it."""
+    header's slope and intercept); a file cut short, or voxels that are not one real number
+    each (RGB colours, complex values), raise :class:`~mper.errors.DataFormatError` naming it."""
+    stored = np.dtype(scan.get_data_dtype())  # type: ignore[no-untyped-call]
+    if stored.kind == "V":  # RGB24, RGBA32: a record of colours per voxel
+        raise DataFormatError(
+            f"{path}: its voxels are colours ({', '.join(stored.names or ()) or 'a record'} per voxel), not one number "
+            "each; write each colour to a channel file of its own (<case>_0000, <case>_0001, ...: RGB as three "
+            "channels), or convert the image to grey values"
+        )
+    if stored.kind == "c":  # a complex MR image: its real part alone would be read without a word
+        raise DataFormatError(
+            f"{path}: its voxels are complex numbers ({stored}), not one real number each; write the magnitude "
+            "(or the real and imaginary parts as two channel files)"
+        )
     try:
         return np.asarray(scan.dataobj, dtype=dtype)
     except NIFTI_READ_ERRORS as error:
