@@ -636,6 +636,22 @@ def test_a_decathlon_case_listed_twice_is_refused(raw, tmp_path, capsys):
     assert "case synth_000 is listed twice in training" in capsys.readouterr().err
 
 
+def test_an_nnunet_v1_task_is_named_as_such_with_the_conversion_to_do(raw, tmp_path, capsys):
+    # nnU-Net v1: a Decathlon dataset.json beside channel files; "imagesTr/synth_000.nii.gz not found ... add it"
+    # sent the user looking for a file that is there as synth_000_0000.nii.gz
+    source = shutil.copytree(raw[MSD], tmp_path / "Task001_Synth")
+    for path in (source / "imagesTr").glob("*.nii.gz"):
+        path.rename(path.with_name(path.name.replace(".nii.gz", "_0000.nii.gz")))
+    with pytest.raises(SystemExit):
+        cli.data_main(["import", "--source", str(source), "--out", str(tmp_path / "out")])
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith(
+        f"mper-data: error: {source / 'dataset.json'} lists synth_000.nii.gz in training, but its folder holds "
+        "synth_000_0000.nii.gz, one file per channel: an nnU-Net v1 task"
+    ), line
+    assert "nnUNetv2_convert_old_nnUNet_dataset" in line and '"file_ending"' in line, line
+
+
 def test_labeled_voxels_outside_the_images_nonzero_region_are_named_as_cropped_away(raw, tmp_path, caplog):
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
     for channel in sorted((source / "imagesTr").glob("synth_001_*.nii.gz")):

@@ -408,6 +408,21 @@ def _msd_path(source: Path, entry: Any, where: Path, key: str) -> Path:
 CaseFiles = dict[str, tuple[Path, ...]]
 
 
+def _refuse_nnunet_v1(image: Path, name: str, ending: str, where: Path) -> None:
+    """Refuse a Decathlon-style ``dataset.json`` that lists ``image``, missing, while the
+    image is there under nnU-Net's channel name (``<case>_0000``): an nnU-Net v1 task, whose
+    dataset.json lists the Decathlon's names and whose files carry the channel."""
+    channel_file = image.with_name(channel_file_name(name, 0, ending))
+    if channel_file.is_file():
+        raise DataFormatError(
+            f"{where} lists {image.name} in training, but its folder holds {channel_file.name}, one file per "
+            "channel: an nnU-Net v1 task (modality and the Decathlon's file names in dataset.json, channel files "
+            "on disk), which mper does not read; convert it to nnU-Net v2 (nnUNetv2_convert_old_nnUNet_dataset "
+            'FOLDER DatasetNNN_Name), or replace its dataset.json by a v2 one: "channel_names", "labels" as '
+            '{"background": 0, ...} and "file_ending"'
+        )
+
+
 def _msd_cases(
     source: Path, document: Mapping[str, Any], where: Path, train_files: Sequence[Path], label_files: Sequence[Path]
 ) -> tuple[CaseFiles, dict[str, Path], CaseFiles]:
@@ -438,6 +453,8 @@ def _msd_cases(
         if name in images:
             raise DataFormatError(f"{where}: case {name} is listed twice in training; list each case once")
         for path in (image, label):
+            if path is image and not path.is_file():
+                _refuse_nnunet_v1(image, name, ending, where)
             if not path.is_file():
                 raise MissingFileError(
                     f"{path} not found, though {where} lists it in training; add it or unlist the case"
