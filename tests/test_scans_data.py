@@ -636,6 +636,34 @@ def test_a_decathlon_case_listed_twice_is_refused(raw, tmp_path, capsys):
     assert "case synth_000 is listed twice in training" in capsys.readouterr().err
 
 
+def test_image_files_named_without_their_channel_are_named_as_such(raw, tmp_path):
+    # cases numbered in four digits, their images written without the channel: case_0001.nii.gz read as channel 1 of
+    # case "case" was refused as "channel 1 is not in dataset.json", without what to do
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    _edit_dataset_json(source, channel_names={"0": "CT"})
+    for path in (source / "imagesTr").glob("*_0001.nii.gz"):
+        path.unlink()
+    for folder, suffix in (("imagesTr", "_0000.nii.gz"), ("labelsTr", ".nii.gz")):
+        for path in (source / folder).glob(f"synth_*{suffix}"):
+            number = int(path.name[len("synth_") :][:3])
+            path.rename(path.with_name(f"case_{number:04d}.nii.gz"))
+    with pytest.raises(DataFormatError) as refused:
+        read_raw_dataset(source)
+    assert str(refused.value).endswith(
+        "; if case_0001 is a case, name its image file case_0001_0000.nii.gz: nnU-Net names image files "
+        "<case>_<XXXX>.nii.gz, XXXX the channel, and reads case_0001.nii.gz as channel 1 of case case"
+    ), refused.value
+    for folder in ("imagesTr", "labelsTr"):
+        for path in (source / folder).glob("case_000[1-9].nii.gz"):
+            path.unlink()
+    with pytest.raises(DataFormatError) as refused:
+        read_raw_dataset(source)
+    assert str(refused.value).endswith(
+        f"; {source / 'imagesTr' / 'case_0000.nii.gz'} lacks the channel: name it case_0000_0000.nii.gz, as nnU-Net "
+        "names image files <case>_<XXXX>.nii.gz, XXXX the channel"
+    ), refused.value
+
+
 def test_an_nnunet_v1_task_is_named_as_such_with_the_conversion_to_do(raw, tmp_path, capsys):
     # nnU-Net v1: a Decathlon dataset.json beside channel files; "imagesTr/synth_000.nii.gz not found ... add it"
     # sent the user looking for a file that is there as synth_000_0000.nii.gz

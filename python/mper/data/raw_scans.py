@@ -357,17 +357,27 @@ def _channel_files(files: Sequence[Path], ending: str, channels: int) -> dict[st
         found.setdefault(match["case"], {})[int(match["channel"])] = path
     cases = {}
     for case, by_channel in found.items():
+        extra = sorted(set(by_channel) - set(range(channels)))
+        unsuffixed = by_channel[extra[0]] if extra else None
+        hint = ""
+        if unsuffixed is not None:  # numbered beyond the channels: case names of four digits without the channel?
+            stem = unsuffixed.name[: -len(ending)]
+            hint = (
+                f"; if {stem} is a case, name its image file {channel_file_name(stem, 0, ending)}: nnU-Net names "
+                f"image files <case>_<XXXX>{ending}, XXXX the channel, and reads {unsuffixed.name} as channel "
+                f"{extra[0]} of case {case}"
+            )
         for channel in range(channels):
             if channel not in by_channel:
                 folder = next(iter(by_channel.values())).parent
                 raise MissingFileError(
                     f"{folder / channel_file_name(case, channel, ending)} not found: every case needs one file per "
-                    f"channel ({channels} in dataset.json); add it or remove the case's other files"
+                    f"channel ({channels} in dataset.json); add it or remove the case's other files{hint}"
                 )
-        extra = sorted(set(by_channel) - set(range(channels)))
-        if extra:
+        if unsuffixed is not None:
             raise DataFormatError(
-                f"{by_channel[extra[0]]}: channel {extra[0]} is not in dataset.json, which names {channels} channel(s)"
+                f"{unsuffixed}: channel {extra[0]} is not in dataset.json, which names {channels} channel(s): add it "
+                f"to channel_names or remove the file{hint}"
             )
         cases[case] = tuple(by_channel[channel] for channel in range(channels))
     return cases
@@ -385,9 +395,17 @@ def _label_files(files: Sequence[Path], ending: str, images: Mapping[str, object
         stem = case_name(path.name, ending)
         if stem is None or stem not in images:
             folder = path.parent
+            image_folder = folder.parent / folder.name.replace("labels", "images")
+            # the image named as its label: nnU-Net's naming reads <case>_0001.nii.gz as channel 1 of <case>
+            unsuffixed = (
+                f"; {image_folder / path.name} lacks the channel: name it {channel_file_name(stem, 0, ending)}, as "
+                f"nnU-Net names image files <case>_<XXXX>{ending}, XXXX the channel"
+                if stem is not None and (image_folder / path.name).is_file()
+                else ""
+            )
             raise DataFormatError(
-                f"{path}: a label without an image of the same case in "
-                f"{folder.parent / folder.name.replace('labels', 'images')}; add the image or remove the label"
+                f"{path}: a label without an image of the same case in {image_folder}; add the image or remove the "
+                f"label{unsuffixed}"
             )
         labels[stem] = path
     return labels
