@@ -179,6 +179,30 @@ def test_pairs_on_other_grids_are_refused_naming_both_files(raw, monkeypatch):
     assert "origin" in message and str(labels / "case_b.nii") in message
 
 
+def test_a_2d_prediction_of_two_axes_is_scored_against_its_label_of_one_999_mm_slice(tmp_path):
+    # nnU-Net writes a 2D label as (x, y, 1) with a slice 999 mm thick; another tool's (x, y) prediction reads as
+    # 1 mm thick: the same pixels, refused as "voxels up to 998 mm apart"
+    label = np.zeros((12, 10), np.uint8)
+    label[2:8, 3:9] = 1
+    pred = np.zeros_like(label)
+    pred[3:8, 3:9] = 1
+    _save(tmp_path / "labels" / "case.nii.gz", label[:, :, None], np.diag([0.8, 1.2, 999.0, 1.0]))
+    _save(tmp_path / "predictions" / "case.nii.gz", pred, np.diag([0.8, 1.2, 1.0, 1.0]))
+    result = pipeline.evaluate_folders(tmp_path / "predictions", tmp_path / "labels")
+    assert result["per_case"]["case"][1]["dice"] == pytest.approx(_dice(pred == 1, label == 1), abs=1e-12)
+
+
+def test_a_prediction_saved_without_its_scans_header_is_refused_with_a_note_saying_so(raw, monkeypatch):
+    predictions, labels = raw
+    _save(predictions / "case_b_pred.nii.gz", _maps()["case_b"][1], np.eye(4))
+    message = _refusal(predictions, labels, monkeypatch)
+    assert "its spacing" in message and message.endswith(
+        "; note that case_b_pred.nii.gz's header holds the identity affine (1 mm voxels from the origin), as a map "
+        "saved without its image's header does (nib.Nifti1Image(array, np.eye(4))): if it holds case_b.nii's "
+        "voxels, save it with case_b.nii's affine"
+    ), message
+
+
 def test_values_outside_the_declared_classes_and_fractions_are_refused(raw, monkeypatch):
     predictions, labels = raw
     pred = _maps()["case_b"][1].copy()

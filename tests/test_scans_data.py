@@ -254,6 +254,47 @@ def _ignore_label(root):
     return "dataset.json: an 'ignore' label (voxels left unannotated) is not supported", "annotate those voxels"
 
 
+def _too_many_classes(root):
+    # the imported labels are uint8: class 258 became class 2 without a word
+    _edit_dataset_json(root, labels={"background": 0, **{f"class {value}": value for value in range(1, 300)}})
+    return "dataset.json: labels declare 300 classes", "at most 256 classes"
+
+
+def _rgb_image(root):
+    # an RGB24 NIfTI (as ITK writes colour images): numpy's promotion error ended the import in a traceback
+    path = root / "imagesTr" / "synth_002_0001.nii.gz"
+    grey = np.clip(np.asarray(nib.load(path).dataobj), 0, 255).astype(np.uint8)
+    colours = np.zeros(grey.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    for colour in ("R", "G", "B"):
+        colours[colour] = grey
+    _rewrite(path, colours)
+    return "imagesTr/synth_002_0001.nii.gz: its voxels are colours (R, G, B per voxel)", "RGB as three channels"
+
+
+def _complex_label(root):
+    # a complex map was read as its real part without a word
+    path = root / "labelsTr" / "synth_001.nii.gz"
+    _rewrite(path, np.asarray(nib.load(path).dataobj).astype(np.complex64))
+    return "labelsTr/synth_001.nii.gz: its voxels are complex numbers (complex64)", "write the magnitude"
+
+
+def _renamed_case(root, name):
+    for path in root.glob("*/synth_001*.nii.gz"):
+        path.rename(path.with_name(path.name.replace("synth_001", name)))
+
+
+def _case_name_ending_in_a_space(root):
+    # the case lists drop surrounding spaces: training looked for cases/case.h5 and stopped
+    _renamed_case(root, "case ")
+    return "imagesTr/case _0000.nii.gz: the case name 'case '", "begins or ends with white space"
+
+
+def _case_name_ending_in_h5(root):
+    # the case lists read "scan.h5" as the file of case "scan"
+    _renamed_case(root, "scan.h5")
+    return "the case name 'scan.h5'", "rename the case's files"
+
+
 # nnU-Net v2's get_normalization_scheme: the channel name, casefolded, names CT, noNorm, zscore,
 # rescale_to_0_1 or rgb_to_0_1; any other name (its ACDC conversion's "cineMRI", a name it once
 # had, "rescale_0_1") is z-scored per image
@@ -284,6 +325,16 @@ def test_channel_names_map_to_normalisation_as_in_nnunet(raw, tmp_path, channel_
     (source / "dataset.json").write_text(json.dumps(document))
     dataset = read_raw_dataset(source)
     assert dataset.channels == ("CT", channel_name) and dataset.normalization == ("ct", normalization)
+
+
+def test_a_dataset_json_saved_with_a_byte_order_mark_is_read_as_utf8(raw, tmp_path):
+    # Windows editors may save dataset.json as UTF-8 with a byte order mark: it was refused as "not valid JSON"
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    document = json.loads((source / "dataset.json").read_text())
+    document["labels"] = {"background": 0, **{f"Läsion {value}": value for value in range(1, len(document["labels"]))}}
+    (source / "dataset.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(document, ensure_ascii=False).encode("utf-8"))
+    assert read_raw_dataset(source).class_names[1] == "Läsion 1"
+    assert raw_scans.read_class_names(source / "dataset.json")[1] == "Läsion 1"
 
 
 def test_a_dataset_named_as_nnunets_acdc_conversion_names_its_channel_imports(raw, tmp_path):
@@ -317,6 +368,11 @@ def test_a_dataset_named_as_nnunets_acdc_conversion_names_its_channel_imports(ra
         _files_ending_in_capitals,
         _files_ending_in_capitals_of_the_other_ending,
         _ignore_label,
+        _case_name_ending_in_a_space,
+        _case_name_ending_in_h5,
+        _too_many_classes,
+        _rgb_image,
+        _complex_label,
     ],
 )
 def test_bad_input_is_refused_in_one_line_before_anything_is_written(raw, tmp_path, capsys, damage):
@@ -413,6 +469,57 @@ def test_a_label_off_the_images_grid_is_refused_naming_the_part_both_values_and_
     assert message.startswith(f"{label}: its direction of array axis 0 (") and "voxel" in message, message
 
 
+def test_a_label_whose_sform_and_qform_disagree_is_refused_with_a_note_saying_so(raw, tmp_path):
+    # ITK-based viewers may show such a label on its image (the qform), nibabel reads the sform: say which
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    image, label = source / "imagesTr" / "synth_000_0000.nii.gz", source / "labelsTr" / "synth_000.nii.gz"
+    affine = nib.load(image).affine
+    sform = affine.copy()
+    sform[:3, 3] += [0.0, 2.0, 0.0]
+    stored = nib.Nifti1Image(np.asarray(nib.load(label).dataobj), affine)
+    stored.set_qform(affine, code=1)
+    stored.set_sform(sform, code=1)
+    nib.save(stored, label)
+    with pytest.raises(DataFormatError) as refused:
+        _read_first_case(source)
+    message = str(refused.value)
+    assert message.startswith(f"{label}: its origin ") and "by 2.000 mm" in message, message
+    assert message.endswith(
+        "; note that synth_000.nii.gz's sform and qform disagree (by up to 2.000 mm): mper reads the sform, as "
+        "nibabel does, while ITK-based tools (SimpleITK, ITK-SNAP) may show the qform; make them agree"
+    ), message
+
+
+@pytest.mark.parametrize(
+    ("affine", "said"),
+    [
+        (
+            np.eye(4),
+            "the identity affine (1 mm voxels from the origin), as a map saved without its image's header "
+            "does (nib.Nifti1Image(array, np.eye(4)))",
+        ),
+        (
+            None,
+            "neither an sform nor a qform (nibabel places it by its voxel sizes alone), as a map saved without its "
+            "image's header does (nib.Nifti1Image(array, None))",
+        ),
+    ],
+    ids=["identity", "no form"],
+)
+def test_a_label_saved_without_its_images_header_is_refused_with_a_note_saying_so(raw, tmp_path, affine, said):
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    label = source / "labelsTr" / "synth_000.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(nib.load(label).dataobj), affine), label)
+    with pytest.raises(DataFormatError) as refused:
+        _read_first_case(source)
+    message = str(refused.value)
+    assert message.startswith(f"{label}: its ") and "\n" not in message, message
+    assert message.endswith(
+        f"; note that synth_000.nii.gz's header holds {said}: if it holds synth_000_0000.nii.gz's voxels, save it "
+        "with synth_000_0000.nii.gz's affine"
+    ), message
+
+
 @pytest.mark.parametrize(
     ("order", "mirrored", "how"),
     [
@@ -438,6 +545,30 @@ def test_a_label_of_the_images_voxels_in_another_orientation_is_named_as_such(ra
         "synth_000_0000.nii.gz's orientation (e.g. nibabel's as_reoriented, or resample it onto "
         "synth_000_0000.nii.gz)"
     )
+
+
+@pytest.mark.parametrize(
+    "label_affine",
+    [np.diag([0.8, 0.7, 1.0, 1.0]), np.diag([0.8, 0.7, -999.0, 1.0])],
+    ids=["saved with two axes", "its slice mirrored"],
+)
+def test_a_2d_label_fits_its_image_of_one_slice_whatever_that_slices_thickness_or_sign(tmp_path, label_affine):
+    # nnU-Net writes a 2D image as (x, y, 1) with a slice 999 mm thick; a label saved as (x, y) reads as 1 mm
+    # thick, one mirrored along its slice as -999: no voxel is elsewhere, yet both were refused as off the grid
+    image_affine = np.diag([0.8, 0.7, 999.0, 1.0])
+    label = np.zeros((6, 5), np.uint8)
+    label[1:4, 2:4] = 1
+    image_path, label_path = tmp_path / "case_0000.nii.gz", tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(30, dtype=np.float32).reshape(6, 5, 1), image_affine), image_path)
+    nib.save(nib.Nifti1Image(label if label_affine[2, 2] == 1 else label[:, :, None], label_affine), label_path)
+    dataset = raw_scans.RawDataset(tmp_path, NNUNET, "2d", ("MRI",), ("z-score",), ("background", "a"), ".nii.gz", ())
+    scan = read_case(raw_scans.RawCase("case", (image_path,), label_path, LABELED), dataset)
+    assert scan.label is not None and np.array_equal(scan.label[:, :, 0], label)
+    shifted = label_affine.copy()
+    shifted[0, 3] = 0.4  # half a voxel in plane: still refused
+    nib.save(nib.Nifti1Image(label, shifted), label_path)
+    with pytest.raises(DataFormatError, match="origin"):
+        read_case(raw_scans.RawCase("case", (image_path,), label_path, LABELED), dataset)
 
 
 @pytest.mark.parametrize("value", [1.5, "one", float("inf")])  # dataset.json may hold Infinity, which json reads
@@ -503,6 +634,50 @@ def test_a_decathlon_case_listed_twice_is_refused(raw, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.data_main(["import", "--source", str(source), "--out", str(tmp_path / "out")])
     assert "case synth_000 is listed twice in training" in capsys.readouterr().err
+
+
+def test_image_files_named_without_their_channel_are_named_as_such(raw, tmp_path):
+    # cases numbered in four digits, their images written without the channel: case_0001.nii.gz read as channel 1 of
+    # case "case" was refused as "channel 1 is not in dataset.json", without what to do
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    _edit_dataset_json(source, channel_names={"0": "CT"})
+    for path in (source / "imagesTr").glob("*_0001.nii.gz"):
+        path.unlink()
+    for folder, suffix in (("imagesTr", "_0000.nii.gz"), ("labelsTr", ".nii.gz")):
+        for path in (source / folder).glob(f"synth_*{suffix}"):
+            number = int(path.name[len("synth_") :][:3])
+            path.rename(path.with_name(f"case_{number:04d}.nii.gz"))
+    with pytest.raises(DataFormatError) as refused:
+        read_raw_dataset(source)
+    assert str(refused.value).endswith(
+        "; if case_0001 is a case, name its image file case_0001_0000.nii.gz: nnU-Net names image files "
+        "<case>_<XXXX>.nii.gz, XXXX the channel, and reads case_0001.nii.gz as channel 1 of case case"
+    ), refused.value
+    for folder in ("imagesTr", "labelsTr"):
+        for path in (source / folder).glob("case_000[1-9].nii.gz"):
+            path.unlink()
+    with pytest.raises(DataFormatError) as refused:
+        read_raw_dataset(source)
+    assert str(refused.value).endswith(
+        f"; {source / 'imagesTr' / 'case_0000.nii.gz'} lacks the channel: name it case_0000_0000.nii.gz, as nnU-Net "
+        "names image files <case>_<XXXX>.nii.gz, XXXX the channel"
+    ), refused.value
+
+
+def test_an_nnunet_v1_task_is_named_as_such_with_the_conversion_to_do(raw, tmp_path, capsys):
+    # nnU-Net v1: a Decathlon dataset.json beside channel files; "imagesTr/synth_000.nii.gz not found ... add it"
+    # sent the user looking for a file that is there as synth_000_0000.nii.gz
+    source = shutil.copytree(raw[MSD], tmp_path / "Task001_Synth")
+    for path in (source / "imagesTr").glob("*.nii.gz"):
+        path.rename(path.with_name(path.name.replace(".nii.gz", "_0000.nii.gz")))
+    with pytest.raises(SystemExit):
+        cli.data_main(["import", "--source", str(source), "--out", str(tmp_path / "out")])
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith(
+        f"mper-data: error: {source / 'dataset.json'} lists synth_000.nii.gz in training, but its folder holds "
+        "synth_000_0000.nii.gz, one file per channel: an nnU-Net v1 task"
+    ), line
+    assert "nnUNetv2_convert_old_nnUNet_dataset" in line and '"file_ending"' in line, line
 
 
 def test_labeled_voxels_outside_the_images_nonzero_region_are_named_as_cropped_away(raw, tmp_path, caplog):

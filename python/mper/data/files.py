@@ -141,6 +141,24 @@ def case_name_from_line(line: str, case_file: str | None = None) -> str:
     return path.name.removesuffix(".h5")
 
 
+def why_unlistable(name: str) -> str:
+    """Why a list file cannot name the case ``name`` (:func:`read_list` would read another
+    name back from its line), or "" when it can: the reasons a file name of one's own may
+    have (surrounding white space, which lists drop; an ending of ``.h5``, which they read as
+    the case's file; a backslash, read as a folder separator; a line break)."""
+    if name.splitlines() != [name]:
+        return "it holds a line break"
+    if name != name.strip():
+        return "it begins or ends with white space, which case lists drop"
+    if "\\" in name:
+        return "it holds a backslash, which case lists read as a folder separator"
+    if name.endswith(".h5"):
+        return "it ends in '.h5', which case lists read as the case's file"
+    if case_name_from_line(name) != name:
+        return "case lists would read it as another name"
+    return ""
+
+
 def read_list(path: str | Path, case_file: str | None = None) -> list[str]:
     """Case names of a list file, one per non-empty line, in file order (see
     :func:`case_name_from_line` for ``case_file``). A UTF-8 byte order mark, which some

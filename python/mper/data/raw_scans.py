@@ -50,7 +50,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import aff2axcodes, inv_ornt_aff, io_orientation, ornt_transform
 
-from mper.data.files import check_finite, listed_names
+from mper.data.files import check_finite, listed_names, why_unlistable
 from mper.errors import DataFormatError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,9 @@ NAMED_SCHEMES = {
 #: nnU-Net's ``verify_dataset_integrity`` does, the spacing, the origin and the direction
 #: are compared apart, each part against the whole tolerance.
 GEOMETRY_TOLERANCE = 0.01
+#: The most classes (background included) an imported dataset may have: the imported cases,
+#: the training batches and the predicted label maps hold class values as 8-bit integers.
+MAX_CLASSES = int(np.iinfo(np.uint8).max) + 1
 #: nnU-Net's name of an image file without its ending: ``<case>_<XXXX>``, XXXX the channel.
 CHANNEL_FILE = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
 
@@ -185,7 +188,8 @@ def _where_the_dataset_is(source: Path) -> str:
 
 def _json(path: Path) -> dict[str, Any]:
     try:
-        document = json.loads(path.read_text())
+        # JSON is UTF-8; a byte order mark, which some Windows editors write, is not part of it
+        document = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataFormatError(f"{path} is not valid JSON ({error}); fix the file") from error
     if not isinstance(document, dict):
@@ -353,17 +357,27 @@ def _channel_files(files: Sequence[Path], ending: str, channels: int) -> dict[st
         found.setdefault(match["case"], {})[int(match["channel"])] = path
     cases = {}
     for case, by_channel in found.items():
+        extra = sorted(set(by_channel) - set(range(channels)))
+        unsuffixed = by_channel[extra[0]] if extra else None
+        hint = ""
+        if unsuffixed is not None:  # numbered beyond the channels: case names of four digits without the channel?
+            stem = unsuffixed.name[: -len(ending)]
+            hint = (
+                f"; if {stem} is a case, name its image file {channel_file_name(stem, 0, ending)}: nnU-Net names "
+                f"image files <case>_<XXXX>{ending}, XXXX the channel, and reads {unsuffixed.name} as channel "
+                f"{extra[0]} of case {case}"
+            )
         for channel in range(channels):
             if channel not in by_channel:
                 folder = next(iter(by_channel.values())).parent
                 raise MissingFileError(
                     f"{folder / channel_file_name(case, channel, ending)} not found: every case needs one file per "
-                    f"channel ({channels} in dataset.json); add it or remove the case's other files"
+                    f"channel ({channels} in dataset.json); add it or remove the case's other files{hint}"
                 )
-        extra = sorted(set(by_channel) - set(range(channels)))
-        if extra:
+        if unsuffixed is not None:
             raise DataFormatError(
-                f"{by_channel[extra[0]]}: channel {extra[0]} is not in dataset.json, which names {channels} channel(s)"
+                f"{unsuffixed}: channel {extra[0]} is not in dataset.json, which names {channels} channel(s): add it "
+                f"to channel_names or remove the file{hint}"
             )
         cases[case] = tuple(by_channel[channel] for channel in range(channels))
     return cases
@@ -381,9 +395,17 @@ def _label_files(files: Sequence[Path], ending: str, images: Mapping[str, object
         stem = case_name(path.name, ending)
         if stem is None or stem not in images:
             folder = path.parent
+            image_folder = folder.parent / folder.name.replace("labels", "images")
+            # the image named as its label: nnU-Net's naming reads <case>_0001.nii.gz as channel 1 of <case>
+            unsuffixed = (
+                f"; {image_folder / path.name} lacks the channel: name it {channel_file_name(stem, 0, ending)}, as "
+                f"nnU-Net names image files <case>_<XXXX>{ending}, XXXX the channel"
+                if stem is not None and (image_folder / path.name).is_file()
+                else ""
+            )
             raise DataFormatError(
-                f"{path}: a label without an image of the same case in "
-                f"{folder.parent / folder.name.replace('labels', 'images')}; add the image or remove the label"
+                f"{path}: a label without an image of the same case in {image_folder}; add the image or remove the "
+                f"label{unsuffixed}"
             )
         labels[stem] = path
     return labels
@@ -402,6 +424,21 @@ def _msd_path(source: Path, entry: Any, where: Path, key: str) -> Path:
 
 
 CaseFiles = dict[str, tuple[Path, ...]]
+
+
+def _refuse_nnunet_v1(image: Path, name: str, ending: str, where: Path) -> None:
+    """Refuse a Decathlon-style ``dataset.json`` that lists ``image``, missing, while the
+    image is there under nnU-Net's channel name (``<case>_0000``): an nnU-Net v1 task, whose
+    dataset.json lists the Decathlon's names and whose files carry the channel."""
+    channel_file = image.with_name(channel_file_name(name, 0, ending))
+    if channel_file.is_file():
+        raise DataFormatError(
+            f"{where} lists {image.name} in training, but its folder holds {channel_file.name}, one file per "
+            "channel: an nnU-Net v1 task (modality and the Decathlon's file names in dataset.json, channel files "
+            "on disk), which mper does not read; convert it to nnU-Net v2 (nnUNetv2_convert_old_nnUNet_dataset "
+            'FOLDER DatasetNNN_Name), or replace its dataset.json by a v2 one: "channel_names", "labels" as '
+            '{"background": 0, ...} and "file_ending"'
+        )
 
 
 def _msd_cases(
@@ -434,6 +471,8 @@ def _msd_cases(
         if name in images:
             raise DataFormatError(f"{where}: case {name} is listed twice in training; list each case once")
         for path in (image, label):
+            if path is image and not path.is_file():
+                _refuse_nnunet_v1(image, name, ending, where)
             if not path.is_file():
                 raise MissingFileError(
                     f"{path} not found, though {where} lists it in training; add it or unlist the case"
@@ -491,6 +530,12 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
     )
     normalization = tuple(normalization_of(channel) for channel in channels)
     class_names = _class_names(document.get("labels"), layout, where)
+    if len(class_names) > MAX_CLASSES:
+        raise DataFormatError(
+            f"{where}: labels declare {len(class_names)} classes (values 0 to {len(class_names) - 1}), but mper stores "
+            f"class values as 8-bit integers, at most {MAX_CLASSES} classes (0 to {MAX_CLASSES - 1}); merge classes "
+            f"so that at most {MAX_CLASSES} remain, in labels and in the label files"
+        )
     if layout == NNUNET and "file_ending" not in document:
         raise DataFormatError(
             f'{where} has no "file_ending", which nnU-Net v2\'s dataset.json names: add "file_ending": ".nii.gz" '
@@ -573,6 +618,12 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
                     f"{files[0]}: case {name} is there twice (also {cases[name].images[0]}); "
                     "give every case its own name"
                 )
+            unlistable = why_unlistable(name)
+            if unlistable:
+                raise DataFormatError(
+                    f"{files[0]}: the case name {name!r} cannot be written to the imported dataset's case lists "
+                    f"({unlistable}); rename the case's files (its image files and any label file)"
+                )
             label = labels.get(name)
             cases[name] = RawCase(name, files, label, labeled_role if label is not None else unlabeled_role)
 
@@ -642,8 +693,20 @@ def load_nifti(path: Path) -> nib.Nifti1Image:
 
 def nifti_voxels(scan: nib.Nifti1Image, path: Path, dtype: type | None = None) -> np.ndarray:
     """The voxels of ``scan`` (read from ``path``), as ``dtype`` when given (scaled by the
-    header's slope and intercept); a file cut short raises
-    :class:`~mper.errors.DataFormatError` naming it."""
+    header's slope and intercept); a file cut short, or voxels that are not one real number
+    each (RGB colours, complex values), raise :class:`~mper.errors.DataFormatError` naming it."""
+    stored = np.dtype(scan.get_data_dtype())  # type: ignore[no-untyped-call]
+    if stored.kind == "V":  # RGB24, RGBA32: a record of colours per voxel
+        raise DataFormatError(
+            f"{path}: its voxels are colours ({', '.join(stored.names or ()) or 'a record'} per voxel), not one number "
+            "each; write each colour to a channel file of its own (<case>_0000, <case>_0001, ...: RGB as three "
+            "channels), or convert the image to grey values"
+        )
+    if stored.kind == "c":  # a complex MR image: its real part alone would be read without a word
+        raise DataFormatError(
+            f"{path}: its voxels are complex numbers ({stored}), not one real number each; write the magnitude "
+            "(or the real and imaginary parts as two channel files)"
+        )
     try:
         return np.asarray(scan.dataobj, dtype=dtype)
     except NIFTI_READ_ERRORS as error:
@@ -718,7 +781,9 @@ def _stored_otherwise(
     except ValueError:  # an axis without a direction (a degenerate affine)
         return ""
     order = [int(axis) for axis in transform[:, 0]]
-    if order == [0, 1, 2] and (transform[:, 1] > 0).all():
+    # mirroring an axis of one voxel (a 2D image's slice) leaves every voxel where it was
+    mirrored = [axis for axis in range(3) if transform[axis, 1] < 0 and shape[axis] > 1]
+    if order == [0, 1, 2] and not mirrored:
         return ""
     reoriented_shape = [0, 0, 0]
     for axis, size in zip(order, shape):
@@ -734,7 +799,6 @@ def _stored_otherwise(
     how = []
     if order != [0, 1, 2]:  # its axis i holds the reference's axis order[i]
         how.append(f"transposed to axes {tuple(order)}")
-    mirrored = [axis for axis in range(3) if transform[axis, 1] < 0]
     if mirrored:
         axes = "axis" if len(mirrored) == 1 else "axes"
         how.append(f"mirrored along its array {axes} {' and '.join(map(str, mirrored))}")
@@ -745,6 +809,42 @@ def _stored_otherwise(
 CASE_FILES = "the channels and the label of a case"
 
 
+def _forms_disagree(path: Path, scan: nib.Nifti1Image, shape: tuple[int, ...]) -> str:
+    """A note naming ``path`` when its header's sform and qform, both set, place a voxel of its
+    ``shape`` more than :data:`GEOMETRY_TOLERANCE` of a voxel apart; "" otherwise."""
+    header = scan.header
+    if int(header["sform_code"]) == 0 or int(header["qform_code"]) == 0 or len(shape) != 3:
+        return ""
+    sform = np.asarray(header.get_sform(), dtype=np.float64)  # type: ignore[no-untyped-call]
+    qform = np.asarray(header.get_qform(), dtype=np.float64)  # type: ignore[no-untyped-call]
+    corners = np.array(np.meshgrid(*[[0, size - 1] for size in shape], indexing="ij")).reshape(3, -1)
+    moved = float(np.abs((sform - qform) @ np.vstack([corners, np.ones(corners.shape[1])]))[:3].max())
+    voxel = float(np.linalg.norm(sform[:3, :3], axis=0).min())
+    if moved <= GEOMETRY_TOLERANCE * voxel:
+        return ""
+    return (
+        f"; note that {path.name}'s sform and qform disagree (by up to {moved:.3f} mm): mper reads the sform, as "
+        "nibabel does, while ITK-based tools (SimpleITK, ITK-SNAP) may show the qform; make them agree"
+    )
+
+
+def _placed_nowhere(path: Path, scan: nib.Nifti1Image, reference: Path) -> str:
+    """A note naming ``path`` when its header places it nowhere (the identity affine, or
+    neither an sform nor a qform), as a map saved without its image's header; "" otherwise."""
+    header = scan.header
+    if int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0:
+        how, example = "neither an sform nor a qform (nibabel places it by its voxel sizes alone)", "None"
+    elif np.allclose(scan.affine, np.eye(4)):
+        how, example = "the identity affine (1 mm voxels from the origin)", "np.eye(4)"
+    else:
+        return ""
+    return (
+        f"; note that {path.name}'s header holds {how}, as a map saved without its image's header does "
+        f"(nib.Nifti1Image(array, {example})): if it holds {reference.name}'s voxels, save it with "
+        f"{reference.name}'s affine"
+    )
+
+
 def check_geometry(
     path: Path,
     shape: tuple[int, ...],
@@ -753,12 +853,37 @@ def check_geometry(
     reference_shape: tuple[int, ...],
     reference_affine: np.ndarray,
     together: str = CASE_FILES,
+    scans: Sequence[nib.Nifti1Image] = (),
 ) -> None:
     """Refuse ``path`` unless its voxel grid is ``reference``'s: the same shape, and no voxel
     placed more than :data:`GEOMETRY_TOLERANCE` of a voxel apart by the spacing, the origin
     or the direction, each naming the part, both values and the file; the same voxels stored
     in another orientation are named as such. ``together`` names the files that must share
-    a grid (:data:`CASE_FILES`: a case's channels and label)."""
+    a grid (:data:`CASE_FILES`: a case's channels and label). ``scans``, the images of
+    ``path`` and ``reference`` when given, add to a refusal a note naming a file whose sform
+    and qform disagree (tools that read the other one show the files aligned), and one when
+    ``path`` alone is placed nowhere (a map saved without its image's header)."""
+    try:
+        _check_grid(path, shape, affine, reference, reference_shape, reference_affine, together)
+    except DataFormatError as refused:
+        notes = "".join(_forms_disagree(*named, shape) for named in zip((path, reference), scans))
+        if scans and not _placed_nowhere(reference, scans[1], path):
+            notes += _placed_nowhere(path, scans[0], reference)
+        if not notes:
+            raise
+        raise DataFormatError(f"{refused}{notes}") from None
+
+
+def _check_grid(
+    path: Path,
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    reference: Path,
+    reference_shape: tuple[int, ...],
+    reference_affine: np.ndarray,
+    together: str,
+) -> None:
+    """:func:`check_geometry` without the notes on the headers."""
     stored = _stored_otherwise(shape, affine, reference_shape, reference_affine)
     if stored:
         codes, reference_codes = (
@@ -779,8 +904,9 @@ def check_geometry(
     reference_spacing, reference_direction, reference_origin = _grid(reference_affine)
     voxel = float(reference_spacing.min())
     tolerance = GEOMETRY_TOLERANCE * voxel
-    # a voxel n steps along an axis moves by n times that axis's change of step
-    steps = np.maximum(np.asarray(reference_shape, dtype=np.float64) - 1, 1)
+    # a voxel n steps along an axis moves by n times that axis's change of step; an axis of one voxel (a 2D
+    # image's slice, 999 mm thick as nnU-Net writes it, or 1 mm in a file of two axes) takes no step
+    steps = np.asarray(reference_shape, dtype=np.float64) - 1
     spacing_moves = steps * np.abs(spacing - reference_spacing)
     direction_moves = steps * reference_spacing * np.linalg.norm(direction - reference_direction, axis=0)
     origin_move = float(np.abs(origin - reference_origin).max())
@@ -830,7 +956,9 @@ def read_image(case: RawCase, channels: int) -> tuple[np.ndarray, nib.Nifti1Imag
         for path in case.images[1:]:
             scan = load_nifti(path)
             volume = _spatial(nifti_voxels(scan, path, np.float32), path, "the image", _IMAGE_FIX)
-            check_geometry(path, volume.shape, scan.affine, case.images[0], volumes[0].shape, first.affine)
+            check_geometry(
+                path, volume.shape, scan.affine, case.images[0], volumes[0].shape, first.affine, scans=(scan, first)
+            )
             volumes.append(volume)
         image = np.stack(volumes)
     paths = case.images if len(case.images) == len(image) else case.images * len(image)
@@ -877,11 +1005,14 @@ def check_declared(path: Path, label: np.ndarray, class_names: Sequence[str], de
 
 
 def read_label(
-    path: Path, shape: tuple[int, ...], affine: np.ndarray, reference: Path, class_names: Sequence[str]
+    path: Path, shape: tuple[int, ...], reference: Path, reference_scan: nib.Nifti1Image, class_names: Sequence[str]
 ) -> np.ndarray:
-    """The label map at ``path`` as uint8, checked against the image's grid and the declared classes."""
+    """The label map at ``path`` as uint8, checked against the grid of the image ``reference``
+    (its first channel file, read as ``reference_scan``, of spatial ``shape``) and the declared classes."""
     label, scan = read_label_map(path)
-    check_geometry(path, label.shape, scan.affine, reference, shape, affine)
+    check_geometry(
+        path, label.shape, scan.affine, reference, shape, reference_scan.affine, scans=(scan, reference_scan)
+    )
     check_declared(path, label, class_names)
     return label.astype(np.uint8)
 
@@ -891,7 +1022,7 @@ def read_case(case: RawCase, dataset: RawDataset) -> Scan:
     image, first = read_image(case, len(dataset.channels))
     label = None
     if case.label is not None:
-        label = read_label(case.label, image.shape[1:], first.affine, case.images[0], dataset.class_names)
+        label = read_label(case.label, image.shape[1:], case.images[0], first, dataset.class_names)
     return Scan(image, label, first.affine, scan_spacing(first, case.images[0]), first.header)
 
 

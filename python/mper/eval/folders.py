@@ -223,6 +223,7 @@ def _read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, tuple[float, float, 
         label.shape,
         label_scan.affine,
         together=f"a prediction and its label ({pair.label})",
+        scans=(prediction_scan, label_scan),
     )
     return prediction, label, scan_spacing(label_scan, pair.label)
 
