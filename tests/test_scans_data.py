@@ -999,18 +999,25 @@ def test_a_num_training_that_disagrees_with_the_labeled_cases_found_is_named(raw
         )
 
 
-def test_a_blank_labeled_image_and_a_single_slice_among_volumes_are_named(raw, tmp_path, caplog):
+def test_a_blank_image_and_a_single_slice_among_volumes_are_named(raw, tmp_path, caplog):
     """Both import and train, but are likely a damaged file or a slip."""
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
     blank = source / "imagesTr" / "synth_000_0001.nii.gz"
     _rewrite(blank, np.zeros(nib.load(blank).shape, np.float32))
     for path in [*source.glob("imagesTr/synth_001_*.nii.gz"), source / "labelsTr" / "synth_001.nii.gz"]:
         _rewrite(path, np.asarray(nib.load(path).dataobj)[:, :, 2])
+    unlabeled = next(case for case in read_raw_dataset(source).cases if case.role == UNLABELED)
+    for path in unlabeled.images:
+        _rewrite(path, np.full(nib.load(path).shape, 7, np.float32))
     with caplog.at_level("WARNING", logger="mper"):
         cli.data_main(["import", "--source", str(source), "--out", str(tmp_path / "out")])
     assert (
         f"{source / 'imagesTr'}: channel(s) MRI of case synth_000 hold one value everywhere, yet its label marks "
         in caplog.text
+    )
+    assert (
+        f"{unlabeled.images[0].parent}: the image of unlabeled case {unlabeled.name} holds one value everywhere (7): "
+        "a blank or damaged image file? It is imported, but teaches self-training nothing" in caplog.messages
     )
     assert (
         f"{source}: 1 case(s) are a single slice among 3D volumes, and train as volumes of one slice: synth_001 "

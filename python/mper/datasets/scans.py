@@ -364,9 +364,19 @@ def _add_case(
     found.kept_fraction[case.name] = math.prod(found.cropped[case.name]) / math.prod(scan.image.shape[1:])
     if 1 in scan.image.shape[1:]:
         found.single_slices.append(case.name)
+    flat = [raw.channels[index] for index, channel in enumerate(scan.image) if channel.min() == channel.max()]
+    if len(flat) == len(raw.channels) and case.role != LABELED:
+        log.warning(
+            "%s: the image of %s case %s holds one value everywhere (%g): a blank or damaged image file? It is "
+            "imported, but %s",
+            case.images[0].parent,
+            case.role,
+            case.name,
+            float(scan.image.flat[0]),
+            "teaches self-training nothing" if case.role == UNLABELED else "its test score measures nothing",
+        )
     if case.role == LABELED and scan.label is not None:
         found.labeled_classes.update(int(value) for value in np.unique(scan.label))
-        flat = [raw.channels[index] for index, channel in enumerate(scan.image) if channel.min() == channel.max()]
         if flat and scan.label.any():
             log.warning(
                 "%s: channel(s) %s of case %s hold one value everywhere, yet its label marks %d foreground "
