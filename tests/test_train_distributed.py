@@ -432,6 +432,33 @@ def test_one_process_in_a_group_of_its_own_trains_as_without_one(acdc_root, sing
     assert "DistributedDataParallel" not in (single / "train.log").read_text()
 
 
+def _two_forwards_on_rank(rank: int, init_file: str, results) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 2, 1))
+    network = distributed.data_parallel(student, sync_batchnorm=False, device=torch.device("cpu"))
+    halves = torch.randn(2, 2, 1, 8, 8, generator=torch.Generator().manual_seed(rank))  # each process its own
+    # two forwards, one backward: selftrain.forward_passes = 2 (before torch 2.13, DDP's
+    # own broadcast of the buffers before the second forward failed the backward)
+    sum(network(half).sum() for half in halves).backward()
+    before = {name: buffer.clone() for name, buffer in student.named_buffers()}
+    distributed.broadcast_buffers_(student)
+    results[rank] = before, {name: buffer.clone() for name, buffer in student.named_buffers()}
+    dist.destroy_process_group()
+
+
+def test_two_forwards_before_a_backward_train_and_the_batch_norm_statistics_are_process_0s(tmp_path):
+    results = torch.multiprocessing.Manager().dict()
+    torch.multiprocessing.spawn(_two_forwards_on_rank, args=(str(tmp_path / "store"), results), nprocs=2)
+    (before_0, after_0), (before_1, after_1) = results[0], results[1]
+    assert int(after_0["1.num_batches_tracked"]) == 2
+    assert not torch.equal(before_0["1.running_mean"], before_1["1.running_mean"])
+    for name, value in after_0.items():
+        assert torch.equal(value, before_0[name]) and torch.equal(after_1[name], value), name
+
+
 def assert_identical(first, second, where):
     if isinstance(first, torch.Tensor):
         torch.testing.assert_close(first, second, rtol=0, atol=0, equal_nan=True, msg=where)

@@ -277,7 +277,33 @@ def data_parallel(student: nn.Module, sync_batchnorm: bool, device: torch.device
     elif sync_batchnorm:
         CrossProcessBatchNorm.convert(student)
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(student, device_ids=device_ids)
+    wrapped = DistributedDataParallel(student, device_ids=device_ids)
+    # DDP broadcasts the buffers before every forward, in place: before torch 2.13 that
+    # fails the backward of a step with two forwards (selftrain.forward_passes = 2;
+    # pytorch/pytorch#175024), so Trainer.optimize sends them after each step instead
+    # (broadcast_buffers_). DDP still sends them once, here, as it wraps the student.
+    wrapped.broadcast_buffers = False
+    return wrapped
+
+
+def broadcast_buffers_(module: nn.Module) -> None:
+    """Process 0's buffers of ``module`` (batch norm's running statistics) to every
+    process, in place, one collective per dtype; nothing outside a process group. After
+    each optimizer step, so that between steps (validation, the teacher's EMA, the next
+    forward) every process holds process 0's statistics, as DistributedDataParallel's
+    own broadcast before every forward kept them."""
+    if not grouped():
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for buffer in module.buffers():
+        by_dtype.setdefault(buffer.dtype, []).append(buffer)
+    with torch.no_grad():
+        for buffers in by_dtype.values():
+            flat = torch.cat([buffer.reshape(-1) for buffer in buffers])
+            dist.broadcast(flat, src=0)
+            if not current_world().is_main:
+                for buffer, part in zip(buffers, flat.split([buffer.numel() for buffer in buffers])):
+                    buffer.copy_(part.view_as(buffer))
 
 
 def average_rows(

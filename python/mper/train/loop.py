@@ -198,10 +198,12 @@ class Trainer:
         return autocast(self.device, self.config.amp)
 
     def optimize(self, loss: torch.Tensor) -> None:
-        """One SGD step on ``loss``."""
+        """One SGD step on ``loss``; under torch.distributed, process 0's batch-norm
+        statistics then go to every process (:func:`~mper.train.distributed.broadcast_buffers_`)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        distributed.broadcast_buffers_(self.student)
 
     def begin_stage(self, stage: str) -> None:
         """Start ``stage`` at iteration 0 with a fresh optimizer."""
