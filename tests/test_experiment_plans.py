@@ -198,6 +198,14 @@ def test_a_plan_without_budgets_takes_the_datasets_usual_ones(dataset, budgets):
         ),
         ({"set": ["baseline=bcp"]}, "set it with a variant's baseline"),
         ({"sweep": {"setting": "prototypes.per_class", "values": []}}, "sweep.values must be a non-empty list"),
+        (
+            {"sweep": {"setting": "labeled", "values": [2, 3]}},
+            "sweep.setting = 'labeled' is laid out by the plan itself (each run's folder and row name it); set it "
+            "with labeled = [...] (or a variant's labeled) instead of a [sweep]",
+        ),
+        ({"sweep": {"setting": "seed", "values": [2, 3]}}, "set it with seeds = [...] (or --seeds) instead"),
+        ({"sweep": {"setting": "optim.lr", "values": [0.01, 0.001, 0.01]}}, "sweep.values lists 0.01 twice"),
+        ({"sweep": {"setting": "prototypes.per_class", "values": [2, 2.0]}}, "sweep.values lists 2.0 twice"),
         ({"figures": {"tsne": ["BCP"]}}, "figures.tsne names 'BCP', which is not a variant"),
         ({"variant": [{"name": "mper"}, {"name": "MPER"}]}, "rows 'mper' and 'MPER' would share the run folder 'mper'"),
         ({"variant": [{"name": "a/b"}, {"name": "a-b"}]}, "rows 'a/b' and 'a-b' would share the run folder 'a-b'"),

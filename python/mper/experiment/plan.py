@@ -470,11 +470,32 @@ def _sweep(reader: _Reader, table: dict[str, Any] | None) -> Sweep | None:
     if table is None:
         return None
     reader.known(table, SWEEP_KEYS, "sweep.")
-    setting = reader.text(table, "setting", prefix="sweep.")
+    setting = reader.text(table, "setting", prefix="sweep.").strip()
+    if setting in PLAN_SETTINGS:
+        # the sweep's value would train every run of a row while its folder and its row name another
+        reader.fail(
+            f"sweep.setting = {setting!r} is laid out by the plan itself (each run's folder and row name it); "
+            f"set it with {PLAN_SETTINGS[setting]} instead of a [sweep]"
+        )
     values = table.get("values")
     if not isinstance(values, list) or not values:
         reader.fail("sweep.values must be a non-empty list of values for " + setting)
+    twice = next((value for index, value in enumerate(values) if _same_value(value, values[:index])), None)
+    if twice is not None:
+        reader.fail(f"sweep.values lists {_toml_literal(twice)} twice: {values}; give each value once")
     return Sweep(setting, tuple(values), reader.text(table, "label", default=setting, prefix="sweep."))
+
+
+def _same_value(value: Any, others: Sequence[Any]) -> bool:
+    """Whether ``value`` is one of ``others`` as a setting takes it (``1`` and ``1.0`` alike,
+    ``True`` and ``1`` not)."""
+    return any(type(value) is type(other) and value == other for other in others) or any(
+        _number(value) and _number(other) and value == other for other in others
+    )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class _Reader:
