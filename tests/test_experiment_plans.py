@@ -146,6 +146,13 @@ def test_runs_go_seed_by_seed_into_one_folder_each(tmp_path):
     ]
 
 
+@pytest.mark.parametrize("name, folder", [("..", "run"), (".", "run"), ("../MPER", "mper"), ("v2.", "v2")])
+def test_a_row_trains_in_a_folder_of_its_own_inside_the_output_folder(tmp_path, name, folder):
+    plan = parse_plan({**MINIMAL, "variant": [{"name": name}]}, name="dots")
+    (cell,) = plan.cells(tmp_path / "out")
+    assert cell.run_dir == tmp_path / "out" / folder / "3-labeled" / "seed1"
+
+
 def test_a_setting_the_plan_lays_out_is_refused_from_the_command_line():
     with pytest.raises(PlanError, match=r"^--set: 'labeled=2' would give every run labeled = 2 .*\(or a variant's"):
         load_plan(find_plan("acdc-prototypes")).with_changes(assignments=["selftrain.iterations=10", "labeled=2"])

@@ -298,8 +298,10 @@ def _source(name: str, path: Path | None) -> str:
 
 
 def slug(name: str) -> str:
-    """A folder name for a row name: lower case, runs of other characters as ``-``."""
-    return re.sub(r"[^a-z0-9.=+]+", "-", name.lower()).strip("-") or "run"
+    """A folder name for a row name: lower case, runs of other characters as ``-``, no
+    dot or dash at either end (a row named ``..`` trains inside the output folder, not
+    beside it)."""
+    return re.sub(r"[^a-z0-9.=+]+", "-", name.lower()).strip("-.") or "run"
 
 
 def _budget_folder(labeled: int | None) -> str:
