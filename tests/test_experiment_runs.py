@@ -202,10 +202,14 @@ def test_the_command_lists_runs_and_refuses_what_it_cannot_use(micro_results, ac
     listed = capsys.readouterr().out.splitlines()
     assert re.match(r"finished +MPER / 1 labeled / seed 0 ", listed[0])
     assert re.match(r"new +MPER / 1 labeled / seed 7 ", listed[1])
-    with pytest.raises(SystemExit) as exit_info:
-        experiment_main([str(plan_file), "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
-    assert exit_info.value.code == 2
-    assert "the data folder" in capsys.readouterr().err
+    nowhere = tmp_path / "nowhere"
+    error = one_line_error([str(plan_file), "--data-root", str(nowhere), "--out", str(tmp_path / "o")], capsys)
+    # the plan and its data_root named, and the commands that write the data
+    assert error.startswith(
+        f"mper-experiment: error: {plan_file}: data_root (a relative data_root is taken from the folder the command "
+        f"runs in): data folder {nowhere} does not exist: mper-data synth --dataset acdc --out {nowhere} writes"
+    )
+    assert error.endswith("; no run was started") and not (tmp_path / "o").exists()
 
 
 def two_variant_plan_file(folder, data_root, labeled):
@@ -251,8 +255,10 @@ def test_a_data_folder_without_the_layout_is_refused_before_any_run_trains(tmp_p
     plan = two_variant_plan_file(tmp_path, raw, [1])
     out = tmp_path / "out"
     error = one_line_error([str(plan), "--out", str(out), *(["--list"] if listing else [])], capsys)
-    assert error.startswith(f"mper-experiment: error: {raw} holds the ACDC challenge download") and error.endswith(
-        f"mper-data convert --dataset acdc --source {raw} --out DIR, then pass --data-root DIR"
+    assert error.startswith(
+        f"mper-experiment: error: {plan}: data_root: {raw} holds the ACDC challenge download"
+    ) and error.endswith(
+        f"mper-data convert --dataset acdc --source {raw} --out DIR, then pass --data-root DIR; no run was started"
     )
     (raw / "patient001" / "patient001_frame01.nii.gz").unlink()  # a folder of something else
     error = one_line_error([str(plan), "--out", str(out), *(["--list"] if listing else [])], capsys)

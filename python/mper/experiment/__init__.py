@@ -171,9 +171,12 @@ def check_runs(plan: Plan, cells: Sequence[Cell]) -> None:
     root = Path(plan.data_root)
     if not todo or (plan.synthetic is not None and not root.exists()):
         return
-    if not root.is_dir():
-        raise ConfigError(f"the data folder {root} does not exist; give the plan's data with --data-root DIR")
-    check_dataset_root(root, plan.dataset, f"the plan trains on {plan.dataset}")
+    try:
+        check_dataset_root(root, plan.dataset, f"the plan trains on {plan.dataset}")
+    except UserError as error:
+        # a relative data_root is taken from the folder the command runs in, not the plan's
+        relative = "" if root.exists() else " (a relative data_root is taken from the folder the command runs in)"
+        raise PlanError(f"{plan.source}: data_root{relative}: {error}; no run was started") from error
     checked: set[str] = set()
     for cell in todo:
         config = cell.config()
