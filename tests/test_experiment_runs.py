@@ -7,6 +7,7 @@ import json
 import math
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ from mper.experiment.executors import ClusterOptions
 from mper.experiment.plan import PlanError, parse_plan
 from mper.experiment.report import collect, markdown
 from mper.experiment.runs import FINISHED, INTERRUPTED, run_state
-from test_pipeline import RESUMABLE_ACDC, interrupt_after
+from test_pipeline import RESUMABLE_ACDC, after_optimizer_steps, interrupt_after
 
 #: The pipeline tests' tiny runs, with a checkpoint every 2 iterations and no figures.
 MICRO = [*RESUMABLE_ACDC, "eval.checkpoint_interval=2", "eval.num_figures=0"]
@@ -137,6 +138,22 @@ def test_a_stopped_sweep_resumes_where_it_stopped(acdc_root, tmp_path, monkeypat
     (row,) = json.loads(written["results.json"].read_text())["rows"]
     assert row["seeds"] == [0, 1] and row["method"] == "U-Net"
     assert len(set(row["metrics"]["dice"]["values"])) == 2  # the seeds train different networks
+
+
+def test_a_sweep_stopped_by_sigterm_ends_as_a_terminated_command(acdc_root, tmp_path, monkeypatch, capsys):
+    # a scheduler pre-empting the job: the training saves its state, the command says SIGTERM and
+    # exits with 143 as mper-train does (it said Ctrl-C's 130)
+    plan = tmp_path / "one.toml"
+    plan.write_text(
+        f'dataset = "acdc"\ndata_root = "{acdc_root}"\nlabeled = [1]\nseeds = [0]\n'
+        f'set = {json.dumps(MICRO)}\n[[variant]]\nname = "U-Net"\nbaseline = "labeled-only"\n'
+    )
+    after_optimizer_steps(monkeypatch, 3, lambda trainer: signal.raise_signal(signal.SIGTERM))
+    with pytest.raises(SystemExit) as exit_info:
+        experiment_main([str(plan), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert "sweep stopped (SIGTERM): 0 of 1 runs finished" in capsys.readouterr().err
+    assert run_state(tmp_path / "out" / "u-net" / "1-labeled" / "seed0") == INTERRUPTED
 
 
 def test_a_failed_run_is_reported_and_the_others_still_run(acdc_root, tmp_path):

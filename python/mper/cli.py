@@ -130,6 +130,8 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM outside the training loop (which handles its own): ends the command as
     Ctrl-C does, in one line, rather than silently."""
 
+    signal_name = "SIGTERM"
+
 
 def _terminate(signum: int, frame: object) -> None:
     raise _Terminated
@@ -139,11 +141,11 @@ def _report_stop(stop: KeyboardInterrupt) -> int:
     """Say what a stopped run left behind and how to go on; returns the exit code."""
     if isinstance(stop, SweepInterrupted):
         print(
-            f"\nsweep stopped: {stop.finished} of {stop.total} runs finished in {stop.out}; run the same "
-            "command again to continue (finished runs are kept, interrupted ones resume)",
+            f"\nsweep stopped ({stop.signal_name}): {stop.finished} of {stop.total} runs finished in {stop.out}; "
+            "run the same command again to continue (finished runs are kept, interrupted ones resume)",
             file=sys.stderr,
         )
-        return _interrupted_exit_code("SIGINT")
+        return _interrupted_exit_code(stop.signal_name)
     if isinstance(stop, TrainingInterrupted):
         if is_main_process():  # one report for all the processes of a torchrun group
             print(

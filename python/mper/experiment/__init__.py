@@ -52,11 +52,23 @@ class RunsFailed(UserError):
 
 
 class SweepInterrupted(KeyboardInterrupt):
-    """A sweep stopped by Ctrl-C or SIGTERM; running the same command again continues it."""
+    """A sweep stopped by Ctrl-C or SIGTERM (``signal_name``); running the same command
+    again continues it."""
 
-    def __init__(self, out: Path, finished: int, total: int):
+    def __init__(self, out: Path, finished: int, total: int, signal_name: str = "SIGINT"):
         super().__init__(f"{finished} of {total} runs finished")
-        self.out, self.finished, self.total = out, finished, total
+        self.out, self.finished, self.total, self.signal_name = out, finished, total, signal_name
+
+
+def stop_signal(stop: BaseException | None) -> str:
+    """The signal that stopped a sweep: the ``signal_name`` of ``stop`` or of the first
+    exception it came from that has one (a training stopped by SIGTERM), else SIGINT."""
+    while stop is not None:
+        name = getattr(stop, "signal_name", None)
+        if name:
+            return str(name)
+        stop = stop.__cause__ or stop.__context__
+    return "SIGINT"
 
 
 def find_plan(name_or_path: str | Path) -> Path:
@@ -127,7 +139,7 @@ def run_plan(
         failures = (executor or LocalExecutor()).run(todo)
     except KeyboardInterrupt as stop:
         finished = sum(run_state(cell.run_dir) == FINISHED for cell in cells)
-        raise SweepInterrupted(out, finished, len(cells)) from stop
+        raise SweepInterrupted(out, finished, len(cells), stop_signal(stop)) from stop
     written = write_report(plan, cells, out)
     if failures:
         raise RunsFailed(_failure_message(failures, len(cells), written["results.md"]))

@@ -166,12 +166,19 @@ class DevicePoolExecutor:
             job.output.close()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while the pool runs: stops it as Ctrl-C does, and the command ends as a
+    terminated one (exit status 143)."""
+
+    signal_name = "SIGTERM"
+
+
 @contextmanager
 def _stop_on_sigterm() -> Iterator[None]:
     """Turn SIGTERM into a Ctrl-C while the pool runs, so that its trainings stop cleanly."""
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
