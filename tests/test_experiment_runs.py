@@ -339,7 +339,8 @@ def test_a_table_is_the_mean_and_sample_std_over_seeds(tmp_path):
     assert row.mean("hd95") == 2.0 and math.isnan(row.std("hd95"))  # one defined value
     table = markdown(plan, [row])
     assert "| MPER | 3 | 67 | 2/3 | 85.00 ± 7.07 | 75.00 ± 7.07 | 2.00 | 1.00 ± 0.00 |" in table
-    assert "1 run(s) not finished yet" in table and "undefined (prediction or ground truth empty) for 1 " in table
+    assert "1 run(s) not finished yet, their seeds left out (column Seeds): MPER, 3 labeled: seed 2." in table
+    assert "undefined (prediction or ground truth empty) for 1 " in table
     assert "marked *" not in table
 
 

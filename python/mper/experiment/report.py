@@ -164,7 +164,12 @@ def markdown(plan: Plan, rows: Sequence[Row]) -> str:
     notes = []
     missing = sum(len(row.missing_seeds) for row in rows)
     if missing:
-        notes.append(f"{missing} run(s) not finished yet: their seeds are left out (column Seeds).")
+        which = "; ".join(
+            f"{row.name}, {row.budget} labeled: seed {', '.join(map(str, row.missing_seeds))}"
+            for row in rows
+            if row.missing_seeds
+        )
+        notes.append(f"{missing} run(s) not finished yet, their seeds left out (column Seeds): {which}.")
     undefined = sum(row.undefined for row in rows)
     if undefined:
         notes.append(
