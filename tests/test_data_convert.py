@@ -225,6 +225,41 @@ def test_a_header_fix_of_nibabels_is_said_once_naming_the_first_file(tmp_path, c
     assert "pixdim" not in capsys.readouterr().err.replace(said[0], "")
 
 
+def test_acdc_a_damaged_download_is_refused_naming_the_missing_file(tmp_path):
+    """A frame that a patient's Info.cfg names, or the frame of a _gt file, missing: the
+    patient was converted with one frame (or left out) and the split changed, with exit 0."""
+    raw = raw_acdc(tmp_path / "raw", range(1, 4))
+    for patient in (raw / "training").iterdir():
+        (patient / "Info.cfg").write_text("ED: 1\nES: 12\nGroup: DCM\nHeight: 184.0\nNbFrame: 30\nWeight: 95.0\n")
+    folder = raw / "training" / "patient002"
+    assert len(read_list(convert("acdc", raw, tmp_path / "whole", seed=1, progress=False) / "train.list")) == 2
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+
+    def refused(match: str) -> None:
+        with pytest.raises(FileNotFoundError, match=match):
+            convert("acdc", raw, tmp_path / "out", progress=False)
+        assert not (tmp_path / "out").exists()
+
+    image, label = folder / "patient002_frame12.nii.gz", folder / "patient002_frame12_gt.nii.gz"
+    image.rename(hidden / image.name)  # the label left without its frame
+    refused(
+        f"{label} has no frame patient002_frame12.nii.gz beside it, whose label it is; the download is "
+        "incomplete: unpack it again, or move that patient's folder out of --source to convert the others"
+    )
+    label.rename(hidden / label.name)  # frame and label missing: Info.cfg names it
+    refused(
+        f"{folder / 'Info.cfg'} names frame 12 as ES, but {folder} holds no patient002_frame12.nii.gz; the download"
+    )
+    for path in folder.glob("*.nii.gz"):  # a patient folder without any frame
+        path.rename(hidden / path.name)
+    refused(f"{folder / 'Info.cfg'} names frame 1 as ED, but {folder} holds no patient002_frame01.nii.gz")
+    for path in hidden.iterdir():
+        path.rename(folder / path.name)
+    (folder / "patient002_frame01_gt.nii.gz").unlink()
+    refused(r"patient002_frame01_gt.nii.gz not found: expected the label volume of .*; the download is incomplete")
+
+
 def test_acdc_bad_raw_files(tmp_path):
     raw = raw_acdc(tmp_path / "raw", range(1, 4))
     folder = raw / "training" / "patient001"

@@ -45,6 +45,14 @@ log = logging.getLogger(__name__)
 ACDC_FRAME_FILE = re.compile(r"^(patient\d+_frame\d+)\.nii(\.gz)?$")
 #: Ends the name of an ACDC frame's label file, beside the frame: ``patient001_frame01_gt.nii.gz``.
 ACDC_LABEL_MARK = "_gt"
+ACDC_LABEL_FILE = re.compile(r"^(patient\d+_frame\d+)_gt\.nii(\.gz)?$")
+#: A patient's description in the ACDC download, naming its labeled frames (``ED: 1``, ``ES: 12``).
+ACDC_INFO_FILE = "Info.cfg"
+ACDC_INFO_FRAMES = ("ED", "ES")
+#: What to do about a damaged ACDC download (a file missing from a patient's folder).
+ACDC_INCOMPLETE = (
+    "the download is incomplete: unpack it again, or move that patient's folder out of --source to convert the others"
+)
 #: The ending of the 4D cine series the ACDC download keeps beside a patient's frames.
 ACDC_CINE_MARK = "_4d"
 LA_IMAGE_FILE = "lgemri.nrrd"
@@ -100,11 +108,14 @@ def _read_pair(
     return image, label
 
 
-def _pair_file(image_path: Path, label_name: str) -> Path:
-    """The label file ``label_name`` beside ``image_path``, which must exist."""
+def _pair_file(image_path: Path, label_name: str, hint: str = "") -> Path:
+    """The label file ``label_name`` beside ``image_path``, which must exist (``hint``:
+    what to do, added to the refusal)."""
     label_path = image_path.with_name(label_name)
     if not label_path.is_file():
-        raise MissingFileError(f"{label_path} not found: expected the label volume of {image_path}")
+        raise MissingFileError(
+            f"{label_path} not found: expected the label volume of {image_path}" + (f"; {hint}" if hint else "")
+        )
     return label_path
 
 
@@ -165,8 +176,11 @@ def find_acdc_frames(source: Path) -> dict[str, tuple[Path, Path]]:
             listed_names(patients),
         )
     frames = {
-        name: (path, _pair_file(path, labels[name].name)) for name, path in images.items() if name not in unlabeled
+        name: (path, _pair_file(path, labels[name].name, ACDC_INCOMPLETE))
+        for name, path in images.items()
+        if name not in unlabeled
     }
+    _check_acdc_patients(source, images, {patient_id(name) for name in frames})
     if images and not frames:
         raise MissingFileError(
             f"none of the {len(images)} ACDC frames under {source} has its label file beside it "
@@ -178,6 +192,43 @@ def find_acdc_frames(source: Path) -> dict[str, tuple[Path, Path]]:
             f"no ACDC frame under {source}: expected patientXXX/patientXXX_frameYY.nii.gz "
             "files with their patientXXX_frameYY_gt.nii.gz labels"
         )
+    return frames
+
+
+def _check_acdc_patients(source: Path, images: dict[str, Path], converted: set[str]) -> None:
+    """Refuse a damaged download before anything is written: a label file ``<frame>_gt``
+    without its frame beside it, and a frame that a converted patient's ``Info.cfg`` names
+    (``ED``, ``ES``) but that is missing (a patient whose folder holds no frame at all
+    too). Without them the patient was converted with fewer frames, or left out, and the
+    split, the slices and the test set changed with exit 0."""
+    for label in sorted(source.rglob(f"patient*_frame*{ACDC_LABEL_MARK}.nii*")):
+        match = ACDC_LABEL_FILE.match(label.name)
+        if match and match.group(1) not in images:
+            raise MissingFileError(
+                f"{label} has no frame {match.group(1)}.nii.gz beside it, whose label it is; {ACDC_INCOMPLETE}"
+            )
+    for info in sorted(source.rglob(ACDC_INFO_FILE)):
+        patient = info.parent.name
+        has_frames = any(patient_id(name) == patient for name in images)
+        if not re.fullmatch(r"patient\d+", patient) or (has_frames and patient not in converted):
+            continue  # not a patient's folder, or a patient without labels, left out and named
+        for phase, number in _info_frames(info).items():
+            name = f"{patient}_frame{number:02d}"
+            if name not in images:
+                raise MissingFileError(
+                    f"{info} names frame {number} as {phase}, but {info.parent} holds no {name}.nii.gz; "
+                    f"{ACDC_INCOMPLETE}"
+                )
+
+
+def _info_frames(info: Path) -> dict[str, int]:
+    """``{"ED": 1, "ES": 12}``: the frames a patient's ``Info.cfg`` names (an entry that is
+    not a whole number is not checked)."""
+    frames = {}
+    for line in info.read_text(errors="replace").splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key in ACDC_INFO_FRAMES and value.isdigit():
+            frames[key] = int(value)
     return frames
 
 
