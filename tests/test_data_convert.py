@@ -367,11 +367,27 @@ def test_a_source_of_too_few_cases_for_the_split_says_which_folder_to_give(tmp_p
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_la_the_downloads_testing_set_is_left_out_as_ua_mt_split_the_training_set(tmp_path, caplog):
+    # the 2018 challenge's zip holds Training Set/ and Testing Set/, whose scans have no laendo.nrrd:
+    # the download's top folder (what mper-train suggests for it) was refused over a missing label
+    raw = raw_la(tmp_path / "raw", cases=3)
+    testing = raw / "Testing Set" / "TEST0"
+    testing.mkdir(parents=True)
+    nrrd.write(str(testing / "lgemri.nrrd"), la_volume(7)[0])
+    with caplog.at_level("WARNING", logger="mper"):
+        out = convert("la", raw, tmp_path / "out", seed=1, progress=False)
+    assert sorted(read_list(out / "train.list") + read_list(out / "test.list")) == ["CASE0", "CASE1", "CASE2"]
+    assert caplog.messages == [
+        f"converting the cases of {raw / 'Training Set'} only, as UA-MT's split does; left out those of "
+        f"{raw / 'Testing Set'}/ (to convert them too, move their case folders into {raw / 'Training Set'})"
+    ]
+
+
 def test_la_bad_raw_files(tmp_path):
     raw = raw_la(tmp_path / "raw", cases=2)
     label_path = raw / "Training Set" / "CASE0" / "laendo.nrrd"
     label_path.unlink()
-    with pytest.raises(FileNotFoundError, match=r"CASE0/laendo\.nrrd"):
+    with pytest.raises(FileNotFoundError, match=r"CASE0/laendo\.nrrd not found: .*; the download is incomplete"):
         convert("la", raw, tmp_path / "out", progress=False)
     label_path.write_bytes(b"NRRD0004\ngarbage")
     with pytest.raises(DataFormatError, match=r"laendo\.nrrd could not be read"):

@@ -8,7 +8,8 @@
   it: NIfTI ``(W, H, S)`` becomes ``(S, H, W)`` (slice ``s`` is ``volume[:, :, s].T``),
   min-max normalised per volume.
 * LA: the 2018 atrial segmentation challenge, ``<case>/lgemri.nrrd`` with
-  ``<case>/laendo.nrrd`` (optionally under ``Training Set/``), becomes the UA-MT layout:
+  ``<case>/laendo.nrrd`` (under ``Training Set/`` when ``source`` holds one: its
+  ``Testing Set/`` is left out, as UA-MT's split does), becomes the UA-MT layout:
   label ``laendo == 255``, the whole scan z-scored, then cropped in (H, W) around the
   atrium with a random 10-19 voxel margin, the box first enlarged to at least 112 x 112;
   the through-plane axis is kept whole.
@@ -298,29 +299,46 @@ def _acdc_training_folder(source: Path) -> Path:
     ``database/``), else ``source``. The patients outside it, the testing ones that newer
     releases label, are left out (named in a logged line): SSL4MIS split the 100 training
     patients, and 150 would change what the split and the labeled counts mean."""
-    trainings = [source / ACDC_TRAINING_DIR] if (source / ACDC_TRAINING_DIR).is_dir() else []
+    return _training_folder(
+        source, ACDC_TRAINING_DIR, "patient*_frame*.nii*", "SSL4MIS", "patient", "the download's database/ folder"
+    )
+
+
+def _training_folder(source: Path, name: str, case_file: str, split_by: str, unit: str, instead: str) -> Path:
+    """The download's training folder ``name`` when ``source`` holds one at any depth, else
+    ``source``; the ``unit`` folders outside it (those of a file matching ``case_file``: the
+    download's testing cases) are named in a logged line and left out, as ``split_by``'s
+    split does. Two such folders are refused, saying to give ``instead`` as --source."""
+    trainings = [source / name] if (source / name).is_dir() else []
     trainings = trainings or sorted(
         path
-        for path in source.rglob(ACDC_TRAINING_DIR)
+        for path in source.rglob(name)
         if path.is_dir() and not any(part.startswith((".", "__MACOSX")) for part in path.relative_to(source).parts)
     )  # an archive unpacked on macOS leaves a copy of its folders under __MACOSX/
     if len(trainings) > 1:
         raise DataFormatError(
-            f"--source {source} holds {len(trainings)} {ACDC_TRAINING_DIR}/ folders "
-            f"({', '.join(map(str, trainings))}); give --source the download's database/ folder"
+            f"--source {source} holds {len(trainings)} {name}/ folders "
+            f"({', '.join(map(str, trainings))}); give --source {instead}"
         )
     if not trainings:
         return source
     training = trainings[0]
     outside = sorted(
-        {frame.parent.parent for frame in source.rglob("patient*_frame*.nii*") if training not in frame.parents}
+        {
+            found.parent.parent
+            for found in source.rglob(case_file)
+            if training not in found.parents and "__MACOSX" not in found.relative_to(source).parts
+        }
     )
     if outside:
         log.warning(
-            "converting the patients of %s only, as SSL4MIS's split does; left out those of %s (to convert them "
-            "too, move their patient folders into %s)",
+            "converting the %ss of %s only, as %s's split does; left out those of %s (to convert them too, move "
+            "their %s folders into %s)",
+            unit,
             training,
+            split_by,
             ", ".join(f"{folder}/" for folder in outside),
+            unit,
             training,
         )
     return training
@@ -367,14 +385,30 @@ def holds_la_download(folder: Path) -> bool:
     return holds_files(folder, (LA_IMAGE_FILE,))
 
 
+#: The 2018 challenge's folder of the 100 labeled cases, which UA-MT split 80/20; its
+#: ``Testing Set/`` holds scans without labels.
+LA_TRAINING_DIR = "Training Set"
+
+
 def find_la_cases(source: Path) -> dict[str, tuple[Path, Path]]:
-    """``{case: (lgemri.nrrd path, laendo.nrrd path)}`` of every LA case under ``source``."""
+    """``{case: (lgemri.nrrd path, laendo.nrrd path)}`` of every LA case under ``source``,
+    or under the download's ``Training Set/`` when ``source`` holds one (the cases outside
+    it, ``Testing Set/``'s, are named in a logged line and left out)."""
+    source = _training_folder(source, LA_TRAINING_DIR, LA_IMAGE_FILE, "UA-MT", "case", "one of them")
     cases: dict[str, tuple[Path, Path]] = {}
     for path in sorted(source.rglob(LA_IMAGE_FILE)):
         case = path.parent.name
         if case in cases:
             raise DataFormatError(f"case {case} appears twice: {cases[case][0]} and {path}")
-        cases[case] = (path, _pair_file(path, LA_LABEL_FILE))
+        cases[case] = (
+            path,
+            _pair_file(
+                path,
+                LA_LABEL_FILE,
+                "the download is incomplete: unpack it again, or move that case's folder "
+                "out of --source to convert the others",
+            ),
+        )
     if not cases:
         raise MissingFileError(
             f"no LA case under {source}: expected <case>/{LA_IMAGE_FILE} with <case>/{LA_LABEL_FILE}"
