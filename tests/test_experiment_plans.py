@@ -13,7 +13,7 @@ import pytest
 
 from mper.cli import experiment_main
 from mper.datasets import get_dataset
-from mper.experiment import SHIPPED_PLANS, find_plan, load_plan
+from mper.experiment import SHIPPED_PLANS, find_plan, load_plan, run_plan
 from mper.experiment.plan import PlanError, parse_plan
 from mper.train.config import load_config
 from mper.train.resume import setting_changes
@@ -214,6 +214,14 @@ def test_a_plan_without_budgets_takes_the_datasets_usual_ones(dataset, budgets):
         ({"sweep": {"setting": "optim.lr", "values": [0.01, 0.001, 0.01]}}, "sweep.values lists 0.01 twice"),
         ({"sweep": {"setting": "prototypes.per_class", "values": [2, 2.0]}}, "sweep.values lists 2.0 twice"),
         ({"figures": {"tsne": ["BCP"]}}, "figures.tsne names 'BCP', which is not a variant"),
+        ({"synthetic": {"cases": "12"}}, "synthetic.cases must be a whole number >= 1, e.g. cases = 16; got '12'"),
+        ({"synthetic": {"seed": -1}}, "synthetic.seed must be a whole number >= 0; got -1"),
+        (
+            {"synthetic": {"size": 32}},
+            "synthetic.size must be a list of 2 whole numbers for ACDC data, e.g. size = [224, 224]; got 32",
+        ),
+        ({"synthetic": {"size": [32, 32, 32]}}, "synthetic.size must be a list of 2 whole numbers"),
+        ({"synthetic": {"family": "scaners"}}, "synthetic.family must be one of standard, scanners, thin"),
         ({"variant": [{"name": "mper"}, {"name": "MPER"}]}, "rows 'mper' and 'MPER' would share the run folder 'mper'"),
         ({"variant": [{"name": "a/b"}, {"name": "a-b"}]}, "rows 'a/b' and 'a-b' would share the run folder 'a-b'"),
         (
@@ -247,6 +255,13 @@ def test_a_run_setting_that_does_not_check_is_refused_before_anything_runs(tmp_p
         r"prototypes\.per_class must be a positive integer",
     ):
         load_plan(path)
+
+
+def test_synthetic_data_the_generator_refuses_stops_the_sweep_naming_the_plan(tmp_path):
+    plan = parse_plan({**MINIMAL, "data_root": str(tmp_path / "d"), "synthetic": {"cases": 2}}, name="few")
+    with pytest.raises(PlanError, match=r"^plan 'few': \[synthetic\]: ACDC needs at least 3 patients .*no run was"):
+        run_plan(plan, tmp_path / "out")
+    assert not (tmp_path / "d").exists() and not (tmp_path / "out").exists()
 
 
 def test_a_missing_plan_lists_the_shipped_ones(tmp_path):

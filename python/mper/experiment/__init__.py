@@ -218,7 +218,10 @@ def _write_synthetic_data(plan: Plan) -> None:
     root = Path(plan.data_root)
     if plan.synthetic is not None and not root.exists():
         log.info("writing synthetic %s data to %s", plan.dataset, root)
-        synthesize(plan.dataset, root, **plan.synthetic)
+        try:
+            synthesize(plan.dataset, root, **plan.synthetic)
+        except ConfigError as error:  # a value the generator refuses (too few cases, too small a size)
+            raise PlanError(f"{plan.source}: [synthetic]: {error}; no run was started") from error
 
 
 def _failure_message(failures: Sequence[Failure], total: int, table: Path) -> str:

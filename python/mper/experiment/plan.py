@@ -389,6 +389,7 @@ def parse_plan(
                 f"[synthetic] writes data of a built-in dataset ({', '.join(dataset_names(imported=False))}), but "
                 f"{dataset} is imported scans; remove [synthetic]"
             )
+        _check_synthetic(reader, synthetic, dataset)
     return Plan(
         name=name,
         title=reader.text(document, "title", default=name),
@@ -406,6 +407,31 @@ def parse_plan(
         tsne=tsne,
         path=path,
     )
+
+
+def _check_synthetic(reader: _Reader, synthetic: dict[str, Any], dataset: str) -> None:
+    """The types of ``[synthetic]``'s values, and its family, before anything is written (a
+    wrong one stopped the sweep in a traceback, or in a line that named neither the plan nor
+    the key, after the plan had been listed as sound)."""
+    spec = get_dataset(dataset)
+    if "cases" in synthetic and not _whole(synthetic["cases"], 1):
+        reader.fail(f"synthetic.cases must be a whole number >= 1, e.g. cases = 16; got {synthetic['cases']!r}")
+    if "seed" in synthetic and not _whole(synthetic["seed"], 0):
+        reader.fail(f"synthetic.seed must be a whole number >= 0; got {synthetic['seed']!r}")
+    size = synthetic.get("size", list(spec.synth_size))
+    if not isinstance(size, list) or len(size) != len(spec.synth_size) or not all(_whole(n, 1) for n in size):
+        example = ", ".join(map(str, spec.synth_size))
+        reader.fail(
+            f"synthetic.size must be a list of {len(spec.synth_size)} whole numbers for {spec.title} data, e.g. "
+            f"size = [{example}]; got {size!r}"
+        )
+    family = synthetic.get("family", next(iter(spec.synth_families)))
+    if family not in spec.synth_families:
+        reader.fail(f"synthetic.family must be one of {', '.join(spec.synth_families)}; got {family!r}")
+
+
+def _whole(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 def _plan_dataset(reader: _Reader, document: dict[str, Any], root: str | Path) -> str:
