@@ -158,6 +158,16 @@ def test_a_setting_the_plan_lays_out_is_refused_from_the_command_line():
         load_plan(find_plan("acdc-prototypes")).with_changes(assignments=["selftrain.iterations=10", "labeled=2"])
 
 
+def test_a_seed_given_twice_on_the_command_line_is_refused(tmp_path, capsys):
+    # one run counted as two seeds: "2/2" in the table, its value twice in the mean, a std of 0
+    with pytest.raises(PlanError, match=r"^--seeds lists seed 1 twice \(1,2,1\); give each seed once$"):
+        load_plan(find_plan("acdc-prototypes")).with_changes(seeds=[1, 2, 1])
+    with pytest.raises(SystemExit) as exit_info:
+        experiment_main(["tiny", "--seeds", "3,3", "--out", str(tmp_path / "out"), "--report-only"])
+    assert exit_info.value.code == 2 and "--seeds lists seed 3 twice" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_plan_can_change_its_data_seeds_and_settings(tmp_path):
     plan = load_plan(find_plan("acdc-prototypes")).with_changes(
         data_root="elsewhere", seeds=[5], assignments=["selftrain.iterations=10"]

@@ -271,6 +271,14 @@ class Plan:
     ) -> Plan:
         """This plan with another data folder, other seeds, or overrides added to every run."""
         check_assignments(assignments, "--set")
+        if seeds is not None:
+            twice = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
+            if twice:
+                # one run would count as several seeds: its value twice in the mean, a spread of 0
+                raise PlanError(
+                    f"--seeds lists seed {', '.join(map(str, twice))} twice ({','.join(map(str, seeds))}); give each "
+                    "seed once"
+                )
         variants = tuple(
             replace(variant, assignments=variant.assignments + tuple(assignments)) for variant in self.variants
         )
