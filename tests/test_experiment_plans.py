@@ -203,6 +203,10 @@ def test_a_plan_without_budgets_takes_the_datasets_usual_ones(dataset, budgets):
             "variant[0].baseline must be one of none, labeled-only, full, bcp",
         ),
         ({"variant": [{"name": "A", "set": "x=1"}]}, "variant[0].set must be a list of strings"),
+        (
+            {"variant": [{"name": "All", "baseline": "full", "labeled": [3]}]},
+            'variant[0].labeled = [3] has no effect on baseline = "full", which labels every training case',
+        ),
         ({"variant": [{"name": "A", "iterations": 5}]}, "unknown key variant[0].iterations"),
         (
             {"set": ["labeled=2"]},

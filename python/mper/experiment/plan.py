@@ -478,10 +478,16 @@ def _variant(reader: _Reader, table: dict[str, Any], preset: str, common: list[s
     labeled = tuple(reader.integers(table, "labeled", minimum=1, prefix=prefix)) if "labeled" in table else None
     assignments = reader.strings(table, "set", prefix=prefix)
     check_assignments(assignments, f"{reader.where}: {prefix}set")
+    baseline = reader.choice(table, "baseline", BASELINES, default="none", prefix=prefix)
+    if baseline == "full" and labeled is not None:
+        reader.fail(
+            f'{prefix}labeled = {list(labeled)} has no effect on baseline = "full", which labels every training '
+            f"case (its row is 'all labeled'); remove {prefix}labeled"
+        )
     return Variant(
         name=name,
         preset=reader.text(table, "preset", default=preset, prefix=prefix),
-        baseline=reader.choice(table, "baseline", BASELINES, default="none", prefix=prefix),
+        baseline=baseline,
         assignments=tuple(common + assignments),
         labeled=labeled,
     )
