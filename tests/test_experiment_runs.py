@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mper import pipeline
 from mper.cli import experiment_main
@@ -154,6 +155,26 @@ def test_a_sweep_stopped_by_sigterm_ends_as_a_terminated_command(acdc_root, tmp_
     assert exit_info.value.code == 128 + signal.SIGTERM
     assert "sweep stopped (SIGTERM): 0 of 1 runs finished" in capsys.readouterr().err
     assert run_state(tmp_path / "out" / "u-net" / "1-labeled" / "seed0") == INTERRUPTED
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_this_machine_lacks_is_refused_before_any_run_trains(acdc_root, tmp_path, capsys):
+    # every run failed in turn ("4 of 4 runs failed") and a table of none was written
+    plan = two_variant_plan_file(tmp_path, acdc_root, [1])
+    out = tmp_path / "out"
+    for listing in ([], ["--list"]):
+        error = one_line_error([str(plan), "--out", str(out), "--device", "cuda", *listing], capsys)
+        assert error == (
+            f"mper-experiment: error: {plan}: run U-Net / 1 labeled / seed 0: device 'cuda' requested but CUDA is "
+            "not available here; use --device cpu; no run was started: change --device (or the plan's settings) "
+            "and run the command again"
+        )
+        assert not out.exists()
+    with pytest.raises(PlanError, match="needs a CUDA device"):
+        run_plan(micro_plan(acdc_root).with_changes(assignments=["amp=bf16"]), out, LocalExecutor("cpu"))
+    assert not out.exists()
+    # a cluster job's machine is not this one: nothing of it is checked here
+    check_runs(micro_plan(acdc_root), micro_plan(acdc_root).cells(out))
 
 
 def test_a_failed_run_is_reported_and_the_others_still_run(acdc_root, tmp_path):

@@ -869,7 +869,7 @@ def experiment_main(argv: Sequence[str] | None = None) -> None:
     def action() -> None:
         plan, cells, out = experiment.prepare_plan(args.plan, args.out, args.data_root, args.seeds, args.assignments)
         if args.list:
-            experiment.check_runs(plan, cells)
+            experiment.check_runs(plan, cells, getattr(_executor(args, out), "machine_device", None))
             for cell in cells:
                 print(f"{experiment.run_state(cell.run_dir):<12} {cell.name:<50} {cell.run_dir}")
             return

@@ -23,6 +23,7 @@ from mper import pipeline
 from mper.datasets import check_dataset_root, get_dataset, synthesize, ways_to_write
 from mper.errors import ConfigError, MissingFileError, UserError
 from mper.train.checkpoint import BEST_CHECKPOINT
+from mper.train.runner import check_machine
 
 from .executors import (
     ClusterOptions,
@@ -122,8 +123,9 @@ def run_plan(
     :class:`SweepInterrupted` when stopped.
     """
     plan, cells, out = prepare_plan(plan, out, data_root, seeds, assignments)
+    executor = executor or LocalExecutor()
     _write_synthetic_data(plan)
-    check_runs(plan, cells)
+    check_runs(plan, cells, getattr(executor, "machine_device", None))
     todo = [cell for cell in cells if run_state(cell.run_dir) != FINISHED]
     resumed = sum(run_state(cell.run_dir) == INTERRUPTED for cell in todo)
     log.info(
@@ -136,7 +138,7 @@ def run_plan(
         out,
     )
     try:
-        failures = (executor or LocalExecutor()).run(todo)
+        failures = executor.run(todo)
     except KeyboardInterrupt as stop:
         finished = sum(run_state(cell.run_dir) == FINISHED for cell in cells)
         raise SweepInterrupted(out, finished, len(cells), stop_signal(stop)) from stop
@@ -171,16 +173,21 @@ def tsne_figures(plan: Plan, cells: Sequence[Cell], out: Path) -> dict[str, Path
     return figures
 
 
-def check_runs(plan: Plan, cells: Sequence[Cell]) -> None:
+def check_runs(plan: Plan, cells: Sequence[Cell], device: str | None = None) -> None:
     """Refuse, before any run trains, what would stop one of the unfinished ``cells``
     before it trains: the data folder (missing, or another dataset's) and what
     :func:`mper.pipeline.check_before_training` refuses (a setting, a list file, a label
     budget beyond the data, the split), checked once for runs that differ only in
-    :data:`RUN_IDENTITY`. Raises :class:`PlanError` naming the plan, the run and what to
-    do. Data files are not read: a damaged one stops its run as it starts. Nothing is
-    checked of synthetic data not written yet (:func:`run_plan` writes it first)."""
+    :data:`RUN_IDENTITY`. With ``device`` (runs that train on this machine, on that
+    device), what this machine refuses too (:func:`~mper.train.runner.check_machine`: a
+    CUDA device it lacks, ``amp`` on the CPU, an iteration too large for the device's
+    memory). Raises :class:`PlanError` naming the plan, the run and what to do. Data files
+    are not read: a damaged one stops its run as it starts. Nothing is checked of synthetic
+    data not written yet (:func:`run_plan` writes it first)."""
     todo = [cell for cell in cells if run_state(cell.run_dir) != FINISHED]
     root = Path(plan.data_root)
+    if todo and device is not None:
+        _check_machine(plan, todo, device)
     if not todo or (plan.synthetic is not None and not root.exists()):
         return
     try:
@@ -210,6 +217,24 @@ def check_runs(plan: Plan, cells: Sequence[Cell]) -> None:
             raise PlanError(
                 f"{plan.source}: run {cell.name}: {error}; no run was started: change the plan (or --set, "
                 "--data-root) and run the command again"
+            ) from error
+
+
+def _check_machine(plan: Plan, cells: Sequence[Cell], device: str) -> None:
+    """What this machine refuses of ``cells`` trained on ``device``, once per distinct settings."""
+    checked: set[str] = set()
+    for cell in cells:
+        config = cell.config(device)
+        key = json.dumps({name: value for name, value in config.to_dict().items() if name not in RUN_IDENTITY})
+        if key in checked:
+            continue
+        checked.add(key)
+        try:
+            check_machine(config)
+        except UserError as error:
+            raise PlanError(
+                f"{plan.source}: run {cell.name}: {error}; no run was started: change --device (or the plan's "
+                "settings) and run the command again"
             ) from error
 
 

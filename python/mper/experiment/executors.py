@@ -67,6 +67,11 @@ class LocalExecutor:
     def __init__(self, device: str | None = None):
         self.device = device
 
+    @property
+    def machine_device(self) -> str:
+        """The device of this machine the runs train on, which the sweep checks before the first."""
+        return self.device or "auto"
+
     def run(self, cells: Sequence[Cell]) -> list[Failure]:
         failures = []
         for position, cell in enumerate(cells, 1):
@@ -105,6 +110,7 @@ class DevicePoolExecutor:
         if not devices or len(set(devices)) != len(devices):
             raise ConfigError(f"--devices must list distinct device ids, e.g. 0,1,2,3; got {','.join(devices)}")
         self.devices, self.log_dir, self.device = list(devices), Path(log_dir), device
+        self.machine_device = device  # each process trains on one device of this machine
 
     def run(self, cells: Sequence[Cell]) -> list[Failure]:
         pending: deque[Cell] = deque(cells)
