@@ -26,6 +26,7 @@ from mper.experiment import (
     SubmititExecutor,
     SweepInterrupted,
     check_runs,
+    prepare_plan,
     run_plan,
 )
 from mper.experiment.executors import ClusterOptions
@@ -175,6 +176,37 @@ def test_a_device_this_machine_lacks_is_refused_before_any_run_trains(acdc_root,
     assert not out.exists()
     # a cluster job's machine is not this one: nothing of it is checked here
     check_runs(micro_plan(acdc_root), micro_plan(acdc_root).cells(out))
+
+
+def test_a_plan_on_other_data_does_not_count_the_runs_in_its_folder(micro_results, acdc_root, tmp_path):
+    # data_root may differ (a moved data folder), but other data reported the runs' scores as its own
+    out, _ = micro_results
+    other = synthesize("acdc", tmp_path / "other", cases=6, seed=1, size=(32, 32), progress=False)
+    with pytest.raises(
+        PlanError,
+        match=rf"^MPER / 1 labeled / seed 0: --data-root {other} holds other cases than the run in {out}/mper/"
+        r"1-labeled/seed0 trained on \(.*test cases: .*\); the plan would count the run's scores, or resume it, as "
+        rf"its own: give --data-root the folder it trained on, {acdc_root}, or a copy of it; or move .* away, or "
+        "give the experiment another --out$",
+    ):
+        prepare_plan(micro_plan(other), out)
+    copy = shutil.copytree(acdc_root, tmp_path / "copy")  # the same cases elsewhere: the run counts
+    _, cells, _ = prepare_plan(micro_plan(copy), out)
+    assert [run_state(cell.run_dir) for cell in cells] == [FINISHED]
+
+
+def test_an_interrupted_run_resumes_on_the_plans_data_folder(acdc_root, tmp_path, monkeypatch):
+    data = Path(shutil.copytree(acdc_root, tmp_path / "data"))
+    variants = ({"name": "U-Net", "baseline": "labeled-only"},)
+    interrupt_after(monkeypatch, 3)
+    with pytest.raises(SweepInterrupted):
+        run_plan(micro_plan(data, variants=variants), tmp_path / "out")
+    monkeypatch.undo()
+    moved = data.rename(tmp_path / "moved")  # it resumed on the folder it started on, now gone
+    run_plan(micro_plan(moved, variants=variants), tmp_path / "out")
+    run_dir = tmp_path / "out" / "u-net" / "1-labeled" / "seed0"
+    assert run_state(run_dir) == FINISHED
+    assert json.loads((run_dir / "config.json").read_text())["data_root"] == str(moved)
 
 
 def test_a_failed_run_is_reported_and_the_others_still_run(acdc_root, tmp_path):

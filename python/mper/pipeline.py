@@ -229,10 +229,16 @@ def _write_run_cases(config: TrainConfig, run_dir: Path) -> None:
     (run_dir / RUN_CASES).write_text(json.dumps(_run_cases(config), indent=1) + "\n")
 
 
-def _check_same_cases(config: TrainConfig, run_dir: Path, trained_root: str) -> None:
+def check_same_cases(
+    config: TrainConfig,
+    run_dir: Path,
+    trained_root: str,
+    why: str = "a resumed run repeats the interrupted one only on the same data",
+) -> None:
     """Refuse to resume the run in ``run_dir`` on ``config.data_root`` when its cases
     differ from those the run recorded when it started (a run started before the record
-    was kept is not checked)."""
+    was kept is not checked); ``mper-experiment`` refuses so a finished run it would count
+    for a plan's other data folder."""
     record = run_dir / RUN_CASES
     try:
         trained = json.loads(record.read_text())
@@ -256,7 +262,7 @@ def _check_same_cases(config: TrainConfig, run_dir: Path, trained_root: str) -> 
         differences.append(f"{role} {unit}: {', '.join(parts) or 'the same, in another order'}")
     if not differences:
         return
-    found_here = f"({'; '.join(differences)}); a resumed run repeats the interrupted one only on the same data"
+    found_here = f"({'; '.join(differences)}); {why}"
     if trained_root and Path(config.data_root).resolve() == Path(trained_root).resolve():  # changed in place
         raise ConfigError(
             f"{config.data_root} holds other cases than when the run in {run_dir} started on it {found_here}: "
@@ -609,7 +615,7 @@ def resume(
     config = resumed_config(state, changes)
     trained_root = state["config"].get("data_root", "")
     _check_data_root(config.data_root, trained_root, config.dataset, "the run trains on")
-    _check_same_cases(config, run_dir, trained_root)
+    check_same_cases(config, run_dir, trained_root)
     return train(config, resume=True)
 
 
