@@ -397,6 +397,20 @@ def test_a_table_is_the_mean_and_sample_std_over_seeds(tmp_path):
     assert "marked *" not in table
 
 
+def test_a_row_name_with_a_pipe_keeps_the_numbers_in_their_columns(tmp_path):
+    plan = parse_plan(
+        {"dataset": "acdc", "data_root": "d", "labeled": [3], "seeds": [0], "variant": [{"name": "MPER | K=3"}]},
+        name="made-up",
+    )
+    (cell,) = plan.cells(tmp_path)
+    cell.run_dir.mkdir(parents=True)
+    means = {"dice": 0.8, "jaccard": 0.7, "hd95": 2.0, "asd": 1.0}
+    summary = {"mean": {m: {"mean": v, "std": 0.0, "undefined": 0} for m, v in means.items()}}
+    (cell.run_dir / "metrics.json").write_text(json.dumps({"summary": summary}))
+    table = markdown(plan, collect(plan, [cell]))
+    assert "| MPER \\| K=3 | 3 | - | 1/1 | 80.00 | 70.00 | 2.00 | 1.00 |" in table
+
+
 def test_distance_means_with_classes_predicted_nowhere_scored_0_are_marked_as_in_each_runs_table(tmp_path):
     """A run that never predicts a class scores its distances 0 (the authors' rule): the
     sweep's table would show it far better on 95HD and ASD without a word."""

@@ -159,7 +159,9 @@ def markdown(plan: Plan, rows: Sequence[Row]) -> str:
     ]
     for row in rows:
         seeds = f"{len(row.seeds)}/{len(row.seeds) + len(row.missing_seeds)}"
-        cells = [row.name, row.labeled, row.unlabeled, seeds, *(_cell(row, metric) for metric in METRIC_NAMES)]
+        # a "|" in a row's name would end its cell: every number would land under the next column
+        name = row.name.replace("|", "\\|")
+        cells = [name, row.labeled, row.unlabeled, seeds, *(_cell(row, metric) for metric in METRIC_NAMES)]
         lines.append("| " + " | ".join(cells) + " |")
     notes = []
     missing = sum(len(row.missing_seeds) for row in rows)
