@@ -411,6 +411,25 @@ def test_a_row_name_with_a_pipe_keeps_the_numbers_in_their_columns(tmp_path):
     assert "| MPER \\| K=3 | 3 | - | 1/1 | 80.00 | 70.00 | 2.00 | 1.00 |" in table
 
 
+def test_a_plan_replacing_another_plans_results_says_so(micro_results, acdc_root, tmp_path, caplog):
+    out = Path(shutil.copytree(micro_results[0], tmp_path / "out"))
+    other = tmp_path / "other.toml"
+    other.write_text(
+        f'dataset = "acdc"\ndata_root = "{acdc_root}"\nlabeled = [1]\nseeds = [0]\n'
+        f'set = {json.dumps(MICRO)}\n[[variant]]\nname = "MPER"\n'
+    )
+    with caplog.at_level("WARNING", logger="mper"):
+        experiment_main([str(other), "--out", str(out), "--report-only"])
+    assert caplog.messages == [
+        f"{out} held the results of the plan micro; replacing them with those of {other} (its runs are kept: "
+        f"mper-experiment micro --out {out} --report-only writes them again; give each plan its own --out)"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mper"):
+        experiment_main([str(other), "--out", str(out), "--report-only"])  # its own table: nothing to say
+    assert caplog.messages == []
+
+
 def test_distance_means_with_classes_predicted_nowhere_scored_0_are_marked_as_in_each_runs_table(tmp_path):
     """A run that never predicts a class scores its distances 0 (the authors' rule): the
     sweep's table would show it far better on 95HD and ASD without a word."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from mper.eval.scans import distance_unit
 from .plan import Cell, Plan
 from .plots import plot_results
 from .runs import FINISHED, run_state
+
+log = logging.getLogger(__name__)
 
 #: Column names of the metrics, with the direction that is better.
 METRIC_HEADERS = {"dice": "Dice ↑", "jaccard": "Jaccard ↑", "hd95": "95HD ↓", "asd": "ASD ↓"}
@@ -220,17 +223,38 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
             )
 
 
+def _say_other_plan(results: Path, source: str) -> None:
+    """Warn when ``results`` (an earlier ``results.json``) holds the table of another plan
+    than ``source``: two plans given one ``--out`` replace each other's tables."""
+    try:
+        earlier = json.loads(results.read_text()).get("plan")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(earlier, str) and Path(earlier).resolve() != Path(source).resolve():
+        log.warning(
+            "%s held the results of the plan %s; replacing them with those of %s (its runs are kept: "
+            "mper-experiment %s --out %s --report-only writes them again; give each plan its own --out)",
+            results.parent,
+            earlier,
+            source,
+            earlier,
+            results.parent,
+        )
+
+
 def write_results(plan: Plan, cells: Sequence[Cell], out: str | Path) -> dict[str, Path]:
     """Write the table files (and the plot) of ``plan`` into ``out``; returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = collect(plan, cells)
     paths = {name: out / name for name in RESULT_FILES}
+    source = str(plan.path) if plan.path else plan.name
+    _say_other_plan(paths["results.json"], source)
     paths["results.md"].write_text(markdown(plan, rows))
     write_csv(rows, paths["results.csv"])
     document = {
         "title": plan.title,
-        "plan": str(plan.path) if plan.path else plan.name,
+        "plan": source,
         "dataset": plan.dataset,
         "sweep": None if plan.sweep is None else {"setting": plan.sweep.setting, "label": plan.sweep.label},
         "std": "sample standard deviation over seeds (ddof=1)",
