@@ -203,6 +203,26 @@ def test_a_prediction_saved_without_its_scans_header_is_refused_with_a_note_sayi
     ), message
 
 
+def test_a_label_whose_header_voxel_size_disagrees_with_its_affine_is_refused(raw, monkeypatch):
+    # an sform of the true grid and a pixdim left at 1 mm: scored with exit 0 in neither's mm
+    predictions, labels = raw
+    for path in (labels / "case_b.nii", predictions / "case_b_pred.nii.gz"):
+        image = nib.load(path)
+        stale = nib.Nifti1Image(np.asarray(image.dataobj), image.affine)
+        stale.set_qform(None, code=0)
+        stale.header["pixdim"][1:4] = 1.0
+        nib.save(stale, path)
+    message = _refusal(predictions, labels, monkeypatch)
+    assert message.startswith(
+        f"{labels / 'case_b.nii'}: its header's voxel size (pixdim) (1, 1, 1) mm disagrees with the voxel size of "
+        "its affine (0.8, 1.2, 2.5) mm"
+    )
+    assert message.endswith(
+        "fix the header (e.g. with nibabel, image.set_qform(image.affine), which sets pixdim "
+        "from the affine, then save it)"
+    )
+
+
 def test_values_outside_the_declared_classes_and_fractions_are_refused(raw, monkeypatch):
     predictions, labels = raw
     pred = _maps()["case_b"][1].copy()
