@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mper import pipeline
+from mper import experiment, pipeline
 from mper.cli import experiment_main
 from mper.data import acdc_slice_path
 from mper.datasets import synthesize
+from mper.errors import ConfigError
 from mper.experiment import (
     DevicePoolExecutor,
     LocalExecutor,
@@ -207,6 +208,28 @@ def test_an_interrupted_run_resumes_on_the_plans_data_folder(acdc_root, tmp_path
     run_dir = tmp_path / "out" / "u-net" / "1-labeled" / "seed0"
     assert run_state(run_dir) == FINISHED
     assert json.loads((run_dir / "config.json").read_text())["data_root"] == str(moved)
+
+
+def test_t_sne_maps_that_cannot_be_drawn_are_said_before_the_runs_train(acdc_root, tmp_path, monkeypatch, caplog):
+    def missing():
+        raise ConfigError("the t-SNE figure needs sklearn: pip install 'mper[figures]'")
+
+    monkeypatch.setattr(experiment, "require_figure_packages", missing)
+    said_before = []
+
+    class Recording:
+        def run(self, cells):
+            said_before.append(list(caplog.messages))
+            return []
+
+    with caplog.at_level("WARNING", logger="mper"):
+        run_plan(micro_plan(acdc_root, figures={"tsne": ["MPER"]}), tmp_path / "out", Recording())
+    (messages,) = said_before
+    assert messages == [
+        "the t-SNE figure needs sklearn: pip install 'mper[figures]'; the plan's [figures] tsne (MPER) is drawn after "
+        "the runs only with them installed: the runs train and the tables are written; install them before the runs "
+        "end, or draw the maps later with the same command and --report-only"
+    ]
 
 
 def test_a_failed_run_is_reported_and_the_others_still_run(acdc_root, tmp_path):

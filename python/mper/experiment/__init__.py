@@ -22,6 +22,7 @@ from pathlib import Path
 from mper import pipeline
 from mper.datasets import check_dataset_root, get_dataset, synthesize, ways_to_write
 from mper.errors import ConfigError, MissingFileError, UserError
+from mper.eval.tsne import require_figure_packages
 from mper.train.checkpoint import BEST_CHECKPOINT
 from mper.train.runner import check_machine
 
@@ -128,6 +129,17 @@ def run_plan(
     check_runs(plan, cells, getattr(executor, "machine_device", None))
     todo = [cell for cell in cells if run_state(cell.run_dir) != FINISHED]
     resumed = sum(run_state(cell.run_dir) == INTERRUPTED for cell in todo)
+    if plan.tsne and todo:
+        try:
+            require_figure_packages()
+        except ConfigError as error:  # said now, not after the last run
+            log.warning(
+                "%s; the plan's [figures] tsne (%s) is drawn after the runs only with them installed: the runs "
+                "train and the tables are written; install them before the runs end, or draw the maps later "
+                "with the same command and --report-only",
+                error,
+                ", ".join(plan.tsne),
+            )
     log.info(
         "%s: %d runs, %d finished, %d to resume, %d to start; results in %s",
         plan.title,
