@@ -223,6 +223,23 @@ def test_a_label_whose_header_voxel_size_disagrees_with_its_affine_is_refused(ra
     )
 
 
+def test_a_slice_axis_of_one_voxel_may_keep_any_thickness_in_its_header(tmp_path):
+    """A 2D map stored as (x, y, 1) with a 1 mm pixdim beside a 999 mm affine slice: no
+    distance runs along that axis, so its thickness does not matter and the pair is scored."""
+    label, prediction = (np.zeros((12, 12, 1), np.uint8) for _ in range(2))
+    label[2:8, 2:8] = 1
+    prediction[3:8, 2:8] = 1
+    affine = np.diag([0.8, 1.2, 999.0, 1.0])
+    for path, data in ((tmp_path / "labels" / "c.nii.gz", label), (tmp_path / "pred" / "c.nii.gz", prediction)):
+        image = nib.Nifti1Image(data, affine)
+        image.set_qform(None, code=0)
+        image.header["pixdim"][3] = 1.0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(image, path)
+    result = pipeline.evaluate_folders(tmp_path / "pred", tmp_path / "labels", tmp_path / "out")
+    assert result["per_case"]["c"][1]["dice"] == pytest.approx(_dice(prediction, label))
+
+
 def test_values_outside_the_declared_classes_and_fractions_are_refused(raw, monkeypatch):
     predictions, labels = raw
     pred = _maps()["case_b"][1].copy()

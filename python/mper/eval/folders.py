@@ -238,7 +238,9 @@ def _check_header_spacing(path: Path, spacing: tuple[float, float, float], scan:
     axes = min(len(scan.header.get_zooms()), 3)
     from_affine = np.linalg.norm(np.asarray(scan.affine, dtype=np.float64)[:3, :axes], axis=0)
     stated = np.asarray(spacing[:axes])
-    if np.any(np.abs(from_affine - stated) > GEOMETRY_TOLERANCE * from_affine):
+    # an axis of one voxel (a 2D map's slice) has no neighbour to measure a distance to
+    measured = np.asarray(scan.shape[:axes]) > 1
+    if np.any(measured & (np.abs(from_affine - stated) > GEOMETRY_TOLERANCE * from_affine)):
         raise DataFormatError(
             f"{path}: its header's voxel size (pixdim) {_mm(stated)} mm disagrees with the voxel size of its "
             f"affine {_mm(from_affine)} mm, which places the voxels (and against which the prediction's grid is "
