@@ -830,6 +830,24 @@ def test_a_source_one_level_off_the_dataset_folder_names_the_folder_to_pass(raw,
     )
 
 
+def test_a_header_whose_pixdim_disagrees_with_its_affine_is_refused(raw, tmp_path, capsys):
+    """The affine places the voxels, pixdim resamples them: a writer that set one and left
+    the other (an sform of the true grid, pixdim at 1 mm) imported on a wrong grid, exit 0."""
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    path = source / "imagesTr" / "synth_000_0000.nii.gz"
+    scan = nib.load(path)
+    stale = nib.Nifti1Image(np.asarray(scan.dataobj), scan.affine)
+    stale.set_qform(None, code=0)
+    stale.header["pixdim"][1:4] = 1.0
+    nib.save(stale, path)
+    with pytest.raises(SystemExit):
+        cli.data_main(["import", "--source", str(source), "--out", str(tmp_path / "out")])
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith(f"mper-data: error: {path}: its header's voxel size (pixdim) (1, 1, 1) mm disagrees with ")
+    assert line.endswith("image.set_qform(image.affine), which sets pixdim from the affine, then save it)")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_header_fix_of_nibabels_is_said_once_naming_the_first_file(raw, tmp_path, capsys, caplog, monkeypatch):
     monkeypatch.setattr(raw_scans, "_HEADER_FIXES_SAID", set())
     source = shutil.copytree(raw[NNUNET], tmp_path / "raw")

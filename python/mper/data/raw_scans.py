@@ -1028,9 +1028,25 @@ def read_case(case: RawCase, dataset: RawDataset) -> Scan:
 
 def scan_spacing(scan: nib.Nifti1Image, path: Path) -> tuple[float, float, float]:
     """The voxel spacing (mm) of the three spatial axes in ``scan``'s header (1 for a
-    2D image's missing third axis)."""
+    2D image's missing third axis).
+
+    Refused where the header's voxel size (``pixdim``) and its affine's disagree, as a
+    writer that set one and left the other leaves them: the affine places the voxels (the
+    grids are checked against it) while the spacing resamples them and measures distances,
+    so either would be wrong. An axis of one voxel (a 2D image's slice) is not compared:
+    nothing is resampled or measured along it."""
     zooms = tuple(float(zoom) for zoom in scan.header.get_zooms()[:3])  # type: ignore[no-untyped-call]
     spacing = (zooms + (1.0,) * 3)[:3]
     if min(spacing) <= 0 or not all(np.isfinite(spacing)):
         raise DataFormatError(f"{path}: voxel spacing {spacing} in the header; it must be positive")
+    axes = len(zooms)
+    from_affine = np.linalg.norm(np.asarray(scan.affine, dtype=np.float64)[:3, :axes], axis=0)
+    measured = np.asarray(scan.shape[:axes]) > 1
+    if np.any(measured & (np.abs(from_affine - np.asarray(zooms)) > GEOMETRY_TOLERANCE * from_affine)):
+        shown = (", ".join(f"{value:g}" for value in values) for values in (zooms, from_affine))
+        raise DataFormatError(
+            f"{path}: its header's voxel size (pixdim) ({next(shown)}) mm disagrees with the voxel size of its "
+            f"affine ({next(shown)}) mm, which places the voxels; fix the header (e.g. with nibabel, "
+            "image.set_qform(image.affine), which sets pixdim from the affine, then save it)"
+        )
     return spacing[0], spacing[1], spacing[2]

@@ -39,7 +39,6 @@ from mper.data.convert import ACDC_LABEL_MARK
 from mper.data.files import listed_names, visible_files
 from mper.data.raw_scans import (
     DATASET_JSON,
-    GEOMETRY_TOLERANCE,
     NIFTI_ENDINGS,
     case_name,
     check_declared,
@@ -226,31 +225,7 @@ def _read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, tuple[float, float, 
         together=f"a prediction and its label ({pair.label})",
         scans=(prediction_scan, label_scan),
     )
-    spacing = scan_spacing(label_scan, pair.label)
-    _check_header_spacing(pair.label, spacing, label_scan)
-    return prediction, label, spacing
-
-
-def _check_header_spacing(path: Path, spacing: tuple[float, float, float], scan: Any) -> None:
-    """Refuse a label whose header's voxel size (``pixdim``, the distances' unit) and
-    affine (the voxel grid the prediction is checked against) disagree, as a writer that
-    set one and left the other can leave them: the distances would be in neither's mm."""
-    axes = min(len(scan.header.get_zooms()), 3)
-    from_affine = np.linalg.norm(np.asarray(scan.affine, dtype=np.float64)[:3, :axes], axis=0)
-    stated = np.asarray(spacing[:axes])
-    # an axis of one voxel (a 2D map's slice) has no neighbour to measure a distance to
-    measured = np.asarray(scan.shape[:axes]) > 1
-    if np.any(measured & (np.abs(from_affine - stated) > GEOMETRY_TOLERANCE * from_affine)):
-        raise DataFormatError(
-            f"{path}: its header's voxel size (pixdim) {_mm(stated)} mm disagrees with the voxel size of its "
-            f"affine {_mm(from_affine)} mm, which places the voxels (and against which the prediction's grid is "
-            "checked): its distances would not be in mm; fix the header (e.g. with nibabel, "
-            "image.set_qform(image.affine), which sets pixdim from the affine, then save it)"
-        )
-
-
-def _mm(values: np.ndarray) -> str:
-    return "(" + ", ".join(f"{value:g}" for value in values) + ")"
+    return prediction, label, scan_spacing(label_scan, pair.label)
 
 
 def _class_range(classes: list[int]) -> str:
