@@ -5,6 +5,8 @@ conventions and the way back, the plan file and the training items."""
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import io
 import json
 import re
 import shutil
@@ -488,6 +490,30 @@ def test_a_label_whose_sform_and_qform_disagree_is_refused_with_a_note_saying_so
         "; note that synth_000.nii.gz's sform and qform disagree (by up to 2.000 mm): mper reads the sform, as "
         "nibabel does, while ITK-based tools (SimpleITK, ITK-SNAP) may show the qform; make them agree"
     ), message
+
+
+def test_an_off_grid_label_whose_qform_cannot_be_read_is_refused_in_one_line(raw, tmp_path):
+    # its sform is read; a qform of quaternion parameters beyond a unit quaternion ended the refusal's note on the
+    # forms in nibabel's ValueError traceback
+    source = shutil.copytree(raw[NNUNET], tmp_path / "raw")
+    label = source / "labelsTr" / "synth_000.nii.gz"
+    loaded = nib.load(label)
+    sform = loaded.affine.copy()
+    sform[:3, 3] += [0.0, 2.0, 0.0]
+    stored = nib.Nifti1Image(np.asarray(loaded.dataobj), sform)
+    nib.save(stored, label)
+    header_bytes = bytearray(gzip.decompress(label.read_bytes()))
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(bytes(header_bytes)))
+    header["qform_code"] = 1
+    header["quatern_b"], header["quatern_c"], header["quatern_d"] = 0.6, 0.6, 0.6
+    header_bytes[: header.sizeof_hdr] = header.binaryblock
+    label.write_bytes(gzip.compress(bytes(header_bytes)))
+    with pytest.raises(ValueError):
+        nib.load(label).header.get_qform()
+    with pytest.raises(DataFormatError) as refused:
+        _read_first_case(source)
+    message = str(refused.value)
+    assert message.startswith(f"{label}: its origin ") and "by 2.000 mm" in message, message
 
 
 @pytest.mark.parametrize(

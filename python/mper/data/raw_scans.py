@@ -811,12 +811,16 @@ CASE_FILES = "the channels and the label of a case"
 
 def _forms_disagree(path: Path, scan: nib.Nifti1Image, shape: tuple[int, ...]) -> str:
     """A note naming ``path`` when its header's sform and qform, both set, place a voxel of its
-    ``shape`` more than :data:`GEOMETRY_TOLERANCE` of a voxel apart; "" otherwise."""
+    ``shape`` more than :data:`GEOMETRY_TOLERANCE` of a voxel apart; "" otherwise (also for a
+    qform that cannot be read: nibabel, reading the sform, loads such a file)."""
     header = scan.header
     if int(header["sform_code"]) == 0 or int(header["qform_code"]) == 0 or len(shape) != 3:
         return ""
     sform = np.asarray(header.get_sform(), dtype=np.float64)  # type: ignore[no-untyped-call]
-    qform = np.asarray(header.get_qform(), dtype=np.float64)  # type: ignore[no-untyped-call]
+    try:
+        qform = np.asarray(header.get_qform(), dtype=np.float64)  # type: ignore[no-untyped-call]
+    except ValueError:  # quaternion parameters beyond a unit quaternion: the note is left out, not the refusal
+        return ""
     corners = np.array(np.meshgrid(*[[0, size - 1] for size in shape], indexing="ij")).reshape(3, -1)
     moved = float(np.abs((sform - qform) @ np.vstack([corners, np.ones(corners.shape[1])]))[:3].max())
     voxel = float(np.linalg.norm(sform[:3, :3], axis=0).min())
