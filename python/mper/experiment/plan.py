@@ -439,6 +439,7 @@ def _check_synthetic(reader: _Reader, synthetic: dict[str, Any], dataset: str) -
 
 
 def _whole(value: Any, minimum: int) -> bool:
+    """Whether ``value`` is a whole number (not a bool) of at least ``minimum``."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
@@ -578,11 +579,7 @@ class _Reader:
 
     def integers(self, table: dict[str, Any], key: str, minimum: int, prefix: str = "") -> list[int]:
         values = table.get(key)
-        if (
-            not isinstance(values, list)
-            or not values
-            or not all(isinstance(value, int) and not isinstance(value, bool) and value >= minimum for value in values)
-        ):
+        if not isinstance(values, list) or not values or not all(_whole(value, minimum) for value in values):
             self.fail(f"{prefix}{key} must be a non-empty list of integers >= {minimum}")
         if len(set(values)) != len(values):
             self.fail(f"{prefix}{key} lists a value twice: {values}")
