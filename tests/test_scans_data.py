@@ -872,6 +872,19 @@ def test_a_header_whose_pixdim_disagrees_with_its_affine_is_refused(raw, tmp_pat
     assert line.startswith(f"mper-data: error: {path}: its header's voxel size (pixdim) (1, 1, 1) mm disagrees with ")
     assert line.endswith("image.set_qform(image.affine), which sets pixdim from the affine, then save it)")
     assert not (tmp_path / "out").exists()
+    sheared = scan.affine.copy()
+    sheared[1, 2] = 0.3 * sheared[2, 2]  # a tilted gantry's slices, stored as they were acquired
+    for each in [*source.glob("imagesTr/synth_000_*.nii.gz"), source / "labelsTr" / "synth_000.nii.gz"]:
+        tilted = nib.Nifti1Image(np.asarray(nib.load(each).dataobj), sheared)
+        tilted.header["pixdim"][1:4] = scan.header.get_zooms()[:3]  # the slices' own spacing, not the tilted axis's
+        nib.save(tilted, each)
+    with pytest.raises(SystemExit):
+        cli.data_main(["import", "--source", str(source), "--out", str(tmp_path / "out")])
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"mper-data: error: {path}: its affine is sheared (its voxel axes are not at right angles, as a CT acquired "
+        "with a tilted gantry is stored): mper, as nnU-Net, reads grids of right angles; resample it onto one "
+        "(e.g. dcm2niix's gantry tilt correction) and save it"
+    )
 
 
 def test_a_header_fix_of_nibabels_is_said_once_naming_the_first_file(raw, tmp_path, capsys, caplog, monkeypatch):
