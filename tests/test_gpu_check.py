@@ -208,3 +208,26 @@ def test_the_cuda_tests_leave_out_the_readme_benchmarks_that_later_sections_run(
         path, _, name = test.partition("::")
         assert f"def {name}(" in (REPO / path).read_text(), f"{test} names no test"
     assert 0 < gpu_check.CUDA_TESTS_SHARE < 1
+
+
+def test_collecting_the_tests_needs_only_what_the_check_installs():
+    """`pytest -m cuda` collects every test module: one that imports at its top a package the
+    check does not install (an extra's, e.g. pynrrd) stops the whole CUDA test run on a GPU
+    machine without it. Such a test imports it with ``pytest.importorskip``."""
+    import ast
+
+    local = {path.stem for path in (REPO / "tests").glob("*.py")}
+    # packaging: pytest's own requirement
+    allowed = set(sys.stdlib_module_names) | set(gpu_check.PACKAGES) | local | {"mper", "torch", "packaging"}
+    found = []
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            found += [f"{path.name}: {name}" for name in names if name.split(".")[0] not in allowed]
+    assert not found, f"imported at the top of a test module, and not installed by the GPU check: {found}"
+
