@@ -7,8 +7,9 @@ Sections, in order; each runs its commands in subprocesses and is ``pass``, ``fa
 * ``preflight``: GPU, driver, the driver's CUDA version >= nvcc's and torch's, Python
   packages;
 * ``build``: the missing Python packages (from ``MPER_WHEELS``, a folder of wheels, when
-  set) and mper with its CUDA kernels (``MPER_WITH_CUDA=ON``), unless the installed build
-  is of these sources;
+  set, else ``wheels/`` where it holds wheels: scripts/gpu_wheels.sh), each importable, and
+  mper with its CUDA kernels (``MPER_WITH_CUDA=ON``), unless the installed build is of
+  these sources;
 * ``cuda-tests``: ``pytest -m cuda``;
 * ``sync-free``: short ACDC (bf16) and LA (fp32) trainings with ``MPER_SYNC_DEBUG=error``;
 * ``resume``: ``mper-train`` in bf16, interrupted and resumed, against the same run
@@ -80,6 +81,10 @@ PACKAGES = {
     "scikit_build_core": "scikit-build-core",
     "pybind11": "pybind11",
 }
+#: Modules mper imports below a package's top level whose requirements the top level's import
+#: does not show: medpy.metric needs scipy, while medpy.io's SimpleITK is left out of the
+#: wheels (scripts/gpu_wheels.py).
+SUBMODULES = ("medpy.metric.binary", "nibabel.orientations")
 
 
 @dataclass(frozen=True)
@@ -367,12 +372,31 @@ class Check:
             raise Failed("; ".join(problems))
 
     def build(self, section: Section) -> None:
-        missing = self.probe("environment")["missing_packages"]
+        facts = self.probe("environment")
         pip = [self.python, "-m", "pip", "install", "--no-build-isolation", "--no-deps"]
-        if missing and not self.dry:
-            wheels = os.environ.get("MPER_WHEELS")
-            source = ["--no-index", "--find-links", wheels] if wheels else []
-            self.run("install-packages", [*pip, *source, *(PACKAGES[name] for name in missing)])
+        wheels = wheels_folder()
+        packages = packages_to_install(facts["missing_packages"], wheels, facts["distributions"])
+        if packages:
+            source = ["--no-index", "--find-links", str(wheels)] if wheels else []
+            # the dry run asks pip what it would install, from the folder only
+            dry = ["--dry-run"] if self.dry else []
+            if self.dry and not wheels:
+                section.notes.append(f"not installed (no MPER_WHEELS): {', '.join(packages)}")
+            else:
+                try:
+                    self.run("install-packages", [*pip, *dry, *source, *packages])
+                except Failed as error:
+                    hint = "; scripts/gpu_wheels.sh makes the folder MPER_WHEELS names" if wheels else ""
+                    raise Failed(f"{error}{hint}") from error
+                section.notes.append(f"{'would install' if self.dry else 'installed'}: {', '.join(packages)}")
+        if not (self.dry and packages):
+            broken = self.probe("imports")
+            if broken:
+                raise Failed(
+                    "cannot import "
+                    + "; ".join(f"{module} ({reason})" for module, reason in broken.items())
+                    + (f" after installing from {wheels}" if wheels else "")
+                )
         stamp = Path(sys.prefix) / ".mper-gpu-check-build"
         sources = self.run(
             "source-hash",
@@ -673,6 +697,42 @@ def state_beyond_allowance(found: dict[str, list[float]]) -> list[str]:
     ]
 
 
+def wheels_folder() -> Path | None:
+    """``MPER_WHEELS``, else the checkout's ``wheels/`` where it holds wheels (scripts/gpu_wheels.sh
+    writes there), else None: packages come from the package index."""
+    named = os.environ.get("MPER_WHEELS")
+    if named:
+        return Path(named).resolve()
+    found = REPO / "wheels"
+    return found if any(found.glob("*.whl")) else None
+
+
+def packages_to_install(missing: list[str], wheels: Path | None, installed: list[str]) -> list[str]:
+    """The distributions the build section installs: those of the ``missing`` modules
+    (``PACKAGES``) and, when there are any, each distribution of the ``wheels`` folder not
+    ``installed`` (canonical names): what the missing ones require, installed with them
+    (``--no-deps``: pip does not look for what the folder leaves out as unneeded)."""
+    names = [PACKAGES[module] for module in missing]
+    if names and wheels is not None:
+        have = {_canonical(name) for name in [*installed, *names]}
+        for path in sorted(wheels.iterdir()):
+            if path.name.endswith(".whl"):
+                name = path.name.split("-")[0]
+            elif path.name.endswith((".tar.gz", ".zip")):
+                name = path.name.rsplit("-", 1)[0]
+            else:
+                continue
+            if _canonical(name) not in have:
+                have.add(_canonical(name))
+                names.append(_canonical(name))
+    return names
+
+
+def _canonical(name: str) -> str:
+    """A distribution's name as PyPI compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def find_nvcc() -> str | None:
     """nvcc on the PATH, else the toolkit's default place (/usr/local/cuda/bin)."""
     return shutil.which("nvcc") or shutil.which("nvcc", path="/usr/local/cuda/bin")
@@ -870,6 +930,7 @@ def _git(*arguments: str) -> str | None:
 def probe(name: str, arguments: list[str]) -> None:
     """Print one JSON line: facts of the environment, of the installed mper, or state distances."""
     if name == "environment":
+        import importlib.metadata
         import importlib.util
 
         import torch
@@ -882,8 +943,19 @@ def probe(name: str, arguments: list[str]) -> None:
             "gpu": torch.cuda.get_device_name(0) if gpu else None,
             "capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if gpu else None,
             "missing_packages": [module for module in PACKAGES if importlib.util.find_spec(module) is None],
+            "distributions": sorted({_canonical(d.metadata["Name"]) for d in importlib.metadata.distributions()}),
         }
         print(json.dumps(facts))
+    elif name == "imports":
+        import importlib
+
+        broken = {}
+        for module in (*PACKAGES, *SUBMODULES):
+            try:
+                importlib.import_module(module)
+            except Exception as error:  # a missing requirement, or a broken build of one
+                broken[module] = f"{type(error).__name__}: {error}"
+        print(json.dumps(broken))
     elif name == "mper":
         import mper
         from mper import _C

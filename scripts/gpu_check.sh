@@ -13,7 +13,8 @@
 #                environment's if one is active); it must hold torch. mper is installed
 #                into it with `pip install --no-build-isolation --no-deps .`
 #   MPER_WHEELS  a folder of wheels (and sdists) to install missing Python packages from,
-#                on a machine without a package index
+#                on a machine without a package index (default: wheels/ where it holds
+#                wheels; scripts/gpu_wheels.sh writes it)
 #   MPER_COMMIT  the commit the summary names when the checkout has no git metadata
 set -euo pipefail
 cd "$(dirname "$0")/.."

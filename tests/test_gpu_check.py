@@ -231,3 +231,76 @@ def test_collecting_the_tests_needs_only_what_the_check_installs():
             found += [f"{path.name}: {name}" for name in names if name.split(".")[0] not in allowed]
     assert not found, f"imported at the top of a test module, and not installed by the GPU check: {found}"
 
+
+def test_the_build_installs_the_missing_packages_and_what_the_wheels_folder_holds_for_them(tmp_path):
+    for name in (
+        "medpy-0.5.2-py3-none-any.whl",
+        "tomli_w-1.2.0-py3-none-any.whl",
+        "Typing_Extensions-4.6.0-py3-none-any.whl",
+        "numpy-2.0.0-cp312-cp312-manylinux_2_28_x86_64.whl",
+        "pynrrd-1.0.0.tar.gz",
+        "notes.txt",
+    ):
+        (tmp_path / name).write_text("")
+    installed = ["numpy", "scipy"]
+    packages = gpu_check.packages_to_install(["medpy", "tomli_w"], tmp_path, installed)
+    assert packages[:2] == ["medpy", "tomli-w"] and sorted(packages[2:]) == ["pynrrd", "typing-extensions"]
+    assert gpu_check.packages_to_install(["medpy"], None, installed) == ["medpy"]
+    assert gpu_check.packages_to_install([], tmp_path, installed) == []  # nothing missing: nothing installed
+
+
+def test_the_wheels_folder_is_mper_wheels_else_the_checkouts_wheels_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "REPO", tmp_path)
+    monkeypatch.delenv("MPER_WHEELS", raising=False)
+    assert gpu_check.wheels_folder() is None
+    (tmp_path / "wheels").mkdir()
+    assert gpu_check.wheels_folder() is None  # empty: the index
+    (tmp_path / "wheels" / "tomli_w-1.2.0-py3-none-any.whl").write_text("")
+    assert gpu_check.wheels_folder() == tmp_path / "wheels"
+    monkeypatch.setenv("MPER_WHEELS", str(tmp_path / "elsewhere"))
+    assert gpu_check.wheels_folder() == tmp_path / "elsewhere"
+
+
+def _build_section(tmp_path, monkeypatch, imports_broken, install_fails=False):
+    """The build section of a check on a GPU (not a dry run), its commands faked: the
+    environment lacks medpy, and ``imports_broken`` is what the imports probe finds."""
+    import argparse
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir(exist_ok=True)
+    (wheels / "medpy-0.5.2-py3-none-any.whl").write_text("")
+    monkeypatch.setenv("MPER_WHEELS", str(wheels))
+    args = argparse.Namespace(
+        dry_run=False, budget=600.0, out=tmp_path / "out", work=tmp_path / "work", keep_work=False
+    )
+    checker = gpu_check.Check(args)
+    section = gpu_check.Section("build", "build")
+    checker.section = section
+    ran = []
+
+    def run(name, command, env=None, check=True, **_):
+        ran.append(name)
+        if name == "install-packages" and install_fails:
+            raise gpu_check.Failed("install-packages exited with 1: ERROR: No matching distribution found for medpy")
+        return ""
+
+    facts = {"environment": {"missing_packages": ["medpy"], "distributions": ["numpy"]}, "imports": imports_broken}
+    monkeypatch.setattr(checker, "run", run)
+    monkeypatch.setattr(checker, "probe", lambda name, *_: facts[name])
+    with pytest.raises(gpu_check.Failed) as failed:
+        checker.build(section)
+    return str(failed.value), ran, section
+
+
+def test_a_package_that_cannot_be_imported_after_the_install_fails_the_build_before_compiling(tmp_path, monkeypatch):
+    broken = {"medpy.metric.binary": "ModuleNotFoundError: No module named 'scipy'"}
+    message, ran, section = _build_section(tmp_path, monkeypatch, broken)
+    assert message.startswith("cannot import medpy.metric.binary (ModuleNotFoundError: No module named 'scipy')")
+    assert "after installing from" in message and "build" not in ran  # failed before minutes of compiling
+    assert section.notes == ["installed: medpy"]
+
+
+def test_a_failed_install_from_the_wheels_folder_says_how_to_make_it(tmp_path, monkeypatch):
+    message, ran, _ = _build_section(tmp_path, monkeypatch, {}, install_fails=True)
+    assert "No matching distribution found for medpy" in message and "scripts/gpu_wheels.sh" in message
+    assert ran == ["install-packages"]

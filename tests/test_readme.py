@@ -112,6 +112,11 @@ RULES = (
         "never",
         reason="needs a GPU and installs mper into the environment; tests/test_gpu_check.py runs its --dry-run",
     ),
+    Rule(
+        r"scripts/gpu_wheels\.sh --have have\.txt",
+        "never",
+        reason="downloads from the package index; tests/test_gpu_wheels.py runs it on a fake index",
+    ),
     Rule(r"scripts/test\.sh -m (cuda|slow)", "default", "--collect-only -q"),
     Rule(r"pip install torch --index-url \S+", "never", reason="downloads from the package index"),
     Rule(r"pip install (\.|'\.\[convert\]')", "never", reason="replaces the mper of the environment running the tests"),
