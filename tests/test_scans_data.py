@@ -14,6 +14,7 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from nibabel.orientations import aff2axcodes, io_orientation, ornt_transform
 from scipy import ndimage
 
@@ -1598,8 +1599,10 @@ def test_an_import_interrupted_half_way_leaves_no_dataset_behind(raw, tmp_path, 
 def test_the_command_the_import_suggests_runs_as_printed_when_the_folder_has_a_space(raw, tmp_path, capsys):
     out = tmp_path / "my data"
     cli.data_main(["import", "--source", str(raw[NNUNET]), "--out", str(out)])
-    imported, suggested = capsys.readouterr().out.splitlines()[-2:]
+    printed = capsys.readouterr().out.splitlines()
+    imported, suggested = printed[-3:-1] if printed[-1].startswith("(no GPU here") else printed[-2:]
     assert suggested == f"train with: mper-train --data-root '{out}'"
+    assert printed[-1].startswith("(no GPU here") != torch.cuda.is_available()
     dims = read_plan(out).dims
     planned = "a 3D V-Net" if dims == "3d" else "a 2D U-Net on slices across axis"
     assert imported.startswith(f"imported {raw[NNUNET]} into {out} for {planned}"), imported

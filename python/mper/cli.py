@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mper import experiment, pipeline
@@ -712,6 +713,8 @@ def data_main(argv: Sequence[str] | None = None) -> None:
                 f"imported {args.source} into {out} for {_networks_planned(read_plan(out))}; its plan: "
                 f"{out / PLAN_FILE}\ntrain with: mper-train --data-root {shlex.quote(str(out))}"
             )
+            if not torch.cuda.is_available():  # the presets but demo are sized for a GPU
+                print("(no GPU here: that trains for hours on a CPU; add --preset demo for a first run of minutes)")
             return
         if args.command == "convert":
             out = pipeline.convert(args.dataset, args.source, args.out, split_from=args.split_from, seed=args.seed)
