@@ -420,16 +420,24 @@ def test_a_table_is_the_mean_and_sample_std_over_seeds(tmp_path):
     assert "marked *" not in table
 
 
-def test_a_row_name_with_a_pipe_keeps_the_numbers_in_their_columns(tmp_path):
+def _one_scored_run(folder, variant, means, **record):
+    """A plan of one run of ``variant``, its metrics.json holding the mean ``means`` and
+    ``record``'s other fields (``summary`` extras under ``summary``); returns (plan, cell)."""
     plan = parse_plan(
-        {"dataset": "acdc", "data_root": "d", "labeled": [3], "seeds": [0], "variant": [{"name": "MPER | K=3"}]},
+        {"dataset": "acdc", "data_root": "d", "labeled": [3], "seeds": [0], "variant": [{"name": variant}]},
         name="made-up",
     )
-    (cell,) = plan.cells(tmp_path)
+    (cell,) = plan.cells(folder)
     cell.run_dir.mkdir(parents=True)
-    means = {"dice": 0.8, "jaccard": 0.7, "hd95": 2.0, "asd": 1.0}
     summary = {"mean": {m: {"mean": v, "std": 0.0, "undefined": 0} for m, v in means.items()}}
-    (cell.run_dir / "metrics.json").write_text(json.dumps({"summary": summary}))
+    summary.update(record.pop("summary", {}))
+    (cell.run_dir / "metrics.json").write_text(json.dumps({"summary": summary, **record}))
+    return plan, cell
+
+
+def test_a_row_name_with_a_pipe_keeps_the_numbers_in_their_columns(tmp_path):
+    means = {"dice": 0.8, "jaccard": 0.7, "hd95": 2.0, "asd": 1.0}
+    plan, cell = _one_scored_run(tmp_path, "MPER | K=3", means)
     table = markdown(plan, collect(plan, [cell]))
     assert "| MPER \\| K=3 | 3 | - | 1/1 | 80.00 | 70.00 | 2.00 | 1.00 |" in table
 
@@ -456,18 +464,9 @@ def test_a_plan_replacing_another_plans_results_says_so(micro_results, acdc_root
 def test_distance_means_with_classes_predicted_nowhere_scored_0_are_marked_as_in_each_runs_table(tmp_path):
     """A run that never predicts a class scores its distances 0 (the authors' rule): the
     sweep's table would show it far better on 95HD and ASD without a word."""
-    plan = parse_plan(
-        {"dataset": "acdc", "data_root": "d", "labeled": [3], "seeds": [0], "variant": [{"name": "MPER"}]},
-        name="made-up",
-    )
-    (cell,) = plan.cells(tmp_path)
-    cell.run_dir.mkdir(parents=True)
     means = {"dice": 0.8, "jaccard": 0.7, "hd95": 0.85, "asd": 0.16}
-    summary = {
-        "mean": {m: {"mean": v, "std": 0.0, "undefined": 0} for m, v in means.items()},
-        "predicted_nowhere": {"results": 2, "cases": 2, "classes": {}},
-    }
-    (cell.run_dir / "metrics.json").write_text(json.dumps({"summary": summary, "split": "val"}))
+    nowhere = {"predicted_nowhere": {"results": 2, "cases": 2, "classes": {}}}
+    plan, cell = _one_scored_run(tmp_path, "MPER", means, summary=nowhere, split="val")
     (row,) = collect(plan, [cell])
     table = markdown(plan, [row])
     assert "1 run(s) were scored on their validation cases, not test cases" in table

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mper import pipeline
@@ -24,6 +24,7 @@ from mper.datasets import check_dataset_root, get_dataset, synthesize, ways_to_w
 from mper.errors import ConfigError, MissingFileError, UserError
 from mper.eval.tsne import require_figure_packages
 from mper.train.checkpoint import BEST_CHECKPOINT
+from mper.train.config import TrainConfig
 from mper.train.runner import check_machine
 
 from .executors import (
@@ -208,14 +209,7 @@ def check_runs(plan: Plan, cells: Sequence[Cell], device: str | None = None) -> 
         # a relative data_root is taken from the folder the command runs in, not the plan's
         relative = "" if root.exists() else " (a relative data_root is taken from the folder the command runs in)"
         raise PlanError(f"{plan.source}: data_root{relative}: {error}; no run was started") from error
-    checked: set[str] = set()
-    for cell in todo:
-        config = cell.config()
-        settings = {name: value for name, value in config.to_dict().items() if name not in RUN_IDENTITY}
-        key = json.dumps(settings, sort_keys=True)
-        if key in checked:
-            continue
-        checked.add(key)
+    for cell, config in _distinct_settings(todo):
         try:
             pipeline.check_before_training(config)
         except MissingFileError as error:
@@ -232,15 +226,22 @@ def check_runs(plan: Plan, cells: Sequence[Cell], device: str | None = None) -> 
             ) from error
 
 
-def _check_machine(plan: Plan, cells: Sequence[Cell], device: str) -> None:
-    """What this machine refuses of ``cells`` trained on ``device``, once per distinct settings."""
+def _distinct_settings(cells: Sequence[Cell], device: str | None = None) -> Iterator[tuple[Cell, TrainConfig]]:
+    """Each of ``cells`` with its settings (on ``device``), once per settings that differ in
+    more than :data:`RUN_IDENTITY`: what a check refuses of one it refuses of the others."""
     checked: set[str] = set()
     for cell in cells:
         config = cell.config(device)
-        key = json.dumps({name: value for name, value in config.to_dict().items() if name not in RUN_IDENTITY})
-        if key in checked:
-            continue
-        checked.add(key)
+        settings = {name: value for name, value in config.to_dict().items() if name not in RUN_IDENTITY}
+        key = json.dumps(settings, sort_keys=True)
+        if key not in checked:
+            checked.add(key)
+            yield cell, config
+
+
+def _check_machine(plan: Plan, cells: Sequence[Cell], device: str) -> None:
+    """What this machine refuses of ``cells`` trained on ``device``, once per distinct settings."""
+    for cell, config in _distinct_settings(cells, device):
         try:
             check_machine(config)
         except UserError as error:
