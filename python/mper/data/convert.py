@@ -208,10 +208,10 @@ def _check_acdc_patients(source: Path, images: dict[str, Path], converted: set[s
             raise MissingFileError(
                 f"{label} has no frame {match.group(1)}.nii.gz beside it, whose label it is; {ACDC_INCOMPLETE}"
             )
+    with_frames = {patient_id(name) for name in images}
     for info in sorted(source.rglob(ACDC_INFO_FILE)):
         patient = info.parent.name
-        has_frames = any(patient_id(name) == patient for name in images)
-        if not re.fullmatch(r"patient\d+", patient) or (has_frames and patient not in converted):
+        if not re.fullmatch(r"patient\d+", patient) or (patient in with_frames and patient not in converted):
             continue  # not a patient's folder, or a patient without labels, left out and named
         for phase, number in _info_frames(info).items():
             name = f"{patient}_frame{number:02d}"
