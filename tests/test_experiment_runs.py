@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -267,6 +268,26 @@ def test_one_training_process_per_device(acdc_root, tmp_path):
     assert devices == {"0", "1"}
     (row,) = json.loads(written["results.json"].read_text())["rows"]
     assert row["seeds"] == [0, 1]
+
+
+def test_sigterm_while_the_device_pool_runs_stops_it_as_any_command_is_stopped(tmp_path, monkeypatch, capsys):
+    # the pool turns SIGTERM into the one interrupt every command knows (mper.host, not a copy
+    # of its own): its trainings are asked to save and stop, the previous handler is back, and
+    # the command ends as a terminated one, in one line with exit status 143
+    from mper import cli, host
+    from mper.experiment import executors
+
+    job = SimpleNamespace(process=SimpleNamespace(poll=lambda: None))
+    stopped = []
+    monkeypatch.setattr(DevicePoolExecutor, "_start", lambda self, cell, device: job)
+    monkeypatch.setattr(DevicePoolExecutor, "_stop", staticmethod(stopped.extend))
+    monkeypatch.setattr(executors.time, "sleep", lambda seconds: signal.raise_signal(signal.SIGTERM))
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(host.Terminated) as stop:
+        DevicePoolExecutor(["0"], tmp_path / "logs", device="cpu").run(["a cell"])
+    assert stopped == [job] and signal.getsignal(signal.SIGTERM) is before
+    assert cli._report_stop(stop.value) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "\nterminated (SIGTERM)\n"
 
 
 def test_one_submitit_job_per_run(acdc_root, tmp_path):

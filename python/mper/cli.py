@@ -14,7 +14,6 @@ import re
 import shlex
 import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from mper.eval.predict import expected_layouts
 from mper.eval.protocol import EMPTY_PREDICTION_RULES
 from mper.eval.report import MARKDOWN_FILE
 from mper.experiment import SweepInterrupted
+from mper.host import Terminated, sigterm_as_interrupt
 from mper.train.checkpoint import LAST_CHECKPOINT
 from mper.train.config import AMP_MODES, BASELINES, OPS_MODULES, TrainConfig
 from mper.train.distributed import is_main_process, launched_world, processes_on_this_machine
@@ -127,17 +127,6 @@ def _continue_with(run_dir: Path) -> str:
     return f"continue with: the same torchrun command on every machine, running mper-train {resume}"
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM outside the training loop (which handles its own): ends the command as
-    Ctrl-C does, in one line, rather than silently."""
-
-    signal_name = "SIGTERM"
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise _Terminated
-
-
 def _report_stop(stop: KeyboardInterrupt) -> int:
     """Say what a stopped run left behind and how to go on; returns the exit code."""
     if isinstance(stop, SweepInterrupted):
@@ -165,8 +154,8 @@ def _report_stop(stop: KeyboardInterrupt) -> int:
         else:
             print("\nstopped at once, before the first checkpoint: nothing to resume", file=sys.stderr)
         # SIGTERM outside the training loop (during the final evaluation, say) aborts too
-        return _interrupted_exit_code("SIGTERM" if isinstance(stop.__cause__, _Terminated) else "SIGINT")
-    if isinstance(stop, _Terminated):
+        return _interrupted_exit_code("SIGTERM" if isinstance(stop.__cause__, Terminated) else "SIGINT")
+    if isinstance(stop, Terminated):
         print("\nterminated (SIGTERM)", file=sys.stderr)
         return _interrupted_exit_code("SIGTERM")
     print("\ninterrupted", file=sys.stderr)
@@ -202,10 +191,9 @@ def _run(parser: argparse.ArgumentParser, action: Callable[[], None]) -> None:
     package_log = logging.getLogger("mper")
     package_log.addHandler(console)
     package_log.setLevel(logging.INFO)
-    in_main_thread = threading.current_thread() is threading.main_thread()  # where signals can be caught
-    on_sigterm = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
-        with logging_redirect_tqdm(loggers=[package_log]):
+        # SIGTERM outside the training loop (which handles its own) ends the command as Ctrl-C does
+        with sigterm_as_interrupt(), logging_redirect_tqdm(loggers=[package_log]):
             action()
     except KeyboardInterrupt as stop:
         sys.exit(_report_stop(stop))
@@ -221,8 +209,6 @@ def _run(parser: argparse.ArgumentParser, action: Callable[[], None]) -> None:
             f"{parser.prog}: error: {where}{reason}; check the path, its permissions and the free space\n",
         )
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, on_sigterm)
         package_log.removeHandler(console)
 
 

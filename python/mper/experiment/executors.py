@@ -21,13 +21,13 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from mper.errors import ConfigError
+from mper.host import sigterm_as_interrupt
 from mper.pipeline import RUN_LOG
 
 from .plan import Cell
@@ -117,7 +117,7 @@ class DevicePoolExecutor:
         running: dict[str, _Running] = {}
         failures: list[Failure] = []
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        with _stop_on_sigterm():
+        with sigterm_as_interrupt():  # SIGTERM stops the pool as Ctrl-C does, its trainings cleanly
             try:
                 while pending or running:
                     for device in [device for device in self.devices if device not in running]:
@@ -170,27 +170,6 @@ class DevicePoolExecutor:
             except subprocess.TimeoutExpired:
                 job.process.kill()
             job.output.close()
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM while the pool runs: stops it as Ctrl-C does, and the command ends as a
-    terminated one (exit status 143)."""
-
-    signal_name = "SIGTERM"
-
-
-@contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into a Ctrl-C while the pool runs, so that its trainings stop cleanly."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
