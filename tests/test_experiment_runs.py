@@ -347,6 +347,54 @@ def one_line_error(arguments, capsys) -> str:
     return printed.err.strip()
 
 
+def pretend_gpus(monkeypatch, free_gib):
+    """CUDA on this machine as torch reports it: GPU ``i`` with ``free_gib[i]`` GiB free."""
+
+    def mem_get_info(device=None):
+        index = torch.device(device).index if device is not None else None
+        return int(free_gib[index or 0] * 2**30), 80 * 2**30
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(free_gib))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+
+
+def test_a_device_pool_is_checked_on_each_of_its_gpus(acdc_root, tmp_path, monkeypatch, capsys):
+    # --devices 2,3 checked the free memory of cuda:0, where no run of the pool trains: the GPU
+    # of the pool with the least free memory is checked, and named
+    from mper.experiment import executors
+
+    def no_training(*arguments, **options):
+        raise AssertionError("a training process was started")
+
+    monkeypatch.setattr(executors.subprocess, "Popen", no_training)
+    pretend_gpus(monkeypatch, [80, 80, 80, 0.001])
+    plan = two_variant_plan_file(tmp_path, acdc_root, [1])
+    out = tmp_path / "out"
+    for listing in ([], ["--list"]):
+        error = one_line_error([str(plan), "--out", str(out), "--devices", "2,3", *listing], capsys)
+        assert error.startswith(f"mper-experiment: error: {plan}: run U-Net / 1 labeled / seed 0: one training ")
+        assert "but only 0.00 GiB is free on cuda:3;" in error and error.endswith(
+            "no run was started: change --devices (or the plan's settings) and run the command again"
+        )
+        assert not out.exists()
+    # a GPU the machine lacks is named
+    error = one_line_error([str(plan), "--out", str(out), "--devices", "2,4", "--list"], capsys)
+    assert error == (
+        f"mper-experiment: error: {plan}: --devices: device 'cuda:4' requested but only 4 CUDA device(s) exist; "
+        "no run was started"
+    )
+    # enough memory on the pool's GPUs, little on one it does not use: the runs may start
+    pretend_gpus(monkeypatch, [0.001, 80, 80, 80])
+    experiment_main([str(plan), "--out", str(out), "--devices", "2,3", "--list"])
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["new", "new"]
+    # a sweep that itself sees only some GPUs names them by their place among those it sees
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
+    assert DevicePoolExecutor(["1", "2", "3"], tmp_path / "logs").machine_device == ["cuda:0", "cuda:1"]
+    assert DevicePoolExecutor(["1", "3"], tmp_path / "logs", device="cpu").machine_device == "cpu"
+
+
 @pytest.mark.parametrize("listing", [False, True])
 def test_a_label_budget_beyond_the_data_is_refused_before_any_run_trains(acdc_root, tmp_path, capsys, listing):
     # the data has 3 training patients: the budget 1 could train, 4 cannot

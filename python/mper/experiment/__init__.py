@@ -25,6 +25,7 @@ from mper.errors import ConfigError, MissingFileError, UserError
 from mper.eval.tsne import require_figure_packages
 from mper.train.checkpoint import BEST_CHECKPOINT
 from mper.train.config import TrainConfig
+from mper.train.footprint import least_free
 from mper.train.runner import check_machine
 
 from .executors import (
@@ -186,7 +187,7 @@ def tsne_figures(plan: Plan, cells: Sequence[Cell], out: Path) -> dict[str, Path
     return figures
 
 
-def check_runs(plan: Plan, cells: Sequence[Cell], device: str | None = None) -> None:
+def check_runs(plan: Plan, cells: Sequence[Cell], device: str | Sequence[str] | None = None) -> None:
     """Refuse, before any run trains, what would stop one of the unfinished ``cells``
     before it trains: the data folder (missing, or another dataset's) and what
     :func:`mper.pipeline.check_before_training` refuses (a setting, a list file, a label
@@ -194,9 +195,11 @@ def check_runs(plan: Plan, cells: Sequence[Cell], device: str | None = None) -> 
     :data:`RUN_IDENTITY`. With ``device`` (runs that train on this machine, on that
     device), what this machine refuses too (:func:`~mper.train.runner.check_machine`: a
     CUDA device it lacks, ``amp`` on the CPU, an iteration too large for the device's
-    memory). Raises :class:`PlanError` naming the plan, the run and what to do. Data files
-    are not read: a damaged one stops its run as it starts. Nothing is checked of synthetic
-    data not written yet (:func:`run_plan` writes it first)."""
+    memory); with several devices (a pool's GPUs: any run may train on any of them),
+    each must exist and the memory is checked on the one with the least free. Raises
+    :class:`PlanError` naming the plan, the run and what to do. Data files are not read:
+    a damaged one stops its run as it starts. Nothing is checked of synthetic data not
+    written yet (:func:`run_plan` writes it first)."""
     todo = [cell for cell in cells if run_state(cell.run_dir) != FINISHED]
     root = Path(plan.data_root)
     if todo and device is not None:
@@ -239,14 +242,20 @@ def _distinct_settings(cells: Sequence[Cell], device: str | None = None) -> Iter
             yield cell, config
 
 
-def _check_machine(plan: Plan, cells: Sequence[Cell], device: str) -> None:
-    """What this machine refuses of ``cells`` trained on ``device``, once per distinct settings."""
+def _check_machine(plan: Plan, cells: Sequence[Cell], device: str | Sequence[str]) -> None:
+    """What this machine refuses of ``cells`` trained on ``device``, once per distinct
+    settings; of several devices, on the one with the least free memory."""
+    option = "--device" if isinstance(device, str) else "--devices"
+    try:
+        device = device if isinstance(device, str) else least_free(device)
+    except UserError as error:
+        raise PlanError(f"{plan.source}: {option}: {error}; no run was started") from error
     for cell, config in _distinct_settings(cells, device):
         try:
             check_machine(config)
         except UserError as error:
             raise PlanError(
-                f"{plan.source}: run {cell.name}: {error}; no run was started: change --device (or the plan's "
+                f"{plan.source}: run {cell.name}: {error}; no run was started: change {option} (or the plan's "
                 "settings) and run the command again"
             ) from error
 

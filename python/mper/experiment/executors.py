@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+import torch
+
 from mper.errors import ConfigError
 from mper.host import sigterm_as_interrupt
 from mper.pipeline import RUN_LOG
@@ -98,6 +100,17 @@ class _Running:
     log_path: Path
 
 
+def _named_here(device_id: str) -> str | None:
+    """How this process names the GPU that a training process started with
+    ``CUDA_VISIBLE_DEVICES=device_id`` trains on: ``cuda:<its index among the GPUs this
+    process sees>``; None where this process's own ``CUDA_VISIBLE_DEVICES`` hides it."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return f"cuda:{device_id}"
+    ids = [item.strip() for item in visible.split(",")]
+    return f"cuda:{ids.index(device_id)}" if device_id in ids else None
+
+
 class DevicePoolExecutor:
     """One training process per device, each seeing only its device (``CUDA_VISIBLE_DEVICES``).
 
@@ -110,7 +123,16 @@ class DevicePoolExecutor:
         if not devices or len(set(devices)) != len(devices):
             raise ConfigError(f"--devices must list distinct device ids, e.g. 0,1,2,3; got {','.join(devices)}")
         self.devices, self.log_dir, self.device = list(devices), Path(log_dir), device
-        self.machine_device = device  # each process trains on one device of this machine
+
+    @property
+    def machine_device(self) -> str | list[str]:
+        """The devices of this machine the runs train on, which the sweep checks before the
+        first: on a GPU (``device`` ``cuda`` or ``auto``, with CUDA here) each of
+        :attr:`devices` as this process names it (``cuda:ID``, or its place in this process's
+        own ``CUDA_VISIBLE_DEVICES``; one that hides it goes unchecked), else ``device``."""
+        if self.device not in ("auto", "cuda", "cuda:0") or not torch.cuda.is_available():
+            return self.device
+        return [name for name in map(_named_here, self.devices) if name is not None] or self.device
 
     def run(self, cells: Sequence[Cell]) -> list[Failure]:
         pending: deque[Cell] = deque(cells)

@@ -31,7 +31,7 @@ measures two of these on every run and holds the ratio within 1.5 either way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +43,7 @@ from mper.host import available_host_memory
 from mper.losses import copy_paste_loss
 
 from .config import TrainConfig, training_stages, with_prototypes
+from .runtime import resolve_device
 
 GIB = 2**30
 #: Gradients of activations the backward pass holds at once, beyond the saved tensors.
@@ -184,6 +185,13 @@ def available_memory(device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     return available_host_memory()
+
+
+def least_free(devices: Sequence[str]) -> str:
+    """Of ``devices`` (named as ``--device`` takes them, e.g. ``cuda:2``), the one with the
+    least memory free for training: an iteration that fits into it fits into each of them.
+    A device this machine lacks is refused (:func:`~mper.train.runtime.resolve_device`)."""
+    return min(devices, key=lambda name: available_memory(resolve_device(name)))
 
 
 def check_fits(config: TrainConfig, device: torch.device, processes: int = 1, processes_here: int = 1) -> None:
