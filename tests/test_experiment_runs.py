@@ -530,6 +530,43 @@ def test_a_plan_replacing_another_plans_results_says_so(micro_results, acdc_root
     assert caplog.messages == []
 
 
+def test_the_same_plan_given_from_another_folder_is_not_another_plan(
+    micro_results, acdc_root, tmp_path, monkeypatch, caplog
+):
+    # plans/x.toml run from the repository, then ../repo/plans/x.toml from a folder beside it:
+    # "held the results of the plan plans/x.toml" (taken from the second folder) was warned
+    out = Path(shutil.copytree(micro_results[0], tmp_path / "out"))
+    plans, elsewhere = tmp_path / "repo" / "plans", tmp_path / "elsewhere"
+    plans.mkdir(parents=True)
+    elsewhere.mkdir()
+    text = (
+        f'dataset = "acdc"\ndata_root = "{acdc_root}"\nlabeled = [1]\nseeds = [0]\n'
+        f'set = {json.dumps(MICRO)}\n[[variant]]\nname = "MPER"\n'
+    )
+    (plans / "x.toml").write_text(text)
+    (plans / "y.toml").write_text(text)
+
+    def warnings(folder, plan):
+        caplog.clear()
+        monkeypatch.chdir(folder)
+        with caplog.at_level("WARNING", logger="mper"):
+            experiment_main([str(plan), "--out", str(out), "--report-only"])
+        return caplog.messages
+
+    assert len(warnings(plans.parent, "plans/x.toml")) == 1  # it replaces the table of the plan micro
+    assert warnings(elsewhere, "../repo/plans/x.toml") == []
+    assert json.loads((out / "results.json").read_text())["plan"] == str((plans / "x.toml").resolve())
+    assert warnings(elsewhere, plans / "x.toml") == []
+    assert warnings(plans, "x.toml") == []
+    # recorded as given by an earlier version, relative to a folder not known now
+    results = json.loads((out / "results.json").read_text())
+    (out / "results.json").write_text(json.dumps({**results, "plan": "plans/x.toml"}))
+    assert warnings(elsewhere, "../repo/plans/x.toml") == []
+    # another plan still says so, whatever its content
+    (y_warning,) = warnings(elsewhere, "../repo/plans/y.toml")
+    assert y_warning.startswith(f"{out} held the results of the plan {(plans / 'x.toml').resolve()}; replacing")
+
+
 def test_distance_means_with_classes_predicted_nowhere_scored_0_are_marked_as_in_each_runs_table(tmp_path):
     """A run that never predicts a class scores its distances 0 (the authors' rule): the
     sweep's table would show it far better on 95HD and ASD without a word."""

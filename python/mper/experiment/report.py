@@ -223,20 +223,42 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
             )
 
 
-def _say_other_plan(results: Path, source: str) -> None:
+def _recorded_plan(plan: Plan) -> str:
+    """The plan as ``results.json`` records it: its file's absolute path (the same whatever
+    folder the command runs in), or the name of a plan made in Python."""
+    return str(plan.path.resolve()) if plan.path else plan.name
+
+
+def _same_plan(earlier: str, plan: Plan) -> bool:
+    """Whether ``earlier`` (the plan an earlier ``results.json`` records) is ``plan``'s file:
+    the same file once resolved; a relative path (recorded as given by earlier versions,
+    from a folder not known now) when ``plan``'s file ends in it (``../plans/x.toml``: in
+    ``plans/x.toml``)."""
+    if plan.path is None:
+        return earlier == plan.name
+    current = plan.path.resolve()
+    recorded = Path(earlier)
+    if recorded.is_absolute():
+        return recorded.resolve() == current
+    tail = [part for part in recorded.parts if part not in (".", "..")]
+    return recorded.resolve() == current or (bool(tail) and list(current.parts[-len(tail) :]) == tail)
+
+
+def _say_other_plan(results: Path, plan: Plan) -> None:
     """Warn when ``results`` (an earlier ``results.json``) holds the table of another plan
-    than ``source``: two plans given one ``--out`` replace each other's tables."""
+    than ``plan``: two plans given one ``--out`` replace each other's tables. The same plan
+    file given from another folder, or by another path, is no other plan."""
     try:
         earlier = json.loads(results.read_text()).get("plan")
     except (OSError, ValueError, AttributeError):
         return
-    if isinstance(earlier, str) and Path(earlier).resolve() != Path(source).resolve():
+    if isinstance(earlier, str) and not _same_plan(earlier, plan):
         log.warning(
             "%s held the results of the plan %s; replacing them with those of %s (its runs are kept: "
             "mper-experiment %s --out %s --report-only writes them again; give each plan its own --out)",
             results.parent,
             earlier,
-            source,
+            str(plan.path) if plan.path else plan.name,
             earlier,
             results.parent,
         )
@@ -248,13 +270,12 @@ def write_results(plan: Plan, cells: Sequence[Cell], out: str | Path) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     rows = collect(plan, cells)
     paths = {name: out / name for name in RESULT_FILES}
-    source = str(plan.path) if plan.path else plan.name
-    _say_other_plan(paths["results.json"], source)
+    _say_other_plan(paths["results.json"], plan)
     paths["results.md"].write_text(markdown(plan, rows))
     write_csv(rows, paths["results.csv"])
     document = {
         "title": plan.title,
-        "plan": source,
+        "plan": _recorded_plan(plan),
         "dataset": plan.dataset,
         "sweep": None if plan.sweep is None else {"setting": plan.sweep.setting, "label": plan.sweep.label},
         "std": "sample standard deviation over seeds (ddof=1)",
