@@ -227,6 +227,37 @@ def test_a_plan_without_budgets_takes_the_datasets_usual_ones(dataset, budgets):
         ({"sweep": {"setting": "seed", "values": [2, 3]}}, "set it with seeds = [...] (or --seeds) instead"),
         ({"sweep": {"setting": "optim.lr", "values": [0.01, 0.001, 0.01]}}, "sweep.values lists 0.01 twice"),
         ({"sweep": {"setting": "prototypes.per_class", "values": [2, 2.0]}}, "sweep.values lists 2.0 twice"),
+        (
+            {
+                "variant": [{"name": "MPER"}, {"name": "U-Net", "baseline": "labeled-only"}],
+                "sweep": {"setting": "prototypes.per_class", "values": [1, 2, 3], "label": "K"},
+            },
+            "sweep.setting = 'prototypes.per_class' plays no part in variant[1] 'U-Net': baseline = \"labeled-only\" "
+            "trains the network alone on labeled images (no teacher, no prototypes; of self-training only "
+            "selftrain.iterations counts); its 3 rows would train the same runs 3 times; train 'U-Net' in a plan of "
+            "its own without the [sweep] (or remove it from this one)",
+        ),
+        (
+            {
+                "variant": [{"name": "All", "baseline": "full"}],
+                "sweep": {"setting": "selftrain.unlabeled_weight", "values": [0.5, 1.0]},
+            },
+            "sweep.setting = 'selftrain.unlabeled_weight' plays no part in variant[0] 'All': baseline = \"full\" ",
+        ),
+        (
+            {
+                "variant": [{"name": "U-Net", "baseline": "labeled-only"}],
+                "sweep": {"setting": "pretrain.box_fraction", "values": [0.5, 0.7]},
+            },
+            'baseline = "labeled-only" trains on labeled images as they are, not copy-pasted; its 2 rows',
+        ),
+        (
+            {
+                "variant": [{"name": "BCP", "baseline": "bcp"}],
+                "sweep": {"setting": "selftrain.contrastive_weight", "values": [0.1, 1.0]},
+            },
+            "plays no part in variant[0] 'BCP': baseline = \"bcp\" self-trains without the prototype head",
+        ),
         ({"figures": {"tsne": ["BCP"]}}, "figures.tsne names 'BCP', which is not a variant"),
         ({"synthetic": {"cases": "12"}}, "synthetic.cases must be a whole number >= 1, e.g. cases = 16; got '12'"),
         ({"synthetic": {"seed": -1}}, "synthetic.seed must be a whole number >= 0; got -1"),
@@ -254,6 +285,29 @@ def test_a_wrong_plan_is_refused_naming_the_key(change, message):
         + message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)"),
     ):
         parse_plan({**MINIMAL, **change}, name="broken")
+
+
+@pytest.mark.parametrize(
+    "baseline, setting, values",
+    [
+        ("none", "prototypes.per_class", [1, 2]),
+        ("labeled-only", "selftrain.iterations", [10, 20]),  # it trains pretrain + selftrain iterations
+        ("full", "optim.lr", [0.01, 0.001]),
+        ("labeled-only", "pretrain.loss_scale", [0.5, 1.0]),
+        ("bcp", "selftrain.unlabeled_weight", [0.5, 1.0]),
+        ("bcp", "pretrain.box_fraction", [0.5, 0.7]),
+    ],
+)
+def test_a_sweep_over_a_setting_the_baseline_trains_with_is_kept(baseline, setting, values):
+    sweep = {"setting": setting, "values": values}
+    plan = parse_plan({**MINIMAL, "variant": [{"name": "A", "baseline": baseline}], "sweep": sweep}, name="kept")
+    assert len(plan.rows()) == 2
+
+
+def test_a_sweep_of_one_value_trains_nothing_twice_and_is_kept():
+    sweep = {"setting": "prototypes.per_class", "values": [2]}
+    plan = parse_plan({**MINIMAL, "variant": [{"name": "A", "baseline": "labeled-only"}], "sweep": sweep}, name="one")
+    assert len(plan.rows()) == 1
 
 
 def test_a_run_setting_that_does_not_check_is_refused_before_anything_runs(tmp_path):

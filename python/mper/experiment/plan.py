@@ -52,7 +52,7 @@ else:
 from mper.datasets import dataset_names, get_dataset, has_plan, not_imported_yet, register_plan
 from mper.errors import ConfigError
 from mper.eval.protocol import check_protocol
-from mper.train.config import BASELINES, TrainConfig, load_config
+from mper.train.config import BASELINES, TrainConfig, ignored_by_baseline, load_config
 
 #: Budget name of a fully supervised run (every training case labeled).
 ALL_LABELED = "all"
@@ -382,6 +382,7 @@ def parse_plan(
     if duplicate:
         raise PlanError(f"{where}: two variants are named {duplicate!r}; give each its own name")
     sweep = _sweep(reader, document.get("sweep"))
+    _check_sweep_used(reader, variants, sweep)
     _check_folders(reader, variants, sweep)
     figures = document.get("figures", {})
     reader.known(figures, FIGURE_KEYS, "figures.")
@@ -507,6 +508,22 @@ def _check_folders(reader: _Reader, variants: list[Variant], sweep: Sweep | None
                 "give them names that differ in more than case and punctuation"
             )
         seen[folder] = row
+
+
+def _check_sweep_used(reader: _Reader, variants: list[Variant], sweep: Sweep | None) -> None:
+    """A sweep over a setting that a variant's baseline leaves out of its training would
+    train that variant's row once per value, the same run each time."""
+    if sweep is None or len(sweep.values) < 2:
+        return
+    for index, variant in enumerate(variants):
+        why = ignored_by_baseline(variant.baseline, sweep.setting)
+        if why:
+            count = len(sweep.values)
+            reader.fail(
+                f"sweep.setting = {sweep.setting!r} plays no part in variant[{index}] {variant.name!r}: {why}; its "
+                f"{count} rows would train the same runs {count} times; train {variant.name!r} in a plan of its own "
+                "without the [sweep] (or remove it from this one)"
+            )
 
 
 def _sweep(reader: _Reader, table: dict[str, Any] | None) -> Sweep | None:

@@ -68,6 +68,7 @@ __all__ = [
     "SelfTrainConfig",
     "TrainConfig",
     "flatten",
+    "ignored_by_baseline",
     "load_config",
     "merge",
     "parse_override",
@@ -378,6 +379,37 @@ def with_prototypes(config: TrainConfig) -> bool:
     bidirectional copy-paste alone, trained by ``L_cons^l`` only, with no prototype
     initialisation, classifier, contrastive term or bank update)."""
     return config.baseline != "bcp"
+
+
+#: Self-training settings ``baseline = "bcp"`` leaves out with the prototype head: the
+#: ramp and the weights of the terms it has no part of (Eq. 6 without ``L_cons^p``, ``L_cont``).
+_BCP_IGNORED = (
+    "selftrain.contrastive_weight",
+    "selftrain.contrastive_reduction",
+    "selftrain.ramp_weight",
+    "selftrain.rampup_epochs",
+    "selftrain.ramp_epoch_length",
+)
+
+
+def ignored_by_baseline(baseline: str, setting: str) -> str:
+    """Why ``baseline`` trains the same network whatever ``setting`` (``section.key``) is;
+    ``""`` when the setting plays a part in it. The supervised baselines
+    (:data:`SUPERVISED_BASELINES`) train the network alone on labeled images, unmixed, for
+    ``pretrain.iterations + selftrain.iterations``; ``bcp`` self-trains without the
+    prototype head (see :func:`with_prototypes`)."""
+    section, _, key = setting.partition(".")
+    if baseline in SUPERVISED_BASELINES:
+        if section == "prototypes" or (section == "selftrain" and key != "iterations"):
+            return (
+                f'baseline = "{baseline}" trains the network alone on labeled images (no teacher, no prototypes; '
+                "of self-training only selftrain.iterations counts)"
+            )
+        if setting in ("pretrain.box_fraction", "pretrain.loss"):
+            return f'baseline = "{baseline}" trains on labeled images as they are, not copy-pasted'
+    if baseline == "bcp" and (section == "prototypes" or setting in _BCP_IGNORED):
+        return 'baseline = "bcp" self-trains without the prototype head (no prototypes, L_cons^p or L_cont)'
+    return ""
 
 
 def training_stages(config: TrainConfig) -> tuple[str, ...]:
