@@ -383,9 +383,7 @@ def test_label_maps_ending_in_capitals_are_named_with_the_rename_to_do(tmp_path,
     _save(tmp_path / "labels" / "y.nii.gz", _maps()["case_a"][0])
     with caplog.at_level(logging.WARNING, logger="mper"):
         folders.pair_files(tmp_path / "preds", tmp_path / "labels")
-    assert any(
-        line.endswith("x.NII; rename the endings of x.NII to lowercase (.nii)") for line in caplog.messages
-    )
+    assert any(line.endswith("x.NII; rename the endings of x.NII to lowercase (.nii)") for line in caplog.messages)
 
 
 def test_a_declared_class_in_no_ground_truth_is_noted_in_the_report(raw, tmp_path):

@@ -9,18 +9,21 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 
 import h5py
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from PIL import Image
 
 from mper import cli, pipeline
 from mper.data.raw_scans import NNUNET, read_case, read_raw_dataset
 from mper.data.synth_scans import synthesize_scans
 from mper.datasets.registry import _REGISTRY
+
+# medpy's dependency, which scripts/gpu_wheels.sh leaves out: where it is missing these tests are skipped
+sitk = pytest.importorskip("SimpleITK")
 
 TINY = (16, 16, 5)
 TINY_RUN = [
@@ -248,6 +251,17 @@ def test_a_file_ending_no_reader_takes_is_refused_naming_the_endings_read(nifti,
     )
 
 
+def test_without_simpleitk_an_nrrd_dataset_says_to_install_it(nifti, tmp_path, capsys, monkeypatch):
+    converted = _converted(nifti, tmp_path / "raw", ".nrrd")
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # as a Python set up by scripts/gpu_wheels.sh
+    line = _import_error(converted, tmp_path / "imported", capsys)
+    assert line == (
+        f"mper-data: error: {converted / 'imagesTr' / 'synth_000_0000.nrrd'}: reading and writing .nrrd files needs "
+        "SimpleITK, which is not installed here: pip install SimpleITK (or convert the files to NIfTI, which "
+        "nibabel reads)"
+    )
+
+
 # --- predictions in the input's format, scored from there ------------------------------------
 
 
@@ -310,7 +324,7 @@ def _dice(prediction, truth):
     return 2 * np.count_nonzero(prediction & truth) / (np.count_nonzero(prediction) + np.count_nonzero(truth))
 
 
-def test_nrrd_predictions_are_scored_against_nrrd_labels(nrrd_run, tmp_path):
+def test_nrrd_predictions_are_scored_against_nrrd_labels(nrrd_run, tmp_path, caplog):
     _, raw, run_dir = nrrd_run
     out = tmp_path / "predictions"
     cli.predict_main(["--checkpoint", str(run_dir / "best.pt"), "--input", str(raw / "imagesTs"), "--output", str(out)])
@@ -328,6 +342,17 @@ def test_nrrd_predictions_are_scored_against_nrrd_labels(nrrd_run, tmp_path):
                 assert metrics["per_case"][case][str(label)]["dice"] == pytest.approx(dice, rel=1e-9)
                 scored += 1
     assert scored
+    # MetaImage headers beside their data files: the .zraw files are neither label maps nor named as ignored
+    headers = tmp_path / "labels-mhd"
+    headers.mkdir()
+    for case in cases:
+        _sitk_copy(raw / "labelsTs" / f"{case}.nrrd", headers / f"{case}.mhd")
+    assert sorted(path.suffix for path in headers.iterdir()) == sorted([".mhd", ".zraw"] * len(cases))
+    with caplog.at_level(logging.WARNING, logger="mper"):
+        cli.eval_main(["--predictions", str(out), "--labels", str(headers), "--out", str(tmp_path / "scores-mhd")])
+    assert not [message for message in caplog.messages if "ignored" in message], caplog.messages
+    again = json.loads((tmp_path / "scores-mhd" / "metrics.json").read_text())
+    assert again["per_case"] == metrics["per_case"]
 
 
 def test_png_scans_are_predicted_as_8_bit_pngs_of_their_size(tmp_path):

@@ -32,7 +32,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from mper.errors import DataFormatError
+from mper.errors import DataFormatError, UserError
 
 #: NIfTI, read by nibabel.
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -64,11 +64,19 @@ _FORMAT_NAMES = {
 }
 
 
-def _sitk() -> Any:
-    """SimpleITK, imported when first needed: importing it takes longer than the rest of mper's
-    data layer, and most commands never read a file of its formats. Its calls are untyped."""
-    import SimpleITK  # noqa: PLC0415
-
+def _sitk(path: Path) -> Any:
+    """SimpleITK, imported when first needed (to read or write ``path``): importing it takes
+    longer than the rest of mper's data layer, and most commands never read a file of its
+    formats. It comes with medpy from a package index, but a Python set up from wheels
+    without it (``scripts/gpu_wheels.sh`` leaves it out) lacks it: that is said in one line.
+    Its calls are untyped."""
+    try:
+        import SimpleITK  # noqa: PLC0415
+    except ImportError as error:
+        raise UserError(
+            f"{path}: reading and writing {image_ending(path.name) or 'such'} files needs SimpleITK, which is not "
+            "installed here: pip install SimpleITK (or convert the files to NIfTI, which nibabel reads)"
+        ) from error
     return SimpleITK
 
 
@@ -161,7 +169,7 @@ def read_itk_image(path: Path) -> nib.Nifti1Image:
     read by SimpleITK, as an in-memory NIfTI image in the file's index order with ITK's
     geometry in RAS (see the module docstring); :class:`~mper.errors.DataFormatError` naming
     the file when it cannot be read or holds vectors that are not a natural image's colours."""
-    sitk = _sitk()
+    sitk = _sitk(path)
 
     try:
         image = sitk.ReadImage(str(path))
@@ -201,7 +209,7 @@ def read_itk_image(path: Path) -> nib.Nifti1Image:
 def itk_shape(path: Path) -> tuple[int, ...] | None:
     """The array shape (index order, components last when several) of the image file at
     ``path`` from its header alone; ``None`` when it cannot be read."""
-    sitk = _sitk()
+    sitk = _sitk(path)
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -218,7 +226,7 @@ def write_itk_label_map(labels: np.ndarray, grid: ItkGrid, path: Path) -> None:
     """Write ``labels`` (index order, the grid's voxels) to ``path`` as 8-bit class values on
     ``grid`` (its origin, spacing and direction as read, nothing rounded), in the format of
     ``path``'s ending, compressed where the format can be."""
-    sitk = _sitk()
+    sitk = _sitk(path)
 
     array = np.ascontiguousarray(np.asarray(labels, dtype=np.uint8).reshape(grid.size).T)
     image = sitk.GetImageFromArray(array)
