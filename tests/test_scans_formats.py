@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
 import sys
 
 import h5py
@@ -260,6 +261,23 @@ def test_without_simpleitk_an_nrrd_dataset_says_to_install_it(nifti, tmp_path, c
         "SimpleITK, which is not installed here: pip install SimpleITK (or convert the files to NIfTI, which "
         "nibabel reads)"
     )
+
+
+def test_an_nrrd_file_cut_short_is_refused_in_one_line_naming_it(nifti, tmp_path, capsys):
+    converted = _converted(nifti, tmp_path / "raw", ".nrrd")
+    damaged = converted / "labelsTr" / "synth_001.nrrd"
+    damaged.write_bytes(damaged.read_bytes()[:200])  # an interrupted copy: the header alone, cut
+    line = _import_error(converted, tmp_path / "imported", capsys)
+    assert line.startswith(f"mper-data: error: {damaged}: not a readable NRRD file (SimpleITK: ") and line.endswith(
+        "); replace it"
+    ), line
+    assert "Exception thrown" not in line and ".cxx" not in line, line
+
+
+def test_importing_the_commands_leaves_simpleitk_unimported():
+    """SimpleITK is imported when a file of its formats is read, not with mper's commands."""
+    code = "import sys\nimport mper.cli, mper.pipeline\nassert 'SimpleITK' not in sys.modules, 'SimpleITK imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # --- predictions in the input's format, scored from there ------------------------------------

@@ -24,6 +24,7 @@ for it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,7 +175,9 @@ def read_itk_image(path: Path) -> nib.Nifti1Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "unreadable")
+        # ITK's last line says what went wrong ("hit end of header, but no data file given"), after its location
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = re.sub(r"^(\[\w+\]\s*\w*:?\s*|s?itk::ERROR:\s*)", "", lines[-1]) if lines else "unreadable"
         kind = _FORMAT_NAMES.get(image_ending(path.name) or "", "image")
         raise DataFormatError(f"{path}: not a readable {kind} file (SimpleITK: {reason}); replace it") from error
     if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
