@@ -141,7 +141,7 @@ def test_without_dataset_json_the_classes_are_the_values_found_in_labels_and_pre
     assert "| class 2 |" in result["markdown"]
     warnings = [record.getMessage() for record in caplog.records]
     assert any("1 prediction(s) without a label" in line and "y.nii.gz" in line for line in warnings)
-    assert any("not NIfTI: notes.txt" in line for line in warnings)
+    assert any("not image files mper reads: notes.txt" in line for line in warnings)
     assert not any(".DS_Store" in line for line in warnings)
 
 
@@ -379,13 +379,11 @@ def test_label_maps_ending_in_capitals_are_named_with_the_rename_to_do(tmp_path,
     _save(tmp_path / "preds" / "x.NII", _maps()["case_a"][1])
     _save(tmp_path / "preds" / "y.nii.gz", _maps()["case_a"][1])
     message = _refusal(tmp_path / "preds", tmp_path / "labels", monkeypatch)
-    assert message.endswith(": rename the endings of x.NII.GZ to lowercase (.nii.gz or .nii)")
+    assert message.endswith(": rename the endings of x.NII.GZ to lowercase (.nii.gz)")
     _save(tmp_path / "labels" / "y.nii.gz", _maps()["case_a"][0])
     with caplog.at_level(logging.WARNING, logger="mper"):
         folders.pair_files(tmp_path / "preds", tmp_path / "labels")
-    assert any(
-        line.endswith("x.NII; rename the endings of x.NII to lowercase (.nii.gz or .nii)") for line in caplog.messages
-    )
+    assert any(line.endswith("x.NII; rename the endings of x.NII to lowercase (.nii)") for line in caplog.messages)
 
 
 def test_a_declared_class_in_no_ground_truth_is_noted_in_the_report(raw, tmp_path):

@@ -224,9 +224,13 @@ def _file_ending_without_dot(root):
     return "dataset.json: file_ending 'nii.gz' lacks its leading dot", 'write "file_ending": ".nii.gz"'
 
 
-def _file_ending_not_nifti(root):
-    _edit_dataset_json(root, file_ending=".mha")
-    return "dataset.json: file_ending '.mha' is not NIfTI", "convert the images (e.g. with SimpleITK)"
+def _file_ending_not_read(root):
+    _edit_dataset_json(root, file_ending=".dcm")
+    return (
+        "dataset.json: file_ending '.dcm' is not an ending mper reads; it reads NIfTI (.nii.gz, .nii) through "
+        "nibabel, and through SimpleITK .nrrd, .nhdr, .mha, .mhd, .gipl.gz, .gipl and 2D .png, .bmp, .tif, .tiff",
+        "convert the images (e.g. with SimpleITK)",
+    )
 
 
 def _file_ending_in_capitals(root):
@@ -366,7 +370,7 @@ def test_a_dataset_named_as_nnunets_acdc_conversion_names_its_channel_imports(ra
         _empty_training,
         _no_file_ending,
         _file_ending_without_dot,
-        _file_ending_not_nifti,
+        _file_ending_not_read,
         _file_ending_in_capitals,
         _files_ending_in_capitals,
         _files_ending_in_capitals_of_the_other_ending,

@@ -347,7 +347,8 @@ def test_prediction_names_a_channel_file_of_several_volumes_and_a_misnamed_singl
     assert code == cli.USER_ERROR_EXIT_CODE
     assert lines == [
         f"mper-predict: error: {misnamed} is not named as the model's input, <case>_0000.nii.gz ... "
-        "<case>_0001.nii.gz (or ending in .nii); rename it"
+        "<case>_0001.nii.gz (or ending in another ending mper reads: .nii, .nrrd, .nhdr, .mha, .mhd, .gipl.gz, "
+        ".gipl, .png, .bmp, .tif, .tiff); rename it"
     ]
 
 
@@ -464,10 +465,10 @@ def test_prediction_names_input_files_ending_in_capitals_with_the_rename_to_do(n
         cli.predict_main(["--checkpoint", str(run_dir / "best.pt"), "--input", str(inputs), "--output", out])
     assert caplog.messages[0].endswith(
         ": loud_0000.NII.GZ, loud_0001.NII.GZ; rename the endings of loud_0000.NII.GZ, loud_0001.NII.GZ to "
-        "lowercase (.nii.gz or .nii)"
+        "lowercase (.nii.gz)"
     )
     code, lines = _predict_exit(run_dir, inputs / "loud_0000.NII.GZ", tmp_path / "out2", capsys)
-    assert code == 2 and lines[-1].endswith("); rename the endings of loud_0000.NII.GZ to lowercase (.nii.gz or .nii)")
+    assert code == 2 and lines[-1].endswith("); rename the endings of loud_0000.NII.GZ to lowercase (.nii.gz)")
 
 
 def test_prediction_names_nan_voxels_of_an_input_file_without_asking_to_import_again(nnunet_3d, tmp_path, capsys):

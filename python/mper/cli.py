@@ -403,18 +403,19 @@ def eval_parser() -> argparse.ArgumentParser:
         formatter_class=_formatter,
         description="Evaluate a checkpoint (Dice, Jaccard, 95HD, ASD per case and mean) and draw overlays; or, "
         "with --predictions and --labels, score a folder of predicted label maps against a folder of "
-        "ground-truth label maps (NIfTI, paired by case name; distances in mm), without a checkpoint.",
+        "ground-truth label maps (NIfTI, NRRD, MetaImage, GIPL, PNG, BMP or TIFF, paired by case name; distances "
+        "in mm), without a checkpoint.",
     )
     scored = parser.add_mutually_exclusive_group(required=True)
     scored.add_argument("--checkpoint", metavar="FILE", help="a .pt file written by mper-train, e.g. RUN_DIR/best.pt")
     scored.add_argument(
         "--predictions",
         metavar="DIR",
-        help="a folder of predicted label maps to score against --labels: <case>.nii.gz, <case>.nii or "
-        "<case>_pred.nii.gz (mper-predict's, or another tool's)",
+        help="a folder of predicted label maps to score against --labels: <case>.nii.gz, <case>.nii, <case>.nrrd, "
+        "<case>.mha, <case>.png, ... or <case>_pred.nii.gz (mper-predict's, or another tool's)",
     )
     parser.add_argument(
-        "--labels", metavar="DIR", help="with --predictions: the folder of ground-truth label maps <case>.nii[.gz]"
+        "--labels", metavar="DIR", help="with --predictions: the folder of ground-truth label maps <case>.nii.gz, ..."
     )
     parser.add_argument(
         "--dataset-json",
@@ -518,7 +519,8 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
             "cannot be segmented is reported and skipped, and the exit status is then 2. "
             "A model trained on scans imported by mper-data import takes raw scans named as in the raw "
             "dataset (e.g. RAW/imagesTs): each case is cropped, normalised and resampled as the import did, "
-            "segmented, brought back to its own voxel grid and written as <case>.nii.gz with its header. "
+            "segmented, brought back to its own voxel grid and written in its format (<case>.nii.gz with its header, "
+            "<case>.nrrd, <case>.mha, <case>.png, ...). "
             "A model trained on LA or ACDC takes NIfTI (.nii, .nii.gz) or preprocessed HDF5 (.h5) volumes "
             "and writes <case>_pred.nii.gz with the input's header; they are not resampled or reoriented: "
             "give them in the axis order the model takes (H, W in-plane, S slices, D depth): "

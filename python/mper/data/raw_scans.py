@@ -3,7 +3,7 @@
 nnU-Net v2 raw layout (one folder per dataset)::
 
     dataset.json      channel_names {"0": "CT", ...}, labels {"background": 0, "liver": 1, ...},
-                      numTraining, file_ending (".nii.gz" or ".nii")
+                      numTraining, file_ending (".nii.gz", ".nii", or an ending of image_files.IMAGE_ENDINGS)
     imagesTr/<case>_<XXXX><ending>   one file per input channel XXXX = 0000, 0001, ...
     labelsTr/<case><ending>          the label map of a training case
     imagesTs/<case>_<XXXX><ending>   test images (optional), labelsTs/<case><ending> their labels
@@ -24,9 +24,11 @@ of ``imagesTr`` that ``training`` does not list), the images of an optional
 it cannot use with one line that names the file and what to do. As nnU-Net does, it reads
 only the files that end with the dataset's file ending and ignores the others (a
 ``readme.txt``, a ``.DS_Store``), naming them in one logged line per folder; a folder in
-which no file ends so but some end in the other NIfTI ending is refused, naming
+which no file ends so but some end in another ending mper reads is refused, naming
 ``file_ending``. :func:`read_case`
-reads one case's channels and label (NIfTI, through nibabel) and checks that they fit
+reads one case's channels and label (NIfTI through nibabel, the other endings of
+:data:`~mper.data.image_files.IMAGE_ENDINGS` through SimpleITK as the same in-memory NIfTI
+image: :mod:`mper.data.image_files`) and checks that they fit
 together: one voxel grid (one shape, and no voxel placed more than
 :data:`GEOMETRY_TOLERANCE` of a voxel apart), finite intensities, a 3D label holding only
 declared classes. A channel's name in ``dataset.json`` chooses its normalisation as in
@@ -51,6 +53,19 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import aff2axcodes, inv_ornt_aff, io_orientation, ornt_transform
 
 from mper.data.files import check_finite, listed_names, why_unlistable
+from mper.data.image_files import (
+    IMAGE_ENDINGS,
+    NATURAL_ENDINGS,
+    NIFTI_ENDINGS,
+    components,
+    detached_data_files,
+    image_ending,
+    is_natural_image,
+    is_nifti,
+    itk_shape,
+    read_itk_image,
+    supported_endings,
+)
 from mper.errors import DataFormatError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -66,8 +81,6 @@ LABELS_TEST = "labelsTs"
 IMAGES_UNLABELED = "imagesUnlabeled"
 #: The folders of a raw dataset that the import reads.
 RAW_FOLDERS = (IMAGES_TRAIN, LABELS_TRAIN, IMAGES_TEST, LABELS_TEST, IMAGES_UNLABELED)
-#: The file endings mper reads (NIfTI, through nibabel).
-NIFTI_ENDINGS = (".nii.gz", ".nii")
 #: What a case is for: labeled training case, unlabeled training case, test case.
 LABELED, UNLABELED, TEST = "labeled", "unlabeled", "test"
 
@@ -159,11 +172,13 @@ def normalization_of(channel_name: str) -> str:
 
 
 def ending_in_other_case(file_name: str) -> str | None:
-    """The NIfTI ending ``file_name`` ends with in other letter case (``.NII.GZ`` for
-    ``.nii.gz``), which the readers do not take (endings are matched as written); ``None``
-    otherwise."""
+    """The ending mper reads (:data:`~mper.data.image_files.IMAGE_ENDINGS`) that ``file_name``
+    ends with in other letter case (``.NII.GZ`` for ``.nii.gz``, ``.PNG``), which the readers do
+    not take (endings are matched as written); ``None`` otherwise."""
     lowered = file_name.lower()
-    return next((end for end in NIFTI_ENDINGS if lowered.endswith(end) and not file_name.endswith(end)), None)
+    if image_ending(file_name) is not None:
+        return None
+    return next((end for end in IMAGE_ENDINGS if lowered.endswith(end)), None)
 
 
 def case_name(file_name: str, ending: str) -> str | None:
@@ -312,20 +327,23 @@ def _split_by_ending(folder: Path, ending: str) -> tuple[list[Path], list[Path]]
 
 def _case_files(folder: Path, ending: str, declared: Path | None) -> list[Path]:
     """The files of ``folder`` that end with ``ending``, the others ignored and named in one
-    logged line. With ``declared`` (the ``dataset.json`` whose ``file_ending`` is
-    ``ending``), a folder in which none ends so but some end in another NIfTI ending is
-    refused: ``file_ending`` does not match the files."""
+    logged line (but the data files of detached headers, ``.raw`` beside ``.mhd``). With
+    ``declared`` (the ``dataset.json`` whose ``file_ending`` is ``ending``), a folder in which
+    none ends so but some end in another ending mper reads is refused: ``file_ending`` does not
+    match the files."""
     used, others = _split_by_ending(folder, ending)
+    detached = detached_data_files([*used, *others])
+    others = [path for path in others if path not in detached]
     rule = f"{declared.name}'s file_ending {ending!r}" if declared is not None else repr(ending)
     if not used and declared is not None:
-        for found in NIFTI_ENDINGS:
-            named = [path for path in others if path.name.endswith(found) and not path.name.startswith(".")]
+        for found in IMAGE_ENDINGS:
+            named = [path for path in others if image_ending(path.name) == found and not path.name.startswith(".")]
             if found != ending and named:
                 raise DataFormatError(
                     f"{folder}: no file ends with {rule}, but {len(named)} end with {found!r} (e.g. "
                     f'{named[0].name}); set "file_ending": "{found}" in {declared} to read them'
                 )
-        for found in NIFTI_ENDINGS:  # the declared ending first: NIFTI_ENDINGS holds both
+        for found in IMAGE_ENDINGS:  # the declared ending among them
             cased = [
                 path for path in others if ending_in_other_case(path.name) == found and not path.name.startswith(".")
             ]
@@ -345,7 +363,10 @@ def _case_files(folder: Path, ending: str, declared: Path | None) -> list[Path]:
 
 
 def _channel_files(files: Sequence[Path], ending: str, channels: int) -> dict[str, tuple[Path, ...]]:
-    """``{case: (channel 0 file, channel 1 file, ...)}`` of ``<case>_<XXXX><ending>`` files of one folder."""
+    """``{case: (channel 0 file, channel 1 file, ...)}`` of ``<case>_<XXXX><ending>`` files of one folder.
+    A 2D natural image (``.png``, ...) holds as many channels as its pixels have components
+    (an RGB file three), so a case of such files may have fewer files than channels: files
+    ``0000`` on without a gap, their channels counted when read (:func:`read_image`)."""
     found: dict[str, dict[int, Path]] = {}
     for path in files:
         stem = case_name(path.name, ending)
@@ -367,7 +388,10 @@ def _channel_files(files: Sequence[Path], ending: str, channels: int) -> dict[st
                 f"image files <case>_<XXXX>{ending}, XXXX the channel, and reads {unsuffixed.name} as channel "
                 f"{extra[0]} of case {case}"
             )
-        for channel in range(channels):
+        needed = range(channels)
+        if ending in NATURAL_ENDINGS:
+            needed = range(1 + max((channel for channel in by_channel if channel < channels), default=0))
+        for channel in needed:
             if channel not in by_channel:
                 folder = next(iter(by_channel.values())).parent
                 raise MissingFileError(
@@ -379,7 +403,7 @@ def _channel_files(files: Sequence[Path], ending: str, channels: int) -> dict[st
                 f"{unsuffixed}: channel {extra[0]} is not in dataset.json, which names {channels} channel(s): add it "
                 f"to channel_names or remove the file{hint}"
             )
-        cases[case] = tuple(by_channel[channel] for channel in range(channels))
+        cases[case] = tuple(by_channel[channel] for channel in needed)
     return cases
 
 
@@ -539,29 +563,30 @@ def read_raw_dataset(source: str | Path, unlabeled: str | Path | None = None) ->
     if layout == NNUNET and "file_ending" not in document:
         raise DataFormatError(
             f'{where} has no "file_ending", which nnU-Net v2\'s dataset.json names: add "file_ending": ".nii.gz" '
-            '(or ".nii"), the ending of the image files'
+            '(or ".nii", ".nrrd", ".mha", ".png", ...), the ending of the image files'
         )
     if "overwrite_image_reader_writer" in document:
         log.warning(
-            "%s: overwrite_image_reader_writer %r is not used: mper reads NIfTI with nibabel and keeps the files' "
-            "axis order, as nnU-Net's default reader does (predictions are written on each input's own grid)",
+            "%s: overwrite_image_reader_writer %r is not used: mper reads NIfTI with nibabel (the other endings with "
+            "SimpleITK) and keeps the files' axis order, as nnU-Net's default reader does (predictions are written "
+            "on each input's own grid)",
             where,
             document["overwrite_image_reader_writer"],
         )
     ending = str(document["file_ending"]) if layout == NNUNET else NIFTI_ENDINGS[0]
-    if ending not in NIFTI_ENDINGS and f".{ending}" in NIFTI_ENDINGS:
+    if ending not in IMAGE_ENDINGS and f".{ending}" in IMAGE_ENDINGS:
         raise DataFormatError(
             f'{where}: file_ending {ending!r} lacks its leading dot; write "file_ending": ".{ending}"'
         )
-    if ending not in NIFTI_ENDINGS and ending.lower() in NIFTI_ENDINGS:
+    if ending not in IMAGE_ENDINGS and ending.lower() in IMAGE_ENDINGS:
         raise DataFormatError(
-            f"{where}: file_ending {ending!r}: mper reads NIfTI files ending in lowercase "
-            f"{' and '.join(NIFTI_ENDINGS)}; rename the files to end in {ending.lower()!r} and write "
+            f"{where}: file_ending {ending!r}: mper reads files whose endings are lowercase "
+            f"({', '.join(IMAGE_ENDINGS)}); rename the files to end in {ending.lower()!r} and write "
             f'"file_ending": "{ending.lower()}"'
         )
-    if ending not in NIFTI_ENDINGS:
+    if ending not in IMAGE_ENDINGS:
         raise DataFormatError(
-            f"{where}: file_ending {ending!r} is not NIfTI; mper reads {' and '.join(NIFTI_ENDINGS)}: "
+            f"{where}: file_ending {ending!r} is not an ending mper reads; it reads {supported_endings()}: "
             "convert the images (e.g. with SimpleITK) and set file_ending"
         )
 
@@ -667,6 +692,26 @@ class _HeaderFixes(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         self.messages.append(record.getMessage())
         return False
+
+
+def load_scan(path: Path) -> nib.Nifti1Image:
+    """The image at ``path``: NIfTI through :func:`load_nifti`, the other endings of
+    :data:`~mper.data.image_files.IMAGE_ENDINGS` through SimpleITK as an in-memory NIfTI image
+    of the same array order and world coordinates (:func:`mper.data.image_files.read_itk_image`)."""
+    if is_nifti(path) or image_ending(path.name) is None:
+        return load_nifti(path)
+    return read_itk_image(path)
+
+
+def scan_shape(path: Path) -> tuple[int, ...] | None:
+    """The array shape of the image file ``path`` from its header (a natural image's colours
+    last, ``(x, y, 1, 3)`` for RGB); ``None`` when it cannot be read."""
+    if is_nifti(path) or image_ending(path.name) is None:
+        try:
+            return tuple(load_nifti(path).shape)
+        except DataFormatError:
+            return None
+    return itk_shape(path)
 
 
 def load_nifti(path: Path) -> nib.Nifti1Image:
@@ -940,11 +985,23 @@ def _check_grid(
         )
 
 
-def read_image(case: RawCase, channels: int) -> tuple[np.ndarray, nib.Nifti1Image]:
+def _file_channels(scan: nib.Nifti1Image, path: Path) -> np.ndarray:
+    """The channels of one nnU-Net channel file as (C, X, Y, Z) float32: one, or a natural
+    image's colours (an RGB file three, as nnU-Net's NaturalImage2DIO reads them)."""
+    data = nifti_voxels(scan, path, np.float32)
+    if components(scan) > 1:  # (x, y, 1, components)
+        return np.ascontiguousarray(np.moveaxis(data, 3, 0))
+    return _spatial(data, path, "the image", _IMAGE_FIX)[None]
+
+
+def read_image(
+    case: RawCase, channels: int, expected: str = "dataset.json's channel_names"
+) -> tuple[np.ndarray, nib.Nifti1Image]:
     """The channels of ``case`` as (C, X, Y, Z) float32, and the first file's image (for
-    its header and affine); shapes, affines and finiteness checked."""
-    first = load_nifti(case.images[0])
-    if len(case.images) == 1:  # MSD: one file, 4D when it holds several channels
+    its header and affine); shapes, affines and finiteness checked. The channels of a case of
+    natural images (an RGB file holds three) must number ``channels``, as ``expected`` says."""
+    first = load_scan(case.images[0])
+    if len(case.images) == 1 and not is_natural_image(case.images[0]):  # MSD: one file, 4D for several channels
         data = nifti_voxels(first, case.images[0], np.float32)
         if channels > 1:
             if data.ndim != 4 or data.shape[3] != channels:
@@ -955,17 +1012,25 @@ def read_image(case: RawCase, channels: int) -> tuple[np.ndarray, nib.Nifti1Imag
             image = np.ascontiguousarray(np.moveaxis(data, 3, 0))
         else:
             image = _spatial(data, case.images[0], "the image", _IMAGE_FIX)[None]
+        paths = case.images * len(image)
     else:
-        volumes = [_spatial(nifti_voxels(first, case.images[0], np.float32), case.images[0], "the image", _IMAGE_FIX)]
+        volumes = [_file_channels(first, case.images[0])]
         for path in case.images[1:]:
-            scan = load_nifti(path)
-            volume = _spatial(nifti_voxels(scan, path, np.float32), path, "the image", _IMAGE_FIX)
-            check_geometry(
-                path, volume.shape, scan.affine, case.images[0], volumes[0].shape, first.affine, scans=(scan, first)
-            )
+            scan = load_scan(path)
+            volume = _file_channels(scan, path)
+            spatial, first_spatial = volume.shape[1:], volumes[0].shape[1:]
+            check_geometry(path, spatial, scan.affine, case.images[0], first_spatial, first.affine, scans=(scan, first))
             volumes.append(volume)
-        image = np.stack(volumes)
-    paths = case.images if len(case.images) == len(image) else case.images * len(image)
+        held = sum(len(volume) for volume in volumes)
+        if held != channels:
+            each = ", ".join(f"{path.name}: {len(volume)}" for path, volume in zip(case.images, volumes))
+            raise DataFormatError(
+                f"{case.images[0]}: case {case.name}'s image file(s) hold {held} channel(s) ({each}), but {channels} "
+                f"are expected ({expected}); a grey image holds 1 channel, an RGB image 3, an RGBA image 4: give the "
+                f"case files of {channels} channel(s) in all"
+            )
+        image = np.concatenate(volumes)
+        paths = tuple(path for path, volume in zip(case.images, volumes) for _ in volume)
     for path, channel in zip(paths, image):
         check_finite(path, channel)
     return image, first
@@ -976,7 +1041,12 @@ def read_label_map(path: Path, role: str = "label") -> tuple[np.ndarray, nib.Nif
     map of whole values is read as such) and its image (header, affine); a 4D map, a
     non-finite or a non-integer value is refused, naming the file and calling the map its
     ``role`` ("label", "prediction")."""
-    scan = load_nifti(path)
+    scan = load_scan(path)
+    if components(scan) > 1:
+        raise DataFormatError(
+            f"{path}: the {role} is a colour image ({components(scan)} components per pixel); {_A_LABEL}: save it as "
+            "a one-component (grey) image of class values"
+        )
     data = nifti_voxels(scan, path)
     if data.ndim == 4 and data.shape[3] > 1:
         raise DataFormatError(f"{path}: a 4D {role} of shape {data.shape}; {_A_LABEL}: merge the channels into one map")
@@ -1023,7 +1093,8 @@ def read_label(
 
 def read_case(case: RawCase, dataset: RawDataset) -> Scan:
     """Read and check one case: its channels, and its label when it has one."""
-    image, first = read_image(case, len(dataset.channels))
+    key = "channel_names" if dataset.layout == NNUNET else "modality"
+    image, first = read_image(case, len(dataset.channels), f"{DATASET_JSON}'s {key}: {', '.join(dataset.channels)}")
     label = None
     if case.label is not None:
         label = read_label(case.label, image.shape[1:], case.images[0], first, dataset.class_names)

@@ -30,6 +30,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from mper.data.files import check_new_folder, removed_on_failure
+from mper.data.image_files import NIFTI_ENDINGS
 from mper.data.raw_scans import (
     DATASET_JSON,
     IMAGES_TEST,
@@ -37,7 +38,6 @@ from mper.data.raw_scans import (
     IMAGES_UNLABELED,
     LABELS_TEST,
     LABELS_TRAIN,
-    NIFTI_ENDINGS,
     NNUNET,
     RAW_LAYOUTS,
     channel_file_name,

@@ -1,13 +1,14 @@
 """Score a folder of predicted label maps against a folder of ground-truth label maps, as
 nnU-Net's ``nnUNetv2_evaluate_folder`` does: no checkpoint, no inference.
 
-* Pairs: a label ``<case><ending>`` (``.nii.gz`` or ``.nii``) pairs with the prediction
-  ``<case>`` of either ending, or ``<case>_pred.nii.gz`` (what ``mper-predict`` writes for
-  an LA or ACDC model). In a labels folder holding ``<case>_gt.nii.gz`` files (the ACDC
+* Pairs: a label ``<case><ending>`` (any ending mper reads,
+  :data:`~mper.data.image_files.IMAGE_ENDINGS`: NIfTI, NRRD, MetaImage, ..., PNG) pairs with
+  the prediction ``<case>`` of any such ending, or ``<case>_pred.nii.gz`` (what ``mper-predict``
+  writes for an LA or ACDC model). In a labels folder holding ``<case>_gt.nii.gz`` files (the ACDC
   download's naming, beside the images) those alone are the labels, of ``<case>``. A
   label without a prediction is refused before anything is scored (left out, it would
   silently raise the mean); predictions without a label are named in one warning line
-  and left out, as are files that are not NIfTI. Hidden files are ignored.
+  and left out, as are files of other endings. Hidden files are ignored.
 * Classes: from a ``dataset.json`` (nnU-Net v2 or Decathlon ``labels``, read by
   :func:`mper.data.raw_scans.read_class_names`): the one given, else the one beside the
   labels folder (nnU-Net's raw layout: ``labelsTs/`` next to ``dataset.json``); without
@@ -37,9 +38,9 @@ from tqdm import tqdm
 
 from mper.data.convert import ACDC_LABEL_MARK
 from mper.data.files import listed_names, visible_files
+from mper.data.image_files import IMAGE_ENDINGS, detached_data_files, image_ending
 from mper.data.raw_scans import (
     DATASET_JSON,
-    NIFTI_ENDINGS,
     case_name,
     check_declared,
     check_geometry,
@@ -59,7 +60,9 @@ log = logging.getLogger(__name__)
 #: What ``metrics.json`` records as the split of a folder's evaluation.
 FOLDER_SPLIT = "folder"
 #: How a prediction may be named for the label ``<case><ending>``.
-PREDICTION_NAMING = f"<case>{' or <case>'.join(NIFTI_ENDINGS)} or <case>{OUTPUT_SUFFIX}"
+PREDICTION_NAMING = f"<case><ending>, an ending of {', '.join(IMAGE_ENDINGS)}, or <case>{OUTPUT_SUFFIX}"
+#: How label maps may be named, for messages.
+LABEL_NAMING = f"<case><ending>, an ending of {', '.join(IMAGE_ENDINGS)}"
 #: How a class predicted nowhere scores unless told (``eval.empty_prediction`` of the presets'
 #: published protocol).
 DEFAULT_EMPTY_PREDICTION = "zero"
@@ -78,17 +81,21 @@ class Pair:
     prediction: Path
 
 
-def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
-    """``{name without its NIfTI ending: file}`` of the visible files of ``folder``; other
-    files are named in one warning line, a case there twice (both endings) refused."""
+def _image_files(folder: Path, role: str) -> dict[str, Path]:
+    """``{name without its ending: file}`` of the visible files of ``folder`` that end with an
+    ending mper reads; other files (but the data files of detached headers, the ``.raw`` of a
+    ``.mhd``) are named in one warning line, a case there twice (two endings) refused."""
     if folder.is_file():
         raise MissingFileError(f"{role} folder {folder} is a file; give the folder that holds the {role}")
     if not folder.is_dir():
         raise MissingFileError(f"{role} folder {folder} not found; give the folder of the {role}")
     found: dict[str, Path] = {}
     others = []
-    for path in visible_files(folder):
-        stem = next((stem for stem in (case_name(path.name, end) for end in NIFTI_ENDINGS) if stem), None)
+    files = visible_files(folder)
+    detached = detached_data_files(files)
+    for path in (file for file in files if file not in detached):
+        ending = image_ending(path.name)
+        stem = case_name(path.name, ending) if ending is not None else None
         if stem is None:
             others.append(path.name)
         elif stem in found:
@@ -98,10 +105,10 @@ def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
     if others:
         hint = capitals_hint(others)  # .NII.GZ: NIfTI, but endings are matched as written
         log.warning(
-            "%s: ignored %d file(s) that are not NIfTI%s: %s%s",
+            "%s: ignored %d file(s) that are not image files mper reads%s: %s%s",
             folder,
             len(others),
-            f" (named <case>{' or <case>'.join(NIFTI_ENDINGS)})" if hint else "",
+            f" (named {LABEL_NAMING})" if hint else "",
             listed_names(others),
             f"; {hint}" if hint else "",
         )
@@ -112,7 +119,7 @@ def _label_files(labels: Path) -> dict[str, Path]:
     """``{case: label map}`` of the folder ``labels``. Where it holds label maps named as
     the ACDC download names them, ``<case>_gt.nii.gz``, beside their images, those alone
     are the labels, of the case ``<case>``; the other files are named in one line."""
-    files = _nifti_files(labels, "labels")
+    files = _image_files(labels, "labels")
     marked = {stem[: -len(ACDC_LABEL_MARK)]: path for stem, path in files.items() if stem.endswith(ACDC_LABEL_MARK)}
     if marked:
         others = sorted(path.name for stem, path in files.items() if not stem.endswith(ACDC_LABEL_MARK))
@@ -131,9 +138,7 @@ def _label_files(labels: Path) -> dict[str, Path]:
             folder.name
             for folder in labels.iterdir()
             if folder.is_dir()
-            and any(
-                path.is_file() and any(case_name(path.name, end) for end in NIFTI_ENDINGS) for path in folder.iterdir()
-            )
+            and any(path.is_file() and image_ending(path.name) is not None for path in folder.iterdir())
         )
         where = (
             f" (only its folder(s) {listed_names(inside)} do: give one folder that holds every label map, such "
@@ -143,8 +148,7 @@ def _label_files(labels: Path) -> dict[str, Path]:
         )
         hint = capitals_hint([path.name for path in labels.iterdir() if path.is_file()])
         raise MissingFileError(
-            f"no label maps in {labels}{where}; expected NIfTI files <case>{' or <case>'.join(NIFTI_ENDINGS)}"
-            + (f": {hint}" if hint else "")
+            f"no label maps in {labels}{where}; expected image files {LABEL_NAMING}" + (f": {hint}" if hint else "")
         )
     return files
 
@@ -162,7 +166,7 @@ def pair_files(predictions: str | Path, labels: str | Path) -> list[Pair]:
     label_files = _label_files(labels)
     paired: dict[str, Path] = {}
     unpaired = []
-    for stem, path in _nifti_files(predictions, "predictions").items():
+    for stem, path in _image_files(predictions, "predictions").items():
         case = stem
         if case not in label_files and path.name.endswith(OUTPUT_SUFFIX):
             case = path.name[: -len(OUTPUT_SUFFIX)]

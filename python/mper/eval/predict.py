@@ -46,8 +46,9 @@ from torch import nn
 from mper.data.acdc import ACDC_DATA_DIR, ACDC_SLICES_DIR, is_training_slice
 from mper.data.convert import ACDC_CINE_MARK, ACDC_LABEL_MARK
 from mper.data.files import check_finite, misplaced_slice_axis, read_h5_case, written_whole
+from mper.data.image_files import ITK_GRID, NIFTI_ENDINGS, image_ending, itk_grid, write_itk_label_map
 from mper.data.preprocess import normalize_intensity, scaling_mismatch
-from mper.data.raw_scans import CHANNEL_FILE, NIFTI_ENDINGS, load_nifti, nifti_voxels, without_trailing_ones
+from mper.data.raw_scans import CHANNEL_FILE, load_nifti, nifti_voxels, without_trailing_ones
 from mper.datasets import SLIDING_WINDOW, DatasetSpec, get_dataset
 from mper.errors import ConfigError, DataFormatError, MissingFileError, UserError
 
@@ -217,10 +218,14 @@ def _load_h5(path: Path, spec: DatasetSpec, force: bool) -> np.ndarray:
 
 def label_image(labels: np.ndarray, scan: nib.Nifti1Image | None) -> nib.Nifti1Image:
     """The label map as NIfTI with ``scan``'s header (geometry, codes, units), or with
-    an identity affine when there is no scan."""
+    an identity affine when there is no scan; for a scan read through SimpleITK, with its
+    ITK geometry, which :func:`save_label_map` writes it on."""
     labels = np.ascontiguousarray(labels, dtype=np.uint8)
     if scan is None:
         return nib.Nifti1Image(labels, np.eye(4))
+    grid = itk_grid(scan)
+    if grid is not None:
+        return nib.Nifti1Image(labels, scan.affine, extra={ITK_GRID: grid})
     image = type(scan)(labels, scan.affine, scan.header.copy())
     header = image.header
     header.set_data_dtype(np.uint8)
@@ -234,12 +239,18 @@ def label_image(labels: np.ndarray, scan: nib.Nifti1Image | None) -> nib.Nifti1I
 def save_label_map(image: nib.Nifti1Image, out_path: Path) -> Path:
     """Write ``image`` to ``out_path`` whole or not at all: into a hidden file beside it,
     then renamed over it, so that a stop while writing (Ctrl-C, a full disk, a killed job)
-    leaves no truncated label map under a case's name."""
-    ending = ".nii.gz" if out_path.name.endswith(".nii.gz") else out_path.suffix
-    # the ending last: nibabel picks the format by it
+    leaves no truncated label map under a case's name. An image read through SimpleITK
+    (:func:`label_image` of such a scan) is written by SimpleITK in the format of
+    ``out_path``'s ending, on the scan's ITK geometry."""
+    ending = image_ending(out_path.name) or out_path.suffix
+    # the ending last: nibabel and SimpleITK pick the format by it
     temporary = out_path.with_name(f".{out_path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{ending}")
+    grid = itk_grid(image)
     with written_whole(out_path, temporary) as aside:
-        nib.save(image, aside)
+        if grid is not None:
+            write_itk_label_map(np.asarray(image.dataobj), grid, aside)
+        else:
+            nib.save(image, aside)
     return out_path
 
 

@@ -10,7 +10,8 @@
   names them (``<case>_<XXXX><ending>`` per channel, or one ``<case><ending>`` file per
   case in the Decathlon layout): each case is read, cropped, normalised and resampled by
   the plan's rules, segmented, brought back to its grid, and written as
-  ``<case><ending>`` (nnU-Net's naming) with the header of its first channel's file.
+  ``<case><ending>`` (nnU-Net's naming) with the header of its first channel's file: in the
+  input's format (:func:`label_map_ending`), a NIfTI input as the training data's NIfTI ending.
   Files of the folder named otherwise are listed in one log line and left alone. A case
   that lacks a channel file, has more than the model takes (unless ``force``), holds its
   channels otherwise than the model takes them, or
@@ -27,22 +28,23 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from mper.data import image_files
 from mper.data.files import visible_files
+from mper.data.image_files import NATURAL_ENDINGS, NIFTI_ENDINGS, detached_data_files, image_ending, is_natural_image
 from mper.data.imported import load_original_label, load_scan_volume
 from mper.data.raw_scans import (
     CHANNEL_FILE,
     DATASET_JSON,
     IMAGES_TEST,
     IMAGES_TRAIN,
-    NIFTI_ENDINGS,
     NNUNET,
     TEST,
     RawCase,
     case_name,
     channel_file_name,
     ending_in_other_case,
-    load_nifti,
     read_image,
+    scan_shape,
     scan_spacing,
 )
 from mper.data.scan_plan import ScanPlan
@@ -119,25 +121,39 @@ def score_scan_case(
 
 def _case_of(path: Path, plan: ScanPlan) -> tuple[str, str, bool] | None:
     """The case ``path`` is an input file of, named as the plan's raw layout names them, its
-    NIfTI ending (either, whatever the ending of the training data), and whether it is a
+    ending (any mper reads, whatever the ending of the training data), and whether it is a
     channel file beyond those the model takes (nnU-Net: ``<case>_<XXXX>`` with XXXX at
     least the model's channel count); ``None`` for any other file."""
-    for ending in NIFTI_ENDINGS:
-        stem = case_name(path.name, ending)
-        if stem is None:
-            continue
-        if plan.layout != NNUNET:
-            return stem, ending, False
-        match = CHANNEL_FILE.fullmatch(stem)
-        return (match["case"], ending, int(match["channel"]) >= len(plan.channels)) if match else None
-    return None
+    ending = image_ending(path.name)
+    stem = case_name(path.name, ending) if ending is not None else None
+    if ending is None or stem is None:
+        return None
+    if plan.layout != NNUNET:
+        return stem, ending, False
+    match = CHANNEL_FILE.fullmatch(stem)
+    return (match["case"], ending, int(match["channel"]) >= len(plan.channels)) if match else None
 
 
 def _case_files(folder: Path, case: str, plan: ScanPlan, ending: str) -> tuple[Path, ...]:
-    """The files the model reads for ``case``: one per channel (nnU-Net), or one in all."""
+    """The files the model reads for ``case``: one per channel (nnU-Net), or one in all. Of
+    2D natural images, whose colours are channels (an RGB file holds three), the case's files
+    from ``0000`` on that are there (at least ``0000``); :func:`read_image` counts their channels."""
     if plan.layout != NNUNET:
         return (folder / f"{case}{ending}",)
-    return tuple(folder / channel_file_name(case, channel, ending) for channel in range(len(plan.channels)))
+    files = [folder / channel_file_name(case, channel, ending) for channel in range(len(plan.channels))]
+    if ending in NATURAL_ENDINGS:
+        present = [path.is_file() for path in files]
+        files = files[: max(1, present.index(False) if False in present else len(files))]
+    return tuple(files)
+
+
+def label_map_ending(input_ending: str, plan: ScanPlan) -> str:
+    """The ending of the label map predicted for an input of ``input_ending``: its own format
+    (:func:`mper.data.image_files.label_map_ending`: ``.mha`` for a ``.mhd`` header), and for a
+    NIfTI input of a model trained on NIfTI the training data's ending (nnU-Net's naming)."""
+    if input_ending in NIFTI_ENDINGS and plan.file_ending in NIFTI_ENDINGS:
+        return plan.file_ending
+    return image_files.label_map_ending(input_ending)
 
 
 def _input_naming(plan: ScanPlan) -> str:
@@ -152,8 +168,9 @@ def capitals_hint(names: list[str]) -> str:
     """Advice for the ``names`` ending in a NIfTI ending written in capitals
     (``.NII.GZ``), which are matched as written; "" when none does."""
     capitals = [name for name in names if ending_in_other_case(name)]
+    lowercase = sorted({str(ending_in_other_case(name)) for name in capitals}, key=len, reverse=True)
     return (
-        f"rename the endings of {', '.join(sorted(capitals))} to lowercase ({' or '.join(NIFTI_ENDINGS)})"
+        f"rename the endings of {', '.join(sorted(capitals))} to lowercase ({' or '.join(lowercase)})"
         if capitals
         else ""
     )
@@ -169,8 +186,8 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> tuple[dict[str, tuple[Path
         found = _case_of(input_path, plan)
         if found is None:
             raise DataFormatError(
-                f"{input_path} is not named as the model's input, {_input_naming(plan)} (or ending in "
-                f"{' or '.join(ending for ending in NIFTI_ENDINGS if ending != plan.file_ending)}); "
+                f"{input_path} is not named as the model's input, {_input_naming(plan)} (or ending in another "
+                f"ending mper reads: {', '.join(e for e in image_files.IMAGE_ENDINGS if e != plan.file_ending)}); "
                 f"{capitals_hint([input_path.name]) or 'rename it'}"
             )
         case, ending, beyond = found
@@ -190,7 +207,8 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> tuple[dict[str, tuple[Path
     cases: dict[str, tuple[Path, ...]] = {}
     surplus: dict[str, list[Path]] = {}
     ignored = []
-    for path in candidates:
+    detached = detached_data_files(candidates)  # the .raw beside a .mhd: read with it
+    for path in (candidate for candidate in candidates if candidate not in detached):
         found = _case_of(path, plan)
         if found is None:
             ignored.append(path.name)
@@ -200,13 +218,14 @@ def _input_cases(input_path: Path, plan: ScanPlan) -> tuple[dict[str, tuple[Path
             surplus.setdefault(case, []).append(path)
             continue
         files = cases.setdefault(case, _case_files(folder, case, plan, ending))
-        if not files[0].name.endswith(ending):  # an earlier file of the case has the other ending
-            twin = files[_case_files(folder, case, plan, ending).index(path)]
+        first_ending = image_ending(files[0].name)
+        if first_ending != ending:  # an earlier file of the case has another ending
+            twin = path.with_name(f"{path.name[: -len(ending)]}{first_ending}")
             if twin.is_file():
                 problem = f"is there twice, as {twin.name} and {path.name}; keep one of them"
             else:
                 other = next(file for file in files if file.is_file())
-                endings = " and ".join(sorted(NIFTI_ENDINGS))
+                endings = " and ".join(sorted((str(first_ending), ending)))
                 problem = f"mixes the endings {endings} ({other.name}, {path.name}); give all its files one of them"
             raise DataFormatError(f"{folder}: case {case} {problem}")
     ignored += [path.name for case, paths in surplus.items() if case not in cases for path in paths]
@@ -247,15 +266,6 @@ def _check_no_surplus(name: str, surplus: list[Path], plan: ScanPlan, force: boo
     )
 
 
-def _header_shape(path: Path) -> tuple[int, ...] | None:
-    """The array shape in the header of the NIfTI file ``path``; ``None`` when it cannot
-    be read (:func:`~mper.data.raw_scans.read_image` then names the file)."""
-    try:
-        return tuple(load_nifti(path).shape)
-    except DataFormatError:
-        return None
-
-
 def _check_input_files(files: tuple[Path, ...], name: str, plan: ScanPlan) -> None:
     """Every channel file of case ``name`` is there; a single file holds every channel."""
     for channel, path in enumerate(files):
@@ -266,15 +276,16 @@ def _check_input_files(files: tuple[Path, ...], name: str, plan: ScanPlan) -> No
             )
     if plan.layout == NNUNET:
         for path in files:
-            shape = _header_shape(path)
+            # a natural image's colours are channels: read_image counts them
+            shape = None if is_natural_image(path) else scan_shape(path)
             if shape is not None and any(size != 1 for size in shape[3:]):
                 naming = _input_naming(plan)
                 raise DataFormatError(
                     f"{path}: shape {shape}, more than one 3D volume, but the model takes one per channel file "
                     f"({naming}: {', '.join(plan.channels)}); write each channel to a file of its own"
                 )
-    if len(files) == 1 < len(plan.channels):
-        shape = _header_shape(files[0])
+    if len(files) == 1 < len(plan.channels) and not is_natural_image(files[0]):
+        shape = scan_shape(files[0])
         if shape is not None and (len(shape) != 4 or shape[3] != len(plan.channels)):
             raise DataFormatError(
                 f"{files[0]}: shape {shape}, but the model takes {len(plan.channels)} channels "
@@ -322,7 +333,8 @@ def predict_scan(
     is refused with :class:`~mper.errors.UserError`, and nothing is written for it."""
     plan = _plan(dataset)
     _check_input_files(files, name, plan)
-    image, first = read_image(RawCase(name, files, None, TEST), len(plan.channels))
+    expected = f"the model's channels: {', '.join(plan.channels)}"
+    image, first = read_image(RawCase(name, files, None, TEST), len(plan.channels), expected)
     _check_dimensionality(files[0], first.shape, image.shape[1:], plan)
     for index, channel in enumerate(image):  # a file per channel, or one file of them all (Decathlon)
         warn_if_blank(files[index] if len(files) == len(image) else Path(f"{files[0]} (channel {index})"), channel)
@@ -355,7 +367,7 @@ def predict_scans(
     written: list[Path] = []
     failed: list[str] = []
     for index, (name, files) in enumerate(cases.items(), start=1):
-        out_path = Path(out_dir) / f"{name}{plan.file_ending}"
+        out_path = Path(out_dir) / f"{name}{label_map_ending(str(image_ending(files[0].name)), plan)}"
         try:
             _check_no_surplus(name, surplus.get(name, []), plan, force)
             written.append(
