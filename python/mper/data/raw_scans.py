@@ -1045,7 +1045,7 @@ def read_label_map(path: Path, role: str = "label") -> tuple[np.ndarray, nib.Nif
     if components(scan) > 1:
         raise DataFormatError(
             f"{path}: the {role} is a colour image ({components(scan)} components per pixel); {_A_LABEL}: save it as "
-            "a one-component (grey) image of class values"
+            "a one-component (grey) image of class values (a palette PNG is read as its colours, not its indices)"
         )
     data = nifti_voxels(scan, path)
     if data.ndim == 4 and data.shape[3] > 1:
