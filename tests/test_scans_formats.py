@@ -233,8 +233,13 @@ def test_a_colour_png_label_is_refused_as_not_one_map_of_classes(tmp_path, capsy
     assert line == (
         f"mper-data: error: {source / 'labelsTr' / 'road_002.png'}: the label is a colour image (3 components per "
         "pixel); a label is one 3D map of class values (0, 1, ...): save it as a one-component (grey) image of "
-        "class values"
+        "class values (a palette PNG is read as its colours, not its indices)"
     )
+    # a palette PNG of class indices: SimpleITK expands the palette to RGB, so it is refused alike
+    palette = Image.fromarray(label, "P")
+    palette.putpalette([0, 0, 0, 255, 0, 0])
+    palette.save(source / "labelsTr" / "road_002.png")
+    assert _import_error(source, tmp_path / "imported", capsys) == line
 
 
 def test_a_file_ending_no_reader_takes_is_refused_naming_the_endings_read(nifti, tmp_path, capsys):
