@@ -343,6 +343,27 @@ def test_predictions_of_nrrd_and_metaimage_scans_are_written_in_their_format_on_
         np.testing.assert_allclose(nii.affine, nib.load(nifti / "imagesTs" / f"{case}_0000.nii.gz").affine)
 
 
+def test_a_scan_stored_with_a_fourth_axis_of_one_is_predicted_as_its_3d_volume(nrrd_run, tmp_path):
+    # ITK's (x, y, z, 1): read as its 3D volume, and its label map written on the 3D grid (writing
+    # the 4D geometry raised SimpleITK's RuntimeError), as a NIfTI input's trailing axes of one are left out
+    _, raw, run_dir = nrrd_run
+    case = sorted(raw.glob("imagesTs/*_0000.nrrd"))[0].name[: -len("_0000.nrrd")]
+    inputs = {"3d": tmp_path / "in3d", "4d": tmp_path / "in4d"}
+    for folder in inputs.values():
+        folder.mkdir()
+    for channel in sorted(raw.glob(f"imagesTs/{case}_*.nrrd")):
+        shutil.copy(channel, inputs["3d"])
+        sitk.WriteImage(sitk.JoinSeries(sitk.ReadImage(str(channel))), str(inputs["4d"] / channel.name), True)
+        assert sitk.ReadImage(str(inputs["4d"] / channel.name)).GetSize()[3:] == (1,)
+    maps = {}
+    for name, folder in inputs.items():
+        out = tmp_path / f"out{name}"
+        cli.predict_main(["--checkpoint", str(run_dir / "best.pt"), "--input", str(folder), "--output", str(out)])
+        maps[name] = out / f"{case}.nrrd"
+    assert _geometry(maps["4d"]) == _geometry(maps["3d"])
+    np.testing.assert_array_equal(*(sitk.GetArrayFromImage(sitk.ReadImage(str(path))) for path in maps.values()))
+
+
 def _dice(prediction, truth):
     return 2 * np.count_nonzero(prediction & truth) / (np.count_nonzero(prediction) + np.count_nonzero(truth))
 
