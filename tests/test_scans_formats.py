@@ -21,34 +21,15 @@ from PIL import Image
 from mper import cli, pipeline
 from mper.data.raw_scans import NNUNET, read_case, read_raw_dataset
 from mper.data.synth_scans import synthesize_scans
-from mper.datasets.registry import _REGISTRY
+from tiny_runs import TWO_ITERATIONS, set_arguments
 
 # medpy's dependency, which scripts/gpu_wheels.sh leaves out: where it is missing these tests are skipped
 sitk = pytest.importorskip("SimpleITK")
 
+pytestmark = pytest.mark.usefixtures("only_built_in_datasets")
+
 TINY = (16, 16, 5)
-TINY_RUN = [
-    "--device",
-    "cpu",
-    "--set",
-    "data.num_workers=0",
-    "--set",
-    "pretrain.iterations=2",
-    "--set",
-    "selftrain.iterations=2",
-    "--set",
-    "eval.val_interval=2",
-    "--set",
-    "prototypes.kmeans_max_voxels=500",
-]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _unregister_imported_datasets():
-    """Leave the registry as the other test modules expect it: the built-in datasets only."""
-    yield
-    for name in [name for name, spec in _REGISTRY.items() if spec.scans is not None]:
-        del _REGISTRY[name]
+TINY_RUN = ["--device", "cpu", *set_arguments(TWO_ITERATIONS)]
 
 
 @pytest.fixture(scope="module")
