@@ -19,8 +19,9 @@ import pytest
 from PIL import Image
 
 from mper import cli, pipeline
-from mper.data.raw_scans import NNUNET, read_case, read_raw_dataset
+from mper.data.raw_scans import NNUNET, load_scan, read_case, read_raw_dataset
 from mper.data.synth_scans import synthesize_scans
+from mper.eval.predict import label_image, save_label_map
 from tiny_runs import TWO_ITERATIONS, set_arguments
 
 # medpy's dependency, which scripts/gpu_wheels.sh leaves out: where it is missing these tests are skipped
@@ -343,6 +344,26 @@ def test_a_scan_stored_with_a_fourth_axis_of_one_is_predicted_as_its_3d_volume(n
         maps[name] = out / f"{case}.nrrd"
     assert _geometry(maps["4d"]) == _geometry(maps["3d"])
     np.testing.assert_array_equal(*(sitk.GetArrayFromImage(sitk.ReadImage(str(path))) for path in maps.values()))
+
+
+def test_a_label_map_of_a_4d_file_of_channels_is_written_on_its_3d_grid(tmp_path):
+    # a Decathlon case's channels in one file, (x, y, z, channel): the label map is spatial (a
+    # reshape to the 4D size raised ValueError)
+    volume = sitk.Image(6, 5, 4, sitk.sitkFloat32)
+    volume.SetSpacing((0.5, 0.75, 2.0))
+    volume.SetOrigin((1.0, -2.0, 3.0))
+    volume.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))
+    sitk.WriteImage(sitk.JoinSeries([volume, volume]), str(tmp_path / "case.nrrd"))
+    scan = load_scan(tmp_path / "case.nrrd")
+    assert scan.shape == (6, 5, 4, 2)
+    labels = np.arange(6 * 5 * 4).reshape(6, 5, 4) % 3
+    written = save_label_map(label_image(labels, scan), tmp_path / "labels.nrrd")
+    size, *geometry = _geometry(written)
+    assert size == volume.GetSize()
+    np.testing.assert_allclose(
+        np.concatenate(geometry), np.concatenate([volume.GetSpacing(), volume.GetOrigin(), volume.GetDirection()])
+    )
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(written))).T, labels)
 
 
 def _dice(prediction, truth):
