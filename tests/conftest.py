@@ -1,7 +1,8 @@
 """Shared test setup: CUDA tests skip cleanly where no GPU (or no CUDA build) exists, no
 test leaves anything in the checkout (each runs in its own temporary folder, and
 hypothesis keeps no example database), Ctrl-C raises KeyboardInterrupt in every test,
-one HDF5 writer for hand-made data files, and subprocesses import the mper under test."""
+one HDF5 writer for hand-made data files, the registry left with the built-in datasets by
+the modules that import scans, and subprocesses import the mper under test."""
 
 from __future__ import annotations
 
@@ -79,3 +80,15 @@ def write_h5() -> Callable[..., Path]:
     """``write_h5(path, **datasets)``: an HDF5 file written with h5py alone, one dataset per
     keyword (e.g. ``image=..., label=...``), its folders created; returns ``path``."""
     return _write_h5
+
+
+@pytest.fixture(scope="module")
+def only_built_in_datasets():
+    """Leave the registry as the other test modules expect it after a module that imports
+    scans (``pytestmark = pytest.mark.usefixtures("only_built_in_datasets")``): the
+    built-in datasets only."""
+    from mper.datasets.registry import _REGISTRY  # noqa: PLC0415
+
+    yield
+    for name in [name for name, spec in _REGISTRY.items() if spec.scans is not None]:
+        del _REGISTRY[name]

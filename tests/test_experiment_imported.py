@@ -17,17 +17,11 @@ from mper.experiment.report import collect, markdown
 from mper.experiment.runs import FINISHED, run_state
 from tiny_runs import TWO_ITERATIONS
 
+pytestmark = pytest.mark.usefixtures("only_built_in_datasets")
+
 NAME = "Synth"
 #: Two iterations a stage of a 4-filter V-Net; every test case scored once.
 TINY = ["network.base_filters=4", *TWO_ITERATIONS]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _unregister_imported_datasets():
-    """Leave the registry as the other test modules expect it: the built-in datasets only."""
-    yield
-    for name in [name for name, spec in _REGISTRY.items() if spec.scans is not None]:
-        del _REGISTRY[name]
 
 
 @pytest.fixture(scope="module")

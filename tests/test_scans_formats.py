@@ -19,36 +19,18 @@ import pytest
 from PIL import Image
 
 from mper import cli, pipeline
-from mper.data.raw_scans import NNUNET, read_case, read_raw_dataset
+from mper.data.raw_scans import NNUNET, load_scan, read_case, read_raw_dataset
 from mper.data.synth_scans import synthesize_scans
-from mper.datasets.registry import _REGISTRY
+from mper.eval.predict import label_image, save_label_map
+from tiny_runs import TWO_ITERATIONS, set_arguments
 
 # medpy's dependency, which scripts/gpu_wheels.sh leaves out: where it is missing these tests are skipped
 sitk = pytest.importorskip("SimpleITK")
 
+pytestmark = pytest.mark.usefixtures("only_built_in_datasets")
+
 TINY = (16, 16, 5)
-TINY_RUN = [
-    "--device",
-    "cpu",
-    "--set",
-    "data.num_workers=0",
-    "--set",
-    "pretrain.iterations=2",
-    "--set",
-    "selftrain.iterations=2",
-    "--set",
-    "eval.val_interval=2",
-    "--set",
-    "prototypes.kmeans_max_voxels=500",
-]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _unregister_imported_datasets():
-    """Leave the registry as the other test modules expect it: the built-in datasets only."""
-    yield
-    for name in [name for name, spec in _REGISTRY.items() if spec.scans is not None]:
-        del _REGISTRY[name]
+TINY_RUN = ["--device", "cpu", *set_arguments(TWO_ITERATIONS)]
 
 
 @pytest.fixture(scope="module")
@@ -233,8 +215,13 @@ def test_a_colour_png_label_is_refused_as_not_one_map_of_classes(tmp_path, capsy
     assert line == (
         f"mper-data: error: {source / 'labelsTr' / 'road_002.png'}: the label is a colour image (3 components per "
         "pixel); a label is one 3D map of class values (0, 1, ...): save it as a one-component (grey) image of "
-        "class values"
+        "class values (a palette PNG is read as its colours, not its indices)"
     )
+    # a palette PNG of class indices: SimpleITK expands the palette to RGB, so it is refused alike
+    palette = Image.fromarray(label, "P")
+    palette.putpalette([0, 0, 0, 255, 0, 0])
+    palette.save(source / "labelsTr" / "road_002.png")
+    assert _import_error(source, tmp_path / "imported", capsys) == line
 
 
 def test_a_file_ending_no_reader_takes_is_refused_naming_the_endings_read(nifti, tmp_path, capsys):
@@ -336,6 +323,47 @@ def test_predictions_of_nrrd_and_metaimage_scans_are_written_in_their_format_on_
         nii = nib.load(out / f"{case}.nii.gz")
         np.testing.assert_array_equal(np.asarray(nii.dataobj).T, maps[0])
         np.testing.assert_allclose(nii.affine, nib.load(nifti / "imagesTs" / f"{case}_0000.nii.gz").affine)
+
+
+def test_a_scan_stored_with_a_fourth_axis_of_one_is_predicted_as_its_3d_volume(nrrd_run, tmp_path):
+    # ITK's (x, y, z, 1): read as its 3D volume, and its label map written on the 3D grid (writing
+    # the 4D geometry raised SimpleITK's RuntimeError), as a NIfTI input's trailing axes of one are left out
+    _, raw, run_dir = nrrd_run
+    case = sorted(raw.glob("imagesTs/*_0000.nrrd"))[0].name[: -len("_0000.nrrd")]
+    inputs = {"3d": tmp_path / "in3d", "4d": tmp_path / "in4d"}
+    for folder in inputs.values():
+        folder.mkdir()
+    for channel in sorted(raw.glob(f"imagesTs/{case}_*.nrrd")):
+        shutil.copy(channel, inputs["3d"])
+        sitk.WriteImage(sitk.JoinSeries(sitk.ReadImage(str(channel))), str(inputs["4d"] / channel.name), True)
+        assert sitk.ReadImage(str(inputs["4d"] / channel.name)).GetSize()[3:] == (1,)
+    maps = {}
+    for name, folder in inputs.items():
+        out = tmp_path / f"out{name}"
+        cli.predict_main(["--checkpoint", str(run_dir / "best.pt"), "--input", str(folder), "--output", str(out)])
+        maps[name] = out / f"{case}.nrrd"
+    assert _geometry(maps["4d"]) == _geometry(maps["3d"])
+    np.testing.assert_array_equal(*(sitk.GetArrayFromImage(sitk.ReadImage(str(path))) for path in maps.values()))
+
+
+def test_a_label_map_of_a_4d_file_of_channels_is_written_on_its_3d_grid(tmp_path):
+    # a Decathlon case's channels in one file, (x, y, z, channel): the label map is spatial (a
+    # reshape to the 4D size raised ValueError)
+    volume = sitk.Image(6, 5, 4, sitk.sitkFloat32)
+    volume.SetSpacing((0.5, 0.75, 2.0))
+    volume.SetOrigin((1.0, -2.0, 3.0))
+    volume.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))
+    sitk.WriteImage(sitk.JoinSeries([volume, volume]), str(tmp_path / "case.nrrd"))
+    scan = load_scan(tmp_path / "case.nrrd")
+    assert scan.shape == (6, 5, 4, 2)
+    labels = np.arange(6 * 5 * 4).reshape(6, 5, 4) % 3
+    written = save_label_map(label_image(labels, scan), tmp_path / "labels.nrrd")
+    size, *geometry = _geometry(written)
+    assert size == volume.GetSize()
+    np.testing.assert_allclose(
+        np.concatenate(geometry), np.concatenate([volume.GetSpacing(), volume.GetOrigin(), volume.GetDirection()])
+    )
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(written))).T, labels)
 
 
 def _dice(prediction, truth):

@@ -32,6 +32,8 @@ from mper.train.checkpoint import load_checkpoint
 from mper.train.config import TrainConfig, load_config
 from tiny_runs import TINY_ACDC, set_arguments
 
+pytestmark = pytest.mark.usefixtures("only_built_in_datasets")
+
 TINY = [
     "--device",
     "cpu",
@@ -48,14 +50,6 @@ TINY = [
 ]
 NETWORKS = {"3d": ["--set", "network.base_filters=4"], "2d": ["--set", "network.channels=[4,8,16,32,64]"]}
 NAME = "Synth"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _unregister_imported_datasets():
-    """Leave the registry as the other test modules expect it: the built-in datasets only."""
-    yield
-    for name in [name for name, spec in _REGISTRY.items() if spec.scans is not None]:
-        del _REGISTRY[name]
 
 
 def _run(tmp, layout, dims, *options):

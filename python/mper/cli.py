@@ -510,7 +510,8 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
 
 
 def predict_main(argv: Sequence[str] | None = None) -> None:
-    """``mper-predict``: segment NIfTI/HDF5 files into NIfTI label maps."""
+    """``mper-predict``: segment image files into label maps (imported scans' models: in the
+    input's format; LA and ACDC models: NIfTI/HDF5 in, NIfTI out)."""
     parser = argparse.ArgumentParser(
         prog="mper-predict",
         formatter_class=_formatter,

@@ -1100,8 +1100,9 @@ def predict(
     weights: str = "student",
     force: bool = False,
 ) -> list[Path]:
-    """Segment a NIfTI/HDF5 file or every such file under a folder; returns the written
-    label maps (NIfTI, with the input's header), post-processed by the checkpoint's
+    """Segment an image file or every such file under a folder; returns the written label
+    maps (on the input's grid: NIfTI with its header for NIfTI/HDF5 inputs, an imported
+    scans' model's in the input's format), post-processed by the checkpoint's
     ``eval.postprocess`` as :func:`evaluate` does; ``force`` segments volumes whose axis
     order looks wrong, and imported scans with more channel files than the model takes.
     ``output`` must lie outside the scans' folder (``input_path``, or the folder of an

@@ -228,13 +228,17 @@ def itk_shape(path: Path) -> tuple[int, ...] | None:
 def write_itk_label_map(labels: np.ndarray, grid: ItkGrid, path: Path) -> None:
     """Write ``labels`` (index order, the grid's voxels) to ``path`` as 8-bit class values on
     ``grid`` (its origin, spacing and direction as read, nothing rounded), in the format of
-    ``path``'s ending, compressed where the format can be."""
+    ``path``'s ending, compressed where the format can be. A grid's axes beyond the third
+    (ITK's ``(x, y, z, 1)``, a Decathlon case's channels) are left out, as a NIfTI label map
+    leaves them out: ``labels`` are spatial."""
     sitk = _sitk(path)
 
-    array = np.ascontiguousarray(np.asarray(labels, dtype=np.uint8).reshape(grid.size).T)
+    dims = len(grid.size)
+    axes = min(dims, 3)
+    array = np.ascontiguousarray(np.asarray(labels, dtype=np.uint8).reshape(grid.size[:axes]).T)
     image = sitk.GetImageFromArray(array)
-    image.SetSpacing(grid.spacing)
-    image.SetOrigin(grid.origin)
-    image.SetDirection(grid.direction)
+    image.SetSpacing(grid.spacing[:axes])
+    image.SetOrigin(grid.origin[:axes])
+    image.SetDirection(tuple(np.reshape(grid.direction, (dims, dims))[:axes, :axes].ravel().tolist()))
     compress = not path.name.endswith(NATURAL_ENDINGS)
     sitk.WriteImage(image, str(path), compress)

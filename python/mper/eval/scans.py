@@ -165,8 +165,8 @@ def _input_naming(plan: ScanPlan) -> str:
 
 
 def capitals_hint(names: list[str]) -> str:
-    """Advice for the ``names`` ending in a NIfTI ending written in capitals
-    (``.NII.GZ``), which are matched as written; "" when none does."""
+    """Advice for the ``names`` ending in an ending mper reads written in other letter case
+    (``.NII.GZ``, ``.PNG``), which are matched as written; "" when none does."""
     capitals = [name for name in names if ending_in_other_case(name)]
     lowercase = sorted({str(ending_in_other_case(name)) for name in capitals}, key=len, reverse=True)
     return (
