@@ -461,3 +461,18 @@ def test_a_png_label_of_0_and_255_is_refused_saying_to_write_0_and_1(tmp_path, c
         "dataset.json (labels: 0 background, 1 road); declare them or relabel (a mask saved as 0 and 255: write 0 "
         "and 1)"
     )
+
+
+def test_a_sheared_nrrd_scan_is_refused_though_its_spacing_agrees_with_its_affine(nifti, tmp_path, capsys):
+    """ITK's spacing is the length of each voxel axis, so a sheared NRRD's voxel size agrees
+    with its affine: the shear is refused on its own, as for NIfTI."""
+    converted = _converted(nifti, tmp_path / "raw", ".nrrd")
+    for path in sorted(converted.glob("*/synth_001*.nrrd")):  # its channels and its label
+        image = sitk.ReadImage(str(path))
+        image.SetDirection((1.0, 0.3, 0.0, 0.0, 0.954, 0.0, 0.0, 0.0, 1.0))  # a tilted gantry's second axis
+        sitk.WriteImage(image, str(path), True)
+    assert _import_error(converted, tmp_path / "imported", capsys) == (
+        f"mper-data: error: {converted / 'imagesTr' / 'synth_001_0000.nrrd'}: its affine is sheared (its voxel axes "
+        "are not at right angles, as a CT acquired with a tilted gantry is stored): mper, as nnU-Net, reads grids "
+        "of right angles; resample it onto one (e.g. dcm2niix's gantry tilt correction) and save it"
+    )

@@ -1136,14 +1136,15 @@ def scan_spacing(scan: nib.Nifti1Image, path: Path) -> tuple[float, float, float
     axes = len(zooms)
     from_affine = np.linalg.norm(np.asarray(scan.affine, dtype=np.float64)[:3, :axes], axis=0)
     measured = np.asarray(scan.shape[:axes]) > 1
+    # ITK's geometry (NRRD, MetaImage) gives a sheared grid a voxel size that agrees with its affine: checked alone
+    columns = (np.asarray(scan.affine, dtype=np.float64)[:3, :axes] / from_affine)[:, measured]
+    if np.any(np.abs(np.triu(columns.T @ columns, 1)) > GEOMETRY_TOLERANCE):
+        raise DataFormatError(
+            f"{path}: its affine is sheared (its voxel axes are not at right angles, as a CT acquired with a "
+            "tilted gantry is stored): mper, as nnU-Net, reads grids of right angles; resample it onto one "
+            "(e.g. dcm2niix's gantry tilt correction) and save it"
+        )
     if np.any(measured & (np.abs(from_affine - np.asarray(zooms)) > GEOMETRY_TOLERANCE * from_affine)):
-        columns = np.asarray(scan.affine, dtype=np.float64)[:3, :axes] / from_affine
-        if np.any(np.abs(np.triu(columns.T @ columns, 1)) > GEOMETRY_TOLERANCE):
-            raise DataFormatError(
-                f"{path}: its affine is sheared (its voxel axes are not at right angles, as a CT acquired with a "
-                "tilted gantry is stored): mper, as nnU-Net, reads grids of right angles; resample it onto one "
-                "(e.g. dcm2niix's gantry tilt correction) and save it"
-            )
         shown = (", ".join(f"{value:g}" for value in values) for values in (zooms, from_affine))
         raise DataFormatError(
             f"{path}: its header's voxel size (pixdim) ({next(shown)}) mm disagrees with the voxel size of its "
