@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from mper import cli, pipeline
-from mper.data.raw_scans import NNUNET, load_scan, read_case, read_raw_dataset
+from mper.data.raw_scans import MSD, NNUNET, load_scan, read_case, read_raw_dataset
 from mper.data.synth_scans import synthesize_scans
 from mper.eval.predict import label_image, save_label_map
 from tiny_runs import TWO_ITERATIONS, set_arguments
@@ -422,3 +422,85 @@ def test_png_scans_are_predicted_as_8_bit_pngs_of_their_size(tmp_path):
     predicted = np.asarray(written) == 1
     expected = _dice(predicted, truth) if predicted.any() else 0.0
     assert metrics["per_case"]["road_004"]["1"]["dice"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_grey_bmp_dataset_imports_with_one_channel_as_pillow_reads_it(tmp_path):
+    """A grey BMP is 8-bit indices into a grey ramp: SimpleITK reads its colours, Pillow (so
+    nnU-Net's NaturalImage2DIO) one grey channel, and so does mper, for images and labels."""
+    source = _png_dataset(tmp_path / "raw", colours="L")
+    for path in sorted(source.glob("*/*.png")):
+        Image.open(path).save(path.with_suffix(".bmp"))
+        path.unlink()
+    document = json.loads((source / "dataset.json").read_text())
+    (source / "dataset.json").write_text(
+        json.dumps({**document, "channel_names": {"0": "grey"}, "file_ending": ".bmp"})
+    )
+    assert Image.open(source / "imagesTr" / "road_000_0000.bmp").mode == "L"
+    assert sitk.ReadImage(str(source / "imagesTr" / "road_000_0000.bmp")).GetNumberOfComponentsPerPixel() == 3
+    dataset = read_raw_dataset(source)
+    for case in dataset.cases:
+        scan = read_case(case, dataset)
+        grey = np.asarray(Image.open(case.images[0]))  # the oracle: Pillow's (rows, columns)
+        assert scan.image.shape == (1, grey.shape[1], grey.shape[0], 1)
+        np.testing.assert_array_equal(scan.image[0, :, :, 0], grey.T)
+        np.testing.assert_array_equal(scan.label[:, :, 0], np.asarray(Image.open(case.label)).T)
+
+
+@pytest.mark.parametrize("header", [".mhd", ".nhdr"])
+def test_a_header_without_its_data_file_is_refused_naming_the_data_file(nifti, tmp_path, capsys, header):
+    converted = _converted(nifti, tmp_path / "raw", header)
+    data = {".mhd": "synth_001.zraw", ".nhdr": "synth_001.raw.gz"}[header]
+    (converted / "labelsTr" / data).unlink()  # copied without it
+    line = _import_error(converted, tmp_path / "imported", capsys)
+    kind, one_file = {".mhd": ("MetaImage", ".mha"), ".nhdr": ("NRRD", ".nrrd")}[header]
+    assert line == (
+        f"mper-data: error: {converted / 'labelsTr' / f'synth_001{header}'}: its data file {data}, which the {kind} "
+        f"header names, is not beside it; put the data file in {converted / 'labelsTr'} (or write the image as one "
+        f"{one_file} file)"
+    )
+
+
+@pytest.mark.parametrize("entry", ["training", "test"])
+def test_a_decathlon_dataset_of_nrrd_files_is_refused_saying_to_convert_them(tmp_path, capsys, entry):
+    source = synthesize_scans(tmp_path / "msd", MSD, cases=6, seed=3, size=TINY, progress=False)
+    document = json.loads((source / "dataset.json").read_text())
+    listed = document["training"][0]["image"] if entry == "training" else document["test"][0]
+    sitk.WriteImage(sitk.ReadImage(str(source / listed)), str(source / listed.replace(".nii.gz", ".nrrd")))
+    (source / listed).unlink()
+    if entry == "training":
+        document["training"][0]["image"] = listed.replace(".nii.gz", ".nrrd")
+    else:
+        document["test"][0] = listed.replace(".nii.gz", ".nrrd")
+    (source / "dataset.json").write_text(json.dumps(document))
+    what = "training image" if entry == "training" else "test image"
+    assert _import_error(source, tmp_path / "imported", capsys) == (
+        f"mper-data: error: {source / 'dataset.json'}: {what} {listed.replace('.nii.gz', '.nrrd')} is not a .nii.gz "
+        "file, which the Decathlon layout takes: convert it to NIfTI (e.g. with SimpleITK) and list it as .nii.gz, "
+        "or use the nnU-Net v2 layout, whose file_ending may be .nrrd"
+    )
+
+
+def test_a_png_label_of_0_and_255_is_refused_saying_to_write_0_and_1(tmp_path, capsys):
+    source = _png_dataset(tmp_path / "raw")
+    _, label = _road_case(1)
+    Image.fromarray(label * 255, "L").save(source / "labelsTr" / "road_001.png")  # as an image editor saves a mask
+    assert _import_error(source, tmp_path / "imported", capsys) == (
+        f"mper-data: error: {source / 'labelsTr' / 'road_001.png'}: label value(s) [255] are not declared in "
+        "dataset.json (labels: 0 background, 1 road); declare them or relabel (a mask saved as 0 and 255: write 0 "
+        "and 1)"
+    )
+
+
+def test_a_sheared_nrrd_scan_is_refused_though_its_spacing_agrees_with_its_affine(nifti, tmp_path, capsys):
+    """ITK's spacing is the length of each voxel axis, so a sheared NRRD's voxel size agrees
+    with its affine: the shear is refused on its own, as for NIfTI."""
+    converted = _converted(nifti, tmp_path / "raw", ".nrrd")
+    for path in sorted(converted.glob("*/synth_001*.nrrd")):  # its channels and its label
+        image = sitk.ReadImage(str(path))
+        image.SetDirection((1.0, 0.3, 0.0, 0.0, 0.954, 0.0, 0.0, 0.0, 1.0))  # a tilted gantry's second axis
+        sitk.WriteImage(image, str(path), True)
+    assert _import_error(converted, tmp_path / "imported", capsys) == (
+        f"mper-data: error: {converted / 'imagesTr' / 'synth_001_0000.nrrd'}: its affine is sheared (its voxel axes "
+        "are not at right angles, as a CT acquired with a tilted gantry is stored): mper, as nnU-Net, reads grids "
+        "of right angles; resample it onto one (e.g. dcm2niix's gantry tilt correction) and save it"
+    )

@@ -165,6 +165,44 @@ def _lps_to_ras_affine(spacing: np.ndarray, origin: np.ndarray, direction: np.nd
     return affine
 
 
+#: The header lines that name a detached header's data file: MetaImage's, NRRD's (two spellings).
+_DATA_FILE_LINE = re.compile(r"^\s*(?:ElementDataFile\s*=|data ?file\s*:)\s*(\S.*?)\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+def _missing_data_file(path: Path) -> Path | None:
+    """The data file that the detached header ``path`` (``.mhd``, ``.nhdr``) names, when
+    there is none there; ``None`` for another file, a header whose data is in itself
+    (``LOCAL``) or in several files (a list or pattern), or one whose data file is there."""
+    if not path.name.endswith(tuple(DETACHED_HEADERS)):
+        return None
+    try:
+        with path.open("rb") as file:
+            header = file.read(65536).decode("latin-1")
+    except OSError:
+        return None
+    found = _DATA_FILE_LINE.search(header)
+    if found is None or found.group(1).upper() == "LOCAL" or " " in found.group(1) or "%" in found.group(1):
+        return None
+    data = path.parent / found.group(1)
+    return None if data.is_file() else data
+
+
+def _is_grey_bmp(path: Path) -> bool:
+    """Whether ``path`` is a grey BMP file: 8 bits per pixel indexing a palette of the grey
+    ramp (index ``i`` is the grey ``i``), as most programs save a grey image in BMP.
+    SimpleITK reads it as RGB colours; nnU-Net's ``NaturalImage2DIO`` (through Pillow, which
+    reads such a file as grey, its mode ``L``) as one grey channel, and so does mper."""
+    if not path.name.endswith(".bmp"):
+        return False
+    from PIL import Image  # noqa: PLC0415  (only for this check)
+
+    try:
+        with Image.open(path) as image:
+            return bool(image.mode == "L")
+    except OSError:
+        return False
+
+
 def read_itk_image(path: Path) -> nib.Nifti1Image:
     """The image at ``path`` (an ending of :data:`ITK_ENDINGS` or :data:`NATURAL_ENDINGS`),
     read by SimpleITK, as an in-memory NIfTI image in the file's index order with ITK's
@@ -179,10 +217,19 @@ def read_itk_image(path: Path) -> nib.Nifti1Image:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         reason = re.sub(r"^(\[\w+\]\s*\w*:?\s*|s?itk::ERROR:\s*)", "", lines[-1]) if lines else "unreadable"
         kind = _FORMAT_NAMES.get(image_ending(path.name) or "", "image")
+        missing = _missing_data_file(path)
+        if missing is not None:
+            one_file = label_map_ending(image_ending(path.name) or "")
+            raise DataFormatError(
+                f"{path}: its data file {missing.name}, which the {kind} header names, is not beside it; put the data "
+                f"file in {path.parent} (or write the image as one {one_file} file)"
+            ) from error
         raise DataFormatError(f"{path}: not a readable {kind} file (SimpleITK: {reason}); replace it") from error
     if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
         raise DataFormatError(f"{path}: its voxels are complex numbers, not one real number each; write the magnitude")
     count = image.GetNumberOfComponentsPerPixel()
+    if count > 1 and _is_grey_bmp(path):  # ITK reads its palette's colours, each grey: one is the grey value
+        image, count = sitk.VectorIndexSelectionCast(image, 0), 1
     if count > 1 and not is_natural_image(path):
         raise DataFormatError(
             f"{path}: its voxels are vectors of {count} components ({image.GetPixelIDTypeAsString()}), not one "

@@ -447,6 +447,26 @@ def _msd_path(source: Path, entry: Any, where: Path, key: str) -> Path:
     return source / entry
 
 
+def _refuse_msd_ending(listed: str, path: Path, where: Path, what: str) -> None:
+    """Refuse the ``what`` file ``listed`` (at ``path``) of a Decathlon ``dataset.json``
+    unless it is a ``.nii.gz`` file, the one ending the layout takes, saying what to do with
+    its ending: a ``.nii`` file is compressed, a file of another format converted."""
+    ending = NIFTI_ENDINGS[0]
+    if path.name.endswith(ending):
+        return
+    if path.name.endswith(NIFTI_ENDINGS[1]):
+        fix = f"compress it (gzip) and list it as {ending}, or use the nnU-Net v2 layout, whose file_ending may be "
+        fix += NIFTI_ENDINGS[1]
+    elif (other := image_ending(path.name)) is not None:
+        fix = (
+            f"convert it to NIfTI (e.g. with SimpleITK) and list it as {ending}, or use the nnU-Net v2 layout, whose "
+            f"file_ending may be {other}"
+        )
+    else:
+        fix = f"list a {ending} file"
+    raise DataFormatError(f"{where}: {what} {listed} is not a {ending} file, which the Decathlon layout takes: {fix}")
+
+
 CaseFiles = dict[str, tuple[Path, ...]]
 
 
@@ -485,12 +505,7 @@ def _msd_cases(
         label = _msd_path(source, entry.get("label"), where, "training label")
         name = case_name(image.name, ending)
         for what, listed, path in (("image", entry["image"], image), ("label", entry["label"], label)):
-            if not path.name.endswith(ending):
-                raise DataFormatError(
-                    f"{where}: training {what} {listed} is not a {ending} file, which the Decathlon layout takes: "
-                    f"compress it (gzip) and list it as {ending}, or use the nnU-Net v2 layout, whose file_ending may "
-                    f"be {NIFTI_ENDINGS[1]}"
-                )
+            _refuse_msd_ending(listed, path, where, f"training {what}")
         assert name is not None  # its ending was checked
         if name in images:
             raise DataFormatError(f"{where}: case {name} is listed twice in training; list each case once")
@@ -515,6 +530,7 @@ def _msd_cases(
     test: dict[str, tuple[Path, ...]] = {}
     for entry in document.get("test", []) or []:
         path = _msd_path(source, entry, where, "test")
+        _refuse_msd_ending(entry, path, where, "test image")
         name = case_name(path.name, ending)
         if name is None or not path.is_file():
             raise MissingFileError(f"{path} not found, though {where} lists it in test; add it or unlist it")
@@ -1070,11 +1086,14 @@ def read_label_map(path: Path, role: str = "label") -> tuple[np.ndarray, nib.Nif
 def check_declared(path: Path, label: np.ndarray, class_names: Sequence[str], declared_in: str = DATASET_JSON) -> None:
     """Refuse the label map ``label`` (read from ``path``) if it holds a value that is not
     one of the classes ``class_names`` (declared in ``declared_in``) numbers."""
-    undeclared = [int(value) for value in np.unique(label) if not 0 <= value < len(class_names)]
+    values = np.unique(label)
+    undeclared = [int(value) for value in values if not 0 <= value < len(class_names)]
     if undeclared:
+        # a binary mask as image editors save it: 0 and 255
+        mask = " (a mask saved as 0 and 255: write 0 and 1)" if set(values.tolist()) <= {0, 255} else ""
         raise DataFormatError(
             f"{path}: label value(s) {undeclared} are not declared in {declared_in} (labels: "
-            f"{', '.join(f'{index} {name}' for index, name in enumerate(class_names))}); declare them or relabel"
+            f"{', '.join(f'{index} {name}' for index, name in enumerate(class_names))}); declare them or relabel{mask}"
         )
 
 
@@ -1117,14 +1136,15 @@ def scan_spacing(scan: nib.Nifti1Image, path: Path) -> tuple[float, float, float
     axes = len(zooms)
     from_affine = np.linalg.norm(np.asarray(scan.affine, dtype=np.float64)[:3, :axes], axis=0)
     measured = np.asarray(scan.shape[:axes]) > 1
+    # ITK's geometry (NRRD, MetaImage) gives a sheared grid a voxel size that agrees with its affine: checked alone
+    columns = (np.asarray(scan.affine, dtype=np.float64)[:3, :axes] / from_affine)[:, measured]
+    if np.any(np.abs(np.triu(columns.T @ columns, 1)) > GEOMETRY_TOLERANCE):
+        raise DataFormatError(
+            f"{path}: its affine is sheared (its voxel axes are not at right angles, as a CT acquired with a "
+            "tilted gantry is stored): mper, as nnU-Net, reads grids of right angles; resample it onto one "
+            "(e.g. dcm2niix's gantry tilt correction) and save it"
+        )
     if np.any(measured & (np.abs(from_affine - np.asarray(zooms)) > GEOMETRY_TOLERANCE * from_affine)):
-        columns = np.asarray(scan.affine, dtype=np.float64)[:3, :axes] / from_affine
-        if np.any(np.abs(np.triu(columns.T @ columns, 1)) > GEOMETRY_TOLERANCE):
-            raise DataFormatError(
-                f"{path}: its affine is sheared (its voxel axes are not at right angles, as a CT acquired with a "
-                "tilted gantry is stored): mper, as nnU-Net, reads grids of right angles; resample it onto one "
-                "(e.g. dcm2niix's gantry tilt correction) and save it"
-            )
         shown = (", ".join(f"{value:g}" for value in values) for values in (zooms, from_affine))
         raise DataFormatError(
             f"{path}: its header's voxel size (pixdim) ({next(shown)}) mm disagrees with the voxel size of its "
