@@ -58,9 +58,10 @@ REPO = Path(__file__).resolve().parent.parent
 #: The default target: CPython 3.12 on manylinux x86_64, as current PyTorch GPU images run.
 PYTHON_VERSION = "3.12"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
-#: Requirements of mper's requirements that mper never imports, left out (by canonical name).
+#: Requirements of mper's requirements that the GPU check never imports, left out (by canonical name).
 NOT_NEEDED = {
-    "simpleitk": "medpy reads and writes images with it (medpy.io); mper imports medpy.metric only",
+    "simpleitk": "medpy reads and writes images with it (medpy.io), mper the formats beyond NIfTI, which the "
+    "GPU check does not read; mper imports medpy.metric only",
 }
 #: Packages the check does not install: the environment's own.
 ENVIRONMENT_OWN = {"torch"}

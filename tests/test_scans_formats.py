@@ -366,6 +366,29 @@ def test_a_label_map_of_a_4d_file_of_channels_is_written_on_its_3d_grid(tmp_path
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(written))).T, labels)
 
 
+def test_a_label_map_simpleitk_cannot_write_is_a_system_error_naming_it_and_leaves_no_file(tmp_path, monkeypatch):
+    # SimpleITK raises RuntimeError (not OSError) for a full disk or a failed write: the
+    # commands report system errors in one line naming the file, and anything else keeps a traceback
+    volume = sitk.Image(6, 5, 4, sitk.sitkFloat32)
+    sitk.WriteImage(volume, str(tmp_path / "case.mha"))
+    scan = load_scan(tmp_path / "case.mha")
+
+    def fail(*args):
+        raise RuntimeError(
+            "Exception thrown in SimpleITK ImageFileWriter_Execute: /src/itkImageFileWriter.hxx:185:\n"
+            "itk::ERROR: MetaImageIO(0x1): File cannot be written: No space left on device"
+        )
+
+    monkeypatch.setattr(sitk, "WriteImage", fail)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(OSError) as raised:
+        save_label_map(label_image(np.zeros((6, 5, 4), np.uint8), scan), out / "case.mha")
+    assert raised.value.filename == str(out / "case.mha")
+    assert raised.value.strerror == "SimpleITK could not write it: File cannot be written: No space left on device"
+    assert list(out.iterdir()) == []
+
+
 def _dice(prediction, truth):
     return 2 * np.count_nonzero(prediction & truth) / (np.count_nonzero(prediction) + np.count_nonzero(truth))
 

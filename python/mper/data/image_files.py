@@ -24,6 +24,7 @@ for it.
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -203,6 +204,18 @@ def _is_grey_bmp(path: Path) -> bool:
         return False
 
 
+def _itk_reason(error: RuntimeError, default: str) -> str:
+    """What an error SimpleITK raised says went wrong, in one line: ITK's last line ("hit end
+    of header, but no data file given"), without the C++ location before it."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # "itk::ERROR: MetaImageIO(0x55d0...): File cannot be written": the reason after the object's address
+    return (
+        re.sub(r"^(\[\w+\]\s*\w*:?\s*|s?itk::ERROR:\s*(\w+\(0x[0-9a-fA-F]+\):\s*)?)", "", lines[-1])
+        if lines
+        else default
+    )
+
+
 def read_itk_image(path: Path) -> nib.Nifti1Image:
     """The image at ``path`` (an ending of :data:`ITK_ENDINGS` or :data:`NATURAL_ENDINGS`),
     read by SimpleITK, as an in-memory NIfTI image in the file's index order with ITK's
@@ -213,9 +226,7 @@ def read_itk_image(path: Path) -> nib.Nifti1Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        # ITK's last line says what went wrong ("hit end of header, but no data file given"), after its location
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        reason = re.sub(r"^(\[\w+\]\s*\w*:?\s*|s?itk::ERROR:\s*)", "", lines[-1]) if lines else "unreadable"
+        reason = _itk_reason(error, "unreadable")
         kind = _FORMAT_NAMES.get(image_ending(path.name) or "", "image")
         missing = _missing_data_file(path)
         if missing is not None:
@@ -277,7 +288,7 @@ def write_itk_label_map(labels: np.ndarray, grid: ItkGrid, path: Path) -> None:
     ``grid`` (its origin, spacing and direction as read, nothing rounded), in the format of
     ``path``'s ending, compressed where the format can be. A grid's axes beyond the third
     (ITK's ``(x, y, z, 1)``, a Decathlon case's channels) are left out, as a NIfTI label map
-    leaves them out: ``labels`` are spatial."""
+    leaves them out: ``labels`` are spatial. A failed write raises :class:`OSError`."""
     sitk = _sitk(path)
 
     dims = len(grid.size)
@@ -288,4 +299,9 @@ def write_itk_label_map(labels: np.ndarray, grid: ItkGrid, path: Path) -> None:
     image.SetOrigin(grid.origin[:axes])
     image.SetDirection(tuple(np.reshape(grid.direction, (dims, dims))[:axes, :axes].ravel().tolist()))
     compress = not path.name.endswith(NATURAL_ENDINGS)
-    sitk.WriteImage(image, str(path), compress)
+    try:
+        sitk.WriteImage(image, str(path), compress)
+    except RuntimeError as error:
+        # a system error (no space, no permission), which the caller names with the file it
+        # writes (``path`` may be a hidden file renamed over it) and the commands say in one line
+        raise OSError(errno.EIO, f"SimpleITK could not write it: {_itk_reason(error, 'write failed')}") from error
