@@ -79,12 +79,14 @@ class _PrintVersion(argparse.Action):
         parser.exit()
 
 
-def _add_weights(parser: argparse.ArgumentParser, default: str | None = pipeline.WEIGHTS[0]) -> None:
+def _add_weights(
+    parser: argparse.ArgumentParser, default: str | None = pipeline.WEIGHTS[0], of: str = "the checkpoint"
+) -> None:
     parser.add_argument(
         "--weights",
         choices=pipeline.WEIGHTS,
         default=default,
-        help="which network of the checkpoint (default: student)",
+        help=f"which network of {of} (default: student)",
     )
 
 
@@ -530,7 +532,16 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
             "order (see --force)."
         ),
     )
-    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt file written by mper-train")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        nargs="+",
+        metavar="FILE",
+        help="a .pt file written by mper-train; several (e.g. the best.pt of each fold of a cross-validation) are "
+        "ensembled as nnU-Net's folds are: the label is the most probable class of the mean of their softmax "
+        "probabilities over each window. They must be models of one dataset (for imported scans, one plan) with "
+        "the same classes, patch size, eval.stride and eval.postprocess",
+    )
     parser.add_argument("--input", required=True, metavar="FILE_OR_DIR", help="an image file or a folder of them")
     parser.add_argument(
         "--output",
@@ -539,7 +550,7 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
         help="folder for the label maps, outside the folder of the --input scans",
     )
     _add_device(parser)
-    _add_weights(parser)
+    _add_weights(parser, of="every checkpoint")
     parser.add_argument(
         "--force",
         action="store_true",
@@ -547,11 +558,21 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
         "case's nnU-Net channel files (<case>_0000, <case>_0001) each as a scan of its own (LA, ACDC); a case "
         "with more channel files than the model takes from the model's channels (imported scans)",
     )
+    parser.add_argument(
+        "--mirror",
+        action="store_true",
+        help="test-time mirroring: average the softmax probabilities over the input flipped along every "
+        "combination of the axes training flips (LA, ACDC: the in-plane axes H and W, 4 passes; imported scans: "
+        "every axis of the patch, 8 passes in 3D, 4 in 2D), as nnU-Net does by default. Off by default: "
+        "mper-eval scores predictions without it, as the authors' evaluation does",
+    )
     _add_version(parser)
     args = parser.parse_args(argv)
 
     def action() -> None:
-        written = pipeline.predict(args.checkpoint, args.input, args.output, args.device, args.weights, args.force)
+        written = pipeline.predict(
+            args.checkpoint, args.input, args.output, args.device, args.weights, args.force, args.mirror
+        )
         print(f"wrote {len(written)} label map(s) to {args.output}")
 
     _run(parser, action)

@@ -44,6 +44,7 @@ from mper.data.raw_scans import DATASET_JSON, RAW_FOLDERS
 from mper.data.scan_plan import PLAN_FILE, ScanPlan, parse_scan_plan, plan_path, read_plan, write_plan
 from mper.data.synth_scans import synthesize_scans as write_synthetic_scans
 from mper.datasets import (
+    DatasetSpec,
     check_data_folder,
     check_dataset_root,
     dataset_names,
@@ -58,6 +59,7 @@ from mper.errors import CheckpointError, ConfigError, DataFormatError, MissingFi
 from mper.eval.evaluate import EVALUATION_OUTPUTS, evaluate_cases, mean_dice
 from mper.eval.figures import ImageWriter, add_figures
 from mper.eval.folders import evaluate_folders as score_folders
+from mper.eval.inference import ensemble
 from mper.eval.predict import predict_path
 from mper.eval.protocol import check_protocol
 from mper.eval.report import MARKDOWN_FILE, METRICS_FILE, SPLIT_NAMES
@@ -546,6 +548,11 @@ def _register_trained_dataset(state: dict[str, Any], checkpoint: Path) -> None:
         )
 
 
+#: What of an imported dataset's plan, beyond what the import fixed, the network and
+#: prediction read scans by.
+PLAN_READING = ("dims", "slice_axis", "layout", "file_ending")
+
+
 def _check_recorded_plan(plan: ScanPlan, recorded: str | None, path: Path, checkpoint: Path, restore: str) -> None:
     """Refuse ``plan`` (read from ``path``; ``restore`` says how to mend it) when it reads
     scans otherwise than ``recorded``, the text of the plan ``checkpoint`` trained with
@@ -557,7 +564,7 @@ def _check_recorded_plan(plan: ScanPlan, recorded: str | None, path: Path, check
     trained = parse_scan_plan(recorded, f"the plan recorded in {checkpoint}")
     read_otherwise = (  # how the network and prediction read scans, beyond what the import fixed
         f"{key} = {getattr(plan, key)!r}, where it trained with {key} = {getattr(trained, key)!r}"
-        for key in ("dims", "slice_axis", "layout", "file_ending")
+        for key in PLAN_READING
         if getattr(plan, key) != getattr(trained, key)
     )
     difference = _import_difference(plan, trained) or next(read_otherwise, "")
@@ -1092,13 +1099,74 @@ def _check_output_apart(input_path: str | Path, output: str | Path) -> None:
     )
 
 
+def _ensemble_difference(first: tuple[TrainConfig, DatasetSpec], other: tuple[TrainConfig, DatasetSpec]) -> str:
+    """What two checkpoints' models (their settings and dataset specs) differ in that an
+    ensemble needs them to share ("" when nothing): the dataset, its classes and channels,
+    the plan an imported dataset's scans are preprocessed by, the inference windows
+    (patch size, stride) and the post-processing; the network's size may differ."""
+    (config, spec), (other_config, other_spec) = first, other
+    if config.dataset != other_config.dataset:
+        return (
+            f"the dataset ({config.dataset} of {config.num_classes} classes and {other_config.dataset} of "
+            f"{other_config.num_classes})"
+        )
+    values: list[tuple[str, Any, Any]] = [
+        ("the number of classes", config.num_classes, other_config.num_classes),
+        ("the number of input channels", spec.in_channels, other_spec.in_channels),
+    ]
+    if spec.scans is not None and other_spec.scans is not None:
+        difference = _import_difference(spec.scans, other_spec.scans)
+        if difference:
+            return f"the plan of the imported scans ({difference})"
+        values += [
+            (f"the plan's {key}", getattr(spec.scans, key), getattr(other_spec.scans, key)) for key in PLAN_READING
+        ]
+    values += [
+        ("the patch size (the window of inference)", config.data.patch_size, other_config.data.patch_size),
+        ("eval.stride", config.eval.stride, other_config.eval.stride),
+        ("eval.postprocess", config.eval.postprocess, other_config.eval.postprocess),
+    ]
+    return next((f"{name} ({mine} and {theirs})" for name, mine, theirs in values if mine != theirs), "")
+
+
+def load_ensemble(
+    checkpoints: Sequence[str | Path], device: str = "auto", weights: str = "student", mirror: bool = False
+) -> tuple[nn.Module, TrainConfig]:
+    """The networks of ``checkpoints`` (each its ``weights``) as one model and the first's
+    settings: the network itself for one checkpoint without ``mirror``, else an
+    :class:`~mper.eval.inference.Ensemble` that averages their softmax probabilities, with
+    ``mirror`` over the flips of the axes the dataset's training flips (``flip_axes`` of its
+    spec). Checkpoints of another dataset, plan, class count, patch size, stride or
+    post-processing than the first are refused with :class:`~mper.errors.CheckpointError`
+    naming both and what differs."""
+    if not checkpoints:
+        raise ConfigError("give at least one checkpoint")
+    nets: list[nn.Module] = []
+    models: list[tuple[TrainConfig, DatasetSpec]] = []
+    for checkpoint in checkpoints:
+        net, config = load_network(checkpoint, device, weights)
+        model = (config, get_dataset(config.dataset))  # the spec as this checkpoint registered it
+        difference = _ensemble_difference(models[0], model) if models else ""
+        if difference:
+            raise CheckpointError(
+                f"{checkpoints[0]} and {checkpoint} cannot be ensembled: they differ in {difference}; give "
+                "checkpoints of one dataset, trained with one plan and patch size (e.g. the folds of one "
+                "cross-validation)"
+            )
+        nets.append(net)
+        models.append(model)
+    config, spec = models[0]
+    return ensemble(nets, spec.flip_axes if mirror else ()), config
+
+
 def predict(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Sequence[str | Path],
     input_path: str | Path,
     output: str | Path,
     device: str = "auto",
     weights: str = "student",
     force: bool = False,
+    mirror: bool = False,
 ) -> list[Path]:
     """Segment an image file or every such file under a folder; returns the written label
     maps (on the input's grid: NIfTI with its header for NIfTI/HDF5 inputs, an imported
@@ -1107,14 +1175,17 @@ def predict(
     order looks wrong, and imported scans with more channel files than the model takes.
     ``output`` must lie outside the scans' folder (``input_path``, or the folder of an
     ``input_path`` file) and outside a dataset's folders, checked before the checkpoint
-    is read. See
-    :func:`mper.eval.predict.predict_path`."""
+    is read. Several checkpoints (a sequence) of one dataset are ensembled: the label is
+    the argmax of the mean of their softmax probabilities; ``mirror`` averages over the
+    flips of the axes training flips as well (not what :func:`evaluate` scores); see
+    :func:`load_ensemble`. See :func:`mper.eval.predict.predict_path`."""
+    checkpoints = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     if Path(output).exists() and not Path(output).is_dir():
         raise RunFolderError(f"the output {output} is a file; give a folder for the label maps (it is made if missing)")
     _check_output_apart(input_path, output)
     _check_output_outside_data(output)
     check_writable(output, "--output")
-    net, config = load_network(checkpoint, device, weights)
+    net, config = load_ensemble(checkpoints, device, weights, mirror)
     if get_dataset(config.dataset).scans is not None:
         return predict_scans(
             net,

@@ -676,6 +676,7 @@ def scan_spec(plan: ScanPlan) -> DatasetSpec:
         preset_changes=changes,
         in_channels=len(plan.channels),
         scans=plan,
+        flip_axes=tuple(range(len(plan.patch_size))),  # ScanItems flips every axis of a patch
     )
 
 

@@ -86,6 +86,10 @@ class DatasetSpec:
 
     Training and evaluation:
         patch_size: the training patch, and the window (or slice size) of inference.
+        flip_axes: the axes of a training patch (as ``patch_size`` counts them) that the
+            training augmentation mirrors; ``mper-predict --mirror`` averages over the flips
+            of these axes (default ``(0, 1)``: the (H, W) plane that LA's and ACDC's
+            rot90 + flip mirrors).
         inference: :data:`SLIDING_WINDOW` or :data:`SLICE_WISE`.
         stride: the step of the sliding window (presets set it as ``eval.stride``).
         slice_axis: the axis of a volume (as ``load_volume`` gives it) that slices are
@@ -148,6 +152,7 @@ class DatasetSpec:
     preset_changes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     in_channels: int = 1
     scans: ScanPlan | None = None
+    flip_axes: tuple[int, ...] = (0, 1)
 
     def __post_init__(self) -> None:
         checks = (
@@ -160,6 +165,11 @@ class DatasetSpec:
             ),
             (sorted(self.scan_axes) == [0, 1, 2], "scan_axes must be a permutation of (0, 1, 2)"),
             (-3 <= self.slice_axis < 3, "slice_axis must be an axis of a 3D volume"),
+            (
+                len(set(self.flip_axes)) == len(self.flip_axes)
+                and all(0 <= axis < len(self.patch_size) for axis in self.flip_axes),
+                "flip_axes must be distinct axes of patch_size",
+            ),
             (len(self.synth_families) >= 1, "synth_families must name at least one family"),
             (self.in_channels >= 1, "in_channels must be at least 1"),
             (self.holds_raw is None or self.convert is not None, "holds_raw needs convert, which it points to"),

@@ -5,7 +5,10 @@ the spec's ``slice_axis``. Volumes with several channels carry them first.
 
 Both read the linear classifier's logits ``net(x).pred``, run under ``torch.no_grad``
 with the network in eval mode, and put the network back in the mode it was in.
-The network must already be on ``device``.
+The network must already be on ``device``. An :class:`Ensemble` in its place (several
+networks of one dataset, optionally mirrored: ``mper-predict`` with several checkpoints or
+``--mirror``) gives the mean of its members' softmax probabilities over each window (or
+slice), which the procedure then treats as one network's.
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ def _inference_mode(net: nn.Module) -> Iterator[None]:
 
 
 def _class_probabilities(net: nn.Module, batch: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Softmax of ``net(batch).pred`` over classes, checking the class count."""
+    """Softmax of ``net(batch).pred`` over classes (an :class:`Ensemble`'s mean of them),
+    checking the class count."""
+    if isinstance(net, Ensemble):
+        return net(batch, num_classes)
     logits = net(batch).pred
     if logits.shape[1] != num_classes:
         raise ValueError(
@@ -44,6 +50,59 @@ def _class_probabilities(net: nn.Module, batch: torch.Tensor, num_classes: int) 
             "pass the class count the network was built with"
         )
     return torch.softmax(logits.float(), dim=1)
+
+
+class Ensemble(nn.Module):
+    """Networks of one dataset whose softmax probabilities are averaged, window by window
+    (nnU-Net's ensemble of cross-validation folds), optionally over mirrored inputs as well.
+
+    ``flip_axes`` are spatial axes of a window (0: the first axis after the channels): each
+    member segments the window as it is and flipped along every non-empty combination of
+    them (``2 ** len(flip_axes)`` passes), each flipped prediction flipped back, as nnU-Net's
+    test-time mirroring does; the mean runs over all members and flips alike. Pass it to
+    the inference functions where they take a network; called on a batch of windows and
+    the class count, it returns that mean, not a network's ``(pred, feat)``.
+    """
+
+    def __init__(self, nets: Sequence[nn.Module], flip_axes: Sequence[int] = ()) -> None:
+        super().__init__()
+        if not nets:
+            raise ValueError("an ensemble needs at least one network")
+        if len(set(flip_axes)) != len(flip_axes) or min(flip_axes, default=0) < 0:
+            raise ValueError(f"flip_axes must be distinct non-negative axes, got {tuple(flip_axes)}")
+        self.members = nn.ModuleList(nets)
+        self.flip_axes = tuple(int(axis) for axis in flip_axes)
+
+    def flips(self) -> list[tuple[int, ...]]:
+        """The combinations of :attr:`flip_axes` each member sees, ``()`` (as it is) first."""
+        axes = self.flip_axes
+        return [combination for count in range(len(axes) + 1) for combination in itertools.combinations(axes, count)]
+
+    def forward(self, batch: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """The mean softmax ``(N, C, *window)`` of every member over every flip of ``batch``
+        ``(N, channels, *window)``."""
+        if max(self.flip_axes, default=-1) + 2 >= batch.ndim:
+            raise ValueError(f"flip_axes {self.flip_axes} are not all axes of a window of shape {batch.shape[2:]}")
+        total: torch.Tensor | None = None
+        passes = 0
+        for member in self.members:
+            for flip in self.flips():
+                dims = [axis + 2 for axis in flip]
+                probabilities = _class_probabilities(member, batch.flip(dims) if dims else batch, num_classes)
+                probabilities = probabilities.flip(dims) if dims else probabilities
+                total = probabilities if total is None else total + probabilities
+                passes += 1
+        assert total is not None  # at least one member, and the unflipped pass
+        return total / passes
+
+
+def ensemble(nets: Sequence[nn.Module], flip_axes: Sequence[int] = ()) -> nn.Module:
+    """What the inference functions take for ``nets`` mirrored along ``flip_axes``: the one
+    network itself when it is alone and unmirrored (today's prediction, bit for bit), an
+    :class:`Ensemble` otherwise."""
+    if len(nets) == 1 and not flip_axes:
+        return nets[0]
+    return Ensemble(nets, flip_axes)
 
 
 def _sizes(name: str, values: Sequence[int], rank: int = 3) -> tuple[int, ...]:
