@@ -5,6 +5,7 @@ the commands a user types."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -22,14 +23,17 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from mper import cli, pipeline
-from mper.data.raw_scans import MSD, NNUNET
+from mper.data.raw_scans import MSD, NNUNET, TEST, RawCase, read_image, scan_spacing
+from mper.data.scan_preprocess import preprocess_scan, restore_labels
 from mper.data.synth_scans import SYNTH_SCAN_CLASSES
 from mper.datasets import get_dataset
 from mper.datasets.registry import _REGISTRY
 from mper.errors import DataFormatError, UserError
-from mper.eval.scans import predict_scan
+from mper.eval.protocol import postprocess_labels
+from mper.eval.scans import predict_scan, predict_scans
 from mper.train.checkpoint import load_checkpoint
 from mper.train.config import TrainConfig, load_config
+from test_predict_ensemble import oracle_probabilities
 from tiny_runs import TINY_ACDC, set_arguments
 
 pytestmark = pytest.mark.usefixtures("only_built_in_datasets")
@@ -1133,3 +1137,119 @@ def test_a_declared_class_that_no_label_holds_is_warned_at_import(synth_raw, tmp
         "self-training will refuse it (its prototypes start from labeled voxels): label cases that contain it, or "
         "remove it from labels (renumbering the values above it)"
     ]
+
+
+# --- ensembles and test-time mirroring (mper-predict) ------------------------------------
+
+
+def _ensemble_oracle(checkpoints, files, flip_axes=()):
+    """The label map of the case of ``files`` on its scan's grid, from the mean softmax of the
+    networks of ``checkpoints`` (each over the case flipped along every combination of
+    ``flip_axes``, flipped back), called here on the whole preprocessed volume: the case
+    must fit in one window, which is then what the sliding window gives each network."""
+    loaded = [pipeline.load_network(path, device="cpu") for path in checkpoints]
+    config, plan = loaded[0][1], get_dataset(NAME).scans
+    image, first = read_image(RawCase("case", tuple(files), None, TEST), len(plan.channels), "channels")
+    preprocessed, _, geometry = preprocess_scan(image, None, scan_spacing(first, files[0]), first.affine, plan.rules)
+    shape, patch = preprocessed.shape[1:], tuple(config.data.patch_size)
+    assert all(size <= window for size, window in zip(shape, patch)), (shape, patch)  # one window
+    pads = [((window - size) // 2, window - size - (window - size) // 2) for size, window in zip(shape, patch)]
+    batch = torch.from_numpy(np.pad(preprocessed, [(0, 0), *pads]))[None]
+    probabilities = oracle_probabilities([net for net, _ in loaded], batch, flip_axes)[0].numpy()
+    probabilities = probabilities[
+        (slice(None), *(slice(before, before + size) for (before, _), size in zip(pads, shape)))
+    ]
+    labels = restore_labels(probabilities, geometry, plan.rules.spacing)
+    return postprocess_labels(labels, config.eval.postprocess, config.num_classes, config.ops)
+
+
+def _other_weights(run_dir, tmp_path):
+    """A copy of the run folder whose best.pt holds other weights (another fold's, say)."""
+    copy = shutil.copytree(run_dir, tmp_path / "other-fold")
+    state = load_checkpoint(copy / "best.pt")
+    generator = torch.Generator().manual_seed(1)
+    for name, tensor in state["student"].items():
+        if tensor.is_floating_point() and name.endswith("weight"):
+            state["student"][name] = tensor + 0.3 * tensor.std() * torch.randn(tensor.shape, generator=generator)
+    torch.save(state, copy / "best.pt")
+    return copy / "best.pt"
+
+
+def _predicted_case(checkpoints, inputs, out, *options):
+    cli.predict_main(
+        ["--checkpoint", *map(str, checkpoints), "--input", str(inputs), "--output", str(out), "--device", "cpu"]
+        + list(options)
+    )
+    return np.asarray(nib.load(out / "synth_005.nii.gz").dataobj)
+
+
+def test_imported_scans_one_checkpoint_predicts_as_before_and_two_copies_as_one(nnunet_3d, tmp_path):
+    raw, _, run_dir = nnunet_3d
+    inputs = _test_case_inputs(raw, tmp_path)
+    net, config = pipeline.load_network(run_dir / "best.pt", device="cpu")
+    (before,) = predict_scans(
+        net,
+        inputs,
+        NAME,
+        tmp_path / "before",
+        config.num_classes,
+        config.eval.postprocess,
+        config.ops,
+        device="cpu",
+        **pipeline.inference_options(config),
+    )
+    one = _predicted_case([run_dir / "best.pt"], inputs, tmp_path / "one")
+    assert (tmp_path / "one" / before.name).read_bytes() == before.read_bytes()
+    two = _predicted_case([run_dir / "best.pt", run_dir / "best.pt"], inputs, tmp_path / "two")
+    np.testing.assert_array_equal(two, one)
+
+
+def test_imported_scans_two_checkpoints_predict_the_argmax_of_their_mean_probabilities(nnunet_3d, tmp_path):
+    raw, _, run_dir = nnunet_3d
+    inputs = _test_case_inputs(raw, tmp_path)
+    checkpoints = [run_dir / "best.pt", _other_weights(run_dir, tmp_path)]
+    files = sorted(inputs.iterdir())
+    both = _predicted_case(checkpoints, inputs, tmp_path / "both")
+    np.testing.assert_array_equal(both, _ensemble_oracle(checkpoints, files))
+    assert not np.array_equal(both, _predicted_case(checkpoints[:1], inputs, tmp_path / "first"))
+
+
+def test_imported_scans_mirror_every_axis_of_the_3d_patch(nnunet_3d, tmp_path):
+    raw, _, run_dir = nnunet_3d
+    inputs = _test_case_inputs(raw, tmp_path)
+    mirrored = _predicted_case([run_dir / "best.pt"], inputs, tmp_path / "mirrored", "--mirror")
+    assert get_dataset(NAME).flip_axes == (0, 1, 2)  # ScanItems flips every axis of a patch
+    np.testing.assert_array_equal(
+        mirrored, _ensemble_oracle([run_dir / "best.pt"], sorted(inputs.iterdir()), (0, 1, 2))
+    )
+
+
+def test_imported_scans_checkpoints_of_another_plan_are_refused_in_one_line(nnunet_3d, decathlon_2d, tmp_path, capsys):
+    raw, _, run_3d = nnunet_3d
+    run_2d = decathlon_2d[2]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.predict_main(
+            [
+                "--checkpoint",
+                str(run_3d / "best.pt"),
+                str(run_2d / "best.pt"),
+                "--input",
+                str(_test_case_inputs(raw, tmp_path)),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
+    error = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE and len(error) == 1, error
+    assert error[0].startswith(
+        f"mper-predict: error: {run_3d / 'best.pt'} and {run_2d / 'best.pt'} cannot be ensembled: they differ in "
+        "the plan"
+    ), error[0]
+    assert not (tmp_path / "out").exists()
+    assert get_dataset(NAME).flip_axes == (0, 1)  # as the 2D checkpoint registered it: its patches' two axes
+    config, spec = pipeline.load_network(run_3d / "best.pt", device="cpu")[1], get_dataset(NAME)
+    rules = dataclasses.replace(spec.scans.rules, spacing=(9.5, 9.5, 9.5))
+    resampled = dataclasses.replace(spec, scans=dataclasses.replace(spec.scans, rules=rules))
+    assert pipeline._ensemble_difference((config, spec), (config, resampled)).startswith(
+        "the plan of the imported scans (another target spacing ("
+    )
